@@ -1,0 +1,50 @@
+# lmforge — two commands: `make demo` and `make test`. Both bootstrap .venv from nothing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+# CPU wheel when no NVIDIA GPU is visible; the default (CUDA) build otherwise.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: venv demo test test-all lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+ifeq ($(HAS_GPU),1)
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" || $(BIN)/python -m pip install --quiet torch
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve,gpu]" || $(BIN)/python -m pip install --quiet -e ".[dev,serve]"
+else
+	# CPU: the local wheel (torch==X+cpu) when the machine has one, else PyTorch's CPU index.
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
+	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve]"
+endif
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m lmforge demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --timeout=600
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check lmforge tests bench
+	$(BIN)/ruff format --check lmforge tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format lmforge tests bench
+	$(BIN)/ruff check --fix lmforge tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/model_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

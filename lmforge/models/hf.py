@@ -1,0 +1,229 @@
+"""Hugging Face format import/export: ``config.json`` + (sharded) ``model.safetensors``.
+
+Parameter names are identical to HF's for every supported family, so the mapping is the
+identity; the only special case is a tied ``lm_head.weight``, which HF omits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lmforge.config import ConfigError, ModelConfig
+from lmforge.io import atomic_path, atomic_write_json, read_json
+from lmforge.models.transformer import CausalLM
+from lmforge.nn.rope import RotaryEmbedding
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+_SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that does not match the model; the message lists every problem."""
+
+
+def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r} (use one of {sorted(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    if (folder / INDEX_FILE).is_file():
+        index = read_json(folder / INDEX_FILE, "safetensors index")
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{folder / INDEX_FILE}: missing 'weight_map' object")
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing:
+            raise CheckpointError(f"{folder / INDEX_FILE}: shard files not found: {missing}")
+        return [folder / f for f in files]
+    if (folder / SINGLE_FILE).is_file():
+        return [folder / SINGLE_FILE]
+    raise CheckpointError(
+        f"{folder}: no {SINGLE_FILE} or {INDEX_FILE} (expected a Hugging Face checkpoint folder)"
+    )
+
+
+def read_state_dict(folder: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """All tensors of a single-file or sharded safetensors checkpoint."""
+    state: dict[str, torch.Tensor] = {}
+    for file in _weight_files(Path(folder)):
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open handles have no __iter__
+                state[key] = f.get_tensor(key)
+    return state
+
+
+def load_model(
+    path: str | os.PathLike,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> CausalLM:
+    """Load an HF-format folder (Llama / Qwen2 / Qwen3 / Mistral) as an lmforge `CausalLM`.
+
+    ``dtype=None`` keeps the dtype stored in the checkpoint. Missing or unexpected tensors
+    and shape mismatches raise one `CheckpointError` listing all offending names.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a directory (expected an HF checkpoint folder)")
+    config = ModelConfig.from_pretrained(folder)
+    target_dtype = _parse_dtype(dtype)
+    state = read_state_dict(folder)
+
+    with torch.device("meta"):
+        model = CausalLM(config)
+    _check_state_dict(model, state, folder)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    model.load_state_dict(state, strict=False, assign=True)
+    model.model.rotary_emb = RotaryEmbedding(
+        config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
+    )
+    model.tie_weights()
+    if target_dtype is not None:
+        model.to(target_dtype)
+    if device is not None:
+        model.to(device)
+    # RoPE tables stay fp32 whatever the weights' dtype.
+    model.model.rotary_emb.inv_freq = model.model.rotary_emb.inv_freq.float()
+    return model
+
+
+def _check_state_dict(model: CausalLM, state: dict[str, torch.Tensor], folder: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tied = model.config.tie_word_embeddings
+    missing = sorted(k for k in expected if k not in state and not (tied and k == "lm_head.weight"))
+    unexpected = sorted(k for k in state if k not in expected)
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
+        for k in sorted(expected)
+        if k in state and tuple(state[k].shape) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors ({len(missing)}): {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors ({len(unexpected)}): {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
+    if problems:
+        raise CheckpointError(f"{folder}: checkpoint does not match config.json — " + "; ".join(problems))
+
+
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(size), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"bad shard size {size!r} (e.g. 2GB, 500MB, 1000000)")
+    unit = (m.group(2) or "B").upper()
+    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    return int(float(m.group(1)) * mult[unit])
+
+
+def _export_state(model: CausalLM, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    state = {}
+    for k, v in model.state_dict().items():
+        if model.config.tie_word_embeddings and k == "lm_head.weight":
+            continue
+        v = v.detach()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        state[k] = v.to("cpu").contiguous()
+    return state
+
+
+def save_model(
+    model: CausalLM,
+    path: str | os.PathLike,
+    tokenizer: Any = None,
+    dtype: str | torch.dtype | None = None,
+    max_shard_size: int | str = "5GB",
+) -> Path:
+    """Write ``model`` as an HF folder that ``AutoModelForCausalLM.from_pretrained`` loads.
+
+    Writes ``config.json``, ``generation_config.json`` and ``model.safetensors`` (or shards of
+    at most ``max_shard_size`` plus ``model.safetensors.index.json``), each atomically; stale
+    weight files of an earlier save in the same folder are removed afterwards. ``tokenizer``
+    (an lmforge `Tokenizer`, or anything with ``save``/``save_pretrained``) is saved beside.
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = _parse_dtype(dtype)
+    state = _export_state(model, target)
+    stored_dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+    shards = _plan_shards(state, _parse_size(max_shard_size))
+
+    written: set[str] = set()
+    if len(shards) == 1:
+        _save_safetensors(shards[0], folder / SINGLE_FILE)
+        written.add(SINGLE_FILE)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, start=1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            _save_safetensors(shard, folder / name)
+            written.add(name)
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(v.numel() * v.element_size() for v in state.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        atomic_write_json(folder / INDEX_FILE, index)
+        written.add(INDEX_FILE)
+    for stale in folder.iterdir():
+        is_weights = stale.name in (SINGLE_FILE, INDEX_FILE) or _SHARD_RE.match(stale.name)
+        if is_weights and stale.name not in written:
+            stale.unlink()
+
+    cfg = model.config.to_hf_dict()
+    dtype_name = str(stored_dtype).removeprefix("torch.")
+    cfg["torch_dtype" if "torch_dtype" in cfg else "dtype"] = dtype_name
+    atomic_write_json(folder / "config.json", cfg)
+    atomic_write_json(folder / "generation_config.json", generation_config(model.config))
+    if tokenizer is not None:
+        (tokenizer.save if hasattr(tokenizer, "save") else tokenizer.save_pretrained)(folder)
+    return folder
+
+
+def generation_config(config: ModelConfig) -> dict[str, Any]:
+    """The ``generation_config.json`` HF writes for a model config: its special token ids."""
+    out: dict[str, Any] = {}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(config, key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _plan_shards(state: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in state.items():
+        n = v.numel() * v.element_size()
+        if shards[-1] and size + n > limit:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += n
+    return shards
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
+__all__ = ["CheckpointError", "ConfigError", "load_model", "read_state_dict", "save_model"]

@@ -1,0 +1,217 @@
+"""The lmforge language model: one decoder-only transformer, configured by `ModelConfig`.
+
+    tokens → embed_tokens → N × [x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))] → RMSNorm → lm_head
+
+Module and parameter names are Hugging Face's (``model.layers.3.self_attn.q_proj.weight``),
+so Llama / Qwen2 / Qwen3 / Mistral checkpoints load by name, and PEFT target names apply.
+
+Initialisation (trains well from scratch): every Linear and the embedding ~ N(0, σ²) with
+σ = ``initializer_range``; the two projections that write into the residual stream
+(``o_proj``, ``down_proj``) use σ / √(2·num_layers) so the residual variance stays O(1)
+with depth (GPT-2, Radford et al. 2019, §2.3); biases are zero and norm gains one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.config import ModelConfig
+from lmforge.nn.attention import Attention, AttentionBatch, LayerCache
+from lmforge.nn.mlp import SwiGLU
+from lmforge.nn.norm import RMSNorm
+from lmforge.nn.rope import RotaryEmbedding
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CausalLMOutput:
+    """``logits`` ``[B, T, V]`` (or the last ``logits_to_keep`` positions); ``loss`` when
+    labels were given (mean next-token cross-entropy over non-ignored labels)."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + Attn(RMSNorm(x)), then h + MLP(RMSNorm(h))."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        c = config
+        self.self_attn = Attention(
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            layer_idx=layer_idx,
+            qkv_bias=c.qkv_bias,
+            o_bias=c.o_bias,
+            qk_norm=c.qk_norm,
+            norm_eps=c.rms_norm_eps,
+            window=c.layer_window(layer_idx),
+        )
+        self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+    def forward(self, x, cos, sin, batch: AttentionBatch, cache: LayerCache | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TransformerModel(nn.Module):
+    """Embedding, decoder layers and final norm (HF's ``model.*`` submodule)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(
+            config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
+        )
+
+
+class CausalLM(nn.Module):
+    """Decoder-only LM. ``forward`` returns a `CausalLMOutput`; see `forward` for inputs."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = TransformerModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise as described in the module docstring."""
+        std = self.config.initializer_range
+        residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                s = residual_std if name.endswith(("o_proj", "down_proj")) else std
+                nn.init.normal_(module.weight, mean=0.0, std=s)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        self.tie_weights()
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}
+        return sum(p.numel() for p in params.values())
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        cache=None,
+        labels: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        """Run the LM.
+
+        Args:
+            input_ids: ``[B, T]`` token ids.
+            position_ids: ``[B, T]``; derived when omitted (reset per document when packed,
+                from the padding mask when one is given, else consecutive after the cache).
+            attention_mask: ``[B, past + T]`` 1 for real tokens, 0 for (left) padding.
+            document_ids: ``[B, T]`` packed-document labels; tokens attend only within
+                their document.
+            cu_seqlens: alternative to ``document_ids``: int32 cumulative document lengths
+                over the flattened ``B·T`` tokens (every row boundary must be one). Uses
+                flash-attn varlen on GPU when installed.
+            cache: a `KVCache` (or anything with ``update``/``advance``/``length``).
+            labels: ``[B, T]``; loss = mean CE of logits[:, t] vs labels[:, t+1], -100 ignored.
+            logits_to_keep: if > 0, compute logits only for the last that many positions.
+        """
+        b, t = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if cu_seqlens is not None:
+            if document_ids is not None:
+                raise ValueError("pass document_ids or cu_seqlens, not both")
+            document_ids = _documents_from_cu_seqlens(cu_seqlens, b, t)
+        if document_ids is not None and past:
+            raise ValueError("packed documents cannot be combined with a non-empty KV cache")
+        key_valid = None
+        if attention_mask is not None:
+            if attention_mask.shape != (b, past + t):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                    f"{(b, past + t)} (cached + new positions)"
+                )
+            if not bool(attention_mask.all()):
+                key_valid = attention_mask.bool()
+        if position_ids is None:
+            position_ids = _position_ids(b, t, past, attention_mask, document_ids, input_ids.device)
+
+        batch = AttentionBatch(seq_len=t, past=past, key_valid=key_valid, doc_ids=document_ids)
+        if cu_seqlens is not None:
+            batch.cu_seqlens = cu_seqlens.to(torch.int32)
+            batch.max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.model.rotary_emb(position_ids, x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, batch, cache)
+        if cache is not None:
+            cache.advance(t)
+        x = self.model.norm(x)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.lm_head(x)
+        loss = None if labels is None else next_token_loss(logits, labels)
+        return CausalLMOutput(logits=logits, loss=loss)
+
+    def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Autoregressive generation; see `lmforge.models.generation.generate`."""
+        from lmforge.models.generation import generate
+
+        return generate(self, input_ids, **kwargs)
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits[:, t] against labels[:, t + 1], ignoring -100."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+
+
+def _documents_from_cu_seqlens(cu_seqlens: torch.Tensor, b: int, t: int) -> torch.Tensor:
+    cu = cu_seqlens.to(torch.long)
+    if cu.ndim != 1 or int(cu[0]) != 0 or int(cu[-1]) != b * t:
+        raise ValueError(f"cu_seqlens must be 1-D, start at 0 and end at B*T={b * t}")
+    if b > 1 and not bool(torch.isin(torch.arange(t, b * t, t, device=cu.device), cu).all()):
+        raise ValueError("cu_seqlens must contain every row boundary (multiples of T)")
+    flat = torch.arange(b * t, device=cu.device)
+    return torch.searchsorted(cu[1:], flat, right=True).view(b, t)
+
+
+def _position_ids(b, t, past, attention_mask, document_ids, device) -> torch.Tensor:
+    if document_ids is not None:
+        idx = torch.arange(t, device=device).expand(b, t)
+        starts = torch.ones_like(document_ids, dtype=torch.bool)
+        starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+        start_idx = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+        return idx - start_idx
+    if attention_mask is not None:
+        pos = attention_mask.long().cumsum(-1) - 1
+        return pos.clamp_min(0)[:, -t:]
+    return torch.arange(past, past + t, device=device).expand(b, t)
