@@ -181,8 +181,8 @@ class CausalLM(nn.Module):
         return CausalLMOutput(logits=logits, loss=loss)
 
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Autoregressive generation; see `lmforge.models.generation.generate`."""
-        from lmforge.models.generation import generate
+        """Autoregressive generation; see `lmforge.infer.generate.generate`."""
+        from lmforge.infer.generate import generate
 
         return generate(self, input_ids, **kwargs)
 
