@@ -412,7 +412,6 @@ def to_hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     """Map a `ModelConfig` to the ``config.json`` dict that `transformers` loads unchanged."""
     out: dict[str, Any] = copy.deepcopy(cfg.hf_extra)
     mt = cfg.model_type
-    out.setdefault("architectures", [_ARCHITECTURES[mt]])
     out.update(
         model_type=mt,
         vocab_size=cfg.vocab_size,
@@ -455,6 +454,11 @@ def to_hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     if mt == "mistral":
         out["sliding_window"] = cfg.sliding_window
     return out
+
+
+def hf_architecture(model_type: str) -> str:
+    """The ``architectures`` entry transformers and vLLM expect for ``model_type``."""
+    return _ARCHITECTURES[model_type]
 
 
 def _write_rope(cfg: ModelConfig, out: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lmforge.config import ConfigError, ModelConfig
+from lmforge.config import ConfigError, ModelConfig, hf_architecture
 from lmforge.io import atomic_path, atomic_write_json, read_json
 from lmforge.models.transformer import CausalLM
 from lmforge.nn.rope import RotaryEmbedding
@@ -189,6 +189,7 @@ def save_model(
             stale.unlink()
 
     cfg = model.config.to_hf_dict()
+    cfg.setdefault("architectures", [hf_architecture(model.config.model_type)])
     dtype_name = str(stored_dtype).removeprefix("torch.")
     cfg["torch_dtype" if "torch_dtype" in cfg else "dtype"] = dtype_name
     atomic_write_json(folder / "config.json", cfg)

@@ -1,0 +1,107 @@
+"""Next-token selection: temperature, top-k and top-p (nucleus) filtering, then a draw.
+
+Each filter is a pure function on logits ``[..., V]`` that returns new logits, with removed
+tokens set to ``-inf``; `sample_next_token` chains them in Hugging Face's order
+(temperature → top-k → top-p) and either samples from the softmax or takes the argmax.
+The filters match ``transformers``' ``TemperatureLogitsWarper``, ``TopKLogitsWarper`` and
+``TopPLogitsWarper`` (with ``min_tokens_to_keep=1``) value for value, ties included.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FILTERED = float("-inf")
+
+
+def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
+    """Raise `ValueError` naming every out-of-range sampling argument."""
+    errors = []
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
+        errors.append(f"temperature={temperature!r} must be a number ≥ 0")
+    elif not (math.isfinite(temperature) and temperature >= 0):
+        errors.append(f"temperature={temperature!r} must be finite and ≥ 0 (0 means greedy)")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+        errors.append(f"top_k={top_k!r} must be an integer ≥ 0 (0 disables top-k)")
+    if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not (0 < top_p <= 1):
+        errors.append(f"top_p={top_p!r} must be in (0, 1] (1 disables top-p)")
+    if errors:
+        raise ValueError("invalid sampling arguments: " + "; ".join(errors))
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Divide logits by ``temperature`` > 0: below 1 sharpens the softmax, above 1 flattens
+    it (sampling with temperature, as discussed by Holtzman et al. 2019)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} must be > 0 (use greedy decoding for 0)")
+    return logits / temperature
+
+
+def apply_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Keep the ``top_k`` largest logits per row, set the rest to ``-inf`` (top-k sampling,
+    Fan, Lewis & Dauphin 2018, "Hierarchical Neural Story Generation").
+
+    Every token tied with the k-th largest value is kept, so more than k may survive.
+    ``top_k`` of 0, or ≥ the vocabulary size, leaves the logits unchanged.
+    """
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k={top_k!r} must be an integer ≥ 0 (0 disables top-k)")
+    if top_k == 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth_largest, FILTERED)
+
+
+def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering (Holtzman et al. 2019, "The Curious Case of Neural Text
+    Degeneration"): keep the smallest set of most likely tokens whose total
+    probability reaches ``top_p``; set the rest to ``-inf``.
+
+    As in ``transformers``: sort ascending, drop every token whose cumulative probability
+    (itself included) is ≤ 1 − top_p, and always keep the most likely token. Among tied
+    logits the stable ascending sort drops lower token ids first. ``top_p`` = 1 is a no-op.
+    """
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 disables top-p)")
+    if top_p == 1:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=False, stable=True)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= 1 - top_p
+    drop_sorted[..., -1] = False  # the most likely token always survives
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, FILTERED)
+
+
+def process_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """Temperature, then top-k, then top-p — HF's processor order. Its softmax is the
+    distribution `sample_next_token` draws from."""
+    logits = apply_temperature(logits, temperature)
+    logits = apply_top_k(logits, top_k)
+    return apply_top_p(logits, top_p)
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of ``logits`` ``[B, V]``; returns ``[B]`` (int64).
+
+    Greedy (argmax, lowest id on ties) when ``do_sample`` is false or ``temperature`` is 0;
+    otherwise a draw from softmax(`process_logits`) using ``generator`` (global RNG if None).
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [batch, vocab], got shape {tuple(logits.shape)}")
+    check_sampling_args(temperature, top_k, top_p)
+    if not do_sample or temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = process_logits(logits.float(), temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

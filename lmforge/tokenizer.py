@@ -1,0 +1,533 @@
+"""Byte-level BPE tokenizer: train it, save/load it in Hugging Face format, render chat templates.
+
+    >>> tok = Tokenizer.train(texts, vocab_size=4096)
+    >>> tok.save("out/")                      # tokenizer.json, tokenizer_config.json, chat_template.jinja
+    >>> tok = load_tokenizer("out/")          # also loads folders written by `transformers`
+    >>> tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    '<|bos|><|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\n'
+
+The default chat format is ChatML: every turn is ``<|im_start|>{role}\\n{content}<|im_end|>\\n``,
+so ``<|im_end|>`` ends assistant turns and is a stop token beside ``<|eos|>`` (`stop_token_ids`).
+Chat templates render exactly as `transformers` renders them (same Jinja environment, filters,
+globals and variables), so a template behaves the same here, in `transformers` and in vLLM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+import jinja2.utils
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as Backend
+
+from lmforge.io import atomic_write_json, atomic_write_text, read_json
+
+__all__ = [
+    "DEFAULT_CHAT_TEMPLATE",
+    "SpecialTokens",
+    "Tokenizer",
+    "TokenizerError",
+    "load_tokenizer",
+]
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unsupported role ' + message['role'] + ' (use system, user or assistant)') }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+TEMPLATE_FILE = "chat_template.jinja"
+# The special-token attributes `transformers` knows by name and passes to chat templates.
+NAMED_SPECIAL_TOKENS = tuple(
+    ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
+)
+_UNBOUNDED_LENGTH = int(1e30)  # what `transformers` writes when a tokenizer has no length limit
+_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+_NAME_TEMPLATE = ("name", "template")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer folder, file, field, message or template is invalid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+    """Special tokens of a new tokenizer; they take ids 0, 1, ... in this order."""
+
+    bos: str | None = "<|bos|>"
+    eos: str | None = "<|eos|>"
+    pad: str | None = "<|pad|>"
+    extra: tuple[str, ...] = ("<|im_start|>", "<|im_end|>")
+
+    def named(self) -> dict[str, str]:
+        """The named ones, keyed like `transformers` attributes (``bos_token``, ...)."""
+        pairs = {"bos_token": self.bos, "eos_token": self.eos, "pad_token": self.pad}
+        return {name: token for name, token in pairs.items() if token is not None}
+
+    def all(self) -> list[str]:
+        """Every special token, in id order, without duplicates."""
+        return list(dict.fromkeys([*self.named().values(), *self.extra]))
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` plus its special tokens and chat template."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        special_tokens: Mapping[str, str] | None = None,
+        chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
+        model_max_length: int = _UNBOUNDED_LENGTH,
+    ) -> None:
+        """Wrap ``backend``; ``special_tokens`` maps names like ``"bos_token"`` to token text."""
+        self.backend = backend
+        self.special_tokens = dict(special_tokens or {})
+        self.chat_template = chat_template
+        self.model_max_length = model_max_length
+        for name, token in self.special_tokens.items():
+            if name not in NAMED_SPECIAL_TOKENS:
+                raise TokenizerError(f"unknown special token name {name!r}")
+            if backend.token_to_id(token) is None:
+                raise TokenizerError(f"{name} {token!r} is not in the vocabulary")
+
+    # -- training and storage -------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int = 4096,
+        min_frequency: int = 2,
+        special_tokens: SpecialTokens = SpecialTokens(),  # noqa: B008 (frozen, so shared safely)
+        chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
+    ) -> Tokenizer:
+        """Train byte-level BPE on ``texts``: digits split one by one, all 256 bytes in the
+        alphabet (so any text round-trips), special tokens first. ``encode(...,
+        add_special_tokens=True)`` prepends the bos token, here and in `transformers`."""
+        specials = special_tokens.all()
+        if vocab_size < 256 + len(specials):
+            raise TokenizerError(f"vocab_size={vocab_size} < 256 bytes + {len(specials)} specials")
+        backend = Backend(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[AddedToken(t, special=True, normalized=False) for t in specials],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        backend.train_from_iterator(_checked_texts(texts), trainer=trainer)
+        if special_tokens.bos is not None:
+            bos = special_tokens.bos
+            backend.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A",
+                pair=f"{bos} $A {bos}:1 $B:1",
+                special_tokens=[(bos, backend.token_to_id(bos))],
+            )
+        return cls(backend, special_tokens.named(), chat_template)
+
+    def save(self, path: str | Path, chat_template_in_config: bool = False) -> None:
+        """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja``
+        atomically; ``chat_template_in_config`` also stores the template in the config, as
+        older `transformers` did."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / TOKENIZER_FILE, self.backend.to_str(pretty=True))
+        config = self._config()
+        if self.chat_template is not None:
+            atomic_write_text(folder / TEMPLATE_FILE, self.chat_template)
+            if chat_template_in_config:
+                config["chat_template"] = self.chat_template
+        else:
+            (folder / TEMPLATE_FILE).unlink(missing_ok=True)  # a stale template would load back
+        atomic_write_json(folder / CONFIG_FILE, config)
+
+    def _config(self) -> dict[str, Any]:
+        added = self.backend.get_added_tokens_decoder()
+        named = set(self.special_tokens.values())
+        return {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "added_tokens_decoder": {str(i): _added_token_json(t) for i, t in added.items()},
+            "additional_special_tokens": [
+                t.content for _, t in sorted(added.items()) if t.special and t.content not in named
+            ],
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": self.model_max_length,
+            **self.special_tokens,
+        }
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> Tokenizer:
+        """Load a folder written by `save` or by `transformers`' ``save_pretrained``."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise TokenizerError(f"{folder}: tokenizer folder not found")
+        backend = _read_backend(folder / TOKENIZER_FILE)
+        config_path = folder / CONFIG_FILE
+        config = _read_config(config_path) if config_path.is_file() else {}
+        special = {
+            name: _token_text(config[name], name, config_path)
+            for name in NAMED_SPECIAL_TOKENS
+            if config.get(name) is not None
+        }
+        extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+        extra = extra.values() if isinstance(extra, dict) else extra
+        extra = [_token_text(t, "additional_special_tokens", config_path) for t in extra]
+        # Like `transformers`: named special tokens become special added tokens, even when the
+        # BPE vocabulary already holds them, so they never split in text.
+        known = {t.content for t in backend.get_added_tokens_decoder().values()}
+        missing = [t for t in [*special.values(), *extra] if t not in known]
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+        if "add_bos_token" in config or "add_eos_token" in config:
+            backend.post_processor = _bos_eos_processor(backend, special, config)
+        template = _read_chat_template(folder, config, config_path)
+        max_length = config.get("model_max_length")
+        max_length = max_length if isinstance(max_length, int) else _UNBOUNDED_LENGTH
+        return cls(backend, special, template, max_length)
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens`` adds the bos token (if any)."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(
+        self, texts: Sequence[str], add_special_tokens: bool = False
+    ) -> list[list[int]]:
+        """`encode` for many texts at once (parallel in the Rust backend)."""
+        texts = list(_checked_texts(texts))
+        encodings = self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``ids``; exact inverse of `encode` for byte-level BPE."""
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of ``token``, or None when it is not in the vocabulary."""
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """Token text of ``token_id``, or None when out of range."""
+        return self.backend.id_to_token(token_id)
+
+    @property
+    def bos_token(self) -> str | None:
+        return self.special_tokens.get("bos_token")
+
+    @property
+    def eos_token(self) -> str | None:
+        return self.special_tokens.get("eos_token")
+
+    @property
+    def pad_token(self) -> str | None:
+        return self.special_tokens.get("pad_token")
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id_of(self.bos_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._id_of(self.eos_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._id_of(self.pad_token)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end generation: the eos token and the chat end-of-turn ``<|im_end|>``."""
+        ids = [self.eos_token_id, self.token_to_id("<|im_end|>")]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+    def _id_of(self, token: str | None) -> int | None:
+        return None if token is None else self.backend.token_to_id(token)
+
+    # -- chat -----------------------------------------------------------------------------
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        documents: Sequence[Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> str | list[int]:
+        """Render ``messages`` with the chat template exactly as `transformers` does; extra
+        ``kwargs`` become template variables. ``tokenize=True`` returns the ids instead."""
+        if self.chat_template is None:
+            raise TokenizerError("this tokenizer has no chat template; set .chat_template")
+        template = _compile_template(self.chat_template)
+        variables = {**self.special_tokens, **_plain(kwargs)}  # kwargs override special tokens
+        try:
+            text = template.render(
+                messages=_checked_messages(messages),
+                tools=_checked_dicts(tools, "tools"),
+                documents=_checked_dicts(documents, "documents"),
+                add_generation_prompt=add_generation_prompt,
+                **variables,
+            )
+        except jinja2.TemplateError as exc:
+            raise TokenizerError(f"chat template failed: {exc}") from exc
+        return self.encode(text) if tokenize else text
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load the tokenizer in folder ``path`` (see `Tokenizer.from_dir`)."""
+    return Tokenizer.from_dir(path)
+
+
+# -- reading a folder ---------------------------------------------------------------------
+
+
+def _read_backend(path: Path) -> Backend:
+    if not path.is_file():
+        raise TokenizerError(f"{path}: not found (a tokenizer folder needs {TOKENIZER_FILE})")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return Backend.from_str(text)
+    except Exception as exc:  # the Rust parser raises plain Exception
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as bad:
+            raise TokenizerError(
+                f"{path}:{bad.lineno}:{bad.colno}: invalid JSON: {bad.msg}"
+            ) from exc
+        raise TokenizerError(f"{path}: not a valid tokenizers file: {exc}") from exc
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = read_json(path, "tokenizer config")
+    except (OSError, ValueError) as exc:
+        raise TokenizerError(str(exc)) from exc
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _token_text(value: Any, field: str, path: Path) -> str:
+    """Special tokens are stored as text or as an AddedToken dict with a "content" key."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise TokenizerError(f'{path}: field "{field}" must be a string or {{"content": ...}}')
+
+
+def _read_chat_template(folder: Path, config: dict[str, Any], path: Path) -> str | None:
+    """``chat_template.jinja`` wins (as in `transformers`); else the config's ``chat_template``,
+    a string or a list of ``{"name", "template"}`` of which we take "default"."""
+    if (folder / TEMPLATE_FILE).is_file():
+        return (folder / TEMPLATE_FILE).read_text(encoding="utf-8")
+    value = config.get("chat_template")
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise TokenizerError(f'{path}: field "chat_template" must be a string or a list')
+    named = {}
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(k), str) for k in _NAME_TEMPLATE
+        ):
+            raise TokenizerError(f'{path}: field "chat_template[{i}]" needs "name" and "template"')
+        named[item["name"]] = item["template"]
+    if "default" not in named:
+        raise TokenizerError(
+            f'{path}: field "chat_template" has no "default" (has {sorted(named)})'
+        )
+    return named["default"]
+
+
+def _bos_eos_processor(backend: Backend, special: dict[str, str], config: dict[str, Any]) -> Any:
+    """The post-processor `transformers` builds from ``add_bos_token`` / ``add_eos_token``."""
+    bos, eos = special.get("bos_token"), special.get("eos_token")
+    add_bos = bool(config.get("add_bos_token")) and bos is not None
+    add_eos = bool(config.get("add_eos_token")) and eos is not None
+    single = f"{bos + ' ' if add_bos else ''}$A{' ' + eos if add_eos else ''}"
+    pair_b = f"{bos + ':1 ' if add_bos else ''}$B:1{' ' + eos + ':1' if add_eos else ''}"
+    used = [t for t, on in ((bos, add_bos), (eos, add_eos)) if on]
+    return processors.TemplateProcessing(
+        single=single,
+        pair=f"{single} {pair_b}",
+        special_tokens=[(t, backend.token_to_id(t)) for t in used],
+    )
+
+
+def _added_token_json(token: AddedToken) -> dict[str, Any]:
+    fields = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
+    return {name: getattr(token, name) for name in fields}
+
+
+def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}]: expected a str, got {type(text).__name__}")
+        yield text
+
+
+# -- chat templates -----------------------------------------------------------------------
+
+
+def _checked_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validate, drop None-valued keys (as `transformers` does) and alias reasoning fields."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise TokenizerError("messages must be a non-empty list of {'role', 'content'} dicts")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TokenizerError(f"messages[{i}]: expected a dict, got {type(message).__name__}")
+        message = {k: v for k, v in message.items() if v is not None}
+        for field in ("role", "content"):
+            if not isinstance(message.get(field), str):
+                got = type(message[field]).__name__ if field in message else "nothing"
+                raise TokenizerError(f'messages[{i}]: field "{field}" must be a string, got {got}')
+        checked.append(_plain(_with_reasoning_aliases(message)))
+    return checked
+
+
+def _with_reasoning_aliases(message: dict[str, Any]) -> dict[str, Any]:
+    """Templates read reasoning as ``reasoning_content`` (or ``thinking``); accept any name."""
+    reasoning = next((message[k] for k in _REASONING_KEYS if message.get(k) is not None), None)
+    if reasoning is None:
+        return message
+    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
+
+
+def _checked_dicts(items: Sequence[Any] | None, name: str) -> list[Any] | None:
+    if items is None:
+        return None
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise TokenizerError(f"{name}[{i}]: expected a dict, got {type(item).__name__}")
+    return _plain(list(items))
+
+
+def _plain(value: Any) -> Any:
+    """A copy built of JSON types only: templates are untrusted code, and rich objects carry
+    methods the sandbox cannot vet. Anything else becomes a ``"<TypeName>"`` placeholder."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    for kind in (str, int, float):  # subclasses (enums, ...) back to the base type
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return f"<{type(value).__name__}>"
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    """Plain ``json.dumps`` (Jinja's own ``tojson`` HTML-escapes, which chat text must not)."""
+    options = dict(ensure_ascii=ensure_ascii, indent=indent, separators=separators)
+    return json.dumps(value, sort_keys=sort_keys, **options)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _refuse_private(name: Any) -> None:
+    if isinstance(name, str) and name.startswith("_"):
+        raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} starts with '_'")
+
+
+class _Namespace(jinja2.utils.Namespace):
+    """``namespace()`` that refuses underscore-prefixed attributes (no reaching internals)."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # Jinja's signature: self is args[0]
+        for name in dict(*args[1:], **kwargs):
+            _refuse_private(name)
+        jinja2.utils.Namespace.__init__(*args, **kwargs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _refuse_private(name)
+        super().__setitem__(name, value)
+
+
+class _DictBuilder:
+    """``dict(...)`` / ``dict.fromkeys(...)`` for templates without exposing the ``dict`` type."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict:
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args: Any) -> dict:
+        return dict.fromkeys(*args)
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """Parses ``{% generation %}...{% endgeneration %}`` (assistant-mask markers used by some
+    templates) and renders the body unchanged."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller: Any) -> str:
+        return caller()
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> ImmutableSandboxedEnvironment:
+    """The Jinja environment of `transformers`' chat templates."""
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.globals["dict"] = _DictBuilder()
+    env.globals["namespace"] = _Namespace
+    return env
+
+
+@functools.lru_cache(maxsize=32)
+def _compile_template(source: str) -> jinja2.Template:
+    try:
+        return _environment().from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TokenizerError(f"chat template line {exc.lineno}: {exc.message}") from exc

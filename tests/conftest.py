@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random Hugging Face reference models for parity tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Tiny, every-option-on configurations per family (HF config kwargs).
+TINY_BASE = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
+
+
+def make_hf_model(model_type: str, seed: int = 0, std: float = 0.2, **overrides):
+    """A random `transformers` causal LM of ``model_type`` with weights ~ N(0, std²)
+    (norm gains ~ 1 + N(0, std²)), so logits are far from uniform and bugs show."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = {**TINY_BASE, **overrides}
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + std * torch.randn_like(p))
+            else:
+                p.copy_(std * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_model_factory():
+    """``factory(model_type, seed=0, std=0.2, **config_overrides) -> transformers model``."""
+    return make_hf_model

@@ -1,0 +1,92 @@
+"""The LM itself: initialisation, loss, inputs validation, and that it learns."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lmforge
+from lmforge.models.presets import PRESETS, preset_config
+
+
+def test_presets_have_documented_sizes():
+    sizes = {name: preset_config(name).num_parameters() for name in PRESETS}
+    assert 4.5e6 < sizes["5m"] < 6e6 and 25e6 < sizes["30m"] < 35e6
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("7b")
+
+
+def test_init_scheme():
+    torch.manual_seed(0)
+    cfg = preset_config("demo")
+    model = lmforge.CausalLM(cfg)
+    std = cfg.initializer_range
+    layer = model.model.layers[0]
+    assert layer.self_attn.q_proj.weight.std().item() == pytest.approx(std, rel=0.1)
+    expected = std / math.sqrt(2 * cfg.num_hidden_layers)
+    assert layer.self_attn.o_proj.weight.std().item() == pytest.approx(expected, rel=0.1)
+    assert layer.mlp.down_proj.weight.std().item() == pytest.approx(expected, rel=0.1)
+    assert torch.all(layer.input_layernorm.weight == 1)
+    # At init the model predicts near-uniformly: loss ≈ ln(V).
+    ids = torch.randint(0, cfg.vocab_size, (4, 32))
+    loss = model(ids, labels=ids).loss.item()
+    assert abs(loss - math.log(cfg.vocab_size)) < 0.1
+
+
+def test_loss_matches_manual_cross_entropy():
+    torch.manual_seed(0)
+    model = lmforge.CausalLM(preset_config("tiny"))
+    ids = torch.randint(0, 256, (2, 10))
+    labels = ids.clone()
+    labels[0, :4] = -100
+    out = model(ids, labels=labels)
+    manual = F.cross_entropy(out.logits[:, :-1].reshape(-1, 256), labels[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, manual)
+    assert torch.allclose(model(ids, logits_to_keep=3).logits, out.logits[:, -3:], atol=1e-6)
+
+
+def test_it_learns_a_pattern():
+    torch.manual_seed(0)
+    model = lmforge.CausalLM(preset_config("tiny"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids = torch.arange(32).repeat(4, 1) % 17
+    first = None
+    for _ in range(40):
+        loss = model(ids, labels=ids).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+
+
+def test_input_validation():
+    model = lmforge.CausalLM(preset_config("tiny"))
+    ids = torch.randint(0, 256, (2, 8))
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model(ids, attention_mask=torch.ones(2, 7))
+    with pytest.raises(ValueError, match="end at B\\*T"):
+        model(ids, cu_seqlens=torch.tensor([0, 3, 8], dtype=torch.int32))
+    with pytest.raises(ValueError, match="row boundary"):
+        model(ids, cu_seqlens=torch.tensor([0, 3, 10, 16], dtype=torch.int32))
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, document_ids=torch.zeros_like(ids), cu_seqlens=torch.tensor([0, 16]))
+
+
+def test_packed_gradients_do_not_leak_across_documents():
+    torch.manual_seed(0)
+    model = lmforge.CausalLM(preset_config("tiny"))
+    ids = torch.randint(0, 256, (1, 12))
+    docs = torch.tensor([[0] * 5 + [1] * 7])
+    emb = model.model.embed_tokens(ids).detach().requires_grad_(True)
+    # Route through the model with a hook replacing the embedding output.
+    handle = model.model.embed_tokens.register_forward_hook(lambda *_: emb)
+    try:
+        logits = model(ids, document_ids=docs).logits
+    finally:
+        handle.remove()
+    logits[0, 5:].sum().backward()  # loss on the second document only
+    assert torch.all(emb.grad[0, :5] == 0) and emb.grad[0, 5:].abs().sum() > 0
