@@ -54,12 +54,12 @@ TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 TEMPLATE_FILE = "chat_template.jinja"
 # The special-token attributes `transformers` knows by name and passes to chat templates.
-NAMED_SPECIAL_TOKENS = tuple(
-    ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
-)
+NAMED_SPECIAL_TOKENS = (
+    "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"
+)  # fmt: skip
 _UNBOUNDED_LENGTH = int(1e30)  # what `transformers` writes when a tokenizer has no length limit
 _REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
-_NAME_TEMPLATE = ("name", "template")
+_NAMED = ("name", "template")  # keys of one entry in a list of named chat templates
 
 
 class TokenizerError(ValueError):
@@ -186,7 +186,7 @@ class Tokenizer:
             raise TokenizerError(f"{folder}: tokenizer folder not found")
         backend = _read_backend(folder / TOKENIZER_FILE)
         config_path = folder / CONFIG_FILE
-        config = _read_config(config_path) if config_path.is_file() else {}
+        config = _read_json_object(config_path) if config_path.is_file() else {}
         special = {
             name: _token_text(config[name], name, config_path)
             for name in NAMED_SPECIAL_TOKENS
@@ -200,8 +200,6 @@ class Tokenizer:
         known = {t.content for t in backend.get_added_tokens_decoder().values()}
         missing = [t for t in [*special.values(), *extra] if t not in known]
         backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
-        if "add_bos_token" in config or "add_eos_token" in config:
-            backend.post_processor = _bos_eos_processor(backend, special, config)
         template = _read_chat_template(folder, config, config_path)
         max_length = config.get("model_max_length")
         max_length = max_length if isinstance(max_length, int) else _UNBOUNDED_LENGTH
@@ -317,27 +315,21 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 def _read_backend(path: Path) -> Backend:
     if not path.is_file():
         raise TokenizerError(f"{path}: not found (a tokenizer folder needs {TOKENIZER_FILE})")
-    text = path.read_text(encoding="utf-8")
     try:
-        return Backend.from_str(text)
+        return Backend.from_file(str(path))
     except Exception as exc:  # the Rust parser raises plain Exception
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as bad:
-            raise TokenizerError(
-                f"{path}:{bad.lineno}:{bad.colno}: invalid JSON: {bad.msg}"
-            ) from exc
+        _read_json_object(path)  # reports a JSON syntax error with its line and column
         raise TokenizerError(f"{path}: not a valid tokenizers file: {exc}") from exc
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def _read_json_object(path: Path) -> dict[str, Any]:
     try:
-        config = read_json(path, "tokenizer config")
+        value = read_json(path)
     except (OSError, ValueError) as exc:
         raise TokenizerError(str(exc)) from exc
-    if not isinstance(config, dict):
-        raise TokenizerError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    return config
+    if not isinstance(value, dict):
+        raise TokenizerError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _token_text(value: Any, field: str, path: Path) -> str:
@@ -361,31 +353,12 @@ def _read_chat_template(folder: Path, config: dict[str, Any], path: Path) -> str
         raise TokenizerError(f'{path}: field "chat_template" must be a string or a list')
     named = {}
     for i, item in enumerate(value):
-        if not isinstance(item, dict) or not all(
-            isinstance(item.get(k), str) for k in _NAME_TEMPLATE
-        ):
+        if not (isinstance(item, dict) and all(isinstance(item.get(k), str) for k in _NAMED)):
             raise TokenizerError(f'{path}: field "chat_template[{i}]" needs "name" and "template"')
         named[item["name"]] = item["template"]
     if "default" not in named:
-        raise TokenizerError(
-            f'{path}: field "chat_template" has no "default" (has {sorted(named)})'
-        )
+        raise TokenizerError(f'{path}: field "chat_template" lacks "default": {sorted(named)}')
     return named["default"]
-
-
-def _bos_eos_processor(backend: Backend, special: dict[str, str], config: dict[str, Any]) -> Any:
-    """The post-processor `transformers` builds from ``add_bos_token`` / ``add_eos_token``."""
-    bos, eos = special.get("bos_token"), special.get("eos_token")
-    add_bos = bool(config.get("add_bos_token")) and bos is not None
-    add_eos = bool(config.get("add_eos_token")) and eos is not None
-    single = f"{bos + ' ' if add_bos else ''}$A{' ' + eos if add_eos else ''}"
-    pair_b = f"{bos + ':1 ' if add_bos else ''}$B:1{' ' + eos + ':1' if add_eos else ''}"
-    used = [t for t, on in ((bos, add_bos), (eos, add_eos)) if on]
-    return processors.TemplateProcessing(
-        single=single,
-        pair=f"{single} {pair_b}",
-        special_tokens=[(t, backend.token_to_id(t)) for t in used],
-    )
 
 
 def _added_token_json(token: AddedToken) -> dict[str, Any]:
