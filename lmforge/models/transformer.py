@@ -188,10 +188,15 @@ class CausalLM(nn.Module):
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits[:, t] against labels[:, t + 1], ignoring -100."""
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    """Mean cross-entropy of logits[:, t] against labels[:, t + 1], ignoring -100.
+
+    The labels are shifted (not the logits), which avoids copying the ``[B, T, V]`` tensor.
+    """
+    shifted = F.pad(labels[:, 1:].to(logits.device), (0, 1), value=IGNORE_INDEX)
+    flat = logits.reshape(-1, logits.shape[-1])
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    return F.cross_entropy(flat, shifted.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def _documents_from_cu_seqlens(cu_seqlens: torch.Tensor, b: int, t: int) -> torch.Tensor:
