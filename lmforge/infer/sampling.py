@@ -60,14 +60,15 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     probability reaches ``top_p``; set the rest to ``-inf``.
 
     As in ``transformers``: sort ascending, drop every token whose cumulative probability
-    (itself included) is ≤ 1 − top_p, and always keep the most likely token. Among tied
-    logits the stable ascending sort drops lower token ids first. ``top_p`` = 1 is a no-op.
+    (itself included) is ≤ 1 − top_p, and always keep the most likely token. A group of
+    tied logits that straddles the threshold is split in ``torch.sort``'s order — the same
+    (unstable) sort HF uses, so results agree with HF's exactly. ``top_p`` = 1 is a no-op.
     """
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 disables top-p)")
     if top_p == 1:
         return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=False, stable=True)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     drop_sorted = cumulative <= 1 - top_p
     drop_sorted[..., -1] = False  # the most likely token always survives

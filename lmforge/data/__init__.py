@@ -1,0 +1,1 @@
+"""Data: sources, packing, training formats and synthetic tasks (`lmforge.data.tasks`)."""

@@ -1,0 +1,185 @@
+"""Sampling filters: exact parity with transformers' logits warpers, and the draw itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from lmforge.infer.sampling import (
+    apply_temperature,
+    apply_top_k,
+    apply_top_p,
+    process_logits,
+    sample_next_token,
+)
+
+INF = float("inf")
+
+
+def _logit_cases() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    extreme = 3 * torch.randn(6, 40, generator=g)
+    extreme[0, :5] = 1e4  # five tied, huge winners
+    extreme[1, 3] = -1e4
+    extreme[2, ::3] = -INF  # already filtered tokens
+    extreme[3, :] = -INF
+    extreme[3, 7] = 0.0  # a single surviving token
+    extreme[4, :] = 0.0  # uniform row: every token tied
+    extreme[5, :20] = 88.0  # softmax of the rest underflows to 0
+    return {
+        "gaussian": 2 * torch.randn(8, 97, generator=g),
+        "ties": torch.randint(-3, 3, (8, 50), generator=g).float(),
+        "small_vocab_ties": torch.randint(0, 2, (16, 5), generator=g).float(),
+        "extreme": extreme,
+    }
+
+
+CASES = _logit_cases()
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("temperature", [0.05, 0.7, 1.0, 3.0])
+def test_temperature_matches_hf(case, temperature):
+    logits = CASES[case]
+    expected = TemperatureLogitsWarper(temperature)(None, logits)
+    assert torch.equal(apply_temperature(logits, temperature), expected)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("top_k", [1, 2, 5, 39, 40, 97, 1000])
+def test_top_k_matches_hf(case, top_k):
+    logits = CASES[case]
+    expected = TopKLogitsWarper(top_k)(None, logits)
+    assert torch.equal(apply_top_k(logits, top_k), expected)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("top_p", [1e-6, 0.1, 0.3, 0.5, 0.77, 0.9, 0.999])
+def test_top_p_matches_hf(case, top_p):
+    logits = CASES[case]
+    expected = TopPLogitsWarper(top_p)(None, logits)
+    got = apply_top_p(logits, top_p)
+    assert torch.equal(got, expected)
+    assert bool((got > -INF).any(dim=-1).all()), "top-p must keep at least one token"
+
+
+@pytest.mark.parametrize(
+    ("top_p", "kept"), [(0.3, [1]), (0.45, [1]), (0.6, [1, 3]), (0.9, [0, 1, 3])]
+)
+def test_top_p_keeps_the_smallest_nucleus(top_p, kept):
+    """probs 0.2 / 0.5 / 0.0 / 0.3: the fewest most-likely tokens with mass ≥ top_p survive."""
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.0, 0.3]]))
+    survivors = (apply_top_p(logits, top_p) > -INF)[0].nonzero().flatten().tolist()
+    assert survivors == kept
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_disabled_filters_are_identity(case):
+    logits = CASES[case]
+    assert apply_top_k(logits, 0) is logits
+    assert apply_top_p(logits, 1.0) is logits
+    assert torch.equal(process_logits(logits), logits)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.7, 5, 0.9), (1.5, 20, 0.5)])
+def test_process_logits_matches_hf_chain(case, temperature, top_k, top_p):
+    logits = CASES[case]
+    expected = logits
+    for warper in (
+        TemperatureLogitsWarper(temperature),
+        TopKLogitsWarper(top_k),
+        TopPLogitsWarper(top_p),
+    ):
+        expected = warper(None, expected)
+    assert torch.equal(process_logits(logits, temperature, top_k, top_p), expected)
+
+
+def test_filters_leave_input_untouched_and_work_on_3d():
+    logits = CASES["gaussian"].clone()
+    before = logits.clone()
+    process_logits(logits, 0.5, 3, 0.5)
+    assert torch.equal(logits, before)
+    stacked = logits.view(2, 4, -1)
+    assert torch.equal(
+        process_logits(stacked, 0.5, 3, 0.5).view(8, -1), process_logits(logits, 0.5, 3, 0.5)
+    )
+
+
+def test_greedy_is_argmax():
+    logits = CASES["gaussian"]
+    expected = logits.argmax(dim=-1)
+    assert torch.equal(sample_next_token(logits), expected)
+    assert torch.equal(sample_next_token(logits, do_sample=True, temperature=0.0), expected)
+    # top_k = 1 leaves one token, so sampling is deterministic and equals greedy.
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_next_token(logits, True, 1.0, 1, 1.0, g), expected)
+
+
+def test_greedy_ties_pick_lowest_id():
+    logits = torch.tensor([[0.0, 2.0, 2.0, 1.0]])
+    assert sample_next_token(logits).tolist() == [1]
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    logits = CASES["gaussian"].repeat(50, 1)
+
+    def draw(seed):
+        return sample_next_token(logits, True, 1.3, 0, 1.0, torch.Generator().manual_seed(seed))
+
+    assert torch.equal(draw(3), draw(3))
+    assert not torch.equal(draw(3), draw(4))
+    assert draw(3).dtype == torch.int64 and draw(3).shape == (400,)
+
+
+def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"),
+    [(1.0, 0, 1.0), (0.6, 0, 1.0), (2.0, 4, 1.0), (1.0, 0, 0.8), (0.8, 5, 0.9)],
+)
+def test_draws_follow_the_filtered_softmax(temperature, top_k, top_p):
+    """Empirical frequencies of 60k draws match softmax(process_logits(...)): a chi-square
+    goodness-of-fit statistic below the 0.999 quantile, zero draws of filtered tokens."""
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0])
+    probs = process_logits(logits[None], temperature, top_k, top_p).softmax(-1)[0]
+    n = 60_000
+    g = torch.Generator().manual_seed(1234)
+    draws = sample_next_token(logits.expand(n, -1), True, temperature, top_k, top_p, g)
+    counts = torch.bincount(draws, minlength=logits.numel()).double()
+    support = probs > 0
+    assert counts[~support].sum() == 0
+    assert support.sum() >= 1
+    dof = int(support.sum()) - 1
+    # 0.999 quantiles of chi-square with dof = 0..7 degrees of freedom.
+    critical = [0.0, 10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32][dof]
+    assert _chi_square(counts[support], probs[support].double()) <= critical + 1e-9
+    assert 0.5 * float((counts / n - probs.double()).abs().sum()) < 0.01  # total variation
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda x: apply_temperature(x, 0.0), "temperature"),
+        (lambda x: apply_temperature(x, -1.0), "temperature"),
+        (lambda x: apply_top_k(x, -1), "top_k"),
+        (lambda x: apply_top_k(x, 2.5), "top_k"),
+        (lambda x: apply_top_p(x, 0.0), "top_p"),
+        (lambda x: apply_top_p(x, 1.5), "top_p"),
+        (lambda x: sample_next_token(x, True, float("nan")), "temperature"),
+        (lambda x: sample_next_token(x, True, 1.0, -2), "top_k"),
+        (lambda x: sample_next_token(x, True, 1.0, 0, 0.0), "top_p"),
+        (lambda x: sample_next_token(x[0]), r"\[batch, vocab\]"),
+    ],
+)
+def test_bad_arguments_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(CASES["gaussian"])
