@@ -245,19 +245,19 @@ def _run_info(args: argparse.Namespace) -> int:
 def checkpoint_info(folder: str | Path) -> dict[str, Any]:
     """Facts about an HF checkpoint folder, read from its config and safetensors headers
     (no tensor is loaded)."""
-    from lmforge.models.hf import _weight_files
+    from lmforge.models.hf import weight_files
 
     path = checkpoint_dir(folder)
     config = ModelConfig.from_pretrained(path)
     dtypes: dict[str, int] = {}
-    weight_files = []
-    for file in _weight_files(path):
+    files = []
+    for file in weight_files(path):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open handles have no __iter__
                 tensor = f.get_slice(key)
                 name = _SAFETENSORS_DTYPES.get(tensor.get_dtype(), tensor.get_dtype())
                 dtypes[name] = dtypes.get(name, 0) + math.prod(tensor.get_shape())
-        weight_files.append({"name": file.name, "bytes": file.stat().st_size})
+        files.append({"name": file.name, "bytes": file.stat().st_size})
     params = config.num_parameters()
     # K and V, per layer, per KV head, per head dimension, for 1000 tokens.
     kv_elements = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 1000
@@ -277,7 +277,7 @@ def checkpoint_info(folder: str | Path) -> dict[str, Any]:
         "max_position_embeddings": config.max_position_embeddings,
         "tie_word_embeddings": config.tie_word_embeddings,
         "dtype_on_disk": ", ".join(sorted(dtypes, key=dtypes.get, reverse=True)),
-        "weight_files": weight_files,
+        "weight_files": files,
         "weights_bytes": {"float32": 4 * params, "bfloat16": 2 * params},
         "kv_cache_bytes_per_1k_tokens": {"float32": 4 * kv_elements, "bfloat16": 2 * kv_elements},
         "tokenizer": _tokenizer_info(path),

@@ -53,7 +53,8 @@ def generate(
         do_sample: sample (with ``temperature``, ``top_k``, ``top_p``) instead of greedy
             argmax. ``temperature=0`` also means greedy.
         eos_token_id: an id or a list of ids that end a row; defaults to
-            ``model.config.eos_token_id``.
+            the model's ``generation_config`` (from ``generation_config.json``), then
+            ``model.config.eos_token_id`` — as HF does.
         pad_token_id: filler after a row has ended; defaults to ``model.config.pad_token_id``,
             then to the first end-of-sequence id.
         generator: RNG for sampling. ``seed`` instead creates a private generator, so the
@@ -66,8 +67,11 @@ def generate(
     _check_max_new_tokens(max_new_tokens)
     config = model.config
     vocab_size = config.vocab_size
-    eos_ids = _eos_ids(config.eos_token_id if eos_token_id is None else eos_token_id, vocab_size)
-    pad_id = _pad_id(pad_token_id, config.pad_token_id, eos_ids, vocab_size)
+    defaults = getattr(model, "generation_config", None) or {}
+    if eos_token_id is None:
+        eos_token_id = defaults.get("eos_token_id", config.eos_token_id)
+    eos_ids = _eos_ids(eos_token_id, vocab_size)
+    pad_id = _pad_id(pad_token_id, defaults.get("pad_token_id", config.pad_token_id), eos_ids, vocab_size)
     device = next(model.parameters()).device
     input_ids = _check_input_ids(input_ids, vocab_size, device)
     mask = _prompt_mask(input_ids, attention_mask, pad_id, eos_ids)

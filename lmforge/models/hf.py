@@ -39,7 +39,9 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[name]
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The safetensors files of a checkpoint folder (one file, or every shard of the index)."""
+    folder = Path(folder)
     if (folder / INDEX_FILE).is_file():
         index = read_json(folder / INDEX_FILE, "safetensors index")
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -60,7 +62,7 @@ def _weight_files(folder: Path) -> list[Path]:
 def read_state_dict(folder: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
     """All tensors of a single-file or sharded safetensors checkpoint."""
     state: dict[str, torch.Tensor] = {}
-    for file in _weight_files(Path(folder)):
+    for file in weight_files(Path(folder)):
         with safe_open(str(file), framework="pt", device=str(device)) as f:
             for key in f.keys():  # noqa: SIM118 - safe_open handles have no __iter__
                 state[key] = f.get_tensor(key)
@@ -94,6 +96,11 @@ def load_model(
         config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
     )
     model.tie_weights()
+    if (folder / "generation_config.json").is_file():
+        gen = read_json(folder / "generation_config.json", "generation config")
+        if not isinstance(gen, dict):
+            raise CheckpointError(f"{folder / 'generation_config.json'}: expected a JSON object")
+        model.generation_config = gen
     if target_dtype is not None:
         model.to(target_dtype)
     if device is not None:
@@ -162,11 +169,12 @@ def save_model(
     (an lmforge `Tokenizer`, or anything with ``save``/``save_pretrained``) is saved beside.
     """
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = _parse_dtype(dtype)
+    target = _parse_dtype(dtype)  # validate arguments before touching the disk
+    limit = _parse_size(max_shard_size)
     state = _export_state(model, target)
     stored_dtype = next(v.dtype for v in state.values() if v.is_floating_point())
-    shards = _plan_shards(state, _parse_size(max_shard_size))
+    shards = _plan_shards(state, limit)
+    folder.mkdir(parents=True, exist_ok=True)
 
     written: set[str] = set()
     if len(shards) == 1:
@@ -193,7 +201,8 @@ def save_model(
     dtype_name = str(stored_dtype).removeprefix("torch.")
     cfg["torch_dtype" if "torch_dtype" in cfg else "dtype"] = dtype_name
     atomic_write_json(folder / "config.json", cfg)
-    atomic_write_json(folder / "generation_config.json", generation_config(model.config))
+    gen = {**generation_config(model.config), **getattr(model, "generation_config", {})}
+    atomic_write_json(folder / "generation_config.json", gen)
     if tokenizer is not None:
         (tokenizer.save if hasattr(tokenizer, "save") else tokenizer.save_pretrained)(folder)
     return folder
@@ -227,4 +236,4 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
-__all__ = ["CheckpointError", "ConfigError", "load_model", "read_state_dict", "save_model"]
+__all__ = ["CheckpointError", "ConfigError", "load_model", "read_state_dict", "save_model", "weight_files"]

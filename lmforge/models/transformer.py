@@ -84,6 +84,8 @@ class CausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        # Defaults for generation (HF generation_config.json: eos ids, sampling settings).
+        self.generation_config: dict = {}
         self.model = TransformerModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.reset_parameters()

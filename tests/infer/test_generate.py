@@ -145,6 +145,28 @@ def test_special_tokens_default_to_model_config_like_hf(make_pair, model_type):
     assert bool((expected == PAD + 1).any()), "finished rows are padded with the config's pad"
 
 
+def test_generation_config_eos_takes_precedence_like_hf(make_pair, tmp_path):
+    """Instruct checkpoints list their turn-end token only in generation_config.json."""
+    import json
+
+    hf, _ = make_pair("llama")
+    ids, mask = left_padded()
+    eos, _ = eos_ids_for(hf, ids, mask)
+    hf, _ = make_pair("llama", eos_token_id=PAD + 2)  # config.json's eos never fires
+    hf.generation_config.eos_token_id = [eos, PAD + 2]
+    hf.generation_config.pad_token_id = PAD
+    hf.save_pretrained(tmp_path / "gc")
+    assert json.loads((tmp_path / "gc" / "generation_config.json").read_text())["eos_token_id"]
+    ours = lmforge.load_model(tmp_path / "gc")
+    expected = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW)
+    out = generate(ours, ids, attention_mask=mask, max_new_tokens=NEW)
+    assert torch.equal(out, expected) and bool((out[:, ids.shape[1] :] == eos).any())
+    # save_model keeps those defaults.
+    lmforge.save_model(ours, tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "generation_config.json").read_text())
+    assert again["eos_token_id"] == [eos, PAD + 2]
+
+
 def test_pad_falls_back_to_first_eos_like_hf(make_pair):
     hf, ours = make_pair("llama")
     ids, mask = left_padded()
