@@ -1,8 +1,8 @@
 """lmforge: forge large language models end to end, in readable PyTorch.
 
-    >>> import lmforge
-    >>> model = lmforge.load_model("path/to/hf-folder")
-    >>> lmforge.save_model(model, "out/")
+>>> import lmforge
+>>> model = lmforge.load_model("path/to/hf-folder")
+>>> lmforge.save_model(model, "out/")
 """
 
 from lmforge.config import ConfigError, ModelConfig

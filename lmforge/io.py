@@ -56,7 +56,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
+    atomic_write_text(
+        path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n"
+    )
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

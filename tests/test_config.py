@@ -105,7 +105,11 @@ def test_legacy_rope_fields_round_trip():
 
 def test_family_semantics():
     base = dict(
-        vocab_size=10, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+        vocab_size=10,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
     )
     qwen2 = from_hf_config_dict({"model_type": "qwen2", **base})
     assert qwen2.qkv_bias and not qwen2.o_bias and not qwen2.qk_norm

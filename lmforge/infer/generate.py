@@ -71,7 +71,9 @@ def generate(
     if eos_token_id is None:
         eos_token_id = defaults.get("eos_token_id", config.eos_token_id)
     eos_ids = _eos_ids(eos_token_id, vocab_size)
-    pad_id = _pad_id(pad_token_id, defaults.get("pad_token_id", config.pad_token_id), eos_ids, vocab_size)
+    pad_id = _pad_id(
+        pad_token_id, defaults.get("pad_token_id", config.pad_token_id), eos_ids, vocab_size
+    )
     device = next(model.parameters()).device
     input_ids = _check_input_ids(input_ids, vocab_size, device)
     mask = _prompt_mask(input_ids, attention_mask, pad_id, eos_ids)

@@ -128,7 +128,9 @@ def _check_state_dict(model: CausalLM, state: dict[str, torch.Tensor], folder: P
     if mismatched:
         problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
     if problems:
-        raise CheckpointError(f"{folder}: checkpoint does not match config.json — " + "; ".join(problems))
+        raise CheckpointError(
+            f"{folder}: checkpoint does not match config.json — " + "; ".join(problems)
+        )
 
 
 def _parse_size(size: int | str) -> int:
@@ -236,4 +238,11 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
-__all__ = ["CheckpointError", "ConfigError", "load_model", "read_state_dict", "save_model", "weight_files"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "load_model",
+    "read_state_dict",
+    "save_model",
+    "weight_files",
+]

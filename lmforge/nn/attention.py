@@ -80,8 +80,11 @@ class AttentionBatch:
     def needs_mask(self, window: int | None) -> bool:
         total = self.past + self.seq_len
         window_bites = window is not None and window < total
-        return self.key_valid is not None or self.doc_ids is not None or window_bites or (
-            self.past > 0 and self.seq_len > 1
+        return (
+            self.key_valid is not None
+            or self.doc_ids is not None
+            or window_bites
+            or (self.past > 0 and self.seq_len > 1)
         )
 
     def mask(self, window: int | None, device: torch.device) -> torch.Tensor:

@@ -101,7 +101,9 @@ class RotaryEmbedding(nn.Module):
         self, position_ids: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         device_type = position_ids.device.type
-        with torch.autocast(device_type=device_type if device_type != "mps" else "cpu", enabled=False):
+        with torch.autocast(
+            device_type=device_type if device_type != "mps" else "cpu", enabled=False
+        ):
             freqs = position_ids[..., None].float() * self.inv_freq.float()
             emb = torch.cat((freqs, freqs), dim=-1)
             cos = emb.cos() * self.attention_scaling

@@ -52,7 +52,10 @@ CASES = {
         ),
     ),
     "qwen2-bias-tied": ("qwen2", dict(tie_word_embeddings=True)),
-    "qwen2-sliding": ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1)),
+    "qwen2-sliding": (
+        "qwen2",
+        dict(use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    ),
     "qwen3-qknorm-headdim": ("qwen3", dict(head_dim=16)),
     "qwen3-bias-sliding-yarn": (
         "qwen3",
@@ -114,14 +117,19 @@ def test_lmforge_to_hf_logits(pair, tmp_path):
     lmforge.save_model(ours, tmp_path)
     hf2 = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
     ids, mask = _batch(seed=1)
-    assert _max_diff(hf2(ids, attention_mask=mask).logits, ours(ids, attention_mask=mask).logits, mask) <= ATOL
+    assert (
+        _max_diff(hf2(ids, attention_mask=mask).logits, ours(ids, attention_mask=mask).logits, mask)
+        <= ATOL
+    )
 
 
 @torch.no_grad()
 def test_packed_equals_separate(pair):
     _, ours, _ = pair
     lengths = [5, 7, 4]
-    docs = [torch.randint(0, 97, (1, n), generator=torch.Generator().manual_seed(n)) for n in lengths]
+    docs = [
+        torch.randint(0, 97, (1, n), generator=torch.Generator().manual_seed(n)) for n in lengths
+    ]
     packed = torch.cat(docs, dim=1)
     doc_ids = torch.cat([torch.full((1, n), i) for i, n in enumerate(lengths)], dim=1)
     out = ours(packed, document_ids=doc_ids).logits
