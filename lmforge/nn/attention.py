@@ -165,14 +165,17 @@ class Attention(nn.Module):
 
     def _sdpa(self, q, k, v, batch: AttentionBatch) -> torch.Tensor:
         groups = self.num_heads // self.num_kv_heads
+        if not batch.needs_mask(self.window):
+            # No padding, no documents, no cache offset: plain causal (or one query: all
+            # keys). SDPA shares K/V heads itself (no copies) on this path.
+            return F.scaled_dot_product_attention(
+                q, k, v, is_causal=q.shape[2] > 1, enable_gqa=groups > 1
+            )
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
-        if batch.needs_mask(self.window):
-            mask = batch.mask(self.window, q.device)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        # No padding, no documents, no cache offset: plain causal (or one query: all keys).
-        return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
+        mask = batch.mask(self.window, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def _flash_varlen(self, q, k, v, batch: AttentionBatch) -> torch.Tensor:
         b, h, t, d = q.shape
