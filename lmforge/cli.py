@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,9 +24,9 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from lmforge.config import ModelConfig
+from lmforge.data.sources import input_files, read_documents
 from lmforge.io import atomic_write_bytes, read_json
 
-INPUT_SUFFIXES = (".txt", ".jsonl")
 # Files besides the weights that make a checkpoint usable; `convert` copies them across.
 SIDE_FILES = (
     "generation_config.json",
@@ -146,57 +145,6 @@ def _run_tokenizer_train(args: argparse.Namespace) -> int:
     if tok.vocab_size < args.vocab_size:
         print(f"note: the data supports only {tok.vocab_size} of the {args.vocab_size} ids asked")
     return 0
-
-
-def input_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into the sorted .txt / .jsonl files to read."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in INPUT_SUFFIXES and p.is_file())
-            if not found:
-                raise CommandError(f"{path}: folder holds no .txt or .jsonl files")
-            files += found
-        elif path.is_file():
-            if path.suffix not in INPUT_SUFFIXES:
-                raise CommandError(f"{path}: unsupported file type (use .txt or .jsonl)")
-            files.append(path)
-        else:
-            raise CommandError(f"{path}: no such file or folder")
-    return files
-
-
-def read_documents(path: Path, text_field: str = "text", txt_docs: str = "paragraph"):
-    """Yield the documents of one .txt or .jsonl file; bad lines raise naming file:line."""
-    try:
-        if path.suffix == ".jsonl":
-            yield from _jsonl_documents(path, text_field)
-        elif txt_docs == "file":
-            text = path.read_text(encoding="utf-8").strip()
-            yield from [text] if text else []
-        else:
-            paragraphs = re.split(r"\n[ \t]*\n", path.read_text(encoding="utf-8"))
-            yield from (p.strip() for p in paragraphs if p.strip())
-    except UnicodeDecodeError as exc:
-        raise CommandError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CommandError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
-            if not isinstance(record, dict) or text_field not in record:
-                raise CommandError(f"{path}:{lineno}: missing field {text_field!r}")
-            if not isinstance(record[text_field], str):
-                kind = type(record[text_field]).__name__
-                raise CommandError(f"{path}:{lineno}: field {text_field!r} is {kind}, not a string")
-            yield record[text_field]
 
 
 # ---------------------------------------------------------------------- info
