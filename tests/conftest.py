@@ -39,6 +39,12 @@ def make_hf_model(model_type: str, seed: int = 0, std: float = 0.2, **overrides)
 
 
 @pytest.fixture(scope="session")
+def tiny_hf_kwargs():
+    """The tiny HF config kwargs the parity tests use (a fresh copy per test)."""
+    return lambda: dict(TINY_BASE)
+
+
+@pytest.fixture(scope="session")
 def hf_model_factory():
     """``factory(model_type, seed=0, std=0.2, **config_overrides) -> transformers model``."""
     return make_hf_model

@@ -32,25 +32,17 @@ HF_CASES = [
 ]
 
 
-def _saved_hf_config(tmp_path, model_type, overrides):
+def _saved_hf_config(tmp_path, base, model_type, overrides):
     from transformers import AutoConfig
 
-    kwargs = dict(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    cfg = AutoConfig.for_model(model_type, **{**kwargs, **overrides})
+    cfg = AutoConfig.for_model(model_type, **{**base, **overrides})
     cfg.save_pretrained(tmp_path)
     return json.loads((tmp_path / "config.json").read_text())
 
 
 @pytest.mark.parametrize("model_type,overrides", HF_CASES)
-def test_hf_config_round_trip_is_lossless(tmp_path, model_type, overrides):
-    raw = _saved_hf_config(tmp_path, model_type, overrides)
+def test_hf_config_round_trip_is_lossless(tmp_path, tiny_hf_kwargs, model_type, overrides):
+    raw = _saved_hf_config(tmp_path, tiny_hf_kwargs(), model_type, overrides)
     ours = ModelConfig.from_pretrained(tmp_path)
     assert to_hf_config_dict(ours) == raw
     # And our own serialisation round-trips too.
@@ -58,10 +50,10 @@ def test_hf_config_round_trip_is_lossless(tmp_path, model_type, overrides):
 
 
 @pytest.mark.parametrize("model_type,overrides", HF_CASES)
-def test_transformers_reads_our_config_identically(tmp_path, model_type, overrides):
+def test_transformers_reads_our_config_identically(tmp_path, tiny_hf_kwargs, model_type, overrides):
     from transformers import AutoConfig
 
-    raw = _saved_hf_config(tmp_path, model_type, overrides)
+    raw = _saved_hf_config(tmp_path, tiny_hf_kwargs(), model_type, overrides)
     ours = from_hf_config_dict(raw)
     out = tmp_path / "ours"
     out.mkdir()

@@ -105,8 +105,6 @@ def load_model(
         model.to(target_dtype)
     if device is not None:
         model.to(device)
-    # RoPE tables stay fp32 whatever the weights' dtype.
-    model.model.rotary_emb.inv_freq = model.model.rotary_emb.inv_freq.float()
     return model
 
 

@@ -96,6 +96,13 @@ class RotaryEmbedding(nn.Module):
         inv_freq, self.attention_scaling = rope_frequencies(head_dim, theta, scaling, max_positions)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        # `model.to(bfloat16)` would round the frequencies; keep them fp32 (move device only).
+        exact = self.inv_freq
+        super()._apply(fn, recurse)
+        self.inv_freq = exact.to(self.inv_freq.device)
+        return self
+
     @torch.no_grad()
     def forward(
         self, position_ids: torch.Tensor, dtype: torch.dtype

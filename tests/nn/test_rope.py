@@ -63,3 +63,12 @@ def test_rotation_preserves_norm_and_relative_positions():
 def test_unknown_rope_type():
     with pytest.raises(ValueError, match="dynamic"):
         rope_frequencies(8, 10000.0, {"rope_type": "dynamic", "factor": 2.0})
+
+
+def test_frequencies_stay_fp32_when_the_model_is_cast():
+    rope = RotaryEmbedding(64, theta=500000.0)
+    exact = rope.inv_freq.clone()
+    rope.to(torch.bfloat16)
+    assert rope.inv_freq.dtype == torch.float32 and torch.equal(rope.inv_freq, exact)
+    cos, _ = rope(torch.arange(4)[None], torch.bfloat16)
+    assert cos.dtype == torch.bfloat16
