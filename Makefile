@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # CPU wheel when no NVIDIA GPU is visible; the default (CUDA) build otherwise.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: venv demo test test-all lint format bench clean
+.PHONY: browser venv demo test test-all lint format bench clean
 
 venv: $(STAMP)
 
@@ -16,20 +16,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 ifeq ($(HAS_GPU),1)
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" || $(BIN)/python -m pip install --quiet torch
-	$(BIN)/python -m pip install --quiet -e ".[dev,serve,gpu]" || $(BIN)/python -m pip install --quiet -e ".[dev,serve]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve,data,gpu]" || $(BIN)/python -m pip install --quiet -e ".[dev,serve,data]"
 else
 	# CPU: the local wheel (torch==X+cpu) when the machine has one, else PyTorch's CPU index.
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
 	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu
-	$(BIN)/python -m pip install --quiet -e ".[dev,serve]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve,data]"
 endif
 	touch $(STAMP)
+
+# The web chat page is tested in headless Chromium (Debian's package). Installed when we can
+# (root + apt); without it that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) ; } || \
+	  echo "note: chromium not installed; the web chat page test will be skipped"
 
 demo: $(STAMP)
 	$(BIN)/python -m lmforge demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -x --timeout=600
 
 test-all: $(STAMP)
