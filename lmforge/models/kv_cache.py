@@ -60,6 +60,13 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def crop(self, length: int) -> None:
+        """Roll back to the first ``length`` cached positions (e.g. drop rejected draft
+        tokens in speculative decoding); later writes overwrite the stale slots."""
+        if not isinstance(length, int) or not 0 <= length <= self.length:
+            raise ValueError(f"crop length={length!r} must be an integer in [0, {self.length}]")
+        self.length = length
+
     def reorder(self, index: torch.Tensor) -> None:
         """Select batch rows (e.g. surviving beams) in place."""
         for buffers in (self.keys, self.values):

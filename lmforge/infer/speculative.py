@@ -1,0 +1,499 @@
+"""Speculative decoding: a cheap drafter proposes k tokens, the target checks them in one forward.
+
+Speculative sampling (Leviathan, Kalman & Matias 2023, "Fast Inference from Transformers via
+Speculative Decoding", Algorithm 1; Chen et al. 2023, "Accelerating Large Language Model
+Decoding with Speculative Sampling", Algorithm 2):
+
+    draft  x₁…x_k with xᵢ ~ qᵢ = q(· | context, x₁…xᵢ₋₁)             (k cheap forwards)
+    target p₁…p_{k+1} from ONE forward over [last token, x₁…x_k]
+    for i = 1…k: accept xᵢ with probability min(1, pᵢ(xᵢ) / qᵢ(xᵢ)); stop at the first reject
+    on a reject at i: emit one token ~ norm(max(0, pᵢ − qᵢ))          (the residual)
+    if all k pass:   emit a bonus token ~ p_{k+1}
+
+Each round emits between 1 and k + 1 tokens, and every emitted token is distributed exactly
+as target-only sampling would draw it (Leviathan et al., Theorem 3.5): for a draft token x,
+q(x)·min(1, p(x)/q(x)) + (1 − Σ_y min(p(y), q(y)))·residual(x) = min(q, p)(x) + max(0, p − q)(x)
+= p(x). Temperature, top-k and top-p are applied to both p and q (the *processed*
+distributions), so the output follows the target's processed distribution exactly. Greedy
+decoding accepts while the draft equals the target's argmax and so reproduces target-only
+greedy decoding token for token.
+
+The drafter is pluggable (`Drafter`): `ModelDrafter` runs a small causal LM with its own KV
+cache; Medusa / MTP heads can implement the same two methods. Both KV caches are rolled back
+(`KVCache.crop`) past rejected drafts. The draft length adapts (`DraftLengthSchedule`): one
+more after a round where everything was accepted, one fewer after an early rejection.
+
+Batch size 1: one sequence per call (acceptance lengths differ between rows, so batching
+would need ragged per-row caches; the paged engine is the place for that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+
+from lmforge.infer.sampling import check_sampling_args, process_logits
+from lmforge.models.kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from lmforge.models.transformer import CausalLM
+
+__all__ = [
+    "Draft",
+    "DraftLengthSchedule",
+    "Drafter",
+    "ModelDrafter",
+    "SamplingSettings",
+    "SpeculativeOutput",
+    "residual_distribution",
+    "speculative_generate",
+    "verify_greedy",
+    "verify_sampled",
+]
+
+
+# ---------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a token is picked from logits, shared by target and drafter so p and q are
+    processed identically. Greedy when ``do_sample`` is false or ``temperature`` is 0."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_sampling_args(self.temperature, self.top_k, self.top_p)
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The processed distribution softmax(temperature → top-k → top-p) over ``[..., V]``."""
+        return process_logits(logits.float(), self.temperature, self.top_k, self.top_p).softmax(-1)
+
+
+@dataclass
+class DraftLengthSchedule:
+    """Number of draft tokens per round: starts at ``initial``; when ``adaptive``, +1 after a
+    round where every draft was accepted and −1 after one with a rejection, within
+    [``minimum``, ``maximum``]. (Choosing k from past rounds only keeps sampling exact.)"""
+
+    initial: int = 4
+    minimum: int = 1
+    maximum: int = 8
+    adaptive: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("initial", "minimum", "maximum"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"DraftLengthSchedule.{name}={value!r} must be an integer ≥ 0")
+        if not self.minimum <= self.initial <= self.maximum:
+            raise ValueError(
+                f"DraftLengthSchedule needs minimum ≤ initial ≤ maximum, got "
+                f"{self.minimum}, {self.initial}, {self.maximum}"
+            )
+
+    def next(self, k: int, num_drafted: int, num_accepted: int) -> int:
+        """The draft length after a round that drafted and accepted the given counts."""
+        if not self.adaptive:
+            return k
+        if num_accepted == num_drafted:
+            return min(self.maximum, k + 1)
+        return max(self.minimum, k - 1)
+
+
+# ---------------------------------------------------------------------- drafters
+@dataclass
+class Draft:
+    """Proposed ``tokens`` ``[n]`` (n ≤ k, int64) and ``probs`` ``[n, V]``: the processed
+    distribution each token was drawn from (None when greedy — only tokens are needed)."""
+
+    tokens: torch.Tensor
+    probs: torch.Tensor | None = None
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Anything that proposes draft tokens for a single sequence."""
+
+    def propose(
+        self,
+        context: torch.Tensor,
+        k: int,
+        sampling: SamplingSettings,
+        generator: torch.Generator | None,
+    ) -> Draft:
+        """Up to ``k`` tokens continuing ``context`` ``[L]``; when sampling, token i must be a
+        draw (with ``generator``) from ``probs[i]`` given the context and tokens before it."""
+        ...
+
+    def feedback(self, num_accepted: int) -> None:
+        """The target accepted the first ``num_accepted`` tokens of the last proposal."""
+        ...
+
+
+class ModelDrafter:
+    """A small causal LM (same vocabulary as the target) drafting autoregressively with its
+    own KV cache.
+
+    The cache always holds a prefix of the current sequence: `feedback` crops it to the
+    accepted drafts, and `propose` re-checks the cached ids against the context (so a drafter
+    may be reused across calls and prompts), then feeds only the uncached suffix.
+    """
+
+    def __init__(self, model: CausalLM) -> None:
+        self.model = model
+        self.cache: KVCache | None = None
+        self.cached_ids: list[int] = []  # the token ids whose K/V the cache holds
+        self.num_forwards = 0
+        self._proposal_start = 0  # context length of the latest proposal
+
+    def propose(
+        self,
+        context: torch.Tensor,
+        k: int,
+        sampling: SamplingSettings,
+        generator: torch.Generator | None,
+    ) -> Draft:
+        ids = context.tolist()
+        self._proposal_start = len(ids)
+        k = min(k, self.model.config.max_position_embeddings - len(ids))
+        if k <= 0:
+            return Draft(context.new_empty(0), None)
+        self._reuse_prefix(ids, len(ids) + k)
+        feed = context[len(self.cached_ids) :]
+        tokens, probs = [], []
+        for _ in range(k):
+            with torch.inference_mode():
+                logits = self.model(feed[None], cache=self.cache, logits_to_keep=1).logits
+            self.num_forwards += 1
+            self.cached_ids.extend(feed.tolist())
+            row = logits[0, -1]
+            if sampling.greedy:
+                token = row.argmax(-1, keepdim=True)
+            else:
+                q = sampling.probs(row)
+                token = torch.multinomial(q, 1, generator=generator)
+                probs.append(q)
+            tokens.append(token)
+            feed = token
+        tokens = torch.cat(tokens)
+        return Draft(tokens, torch.stack(probs) if probs else None)
+
+    def feedback(self, num_accepted: int) -> None:
+        """Drop the rejected drafts' K/V; the token the target emitted is fed next round."""
+        keep = self._proposal_start + num_accepted
+        if self.cache is not None and keep < len(self.cached_ids):
+            self.cache.crop(keep)
+            del self.cached_ids[keep:]
+
+    def _reuse_prefix(self, ids: list[int], needed: int) -> None:
+        """Keep the longest cached prefix of ``ids`` (at most all but its last token, whose
+        logits are needed); allocate a bigger cache if ``needed`` positions won't fit."""
+        if self.cache is None or self.cache.max_len < needed:
+            size = min(max(2 * needed, 256), self.model.config.max_position_embeddings)
+            self.cache = KVCache.for_model(self.model, 1, size)
+            self.cached_ids = []
+        keep = 0
+        limit = min(len(self.cached_ids), len(ids) - 1)
+        while keep < limit and self.cached_ids[keep] == ids[keep]:
+            keep += 1
+        self.cache.crop(keep)
+        del self.cached_ids[keep:]
+
+
+# ---------------------------------------------------------------------- verification (pure)
+def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p − q)) over the last dim: the distribution to resample from after a
+    rejection (Leviathan et al. 2023, §2.3). Where p ≤ q everywhere (p = q up to rounding, so
+    a rejection has probability 0) it falls back to p."""
+    residual = (p - q).clamp_min(0)
+    mass = residual.sum(-1, keepdim=True)
+    return torch.where(mass > 0, residual / mass.clamp_min(torch.finfo(p.dtype).tiny), p)
+
+
+def verify_sampled(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    draft: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int]:
+    """Speculative sampling's accept/reject step for one sequence.
+
+    Args:
+        p: ``[k + 1, V]`` target distributions at the k draft positions and the one after.
+        q: ``[k, V]`` the distributions the drafts were drawn from.
+        draft: ``[k]`` the drafted token ids.
+
+    Returns:
+        ``(n, token)``: the first n drafts are accepted (each with probability
+        min(1, pᵢ(xᵢ)/qᵢ(xᵢ)), tested as u·qᵢ(xᵢ) < pᵢ(xᵢ) with u ~ U[0, 1)), then ``token``
+        is drawn from the residual of position n (a rejection) or from p_{k+1} (all passed).
+    """
+    k = draft.shape[0]
+    idx = torch.arange(k, device=draft.device)
+    p_draft, q_draft = p[idx, draft], q[idx, draft]
+    u = torch.rand(k, generator=generator, device=p.device, dtype=p.dtype)
+    rejected = (u * q_draft >= p_draft).nonzero()
+    n = int(rejected[0]) if len(rejected) else k
+    dist = p[k] if n == k else residual_distribution(p[n], q[n])
+    return n, int(torch.multinomial(dist, 1, generator=generator))
+
+
+def verify_greedy(target_logits: torch.Tensor, draft: torch.Tensor) -> tuple[int, int]:
+    """Greedy verification: accept drafts while each equals the target's argmax; the next
+    token is the target's argmax after them. ``target_logits`` is ``[k + 1, V]``."""
+    best = target_logits.argmax(-1)
+    k = draft.shape[0]
+    mismatch = (best[:k] != draft).nonzero()
+    n = int(mismatch[0]) if len(mismatch) else k
+    return n, int(best[n])
+
+
+# ---------------------------------------------------------------------- the loop
+@dataclass
+class SpeculativeOutput:
+    """``sequences`` ``[1, T + n]``: the prompt and the n generated tokens (ending with the
+    end-of-sequence token if one was produced), with decoding statistics."""
+
+    sequences: torch.Tensor
+    num_new_tokens: int
+    num_drafted: int
+    num_accepted: int
+    num_rounds: int  # verification rounds = target forwards after the prompt prefill
+    num_target_forwards: int  # including the prefill (when the prompt has > 1 token)
+    draft_lengths: list[int]
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted ÷ drafted tokens (nan if nothing was drafted)."""
+        return self.num_accepted / self.num_drafted if self.num_drafted else float("nan")
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Accepted drafts per verification round."""
+        return self.num_accepted / self.num_rounds if self.num_rounds else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        """New tokens per target verification forward (1.0 for plain decoding)."""
+        return self.num_new_tokens / self.num_rounds if self.num_rounds else 0.0
+
+
+def speculative_generate(
+    target: CausalLM,
+    drafter: Drafter | CausalLM | None,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 20,
+    *,
+    num_draft_tokens: int | DraftLengthSchedule = 4,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> SpeculativeOutput:
+    """Continue one prompt with ``target``, drafting with ``drafter``.
+
+    Args:
+        target: the lmforge `CausalLM` whose distribution the output follows.
+        drafter: a `Drafter`, a small `CausalLM` with the same vocabulary (wrapped in a
+            `ModelDrafter`), or None for plain target decoding through the same loop.
+        input_ids: ``[T]`` or ``[1, T]`` prompt token ids (batch size 1).
+        max_new_tokens: upper bound on generated tokens.
+        num_draft_tokens: the starting draft length (adaptive between 1 and twice it), or a
+            `DraftLengthSchedule`; 0 decodes without drafting.
+        do_sample, temperature, top_k, top_p: as `lmforge.infer.generate`; applied
+            identically to target and draft distributions.
+        eos_token_id: id(s) that end generation (defaults as ``generate``: the model's
+            generation config, then its config).
+        seed / generator: RNG for drafting and acceptance; ``seed`` makes a private one.
+    """
+    sampling = SamplingSettings(do_sample, temperature, top_k, top_p)
+    schedule = _schedule(num_draft_tokens)
+    if drafter is None:
+        schedule = DraftLengthSchedule(0, 0, 0, adaptive=False)
+    elif not isinstance(drafter, Drafter):
+        drafter = _model_drafter(drafter, target)
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer ≥ 0")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer ≥ 0")
+    device = next(target.parameters()).device
+    prompt = _check_prompt(input_ids, target.config, max_new_tokens, device)
+    eos = _eos_set(target, eos_token_id)
+    rng = _generator(seed, generator, device)
+
+    max_len = len(prompt) + max_new_tokens + schedule.maximum
+    cache = KVCache.for_model(target, 1, max_len)
+    tokens = prompt.clone()
+    stats = dict(drafted=0, accepted=0, rounds=0, forwards=0)
+    lengths: list[int] = []
+    k = schedule.initial
+    with _eval_mode(target), _eval_mode(getattr(drafter, "model", None)):
+        if len(prompt) > 1:  # the cache holds every token but the last one
+            with torch.inference_mode():
+                target(prompt[None, :-1], cache=cache, logits_to_keep=1)
+            stats["forwards"] += 1
+        while len(tokens) - len(prompt) < max_new_tokens:
+            remaining = max_new_tokens - (len(tokens) - len(prompt))
+            k_now = min(k, remaining - 1)
+            draft = _propose(drafter, tokens, k_now, sampling, rng, target.config.vocab_size)
+            n, token = _verify_round(target, cache, tokens, draft, sampling, rng)
+            if drafter is not None and k_now > 0:
+                drafter.feedback(n)
+            cache.crop(len(tokens) + n)  # last token + accepted drafts; `token` is fed next
+            stats["drafted"] += len(draft.tokens)
+            stats["accepted"] += n
+            stats["rounds"] += 1
+            stats["forwards"] += 1
+            lengths.append(len(draft.tokens))
+            new = draft.tokens[:n].tolist() + [token]
+            stop = next((i for i, t in enumerate(new) if t in eos), None)
+            if stop is not None:
+                new = new[: stop + 1]
+            tokens = torch.cat([tokens, torch.tensor(new, device=device)])
+            if stop is not None:
+                break
+            if k_now == k:  # a round cut short by max_new_tokens says nothing about k
+                k = schedule.next(k, len(draft.tokens), n)
+
+    return SpeculativeOutput(
+        sequences=tokens[None].clone(),
+        num_new_tokens=len(tokens) - len(prompt),
+        num_drafted=stats["drafted"],
+        num_accepted=stats["accepted"],
+        num_rounds=stats["rounds"],
+        num_target_forwards=stats["forwards"],
+        draft_lengths=lengths,
+    )
+
+
+def _propose(drafter, tokens, k, sampling, rng, vocab_size) -> Draft:
+    if k <= 0:
+        return Draft(tokens.new_empty(0), None)
+    draft = drafter.propose(tokens, k, sampling, rng)
+    n = draft.tokens.shape[0]
+    if draft.tokens.ndim != 1 or n > k:
+        raise ValueError(
+            f"drafter returned tokens of shape {tuple(draft.tokens.shape)}, need [≤{k}]"
+        )
+    if not sampling.greedy and n and (draft.probs is None or draft.probs.shape != (n, vocab_size)):
+        got = None if draft.probs is None else tuple(draft.probs.shape)
+        raise ValueError(f"drafter returned probs {got}; sampling needs [{n}, {vocab_size}]")
+    return draft
+
+
+def _verify_round(target, cache, tokens, draft, sampling, rng) -> tuple[int, int]:
+    """One target forward over [last token, drafts] → (accepted count, next token)."""
+    feed = torch.cat([tokens[-1:], draft.tokens])
+    with torch.inference_mode():
+        logits = target(feed[None], cache=cache).logits[0].float()
+    if sampling.greedy:
+        return verify_greedy(logits, draft.tokens)
+    p = sampling.probs(logits)
+    if len(draft.tokens) == 0:
+        return 0, int(torch.multinomial(p[0], 1, generator=rng))
+    return verify_sampled(p, draft.probs.to(p), draft.tokens, rng)
+
+
+# ---------------------------------------------------------------------- helpers
+def _schedule(num_draft_tokens: int | DraftLengthSchedule) -> DraftLengthSchedule:
+    if isinstance(num_draft_tokens, DraftLengthSchedule):
+        return num_draft_tokens
+    k = num_draft_tokens
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"num_draft_tokens={k!r} must be an integer ≥ 0 or a DraftLengthSchedule")
+    return DraftLengthSchedule(k, min(1, k), 2 * k)
+
+
+def _model_drafter(model, target) -> ModelDrafter:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "parameters"):
+        raise TypeError(
+            f"drafter must be a Drafter or an lmforge CausalLM, got {type(model).__name__}"
+        )
+    if config.vocab_size != target.config.vocab_size:
+        raise ValueError(
+            f"draft vocab_size={config.vocab_size} differs from the target's "
+            f"{target.config.vocab_size}; drafter and target must share a tokenizer"
+        )
+    return ModelDrafter(model)
+
+
+def _check_prompt(input_ids, config, max_new_tokens, device) -> torch.Tensor:
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.ndim == 2:
+        if input_ids.shape[0] != 1:
+            raise ValueError(
+                f"speculative decoding runs one sequence (batch size 1); input_ids has "
+                f"shape {tuple(input_ids.shape)}"
+            )
+        input_ids = input_ids[0]
+    if input_ids.ndim != 1 or input_ids.numel() == 0:
+        raise ValueError(
+            f"input_ids must be [T] or [1, T] with T ≥ 1, got {tuple(input_ids.shape)}"
+        )
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= config.vocab_size:
+        raise ValueError(
+            f"input_ids contains ids in [{lo}, {hi}], outside [0, {config.vocab_size})"
+        )
+    if len(input_ids) + max_new_tokens > config.max_position_embeddings:
+        raise ValueError(
+            f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+            f"max_position_embeddings={config.max_position_embeddings}"
+        )
+    return input_ids.to(device=device, dtype=torch.long)
+
+
+def _eos_set(model, eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        defaults = getattr(model, "generation_config", None) or {}
+        eos_token_id = defaults.get("eos_token_id", model.config.eos_token_id)
+    if eos_token_id is None:
+        return set()
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    vocab = model.config.vocab_size
+    bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < vocab]
+    if bad:
+        raise ValueError(f"eos_token_id={eos_token_id!r}: {bad} are not token ids in [0, {vocab})")
+    return set(ids)
+
+
+def _generator(seed, generator, device) -> torch.Generator | None:
+    if seed is not None and generator is not None:
+        raise ValueError("pass either generator or seed, not both")
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed={seed!r} must be an integer")
+        return torch.Generator(device=device).manual_seed(seed)
+    return generator
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module | None) -> Iterator[None]:
+    """Eval mode for every submodule of ``model``; each one's own mode restored after."""
+    if model is None:
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
