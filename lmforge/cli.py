@@ -5,6 +5,8 @@
     lmforge convert ckpt/ --out ckpt-bf16/ --dtype bfloat16 --max-shard-size 2GB
     lmforge generate --model ckpt/ --prompt "Once upon a time" [--chat] [--greedy]
     lmforge demo [--seconds 60] [--out runs/demo]
+    lmforge serve --model ckpt/ [--port 8000] [--api-key KEY]
+    lmforge chat --model ckpt/ [--temperature 0.7]
 
 Bad input (a missing path, a folder that is not a checkpoint, an invalid config, tokenizer
 or data file) prints one line ``lmforge <command>: error: ...`` to stderr and exits with
@@ -81,7 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(commands)
     _add_generate(commands)
     _add_demo(commands)
+    _add_serve(commands)
     return parser
+
+
+def _add_serve(commands) -> None:
+    from lmforge.serve.commands import add_commands  # `serve` and `chat`
+
+    add_commands(commands, _subparser)
 
 
 def _subparser(commands, name: str, help: str, examples: str) -> argparse.ArgumentParser:
