@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
 from lmforge.nn.attention import Attention, AttentionBatch, LayerCache
@@ -78,6 +79,15 @@ class TransformerModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(
             config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
         )
+        # Activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory
+        # Cost"): 0 = off; k ≥ 1 = recompute every k-th block (0, k, 2k, ...) in backward
+        # instead of storing its activations. Applies only in training with autograd on.
+        self.gradient_checkpointing = 0
+
+    def checkpointed(self, layer_idx: int) -> bool:
+        """Whether block ``layer_idx`` is recomputed in backward (see `gradient_checkpointing`)."""
+        k = self.gradient_checkpointing
+        return bool(k) and self.training and torch.is_grad_enabled() and layer_idx % k == 0
 
 
 class CausalLM(nn.Module):
@@ -173,8 +183,11 @@ class CausalLM(nn.Module):
 
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, batch, cache)
+        for i, layer in enumerate(self.model.layers):
+            if self.model.checkpointed(i):
+                x = checkpoint(layer, x, cos, sin, batch, cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, batch, cache)
         if cache is not None:
             cache.advance(t)
         x = self.model.norm(x)

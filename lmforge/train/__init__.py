@@ -1,0 +1,15 @@
+"""Training: one loop (`Trainer`) for pretraining, SFT and later alignment objectives,
+AdamW + schedules, atomic checkpoints with exact resume, DDP / FSDP2 under torchrun."""
+
+from lmforge.train.config import ConfigError, RunConfig, load_config
+from lmforge.train.loop import LossOutput, Trainer, TrainingDiverged, causal_lm_loss
+
+__all__ = [
+    "ConfigError",
+    "LossOutput",
+    "RunConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "causal_lm_loss",
+    "load_config",
+]

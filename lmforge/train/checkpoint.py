@@ -1,0 +1,328 @@
+"""Training checkpoints: HF-format weights plus ``trainer_state/``, written atomically.
+
+    <run>/checkpoints/
+        step-00000050/                 an HF model folder (loads in transformers / lmforge) ...
+            config.json  model.safetensors  generation_config.json  tokenizer.json ...
+            trainer_state/
+                optimizer.safetensors  optimizer state tensors, keyed state/<param name>/<key>
+                optimizer.json         param groups (hyperparameters, parameter names)
+                state.json             step, tokens, elapsed time, schedule, config,
+                                       per-rank data-loader position and RNG states
+        step-00000100/ ...
+        latest                          name of the newest complete checkpoint, written last
+
+A checkpoint is assembled in ``.tmp-step-…/`` (every file fsynced), renamed into place in one
+``rename``, and only then does ``latest`` move to it; the oldest beyond ``keep_last`` are
+deleted afterwards. A process killed at any point leaves the previous checkpoint complete
+and ``latest`` pointing at a complete checkpoint. Nothing is pickled (safetensors + JSON).
+
+Under FSDP the full (unsharded) model and optimizer state is gathered to rank 0, so a
+checkpoint saved by N processes loads in one, and vice versa.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmforge.io import _fsync_dir, atomic_path, atomic_write_json, atomic_write_text, read_json
+from lmforge.models.hf import read_state_dict, save_model, weight_files
+from lmforge.train import distributed as D
+
+LATEST = "latest"
+STATE_DIR = "trainer_state"
+_STEP_RE = re.compile(r"^step-(\d{8})$")
+# Test hook: when set to a step number, saving that step pauses for a minute half-way through
+# (after the weights, before the trainer state) and creates <tmp dir>/PAUSED, so a test can
+# SIGKILL the process mid-save.
+PAUSE_ENV = "LMFORGE_TEST_PAUSE_SAVE_AT"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+# ---------------------------------------------------------------------- RNG
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) generator states as JSON-serialisable data."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [
+            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
+        ]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_bytes_tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
+
+
+def _bytes_tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+# ---------------------------------------------------------------------- full state dicts
+def _options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded model state dict (gathered on every rank's CPU under FSDP: collective)."""
+    if D.is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(D.unwrap(model), options=_options(cpu_offload=True))
+    return D.unwrap(model).state_dict()
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Optimizer state keyed by parameter name (collective under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    opts = _options(cpu_offload=True) if D.is_fsdp(model) else _options()
+    return get_optimizer_state_dict(D.unwrap(model), optimizer, options=opts)
+
+
+def _split_optimizer_state(osd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for pname, entries in osd["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state/{pname}/{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(pname, {})[key] = value
+    groups = [dict(g) for g in osd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalar_state": scalars}
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, Any]:
+    state: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, rest = key.split("/", 1)
+        pname, name = rest.rsplit("/", 1)
+        state.setdefault(pname, {})[name] = value
+    for pname, entries in meta.get("scalar_state", {}).items():
+        state.setdefault(pname, {}).update(entries)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+# ---------------------------------------------------------------------- save
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    *,
+    tokenizer: Any = None,
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically; return its folder.
+
+    Collective: every rank calls it. ``state`` (step, tokens, config, ...) is written as
+    given from rank 0, plus ``loader`` and ``rng`` lists with one entry per rank (each rank's
+    ``state["loader"]`` and its RNG states).
+    """
+    root = Path(root)
+    per_rank = D.all_gather_objects({"loader": state.get("loader"), "rng": rng_state()})
+    model_state = full_model_state(model)
+    optim_state = full_optimizer_state(model, optimizer)
+    final = root / checkpoint_name(step)
+    if D.rank_and_world()[0] == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-{final.name}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        write_weights(model, model_state, tmp, tokenizer)
+        if os.environ.get(PAUSE_ENV) == str(step):
+            (tmp / "PAUSED").touch()
+            time.sleep(60)
+        tensors, meta = _split_optimizer_state(optim_state)
+        with atomic_path(tmp / STATE_DIR / "optimizer.safetensors") as path:
+            save_file(tensors, str(path), metadata={"format": "pt"})
+        atomic_write_json(tmp / STATE_DIR / "optimizer.json", meta)
+        full = {
+            **{k: v for k, v in state.items() if k != "loader"},
+            "step": step,
+            "loader": [r["loader"] for r in per_rank],
+            "rng": [r["rng"] for r in per_rank],
+        }
+        atomic_write_json(tmp / STATE_DIR / "state.json", full)
+        _fsync_dir(tmp / STATE_DIR)
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving a step (a resumed run): swap, then drop the old copy
+            old = root / f".old-{final.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(root)
+        atomic_write_text(root / LATEST, final.name + "\n")
+        prune_checkpoints(root, keep_last)
+    D.barrier()
+    return final
+
+
+def write_weights(model: nn.Module, state: dict[str, torch.Tensor], folder: Path, tokenizer):
+    inner = D.unwrap(model)
+    if not D.is_fsdp(model):
+        save_model(inner, folder, tokenizer=tokenizer)
+        return
+    # FSDP: build a CPU copy from the gathered full state and save that.
+    from lmforge.models.transformer import CausalLM
+    from lmforge.nn.rope import RotaryEmbedding
+
+    config = inner.config
+    with torch.device("meta"):
+        export = CausalLM(config)
+    export.load_state_dict(state, strict=False, assign=True)
+    export.model.rotary_emb = RotaryEmbedding(
+        config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
+    )
+    export.tie_weights()
+    export.generation_config = dict(getattr(inner, "generation_config", {}))
+    save_model(export, folder, tokenizer=tokenizer)
+
+
+def prune_checkpoints(root: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints (never the one ``latest`` names)."""
+    root = Path(root)
+    latest = _read_latest_name(root)
+    found = list_checkpoints(root)
+    removed = []
+    for path in found[: max(0, len(found) - keep_last)]:
+        if path.name != latest:
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+# ---------------------------------------------------------------------- find / load
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """``step-*`` folders under ``root``, oldest first (complete or not)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_RE.match(p.name))
+
+
+def is_complete(path: Path) -> bool:
+    """Whether ``path`` holds weights, a config and the full trainer state."""
+    try:
+        weight_files(path)
+    except (ValueError, OSError):
+        return False
+    need = ["config.json", f"{STATE_DIR}/state.json", f"{STATE_DIR}/optimizer.json"]
+    need.append(f"{STATE_DIR}/optimizer.safetensors")
+    return all((path / n).is_file() for n in need)
+
+
+def _read_latest_name(root: Path) -> str | None:
+    try:
+        return (root / LATEST).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The checkpoint ``latest`` names if complete, else the newest complete one, else None."""
+    root = Path(root)
+    name = _read_latest_name(root)
+    if name and is_complete(root / name):
+        return root / name
+    for path in reversed(list_checkpoints(root)):
+        if is_complete(path):
+            return path
+    return None
+
+
+def remove_partial(root: str | os.PathLike) -> None:
+    """Delete ``.tmp-*`` / ``.old-*`` leftovers of a save that was killed."""
+    root = Path(root)
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.is_dir() and path.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Load weights (and optimizer state) into ``model`` in place; return the trainer state.
+
+    Works for a plain model, DDP, and FSDP2 (each rank reads the full state and keeps its
+    shard). With ``restore_rng`` this rank's RNG states are restored too. The returned
+    state's ``loader`` is this rank's data-loader state.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    path = Path(path)
+    if not is_complete(path):
+        raise ValueError(f"{path}: not a complete training checkpoint")
+    state = read_json(path / STATE_DIR / "state.json", "trainer state")
+    inner = D.unwrap(model)
+    weights = read_state_dict(path)
+    if getattr(inner.config, "tie_word_embeddings", False):
+        weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
+    buffers = {k: v for k, v in inner.state_dict().items() if k not in weights}
+    set_model_state_dict(inner, {**buffers, **weights}, options=_options())
+    if optimizer is not None:
+        tensors = load_file(str(path / STATE_DIR / "optimizer.safetensors"))
+        meta = read_json(path / STATE_DIR / "optimizer.json", "optimizer state")
+        set_optimizer_state_dict(
+            inner, optimizer, _join_optimizer_state(tensors, meta), options=_options()
+        )
+    rank, world = D.rank_and_world()
+    saved_world = len(state.get("rng", [])) or 1
+    if restore_rng and state.get("rng"):
+        set_rng_state(state["rng"][rank % saved_world])
+    loaders = state.get("loader") or [None]
+    if saved_world != world and loaders[0] is not None:
+        raise ValueError(
+            f"{path}: saved by {saved_world} process(es), resumed with {world}; the data "
+            "position cannot be split differently (resume with the same world size, or "
+            "start a new run from the weights with model.init_from)"
+        )
+    state["loader"] = loaders[rank % len(loaders)]
+    return state

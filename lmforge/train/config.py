@@ -1,0 +1,310 @@
+"""Training configuration: YAML files validated into dataclasses, plus ``key=value`` overrides.
+
+    cfg = load_config("recipes/pretrain-tiny.yaml", ["optim.lr=1e-3", "train.max_steps=50"])
+
+A config has sections (`ModelSection`, `DataSection`, `OptimSection`, `TrainSection`,
+`LogSection`) and a run folder ``out_dir``. Every key is checked: an unknown key is an error
+that names the file, lists the valid keys and suggests the closest one; a value of the wrong
+type names the field and the type it needs. Override values are parsed as YAML scalars and
+then typed by the dataclass field (``train.max_steps=20`` → int, ``data.paths=[a.txt, b.txt]``
+→ list).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid training config; the message names the file and field."""
+
+
+@dataclass
+class ModelSection:
+    """The network: a preset (from scratch) or an HF folder to start from."""
+
+    preset: str = "tiny"  # lmforge.models.presets name, used when init_from is empty
+    init_from: str | None = None  # HF checkpoint folder (fine-tuning); wins over preset
+    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields (from scratch)
+
+
+@dataclass
+class DataSection:
+    """Where the training text comes from and how it is cut into rows."""
+
+    paths: list[str] = field(default_factory=list)  # empty → the synthetic corpus
+    val_paths: list[str] = field(default_factory=list)
+    synthetic_docs: int = 4000  # pretraining without paths: size of the synthetic corpus
+    val_docs: int = 200  # synthetic: held-out documents
+    val_fraction: float = 0.05  # sft without val_paths: share of examples held out
+    tokenizer: str | None = None  # folder with tokenizer.json; empty → train one (pretrain)
+    vocab_size: int = 512  # when training a tokenizer
+    seq_len: int = 128
+    text_field: str = "text"
+    format: str = "auto"  # sft: auto | messages | prompt_completion | alpaca
+    assistant_only: bool = True  # sft: loss only on assistant tokens
+    skip_bad: bool = False  # skip malformed records (counted and reported) instead of failing
+    split_long: bool = False  # sft: split conversations longer than seq_len
+    num_workers: int = 1  # tokenization processes
+
+
+@dataclass
+class OptimSection:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # final lr = min_lr_ratio × lr
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 20
+    decay_fraction: float = 0.2  # wsd: share of the run spent decaying
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 → no clipping
+    fused: bool | None = None  # None → fused AdamW where the device supports it
+
+
+@dataclass
+class TrainSection:
+    """Batching, precision, stopping, evaluation and checkpoints."""
+
+    batch_size: int = 8  # rows per micro-batch per rank
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 100
+    max_tokens: int = 0  # 0 → no token limit
+    max_time_s: float = 0.0  # 0 → no wall-clock limit
+    seed: int = 0
+    device: str = "auto"  # auto → cuda when available, else cpu
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    gradient_checkpointing: int = 0  # 0 off; k → recompute every k-th block
+    compile: bool = False
+    distributed: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto → ddp under torchrun
+    eval_every: int = 50  # 0 → only at the end
+    eval_batches: int = 8
+    save_every: int = 50  # 0 → only at the end
+    keep_last: int = 2
+    log_every: int = 1
+    resume: bool = True  # continue from out_dir/checkpoints when there is one
+
+
+@dataclass
+class LogSection:
+    """Where metrics go besides metrics.jsonl and training.png."""
+
+    progress: bool = True
+    tensorboard: bool = False  # needs the tensorboard package
+    wandb: bool = False  # needs the wandb package
+    wandb_project: str = "lmforge"
+
+
+@dataclass
+class RunConfig:
+    """One training run."""
+
+    out_dir: str = "runs/train"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------- loading
+def load_config(
+    path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """Read ``path`` (YAML; None → defaults), then apply ``key=value`` overrides in order."""
+    raw: dict[str, Any] = {}
+    where = "<defaults>"
+    if path is not None:
+        where = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such config file")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}{line}: invalid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+    config = from_dict(RunConfig, raw, where)
+    for item in overrides:
+        config = apply_override(config, item)
+    validate(config)
+    return config
+
+
+def from_dict(cls: type, raw: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``raw``, checking every key and value type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: {unknown_key_message(prefix + str(key), list(fields))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, where, f"{prefix}{key}.")
+        else:
+            kwargs[key] = coerce(value, hint, f"{where}: {prefix}{key}")
+    return cls(**kwargs)
+
+
+def unknown_key_message(key: str, valid: list[str]) -> str:
+    """``unknown key 'optim.lrr' (did you mean 'lr'?); valid keys: ...``."""
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {key!r}{hint}; valid keys: {', '.join(valid)}"
+
+
+def coerce(value: Any, hint: Any, what: str) -> Any:
+    """``value`` checked against (and where lossless converted to) the type ``hint``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, what)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{what}: {value!r} is not {hint}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{what}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{what}: expected a list, got {value!r}")
+        return [coerce(v, args[0], f"{what}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{what}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{what}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{what}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{what}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{what}: expected a string, got {value!r}")
+    raise ConfigError(f"{what}: unsupported field type {hint}")
+
+
+def apply_override(config: RunConfig, item: str) -> RunConfig:
+    """Apply one ``section.key=value`` override (value parsed as YAML, typed by the field)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=1e-3")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    target: Any = config
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(target)]
+        path = ".".join(parts[: depth + 1])
+        if part not in names:
+            raise ConfigError(f"override {item!r}: {unknown_key_message(path, names)}")
+        hint = typing.get_type_hints(type(target))[part]
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(hint):
+                raise ConfigError(f"override {item!r}: {path} is a section; set one of its keys")
+            if typing.get_origin(hint) is dict and value is None:
+                value = {}
+            setattr(target, part, coerce(value, hint, f"override {path}"))
+        elif not dataclasses.is_dataclass(hint):
+            if typing.get_origin(hint) is dict and depth == len(parts) - 2:
+                getattr(target, part)[parts[-1]] = value  # e.g. model.overrides.hidden_size=64
+                return config
+            raise ConfigError(f"override {item!r}: {path} is not a section")
+        else:
+            target = getattr(target, part)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Range checks that types alone cannot express."""
+    t, o, d = config.train, config.optim, config.data
+    positive = {
+        "train.batch_size": t.batch_size,
+        "train.grad_accum": t.grad_accum,
+        "train.keep_last": t.keep_last,
+        "train.eval_batches": t.eval_batches,
+        "train.log_every": t.log_every,
+        "data.seq_len": d.seq_len,
+    }
+    non_negative = {
+        "train.max_steps": t.max_steps,
+        "train.max_tokens": t.max_tokens,
+        "train.max_time_s": t.max_time_s,
+        "train.eval_every": t.eval_every,
+        "train.save_every": t.save_every,
+        "train.gradient_checkpointing": t.gradient_checkpointing,
+        "optim.warmup_steps": o.warmup_steps,
+        "optim.weight_decay": o.weight_decay,
+        "optim.grad_clip": o.grad_clip,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name}={value} must be > 0")
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{name}={value} must be >= 0")
+    if not (t.max_steps or t.max_tokens or t.max_time_s):
+        raise ConfigError("set at least one of train.max_steps, train.max_tokens, train.max_time_s")
+    if not o.lr > 0:
+        raise ConfigError(f"optim.lr={o.lr} must be > 0")
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise ConfigError(f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
+    if not 0 <= o.decay_fraction <= 1:
+        raise ConfigError(f"optim.decay_fraction={o.decay_fraction} must be in [0, 1]")
+    if not 0 <= d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction={d.val_fraction} must be in [0, 1)")
+
+
+def dump_config(config: RunConfig) -> str:
+    """The config as YAML (what ``config.yaml`` in a run folder holds)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
