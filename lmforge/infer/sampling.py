@@ -106,3 +106,57 @@ def sample_next_token(
         return logits.argmax(dim=-1)
     probs = process_logits(logits.float(), temperature, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# ---------------------------------------------------------------------- engine extras
+def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Min-p filtering (Nguyen et al. 2024, "Turning Up the Heat: Min-p Sampling"): drop
+    tokens whose probability is below ``min_p`` × the top token's probability. As
+    ``transformers``' ``MinPLogitsWarper``; ``min_p`` = 0 is a no-op."""
+    if not 0 <= min_p <= 1:
+        raise ValueError(f"min_p={min_p!r} must be in [0, 1] (0 disables min-p)")
+    if min_p == 0:
+        return logits
+    probs = logits.softmax(dim=-1)
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)
+    return logits.masked_fill(probs < threshold, FILTERED)
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, token_ids: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """CTRL's repetition penalty (Keskar et al. 2019, eq. in §4.1), HF style: for every token
+    already present in ``token_ids`` (prompt and output), a positive logit is divided by
+    ``penalty`` and a negative one multiplied by it. ``logits`` ``[..., V]``, ``token_ids``
+    ``[..., L]``; 1 is a no-op."""
+    if not penalty > 0:
+        raise ValueError(f"repetition_penalty={penalty!r} must be > 0 (1 disables it)")
+    if penalty == 1 or token_ids.shape[-1] == 0:
+        return logits
+    seen = logits.gather(-1, token_ids)
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return logits.scatter(-1, token_ids, seen)
+
+
+def apply_presence_frequency_penalty(
+    logits: torch.Tensor, counts: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
+    """OpenAI's penalties: ``logit[j] − frequency · c[j] − presence · [c[j] > 0]`` where
+    ``counts`` ``c`` ``[..., V]`` counts token j in the output so far."""
+    if presence == 0 and frequency == 0:
+        return logits
+    counts = counts.to(logits.dtype)
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
+
+
+def top_logprobs(
+    logits: torch.Tensor, token_id: int, k: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """log-softmax of a 1-D ``logits`` row: the value at ``token_id`` and the ``k`` largest
+    (id, logprob) pairs, best first."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        values, ids = logprobs.topk(min(k, logprobs.shape[-1]))
+        top = list(zip(ids.tolist(), values.tolist()))
+    return float(logprobs[token_id]), top

@@ -138,7 +138,7 @@ class CausalLM(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         cache=None,
         labels: torch.Tensor | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> CausalLMOutput:
         """Run the LM.
 
@@ -154,10 +154,16 @@ class CausalLM(nn.Module):
                 flash-attn varlen on GPU when installed.
             cache: a `KVCache` (or anything with ``update``/``advance``/``length``).
             labels: ``[B, T]``; loss = mean CE of logits[:, t] vs labels[:, t+1], -100 ignored.
-            logits_to_keep: if > 0, compute logits only for the last that many positions.
+            logits_to_keep: if > 0, compute logits only for the last that many positions;
+                a 1-D tensor keeps exactly those positions.
         """
         b, t = input_ids.shape
-        past = cache.length if cache is not None else 0
+        # A paged batch (lmforge.infer.cache.PagedBatch) is a flattened ragged batch [1, N]:
+        # each token's position comes from position_ids; attention reads the paged cache.
+        paged = getattr(cache, "paged", False)
+        if paged and position_ids is None:
+            raise ValueError("a paged KV cache needs explicit position_ids")
+        past = cache.length if cache is not None and not paged else 0
         if cu_seqlens is not None:
             if document_ids is not None:
                 raise ValueError("pass document_ids or cu_seqlens, not both")
@@ -188,10 +194,12 @@ class CausalLM(nn.Module):
                 x = checkpoint(layer, x, cos, sin, batch, cache, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, batch, cache)
-        if cache is not None:
+        if cache is not None and not paged:
             cache.advance(t)
         x = self.model.norm(x)
-        if logits_to_keep:
+        if isinstance(logits_to_keep, torch.Tensor):  # indices along T (as HF accepts)
+            x = x[:, logits_to_keep]
+        elif logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(x)
         loss = None if labels is None else next_token_loss(logits, labels)

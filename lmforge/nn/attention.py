@@ -154,6 +154,9 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rotary(q, k, cos, sin)
+        if getattr(cache, "paged", False):  # lmforge.infer.cache.PagedBatch: ragged [1, N]
+            out = cache.attention(self.layer_idx, q, k, v, self.window)
+            return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
 

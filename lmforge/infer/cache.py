@@ -1,0 +1,264 @@
+"""Paged KV cache (PagedAttention, Kwon et al. 2023, "Efficient Memory Management for Large
+Language Model Serving with PagedAttention"): K/V live in fixed-size blocks of
+``block_size`` token slots, and each sequence owns a *block table* — the list of its blocks
+in order. Token ``i`` of a sequence lives in slot ``block_table[i // bs] * bs + i % bs``.
+
+    BlockAllocator     which blocks are free, shared, cached (prefix caching, ref counts, LRU)
+    PagedKVCache       the storage: per layer ``[num_blocks * block_size, H_kv, D]`` K and V
+    PagedBatch         one forward's view of it: a flattened ragged batch ``[1, N]`` of
+                       sequences, each a chunk of new tokens after its cached context;
+                       attention layers call `PagedBatch.attention`.
+
+Prefix caching (as in vLLM's automatic prefix caching): a *full* block is identified by the
+tokens it holds chained with its parent block's key, so equal prefixes map to equal keys
+and a new request reuses the already-computed blocks of any earlier request. Blocks whose
+reference count drops to zero stay cached but become evictable, least recently freed first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+BlockKey = tuple[int | None, tuple[int, ...]]
+
+
+def block_key(parent_hash: int | None, tokens: Sequence[int]) -> BlockKey:
+    """Identity of a full block: its tokens plus the hash of everything before it.
+
+    Tokens are compared exactly (the key itself is the dict key); only the parent's chain is
+    summarised by a hash, so two different prefixes collide only on a 64-bit hash collision.
+    """
+    return (parent_hash, tuple(tokens))
+
+
+class BlockAllocator:
+    """Hands out block ids with reference counts; remembers full blocks for prefix reuse.
+
+    Free blocks sit in one LRU queue (oldest first). `allocate` takes the oldest; if that
+    block still holds a cached prefix, its cache entry is evicted. A cached block that is
+    free can be revived by `lookup` (moved out of the queue, ref count 1).
+    """
+
+    def __init__(self, num_blocks: int, enable_prefix_caching: bool = True) -> None:
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks={num_blocks} must be ≥ 1")
+        self.num_blocks = num_blocks
+        self.enable_prefix_caching = enable_prefix_caching
+        self.ref_counts = [0] * num_blocks
+        self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.cached: dict[BlockKey, int] = {}  # key → block id
+        self.block_keys: dict[int, BlockKey] = {}  # block id → key (inverse of `cached`)
+        self.hits = 0
+        self.queries = 0
+        self.evictions = 0
+
+    @property
+    def num_free(self) -> int:
+        """Blocks that `allocate` can hand out (cached-but-free ones included)."""
+        return len(self.free_queue)
+
+    def allocate(self) -> int:
+        if not self.free_queue:
+            raise RuntimeError("no free KV-cache blocks")
+        block, _ = self.free_queue.popitem(last=False)
+        key = self.block_keys.pop(block, None)
+        if key is not None:
+            del self.cached[key]
+            self.evictions += 1
+        self.ref_counts[block] = 1
+        return block
+
+    def free(self, blocks: Sequence[int]) -> None:
+        """Drop one reference to each block, tail first, so a sequence's last blocks are
+        evicted before its (more shareable) first ones."""
+        for block in reversed(blocks):
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] < 0:
+                raise RuntimeError(f"block {block} freed more often than allocated")
+            if self.ref_counts[block] == 0:
+                self.free_queue[block] = None
+
+    def lookup(self, key: BlockKey) -> int | None:
+        """The cached block holding ``key`` with one more reference, or None."""
+        if not self.enable_prefix_caching:
+            return None
+        self.queries += 1
+        block = self.cached.get(key)
+        if block is None:
+            return None
+        self.hits += 1
+        if self.ref_counts[block] == 0:
+            del self.free_queue[block]
+        self.ref_counts[block] += 1
+        return block
+
+    def register(self, block: int, key: BlockKey) -> None:
+        """Record that full block ``block`` holds ``key`` (first writer wins)."""
+        if self.enable_prefix_caching and key not in self.cached and block not in self.block_keys:
+            self.cached[key] = block
+            self.block_keys[block] = key
+
+
+class PagedKVCache:
+    """K/V storage for all layers: ``keys[l]``/``values[l]`` are ``[num_slots, H_kv, D]``
+    with ``num_slots = num_blocks * block_size``. Memory is allocated lazily by the OS
+    (``torch.empty``), so an oversized pool costs address space, not RAM, until used."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        shape = (num_blocks * block_size, num_kv_heads, head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
+        self.dtype, self.device = dtype, device
+        # Scratch for gathered K/V, reused by every layer and step (no per-step allocation).
+        self._scratch_k = torch.empty(0, num_kv_heads, head_dim, dtype=dtype, device=device)
+        self._scratch_v = torch.empty(0, num_kv_heads, head_dim, dtype=dtype, device=device)
+
+    @staticmethod
+    def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int,
+                        dtype: torch.dtype) -> int:  # fmt: skip
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        return 2 * num_layers * block_size * num_kv_heads * head_dim * itemsize
+
+    def zero_blocks(self, blocks: Sequence[int]) -> None:
+        """Clear freshly allocated blocks. Unwritten slots of a sequence's last block are
+        masked out of attention, but masked garbage can be NaN/inf and 0·NaN = NaN."""
+        if not blocks:
+            return
+        index = torch.tensor(blocks, device=self.keys[0].device)
+        for buf in (*self.keys, *self.values):
+            buf.view(self.num_blocks, -1).index_fill_(0, index, 0)
+
+    def gather(self, layer_idx: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V ``[len(slots), H_kv, D]`` of the given slots, in reused scratch memory."""
+        n = slots.numel()
+        if self._scratch_k.shape[0] < n:
+            grow = max(n, 2 * self._scratch_k.shape[0])
+            shape = (grow, self.num_kv_heads, self.head_dim)
+            self._scratch_k = torch.empty(shape, dtype=self.dtype, device=self.device)
+            self._scratch_v = torch.empty(shape, dtype=self.dtype, device=self.device)
+        k, v = self._scratch_k[:n], self._scratch_v[:n]
+        torch.index_select(self.keys[layer_idx], 0, slots, out=k)
+        torch.index_select(self.values[layer_idx], 0, slots, out=v)
+        return k, v
+
+
+@dataclass
+class PrefillChunk:
+    """``length`` new tokens at flat offset ``start`` whose sequence already has ``past``
+    cached tokens; ``slots`` ``[past + length]`` are all its context slots (None when
+    ``past`` is 0: attention then uses the fresh K/V directly)."""
+
+    start: int
+    length: int
+    past: int
+    slots: torch.Tensor | None
+
+
+@dataclass
+class PagedBatch:
+    """A flattened ragged batch of ``N`` tokens and where their K/V go and come from.
+
+    The first ``num_decode`` tokens are single-token chunks (decoding, or a last prefill
+    token): their attention runs as one padded SDPA over the sequences' gathered blocks
+    (padding only in the cheap score/value products, masked out; never in the GEMMs).
+    Longer chunks follow, one SDPA each. ``slot_mapping`` ``[N]`` says where each new
+    token's K/V is written.
+    """
+
+    cache: PagedKVCache
+    slot_mapping: torch.Tensor
+    num_decode: int = 0
+    decode_blocks: torch.Tensor | None = None  # [num_decode, max_blocks] block ids
+    decode_lens: torch.Tensor | None = None  # [num_decode] context lengths (incl. new token)
+    decode_positions: torch.Tensor | None = None  # [num_decode] position of the new token
+    prefills: list[PrefillChunk] = field(default_factory=list)
+    paged = True  # tells the model to take positions from position_ids, not a cache length
+    _decode_slots: torch.Tensor | None = None
+    _masks: dict = field(default_factory=dict)
+
+    def _decode_mask(self, window: int | None) -> torch.Tensor:
+        """``[S, 1, 1, T]``: key slot j of row s is visible iff j < len_s (and within the
+        sliding window of the query's position)."""
+        if window not in self._masks:
+            t = self.decode_blocks.shape[1] * self.cache.block_size
+            j = torch.arange(t, device=self.slot_mapping.device)
+            visible = j[None, :] < self.decode_lens[:, None]
+            if window is not None:
+                visible &= self.decode_positions[:, None] - j[None, :] < window
+            self._masks[window] = visible[:, None, None, :]
+        return self._masks[window]
+
+    def _prefill_mask(self, chunk: PrefillChunk, window: int | None) -> torch.Tensor | None:
+        """``[L, past + L]`` causal mask offset by ``past`` (None: plain causal suffices)."""
+        total = chunk.past + chunk.length
+        if chunk.past == 0 and (window is None or window >= total):
+            return None
+        q = torch.arange(chunk.past, total, device=self.slot_mapping.device)
+        k = torch.arange(total, device=self.slot_mapping.device)
+        visible = k[None, :] <= q[:, None]
+        if window is not None:
+            visible &= q[:, None] - k[None, :] < window
+        return visible
+
+    def attention(
+        self,
+        layer_idx: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        window: int | None = None,
+    ) -> torch.Tensor:
+        """Write this step's ``k``/``v`` ``[1, H_kv, N, D]`` into their slots, then attend
+        ``q`` ``[1, H, N, D]`` over each sequence's cached context; returns ``[1, H, N, D]``."""
+        cache = self.cache
+        k_new, v_new = k[0].transpose(0, 1), v[0].transpose(0, 1)  # [N, H_kv, D]
+        cache.keys[layer_idx].index_copy_(0, self.slot_mapping, k_new)
+        cache.values[layer_idx].index_copy_(0, self.slot_mapping, v_new)
+        gqa = q.shape[1] != k.shape[1]
+        parts = []
+        s = self.num_decode
+        if s:
+            if self._decode_slots is None:
+                bs = cache.block_size
+                offsets = torch.arange(bs, device=self.slot_mapping.device)
+                self._decode_slots = (self.decode_blocks[:, :, None] * bs + offsets).flatten()
+            kk, vv = cache.gather(layer_idx, self._decode_slots)
+            t = kk.shape[0] // s
+            kk = kk.view(s, t, *kk.shape[1:]).transpose(1, 2)  # [S, H_kv, T, D]
+            vv = vv.view(s, t, *vv.shape[1:]).transpose(1, 2)
+            qd = q[0, :, :s].transpose(0, 1).unsqueeze(2)  # [S, H, 1, D]
+            out = F.scaled_dot_product_attention(
+                qd, kk, vv, attn_mask=self._decode_mask(window), enable_gqa=gqa
+            )
+            parts.append(out.squeeze(2).transpose(0, 1).unsqueeze(0))  # [1, H, S, D]
+        for chunk in self.prefills:
+            qc = q[:, :, chunk.start : chunk.start + chunk.length]
+            if chunk.slots is None:
+                kc = k[:, :, chunk.start : chunk.start + chunk.length]
+                vc = v[:, :, chunk.start : chunk.start + chunk.length]
+            else:
+                kc, vc = cache.gather(layer_idx, chunk.slots)
+                kc, vc = kc.transpose(0, 1).unsqueeze(0), vc.transpose(0, 1).unsqueeze(0)
+            mask = self._prefill_mask(chunk, window)
+            if mask is None:
+                out = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, enable_gqa=gqa)
+            else:
+                out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, enable_gqa=gqa)
+            parts.append(out)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
