@@ -1,0 +1,155 @@
+"""SFT formats: token ids and assistant masks equal `transformers`' own
+(``return_assistant_tokens_mask``), prompt/completion and Alpaca layouts, a template that
+breaks the prefix property is an error, and `load_sft_examples` validates and counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.data.formats import (
+    Example,
+    PrefixPropertyError,
+    alpaca_prompt,
+    load_sft_examples,
+    tokenize_conversation,
+    tokenize_prompt_completion,
+)
+from lmforge.data.sources import DataError
+from lmforge.models.transformer import IGNORE_INDEX
+from lmforge.tokenizer import Tokenizer
+
+# ChatML with transformers' assistant-mask markers around each reply and its end of turn.
+MARKED_CHATML = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{{ message['content'] + '<|im_end|>\\n' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And 3 + 3?"},
+    {"role": "assistant", "content": "It is 6, of course."},
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = [m["content"] for m in CHAT] * 5 + ["Below is an instruction that describes a task"]
+    tokenizer = Tokenizer.train(texts, vocab_size=320)
+    tokenizer.chat_template = MARKED_CHATML
+    return tokenizer
+
+
+def targets(example: Example) -> list[int]:
+    return [i for i, label in enumerate(example.labels) if label != IGNORE_INDEX]
+
+
+def test_assistant_mask_equals_transformers(tok, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tok.save(tmp_path)
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for messages in (CHAT, CHAT[1:3], CHAT[:4]):
+        ref = reference.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        example = tokenize_conversation(messages, tok)
+        assert example.input_ids == list(ref["input_ids"])
+        expected = [i for i, m in enumerate(ref["assistant_masks"]) if m and i > 0]
+        assert expected and len(expected) < len(example) / 2  # a real, partial mask
+        assert targets(example) == expected
+        assert all(example.labels[i] == example.input_ids[i] for i in expected)
+    # The reply ends with the end-of-turn token the model must learn to stop on; no eos added.
+    example = tokenize_conversation(CHAT, tok)
+    im_end = tok.token_to_id("<|im_end|>")
+    assert im_end in [example.input_ids[i] for i in targets(example)]
+    assert tok.eos_token_id not in example.input_ids
+
+
+def test_all_tokens_mode_and_train_from(tok):
+    example = tokenize_conversation(CHAT, tok, assistant_only=False)
+    assert targets(example) == list(range(1, len(example)))
+    only_last = tokenize_conversation(CHAT, tok, train_from=3)
+    both = tokenize_conversation(CHAT, tok)
+    assert set(targets(only_last)) < set(targets(both))
+    reply = tok.encode("It is 6, of course.<|im_end|>\n")
+    assert [only_last.input_ids[i] for i in targets(only_last)] == reply
+
+
+def test_template_breaking_the_prefix_property_is_an_error(tok):
+    broken = Tokenizer(tok.backend, tok.special_tokens, chat_template=(
+        "{% for m in messages %}{% if loop.last %}{{ m['content'] }}"
+        "{% else %}[{{ m['content'] }}]{% endif %}{% endfor %}"
+    ))  # fmt: skip
+    with pytest.raises(PrefixPropertyError, match=r"messages\[2\]: the chat template breaks"):
+        tokenize_conversation(CHAT, broken)
+    assert targets(tokenize_conversation(CHAT, broken, assistant_only=False))
+
+
+def test_prompt_completion_and_alpaca(tok):
+    example = tokenize_prompt_completion("What is 2 + 2?", " 4", tok)
+    head = tok.encode("What is 2 + 2?", add_special_tokens=True)
+    tail = tok.encode(" 4") + [tok.eos_token_id]
+    assert example.input_ids == head + tail
+    assert targets(example) == list(range(len(head), len(head) + len(tail)))
+    full = tokenize_prompt_completion("What is 2 + 2?", " 4", tok, assistant_only=False)
+    assert targets(full) == list(range(1, len(full)))
+    assert alpaca_prompt("Add.", "2 + 2") == (
+        "Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nAdd.\n\n### Input:\n2 + 2\n\n### Response:\n"
+    )
+    assert alpaca_prompt("Add.").endswith("### Instruction:\nAdd.\n\n### Response:\n")
+
+
+def _jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_load_sft_examples_mixes_schemas_and_counts(tok, tmp_path):
+    _jsonl(tmp_path / "a_chat.jsonl", [{"messages": CHAT}, {"messages": CHAT[:2]}])
+    _jsonl(tmp_path / "b_pairs.jsonl", [
+        {"prompt": "What is 2 + 2?", "completion": " 4"},
+        {"prompt": CHAT[:2], "completion": CHAT[2:3]},
+    ])  # fmt: skip
+    _jsonl(tmp_path / "c_alpaca.jsonl", [{"instruction": "Add.", "input": "2+2", "output": "4"}])
+    with pytest.raises(DataError, match=r"a_chat\.jsonl:2: no tokens to train on"):
+        load_sft_examples([tmp_path], tok)
+    examples, report = load_sft_examples([tmp_path], tok, skip_bad=True)
+    assert len(examples) == 4 and report.kept == 4
+    assert dict(report.skipped) == {"no loss tokens": 1}
+    assert examples[0] == tokenize_conversation(CHAT, tok)
+    assert examples[0].where.endswith("a_chat.jsonl:1")
+    assert examples[2] == tokenize_conversation(CHAT[:3], tok, train_from=2)
+    alpaca = tokenize_prompt_completion(alpaca_prompt("Add.", "2+2"), "4", tok)
+    assert examples[3] == alpaca
+
+    short, report = load_sft_examples([tmp_path], tok, skip_bad=True, max_len=12)
+    assert all(len(e) <= 12 for e in short)
+    assert report.counts["truncated to max_len"] >= 1
+    assert report.kept == len(short)
+    kept_counts = report.counts.get("dropped: no loss tokens left after truncation", 0)
+    assert len(short) + kept_counts == 4
+    with pytest.raises(DataError, match="tokens > max_len=12"):
+        load_sft_examples([tmp_path], tok, skip_bad=True, max_len=12, too_long="error")
+
+
+def test_load_sft_examples_rejects_preference_and_bad_roles(tok, tmp_path):
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(DataError, match=r"p\.jsonl:1: preference records .* are for DPO"):
+        load_sft_examples([path], tok)
+    bad = [{"messages": CHAT}, {"messages": [{"role": "robot", "content": "x"}]}]
+    path = _jsonl(tmp_path / "r.jsonl", bad)
+    examples, report = load_sft_examples([path], tok, skip_bad=True)
+    assert len(examples) == 1 and dict(report.skipped) == {"bad role": 1}
+    tool_chat = [*CHAT[:2], {"role": "tool", "content": "4"}, CHAT[2]]
+    path = _jsonl(tmp_path / "t.jsonl", [{"messages": tool_chat}])
+    tok_default = Tokenizer(tok.backend, tok.special_tokens)  # default template: no tool role
+    with pytest.raises(DataError, match=r"t\.jsonl:1: .*unsupported role tool"):
+        load_sft_examples([path], tok_default)
