@@ -102,6 +102,7 @@ class LogSection:
     """Where metrics go besides metrics.jsonl and training.png."""
 
     progress: bool = True
+    plot: bool = True  # training.png at the end of the run
     tensorboard: bool = False  # needs the tensorboard package
     wandb: bool = False  # needs the wandb package
     wandb_project: str = "lmforge"
@@ -137,9 +138,10 @@ def load_config(
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
+            mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{p}{line}: invalid YAML: {exc}") from exc
+            what = " ".join(filter(None, [getattr(exc, "context", None), exc.problem]))
+            raise ConfigError(f"{p}{line}: invalid YAML: {what or exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping of sections at the top level")
     config = from_dict(RunConfig, raw, where)

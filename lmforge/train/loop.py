@@ -456,7 +456,7 @@ class Trainer:
             from lmforge.train.metrics import read_metrics
 
             records = read_metrics(self.run_dir / METRICS_FILE)
-            if records:
+            if records and self.config.log.plot:
                 summary["plot"] = str(plot_training(records, self.run_dir / PLOT_FILE))
             summary["metrics"] = str(self.run_dir / METRICS_FILE)
         return summary

@@ -89,6 +89,7 @@ def tiny_config(out_dir="runs/test", **train):
     config.optim.lr = 1e-2
     config.optim.warmup_steps = 2
     config.log.progress = False
+    config.log.plot = False  # matplotlib costs seconds; one test turns it on
     for key, value in {"max_steps": 20, "eval_every": 0, "save_every": 0, **train}.items():
         setattr(config.train, key, value)
     return config

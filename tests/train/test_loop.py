@@ -1,0 +1,156 @@
+"""The training loop: exact resume, token-weighted accumulation, NaN stop, checkpointing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lmforge.train import checkpoint as ckpt
+from lmforge.train.loop import LossOutput, Trainer, TrainingDiverged, causal_lm_loss
+
+
+def _opt_state(trainer):
+    return trainer.optimizer.state_dict()["state"]
+
+
+def _assert_same(a: Trainer, b: Trainer) -> None:
+    for (name, p), q in zip(a.raw_model.named_parameters(), b.raw_model.parameters()):
+        assert torch.equal(p, q), name
+    sa, sb = _opt_state(a), _opt_state(b)
+    assert sa.keys() == sb.keys() and sa
+    for key in sa:
+        for field in sa[key]:
+            assert torch.equal(sa[key][field], sb[key][field]), (key, field)
+
+
+def test_resume_is_bit_exact(tmp_path, toy_loader, make_model, make_config):
+    """20 steps straight == 10 steps, a fresh process state resumed from disk, 10 more."""
+    config = make_config(max_steps=20, eval_every=0, save_every=10)
+    straight = Trainer(make_model(), toy_loader(), config, run_dir=tmp_path / "a")
+    straight.fit()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_10(trainer, record):
+        if trainer.step == 10:
+            raise Stop
+
+    first = Trainer(make_model(), toy_loader(), config, run_dir=tmp_path / "b",
+                    callbacks=[stop_at_10])  # fmt: skip
+    with pytest.raises(Stop):
+        first.fit()
+    torch.manual_seed(1234)  # the resumed run must restore RNG state, not rely on ours
+    second = Trainer(make_model(seed=7), toy_loader(), config, run_dir=tmp_path / "b")
+    summary = second.fit()
+    assert second.resumed_from.name == "step-00000010"
+    assert summary["step"] == 20 and second.tokens == straight.tokens
+    _assert_same(straight, second)
+    # metrics.jsonl holds each step exactly once after the resume
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 21))
+
+
+@pytest.mark.parametrize(("micro", "accum"), [(4, 2), (2, 4)])
+def test_invariant_to_batch_size_times_accumulation(micro, accum, toy_loader, make_model,
+                                                     make_config):  # fmt: skip
+    """Same global batch as 8×1 → same losses and weights (token-weighted, not per-micro)."""
+    runs = []
+    for b, a in ((8, 1), (micro, accum)):
+        config = make_config(max_steps=4, batch_size=b, grad_accum=a)
+        trainer = Trainer(make_model(), toy_loader(global_batch=8, accum=a), config)
+        losses = [trainer.train_step([next(it) for _ in range(a)])["loss"]
+                  for it in [iter(trainer.train_data)] for _ in range(4)]  # fmt: skip
+        runs.append((losses, trainer))
+    (l1, t1), (l2, t2) = runs
+    assert l1 == pytest.approx(l2, abs=1e-5)
+    for p, q in zip(t1.raw_model.parameters(), t2.raw_model.parameters()):
+        torch.testing.assert_close(p, q, atol=2e-5, rtol=1e-4)
+
+
+def test_per_micro_batch_mean_would_differ(toy_loader):
+    """Guard for the test above: micro-batches really carry different token counts."""
+    it = iter(toy_loader(global_batch=8, accum=4))
+    counts = [int(next(it)["num_loss_tokens"]) for _ in range(4)]
+    assert len(set(counts)) > 1
+
+
+def test_loss_matches_model_mean_loss(toy_loader, make_model):
+    model = make_model()
+    batch = next(iter(toy_loader()))
+    out = causal_lm_loss(model, batch)
+    assert int(out.count) == int(batch["num_loss_tokens"])
+    expected = model(**{k: v for k, v in batch.items() if k != "num_loss_tokens"}).loss
+    torch.testing.assert_close(out.loss_sum / out.count, expected)
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, toy_loader, make_model,
+                                                        make_config):  # fmt: skip
+    def objective(model, batch):
+        out = causal_lm_loss(model, batch)
+        if trainer.step == 6:  # the 7th step diverges
+            return LossOutput(out.loss_sum * float("nan"), out.count)
+        return out
+
+    config = make_config(max_steps=10, save_every=5)
+    trainer = Trainer(make_model(), toy_loader(), config, run_dir=tmp_path, objective=objective)
+    before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match=r"step 7: loss is nan.*step-00000005"):
+        trainer.fit()
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "step-00000005"
+    assert trainer.step == 6
+    # the failed step did not touch the weights
+    assert any(not torch.equal(before[k], v) for k, v in trainer.raw_model.state_dict().items())
+    after_6 = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    with pytest.raises(TrainingDiverged):
+        trainer.train_step([next(iter(trainer.train_data))])
+    for k, v in trainer.raw_model.state_dict().items():
+        assert torch.equal(after_6[k], v), k
+
+
+def test_gradient_checkpointing_same_gradients(toy_loader, make_model):
+    batch = next(iter(toy_loader()))
+    grads = []
+    for every in (0, 1, 2):
+        model = make_model(num_hidden_layers=3)
+        model.model.gradient_checkpointing = every
+        model.train()
+        causal_lm_loss(model, batch).loss_sum.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for other in grads[1:]:
+        for g, h in zip(grads[0], other):
+            torch.testing.assert_close(g, h, atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_checkpointing_selects_every_kth_block(make_model):
+    model = make_model(num_hidden_layers=4).train()
+    model.model.gradient_checkpointing = 2
+    assert [model.model.checkpointed(i) for i in range(4)] == [True, False, True, False]
+    model.eval()
+    assert not model.model.checkpointed(0)
+
+
+def test_stops_on_max_tokens_and_evaluates(tmp_path, toy_loader, make_model, make_config):
+    config = make_config(max_steps=0, max_tokens=16 * 8 * 5, eval_every=2, eval_batches=2)
+    config.log.plot = True
+    trainer = Trainer(make_model(), toy_loader(), config, val_data=toy_loader(seed=5),
+                      run_dir=tmp_path)  # fmt: skip
+    summary = trainer.fit()
+    assert summary["stop_reason"] == "max_tokens" and summary["step"] == 5
+    assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]))
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [2, 4, 5]
+    assert (tmp_path / "training.png").stat().st_size > 1000
+    # evaluation is deterministic: the same batches every time
+    assert trainer.evaluate() == trainer.evaluate()
+
+
+def test_training_reduces_loss(toy_loader, make_model, make_config):
+    config = make_config(max_steps=30)
+    trainer = Trainer(make_model(), toy_loader(), config, val_data=toy_loader(seed=3))
+    before = trainer.evaluate()["val_loss"]
+    trainer.fit()
+    assert trainer.evaluate()["val_loss"] < before - 0.5
