@@ -1,0 +1,330 @@
+"""`Engine`: greedy parity with a contiguous-cache decode and with `transformers`, prefix
+caching, preemption, chunked prefill, seeds, penalties, logprobs, stops, streaming, abort."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lmforge
+from lmforge.infer.engine import Engine, SamplingParams
+from lmforge.models.kv_cache import KVCache
+
+LENGTHS = [3, 17, 1, 9, 30, 6]
+NEW = 10
+GREEDY = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def pair(hf_model_factory, tmp_path_factory):
+    """(hf_model, lmforge_model) with equal weights; no special tokens."""
+    specials = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    hf = hf_model_factory("llama", seed=3, std=0.3, **specials)
+    folder = tmp_path_factory.mktemp("engine") / "llama"
+    hf.save_pretrained(folder)
+    return hf, lmforge.load_model(folder).eval()
+
+
+def prompts(lengths=LENGTHS, seed=0, vocab=97) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+@torch.no_grad()
+def contiguous_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """Reference: one prompt, lmforge's contiguous `KVCache`, argmax each step."""
+    cache = KVCache.for_model(model, 1, len(prompt) + n)
+    logits = model(torch.tensor([prompt]), cache=cache).logits[0, -1]
+    out = []
+    for _ in range(n):
+        out.append(int(logits.argmax()))
+        logits = model(torch.tensor([[out[-1]]]), cache=cache).logits[0, -1]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(pair):
+    _, ours = pair
+    return [contiguous_greedy(ours, p, NEW) for p in prompts()]
+
+
+def token_ids(outputs) -> list[list[int]]:
+    return [o.token_ids for o in outputs]
+
+
+# ---------------------------------------------------------------------- greedy parity
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(block_size=4),
+        dict(block_size=1),
+        dict(block_size=4, max_num_batched_tokens=7),  # chunked prefill
+        dict(block_size=4, max_num_seqs=2),
+    ],
+)
+def test_greedy_matches_contiguous_cache_and_hf(pair, reference, kwargs):
+    hf, ours = pair
+    outs = Engine(ours, **kwargs).generate(prompts(), GREEDY)
+    assert token_ids(outs) == reference
+    assert all(o.finished and o.finish_reason == "length" for o in outs)
+    for p, ref in zip(prompts(), reference):
+        hf_out = hf.generate(torch.tensor([p]), do_sample=False, max_new_tokens=NEW)
+        assert hf_out[0, len(p) :].tolist() == ref
+
+
+def test_sliding_window_matches_hf(hf_model_factory, tmp_path):
+    specials = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    hf = hf_model_factory("mistral", seed=1, std=0.3, sliding_window=5, **specials)
+    hf.save_pretrained(tmp_path / "m")
+    ours = lmforge.load_model(tmp_path / "m").eval()
+    outs = Engine(ours, block_size=4, max_num_batched_tokens=8).generate(prompts(), GREEDY)
+    for p, o in zip(prompts(), outs):
+        hf_out = hf.generate(torch.tensor([p]), do_sample=False, max_new_tokens=NEW)
+        assert o.token_ids == hf_out[0, len(p) :].tolist()
+
+
+def test_prefix_cache_hits_give_identical_outputs(pair):
+    _, ours = pair
+    shared = prompts([20])[0]
+    batch = [shared + tail for tail in prompts([3, 7, 1], seed=1)] + [shared[:9]]
+    plain = Engine(ours, block_size=4, enable_prefix_caching=False).generate(batch, GREEDY)
+    engine = Engine(ours, block_size=4)
+    first = engine.generate(batch[:1], GREEDY)
+    rest = engine.generate(batch[1:], GREEDY)
+    assert token_ids(first + rest) == token_ids(plain)
+    stats = engine.stats()
+    # The second call reuses the first prompt's 5 full shared blocks (20 tokens) for the two
+    # longer prompts and 2 blocks for the 9-token one (its last token is always computed).
+    assert stats["prefix_cache_hit_tokens"] == 2 * 20 + 8
+    again = engine.generate(batch, GREEDY)  # whole prompts cached now (but ≥ 1 recomputed)
+    assert token_ids(again) == token_ids(plain)
+    assert plain and Engine(ours, enable_prefix_caching=False).stats()["num_cached_blocks"] == 0
+
+
+def test_preemption_by_recompute_gives_identical_outputs(pair, reference):
+    _, ours = pair
+    for caching in (True, False):
+        engine = Engine(ours, block_size=4, num_blocks=11, enable_prefix_caching=caching)
+        outs = engine.generate(prompts(), GREEDY)
+        assert engine.stats()["num_preemptions"] > 0
+        assert token_ids(outs) == reference
+        assert engine.stats()["num_free_blocks"] == 11  # everything released
+
+
+def test_step_interface_streams_every_token(pair, reference):
+    _, ours = pair
+    engine = Engine(ours, block_size=4, max_num_batched_tokens=16)
+    ids = [engine.add_request(p, GREEDY) for p in prompts()]
+    streamed = {i: [] for i in ids}
+    finished = set()
+    while engine.has_unfinished():
+        for out in engine.step():
+            assert out.request_id not in finished
+            streamed[out.request_id] += out.new_token_ids
+            assert out.token_ids == streamed[out.request_id]
+            if out.finished:
+                finished.add(out.request_id)
+    assert [streamed[i] for i in ids] == reference and finished == set(ids)
+
+
+# ---------------------------------------------------------------------- sampling
+def test_seed_gives_the_same_output_whatever_the_batch_mates(pair):
+    _, ours = pair
+    params = SamplingParams(max_tokens=NEW, temperature=1.0, seed=7, ignore_eos=True)
+    alone = Engine(ours).generate(prompts()[:1], params)[0].token_ids
+    mates = [SamplingParams(max_tokens=n, temperature=1.3, ignore_eos=True) for n in (3, 12)]
+    engine = Engine(ours, block_size=4, max_num_batched_tokens=12)
+    engine.add_request(prompts()[4], mates[0])
+    mixed = engine.generate(
+        [prompts()[2], prompts()[0], prompts()[1]],
+        [mates[1], params, SamplingParams(max_tokens=4, temperature=0.7, seed=1)],
+    )
+    assert mixed[1].token_ids == alone
+    other = SamplingParams(max_tokens=NEW, temperature=1.0, seed=8, ignore_eos=True)
+    assert Engine(ours).generate(prompts()[:1], other)[0].token_ids != alone
+
+
+def test_repetition_penalty_greedy_matches_hf(pair):
+    hf, ours = pair
+    params = SamplingParams(max_tokens=NEW, temperature=0, repetition_penalty=1.8, ignore_eos=True)
+    outs = Engine(ours).generate(prompts(), params)
+    for p, o in zip(prompts(), outs):
+        ref = hf.generate(
+            torch.tensor([p]), do_sample=False, max_new_tokens=NEW, repetition_penalty=1.8
+        )
+        assert o.token_ids == ref[0, len(p) :].tolist()
+
+
+def test_frequency_and_presence_penalties_reduce_repeats(pair):
+    _, ours = pair
+    base = Engine(ours).generate(prompts(), SamplingParams(max_tokens=30, temperature=0))
+    params = SamplingParams(max_tokens=30, temperature=0, frequency_penalty=50.0)
+    penalised = Engine(ours).generate(prompts(), params)
+    assert any(len(set(o.token_ids)) < 30 for o in base), "greedy should repeat somewhere"
+    assert all(len(set(o.token_ids)) == 30 for o in penalised)  # huge penalty: never repeat
+    params = SamplingParams(max_tokens=30, temperature=0, presence_penalty=50.0)
+    assert all(len(set(o.token_ids)) == 30 for o in Engine(ours).generate(prompts(), params))
+
+
+def test_logprobs_are_log_softmax_of_the_model_logits(pair):
+    _, ours = pair
+    params = SamplingParams(max_tokens=6, temperature=0.9, seed=3, logprobs=4, ignore_eos=True)
+    outs = Engine(ours, block_size=4).generate(prompts()[:3], params)
+    for p, o in zip(prompts()[:3], outs):
+        with torch.no_grad():
+            logits = ours(torch.tensor([p + o.token_ids])).logits[0]
+        expected = torch.log_softmax(logits[len(p) - 1 : -1].float(), dim=-1)
+        assert [lp.token_id for lp in o.logprobs] == o.token_ids
+        for i, lp in enumerate(o.logprobs):
+            assert lp.logprob == pytest.approx(float(expected[i, lp.token_id]), abs=1e-4)
+            top_v, top_i = expected[i].topk(4)
+            assert [t for t, _ in lp.top] == top_i.tolist()
+            assert [v for _, v in lp.top] == pytest.approx(top_v.tolist(), abs=1e-4)
+    none = Engine(ours).generate(prompts()[:1], GREEDY)[0]
+    assert none.logprobs is None
+
+
+# ---------------------------------------------------------------------- stops
+def test_eos_and_stop_token_ids_end_requests(pair, reference):
+    _, ours = pair
+    stop = reference[1][4]
+    first = reference[1].index(stop)
+    params = SamplingParams(max_tokens=NEW, temperature=0, stop_token_ids=(stop,))
+    out = Engine(ours).generate([prompts()[1]], params)[0]
+    assert out.token_ids == reference[1][:first]
+    assert (out.finish_reason, out.stop_reason) == ("stop", stop)
+    ours.generation_config = {"eos_token_id": [stop]}
+    try:
+        eos = Engine(ours).generate([prompts()[1]], SamplingParams(max_tokens=NEW, temperature=0))
+        ignored = Engine(ours).generate([prompts()[1]], GREEDY)
+    finally:
+        ours.generation_config = {}
+    assert eos[0].token_ids == reference[1][:first] and eos[0].finish_reason == "stop"
+    assert ignored[0].token_ids == reference[1]
+
+
+class LetterTokenizer:
+    """Token i decodes to two letters, so stop strings can straddle tokens."""
+
+    eos_token_id = None
+
+    def decode(self, ids, skip_special_tokens=False) -> str:
+        return "".join(chr(97 + i % 26) + chr(97 + (i // 26) % 26) for i in ids)
+
+
+class ByteTokenizer:
+    """Token ids are UTF-8 bytes (ids 1, 2, 3 are the three bytes of '€')."""
+
+    eos_token_id = None
+    special = {1: 0xE2, 2: 0x82, 3: 0xAC}
+
+    def decode(self, ids, skip_special_tokens=False) -> str:
+        data = bytes(self.special.get(i, 97 + i % 26) for i in ids)
+        return data.decode("utf-8", errors="replace")
+
+
+class ForceTokens:
+    """A `Constraint` that allows exactly one token sequence."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens, self.pos = tokens, 0
+
+    def mask_logits(self, logits: torch.Tensor) -> None:
+        keep = logits[self.tokens[self.pos]].clone()
+        logits.fill_(float("-inf"))
+        logits[self.tokens[self.pos]] = keep
+
+    def accept(self, token_id: int) -> None:
+        if token_id != self.tokens[self.pos]:
+            raise ValueError(f"token {token_id} not allowed")
+        self.pos += 1
+
+    def is_finished(self) -> bool:
+        return self.pos == len(self.tokens)
+
+
+def stream(engine: Engine, prompt: list[int], params: SamplingParams):
+    rid = engine.add_request(prompt, params)
+    deltas, last = [], None
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.request_id == rid:
+                deltas.append(out.new_text)
+                last = out
+    return deltas, last
+
+
+def test_stop_strings_cut_text_and_never_leak_into_deltas(pair, reference):
+    _, ours = pair
+    tok = LetterTokenizer()
+    full = tok.decode(reference[4])
+    stop = full[7:12]  # starts mid-token, spans three tokens
+    params = SamplingParams(max_tokens=NEW, temperature=0, stop=("zzzzzz", stop))
+    deltas, out = stream(Engine(ours, tok), prompts()[4], params)
+    cut = full.index(stop)
+    assert out.text == full[:cut] and "".join(deltas) == out.text
+    assert (out.finish_reason, out.stop_reason) == ("stop", stop)
+    assert out.token_ids == reference[4][: cut // 2]  # tokens wholly before the stop string
+    assert all(stop[:3] not in d for d in deltas)
+
+
+def test_partial_utf8_is_held_back_from_deltas(pair):
+    _, ours = pair
+    forced = [10, 1, 2, 3, 11, 1, 2, 3]
+    params = SamplingParams(max_tokens=20, temperature=0, constraint=ForceTokens(forced))
+    deltas, out = stream(Engine(ours, ByteTokenizer()), prompts()[0], params)
+    assert out.token_ids == forced and out.finish_reason == "stop"
+    assert out.text == "k€l€" and "".join(deltas) == out.text
+    assert all("\ufffd" not in d for d in deltas)
+
+
+def test_abort_reports_and_frees(pair, reference):
+    _, ours = pair
+    engine = Engine(ours, block_size=4)
+    a = engine.add_request(prompts()[0], GREEDY)
+    b = engine.add_request(prompts()[1], GREEDY)
+    engine.step()
+    engine.abort(a)
+    engine.abort("no-such-request")  # ignored
+    outs = {o.request_id: o for o in engine.step()}
+    assert outs[a].finished and outs[a].finish_reason == "abort"
+    rest = []
+    while engine.has_unfinished():
+        rest += [o for o in engine.step() if o.request_id == b]
+    assert rest[-1].token_ids == reference[1]
+    assert engine.stats()["num_free_blocks"] == engine.stats()["num_blocks"]
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (SamplingParams(max_tokens=0), "max_tokens"),
+        (SamplingParams(temperature=-1), "temperature"),
+        (SamplingParams(top_p=0), "top_p"),
+        (SamplingParams(min_p=2), "min_p"),
+        (SamplingParams(repetition_penalty=0), "repetition_penalty"),
+        (SamplingParams(stop=("x",)), "tokenizer"),
+        (SamplingParams(stop_token_ids=(1000,)), "stop_token_ids"),
+        (SamplingParams(logprobs=-1), "logprobs"),
+        (SamplingParams(max_tokens=500), "max_position_embeddings"),
+    ],
+)
+def test_bad_requests_raise_clear_errors(pair, params, match):
+    _, ours = pair
+    with pytest.raises(ValueError, match=match):
+        Engine(ours).add_request([1, 2], params)
+
+
+def test_bad_prompts_and_duplicate_ids_raise(pair):
+    _, ours = pair
+    engine = Engine(ours, block_size=4, num_blocks=4)
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request([], GREEDY)
+    with pytest.raises(ValueError, match="outside"):
+        engine.add_request([1, 97], GREEDY)
+    with pytest.raises(ValueError, match="KV blocks"):
+        engine.add_request([1] * 10, GREEDY)
+    engine.add_request([1], GREEDY, request_id="x")
+    with pytest.raises(ValueError, match="already in use"):
+        engine.add_request([1], GREEDY, request_id="x")
