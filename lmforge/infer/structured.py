@@ -22,7 +22,7 @@ token, and imports in milliseconds where ``xgrammar`` pulls in ``transformers`` 
 
 The grammar may end exactly when the mask allows a stop token (the tokenizer's EOS /
 ``<|im_end|>``); accepting one finishes the constraint, as does reaching a state where nothing
-but a stop token could follow. JSON is compact (``","`` and ``":"``, no free whitespace), and
+but a stop token could follow. JSON has no free whitespace (separators: `JSON_SEPARATORS`), and
 objects that declare ``properties`` admit only those (``additionalProperties: false`` unless the
 schema says otherwise), as in OpenAI's strict structured outputs; ``json_object=True`` allows any
 JSON object. EBNF uses the GBNF dialect (llama.cpp, xgrammar): ``rule ::= ...``, start ``root``.
@@ -51,6 +51,7 @@ __all__ = [
     "Constraint",
     "GrammarConstraint",
     "GrammarSpec",
+    "JSON_SEPARATORS",
     "apply_token_bitmask_",
     "close_json_schema",
     "compile_constraint",
@@ -60,6 +61,9 @@ __all__ = [
 
 BACKENDS = ("llguidance", "xgrammar")
 DEFAULT_BACKEND = "llguidance"
+# How each backend writes JSON (no other whitespace is allowed). xgrammar 0.2 hard-codes ", "
+# inside free-form values, so compact separators would make "[1,2]" unreachable there.
+JSON_SEPARATORS = {"llguidance": (",", ":"), "xgrammar": (", ", ": ")}
 _CACHE_SIZE = 256  # compiled grammars kept per (tokenizer, backend)
 
 
@@ -168,10 +172,6 @@ class _Vocab:
     ids are special, and the stop ids (EOS, ``<|im_end|>``)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        if not isinstance(tokenizer, Tokenizer):
-            raise TypeError(
-                f"tokenizer must be a lmforge Tokenizer, got {type(tokenizer).__name__}"
-            )
         self.size = tokenizer.vocab_size
         self.tokens = [""] * self.size
         for text, i in tokenizer.backend.get_vocab(with_added_tokens=True).items():
@@ -204,10 +204,11 @@ class _LLGuidance:
         m = self.llg.LLMatcher
         try:
             if spec.kind == "json_schema":
+                item, key = JSON_SEPARATORS[self.name]
                 options = {
                     "whitespace_flexible": False,
-                    "item_separator": ",",
-                    "key_separator": ":",
+                    "item_separator": item,
+                    "key_separator": key,
                 }
                 grammar = m.grammar_from_json_schema(spec.text, overrides=options)
             else:
@@ -257,35 +258,46 @@ class _XGrammar:
             stop_token_ids=vocab.stop_ids,
         )  # fmt: skip
         self.compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+        # xgrammar 0.2 lets raw control characters (U+0000-U+001F) into JSON strings, which
+        # JSON forbids; compact JSON never contains one, so such tokens are always masked.
+        clean = [not any(b < 0x20 for b in t) for t in info.decoded_vocab[: vocab.size]]
+        self.json_words = np.packbits(np.array(clean, dtype=np.uint8), bitorder="little")
+        self.json_words = np.pad(self.json_words, (0, (-self.json_words.size) % 4)).view(np.int32)
 
     def compile(self, spec: GrammarSpec):
         c = self.compiler
         try:
             if spec.kind == "json_schema":
                 # Closed objects come from close_json_schema, the same for both backends.
-                return c.compile_json_schema(
-                    spec.text, any_whitespace=False, separators=(",", ":"), strict_mode=False
-                )
+                compiled = c.compile_json_schema(
+                    spec.text, any_whitespace=False, separators=JSON_SEPARATORS[self.name],
+                    strict_mode=False,
+                )  # fmt: skip
+                return compiled, self.json_words
             if spec.kind == "regex":
-                return c.compile_regex(spec.text)
-            return c.compile_grammar(spec.text)
+                return c.compile_regex(spec.text), None
+            return c.compile_grammar(spec.text), None
         except RuntimeError as exc:  # xgrammar reports every grammar error as RuntimeError
             message = _XGR_LOCATION.sub("", str(exc).strip())
             raise ValueError(f"invalid {_WHAT[spec.kind]}: {message}") from exc
 
     def matcher(self, compiled) -> _XGrammarMatcher:
-        return _XGrammarMatcher(self.xgr.GrammarMatcher(compiled))
+        grammar, keep = compiled
+        return _XGrammarMatcher(self.xgr.GrammarMatcher(grammar), keep)
 
 
 class _XGrammarMatcher:
-    def __init__(self, matcher) -> None:
+    def __init__(self, matcher, keep: np.ndarray | None) -> None:
         self.m = matcher
+        self.keep = keep
         self.words_t: torch.Tensor | None = None
 
     def fill(self, words: np.ndarray) -> None:
         if self.words_t is None:
             self.words_t = torch.from_numpy(words).view(1, -1)
         self.m.fill_next_token_bitmask(self.words_t)
+        if self.keep is not None:
+            np.bitwise_and(words, self.keep, out=words)
 
     def accept(self, token_id: int) -> bool:
         return self.m.accept_token(token_id)
@@ -433,6 +445,8 @@ def compile_constraint(
     text), ``regex``, ``ebnf`` (GBNF dialect) or ``json_object=True`` (any JSON object).
     Compiled grammars are cached per (tokenizer, backend, spec); a bad spec raises
     `ValueError` naming the problem. ``backend``: "llguidance" (default) or "xgrammar"."""
+    if not isinstance(tokenizer, Tokenizer):
+        raise TypeError(f"tokenizer must be a lmforge Tokenizer, got {type(tokenizer).__name__}")
     backend = DEFAULT_BACKEND if backend is None else backend
     if backend not in BACKENDS:
         raise ValueError(f"unknown grammar backend {backend!r}; choose from {list(BACKENDS)}")
