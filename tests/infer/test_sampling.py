@@ -5,17 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
 from lmforge.infer.sampling import (
+    apply_min_p,
+    apply_presence_frequency_penalty,
+    apply_repetition_penalty,
     apply_temperature,
     apply_top_k,
     apply_top_p,
     process_logits,
     sample_next_token,
+    top_logprobs,
 )
 
 INF = float("inf")
@@ -183,3 +189,52 @@ def test_draws_follow_the_filtered_softmax(temperature, top_k, top_p):
 def test_bad_arguments_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call(CASES["gaussian"])
+
+
+# ---------------------------------------------------------------------- engine extras
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("min_p", [0.0, 0.05, 0.3, 0.9, 1.0])
+def test_min_p_matches_hf(case, min_p):
+    logits = CASES[case]
+    ours = apply_min_p(logits, min_p)
+    if min_p == 0:
+        assert ours is logits
+        return
+    expected = MinPLogitsWarper(min_p)(None, logits.clone())
+    assert torch.equal(ours, expected)
+
+
+@pytest.mark.parametrize("case", ["gaussian", "ties"])
+@pytest.mark.parametrize("penalty", [0.5, 1.0, 1.3, 2.0])
+def test_repetition_penalty_matches_hf(case, penalty):
+    logits = CASES[case]
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, logits.shape[-1], (logits.shape[0], 12), generator=g)  # repeats
+    expected = RepetitionPenaltyLogitsProcessor(penalty)(ids, logits.clone())
+    assert torch.equal(apply_repetition_penalty(logits, ids, penalty), expected)
+
+
+def test_presence_and_frequency_penalties_follow_openai_formula():
+    logits = torch.tensor([1.0, 2.0, -1.0, 0.5])
+    counts = torch.tensor([0, 3, 1, 0])
+    out = apply_presence_frequency_penalty(logits, counts, presence=0.5, frequency=0.25)
+    assert torch.equal(out, torch.tensor([1.0, 2.0 - 0.75 - 0.5, -1.0 - 0.25 - 0.5, 0.5]))
+    assert apply_presence_frequency_penalty(logits, counts, 0.0, 0.0) is logits
+
+
+def test_top_logprobs_are_log_softmax():
+    logits = CASES["gaussian"][0]
+    lp, top = top_logprobs(logits, 5, 3)
+    expected = torch.log_softmax(logits, -1)
+    assert lp == pytest.approx(float(expected[5]))
+    values, ids = expected.topk(3)
+    assert [i for i, _ in top] == ids.tolist()
+    assert [v for _, v in top] == pytest.approx(values.tolist())
+    assert top_logprobs(logits, 5, 0)[1] == []
+
+
+def test_penalty_arguments_are_checked():
+    with pytest.raises(ValueError, match="min_p"):
+        apply_min_p(CASES["gaussian"], 1.5)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        apply_repetition_penalty(CASES["gaussian"], torch.zeros(8, 1, dtype=torch.long), 0.0)
