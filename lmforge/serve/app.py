@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmforge.serve.async_engine import AsyncEngine, EngineDeadError
+from lmforge.serve.async_engine import AsyncEngine, EngineDeadError, GenerationError
 from lmforge.serve.protocol import (
     APIError,
     AssistantMessage,
@@ -223,7 +223,7 @@ async def _sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:
     try:
         async for event in events:
             yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-    except (APIError, ValueError, EngineDeadError) as exc:  # headers are gone: report in-band
+    except (APIError, ValueError, GenerationError) as exc:  # headers are gone: report in-band
         message = exc.message if isinstance(exc, APIError) else str(exc)
         yield f"data: {json.dumps(error_body(message, 'server_error'))}\n\n"
     yield "data: [DONE]\n\n"
@@ -380,6 +380,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineDeadError)
     async def engine_dead(request: Request, exc: EngineDeadError) -> JSONResponse:
         return JSONResponse(error_body(str(exc), "server_error"), 503)
+
+    @app.exception_handler(GenerationError)
+    async def generation_failed(request: Request, exc: GenerationError) -> JSONResponse:
+        return JSONResponse(error_body(str(exc), "server_error"), 500)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

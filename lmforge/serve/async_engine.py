@@ -29,8 +29,12 @@ import torch
 log = logging.getLogger("lmforge.serve")
 
 
-class EngineDeadError(RuntimeError):
-    """The engine thread has stopped (a step raised); the server cannot generate."""
+class GenerationError(RuntimeError):
+    """Generation failed inside the engine (not the request's fault)."""
+
+
+class EngineDeadError(GenerationError):
+    """The engine thread has stopped; the server cannot generate."""
 
 
 @dataclass
@@ -115,17 +119,23 @@ class AsyncEngine:
             with torch.inference_mode():
                 while self._loop_once():
                     pass
-        except BaseException as exc:  # report to everyone waiting, then stop for good
+        except BaseException as exc:  # not a step failure: the loop itself broke; stop for good
             log.exception("engine thread failed")
             self._error = exc
-            for sink in self._sinks.values():
-                _deliver(sink, EngineDeadError(f"the engine failed: {exc!r}"))
-            self._sinks.clear()
+            self._fail_all(EngineDeadError(f"the engine thread failed: {exc!r}"))
             with self._wake:
                 for command in self._inbox:
                     if command[0] == "add":
                         _deliver(command[4], EngineDeadError(f"the engine failed: {exc!r}"))
                 self._inbox.clear()
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Tell every live request ``error`` and drop them from the engine."""
+        for rid, sink in list(self._sinks.items()):
+            _deliver(sink, error)
+            with contextlib.suppress(Exception):
+                self.engine.abort(rid)
+        self._sinks.clear()
 
     def _loop_once(self) -> bool:
         with self._wake:
@@ -147,7 +157,12 @@ class AsyncEngine:
                 self.engine.abort(command[1])
         if not self.engine.has_unfinished():
             return True
-        outputs = self.engine.step()
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:  # the requests in this step fail; the server lives on
+            log.exception("engine step failed")
+            self._fail_all(GenerationError(f"generation failed: {exc!r}"))
+            return True
         per_queue: dict[int, tuple[_Sink, list]] = {}
         for out in outputs:
             sink = self._sinks.get(out.request_id)

@@ -44,6 +44,9 @@ def model_dir(tmp_path_factory) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = CausalLM(config)
+        with torch.no_grad():  # sharp, prompt-dependent logits (the default init is ~uniform)
+            for name, p in model.named_parameters():
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.3)
     folder = tmp_path_factory.mktemp("serve") / MODEL_NAME
     save_model(model, folder, tokenizer=tok)
     return folder

@@ -1,0 +1,265 @@
+"""The OpenAI-compatible server, end to end: a real `lmforge serve` process driven by the
+official `openai` client (and raw HTTP for malformed requests)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import jsonschema
+import openai
+import pytest
+
+API_KEY = "test-key"
+MODEL = "tiny-chat"
+MAX_TOKENS_LIMIT = 200
+PROMPTS = ["hi", "Tell me a story.", "What is 2 + 3?", "Name three colours.",
+           "abc", "The cat sat on", "Count to five.", "Why is the sky blue?"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, start_server, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server-log") / "serve.log"
+    flags = ["--api-key", API_KEY, "--max-tokens-limit", str(MAX_TOKENS_LIMIT)]
+    flags += ["--max-request-bytes", "100000"]
+    with start_server(model_dir, log, *flags) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def greedy_chat(client, text: str, max_tokens: int = 12, **kw):
+    return client.chat.completions.create(
+        model=MODEL, messages=user(text), max_tokens=max_tokens, temperature=0, **kw
+    )
+
+
+def test_models(client):
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL]
+
+
+def test_chat_plain(client):
+    r = greedy_chat(client, "hi", max_tokens=10)
+    assert r.object == "chat.completion" and r.model == MODEL
+    (choice,) = r.choices
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens <= 10
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert greedy_chat(client, "hi", max_tokens=10).choices[0].message.content == (
+        choice.message.content
+    )  # greedy is deterministic
+    outs = {greedy_chat(client, p).choices[0].message.content for p in PROMPTS[:4]}
+    assert len(outs) > 1, "the tiny model should answer different prompts differently"
+
+
+def test_completions_text_and_token_prompts(client, model_dir):
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    kw = dict(model=MODEL, max_tokens=6, temperature=0)
+    by_text = client.completions.create(prompt="The cat sat on", **kw)
+    ids = [tok.bos_token_id, *tok.encode("The cat sat on")]
+    by_ids = client.completions.create(prompt=ids, **kw)
+    assert by_text.choices[0].text == by_ids.choices[0].text
+    assert by_text.usage.prompt_tokens == len(ids)
+    two = client.completions.create(prompt=["abc", "The cat sat on"], **kw)
+    assert [c.index for c in two.choices] == [0, 1]
+    assert two.choices[1].text == by_text.choices[0].text
+    echo = client.completions.create(prompt="The cat sat on", echo=True, **kw)
+    assert echo.choices[0].text == tok.decode(ids) + by_text.choices[0].text
+
+
+def test_chat_streaming_matches_non_streaming(client):
+    full = greedy_chat(client, "Tell me a story.", max_tokens=16)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=user("Tell me a story."), max_tokens=16, temperature=0,
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finals == [full.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == (
+        full.usage.completion_tokens
+    )
+
+
+def test_completions_streaming(client):
+    kw = dict(model=MODEL, prompt="Count to five.", max_tokens=12, temperature=0)
+    full = client.completions.create(**kw).choices[0].text
+    chunks = list(client.completions.create(stream=True, **kw))
+    assert "".join(c.choices[0].text for c in chunks) == full
+    assert chunks[-1].choices[0].finish_reason is not None
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "colour": {"enum": ["red", "green", "blue"]},
+        "ok": {"type": "boolean"},
+        "size": {"type": "integer", "minimum": 0, "maximum": 99},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+    },
+    "required": ["colour", "ok", "size"],
+}
+
+
+def test_json_schema_output_validates(client):
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True},
+    }
+    r = client.chat.completions.create(
+        model=MODEL, messages=user("Describe a thing as JSON."), max_tokens=60, n=4, seed=1,
+        response_format=fmt,
+    )  # fmt: skip
+    assert len(r.choices) == 4
+    for choice in r.choices:
+        assert choice.finish_reason == "stop", choice.message.content
+        jsonschema.validate(json.loads(choice.message.content), SCHEMA)
+    anything = client.chat.completions.create(
+        model=MODEL, messages=user("JSON please"), max_tokens=60, seed=3,
+        response_format={"type": "json_object"},
+    )  # fmt: skip
+    if anything.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(anything.choices[0].message.content), dict)
+    else:  # cut by max_tokens: still a prefix of an object
+        assert anything.choices[0].message.content.startswith("{")
+
+
+def test_logprobs(client):
+    r = greedy_chat(client, "hi", max_tokens=5, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    for t in content:
+        tops = [x.logprob for x in t.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and tops[0] <= 0
+        assert t.logprob == pytest.approx(tops[0])  # greedy picks the most likely token
+    c = client.completions.create(
+        model=MODEL, prompt="abc", max_tokens=4, temperature=0, logprobs=2
+    )
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+    assert lp.text_offset[0] == 0 and all(len(d) == 2 for d in lp.top_logprobs)
+
+
+def test_n_seed_and_stop(client):
+    kw = dict(model=MODEL, messages=user("Tell me a story."), max_tokens=12, temperature=1.0)
+    a = client.chat.completions.create(n=3, seed=7, **kw)
+    b = client.chat.completions.create(n=3, seed=7, **kw)
+    texts = [c.message.content for c in a.choices]
+    assert texts == [c.message.content for c in b.choices]  # reproducible
+    assert len(set(texts)) > 1  # the choices differ
+    full = greedy_chat(client, "Why is the sky blue?", max_tokens=16).choices[0].message.content
+    stop = full[3:5]
+    assert stop.strip(), full
+    cut = greedy_chat(client, "Why is the sky blue?", max_tokens=16, stop=[stop]).choices[0]
+    assert cut.finish_reason == "stop" and cut.message.content == full[: full.index(stop)]
+
+
+def test_32_concurrent_streams(server):
+    expected = {}
+    sync = openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0)
+    for p in PROMPTS:
+        expected[p] = greedy_chat(sync, p, max_tokens=16).choices[0].message.content
+
+    async def one(client, prompt):
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=user(prompt), max_tokens=16, temperature=0, stream=True
+        )
+        parts, reasons = [], []
+        async for chunk in stream:
+            for c in chunk.choices:
+                parts.append(c.delta.content or "")
+                reasons += [c.finish_reason] if c.finish_reason else []
+        return "".join(parts), reasons
+
+    async def main():
+        client = openai.AsyncOpenAI(
+            base_url=server + "/v1", api_key=API_KEY, max_retries=0, timeout=120
+        )
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(32)]
+        return prompts, await asyncio.gather(*(one(client, p) for p in prompts))
+
+    prompts, results = asyncio.run(main())
+    for prompt, (text, reasons) in zip(prompts, results):
+        assert text == expected[prompt], prompt
+        assert len(reasons) == 1
+
+
+# ---------------------------------------------------------------------- bad requests
+def expect_error(status: int, call, param=None, code=None):
+    with pytest.raises(openai.APIStatusError) as info:
+        call()
+    err = info.value
+    assert err.status_code == status, err
+    body = err.body  # the client unwraps {"error": {...}}
+    assert set(body) == {"message", "type", "param", "code"}, body
+    assert body["param"] == param and (code is None or body["code"] == code), body
+    return body
+
+
+def test_bad_requests_get_openai_errors(client, server):
+    chat = client.chat.completions.create
+    expect_error(404, lambda: chat(model="gpt-9", messages=user("x")), "model", "model_not_found")
+    expect_error(400, lambda: chat(model=MODEL, messages=user("x"), max_tokens=-3), "max_tokens")
+    big = MAX_TOKENS_LIMIT + 1
+    expect_error(400, lambda: chat(model=MODEL, messages=user("x"), max_tokens=big), "max_tokens")
+    bad_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}
+    expect_error(
+        400, lambda: chat(model=MODEL, messages=user("x"), response_format=bad_schema),
+        "response_format",
+    )  # fmt: skip
+    long = user("word " * 400)
+    expect_error(
+        400, lambda: chat(model=MODEL, messages=long), "messages", "context_length_exceeded"
+    )
+    too_long = client.completions.create
+    expect_error(
+        400, lambda: too_long(model=MODEL, prompt=list(range(5, 250)), max_tokens=50),
+        "max_tokens", "context_length_exceeded",
+    )  # fmt: skip
+    expect_error(400, lambda: chat(model=MODEL, messages=user("x"), temperature=5), "temperature")
+    expect_error(400, lambda: chat(model=MODEL, messages=[]), "messages")
+    expect_error(400, lambda: chat(model=MODEL, messages=user("x"), n=20), "n")
+    wrong = openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0)
+    body = expect_error(401, lambda: wrong.models.list(), None, "invalid_api_key")
+    assert "API key" in body["message"]
+    # The server is still fine afterwards.
+    assert greedy_chat(client, "hi", max_tokens=2).choices[0].finish_reason == "length"
+
+
+def test_malformed_http_gets_openai_errors(server, http_json):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    url = server + "/v1/chat/completions"
+    cases = [
+        (b"{not json", 400),
+        (b"[1, 2]", 400),
+        (json.dumps({"model": MODEL}).encode(), 400),  # no messages
+        (json.dumps({"model": MODEL, "messages": "hi"}).encode(), 400),
+        (b"x" * 100_001, 413),
+    ]
+    for body, status in cases:
+        got, payload = http_json("POST", url, body, auth)
+        assert got == status, (body[:40], payload)
+        assert set(payload["error"]) == {"message", "type", "param", "code"}
+    got, payload = http_json("GET", server + "/v1/nothing", None, auth)
+    assert got == 404 and payload["error"]["message"]
+    got, payload = http_json("GET", url, None, auth)
+    assert got == 405 and payload["error"]["code"] == "method_not_allowed"
+    got, payload = http_json("GET", server + "/v1/models")  # no key at all
+    assert got == 401 and payload["error"]["code"] == "invalid_api_key"
