@@ -103,10 +103,41 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Optimizer state keyed by parameter name (collective under FSDP)."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    if D.is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    opts = _options(cpu_offload=True) if D.is_fsdp(model) else _options()
-    return get_optimizer_state_dict(D.unwrap(model), optimizer, options=opts)
+        return get_optimizer_state_dict(
+            D.unwrap(model), optimizer, options=_options(cpu_offload=True)
+        )
+    names = _optimizer_param_names(D.unwrap(model), optimizer)
+    sd = optimizer.state_dict()
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]
+    return {"state": {names[i]: v for i, v in sd["state"].items()}, "param_groups": groups}
+
+
+def _set_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, osd: dict) -> None:
+    if D.is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(D.unwrap(model), optimizer, osd, options=_options())
+        return
+    index = {n: i for i, n in enumerate(_optimizer_param_names(D.unwrap(model), optimizer))}
+    saved = {n for g in osd["param_groups"] for n in g["params"]} | set(osd["state"])
+    unknown = sorted(saved - set(index))
+    if unknown:
+        raise ValueError(f"optimizer state for parameters the model lacks: {unknown[:5]}")
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]
+    optimizer.load_state_dict(
+        {"state": {index[n]: v for n, v in osd["state"].items()}, "param_groups": groups}
+    )
+
+
+def _optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names of the optimizer's parameters in its own order (index i = state key i)."""
+    names: dict[int, str] = {}
+    for name, p in model.named_parameters():
+        names.setdefault(id(p), name)
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
 
 def _split_optimizer_state(osd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -292,11 +323,6 @@ def load_checkpoint(
     shard). With ``restore_rng`` this rank's RNG states are restored too. The returned
     state's ``loader`` is this rank's data-loader state.
     """
-    from torch.distributed.checkpoint.state_dict import (
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
     path = Path(path)
     if not is_complete(path):
         raise ValueError(f"{path}: not a complete training checkpoint")
@@ -306,13 +332,16 @@ def load_checkpoint(
     if getattr(inner.config, "tie_word_embeddings", False):
         weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
     buffers = {k: v for k, v in inner.state_dict().items() if k not in weights}
-    set_model_state_dict(inner, {**buffers, **weights}, options=_options())
+    if D.is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(inner, {**buffers, **weights}, options=_options())
+    else:
+        inner.load_state_dict({**buffers, **weights})
     if optimizer is not None:
         tensors = load_file(str(path / STATE_DIR / "optimizer.safetensors"))
         meta = read_json(path / STATE_DIR / "optimizer.json", "optimizer state")
-        set_optimizer_state_dict(
-            inner, optimizer, _join_optimizer_state(tensors, meta), options=_options()
-        )
+        _set_optimizer_state(model, optimizer, _join_optimizer_state(tensors, meta))
     rank, world = D.rank_and_world()
     saved_world = len(state.get("rng", [])) or 1
     if restore_rng and state.get("rng"):
