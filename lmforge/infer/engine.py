@@ -57,6 +57,7 @@ class SamplingParams:
     seed: int | None = None  # same seed → same output whatever else is in the batch
     logprobs: int | None = None  # None: none; 0: the sampled token's; k>0: plus top-k
     constraint: object | None = None  # a structured-generation Constraint
+    min_tokens: int = 0  # stop tokens are masked until this many tokens were generated
 
     def validate(self, vocab_size: int, has_tokenizer: bool) -> None:
         """Raise `ValueError` naming every bad field."""
@@ -85,6 +86,8 @@ class SamplingParams:
             errors.append("stop strings need an Engine created with a tokenizer")
         if self.seed is not None and not _is_int(self.seed):
             errors.append(f"seed={self.seed!r} must be an integer")
+        if not _is_int(self.min_tokens) or not self.min_tokens >= 0:
+            errors.append(f"min_tokens={self.min_tokens!r} must be an integer ≥ 0")
         if self.logprobs is not None and (not _is_int(self.logprobs) or self.logprobs < 0):
             errors.append(f"logprobs={self.logprobs!r} must be None or an integer ≥ 0")
         if errors:
@@ -138,6 +141,9 @@ class _Request(Sequence):
     @property
     def output_ids(self) -> list[int]:
         return self.tokens[self.num_prompt :]
+
+    def stop_id_tensor(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=device)
 
 
 class Engine:
@@ -355,6 +361,9 @@ class Engine:
             row = apply_presence_frequency_penalty(
                 row, counts, p.presence_penalty, p.frequency_penalty
             )
+        if p.min_tokens and len(req.tokens) - req.num_prompt < p.min_tokens and req.stop_ids:
+            # HF's MinNewTokensLengthLogitsProcessor: no stop token before min_tokens.
+            row = row.index_fill(0, req.stop_id_tensor(row.device), float("-inf"))
         if p.constraint is not None:
             row = row.clone()
             p.constraint.mask_logits(row)
@@ -509,4 +518,5 @@ def _is_plain_greedy(p: SamplingParams) -> bool:
         and not p.presence_penalty
         and not p.frequency_penalty
         and p.constraint is None
+        and not p.min_tokens
     )

@@ -1,8 +1,16 @@
-"""Batched autoregressive generation with a KV cache, in Hugging Face's decoder-only style.
+"""Batched autoregressive generation in Hugging Face's decoder-only style.
+
+Greedy decoding is a thin wrapper over the inference `Engine` (paged KV cache, continuous
+batching: each row runs unpadded and leaves the batch when it ends). Beam search is
+`lmforge.infer.beam.beam_search`. Sampling keeps a lockstep loop over a contiguous cache:
 
     prompt [B, T] (left-padded) ─ prefill once ─▶ logits of the last slot ─▶ pick token
           ▲                                                                     │
           └──── one-token forward, attention mask grows by one column ◀─────────┘
+
+because HF draws one ``multinomial`` over the whole ``[B, V]`` batch per step, finished rows
+included, and only that keeps the sampled tokens identical to ``transformers`` under the
+same global seed (the engine instead gives every request its own RNG stream).
 
 Conventions (as ``transformers``' ``generate``): prompts are left-padded and described by
 ``attention_mask`` (1 = token, 0 = padding); the result is prompt + new tokens
@@ -20,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from lmforge.infer.engine import Engine, SamplingParams
 from lmforge.infer.sampling import check_sampling_args, sample_next_token
 from lmforge.models.kv_cache import KVCache
 
@@ -40,6 +49,11 @@ def generate(
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    min_new_tokens: int = 0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    num_return_sequences: int = 1,
 ) -> torch.LongTensor:
     """Continue each prompt of ``input_ids`` ``[B, T]`` by up to ``max_new_tokens`` tokens.
 
@@ -59,10 +73,43 @@ def generate(
             then to the first end-of-sequence id.
         generator: RNG for sampling. ``seed`` instead creates a private generator, so the
             result is reproducible and the global RNG is left untouched.
+        min_new_tokens: end-of-sequence ids are suppressed until a row has this many tokens.
+        num_beams: > 1 runs beam search (`lmforge.infer.beam.beam_search`) with
+            ``length_penalty``, ``early_stopping`` and ``num_return_sequences``.
+        num_return_sequences: rows returned per prompt (beam search, or independent
+            samples when ``do_sample``; greedy decoding allows only 1, as in HF).
 
     Returns:
-        ``[B, T + n]`` int64: the prompts followed by the ``n`` generated columns.
+        ``[B·R, T + n]`` int64: the prompts followed by the ``n`` generated columns.
     """
+    if num_beams != 1:
+        if do_sample:
+            raise ValueError("beam sampling (num_beams > 1 with do_sample=True) is not supported")
+        from lmforge.infer.beam import beam_search
+
+        return beam_search(
+            model,
+            input_ids,
+            attention_mask,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            num_return_sequences=num_return_sequences,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+    greedy = not do_sample or temperature == 0
+    if not _is_int(num_return_sequences) or num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences={num_return_sequences!r} must be an integer ≥ 1")
+    if greedy and num_return_sequences != 1:
+        raise ValueError(
+            "greedy decoding returns one sequence per prompt; num_return_sequences > 1 needs "
+            "do_sample=True or num_beams ≥ num_return_sequences"
+        )
+    if not _is_int(min_new_tokens) or min_new_tokens < 0:
+        raise ValueError(f"min_new_tokens={min_new_tokens!r} must be an integer ≥ 0")
     check_sampling_args(temperature, top_k, top_p)
     _check_max_new_tokens(max_new_tokens)
     config = model.config
@@ -79,10 +126,23 @@ def generate(
     mask = _prompt_mask(input_ids, attention_mask, pad_id, eos_ids)
     _check_lengths(mask, max_new_tokens, config.max_position_embeddings)
     rng = _make_generator(generator, seed, device)
+    if num_return_sequences > 1:  # HF expands the prompts before sampling
+        input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
+        mask = mask.repeat_interleave(num_return_sequences, dim=0)
     if max_new_tokens == 0:
         return input_ids.clone()
+    if greedy:
+        with _eval_mode(model):
+            new_tokens = _engine_greedy(
+                model, input_ids, mask, max_new_tokens, min_new_tokens, eos_ids, pad_id
+            )
+        return torch.cat([input_ids, new_tokens], dim=1)
+    steps = iter(range(max_new_tokens))
+    eos_index = None if eos_ids is None else torch.tensor(eos_ids, device=device)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
+        if next(steps) < min_new_tokens and eos_index is not None:
+            logits = logits.index_fill(1, eos_index, float("-inf"))  # HF's MinNewTokens...
         return sample_next_token(logits, do_sample, temperature, top_k, top_p, rng)
 
     with _eval_mode(model), torch.inference_mode():
@@ -90,6 +150,37 @@ def generate(
     # Concatenating outside inference mode returns an ordinary tensor, so the output can
     # feed a later forward that needs gradients (e.g. RL rollouts).
     return torch.cat([input_ids, new_tokens], dim=1)
+
+
+def _engine_greedy(
+    model, input_ids, mask, max_new_tokens, min_new_tokens, eos_ids, pad_id
+) -> torch.Tensor:
+    """Greedy rows through the `Engine`: each prompt unpadded (positions from 0, as HF derives
+    them from the mask); a row's eos is kept, then ``pad_id`` fills it to the longest row."""
+    prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
+    params = SamplingParams(
+        max_tokens=max_new_tokens,
+        temperature=0,
+        ignore_eos=True,  # the ids that end a row are exactly ``eos_ids``
+        stop_token_ids=tuple(eos_ids or ()),
+        min_tokens=min_new_tokens,
+    )
+    block_size = 16
+    per_row = -(-(input_ids.shape[1] + max_new_tokens) // block_size)
+    engine = Engine(
+        model,
+        block_size=block_size,
+        num_blocks=len(prompts) * per_row,
+        max_num_seqs=len(prompts),
+        max_num_batched_tokens=max(2048, input_ids.shape[1]),
+    )
+    rows = []
+    for out in engine.generate(prompts, params):
+        ended = [out.stop_reason] if out.finish_reason == "stop" else []
+        rows.append(out.token_ids + ended)
+    width = max(len(r) for r in rows)
+    filled = [r + [pad_id] * (width - len(r)) for r in rows]
+    return torch.tensor(filled, dtype=torch.long, device=input_ids.device)
 
 
 def _decode(model, input_ids, mask, max_new_tokens, pick, eos_ids, pad_id) -> torch.Tensor:

@@ -328,3 +328,17 @@ def test_bad_prompts_and_duplicate_ids_raise(pair):
     engine.add_request([1], GREEDY, request_id="x")
     with pytest.raises(ValueError, match="already in use"):
         engine.add_request([1], GREEDY, request_id="x")
+
+
+def test_generate_wrapper_min_new_tokens_matches_hf(pair, reference):
+    """`generate` (greedy → engine) suppresses eos until min_new_tokens, as HF does."""
+    from lmforge.infer import generate
+
+    hf, ours = pair
+    p = torch.tensor([prompts()[1]])
+    eos = reference[1][1]
+    kw = dict(max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
+    for min_new in (0, 4):
+        out = generate(ours, p, min_new_tokens=min_new, **kw)
+        ref = hf.generate(p, do_sample=False, min_new_tokens=min_new, **kw)
+        assert torch.equal(out, ref)
