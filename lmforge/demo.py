@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from lmforge.data.packing import pack_token_lists
 from lmforge.data.tasks import synthetic_corpus
 from lmforge.io import atomic_path
 from lmforge.models.hf import load_model, save_model
@@ -112,24 +113,19 @@ def _run(out: Path, seconds: float, preset: str, seed: int, console: Console) ->
 
 
 def pack_documents(tok: Tokenizer, docs: list[str], seq_len: int) -> dict[str, torch.Tensor]:
-    """Concatenate ``<bos> doc <eos>`` token streams and cut them into ``[N, seq_len]`` rows.
+    """Concatenate ``<bos> doc <eos>`` token streams and cut them into ``[N, seq_len]`` rows
+    (`lmforge.data.packing`, greedy); the last, partial row is left out.
 
     ``document_ids`` keeps attention inside each document (positions restart too); the label
     of a document's first token is ignored, so no loss is spent predicting across documents.
     """
-    ids: list[int] = []
-    doc_ids: list[int] = []
-    for i, doc in enumerate(tok.encode_batch(docs, add_special_tokens=True)):
-        ids += [*doc, tok.eos_token_id]
-        doc_ids += [i] * (len(doc) + 1)
-    rows = len(ids) // seq_len
+    encoded = tok.encode_batch(docs, add_special_tokens=True)
+    token_lists = [[*doc, tok.eos_token_id] for doc in encoded]
+    rows = sum(map(len, token_lists)) // seq_len
     if rows == 0:
         raise ValueError(f"{len(docs)} documents give fewer than seq_len={seq_len} tokens")
-    input_ids = torch.tensor(ids[: rows * seq_len]).view(rows, seq_len)
-    document_ids = torch.tensor(doc_ids[: rows * seq_len]).view(rows, seq_len)
-    labels = input_ids.clone()
-    labels[:, 1:][document_ids[:, 1:] != document_ids[:, :-1]] = IGNORE_INDEX
-    return {"input_ids": input_ids, "labels": labels, "document_ids": document_ids}
+    packed, _ = pack_token_lists(token_lists, seq_len, strategy="greedy", split=True)
+    return {key: value[:rows] for key, value in packed.items()}
 
 
 def lr_at(step: int, progress: float) -> float:
