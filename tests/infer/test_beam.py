@@ -74,9 +74,23 @@ def hf_beam(hf, ids, mask, **kwargs):
     return out.sequences, out.sequences_scores
 
 
+def count_forwards(model: torch.nn.Module, run):
+    """``run()``'s result and how many times it called ``model``'s forward."""
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        return run(), len(calls)
+    finally:
+        handle.remove()
+
+
 def assert_matches_hf(hf, ours, ids, mask, **kwargs) -> torch.Tensor:
-    expected, expected_scores = hf_beam(hf, ids, mask, **kwargs)
-    out = beam_search_with_scores(ours, ids, mask, **kwargs)
+    """Same ids, same scores, and the search stops at the same step (same forward count)."""
+    (expected, expected_scores), hf_steps = count_forwards(
+        hf, lambda: hf_beam(hf, ids, mask, **kwargs)
+    )
+    out, steps = count_forwards(ours, lambda: beam_search_with_scores(ours, ids, mask, **kwargs))
+    assert steps == hf_steps, f"{steps} forwards, transformers {hf_steps}: {kwargs}"
     assert out.sequences.dtype == torch.long
     assert out.sequences.shape == expected.shape, kwargs
     assert torch.equal(out.sequences, expected), (kwargs, out.sequences, expected)
@@ -137,8 +151,30 @@ def test_stops_early_once_every_prompt_is_done(pair, frequent):
     hf, ours = pair
     ids, mask = left_padded()
     kw = dict(num_beams=2, early_stopping=True, eos_token_id=frequent, pad_token_id=FILL)
-    out = assert_matches_hf(hf, ours, ids, mask, max_new_tokens=40, **kw)
-    assert out.shape[1] < ids.shape[1] + 40
+    out, steps = count_forwards(
+        ours, lambda: assert_matches_hf(hf, ours, ids, mask, max_new_tokens=40, **kw)
+    )
+    assert out.shape[1] < ids.shape[1] + 40 and steps < 40
+
+
+@pytest.mark.parametrize("num_beams", [2, 4])
+def test_early_stop_heuristics_stop_at_hfs_step(pair, frequent, num_beams):
+    """early_stopping=False stops once the best running beam, at its current length, can't
+    beat the worst finished one; "never" (length_penalty > 0) judges it at max length, so
+    it searches longer. Same forward count as transformers, and both rules do stop."""
+    hf, ours = pair
+    ids, mask = left_padded()
+    steps = {}
+    for early_stopping, length_penalty in itertools.product([False, "never"], [-1.0, 0.0, 0.5]):
+        kw = dict(
+            num_beams=num_beams, early_stopping=early_stopping, length_penalty=length_penalty,
+            eos_token_id=frequent, pad_token_id=FILL, max_new_tokens=30,
+        )  # fmt: skip
+        _, steps[early_stopping, length_penalty] = count_forwards(
+            ours, lambda kw=kw: assert_matches_hf(hf, ours, ids, mask, **kw)
+        )
+    assert max(steps.values()) < 30, steps
+    assert steps["never", 0.5] > steps[False, 0.5], steps
 
 
 def test_without_eos_every_hypothesis_runs_to_max_new_tokens(pair):
