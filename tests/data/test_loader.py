@@ -223,3 +223,37 @@ def test_bad_arguments_and_mismatched_state(token_dir):
         PretrainLoader(token_dir, 16, 2, seed=1).load_state_dict(state)
     with pytest.raises(ValueError, match="kind: saved 'pretrain', now 'sft'"):
         SFTLoader(sft_examples(), 16, 2, too_long="truncate").load_state_dict(state)
+
+
+def test_sft_batches_give_the_token_weighted_mean_of_example_losses():
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+
+    torch.manual_seed(0)
+    model = CausalLM(preset_config("tiny", vocab_size=64, hidden_size=32, intermediate_size=64))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    rng = np.random.default_rng(1)
+    examples = []
+    for _ in range(12):
+        ids = rng.integers(0, 64, size=int(rng.integers(3, 15))).tolist()
+        cut = int(rng.integers(1, len(ids) - 1))
+        examples.append(Example(ids, [IGNORE_INDEX] * cut + ids[cut:]))
+    loader = SFTLoader(examples, 24, 4, seed=5)
+    batch = next(iter(loader))
+    inputs = {k: batch[k] for k in KEYS}
+    with torch.no_grad():
+        packed = model(**inputs).loss.item()
+        total, count = 0.0, 0
+        for b, row in enumerate(batch["input_ids"]):
+            for d in batch["document_ids"][b].unique():
+                mine = batch["document_ids"][b] == d
+                labels = batch["labels"][b][mine]
+                n = int((labels[1:] != IGNORE_INDEX).sum())
+                if n:
+                    ids = row[mine][None]
+                    total += model(input_ids=ids, labels=labels[None]).loss.item() * n
+                    count += n
+    assert count == int(batch["num_loss_tokens"]) > 0
+    assert abs(packed - total / count) <= 1e-5

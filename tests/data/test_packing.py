@@ -198,7 +198,7 @@ def test_packed_loss_is_token_weighted_mean_of_example_losses(strategy):
     assert abs(unmasked - reference) > 1e-3
 
 
-def doc_grads(model, ids, labels, neighbours, seq_len=32, before=True):
+def doc_grads(model, ids, neighbours, seq_len=32, before=True):
     """Pack ``ids`` with ``neighbours`` in one row; return the gradient of the doc's own
     summed loss wrt its input embeddings, and its logits."""
     docs = [*neighbours, ids] if before else [ids, *neighbours]
@@ -251,7 +251,7 @@ def test_document_gradients_do_not_depend_on_row_neighbours():
         ([], True),
     ]
     model = tiny_model(torch.float64)
-    results = [doc_grads(model, doc, doc, neighbours, before=b) for neighbours, b in layouts]
+    results = [doc_grads(model, doc, neighbours, before=b) for neighbours, b in layouts]
     grad0, logits0 = results[0]
     assert grad0.abs().max() > 1e-3  # a real gradient
     for grad, logits in results[1:]:
