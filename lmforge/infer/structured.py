@@ -53,6 +53,7 @@ __all__ = [
     "GrammarSpec",
     "JSON_SEPARATORS",
     "apply_token_bitmask_",
+    "clear_grammar_cache",
     "close_json_schema",
     "compile_constraint",
     "constrained_generate",
@@ -346,6 +347,12 @@ def _compiled(tokenizer: Tokenizer, spec: GrammarSpec, backend: str):
                 state.compiled.popitem(last=False)
         state.compiled.move_to_end(key)
         return engine, compiled, state.vocab
+
+
+def clear_grammar_cache() -> None:
+    """Forget every compiled grammar and tokenizer set-up (benchmarks time cold compiles)."""
+    with _LOCK:
+        _STATES.clear()
 
 
 # -- the constraint -------------------------------------------------------------------------
