@@ -254,7 +254,12 @@ def _initial_beams(input_ids: torch.Tensor, k: int, max_len: int, fill: int) -> 
 
 
 def _advance(
-    beams: _Beams, log_probs: torch.Tensor, step: int, prompt_len: int, n_candidates: int, s
+    beams: _Beams,
+    log_probs: torch.Tensor,
+    step: int,
+    prompt_len: int,
+    n_candidates: int,
+    s: _Settings,
 ) -> tuple[_Beams, torch.Tensor, bool]:
     """One beam-search step given the running rows' next-token log-probs ``[B·K, V]``.
 
@@ -283,8 +288,11 @@ def _advance(
     may_improve = _may_still_improve(
         beams.may_improve, running_scores, finished_scores, is_finished, step + 1, s
     )
-    all_full = bool(is_finished.all()) and s.early_stopping is True
-    stop = not bool(may_improve.any()) or all_full or bool(ended.all())
+    # Over when no prompt can improve, every list is final, or no candidate can continue
+    # (one host sync per step).
+    stop = ~may_improve.any() | ended.all()
+    if s.early_stopping is True:
+        stop |= is_finished.all()
     new = _Beams(
         running,
         running_scores,
@@ -294,7 +302,7 @@ def _advance(
         is_finished,
         may_improve,
     )
-    return new, parents, stop
+    return new, parents, bool(stop)
 
 
 def _ends(tokens: torch.Tensor, eos: torch.Tensor | None, last_step: bool) -> torch.Tensor:
@@ -306,7 +314,7 @@ def _ends(tokens: torch.Tensor, eos: torch.Tensor | None, last_step: bool) -> to
     return torch.isin(tokens, eos)
 
 
-def _merge_finished(beams: _Beams, cand_seqs, cand_scores, ended, n_generated: int, s):
+def _merge_finished(beams: _Beams, cand_seqs, cand_scores, ended, n_generated: int, s: _Settings):
     """Add this step's ended candidates (only those among the first K, as HF) to the
     finished hypotheses, normalised by ``n_generated ** length_penalty``; keep the best K."""
     batch, k = beams.finished_scores.shape
@@ -330,7 +338,7 @@ def _merge_finished(beams: _Beams, cand_seqs, cand_scores, ended, n_generated: i
 
 
 def _may_still_improve(
-    may_improve, running_scores, finished_scores, is_finished, n_generated: int, s
+    may_improve, running_scores, finished_scores, is_finished, n_generated: int, s: _Settings
 ) -> torch.Tensor:
     """HF's early-stop heuristic: can the best running beam still beat the worst finished
     hypothesis? It is judged at its current length, or (``"never"`` with a positive length
