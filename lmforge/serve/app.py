@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP API (FastAPI) over an `AsyncEngine`.
 
     GET  /                      the web chat page (static/chat.html)
-    GET  /health                200 while the engine runs
+    GET  /health                200 while the engine runs (+ request / token counters)
     GET  /v1/models             the one model served
     POST /v1/completions        legacy completions (text or token-id prompts)
     POST /v1/chat/completions   chat completions (the tokenizer's chat template)
@@ -101,7 +101,12 @@ def create_app(
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = engine.is_running
-        return JSONResponse({"status": "ok" if ok else "engine stopped"}, 200 if ok else 503)
+        body = {
+            "status": "ok" if ok else "engine stopped",
+            "running_requests": engine.num_running,
+            "generated_tokens": engine.num_generated_tokens,
+        }
+        return JSONResponse(body, 200 if ok else 503)
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -56,6 +56,7 @@ class AsyncEngine:
         self._stopping = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self.num_generated_tokens = 0  # delivered to consumers (monitoring)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -70,6 +71,11 @@ class AsyncEngine:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    @property
+    def num_running(self) -> int:
+        """Requests in the engine that a consumer still waits on."""
+        return len(self._sinks)
 
     @property
     def is_running(self) -> bool:
@@ -170,6 +176,7 @@ class AsyncEngine:
                 continue
             if out.finished:
                 del self._sinks[out.request_id]
+            self.num_generated_tokens += len(out.new_token_ids)
             per_queue.setdefault(id(sink.queue), (sink, []))[1].append((sink.index, out))
         for sink, batch in per_queue.values():
             _deliver(sink, batch)

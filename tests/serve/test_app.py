@@ -4,7 +4,9 @@ official `openai` client (and raw HTTP for malformed requests)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import time
 
 import jsonschema
 import openai
@@ -263,3 +265,35 @@ def test_malformed_http_gets_openai_errors(server, http_json):
     assert got == 405 and payload["error"]["code"] == "method_not_allowed"
     got, payload = http_json("GET", server + "/v1/models")  # no key at all
     assert got == 401 and payload["error"]["code"] == "invalid_api_key"
+
+
+def _wait_idle(server, http_json, timeout=20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, health = http_json("GET", server + "/health")
+        if health["running_requests"] == 0 or time.monotonic() > deadline:
+            return health
+        time.sleep(0.05)
+
+
+def test_client_disconnect_aborts_generation(server, http_json):
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    host, port = server.removeprefix("http://").split(":")
+    for stream in (True, False):
+        # 16 sampled choices of 200 tokens: seconds of work, far longer than the 0.3 s wait.
+        body = {"model": MODEL, "messages": user("go on"), "max_tokens": MAX_TOKENS_LIMIT,
+                "ignore_eos": True, "n": 16, "stream": stream}  # fmt: skip
+        before = _wait_idle(server, http_json)["generated_tokens"]
+        conn = http.client.HTTPConnection(host, int(port), timeout=0.3)
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+        if stream:
+            response = conn.getresponse()
+            assert response.status == 200 and response.readline().startswith(b"data: ")
+        else:
+            with pytest.raises(TimeoutError):
+                conn.getresponse()
+        conn.close()
+        after = _wait_idle(server, http_json)
+        assert after["running_requests"] == 0
+        generated = after["generated_tokens"] - before
+        assert generated < 16 * MAX_TOKENS_LIMIT / 2, (stream, generated)  # stopped early
