@@ -125,8 +125,8 @@ def beam_search_with_scores(
         eos_token_id: an id or list of ids; defaults to ``model.generation_config``, then
             ``model.config.eos_token_id``. None: hypotheses end only at ``max_new_tokens``.
         pad_token_id: fill after a short hypothesis; defaults to the config's pad, then
-            the first eos id. As in HF, an explicit pad id of 0 fills with the first eos
-            id instead (``transformers`` reads the pad tensor's truth value).
+            the first eos id. As in HF, a pad id of 0 (given or from the config) fills
+            with the first eos id instead (``transformers`` tests the pad tensor's truth).
 
     Returns:
         `BeamSearchOutput` with ``sequences`` ``[B·R, T + n]`` int64 (prompt rows repeated
