@@ -316,12 +316,15 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     *,
     restore_rng: bool = True,
+    restore_data: bool = True,
 ) -> dict[str, Any]:
     """Load weights (and optimizer state) into ``model`` in place; return the trainer state.
 
     Works for a plain model, DDP, and FSDP2 (each rank reads the full state and keeps its
     shard). With ``restore_rng`` this rank's RNG states are restored too. The returned
-    state's ``loader`` is this rank's data-loader state.
+    state's ``loader`` is this rank's data-loader state (None without ``restore_data``; a
+    data position saved by a different number of processes is an error unless
+    ``restore_data=False``).
     """
     path = Path(path)
     if not is_complete(path):
@@ -347,6 +350,8 @@ def load_checkpoint(
     if restore_rng and state.get("rng"):
         set_rng_state(state["rng"][rank % saved_world])
     loaders = state.get("loader") or [None]
+    if not restore_data:
+        loaders = [None]
     if saved_world != world and loaders[0] is not None:
         raise ValueError(
             f"{path}: saved by {saved_world} process(es), resumed with {world}; the data "

@@ -339,8 +339,12 @@ class Trainer:
         D.barrier()
         return Path(path)
 
-    def resume(self, path: str | Path | None = None) -> bool:
-        """Load ``path`` (default: the latest complete checkpoint of the run); False if none."""
+    def resume(self, path: str | Path | None = None, *, restore_data: bool = True) -> bool:
+        """Load ``path`` (default: the latest complete checkpoint of the run); False if none.
+
+        ``restore_data=False`` keeps the data loader where it is (e.g. resuming on a different
+        number of processes, where the saved per-rank positions do not apply).
+        """
         if path is None:
             root = self.checkpoint_root
             if root is None:
@@ -351,7 +355,7 @@ class Trainer:
             path = ckpt.latest_checkpoint(root)
             if path is None:
                 return False
-        state = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        state = ckpt.load_checkpoint(path, self.model, self.optimizer, restore_data=restore_data)
         self.step = int(state["step"])
         self.tokens = int(state["tokens"])
         self.elapsed_prev = float(state.get("elapsed_s", 0.0))
