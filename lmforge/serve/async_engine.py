@@ -155,7 +155,9 @@ class AsyncEngine:
                 _, rid, prompt, params, sink = command
                 try:
                     self.engine.add_request(prompt, params, request_id=rid)
-                except (ValueError, TypeError) as exc:  # a bad request, not a broken engine
+                except Exception as exc:  # this request's problem; the engine is untouched
+                    if not isinstance(exc, ValueError):  # reported as a 400 all the same
+                        exc = ValueError(f"invalid request: {exc}")
                     _deliver(sink, exc)
                     continue
                 self._sinks[rid] = sink

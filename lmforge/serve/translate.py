@@ -141,7 +141,7 @@ def sampling_params(
         stop_token_ids=tuple(limits.stop_token_ids),
         stop=tuple(req.stop),
         ignore_eos=req.ignore_eos,
-        seed=None if req.seed is None else req.seed + choice,
+        seed=None if req.seed is None else (req.seed + choice) % 2**64,
         logprobs=req.num_logprobs,
         constraint=constraint,
     )

@@ -55,6 +55,7 @@ def test_defaults_and_aliases():
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
         ({"stop": ["a"] * 17}, "stop"),
+        ({"seed": 2**64}, "seed"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
     ],
 )
