@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from lmforge.serve.app import validation_error_body
+from lmforge.serve.errors import validation_error_body
 from lmforge.serve.protocol import (
     APIError,
     ChatCompletionChunk,
