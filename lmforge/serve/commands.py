@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -125,6 +126,7 @@ def run_serve(args: argparse.Namespace) -> int:
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if not 0 <= args.port < 65536:
         raise CommandError(f"--port must be in 0..65535, got {args.port}")
+    _check_can_listen(args.host, args.port)  # before the (slow) model load
     engine, tok, folder, positions = load_engine(args, args.max_num_seqs)
     max_len = args.max_model_len or positions
     if max_len > positions:
@@ -143,6 +145,17 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"serving {name!r} on http://{args.host}:{args.port} ({auth})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    from lmforge.cli import CommandError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 # ---------------------------------------------------------------------- chat

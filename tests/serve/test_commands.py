@@ -6,6 +6,7 @@ import argparse
 import io
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,10 @@ def test_serve_and_chat_argument_errors(tmp_path, capsys):
     assert "--temperature" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path), "--max-model-len", "0"]) == 2
     assert "--max-model-len must be positive" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_busy_port(model_dir, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert main(["serve", "--model", str(model_dir), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
