@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_demo(commands)
     _add_serve(commands)
+    from lmforge.train.commands import add_train_commands
+
+    add_train_commands(commands, _subparser)
     return parser
 
 

@@ -50,7 +50,8 @@ class DataSection:
     vocab_size: int = 512  # when training a tokenizer
     seq_len: int = 128
     text_field: str = "text"
-    format: str = "auto"  # sft: auto | messages | prompt_completion | alpaca
+    format: str = "auto"  # sft: auto | messages | prompt_completion | instruction (Alpaca)
+    too_long: Literal["truncate", "drop", "error"] = "truncate"  # sft examples > seq_len
     assistant_only: bool = True  # sft: loss only on assistant tokens
     skip_bad: bool = False  # skip malformed records (counted and reported) instead of failing
     split_long: bool = False  # sft: split conversations longer than seq_len
@@ -85,6 +86,7 @@ class TrainSection:
     max_time_s: float = 0.0  # 0 → no wall-clock limit
     seed: int = 0
     device: str = "auto"  # auto → cuda when available, else cpu
+    cpu_threads: int = 0  # torch CPU threads; 0 → torch's default (tiny models: 1 is fastest)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: int = 0  # 0 off; k → recompute every k-th block
     compile: bool = False
@@ -281,6 +283,7 @@ def validate(config: RunConfig) -> None:
     non_negative = {
         "train.max_steps": t.max_steps,
         "train.max_tokens": t.max_tokens,
+        "train.cpu_threads": t.cpu_threads,
         "train.max_time_s": t.max_time_s,
         "train.eval_every": t.eval_every,
         "train.save_every": t.save_every,

@@ -398,6 +398,8 @@ class Trainer:
         session_tokens = 0
         data = iter(self.train_data)
         bar = ProgressBar(self.console, enabled=main and self.config.log.progress)
+        if not main:
+            bar.console = Console(quiet=True)
         reason = None
         try:
             with bar:

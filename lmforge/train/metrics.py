@@ -66,6 +66,7 @@ class ProgressBar:
 
     def __init__(self, console: Console | None = None, enabled: bool = True, label="training"):
         self.enabled = enabled
+        self.console = console or Console()
         self._progress = None
         if enabled:
             self._progress = Progress(
@@ -75,7 +76,7 @@ class ProgressBar:
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
-                console=console or Console(),
+                console=self.console,
             )
             self._task = self._progress.add_task(label, total=1.0, status="")
 
@@ -98,8 +99,8 @@ class ProgressBar:
         self._progress.update(self._task, completed=min(max(progress, 0.0), 1.0), status=status)
 
     def print(self, text: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(text, highlight=False)
+        """Print above the bar (or plainly when the bar is off)."""
+        self.console.print(text, highlight=False)
 
 
 # ---------------------------------------------------------------------- external loggers
