@@ -1,0 +1,207 @@
+"""lmforge `Engine` vs `transformers` ``generate``: decoding speed on identical weights (CPU).
+
+Both models come from one lmforge preset (``5m``, ``30m``): lmforge builds it with a fixed
+seed, `save_model` exports it and HF loads that folder (SDPA attention), fp32.
+
+* **decode**: one request, a 32-token prompt, ``--decode-tokens`` greedy tokens (HF with
+  ``min_new_tokens`` = ``max_new_tokens``, lmforge with ``ignore_eos``, so both emit the same
+  count; the outputs are checked to be identical). Rounds alternate the libraries; medians.
+* **batch**: 32 requests with prompt lengths uniform in 8–256 and output lengths in 16–256
+  (seeded). lmforge runs them through continuous batching; HF runs one padded batched
+  ``generate`` of the longest output length (static batching has no per-row lengths, so
+  every row runs as long as the longest — that is what padded batching costs). Throughput
+  counts the requested tokens only (prompt + output of every request) for both.
+
+``--profile`` adds a torch.profiler breakdown of the engine's decode steps (GEMM time vs
+everything else). The machine is shared; timings are noisy (see BENCHMARKS.md).
+
+    python bench/generate.py [--sizes 5m 30m] [--rounds 3] [--decode-tokens 128] [--profile]
+
+Last line: ``RESULT generate decode_ratio=<x> batch_ratio=<y>`` (lmforge ÷ HF tokens/s,
+geometric mean over sizes); functions appended to `EXTRA_BENCHES` (e.g. a speculative
+decoding ``run_spec_bench``) each return ``{name: value}`` pairs added to that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+import lmforge
+from lmforge.infer.engine import Engine, SamplingParams
+from lmforge.models.presets import preset_config
+
+EXTRA_BENCHES: list[Callable[[], dict[str, float]]] = []
+
+
+def load_pair(name: str):
+    """(lmforge model, HF model) with identical weights, both in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    ours = lmforge.CausalLM(preset_config(name)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        lmforge.save_model(ours, tmp)
+        hf = AutoModelForCausalLM.from_pretrained(tmp, attn_implementation="sdpa").eval()
+    return ours, hf
+
+
+def _timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def bench_decode(ours, hf, new_tokens: int, rounds: int) -> dict:
+    prompt = torch.randint(
+        0, ours.config.vocab_size, (32,), generator=torch.Generator().manual_seed(1)
+    )
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    ids = prompt[None]
+
+    def run_ours():
+        return Engine(ours, max_num_seqs=1).generate([prompt.tolist()], params)[0].token_ids
+
+    def run_hf():
+        with torch.inference_mode():
+            out = hf.generate(
+                ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            )
+        return out[0, 32:].tolist()
+
+    same = run_ours() == run_hf()  # also warms both up
+    t_ours, t_hf = [], []
+    for _ in range(rounds):
+        t_ours.append(_timed(run_ours)[0])
+        t_hf.append(_timed(run_hf)[0])
+    ours_tps = new_tokens / statistics.median(t_ours)
+    hf_tps = new_tokens / statistics.median(t_hf)
+    return dict(ours=ours_tps, hf=hf_tps, ratio=ours_tps / hf_tps, identical=same)
+
+
+def mixed_requests(vocab: int, n: int = 32, seed: int = 0) -> tuple[list[list[int]], list[int]]:
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(vocab) for _ in range(rng.randint(8, 256))] for _ in range(n)]
+    outputs = [rng.randint(16, 256) for _ in range(n)]
+    return prompts, outputs
+
+
+def bench_batch(ours, hf, rounds: int) -> dict:
+    prompts, lengths = mixed_requests(ours.config.vocab_size)
+    useful = sum(len(p) for p in prompts) + sum(lengths)
+    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths]
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    longest = max(lengths)
+
+    def run_ours():
+        return Engine(ours).generate(prompts, params)
+
+    def run_hf():
+        with torch.inference_mode():
+            return hf.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=longest,
+                min_new_tokens=longest,
+                do_sample=False,
+                pad_token_id=0,
+            )
+
+    t_ours, t_hf = [], []
+    for _ in range(rounds):
+        t, outs = _timed(run_ours)
+        t_ours.append(t)
+        t_hf.append(_timed(run_hf)[0])
+    assert [len(o.token_ids) for o in outs] == lengths
+    ours_tps = useful / statistics.median(t_ours)
+    hf_tps = useful / statistics.median(t_hf)
+    return dict(ours=ours_tps, hf=hf_tps, ratio=ours_tps / hf_tps, tokens=useful)
+
+
+def profile_decode(ours, new_tokens: int = 64) -> dict:
+    """Split the engine's batch-1 decode time into GEMMs (aten::mm/addmm) and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompt = list(range(1, 33))
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    engine = Engine(ours, max_num_seqs=1)
+    engine.generate([prompt], params)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.generate([prompt], params)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm"))
+    attention = sum(
+        e.self_cpu_time_total
+        for e in events
+        if "scaled_dot_product" in e.key or e.key in ("aten::index_select", "aten::index_copy_")
+    )
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    total = sum(e.self_cpu_time_total for e in events)
+    return dict(
+        ms_per_step=1e3 * wall / new_tokens,
+        gemm_frac=gemm / total,
+        attention_frac=attention / total,
+        aten_ops_per_step=ops / new_tokens,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=["5m", "30m"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-rounds", type=int, default=1)
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    decode, batch = [], []
+    for name in args.sizes:
+        ours, hf = load_pair(name)
+        d = bench_decode(ours, hf, args.decode_tokens, args.rounds)
+        print(
+            f"{name} decode (batch 1): lmforge {d['ours']:.1f} tok/s, HF {d['hf']:.1f} tok/s, "
+            f"ratio {d['ratio']:.2f}, identical tokens: {d['identical']}"
+        )
+        b = bench_batch(ours, hf, args.batch_rounds)
+        print(
+            f"{name} batch (32 mixed requests, {b['tokens']} tokens): lmforge "
+            f"{b['ours']:.1f} tok/s, HF {b['hf']:.1f} tok/s, ratio {b['ratio']:.2f}"
+        )
+        if args.profile:
+            p = profile_decode(ours)
+            print(
+                f"{name} engine decode profile: {p['ms_per_step']:.2f} ms/step, GEMM "
+                f"{100 * p['gemm_frac']:.0f}%, attention+KV gather "
+                f"{100 * p['attention_frac']:.0f}%, {p['aten_ops_per_step']:.0f} aten ops/step"
+            )
+        decode.append(d["ratio"])
+        batch.append(b["ratio"])
+    parts = {"decode_ratio": _geomean(decode), "batch_ratio": _geomean(batch)}
+    for extra in EXTRA_BENCHES:
+        parts.update(extra())
+    print("RESULT generate " + " ".join(f"{k}={v:.3f}" for k, v in parts.items()))
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+if __name__ == "__main__":
+    main()
