@@ -93,8 +93,8 @@ def mixed_requests(vocab: int, n: int = 32, seed: int = 0) -> tuple[list[list[in
     return prompts, outputs
 
 
-def bench_batch(ours, hf, rounds: int) -> dict:
-    prompts, lengths = mixed_requests(ours.config.vocab_size)
+def bench_batch(ours, hf, rounds: int, num_requests: int = 32) -> dict:
+    prompts, lengths = mixed_requests(ours.config.vocab_size, num_requests)
     useful = sum(len(p) for p in prompts) + sum(lengths)
     params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths]
     width = max(len(p) for p in prompts)
@@ -166,6 +166,7 @@ def main() -> None:
     parser.add_argument("--batch-rounds", type=int, default=1)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--requests", type=int, default=32, help="requests in the batch part")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     if args.threads:
@@ -179,9 +180,9 @@ def main() -> None:
             f"{name} decode (batch 1): lmforge {d['ours']:.1f} tok/s, HF {d['hf']:.1f} tok/s, "
             f"ratio {d['ratio']:.2f}, identical tokens: {d['identical']}"
         )
-        b = bench_batch(ours, hf, args.batch_rounds)
+        b = bench_batch(ours, hf, args.batch_rounds, args.requests)
         print(
-            f"{name} batch (32 mixed requests, {b['tokens']} tokens): lmforge "
+            f"{name} batch ({args.requests} mixed requests, {b['tokens']} tokens): lmforge "
             f"{b['ours']:.1f} tok/s, HF {b['hf']:.1f} tok/s, ratio {b['ratio']:.2f}"
         )
         if args.profile:
