@@ -77,6 +77,11 @@ class SamplingParams:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 errors.append(f"{name}={value!r} must be a finite number")
+        if isinstance(self.stop, str) or not isinstance(self.stop_token_ids, (tuple, list)):
+            raise ValueError(
+                f"SamplingParams.stop={self.stop!r} / stop_token_ids={self.stop_token_ids!r} "
+                "must be tuples (e.g. stop=('###',), stop_token_ids=(2,))"
+            )
         bad_ids = [i for i in self.stop_token_ids if not _is_int(i) or not 0 <= i < vocab_size]
         if bad_ids:
             errors.append(f"stop_token_ids {bad_ids} must be token ids in [0, {vocab_size})")

@@ -308,6 +308,8 @@ def test_abort_reports_and_frees(pair, reference):
         (SamplingParams(stop_token_ids=(1000,)), "stop_token_ids"),
         (SamplingParams(logprobs=-1), "logprobs"),
         (SamplingParams(max_tokens=500), "max_position_embeddings"),
+        (SamplingParams(stop="###"), "must be tuples"),
+        (SamplingParams(min_tokens=-1), "min_tokens"),
     ],
 )
 def test_bad_requests_raise_clear_errors(pair, params, match):
