@@ -219,7 +219,7 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     shifted = F.pad(labels[:, 1:].to(logits.device), (0, 1), value=IGNORE_INDEX)
     flat = logits.reshape(-1, logits.shape[-1])
-    if flat.dtype != torch.float32:
+    if flat.dtype in (torch.float16, torch.bfloat16):  # half logits: CE in fp32; fp64 stays
         flat = flat.float()
     return F.cross_entropy(flat, shifted.reshape(-1), ignore_index=IGNORE_INDEX)
 
