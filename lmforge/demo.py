@@ -25,11 +25,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lmforge.data.packing import pack_token_lists
 from lmforge.data.tasks import synthetic_corpus
-from lmforge.io import atomic_path
 from lmforge.models.hf import load_model, save_model
 from lmforge.models.presets import preset_config
 from lmforge.models.transformer import IGNORE_INDEX, CausalLM
 from lmforge.tokenizer import Tokenizer, load_tokenizer
+from lmforge.train.metrics import plot_training
 
 SEQ_LEN, BATCH_SIZE = 128, 16
 PEAK_LR, MIN_LR_RATIO, WARMUP_STEPS = 3e-3, 0.1, 20
@@ -231,24 +231,12 @@ def evaluate(model: CausalLM, data: dict[str, torch.Tensor]) -> float:
 def plot_metrics(
     records: list[dict[str, Any]], val_before: float, val_after: float, path: Path
 ) -> None:
-    """Save training loss (with validation before/after) and learning rate per step as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in records]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(steps, [r["loss"] for r in records], label="train")
-    ax_loss.plot([0, steps[-1]], [val_before, val_after], "o", label="validation (before, after)")
-    ax_loss.set(xlabel="step", ylabel="loss", title="next-token loss")
-    ax_loss.legend()
-    ax_lr.plot(steps, [r["lr"] for r in records])
-    ax_lr.set(xlabel="step", ylabel="learning rate", title="warmup + cosine")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    """Save loss (train, validation before/after), learning rate and gradient norm as a PNG."""
+    evals = [
+        {"step": 0, "val_loss": val_before},
+        {"step": records[-1]["step"], "val_loss": val_after},
+    ]
+    plot_training(records + evals, path)
 
 
 def sample_completions(model: CausalLM, tok: Tokenizer, seed: int) -> list[dict[str, str]]:

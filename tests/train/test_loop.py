@@ -154,3 +154,30 @@ def test_training_reduces_loss(toy_loader, make_model, make_config):
     before = trainer.evaluate()["val_loss"]
     trainer.fit()
     assert trainer.evaluate()["val_loss"] < before - 0.5
+
+
+def test_bf16_autocast_on_cpu_tracks_fp32(toy_loader, make_model, make_config):
+    """precision=bf16 autocasts the matmuls (weights and optimizer stay fp32)."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = make_config(max_steps=3, precision=precision)
+        trainer = Trainer(make_model(), toy_loader(), config)
+        assert trainer.precision == precision
+        losses[precision] = trainer.fit()["loss"]
+        assert all(p.dtype == torch.float32 for p in trainer.raw_model.parameters())
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)
+    assert losses["bf16"] != losses["fp32"]
+
+
+def test_fp16_needs_cuda(toy_loader, make_model, make_config):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        Trainer(make_model(), toy_loader(), make_config(precision="fp16", device="cpu"))
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(toy_loader, make_model, make_config):
+    runs = []
+    for compile_ in (False, True):
+        trainer = Trainer(make_model(), toy_loader(), make_config(max_steps=3, compile=compile_))
+        runs.append(trainer.fit()["loss"])
+    assert runs[1] == pytest.approx(runs[0], rel=1e-4)
