@@ -17,25 +17,24 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
+from lmforge.models.loss import IGNORE_INDEX, chunked_next_token_loss, next_token_loss  # noqa: F401
 from lmforge.nn.attention import Attention, AttentionBatch, LayerCache
 from lmforge.nn.mlp import SwiGLU
 from lmforge.nn.norm import RMSNorm
 from lmforge.nn.rope import RotaryEmbedding
 
-IGNORE_INDEX = -100
-
 
 @dataclass
 class CausalLMOutput:
-    """``logits`` ``[B, T, V]`` (or the last ``logits_to_keep`` positions); ``loss`` when
-    labels were given (mean next-token cross-entropy over non-ignored labels)."""
+    """``logits`` ``[B, T, V]`` (or the last ``logits_to_keep`` positions; None when the loss
+    was computed in chunks); ``loss`` when labels were given (next-token cross-entropy over
+    non-ignored labels: mean, or sum with ``loss_reduction="sum"``)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
 
 
@@ -139,6 +138,8 @@ class CausalLM(nn.Module):
         cache=None,
         labels: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        loss_reduction: str = "mean",
+        loss_chunk_size: int = 0,
     ) -> CausalLMOutput:
         """Run the LM.
 
@@ -156,6 +157,10 @@ class CausalLM(nn.Module):
             labels: ``[B, T]``; loss = mean CE of logits[:, t] vs labels[:, t+1], -100 ignored.
             logits_to_keep: if > 0, compute logits only for the last that many positions;
                 a 1-D tensor keeps exactly those positions.
+            loss_reduction: "mean" (default) or "sum" of the per-token losses.
+            loss_chunk_size: with ``labels``, > 0 computes the loss ``loss_chunk_size``
+                positions at a time without keeping the ``[B, T, V]`` logits
+                (`lmforge.models.loss.chunked_next_token_loss`); ``logits`` is then None.
         """
         b, t = input_ids.shape
         # A paged batch (lmforge.infer.cache.PagedBatch) is a flattened ragged batch [1, N]:
@@ -201,8 +206,11 @@ class CausalLM(nn.Module):
             x = x[:, logits_to_keep]
         elif logits_to_keep:
             x = x[:, -logits_to_keep:]
+        if labels is not None and loss_chunk_size:
+            loss = chunked_next_token_loss(x, self.lm_head, labels, loss_chunk_size, loss_reduction)
+            return CausalLMOutput(logits=None, loss=loss)
         logits = self.lm_head(x)
-        loss = None if labels is None else next_token_loss(logits, labels)
+        loss = None if labels is None else next_token_loss(logits, labels, loss_reduction)
         return CausalLMOutput(logits=logits, loss=loss)
 
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -210,18 +218,6 @@ class CausalLM(nn.Module):
         from lmforge.infer.generate import generate
 
         return generate(self, input_ids, **kwargs)
-
-
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits[:, t] against labels[:, t + 1], ignoring -100.
-
-    The labels are shifted (not the logits), which avoids copying the ``[B, T, V]`` tensor.
-    """
-    shifted = F.pad(labels[:, 1:].to(logits.device), (0, 1), value=IGNORE_INDEX)
-    flat = logits.reshape(-1, logits.shape[-1])
-    if flat.dtype in (torch.float16, torch.bfloat16):  # half logits: CE in fp32; fp64 stays
-        flat = flat.float()
-    return F.cross_entropy(flat, shifted.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def _documents_from_cu_seqlens(cu_seqlens: torch.Tensor, b: int, t: int) -> torch.Tensor:
