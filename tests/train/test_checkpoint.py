@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import multiprocessing
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +19,40 @@ from lmforge.train import checkpoint as ckpt
 from lmforge.train.loop import Trainer
 
 CONFTEST = Path(__file__).with_name("conftest.py")
-SCRIPT = """
-import importlib.util, sys, torch
-spec = importlib.util.spec_from_file_location("toy", {conftest!r})
-toy = importlib.util.module_from_spec(spec); spec.loader.exec_module(toy)
-from lmforge.train.loop import Trainer
-torch.set_num_threads(1)
-config = toy.tiny_config(max_steps=10, save_every=5)
-Trainer(toy.tiny_model(), toy.ToyLoader(), config, run_dir={run!r}).fit()
-"""
+
+
+def _train_in_child(run: Path) -> None:
+    """The victim: a forked copy of this process training 10 steps, saving every 5."""
+    code = 0
+    try:
+        spec = importlib.util.spec_from_file_location("toy", CONFTEST)
+        toy = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(toy)
+        config = toy.tiny_config(max_steps=10, save_every=5)
+        Trainer(toy.tiny_model(), toy.ToyLoader(), config, run_dir=run).fit()
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    os._exit(code)  # never return into the forked copy of pytest
 
 
 def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path, toy_loader, make_model,
-                                                        make_config):  # fmt: skip
+                                                        make_config, monkeypatch):  # fmt: skip
+    """SIGKILL while step 10 is being saved (paused half-way by the test hook)."""
     run = tmp_path / "run"
-    env = {**os.environ, ckpt.PAUSE_ENV: "10", "OMP_NUM_THREADS": "1"}
-    code = SCRIPT.format(conftest=str(CONFTEST), run=str(run))
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    monkeypatch.setenv(ckpt.PAUSE_ENV, "10")
+    proc = multiprocessing.get_context("fork").Process(target=_train_in_child, args=(run,))
+    proc.start()
+    monkeypatch.delenv(ckpt.PAUSE_ENV)
     paused = run / "checkpoints" / ".tmp-step-00000010" / "PAUSED"
     deadline = time.monotonic() + 60
     while not paused.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
+        assert proc.is_alive(), f"the training process exited early ({proc.exitcode})"
         assert time.monotonic() < deadline, "the save never reached the pause point"
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
 
     root = run / "checkpoints"
     assert (root / ".tmp-step-00000010" / "model.safetensors").is_file()  # half-written

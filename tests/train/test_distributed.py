@@ -1,13 +1,23 @@
-"""torchrun with 2 CPU processes (gloo): DDP and FSDP2 through the same loop equal one process
-with the same global batch; an FSDP checkpoint loads (and resumes) in a single process."""
+"""Two CPU processes (gloo): DDP and FSDP2 through the same loop equal one process with the same
+global batch; an FSDP checkpoint loads (and resumes) in a single process.
+
+The processes get torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...), so
+`init_distributed` runs exactly as under torchrun. By default they are forked from the test
+process (no second torch import: a few seconds); the ``slow`` variant launches the same code
+with ``torchrun --standalone --nproc_per_node 2``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import multiprocessing
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -18,44 +28,93 @@ from lmforge.train.loop import Trainer
 
 CONFTEST = Path(__file__).with_name("conftest.py")
 STEPS = 4
-SCRIPT = """
-import importlib.util, json, sys, torch
-spec = importlib.util.spec_from_file_location("toy", {conftest!r})
-toy = importlib.util.module_from_spec(spec); spec.loader.exec_module(toy)
-from lmforge.train.distributed import init_distributed
-from lmforge.train.loop import Trainer
-torch.set_num_threads(1)
-info = init_distributed("cpu")
-out = {{}}
-for name, strategy, micro, accum in (("ddp", "ddp", 4, 1), ("fsdp", "fsdp", 2, 2)):
-    config = toy.tiny_config(max_steps={steps}, batch_size=micro, grad_accum=accum,
-                             distributed=strategy)
-    loader = toy.ToyLoader(global_batch=8, accum=accum, rank=info.rank, world=info.world_size)
-    losses = []
-    trainer = Trainer(toy.tiny_model(), loader, config, run_dir={run!r} + "/" + name,
-                      callbacks=[lambda t, r: losses.append(r["loss"])])
-    assert trainer.strategy == strategy
-    trainer.fit()
-    out[name] = losses
-if info.rank == 0:
-    with open({run!r} + "/losses.json", "w") as f:
-        json.dump(out, f)
-torch.distributed.destroy_process_group()
+TORCHRUN_SCRIPT = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("dist_test", {test_file!r})
+module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+module.train_ranks({run!r})
 """
 
 
-@pytest.fixture(scope="module")
-def torchrun_runs(tmp_path_factory):
+def train_ranks(run: str) -> None:
+    """Each process: DDP (micro 4 × accum 1) then FSDP2 (micro 2 × accum 2) for STEPS steps."""
+    from lmforge.train.distributed import init_distributed
+
+    spec = importlib.util.spec_from_file_location("toy", CONFTEST)
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    torch.set_num_threads(1)
+    info = init_distributed("cpu")
+    assert info.world_size == 2
+    out = {}
+    for name, strategy, micro, accum in (("ddp", "ddp", 4, 1), ("fsdp", "fsdp", 2, 2)):
+        config = toy.tiny_config(max_steps=STEPS, batch_size=micro, grad_accum=accum,
+                                 distributed=strategy)  # fmt: skip
+        loader = toy.ToyLoader(global_batch=8, accum=accum, rank=info.rank, world=info.world_size)
+        losses = []
+        trainer = Trainer(toy.tiny_model(), loader, config, run_dir=f"{run}/{name}",
+                          callbacks=[lambda t, r, losses=losses: losses.append(r["loss"])])  # fmt: skip
+        assert trainer.strategy == strategy
+        trainer.fit()
+        out[name] = losses
+    if info.rank == 0:
+        Path(run, "losses.json").write_text(json.dumps(out))
+    torch.distributed.destroy_process_group()
+
+
+def _forked_rank(rank: int, world: int, port: int, run: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    code = 0
+    try:
+        train_ranks(run)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    os._exit(code)  # never return into the forked copy of pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_forked(run: Path) -> None:
+    # Import what the ranks need once, here, so the forked children start warm.
+    import torch.distributed.checkpoint.state_dict  # noqa: F401
+    import torch.distributed.fsdp  # noqa: F401
+
+    ctx = multiprocessing.get_context("fork")
+    port = _free_port()
+    procs = [ctx.Process(target=_forked_rank, args=(r, 2, port, str(run))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=90)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
+
+
+def _launch_torchrun(run: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists() or not torch.distributed.is_gloo_available():
-        pytest.skip("torchrun / gloo not available")
-    run = tmp_path_factory.mktemp("dist")
     script = run / "train.py"
-    script.write_text(SCRIPT.format(conftest=str(CONFTEST), run=str(run), steps=STEPS))
+    script.write_text(TORCHRUN_SCRIPT.format(test_file=__file__, run=str(run)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module", params=["fork", pytest.param("torchrun", marks=pytest.mark.slow)])
+def torchrun_runs(request, tmp_path_factory):
+    if not torch.distributed.is_gloo_available():
+        pytest.skip("gloo not available")
+    run = tmp_path_factory.mktemp(f"dist-{request.param}")
+    (_launch_forked if request.param == "fork" else _launch_torchrun)(run)
     return run, json.loads((run / "losses.json").read_text())
 
 
