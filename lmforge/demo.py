@@ -33,6 +33,7 @@ from lmforge.train.metrics import plot_training
 
 SEQ_LEN, BATCH_SIZE = 128, 16
 PEAK_LR, MIN_LR_RATIO, WARMUP_STEPS = 3e-3, 0.1, 20
+MIN_STEPS = 4  # even when `seconds` runs out sooner
 WEIGHT_DECAY, GRAD_CLIP = 0.1, 1.0
 VAL_DOCS, MIN_VOCAB = 200, 512
 PROMPTS = ["12 + 7 =", "3 + 5 =", "Once upon a time, there was a little", "A cow says"]
@@ -147,7 +148,7 @@ def train_model(
     metrics_path: Path,
     console: Console,
 ) -> list[dict[str, Any]]:
-    """Train for ``seconds`` of wall-clock time; one metrics record per step (also written
+    """Train for ``seconds`` of wall-clock time (and at least `MIN_STEPS` steps); one metrics record per step (also written
     to ``metrics_path`` as JSON lines). Stops with an error on a non-finite loss."""
     optimizer = _adamw(model)
     batches = _batches(len(data["input_ids"]), seed)
@@ -160,7 +161,8 @@ def train_model(
     ):
         task = progress.add_task("train", total=seconds, status="")
         start, tokens = time.perf_counter(), 0
-        while not records or time.perf_counter() - start < seconds:
+        # at least MIN_STEPS steps, so a slow or busy machine still shows learning
+        while len(records) < MIN_STEPS or time.perf_counter() - start < seconds:
             step = len(records) + 1
             lr = lr_at(step - 1, (time.perf_counter() - start) / seconds)
             rows = next(batches)
