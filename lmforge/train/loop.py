@@ -265,6 +265,14 @@ class Trainer:
         grad_norm = nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
+        if self.scaler is None and not torch.isfinite(grad_norm):
+            # (with fp16 loss scaling an overflow is routine: the scaler skips the step)
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                f"step {self.step + 1}: gradient norm is {float(grad_norm)} at loss {loss}; "
+                "weights were not updated"
+                + (f"; last good checkpoint: {self.last_saved}" if self.last_saved else "")
+            )
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -355,7 +363,15 @@ class Trainer:
             path = ckpt.latest_checkpoint(root)
             if path is None:
                 return False
-        state = ckpt.load_checkpoint(path, self.model, self.optimizer, restore_data=restore_data)
+        try:
+            state = ckpt.load_checkpoint(
+                path, self.model, self.optimizer, restore_data=restore_data
+            )
+        except (RuntimeError, KeyError) as exc:  # e.g. the model or optimizer changed shape
+            raise ValueError(
+                f"{path}: cannot resume this run from it ({str(exc).splitlines()[0]}); use a "
+                "new out_dir or train.resume=false to start over"
+            ) from exc
         self.step = int(state["step"])
         self.tokens = int(state["tokens"])
         self.elapsed_prev = float(state.get("elapsed_s", 0.0))

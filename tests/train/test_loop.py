@@ -181,3 +181,22 @@ def test_torch_compile_matches_eager(toy_loader, make_model, make_config):
         trainer = Trainer(make_model(), toy_loader(), make_config(max_steps=3, compile=compile_))
         runs.append(trainer.fit()["loss"])
     assert runs[1] == pytest.approx(runs[0], rel=1e-4)
+
+
+def test_resume_with_a_different_model_is_a_clear_error(tmp_path, toy_loader, make_model,
+                                                         make_config):  # fmt: skip
+    Trainer(make_model(), toy_loader(), make_config(max_steps=1), run_dir=tmp_path).fit()
+    other = Trainer(make_model(hidden_size=48), toy_loader(), make_config(max_steps=2),
+                    run_dir=tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match="cannot resume this run from it.*train.resume=false"):
+        other.fit()
+
+
+def test_infinite_gradient_stops_before_the_update(toy_loader, make_model, make_config):
+    trainer = Trainer(make_model(), toy_loader(), make_config(max_steps=2))
+    weight = trainer.raw_model.model.layers[0].mlp.up_proj.weight
+    weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))  # loss stays finite
+    before = [p.clone() for p in trainer.raw_model.parameters()]
+    with pytest.raises(TrainingDiverged, match="step 1: gradient norm is inf at loss 4"):
+        trainer.fit()
+    assert all(torch.equal(p, q) for p, q in zip(before, trainer.raw_model.parameters()))
