@@ -2,11 +2,13 @@
 AdamW + schedules, atomic checkpoints with exact resume, DDP / FSDP2 under torchrun."""
 
 from lmforge.train.config import ConfigError, RunConfig, load_config
-from lmforge.train.loop import LossOutput, Trainer, TrainingDiverged, causal_lm_loss
+from lmforge.train.loop import Trainer, TrainingDiverged
+from lmforge.train.objective import LossOutput, Objective, causal_lm_loss
 
 __all__ = [
     "ConfigError",
     "LossOutput",
+    "Objective",
     "RunConfig",
     "Trainer",
     "TrainingDiverged",

@@ -27,17 +27,14 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
 from lmforge.io import atomic_write_text
-from lmforge.models.transformer import IGNORE_INDEX
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train.config import RunConfig, dump_config
@@ -49,37 +46,13 @@ from lmforge.train.metrics import (
     ProgressBar,
     plot_training,
 )
+from lmforge.train.objective import Batch, Objective, causal_lm_loss
 from lmforge.train.optim import build_adamw
 from lmforge.train.schedule import lr_at
 
-Batch = dict[str, torch.Tensor]
-MODEL_INPUTS = ("position_ids", "document_ids", "attention_mask", "cu_seqlens")
-
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step."""
-
-
-@dataclass
-class LossOutput:
-    """``loss_sum``: 0-dim sum of per-unit losses (with grad); ``count``: number of units."""
-
-    loss_sum: torch.Tensor
-    count: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-Objective = Callable[[nn.Module, Batch], LossOutput]
-
-
-def causal_lm_loss(model: nn.Module, batch: Batch) -> LossOutput:
-    """Summed next-token cross-entropy of logits[:, t] vs labels[:, t+1] (-100 ignored)."""
-    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    logits = model(input_ids=batch["input_ids"], **inputs).logits
-    labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
-    flat = logits.reshape(-1, logits.shape[-1]).float()
-    loss_sum = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-    return LossOutput(loss_sum, (labels != IGNORE_INDEX).sum())
+    """The loss (or gradient norm) became NaN or infinite; the message names the step."""
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -233,6 +206,7 @@ class Trainer:
         norm = float(batches[0]["input_ids"].numel())
         loss_acc = torch.zeros((), device=self.device, dtype=torch.float64)
         count_acc = torch.zeros((), device=self.device, dtype=torch.float64)
+        extra: dict[str, torch.Tensor] = {}
         tokens = 0
         for i, batch in enumerate(batches):
             batch = self._to_device(batch)
@@ -244,8 +218,13 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_acc += out.loss_sum.detach().double()
             count_acc += torch.as_tensor(out.count, device=self.device).double()
-        totals = D.all_reduce_sum(torch.stack([loss_acc, count_acc]))
+            for key, value in out.metrics.items():
+                value = torch.as_tensor(value, device=self.device).detach().double()
+                extra[key] = extra.get(key, 0) + value
+        keys = sorted(extra)
+        totals = D.all_reduce_sum(torch.stack([loss_acc, count_acc, *(extra[k] for k in keys)]))
         loss_sum, count = totals[0].item(), totals[1].item()
+        means = {k: totals[2 + i].item() / max(count, 1.0) for i, k in enumerate(keys)}
         loss = loss_sum / max(count, 1.0)
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
@@ -281,7 +260,8 @@ class Trainer:
         self.step += 1
         self.tokens += tokens * self.dist.world_size
         self.last_loss = loss
-        return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "loss_tokens": count}
+        stats = {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "loss_tokens": count}
+        return {**stats, **means}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

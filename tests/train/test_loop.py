@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.loop import LossOutput, Trainer, TrainingDiverged, causal_lm_loss
+from lmforge.train.loop import Trainer, TrainingDiverged
+from lmforge.train.objective import LossOutput, causal_lm_loss
 
 
 def _opt_state(trainer):
@@ -76,15 +77,6 @@ def test_per_micro_batch_mean_would_differ(toy_loader):
     it = iter(toy_loader(global_batch=8, accum=4))
     counts = [int(next(it)["num_loss_tokens"]) for _ in range(4)]
     assert len(set(counts)) > 1
-
-
-def test_loss_matches_model_mean_loss(toy_loader, make_model):
-    model = make_model()
-    batch = next(iter(toy_loader()))
-    out = causal_lm_loss(model, batch)
-    assert int(out.count) == int(batch["num_loss_tokens"])
-    expected = model(**{k: v for k, v in batch.items() if k != "num_loss_tokens"}).loss
-    torch.testing.assert_close(out.loss_sum / out.count, expected)
 
 
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, toy_loader, make_model,
@@ -200,3 +192,25 @@ def test_infinite_gradient_stops_before_the_update(toy_loader, make_model, make_
     with pytest.raises(TrainingDiverged, match="step 1: gradient norm is inf at loss 4"):
         trainer.fit()
     assert all(torch.equal(p, q) for p, q in zip(before, trainer.raw_model.parameters()))
+
+
+def test_objective_metrics_are_logged_as_global_means(toy_loader, make_model, make_config):
+    """A custom objective plugs in; its metric sums are divided by the global unit count."""
+
+    def objective(model, batch):
+        out = causal_lm_loss(model, batch)
+        n = out.count
+        return LossOutput(
+            out.loss_sum, n, metrics={"twice": 2 * n, "first_id": batch["input_ids"][0, 0]}
+        )
+
+    config = make_config(max_steps=1, batch_size=4, grad_accum=2)
+    loader = toy_loader(global_batch=8, accum=2)
+    trainer = Trainer(make_model(), loader, config, objective=objective)
+    it = iter(loader)
+    batches = [next(it) for _ in range(2)]
+    stats = trainer.train_step(batches)
+    count = sum(int(b["num_loss_tokens"]) for b in batches)
+    assert stats["loss_tokens"] == count and stats["twice"] == pytest.approx(2.0)
+    first = sum(int(b["input_ids"][0, 0]) for b in batches)
+    assert stats["first_id"] == pytest.approx(first / count)
