@@ -53,6 +53,12 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def step_of(path: str | os.PathLike) -> int | None:
+    """The step of a ``step-XXXXXXXX`` checkpoint folder (None for other names)."""
+    match = _STEP_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 # ---------------------------------------------------------------------- RNG
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch (CPU and CUDA) generator states as JSON-serialisable data."""

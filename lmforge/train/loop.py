@@ -114,6 +114,11 @@ class Trainer:
         strategy = self.tc.distributed
         if strategy == "auto":
             strategy = "ddp" if self.dist.enabled else "none"
+        if strategy == "none" and self.dist.enabled:
+            raise ValueError(
+                f"train.distributed=none with {self.dist.world_size} processes would train "
+                "unsynchronised copies; use ddp or fsdp (or launch one process)"
+            )
         if strategy == "fsdp" and self.precision == "fp16":
             raise ValueError("train.precision=fp16 is not supported with FSDP; use bf16")
         self.strategy = strategy if self.dist.enabled else "none"
@@ -402,7 +407,11 @@ class Trainer:
                 if self.resumed_from is not None:
                     bar.print(f"resumed from {self.resumed_from} (step {self.step})")
                 while (reason := self.stop_reason(self._elapsed())) is None:
-                    batches = [next(data) for _ in range(tc.grad_accum)]
+                    try:
+                        batches = [next(data) for _ in range(tc.grad_accum)]
+                    except StopIteration:  # a finite iterable (the contract's loaders are endless)
+                        reason = "data_exhausted"
+                        break
                     before = self.tokens
                     stats = self.train_step(batches)
                     session_tokens += self.tokens - before
@@ -435,6 +444,9 @@ class Trainer:
                         self.save()
                     for callback in self.callbacks:
                         callback(self, record)
+                saved = self.last_saved is not None and ckpt.step_of(self.last_saved) == self.step
+                if reason == "data_exhausted" and self.run_dir and self.step and not saved:
+                    self.save()
         finally:
             if writer is not None:
                 writer.close()

@@ -214,3 +214,10 @@ def test_objective_metrics_are_logged_as_global_means(toy_loader, make_model, ma
     assert stats["loss_tokens"] == count and stats["twice"] == pytest.approx(2.0)
     first = sum(int(b["input_ids"][0, 0]) for b in batches)
     assert stats["first_id"] == pytest.approx(first / count)
+
+
+def test_finite_data_stops_cleanly(tmp_path, toy_loader, make_model, make_config):
+    batches = [b for b, _ in zip(toy_loader(), range(3))]
+    summary = Trainer(make_model(), batches, make_config(max_steps=10), run_dir=tmp_path).fit()
+    assert summary["stop_reason"] == "data_exhausted" and summary["step"] == 3
+    assert summary["checkpoint"].endswith("step-00000003")
