@@ -224,12 +224,25 @@ class PagedBatch:
         v: torch.Tensor,
         window: int | None = None,
     ) -> torch.Tensor:
-        """Write this step's ``k``/``v`` ``[1, H_kv, N, D]`` into their slots, then attend
-        ``q`` ``[1, H, N, D]`` over each sequence's cached context; returns ``[1, H, N, D]``."""
+        """`attend` in the model's layout: ``q`` ``[1, H, N, D]``, ``k``/``v``
+        ``[1, H_kv, N, D]``; returns ``[1, H, N, D]``."""
+        flat = lambda z: z[0].transpose(0, 1)  # noqa: E731 - [N, heads, D]
+        return self.attend(layer_idx, flat(q), flat(k), flat(v), window).transpose(0, 1)[None]
+
+    def attend(
+        self,
+        layer_idx: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        window: int | None = None,
+    ) -> torch.Tensor:
+        """Write this step's ``k``/``v`` ``[N, H_kv, D]`` into their slots, then attend
+        ``q`` ``[N, H, D]`` over each sequence's cached context; returns ``[N, H, D]``.
+        Token-major, as a fused QKV projection produces them (no transposes)."""
         cache = self.cache
-        k_new, v_new = k[0].transpose(0, 1), v[0].transpose(0, 1)  # [N, H_kv, D]
-        cache.keys[layer_idx].index_copy_(0, self.slot_mapping, k_new)
-        cache.values[layer_idx].index_copy_(0, self.slot_mapping, v_new)
+        cache.keys[layer_idx].index_copy_(0, self.slot_mapping, k)
+        cache.values[layer_idx].index_copy_(0, self.slot_mapping, v)
         gqa = q.shape[1] != k.shape[1]
         parts = []
         s = self.num_decode
@@ -242,23 +255,22 @@ class PagedBatch:
             t = kk.shape[0] // s
             kk = kk.view(s, t, *kk.shape[1:]).transpose(1, 2)  # [S, H_kv, T, D]
             vv = vv.view(s, t, *vv.shape[1:]).transpose(1, 2)
-            qd = q[0, :, :s].transpose(0, 1).unsqueeze(2)  # [S, H, 1, D]
             out = F.scaled_dot_product_attention(
-                qd, kk, vv, attn_mask=self._decode_mask(window), enable_gqa=gqa
+                q[:s, :, None], kk, vv, attn_mask=self._decode_mask(window), enable_gqa=gqa
             )
-            parts.append(out.squeeze(2).transpose(0, 1).unsqueeze(0))  # [1, H, S, D]
+            parts.append(out.squeeze(2))  # [S, H, D]
         for chunk in self.prefills:
-            qc = q[:, :, chunk.start : chunk.start + chunk.length]
+            rows = slice(chunk.start, chunk.start + chunk.length)
+            qc = q[rows].transpose(0, 1)[None]  # [1, H, L, D]
             if chunk.slots is None:
-                kc = k[:, :, chunk.start : chunk.start + chunk.length]
-                vc = v[:, :, chunk.start : chunk.start + chunk.length]
+                kc, vc = k[rows], v[rows]
             else:
                 kc, vc = cache.gather(layer_idx, chunk.slots)
-                kc, vc = kc.transpose(0, 1).unsqueeze(0), vc.transpose(0, 1).unsqueeze(0)
+            kc, vc = kc.transpose(0, 1)[None], vc.transpose(0, 1)[None]
             mask = self._prefill_mask(chunk, window)
             if mask is None:
                 out = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, enable_gqa=gqa)
             else:
                 out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, enable_gqa=gqa)
-            parts.append(out)
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+            parts.append(out[0].transpose(0, 1))  # [L, H, D]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmforge.infer.cache import BlockAllocator, PagedBatch, PagedKVCache, PrefillChunk
+from lmforge.infer.runner import InferenceRunner
 from lmforge.infer.sampling import (
     apply_min_p,
     apply_presence_frequency_penalty,
@@ -163,6 +164,11 @@ class Engine:
         max_num_seqs: most sequences in one step.
         max_num_batched_tokens: most tokens (prefill + decode) in one step.
         enable_prefix_caching: reuse full KV blocks of equal prefixes across requests.
+        fused_weights: run the model through `InferenceRunner` (fused, pre-transposed copies
+            of the linear weights: faster decoding, one extra copy of those weights in
+            memory, shared by all engines on the model). None (default): on CPU only, where
+            decoding is bound by GEMV speed and per-op overhead. Models the runner does not
+            cover always use ``model.forward``.
     """
 
     def __init__(
@@ -175,6 +181,7 @@ class Engine:
         max_num_seqs: int = 64,
         max_num_batched_tokens: int = 2048,
         enable_prefix_caching: bool = True,
+        fused_weights: bool | None = None,
     ) -> None:
         if not _is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size={block_size!r} must be an integer ≥ 1")
@@ -207,6 +214,11 @@ class Engine:
         if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
             eos.append(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
+        if fused_weights is None:
+            fused_weights = self.device.type == "cpu"
+        self.runner = None
+        if fused_weights and InferenceRunner.unsupported_reason(model) is None:
+            self.runner = InferenceRunner.for_model(model)
         self.requests: dict[str, _Request] = {}
         self._pending: list[RequestOutput] = []  # abort notices for the next step
         self._ids = itertools.count()
@@ -323,19 +335,21 @@ class Engine:
                 sampling.append(seq)
         dev = self.device
         batch = PagedBatch(self.cache, torch.tensor(slots, device=dev), prefills=prefills)
+        ids_t = torch.tensor(ids, device=dev)
+        positions_t = torch.tensor(positions, device=dev)
+        keep_t = torch.tensor(keep, dtype=torch.long, device=dev)
         if decode:
             width = max(len(s.block_ids) for s in decode)
             tables = [s.block_ids + [0] * (width - len(s.block_ids)) for s in decode]
             batch.num_decode = len(decode)
             batch.decode_blocks = torch.tensor(tables, device=dev)
-            batch.decode_positions = torch.tensor(positions[: len(decode)], device=dev)
+            batch.decode_positions = positions_t[: len(decode)]
             batch.decode_lens = batch.decode_positions + 1
-        out = self.model(
-            torch.tensor([ids], device=dev),
-            position_ids=torch.tensor([positions], device=dev),
-            cache=batch,
-            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=dev),
-        )
+        if self.runner is not None:
+            logits = self.runner(ids_t, positions_t, max(positions), batch, keep_t)
+            return logits.float(), sampling
+        out = self.model(ids_t[None], position_ids=positions_t[None], cache=batch,
+                         logits_to_keep=keep_t)  # fmt: skip
         return out.logits[0].float(), sampling
 
     def _context_slots(self, seq: Sequence, total: int) -> torch.Tensor | None:

@@ -128,4 +128,10 @@ def apply_rotary(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate ``q``/``k`` ``[B, H, T, D]`` by position: x·cos + rotate_half(x)·sin."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    return rotate(q, cos, sin), rotate(k, cos, sin)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x·cos + rotate_half(x)·sin, eq. (34) of arXiv:2104.09864 in the half-split layout;
+    ``cos``/``sin`` broadcast against ``x`` (``[..., head_dim]``)."""
+    return x * cos + _rotate_half(x) * sin
