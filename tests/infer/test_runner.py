@@ -1,0 +1,153 @@
+"""`InferenceRunner`: the engine's fused-weight forward equals ``CausalLM.forward`` on paged
+batches for every architecture option, follows weight updates, and steps aside for models
+it does not cover."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.infer.cache import PagedBatch, PagedKVCache, PrefillChunk
+from lmforge.infer.engine import Engine, SamplingParams
+from lmforge.infer.runner import InferenceRunner
+from lmforge.models.transformer import CausalLM
+
+BASE = dict(
+    vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    initializer_range=0.3,
+)  # fmt: skip
+OPTIONS = [
+    dict(),
+    dict(num_key_value_heads=4, tie_word_embeddings=True),
+    dict(qkv_bias=True, o_bias=True, mlp_bias=True),
+    dict(qk_norm=True, head_dim=16),
+    dict(sliding_window=5),
+    dict(rope_scaling=dict(rope_type="yarn", factor=2.0, original_max_position_embeddings=32)),
+]
+
+
+def make_model(seed: int = 0, **overrides) -> CausalLM:
+    torch.manual_seed(seed)
+    model = CausalLM(ModelConfig(**{**BASE, **overrides})).eval()
+    with torch.no_grad():  # non-trivial biases and norm gains
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.normal_(1.0 if "norm" in name else 0.0, 0.3)
+    return model
+
+
+def paged_steps(model, call, seqs=((0, 11), (1, 6)), bs: int = 4) -> list[torch.Tensor]:
+    """Prefill two prompts (the first in two chunks), then two decode steps of both;
+    ``call(ids, positions, batch, keep)`` runs the model. Returns each step's logits."""
+    cfg = model.config
+    cache = PagedKVCache(cfg.num_hidden_layers, 12, bs, cfg.num_key_value_heads, cfg.head_dim)
+    cache.zero_blocks(list(range(12)))
+    tables = [[5, 0, 9, 2], [7, 3, 11]]
+    g = torch.Generator().manual_seed(1)
+    tokens = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for _, n in seqs]
+    slot = lambda s, p: tables[s][p // bs] * bs + p % bs  # noqa: E731
+    outs = []
+    # step 1: first 7 tokens of seq 0 and all of seq 1; step 2: rest of seq 0 (past 7)
+    plan = [[(0, 0, 7), (1, 0, 6)], [(0, 7, 4)], [(0, 11, 1), (1, 6, 1)], [(0, 12, 1), (1, 7, 1)]]
+    for step in plan:
+        decode = [c for c in step if c[2] == 1]
+        chunks = decode + [c for c in step if c[2] > 1]
+        ids, pos, slots, prefills = [], [], [], []
+        for s, start, n in chunks:
+            while len(tokens[s]) < start + n:  # decode: feed a deterministic token
+                tokens[s].append((7 * len(tokens[s]) + s) % cfg.vocab_size)
+            if n > 1:
+                ctx = None
+                if start:
+                    ctx = torch.tensor([slot(s, p) for p in range(start + n)])
+                prefills.append(PrefillChunk(len(ids), n, start, ctx))
+            ids += tokens[s][start : start + n]
+            pos += list(range(start, start + n))
+            slots += [slot(s, p) for p in range(start, start + n)]
+        batch = PagedBatch(cache, torch.tensor(slots), prefills=prefills)
+        if decode:
+            width = max(len(tables[s]) for s, _, _ in decode)
+            batch.num_decode = len(decode)
+            batch.decode_blocks = torch.tensor(
+                [tables[s] + [0] * (width - len(tables[s])) for s, _, _ in decode]
+            )
+            batch.decode_positions = torch.tensor(pos[: len(decode)])
+            batch.decode_lens = batch.decode_positions + 1
+        keep = torch.arange(len(ids))
+        outs.append(call(torch.tensor(ids), torch.tensor(pos), batch, keep))
+    return outs
+
+
+def model_call(model):
+    @torch.inference_mode()
+    def call(ids, pos, batch, keep):
+        return model(ids[None], position_ids=pos[None], cache=batch, logits_to_keep=keep).logits[0]
+
+    return call
+
+
+def runner_call(runner):
+    return lambda ids, pos, batch, keep: runner(ids, pos, int(pos.max()), batch, keep)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "llama")
+def test_runner_matches_model_forward_on_paged_batches(options):
+    model = make_model(**options)
+    assert InferenceRunner.unsupported_reason(model) is None
+    expected = paged_steps(model, model_call(model))
+    got = paged_steps(model, runner_call(InferenceRunner(model)))
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_runner_follows_in_place_updates_and_replaced_parameters():
+    model = make_model()
+    runner = InferenceRunner(model)
+    paged_steps(model, runner_call(runner))
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight.mul_(-2)  # in place (optimizer-like)
+    model.model.layers[0].self_attn.k_proj.weight = torch.nn.Parameter(
+        torch.randn_like(model.model.layers[0].self_attn.k_proj.weight)
+    )
+    expected = paged_steps(model, model_call(model))
+    got = paged_steps(model, runner_call(runner))
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_engines_on_one_model_share_its_runner_and_report_its_memory():
+    model = make_model()
+    a, b = Engine(model), Engine(model)
+    assert a.runner is b.runner is InferenceRunner.for_model(model)
+    a.generate([[1, 2, 3]], SamplingParams(max_tokens=2, temperature=0))
+    weights = sum(p.numel() * 4 for n, p in model.named_parameters() if "norm" not in n)
+    embed = model.model.embed_tokens.weight.numel() * 4
+    assert a.runner.nbytes == weights - embed  # every linear (the untied LM head included)
+
+
+def test_unsupported_models_fall_back_to_model_forward():
+    model = make_model()
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda m, i, o: o * 0)
+    reason = InferenceRunner.unsupported_reason(model)
+    assert reason is not None and "hooks" in reason
+    assert Engine(model).runner is None
+    with pytest.raises(ValueError, match="cannot run"):
+        InferenceRunner(model)
+    handle.remove()
+    assert Engine(model).runner is not None
+    assert Engine(model, fused_weights=False).runner is None
+
+
+def test_fused_and_plain_engines_agree_on_tokens_and_logprobs():
+    model = make_model(1, sliding_window=6)
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6], [5, 3], list(range(20, 41))]
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=3)
+    fused = Engine(model, block_size=4, max_num_batched_tokens=9).generate(prompts, params)
+    plain = Engine(model, block_size=4, max_num_batched_tokens=9, fused_weights=False)
+    for f, p in zip(fused, plain.generate(prompts, params)):
+        assert f.token_ids == p.token_ids
+        for lf, lp in zip(f.logprobs, p.logprobs):
+            assert lf.logprob == pytest.approx(lp.logprob, abs=1e-5)
+            assert [t for t, _ in lf.top] == [t for t, _ in lp.top]
