@@ -96,3 +96,23 @@ def test_sft_end_to_end(pretrained, tmp_path, capsys):
 def test_sft_needs_model_and_data(tmp_path, capsys):
     assert main(["sft", "--config", "recipes/sft-tiny.yaml", "--out", str(tmp_path)]) == 2
     assert "sft needs a model: --model DIR" in capsys.readouterr().err
+
+
+def test_pretrain_on_text_files(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = ["the", "cat", "sat", "on", "the", "mat", "and", "the", "dog", "ran", "to", "the", "park"]
+    rng = random.Random(0)
+    for i in range(3):
+        paragraphs = [" ".join(rng.choices(words, k=30)) for _ in range(20)]
+        (corpus / f"part{i}.txt").write_text("\n\n".join(paragraphs))
+    (tmp_path / "val.txt").write_text("the cat sat on the mat.\n\nthe dog ran to the park.")
+    out = tmp_path / "run"
+    status = _pretrain(out, f"data.paths=[{corpus}]", f"data.val_paths=[{tmp_path / 'val.txt'}]",
+                       "data.vocab_size=300", "train.max_steps=2")  # fmt: skip
+    text = capsys.readouterr().out
+    assert status == 0, text
+    assert "tokenizer: trained" in text and "in 60 documents" in text
+    vocab = load_tokenizer(out / "model").vocab_size
+    assert 256 < vocab <= 300
+    assert load_model(out / "model").config.vocab_size == 320  # rounded up to a multiple of 64

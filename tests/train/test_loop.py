@@ -221,3 +221,10 @@ def test_finite_data_stops_cleanly(tmp_path, toy_loader, make_model, make_config
     summary = Trainer(make_model(), batches, make_config(max_steps=10), run_dir=tmp_path).fit()
     assert summary["stop_reason"] == "data_exhausted" and summary["step"] == 3
     assert summary["checkpoint"].endswith("step-00000003")
+
+
+def test_stops_on_wall_time(toy_loader, make_model, make_config):
+    config = make_config(max_steps=0, max_time_s=0.3)
+    summary = Trainer(make_model(), toy_loader(), config).fit()
+    assert summary["stop_reason"] == "max_time_s" and summary["step"] >= 1
+    assert 0.3 <= summary["elapsed_s"] < 5
