@@ -101,7 +101,7 @@ def test_sft_needs_model_and_data(tmp_path, capsys):
 def test_pretrain_on_text_files(tmp_path, capsys):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    words = ["the", "cat", "sat", "on", "the", "mat", "and", "the", "dog", "ran", "to", "the", "park"]
+    words = ["the", "cat", "sat", "on", "the", "mat", "and", "a", "dog", "ran", "to", "park"]
     rng = random.Random(0)
     for i in range(3):
         paragraphs = [" ".join(rng.choices(words, k=30)) for _ in range(20)]
