@@ -5,6 +5,8 @@
     lmforge convert ckpt/ --out ckpt-bf16/ --dtype bfloat16 --max-shard-size 2GB
     lmforge generate --model ckpt/ --prompt "Once upon a time" [--chat] [--greedy]
     lmforge demo [--seconds 60] [--out runs/demo]
+    lmforge pretrain --config recipes/pretrain-tiny.yaml [key=value ...]
+    lmforge sft --config recipes/sft-tiny.yaml --model ckpt/ --data chat.jsonl
     lmforge serve --model ckpt/ [--port 8000] [--api-key KEY]
     lmforge chat --model ckpt/ [--temperature 0.7]
 
