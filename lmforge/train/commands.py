@@ -31,7 +31,7 @@ _EXAMPLES_PRETRAIN = (
     "  lmforge pretrain --config recipes/pretrain-tiny.yaml data.paths=[corpus/] "
     "data.vocab_size=4096\n\n"
     "Overrides are section.key=value (values in YAML syntax). Running the same command again\n"
-    "resumes from the run folder's latest checkpoint (train.resume=false starts over)."
+    "resumes from the run folder's latest checkpoint (use a new --out to start over)."
 )
 _EXAMPLES_SFT = (
     "  lmforge sft --config recipes/sft-tiny.yaml --model runs/pretrain-tiny/model "

@@ -382,6 +382,15 @@ class Trainer:
         tc, main = self.tc, self.dist.is_main
         if tc.resume and self.run_dir is not None and self.resumed_from is None:
             self.resume()
+        elif (
+            self.run_dir is not None
+            and self.resumed_from is None
+            and ckpt.list_checkpoints(self.checkpoint_root)
+        ):
+            raise ValueError(
+                f"{self.checkpoint_root} holds checkpoints of an earlier run and "
+                "train.resume=false; use a new out_dir (or delete that folder) to start over"
+            )
         writer = loggers = None
         if main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)

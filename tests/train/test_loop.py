@@ -228,3 +228,10 @@ def test_stops_on_wall_time(toy_loader, make_model, make_config):
     summary = Trainer(make_model(), toy_loader(), config).fit()
     assert summary["stop_reason"] == "max_time_s" and summary["step"] >= 1
     assert 0.3 <= summary["elapsed_s"] < 5
+
+
+def test_no_resume_refuses_to_mix_runs(tmp_path, toy_loader, make_model, make_config):
+    Trainer(make_model(), toy_loader(), make_config(max_steps=1), run_dir=tmp_path).fit()
+    config = make_config(max_steps=2, resume=False)
+    with pytest.raises(ValueError, match="checkpoints of an earlier run and train.resume=false"):
+        Trainer(make_model(), toy_loader(), config, run_dir=tmp_path).fit()
