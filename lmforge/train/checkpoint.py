@@ -234,7 +234,10 @@ def save_checkpoint(
     return final
 
 
-def write_weights(model: nn.Module, state: dict[str, torch.Tensor], folder: Path, tokenizer):
+def write_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], folder: Path, tokenizer: Any = None
+) -> None:
+    """Save ``model`` as an HF folder; under FSDP from ``state`` (the gathered full state)."""
     inner = D.unwrap(model)
     if not D.is_fsdp(model):
         save_model(inner, folder, tokenizer=tokenizer)

@@ -55,6 +55,16 @@ class TrainingDiverged(FloatingPointError):
     """The loss (or gradient norm) became NaN or infinite; the message names the step."""
 
 
+def batch_tokens(batch: Batch) -> int:
+    """Token positions in a batch: every ``*input_ids`` tensor (``input_ids``, or e.g.
+    ``chosen_input_ids`` + ``rejected_input_ids`` for a preference batch)."""
+    return sum(
+        v.numel()
+        for k, v in batch.items()
+        if k.endswith("input_ids") and isinstance(v, torch.Tensor)
+    )
+
+
 def autocast_context(device: torch.device, precision: str):
     """bf16/fp16 autocast (weights stay fp32: mixed precision, Micikevicius et al. 2018)."""
     if precision == "fp32":
@@ -208,14 +218,14 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        norm = float(batches[0]["input_ids"].numel())
+        norm = float(max(1, batch_tokens(batches[0])))
         loss_acc = torch.zeros((), device=self.device, dtype=torch.float64)
         count_acc = torch.zeros((), device=self.device, dtype=torch.float64)
         extra: dict[str, torch.Tensor] = {}
         tokens = 0
         for i, batch in enumerate(batches):
             batch = self._to_device(batch)
-            tokens += batch["input_ids"].numel()
+            tokens += batch_tokens(batch)
             with self._sync_context(last=i == len(batches) - 1):
                 with autocast_context(self.device, self.precision):
                     out = self.objective(self.model, batch)
