@@ -235,3 +235,30 @@ def test_no_resume_refuses_to_mix_runs(tmp_path, toy_loader, make_model, make_co
     config = make_config(max_steps=2, resume=False)
     with pytest.raises(ValueError, match="checkpoints of an earlier run and train.resume=false"):
         Trainer(make_model(), toy_loader(), config, run_dir=tmp_path).fit()
+
+
+def _saved_activation_bytes(model, batch) -> int:
+    """Bytes autograd keeps for backward during one forward (parameters excluded)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        if t.data_ptr() not in params:
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        causal_lm_loss(model, batch)
+    return total
+
+
+def test_gradient_checkpointing_saves_activation_memory(toy_loader, make_model):
+    batch = next(iter(toy_loader(global_batch=4, seq_len=32)))
+    sizes = {}
+    for every in (0, 2, 1):
+        model = make_model(num_hidden_layers=4).train()
+        model.model.gradient_checkpointing = every
+        sizes[every] = _saved_activation_bytes(model, batch)
+    assert sizes[1] < sizes[2] < sizes[0]
+    assert sizes[1] < 0.6 * sizes[0]  # every block: only block inputs are kept
