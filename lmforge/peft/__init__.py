@@ -1,0 +1,43 @@
+"""Parameter-efficient fine-tuning: LoRA / rsLoRA / DoRA / PiSSA, bottleneck adapters,
+prefix tuning, prompt tuning — interoperable with Hugging Face ``peft`` files.
+
+>>> from lmforge.peft import apply_lora, save_adapter, load_adapter, merge
+>>> apply_lora(model, r=16, alpha=32, target_modules=["q_proj", "v_proj"])
+>>> ...train...
+>>> save_adapter(model, "out/adapter")          # loads with peft.PeftModel.from_pretrained
+>>> with disable_adapters(model): ref = model(ids)   # the base model, no copies
+"""
+
+from lmforge.peft.io import AdapterError, is_adapter_dir, load_adapter, save_adapter
+from lmforge.peft.lora import LoraConfig, LoraLinear
+from lmforge.peft.state import (
+    apply_lora,
+    delete_adapter,
+    disable_adapters,
+    is_peft_model,
+    merge,
+    merge_and_unload,
+    set_adapter,
+    trainable_parameters,
+    unload,
+    unmerge,
+)
+
+__all__ = [
+    "AdapterError",
+    "LoraConfig",
+    "LoraLinear",
+    "apply_lora",
+    "delete_adapter",
+    "disable_adapters",
+    "is_adapter_dir",
+    "is_peft_model",
+    "load_adapter",
+    "merge",
+    "merge_and_unload",
+    "save_adapter",
+    "set_adapter",
+    "trainable_parameters",
+    "unload",
+    "unmerge",
+]
