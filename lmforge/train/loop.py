@@ -425,7 +425,8 @@ class Trainer:
             with bar:
                 if self.resumed_from is not None:
                     bar.print(f"resumed from {self.resumed_from} (step {self.step})")
-                while (reason := self.stop_reason(self._elapsed())) is None:
+                reason = self.stop_reason(self._elapsed())
+                while reason is None:
                     try:
                         batches = [next(data) for _ in range(tc.grad_accum)]
                     except StopIteration:  # a finite iterable (the contract's loaders are endless)
@@ -446,7 +447,8 @@ class Trainer:
                         writer.write(record)
                         loggers.log(record)
                     bar.update(self.progress(self._elapsed()), record)
-                    done = self.stop_reason(self._elapsed()) is not None
+                    reason = self.stop_reason(self._elapsed())  # once, so save/eval agree
+                    done = reason is not None
                     if (tc.eval_every and self.step % tc.eval_every == 0) or done:
                         ev = self.evaluate()
                         if ev:

@@ -223,11 +223,13 @@ def test_finite_data_stops_cleanly(tmp_path, toy_loader, make_model, make_config
     assert summary["checkpoint"].endswith("step-00000003")
 
 
-def test_stops_on_wall_time(toy_loader, make_model, make_config):
+def test_stops_on_wall_time_with_a_final_checkpoint(tmp_path, toy_loader, make_model,
+                                                    make_config):  # fmt: skip
     config = make_config(max_steps=0, max_time_s=0.3)
-    summary = Trainer(make_model(), toy_loader(), config).fit()
+    summary = Trainer(make_model(), toy_loader(), config, run_dir=tmp_path).fit()
     assert summary["stop_reason"] == "max_time_s" and summary["step"] >= 1
     assert 0.3 <= summary["elapsed_s"] < 5
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == f"step-{summary['step']:08d}"
 
 
 def test_no_resume_refuses_to_mix_runs(tmp_path, toy_loader, make_model, make_config):
