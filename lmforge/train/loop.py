@@ -133,7 +133,13 @@ class Trainer:
             raise ValueError("train.precision=fp16 is not supported with FSDP; use bf16")
         self.strategy = strategy if self.dist.enabled else "none"
         model.to(self.device)
-        model.model.gradient_checkpointing = self.tc.gradient_checkpointing
+        backbone = getattr(model, "model", None)
+        if hasattr(backbone, "gradient_checkpointing"):
+            backbone.gradient_checkpointing = self.tc.gradient_checkpointing
+        elif self.tc.gradient_checkpointing:
+            raise ValueError(
+                f"train.gradient_checkpointing: {type(model).__name__} has no per-block setting"
+            )
         self.raw_model = model
         self.model = D.wrap_model(model, self.strategy, self.dist)
         o = config.optim
