@@ -264,3 +264,13 @@ def test_gradient_checkpointing_saves_activation_memory(toy_loader, make_model):
         sizes[every] = _saved_activation_bytes(model, batch)
     assert sizes[1] < sizes[2] < sizes[0]
     assert sizes[1] < 0.6 * sizes[0]  # every block: only block inputs are kept
+
+
+def test_config_turns_on_gradient_checkpointing(toy_loader, make_model, make_config):
+    losses = []
+    for every in (0, 2):
+        trainer = Trainer(make_model(num_hidden_layers=4), toy_loader(),
+                          make_config(max_steps=3, gradient_checkpointing=every))  # fmt: skip
+        assert trainer.raw_model.model.gradient_checkpointing == every
+        losses.append(trainer.fit()["loss"])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
