@@ -8,8 +8,11 @@ prefix tuning, prompt tuning — interoperable with Hugging Face ``peft`` files.
 >>> with disable_adapters(model): ref = model(ids)   # the base model, no copies
 """
 
+from lmforge.peft.adapters import apply_adapters
 from lmforge.peft.io import AdapterError, is_adapter_dir, load_adapter, save_adapter
 from lmforge.peft.lora import LoraConfig, LoraLinear
+from lmforge.peft.prefix import apply_prefix_tuning, fold_prefix
+from lmforge.peft.prompt import apply_prompt_tuning
 from lmforge.peft.state import (
     apply_lora,
     delete_adapter,
@@ -27,7 +30,11 @@ __all__ = [
     "AdapterError",
     "LoraConfig",
     "LoraLinear",
+    "apply_adapters",
     "apply_lora",
+    "apply_prefix_tuning",
+    "apply_prompt_tuning",
+    "fold_prefix",
     "delete_adapter",
     "disable_adapters",
     "is_adapter_dir",

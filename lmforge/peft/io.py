@@ -64,9 +64,7 @@ def save_adapter(
     if config.peft_type == "LORA":
         tensors, cfg = _lora_state(model, name, config)
     else:
-        from lmforge.peft import methods
-
-        tensors, cfg = methods.save_state(model, name, config)
+        tensors, cfg = _other_state(model, name, config)
     cfg = {
         "peft_type": config.peft_type,
         "task_type": "CAUSAL_LM",
@@ -113,6 +111,38 @@ def _lora_state(model: nn.Module, name: str, config: LoraConfig) -> tuple[dict, 
     return tensors, cfg
 
 
+def _other_state(model: nn.Module, name: str, config) -> tuple[dict, dict]:
+    c = model.config
+    common = {"num_layers": c.num_hidden_layers, "num_transformer_submodules": 1}
+    if config.peft_type == "PREFIX_TUNING":
+        enc = model.peft_prefix
+        cfg = {
+            **common,
+            "num_virtual_tokens": config.num_virtual_tokens,
+            "token_dim": c.num_key_value_heads * c.head_dim,
+            "num_attention_heads": c.num_key_value_heads,
+            "prefix_projection": config.projection,
+            "encoder_hidden_size": config.encoder_hidden_size or c.num_key_value_heads * c.head_dim,
+        }
+        return {"prompt_embeddings": enc.rows(name)}, cfg  # folded: the MLP's output
+    if config.peft_type == "PROMPT_TUNING":
+        cfg = {
+            **common,
+            "num_virtual_tokens": config.num_virtual_tokens,
+            "token_dim": c.hidden_size,
+            "num_attention_heads": c.num_attention_heads,
+            "prompt_tuning_init": "RANDOM",
+        }
+        return {"prompt_embeddings": model.peft_prompt.embedding[name]}, cfg
+    if config.peft_type == "LMFORGE_BOTTLENECK":
+        from lmforge.peft.adapters import bottleneck_state
+
+        cfg = {"bottleneck": config.bottleneck, "target_modules": config.target_modules,
+               "dropout": config.dropout}  # fmt: skip
+        return bottleneck_state(model, name), cfg
+    raise ValueError(f"cannot save adapters of type {config.peft_type}")
+
+
 # ---------------------------------------------------------------------- load
 def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     folder = Path(path)
@@ -148,14 +178,55 @@ def load_adapter(
         register_adapter(model, adapter_name, config)
         _load_lora_tensors(model, adapter_name, tensors, folder)
     else:
-        from lmforge.peft import methods
-
-        methods.load_state(model, adapter_name, cfg, tensors, folder)
+        _load_other(model, adapter_name, cfg, tensors, folder)
     set_adapter(model, adapter_name)
     if not trainable:
         for p in model.parameters():
             p.requires_grad_(False)
     return model
+
+
+def _load_other(model: nn.Module, name: str, cfg: dict, tensors: dict, folder: Path) -> None:
+    where = folder / CONFIG_FILE
+    kind = cfg["peft_type"]
+    c = model.config
+    try:
+        if kind == "PREFIX_TUNING":
+            from lmforge.peft.prefix import PrefixConfig, add_prefix
+
+            if int(cfg.get("num_layers", c.num_hidden_layers)) != c.num_hidden_layers:
+                raise AdapterError(f"{where}: num_layers={cfg['num_layers']} but the model has "
+                                   f"{c.num_hidden_layers}")  # fmt: skip
+            # Stored folded (PEFT's inference format): load as a direct prefix.
+            config = PrefixConfig(int(cfg["num_virtual_tokens"]), projection=False)
+            enc = add_prefix(model, config, name)
+            register_adapter(model, name, config)
+            _copy_checked(
+                {"prompt_embeddings": enc.embedding[name]}, tensors, folder / WEIGHTS_FILE
+            )
+        elif kind == "PROMPT_TUNING":
+            from lmforge.peft.prompt import PromptConfig, add_prompt
+
+            config = PromptConfig(int(cfg["num_virtual_tokens"]))
+            prompt = add_prompt(model, config, name)
+            register_adapter(model, name, config)
+            _copy_checked({"prompt_embeddings": prompt.embedding[name]}, tensors,
+                          folder / WEIGHTS_FILE)  # fmt: skip
+        elif kind == "LMFORGE_BOTTLENECK":
+            from lmforge.peft.adapters import BottleneckConfig, add_bottleneck, bottleneck_state
+
+            config = BottleneckConfig(int(cfg["bottleneck"]), cfg["target_modules"],
+                                      float(cfg.get("dropout", 0.0)))  # fmt: skip
+            add_bottleneck(model, config, name)
+            register_adapter(model, name, config)
+            _copy_checked(bottleneck_state(model, name), tensors, folder / WEIGHTS_FILE)
+        else:
+            raise AdapterError(
+                f"{where}: peft_type {kind!r} is not supported (LORA, PREFIX_TUNING, "
+                "PROMPT_TUNING, LMFORGE_BOTTLENECK)"
+            )
+    except KeyError as exc:
+        raise AdapterError(f"{where}: missing field {exc.args[0]!r}") from exc
 
 
 def _lora_config(cfg: dict[str, Any], where: Path) -> LoraConfig:

@@ -165,7 +165,7 @@ def unload(model: nn.Module) -> nn.Module:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, module.base_layer)
-    for attr in ("peft_prompt",):
+    for attr in ("peft_prompt", "peft_prefix"):
         if hasattr(model, attr):
             delattr(model, attr)
     for handle in getattr(model, "_peft_hooks", []):
