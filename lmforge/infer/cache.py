@@ -205,20 +205,40 @@ class PagedBatch:
     # Optional replacement for the gather + SDPA of the decode rows, with the signature of
     # `paged_decode_attention` (the engine passes its torch.compile'd version).
     decode_attention: Callable | None = None
+    # Decode rows attend in groups ``(first_row, end_row, width_in_blocks, max_context_len)``
+    # of similar context length, so short rows are not padded to the longest one (rows
+    # sorted by width; see `decode_groups`). Empty: one group of all rows, no length known.
+    decode_groups: list[tuple[int, int, int, int]] = field(default_factory=list)
     paged = True  # tells the model to take positions from position_ids, not a cache length
     _masks: dict = field(default_factory=dict)
+    _group_inputs: list = field(default_factory=list)
 
-    def _decode_mask(self, window: int | None) -> torch.Tensor:
-        """``[S, 1, 1, T]``: key slot j of row s is visible iff j < len_s (and within the
-        sliding window of the query's position)."""
-        if window not in self._masks:
-            t = self.decode_blocks.shape[1] * self.cache.block_size
-            j = torch.arange(t, device=self.slot_mapping.device)
-            visible = j[None, :] < self.decode_lens[:, None]
+    def _groups(self) -> list[tuple[int, int, int, int]]:
+        if not self.decode_groups:
+            self.decode_groups = [(0, self.num_decode, self.decode_blocks.shape[1], 0)]
+        return self.decode_groups
+
+    def _group_tensors(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block tables ``[n, width]`` and positions ``[n]`` of decode group ``g``."""
+        if not self._group_inputs:
+            self._group_inputs = [
+                (self.decode_blocks[a:b, :w], self.decode_positions[a:b])
+                for a, b, w, _ in self._groups()
+            ]
+        return self._group_inputs[g]
+
+    def _decode_mask(self, g: int, window: int | None) -> torch.Tensor:
+        """``[n, 1, 1, T]`` additive mask of decode group ``g``: key slot j of row s is
+        visible iff j ≤ position_s (and within the sliding window); built once per step."""
+        if (g, window) not in self._masks:
+            blocks, positions = self._group_tensors(g)
+            j = torch.arange(blocks.shape[1] * self.cache.block_size, device=blocks.device)
+            visible = j[None, :] <= positions[:, None]
             if window is not None:
-                visible &= self.decode_positions[:, None] - j[None, :] < window
-            self._masks[window] = visible[:, None, None, :]
-        return self._masks[window]
+                visible &= positions[:, None] - j[None, :] < window
+            bias = torch.zeros(visible.shape, dtype=self.cache.dtype, device=blocks.device)
+            self._masks[g, window] = bias.masked_fill_(~visible, float("-inf"))[:, None, None]
+        return self._masks[g, window]
 
     def _prefill_mask(self, chunk: PrefillChunk, window: int | None) -> torch.Tensor | None:
         """``[L, past + L]`` causal mask offset by ``past`` (None: plain causal suffices)."""
@@ -261,28 +281,9 @@ class PagedBatch:
         cache.values[layer_idx].index_copy_(0, self.slot_mapping, v)
         gqa = q.shape[1] != k.shape[1]
         parts = []
-        s = self.num_decode
-        if s and self.decode_attention is not None:
-            parts.append(
-                self.decode_attention(
-                    q[:s],
-                    cache.keys[layer_idx],
-                    cache.values[layer_idx],
-                    self.decode_blocks,
-                    self.decode_positions,
-                    cache.block_size,
-                    window,
-                )
-            )
-        elif s:
-            kk, vv = cache.gather_blocks(layer_idx, self.decode_blocks.flatten())
-            t = kk.shape[0] // s
-            kk = kk.view(s, t, *kk.shape[1:]).transpose(1, 2)  # [S, H_kv, T, D]
-            vv = vv.view(s, t, *vv.shape[1:]).transpose(1, 2)
-            out = F.scaled_dot_product_attention(
-                q[:s, :, None], kk, vv, attn_mask=self._decode_mask(window), enable_gqa=gqa
-            )
-            parts.append(out.squeeze(2))  # [S, H, D]
+        if self.num_decode:
+            for g, (start, end, _, max_len) in enumerate(self._groups()):
+                parts.append(self._attend_decode(layer_idx, g, q[start:end], max_len, window))
         for chunk in self.prefills:
             rows = slice(chunk.start, chunk.start + chunk.length)
             qc = q[rows].transpose(0, 1)[None]  # [1, H, L, D]
@@ -298,6 +299,44 @@ class PagedBatch:
                 out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, enable_gqa=gqa)
             parts.append(out[0].transpose(0, 1))  # [L, H, D]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+    def _attend_decode(
+        self, layer_idx: int, g: int, q: torch.Tensor, max_len: int, window: int | None
+    ) -> torch.Tensor:
+        """Decode group ``g``: queries ``[n, H, D]`` (one per sequence) → ``[n, H, D]``."""
+        cache = self.cache
+        blocks, positions = self._group_tensors(g)
+        keys, values = cache.keys[layer_idx], cache.values[layer_idx]
+        if self.decode_attention is not None:
+            return self.decode_attention(
+                q, keys, values, blocks, positions, cache.block_size, window
+            )
+        n = q.shape[0]
+        kk, vv = cache.gather_blocks(layer_idx, blocks.flatten())
+        kk = kk.view(n, -1, *kk.shape[1:]).transpose(1, 2)  # [n, H_kv, T, D]
+        vv = vv.view(n, -1, *vv.shape[1:]).transpose(1, 2)
+        if n == 1 and max_len:  # one sequence: its exact context, no mask needed
+            lo = 0 if window is None else max(0, max_len - window)
+            kk, vv, mask = kk[:, :, lo:max_len], vv[:, :, lo:max_len], None
+        else:
+            mask = self._decode_mask(g, window)
+        out = F.scaled_dot_product_attention(
+            q[:, :, None], kk, vv, attn_mask=mask, enable_gqa=q.shape[1] != kk.shape[1]
+        )
+        return out.squeeze(2)
+
+
+def decode_groups(widths: Sequence[int], lengths: Sequence[int], max_padding: int = 16):
+    """Split decode rows, sorted by ``widths`` (blocks in their tables), into the groups of
+    `PagedBatch.decode_groups`: a row starts a new group when adding it would pad the
+    group's rows by more than ``max_padding`` blocks in total (padding costs a copy and
+    attention work per block; each group costs a few small ops)."""
+    groups, start = [], 0
+    for i in range(1, len(widths) + 1):
+        if i == len(widths) or (widths[i] - widths[start]) * (i - start) > max_padding:
+            groups.append((start, i, widths[i - 1], max(lengths[start:i])))
+            start = i
+    return groups
 
 
 def paged_decode_attention(

@@ -29,6 +29,7 @@ from lmforge.infer.cache import (
     PagedBatch,
     PagedKVCache,
     PrefillChunk,
+    decode_groups,
     paged_decode_attention,
 )
 from lmforge.infer.runner import InferenceRunner
@@ -308,7 +309,8 @@ class Engine:
             return outputs
         self.num_steps += 1
         self.cache.zero_blocks(self.scheduler.new_blocks)
-        chunks.sort(key=lambda c: c.num_tokens > 1)  # single-token chunks first (batched)
+        # Single-token chunks first (batched decode), by context length (grouped attention).
+        chunks.sort(key=lambda c: (c.num_tokens > 1, len(c.seq.block_ids)))
         logits, sampling = self._forward(chunks)
         self.scheduler.commit(chunks)
         tokens = self._sample(logits, sampling)
@@ -363,6 +365,8 @@ class Engine:
             batch.decode_blocks = torch.tensor(tables, device=dev)
             batch.decode_positions = positions_t[: len(decode)]
             batch.decode_lens = batch.decode_positions + 1
+            widths = [len(s.block_ids) for s in decode]
+            batch.decode_groups = decode_groups(widths, [p + 1 for p in positions[: len(decode)]])
         if self.runner is not None:
             logits = self.runner(ids_t, positions_t, max(positions), batch, keep_t)
             return logits.float(), sampling

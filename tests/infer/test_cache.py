@@ -13,6 +13,7 @@ from lmforge.infer.cache import (
     PagedKVCache,
     PrefillChunk,
     block_key,
+    decode_groups,
     paged_decode_attention,
 )
 
@@ -148,3 +149,37 @@ def test_paged_decode_attention_matches_the_gather_path(window):
     torch.testing.assert_close(got, expected)
     batch.decode_attention = paged_decode_attention
     torch.testing.assert_close(batch.attend(0, q, k_new, v_new, window), expected)
+
+
+def test_decode_groups_bound_the_padding():
+    assert decode_groups([3], [40]) == [(0, 1, 3, 40)]
+    widths = [1, 1, 2, 2, 9, 10, 30]
+    lengths = [5, 16, 20, 31, 140, 150, 470]
+    groups = decode_groups(widths, lengths, max_padding=4)
+    assert groups == [(0, 4, 2, 31), (4, 6, 10, 150), (6, 7, 30, 470)]
+    assert decode_groups(widths, lengths, max_padding=1000) == [(0, 7, 30, 470)]
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_grouped_decode_equals_one_padded_group(window):
+    """Rows split into groups (a single-row group attends its exact context, unmasked)."""
+    torch.manual_seed(1)
+    bs, h, hkv, d = 4, 4, 2, 8
+    cache = PagedKVCache(1, 16, bs, hkv, d)
+    cache.keys[0].normal_()
+    cache.values[0].normal_()
+    tables = torch.tensor([[3, 0, 0, 0], [7, 1, 0, 0], [2, 5, 8, 11]])
+    positions = torch.tensor([2, 5, 13])
+    q, k, v = torch.randn(3, h, d), torch.randn(3, hkv, d), torch.randn(3, hkv, d)
+    slots = torch.stack([tables[i, p // bs] * bs + p % bs for i, p in enumerate(positions)])
+
+    def run(groups):
+        batch = PagedBatch(
+            cache, slots, num_decode=3, decode_blocks=tables, decode_positions=positions,
+            decode_lens=positions + 1, decode_groups=groups,
+        )  # fmt: skip
+        return batch.attend(0, q, k, v, window)
+
+    one = run([])
+    torch.testing.assert_close(run([(0, 2, 2, 6), (2, 3, 4, 14)]), one)
+    torch.testing.assert_close(run([(0, 1, 1, 3), (1, 2, 2, 6), (2, 3, 4, 14)]), one)
