@@ -143,6 +143,39 @@ def _other_state(model: nn.Module, name: str, config) -> tuple[dict, dict]:
     raise ValueError(f"cannot save adapters of type {config.peft_type}")
 
 
+TRAINING_FILE = "adapter_training.safetensors"
+
+
+def save_training_adapter(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> Path:
+    """A training checkpoint's weights when PEFT is on: the active adapter in PEFT format,
+    plus every adapter parameter under its lmforge name (exact resume, e.g. a prefix's
+    reparameterisation MLP, which the PEFT file stores folded), plus the tokenizer."""
+    folder = save_adapter(model, path, base_model_name_or_path=getattr(model, "name_or_path", None))
+    params = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters()
+              if _is_adapter_param(n)}  # fmt: skip
+    with atomic_path(folder / TRAINING_FILE) as tmp:
+        save_file(params, str(tmp), metadata={"format": "pt"})
+    if tokenizer is not None:
+        (tokenizer.save if hasattr(tokenizer, "save") else tokenizer.save_pretrained)(folder)
+    return folder
+
+
+def load_training_adapter(model: nn.Module, path: str | os.PathLike) -> None:
+    """Restore the adapter parameters `save_training_adapter` wrote into ``model`` (which
+    already carries the same adapters) in place."""
+    folder = Path(path)
+    stored = load_file(str(folder / TRAINING_FILE))
+    expected = {n: p for n, p in model.named_parameters() if _is_adapter_param(n)}
+    _copy_checked(expected, stored, folder / TRAINING_FILE)
+
+
+def _is_adapter_param(name: str) -> bool:
+    return name.startswith("peft_") or any(
+        f".{part}." in name for part in ("lora_A", "lora_B", "lora_magnitude_vector",
+                                         "adapter_down", "adapter_up")  # fmt: skip
+    )
+
+
 # ---------------------------------------------------------------------- load
 def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     folder = Path(path)
@@ -311,5 +344,7 @@ __all__ = [
     "is_adapter_dir",
     "load_adapter",
     "read_adapter_config",
+    "load_training_adapter",
     "save_adapter",
+    "save_training_adapter",
 ]

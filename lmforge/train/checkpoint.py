@@ -239,6 +239,11 @@ def write_weights(
 ) -> None:
     """Save ``model`` as an HF folder; under FSDP from ``state`` (the gathered full state)."""
     inner = D.unwrap(model)
+    if getattr(inner, "peft_config", None):  # PEFT: the checkpoint holds only the adapter
+        from lmforge.peft.io import save_training_adapter
+
+        save_training_adapter(inner, folder, tokenizer)
+        return
     if not D.is_fsdp(model):
         save_model(inner, folder, tokenizer=tokenizer)
         return
@@ -282,11 +287,14 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
 
 def is_complete(path: Path) -> bool:
     """Whether ``path`` holds weights, a config and the full trainer state."""
+    model_config = "config.json"
     try:
         weight_files(path)
     except (ValueError, OSError):
-        return False
-    need = ["config.json", f"{STATE_DIR}/state.json", f"{STATE_DIR}/optimizer.json"]
+        if not (path / "adapter_training.safetensors").is_file():  # a PEFT checkpoint
+            return False
+        model_config = "adapter_config.json"
+    need = [model_config, f"{STATE_DIR}/state.json", f"{STATE_DIR}/optimizer.json"]
     need.append(f"{STATE_DIR}/optimizer.safetensors")
     return all((path / n).is_file() for n in need)
 
@@ -340,8 +348,14 @@ def load_checkpoint(
         raise ValueError(f"{path}: not a complete training checkpoint")
     state = read_json(path / STATE_DIR / "state.json", "trainer state")
     inner = D.unwrap(model)
-    weights = read_state_dict(path)
-    if getattr(inner.config, "tie_word_embeddings", False):
+    if getattr(inner, "peft_config", None):  # PEFT: restore the adapter; the base is as loaded
+        from lmforge.peft.io import load_training_adapter
+
+        load_training_adapter(inner, path)
+        weights = {}
+    else:
+        weights = read_state_dict(path)
+    if weights and getattr(inner.config, "tie_word_embeddings", False):
         weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
     buffers = {k: v for k, v in inner.state_dict().items() if k not in weights}
     if D.is_fsdp(model):
