@@ -89,6 +89,9 @@ class TrainSection:
     cpu_threads: int = 0  # torch CPU threads; 0 → torch's default (tiny models: 1 is fastest)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: int = 0  # 0 off; k → recompute every k-th block
+    loss_chunk_size: int = (
+        0  # > 0: next-token loss in chunks of this many positions (no full logits)
+    )
     compile: bool = False
     distributed: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto → ddp under torchrun
     eval_every: int = 50  # 0 → only at the end
@@ -288,6 +291,7 @@ def validate(config: RunConfig) -> None:
         "train.eval_every": t.eval_every,
         "train.save_every": t.save_every,
         "train.gradient_checkpointing": t.gradient_checkpointing,
+        "train.loss_chunk_size": t.loss_chunk_size,
         "optim.warmup_steps": o.warmup_steps,
         "optim.weight_decay": o.weight_decay,
         "optim.grad_clip": o.grad_clip,

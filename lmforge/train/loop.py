@@ -24,6 +24,7 @@ naming the step); the last checkpoint on disk is the last good one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -112,6 +113,8 @@ class Trainer:
         self.dist = dist or D.init_distributed(self.tc.device)
         self.device = self.dist.device
         self.precision = resolve_precision(self.tc.precision, self.device)
+        if objective is causal_lm_loss and self.tc.loss_chunk_size:
+            objective = functools.partial(causal_lm_loss, chunk_size=self.tc.loss_chunk_size)
         self.objective = objective
         self.tokenizer = tokenizer
         self.train_data = train_data

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmforge.models.transformer import IGNORE_INDEX
@@ -41,15 +40,19 @@ def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
     return {"input_ids": batch["input_ids"], **{k: batch[k] for k in MODEL_INPUTS if k in batch}}
 
 
-def causal_lm_loss(model: nn.Module, batch: Batch) -> LossOutput:
+def causal_lm_loss(model: nn.Module, batch: Batch, chunk_size: int = 0) -> LossOutput:
     """Summed next-token cross-entropy of logits[:, t] vs labels[:, t+1], -100 ignored.
 
     The count is the number of predicted tokens (``num_loss_tokens`` in the data contract),
     so sum ÷ count over a global batch is the token-weighted mean NLL of Radford et al.'s
-    language-modelling objective; exp of it is the perplexity.
+    language-modelling objective; exp of it is the perplexity. ``chunk_size`` > 0 computes
+    it without materialising the ``[B, T, V]`` logits (`lmforge.models.loss`).
     """
-    logits = model(**model_inputs(batch)).logits
-    labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
-    flat = logits.reshape(-1, logits.shape[-1]).float()
-    loss_sum = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    loss_sum = model(
+        **model_inputs(batch),
+        labels=batch["labels"],
+        loss_reduction="sum",
+        loss_chunk_size=chunk_size,
+    ).loss
+    labels = batch["labels"][:, 1:]
     return LossOutput(loss_sum, (labels != IGNORE_INDEX).sum())

@@ -274,3 +274,16 @@ def test_config_turns_on_gradient_checkpointing(toy_loader, make_model, make_con
         assert trainer.raw_model.model.gradient_checkpointing == every
         losses.append(trainer.fit()["loss"])
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_chunked_loss_trains_like_the_full_loss(toy_loader, make_model, make_config):
+    """train.loss_chunk_size only changes how the loss is computed, not the run."""
+    states = []
+    for chunk in (0, 7):
+        trainer = Trainer(
+            make_model(), toy_loader(), make_config(max_steps=3, loss_chunk_size=chunk)
+        )
+        trainer.fit()
+        states.append(trainer.raw_model.state_dict())
+    for k, v in states[0].items():
+        torch.testing.assert_close(states[1][k], v, atol=1e-6, rtol=1e-5, msg=k)
