@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lmforge.train.commands import add_train_commands
 
     add_train_commands(commands, _subparser)
+    from lmforge.peft.commands import add_merge_command
+
+    add_merge_command(commands, _subparser)
     return parser
 
 

@@ -171,8 +171,14 @@ def load_training_adapter(model: nn.Module, path: str | os.PathLike) -> None:
 
 def _is_adapter_param(name: str) -> bool:
     return name.startswith("peft_") or any(
-        f".{part}." in name for part in ("lora_A", "lora_B", "lora_magnitude_vector",
-                                         "adapter_down", "adapter_up")  # fmt: skip
+        f".{part}." in name
+        for part in (
+            "lora_A",
+            "lora_B",
+            "lora_magnitude_vector",
+            "adapter_down",
+            "adapter_up",
+        )  # fmt: skip
     )
 
 

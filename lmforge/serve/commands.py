@@ -75,6 +75,7 @@ def add_commands(commands: Any, subparser: Any) -> None:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="HF-format checkpoint folder")
+    p.add_argument("--adapter", metavar="DIR", help="LoRA adapter (PEFT format) merged at load")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: as stored")
 
@@ -91,7 +92,12 @@ def load_engine(args: argparse.Namespace, max_num_seqs: int = 64) -> tuple[Any, 
     if not (folder / "tokenizer.json").is_file():
         raise CommandError(f"{folder}: no tokenizer.json (the server needs the tokenizer)")
     tok = load_tokenizer(folder)
-    model = load_model(folder, dtype=args.dtype, device=args.device).eval()
+    if getattr(args, "adapter", None):  # fold the LoRA into the weights: full engine speed
+        from lmforge.peft.commands import load_merged
+
+        model = load_merged(folder, Path(args.adapter), dtype=args.dtype).to(args.device).eval()
+    else:
+        model = load_model(folder, dtype=args.dtype, device=args.device).eval()
     if tok.vocab_size > model.config.vocab_size:
         raise CommandError(
             f"{folder}: tokenizer has {tok.vocab_size} ids but the model only "

@@ -62,6 +62,9 @@ def add_train_commands(commands, subparser) -> None:
     _common(p)
     p.add_argument("--model", metavar="DIR", help="HF checkpoint folder (model.init_from)")
     p.add_argument("--data", nargs="+", metavar="FILE", help="training data (data.paths)")
+    from lmforge.peft.commands import add_peft_arguments
+
+    add_peft_arguments(p)
     p.set_defaults(run=run_sft)
 
 
@@ -248,6 +251,9 @@ def run_sft(args: argparse.Namespace) -> int:
     if not examples:
         raise ValueError(f"{', '.join(d.paths)}: no training examples left")
     model = load_model(model_dir, dtype=torch.float32)
+    from lmforge.peft.commands import apply_peft_from_args
+
+    apply_peft_from_args(model, args, str(model_dir))  # --peft: only the adapter trains
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"{model_dir}: tokenizer has {tokenizer.vocab_size} ids but the model only "
