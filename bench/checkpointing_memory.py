@@ -12,6 +12,10 @@ Peak memory:
 
 Overhead: median step time with checkpointing ÷ without, minus one.
 
+A third run adds the chunked next-token loss (``train.loss_chunk_size``): with every block
+checkpointed, the ``[B, T, V]`` logits and their cross-entropy buffers are the largest thing
+left, and chunking removes them too.
+
     python bench/checkpointing_memory.py [--preset 30m] [--seq 1024] [--batch 4] [--every 1]
 
 Last line: ``RESULT checkpointing memory_saved=<fraction> overhead=<fraction>``.
@@ -35,7 +39,9 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def run_one(preset: str, seq: int, batch: int, every: int, steps: int, device: str) -> dict:
+def run_one(
+    preset: str, seq: int, batch: int, every: int, steps: int, device: str, chunk: int = 0
+) -> dict:
     import lmforge
     from lmforge.models.presets import preset_config
 
@@ -55,7 +61,7 @@ def run_one(preset: str, seq: int, batch: int, every: int, steps: int, device: s
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        loss = model(ids, labels=ids).loss
+        loss = model(ids, labels=ids, loss_chunk_size=chunk).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -77,33 +83,47 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="checkpoint every k-th block")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--loss-chunk", type=int, default=1024, help="third run's chunk size")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-chunk", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        result = run_one(args.preset, args.seq, args.batch, args.child, args.steps, args.device)
+        result = run_one(
+            args.preset, args.seq, args.batch, args.child, args.steps, args.device, args.child_chunk
+        )
         print(json.dumps(result))
         return
     results = {}
-    for every in (0, args.every):
-        cmd = [sys.executable, __file__, "--child", str(every)]
+    settings = {"off": (0, 0), "on": (args.every, 0), "on+chunked": (args.every, args.loss_chunk)}
+    for name, (every, chunk) in settings.items():
+        cmd = [sys.executable, __file__, "--child", str(every), "--child-chunk", str(chunk)]
         cmd += ["--preset", args.preset, "--seq", str(args.seq), "--batch", str(args.batch)]
         cmd += ["--steps", str(args.steps), "--device", args.device]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results[every] = json.loads(out.strip().splitlines()[-1])
-        label = "off" if every == 0 else f"every {every}"
-        r = results[every]
+        results[name] = r = json.loads(out.strip().splitlines()[-1])
+        label = (
+            "off" if not every else f"every {every}" + (f" + loss chunks {chunk}" if chunk else "")
+        )
         print(
-            f"checkpointing {label:>8}: peak +{r['peak_bytes'] / 2**20:8.1f} MiB, "
+            f"checkpointing {label:>26}: peak +{r['peak_bytes'] / 2**20:8.1f} MiB, "
             f"step {r['step_s'] * 1000:8.1f} ms"
         )
-    off, on = results[0], results[args.every]
-    saved = 1 - on["peak_bytes"] / off["peak_bytes"]
-    overhead = on["step_s"] / off["step_s"] - 1
+    off = results["off"]
+    summary = {}
+    for name in ("on", "on+chunked"):
+        saved = 1 - results[name]["peak_bytes"] / off["peak_bytes"]
+        overhead = results[name]["step_s"] / off["step_s"] - 1
+        summary[name] = (saved, overhead)
+        print(
+            f"{args.preset}, batch {args.batch} × seq {args.seq} on {args.device}, {name}: "
+            f"memory saved {saved:.1%}, step-time overhead {overhead:.1%}"
+        )
+    saved, overhead = summary["on"]
+    chunk_saved, chunk_overhead = summary["on+chunked"]
     print(
-        f"{args.preset}, batch {args.batch} × seq {args.seq} on {args.device}: "
-        f"memory saved {saved:.1%}, step-time overhead {overhead:.1%}"
+        f"RESULT checkpointing memory_saved={saved:.3f} overhead={overhead:.3f} "
+        f"with_chunked_loss_saved={chunk_saved:.3f} with_chunked_loss_overhead={chunk_overhead:.3f}"
     )
-    print(f"RESULT checkpointing memory_saved={saved:.3f} overhead={overhead:.3f}")
 
 
 if __name__ == "__main__":
