@@ -16,13 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 ifeq ($(HAS_GPU),1)
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" || $(BIN)/python -m pip install --quiet torch
-	$(BIN)/python -m pip install --quiet -e ".[dev,serve,data,gpu]" || $(BIN)/python -m pip install --quiet -e ".[dev,serve,data]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve,data,align,gpu]" || $(BIN)/python -m pip install --quiet -e ".[dev,serve,data,align]"
 else
 	# CPU: the local wheel (torch==X+cpu) when the machine has one, else PyTorch's CPU index.
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
 	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu
-	$(BIN)/python -m pip install --quiet -e ".[dev,serve,data]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve,data,align]"
 endif
 	touch $(STAMP)
 
