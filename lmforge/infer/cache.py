@@ -17,9 +17,8 @@ reference count drops to zero stay cached but become evictable, least recently f
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -202,9 +201,6 @@ class PagedBatch:
     decode_lens: torch.Tensor | None = None  # [num_decode] context lengths (incl. new token)
     decode_positions: torch.Tensor | None = None  # [num_decode] position of the new token
     prefills: list[PrefillChunk] = field(default_factory=list)
-    # Optional replacement for the gather + SDPA of the decode rows, with the signature of
-    # `paged_decode_attention` (the engine passes its torch.compile'd version).
-    decode_attention: Callable | None = None
     # Decode rows attend in groups ``(first_row, end_row, width_in_blocks, max_context_len)``
     # of similar context length, so short rows are not padded to the longest one (rows
     # sorted by width; see `decode_groups`). Empty: one group of all rows, no length known.
@@ -306,11 +302,6 @@ class PagedBatch:
         """Decode group ``g``: queries ``[n, H, D]`` (one per sequence) → ``[n, H, D]``."""
         cache = self.cache
         blocks, positions = self._group_tensors(g)
-        keys, values = cache.keys[layer_idx], cache.values[layer_idx]
-        if self.decode_attention is not None:
-            return self.decode_attention(
-                q, keys, values, blocks, positions, cache.block_size, window
-            )
         n = q.shape[0]
         kk, vv = cache.gather_blocks(layer_idx, blocks.flatten())
         kk = kk.view(n, -1, *kk.shape[1:]).transpose(1, 2)  # [n, H_kv, T, D]
@@ -337,38 +328,3 @@ def decode_groups(widths: Sequence[int], lengths: Sequence[int], max_padding: in
             groups.append((start, i, widths[i - 1], max(lengths[start:i])))
             start = i
     return groups
-
-
-def paged_decode_attention(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    block_tables: torch.Tensor,
-    positions: torch.Tensor,
-    block_size: int,
-    window: int | None = None,
-) -> torch.Tensor:
-    """One query per sequence over its paged context: softmax(q·Kᵀ/√d)·V with K/V read from
-    the pool through the block table (PagedAttention's decode kernel, Kwon et al. 2023, §4.1).
-
-    ``q`` ``[S, H, D]``; ``keys``/``values`` the pool ``[num_slots, H_kv, D]``;
-    ``block_tables`` ``[S, W]``; ``positions`` ``[S]`` (row s sees slots 0 … positions[s],
-    and only the last ``window`` of them with a sliding window). Returns ``[S, H, D]``.
-    Written for ``torch.compile``: inductor fuses the indexed loads into the two reductions,
-    so no gathered copy of K/V is made (run eagerly it is correct but slower than
-    gather + SDPA).
-    """
-    s, h, d = q.shape
-    hkv = keys.shape[1]
-    offsets = torch.arange(block_size, device=q.device)
-    slots = (block_tables[:, :, None] * block_size + offsets).flatten(1)  # [S, T]
-    j = torch.arange(slots.shape[1], device=q.device)
-    visible = j[None, :] <= positions[:, None]
-    if window is not None:
-        visible = visible & (positions[:, None] - j[None, :] < window)
-    qg = q.view(s, 1, hkv, h // hkv, d)
-    scores = (qg * keys[slots][:, :, :, None, :]).sum(-1) * (1 / math.sqrt(d))  # [S, T, Hkv, g]
-    scores = scores.masked_fill(~visible[:, :, None, None], float("-inf"))
-    probs = scores.softmax(dim=1)
-    out = (probs[..., None] * values[slots][:, :, :, None, :]).sum(1)  # [S, Hkv, g, D]
-    return out.reshape(s, h, d)

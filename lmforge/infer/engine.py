@@ -17,7 +17,6 @@ from one thread.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from lmforge.infer.cache import (
     PagedKVCache,
     PrefillChunk,
     decode_groups,
-    paged_decode_attention,
 )
 from lmforge.infer.runner import InferenceRunner
 from lmforge.infer.sampling import (
@@ -177,10 +175,6 @@ class Engine:
             memory, shared by all engines on the model). None (default): on CPU only, where
             decoding is bound by GEMV speed and per-op overhead. Models the runner does not
             cover always use ``model.forward``.
-        compile: run decode attention through ``torch.compile`` (inductor) of
-            `lmforge.infer.cache.paged_decode_attention`, which reads K/V from the paged pool
-            without a gathered copy (faster for large decode batches with long contexts).
-            The first steps compile (≈10 s per new shape class; cached on disk by torch).
     """
 
     def __init__(
@@ -194,7 +188,6 @@ class Engine:
         max_num_batched_tokens: int = 2048,
         enable_prefix_caching: bool = True,
         fused_weights: bool | None = None,
-        compile: bool = False,
     ) -> None:
         if not _is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size={block_size!r} must be an integer ≥ 1")
@@ -232,7 +225,6 @@ class Engine:
         self.runner = None
         if fused_weights and InferenceRunner.unsupported_reason(model) is None:
             self.runner = InferenceRunner.for_model(model)
-        self.decode_attention = _compiled_decode_attention() if compile else None
         self.requests: dict[str, _Request] = {}
         self._pending: list[RequestOutput] = []  # abort notices for the next step
         self._ids = itertools.count()
@@ -353,7 +345,6 @@ class Engine:
             self.cache,
             torch.tensor(slots, device=dev),
             prefills=prefills,
-            decode_attention=self.decode_attention,
         )
         ids_t = torch.tensor(ids, device=dev)
         positions_t = torch.tensor(positions, device=dev)
@@ -546,11 +537,6 @@ class Engine:
             "num_running": len(s.running),
             "num_waiting": len(s.waiting),
         }
-
-
-@functools.cache
-def _compiled_decode_attention():
-    return torch.compile(paged_decode_attention, dynamic=True, fullgraph=True)
 
 
 def _is_int(value: object) -> bool:

@@ -14,7 +14,6 @@ from lmforge.infer.cache import (
     PrefillChunk,
     block_key,
     decode_groups,
-    paged_decode_attention,
 )
 
 
@@ -124,31 +123,6 @@ def test_paged_attention_matches_per_sequence_sdpa(window):
     out = batch.attention(0, flat(q), flat(k), flat(v), window)
     expected = [_reference_attention(*xs, window) for xs in zip(q, k, v)]
     torch.testing.assert_close(out, flat(expected))
-
-
-@pytest.mark.parametrize("window", [None, 5])
-def test_paged_decode_attention_matches_the_gather_path(window):
-    """The indexed-read decode kernel (eager here; compiled in the engine) equals the
-    gather + SDPA decode of `PagedBatch.attend`, GQA and sliding window included."""
-    torch.manual_seed(0)
-    bs, h, hkv, d = 4, 4, 2, 8
-    cache = PagedKVCache(1, 12, bs, hkv, d)
-    cache.keys[0].normal_()
-    cache.values[0].normal_()
-    tables = torch.tensor([[3, 7, 1], [10, 0, 0], [2, 5, 8]])  # row 1 padded with block 0
-    positions = torch.tensor([9, 2, 11])
-    q = torch.randn(3, h, d)
-    k_new, v_new = torch.randn(3, hkv, d), torch.randn(3, hkv, d)
-    slots = torch.stack([tables[i, p // bs] * bs + p % bs for i, p in enumerate(positions)])
-    batch = PagedBatch(
-        cache, slots, num_decode=3, decode_blocks=tables, decode_positions=positions,
-        decode_lens=positions + 1,
-    )  # fmt: skip
-    expected = batch.attend(0, q, k_new, v_new, window)  # writes k_new/v_new, then attends
-    got = paged_decode_attention(q, cache.keys[0], cache.values[0], tables, positions, bs, window)
-    torch.testing.assert_close(got, expected)
-    batch.decode_attention = paged_decode_attention
-    torch.testing.assert_close(batch.attend(0, q, k_new, v_new, window), expected)
 
 
 def test_decode_groups_bound_the_padding():

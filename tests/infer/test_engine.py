@@ -344,11 +344,3 @@ def test_generate_wrapper_min_new_tokens_matches_hf(pair, reference):
         out = generate(ours, p, min_new_tokens=min_new, **kw)
         ref = hf.generate(p, do_sample=False, min_new_tokens=min_new, **kw)
         assert torch.equal(out, ref)
-
-
-@pytest.mark.slow
-def test_compiled_decode_attention_gives_identical_outputs(pair, reference):
-    """``compile=True`` (inductor paged decode attention; compiling takes ~10 s)."""
-    _, ours = pair
-    engine = Engine(ours, block_size=4, compile=True)
-    assert token_ids(engine.generate(prompts(), GREEDY)) == reference
