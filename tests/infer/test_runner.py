@@ -151,3 +151,17 @@ def test_fused_and_plain_engines_agree_on_tokens_and_logprobs():
         for lf, lp in zip(f.logprobs, p.logprobs):
             assert lf.logprob == pytest.approx(lp.logprob, abs=1e-5)
             assert [t for t, _ in lf.top] == [t for t, _ in lp.top]
+
+
+@pytest.mark.parametrize("shape", [(1, 32), (5, 64), (3, 4, 16)])
+def test_fused_rms_norm_is_bit_identical_to_the_module_in_fp32(shape):
+    """The runner relies on this to keep greedy outputs identical to ``model.forward``."""
+    from lmforge.infer.runner import _norm
+    from lmforge.nn.norm import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(shape[-1], eps=1e-5)
+    torch.nn.init.normal_(norm.weight)
+    x = 4 * torch.randn(shape)
+    with torch.no_grad():
+        assert torch.equal(_norm(norm, x), norm(x))
