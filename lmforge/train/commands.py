@@ -146,6 +146,20 @@ def _synthetic_corpus(config: RunConfig, run_dir: Path, info: DistInfo) -> tuple
     return [str(train)], ([str(val)] if config.data.val_docs else [])
 
 
+def _synthetic_chats(config: RunConfig, run_dir: Path, info: DistInfo) -> str:
+    from lmforge.data.tasks.chat import synthetic_chats
+    from lmforge.io import atomic_write_text
+
+    path = run_dir / "data" / "synthetic-chat.jsonl"
+    if info.is_main:
+        chats = synthetic_chats(config.data.synthetic_docs, config.train.seed)
+        text = "".join(json.dumps({"messages": m}) + "\n" for m in chats)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
+    barrier()
+    return str(path)
+
+
 def _pretrain_tokenizer(config: RunConfig, run_dir: Path, paths, info: DistInfo, console):
     """``data.tokenizer``, else the init model's, else one trained on the data (once per run)."""
     from lmforge.tokenizer import Tokenizer, load_tokenizer
@@ -224,8 +238,6 @@ def run_sft(args: argparse.Namespace) -> int:
     config = _config(args, extra)
     if not config.model.init_from:
         raise ValueError("sft needs a model: --model DIR (or model.init_from in the config)")
-    if not config.data.paths:
-        raise ValueError("sft needs data: --data FILE (or data.paths in the config)")
     from lmforge.cli import checkpoint_dir
     from lmforge.data.formats import load_sft_examples
     from lmforge.data.loader import SFTLoader
@@ -233,6 +245,9 @@ def run_sft(args: argparse.Namespace) -> int:
     from lmforge.tokenizer import load_tokenizer
 
     info, console = _setup(config)
+    if not config.data.paths:  # built-in synthetic chats (lmforge.data.tasks.chat)
+        config.data.paths = [_synthetic_chats(config, Path(config.out_dir), info)]
+        console.print(f"[bold]data[/]: {config.data.synthetic_docs} synthetic chats (no --data)")
     d, t = config.data, config.train
     model_dir = checkpoint_dir(config.model.init_from)
     tokenizer = load_tokenizer(d.tokenizer or model_dir)

@@ -43,7 +43,7 @@ class DataSection:
 
     paths: list[str] = field(default_factory=list)  # empty → the synthetic corpus
     val_paths: list[str] = field(default_factory=list)
-    synthetic_docs: int = 4000  # pretraining without paths: size of the synthetic corpus
+    synthetic_docs: int = 4000  # without paths: synthetic corpus documents / sft chats
     val_docs: int = 200  # synthetic: held-out documents
     val_fraction: float = 0.05  # sft without val_paths: share of examples held out
     tokenizer: str | None = None  # folder with tokenizer.json; empty → train one (pretrain)

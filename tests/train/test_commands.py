@@ -93,6 +93,19 @@ def test_sft_end_to_end(pretrained, tmp_path, capsys):
     assert (out / "model" / "tokenizer.json").is_file()
 
 
+def test_sft_without_data_uses_synthetic_chats(pretrained, tmp_path, capsys):
+    out = tmp_path / "sft"
+    status = main(["sft", "--config", "recipes/sft-tiny.yaml", "--model", str(pretrained / "model"),
+                   "--out", str(out), "train.max_steps=2", "train.batch_size=2",
+                   "data.synthetic_docs=40", "data.seq_len=128", "log.progress=false",
+                   "log.plot=false", "data.val_fraction=0.1", "train.max_time_s=0"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert status == 0, text
+    assert "40 synthetic chats" in text and "36 train / 4 validation examples" in text
+    assert (out / "data" / "synthetic-chat.jsonl").is_file()
+    assert (out / "model" / "model.safetensors").is_file()
+
+
 def test_sft_needs_model_and_data(tmp_path, capsys):
     assert main(["sft", "--config", "recipes/sft-tiny.yaml", "--out", str(tmp_path)]) == 2
     assert "sft needs a model: --model DIR" in capsys.readouterr().err
