@@ -12,8 +12,8 @@ seed, `save_model` exports it and HF loads that folder (SDPA attention), fp32.
   every row runs as long as the longest — that is what padded batching costs). Throughput
   counts the requested tokens only (prompt + output of every request) for both.
 
-``--profile`` adds a torch.profiler breakdown of the engine's decode steps (GEMM time vs
-everything else). The machine is shared; timings are noisy (see BENCHMARKS.md).
+``--profile`` adds a torch.profiler breakdown of the engine's decode steps, batch 1 and 32
+rows: GEMMs, attention + KV cache traffic, other ops, and time outside aten ops (Python). The machine is shared; timings are noisy (see BENCHMARKS.md).
 
     python bench/generate.py [--sizes 5m 30m] [--rounds 3] [--decode-tokens 128] [--profile]
 
@@ -130,32 +130,58 @@ def bench_batch(ours, hf, rounds: int, num_requests: int = 32) -> dict:
     return dict(ours=ours_tps, hf=hf_tps, ratio=ours_tps / hf_tps, tokens=useful)
 
 
-def profile_decode(ours, new_tokens: int = 64) -> dict:
-    """Split the engine's batch-1 decode time into GEMMs (aten::mm/addmm) and the rest."""
+def _split_profile(prof, wall: float, steps: int) -> dict:
+    """Shares of the wall time: GEMMs (aten::mm/addmm), attention (SDPA + KV cache
+    gathers/writes), all other aten ops, and the rest — time outside aten ops: the engine's
+    and scheduler's Python, module calls, tensor creation (profiler overhead inflates it)."""
+    events = prof.key_averages()
+    self_ms = lambda keys: sum(e.self_cpu_time_total for e in events if keys(e.key)) / 1e3  # noqa: E731
+    gemm = self_ms(lambda k: k in ("aten::mm", "aten::addmm"))
+    attention = self_ms(
+        lambda k: (
+            "scaled_dot_product" in k
+            or k in ("aten::index_select", "aten::index_copy_", "aten::index_fill_")
+        )
+    )
+    aten = self_ms(lambda k: k.startswith("aten::"))
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    wall_ms = 1e3 * wall
+    return dict(
+        ms_per_step=wall_ms / steps,
+        gemm=gemm / wall_ms,
+        attention=attention / wall_ms,
+        other_ops=(aten - gemm - attention) / wall_ms,
+        outside_ops=max(0.0, 1 - aten / wall_ms),
+        aten_ops_per_step=ops / steps,
+    )
+
+
+def profile_decode(ours, new_tokens: int = 64, batch: int = 1) -> dict:
+    """Where the time of ``new_tokens`` engine decode steps goes, ``batch`` requests of a
+    32-token prompt decoding together (the prefill step is excluded)."""
     from torch.profiler import ProfilerActivity, profile
 
-    prompt = list(range(1, 33))
-    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    engine = Engine(ours, max_num_seqs=1)
-    engine.generate([prompt], params)
-    start = time.perf_counter()
+    prompts = [[(7 * i + j) % 1000 + 1 for j in range(32)] for i in range(batch)]
+    params = SamplingParams(max_tokens=new_tokens + 1, temperature=0, ignore_eos=True)
+    engine = Engine(ours, max_num_seqs=batch)
+    engine.generate(prompts, params)  # warm-up
+    for p in prompts:
+        engine.add_request(p, params)
+    engine.step()  # prefill
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        engine.generate([prompt], params)
-    wall = time.perf_counter() - start
-    events = prof.key_averages()
-    gemm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm"))
-    attention = sum(
-        e.self_cpu_time_total
-        for e in events
-        if "scaled_dot_product" in e.key or e.key in ("aten::index_select", "aten::index_copy_")
-    )
-    ops = sum(e.count for e in events if e.key.startswith("aten::"))
-    total = sum(e.self_cpu_time_total for e in events)
-    return dict(
-        ms_per_step=1e3 * wall / new_tokens,
-        gemm_frac=gemm / total,
-        attention_frac=attention / total,
-        aten_ops_per_step=ops / new_tokens,
+        start = time.perf_counter()
+        while engine.has_unfinished():
+            engine.step()
+        wall = time.perf_counter() - start
+    return _split_profile(prof, wall, new_tokens)
+
+
+def _print_profile(name: str, label: str, p: dict) -> None:
+    print(
+        f"{name} engine {label} profile: {p['ms_per_step']:.2f} ms/step (profiled), GEMM "
+        f"{100 * p['gemm']:.0f}%, attention + KV cache {100 * p['attention']:.0f}%, other ops "
+        f"{100 * p['other_ops']:.0f}%, outside aten ops (Python) {100 * p['outside_ops']:.0f}%,"
+        f" {p['aten_ops_per_step']:.0f} aten ops/step"
     )
 
 
@@ -169,6 +195,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32, help="requests in the batch part")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
+    started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -186,17 +213,14 @@ def main() -> None:
             f"{b['ours']:.1f} tok/s, HF {b['hf']:.1f} tok/s, ratio {b['ratio']:.2f}"
         )
         if args.profile:
-            p = profile_decode(ours)
-            print(
-                f"{name} engine decode profile: {p['ms_per_step']:.2f} ms/step, GEMM "
-                f"{100 * p['gemm_frac']:.0f}%, attention+KV gather "
-                f"{100 * p['attention_frac']:.0f}%, {p['aten_ops_per_step']:.0f} aten ops/step"
-            )
+            _print_profile(name, "batch-1 decode", profile_decode(ours))
+            _print_profile(name, "32-row decode", profile_decode(ours, 32, batch=32))
         decode.append(d["ratio"])
         batch.append(b["ratio"])
     parts = {"decode_ratio": _geomean(decode), "batch_ratio": _geomean(batch)}
     for extra in EXTRA_BENCHES:
         parts.update(extra())
+    print(f"bench time {time.perf_counter() - started:.0f} s")
     print("RESULT generate " + " ".join(f"{k}={v:.3f}" for k, v in parts.items()))
 
 

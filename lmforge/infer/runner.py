@@ -69,6 +69,11 @@ def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) 
     return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
 
 
+def _projections(layer: DecoderLayer) -> tuple[nn.Module, ...]:
+    a, m = layer.self_attn, layer.mlp
+    return a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj
+
+
 def _cat_bias(*linears: nn.Linear) -> torch.Tensor | None:
     if linears[0].bias is None:
         return None
@@ -82,7 +87,7 @@ class InferenceRunner:
         reason = self.unsupported_reason(model)
         if reason:
             raise ValueError(f"InferenceRunner cannot run this model: {reason}")
-        self.model = model
+        self._model = weakref.ref(model)  # `for_model`'s cache must not keep it alive
         cfg = model.config
         self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim, self.intermediate = cfg.head_dim, cfg.intermediate_size
@@ -90,6 +95,10 @@ class InferenceRunner:
         self._cos = self._sin = None
         self.layers: list[_LayerWeights] = []
         self.head_t: torch.Tensor | None = None
+
+    @property
+    def model(self) -> CausalLM:
+        return self._model()
 
     @classmethod
     def for_model(cls, model: CausalLM) -> InferenceRunner:
@@ -117,24 +126,20 @@ class InferenceRunner:
             kinds = (type(layer), type(layer.self_attn), type(layer.mlp))
             if kinds != (DecoderLayer, Attention, SwiGLU):
                 return f"layer {i} is not DecoderLayer(Attention, SwiGLU)"
-        if model.lm_head.bias is not None:
-            return "lm_head has a bias"
+            for lin in _projections(layer):  # e.g. a LoRA wrapper: its delta would be lost
+                if type(lin) is not nn.Linear:
+                    return f"layer {i} has a {type(lin).__name__} projection, not nn.Linear"
+        if type(model.lm_head) is not nn.Linear or model.lm_head.bias is not None:
+            return "lm_head is not a bias-free nn.Linear"
+        if type(model.model.embed_tokens) is not nn.Embedding:
+            return "embed_tokens is not an nn.Embedding"
         return None
 
     # ------------------------------------------------------------------ weights
     def _sources(self) -> list[torch.Tensor]:
         params = [self.model.lm_head.weight]
         for layer in self.model.model.layers:
-            a, m = layer.self_attn, layer.mlp
-            for lin in (
-                a.q_proj,
-                a.k_proj,
-                a.v_proj,
-                a.o_proj,
-                m.gate_proj,
-                m.up_proj,
-                m.down_proj,
-            ):
+            for lin in _projections(layer):
                 params.append(lin.weight)
                 if lin.bias is not None:
                     params.append(lin.bias)

@@ -127,6 +127,18 @@ def test_engines_on_one_model_share_its_runner_and_report_its_memory():
     assert a.runner.nbytes == weights - embed  # every linear (the untied LM head included)
 
 
+def test_the_shared_runner_does_not_keep_its_model_alive():
+    import gc
+    import weakref
+
+    model = make_model()
+    Engine(model).generate([[1, 2]], SamplingParams(max_tokens=2, temperature=0))
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
 def test_unsupported_models_fall_back_to_model_forward():
     model = make_model()
     handle = model.model.layers[0].mlp.register_forward_hook(lambda m, i, o: o * 0)
@@ -138,6 +150,18 @@ def test_unsupported_models_fall_back_to_model_forward():
     handle.remove()
     assert Engine(model).runner is not None
     assert Engine(model, fused_weights=False).runner is None
+
+
+def test_lora_wrapped_projections_run_through_model_forward():
+    """A LoRA wrapper exposes its base ``weight``; fusing that would drop the adapter."""
+    from lmforge.peft.lora import LoraConfig, LoraLinear
+
+    model = make_model()
+    attn = model.model.layers[1].self_attn
+    attn.v_proj = LoraLinear(attn.v_proj)
+    attn.v_proj.add_adapter("default", LoraConfig(r=2, init="gaussian"))
+    assert "LoraLinear" in InferenceRunner.unsupported_reason(model)
+    assert Engine(model).runner is None
 
 
 def test_fused_and_plain_engines_agree_on_tokens_and_logprobs():
