@@ -1,0 +1,86 @@
+"""Alignment objectives and rewards: pure functions on tensors with masks.
+
+Each loss returns what lmforge's training loop needs (`lmforge.train.objective.LossOutput`:
+a sum over units and the unit count, so the loss is invariant to micro-batching) or per-unit
+values that give it (`PreferenceLoss.output`).
+
+| file | what |
+|---|---|
+| `logprobs` | per-token / sequence log-probs, entropy, masked sums, KL estimators k1/k2/k3 |
+| `dpo` | DPO (sigmoid), conservative DPO (label smoothing), IPO; implicit-reward metrics |
+| `simpo` | SimPO (reference-free, length-normalised, margin γ) |
+| `orpo` | ORPO (SFT + odds-ratio term) |
+| `reward_model` | `RewardModel` (scalar ``score`` head) and the Bradley–Terry loss |
+| `ppo` | PPO-max: running reward normalisation, KL-penalised rewards, GAE, whitening, clipped policy/value losses, entropy bonus, PPO-ptx |
+| `grpo` | group advantages; grpo / dr_grpo / dapo / gspo aggregations, k3 KL |
+| `kimi` | Kimi k1.5 squared mirror-descent surrogate and length-penalty reward |
+| `rewards` | R1 format, answer accuracy (math_verify + numeric), task verifiers, DAPO overlong |
+"""
+
+from lmforge.align.dpo import DPO_LOSS_TYPES, PreferenceLoss, dpo_loss
+from lmforge.align.grpo import AGGREGATIONS, grpo_advantages, grpo_loss
+from lmforge.align.kimi import kimi_length_rewards, kimi_loss
+from lmforge.align.logprobs import (
+    entropy_from_logits,
+    kl_estimate,
+    masked_mean,
+    masked_sum,
+    model_logprobs,
+    sequence_logprobs,
+    token_logprobs,
+)
+from lmforge.align.orpo import log_odds, orpo_loss
+from lmforge.align.ppo import (
+    RunningMeanStd,
+    gae_advantages,
+    kl_penalized_rewards,
+    ppo_loss,
+    ptx_loss_sum,
+    whiten,
+)
+from lmforge.align.reward_model import RewardModel, bradley_terry_loss, last_token_index
+from lmforge.align.rewards import (
+    Reward,
+    accuracy_reward,
+    extract_answer,
+    format_reward,
+    soft_overlong_punishment,
+    task_reward,
+)
+from lmforge.align.simpo import simpo_loss
+
+__all__ = [
+    "AGGREGATIONS",
+    "DPO_LOSS_TYPES",
+    "PreferenceLoss",
+    "Reward",
+    "RewardModel",
+    "RunningMeanStd",
+    "accuracy_reward",
+    "bradley_terry_loss",
+    "dpo_loss",
+    "entropy_from_logits",
+    "extract_answer",
+    "format_reward",
+    "gae_advantages",
+    "grpo_advantages",
+    "grpo_loss",
+    "kimi_length_rewards",
+    "kimi_loss",
+    "kl_estimate",
+    "kl_penalized_rewards",
+    "last_token_index",
+    "log_odds",
+    "masked_mean",
+    "masked_sum",
+    "model_logprobs",
+    "orpo_loss",
+    "ppo_loss",
+    "ptx_loss_sum",
+    "sequence_logprobs",
+    "simpo_loss",
+    "soft_overlong_punishment",
+    "task_reward",
+    "token_logprobs",
+    "whiten",
+]
