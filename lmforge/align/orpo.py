@@ -34,6 +34,10 @@ def log_odds(avg_logps: torch.Tensor) -> torch.Tensor:
     return avg_logps - log1m
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def orpo_loss(
     chosen_avg_logps: torch.Tensor,
     rejected_avg_logps: torch.Tensor,
@@ -50,7 +54,7 @@ def orpo_loss(
     """
     if lam < 0:
         raise ValueError(f"lam={lam} must be ≥ 0")
-    ratio = log_odds(chosen_avg_logps.float()) - log_odds(rejected_avg_logps.float())
+    ratio = log_odds(_upcast(chosen_avg_logps)) - log_odds(_upcast(rejected_avg_logps))
     odds_term = -F.logsigmoid(ratio)
     nll = -chosen_avg_logps
     losses = nll + lam * odds_term
