@@ -139,7 +139,8 @@ def evaluate_expression(text: str) -> tuple[Fraction, list[int]]:
             if right == 0:
                 raise ValueError("division by zero")
             return left / right
-        raise ValueError(f"not allowed in an expression: {type(node).__name__}")
+        what = type(node.op if isinstance(node, ast.BinOp) else node).__name__
+        raise ValueError(f"not allowed in an expression: {what}")
 
     return walk(tree.body), literals
 
