@@ -3,8 +3,8 @@
 For each prompt, G completions ``o_1..o_G`` are sampled with rewards ``r_i``. Their advantage,
 shared by every token of ``o_i`` (DeepSeekMath, Shao et al. 2024, §4.1.2), is
 
-    Â_i = (r_i − mean(r)) / (std(r) + eps)         ("std", GRPO; std with Bessel's correction
-    Â_i =  r_i − mean(r)                            ("none", Dr. GRPO, Liu et al. 2025)
+    Â_i = (r_i − mean(r)) / (std(r) + eps)    scale="std"  (GRPO; Bessel-corrected std)
+    Â_i =  r_i − mean(r)                      scale="none" (Dr. GRPO, Liu et al. 2025)
 
 and the per-token clipped surrogate, with ``ρ_{i,t} = π_θ(o_{i,t}|·) / π_old(o_{i,t}|·)``, is
 
@@ -14,24 +14,23 @@ and the per-token clipped surrogate, with ``ρ_{i,t} = π_θ(o_{i,t}|·) / π_ol
 The variants differ in how the ℓ are averaged — and hence in what a "unit" of the training
 loop's Σ loss_sum / Σ count is:
 
-========== ================================================ ============== ===================
-aggregation  loss                                             loss_sum        count
-========== ================================================ ============== ===================
-grpo       (1/B) Σ_i (1/|o_i|) Σ_t ℓ_{i,t}   (DeepSeekMath eq. 3)  Σ_i mean_t ℓ     sequences
-dr_grpo    (1/(B·L)) Σ_i Σ_t ℓ_{i,t}, L = max completion length   Σ_i Σ_t ℓ / L   sequences
-dapo       (1/Σ|o_i|) Σ_i Σ_t ℓ_{i,t}        (DAPO eq. 8)          Σ_i Σ_t ℓ       tokens
-gspo       (1/B) Σ_i −min(s_i Â_i, clip(s_i) Â_i) (+β mean_t k3)   Σ_i ℓ_i         sequences
-========== ================================================ ============== ===================
+| aggregation | batch loss | loss_sum | count |
+|---|---|---|---|
+| grpo (DeepSeekMath eq. 3) | (1/B) Σ_i (1/abs(o_i)) Σ_t ℓ_{i,t} | Σ_i mean_t ℓ_{i,t} | sequences |
+| dr_grpo (L = max length) | (1/(B·L)) Σ_i Σ_t ℓ_{i,t} | Σ_i Σ_t ℓ_{i,t} / L | sequences |
+| dapo (DAPO eq. 8) | (1/Σ_i abs(o_i)) Σ_i Σ_t ℓ_{i,t} | Σ_i Σ_t ℓ_{i,t} | tokens |
+| gspo (GSPO) | (1/B) Σ_i −min(s_i Â_i, clip(s_i) Â_i) | Σ_i ℓ_i | sequences |
 
-with GSPO's sequence ratio ``s_i = exp((1/|o_i|) Σ_t log ρ_{i,t})`` (Zheng et al. 2025, eq. 7).
+with GSPO's sequence ratio ``s_i = exp((1/|o_i|) Σ_t log ρ_{i,t})`` (Zheng et al. 2025);
+its KL term, when β > 0, is added per token and averaged like grpo's.
 In every case the loop's global quotient is the algorithm's batch loss over the whole global
 batch, whatever the micro-batching: grpo and gspo average over sequences, dr_grpo divides by
 the constant ``L`` per sequence (its "B·L" is sequences × L), dapo averages over all tokens of
-the batch. (TRL divides each micro-batch by its own count instead, which matches only when
-micro-batches are equally sized.) DAPO's "clip-higher" is ε_high > ε_low.
+the batch. (TRL's grpo and dr_grpo average within each micro-batch and then over the
+accumulation steps, which agrees only when micro-batches are equally sized.) DAPO's "clip-higher" is ε_high > ε_low.
 
-Metrics are sums in the same units as the loss (per-sequence token means for grpo/dr_grpo/
-gspo, per-token for dapo): ``clip_frac``, ``kl`` (when β > 0) and ``policy_loss``.
+Metrics are sums in the same units as the loss (summed like ℓ, so the loop's quotient is
+the metric averaged the way the loss is): ``clip_frac``, ``kl`` (when β > 0) and ``policy_loss``.
 """
 
 from __future__ import annotations
