@@ -74,11 +74,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-3")
 
 
-def _config(args: argparse.Namespace, extra: list[str]) -> RunConfig:
+def _config(
+    args: argparse.Namespace, extra: list[str], cls: type[RunConfig] = RunConfig
+) -> RunConfig:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out_dir={json.dumps(args.out)}")
-    return load_config(args.config, overrides + extra)
+    return load_config(args.config, overrides + extra, cls)
 
 
 def _console(info: DistInfo) -> Console:

@@ -130,9 +130,14 @@ class RunConfig:
 
 # ---------------------------------------------------------------------- loading
 def load_config(
-    path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | os.PathLike | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    cls: type[RunConfig] = RunConfig,
 ) -> RunConfig:
-    """Read ``path`` (YAML; None → defaults), then apply ``key=value`` overrides in order."""
+    """Read ``path`` (YAML; None → defaults), then apply ``key=value`` overrides in order.
+
+    ``cls`` may be a subclass of `RunConfig` adding sections (e.g. an algorithm's
+    hyper-parameters); its keys are validated the same way."""
     raw: dict[str, Any] = {}
     where = "<defaults>"
     if path is not None:
@@ -149,7 +154,7 @@ def load_config(
             raise ConfigError(f"{p}{line}: invalid YAML: {what or exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping of sections at the top level")
-    config = from_dict(RunConfig, raw, where)
+    config = from_dict(cls, raw, where)
     for item in overrides:
         config = apply_override(config, item)
     validate(config)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from lmforge.train.config import ConfigError, dump_config, load_config
+from lmforge.train.config import ConfigError, RunConfig, dump_config, load_config
 
 
 def _write(tmp_path, text):
@@ -64,3 +66,24 @@ def test_bad_yaml_names_line(tmp_path):
 def test_needs_a_stopping_condition():
     with pytest.raises(ConfigError, match="at least one of train.max_steps"):
         load_config(None, ["train.max_steps=0"])
+
+
+@dataclasses.dataclass
+class _DPOSection:
+    beta: float = 0.1
+
+
+@dataclasses.dataclass
+class _DPOConfig(RunConfig):
+    dpo: _DPOSection = dataclasses.field(default_factory=_DPOSection)
+
+
+def test_subclass_adds_a_validated_section(tmp_path):
+    path = tmp_path / "dpo.yaml"
+    path.write_text("dpo:\n  beta: 0.3\ntrain:\n  max_steps: 7\n")
+    config = load_config(path, ["dpo.beta=0.5"], cls=_DPOConfig)
+    assert isinstance(config, _DPOConfig) and config.dpo.beta == 0.5
+    assert config.train.max_steps == 7
+    path.write_text("dpo:\n  betta: 0.3\n")
+    with pytest.raises(ConfigError, match="beta"):
+        load_config(path, cls=_DPOConfig)
