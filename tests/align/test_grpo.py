@@ -165,3 +165,35 @@ def test_matches_trl_grpo_trainer(aggregation, eps_low, eps_high, beta):
     loss.backward()
     assert loss.item() == pytest.approx(trl_loss.item(), rel=1e-10)
     torch.testing.assert_close(new.grad, trl_grad)
+
+
+def test_grpo_raises_the_reward_of_a_tiny_model():
+    """Smoke test through a real model: reward = share of completion tokens equal to 7."""
+    from lmforge.align.logprobs import model_logprobs
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+
+    torch.manual_seed(0)
+    model = CausalLM(preset_config("tiny", vocab_size=16, hidden_size=32, intermediate_size=64))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    prompts = torch.randint(0, 16, (4, 3)).repeat_interleave(4, dim=0)  # 4 prompts × G=4
+    before = list(p.detach().clone() for p in model.parameters())
+    history = []
+    for _ in range(15):
+        with torch.no_grad():
+            ids = prompts
+            for _ in range(5):
+                probs = torch.softmax(model(ids).logits[:, -1], -1)
+                ids = torch.cat([ids, torch.multinomial(probs, 1)], dim=1)
+        rewards = (ids[:, 3:] == 7).float().mean(-1)
+        history.append(rewards.mean().item())
+        labels = ids.clone()
+        labels[:, :3] = -100
+        logps, mask, _ = model_logprobs(model, ids, labels)
+        adv = grpo_advantages(rewards, group_size=4)
+        out = grpo_loss(logps, logps.detach(), adv, mask, aggregation="grpo")
+        opt.zero_grad()
+        (out.loss_sum / out.count).backward()
+        opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert sum(history[-3:]) / 3 > sum(history[:3]) / 3 + 0.3, history
