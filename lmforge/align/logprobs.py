@@ -142,16 +142,29 @@ def model_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run a causal LM and return ``(logps, mask, entropy)`` as in `token_logprobs`.
 
-    ``temperature`` divides the logits first, so a policy sampled at temperature τ is scored
-    under the distribution it was sampled from (as TRL and verl do). ``entropy`` is the
-    per-position ``[B, T]`` entropy when ``with_entropy``, else None.
+    Only the positions from the batch's first scored one onwards get logits (the model's
+    ``logits_to_keep``), so a long shared prompt costs no ``[B, T_prompt, V]`` tensor; the
+    outputs are still ``[B, T]`` (0 / False / 0 before that). ``temperature`` divides the
+    logits first, so a policy sampled at temperature τ is scored under the distribution it
+    was sampled from (as TRL and verl do). ``entropy`` is the per-position entropy when
+    ``with_entropy``, else None.
     """
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
+    b, t = input_ids.shape
+    scored = shifted_targets(labels) != IGNORE_INDEX
+    if not bool(scored.any()):
+        raise ValueError("labels score no token (all -100 after the first position)")
+    first = int(scored.any(0).float().argmax())  # first position with a scored token in any row
+    keep = t - first
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
-    logits = model(input_ids=input_ids, **kwargs).logits
+    logits = model(input_ids=input_ids, logits_to_keep=keep, **kwargs).logits
     if temperature != 1.0:
         logits = logits / temperature
-    logps, mask = token_logprobs(logits, labels)
+    logps, mask = token_logprobs(logits, labels[:, first:])
     entropy = entropy_from_logits(logits) if with_entropy else None
+    if first:
+        logps = F.pad(logps, (first, 0))
+        mask = F.pad(mask, (first, 0), value=False)
+        entropy = None if entropy is None else F.pad(entropy, (first, 0))
     return logps, mask, entropy

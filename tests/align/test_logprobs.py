@@ -127,3 +127,20 @@ def test_model_logprobs_sum_to_the_models_negative_loss():
     logits = model(ids).logits / 0.5
     want = F.log_softmax(logits[0, 4], -1)[ids[0, 5]]
     torch.testing.assert_close(hot[0, 4], want)
+
+
+def test_model_logprobs_skips_prompt_logits_without_changing_results():
+    torch.manual_seed(1)
+    model = CausalLM(preset_config("tiny", vocab_size=64, hidden_size=32, intermediate_size=64))
+    ids = torch.randint(0, 64, (3, 10))
+    labels = ids.clone()
+    labels[0, :6] = labels[1, :4] = labels[2, :7] = -100  # first scored logits position: 3
+    logps, mask, ent = model_logprobs(model, ids, labels, with_entropy=True)
+    logits = model(ids).logits
+    want, want_mask = token_logprobs(logits, labels)
+    torch.testing.assert_close(logps, want)
+    assert torch.equal(mask, want_mask)
+    torch.testing.assert_close(ent[:, 3:], entropy_from_logits(logits)[:, 3:])
+    assert ent[:, :3].abs().sum() == 0
+    with pytest.raises(ValueError, match="score no token"):
+        model_logprobs(model, ids, torch.full_like(ids, -100))
