@@ -82,7 +82,9 @@ def accuracy_reward(completion: str, ground_truth: str, require_tags: bool = Tru
     """1.0 if the answer equals ``ground_truth`` (math_verify, then exact numeric), else 0.0.
 
     The answer is the ``<answer>`` content; without tags it is 0 unless ``require_tags`` is
-    False, in which case the whole completion is the answer.
+    False, in which case the whole completion is the answer. math_verify extracts an answer
+    from free text, so it is lenient (it accepts "145 or 146" for 146); for RL on the
+    synthetic tasks prefer the strict `task_reward`, which a policy cannot game that way.
     """
     answer = extract_answer(completion)
     if answer is None:

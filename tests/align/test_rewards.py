@@ -108,3 +108,9 @@ def test_soft_overlong_punishment_matches_dapo_eq13_and_trl():
     lengths = [0, 10, 34, 35, 42, 49, 50, 51, 80]
     want = trl([[1] * n for n in lengths])
     assert [soft_overlong_punishment(n, 50, 16).score for n in lengths] == pytest.approx(want)
+
+
+def test_math_verify_is_lenient_where_the_task_verifier_is_strict():
+    hedge = "<think>x</think><answer>145 or 146</answer>"
+    assert accuracy_reward(hedge, "146").score == 1.0  # documented leniency
+    assert task_reward(hedge, ArithmeticProblem(100, "+", 46)).score == 0.0
