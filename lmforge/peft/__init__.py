@@ -6,6 +6,7 @@ prefix tuning, prompt tuning — interoperable with Hugging Face ``peft`` files.
 >>> ...train...
 >>> save_adapter(model, "out/adapter")          # loads with peft.PeftModel.from_pretrained
 >>> with disable_adapters(model): ref = model(ids)   # the base model, no copies
+>>> quantize_base(model, "nf4"); apply_lora(model, r=16)   # QLoRA (bitsandbytes / torchao)
 """
 
 from lmforge.peft.adapters import apply_adapters
@@ -13,6 +14,7 @@ from lmforge.peft.io import AdapterError, is_adapter_dir, load_adapter, save_ada
 from lmforge.peft.lora import LoraConfig, LoraLinear
 from lmforge.peft.prefix import apply_prefix_tuning, fold_prefix
 from lmforge.peft.prompt import apply_prompt_tuning
+from lmforge.peft.quantize import QuantizationError, is_quantized_linear, quantize_base
 from lmforge.peft.state import (
     apply_lora,
     delete_adapter,
@@ -30,6 +32,7 @@ __all__ = [
     "AdapterError",
     "LoraConfig",
     "LoraLinear",
+    "QuantizationError",
     "apply_adapters",
     "apply_lora",
     "apply_prefix_tuning",
@@ -39,9 +42,11 @@ __all__ = [
     "disable_adapters",
     "is_adapter_dir",
     "is_peft_model",
+    "is_quantized_linear",
     "load_adapter",
     "merge",
     "merge_and_unload",
+    "quantize_base",
     "save_adapter",
     "set_adapter",
     "trainable_parameters",

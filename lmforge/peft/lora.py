@@ -21,6 +21,10 @@ of W (A = √S_r V_rᵀ / √s, B = U_r √S_r / √s) and freezes the residual 
 Module and parameter names are PEFT's: a wrapped ``q_proj`` holds ``base_layer`` (the
 original nn.Linear) and ``lora_A.<adapter>`` / ``lora_B.<adapter>`` /
 ``lora_magnitude_vector.<adapter>``, so state dicts map one to one onto PEFT files.
+
+The base layer may also be a quantised linear (`lmforge.peft.quantize`, QLoRA): forward is
+then ``base(x) + s · B A dropout(x)`` with A, B in float32; DoRA, PiSSA and merging need
+the full-precision weight and are refused on such a base.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmforge.peft.quantize import is_quantized_linear
 
 INITS = ("kaiming", "gaussian", "pissa")
 
@@ -98,6 +104,7 @@ class LoraLinear(nn.Module):
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__()
         self.base_layer = base_layer
+        self.quantized = is_quantized_linear(base_layer)  # QLoRA: frozen quantised base
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
@@ -138,9 +145,15 @@ class LoraLinear(nn.Module):
     def add_adapter(self, name: str, config: LoraConfig) -> None:
         if name in self.lora_A:
             raise ValueError(f"adapter {name!r} already exists on this layer")
+        if self.quantized and (config.use_dora or config.init == "pissa"):
+            raise ValueError(
+                f"{'DoRA' if config.use_dora else 'PiSSA init'} needs the full-precision base "
+                "weight; on a quantised base (quantize_base) use plain LoRA"
+            )
         w = self.base_layer.weight
-        a = nn.Linear(self.in_features, config.r, bias=False, device=w.device, dtype=w.dtype)
-        b = nn.Linear(config.r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
+        dtype = torch.float32 if self.quantized else w.dtype  # packed ints can't train
+        a = nn.Linear(self.in_features, config.r, bias=False, device=w.device, dtype=dtype)
+        b = nn.Linear(config.r, self.out_features, bias=False, device=w.device, dtype=dtype)
         self.lora_A[name], self.lora_B[name] = a, b
         self.lora_dropout[name] = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.scaling[name] = config.scaling
@@ -186,6 +199,14 @@ class LoraLinear(nn.Module):
     @torch.no_grad()
     def merge(self, names: Sequence[str] | None = None) -> None:
         """Fold adapters into ``base_layer.weight`` (LoRA: W + sBA; DoRA: m/‖W+sBA‖·(W+sBA))."""
+        if self.quantized and any(
+            n in self.lora_A for n in (self.active if names is None else names)
+        ):
+            raise ValueError(
+                "cannot merge LoRA into a quantised base layer: re-quantising W + sBA would not "
+                "reproduce the trained model. Save the adapter and merge it into the "
+                "full-precision base (load_adapter + merge_and_unload, or lmforge merge)"
+            )
         for name in names if names is not None else self.active:
             if name in self.merged or name not in self.lora_A:
                 continue
@@ -285,7 +306,7 @@ def add_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "default"
             continue
         if isinstance(module, LoraLinear):
             layer = module
-        elif type(module) is nn.Linear:
+        elif type(module) is nn.Linear or is_quantized_linear(module):
             layer = LoraLinear(module)
             _set_submodule(model, name, layer)
         else:
