@@ -18,7 +18,7 @@ loop's Σ loss_sum / Σ count is:
 |---|---|---|---|
 | grpo (DeepSeekMath eq. 3) | (1/B) Σ_i (1/abs(o_i)) Σ_t ℓ_{i,t} | Σ_i mean_t ℓ_{i,t} | sequences |
 | dr_grpo (L = max length) | (1/(B·L)) Σ_i Σ_t ℓ_{i,t} | Σ_i Σ_t ℓ_{i,t} / L | sequences |
-| dapo (DAPO eq. 8) | (1/Σ_i abs(o_i)) Σ_i Σ_t ℓ_{i,t} | Σ_i Σ_t ℓ_{i,t} | tokens |
+| dapo (DAPO objective) | (1/Σ_i abs(o_i)) Σ_i Σ_t ℓ_{i,t} | Σ_i Σ_t ℓ_{i,t} | tokens |
 | gspo (GSPO) | (1/B) Σ_i −min(s_i Â_i, clip(s_i) Â_i) | Σ_i ℓ_i | sequences |
 
 with GSPO's sequence ratio ``s_i = exp((1/|o_i|) Σ_t log ρ_{i,t})`` (Zheng et al. 2025);

@@ -47,7 +47,7 @@ def test_group_advantages_equal_per_group_statistics():
 
 
 def _reference(new, old, ref, adv, mask, aggregation, eps_low, eps_high, beta):
-    """The papers' objectives as loops (DeepSeekMath eq. 3; Dr. GRPO; DAPO eq. 8; GSPO eq. 7)."""
+    """The papers' objectives as loops (DeepSeekMath eq. 3; Dr. GRPO; DAPO objective; GSPO)."""
     per_seq, all_tokens = [], []
     for i in range(B):
         steps = [t for t in range(T) if mask[i, t]]
