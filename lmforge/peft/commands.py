@@ -2,6 +2,7 @@
 
     lmforge sft --config recipes/sft-tiny.yaml --model ckpt/ --data chat.jsonl \\
         --peft lora --lora-r 16 --lora-alpha 32 --lora-targets q_proj,v_proj
+    lmforge sft ... --peft lora --quantize nf4     # QLoRA: 4-bit frozen base (bitsandbytes)
     lmforge merge --base ckpt/ --adapter runs/sft/model --out merged/
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 METHODS = ("lora", "dora", "prefix", "prompt", "adapter")
+QUANT_METHODS = ("nf4", "fp4", "int8", "int4")  # lmforge.peft.quantize.METHODS
 
 
 def add_peft_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,14 +35,32 @@ def add_peft_arguments(p: argparse.ArgumentParser) -> None:
                    help="prefix / prompt length (20)")  # fmt: skip
     g.add_argument("--bottleneck", type=int, default=16, metavar="M",
                    help="bottleneck adapter width (16)")  # fmt: skip
+    g.add_argument("--quantize", choices=QUANT_METHODS,
+                   help="QLoRA: quantise the frozen base (with --peft lora): nf4 / fp4 / int8 "
+                        "by bitsandbytes, int4 (and int8 without it) by torchao")  # fmt: skip
+    g.add_argument("--quant-compute-dtype", choices=["bfloat16", "float16", "float32"],
+                   default="bfloat16",
+                   help="dtype nf4/fp4 weights are dequantised to (bfloat16)")  # fmt: skip
 
 
 def apply_peft_from_args(model: nn.Module, args: argparse.Namespace, source: str) -> nn.Module:
     """Add the adapter ``args.peft`` asks for (nothing without ``--peft``)."""
     method = getattr(args, "peft", None)
+    quantize = getattr(args, "quantize", None)
+    if quantize and method != "lora":
+        raise ValueError(f"--quantize {quantize} needs --peft lora (a quantised base is frozen; "
+                         "DoRA and adapters need the full-precision weights)")  # fmt: skip
     if not method:
         return model
     model.name_or_path = source
+    if quantize:
+        import torch
+
+        from lmforge.peft.quantize import quantize_base
+
+        if torch.cuda.is_available():  # quantise where it trains: the packed layout is per device
+            model.to(torch.device("cuda", torch.cuda.current_device()))
+        quantize_base(model, quantize, getattr(torch, args.quant_compute_dtype))
     if method in ("lora", "dora"):
         from lmforge.peft.state import apply_lora
 

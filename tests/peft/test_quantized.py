@@ -243,3 +243,60 @@ def test_backend_without_cpu_kernels_says_use_a_gpu(folder, monkeypatch):
     monkeypatch.setattr(bnb.nn.Linear4bit, "forward", no_kernel)
     with pytest.raises(QuantizationError, match=r"on cpu \(model.layers.0.*CUDA GPU"):
         quantize_base(lmforge.load_model(folder), "nf4")
+
+
+# ---------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    from lmforge.cli import main
+
+    out = tmp_path_factory.mktemp("pretrain")
+    tiny = ["model.preset=tiny", "data.synthetic_docs=40", "data.val_docs=0", "data.seq_len=32",
+            "train.batch_size=2", "train.max_time_s=0", "train.eval_every=0",
+            "train.save_every=0", "log.progress=false", "log.plot=false", "data.num_workers=0",
+            "data.vocab_size=300", "train.max_steps=1"]  # fmt: skip
+    assert main(["pretrain", "--config", "recipes/pretrain-tiny.yaml", "--out", str(out),
+                 *tiny]) == 0  # fmt: skip
+    return out / "model"
+
+
+def _sft(model_dir, out, *options) -> int:
+    from lmforge.cli import main
+
+    overrides = ["train.batch_size=2", "data.seq_len=48", "log.progress=false",
+                 "log.plot=false", "data.val_fraction=0", "train.max_time_s=0",
+                 "train.eval_every=0", "train.max_steps=2", "data.synthetic_docs=20"]  # fmt: skip
+    return main(["sft", "--config", "recipes/sft-tiny.yaml", "--model", str(model_dir),
+                 *options, "--out", str(out), "--", *overrides])  # fmt: skip
+
+
+@needs_bnb
+def test_sft_qlora_cli_saves_adapter_for_fp32_base(pretrained, tmp_path, monkeypatch):
+    import lmforge.peft.quantize as quantize
+
+    calls = []
+
+    def spy(model, method, compute_dtype, **kw):
+        calls.append((method, compute_dtype))
+        return real(model, method, compute_dtype, **kw)
+
+    real = quantize.quantize_base
+    monkeypatch.setattr(quantize, "quantize_base", spy)
+    out = tmp_path / "run"
+    options = ["--peft", "lora", "--lora-r", "4", "--quantize", "nf4",
+               "--quant-compute-dtype", "float32"]  # fmt: skip
+    assert _sft(pretrained, out, *options) == 0
+    assert calls == [("nf4", torch.float32)]
+    adapter = out / "model"
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved)
+    assert not (adapter / "model.safetensors").exists()  # the adapter only
+    model = load_adapter(lmforge.load_model(pretrained).eval(), adapter)
+    assert any(p.abs().max() > 0 for k, p in model.named_parameters() if ".lora_B." in k)
+
+
+def test_sft_quantize_needs_peft_lora(pretrained, tmp_path, capsys):
+    assert _sft(pretrained, tmp_path / "run", "--peft", "dora", "--quantize", "nf4") != 0
+    assert "--quantize nf4 needs --peft lora" in capsys.readouterr().err
+    assert _sft(pretrained, tmp_path / "run", "--quantize", "int8") != 0
+    assert "--quantize int8 needs --peft lora" in capsys.readouterr().err
