@@ -16,13 +16,16 @@ like any base layer (``lmforge.peft.lora``). Methods:
 |---|---|---|---|
 | ``nf4`` | bitsandbytes | ``bnb.nn.Linear4bit`` | NF4, block 64, optional double quant |
 | ``fp4`` | bitsandbytes | ``bnb.nn.Linear4bit`` | 4-bit float, block 64 |
-| ``int8`` | bitsandbytes (else torchao) | ``bnb.nn.Linear8bitLt`` | LLM.int8() (Dettmers et al. 2022): per-row int8, fp16 outlier columns above ``threshold`` |
+| ``int8`` | bitsandbytes | ``bnb.nn.Linear8bitLt`` | LLM.int8(): per-row int8, outliers fp16 |
 | ``int8`` | torchao | ``nn.Linear`` + int8 tensor | per-row int8 weight-only |
-| ``int4`` | torchao | ``nn.Linear`` + intx tensor | int4 weight-only, groups of ``group_size`` |
+| ``int4`` | torchao | ``nn.Linear`` + intx tensor | int4 weight-only, ``group_size`` groups |
 
-bitsandbytes ≥ 0.49 and torchao 0.18 also run on CPU (tested: bitsandbytes 0.50,
-torchao 0.18, torch 2.13 CPU); older bitsandbytes needs a CUDA GPU. Quantise on the device
-you train on (``model.to("cuda")`` first): the packed layout is made where it is built.
+LLM.int8() (Dettmers et al. 2022) keeps input columns with |x| > ``int8_threshold`` in
+fp16; ``int8`` uses bitsandbytes when installed, else torchao (``backend`` picks).
+
+Recent bitsandbytes (its CPU backend) and torchao also run on CPU (tested: bitsandbytes
+0.50, torchao 0.18, torch 2.13 CPU); older bitsandbytes needs a CUDA GPU. Quantise on the
+device you train on (``model.to("cuda")`` first): the packed layout is made where it is built.
 Merging LoRA into a quantised base is refused (the re-quantised sum would not equal the
 trained model); merge into the full-precision base instead (`lmforge merge` does).
 """
@@ -135,7 +138,7 @@ def _pick_backend(method: str, backend: str) -> str:
     raise QuantizationError(
         f"quantize method {method!r} needs {' or '.join(owners)}, which is not installed: "
         f"{INSTALL}. 4-bit NF4/FP4 and LLM.int8() come from bitsandbytes (CUDA GPU, or CPU "
-        "with bitsandbytes>=0.49); torchao provides int8/int4 weight-only on CPU and GPU"
+        "with a recent release, e.g. 0.50); torchao gives int8/int4 weight-only on CPU and GPU"
     )
 
 
@@ -213,12 +216,14 @@ def _probe(layer: nn.Module, name: str, method: str, backend: str) -> None:
 def _unsupported(method, backend, device, error, name: str | None = None) -> QuantizationError:
     where = f" ({name})" if name else ""
     version = getattr(importlib.import_module(backend), "__version__", "?")
-    hint = (
-        "4-bit/8-bit bitsandbytes on CPU needs bitsandbytes>=0.49; otherwise use a CUDA GPU "
-        "(model.to('cuda') before quantize_base) or method='int8'/'int4' with torchao"
-        if device.type == "cpu"
-        else f"check that {backend} {version} supports this GPU and torch {torch.__version__}"
-    )
+    if device.type != "cpu":
+        hint = f"check that {backend} {version} supports this GPU and torch {torch.__version__}"
+    elif backend == "bitsandbytes":
+        hint = ("bitsandbytes on CPU needs a release with its CPU backend (tested: 0.50); "
+                "otherwise use a CUDA GPU (model.to('cuda') before quantize_base) or torchao "
+                "(method='int8' or 'int4', backend='torchao')")  # fmt: skip
+    else:
+        hint = "use a CUDA GPU (model.to('cuda') before quantize_base) or bitsandbytes"
     return QuantizationError(
         f"{method} quantisation with {backend} {version} failed on {device}{where}: "
         f"{type(error).__name__}: {error}. {hint}"

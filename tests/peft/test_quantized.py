@@ -2,7 +2,7 @@
 layers match the fp32 model within each method's error, LoRA trains on them, the adapter
 moves to the fp32 base, and what cannot work says so clearly.
 
-bitsandbytes >= 0.49 and torchao run on CPU, so these are real tests here; without the
+bitsandbytes 0.50 and torchao 0.18 run on CPU, so these are real tests here; without the
 libraries they skip (the missing-library messages are tested by hiding them)."""
 
 from __future__ import annotations
