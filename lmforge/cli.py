@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     from lmforge.peft.commands import add_merge_command
 
     add_merge_command(commands, _subparser)
+    from lmforge.align.preference_commands import add_preference_commands  # dpo, rm
+
+    add_preference_commands(commands, _subparser)
+    from lmforge.align.grpo_commands import add_grpo_commands
+
+    add_grpo_commands(commands, _subparser)
     return parser
 
 
