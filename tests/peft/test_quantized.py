@@ -192,6 +192,40 @@ def test_adapter_from_quantized_run_loads_on_fp32_base(method, folder, randomize
 
 
 @needs_bnb
+def test_qlora_matches_transformers_bitsandbytes_and_peft(folder, randomize, ids, tmp_path):
+    """The reference QLoRA stack (transformers BitsAndBytesConfig NF4 + double quant, and a
+    peft LoRA on it) gives the same logits as ours, adapters moving both ways."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    def hf_qlora():
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                    bnb_4bit_compute_dtype=torch.float32,
+                                    bnb_4bit_use_double_quant=True)  # fmt: skip
+        return AutoModelForCausalLM.from_pretrained(
+            folder, quantization_config=config, device_map="cpu", dtype=torch.float32,
+            attn_implementation="sdpa")  # fmt: skip
+
+    targets = ["q_proj", "v_proj", "down_proj"]
+    ours = quantize_base(lmforge.load_model(folder).eval(), "nf4", torch.float32)
+    apply_lora(ours, r=4, alpha=8, target_modules=targets)
+    randomize(ours, std=0.1)
+    save_adapter(ours, tmp_path / "ours")
+    theirs = PeftModel.from_pretrained(hf_qlora(), tmp_path / "ours").eval()
+    with torch.no_grad():
+        assert (ours(ids).logits - theirs(ids).logits).abs().max() < 1e-5
+        with disable_adapters(ours), theirs.disable_adapter():
+            assert (ours(ids).logits - theirs(ids).logits).abs().max() < 1e-5
+    peft_model = get_peft_model(hf_qlora(), LoraConfig(r=4, lora_alpha=8, target_modules=targets,
+                                init_lora_weights=False, task_type="CAUSAL_LM"))  # fmt: skip
+    peft_model.eval().save_pretrained(tmp_path / "theirs")
+    again = quantize_base(lmforge.load_model(folder).eval(), "nf4", torch.float32)
+    load_adapter(again, tmp_path / "theirs")
+    with torch.no_grad():
+        assert (again(ids).logits - peft_model(ids).logits).abs().max() < 1e-5
+
+
+@needs_bnb
 def test_refusals_on_quantized_base(folder):
     model = quantize_base(lmforge.load_model(folder), "nf4", torch.float32)
     with pytest.raises(ValueError, match="DoRA needs the full-precision"):
