@@ -101,10 +101,14 @@ def quantize_base(
     if any(getattr(m, "is_tuner_layer", False) for m in model.modules()):
         raise ValueError("quantize_base must run before apply_lora / load_adapter (it "
                          "replaces the base layers the adapters wrap)")  # fmt: skip
-    backend = _pick_backend(method, backend)
     names = _select(model, target_modules if target_modules is not None else DEFAULT_TARGETS)
     if not names:
         raise ValueError(f"target_modules={target_modules!r} matched no nn.Linear layer")
+    config = getattr(model, "config", None)
+    if "lm_head" in names and getattr(config, "tie_word_embeddings", False):
+        raise ValueError("lm_head shares its weight with the input embeddings "
+                         "(tie_word_embeddings=true); leave it out of target_modules")  # fmt: skip
+    backend = _pick_backend(method, backend)
     if backend == "torchao":
         _quantize_torchao(model, names, method, group_size)
     else:

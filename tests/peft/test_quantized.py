@@ -250,6 +250,9 @@ def test_bad_arguments(folder):
         quantize_base(model, "nf4", backend="torchao")
     with pytest.raises(ValueError, match="matched no nn.Linear"):
         quantize_base(model, "int8", target_modules=["nothing"])
+    model.config.tie_word_embeddings = True
+    with pytest.raises(ValueError, match="shares its weight"):
+        quantize_base(model, "int8", target_modules=["lm_head"])
 
 
 def test_missing_libraries_name_what_to_install(folder, monkeypatch):
