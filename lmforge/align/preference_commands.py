@@ -184,8 +184,10 @@ def run_dpo(args: argparse.Namespace) -> int:
     from lmforge.peft.commands import apply_peft_from_args
     from lmforge.tokenizer import load_tokenizer
 
-    info, console = _setup(config)
     p = config.dpo
+    if p.reference == "adapter" and not getattr(args, "peft", None):
+        raise ValueError("dpo.reference=adapter needs --peft (the reference is the base model)")
+    info, console = _setup(config)
     model_dir = checkpoint_dir(config.model.init_from)
     tokenizer = load_tokenizer(config.data.tokenizer or model_dir)
     pairs, val_pairs = _preference_data(config, info, console, tokenizer)
@@ -195,8 +197,6 @@ def run_dpo(args: argparse.Namespace) -> int:
     mode = p.reference
     if mode == "auto":
         mode = "adapter" if getattr(args, "peft", None) else "copy"
-    if mode == "adapter" and not getattr(args, "peft", None):
-        raise ValueError("dpo.reference=adapter needs --peft (the reference is the base model)")
     needs_ref = p.loss_type not in REFERENCE_FREE
     reference = frozen_copy(model) if needs_ref and mode == "copy" else None
     apply_peft_from_args(model, args, str(model_dir))

@@ -117,13 +117,29 @@ def tokenize_preference(record: PreferenceRecord, tokenizer: Tokenizer) -> Prefe
             c, r = _as_messages(chosen, "assistant"), _as_messages(rejected, "assistant")
         if not prompt_msgs:
             raise DataError("no prompt: 'chosen' and 'rejected' differ from their first message")
-        n = len(prompt_msgs)
-        pair = PreferencePair(
-            tokenize_conversation([*prompt_msgs, *c], tokenizer, train_from=n),
-            tokenize_conversation([*prompt_msgs, *r], tokenizer, train_from=n),
-        )
+        pair = PreferencePair(_completion(prompt_msgs, c, tokenizer),
+                              _completion(prompt_msgs, r, tokenizer))  # fmt: skip
     pair.where = pair.chosen.where = pair.rejected.where = record.where
     return pair
+
+
+def _completion(prompt: list[dict], completion: list[dict], tokenizer: Tokenizer) -> Example:
+    """``prompt + completion`` through the chat template, targets on the completion's
+    assistant turns. A single assistant reply (the usual case) needs only the prompt's and
+    the whole conversation's renderings: its targets are everything after the prompt."""
+    messages = [*prompt, *completion]
+    if len(completion) != 1 or completion[0]["role"] != "assistant":
+        return tokenize_conversation(messages, tokenizer, train_from=len(prompt))
+    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+    ids = tokenizer.apply_chat_template(messages, tokenize=True)
+    if ids[: len(head)] != head:
+        raise PrefixPropertyError(
+            "the chat template breaks the token prefix property (the prompt's rendering is not "
+            "a prefix of the conversation's), so the completion's tokens cannot be found"
+        )
+    labels = [IGNORE_INDEX] * len(head) + ids[len(head) :]
+    labels[0] = IGNORE_INDEX
+    return Example(ids, labels)
 
 
 def _fit(example: Example, max_len: int) -> Example | None:
