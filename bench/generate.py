@@ -13,7 +13,13 @@ seed, `save_model` exports it and HF loads that folder (SDPA attention), fp32.
   counts the requested tokens only (prompt + output of every request) for both.
 
 ``--profile`` adds a torch.profiler breakdown of the engine's decode steps, batch 1 and 32
-rows: GEMMs, attention + KV cache traffic, other ops, and time outside aten ops (Python). The machine is shared; timings are noisy (see BENCHMARKS.md).
+rows: GEMMs, attention + KV cache traffic, other ops, and time outside aten ops (Python).
+
+Timing: 1 torch thread and process CPU time by default. On an idle machine that equals the
+wall time; on a shared one (this 2-core box runs other jobs) wall time mostly measures
+waiting for a core, and two threads each wait on the other at every parallel op, which
+swamps any difference between the libraries. ``--threads 0 --clock wall`` for the plain
+measurement on an idle machine.
 
     python bench/generate.py [--sizes 5m 30m] [--rounds 3] [--decode-tokens 128] [--profile]
 
@@ -53,10 +59,13 @@ def load_pair(name: str):
     return ours, hf
 
 
+CLOCK = time.process_time  # see --clock
+
+
 def _timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
+    start = CLOCK()
     out = fn()
-    return time.perf_counter() - start, out
+    return CLOCK() - start, out
 
 
 def bench_decode(ours, hf, new_tokens: int, rounds: int) -> dict:
@@ -169,10 +178,10 @@ def profile_decode(ours, new_tokens: int = 64, batch: int = 1) -> dict:
         engine.add_request(p, params)
     engine.step()  # prefill
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
+        start = CLOCK()
         while engine.has_unfinished():
             engine.step()
-        wall = time.perf_counter() - start
+        wall = CLOCK() - start
     return _split_profile(prof, wall, new_tokens)
 
 
@@ -191,14 +200,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-rounds", type=int, default=1)
     parser.add_argument("--decode-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="cpu: process CPU time (with 1 thread, the wall time of an idle machine, without "
+        "the waits for a core that other jobs cause on a shared one); wall: elapsed time",
+    )
     parser.add_argument("--requests", type=int, default=32, help="requests in the batch part")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
     decode, batch = [], []
     for name in args.sizes:
         ours, hf = load_pair(name)
