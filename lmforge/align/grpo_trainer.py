@@ -328,6 +328,7 @@ class GRPORollouts:
             batch = rollout_tensors([completions[i] for i in rows], self.pad_id)
             batch["advantages"] = advantages[rows]
             batch["rewards"] = rewards[rows]
+            batch["group_ids"] = torch.tensor(rows) // s.group_size  # group within the rollout
             device = next(self.model.parameters()).device
             on_device = {k: v.to(device) for k, v in batch.items()}
             if s.iterations > 1:
