@@ -20,7 +20,8 @@ Pieces (the math is `lmforge.align.ppo`; this file is the wiring):
   adapter — the same model with the adapter disabled (`lmforge.peft.disable_adapters`,
   no copy). None when ``kl_coef`` is 0.
 - **Experience** (`PPOExperience`, the loop's ``train_data``): when its buffer is empty it
-  samples one completion per prompt with the inference engine (the current weights), scores
+  samples one completion per prompt with the inference engine (the current weights;
+  `lmforge.align.rollout.sample_completions`), scores
   them (`rule_scorer` or `RewardModelScorer`), recomputes old log-probs, reference log-probs
   and values with the training forward, normalises and clips the scores (running std),
   shapes the token rewards with the KL penalty (k1 in the reward, or k3 in the loss), and
@@ -58,6 +59,7 @@ from lmforge.align.ppo import (
     whiten,
 )
 from lmforge.align.reward_model import RewardModel
+from lmforge.align.rollout import RolloutSampling, sample_completions
 from lmforge.models.loss import IGNORE_INDEX, shifted_targets
 from lmforge.models.transformer import CausalLM
 from lmforge.train.config import RunConfig
@@ -326,44 +328,6 @@ def _mix(*parts: object) -> int:
 _TOKEN_FIELDS = ("old_logps", "old_values", "advantages", "returns", "ref_logps")
 
 
-def _sample_completions(
-    policy: CausalLM, tokenizer: Any, prompts: list[list[int]], cfg: PPOSection, seeds: list[int]
-) -> list[tuple[list[int], str, str]]:
-    """One sampled completion per prompt: ``(ids, text, finish_reason)``; the stop token that
-    ended a completion is kept (the policy learns to stop)."""
-    from lmforge.infer import Engine, SamplingParams
-
-    # Fused AdamW updates parameters in place without bumping their version counters, which
-    # is how the engine's fused inference copies (lmforge.infer.runner) notice new weights:
-    # mark them changed so the rollout samples from the current policy.
-    torch.autograd.graph.increment_version([p for p in policy.parameters()])
-    longest = max(len(p) for p in prompts) + cfg.max_new_tokens
-    engine = Engine(  # fresh per rollout: no prefix-cache blocks from older weights
-        policy,
-        tokenizer,
-        max_num_seqs=len(prompts),
-        max_num_batched_tokens=max(2048, longest),
-        num_blocks=len(prompts) * (-(-longest // 16) + 1) + 1,
-    )
-    params = [
-        SamplingParams(
-            max_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            seed=s,
-        )  # fmt: skip
-        for s in seeds
-    ]
-    out = []
-    for r in engine.generate(prompts, params):
-        ids = list(r.token_ids)
-        if r.finish_reason == "stop" and isinstance(r.stop_reason, int):
-            ids.append(r.stop_reason)
-        out.append((ids, r.text, r.finish_reason or "length"))
-    return out
-
-
 class PPOExperience:
     """Endless PPO micro-batches for the training loop (see the module docstring).
 
@@ -459,10 +423,13 @@ class PPOExperience:
         was_training = self.model.training
         self.model.eval()
         try:
-            done = _sample_completions(
-                policy, self.tokenizer, [list(i.prompt_ids) for i in items], cfg, seeds
-            )
-            samples = [Sample(item, ids, text, why) for item, (ids, text, why) in zip(items, done)]
+            sampling = RolloutSampling(group_size=1, max_new_tokens=cfg.max_new_tokens,
+                                       temperature=cfg.temperature, top_p=cfg.top_p,
+                                       top_k=cfg.top_k, stop=tuple(cfg.stop))  # fmt: skip
+            prompt_ids = [list(i.prompt_ids) for i in items]
+            done = sample_completions(policy, self.tokenizer, prompt_ids, sampling, seeds)
+            samples = [Sample(item, c.completion_ids, c.text, c.finish_reason)
+                       for item, c in zip(items, done, strict=True)]  # fmt: skip
             raw = torch.tensor(self.scorer(samples), dtype=torch.float32)
             if raw.shape != (n,):
                 raise ValueError(f"the scorer returned {raw.numel()} scores for {n} samples")
