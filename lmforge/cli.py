@@ -4,7 +4,7 @@
     lmforge info ckpt/ [--json]
     lmforge convert ckpt/ --out ckpt-bf16/ --dtype bfloat16 --max-shard-size 2GB
     lmforge generate --model ckpt/ --prompt "Once upon a time" [--chat] [--greedy]
-    lmforge demo [--seconds 60] [--out runs/demo]
+    lmforge demo [--out runs/demo] [--seed 0]
     lmforge pretrain --config recipes/pretrain-tiny.yaml [key=value ...]
     lmforge sft --config recipes/sft-tiny.yaml --model ckpt/ --data chat.jsonl
     lmforge serve --model ckpt/ [--port 8000] [--api-key KEY]
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lmforge.align.grpo_commands import add_grpo_commands
 
     add_grpo_commands(commands, _subparser)
+    from lmforge.align.ppo_commands import add_ppo_commands
+
+    add_ppo_commands(commands, _subparser)
     return parser
 
 
@@ -417,23 +420,20 @@ def sampling_settings(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- demo
 def _add_demo(commands) -> None:
-    from lmforge.models.presets import PRESETS
-
     p = _subparser(
         commands,
         "demo",
-        "train a tiny LM from scratch on CPU in about a minute, then sample from it",
-        "  lmforge demo\n  lmforge demo --seconds 300 --out runs/demo-5min",
+        "R1-style pipeline on CPU: tokenizer, pretrain, SFT, GRPO; held-out accuracy per stage",
+        "  lmforge demo\n  lmforge demo --out runs/demo2 --seed 1\n  lmforge demo --fast",
     )
-    p.add_argument("--seconds", type=float, default=60, help="training time (default: 60)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="default: runs/demo")
-    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="default: demo")
     p.add_argument("--seed", type=int, default=0, help="default: 0")
+    p.add_argument("--fast", action="store_true", help="seconds-long smoke run (tiny settings)")
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from lmforge.demo import run_demo
 
-    run_demo(args.out, seconds=args.seconds, preset=args.preset, seed=args.seed)
+    run_demo(args.out, seed=args.seed, fast=args.fast)
     return 0

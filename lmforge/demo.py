@@ -1,269 +1,316 @@
-"""`lmforge demo`: train a tiny LM from scratch on a laptop CPU in about a minute, end to end.
+"""`lmforge demo`: the R1-style pipeline end to end on a laptop CPU, from nothing.
 
-    synthetic corpus → byte-level BPE (vocab 512) → packed rows of 128 tokens →
-    AdamW (warmup + cosine) for ``seconds`` → HF checkpoint → reload → sample
+    tokenizer → pretrain → SFT into the R1 format → GRPO with rule rewards → report
 
-Everything is generated locally (`lmforge.data.tasks.synthetic_corpus`), so the demo runs
-offline. The run folder gets ``metrics.jsonl`` (one JSON object per step), ``training.png``
-(loss and learning-rate curves) and ``model/`` (an HF-format checkpoint with its tokenizer).
+1. **data**: a synthetic English corpus (`lmforge.data.tasks.synthetic_corpus`) plus
+   multi-digit addition problems (`lmforge.data.tasks.arithmetic`, train split) with worked
+   column-by-column reasoning, written as ``<think>7+8=15, 4+5+1=10</think><answer>105</answer>``;
+2. **tokenizer**: byte-level BPE on that text (``lmforge tokenizer train``);
+3. **pretrain** a tiny Llama-style model on it (``lmforge pretrain``);
+4. **SFT** on chats whose assistant turns are in the R1 format (``lmforge sft``) — kept
+   short, so the model knows the format and the method but still makes mistakes;
+5. **GRPO** on fresh train problems with the rule reward accuracy + 0.1 × format
+   (``lmforge grpo``), which sharpens what SFT started;
+6. **held-out accuracy** (greedy, test split: questions never seen in training) after each
+   stage, a ``report.md`` with PNG curves (loss, reward, accuracy, response length) and a
+   summary table whose last line is ``RESULT demo sft_acc=<a> grpo_acc=<b>``.
 
-The training loop here is deliberately small; the real engine lives in ``lmforge.train``.
+Every stage runs through its CLI command (the report lists them, to rerun one alone);
+everything is seeded, so the same seed gives the same numbers on the same machine.
+``fast=True`` shrinks every stage to seconds (tests).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lmforge.data.packing import pack_token_lists
-from lmforge.data.tasks import synthetic_corpus
-from lmforge.models.hf import load_model, save_model
-from lmforge.models.presets import preset_config
-from lmforge.models.transformer import IGNORE_INDEX, CausalLM
-from lmforge.tokenizer import Tokenizer, load_tokenizer
-from lmforge.train.metrics import plot_training
+from lmforge.data.tasks.arithmetic import ArithmeticProblem, arithmetic_problems
 
-SEQ_LEN, BATCH_SIZE = 128, 16
-PEAK_LR, MIN_LR_RATIO, WARMUP_STEPS = 3e-3, 0.1, 20
-MIN_STEPS = 4  # even when `seconds` runs out sooner
-WEIGHT_DECAY, GRAD_CLIP = 0.1, 1.0
-VAL_DOCS, MIN_VOCAB = 200, 512
-PROMPTS = ["12 + 7 =", "3 + 5 =", "Once upon a time, there was a little", "A cow says"]
+__all__ = ["DemoSettings", "r1_solution", "run_demo", "worked_reasoning"]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's knobs (`FULL` for ``make demo``, `FAST` for tests)."""
+
+    digits: int = 3
+    corpus_docs: int = 3000
+    task_docs: int = 6000  # worked solutions in the pretraining text
+    sft_examples: int = 4000
+    eval_problems: int = 200
+    preset: str = "demo"
+    pretrain_steps: int = 600
+    pretrain_batch: int = 16
+    sft_steps: int = 60
+    sft_batch: int = 16
+    sft_lr: float = 1e-3
+    grpo_steps: int = 120
+    grpo_prompts_per_step: int = 8
+    group_size: int = 8
+    grpo_lr: float = 5e-4
+    max_new_tokens: int = 48
+    seq_len: int = 128
+
+
+FULL = DemoSettings()
+FAST = DemoSettings(corpus_docs=200, task_docs=300, sft_examples=200, eval_problems=16,
+                    preset="tiny", pretrain_steps=20, sft_steps=10, grpo_steps=3,
+                    grpo_prompts_per_step=2, group_size=4, max_new_tokens=24)  # fmt: skip
+
+
+def worked_reasoning(problem: ArithmeticProblem) -> str:
+    """Column-by-column addition from the units up, one ``a+b(+carry)=s`` per column."""
+    if problem.op != "+":
+        raise ValueError(f"worked reasoning covers addition only, not {problem.op!r}")
+    a, b = str(problem.a)[::-1], str(problem.b)[::-1]
+    steps, carry = [], 0
+    for i in range(max(len(a), len(b))):
+        da, db = int(a[i]) if i < len(a) else 0, int(b[i]) if i < len(b) else 0
+        total = da + db + carry
+        steps.append(f"{da}+{db}" + (f"+{carry}" if carry else "") + f"={total}")
+        carry = total // 10
+    return ", ".join(steps)
+
+
+def r1_solution(problem: ArithmeticProblem) -> str:
+    """The R1-format answer: ``<think>reasoning</think><answer>result</answer>``."""
+    return f"<think>{worked_reasoning(problem)}</think><answer>{problem.answer}</answer>"
 
 
 def run_demo(
-    out_dir: str | os.PathLike,
-    seconds: float = 60,
-    preset: str = "demo",
+    out_dir: str | os.PathLike = "runs/demo",
+    *,
     seed: int = 0,
+    fast: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run the demo into ``out_dir``; return a summary (losses, throughput, paths, samples)."""
-    if not seconds > 0:
-        raise ValueError(f"seconds={seconds!r} must be > 0")
+    """Run the pipeline into ``out_dir``; returns the summary (accuracies, paths, times)."""
+    settings = FAST if fast else FULL
     console = console or Console()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # a demo always starts from nothing (each stage would otherwise resume)
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
     try:
-        return _run(out, seconds, preset, seed, console)
+        return _run(out, settings, seed, console)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(out: Path, seconds: float, preset: str, seed: int, console: Console) -> dict[str, Any]:
-    # Enough documents that a fast CPU never sees one twice; fewer for short runs.
-    docs = synthetic_corpus(VAL_DOCS + min(40_000, max(2_000, int(300 * seconds))), seed)
-    val_docs, train_docs = docs[:VAL_DOCS], docs[VAL_DOCS:]
-    # Byte-level BPE needs 256 bytes + special tokens, so tiny presets get a 512-id vocabulary.
-    vocab_size = max(preset_config(preset).vocab_size, MIN_VOCAB)
-    console.print(f"[bold]corpus[/]: {len(train_docs)} train / {len(val_docs)} validation docs")
-    tok = Tokenizer.train(train_docs, vocab_size=vocab_size)
-    config = preset_config(
-        preset,
-        vocab_size=vocab_size,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    train, val = pack_documents(tok, train_docs, SEQ_LEN), pack_documents(tok, val_docs, SEQ_LEN)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CausalLM(config)
-    console.print(
-        f"[bold]model[/]: preset {preset!r}, {model.num_parameters():,} parameters, "
-        f"tokenizer vocab {tok.vocab_size}, {torch.get_num_threads()} CPU threads"
-    )
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
-    val_before = evaluate(model, val)
-    console.print(f"validation loss before training: {val_before:.3f}")
-    records = train_model(model, train, seconds, seed, out / "metrics.jsonl", console)
-    val_after = evaluate(model, val)
-    console.print(f"validation loss after training:  {val_after:.3f}")
-    plot_metrics(records, val_before, val_after, out / "training.png")
 
-    model_dir = save_model(model, out / "model", tokenizer=tok)
-    samples = sample_completions(load_model(model_dir), load_tokenizer(model_dir), seed)
-    last = records[-1]
+def _cli(argv: list[str]) -> None:
+    """Run one ``lmforge`` command in-process (errors propagate with their message)."""
+    from lmforge.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    args.run(args)
+
+
+def _run(out: Path, s: DemoSettings, seed: int, console: Console) -> dict[str, Any]:
+    from lmforge.align.grpo_trainer import GRPOSection, evaluate_accuracy, r1_prompt_ids
+    from lmforge.align.rollout import RolloutSampling
+    from lmforge.models.hf import load_model
+    from lmforge.tokenizer import load_tokenizer
+
+    start = time.perf_counter()
+    times: dict[str, float] = {}
+    data = _write_data(out / "data", s, seed)
+    console.rule("[bold]1. tokenizer")
+    tick = time.perf_counter()
+    _cli(["tokenizer", "train", "--input", str(data["pretrain"]), "--vocab-size", "512",
+          "--out", str(out / "tokenizer")])  # fmt: skip
+    times["tokenizer"] = time.perf_counter() - tick
+
+    common = [f"train.seed={seed}", "train.cpu_threads=1", "train.max_time_s=0",
+              "train.eval_every=0", "train.save_every=0", "log.progress=false"]  # fmt: skip
+    commands = {
+        "pretrain": ["pretrain", "--config", str(RECIPES / "pretrain-tiny.yaml"), "--out",
+                     str(out / "pretrain"), *common, f"data.paths=[{data['pretrain']}]",
+                     f"data.tokenizer={out / 'tokenizer'}", f"model.preset={s.preset}",
+                     f"data.seq_len={s.seq_len}", f"train.max_steps={s.pretrain_steps}",
+                     f"train.batch_size={s.pretrain_batch}", "data.val_paths=[]"],
+        "sft": ["sft", "--config", str(RECIPES / "sft-tiny.yaml"), "--out", str(out / "sft"),
+                "--model", str(out / "pretrain" / "model"), *common, f"data.paths=[{data['sft']}]", f"train.max_steps={s.sft_steps}", f"train.batch_size={s.sft_batch}",
+                f"optim.lr={s.sft_lr}", f"data.seq_len={s.seq_len}", "data.val_fraction=0"],
+        "grpo": ["grpo", "--config", str(RECIPES / "grpo-tiny.yaml"), "--out", str(out / "grpo"),
+                 "--model", str(out / "sft" / "model"), *common,
+                 f"train.max_steps={s.grpo_steps}", f"optim.lr={s.grpo_lr}",
+                 f"train.batch_size={s.grpo_prompts_per_step * s.group_size}",
+                 "train.grad_accum=1", f"grpo.group_size={s.group_size}",
+                 f"grpo.digits={s.digits}", "grpo.ops=['+']",
+                 f"grpo.max_new_tokens={s.max_new_tokens}", f"grpo.eval_prompts={s.eval_problems}",
+                 f"train.eval_every={max(1, s.grpo_steps // 6)}"],
+    }  # fmt: skip
+
+    section = GRPOSection(digits=s.digits, ops=["+"], max_new_tokens=s.max_new_tokens)
+    held_out = arithmetic_problems(s.eval_problems, seed, "test", s.digits, ("+",))
+    sampling = RolloutSampling(2, s.max_new_tokens, stop=tuple(section.stop))
+    accuracy: dict[str, dict[str, Any]] = {}
+
+    def evaluate(stage: str) -> None:
+        folder = out / stage / "model"
+        tok, model = load_tokenizer(folder), load_model(folder, dtype=torch.float32)
+        encode = lambda item: r1_prompt_ids(tok, item)  # noqa: E731
+        accuracy[stage] = evaluate_accuracy(model, tok, held_out, encode, sampling)
+        a = accuracy[stage]
+        console.print(
+            f"[bold]{stage}[/]: held-out accuracy {100 * a['accuracy']:.1f}%, "
+            f"format {100 * a['format']:.1f}%, mean length {a['length']:.1f} tokens"
+        )
+
+    for number, stage in enumerate(("pretrain", "sft", "grpo"), start=2):
+        console.rule(f"[bold]{number}. {stage}")
+        tick = time.perf_counter()
+        _cli(commands[stage])
+        times[stage] = time.perf_counter() - tick
+        evaluate(stage)
+
+    final = out / "model"
+    shutil.copytree(out / "grpo" / "model", final)
     summary = {
-        "preset": preset,
-        "parameters": model.num_parameters(),
-        "steps": last["step"],
-        "tokens": last["tokens"],
-        "tokens_per_s": last["tokens_per_s"],
-        "train_seconds": last["elapsed_s"],
-        "val_loss_before": val_before,
-        "val_loss_after": val_after,
+        "settings": asdict(s),
+        "seed": seed,
+        "accuracy": {
+            k: {m: v[m] for m in ("accuracy", "format", "length")} for k, v in accuracy.items()
+        },  # fmt: skip
+        "samples": accuracy["grpo"]["samples"],
+        "sft_acc": 100 * accuracy["sft"]["accuracy"],
+        "grpo_acc": 100 * accuracy["grpo"]["accuracy"],
+        "times_s": times,
+        "total_s": time.perf_counter() - start,
+        "commands": {k: "lmforge " + " ".join(v) for k, v in commands.items()},
         "run_dir": str(out),
-        "model_dir": str(model_dir),
-        "metrics": str(out / "metrics.jsonl"),
-        "plot": str(out / "training.png"),
-        "samples": samples,
+        "model_dir": str(final),
     }
+    summary["plot"] = str(plot_report(out, out / "curves.png"))
+    summary["report"] = str(write_report(out, summary))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     _print_summary(summary, console)
     return summary
 
 
-def pack_documents(tok: Tokenizer, docs: list[str], seq_len: int) -> dict[str, torch.Tensor]:
-    """Concatenate ``<bos> doc <eos>`` token streams and cut them into ``[N, seq_len]`` rows
-    (`lmforge.data.packing`, greedy); the last, partial row is left out.
+def _write_data(folder: Path, s: DemoSettings, seed: int) -> dict[str, Path]:
+    """Pretraining text (corpus + worked problems) and SFT chats, from the train split."""
+    from lmforge.data.tasks import synthetic_corpus
+    from lmforge.io import atomic_write_text
 
-    ``document_ids`` keeps attention inside each document (positions restart too); the label
-    of a document's first token is ignored, so no loss is spent predicting across documents.
-    """
-    encoded = tok.encode_batch(docs, add_special_tokens=True)
-    token_lists = [[*doc, tok.eos_token_id] for doc in encoded]
-    rows = sum(map(len, token_lists)) // seq_len
-    if rows == 0:
-        raise ValueError(f"{len(docs)} documents give fewer than seq_len={seq_len} tokens")
-    packed, _ = pack_token_lists(token_lists, seq_len, strategy="greedy", split=True)
-    return {key: value[:rows] for key, value in packed.items()}
-
-
-def lr_at(step: int, progress: float) -> float:
-    """Linear warmup over `WARMUP_STEPS`, then cosine decay to ``MIN_LR_RATIO × PEAK_LR``.
-
-    The decay follows ``progress`` (elapsed / budgeted seconds), because a time-boxed run
-    does not know its step count in advance.
-    """
-    warmup = min(1.0, (step + 1) / WARMUP_STEPS)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return PEAK_LR * warmup * (MIN_LR_RATIO + (1.0 - MIN_LR_RATIO) * cosine)
+    folder.mkdir(parents=True, exist_ok=True)
+    problems = arithmetic_problems(s.task_docs + s.sft_examples, seed + 1, "train", s.digits,
+                                   ("+",))  # fmt: skip
+    task_text = [f"{p.prompt} {r1_solution(p)}" for p in problems[: s.task_docs]]
+    docs = synthetic_corpus(s.corpus_docs, seed) + task_text
+    order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
+    pretrain, sft = folder / "pretrain.jsonl", folder / "sft.jsonl"
+    atomic_write_text(pretrain, "".join(json.dumps({"text": docs[i]}) + "\n" for i in order))
+    chats = [
+        {"messages": [{"role": "user", "content": p.prompt},
+                      {"role": "assistant", "content": r1_solution(p)}]}
+        for p in problems[s.task_docs :]
+    ]  # fmt: skip
+    atomic_write_text(sft, "".join(json.dumps(c) + "\n" for c in chats))
+    return {"pretrain": pretrain, "sft": sft}
 
 
-def train_model(
-    model: CausalLM,
-    data: dict[str, torch.Tensor],
-    seconds: float,
-    seed: int,
-    metrics_path: Path,
-    console: Console,
-) -> list[dict[str, Any]]:
-    """Train for ``seconds`` of wall-clock time (and at least `MIN_STEPS` steps); one metrics record per step (also written
-    to ``metrics_path`` as JSON lines). Stops with an error on a non-finite loss."""
-    optimizer = _adamw(model)
-    batches = _batches(len(data["input_ids"]), seed)
-    records: list[dict[str, Any]] = []
-    model.train()
-    columns = [TextColumn("[bold]training"), BarColumn(), TextColumn("{task.fields[status]}")]
-    with (
-        open(metrics_path, "w", encoding="utf-8") as log,
-        Progress(*columns, TimeRemainingColumn(), console=console) as progress,
-    ):
-        task = progress.add_task("train", total=seconds, status="")
-        start, tokens = time.perf_counter(), 0
-        # at least MIN_STEPS steps, so a slow or busy machine still shows learning
-        while len(records) < MIN_STEPS or time.perf_counter() - start < seconds:
-            step = len(records) + 1
-            lr = lr_at(step - 1, (time.perf_counter() - start) / seconds)
-            rows = next(batches)
-            loss, grad_norm = _train_step(
-                model, optimizer, {k: v[rows] for k, v in data.items()}, lr
-            )
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"step {step}: loss is {loss} on rows {rows.tolist()}")
-            tokens += len(rows) * SEQ_LEN
-            elapsed = time.perf_counter() - start
-            record = dict(step=step, loss=loss, lr=lr, grad_norm=grad_norm, tokens=tokens,
-                          tokens_per_s=tokens / elapsed, elapsed_s=elapsed)  # fmt: skip
-            records.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            status = f"loss {loss:.3f}  lr {lr:.2e}  {record['tokens_per_s']:,.0f} tok/s"
-            progress.update(task, completed=min(elapsed, seconds), status=status)
-    return records
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def _adamw(model: CausalLM) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norm gains or biases)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay}]
-    return torch.optim.AdamW(groups, lr=PEAK_LR, betas=(0.9, 0.95), weight_decay=0.0)
+def plot_report(out: Path, path: Path) -> Path:
+    """One PNG: pretrain/SFT loss, GRPO reward, accuracy (rollouts and held-out) and
+    response length per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmforge.io import atomic_path
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for stage in ("pretrain", "sft"):
+        recs = [r for r in _read_jsonl(out / stage / "metrics.jsonl") if "loss" in r]
+        axes[0].plot([r["step"] for r in recs], [r["loss"] for r in recs], label=stage)
+    axes[0].set(xlabel="step", ylabel="loss", title="next-token loss", yscale="log")
+    axes[0].legend()
+    grpo = [r for r in _read_jsonl(out / "grpo" / "metrics.jsonl") if "reward" in r]
+    steps = [r["step"] for r in grpo]
+    axes[1].plot(steps, [r["reward"] for r in grpo])
+    axes[1].set(xlabel="GRPO step", ylabel="mean reward", title="GRPO reward (rollouts)")
+    axes[2].plot(steps, [100 * r["accuracy"] for r in grpo], label="rollouts (sampled)")
+    evals = _read_jsonl(out / "grpo" / "eval.jsonl")
+    axes[2].plot([e["step"] for e in evals], [100 * e["accuracy"] for e in evals], "o-",
+                 label="held-out (greedy)")  # fmt: skip
+    axes[2].set(xlabel="GRPO step", ylabel="accuracy (%)", title="accuracy")
+    axes[2].legend()
+    axes[3].plot(steps, [r["length"] for r in grpo])
+    axes[3].set(xlabel="GRPO step", ylabel="tokens", title="response length")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
 
 
-def _train_step(
-    model: CausalLM, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], lr: float
-) -> tuple[float, float]:
-    """One optimizer step at learning rate ``lr``; returns (loss, pre-clip gradient norm)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    loss = model(**batch).loss
-    if not torch.isfinite(loss):
-        return loss.item(), float("nan")  # the caller stops before the weights are touched
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item(), grad_norm.item()
+def write_report(out: Path, summary: dict[str, Any]) -> Path:
+    """``report.md``: settings, accuracy per stage, timings, commands and samples."""
+    from lmforge.io import atomic_write_text
 
-
-def _batches(n_rows: int, seed: int):
-    """Endless row-index batches: a fresh shuffle per epoch, reproducible from ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(n_rows, generator=generator)
-        for i in range(0, n_rows, BATCH_SIZE):
-            yield order[i : i + BATCH_SIZE]
-
-
-@torch.no_grad()
-def evaluate(model: CausalLM, data: dict[str, torch.Tensor]) -> float:
-    """Mean next-token loss over every row of ``data`` (weighted by predicted tokens)."""
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(data["input_ids"]), BATCH_SIZE):
-        batch = {k: v[i : i + BATCH_SIZE] for k, v in data.items()}
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total += model(**batch).loss.item() * n
-        count += n
-    model.train()
-    return total / count
-
-
-def plot_metrics(
-    records: list[dict[str, Any]], val_before: float, val_after: float, path: Path
-) -> None:
-    """Save loss (train, validation before/after), learning rate and gradient norm as a PNG."""
-    evals = [
-        {"step": 0, "val_loss": val_before},
-        {"step": records[-1]["step"], "val_loss": val_after},
+    acc = summary["accuracy"]
+    lines = [
+        "# lmforge demo: tokenizer → pretrain → SFT (R1 format) → GRPO",
+        "",
+        f"Task: {summary['settings']['digits']}-digit addition with worked reasoning; "
+        f"held-out accuracy on {summary['settings']['eval_problems']} test-split problems "
+        "(greedy decoding). Seed "
+        f"{summary['seed']}; total {summary['total_s']:.0f} s.",
+        "",
+        "| stage | held-out accuracy | R1 format | mean length (tokens) | time (s) |",
+        "|---|---|---|---|---|",
     ]
-    plot_training(records + evals, path)
-
-
-def sample_completions(model: CausalLM, tok: Tokenizer, seed: int) -> list[dict[str, str]]:
-    """Greedy and sampled (temperature 0.8) completions of `PROMPTS`."""
-    samples = []
-    for prompt in PROMPTS:
-        ids = torch.tensor([tok.encode(prompt, add_special_tokens=True)])
-        for mode, kwargs in (("greedy", {}), ("sampled", {"do_sample": True, "temperature": 0.8})):
-            out = model.generate(ids, max_new_tokens=40, seed=seed, **kwargs)
-            text = tok.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
-            samples.append({"prompt": prompt, "mode": mode, "completion": text})
-    return samples
+    for stage in ("pretrain", "sft", "grpo"):
+        a = acc[stage]
+        lines.append(
+            f"| {stage} | {100 * a['accuracy']:.1f}% | {100 * a['format']:.1f}% | "
+            f"{a['length']:.1f} | {summary['times_s'][stage]:.0f} |"
+        )
+    lines += ["", "![curves](curves.png)", "", "## Rerun a stage alone", ""]
+    lines.append(f"    lmforge tokenizer train --input {Path(summary['run_dir']) / 'data'}"
+                 "/pretrain.jsonl --vocab-size 512 --out ...")  # fmt: skip
+    lines += [f"    {cmd}" for cmd in summary["commands"].values()]
+    lines += ["", "## Samples after GRPO (held-out)", ""]
+    for sample in summary["samples"]:
+        mark = "✓" if sample["correct"] else "✗"
+        lines.append(f"- {mark} `{sample['prompt']}` → `{sample['completion']}`")
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def _print_summary(summary: dict[str, Any], console: Console) -> None:
-    console.rule("[bold]samples (reloaded checkpoint)")
-    for s in summary["samples"]:
-        completion = s["completion"].replace("\n", " ⏎ ")
-        console.print(f"[dim]{s['mode']:>7}[/] [bold]{s['prompt']}[/]{completion}", highlight=False)
     console.rule("[bold]summary")
+    rows = [("stage", "held-out acc", "format", "length", "time")]
+    for stage in ("pretrain", "sft", "grpo"):
+        a = summary["accuracy"][stage]
+        rows.append((stage, f"{100 * a['accuracy']:.1f}%", f"{100 * a['format']:.1f}%",
+                     f"{a['length']:.1f}", f"{summary['times_s'][stage]:.0f} s"))  # fmt: skip
+    for row in rows:
+        console.print("  ".join(f"{cell:<13}" for cell in row).rstrip(), highlight=False)
+    console.print(f"report {summary['report']}\nmodel  {summary['model_dir']}", highlight=False)
     console.print(
-        f"parameters {summary['parameters']:,} · steps {summary['steps']} · "
-        f"tokens {summary['tokens']:,} · {summary['tokens_per_s']:,.0f} tokens/s\n"
-        f"validation loss {summary['val_loss_before']:.3f} → {summary['val_loss_after']:.3f}\n"
-        f"checkpoint {summary['model_dir']}\nmetrics    {summary['metrics']}\n"
-        f"plot       {summary['plot']}",
+        f"RESULT demo sft_acc={summary['sft_acc']:.1f} grpo_acc={summary['grpo_acc']:.1f}",
         highlight=False,
+        soft_wrap=True,
     )
