@@ -358,7 +358,7 @@ class Engine:
             batch.decode_lens = batch.decode_positions + 1
             widths = [len(s.block_ids) for s in decode]
             batch.decode_groups = decode_groups(widths, [p + 1 for p in positions[: len(decode)]])
-        if self.runner is not None:
+        if self.runner is not None and self.runner.sync():
             logits = self.runner(ids_t, positions_t, max(positions), batch, keep_t)
             return logits.float(), sampling
         out = self.model(ids_t[None], position_ids=positions_t[None], cache=batch,

@@ -18,8 +18,9 @@ inference copies of the linear weights, built once from the model:
 Norms, the embedding, RoPE and attention are the model's own modules and functions; only the
 layer wiring is restated here. The copies cost one extra set of the linear weights (the
 tied LM head included): `InferenceRunner.nbytes`. They follow the model: when any source
-parameter is modified in place (optimizer step, ``load_state_dict``) or replaced, the next
-call rebuilds them (checked by tensor version counters and storage pointers, once per call).
+parameter is modified in place (optimizer step, ``load_state_dict``) or replaced, `sync`
+(called by the engine once per step) rebuilds them (tensor version counters and storage
+pointers); a projection replaced by another module type (an adapter) turns the runner off.
 Models this runner does not cover (other module types, hooks, parametrizations, an LM head
 bias) use ``model.forward``; see `InferenceRunner.unsupported_reason`.
 """
@@ -136,25 +137,36 @@ class InferenceRunner:
         return None
 
     # ------------------------------------------------------------------ weights
-    def _sources(self) -> list[torch.Tensor]:
-        params = [self.model.lm_head.weight]
-        for layer in self.model.model.layers:
-            for lin in _projections(layer):
-                params.append(lin.weight)
-                if lin.bias is not None:
-                    params.append(lin.bias)
-        return params
+    def _state(self) -> list:
+        """Identity and version of every linear layer and parameter the copies come from
+        (plain dict reads: ``nn.Module.__getattr__`` would cost more than the check)."""
+        model = self.model
+        linears = [model._modules["lm_head"]]
+        for layer in model._modules["model"]._modules["layers"]._modules.values():
+            attn, mlp = layer._modules["self_attn"]._modules, layer._modules["mlp"]._modules
+            linears += [attn[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+            linears += [mlp[n] for n in ("gate_proj", "up_proj", "down_proj")]
+        state = []
+        for lin in linears:
+            for p in (lin._parameters.get("weight"), lin._parameters.get("bias")):
+                state.append(None if p is None else (id(lin), p.data_ptr(), p._version))
+        return state
 
-    def sync(self) -> None:
-        """Rebuild the copies if any source parameter changed since they were made."""
-        signature = [(p.data_ptr(), p._version) for p in self._sources()]
-        if signature == self._signature:
-            return
+    def sync(self) -> bool:
+        """Rebuild the copies if any source layer or parameter changed since they were made
+        (once per engine step). False if the model has become unsupported (e.g. a projection
+        was wrapped by an adapter): run ``model.forward`` instead."""
+        state = self._state()
+        if state == self._signature:
+            return self.head_t is not None
+        self._signature, self.layers, self.head_t = state, [], None
+        if self.unsupported_reason(self.model) is not None:
+            return False
         with torch.no_grad():
             self.layers = [self._layer_weights(layer) for layer in self.model.model.layers]
             self.head_t = self.model.lm_head.weight.detach().t().contiguous()
         self._cos = self._sin = None  # dtype/device may have changed too
-        self._signature = signature
+        return True
 
     @staticmethod
     def _layer_weights(layer: DecoderLayer) -> _LayerWeights:
@@ -198,8 +210,10 @@ class InferenceRunner:
     ) -> torch.Tensor:
         """Logits ``[M, V]`` of the kept rows of a flattened ragged batch: ``input_ids`` and
         ``positions`` ``[N]``, ``batch`` a `PagedBatch`, ``logits_to_keep`` ``[M]`` row
-        indices; ``max_position`` = ``positions.max()`` (known to the caller, no sync)."""
-        self.sync()
+        indices; ``max_position`` = ``positions.max()`` (known to the caller, no device
+        sync). Call `sync` first (once per step)."""
+        if self.head_t is None:
+            raise RuntimeError("InferenceRunner: call sync() (and check it) before running")
         lm = self.model.model
         h, hkv, d, inter = self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate
         x = lm.embed_tokens(input_ids)  # [N, hidden]

@@ -89,7 +89,11 @@ def model_call(model):
 
 
 def runner_call(runner):
-    return lambda ids, pos, batch, keep: runner(ids, pos, int(pos.max()), batch, keep)
+    def call(ids, pos, batch, keep):
+        assert runner.sync()
+        return runner(ids, pos, int(pos.max()), batch, keep)
+
+    return call
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "llama")
@@ -162,6 +166,24 @@ def test_lora_wrapped_projections_run_through_model_forward():
     attn.v_proj.add_adapter("default", LoraConfig(r=2, init="gaussian"))
     assert "LoraLinear" in InferenceRunner.unsupported_reason(model)
     assert Engine(model).runner is None
+
+
+def test_wrapping_a_projection_after_the_engine_was_built_turns_the_runner_off():
+    from lmforge.peft.lora import LoraConfig, LoraLinear
+
+    model = make_model()
+    engine = Engine(model)
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=0)
+    before = engine.generate([[4, 8, 15, 16]], params)[0]
+    mlp = model.model.layers[0].mlp
+    mlp.up_proj = LoraLinear(mlp.up_proj)
+    mlp.up_proj.add_adapter("default", LoraConfig(r=2, init="gaussian"))
+    after = engine.generate([[4, 8, 15, 16]], params)[0]
+    assert engine.runner.sync() is False
+    plain = Engine(model, fused_weights=False).generate([[4, 8, 15, 16]], params)[0]
+    assert after.token_ids == plain.token_ids
+    assert [lp.logprob for lp in after.logprobs] == [lp.logprob for lp in plain.logprobs]
+    assert [lp.logprob for lp in after.logprobs] != [lp.logprob for lp in before.logprobs]
 
 
 def test_fused_and_plain_engines_agree_on_tokens_and_logprobs():
