@@ -75,7 +75,6 @@ __all__ = [
     "RewardModelScorer",
     "Sample",
     "critic_from",
-    "load_reward_model",
     "rule_scorer",
     "token_values",
 ]
@@ -212,34 +211,6 @@ def critic_from(model: CausalLM | RewardModel) -> RewardModel:
     body = copy.deepcopy(model.model)
     critic = RewardModel(model.config, body=body)
     return critic.to(next(model.parameters()).device)
-
-
-def load_reward_model(path: str, dtype: torch.dtype = torch.float32) -> RewardModel:
-    """A reward model folder (HF ``*ForSequenceClassification`` layout: ``model.*`` and
-    ``score.weight``, as `lmforge rm` writes) as a `RewardModel`."""
-    from pathlib import Path
-
-    from lmforge.config import ModelConfig
-    from lmforge.models.hf import CheckpointError, read_state_dict
-
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{folder}: not a reward model folder (no config.json)")
-    rm = RewardModel(ModelConfig.from_pretrained(folder))
-    state = read_state_dict(folder)
-    expected = {k for k, _ in rm.named_parameters()}
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-    if missing or unexpected or "score.weight" not in state:
-        raise CheckpointError(
-            f"{folder}: not a scalar reward model (missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]}); train one with `lmforge rm`"
-        )
-    if state["score.weight"].shape != rm.score.weight.shape:
-        raise CheckpointError(
-            f"{folder}: score.weight {tuple(state['score.weight'].shape)} is not one scalar"
-        )
-    rm.load_state_dict(state, strict=False)
-    return rm.to(dtype).eval()
 
 
 # ---------------------------------------------------------------------- prompts and scores
