@@ -1,56 +1,55 @@
-"""`run_demo`: a few seconds of training end to end, with every artefact written."""
+"""`lmforge demo`: the R1-style pipeline (fast setting end to end) and its data."""
 
 from __future__ import annotations
 
 import io
 import json
 
-import torch
+import pytest
 from rich.console import Console
 
-from lmforge.demo import lr_at, pack_documents, run_demo
-from lmforge.models.hf import load_model
-from lmforge.models.transformer import IGNORE_INDEX
-from lmforge.tokenizer import Tokenizer, load_tokenizer
+from lmforge.align.rewards import format_reward, task_reward
+from lmforge.data.tasks.arithmetic import ArithmeticProblem, arithmetic_problems, split_of
+from lmforge.demo import r1_solution, run_demo, worked_reasoning
 
 
-def test_run_demo_trains_saves_and_samples(tmp_path):
-    console = Console(file=io.StringIO(), width=100)
-    threads = torch.get_num_threads()
-    summary = run_demo(tmp_path, seconds=3, console=console)
-    assert torch.get_num_threads() == threads  # restored
-
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == summary["steps"] >= 2
-    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
-    assert {"loss", "lr", "tokens", "tokens_per_s", "grad_norm"} <= set(records[0])
-    assert (tmp_path / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-    assert summary["val_loss_after"] < summary["val_loss_before"]
-    assert records[-1]["loss"] < records[0]["loss"]
-    model, tok = load_model(tmp_path / "model"), load_tokenizer(tmp_path / "model")
-    assert model.num_parameters() == summary["parameters"]
-    assert tok.vocab_size <= model.config.vocab_size
-    assert model.config.eos_token_id == tok.eos_token_id
-    assert {s["mode"] for s in summary["samples"]} == {"greedy", "sampled"}
-    output = console.file.getvalue()
-    assert "validation loss" in output and "12 + 7 =" in output
+def test_worked_reasoning_is_column_addition_with_carries():
+    assert worked_reasoning(ArithmeticProblem(347, "+", 258)) == "7+8=15, 4+5+1=10, 3+2+1=6"
+    assert worked_reasoning(ArithmeticProblem(95, "+", 7)) == "5+7=12, 9+0+1=10"
+    with pytest.raises(ValueError, match="addition"):
+        worked_reasoning(ArithmeticProblem(9, "-", 7))
 
 
-def test_pack_documents_keeps_documents_apart():
-    tok = Tokenizer.train(["a b c d e f g h"] * 20, vocab_size=300)
-    docs = ["a b c", "d e f g h", "a c e g"] * 6
-    rows = pack_documents(tok, docs, seq_len=8)
-    ids, labels, doc_ids = rows["input_ids"], rows["labels"], rows["document_ids"]
-    assert ids.shape == labels.shape == doc_ids.shape and ids.shape[1] == 8
-    starts = doc_ids[:, 1:] != doc_ids[:, :-1]
-    # A new document starts at <bos>, and its first token is never a prediction target.
-    assert (ids[:, 1:][starts] == tok.bos_token_id).all()
-    assert (labels[:, 1:][starts] == IGNORE_INDEX).all()
-    assert (labels[:, 1:][~starts] == ids[:, 1:][~starts]).all()
+def test_r1_solutions_get_full_rule_reward():
+    for p in arithmetic_problems(50, seed=0, digits=3, ops=("+",)):
+        text = r1_solution(p)
+        assert format_reward(text).score == 1.0
+        assert task_reward(text, p).score == 1.0
+        # every column's digit sum is right (the reasoning is a correct derivation)
+        for step in text.split("<think>")[1].split("</think>")[0].split(", "):
+            lhs, rhs = step.split("=")
+            assert sum(map(int, lhs.split("+"))) == int(rhs)
 
 
-def test_lr_schedule_warms_up_then_decays():
-    assert lr_at(0, 0.0) < lr_at(10, 0.0) < lr_at(19, 0.0) == lr_at(100, 0.0)
-    assert lr_at(100, 0.5) < lr_at(100, 0.1)
-    assert abs(lr_at(100, 1.0) - 0.1 * lr_at(100, 0.0)) < 1e-12
+@pytest.mark.slow
+def test_fast_demo_runs_every_stage_and_reports(tmp_path):
+    console = Console(file=io.StringIO(), width=120)
+    summary = run_demo(tmp_path / "demo", fast=True, console=console)
+    out = tmp_path / "demo"
+    for stage in ("pretrain", "sft", "grpo"):
+        assert (out / stage / "model" / "config.json").is_file()
+        assert 0 <= summary["accuracy"][stage]["accuracy"] <= 1
+    assert (out / "model" / "tokenizer.json").is_file()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| sft |" in report and "lmforge grpo" in report and "curves.png" in report
+    grpo = [json.loads(x) for x in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward", "accuracy", "length", "entropy"} <= set(grpo[0])
+    # SFT chats and pretraining text come from the train split only
+    sft = [json.loads(x) for x in (out / "data" / "sft.jsonl").read_text().splitlines()]
+    questions = [c["messages"][0]["content"].removeprefix("What is ").rstrip("?") for c in sft]
+    assert all(split_of(q) == "train" for q in questions)
+    last = console.file.getvalue().strip().splitlines()[-1]
+    assert last == (
+        f"RESULT demo sft_acc={summary['sft_acc']:.1f} grpo_acc={summary['grpo_acc']:.1f}"
+    )
