@@ -17,9 +17,11 @@
 
 **Batches.** ``batch_size`` is *pairs* per micro-batch. Sequence ``2i`` of a batch is pair
 i's chosen completion and ``2i + 1`` its rejected one. With ``layout="packed"`` (default) the
-``2·batch_size`` sequences are packed best-fit into rows of at most ``seq_len`` tokens (trimmed
-to the longest row) with ``position_ids`` / ``document_ids`` keeping them apart, so no padding
-is computed (Principle 5); ``layout="padded"`` gives one right-padded sequence per row (with
+``2·batch_size`` sequences are packed best-fit into rows as wide as the batch's longest
+sequence (trimmed to the fullest row) with ``position_ids`` / ``document_ids`` keeping them
+apart, so almost no padding is computed (Principle 5) — rows no wider than the longest
+sequence keep the block-diagonal attention, whose cost grows with the row width squared,
+small; ``layout="padded"`` gives one right-padded sequence per row (with
 ``attention_mask``, which a reward model reads to find each sequence's last token). Either way
 ``sequence_ids`` ``[R, T]`` says which sequence each token belongs to (-1 for filler), and
 ``pair_ids`` ``[B]`` which pairs of the data set the batch holds.
@@ -269,9 +271,13 @@ class PreferenceLoader(_RowStream):
 
 
 def pack_sequences(seqs: Sequence[Example], seq_len: int, pad_id: int = 0) -> dict:
-    """``seqs`` packed best-fit into rows of ≤ ``seq_len`` tokens, trimmed to the longest row:
-    ``input_ids``, ``labels``, ``position_ids``, ``document_ids``, ``sequence_ids``."""
-    rows = pack_best_fit([len(s) for s in seqs], seq_len)
+    """``seqs`` packed best-fit into rows as wide as the longest of them (≤ ``seq_len``),
+    trimmed to the fullest row: ``input_ids``, ``labels``, ``position_ids``,
+    ``document_ids``, ``sequence_ids``."""
+    lengths = [len(s) for s in seqs]
+    if max(lengths) > seq_len:
+        raise ValueError(f"a sequence of {max(lengths)} tokens is longer than seq_len={seq_len}")
+    rows = pack_best_fit(lengths, max(lengths))
     width = max(sum(seg.length for seg in row) for row in rows)
     batch = rows_to_batch(
         rows,
