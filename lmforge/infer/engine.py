@@ -341,28 +341,24 @@ class Engine:
                 keep.append(len(ids) - 1)
                 sampling.append(seq)
         dev = self.device
-        batch = PagedBatch(
-            self.cache,
-            torch.tensor(slots, device=dev),
-            prefills=prefills,
-        )
+        batch = PagedBatch(self.cache, torch.tensor(slots, device=dev), prefills=prefills)
         ids_t = torch.tensor(ids, device=dev)
         positions_t = torch.tensor(positions, device=dev)
         keep_t = torch.tensor(keep, dtype=torch.long, device=dev)
         if decode:
-            width = max(len(s.block_ids) for s in decode)
-            tables = [s.block_ids + [0] * (width - len(s.block_ids)) for s in decode]
+            widths = [len(s.block_ids) for s in decode]  # ascending (see `step`)
+            tables = [s.block_ids + [0] * (widths[-1] - len(s.block_ids)) for s in decode]
             batch.num_decode = len(decode)
             batch.decode_blocks = torch.tensor(tables, device=dev)
             batch.decode_positions = positions_t[: len(decode)]
             batch.decode_lens = batch.decode_positions + 1
-            widths = [len(s.block_ids) for s in decode]
             batch.decode_groups = decode_groups(widths, [p + 1 for p in positions[: len(decode)]])
         if self.runner is not None and self.runner.sync():
             logits = self.runner(ids_t, positions_t, max(positions), batch, keep_t)
             return logits.float(), sampling
-        out = self.model(ids_t[None], position_ids=positions_t[None], cache=batch,
-                         logits_to_keep=keep_t)  # fmt: skip
+        out = self.model(
+            ids_t[None], position_ids=positions_t[None], cache=batch, logits_to_keep=keep_t
+        )
         return out.logits[0].float(), sampling
 
     def _context_slots(self, seq: Sequence, total: int) -> torch.Tensor | None:
