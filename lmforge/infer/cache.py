@@ -188,9 +188,10 @@ class PagedBatch:
     """A flattened ragged batch of ``N`` tokens and where their K/V go and come from.
 
     The first ``num_decode`` tokens are single-token chunks (decoding, or a last prefill
-    token): their attention runs as one padded SDPA over the sequences' gathered blocks
-    (padding only in the cheap score/value products, masked out; never in the GEMMs).
-    Longer chunks follow, one SDPA each. ``slot_mapping`` ``[N]`` says where each new
+    token): their attention runs as a padded SDPA over the sequences' gathered blocks, one
+    per group of rows of similar context length (``decode_groups``), so the padding — a
+    masked-out copy and score/value products, never GEMM rows — stays bounded; a group of
+    one row attends its exact context without a mask. Longer chunks follow, one SDPA each. ``slot_mapping`` ``[N]`` says where each new
     token's K/V is written.
     """
 
