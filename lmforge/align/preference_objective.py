@@ -57,17 +57,11 @@ REFERENCE_FREE = ("simpo", "orpo")
 
 
 def _output_head(model: nn.Module) -> nn.Module:
-    inner = model
-    while True:  # DDP (.module) / torch.compile (._orig_mod) wrappers
-        if isinstance(inner, nn.parallel.DistributedDataParallel):
-            inner = inner.module
-        elif hasattr(inner, "_orig_mod"):
-            inner = inner._orig_mod
-        else:
-            break
-    head = getattr(inner, "lm_head", None)
+    from lmforge.train.distributed import unwrap  # under DDP / torch.compile wrappers
+
+    head = getattr(unwrap(model), "lm_head", None)
     if not isinstance(head, nn.Module):
-        raise TypeError(f"{type(inner).__name__} has no lm_head to score completions with")
+        raise TypeError(f"{type(unwrap(model)).__name__} has no lm_head to score completions with")
     return head
 
 
