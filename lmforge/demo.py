@@ -44,19 +44,19 @@ class DemoSettings:
 
     digits: int = 3
     corpus_docs: int = 3000
-    task_docs: int = 6000  # worked solutions in the pretraining text
+    task_docs: int = 4000  # worked solutions in the pretraining text
     sft_examples: int = 4000
     eval_problems: int = 200
     preset: str = "demo"
-    pretrain_steps: int = 600
+    pretrain_steps: int = 250
     pretrain_batch: int = 16
-    sft_steps: int = 60
+    sft_steps: int = 100  # measured: 75 → 9%, 100 → 32.5%, 150 → 91.5% greedy held-out
     sft_batch: int = 16
     sft_lr: float = 1e-3
     grpo_steps: int = 120
     grpo_prompts_per_step: int = 8
     group_size: int = 8
-    grpo_lr: float = 5e-4
+    grpo_lr: float = 1e-4
     max_new_tokens: int = 48
     seq_len: int = 128
 
