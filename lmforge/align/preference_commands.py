@@ -57,6 +57,7 @@ class DPOSection:
     reference: Literal["auto", "copy", "adapter"] = "auto"  # auto: adapter with --peft, else copy
     precompute_reference: bool = False  # reference log-probs once before training
     layout: Literal["packed", "padded"] = "packed"
+    length_groups: int = 8  # padded: forward passes per batch, rows grouped by length
 
 
 @dataclass
@@ -125,6 +126,8 @@ def validate_dpo(section: DPOSection) -> None:
         raise ConfigError(f"dpo.beta={section.beta} must be > 0")
     if not 0 <= section.label_smoothing < 0.5:
         raise ConfigError(f"dpo.label_smoothing={section.label_smoothing} must be in [0, 0.5)")
+    if section.length_groups < 1:
+        raise ConfigError(f"dpo.length_groups={section.length_groups} must be >= 1")
     if section.label_smoothing and section.loss_type not in ("sigmoid", "simpo"):
         raise ConfigError("dpo.label_smoothing applies to loss_type sigmoid or simpo only")
 
@@ -218,7 +221,8 @@ def run_dpo(args: argparse.Namespace) -> int:
                 "(adapter disabled)"}[mode] if needs_ref else "none (reference-free loss)"  # fmt: skip
         console.print(f"[bold]reference[/]: {what}")
     objective = PreferenceObjective(p.loss_type, p.beta, label_smoothing=p.label_smoothing,
-                                    gamma=p.gamma, reference=reference)  # fmt: skip
+                                    gamma=p.gamma, reference=reference,
+                                    length_groups=p.length_groups)  # fmt: skip
     console.print(
         f"[bold]objective[/]: {p.loss_type} (β={p.beta}"
         + (f", ε={p.label_smoothing}" if p.label_smoothing else "")

@@ -65,7 +65,9 @@ def _output_head(model: nn.Module) -> nn.Module:
     return head
 
 
-def sequence_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model: nn.Module, batch: Batch, length_groups: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logps, lengths)``, both ``[S]`` (S = 2 × pairs): ``log π(y|x)`` summed over each
     sequence's scored tokens, and their number.
 
@@ -74,11 +76,30 @@ def sequence_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.
     (``position_ids`` / ``document_ids`` when packed, ``attention_mask`` when padded). A
     forward pre-hook on the output head keeps only the hidden states of positions whose next
     token is scored, so the logits are ``[N_scored, V]``.
+
+    A padded batch (one right-padded sequence per row) may be run as ``length_groups``
+    forward passes over its rows sorted by length, each cut to its own longest row: little
+    padding is computed and attention stays the unmasked causal kernel (cheaper than the
+    block-diagonal mask of packed rows on CPU). The result is the same.
     """
+    num_seqs = 2 * batch["pair_ids"].numel()
+    if length_groups <= 1 or "document_ids" in batch:
+        return _scored_logps(model, batch, num_seqs)
+    real = batch["sequence_ids"] >= 0
+    order = real.sum(-1).argsort()
+    logps = lengths = None
+    for rows in order.tensor_split(min(length_groups, len(order))):
+        width = int(real[rows].sum(-1).max())
+        part = {k: batch[k][rows, :width] for k in ("input_ids", "labels", "sequence_ids")}
+        a, b = _scored_logps(model, part, num_seqs)
+        logps, lengths = (a, b) if logps is None else (logps + a, lengths + b)
+    return logps, lengths
+
+
+def _scored_logps(model: nn.Module, batch: Batch, num_seqs: int):
     targets = shifted_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
     owner = torch.nn.functional.pad(batch["sequence_ids"][:, 1:], (0, 1), value=-1)[keep]
-    num_seqs = 2 * batch["pair_ids"].numel()
 
     def only_scored(module, args):
         return (args[0][keep],)
@@ -120,6 +141,7 @@ class PreferenceObjective:
         label_smoothing: conservative DPO's ε (also SimPO's).
         gamma: SimPO's target margin γ.
         reference: frozen module, ``"adapter"``, or None (see the module docstring).
+        length_groups: forward passes per padded batch (see `sequence_logps`).
 
     IPO uses length-averaged log-probs (TRL's per-token form; see `dpo_loss`); SimPO and ORPO
     need them by definition; DPO uses sums (Rafailov et al. eq. 7).
@@ -133,6 +155,7 @@ class PreferenceObjective:
         label_smoothing: float = 0.0,
         gamma: float = 0.5,
         reference: nn.Module | str | None = None,
+        length_groups: int = 1,
     ) -> None:
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={loss_type!r}: choose one of {', '.join(LOSS_TYPES)}")
@@ -142,6 +165,7 @@ class PreferenceObjective:
         self.label_smoothing, self.gamma = label_smoothing, gamma
         self.reference = None if loss_type in REFERENCE_FREE else reference
         self.average = loss_type != "sigmoid"
+        self.length_groups = length_groups
 
     def reference_logps(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """``[S]`` sequence log-probs under π_ref (summed; averaging happens in `loss`)."""
@@ -157,10 +181,10 @@ class PreferenceObjective:
                 from lmforge.peft import disable_adapters
 
                 with disable_adapters(model):
-                    return sequence_logps(model, batch)[0]
+                    return sequence_logps(model, batch, self.length_groups)[0]
             if next(self.reference.parameters()).device != batch["input_ids"].device:
                 self.reference.to(batch["input_ids"].device)
-            return sequence_logps(self.reference, batch)[0]
+            return sequence_logps(self.reference, batch, self.length_groups)[0]
 
     def loss(self, logps: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor | None):
         """The per-pair `PreferenceLoss` from ``[S]`` sequence log-probs (and the reference's)."""
@@ -179,7 +203,7 @@ class PreferenceObjective:
         ref = None
         if self.loss_type not in REFERENCE_FREE:
             ref = self.reference_logps(model, batch)
-        logps, lengths = sequence_logps(model, batch)
+        logps, lengths = sequence_logps(model, batch, self.length_groups)
         out: PreferenceLoss = self.loss(logps, lengths, ref)
         result = out.output()
         detached = logps.detach()

@@ -76,8 +76,8 @@ def _independent_logps(model, pairs, pair_ids):
     return torch.stack([o[0] for o in out]), torch.tensor([float(o[1]) for o in out])
 
 
-@pytest.mark.parametrize("layout", ["packed", "padded"])
-def test_sequence_logps_match_transformers(pairs, tmp_path, layout):
+@pytest.mark.parametrize(("layout", "groups"), [("packed", 1), ("padded", 1), ("padded", 4)])
+def test_sequence_logps_match_transformers(pairs, tmp_path, layout, groups):
     from transformers import AutoModelForCausalLM
 
     from lmforge.models.hf import save_model
@@ -87,7 +87,7 @@ def test_sequence_logps_match_transformers(pairs, tmp_path, layout):
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
     batch = PreferenceLoader(pairs, 6, 128, layout=layout).collate(range(6))
     with torch.no_grad():
-        got, lengths = sequence_logps(model, batch)
+        got, lengths = sequence_logps(model, batch, length_groups=groups)
     want, n = _independent_logps(lambda ids: hf(input_ids=ids), pairs, range(6))
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
     assert torch.equal(lengths, n)
