@@ -195,9 +195,9 @@ def main() -> None:
         for _ in range(args.repeats):
             if args.only != "trl":
                 run = bench_lmforge(model_dir, tok, records, args.steps, args.warmup, args.batch)
-                print(f"lmforge: {run['per_step'] * 1e3:.0f} ms/step; {run['positions']:.0f} "
-                      f"positions/step for {run['real']:.0f} real tokens (packed; "
-                      f"padded to each batch's longest: {run['padded']:.0f})")  # fmt: skip
+                print(f"lmforge: {run['per_step'] * 1e3:.0f} ms/step; batches of {run['real']:.0f} "
+                      f"real tokens: {run['positions']:.0f} positions packed, "
+                      f"{run['padded']:.0f} padded to the longest")  # fmt: skip
                 ours = run if ours is None or run["per_step"] < ours["per_step"] else ours
             if args.only != "lmforge":
                 run = bench_trl(model_dir, records, args.steps, args.warmup, args.batch)
