@@ -99,7 +99,10 @@ class CausalLM(nn.Module):
         self.generation_config: dict = {}
         self.model = TransformerModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.reset_parameters()
+        if self.lm_head.weight.is_meta:  # built to be loaded into (load_model): nothing to draw
+            self.tie_weights()
+        else:
+            self.reset_parameters()
 
     # ------------------------------------------------------------------ init
     def tie_weights(self) -> None:
