@@ -146,11 +146,6 @@ def sample_completions(
         max_num_batched_tokens=max(2048, longest),
         num_blocks=min(len(prompts), max_num_seqs) * (-(-longest // 16) + 1) + 1,
     )
-    if engine.runner is not None:
-        # Rebuild the fused inference weights from the live ones: fused optimizers (torch's
-        # CPU AdamW) update parameters in place without bumping the version counters the
-        # runner's staleness check reads.
-        engine.runner._signature = []
     stop_ids = tuple(getattr(tokenizer, "stop_token_ids", ()) or ())
     ids = []
     for prompt, seed in zip(prompts, seeds, strict=True):

@@ -97,6 +97,12 @@ class BlockAllocator:
         self.ref_counts[block] += 1
         return block
 
+    def forget_prefixes(self) -> None:
+        """Drop every prefix-cache entry (e.g. after the weights changed: cached K/V is stale).
+        Blocks in use stay with their sequences; free ones just lose their key."""
+        self.cached.clear()
+        self.block_keys.clear()
+
     def register(self, block: int, key: BlockKey) -> None:
         """Record that full block ``block`` holds ``key`` (first writer wins)."""
         if self.enable_prefix_caching and key not in self.cached and block not in self.block_keys:

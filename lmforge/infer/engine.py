@@ -225,6 +225,7 @@ class Engine:
         self.runner = None
         if fused_weights and InferenceRunner.unsupported_reason(model) is None:
             self.runner = InferenceRunner.for_model(model)
+            self.runner.invalidate()  # weights may have changed in ways versions do not show
         self.requests: dict[str, _Request] = {}
         self._pending: list[RequestOutput] = []  # abort notices for the next step
         self._ids = itertools.count()
@@ -232,6 +233,14 @@ class Engine:
         self.num_generated = 0
 
     # ------------------------------------------------------------------ requests
+    def refresh_weights(self) -> None:
+        """Call after changing the model's weights while this engine lives (e.g. between
+        RL steps): drops the prefix cache (its K/V came from the old weights) and the fused
+        weight copies. A new `Engine` always starts from the current weights."""
+        self.allocator.forget_prefixes()
+        if self.runner is not None:
+            self.runner.invalidate()
+
     def add_request(
         self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None
     ) -> str:

@@ -153,6 +153,12 @@ class InferenceRunner:
                 state.append(None if p is None else (id(lin), p.data_ptr(), p._version))
         return state
 
+    def invalidate(self) -> None:
+        """Forget the copies; the next `sync` rebuilds them from the live weights. Needed after
+        in-place updates that do not bump version counters (torch's fused CPU AdamW,
+        ``p.data.copy_(...)``); every new `Engine` calls it."""
+        self._signature, self.layers, self.head_t = [], [], None
+
     def sync(self) -> bool:
         """Rebuild the copies if any source layer or parameter changed since they were made
         (once per engine step). False if the model has become unsupported (e.g. a projection

@@ -281,6 +281,10 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        # Fused optimizers write the weights in place without bumping their version counters;
+        # bump them so caches keyed on versions (the inference engine's fused weights) notice.
+        if self.strategy != "fsdp":  # (sharded DTensor parameters are not served by engines)
+            torch.autograd.graph.increment_version(list(self.raw_model.parameters()))
         self.step += 1
         self.tokens += tokens * self.dist.world_size
         self.last_loss = loss

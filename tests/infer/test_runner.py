@@ -211,3 +211,40 @@ def test_fused_rms_norm_is_bit_identical_to_the_module_in_fp32(shape):
     x = 4 * torch.randn(shape)
     with torch.no_grad():
         assert torch.equal(_norm(norm, x), norm(x))
+
+
+def test_updates_that_bypass_version_counters_need_a_new_engine_or_refresh():
+    """``p.data`` writes (and fused optimizers) leave ``_version`` alone: a new Engine, or
+    ``refresh_weights()``, must still serve the current weights."""
+    model = make_model(2)
+    prompts, params = [[3, 1, 4, 1, 5]], SamplingParams(max_tokens=6, temperature=0, logprobs=0)
+    engine = Engine(model, block_size=4)
+    engine.generate(prompts, params)
+    for p in model.parameters():
+        p.data.copy_(torch.randn_like(p) * 0.5)  # no version bump
+    plain = Engine(model, block_size=4, fused_weights=False).generate(prompts, params)[0]
+    fresh = Engine(model, block_size=4).generate(prompts, params)[0]
+    assert fresh.token_ids == plain.token_ids
+    assert fresh.logprobs[0].logprob == pytest.approx(plain.logprobs[0].logprob, abs=1e-5)
+    for p in model.parameters():
+        p.data.mul_(-1)
+    engine.refresh_weights()
+    again = engine.generate(prompts, params)[0]
+    plain = Engine(model, block_size=4, fused_weights=False).generate(prompts, params)[0]
+    assert again.token_ids == plain.token_ids
+
+
+def test_trainer_steps_bump_parameter_versions():
+    """lmforge's Trainer makes fused-AdamW updates visible to version-keyed caches."""
+    from lmforge.train.config import RunConfig
+    from lmforge.train.loop import Trainer
+
+    model = make_model(3)
+    ids = torch.randint(0, model.config.vocab_size, (2, 8))
+    batch = {"input_ids": ids, "labels": ids.clone()}
+    config = RunConfig()
+    config.log.progress = False
+    trainer = Trainer(model, [batch], config)
+    before = [p._version for p in model.parameters()]
+    trainer.train_step([batch])
+    assert all(p._version > v for p, v in zip(model.parameters(), before))
