@@ -21,11 +21,13 @@ waiting for a core, and two threads each wait on the other at every parallel op,
 swamps any difference between the libraries. ``--threads 0 --clock wall`` for the plain
 measurement on an idle machine.
 
-    python bench/generate.py [--sizes 5m 30m] [--rounds 3] [--decode-tokens 128] [--profile]
+    python bench/generate.py [--sizes 5m 30m] [--rounds 3] [--decode-tokens 128] [--profile] [--no-spec]
 
-Last line: ``RESULT generate decode_ratio=<x> batch_ratio=<y>`` (lmforge ÷ HF tokens/s,
-geometric mean over sizes); functions appended to `EXTRA_BENCHES` (e.g. a speculative
-decoding ``run_spec_bench``) each return ``{name: value}`` pairs added to that line.
+Last line: ``RESULT generate decode_ratio=<x> batch_ratio=<y> spec_speedup=<z>`` (lmforge ÷
+HF tokens/s, geometric mean over sizes; ``spec_speedup`` from `bench/speculative.py`'s
+``run_spec_bench``: speculative over plain decoding with the same loop — skip it with
+``--no-spec``). Functions appended to `EXTRA_BENCHES` each return ``{name: value}`` pairs
+added to that line.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ import argparse
 import math
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -210,7 +214,15 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=32, help="requests in the batch part")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--no-spec", action="store_true", help="skip speculative decoding (bench/speculative.py)"
+    )
     args = parser.parse_args()
+    if not args.no_spec:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from speculative import run_spec_bench  # bench/speculative.py
+
+        EXTRA_BENCHES.append(lambda: {"spec_speedup": run_spec_bench()["spec_speedup"]})
     started = time.perf_counter()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
