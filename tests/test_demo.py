@@ -31,6 +31,42 @@ def test_r1_solutions_get_full_rule_reward():
             assert sum(map(int, lhs.split("+"))) == int(rhs)
 
 
+def test_sampled_pass_at_1_averages_k_seeded_samples_per_problem():
+    """R1's pass@1: k completions per problem, each seeded by (seed, problem, sample), every
+    metric averaged over all of them — the same as sampling each request alone."""
+    import torch
+
+    from lmforge.align.grpo_trainer import evaluate_accuracy, r1_prompt_ids
+    from lmforge.align.rollout import RolloutSampling, request_seed, sample_completions
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.tokenizer import Tokenizer
+
+    problems = arithmetic_problems(3, seed=0, digits=2, ops=("+",))
+    tok = Tokenizer.train([f"{p.prompt} {r1_solution(p)}" for p in problems * 20], vocab_size=300)
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", vocab_size=320, hidden_size=32, intermediate_size=64,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    model = CausalLM(cfg).eval()
+    encode = lambda p: r1_prompt_ids(tok, p)  # noqa: E731
+    sampling = RolloutSampling(1, 12, temperature=1.5, top_p=0.95, stop=("</answer>",))
+    out = evaluate_accuracy(model, tok, problems, encode, sampling, samples=3, seed=5)
+    alone = [
+        sample_completions(model, tok, [encode(p)], sampling, [request_seed(5, i, j)])[0]
+        for i, p in enumerate(problems)
+        for j in range(3)
+    ]
+    assert out["length"] == pytest.approx(sum(len(c.completion_ids) for c in alone) / 9)
+    assert len({c.text for c in alone}) > 3  # the k samples of a problem differ
+    assert out == evaluate_accuracy(model, tok, problems, encode, sampling, samples=3, seed=5)
+    greedy = evaluate_accuracy(model, tok, problems, encode, sampling)
+    expected = sample_completions(model, tok, [encode(p) for p in problems], sampling, [0] * 3,
+                                  greedy=True)  # fmt: skip
+    assert greedy["length"] == pytest.approx(sum(len(c.completion_ids) for c in expected) / 3)
+    with pytest.raises(ValueError, match="samples"):
+        evaluate_accuracy(model, tok, problems, encode, sampling, samples=-1)
+
+
 @pytest.mark.slow
 def test_fast_demo_runs_every_stage_and_reports(tmp_path):
     console = Console(file=io.StringIO(), width=120)

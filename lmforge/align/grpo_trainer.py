@@ -22,7 +22,9 @@ adapters disabled (`lmforge.peft.disable_adapters`: no second model). β = 0 loa
 
 Logged per step (metrics.jsonl): loss, policy_loss, clip_frac, kl (β > 0), entropy, and the
 rollout's reward, accuracy, format, response length (completion tokens) and dropped groups.
-Held-out accuracy (greedy) goes to ``eval.jsonl`` every ``train.eval_every`` steps.
+Held-out accuracy goes to ``eval.jsonl`` every ``train.eval_every`` steps: greedy, or with
+``grpo.eval_samples`` = k > 0 DeepSeek-R1's pass@1 (k samples per problem at
+``grpo.eval_temperature`` / ``grpo.eval_top_p``, averaged).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ __all__ = [
     "GRPORollouts",
     "GRPOSection",
     "PromptAnswer",
+    "eval_rollout_sampling",
     "evaluate_accuracy",
     "r1_prompt_ids",
     "r1_reward",
@@ -87,6 +90,9 @@ class GRPOSection:
     max_target: int = 100
     num_prompts: int = 2000  # training problems
     eval_prompts: int = 100  # held-out problems for accuracy
+    eval_samples: int = 0  # 0: greedy held-out accuracy; k > 0: R1's pass@1 over k samples
+    eval_temperature: float = 0.6  # pass@1 sampling (eval_samples > 0), as DeepSeek-R1
+    eval_top_p: float = 0.95
     system_prompt: str = ""
     group_size: int = 8
     max_new_tokens: int = 64
@@ -130,6 +136,10 @@ def check_grpo_config(config: GRPOConfig) -> None:
     for name in ("iterations", "max_new_tokens", "num_prompts", "eval_prompts"):
         if getattr(g, name) < 1:
             raise ConfigError(f"grpo.{name}={getattr(g, name)} must be ≥ 1")
+    if g.eval_samples < 0 or not g.eval_temperature > 0 or not 0 < g.eval_top_p <= 1:
+        raise ConfigError(
+            "grpo.eval_samples must be ≥ 0, grpo.eval_temperature > 0, grpo.eval_top_p in (0, 1]"
+        )
     if g.beta < 0 or g.eps_low < 0 or (g.eps_high is not None and g.eps_high < 0):
         raise ConfigError("grpo.beta, grpo.eps_low and grpo.eps_high must be ≥ 0")
     if not 0 <= g.overlong_cache <= g.max_new_tokens:
@@ -221,22 +231,48 @@ def evaluate_accuracy(
     items: Sequence[Any],
     encode: Callable[[Any], list[int]],
     sampling: RolloutSampling,
+    *,
+    samples: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Greedy held-out accuracy, format rate and mean completion length (in tokens), plus
-    a few samples."""
-    prompts = [encode(item) for item in items]
-    outs = sample_completions(model, tokenizer, prompts, sampling, [0] * len(prompts), greedy=True)
-    scores = [r1_reward(item, c) for item, c in zip(items, outs, strict=True)]
-    n = max(1, len(items))
+    """Held-out accuracy, format rate and mean completion length (in tokens), plus a few
+    samples.
+
+    ``samples`` = 0 decodes greedily (one completion per item). ``samples`` = k > 0 is
+    DeepSeek-R1's pass@1 (DeepSeek-AI 2025, §3.1): k completions per item sampled at
+    ``sampling.temperature`` / ``top_p`` (R1: 0.6 / 0.95), each request seeded from ``seed``
+    and its (item, sample) position, and every metric averaged over all k × len(items).
+    """
+    if samples < 0:
+        raise ValueError(f"samples={samples} must be ≥ 0 (0: greedy)")
+    k = max(1, samples)
+    prompts = [encode(item) for item in items for _ in range(k)]
+    seeds = [request_seed(seed, i, j) for i in range(len(items)) for j in range(k)]
+    outs = sample_completions(model, tokenizer, prompts, sampling, seeds, greedy=samples == 0)
+    repeated = [item for item in items for _ in range(k)]
+    scores = [r1_reward(item, c) for item, c in zip(repeated, outs, strict=True)]
+    n = max(1, len(outs))
     return {
         "accuracy": sum(s["accuracy"] for s in scores) / n,
         "format": sum(s["format"] for s in scores) / n,
         "length": sum(len(c.completion_ids) for c in outs) / n,
         "samples": [
             {"prompt": item.prompt, "completion": c.text, "correct": bool(s["accuracy"])}
-            for item, c, s in list(zip(items, outs, scores, strict=True))[:4]
+            for item, c, s in list(zip(repeated, outs, scores, strict=True))[: 4 * k : k]
         ],
     }
+
+
+def eval_rollout_sampling(section: GRPOSection) -> RolloutSampling:
+    """The held-out evaluation's sampling settings (``eval_temperature`` / ``eval_top_p``;
+    unused by greedy evaluation, ``eval_samples`` = 0)."""
+    return RolloutSampling(
+        1,
+        section.max_new_tokens,
+        section.eval_temperature,
+        section.eval_top_p,
+        stop=tuple(section.stop),
+    )
 
 
 # ---------------------------------------------------------------------- data
@@ -452,11 +488,12 @@ def train_grpo(
         encode=encode, reference=make_reference(model, s.beta),
         pad_id=tokenizer.pad_token_id or 0,
     )  # fmt: skip
-    eval_sampling = RolloutSampling(2, s.max_new_tokens, stop=tuple(s.stop))
+    eval_sampling = eval_rollout_sampling(s)
     history: list[dict[str, Any]] = []
 
     def run_eval(step: int) -> dict[str, Any]:
-        result = evaluate_accuracy(model, tokenizer, eval_items, encode, eval_sampling)
+        result = evaluate_accuracy(model, tokenizer, eval_items, encode, eval_sampling,
+                                   samples=s.eval_samples, seed=t.seed)  # fmt: skip
         record = {"step": step, **{k: v for k, v in result.items() if k != "samples"}}
         history.append(record)
         if run_dir is not None:
