@@ -6,6 +6,7 @@ identity; the only special case is a tied ``lm_head.weight``, which HF omits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -69,6 +70,22 @@ def read_state_dict(folder: str | os.PathLike, device: str | torch.device = "cpu
     return state
 
 
+@contextlib.contextmanager
+def _no_init():
+    """Skip ``torch.nn.init`` while building a model whose weights are loaded next: drawing
+    random values on the meta device is pointless, and its first call imports torch's
+    compiler stack (seconds per process)."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "trunc_normal_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
 def load_model(
     path: str | os.PathLike,
     dtype: str | torch.dtype | None = None,
@@ -86,7 +103,7 @@ def load_model(
     target_dtype = _parse_dtype(dtype)
     state = read_state_dict(folder)
 
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = CausalLM(config)
     _check_state_dict(model, state, folder)
     if config.tie_word_embeddings:

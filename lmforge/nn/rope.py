@@ -93,8 +93,13 @@ class RotaryEmbedding(nn.Module):
         max_positions: int = 2048,
     ) -> None:
         super().__init__()
-        inv_freq, self.attention_scaling = rope_frequencies(head_dim, theta, scaling, max_positions)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # computed on the CPU whatever the default device (on "meta" the arithmetic would run
+        # through torch's reference kernels), then placed on the default device
+        with torch.device("cpu"):
+            inv_freq, self.attention_scaling = rope_frequencies(
+                head_dim, theta, scaling, max_positions
+            )
+        self.register_buffer("inv_freq", inv_freq.to(torch.get_default_device()), persistent=False)
 
     def _apply(self, fn, recurse: bool = True):
         # `model.to(bfloat16)` would round the frequencies; keep them fp32 (move device only).
