@@ -282,8 +282,10 @@ def plot_report(out: Path, path: Path) -> Path:
     axes[0].legend()
     grpo = [r for r in _read_jsonl(out / "grpo" / "metrics.jsonl") if "reward" in r]
     steps = [r["step"] for r in grpo]
-    axes[1].plot(steps, [r["reward"] for r in grpo])
+    axes[1].plot(steps, [r.get("sampled_reward", r["reward"]) for r in grpo], label="all sampled")
+    axes[1].plot(steps, [r["reward"] for r in grpo], label="kept groups (trained on)")
     axes[1].set(xlabel="GRPO step", ylabel="mean reward", title="GRPO reward (rollouts)")
+    axes[1].legend()
     axes[2].plot(steps, [100 * r["accuracy"] for r in grpo], label="rollouts (sampled)")
     evals = _read_jsonl(out / "grpo" / "eval.jsonl")
     axes[2].plot([e["step"] for e in evals], [100 * e["accuracy"] for e in evals], "o-",
