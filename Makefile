@@ -52,8 +52,12 @@ format: $(STAMP)
 	$(BIN)/ruff format lmforge tests bench
 	$(BIN)/ruff check --fix lmforge tests bench
 
+# Every side-by-side benchmark (tens of minutes on a CPU); each ends with a RESULT line.
+BENCHES := model_throughput sft_throughput checkpointing_memory generate structured \
+           peft_memory dpo_step grpo_step
+
 bench: $(STAMP)
-	$(BIN)/python bench/model_throughput.py
+	set -e; for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
