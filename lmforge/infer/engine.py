@@ -145,6 +145,11 @@ class _Request(Sequence):
     logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""
     sent_text: int = 0  # characters of text already streamed
+    # incremental detokenization: text of output_ids[:read_offset] is final (`settled`);
+    # decoding restarts at prefix_offset, a few tokens back, for context
+    settled: str = ""
+    prefix_offset: int = 0
+    read_offset: int = 0
     sent_tokens: int = 0
     finished: bool = False
     finish_reason: str | None = None
@@ -428,11 +433,30 @@ class Engine:
             if p.constraint.is_finished():
                 req.finished, req.finish_reason = True, "stop"
         if self.tokenizer is not None:
-            req.text = self.tokenizer.decode(req.output_ids, skip_special_tokens=True)
+            self._detokenize(req)
             if p.stop and self._apply_stop_strings(req):
                 return
         if not req.finished and len(req.tokens) - req.num_prompt >= p.max_tokens:
             req.finished, req.finish_reason = True, "length"
+
+    def _detokenize(self, req: _Request) -> None:
+        """Update ``req.text`` by decoding only the tokens since the last settled point (plus
+        the previous window for context) instead of the whole output each token: the new
+        text is ``decode(ids[prefix:])`` minus ``decode(ids[prefix:read])``, settled once it
+        does not end in a partial UTF-8 character (U+FFFD)."""
+        ids = req.output_ids
+        decode = self.tokenizer.decode
+        before = decode(ids[req.prefix_offset : req.read_offset], skip_special_tokens=True)
+        after = decode(ids[req.prefix_offset :], skip_special_tokens=True)
+        if not after.startswith(before):  # a decoder that rewrites earlier text: from scratch
+            req.settled, req.prefix_offset, req.read_offset = "", 0, 0
+            req.text = decode(ids, skip_special_tokens=True)
+            return
+        new = after[len(before) :]
+        req.text = req.settled + new
+        if new and not new.endswith("\ufffd"):
+            req.settled = req.text
+            req.prefix_offset, req.read_offset = req.read_offset, len(ids)
 
     def _apply_stop_strings(self, req: _Request) -> bool:
         """End ``req`` at the earliest stop string in its text (searching only where a new

@@ -279,6 +279,32 @@ def test_partial_utf8_is_held_back_from_deltas(pair):
     assert all("\ufffd" not in d for d in deltas)
 
 
+class CountingByteTokenizer(ByteTokenizer):
+    """Counts the ids it decodes, to check the engine does not re-decode whole outputs."""
+
+    decoded = 0
+
+    def decode(self, ids, skip_special_tokens=False) -> str:
+        self.decoded += len(ids)
+        return super().decode(ids, skip_special_tokens)
+
+
+def test_incremental_text_equals_full_decode_at_every_step(pair):
+    """Text is decoded incrementally (a window per token, not the whole output) and equals
+    decoding every token so far, partial UTF-8 characters included."""
+    _, ours = pair
+    forced = [1, 2, 3, 4, 1, 2, 3, 1, 5, 2, 3, 6, 7, 1, 2, 3, 1, 2, 3] * 4  # '€' + broken bytes
+    tok = CountingByteTokenizer()
+    engine = Engine(ours, tok)
+    params = SamplingParams(max_tokens=len(forced), temperature=0, constraint=ForceTokens(forced))
+    engine.add_request(prompts()[0], params)
+    while engine.has_unfinished():
+        for out in engine.step():
+            assert out.text == ByteTokenizer().decode(out.token_ids)
+    assert out.text == ByteTokenizer().decode(forced) and out.text.count("€") == 16
+    assert tok.decoded < 10 * len(forced)  # a full re-decode per token: ~n²/2 = 2888
+
+
 def test_abort_reports_and_frees(pair, reference):
     _, ours = pair
     engine = Engine(ours, block_size=4)
