@@ -375,6 +375,7 @@ def _add_generate(commands) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from lmforge.infer.generate import generate
     from lmforge.models.hf import load_model
     from lmforge.tokenizer import load_tokenizer
 
@@ -394,7 +395,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     config_eos = model.config.eos_token_id
     config_eos = config_eos if isinstance(config_eos, list) else [config_eos]
     stop = list(dict.fromkeys([*tok.stop_token_ids, *(i for i in config_eos if i is not None)]))
-    out = model.generate(
+    out = generate(
+        model,
         torch.tensor([ids], device=args.device),
         max_new_tokens=args.max_new_tokens,
         eos_token_id=stop or None,

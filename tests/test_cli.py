@@ -11,6 +11,7 @@ import torch
 
 from lmforge.cli import main
 from lmforge.data.tasks import synthetic_corpus
+from lmforge.infer.generate import generate
 from lmforge.models.hf import load_model, save_model
 from lmforge.models.presets import preset_config
 from lmforge.models.transformer import CausalLM
@@ -185,7 +186,7 @@ def test_generate_greedy_matches_the_library(checkpoint, tokenizer, capsys):
     assert code == 0, err
     ids = tokenizer.encode("12 + 7 =", add_special_tokens=True)
     stop = tokenizer.stop_token_ids
-    expected = model.generate(torch.tensor([ids]), max_new_tokens=12, eos_token_id=stop)
+    expected = generate(model, torch.tensor([ids]), max_new_tokens=12, eos_token_id=stop)
     assert out == tokenizer.decode(expected[0, len(ids) :], skip_special_tokens=True) + "\n"
 
 

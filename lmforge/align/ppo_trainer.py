@@ -61,7 +61,7 @@ from lmforge.align.ppo import (
 from lmforge.align.reward_model import RewardModel
 from lmforge.align.rollout import RolloutSampling, sample_completions
 from lmforge.models.loss import IGNORE_INDEX, shifted_targets
-from lmforge.models.transformer import CausalLM
+from lmforge.models.transformer import CausalLM, lm_output
 from lmforge.train.config import RunConfig
 from lmforge.train.objective import LossOutput
 
@@ -193,13 +193,14 @@ class ActorCritic(nn.Module):
     ) -> ActorCriticOutput:
         """Policy logits, critic values and (with ``ptx``: input_ids, labels, position/document
         ids of a packed LM batch) the policy's summed NLL on it — one forward for DDP."""
-        logits = CausalLM.forward(
-            self, input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep
-        ).logits
+        hidden = self.model(input_ids, attention_mask=attention_mask)
+        logits = lm_output(hidden, self.lm_head, logits_to_keep=logits_to_keep).logits
         values = token_values(self.critic, input_ids, attention_mask)
         ptx_sum = None
         if ptx is not None:
-            ptx_sum = CausalLM.forward(self, **ptx, loss_reduction="sum").loss
+            inputs = {k: v for k, v in ptx.items() if k != "labels"}
+            ptx_sum = lm_output(self.model(**inputs), self.lm_head, ptx["labels"],
+                                loss_reduction="sum").loss  # fmt: skip
         return ActorCriticOutput(logits, values, ptx_sum)
 
 

@@ -53,10 +53,6 @@ class RewardModel(nn.Module):
         self.config = config
         self.model = body if body is not None else CausalLM(config).model
         self.score = nn.Linear(config.hidden_size, 1, bias=False)
-        # CausalLM.forward runs the body and then ``lm_head``; with the identity as lm_head it
-        # returns the final (normed) hidden states, so the body's forward is reused exactly
-        # (packing, padding masks, activation checkpointing). Identity holds no parameters.
-        self.lm_head = nn.Identity()
         nn.init.normal_(self.score.weight, std=1.0 / (config.hidden_size + 1) ** 0.5)
 
     @classmethod
@@ -66,8 +62,9 @@ class RewardModel(nn.Module):
         return cls(lm.config, body=lm.model).to(next(lm.parameters()).device)
 
     def hidden_states(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
-        """``[B, T, H]`` final hidden states (after the last norm); kwargs as `CausalLM.forward`."""
-        return CausalLM.forward(self, input_ids, **kwargs).logits
+        """``[B, T, H]`` final hidden states (after the last norm); kwargs as
+        `TransformerModel.forward` (packing, padding masks, activation checkpointing)."""
+        return self.model(input_ids, **kwargs)
 
     def forward(
         self,

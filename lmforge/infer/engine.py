@@ -65,6 +65,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; 0: the sampled token's; k>0: plus top-k
     constraint: object | None = None  # a structured-generation Constraint
     min_tokens: int = 0  # stop tokens are masked until this many tokens were generated
+    n: int = 1  # completions per prompt (add_request serves one; generate / rollouts expand n)
 
     def validate(self, vocab_size: int, has_tokenizer: bool) -> None:
         """Raise `ValueError` naming every bad field."""
@@ -100,6 +101,8 @@ class SamplingParams:
             errors.append(f"seed={self.seed!r} must be an integer")
         if not _is_int(self.min_tokens) or not self.min_tokens >= 0:
             errors.append(f"min_tokens={self.min_tokens!r} must be an integer ≥ 0")
+        if not _is_int(self.n) or self.n < 1:
+            errors.append(f"n={self.n!r} must be an integer ≥ 1")
         if self.logprobs is not None and (not _is_int(self.logprobs) or self.logprobs < 0):
             errors.append(f"logprobs={self.logprobs!r} must be None or an integer ≥ 0")
         if errors:
@@ -258,6 +261,11 @@ class Engine:
         if bad:
             raise ValueError(f"prompt_token_ids contains {bad[:5]} outside [0, {vocab})")
         params.validate(vocab, self.tokenizer is not None)
+        if params.n != 1:
+            raise ValueError(
+                f"add_request serves one completion, got n={params.n}; add one request per "
+                "completion (each with its own seed)"
+            )
         if len(prompt) + params.max_tokens > self.max_len:
             raise ValueError(
                 f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds "

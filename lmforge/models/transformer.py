@@ -66,10 +66,14 @@ class DecoderLayer(nn.Module):
 
 
 class TransformerModel(nn.Module):
-    """Embedding, decoder layers and final norm (HF's ``model.*`` submodule)."""
+    """Embedding, decoder layers and final norm (HF's ``model.*`` submodule): the body every
+    head shares. ``forward`` returns the final (normed) hidden states ``[B, T, H]``; the
+    language-model head (`CausalLM`), a reward/value head (`lmforge.align.reward_model`) and
+    later MTP / Medusa / vision-language heads all run on top of it."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             DecoderLayer(config, i) for i in range(config.num_hidden_layers)
@@ -87,6 +91,101 @@ class TransformerModel(nn.Module):
         """Whether block ``layer_idx`` is recomputed in backward (see `gradient_checkpointing`)."""
         k = self.gradient_checkpointing
         return bool(k) and self.training and torch.is_grad_enabled() and layer_idx % k == 0
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final hidden states ``[B, T, H]`` (after the last norm).
+
+        Args:
+            input_ids: ``[B, T]`` token ids — or give ``inputs_embeds`` ``[B, T, H]`` instead
+                (vision-language models, prompt tuning): exactly one of the two.
+            position_ids: ``[B, T]``; derived when omitted (reset per document when packed,
+                from the padding mask when one is given, else consecutive after the cache).
+            attention_mask: ``[B, past + T]`` 1 for real tokens, 0 for (left) padding.
+            document_ids: ``[B, T]`` packed-document labels; tokens attend only within
+                their document.
+            cu_seqlens: alternative to ``document_ids``: int32 cumulative document lengths
+                over the flattened ``B·T`` tokens (every row boundary must be one). Uses
+                flash-attn varlen on GPU when installed.
+            cache: a `KVCache` (or anything with ``update``/``advance``/``length``), or a
+                paged batch (`lmforge.infer.cache.PagedBatch`, ``paged = True``).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is not None and inputs_embeds.ndim != 3:
+            raise ValueError(f"inputs_embeds must be [B, T, H], got {tuple(inputs_embeds.shape)}")
+        b, t = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        # A paged batch (lmforge.infer.cache.PagedBatch) is a flattened ragged batch [1, N]:
+        # each token's position comes from position_ids; attention reads the paged cache.
+        paged = getattr(cache, "paged", False)
+        if paged and position_ids is None:
+            raise ValueError("a paged KV cache needs explicit position_ids")
+        past = cache.length if cache is not None and not paged else 0
+        if cu_seqlens is not None:
+            if document_ids is not None:
+                raise ValueError("pass document_ids or cu_seqlens, not both")
+            document_ids = _documents_from_cu_seqlens(cu_seqlens, b, t)
+        if document_ids is not None and past:
+            raise ValueError("packed documents cannot be combined with a non-empty KV cache")
+        key_valid = None
+        if attention_mask is not None:
+            if attention_mask.shape != (b, past + t):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                    f"{(b, past + t)} (cached + new positions)"
+                )
+            if not bool(attention_mask.all()):
+                key_valid = attention_mask.bool()
+        if position_ids is None:
+            position_ids = _position_ids(b, t, past, attention_mask, document_ids, device)
+
+        batch = AttentionBatch(seq_len=t, past=past, key_valid=key_valid, doc_ids=document_ids)
+        if cu_seqlens is not None:
+            batch.cu_seqlens = cu_seqlens.to(torch.int32)
+            batch.max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        cos, sin = self.rotary_emb(position_ids, x.dtype)
+        for i, layer in enumerate(self.layers):
+            if self.checkpointed(i):
+                x = checkpoint(layer, x, cos, sin, batch, cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, batch, cache)
+        if cache is not None and not paged:
+            cache.advance(t)
+        return self.norm(x)
+
+
+def lm_output(
+    hidden: torch.Tensor,
+    lm_head: nn.Module,
+    labels: torch.Tensor | None = None,
+    logits_to_keep: int | torch.Tensor = 0,
+    loss_reduction: str = "mean",
+    loss_chunk_size: int = 0,
+) -> CausalLMOutput:
+    """The language-model head on the body's hidden states: logits (of the kept positions)
+    and, with ``labels``, the next-token loss — see `CausalLM.forward` for the arguments.
+    Shared by `CausalLM` and every module that pairs the body with an LM head."""
+    if isinstance(logits_to_keep, torch.Tensor):  # indices along T (as HF accepts)
+        hidden = hidden[:, logits_to_keep]
+    elif logits_to_keep:
+        hidden = hidden[:, -logits_to_keep:]
+    if labels is not None and loss_chunk_size:
+        loss = chunked_next_token_loss(hidden, lm_head, labels, loss_chunk_size, loss_reduction)
+        return CausalLMOutput(logits=None, loss=loss)
+    logits = lm_head(hidden)
+    loss = None if labels is None else next_token_loss(logits, labels, loss_reduction)
+    return CausalLMOutput(logits=logits, loss=loss)
 
 
 class CausalLM(nn.Module):
@@ -133,7 +232,7 @@ class CausalLM(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
@@ -143,20 +242,13 @@ class CausalLM(nn.Module):
         logits_to_keep: int | torch.Tensor = 0,
         loss_reduction: str = "mean",
         loss_chunk_size: int = 0,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> CausalLMOutput:
-        """Run the LM.
+        """Run the body (`TransformerModel.forward`: ``input_ids`` or ``inputs_embeds``,
+        ``position_ids``, ``attention_mask``, ``document_ids`` / ``cu_seqlens``, ``cache``),
+        then the head.
 
         Args:
-            input_ids: ``[B, T]`` token ids.
-            position_ids: ``[B, T]``; derived when omitted (reset per document when packed,
-                from the padding mask when one is given, else consecutive after the cache).
-            attention_mask: ``[B, past + T]`` 1 for real tokens, 0 for (left) padding.
-            document_ids: ``[B, T]`` packed-document labels; tokens attend only within
-                their document.
-            cu_seqlens: alternative to ``document_ids``: int32 cumulative document lengths
-                over the flattened ``B·T`` tokens (every row boundary must be one). Uses
-                flash-attn varlen on GPU when installed.
-            cache: a `KVCache` (or anything with ``update``/``advance``/``length``).
             labels: ``[B, T]``; loss = mean CE of logits[:, t] vs labels[:, t+1], -100 ignored.
             logits_to_keep: if > 0, compute logits only for the last that many positions;
                 a 1-D tensor keeps exactly those positions.
@@ -165,62 +257,18 @@ class CausalLM(nn.Module):
                 positions at a time without keeping the ``[B, T, V]`` logits
                 (`lmforge.models.loss.chunked_next_token_loss`); ``logits`` is then None.
         """
-        b, t = input_ids.shape
-        # A paged batch (lmforge.infer.cache.PagedBatch) is a flattened ragged batch [1, N]:
-        # each token's position comes from position_ids; attention reads the paged cache.
-        paged = getattr(cache, "paged", False)
-        if paged and position_ids is None:
-            raise ValueError("a paged KV cache needs explicit position_ids")
-        past = cache.length if cache is not None and not paged else 0
-        if cu_seqlens is not None:
-            if document_ids is not None:
-                raise ValueError("pass document_ids or cu_seqlens, not both")
-            document_ids = _documents_from_cu_seqlens(cu_seqlens, b, t)
-        if document_ids is not None and past:
-            raise ValueError("packed documents cannot be combined with a non-empty KV cache")
-        key_valid = None
-        if attention_mask is not None:
-            if attention_mask.shape != (b, past + t):
-                raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
-                    f"{(b, past + t)} (cached + new positions)"
-                )
-            if not bool(attention_mask.all()):
-                key_valid = attention_mask.bool()
-        if position_ids is None:
-            position_ids = _position_ids(b, t, past, attention_mask, document_ids, input_ids.device)
-
-        batch = AttentionBatch(seq_len=t, past=past, key_valid=key_valid, doc_ids=document_ids)
-        if cu_seqlens is not None:
-            batch.cu_seqlens = cu_seqlens.to(torch.int32)
-            batch.max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = self.model.rotary_emb(position_ids, x.dtype)
-        for i, layer in enumerate(self.model.layers):
-            if self.model.checkpointed(i):
-                x = checkpoint(layer, x, cos, sin, batch, cache, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, batch, cache)
-        if cache is not None and not paged:
-            cache.advance(t)
-        x = self.model.norm(x)
-        if isinstance(logits_to_keep, torch.Tensor):  # indices along T (as HF accepts)
-            x = x[:, logits_to_keep]
-        elif logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        if labels is not None and loss_chunk_size:
-            loss = chunked_next_token_loss(x, self.lm_head, labels, loss_chunk_size, loss_reduction)
-            return CausalLMOutput(logits=None, loss=loss)
-        logits = self.lm_head(x)
-        loss = None if labels is None else next_token_loss(logits, labels, loss_reduction)
-        return CausalLMOutput(logits=logits, loss=loss)
-
-    def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Autoregressive generation; see `lmforge.infer.generate.generate`."""
-        from lmforge.infer.generate import generate
-
-        return generate(self, input_ids, **kwargs)
+        hidden = self.model(
+            input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            document_ids=document_ids,
+            cu_seqlens=cu_seqlens,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+        )
+        return lm_output(
+            hidden, self.lm_head, labels, logits_to_keep, loss_reduction, loss_chunk_size
+        )
 
 
 def _documents_from_cu_seqlens(cu_seqlens: torch.Tensor, b: int, t: int) -> torch.Tensor:
