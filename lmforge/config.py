@@ -99,7 +99,9 @@ _ROPE_KEYS = {
 
 
 class ConfigError(ValueError):
-    """A configuration that lmforge cannot honour; the message names the offending fields."""
+    """A configuration that lmforge cannot honour — a model config, a training recipe or an
+    algorithm section; the message names the file and the offending fields. The one config
+    error class of the package (`lmforge.train.config` raises it too)."""
 
 
 @dataclass

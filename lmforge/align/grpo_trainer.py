@@ -58,7 +58,8 @@ from lmforge.align.rollout import (
     rollout_tensors,
     sample_completions,
 )
-from lmforge.train.config import ConfigError, RunConfig
+from lmforge.config import ConfigError
+from lmforge.train.config import RunConfig
 from lmforge.train.objective import Batch, LossOutput
 
 __all__ = [

@@ -22,8 +22,9 @@ from typing import Literal
 
 import torch
 
+from lmforge.config import ConfigError
 from lmforge.train.commands import _common, _config, _setup, split_validation
-from lmforge.train.config import ConfigError, RunConfig
+from lmforge.train.config import RunConfig
 
 _DATA_HELP = (
     "Data: JSONL / Parquet / saved HF datasets with 'prompt' + 'chosen' + 'rejected' (strings\n"

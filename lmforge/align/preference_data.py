@@ -52,7 +52,7 @@ from lmforge.data.formats import (
     tokenize_conversation,
     tokenize_prompt_completion,
 )
-from lmforge.data.loader import _RowStream, epoch_rng
+from lmforge.data.loader import RowStream, epoch_rng
 from lmforge.data.packing import pack_best_fit, rows_to_batch
 from lmforge.data.sources import DataError, DataReport, PreferenceRecord, read_records
 from lmforge.models.transformer import IGNORE_INDEX
@@ -207,7 +207,7 @@ def load_preference_pairs(
 # ----------------------------------------------------------------------------- batches
 
 
-class PreferenceLoader(_RowStream):
+class PreferenceLoader(RowStream):
     """Endless, deterministic, shardable, exactly resumable batches of preference pairs.
 
     Args:
@@ -323,7 +323,7 @@ _SYNTHETIC_KINDS = ("sum", "animal", "next_day", "count", "where")
 
 def _wrong_answer(answer: str, rng: random.Random) -> str | None:
     """``answer`` with its last number, animal sound, day or place replaced by a wrong one."""
-    from lmforge.data.tasks.corpus import _ANIMAL_SOUNDS, _DAYS, _PLACES
+    from lmforge.data.tasks.corpus import ANIMAL_SOUNDS, DAYS, PLACES
 
     numbers = list(re.finditer(r"\d+", answer))
     if numbers:
@@ -331,7 +331,7 @@ def _wrong_answer(answer: str, rng: random.Random) -> str | None:
         n = int(m.group())
         wrong = n + rng.choice([d for d in (-3, -2, -1, 1, 2, 3) if n + d >= 0])
         return answer[: m.start()] + str(wrong) + answer[m.end() :]
-    for choices in (sorted(set(_ANIMAL_SOUNDS.values())), _DAYS, _PLACES):
+    for choices in (sorted(set(ANIMAL_SOUNDS.values())), DAYS, PLACES):
         found = [w for w in choices if re.search(rf"\b{re.escape(w)}\b", answer)]
         if found:
             last = max(found, key=lambda w: answer.rfind(w))

@@ -48,7 +48,7 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-class _RowStream:
+class RowStream:
     """The shared machinery: global batches from an endless, per-epoch shuffled row stream."""
 
     kind = ""
@@ -135,7 +135,7 @@ class _RowStream:
         self._epoch, self._offset = epoch, offset
 
 
-class PretrainLoader(_RowStream):
+class PretrainLoader(RowStream):
     """Rows of ``seq_len`` consecutive tokens of a `TokenFile` (greedy packing: documents
     continue into the next row), reshuffled each epoch; the last row of the file is
     completed with filler, so every token is used once per epoch."""
@@ -205,7 +205,7 @@ class _LazyRows(Sequence):
         return self.row(self.order[index])
 
 
-class SFTLoader(_RowStream):
+class SFTLoader(RowStream):
     """Examples packed into rows of ``seq_len`` (best-fit decreasing by default), repacked
     and reshuffled each epoch.
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from lmforge.peft.lora import _set_submodule, matches_target
+from lmforge.peft.lora import matches_target
 
 
 @dataclass
@@ -103,7 +103,7 @@ def add_bottleneck(model: nn.Module, config: BottleneckConfig, adapter_name: str
             layer = module
         elif type(module) is nn.Linear:
             layer = BottleneckLinear(module)
-            _set_submodule(model, name, layer)
+            model.set_submodule(name, layer)
         else:
             raise ValueError(f"adapter target {name!r} is a {type(module).__name__}, not nn.Linear")
         layer.add_adapter(adapter_name, config)

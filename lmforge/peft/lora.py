@@ -286,12 +286,6 @@ def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def add_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "default") -> list[str]:
     """Wrap (or extend) every linear layer selected by ``config.target_modules``; return
     the names of the adapted modules. Raises if nothing matches or a target is not Linear."""
@@ -308,7 +302,7 @@ def add_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "default"
             layer = module
         elif type(module) is nn.Linear or is_quantized_linear(module):
             layer = LoraLinear(module)
-            _set_submodule(model, name, layer)
+            model.set_submodule(name, layer)
         else:
             raise ValueError(
                 f"LoRA target {name!r} is a {type(module).__name__}; only nn.Linear layers "

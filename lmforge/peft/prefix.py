@@ -130,7 +130,7 @@ class PrefixCache:
         pass
 
 
-def _bound_arguments(model: nn.Module, args, kwargs) -> dict:
+def bound_forward_arguments(model: nn.Module, args, kwargs) -> dict:
     bound = inspect.signature(type(model).forward).bind(model, *args, **kwargs)
     out = dict(bound.arguments)
     out.pop("self")
@@ -152,7 +152,7 @@ def prefix_pre_hook(model: nn.Module, args, kwargs):
     enc: PrefixEncoder = model.peft_prefix
     if enc.disabled or not enc.active:
         return None
-    a = _bound_arguments(model, args, kwargs)
+    a = bound_forward_arguments(model, args, kwargs)
     check_unpacked(a, "prefix tuning")
     ids, cache, mask = a["input_ids"], a.get("cache"), a.get("attention_mask")
     p = enc.embedding[enc.active[0]].shape[0]

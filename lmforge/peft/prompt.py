@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from lmforge.peft.prefix import _bound_arguments, check_unpacked
+from lmforge.peft.prefix import bound_forward_arguments, check_unpacked
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _prompt_pre_hook(model: nn.Module, args, kwargs):
     prompt: PromptEmbedding = model.peft_prompt
     if not prompt.use():
         return None
-    a = _bound_arguments(model, args, kwargs)
+    a = bound_forward_arguments(model, args, kwargs)
     check_unpacked(a, "prompt tuning")
     cache = a.get("cache")
     if cache is not None and cache.length > 0:
@@ -99,7 +99,7 @@ def _logits_hook(model: nn.Module, args, kwargs, output):
     prompt: PromptEmbedding = model.peft_prompt
     if not prompt.use() or output.logits is None:
         return None
-    a = _bound_arguments(model, args, kwargs)
+    a = bound_forward_arguments(model, args, kwargs)
     keep = a.get("logits_to_keep", 0)
     cache = a.get("cache")
     fresh = cache is None or cache.length == a["input_ids"].shape[1]

@@ -118,7 +118,7 @@ def quantize_base(
             layer = _bnb_layer(bnb, linear, method, compute_dtype, double_quant, int8_threshold)
             if i == 0:
                 _probe(layer, name, method, backend)
-            _set_submodule(model, name, layer)
+            model.set_submodule(name, layer)
     for p in model.parameters():
         p.requires_grad_(False)
     model.quantization = dict(method=method, backend=backend, modules=len(names),
@@ -174,12 +174,6 @@ def _select(model: nn.Module, targets: Sequence[str] | str) -> list[str]:
     else:
         chosen = lambda n: any(n == t or n.endswith("." + t) for t in targets)  # noqa: E731
     return [n for n, m in model.named_modules() if type(m) is nn.Linear and chosen(n)]
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
 
 
 def _bnb_layer(bnb, linear: nn.Linear, method: str, compute_dtype, double_quant, threshold):

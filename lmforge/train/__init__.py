@@ -1,7 +1,8 @@
 """Training: one loop (`Trainer`) for pretraining, SFT and later alignment objectives,
 AdamW + schedules, atomic checkpoints with exact resume, DDP / FSDP2 under torchrun."""
 
-from lmforge.train.config import ConfigError, RunConfig, load_config
+from lmforge.config import ConfigError
+from lmforge.train.config import RunConfig, load_config
 from lmforge.train.loop import Trainer, TrainingDiverged
 from lmforge.train.objective import LossOutput, Objective, causal_lm_loss
 

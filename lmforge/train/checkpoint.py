@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmforge.io import _fsync_dir, atomic_path, atomic_write_json, atomic_write_text, read_json
+from lmforge.io import atomic_path, atomic_write_json, atomic_write_text, fsync_dir, read_json
 from lmforge.models.hf import read_state_dict, save_model, weight_files
 from lmforge.train import distributed as D
 
@@ -217,8 +217,8 @@ def save_checkpoint(
             "rng": [r["rng"] for r in per_rank],
         }
         atomic_write_json(tmp / STATE_DIR / "state.json", full)
-        _fsync_dir(tmp / STATE_DIR)
-        _fsync_dir(tmp)
+        fsync_dir(tmp / STATE_DIR)
+        fsync_dir(tmp)
         if final.exists():  # re-saving a step (a resumed run): swap, then drop the old copy
             old = root / f".old-{final.name}"
             shutil.rmtree(old, ignore_errors=True)
@@ -227,7 +227,7 @@ def save_checkpoint(
             shutil.rmtree(old)
         else:
             os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         atomic_write_text(root / LATEST, final.name + "\n")
         prune_checkpoints(root, keep_last)
     D.barrier()

@@ -23,9 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """An invalid training config; the message names the file and field."""
+from lmforge.config import ConfigError
 
 
 @dataclass

@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from lmforge.data.tasks.corpus import _ANIMAL_SOUNDS, _DAYS, _NAMES, _PLACES, _story
+from lmforge.data.tasks.corpus import ANIMAL_SOUNDS, DAYS, NAMES, PLACES, short_story
 from lmforge.io import atomic_write_text
 
 __all__ = ["CHAT_KINDS", "synthetic_chats", "write_chat_jsonl"]
@@ -36,14 +36,14 @@ def _sum(rng: random.Random) -> tuple[str, str]:
 
 
 def _animal(rng: random.Random) -> tuple[str, str]:
-    animal, sound = rng.choice(sorted(_ANIMAL_SOUNDS.items()))
+    animal, sound = rng.choice(sorted(ANIMAL_SOUNDS.items()))
     question = rng.choice(["What does a {a} say?", "What sound does a {a} make?"])
     return question.format(a=animal), f"A {animal} says {sound}."
 
 
 def _next_day(rng: random.Random) -> tuple[str, str]:
-    i = rng.randrange(len(_DAYS))
-    return f"What day comes after {_DAYS[i]}?", f"After {_DAYS[i]} comes {_DAYS[(i + 1) % 7]}."
+    i = rng.randrange(len(DAYS))
+    return f"What day comes after {DAYS[i]}?", f"After {DAYS[i]} comes {DAYS[(i + 1) % 7]}."
 
 
 def _count(rng: random.Random) -> tuple[str, str]:
@@ -53,14 +53,14 @@ def _count(rng: random.Random) -> tuple[str, str]:
 
 
 def _story_request(rng: random.Random) -> tuple[str, str]:
-    story = _story(rng)
+    story = short_story(rng)
     name = story.split(" named ")[1].split(".")[0]
     return f"Tell me a short story about {name}.", story
 
 
 def _where(rng: random.Random) -> tuple[str, str]:
-    name = rng.choice(sorted(_NAMES))
-    place = rng.choice(_PLACES)
+    name = rng.choice(sorted(NAMES))
+    place = rng.choice(PLACES)
     return (
         f"{name} went to the {place}. Where did {name} go?",
         f"{name} went to the {place}.",

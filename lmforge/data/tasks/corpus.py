@@ -18,15 +18,15 @@ from collections.abc import Callable
 
 __all__ = ["DOC_KINDS", "synthetic_corpus"]
 
-_NAMES = {
+NAMES = {
     "Tom": "he", "Lily": "she", "Max": "he", "Anna": "she", "Ben": "he", "Mia": "she",
     "Sam": "he", "Zoe": "she", "Leo": "he", "Emma": "she", "Jack": "he", "Lucy": "she",
 }  # fmt: skip
-_ANIMAL_SOUNDS = {
+ANIMAL_SOUNDS = {
     "cat": "meow", "dog": "woof", "cow": "moo", "duck": "quack", "sheep": "baa",
     "frog": "ribbit", "owl": "hoot", "pig": "oink", "mouse": "squeak", "horse": "neigh",
 }  # fmt: skip
-_PLACES = ["park", "forest", "beach", "garden", "river", "farm", "hill", "lake"]
+PLACES = ["park", "forest", "beach", "garden", "river", "farm", "hill", "lake"]
 _THINGS = {
     "ball": "balls", "box": "boxes", "hat": "hats", "kite": "kites", "book": "books",
     "apple": "apples", "flower": "flowers", "shell": "shells", "boat": "boats", "cake": "cakes",
@@ -43,15 +43,15 @@ _FACTS = [
     "Apples grow on trees.", "A triangle has three sides.", "A square has four sides.",
     "Two and two make four.", "Ten is more than five.", "One is less than three.",
 ]  # fmt: skip
-_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
-def _story(rng: random.Random) -> str:
+def short_story(rng: random.Random) -> str:
     """A short story about one animal and a friend, with a consistent pronoun."""
-    name, pronoun = rng.choice(sorted(_NAMES.items()))
-    friend = rng.choice([n for n in sorted(_NAMES) if n != name])
-    animal, sound = rng.choice(sorted(_ANIMAL_SOUNDS.items()))
-    place, thing = rng.choice(_PLACES), rng.choice(sorted(_THINGS))
+    name, pronoun = rng.choice(sorted(NAMES.items()))
+    friend = rng.choice([n for n in sorted(NAMES) if n != name])
+    animal, sound = rng.choice(sorted(ANIMAL_SOUNDS.items()))
+    place, thing = rng.choice(PLACES), rng.choice(sorted(_THINGS))
     adjective, feeling = rng.choice(_ADJECTIVES), rng.choice(_FEELINGS)
     subject = pronoun.capitalize()
     middle = [
@@ -75,7 +75,7 @@ def _story(rng: random.Random) -> str:
 def _facts(rng: random.Random) -> str:
     """Three to six true facts, including what some animals say."""
     facts = rng.sample(_FACTS, rng.randint(2, 4))
-    for animal, sound in rng.sample(sorted(_ANIMAL_SOUNDS.items()), rng.randint(1, 2)):
+    for animal, sound in rng.sample(sorted(ANIMAL_SOUNDS.items()), rng.randint(1, 2)):
         facts.append(f"A {animal} says {sound}.")
     rng.shuffle(facts)
     return " ".join(facts)
@@ -96,8 +96,8 @@ def _arithmetic(rng: random.Random) -> str:
 
 def _word_problem(rng: random.Random) -> str:
     """A one-step story sum: someone gains or loses a few things."""
-    name, pronoun = rng.choice(sorted(_NAMES.items()))
-    friend = rng.choice([n for n in sorted(_NAMES) if n != name])
+    name, pronoun = rng.choice(sorted(NAMES.items()))
+    friend = rng.choice([n for n in sorted(NAMES) if n != name])
     plural = _THINGS[rng.choice(sorted(_THINGS))]
     a, b = rng.randint(2, 12), rng.randint(1, 9)
     if rng.random() < 0.6:
@@ -114,14 +114,14 @@ def _counting(rng: random.Random) -> str:
     if rng.random() < 0.7:
         start, length = rng.randint(1, 15), rng.randint(5, 10)
         return "Let us count: " + ", ".join(str(i) for i in range(start, start + length)) + "."
-    start = rng.randrange(len(_DAYS))
-    days = [_DAYS[(start + i) % len(_DAYS)] for i in range(rng.randint(3, 7))]
+    start = rng.randrange(len(DAYS))
+    days = [DAYS[(start + i) % len(DAYS)] for i in range(rng.randint(3, 7))]
     return f"After {days[0]} comes {days[1]}. " + "The days go: " + ", ".join(days) + "."
 
 
 # Kind name -> (generator, relative weight).
 DOC_KINDS: dict[str, tuple[Callable[[random.Random], str], float]] = {
-    "story": (_story, 0.35),
+    "story": (short_story, 0.35),
     "facts": (_facts, 0.15),
     "arithmetic": (_arithmetic, 0.25),
     "word_problem": (_word_problem, 0.15),
