@@ -34,7 +34,8 @@ import torch
 
 import lmforge
 from lmforge.align.preference_data import PreferenceLoader, tokenize_preference
-from lmforge.align.preference_objective import PreferenceObjective, frozen_copy
+from lmforge.align.preference_objective import PreferenceObjective
+from lmforge.align.reference import frozen_copy
 from lmforge.data.sources import PreferenceRecord
 from lmforge.data.tasks.corpus import synthetic_corpus
 from lmforge.models.presets import preset_config

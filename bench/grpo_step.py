@@ -28,13 +28,8 @@ import warnings
 
 import torch
 
-from lmforge.align.grpo_trainer import (
-    GRPOConfig,
-    GRPOObjective,
-    GRPORollouts,
-    r1_prompt_ids,
-    r1_reward,
-)
+from lmforge.align.grpo_trainer import GRPOConfig, GRPOObjective, GRPORollouts
+from lmforge.align.rl_tasks import r1_prompt_ids, r1_reward
 from lmforge.align.rollout import Completion
 from lmforge.data.tasks.arithmetic import arithmetic_problems
 from lmforge.data.tasks.corpus import synthetic_corpus

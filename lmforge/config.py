@@ -7,6 +7,10 @@ verbatim in ``hf_extra`` and written back, and the RoPE block is written in the 
 was read in (``rope_parameters`` as transformers ≥ 5 writes it, or the older
 ``rope_theta`` + ``rope_scaling`` pair). Keys lmforge does not know, or values it cannot
 honour, raise a `ConfigError` naming them.
+
+This file is long because the HF mapping of every family (the keys each accepts, RoPE in
+both storage styles, the Qwen sliding-window forms, what a family cannot express) sits beside
+the fields it maps, so a new field and its ``config.json`` name are added in one place.
 """
 
 from __future__ import annotations

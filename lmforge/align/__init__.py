@@ -1,11 +1,16 @@
-"""Alignment objectives and rewards: pure functions on tensors with masks.
+"""Alignment: preference optimisation (DPO family, reward models) and RL fine-tuning (PPO,
+GRPO and its variants).
 
-Each loss returns what lmforge's training loop needs (`lmforge.train.objective.LossOutput`:
+The objectives are pure functions on tensors with masks (exported here); the trainers wire
+them to the one training loop through shared pieces: one reference policy (`reference`), one
+rollout toolkit (`rollout`, `rollout_groups`), one set of RL tasks (`rl_tasks`). Each loss
+returns what lmforge's training loop needs (`lmforge.train.objective.LossOutput`:
 a sum over units and the unit count, so the loss is invariant to micro-batching) or per-unit
 values that give it (`PreferenceLoss.output`).
 
-| file | what |
+| module | what |
 |---|---|
+| *objectives (pure functions on tensors)* | |
 | `logprobs` | per-token / sequence log-probs, entropy, masked sums, KL estimators k1/k2/k3 |
 | `dpo` | DPO (sigmoid), conservative DPO (label smoothing), IPO; implicit-reward metrics |
 | `simpo` | SimPO (reference-free, length-normalised, margin γ) |
@@ -15,6 +20,26 @@ values that give it (`PreferenceLoss.output`).
 | `grpo` | group advantages; grpo / dr_grpo / dapo / gspo aggregations, k3 KL |
 | `kimi` | Kimi k1.5 squared mirror-descent surrogate and length-penalty reward |
 | `rewards` | R1 format, answer accuracy (math_verify + numeric), task verifiers, DAPO overlong |
+| *shared wiring* | |
+| `reference` | the reference policy π_ref of DPO, PPO and GRPO: frozen copy, LoRA base (adapters off), precomputed |
+| `sequence_logps` | each sequence's summed log-probs in a packed / padded batch, scored positions only |
+| `rollout` | RL rollouts on the inference engine (`SamplingParams`), request seeds, padding, policy log-probs |
+| `rollout_groups` | group rollouts: prompt sampling (uniform / Kimi prioritised), DAPO dynamic sampling |
+| `rl_tasks` | verifiable RL tasks: problems, JSONL prompt/answer files, R1 prompts and reward, held-out accuracy |
+| *preference optimisation* | |
+| `preference_data` | preference pairs → packed / padded chosen-rejected batches |
+| `preference_objective` | `PreferenceObjective` (DPO / IPO / SimPO / ORPO) and `RewardModelObjective` for the loop |
+| `dpo_trainer` | a DPO-family run from a `DPOConfig` (``lmforge dpo``) |
+| `rm_trainer` | reward-model training from an `RMConfig` (``lmforge rm``) |
+| *RL fine-tuning* | |
+| `grpo_trainer` | `GRPOSection` / `GRPOConfig`, `GRPORollouts`, `GRPOObjective`, `train_grpo` |
+| `grpo_run` | a GRPO run from a `GRPOConfig` alone (checkpoint, adapter, summary) |
+| `ppo_config` | `PPOSection` (``ppo:`` in a recipe) / `PPOConfig` and their checks (re-exported by `ppo_trainer`) |
+| `ppo_models` | `ActorCritic`, `critic_from`, `token_values`, `PromptItem`, rule / reward-model scorers |
+| `ppo_experience` | `PPOExperience`: rollouts → KL-shaped rewards → GAE → micro-batches, exact resume |
+| `ppo_trainer` | `PPOObjective`, `task_prompts`, `ptx_loader`, `train_ppo` |
+| `ppo_commands` | the ``lmforge ppo`` argument parser (moving to the command layer) |
+| `r1_pipeline` | the R1-style pipeline end to end (``lmforge demo``): tokenizer → pretrain → SFT → GRPO |
 """
 
 from lmforge.align.dpo import DPO_LOSS_TYPES, PreferenceLoss, dpo_loss

@@ -4,10 +4,10 @@
     summary = train_grpo(config, model, tokenizer, run_dir="runs/grpo")
 
 Each optimizer step uses one *rollout*: ``P = batch_size × grad_accum / group_size`` prompts
-from a task, ``group_size`` completions each, sampled by the inference engine
-(`lmforge.align.rollout`), scored by rule rewards (`lmforge.align.rewards`: R1 format,
-answer accuracy through the task's verifier, DAPO's overlong penalty) and turned into
-group-relative advantages (`grpo_advantages`). `GRPORollouts` is the loop's data iterable: it
+from a task (`lmforge.align.rl_tasks`), ``group_size`` completions each, sampled by the
+inference engine (`lmforge.align.rollout`, `lmforge.align.rollout_groups`), scored by rule
+rewards (`r1_reward`: R1 format, answer accuracy through the task's verifier, DAPO's
+overlong penalty) and turned into group-relative advantages (`grpo_advantages`). `GRPORollouts` is the loop's data iterable: it
 generates a rollout, splits it into length-sorted, right-padded micro-batches of
 ``batch_size`` sequences and yields them ``iterations`` (μ) times; its state (prompt sampler
 position and success rates, rollout count) is JSON and resumes exactly at rollout
@@ -18,7 +18,7 @@ boundaries (with μ > 1 a mid-rollout resume re-samples that rollout under the s
 ``logps.detach()`` for μ = 1 (the on-policy gradient, as TRL does) and are computed once per
 rollout otherwise; the reference log-probs (β > 0) are computed once per rollout from a
 frozen copy of the initial policy, or — for a LoRA policy — from the same model with its
-adapters disabled (`lmforge.peft.disable_adapters`: no second model). β = 0 loads none.
+adapters disabled (`lmforge.align.reference`: no second model). β = 0 loads none.
 
 Logged per step (metrics.jsonl): loss, policy_loss, clip_frac, kl (β > 0), entropy, and the
 rollout's reward, accuracy, format, response length (completion tokens) and dropped groups.
@@ -29,7 +29,6 @@ Held-out accuracy goes to ``eval.jsonl`` every ``train.eval_every`` steps: greed
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,23 +41,18 @@ from torch import nn
 
 from lmforge.align.grpo import AGGREGATIONS, grpo_advantages, grpo_loss
 from lmforge.align.logprobs import masked_sum, model_logprobs
-from lmforge.align.rewards import (
-    accuracy_reward,
-    format_reward,
-    soft_overlong_punishment,
-    task_reward,
-)
+from lmforge.align.reference import Reference, make_reference, reference_model
+from lmforge.align.rl_tasks import evaluate_accuracy, r1_prompt_ids, r1_reward, task_problems
 from lmforge.align.rollout import (
     Completion,
-    PromptSampler,
-    RolloutSampling,
-    collect_groups,
+    check_rollout_sampling,
     policy_logprobs,
     request_seed,
     rollout_tensors,
-    sample_completions,
 )
+from lmforge.align.rollout_groups import PromptSampler, collect_groups
 from lmforge.config import ConfigError
+from lmforge.infer import SamplingParams
 from lmforge.train.config import RunConfig
 from lmforge.train.objective import Batch, LossOutput
 
@@ -67,11 +61,11 @@ __all__ = [
     "GRPOObjective",
     "GRPORollouts",
     "GRPOSection",
-    "PromptAnswer",
+    "check_grpo_config",
     "eval_rollout_sampling",
-    "evaluate_accuracy",
-    "r1_prompt_ids",
-    "r1_reward",
+    "evaluate_accuracy",  # from lmforge.align.rl_tasks
+    "r1_prompt_ids",  # from lmforge.align.rl_tasks
+    "rollout_sampling",
     "task_items",
     "train_grpo",
 ]
@@ -149,131 +143,36 @@ def check_grpo_config(config: GRPOConfig) -> None:
         raise ConfigError("grpo.task=prompts needs data.paths (JSONL with prompt and answer)")
 
 
-# ---------------------------------------------------------------------- task wiring
-@dataclass(frozen=True)
-class PromptAnswer:
-    """A prompt with a reference answer, checked by `accuracy_reward` (math_verify)."""
-
-    prompt: str
-    answer: str
-
-
+# ---------------------------------------------------------------------- task and sampling
 def task_items(section: GRPOSection, split: str, n: int, seed: int, paths=()) -> list[Any]:
-    """``n`` problems of the configured task (``split`` "train" or "test")."""
-    if section.task == "arithmetic":
-        from lmforge.data.tasks.arithmetic import arithmetic_problems
-
-        return arithmetic_problems(n, seed, split, section.digits, tuple(section.ops))
-    if section.task == "countdown":
-        from lmforge.data.tasks.countdown import countdown_problems
-
-        return countdown_problems(
-            n, seed, split, section.num_numbers, section.max_number, section.max_target
-        )
-    items = _read_prompt_answers(paths)
-    cut = max(1, len(items) // 10)  # the last tenth is held out
-    return (items[cut:] if split == "train" else items[:cut])[:n]
+    """``n`` problems of the configured task (``split`` "train" or "test";
+    `lmforge.align.rl_tasks.task_problems`)."""
+    return task_problems(
+        section.task, split, n, seed, digits=section.digits, ops=section.ops,
+        num_numbers=section.num_numbers, max_number=section.max_number,
+        max_target=section.max_target, paths=paths,
+    )  # fmt: skip
 
 
-def _read_prompt_answers(paths: Sequence[str]) -> list[PromptAnswer]:
-    items = []
-    for path in paths:
-        for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                items.append(PromptAnswer(str(record["prompt"]), str(record["answer"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"{path}:{line_no}: expected a JSON object with 'prompt' and 'answer' "
-                    f"({type(exc).__name__}: {exc})"
-                ) from exc
-    if not items:
-        raise ValueError(f"{', '.join(paths)}: no prompts")
-    return items
+def rollout_sampling(section: GRPOSection) -> SamplingParams:
+    """The training rollouts' sampling settings: ``group_size`` completions per prompt of at
+    most ``max_new_tokens`` tokens at ``temperature`` / ``top_p`` / ``top_k``, ending at a stop
+    token or one of ``stop`` (kept in the completion)."""
+    s = section
+    sampling = SamplingParams(n=s.group_size, max_tokens=s.max_new_tokens, temperature=s.temperature,
+                              top_p=s.top_p, top_k=s.top_k, stop=tuple(s.stop))  # fmt: skip
+    check_rollout_sampling(sampling)
+    return sampling
 
 
-def r1_prompt_ids(tokenizer: Any, item: Any, system_prompt: str = "") -> list[int]:
-    """The chat-formatted prompt of ``item`` (its ``.prompt``), ending with the assistant
-    turn's opening, as token ids."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": item.prompt})
-    return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-
-
-def r1_reward(
-    item: Any,
-    completion: Completion,
-    format_weight: float = 0.1,
-    max_new_tokens: int = 0,
-    overlong_cache: int = 0,
-) -> dict[str, float]:
-    """DeepSeek-R1's rule reward: accuracy (the task's verifier, or math_verify for a
-    `PromptAnswer`) + ``format_weight`` × the ``<think>…</think><answer>…</answer>`` format
-    reward, plus DAPO's soft overlong punishment when ``overlong_cache`` > 0."""
-    text = completion.text
-    if isinstance(item, PromptAnswer):
-        accuracy = accuracy_reward(text, item.answer).score
-    else:
-        accuracy = task_reward(text, item).score
-    fmt = format_reward(text).score
-    reward = accuracy + format_weight * fmt
-    if overlong_cache:
-        n = len(completion.completion_ids)
-        reward += soft_overlong_punishment(n, max_new_tokens, overlong_cache).score
-    return {"reward": reward, "accuracy": accuracy, "format": fmt}
-
-
-@torch.no_grad()
-def evaluate_accuracy(
-    model: nn.Module,
-    tokenizer: Any,
-    items: Sequence[Any],
-    encode: Callable[[Any], list[int]],
-    sampling: RolloutSampling,
-    *,
-    samples: int = 0,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Held-out accuracy, format rate and mean completion length (in tokens), plus a few
-    samples.
-
-    ``samples`` = 0 decodes greedily (one completion per item). ``samples`` = k > 0 is
-    DeepSeek-R1's pass@1 (DeepSeek-AI 2025, §3.1): k completions per item sampled at
-    ``sampling.temperature`` / ``top_p`` (R1: 0.6 / 0.95), each request seeded from ``seed``
-    and its (item, sample) position, and every metric averaged over all k × len(items).
-    """
-    if samples < 0:
-        raise ValueError(f"samples={samples} must be ≥ 0 (0: greedy)")
-    k = max(1, samples)
-    prompts = [encode(item) for item in items for _ in range(k)]
-    seeds = [request_seed(seed, i, j) for i in range(len(items)) for j in range(k)]
-    outs = sample_completions(model, tokenizer, prompts, sampling, seeds, greedy=samples == 0)
-    repeated = [item for item in items for _ in range(k)]
-    scores = [r1_reward(item, c) for item, c in zip(repeated, outs, strict=True)]
-    n = max(1, len(outs))
-    return {
-        "accuracy": sum(s["accuracy"] for s in scores) / n,
-        "format": sum(s["format"] for s in scores) / n,
-        "length": sum(len(c.completion_ids) for c in outs) / n,
-        "samples": [
-            {"prompt": item.prompt, "completion": c.text, "correct": bool(s["accuracy"])}
-            for item, c, s in list(zip(repeated, outs, scores, strict=True))[: 4 * k : k]
-        ],
-    }
-
-
-def eval_rollout_sampling(section: GRPOSection) -> RolloutSampling:
+def eval_rollout_sampling(section: GRPOSection) -> SamplingParams:
     """The held-out evaluation's sampling settings (``eval_temperature`` / ``eval_top_p``;
     unused by greedy evaluation, ``eval_samples`` = 0)."""
-    return RolloutSampling(
-        1,
-        section.max_new_tokens,
-        section.eval_temperature,
-        section.eval_top_p,
-        stop=tuple(section.stop),
-    )
+    s = section
+    sampling = SamplingParams(n=1, max_tokens=s.max_new_tokens, temperature=s.eval_temperature,
+                              top_p=s.eval_top_p, stop=tuple(s.stop))  # fmt: skip
+    check_rollout_sampling(sampling)
+    return sampling
 
 
 # ---------------------------------------------------------------------- data
@@ -297,7 +196,7 @@ class GRPORollouts:
         seed: int = 0,
         *,
         encode: Callable[[Any], list[int]] | None = None,
-        reference: nn.Module | Callable[[], Any] | None = None,
+        reference: Reference = None,
         pad_id: int = 0,
     ) -> None:
         self.model, self.tokenizer, self.items = model, tokenizer, list(items)
@@ -305,14 +204,7 @@ class GRPORollouts:
         self.batch_size, self.grad_accum, self.seed = batch_size, grad_accum, seed
         self.encode = encode or (lambda item: r1_prompt_ids(tokenizer, item, section.system_prompt))
         self.reference, self.pad_id = reference, pad_id
-        self.sampling = RolloutSampling(
-            section.group_size,
-            section.max_new_tokens,
-            section.temperature,
-            section.top_p,
-            section.top_k,
-            tuple(section.stop),
-        )
+        self.sampling = rollout_sampling(section)
         self.sampler = PromptSampler(len(self.items), seed, section.prioritized)
         self.rollouts = 0  # rollouts generated
         self._buffer: list[Batch] = []
@@ -371,19 +263,19 @@ class GRPORollouts:
             if s.iterations > 1:
                 batch["old_logps"] = policy_logprobs(self.model, on_device, s.temperature).cpu()
             if s.beta > 0:
-                batch["ref_logps"] = self._reference_logprobs(on_device).cpu()
+                batch["ref_logps"] = self.reference_logprobs(on_device).cpu()
             for key, value in logged.items():
                 batch[STAT_PREFIX + key] = torch.tensor(value, dtype=torch.float64)
             micro.append(batch)
         return micro * s.iterations
 
-    def _reference_logprobs(self, batch: Batch) -> torch.Tensor:
+    def reference_logprobs(self, batch: Batch) -> torch.Tensor:
+        """``[b, T]`` log-probs of the sampled tokens under the reference policy."""
         if self.reference is None:
             raise ValueError("grpo.beta > 0 needs a reference policy")
-        if isinstance(self.reference, nn.Module):
-            return policy_logprobs(self.reference, batch, self.section.temperature)
-        with self.reference():  # e.g. lmforge.peft.disable_adapters(model)
-            return policy_logprobs(self.model, batch, self.section.temperature)
+        device = batch["input_ids"].device
+        with reference_model(self.reference, self.model, device) as ref:
+            return policy_logprobs(ref, batch, self.section.temperature)
 
     def state_dict(self) -> dict[str, Any]:
         if self._position >= len(self._buffer):  # at a rollout boundary
@@ -445,20 +337,6 @@ class GRPOObjective:
 
 
 # ---------------------------------------------------------------------- the run
-def make_reference(model: nn.Module, beta: float) -> nn.Module | Callable[[], Any] | None:
-    """The KL reference: None for β = 0, the LoRA base (adapters disabled) for a PEFT
-    policy, else a frozen copy of ``model`` as it is now."""
-    if not beta:
-        return None
-    from lmforge.peft.state import disable_adapters, tuner_layers
-
-    if tuner_layers(model):
-        return lambda: disable_adapters(model)
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
-
-
 def train_grpo(
     config: GRPOConfig,
     model: nn.Module,

@@ -10,24 +10,24 @@ per-pair sums too (the loop reports them as means): ``rewards/accuracy`` (share 
 chosen implicit reward is higher), ``rewards/margin``, ``rewards/chosen``, ``rewards/rejected``,
 ``logps/chosen``, ``logps/rejected``.
 
-Sequence log-probabilities (`sequence_logps`) come from one forward pass over all ``2B``
-sequences of a batch (chosen and rejected together, packed or padded; see
-`lmforge.align.preference_data`) in which only the *scored* positions — completion tokens —
-reach the output head: the prompt's hidden states never become ``[·, V]`` logits.
+Sequence log-probabilities come from `lmforge.align.sequence_logps` (one forward pass over
+all ``2B`` sequences of a batch, only completion positions through the output head).
 
-The reference policy π_ref of DPO / IPO is, by ``reference``:
+The reference policy π_ref of DPO / IPO (`lmforge.align.reference`, shared with PPO and GRPO)
+is, by ``reference``:
 
 - a module: a frozen copy of the initial policy (`frozen_copy`);
 - ``"adapter"``: the policy itself with its PEFT adapters disabled
   (`lmforge.peft.disable_adapters`) — the base model, no second copy in memory;
 - None: the batch carries precomputed ``ref_logps`` (`precompute_reference_logps`), or the
   loss needs no reference (SimPO, ORPO).
+
+``frozen_copy``, ``precompute_reference_logps`` and ``sequence_logps`` are re-exported here
+from their homes (`lmforge.align.reference`, `lmforge.align.sequence_logps`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 from pathlib import Path
 
@@ -36,10 +36,16 @@ from torch import nn
 
 from lmforge.align.dpo import DPO_LOSS_TYPES, PreferenceLoss, dpo_loss
 from lmforge.align.orpo import orpo_loss
+from lmforge.align.reference import (
+    check_reference,
+    frozen_copy,
+    precompute_reference_logps,
+    reference_model,
+)
 from lmforge.align.reward_model import RewardModel, bradley_terry_loss
+from lmforge.align.sequence_logps import sequence_logps
 from lmforge.align.simpo import simpo_loss
-from lmforge.models.loss import IGNORE_INDEX, shifted_targets
-from lmforge.train.objective import Batch, LossOutput, model_inputs
+from lmforge.train.objective import Batch, LossOutput
 
 __all__ = [
     "LOSS_TYPES",
@@ -54,80 +60,6 @@ __all__ = [
 
 LOSS_TYPES = (*DPO_LOSS_TYPES, "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")
-
-
-def _output_head(model: nn.Module) -> nn.Module:
-    from lmforge.train.distributed import unwrap  # under DDP / torch.compile wrappers
-
-    head = getattr(unwrap(model), "lm_head", None)
-    if not isinstance(head, nn.Module):
-        raise TypeError(f"{type(unwrap(model)).__name__} has no lm_head to score completions with")
-    return head
-
-
-def sequence_logps(
-    model: nn.Module, batch: Batch, length_groups: int = 1
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logps, lengths)``, both ``[S]`` (S = 2 × pairs): ``log π(y|x)`` summed over each
-    sequence's scored tokens, and their number.
-
-    ``batch`` holds ``input_ids``, unshifted ``labels`` (-100 = not scored) and
-    ``sequence_ids`` (the sequence of each token, -1 for filler), plus the model inputs
-    (``position_ids`` / ``document_ids`` when packed, ``attention_mask`` when padded). A
-    forward pre-hook on the output head keeps only the hidden states of positions whose next
-    token is scored, so the logits are ``[N_scored, V]``.
-
-    A padded batch (one right-padded sequence per row) may be run as ``length_groups``
-    forward passes over its rows sorted by length, each cut to its own longest row: little
-    padding is computed and attention stays the unmasked causal kernel (cheaper than the
-    block-diagonal mask of packed rows on CPU). The result is the same.
-    """
-    num_seqs = 2 * batch["pair_ids"].numel()
-    if length_groups <= 1 or "document_ids" in batch:
-        return _scored_logps(model, batch, num_seqs)
-    real = batch["sequence_ids"] >= 0
-    order = real.sum(-1).argsort()
-    logps = lengths = None
-    for rows in order.tensor_split(min(length_groups, len(order))):
-        width = int(real[rows].sum(-1).max())
-        part = {k: batch[k][rows, :width] for k in ("input_ids", "labels", "sequence_ids")}
-        a, b = _scored_logps(model, part, num_seqs)
-        logps, lengths = (a, b) if logps is None else (logps + a, lengths + b)
-    return logps, lengths
-
-
-def _scored_logps(model: nn.Module, batch: Batch, num_seqs: int):
-    targets = shifted_targets(batch["labels"])
-    keep = targets != IGNORE_INDEX
-    owner = torch.nn.functional.pad(batch["sequence_ids"][:, 1:], (0, 1), value=-1)[keep]
-
-    def only_scored(module, args):
-        return (args[0][keep],)
-
-    handle = _output_head(model).register_forward_pre_hook(only_scored)
-    try:
-        inputs = model_inputs(batch)
-        # Right padding under a causal mask never reaches a real token: no mask is needed
-        # (and SDPA's unmasked causal kernel is the fast one).
-        inputs.pop("attention_mask", None)
-        logits = model(**inputs).logits  # [N_scored, V]
-    finally:
-        handle.remove()
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    picked = logits.gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
-    token_logps = picked - torch.logsumexp(logits, dim=-1)
-    logps = token_logps.new_zeros(num_seqs).index_add(0, owner, token_logps)
-    lengths = token_logps.new_zeros(num_seqs).index_add(0, owner, torch.ones_like(token_logps))
-    return logps, lengths
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with gradients off (a reference policy)."""
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
 
 
 class PreferenceObjective:
@@ -159,8 +91,7 @@ class PreferenceObjective:
     ) -> None:
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={loss_type!r}: choose one of {', '.join(LOSS_TYPES)}")
-        if isinstance(reference, str) and reference != "adapter":
-            raise ValueError(f"reference={reference!r}: pass a module, 'adapter' or None")
+        check_reference(reference)
         self.loss_type, self.beta = loss_type, beta
         self.label_smoothing, self.gamma = label_smoothing, gamma
         self.reference = None if loss_type in REFERENCE_FREE else reference
@@ -176,15 +107,9 @@ class PreferenceObjective:
                 f"loss_type={self.loss_type!r} needs a reference policy: pass reference= "
                 "(a frozen copy or 'adapter') or precompute ref_logps into the batches"
             )
-        with torch.no_grad():
-            if self.reference == "adapter":
-                from lmforge.peft import disable_adapters
-
-                with disable_adapters(model):
-                    return sequence_logps(model, batch, self.length_groups)[0]
-            if next(self.reference.parameters()).device != batch["input_ids"].device:
-                self.reference.to(batch["input_ids"].device)
-            return sequence_logps(self.reference, batch, self.length_groups)[0]
+        device = batch["input_ids"].device
+        with torch.no_grad(), reference_model(self.reference, model, device) as ref:
+            return sequence_logps(ref, batch, self.length_groups)[0]
 
     def loss(self, logps: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor | None):
         """The per-pair `PreferenceLoss` from ``[S]`` sequence log-probs (and the reference's)."""
@@ -210,40 +135,6 @@ class PreferenceObjective:
         result.metrics["logps/chosen"] = detached[0::2].sum()
         result.metrics["logps/rejected"] = detached[1::2].sum()
         return result
-
-
-@torch.no_grad()
-def precompute_reference_logps(
-    reference: nn.Module | None,
-    loader,
-    *,
-    policy: nn.Module | None = None,
-    batch_pairs: int = 16,
-) -> torch.Tensor:
-    """``[len(loader.pairs), 2]`` reference log-probs (chosen, rejected) of every pair, computed
-    once (TRL's ``precompute_ref_log_probs``). ``reference`` is a frozen module, or None to use
-    ``policy`` with its adapters disabled. Set the result as ``loader.reference_logps``."""
-    from lmforge.peft import disable_adapters
-
-    model = reference if reference is not None else policy
-    if model is None:
-        raise ValueError("pass a reference module or a PEFT policy")
-    ctx = contextlib.nullcontext() if reference is not None else disable_adapters(policy)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = torch.zeros(len(loader.pairs), 2, dtype=torch.float32)
-    try:
-        with ctx:
-            for start in range(0, len(loader.pairs), batch_pairs):
-                ids = list(range(start, min(start + batch_pairs, len(loader.pairs))))
-                batch = {k: v.to(device) for k, v in loader.collate(ids).items()}
-                batch.pop("ref_logps", None)
-                logps, _ = sequence_logps(model, batch)
-                out[ids] = logps.view(-1, 2).float().cpu()
-    finally:
-        model.train(was_training)
-    return out
 
 
 # ---------------------------------------------------------------------- reward model

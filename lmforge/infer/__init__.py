@@ -4,16 +4,38 @@ speculative decoding and grammar-constrained output.
 >>> from lmforge.infer import Engine, SamplingParams
 >>> engine = Engine(model, tokenizer)
 >>> outs = engine.generate([tok.encode("Once upon a time")], SamplingParams(max_tokens=32))
+
+| module | what |
+|---|---|
+| ``engine`` | `Engine`: requests in, tokens out; one scheduler step, one forward, sampling, stops |
+| ``params`` | `SamplingParams`: the one sampling type (engine, server, speculative, rollouts) |
+| ``request`` | a request's bookkeeping inside the engine; `RequestOutput`, `TokenLogprob` |
+| ``detokenize`` | incremental detokenization, stop strings, what text may be streamed |
+| ``scheduler`` | continuous batching: token budget, chunked prefill, preemption by recompute |
+| ``cache`` | paged KV cache: block allocator with prefix caching, storage, the ragged batch |
+| ``runner`` | the engine's fused-weight forward pass over a paged batch |
+| ``sampling`` | logits processors (temperature, top-k, top-p, min-p, penalties) and the draw |
+| ``checks`` | input checks, eos / pad ids, seeds and eval mode shared by every entry point |
+| ``generate`` | `generate`: Hugging Face-style batched generation (greedy, sampling, beams) |
+| ``greedy`` | greedy decoding of a left-padded batch through the engine |
+| ``beam`` | `beam_search`: beam search token for token as ``transformers`` |
+| ``speculative`` | `speculative_generate`: draft-and-verify decoding, exact in distribution |
+| ``structured`` | `compile_constraint`: a request's grammar constraint (JSON Schema, regex, EBNF) |
+| ``structured_spec`` | grammar specs checked and made canonical; strict JSON Schema closing |
+| ``structured_backends`` | the llguidance and xgrammar engines and the compiled-grammar cache |
 """
 
 from lmforge.infer.beam import beam_search
-from lmforge.infer.engine import Engine, RequestOutput, SamplingParams, TokenLogprob
+from lmforge.infer.engine import Engine
 from lmforge.infer.generate import generate
+from lmforge.infer.params import SamplingParams
+from lmforge.infer.request import RequestOutput, TokenLogprob
 from lmforge.infer.sampling import (
     apply_temperature,
     apply_top_k,
     apply_top_p,
     process_logits,
+    processed_probs,
     sample_next_token,
 )
 from lmforge.infer.speculative import ModelDrafter, SpeculativeOutput, speculative_generate
@@ -33,6 +55,7 @@ __all__ = [
     "compile_constraint",
     "generate",
     "process_logits",
+    "processed_probs",
     "sample_next_token",
     "speculative_generate",
 ]

@@ -34,17 +34,19 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from lmforge.infer.generate import (
-    _check_input_ids,
-    _check_lengths,
-    _check_max_new_tokens,
-    _eos_ids,
-    _eval_mode,
-    _is_int,
-    _pad_id,
-    _prompt_mask,
-    generate,
+from lmforge.infer.checks import (
+    check_input_ids,
+    check_lengths,
+    check_max_new_tokens,
+    default_eos,
+    default_pad,
+    eos_ids,
+    eval_mode,
+    is_int,
+    pad_id,
+    prompt_mask,
 )
+from lmforge.infer.greedy import greedy_generate
 from lmforge.models.kv_cache import KVCache
 
 if TYPE_CHECKING:
@@ -135,30 +137,21 @@ def beam_search_with_scores(
     _check_beam_args(
         num_beams, num_return_sequences, length_penalty, early_stopping, min_new_tokens
     )
-    if num_beams == 1:  # HF decodes greedily here; the beam algorithm would differ at EOS
-        if min_new_tokens:
-            raise ValueError("min_new_tokens needs num_beams > 1 (generate has no such option)")
-        out = generate(
-            model,
-            input_ids,
-            attention_mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-        )
-        return BeamSearchOutput(sequences=out, sequences_scores=None)
-    _check_max_new_tokens(max_new_tokens)
+    if num_beams == 1 and min_new_tokens:
+        raise ValueError("min_new_tokens needs num_beams > 1 (generate has no such option)")
+    check_max_new_tokens(max_new_tokens)
     config = model.config
-    defaults = getattr(model, "generation_config", None) or {}
     if eos_token_id is None:
-        eos_token_id = defaults.get("eos_token_id", config.eos_token_id)
-    eos_ids = _eos_ids(eos_token_id, config.vocab_size)
-    config_pad = defaults.get("pad_token_id", config.pad_token_id)
-    pad_id = _pad_id(pad_token_id, config_pad, eos_ids, config.vocab_size)
+        eos_token_id = default_eos(model)
+    eos = eos_ids(eos_token_id, config.vocab_size)
+    pad = pad_id(pad_token_id, default_pad(model), eos, config.vocab_size)
     device = next(model.parameters()).device
-    input_ids = _check_input_ids(input_ids, config.vocab_size, device)
-    mask = _prompt_mask(input_ids, attention_mask, pad_id, eos_ids)
-    _check_lengths(mask, max_new_tokens, config.max_position_embeddings)
+    input_ids = check_input_ids(input_ids, config.vocab_size, device)
+    mask = prompt_mask(input_ids, attention_mask, pad, eos)
+    check_lengths(mask, max_new_tokens, config.max_position_embeddings)
+    if num_beams == 1:  # HF decodes greedily here; the beam algorithm would differ at EOS
+        sequences = greedy_generate(model, input_ids, mask, max_new_tokens, 0, eos, pad)
+        return BeamSearchOutput(sequences=sequences, sequences_scores=None)
     if max_new_tokens == 0:
         return BeamSearchOutput(
             sequences=input_ids.repeat_interleave(num_return_sequences, dim=0),
@@ -166,16 +159,16 @@ def beam_search_with_scores(
         )
     # HF fills with `pad or eos[0]`: a pad id of 0 is falsy there. Without eos ids every
     # hypothesis runs to max_new_tokens, so the fill never shows.
-    fill = (pad_id or eos_ids[0]) if eos_ids is not None else 0
+    fill = (pad or eos[0]) if eos is not None else 0
     settings = _Settings(
         num_beams=num_beams,
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
         length_penalty=float(length_penalty),
         early_stopping=early_stopping,
-        eos=None if eos_ids is None else torch.tensor(eos_ids, device=device),
+        eos=None if eos is None else torch.tensor(eos, device=device),
     )
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         beams = _search(model, input_ids, mask, settings, fill)
     r = num_return_sequences
     lengths = beams.finished_lengths[:, :r].flatten()
@@ -364,9 +357,9 @@ def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def _check_beam_args(
     num_beams, num_return_sequences, length_penalty, early_stopping, min_new_tokens
 ) -> None:
-    if not _is_int(num_beams) or num_beams < 1:
+    if not is_int(num_beams) or num_beams < 1:
         raise ValueError(f"num_beams={num_beams!r} must be an integer ≥ 1")
-    if not _is_int(num_return_sequences) or not 1 <= num_return_sequences <= num_beams:
+    if not is_int(num_return_sequences) or not 1 <= num_return_sequences <= num_beams:
         raise ValueError(
             f"num_return_sequences={num_return_sequences!r} must be an integer in "
             f"[1, num_beams={num_beams}] (beam search returns its best hypotheses)"
@@ -377,5 +370,5 @@ def _check_beam_args(
         raise ValueError(f"length_penalty={length_penalty!r} must be finite")
     if not (isinstance(early_stopping, bool) or early_stopping == "never"):
         raise ValueError(f"early_stopping={early_stopping!r} must be True, False or 'never'")
-    if not _is_int(min_new_tokens) or min_new_tokens < 0:
+    if not is_int(min_new_tokens) or min_new_tokens < 0:
         raise ValueError(f"min_new_tokens={min_new_tokens!r} must be an integer ≥ 0")

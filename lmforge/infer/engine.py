@@ -11,15 +11,16 @@
                        ▼
     stop checks (EOS / stop ids / stop strings / constraint / length) ─▶ RequestOutput
 
-Used by ``model.generate``, the server, chat and RL rollouts. Not thread-safe: drive it
-from one thread.
+Used by ``lmforge.generate`` (greedy rows), the server, chat and RL rollouts. Not
+thread-safe: drive it from one thread. The pieces live beside it: `SamplingParams`
+(``params.py``), the scheduler and paged cache, the fused-weight runner, a request's
+bookkeeping and reports (``request.py``) and its text (``detokenize.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import math
-from dataclasses import dataclass, field
 
 import torch
 
@@ -30,140 +31,31 @@ from lmforge.infer.cache import (
     PrefillChunk,
     decode_groups,
 )
+from lmforge.infer.checks import check_prompt_tokens, default_eos, is_int, make_generator
+from lmforge.infer.detokenize import IncrementalDetokenizer
+from lmforge.infer.params import SamplingParams
+from lmforge.infer.request import Request, RequestOutput, TokenLogprob
 from lmforge.infer.runner import InferenceRunner
 from lmforge.infer.sampling import (
     apply_min_p,
     apply_presence_frequency_penalty,
     apply_repetition_penalty,
-    check_sampling_args,
     process_logits,
     top_logprobs,
 )
 from lmforge.infer.scheduler import ScheduledChunk, Scheduler, Sequence
 
+__all__ = [
+    "DEFAULT_KV_CACHE_BYTES",
+    "Engine",
+    "RequestOutput",
+    "SamplingParams",
+    "TokenLogprob",
+]
+
 # Default KV pool when num_blocks is not given: room for max_num_seqs full-length sequences,
 # capped at this many bytes (memory is only touched when used).
 DEFAULT_KV_CACHE_BYTES = 1 << 30
-
-
-@dataclass
-class SamplingParams:
-    """Per-request decoding settings (OpenAI / vLLM names; see the module docstring)."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0  # 0 → greedy
-    top_k: int = 0  # 0 → off
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0  # HF/CTRL style
-    presence_penalty: float = 0.0  # OpenAI style
-    frequency_penalty: float = 0.0
-    stop_token_ids: tuple[int, ...] = ()  # besides the model's EOS ids (unless ignore_eos)
-    stop: tuple[str, ...] = ()  # stop strings; needs the engine's tokenizer; not in output
-    ignore_eos: bool = False
-    seed: int | None = None  # same seed → same output whatever else is in the batch
-    logprobs: int | None = None  # None: none; 0: the sampled token's; k>0: plus top-k
-    constraint: object | None = None  # a structured-generation Constraint
-    min_tokens: int = 0  # stop tokens are masked until this many tokens were generated
-    n: int = 1  # completions per prompt (add_request serves one; generate / rollouts expand n)
-
-    def validate(self, vocab_size: int, has_tokenizer: bool) -> None:
-        """Raise `ValueError` naming every bad field."""
-        errors = []
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            errors.append(f"max_tokens={self.max_tokens!r} must be an integer ≥ 1")
-        try:
-            check_sampling_args(self.temperature, self.top_k, self.top_p)
-        except ValueError as exc:
-            errors.append(str(exc).removeprefix("invalid sampling arguments: "))
-        if not isinstance(self.min_p, (int, float)) or not 0 <= self.min_p <= 1:
-            errors.append(f"min_p={self.min_p!r} must be in [0, 1]")
-        rep = self.repetition_penalty
-        if not isinstance(rep, (int, float)) or not (math.isfinite(rep) and rep > 0):
-            errors.append(f"repetition_penalty={rep!r} must be > 0 (1 disables it)")
-        for name in ("presence_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                errors.append(f"{name}={value!r} must be a finite number")
-        if isinstance(self.stop, str) or not isinstance(self.stop_token_ids, (tuple, list)):
-            raise ValueError(
-                f"SamplingParams.stop={self.stop!r} / stop_token_ids={self.stop_token_ids!r} "
-                "must be tuples (e.g. stop=('###',), stop_token_ids=(2,))"
-            )
-        bad_ids = [i for i in self.stop_token_ids if not _is_int(i) or not 0 <= i < vocab_size]
-        if bad_ids:
-            errors.append(f"stop_token_ids {bad_ids} must be token ids in [0, {vocab_size})")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            errors.append(f"stop={self.stop!r} must be non-empty strings")
-        if self.stop and not has_tokenizer:
-            errors.append("stop strings need an Engine created with a tokenizer")
-        if self.seed is not None and not _is_int(self.seed):
-            errors.append(f"seed={self.seed!r} must be an integer")
-        if not _is_int(self.min_tokens) or not self.min_tokens >= 0:
-            errors.append(f"min_tokens={self.min_tokens!r} must be an integer ≥ 0")
-        if not _is_int(self.n) or self.n < 1:
-            errors.append(f"n={self.n!r} must be an integer ≥ 1")
-        if self.logprobs is not None and (not _is_int(self.logprobs) or self.logprobs < 0):
-            errors.append(f"logprobs={self.logprobs!r} must be None or an integer ≥ 0")
-        if errors:
-            raise ValueError("invalid SamplingParams: " + "; ".join(errors))
-
-
-@dataclass
-class TokenLogprob:
-    """log p(token) under the model's raw next-token distribution, plus the ``top`` k."""
-
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]]
-
-
-@dataclass
-class RequestOutput:
-    """A request's progress after a step (see the engine contract in the module docstring).
-
-    ``stop_reason`` says what ended a ``"stop"``: the stop/EOS token id, the stop string, or
-    None (constraint finished).
-    """
-
-    request_id: str
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    new_token_ids: list[int]
-    text: str
-    new_text: str
-    logprobs: list[TokenLogprob] | None
-    finished: bool
-    finish_reason: str | None
-    stop_reason: int | str | None = None
-
-
-@dataclass(eq=False)
-class _Request(Sequence):
-    """A `Sequence` plus its sampling and output state."""
-
-    params: SamplingParams = field(default_factory=SamplingParams)
-    generator: torch.Generator | None = None
-    stop_ids: frozenset[int] = frozenset()
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    text: str = ""
-    sent_text: int = 0  # characters of text already streamed
-    # incremental detokenization: text of output_ids[:read_offset] is final (`settled`);
-    # decoding restarts at prefix_offset, a few tokens back, for context
-    settled: str = ""
-    prefix_offset: int = 0
-    read_offset: int = 0
-    sent_tokens: int = 0
-    finished: bool = False
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-
-    @property
-    def output_ids(self) -> list[int]:
-        return self.tokens[self.num_prompt :]
-
-    def stop_id_tensor(self, device: torch.device) -> torch.Tensor:
-        return torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=device)
 
 
 class Engine:
@@ -197,7 +89,7 @@ class Engine:
         enable_prefix_caching: bool = True,
         fused_weights: bool | None = None,
     ) -> None:
-        if not _is_int(block_size) or block_size < 1:
+        if not is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size={block_size!r} must be an integer ≥ 1")
         cfg = model.config
         p = next(model.parameters())
@@ -222,9 +114,8 @@ class Engine:
         )
         self.allocator = BlockAllocator(num_blocks, enable_prefix_caching)
         self.scheduler = Scheduler(self.allocator, block_size, max_num_seqs, max_num_batched_tokens)
-        defaults = getattr(model, "generation_config", None) or {}
-        eos = defaults.get("eos_token_id", cfg.eos_token_id)
-        eos = [] if eos is None else [eos] if _is_int(eos) else list(eos)
+        eos = default_eos(model)
+        eos = [] if eos is None else [eos] if is_int(eos) else list(eos)
         if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
             eos.append(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
@@ -234,7 +125,7 @@ class Engine:
         if fused_weights and InferenceRunner.unsupported_reason(model) is None:
             self.runner = InferenceRunner.for_model(model)
             self.runner.invalidate()  # weights may have changed in ways versions do not show
-        self.requests: dict[str, _Request] = {}
+        self.requests: dict[str, Request] = {}
         self._pending: list[RequestOutput] = []  # abort notices for the next step
         self._ids = itertools.count()
         self.num_steps = 0
@@ -254,12 +145,7 @@ class Engine:
     ) -> str:
         """Queue a prompt; returns its request id (a fresh one when not given)."""
         vocab = self.config.vocab_size
-        prompt = list(prompt_token_ids)
-        if not prompt:
-            raise ValueError("prompt_token_ids is empty; every prompt needs ≥ 1 token")
-        bad = [t for t in prompt if not _is_int(t) or not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt_token_ids contains {bad[:5]} outside [0, {vocab})")
+        prompt = check_prompt_tokens(prompt_token_ids, vocab)
         params.validate(vocab, self.tokenizer is not None)
         if params.n != 1:
             raise ValueError(
@@ -281,19 +167,17 @@ class Engine:
             request_id = f"req-{next(self._ids)}"
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(params.seed)
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids |= self.eos_ids
-        req = _Request(
+        req = Request(
             request_id,
             prompt,
             len(prompt),
             params=params,
-            generator=generator,
+            generator=make_generator(None, params.seed, self.device),
             stop_ids=frozenset(stop_ids),
+            detokenizer=None if self.tokenizer is None else IncrementalDetokenizer(self.tokenizer),
         )
         self.requests[request_id] = req
         self.scheduler.add(req)
@@ -306,8 +190,8 @@ class Engine:
         if req is None:
             return
         self.scheduler.remove(req)
-        req.finished, req.finish_reason = True, "abort"
-        self._pending.append(self._output(req))
+        req.finish("abort")
+        self._pending.append(req.delta_output())
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished() or bool(self._pending)
@@ -330,13 +214,13 @@ class Engine:
         tokens = self._sample(logits, sampling)
         for req, token, row in zip(sampling, tokens, logits):
             self._append(req, token, row)
-            outputs.append(self._output(req))
+            outputs.append(req.delta_output())
             if req.finished:
                 self.scheduler.remove(req)
                 del self.requests[req.request_id]
         return outputs
 
-    def _forward(self, chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, list[_Request]]:
+    def _forward(self, chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, list[Request]]:
         """One model call over all chunks; logits ``[M, V]`` of the M sequences whose chunk
         ends at their last known token (those sample next)."""
         bs = self.block_size
@@ -344,7 +228,7 @@ class Engine:
         positions: list[int] = []
         slots: list[int] = []
         keep: list[int] = []
-        sampling: list[_Request] = []
+        sampling: list[Request] = []
         decode: list[Sequence] = []
         prefills: list[PrefillChunk] = []
         for chunk in chunks:
@@ -392,14 +276,14 @@ class Engine:
         return (blocks[:, None] * bs + torch.arange(bs, device=self.device)).flatten()[:total]
 
     # ------------------------------------------------------------------ sampling
-    def _sample(self, logits: torch.Tensor, reqs: list[_Request]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, reqs: list[Request]) -> list[int]:
         if not reqs:
             return []
         if all(_is_plain_greedy(r.params) for r in reqs):
             return logits.argmax(dim=-1).tolist()
         return [self._sample_row(logits[i], req) for i, req in enumerate(reqs)]
 
-    def _sample_row(self, row: torch.Tensor, req: _Request) -> int:
+    def _sample_row(self, row: torch.Tensor, req: Request) -> int:
         """Penalties → constraint mask → temperature/top-k/top-p/min-p → draw (HF order)."""
         p = req.params
         if p.repetition_penalty != 1:
@@ -411,7 +295,7 @@ class Engine:
             row = apply_presence_frequency_penalty(
                 row, counts, p.presence_penalty, p.frequency_penalty
             )
-        if p.min_tokens and len(req.tokens) - req.num_prompt < p.min_tokens and req.stop_ids:
+        if p.min_tokens and req.num_generated < p.min_tokens and req.stop_ids:
             # HF's MinNewTokensLengthLogitsProcessor: no stop token before min_tokens.
             row = row.index_fill(0, req.stop_id_tensor(row.device), float("-inf"))
         if p.constraint is not None:
@@ -425,12 +309,12 @@ class Engine:
         return int(torch.multinomial(probs, 1, generator=req.generator))
 
     # ------------------------------------------------------------------ outputs
-    def _append(self, req: _Request, token: int, raw_logits: torch.Tensor) -> None:
+    def _append(self, req: Request, token: int, raw_logits: torch.Tensor) -> None:
         """Record ``token`` and decide whether ``req`` is finished."""
         p = req.params
         self.num_generated += 1
         if token in req.stop_ids:
-            req.finished, req.finish_reason, req.stop_reason = True, "stop", token
+            req.finish("stop", token)
             return
         if p.logprobs is not None:
             lp, top = top_logprobs(raw_logits, token, p.logprobs)
@@ -439,122 +323,54 @@ class Engine:
         if p.constraint is not None:
             p.constraint.accept(token)
             if p.constraint.is_finished():
-                req.finished, req.finish_reason = True, "stop"
+                req.finish("stop")
         if self.tokenizer is not None:
-            self._detokenize(req)
-            if p.stop and self._apply_stop_strings(req):
+            req.update_text()
+            if p.stop and req.apply_stop_strings():
                 return
-        if not req.finished and len(req.tokens) - req.num_prompt >= p.max_tokens:
-            req.finished, req.finish_reason = True, "length"
-
-    def _detokenize(self, req: _Request) -> None:
-        """Update ``req.text`` by decoding only the tokens since the last settled point (plus
-        the previous window for context) instead of the whole output each token: the new
-        text is ``decode(ids[prefix:])`` minus ``decode(ids[prefix:read])``, settled once it
-        does not end in a partial UTF-8 character (U+FFFD)."""
-        ids = req.output_ids
-        decode = self.tokenizer.decode
-        before = decode(ids[req.prefix_offset : req.read_offset], skip_special_tokens=True)
-        after = decode(ids[req.prefix_offset :], skip_special_tokens=True)
-        if not after.startswith(before):  # a decoder that rewrites earlier text: from scratch
-            req.settled, req.prefix_offset, req.read_offset = "", 0, 0
-            req.text = decode(ids, skip_special_tokens=True)
-            return
-        new = after[len(before) :]
-        req.text = req.settled + new
-        if new and not new.endswith("\ufffd"):
-            req.settled = req.text
-            req.prefix_offset, req.read_offset = req.read_offset, len(ids)
-
-    def _apply_stop_strings(self, req: _Request) -> bool:
-        """End ``req`` at the earliest stop string in its text (searching only where a new
-        match can be); the text and tokens keep what precedes it."""
-        longest = max(len(s) for s in req.params.stop)
-        search_from = max(0, req.sent_text - longest)
-        found = [(req.text.find(s, search_from), s) for s in req.params.stop]
-        found = [(i, s) for i, s in found if i >= 0]
-        if not found:
-            return False
-        cut, stop = min(found)
-        req.text = req.text[:cut]
-        keep = len(req.output_ids)
-        while (
-            keep > 0
-            and len(self.tokenizer.decode(req.output_ids[:keep], skip_special_tokens=True)) > cut
-        ):
-            keep -= 1
-        del req.tokens[req.num_prompt + keep :]
-        del req.logprobs[keep:]
-        req.finished, req.finish_reason, req.stop_reason = True, "stop", stop
-        return True
-
-    def _safe_text_end(self, req: _Request) -> int:
-        """How much of the text can be streamed: not a trailing partial UTF-8 character
-        (decoded as U+FFFD) nor a suffix that may still grow into a stop string."""
-        text = req.text
-        if req.finished:
-            return len(text)
-        end = len(text)
-        while end > 0 and text[end - 1] == "\ufffd":
-            end -= 1
-        hold = 0
-        for stop in req.params.stop:
-            for k in range(min(len(stop) - 1, end), hold, -1):
-                if text[end - k : end] == stop[:k]:
-                    hold = k
-                    break
-        return max(end - hold, req.sent_text)
-
-    def _output(self, req: _Request) -> RequestOutput:
-        out_ids = req.output_ids
-        end = self._safe_text_end(req)
-        new_text = req.text[req.sent_text : end]
-        new_ids = out_ids[req.sent_tokens :]
-        logprobs = req.logprobs[req.sent_tokens :] if req.params.logprobs is not None else None
-        req.sent_text, req.sent_tokens = end, len(out_ids)
-        return RequestOutput(
-            request_id=req.request_id,
-            prompt_token_ids=req.tokens[: req.num_prompt],
-            token_ids=list(out_ids),
-            new_token_ids=new_ids,
-            text=req.text,
-            new_text=new_text,
-            logprobs=logprobs,
-            finished=req.finished,
-            finish_reason=req.finish_reason,
-            stop_reason=req.stop_reason,
-        )
+        if not req.finished and req.num_generated >= p.max_tokens:
+            req.finish("length")
 
     # ------------------------------------------------------------------ batch API
     def generate(
         self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
     ) -> list[RequestOutput]:
-        """Run ``prompts`` to completion (alongside anything already queued); one final
-        `RequestOutput` per prompt, in input order, with everything generated."""
+        """Run ``prompts`` to completion (alongside anything already queued) and return the
+        final `RequestOutput` of each, with everything generated.
+
+        ``params`` is one `SamplingParams` for all prompts or one per prompt. A prompt whose
+        params ask for ``n`` > 1 completions becomes n requests; outputs are prompt-major (the
+        n completions of prompt 0, then those of prompt 1, …). With a ``seed`` s, completion k
+        of a prompt uses seed s + k (k = 0…n−1), so the completions differ yet are
+        reproducible; with n = 1 the params are used as given.
+        """
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} SamplingParams")
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+        requests = [(p, one) for p, sp in zip(prompts, params) for one in self._expand(sp)]
+        ids = [self.add_request(p, sp) for p, sp in requests]
         reqs = [self.requests[i] for i in ids]
         while not all(r.finished for r in reqs):
             if not self.has_unfinished():
                 raise RuntimeError("engine stopped before all requests finished")
             self.step()
-        return [
-            RequestOutput(
-                request_id=r.request_id,
-                prompt_token_ids=r.tokens[: r.num_prompt],
-                token_ids=list(r.output_ids),
-                new_token_ids=list(r.output_ids),
-                text=r.text,
-                new_text=r.text,
-                logprobs=list(r.logprobs) if r.params.logprobs is not None else None,
-                finished=True,
-                finish_reason=r.finish_reason,
-                stop_reason=r.stop_reason,
+        return [r.final_output() for r in reqs]
+
+    def _expand(self, params: SamplingParams) -> list[SamplingParams]:
+        """One `SamplingParams` per completion: ``n`` copies with n = 1 and seeds s + k."""
+        if params.n == 1:
+            return [params]
+        params.validate(self.config.vocab_size, self.tokenizer is not None)
+        if params.constraint is not None:
+            raise ValueError(
+                f"n={params.n} with a constraint: a Constraint holds one request's state; "
+                "pass one SamplingParams (with its own constraint) per completion"
             )
-            for r in reqs
+        seed = params.seed
+        return [
+            dataclasses.replace(params, n=1, seed=None if seed is None else seed + k)
+            for k in range(params.n)
         ]
 
     def stats(self) -> dict:
@@ -574,10 +390,6 @@ class Engine:
             "num_running": len(s.running),
             "num_waiting": len(s.waiting),
         }
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_plain_greedy(p: SamplingParams) -> bool:

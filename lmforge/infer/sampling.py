@@ -86,6 +86,15 @@ def process_logits(
     return apply_top_p(logits, top_p)
 
 
+def processed_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """The processed distribution softmax(temperature → top-k → top-p) over ``[..., V]``, in
+    float32: what sampling draws from (speculative decoding processes target and draft
+    distributions identically with it). ``temperature`` must be > 0."""
+    return process_logits(logits.float(), temperature, top_k, top_p).softmax(-1)
+
+
 def sample_next_token(
     logits: torch.Tensor,
     do_sample: bool = False,
@@ -104,7 +113,7 @@ def sample_next_token(
     check_sampling_args(temperature, top_k, top_p)
     if not do_sample or temperature == 0:
         return logits.argmax(dim=-1)
-    probs = process_logits(logits.float(), temperature, top_k, top_p).softmax(dim=-1)
+    probs = processed_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 

@@ -29,14 +29,23 @@ would need ragged per-row caches; the paged engine is the place for that).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
-from lmforge.infer.sampling import check_sampling_args, process_logits
+from lmforge.infer.checks import (
+    check_max_new_tokens,
+    check_single_prompt,
+    default_eos,
+    eos_ids,
+    eval_mode,
+    is_int,
+    make_generator,
+)
+from lmforge.infer.params import SamplingParams
+from lmforge.infer.sampling import check_sampling_args, processed_probs
 from lmforge.models.kv_cache import KVCache
 
 if TYPE_CHECKING:
@@ -47,7 +56,6 @@ __all__ = [
     "DraftLengthSchedule",
     "Drafter",
     "ModelDrafter",
-    "SamplingSettings",
     "SpeculativeOutput",
     "residual_distribution",
     "speculative_generate",
@@ -56,29 +64,7 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How a token is picked from logits, shared by target and drafter so p and q are
-    processed identically. Greedy when ``do_sample`` is false or ``temperature`` is 0."""
-
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_sampling_args(self.temperature, self.top_k, self.top_p)
-
-    @property
-    def greedy(self) -> bool:
-        return not self.do_sample or self.temperature == 0
-
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """The processed distribution softmax(temperature → top-k → top-p) over ``[..., V]``."""
-        return process_logits(logits.float(), self.temperature, self.top_k, self.top_p).softmax(-1)
-
-
+# ---------------------------------------------------------------------- draft length
 @dataclass
 class DraftLengthSchedule:
     """Number of draft tokens per round: starts at ``initial``; when ``adaptive``, +1 after a
@@ -93,7 +79,7 @@ class DraftLengthSchedule:
     def __post_init__(self) -> None:
         for name in ("initial", "minimum", "maximum"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ValueError(f"DraftLengthSchedule.{name}={value!r} must be an integer ≥ 0")
         if not self.minimum <= self.initial <= self.maximum:
             raise ValueError(
@@ -128,11 +114,13 @@ class Drafter(Protocol):
         self,
         context: torch.Tensor,
         k: int,
-        sampling: SamplingSettings,
+        sampling: SamplingParams,
         generator: torch.Generator | None,
     ) -> Draft:
-        """Up to ``k`` tokens continuing ``context`` ``[L]``; when sampling, token i must be a
-        draw (with ``generator``) from ``probs[i]`` given the context and tokens before it."""
+        """Up to ``k`` tokens continuing ``context`` ``[L]``. Greedy when
+        ``sampling.temperature`` is 0; otherwise token i must be a draw (with ``generator``)
+        from ``probs[i]`` = `processed_probs` of the drafter's logits with ``sampling``'s
+        temperature, top-k and top-p, given the context and the tokens before it."""
         ...
 
     def feedback(self, num_accepted: int) -> None:
@@ -160,7 +148,7 @@ class ModelDrafter:
         self,
         context: torch.Tensor,
         k: int,
-        sampling: SamplingSettings,
+        sampling: SamplingParams,
         generator: torch.Generator | None,
     ) -> Draft:
         ids = context.tolist()
@@ -180,7 +168,7 @@ class ModelDrafter:
             if sampling.greedy:
                 token = row.argmax(-1, keepdim=True)
             else:
-                q = sampling.probs(row)
+                q = processed_probs(row, sampling.temperature, sampling.top_k, sampling.top_p)
                 token = torch.multinomial(q, 1, generator=generator)
                 probs.append(q)
             tokens.append(token)
@@ -314,25 +302,32 @@ def speculative_generate(
         num_draft_tokens: the starting draft length (adaptive between 1 and twice it), or a
             `DraftLengthSchedule`; 0 decodes without drafting.
         do_sample, temperature, top_k, top_p: as `lmforge.infer.generate`; applied
-            identically to target and draft distributions.
+            identically to target and draft distributions. The drafter receives them as a
+            `SamplingParams` (``temperature`` 0 when not ``do_sample``: greedy).
         eos_token_id: id(s) that end generation (defaults as ``generate``: the model's
             generation config, then its config).
         seed / generator: RNG for drafting and acceptance; ``seed`` makes a private one.
     """
-    sampling = SamplingSettings(do_sample, temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p)
     schedule = _schedule(num_draft_tokens)
     if drafter is None:
         schedule = DraftLengthSchedule(0, 0, 0, adaptive=False)
     elif not isinstance(drafter, Drafter):
         drafter = _model_drafter(drafter, target)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer ≥ 0")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer ≥ 0")
+    check_max_new_tokens(max_new_tokens)
     device = next(target.parameters()).device
-    prompt = _check_prompt(input_ids, target.config, max_new_tokens, device)
-    eos = _eos_set(target, eos_token_id)
-    rng = _generator(seed, generator, device)
+    prompt = check_single_prompt(input_ids, target.config, max_new_tokens, device)
+    if eos_token_id is None:
+        eos_token_id = default_eos(target)
+    eos = set(eos_ids(eos_token_id, target.config.vocab_size) or ())
+    rng = make_generator(generator, seed, device)
+    sampling = SamplingParams(
+        max_tokens=max_new_tokens,
+        temperature=temperature if do_sample else 0,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
 
     max_len = len(prompt) + max_new_tokens + schedule.maximum
     cache = KVCache.for_model(target, 1, max_len)
@@ -340,7 +335,7 @@ def speculative_generate(
     stats = dict(drafted=0, accepted=0, rounds=0, forwards=0)
     lengths: list[int] = []
     k = schedule.initial
-    with _eval_mode(target), _eval_mode(getattr(drafter, "model", None)):
+    with eval_mode(target), eval_mode(getattr(drafter, "model", None)):
         if len(prompt) > 1:  # the cache holds every token but the last one
             with torch.inference_mode():
                 target(prompt[None, :-1], cache=cache, logits_to_keep=1)
@@ -401,7 +396,7 @@ def _verify_round(target, cache, tokens, draft, sampling, rng) -> tuple[int, int
         logits = target(feed[None], cache=cache).logits[0].float()
     if sampling.greedy:
         return verify_greedy(logits, draft.tokens)
-    p = sampling.probs(logits)
+    p = processed_probs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
     if len(draft.tokens) == 0:
         return 0, int(torch.multinomial(p[0], 1, generator=rng))
     return verify_sampled(p, draft.probs.to(p), draft.tokens, rng)
@@ -412,7 +407,7 @@ def _schedule(num_draft_tokens: int | DraftLengthSchedule) -> DraftLengthSchedul
     if isinstance(num_draft_tokens, DraftLengthSchedule):
         return num_draft_tokens
     k = num_draft_tokens
-    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+    if not is_int(k) or k < 0:
         raise ValueError(f"num_draft_tokens={k!r} must be an integer ≥ 0 or a DraftLengthSchedule")
     return DraftLengthSchedule(k, min(1, k), 2 * k)
 
@@ -429,71 +424,3 @@ def _model_drafter(model, target) -> ModelDrafter:
             f"{target.config.vocab_size}; drafter and target must share a tokenizer"
         )
     return ModelDrafter(model)
-
-
-def _check_prompt(input_ids, config, max_new_tokens, device) -> torch.Tensor:
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
-    if input_ids.ndim == 2:
-        if input_ids.shape[0] != 1:
-            raise ValueError(
-                f"speculative decoding runs one sequence (batch size 1); input_ids has "
-                f"shape {tuple(input_ids.shape)}"
-            )
-        input_ids = input_ids[0]
-    if input_ids.ndim != 1 or input_ids.numel() == 0:
-        raise ValueError(
-            f"input_ids must be [T] or [1, T] with T ≥ 1, got {tuple(input_ids.shape)}"
-        )
-    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-    lo, hi = int(input_ids.min()), int(input_ids.max())
-    if lo < 0 or hi >= config.vocab_size:
-        raise ValueError(
-            f"input_ids contains ids in [{lo}, {hi}], outside [0, {config.vocab_size})"
-        )
-    if len(input_ids) + max_new_tokens > config.max_position_embeddings:
-        raise ValueError(
-            f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
-            f"max_position_embeddings={config.max_position_embeddings}"
-        )
-    return input_ids.to(device=device, dtype=torch.long)
-
-
-def _eos_set(model, eos_token_id) -> set[int]:
-    if eos_token_id is None:
-        defaults = getattr(model, "generation_config", None) or {}
-        eos_token_id = defaults.get("eos_token_id", model.config.eos_token_id)
-    if eos_token_id is None:
-        return set()
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    vocab = model.config.vocab_size
-    bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < vocab]
-    if bad:
-        raise ValueError(f"eos_token_id={eos_token_id!r}: {bad} are not token ids in [0, {vocab})")
-    return set(ids)
-
-
-def _generator(seed, generator, device) -> torch.Generator | None:
-    if seed is not None and generator is not None:
-        raise ValueError("pass either generator or seed, not both")
-    if seed is not None:
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed={seed!r} must be an integer")
-        return torch.Generator(device=device).manual_seed(seed)
-    return generator
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module | None) -> Iterator[None]:
-    """Eval mode for every submodule of ``model``; each one's own mode restored after."""
-    if model is None:
-        yield
-        return
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training

@@ -40,6 +40,19 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[name]
 
 
+def checkpoint_dir(folder: str | os.PathLike) -> Path:
+    """``folder`` as a Path, checked to exist and to hold a ``config.json`` (the first check
+    of every command and entry point that reads a checkpoint)."""
+    path = Path(folder)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (expected an HF checkpoint folder)")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: not a checkpoint folder (no config.json)")
+    return path
+
+
 def weight_files(folder: str | os.PathLike) -> list[Path]:
     """The safetensors files of a checkpoint folder (one file, or every shard of the index)."""
     folder = Path(folder)

@@ -19,6 +19,12 @@ multiplied by ``c · world / Σ count`` (DDP and FSDP average over ranks, hence 
 Then: clip the global gradient norm, AdamW step at the scheduled lr, log, evaluate,
 checkpoint. A non-finite loss stops the run before the weights change (`TrainingDiverged`,
 naming the step); the last checkpoint on disk is the last good one.
+
+This file is long because the `Trainer` is one class meant to be read top to bottom — step,
+evaluate, save / resume, fit — and its invariants (token-weighted accumulation, exact resume,
+the order of clip → step → log → evaluate → checkpoint) span those methods; the pieces that
+stand alone (optimizer, schedule, checkpoint files, metrics, distributed setup) have their
+own modules.
 """
 
 from __future__ import annotations

@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from lmforge.align.grpo import grpo_advantages, grpo_loss
-from lmforge.align.grpo_trainer import (
-    GRPOConfig,
-    GRPOObjective,
-    GRPORollouts,
-    GRPOSection,
-    make_reference,
-    r1_reward,
-)
+from lmforge.align.grpo_trainer import GRPOConfig, GRPOObjective, GRPORollouts, GRPOSection
 from lmforge.align.logprobs import model_logprobs
+from lmforge.align.reference import make_reference
 from lmforge.align.rollout import Completion
 from lmforge.models.presets import preset_config
 from lmforge.models.transformer import CausalLM
@@ -156,7 +150,7 @@ def test_reference_is_the_frozen_start_or_the_lora_base():
     assert isinstance(data.reference, torch.nn.Module)
     fresh = _model()
     want, _, _ = model_logprobs(fresh, batch["input_ids"], batch["labels"])
-    torch.testing.assert_close(data._reference_logprobs(batch), want)
+    torch.testing.assert_close(data.reference_logprobs(batch), want)
 
     from lmforge.peft import apply_lora
 
@@ -176,19 +170,6 @@ def test_reference_is_the_frozen_start_or_the_lora_base():
     assert make_reference(model, 0.0) is None
 
 
-def test_r1_reward_scores_accuracy_format_and_overlong():
-    from lmforge.data.tasks.arithmetic import ArithmeticProblem
-
-    p = ArithmeticProblem(12, "+", 30)
-    good = Completion([], [0] * 10, "<think>2+0=2, 1+3=4</think><answer>42</answer>", "stop")
-    assert r1_reward(p, good) == {"reward": 1.1, "accuracy": 1.0, "format": 1.0}
-    wrong = Completion([], [0] * 10, "<answer>41</answer>", "stop")
-    assert r1_reward(p, wrong) == {"reward": 0.0, "accuracy": 0.0, "format": 0.0}
-    long = Completion([], [0] * 18, good.text, "length")
-    r = r1_reward(p, long, format_weight=0.5, max_new_tokens=20, overlong_cache=4)
-    assert r["reward"] == pytest.approx(1.5 - 0.5)
-
-
 def test_config_checks():
     with pytest.raises(ConfigError, match="multiple of grpo.group_size"):
         from lmforge.align.grpo_trainer import check_grpo_config
@@ -198,31 +179,3 @@ def test_config_checks():
         check_grpo_config(_config(**{"grpo.aggregation": "ppo"}))
     with pytest.raises(ConfigError, match="unknown key"):
         _config(**{"grpo.groupsize": 4})
-
-
-def test_grpo_command_end_to_end(tmp_path):
-    from lmforge.cli import main
-    from lmforge.data.tasks.arithmetic import arithmetic_problems
-    from lmforge.models.hf import save_model
-    from lmforge.tokenizer import Tokenizer
-
-    texts = [f"{p.prompt} <think>{p.question}</think><answer>{p.answer}</answer>"
-             for p in arithmetic_problems(100, 0)]  # fmt: skip
-    tok = Tokenizer.train(texts, vocab_size=300)
-    torch.manual_seed(0)
-    cfg = preset_config("tiny", vocab_size=320, hidden_size=32, intermediate_size=64,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
-    save_model(CausalLM(cfg), tmp_path / "init", tokenizer=tok)
-    out = tmp_path / "run"
-    code = main(["grpo", "--config", "recipes/grpo-tiny.yaml", "--model", str(tmp_path / "init"),
-                 "--out", str(out), "train.max_steps=2", "train.batch_size=8",
-                 "train.grad_accum=1", "grpo.group_size=4", "grpo.max_new_tokens=8",
-                 "grpo.eval_prompts=4", "grpo.num_prompts=50", "log.progress=false",
-                 "grpo.beta=0.04"])  # fmt: skip
-    assert code == 0
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2]
-    assert {"reward", "accuracy", "kl", "clip_frac", "length", "entropy"} <= set(records[0])
-    evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals] == [0, 2]
-    assert (out / "model" / "config.json").is_file()

@@ -18,15 +18,10 @@ from lmforge.align.ppo import (
     ptx_loss_sum,
     whiten,
 )
-from lmforge.align.ppo_trainer import (
-    ActorCritic,
-    PPOConfig,
-    PPOExperience,
-    PPOObjective,
-    PPOSection,
-    PromptItem,
-    critic_from,
-)
+from lmforge.align.ppo_config import PPOConfig, PPOSection
+from lmforge.align.ppo_experience import PPOExperience
+from lmforge.align.ppo_models import ActorCritic, PromptItem, Sample, critic_from
+from lmforge.align.ppo_trainer import PPOObjective
 from lmforge.models.presets import preset_config
 from lmforge.models.transformer import CausalLM
 
@@ -150,11 +145,9 @@ def test_rollout_advantages_equal_pure_functions():
     am = (torch.arange(width) < torch.tensor([len(r["input_ids"]) for r in rows])[:, None]).long()
     with torch.no_grad():
         logps, mask, _ = model_logprobs(ac.policy, ids, labels, attention_mask=am)
-        ref_lp, _, _ = model_logprobs(exp._reference, ids, labels, attention_mask=am)
+        ref_lp, _, _ = model_logprobs(exp.reference, ids, labels, attention_mask=am)
         values = ac.critic.score(ac.critic.hidden_states(ids, attention_mask=am)).squeeze(-1)
     values = values * mask
-    from lmforge.align.ppo_trainer import Sample
-
     raw = torch.tensor(low_half([Sample(None, r["input_ids"][r["prompt_len"] :], "", "")
                                  for r in rows]))  # fmt: skip
     rms = RunningMeanStd()
@@ -238,7 +231,7 @@ def test_lora_policy_uses_the_disabled_adapter_as_reference():
                 p.normal_(0, 0.5)
     section = PPOSection(rollout_batch_size=4, max_new_tokens=3, ppo_epochs=1, kl_coef=0.1)
     ac, exp = make(section, micro=4, policy=policy)
-    assert exp._reference == "adapter"
+    assert exp.reference == "adapter"
     batch = next(iter(exp))
     with torch.no_grad():
         base_lp, mask, _ = model_logprobs(base, batch["input_ids"], batch["labels"],
@@ -252,3 +245,46 @@ def test_bad_sizes_are_named():
         make(PPOSection(rollout_batch_size=10), micro=4)
     with pytest.raises(ValueError, match="ptx_coef > 0 needs ptx_data"):
         make(PPOSection(rollout_batch_size=8, ptx_coef=0.1), micro=4)
+
+
+def test_task_prompts_are_the_tasks_problems_chat_formatted_or_plain():
+    from lmforge.align.ppo_trainer import task_prompts
+    from lmforge.data.tasks.arithmetic import arithmetic_problems
+
+    class Tok:
+        chat_template = "{{ messages }}"
+
+        def apply_chat_template(self, messages, add_generation_prompt=False):
+            return f"<user>{messages[0]['content']}</user><assistant>"
+
+        def encode(self, text, add_special_tokens=False):
+            return ([1] if add_special_tokens else []) + [ord(c) for c in text]
+
+    config = PPOConfig()
+    config.ppo = PPOSection(num_prompts=5, digits=1)
+    items = task_prompts(config, Tok())
+    problems = arithmetic_problems(5, config.train.seed, "train", 1)
+    assert [i.problem for i in items] == problems
+    assert items[0].prompt_ids == tuple(ord(c) for c in f"<user>{problems[0].prompt}</user>"
+                                        "<assistant>")  # fmt: skip
+    config.ppo.chat_template = False
+    plain = task_prompts(config, Tok())
+    assert plain[0].prompt_ids == (1, *(ord(c) for c in problems[0].prompt + "\n"))
+
+
+def test_ptx_loader_packs_the_synthetic_chats_by_default(tmp_path):
+    from lmforge.align.ppo_trainer import ptx_loader
+    from lmforge.data.tasks.chat import synthetic_chats
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train([m["content"] for c in synthetic_chats(100, 0) for m in c],
+                          vocab_size=300)  # fmt: skip
+    config = PPOConfig()
+    config.ppo = PPOSection(ptx_coef=0.1)
+    config.data.synthetic_docs, config.data.seq_len, config.train.batch_size = 40, 128, 2
+    loader = ptx_loader(config, tok, tmp_path)
+    assert (tmp_path / "data" / "synthetic-chat.jsonl").is_file()
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape[0] == 2 and batch["labels"].shape == batch["input_ids"].shape
+    assert (batch["labels"] != -100).any()
+    assert loader.state_dict() is not None

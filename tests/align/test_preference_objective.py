@@ -20,13 +20,12 @@ from lmforge.align.preference_data import (
 from lmforge.align.preference_objective import (
     PreferenceObjective,
     RewardModelObjective,
-    frozen_copy,
     load_reward_model,
-    precompute_reference_logps,
     reward_model_for_export,
-    sequence_logps,
 )
+from lmforge.align.reference import frozen_copy, precompute_reference_logps
 from lmforge.align.reward_model import RewardModel, bradley_terry_loss
+from lmforge.align.sequence_logps import sequence_logps
 from lmforge.align.simpo import simpo_loss
 from lmforge.models.presets import preset_config
 from lmforge.models.transformer import IGNORE_INDEX, CausalLM

@@ -11,13 +11,17 @@ import torch
 from lmforge.align.logprobs import model_logprobs
 from lmforge.align.rollout import (
     Completion,
-    PromptSampler,
-    RolloutSampling,
-    collect_groups,
+    check_rollout_sampling,
+    completion_batch,
     policy_logprobs,
+    request_seed,
+    right_pad,
     rollout_tensors,
     sample_completions,
+    sha256_seed,
 )
+from lmforge.align.rollout_groups import PromptSampler, collect_groups
+from lmforge.infer import SamplingParams
 from lmforge.models.presets import preset_config
 from lmforge.models.transformer import IGNORE_INDEX, CausalLM
 from lmforge.tokenizer import Tokenizer
@@ -44,7 +48,7 @@ def _prompts(tok, n):
 
 
 def test_each_request_is_reproducible_from_its_seed_alone(model, tok):
-    sampling = RolloutSampling(group_size=2, max_new_tokens=8, stop=())
+    sampling = SamplingParams(n=2, max_tokens=8)
     prompts = _prompts(tok, 6)
     full = sample_completions(model, tok, prompts, sampling, list(range(6)))
     alone = sample_completions(model, tok, prompts[2:3], sampling, [2])
@@ -59,7 +63,7 @@ def test_each_request_is_reproducible_from_its_seed_alone(model, tok):
 def test_engine_logprobs_match_the_training_forward(model, tok):
     """The engine samples from the same distribution the objective scores (fused inference
     weights vs the training forward: agreement to float32 rounding)."""
-    sampling = RolloutSampling(max_new_tokens=10, stop=())
+    sampling = SamplingParams(max_tokens=10)
     outs = sample_completions(model, tok, _prompts(tok, 8), sampling, list(range(8)),
                               with_logprobs=True)  # fmt: skip
     batch = rollout_tensors(outs, tok.pad_token_id)
@@ -74,12 +78,12 @@ def test_engine_logprobs_match_the_training_forward(model, tok):
 
 def test_stop_token_is_kept_and_stop_string_ends_right_after_itself(model, tok):
     prompt = _prompts(tok, 1)
-    plain = sample_completions(model, tok, prompt, RolloutSampling(max_new_tokens=12, stop=()),
+    plain = sample_completions(model, tok, prompt, SamplingParams(max_tokens=12),
                                [0], greedy=True)[0]  # fmt: skip
     text = plain.text
     stop = text[4:6]  # a stop string the greedy continuation is known to produce
     assert stop
-    cut = sample_completions(model, tok, prompt, RolloutSampling(max_new_tokens=12, stop=(stop,)),
+    cut = sample_completions(model, tok, prompt, SamplingParams(max_tokens=12, stop=(stop,)),
                              [0], greedy=True)[0]  # fmt: skip
     assert cut.finish_reason == "stop" and stop in cut.text
     assert cut.completion_ids == plain.completion_ids[: len(cut.completion_ids)]
@@ -90,7 +94,8 @@ def test_stop_token_is_kept_and_stop_string_ends_right_after_itself(model, tok):
     biased.load_state_dict(model.state_dict())
     with torch.no_grad():
         biased.lm_head.weight[eos] += 50 * biased.model.norm.weight.sign()
-    out = sample_completions(biased, tok, prompt, RolloutSampling(max_new_tokens=12), [0])[0]
+    sampling = SamplingParams(max_tokens=12, stop=("</answer>",))
+    out = sample_completions(biased, tok, prompt, sampling, [0])[0]
     assert out.finish_reason == "stop" and out.completion_ids[-1] == eos
 
 
@@ -136,7 +141,7 @@ def test_dynamic_sampling_drops_all_equal_groups_and_refills(model, tok):
     def reward_fn(item, c):
         return {"reward": 1.0 if item % 2 == 0 else float(c.completion_ids[0] % 2)}
 
-    sampling = RolloutSampling(group_size=4, max_new_tokens=7, stop=())
+    sampling = SamplingParams(n=4, max_tokens=7)
     sampler = PromptSampler(len(items), seed=0)
     encode = lambda i: _prompts(tok, 12)[i]  # noqa: E731
     groups, stats = collect_groups(model, tok, items, encode, reward_fn, sampler, sampling,
@@ -152,3 +157,70 @@ def test_dynamic_sampling_drops_all_equal_groups_and_refills(model, tok):
     plain, stats = collect_groups(model, tok, items, encode, reward_fn, sampler, sampling,
                                   num_groups=3, seed=0)  # fmt: skip
     assert stats.rounds == 1 and stats.dropped_groups == 0 and len(plain) == 3
+
+
+def test_rollout_sampling_check_names_the_field():
+    check_rollout_sampling(SamplingParams(n=8, max_tokens=1, temperature=0.6))
+    for bad, field in ((dict(n=0), "n=0"), (dict(max_tokens=0), "max_tokens=0"),
+                       (dict(temperature=0.0), "temperature=0.0")):  # fmt: skip
+        with pytest.raises(ValueError, match=field):
+            check_rollout_sampling(SamplingParams(**bad))
+    # sample_completions checks too (greedy evaluation asks for greedy=True instead)
+    with pytest.raises(ValueError, match="must be > 0 for RL rollouts"):
+        sample_completions(None, None, [[1]], SamplingParams(temperature=0), [0])
+
+
+def test_seed_schemes_are_pinned():
+    """GRPO's and PPO's request seeds fix their runs' numbers: neither scheme may drift."""
+    assert request_seed(0, 1, 2) == 8820272467203801067
+    assert request_seed(5) == 2484206104813453008
+    assert sha256_seed("sample", 0, 0, 1, 2) == 182933911585509362
+    assert sha256_seed("prompts", 3, 0) == 9183084855919757709
+    assert 0 <= sha256_seed("x") < 2**63 and 0 <= request_seed(1, 2) < 2**63
+
+
+def test_completion_batch_pads_masks_and_labels_completions():
+    ids, mask = right_pad([[1, 2, 3], [4]], pad_id=9)
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    b = completion_batch([[1, 2, 3, 7, 8], [4, 5, 6]], [3, 1], pad_id=0, width=6)
+    i = IGNORE_INDEX
+    assert b["input_ids"].tolist() == [[1, 2, 3, 7, 8, 0], [4, 5, 6, 0, 0, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]]
+    assert b["labels"].tolist() == [[i, i, i, 7, 8, i], [i, 5, 6, i, i, i]]
+    with pytest.raises(ValueError, match="empty"):
+        completion_batch([[1, 2]], [2], pad_id=0)
+    # rollout_tensors is the same layout without the mask
+    cs = [Completion([1, 2, 3], [7, 8], "", "stop"), Completion([4], [5, 6], "", "stop")]
+    r = rollout_tensors(cs, pad_id=0)
+    assert set(r) == {"input_ids", "labels", "lengths"}
+    b = completion_batch([[1, 2, 3, 7, 8], [4, 5, 6]], [3, 1], pad_id=0)
+    assert torch.equal(r["input_ids"], b["input_ids"]) and torch.equal(r["labels"], b["labels"])
+
+
+def test_policy_logprobs_use_the_mask_and_restore_each_modules_mode(model):
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])
+    labels = torch.tensor([[-100, -100, 7, 8, 9], [-100, -100, 7, -100, -100]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    want, _, _ = model_logprobs(model, ids, labels, attention_mask=mask, temperature=0.7)
+    model.train()
+    model.lm_head.eval()  # modes are restored module by module, not reset to the top's
+    try:
+        got = policy_logprobs(model, batch, temperature=0.7)
+        assert model.training and model.model.training and not model.lm_head.training
+    finally:
+        model.eval()
+    torch.testing.assert_close(got, want.detach())
+    assert not got.requires_grad
+
+
+def test_sampling_stop_token_ids_join_the_tokenizers(model, tok):
+    prompt = _prompts(tok, 1)
+    free = sample_completions(model, tok, prompt, SamplingParams(max_tokens=8), [0])[0]
+    assert free.finish_reason == "length"
+    stop = free.completion_ids[2]
+    cut = free.completion_ids.index(stop) + 1
+    params = SamplingParams(max_tokens=8, stop_token_ids=(stop,))
+    out = sample_completions(model, tok, prompt, params, [0])[0]
+    assert out.finish_reason == "stop" and out.completion_ids == free.completion_ids[:cut]

@@ -145,6 +145,35 @@ def test_seed_gives_the_same_output_whatever_the_batch_mates(pair):
     assert Engine(ours).generate(prompts()[:1], other)[0].token_ids != alone
 
 
+def test_generate_expands_n_prompt_major_with_seeds_s_plus_k(pair):
+    """``n`` completions per prompt: outputs prompt-major; completion k of a prompt with seed
+    s is exactly the request with seed s + k."""
+    _, ours = pair
+    kw = dict(max_tokens=6, temperature=1.0, ignore_eos=True)
+    two = prompts()[:2]
+    outs = Engine(ours).generate(two, SamplingParams(seed=5, n=3, **kw))
+    assert len(outs) == 6 and len({o.request_id for o in outs}) == 6
+    singles = [SamplingParams(seed=5 + k, **kw) for k in range(3)]
+    for i, p in enumerate(two):
+        group = outs[3 * i : 3 * i + 3]
+        assert all(o.prompt_token_ids == p for o in group)
+        assert token_ids(group) == token_ids(Engine(ours).generate([p] * 3, singles))
+    assert len({tuple(o.token_ids) for o in outs[:3]}) > 1  # the completions differ
+    mixed = Engine(ours).generate(two, [SamplingParams(seed=5, **kw), SamplingParams(n=2, **kw)])
+    assert [o.prompt_token_ids for o in mixed] == [two[0], two[1], two[1]]
+    assert mixed[0].token_ids == outs[0].token_ids  # n = 1: the params as given
+
+
+def test_n_errors(pair):
+    _, ours = pair
+    with pytest.raises(ValueError, match="add_request serves one completion, got n=2"):
+        Engine(ours).add_request([1, 2], SamplingParams(n=2))
+    with pytest.raises(ValueError, match="n=0 must be an integer"):
+        Engine(ours).generate([[1, 2]], SamplingParams(n=0))
+    with pytest.raises(ValueError, match="constraint"):
+        Engine(ours).generate([[1, 2]], SamplingParams(n=2, constraint=ForceTokens([1])))
+
+
 def test_repetition_penalty_greedy_matches_hf(pair):
     hf, ours = pair
     params = SamplingParams(max_tokens=NEW, temperature=0, repetition_penalty=1.8, ignore_eos=True)

@@ -234,11 +234,13 @@ def test_accepts_int32_ids_and_bool_mask(make_pair):
     assert out.dtype == torch.long and torch.equal(out, expected)
 
 
-def test_causal_lm_generate_method(make_pair):
+def test_package_level_generate(make_pair):
+    """``lmforge.generate`` (which replaced the ``CausalLM.generate`` method: models never
+    import infer) is this `generate`."""
     _, ours = make_pair("qwen3")
     ids, mask = left_padded()
-    assert isinstance(ours, CausalLM)
-    out = ours.generate(ids, attention_mask=mask, max_new_tokens=5, eos_token_id=[3, 4])
+    assert isinstance(ours, CausalLM) and not hasattr(ours, "generate")
+    out = lmforge.generate(ours, ids, attention_mask=mask, max_new_tokens=5, eos_token_id=[3, 4])
     assert torch.equal(
         out, generate(ours, ids, attention_mask=mask, max_new_tokens=5, eos_token_id=[3, 4])
     )

@@ -20,6 +20,7 @@ from lmforge.infer.sampling import (
     apply_top_k,
     apply_top_p,
     process_logits,
+    processed_probs,
     sample_next_token,
     top_logprobs,
 )
@@ -104,6 +105,15 @@ def test_process_logits_matches_hf_chain(case, temperature, top_k, top_p):
     ):
         expected = warper(None, expected)
     assert torch.equal(process_logits(logits, temperature, top_k, top_p), expected)
+
+
+def test_processed_probs_is_the_float32_softmax_of_process_logits():
+    logits = CASES["gaussian"].to(torch.bfloat16)
+    probs = processed_probs(logits, 0.7, 5, 0.9)
+    assert probs.dtype == torch.float32
+    assert torch.equal(probs, process_logits(logits.float(), 0.7, 5, 0.9).softmax(-1))
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[0]))
+    assert bool(((probs > 0).sum(-1) <= 5).all())  # top-k applied
 
 
 def test_filters_leave_input_untouched_and_work_on_3d():

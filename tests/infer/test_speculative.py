@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from lmforge import CausalLM, ModelConfig
-from lmforge.infer import generate
+from lmforge.infer import SamplingParams, generate
+from lmforge.infer.sampling import processed_probs
 from lmforge.infer.speculative import (
     Draft,
     Drafter,
     DraftLengthSchedule,
     ModelDrafter,
-    SamplingSettings,
     residual_distribution,
     speculative_generate,
     verify_greedy,
@@ -192,10 +192,14 @@ def test_max_new_tokens_respected_and_plain_decoding(target):
 
 
 # ---------------------------------------------------------------------- sampling = target sampling
-def first_two_distribution(target: CausalLM, ids: torch.Tensor, sampling: SamplingSettings):
+def first_two_distribution(target: CausalLM, ids: torch.Tensor, sampling: SamplingParams):
     """The target's exact processed joint distribution of the first two new tokens [V, V]."""
+
+    def probs(logits: torch.Tensor) -> torch.Tensor:
+        return processed_probs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
+
     with torch.no_grad():
-        p1 = sampling.probs(target(ids).logits[0, -1])
+        p1 = probs(target(ids).logits[0, -1])
         extended = torch.cat(
             [
                 ids.expand(target.config.vocab_size, -1),
@@ -203,7 +207,7 @@ def first_two_distribution(target: CausalLM, ids: torch.Tensor, sampling: Sampli
             ],
             dim=1,
         )
-        p2 = sampling.probs(target(extended).logits[:, -1])
+        p2 = probs(target(extended).logits[:, -1])
     return p1[:, None] * p2
 
 
@@ -224,8 +228,8 @@ def assert_matches(counts: torch.Tensor, probs: torch.Tensor, n: int, alpha: flo
 
 SMALL_VOCAB = 5
 SETTINGS = {
-    "plain": SamplingSettings(do_sample=True),
-    "processed": SamplingSettings(do_sample=True, temperature=0.7, top_k=5, top_p=0.9),
+    "plain": SamplingParams(),
+    "processed": SamplingParams(temperature=0.7, top_k=5, top_p=0.9),
 }
 
 
@@ -291,11 +295,34 @@ def test_statistics_with_a_scripted_drafter(target):
     assert out.num_accepted >= 1 and out.sequences[0, 4:].tolist() == greedy
 
 
+def test_drafter_receives_sampling_params(target):
+    """The drafter gets one `SamplingParams`: temperature 0 (greedy) unless ``do_sample``."""
+
+    class Recording(ScriptedDrafter):
+        def __init__(self, **kw) -> None:
+            super().__init__(**kw)
+            self.seen: list[SamplingParams] = []
+
+        def propose(self, context, k, sampling, generator) -> Draft:
+            self.seen.append(sampling)
+            return super().propose(context, k, sampling, generator)
+
+    greedy = Recording(token=1)
+    speculative_generate(target, greedy, prompt(), 4, temperature=0.5, top_k=3)
+    assert greedy.seen and all(s.greedy and s.temperature == 0 for s in greedy.seen)
+    sampled = Recording(probs=torch.full((VOCAB,), 1 / VOCAB))
+    kw = dict(do_sample=True, temperature=0.5, top_k=3, top_p=0.8, seed=0)
+    speculative_generate(target, sampled, prompt(), 4, **kw)
+    s = sampled.seen[0]
+    assert isinstance(s, SamplingParams) and not s.greedy
+    assert (s.temperature, s.top_k, s.top_p, s.seed) == (0.5, 3, 0.8, 0)
+
+
 def test_model_drafter_cache_rolls_back_exactly(target):
     draft = perturbed(target, 0.3)
     drafter = ModelDrafter(draft)
     context = prompt(5)[0]
-    settings = SamplingSettings()
+    settings = SamplingParams(temperature=0)  # greedy drafting
     proposal = drafter.propose(context, 4, settings, None)
     assert len(drafter.cached_ids) == 5 + 3  # the last draft is never fed
     drafter.feedback(1)

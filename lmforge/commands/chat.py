@@ -1,0 +1,62 @@
+"""`lmforge chat`: chat with a checkpoint in the terminal, replies streamed, multi-turn
+(`lmforge.serve.terminal_chat.chat_loop`).
+
+    lmforge chat --model runs/demo/model [--temperature 0.7] [--system "Be brief."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from lmforge.commands.common import CommandError, subparser
+from lmforge.commands.serve import add_engine_arguments, check_positive
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparser(
+        subparsers,
+        "chat",
+        "chat with a checkpoint in the terminal (streamed replies, multi-turn)",
+        "  lmforge chat --model runs/demo/model\n"
+        '  lmforge chat --model ckpt/ --temperature 0.7 --system "Answer briefly."\n\n'
+        "Type a message and press Enter. /reset forgets the conversation, /exit quits\n"
+        "(so does Ctrl-D).",
+    )
+    add_engine_arguments(p)
+    p.add_argument("--system", help="system message that starts every conversation")
+    p.add_argument("--max-tokens", type=int, default=256, metavar="N", help="per reply (256)")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default: 1)")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="default: 1 (off)")
+    p.add_argument("--seed", type=int, help="seed for reproducible replies")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmforge.serve.loading import load_engine
+    from lmforge.serve.terminal_chat import ChatSettings, chat_loop
+
+    check_positive(args.max_tokens, "--max-tokens")
+    if args.temperature < 0:
+        raise CommandError(f"--temperature must be ≥ 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise CommandError(f"--top-p must be in (0, 1], got {args.top_p}")
+    engine, tok, _, context = load_engine(
+        args.model, adapter=args.adapter, device=args.device, dtype=args.dtype, max_num_seqs=1
+    )
+    if tok.chat_template is None:
+        raise CommandError(f"{args.model}: the tokenizer has no chat template")
+    settings = ChatSettings(
+        system=args.system,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+    chat_loop(engine, tok, context, settings, sys.stdin, sys.stdout)
+    return 0

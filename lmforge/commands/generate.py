@@ -1,0 +1,86 @@
+"""`lmforge generate`: continue a prompt with a checkpoint and its tokenizer; prints the
+completion (`lmforge.infer.generate.generate`).
+
+    lmforge generate --model ckpt/ --prompt "Once upon a time" [--chat] [--greedy]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from lmforge.commands.common import CommandError, subparser
+from lmforge.io import read_json
+from lmforge.models.hf import checkpoint_dir
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparser(
+        subparsers,
+        "generate",
+        "continue a prompt with a checkpoint and its tokenizer; prints the completion",
+        '  lmforge generate --model runs/demo/model --prompt "12 + 7 =" --greedy\n'
+        '  lmforge generate --model ckpt/ --prompt "Tell me a story" --chat --seed 1\n\n'
+        "Sampling settings default to the checkpoint's generation_config.json, then to\n"
+        "plain sampling (temperature 1). Giving any of them turns sampling on.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder")
+    p.add_argument("--prompt", required=True, help="prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="default: 128")
+    p.add_argument("--temperature", type=float, help="sampling temperature")
+    p.add_argument("--top-k", type=int, help="keep only the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass (1: all)")
+    p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    p.add_argument("--greedy", action="store_true", help="always pick the most likely token")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmforge.infer.generate import generate
+    from lmforge.models.hf import load_model
+    from lmforge.tokenizer import load_tokenizer
+
+    folder = checkpoint_dir(args.model)
+    tok = load_tokenizer(folder)
+    model = load_model(folder, device=args.device)
+    if tok.vocab_size > model.config.vocab_size:
+        raise CommandError(
+            f"{folder}: tokenizer has {tok.vocab_size} ids but the model only "
+            f"{model.config.vocab_size} (vocab_size in config.json)"
+        )
+    if args.chat:
+        messages = [{"role": "user", "content": args.prompt}]
+        ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+    else:
+        ids = tok.encode(args.prompt, add_special_tokens=True)
+    config_eos = model.config.eos_token_id
+    config_eos = config_eos if isinstance(config_eos, list) else [config_eos]
+    stop = list(dict.fromkeys([*tok.stop_token_ids, *(i for i in config_eos if i is not None)]))
+    out = generate(
+        model,
+        torch.tensor([ids], device=args.device),
+        max_new_tokens=args.max_new_tokens,
+        eos_token_id=stop or None,
+        seed=args.seed,
+        **sampling_settings(args, folder),
+    )
+    print(tok.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True))
+    return 0
+
+
+def sampling_settings(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """``do_sample``/``temperature``/``top_k``/``top_p``: flags, else generation_config.json."""
+    path = folder / "generation_config.json"
+    saved = read_json(path, "generation config") if path.is_file() else {}
+    given = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p")}
+    if args.greedy:
+        return {"do_sample": False}
+    do_sample = True if any(v is not None for v in given.values()) else saved.get("do_sample", True)
+    defaults = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    settings = {k: v if v is not None else saved.get(k, defaults[k]) for k, v in given.items()}
+    return {"do_sample": bool(do_sample), **settings}

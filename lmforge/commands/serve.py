@@ -1,0 +1,115 @@
+"""`lmforge serve`: a checkpoint over an OpenAI-compatible HTTP API, plus a web chat page
+at ``/`` (`lmforge.serve`).
+
+    lmforge serve --model runs/demo/model [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from typing import Any
+
+from lmforge.commands.common import CommandError, subparser
+
+DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparser(
+        subparsers,
+        "serve",
+        "serve a checkpoint over an OpenAI-compatible HTTP API (plus a web chat page at /)",
+        "  lmforge serve --model runs/demo/model\n"
+        "  lmforge serve --model ckpt/ --port 8080 --api-key secret --max-model-len 2048\n\n"
+        "Then point any OpenAI client at http://127.0.0.1:8000/v1, or open\n"
+        "http://127.0.0.1:8000/ in a browser. The key may also come from LMFORGE_API_KEY.",
+    )
+    add_engine_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="default: 8000")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument(
+        "--served-model-name", metavar="NAME", help="model id clients use (default: folder name)"
+    )
+    p.add_argument(
+        "--max-model-len", type=int, metavar="N", help="prompt + completion tokens (default: "
+        "the model's max_position_embeddings)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-tokens-limit", type=int, metavar="N",
+        help="largest max_tokens a request may ask for (default: --max-model-len)",
+    )  # fmt: skip
+    p.add_argument("--max-num-seqs", type=int, default=64, metavar="N", help="default: 64")
+    p.add_argument("--max-choices", type=int, default=16, metavar="N",
+                   help="largest n × prompts per request (default: 16)")  # fmt: skip
+    p.add_argument(
+        "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
+        help=f"largest request body (default: {DEFAULT_MAX_REQUEST_BYTES})",
+    )  # fmt: skip
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(run=run)
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--adapter``, ``--device``, ``--dtype`` (`load_engine`'s arguments)."""
+    p.add_argument("--model", required=True, metavar="DIR", help="HF-format checkpoint folder")
+    p.add_argument("--adapter", metavar="DIR", help="LoRA adapter (PEFT format) merged at load")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: as stored")
+
+
+def check_positive(value: int | None, flag: str) -> None:
+    if value is not None and value <= 0:
+        raise CommandError(f"{flag} must be positive, got {value}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ModuleNotFoundError as exc:
+        raise CommandError(f"{exc.name} is missing: pip install 'lmforge[serve]'") from exc
+    from lmforge.serve.app import create_app
+    from lmforge.serve.async_engine import AsyncEngine
+    from lmforge.serve.loading import load_engine
+    from lmforge.serve.translate import ServerLimits
+
+    for flag in ("max_model_len", "max_tokens_limit", "max_num_seqs", "max_choices",
+                 "max_request_bytes"):  # fmt: skip
+        check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if not 0 <= args.port < 65536:
+        raise CommandError(f"--port must be in 0..65535, got {args.port}")
+    check_can_listen(args.host, args.port)  # before the (slow) model load
+    engine, tok, folder, positions = load_engine(
+        args.model, adapter=args.adapter, device=args.device, dtype=args.dtype,
+        max_num_seqs=args.max_num_seqs,
+    )  # fmt: skip
+    max_len = args.max_model_len or positions
+    if max_len > positions:
+        raise CommandError(f"--max-model-len {max_len} > the model's {positions} positions")
+    limits = ServerLimits(
+        max_model_len=max_len,
+        max_tokens=min(args.max_tokens_limit or max_len, max_len),
+        max_choices=args.max_choices,
+        max_request_bytes=args.max_request_bytes,
+        stop_token_ids=tuple(tok.stop_token_ids),
+    )
+    name = args.served_model_name or folder.resolve().name
+    api_key = args.api_key or os.environ.get("LMFORGE_API_KEY") or None
+    app = create_app(AsyncEngine(engine), tok, name, limits, api_key=api_key)
+    auth = "API key required" if api_key else "no API key"
+    print(f"serving {name!r} on http://{args.host}:{args.port} ({auth})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Fail now, not after loading the model, when ``host:port`` is taken or invalid."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc

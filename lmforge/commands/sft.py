@@ -1,0 +1,50 @@
+"""`lmforge sft`: supervised fine-tuning of an HF-format model (`lmforge.train.sft.train_sft`).
+
+lmforge sft --config recipes/sft-tiny.yaml --model runs/pretrain/model --data chat.jsonl
+lmforge sft ... --peft lora --lora-r 16 --lora-targets q_proj,v_proj   # the adapter only
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lmforge.commands.common import (
+    add_model_and_data_arguments,
+    add_peft_arguments,
+    add_recipe_arguments,
+    peft_settings,
+    run_config,
+    subparser,
+)
+from lmforge.train.sft import train_sft
+
+EXAMPLES = (
+    "  lmforge sft --config recipes/sft-tiny.yaml --model runs/pretrain-tiny/model "
+    "--data chat.jsonl\n"
+    "  lmforge sft --config recipes/sft-tiny.yaml --model ckpt/ --data a.jsonl b.parquet "
+    "data.assistant_only=false\n\n"
+    "Data: JSONL / Parquet with 'messages' (chat), 'prompt'/'completion', or Alpaca\n"
+    "'instruction'/'input'/'output' records; the model folder's chat template formats them."
+)
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparser(
+        subparsers,
+        "sft",
+        "supervised fine-tuning of an HF-format model on chat / instruction data",
+        EXAMPLES,
+    )
+    add_recipe_arguments(p)
+    add_model_and_data_arguments(p, "training data (data.paths)")
+    add_peft_arguments(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = run_config(args)
+    if not config.model.init_from:
+        raise ValueError("sft needs a model: --model DIR (or model.init_from in the config)")
+    train_sft(config, peft=peft_settings(args))
+    return 0

@@ -1,0 +1,54 @@
+"""What every training entry point does around its `Trainer`: set up the process (CPU
+threads, torch.distributed under torchrun, a console that is quiet off the main rank),
+train and export ``model/``, print the summary, and leave the process group.
+
+    dist, console = start_run(config)
+    summary = fit_and_export(Trainer(model, data, config, dist=dist, console=console), run_dir)
+    print_summary(summary, console)
+    end_run(dist)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from lmforge.train.config import RunConfig
+from lmforge.train.distributed import DistInfo, init_distributed
+from lmforge.train.loop import Trainer
+from lmforge.train.metrics import format_summary
+
+
+def start_run(
+    config: RunConfig, dist: DistInfo | None = None, console: Console | None = None
+) -> tuple[DistInfo, Console]:
+    """``dist`` and ``console``, made when not given: ``train.cpu_threads`` torch threads and
+    the process group (under torchrun), and a console quiet on every rank but the first."""
+    if dist is None:
+        if config.train.cpu_threads:
+            torch.set_num_threads(config.train.cpu_threads)
+        dist = init_distributed(config.train.device)
+    return dist, console or Console(quiet=not dist.is_main)
+
+
+def fit_and_export(trainer: Trainer, run_dir: str | Path) -> dict[str, Any]:
+    """Train, then write the final model to ``run_dir/model``; the summary gets
+    ``model_dir``."""
+    summary = trainer.fit()
+    summary["model_dir"] = str(trainer.export_model(Path(run_dir) / "model"))
+    return summary
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    """The run's summary under a "summary" rule (`lmforge.train.metrics.format_summary`)."""
+    console.rule("[bold]summary")
+    console.print(format_summary(summary), highlight=False)
+
+
+def end_run(dist: DistInfo) -> None:
+    """Leave the process group (under torchrun)."""
+    if dist.enabled:
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,75 @@
+"""`run_grpo`: a GRPO run from a config alone — the checkpoint and tokenizer loaded, PEFT
+applied, `train_grpo` run into ``out_dir`` and the summary printed (``lmforge grpo``:
+tests/commands/test_grpo.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from lmforge.align.grpo_run import run_grpo
+from lmforge.align.grpo_trainer import GRPOConfig
+from lmforge.config import ConfigError
+from lmforge.peft.settings import PeftSettings
+from lmforge.train.config import load_config
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "grpo-tiny.yaml"
+TINY = ["train.max_steps=2", "train.batch_size=8", "train.grad_accum=1", "grpo.group_size=4",
+        "grpo.max_new_tokens=8", "grpo.eval_prompts=4", "grpo.num_prompts=50",
+        "log.progress=false", "log.plot=false"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory):
+    from lmforge.data.tasks.arithmetic import arithmetic_problems
+    from lmforge.models.hf import save_model
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.tokenizer import Tokenizer
+
+    texts = [f"{p.prompt} <think>{p.question}</think><answer>{p.answer}</answer>"
+             for p in arithmetic_problems(100, 0)]  # fmt: skip
+    tok = Tokenizer.train(texts, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", vocab_size=320, hidden_size=32, intermediate_size=64,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    out = tmp_path_factory.mktemp("init") / "model"
+    save_model(CausalLM(cfg), out, tokenizer=tok)
+    return out
+
+
+def _config(init_dir, out, *overrides) -> GRPOConfig:
+    extra = [f"model.init_from={json.dumps(str(init_dir))}", f"out_dir={json.dumps(str(out))}"]
+    return load_config(RECIPE, [*TINY, *overrides, *extra], GRPOConfig)
+
+
+def test_run_grpo_trains_and_prints_the_summary(init_dir, tmp_path):
+    out = tmp_path / "run"
+    console = Console(file=io.StringIO(), width=200)
+    summary = run_grpo(_config(init_dir, out), console=console)
+    assert summary["model_dir"] == str(out / "model") and summary["step"] == 2
+    assert {"accuracy", "format"} <= summary["eval_after"].keys()
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert [json.loads(x)["step"] for x in (out / "eval.jsonl").read_text().splitlines()] == [0, 2]
+    text = console.file.getvalue()
+    assert "held-out accuracy" in text and f"model      {out / 'model'}" in text
+
+
+def test_run_grpo_with_lora_saves_the_adapter(init_dir, tmp_path):
+    out = tmp_path / "lora"
+    console = Console(file=io.StringIO(), width=200)
+    run_grpo(_config(init_dir, out, "train.max_steps=1", "grpo.beta=0.04"),
+             peft=PeftSettings(method="lora", lora_r=4), console=console)  # fmt: skip
+    assert (out / "model" / "adapter_config.json").is_file()
+
+
+def test_run_grpo_needs_a_model(tmp_path):
+    config = load_config(RECIPE, [*TINY, f"out_dir={json.dumps(str(tmp_path))}"], GRPOConfig)
+    with pytest.raises(ConfigError, match="model.init_from"):
+        run_grpo(config, console=Console(file=io.StringIO()))

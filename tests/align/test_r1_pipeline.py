@@ -1,0 +1,93 @@
+"""The R1-style pipeline (`lmforge.align.r1_pipeline`): its data, held-out pass@1, and the
+fast setting end to end (``lmforge demo``: tests/commands/test_demo.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from lmforge.align.r1_pipeline import r1_solution, run_demo, worked_reasoning
+from lmforge.align.rewards import format_reward, task_reward
+from lmforge.data.tasks.arithmetic import ArithmeticProblem, arithmetic_problems, split_of
+
+
+def test_worked_reasoning_is_column_addition_with_carries():
+    assert worked_reasoning(ArithmeticProblem(347, "+", 258)) == "7+8=15, 4+5+1=10, 3+2+1=6"
+    assert worked_reasoning(ArithmeticProblem(95, "+", 7)) == "5+7=12, 9+0+1=10"
+    with pytest.raises(ValueError, match="addition"):
+        worked_reasoning(ArithmeticProblem(9, "-", 7))
+
+
+def test_r1_solutions_get_full_rule_reward():
+    for p in arithmetic_problems(50, seed=0, digits=3, ops=("+",)):
+        text = r1_solution(p)
+        assert format_reward(text).score == 1.0
+        assert task_reward(text, p).score == 1.0
+        # every column's digit sum is right (the reasoning is a correct derivation)
+        for step in text.split("<think>")[1].split("</think>")[0].split(", "):
+            lhs, rhs = step.split("=")
+            assert sum(map(int, lhs.split("+"))) == int(rhs)
+
+
+def test_sampled_pass_at_1_averages_k_seeded_samples_per_problem():
+    """R1's pass@1: k completions per problem, each seeded by (seed, problem, sample), every
+    metric averaged over all of them — the same as sampling each request alone."""
+    import torch
+
+    from lmforge.align.grpo_trainer import evaluate_accuracy, r1_prompt_ids
+    from lmforge.align.rollout import request_seed, sample_completions
+    from lmforge.infer import SamplingParams
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.tokenizer import Tokenizer
+
+    problems = arithmetic_problems(3, seed=0, digits=2, ops=("+",))
+    tok = Tokenizer.train([f"{p.prompt} {r1_solution(p)}" for p in problems * 20], vocab_size=300)
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", vocab_size=320, hidden_size=32, intermediate_size=64,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    model = CausalLM(cfg).eval()
+    encode = lambda p: r1_prompt_ids(tok, p)  # noqa: E731
+    sampling = SamplingParams(n=1, max_tokens=12, temperature=1.5, top_p=0.95, stop=("</answer>",))
+    out = evaluate_accuracy(model, tok, problems, encode, sampling, samples=3, seed=5)
+    alone = [
+        sample_completions(model, tok, [encode(p)], sampling, [request_seed(5, i, j)])[0]
+        for i, p in enumerate(problems)
+        for j in range(3)
+    ]
+    assert out["length"] == pytest.approx(sum(len(c.completion_ids) for c in alone) / 9)
+    assert len({c.text for c in alone}) > 3  # the k samples of a problem differ
+    assert out == evaluate_accuracy(model, tok, problems, encode, sampling, samples=3, seed=5)
+    greedy = evaluate_accuracy(model, tok, problems, encode, sampling)
+    expected = sample_completions(model, tok, [encode(p) for p in problems], sampling, [0] * 3,
+                                  greedy=True)  # fmt: skip
+    assert greedy["length"] == pytest.approx(sum(len(c.completion_ids) for c in expected) / 3)
+    with pytest.raises(ValueError, match="samples"):
+        evaluate_accuracy(model, tok, problems, encode, sampling, samples=-1)
+
+
+@pytest.mark.slow
+def test_fast_demo_runs_every_stage_and_reports(tmp_path):
+    console = Console(file=io.StringIO(), width=120)
+    summary = run_demo(tmp_path / "demo", fast=True, console=console)
+    out = tmp_path / "demo"
+    for stage in ("pretrain", "sft", "grpo"):
+        assert (out / stage / "model" / "config.json").is_file()
+        assert 0 <= summary["accuracy"][stage]["accuracy"] <= 1
+    assert (out / "model" / "tokenizer.json").is_file()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| sft |" in report and "lmforge grpo" in report and "curves.png" in report
+    grpo = [json.loads(x) for x in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward", "accuracy", "length", "entropy"} <= set(grpo[0])
+    # SFT chats and pretraining text come from the train split only
+    sft = [json.loads(x) for x in (out / "data" / "sft.jsonl").read_text().splitlines()]
+    questions = [c["messages"][0]["content"].removeprefix("What is ").rstrip("?") for c in sft]
+    assert all(split_of(q) == "train" for q in questions)
+    last = console.file.getvalue().strip().splitlines()[-1]
+    assert last == (
+        f"RESULT demo sft_acc={summary['sft_acc']:.1f} grpo_acc={summary['grpo_acc']:.1f}"
+    )

@@ -1,0 +1,52 @@
+"""`lmforge demo`: the flags reach `run_demo`, and the stage commands the report lists build the
+stages' configs (the pipeline: tests/align/test_r1_pipeline.py)."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from lmforge.align.grpo_trainer import GRPOConfig
+from lmforge.align.r1_pipeline import FAST, stages
+from lmforge.cli import build_parser
+from lmforge.commands.common import run_config
+from lmforge.train.config import RunConfig
+
+
+def test_demo_flags_reach_run_demo(monkeypatch, tmp_path, run):
+    import lmforge.align.r1_pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_demo", lambda out, **kw: calls.append((out, kw)))
+    assert run("demo", "--out", str(tmp_path / "d"), "--seed", "2", "--fast")[0] == 0
+    assert run("demo")[0] == 0
+    assert calls == [(str(tmp_path / "d"), {"seed": 2, "fast": True}),
+                     ("runs/demo", {"seed": 0, "fast": False})]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fast_demo_command_prints_the_result_line(tmp_path, run):
+    code, out, err = run("demo", "--fast", "--out", str(tmp_path / "demo"))
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("RESULT demo sft_acc=")
+    assert (tmp_path / "demo" / "report.md").is_file()
+
+
+def test_stages_are_the_listed_commands(tmp_path):
+    """Each stage's config is what its ``lmforge`` command line builds (the report's "rerun a
+    stage alone" section), and the GRPO stage evaluates with the demo's sampling."""
+    data = {
+        "pretrain": tmp_path / "data" / "pretrain.jsonl",
+        "sft": tmp_path / "data" / "sft.jsonl",
+    }
+    plan = stages(tmp_path, FAST, 3, data)
+    assert list(plan) == ["pretrain", "sft", "grpo"]
+    for name, stage in plan.items():
+        cls = GRPOConfig if name == "grpo" else RunConfig
+        args = build_parser().parse_args(shlex.split(stage.command())[1:])
+        assert args.command == name
+        assert run_config(args, cls) == stage.config(cls)
+    grpo = plan["grpo"].config(GRPOConfig)
+    assert grpo.model.init_from == str(tmp_path / "sft" / "model")
+    assert grpo.train.seed == 3 and grpo.grpo.eval_samples == FAST.eval_samples

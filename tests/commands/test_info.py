@@ -1,0 +1,44 @@
+"""`lmforge info`: the text summary and the JSON facts of a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+VOCAB = 320  # the checkpoint fixture's (conftest.py)
+
+
+def test_info_text_summary(checkpoint, run):
+    folder, model = checkpoint
+    code, out, err = run("info", str(folder))
+    assert code == 0, err
+    assert f"{model.num_parameters():,}" in out
+    assert "llama (LlamaForCausalLM)" in out
+    assert "4 query / 2 key-value (GQA), head dim 16" in out
+    assert "float32" in out and "model.safetensors" in out
+    assert f"{VOCAB} ids, chat template: yes" in out
+
+
+def test_info_json(checkpoint, run):
+    folder, model = checkpoint
+    code, out, _ = run("info", str(folder), "--json")
+    assert code == 0
+    info = json.loads(out)
+    c = model.config
+    assert info["parameters"] == model.num_parameters() == c.num_parameters()
+    assert info["layers"] == c.num_hidden_layers and info["kv_heads"] == c.num_key_value_heads
+    assert info["weights_bytes"] == {
+        "float32": 4 * c.num_parameters(),
+        "bfloat16": 2 * c.num_parameters(),
+    }
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 1000
+    assert info["kv_cache_bytes_per_1k_tokens"] == {"float32": 4 * kv, "bfloat16": 2 * kv}
+    assert info["dtype_on_disk"] == "float32"
+    assert [f["name"] for f in info["weight_files"]] == ["model.safetensors"]
+
+
+def test_human_size_uses_decimal_prefixes():
+    from lmforge.commands.info import human_size
+
+    assert human_size(999) == "999 B"
+    assert human_size(1234567) == "1.23 MB"
+    assert human_size(2_500_000, unit="") == "2.50 M"

@@ -1,0 +1,103 @@
+"""`lmforge sft --peft …` (adapter-only checkpoints that peft loads, resume), `lmforge merge`
+and the ``--adapter`` engine of `lmforge serve` end to end on a tiny model (in-process CLI)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lmforge
+from lmforge.cli import main
+from lmforge.peft import load_adapter
+from lmforge.train import checkpoint as ckpt
+
+TINY = ["model.preset=tiny", "data.synthetic_docs=60", "data.val_docs=0", "data.seq_len=32",
+        "train.batch_size=2", "train.max_time_s=0", "train.eval_every=0", "train.save_every=0",
+        "log.progress=false", "log.plot=false", "data.num_workers=0", "data.vocab_size=300",
+        "train.max_steps=1"]  # fmt: skip
+SFT = ["train.batch_size=2", "data.seq_len=48", "log.progress=false", "log.plot=false",
+       "data.val_fraction=0", "train.max_time_s=0", "train.eval_every=0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    assert (
+        main(["pretrain", "--config", "recipes/pretrain-tiny.yaml", "--out", str(out), *TINY]) == 0
+    )
+    return out / "model"
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory):
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
+    with open(path, "w") as f:
+        for _ in range(12):
+            a, b = rng.randint(0, 9), rng.randint(0, 9)
+            messages = [{"role": "user", "content": f"{a}+{b}?"},
+                        {"role": "assistant", "content": f"{a + b}"}]  # fmt: skip
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def _sft(base, chat, out, options, *overrides):
+    return main(["sft", "--config", "recipes/sft-tiny.yaml", "--model", str(base), *options,
+                 "--out", str(out), "--data", str(chat), "--", *SFT, *overrides])  # fmt: skip
+
+
+def test_sft_lora_saves_adapter_only_and_resumes(base, chat, tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    args = ["--peft", "lora", "--lora-r", "4", "--lora-alpha", "8"]
+    assert _sft(base, chat, out, args, "train.save_every=2", "train.max_steps=2") == 0
+    model_dir = out / "model"
+    assert (model_dir / "adapter_config.json").is_file() and not list(model_dir.glob("model*"))
+    cp = ckpt.latest_checkpoint(out / "checkpoints")
+    assert cp is not None and not list(cp.glob("model*.safetensors"))
+    optim = load_file(cp / "trainer_state" / "optimizer.safetensors")
+    assert optim and all(".lora_" in k for k in optim)  # optimizer state: the adapter only
+
+    # peft over the HF base gives the same logits as lmforge with the adapter.
+    ids = torch.randint(0, 250, (2, 9))
+    ours = load_adapter(lmforge.load_model(base).eval(), model_dir)
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), model_dir)
+    with torch.no_grad():
+        lora_logits = ours(ids).logits
+        assert (lora_logits - theirs.eval()(ids).logits).abs().max() < 1e-5
+        assert (lora_logits - lmforge.load_model(base)(ids).logits).abs().max() > 1e-6
+
+    assert _sft(base, chat, out, args, "train.save_every=2", "train.max_steps=3") == 0
+    assert "resumed from" in capsys.readouterr().out
+
+    # merge → a plain HF checkpoint with the same logits; serve --adapter merges at load.
+    assert main(["merge", "--base", str(base), "--adapter", str(model_dir), "--out",
+                 str(tmp_path / "merged")]) == 0  # fmt: skip
+    merged = lmforge.load_model(tmp_path / "merged").eval()
+    again = load_adapter(lmforge.load_model(base).eval(), model_dir)
+    with torch.no_grad():
+        assert (merged(ids).logits - again(ids).logits).abs().max() < 1e-5
+    from lmforge.serve.loading import load_engine
+
+    engine = load_engine(str(base), adapter=str(model_dir), dtype=None, device="cpu")[0]
+    with torch.no_grad():
+        assert (engine.model(ids).logits - merged(ids).logits).abs().max() < 1e-5
+
+
+def test_sft_adapter_and_refusals(base, chat, tmp_path, capsys):
+    assert _sft(base, chat, tmp_path / "a", ["--peft", "adapter", "--bottleneck", "4"],
+                "train.max_steps=1") == 0  # fmt: skip
+    cfg = json.loads((tmp_path / "a" / "model" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LMFORGE_BOTTLENECK"
+    capsys.readouterr()
+    assert _sft(base, chat, tmp_path / "p", ["--peft", "prefix"], "train.max_steps=1") == 2
+    assert "needs unpacked batches" in capsys.readouterr().err
+    status = main(["merge", "--base", str(base), "--adapter", str(tmp_path / "a" / "model"),
+                   "--out", str(tmp_path / "m")])  # fmt: skip
+    assert status == 2 and "cannot be merged" in capsys.readouterr().err
