@@ -45,7 +45,8 @@ from pathlib import Path
 import torch
 
 import lmforge
-from lmforge.infer.engine import Engine, SamplingParams
+from lmforge.infer.engine import Engine
+from lmforge.infer.params import SamplingParams
 from lmforge.models.presets import preset_config
 
 EXTRA_BENCHES: list[Callable[[], dict[str, float]]] = []

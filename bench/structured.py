@@ -32,12 +32,11 @@ import torch
 
 import lmforge
 from lmforge.data.tasks.corpus import synthetic_corpus
-from lmforge.infer.structured import (
+from lmforge.infer.structured import Constraint, compile_constraint
+from lmforge.infer.structured_backends import (
     BACKENDS,
     DEFAULT_BACKEND,
-    Constraint,
     clear_grammar_cache,
-    compile_constraint,
     compiled_grammars,
 )
 from lmforge.models.kv_cache import KVCache

@@ -253,3 +253,46 @@ def test_files_stay_small_or_say_why(path: Path) -> None:
         f"{path.relative_to(PACKAGE.parent)} has {lines} lines: split it by concept, or say "
         "at its top why it is long ('… is long because …')"
     )
+
+
+def test_every_name_has_one_home() -> None:
+    """A module's ``__all__`` lists only what it defines (package ``__init__`` files gather
+    names; other modules do not re-export their neighbours' names under a second path)."""
+    bad = []
+    for module, path in source_modules().items():
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined = set()
+        exported: list[str] = []
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AnnAssign):
+                targets = [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    defined.add(target.id)
+                    if target.id == "__all__" and isinstance(node.value, (ast.List, ast.Tuple)):
+                        exported = [e.value for e in node.value.elts if isinstance(e, ast.Constant)]
+        bad += [f"{module}: __all__ lists {name}, defined elsewhere" for name in exported
+                if name not in defined]  # fmt: skip
+    assert not bad, "names exported under a second path:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    "package", sorted(p.parent for p in PACKAGE.rglob("__init__.py")), ids=lambda p: module_name(p)
+)
+def test_package_docstring_lists_every_module(package: Path) -> None:
+    """Each package's ``__init__`` docstring names each of its modules (one line each)."""
+    init = package / "__init__.py"
+    doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+    if package == PACKAGE:  # the top package: README.md and ARCHITECTURE.md hold the map
+        return
+    members = [p.stem for p in package.glob("*.py") if p.name != "__init__.py"]
+    members += [p.name for p in package.iterdir() if (p / "__init__.py").is_file()]
+    missing = [m for m in sorted(members) if f"`{m}`" not in doc]
+    assert not missing, f"{init.relative_to(PACKAGE.parent)}: docstring lists no line for {missing}"

@@ -29,16 +29,15 @@ values that give it (`PreferenceLoss.output`).
 | *preference optimisation* | |
 | `preference_data` | preference pairs → packed / padded chosen-rejected batches |
 | `preference_objective` | `PreferenceObjective` (DPO / IPO / SimPO / ORPO) and `RewardModelObjective` for the loop |
-| `dpo_trainer` | a DPO-family run from a `DPOConfig` (``lmforge dpo``) |
-| `rm_trainer` | reward-model training from an `RMConfig` (``lmforge rm``) |
+| `dpo_trainer` | `DPOSection` / `DPOConfig`, `train_dpo` (``lmforge dpo``); data and loaders shared with `rm_trainer` |
+| `rm_trainer` | `RMSection` / `RMConfig`, `train_rm` (``lmforge rm``) |
 | *RL fine-tuning* | |
 | `grpo_trainer` | `GRPOSection` / `GRPOConfig`, `GRPORollouts`, `GRPOObjective`, `train_grpo` |
 | `grpo_run` | a GRPO run from a `GRPOConfig` alone (checkpoint, adapter, summary) |
-| `ppo_config` | `PPOSection` (``ppo:`` in a recipe) / `PPOConfig` and their checks (re-exported by `ppo_trainer`) |
+| `ppo_config` | `PPOSection` (``ppo:`` in a recipe) / `PPOConfig` and their checks |
 | `ppo_models` | `ActorCritic`, `critic_from`, `token_values`, `PromptItem`, rule / reward-model scorers |
 | `ppo_experience` | `PPOExperience`: rollouts → KL-shaped rewards → GAE → micro-batches, exact resume |
-| `ppo_trainer` | `PPOObjective`, `task_prompts`, `ptx_loader`, `train_ppo` |
-| `ppo_commands` | the ``lmforge ppo`` argument parser (moving to the command layer) |
+| `ppo_trainer` | `PPOObjective`, `task_prompts`, `ptx_loader`, `train_ppo` (``lmforge ppo``) |
 | `r1_pipeline` | the R1-style pipeline end to end (``lmforge demo``): tokenizer → pretrain → SFT → GRPO |
 """
 

@@ -26,12 +26,8 @@ from lmforge.align.preference_data import (
     load_preference_pairs,
     write_preference_jsonl,
 )
-from lmforge.align.preference_objective import (
-    REFERENCE_FREE,
-    PreferenceObjective,
-    frozen_copy,
-    precompute_reference_logps,
-)
+from lmforge.align.preference_objective import REFERENCE_FREE, PreferenceObjective
+from lmforge.align.reference import frozen_copy, precompute_reference_logps
 from lmforge.config import ConfigError
 from lmforge.models.hf import checkpoint_dir, load_model
 from lmforge.peft.settings import PeftSettings, apply_peft

@@ -62,9 +62,7 @@ __all__ = [
     "GRPORollouts",
     "GRPOSection",
     "check_grpo_config",
-    "eval_rollout_sampling",
-    "evaluate_accuracy",  # from lmforge.align.rl_tasks
-    "r1_prompt_ids",  # from lmforge.align.rl_tasks
+    "eval_rollout_sampling",  # from lmforge.align.rl_tasks  # from lmforge.align.rl_tasks
     "rollout_sampling",
     "task_items",
     "train_grpo",

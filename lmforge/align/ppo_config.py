@@ -1,7 +1,7 @@
 """PPO's settings: the ``ppo:`` section of a recipe (`PPOSection`), the run config
 (`PPOConfig` = a `RunConfig` with a ``ppo`` section) and their range checks.
 
-They sit beside the PPO trainer (`lmforge.align.ppo_trainer`, which re-exports them) in a
+They sit beside the PPO trainer (`lmforge.align.ppo_trainer`) in a
 module of their own because the trainer's pieces — the experience stream
 (`lmforge.align.ppo_experience`) and the objective — read them too, and the trainer imports
 those pieces (no import cycles).

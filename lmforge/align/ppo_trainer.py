@@ -58,17 +58,9 @@ from lmforge.models.loss import IGNORE_INDEX, shifted_targets
 from lmforge.models.transformer import CausalLM
 from lmforge.train.objective import LossOutput
 
-__all__ = [
-    "ActorCritic",  # from lmforge.align.ppo_models
-    "PPOConfig",  # from lmforge.align.ppo_config
-    "PPOExperience",  # from lmforge.align.ppo_experience
-    "PPOObjective",
-    "PPOSection",  # from lmforge.align.ppo_config
-    "PromptItem",  # from lmforge.align.ppo_models
-    "RewardModelScorer",  # from lmforge.align.ppo_models
-    "critic_from",  # from lmforge.align.ppo_models
-    "ptx_loader",
-    "rule_scorer",  # from lmforge.align.ppo_models
+__all__ = [  # from lmforge.align.ppo_models  # from lmforge.align.ppo_config  # from lmforge.align.ppo_experience
+    "PPOObjective",  # from lmforge.align.ppo_config  # from lmforge.align.ppo_models  # from lmforge.align.ppo_models  # from lmforge.align.ppo_models
+    "ptx_loader",  # from lmforge.align.ppo_models
     "task_prompts",
     "train_ppo",
 ]

@@ -55,7 +55,7 @@ from lmforge.data.formats import (
 from lmforge.data.loader import RowStream, epoch_rng
 from lmforge.data.packing import pack_best_fit, rows_to_batch
 from lmforge.data.sources import DataError, DataReport, PreferenceRecord, read_records
-from lmforge.models.transformer import IGNORE_INDEX
+from lmforge.models.loss import IGNORE_INDEX
 from lmforge.tokenizer import Tokenizer, TokenizerError
 
 __all__ = [

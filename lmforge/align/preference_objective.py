@@ -21,9 +21,6 @@ is, by ``reference``:
   (`lmforge.peft.disable_adapters`) — the base model, no second copy in memory;
 - None: the batch carries precomputed ``ref_logps`` (`precompute_reference_logps`), or the
   loss needs no reference (SimPO, ORPO).
-
-``frozen_copy``, ``precompute_reference_logps`` and ``sequence_logps`` are re-exported here
-from their homes (`lmforge.align.reference`, `lmforge.align.sequence_logps`).
 """
 
 from __future__ import annotations
@@ -38,8 +35,6 @@ from lmforge.align.dpo import DPO_LOSS_TYPES, PreferenceLoss, dpo_loss
 from lmforge.align.orpo import orpo_loss
 from lmforge.align.reference import (
     check_reference,
-    frozen_copy,
-    precompute_reference_logps,
     reference_model,
 )
 from lmforge.align.reward_model import RewardModel, bradley_terry_loss
@@ -51,11 +46,8 @@ __all__ = [
     "LOSS_TYPES",
     "PreferenceObjective",
     "RewardModelObjective",
-    "frozen_copy",
     "load_reward_model",
-    "precompute_reference_logps",
     "reward_model_for_export",
-    "sequence_logps",
 ]
 
 LOSS_TYPES = (*DPO_LOSS_TYPES, "simpo", "orpo")

@@ -40,13 +40,8 @@ import torch
 from rich.console import Console
 
 from lmforge.align.grpo_run import run_grpo
-from lmforge.align.grpo_trainer import (
-    GRPOConfig,
-    GRPOSection,
-    eval_rollout_sampling,
-    evaluate_accuracy,
-    r1_prompt_ids,
-)
+from lmforge.align.grpo_trainer import GRPOConfig, GRPOSection, eval_rollout_sampling
+from lmforge.align.rl_tasks import evaluate_accuracy, r1_prompt_ids
 from lmforge.data.tasks.arithmetic import ArithmeticProblem, arithmetic_problems
 from lmforge.data.tokenizer_training import train_tokenizer_on_files
 from lmforge.models.hf import load_model

@@ -48,7 +48,7 @@ from torch import nn
 
 from lmforge.align.logprobs import model_logprobs
 from lmforge.infer import SamplingParams
-from lmforge.models.transformer import IGNORE_INDEX
+from lmforge.models.loss import IGNORE_INDEX
 
 __all__ = [
     "Completion",

@@ -1,7 +1,26 @@
 """The command layer: one module per ``lmforge <command>``, each with ``add_parser(subparsers)``
 (flags, help, examples) and ``run(args) -> int`` (flags → a typed config → one library
 call). Nothing in the library imports this package; `lmforge.cli` builds the parser from
-`COMMANDS`, in this order (the order of ``lmforge --help``)."""
+`COMMANDS`, in this order (the order of ``lmforge --help``).
+
+| module | what |
+|---|---|
+| `common` | `CommandError`, the subparser factory, ``--config/--out/KEY=VALUE`` → typed config, the ``--peft`` flags |
+| `tokenizer` | ``lmforge tokenizer train``: BPE on .txt / .jsonl files (`lmforge.data.tokenizer_training`) |
+| `info` | ``lmforge info``: architecture, parameters, memory, dtype, shards (`lmforge.models.info`) |
+| `convert` | ``lmforge convert``: another dtype and/or shard size, tokenizer files copied |
+| `generate` | ``lmforge generate``: continue a prompt (`lmforge.infer.generate`) |
+| `demo` | ``lmforge demo``: the R1-style pipeline (`lmforge.align.r1_pipeline`) |
+| `serve` | ``lmforge serve``: the OpenAI-compatible server (`lmforge.serve`) |
+| `chat` | ``lmforge chat``: a terminal chat (`lmforge.serve.terminal_chat`) |
+| `pretrain` | ``lmforge pretrain``: `lmforge.train.pretrain.train_pretrain` |
+| `sft` | ``lmforge sft``: `lmforge.train.sft.train_sft` |
+| `merge` | ``lmforge merge``: a LoRA adapter folded into its base (`lmforge.peft.merging`) |
+| `dpo` | ``lmforge dpo``: `lmforge.align.dpo_trainer.train_dpo` |
+| `rm` | ``lmforge rm``: `lmforge.align.rm_trainer.train_rm` |
+| `grpo` | ``lmforge grpo``: `lmforge.align.grpo_run.run_grpo` |
+| `ppo` | ``lmforge ppo``: `lmforge.align.ppo_trainer.train_ppo` |
+"""
 
 from lmforge.commands import (
     chat,

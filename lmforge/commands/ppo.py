@@ -57,7 +57,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmforge.align.ppo_trainer import PPOConfig, train_ppo
+    from lmforge.align.ppo_config import PPOConfig
+    from lmforge.align.ppo_trainer import train_ppo
 
     extra = []
     if args.reward_model:

@@ -38,7 +38,7 @@ from lmforge.data.sources import (
     TextRecord,
     read_records,
 )
-from lmforge.models.transformer import IGNORE_INDEX
+from lmforge.models.loss import IGNORE_INDEX
 from lmforge.tokenizer import Tokenizer, TokenizerError
 
 FORMATS = ("auto", "messages", "prompt_completion", "instruction", "text")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lmforge.models.transformer import IGNORE_INDEX
+from lmforge.models.loss import IGNORE_INDEX
 
 STRATEGIES = ("best_fit", "greedy")
 TOO_LONG = ("error", "truncate", "drop")

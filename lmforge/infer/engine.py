@@ -48,9 +48,6 @@ from lmforge.infer.scheduler import ScheduledChunk, Scheduler, Sequence
 __all__ = [
     "DEFAULT_KV_CACHE_BYTES",
     "Engine",
-    "RequestOutput",
-    "SamplingParams",
-    "TokenLogprob",
 ]
 
 # Default KV pool when num_blocks is not given: room for max_num_seqs full-length sequences,

@@ -47,33 +47,21 @@ import torch
 from lmforge.infer.structured_backends import (
     BACKENDS,
     DEFAULT_BACKEND,
-    JSON_SEPARATORS,
     GrammarVocab,
-    clear_grammar_cache,
     compiled_grammar,
-    compiled_grammars,
 )
 from lmforge.infer.structured_spec import (
     GRAMMAR_KIND_NAMES,
     GrammarSpec,
-    close_json_schema,
     grammar_spec,
 )
 from lmforge.tokenizer import Tokenizer
 
 __all__ = [
-    "BACKENDS",
-    "DEFAULT_BACKEND",
     "Constraint",
     "GrammarConstraint",
-    "GrammarSpec",
-    "JSON_SEPARATORS",
     "apply_token_bitmask_",
-    "clear_grammar_cache",
-    "close_json_schema",
-    "compiled_grammars",
     "compile_constraint",
-    "grammar_spec",
 ]
 
 

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lmforge.config import ConfigError, ModelConfig, hf_architecture
+from lmforge.config import ModelConfig, hf_architecture
 from lmforge.io import atomic_path, atomic_write_json, read_json
 from lmforge.models.transformer import CausalLM
 from lmforge.nn.rope import RotaryEmbedding
@@ -268,7 +268,6 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 __all__ = [
     "CheckpointError",
-    "ConfigError",
     "load_model",
     "read_state_dict",
     "save_model",

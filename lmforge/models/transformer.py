@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
-from lmforge.models.loss import IGNORE_INDEX, chunked_next_token_loss, next_token_loss  # noqa: F401
+from lmforge.models.loss import chunked_next_token_loss, next_token_loss
 from lmforge.nn.attention import Attention, AttentionBatch, LayerCache
 from lmforge.nn.mlp import SwiGLU
 from lmforge.nn.norm import RMSNorm

@@ -7,6 +7,18 @@ prefix tuning, prompt tuning — interoperable with Hugging Face ``peft`` files.
 >>> save_adapter(model, "out/adapter")          # loads with peft.PeftModel.from_pretrained
 >>> with disable_adapters(model): ref = model(ids)   # the base model, no copies
 >>> quantize_base(model, "nf4"); apply_lora(model, r=16)   # QLoRA (bitsandbytes / torchao)
+
+| module | what |
+|---|---|
+| `lora` | `LoraLinear`: LoRA, rsLoRA, DoRA, PiSSA init, named adapters, merge / unmerge |
+| `state` | which adapters a model carries: apply, set, disable, delete, merge_and_unload |
+| `adapters` | Houlsby bottleneck adapters |
+| `prefix` | prefix tuning (with the reparameterisation MLP folded away for inference) |
+| `prompt` | prompt tuning (virtual token embeddings) |
+| `quantize` | a quantised frozen base for QLoRA (bitsandbytes NF4 / FP4 / int8, torchao int4) |
+| `io` | PEFT-format files: ``adapter_config.json`` + ``adapter_model.safetensors`` |
+| `settings` | `PeftSettings` (what ``--peft`` asks for) and `apply_peft` |
+| `merging` | `load_merged`: base checkpoint + LoRA adapter → a plain model |
 """
 
 from lmforge.peft.adapters import apply_adapters

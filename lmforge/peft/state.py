@@ -200,7 +200,6 @@ def _only_lora(model: nn.Module, what: str) -> None:
 
 
 __all__ = [
-    "LoraConfig",
     "apply_lora",
     "delete_adapter",
     "disable_adapters",

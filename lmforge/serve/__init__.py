@@ -3,6 +3,16 @@ page at ``/``) over the inference engine.
 
 >>> from lmforge.serve import AsyncEngine, ServerLimits, create_app
 >>> app = create_app(AsyncEngine(engine), tokenizer, "my-model", ServerLimits(2048, 512))
+
+| module | what |
+|---|---|
+| `app` | the FastAPI app: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` (SSE), the chat page |
+| `protocol` | the OpenAI API as pydantic models; the error shape |
+| `translate` | OpenAI requests → prompt ids + `SamplingParams`; engine outputs → OpenAI responses |
+| `async_engine` | one engine driven from a background thread for many asyncio requests |
+| `errors` | OpenAI-shaped 4xx errors for everything that goes wrong before the engine |
+| `loading` | a checkpoint folder (+ LoRA adapter) → `Engine`, tokenizer, context length |
+| `terminal_chat` | the multi-turn terminal chat loop of ``lmforge chat`` |
 """
 
 from lmforge.serve.app import create_app

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from lmforge.infer.engine import SamplingParams
+from lmforge.infer.params import SamplingParams
 
 
 @dataclass

@@ -127,7 +127,7 @@ def sampling_params(
 ) -> Any:
     """The engine's `SamplingParams` for choice ``choice`` of ``req``. With a seed, choice i
     uses ``seed + i`` so that the ``n`` choices differ yet the whole answer is reproducible."""
-    from lmforge.infer.engine import SamplingParams
+    from lmforge.infer.params import SamplingParams
 
     return SamplingParams(
         max_tokens=max_tokens,

@@ -1,5 +1,20 @@
-"""Training: one loop (`Trainer`) for pretraining, SFT and later alignment objectives,
-AdamW + schedules, atomic checkpoints with exact resume, DDP / FSDP2 under torchrun."""
+"""Training: one loop (`Trainer`) for pretraining, SFT and every alignment objective,
+AdamW + schedules, atomic checkpoints with exact resume, DDP / FSDP2 under torchrun.
+
+| module | what |
+|---|---|
+| `loop` | `Trainer`: token-weighted accumulation, clipping, autocast, evaluation, checkpoints, fit |
+| `objective` | the `Objective` contract (``(model, batch) -> LossOutput``) and `causal_lm_loss` |
+| `config` | `RunConfig`: YAML recipes → dataclasses, ``key=value`` overrides, closest-key suggestions |
+| `optim` | AdamW (fused where available), no decay on norms and biases |
+| `schedule` | learning-rate schedules: warmup + cosine, warmup-stable-decay |
+| `checkpoint` | HF weights + ``trainer_state/``, atomic, last K kept, exact resume |
+| `distributed` | torchrun setup, DDP / FSDP2 (``fully_shard``), barriers, unwrap |
+| `metrics` | progress bar, ``metrics.jsonl``, ``training.png``, summary, TensorBoard / W&B |
+| `run` | what every entry point does around its `Trainer`: process setup, fit + export, summary |
+| `pretrain` | `train_pretrain(config)`: text (or the synthetic corpus) → tokenizer → token file → model |
+| `sft` | `train_sft(config, peft=…)`: chat / instruction data packed, assistant-only loss |
+"""
 
 from lmforge.config import ConfigError
 from lmforge.train.config import RunConfig, load_config

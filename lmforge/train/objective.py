@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lmforge.models.transformer import IGNORE_INDEX
+from lmforge.models.loss import IGNORE_INDEX
 
 Batch = dict[str, torch.Tensor]
 # Batch keys the model's forward accepts besides input_ids (labels stay with the objective).

@@ -17,7 +17,7 @@ from lmforge.align.preference_data import (
 )
 from lmforge.data.formats import tokenize_conversation
 from lmforge.data.sources import DataError, PreferenceRecord
-from lmforge.models.transformer import IGNORE_INDEX
+from lmforge.models.loss import IGNORE_INDEX
 from lmforge.tokenizer import Tokenizer
 
 

@@ -27,8 +27,9 @@ from lmforge.align.reference import frozen_copy, precompute_reference_logps
 from lmforge.align.reward_model import RewardModel, bradley_terry_loss
 from lmforge.align.sequence_logps import sequence_logps
 from lmforge.align.simpo import simpo_loss
+from lmforge.models.loss import IGNORE_INDEX
 from lmforge.models.presets import preset_config
-from lmforge.models.transformer import IGNORE_INDEX, CausalLM
+from lmforge.models.transformer import CausalLM
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.config import OptimSection, RunConfig, TrainSection
 from lmforge.train.loop import Trainer

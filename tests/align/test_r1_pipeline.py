@@ -37,7 +37,7 @@ def test_sampled_pass_at_1_averages_k_seeded_samples_per_problem():
     metric averaged over all of them — the same as sampling each request alone."""
     import torch
 
-    from lmforge.align.grpo_trainer import evaluate_accuracy, r1_prompt_ids
+    from lmforge.align.rl_tasks import evaluate_accuracy, r1_prompt_ids
     from lmforge.align.rollout import request_seed, sample_completions
     from lmforge.infer import SamplingParams
     from lmforge.models.presets import preset_config

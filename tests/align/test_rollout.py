@@ -22,8 +22,9 @@ from lmforge.align.rollout import (
 )
 from lmforge.align.rollout_groups import PromptSampler, collect_groups
 from lmforge.infer import SamplingParams
+from lmforge.models.loss import IGNORE_INDEX
 from lmforge.models.presets import preset_config
-from lmforge.models.transformer import IGNORE_INDEX, CausalLM
+from lmforge.models.transformer import CausalLM
 from lmforge.tokenizer import Tokenizer
 
 TEXTS = [f"What is {a} + {b}? <think>{a}+{b}</think><answer>{a + b}</answer>" for a in range(20)

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from lmforge.cli import build_parser
-from lmforge.infer.engine import Engine, SamplingParams
+from lmforge.infer.engine import Engine
+from lmforge.infer.params import SamplingParams
 from lmforge.serve.terminal_chat import ChatSettings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from lmforge.data.formats import (
     tokenize_prompt_completion,
 )
 from lmforge.data.sources import DataError
-from lmforge.models.transformer import IGNORE_INDEX
+from lmforge.models.loss import IGNORE_INDEX
 from lmforge.tokenizer import Tokenizer
 
 # ChatML with transformers' assistant-mask markers around each reply and its end of turn.

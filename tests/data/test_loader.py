@@ -14,7 +14,7 @@ import torch
 from lmforge.data.formats import Example
 from lmforge.data.loader import PretrainLoader, SFTLoader
 from lmforge.data.tokens import TokenFile, build_token_file
-from lmforge.models.transformer import IGNORE_INDEX
+from lmforge.models.loss import IGNORE_INDEX
 from lmforge.tokenizer import Tokenizer
 
 KEYS = ("input_ids", "labels", "position_ids", "document_ids")

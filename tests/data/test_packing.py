@@ -21,8 +21,9 @@ from lmforge.data.packing import (
     packing_efficiency,
     rows_to_batch,
 )
+from lmforge.models.loss import IGNORE_INDEX
 from lmforge.models.presets import preset_config
-from lmforge.models.transformer import IGNORE_INDEX, CausalLM
+from lmforge.models.transformer import CausalLM
 
 VOCAB = 64
 

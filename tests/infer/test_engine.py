@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import lmforge
-from lmforge.infer.engine import Engine, SamplingParams
+from lmforge.infer.engine import Engine
+from lmforge.infer.params import SamplingParams
 from lmforge.models.kv_cache import KVCache
 
 LENGTHS = [3, 17, 1, 9, 30, 6]

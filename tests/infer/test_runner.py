@@ -9,7 +9,8 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.infer.cache import PagedBatch, PagedKVCache, PrefillChunk
-from lmforge.infer.engine import Engine, SamplingParams
+from lmforge.infer.engine import Engine
+from lmforge.infer.params import SamplingParams
 from lmforge.infer.runner import InferenceRunner
 from lmforge.models.transformer import CausalLM
 

@@ -19,14 +19,9 @@ import torch
 
 import lmforge
 from lmforge.data.tasks.corpus import synthetic_corpus
-from lmforge.infer.structured import (
-    BACKENDS,
-    JSON_SEPARATORS,
-    Constraint,
-    close_json_schema,
-    compile_constraint,
-    compiled_grammars,
-)
+from lmforge.infer.structured import Constraint, compile_constraint
+from lmforge.infer.structured_backends import BACKENDS, JSON_SEPARATORS, compiled_grammars
+from lmforge.infer.structured_spec import close_json_schema
 from lmforge.models.kv_cache import KVCache
 from lmforge.models.presets import preset_config
 from lmforge.tokenizer import Tokenizer

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from lmforge.infer.engine import Engine, SamplingParams
+from lmforge.infer.engine import Engine
+from lmforge.infer.params import SamplingParams
 from lmforge.serve.async_engine import AsyncEngine, GenerationError
 
 
@@ -129,7 +130,7 @@ class _FailingEngine:
     def step(self):
         if not self.healthy:
             raise RuntimeError("boom")
-        from lmforge.infer.engine import RequestOutput
+        from lmforge.infer.request import RequestOutput
 
         rid = self.live.pop()
         return [RequestOutput(rid, [1], [2], [2], "x", "x", None, True, "length")]

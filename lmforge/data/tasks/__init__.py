@@ -1,4 +1,12 @@
-"""Synthetic, verifiable data generated on the spot: nothing is downloaded."""
+"""Synthetic, verifiable data generated on the spot: nothing is downloaded.
+
+| module | what |
+|---|---|
+| `corpus` | seeded simple-English corpus: stories, facts, arithmetic |
+| `chat` | seeded synthetic chats a tiny model can learn to answer |
+| `arithmetic` | multi-digit arithmetic problems with exact answers and a held-out split |
+| `countdown` | Countdown problems and an exact verifier (parsed with ast, never eval) |
+"""
 
 from lmforge.data.tasks.arithmetic import arithmetic_problems, check_arithmetic
 from lmforge.data.tasks.chat import synthetic_chats, write_chat_jsonl
