@@ -48,3 +48,42 @@ def tiny_hf_kwargs():
 def hf_model_factory():
     """``factory(model_type, seed=0, std=0.2, **config_overrides) -> transformers model``."""
     return make_hf_model
+
+
+def save_tiny_policy(folder, texts: list[str], with_bos: bool) -> None:
+    """A tiny random ``CausalLM`` (hidden 32, seed 0) and a 300-id BPE tokenizer trained on
+    ``texts``, saved in HF format into ``folder``."""
+    from lmforge.models.hf import save_model
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(texts, vocab_size=300)
+    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if with_bos:
+        ids["bos_token_id"] = tok.bos_token_id
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", vocab_size=320, hidden_size=32, intermediate_size=64, **ids)
+    save_model(CausalLM(cfg), folder, tokenizer=tok)
+
+
+@pytest.fixture(scope="session")
+def preference_model_dir(tmp_path_factory):
+    """A tiny policy whose tokenizer knows the synthetic chats (DPO / RM runs)."""
+    from lmforge.data.tasks.chat import synthetic_chats
+
+    out = tmp_path_factory.mktemp("base") / "model"
+    save_tiny_policy(out, [m["content"] for c in synthetic_chats(200, 0) for m in c], True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def r1_model_dir(tmp_path_factory):
+    """A tiny policy whose tokenizer knows R1-formatted arithmetic (GRPO runs)."""
+    from lmforge.data.tasks.arithmetic import arithmetic_problems
+
+    texts = [f"{p.prompt} <think>{p.question}</think><answer>{p.answer}</answer>"
+             for p in arithmetic_problems(100, 0)]  # fmt: skip
+    out = tmp_path_factory.mktemp("init") / "model"
+    save_tiny_policy(out, texts, False)
+    return out

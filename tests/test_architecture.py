@@ -296,3 +296,11 @@ def test_package_docstring_lists_every_module(package: Path) -> None:
     members += [p.name for p in package.iterdir() if (p / "__init__.py").is_file()]
     missing = [m for m in sorted(members) if f"`{m}`" not in doc]
     assert not missing, f"{init.relative_to(PACKAGE.parent)}: docstring lists no line for {missing}"
+
+
+def test_readme_layout_lists_every_module() -> None:
+    """README.md's layout table has a line for every module of the package."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    paths = [p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("*.py")]
+    missing = sorted(p for p in paths if not p.endswith("__init__.py") and f"`{p}`" not in readme)
+    assert not missing, f"README.md's layout table lacks {missing}"

@@ -39,6 +39,7 @@ values that give it (`PreferenceLoss.output`).
 | `ppo_experience` | `PPOExperience`: rollouts → KL-shaped rewards → GAE → micro-batches, exact resume |
 | `ppo_trainer` | `PPOObjective`, `task_prompts`, `ptx_loader`, `train_ppo` (``lmforge ppo``) |
 | `r1_pipeline` | the R1-style pipeline end to end (``lmforge demo``): tokenizer → pretrain → SFT → GRPO |
+| `r1_report` | the pipeline's curves PNG, ``report.md`` and ``RESULT`` summary |
 """
 
 from lmforge.align.dpo import DPO_LOSS_TYPES, PreferenceLoss, dpo_loss

@@ -22,26 +22,11 @@ TINY = ["data.synthetic_docs=60", "data.seq_len=96", "train.batch_size=4", "trai
         "log.plot=false", "data.val_fraction=0.1"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from lmforge.data.tasks.chat import synthetic_chats
-    from lmforge.models.hf import save_model
-    from lmforge.models.presets import preset_config
-    from lmforge.models.transformer import CausalLM
-    from lmforge.tokenizer import Tokenizer
-
-    tok = Tokenizer.train([m["content"] for c in synthetic_chats(200, 0) for m in c], 300)
-    torch.manual_seed(0)
-    cfg = preset_config("tiny", vocab_size=320, hidden_size=32, intermediate_size=64,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)  # fmt: skip
-    out = tmp_path_factory.mktemp("base") / "model"
-    save_model(CausalLM(cfg), out, tokenizer=tok)
-    return out
-
-
-def _config(model_dir, out, *overrides) -> DPOConfig:
-    extra = [f"model.init_from={json.dumps(str(model_dir))}", f"out_dir={json.dumps(str(out))}"]
+def _config(preference_model_dir, out, *overrides) -> DPOConfig:
+    extra = [
+        f"model.init_from={json.dumps(str(preference_model_dir))}",
+        f"out_dir={json.dumps(str(out))}",
+    ]
     return load_config(RECIPE, [*TINY, *overrides, *extra], DPOConfig)
 
 
@@ -55,9 +40,9 @@ def _records(out):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_dpo_end_to_end_and_resume(model_dir, tmp_path):
+def test_dpo_end_to_end_and_resume(preference_model_dir, tmp_path):
     out = tmp_path / "dpo"
-    summary, text = _dpo(_config(model_dir, out))
+    summary, text = _dpo(_config(preference_model_dir, out))
     assert "60 synthetic preference pairs" in text and "54 train / 6 validation" in text
     assert "frozen copy" in text and "reward accuracy" in text
     assert summary["model_dir"] == str(out / "model")
@@ -66,28 +51,30 @@ def test_dpo_end_to_end_and_resume(model_dir, tmp_path):
     assert {"rewards/accuracy", "rewards/margin", "logps/chosen"} <= rec[0].keys()
     from lmforge.models.hf import load_model
 
-    trained, base = load_model(out / "model"), load_model(model_dir)
+    trained, base = load_model(out / "model"), load_model(preference_model_dir)
     assert not torch.equal(trained.lm_head.weight, base.lm_head.weight)
-    _, text = _dpo(_config(model_dir, out, "train.max_steps=6"))  # running again resumes
+    _, text = _dpo(_config(preference_model_dir, out, "train.max_steps=6"))  # running again resumes
     assert "resumed from" in text
     assert [r["step"] for r in _records(out) if "loss" in r] == list(range(1, 7))
 
 
-def test_dpo_with_lora_uses_the_base_as_reference(model_dir, tmp_path):
+def test_dpo_with_lora_uses_the_base_as_reference(preference_model_dir, tmp_path):
     out = tmp_path / "lora"
-    config = _config(model_dir, out, "dpo.loss_type=ipo", "dpo.precompute_reference=true")
+    config = _config(
+        preference_model_dir, out, "dpo.loss_type=ipo", "dpo.precompute_reference=true"
+    )
     _, text = _dpo(config, PeftSettings(method="lora", lora_r=4))
     assert "precomputed" in text and "ipo" in text
     assert (out / "model" / "adapter_config.json").is_file()
 
 
-def test_dpo_rejects_bad_settings(model_dir, tmp_path):
+def test_dpo_rejects_bad_settings(preference_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="dpo.loss_type"):
-        _config(model_dir, tmp_path, "dpo.loss_type=kto")
+        _config(preference_model_dir, tmp_path, "dpo.loss_type=kto")
     with pytest.raises(ValueError, match="needs --peft"):
-        _dpo(_config(model_dir, tmp_path, "dpo.reference=adapter"))
+        _dpo(_config(preference_model_dir, tmp_path, "dpo.reference=adapter"))
     with pytest.raises(ValueError, match="needs --peft"):  # settings without a method
-        _dpo(_config(model_dir, tmp_path, "dpo.reference=adapter"), PeftSettings())
+        _dpo(_config(preference_model_dir, tmp_path, "dpo.reference=adapter"), PeftSettings())
     with pytest.raises(ConfigError, match="model.init_from"):
         _dpo(load_config(RECIPE, [*TINY, f"out_dir={json.dumps(str(tmp_path))}"], DPOConfig))
 

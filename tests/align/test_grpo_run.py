@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from rich.console import Console
 
 from lmforge.align.grpo_run import run_grpo
@@ -24,34 +23,15 @@ TINY = ["train.max_steps=2", "train.batch_size=8", "train.grad_accum=1", "grpo.g
         "log.progress=false", "log.plot=false"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def init_dir(tmp_path_factory):
-    from lmforge.data.tasks.arithmetic import arithmetic_problems
-    from lmforge.models.hf import save_model
-    from lmforge.models.presets import preset_config
-    from lmforge.models.transformer import CausalLM
-    from lmforge.tokenizer import Tokenizer
-
-    texts = [f"{p.prompt} <think>{p.question}</think><answer>{p.answer}</answer>"
-             for p in arithmetic_problems(100, 0)]  # fmt: skip
-    tok = Tokenizer.train(texts, vocab_size=300)
-    torch.manual_seed(0)
-    cfg = preset_config("tiny", vocab_size=320, hidden_size=32, intermediate_size=64,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
-    out = tmp_path_factory.mktemp("init") / "model"
-    save_model(CausalLM(cfg), out, tokenizer=tok)
-    return out
-
-
-def _config(init_dir, out, *overrides) -> GRPOConfig:
-    extra = [f"model.init_from={json.dumps(str(init_dir))}", f"out_dir={json.dumps(str(out))}"]
+def _config(r1_model_dir, out, *overrides) -> GRPOConfig:
+    extra = [f"model.init_from={json.dumps(str(r1_model_dir))}", f"out_dir={json.dumps(str(out))}"]
     return load_config(RECIPE, [*TINY, *overrides, *extra], GRPOConfig)
 
 
-def test_run_grpo_trains_and_prints_the_summary(init_dir, tmp_path):
+def test_run_grpo_trains_and_prints_the_summary(r1_model_dir, tmp_path):
     out = tmp_path / "run"
     console = Console(file=io.StringIO(), width=200)
-    summary = run_grpo(_config(init_dir, out), console=console)
+    summary = run_grpo(_config(r1_model_dir, out), console=console)
     assert summary["model_dir"] == str(out / "model") and summary["step"] == 2
     assert {"accuracy", "format"} <= summary["eval_after"].keys()
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -61,10 +41,10 @@ def test_run_grpo_trains_and_prints_the_summary(init_dir, tmp_path):
     assert "held-out accuracy" in text and f"model      {out / 'model'}" in text
 
 
-def test_run_grpo_with_lora_saves_the_adapter(init_dir, tmp_path):
+def test_run_grpo_with_lora_saves_the_adapter(r1_model_dir, tmp_path):
     out = tmp_path / "lora"
     console = Console(file=io.StringIO(), width=200)
-    run_grpo(_config(init_dir, out, "train.max_steps=1", "grpo.beta=0.04"),
+    run_grpo(_config(r1_model_dir, out, "train.max_steps=1", "grpo.beta=0.04"),
              peft=PeftSettings(method="lora", lora_r=4), console=console)  # fmt: skip
     assert (out / "model" / "adapter_config.json").is_file()
 

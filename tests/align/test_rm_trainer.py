@@ -7,7 +7,6 @@ import io
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from rich.console import Console
 
@@ -20,39 +19,24 @@ TINY = ["data.synthetic_docs=60", "data.seq_len=96", "train.batch_size=4", "trai
         "log.plot=false", "data.val_fraction=0.1"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from lmforge.data.tasks.chat import synthetic_chats
-    from lmforge.models.hf import save_model
-    from lmforge.models.presets import preset_config
-    from lmforge.models.transformer import CausalLM
-    from lmforge.tokenizer import Tokenizer
-
-    tok = Tokenizer.train([m["content"] for c in synthetic_chats(200, 0) for m in c], 300)
-    torch.manual_seed(0)
-    cfg = preset_config("tiny", vocab_size=320, hidden_size=32, intermediate_size=64,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)  # fmt: skip
-    out = tmp_path_factory.mktemp("base") / "model"
-    save_model(CausalLM(cfg), out, tokenizer=tok)
-    return out
-
-
-def _rm(model_dir, out, *overrides) -> tuple[dict, str]:
-    extra = [f"model.init_from={json.dumps(str(model_dir))}", f"out_dir={json.dumps(str(out))}"]
+def _rm(preference_model_dir, out, *overrides) -> tuple[dict, str]:
+    extra = [
+        f"model.init_from={json.dumps(str(preference_model_dir))}",
+        f"out_dir={json.dumps(str(out))}",
+    ]
     config = load_config(RECIPE, [*TINY, "optim.lr=3e-3", *overrides, *extra], RMConfig)
     console = Console(file=io.StringIO(), width=200)
     summary = train_rm(config, console=console)
     return summary, console.file.getvalue()
 
 
-def test_rm_end_to_end_saves_a_sequence_classifier(model_dir, tmp_path):
+def test_rm_end_to_end_saves_a_sequence_classifier(preference_model_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from lmforge.align.preference_objective import load_reward_model
 
     out = tmp_path / "rm"
-    summary, text = _rm(model_dir, out)
+    summary, text = _rm(preference_model_dir, out)
     assert "Bradley-Terry" in text and "reward accuracy" in text
     assert summary["model_dir"] == str(out / "model")
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -65,5 +49,5 @@ def test_rm_end_to_end_saves_a_sequence_classifier(model_dir, tmp_path):
         torch.testing.assert_close(rm(ids), hf(input_ids=ids).logits.squeeze(-1), rtol=1e-4,
                                    atol=1e-5)  # fmt: skip
     assert (out / "model" / "tokenizer.json").is_file()
-    _, text = _rm(model_dir, out, "train.max_steps=5")
+    _, text = _rm(preference_model_dir, out, "train.max_steps=5")
     assert "resumed from" in text

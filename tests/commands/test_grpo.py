@@ -4,38 +4,16 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
 TINY = ["train.max_steps=1", "train.batch_size=8", "train.grad_accum=1", "grpo.group_size=4",
         "grpo.max_new_tokens=8", "grpo.eval_prompts=4", "grpo.num_prompts=50",
         "log.progress=false", "log.plot=false"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def init_dir(tmp_path_factory):
-    from lmforge.data.tasks.arithmetic import arithmetic_problems
-    from lmforge.models.hf import save_model
-    from lmforge.models.presets import preset_config
-    from lmforge.models.transformer import CausalLM
-    from lmforge.tokenizer import Tokenizer
-
-    texts = [f"{p.prompt} <think>{p.question}</think><answer>{p.answer}</answer>"
-             for p in arithmetic_problems(100, 0)]  # fmt: skip
-    tok = Tokenizer.train(texts, vocab_size=300)
-    torch.manual_seed(0)
-    cfg = preset_config("tiny", vocab_size=320, hidden_size=32, intermediate_size=64,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
-    out = tmp_path_factory.mktemp("init") / "model"
-    save_model(CausalLM(cfg), out, tokenizer=tok)
-    return out
-
-
-def test_grpo_command_end_to_end(init_dir, tmp_path):
+def test_grpo_command_end_to_end(r1_model_dir, tmp_path):
     from lmforge.cli import main
 
     out = tmp_path / "run"
-    code = main(["grpo", "--config", "recipes/grpo-tiny.yaml", "--model", str(init_dir),
+    code = main(["grpo", "--config", "recipes/grpo-tiny.yaml", "--model", str(r1_model_dir),
                  "--out", str(out), "train.max_steps=2", "train.batch_size=8",
                  "train.grad_accum=1", "grpo.group_size=4", "grpo.max_new_tokens=8",
                  "grpo.eval_prompts=4", "grpo.num_prompts=50", "log.progress=false",
@@ -49,9 +27,9 @@ def test_grpo_command_end_to_end(init_dir, tmp_path):
     assert (out / "model" / "config.json").is_file()
 
 
-def test_grpo_with_lora(init_dir, tmp_path, run):
+def test_grpo_with_lora(r1_model_dir, tmp_path, run):
     out = tmp_path / "run"
-    code, text, err = run("grpo", "--config", "recipes/grpo-tiny.yaml", "--model", str(init_dir),
+    code, text, err = run("grpo", "--config", "recipes/grpo-tiny.yaml", "--model", str(r1_model_dir),
                           "--out", str(out), "--peft", "lora", "--lora-r", "4", *TINY,
                           "grpo.beta=0.04")  # fmt: skip
     assert code == 0, err
@@ -60,9 +38,9 @@ def test_grpo_with_lora(init_dir, tmp_path, run):
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
-def test_grpo_errors_are_one_line(init_dir, tmp_path, run):
+def test_grpo_errors_are_one_line(r1_model_dir, tmp_path, run):
     code, _, err = run("grpo", "--config", "recipes/grpo-tiny.yaml", "--out", str(tmp_path))
     assert code == 2 and "grpo needs a model: --model DIR" in err
-    code, _, err = run("grpo", "--config", "recipes/grpo-tiny.yaml", "--model", str(init_dir),
+    code, _, err = run("grpo", "--config", "recipes/grpo-tiny.yaml", "--model", str(r1_model_dir),
                        "--out", str(tmp_path), *TINY, "grpo.groupsize=4")  # fmt: skip
     assert code == 2 and "unknown key" in err and err.strip().count("\n") == 0
