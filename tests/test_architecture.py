@@ -304,3 +304,27 @@ def test_readme_layout_lists_every_module() -> None:
     paths = [p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("*.py")]
     missing = sorted(p for p in paths if not p.endswith("__init__.py") and f"`{p}`" not in readme)
     assert not missing, f"README.md's layout table lacks {missing}"
+
+
+# Test files that check a concern across modules rather than one module.
+CROSS_CUTTING_TESTS = {
+    "test_architecture.py": "these rules, over the whole package",
+    "models/test_parity.py": "every architecture option against transformers (transformer + hf)",
+    "serve/test_chat_page.py": "the web chat page (app.py) in headless Chromium",
+    "peft/test_prompt_learning.py": "prefix / prompt tuning and adapters against peft",
+    "commands/test_cli.py": "lmforge/cli.py, with the command layer's fixtures",
+}
+
+
+def test_tests_mirror_the_package() -> None:
+    """``tests/<pkg>/test_<module>.py`` tests ``lmforge/<pkg>/<module>.py`` (or a package)."""
+    tests = PACKAGE.parent / "tests"
+    bad = []
+    for path in sorted(tests.rglob("test_*.py")):
+        rel = path.relative_to(tests)
+        target = PACKAGE / rel.parent / rel.name.removeprefix("test_").removesuffix(".py")
+        if rel.as_posix() in CROSS_CUTTING_TESTS:
+            continue
+        if not (target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()):
+            bad.append(f"tests/{rel.as_posix()}: no {target.relative_to(PACKAGE.parent)}.py")
+    assert not bad, "test files that mirror no module:\n" + "\n".join(bad)

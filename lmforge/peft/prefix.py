@@ -144,7 +144,10 @@ def check_unpacked(arguments: dict, what: str) -> None:
             "sequence must see the virtual tokens from position 0; pass one sequence per row"
         )
     if getattr(arguments.get("cache"), "paged", False):
-        raise ValueError(f"{what} is not supported by the paged engine cache; use model.generate")
+        raise ValueError(
+            f"{what} is not supported by the paged engine cache; run the model with a "
+            "contiguous lmforge.models.KVCache"
+        )
 
 
 def prefix_pre_hook(model: nn.Module, args, kwargs):
