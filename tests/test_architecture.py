@@ -328,3 +328,27 @@ def test_tests_mirror_the_package() -> None:
         if not (target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()):
             bad.append(f"tests/{rel.as_posix()}: no {target.relative_to(PACKAGE.parent)}.py")
     assert not bad, "test files that mirror no module:\n" + "\n".join(bad)
+
+
+def test_readme_and_package_docstrings_agree() -> None:
+    """Each module's line in README.md's layout table says what its package docstring says."""
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    row = re.compile(r"^\| `+([a-z_0-9]+)`+ \| (.*) \|$")
+    differ = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        if init.parent == PACKAGE:
+            continue
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+        for line in doc.splitlines():
+            m = row.match(line)
+            if not m or m.group(1) == "module":
+                continue
+            folder = init.parent / m.group(1)
+            path = folder.relative_to(PACKAGE.parent).as_posix() + (
+                "/" if folder.is_dir() else ".py"
+            )
+            if f"| `{path}` | {m.group(2)} |" not in readme:
+                differ.append(path)
+    assert not differ, f"README.md's layout lines differ from the package docstrings: {differ}"

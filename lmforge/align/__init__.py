@@ -33,7 +33,7 @@ values that give it (`PreferenceLoss.output`).
 | `rm_trainer` | `RMSection` / `RMConfig`, `train_rm` (``lmforge rm``) |
 | *RL fine-tuning* | |
 | `grpo_trainer` | `GRPOSection` / `GRPOConfig`, `GRPORollouts`, `GRPOObjective`, `train_grpo` |
-| `grpo_run` | a GRPO run from a `GRPOConfig` alone (checkpoint, adapter, summary) |
+| `rl_run` | GRPO / PPO runs from a config alone: checkpoint, tokenizer, adapter, trainer, summary |
 | `ppo_config` | `PPOSection` (``ppo:`` in a recipe) / `PPOConfig` and their checks |
 | `ppo_models` | `ActorCritic`, `critic_from`, `token_values`, `PromptItem`, rule / reward-model scorers |
 | `ppo_experience` | `PPOExperience`: rollouts → KL-shaped rewards → GAE → micro-batches, exact resume |

@@ -29,13 +29,20 @@ from lmforge.align.preference_data import (
 from lmforge.align.preference_objective import REFERENCE_FREE, PreferenceObjective
 from lmforge.align.reference import frozen_copy, precompute_reference_logps
 from lmforge.config import ConfigError
-from lmforge.models.hf import checkpoint_dir, load_model
+from lmforge.models.hf import load_model
 from lmforge.peft.settings import PeftSettings, apply_peft
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo, barrier
 from lmforge.train.loop import Trainer
-from lmforge.train.run import end_run, fit_and_export, print_summary, start_run
+from lmforge.train.run import (
+    check_vocab,
+    end_run,
+    fit_and_export,
+    init_model_dir,
+    print_summary,
+    start_run,
+)
 from lmforge.train.sft import split_validation
 
 
@@ -133,13 +140,6 @@ def train_dpo(
 
 
 # ---------------------------------------------------------------------- shared with rm
-def init_model_dir(config: RunConfig, what: str) -> Path:
-    """The checked ``model.init_from`` folder (``what`` names the run in the error)."""
-    if not config.model.init_from:
-        raise ConfigError(f"{what} needs a model to start from: model.init_from is empty")
-    return checkpoint_dir(config.model.init_from)
-
-
 def preference_pairs(config: RunConfig, dist: DistInfo, console: Console, tokenizer):
     """Train / validation pairs from ``data.paths`` (synthetic pairs written into the run
     folder when it is empty; ``data.paths`` is then set to that file)."""
@@ -176,14 +176,6 @@ def preference_loaders(config: RunConfig, dist: DistInfo, pairs, val_pairs, layo
     loader = PreferenceLoader(pairs, t.batch_size, d.seq_len, **kw)
     val = PreferenceLoader(val_pairs, t.batch_size, d.seq_len, **kw) if val_pairs else None
     return loader, val
-
-
-def check_vocab(model_dir, tokenizer, vocab_size: int) -> None:
-    """The tokenizer's ids must fit the model's embedding."""
-    if tokenizer.vocab_size > vocab_size:
-        raise ValueError(
-            f"{model_dir}: tokenizer has {tokenizer.vocab_size} ids but the model only {vocab_size}"
-        )
 
 
 FINAL_KEYS = {

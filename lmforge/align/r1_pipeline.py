@@ -39,9 +39,9 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmforge.align.grpo_run import run_grpo
 from lmforge.align.grpo_trainer import GRPOConfig, GRPOSection, eval_rollout_sampling
 from lmforge.align.r1_report import plot_report, print_summary, write_report
+from lmforge.align.rl_run import run_grpo
 from lmforge.align.rl_tasks import evaluate_accuracy, r1_prompt_ids
 from lmforge.data.tasks.arithmetic import ArithmeticProblem, arithmetic_problems
 from lmforge.data.tokenizer_training import train_tokenizer_on_files

@@ -17,20 +17,14 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmforge.align.dpo_trainer import (
-    check_vocab,
-    fit_preference,
-    init_model_dir,
-    preference_loaders,
-    preference_pairs,
-)
+from lmforge.align.dpo_trainer import fit_preference, preference_loaders, preference_pairs
 from lmforge.align.preference_objective import RewardModelObjective, reward_model_for_export
 from lmforge.align.reward_model import RewardModel
 from lmforge.models.hf import load_model
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo
-from lmforge.train.run import end_run, start_run
+from lmforge.train.run import check_vocab, end_run, init_model_dir, start_run
 
 
 @dataclass

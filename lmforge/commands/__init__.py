@@ -18,8 +18,8 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 | `merge` | ``lmforge merge``: a LoRA adapter folded into its base (`lmforge.peft.merging`) |
 | `dpo` | ``lmforge dpo``: `lmforge.align.dpo_trainer.train_dpo` |
 | `rm` | ``lmforge rm``: `lmforge.align.rm_trainer.train_rm` |
-| `grpo` | ``lmforge grpo``: `lmforge.align.grpo_run.run_grpo` |
-| `ppo` | ``lmforge ppo``: `lmforge.align.ppo_trainer.train_ppo` |
+| `grpo` | ``lmforge grpo``: `lmforge.align.rl_run.run_grpo` |
+| `ppo` | ``lmforge ppo``: `lmforge.align.rl_run.run_ppo` |
 """
 
 from lmforge.commands import (

@@ -1,5 +1,5 @@
 """`lmforge grpo`: GRPO (and its DAPO / Dr. GRPO / GSPO variants) on a verifiable task
-(`lmforge.align.grpo_run.run_grpo` → `lmforge.align.grpo_trainer.train_grpo`).
+(`lmforge.align.rl_run.run_grpo` → `lmforge.align.grpo_trainer.train_grpo`).
 
     lmforge grpo --config recipes/grpo-tiny.yaml --model runs/sft/model
     lmforge grpo --config recipes/grpo-tiny.yaml --model ckpt/ --peft lora grpo.beta=0.04
@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lmforge.align.grpo_run import run_grpo
 from lmforge.align.grpo_trainer import GRPOConfig
+from lmforge.align.rl_run import run_grpo
 from lmforge.commands.common import add_peft_arguments, peft_settings, run_config, subparser
 
 EXAMPLES = (

@@ -1,5 +1,5 @@
 """`lmforge ppo`: RLHF with PPO (InstructGPT / PPO-max) from a reward model or rule rewards
-(`lmforge.align.ppo_trainer.train_ppo`).
+(`lmforge.align.rl_run.run_ppo` → `lmforge.align.ppo_trainer.train_ppo`).
 
     lmforge ppo --config recipes/ppo-tiny.yaml --model runs/sft/model
     lmforge ppo --config recipes/ppo-tiny.yaml --model runs/sft/model --reward-model runs/rm/model
@@ -18,16 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-import torch
-
+from lmforge.align.ppo_config import PPOConfig
+from lmforge.align.rl_run import run_ppo
 from lmforge.commands.common import add_peft_arguments, peft_settings, run_config, subparser
-from lmforge.models.hf import checkpoint_dir, load_model
-from lmforge.peft.settings import apply_peft
-from lmforge.tokenizer import load_tokenizer
-from lmforge.train.run import print_summary, start_run
 
 EXAMPLES = (
     "  lmforge ppo --config recipes/ppo-tiny.yaml --model runs/sft/model\n"
@@ -57,26 +52,11 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmforge.align.ppo_config import PPOConfig
-    from lmforge.align.ppo_trainer import train_ppo
-
     extra = []
     if args.reward_model:
         extra += [f"ppo.reward_model={json.dumps(args.reward_model)}", "ppo.reward=model"]
     config = run_config(args, PPOConfig, extra)
     if not config.model.init_from:
         raise ValueError("ppo needs a policy: --model DIR (or model.init_from in the config)")
-    if config.ppo.reward == "model" and not config.ppo.reward_model:
-        raise ValueError("ppo.reward=model needs --reward-model DIR (or ppo.reward_model)")
-    dist, console = start_run(config)
-    if dist.enabled:
-        raise ValueError("lmforge ppo runs in one process (rollouts are not sharded yet)")
-    model_dir = checkpoint_dir(config.model.init_from)
-    tokenizer = load_tokenizer(config.data.tokenizer or model_dir)
-    policy = load_model(model_dir, dtype=torch.float32)
-    apply_peft(policy, peft_settings(args), str(model_dir))
-    summary = train_ppo(config, policy, tokenizer, run_dir=Path(config.out_dir), dist=dist,
-                        console=console)  # fmt: skip
-    print_summary(summary, console)
-    console.print(f"critic     {summary['critic_dir']}", highlight=False)
+    run_ppo(config, peft=peft_settings(args))
     return 0

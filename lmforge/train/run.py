@@ -1,6 +1,7 @@
 """What every training entry point does around its `Trainer`: set up the process (CPU
-threads, torch.distributed under torchrun, a console that is quiet off the main rank),
-train and export ``model/``, print the summary, and leave the process group.
+threads, torch.distributed under torchrun, a console that is quiet off the main rank), find
+the checkpoint it starts from and check its tokenizer fits, train and export ``model/``,
+print the summary, and leave the process group.
 
     dist, console = start_run(config)
     summary = fit_and_export(Trainer(model, data, config, dist=dist, console=console), run_dir)
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from lmforge.config import ConfigError
+from lmforge.models.hf import checkpoint_dir
 from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo, init_distributed
 from lmforge.train.loop import Trainer
@@ -32,6 +35,21 @@ def start_run(
             torch.set_num_threads(config.train.cpu_threads)
         dist = init_distributed(config.train.device)
     return dist, console or Console(quiet=not dist.is_main)
+
+
+def init_model_dir(config: RunConfig, what: str) -> Path:
+    """The checked ``model.init_from`` folder (``what`` names the run in the error)."""
+    if not config.model.init_from:
+        raise ConfigError(f"{what} needs a model to start from: model.init_from is empty")
+    return checkpoint_dir(config.model.init_from)
+
+
+def check_vocab(model_dir: str | Path, tokenizer: Any, vocab_size: int) -> None:
+    """The tokenizer's ids must fit the model's embedding (``vocab_size`` rows)."""
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(
+            f"{model_dir}: tokenizer has {tokenizer.vocab_size} ids but the model only {vocab_size}"
+        )
 
 
 def fit_and_export(trainer: Trainer, run_dir: str | Path) -> dict[str, Any]:

@@ -21,17 +21,16 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmforge.config import ConfigError
 from lmforge.data.formats import load_sft_examples
 from lmforge.data.loader import SFTLoader
 from lmforge.io import atomic_write_text
-from lmforge.models.hf import checkpoint_dir, load_model
+from lmforge.models.hf import load_model
 from lmforge.peft.settings import PeftSettings, apply_peft
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo, barrier
 from lmforge.train.pretrain import train_language_model
-from lmforge.train.run import end_run, start_run
+from lmforge.train.run import check_vocab, end_run, init_model_dir, start_run
 
 
 def train_sft(
@@ -44,15 +43,13 @@ def train_sft(
     """Fine-tune ``model.init_from`` on ``data.paths`` (the synthetic chats when empty; the
     list is then set to that file); with ``peft`` only the adapter trains and is saved.
     Returns the Trainer's summary with ``model_dir``."""
-    if not config.model.init_from:
-        raise ConfigError("sft needs a model to start from: model.init_from is empty")
+    model_dir = init_model_dir(config, "sft")
     owns_dist = dist is None
     dist, console = start_run(config, dist, console)
     if not config.data.paths:  # built-in synthetic chats (lmforge.data.tasks.chat)
         config.data.paths = [synthetic_chats_file(config, Path(config.out_dir), dist)]
         console.print(f"[bold]data[/]: {config.data.synthetic_docs} synthetic chats (no --data)")
     d, t = config.data, config.train
-    model_dir = checkpoint_dir(config.model.init_from)
     tokenizer = load_tokenizer(d.tokenizer or model_dir)
     max_len = None if d.split_long else d.seq_len
 
@@ -70,11 +67,7 @@ def train_sft(
         raise ValueError(f"{', '.join(d.paths)}: no training examples left")
     model = load_model(model_dir, dtype=torch.float32)
     apply_peft(model, peft, str(model_dir))  # only the adapter trains
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(
-            f"{model_dir}: tokenizer has {tokenizer.vocab_size} ids but the model only "
-            f"{model.config.vocab_size}"
-        )
+    check_vocab(model_dir, tokenizer, model.config.vocab_size)
     pad = tokenizer.pad_token_id or 0
     kwargs = dict(seed=t.seed, rank=dist.rank, world_size=dist.world_size,
                   split_long=d.split_long, pad_id=pad)  # fmt: skip

@@ -1,6 +1,6 @@
-"""`run_grpo`: a GRPO run from a config alone — the checkpoint and tokenizer loaded, PEFT
-applied, `train_grpo` run into ``out_dir`` and the summary printed (``lmforge grpo``:
-tests/commands/test_grpo.py)."""
+"""`run_grpo` / `run_ppo`: RL runs from a config alone — the checkpoint and tokenizer loaded,
+PEFT applied, the trainer run into ``out_dir`` and the summary printed (``lmforge grpo`` /
+``lmforge ppo``: tests/commands/test_grpo.py, test_ppo.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from lmforge.align.grpo_run import run_grpo
 from lmforge.align.grpo_trainer import GRPOConfig
+from lmforge.align.ppo_config import PPOConfig
+from lmforge.align.rl_run import run_grpo, run_ppo
 from lmforge.config import ConfigError
 from lmforge.peft.settings import PeftSettings
 from lmforge.train.config import load_config
@@ -53,3 +54,33 @@ def test_run_grpo_needs_a_model(tmp_path):
     config = load_config(RECIPE, [*TINY, f"out_dir={json.dumps(str(tmp_path))}"], GRPOConfig)
     with pytest.raises(ConfigError, match="model.init_from"):
         run_grpo(config, console=Console(file=io.StringIO()))
+
+
+PPO_RECIPE = RECIPE.parent / "ppo-tiny.yaml"
+PPO_TINY = ["ppo.rollout_batch_size=8", "ppo.max_new_tokens=6", "ppo.num_prompts=40",
+            "train.batch_size=4", "train.max_steps=2", "train.max_time_s=0",
+            "train.save_every=0", "log.progress=false", "log.plot=false"]  # fmt: skip
+
+
+def _ppo_config(model_dir, out, *overrides) -> PPOConfig:
+    extra = [f"model.init_from={json.dumps(str(model_dir))}", f"out_dir={json.dumps(str(out))}"]
+    return load_config(PPO_RECIPE, [*PPO_TINY, *overrides, *extra], PPOConfig)
+
+
+def test_run_ppo_writes_policy_and_critic(r1_model_dir, tmp_path):
+    out = tmp_path / "ppo"
+    console = Console(file=io.StringIO(), width=200)
+    summary = run_ppo(_ppo_config(r1_model_dir, out), console=console)
+    assert summary["model_dir"] == str(out / "model") and summary["step"] == 2
+    assert (out / "critic" / "config.json").is_file()
+    assert f"critic     {out / 'critic'}" in console.file.getvalue()
+
+
+def test_run_ppo_checks_its_config(r1_model_dir, tmp_path):
+    quiet = Console(file=io.StringIO())
+    with pytest.raises(ConfigError, match="ppo.reward=model needs"):
+        run_ppo(_ppo_config(r1_model_dir, tmp_path, "ppo.reward=model"), console=quiet)
+    empty = load_config(PPO_RECIPE, [*PPO_TINY, f"out_dir={json.dumps(str(tmp_path))}"],
+                        PPOConfig)  # fmt: skip
+    with pytest.raises(ConfigError, match="model.init_from"):
+        run_ppo(empty, console=quiet)
