@@ -110,6 +110,21 @@ def test_hf_to_lmforge_logits(pair):
 
 
 @torch.no_grad()
+def test_inputs_embeds_and_hidden_states_match_hf(pair):
+    """The body takes embeddings instead of ids (VLMs, prompt tuning) and returns the final
+    hidden states: both as HF's ``inputs_embeds`` / ``last_hidden_state``."""
+    hf, ours, _ = pair
+    ids, mask = _batch(seed=2)
+    embeds = torch.randn(
+        *ids.shape, hf.config.hidden_size, generator=torch.Generator().manual_seed(3)
+    )
+    ref = hf(inputs_embeds=embeds, attention_mask=mask).logits
+    assert _max_diff(ref, ours(inputs_embeds=embeds, attention_mask=mask).logits, mask) <= ATOL
+    hidden = hf.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert _max_diff(hidden, ours.model(ids, attention_mask=mask), mask) <= ATOL
+
+
+@torch.no_grad()
 def test_lmforge_to_hf_logits(pair, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -1,4 +1,5 @@
-"""The LM itself: initialisation, loss, inputs validation, and that it learns."""
+"""The LM itself: the body and the head, initialisation, loss, inputs validation, and that
+it learns."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 import lmforge
 from lmforge.models.presets import PRESETS, preset_config
+from lmforge.models.transformer import lm_output
 
 
 def test_presets_have_documented_sizes():
@@ -90,3 +92,54 @@ def test_packed_gradients_do_not_leak_across_documents():
         handle.remove()
     logits[0, 5:].sum().backward()  # loss on the second document only
     assert torch.all(emb.grad[0, :5] == 0) and emb.grad[0, 5:].abs().sum() > 0
+
+
+def test_body_returns_hidden_states_and_the_head_sits_on_top():
+    torch.manual_seed(0)
+    model = lmforge.CausalLM(preset_config("tiny")).eval()
+    ids = torch.randint(0, 256, (2, 10))
+    labels = ids.clone()
+    labels[1, :3] = -100
+    with torch.no_grad():
+        hidden = model.model(ids)
+        assert hidden.shape == (2, 10, model.config.hidden_size)
+        out = model(ids, labels=labels)
+        assert torch.equal(out.logits, model.lm_head(hidden))
+        alone = lm_output(hidden, model.lm_head, labels, logits_to_keep=0)
+        assert torch.equal(alone.loss, out.loss)
+        chunked = lm_output(hidden, model.lm_head, labels, loss_chunk_size=4)
+        assert chunked.logits is None and torch.allclose(chunked.loss, out.loss, atol=1e-6)
+        kept = lm_output(hidden, model.lm_head, logits_to_keep=torch.tensor([0, 9]))
+        assert torch.equal(kept.logits, out.logits[:, [0, 9]])
+
+
+def test_inputs_embeds_equal_input_ids_packed_padded_and_cached():
+    from lmforge.models.kv_cache import KVCache
+
+    torch.manual_seed(0)
+    model = lmforge.CausalLM(preset_config("tiny")).eval()
+    ids = torch.randint(0, 256, (2, 10))
+    embeds = model.model.embed_tokens(ids).detach()
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    docs = torch.tensor([[0] * 4 + [1] * 6, [0] * 10])
+    with torch.no_grad():
+        for kwargs in ({}, {"attention_mask": mask}, {"document_ids": docs}):
+            ref = model(ids, **kwargs).logits
+            assert torch.equal(model(inputs_embeds=embeds, **kwargs).logits, ref), kwargs
+        cache = KVCache.for_model(model, 2, 10)
+        first = model(inputs_embeds=embeds[:, :6], cache=cache).logits
+        rest = model(ids[:, 6:], cache=cache).logits
+        full = model(ids).logits
+        assert torch.allclose(torch.cat([first, rest], 1), full, atol=1e-5)
+
+
+def test_exactly_one_of_input_ids_and_inputs_embeds():
+    model = lmforge.CausalLM(preset_config("tiny"))
+    ids = torch.randint(0, 256, (1, 4))
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model(ids, inputs_embeds=model.model.embed_tokens(ids))
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model()
+    with pytest.raises(ValueError, match=r"inputs_embeds must be \[B, T, H\]"):
+        model(inputs_embeds=torch.zeros(4, model.config.hidden_size))
