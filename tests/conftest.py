@@ -87,3 +87,34 @@ def r1_model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("init") / "model"
     save_tiny_policy(out, texts, False)
     return out
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory):
+    """An HF-format folder named ``tiny-chat`` (the served model id): the ``tiny`` preset
+    with 256 positions (random, seed 0, sharp prompt-dependent logits) + a byte-level BPE
+    tokenizer with a chat template, trained on lmforge's synthetic corpus."""
+    from lmforge.data.tasks.corpus import synthetic_corpus
+    from lmforge.models.hf import save_model
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(synthetic_corpus(300, seed=0), vocab_size=320)
+    config = preset_config(
+        "tiny",
+        vocab_size=tok.vocab_size,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CausalLM(config)
+        with torch.no_grad():  # sharp, prompt-dependent logits (the default init is ~uniform)
+            for name, p in model.named_parameters():
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.3)
+    folder = tmp_path_factory.mktemp("serve") / "tiny-chat"
+    save_model(model, folder, tokenizer=tok)
+    return folder

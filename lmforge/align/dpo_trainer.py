@@ -37,13 +37,12 @@ from lmforge.train.distributed import DistInfo, barrier
 from lmforge.train.loop import Trainer
 from lmforge.train.run import (
     check_vocab,
-    end_run,
     fit_and_export,
     init_model_dir,
     print_summary,
-    start_run,
+    training_run,
 )
-from lmforge.train.sft import split_validation
+from lmforge.train.sft import train_and_validation
 
 
 @dataclass
@@ -92,50 +91,48 @@ def train_dpo(
     with_peft = peft is not None and bool(peft.method)
     if p.reference == "adapter" and not with_peft:
         raise ValueError("dpo.reference=adapter needs --peft (the reference is the base model)")
-    owns_dist = dist is None
-    dist, console = start_run(config, dist, console)
-    model_dir = init_model_dir(config, "dpo")
-    tokenizer = load_tokenizer(config.data.tokenizer or model_dir)
-    pairs, val_pairs = preference_pairs(config, dist, console, tokenizer)
-    model = load_model(model_dir, dtype=torch.float32)
-    check_vocab(model_dir, tokenizer, model.config.vocab_size)
+    with training_run(config, dist, console) as (dist, console):
+        model_dir = init_model_dir(config, "dpo")
+        tokenizer = load_tokenizer(config.data.tokenizer or model_dir)
+        pairs, val_pairs = preference_pairs(config, dist, console, tokenizer)
+        model = load_model(model_dir, dtype=torch.float32)
+        check_vocab(model_dir, tokenizer, model.config.vocab_size)
 
-    mode = p.reference
-    if mode == "auto":
-        mode = "adapter" if with_peft else "copy"
-    needs_ref = p.loss_type not in REFERENCE_FREE
-    reference = frozen_copy(model) if needs_ref and mode == "copy" else None
-    apply_peft(model, peft, str(model_dir))
-    if needs_ref and mode == "adapter":
-        reference = "adapter"
-    pad = tokenizer.pad_token_id or 0
-    loader, val = preference_loaders(config, dist, pairs, val_pairs, p.layout, pad)
+        mode = p.reference
+        if mode == "auto":
+            mode = "adapter" if with_peft else "copy"
+        needs_ref = p.loss_type not in REFERENCE_FREE
+        reference = frozen_copy(model) if needs_ref and mode == "copy" else None
+        apply_peft(model, peft, str(model_dir))
+        if needs_ref and mode == "adapter":
+            reference = "adapter"
+        pad = tokenizer.pad_token_id or 0
+        loader, val = preference_loaders(config, dist, pairs, val_pairs, p.layout, pad)
 
-    if needs_ref and p.precompute_reference:
-        ref_module = reference if isinstance(reference, torch.nn.Module) else None
-        (ref_module or model).to(dist.device)
-        for data in filter(None, (loader, val)):
-            data.reference_logps = precompute_reference_logps(
-                ref_module, data, policy=model, batch_pairs=config.train.batch_size
-            )
-        reference = None  # the batches carry ref_logps; the frozen copy can go
-        console.print("[bold]reference[/]: log-probs precomputed for every pair")
-    else:
-        what = {"copy": "a frozen copy of the initial policy", "adapter": "the base model "
-                "(adapter disabled)"}[mode] if needs_ref else "none (reference-free loss)"  # fmt: skip
-        console.print(f"[bold]reference[/]: {what}")
-    objective = PreferenceObjective(p.loss_type, p.beta, label_smoothing=p.label_smoothing,
-                                    gamma=p.gamma, reference=reference,
-                                    length_groups=p.length_groups)  # fmt: skip
-    console.print(
-        f"[bold]objective[/]: {p.loss_type} (β={p.beta}"
-        + (f", ε={p.label_smoothing}" if p.label_smoothing else "")
-        + (f", γ={p.gamma}" if p.loss_type == "simpo" else "")
-        + f"), {config.train.batch_size} pairs per micro-batch, {p.layout} sequences"
-    )
-    summary = fit_preference(config, model, tokenizer, loader, val, objective, dist, console)
-    if owns_dist:
-        end_run(dist)
+        if needs_ref and p.precompute_reference:
+            ref_module = reference if isinstance(reference, torch.nn.Module) else None
+            (ref_module or model).to(dist.device)
+            for data in filter(None, (loader, val)):
+                data.reference_logps = precompute_reference_logps(
+                    ref_module, data, policy=model, batch_pairs=config.train.batch_size
+                )
+            reference = None  # the batches carry ref_logps; the frozen copy can go
+            console.print("[bold]reference[/]: log-probs precomputed for every pair")
+        else:
+            described = {"copy": "a frozen copy of the initial policy",
+                         "adapter": "the base model (adapter disabled)"}  # fmt: skip
+            what = described[mode] if needs_ref else "none (reference-free loss)"
+            console.print(f"[bold]reference[/]: {what}")
+        objective = PreferenceObjective(p.loss_type, p.beta, label_smoothing=p.label_smoothing,
+                                        gamma=p.gamma, reference=reference,
+                                        length_groups=p.length_groups)  # fmt: skip
+        console.print(
+            f"[bold]objective[/]: {p.loss_type} (β={p.beta}"
+            + (f", ε={p.label_smoothing}" if p.label_smoothing else "")
+            + (f", γ={p.gamma}" if p.loss_type == "simpo" else "")
+            + f"), {config.train.batch_size} pairs per micro-batch, {p.layout} sequences"
+        )
+        summary = fit_preference(config, model, tokenizer, loader, val, objective, dist, console)
     return summary
 
 
@@ -156,14 +153,7 @@ def preference_pairs(config: RunConfig, dist: DistInfo, console: Console, tokeni
         return load_preference_pairs(paths, tokenizer, skip_bad=d.skip_bad, max_len=d.seq_len,
                                      too_long=d.too_long)  # fmt: skip
 
-    pairs, report = load(d.paths)
-    console.print(f"[bold]data[/]: {', '.join(d.paths)}: " + report.summary().replace("\n", "; "))
-    if d.val_paths:
-        val_pairs, _ = load(d.val_paths)
-    else:
-        pairs, val_pairs = split_validation(pairs, d.val_fraction, t.seed)
-    if not pairs:
-        raise ValueError(f"{', '.join(d.paths)}: no training pairs left")
+    pairs, val_pairs = train_and_validation(load, d, t.seed, console, "pairs")
     console.print(f"[bold]pairs[/]: {len(pairs)} train / {len(val_pairs)} validation")
     return pairs, val_pairs
 

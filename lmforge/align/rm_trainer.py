@@ -24,7 +24,7 @@ from lmforge.models.hf import load_model
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo
-from lmforge.train.run import check_vocab, end_run, init_model_dir, start_run
+from lmforge.train.run import check_vocab, init_model_dir, training_run
 
 
 @dataclass
@@ -45,23 +45,22 @@ def train_rm(
 ) -> dict[str, Any]:
     """Train a reward model from ``model.init_from`` on preference pairs; returns the
     Trainer's summary with ``model_dir`` (an HF sequence classifier)."""
-    owns_dist = dist is None
-    dist, console = start_run(config, dist, console)
-    model_dir = init_model_dir(config, "rm")
-    tokenizer = load_tokenizer(config.data.tokenizer or model_dir)
-    pairs, val_pairs = preference_pairs(config, dist, console, tokenizer)
-    lm = load_model(model_dir, dtype=torch.float32)
-    check_vocab(model_dir, tokenizer, lm.config.vocab_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.train.seed)
-        rm = RewardModel.from_causal_lm(lm)  # InstructGPT: the RM starts from the SFT model
-    pad = tokenizer.pad_token_id
-    pad = pad if pad is not None else tokenizer.eos_token_id
-    reward_model_for_export(rm, pad)
-    loader, val = preference_loaders(config, dist, pairs, val_pairs, "padded", pad or 0)
-    objective = RewardModelObjective(config.rm.margin, config.rm.center_coef)
-    console.print(f"[bold]objective[/]: Bradley-Terry, {config.train.batch_size} pairs per batch")
-    summary = fit_preference(config, rm, tokenizer, loader, val, objective, dist, console)
-    if owns_dist:
-        end_run(dist)
+    with training_run(config, dist, console) as (dist, console):
+        model_dir = init_model_dir(config, "rm")
+        tokenizer = load_tokenizer(config.data.tokenizer or model_dir)
+        pairs, val_pairs = preference_pairs(config, dist, console, tokenizer)
+        lm = load_model(model_dir, dtype=torch.float32)
+        check_vocab(model_dir, tokenizer, lm.config.vocab_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.train.seed)
+            rm = RewardModel.from_causal_lm(lm)  # InstructGPT: the RM starts from the SFT model
+        pad = tokenizer.pad_token_id
+        pad = pad if pad is not None else tokenizer.eos_token_id
+        reward_model_for_export(rm, pad)
+        loader, val = preference_loaders(config, dist, pairs, val_pairs, "padded", pad or 0)
+        objective = RewardModelObjective(config.rm.margin, config.rm.center_coef)
+        console.print(
+            f"[bold]objective[/]: Bradley-Terry, {config.train.batch_size} pairs per batch"
+        )
+        summary = fit_preference(config, rm, tokenizer, loader, val, objective, dist, console)
     return summary

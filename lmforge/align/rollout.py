@@ -48,6 +48,7 @@ from torch import nn
 
 from lmforge.align.logprobs import model_logprobs
 from lmforge.infer import SamplingParams
+from lmforge.infer.checks import eval_mode
 from lmforge.models.loss import IGNORE_INDEX
 
 __all__ = [
@@ -236,11 +237,9 @@ def policy_logprobs(
     """``[N, T]`` log-probs of the sampled tokens (logits positions, 0 elsewhere) — the
     same function the training objective evaluates, in eval mode and without gradients (old /
     reference policy). The batch's ``attention_mask`` is used when it has one. Each module's
-    train/eval mode is restored afterwards (a policy may share modules with a bigger model,
-    e.g. PPO's actor-critic, whose modes are its own)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    train/eval mode is restored afterwards (`lmforge.infer.checks.eval_mode`): a policy may
+    share modules with a bigger model, e.g. PPO's actor-critic, whose modes are its own."""
+    with eval_mode(model):
         logps, _, _ = model_logprobs(
             model,
             batch["input_ids"],
@@ -248,7 +247,4 @@ def policy_logprobs(
             attention_mask=batch.get("attention_mask"),
             temperature=temperature,
         )
-    finally:
-        for module, training in modes:
-            module.training = training
     return logps

@@ -36,23 +36,6 @@ def greedy_generate(
     Arguments are checked by the caller (`lmforge.infer.checks`)."""
     if max_new_tokens == 0:
         return input_ids.clone()
-    with eval_mode(model):
-        new_tokens = _new_tokens(
-            model, input_ids, mask, max_new_tokens, min_new_tokens, eos_ids, pad_id
-        )
-    return torch.cat([input_ids, new_tokens], dim=1)
-
-
-def _new_tokens(
-    model: CausalLM,
-    input_ids: torch.Tensor,
-    mask: torch.Tensor,
-    max_new_tokens: int,
-    min_new_tokens: int,
-    eos_ids: list[int] | None,
-    pad_id: int | None,
-) -> torch.Tensor:
-    """``[B, n]``: each row's tokens (eos kept), then ``pad_id`` to the longest row."""
     prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
     params = SamplingParams(
         max_tokens=max_new_tokens,
@@ -63,17 +46,20 @@ def _new_tokens(
     )
     block_size = 16
     per_row = -(-(input_ids.shape[1] + max_new_tokens) // block_size)
-    engine = Engine(
-        model,
-        block_size=block_size,
-        num_blocks=len(prompts) * per_row,
-        max_num_seqs=len(prompts),
-        max_num_batched_tokens=max(2048, input_ids.shape[1]),
-    )
+    with eval_mode(model):
+        engine = Engine(
+            model,
+            block_size=block_size,
+            num_blocks=len(prompts) * per_row,
+            max_num_seqs=len(prompts),
+            max_num_batched_tokens=max(2048, input_ids.shape[1]),
+        )
+        outs = engine.generate(prompts, params)
     rows = []
-    for out in engine.generate(prompts, params):
+    for out in outs:
         ended = [out.stop_reason] if out.finish_reason == "stop" else []
         rows.append(out.token_ids + ended)
     width = max(len(r) for r in rows)
     filled = [r + [pad_id] * (width - len(r)) for r in rows]
-    return torch.tensor(filled, dtype=torch.long, device=input_ids.device)
+    new_tokens = torch.tensor(filled, dtype=torch.long, device=input_ids.device)
+    return torch.cat([input_ids, new_tokens], dim=1)

@@ -28,7 +28,7 @@ from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo, barrier
 from lmforge.train.loop import Trainer
-from lmforge.train.run import end_run, fit_and_export, print_summary, start_run
+from lmforge.train.run import fit_and_export, print_summary, training_run
 
 
 def train_pretrain(
@@ -37,39 +37,38 @@ def train_pretrain(
     """Pretrain (or continue pretraining ``model.init_from``) as ``config`` says; returns
     the Trainer's summary with ``model_dir``. Without ``dist`` the process is set up (and
     the process group left at the end) here."""
-    owns_dist = dist is None
-    dist, console = start_run(config, dist, console)
-    run_dir = Path(config.out_dir)
-    data = config.data
-    if data.paths:
-        train_paths, val_paths = list(data.paths), list(data.val_paths)
-    else:
-        train_paths, val_paths = synthetic_corpus_files(config, run_dir, dist)
+    with training_run(config, dist, console) as (dist, console):
+        run_dir = Path(config.out_dir)
+        data = config.data
+        if data.paths:
+            train_paths, val_paths = list(data.paths), list(data.val_paths)
+        else:
+            train_paths, val_paths = synthetic_corpus_files(config, run_dir, dist)
+            console.print(
+                f"[bold]data[/]: synthetic corpus, {data.synthetic_docs} train / "
+                f"{data.val_docs} validation documents"
+            )
+        tokenizer = pretrain_tokenizer(config, run_dir, train_paths, dist, console)
+        train_tokens = token_file(config, tokenizer, train_paths, run_dir / "data" / "train", dist)
+        val_tokens = None
+        if val_paths:
+            val_tokens = token_file(config, tokenizer, val_paths, run_dir / "data" / "val", dist)
         console.print(
-            f"[bold]data[/]: synthetic corpus, {data.synthetic_docs} train / "
-            f"{data.val_docs} validation documents"
+            f"[bold]tokens[/]: {train_tokens.num_tokens:,} train in {train_tokens.num_docs:,} "
+            f"documents" + (f", {val_tokens.num_tokens:,} validation" if val_tokens else "")
         )
-    tokenizer = pretrain_tokenizer(config, run_dir, train_paths, dist, console)
-    train_tokens = token_file(config, tokenizer, train_paths, run_dir / "data" / "train", dist)
-    val_tokens = None
-    if val_paths:
-        val_tokens = token_file(config, tokenizer, val_paths, run_dir / "data" / "val", dist)
-    console.print(
-        f"[bold]tokens[/]: {train_tokens.num_tokens:,} train in {train_tokens.num_docs:,} "
-        f"documents" + (f", {val_tokens.num_tokens:,} validation" if val_tokens else "")
-    )
-    model = pretrain_model(config, tokenizer)
-    seed, t = config.train.seed, config.train
-    pad = tokenizer.pad_token_id or 0
-    loader = PretrainLoader(train_tokens.path, data.seq_len, t.batch_size, seed=seed,
-                            rank=dist.rank, world_size=dist.world_size, pad_id=pad)  # fmt: skip
-    val = None
-    if val_tokens is not None:
-        val = PretrainLoader(val_tokens.path, data.seq_len, t.batch_size, seed=seed,
-                             rank=dist.rank, world_size=dist.world_size, pad_id=pad)  # fmt: skip
-    summary = train_language_model(config, model, tokenizer, loader, val, dist, console)
-    if owns_dist:
-        end_run(dist)
+        model = pretrain_model(config, tokenizer)
+        seed, t = config.train.seed, config.train
+        pad = tokenizer.pad_token_id or 0
+        loader = PretrainLoader(train_tokens.path, data.seq_len, t.batch_size, seed=seed,
+                                rank=dist.rank, world_size=dist.world_size, pad_id=pad)  # fmt: skip
+        val = None
+        if val_tokens is not None:
+            val = PretrainLoader(
+                val_tokens.path, data.seq_len, t.batch_size, seed=seed, rank=dist.rank,
+                world_size=dist.world_size, pad_id=pad,
+            )  # fmt: skip
+        summary = train_language_model(config, model, tokenizer, loader, val, dist, console)
     return summary
 
 

@@ -3,14 +3,15 @@ threads, torch.distributed under torchrun, a console that is quiet off the main 
 the checkpoint it starts from and check its tokenizer fits, train and export ``model/``,
 print the summary, and leave the process group.
 
-    dist, console = start_run(config)
-    summary = fit_and_export(Trainer(model, data, config, dist=dist, console=console), run_dir)
-    print_summary(summary, console)
-    end_run(dist)
+    with training_run(config) as (dist, console):
+        summary = fit_and_export(Trainer(model, data, config, dist=dist, console=console), run_dir)
+        print_summary(summary, console)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,21 @@ def start_run(
             torch.set_num_threads(config.train.cpu_threads)
         dist = init_distributed(config.train.device)
     return dist, console or Console(quiet=not dist.is_main)
+
+
+@contextmanager
+def training_run(
+    config: RunConfig, dist: DistInfo | None = None, console: Console | None = None
+) -> Iterator[tuple[DistInfo, Console]]:
+    """`start_run` for the block; when it set up the process itself (no ``dist`` given) it
+    also leaves the process group at the end (`end_run`), whatever happens inside."""
+    owns_dist = dist is None
+    dist, console = start_run(config, dist, console)
+    try:
+        yield dist, console
+    finally:
+        if owns_dist:
+            end_run(dist)
 
 
 def init_model_dir(config: RunConfig, what: str) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,10 @@ from lmforge.io import atomic_write_text
 from lmforge.models.hf import load_model
 from lmforge.peft.settings import PeftSettings, apply_peft
 from lmforge.tokenizer import load_tokenizer
-from lmforge.train.config import RunConfig
+from lmforge.train.config import DataSection, RunConfig
 from lmforge.train.distributed import DistInfo, barrier
 from lmforge.train.pretrain import train_language_model
-from lmforge.train.run import check_vocab, end_run, init_model_dir, start_run
+from lmforge.train.run import check_vocab, init_model_dir, training_run
 
 
 def train_sft(
@@ -44,42 +45,36 @@ def train_sft(
     list is then set to that file); with ``peft`` only the adapter trains and is saved.
     Returns the Trainer's summary with ``model_dir``."""
     model_dir = init_model_dir(config, "sft")
-    owns_dist = dist is None
-    dist, console = start_run(config, dist, console)
-    if not config.data.paths:  # built-in synthetic chats (lmforge.data.tasks.chat)
-        config.data.paths = [synthetic_chats_file(config, Path(config.out_dir), dist)]
-        console.print(f"[bold]data[/]: {config.data.synthetic_docs} synthetic chats (no --data)")
-    d, t = config.data, config.train
-    tokenizer = load_tokenizer(d.tokenizer or model_dir)
-    max_len = None if d.split_long else d.seq_len
+    with training_run(config, dist, console) as (dist, console):
+        if not config.data.paths:  # built-in synthetic chats (lmforge.data.tasks.chat)
+            config.data.paths = [synthetic_chats_file(config, Path(config.out_dir), dist)]
+            console.print(
+                f"[bold]data[/]: {config.data.synthetic_docs} synthetic chats (no --data)"
+            )
+        d, t = config.data, config.train
+        tokenizer = load_tokenizer(d.tokenizer or model_dir)
+        max_len = None if d.split_long else d.seq_len
 
-    def load(paths):
-        return load_sft_examples(paths, tokenizer, format=d.format, assistant_only=d.assistant_only,
-                                 skip_bad=d.skip_bad, max_len=max_len, too_long=d.too_long)  # fmt: skip
+        def load(paths):
+            return load_sft_examples(
+                paths, tokenizer, format=d.format, assistant_only=d.assistant_only,
+                skip_bad=d.skip_bad, max_len=max_len, too_long=d.too_long,
+            )  # fmt: skip
 
-    examples, report = load(d.paths)
-    console.print(f"[bold]data[/]: {', '.join(d.paths)}: " + report.summary().replace("\n", "; "))
-    if d.val_paths:
-        val_examples, _ = load(d.val_paths)
-    else:
-        examples, val_examples = split_validation(examples, d.val_fraction, t.seed)
-    if not examples:
-        raise ValueError(f"{', '.join(d.paths)}: no training examples left")
-    model = load_model(model_dir, dtype=torch.float32)
-    apply_peft(model, peft, str(model_dir))  # only the adapter trains
-    check_vocab(model_dir, tokenizer, model.config.vocab_size)
-    pad = tokenizer.pad_token_id or 0
-    kwargs = dict(seed=t.seed, rank=dist.rank, world_size=dist.world_size,
-                  split_long=d.split_long, pad_id=pad)  # fmt: skip
-    loader = SFTLoader(examples, d.seq_len, t.batch_size, **kwargs)
-    console.print(
-        f"[bold]packing[/]: {len(examples)} train / {len(val_examples)} validation examples; "
-        f"{loader.report.summary()}"
-    )
-    val = SFTLoader(val_examples, d.seq_len, t.batch_size, **kwargs) if val_examples else None
-    summary = train_language_model(config, model, tokenizer, loader, val, dist, console)
-    if owns_dist:
-        end_run(dist)
+        examples, val_examples = train_and_validation(load, d, t.seed, console, "examples")
+        model = load_model(model_dir, dtype=torch.float32)
+        apply_peft(model, peft, str(model_dir))  # only the adapter trains
+        check_vocab(model_dir, tokenizer, model.config.vocab_size)
+        pad = tokenizer.pad_token_id or 0
+        kwargs = dict(seed=t.seed, rank=dist.rank, world_size=dist.world_size,
+                      split_long=d.split_long, pad_id=pad)  # fmt: skip
+        loader = SFTLoader(examples, d.seq_len, t.batch_size, **kwargs)
+        console.print(
+            f"[bold]packing[/]: {len(examples)} train / {len(val_examples)} validation examples; "
+            f"{loader.report.summary()}"
+        )
+        val = SFTLoader(val_examples, d.seq_len, t.batch_size, **kwargs) if val_examples else None
+        summary = train_language_model(config, model, tokenizer, loader, val, dist, console)
     return summary
 
 
@@ -97,6 +92,28 @@ def synthetic_chats_file(config: RunConfig, run_dir: Path, dist: DistInfo | None
             atomic_write_text(path, text)
     barrier()
     return str(path)
+
+
+def train_and_validation(
+    load: Callable[[list[str]], tuple[list, Any]],
+    data: DataSection,
+    seed: int,
+    console: Console,
+    what: str,
+) -> tuple[list, list]:
+    """Training and validation items: ``load(data.paths)`` (its report printed), then
+    ``load(data.val_paths)`` or a seeded ``data.val_fraction`` held out (`split_validation`);
+    `ValueError` naming the files when no training ``what`` are left."""
+    items, report = load(data.paths)
+    paths = ", ".join(data.paths)
+    console.print(f"[bold]data[/]: {paths}: " + report.summary().replace("\n", "; "))
+    if data.val_paths:
+        val, _ = load(data.val_paths)
+    else:
+        items, val = split_validation(items, data.val_fraction, seed)
+    if not items:
+        raise ValueError(f"{paths}: no training {what} left")
+    return items, val
 
 
 def split_validation(examples: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -14,7 +14,6 @@ from lmforge.models.transformer import CausalLM
 from lmforge.tokenizer import Tokenizer
 
 VOCAB = 320
-CHAT_MODEL_LEN = 256
 
 
 @pytest.fixture
@@ -47,27 +46,3 @@ def checkpoint(tmp_path_factory, tokenizer):
     folder = tmp_path_factory.mktemp("ckpt")
     save_model(model, folder, tokenizer=tokenizer)
     return folder, model
-
-
-@pytest.fixture(scope="session")
-def chat_model_dir(tmp_path_factory):
-    """An HF-format folder named ``tiny-chat``: the ``tiny`` preset (random, seed 0, sharp
-    prompt-dependent logits) + a byte-level BPE tokenizer with a chat template."""
-    tok = Tokenizer.train(synthetic_corpus(300, seed=0), vocab_size=VOCAB)
-    config = preset_config(
-        "tiny",
-        vocab_size=tok.vocab_size,
-        max_position_embeddings=CHAT_MODEL_LEN,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = CausalLM(config)
-        with torch.no_grad():  # sharp, prompt-dependent logits (the default init is ~uniform)
-            for name, p in model.named_parameters():
-                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.3)
-    folder = tmp_path_factory.mktemp("serve") / "tiny-chat"
-    save_model(model, folder, tokenizer=tok)
-    return folder

@@ -15,41 +15,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
-MODEL_NAME = "tiny-chat"  # the checkpoint folder's name = the served model id
-MAX_MODEL_LEN = 256
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    """An HF-format folder: the ``tiny`` preset (random, seed 0) + a byte-level BPE tokenizer
-    with a chat template, trained on lmforge's synthetic corpus."""
-    from lmforge.data.tasks.corpus import synthetic_corpus
-    from lmforge.models.hf import save_model
-    from lmforge.models.presets import preset_config
-    from lmforge.models.transformer import CausalLM
-    from lmforge.tokenizer import Tokenizer
-
-    tok = Tokenizer.train(synthetic_corpus(300, seed=0), vocab_size=320)
-    config = preset_config(
-        "tiny",
-        vocab_size=tok.vocab_size,
-        max_position_embeddings=MAX_MODEL_LEN,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = CausalLM(config)
-        with torch.no_grad():  # sharp, prompt-dependent logits (the default init is ~uniform)
-            for name, p in model.named_parameters():
-                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.3)
-    folder = tmp_path_factory.mktemp("serve") / MODEL_NAME
-    save_model(model, folder, tokenizer=tok)
-    return folder
+def model_dir(chat_model_dir) -> Path:
+    """The shared ``tiny-chat`` checkpoint (tests/conftest.py)."""
+    return chat_model_dir
 
 
 @pytest.fixture(scope="session")
