@@ -135,7 +135,7 @@ def run_demo(
         torch.set_num_threads(threads)
 
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TOKENIZER_VOCAB = 512
 
 
