@@ -10,11 +10,24 @@ The default chat format is ChatML: every turn is ``<|im_start|>{role}\\n{content
 so ``<|im_end|>`` ends assistant turns and is a stop token beside ``<|eos|>`` (`stop_token_ids`).
 Chat templates render exactly as `transformers` renders them (same Jinja environment, filters,
 globals and variables), so a template behaves the same here, in `transformers` and in vLLM.
+
+Long texts are trained on and encoded in pieces of at most ``PIECE_CHARS`` characters
+(`whitespace_pieces`), so memory follows the piece, not the document (the Rust backend
+keeps ~100 bytes per token of a text it encodes). A piece ends just before a single space
+that sits between two non-space characters ("… fox" | " jumps …"): regex pre-tokenizers
+(GPT-2's, Llama 3's, ours) never match across such a space, so the tokens are those of the
+whole text. A tokenizer for which that does not hold (a normalizer or a pre-tokenizer that
+adds a prefix to every text, as SentencePiece's does) is detected by `pieces_are_exact`
+and encodes the whole text at once.
+
+This file is long because `Tokenizer` is one type read top to bottom — training, HF-format
+storage, encoding (whole and in pieces) and chat — with the helpers that read its folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,10 +40,12 @@ from lmforge.io import atomic_write_json, atomic_write_text, read_json
 
 __all__ = [
     "DEFAULT_CHAT_TEMPLATE",
+    "PIECE_CHARS",
     "SpecialTokens",
     "Tokenizer",
     "TokenizerError",
     "load_tokenizer",
+    "whitespace_pieces",
 ]
 
 DEFAULT_CHAT_TEMPLATE = (
@@ -52,6 +67,10 @@ NAMED_SPECIAL_TOKENS = (
 )  # fmt: skip
 _UNBOUNDED_LENGTH = int(1e30)  # what `transformers` writes when a tokenizer has no length limit
 _NAMED = ("name", "template")  # keys of one entry in a list of named chat templates
+PIECE_CHARS = 1 << 16  # longest piece of a long text trained on / encoded at once
+# Texts that check that cutting at such spaces keeps the tokens (`pieces_are_exact`).
+_PIECE_PROBES = ("Hello world, it's 2024 now.", "a  b\tc\n\nd e", "x .y ...z 12 34",
+                 "Ünïcödé wörds ünd Straße", "foo\u00a0bar baz?! ok")  # fmt: skip
 
 
 class TokenizerError(ValueError):
@@ -92,6 +111,7 @@ class Tokenizer:
         self.special_tokens = dict(special_tokens or {})
         self.chat_template = chat_template
         self.model_max_length = model_max_length
+        self._pieces_exact: bool | None = None  # `pieces_are_exact`, computed once
         for name, token in self.special_tokens.items():
             if name not in NAMED_SPECIAL_TOKENS:
                 raise TokenizerError(f"unknown special token name {name!r}")
@@ -130,7 +150,8 @@ class Tokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        backend.train_from_iterator(_checked_texts(texts), trainer=trainer)
+        pieces = (p for t in _checked_texts(texts) for p in whitespace_pieces(t, PIECE_CHARS))
+        backend.train_from_iterator(pieces, trainer=trainer)
         if special_tokens.bos is not None:
             bos = special_tokens.bos
             backend.post_processor = processors.TemplateProcessing(
@@ -204,6 +225,48 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_long(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """`encode` in pieces of at most `PIECE_CHARS` characters (`whitespace_pieces`): the
+        same ids, with memory bounded by the piece rather than the text (whole-text encoding
+        when `pieces_are_exact` is false for this tokenizer)."""
+        return [i for ids in self.encode_pieces(text, add_special_tokens) for i in ids]
+
+    def encode_pieces(self, text: str, add_special_tokens: bool = False) -> Iterator[list[int]]:
+        """The ids of `encode_long`, one list per piece (the special tokens ``add_special_tokens``
+        adds come first and last), for callers that store ids as they come."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode_long expects a str, got {type(text).__name__}")
+        if len(text) <= PIECE_CHARS or not self.pieces_are_exact():
+            yield self.encode(text, add_special_tokens)
+            return
+        head, tail = self._special_affixes() if add_special_tokens else ([], [])
+        yield head
+        for piece in whitespace_pieces(text, PIECE_CHARS):
+            yield self.backend.encode(piece, add_special_tokens=False).ids
+        yield tail
+
+    def pieces_are_exact(self) -> bool:
+        """Whether encoding texts in `whitespace_pieces` gives the ids of the whole text for
+        this tokenizer (checked once on probe texts cut at every place a piece may end)."""
+        cached = self._pieces_exact
+        if cached is None:
+            cached = all(
+                self.encode(probe) == self.encode(probe[:cut]) + self.encode(probe[cut:])
+                for probe in _PIECE_PROBES
+                for cut in _cut_points(probe)
+            )
+            self._pieces_exact = cached
+        return cached
+
+    def _special_affixes(self) -> tuple[list[int], list[int]]:
+        """The ids ``add_special_tokens`` puts before and after a text (bos, eos, …)."""
+        plain = self.backend.encode("a", add_special_tokens=False).ids
+        full = self.backend.encode("a", add_special_tokens=True).ids
+        for at in range(len(full) - len(plain) + 1):
+            if full[at : at + len(plain)] == plain:
+                return full[:at], full[at + len(plain) :]
+        raise TokenizerError("cannot tell which special tokens this tokenizer adds")
 
     def encode_batch(
         self, texts: Sequence[str], add_special_tokens: bool = False
@@ -363,3 +426,41 @@ def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}]: expected a str, got {type(text).__name__}")
         yield text
+
+
+_CUT = re.compile(r"(?<=\S) (?=\S)")  # a single space between two non-space characters
+
+
+def _cut_points(text: str) -> list[int]:
+    return [m.start() for m in _CUT.finditer(text)]
+
+
+def whitespace_pieces(text: str, max_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """``text`` in consecutive pieces of at most ``max_chars`` characters, each cut just
+    before a single space between two non-space characters (see the module docstring); a
+    stretch longer than ``max_chars`` without such a space stays whole. Joined, the pieces
+    are ``text``."""
+    if max_chars < 1:
+        raise ValueError(f"max_chars={max_chars} must be at least 1")
+    start = 0
+    while len(text) - start > max_chars:
+        window = text[start + 1 : start + max_chars + 1]
+        cut = max(window.rfind(" "), 0)
+        while cut > 0 and not (_is_cut(text, start + 1 + cut)):
+            cut = window.rfind(" ", 0, cut)
+            cut = max(cut, 0)
+        if cut > 0:
+            end = start + 1 + cut
+        else:  # no place to cut within the window: the next place after it
+            match = _CUT.search(text, start + max_chars + 1)
+            if match is None:
+                break
+            end = match.start()
+        yield text[start:end]
+        start = end
+    if start < len(text) or not text:
+        yield text[start:]
+
+
+def _is_cut(text: str, at: int) -> bool:
+    return 0 < at < len(text) - 1 and not text[at - 1].isspace() and not text[at + 1].isspace()

@@ -186,3 +186,118 @@ def test_num_parameters_matches_module():
             num_attention_heads=4, **kw,
         )  # fmt: skip
         assert CausalLM(cfg).num_parameters() == cfg.num_parameters()
+
+
+# ---------------------------------------------------------------------- DeepSeek-V3
+DEEPSEEK = dict(
+    model_type="deepseek_v3", vocab_size=50, hidden_size=32, intermediate_size=48,
+    num_hidden_layers=3, num_attention_heads=4, q_lora_rank=16, kv_lora_rank=12,
+    qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6, n_routed_experts=8,
+    n_shared_experts=1, moe_intermediate_size=10, num_experts_per_tok=2, n_group=4,
+    topk_group=2, first_k_dense_replace=1,
+)  # fmt: skip
+DEEPSEEK_HF_CASES = [
+    dict(DEEPSEEK, num_key_value_heads=4, rope_parameters={"rope_type": "yarn", "factor": 4.0,
+         "mscale": 1.0, "mscale_all_dim": 1.0, "original_max_position_embeddings": 32}),
+    dict(DEEPSEEK, q_lora_rank=None, num_nextn_predict_layers=0, attention_bias=True,
+         tie_word_embeddings=True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DEEPSEEK_HF_CASES)
+def test_deepseek_hf_config_round_trip_and_transformers_reads_it(tmp_path, case):
+    from transformers import AutoConfig
+
+    kwargs = {k: v for k, v in case.items() if k != "model_type"}
+    raw = _saved_hf_config(tmp_path, {}, "deepseek_v3", kwargs)
+    ours = ModelConfig.from_pretrained(tmp_path)
+    assert ours.use_mla and ours.use_moe and [ours.is_moe_layer(i) for i in range(3)] == [
+        False, True, True
+    ]  # fmt: skip
+    assert ours.num_key_value_heads == 1 and ours.head_dim == 12 + 4 and ours.rope_head_dim == 4
+    assert to_hf_config_dict(ours) == raw
+    assert ModelConfig.from_dict(ours.to_dict()) == ours
+    out = tmp_path / "ours"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(to_hf_config_dict(ours)))
+    theirs, mine = (
+        AutoConfig.from_pretrained(tmp_path).to_dict(),
+        AutoConfig.from_pretrained(out).to_dict(),
+    )
+    theirs.pop("_name_or_path"), mine.pop("_name_or_path")
+    assert mine == theirs
+
+
+def test_deepseek_legacy_rope_scaling_as_deepseek_ships_it():
+    """DeepSeek-V3's own config.json: rope_theta + rope_scaling {"type": "yarn", …}, and its
+    routing keys, whose values lmforge checks and keeps."""
+    raw = {
+        **DEEPSEEK,
+        "num_key_value_heads": 4,
+        "rope_theta": 10000,
+        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                         "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+                         "type": "yarn"},
+        "scoring_func": "sigmoid", "topk_method": "noaux_tc", "moe_layer_freq": 1,
+        "seq_aux": True, "aux_loss_alpha": 0.001, "routed_scaling_factor": 2.5,
+    }  # fmt: skip
+    cfg = from_hf_config_dict(raw)
+    assert cfg.rope_scaling["type"] == "yarn" and cfg.aux_loss_alpha == 0.001
+    out = to_hf_config_dict(cfg)
+    for key, value in raw.items():
+        assert out[key] == value, key
+    with pytest.raises(ConfigError, match="scoring_func='softmax'"):
+        from_hf_config_dict({**raw, "scoring_func": "softmax"})
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"topk_group": 5}, "topk_group=5 > n_group=4"),
+        ({"num_experts_per_tok": 9}, "num_experts_per_tok=9 > n_routed_experts=8"),
+        ({"num_experts_per_tok": 5}, "num_experts_per_tok=5 > the 4 experts"),
+        ({"n_group": 3}, "n_routed_experts=8 is not divisible by n_group=3"),
+        ({"n_group": 8, "topk_group": 4}, "n_group=8 leaves 1 expert"),
+        ({"qk_rope_head_dim": 5}, "qk_rope_head_dim=5 must be even"),
+        ({"head_dim": 6}, "head_dim=6 must equal qk_rope_head_dim=4"),
+        ({"qk_head_dim": 11}, "qk_head_dim=11"),
+        ({"first_k_dense_replace": 4}, "first_k_dense_replace=4 > num_hidden_layers=3"),
+        ({"kv_lora_rank": 0}, "kv_lora_rank=0"),
+        ({"architectures": ["LlamaForCausalLM"]}, "architectures=['LlamaForCausalLM'] contradicts"),
+    ],
+)
+def test_bad_deepseek_configs_name_the_field(change, needle):
+    with pytest.raises(ConfigError) as info:
+        from_hf_config_dict({**DEEPSEEK, **change}, source="ds/config.json")
+    assert needle in str(info.value) and "ds/config.json" in str(info.value)
+
+
+def test_architectures_must_agree_with_model_type():
+    raw = {"model_type": "qwen2", "vocab_size": 10, "hidden_size": 32, "intermediate_size": 64,
+           "num_hidden_layers": 2, "num_attention_heads": 4}  # fmt: skip
+    for ok in (["Qwen2ForCausalLM"], ["Qwen2ForSequenceClassification"]):
+        from_hf_config_dict({**raw, "architectures": ok})
+    for bad in (["MistralForCausalLM"], ["Qwen2MoeForCausalLM"], "Qwen2ForCausalLM"):
+        with pytest.raises(ConfigError, match="architectures"):
+            from_hf_config_dict({**raw, "architectures": bad})
+
+
+def test_mla_moe_fields_outside_deepseek():
+    with pytest.raises(ConfigError, match="set kv_lora_rank"):
+        ModelConfig(qk_rope_head_dim=4)
+    with pytest.raises(ConfigError, match="head_dim=8 with MLA"):
+        ModelConfig(**{**DEEPSEEK, "head_dim": 8})
+    llama_mla = ModelConfig(**{**DEEPSEEK, "model_type": "llama"})  # a configuration lmforge runs
+    with pytest.raises(ConfigError, match="only as deepseek_v3"):
+        to_hf_config_dict(llama_mla)
+    with pytest.raises(ConfigError, match="needs kv_lora_rank"):
+        ModelConfig(model_type="deepseek_v3")
+
+
+def test_deepseek_num_parameters_matches_module():
+    from lmforge.models.transformer import CausalLM
+
+    for kw in (dict(), dict(q_lora_rank=None, qkv_bias=True, o_bias=True, tie_word_embeddings=True,
+                            num_nextn_predict_layers=2, n_shared_experts=0)):  # fmt: skip
+        cfg = ModelConfig(**{**DEEPSEEK, **kw})
+        assert CausalLM(cfg).num_parameters() == cfg.num_parameters()

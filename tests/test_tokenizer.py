@@ -410,3 +410,105 @@ def test_special_token_dict_form(saved: Path, tmp_path: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     tok = load_tokenizer(folder)
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == hf_load(folder).eos_token_id
+
+
+# -- long texts in pieces: the same tokens, memory bounded by the piece ---------------------
+
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _random_text(rng: random.Random, n: int) -> str:
+    alphabet = ["a", "b", "é", "Z", "1", "23", " ", " ", "  ", "\t", "\n", "\n\n", ".", "'s",
+                "!?", "\u00a0", "<|im_end|>", "中"]  # fmt: skip
+    return "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def _llama3_style(texts) -> Tokenizer:
+    """A Llama-3-style tokenizer (regex Split + byte-level, no regex of its own)."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Backend
+
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    backend.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(backend, {}, None)
+
+
+def test_whitespace_pieces_join_to_the_text_and_cut_only_between_words():
+    from lmforge.tokenizer import whitespace_pieces
+
+    rng = random.Random(0)
+    for _ in range(300):
+        text = _random_text(rng, rng.randint(0, 80))
+        limit = rng.randint(1, 12)
+        pieces = list(whitespace_pieces(text, limit))
+        assert "".join(pieces) == text
+        for before, after in zip(pieces, pieces[1:]):
+            assert after[0] == " " and not before[-1].isspace() and not after[1].isspace()
+        # a piece is over the limit only when it has no place to cut within the limit
+        for piece in pieces[:-1] if len(pieces) > 1 else []:
+            cuts = [j for j in range(2, min(limit, len(piece) - 2) + 1) if piece[j] == " "
+                    and not piece[j - 1].isspace() and not piece[j + 1].isspace()]  # fmt: skip
+            assert len(piece) <= limit or not cuts, (piece, limit)
+    assert list(whitespace_pieces("aaaa bbbb cccc", 6)) == ["aaaa", " bbbb", " cccc"]
+    assert list(whitespace_pieces("aaaaaaaa bb", 3)) == ["aaaaaaaa", " bb"]  # no cut in reach
+    assert list(whitespace_pieces("", 4)) == [""]
+
+
+@pytest.mark.parametrize("family", ["lmforge", "llama3"])
+def test_pieces_give_the_tokens_of_the_whole_text(family, monkeypatch):
+    import lmforge.tokenizer as tokenizing
+
+    rng = random.Random(1)
+    docs = [" ".join(rng.choice(WORDS.split()) for _ in range(200)) for _ in range(5)]
+    docs += [_random_text(rng, 400) for _ in range(20)] + TEXTS
+    tok = Tokenizer.train(docs, vocab_size=400) if family == "lmforge" else _llama3_style(docs)
+    assert tok.pieces_are_exact()
+    monkeypatch.setattr(tokenizing, "PIECE_CHARS", 7)  # every document is long now
+    for doc in docs:
+        assert tok.encode_long(doc) == tok.encode(doc), repr(doc)
+    if family == "lmforge":
+        assert tok.encode_long(docs[0], True) == tok.encode(docs[0], True)
+
+
+def test_training_in_pieces_gives_the_same_tokenizer(monkeypatch):
+    import lmforge.tokenizer as tokenizing
+
+    rng = random.Random(2)
+    docs = [" ".join(rng.choice(WORDS.split()) for _ in range(300)) for _ in range(4)] + TEXTS
+    whole = Tokenizer.train(docs, vocab_size=320)
+    monkeypatch.setattr(tokenizing, "PIECE_CHARS", 16)
+    assert Tokenizer.train(docs, vocab_size=320).backend.to_str() == whole.backend.to_str()
+
+
+def test_tokenizers_that_prefix_every_text_encode_whole_texts(monkeypatch):
+    """A SentencePiece-style normalizer (prepend ▁, spaces → ▁) and an eos post-processor:
+    pieces would add a ▁ per piece, so `encode_long` must encode the text whole."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, normalizers, processors, trainers
+
+    import lmforge.tokenizer as tokenizing
+
+    backend = Backend(models.BPE(unk_token="<unk>"))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                               normalizers.Replace(" ", "▁")])  # fmt: skip
+    trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                  special_tokens=["<unk>", "<s>", "</s>"])  # fmt: skip
+    backend.train_from_iterator([WORDS] * 3, trainer=trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    tok = Tokenizer(backend, {"bos_token": "<s>", "eos_token": "</s>"}, None)
+    assert not tok.pieces_are_exact()
+    monkeypatch.setattr(tokenizing, "PIECE_CHARS", 5)
+    assert tok.encode_long(WORDS, True) == tok.encode(WORDS, True)
+    assert tok.encode(WORDS, True)[0] == 1 and tok.encode(WORDS, True)[-1] == 2

@@ -1,7 +1,8 @@
 """RL runs from a config alone (``lmforge grpo``, ``lmforge ppo``, the R1 demo): load the
 ``model.init_from`` checkpoint and its tokenizer, add the adapter, run the trainer
 (`lmforge.align.grpo_trainer.train_grpo`, `lmforge.align.ppo_trainer.train_ppo`) into
-``out_dir`` in one process, and print the summary.
+``out_dir`` — in one process, or under ``torchrun`` on several (each rank samples its share
+of the prompts, `lmforge.align.rl_distributed`) — and print the summary.
 
     config = load_config("recipes/grpo-tiny.yaml", ['model.init_from="runs/sft/model"'],
                          GRPOConfig)
@@ -31,7 +32,7 @@ from lmforge.peft.settings import PeftSettings, apply_peft
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo
-from lmforge.train.run import check_vocab, init_model_dir, print_summary, start_run
+from lmforge.train.run import check_vocab, init_model_dir, print_summary, training_run
 
 
 def load_policy(
@@ -47,17 +48,6 @@ def load_policy(
     return model, tokenizer, model_dir
 
 
-def single_process_run(
-    config: RunConfig, what: str, dist: DistInfo | None, console: Console | None
-) -> tuple[DistInfo, Console]:
-    """`start_run`, refusing torchrun: rollouts are not sharded across ranks yet (advantage
-    whitening and group statistics are per process)."""
-    dist, console = start_run(config, dist, console)
-    if dist.enabled:
-        raise ValueError(f"lmforge {what} runs in one process (rollouts are not sharded yet)")
-    return dist, console
-
-
 def run_grpo(
     config: GRPOConfig,
     *,
@@ -67,23 +57,31 @@ def run_grpo(
 ) -> dict[str, Any]:
     """GRPO on ``model.init_from`` (with ``peft``: the adapter only); returns `train_grpo`'s
     summary."""
-    dist, console = single_process_run(config, "grpo", dist, console)
-    model, tokenizer, _ = load_policy(config, "grpo", peft)
-    summary = train_grpo(config, model, tokenizer, run_dir=Path(config.out_dir), dist=dist,
-                         console=console)  # fmt: skip
-    print_grpo_summary(summary, console)
+    with training_run(config, dist, console) as (dist, console):
+        model, tokenizer, _ = load_policy(config, "grpo", peft)
+        summary = train_grpo(config, model, tokenizer, run_dir=Path(config.out_dir), dist=dist,
+                             console=console)  # fmt: skip
+        print_grpo_summary(summary, console)
     return summary
 
 
 def print_grpo_summary(summary: dict[str, Any], console: Console) -> None:
-    """Steps, held-out accuracy and format rate before → after, and where things are."""
+    """Steps, held-out accuracy and format rate (or mean reward) before → after, and where
+    things are."""
     before, after = summary["eval_before"], summary["eval_after"]
     console.rule("[bold]summary")
+    if before is None or after is None:
+        held_out = "no held-out prompts (data.val_fraction=0)"
+    elif "accuracy" in before:
+        held_out = (
+            f"held-out accuracy {100 * before['accuracy']:.1f}% → {100 * after['accuracy']:.1f}%, "
+            f"format {100 * before['format']:.1f}% → {100 * after['format']:.1f}%"
+        )
+    else:
+        held_out = f"held-out reward {before['reward']:.3f} → {after['reward']:.3f}"
     console.print(
         f"steps {summary['step']} ({summary['stop_reason']}), "
-        f"{summary['elapsed_s']:.0f} s\n"
-        f"held-out accuracy {100 * before['accuracy']:.1f}% → {100 * after['accuracy']:.1f}%, "
-        f"format {100 * before['format']:.1f}% → {100 * after['format']:.1f}%\n"
+        f"{summary['elapsed_s']:.0f} s\n{held_out}\n"
         f"model      {summary['model_dir']}\nmetrics    {summary.get('metrics')}",
         highlight=False,
     )
@@ -101,10 +99,10 @@ def run_ppo(
     returns `train_ppo`'s summary (``model_dir``, ``critic_dir``)."""
     if config.ppo.reward == "model" and not config.ppo.reward_model:
         raise ConfigError("ppo.reward=model needs --reward-model DIR (or ppo.reward_model)")
-    dist, console = single_process_run(config, "ppo", dist, console)
-    policy, tokenizer, _ = load_policy(config, "ppo", peft)
-    summary = train_ppo(config, policy, tokenizer, run_dir=Path(config.out_dir), dist=dist,
-                        console=console)  # fmt: skip
-    print_summary(summary, console)
-    console.print(f"critic     {summary['critic_dir']}", highlight=False)
+    with training_run(config, dist, console) as (dist, console):
+        policy, tokenizer, _ = load_policy(config, "ppo", peft)
+        summary = train_ppo(config, policy, tokenizer, run_dir=Path(config.out_dir), dist=dist,
+                            console=console)  # fmt: skip
+        print_summary(summary, console)
+        console.print(f"critic     {summary['critic_dir']}", highlight=False)
     return summary

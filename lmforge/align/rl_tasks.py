@@ -13,9 +13,10 @@ each with a verifier) or from JSONL records with a prompt and a reference answer
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,25 @@ __all__ = [
     "evaluate_accuracy",
     "r1_prompt_ids",
     "r1_reward",
+    "prompt_record",
     "read_prompt_answers",
+    "record_fields",
     "task_problems",
 ]
 
 
 @dataclass(frozen=True)
 class PromptAnswer:
-    """A prompt with a reference answer, checked by `accuracy_reward` (math_verify)."""
+    """A prompt from the user's data: ``prompt`` is a string or a conversation (a list of
+    ``{"role", "content"}`` messages, rendered through the chat template); ``answer`` the
+    reference answer the built-in reward checks (math_verify), if the record has one;
+    ``fields`` every other field of the record (handed to custom rewards); ``source`` the
+    ``file:line`` it came from (for error messages)."""
 
-    prompt: str
-    answer: str
+    prompt: str | list[dict[str, Any]]
+    answer: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default="", compare=False)
 
 
 def task_problems(
@@ -61,11 +70,16 @@ def task_problems(
     max_number: int = 20,
     max_target: int = 100,
     paths: Sequence[str] = (),
+    val_paths: Sequence[str] = (),
+    val_fraction: float = 0.1,
 ) -> list[Any]:
     """``n`` problems of ``task`` (``split`` "train" or "test"): ``arithmetic`` (``digits``,
     ``ops``), ``countdown`` (``num_numbers``, ``max_number``, ``max_target``) or ``prompts``
-    (`PromptAnswer` s from the JSONL ``paths``; the first tenth is the test split). The
-    defaults are the task generators' own."""
+    (`PromptAnswer` s from the data ``paths``). The generators' test split is disjoint from
+    their train split. For ``prompts`` the test split is ``val_paths`` when given, else a
+    seeded ``val_fraction`` of the records (`lmforge.train.sft.split_validation`, as SFT
+    holds out examples: shuffled with ``seed``, at least one when > 0). The defaults are the
+    task generators' own."""
     if task == "arithmetic":
         from lmforge.data.tasks.arithmetic import arithmetic_problems
 
@@ -74,37 +88,110 @@ def task_problems(
         from lmforge.data.tasks.countdown import countdown_problems
 
         return countdown_problems(n, seed, split, num_numbers, max_number, max_target)
-    items = read_prompt_answers(paths)
-    cut = max(1, len(items) // 10)  # the last tenth is held out
-    return (items[cut:] if split == "train" else items[:cut])[:n]
+    if task != "prompts":
+        raise ValueError(f"unknown task {task!r} (arithmetic, countdown, prompts)")
+    from lmforge.train.sft import split_validation
+
+    if val_paths:
+        items = read_prompt_answers(paths if split == "train" else val_paths)
+    else:
+        train, test = split_validation(read_prompt_answers(paths), val_fraction, seed)
+        items = train if split == "train" else test
+    return items[:n]
+
+
+def _read_records(path: str) -> list[tuple[int, Any]]:
+    """``(line, record)`` of a JSONL file, or of a JSON array file (line = position + 1)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            return list(enumerate(json.loads(text), 1))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    out = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((line_no, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from exc
+    return out
+
+
+def _messages(value: Any, where: str) -> list[dict[str, Any]]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    ):
+        raise ValueError(f"{where}: a conversation must be a list of {{role, content}} messages")
+    return [dict(m) for m in value]
+
+
+def prompt_record(record: Any, where: str) -> PromptAnswer:
+    """A data record as a `PromptAnswer`: ``prompt`` (a string or a message list) or
+    ``messages`` (a conversation; a final assistant turn is not part of the prompt and goes to
+    the rewards as ``reference``); ``answer`` if present; every other field kept."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    fields = dict(record)
+    if "prompt" in fields:
+        prompt = fields.pop("prompt")
+        if not isinstance(prompt, str):
+            prompt = _messages(prompt, where)
+    elif "messages" in fields:
+        prompt = _messages(fields.pop("messages"), where)
+        if prompt[-1]["role"] == "assistant":
+            fields.setdefault("reference", prompt.pop()["content"])
+        if not prompt:
+            raise ValueError(f"{where}: the conversation has no turn before the assistant's")
+    else:
+        raise ValueError(f"{where}: expected 'prompt' (text or messages) or 'messages'; the "
+                         f"record has {', '.join(map(repr, record)) or 'no fields'}")  # fmt: skip
+    answer = fields.get("answer")
+    return PromptAnswer(prompt, None if answer is None else str(answer), fields, where)
 
 
 def read_prompt_answers(paths: Sequence[str]) -> list[PromptAnswer]:
-    """`PromptAnswer` s from JSONL files of ``{"prompt": …, "answer": …}`` records (errors name
-    the file and line)."""
+    """`PromptAnswer` s from JSONL (or JSON array) files of records with a ``prompt`` (text
+    or messages) or ``messages``, an optional ``answer`` and any other fields (errors name the
+    file and line)."""
     items = []
     for path in paths:
-        for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                items.append(PromptAnswer(str(record["prompt"]), str(record["answer"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"{path}:{line_no}: expected a JSON object with 'prompt' and 'answer' "
-                    f"({type(exc).__name__}: {exc})"
-                ) from exc
+        for line_no, record in _read_records(path):
+            items.append(prompt_record(record, f"{path}:{line_no}"))
     if not items:
         raise ValueError(f"{', '.join(paths)}: no prompts")
     return items
 
 
+def record_fields(item: Any) -> tuple[Any, dict[str, Any], str]:
+    """``(prompt, fields, where)`` of a task item, for custom rewards: a `PromptAnswer`'s
+    prompt as written, its fields and ``answer``; a generated problem's prompt text, its
+    dataclass fields, ``answer`` and the ``problem`` itself."""
+    if isinstance(item, PromptAnswer):
+        fields = dict(item.fields)
+        if item.answer is not None:
+            fields.setdefault("answer", item.answer)
+        return item.prompt, fields, item.source
+    if dataclasses.is_dataclass(item):
+        fields = {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+        fields.update(answer=getattr(item, "answer", None), problem=item)
+        return item.prompt, fields, ""
+    return getattr(item, "prompt", item), {}, ""
+
+
 def r1_prompt_ids(tokenizer: Any, item: Any, system_prompt: str = "") -> list[int]:
-    """The chat-formatted prompt of ``item`` (its ``.prompt``), ending with the assistant
-    turn's opening, as token ids."""
+    """The chat-formatted prompt of ``item`` (its ``.prompt``: text → one user turn; a
+    conversation → its messages), ending with the assistant turn's opening, as token ids.
+    ``system_prompt`` is prepended unless the conversation has its own system turn."""
+    prompt = item.prompt
+    turns = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": item.prompt})
+    if turns and turns[0].get("role") == "system":
+        messages = []
+    messages.extend(turns)
     return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
 
@@ -120,6 +207,11 @@ def r1_reward(
     reward, plus DAPO's soft overlong punishment when ``overlong_cache`` > 0."""
     text = completion.text
     if isinstance(item, PromptAnswer):
+        if item.answer is None:
+            raise ValueError(
+                f"{item.source or 'a prompt'}: no 'answer' for the built-in accuracy reward; "
+                "add one to the record or name your own reward (--reward MODULE:FUNCTION)"
+            )
         accuracy = accuracy_reward(text, item.answer).score
     else:
         accuracy = task_reward(text, item).score
@@ -141,6 +233,8 @@ def evaluate_accuracy(
     *,
     samples: int = 0,
     seed: int = 0,
+    reward_fn: Callable[[Any, Completion], dict[str, float]] | None = None,
+    first_index: int = 0,
 ) -> dict[str, Any]:
     """Held-out accuracy, format rate and mean completion length (in tokens), plus a few
     samples.
@@ -150,22 +244,34 @@ def evaluate_accuracy(
     ``sampling.temperature`` / ``top_p`` (R1: 0.6 / 0.95), each request seeded from ``seed``
     and its (item, sample) position, and every metric averaged over all k × len(items).
     ``sampling.max_tokens`` and ``stop`` apply either way; its ``n`` is unused.
+
+    ``reward_fn`` (default: `r1_reward`) scores each completion; the mean of every score it
+    returns is reported (``accuracy`` and ``format`` for the R1 reward, ``reward`` and each
+    custom reward's ``reward_<name>`` otherwise). ``count`` is the number of completions
+    scored; ``first_index`` is the position of ``items[0]`` in the whole held-out set (the
+    seeds follow it, so a set split across processes is sampled as in one).
     """
     if samples < 0:
         raise ValueError(f"samples={samples} must be ≥ 0 (0: greedy)")
     k = max(1, samples)
+    score = reward_fn or r1_reward
     prompts = [encode(item) for item in items for _ in range(k)]
-    seeds = [request_seed(seed, i, j) for i in range(len(items)) for j in range(k)]
+    seeds = [request_seed(seed, first_index + i, j) for i in range(len(items)) for j in range(k)]
     outs = sample_completions(model, tokenizer, prompts, sampling, seeds, greedy=samples == 0)
     repeated = [item for item in items for _ in range(k)]
-    scores = [r1_reward(item, c) for item, c in zip(repeated, outs, strict=True)]
+    scores = [score(item, c) for item, c in zip(repeated, outs, strict=True)]
     n = max(1, len(outs))
-    return {
-        "accuracy": sum(s["accuracy"] for s in scores) / n,
-        "format": sum(s["format"] for s in scores) / n,
-        "length": sum(len(c.completion_ids) for c in outs) / n,
-        "samples": [
-            {"prompt": item.prompt, "completion": c.text, "correct": bool(s["accuracy"])}
+    keys = [key for key in (scores[0] if scores else {"accuracy": 0.0, "format": 0.0})
+            if all(key in s for s in scores)]  # fmt: skip
+    result: dict[str, Any] = {key: sum(s[key] for s in scores) / n for key in keys}
+    correct = "accuracy" if "accuracy" in keys else "reward"
+    result.update(
+        length=sum(len(c.completion_ids) for c in outs) / n,
+        count=len(outs),
+        samples=[
+            {"prompt": item.prompt, "completion": c.text, correct: s.get(correct, 0.0),
+             "correct": bool(s.get("accuracy", 0.0))}
             for item, c, s in list(zip(repeated, outs, scores, strict=True))[: 4 * k : k]
         ],
-    }
+    )  # fmt: skip
+    return result

@@ -134,13 +134,18 @@ def collect_groups(
     *,
     dynamic_sampling: bool = False,
     max_rounds: int = 4,
+    group_offset: int = 0,
 ) -> tuple[list[RolloutGroup], CollectStats]:
     """Sample ``num_groups`` groups of ``sampling.n`` completions and score them.
 
     With ``dynamic_sampling`` groups whose rewards are all equal are dropped and more prompts
     are drawn (up to ``max_rounds`` rounds; after that the batch is filled with dropped
     groups, which then contribute no policy gradient). Every sampled group updates the
-    sampler's success rates. ``seed`` (e.g. the rollout number) seeds the requests.
+    sampler's success rates. ``seed`` (e.g. the rollout number) seeds the requests, with each
+    group's position in the step (``group_offset`` + its index: a rank's first group's place
+    among every rank's, `lmforge.align.rl_distributed`). A ``reward_fn`` with a
+    ``score_many(items, completions)`` method scores a whole group at once (e.g. a reward
+    model's batched forward).
     """
     g = sampling.n
     kept: list[RolloutGroup] = []
@@ -152,15 +157,20 @@ def collect_groups(
         need = num_groups - len(kept)
         indices = sampler.sample(need)
         prompts = [encode(items[i]) for i in indices]
-        seeds = [request_seed(seed, stats.rounds, j, k) for j in range(need) for k in range(g)]
+        seeds = [request_seed(seed, stats.rounds, group_offset + j, k)
+                 for j in range(need) for k in range(g)]  # fmt: skip
         flat = [p for p in prompts for _ in range(g)]
         completions = sample_completions(model, tokenizer, flat, sampling, seeds)
         stats.rounds += 1
         for j, index in enumerate(indices):
             group_completions = completions[j * g : (j + 1) * g]
             scores: dict[str, list[float]] = {}
-            for c in group_completions:
-                result = reward_fn(items[index], c)
+            score_many = getattr(reward_fn, "score_many", None)
+            if score_many is not None:
+                results = score_many([items[index]] * g, group_completions)
+            else:
+                results = [reward_fn(items[index], c) for c in group_completions]
+            for result in results:
                 if "reward" not in result:
                     raise ValueError("reward_fn must return a dict with a 'reward' entry")
                 for key, value in result.items():

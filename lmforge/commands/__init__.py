@@ -20,12 +20,14 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 | `rm` | ``lmforge rm``: `lmforge.align.rm_trainer.train_rm` |
 | `grpo` | ``lmforge grpo``: `lmforge.align.rl_run.run_grpo` |
 | `ppo` | ``lmforge ppo``: `lmforge.align.rl_run.run_ppo` |
+| `diffusion` | ``lmforge diffusion train/sample``: `lmforge.diffusion.training.train_diffusion`, `lmforge.diffusion.sampling` |
 """
 
 from lmforge.commands import (
     chat,
     convert,
     demo,
+    diffusion,
     dpo,
     generate,
     grpo,
@@ -55,6 +57,7 @@ COMMANDS = (
     rm,
     grpo,
     ppo,
+    diffusion,
 )
 
 __all__ = ["COMMANDS", "CommandError"]

@@ -10,10 +10,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lmforge.commands.common import CommandError, subparser
+from lmforge.commands.common import CommandError, model_folder, subparser
 from lmforge.commands.info import human_size
 from lmforge.io import atomic_write_bytes
-from lmforge.models.hf import checkpoint_dir, load_model, save_model
+from lmforge.models.hf import load_model, save_model
 from lmforge.models.info import checkpoint_info
 
 # Files besides the weights that make a checkpoint usable; `convert` copies them across.
@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> None:
         "  lmforge convert ckpt/ --out ckpt-bf16/ --dtype bfloat16\n"
         "  lmforge convert ckpt/ --out ckpt-sharded/ --max-shard-size 500MB",
     )
-    p.add_argument("dir", metavar="DIR", help="source HF checkpoint folder")
+    p.add_argument("dir", metavar="DIR", help="source HF checkpoint folder (or cached Hub id)")
     p.add_argument("--out", required=True, metavar="DIR2", help="destination folder")
     p.add_argument(
         "--dtype",
@@ -51,7 +51,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    src, out = checkpoint_dir(args.dir), Path(args.out)
+    src, out = model_folder(args.dir), Path(args.out)
     if out.resolve() == src.resolve():
         raise CommandError(f"{out}: --out must be a different folder from the source")
     model = load_model(src)

@@ -1,7 +1,8 @@
-"""`lmforge generate`: continue a prompt with a checkpoint and its tokenizer; prints the
-completion (`lmforge.infer.generate.generate`).
+"""`lmforge generate`: continue a prompt with a checkpoint (and optionally a PEFT adapter) and
+its tokenizer; prints the completion (`lmforge.infer.generate.generate`).
 
     lmforge generate --model ckpt/ --prompt "Once upon a time" [--chat] [--greedy]
+    lmforge generate --adapter runs/sft-lora/model --prompt "2+3?" --chat   # base recorded
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lmforge.commands.common import CommandError, subparser
+from lmforge.commands.common import CommandError, model_folder, subparser
 from lmforge.io import read_json
-from lmforge.models.hf import checkpoint_dir
 
 
 def add_parser(subparsers: Any) -> None:
@@ -21,11 +21,20 @@ def add_parser(subparsers: Any) -> None:
         "generate",
         "continue a prompt with a checkpoint and its tokenizer; prints the completion",
         '  lmforge generate --model runs/demo/model --prompt "12 + 7 =" --greedy\n'
-        '  lmforge generate --model ckpt/ --prompt "Tell me a story" --chat --seed 1\n\n'
+        '  lmforge generate --model ckpt/ --prompt "Tell me a story" --chat --seed 1\n'
+        '  lmforge generate --model ckpt/ --adapter runs/sft-lora/model --prompt "Hi" --chat\n'
+        '  lmforge generate --model Qwen/Qwen2.5-0.5B --prompt "Hello"   # in the HF cache\n\n'
         "Sampling settings default to the checkpoint's generation_config.json, then to\n"
-        "plain sampling (temperature 1). Giving any of them turns sampling on.",
+        "plain sampling (temperature 1). Giving any of them turns sampling on. Without\n"
+        "--model, --adapter's recorded base (base_model_name_or_path) is used.",
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder")
+    p.add_argument(
+        "--model", metavar="DIR",
+        help="checkpoint folder, or a Hub id in the local Hugging Face cache",
+    )  # fmt: skip
+    p.add_argument(
+        "--adapter", metavar="DIR", help="PEFT adapter folder applied to the model (LoRA merged)"
+    )
     p.add_argument("--prompt", required=True, help="prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="default: 128")
@@ -34,7 +43,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--top-p", type=float, help="nucleus sampling mass (1: all)")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--greedy", action="store_true", help="always pick the most likely token")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
     p.set_defaults(run=run)
 
 
@@ -43,11 +52,22 @@ def run(args: argparse.Namespace) -> int:
 
     from lmforge.infer.generate import generate
     from lmforge.models.hf import load_model
+    from lmforge.peft.merging import adapter_base, load_adapted
     from lmforge.tokenizer import load_tokenizer
+    from lmforge.train.distributed import resolve_device
 
-    folder = checkpoint_dir(args.model)
-    tok = load_tokenizer(folder)
-    model = load_model(folder, device=args.device)
+    if not args.model and not args.adapter:
+        raise CommandError("name the model: --model DIR (or --adapter DIR with a recorded base)")
+    adapter = Path(args.adapter) if args.adapter else None
+    folder = model_folder(args.model or adapter_base(adapter))
+    device = resolve_device(args.device)
+    has_tokenizer = adapter is not None and (adapter / "tokenizer.json").is_file()
+    tok = load_tokenizer(adapter if has_tokenizer else folder)
+    if adapter is None:
+        model = load_model(folder, device=device)
+    else:
+        model = load_adapted(folder, adapter).to(device)
+    model.eval()
     if tok.vocab_size > model.config.vocab_size:
         raise CommandError(
             f"{folder}: tokenizer has {tok.vocab_size} ids but the model only "
@@ -63,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     stop = list(dict.fromkeys([*tok.stop_token_ids, *(i for i in config_eos if i is not None)]))
     out = generate(
         model,
-        torch.tensor([ids], device=args.device),
+        torch.tensor([ids], device=device),
         max_new_tokens=args.max_new_tokens,
         eos_token_id=stop or None,
         seed=args.seed,

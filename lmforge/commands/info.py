@@ -1,7 +1,9 @@
 """`lmforge info`: a checkpoint's architecture, parameters, memory, dtype and shards
-(`lmforge.models.info.checkpoint_info`).
+(`lmforge.models.info.checkpoint_info`), or a PEFT adapter's method, rank, targets,
+trainable parameters and base (`lmforge.models.info.adapter_info`).
 
     lmforge info runs/demo/model [--json]
+    lmforge info runs/sft-lora/model          # an adapter folder
 """
 
 from __future__ import annotations
@@ -11,23 +13,30 @@ import json
 from typing import Any
 
 from lmforge.commands.common import subparser
-from lmforge.models.info import checkpoint_info
+from lmforge.models.hub import resolve_model_path
+from lmforge.models.info import adapter_info, checkpoint_info, is_adapter_folder
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparser(
         subparsers,
         "info",
-        "summarise a checkpoint: architecture, parameters, memory, dtype, shards",
-        "  lmforge info runs/demo/model\n  lmforge info ckpt/ --json | jq .parameters",
+        "summarise a checkpoint (architecture, parameters, memory, dtype, shards) or an adapter",
+        "  lmforge info runs/demo/model\n  lmforge info ckpt/ --json | jq .parameters\n"
+        "  lmforge info runs/sft-lora/model        # a PEFT adapter: method, rank, base\n"
+        "  lmforge info Qwen/Qwen2.5-0.5B          # a Hub id in the local HF cache",
     )
-    p.add_argument("dir", metavar="DIR", help="HF-format checkpoint folder")
+    p.add_argument(
+        "dir", metavar="DIR", help="HF checkpoint or PEFT adapter folder, or a cached Hub id"
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    info = checkpoint_info(args.dir)
+    if is_adapter_folder(args.dir):
+        return print_adapter(adapter_info(args.dir), args.json)
+    info = checkpoint_info(resolve_model_path(args.dir))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -49,11 +58,49 @@ def run(args: argparse.Namespace) -> int:
         ("KV cache / 1k tok", _per_dtype(c["kv_cache_bytes_per_1k_tokens"])),
         ("tokenizer", _tokenizer_summary(c["tokenizer"])),
     ]
+    print_rows(c["path"], rows)
+    return 0
+
+
+def print_adapter(a: dict[str, Any], as_json: bool) -> int:
+    """The adapter's facts as rows (or JSON)."""
+    if as_json:
+        print(json.dumps(a, indent=2))
+        return 0
+    params = f"{a['trainable_parameters']:,} ({human_size(a['trainable_parameters'], unit='')})"
+    base = a["base"] or {}
+    if base.get("parameters"):
+        share = 100 * a["trainable_parameters"] / base["parameters"]
+        params += f", {share:.2f} % of the base's {base['parameters']:,}"
+    rows: list[tuple[str, Any]] = [("adapter", a["method"])]
+    if a["r"] is not None:
+        scale = "α/√r, rsLoRA" if a["use_rslora"] else "α/r"
+        rows.append(("rank / alpha", f"r={a['r']}, alpha={a['lora_alpha']} (scale {scale})"))
+    if a["num_virtual_tokens"] is not None:
+        rows.append(("virtual tokens", a["num_virtual_tokens"]))
+    targets = a["target_modules"]
+    if targets is not None:
+        rows.append(("targets", ", ".join(targets) if isinstance(targets, list) else targets))
+    recorded = a["base_model_name_or_path"] or "not recorded"
+    where = base.get("found")
+    found = f" -> {where}" if where and where != recorded else ""
+    missing = " (not found here)" if a["base"] is not None and not where else ""
+    rows += [
+        ("trainable params", params),
+        ("dtype on disk", a["dtype_on_disk"]),
+        ("weights file", human_size(a["weights_bytes"])),
+        ("base model", f"{recorded}{found}{missing}"),
+        ("tokenizer", _tokenizer_summary(a["tokenizer"])),
+    ]
+    print_rows(a["path"], rows)
+    return 0
+
+
+def print_rows(title: str, rows: list[tuple[str, Any]]) -> None:
     width = max(len(name) for name, _ in rows)
-    print(f"{c['path']}")
+    print(title)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
-    return 0
 
 
 def _tokenizer_summary(tok: dict[str, Any] | None) -> str:

@@ -18,8 +18,10 @@ EXAMPLES = (
     "  lmforge pretrain --config recipes/pretrain-tiny.yaml --out runs/p2 optim.lr=1e-3 "
     "train.max_steps=500\n"
     "  lmforge pretrain --config recipes/pretrain-tiny.yaml data.paths=[corpus/] "
-    "data.vocab_size=4096\n\n"
-    "Overrides are section.key=value (values in YAML syntax). Running the same command again\n"
+    "data.vocab_size=4096\n"
+    "  lmforge pretrain train.max_steps=50 --out runs/p3 --print-config\n\n"
+    "Overrides are section.key=value (values in YAML syntax), anywhere on the line. Without\n"
+    "--config the built-in recipes/pretrain-tiny.yaml is used. Running the same command again\n"
     "resumes from the run folder's latest checkpoint (use a new --out to start over)."
 )
 

@@ -2,12 +2,14 @@
 at ``/`` (`lmforge.serve`).
 
     lmforge serve --model runs/demo/model [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    lmforge serve --model base/ --lora sql=runs/sql-lora/model chat=runs/chat-lora/model
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from typing import Any
 
@@ -22,9 +24,12 @@ def add_parser(subparsers: Any) -> None:
         "serve",
         "serve a checkpoint over an OpenAI-compatible HTTP API (plus a web chat page at /)",
         "  lmforge serve --model runs/demo/model\n"
-        "  lmforge serve --model ckpt/ --port 8080 --api-key secret --max-model-len 2048\n\n"
+        "  lmforge serve --model ckpt/ --port 8080 --api-key secret --max-model-len 2048\n"
+        "  lmforge serve --model base/ --lora sql=runs/sql-lora/model --docs\n\n"
         "Then point any OpenAI client at http://127.0.0.1:8000/v1, or open\n"
-        "http://127.0.0.1:8000/ in a browser. The key may also come from LMFORGE_API_KEY.",
+        "http://127.0.0.1:8000/ in a browser. The key may also come from LMFORGE_API_KEY.\n"
+        'With --lora, a request\'s "model" picks the adapter (its NAME) or the base model;\n'
+        "Prometheus metrics are at /metrics.",
     )
     add_engine_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
@@ -48,6 +53,12 @@ def add_parser(subparsers: Any) -> None:
         "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
         help=f"largest request body (default: {DEFAULT_MAX_REQUEST_BYTES})",
     )  # fmt: skip
+    p.add_argument(
+        "--lora", nargs="+", default=[], metavar="NAME=DIR",
+        help="LoRA adapters served beside the base model, unmerged: a request whose model is "
+        "NAME is decoded with that adapter (requests of all adapters share one batch)",
+    )  # fmt: skip
+    p.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(run=run)
 
@@ -56,13 +67,33 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--adapter``, ``--device``, ``--dtype`` (`load_engine`'s arguments)."""
     p.add_argument("--model", required=True, metavar="DIR", help="HF-format checkpoint folder")
     p.add_argument("--adapter", metavar="DIR", help="LoRA adapter (PEFT format) merged at load")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: as stored")
 
 
 def check_positive(value: int | None, flag: str) -> None:
     if value is not None and value <= 0:
         raise CommandError(f"{flag} must be positive, got {value}")
+
+
+LORA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def parse_loras(items: list[str]) -> dict[str, str]:
+    """``NAME=DIR`` items → {name: folder}; names are unique model ids."""
+    loras: dict[str, str] = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not folder:
+            raise CommandError(f"--lora {item!r}: expected NAME=DIR")
+        if not LORA_NAME.match(name):
+            raise CommandError(f"--lora {item!r}: NAME may use letters, digits, '_' and '-'")
+        if name in loras:
+            raise CommandError(f"--lora: the name {name!r} is given twice")
+        if not os.path.isdir(folder):
+            raise CommandError(f"--lora {item!r}: {folder} is not a folder")
+        loras[name] = folder
+    return loras
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{exc.name} is missing: pip install 'lmforge[serve]'") from exc
     from lmforge.serve.app import create_app
     from lmforge.serve.async_engine import AsyncEngine
+    from lmforge.serve.errors import allowed_hosts_for
     from lmforge.serve.loading import load_engine
     from lmforge.serve.translate import ServerLimits
 
@@ -81,9 +113,12 @@ def run(args: argparse.Namespace) -> int:
         check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if not 0 <= args.port < 65536:
         raise CommandError(f"--port must be in 0..65535, got {args.port}")
+    loras = parse_loras(args.lora)
+    if loras and args.adapter:
+        raise CommandError("give --adapter (merged) or --lora (per request), not both")
     check_can_listen(args.host, args.port)  # before the (slow) model load
     engine, tok, folder, positions = load_engine(
-        args.model, adapter=args.adapter, device=args.device, dtype=args.dtype,
+        args.model, adapter=args.adapter, loras=loras, device=args.device, dtype=args.dtype,
         max_num_seqs=args.max_num_seqs,
     )  # fmt: skip
     max_len = args.max_model_len or positions
@@ -97,10 +132,18 @@ def run(args: argparse.Namespace) -> int:
         stop_token_ids=tuple(tok.stop_token_ids),
     )
     name = args.served_model_name or folder.resolve().name
+    if name in loras:
+        raise CommandError(f"--lora name {name!r} is the base model's name; rename one")
     api_key = args.api_key or os.environ.get("LMFORGE_API_KEY") or None
-    app = create_app(AsyncEngine(engine), tok, name, limits, api_key=api_key)
+    app = create_app(
+        AsyncEngine(engine), tok, name, limits, api_key=api_key, adapters=list(loras),
+        allowed_hosts=allowed_hosts_for(args.host, api_key), docs=args.docs,
+    )  # fmt: skip
     auth = "API key required" if api_key else "no API key"
-    print(f"serving {name!r} on http://{args.host}:{args.port} ({auth})", flush=True)
+    served = ", ".join(repr(n) for n in [name, *loras])
+    print(
+        f"serving {served} on http://{args.host}:{args.port} ({auth}, {engine.device})", flush=True
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -2,6 +2,7 @@
 
 lmforge sft --config recipes/sft-tiny.yaml --model runs/pretrain/model --data chat.jsonl
 lmforge sft ... --peft lora --lora-r 16 --lora-targets q_proj,v_proj   # the adapter only
+lmforge sft --model Qwen/Qwen2.5-0.5B --data chat.jsonl --print-config   # cached Hub id
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from lmforge.commands.common import (
     add_model_and_data_arguments,
     add_peft_arguments,
     add_recipe_arguments,
+    model_folder,
     peft_settings,
     run_config,
     subparser,
@@ -23,7 +25,11 @@ EXAMPLES = (
     "  lmforge sft --config recipes/sft-tiny.yaml --model runs/pretrain-tiny/model "
     "--data chat.jsonl\n"
     "  lmforge sft --config recipes/sft-tiny.yaml --model ckpt/ --data a.jsonl b.parquet "
-    "data.assistant_only=false\n\n"
+    "data.assistant_only=false\n"
+    "  lmforge sft --model ckpt/ --data chat.jsonl --peft lora --lora-r 8 train.max_steps=50 "
+    "--print-config\n\n"
+    "Without --config the built-in recipes/sft-tiny.yaml is used. --model may be a Hub id\n"
+    "(Org/Name) already in the local Hugging Face cache.\n"
     "Data: JSONL / Parquet with 'messages' (chat), 'prompt'/'completion', or Alpaca\n"
     "'instruction'/'input'/'output' records; the model folder's chat template formats them."
 )
@@ -46,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
     config = run_config(args)
     if not config.model.init_from:
         raise ValueError("sft needs a model: --model DIR (or model.init_from in the config)")
+    model_folder(config.model.init_from)  # a clean error for a bad folder, before any work
     train_sft(config, peft=peft_settings(args))
     return 0

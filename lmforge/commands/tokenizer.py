@@ -22,7 +22,7 @@ def add_parser(subparsers: Any) -> None:
         "  lmforge tokenizer train --input notes.txt --vocab-size 4096 --out tok/\n"
         "  lmforge tokenizer train --input corpus/ extra.jsonl --vocab-size 32000 --out tok/\n\n"
         "A .txt file gives one document per blank-line-separated paragraph (or per file with\n"
-        "--txt-docs file); a .jsonl file one document per line, from its 'text' field.\n"
+        "--txt-docs file); .jsonl / .json / Parquet: every text field of each record.\n"
         "Folders are searched recursively for .txt and .jsonl files.",
     )
     p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files or folders")

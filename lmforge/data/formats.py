@@ -14,10 +14,19 @@ turns differently once later ones exist breaks this property, and is reported as
 naming the record and message rather than silently mis-masked. No eos is appended: the
 template's end-of-turn token is what the model learns to stop on, as at inference.
 
-**Prompt/completion** strings become ``<bos> prompt completion <eos>`` (loss on the
-completion and eos); message-list pairs are one conversation, trained on the completion's
-assistant turns. **Alpaca** records (Taori et al., 2023) use the original Stanford Alpaca
-prompt, then the output and eos.
+**Prompt/completion** and **Alpaca** records (Taori et al., 2023) are, by default
+(``format="auto"``), conversations too — what trains is what serves: the prompt (for
+Alpaca the instruction, then a blank line and the input when there is one; `alpaca_user_text`)
+is the user turn, the completion / output the assistant turn, rendered through the chat
+template and trained on the assistant turn only. The prompt's tokens are then exactly what
+``lmforge serve``'s chat endpoint renders for that user message (``add_generation_prompt``),
+so the fine-tuned model answers `chat`, `serve` and the web page as it did in training.
+Message-list pairs are one conversation, trained on the completion's assistant turns.
+
+``format="raw"`` keeps the raw text form instead (for base models prompted through
+``/v1/completions``): ``<bos> prompt completion <eos>`` with loss on the completion and eos,
+Alpaca records with the original Stanford Alpaca prompt. A tokenizer without a chat
+template formats them raw as well, and the report counts it.
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ from lmforge.data.sources import (
 from lmforge.models.loss import IGNORE_INDEX
 from lmforge.tokenizer import Tokenizer, TokenizerError
 
-FORMATS = ("auto", "messages", "prompt_completion", "instruction", "text")
+# "auto"/"raw": the schema each file's fields show; the others force one schema. Every
+# format but "raw" renders prompt/completion and Alpaca records through the chat template.
+FORMATS = ("auto", "raw", "messages", "prompt_completion", "instruction", "text")
+RAW_FALLBACK = "formatted raw: the tokenizer has no chat template"  # a report count
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task, paired with an input that provides "
@@ -143,10 +155,21 @@ def tokenize_prompt_completion(
 
 
 def alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 (Alpaca's name)
-    """The Stanford Alpaca prompt (with or without the input section)."""
+    """The Stanford Alpaca prompt (with or without the input section): the raw form."""
     if input:
         return ALPACA_PROMPT.format(instruction=instruction, input=input)
     return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def alpaca_user_text(instruction: str, input: str = "") -> str:  # noqa: A002
+    """The user turn of an Alpaca record in chat form: the instruction, then a blank line
+    and the input when there is one."""
+    return f"{instruction}\n\n{input}" if input else instruction
+
+
+def prompt_completion_messages(prompt: str, completion: str) -> list[dict[str, str]]:
+    """A string prompt/completion pair as a two-turn conversation (user → assistant)."""
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
 
 
 def record_to_example(
@@ -154,30 +177,15 @@ def record_to_example(
     tokenizer: Tokenizer,
     *,
     assistant_only: bool = True,
+    raw: bool = False,
 ) -> Example:
-    """The SFT `Example` of a validated record (see `lmforge.data.sources`)."""
+    """The SFT `Example` of a validated record (see `lmforge.data.sources`). String
+    prompt/completion and Alpaca records render through the chat template as a user turn
+    and an assistant turn, or as raw text with ``raw`` (see the module docstring)."""
     if isinstance(record, ChatRecord):
         example = tokenize_conversation(record.messages, tokenizer, assistant_only=assistant_only)
-    elif isinstance(record, PromptCompletionRecord):
-        prompt, completion = record.prompt, record.completion
-        if isinstance(prompt, str) and isinstance(completion, str):
-            example = tokenize_prompt_completion(
-                prompt, completion, tokenizer, assistant_only=assistant_only
-            )
-        elif isinstance(prompt, tuple) and isinstance(completion, tuple):
-            example = tokenize_conversation(
-                [*prompt, *completion],
-                tokenizer,
-                assistant_only=assistant_only,
-                train_from=len(prompt),
-            )
-        else:
-            raise DataError("'prompt' and 'completion' must both be strings or both messages")
-    elif isinstance(record, InstructionRecord):
-        prompt = alpaca_prompt(record.instruction, record.input)
-        example = tokenize_prompt_completion(
-            prompt, record.output, tokenizer, assistant_only=assistant_only
-        )
+    elif isinstance(record, (PromptCompletionRecord, InstructionRecord)):
+        example = _pair_example(record, tokenizer, assistant_only, raw)
     elif isinstance(record, TextRecord):  # continued pretraining: every token is a target
         ids = tokenizer.encode(record.text, add_special_tokens=True)
         ids += [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
@@ -188,6 +196,37 @@ def record_to_example(
         raise TypeError(f"not a record: {type(record).__name__}")
     example.where = record.where
     return example
+
+
+def _pair_example(
+    record: PromptCompletionRecord | InstructionRecord,
+    tokenizer: Tokenizer,
+    assistant_only: bool,
+    raw: bool,
+) -> Example:
+    if isinstance(record, InstructionRecord):
+        if raw:
+            prompt = alpaca_prompt(record.instruction, record.input)
+            return tokenize_prompt_completion(
+                prompt, record.output, tokenizer, assistant_only=assistant_only
+            )
+        user = alpaca_user_text(record.instruction, record.input)
+        messages = prompt_completion_messages(user, record.output)
+        return tokenize_conversation(messages, tokenizer, assistant_only=assistant_only)
+    prompt, completion = record.prompt, record.completion
+    if isinstance(prompt, str) and isinstance(completion, str):
+        if raw:
+            return tokenize_prompt_completion(
+                prompt, completion, tokenizer, assistant_only=assistant_only
+            )
+        messages = prompt_completion_messages(prompt, completion)
+        return tokenize_conversation(messages, tokenizer, assistant_only=assistant_only)
+    if isinstance(prompt, tuple) and isinstance(completion, tuple):
+        return tokenize_conversation(
+            [*prompt, *completion], tokenizer, assistant_only=assistant_only,
+            train_from=len(prompt),
+        )  # fmt: skip
+    raise DataError("'prompt' and 'completion' must both be strings or both messages")
 
 
 def load_sft_examples(
@@ -203,8 +242,10 @@ def load_sft_examples(
     """Read, validate and tokenize SFT data; returns the examples and a `DataReport`.
 
     Args:
-        format: "auto" (the schema each file's fields show), "messages",
-            "prompt_completion", "instruction" (Alpaca) or "text".
+        format: "auto" (the schema each file's fields show; prompt/completion and Alpaca
+            records through the chat template), "raw" (the same schemas, those two as raw
+            text), or one schema forced: "messages", "prompt_completion", "instruction"
+            (Alpaca) or "text".
         assistant_only: loss on assistant replies / completions only (else on every token).
         skip_bad: skip (and count) malformed records and examples without any target,
             instead of raising `DataError` naming file, line and field.
@@ -217,9 +258,15 @@ def load_sft_examples(
         raise ValueError(f"too_long={too_long!r}: choose 'truncate', 'drop' or 'error'")
     report = DataReport()
     examples = []
-    for record in read_records(paths, schema=format, skip_bad=skip_bad, report=report):
+    no_template = tokenizer.chat_template is None
+    raw = format == "raw" or no_template
+    schema = "auto" if format == "raw" else format
+    for record in read_records(paths, schema=schema, skip_bad=skip_bad, report=report):
         try:
-            example = record_to_example(record, tokenizer, assistant_only=assistant_only)
+            example = record_to_example(record, tokenizer, assistant_only=assistant_only, raw=raw)
+            pair = isinstance(record, (PromptCompletionRecord, InstructionRecord))
+            if no_template and format != "raw" and pair:
+                report.count(RAW_FALLBACK)
             if example.num_loss_tokens == 0:
                 raise DataError("no tokens to train on (no assistant reply / completion)")
         except (DataError, TokenizerError) as exc:

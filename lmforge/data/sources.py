@@ -1,9 +1,14 @@
-"""Data sources: JSONL, Parquet, plain text and local Hugging Face `datasets` folders.
+"""Data sources: JSONL, JSON arrays, Parquet, plain text and local Hugging Face `datasets`
+folders.
 
 Validation happens here, at the edge. Every record is checked against its schema and
-becomes a typed record; a bad one raises `DataError` naming the file, the line (or row)
-and the field. With ``skip_bad=True`` bad records are skipped instead and counted per
-reason in a `DataReport` — data is never dropped silently.
+becomes a typed record; a bad one raises `DataError` naming the file, the line (or row, or
+array element) and the field — a JSON syntax error also its column (``file:line:column``).
+With ``skip_bad=True`` bad records are skipped instead and counted per reason in a
+`DataReport` — data is never dropped silently.
+
+Each file type is read by `lmforge.data.readers` (a ``.json`` file is a JSON array of
+records, as Stanford Alpaca's ``alpaca_data.json``, or JSON Lines).
 
 Schemas (auto-detected per file from its first record, or forced with ``schema=``):
 
@@ -21,22 +26,16 @@ Schemas (auto-detected per file from its first record, or forced with ``schema=`
 
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-INPUT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+from lmforge.data.readers import BadRecord, DataError, input_files, raw_records
+
 ROLES = ("system", "user", "assistant", "tool")
 SCHEMAS = ("text", "messages", "prompt_completion", "preference", "instruction")
-_HF_MARKERS = ("dataset_dict.json", "state.json")  # written by `datasets`' save_to_disk
-
-
-class DataError(ValueError):
-    """Unreadable or malformed input data; the message names the file (and line and field)."""
 
 
 # ----------------------------------------------------------------------------- records
@@ -90,13 +89,15 @@ Record = TextRecord | ChatRecord | PromptCompletionRecord | PreferenceRecord | I
 @dataclass
 class DataReport:
     """What happened to the data: records kept, skipped (per reason), and other counts
-    (truncated, dropped for length, ...) added by later stages."""
+    (truncated, dropped for length, ...) added by later stages; the peak memory of the
+    stage that measured it (process RSS, bytes; 0 = not measured)."""
 
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     counts: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)  # the first few skip messages
     max_examples: int = 5
+    peak_memory_bytes: int = 0
 
     def skip(self, reason: str, message: str) -> None:
         self.skipped[reason] += 1
@@ -115,10 +116,12 @@ class DataReport:
         self.skipped.update(other.skipped)
         self.counts.update(other.counts)
         self.examples += other.examples[: max(0, self.max_examples - len(self.examples))]
+        self.peak_memory_bytes = max(self.peak_memory_bytes, other.peak_memory_bytes)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kept": self.kept, "skipped": dict(self.skipped), "counts": dict(self.counts)}
+        return {"kept": self.kept, "skipped": dict(self.skipped), "counts": dict(self.counts),
+                "peak_memory_bytes": self.peak_memory_bytes}  # fmt: skip
 
     def summary(self) -> str:
         """One line per fact, e.g. ``kept 998 records; skipped 2 (invalid JSON: 2)``."""
@@ -128,45 +131,12 @@ class DataReport:
             lines.append(f"skipped {self.num_skipped} ({reasons})")
             lines += [f"  e.g. {m}" for m in self.examples]
         lines += [f"{key}: {n}" for key, n in sorted(self.counts.items())]
+        if self.peak_memory_bytes:
+            lines.append(f"peak memory {self.peak_memory_bytes / 2**20:,.0f} MiB (process RSS)")
         return "\n".join(lines)
 
 
-class _BadRecord(Exception):
-    """A record-level validation failure; the reader adds file and line."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def input_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into the sorted .txt / .jsonl / .parquet files
-    to read; a saved Hugging Face dataset folder is kept whole, as one input."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir() and is_hf_dataset_dir(path):
-            files.append(path)
-        elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in INPUT_SUFFIXES and p.is_file())
-            if not found:
-                raise DataError(f"{path}: folder holds no .txt, .jsonl or .parquet files")
-            files += found
-        elif path.is_file():
-            if path.suffix not in INPUT_SUFFIXES:
-                raise DataError(f"{path}: unsupported file type (use .txt, .jsonl or .parquet)")
-            files.append(path)
-        else:
-            raise DataError(f"{path}: no such file or folder")
-    return files
-
-
-def is_hf_dataset_dir(path: Path) -> bool:
-    """A folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
-    return any((path / marker).is_file() for marker in _HF_MARKERS)
+# ----------------------------------------------------------------------------- reading
 
 
 def read_documents(path: Path, text_field: str = "text", txt_docs: str = "paragraph"):
@@ -204,14 +174,14 @@ def read_records(
     report = report if report is not None else DataReport()
     for path in input_files(paths):
         file_schema = None if schema == "auto" else schema
-        for where, raw in _raw_records(path, txt_docs, split):
+        for where, raw in raw_records(path, txt_docs, split):
             try:
-                if isinstance(raw, _BadRecord):
+                if isinstance(raw, BadRecord):
                     raise raw
                 if file_schema is None:
                     file_schema = detect_schema(raw, text_field)
                 record = _parse(raw, file_schema, text_field, where)
-            except _BadRecord as bad:
+            except BadRecord as bad:
                 message = f"{where}: {bad}"
                 if not skip_bad:
                     raise DataError(message) from None
@@ -231,7 +201,7 @@ def load_records(paths: Sequence[str | Path], **kwargs: Any) -> tuple[list[Recor
 def detect_schema(record: Mapping[str, Any], text_field: str = "text") -> str:
     """The schema a record's fields say it has (see the module table)."""
     if not isinstance(record, Mapping):
-        raise _BadRecord("not an object", f"expected a JSON object, got {type(record).__name__}")
+        raise BadRecord("not an object", f"expected a JSON object, got {type(record).__name__}")
     keys = set(record)
     if "messages" in keys:
         return "messages"
@@ -243,91 +213,11 @@ def detect_schema(record: Mapping[str, Any], text_field: str = "text") -> str:
         return "instruction"
     if text_field in keys:
         return "text"
-    raise _BadRecord(
+    raise BadRecord(
         "unknown schema",
         f"fields {sorted(keys)} match no schema (need {text_field!r}, 'messages', "
         "'prompt'+'completion', 'prompt'+'chosen'+'rejected' or 'instruction'+'output')",
     )
-
-
-# ----------------------------------------------------------------------------- readers
-
-
-def _raw_records(path: Path, txt_docs: str, split: str) -> Iterator[tuple[str, Any]]:
-    """(where, raw record) pairs of one input; a raw record may be a `_BadRecord`."""
-    if path.is_dir():
-        yield from _hf_records(path, split)
-    elif path.suffix == ".jsonl":
-        yield from _jsonl_records(path)
-    elif path.suffix == ".parquet":
-        yield from _parquet_records(path)
-    else:
-        yield from _txt_records(path, txt_docs)
-
-
-def _txt_records(path: Path, txt_docs: str) -> Iterator[tuple[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if txt_docs == "file":
-        docs = [text.strip()] if text.strip() else []
-    else:
-        docs = [p.strip() for p in re.split(r"\n[ \t]*\n", text) if p.strip()]
-    for i, doc in enumerate(docs, start=1):
-        yield f"{path}: document {i}", {"text": doc}
-
-
-def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield where, _BadRecord("not UTF-8", f"not UTF-8 text ({exc.reason})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield where, json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield where, _BadRecord("invalid JSON", f"invalid JSON: {exc.msg}")
-
-
-def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError variants
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    row = 0
-    for batch in parquet.iter_batches(batch_size=1024):
-        for record in batch.to_pylist():
-            row += 1
-            yield f"{path}: row {row}", record
-
-
-def _hf_records(path: Path, split: str) -> Iterator[tuple[str, Any]]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            f"{path}: reading a saved Hugging Face dataset needs `datasets` (pip install datasets)"
-        ) from None
-    try:
-        data = datasets.load_from_disk(str(path))
-    except Exception as exc:  # datasets raises FileNotFoundError, ValueError, ...
-        raise DataError(f"{path}: not a loadable Hugging Face dataset folder ({exc})") from None
-    if isinstance(data, datasets.DatasetDict):
-        if split not in data:
-            raise DataError(f"{path}: no split {split!r} (has {', '.join(sorted(data))})")
-        data = data[split]
-    for row, record in enumerate(data, start=1):
-        yield f"{path} [{split}]: row {row}", record
 
 
 # ----------------------------------------------------------------------------- validation
@@ -335,7 +225,7 @@ def _hf_records(path: Path, split: str) -> Iterator[tuple[str, Any]]:
 
 def _parse(raw: Any, schema: str, text_field: str, where: str) -> Record:
     if not isinstance(raw, Mapping):
-        raise _BadRecord("not an object", f"expected a JSON object, got {type(raw).__name__}")
+        raise BadRecord("not an object", f"expected a JSON object, got {type(raw).__name__}")
     if schema == "text":
         return TextRecord(_string(raw, text_field), where)
     if schema == "messages":
@@ -346,7 +236,7 @@ def _parse(raw: Any, schema: str, text_field: str, where: str) -> Record:
         chosen, rejected = _turns(raw, "chosen"), _turns(raw, "rejected")
         prompt = _turns(raw, "prompt") if raw.get("prompt") is not None else None
         if prompt is None and (isinstance(chosen, str) or isinstance(rejected, str)):
-            raise _BadRecord("missing field", "missing field 'prompt' (needed when 'chosen' / "
+            raise BadRecord("missing field", "missing field 'prompt' (needed when 'chosen' / "
                              "'rejected' are strings rather than full conversations)")  # fmt: skip
         return PreferenceRecord(prompt, chosen, rejected, where)
     extra = _string(raw, "input") if raw.get("input") is not None else ""
@@ -355,14 +245,14 @@ def _parse(raw: Any, schema: str, text_field: str, where: str) -> Record:
 
 def _field(raw: Mapping[str, Any], name: str) -> Any:
     if name not in raw:
-        raise _BadRecord("missing field", f"missing field {name!r}")
+        raise BadRecord("missing field", f"missing field {name!r}")
     return raw[name]
 
 
 def _string(raw: Mapping[str, Any], name: str) -> str:
     value = _field(raw, name)
     if not isinstance(value, str):
-        raise _BadRecord("wrong type", f"field {name!r} is {_kind(value)}, not a string")
+        raise BadRecord("wrong type", f"field {name!r} is {_kind(value)}, not a string")
     return value
 
 
@@ -372,28 +262,28 @@ def _turns(raw: Mapping[str, Any], name: str) -> Turns:
         return value
     if isinstance(value, list):
         return _messages(value, name)
-    raise _BadRecord("wrong type", f"field {name!r} is {_kind(value)}, not a string or messages")
+    raise BadRecord("wrong type", f"field {name!r} is {_kind(value)}, not a string or messages")
 
 
 def _messages(value: Any, name: str) -> tuple[Message, ...]:
     if not isinstance(value, (list, tuple)):
-        raise _BadRecord("wrong type", f"field {name!r} is {_kind(value)}, not a list of messages")
+        raise BadRecord("wrong type", f"field {name!r} is {_kind(value)}, not a list of messages")
     if not value:
-        raise _BadRecord("empty", f"field {name!r} is an empty list")
+        raise BadRecord("empty", f"field {name!r} is an empty list")
     checked = []
     for i, message in enumerate(value):
         where = f"{name}[{i}]"
         if not isinstance(message, Mapping):
-            raise _BadRecord("wrong type", f"field {where!r} is {_kind(message)}, not an object")
+            raise BadRecord("wrong type", f"field {where!r} is {_kind(message)}, not an object")
         role = message.get("role")
         if role not in ROLES:
             got = "missing" if role is None else repr(role)
-            raise _BadRecord(
+            raise BadRecord(
                 "bad role", f"field '{where}.role' is {got}; use one of {', '.join(ROLES)}"
             )
         if not isinstance(message.get("content"), str):
             got = "missing" if message.get("content") is None else _kind(message["content"])
-            raise _BadRecord("wrong type", f"field '{where}.content' is {got}, not a string")
+            raise BadRecord("wrong type", f"field '{where}.content' is {got}, not a string")
         checked.append({k: v for k, v in message.items() if v is not None})
     return tuple(checked)
 
@@ -408,3 +298,33 @@ def iter_texts(records: Iterable[Record]) -> Iterator[str]:
         if not isinstance(record, TextRecord):
             raise DataError(f"{record.where}: expected a text record, got {type(record).__name__}")
         yield record.text
+
+
+def record_texts(record: Record) -> Iterator[str]:
+    """Every text field of a record, in order: a text record's text; each message's content
+    (and reasoning, when it has one); prompt, completion, chosen and rejected; an Alpaca
+    record's instruction, input and output. Empty strings are left out."""
+    if isinstance(record, TextRecord):
+        parts: tuple[Any, ...] = (record.text,)
+    elif isinstance(record, ChatRecord):
+        parts = (record.messages,)
+    elif isinstance(record, PromptCompletionRecord):
+        parts = (record.prompt, record.completion)
+    elif isinstance(record, PreferenceRecord):
+        parts = (record.prompt, record.chosen, record.rejected)
+    elif isinstance(record, InstructionRecord):
+        parts = (record.instruction, record.input, record.output)
+    else:
+        raise TypeError(f"not a record: {type(record).__name__}")
+    for part in parts:
+        for text in [part] if isinstance(part, str) or part is None else _message_texts(part):
+            if text:
+                yield text
+
+
+def _message_texts(messages: Sequence[Message]) -> Iterator[str]:
+    for message in messages:
+        yield message["content"]
+        for key in ("reasoning_content", "thinking", "reasoning"):
+            if isinstance(message.get(key), str):
+                yield message[key]

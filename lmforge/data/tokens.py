@@ -7,34 +7,49 @@
 The folder holds ``tokens.bin`` (every document's ids back to back: ``<bos> text <eos>``,
 uint16 when the vocabulary fits in 16 bits, else uint32), ``doc_offsets.npy`` (int64,
 ``num_docs + 1`` boundaries, so document i is ``tokens[offsets[i]:offsets[i + 1]]``) and
-``index.json`` (vocab size, dtype, counts, the source files with sizes and mtimes, and a
-hash of the tokenizer). ``index.json`` is written last and atomically: a folder with an
-index is complete. Building again with unchanged inputs and tokenizer reuses the cache.
+``index.json`` (vocab size, dtype, counts, the cache key, the data report). The cache key
+is a fingerprint of everything the tokens depend on: every source file's path, size and
+content hash (`source_fingerprint`), a hash of the tokenizer, and the options (eos, text field, .txt documents,
+skip_bad). ``index.json`` is written last and atomically, and only when the build succeeded
+(a corpus without a single document is an error, not an empty cache): a folder with an index
+is complete, a folder without one is rebuilt, and an index whose key or file sizes do not
+match is never reused.
 
-Workers tokenize chunks of documents in parallel; `Pool.imap` returns the chunks in input
-order, so the file is identical whatever the number of workers.
+Workers tokenize chunks of documents in parallel (a chunk: at most ``CHUNK_DOCS`` documents
+and about ``CHUNK_CHARS`` characters); `Pool.imap` returns the chunks in input order, so the
+file is identical whatever the number of workers. A document longer than
+`lmforge.tokenizer.PIECE_CHARS` is encoded piece by piece (`Tokenizer.encode_long`: the
+same ids, memory bounded by the piece), so memory follows the chunk, not the corpus or its
+longest document; the report records the peak memory (``peak memory``, process RSS).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import resource
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lmforge import tokenizer as tokenizing
 from lmforge.data.sources import DataError, DataReport, input_files, iter_texts, read_records
 from lmforge.io import atomic_path, atomic_write_json, read_json
 from lmforge.tokenizer import Tokenizer
 
 TOKENS_FILE, OFFSETS_FILE, INDEX_FILE = "tokens.bin", "doc_offsets.npy", "index.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHUNK_DOCS = 512  # documents per worker task: large enough to amortise pickling
+CHUNK_CHARS = 1 << 22  # ... and at most about this many characters (one long document alone)
+MTIME_SLACK_NS = 2 * 10**9  # file systems with coarse timestamps: a 2 s window is "racy"
 
 
 @dataclass
@@ -61,16 +76,61 @@ def tokenizer_hash(tokenizer: Tokenizer) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def source_fingerprint(files: Iterable[Path]) -> list[dict[str, Any]]:
-    """Path, size and mtime of every input file (every file inside a dataset folder)."""
+def peak_rss_bytes() -> int:
+    """The peak resident memory of this process (``VmHWM``: its own address space, where
+    ``ru_maxrss`` on Linux also counts the parent's before ``exec``) or of its finished
+    children (pool workers), whichever is larger."""
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            own = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale)
+
+
+def source_fingerprint(
+    files: Iterable[Path], known: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The fingerprint of the input files: path, size, mtime and SHA-256 of every file (every
+    file inside a dataset folder), and when it was taken (``taken_ns``).
+
+    ``known`` (a fingerprint taken earlier) saves reading files: a file whose path, size and
+    mtime are unchanged and whose mtime is older than ``known["taken_ns"]`` by more than
+    ``MTIME_SLACK_NS`` keeps its known hash (the racy-git rule: a file modified after the
+    fingerprint was taken has a newer mtime; a file modified in the same clock tick as it was
+    hashed is "racy" and is hashed again), so an unchanged corpus is not reread every run."""
+    taken_ns = time.time_ns()
+    trusted_before = (known or {}).get("taken_ns", 0) - MTIME_SLACK_NS
+    seen = {e["path"]: e for e in (known or {}).get("files", []) if isinstance(e, dict)}
     out = []
     for path in files:
         members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for member in members:
             stat = member.stat()
-            out.append({"path": str(member.resolve()), "size": stat.st_size,
-                        "mtime_ns": stat.st_mtime_ns})  # fmt: skip
-    return out
+            entry = {"path": str(member.resolve()), "size": stat.st_size,
+                     "mtime_ns": stat.st_mtime_ns}  # fmt: skip
+            old = seen.get(entry["path"], {})
+            trusted = stat.st_mtime_ns < trusted_before and all(
+                old.get(k) == entry[k] for k in ("size", "mtime_ns")
+            )
+            entry["sha256"] = old.get("sha256") if trusted else file_sha256(member)
+            out.append(entry)
+    return {"files": out, "taken_ns": taken_ns}
+
+
+def same_sources(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two `source_fingerprint`s describe the same files with the same contents."""
+    return a.get("files") == b.get("files")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def build_token_file(
@@ -99,15 +159,17 @@ def build_token_file(
     dtype = token_dtype(vocab_size)
     if append_eos and tokenizer.eos_token_id is None:
         raise ValueError("append_eos=True but the tokenizer has no eos token")
+    index = _read_index(out)
     key = {
         "version": FORMAT_VERSION,
-        "sources": source_fingerprint(files),
+        "sources": source_fingerprint(files, index.get("sources") if index else None),
         "tokenizer_hash": tokenizer_hash(tokenizer),
         "append_eos": append_eos,
         "text_field": text_field,
         "txt_docs": txt_docs,
+        "skip_bad": skip_bad,
     }
-    cached = _cached_info(out, key)
+    cached = _cached_info(out, index, key)
     if cached is not None:
         return cached
 
@@ -122,10 +184,17 @@ def build_token_file(
     with atomic_path(out / TOKENS_FILE) as tmp, open(tmp, "wb") as sink:
         chunks = _chunks(iter_texts(records), report)
         for flat, chunk_lengths in _tokenized_chunks(chunks, tokenizer, eos, num_workers):
-            sink.write(flat.astype(dtype).tobytes())
+            sink.write(flat.astype(dtype, copy=False).data)  # no extra bytes copy
             lengths += chunk_lengths.tolist()
+    if not lengths:  # fail before an index makes the empty folder look like a valid cache
+        raise DataError(
+            f"{', '.join(map(str, files))}: no documents to tokenize ({report.summary()})".replace(
+                "\n", "; "
+            )
+        )
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    report.peak_memory_bytes = peak_rss_bytes()
     with atomic_path(out / OFFSETS_FILE) as tmp, open(tmp, "wb") as f:
         np.save(f, offsets)
     index = {
@@ -143,14 +212,22 @@ def build_token_file(
                          report)  # fmt: skip
 
 
-def _cached_info(out: Path, key: dict[str, Any]) -> TokenFileInfo | None:
-    if not (out / INDEX_FILE).is_file():
-        return None
+def _read_index(out: Path) -> dict[str, Any] | None:
     try:
         index = read_json(out / INDEX_FILE)
-    except ValueError:
+    except (OSError, ValueError):
         return None
-    if any(index.get(k) != v for k, v in key.items()):
+    return index if isinstance(index, dict) else None
+
+
+def _cached_info(
+    out: Path, index: dict[str, Any] | None, key: dict[str, Any]
+) -> TokenFileInfo | None:
+    if index is None or not isinstance(index.get("sources"), dict):
+        return None
+    if not same_sources(index["sources"], key["sources"]):
+        return None
+    if any(index.get(k) != v for k, v in key.items() if k != "sources"):
         return None
     size = (out / TOKENS_FILE).stat().st_size if (out / TOKENS_FILE).is_file() else -1
     if size != index["num_tokens"] * np.dtype(index["dtype"]).itemsize:
@@ -158,20 +235,28 @@ def _cached_info(out: Path, key: dict[str, Any]) -> TokenFileInfo | None:
     report = DataReport(kept=index["report"]["kept"])
     report.skipped.update(index["report"]["skipped"])
     report.counts.update(index["report"]["counts"])
+    report.peak_memory_bytes = index["report"].get("peak_memory_bytes", 0)
     return TokenFileInfo(out, index["num_tokens"], index["num_docs"], index["vocab_size"],
                          index["dtype"], True, report)  # fmt: skip
 
 
 def _chunks(texts: Iterator[str], report: DataReport) -> Iterator[list[str]]:
+    """Documents in chunks of at most ``CHUNK_DOCS`` documents and about ``CHUNK_CHARS``
+    characters (a longer document is a chunk of its own)."""
     chunk: list[str] = []
+    chars = 0
     for text in texts:
         if not text:
             report.count("empty documents left out")
             continue
+        if chunk and chars + len(text) > CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
         chunk.append(text)
+        chars += len(text)
         if len(chunk) == CHUNK_DOCS:
             yield chunk
-            chunk = []
+            chunk, chars = [], 0
     if chunk:
         yield chunk
 
@@ -194,12 +279,21 @@ def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def _encode(
     tokenizer: Tokenizer, eos: int | None, texts: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(all ids back to back, per-document lengths) of ``texts``."""
-    docs = tokenizer.encode_batch(texts, add_special_tokens=True)
-    if eos is not None:
-        docs = [[*d, eos] for d in docs]
-    flat = np.fromiter((t for d in docs for t in d), dtype=np.int64)
-    return flat, np.array([len(d) for d in docs], dtype=np.int64)
+    """(all ids back to back, per-document lengths) of ``texts``; documents longer than
+    `PIECE_CHARS` are encoded piece by piece (`Tokenizer.encode_long`, the same ids)."""
+    short = [i for i, text in enumerate(texts) if len(text) <= tokenizing.PIECE_CHARS]
+    batch = dict(zip(short, tokenizer.encode_batch([texts[i] for i in short], True)))
+    tail = [] if eos is None else [eos]
+    parts, lengths = [], []
+    for i, text in enumerate(texts):
+        pieces = [batch.pop(i)] if i in batch else tokenizer.encode_pieces(text, True)
+        length = 0
+        for ids in itertools.chain(pieces, [tail]):  # one piece's Python ints at a time
+            parts.append(np.array(ids, dtype=np.uint32))  # ids < 2**32 (`token_dtype`)
+            length += len(ids)
+        lengths.append(length)
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
+    return flat, np.array(lengths, dtype=np.int64)
 
 
 def _tokenized_chunks(chunks, tokenizer: Tokenizer, eos: int | None, num_workers: int | None):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Protocol
 
 import torch
 
@@ -47,12 +48,23 @@ from lmforge.infer.scheduler import ScheduledChunk, Scheduler, Sequence
 
 __all__ = [
     "DEFAULT_KV_CACHE_BYTES",
+    "AdapterRouter",
     "Engine",
 ]
 
 # Default KV pool when num_blocks is not given: room for max_num_seqs full-length sequences,
 # capped at this many bytes (memory is only touched when used).
 DEFAULT_KV_CACHE_BYTES = 1 << 30
+
+
+class AdapterRouter(Protocol):
+    """Per-token LoRA adapters for one batch (`lmforge.peft.multi_lora.LoraRouter`): the
+    engine calls ``select(ids)`` with one adapter index per token of the next forward
+    (0: the base model; i: adapter i) and ``select(None)`` after it."""
+
+    num_adapters: int
+
+    def select(self, token_adapters: torch.Tensor | None) -> None: ...
 
 
 class Engine:
@@ -85,6 +97,7 @@ class Engine:
         max_num_batched_tokens: int = 2048,
         enable_prefix_caching: bool = True,
         fused_weights: bool | None = None,
+        adapters: AdapterRouter | None = None,
     ) -> None:
         if not is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size={block_size!r} must be an integer ≥ 1")
@@ -116,8 +129,9 @@ class Engine:
         if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
             eos.append(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
+        self.adapters = adapters
         if fused_weights is None:
-            fused_weights = self.device.type == "cpu"
+            fused_weights = self.device.type == "cpu" and adapters is None
         self.runner = None
         if fused_weights and InferenceRunner.unsupported_reason(model) is None:
             self.runner = InferenceRunner.for_model(model)
@@ -138,9 +152,17 @@ class Engine:
             self.runner.invalidate()
 
     def add_request(
-        self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        adapter: int = 0,
     ) -> str:
-        """Queue a prompt; returns its request id (a fresh one when not given)."""
+        """Queue a prompt; returns its request id (a fresh one when not given). ``adapter``:
+        the LoRA adapter of the engine's router that decodes it (0: the base model)."""
+        num_adapters = 0 if self.adapters is None else self.adapters.num_adapters
+        if not is_int(adapter) or not 0 <= adapter <= num_adapters:
+            raise ValueError(f"adapter={adapter!r}: this engine has {num_adapters} adapter(s)")
         vocab = self.config.vocab_size
         prompt = check_prompt_tokens(prompt_token_ids, vocab)
         params.validate(vocab, self.tokenizer is not None)
@@ -175,6 +197,7 @@ class Engine:
             generator=make_generator(None, params.seed, self.device),
             stop_ids=frozenset(stop_ids),
             detokenizer=None if self.tokenizer is None else IncrementalDetokenizer(self.tokenizer),
+            adapter=adapter,
         )
         self.requests[request_id] = req
         self.scheduler.add(req)
@@ -222,6 +245,7 @@ class Engine:
         ends at their last known token (those sample next)."""
         bs = self.block_size
         ids: list[int] = []
+        token_adapters: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         keep: list[int] = []
@@ -233,6 +257,7 @@ class Engine:
             start = seq.num_computed
             offset = len(ids)
             ids.extend(seq.tokens[start : start + n])
+            token_adapters.extend([seq.adapter] * n)
             positions.extend(range(start, start + n))
             table = seq.block_ids
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
@@ -259,9 +284,15 @@ class Engine:
         if self.runner is not None and self.runner.sync():
             logits = self.runner(ids_t, positions_t, max(positions), batch, keep_t)
             return logits.float(), sampling
-        out = self.model(
-            ids_t[None], position_ids=positions_t[None], cache=batch, logits_to_keep=keep_t
-        )
+        if self.adapters is not None:
+            self.adapters.select(torch.tensor(token_adapters, device=dev))
+        try:
+            out = self.model(
+                ids_t[None], position_ids=positions_t[None], cache=batch, logits_to_keep=keep_t
+            )
+        finally:
+            if self.adapters is not None:
+                self.adapters.select(None)
         return out.logits[0].float(), sampling
 
     def _context_slots(self, seq: Sequence, total: int) -> torch.Tensor | None:

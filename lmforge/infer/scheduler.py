@@ -37,12 +37,15 @@ class Sequence:
     num_registered: int = 0  # leading full blocks already entered in the prefix cache
     keys: list[BlockKey] = field(default_factory=list)  # prefix-cache keys of full blocks
     hashes: list[int] = field(default_factory=list)
+    adapter: int = 0  # LoRA adapter (0: the base model); its K/V differ, so do its keys
 
     def block_keys(self, count: int, block_size: int) -> list[BlockKey]:
-        """Keys of the first ``count`` full blocks (computed once, chained by parent hash)."""
+        """Keys of the first ``count`` full blocks (computed once, chained by parent hash;
+        the first block's parent is the adapter, so adapters never share cached K/V)."""
         while len(self.keys) < count:
             i = len(self.keys)
-            parent = self.hashes[-1] if self.hashes else None
+            root = None if self.adapter == 0 else hash(("lora-adapter", self.adapter))
+            parent = self.hashes[-1] if self.hashes else root
             key = block_key(parent, self.tokens[i * block_size : (i + 1) * block_size])
             self.keys.append(key)
             self.hashes.append(hash(key))

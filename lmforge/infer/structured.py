@@ -163,16 +163,20 @@ def compile_constraint(
     ebnf: str | None = None,
     json_object: bool = False,
     backend: str | None = None,
+    lark: str | None = None,
 ) -> GrammarConstraint:
     """A fresh `Constraint` for one request. Exactly one of ``json_schema`` (dict or JSON
     text), ``regex``, ``ebnf`` (GBNF dialect) or ``json_object=True`` (any JSON object).
     Compiled grammars are cached per (tokenizer, backend, spec); a bad spec raises
-    `ValueError` naming the problem. ``backend``: "llguidance" (default) or "xgrammar"."""
+    `ValueError` naming the problem. ``backend``: "llguidance" (default) or "xgrammar";
+    ``lark`` (llguidance's Lark dialect, as tool calling uses) needs llguidance."""
     if not isinstance(tokenizer, Tokenizer):
         raise TypeError(f"tokenizer must be a lmforge Tokenizer, got {type(tokenizer).__name__}")
     backend = DEFAULT_BACKEND if backend is None else backend
     if backend not in BACKENDS:
         raise ValueError(f"unknown grammar backend {backend!r}; choose from {list(BACKENDS)}")
-    spec = grammar_spec(json_schema=json_schema, regex=regex, ebnf=ebnf, json_object=json_object)
+    spec = grammar_spec(
+        json_schema=json_schema, regex=regex, ebnf=ebnf, json_object=json_object, lark=lark
+    )
     engine, compiled, vocab = compiled_grammar(tokenizer, spec, backend)
     return GrammarConstraint(engine.matcher(compiled), vocab, backend, spec)

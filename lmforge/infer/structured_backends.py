@@ -153,6 +153,8 @@ class _XGrammar:
                 return compiled, self.json_words
             if spec.kind == "regex":
                 return c.compile_regex(spec.text), None
+            if spec.kind == "lark":
+                raise ValueError("Lark grammars need the llguidance backend")
             return c.compile_grammar(spec.text), None
         except RuntimeError as exc:  # xgrammar reports every grammar error as RuntimeError
             message = _XGR_LOCATION.sub("", str(exc).strip())

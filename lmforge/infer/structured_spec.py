@@ -17,12 +17,17 @@ from typing import Any
 __all__ = ["GRAMMAR_KIND_NAMES", "GrammarSpec", "close_json_schema", "grammar_spec"]
 
 # How errors name each kind of grammar.
-GRAMMAR_KIND_NAMES = {"json_schema": "JSON schema", "regex": "regex", "ebnf": "EBNF grammar"}
+GRAMMAR_KIND_NAMES = {
+    "json_schema": "JSON schema",
+    "regex": "regex",
+    "ebnf": "EBNF grammar",
+    "lark": "Lark grammar",
+}
 
 
 @dataclass(frozen=True)
 class GrammarSpec:
-    """One grammar: ``kind`` is "json_schema" | "regex" | "ebnf"; ``text`` is canonical (a
+    """One grammar: ``kind`` is "json_schema" | "regex" | "ebnf" | "lark"; ``text`` is canonical (a
     JSON schema is serialised with sorted keys, so equal schemas share a cache entry)."""
 
     kind: str
@@ -35,16 +40,20 @@ def grammar_spec(
     regex: str | None = None,
     ebnf: str | None = None,
     json_object: bool = False,
+    lark: str | None = None,
 ) -> GrammarSpec:
-    """Check that exactly one grammar is given and return it in canonical form."""
+    """Check that exactly one grammar is given and return it in canonical form. ``lark`` is
+    llguidance's Lark dialect (``%json {…}`` embeds a schema; ``&`` and ``~`` in lexemes)."""
     given = [
         name
-        for name, value in (("json_schema", json_schema), ("regex", regex), ("ebnf", ebnf))
+        for name, value in (
+            ("json_schema", json_schema), ("regex", regex), ("ebnf", ebnf), ("lark", lark)
+        )
         if value is not None
-    ] + (["json_object"] if json_object else [])
+    ] + (["json_object"] if json_object else [])  # fmt: skip
     if len(given) != 1:
         raise ValueError(
-            "give exactly one of json_schema, regex, ebnf or json_object=True, got "
+            "give exactly one of json_schema, regex, ebnf, lark or json_object=True, got "
             + (", ".join(given) if given else "none")
         )
     if json_object:
@@ -52,7 +61,9 @@ def grammar_spec(
     if json_schema is not None:
         schema = _load_schema(json_schema)
         return GrammarSpec("json_schema", json.dumps(close_json_schema(schema), sort_keys=True))
-    kind, text = ("regex", regex) if regex is not None else ("ebnf", ebnf)
+    kind, text = next(
+        (k, v) for k, v in (("regex", regex), ("ebnf", ebnf), ("lark", lark)) if v is not None
+    )
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"{kind} must be a non-empty string, got {text!r}")
     return GrammarSpec(kind, text)

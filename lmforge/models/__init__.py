@@ -7,8 +7,11 @@ HF-format import/export.
 | `loss` | next-token cross-entropy, whole or in chunks that never hold ``[B, T, V]`` |
 | `kv_cache` | `KVCache`: a contiguous, preallocated cache for incremental decoding |
 | `hf` | `load_model` / `save_model` (sharded safetensors, atomic), `checkpoint_dir` |
-| `info` | `checkpoint_info`: a checkpoint's facts read from headers, no tensor loaded |
-| `presets` | named sizes: ``tiny``, ``demo``, ``5m``, ``30m`` |
+| `info` | `checkpoint_info` / `adapter_info`: a checkpoint's or an adapter's facts read from headers, no tensor loaded |
+| `hub` | Hub ids (``Org/Name``) resolved through the local Hugging Face cache, never downloaded |
+| `weights_check` | reads weights with checks: damaged files, unsupported dtypes, NaN/inf tensors named |
+| `mtp` | multi-token prediction (DeepSeek-V3): D sequential modules sharing embedding and head, their loss |
+| `presets` | named sizes: ``tiny``, ``demo``, ``5m``, ``30m``, ``deepseek-tiny``, ``deepseek-30m`` |
 """
 
 from lmforge.models.hf import CheckpointError, load_model, save_model

@@ -1,7 +1,12 @@
 """Hugging Face format import/export: ``config.json`` + (sharded) ``model.safetensors``.
 
 Parameter names are identical to HF's for every supported family, so the mapping is the
-identity; the only special case is a tied ``lm_head.weight``, which HF omits.
+identity, with two special cases: a tied ``lm_head.weight``, which HF omits, and DeepSeek-V3's
+multi-token-prediction modules, stored as DeepSeek ships them — extra layers after the last
+decoder layer, ``model.layers.{N + k}.*`` (lmforge: ``mtp.{k}.*``, the block under
+``mtp.{k}.block.*``), each with copies of the shared embedding and head. A DeepSeek-V3 folder
+loads with or without those layers. The MoE gate and its correction bias stay fp32 in every
+saved dtype.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from safetensors.torch import save_file
 
 from lmforge.config import ModelConfig, hf_architecture
 from lmforge.io import atomic_path, atomic_write_json, read_json
-from lmforge.models.transformer import CausalLM
-from lmforge.nn.rope import RotaryEmbedding
+from lmforge.models.transformer import CausalLM, rotary_embedding
+from lmforge.models.weights_check import read_checked_weights
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+# Tensors stored in fp32 whatever the model dtype, as DeepSeek-V3 and transformers keep them:
+# the MoE gate and its selection-only correction bias (routing is precision-sensitive).
+FP32_TENSORS = ("mlp.gate.weight", "mlp.gate.e_score_correction_bias")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -103,6 +111,7 @@ def load_model(
     path: str | os.PathLike,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    allow_non_finite: bool = False,
 ) -> CausalLM:
     """Load an HF-format folder (Llama / Qwen2 / Qwen3 / Mistral) as an lmforge `CausalLM`.
 
@@ -114,17 +123,21 @@ def load_model(
         raise CheckpointError(f"{folder}: not a directory (expected an HF checkpoint folder)")
     config = ModelConfig.from_pretrained(folder)
     target_dtype = _parse_dtype(dtype)
-    state = read_state_dict(folder)
+    # each file and tensor checked (lmforge.models.weights_check): damaged files, unsupported
+    # dtypes and NaN/inf weights are errors naming file and tensor
+    state = read_checked_weights(weight_files(folder), allow_non_finite=allow_non_finite)
 
+    n = config.num_hidden_layers
+    with_mtp = any(k.startswith(f"model.layers.{n}.") for k in state)
+    state = {lmforge_name(k, n): v for k, v in state.items() if not _is_mtp_copy(k, n)}
     with torch.device("meta"), _no_init():
-        model = CausalLM(config)
+        model = CausalLM(config, with_mtp=with_mtp)
     _check_state_dict(model, state, folder)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     model.load_state_dict(state, strict=False, assign=True)
-    model.model.rotary_emb = RotaryEmbedding(
-        config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
-    )
+    model.model.rotary_emb = rotary_embedding(config)
+    materialize_state_buffers(model)
     model.tie_weights()
     if (folder / "generation_config.json").is_file():
         gen = read_json(folder / "generation_config.json", "generation config")
@@ -136,6 +149,49 @@ def load_model(
     if device is not None:
         model.to(device)
     return model
+
+
+def materialize_state_buffers(model: torch.nn.Module) -> None:
+    """Zero-fill the buffers a checkpoint does not hold (non-persistent running statistics,
+    e.g. the MoE ``expert_load``) that are still on the meta device after loading."""
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.is_meta:
+                module._buffers[name] = torch.zeros(buf.shape, dtype=buf.dtype)
+
+
+_MTP_OWN = ("enorm.", "hnorm.", "eh_proj.", "shared_head.norm.")
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
+
+
+def lmforge_name(hf_name: str, num_hidden_layers: int) -> str:
+    """lmforge's name of a checkpoint tensor: the HF name, except MTP layers
+    (``model.layers.{N + k}.X`` → ``mtp.{k}.X`` or ``mtp.{k}.block.X``)."""
+    m = _LAYER_RE.match(hf_name)
+    if m is None or int(m.group(1)) < num_hidden_layers:
+        return hf_name
+    k, rest = int(m.group(1)) - num_hidden_layers, m.group(2)
+    return f"mtp.{k}.{rest}" if rest.startswith(_MTP_OWN) else f"mtp.{k}.block.{rest}"
+
+
+def hf_name(name: str, num_hidden_layers: int) -> str:
+    """The checkpoint name of an lmforge tensor (inverse of `lmforge_name`)."""
+    if not name.startswith("mtp."):
+        return name
+    _, k, rest = name.split(".", 2)
+    layer = num_hidden_layers + int(k)
+    return f"model.layers.{layer}.{rest.removeprefix('block.')}"
+
+
+def _is_mtp_copy(hf_key: str, num_hidden_layers: int) -> bool:
+    """An MTP layer's copy of the shared embedding / head (DeepSeek ships them; lmforge
+    shares the model's own)."""
+    m = _LAYER_RE.match(hf_key)
+    return (
+        m is not None
+        and int(m.group(1)) >= num_hidden_layers
+        and m.group(2) in ("embed_tokens.weight", "shared_head.head.weight")
+    )
 
 
 def _check_state_dict(model: CausalLM, state: dict[str, torch.Tensor], folder: Path) -> None:
@@ -174,11 +230,17 @@ def _parse_size(size: int | str) -> int:
 
 def _export_state(model: CausalLM, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     state = {}
-    for k, v in model.state_dict().items():
+    n = model.config.num_hidden_layers
+    items = list(model.state_dict().items())
+    for k in range(len(model.mtp) if getattr(model, "mtp", None) is not None else 0):
+        items.append((f"mtp.{k}.embed_tokens.weight", model.model.embed_tokens.weight.clone()))
+        items.append((f"mtp.{k}.shared_head.head.weight", model.lm_head.weight.clone()))
+    for k, v in items:
+        k = hf_name(k, n)
         if model.config.tie_word_embeddings and k == "lm_head.weight":
             continue
         v = v.detach()
-        if dtype is not None and v.is_floating_point():
+        if dtype is not None and v.is_floating_point() and not k.endswith(FP32_TENSORS):
             v = v.to(dtype)
         state[k] = v.to("cpu").contiguous()
     return state

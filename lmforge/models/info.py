@@ -1,8 +1,11 @@
 """Facts about an HF checkpoint folder without loading a tensor: architecture, parameter
-count, dtype on disk, weight files, memory for weights and KV cache, tokenizer.
+count, dtype on disk, weight files, memory for weights and KV cache, tokenizer; and about a
+PEFT adapter folder (method, rank, targets, trainable parameters, its base).
 
     info = checkpoint_info("runs/demo/model")
     info["parameters"], info["dtype_on_disk"], info["kv_cache_bytes_per_1k_tokens"]
+    adapter_info("runs/sft-lora/model")["trainable_parameters"]
+    check_weight_dtypes("ckpt/")   # CheckpointError naming an int32 tensor, before any load
 """
 
 from __future__ import annotations
@@ -15,9 +18,18 @@ from typing import Any
 from safetensors import safe_open
 
 from lmforge.config import ModelConfig
-from lmforge.models.hf import checkpoint_dir, weight_files
+from lmforge.io import read_json
+from lmforge.models.hf import CheckpointError, checkpoint_dir, weight_files
+from lmforge.models.hub import hub_id_of, resolve_model_path
+from lmforge.models.weights_check import SUPPORTED_DTYPES
 
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+# The rest of safetensors' dtype codes, by torch's names (not loadable as model weights).
+OTHER_DTYPES = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8",
+                "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool",
+                "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}  # fmt: skip
+ADAPTER_CONFIG = "adapter_config.json"  # lmforge.peft.io.CONFIG_FILE (PEFT's name)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def checkpoint_info(folder: str | os.PathLike) -> dict[str, Any]:
@@ -31,7 +43,7 @@ def checkpoint_info(folder: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open handles have no __iter__
                 tensor = f.get_slice(key)
-                name = SAFETENSORS_DTYPES.get(tensor.get_dtype(), tensor.get_dtype())
+                name = dtype_name(tensor.get_dtype())
                 dtypes[name] = dtypes.get(name, 0) + math.prod(tensor.get_shape())
         files.append({"name": file.name, "bytes": file.stat().st_size})
     params = config.num_parameters()
@@ -58,6 +70,101 @@ def checkpoint_info(folder: str | os.PathLike) -> dict[str, Any]:
         "kv_cache_bytes_per_1k_tokens": {"float32": 4 * kv_elements, "bfloat16": 2 * kv_elements},
         "tokenizer": _tokenizer_info(path),
     }
+
+
+def tensor_dtypes(file: str | os.PathLike) -> dict[str, str]:
+    """Every tensor of one safetensors file → its dtype name, read from the header only."""
+    with safe_open(str(file), framework="pt") as f:
+        return {
+            key: dtype_name(f.get_slice(key).get_dtype())
+            for key in f.keys()  # noqa: SIM118 - safe_open handles have no __iter__
+        }
+
+
+def dtype_name(code: str) -> str:
+    """A safetensors dtype code (``F32``, ``I32``…) by torch's name (``float32``, ``int32``)."""
+    return SAFETENSORS_DTYPES.get(code) or OTHER_DTYPES.get(code, code)
+
+
+def check_weight_dtypes(folder: str | os.PathLike) -> None:
+    """`CheckpointError` naming the file, the first tensor and its dtype when a weight is
+    of a dtype a model cannot hold (``lmforge.models.weights_check.SUPPORTED_DTYPES``, which
+    `load_model` enforces too); reads headers only, so commands refuse a bad folder before
+    any work."""
+    allowed = [str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES]
+    for file in weight_files(folder):
+        bad = {k: d for k, d in tensor_dtypes(file).items() if d not in allowed}
+        if bad:
+            name, dtype = next(iter(bad.items()))
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise CheckpointError(
+                f"{file}: tensor {name!r} is {dtype}{more}; model weights must be one of "
+                f"{', '.join(allowed)} (convert the checkpoint, e.g. with transformers)"
+            )
+
+
+def is_adapter_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a PEFT adapter (``adapter_config.json``)."""
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_info(folder: str | os.PathLike) -> dict[str, Any]:
+    """Facts about a PEFT adapter folder (lmforge's or PEFT's), from ``adapter_config.json``
+    and the safetensors header: method, rank / α, target modules, trainable parameters,
+    and the base model it records (with the base's size when that folder is found)."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such directory")
+    cfg = read_json(path / ADAPTER_CONFIG, "adapter config")
+    if not isinstance(cfg, dict) or "peft_type" not in cfg:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG}: expected a JSON object with 'peft_type'")
+    weights = path / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: no {ADAPTER_WEIGHTS} beside {ADAPTER_CONFIG}")
+    params = 0
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118
+            params += math.prod(f.get_slice(key).get_shape())
+    dtypes = sorted(set(tensor_dtypes(weights).values()))
+    base = cfg.get("base_model_name_or_path")
+    base_info = _base_info(base, path)
+    method = cfg["peft_type"]
+    if method == "LORA" and cfg.get("use_dora"):
+        method = "LORA (DoRA)"
+    targets = cfg.get("target_modules")
+    return {
+        "path": str(path),
+        "kind": "adapter",
+        "peft_type": cfg["peft_type"],
+        "method": method,
+        "r": cfg.get("r"),
+        "lora_alpha": cfg.get("lora_alpha"),
+        "use_rslora": bool(cfg.get("use_rslora", False)),
+        "target_modules": sorted(targets) if isinstance(targets, list) else targets,
+        "num_virtual_tokens": cfg.get("num_virtual_tokens"),
+        "trainable_parameters": params,
+        "dtype_on_disk": ", ".join(dtypes),
+        "weights_bytes": weights.stat().st_size,
+        "base_model_name_or_path": base,
+        "base": base_info,
+        "tokenizer": _tokenizer_info(path),
+    }
+
+
+def _base_info(base: Any, adapter: Path) -> dict[str, Any] | None:
+    """The recorded base model, found (a local folder or a cached Hub id) or not."""
+    if not isinstance(base, str) or not base:
+        return None
+    candidates = [Path(base)] if Path(base).is_absolute() else [Path(base), adapter / base]
+    for candidate in candidates:
+        try:
+            folder = checkpoint_dir(resolve_model_path(candidate))
+            config = ModelConfig.from_pretrained(folder)
+        except ValueError:  # CheckpointError, ConfigError: not usable as the base
+            continue
+        return {"found": str(folder), "parameters": config.num_parameters(),
+                "model_type": config.model_type, "hub_id": hub_id_of(folder)}  # fmt: skip
+    return {"found": None}
 
 
 def attention_kind(config: ModelConfig) -> str:

@@ -9,7 +9,8 @@ import torch
 
 
 class KVCache:
-    """Per-layer K/V buffers ``[B, H_kv, max_len, D]`` filled left to right.
+    """Per-layer K/V buffers ``[B, H_kv, max_len, D]`` filled left to right (values
+    ``[B, H_kv, max_len, value_dim]`` when ``value_dim`` is given: 0 for MLA's latent).
 
     `update` writes this step's keys/values after the ``length`` slots already cached and
     returns views of everything cached so far; the model calls `advance` once all layers
@@ -25,16 +26,21 @@ class KVCache:
         max_len: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        value_dim: int | None = None,
     ) -> None:
         shape = (batch_size, num_kv_heads, max_len, head_dim)
+        v_shape = shape if value_dim is None else (*shape[:3], value_dim)
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.empty(v_shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.max_len = max_len
         self.length = 0
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_len: int) -> KVCache:
-        """A cache sized for ``model`` (an lmforge `CausalLM`), in its dtype and device."""
+        """A cache sized for ``model`` (an lmforge `CausalLM`), in its dtype and device.
+        For multi-head latent attention the keys hold the latent ``[c_KV ; k_R]`` (one
+        shared head of ``head_dim`` = kv_lora_rank + qk_rope_head_dim) and the values are
+        empty: the latent is all MLA needs."""
         cfg = model.config
         p = next(model.parameters())
         return cls(
@@ -45,6 +51,7 @@ class KVCache:
             max_len,
             dtype=p.dtype,
             device=p.device,
+            value_dim=0 if cfg.use_mla else None,
         )
 
     def update(

@@ -3,7 +3,10 @@
     tokens → embed_tokens → N × [x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))] → RMSNorm → lm_head
 
 Module and parameter names are Hugging Face's (``model.layers.3.self_attn.q_proj.weight``),
-so Llama / Qwen2 / Qwen3 / Mistral checkpoints load by name, and PEFT target names apply.
+so Llama / Qwen2 / Qwen3 / Mistral / DeepSeek-V3 checkpoints load by name, and PEFT target
+names apply. DeepSeek-V3 is the same model with two switches of `ModelConfig`: multi-head
+latent attention (`lmforge.nn.mla`) instead of GQA, and DeepSeekMoE (`lmforge.nn.moe`)
+instead of the dense MLP after the first ``first_k_dense_replace`` layers.
 
 Initialisation (trains well from scratch): every Linear and the embedding ~ N(0, σ²) with
 σ = ``initializer_range``; the two projections that write into the residual stream
@@ -21,9 +24,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
-from lmforge.models.loss import chunked_next_token_loss, next_token_loss
+from lmforge.models.loss import IGNORE_INDEX, chunked_next_token_loss, next_token_loss
+from lmforge.models.mtp import MTPModule, mtp_loss
 from lmforge.nn.attention import Attention, AttentionBatch, LayerCache
+from lmforge.nn.mla import MultiHeadLatentAttention, mla_softmax_scale
 from lmforge.nn.mlp import SwiGLU
+from lmforge.nn.moe import DeepSeekMoE, TopKRouter
 from lmforge.nn.norm import RMSNorm
 from lmforge.nn.rope import RotaryEmbedding
 
@@ -36,6 +42,71 @@ class CausalLMOutput:
 
     logits: torch.Tensor | None
     loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None  # MoE balance loss (α-weighted), included in ``loss``
+    mtp_loss: torch.Tensor | None = None  # mean of the MTP depth losses (λ × it in ``loss``)
+
+
+def rotary_embedding(config: ModelConfig) -> RotaryEmbedding:
+    """The model's RoPE tables (over ``rope_head_dim``: ``qk_rope_head_dim`` for MLA)."""
+    return RotaryEmbedding(
+        config.rope_head_dim,
+        config.rope_theta,
+        config.rope_scaling,
+        config.max_position_embeddings,
+    )
+
+
+def attention_block(config: ModelConfig, layer_idx: int) -> nn.Module:
+    """Layer ``layer_idx``'s attention: MLA when ``kv_lora_rank`` is set, else MHA/GQA."""
+    c = config
+    if c.use_mla:
+        return MultiHeadLatentAttention(
+            c.hidden_size,
+            c.num_attention_heads,
+            c.kv_lora_rank,
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+            q_lora_rank=c.q_lora_rank,
+            layer_idx=layer_idx,
+            bias=c.qkv_bias,
+            rope_interleave=c.rope_interleave,
+            softmax_scale=mla_softmax_scale(
+                c.qk_nope_head_dim + c.qk_rope_head_dim, c.rope_scaling
+            ),
+        )
+    return Attention(
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        layer_idx=layer_idx,
+        qkv_bias=c.qkv_bias,
+        o_bias=c.o_bias,
+        qk_norm=c.qk_norm,
+        norm_eps=c.rms_norm_eps,
+        window=c.layer_window(layer_idx),
+    )
+
+
+def mlp_block(config: ModelConfig, layer_idx: int) -> nn.Module:
+    """Layer ``layer_idx``'s MLP: DeepSeekMoE from ``first_k_dense_replace`` on (when
+    ``n_routed_experts`` is set), else the dense SwiGLU."""
+    c = config
+    if c.is_moe_layer(layer_idx):
+        return DeepSeekMoE(
+            c.hidden_size,
+            c.moe_intermediate_size,
+            c.n_routed_experts,
+            c.num_experts_per_tok,
+            n_shared_experts=c.n_shared_experts,
+            n_group=c.n_group,
+            topk_group=c.topk_group,
+            norm_topk_prob=c.norm_topk_prob,
+            routed_scaling_factor=c.routed_scaling_factor,
+            aux_loss_alpha=c.aux_loss_alpha,
+        )
+    return SwiGLU(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
 
 
 class DecoderLayer(nn.Module):
@@ -44,19 +115,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         c = config
-        self.self_attn = Attention(
-            c.hidden_size,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.head_dim,
-            layer_idx=layer_idx,
-            qkv_bias=c.qkv_bias,
-            o_bias=c.o_bias,
-            qk_norm=c.qk_norm,
-            norm_eps=c.rms_norm_eps,
-            window=c.layer_window(layer_idx),
-        )
-        self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.self_attn = attention_block(c, layer_idx)
+        self.mlp = mlp_block(c, layer_idx)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
@@ -79,9 +139,7 @@ class TransformerModel(nn.Module):
             DecoderLayer(config, i) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(
-            config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
-        )
+        self.rotary_emb = rotary_embedding(config)
         # Activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory
         # Cost"): 0 = off; k ≥ 1 = recompute every k-th block (0, k, 2k, ...) in backward
         # instead of storing its activations. Applies only in training with autograd on.
@@ -118,6 +176,31 @@ class TransformerModel(nn.Module):
             cache: a `KVCache` (or anything with ``update``/``advance``/``length``), or a
                 paged batch (`lmforge.infer.cache.PagedBatch`, ``paged = True``).
         """
+        x, cos, sin, batch = self.prepare(
+            input_ids, position_ids, attention_mask, document_ids, cu_seqlens, cache, inputs_embeds
+        )
+        for i, layer in enumerate(self.layers):
+            if self.checkpointed(i):
+                x = checkpoint(layer, x, cos, sin, batch, cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, batch, cache)
+        if cache is not None and not getattr(cache, "paged", False):
+            cache.advance(batch.seq_len)
+        return self.norm(x)
+
+    def prepare(
+        self,
+        input_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, AttentionBatch]:
+        """What every block of a forward shares (arguments as `forward`): the input
+        embeddings ``[B, T, H]``, the RoPE tables and the `AttentionBatch`. Heads that run
+        further blocks beside the body (the MTP modules) reuse them."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is not None and inputs_embeds.ndim != 3:
@@ -155,14 +238,7 @@ class TransformerModel(nn.Module):
 
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         cos, sin = self.rotary_emb(position_ids, x.dtype)
-        for i, layer in enumerate(self.layers):
-            if self.checkpointed(i):
-                x = checkpoint(layer, x, cos, sin, batch, cache, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, batch, cache)
-        if cache is not None and not paged:
-            cache.advance(t)
-        return self.norm(x)
+        return x, cos, sin, batch
 
 
 def lm_output(
@@ -189,15 +265,26 @@ def lm_output(
 
 
 class CausalLM(nn.Module):
-    """Decoder-only LM. ``forward`` returns a `CausalLMOutput`; see `forward` for inputs."""
+    """Decoder-only LM. ``forward`` returns a `CausalLMOutput`; see `forward` for inputs.
 
-    def __init__(self, config: ModelConfig) -> None:
+    With ``config.num_nextn_predict_layers`` = D > 0 the model has D multi-token-prediction
+    modules ``mtp`` (`lmforge.models.mtp`), trained with the main loss; ``with_mtp=False``
+    builds it without them (inference, or a checkpoint saved without them)."""
+
+    def __init__(self, config: ModelConfig, with_mtp: bool = True) -> None:
         super().__init__()
         self.config = config
         # Defaults for generation (HF generation_config.json: eos ids, sampling settings).
         self.generation_config: dict = {}
         self.model = TransformerModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        n = config.num_hidden_layers
+        depths = range(config.num_nextn_predict_layers if with_mtp else 0)
+        self.mtp = (
+            nn.ModuleList(MTPModule(config, DecoderLayer(config, n + k)) for k in depths)
+            if depths
+            else None
+        )
         if self.lm_head.weight.is_meta:  # built to be loaded into (load_model): nothing to draw
             self.tie_weights()
         else:
@@ -223,6 +310,9 @@ class CausalLM(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
+            elif isinstance(module, TopKRouter):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                nn.init.zeros_(module.e_score_correction_bias)
         self.tie_weights()
 
     def num_parameters(self, trainable_only: bool = False) -> int:
@@ -250,6 +340,8 @@ class CausalLM(nn.Module):
 
         Args:
             labels: ``[B, T]``; loss = mean CE of logits[:, t] vs labels[:, t+1], -100 ignored.
+                In training mode, plus the MoE balance loss (``aux_loss_alpha`` > 0) and
+                ``mtp_loss_weight`` × the MTP loss (when the model has MTP modules).
             logits_to_keep: if > 0, compute logits only for the last that many positions;
                 a 1-D tensor keeps exactly those positions.
             loss_reduction: "mean" (default) or "sum" of the per-token losses.
@@ -266,9 +358,48 @@ class CausalLM(nn.Module):
             cache=cache,
             inputs_embeds=inputs_embeds,
         )
-        return lm_output(
+        out = lm_output(
             hidden, self.lm_head, labels, logits_to_keep, loss_reduction, loss_chunk_size
         )
+        if labels is not None and self.training:
+            add_balance_loss(self.model, out, labels, loss_reduction)
+            if self.mtp is not None and input_ids is not None:
+                inputs = dict(
+                    position_ids=position_ids,
+                    attention_mask=attention_mask,
+                    document_ids=document_ids,
+                    cu_seqlens=cu_seqlens,
+                )
+                out.mtp_loss = mtp_loss(
+                    self.mtp, self.model, self.lm_head, hidden, input_ids, labels, inputs
+                )
+                term = self.config.mtp_loss_weight * out.mtp_loss
+                if loss_reduction == "sum":
+                    term = term * (labels[:, 1:] != IGNORE_INDEX).sum()
+                out.loss = out.loss + term.to(out.loss.dtype)
+        return out
+
+
+def moe_layers(model: nn.Module) -> list[DeepSeekMoE]:
+    """Every `DeepSeekMoE` block of ``model`` (for the balancing step and the load stats)."""
+    return [m for m in model.modules() if isinstance(m, DeepSeekMoE)]
+
+
+def add_balance_loss(
+    body: nn.Module, out: CausalLMOutput, labels: torch.Tensor, loss_reduction: str
+) -> None:
+    """Add the MoE layers' α-weighted sequence-wise balance losses (DeepSeek-V3 eq. 17) of
+    the last forward to ``out.loss``. The loss is a per-batch mean, so with
+    ``loss_reduction="sum"`` it is multiplied by the number of predicted tokens (the loop
+    divides the sum by that count)."""
+    terms = [m.aux_loss for m in moe_layers(body) if m.aux_loss is not None]
+    if not terms:
+        return
+    aux = torch.stack(terms).sum()
+    if loss_reduction == "sum":
+        aux = aux * (labels[:, 1:] != IGNORE_INDEX).sum()
+    out.aux_loss = aux if out.aux_loss is None else out.aux_loss + aux
+    out.loss = out.loss + aux.to(out.loss.dtype)
 
 
 def _documents_from_cu_seqlens(cu_seqlens: torch.Tensor, b: int, t: int) -> torch.Tensor:

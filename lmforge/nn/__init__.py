@@ -1,4 +1,5 @@
-"""Building blocks of the transformer: norms, rotary embeddings, attention, MLP.
+"""Building blocks of the transformer: norms, rotary embeddings, attention, MLP, and
+DeepSeek-V3's latent attention and mixture of experts.
 
 | module | what |
 |---|---|
@@ -6,16 +7,22 @@
 | `rope` | rotary embeddings with linear, Llama-3 and YaRN scaling |
 | `attention` | MHA / GQA / MQA self-attention: QK-norm, sliding windows, packed documents, KV caches |
 | `mlp` | `SwiGLU` feed-forward block |
+| `mla` | multi-head latent attention (DeepSeek-V2/V3): training and absorbed forms, latent cache |
+| `moe` | DeepSeekMoE: shared + routed experts, group-limited sigmoid routing, correction bias |
 """
 
 from lmforge.nn.attention import Attention, AttentionBatch
+from lmforge.nn.mla import MultiHeadLatentAttention
 from lmforge.nn.mlp import SwiGLU
+from lmforge.nn.moe import DeepSeekMoE
 from lmforge.nn.norm import RMSNorm
 from lmforge.nn.rope import RotaryEmbedding, apply_rotary, rope_frequencies
 
 __all__ = [
     "Attention",
     "AttentionBatch",
+    "DeepSeekMoE",
+    "MultiHeadLatentAttention",
     "RMSNorm",
     "RotaryEmbedding",
     "SwiGLU",

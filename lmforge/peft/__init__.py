@@ -18,6 +18,7 @@ prefix tuning, prompt tuning — interoperable with Hugging Face ``peft`` files.
 | `quantize` | a quantised frozen base for QLoRA (bitsandbytes NF4 / FP4 / int8, torchao int4) |
 | `io` | PEFT-format files: ``adapter_config.json`` + ``adapter_model.safetensors`` |
 | `settings` | `PeftSettings` (what ``--peft`` asks for) and `apply_peft` |
+| `multi_lora` | several LoRA adapters served at once, chosen per token inside one batch |
 | `merging` | `load_merged`: base checkpoint + LoRA adapter → a plain model |
 """
 

@@ -114,6 +114,9 @@ class LoraLinear(nn.Module):
         self.disabled = False
         self.merged: list[str] = []
         self._merge_norms: dict[str, torch.Tensor] = {}  # DoRA: ‖W + sBA‖ at merge time
+        # Per-token adapters (`lmforge.peft.multi_lora.LoraRouter`): when set, each token
+        # gets only the adapter its index names (0: none) instead of the ``active`` sum.
+        self.router = None
 
     # The wrapped layer still reads like a Linear (shapes, weight, bias) for other code.
     @property
@@ -254,6 +257,8 @@ class LoraLinear(nn.Module):
         if self.disabled:
             return result
         out_dtype = result.dtype
+        if self.router is not None:
+            return self._routed(x, result)
         for name in self.active:
             if name in self.merged or name not in self.lora_A:
                 continue
@@ -265,6 +270,31 @@ class LoraLinear(nn.Module):
             else:
                 result = result + b(a(dropout(xa))) * self.scaling[name]
         return result.to(out_dtype)
+
+    def _routed(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """``result`` plus, for each token, the delta s·B A x of the adapter the router's
+        per-token index names (tokens of one adapter are gathered into one GEMM pair)."""
+        ids = self.router.token_adapters
+        if ids is None:
+            return result
+        rows_x = x.reshape(-1, x.shape[-1])
+        ids = ids.reshape(-1)
+        if ids.numel() != rows_x.shape[0]:
+            raise ValueError(
+                f"the router has {ids.numel()} token adapter ids for {rows_x.shape[0]} tokens"
+            )
+        out = result.reshape(-1, result.shape[-1])
+        for index in ids.unique().tolist():
+            name = self.router.name_of(index)
+            if name is None or name not in self.lora_A:  # the base, or not adapted here
+                continue
+            if name in self.merged or name in self.lora_magnitude_vector:
+                raise ValueError(f"adapter {name!r} is merged or DoRA: it cannot be routed")
+            rows = (ids == index).nonzero().squeeze(1)
+            a, b = self.lora_A[name], self.lora_B[name]
+            delta = b(a(rows_x.index_select(0, rows).to(a.weight.dtype))) * self.scaling[name]
+            out = out.index_add(0, rows, delta.to(out.dtype))
+        return out.view_as(result)
 
     def _dora(self, name: str, x: torch.Tensor, result: torch.Tensor, dropout) -> torch.Tensor:
         """DoRA's extra output: (m/‖W+sBA‖ − 1)·W x + m/‖W+sBA‖ · s·B A x (bias excluded)."""

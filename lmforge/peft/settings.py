@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
+
+from lmforge.models.hub import hub_id_of
 
 METHODS = ("lora", "dora", "prefix", "prompt", "adapter")
 QUANT_METHODS = ("nf4", "fp4", "int8", "int4")  # lmforge.peft.quantize.METHODS
@@ -34,9 +37,16 @@ class PeftSettings:
     quant_compute_dtype: str = "bfloat16"  # dtype nf4/fp4 weights are dequantised to
 
 
-def apply_peft(model: nn.Module, settings: PeftSettings | None, source: str) -> nn.Module:
+def apply_peft(
+    model: nn.Module,
+    settings: PeftSettings | None,
+    source: str,
+    report: Callable[[str], None] | None = None,
+) -> nn.Module:
     """Add the adapter ``settings`` asks for to ``model`` (loaded from ``source``, recorded
-    as the adapter's base); nothing without a method."""
+    as the adapter's base by `base_model_reference`, so ``AutoPeftModelForCausalLM`` finds
+    it); nothing without a method. ``report`` (default: print on the main process) gets one
+    line with the trainable and total parameter counts."""
     method = settings.method if settings is not None else None
     quantize = settings.quantize if settings is not None else None
     if quantize and method != "lora":
@@ -46,7 +56,13 @@ def apply_peft(model: nn.Module, settings: PeftSettings | None, source: str) -> 
         return model
     if method not in METHODS:
         raise ValueError(f"unknown PEFT method {method!r} (use one of {', '.join(METHODS)})")
-    model.name_or_path = source
+    model.name_or_path = base_model_reference(source)
+    model = _add_adapter(model, settings, method, quantize)
+    (report or print_on_main)(f"peft: {method}, {trainable_summary(model)}")
+    return model
+
+
+def _add_adapter(model: nn.Module, settings: PeftSettings, method: str, quantize: str | None):
     if quantize:
         import torch
 
@@ -72,6 +88,30 @@ def apply_peft(model: nn.Module, settings: PeftSettings | None, source: str) -> 
     from lmforge.peft.adapters import apply_adapters
 
     return apply_adapters(model, bottleneck=settings.bottleneck)
+
+
+def base_model_reference(source: str) -> str:
+    """What an adapter records as ``base_model_name_or_path``: the Hub id when ``source`` is
+    a snapshot of the Hugging Face cache (loads on any machine with that model), else the
+    absolute folder (loads from any working directory)."""
+    return hub_id_of(source) or str(Path(source).resolve())
+
+
+def trainable_summary(model: nn.Module) -> str:
+    """``"12,288 trainable / 1,234,567 total parameters (1.00 %)"`` (shared tensors once)."""
+    params = {id(p): p for p in model.parameters()}.values()
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    share = 100 * trainable / total if total else 0.0
+    return f"{trainable:,} trainable / {total:,} total parameters ({share:.2f} %)"
+
+
+def print_on_main(line: str) -> None:
+    """``print`` on the main process only (every process under torchrun would repeat it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        print(line, flush=True)
 
 
 def lora_target_modules(targets: str | Sequence[str]) -> str | list[str]:

@@ -6,12 +6,16 @@ page at ``/``) over the inference engine.
 
 | module | what |
 |---|---|
-| `app` | the FastAPI app: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` (SSE), the chat page |
-| `protocol` | the OpenAI API as pydantic models; the error shape |
-| `translate` | OpenAI requests → prompt ids + `SamplingParams`; engine outputs → OpenAI responses |
+| `app` | the FastAPI app: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` (SSE), ``/metrics``, the chat page |
+| `protocol` | the OpenAI API requests as strictly validated pydantic models; the error shape |
+| `responses` | the OpenAI API responses as pydantic models (tool calls and stream chunks included) |
+| `translate` | OpenAI requests → prompt ids + `SamplingParams` (cheap size bounds first); logprobs |
+| `formats` | engine outputs → OpenAI responses, whole or streamed (tool calls parsed out) |
+| `tools` | tool calling: tools into the prompt, the grammar that keeps calls valid, calls parsed back |
+| `metrics` | ``/metrics`` in the Prometheus text format (running / waiting, tokens/s, TTFT, KV cache) |
 | `async_engine` | one engine driven from a background thread for many asyncio requests |
 | `errors` | OpenAI-shaped 4xx errors for everything that goes wrong before the engine |
-| `loading` | a checkpoint folder (+ LoRA adapter) → `Engine`, tokenizer, context length |
+| `loading` | a checkpoint folder (+ LoRA adapters, merged or per request) → `Engine`, tokenizer, context length |
 | `terminal_chat` | the multi-turn terminal chat loop of ``lmforge chat`` |
 """
 

@@ -2,15 +2,21 @@
 
     GET  /                      the web chat page (static/chat.html)
     GET  /health                200 while the engine runs (+ request / token counters)
-    GET  /v1/models             the one model served
+    GET  /metrics               Prometheus text format (`lmforge.serve.metrics`)
+    GET  /v1/models             the base model and each LoRA adapter served
     POST /v1/completions        legacy completions (text or token-id prompts)
-    POST /v1/chat/completions   chat completions (the tokenizer's chat template)
+    POST /v1/chat/completions   chat completions (the tokenizer's chat template, tools)
+    GET  /docs, /openapi.json   only with ``docs=True`` (``lmforge serve --docs``)
 
 Both POST routes stream as server-sent events with ``"stream": true`` (``data: {json}``
 chunks, then ``data: [DONE]``). Every error, including FastAPI's validation errors, an
 unknown route, a too-large body and a wrong API key, is answered in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status; a 5xx means the
 engine itself failed.
+
+One request cannot stall the others: its size is bounded cheaply (characters, message
+count) before anything is tokenized, and the chat template and tokenizer run in a worker
+thread, so the event loop keeps answering ``/health`` and streaming tokens meanwhile.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -29,31 +35,19 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from lmforge.serve.async_engine import AsyncEngine, GenerationError
 from lmforge.serve.errors import Guard, install_error_handlers
-from lmforge.serve.protocol import (
-    APIError,
-    AssistantMessage,
-    ChatChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChunkChoice,
-    Completion,
-    CompletionChoice,
-    CompletionRequest,
-    Delta,
-    ModelCard,
-    ModelList,
-    Usage,
-    error_body,
-)
+from lmforge.serve.formats import ChatFormat, FinalOutput, TextFormat, chain
+from lmforge.serve.metrics import ServerMetrics
+from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, error_body
+from lmforge.serve.responses import ModelCard, ModelList
 from lmforge.serve.translate import (
     ServerLimits,
-    chat_logprobs,
     chat_prompt_ids,
-    completion_logprobs,
+    check_prompt_size,
     completion_prompt_ids,
+    constraint_param,
     constraint_spec,
     generation_budget,
+    prompt_char_bound,
     sampling_params,
 )
 
@@ -67,6 +61,8 @@ class ServerState:
     model_name: str
     limits: ServerLimits
     created: int
+    metrics: ServerMetrics
+    adapters: dict[str, int] = field(default_factory=dict)  # served name → adapter index
 
 
 def create_app(
@@ -75,17 +71,42 @@ def create_app(
     model_name: str,
     limits: ServerLimits,
     api_key: str | None = None,
+    *,
+    adapters: Sequence[str] = (),
+    allowed_hosts: Sequence[str] | None = None,
+    docs: bool = False,
 ) -> FastAPI:
     """The API app. ``engine`` is started with the app and shut down with it; ``api_key``
-    (when set) is required as ``Authorization: Bearer <key>`` on every ``/v1`` route."""
-    state = ServerState(engine, tokenizer, model_name, limits, int(time.time()))
+    (when set) is required as ``Authorization: Bearer <key>`` on every ``/v1`` route.
+
+    ``adapters`` names the LoRA adapters the engine carries (adapter i + 1 of its router):
+    a request whose ``model`` is one of them is decoded with that adapter. ``allowed_hosts``
+    (None: any) is what the ``Host`` header may name — a server without an API key on a
+    loopback address accepts only its own names, against DNS rebinding. ``docs`` serves the
+    OpenAPI schema (``/openapi.json``, ``/docs``)."""
+    if limits.max_prompt_chars is None:
+        limits.max_prompt_chars = prompt_char_bound(tokenizer, limits.max_model_len)
+    if limits.max_messages is None:
+        limits.max_messages = limits.max_model_len
+    if model_name in adapters:
+        raise ValueError(f"the adapter name {model_name!r} is the base model's name")
+    state = ServerState(
+        engine, tokenizer, model_name, limits, int(time.time()), ServerMetrics(engine),
+        {name: i + 1 for i, name in enumerate(adapters)},
+    )  # fmt: skip
 
     async def lifespan(app: FastAPI):
         engine.start()
         yield
         engine.shutdown()
 
-    app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="lmforge",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.server = state
     install_error_handlers(app)
 
@@ -104,36 +125,66 @@ def create_app(
         }
         return JSONResponse(body, 200 if ok else 503)
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
+
     @app.get("/v1/models")
     async def models() -> dict:
-        card = ModelCard(id=model_name, created=state.created, max_model_len=limits.max_model_len)
-        return ModelList(data=[card]).model_dump()
+        cards = [
+            ModelCard(id=name, created=state.created, max_model_len=limits.max_model_len)
+            for name in [model_name, *adapters]
+        ]
+        return ModelList(data=cards).model_dump()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        _check_model(state, body.model)
-        prompt = chat_prompt_ids(tokenizer, body.messages)
-        return await _complete(state, request, body, [prompt], "messages", _ChatFormat(state))
+        arrived = time.perf_counter()
+        adapter = _check_model(state, body.model)
+        tools = body.tools if body.tool_mode is not None else None
+        texts = [m.text() for m in body.messages]
+        texts += [json.dumps(t.model_dump(exclude_none=True)) for t in tools or []]
+        check_prompt_size(texts, len(body.messages), limits, "messages")
+        prompt = await asyncio.to_thread(chat_prompt_ids, tokenizer, body.messages, tools)
+        fmt = ChatFormat(state, body.tool_mode)
+        return await _complete(state, request, body, [prompt], "messages", fmt, adapter, arrived)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        _check_model(state, body.model)
-        prompts = completion_prompt_ids(tokenizer, body.prompt)
-        return await _complete(state, request, body, prompts, "prompt", _TextFormat(state, body))
+        arrived = time.perf_counter()
+        adapter = _check_model(state, body.model)
+        prompt = body.prompt
+        many = isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
+        items = prompt if many else [prompt]
+        check_prompt_size([p for p in items if isinstance(p, str)], len(items), limits, "prompt")
+        for p in items:  # token ids: the length alone decides
+            if isinstance(p, list) and len(p) >= limits.max_model_len:
+                generation_budget(len(p), None, limits, "prompt")
+        prompts = await asyncio.to_thread(completion_prompt_ids, tokenizer, body.prompt)
+        fmt = TextFormat(state, body)
+        return await _complete(state, request, body, prompts, "prompt", fmt, adapter, arrived)
 
-    # Outermost: refuse wrong keys and oversized bodies before anything is parsed.
-    app.add_middleware(Guard, api_key=api_key, max_bytes=limits.max_request_bytes)
+    # Outermost: refuse foreign hosts, wrong keys and oversized bodies before any parsing.
+    app.add_middleware(
+        Guard, api_key=api_key, max_bytes=limits.max_request_bytes, allowed_hosts=allowed_hosts
+    )
     return app
 
 
-def _check_model(state: ServerState, name: str) -> None:
-    if name != state.model_name:
-        raise APIError(
-            f"The model `{name}` does not exist; this server serves `{state.model_name}`.",
-            status=404,
-            param="model",
-            code="model_not_found",
-        )
+def _check_model(state: ServerState, name: str) -> int:
+    """The adapter index for the requested model (0: the base model)."""
+    if name == state.model_name:
+        return 0
+    if name in state.adapters:
+        return state.adapters[name]
+    served = ", ".join(f"`{n}`" for n in [state.model_name, *state.adapters])
+    raise APIError(
+        f"The model `{name}` does not exist; this server serves {served}.",
+        status=404,
+        param="model",
+        code="model_not_found",
+    )
 
 
 # ---------------------------------------------------------------------- running a request
@@ -143,7 +194,9 @@ async def _complete(
     body: ChatCompletionRequest | CompletionRequest,
     prompts: list[list[int]],
     prompt_param: str,
-    fmt: _ChatFormat | _TextFormat,
+    fmt: ChatFormat | TextFormat,
+    adapter: int = 0,
+    arrived: float | None = None,
 ) -> Response:
     limits = state.limits
     if len(prompts) * body.n > limits.max_choices:
@@ -158,13 +211,15 @@ async def _complete(
     for i, (prompt, budget) in enumerate(zip(prompts, budgets)):
         for j in range(body.n):
             params = sampling_params(body, budget, limits, j, constraints[i * body.n + j])
-            jobs.append((prompt, params))
+            jobs.append((prompt, params, adapter))
     stream = state.engine.generate(jobs)
     try:  # the first step surfaces the engine's verdict on the request as a 4xx
         first = await anext(stream)
     except ValueError as exc:
         raise APIError(str(exc)) from exc
-    prompt_tokens = sum(len(p) for p, _ in jobs[:: body.n])
+    prompt_tokens = sum(len(job[0]) for job in jobs[:: body.n])
+    if arrived is not None:
+        state.metrics.first_token(time.perf_counter() - arrived, prompt_tokens)
     rid = f"{fmt.prefix}-{uuid.uuid4().hex}"
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -183,7 +238,7 @@ async def _constraints(tokenizer: Any, body: Any, count: int) -> list[Any]:
         return [None] * count
     from lmforge.infer.structured import compile_constraint
 
-    param = "response_format" if body.response_format is not None else "guided_regex"
+    param = constraint_param(body)
     try:
         return [
             await asyncio.to_thread(compile_constraint, tokenizer, **spec) for _ in range(count)
@@ -192,20 +247,14 @@ async def _constraints(tokenizer: Any, body: Any, count: int) -> list[Any]:
         raise APIError(f"invalid {param}: {exc}", param=param) from exc
 
 
-async def _collect(first: tuple, stream: AsyncIterator, count: int) -> list[_Final]:
+async def _collect(first: tuple, stream: AsyncIterator, count: int) -> list[FinalOutput]:
     """Every choice's last output, with the logprobs of all its steps gathered."""
-    final = [_Final() for _ in range(count)]
-    async for index, out in _chain(first, stream):
+    final = [FinalOutput() for _ in range(count)]
+    async for index, out in chain(first, stream):
         final[index].out = out
         if out.logprobs is not None:
             final[index].logprobs = (final[index].logprobs or []) + list(out.logprobs)
     return final
-
-
-@dataclass
-class _Final:
-    out: Any = None
-    logprobs: list | None = None
 
 
 async def _until_disconnect(request: Request, work: Awaitable) -> Any:
@@ -228,135 +277,3 @@ async def _sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:
         message = exc.message if isinstance(exc, APIError) else str(exc)
         yield f"data: {json.dumps(error_body(message, 'server_error'))}\n\n"
     yield "data: [DONE]\n\n"
-
-
-def _usage(prompt_tokens: int, outputs: list[Any]) -> Usage:
-    completion = sum(len(o.token_ids) for o in outputs)
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion,
-        total_tokens=prompt_tokens + completion,
-    )
-
-
-# ---------------------------------------------------------------------- response shapes
-class _ChatFormat:
-    prefix = "chatcmpl"
-
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-
-    def full(self, rid: str, outputs: list[_Final], prompt_tokens: int) -> dict:
-        tok = self.state.tokenizer
-        choices = [
-            ChatChoice(
-                index=i,
-                message=AssistantMessage(content=f.out.text),
-                logprobs=chat_logprobs(tok, f.logprobs),
-                finish_reason=f.out.finish_reason,
-            )
-            for i, f in enumerate(outputs)
-        ]
-        return ChatCompletion(
-            id=rid,
-            created=int(time.time()),
-            model=self.state.model_name,
-            choices=choices,
-            usage=_usage(prompt_tokens, [f.out for f in outputs]),
-        ).model_dump()
-
-    async def stream(
-        self, rid: str, first: tuple, rest: AsyncIterator, count: int, prompt_tokens: int,
-        include_usage: bool,
-    ) -> AsyncIterator[dict]:  # fmt: skip
-        created, tok = int(time.time()), self.state.tokenizer
-
-        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> dict:
-            c = ChatCompletionChunk(
-                id=rid, created=created, model=self.state.model_name, choices=choices, usage=usage
-            )
-            return c.model_dump() if include_usage else c.model_dump(exclude={"usage"})
-
-        for i in range(count):
-            yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
-        final: list[Any] = [None] * count
-        async for index, out in _chain(first, rest):
-            logprobs = chat_logprobs(tok, out.logprobs)
-            if out.new_text or (logprobs and logprobs.content):
-                delta = Delta(content=out.new_text)
-                yield chunk([ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
-            if out.finished:
-                final[index] = out
-                yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=out.finish_reason)])  # fmt: skip
-        if include_usage:
-            yield chunk([], _usage(prompt_tokens, final))
-
-
-class _TextFormat:
-    prefix = "cmpl"
-
-    def __init__(self, state: ServerState, body: CompletionRequest) -> None:
-        self.state, self.echo = state, body.echo
-
-    def _echo(self, out: Any) -> str:
-        return self.state.tokenizer.decode(out.prompt_token_ids) if self.echo else ""
-
-    def full(self, rid: str, outputs: list[_Final], prompt_tokens: int) -> dict:
-        tok = self.state.tokenizer
-        choices = []
-        for i, f in enumerate(outputs):
-            prefix = self._echo(f.out)
-            choices.append(
-                CompletionChoice(
-                    index=i,
-                    text=prefix + f.out.text,
-                    logprobs=completion_logprobs(tok, f.logprobs, len(prefix)),
-                    finish_reason=f.out.finish_reason,
-                )
-            )
-        return Completion(
-            id=rid,
-            created=int(time.time()),
-            model=self.state.model_name,
-            choices=choices,
-            usage=_usage(prompt_tokens, [f.out for f in outputs]),
-        ).model_dump()
-
-    async def stream(
-        self, rid: str, first: tuple, rest: AsyncIterator, count: int, prompt_tokens: int,
-        include_usage: bool,
-    ) -> AsyncIterator[dict]:  # fmt: skip
-        created, tok = int(time.time()), self.state.tokenizer
-
-        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> dict:
-            c = Completion(
-                id=rid, created=created, model=self.state.model_name, choices=choices, usage=usage
-            )
-            return c.model_dump() if include_usage else c.model_dump(exclude={"usage"})
-
-        final: list[Any] = [None] * count
-        offsets = [0] * count
-        async for index, out in _chain(first, rest):
-            text = out.new_text
-            if final[index] is None and offsets[index] == 0 and self.echo:
-                text = self._echo(out) + text
-            logprobs = completion_logprobs(tok, out.logprobs, offsets[index])
-            offsets[index] += len(text)
-            if out.finished:
-                final[index] = out
-            if text or logprobs or out.finished:
-                choice = CompletionChoice(
-                    index=index,
-                    text=text,
-                    logprobs=logprobs,
-                    finish_reason=out.finish_reason if out.finished else None,
-                )
-                yield chunk([choice])
-        if include_usage:
-            yield chunk([], _usage(prompt_tokens, final))
-
-
-async def _chain(first: tuple, rest: AsyncIterator) -> AsyncIterator[tuple]:
-    yield first
-    async for item in rest:
-        yield item

@@ -16,10 +16,12 @@ aborted, so their KV blocks are freed at the next step.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +59,9 @@ class AsyncEngine:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.num_generated_tokens = 0  # delivered to consumers (monitoring)
+        self.stats: dict = {}  # the engine's `stats()` after the latest step (monitoring)
+        # (time, num_generated_tokens) after each step, for the recent tokens/s.
+        self.token_history: collections.deque = collections.deque(maxlen=4096)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -82,11 +87,18 @@ class AsyncEngine:
         return self._thread is not None and self._thread.is_alive() and self._error is None
 
     # -- the asyncio side ---------------------------------------------------------------
-    async def generate(
-        self, requests: Sequence[tuple[list[int], Any]]
-    ) -> AsyncIterator[tuple[int, Any]]:
-        """Run ``requests`` (``(prompt_token_ids, SamplingParams)`` pairs) concurrently and
-        yield ``(index, RequestOutput)`` as each step produces them, until all are finished.
+    def tokens_per_second(self, window_s: float = 10.0) -> float:
+        """Generated tokens per second over the last ``window_s`` seconds (0 when idle)."""
+        now = time.monotonic()
+        recent = [item for item in list(self.token_history) if now - item[0] <= window_s]
+        if not recent:
+            return 0.0
+        return (self.num_generated_tokens - recent[0][1]) / max(now - recent[0][0], 1e-3)
+
+    async def generate(self, requests: Sequence[tuple]) -> AsyncIterator[tuple[int, Any]]:
+        """Run ``requests`` (``(prompt_token_ids, SamplingParams)`` pairs, or triples with a
+        LoRA adapter index last) concurrently and yield ``(index, RequestOutput)`` as each
+        step produces them, until all are finished.
 
         An invalid request raises the engine's error (``ValueError`` from ``add_request``)
         here; leaving the loop early aborts the sub-requests still running.
@@ -98,8 +110,8 @@ class AsyncEngine:
         ids = [f"req-{next(self._ids)}" for _ in requests]
         unfinished = set(ids)
         self._post(
-            *(("add", rid, list(p), sp, _Sink(loop, queue, i)) for i, (rid, (p, sp)) in
-              enumerate(zip(ids, requests)))
+            *(("add", rid, list(r[0]), r[1], _Sink(loop, queue, i), r[2] if len(r) > 2 else 0)
+              for i, (rid, r) in enumerate(zip(ids, requests)))
         )  # fmt: skip
         try:
             while unfinished:
@@ -152,9 +164,12 @@ class AsyncEngine:
             commands, self._inbox = self._inbox, []
         for command in commands:
             if command[0] == "add":
-                _, rid, prompt, params, sink = command
+                _, rid, prompt, params, sink, adapter = command
                 try:
-                    self.engine.add_request(prompt, params, request_id=rid)
+                    if adapter:
+                        self.engine.add_request(prompt, params, request_id=rid, adapter=adapter)
+                    else:
+                        self.engine.add_request(prompt, params, request_id=rid)
                 except Exception as exc:  # this request's problem; the engine is untouched
                     if not isinstance(exc, ValueError):  # reported as a 400 all the same
                         exc = ValueError(f"invalid request: {exc}")
@@ -164,6 +179,7 @@ class AsyncEngine:
             elif self._sinks.pop(command[1], None) is not None:
                 self.engine.abort(command[1])
         if not self.engine.has_unfinished():
+            self._publish_stats()
             return True
         try:
             outputs = self.engine.step()
@@ -182,7 +198,15 @@ class AsyncEngine:
             per_queue.setdefault(id(sink.queue), (sink, []))[1].append((sink.index, out))
         for sink, batch in per_queue.values():
             _deliver(sink, batch)
+        self._publish_stats()
         return True
+
+    def _publish_stats(self) -> None:
+        self.token_history.append((time.monotonic(), self.num_generated_tokens))
+        stats = getattr(self.engine, "stats", None)
+        if stats is not None:
+            with contextlib.suppress(Exception):  # monitoring never breaks generation
+                self.stats = stats()
 
 
 def _deliver(sink: _Sink, item: Any) -> None:

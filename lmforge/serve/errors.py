@@ -1,13 +1,15 @@
 """What stands between the network and the API: OpenAI-shaped errors for everything that
 can go wrong (FastAPI's validation errors, unknown routes, engine failures), and a guard
-middleware that checks the API key and bounds the request body before anything is parsed."""
+middleware that checks the Host header (DNS rebinding), the API key and the size of the
+request body before anything is parsed."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -76,16 +78,58 @@ def validation_error_body(errors: list[dict]) -> dict:
 _TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none", "function-after"}
 
 
-class Guard:
-    """Pure ASGI middleware: the API key on ``/v1`` routes, and the request body size."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
-    def __init__(self, app: Callable, api_key: str | None, max_bytes: int) -> None:
+
+def allowed_hosts_for(host: str, api_key: str | None) -> list[str] | None:
+    """Host names a server bound to ``host`` answers (None: any). Without an API key, a
+    server on a loopback address answers only its own names: a web page whose domain was
+    rebound to 127.0.0.1 (DNS rebinding) sends its own name in ``Host`` and is refused. A
+    server bound to a public or wildcard address was exposed on purpose and answers any."""
+    if api_key is not None:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host.lower() == "localhost"
+    return sorted({*LOOPBACK_NAMES, host.lower().strip("[]")}) if loopback else None
+
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header, without the port (``[::1]:8000`` → ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class Guard:
+    """Pure ASGI middleware: the Host header, the API key on ``/v1`` routes, and the
+    request body size."""
+
+    def __init__(
+        self,
+        app: Callable,
+        api_key: str | None,
+        max_bytes: int,
+        allowed_hosts: Sequence[str] | None = None,
+    ) -> None:
         self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
+        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.allowed_hosts is not None:
+            host = host_name(headers.get("host", ""))
+            if host not in self.allowed_hosts:
+                message = (
+                    f"Host {host!r} is not served here (allowed: "
+                    f"{', '.join(sorted(self.allowed_hosts))}); a server without an API key "
+                    "answers only its own address, against DNS rebinding"
+                )
+                return await _send_json(send, 403, error_body(message, code="host_not_allowed"))
         if self.api_key is not None and scope["path"].startswith("/v1"):
             given = headers.get("authorization", "")
             token = given[7:].strip() if given[:7].lower() == "bearer " else ""

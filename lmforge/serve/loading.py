@@ -2,44 +2,59 @@
 run, with its tokenizer and context length.
 
     engine, tok, folder, context = load_engine("runs/demo/model", adapter="runs/sft-lora/model")
+    engine, tok, folder, context = load_engine("base/", loras={"sql": "runs/sql-lora/model"})
+
+The device defaults to CUDA when present, as training does (`resolve_device`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lmforge.infer.engine import Engine
 from lmforge.models.hf import CheckpointError, checkpoint_dir, load_model
 from lmforge.peft.merging import load_merged
+from lmforge.peft.multi_lora import load_lora_router
 from lmforge.tokenizer import Tokenizer, load_tokenizer
+from lmforge.train.distributed import resolve_device
 
 
 def load_engine(
     model_dir: str | os.PathLike,
     *,
     adapter: str | os.PathLike | None = None,
-    device: str = "cpu",
+    loras: Mapping[str, str | os.PathLike] | None = None,
+    device: str = "auto",
     dtype: str | None = None,
     max_num_seqs: int = 64,
 ) -> tuple[Engine, Tokenizer, Path, int]:
     """`Engine`, tokenizer, folder and context length (max positions) for ``model_dir``,
-    checked like every command's checkpoint; a LoRA ``adapter`` is merged into the weights
-    at load (full engine speed)."""
+    checked like every command's checkpoint. A LoRA ``adapter`` is merged into the weights
+    at load (full engine speed); ``loras`` (name → adapter folder) stay unmerged and are
+    chosen per request inside one batch (`lmforge.peft.multi_lora`; the engine's router is
+    ``engine.adapters``, adapter i + 1 being the i-th name). ``device="auto"``: CUDA when
+    present, else the CPU."""
     folder = checkpoint_dir(model_dir)
     if not (folder / "tokenizer.json").is_file():
         raise CheckpointError(f"{folder}: no tokenizer.json (the server needs the tokenizer)")
     tok = load_tokenizer(folder)
+    where = resolve_device(device)
     model: Any
     if adapter:
-        model = load_merged(folder, Path(adapter), dtype=dtype).to(device).eval()
+        model = load_merged(folder, Path(adapter), dtype=dtype).to(where).eval()
     else:
-        model = load_model(folder, dtype=dtype, device=device).eval()
+        model = load_model(folder, dtype=dtype, device=where).eval()
     if tok.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"{folder}: tokenizer has {tok.vocab_size} ids but the model only "
             f"{model.config.vocab_size} (vocab_size in config.json)"
         )
-    engine = Engine(model, tok, max_num_seqs=max_num_seqs)
+    router = None
+    if loras:
+        router = load_lora_router(model, loras)
+        model.to(where).eval()
+    engine = Engine(model, tok, max_num_seqs=max_num_seqs, adapters=router)
     return engine, tok, folder, model.config.max_position_embeddings

@@ -9,13 +9,12 @@ from typing import Any
 from lmforge.serve.protocol import (
     APIError,
     ChatCompletionRequest,
-    ChatLogprobs,
     ChatMessage,
-    CompletionLogprobs,
     CompletionRequest,
-    TokenLogprobEntry,
-    TopLogprob,
+    ToolDefinition,
 )
+from lmforge.serve.responses import ChatLogprobs, CompletionLogprobs, TokenLogprobEntry, TopLogprob
+from lmforge.serve.tools import template_messages, tool_grammar
 
 # JSON has no -inf; a masked-out token's logprob is reported as this (as vLLM does).
 MIN_LOGPROB = -9999.0
@@ -31,18 +30,50 @@ class ServerLimits:
     max_choices: int = 16  # n × number of prompts
     max_request_bytes: int = 1 << 20
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    # Cheap bounds checked before any tokenization (None: derived by `prompt_char_bound`).
+    max_prompt_chars: int | None = None
+    max_messages: int | None = None
+
+
+def prompt_char_bound(tokenizer: Any, max_model_len: int) -> int:
+    """Characters beyond which a text surely has more than ``max_model_len`` tokens: no
+    token covers more characters than the longest entry of the vocabulary, so a text of
+    more than ``max_model_len × longest`` characters needs more than ``max_model_len``."""
+    vocab = tokenizer.backend.get_vocab(with_added_tokens=True)
+    longest = max((len(t) for t in vocab), default=1)
+    return max_model_len * max(1, longest)
+
+
+def check_prompt_size(texts: list[str], count: int, limits: ServerLimits, param: str) -> None:
+    """Refuse, without tokenizing, a request whose ``count`` messages or whose total
+    characters certainly exceed the context (see `prompt_char_bound`)."""
+    if limits.max_messages is not None and count > limits.max_messages:
+        raise APIError(
+            f"{count} {param} is more than this server takes ({limits.max_messages})",
+            param=param,
+            code="context_length_exceeded",
+        )
+    chars = sum(len(t) for t in texts)
+    if limits.max_prompt_chars is not None and chars > limits.max_prompt_chars:
+        raise APIError(
+            f"This model's maximum context length is {limits.max_model_len} tokens. However, "
+            f"your {param} hold {chars} characters, more than {limits.max_prompt_chars} "
+            "(the most that can fit in it).",
+            param=param,
+            code="context_length_exceeded",
+        )
 
 
 # ---------------------------------------------------------------------- prompts
-def chat_prompt_ids(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:
-    """Render ``messages`` with the tokenizer's chat template (``developer`` is read as
-    ``system``), ready for the assistant's reply, and tokenize it."""
-    plain = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in messages
-    ]
+def chat_prompt_ids(
+    tokenizer: Any, messages: list[ChatMessage], tools: list[ToolDefinition] | None = None
+) -> list[int]:
+    """Render ``messages`` (and ``tools``, see `lmforge.serve.tools`) with the tokenizer's chat
+    template (``developer`` is read as ``system``), ready for the assistant's reply, and
+    tokenize it. Slow for long prompts: the server calls it off the event loop."""
+    plain, tool_dicts = template_messages(messages, tools, tokenizer.chat_template)
     try:
-        text = tokenizer.apply_chat_template(plain, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(plain, add_generation_prompt=True, tools=tool_dicts)
     except ValueError as exc:  # TokenizerError: no template, a role the template refuses
         raise APIError(f"cannot apply the chat template: {exc}", param="messages") from exc
     return tokenizer.encode(text)
@@ -115,7 +146,21 @@ def constraint_spec(req: ChatCompletionRequest | CompletionRequest) -> dict[str,
         return {"regex": req.guided_regex}
     if req.guided_grammar is not None:
         return {"ebnf": req.guided_grammar}
+    mode = getattr(req, "tool_mode", None)
+    if mode is not None:
+        return {"lark": tool_grammar(req.tools, mode, req.parallel_tool_calls is not False)}
     return None
+
+
+def constraint_param(req: ChatCompletionRequest | CompletionRequest) -> str:
+    """The request field a bad constraint is reported against."""
+    if req.response_format is not None:
+        return "response_format"
+    if req.guided_regex is not None:
+        return "guided_regex"
+    if req.guided_grammar is not None:
+        return "guided_grammar"
+    return "tools"
 
 
 def sampling_params(
@@ -132,7 +177,7 @@ def sampling_params(
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
-        top_k=req.top_k,
+        top_k=max(req.top_k, 0),
         top_p=1.0 if req.top_p is None else req.top_p,
         min_p=req.min_p,
         repetition_penalty=req.repetition_penalty,

@@ -9,6 +9,10 @@ AdamW + schedules, atomic checkpoints with exact resume, DDP / FSDP2 under torch
 | `optim` | AdamW (fused where available), no decay on norms and biases |
 | `schedule` | learning-rate schedules: warmup + cosine, warmup-stable-decay |
 | `checkpoint` | HF weights + ``trainer_state/``, atomic, last K kept, exact resume |
+| `budget` | run length and schedule progress in steps (never the clock); epochs; time-budget warnings |
+| `manifest` | checkpoint manifests: size + SHA-256 per file, written last, verified on resume |
+| `resume_rules` | whether a run folder may be resumed: saved vs new config, refusals with the ways out |
+| `interrupt` | SIGINT/SIGTERM: save at the next step boundary, a second signal exits at once |
 | `distributed` | torchrun setup, DDP / FSDP2 (``fully_shard``), barriers, unwrap |
 | `metrics` | progress bar, ``metrics.jsonl``, ``training.png``, summary, TensorBoard / W&B |
 | `run` | what every entry point does around its `Trainer`: process setup, fit + export, summary |

@@ -8,13 +8,20 @@
                 optimizer.json         param groups (hyperparameters, parameter names)
                 state.json             step, tokens, elapsed time, schedule, config,
                                        per-rank data-loader position and RNG states
+            manifest.json              size + SHA-256 of every file above, written last
         step-00000100/ ...
         latest                          name of the newest complete checkpoint, written last
 
-A checkpoint is assembled in ``.tmp-step-…/`` (every file fsynced), renamed into place in one
-``rename``, and only then does ``latest`` move to it; the oldest beyond ``keep_last`` are
-deleted afterwards. A process killed at any point leaves the previous checkpoint complete
-and ``latest`` pointing at a complete checkpoint. Nothing is pickled (safetensors + JSON).
+A checkpoint is assembled in ``.tmp-step-…/`` (every file fsynced, ``manifest.json`` last),
+renamed into place in one ``rename``, and only then does ``latest`` move to it; the oldest
+beyond ``keep_last`` are deleted afterwards. A process killed at any point leaves the
+previous checkpoint complete and ``latest`` pointing at a complete checkpoint. Nothing is
+pickled (safetensors + JSON).
+
+A checkpoint is complete only when its manifest verifies (`lmforge.train.manifest`).
+`find_resumable` hashes the candidates newest first and returns the first that verifies
+together with what was wrong with each newer one (file and problem), so a resume never
+loads flipped bits, a truncated file or a checkpoint without its ``trainer_state/``.
 
 Under FSDP the full (unsharded) model and optimizer state is gathered to rank 0, so a
 checkpoint saved by N processes loads in one, and vice versa.
@@ -37,8 +44,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge.io import atomic_path, atomic_write_json, atomic_write_text, fsync_dir, read_json
-from lmforge.models.hf import read_state_dict, save_model, weight_files
+from lmforge.models.hf import save_model, weight_files
+from lmforge.models.weights_check import read_checked_weights
 from lmforge.train import distributed as D
+from lmforge.train.manifest import CheckpointCorrupt, check_present, verify_manifest, write_manifest
 
 LATEST = "latest"
 STATE_DIR = "trainer_state"
@@ -217,6 +226,7 @@ def save_checkpoint(
             "rng": [r["rng"] for r in per_rank],
         }
         atomic_write_json(tmp / STATE_DIR / "state.json", full)
+        write_manifest(tmp, step)  # last: the checkpoint is complete when this verifies
         fsync_dir(tmp / STATE_DIR)
         fsync_dir(tmp)
         if final.exists():  # re-saving a step (a resumed run): swap, then drop the old copy
@@ -243,6 +253,9 @@ def write_weights(
         from lmforge.peft.io import save_training_adapter
 
         save_training_adapter(inner, folder, tokenizer)
+        return
+    if hasattr(inner, "save_weights_folder"):  # a non-transformer model (e.g. a denoiser)
+        inner.save_weights_folder(folder)  # writes config.json + model.safetensors
         return
     if not D.is_fsdp(model):
         save_model(inner, folder, tokenizer=tokenizer)
@@ -286,7 +299,12 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
 
 
 def is_complete(path: Path) -> bool:
-    """Whether ``path`` holds weights, a config and the full trainer state."""
+    """Whether ``path`` holds weights, a config, the full trainer state and a manifest
+    listing files that are all present with their sizes (`check_present`; no hashing)."""
+    try:
+        check_present(path)
+    except CheckpointCorrupt:
+        return False
     model_config = "config.json"
     try:
         weight_files(path)
@@ -318,6 +336,64 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return None
 
 
+def find_resumable(root: str | os.PathLike) -> tuple[Path | None, list[CheckpointCorrupt]]:
+    """The newest checkpoint under ``root`` whose manifest verifies (SHA-256 of every file),
+    and the problems of the candidates tried before it (newest first, the one ``latest``
+    names first): ``(None, problems)`` when none verifies, ``(None, [])`` when there is none.
+    """
+    root = Path(root)
+    found = list(reversed(list_checkpoints(root)))
+    name = _read_latest_name(root)
+    if name and (root / name) in found:
+        found.remove(root / name)
+        found.insert(0, root / name)
+    problems: list[CheckpointCorrupt] = []
+    for path in found:
+        try:
+            verify_manifest(path)
+        except CheckpointCorrupt as exc:
+            problems.append(exc)
+            continue
+        if is_complete(path):
+            return path, problems
+        problems.append(CheckpointCorrupt(path, "the manifest lacks weights or trainer state"))
+    return None, problems
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename a bad checkpoint ``step-N`` to ``bad-step-N[-k]`` (kept for inspection, no
+    longer a candidate for resuming or pruning); return the new path."""
+    path = Path(path)
+    target = path.with_name(f"bad-{path.name}")
+    k = 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"bad-{path.name}-{k}")
+    os.rename(path, target)
+    fsync_dir(path.parent)
+    return target
+
+
+def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """``trainer_state/state.json`` of a checkpoint (step, tokens, config, loaders, RNG)."""
+    return read_json(Path(path) / STATE_DIR / "state.json", "trainer state")
+
+
+def rank_loader_state(state: dict[str, Any], path: str | os.PathLike) -> Any:
+    """This rank's saved data-loader position from ``state`` (None if none was saved); an
+    error when the checkpoint was saved by a different number of processes."""
+    rank, world = D.rank_and_world()
+    loaders = state.get("loader") or [None]
+    saved_world = len(state.get("rng", [])) or 1
+    if saved_world != world and loaders[0] is not None:
+        raise ValueError(
+            f"{path}: saved by {saved_world} process(es), resumed with {world}; the data "
+            "position cannot be split differently (resume with the same world size, or "
+            "start a new run from the weights with model.init_from)"
+        )
+    return loaders[rank % len(loaders)]
+
+
 def remove_partial(root: str | os.PathLike) -> None:
     """Delete ``.tmp-*`` / ``.old-*`` leftovers of a save that was killed."""
     root = Path(root)
@@ -346,7 +422,7 @@ def load_checkpoint(
     path = Path(path)
     if not is_complete(path):
         raise ValueError(f"{path}: not a complete training checkpoint")
-    state = read_json(path / STATE_DIR / "state.json", "trainer state")
+    state = read_trainer_state(path)
     inner = D.unwrap(model)
     if getattr(inner, "peft_config", None):  # PEFT: restore the adapter; the base is as loaded
         from lmforge.peft.io import load_training_adapter
@@ -354,7 +430,7 @@ def load_checkpoint(
         load_training_adapter(inner, path)
         weights = {}
     else:
-        weights = read_state_dict(path)
+        weights = read_checked_weights(weight_files(path))
     if weights and getattr(inner.config, "tie_word_embeddings", False):
         weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
     buffers = {k: v for k, v in inner.state_dict().items() if k not in weights}
@@ -368,18 +444,9 @@ def load_checkpoint(
         tensors = load_file(str(path / STATE_DIR / "optimizer.safetensors"))
         meta = read_json(path / STATE_DIR / "optimizer.json", "optimizer state")
         _set_optimizer_state(model, optimizer, _join_optimizer_state(tensors, meta))
-    rank, world = D.rank_and_world()
+    rank = D.rank_and_world()[0]
     saved_world = len(state.get("rng", [])) or 1
     if restore_rng and state.get("rng"):
         set_rng_state(state["rng"][rank % saved_world])
-    loaders = state.get("loader") or [None]
-    if not restore_data:
-        loaders = [None]
-    if saved_world != world and loaders[0] is not None:
-        raise ValueError(
-            f"{path}: saved by {saved_world} process(es), resumed with {world}; the data "
-            "position cannot be split differently (resume with the same world size, or "
-            "start a new run from the weights with model.init_from)"
-        )
-    state["loader"] = loaders[rank % len(loaders)]
+    state["loader"] = rank_loader_state(state, path) if restore_data else None
     return state

@@ -43,12 +43,19 @@ class DataSection:
     val_paths: list[str] = field(default_factory=list)
     synthetic_docs: int = 4000  # without paths: synthetic corpus documents / sft chats
     val_docs: int = 200  # synthetic: held-out documents
-    val_fraction: float = 0.05  # sft without val_paths: share of examples held out
+    # Without val_paths (sft, dpo, rm): the share of records held out for validation — a
+    # random sample drawn with train.seed (round(fraction × N), at least 1 when > 0; see
+    # lmforge.train.sft.split_validation), the same records every run with that seed; 0 → none.
+    val_fraction: float = 0.05
     tokenizer: str | None = None  # folder with tokenizer.json; empty → train one (pretrain)
     vocab_size: int = 512  # when training a tokenizer
     seq_len: int = 128
     text_field: str = "text"
-    format: str = "auto"  # sft: auto | messages | prompt_completion | instruction (Alpaca)
+    # sft: "auto" — the schema each file's fields show; prompt/completion and Alpaca records
+    # render through the model's chat template (user → assistant, loss on the reply), as
+    # served; "raw" — the same schemas, those as raw text (<bos> prompt completion <eos>, the
+    # Alpaca prompt); or one schema forced: messages | prompt_completion | instruction | text
+    format: Literal["auto", "raw", "messages", "prompt_completion", "instruction", "text"] = "auto"
     too_long: Literal["truncate", "drop", "error"] = "truncate"  # sft examples > seq_len
     assistant_only: bool = True  # sft: loss only on assistant tokens
     skip_bad: bool = False  # skip malformed records (counted and reported) instead of failing
@@ -64,6 +71,10 @@ class OptimSection:
     min_lr_ratio: float = 0.1  # final lr = min_lr_ratio × lr
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     warmup_steps: int = 20
+    # The schedule is a function of the step, never of the clock: it runs over this many
+    # steps; 0 → the run's own length (train.max_steps, or train.epochs in steps, else the
+    # train.max_tokens budget). A run limited only by train.max_time_s must declare it.
+    schedule_steps: int = 0
     decay_fraction: float = 0.2  # wsd: share of the run spent decaying
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -71,6 +82,7 @@ class OptimSection:
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 → no clipping
     fused: bool | None = None  # None → fused AdamW where the device supports it
+    moment_dtype: Literal["auto", "fp32", "bf16"] = "auto"  # AdamW moments; auto: bf16 with fp8
 
 
 @dataclass
@@ -81,11 +93,14 @@ class TrainSection:
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 100
     max_tokens: int = 0  # 0 → no token limit
-    max_time_s: float = 0.0  # 0 → no wall-clock limit
+    max_time_s: float = 0.0  # 0 → no wall-clock limit (stops the run; never shapes the lr)
+    epochs: float = 0.0  # > 0: stop after this many passes over the training data
     seed: int = 0
     device: str = "auto"  # auto → cuda when available, else cpu
     cpu_threads: int = 0  # torch CPU threads; 0 → torch's default (tiny models: 1 is fastest)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16", "fp8"] = "auto"  # auto: bf16 GPU, fp32 CPU
+    # fp8: linear layers' GEMMs in fine-grained FP8 (lmforge.nn.fp8; simulated on CPU)
+    moe_bias_update_speed: float = 0.001  # MoE: aux-loss-free bias step γ per step; 0 → off
     gradient_checkpointing: int = 0  # 0 off; k → recompute every k-th block
     loss_chunk_size: int = (
         0  # > 0: next-token loss in chunks of this many positions (no full logits)
@@ -97,7 +112,10 @@ class TrainSection:
     save_every: int = 50  # 0 → only at the end
     keep_last: int = 2
     log_every: int = 1
-    resume: bool = True  # continue from out_dir/checkpoints when there is one
+    # true: continue from out_dir/checkpoints when the saved config matches (a different
+    # model, data or objective is refused); force: also with changed optim settings (logged);
+    # false: start over (earlier checkpoints are moved to checkpoints.replaced-<time>/)
+    resume: bool | Literal["force"] = True
 
 
 @dataclass
@@ -200,7 +218,10 @@ def coerce(value: Any, hint: Any, what: str) -> Any:
                 return coerce(value, arg, what)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{what}: {value!r} is not {hint}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        reasons = " or ".join(e.removeprefix(f"{what}: ") for e in errors)
+        raise ConfigError(f"{what}: {value!r} fits none of the accepted forms ({reasons})")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{what}: {value!r} is not one of {list(args)}")
@@ -291,6 +312,8 @@ def validate(config: RunConfig) -> None:
         "train.max_tokens": t.max_tokens,
         "train.cpu_threads": t.cpu_threads,
         "train.max_time_s": t.max_time_s,
+        "train.epochs": t.epochs,
+        "optim.schedule_steps": o.schedule_steps,
         "train.eval_every": t.eval_every,
         "train.save_every": t.save_every,
         "train.gradient_checkpointing": t.gradient_checkpointing,
@@ -298,6 +321,7 @@ def validate(config: RunConfig) -> None:
         "optim.warmup_steps": o.warmup_steps,
         "optim.weight_decay": o.weight_decay,
         "optim.grad_clip": o.grad_clip,
+        "train.moe_bias_update_speed": t.moe_bias_update_speed,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -305,8 +329,18 @@ def validate(config: RunConfig) -> None:
     for name, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{name}={value} must be >= 0")
-    if not (t.max_steps or t.max_tokens or t.max_time_s):
-        raise ConfigError("set at least one of train.max_steps, train.max_tokens, train.max_time_s")
+    if not (t.max_steps or t.max_tokens or t.max_time_s or t.epochs):
+        raise ConfigError(
+            "set at least one of train.max_steps, train.epochs, train.max_tokens, train.max_time_s"
+        )
+    step_sized = t.max_steps or t.max_tokens or t.epochs or o.schedule_steps
+    if not step_sized and o.schedule != "constant":
+        raise ConfigError(
+            f"train.max_time_s={t.max_time_s:g} is the only limit, and a {o.schedule} learning-"
+            "rate schedule needs a length in steps (the schedule never follows the clock): "
+            "declare optim.schedule_steps=N, or set train.max_steps, or use "
+            "optim.schedule=constant"
+        )
     if not o.lr > 0:
         raise ConfigError(f"optim.lr={o.lr} must be > 0")
     if not 0 <= o.min_lr_ratio <= 1:

@@ -20,6 +20,11 @@ Then: clip the global gradient norm, AdamW step at the scheduled lr, log, evalua
 checkpoint. A non-finite loss stops the run before the weights change (`TrainingDiverged`,
 naming the step); the last checkpoint on disk is the last good one.
 
+The learning rate is a function of the step alone (`lmforge.train.budget`: a time budget
+stops a run, never bends its schedule). A resume takes the newest checkpoint whose manifest
+verifies (`lmforge.train.manifest`) and continues only the same run (`resume_rules`); a
+SIGINT/SIGTERM stops at the next step boundary with a checkpoint (`interrupt`).
+
 This file is long because the `Trainer` is one class meant to be read top to bottom — step,
 evaluate, save / resume, fit — and its invariants (token-weighted accumulation, exact resume,
 the order of clip → step → log → evaluate → checkpoint) span those methods; the pieces that
@@ -42,9 +47,13 @@ from rich.console import Console
 from torch import nn
 
 from lmforge.io import atomic_write_text
+from lmforge.nn.fp8 import convert_to_fp8
+from lmforge.train import budget
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train.config import RunConfig, dump_config
+from lmforge.train.interrupt import StopSignals, TrainingInterrupted
+from lmforge.train.manifest import verify_manifest
 from lmforge.train.metrics import (
     METRICS_FILE,
     PLOT_FILE,
@@ -53,8 +62,15 @@ from lmforge.train.metrics import (
     ProgressBar,
     plot_training,
 )
+from lmforge.train.moe_balance import has_moe, update_correction_bias
 from lmforge.train.objective import Batch, Objective, causal_lm_loss
 from lmforge.train.optim import build_adamw
+from lmforge.train.resume_rules import (
+    ResumeRefused,
+    check_resume,
+    config_changes,
+    regroup_batch_changes,
+)
 from lmforge.train.schedule import lr_at
 
 
@@ -73,10 +89,13 @@ def batch_tokens(batch: Batch) -> int:
 
 
 def autocast_context(device: torch.device, precision: str):
-    """bf16/fp16 autocast (weights stay fp32: mixed precision, Micikevicius et al. 2018)."""
-    if precision == "fp32":
+    """bf16/fp16 autocast (weights stay fp32: mixed precision, Micikevicius et al. 2018).
+
+    fp8: the linear layers are `Fp8Linear` (converted by the `Trainer`); the rest runs in
+    bf16 on a GPU, fp32 on CPU."""
+    if precision == "fp32" or (precision == "fp8" and device.type != "cuda"):
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    dtype = torch.bfloat16 if precision in ("bf16", "fp8") else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
@@ -142,6 +161,9 @@ class Trainer:
             raise ValueError("train.precision=fp16 is not supported with FSDP; use bf16")
         self.strategy = strategy if self.dist.enabled else "none"
         model.to(self.device)
+        if self.precision == "fp8":  # FP8 GEMMs, fp32 master weights (DeepSeek-V3 §3.3)
+            convert_to_fp8(model)
+        self.moe = has_moe(model)  # aux-loss-free bias update after each optimizer step
         backbone = getattr(model, "model", None)
         if hasattr(backbone, "gradient_checkpointing"):
             backbone.gradient_checkpointing = self.tc.gradient_checkpointing
@@ -152,9 +174,13 @@ class Trainer:
         self.raw_model = model
         self.model = D.wrap_model(model, self.strategy, self.dist)
         o = config.optim
+        moments = o.moment_dtype
+        if moments == "auto":
+            moments = "bf16" if self.precision == "fp8" else "fp32"
         self.optimizer = build_adamw(
-            self.model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps, o.fused
-        )
+            self.model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps, o.fused,
+            moment_dtype=torch.bfloat16 if moments == "bf16" else torch.float32,
+        )  # fmt: skip
         if self.tc.compile:
             self.model = torch.compile(self.model)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
@@ -166,6 +192,19 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.resumed_from: Path | None = None
         self.last_saved: Path | None = None
+        self.resume_notes: list[str] = []  # accepted config changes, printed on resume
+        self.signals = StopSignals()
+        # Step-denominated limits and the schedule length, fixed up front (lmforge.train.budget)
+        self.epoch_limit = budget.epoch_steps(train_data, self.tc.epochs, self.tc.grad_accum)
+        if self.tc.epochs and self.epoch_limit is None and not hasattr(train_data, "epoch"):
+            raise ValueError(
+                f"train.epochs={self.tc.epochs:g}: this run's data ({type(train_data).__name__}) "
+                "has no epochs; limit it with train.max_steps or train.max_tokens"
+            )
+        self.step_limit = budget.step_limit(self.tc.max_steps, self.epoch_limit)
+        self.schedule_steps = budget.schedule_length(
+            config.optim.schedule_steps, self.tc.max_steps, self.epoch_limit
+        )
 
     # ------------------------------------------------------------------ paths
     @property
@@ -173,12 +212,21 @@ class Trainer:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ progress & stopping
+    def schedule_progress(self) -> float:
+        """How far the learning-rate schedule is: a function of the step (and the tokens the
+        data fixes per step), never of the clock (`lmforge.train.budget`)."""
+        return budget.schedule_progress(
+            self.step, self.tokens, self.schedule_steps, self.tc.max_tokens,
+            declared=bool(self.config.optim.schedule_steps),
+        )  # fmt: skip
+
     def progress(self, elapsed: float) -> float:
-        """Fraction of the run done: the furthest of steps, tokens and time toward its limit."""
+        """Fraction of the run done (for the progress bar): the furthest of steps, epochs,
+        tokens and time toward its limit."""
         t = self.tc
         parts = []
-        if t.max_steps:
-            parts.append(self.step / t.max_steps)
+        if self.step_limit:
+            parts.append(self.step / self.step_limit)
         if t.max_tokens:
             parts.append(self.tokens / t.max_tokens)
         if t.max_time_s:
@@ -188,16 +236,24 @@ class Trainer:
     def stop_reason(self, elapsed: float) -> str | None:
         t = self.tc
         reason = None
+        epochs_done = self.epoch_limit is None and t.epochs and self.train_data.epoch >= t.epochs
         if t.max_steps and self.step >= t.max_steps:
             reason = "max_steps"
+        elif (self.epoch_limit and self.step >= self.epoch_limit) or epochs_done:
+            reason = "epochs"
         elif t.max_tokens and self.tokens >= t.max_tokens:
             reason = "max_tokens"
         elif t.max_time_s and elapsed >= t.max_time_s:
             reason = "max_time_s"
-        if t.max_time_s and self.dist.enabled:  # ranks must agree on a clock-based stop
-            flag = D.all_reduce_sum(torch.tensor([float(reason is not None)], device=self.device))
-            if flag.item() > 0 and reason is None:
+        elif self.signals.received:
+            reason = "interrupted"
+        if self.dist.enabled:  # ranks must agree on a clock- or signal-based stop
+            flags = [reason == "max_time_s", reason == "interrupted"]
+            flags = D.all_reduce_sum(torch.tensor(flags, dtype=torch.float32, device=self.device))
+            if reason is None and flags[0].item() > 0:
                 reason = "max_time_s"
+            elif reason is None and flags[1].item() > 0:
+                reason = "interrupted"
         return reason
 
     # ------------------------------------------------------------------ one step
@@ -222,7 +278,7 @@ class Trainer:
         """One optimizer step over ``batches`` (this rank's micro-batches); see module doc."""
         lr = lr_at(
             self.step,
-            self.progress(self._elapsed()),
+            self.schedule_progress(),
             peak=self.config.optim.lr,
             schedule=self.config.optim.schedule,
             warmup_steps=self.config.optim.warmup_steps,
@@ -287,6 +343,11 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        moe_stats = {}
+        if self.moe:  # b_i += γ·sign(mean load − load_i) (lmforge.train.moe_balance)
+            gamma = self.tc.moe_bias_update_speed
+            violations = update_correction_bias(self.raw_model, gamma, D.all_reduce_sum)
+            moe_stats["moe_maxvio"] = sum(violations.values()) / len(violations)
         # Fused optimizers write the weights in place without bumping their version counters;
         # bump them so caches keyed on versions (the inference engine's fused weights) notice.
         if self.strategy != "fsdp":  # (sharded DTensor parameters are not served by engines)
@@ -295,7 +356,7 @@ class Trainer:
         self.tokens += tokens * self.dist.world_size
         self.last_loss = loss
         stats = {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "loss_tokens": count}
-        return {**stats, **means}
+        return {**stats, **moe_stats, **means}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -368,15 +429,29 @@ class Trainer:
         number of processes, where the saved per-rank positions do not apply).
         """
         if path is None:
-            root = self.checkpoint_root
-            if root is None:
-                return False
-            if self.dist.is_main:
-                ckpt.remove_partial(root)
-            D.barrier()
-            path = ckpt.latest_checkpoint(root)
+            path = self._verified_checkpoint()
             if path is None:
                 return False
+        else:
+            verify_manifest(path)  # CheckpointCorrupt names the bad file
+        state = ckpt.read_trainer_state(path)
+        if state.get("config") is not None:  # the saved run must be this run (resume_rules)
+            changes = config_changes(state["config"], self.config.to_dict())
+            saved_world = len(state.get("rng") or [None])
+            changes = regroup_batch_changes(changes, state["config"], self.config.to_dict(),
+                                            saved_world, self.dist.world_size)  # fmt: skip
+            self.resume_notes = check_resume(changes, self.tc.resume, path)
+        saved_loader = ckpt.rank_loader_state(state, path) if restore_data else None
+        if saved_loader is not None and hasattr(self.train_data, "load_state_dict"):
+            try:  # before any weight is loaded: the data behind the saved position changed?
+                self.train_data.load_state_dict(saved_loader)
+            except ValueError as exc:
+                raise ResumeRefused(
+                    f"{path}: the training data differs from the run's ({exc}). Rerun with "
+                    "the run's original data to continue it; to train these weights on the "
+                    f"new data, start a new run from them: --out NEW_DIR model.init_from={path} "
+                    "(or train.resume=false to start over here)"
+                ) from exc
         try:
             state = ckpt.load_checkpoint(
                 path, self.model, self.optimizer, restore_data=restore_data
@@ -394,9 +469,44 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if state.get("loader") is not None:
             self.train_data.load_state_dict(state["loader"])
+        o = self.config.optim  # the saved param groups carry the old hyperparameters
+        for i, group in enumerate(self.optimizer.param_groups):  # (group 0 decays: optim.py)
+            group.update(betas=(o.beta1, o.beta2), eps=o.eps)
+            group["weight_decay"] = o.weight_decay if i == 0 else group["weight_decay"]
         self.resumed_from = Path(path)
         self.last_saved = Path(path)
         return True
+
+    def _verified_checkpoint(self) -> Path | None:
+        """The newest checkpoint of the run whose manifest verifies (hashed on the main
+        rank); newer bad ones are reported by file and moved to ``bad-step-…``; a
+        `ResumeRefused` naming each problem when checkpoints exist but none verifies."""
+        root = self.checkpoint_root
+        if root is None:
+            return None
+        found, problems = None, []
+        if self.dist.is_main:
+            ckpt.remove_partial(root)
+            found, problems = ckpt.find_resumable(root)
+            if found is not None:
+                for bad in problems:
+                    moved = ckpt.set_aside(bad.folder)
+                    what = f"{bad.file}: {bad.problem}" if bad.file else bad.problem
+                    self.console.print(
+                        f"[bold red]checkpoint {bad.folder.name} is damaged[/] ({what}); "
+                        f"moved to {moved.name}, resuming from {found.name}",
+                        highlight=False,
+                    )
+        found, problems = D.all_gather_objects((found, [str(p) for p in problems]))[0]
+        if found is None and problems:
+            raise ResumeRefused(
+                f"{root}: no checkpoint verifies, so this run cannot be resumed:\n  "
+                + "\n  ".join(problems)
+                + "\nStart over with train.resume=false (the checkpoints are moved aside), "
+                "write the run elsewhere with --out NEW_DIR, or start a new run from weights "
+                "that still load with model.init_from=<checkpoint folder>"
+            )
+        return found
 
     # ------------------------------------------------------------------ the run
     def _elapsed(self) -> float:
@@ -415,11 +525,16 @@ class Trainer:
             self.run_dir is not None
             and self.resumed_from is None
             and ckpt.list_checkpoints(self.checkpoint_root)
-        ):
-            raise ValueError(
-                f"{self.checkpoint_root} holds checkpoints of an earlier run and "
-                "train.resume=false; use a new out_dir (or delete that folder) to start over"
-            )
+        ):  # train.resume=false: start over, the earlier run's checkpoints kept aside
+            if main:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                moved = self.checkpoint_root.with_name(f"checkpoints.replaced-{stamp}")
+                self.checkpoint_root.rename(moved)
+                self.console.print(
+                    f"[bold yellow]train.resume=false[/]: starting over; the earlier run's "
+                    f"checkpoints were moved to {moved}", highlight=False,
+                )  # fmt: skip
+            D.barrier()
         writer = loggers = None
         if main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -440,10 +555,23 @@ class Trainer:
         if not main:
             bar.console = Console(quiet=True)
         reason = None
+        first_step_done: float | None = None  # clock after this session's first step
+        first_step = 0
+        if (
+            self.resumed_from is not None
+            and writer is not None
+            and any(n.startswith("changed with train.resume=force") for n in self.resume_notes)
+        ):
+            writer.write({"step": self.step, "event": "resume", "from": str(self.resumed_from),
+                          "changes": self.resume_notes})  # fmt: skip
         try:
-            with bar:
+            with bar, self.signals:
                 if self.resumed_from is not None:
                     bar.print(f"resumed from {self.resumed_from} (step {self.step})")
+                    for note in self.resume_notes:
+                        bar.print(f"  {note}")
+                for line in self._plan_lines():
+                    bar.print(line)
                 reason = self.stop_reason(self._elapsed())
                 while reason is None:
                     try:
@@ -466,8 +594,22 @@ class Trainer:
                         writer.write(record)
                         loggers.log(record)
                     bar.update(self.progress(self._elapsed()), record)
+                    now = time.perf_counter()
+                    if first_step_done is None:
+                        first_step_done, first_step = now, self.step
+                    elif self.step - first_step == 2 and tc.max_time_s:  # speed known: warn
+                        warning = budget.time_budget_warning(
+                            tc.max_time_s, self._elapsed(), self.step,
+                            (now - first_step_done) / 2, self.step_limit,
+                        )  # fmt: skip
+                        if warning:
+                            bar.print(f"[bold yellow]warning:[/] {warning}")
                     reason = self.stop_reason(self._elapsed())  # once, so save/eval agree
                     done = reason is not None
+                    if reason == "interrupted":
+                        if self.run_dir is not None:
+                            self.save()
+                        break
                     if (tc.eval_every and self.step % tc.eval_every == 0) or done:
                         ev = self.evaluate()
                         if ev:
@@ -491,7 +633,42 @@ class Trainer:
             if writer is not None:
                 writer.close()
                 loggers.close()
+        if reason == "interrupted":
+            self._interrupted()
         return self._finish(reason or "stopped", session_tokens)
+
+    def _plan_lines(self) -> list[str]:
+        """What stops this run, said up front when a time budget could cut it short."""
+        tc = self.tc
+        lines = []
+        if tc.epochs and self.epoch_limit:
+            lines.append(f"train.epochs={tc.epochs:g}: {self.epoch_limit} steps")
+            if tc.max_steps and tc.max_steps < self.epoch_limit:
+                lines.append(
+                    f"[bold yellow]warning:[/] train.max_steps={tc.max_steps} stops this run "
+                    f"before train.epochs={tc.epochs:g} ({self.epoch_limit} steps)"
+                )
+        if tc.max_time_s and self.step_limit:
+            lines.append(
+                f"[bold yellow]time budget:[/] train.max_time_s={tc.max_time_s:g} stops this run "
+                f"after {tc.max_time_s:g} s even if step {self.step_limit} is not reached "
+                "(an estimate in steps follows after the first steps)"
+            )
+        return lines
+
+    def _interrupted(self) -> None:
+        """After a SIGINT/SIGTERM stop: say where the run was saved and how to resume."""
+        name = self.signals.received or "a signal"
+        if self.last_saved is None:
+            message = f"{name}: training stopped at step {self.step}; nothing was saved"
+        else:
+            message = (
+                f"{name}: training stopped at step {self.step}; checkpoint {self.last_saved}. "
+                f"Run the same command again to resume from step {ckpt.step_of(self.last_saved)}"
+                " (train.resume=true, the default)."
+            )
+        self.console.print(f"[bold yellow]{message}[/]", highlight=False)
+        raise TrainingInterrupted(message, self.last_saved)
 
     def _finish(self, reason: str, session_tokens: int) -> dict[str, Any]:
         session_time = time.perf_counter() - self._session_start
@@ -506,6 +683,9 @@ class Trainer:
             "val_ppl": self.last_eval.get("val_ppl"),
             "checkpoint": str(self.last_saved) if self.last_saved else None,
         }
+        note = budget.stop_note(reason, self.step, self.step_limit, self.tc.max_time_s)
+        if note:  # (format_summary prints it in the summary)
+            summary["note"] = note
         if self.run_dir is not None and self.dist.is_main:
             from lmforge.train.metrics import read_metrics
 

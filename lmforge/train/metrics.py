@@ -183,6 +183,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['tokens']:,} tokens, {summary['elapsed_s']:.1f} s "
         f"({summary['tokens_per_s']:,.0f} tokens/s)",
     ]
+    if summary.get("note"):  # e.g. the time budget stopped the run short of its steps
+        lines.append(f"note: {summary['note']}")
     if summary.get("loss") is not None:
         lines.append(f"final train loss {summary['loss']:.4f}")
     if summary.get("val_loss") is not None:

@@ -35,6 +35,49 @@ def fused_available(model: nn.Module) -> bool:
     return devices <= {"cuda", "cpu"} and bool(devices)
 
 
+class AdamWLowPrecisionMoments(torch.optim.Optimizer):
+    """AdamW (the update of ``torch.optim.AdamW``) with both moments *stored* in
+    ``moment_dtype`` — bf16 in DeepSeek-V3's FP8 recipe (arXiv:2412.19437 §3.3.3) — and the
+    update computed in fp32 on the fp32 master weights:
+
+        m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,
+        θ ← θ(1 − ηλ) − η · (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
+                 weight_decay: float = 0.0, moment_dtype: torch.dtype = torch.bfloat16):  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.moment_dtype = moment_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            (beta1, beta2), lr = group["betas"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=self.moment_dtype)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=self.moment_dtype)
+                state["step"] += 1
+                t = float(state["step"])
+                g = p.grad.float()
+                m = state["exp_avg"].float().lerp_(g, 1 - beta1)
+                v = state["exp_avg_sq"].float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                state["exp_avg"] = m.to(self.moment_dtype)  # (a resume loads them as fp32)
+                state["exp_avg_sq"] = v.to(self.moment_dtype)
+                p.mul_(1 - lr * group["weight_decay"])
+                denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
+                p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+        return loss
+
+
 def build_adamw(
     model: nn.Module,
     lr: float,
@@ -42,8 +85,16 @@ def build_adamw(
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
     fused: bool | None = None,
-) -> torch.optim.AdamW:
-    """AdamW over `param_groups`; ``fused=None`` picks fused where the device supports it."""
+    moment_dtype: torch.dtype = torch.float32,
+) -> torch.optim.Optimizer:
+    """AdamW over `param_groups`; ``fused=None`` picks fused where the device supports it.
+
+    ``moment_dtype=torch.bfloat16`` stores the moments in bf16 (`AdamWLowPrecisionMoments`;
+    the FP8 recipe), at half the optimizer-state memory."""
+    if moment_dtype != torch.float32:
+        return AdamWLowPrecisionMoments(
+            param_groups(model, weight_decay), lr, betas, eps, moment_dtype=moment_dtype
+        )
     if fused is None:
         fused = fused_available(model)
     return torch.optim.AdamW(

@@ -24,11 +24,11 @@ from lmforge.data.tokens import TokenFileInfo, build_token_file
 from lmforge.models.hf import load_model
 from lmforge.models.presets import preset_config
 from lmforge.models.transformer import CausalLM
-from lmforge.tokenizer import Tokenizer, load_tokenizer
+from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo, barrier
 from lmforge.train.loop import Trainer
-from lmforge.train.run import fit_and_export, print_summary, training_run
+from lmforge.train.run import check_resumable, fit_and_export, print_summary, training_run
 
 
 def train_pretrain(
@@ -48,14 +48,17 @@ def train_pretrain(
                 f"[bold]data[/]: synthetic corpus, {data.synthetic_docs} train / "
                 f"{data.val_docs} validation documents"
             )
+        check_resumable(config)  # another run in this folder: refuse before tokenizing
         tokenizer = pretrain_tokenizer(config, run_dir, train_paths, dist, console)
         train_tokens = token_file(config, tokenizer, train_paths, run_dir / "data" / "train", dist)
         val_tokens = None
         if val_paths:
             val_tokens = token_file(config, tokenizer, val_paths, run_dir / "data" / "val", dist)
+        val_note = f", {val_tokens.num_tokens:,} validation" if val_tokens else ""
+        data_report = train_tokens.report.summary().replace("\n", "; ")  # skips, peak memory
         console.print(
             f"[bold]tokens[/]: {train_tokens.num_tokens:,} train in {train_tokens.num_docs:,} "
-            f"documents" + (f", {val_tokens.num_tokens:,} validation" if val_tokens else "")
+            f"documents{val_note} ({data_report})"
         )
         model = pretrain_model(config, tokenizer)
         seed, t = config.train.seed, config.train
@@ -108,19 +111,23 @@ def synthetic_corpus_files(config: RunConfig, run_dir: Path, dist: DistInfo) -> 
 
 
 def pretrain_tokenizer(config: RunConfig, run_dir: Path, paths, dist: DistInfo, console):
-    """``data.tokenizer``, else the init model's, else one trained on the data (once per run)."""
+    """``data.tokenizer``, else the init model's, else one trained on the data — cached in
+    ``run_dir/tokenizer`` under a fingerprint of the data and settings
+    (`lmforge.data.tokenizer_training.cached_tokenizer`), never reused for other data."""
     source = config.data.tokenizer or config.model.init_from
     if source:
         return load_tokenizer(source)
     folder = run_dir / "tokenizer"
-    if dist.is_main and not (folder / "tokenizer.json").is_file():
-        from lmforge.data.sources import iter_texts, read_records
+    if dist.is_main:
+        from lmforge.data.tokenizer_training import cached_tokenizer
 
-        records = read_records(paths, schema="text", text_field=config.data.text_field,
-                               skip_bad=config.data.skip_bad)  # fmt: skip
-        tok = Tokenizer.train(iter_texts(records), vocab_size=config.data.vocab_size)
-        tok.save(folder)
-        console.print(f"[bold]tokenizer[/]: trained, {tok.vocab_size} ids -> {folder}")
+        d = config.data
+        tok, reused, report = cached_tokenizer(paths, folder, d.vocab_size, schema="text",
+                                               text_field=d.text_field, skip_bad=d.skip_bad)  # fmt: skip
+        what = "reused (same data and settings)" if reused else "trained"
+        summary = "; ".join(report.summary().splitlines()[1:])  # skips, documents, memory
+        console.print(f"[bold]tokenizer[/]: {what}, {tok.vocab_size} ids -> {folder}"
+                      + (f" ({summary})" if summary else ""))  # fmt: skip
     barrier()
     return load_tokenizer(folder)
 

@@ -20,10 +20,12 @@ from rich.console import Console
 
 from lmforge.config import ConfigError
 from lmforge.models.hf import checkpoint_dir
+from lmforge.train import checkpoint as ckpt
 from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo, init_distributed
 from lmforge.train.loop import Trainer
 from lmforge.train.metrics import format_summary
+from lmforge.train.resume_rules import BATCH_KEYS, check_resume, config_changes
 
 
 def start_run(
@@ -66,6 +68,23 @@ def check_vocab(model_dir: str | Path, tokenizer: Any, vocab_size: int) -> None:
         raise ValueError(
             f"{model_dir}: tokenizer has {tokenizer.vocab_size} ids but the model only {vocab_size}"
         )
+
+
+def check_resumable(config: RunConfig) -> None:
+    """Refuse early — before data is tokenized — to resume a run folder holding another run
+    (`lmforge.train.resume_rules`; the `Trainer` checks again, fully, when it resumes)."""
+    if config.train.resume is False:
+        return
+    path = ckpt.latest_checkpoint(Path(config.out_dir) / "checkpoints")
+    if path is None:
+        return
+    try:
+        saved = ckpt.read_trainer_state(path).get("config")
+    except (OSError, ValueError):
+        return  # a damaged checkpoint: the Trainer names it and falls back
+    if saved is not None:  # (the global batch is compared by the Trainer, which knows the world)
+        changes = config_changes(saved, config.to_dict())
+        check_resume([c for c in changes if c.key not in BATCH_KEYS], config.train.resume, path)
 
 
 def fit_and_export(trainer: Trainer, run_dir: str | Path) -> dict[str, Any]:

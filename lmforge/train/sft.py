@@ -31,7 +31,7 @@ from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import DataSection, RunConfig
 from lmforge.train.distributed import DistInfo, barrier
 from lmforge.train.pretrain import train_language_model
-from lmforge.train.run import check_vocab, init_model_dir, training_run
+from lmforge.train.run import check_resumable, check_vocab, init_model_dir, training_run
 
 
 def train_sft(
@@ -51,6 +51,7 @@ def train_sft(
             console.print(
                 f"[bold]data[/]: {config.data.synthetic_docs} synthetic chats (no --data)"
             )
+        check_resumable(config)  # another run in this folder: refuse before loading data
         d, t = config.data, config.train
         tokenizer = load_tokenizer(d.tokenizer or model_dir)
         max_len = None if d.split_long else d.seq_len
@@ -117,7 +118,12 @@ def train_and_validation(
 
 
 def split_validation(examples: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out ``fraction`` of ``examples`` (a seeded shuffle; at least one when > 0)."""
+    """Hold out ``fraction`` of ``examples`` (``data.val_fraction``): which part is the first
+    ``max(1, round(fraction × N))`` indices of a ``random.Random(seed)`` shuffle of
+    ``range(N)`` — a random sample, the same for the same seed and N, kept in input order.
+    N counts the items kept after loading (records skipped or dropped do not count); with
+    ``fraction`` 0 or fewer than two items nothing is held out. SFT, DPO and RM split this
+    way when no ``data.val_paths`` are given."""
     if fraction <= 0 or len(examples) < 2:
         return examples, []
     order = list(range(len(examples)))

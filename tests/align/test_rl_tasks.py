@@ -9,6 +9,7 @@ import pytest
 
 from lmforge.align.rl_tasks import (
     PromptAnswer,
+    prompt_record,
     r1_prompt_ids,
     r1_reward,
     read_prompt_answers,
@@ -26,17 +27,55 @@ def test_task_problems_default_to_the_generators_own_settings():
     assert got == arithmetic_problems(10, 0, "test", 3, ("+",))
 
 
-def test_prompt_answer_files_split_and_name_bad_lines(tmp_path):
+def test_prompt_files_hold_out_a_seeded_val_fraction_or_val_paths_and_name_bad_lines(tmp_path):
+    from lmforge.train.sft import split_validation
+
     path = tmp_path / "qa.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": i, "tests": [i]}) + "\n"
                             for i in range(20)))  # fmt: skip
-    train = task_problems("prompts", "train", 100, 0, paths=[str(path)])
-    test = task_problems("prompts", "test", 100, 0, paths=[str(path)])
-    assert test == [PromptAnswer("q0", "0"), PromptAnswer("q1", "1")] and len(train) == 18
+    train = task_problems("prompts", "train", 100, 0, paths=[str(path)], val_fraction=0.1)
+    test = task_problems("prompts", "test", 100, 0, paths=[str(path)], val_fraction=0.1)
+    everything = read_prompt_answers([str(path)])
+    assert (train, test) == split_validation(everything, 0.1, 0)  # as SFT holds examples out
+    assert len(test) == 2 and len(train) == 18
+    assert {x.prompt for x in train}.isdisjoint(x.prompt for x in test)
+    assert test[0].answer == str(test[0].fields["answer"])  # raw fields kept for rewards
+    assert test[0].fields["tests"] == [test[0].fields["answer"]]
+    assert task_problems("prompts", "test", 100, 0, paths=[str(path)], val_fraction=0) == []
+    held = tmp_path / "held.json"  # a JSON array file, given as data.val_paths
+    held.write_text(json.dumps([{"prompt": "h", "answer": "1"}]))
+    assert task_problems("prompts", "test", 5, 0, paths=[str(path)], val_paths=[str(held)]) == [
+        PromptAnswer("h", "1", {"answer": "1"})
+    ]
+    assert len(task_problems("prompts", "train", 5, 0, paths=[str(path)],
+                             val_paths=[str(held)])) == 5  # fmt: skip
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "x", "answer": "1"}\n\n{"prompt": "y"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:3: .*'prompt' and 'answer'"):
+    bad.write_text('{"prompt": "x", "answer": "1"}\n\n{"question": "y"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: expected 'prompt'.*'question'"):
         read_prompt_answers([str(bad)])
+
+
+def test_conversational_prompts_go_through_the_chat_template():
+    class Tok:
+        def apply_chat_template(self, messages, add_generation_prompt=False):
+            assert add_generation_prompt
+            return "|".join(f"{m['role']}:{m['content']}" for m in messages)
+
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    item = prompt_record({"prompt": chat, "answer": 3}, "f:1")
+    assert r1_prompt_ids(Tok(), item, "ignored: the record has a system turn") == [
+        ord(c) for c in "system:be brief|user:hi"
+    ]
+    conv = prompt_record({"messages": [*chat[1:], {"role": "assistant", "content": "hello"}]}, "")
+    assert conv.prompt == chat[1:] and conv.fields["reference"] == "hello"  # not in the prompt
+    assert r1_prompt_ids(Tok(), conv, "sys") == [ord(c) for c in "system:sys|user:hi"]
+    with pytest.raises(ValueError, match="f:2: a conversation must be"):
+        prompt_record({"prompt": [{"text": "x"}]}, "f:2")
+    with pytest.raises(ValueError, match="no 'answer' for the built-in accuracy reward"):
+        r1_reward(prompt_record({"prompt": "q"}, "f:3"), Completion([], [1], "x", "stop"))
 
 
 def test_r1_prompt_ids_are_the_chat_template_with_the_assistant_opening():

@@ -42,3 +42,32 @@ def test_human_size_uses_decimal_prefixes():
     assert human_size(999) == "999 B"
     assert human_size(1234567) == "1.23 MB"
     assert human_size(2_500_000, unit="") == "2.50 M"
+
+
+def test_info_on_an_adapter_folder(checkpoint, adapter, run):
+    folder, model = checkpoint
+    code, out, err = run("info", str(adapter))
+    assert code == 0, err
+    lora = sum(p.numel() for n, p in _lora_model(folder).named_parameters() if ".lora_" in n)
+    assert "adapter" in out and "LORA" in out and "r=4, alpha=8" in out
+    assert f"{lora:,}" in out and f"of the base's {model.num_parameters():,}" in out
+    assert str(folder) in out
+    code, out, _ = run("info", str(adapter), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["trainable_parameters"] == lora and info["kind"] == "adapter"
+
+
+def test_info_on_a_cached_hub_id(hf_cache, run):
+    snapshot = hf_cache("Org/Tiny")
+    code, out, err = run("info", "Org/Tiny")
+    assert code == 0, err
+    assert out.startswith(str(snapshot))
+    code, _, err = run("info", "Org/Absent")
+    assert code == 2 and "huggingface-cli download Org/Absent" in err
+
+
+def _lora_model(folder):
+    import lmforge
+    from lmforge.peft import apply_lora
+
+    return apply_lora(lmforge.load_model(folder), r=4, alpha=8, target_modules="all-linear")

@@ -4,6 +4,7 @@ and the ``--adapter`` engine of `lmforge serve` end to end on a tiny model (in-p
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -56,7 +57,12 @@ def test_sft_lora_saves_adapter_only_and_resumes(base, chat, tmp_path, capsys):
 
     out = tmp_path / "run"
     args = ["--peft", "lora", "--lora-r", "4", "--lora-alpha", "8"]
+    capsys.readouterr()
     assert _sft(base, chat, out, args, "train.save_every=2", "train.max_steps=2") == 0
+    lora = 4 * sum(m.in_features + m.out_features for n, m in
+                   lmforge.load_model(base).named_modules() if n.endswith("_proj"))  # fmt: skip
+    total = lmforge.load_model(base).num_parameters() + lora
+    assert f"peft: lora, {lora:,} trainable / {total:,} total parameters" in capsys.readouterr().out
     model_dir = out / "model"
     assert (model_dir / "adapter_config.json").is_file() and not list(model_dir.glob("model*"))
     cp = ckpt.latest_checkpoint(out / "checkpoints")
@@ -72,6 +78,21 @@ def test_sft_lora_saves_adapter_only_and_resumes(base, chat, tmp_path, capsys):
         lora_logits = ours(ids).logits
         assert (lora_logits - theirs.eval()(ids).logits).abs().max() < 1e-5
         assert (lora_logits - lmforge.load_model(base)(ids).logits).abs().max() > 1e-6
+
+    # The adapter records its base, so peft's AutoPeftModelForCausalLM finds it from
+    # another working directory.
+    from peft import AutoPeftModelForCausalLM
+
+    cfg = json.loads((model_dir / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(base.resolve())
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        auto = AutoPeftModelForCausalLM.from_pretrained(model_dir).eval()
+    finally:
+        os.chdir(here)
+    with torch.no_grad():
+        assert (auto(ids).logits - lora_logits).abs().max() < 1e-5
 
     assert _sft(base, chat, out, args, "train.save_every=2", "train.max_steps=3") == 0
     assert "resumed from" in capsys.readouterr().out
@@ -101,3 +122,28 @@ def test_sft_adapter_and_refusals(base, chat, tmp_path, capsys):
     status = main(["merge", "--base", str(base), "--adapter", str(tmp_path / "a" / "model"),
                    "--out", str(tmp_path / "m")])  # fmt: skip
     assert status == 2 and "cannot be merged" in capsys.readouterr().err
+
+
+def test_merge_refuses_a_non_empty_out_without_force(checkpoint, adapter, tmp_path, run):
+    """A non-empty --out needs --force; --out may never be the base or the adapter; without
+    --base the adapter's recorded base is merged."""
+    import lmforge
+
+    folder, _ = checkpoint
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, _, err = run("merge", "--base", str(folder), "--adapter", str(adapter), "--out", str(out))
+    assert code == 2 and "--out is not empty; pass --force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    code, _, err = run("merge", "--adapter", str(adapter), "--out", str(out), "--force")
+    assert code == 0, err
+    merged = lmforge.load_model(out).eval()
+    again = load_adapter(lmforge.load_model(folder), adapter).eval()
+    ids = torch.randint(0, 250, (1, 7))
+    with torch.no_grad():
+        assert (merged(ids).logits - again(ids).logits).abs().max() < 1e-5
+    for target in (folder, adapter):
+        code, _, err = run("merge", "--base", str(folder), "--adapter", str(adapter),
+                           "--out", str(target), "--force")  # fmt: skip
+        assert code == 2 and "--out is the --" in err

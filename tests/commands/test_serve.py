@@ -22,3 +22,34 @@ def test_serve_refuses_a_busy_port(chat_model_dir, run):
         code, _, err = run("serve", "--model", str(chat_model_dir), "--port", str(port))
     assert code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_lora_flag_errors(chat_model_dir, tmp_path, run):
+    model = str(chat_model_dir)
+    code, _, err = run("serve", "--model", model, "--lora", "nameonly")
+    assert code == 2 and "expected NAME=DIR" in err
+    code, _, err = run("serve", "--model", model, "--lora", f"bad.name={tmp_path}")
+    assert code == 2 and "NAME may use" in err
+    code, _, err = run("serve", "--model", model, "--lora", f"a={tmp_path}", f"a={tmp_path}")
+    assert code == 2 and "given twice" in err
+    code, _, err = run("serve", "--model", model, "--lora", f"a={tmp_path / 'no'}")
+    assert code == 2 and "is not a folder" in err
+    code, _, err = run("serve", "--model", model, "--adapter", str(tmp_path), "--lora",
+                       f"a={tmp_path}")  # fmt: skip
+    assert code == 2 and "not both" in err
+
+
+def test_engine_commands_pick_cuda_when_present(monkeypatch):
+    """``--device auto`` (the default of serve and chat) resolves as training does."""
+    import torch
+
+    from lmforge.cli import build_parser
+    from lmforge.train.distributed import resolve_device
+
+    for verb in ("serve", "chat"):
+        args = build_parser().parse_args([verb, "--model", "m"])
+        assert args.device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")

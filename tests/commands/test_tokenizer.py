@@ -36,7 +36,7 @@ def test_tokenizer_train_reads_txt_paragraphs_jsonl_and_folders(tmp_path, run):
     [
         ('{"text": "ok"}\n{"txt": "no"}\n', "bad.jsonl:2: missing field 'text'"),
         ('{"text": "ok"}\n\n{"text": 5}\n', "bad.jsonl:3: field 'text' is int"),
-        ('{"text": "ok"}\n{oops\n', "bad.jsonl:2: invalid JSON"),
+        ('{"text": "ok"}\n{oops\n', "bad.jsonl:2:2: invalid JSON"),  # line:column
     ],
 )
 def test_tokenizer_train_bad_jsonl_names_file_line_and_field(tmp_path, run, content, expected):

@@ -1,6 +1,8 @@
 """SFT formats: token ids and assistant masks equal `transformers`' own
-(``return_assistant_tokens_mask``), prompt/completion and Alpaca layouts, a template that
-breaks the prefix property is an error, and `load_sft_examples` validates and counts."""
+(``return_assistant_tokens_mask``), prompt/completion and Alpaca layouts (through the chat
+template by default, raw with ``format="raw"``), a template that breaks the prefix property
+is an error, `load_sft_examples` validates and counts, and what SFT trains on Alpaca is what
+the server's chat endpoint renders and answers."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import json
 import pytest
 
 from lmforge.data.formats import (
+    RAW_FALLBACK,
     Example,
     PrefixPropertyError,
     alpaca_prompt,
+    alpaca_user_text,
     load_sft_examples,
+    prompt_completion_messages,
     tokenize_conversation,
     tokenize_prompt_completion,
 )
@@ -126,9 +131,26 @@ def test_load_sft_examples_mixes_schemas_and_counts(tok, tmp_path):
     assert dict(report.skipped) == {"no loss tokens": 1}
     assert examples[0] == tokenize_conversation(CHAT, tok)
     assert examples[0].where.endswith("a_chat.jsonl:1")
+    # string pairs and Alpaca: a user turn and an assistant turn through the chat template
+    pair = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": " 4"}]
+    assert prompt_completion_messages("What is 2 + 2?", " 4") == pair
+    assert examples[1] == tokenize_conversation(pair, tok)
     assert examples[2] == tokenize_conversation(CHAT[:3], tok, train_from=2)
-    alpaca = tokenize_prompt_completion(alpaca_prompt("Add.", "2+2"), "4", tok)
-    assert examples[3] == alpaca
+    assert alpaca_user_text("Add.", "2+2") == "Add.\n\n2+2" and alpaca_user_text("Add.") == "Add."
+    alpaca = [{"role": "user", "content": "Add.\n\n2+2"}, {"role": "assistant", "content": "4"}]
+    assert examples[3] == tokenize_conversation(alpaca, tok)
+    # format="raw": the same records as plain text, as before
+    raw, _ = load_sft_examples([tmp_path], tok, format="raw", skip_bad=True)
+    assert raw[0] == examples[0] and raw[2] == examples[2]
+    assert raw[1] == tokenize_prompt_completion("What is 2 + 2?", " 4", tok)
+    assert raw[3] == tokenize_prompt_completion(alpaca_prompt("Add.", "2+2"), "4", tok)
+    # a tokenizer without a chat template formats them raw, and says so in the report
+    bare = Tokenizer(tok.backend, tok.special_tokens, chat_template=None)
+    pairs, report = load_sft_examples([tmp_path / "c_alpaca.jsonl"], bare)
+    assert pairs == raw[3:] and report.counts[RAW_FALLBACK] == 1
+    assert RAW_FALLBACK in report.summary()
+    with pytest.raises(ValueError, match="format='chatml': choose one of auto, raw"):
+        load_sft_examples([tmp_path], tok, format="chatml")
 
     short, report = load_sft_examples([tmp_path], tok, skip_bad=True, max_len=12)
     assert all(len(e) <= 12 for e in short)
@@ -153,3 +175,95 @@ def test_load_sft_examples_rejects_preference_and_bad_roles(tok, tmp_path):
     tok_default = Tokenizer(tok.backend, tok.special_tokens)  # default template: no tool role
     with pytest.raises(DataError, match=r"t\.jsonl:1: .*unsupported role tool"):
         load_sft_examples([path], tok_default)
+
+
+ALPACA = [
+    {"instruction": "Add the numbers.", "input": "2 + 2", "output": "The sum is 4."},
+    {"instruction": "Say hello.", "input": "", "output": "Hello there!"},
+    {"instruction": "Name a colour.", "output": "Blue."},
+]
+
+
+def test_alpaca_prompt_is_what_the_chat_endpoint_renders(tok, tmp_path):
+    """Same token sequence: the part SFT does not train on (the prompt) is exactly what the
+    server's chat path renders for the user message, and the targets are the reply and the
+    end-of-turn token the server stops on."""
+    from lmforge.serve.protocol import ChatMessage
+    from lmforge.serve.translate import chat_prompt_ids
+
+    path = tmp_path / "alpaca_data.json"
+    path.write_text(json.dumps(ALPACA, indent=2))
+    examples, report = load_sft_examples([path], tok)
+    assert len(examples) == 3 and report.kept == 3
+    for record, example in zip(ALPACA, examples):
+        start = targets(example)[0]
+        assert targets(example) == list(range(start, len(example)))  # the reply, to the end
+        user = alpaca_user_text(record["instruction"], record.get("input", ""))
+        served = chat_prompt_ids(tok, [ChatMessage(role="user", content=user)])
+        assert example.input_ids[:start] == served
+        reply = example.input_ids[start:]
+        assert reply == tok.encode(record["output"] + "<|im_end|>\n")
+        assert reply[-2] in tok.stop_token_ids
+
+
+def test_model_sft_on_alpaca_answers_through_the_chat_endpoint(tmp_path):
+    """SFT a tiny model on an Alpaca JSON file until it knows the answers, then ask the
+    served chat endpoint (`lmforge.serve.create_app`): greedy replies are the outputs."""
+    import io
+
+    import torch
+    from fastapi.testclient import TestClient
+    from rich.console import Console
+
+    from lmforge.models.hf import save_model
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.serve import AsyncEngine, ServerLimits, create_app
+    from lmforge.serve.loading import load_engine
+    from lmforge.train.config import load_config
+    from lmforge.train.sft import train_sft
+
+    texts = [v for r in ALPACA for v in r.values() if v] * 4
+    tokenizer = Tokenizer.train(texts, vocab_size=320)
+    cfg = preset_config("tiny", vocab_size=tokenizer.vocab_size, hidden_size=32,
+                        intermediate_size=64, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    save_model(CausalLM(cfg), tmp_path / "base", tokenizer=tokenizer)
+    data = tmp_path / "alpaca_data.json"
+    data.write_text(json.dumps(ALPACA, indent=2))
+    config = load_config(None, [
+        f"model.init_from={json.dumps(str(tmp_path / 'base'))}", f"data.paths=[{data}]",
+        f"out_dir={json.dumps(str(tmp_path / 'sft'))}", "data.seq_len=64", "data.val_fraction=0",
+        "train.batch_size=3", "train.max_steps=40", "optim.lr=1e-2", "optim.warmup_steps=5",
+        "optim.weight_decay=0", "train.eval_every=0", "train.save_every=0", "train.cpu_threads=1",
+        "log.progress=false", "log.plot=false",
+    ])  # fmt: skip
+    train_sft(config, console=Console(file=io.StringIO()))
+    engine, tok, _, context = load_engine(tmp_path / "sft" / "model")
+    limits = ServerLimits(context, 32, stop_token_ids=tuple(tok.stop_token_ids))  # as `serve`
+    app = create_app(AsyncEngine(engine), tok, "tiny", limits)
+    with TestClient(app) as client:
+        for record in ALPACA:
+            user = alpaca_user_text(record["instruction"], record.get("input", ""))
+            response = client.post("/v1/chat/completions", json={
+                "model": "tiny", "messages": [{"role": "user", "content": user}],
+                "temperature": 0, "max_tokens": 24,
+            })  # fmt: skip
+            assert response.status_code == 200, response.text
+            choice = response.json()["choices"][0]
+            assert choice["message"]["content"] == record["output"]
+            assert choice["finish_reason"] == "stop"
+
+
+def test_data_format_is_validated_in_the_config():
+    import typing
+
+    from lmforge.config import ConfigError
+    from lmforge.data.formats import FORMATS
+    from lmforge.train.config import DataSection, load_config
+
+    assert typing.get_args(typing.get_type_hints(DataSection)["format"]) == FORMATS
+    assert load_config(None, ["data.format=raw"]).data.format == "raw"
+    with pytest.raises(ConfigError, match=r"data.format: 'chatml' is not one of \['auto', 'raw'"):
+        load_config(None, ["data.format=chatml"])

@@ -28,7 +28,8 @@ def test_txt_paragraphs_and_jsonl(tmp_path):
     [
         ('{"text": "ok"}\n{"txt": "typo"}\n', ":2: missing field 'text'"),
         ('{"text": "ok"}\n{"text": 3}\n', ":2: field 'text' is int"),
-        ('{"text": "ok"}\n\n{oops\n', ":3: invalid JSON"),
+        ('{"text": "ok"}\n\n{oops\n', ":3:2: invalid JSON: Expecting property name"),
+        ('{"text": "ok"}\n{"text": "a" "b"}\n', ":2:14: invalid JSON: Expecting ','"),
     ],
 )
 def test_bad_jsonl_names_file_and_line(tmp_path, content, needle):
@@ -195,3 +196,16 @@ def test_folders_mix_txt_jsonl_parquet_in_sorted_order(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"text": "four"}]), tmp_path / "c.parquet")
     texts = [r.text for r in read_records([tmp_path], schema="text")]
     assert texts == ["one", "two", "three", "four"]
+
+
+def test_record_texts_are_every_text_field():
+    from lmforge.data.sources import record_texts
+
+    chat = ({"role": "user", "content": "q"}, {"role": "assistant", "content": "a",
+                                                "reasoning_content": "think"})  # fmt: skip
+    assert list(record_texts(TextRecord("t"))) == ["t"]
+    assert list(record_texts(ChatRecord(chat))) == ["q", "a", "think"]
+    assert list(record_texts(PromptCompletionRecord("p", chat[1:]))) == ["p", "a", "think"]
+    assert list(record_texts(PreferenceRecord(None, "c", "r"))) == ["c", "r"]
+    assert list(record_texts(InstructionRecord("i", "o", "x"))) == ["i", "x", "o"]
+    assert list(record_texts(InstructionRecord("i", "o"))) == ["i", "o"]

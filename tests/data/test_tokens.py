@@ -3,6 +3,7 @@ cached until an input or the tokenizer changes, and never half-written."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -41,7 +42,9 @@ def test_token_file_holds_bos_text_eos_per_document(tmp_path, tok):
     assert data.num_tokens == sum(map(len, expected)) == int(data.doc_offsets[-1])
     assert data.vocab_size == tok.vocab_size
     index = json.loads((tmp_path / "out" / "index.json").read_text())
-    assert {s["path"].rsplit("/", 1)[1] for s in index["sources"]} == {"a.jsonl", "b.txt"}
+    sources = index["sources"]["files"]
+    assert {s["path"].rsplit("/", 1)[1] for s in sources} == {"a.jsonl", "b.txt"}
+    assert all(len(s["sha256"]) == 64 for s in sources)
     assert index["num_docs"] == 40 and index["dtype"] == "uint16"
     assert len(index["tokenizer_hash"]) == 64
 
@@ -85,7 +88,8 @@ def test_bad_records_error_or_are_counted(tmp_path, tok):
 def test_interrupted_build_leaves_no_index(tmp_path, tok, monkeypatch):
     corpus = write_corpus(tmp_path / "corpus")
     build_token_file([corpus], tok, tmp_path / "out", num_workers=0)
-    os.utime(corpus / "a.jsonl", ns=(1, 1))  # force a rebuild
+    with open(corpus / "a.jsonl", "a") as f:  # force a rebuild
+        f.write(json.dumps({"text": "one more"}) + "\n")
 
     def boom(*args):
         raise KeyboardInterrupt
@@ -99,3 +103,70 @@ def test_interrupted_build_leaves_no_index(tmp_path, tok, monkeypatch):
 
 def test_dtype_follows_vocab_size():
     assert token_dtype(65535) == np.uint16 and token_dtype(65536) == np.uint32
+
+
+def test_long_documents_are_encoded_in_pieces_to_the_same_file(tmp_path, tok, monkeypatch):
+    import lmforge.tokenizer as tokenizing
+
+    long_docs = [" ".join(TEXTS[i : i + 20]) for i in range(0, 40, 10)]
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in [*long_docs, *TEXTS]))
+    whole = build_token_file([path], tok, tmp_path / "whole", num_workers=0)
+    assert tok.pieces_are_exact()
+    monkeypatch.setattr(tokenizing, "PIECE_CHARS", 50)  # the long documents go in pieces
+    monkeypatch.setattr(tokens_module, "CHUNK_CHARS", 300)  # chunks bounded by characters
+    pieces = build_token_file([path], tok, tmp_path / "pieces", num_workers=0)
+    assert pieces.num_tokens == whole.num_tokens and pieces.num_docs == len(long_docs) + 40
+    for name in ("tokens.bin", "doc_offsets.npy"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "pieces" / name).read_bytes()
+    assert (
+        build_token_file([path], tok, tmp_path / "two", num_workers=2).num_tokens
+        == whole.num_tokens
+    )
+    assert (tmp_path / "two" / "tokens.bin").read_bytes() == (
+        tmp_path / "whole" / "tokens.bin"
+    ).read_bytes()
+    # the data report records the peak memory, on screen and in the index
+    assert pieces.report.peak_memory_bytes > 10 * 2**20
+    assert "peak memory" in pieces.report.summary()
+    index = json.loads((tmp_path / "pieces" / "index.json").read_text())
+    assert index["report"]["peak_memory_bytes"] == pieces.report.peak_memory_bytes
+
+
+def test_no_documents_fails_and_leaves_no_cache(tmp_path, tok):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": ""}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl: no documents to tokenize"):
+        build_token_file([path], tok, tmp_path / "out", num_workers=0)
+    assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_skip_bad_is_part_of_the_cache_key(tmp_path, tok):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
+    assert (
+        build_token_file([path], tok, tmp_path / "out", num_workers=0, skip_bad=True).num_docs == 1
+    )
+    with pytest.raises(DataError, match=r"d\.jsonl:2: missing field 'text'"):  # not the cache
+        build_token_file([path], tok, tmp_path / "out", num_workers=0)
+
+
+def test_fingerprint_hashes_contents_but_trusts_old_unchanged_files(tmp_path, monkeypatch):
+    from lmforge.data.tokens import source_fingerprint
+
+    path = tmp_path / "a.txt"
+    path.write_text("hello")
+    first = source_fingerprint([path])
+    assert first["files"][0]["sha256"] == hashlib.sha256(b"hello").hexdigest()
+    hashed = []
+    real = tokens_module.file_sha256
+    monkeypatch.setattr(tokens_module, "file_sha256", lambda p: hashed.append(p) or real(p))
+    source_fingerprint([path], first)  # racy: modified within the slack of the fingerprint
+    assert hashed == [path]
+    os.utime(path, ns=(1, 1))  # an old file ...
+    old = source_fingerprint([path])
+    hashed.clear()
+    assert source_fingerprint([path], old)["files"] == old["files"]
+    assert hashed == []  # ... unchanged since: its known hash is kept, the file not reread
+    path.write_text("HELLO")  # the same size: the new mtime gives it away
+    assert source_fingerprint([path], old)["files"][0]["sha256"] != old["files"][0]["sha256"]

@@ -489,3 +489,23 @@ def test_constrained_generate_checks_arguments(tok, model):
     free = constrained_generate(model, tok, [0], None, max_tokens=7, seed=0)
     assert 1 <= len(free) <= 7
     assert constrained_generate(model, tok, [0], None, max_tokens=7, seed=0) == free
+
+
+def test_lark_grammar_with_embedded_schema(tok, model):
+    """llguidance's Lark dialect (what tool calling uses): literal text around a ``%json``
+    schema; every sample is the literal frame around JSON that validates."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0,
+              "maximum": 99}}, "required": ["n"], "additionalProperties": False,
+              "x-guidance": {"whitespace_flexible": False}}  # fmt: skip
+    grammar = f'start: "<v>" %json {json.dumps(schema)} "</v>"\n'
+    for seed in SEEDS:
+        c = compile_constraint(tok, lark=grammar)
+        text = tok.decode(constrained_generate(model, tok, [0], c, max_tokens=40, seed=seed))
+        assert c.is_finished(), text
+        assert text.startswith("<v>") and text.endswith("</v>"), text
+        schema.pop("x-guidance", None)
+        jsonschema.validate(json.loads(text[3:-4]), schema)
+    with pytest.raises(ValueError, match="Lark grammars need the llguidance backend"):
+        compile_constraint(tok, lark=grammar, backend="xgrammar")
+    with pytest.raises(ValueError, match="invalid Lark grammar"):
+        compile_constraint(tok, lark="start: (")

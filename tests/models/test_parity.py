@@ -17,6 +17,34 @@ from lmforge import KVCache
 
 ATOL = 1e-4
 
+# A tiny DeepSeek-V3 (HF config kwargs): q LoRA, 8 routed experts in 4 groups (top-2 groups,
+# top-3 experts), one shared expert, one dense-first layer, YaRN with mscale_all_dim (which
+# changes the softmax scale), interleaved RoPE.
+DEEPSEEK_TINY = dict(
+    num_key_value_heads=4,
+    q_lora_rank=24,
+    kv_lora_rank=16,
+    qk_nope_head_dim=8,
+    qk_rope_head_dim=8,
+    v_head_dim=12,
+    moe_intermediate_size=16,
+    n_routed_experts=8,
+    n_shared_experts=1,
+    num_experts_per_tok=3,
+    n_group=4,
+    topk_group=2,
+    first_k_dense_replace=1,
+    routed_scaling_factor=2.5,
+    rope_parameters={
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 32,
+        "mscale": 1.0,
+        "mscale_all_dim": 0.8,
+    },
+)
+
 CASES = {
     "llama-mha": ("llama", dict(num_key_value_heads=4)),
     "llama-gqa-headdim-bias": (
@@ -69,6 +97,29 @@ CASES = {
     ),
     "mistral-sliding": ("mistral", dict(sliding_window=5)),
     "mistral-full-mqa": ("mistral", dict(sliding_window=None, num_key_value_heads=1)),
+    # DeepSeek-V3: MLA + DeepSeekMoE. `correction_bias_std` draws a non-zero
+    # e_score_correction_bias (it changes which experts are chosen, not their weights).
+    "deepseek-qlora-groups-yarn-bias": (
+        "deepseek_v3",
+        dict(DEEPSEEK_TINY, correction_bias_std=0.5),
+    ),
+    "deepseek-plainq-tied-dense0-bias": (
+        "deepseek_v3",
+        dict(
+            DEEPSEEK_TINY,
+            q_lora_rank=None,
+            tie_word_embeddings=True,
+            n_group=1,
+            topk_group=1,
+            n_shared_experts=2,
+            first_k_dense_replace=0,
+            norm_topk_prob=False,
+            rope_interleave=False,
+            attention_bias=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+            correction_bias_std=0.3,
+        ),
+    ),
 }
 
 
@@ -76,7 +127,15 @@ CASES = {
 def pair(request, tmp_path_factory, hf_model_factory):
     """(hf_model, lmforge_model, folder) for one case."""
     model_type, overrides = CASES[request.param]
-    hf = hf_model_factory(model_type, seed=zlib.crc32(request.param.encode()) % 1000, **overrides)
+    overrides = dict(overrides)
+    bias_std = overrides.pop("correction_bias_std", 0.0)
+    seed = zlib.crc32(request.param.encode()) % 1000
+    hf = hf_model_factory(model_type, seed=seed, **overrides)
+    if bias_std:
+        generator = torch.Generator().manual_seed(seed)
+        for name, buf in hf.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(bias_std * torch.randn(buf.shape, generator=generator))
     folder = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(folder)
     return hf, lmforge.load_model(folder).eval(), folder
@@ -188,3 +247,64 @@ def test_kv_cache_incremental_equals_full(pair):
     first = ours(ids[:, :9], cache=cache).logits
     rest = [ours(ids[:, i : i + 1], cache=cache).logits for i in range(9, 14)]
     assert _max_diff(torch.cat([first, *rest], dim=1), ours(ids).logits) <= ATOL
+
+
+# ---------------------------------------------------------------------- DeepSeek-V3 only
+DEEPSEEK_CASES = sorted(k for k in CASES if CASES[k][0] == "deepseek_v3")
+
+
+only_deepseek = pytest.mark.parametrize("pair", DEEPSEEK_CASES, indirect=True)
+
+
+@only_deepseek
+@torch.no_grad()
+def test_deepseek_greedy_generation_matches_hf(pair):
+    hf, ours, _ = pair
+    prompt = torch.randint(1, 97, (1, 7), generator=torch.Generator().manual_seed(5))
+    ref = hf.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    got = lmforge.generate(ours, prompt, max_new_tokens=12, min_new_tokens=12)
+    assert got.tolist() == ref.tolist()
+
+
+@only_deepseek
+@torch.no_grad()
+def test_deepseek_correction_bias_changes_routing_not_weights(pair):
+    """The non-zero correction bias of the parity case changes which experts run (zeroing
+    it changes the logits), and the logits still match HF with it (tests above)."""
+    _, ours, _ = pair
+    biases = [b for n, b in ours.named_buffers() if n.endswith("e_score_correction_bias")]
+    if not any(bool(b.any()) for b in biases):
+        pytest.skip("this case has a zero correction bias")
+    ids, _ = _batch(seed=4)
+    with_bias = ours(ids).logits
+    saved = [b.clone() for b in biases]
+    for b in biases:
+        b.zero_()
+    without = ours(ids).logits
+    for b, s in zip(biases, saved):
+        b.copy_(s)
+    assert _max_diff(with_bias, without) > 1e-2
+
+
+@only_deepseek
+@torch.no_grad()
+def test_deepseek_engine_paged_latent_cache_matches_contiguous(pair):
+    """The paged engine (model.forward over its paged cache, which stores MLA's latent as
+    one shared KV head) produces the contiguous-cache greedy tokens."""
+    from lmforge.infer.engine import Engine
+    from lmforge.infer.params import SamplingParams
+
+    _, ours, _ = pair
+    prompts = [[5, 9, 2], list(range(3, 23)), [7]]
+    engine = Engine(ours, block_size=4)
+    assert engine.runner is None  # MLA/MoE layers use model.forward
+    assert engine.cache.keys[0].shape[1:] == (1, ours.config.kv_lora_rank + 8)
+    out = engine.generate(prompts, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+    for prompt, result in zip(prompts, out):
+        cache = KVCache.for_model(ours, 1, len(prompt) + 6)
+        logits = ours(torch.tensor([prompt]), cache=cache).logits[0, -1]
+        ref = []
+        for _ in range(6):  # argmax each step, no eos handling (as ignore_eos)
+            ref.append(int(logits.argmax()))
+            logits = ours(torch.tensor([[ref[-1]]]), cache=cache).logits[0, -1]
+        assert result.token_ids == ref

@@ -143,3 +143,75 @@ def test_exactly_one_of_input_ids_and_inputs_embeds():
         model()
     with pytest.raises(ValueError, match=r"inputs_embeds must be \[B, T, H\]"):
         model(inputs_embeds=torch.zeros(4, model.config.hidden_size))
+
+
+# ---------------------------------------------------------------------- DeepSeek-V3 shape
+def _deepseek(**overrides):
+    torch.manual_seed(0)
+    return lmforge.CausalLM(preset_config("deepseek-tiny", **overrides))
+
+
+def test_deepseek_balance_loss_is_added_in_training_and_load_is_counted():
+    model = _deepseek(aux_loss_alpha=0.01).train()
+    ids = torch.randint(0, 256, (2, 12))
+    out = model(ids, labels=ids)
+    assert out.aux_loss is not None and out.aux_loss > 0
+    main = F.cross_entropy(out.logits[:, :-1].reshape(-1, 256), ids[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, main + out.aux_loss)
+    summed = model(ids, labels=ids, loss_reduction="sum").loss  # ÷ 22 predicted tokens
+    assert torch.allclose(summed / 22, main + out.aux_loss, atol=1e-5)
+    moe = model.model.layers[1].mlp
+    assert moe.expert_load.sum() == 2 * (2 * 12 * 2)  # two forwards, top-2
+    assert model.model.layers[0].mlp.__class__.__name__ == "SwiGLU"  # first_k_dense_replace
+    model.eval()
+    assert model(ids, labels=ids).aux_loss is None
+
+
+def test_deepseek_checkpointing_and_packing():
+    model = _deepseek(num_nextn_predict_layers=1).train()
+    ids = torch.randint(0, 256, (1, 14))
+    docs = torch.tensor([[0] * 6 + [1] * 8])
+    model(ids, labels=ids, document_ids=docs).loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.model.gradient_checkpointing = 1
+    model(ids, labels=ids, document_ids=docs).loss.backward()
+    for n, p in model.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4)
+    model.eval()
+    with torch.no_grad():  # packed = each document alone
+        packed = model(ids, document_ids=docs).logits
+        torch.testing.assert_close(packed[:, :6], model(ids[:, :6]).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed[:, 6:], model(ids[:, 6:]).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_deepseek_lora_on_latent_projections_and_experts():
+    from lmforge.models.kv_cache import KVCache
+    from lmforge.peft import apply_lora, merge_and_unload
+
+    model = _deepseek()
+    targets = ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
+               "gate_proj", "up_proj", "down_proj"]  # fmt: skip
+    apply_lora(model, r=4, alpha=8, target_modules=targets)
+    wrapped = {n for n, m in model.named_modules() if type(m).__name__ == "LoraLinear"}
+    assert "model.layers.1.self_attn.kv_b_proj" in wrapped
+    assert "model.layers.1.mlp.experts.7.down_proj" in wrapped
+    assert "model.layers.1.mlp.shared_experts.up_proj" in wrapped
+    ids = torch.randint(0, 256, (2, 10))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(2):
+        opt.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        full = model(ids).logits
+        # the absorbed (cached) form reads kv_b_proj through the adapter too
+        cache = KVCache.for_model(model, 2, 10)
+        steps = [model(ids[:, :6], cache=cache).logits]
+        steps += [model(ids[:, i : i + 1], cache=cache).logits for i in range(6, 10)]
+        torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+        merged = merge_and_unload(model)
+        torch.testing.assert_close(merged(ids).logits, full, atol=1e-5, rtol=1e-5)

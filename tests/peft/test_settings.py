@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_lora_trains_only_the_targets(base_dir):
     names = list(trainable_parameters(model))
     assert names and all(".lora_" in n for n in names)
     assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in names} == {"q_proj", "v_proj"}
-    assert model.name_or_path == "b" and model.peft_config["default"].r == 4
+    assert model.name_or_path == str(Path("b").resolve()) and model.peft_config["default"].r == 4
 
 
 def test_dora_and_bottleneck_adapters(base_dir):

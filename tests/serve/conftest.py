@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,3 +87,52 @@ def http(method: str, url: str, body: bytes | dict | None = None, headers: dict 
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
+
+
+@pytest.fixture(scope="session")
+def lora_model_dir(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    """A ``tiny-long`` checkpoint (the ``tiny-chat`` recipe with 1024 positions, room for
+    tool definitions in the prompt) and two random LoRA adapters for it, ``alpha``/``beta``."""
+    from lmforge.data.tasks.corpus import synthetic_corpus
+    from lmforge.models.hf import save_model
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.peft import apply_lora, save_adapter
+    from lmforge.peft.lora import lora_layers
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(synthetic_corpus(300, seed=0), vocab_size=320)
+    config = preset_config(
+        "tiny", vocab_size=tok.vocab_size, max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    root = tmp_path_factory.mktemp("lora-serve")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CausalLM(config)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.3)
+        save_model(model, root / "tiny-long", tokenizer=tok)
+        adapters = {}
+        for k, name in enumerate(("alpha", "beta")):
+            apply_lora(model, r=4, alpha=8, target_modules=("q_proj", "v_proj"), adapter_name=name)
+            gen = torch.Generator().manual_seed(10 + k)
+            with torch.no_grad():
+                for layer in lora_layers(model).values():
+                    if name in layer.lora_B:
+                        w = layer.lora_B[name].weight
+                        w.copy_(torch.randn(w.shape, generator=gen) * 0.5)
+            adapters[name] = save_adapter(model, root / name, adapter_name=name)
+    return root / "tiny-long", adapters
+
+
+@pytest.fixture(scope="session")
+def lora_server(lora_model_dir, tmp_path_factory):
+    """A server (no API key, loopback) for ``tiny-long`` with ``--lora alpha=… beta=…``."""
+    folder, adapters = lora_model_dir
+    log = tmp_path_factory.mktemp("lora-server-log") / "serve.log"
+    loras = [f"{name}={path}" for name, path in adapters.items()]
+    with running_server(folder, log, "--lora", *loras) as url:
+        yield url

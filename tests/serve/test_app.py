@@ -299,3 +299,35 @@ def test_client_disconnect_aborts_generation(server, http_json):
         # stopped early: how early depends on the machine's speed (a quiet CI box generates
         # about half before the non-streamed disconnect is noticed), so only "not all of it"
         assert generated < 16 * MAX_TOKENS_LIMIT, (stream, generated)
+
+
+def test_lora_adapters_are_served_by_model_name(lora_server, lora_model_dir, http_json):
+    """``--lora alpha=… beta=…``: each name is a model; its answers are that adapter's (the
+    adapter merged into the base and served alone), even with the others in the batch."""
+    from lmforge.infer.params import SamplingParams
+    from lmforge.serve.loading import load_engine
+
+    folder, adapters = lora_model_dir
+    status, listed = http_json("GET", lora_server + "/v1/models")
+    assert [m["id"] for m in listed["data"]] == ["tiny-long", "alpha", "beta"]
+
+    async def ask_all() -> dict[str, list[str]]:
+        client = openai.AsyncOpenAI(base_url=lora_server + "/v1", api_key="x", max_retries=0)
+        kw = dict(prompt=["The cat sat on", "abc"], max_tokens=8, temperature=0)
+        outs = await asyncio.gather(
+            *(client.completions.create(model=m, **kw) for m in ("tiny-long", "alpha", "beta"))
+        )
+        return {
+            m: [c.text for c in o.choices] for m, o in zip(("tiny-long", "alpha", "beta"), outs)
+        }
+
+    got = asyncio.run(ask_all())
+    assert len({tuple(v) for v in got.values()}) == 3, got
+    params = SamplingParams(max_tokens=8, temperature=0)
+    for name, adapter in [("tiny-long", None), *adapters.items()]:
+        engine, tok, _, _ = load_engine(folder, adapter=adapter, device="cpu")
+        prompts = [tok.encode(p, add_special_tokens=True) for p in ("The cat sat on", "abc")]
+        assert [o.text for o in engine.generate(prompts, params)] == got[name], name
+    status, err = http_json("POST", lora_server + "/v1/completions",
+                            {"model": "gamma", "prompt": "x"})  # fmt: skip
+    assert status == 404 and "`alpha`" in err["error"]["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -43,7 +44,7 @@ def test_chat_page_streams_a_reply(page, server, http_json):
     page.click("#send")
     page.wait_for_selector(".msg.assistant[data-state='done']", timeout=30_000)
     assert page.inner_text(".msg.user") == "Tell me a story."
-    shown = page.eval_on_selector(".msg.assistant", "e => e.textContent")
+    shown = page.eval_on_selector(".msg.assistant", "e => e.dataset.raw")
     # The streamed reply equals the server's non-streamed greedy answer.
     status, body = http_json("POST", server + "/v1/chat/completions", {
         "model": "tiny-chat", "messages": [{"role": "user", "content": "Tell me a story."}],
@@ -60,3 +61,39 @@ def test_chat_page_streams_a_reply(page, server, http_json):
         "document.querySelectorAll(\".msg.assistant[data-state='done']\").length === 2"
     )
     assert '"role":"assistant"' in [r for r in requests if r[0] == "POST"][1][2]
+
+
+def test_system_prompt_and_model_choice_are_sent(page, server):
+    requests = []
+    page.on("request", lambda r: requests.append((r.method, r.post_data)))
+    page.goto(server + "/")
+    page.wait_for_function("document.getElementById('model').value === 'tiny-chat'")
+    page.fill("#system", "Answer in French.")
+    page.fill("#max-tokens", "4")
+    page.fill("#input", "hi")
+    page.click("#send")
+    page.wait_for_selector(".msg.assistant[data-state='done']", timeout=30_000)
+    (body,) = [json.loads(d) for m, d in requests if m == "POST"]
+    assert body["model"] == "tiny-chat"
+    assert body["messages"][:2] == [
+        {"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hi"}]  # fmt: skip
+
+
+def test_markdown_is_rendered_without_raw_html(page, server):
+    page.goto(server + "/")
+    page.wait_for_function("typeof window.renderMarkdown === 'function'")
+    evil = (
+        "# Title\n**bold** and *it* with `<b>code</b>`\n- one\n- two <img src=x onerror=alert(1)>"
+        "\n\n```\n<script>alert(2)</script>\n```\n[ok](https://example.org) "
+        "[bad](javascript:alert(3)) <a href='x'>raw</a>"
+    )
+    html = page.evaluate(
+        "t => window.renderMarkdown(t, document.createElement('div')).innerHTML", evil
+    )
+    assert "<h1>Title</h1>" in html and "<strong>bold</strong>" in html and "<em>it</em>" in html
+    assert "<code>&lt;b&gt;code&lt;/b&gt;</code>" in html and html.count("<li>") == 2
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img" not in html
+    assert "<pre><code>&lt;script&gt;alert(2)&lt;/script&gt;</code></pre>" in html
+    assert '<a href="https://example.org/"' in html or '<a href="https://example.org"' in html
+    assert "javascript:" not in html.split("[bad]")[0] and 'href="javascript' not in html
+    assert "&lt;a href='x'&gt;raw&lt;/a&gt;" in html and "<script" not in html

@@ -6,17 +6,11 @@ import pytest
 from pydantic import ValidationError
 
 from lmforge.serve.errors import validation_error_body
-from lmforge.serve.protocol import (
-    APIError,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChunkChoice,
-    CompletionRequest,
-    Delta,
-    error_body,
-)
+from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, error_body
+from lmforge.serve.responses import ChatCompletionChunk, ChunkChoice, Delta
 
 MSG = [{"role": "user", "content": "hi"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 
 def chat(**kw) -> ChatCompletionRequest:
@@ -53,7 +47,8 @@ def test_defaults_and_aliases():
         ({"presence_penalty": 3}, "presence_penalty"),
         ({"frobnicate": 1}, "frobnicate"),  # unknown fields are refused, by name
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0"),
         ({"stop": ["a"] * 17}, "stop"),
         ({"seed": 2**64}, "seed"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
@@ -70,7 +65,14 @@ def test_field_errors_name_the_field(kw, param):
     [
         ({"top_logprobs": 2}, "top_logprobs needs logprobs"),
         ({"stream_options": {"include_usage": True}}, "only allowed when stream"),
-        ({"tools": [{"type": "function"}]}, "not supported"),
+        ({"tools": [{"type": "function"}]}, "Field required"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "not in tools",
+        ),
+        ({"tool_choice": "required"}, "needs tools"),
+        ({"tools": [TOOL, TOOL]}, "unique"),
+        ({"tools": [TOOL], "guided_regex": "a"}, "cannot be combined"),
         ({"logit_bias": {"5": 1.0}}, "logit_bias is not supported"),
         ({"max_tokens": 3, "max_completion_tokens": 4}, "disagree"),
         ({"response_format": {"type": "json_schema"}}, "needs a"),
@@ -111,3 +113,43 @@ def test_stream_delta_carries_only_what_changed():
     dumped = chunk.model_dump()
     assert dumped["choices"][0]["delta"] == {} and dumped["choices"][0]["finish_reason"] == "stop"
     assert Delta(role="assistant", content="").model_dump() == {"role": "assistant", "content": ""}
+
+
+@pytest.mark.parametrize(
+    "kw, param",
+    [
+        ({"stream": "yes"}, "stream"),  # no coercion, as OpenAI
+        ({"max_tokens": "5"}, "max_tokens"),
+        ({"n": 1.5}, "n"),
+        ({"seed": -1}, "seed"),
+        ({"top_k": 10**12}, "top_k"),
+        ({"repetition_penalty": 1e308}, "repetition_penalty"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"stop": "x" * 100_000}, "stop"),
+        ({"model": "a\ud800b"}, "model"),
+        ({"messages": [{"role": "user", "content": "a\udfffb"}]}, "messages.0.content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]},
+            "messages.0.content.0.text",
+        ),
+    ],
+)
+def test_absurd_values_are_refused_by_name(kw, param):
+    err = errors_of(**kw)
+    assert param in err["message"], err
+
+
+def test_tool_requests():
+    req = chat(tools=[TOOL])
+    assert req.tool_mode == "auto"
+    assert chat(tools=[TOOL], tool_choice="none").tool_mode is None
+    assert chat(tools=[TOOL], tool_choice="required").tool_mode == "required"
+    named = {"type": "function", "function": {"name": "f"}}
+    assert chat(tools=[TOOL], tool_choice=named).tool_mode == "function:f"
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]  # fmt: skip
+    assert chat(messages=history).messages[2].tool_call_id == "c1"

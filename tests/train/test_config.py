@@ -43,7 +43,7 @@ def test_unknown_key_lists_valid_and_suggests(tmp_path):
     ("override", "message"),
     [
         ("train.max_steps=ten", "train.max_steps: expected an integer, got 'ten'"),
-        ("train.precision=fp8", r"'fp8' is not one of \['auto', 'fp32', 'bf16', 'fp16'\]"),
+        ("train.precision=fp4", r"'fp4' is not one of \['auto', 'fp32', 'bf16', 'fp16', 'fp8'\]"),
         ("train.compile=3", "expected true or false"),
         ("train.batch_size=0", "train.batch_size=0 must be > 0"),
         ("optim.lr=-1", "optim.lr=-1.0 must be > 0"),

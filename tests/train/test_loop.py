@@ -232,11 +232,16 @@ def test_stops_on_wall_time_with_a_final_checkpoint(tmp_path, toy_loader, make_m
     assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == f"step-{summary['step']:08d}"
 
 
-def test_no_resume_refuses_to_mix_runs(tmp_path, toy_loader, make_model, make_config):
-    Trainer(make_model(), toy_loader(), make_config(max_steps=1), run_dir=tmp_path).fit()
+def test_no_resume_starts_over_and_keeps_the_old_checkpoints_aside(tmp_path, toy_loader,
+                                                                   make_model, make_config):  # fmt: skip
+    Trainer(make_model(), toy_loader(), make_config(max_steps=3), run_dir=tmp_path).fit()
     config = make_config(max_steps=2, resume=False)
-    with pytest.raises(ValueError, match="checkpoints of an earlier run and train.resume=false"):
-        Trainer(make_model(), toy_loader(), config, run_dir=tmp_path).fit()
+    config.optim.lr = 5e-3  # would be refused by a resume
+    trainer = Trainer(make_model(), toy_loader(), config, run_dir=tmp_path)
+    assert trainer.fit()["step"] == 2 and trainer.resumed_from is None
+    (moved,) = tmp_path.glob("checkpoints.replaced-*")
+    assert [p.name for p in ckpt.list_checkpoints(moved)] == ["step-00000003"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step-00000002"]
 
 
 def _saved_activation_bytes(model, batch) -> int:

@@ -87,3 +87,18 @@ def test_pretrain_on_text_files(tmp_path):
     vocab = load_tokenizer(out / "model").vocab_size
     assert 256 < vocab <= 300
     assert load_model(out / "model").config.vocab_size == 320  # rounded up to a multiple of 64
+
+
+def test_another_run_in_the_folder_is_refused_before_the_data_is_prepared(pretrained, tmp_path):
+    """Issue: a different --model/data in a recipe's fixed out_dir resumed the old run."""
+    from lmforge.train.resume_rules import ResumeRefused
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some other text\n" * 50)
+    before = sorted(p.name for p in pretrained.rglob("*"))
+    with pytest.raises(ResumeRefused) as err:
+        _pretrain(pretrained, "train.max_steps=6", f"data.paths=[{json.dumps(str(corpus))}]")
+    text = str(err.value)
+    assert "different data" in text and "data.paths: [] -> [" in text
+    assert "model.init_from=" in text and "train.resume=false" in text
+    assert sorted(p.name for p in pretrained.rglob("*")) == before  # nothing written

@@ -104,3 +104,23 @@ def test_split_validation_is_seeded_and_keeps_at_least_one():
     assert len(split_validation(examples, 0.01, seed=0)[1]) == 1
     assert split_validation(examples, 0, seed=0) == (examples, [])
     assert split_validation([1], 0.5, seed=0) == ([1], [])
+
+
+def test_rerun_with_another_model_of_the_same_shape_is_refused(pretrained, tmp_path):
+    """The issue's case: a recipe's fixed out_dir and a different --model silently resumed."""
+    import shutil
+
+    from lmforge.train.resume_rules import ResumeRefused
+
+    chat = _chat_file(tmp_path / "chat.jsonl", n=20)
+    other = shutil.copytree(pretrained / "model", tmp_path / "other-model")  # same shape
+    out = tmp_path / "run"
+    _sft(pretrained / "model", out, "train.max_steps=1", f"data.paths=[{json.dumps(str(chat))}]")
+    with pytest.raises(ResumeRefused) as err:
+        _sft(other, out, "train.max_steps=2", f"data.paths=[{json.dumps(str(chat))}]")
+    text = str(err.value)
+    assert "different model" in text and "other-model" in text and "model.init_from" in text
+    assert "--out NEW_DIR" in text and "train.resume=false" in text
+    summary, text = _sft(other, out, "train.max_steps=2", "train.resume=false",
+                         f"data.paths=[{json.dumps(str(chat))}]")  # fmt: skip
+    assert summary["step"] == 2 and "starting over" in text

@@ -1,0 +1,108 @@
+"""DDIM sampling (Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models").
+
+The non-Markovian update of eq. 12:
+x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ + σ_t z, with
+σ_t = η √((1 − ᾱ_{t'}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t'}) (eq. 16): η = 0 is the
+deterministic sampler, η = 1 DDPM's posterior variance. t' = t − ⌊T/n⌋ as in diffusers
+(whatever the spacing); past the start, ᾱ = 1 (``set_alpha_to_one``) or ᾱ_0. ``eta`` is an
+attribute, not a config key (diffusers passes it to ``step``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lmforge.diffusion.ddpm import forward_noise
+from lmforge.diffusion.noise_schedules import (
+    alphas_cumprod_from_betas,
+    make_betas,
+    predict_x0_and_eps,
+    spaced_timesteps,
+)
+from lmforge.diffusion.scheduler_base import Scheduler
+
+__all__ = ["DDIMConfig", "DDIMScheduler"]
+
+
+@dataclass
+class DDIMConfig:
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    trained_betas: list[float] | None = None
+    clip_sample: bool = True
+    set_alpha_to_one: bool = True
+    steps_offset: int = 0
+    prediction_type: str = "epsilon"
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    clip_sample_range: float = 1.0
+    sample_max_value: float = 1.0
+    timestep_spacing: str = "leading"
+    rescale_betas_zero_snr: bool = False
+
+
+class DDIMScheduler(Scheduler):
+    """DDIM with stochasticity ``eta``; see the module docstring."""
+
+    class_name = "DDIMScheduler"
+    Config = DDIMConfig
+    unsupported = ("thresholding",)
+
+    def __init__(
+        self, config: DDIMConfig | None = None, generator=None, eta: float = 0.0, **kwargs: Any
+    ):
+        super().__init__(config, generator, **kwargs)
+        c = self.config
+        self.eta = eta
+        self.betas = make_betas(
+            c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
+            c.trained_betas, c.rescale_betas_zero_snr,
+        )
+        self.alphas_cumprod = alphas_cumprod_from_betas(self.betas)
+        self.final_alpha_cumprod = (
+            torch.tensor(1.0) if c.set_alpha_to_one else self.alphas_cumprod[0]
+        )
+        self.timesteps = torch.arange(c.num_train_timesteps - 1, -1, -1)
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        c = self.config
+        ts = spaced_timesteps(
+            c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset
+        )
+        self.timesteps = torch.from_numpy(ts)
+        self.num_inference_steps = num_inference_steps
+        self.step_index = None
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        c = self.config
+        if self.num_inference_steps is None:
+            raise ValueError("DDIMScheduler: call set_timesteps(n) before step()")
+        t = int(timestep)
+        prev_t = t - c.num_train_timesteps // self.num_inference_steps
+        ab_t = self.alphas_cumprod[t]
+        ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        x0, eps = predict_x0_and_eps(model_output, sample, ab_t, c.prediction_type)
+        if c.clip_sample:
+            x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range)
+        variance = ((1 - ab_prev) / (1 - ab_t)) * (1 - ab_t / ab_prev)
+        std = self.eta * variance ** (0.5)
+        prev = ab_prev ** (0.5) * x0 + (1 - ab_prev - std**2) ** (0.5) * eps
+        if self.eta > 0:
+            prev = prev + std * self.draw_noise(model_output, noise)
+        return prev
+
+    def add_noise(
+        self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        return forward_noise(self.alphas_cumprod, original, noise, timesteps)

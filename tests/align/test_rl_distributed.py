@@ -1,0 +1,141 @@
+"""Alignment on two CPU processes (gloo, ``torchrun --standalone --nproc_per_node 2``): `run_grpo`
+under DDP and FSDP2 and `train_dpo` under DDP make the same updates as one process over the
+same global batch (same seeds) — the exported weights agree to fp32 tolerance, GRPO's logged
+rollout statistics and held-out accuracy are those of the whole step; plus the sharding helpers
+of `lmforge.align.rl_distributed` in one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.align.rl_distributed import ShardedSampler, global_means, shard_range, sync_sampler
+from lmforge.align.rollout_groups import PromptSampler
+
+ROOT = Path(__file__).resolve().parents[2]
+GRPO = ["train.grad_accum=1", "grpo.group_size=4", "grpo.max_new_tokens=8", "grpo.eval_prompts=6",
+        "grpo.num_prompts=50", "train.max_steps=2", "train.eval_every=1", "train.save_every=0",
+        "log.progress=false", "log.plot=false", "optim.lr=1e-3", "train.max_time_s=0",
+        "train.device=cpu", "grpo.prioritized=true"]  # fmt: skip
+DPO = ["data.synthetic_docs=40", "data.seq_len=96", "train.max_steps=2", "train.max_time_s=0",
+       "train.eval_every=0", "train.save_every=0", "log.progress=false", "log.plot=false",
+       "data.val_fraction=0.1", "optim.warmup_steps=0", "train.device=cpu"]  # fmt: skip
+REWARDS = "def digits(completion):\n    return sum(ch.isdigit() for ch in completion) / 4\n"
+SCRIPT = """
+import json, sys, torch
+from lmforge.align.dpo_trainer import DPOConfig, train_dpo
+from lmforge.align.grpo_trainer import GRPOConfig
+from lmforge.align.rl_run import run_grpo
+from lmforge.train.config import load_config
+from lmforge.train.distributed import init_distributed
+torch.set_num_threads(1)
+dist = init_distributed("cpu")  # one process group for the three runs
+root, out, r1_model, pref_model = sys.argv[1:5]
+grpo, dpo = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+for strategy in ("ddp", "fsdp"):
+    config = load_config(f"{root}/lmforge/recipes/grpo-tiny.yaml", [*grpo, "train.batch_size=4",
+        f"grpo.rewards=[{out}/rewards.py:digits, r1]",
+        f"train.distributed={strategy}", f"model.init_from={r1_model}", f"out_dir={out}/grpo-{strategy}"],
+        GRPOConfig)
+    run_grpo(config, dist=dist)
+config = load_config(f"{root}/lmforge/recipes/dpo-tiny.yaml", [*dpo, "train.batch_size=2",
+    f"model.init_from={pref_model}", f"out_dir={out}/dpo"], DPOConfig)
+train_dpo(config, dist=dist)
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_shard_ranges_and_the_sharded_sampler_split_one_draw():
+    assert [shard_range(7, r, 3) for r in range(3)] == [(0, 3), (3, 5), (5, 7)]
+    assert [shard_range(2, r, 4) for r in range(4)] == [(0, 1), (1, 2), (2, 2), (2, 2)]
+    single = PromptSampler(20, seed=3, prioritized=True)
+    ranks = [ShardedSampler(PromptSampler(20, seed=3, prioritized=True), r, 2) for r in range(2)]
+    want = single.sample(6)
+    assert ranks[0].sample(3) + ranks[1].sample(3) == want
+    ranks[0].update(want[1], 1.0)
+    assert ranks[0].sampler.success == {}  # recorded, applied by sync_sampler
+    sync_sampler(ranks[0])  # (no process group: its own updates; under torchrun every rank's)
+    assert ranks[0].sampler.success == {want[1]: 1.0} and ranks[0].pending == []
+    assert global_means({"a": 3.0, "b": 1.0}, 2.0) == {"a": 1.5, "b": 0.5}
+
+
+def _launch(out: Path, r1_model_dir: Path, preference_model_dir: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip(f"{torchrun} not found")
+    script = out / "ranks.py"
+    script.write_text(SCRIPT)
+    (out / "rewards.py").write_text(REWARDS)  # a random policy's completions: the r1 reward is 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(ROOT),
+           str(out), str(r1_model_dir), str(preference_model_dir), json.dumps(GRPO),
+           json.dumps(DPO)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-4000:]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _assert_same_weights(a: Path, b: Path, init: Path) -> None:
+    from lmforge.models.hf import read_state_dict
+
+    sa, sb, s0 = read_state_dict(a), read_state_dict(b), read_state_dict(init)
+    assert sa.keys() == sb.keys()
+    assert any(not torch.equal(sa[k], s0[k]) for k in sa)  # it trained
+    for key in sa:
+        torch.testing.assert_close(sb[key], sa[key], atol=2e-5, rtol=1e-4, msg=key)
+
+
+def test_two_processes_make_the_single_process_update(r1_model_dir, preference_model_dir,
+                                                      tmp_path):  # fmt: skip
+    from lmforge.align.dpo_trainer import DPOConfig, train_dpo
+    from lmforge.align.grpo_trainer import GRPOConfig
+    from lmforge.align.rl_run import run_grpo
+    from lmforge.train.config import load_config
+
+    if not torch.distributed.is_gloo_available():
+        pytest.skip("gloo not available")
+    _launch(tmp_path, r1_model_dir, preference_model_dir)
+    single = tmp_path / "single"
+    config = load_config(ROOT / "lmforge/recipes/grpo-tiny.yaml",
+                         [*GRPO, "train.batch_size=8", f"model.init_from={r1_model_dir}",
+                          f"grpo.rewards=[{tmp_path}/rewards.py:digits, r1]",
+                          f"out_dir={single}/grpo"], GRPOConfig)  # fmt: skip
+    run_grpo(config)
+    config = load_config(ROOT / "lmforge/recipes/dpo-tiny.yaml",
+                         [*DPO, "train.batch_size=4", f"model.init_from={preference_model_dir}",
+                          f"out_dir={single}/dpo"], DPOConfig)  # fmt: skip
+    train_dpo(config)
+
+    want = _jsonl(single / "grpo" / "metrics.jsonl")
+    for strategy in ("ddp", "fsdp"):
+        run = tmp_path / f"grpo-{strategy}"
+        _assert_same_weights(single / "grpo" / "model", run / "model", r1_model_dir)
+        got = _jsonl(run / "metrics.jsonl")
+        for a, b in zip(want, got, strict=True):  # statistics of the whole step, not a rank's
+            for key in ("loss", "reward", "reward_digits", "accuracy", "length", "grad_norm"):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (strategy, key)
+        evals = _jsonl(run / "eval.jsonl")
+        for a, b in zip(_jsonl(single / "grpo" / "eval.jsonl"), evals, strict=True):
+            assert b == pytest.approx(a)
+        assert [e["count"] for e in evals] == [6, 6, 6]  # 3 + 3 on the two ranks
+    _assert_same_weights(single / "dpo" / "model", tmp_path / "dpo" / "model", preference_model_dir)
+    want = [r for r in _jsonl(single / "dpo" / "metrics.jsonl") if "loss" in r]
+    got = [r for r in _jsonl(tmp_path / "dpo" / "metrics.jsonl") if "loss" in r]
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-5)
