@@ -9,11 +9,12 @@ fresh subprocess so its peak resident set (``ru_maxrss``) is its own:
 * ``encode``: `build_token_file([file], tok, out, num_workers=0)` with a tokenizer trained
   beforehand on a small sample (so only the encoding is measured).
 
-``--impl head`` runs the same stages on the committed code (``git archive HEAD lmforge``
-unpacked into a temporary folder, first on ``sys.path``): the before of a change. The
-baseline is the resident set after the imports, before the stage.
+``--impl REV`` runs the same stages on the code of git revision REV (``git archive REV
+lmforge`` unpacked into a temporary folder, first on ``PYTHONPATH``): the before of a change
+(``--impl c91b109``: before issue 12's streaming). The baseline is the resident set after the
+imports, before the stage; peaks are ``VmHWM`` (the stage process's own).
 
-    python bench/data_memory.py [--mb 50] [--impl current|head] [--stages tokenizer,encode]
+    python bench/data_memory.py [--mb 50] [--impl current|REV] [--stages tokenizer,encode]
 
 Last line: ``RESULT data_memory mb=<n> impl=<i> tokenizer_peak_mib=<a> encode_peak_mib=<b>``.
 """
@@ -86,7 +87,7 @@ def stage(name: str, data: Path, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=int, default=50)
-    parser.add_argument("--impl", choices=("current", "head"), default="current")
+    parser.add_argument("--impl", default="current", help="'current' or a git revision")
     parser.add_argument("--stages", default="tokenizer,encode")
     parser.add_argument(
         "--child", nargs=3, metavar=("STAGE", "DATA", "WORK"), help=argparse.SUPPRESS
@@ -103,10 +104,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = REPO
-        if args.impl == "head":
-            root = tmp / "head"
+        if args.impl != "current":
+            root = tmp / "rev"
             root.mkdir()
-            archive = subprocess.run(["git", "archive", "HEAD", "lmforge"], cwd=REPO,
+            archive = subprocess.run(["git", "archive", args.impl, "lmforge"], cwd=REPO,
                                      check=True, capture_output=True).stdout  # fmt: skip
             subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
         data = tmp / "long.jsonl"

@@ -25,14 +25,18 @@ values that give it (`PreferenceLoss.output`).
 | `sequence_logps` | each sequence's summed log-probs in a packed / padded batch, scored positions only |
 | `rollout` | RL rollouts on the inference engine (`SamplingParams`), request seeds, padding, policy log-probs |
 | `rollout_groups` | group rollouts: prompt sampling (uniform / Kimi prioritised), DAPO dynamic sampling |
-| `rl_tasks` | verifiable RL tasks: problems, JSONL prompt/answer files, R1 prompts and reward, held-out accuracy |
+| `rl_tasks` | RL tasks: generated problems, the user's prompt records (text or chat), held-out split, R1 prompts and reward, held-out accuracy |
 | *preference optimisation* | |
 | `preference_data` | preference pairs → packed / padded chosen-rejected batches |
 | `preference_objective` | `PreferenceObjective` (DPO / IPO / SimPO / ORPO) and `RewardModelObjective` for the loop |
 | `dpo_trainer` | `DPOSection` / `DPOConfig`, `train_dpo` (``lmforge dpo``); data and loaders shared with `rm_trainer` |
 | `rm_trainer` | `RMSection` / `RMConfig`, `train_rm` (``lmforge rm``) |
 | *RL fine-tuning* | |
-| `grpo_trainer` | `GRPOSection` / `GRPOConfig`, `GRPORollouts`, `GRPOObjective`, `train_grpo` |
+| `custom_rewards` | the user's rewards: ``MODULE:FUNCTION[:WEIGHT]`` callables, built-ins, a reward model, summed with weights |
+| `grpo_config` | `GRPOSection` / `GRPOConfig`, checks, task items (train / held-out), sampling, `grpo_reward` |
+| `grpo_rollouts` | `GRPORollouts`: group rollouts → micro-batches for the loop, statistics over every rank |
+| `grpo_trainer` | `GRPOObjective`, `train_grpo`, held-out evaluation (sharded across ranks) |
+| `rl_distributed` | RL under torchrun: each rank's slice of the prompts, all-reduced statistics, FSDP2 rollout weights |
 | `rl_run` | GRPO / PPO runs from a config alone: checkpoint, tokenizer, adapter, trainer, summary |
 | `ppo_config` | `PPOSection` (``ppo:`` in a recipe) / `PPOConfig` and their checks |
 | `ppo_models` | `ActorCritic`, `critic_from`, `token_values`, `PromptItem`, rule / reward-model scorers |

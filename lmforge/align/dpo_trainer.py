@@ -8,7 +8,8 @@ preference data and training wiring it shares with reward modelling (`rm_trainer
 Without ``data.paths`` the run trains on built-in synthetic preferences (correct vs wrong
 answers to the questions of `lmforge.data.tasks.chat`), so it runs offline. The run folder
 is as for SFT: ``config.yaml``, ``metrics.jsonl`` (loss, ``rewards/accuracy``,
-``rewards/margin``, … per step), ``training.png``, resumable ``checkpoints/`` and ``model/``
+``rewards/margin``, … per step; validation: ``val_loss``, ``val_rewards/accuracy``,
+``val_rewards/margin``, ``val_rewards/chosen``, ``val_rewards/rejected``), ``training.png``, resumable ``checkpoints/`` and ``model/``
 — the policy, or with PEFT its adapter.
 """
 
@@ -179,7 +180,9 @@ FINAL_KEYS = {
 def fit_preference(config: RunConfig, model, tokenizer, loader, val, objective, dist: DistInfo,
                    console: Console) -> dict[str, Any]:  # fmt: skip
     """Train ``model`` on ``objective``, export ``model/``, and print the summary with the
-    last step's reward accuracy and margin."""
+    last step's reward accuracy and margin, and the held-out pairs' (``summary["validation"]``:
+    the objective's metrics on the validation pairs — reward accuracy, margin, chosen /
+    rejected rewards — which the loop reports as ``val_*`` instead of a perplexity)."""
     run_dir = Path(config.out_dir)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     console.print(
@@ -195,4 +198,10 @@ def fit_preference(config: RunConfig, model, tokenizer, loader, val, objective, 
     shown = [f"{label} {last[key]:.3f}" for key, label in FINAL_KEYS.items() if key in last]
     if shown:
         console.print("last step: " + ", ".join(shown), highlight=False)
+    validation = {k[4:]: v for k, v in trainer.last_eval.items() if k != "val_loss"}
+    summary["validation"] = validation  # the preference metrics on held-out pairs
+    shown = [f"{label} {validation[key]:.3f}" for key, label in FINAL_KEYS.items()
+             if key in validation]  # fmt: skip
+    if shown:
+        console.print("validation: " + ", ".join(shown), highlight=False)
     return summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lmforge.align.custom_rewards import parse_reward_spec
 from lmforge.train.config import RunConfig
 
 __all__ = ["PPOConfig", "PPOSection", "check_ppo_section"]
@@ -23,12 +24,13 @@ class PPOSection:
     prompts with one completion each; a minibatch (optimizer step) is ``train.batch_size ×
     train.grad_accum`` of them; each rollout is trained on for ``ppo_epochs`` passes."""
 
-    task: Literal["arithmetic", "countdown"] = "arithmetic"  # synthetic prompt source
+    task: Literal["arithmetic", "countdown", "prompts"] = "arithmetic"  # prompts: data.paths
     num_prompts: int = 1000
     digits: int = 1  # arithmetic operand digits
     chat_template: bool = True  # format prompts with the tokenizer's chat template
     reward: Literal["task", "format", "r1", "model"] = "task"  # model: a reward model folder
     reward_model: str | None = None  # `lmforge rm` output folder (with reward: model)
+    rewards: list[str] = field(default_factory=list)  # MODULE:FUNCTION[:WEIGHT]: replace `reward`
     require_tags: bool = False  # task reward: the answer must sit in <answer>…</answer>
     stop: list[str] = field(default_factory=list)  # stop strings (kept in the completion)
     rollout_batch_size: int = 16
@@ -81,5 +83,10 @@ def check_ppo_section(p: PPOSection, micro_batch_size: int, grad_accum: int) -> 
             f"ppo.rollout_batch_size={p.rollout_batch_size} must be a multiple of "
             f"train.batch_size × train.grad_accum = {minibatch}"
         )
+    for spec in p.rewards:
+        try:
+            parse_reward_spec(spec)
+        except ValueError as exc:
+            errors.append(f"ppo.rewards: {exc}")
     if errors:
         raise ValueError("invalid PPO config: " + "; ".join(errors))

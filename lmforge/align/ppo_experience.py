@@ -14,6 +14,11 @@ returns (`lmforge.align.ppo`). It then yields ``ppo_epochs`` shuffled passes of
 micro-batches; ``grad_accum`` consecutive micro-batches form one minibatch = one optimizer
 step. ``state_dict`` holds the unfinished rollout itself, so a resumed run continues exactly.
 
+Under torchrun (DDP) each rank samples its own ``rollout_batch_size`` prompts (rank r of W
+takes the r-th slice of the W·``rollout_batch_size`` prompts of the step) and the logged
+rollout statistics are the means over every rank; reward normalisation and advantage
+whitening use each rank's own rollout.
+
 Reference policy: a frozen copy of the policy, or — when the policy carries a LoRA adapter —
 the same model with the adapter disabled (no copy). None when ``kl_coef`` is 0.
 """
@@ -36,6 +41,7 @@ from lmforge.align.reference import (
     make_reference,
     reference_model,
 )
+from lmforge.align.rl_distributed import global_means
 from lmforge.align.rollout import (
     check_rollout_sampling,
     completion_batch,
@@ -210,6 +216,12 @@ class PPOExperience:
         if ref is not None:
             kl_seq = ((logps - ref) * mask).sum(-1)  # k1 summed over each response
             stats["kl_ref"] = kl_seq.mean().item()
+        if self.world > 1:  # log the means over every rank's rollout (all-reduced)
+            n = float(raw.numel())
+            sums = {k: v * n for k, v in stats.items() if k != "reward_std"}
+            sums["reward_sq"] = raw.float().square().sum().item()
+            stats = global_means(sums, n, raw.device)
+            stats["reward_std"] = max(stats.pop("reward_sq") - stats["reward"] ** 2, 0.0) ** 0.5
         fields = {"old_logps": logps, "old_values": values, "advantages": advantages,
                   "returns": returns, "ref_logps": ref}  # fmt: skip
         rows = []

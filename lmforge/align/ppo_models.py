@@ -13,7 +13,8 @@
   optimizer, checkpoints (the whole module, LoRA parameters included) and DDP see one model.
 - **Prompts and scores.** A `PromptItem` is a prompt's token ids and the task problem a rule
   reward checks; a scorer maps rollout `Sample` s to scalar scores: `rule_scorer` (the rule
-  rewards of `lmforge.align.rewards`) or `RewardModelScorer` (a trained `RewardModel`).
+  rewards of `lmforge.align.rewards`), `RewardModelScorer` (a trained `RewardModel`) or
+  `combined_scorer` (the user's reward functions, `lmforge.align.custom_rewards`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from lmforge.align.custom_rewards import CombinedReward
 from lmforge.align.reward_model import RewardModel
-from lmforge.align.rollout import right_pad
+from lmforge.align.rollout import Completion, right_pad
 from lmforge.models.transformer import CausalLM, lm_output
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "RewardModelScorer",
     "Sample",
     "Scorer",
+    "combined_scorer",
     "critic_from",
     "rule_scorer",
     "token_values",
@@ -130,9 +133,11 @@ Scorer = Callable[[list[Sample]], list[float]]
 
 
 def rule_scorer(kind: str = "task", require_tags: bool = False) -> Scorer:
-    """Rule rewards from `lmforge.align.rewards`: ``task`` (the task verifier), ``format``
-    (R1 format) or ``r1`` (format + task, DeepSeek-R1-Zero)."""
-    from lmforge.align.rewards import format_reward, task_reward
+    """Rule rewards from `lmforge.align.rewards`: ``task`` (the task verifier, or the
+    reference ``answer`` through `accuracy_reward` for a data record), ``format`` (R1 format)
+    or ``r1`` (format + task, DeepSeek-R1-Zero)."""
+    from lmforge.align.rewards import accuracy_reward, format_reward, task_reward
+    from lmforge.align.rl_tasks import PromptAnswer
 
     if kind not in ("task", "format", "r1"):
         raise ValueError(f"rule reward {kind!r}: choose task, format or r1")
@@ -144,11 +149,31 @@ def rule_scorer(kind: str = "task", require_tags: bool = False) -> Scorer:
             if kind in ("format", "r1"):
                 value += format_reward(s.text).score
             if kind in ("task", "r1"):
-                if s.item.problem is None:
+                problem = s.item.problem
+                if problem is None:
                     raise ValueError("a task reward needs prompts with a problem to check")
-                value += task_reward(s.text, s.item.problem, require_tags).score
+                if isinstance(problem, PromptAnswer):
+                    if problem.answer is None:
+                        raise ValueError(f"{problem.source}: no 'answer' for ppo.reward=task; "
+                                         "add one or name your own reward (--reward)")  # fmt: skip
+                    value += accuracy_reward(s.text, problem.answer, require_tags).score
+                else:
+                    value += task_reward(s.text, problem, require_tags).score
             out.append(value)
         return out
+
+    return score
+
+
+def combined_scorer(reward: CombinedReward) -> Scorer:
+    """The user's rewards (`lmforge.align.custom_rewards.CombinedReward`: named functions,
+    built-ins, a reward model) as a scorer: each sample's ``reward``."""
+
+    def score(samples: list[Sample]) -> list[float]:
+        items = [s.item.problem for s in samples]
+        completions = [Completion(list(s.item.prompt_ids), list(s.completion_ids), s.text,
+                                  s.finish_reason) for s in samples]  # fmt: skip
+        return [r["reward"] for r in reward.score_many(items, completions)]
 
     return score
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
+from lmforge.align.custom_rewards import CombinedReward, parse_reward_spec
 from lmforge.align.logprobs import entropy_from_logits, token_logprobs
 from lmforge.align.ppo import ppo_loss, ptx_loss_sum
 from lmforge.align.ppo_config import PPOConfig, PPOSection
@@ -49,6 +50,7 @@ from lmforge.align.ppo_models import (
     ActorCritic,
     PromptItem,
     RewardModelScorer,
+    combined_scorer,
     critic_from,
     rule_scorer,
 )
@@ -124,15 +126,22 @@ class PPOObjective:
 
 # ---------------------------------------------------------------------- the run
 def task_prompts(config: PPOConfig, tokenizer: Any) -> list[PromptItem]:
-    """The ``ppo.task`` training problems (`lmforge.align.rl_tasks.task_problems`) as
-    `PromptItem` s: chat-formatted (`r1_prompt_ids`) when the tokenizer has a template and
-    ``ppo.chat_template``, else the bare prompt and a newline."""
+    """The ``ppo.task`` training problems (`lmforge.align.rl_tasks.task_problems`; for
+    ``prompts`` every record of ``data.paths`` — PPO holds none out) as `PromptItem` s:
+    chat-formatted (`r1_prompt_ids`; conversations as their messages) when the tokenizer has
+    a template and ``ppo.chat_template``, else the bare prompt and a newline."""
     p, seed = config.ppo, config.train.seed
-    problems = task_problems(p.task, "train", p.num_prompts, seed, digits=p.digits)
+    if p.task == "prompts" and not config.data.paths:
+        raise ValueError("ppo.task=prompts needs data.paths (--data FILE: JSONL with prompt)")
+    problems = task_problems(p.task, "train", p.num_prompts, seed, digits=p.digits,
+                             paths=config.data.paths, val_fraction=0.0)  # fmt: skip
     items = []
     for problem in problems:
         if p.chat_template and tokenizer.chat_template:
             ids = r1_prompt_ids(tokenizer, problem)
+        elif isinstance(problem.prompt, list):
+            raise ValueError(f"{getattr(problem, 'source', '')}: a conversational prompt needs "
+                             "the tokenizer's chat template (ppo.chat_template=true)")  # fmt: skip
         else:
             ids = tokenizer.encode(problem.prompt + "\n", add_special_tokens=True)
         items.append(PromptItem(tuple(ids), problem))
@@ -174,9 +183,18 @@ def train_ppo(
 
     p, t = config.ppo, config.train
     run_dir = Path(run_dir)
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    if world > 1 and t.distributed == "fsdp":
+        raise ValueError("lmforge ppo under torchrun runs with train.distributed=ddp (the "
+                         "actor-critic is not sharded by FSDP yet)")  # fmt: skip
     reward_model = None
-    if p.reward == "model":
+    if p.reward == "model" or (p.rewards and p.reward_model):
         reward_model = load_reward_model(p.reward_model, dtype=torch.float32)
+    if p.rewards:  # the user's functions (+ the reward model's score when one is given)
+        specs = [parse_reward_spec(x) for x in p.rewards]
+        scorer = combined_scorer(CombinedReward(specs, max_new_tokens=p.max_new_tokens,
+                                                reward_model=reward_model))  # fmt: skip
+    elif reward_model is not None:
         scorer = RewardModelScorer(reward_model, batch_size=t.batch_size)
     else:
         scorer = rule_scorer(p.reward, p.require_tags)
@@ -189,7 +207,8 @@ def train_ppo(
     experience = PPOExperience(model, task_prompts(config, tokenizer), scorer, p,
                                tokenizer=tokenizer, micro_batch_size=t.batch_size,
                                grad_accum=t.grad_accum, seed=t.seed, ptx_data=ptx,
-                               pad_id=tokenizer.pad_token_id or 0)  # fmt: skip
+                               pad_id=tokenizer.pad_token_id or 0, rank=rank,
+                               world_size=world)  # fmt: skip
     trainer = Trainer(model, experience, config, objective=PPOObjective(p), tokenizer=tokenizer,
                       run_dir=run_dir, dist=dist, console=console)  # fmt: skip
     if reward_model is not None:  # the scorer follows the policy onto the training device
@@ -198,7 +217,9 @@ def train_ppo(
         console.print(
             f"[bold]ppo[/]: policy {policy.num_parameters():,} + critic "
             f"{sum(q.numel() for q in critic.parameters()):,} parameters; reward "
-            f"{p.reward_model or p.reward}; {p.rollout_batch_size} prompts per rollout × "
+            f"{' + '.join(p.rewards) or p.reward_model or p.reward}"
+            + (f" + reward model {p.reward_model}" if p.rewards and p.reward_model else "")
+            + f"; {p.rollout_batch_size} prompts per rollout × "
             f"{p.ppo_epochs} epochs; run folder {run_dir}"
         )
     summary = trainer.fit()

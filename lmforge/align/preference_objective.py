@@ -6,7 +6,8 @@
 Both are `lmforge.train.objective.Objective`s: ``(model, batch) -> LossOutput`` with the *sum*
 of per-pair losses and ``count`` = pairs, so the loop's global loss is the mean over every pair
 of the global batch however it is split (micro-batches, accumulation, ranks). Metrics are
-per-pair sums too (the loop reports them as means): ``rewards/accuracy`` (share of pairs whose
+per-pair sums too (the loop reports them as means, in training and — ``val_``-prefixed, in
+place of a perplexity — in validation): ``rewards/accuracy`` (share of pairs whose
 chosen implicit reward is higher), ``rewards/margin``, ``rewards/chosen``, ``rewards/rejected``,
 ``logps/chosen``, ``logps/rejected``.
 
@@ -69,7 +70,13 @@ class PreferenceObjective:
 
     IPO uses length-averaged log-probs (TRL's per-token form; see `dpo_loss`); SimPO and ORPO
     need them by definition; DPO uses sums (Rafailov et al. eq. 7).
+
+    Validation reports these metrics (``val_rewards/accuracy``, ``val_rewards/margin``,
+    ``val_rewards/chosen``, …, means per pair) beside the loss, not a perplexity
+    (``validation_metrics``, read by the loop's `evaluate`).
     """
+
+    validation_metrics = True
 
     def __init__(
         self,
@@ -133,7 +140,10 @@ class PreferenceObjective:
 class RewardModelObjective:
     """Bradley–Terry loss (`bradley_terry_loss`) of a `RewardModel` on padded preference
     batches (sequence ``2i`` chosen, ``2i + 1`` rejected; the reward is read at each
-    sequence's last real token through ``attention_mask``)."""
+    sequence's last real token through ``attention_mask``). Validation reports the reward
+    accuracy, margin and chosen / rejected rewards (``val_accuracy``, …), not a perplexity."""
+
+    validation_metrics = True
 
     def __init__(self, margin: float = 0.0, center_coef: float = 0.0) -> None:
         self.margin, self.center_coef = margin, center_coef

@@ -85,7 +85,8 @@ def run_sample(args: argparse.Namespace) -> int:
             try:
                 cid = int(cid)
             except ValueError:
-                raise CommandError(f"--class {args.class_id!r}: not a class of {d.class_names}")
+                msg = f"--class {args.class_id!r}: not a class of {d.class_names}"
+                raise CommandError(msg) from None
             if not 0 <= cid < len(d.class_names):
                 raise CommandError(f"--class {cid}: expected 0..{len(d.class_names) - 1}")
             labels = torch.full((args.num,), cid)

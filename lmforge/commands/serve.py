@@ -59,6 +59,11 @@ def add_parser(subparsers: Any) -> None:
         "NAME is decoded with that adapter (requests of all adapters share one batch)",
     )  # fmt: skip
     p.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
+    p.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME",
+        help="without --api-key the server answers only Host headers naming its address "
+        "(against DNS rebinding); also answer NAME (repeatable)",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(run=run)
 
@@ -137,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("LMFORGE_API_KEY") or None
     app = create_app(
         AsyncEngine(engine), tok, name, limits, api_key=api_key, adapters=list(loras),
-        allowed_hosts=allowed_hosts_for(args.host, api_key), docs=args.docs,
+        allowed_hosts=allowed_hosts_for(args.host, api_key, args.allowed_host), docs=args.docs,
     )  # fmt: skip
     auth = "API key required" if api_key else "no API key"
     served = ", ".join(repr(n) for n in [name, *loras])

@@ -264,11 +264,11 @@ def load_sft_examples(
     for record in read_records(paths, schema=schema, skip_bad=skip_bad, report=report):
         try:
             example = record_to_example(record, tokenizer, assistant_only=assistant_only, raw=raw)
+            if example.num_loss_tokens == 0:
+                raise DataError("no tokens to train on (no assistant reply / completion)")
             pair = isinstance(record, (PromptCompletionRecord, InstructionRecord))
             if no_template and format != "raw" and pair:
                 report.count(RAW_FALLBACK)
-            if example.num_loss_tokens == 0:
-                raise DataError("no tokens to train on (no assistant reply / completion)")
         except (DataError, TokenizerError) as exc:
             reason = "template breaks prefix" if isinstance(exc, PrefixPropertyError) else None
             reason = reason or ("no loss tokens" if "no tokens to train" in str(exc) else None)

@@ -1,8 +1,8 @@
-"""Diffusion models: samplers with diffusers-compatible configs, denoisers, training targets,
-score SDEs, rectified flow.
+"""Diffusion models: samplers with diffusers-compatible configs, denoisers and their training
+targets, score SDEs with the probability-flow ODE, rectified flow.
 
     from lmforge.diffusion import load_scheduler
-    s = load_scheduler("runs/ddpm/model"); s.set_timesteps(50)
+    s = load_scheduler("runs/diffusion-digits/model"); s.set_timesteps(50)
 
 | module | what |
 |---|---|
@@ -14,6 +14,16 @@ score SDEs, rectified flow.
 | `dpm_solver` | DPM-Solver++ 2M (Lu et al. 2022), diffusers' DPMSolverMultistepScheduler |
 | `flow_match` | flow-matching Euler with timestep shift, diffusers' FlowMatchEulerDiscreteScheduler |
 | `schedulers` | the registry and `load_scheduler` (``_class_name`` → class) |
+| `unet` | the UNet denoiser (residual blocks, low-resolution attention, sinusoidal time and class embeddings) |
+| `unet_diffusers` | UNet ↔ diffusers UNet2DModel: config, weights, folders; what does not map |
+| `dit` | DiT with adaLN-zero (Peebles & Xie 2023) on lmforge's SwiGLU block |
+| `targets` | ε / v / x₀ / flow-velocity targets and the denoising objective (classifier-free label dropout) |
+| `sampling` | sampling any denoiser with any scheduler, classifier-free guidance |
+| `denoiser_io` | a trained denoiser on disk (diffusers-pipeline-shaped folder) |
+| `training` | ``lmforge diffusion train``: data, Trainer run, sample grids and classifier metrics per eval |
+| `rectified_flow` | rectified flow: reflow couplings, straightness, few- and one-step Euler |
+| `sde` | VP / sub-VP / VE SDEs, denoising score matching, Euler–Maruyama, predictor–corrector |
+| `pf_ode` | probability-flow ODE: adaptive Dormand–Prince, exact log-likelihood (Hutchinson) |
 """
 
 from lmforge.diffusion.schedulers import SCHEDULERS, load_scheduler

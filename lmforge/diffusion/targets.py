@@ -91,7 +91,7 @@ class DenoisingObjective:
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         x0 = batch["images"]
-        noise = torch.randn_like(x0)
+        noise = batch["noise"] if "noise" in batch else torch.randn_like(x0)  # reflow: paired
         xt, t, target = self.noisy_input(x0, noise)
         labels = None
         if self.conditional:

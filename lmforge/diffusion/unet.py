@@ -31,6 +31,7 @@ from lmforge.io import atomic_path, atomic_write_json
 __all__ = [
     "Attention",
     "ResnetBlock",
+    "TimestepMLP",
     "UNet",
     "UNetConfig",
     "save_weights",

@@ -90,12 +90,15 @@ class TopKRouter(nn.Module):
         self.register_buffer("e_score_correction_bias", torch.zeros(num_experts))
 
     def _apply(self, fn, recurse: bool = True):
-        # `model.to(bfloat16)` must not round the gate or the bias (DeepSeek keeps them fp32).
+        # `model.to(bfloat16)` must not round the gate or the bias (DeepSeek keeps them fp32):
+        # apply `fn` (device moves), then put the exact fp32 values back on the new device.
+        weight, bias = self.weight.data, self.e_score_correction_bias
         super()._apply(fn, recurse)
-        if self.weight.dtype != torch.float32:
-            self.weight.data = self.weight.data.float()
-        if self.e_score_correction_bias.dtype != torch.float32:
-            self.e_score_correction_bias = self.e_score_correction_bias.float()
+        if weight.is_meta or self.weight.is_meta:  # nothing exact to keep (built to be loaded)
+            weight, bias = self.weight.data, self.e_score_correction_bias
+        device = self.weight.device
+        self.weight.data = weight.to(device, torch.float32)
+        self.e_score_correction_bias = bias.to(device, torch.float32)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ thread, so the event loop keeps answering ``/health`` and streaming tokens meanw
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -84,10 +85,12 @@ def create_app(
     (None: any) is what the ``Host`` header may name — a server without an API key on a
     loopback address accepts only its own names, against DNS rebinding. ``docs`` serves the
     OpenAPI schema (``/openapi.json``, ``/docs``)."""
-    if limits.max_prompt_chars is None:
-        limits.max_prompt_chars = prompt_char_bound(tokenizer, limits.max_model_len)
-    if limits.max_messages is None:
-        limits.max_messages = limits.max_model_len
+    limits = dataclasses.replace(
+        limits,
+        max_prompt_chars=limits.max_prompt_chars
+        or prompt_char_bound(tokenizer, limits.max_model_len),
+        max_messages=limits.max_messages or limits.max_model_len,
+    )
     if model_name in adapters:
         raise ValueError(f"the adapter name {model_name!r} is the base model's name")
     state = ServerState(
@@ -147,7 +150,7 @@ def create_app(
         texts += [json.dumps(t.model_dump(exclude_none=True)) for t in tools or []]
         check_prompt_size(texts, len(body.messages), limits, "messages")
         prompt = await asyncio.to_thread(chat_prompt_ids, tokenizer, body.messages, tools)
-        fmt = ChatFormat(state, body.tool_mode)
+        fmt = ChatFormat(state, body.model, body.tool_mode)
         return await _complete(state, request, body, [prompt], "messages", fmt, adapter, arrived)
 
     @app.post("/v1/completions")

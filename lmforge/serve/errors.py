@@ -81,18 +81,23 @@ _TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none", "function-
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-def allowed_hosts_for(host: str, api_key: str | None) -> list[str] | None:
-    """Host names a server bound to ``host`` answers (None: any). Without an API key, a
-    server on a loopback address answers only its own names: a web page whose domain was
-    rebound to 127.0.0.1 (DNS rebinding) sends its own name in ``Host`` and is refused. A
-    server bound to a public or wildcard address was exposed on purpose and answers any."""
+def allowed_hosts_for(
+    host: str, api_key: str | None, extra: Sequence[str] = ()
+) -> list[str] | None:
+    """Host names a server bound to ``host`` answers (None: any). Without an API key it
+    answers only the address it is bound to (plus the loopback names, and ``extra``): a web
+    page whose domain was rebound to that address (DNS rebinding) sends its own name in
+    ``Host`` and is refused. With a key, or bound to every interface (``0.0.0.0``, ``::``)
+    — exposed on purpose — it answers any name."""
     if api_key is not None:
         return None
+    bare = host.lower().strip("[]")
     try:
-        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+        if ipaddress.ip_address(bare).is_unspecified:
+            return None
     except ValueError:
-        loopback = host.lower() == "localhost"
-    return sorted({*LOOPBACK_NAMES, host.lower().strip("[]")}) if loopback else None
+        pass
+    return sorted({*LOOPBACK_NAMES, bare, *(h.lower().strip("[]") for h in extra)})
 
 
 def host_name(header: str) -> str:

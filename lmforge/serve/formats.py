@@ -48,8 +48,9 @@ def usage_of(prompt_tokens: int, outputs: list[Any]) -> Usage:
 class ChatFormat:
     prefix = "chatcmpl"
 
-    def __init__(self, state: Any, tool_mode: str | None = None) -> None:
-        self.state, self.tool_mode = state, tool_mode
+    def __init__(self, state: Any, model: str, tool_mode: str | None = None) -> None:
+        """``model``: the served name the request asked for (the base or an adapter)."""
+        self.state, self.model, self.tool_mode = state, model, tool_mode
 
     def _message(self, out: Any) -> tuple[AssistantMessage, str | None]:
         if self.tool_mode is None:
@@ -76,7 +77,7 @@ class ChatFormat:
         return ChatCompletion(
             id=rid,
             created=int(time.time()),
-            model=self.state.model_name,
+            model=self.model,
             choices=choices,
             usage=usage_of(prompt_tokens, [f.out for f in outputs]),
         ).model_dump()
@@ -89,7 +90,7 @@ class ChatFormat:
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> dict:
             c = ChatCompletionChunk(
-                id=rid, created=created, model=self.state.model_name, choices=choices, usage=usage
+                id=rid, created=created, model=self.model, choices=choices, usage=usage
             )
             return c.model_dump() if include_usage else c.model_dump(exclude={"usage"})
 
@@ -133,7 +134,7 @@ class TextFormat:
     prefix = "cmpl"
 
     def __init__(self, state: Any, body: CompletionRequest) -> None:
-        self.state, self.echo = state, body.echo
+        self.state, self.echo, self.model = state, body.echo, body.model
 
     def _echo(self, out: Any) -> str:
         return self.state.tokenizer.decode(out.prompt_token_ids) if self.echo else ""
@@ -154,7 +155,7 @@ class TextFormat:
         return Completion(
             id=rid,
             created=int(time.time()),
-            model=self.state.model_name,
+            model=self.model,
             choices=choices,
             usage=usage_of(prompt_tokens, [f.out for f in outputs]),
         ).model_dump()
@@ -167,7 +168,7 @@ class TextFormat:
 
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> dict:
             c = Completion(
-                id=rid, created=created, model=self.state.model_name, choices=choices, usage=usage
+                id=rid, created=created, model=self.model, choices=choices, usage=usage
             )
             return c.model_dump() if include_usage else c.model_dump(exclude={"usage"})
 

@@ -39,7 +39,10 @@ def prompt_char_bound(tokenizer: Any, max_model_len: int) -> int:
     """Characters beyond which a text surely has more than ``max_model_len`` tokens: no
     token covers more characters than the longest entry of the vocabulary, so a text of
     more than ``max_model_len × longest`` characters needs more than ``max_model_len``."""
-    vocab = tokenizer.backend.get_vocab(with_added_tokens=True)
+    backend = getattr(tokenizer, "backend", None)
+    if backend is None:  # not an lmforge Tokenizer: a generous cap of 64 characters a token
+        return max_model_len * 64
+    vocab = backend.get_vocab(with_added_tokens=True)
     longest = max((len(t) for t in vocab), default=1)
     return max_model_len * max(1, longest)
 

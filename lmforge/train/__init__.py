@@ -10,6 +10,7 @@ AdamW + schedules, atomic checkpoints with exact resume, DDP / FSDP2 under torch
 | `schedule` | learning-rate schedules: warmup + cosine, warmup-stable-decay |
 | `checkpoint` | HF weights + ``trainer_state/``, atomic, last K kept, exact resume |
 | `budget` | run length and schedule progress in steps (never the clock); epochs; time-budget warnings |
+| `rng` | RNG states (Python, NumPy, torch, CUDA) as JSON, saved in checkpoints for exact resume |
 | `manifest` | checkpoint manifests: size + SHA-256 per file, written last, verified on resume |
 | `resume_rules` | whether a run folder may be resumed: saved vs new config, refusals with the ways out |
 | `interrupt` | SIGINT/SIGTERM: save at the next step boundary, a second signal exits at once |
@@ -22,16 +23,20 @@ AdamW + schedules, atomic checkpoints with exact resume, DDP / FSDP2 under torch
 
 from lmforge.config import ConfigError
 from lmforge.train.config import RunConfig, load_config
+from lmforge.train.interrupt import TrainingInterrupted
 from lmforge.train.loop import Trainer, TrainingDiverged
 from lmforge.train.objective import LossOutput, Objective, causal_lm_loss
+from lmforge.train.resume_rules import ResumeRefused
 
 __all__ = [
     "ConfigError",
     "LossOutput",
     "Objective",
+    "ResumeRefused",
     "RunConfig",
     "Trainer",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "causal_lm_loss",
     "load_config",
 ]

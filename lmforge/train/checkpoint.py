@@ -29,16 +29,13 @@ checkpoint saved by N processes loads in one, and vice versa.
 
 from __future__ import annotations
 
-import base64
 import os
-import random
 import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -48,6 +45,7 @@ from lmforge.models.hf import save_model, weight_files
 from lmforge.models.weights_check import read_checked_weights
 from lmforge.train import distributed as D
 from lmforge.train.manifest import CheckpointCorrupt, check_present, verify_manifest, write_manifest
+from lmforge.train.rng import rng_state, set_rng_state
 
 LATEST = "latest"
 STATE_DIR = "trainer_state"
@@ -66,38 +64,6 @@ def step_of(path: str | os.PathLike) -> int | None:
     """The step of a ``step-XXXXXXXX`` checkpoint folder (None for other names)."""
     match = _STEP_RE.match(Path(path).name)
     return int(match.group(1)) if match else None
-
-
-# ---------------------------------------------------------------------- RNG
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and CUDA) generator states as JSON-serialisable data."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": [version, list(internal), gauss],
-        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [
-            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
-        ]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` returned."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(_bytes_tensor(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
-
-
-def _bytes_tensor(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
 # ---------------------------------------------------------------------- full state dicts
@@ -254,9 +220,8 @@ def write_weights(
 
         save_training_adapter(inner, folder, tokenizer)
         return
-    if hasattr(inner, "save_weights_folder"):  # a non-transformer model (e.g. a denoiser)
-        inner.save_weights_folder(folder)  # writes config.json + model.safetensors
-        return
+    if hasattr(inner, "save_weights_folder"):  # not a transformer (a denoiser): config.json
+        return inner.save_weights_folder(folder)  # + model.safetensors, written by the model
     if not D.is_fsdp(model):
         save_model(inner, folder, tokenizer=tokenizer)
         return

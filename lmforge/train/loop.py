@@ -290,6 +290,9 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         norm = float(max(1, batch_tokens(batches[0])))
+        if self.dist.enabled:  # one c on every rank (DDP/FSDP average the scaled gradients)
+            c = D.all_reduce_sum(torch.tensor([norm], device=self.device, dtype=torch.float64))
+            norm = c.item() / self.dist.world_size
         loss_acc = torch.zeros((), device=self.device, dtype=torch.float64)
         count_acc = torch.zeros((), device=self.device, dtype=torch.float64)
         extra: dict[str, torch.Tensor] = {}
@@ -369,6 +372,10 @@ class Trainer:
         self.model.eval()
         loss_acc = torch.zeros((), device=self.device, dtype=torch.float64)
         count_acc = torch.zeros((), device=self.device, dtype=torch.float64)
+        # An objective with ``validation_metrics = True`` (preference / reward-model losses) is
+        # judged by its own metrics (means per unit, as in training), not by a perplexity.
+        own = bool(getattr(self.objective, "validation_metrics", False))
+        extra: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(self.val_data):
             if i >= self.tc.eval_batches:
                 break
@@ -376,11 +383,20 @@ class Trainer:
                 out = self.objective(self.model, self._to_device(batch))
             loss_acc += out.loss_sum.double()
             count_acc += torch.as_tensor(out.count, device=self.device).double()
+            for key, value in out.metrics.items() if own else ():
+                value = torch.as_tensor(value, device=self.device).detach().double()
+                extra[key] = extra.get(key, 0) + value
         self.model.train()
-        totals = D.all_reduce_sum(torch.stack([loss_acc, count_acc]))
+        keys = sorted(extra)
+        totals = D.all_reduce_sum(torch.stack([loss_acc, count_acc, *(extra[k] for k in keys)]))
         if totals[1].item() == 0:
             return {}
         val_loss = totals[0].item() / totals[1].item()
+        if own:
+            n = totals[1].item()
+            means = {f"val_{k}": totals[2 + i].item() / n for i, k in enumerate(keys)}
+            self.last_eval = {"val_loss": val_loss, **means}
+            return dict(self.last_eval)
         val_ppl = math.exp(val_loss) if val_loss < 700 else float("inf")
         self.last_eval = {"val_loss": val_loss, "val_ppl": val_ppl}
         return dict(self.last_eval)
@@ -613,10 +629,10 @@ class Trainer:
                     if (tc.eval_every and self.step % tc.eval_every == 0) or done:
                         ev = self.evaluate()
                         if ev:
-                            bar.print(
-                                f"step {self.step}: val loss {ev['val_loss']:.4f}, "
-                                f"perplexity {ev['val_ppl']:.2f}"
-                            )
+                            more = "".join(f", {k[4:]} {v:.4g}" for k, v in ev.items()
+                                           if k not in ("val_loss", "val_ppl"))  # fmt: skip
+                            ppl = f", perplexity {ev['val_ppl']:.2f}" if "val_ppl" in ev else ""
+                            bar.print(f"step {self.step}: val loss {ev['val_loss']:.4f}{ppl}{more}")
                             if writer is not None:
                                 writer.write({"step": self.step, **ev})
                                 loggers.log({"step": self.step, **ev})

@@ -188,8 +188,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("loss") is not None:
         lines.append(f"final train loss {summary['loss']:.4f}")
     if summary.get("val_loss") is not None:
+        ppl = summary.get("val_ppl")
         lines.append(
-            f"validation loss {summary['val_loss']:.4f} (perplexity {summary['val_ppl']:.2f})"
+            f"validation loss {summary['val_loss']:.4f}"
+            + (f" (perplexity {ppl:.2f})" if ppl is not None else "")
         )
     for key, label in (
         ("checkpoint", "checkpoint"),

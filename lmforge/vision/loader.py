@@ -1,6 +1,7 @@
 """An endless, resumable batch loader over an `ImageDataset` for the one Trainer.
 
-Batches are ``{"images": [B, C, H, W], "labels": [B]}``. Each epoch is a permutation drawn
+Batches are ``{"images": [B, C, H, W], "labels": [B]}`` plus, per item, any ``extras``
+(e.g. the paired noise of rectified-flow reflow). Each epoch is a permutation drawn
 from ``(seed, epoch)``, so the stream is a pure function of the seed and the position, and
 ``state_dict()`` (epoch, position) is all a checkpoint needs for an exact resume.
 """
@@ -20,10 +21,17 @@ __all__ = ["ImageLoader"]
 class ImageLoader:
     """Shuffled batches of ``batch_size`` forever (an epoch's tail joins the next epoch)."""
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        batch_size: int,
+        seed: int = 0,
+        extras: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be ≥ 1")
         self.dataset = dataset
+        self.extras = dict(extras or {})
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = 0
@@ -48,7 +56,8 @@ class ImageLoader:
             if self.position >= len(perm):
                 self.epoch, self.position = self.epoch + 1, 0
         index = torch.cat(parts)
-        return {"images": self.dataset.images[index], "labels": self.dataset.labels[index]}
+        batch = {"images": self.dataset.images[index], "labels": self.dataset.labels[index]}
+        return {**batch, **{k: v[index] for k, v in self.extras.items()}}
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "epoch": self.epoch, "position": self.position}

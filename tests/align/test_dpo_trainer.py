@@ -49,6 +49,11 @@ def test_dpo_end_to_end_and_resume(preference_model_dir, tmp_path):
     rec = [r for r in _records(out) if "loss" in r]
     assert [r["step"] for r in rec] == [1, 2, 3, 4]
     assert {"rewards/accuracy", "rewards/margin", "logps/chosen"} <= rec[0].keys()
+    (val,) = [r for r in _records(out) if "val_loss" in r]  # preference metrics, no perplexity
+    assert {"val_rewards/accuracy", "val_rewards/margin", "val_rewards/chosen",
+            "val_rewards/rejected"} <= val.keys() and "val_ppl" not in val  # fmt: skip
+    assert summary["validation"]["rewards/accuracy"] == val["val_rewards/accuracy"]
+    assert "validation: reward accuracy" in text and "perplexity" not in text
     from lmforge.models.hf import load_model
 
     trained, base = load_model(out / "model"), load_model(preference_model_dir)

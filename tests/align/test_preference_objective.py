@@ -259,3 +259,41 @@ def test_reward_model_export_loads_in_transformers(pairs, tmp_path):
         )
     torch.testing.assert_close(got, want.squeeze(-1), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(again, got, rtol=0, atol=0)
+
+
+def test_validation_reports_preference_metrics_not_a_perplexity(pairs):
+    """The loop's `evaluate` on a preference objective: ``val_rewards/accuracy``, margins and
+    chosen / rejected rewards over every validation pair (independent log-probs), no val_ppl;
+    the reward model's: its accuracy, margin and rewards."""
+    policy, ref = _model(0), _model(1)
+    objective = PreferenceObjective("sigmoid", 0.5, reference=frozen_copy(ref))
+    val = [PreferenceLoader(pairs, 3, 128).collate(ids) for ids in ([0, 1, 2], [3, 4, 5])]
+    trainer = Trainer(policy, iter([]), _config(3, 1, 1, eval_batches=2), val_data=val,
+                      objective=objective)  # fmt: skip
+    got = trainer.evaluate()
+    assert "val_ppl" not in got
+    with torch.no_grad():
+        pol, _ = _independent_logps(policy, pairs, range(6))
+        r, _ = _independent_logps(ref, pairs, range(6))
+    want = dpo_loss(pol[0::2], pol[1::2], r[0::2], r[1::2], 0.5)
+    margins = want.chosen_rewards - want.rejected_rewards
+    assert got["val_loss"] == pytest.approx(want.losses.mean().item(), rel=1e-4)
+    assert got["val_rewards/accuracy"] == pytest.approx((margins > 0).double().mean().item())
+    assert 0 < got["val_rewards/accuracy"] < 1
+    assert got["val_rewards/margin"] == pytest.approx(margins.mean().item(), rel=1e-4, abs=1e-5)
+    assert got["val_rewards/chosen"] == pytest.approx(want.chosen_rewards.mean().item(),
+                                                      rel=1e-4, abs=1e-5)  # fmt: skip
+    assert got["val_rewards/rejected"] == pytest.approx(want.rejected_rewards.mean().item(),
+                                                        rel=1e-4, abs=1e-5)  # fmt: skip
+    rm = _rm()
+    val = [PreferenceLoader(pairs, 3, 128, layout="padded").collate([0, 1, 2])]
+    got = Trainer(rm, iter([]), _config(3, 1, 1), val_data=val,
+                  objective=RewardModelObjective()).evaluate()  # fmt: skip
+    with torch.no_grad():
+        rewards = torch.stack([rm(torch.tensor([ex.input_ids]))[0] for i in range(3)
+                               for ex in (pairs[i].chosen, pairs[i].rejected)])  # fmt: skip
+    d = rewards[0::2] - rewards[1::2]
+    assert "val_ppl" not in got
+    assert got["val_accuracy"] == pytest.approx((d > 0).double().mean().item())
+    assert got["val_margin"] == pytest.approx(d.mean().item(), rel=1e-4, abs=1e-5)
+    assert got["val_rewards/chosen"] == pytest.approx(rewards[0::2].mean().item(), rel=1e-4)

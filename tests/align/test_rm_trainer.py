@@ -42,6 +42,9 @@ def test_rm_end_to_end_saves_a_sequence_classifier(preference_model_dir, tmp_pat
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rec = [r for r in records if "loss" in r]
     assert {"accuracy", "margin", "rewards/chosen"} <= rec[0].keys()
+    (val,) = [r for r in records if "val_loss" in r]
+    assert {"val_accuracy", "val_margin", "val_rewards/chosen"} <= val.keys()
+    assert "val_ppl" not in val and "validation: reward accuracy" in text
     hf = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
     rm = load_reward_model(out / "model").eval()
     ids = torch.randint(3, 300, (2, 9))

@@ -103,3 +103,33 @@ def test_ppo_errors_are_one_line(model_dir, tmp_path, capsys):
 def test_ppo_needs_a_policy(tmp_path, capsys):
     status = main(["ppo", "--config", "recipes/ppo-tiny.yaml", "--out", str(tmp_path)])
     assert status == 2 and "ppo needs a policy: --model DIR" in capsys.readouterr().err
+
+
+def test_ppo_with_custom_rewards_on_the_users_prompts(model_dir, tmp_path, run, monkeypatch):
+    import sys
+
+    (tmp_path / "ppo_rewards.py").write_text(
+        "calls = []\n"
+        "def short(prompt, completion, answer, **fields):\n"
+        "    calls.append((prompt, answer, fields))\n"
+        "    return -len(completion) / 10\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    records = [{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}] if i % 2
+                else f"What is {i} + 1?", "answer": str(i + 1), "level": i % 3}
+               for i in range(10)]  # fmt: skip
+    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "run"
+    try:
+        code, _, err = run("ppo", "--config", "recipes/ppo-tiny.yaml", "--model", str(model_dir),
+                           "--data", "tasks.jsonl", "--reward", "ppo_rewards:short:2", "--out",
+                           str(out), *TINY, "train.max_steps=2")  # fmt: skip
+        calls = sys.modules["ppo_rewards"].calls
+    finally:
+        sys.modules.pop("ppo_rewards", None)
+    assert code == 0, err
+    assert len(calls) == 8 and all(c[2].keys() == {"level"} for c in calls)
+    assert {c[1] for c in calls} <= {r["answer"] for r in records}
+    assert any(isinstance(c[0], list) for c in calls)  # the conversation as written
+    first = _records(out)[0]
+    assert first["reward"] < 0  # 2 × −length / 10

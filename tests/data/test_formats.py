@@ -237,6 +237,7 @@ def test_model_sft_on_alpaca_answers_through_the_chat_endpoint(tmp_path):
         f"out_dir={json.dumps(str(tmp_path / 'sft'))}", "data.seq_len=64", "data.val_fraction=0",
         "train.batch_size=3", "train.max_steps=40", "optim.lr=1e-2", "optim.warmup_steps=5",
         "optim.weight_decay=0", "train.eval_every=0", "train.save_every=0", "train.cpu_threads=1",
+        "train.device=cpu", "train.precision=fp32",
         "log.progress=false", "log.plot=false",
     ])  # fmt: skip
     train_sft(config, console=Console(file=io.StringIO()))

@@ -115,3 +115,29 @@ def test_untied_checkpoint_loads_lm_head(tmp_path):
     loaded = lmforge.load_model(tmp_path)
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
     assert loaded.lm_head.weight is not loaded.model.embed_tokens.weight
+
+
+def test_deepseek_bf16_save_keeps_gate_and_correction_bias_fp32(tmp_path):
+    """DeepSeek-V3 keeps the MoE gate and its correction bias in fp32 in every dtype; a
+    loaded model (its non-saved expert_load buffer included) moves between devices/dtypes."""
+    torch.manual_seed(0)
+    model = lmforge.CausalLM(preset_config("deepseek-tiny"))
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.e_score_correction_bias.copy_(torch.linspace(-1, 1, 8))
+    lmforge.save_model(model, tmp_path, dtype="bfloat16")
+    state = load_file(tmp_path / "model.safetensors")
+    assert state["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == torch.float32
+    assert state["model.layers.1.mlp.gate.weight"].dtype == torch.float32
+    assert state["model.layers.1.mlp.experts.3.up_proj.weight"].dtype == torch.bfloat16
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [
+        "DeepseekV3ForCausalLM"
+    ]
+    loaded = lmforge.load_model(tmp_path, dtype="bfloat16").to("cpu")
+    moe = loaded.model.layers[1].mlp
+    assert moe.gate.e_score_correction_bias.dtype == torch.float32
+    assert torch.equal(moe.gate.e_score_correction_bias, torch.linspace(-1, 1, 8))
+    assert moe.expert_load.device.type == "cpu" and moe.expert_load.sum() == 0
+    loaded.to(torch.float32)
+    with torch.no_grad():
+        ids = torch.randint(0, 256, (1, 5))
+        assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=0.1)

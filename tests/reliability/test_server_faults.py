@@ -173,6 +173,9 @@ def test_allowed_hosts_rule():
     assert "::1" in allowed_hosts_for("::1", None)
     assert allowed_hosts_for("127.0.0.1", "key") is None  # the key protects it
     assert allowed_hosts_for("0.0.0.0", None) is None  # exposed on purpose
+    assert allowed_hosts_for("::", None) is None
+    lan = allowed_hosts_for("192.168.1.10", None, ["box.lan"])
+    assert "192.168.1.10" in lan and "box.lan" in lan and "evil.example" not in lan
     assert host_name("[::1]:8000") == "::1" and host_name("LocalHost:80") == "localhost"
 
 

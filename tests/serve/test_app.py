@@ -322,6 +322,9 @@ def test_lora_adapters_are_served_by_model_name(lora_server, lora_model_dir, htt
         }
 
     got = asyncio.run(ask_all())
+    chat = {"model": "beta", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    status, out = http_json("POST", lora_server + "/v1/chat/completions", chat)
+    assert status == 200 and out["model"] == "beta"
     assert len({tuple(v) for v in got.values()}) == 3, got
     params = SamplingParams(max_tokens=8, temperature=0)
     for name, adapter in [("tiny-long", None), *adapters.items()]:

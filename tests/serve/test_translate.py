@@ -107,3 +107,23 @@ def test_logprob_shapes(tok):
     assert legacy["text_offset"] == [3, 3 + len(tok.decode([a]))]
     assert legacy["top_logprobs"][0] == {tok.decode([a]): -0.5, tok.decode([b]): -1.5}
     assert chat_logprobs(tok, None) is None and completion_logprobs(tok, None) is None
+
+
+def test_prompt_char_bound_is_a_true_bound(model_dir):
+    """No text longer than the bound fits: the densest text (repeating the longest token)
+    still needs more than max_model_len tokens, and size checks refuse by characters."""
+    from lmforge.serve.translate import ServerLimits, check_prompt_size, prompt_char_bound
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    bound = prompt_char_bound(tok, 16)
+    vocab = tok.backend.get_vocab(with_added_tokens=False)
+    longest = max(vocab, key=len)
+    text = tok.decode([vocab[longest]]) * (bound // len(longest) + 1)
+    assert len(text) > bound and len(tok.encode(text)) > 16
+    limits = ServerLimits(16, 8, max_prompt_chars=bound, max_messages=4)
+    check_prompt_size(["x" * bound], 4, limits, "messages")  # at the bound: tokenized later
+    with pytest.raises(APIError, match="characters"):
+        check_prompt_size(["x" * bound, "y"], 2, limits, "messages")
+    with pytest.raises(APIError, match="5 messages"):
+        check_prompt_size([], 5, limits, "messages")

