@@ -64,18 +64,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for lr in map(float, args.lrs.split(",")):
             for temperature in map(float, args.temperatures.split(",")):
-                row = run_setting(args.model, lr, temperature, args, Path(tmp) / f"{lr}-{temperature}")
+                row = run_setting(
+                    args.model, lr, temperature, args, Path(tmp) / f"{lr}-{temperature}"
+                )
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print("| lr | temperature | steps | greedy acc before | after | format after | s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['lr']:g} | {r['temperature']} | {r['steps']} | {100 * r['before']:.0f} % | "
-              f"{100 * r['after']:.0f} % | {100 * r['format_after']:.0f} % | {r['seconds']:.0f} |")
+        print(
+            f"| {r['lr']:g} | {r['temperature']} | {r['steps']} | {100 * r['before']:.0f} % | "
+            f"{100 * r['after']:.0f} % | {100 * r['format_after']:.0f} % | {r['seconds']:.0f} |"
+        )
     # the best setting: highest accuracy after; ties → the larger learning rate (learns faster)
     best = max(rows, key=lambda r: (round(r["after"], 6), r["lr"]))
-    print(f"RESULT grpo_defaults best_lr={best['lr']:g} best_T={best['temperature']} "
-          f"acc_before={100 * best['before']:.1f} acc_after={100 * best['after']:.1f}")
+    print(
+        f"RESULT grpo_defaults best_lr={best['lr']:g} best_T={best['temperature']} "
+        f"acc_before={100 * best['before']:.1f} acc_after={100 * best['after']:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,23 +55,60 @@ RECIPES = Path(__file__).resolve().parents[1] / "lmforge" / "recipes"
 
 def sizes(quick: bool, smoke: bool = False) -> dict:
     if smoke:  # a crash test of the script, not a measurement
-        return dict(train=200, diff_steps=4, flow_steps=4, reflow_pairs=20, reflow_steps=2,
-                    flow_like_steps=3, n_eval=20, n_ddpm=10, n_ode=2, clf_steps=5)
+        return dict(
+            train=200,
+            diff_steps=4,
+            flow_steps=4,
+            reflow_pairs=20,
+            reflow_steps=2,
+            flow_like_steps=3,
+            n_eval=20,
+            n_ddpm=10,
+            n_ode=2,
+            clf_steps=5,
+        )
     if quick:
-        return dict(train=3000, diff_steps=800, flow_steps=800, reflow_pairs=1000,
-                    reflow_steps=300, flow_like_steps=400, n_eval=100, n_ddpm=50, n_ode=8,
-                    clf_steps=300)
-    return dict(train=6000, diff_steps=3000, flow_steps=3000, reflow_pairs=4000,
-                reflow_steps=1000, flow_like_steps=2000, n_eval=200, n_ddpm=200, n_ode=32,
-                clf_steps=400)
+        return dict(
+            train=3000,
+            diff_steps=800,
+            flow_steps=800,
+            reflow_pairs=1000,
+            reflow_steps=300,
+            flow_like_steps=400,
+            n_eval=100,
+            n_ddpm=50,
+            n_ode=8,
+            clf_steps=300,
+        )
+    return dict(
+        train=6000,
+        diff_steps=3000,
+        flow_steps=3000,
+        reflow_pairs=4000,
+        reflow_steps=1000,
+        flow_like_steps=2000,
+        n_eval=200,
+        n_ddpm=200,
+        n_ode=32,
+        clf_steps=400,
+    )
 
 
-def run_config(recipe: str, out: Path, steps: int, n_train: int, extra: list[str]) -> DiffusionConfig:
+def run_config(
+    recipe: str, out: Path, steps: int, n_train: int, extra: list[str]
+) -> DiffusionConfig:
     return load_config(
         RECIPES / recipe,
-        [f"out_dir={out}", f"train.max_steps={steps}", f"diffusion.num_train={n_train}",
-         "diffusion.classifier_steps=0", f"train.eval_every={max(steps // 2, 1)}",
-         f"train.save_every={steps}", "log.progress=false", *extra],
+        [
+            f"out_dir={out}",
+            f"train.max_steps={steps}",
+            f"diffusion.num_train={n_train}",
+            "diffusion.classifier_steps=0",
+            f"train.eval_every={max(steps // 2, 1)}",
+            f"train.save_every={steps}",
+            "log.progress=false",
+            *extra,
+        ],
         DiffusionConfig,
     )
 
@@ -96,17 +133,28 @@ def main() -> None:
     clf = train_classifier(train, steps=s["clf_steps"])
     clf.save(out / "classifier")
     real_acc = float((clf.predict(test.images)["label"] == test.labels).float().mean())
-    rows = [("real vs real (floor)", real_acc, classifier_frechet_distance(clf, test.images, other.images),
-             None, None)]
+    rows = [
+        (
+            "real vs real (floor)",
+            real_acc,
+            classifier_frechet_distance(clf, test.images, other.images),
+            None,
+            None,
+        )
+    ]
     save_grid(test.images[:80], grids / "real.png", nrow=10)
     print(f"classifier: test accuracy {real_acc:.3f}", flush=True)
 
     def score(name: str, den, sampler: str, steps: int, n: int) -> tuple[float, float]:
         images, labels, m = evaluate_samples(den, sampler, steps, clf, test, n, args.cfg, seed=1)
-        save_grid(images[torch.argsort(labels * 1000 + torch.arange(n))][: 10 * (n // 10)],
-                  grids / f"{name}.png", nrow=n // 10)
-        rows.append((name, m.get("cond_accuracy"), m["frechet_classifier"], None,
-                     m["seconds_per_image"]))
+        save_grid(
+            images[torch.argsort(labels * 1000 + torch.arange(n))][: 10 * (n // 10)],
+            grids / f"{name}.png",
+            nrow=n // 10,
+        )
+        rows.append(
+            (name, m.get("cond_accuracy"), m["frechet_classifier"], None, m["seconds_per_image"])
+        )
         print(f"{name}: {m}", flush=True)
         return m.get("cond_accuracy", float("nan")), m["frechet_classifier"]
 
@@ -117,8 +165,16 @@ def main() -> None:
     train_time = {"diffusion": time.perf_counter() - t0}
     den = load_denoiser(out / "diffusion" / "model")
     acc = {}
-    for sampler, steps in [("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpm++", 20),
-                           ("dpm++", 10), ("euler", 20), ("ddpm", 100), ("ddpm", 1000)]:
+    for sampler, steps in [
+        ("ddim", 50),
+        ("ddim", 20),
+        ("ddim", 10),
+        ("dpm++", 20),
+        ("dpm++", 10),
+        ("euler", 20),
+        ("ddpm", 100),
+        ("ddpm", 1000),
+    ]:
         n = s["n_ddpm"] if sampler == "ddpm" else s["n_eval"]
         acc[f"{sampler}{steps}"] = score(f"{sampler}-{steps}", den, sampler, steps, n)[0]
 
@@ -138,8 +194,15 @@ def main() -> None:
     t0 = time.perf_counter()
     logp, _, nfe = ode_likelihood(vp_score, sde, xs, eps=1e-5, rtol=1e-4, atol=1e-4, generator=g)
     pfode_bpd = bits_per_dim(-logp, 256, BIN_WIDTH)
-    rows.append(("diffusion, PF-ODE likelihood", None, None, pfode_bpd,
-                 (time.perf_counter() - t0) / len(xs)))
+    rows.append(
+        (
+            "diffusion, PF-ODE likelihood",
+            None,
+            None,
+            pfode_bpd,
+            (time.perf_counter() - t0) / len(xs),
+        )
+    )
     print(f"pf-ode: {pfode_bpd:.3f} bits/dim ({nfe} evaluations)", flush=True)
     den.model.float()
 
@@ -154,18 +217,39 @@ def main() -> None:
     rf1_before = score("rf-euler-1 (before reflow)", flow, "flow", 1, s["n_eval"])[0]
     t0 = time.perf_counter()
     labels = torch.arange(s["reflow_pairs"]) % 10
-    noise, samples = reflow_pairs(flow.model, s["reflow_pairs"], (1, 16, 16), 20, labels, args.cfg,
-                                  torch.Generator().manual_seed(0))
+    noise, samples = reflow_pairs(
+        flow.model,
+        s["reflow_pairs"],
+        (1, 16, 16),
+        20,
+        labels,
+        args.cfg,
+        torch.Generator().manual_seed(0),
+    )
     z = noise[:64]
     x, vs = flow_trajectory(flow.model, z, 20, labels[:64], args.cfg)
     s_before = straightness(z, x, vs)
     reflowed = copy.deepcopy(flow.model)
-    rcfg = load_config(None, [f"train.max_steps={s['reflow_steps']}", "train.batch_size=64",
-                              "optim.lr=3e-4", "optim.warmup_steps=20", "optim.weight_decay=0",
-                              "log.progress=false", "train.eval_every=0", "train.save_every=0"],
-                       RunConfig)
-    Trainer(reflowed, reflow_loader(noise, samples, labels, 64), rcfg,
-            objective=DenoisingObjective("flow", conditional=True)).fit()
+    rcfg = load_config(
+        None,
+        [
+            f"train.max_steps={s['reflow_steps']}",
+            "train.batch_size=64",
+            "optim.lr=3e-4",
+            "optim.warmup_steps=20",
+            "optim.weight_decay=0",
+            "log.progress=false",
+            "train.eval_every=0",
+            "train.save_every=0",
+        ],
+        RunConfig,
+    )
+    Trainer(
+        reflowed,
+        reflow_loader(noise, samples, labels, 64),
+        rcfg,
+        objective=DenoisingObjective("flow", conditional=True),
+    ).fit()
     train_time["reflow"] = time.perf_counter() - t0
     flow.model = reflowed
     x, vs = flow_trajectory(reflowed, z, 20, labels[:64], 1.0)
@@ -175,13 +259,26 @@ def main() -> None:
 
     # ---- normalizing flows
     bpd = {}
-    for name, net in [("nice", NICE(NICEConfig(shape=[1, 16, 16], hidden=512, hidden_layers=4))),
-                      ("realnvp", RealNVP(RealNVPConfig(shape=[1, 16, 16], hidden=64)))]:
+    for name, net in [
+        ("nice", NICE(NICEConfig(shape=[1, 16, 16], hidden=512, hidden_layers=4))),
+        ("realnvp", RealNVP(RealNVPConfig(shape=[1, 16, 16], hidden=64))),
+    ]:
         t0 = time.perf_counter()
-        fc = load_config(None, [f"train.max_steps={s['flow_like_steps']}", "train.batch_size=64",
-                                "optim.lr=1e-3", "optim.warmup_steps=50", "optim.weight_decay=0",
-                                "log.progress=false", "train.eval_every=0", "train.save_every=0",
-                                "optim.grad_clip=10"], RunConfig)
+        fc = load_config(
+            None,
+            [
+                f"train.max_steps={s['flow_like_steps']}",
+                "train.batch_size=64",
+                "optim.lr=1e-3",
+                "optim.warmup_steps=50",
+                "optim.weight_decay=0",
+                "log.progress=false",
+                "train.eval_every=0",
+                "train.save_every=0",
+                "optim.grad_clip=10",
+            ],
+            RunConfig,
+        )
         Trainer(net, ImageLoader(train, 64, 0), fc, objective=FlowNLLObjective()).fit()
         train_time[name] = time.perf_counter() - t0
         bpd[name] = flow_bits_per_dim(net, test.images)
@@ -189,19 +286,30 @@ def main() -> None:
         imgs = net.sample(s["n_eval"], torch.Generator().manual_seed(0)).clamp(-1, 1)
         dt = (time.perf_counter() - t0) / s["n_eval"]
         save_grid(imgs[:80], grids / f"{name}.png", nrow=10)
-        rows.append((name, None, classifier_frechet_distance(clf, test.images, imgs), bpd[name], dt))
+        rows.append(
+            (name, None, classifier_frechet_distance(clf, test.images, imgs), bpd[name], dt)
+        )
         print(f"{name}: {bpd[name]:.3f} bits/dim", flush=True)
 
-    lines = ["| model / sampler | cond. accuracy | Fréchet (classifier feats) | bits/dim | s/image |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| model / sampler | cond. accuracy | Fréchet (classifier feats) | bits/dim | s/image |",
+        "|---|---|---|---|---|",
+    ]
     fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
     for name, a, fd, b, sec in rows:
-        lines.append(f"| {name} | {fmt(a, '.3f')} | {fmt(fd, '.2f')} | {fmt(b, '.3f')} | {fmt(sec, '.4f')} |")
+        lines.append(
+            f"| {name} | {fmt(a, '.3f')} | {fmt(fd, '.2f')} | {fmt(b, '.3f')} | {fmt(sec, '.4f')} |"
+        )
     lines.append("")
-    lines.append(f"straightness (rectified flow, 20 Euler steps): {s_before:.4f} → {s_after:.4f} "
-                 f"after reflow; rf 1-step accuracy {rf1_before:.3f} → {rf1:.3f}")
-    lines.append("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in train_time.items())
-                 + f"; total {time.perf_counter() - t_start:.0f} s")
+    lines.append(
+        f"straightness (rectified flow, 20 Euler steps): {s_before:.4f} → {s_after:.4f} "
+        f"after reflow; rf 1-step accuracy {rf1_before:.3f} → {rf1:.3f}"
+    )
+    lines.append(
+        "training seconds: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in train_time.items())
+        + f"; total {time.perf_counter() - t_start:.0f} s"
+    )
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     (out / "result.json").write_text(json.dumps({"rows": rows, "train_s": train_time}, default=str))

@@ -13,7 +13,7 @@ and decode speed of the absorbed form against the training form (and transformer
    every cached latent to per-head keys and values each step — what transformers'
    ``DeepseekV3Attention`` does, timed too on the same weights at 256 and 2048).
 
-    nice -n 10 python bench/mla_cache.py [--steps 8] [--contexts 256,2048,8192]
+    nice -n 10 python bench/mla_cache.py [--steps 15] [--contexts 256,2048,8192]
 
 Last line: ``RESULT mla_cache bytes_ratio_vs_mha=<x> absorbed_speedup_8k=<y>`` (MLA ÷ MHA
 bytes per token for the deepseek-30m width; training-form ÷ absorbed-form decode step time at
@@ -82,17 +82,19 @@ def set_form(model, form: str) -> None:
 
 
 @torch.no_grad()
-def decode_time(model, cache: KVCache, context: int, steps: int, form: str) -> float:
-    """Median seconds of one decode step at ``context`` cached tokens."""
-    set_form(model, form)
+def decode_times(model, cache: KVCache, context: int, steps: int) -> dict[str, float]:
+    """Median seconds of one decode step at ``context`` cached tokens, per form; the two
+    forms alternate step by step so that load from other processes hits both alike."""
     token = torch.tensor([[7]])
-    times = []
+    times: dict[str, list[float]] = {"absorbed": [], "training": []}
     for _ in range(steps + 1):
-        cache.crop(context)
-        t0 = time.perf_counter()
-        model(token, cache=cache)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+        for form in times:
+            set_form(model, form)
+            cache.crop(context)
+            t0 = time.perf_counter()
+            model(token, cache=cache)
+            times[form].append(time.perf_counter() - t0)
+    return {form: statistics.median(t[1:]) for form, t in times.items()}
 
 
 @torch.no_grad()
@@ -116,7 +118,7 @@ def hf_decode_time(hf, context_ids: torch.Tensor, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--contexts", default="256,2048,8192")
     parser.add_argument("--hf-max-context", type=int, default=2048)
     args = parser.parse_args()
@@ -163,8 +165,8 @@ def main() -> None:
         set_form(model, "training")
         with torch.no_grad():
             model(ids, cache=cache)
-        absorbed = decode_time(model, cache, context, args.steps, "absorbed")
-        training = decode_time(model, cache, context, args.steps, "training")
+        times = decode_times(model, cache, context, args.steps)
+        absorbed, training = times["absorbed"], times["training"]
         speedups[context] = training / absorbed
         line = (
             f"  context {context:>5}: absorbed {absorbed * 1e3:7.2f} ms  training form "

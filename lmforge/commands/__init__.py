@@ -21,6 +21,7 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 | `grpo` | ``lmforge grpo``: `lmforge.align.rl_run.run_grpo` |
 | `ppo` | ``lmforge ppo``: `lmforge.align.rl_run.run_ppo` |
 | `diffusion` | ``lmforge diffusion train/sample``: `lmforge.diffusion.training.train_diffusion`, `lmforge.diffusion.sampling` |
+| `eval` | ``lmforge eval``: perplexity, pass@k / maj@k on tasks, checkpoints side by side (`lmforge.eval`) |
 """
 
 from lmforge.commands import (
@@ -29,6 +30,7 @@ from lmforge.commands import (
     demo,
     diffusion,
     dpo,
+    eval,
     generate,
     grpo,
     info,
@@ -58,6 +60,7 @@ COMMANDS = (
     grpo,
     ppo,
     diffusion,
+    eval,
 )
 
 __all__ = ["COMMANDS", "CommandError"]

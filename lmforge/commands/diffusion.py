@@ -42,10 +42,19 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument("--model", required=True, metavar="DIR", help="a trained model folder")
     s.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: ddim")
     s.add_argument("--steps", type=int, default=50, metavar="N", help="default: 50")
-    s.add_argument("--class", dest="class_id", metavar="ID",
-                   help="class id or name (default: every class in turn)")
-    s.add_argument("--cfg", type=float, default=1.0, metavar="W",
-                   help="classifier-free guidance scale (default: 1, no guidance)")
+    s.add_argument(
+        "--class",
+        dest="class_id",
+        metavar="ID",
+        help="class id or name (default: every class in turn)",
+    )
+    s.add_argument(
+        "--cfg",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="classifier-free guidance scale (default: 1, no guidance)",
+    )
     s.add_argument("--num", type=int, default=16, metavar="N", help="images (default: 16)")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM η (default: 0)")
     s.add_argument("--seed", type=int, default=0)
@@ -95,8 +104,14 @@ def run_sample(args: argparse.Namespace) -> int:
     kwargs = {"eta": args.eta} if args.sampler == "ddim" else {}
     sched = load_scheduler(args.sampler, base=d.scheduler, **kwargs)
     images = sample_images(
-        d.model, sched, args.steps, labels=labels, num=args.num, shape=d.image_shape,
-        guidance_scale=args.cfg, generator=torch.Generator().manual_seed(args.seed),
+        d.model,
+        sched,
+        args.steps,
+        labels=labels,
+        num=args.num,
+        shape=d.image_shape,
+        guidance_scale=args.cfg,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     path = save_grid(images, args.out)
     print(f"{args.num} samples ({args.sampler}, {args.steps} steps) -> {path}")

@@ -104,6 +104,7 @@ def parse_loras(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401  (/metrics)
         import uvicorn
     except ModuleNotFoundError as exc:
         raise CommandError(f"{exc.name} is missing: pip install 'lmforge[serve]'") from exc

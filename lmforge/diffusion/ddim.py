@@ -60,8 +60,12 @@ class DDIMScheduler(Scheduler):
         c = self.config
         self.eta = eta
         self.betas = make_betas(
-            c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
-            c.trained_betas, c.rescale_betas_zero_snr,
+            c.beta_schedule,
+            c.num_train_timesteps,
+            c.beta_start,
+            c.beta_end,
+            c.trained_betas,
+            c.rescale_betas_zero_snr,
         )
         self.alphas_cumprod = alphas_cumprod_from_betas(self.betas)
         self.final_alpha_cumprod = (

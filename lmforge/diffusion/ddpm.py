@@ -51,9 +51,9 @@ def forward_noise(
 ) -> torch.Tensor:
     """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (Ho et al. 2020, eq. 4), per-sample ``t``."""
     ab = alphas_cumprod.to(device=original.device, dtype=original.dtype)[t.to(original.device)]
-    return broadcast_to(ab**0.5, original) * original + broadcast_to(
-        (1 - ab) ** 0.5, original
-    ) * noise
+    return (
+        broadcast_to(ab**0.5, original) * original + broadcast_to((1 - ab) ** 0.5, original) * noise
+    )
 
 
 class DDPMScheduler(Scheduler):
@@ -68,8 +68,12 @@ class DDPMScheduler(Scheduler):
         c = self.config
         self.check(c, "DDPMScheduler")
         self.betas = make_betas(
-            c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
-            c.trained_betas, c.rescale_betas_zero_snr,
+            c.beta_schedule,
+            c.num_train_timesteps,
+            c.beta_start,
+            c.beta_end,
+            c.trained_betas,
+            c.rescale_betas_zero_snr,
         )
         self.alphas_cumprod = alphas_cumprod_from_betas(self.betas)
         self.timesteps = torch.arange(c.num_train_timesteps - 1, -1, -1)

@@ -143,5 +143,3 @@ class DiT(nn.Module):
     @staticmethod
     def num_patches(config: DiTConfig) -> int:
         return (config.sample_size // config.patch_size) ** 2
-
-

@@ -76,8 +76,13 @@ class DPMSolverScheduler(Scheduler):
     class_name = "DPMSolverMultistepScheduler"
     Config = DPMSolverConfig
     unsupported = (
-        "thresholding", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas",
-        "use_flow_sigmas", "variance_type", "use_dynamic_shifting",
+        "thresholding",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "use_lu_lambdas",
+        "use_flow_sigmas",
+        "variance_type",
+        "use_dynamic_shifting",
     )
 
     def __init__(self, config: DPMSolverConfig | None = None, generator=None, **kwargs: Any):
@@ -85,8 +90,12 @@ class DPMSolverScheduler(Scheduler):
         c = self.config
         self.check(c, "DPMSolverMultistepScheduler")
         self.betas = make_betas(
-            c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
-            c.trained_betas, c.rescale_betas_zero_snr,
+            c.beta_schedule,
+            c.num_train_timesteps,
+            c.beta_start,
+            c.beta_end,
+            c.trained_betas,
+            c.rescale_betas_zero_snr,
         )
         self.alphas_cumprod = alphas_cumprod_from_betas(self.betas)
         if c.rescale_betas_zero_snr:

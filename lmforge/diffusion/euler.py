@@ -63,17 +63,23 @@ class EulerScheduler(Scheduler):
         c = self.config
         self.check(c, "EulerDiscreteScheduler")
         self.betas = make_betas(
-            c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
-            c.trained_betas, c.rescale_betas_zero_snr,
+            c.beta_schedule,
+            c.num_train_timesteps,
+            c.beta_start,
+            c.beta_end,
+            c.trained_betas,
+            c.rescale_betas_zero_snr,
         )
         self.alphas_cumprod = alphas_cumprod_from_betas(self.betas)
         if c.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2**-24  # keep σ_T finite (as diffusers does)
         sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0)
         self.sigmas = torch.cat([sigmas, torch.zeros(1)])
-        self.timesteps = torch.linspace(
-            0, c.num_train_timesteps - 1, c.num_train_timesteps, dtype=torch.float64
-        ).flip(0).float()
+        self.timesteps = (
+            torch.linspace(0, c.num_train_timesteps - 1, c.num_train_timesteps, dtype=torch.float64)
+            .flip(0)
+            .float()
+        )
 
     @classmethod
     def check(cls, config: EulerConfig, where: str) -> None:
@@ -92,7 +98,10 @@ class EulerScheduler(Scheduler):
     def set_timesteps(self, num_inference_steps: int) -> None:
         c = self.config
         ts = spaced_timesteps(
-            c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset,
+            c.timestep_spacing,
+            c.num_train_timesteps,
+            num_inference_steps,
+            c.steps_offset,
             dtype=np.float32,
         )
         base = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
@@ -100,9 +109,11 @@ class EulerScheduler(Scheduler):
         if c.interpolation_type == "linear":
             sigmas = np.interp(ts, np.arange(0, len(base)), base)
         else:
-            sigmas = torch.linspace(
-                np.log(base[-1]), np.log(base[0]), num_inference_steps + 1
-            ).exp().numpy()
+            sigmas = (
+                torch.linspace(np.log(base[-1]), np.log(base[0]), num_inference_steps + 1)
+                .exp()
+                .numpy()
+            )
         if c.use_karras_sigmas:
             lo = c.sigma_min if c.sigma_min is not None else sigmas[-1].item()
             hi = c.sigma_max if c.sigma_max is not None else sigmas[0].item()

@@ -51,8 +51,12 @@ class FlowMatchEulerScheduler(Scheduler):
     class_name = "FlowMatchEulerDiscreteScheduler"
     Config = FlowMatchConfig
     unsupported = (
-        "use_dynamic_shifting", "invert_sigmas", "shift_terminal", "use_karras_sigmas",
-        "use_exponential_sigmas", "use_beta_sigmas",
+        "use_dynamic_shifting",
+        "invert_sigmas",
+        "shift_terminal",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
     )
 
     def __init__(self, config: FlowMatchConfig | None = None, generator=None, **kwargs: Any):

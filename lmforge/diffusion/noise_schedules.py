@@ -76,7 +76,9 @@ def make_betas(
     elif schedule == "squaredcos_cap_v2":
         betas = cosine_betas(num_steps)
     else:
-        raise ConfigError(f"beta_schedule {schedule!r}: expected one of {', '.join(BETA_SCHEDULES)}")
+        raise ConfigError(
+            f"beta_schedule {schedule!r}: expected one of {', '.join(BETA_SCHEDULES)}"
+        )
     if rescale_zero_snr:
         betas = rescale_zero_terminal_snr(betas)
     return betas
@@ -95,7 +97,9 @@ def spaced_timesteps(
     if num_steps < 1 or num_steps > num_train:
         raise ValueError(f"num_inference_steps={num_steps}: must be in 1..{num_train}")
     if spacing == "linspace":
-        ts = np.linspace(0, num_train - 1, num_steps, dtype=np.float64 if dtype == np.int64 else dtype)
+        ts = np.linspace(
+            0, num_train - 1, num_steps, dtype=np.float64 if dtype == np.int64 else dtype
+        )
         if dtype == np.int64:
             ts = ts.round()
         return ts[::-1].copy().astype(dtype)
@@ -110,7 +114,9 @@ def spaced_timesteps(
     raise ConfigError(f"timestep_spacing {spacing!r}: expected one of {', '.join(SPACINGS)}")
 
 
-def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> np.ndarray:
+def karras_sigmas(
+    sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0
+) -> np.ndarray:
     """σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ (Karras et al. 2022, eq. 5)."""
     ramp = np.linspace(0, 1, num_steps)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)

@@ -75,7 +75,12 @@ def dormand_prince(
 
 
 def ode_sample(
-    score: ScoreFn, sde: SDE, shape, eps: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5,
+    score: ScoreFn,
+    sde: SDE,
+    shape,
+    eps: float = 1e-3,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Samples by integrating the PF ODE from the prior (t = 1) to t = eps."""
@@ -90,8 +95,14 @@ def ode_sample(
 
 
 def ode_likelihood(
-    score: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e-5, hutchinson: bool = True,
-    rtol: float = 1e-5, atol: float = 1e-5, generator: torch.Generator | None = None,
+    score: ScoreFn,
+    sde: SDE,
+    x: torch.Tensor,
+    eps: float = 1e-5,
+    hutchinson: bool = True,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(log p_0(x) in nats per example, the latent x(1), f evaluations)."""
     b = x.shape[0]

@@ -43,7 +43,9 @@ def flow_trajectory(
     return x, velocities
 
 
-def straightness(noise: torch.Tensor, sample: torch.Tensor, velocities: list[torch.Tensor]) -> float:
+def straightness(
+    noise: torch.Tensor, sample: torch.Tensor, velocities: list[torch.Tensor]
+) -> float:
     """Mean over steps and dimensions of ‖(z − x̂) − v_k‖² (Liu et al. 2023, eq. 7)."""
     direction = noise - sample
     return float(torch.stack([(direction - v).pow(2).mean() for v in velocities]).mean())

@@ -84,9 +84,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ config io
     @classmethod
-    def from_config(
-        cls, raw: dict[str, Any], where: str = "<config>", **kwargs: Any
-    ) -> Scheduler:
+    def from_config(cls, raw: dict[str, Any], where: str = "<config>", **kwargs: Any) -> Scheduler:
         """Build from diffusers' config keys (``_``-prefixed keys are metadata)."""
         fields = {f.name: f for f in dataclasses.fields(cls.Config)}
         values: dict[str, Any] = {}

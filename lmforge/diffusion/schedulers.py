@@ -1,8 +1,8 @@
 """The sampler registry and `load_scheduler`: diffusers' ``_class_name`` → lmforge class.
 
-    s = load_scheduler("runs/ddpm/model")                # a folder with scheduler_config.json
-    s = load_scheduler({"_class_name": "DDIMScheduler", "prediction_type": "v_prediction"})
-    s = load_scheduler("ddim", base=other_scheduler)      # a short name, same noise table
+s = load_scheduler("runs/ddpm/model")                # a folder with scheduler_config.json
+s = load_scheduler({"_class_name": "DDIMScheduler", "prediction_type": "v_prediction"})
+s = load_scheduler("ddim", base=other_scheduler)      # a short name, same noise table
 """
 
 from __future__ import annotations
@@ -41,8 +41,15 @@ SHORT_NAMES = {
 # Keys that describe the trained noise table: kept when switching sampler (`load_scheduler`
 # with ``base=``), so a model trained with one scheduler samples with another.
 SHARED_KEYS = (
-    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-    "prediction_type", "rescale_betas_zero_snr", "clip_sample", "clip_sample_range",
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "prediction_type",
+    "rescale_betas_zero_snr",
+    "clip_sample",
+    "clip_sample_range",
 )
 
 __all__ = ["SCHEDULERS", "SHARED_KEYS", "SHORT_NAMES", "load_scheduler"]

@@ -136,8 +136,13 @@ def dsm_loss(score: ScoreFn, sde: SDE, x0: torch.Tensor, eps: float = 1e-5) -> t
 
 @torch.no_grad()
 def euler_maruyama(
-    score: ScoreFn, sde: SDE, shape, steps: int, eps: float = 1e-3,
-    generator: torch.Generator | None = None, denoise: bool = True,
+    score: ScoreFn,
+    sde: SDE,
+    shape,
+    steps: int,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+    denoise: bool = True,
 ) -> torch.Tensor:
     """Reverse-SDE Euler–Maruyama from the prior at t = 1 to t = eps (eq. 6)."""
     x = sde.prior_sample(shape, generator)
@@ -153,8 +158,14 @@ def euler_maruyama(
 
 @torch.no_grad()
 def predictor_corrector(
-    score: ScoreFn, sde: SDE, shape, steps: int, corrector_steps: int = 1, snr: float = 0.16,
-    eps: float = 1e-3, generator: torch.Generator | None = None,
+    score: ScoreFn,
+    sde: SDE,
+    shape,
+    steps: int,
+    corrector_steps: int = 1,
+    snr: float = 0.16,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Predictor–corrector sampling (Algorithm 1): each step, ``corrector_steps`` Langevin
     moves x ← x + ε ∇log p + √(2ε) z with ε = 2 (snr ‖z‖ / ‖∇log p‖)² (App. G), then a

@@ -87,8 +87,11 @@ def training_scheduler(d: DiffusionSection) -> Scheduler:
     diffusion targets, flow-matching Euler for ``flow``."""
     if d.target == "flow":
         return load_scheduler(
-            {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": d.flow_shift,
-             "num_train_timesteps": d.num_train_timesteps}
+            {
+                "_class_name": "FlowMatchEulerDiscreteScheduler",
+                "shift": d.flow_shift,
+                "num_train_timesteps": d.num_train_timesteps,
+            }
         )
     return load_scheduler(
         {
@@ -131,8 +134,14 @@ def evaluate_samples(
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     images = sample_images(
-        denoiser.model, sched, steps, labels=labels, num=num, shape=denoiser.image_shape,
-        guidance_scale=guidance_scale, generator=g,
+        denoiser.model,
+        sched,
+        steps,
+        labels=labels,
+        num=num,
+        shape=denoiser.image_shape,
+        guidance_scale=guidance_scale,
+        generator=g,
     )
     metrics = {"seconds_per_image": (time.perf_counter() - start) / num}
     if classifier is not None and real is not None:
@@ -184,7 +193,11 @@ def train_diffusion(
         val = ImageLoader(eval_set, config.train.batch_size, seed=12345)
         run_dir = Path(config.out_dir)
         denoiser = Denoiser(
-            model, sched, d.target, (c, h, w), train_set.class_names,
+            model,
+            sched,
+            d.target,
+            (c, h, w),
+            train_set.class_names,
             {"dataset": d.dataset, "data_seed": d.data_seed},
         )
         classifier = None
@@ -208,13 +221,20 @@ def train_diffusion(
                 n = d.eval_samples if classifier is not None else 0
                 per = d.samples_per_class * (train_set.num_classes if d.conditional else 4)
                 images, labels, metrics = evaluate_samples(
-                    denoiser, d.sampler, d.sample_steps, classifier, eval_set,
-                    max(n, per), d.guidance_scale, seed=trainer.step,
+                    denoiser,
+                    d.sampler,
+                    d.sample_steps,
+                    classifier,
+                    eval_set,
+                    max(n, per),
+                    d.guidance_scale,
+                    seed=trainer.step,
                 )
             keep = torch.arange(min(per, len(images)))
             save_grid(
-                grid_rows(images[keep], None if labels is None else labels[keep],
-                          d.samples_per_class),
+                grid_rows(
+                    images[keep], None if labels is None else labels[keep], d.samples_per_class
+                ),
                 run_dir / "samples" / f"step-{trainer.step:08d}.png",
                 nrow=d.samples_per_class if d.conditional else None,
             )
@@ -230,8 +250,15 @@ def train_diffusion(
                 )
 
         trainer = Trainer(
-            model, loader, config, val_data=val, objective=objective, run_dir=run_dir,
-            dist=dist, console=console, callbacks=[on_step],
+            model,
+            loader,
+            config,
+            val_data=val,
+            objective=objective,
+            run_dir=run_dir,
+            dist=dist,
+            console=console,
+            callbacks=[on_step],
         )
         console.print(
             f"[bold]diffusion[/]: {d.denoiser} ({sum(p.numel() for p in model.parameters()):,} "
@@ -243,7 +270,12 @@ def train_diffusion(
             samples = run_dir / "samples.jsonl"
             if samples.is_file():
                 lines = samples.read_text(encoding="utf-8").splitlines()
-                summary.update({f"samples_{k}": v for k, v in json.loads(lines[-1]).items()
-                                if isinstance(v, float)})
+                summary.update(
+                    {
+                        f"samples_{k}": v
+                        for k, v in json.loads(lines[-1]).items()
+                        if isinstance(v, float)
+                    }
+                )
         print_summary(summary, console)
     return summary

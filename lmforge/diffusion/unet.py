@@ -61,13 +61,18 @@ class UNetConfig:
 
 
 def timestep_embedding(
-    timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, shift: float = 0.0,
+    timesteps: torch.Tensor,
+    dim: int,
+    flip_sin_to_cos: bool = True,
+    shift: float = 0.0,
     max_period: float = 10000.0,
 ) -> torch.Tensor:
     """[B] → [B, dim]: sin(t ω_i), cos(t ω_i) with ω_i = max_period^{−i / (dim/2 − shift)}
     (Vaswani et al. 2017, §3.5); ``flip_sin_to_cos`` puts the cosines first."""
     half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
+    exponent = -math.log(max_period) * torch.arange(
+        half, dtype=torch.float32, device=timesteps.device
+    )
     freqs = torch.exp(exponent / (half - shift))
     args = timesteps[:, None].float() * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
@@ -168,8 +173,13 @@ class Level(nn.Module):
     """One resolution of the UNet: ``resnets``, optional ``attentions``, optional
     ``downsamplers`` / ``upsamplers`` (diffusers' Down/Up[Attn]Block2D names)."""
 
-    def __init__(self, resnets: list[ResnetBlock], attentions: list[Attention] | None,
-                 resample: Resample | None, up: bool) -> None:
+    def __init__(
+        self,
+        resnets: list[ResnetBlock],
+        attentions: list[Attention] | None,
+        resample: Resample | None,
+        up: bool,
+    ) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(resnets)
         if attentions:
@@ -215,9 +225,7 @@ class UNet(nn.Module):
         if len(c.attention_levels) != len(chans):
             raise ValueError("attention_levels needs one entry per block_out_channels entry")
         if c.sample_size % 2 ** (len(chans) - 1):
-            raise ValueError(
-                f"sample_size {c.sample_size} must be divisible by 2^{len(chans) - 1}"
-            )
+            raise ValueError(f"sample_size {c.sample_size} must be divisible by 2^{len(chans) - 1}")
         temb = chans[0] * 4
         g, eps, drop, n = c.norm_num_groups, c.norm_eps, c.dropout, c.layers_per_block
         self.conv_in = nn.Conv2d(c.in_channels, chans[0], 3, padding=1)
@@ -230,11 +238,17 @@ class UNet(nn.Module):
         for i, ch in enumerate(chans):
             cin, out = out, ch
             last = i == len(chans) - 1
-            resnets = [ResnetBlock(cin if j == 0 else out, out, temb, g, eps, drop) for j in range(n)]
+            resnets = [
+                ResnetBlock(cin if j == 0 else out, out, temb, g, eps, drop) for j in range(n)
+            ]
             attns = [Attention(out, c.attention_head_dim, g, eps) for _ in range(n)]
             self.down_blocks.append(
-                Level(resnets, attns if c.attention_levels[i] else None,
-                      None if last else Resample(out, up=False), up=False)
+                Level(
+                    resnets,
+                    attns if c.attention_levels[i] else None,
+                    None if last else Resample(out, up=False),
+                    up=False,
+                )
             )
         self.mid_block = MidBlock(chans[-1], temb, c)
         self.up_blocks = nn.ModuleList()
@@ -247,11 +261,17 @@ class UNet(nn.Module):
             resnets = []
             for j in range(n + 1):
                 skip = cin if j == n else out
-                resnets.append(ResnetBlock((prev if j == 0 else out) + skip, out, temb, g, eps, drop))
+                resnets.append(
+                    ResnetBlock((prev if j == 0 else out) + skip, out, temb, g, eps, drop)
+                )
             attns = [Attention(out, c.attention_head_dim, g, eps) for _ in range(n + 1)]
             self.up_blocks.append(
-                Level(resnets, attns if c.attention_levels[::-1][i] else None,
-                      None if last else Resample(out, up=True), up=True)
+                Level(
+                    resnets,
+                    attns if c.attention_levels[::-1][i] else None,
+                    None if last else Resample(out, up=True),
+                    up=True,
+                )
             )
         self.conv_norm_out = nn.GroupNorm(g, chans[0], eps=eps)
         self.conv_out = nn.Conv2d(chans[0], c.out_channels, 3, padding=1)

@@ -12,4 +12,11 @@ from lmforge.generative.flow_training import FlowNLLObjective, flow_bits_per_dim
 from lmforge.generative.nice import NICE, NICEConfig
 from lmforge.generative.realnvp import RealNVP, RealNVPConfig
 
-__all__ = ["NICE", "FlowNLLObjective", "NICEConfig", "RealNVP", "RealNVPConfig", "flow_bits_per_dim"]
+__all__ = [
+    "NICE",
+    "FlowNLLObjective",
+    "NICEConfig",
+    "RealNVP",
+    "RealNVPConfig",
+    "flow_bits_per_dim",
+]

@@ -34,8 +34,9 @@ class FlowNLLObjective:
 
 
 @torch.no_grad()
-def flow_bits_per_dim(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
-                      seed: int = 0) -> float:
+def flow_bits_per_dim(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 256, seed: int = 0
+) -> float:
     """Test bits/dim of a flow on ``images`` (one dequantisation draw, seeded)."""
     model.eval()
     g = torch.Generator().manual_seed(seed)

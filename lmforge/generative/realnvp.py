@@ -61,8 +61,10 @@ class AffineCoupling(nn.Module):
         c = mask.shape[1]
         self.register_buffer("mask", mask)
         self.net = nn.Sequential(
-            nn.Conv2d(c, hidden, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
+            nn.Conv2d(c, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
             nn.Conv2d(hidden, 2 * c, 3, padding=1),
         )
         nn.init.zeros_(self.net[-1].weight)

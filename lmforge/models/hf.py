@@ -113,7 +113,8 @@ def load_model(
     device: str | torch.device | None = None,
     allow_non_finite: bool = False,
 ) -> CausalLM:
-    """Load an HF-format folder (Llama / Qwen2 / Qwen3 / Mistral) as an lmforge `CausalLM`.
+    """Load an HF-format folder (Llama / Qwen2 / Qwen3 / Mistral / DeepSeek-V3) as an lmforge
+    `CausalLM` (DeepSeek-V3's MTP layers when the folder has them).
 
     ``dtype=None`` keeps the dtype stored in the checkpoint. Missing or unexpected tensors
     and shape mismatches raise one `CheckpointError` listing all offending names.

@@ -21,7 +21,9 @@ Two forms compute the same function:
   layer — it is MQA with one shared "head" of that width whose value is its first
   ``kv_lora_rank`` dims, which is how the paged engine stores it.
 
-``form="auto"`` uses the training form without a cache and the absorbed form with one.
+``form="auto"`` uses the absorbed form for decoding (a cache holding earlier tokens, or one
+new token) and the training form otherwise (training, and a prompt's first prefill, where
+expanding T latents once is cheaper than attending T × T in the wider latent space).
 RoPE is DeepSeek's interleaved layout when ``rope_interleave`` (pairs (x0, x1), (x2, x3) …
 rotate together: de-interleave, then the half-split rotation). With YaRN, the softmax scale
 is multiplied by mscale(s, ``mscale_all_dim``)² (`mla_softmax_scale`).
@@ -137,10 +139,11 @@ class MultiHeadLatentAttention(nn.Module):
 
     def absorbed_weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """W_UK ``[r, H, nope]`` and W_UV ``[r, H, v]`` as ``kv_b_proj`` computes them (its
-        image of the identity, so an adapter on ``kv_b_proj`` is included). Without autograd
-        the result is kept until a parameter of ``kv_b_proj`` changes (version counters)."""
+        image of the identity, so an adapter on ``kv_b_proj`` is included). For a plain
+        ``nn.Linear`` without autograd the result is kept until its weight changes (version
+        counter); a wrapped projection (adapters can be switched off) is recomputed."""
         key = None
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and type(self.kv_b_proj) is nn.Linear:
             params = tuple(self.kv_b_proj.parameters())
             key = (like.dtype, like.device, *((id(p), p._version) for p in params))
             if self._absorbed_cache is not None and self._absorbed_cache[0] == key:
@@ -168,7 +171,8 @@ class MultiHeadLatentAttention(nn.Module):
         else:
             if cache is not None:  # only the latent is cached (the value slot is empty)
                 latent, _ = cache.update(self.layer_idx, latent, latent[..., :0])
-            absorbed = self.form == "absorbed" or (self.form == "auto" and cache is not None)
+            decoding = cache is not None and (t == 1 or batch.past > 0)
+            absorbed = self.form == "absorbed" or (self.form == "auto" and decoding)
             attend = self._absorbed if absorbed else self._expanded
             out = attend(q_nope, q_rope, latent, batch)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.v_dim))

@@ -19,13 +19,20 @@ received tokens runs once on its slice — never every expert on every token.
 
 The complementary sequence-wise balance loss, eq. (17)-(20), is computed in training when
 ``aux_loss_alpha`` > 0 and left in ``aux_loss`` for the model to add to its loss.
+
+Expert parallelism (`DeepSeekMoE.shard_experts`): each of W processes keeps E/W experts; the
+(token, expert) pairs are sent to the process owning the expert with one all-to-all
+(``torch.distributed``, autograd-aware, gloo or NCCL), computed there grouped by expert, and
+sent back with a second all-to-all (dispatch / combine, DeepSeek-V3 §3.2.2).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.nn.functional import all_to_all_single
 
 from lmforge.nn.mlp import SwiGLU
 
@@ -143,6 +150,21 @@ class DeepSeekMoE(nn.Module):
         )
         self.register_buffer("expert_load", torch.zeros(n_routed_experts), persistent=False)
         self.aux_loss: torch.Tensor | None = None
+        self.expert_group: tuple | None = None  # (rank, world_size, process group) when sharded
+
+    def shard_experts(self, rank: int, world_size: int, group=None) -> None:
+        """Expert parallelism: keep only experts ``[rank·E/W, (rank+1)·E/W)`` (the others
+        become parameter-free placeholders, so the state dict holds this rank's experts under
+        their global names); the forward then dispatches tokens with all-to-all."""
+        if self.num_experts % world_size:
+            raise ValueError(
+                f"n_routed_experts={self.num_experts} is not divisible by {world_size}"
+            )
+        per = self.num_experts // world_size
+        for e in range(self.num_experts):
+            if not rank * per <= e < (rank + 1) * per:
+                self.experts[e] = nn.Identity()
+        self.expert_group = (rank, world_size, group)
 
     def reset_load(self) -> None:
         """Zero `expert_load` (after the balancing step has read it)."""
@@ -169,7 +191,8 @@ class DeepSeekMoE(nn.Module):
                     self.top_k,
                 )
                 self.aux_loss = self.aux_loss_alpha * loss
-        out = self.routed(flat, indices, weights)
+        routed = self.routed if self.expert_group is None else self.routed_parallel
+        out = routed(flat, indices, weights)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
         return out.view(shape)
@@ -193,3 +216,41 @@ class DeepSeekMoE(nn.Module):
             out.index_add_(0, rows, y.to(out.dtype))
             start += count
         return out
+
+    def routed_parallel(
+        self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """`routed` with the experts sharded over processes (see `shard_experts`): dispatch
+        each (token, expert) pair to the expert's owner, compute, combine."""
+        rank, world, group = self.expert_group
+        per = self.num_experts // world
+        k = indices.shape[1]
+        flat_experts = indices.flatten()
+        order = flat_experts.argsort(stable=True)  # pairs grouped by expert, hence by owner
+        tokens = order // k
+        counts = torch.bincount(flat_experts, minlength=self.num_experts)
+        recv_counts = torch.empty_like(counts)  # [source rank × local expert]
+        dist.all_to_all_single(recv_counts, counts, group=group)
+        send_split = counts.view(world, per).sum(1).tolist()
+        recv_split = recv_counts.view(world, per).sum(1).tolist()
+        received = all_to_all_single(
+            x.new_empty(sum(recv_split), x.shape[1]), x[tokens], recv_split, send_split, group
+        )
+        # received: per source rank, its pairs for local expert 0, then 1, …
+        local = recv_counts.view(world, per).tolist()
+        starts = torch.tensor([0, *recv_split], device=x.device).cumsum(0).tolist()
+        results = torch.zeros_like(received)
+        for j in range(per):
+            rows = []
+            for source in range(world):
+                begin = starts[source] + sum(local[source][:j])
+                rows.append(torch.arange(begin, begin + local[source][j], device=x.device))
+            rows = torch.cat(rows)
+            if rows.numel():
+                y = self.experts[rank * per + j](received[rows])
+                results = results.index_copy(0, rows, y.to(results.dtype))
+        back = all_to_all_single(
+            x.new_empty(len(tokens), x.shape[1]), results, send_split, recv_split, group
+        )
+        pair_weights = weights.flatten()[order]
+        return torch.zeros_like(x).index_add(0, tokens, (back * pair_weights[:, None]).to(x.dtype))

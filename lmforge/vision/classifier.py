@@ -33,10 +33,14 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.channels, self.heads_spec, self.width = channels, dict(heads), width
         self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.GELU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.GELU(),
         )
         self.heads = nn.ModuleDict({k: nn.Linear(4 * width, n) for k, n in heads.items()})
 

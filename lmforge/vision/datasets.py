@@ -37,9 +37,15 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 SIZES = ("small", "large")
 POSITIONS = (
-    "top left", "top", "top right",
-    "left", "centre", "right",
-    "bottom left", "bottom", "bottom right",
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "centre",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
 )
 DATASETS = ("digits", "letters", "shapes", "sklearn-digits")
 
@@ -161,9 +167,18 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[flo
         return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
     t = r / 3  # cross
     return [
-        (cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t),
-        (cx + r, cy + t), (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r),
-        (cx - t, cy + t), (cx - r, cy + t), (cx - r, cy - t), (cx - t, cy - t),
+        (cx - t, cy - r),
+        (cx + t, cy - r),
+        (cx + t, cy - t),
+        (cx + r, cy - t),
+        (cx + r, cy + t),
+        (cx + t, cy + t),
+        (cx + t, cy + r),
+        (cx - t, cy + r),
+        (cx - t, cy + t),
+        (cx - r, cy + t),
+        (cx - r, cy - t),
+        (cx - t, cy - t),
     ]
 
 
@@ -208,7 +223,9 @@ def sklearn_digits(num: int, size: int, seed: int, split: str):
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:  # optional dependency
-        raise ConfigError("dataset sklearn-digits needs scikit-learn (pip install scikit-learn)") from exc
+        raise ConfigError(
+            "dataset sklearn-digits needs scikit-learn (pip install scikit-learn)"
+        ) from exc
     data = load_digits()
     order = np.random.default_rng([seed, 104729]).permutation(len(data.target))
     cut = int(0.8 * len(order))
@@ -223,7 +240,11 @@ def sklearn_digits(num: int, size: int, seed: int, split: str):
 
 
 def load_image_dataset(
-    name: str, size: int = 16, num: int = 2000, seed: int = 0, split: str = "train",
+    name: str,
+    size: int = 16,
+    num: int = 2000,
+    seed: int = 0,
+    split: str = "train",
     channels: int = 1,
 ) -> ImageDataset:
     """One of `DATASETS` (see the module docstring); ``channels`` applies to glyphs."""

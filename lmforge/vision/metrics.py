@@ -61,7 +61,9 @@ def conditional_accuracy(
     return float((predicted == asked.to(predicted.device)).float().mean())
 
 
-def bits_per_dim(nll_nats: torch.Tensor | float, num_dims: int, bin_width: float = 2 / 255) -> float:
+def bits_per_dim(
+    nll_nats: torch.Tensor | float, num_dims: int, bin_width: float = 2 / 255
+) -> float:
     """Bits per dimension of data on a grid of ``bin_width`` (8-bit pixels mapped to [-1, 1]:
     2/255) from a continuous density's NLL in nats per example: the dequantised discrete NLL
     is −log p(x) − D log w (Theis et al. 2016, §3.1), divided by D ln 2."""

@@ -20,7 +20,7 @@ from lmforge.align.custom_rewards import (
 from lmforge.align.rl_tasks import prompt_record, r1_reward
 from lmforge.align.rollout import Completion
 
-MODULE = '''
+MODULE = """
 calls = []
 
 def exact(completion, answer):
@@ -39,7 +39,7 @@ def not_a_number(completion):
 
 def needs_tests(completion, tests):
     return 1.0
-'''
+"""
 
 
 @pytest.fixture
@@ -54,7 +54,10 @@ def test_specs_parse_names_weights_and_builtins():
     assert parse_reward_spec("mod:f") == RewardSpec("mod:f", 1.0)
     assert parse_reward_spec("pkg.mod:f:0.25") == RewardSpec("pkg.mod:f", 0.25)
     assert parse_reward_spec("dir/rewards.py:g:-2") == RewardSpec("dir/rewards.py:g", -2.0)
-    assert parse_reward_spec("r1") == RewardSpec("r1") and parse_reward_spec("format:0.1").weight == 0.1
+    assert (
+        parse_reward_spec("r1") == RewardSpec("r1")
+        and parse_reward_spec("format:0.1").weight == 0.1
+    )
     assert parse_reward_spec("mod:f:0.5").name == "f"
     for bad in ("mod", "mod:", ":f", "mod:f-g", "mod:f:nan"):
         with pytest.raises(RewardFunctionError, match="reward"):

@@ -1,8 +1,8 @@
 """Alignment on two CPU processes (gloo, ``torchrun --standalone --nproc_per_node 2``): `run_grpo`
 under DDP and FSDP2 and `train_dpo` under DDP make the same updates as one process over the
 same global batch (same seeds) — the exported weights agree to fp32 tolerance, GRPO's logged
-rollout statistics and held-out accuracy are those of the whole step; plus the sharding helpers
-of `lmforge.align.rl_distributed` in one process."""
+rollout statistics and held-out accuracy are those of the whole step; `run_ppo` trains under
+DDP; plus the sharding helpers of `lmforge.align.rl_distributed` in one process."""
 
 from __future__ import annotations
 
@@ -20,25 +20,29 @@ from lmforge.align.rl_distributed import ShardedSampler, global_means, shard_ran
 from lmforge.align.rollout_groups import PromptSampler
 
 ROOT = Path(__file__).resolve().parents[2]
-GRPO = ["train.grad_accum=1", "grpo.group_size=4", "grpo.max_new_tokens=8", "grpo.eval_prompts=6",
-        "grpo.num_prompts=50", "train.max_steps=2", "train.eval_every=1", "train.save_every=0",
+GRPO = ["train.grad_accum=1", "grpo.group_size=4", "grpo.max_new_tokens=6", "grpo.eval_prompts=4",
+        "grpo.num_prompts=50", "train.max_steps=2", "train.eval_every=0", "train.save_every=0",
         "log.progress=false", "log.plot=false", "optim.lr=1e-3", "train.max_time_s=0",
         "train.device=cpu", "grpo.prioritized=true"]  # fmt: skip
 DPO = ["data.synthetic_docs=40", "data.seq_len=96", "train.max_steps=2", "train.max_time_s=0",
        "train.eval_every=0", "train.save_every=0", "log.progress=false", "log.plot=false",
        "data.val_fraction=0.1", "optim.warmup_steps=0", "train.device=cpu"]  # fmt: skip
 REWARDS = "def digits(completion):\n    return sum(ch.isdigit() for ch in completion) / 4\n"
+PPO = ["ppo.rollout_batch_size=4", "ppo.max_new_tokens=6", "ppo.num_prompts=20",
+       "ppo.ppo_epochs=1", "train.batch_size=4", "train.max_steps=1", "train.max_time_s=0",
+       "train.save_every=0", "log.progress=false", "log.plot=false", "train.device=cpu"]  # fmt: skip
 SCRIPT = """
 import json, sys, torch
 from lmforge.align.dpo_trainer import DPOConfig, train_dpo
 from lmforge.align.grpo_trainer import GRPOConfig
-from lmforge.align.rl_run import run_grpo
+from lmforge.align.ppo_config import PPOConfig
+from lmforge.align.rl_run import run_grpo, run_ppo
 from lmforge.train.config import load_config
 from lmforge.train.distributed import init_distributed
 torch.set_num_threads(1)
 dist = init_distributed("cpu")  # one process group for the three runs
 root, out, r1_model, pref_model = sys.argv[1:5]
-grpo, dpo = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+grpo, dpo, ppo = (json.loads(a) for a in sys.argv[5:8])
 for strategy in ("ddp", "fsdp"):
     config = load_config(f"{root}/lmforge/recipes/grpo-tiny.yaml", [*grpo, "train.batch_size=4",
         f"grpo.rewards=[{out}/rewards.py:digits, r1]",
@@ -48,6 +52,9 @@ for strategy in ("ddp", "fsdp"):
 config = load_config(f"{root}/lmforge/recipes/dpo-tiny.yaml", [*dpo, "train.batch_size=2",
     f"model.init_from={pref_model}", f"out_dir={out}/dpo"], DPOConfig)
 train_dpo(config, dist=dist)
+config = load_config(f"{root}/lmforge/recipes/ppo-tiny.yaml", [*ppo, f"model.init_from={r1_model}",
+    f"out_dir={out}/ppo"], PPOConfig)
+run_ppo(config, dist=dist)
 torch.distributed.destroy_process_group()
 """
 
@@ -76,7 +83,7 @@ def _launch(out: Path, r1_model_dir: Path, preference_model_dir: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(ROOT),
            str(out), str(r1_model_dir), str(preference_model_dir), json.dumps(GRPO),
-           json.dumps(DPO)]  # fmt: skip
+           json.dumps(DPO), json.dumps(PPO)]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)  # fmt: skip
     try:
@@ -134,8 +141,13 @@ def test_two_processes_make_the_single_process_update(r1_model_dir, preference_m
         evals = _jsonl(run / "eval.jsonl")
         for a, b in zip(_jsonl(single / "grpo" / "eval.jsonl"), evals, strict=True):
             assert b == pytest.approx(a)
-        assert [e["count"] for e in evals] == [6, 6, 6]  # 3 + 3 on the two ranks
+        assert [e["count"] for e in evals] == [4, 4]  # 2 + 2 on the two ranks, before and after
     _assert_same_weights(single / "dpo" / "model", tmp_path / "dpo" / "model", preference_model_dir)
     want = [r for r in _jsonl(single / "dpo" / "metrics.jsonl") if "loss" in r]
     got = [r for r in _jsonl(tmp_path / "dpo" / "metrics.jsonl") if "loss" in r]
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-5)
+    # PPO runs on two processes (DDP; each rank its own prompts): it trains and exports
+    (record,) = _jsonl(tmp_path / "ppo" / "metrics.jsonl")
+    assert record["step"] == 1 and {"reward", "kl_ref", "value_loss"} <= record.keys()
+    assert (tmp_path / "ppo" / "model" / "config.json").is_file()
+    assert (tmp_path / "ppo" / "critic" / "config.json").is_file()

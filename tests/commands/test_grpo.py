@@ -49,7 +49,7 @@ def test_grpo_errors_are_one_line(r1_model_dir, tmp_path, run):
     assert code == 2 and "unknown key" in err and err.strip().count("\n") == 0
 
 
-REWARDS = '''
+REWARDS = """
 import json, os
 
 def brevity(completion, target_len):
@@ -59,7 +59,7 @@ def logged(prompt, completion, **fields):
     with open(os.environ["REWARD_LOG"], "a") as f:
         f.write(json.dumps({"prompt": prompt, "completion": completion, "fields": fields}) + "\\n")
     return 1.0
-'''
+"""
 
 
 def _prompt_file(path, n=12):

@@ -10,13 +10,26 @@ from lmforge.diffusion import load_scheduler  # noqa: E402
 
 CONFIGS = [
     dict(),
-    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-         set_alpha_to_one=False, steps_offset=1),
-    dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-         timestep_spacing="trailing"),
+    dict(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    ),
+    dict(
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+    ),
     dict(prediction_type="sample", timestep_spacing="linspace"),
-    dict(rescale_betas_zero_snr=True, prediction_type="v_prediction",
-         timestep_spacing="trailing", clip_sample=False),
+    dict(
+        rescale_betas_zero_snr=True,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        clip_sample=False,
+    ),
 ]
 
 

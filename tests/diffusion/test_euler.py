@@ -11,8 +11,13 @@ from lmforge.diffusion import load_scheduler  # noqa: E402
 CONFIGS = [
     dict(),
     dict(use_karras_sigmas=True),
-    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-         use_karras_sigmas=True, prediction_type="v_prediction"),
+    dict(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        use_karras_sigmas=True,
+        prediction_type="v_prediction",
+    ),
     dict(timestep_spacing="leading", steps_offset=1, prediction_type="sample"),
     dict(timestep_spacing="trailing", final_sigmas_type="sigma_min"),
     dict(interpolation_type="log_linear", beta_schedule="squaredcos_cap_v2"),

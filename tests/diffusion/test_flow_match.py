@@ -8,8 +8,12 @@ import diffusers  # noqa: E402
 
 from lmforge.diffusion import load_scheduler  # noqa: E402
 
-CONFIGS = [dict(), dict(shift=3.0), dict(shift=0.5, num_train_timesteps=100),
-           dict(stochastic_sampling=True, shift=2.0)]
+CONFIGS = [
+    dict(),
+    dict(shift=3.0),
+    dict(shift=0.5, num_train_timesteps=100),
+    dict(stochastic_sampling=True, shift=2.0),
+]
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -37,8 +37,9 @@ def test_straightness_and_one_step():
 
 def test_reflow_pairs_train_on_their_own_noise():
     field = _Field(0.0, 0.25)
-    noise, samples = reflow_pairs(field, 6, (1, 2, 2), steps=3,
-                                  generator=torch.Generator().manual_seed(0))
+    noise, samples = reflow_pairs(
+        field, 6, (1, 2, 2), steps=3, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(samples, noise - 0.25)
     batch = next(iter(reflow_loader(noise, samples, None, batch_size=6)))
     objective = DenoisingObjective("flow", conditional=False)

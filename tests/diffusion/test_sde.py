@@ -3,9 +3,9 @@
 import torch
 
 from lmforge.diffusion.sde import (
-    SubVPSDE,
     VESDE,
     VPSDE,
+    SubVPSDE,
     dsm_loss,
     euler_maruyama,
     predictor_corrector,
@@ -24,14 +24,18 @@ def test_marginals_solve_the_moment_odes():
     # d var / dt = 2 f' var + g² for a linear drift f = a(t) x (Särkkä & Solin, eq. 5.51)
     t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
     h = 1e-5
+    var0 = 0.3
     for sde in (VPSDE(), SubVPSDE(), VESDE()):
-        var0 = 0.3
+
         def var(tt, sde=sde):
             m, s = sde.marginal(tt)
             return m**2 * var0 + s**2
+
         dvar = (var(t + h) - var(t - h)) / (2 * h)
         a = sde.drift(torch.ones(len(t), 1, dtype=torch.float64), t)[:, 0]
-        torch.testing.assert_close(dvar, 2 * a * var(t) + sde.diffusion(t) ** 2, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            dvar, 2 * a * var(t) + sde.diffusion(t) ** 2, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_dsm_prefers_the_true_score():

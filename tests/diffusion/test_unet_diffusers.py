@@ -15,12 +15,27 @@ from lmforge.diffusion.unet_diffusers import (  # noqa: E402
 )
 
 CONFIGS = [
-    UNetConfig(block_out_channels=[8, 16], attention_levels=[False, True], norm_num_groups=4,
-               attention_head_dim=4, num_classes=3, sample_size=8),
-    UNetConfig(in_channels=3, out_channels=3, block_out_channels=[8, 8, 16],
-               attention_levels=[True, False, True], layers_per_block=2, norm_num_groups=4,
-               attention_head_dim=8, sample_size=8, mid_attention=False, freq_shift=1,
-               flip_sin_to_cos=False),
+    UNetConfig(
+        block_out_channels=[8, 16],
+        attention_levels=[False, True],
+        norm_num_groups=4,
+        attention_head_dim=4,
+        num_classes=3,
+        sample_size=8,
+    ),
+    UNetConfig(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=[8, 8, 16],
+        attention_levels=[True, False, True],
+        layers_per_block=2,
+        norm_num_groups=4,
+        attention_head_dim=8,
+        sample_size=8,
+        mid_attention=False,
+        freq_shift=1,
+        flip_sin_to_cos=False,
+    ),
 ]
 
 
@@ -46,8 +61,9 @@ def test_lmforge_to_diffusers_and_back(config, tmp_path):
     theirs.save_pretrained(tmp_path / "back")
     back = import_unet(tmp_path / "back").eval()
     with torch.no_grad():
-        torch.testing.assert_close(back(x, t, labels), theirs(x, t, class_labels=labels).sample,
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            back(x, t, labels), theirs(x, t, class_labels=labels).sample, rtol=1e-4, atol=1e-5
+        )
 
 
 def test_unmappable_configs_are_refused():

@@ -22,5 +22,7 @@ def test_objective_and_bits_per_dim_closed_form():
     assert out.count == 5
     assert abs(out.loss_sum.item() - 5 * 4 * math.log(2 + BIN_WIDTH)) < 1e-4
     # −log p − D log w over D ln 2 = log2((2 + w) / w) = log2(256) = 8 bits exactly
-    assert abs(flow_bits_per_dim(_Uniform(), images) - math.log2((2 + BIN_WIDTH) / BIN_WIDTH)) < 1e-6
+    assert (
+        abs(flow_bits_per_dim(_Uniform(), images) - math.log2((2 + BIN_WIDTH) / BIN_WIDTH)) < 1e-6
+    )
     assert abs(math.log2((2 + BIN_WIDTH) / BIN_WIDTH) - 8) < 1e-9

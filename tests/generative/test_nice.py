@@ -19,7 +19,9 @@ def test_inverse_and_brute_force_log_det():
     h, logdet = m(x)
     torch.testing.assert_close(m.inverse(h), x)
     for i in range(3):
-        jac = torch.autograd.functional.jacobian(lambda v: m(v.view(1, 1, 2, 3))[0][0], x[i].flatten())
+        jac = torch.autograd.functional.jacobian(
+            lambda v: m(v.view(1, 1, 2, 3))[0][0], x[i].flatten()
+        )
         torch.testing.assert_close(logdet[i], torch.linalg.slogdet(jac)[1])
 
 

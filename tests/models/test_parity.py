@@ -290,16 +290,21 @@ def test_deepseek_correction_bias_changes_routing_not_weights(pair):
 @torch.no_grad()
 def test_deepseek_engine_paged_latent_cache_matches_contiguous(pair):
     """The paged engine (model.forward over its paged cache, which stores MLA's latent as
-    one shared KV head) produces the contiguous-cache greedy tokens."""
+    one shared KV head; continuous batching, prefix caching) produces the contiguous-cache
+    greedy tokens."""
     from lmforge.infer.engine import Engine
     from lmforge.infer.params import SamplingParams
 
     _, ours, _ = pair
-    prompts = [[5, 9, 2], list(range(3, 23)), [7]]
+    shared = list(range(3, 23))  # two prompts share 5 blocks: a prefix-cache hit
+    prompts = [[5, 9, 2], shared, [7], shared + [40, 41]]
     engine = Engine(ours, block_size=4)
     assert engine.runner is None  # MLA/MoE layers use model.forward
     assert engine.cache.keys[0].shape[1:] == (1, ours.config.kv_lora_rank + 8)
-    out = engine.generate(prompts, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+    greedy = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    out = engine.generate(prompts[:3], greedy)
+    out += engine.generate(prompts[3:], greedy)  # after `shared` is cached
+    assert engine.stats()["prefix_cache_hit_tokens"] >= 16
     for prompt, result in zip(prompts, out):
         cache = KVCache.for_model(ours, 1, len(prompt) + 6)
         logits = ours(torch.tensor([prompt]), cache=cache).logits[0, -1]

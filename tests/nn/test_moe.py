@@ -132,3 +132,56 @@ def test_sequence_balance_loss_formula():
             p = sum(float(scores[b, t, i] / scores[b, t].sum()) for t in range(5)) / 5
             total += f * p
     assert float(sequence_balance_loss(scores, idx, E, 3)) == pytest.approx(total / 2, rel=1e-5)
+
+
+def _expert_parallel_worker(rank, port, state, x, c, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        moe = make_moe()
+        moe.load_state_dict(state)
+        moe.shard_experts(rank, 2)
+        out = moe(x[rank])
+        (out * c[rank]).sum().backward()
+        grads = {n: p.grad for n, p in moe.named_parameters() if n.startswith("experts.")}
+        torch.save({"out": out.detach(), "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_expert_parallel_over_two_gloo_processes_equals_one_process(tmp_path):
+    """Experts split over 2 processes (all-to-all dispatch and combine, gloo): each rank's
+    outputs, and the gradients of the experts it holds (from both ranks' tokens), equal a
+    single process holding every expert."""
+    import multiprocessing
+    import socket
+
+    moe = make_moe()
+    g = torch.Generator().manual_seed(3)
+    x = [torch.randn(2, 7, H, generator=g), torch.randn(1, 9, H, generator=g)]
+    c = [torch.randn(2, 7, H, generator=g), torch.randn(1, 9, H, generator=g)]
+    ref = [moe(x[r]) for r in range(2)]
+    sum((ref[r] * c[r]).sum() for r in range(2)).backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("fork")
+    state = {k: v.clone() for k, v in moe.state_dict().items()}
+    procs = [
+        ctx.Process(target=_expert_parallel_worker, args=(r, port, state, x, c, str(tmp_path)))
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(got["out"], ref[rank].detach(), atol=1e-5, rtol=1e-5)
+        assert len(got["grads"]) == 3 * E // 2  # this rank's 4 experts × 3 projections
+        for name, grad in got["grads"].items():
+            expected = dict(moe.named_parameters())[name].grad
+            torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-5)

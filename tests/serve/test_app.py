@@ -334,3 +334,43 @@ def test_lora_adapters_are_served_by_model_name(lora_server, lora_model_dir, htt
     status, err = http_json("POST", lora_server + "/v1/completions",
                             {"model": "gamma", "prompt": "x"})  # fmt: skip
     assert status == 404 and "`alpha`" in err["error"]["message"]
+
+
+def test_chat_template_and_tokenizer_run_off_the_event_loop(model_dir):
+    """A prompt that is slow to render / tokenize (here: a tokenizer that takes 1.5 s) must
+    not hold up ``/health`` or other requests: the handler awaits it in a worker thread."""
+    import httpx
+
+    from lmforge.serve import AsyncEngine, ServerLimits, create_app
+    from lmforge.serve.loading import load_engine
+
+    engine, tok, _, _ = load_engine(model_dir, device="cpu", max_num_seqs=2)
+
+    class SlowTokenizer:
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def apply_chat_template(self, *args, **kwargs):
+            time.sleep(1.5)
+            return tok.apply_chat_template(*args, **kwargs)
+
+    async def scenario() -> None:
+        front = AsyncEngine(engine)
+        app = create_app(front, SlowTokenizer(), MODEL, ServerLimits(256, 16))
+        front.start()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                body = {"model": MODEL, "messages": user("hi"), "max_tokens": 2}
+                slow = asyncio.create_task(c.post("/v1/chat/completions", json=body))
+                await asyncio.sleep(0.2)
+                t0 = time.perf_counter()
+                health = await c.get("/health")
+                waited = time.perf_counter() - t0
+                assert health.status_code == 200 and waited < 0.5, waited
+                assert not slow.done()
+                assert (await slow).status_code == 200
+        finally:
+            front.shutdown()
+
+    asyncio.run(scenario())

@@ -14,13 +14,18 @@ def test_frechet_distance_matches_scipy_sqrtm():
     c1, c2 = a @ a.T + 0.1 * torch.eye(6, dtype=torch.float64), b @ b.T
     m1, m2 = torch.randn(6, generator=g), torch.randn(6, generator=g)
     covmean = scipy_linalg.sqrtm(c1.numpy() @ c2.numpy()).real
-    want = float((m1 - m2).double().pow(2).sum() + torch.trace(c1) + torch.trace(c2)
-                 - 2 * float(covmean.trace()))
+    want = float(
+        (m1 - m2).double().pow(2).sum()
+        + torch.trace(c1)
+        + torch.trace(c2)
+        - 2 * float(covmean.trace())
+    )
     assert frechet_distance(m1, c1, m2, c2) == pytest.approx(want, rel=1e-6)
     assert frechet_distance(m1, c1, m1, c1) == pytest.approx(0, abs=1e-8)
     # 1-D closed form: (μ1 − μ2)² + (σ1 − σ2)²
-    one = frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([0.0]),
-                           torch.tensor([[1.0]]))
+    one = frechet_distance(
+        torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([0.0]), torch.tensor([[1.0]])
+    )
     assert one == pytest.approx(1 + 1)
 
 

@@ -1,0 +1,42 @@
+"""Evaluation and the science of measuring models: perplexity, sampled task accuracy
+(pass@k, maj@k, bootstrap intervals), checkpoints side by side, and DeepSeek LLM's scaling
+laws (non-embedding FLOPs per token, power-law fits, compute plans).
+
+>>> from lmforge.eval import evaluate_checkpoint, markdown_table
+>>> result = evaluate_checkpoint("runs/demo/model", tasks=["arithmetic"], samples=4, ks=(1, 4))
+>>> print(markdown_table({"demo": result}))
+
+| module | what |
+|---|---|
+| `metrics` | pass@k (unbiased, Chen et al. 2021), maj@k (self-consistency), bootstrap intervals |
+| `verifiers` | answer extraction and verifiers: exact, numeric, math-verify, regex, module:function |
+| `tasks` | `EvalItem` s from the built-in tasks' held-out split or JSONL prompt/answer files |
+| `accuracy` | sampled task accuracy through the engine, seeded per problem, with pass@k / maj@k |
+| `perplexity` | perplexity of text files in windows overlapping by one token |
+| `checkpoint` | one checkpoint's evaluation: model loaded, perplexity and every task |
+| `report` | results as a side-by-side markdown table and JSON |
+"""
+
+from lmforge.eval.accuracy import evaluate_accuracy, sample_responses
+from lmforge.eval.checkpoint import evaluate_checkpoint
+from lmforge.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
+from lmforge.eval.perplexity import perplexity
+from lmforge.eval.report import markdown_table, write_results
+from lmforge.eval.tasks import EvalItem, jsonl_items, task_items
+from lmforge.eval.verifiers import get_verifier
+
+__all__ = [
+    "EvalItem",
+    "bootstrap_ci",
+    "evaluate_accuracy",
+    "evaluate_checkpoint",
+    "get_verifier",
+    "jsonl_items",
+    "maj_at_k",
+    "markdown_table",
+    "pass_at_k",
+    "perplexity",
+    "sample_responses",
+    "task_items",
+    "write_results",
+]
