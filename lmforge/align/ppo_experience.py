@@ -15,9 +15,11 @@ micro-batches; ``grad_accum`` consecutive micro-batches form one minibatch = one
 step. ``state_dict`` holds the unfinished rollout itself, so a resumed run continues exactly.
 
 Under torchrun (DDP) each rank samples its own ``rollout_batch_size`` prompts (rank r of W
-takes the r-th slice of the W·``rollout_batch_size`` prompts of the step) and the logged
-rollout statistics are the means over every rank; reward normalisation and advantage
-whitening use each rank's own rollout.
+takes the r-th slice of the W·``rollout_batch_size`` prompts of the step, seeded by their
+place in the step), then the rows are gathered (`gather_rollout`) so that every rank shapes
+the whole rollout — reward normalisation, advantage whitening and the logged statistics are
+those of one process — and each micro-batch of ``micro × W`` rows of the shared shuffle is
+split across the ranks: W processes make one process's update (``train.batch_size`` × W).
 
 Reference policy: a frozen copy of the policy, or — when the policy carries a LoRA adapter —
 the same model with the adapter disabled (no copy). None when ``kl_coef`` is 0.
@@ -41,7 +43,6 @@ from lmforge.align.reference import (
     make_reference,
     reference_model,
 )
-from lmforge.align.rl_distributed import global_means
 from lmforge.align.rollout import (
     check_rollout_sampling,
     completion_batch,
@@ -52,7 +53,7 @@ from lmforge.align.rollout import (
 from lmforge.infer import SamplingParams
 from lmforge.models.loss import IGNORE_INDEX, shifted_targets
 
-__all__ = ["PPOExperience", "explained_variance", "rollout_sampling"]
+__all__ = ["PPOExperience", "explained_variance", "gather_rollout", "rollout_sampling"]
 
 
 def rollout_sampling(p: PPOSection) -> SamplingParams:
@@ -150,7 +151,8 @@ class PPOExperience:
         cfg, r, n = self.cfg, self.rollouts, self.cfg.rollout_batch_size
         first = (r * self.world + self.rank) * n
         items = [self.prompts[self._prompt_index(first + i)] for i in range(n)]
-        seeds = [sha256_seed("sample", self.seed, self.rank, r, i) for i in range(n)]
+        # seeded by the prompt's place in the whole step: W ranks sample what one process would
+        seeds = [sha256_seed("sample", self.seed, 0, r, self.rank * n + i) for i in range(n)]
         policy = self.model.policy
         was_training = self.model.training
         self.model.eval()
@@ -183,6 +185,11 @@ class PPOExperience:
         logps = torch.cat(parts["logps"]).float()
         values = torch.cat(parts["values"]).float()
         ref = torch.cat(parts["ref"]).float() if parts["ref"] else None
+        if self.world > 1:  # every rank shapes the whole step's rollout (global statistics)
+            raw, logps, values, ref, seqs, prompt_lens = gather_rollout(
+                raw, logps, values, ref, seqs, prompt_lens, device
+            )
+            width = max(len(s) for s in seqs)
         full = completion_batch(seqs, prompt_lens, self.pad_id, width)
         mask = (shifted_targets(full["labels"]) != IGNORE_INDEX).to(device)
         values = values * mask
@@ -216,12 +223,6 @@ class PPOExperience:
         if ref is not None:
             kl_seq = ((logps - ref) * mask).sum(-1)  # k1 summed over each response
             stats["kl_ref"] = kl_seq.mean().item()
-        if self.world > 1:  # log the means over every rank's rollout (all-reduced)
-            n = float(raw.numel())
-            sums = {k: v * n for k, v in stats.items() if k != "reward_std"}
-            sums["reward_sq"] = raw.float().square().sum().item()
-            stats = global_means(sums, n, raw.device)
-            stats["reward_std"] = max(stats.pop("reward_sq") - stats["reward"] ** 2, 0.0) ** 0.5
         fields = {"old_logps": logps, "old_values": values, "advantages": advantages,
                   "returns": returns, "ref_logps": ref}  # fmt: skip
         rows = []
@@ -250,12 +251,15 @@ class PPOExperience:
         return self.micro_per_epoch * self.cfg.ppo_epochs
 
     def _rows_of(self, position: int) -> list[dict[str, Any]]:
+        """Micro-batch ``position``'s rows: this rank's share of the step's micro-batch
+        (``micro × world`` rows of a shuffle of the whole rollout, the same on every rank)."""
         epoch, k = divmod(position, self.micro_per_epoch)
         g = torch.Generator().manual_seed(
-            sha256_seed("shuffle", self.seed, self.rank, self.rollouts, epoch)
+            sha256_seed("shuffle", self.seed, 0, self.rollouts, epoch)
         )
         order = torch.randperm(len(self.rows), generator=g).tolist()
-        return [self.rows[i] for i in order[k * self.micro : (k + 1) * self.micro]]
+        lo = k * self.micro * self.world + self.rank * self.micro
+        return [self.rows[i] for i in order[lo : lo + self.micro]]
 
     def _ptx_for(self, position: int) -> tuple[dict[str, torch.Tensor], float, float]:
         """This micro-batch's ptx batch and the minibatch's global RL / ptx token counts."""
@@ -346,6 +350,27 @@ class PPOExperience:
         if self.ptx_data is not None and state.get("ptx") is not None:
             self.ptx_data.load_state_dict(state["ptx"])
             self._ptx_iter = iter(self.ptx_data)
+
+
+def gather_rollout(raw, logps, values, ref, seqs, prompt_lens, device):
+    """Every rank's rollout rows (scores, per-token log-probs / values / reference log-probs,
+    sequences, prompt lengths) in rank order, right-padded to the longest (collective)."""
+    from lmforge.train.distributed import all_gather_objects
+
+    local = []
+    for i, seq in enumerate(seqs):
+        n = len(seq)
+        local.append((list(seq), prompt_lens[i], float(raw[i]), logps[i, :n].cpu(),
+                      values[i, :n].cpu(), None if ref is None else ref[i, :n].cpu()))  # fmt: skip
+    rows = [row for part in all_gather_objects(local) for row in part]
+    width = max(len(r[0]) for r in rows)
+
+    def stack(j: int) -> torch.Tensor:
+        return torch.stack([F.pad(r[j], (0, width - len(r[j]))) for r in rows]).to(device)
+
+    return (torch.tensor([r[2] for r in rows], dtype=torch.float32), stack(3), stack(4),
+            None if ref is None else stack(5), [r[0] for r in rows],
+            [r[1] for r in rows])  # fmt: skip
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

@@ -201,7 +201,9 @@ def train_ppo(
     use_rm = p.critic_init == "reward_model" or (p.critic_init == "auto" and reward_model)
     if use_rm and reward_model is None:
         raise ValueError("ppo.critic_init=reward_model needs a reward model (--reward-model)")
-    critic = critic_from(reward_model if use_rm else policy)
+    with torch.random.fork_rng(devices=[]):  # a fresh score head: the same on every rank / run
+        torch.manual_seed(t.seed)
+        critic = critic_from(reward_model if use_rm else policy)
     model = ActorCritic(policy, critic)
     ptx = ptx_loader(config, tokenizer, run_dir, dist) if p.ptx_coef > 0 else None
     experience = PPOExperience(model, task_prompts(config, tokenizer), scorer, p,

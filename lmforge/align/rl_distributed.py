@@ -15,6 +15,9 @@ gradients are averaged by the loop as for any objective, so a run on W processes
   success rates each rank saw are gathered and applied everywhere (`sync_sampler`).
 - **Statistics** (`global_means`, `global_sums`): the rollout's reward, accuracy, length, … are all-reduced
   so every rank logs the means over the whole step.
+- **PPO** (`lmforge.align.ppo_experience`) gathers the whole step's rollout on every rank
+  instead, so reward normalisation and advantage whitening see every sample, and splits each
+  shared micro-batch across the ranks.
 - **Weights** (`RolloutWeights`): under DDP every rank holds the full model and its engine
   reads the weights after each optimizer step; under FSDP2 the parameters are shards, so
   before each rollout the full weights are gathered (collective) into a plain copy of the

@@ -22,6 +22,7 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 | `ppo` | ``lmforge ppo``: `lmforge.align.rl_run.run_ppo` |
 | `diffusion` | ``lmforge diffusion train/sample``: `lmforge.diffusion.training.train_diffusion`, `lmforge.diffusion.sampling` |
 | `eval` | ``lmforge eval``: perplexity, pass@k / maj@k on tasks, checkpoints side by side (`lmforge.eval`) |
+| `scaling` | ``lmforge scaling plan/fit/flops``: DeepSeek LLM scaling laws (`lmforge.eval.scaling`) |
 """
 
 from lmforge.commands import (
@@ -38,6 +39,7 @@ from lmforge.commands import (
     ppo,
     pretrain,
     rm,
+    scaling,
     serve,
     sft,
     tokenizer,
@@ -61,6 +63,7 @@ COMMANDS = (
     ppo,
     diffusion,
     eval,
+    scaling,
 )
 
 __all__ = ["COMMANDS", "CommandError"]

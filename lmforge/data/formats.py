@@ -45,6 +45,7 @@ from lmforge.data.sources import (
     PromptCompletionRecord,
     Record,
     TextRecord,
+    peak_rss_bytes,
     read_records,
 )
 from lmforge.models.loss import IGNORE_INDEX
@@ -289,6 +290,7 @@ def load_sft_examples(
                 report.count("dropped: no loss tokens left after truncation")
                 continue
         examples.append(example)
+    report.peak_memory_bytes = peak_rss_bytes()
     return examples, report
 
 

@@ -26,6 +26,8 @@ Schemas (auto-detected per file from its first record, or forced with ``schema=`
 
 from __future__ import annotations
 
+import resource
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +136,20 @@ class DataReport:
         if self.peak_memory_bytes:
             lines.append(f"peak memory {self.peak_memory_bytes / 2**20:,.0f} MiB (process RSS)")
         return "\n".join(lines)
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident memory of this process (``VmHWM``: its own address space, where
+    ``ru_maxrss`` on Linux also counts the parent's before ``exec``) or of its finished
+    children (pool workers), whichever is larger."""
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            own = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -27,8 +27,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.sources import DataError, DataReport, input_files, read_records, record_texts
-from lmforge.data.tokens import peak_rss_bytes, same_sources, source_fingerprint
+from lmforge.data.sources import (
+    DataError,
+    DataReport,
+    input_files,
+    peak_rss_bytes,
+    read_records,
+    record_texts,
+)
+from lmforge.data.tokens import same_sources, source_fingerprint
 from lmforge.io import atomic_write_json, read_json
 from lmforge.tokenizer import Tokenizer
 

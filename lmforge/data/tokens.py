@@ -30,8 +30,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import resource
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +39,14 @@ from typing import Any
 import numpy as np
 
 from lmforge import tokenizer as tokenizing
-from lmforge.data.sources import DataError, DataReport, input_files, iter_texts, read_records
+from lmforge.data.sources import (
+    DataError,
+    DataReport,
+    input_files,
+    iter_texts,
+    peak_rss_bytes,
+    read_records,
+)
 from lmforge.io import atomic_path, atomic_write_json, read_json
 from lmforge.tokenizer import Tokenizer
 
@@ -74,20 +79,6 @@ def tokenizer_hash(tokenizer: Tokenizer) -> str:
     """SHA-256 of the tokenizer's vocabulary, merges, pipeline and special tokens."""
     payload = tokenizer.backend.to_str() + json.dumps(tokenizer.special_tokens, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def peak_rss_bytes() -> int:
-    """The peak resident memory of this process (``VmHWM``: its own address space, where
-    ``ru_maxrss`` on Linux also counts the parent's before ``exec``) or of its finished
-    children (pool workers), whichever is larger."""
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            own = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError):
-        pass
-    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale)
 
 
 def source_fingerprint(

@@ -12,7 +12,7 @@ embedding and the output head are not counted (unlike 6N, Kaplan et al. 2020).
 `config_flops_per_token` counts the same for any lmforge config (GQA, any MLP width).
 
     >>> deepseek_flops_per_token(n_layer=2, d_model=48, seq_len=32)
-    351072
+    350208
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ class DeepSeekMoE(nn.Module):
     ``experts.{i}.{gate,up,down}_proj.weight``, ``shared_experts.*``.
 
     ``expert_load`` ``[E]`` counts the tokens routed to each expert by training-mode
-    forwards since the last `reset_load` (not saved); ``aux_loss`` is the last training
+    forwards since the last `reset_load` (not saved; this process's tokens only — sum it over
+    data-parallel ranks for the global load); ``aux_loss`` is the last training
     forward's α-weighted sequence-wise balance loss (None when α = 0 or not training).
     """
 
@@ -179,18 +180,20 @@ class DeepSeekMoE(nn.Module):
             indices = route(scores.detach(), bias, self.top_k, self.n_group, self.topk_group)
         weights = gate_weights(scores, indices, self.norm_topk_prob, self.routed_scaling_factor)
         self.aux_loss = None
-        if self.training:
+        # count each forward once: not again when activation checkpointing recomputes this
+        # block inside the backward pass (an autograd graph task is then running)
+        if self.training and torch._C._current_graph_task_id() == -1:
             with torch.no_grad():
                 counts = torch.bincount(indices.flatten(), minlength=self.num_experts)
                 self.expert_load += counts.to(self.expert_load.dtype)
-            if self.aux_loss_alpha > 0 and x.ndim == 3:
-                loss = sequence_balance_loss(
-                    scores.view(*shape[:2], -1),
-                    indices.view(*shape[:2], -1),
-                    self.num_experts,
-                    self.top_k,
-                )
-                self.aux_loss = self.aux_loss_alpha * loss
+        if self.training and self.aux_loss_alpha > 0 and x.ndim == 3:
+            loss = sequence_balance_loss(
+                scores.view(*shape[:2], -1),
+                indices.view(*shape[:2], -1),
+                self.num_experts,
+                self.top_k,
+            )
+            self.aux_loss = self.aux_loss_alpha * loss
         routed = self.routed if self.expert_group is None else self.routed_parallel
         out = routed(flat, indices, weights)
         if self.shared_experts is not None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmforge.rl.mdp import TabularMDP, env_sizes
+from lmforge.rl.mdp import TabularMDP, env_sizes, sample_index
 from lmforge.rl.planning import policy_matrix
 
 __all__ = [
@@ -100,7 +100,7 @@ def linear_td0(
     s = int(s)
     history: list[float] = []
     for t in range(1, steps + 1):
-        a = int(rng.choice(A, p=pi[s]))
+        a = int(sample_index(pi[s], rng))
         s2, r, terminated, truncated, _ = env.step(a)
         s2 = int(s2)
         target = r + (0.0 if terminated else gamma * Phi[s2] @ w)
@@ -139,7 +139,7 @@ def dqn(
     buffer = []
     s, _ = env.reset(seed=seed)
     for _ in range(steps):
-        a = int(rng.choice(A, p=pi[int(s)]))
+        a = int(sample_index(pi[int(s)], rng))
         s2, r, terminated, truncated, _ = env.step(a)
         buffer.append((int(s), a, float(r), int(s2), float(terminated)))
         s = s2
@@ -161,7 +161,7 @@ def dqn(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (u + 1) % target_every == 0:
             target.load_state_dict(net.state_dict())
     with torch.no_grad():

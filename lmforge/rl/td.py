@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.rl.mdp import env_sizes
+from lmforge.rl.mdp import env_sizes, sample_index
 
 __all__ = [
     "epsilon_greedy_probs",
@@ -36,15 +36,19 @@ def epsilon_greedy_probs(q_row: np.ndarray, epsilon: float) -> np.ndarray:
     """π(a|s) = 1 − ε(|A|−1)/|A| on the greedy action, ε/|A| elsewhere (ties share the
     greedy mass equally)."""
     n = len(q_row)
-    best = np.isclose(q_row, q_row.max())
+    best = q_row >= q_row.max() - 1e-12
     probs = np.full(n, epsilon / n)
     probs[best] += (1.0 - epsilon) / best.sum()
     return probs
 
 
 def epsilon_greedy_action(q_row: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
-    """An action drawn from `epsilon_greedy_probs`."""
-    return int(rng.choice(len(q_row), p=epsilon_greedy_probs(q_row, epsilon)))
+    """An action drawn from `epsilon_greedy_probs`: uniform with probability ε, else a
+    uniformly chosen greedy one."""
+    if epsilon > 0 and rng.random() < epsilon:
+        return int(rng.integers(len(q_row)))
+    best = np.flatnonzero(q_row >= q_row.max() - 1e-12)
+    return int(best[0] if len(best) == 1 else best[rng.integers(len(best))])
 
 
 def start(env: Any, episode: int, seed: int | None) -> int:
@@ -72,7 +76,7 @@ def td0_values(
     for episode in range(episodes):
         s, total = start(env, episode, seed), 0.0
         for _ in range(max_steps):
-            a = int(rng.choice(A, p=pi[s]))
+            a = int(sample_index(pi[s], rng))
             s2, r, terminated, truncated, _ = env.step(a)
             target = r + (0.0 if terminated else gamma * v[s2])
             v[s] -= alpha * (v[s] - target)
@@ -192,7 +196,7 @@ def q_learning(
             if behaviour is None:
                 a = epsilon_greedy_action(q[s], epsilon, rng)
             else:
-                a = int(rng.choice(A, p=behaviour[s]))
+                a = int(sample_index(behaviour[s], rng))
             s2, r, terminated, truncated, _ = env.step(a)
             s2 = int(s2)
             target = r if terminated else r + gamma * q[s2].max()

@@ -1,8 +1,9 @@
 """Alignment on two CPU processes (gloo, ``torchrun --standalone --nproc_per_node 2``): `run_grpo`
 under DDP and FSDP2 and `train_dpo` under DDP make the same updates as one process over the
 same global batch (same seeds) — the exported weights agree to fp32 tolerance, GRPO's logged
-rollout statistics and held-out accuracy are those of the whole step; `run_ppo` trains under
-DDP; plus the sharding helpers of `lmforge.align.rl_distributed` in one process."""
+rollout statistics and held-out accuracy are those of the whole step — and so does `run_ppo`
+under DDP (policy and critic); plus the sharding helpers of `lmforge.align.rl_distributed` in
+one process."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ DPO = ["data.synthetic_docs=40", "data.seq_len=96", "train.max_steps=2", "train.
        "train.eval_every=0", "train.save_every=0", "log.progress=false", "log.plot=false",
        "data.val_fraction=0.1", "optim.warmup_steps=0", "train.device=cpu"]  # fmt: skip
 REWARDS = "def digits(completion):\n    return sum(ch.isdigit() for ch in completion) / 4\n"
-PPO = ["ppo.rollout_batch_size=4", "ppo.max_new_tokens=6", "ppo.num_prompts=20",
-       "ppo.ppo_epochs=1", "train.batch_size=4", "train.max_steps=1", "train.max_time_s=0",
-       "train.save_every=0", "log.progress=false", "log.plot=false", "train.device=cpu"]  # fmt: skip
+PPO = ["ppo.max_new_tokens=6", "ppo.num_prompts=20", "ppo.ppo_epochs=2", "train.max_steps=3",
+       "train.max_time_s=0", "train.save_every=0", "log.progress=false", "log.plot=false",
+       "train.device=cpu", "optim.lr=1e-3", "optim.warmup_steps=0"]  # fmt: skip
 SCRIPT = """
 import json, sys, torch
 from lmforge.align.dpo_trainer import DPOConfig, train_dpo
@@ -52,8 +53,8 @@ for strategy in ("ddp", "fsdp"):
 config = load_config(f"{root}/lmforge/recipes/dpo-tiny.yaml", [*dpo, "train.batch_size=2",
     f"model.init_from={pref_model}", f"out_dir={out}/dpo"], DPOConfig)
 train_dpo(config, dist=dist)
-config = load_config(f"{root}/lmforge/recipes/ppo-tiny.yaml", [*ppo, f"model.init_from={r1_model}",
-    f"out_dir={out}/ppo"], PPOConfig)
+config = load_config(f"{root}/lmforge/recipes/ppo-tiny.yaml", [*ppo, "ppo.rollout_batch_size=4",
+    "train.batch_size=2", f"ppo.rewards=[{out}/rewards.py:digits]", f"model.init_from={r1_model}", f"out_dir={out}/ppo"], PPOConfig)
 run_ppo(config, dist=dist)
 torch.distributed.destroy_process_group()
 """
@@ -99,12 +100,12 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def _assert_same_weights(a: Path, b: Path, init: Path) -> None:
+def _assert_same_weights(a: Path, b: Path, init: Path, trained: bool = True) -> None:
     from lmforge.models.hf import read_state_dict
 
     sa, sb, s0 = read_state_dict(a), read_state_dict(b), read_state_dict(init)
     assert sa.keys() == sb.keys()
-    assert any(not torch.equal(sa[k], s0[k]) for k in sa)  # it trained
+    assert not trained or any(not torch.equal(sa[k], s0[k]) for k in sa)  # it trained
     for key in sa:
         torch.testing.assert_close(sb[key], sa[key], atol=2e-5, rtol=1e-4, msg=key)
 
@@ -113,7 +114,8 @@ def test_two_processes_make_the_single_process_update(r1_model_dir, preference_m
                                                       tmp_path):  # fmt: skip
     from lmforge.align.dpo_trainer import DPOConfig, train_dpo
     from lmforge.align.grpo_trainer import GRPOConfig
-    from lmforge.align.rl_run import run_grpo
+    from lmforge.align.ppo_config import PPOConfig
+    from lmforge.align.rl_run import run_grpo, run_ppo
     from lmforge.train.config import load_config
 
     if not torch.distributed.is_gloo_available():
@@ -146,8 +148,18 @@ def test_two_processes_make_the_single_process_update(r1_model_dir, preference_m
     want = [r for r in _jsonl(single / "dpo" / "metrics.jsonl") if "loss" in r]
     got = [r for r in _jsonl(tmp_path / "dpo" / "metrics.jsonl") if "loss" in r]
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-5)
-    # PPO runs on two processes (DDP; each rank its own prompts): it trains and exports
-    (record,) = _jsonl(tmp_path / "ppo" / "metrics.jsonl")
-    assert record["step"] == 1 and {"reward", "kl_ref", "value_loss"} <= record.keys()
-    assert (tmp_path / "ppo" / "model" / "config.json").is_file()
-    assert (tmp_path / "ppo" / "critic" / "config.json").is_file()
+    # PPO: the rollout is gathered, so normalisation, whitening and minibatches are one process's
+    config = load_config(ROOT / "lmforge/recipes/ppo-tiny.yaml",
+                         [*PPO, "ppo.rollout_batch_size=8", "train.batch_size=4",
+                          f"ppo.rewards=[{tmp_path}/rewards.py:digits]",
+                          f"model.init_from={r1_model_dir}", f"out_dir={single}/ppo"],
+                         PPOConfig)  # fmt: skip
+    run_ppo(config)
+    for name in ("model", "critic"):
+        _assert_same_weights(single / "ppo" / name, tmp_path / "ppo" / name,
+                             (single / "ppo" / name) if name == "critic" else r1_model_dir,
+                             trained=name == "model")  # fmt: skip
+    want, got = _jsonl(single / "ppo" / "metrics.jsonl"), _jsonl(tmp_path / "ppo" / "metrics.jsonl")
+    for a, b in zip(want, got, strict=True):
+        for key in ("loss", "reward", "kl_ref", "value_loss", "explained_variance"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key

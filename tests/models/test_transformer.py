@@ -171,11 +171,15 @@ def test_deepseek_checkpointing_and_packing():
     model = _deepseek(num_nextn_predict_layers=1).train()
     ids = torch.randint(0, 256, (1, 14))
     docs = torch.tensor([[0] * 6 + [1] * 8])
+    moe = model.model.layers[1].mlp
     model(ids, labels=ids, document_ids=docs).loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    load = moe.expert_load.clone()
     model.zero_grad()
+    moe.reset_load()
     model.model.gradient_checkpointing = 1
     model(ids, labels=ids, document_ids=docs).loss.backward()
+    assert torch.equal(moe.expert_load, load)  # the recomputation is not counted again
     for n, p in model.named_parameters():
         if n in grads:
             torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4)
