@@ -126,6 +126,8 @@ def main() -> None:
     out = Path(args.out)
     grids = out / "grids"
     t_start = time.perf_counter()
+    extra = ["diffusion.samples_per_class=1", "diffusion.sample_steps=2"] if args.smoke else []
+    ode_steps = min(20, s.get("cap", 20))
 
     train = load_image_dataset("digits", 16, s["train"], 0, "train")
     test = load_image_dataset("digits", 16, 1000, 0, "test")
@@ -146,6 +148,7 @@ def main() -> None:
     print(f"classifier: test accuracy {real_acc:.3f}", flush=True)
 
     def score(name: str, den, sampler: str, steps: int, n: int) -> tuple[float, float]:
+        steps = min(steps, s.get("cap", steps))
         images, labels, m = evaluate_samples(den, sampler, steps, clf, test, n, args.cfg, seed=1)
         save_grid(
             images[torch.argsort(labels * 1000 + torch.arange(n))][: 10 * (n // 10)],
@@ -160,7 +163,7 @@ def main() -> None:
 
     # ---- the diffusion model
     t0 = time.perf_counter()
-    cfg = run_config("diffusion-digits.yaml", out / "diffusion", s["diff_steps"], s["train"], [])
+    cfg = run_config("diffusion-digits.yaml", out / "diffusion", s["diff_steps"], s["train"], extra)
     train_diffusion(cfg)
     train_time = {"diffusion": time.perf_counter() - t0}
     den = load_denoiser(out / "diffusion" / "model")
@@ -208,7 +211,7 @@ def main() -> None:
 
     # ---- rectified flow, then reflow and one step
     t0 = time.perf_counter()
-    fcfg = run_config("flow-digits.yaml", out / "flow", s["flow_steps"], s["train"], [])
+    fcfg = run_config("flow-digits.yaml", out / "flow", s["flow_steps"], s["train"], extra)
     train_diffusion(fcfg)
     train_time["flow"] = time.perf_counter() - t0
     flow = load_denoiser(out / "flow" / "model")
@@ -221,13 +224,13 @@ def main() -> None:
         flow.model,
         s["reflow_pairs"],
         (1, 16, 16),
-        20,
+        ode_steps,
         labels,
         args.cfg,
         torch.Generator().manual_seed(0),
     )
     z = noise[:64]
-    x, vs = flow_trajectory(flow.model, z, 20, labels[:64], args.cfg)
+    x, vs = flow_trajectory(flow.model, z, ode_steps, labels[:64], args.cfg)
     s_before = straightness(z, x, vs)
     reflowed = copy.deepcopy(flow.model)
     rcfg = load_config(
@@ -252,7 +255,7 @@ def main() -> None:
     ).fit()
     train_time["reflow"] = time.perf_counter() - t0
     flow.model = reflowed
-    x, vs = flow_trajectory(reflowed, z, 20, labels[:64], 1.0)
+    x, vs = flow_trajectory(reflowed, z, ode_steps, labels[:64], 1.0)
     s_after = straightness(z, x, vs)
     rf1 = score("rf-reflow-1", flow, "flow", 1, s["n_eval"])[0]
     print(f"straightness before reflow {s_before:.4f}, after {s_after:.4f}", flush=True)

@@ -21,7 +21,7 @@ next-token loss only; the balance loss is a training term).
 γ = 0.01 (``--gamma``); α = 0.01 (``--alpha``) is the top of the 1e-4 … 1e-2 range of the
 auxiliary-loss baselines (Wang et al. Fig. 2), strong enough to balance in a short run.
 
-    nice -n 10 python bench/moe_balance.py [--steps 300] [--out runs/bench-moe-balance]
+    nice -n 10 python bench/moe_balance.py [--steps 500] [--out runs/bench-moe-balance]
 
 Last line: ``RESULT moe_balance maxvio_auxfree=<x> maxvio_aux=<y> maxvio_none=<z>
 loss_auxfree=<a> loss_aux=<b>`` (plus ``loss_none``).
@@ -158,13 +158,13 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--gamma", type=float, default=0.01)
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--out", default="runs/bench-moe-balance")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)

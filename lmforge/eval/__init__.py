@@ -15,27 +15,38 @@ laws (non-embedding FLOPs per token, power-law fits, compute plans).
 | `perplexity` | perplexity of text files in windows overlapping by one token |
 | `checkpoint` | one checkpoint's evaluation: model loaded, perplexity and every task |
 | `report` | results as a side-by-side markdown table and JSON |
+| `flops` | DeepSeek LLM's non-embedding FLOPs per token M = 72·n·d² + 6·n·d·l and C = M·D |
+| `scaling` | power-law fits of B_opt, η_opt, M_opt, D_opt against compute; plans for a budget |
 """
 
 from lmforge.eval.accuracy import evaluate_accuracy, sample_responses
 from lmforge.eval.checkpoint import evaluate_checkpoint
+from lmforge.eval.flops import compute_budget, config_flops_per_token, deepseek_flops_per_token
 from lmforge.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
 from lmforge.eval.perplexity import perplexity
 from lmforge.eval.report import markdown_table, write_results
+from lmforge.eval.scaling import PAPER_FIT, ScalingFit, fit_scaling_laws, plan
 from lmforge.eval.tasks import EvalItem, jsonl_items, task_items
 from lmforge.eval.verifiers import get_verifier
 
 __all__ = [
+    "PAPER_FIT",
     "EvalItem",
+    "ScalingFit",
     "bootstrap_ci",
+    "compute_budget",
+    "config_flops_per_token",
+    "deepseek_flops_per_token",
     "evaluate_accuracy",
     "evaluate_checkpoint",
+    "fit_scaling_laws",
     "get_verifier",
     "jsonl_items",
     "maj_at_k",
     "markdown_table",
     "pass_at_k",
     "perplexity",
+    "plan",
     "sample_responses",
     "task_items",
     "write_results",

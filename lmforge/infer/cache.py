@@ -5,6 +5,7 @@ in order. Token ``i`` of a sequence lives in slot ``block_table[i // bs] * bs + 
 
     BlockAllocator     which blocks are free, shared, cached (prefix caching, ref counts, LRU)
     PagedKVCache       the storage: per layer ``[num_blocks * block_size, H_kv, D]`` K and V
+                       (K only for MLA: its cached latent is both, see ``key_only``)
     PagedBatch         one forward's view of it: a flattened ragged batch ``[1, N]`` of
                        sequences, each a chunk of new tokens after its cached context;
                        attention layers call `PagedBatch.attention`.
@@ -113,7 +114,14 @@ class BlockAllocator:
 class PagedKVCache:
     """K/V storage for all layers: ``keys[l]``/``values[l]`` are ``[num_slots, H_kv, D]``
     with ``num_slots = num_blocks * block_size``. Memory is allocated lazily by the OS
-    (``torch.empty``), so an oversized pool costs address space, not RAM, until used."""
+    (``torch.empty``), so an oversized pool costs address space, not RAM, until used.
+
+    ``key_only``: there are no value blocks (``values`` is empty) and every slot's value is
+    its key. That is multi-head latent attention's cache (DeepSeek-V2 §2.1.2, absorbed
+    form): one shared "head" ``[c_KV ; k_R]`` per token whose value is the latent itself
+    (`lmforge.nn.mla.MultiHeadLatentAttention` keeps its first ``kv_lora_rank`` dims), so
+    a token costs ``(kv_lora_rank + qk_rope_head_dim) · itemsize`` bytes per layer, not
+    twice that."""
 
     def __init__(
         self,
@@ -124,10 +132,12 @@ class PagedKVCache:
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        key_only: bool = False,
     ) -> None:
         shape = (num_blocks * block_size, num_kv_heads, head_dim)
+        self.key_only = key_only
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [] if key_only else [torch.empty_like(k) for k in self.keys]
         self.num_blocks, self.block_size = num_blocks, block_size
         self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
         self.dtype, self.device = dtype, device
@@ -137,9 +147,20 @@ class PagedKVCache:
 
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int,
-                        dtype: torch.dtype) -> int:  # fmt: skip
+                        dtype: torch.dtype, key_only: bool = False) -> int:  # fmt: skip
         itemsize = torch.empty(0, dtype=dtype).element_size()
-        return 2 * num_layers * block_size * num_kv_heads * head_dim * itemsize
+        planes = 1 if key_only else 2  # K and V, or K alone
+        return planes * num_layers * block_size * num_kv_heads * head_dim * itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole pool (all layers, K and V blocks)."""
+        return sum(t.nbytes for t in (*self.keys, *self.values))
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Pool bytes per token slot, all layers together (÷ layers: per token and layer)."""
+        return self.nbytes // (self.num_blocks * self.block_size)
 
     def zero_blocks(self, blocks: Sequence[int]) -> None:
         """Clear freshly allocated blocks. Unwritten slots of a sequence's last block are
@@ -151,9 +172,12 @@ class PagedKVCache:
             buf.view(self.num_blocks, -1).index_fill_(0, index, 0)
 
     def gather(self, layer_idx: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V ``[len(slots), H_kv, D]`` of the given slots, in reused scratch memory."""
+        """K and V ``[len(slots), H_kv, D]`` of the given slots, in reused scratch memory
+        (``key_only``: the same tensor twice)."""
         k, v = self._scratch(slots.numel())
         torch.index_select(self.keys[layer_idx], 0, slots, out=k)
+        if self.key_only:
+            return k, k
         torch.index_select(self.values[layer_idx], 0, slots, out=v)
         return k, v
 
@@ -165,6 +189,8 @@ class PagedKVCache:
         k, v = self._scratch(blocks.numel() * self.block_size)
         rows = lambda t: t.view(-1, self.block_size * self.num_kv_heads * self.head_dim)  # noqa: E731
         torch.index_select(rows(self.keys[layer_idx]), 0, blocks, out=rows(k))
+        if self.key_only:
+            return k, k
         torch.index_select(rows(self.values[layer_idx]), 0, blocks, out=rows(v))
         return k, v
 
@@ -173,7 +199,8 @@ class PagedKVCache:
             grow = max(n, 2 * self._scratch_k.shape[0])
             shape = (grow, self.num_kv_heads, self.head_dim)
             self._scratch_k = torch.empty(shape, dtype=self.dtype, device=self.device)
-            self._scratch_v = torch.empty(shape, dtype=self.dtype, device=self.device)
+            if not self.key_only:  # key-only pools gather no values
+                self._scratch_v = torch.empty(shape, dtype=self.dtype, device=self.device)
         return self._scratch_k[:n], self._scratch_v[:n]
 
 
@@ -278,10 +305,19 @@ class PagedBatch:
     ) -> torch.Tensor:
         """Write this step's ``k``/``v`` ``[N, H_kv, D]`` into their slots, then attend
         ``q`` ``[N, H, D]`` over each sequence's cached context; returns ``[N, H, D]``.
-        Token-major, as a fused QKV projection produces them (no transposes)."""
+        Token-major, as a fused QKV projection produces them (no transposes). A
+        ``key_only`` cache stores ``k`` alone: ``v`` must then be the same tensor (MLA's
+        latent), checked by storage address."""
         cache = self.cache
         cache.keys[layer_idx].index_copy_(0, self.slot_mapping, k)
-        cache.values[layer_idx].index_copy_(0, self.slot_mapping, v)
+        if cache.key_only:
+            if v.data_ptr() != k.data_ptr() or v.shape != k.shape:
+                raise ValueError(
+                    "a key_only PagedKVCache stores no values: attend(k, v) needs v to be k "
+                    "(MLA's cached latent is its own value)"
+                )
+        else:
+            cache.values[layer_idx].index_copy_(0, self.slot_mapping, v)
         gqa = q.shape[1] != k.shape[1]
         parts = []
         if self.num_decode:

@@ -107,9 +107,12 @@ class Engine:
         self.block_size = block_size
         self.device = p.device
         self.max_len = cfg.max_position_embeddings
+        # MLA caches one latent per token that is its own value: a K-only pool.
+        key_only = bool(getattr(cfg, "use_mla", False))
         per_block = PagedKVCache.bytes_per_block(
-            cfg.num_hidden_layers, block_size, cfg.num_key_value_heads, cfg.head_dim, p.dtype
-        )
+            cfg.num_hidden_layers, block_size, cfg.num_key_value_heads, cfg.head_dim, p.dtype,
+            key_only,
+        )  # fmt: skip
         if num_blocks is None:
             wanted = max_num_seqs * -(-self.max_len // block_size)
             num_blocks = max(1, min(wanted, DEFAULT_KV_CACHE_BYTES // per_block))
@@ -121,6 +124,7 @@ class Engine:
             cfg.head_dim,
             dtype=p.dtype,
             device=p.device,
+            key_only=key_only,
         )
         self.allocator = BlockAllocator(num_blocks, enable_prefix_caching)
         self.scheduler = Scheduler(self.allocator, block_size, max_num_seqs, max_num_batched_tokens)

@@ -43,19 +43,27 @@ from torch import nn
 __all__ = [
     "FP8_DTYPE",
     "FP8_MAX",
-    "HIGH_PRECISION_MODULES",
     "Fp8Linear",
     "Fp8LinearFunction",
     "Fp8Recipe",
+    "HIGH_PRECISION_MODULES",
     "QuantizedOperand",
     "convert_to_fp8",
     "dequantize_blocks",
     "dequantize_tiles",
     "fp8_gemm",
     "fp8_linear",
+    "keeps_high_precision",
+    "operand_tiles",
+    "operand_weight",
+    "pad_to",
     "quantize_blocks",
     "quantize_tensor",
     "quantize_tiles",
+    "scale_from_amax",
+    "scaled_mm_available",
+    "to_e4m3",
+    "transpose_weight",
 ]
 
 FP8_DTYPE = torch.float8_e4m3fn

@@ -64,3 +64,19 @@ def test_bad_target_is_one_line(tmp_path, run):
     code, _, err = run("diffusion", "train", "--out", str(tmp_path), *TINY,
                        "diffusion.target=score")  # fmt: skip
     assert code == 2 and "diffusion.target='score'" in err
+
+
+def test_dit_flow_model_trains_and_samples(tmp_path, run):
+    out = tmp_path / "dit"
+    dit = "diffusion.dit={patch_size: 4, hidden_size: 16, depth: 1, num_heads: 2}"
+    code, text, err = run("diffusion", "train", "--out", str(out), *TINY, "train.max_steps=2",
+                          "diffusion.denoiser=dit", dit, "diffusion.target=flow",
+                          "diffusion.sampler=flow")  # fmt: skip
+    assert code == 0, err
+    assert "dit (" in text and (out / "model" / "dit" / "model.safetensors").is_file()
+    assert not (out / "model" / "model_index.json").exists()  # not a DDPMPipeline
+    png = tmp_path / "flow.png"
+    code, _, err = run("diffusion", "sample", "--model", str(out / "model"), "--sampler", "flow",
+                       "--steps", "2", "--num", "2", "--out", str(png))  # fmt: skip
+    assert code == 0, err
+    assert png.is_file()

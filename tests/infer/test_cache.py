@@ -157,3 +157,46 @@ def test_grouped_decode_equals_one_padded_group(window):
     one = run([])
     torch.testing.assert_close(run([(0, 2, 2, 6), (2, 3, 4, 14)]), one)
     torch.testing.assert_close(run([(0, 1, 1, 3), (1, 2, 2, 6), (2, 3, 4, 14)]), one)
+
+
+def test_key_only_cache_attends_with_values_equal_to_keys():
+    """MLA's pool: no value blocks, each slot's value is its key (one shared latent head).
+    A decode row, a second prefill chunk and a fresh prefill against per-sequence SDPA with
+    v = k, and the pool holds half the bytes of a K/V pool of the same shape."""
+    torch.manual_seed(2)
+    bs, h, d = 4, 4, 12
+    lens, new = [10, 7, 5], [1, 3, 5]
+    cache = PagedKVCache(2, 16, bs, 1, d, key_only=True)
+    assert cache.values == [] and cache.key_only
+    full = PagedKVCache(2, 16, bs, 1, d)
+    assert cache.nbytes * 2 == full.nbytes == sum(t.nbytes for t in (*full.keys, *full.values))
+    assert cache.bytes_per_token == 2 * d * 4  # 2 layers × the latent, fp32
+    assert cache.nbytes == 16 * PagedKVCache.bytes_per_block(2, bs, 1, d, torch.float32, True)
+    cache.zero_blocks(list(range(16)))
+    tables = [[6, 1, 12], [0, 9], [4, 15]]
+    q = [torch.randn(1, h, n, d) for n in lens]
+    k = [torch.randn(1, 1, n, d) for n in lens]
+    slot = lambda s, p: tables[s][p // bs] * bs + p % bs  # noqa: E731
+    for s, (n, m) in enumerate(zip(lens, new)):
+        for p in range(n - m):
+            cache.keys[1][slot(s, p)] = k[s][0, :, p]
+    flat = lambda xs: torch.cat([x[:, :, n - m :] for x, n, m in zip(xs, lens, new)], 2)  # noqa: E731
+    slots = [slot(s, p) for s, (n, m) in enumerate(zip(lens, new)) for p in range(n - m, n)]
+    batch = PagedBatch(
+        cache,
+        torch.tensor(slots),
+        num_decode=1,
+        decode_blocks=torch.tensor([tables[0]]),
+        decode_lens=torch.tensor([10]),
+        decode_positions=torch.tensor([9]),
+        prefills=[
+            PrefillChunk(1, 3, 4, torch.tensor([slot(1, p) for p in range(7)])),
+            PrefillChunk(4, 5, 0, None),
+        ],
+    )
+    keys = flat(k)
+    out = batch.attention(1, flat(q), keys, keys)
+    expected = [_reference_attention(qs, ks, ks, None) for qs, ks in zip(q, k)]
+    torch.testing.assert_close(out, flat(expected))
+    with pytest.raises(ValueError, match="stores no values"):
+        batch.attention(1, flat(q), keys, keys.clone())

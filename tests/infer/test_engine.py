@@ -400,3 +400,34 @@ def test_generate_wrapper_min_new_tokens_matches_hf(pair, reference):
         out = generate(ours, p, min_new_tokens=min_new, **kw)
         ref = hf.generate(p, do_sample=False, min_new_tokens=min_new, **kw)
         assert torch.equal(out, ref)
+
+
+# ---------------------------------------------------------------------- MLA (DeepSeek-V3)
+@torch.no_grad()
+def test_mla_engine_caches_only_the_latent_and_matches_contiguous_decode():
+    """A deepseek-tiny model (MLA + MoE): the engine's pool holds one latent per token and
+    layer (no value blocks), and continuous batching, chunked prefill, prefix-cache hits and
+    preemption give the contiguous-cache greedy tokens."""
+    from lmforge.models.presets import preset_config
+
+    torch.manual_seed(0)
+    model = lmforge.CausalLM(preset_config("deepseek-tiny")).eval()
+    for p in model.parameters():  # larger weights: distinct argmaxes, not one repeated token
+        p.mul_(3)
+    cfg = model.config
+    latent = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    shared = prompts([13], seed=7)[0]
+    batch = prompts([3, 17, 1, 9], seed=8) + [shared, shared + [40, 41, 42]]
+    reference = [contiguous_greedy(model, p, NEW) for p in batch]
+    assert len({t for ref in reference for t in ref}) > 5
+    for kwargs in (dict(), dict(max_num_batched_tokens=8), dict(num_blocks=9)):
+        engine = Engine(model, block_size=4, **kwargs)
+        assert engine.cache.values == [] and engine.cache.key_only
+        assert engine.cache.bytes_per_token == cfg.num_hidden_layers * latent * 4  # fp32
+        first = engine.generate(batch[:5], GREEDY)
+        second = engine.generate(batch[5:], GREEDY)  # after `shared` is cached
+        assert token_ids(first + second) == reference, kwargs
+        stats = engine.stats()
+        assert stats["prefix_cache_hit_tokens"] >= 12
+        if "num_blocks" in kwargs:
+            assert stats["num_preemptions"] > 0

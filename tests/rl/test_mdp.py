@@ -35,7 +35,7 @@ def test_frozenlake_optimal_value_matches_gymnasium_rollouts():
     _, policy = value_iteration(mdp, gamma=0.999)
     v = evaluate_policy(mdp, policy, gamma=1.0 - 1e-9)
     assert v[0] == pytest.approx(0.8235, abs=0.002)  # 4×4 slippery, no time limit: 14/17
-    wins, episodes = 0, 1500
+    wins, episodes = 0, 1000
     for i in range(episodes):
         s, _ = env.reset(seed=i)
         while True:
@@ -43,7 +43,7 @@ def test_frozenlake_optimal_value_matches_gymnasium_rollouts():
             if terminated or truncated:
                 wins += r > 0
                 break
-    assert wins / episodes == pytest.approx(v[0], abs=0.035)
+    assert wins / episodes == pytest.approx(v[0], abs=0.04)  # ~3σ
 
 
 def test_tabular_env_samples_p_and_terminates():
