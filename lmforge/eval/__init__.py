@@ -17,6 +17,7 @@ laws (non-embedding FLOPs per token, power-law fits, compute plans).
 | `report` | results as a side-by-side markdown table and JSON |
 | `flops` | DeepSeek LLM's non-embedding FLOPs per token M = 72·n·d² + 6·n·d·l and C = M·D |
 | `scaling` | power-law fits of B_opt, η_opt, M_opt, D_opt against compute; plans for a budget |
+| `sweep` | compute-sized (batch × lr) grids and IsoFLOP profiles trained through pretrain |
 """
 
 from lmforge.eval.accuracy import evaluate_accuracy, sample_responses

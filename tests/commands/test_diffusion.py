@@ -22,9 +22,14 @@ TINY = [
 def test_train_then_sample(tmp_path, run):
     out = tmp_path / "d"
     code, text, err = run("diffusion", "train", "--config", "recipes/diffusion-tiny.yaml",
-                          "--out", str(out), *TINY)  # fmt: skip
+                          "--out", str(out), *TINY, "diffusion.classifier_steps=3",
+                          "diffusion.eval_samples=10")  # fmt: skip
     assert code == 0, err
     assert "target epsilon" in text
+    scored = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in scored] == [2, 4]
+    assert 0 <= scored[-1]["cond_accuracy"] <= 1 and scored[-1]["frechet_classifier"] >= 0
+    assert (out / "classifier" / "classifier.json").is_file()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
     assert (out / "samples" / "step-00000002.png").is_file()

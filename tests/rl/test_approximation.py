@@ -52,8 +52,9 @@ def test_dqn_learns_q_star_on_a_small_grid():
     mdp = GridWorld(rows=2, cols=3, forbidden=((0, 1),), target=(1, 2), r_forbidden=-5).mdp()
     v_star, _ = value_iteration(mdp, gamma=0.8)
     q_star = q_from_v(mdp, v_star, 0.8)
-    q, losses = dqn(TabularEnv(mdp, max_steps=1000), one_hot_features(6), steps=600,
-                    gamma=0.8, hidden=32, lr=1e-2, updates=600, target_every=50, seed=0)  # fmt: skip
+    q, losses = dqn(TabularEnv(mdp, max_steps=1000), one_hot_features(6), steps=300,
+                    gamma=0.8, hidden=32, lr=1e-2, updates=400, target_every=25, batch_size=32,
+                    seed=0)  # fmt: skip
     assert np.allclose(evaluate_policy(mdp, q.argmax(1), 0.8), v_star, atol=1e-6)
     assert np.abs(q - q_star).max() < 0.5
     assert np.mean(losses[-50:]) < np.mean(losses[:50])

@@ -1,0 +1,96 @@
+"""DeepSeek LLM's scaling laws at toy scale on CPU: a (batch size × learning rate) grid at
+several compute budgets and IsoFLOP profiles over model shapes, all trained through
+``lmforge pretrain`` on the synthetic corpus (`lmforge.eval.sweep`), then the four power
+laws fitted (`lmforge.eval.scaling`) and reported beside the paper's exponents
+(B: 0.3271, η: −0.1250, M: 0.5243, D: 0.4757), whatever they turn out to be at this scale.
+
+    python bench/scaling_laws.py --tiny        # ≈ 2–4 CPU-minutes: 3 budgets, 21 runs
+    python bench/scaling_laws.py               # the full sweep (≈ 30 CPU-minutes)
+
+Writes ``runs.jsonl`` (resumable), ``fit.json`` (for ``lmforge scaling plan --fit``) and
+``scaling_laws.png`` (runs and fitted lines) into ``--out``. Last line:
+``RESULT scaling_laws b_exp=<x> lr_exp=<y> m_exp=<m> d_exp=<d>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from lmforge.eval.scaling import PAPER_FIT, fit_scaling_laws, near_optimal, save_fit
+from lmforge.eval.sweep import hyper_points, run_sweep, split_points, sweep_base_config
+
+SETTINGS = {
+    "tiny": dict(seq_len=32, docs=600, budgets=[2e9, 4e9, 8e9], batch_sizes=[4, 8],
+                 lrs=[3e-3, 1e-2], shape=(1, 48), shapes=[(1, 48), (2, 48), (2, 96)],
+                 split_batch=4, split_lr=3e-3),
+    "full": dict(seq_len=64, docs=3000, budgets=[1e11, 2e11, 4e11, 8e11],
+                 batch_sizes=[8, 16, 32], lrs=[1e-3, 3e-3, 1e-2], shape=(2, 48),
+                 shapes=[(1, 48), (2, 48), (2, 96), (4, 96)], split_batch=16, split_lr=3e-3),
+}  # fmt: skip
+
+
+def plot(hyper, split, fit, path: Path) -> None:
+    """Near-optimal batch sizes and learning rates, IsoFLOP optima, with the fitted lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    good = near_optimal(hyper)
+    budgets = np.array(sorted({r["compute"] for r in hyper + split}))
+    for ax, key, law, label in ((axes[0], "batch", fit.batch, "batch (tokens)"),
+                                (axes[1], "lr", fit.lr, "learning rate")):  # fmt: skip
+        ax.scatter([r["compute"] for r in hyper], [r[key] for r in hyper], c="lightgray", s=12)
+        ax.scatter([r["compute"] for r in good], [r[key] for r in good], c="C0", s=20)
+        if law is not None:
+            ax.plot(budgets, [law(c) for c in budgets], "C1-",
+                    label=f"{law.coefficient:.3g}·C^{law.exponent:.3f}")  # fmt: skip
+        ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=label)
+        ax.legend()
+    for c in budgets:
+        runs = sorted((r for r in split if r["compute"] == c), key=lambda r: r["model_scale"])
+        axes[2].plot([r["model_scale"] for r in runs], [r["loss"] for r in runs], "o-",
+                     label=f"C={c:.1e}")  # fmt: skip
+    axes[2].set(xscale="log", xlabel="model scale M (FLOPs/token)", ylabel="validation loss",
+                title="IsoFLOP profiles")  # fmt: skip
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="the small configuration")
+    parser.add_argument("--out", default="runs/bench-scaling-laws", help="output folder")
+    parser.add_argument("--tolerance", type=float, default=0.0025, help="near-optimal band")
+    args = parser.parse_args()
+    s = SETTINGS["tiny" if args.tiny else "full"]
+    out = Path(args.out) / ("tiny" if args.tiny else "full")
+    start = time.perf_counter()
+    base = sweep_base_config(out, seq_len=s["seq_len"], docs=s["docs"])
+    hyper = run_sweep(base, hyper_points(s["budgets"], s["batch_sizes"], s["lrs"], *s["shape"]),
+                      out)  # fmt: skip
+    split = run_sweep(base, split_points(s["budgets"], s["shapes"], s["split_batch"],
+                                         s["split_lr"]), out)  # fmt: skip
+    fit = fit_scaling_laws(hyper, split, args.tolerance)
+    save_fit(out / "fit.json", fit)
+    plot(hyper, split, fit, out / "scaling_laws.png")
+    minutes = (time.perf_counter() - start) / 60
+    print(f"{len(hyper) + len(split)} runs in {minutes:.1f} min; {out}/runs.jsonl, fit.json, "
+          "scaling_laws.png")  # fmt: skip
+    print("| law | fitted exponent | DeepSeek LLM |\n|---|---|---|")
+    exps = {}
+    for name, short in (("batch", "b"), ("lr", "lr"), ("model_scale", "m"), ("tokens", "d")):
+        law, paper = getattr(fit, name), getattr(PAPER_FIT, name)
+        exps[short] = float("nan") if law is None else law.exponent
+        print(f"| {name} | {exps[short]:.4f} | {paper.exponent:.4f} |")
+    print(f"RESULT scaling_laws b_exp={exps['b']:.4f} lr_exp={exps['lr']:.4f} "
+          f"m_exp={exps['m']:.4f} d_exp={exps['d']:.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
