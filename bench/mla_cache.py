@@ -69,9 +69,10 @@ def measured_bytes(cfg: ModelConfig, slots: int = 64) -> tuple[float, float]:
     cache = KVCache.for_model(holder, batch_size=1, max_len=slots)
     contiguous = sum(t.nbytes for t in (*cache.keys, *cache.values))
     pool = PagedKVCache(
-        cfg.num_hidden_layers, slots // 16, 16, cfg.num_key_value_heads, cfg.head_dim, torch.half
-    )
-    paged = sum(t.nbytes for t in (*pool.keys, *pool.values))
+        cfg.num_hidden_layers, slots // 16, 16, cfg.num_key_value_heads, cfg.head_dim, torch.half,
+        key_only=cfg.use_mla,  # as `lmforge.infer.engine.Engine` builds it: no value blocks
+    )  # fmt: skip
+    paged = pool.nbytes
     per = cfg.num_hidden_layers * slots
     return contiguous / per, paged / per
 

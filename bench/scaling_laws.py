@@ -4,7 +4,7 @@ several compute budgets and IsoFLOP profiles over model shapes, all trained thro
 laws fitted (`lmforge.eval.scaling`) and reported beside the paper's exponents
 (B: 0.3271, η: −0.1250, M: 0.5243, D: 0.4757), whatever they turn out to be at this scale.
 
-    python bench/scaling_laws.py --tiny        # ≈ 2–4 CPU-minutes: 3 budgets, 21 runs
+    python bench/scaling_laws.py --tiny        # ≈ 5–10 minutes: 4 budgets, 48 runs
     python bench/scaling_laws.py               # the full sweep (≈ 30 CPU-minutes)
 
 Writes ``runs.jsonl`` (resumable), ``fit.json`` (for ``lmforge scaling plan --fit``) and
@@ -22,9 +22,9 @@ from lmforge.eval.scaling import PAPER_FIT, fit_scaling_laws, near_optimal, save
 from lmforge.eval.sweep import hyper_points, run_sweep, split_points, sweep_base_config
 
 SETTINGS = {
-    "tiny": dict(seq_len=32, docs=600, budgets=[2e9, 4e9, 8e9], batch_sizes=[4, 8],
-                 lrs=[3e-3, 1e-2], shape=(1, 48), shapes=[(1, 48), (2, 48), (2, 96)],
-                 split_batch=4, split_lr=3e-3),
+    "tiny": dict(seq_len=32, docs=600, budgets=[1e9, 2e9, 4e9, 8e9], batch_sizes=[2, 4, 8],
+                 lrs=[1e-2, 2e-2, 4e-2], shape=(1, 48), shapes=[(1, 48), (2, 48), (3, 48), (2, 96)],
+                 split_batch=4, split_lr=1e-2),
     "full": dict(seq_len=64, docs=3000, budgets=[1e11, 2e11, 4e11, 8e11],
                  batch_sizes=[8, 16, 32], lrs=[1e-3, 3e-3, 1e-2], shape=(2, 48),
                  shapes=[(1, 48), (2, 48), (2, 96), (4, 96)], split_batch=16, split_lr=3e-3),

@@ -5,7 +5,7 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 
 | module | what |
 |---|---|
-| `common` | `CommandError`, the subparser factory, ``--config/--out/KEY=VALUE`` → typed config, the ``--peft`` flags |
+| `common` | `CommandError`, the parser (``KEY=VALUE`` overrides parse anywhere on the line) and subparser factory, ``--config/--out/--print-config`` → typed config (built-in recipes without ``--config``), ``--model`` folders (Hub ids via the local cache), the ``--peft`` flags |
 | `tokenizer` | ``lmforge tokenizer train``: BPE on .txt / .jsonl files (`lmforge.data.tokenizer_training`) |
 | `info` | ``lmforge info``: architecture, parameters, memory, dtype, shards (`lmforge.models.info`) |
 | `convert` | ``lmforge convert``: another dtype and/or shard size, tokenizer files copied |
@@ -23,6 +23,7 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 | `diffusion` | ``lmforge diffusion train/sample``: `lmforge.diffusion.training.train_diffusion`, `lmforge.diffusion.sampling` |
 | `eval` | ``lmforge eval``: perplexity, pass@k / maj@k on tasks, checkpoints side by side (`lmforge.eval`) |
 | `scaling` | ``lmforge scaling plan/fit/flops``: DeepSeek LLM scaling laws (`lmforge.eval.scaling`) |
+| `rl` | ``lmforge rl solve``: classic RL on the grid world / gymnasium toy text (`lmforge.rl.solve.solve`) |
 """
 
 from lmforge.commands import (
@@ -38,6 +39,7 @@ from lmforge.commands import (
     merge,
     ppo,
     pretrain,
+    rl,
     rm,
     scaling,
     serve,
@@ -64,6 +66,7 @@ COMMANDS = (
     diffusion,
     eval,
     scaling,
+    rl,
 )
 
 __all__ = ["COMMANDS", "CommandError"]

@@ -2,6 +2,9 @@
 (`lmforge.serve.terminal_chat.chat_loop`).
 
     lmforge chat --model runs/demo/model [--temperature 0.7] [--system "Be brief."]
+    lmforge chat --model Qwen/Qwen2.5-0.5B-Instruct          # a Hub id in the local HF cache
+    lmforge chat --adapter runs/sft-lora/model               # the adapter's recorded base
+    lmforge chat --model base/ --lora sql=runs/sql-lora/model chat=runs/chat-lora/model
 """
 
 from __future__ import annotations
@@ -11,7 +14,12 @@ import sys
 from typing import Any
 
 from lmforge.commands.common import CommandError, subparser
-from lmforge.commands.serve import add_engine_arguments, check_positive
+from lmforge.commands.serve import (
+    add_engine_arguments,
+    check_model_named,
+    check_positive,
+    parse_loras,
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -20,9 +28,13 @@ def add_parser(subparsers: Any) -> None:
         "chat",
         "chat with a checkpoint in the terminal (streamed replies, multi-turn)",
         "  lmforge chat --model runs/demo/model\n"
-        '  lmforge chat --model ckpt/ --temperature 0.7 --system "Answer briefly."\n\n'
+        '  lmforge chat --model ckpt/ --temperature 0.7 --system "Answer briefly."\n'
+        "  lmforge chat --adapter runs/sft-lora/model    # with the base the adapter records\n"
+        "  lmforge chat --model base/ --lora sql=runs/sql-lora/model chat=runs/chat-lora/model\n\n"
         "Type a message and press Enter. /reset forgets the conversation, /exit quits\n"
-        "(so does Ctrl-D).",
+        "(so does Ctrl-D). With --lora the first adapter answers; /lora NAME switches to\n"
+        "another mid-conversation, /lora alone to the base model. --model may be a Hub id\n"
+        "(Org/Name) in the local Hugging Face cache.",
     )
     add_engine_arguments(p)
     p.add_argument("--system", help="system message that starts every conversation")
@@ -32,6 +44,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="default: 1 (off)")
     p.add_argument("--seed", type=int, help="seed for reproducible replies")
+    p.add_argument(
+        "--lora", nargs="+", default=[], metavar="NAME=DIR",
+        help="LoRA adapters loaded unmerged beside the base model; /lora NAME picks one",
+    )  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -39,16 +55,21 @@ def run(args: argparse.Namespace) -> int:
     from lmforge.serve.loading import load_engine
     from lmforge.serve.terminal_chat import ChatSettings, chat_loop
 
+    check_model_named(args)
     check_positive(args.max_tokens, "--max-tokens")
     if args.temperature < 0:
         raise CommandError(f"--temperature must be ≥ 0, got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise CommandError(f"--top-p must be in (0, 1], got {args.top_p}")
-    engine, tok, _, context = load_engine(
-        args.model, adapter=args.adapter, device=args.device, dtype=args.dtype, max_num_seqs=1
-    )
+    loras = parse_loras(args.lora)
+    if loras and args.adapter:
+        raise CommandError("give --adapter (merged) or --lora (switchable), not both")
+    engine, tok, folder, context = load_engine(
+        args.model, adapter=args.adapter, loras=loras, device=args.device, dtype=args.dtype,
+        max_num_seqs=1,
+    )  # fmt: skip
     if tok.chat_template is None:
-        raise CommandError(f"{args.model}: the tokenizer has no chat template")
+        raise CommandError(f"{folder}: the tokenizer has no chat template")
     settings = ChatSettings(
         system=args.system,
         max_tokens=args.max_tokens,
@@ -58,5 +79,6 @@ def run(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
     )
-    chat_loop(engine, tok, context, settings, sys.stdin, sys.stdout)
+    adapters = {name: i + 1 for i, name in enumerate(loras)}  # the router's indices
+    chat_loop(engine, tok, context, settings, sys.stdin, sys.stdout, adapters)
     return 0

@@ -51,7 +51,21 @@ class CommandParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
         args = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(self.move_overrides(args), namespace)
+        moved = self.move_overrides(args)
+        namespace, extras = super().parse_known_args(moved, namespace)
+        if moved is not args and extras:
+            extras = self.unrecognized(namespace, extras)
+        return namespace, extras
+
+    def unrecognized(self, namespace: argparse.Namespace, extras: list[str]) -> list[str]:
+        """``extras`` without the ``--`` `move_overrides` inserted, nor the overrides an
+        unknown option stranded behind it (so the error names only what is unknown);
+        stranded overrides with nothing else unknown go back to ``namespace.overrides``."""
+        stranded = [t for t in extras if OVERRIDE.match(t)]
+        unknown = [t for t in extras if t != "--" and not OVERRIDE.match(t)]
+        if not unknown:
+            namespace.overrides = [*(getattr(namespace, "overrides", None) or []), *stranded]
+        return unknown
 
     def move_overrides(self, args: list[str]) -> list[str]:
         """``args`` with the override tokens moved, in order, behind a ``--``."""
@@ -161,10 +175,12 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str | None = None) 
     p.set_defaults(recipe=command)
 
 
-def add_model_and_data_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
+def add_model_and_data_arguments(
+    p: argparse.ArgumentParser, data_help: str, model_help: str = "HF checkpoint folder"
+) -> None:
     """``--model DIR`` (model.init_from) and ``--data FILE…`` (data.paths)."""
     p.add_argument(
-        "--model", metavar="DIR", help="HF checkpoint folder or a Hub id in the local HF cache "
+        "--model", metavar="DIR", help=model_help + " or a Hub id in the local HF cache "
         "(model.init_from)",
     )  # fmt: skip
     p.add_argument(

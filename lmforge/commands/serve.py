@@ -3,6 +3,8 @@ at ``/`` (`lmforge.serve`).
 
     lmforge serve --model runs/demo/model [--host 127.0.0.1] [--port 8000] [--api-key KEY]
     lmforge serve --model base/ --lora sql=runs/sql-lora/model chat=runs/chat-lora/model
+    lmforge serve --model Qwen/Qwen2.5-0.5B          # a Hub id in the local HF cache
+    lmforge serve --adapter runs/sft-lora/model      # the base the adapter records
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import argparse
 import os
 import re
 import socket
+from pathlib import Path
 from typing import Any
 
 from lmforge.commands.common import CommandError, subparser
+from lmforge.models.hub import hub_id_of
 
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
 
@@ -25,11 +29,13 @@ def add_parser(subparsers: Any) -> None:
         "serve a checkpoint over an OpenAI-compatible HTTP API (plus a web chat page at /)",
         "  lmforge serve --model runs/demo/model\n"
         "  lmforge serve --model ckpt/ --port 8080 --api-key secret --max-model-len 2048\n"
-        "  lmforge serve --model base/ --lora sql=runs/sql-lora/model --docs\n\n"
+        "  lmforge serve --model base/ --lora sql=runs/sql-lora/model --docs\n"
+        "  lmforge serve --adapter runs/sft-lora/model --port 8001   # its recorded base\n\n"
         "Then point any OpenAI client at http://127.0.0.1:8000/v1, or open\n"
         "http://127.0.0.1:8000/ in a browser. The key may also come from LMFORGE_API_KEY.\n"
         'With --lora, a request\'s "model" picks the adapter (its NAME) or the base model;\n'
-        "Prometheus metrics are at /metrics.",
+        "Prometheus metrics are at /metrics. --model may be a Hub id (Org/Name) in the local\n"
+        "Hugging Face cache; without --model, --adapter's recorded base is served.",
     )
     add_engine_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
@@ -70,10 +76,25 @@ def add_parser(subparsers: Any) -> None:
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--adapter``, ``--device``, ``--dtype`` (`load_engine`'s arguments)."""
-    p.add_argument("--model", required=True, metavar="DIR", help="HF-format checkpoint folder")
+    p.add_argument(
+        "--model", metavar="DIR", help="HF-format checkpoint folder, or a Hub id in the local "
+        "Hugging Face cache (default with --adapter: the adapter's recorded base)",
+    )  # fmt: skip
     p.add_argument("--adapter", metavar="DIR", help="LoRA adapter (PEFT format) merged at load")
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: as stored")
+
+
+def check_model_named(args: argparse.Namespace) -> None:
+    """`CommandError` unless ``--model`` or ``--adapter`` (whose base is recorded) is given."""
+    if not args.model and not args.adapter:
+        raise CommandError("name the model: --model DIR (or --adapter DIR with a recorded base)")
+
+
+def served_name(folder: Path) -> str:
+    """The model id clients use by default: the Hub id of a cached snapshot, else the
+    checkpoint folder's name."""
+    return hub_id_of(folder) or folder.resolve().name
 
 
 def check_positive(value: int | None, flag: str) -> None:
@@ -117,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("max_model_len", "max_tokens_limit", "max_num_seqs", "max_choices",
                  "max_request_bytes"):  # fmt: skip
         check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    check_model_named(args)
     if not 0 <= args.port < 65536:
         raise CommandError(f"--port must be in 0..65535, got {args.port}")
     loras = parse_loras(args.lora)
@@ -137,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         stop_token_ids=tuple(tok.stop_token_ids),
     )
-    name = args.served_model_name or folder.resolve().name
+    name = args.served_model_name or served_name(folder)
     if name in loras:
         raise CommandError(f"--lora name {name!r} is the base model's name; rename one")
     api_key = args.api_key or os.environ.get("LMFORGE_API_KEY") or None

@@ -27,11 +27,18 @@ EXAMPLES = (
     "  lmforge sft --config recipes/sft-tiny.yaml --model ckpt/ --data a.jsonl b.parquet "
     "data.assistant_only=false\n"
     "  lmforge sft --model ckpt/ --data chat.jsonl --peft lora --lora-r 8 train.max_steps=50 "
-    "--print-config\n\n"
+    "--print-config\n"
+    "  lmforge sft --model ckpt/ --data alpaca_data.json data.format=raw   # no chat template\n\n"
     "Without --config the built-in recipes/sft-tiny.yaml is used. --model may be a Hub id\n"
     "(Org/Name) already in the local Hugging Face cache.\n"
-    "Data: JSONL / Parquet with 'messages' (chat), 'prompt'/'completion', or Alpaca\n"
-    "'instruction'/'input'/'output' records; the model folder's chat template formats them."
+    "Data: .jsonl, .parquet or .json (one JSON array of records, like Alpaca's original\n"
+    "file) with chat 'messages', 'prompt'/'completion' or Alpaca 'instruction'/'input'/\n"
+    "'output' records. By default (data.format=auto) all three are rendered through the\n"
+    "model folder's chat template (prompt / instruction + input as the user turn, completion\n"
+    "/ output as the assistant turn) and trained on the assistant part, so chat, serve and\n"
+    "the web page see what training saw. data.format=raw keeps prompt/completion and Alpaca\n"
+    "as plain text (<bos> prompt completion <eos>, Alpaca's original prompt) for base models\n"
+    "used through /v1/completions; 'text' records (and .txt files) train on every token."
 )
 
 

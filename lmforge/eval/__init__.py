@@ -1,6 +1,7 @@
 """Evaluation and the science of measuring models: perplexity, sampled task accuracy
-(pass@k, maj@k, bootstrap intervals), checkpoints side by side, and DeepSeek LLM's scaling
-laws (non-embedding FLOPs per token, power-law fits, compute plans).
+(pass@k, maj@k, bootstrap intervals), checkpoints side by side, DeepSeek LLM's scaling
+laws (non-embedding FLOPs per token, power-law fits, compute plans) and hallucination
+detection on a synthetic knowledge world.
 
 >>> from lmforge.eval import evaluate_checkpoint, markdown_table
 >>> result = evaluate_checkpoint("runs/demo/model", tasks=["arithmetic"], samples=4, ks=(1, 4))
@@ -18,11 +19,14 @@ laws (non-embedding FLOPs per token, power-law fits, compute plans).
 | `flops` | DeepSeek LLM's non-embedding FLOPs per token M = 72·n·d² + 6·n·d·l and C = M·D |
 | `scaling` | power-law fits of B_opt, η_opt, M_opt, D_opt against compute; plans for a budget |
 | `sweep` | compute-sized (batch × lr) grids and IsoFLOP profiles trained through pretrain |
+| `knowledge` | a synthetic world of fictional people and facts, known/unknown split, questions |
+| `hallucination` | detectors (token uncertainty, SelfCheck unigram / disagreement) and AUROC |
 """
 
 from lmforge.eval.accuracy import evaluate_accuracy, sample_responses
 from lmforge.eval.checkpoint import evaluate_checkpoint
 from lmforge.eval.flops import compute_budget, config_flops_per_token, deepseek_flops_per_token
+from lmforge.eval.hallucination import auroc
 from lmforge.eval.metrics import bootstrap_ci, maj_at_k, pass_at_k
 from lmforge.eval.perplexity import perplexity
 from lmforge.eval.report import markdown_table, write_results
@@ -34,6 +38,7 @@ __all__ = [
     "PAPER_FIT",
     "EvalItem",
     "ScalingFit",
+    "auroc",
     "bootstrap_ci",
     "compute_budget",
     "config_flops_per_token",

@@ -1,8 +1,8 @@
 """Task accuracy from samples: every problem's completions drawn through the engine
 (`lmforge.infer.Engine`, batched, each problem seeded from the run seed and its key), the
-answers extracted and verified, then pass@k (Chen et al. 2021, eq. 1), maj@k
-(self-consistency) and greedy-style mean accuracy, each with a bootstrap confidence interval
-over problems.
+answers extracted and verified, then pass@k (Chen et al. 2021, eq. 1; pass@1 is the mean
+accuracy over all samples) and maj@k (self-consistency), each with a bootstrap confidence
+interval over problems.
 
     result = evaluate_accuracy(model, tok, task_items("arithmetic", 100), samples=8,
                                ks=(1, 4, 8), temperature=0.6, top_p=0.95)
@@ -103,8 +103,9 @@ def score_problem(item: EvalItem, responses: Sequence[str], ks: Sequence[int]) -
 
 
 def summarize(rows: Sequence[dict[str, Any]], confidence: float, seed: int) -> dict[str, Any]:
-    """Mean of every per-problem metric of ``rows`` with its bootstrap interval."""
-    names = [k for k in rows[0] if k == "accuracy" or k.startswith(("pass@", "maj@"))]
+    """Mean of every per-problem pass@k / maj@k of ``rows`` with its bootstrap interval
+    (pass@1 is the mean accuracy over all samples)."""
+    names = [k for k in rows[0] if k.startswith(("pass@", "maj@"))]
     metrics = {}
     for name in names:
         values = [r[name] for r in rows]

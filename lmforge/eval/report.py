@@ -53,7 +53,9 @@ def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
         "|---|" + "---|" * len(per_model),
     ]
     for label in labels:
-        cells = [format_metric(rows[label]) if label in rows else "–" for rows in per_model.values()]
+        cells = [
+            format_metric(rows[label]) if label in rows else "–" for rows in per_model.values()
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,7 @@ PEFT adapter folder (method, rank, targets, trainable parameters, its base).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -47,8 +48,8 @@ def checkpoint_info(folder: str | os.PathLike) -> dict[str, Any]:
                 dtypes[name] = dtypes.get(name, 0) + math.prod(tensor.get_shape())
         files.append({"name": file.name, "bytes": file.stat().st_size})
     params = config.num_parameters()
-    # K and V, per layer, per KV head, per head dimension, for 1000 tokens.
-    kv_elements = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 1000
+    kv_elements = kv_cache_elements_per_token(config) * 1000
+    mla = config.use_mla
     return {
         "path": str(path),
         "model_type": config.model_type,
@@ -58,9 +59,12 @@ def checkpoint_info(folder: str | os.PathLike) -> dict[str, Any]:
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
         "attention_heads": config.num_attention_heads,
-        "kv_heads": config.num_key_value_heads,
-        "attention": attention_kind(config),
-        "head_dim": config.head_dim,
+        # MLA: every head has its own key and value, expanded from the shared latent.
+        "kv_heads": config.num_attention_heads if mla else config.num_key_value_heads,
+        "attention": attention_description(config),
+        "head_dim": config.qk_nope_head_dim + config.qk_rope_head_dim if mla else config.head_dim,
+        "mla": _mla_info(config),
+        "moe": _moe_info(config),
         "vocab_size": config.vocab_size,
         "max_position_embeddings": config.max_position_embeddings,
         "tie_word_embeddings": config.tie_word_embeddings,
@@ -168,10 +172,77 @@ def _base_info(base: Any, adapter: Path) -> dict[str, Any] | None:
 
 
 def attention_kind(config: ModelConfig) -> str:
-    """``MHA`` (a key-value head per query head), ``MQA`` (one) or ``GQA`` (groups)."""
+    """``MHA`` (a key-value head per query head), ``MQA`` (one), ``GQA`` (groups) or
+    ``MLA`` (multi-head latent attention: per-head keys and values from one cached latent)."""
+    if config.use_mla:
+        return "MLA"
     if config.num_key_value_heads == config.num_attention_heads:
         return "MHA"
     return "MQA" if config.num_key_value_heads == 1 else "GQA"
+
+
+def attention_description(config: ModelConfig) -> str:
+    """`attention_kind`, plus what MLA caches: ``"MLA, latent 512 + RoPE 64"``."""
+    kind = attention_kind(config)
+    if config.use_mla:
+        return f"{kind}, latent {config.kv_lora_rank} + RoPE {config.qk_rope_head_dim}"
+    return kind
+
+
+def kv_cache_elements_per_token(config: ModelConfig) -> int:
+    """Numbers a KV cache holds per token, all layers: K and V of every KV head
+    (2·L·H_kv·d), or for MLA the latent and the shared RoPE key once per layer
+    (L·(kv_lora_rank + qk_rope_head_dim), DeepSeek-V2 §2.1.2 / Table 1)."""
+    layers = config.num_hidden_layers
+    if config.use_mla:
+        return layers * (config.kv_lora_rank + config.qk_rope_head_dim)
+    return 2 * layers * config.num_key_value_heads * config.head_dim
+
+
+def active_parameters(config: ModelConfig) -> int:
+    """Parameters one token's forward pass uses (DeepSeek-V3's "activated parameters"):
+    everything but the multi-token-prediction modules (training only) and, in each MoE
+    layer, the ``n_routed_experts − num_experts_per_tok`` routed experts it does not pick.
+    Equals `ModelConfig.num_parameters` for a dense model without MTP."""
+    main = dataclasses.replace(config, num_nextn_predict_layers=0).num_parameters()
+    if not config.use_moe:
+        return main
+    moe_layers = sum(config.is_moe_layer(i) for i in range(config.num_hidden_layers))
+    idle = config.n_routed_experts - config.num_experts_per_tok
+    return main - moe_layers * idle * 3 * config.hidden_size * config.moe_intermediate_size
+
+
+def _mla_info(config: ModelConfig) -> dict[str, Any] | None:
+    if not config.use_mla:
+        return None
+    cached = config.kv_lora_rank + config.qk_rope_head_dim
+    return {
+        "kv_lora_rank": config.kv_lora_rank,
+        "q_lora_rank": config.q_lora_rank,
+        "qk_nope_head_dim": config.qk_nope_head_dim,
+        "qk_rope_head_dim": config.qk_rope_head_dim,
+        "v_head_dim": config.v_head_dim,
+        "cached_per_token_and_layer": cached,
+        "kv_cache_bytes_per_token_and_layer": {"float32": 4 * cached, "bfloat16": 2 * cached},
+    }
+
+
+def _moe_info(config: ModelConfig) -> dict[str, Any] | None:
+    if not config.use_moe:
+        return None
+    moe_layers = sum(config.is_moe_layer(i) for i in range(config.num_hidden_layers))
+    active = active_parameters(config)
+    return {
+        "routed_experts": config.n_routed_experts,
+        "shared_experts": config.n_shared_experts,
+        "experts_per_token": config.num_experts_per_tok,
+        "expert_intermediate_size": config.moe_intermediate_size,
+        "moe_layers": moe_layers,
+        "dense_layers": config.num_hidden_layers - moe_layers,
+        "mtp_modules": config.num_nextn_predict_layers,
+        "active_parameters": active,
+        "active_fraction": active / config.num_parameters(),
+    }
 
 
 def _tokenizer_info(path: Path) -> dict[str, Any] | None:

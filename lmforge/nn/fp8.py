@@ -26,7 +26,7 @@ precision (embedding, output head, MoE gating, norms, attention softmax) are nev
 On CPU the scheme is *simulated*: operands really are rounded to E4M3 (`quantize_tiles`,
 `quantize_blocks`) and the chunk products are exact fp32 products of those values. On a CUDA
 GPU with FP8 tensor cores (compute capability ≥ 8.9) each chunk product is one
-``torch._scaled_mm`` call with fp32 output. ``Fp8Recipe(granularity="tensor")`` is the
+``torch._scaled_mm`` call with fp32 output (the tests run that path on torch's CPU kernel). ``Fp8Recipe(granularity="tensor")`` is the
 per-tensor-scaled variant (one scale per operand) kept for contrast: an outlier anywhere in a
 tensor pushes every small value of that tensor into E4M3's subnormal range.
 """

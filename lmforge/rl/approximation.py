@@ -155,7 +155,10 @@ def dqn(
     for u in range(updates):
         idx = torch.as_tensor(rng.integers(len(buffer), size=batch_size))
         with torch.no_grad():
-            y = r_b[idx].float() + gamma * (1 - d_b[idx].float()) * target(phi[s2_b[idx]]).max(1).values
+            y = (
+                r_b[idx].float()
+                + gamma * (1 - d_b[idx].float()) * target(phi[s2_b[idx]]).max(1).values
+            )
         q = net(phi[s_b[idx]]).gather(1, a_b[idx].view(-1, 1)).squeeze(1)
         loss = ((y - q) ** 2).mean()
         opt.zero_grad()

@@ -78,7 +78,7 @@ def mc_basic(
                 total = 0.0
                 for _ in range(episodes_per_pair):
                     env.reset(start=s)
-                    steps = rollout(env, a, lambda x: int(policy[x]), episode_length)
+                    steps = rollout(env, a, lambda x, p=policy: int(p[x]), episode_length)
                     total += discounted_returns([r for _, _, r in steps], gamma)[0]
                 q[s, a] = total / episodes_per_pair
         new = greedy_policy(q)
@@ -128,7 +128,7 @@ def mc_exploring_starts(
     for _ in range(episodes):
         s0, a0 = int(rng.integers(S)), int(rng.integers(A))
         env.reset(start=s0)
-        steps = rollout(env, a0, lambda x: int(policy[x]), episode_length)
+        steps = rollout(env, a0, lambda x, p=policy: int(p[x]), episode_length)
         credit_episode(q, counts, steps, gamma, first_visit)
         policy = greedy_policy(q)
     return q, policy

@@ -65,12 +65,9 @@ class SolveResult:
         return float(np.abs(self.v - self.v_star).max())
 
     def text(self) -> str:
-        marks = {}
-        if self.mdp.shape is not None:
-            terminal = np.where(self.mdp.done.max(axis=(1, 2)) > 0, False, False)
-            absorbing = [s for s in range(self.mdp.num_states)
-                         if (self.mdp.P[s, :, s] == 1).all() and (self.mdp.R[s] == 0).all()]  # fmt: skip
-            marks = {s: "■" for s in absorbing if not terminal[s]}
+        absorbing = [s for s in range(self.mdp.num_states)  # terminal states (holes, goal)
+                     if (self.mdp.P[s, :, s] == 1).all() and (self.mdp.done[s, :, s] == 1).all()]  # fmt: skip
+        marks = {s: "■" for s in absorbing}
         return (f"{self.env} · {self.method} · max|v_π − v*| = {self.value_error:.4f}\n"
                 f"values:\n{format_values(self.v, self.mdp.shape)}\n"
                 f"policy:\n{format_policy(self.policy, self.mdp.action_names, self.mdp.shape, marks)}")  # fmt: skip

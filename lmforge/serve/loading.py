@@ -3,6 +3,8 @@ run, with its tokenizer and context length.
 
     engine, tok, folder, context = load_engine("runs/demo/model", adapter="runs/sft-lora/model")
     engine, tok, folder, context = load_engine("base/", loras={"sql": "runs/sql-lora/model"})
+    engine, tok, folder, context = load_engine("Qwen/Qwen2.5-0.5B")  # in the local HF cache
+    engine, tok, folder, context = load_engine(None, adapter="runs/sft-lora/model")  # its base
 
 The device defaults to CUDA when present, as training does (`resolve_device`).
 """
@@ -16,14 +18,16 @@ from typing import Any
 
 from lmforge.infer.engine import Engine
 from lmforge.models.hf import CheckpointError, checkpoint_dir, load_model
-from lmforge.peft.merging import load_merged
+from lmforge.models.hub import resolve_model_path
+from lmforge.models.info import check_weight_dtypes
+from lmforge.peft.merging import adapter_base, load_merged
 from lmforge.peft.multi_lora import load_lora_router
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train.distributed import resolve_device
 
 
 def load_engine(
-    model_dir: str | os.PathLike,
+    model_dir: str | os.PathLike | None,
     *,
     adapter: str | os.PathLike | None = None,
     loras: Mapping[str, str | os.PathLike] | None = None,
@@ -36,11 +40,21 @@ def load_engine(
     at load (full engine speed); ``loras`` (name → adapter folder) stay unmerged and are
     chosen per request inside one batch (`lmforge.peft.multi_lora`; the engine's router is
     ``engine.adapters``, adapter i + 1 being the i-th name). ``device="auto"``: CUDA when
-    present, else the CPU."""
-    folder = checkpoint_dir(model_dir)
-    if not (folder / "tokenizer.json").is_file():
+    present, else the CPU. ``model_dir`` may be a Hub id in the local Hugging Face cache, or
+    None with an ``adapter``: the base the adapter records (``base_model_name_or_path``).
+    The tokenizer is the adapter folder's when it has one (as saved by SFT), else the model's."""
+    if model_dir is None:
+        if not adapter:
+            raise CheckpointError("name the model: a checkpoint folder, or an adapter with a base")
+        model_dir = adapter_base(adapter)
+    folder = checkpoint_dir(resolve_model_path(model_dir))
+    check_weight_dtypes(folder)
+    tok_folder = (
+        Path(adapter) if adapter and (Path(adapter) / "tokenizer.json").is_file() else folder
+    )
+    if not (tok_folder / "tokenizer.json").is_file():
         raise CheckpointError(f"{folder}: no tokenizer.json (the server needs the tokenizer)")
-    tok = load_tokenizer(folder)
+    tok = load_tokenizer(tok_folder)
     where = resolve_device(device)
     model: Any
     if adapter:

@@ -4,10 +4,15 @@ the context.
 
     engine, tok, _, context = load_engine("runs/demo/model", max_num_seqs=1)
     chat_loop(engine, tok, context, ChatSettings(temperature=0.7), sys.stdin, sys.stdout)
+
+With LoRA adapters loaded unmerged (``load_engine(..., loras=…)``), ``adapters`` names them
+(name → the engine's adapter index): the first answers at start, ``/lora NAME`` switches to
+another mid-conversation, ``/lora`` alone to the base model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -28,15 +33,24 @@ class ChatSettings:
 
 
 def chat_loop(
-    engine: Any, tok: Any, context: int, settings: ChatSettings, inp: TextIO, out: TextIO
+    engine: Any,
+    tok: Any,
+    context: int,
+    settings: ChatSettings,
+    inp: TextIO,
+    out: TextIO,
+    adapters: Mapping[str, int] | None = None,
 ) -> None:
     """Read messages from ``inp`` and stream replies to ``out`` until /exit or end of input.
-    The oldest turns are dropped when the conversation no longer fits the context."""
+    The oldest turns are dropped when the conversation no longer fits the context.
+    ``adapters``: LoRA adapter name → the engine's adapter index (``/lora NAME`` picks one)."""
     interactive = inp.isatty()
     system = [{"role": "system", "content": settings.system}] if settings.system else []
     history: list[dict[str, str]] = []
     turn = 0
+    adapters = dict(adapters or {})
     out.write("chat: /reset forgets the conversation, /exit quits\n")
+    adapter = pick_adapter(f"/lora {next(iter(adapters))}" if adapters else "", adapters, 0, out)
     while True:
         out.write("you> ")
         out.flush()
@@ -52,6 +66,9 @@ def chat_loop(
         if text.strip() == "/reset":
             history.clear()
             out.write("(conversation reset)\n")
+            continue
+        if text.strip() == "/lora" or text.strip().startswith("/lora "):
+            adapter = pick_adapter(text.strip(), adapters, adapter, out)
             continue
         if not text.strip():
             continue
@@ -78,15 +95,41 @@ def chat_loop(
         )
         turn += 1
         out.write("assistant> ")
-        reply = stream_reply(engine, ids, params, out)
+        reply = stream_reply(engine, ids, params, out, adapter)
         out.write("\n")
         history.append({"role": "assistant", "content": reply})
 
 
-def stream_reply(engine: Any, ids: list[int], params: SamplingParams, out: TextIO) -> str:
-    """Generate one reply to ``ids``, writing its text to ``out`` as it comes; Ctrl-C stops
-    the reply (not the chat). Returns the reply's text."""
-    rid = engine.add_request(ids, params)
+def pick_adapter(command: str, adapters: Mapping[str, int], current: int, out: TextIO) -> int:
+    """The adapter index ``/lora NAME`` picks (``/lora`` alone: 0, the base model; an unknown
+    name: ``current``, listing the names); says the choice on ``out``. An empty ``command``
+    picks nothing and says nothing."""
+    if not command:
+        return current
+    name = command.removeprefix("/lora").strip()
+    if not name:
+        out.write("(answering with the base model)\n")
+        return 0
+    if name not in adapters:
+        names = ", ".join(adapters) or "none (start the chat with --lora NAME=DIR)"
+        out.write(f"(no LoRA adapter {name!r}; adapters: {names})\n")
+        return current
+    others = "; /lora NAME switches, /lora alone: the base model"
+    out.write(f"(answering with LoRA adapter {name!r}{others})\n")
+    return adapters[name]
+
+
+def stream_reply(
+    engine: Any, ids: list[int], params: SamplingParams, out: TextIO, adapter: int = 0
+) -> str:
+    """Generate one reply to ``ids`` (with the engine's LoRA adapter ``adapter``; 0: the base
+    model), writing its text to ``out`` as it comes; Ctrl-C stops the reply (not the chat).
+    Returns the reply's text."""
+    rid = (
+        engine.add_request(ids, params, adapter=adapter)
+        if adapter
+        else engine.add_request(ids, params)
+    )
     text = ""
     try:
         while engine.has_unfinished():

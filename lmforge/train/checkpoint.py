@@ -226,16 +226,13 @@ def write_weights(
         save_model(inner, folder, tokenizer=tokenizer)
         return
     # FSDP: build a CPU copy from the gathered full state and save that.
-    from lmforge.models.transformer import CausalLM
-    from lmforge.nn.rope import RotaryEmbedding
+    from lmforge.models.transformer import CausalLM, rotary_embedding
 
     config = inner.config
-    with torch.device("meta"):
-        export = CausalLM(config)
+    with torch.device("meta"):  # MTP modules only if the model has them (it may be loaded without)
+        export = CausalLM(config, with_mtp=getattr(inner, "mtp", None) is not None)
     export.load_state_dict(state, strict=False, assign=True)
-    export.model.rotary_emb = RotaryEmbedding(
-        config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
-    )
+    export.model.rotary_emb = rotary_embedding(config)  # MLA: over qk_rope_head_dim
     export.tie_weights()
     export.generation_config = dict(getattr(inner, "generation_config", {}))
     save_model(export, folder, tokenizer=tokenizer)

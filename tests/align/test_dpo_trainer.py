@@ -97,3 +97,35 @@ def test_validate_dpo(section, message):
     with pytest.raises(ConfigError, match=message):
         validate_dpo(section)
     validate_dpo(DPOSection())
+
+
+def test_dpo_takes_steps_on_a_deepseek_model(tmp_path):
+    """An MLA + MoE policy (deepseek-tiny with the preference tokenizer): DPO's first loss is
+    ln 2 (policy = frozen reference), then steps change the weights and the saved folder
+    loads back as a deepseek_v3 model."""
+    import math
+
+    from lmforge.data.tasks.chat import synthetic_chats
+    from lmforge.models.hf import load_model, save_model
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train([m["content"] for c in synthetic_chats(200, 0) for m in c], 300)
+    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+               bos_token_id=tok.bos_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    save_model(CausalLM(preset_config("deepseek-tiny", vocab_size=320, **ids)), base, tokenizer=tok)
+    out = tmp_path / "dpo"
+    summary, text = _dpo(_config(base, out, "train.max_steps=3", "train.save_every=0"))
+    rec = [r for r in _records(out) if "loss" in r]
+    assert [r["step"] for r in rec] == [1, 2, 3]
+    assert rec[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert all(math.isfinite(r["loss"]) for r in rec)
+    trained, start = load_model(out / "model"), load_model(base)
+    assert trained.config.model_type == "deepseek_v3" and trained.config.use_moe
+    assert not torch.equal(
+        trained.model.layers[1].self_attn.kv_b_proj.weight,
+        start.model.layers[1].self_attn.kv_b_proj.weight,
+    )

@@ -4,6 +4,7 @@ easy task, batch × accumulation invariance, exact resume, references, and `lmfo
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -179,3 +180,28 @@ def test_config_checks():
         check_grpo_config(_config(**{"grpo.aggregation": "ppo"}))
     with pytest.raises(ConfigError, match="unknown key"):
         _config(**{"grpo.groupsize": 4})
+
+
+def test_grpo_takes_steps_on_a_deepseek_model():
+    """An MLA + MoE policy (deepseek-tiny): rollouts through the engine's latent cache, the
+    old-policy log-probs equal the training forward's, and a few Trainer steps update it."""
+    torch.manual_seed(0)
+    cfg = preset_config("deepseek-tiny", vocab_size=16, eos_token_id=None,
+                        max_position_embeddings=64)  # fmt: skip
+    model = CausalLM(cfg)
+    data = _data(model, beta=0.04, iterations=2)
+    batch = next(iter(data))
+    logps, _, _ = model_logprobs(model, batch["input_ids"], batch["labels"])
+    torch.testing.assert_close(batch["old_logps"], logps.detach(), atol=1e-5, rtol=0)
+    out = GRPOObjective(data.section)(model, batch)
+    assert torch.isfinite(out.loss_sum) and int(out.count) == 8
+    before = [p.detach().clone() for p in model.parameters()]
+    data = _data(model, seed=1)
+    trainer = Trainer(model, data, _config(**{"train.max_steps": 3}),
+                      objective=GRPOObjective(data.section))  # fmt: skip
+    history = []
+    trainer.callbacks.append(lambda t, record: history.append(record))
+    trainer.fit()
+    assert len(history) == 3 and all("reward" in r for r in history)
+    assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in history)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

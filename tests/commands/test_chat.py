@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from lmforge.cli import build_parser
 from lmforge.infer.engine import Engine
@@ -66,3 +69,69 @@ def test_chat_settings_defaults_are_the_command_line_defaults():
     for field in ("system", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
                   "seed"):  # fmt: skip
         assert getattr(args, field) == getattr(defaults, field), field
+
+
+@pytest.fixture(scope="module")
+def chat_adapter(chat_model_dir, tmp_path_factory):
+    """A random (non-zero) LoRA adapter for ``chat_model_dir`` recording it as its base."""
+    import torch
+
+    from lmforge.models.hf import load_model
+    from lmforge.peft import apply_lora, save_adapter
+
+    model = apply_lora(load_model(chat_model_dir), r=2, alpha=4, target_modules="all-linear")
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    out = tmp_path_factory.mktemp("chat-adapter")
+    save_adapter(model, out, base_model_name_or_path=str(chat_model_dir))
+    return out
+
+
+def chat_replies(run, monkeypatch, lines: str, *argv: str) -> tuple[list[str], str]:
+    """``lmforge chat argv`` in-process (greedy, 6 tokens) reading ``lines``: its replies."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    code, out, err = run("chat", *argv, "--temperature", "0", "--max-tokens", "6")
+    assert code == 0, err
+    return re.findall(r"assistant> (.*?)\nyou> ", out, flags=re.DOTALL), out
+
+
+def test_chat_takes_a_hub_id_an_adapters_base_and_switchable_loras(
+    chat_model_dir, chat_adapter, tmp_path, monkeypatch, run
+):
+    """``--model Org/Name`` (the local HF cache), ``--adapter`` alone (its recorded base,
+    merged), and ``--lora NAME=DIR`` with ``/lora NAME`` / ``/lora`` switching per turn: each
+    reply is the library's greedy reply of the model it names."""
+    import shutil
+
+    from lmforge.models.hf import load_model
+    from lmforge.peft.merging import load_merged
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(chat_model_dir)
+    hello = [{"role": "user", "content": "hello"}]
+    base = greedy_reply(load_model(chat_model_dir).eval(), tok, hello, 6)
+    adapted = greedy_reply(load_merged(chat_model_dir, chat_adapter).eval(), tok, hello, 6)
+    assert base != adapted  # the adapter changes the answer
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(chat_model_dir, cache / "models--Org--Chat" / "snapshots" / commit)
+    (cache / "models--Org--Chat" / "refs").mkdir()
+    (cache / "models--Org--Chat" / "refs" / "main").write_text(commit)
+    replies, _ = chat_replies(run, monkeypatch, "hello\n", "--model", "Org/Chat")
+    assert replies == [base]
+
+    replies, _ = chat_replies(run, monkeypatch, "hello\n", "--adapter", str(chat_adapter))
+    assert replies == [adapted]
+
+    lines = "hello\n/reset\n/lora\nhello\n/reset\n/lora nope\n/lora sql\nhello\n/exit\n"
+    replies, out = chat_replies(run, monkeypatch, lines, "--model", str(chat_model_dir),
+                                "--lora", f"sql={chat_adapter}")  # fmt: skip
+    assert replies == [adapted, base, adapted]  # the first adapter answers at start
+    assert "(no LoRA adapter 'nope'; adapters: sql)" in out
+    code, _, err = run("chat", "--temperature", "0")
+    assert code == 2 and "name the model" in err

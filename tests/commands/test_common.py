@@ -84,3 +84,21 @@ def test_model_hub_id_resolves_through_the_cache(hf_cache, tmp_path, monkeypatch
     assert code == 2 and "download it with `huggingface-cli download Org/Missing`" in err
     code, text, _ = run("sft", "--model", "Org/Missing", "--print-config")  # prints the id
     assert code == 0 and yaml.safe_load(text)["model"]["init_from"] == "Org/Missing"
+
+
+def test_unknown_option_error_names_only_the_unknown_tokens(run):
+    """The ``--`` the override mover inserts, and overrides an unknown option strands, are
+    not reported as unrecognized (they used to be: "--data -- train.max_steps=1")."""
+    code, _, err = run("pretrain", "--bogus", "train.max_steps=1", "--print-config")
+    assert code == 2
+    assert err.strip().endswith("error: unrecognized arguments: --bogus"), err
+    code, _, err = run("sft", "--frob", "x", "optim.lr=1", "--out", "o")
+    assert code == 2 and " -- " not in err and "optim.lr=1" not in err and "--frob" in err
+
+
+def test_pretrain_data_flag_stops_at_the_override(run):
+    code, text, err = run("pretrain", "--data", "a.txt", "b.txt", "train.max_steps=1",
+                          "--print-config")  # fmt: skip
+    assert code == 0, err
+    config = yaml.safe_load(text)
+    assert config["data"]["paths"] == ["a.txt", "b.txt"] and config["train"]["max_steps"] == 1

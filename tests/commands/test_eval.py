@@ -22,7 +22,7 @@ def test_eval_two_models_side_by_side(checkpoint, chat_model_dir, tmp_path, run)
     lines = out.splitlines()
     assert lines[0] == f"| metric | `{folder}` | `{chat_model_dir}` |"
     labels = [line.split(" | ")[0].removeprefix("| ") for line in lines[2:] if line.startswith("|")]
-    assert labels == ["perplexity (all files)", "arithmetic accuracy", "arithmetic pass@1",
+    assert labels == ["perplexity (all files)", "arithmetic pass@1",
                       "arithmetic pass@2", "arithmetic maj@2"]  # fmt: skip
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(results) == {str(folder), str(chat_model_dir)}

@@ -31,3 +31,19 @@ def test_divergence_is_one_line_exit_2_naming_the_step(tmp_path, run):
                        str(tmp_path), *TINY, "train.max_steps=20", "optim.lr=1e12",
                        "optim.warmup_steps=0", "optim.grad_clip=0")  # fmt: skip
     assert code == 2 and "lmforge pretrain: error: step " in err and "loss is" in err, err
+
+
+def test_data_flag_trains_on_the_given_files(tmp_path, run):
+    """``--data FILE…`` (as on sft) sets data.paths and stops at the trailing override."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"the number {i} follows {i - 1} and precedes {i + 1}.\n"
+                              for i in range(200)))  # fmt: skip
+    out = tmp_path / "run"
+    code, _, err = run("pretrain", "--data", str(corpus), "--out", str(out),
+                       *[t for t in TINY if not t.startswith("data.synthetic")])  # fmt: skip
+    assert code == 0, err
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["paths"] == [str(corpus)]
+    assert (out / "model" / "config.json").is_file()

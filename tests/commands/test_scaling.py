@@ -52,3 +52,17 @@ def test_flops_and_errors(tmp_path, run):
     assert code == 2 and "--compute" in err
     code, _, err = run("scaling", "fit", str(tmp_path / "none.jsonl"))
     assert code == 2 and "no such file" in err
+
+
+def test_sweep_trains_every_point_once_and_fits(tmp_path, run):
+    argv = ["scaling", "sweep", "--out", str(tmp_path / "sw"), "--budgets", "2e8,4e8",
+            "--batch-sizes", "4", "--lrs", "1e-2", "--shape", "1x48", "--shapes", "1x48",
+            "--docs", "40"]  # fmt: skip
+    code, out, err = run(*argv)
+    assert code == 0, err
+    runs = [json.loads(line) for line in (tmp_path / "sw" / "runs.jsonl").read_text().splitlines()]
+    assert [r["steps"] for r in runs] == [9, 18]  # the IsoFLOP point is the grid point: reused
+    assert load_fit(tmp_path / "sw" / "fit.json").batch is not None
+    code, _, err = run("scaling", "sweep", "--out", str(tmp_path / "x"), "--budgets", "1e9",
+                       "--shape", "2-48")  # fmt: skip
+    assert code == 2 and "--shape '2-48'" in err

@@ -53,3 +53,25 @@ def test_engine_commands_pick_cuda_when_present(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_serve_takes_a_hub_id_or_an_adapters_recorded_base(checkpoint, adapter, hf_cache, run,
+                                                           monkeypatch):  # fmt: skip
+    """``--model Org/Name`` resolves through the local HF cache and is the served name;
+    ``--adapter`` alone serves the base the adapter records; neither is an error."""
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
+    hf_cache("Org/Tiny")
+    code, out, err = run("serve", "--model", "Org/Tiny", "--port", "0")
+    assert code == 0, err
+    assert "serving 'Org/Tiny' on" in out and len(served) == 1
+    folder, _ = checkpoint
+    code, out, err = run("serve", "--adapter", str(adapter), "--port", "0")
+    assert code == 0, err
+    assert f"serving '{folder.name}' on" in out and len(served) == 2
+    code, _, err = run("serve", "--model", "Org/Missing", "--port", "0")
+    assert code == 2 and "huggingface-cli download Org/Missing" in err
+    code, _, err = run("serve", "--port", "0")
+    assert code == 2 and "name the model: --model DIR (or --adapter DIR" in err

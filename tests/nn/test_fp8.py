@@ -264,18 +264,38 @@ def test_bf16_moment_adamw_matches_torch_adamw():
 
 
 class ProgressionLoader:
-    """Endless batches of arithmetic progressions mod 64 (learnable in a few steps)."""
+    """Endless batches of arithmetic progressions mod 64 (learnable in a few steps); batch
+    ``i`` depends on ``(seed, i)`` only, so a resumed run sees the same data."""
 
     def __init__(self, seed: int = 0, rows: int = 8, seq_len: int = 16):
-        self.g = torch.Generator().manual_seed(seed)
-        self.rows, self.seq_len = rows, seq_len
+        self.seed, self.rows, self.seq_len, self.position = seed, rows, seq_len, 0
 
     def __iter__(self):
         while True:
-            start = torch.randint(0, 64, (self.rows, 1), generator=self.g)
-            stride = torch.randint(1, 4, (self.rows, 1), generator=self.g)
+            g = torch.Generator().manual_seed(self.seed * 10_007 + self.position)
+            start = torch.randint(0, 64, (self.rows, 1), generator=g)
+            stride = torch.randint(1, 4, (self.rows, 1), generator=g)
             ids = (start + stride * torch.arange(self.seq_len)) % 64
+            self.position += 1
             yield {"input_ids": ids, "labels": ids.clone()}
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+
+
+def fp8_config(out_dir, steps: int, save_every: int = 0):
+    from lmforge.train.config import RunConfig
+
+    config = RunConfig(out_dir=str(out_dir))
+    config.train.precision = "fp8"
+    config.train.max_steps, config.train.save_every = steps, save_every
+    config.train.eval_every = 0
+    config.optim.lr, config.optim.warmup_steps = 1e-2, 2
+    config.log.progress = config.log.plot = False
+    return config
 
 
 def test_trainer_runs_with_precision_fp8():
@@ -301,3 +321,60 @@ def test_trainer_runs_with_precision_fp8():
     fp8, fp32 = losses["fp8"], losses["fp32"]
     assert fp8[-1] < fp8[0] - 0.3  # it learns
     assert fp8 != fp32 and abs(fp8[-1] - fp32[-1]) < 0.05 * fp32[-1]
+
+
+def test_fp8_run_resumes_bit_exactly(tmp_path):
+    """6 steps straight == 3 steps, a resume from the checkpoint (bf16 moments loaded back),
+    3 more: FP8 quantisation is deterministic and the moments survive the round trip."""
+    from lmforge.train.loop import Trainer
+
+    straight = Trainer(tiny_lm(), ProgressionLoader(), fp8_config(tmp_path / "a", 6),
+                       run_dir=tmp_path / "a")  # fmt: skip
+    straight.fit()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(trainer, record):
+        if trainer.step == 3:
+            raise Stop
+
+    config = fp8_config(tmp_path / "b", 6, save_every=3)
+    with pytest.raises(Stop):
+        Trainer(tiny_lm(), ProgressionLoader(), config, run_dir=tmp_path / "b",
+                callbacks=[stop_at_3]).fit()  # fmt: skip
+    resumed = Trainer(tiny_lm(), ProgressionLoader(), config, run_dir=tmp_path / "b")
+    resumed.fit()
+    assert resumed.resumed_from is not None and resumed.step == 6
+    for (name, p), q in zip(straight.raw_model.named_parameters(), resumed.raw_model.parameters()):
+        assert torch.equal(p, q), name
+    state = resumed.optimizer.state[next(resumed.raw_model.parameters())]
+    assert state["exp_avg"].dtype == torch.bfloat16
+
+
+def test_scaled_mm_path_matches_the_simulation(monkeypatch, linear_case):
+    """The GPU path (one ``torch._scaled_mm`` per 128-chunk, fp32 out, scales applied on the
+    accumulator) run through torch's CPU kernel: same output and gradients as the simulation."""
+    import lmforge.nn.fp8 as fp8
+
+    x, w, b, gy = linear_case
+    x, w = x[:, :16, :288], w[:192, :288]  # 32 tokens, N = 192, K = 288: multiples of 16
+    calls = []
+    scaled_mm = torch._scaled_mm
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return scaled_mm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", counting)
+    results = []
+    for tensor_cores in (False, True):
+        monkeypatch.setattr(fp8, "scaled_mm_available", lambda device, on=tensor_cores: on)
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = fp8_linear(xi, wi)
+        y.backward(gy[:, :16, :192])
+        results.append((y, xi.grad, wi.grad))
+    # Fprop: 3 K-chunks of 128 (K = 288 padded); Dgrad: 2 (N = 192); Wgrad: 1 (32 tokens)
+    assert calls == [(32, 128)] * 3 + [(32, 128)] * 2 + [(192, 128)]
+    for simulated, tensor_core in zip(*results):
+        torch.testing.assert_close(tensor_core, simulated, rtol=1e-5, atol=1e-5)

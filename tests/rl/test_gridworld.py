@@ -62,3 +62,15 @@ def test_optimal_values_follow_shortest_paths():
 def test_cells_outside_the_grid_are_refused():
     with pytest.raises(ValueError, match=r"\(5, 0\) is outside the 5×5 grid"):
         GridWorld(target=(5, 0))
+
+
+def test_book_figure_of_optimal_values():
+    """Zhao (2025), ch. 3 (r_boundary = r_forbidden = −1, r_target = 1, γ = 0.9): the
+    optimal state values of the 5 × 5 example, to the one decimal the book prints."""
+    book = [[5.8, 5.6, 6.2, 6.5, 5.8],
+            [6.5, 7.2, 8.0, 7.2, 6.5],
+            [7.2, 8.0, 10.0, 8.0, 7.2],
+            [8.0, 10.0, 10.0, 10.0, 8.0],
+            [7.2, 9.0, 10.0, 9.0, 8.1]]  # fmt: skip
+    v, _ = value_iteration(GridWorld().mdp(), gamma=0.9)
+    assert np.allclose(v.reshape(5, 5), book, atol=0.05)

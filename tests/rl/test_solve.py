@@ -11,7 +11,7 @@ from lmforge.rl.solve import make_environment, solve, success_rate
 
 def test_value_iteration_on_the_grid_world_writes_its_figures(tmp_path):
     result = solve("gridworld", "vi", gamma=0.9, out=tmp_path)
-    assert result.value_error == 0.0
+    assert result.value_error < 1e-8
     text = result.text()
     assert "gridworld · vi" in text and "  10.00" in text and "○" in text
     assert (tmp_path / "values_policy.png").read_bytes()[:4] == b"\x89PNG"
@@ -28,7 +28,7 @@ def test_a_learning_method_writes_its_curve(tmp_path):
 
 def test_planning_scores_a_perfect_frozenlake_policy():
     result = solve("FrozenLake-v1", "pi", gamma=0.99)
-    assert result.value_error < 1e-9
+    assert result.value_error < 1e-7
     _, env = make_environment("FrozenLake-v1")
     rate = success_rate(env, result.policy, episodes=100)
     assert 0.6 < rate <= 1.0  # 4×4 slippery, 100-step limit: ≈ 0.74

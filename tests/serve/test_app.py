@@ -374,3 +374,63 @@ def test_chat_template_and_tokenizer_run_off_the_event_loop(model_dir):
             front.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_chat_completion_from_a_deepseek_folder(model_dir, tmp_path):
+    """A deepseek-tiny checkpoint (MLA + MoE, the chat tokenizer) is served: the greedy
+    reply is the model's own greedy continuation of the templated prompt (full forward, no
+    cache), decoded."""
+    import httpx
+    import torch
+
+    from lmforge.models.hf import save_model
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.serve import AsyncEngine, ServerLimits, create_app
+    from lmforge.serve.loading import load_engine
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CausalLM(preset_config("deepseek-tiny", vocab_size=tok.vocab_size, **ids))
+        with torch.no_grad():  # sharp, prompt-dependent logits
+            for name, p in model.named_parameters():
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.3)
+    folder = tmp_path / "tiny-deepseek"
+    save_model(model, folder, tokenizer=tok)
+    engine, tok, _, _ = load_engine(folder, device="cpu", max_num_seqs=4)
+    assert engine.cache.key_only  # the latent alone is cached
+
+    ref = tok.encode(tok.apply_chat_template(user("hi"), add_generation_prompt=True))
+    prompt_len = len(ref)
+    with torch.no_grad():
+        while len(ref) < prompt_len + 8:
+            ref.append(int(model(torch.tensor([ref])).logits[0, -1].argmax()))
+            if ref[-1] == tok.eos_token_id:
+                ref.pop()
+                break
+    want = tok.decode(ref[prompt_len:], skip_special_tokens=True)
+    assert want.strip()
+
+    async def scenario() -> dict:
+        front = AsyncEngine(engine)
+        app = create_app(front, tok, "tiny-deepseek", ServerLimits(256, 16))
+        front.start()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                body = {"model": "tiny-deepseek", "messages": user("hi"), "max_tokens": 8,
+                        "temperature": 0}  # fmt: skip
+                r = await c.post("/v1/chat/completions", json=body)
+                assert r.status_code == 200, r.text
+                return r.json()
+        finally:
+            front.shutdown()
+
+    reply = asyncio.run(scenario())
+    assert reply["model"] == "tiny-deepseek"
+    assert reply["usage"]["completion_tokens"] == len(ref) - prompt_len
+    assert reply["choices"][0]["message"]["content"] == want

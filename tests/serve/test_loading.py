@@ -27,3 +27,52 @@ def test_load_engine_checks_the_folder(model_dir, tmp_path):
         shutil.copy(model_dir / name, no_tok / name)
     with pytest.raises(ValueError, match="no tokenizer.json"):
         load_engine(no_tok)
+
+
+@pytest.fixture(scope="module")
+def recorded_adapter(model_dir, tmp_path_factory):
+    """A random (non-zero) LoRA adapter for ``model_dir`` recording it as its base."""
+    import torch
+
+    from lmforge.models.hf import load_model
+    from lmforge.peft import apply_lora, save_adapter
+
+    model = apply_lora(load_model(model_dir), r=2, alpha=4, target_modules="all-linear")
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    out = tmp_path_factory.mktemp("recorded-adapter")
+    save_adapter(model, out, base_model_name_or_path=str(model_dir))
+    return out
+
+
+def test_load_engine_resolves_a_hub_id_through_the_local_cache(model_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    with pytest.raises(ValueError, match="download it with `huggingface-cli download Org/Chat`"):
+        load_engine("Org/Chat")
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    snapshot = cache / "models--Org--Chat" / "snapshots" / commit
+    shutil.copytree(model_dir, snapshot)
+    (cache / "models--Org--Chat" / "refs").mkdir()
+    (cache / "models--Org--Chat" / "refs" / "main").write_text(commit)
+    engine, tok, folder, context = load_engine("Org/Chat", max_num_seqs=1)
+    assert folder == snapshot and context == 256
+    assert tok.vocab_size <= engine.model.config.vocab_size
+
+
+def test_load_engine_without_a_model_uses_the_adapters_recorded_base(model_dir, recorded_adapter):
+    import torch
+
+    from lmforge.peft.merging import load_merged
+
+    engine, _, folder, _ = load_engine(None, adapter=recorded_adapter, max_num_seqs=1)
+    assert folder == model_dir
+    merged = load_merged(model_dir, recorded_adapter)
+    got = dict(engine.model.named_parameters())
+    for name, p in merged.named_parameters():  # the adapter is merged into the recorded base
+        torch.testing.assert_close(got[name], p, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="name the model"):
+        load_engine(None)

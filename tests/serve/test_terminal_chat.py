@@ -44,3 +44,21 @@ def test_chat_loop_history_system_and_context(model_dir):
     out3 = io.StringIO()
     chat_loop(engine2, tok, 40, chat_settings(), io.StringIO("word " * 60 + "\n"), out3)
     assert "message too long" in out3.getvalue()
+
+
+def test_pick_adapter_switches_by_name_and_keeps_the_choice_on_an_unknown_one():
+    from lmforge.serve.terminal_chat import pick_adapter
+
+    out = io.StringIO()
+    adapters = {"sql": 1, "chat": 2}
+    assert pick_adapter("/lora chat", adapters, 0, out) == 2
+    assert pick_adapter("/lora nope", adapters, 2, out) == 2
+    assert pick_adapter("/lora", adapters, 2, out) == 0
+    assert pick_adapter("", adapters, 1, out) == 1  # nothing asked: nothing said
+    assert out.getvalue().splitlines() == [
+        "(answering with LoRA adapter 'chat'; /lora NAME switches, /lora alone: the base model)",
+        "(no LoRA adapter 'nope'; adapters: sql, chat)",
+        "(answering with the base model)",
+    ]
+    assert pick_adapter("/lora x", {}, 0, out) == 0
+    assert out.getvalue().endswith("adapters: none (start the chat with --lora NAME=DIR))\n")

@@ -81,3 +81,24 @@ def test_keep_last_and_latest_fallback(tmp_path, toy_loader, make_model, make_co
     assert ckpt.latest_checkpoint(root).name == "step-00000005"
     (root / "latest").write_text("step-00000099\n")
     assert ckpt.latest_checkpoint(root).name == "step-00000005"
+
+
+def test_fsdp_export_of_a_deepseek_model_with_and_without_mtp(tmp_path, monkeypatch):
+    """`write_weights`' FSDP branch (a CPU copy rebuilt from the gathered state): an MLA +
+    MoE model saves and loads back with equal logits, also when it was built without its
+    MTP modules (the copy must not expect them)."""
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+
+    monkeypatch.setattr(ckpt.D, "is_fsdp", lambda model: True)
+    ids = torch.tensor([[3, 9, 4, 1, 7]])
+    for with_mtp in (True, False):
+        torch.manual_seed(0)
+        cfg = preset_config("deepseek-tiny", num_nextn_predict_layers=1)
+        model = CausalLM(cfg, with_mtp=with_mtp).eval()
+        folder = tmp_path / f"mtp-{with_mtp}"
+        ckpt.write_weights(model, model.state_dict(), folder)
+        loaded = load_model(folder).eval()
+        assert (loaded.mtp is not None) == with_mtp
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(ids).logits, model(ids).logits)

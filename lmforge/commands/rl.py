@@ -1,0 +1,62 @@
+"""`lmforge rl solve`: classic RL on the grid world or a gymnasium toy-text environment —
+the value table and the policy as arrows, PNGs of values / policy / learning curves
+(`lmforge.rl.solve.solve`).
+
+    lmforge rl solve --env gridworld --method vi
+    lmforge rl solve --env FrozenLake-v1 --method qlearning --episodes 2000 --out runs/rl
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lmforge.commands.common import CommandError, subparser
+
+
+def add_parser(subparsers: Any) -> None:
+    from lmforge.rl.solve import METHODS
+
+    group = subparsers.add_parser("rl", help="classic RL: planning, Monte Carlo, TD, DQN")
+    actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = subparser(
+        actions,
+        "solve",
+        "solve a tabular environment with one method; print values and the policy as arrows",
+        "  lmforge rl solve --env gridworld --method vi\n"
+        "  lmforge rl solve --env gridworld --method sarsa --episodes 300 --r-forbidden -10\n"
+        "  lmforge rl solve --env FrozenLake-v1 --method qlearning --gamma 0.95 --out runs/rl\n"
+        "  lmforge rl solve --env CliffWalking-v1 --method pi   # needs gymnasium",
+    )
+    p.add_argument("--env", default="gridworld", metavar="NAME",
+                   help="gridworld (Zhao's 5×5 board) or a gymnasium toy-text id "
+                        "(FrozenLake-v1, CliffWalking-v1); default: gridworld")  # fmt: skip
+    p.add_argument("--method", default="vi", choices=METHODS, help="default: vi")
+    p.add_argument("--gamma", type=float, default=0.9, help="discount (default: 0.9)")
+    p.add_argument("--episodes", type=int, default=500, metavar="N",
+                   help="episodes for the learning methods (default: 500)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="write values_policy.png, learning_curve.png, "
+                                                "result.json here")  # fmt: skip
+    p.add_argument("--r-boundary", type=float, default=-1.0, help="gridworld (default: -1)")
+    p.add_argument("--r-forbidden", type=float, default=-1.0, help="gridworld (default: -1)")
+    p.add_argument("--r-target", type=float, default=1.0, help="gridworld (default: 1)")
+    p.set_defaults(run=run_solve, command="rl solve")
+
+
+def run_solve(args: argparse.Namespace) -> int:
+    from lmforge.rl.gridworld import GridWorld
+    from lmforge.rl.solve import solve
+
+    if not 0.0 <= args.gamma < 1.0:
+        raise CommandError(f"--gamma must be in [0, 1), not {args.gamma}")
+    if args.episodes < 1:
+        raise CommandError("--episodes must be ≥ 1")
+    world = GridWorld(r_boundary=args.r_boundary, r_forbidden=args.r_forbidden,
+                      r_target=args.r_target)  # fmt: skip
+    result = solve(args.env, args.method, gamma=args.gamma, episodes=args.episodes,
+                   seed=args.seed, out=args.out, gridworld=world)  # fmt: skip
+    print(result.text())
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,17 @@
+"""Representation learning: contrastive predictive coding (InfoNCE) and the margin-softmax
+family of face-recognition losses.
+
+    from lmforge.representation import margin_loss
+    logits, loss = margin_loss("arcface", features, weights, labels, scale=16.0, margin=0.5)
+
+| module | what |
+|---|---|
+| `margin_softmax` | softmax, NormFace, L-Softmax, A-Softmax (SphereFace), AM-Softmax (CosFace), ArcFace as pure functions |
+| `cpc` | CPC: conv encoder, GRU / causal-transformer context, W_k predictors, InfoNCE with the MI bound, probe |
+"""
+
+from lmforge.representation.cpc import CPCModel, CPCSettings, cpc_loss, info_nce, train_cpc
+from lmforge.representation.margin_softmax import MARGIN_LOSSES, margin_loss
+
+__all__ = ["CPCModel", "CPCSettings", "MARGIN_LOSSES", "cpc_loss", "info_nce", "margin_loss",
+           "train_cpc"]  # fmt: skip
