@@ -22,8 +22,10 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 | `ppo` | ``lmforge ppo``: `lmforge.align.rl_run.run_ppo` |
 | `diffusion` | ``lmforge diffusion train/sample``: `lmforge.diffusion.training.train_diffusion`, `lmforge.diffusion.sampling` |
 | `eval` | ``lmforge eval``: perplexity, pass@k / maj@k on tasks, checkpoints side by side (`lmforge.eval`) |
-| `scaling` | ``lmforge scaling plan/fit/flops``: DeepSeek LLM scaling laws (`lmforge.eval.scaling`) |
+| `scaling` | ``lmforge scaling plan/fit/flops/sweep``: DeepSeek LLM scaling laws (`lmforge.eval.scaling`) |
+| `hallucination` | ``lmforge hallucination run``: the synthetic-knowledge study (`lmforge.eval.hallucination_study`) |
 | `rl` | ``lmforge rl solve``: classic RL on the grid world / gymnasium toy text (`lmforge.rl.solve.solve`) |
+| `foundations` | ``lmforge foundations cpc/margin/oadtr``: `lmforge.representation.runs`, `lmforge.video.runs` |
 """
 
 from lmforge.commands import (
@@ -33,8 +35,10 @@ from lmforge.commands import (
     diffusion,
     dpo,
     eval,
+    foundations,
     generate,
     grpo,
+    hallucination,
     info,
     merge,
     ppo,
@@ -66,7 +70,9 @@ COMMANDS = (
     diffusion,
     eval,
     scaling,
+    hallucination,
     rl,
+    foundations,
 )
 
 __all__ = ["COMMANDS", "CommandError"]

@@ -21,6 +21,7 @@ detection on a synthetic knowledge world.
 | `sweep` | compute-sized (batch × lr) grids and IsoFLOP profiles trained through pretrain |
 | `knowledge` | a synthetic world of fictional people and facts, known/unknown split, questions |
 | `hallucination` | detectors (token uncertainty, SelfCheck unigram / disagreement) and AUROC |
+| `hallucination_study` | the study end to end: train on known facts, ask, detect, abstain selectively |
 """
 
 from lmforge.eval.accuracy import evaluate_accuracy, sample_responses

@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_KV_CACHE_BYTES",
     "AdapterRouter",
     "Engine",
+    "mark_weights_changed",
 ]
 
 # Default KV pool when num_blocks is not given: room for max_num_seqs full-length sequences,
@@ -137,9 +138,10 @@ class Engine:
         if fused_weights is None:
             fused_weights = self.device.type == "cpu" and adapters is None
         self.runner = None
+        mark_weights_changed(model)  # they may have changed in ways versions do not show
         if fused_weights and InferenceRunner.unsupported_reason(model) is None:
             self.runner = InferenceRunner.for_model(model)
-            self.runner.invalidate()  # weights may have changed in ways versions do not show
+            self.runner.invalidate()
         self.requests: dict[str, Request] = {}
         self._pending: list[RequestOutput] = []  # abort notices for the next step
         self._ids = itertools.count()
@@ -149,9 +151,11 @@ class Engine:
     # ------------------------------------------------------------------ requests
     def refresh_weights(self) -> None:
         """Call after changing the model's weights while this engine lives (e.g. between
-        RL steps): drops the prefix cache (its K/V came from the old weights) and the fused
-        weight copies. A new `Engine` always starts from the current weights."""
+        RL steps): drops the prefix cache (its K/V came from the old weights), the fused
+        weight copies and MLA's absorbed weights (`mark_weights_changed`). A new `Engine`
+        always starts from the current weights."""
         self.allocator.forget_prefixes()
+        mark_weights_changed(self.model)
         if self.runner is not None:
             self.runner.invalidate()
 
@@ -422,6 +426,17 @@ class Engine:
             "num_running": len(s.running),
             "num_waiting": len(s.waiting),
         }
+
+
+def mark_weights_changed(model: torch.nn.Module) -> None:
+    """Bump every parameter's version counter, so that caches keyed on versions rebuild:
+    `InferenceRunner`'s fused copies and MLA's absorbed ``W_UK``/``W_UV``
+    (`lmforge.nn.mla.MultiHeadLatentAttention.absorbed_weights`). In-place writes that skip
+    autograd (torch's fused CPU AdamW, ``p.data.copy_``) leave the counters as they were."""
+    params = [p for p in model.parameters() if not p.is_inference()]
+    if params:
+        with torch.inference_mode(False):
+            torch.autograd.graph.increment_version(params)
 
 
 def _is_plain_greedy(p: SamplingParams) -> bool:

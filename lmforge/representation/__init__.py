@@ -8,6 +8,8 @@ family of face-recognition losses.
 |---|---|
 | `margin_softmax` | softmax, NormFace, L-Softmax, A-Softmax (SphereFace), AM-Softmax (CosFace), ArcFace as pure functions |
 | `cpc` | CPC: conv encoder, GRU / causal-transformer context, W_k predictors, InfoNCE with the MI bound, probe |
+| `verification` | identity verification: synthetic identities, an embedding net trained with a margin loss, TAR / accuracy at a fixed FAR |
+| `runs` | ``lmforge foundations cpc / margin``: train, metrics.jsonl, curves and angle PNGs, report.json |
 """
 
 from lmforge.representation.cpc import CPCModel, CPCSettings, cpc_loss, info_nce, train_cpc

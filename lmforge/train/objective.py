@@ -47,12 +47,16 @@ def causal_lm_loss(model: nn.Module, batch: Batch, chunk_size: int = 0) -> LossO
     so sum ÷ count over a global batch is the token-weighted mean NLL of Radford et al.'s
     language-modelling objective; exp of it is the perplexity. ``chunk_size`` > 0 computes
     it without materialising the ``[B, T, V]`` logits (`lmforge.models.loss`).
+    A model with multi-token-prediction modules (DeepSeek-V3 §2.2) reports its depth loss
+    (mean over depths, already in the loss × ``mtp_loss_weight``) as metric ``mtp_loss``.
     """
-    loss_sum = model(
+    out = model(
         **model_inputs(batch),
         labels=batch["labels"],
         loss_reduction="sum",
         loss_chunk_size=chunk_size,
-    ).loss
-    labels = batch["labels"][:, 1:]
-    return LossOutput(loss_sum, (labels != IGNORE_INDEX).sum())
+    )
+    count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    mtp = getattr(out, "mtp_loss", None)  # a per-token mean: × count is its per-token sum
+    metrics = {} if mtp is None else {"mtp_loss": mtp.detach() * count}
+    return LossOutput(out.loss, count, metrics)

@@ -431,3 +431,31 @@ def test_mla_engine_caches_only_the_latent_and_matches_contiguous_decode():
         assert stats["prefix_cache_hit_tokens"] >= 12
         if "num_blocks" in kwargs:
             assert stats["num_preemptions"] > 0
+
+
+def test_refresh_weights_reaches_mla_absorbed_weights():
+    """After an in-place update that leaves version counters alone (``p.data``, as torch's
+    fused CPU AdamW writes), `Engine.refresh_weights` makes MLA's absorbed weights follow:
+    the engine's logprobs are the full forward's (training form) again."""
+    from lmforge.models.presets import preset_config
+
+    torch.manual_seed(1)
+    model = lmforge.CausalLM(preset_config("deepseek-tiny")).eval()
+    prompt = [5, 9, 2, 7, 3]
+    params = SamplingParams(max_tokens=4, temperature=0, logprobs=0, ignore_eos=True)
+
+    def max_error(engine) -> float:
+        (out,) = engine.generate([prompt], params)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + out.token_ids])).logits[0]
+        want = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+        got = [lp.logprob - float(want[i, lp.token_id]) for i, lp in enumerate(out.logprobs)]
+        return max(abs(x) for x in got)
+
+    engine = Engine(model, block_size=4)
+    assert max_error(engine) < 1e-4
+    kv_b = model.model.layers[0].self_attn.kv_b_proj.weight
+    kv_b.data.add_(0.5 * torch.randn_like(kv_b))  # no version bump
+    assert max_error(engine) > 1e-2  # the cached W_UK / W_UV are stale
+    engine.refresh_weights()
+    assert max_error(engine) < 1e-4

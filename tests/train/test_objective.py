@@ -32,3 +32,29 @@ def test_loss_sum_against_per_token_reference(toy_loader, make_model):
                 n += 1
     assert int(out.count) == n
     torch.testing.assert_close(out.loss_sum.item(), total, rtol=1e-5, atol=1e-4)
+
+
+def test_mtp_depth_loss_is_its_own_metric(toy_loader, make_config, tmp_path):
+    """A model with an MTP module (deepseek-tiny): the loss sum is CE + λ·MTP per token, the
+    ``mtp_loss`` metric sums the model's MTP mean per token, and the Trainer logs it."""
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.train.loop import Trainer
+
+    torch.manual_seed(0)
+    cfg = preset_config("deepseek-tiny", vocab_size=64, num_nextn_predict_layers=1)
+    model = CausalLM(cfg).train()
+    batch = next(iter(toy_loader()))
+    out = causal_lm_loss(model, batch)
+    inputs = {**model_inputs(batch), "labels": batch["labels"]}
+    mtp = model(**inputs).mtp_loss
+    torch.testing.assert_close(out.metrics["mtp_loss"] / out.count, mtp.detach())
+    ce = model.eval()(**inputs).loss  # eval mode: the next-token loss alone
+    torch.testing.assert_close(out.loss_sum / out.count, ce + cfg.mtp_loss_weight * mtp)
+    assert causal_lm_loss(model, batch).metrics == {}  # eval: no MTP forward
+
+    records = []
+    trainer = Trainer(model.train(), toy_loader(), make_config(tmp_path, max_steps=2))
+    trainer.callbacks.append(lambda t, record: records.append(record))
+    trainer.fit()
+    assert len(records) == 2 and all(0 < r["mtp_loss"] < 10 for r in records)

@@ -1,0 +1,36 @@
+"""lmforge/eval/hallucination_study.py: selective answering's rates and threshold (by hand),
+and a tiny study end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.eval.hallucination_study import choose_threshold, run_study, selective_rates
+
+ROWS = [dict(selfcheck=0.1, correct=True), dict(selfcheck=0.2, correct=True),
+        dict(selfcheck=0.3, correct=False), dict(selfcheck=0.4, correct=True),
+        dict(selfcheck=0.9, correct=False), dict(selfcheck=1.0, correct=False)]  # fmt: skip
+
+
+def test_selective_rates_count_over_all_questions():
+    assert selective_rates(ROWS, 10.0) == (0.5, 1.0)
+    assert selective_rates(ROWS, 0.4) == pytest.approx((1 / 6, 4 / 6))
+    assert selective_rates(ROWS, 0.0) == (0.0, 0.0)
+
+
+def test_threshold_keeps_the_most_answers_at_half_the_hallucinations():
+    # answering all: 3/6 wrong; ≤ 1.5/6 allowed → thresholds 0.1 … 0.4 qualify; the largest
+    assert choose_threshold(ROWS) == 0.4
+    assert choose_threshold(ROWS, keep=0.0) == 0.2
+    assert choose_threshold([dict(selfcheck=0.5, correct=False)]) < 0.5  # abstain on all
+
+
+def test_tiny_study_writes_its_results(tmp_path):
+    result = run_study(tmp_path, people=6, steps=3, samples=2, seed=0)
+    assert result["questions"] == 18
+    rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 18 and sum(r["known"] for r in rows) == 9
+    assert json.loads((tmp_path / "result.json").read_text()) == result
+    assert 0.0 <= result["halluc_rate_after"] <= result["answer_rate_after"] <= 1.0
