@@ -1,6 +1,7 @@
 """`lmforge rl solve`: classic RL on the grid world or a gymnasium toy-text environment —
 the value table and the policy as arrows, PNGs of values / policy / learning curves
-(`lmforge.rl.solve.solve`).
+(`lmforge.rl.solve.solve`); `lmforge rl sa`: SGD vs MBGD vs BGD on mean estimation
+(`lmforge.rl.stochastic_approximation`).
 
     lmforge rl solve --env gridworld --method vi
     lmforge rl solve --env FrozenLake-v1 --method qlearning --episodes 2000 --out runs/rl
@@ -42,6 +43,18 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--r-forbidden", type=float, default=-1.0, help="gridworld (default: -1)")
     p.add_argument("--r-target", type=float, default=1.0, help="gridworld (default: 1)")
     p.set_defaults(run=run_solve, command="rl solve")
+    sa = subparser(
+        actions,
+        "sa",
+        "stochastic approximation: SGD vs MBGD vs BGD estimating a mean (a_k = 1/k), as a PNG",
+        "  lmforge rl sa --out runs/rl-sa\n  lmforge rl sa --samples 400 --steps 200 --out runs/rl-sa",
+    )
+    sa.add_argument("--samples", type=int, default=400, metavar="N",
+                    help="points drawn uniformly from [-30, 30]² (default: 400)")  # fmt: skip
+    sa.add_argument("--steps", type=int, default=100, metavar="K", help="default: 100")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--out", default="runs/rl-sa", metavar="DIR", help="default: runs/rl-sa")
+    sa.set_defaults(run=run_sa, command="rl sa")
 
 
 def run_solve(args: argparse.Namespace) -> int:
@@ -59,4 +72,22 @@ def run_solve(args: argparse.Namespace) -> int:
     print(result.text())
     for path in result.files:
         print(f"wrote {path}")
+    return 0
+
+
+def run_sa(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lmforge.rl.stochastic_approximation import mean_estimation_gd, plot_mean_estimation
+
+    if args.samples < 1 or args.steps < 1:
+        raise CommandError("--samples and --steps must be ≥ 1")
+    samples = np.random.default_rng(args.seed).uniform(-30, 30, size=(args.samples, 2))
+    path = plot_mean_estimation(samples, f"{args.out}/mean_estimation.png", args.steps, args.seed)
+    mean = samples.mean(0)
+    for method, m in (("sgd", 1), ("mbgd", 5), ("mbgd", 50), ("bgd", 1)):
+        w = mean_estimation_gd(samples, method, steps=args.steps, batch_size=m, seed=args.seed)
+        label = f"{method} m={m}" if method == "mbgd" else method
+        print(f"{label:>10}: ‖w_K − mean‖ = {np.linalg.norm(w[-1] - mean):.4f}")
+    print(f"wrote {path}")
     return 0

@@ -8,7 +8,7 @@ attention, DeepSeekMoE, one multi-token-prediction module); pass overrides to ch
 | ``5m``   | ≈5.3M | benchmarks |
 | ``30m``  | ≈31M | benchmarks |
 | ``deepseek-tiny`` | ≈0.13M | unit tests, ``recipes/pretrain-deepseek-tiny.yaml`` |
-| ``deepseek-30m`` | ≈28M (≈13M active per token) | benchmarks |
+| ``deepseek-30m`` | ≈28M (≈15M active per token) | benchmarks |
 """
 
 from __future__ import annotations

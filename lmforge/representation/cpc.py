@@ -36,6 +36,7 @@ __all__ = [
     "features_of",
     "linear_probe_accuracy",
     "train_cpc",
+    "train_supervised",
 ]
 
 
@@ -186,3 +187,29 @@ def train_cpc(
         opt.step()
         history.append(metrics)
     return model, history
+
+
+def train_supervised(
+    settings: CPCSettings | None = None,
+    steps: int = 200,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    seed: int = 0,
+    speakers: int = 8,
+) -> CPCModel:
+    """The same g_enc + g_ar trained with speaker labels (a linear head on c_T, cross-entropy):
+    the supervised upper reference for the probe."""
+    torch.manual_seed(seed)
+    model = CPCModel(settings)
+    head = nn.Linear(model.settings.hidden, speakers)
+    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=lr)
+    for step in range(steps):
+        signal, ids = synthetic_speakers(
+            batch_size, speakers=speakers, seed=seed * 100_003 + step + 1
+        )
+        model.train()
+        loss = F.cross_entropy(head(model(signal)[1][:, -1]), ids)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model

@@ -16,6 +16,7 @@ from lmforge.representation.cpc import (
     linear_probe_accuracy,
     synthetic_speakers,
     train_cpc,
+    train_supervised,
 )
 from lmforge.representation.margin_softmax import MARGIN_LOSSES, cosines
 from lmforge.representation.verification import (
@@ -40,8 +41,8 @@ def write_curve(out: Path, losses: list[float], title: str) -> None:
 def run_cpc(
     out: str | Path, context: str = "gru", steps: int = 150, seed: int = 0, probe_samples: int = 256
 ) -> dict[str, Any]:
-    """CPC on synthetic speakers; the report has the probe accuracy of the trained and of a
-    random encoder and the final InfoNCE MI bounds."""
+    """CPC on synthetic speakers; the report has the linear-probe accuracy of the CPC encoder,
+    of a random one and of one trained with the labels, and the final InfoNCE MI bounds."""
     out = Path(out)
     settings = CPCSettings(context=context)
     tr_x, tr_y = synthetic_speakers(probe_samples, seed=1001)
@@ -51,8 +52,11 @@ def run_cpc(
     random_acc = linear_probe_accuracy(features_of(rand, tr_x), tr_y, features_of(rand, te_x), te_y)
     model, history = train_cpc(settings, steps=steps, seed=seed)
     acc = linear_probe_accuracy(features_of(model, tr_x), tr_y, features_of(model, te_x), te_y)
+    sup = train_supervised(settings, steps=steps, seed=seed)
+    sup_acc = linear_probe_accuracy(features_of(sup, tr_x), tr_y, features_of(sup, te_x), te_y)
     write_curve(out, [h["loss"] for h in history], f"CPC ({context}): InfoNCE")
     report = {"context": context, "steps": steps, "probe_acc": acc, "random_probe_acc": random_acc,
+              "supervised_probe_acc": sup_acc,
               **{k: v for k, v in history[-1].items() if k.startswith("mi_bound")}}  # fmt: skip
     atomic_write_json(out / "report.json", report)
     return report

@@ -32,3 +32,12 @@ def test_bad_flags_are_one_line_errors(run):
     assert code == 2 and "--env Nope-v9" in err and "Traceback" not in err
     code, _, err = run("rl", "solve", "--method", "magic")
     assert code == 2 and "invalid choice" in err
+
+
+def test_stochastic_approximation_plot(run, tmp_path):
+    code, out, err = run("rl", "sa", "--samples", "50", "--steps", "20", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "bgd: ‖w_K − mean‖ = 0.0000" in out and "sgd:" in out
+    assert (tmp_path / "mean_estimation.png").read_bytes()[:4] == b"\x89PNG"
+    code, _, err = run("rl", "sa", "--steps", "0", "--out", str(tmp_path))
+    assert code == 2 and "must be ≥ 1" in err

@@ -45,7 +45,7 @@ def test_mc_exploring_starts_reaches_the_optimum():
     mdp = small_world().mdp()
     v_star, _ = value_iteration(mdp, gamma=0.9)
     for first_visit in (True, False):
-        _, policy = mc_exploring_starts(mdp, gamma=0.9, episodes=1500, episode_length=40,
+        _, policy = mc_exploring_starts(mdp, gamma=0.9, episodes=1000, episode_length=30,
                                         first_visit=first_visit, seed=0)  # fmt: skip
         assert np.allclose(evaluate_policy(mdp, policy, 0.9), v_star, atol=1e-6)
 
