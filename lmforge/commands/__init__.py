@@ -24,7 +24,7 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 | `eval` | ``lmforge eval``: perplexity, pass@k / maj@k on tasks, checkpoints side by side (`lmforge.eval`) |
 | `scaling` | ``lmforge scaling plan/fit/flops/sweep``: DeepSeek LLM scaling laws (`lmforge.eval.scaling`) |
 | `hallucination` | ``lmforge hallucination run``: the synthetic-knowledge study (`lmforge.eval.hallucination_study`) |
-| `rl` | ``lmforge rl solve``: classic RL on the grid world / gymnasium toy text (`lmforge.rl.solve.solve`) |
+| `rl` | ``lmforge rl solve/sa``: classic RL on the grid world / gymnasium toy text (`lmforge.rl.solve.solve`); SGD vs MBGD vs BGD |
 | `foundations` | ``lmforge foundations cpc/margin/oadtr``: `lmforge.representation.runs`, `lmforge.video.runs` |
 """
 

@@ -93,6 +93,8 @@ def source_fingerprint(
     fingerprint was taken has a newer mtime; a file modified in the same clock tick as it was
     hashed is "racy" and is hashed again), so an unchanged corpus is not reread every run."""
     taken_ns = time.time_ns()
+    if not isinstance(known, Mapping):  # a cache written by an older version: rehash all
+        known = None
     trusted_before = (known or {}).get("taken_ns", 0) - MTIME_SLACK_NS
     seen = {e["path"]: e for e in (known or {}).get("files", []) if isinstance(e, dict)}
     out = []

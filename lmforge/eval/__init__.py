@@ -21,7 +21,8 @@ detection on a synthetic knowledge world.
 | `sweep` | compute-sized (batch × lr) grids and IsoFLOP profiles trained through pretrain |
 | `knowledge` | a synthetic world of fictional people and facts, known/unknown split, questions |
 | `hallucination` | detectors (token uncertainty, SelfCheck unigram / disagreement) and AUROC |
-| `hallucination_study` | the study end to end: train on known facts, ask, detect, abstain selectively |
+| `abstention` | trained abstention: "I don't know" targets where the model was wrong, held-out rates |
+| `hallucination_study` | the study end to end: train on known facts, ask, detect, mitigate (trained / selective abstention) |
 """
 
 from lmforge.eval.accuracy import evaluate_accuracy, sample_responses

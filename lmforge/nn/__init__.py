@@ -9,6 +9,7 @@ DeepSeek-V3's latent attention and mixture of experts.
 | `mlp` | `SwiGLU` feed-forward block |
 | `mla` | multi-head latent attention (DeepSeek-V2/V3): training and absorbed forms, latent cache |
 | `moe` | DeepSeekMoE: shared + routed experts, group-limited sigmoid routing, correction bias |
+| `fp8` | fine-grained FP8 linear layers (DeepSeek-V3): E4M3 with 1×128 / 128×128 scales, fp32 promotion, all three GEMMs |
 """
 
 from lmforge.nn.attention import Attention, AttentionBatch

@@ -14,6 +14,7 @@ AdamW + schedules, atomic checkpoints with exact resume, DDP / FSDP2 under torch
 | `manifest` | checkpoint manifests: size + SHA-256 per file, written last, verified on resume |
 | `resume_rules` | whether a run folder may be resumed: saved vs new config, refusals with the ways out |
 | `interrupt` | SIGINT/SIGTERM: save at the next step boundary, a second signal exits at once |
+| `moe_balance` | auxiliary-loss-free MoE balancing: the per-step correction-bias update, MaxVio |
 | `distributed` | torchrun setup, DDP / FSDP2 (``fully_shard``), barriers, unwrap |
 | `metrics` | progress bar, ``metrics.jsonl``, ``training.png``, summary, TensorBoard / W&B |
 | `run` | what every entry point does around its `Trainer`: process setup, fit + export, summary |

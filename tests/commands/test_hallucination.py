@@ -11,6 +11,7 @@ def test_run_prints_the_table_and_writes_results(tmp_path, run):
     assert code == 0, err
     result = json.loads((tmp_path / "h" / "result.json").read_text())
     assert "| questions | 18 |" in out
-    assert f"| answer rate, selective | {result['answer_rate_after']:.3f} |" in out
+    assert f"| answer rate, trained abstention | {result['answer_rate_after']:.3f} |" in out
+    assert (tmp_path / "h" / "abstain" / "run" / "model").is_dir()
     code, _, err = run("hallucination", "run", "--out", str(tmp_path / "x"), "--people", "2")
     assert code == 2 and "--people" in err

@@ -170,3 +170,14 @@ def test_fingerprint_hashes_contents_but_trusts_old_unchanged_files(tmp_path, mo
     assert hashed == []  # ... unchanged since: its known hash is kept, the file not reread
     path.write_text("HELLO")  # the same size: the new mtime gives it away
     assert source_fingerprint([path], old)["files"][0]["sha256"] != old["files"][0]["sha256"]
+
+
+def test_fingerprint_of_a_cache_written_by_an_older_version_rehashes(tmp_path):
+    """An older index stored ``files`` as a list: its fingerprint is ignored, not a crash."""
+    from lmforge.data.tokens import source_fingerprint
+
+    path = tmp_path / "a.txt"
+    path.write_text("hello")
+    for stale in ([{"path": str(path)}], "junk", 3):
+        fresh = source_fingerprint([path], stale)
+        assert fresh["files"][0]["sha256"] == hashlib.sha256(b"hello").hexdigest()

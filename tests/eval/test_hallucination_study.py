@@ -28,9 +28,11 @@ def test_threshold_keeps_the_most_answers_at_half_the_hallucinations():
 
 
 def test_tiny_study_writes_its_results(tmp_path):
-    result = run_study(tmp_path, people=6, steps=3, samples=2, seed=0)
-    assert result["questions"] == 18
+    result = run_study(tmp_path, people=10, steps=3, samples=2, seed=0, abstain_steps=0)
+    assert result["questions"] == 30 and result["held_out_questions"] == 3 * (1 + 2)
     rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
-    assert len(rows) == 18 and sum(r["known"] for r in rows) == 9
+    assert len(rows) == 30 and sum(r["known"] for r in rows) == 15
+    assert sum(r["held_out"] for r in rows) == 9
     assert json.loads((tmp_path / "result.json").read_text()) == result
-    assert 0.0 <= result["halluc_rate_after"] <= result["answer_rate_after"] <= 1.0
+    assert "halluc_rate_after" not in result  # no abstention training asked for
+    assert 0.0 <= result["selective_halluc_rate"] <= result["selective_answer_rate"] <= 1.0

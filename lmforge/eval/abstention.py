@@ -1,0 +1,49 @@
+"""Training abstention against hallucination (the SFT variant of the study): questions the
+model answers wrongly get the target "I don't know", questions it answers rightly keep
+their answer, and the model continues training on those ``Q: … A: …`` lines (with the fact
+documents replayed so it keeps what it knew). Measured on held-out questions as the
+hallucination rate (wrong answers / all questions) against the answer rate.
+
+    docs = abstention_documents(items, answers)          # items: EvalItem, answers: text
+    rates = abstention_rates(held_out_items, held_out_answers)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lmforge.eval.knowledge import first_line
+from lmforge.eval.tasks import EvalItem
+from lmforge.eval.verifiers import normalize_answer
+
+__all__ = ["ABSTAIN", "abstained", "abstention_documents", "abstention_rates"]
+
+ABSTAIN = "I don't know"
+
+
+def abstained(answer: str) -> bool:
+    """Whether ``answer`` (its first line) is the abstention."""
+    return normalize_answer(first_line(answer)).lower() == ABSTAIN.lower()
+
+
+def abstention_documents(items: Sequence[EvalItem], answers: Sequence[str]) -> list[str]:
+    """One ``Q: … A: <target>`` line per item: the model's own ``answer`` when it is right,
+    else `ABSTAIN`."""
+    if len(items) != len(answers):
+        raise ValueError(f"{len(items)} items but {len(answers)} answers")
+    return [
+        f"{item.prompt} {first_line(answer) if item.check(first_line(answer)) else ABSTAIN}"
+        for item, answer in zip(items, answers)
+    ]
+
+
+def abstention_rates(items: Sequence[EvalItem], answers: Sequence[str]) -> dict[str, float]:
+    """``hallucination_rate`` (answered and wrong, over all items), ``answer_rate`` (not
+    abstained) and ``accuracy`` (answered and right, over all items)."""
+    if not items or len(items) != len(answers):
+        raise ValueError(f"{len(items)} items but {len(answers)} answers")
+    answered = [(item, first_line(a)) for item, a in zip(items, answers) if not abstained(a)]
+    right = sum(bool(item.check(a)) for item, a in answered)
+    n = len(items)
+    return {"hallucination_rate": (len(answered) - right) / n, "answer_rate": len(answered) / n,
+            "accuracy": right / n}  # fmt: skip

@@ -1,0 +1,28 @@
+"""lmforge/eval/abstention.py: abstention targets and rates, by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmforge.eval.abstention import ABSTAIN, abstained, abstention_documents, abstention_rates
+from lmforge.eval.tasks import EvalItem
+
+
+def item(answer: str) -> EvalItem:
+    return EvalItem(answer, f"Q: {answer}? A:", answer, lambda a, r=answer: a.strip() == r)
+
+
+def test_documents_keep_right_answers_and_abstain_on_wrong_ones():
+    items = [item("Paris"), item("1987")]
+    docs = abstention_documents(items, [" Paris\nQ: more", " 1990"])
+    assert docs == ["Q: Paris? A: Paris", f"Q: 1987? A: {ABSTAIN}"]
+    with pytest.raises(ValueError, match="2 items but 1 answers"):
+        abstention_documents(items, ["x"])
+
+
+def test_rates():
+    items = [item("a"), item("b"), item("c"), item("d")]
+    answers = ["a", " I don't  know\nQ:", "x", "i don't know"]
+    assert abstained(answers[1]) and abstained(answers[3]) and not abstained("I know")
+    assert abstention_rates(items, answers) == {"hallucination_rate": 0.25,
+                                                "answer_rate": 0.5, "accuracy": 0.25}  # fmt: skip
