@@ -42,18 +42,28 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise CommandError("--steps must be ≥ 1")
-    if args.action == "cpc":
-        from lmforge.representation.runs import run_cpc
+    import torch
 
-        report = run_cpc(args.out, context=args.context, steps=args.steps, seed=args.seed)
-    elif args.action == "margin":
-        from lmforge.representation.runs import run_margin
-
-        report = run_margin(args.out, losses=tuple(args.loss), steps=args.steps, seed=args.seed)
-    else:
-        from lmforge.video.runs import run_oadtr
-
-        report = run_oadtr(args.out, steps=args.steps, seed=args.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread avoids thread-pool overhead
+    try:
+        report = run_action(args)
+    finally:
+        torch.set_num_threads(threads)
     print(json.dumps(report, indent=2))
     print(f"wrote {args.out}/report.json, metrics.jsonl, curves.png")
     return 0
+
+
+def run_action(args: argparse.Namespace) -> dict[str, Any]:
+    if args.action == "cpc":
+        from lmforge.representation.runs import run_cpc
+
+        return run_cpc(args.out, context=args.context, steps=args.steps, seed=args.seed)
+    if args.action == "margin":
+        from lmforge.representation.runs import run_margin
+
+        return run_margin(args.out, losses=tuple(args.loss), steps=args.steps, seed=args.seed)
+    from lmforge.video.runs import run_oadtr
+
+    return run_oadtr(args.out, steps=args.steps, seed=args.seed)

@@ -65,10 +65,17 @@ def run_solve(args: argparse.Namespace) -> int:
         raise CommandError(f"--gamma must be in [0, 1), not {args.gamma}")
     if args.episodes < 1:
         raise CommandError("--episodes must be ≥ 1")
+    import torch
+
     world = GridWorld(r_boundary=args.r_boundary, r_forbidden=args.r_forbidden,
                       r_target=args.r_target)  # fmt: skip
-    result = solve(args.env, args.method, gamma=args.gamma, episodes=args.episodes,
-                   seed=args.seed, out=args.out, gridworld=world)  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the DQN is a tiny MLP: one thread avoids thread-pool overhead
+    try:
+        result = solve(args.env, args.method, gamma=args.gamma, episodes=args.episodes,
+                       seed=args.seed, out=args.out, gridworld=world)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     print(result.text())
     for path in result.files:
         print(f"wrote {path}")

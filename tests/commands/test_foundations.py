@@ -19,3 +19,12 @@ def test_tiny_runs_write_reports(run, tmp_path, action, extra):
 def test_bad_steps_is_a_clean_error(run, tmp_path):
     code, _, err = run("foundations", "oadtr", "--steps", "0", "--out", str(tmp_path))
     assert code == 2 and "--steps must be ≥ 1" in err
+
+
+def test_thread_count_is_restored(run, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    assert run("foundations", "margin", "--loss", "softmax", "--steps", "1", "--out",
+               str(tmp_path))[0] == 0  # fmt: skip
+    assert torch.get_num_threads() == before
