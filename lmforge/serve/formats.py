@@ -167,9 +167,7 @@ class TextFormat:
         created, tok = int(time.time()), self.state.tokenizer
 
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> dict:
-            c = Completion(
-                id=rid, created=created, model=self.model, choices=choices, usage=usage
-            )
+            c = Completion(id=rid, created=created, model=self.model, choices=choices, usage=usage)
             return c.model_dump() if include_usage else c.model_dump(exclude={"usage"})
 
         final: list[Any] = [None] * count
