@@ -55,7 +55,8 @@ format: $(STAMP)
 # Every side-by-side benchmark (tens of minutes on a CPU); each ends with a RESULT line.
 BENCHES := model_throughput sft_throughput checkpointing_memory generate structured \
            peft_memory dpo_step grpo_step multi_lora mla_cache \
-           fp8_training moe_balance image_generation data_memory foundations
+           fp8_training moe_balance image_generation data_memory foundations \
+           scaling_laws hallucination
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
