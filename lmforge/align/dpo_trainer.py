@@ -152,7 +152,7 @@ def preference_pairs(config: RunConfig, dist: DistInfo, console: Console, tokeni
 
     def load(paths):
         return load_preference_pairs(paths, tokenizer, skip_bad=d.skip_bad, max_len=d.seq_len,
-                                     too_long=d.too_long)  # fmt: skip
+                                     too_long=d.too_long, format=d.format)  # fmt: skip
 
     pairs, val_pairs = train_and_validation(load, d, t.seed, console, "pairs")
     console.print(f"[bold]pairs[/]: {len(pairs)} train / {len(val_pairs)} validation")

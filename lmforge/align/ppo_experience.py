@@ -20,6 +20,9 @@ place in the step), then the rows are gathered (`gather_rollout`) so that every 
 the whole rollout — reward normalisation, advantage whitening and the logged statistics are
 those of one process — and each micro-batch of ``micro × W`` rows of the shared shuffle is
 split across the ranks: W processes make one process's update (``train.batch_size`` × W).
+Under FSDP2 the actor-critic's parameters are shards: before each rollout the full weights are
+gathered into a plain copy (`lmforge.align.rl_distributed.RolloutWeights`) that samples and
+computes the old log-probs, values and (adapter) reference log-probs.
 
 Reference policy: a frozen copy of the policy, or — when the policy carries a LoRA adapter —
 the same model with the adapter disabled (no copy). None when ``kl_coef`` is 0.
@@ -32,11 +35,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lmforge.align.logprobs import masked_mean
 from lmforge.align.ppo import RunningMeanStd, gae_advantages, kl_penalized_rewards, whiten
 from lmforge.align.ppo_config import PPOSection, check_ppo_section
 from lmforge.align.ppo_models import ActorCritic, PromptItem, Sample, Scorer, token_values
+from lmforge.align.rl_distributed import RolloutWeights
 from lmforge.align.reference import (
     Reference,
     check_reference,
@@ -85,6 +90,8 @@ class PPOExperience:
             its adapters disabled when it has LoRA; None when ``kl_coef`` is 0.
         ptx_data: an endless iterable of packed LM batches (``input_ids``, ``labels``,
             ``position_ids``/``document_ids``) with state_dict (needed when ``ptx_coef`` > 0).
+        rollout_weights: the `RolloutWeights` rollouts run on (default: ``model`` itself;
+            under FSDP2 one made with ``copy_for_fsdp=True`` before the loop shards ``model``).
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class PPOExperience:
         reference: Reference | Literal["auto"] = "auto",
         ptx_data: Any = None,
         pad_id: int = 0,
+        rollout_weights: RolloutWeights | None = None,
     ) -> None:
         check_ppo_section(config, micro_batch_size, grad_accum)
         if not prompts:
@@ -114,6 +122,7 @@ class PPOExperience:
         self.micro, self.accum = micro_batch_size, grad_accum
         self.seed, self.rank, self.world = seed, rank, world_size
         self.ptx_data = ptx_data if config.ptx_coef > 0 else None
+        self.weights = rollout_weights or RolloutWeights(model)
         self._ptx_iter = iter(self.ptx_data) if self.ptx_data is not None else None
         # Built now, before any step or resume changes the policy's weights.
         if config.kl_coef == 0:
@@ -134,13 +143,17 @@ class PPOExperience:
         self._ptx_start: Any = None
 
     # -------------------------------------------------------------- reference policy
-    def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """``[B, T]`` log-probs of the sampled tokens under the reference (None for β = 0)."""
+    def reference_logprobs(
+        self, batch: dict[str, torch.Tensor], policy: nn.Module | None = None
+    ) -> torch.Tensor | None:
+        """``[B, T]`` log-probs of the sampled tokens under the reference (None for β = 0);
+        ``policy``: the module whose adapters an ``"adapter"`` reference disables (default:
+        the trained policy; the gathered copy under FSDP2)."""
         if self.cfg.kl_coef == 0:
             return None
         if self.reference is None:
             raise ValueError("ppo.kl_coef > 0 needs a reference policy")
-        policy, device = self.model.policy, batch["input_ids"].device
+        policy, device = policy or self.model.policy, batch["input_ids"].device
         with reference_model(self.reference, policy, device) as ref:
             return policy_logprobs(ref, batch, self.cfg.temperature)
 
@@ -153,9 +166,11 @@ class PPOExperience:
         items = [self.prompts[self._prompt_index(first + i)] for i in range(n)]
         # seeded by the prompt's place in the whole step: W ranks sample what one process would
         seeds = [sha256_seed("sample", self.seed, 0, r, self.rank * n + i) for i in range(n)]
-        policy = self.model.policy
+        ac = self.weights.refresh()  # the model itself, or the gathered copy under FSDP2
+        policy = ac.policy
         was_training = self.model.training
         self.model.eval()
+        ac.eval()
         try:
             prompt_ids = [list(i.prompt_ids) for i in items]
             done = sample_completions(policy, self.tokenizer, prompt_ids, self.sampling, seeds)
@@ -166,7 +181,7 @@ class PPOExperience:
                 raise ValueError(f"the scorer returned {raw.numel()} scores for {n} samples")
             seqs = [list(s.item.prompt_ids) + s.completion_ids for s in samples]
             prompt_lens = [len(s.item.prompt_ids) for s in samples]
-            device = next(self.model.parameters()).device
+            device = next(ac.parameters()).device
             parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logps", "values", "ref")}
             width = max(len(s) for s in seqs)
             for lo in range(0, n, self.micro):
@@ -175,9 +190,9 @@ class PPOExperience:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 parts["logps"].append(policy_logprobs(policy, batch, cfg.temperature))
                 parts["values"].append(
-                    token_values(self.model.critic, batch["input_ids"], batch["attention_mask"])
+                    token_values(ac.critic, batch["input_ids"], batch["attention_mask"])
                 )
-                ref = self.reference_logprobs(batch)
+                ref = self.reference_logprobs(batch, policy)
                 if ref is not None:
                     parts["ref"].append(ref)
         finally:

@@ -55,9 +55,11 @@ from lmforge.align.ppo_models import (
     rule_scorer,
 )
 from lmforge.align.preference_objective import load_reward_model, reward_model_for_export
+from lmforge.align.rl_distributed import RolloutWeights
 from lmforge.align.rl_tasks import r1_prompt_ids, task_problems
 from lmforge.models.loss import IGNORE_INDEX, shifted_targets
 from lmforge.models.transformer import CausalLM
+from lmforge.train.distributed import barrier
 from lmforge.train.objective import LossOutput
 
 __all__ = [  # from lmforge.align.ppo_models  # from lmforge.align.ppo_config  # from lmforge.align.ppo_experience
@@ -184,9 +186,7 @@ def train_ppo(
     p, t = config.ppo, config.train
     run_dir = Path(run_dir)
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
-    if world > 1 and t.distributed == "fsdp":
-        raise ValueError("lmforge ppo under torchrun runs with train.distributed=ddp (the "
-                         "actor-critic is not sharded by FSDP yet)")  # fmt: skip
+    fsdp = world > 1 and t.distributed == "fsdp"
     reward_model = None
     if p.reward == "model" or (p.rewards and p.reward_model):
         reward_model = load_reward_model(p.reward_model, dtype=torch.float32)
@@ -205,12 +205,13 @@ def train_ppo(
         torch.manual_seed(t.seed)
         critic = critic_from(reward_model if use_rm else policy)
     model = ActorCritic(policy, critic)
+    weights = RolloutWeights(model, copy_for_fsdp=fsdp)  # before the loop shards the model
     ptx = ptx_loader(config, tokenizer, run_dir, dist) if p.ptx_coef > 0 else None
     experience = PPOExperience(model, task_prompts(config, tokenizer), scorer, p,
                                tokenizer=tokenizer, micro_batch_size=t.batch_size,
                                grad_accum=t.grad_accum, seed=t.seed, ptx_data=ptx,
                                pad_id=tokenizer.pad_token_id or 0, rank=rank,
-                               world_size=world)  # fmt: skip
+                               world_size=world, rollout_weights=weights)  # fmt: skip
     trainer = Trainer(model, experience, config, objective=PPOObjective(p), tokenizer=tokenizer,
                       run_dir=run_dir, dist=dist, console=console)  # fmt: skip
     if reward_model is not None:  # the scorer follows the policy onto the training device
@@ -224,10 +225,19 @@ def train_ppo(
             + f"; {p.rollout_batch_size} prompts per rollout × "
             f"{p.ppo_epochs} epochs; run folder {run_dir}"
         )
+    if fsdp and t.resume and ckpt.list_checkpoints(trainer.checkpoint_root):
+        # lmforge.train.checkpoint.write_weights exports an FSDP model as a CausalLM, which
+        # drops the critic.* weights: resuming would silently restart the critic.
+        raise ValueError(f"{trainer.checkpoint_root}: lmforge ppo cannot resume under "
+                         "train.distributed=fsdp yet (its checkpoints lack the critic); resume "
+                         "with train.distributed=ddp or start over (train.resume=false)")  # fmt: skip
     summary = trainer.fit()
     model_dir, critic_dir = run_dir / "model", run_dir / "critic"
-    ckpt.write_weights(policy, {}, model_dir, tokenizer)  # the adapter alone with --peft
-    export = reward_model_for_export(copy.deepcopy(critic).cpu(), tokenizer.pad_token_id)
-    save_model(export, critic_dir, tokenizer=tokenizer)
+    full = weights.refresh()  # FSDP2: the gathered full weights (collective); else the model
+    if rank == 0:
+        ckpt.write_weights(full.policy, {}, model_dir, tokenizer)  # the adapter alone with --peft
+        export = reward_model_for_export(copy.deepcopy(full.critic).cpu(), tokenizer.pad_token_id)
+        save_model(export, critic_dir, tokenizer=tokenizer)
+    barrier()
     summary["model_dir"], summary["critic_dir"] = str(model_dir), str(critic_dir)
     return summary

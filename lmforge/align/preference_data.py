@@ -11,7 +11,9 @@
   ``rejected`` message lists or strings, read as one assistant turn) render through the chat
   template, and the targets are the completion's assistant turns, found by the token prefix
   property exactly as SFT finds them (`lmforge.data.formats.tokenize_conversation`);
-- plain strings everywhere become ``<bos> prompt completion <eos>`` (loss on completion + eos);
+- plain strings everywhere render the same way (a user turn, an assistant turn), as SFT renders
+  prompt/completion records; with ``format="raw"`` (``data.format=raw``) or a tokenizer without
+  a chat template they become ``<bos> prompt completion <eos>`` (loss on completion + eos);
 - records without a prompt (``chosen`` / ``rejected`` full conversations, the implicit-prompt
   format) train on the turns after the longest common leading run of messages.
 
@@ -99,10 +101,14 @@ def _common_prefix(a: Sequence[dict], b: Sequence[dict]) -> int:
     return n
 
 
-def tokenize_preference(record: PreferenceRecord, tokenizer: Tokenizer) -> PreferencePair:
-    """The `PreferencePair` of a validated record (see the module docstring)."""
+def tokenize_preference(
+    record: PreferenceRecord, tokenizer: Tokenizer, raw: bool = False
+) -> PreferencePair:
+    """The `PreferencePair` of a validated record (see the module docstring); plain-string
+    records are raw text only with ``raw`` or when the tokenizer has no chat template."""
     prompt, chosen, rejected = record.prompt, record.chosen, record.rejected
-    if isinstance(prompt, str) and isinstance(chosen, str) and isinstance(rejected, str):
+    strings = all(isinstance(x, str) for x in (prompt, chosen, rejected))
+    if strings and (raw or tokenizer.chat_template is None):
         pair = PreferencePair(
             tokenize_prompt_completion(prompt, chosen, tokenizer),
             tokenize_prompt_completion(prompt, rejected, tokenizer),
@@ -157,6 +163,7 @@ def load_preference_pairs(
     skip_bad: bool = False,
     max_len: int | None = None,
     too_long: str = "truncate",
+    format: str = "auto",  # noqa: A002 (data.format, as SFT reads it)
 ) -> tuple[list[PreferencePair], DataReport]:
     """Read, validate and tokenize preference data (JSONL / Parquet / HF dataset folders with
     ``prompt`` / ``chosen`` / ``rejected``, or ``chosen`` / ``rejected`` conversations).
@@ -164,6 +171,10 @@ def load_preference_pairs(
     Args:
         skip_bad: skip (and count) malformed records instead of raising `DataError` naming
             file, line and field.
+        format: ``data.format``: "raw" keeps plain-string records as ``<bos> prompt completion
+            <eos>``; otherwise (default) they are a user turn and an assistant turn through the
+            chat template, as SFT renders them, so DPO trains what SFT trained and the server
+            serves.
         max_len: the longest sequence kept whole; a pair with a longer side follows
             ``too_long``: "truncate" (both sides cut to ``max_len``; counted), "drop"
             (counted) or "error". A side left with no completion token drops the pair.
@@ -174,7 +185,7 @@ def load_preference_pairs(
     pairs: list[PreferencePair] = []
     for record in read_records(paths, schema="preference", skip_bad=skip_bad, report=report):
         try:
-            pair = tokenize_preference(record, tokenizer)
+            pair = tokenize_preference(record, tokenizer, raw=format == "raw")
             for side, ex in (("chosen", pair.chosen), ("rejected", pair.rejected)):
                 if ex.num_loss_tokens == 0:
                     raise DataError(f"'{side}' has no completion tokens to score")

@@ -58,8 +58,27 @@ def run(args: argparse.Namespace) -> int:
         ("KV cache / 1k tok", _per_dtype(c["kv_cache_bytes_per_1k_tokens"])),
         ("tokenizer", _tokenizer_summary(c["tokenizer"])),
     ]
+    if c.get("moe"):
+        rows[5:5] = moe_rows(c["moe"], c["parameters"])
     print_rows(c["path"], rows)
     return 0
+
+
+def moe_rows(moe: dict[str, Any], total: int) -> list[tuple[str, str]]:
+    """Rows for a mixture-of-experts model (`lmforge.models.info` ``info["moe"]``)."""
+    active = moe["active_parameters"]
+    return [
+        (
+            "experts",
+            f"{moe['routed_experts']} routed + {moe['shared_experts']} shared, top-"
+            f"{moe['experts_per_token']} (expert MLP {moe['expert_intermediate_size']})",
+        ),
+        ("MoE layers", f"{moe['moe_layers']} MoE, {moe['dense_layers']} dense"),
+        (
+            "active params",
+            f"{active:,} of {total:,} per token ({100 * moe['active_fraction']:.1f} %)",
+        ),
+    ]
 
 
 def print_adapter(a: dict[str, Any], as_json: bool) -> int:

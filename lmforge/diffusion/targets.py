@@ -55,7 +55,12 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, null_class: int) -> torch
 
 
 class DenoisingObjective:
-    """``objective(model, batch) -> LossOutput`` for ``{"images", "labels"}`` batches."""
+    """``objective(model, batch) -> LossOutput`` for ``{"images", "labels"}`` batches.
+
+    Validation reports the per-image MSE (``val_loss``), not a perplexity
+    (``validation_metrics``, read by the Trainer's `evaluate`)."""
+
+    validation_metrics = True
 
     def __init__(
         self,

@@ -42,6 +42,8 @@ from lmforge.vision.metrics import classifier_frechet_distance, conditional_accu
 __all__ = [
     "DiffusionConfig",
     "DiffusionSection",
+    "METHODS",
+    "check_section",
     "evaluate_samples",
     "train_diffusion",
     "training_scheduler",
@@ -75,6 +77,13 @@ class DiffusionSection:
     samples_per_class: int = 4
     classifier_steps: int = 0  # > 0: train the evaluation classifier; metrics per eval
     eval_samples: int = 200  # samples scored per evaluation
+    method: str = "denoiser"  # denoiser | nice | realnvp (normalizing flows: exact likelihood)
+    nice: dict[str, Any] = field(default_factory=dict)  # NICEConfig fields (method=nice)
+    realnvp: dict[str, Any] = field(default_factory=dict)  # RealNVPConfig fields
+    reflow_from: str = ""  # a trained flow-target model folder: reflow it (Liu et al. 2023)
+    reflow_pairs: int = 1000  # noise → sample couplings drawn from that model
+    reflow_steps: int = 50  # Euler steps of the ODE that draws them
+    reflow_guidance: float = 1.0  # guidance scale of the couplings (conditional models)
 
 
 @dataclass
@@ -106,7 +115,12 @@ def training_scheduler(d: DiffusionSection) -> Scheduler:
     )
 
 
+METHODS = ("denoiser", "nice", "realnvp")
+
+
 def check_section(d: DiffusionSection) -> None:
+    if d.method not in METHODS:
+        raise ConfigError(f"diffusion.method={d.method!r}: expected one of {', '.join(METHODS)}")
     if d.target not in TARGETS:
         raise ConfigError(f"diffusion.target={d.target!r}: expected one of {', '.join(TARGETS)}")
     if d.target == "flow" and d.sampler not in ("flow", "flow-euler"):

@@ -13,11 +13,15 @@ Images are flattened to D = C·H·W; the partition is even / odd indices of the 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmforge.generative.flow_io import save_flow
 
 __all__ = ["NICE", "NICEConfig", "AdditiveCoupling", "logistic_log_prob"]
 
@@ -64,6 +68,12 @@ class AdditiveCoupling(nn.Module):
 
 class NICE(nn.Module):
     """``forward(x) → (h, log|det ∂h/∂x|)``; ``inverse(h)``; ``log_prob(x)``; ``sample(n)``."""
+
+    kind = "nice"
+
+    def save_weights_folder(self, folder: str | os.PathLike) -> Path:
+        """What the Trainer's checkpoints call (`lmforge.generative.flow_io.save_flow`)."""
+        return save_flow(self, folder)
 
     def __init__(self, config: NICEConfig) -> None:
         super().__init__()

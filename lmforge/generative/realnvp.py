@@ -14,11 +14,15 @@ that changes little and keeps one latent tensor).
 from __future__ import annotations
 
 import dataclasses
+import os
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from lmforge.generative.flow_io import save_flow
 
 __all__ = ["AffineCoupling", "RealNVP", "RealNVPConfig", "checkerboard", "squeeze", "unsqueeze"]
 
@@ -87,6 +91,12 @@ class AffineCoupling(nn.Module):
 
 class RealNVP(nn.Module):
     """``forward(x) → (z, log|det|)``; ``inverse(z)``; ``log_prob(x)``; ``sample(n)``."""
+
+    kind = "realnvp"
+
+    def save_weights_folder(self, folder: str | os.PathLike) -> Path:
+        """What the Trainer's checkpoints call (`lmforge.generative.flow_io.save_flow`)."""
+        return save_flow(self, folder)
 
     def __init__(self, config: RealNVPConfig) -> None:
         super().__init__()

@@ -96,7 +96,6 @@ class MultiHeadLatentAttention(nn.Module):
         qk = qk_nope_head_dim + qk_rope_head_dim
         self.scale = softmax_scale if softmax_scale is not None else qk**-0.5
         self.form = "auto"  # "training" | "absorbed" | "auto" (see module docstring)
-        self._absorbed_cache: tuple | None = None  # (parameter versions, (W_UK, W_UV))
         self.window = None  # MLA models have no sliding window (the paged engine asks)
         if q_lora_rank is None:
             self.q_proj = nn.Linear(hidden_size, num_heads * qk, bias=False)
@@ -138,21 +137,19 @@ class MultiHeadLatentAttention(nn.Module):
         return torch.cat((self.kv_a_layernorm(c_kv)[:, None], k_rope), dim=-1)
 
     def absorbed_weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """W_UK ``[r, H, nope]`` and W_UV ``[r, H, v]`` as ``kv_b_proj`` computes them (its
-        image of the identity, so an adapter on ``kv_b_proj`` is included). For a plain
-        ``nn.Linear`` without autograd the result is kept until its weight changes (version
-        counter); a wrapped projection (adapters can be switched off) is recomputed."""
-        key = None
-        if not torch.is_grad_enabled() and type(self.kv_b_proj) is nn.Linear:
-            params = tuple(self.kv_b_proj.parameters())
-            key = (like.dtype, like.device, *((id(p), p._version) for p in params))
-            if self._absorbed_cache is not None and self._absorbed_cache[0] == key:
-                return self._absorbed_cache[1]
-        eye = torch.eye(self.kv_lora_rank, dtype=like.dtype, device=like.device)
-        w = self.kv_b_proj(eye).view(self.kv_lora_rank, self.num_heads, -1)
-        weights = w[..., : self.nope_dim], w[..., self.nope_dim :]
-        self._absorbed_cache = None if key is None else (key, weights)
-        return weights
+        """W_UK ``[r, H, nope]`` and W_UV ``[r, H, v]`` as ``kv_b_proj`` computes them.
+
+        For a plain bias-free ``nn.Linear`` they are views of its current weight (``x W^T``
+        with x = I is W^T): nothing is cached, so a ``p.data`` write or a fused optimizer's
+        in-place step is seen at the next call. Any other projection (an adapter, an FP8
+        layer) is applied to the identity, so what it adds is included."""
+        proj = self.kv_b_proj
+        if type(proj) is nn.Linear and proj.bias is None:
+            w = proj.weight.t().to(like.dtype).view(self.kv_lora_rank, self.num_heads, -1)
+        else:
+            eye = torch.eye(self.kv_lora_rank, dtype=like.dtype, device=like.device)
+            w = proj(eye).view(self.kv_lora_rank, self.num_heads, -1)
+        return w[..., : self.nope_dim], w[..., self.nope_dim :]
 
     # ------------------------------------------------------------------ forward
     def forward(

@@ -59,11 +59,21 @@ def test_messages_pair_scores_only_the_completion(tok):
     assert same.chosen.input_ids == pair.chosen.input_ids
 
 
-def test_string_pair_is_bos_prompt_completion_eos(tok):
-    pair = tokenize_preference(PreferenceRecord("Q: hi", " yes", " no"), tok)
+def test_string_pair_renders_like_sft_unless_raw(tok):
+    """What trains is what serves: string records go through the chat template as SFT's
+    prompt/completion records do; ``data.format=raw`` keeps ``<bos> prompt completion <eos>``."""
+    record = PreferenceRecord("Q: hi", " yes", " no")
+    pair = tokenize_preference(record, tok)
+    sft = tokenize_conversation(
+        [{"role": "user", "content": "Q: hi"}, {"role": "assistant", "content": " yes"}],
+        tok,
+        train_from=1,
+    )
+    assert pair.chosen.input_ids == sft.input_ids and pair.chosen.labels == sft.labels
+    raw = tokenize_preference(record, tok, raw=True)
     head = tok.encode("Q: hi", add_special_tokens=True)
-    assert pair.chosen.input_ids == head + tok.encode(" yes") + [tok.eos_token_id]
-    assert _targets(pair.rejected) == tok.encode(" no") + [tok.eos_token_id]
+    assert raw.chosen.input_ids == head + tok.encode(" yes") + [tok.eos_token_id]
+    assert _targets(raw.rejected) == tok.encode(" no") + [tok.eos_token_id]
 
 
 def test_implicit_prompt_is_the_shared_leading_messages(tok):
@@ -88,12 +98,12 @@ def test_bad_records_name_file_and_line(tok, tmp_path):
 def test_too_long_pairs_truncate_drop_or_error(tok, tmp_path):
     path = tmp_path / "long.jsonl"
     path.write_text(json.dumps({"prompt": "x", "chosen": "a " * 40, "rejected": "b"}) + "\n")
-    (pair,), report = load_preference_pairs([path], tok, max_len=12)
+    (pair,), report = load_preference_pairs([path], tok, max_len=12, format="raw")
     assert len(pair.chosen) == 12 and report.counts["truncated to max_len"] == 1
-    pairs, report = load_preference_pairs([path], tok, max_len=12, too_long="drop")
+    pairs, report = load_preference_pairs([path], tok, max_len=12, too_long="drop", format="raw")
     assert pairs == [] and report.counts["dropped: longer than max_len"] == 1
     with pytest.raises(DataError, match="long.jsonl:1: .* > max_len=12"):
-        load_preference_pairs([path], tok, max_len=12, too_long="error")
+        load_preference_pairs([path], tok, max_len=12, too_long="error", format="raw")
 
 
 def test_synthetic_preferences_are_seeded_and_differ():

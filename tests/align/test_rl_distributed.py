@@ -50,12 +50,16 @@ for strategy in ("ddp", "fsdp"):
         f"train.distributed={strategy}", f"model.init_from={r1_model}", f"out_dir={out}/grpo-{strategy}"],
         GRPOConfig)
     run_grpo(config, dist=dist)
-config = load_config(f"{root}/lmforge/recipes/dpo-tiny.yaml", [*dpo, "train.batch_size=2",
-    f"model.init_from={pref_model}", f"out_dir={out}/dpo"], DPOConfig)
-train_dpo(config, dist=dist)
-config = load_config(f"{root}/lmforge/recipes/ppo-tiny.yaml", [*ppo, "ppo.rollout_batch_size=4",
-    "train.batch_size=2", f"ppo.rewards=[{out}/rewards.py:digits]", f"model.init_from={r1_model}", f"out_dir={out}/ppo"], PPOConfig)
-run_ppo(config, dist=dist)
+for strategy in ("ddp", "fsdp"):
+    config = load_config(f"{root}/lmforge/recipes/dpo-tiny.yaml", [*dpo, "train.batch_size=2",
+        f"train.distributed={strategy}", f"model.init_from={pref_model}",
+        f"out_dir={out}/dpo-{strategy}"], DPOConfig)
+    train_dpo(config, dist=dist)
+for strategy in ("ddp", "fsdp"):
+    config = load_config(f"{root}/lmforge/recipes/ppo-tiny.yaml", [*ppo, "ppo.rollout_batch_size=4",
+        "train.batch_size=2", f"ppo.rewards=[{out}/rewards.py:digits]", f"model.init_from={r1_model}",
+        f"train.distributed={strategy}", f"out_dir={out}/ppo-{strategy}"], PPOConfig)
+    run_ppo(config, dist=dist)
 torch.distributed.destroy_process_group()
 """
 
@@ -144,10 +148,12 @@ def test_two_processes_make_the_single_process_update(r1_model_dir, preference_m
         for a, b in zip(_jsonl(single / "grpo" / "eval.jsonl"), evals, strict=True):
             assert b == pytest.approx(a)
         assert [e["count"] for e in evals] == [4, 4]  # 2 + 2 on the two ranks, before and after
-    _assert_same_weights(single / "dpo" / "model", tmp_path / "dpo" / "model", preference_model_dir)
     want = [r for r in _jsonl(single / "dpo" / "metrics.jsonl") if "loss" in r]
-    got = [r for r in _jsonl(tmp_path / "dpo" / "metrics.jsonl") if "loss" in r]
-    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-5)
+    for strategy in ("ddp", "fsdp"):
+        run = tmp_path / f"dpo-{strategy}"
+        _assert_same_weights(single / "dpo" / "model", run / "model", preference_model_dir)
+        got = [r for r in _jsonl(run / "metrics.jsonl") if "loss" in r]
+        assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-5)
     # PPO: the rollout is gathered, so normalisation, whitening and minibatches are one process's
     config = load_config(ROOT / "lmforge/recipes/ppo-tiny.yaml",
                          [*PPO, "ppo.rollout_batch_size=8", "train.batch_size=4",
@@ -155,11 +161,13 @@ def test_two_processes_make_the_single_process_update(r1_model_dir, preference_m
                           f"model.init_from={r1_model_dir}", f"out_dir={single}/ppo"],
                          PPOConfig)  # fmt: skip
     run_ppo(config)
-    for name in ("model", "critic"):
-        _assert_same_weights(single / "ppo" / name, tmp_path / "ppo" / name,
-                             (single / "ppo" / name) if name == "critic" else r1_model_dir,
-                             trained=name == "model")  # fmt: skip
-    want, got = _jsonl(single / "ppo" / "metrics.jsonl"), _jsonl(tmp_path / "ppo" / "metrics.jsonl")
-    for a, b in zip(want, got, strict=True):
-        for key in ("loss", "reward", "kl_ref", "value_loss", "explained_variance"):
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    want = _jsonl(single / "ppo" / "metrics.jsonl")
+    for strategy in ("ddp", "fsdp"):  # FSDP2: the rollouts run on the gathered full weights
+        run = tmp_path / f"ppo-{strategy}"
+        for name in ("model", "critic"):
+            _assert_same_weights(single / "ppo" / name, run / name,
+                                 (single / "ppo" / name) if name == "critic" else r1_model_dir,
+                                 trained=name == "model")  # fmt: skip
+        for a, b in zip(want, _jsonl(run / "metrics.jsonl"), strict=True):
+            for key in ("loss", "reward", "kl_ref", "value_loss", "explained_variance"):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (strategy, key)

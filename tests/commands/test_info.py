@@ -71,3 +71,24 @@ def _lora_model(folder):
     from lmforge.peft import apply_lora
 
     return apply_lora(lmforge.load_model(folder), r=4, alpha=8, target_modules="all-linear")
+
+
+def test_info_text_shows_moe_facts(tmp_path, run):
+    import torch
+
+    import lmforge
+    from lmforge.models.info import active_parameters
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+
+    torch.manual_seed(0)
+    config = preset_config("deepseek-tiny")
+    lmforge.save_model(CausalLM(config), tmp_path / "moe")
+    code, out, err = run("info", str(tmp_path / "moe"))
+    assert code == 0, err
+    experts = f"{config.n_routed_experts} routed + {config.n_shared_experts} shared, "
+    assert experts + f"top-{config.num_experts_per_tok}" in out
+    active, total = active_parameters(config), config.num_parameters()
+    assert active < total and f"{active:,} of {total:,} per token" in out
+    layers = sum(config.is_moe_layer(i) for i in range(config.num_hidden_layers))
+    assert f"{layers} MoE, {config.num_hidden_layers - layers} dense" in out

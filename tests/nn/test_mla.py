@@ -111,3 +111,52 @@ def test_parameter_names_and_shapes_are_deepseeks():
     assert names["kv_b_proj.weight"] == (HEADS * (NOPE + V), R)
     assert names["o_proj.weight"] == (HIDDEN, HEADS * V)
     assert "q_proj.weight" in dict(make_mla(None).named_parameters())
+
+
+@torch.no_grad()
+def test_decoding_sees_weights_written_through_data():
+    """A ``p.data`` write (or a fused optimizer's in-place step) bumps no version counter; the
+    absorbed form must still use the new W_UK/W_UV: cached decode equals a full forward."""
+    mla = make_mla(16)
+    x = torch.randn(1, 6, HIDDEN)
+
+    class Config:  # what KVCache.for_model reads
+        num_hidden_layers, num_key_value_heads, head_dim, use_mla = 1, 1, R + ROPE, True
+
+    holder = torch.nn.Linear(1, 1)
+    holder.config = Config
+
+    def decode():
+        cache = KVCache.for_model(holder, batch_size=1, max_len=6)
+        pieces = []
+        for start in range(6):
+            pieces.append(run(mla, x[:, start : start + 1], "absorbed", cache=cache, past=start))
+            cache.advance(1)
+        return torch.cat(pieces, 1)
+
+    decode()  # uses (and, before the fix, cached) the absorbed weights
+    mla.kv_b_proj.weight.data.mul_(-1.5)  # no version bump
+    full = run(mla, x, "training")
+    torch.testing.assert_close(decode(), full, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_after_a_data_update_matches_full_forward():
+    """`lmforge.generate` (KVCache decode, absorbed MLA) after a ``.data`` write: greedy tokens
+    equal the argmax of full forwards with the new weights."""
+    from lmforge.infer.generate import generate
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+
+    torch.manual_seed(0)
+    model = CausalLM(preset_config("deepseek-tiny")).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 5))
+    generate(model, prompt, max_new_tokens=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data.add_(0.05 * torch.randn_like(p))
+    out = generate(model, prompt, max_new_tokens=4)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(4):
+            ids = torch.cat((ids, model(ids).logits[:, -1:].argmax(-1)), dim=1)
+    assert torch.equal(out[:, : ids.shape[1]], ids)
