@@ -41,13 +41,13 @@ from lmforge.align.logprobs import masked_mean
 from lmforge.align.ppo import RunningMeanStd, gae_advantages, kl_penalized_rewards, whiten
 from lmforge.align.ppo_config import PPOSection, check_ppo_section
 from lmforge.align.ppo_models import ActorCritic, PromptItem, Sample, Scorer, token_values
-from lmforge.align.rl_distributed import RolloutWeights
 from lmforge.align.reference import (
     Reference,
     check_reference,
     make_reference,
     reference_model,
 )
+from lmforge.align.rl_distributed import RolloutWeights
 from lmforge.align.rollout import (
     check_rollout_sampling,
     completion_batch,

@@ -42,6 +42,7 @@ __all__ = [
     "combined_scorer",
     "critic_from",
     "rule_scorer",
+    "shard_critic_blocks",
     "token_values",
 ]
 
@@ -98,6 +99,17 @@ class ActorCritic(nn.Module):
             ptx_sum = lm_output(self.model(**inputs), self.lm_head, ptx["labels"],
                                 loss_reduction="sum").loss  # fmt: skip
         return ActorCriticOutput(logits, values, ptx_sum)
+
+
+def shard_critic_blocks(model: ActorCritic, device: torch.device) -> None:
+    """FSDP2 (``fully_shard``) on each of the critic's decoder blocks, on ``device`` — the
+    loop's `lmforge.train.distributed.wrap_model` shards the policy's blocks and then the root,
+    which would otherwise hold the whole critic as one unit (collective under torchrun)."""
+    from torch.distributed.fsdp import fully_shard
+
+    model.critic.to(device)
+    for layer in model.critic.model.layers:
+        fully_shard(layer)
 
 
 def critic_from(model: CausalLM | RewardModel) -> RewardModel:

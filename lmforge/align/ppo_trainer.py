@@ -19,7 +19,10 @@ The math is `lmforge.align.ppo`; the pieces live beside this file:
 - `lmforge.align.ppo_experience` — `PPOExperience`: rollouts (`lmforge.align.rollout`),
   scores, reference log-probs (`lmforge.align.reference`), values, KL-shaped rewards, GAE,
   micro-batches, exact resume;
-- here — `PPOObjective` and the run: `task_prompts` (`lmforge.align.rl_tasks`), `ptx_loader`
+- here — `PPOObjective` and the run (under torchrun with DDP or FSDP2; under FSDP2 the
+  rollouts and the exported ``model/`` and ``critic/`` use the gathered full weights,
+  `lmforge.align.rl_distributed.RolloutWeights`, and a run cannot resume yet: the loop's FSDP
+  checkpoints hold the policy alone): `task_prompts` (`lmforge.align.rl_tasks`), `ptx_loader`
   and `train_ppo` (critic, reward, experience, loop, export of ``model/`` and ``critic/``).
 
 **Objective** (`PPOObjective`): the clipped policy loss + clipped value loss (+ entropy
@@ -53,6 +56,7 @@ from lmforge.align.ppo_models import (
     combined_scorer,
     critic_from,
     rule_scorer,
+    shard_critic_blocks,
 )
 from lmforge.align.preference_objective import load_reward_model, reward_model_for_export
 from lmforge.align.rl_distributed import RolloutWeights
@@ -212,6 +216,8 @@ def train_ppo(
                                grad_accum=t.grad_accum, seed=t.seed, ptx_data=ptx,
                                pad_id=tokenizer.pad_token_id or 0, rank=rank,
                                world_size=world, rollout_weights=weights)  # fmt: skip
+    if fsdp:  # (after the copies: the rollout weights' and the reference's)
+        shard_critic_blocks(model, dist.device)
     trainer = Trainer(model, experience, config, objective=PPOObjective(p), tokenizer=tokenizer,
                       run_dir=run_dir, dist=dist, console=console)  # fmt: skip
     if reward_model is not None:  # the scorer follows the policy onto the training device
@@ -229,8 +235,8 @@ def train_ppo(
         # lmforge.train.checkpoint.write_weights exports an FSDP model as a CausalLM, which
         # drops the critic.* weights: resuming would silently restart the critic.
         raise ValueError(f"{trainer.checkpoint_root}: lmforge ppo cannot resume under "
-                         "train.distributed=fsdp yet (its checkpoints lack the critic); resume "
-                         "with train.distributed=ddp or start over (train.resume=false)")  # fmt: skip
+                         "train.distributed=fsdp yet (its checkpoints lack the critic); start "
+                         "over (train.resume=false) or in a new out_dir")  # fmt: skip
     summary = trainer.fit()
     model_dir, critic_dir = run_dir / "model", run_dir / "critic"
     full = weights.refresh()  # FSDP2: the gathered full weights (collective); else the model

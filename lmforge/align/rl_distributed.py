@@ -21,7 +21,8 @@ gradients are averaged by the loop as for any objective, so a run on W processes
 - **Weights** (`RolloutWeights`): under DDP every rank holds the full model and its engine
   reads the weights after each optimizer step; under FSDP2 the parameters are shards, so
   before each rollout the full weights are gathered (collective) into a plain copy of the
-  policy that the engine, the old-policy and the reference log-probs use.
+  policy (PPO: of the actor-critic) that the engine, the old-policy and the reference
+  log-probs (PPO: and the values) use.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 | `rm` | ``lmforge rm``: `lmforge.align.rm_trainer.train_rm` |
 | `grpo` | ``lmforge grpo``: `lmforge.align.rl_run.run_grpo` |
 | `ppo` | ``lmforge ppo``: `lmforge.align.rl_run.run_ppo` |
-| `diffusion` | ``lmforge diffusion train/sample``: `lmforge.diffusion.training.train_diffusion`, `lmforge.diffusion.sampling` |
+| `diffusion` | ``lmforge diffusion train/reflow/sample``: `lmforge.diffusion.training.train_diffusion` (reflow included), `lmforge.generative.flow_training.train_flow` (``diffusion.method: nice / realnvp``), `lmforge.diffusion.sampling` |
 | `eval` | ``lmforge eval``: perplexity, pass@k / maj@k on tasks, checkpoints side by side (`lmforge.eval`) |
 | `scaling` | ``lmforge scaling plan/fit/flops/sweep``: DeepSeek LLM scaling laws (`lmforge.eval.scaling`) |
 | `hallucination` | ``lmforge hallucination run``: the synthetic-knowledge study (`lmforge.eval.hallucination_study`) |

@@ -1,15 +1,22 @@
-"""`lmforge diffusion train|sample`: a denoiser (UNet or DiT; ε / v / x₀ / flow target)
-trained on an offline image dataset (`lmforge.diffusion.training.train_diffusion`), and
-sampled with any scheduler, with classifier-free guidance (`lmforge.diffusion.sampling`).
+"""`lmforge diffusion train|reflow|sample`: a denoiser (UNet or DiT; ε / v / x₀ / flow
+target) trained on an offline image dataset (`lmforge.diffusion.training.train_diffusion`),
+and sampled with any scheduler, with classifier-free guidance (`lmforge.diffusion.sampling`);
+``diffusion.method: nice | realnvp`` trains a normalizing flow instead
+(`lmforge.generative.flow_training.train_flow`); ``reflow`` straightens a rectified-flow
+model on its own couplings (one-step sampling after it).
 
     lmforge diffusion train --config recipes/diffusion-digits.yaml
     lmforge diffusion sample --model runs/diffusion-digits/model --sampler ddim --steps 50 \
         --class 3 --cfg 3.0 --num 16 --out digits3.png
+    lmforge diffusion train --config recipes/realnvp-digits.yaml
+    lmforge diffusion reflow --model runs/flow-digits/model --out runs/reflow-digits
+    lmforge diffusion sample --model runs/reflow-digits/model --sampler flow --steps 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 import torch
@@ -28,16 +35,33 @@ def add_parser(subparsers: Any) -> None:
         "train a denoiser on an offline image dataset through the one Trainer",
         "  lmforge diffusion train --config recipes/diffusion-digits.yaml\n"
         "  lmforge diffusion train --config recipes/diffusion-tiny.yaml diffusion.target=v_prediction\n"
-        "  lmforge diffusion train --config recipes/flow-digits.yaml     # rectified flow",
+        "  lmforge diffusion train --config recipes/flow-digits.yaml     # rectified flow\n"
+        "  lmforge diffusion train --config recipes/realnvp-digits.yaml  # normalizing flow\n"
+        "  lmforge diffusion train --config recipes/nice-digits.yaml",
     )
     add_recipe_arguments(p, "diffusion")
     p.set_defaults(run=run_train, command="diffusion train")
+    r = subparser(
+        actions,
+        "reflow",
+        "reflow a rectified-flow model: train on its own noise → sample couplings",
+        "  lmforge diffusion reflow --model runs/flow-digits/model --out runs/reflow-digits\n"
+        "  lmforge diffusion reflow --model DIR diffusion.reflow_pairs=4000 train.max_steps=2000",
+    )
+    r.add_argument(
+        "--model", required=True, dest="reflow_from", metavar="DIR",
+        help="a trained flow-target model folder (diffusion.reflow_from)",
+    )  # fmt: skip
+    add_recipe_arguments(r, "diffusion")
+    r.set_defaults(run=run_reflow, command="diffusion reflow")
     s = subparser(
         actions,
         "sample",
-        "sample a trained denoiser into a PNG grid",
+        "sample a trained denoiser (or normalizing flow) into a PNG grid",
         "  lmforge diffusion sample --model runs/diffusion-digits/model --sampler ddim --steps 50\n"
-        "  lmforge diffusion sample --model DIR --sampler dpm++ --steps 20 --class 3 --cfg 3.0",
+        "  lmforge diffusion sample --model DIR --sampler dpm++ --steps 20 --class 3 --cfg 3.0\n"
+        "  lmforge diffusion sample --model runs/reflow-digits/model --sampler flow --steps 1\n"
+        "  lmforge diffusion sample --model runs/realnvp-digits/model --num 64  # exact inverse",
     )
     s.add_argument("--model", required=True, metavar="DIR", help="a trained model folder")
     s.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: ddim")
@@ -65,7 +89,33 @@ def add_parser(subparsers: Any) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from lmforge.diffusion.training import DiffusionConfig, train_diffusion
 
-    train_diffusion(run_config(args, DiffusionConfig))
+    config = run_config(args, DiffusionConfig)
+    if config.diffusion.method in ("nice", "realnvp"):
+        from lmforge.generative.flow_training import train_flow
+
+        train_flow(config)
+    else:
+        train_diffusion(config)
+    return 0
+
+
+def run_reflow(args: argparse.Namespace) -> int:
+    from lmforge.diffusion.training import DiffusionConfig, train_diffusion
+
+    extra = [f"diffusion.reflow_from={json.dumps(args.reflow_from)}", "diffusion.method=denoiser"]
+    train_diffusion(run_config(args, DiffusionConfig, extra))
+    return 0
+
+
+def run_sample_flow(args: argparse.Namespace) -> int:
+    from lmforge.generative.flow_training import load_flow, sample_flow
+    from lmforge.vision.grid import save_grid
+
+    if args.class_id is not None or args.cfg != 1.0:
+        raise CommandError(f"{args.model}: a normalizing flow is unconditional (no --class/--cfg)")
+    model, _ = load_flow(args.model)
+    path = save_grid(sample_flow(model, args.num, args.seed), args.out)
+    print(f"{args.num} samples ({model.kind}, exact inverse) -> {path}")
     return 0
 
 
@@ -73,10 +123,13 @@ def run_sample(args: argparse.Namespace) -> int:
     from lmforge.diffusion.denoiser_io import load_denoiser
     from lmforge.diffusion.sampling import sample_images
     from lmforge.diffusion.schedulers import load_scheduler
+    from lmforge.generative.flow_io import is_flow_folder
     from lmforge.vision.grid import save_grid
 
     if args.steps < 1 or args.num < 1:
         raise CommandError("--steps and --num must be ≥ 1")
+    if is_flow_folder(args.model):
+        return run_sample_flow(args)
     d = load_denoiser(args.model)
     if (d.target == "flow") != (args.sampler == "flow"):
         raise CommandError(

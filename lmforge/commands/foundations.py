@@ -1,6 +1,9 @@
 """`lmforge foundations cpc|margin|oadtr`: the representation and video foundations on
 synthetic data — CPC (`lmforge.representation.runs.run_cpc`), the margin-softmax losses on
 identity verification (`run_margin`), OadTR vs a GRU (`lmforge.video.runs.run_oadtr`).
+Every model trains through the one Trainer: progress bar, ``metrics.jsonl``, atomic
+checkpoints under ``--out`` (every ``--save-every`` steps); the same command run again resumes
+an interrupted run from its last checkpoint (a finished one only re-evaluates).
 
     lmforge foundations cpc --context transformer --out runs/cpc
     lmforge foundations margin --loss arcface cosface softmax --out runs/margin
@@ -35,6 +38,8 @@ def add_parser(subparsers: Any) -> None:
     for p, steps, name in ((c, 150, "cpc"), (m, 300, "margin"), (o, 200, "oadtr")):
         p.add_argument("--steps", type=int, default=steps, help=f"default: {steps}")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--save-every", type=int, default=50, metavar="N",
+                       help="checkpoint every N steps (and at the end); default: 50")  # fmt: skip
         p.add_argument("--out", default=f"runs/{name}", metavar="DIR", help=f"default: runs/{name}")
         p.set_defaults(run=run, command=f"foundations {name}")
 
@@ -42,6 +47,8 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise CommandError("--steps must be ≥ 1")
+    if args.save_every < 0:
+        raise CommandError("--save-every must be ≥ 0 (0: only at the end)")
     import torch
 
     threads = torch.get_num_threads()
@@ -51,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
     print(json.dumps(report, indent=2))
-    print(f"wrote {args.out}/report.json, metrics.jsonl, curves.png")
+    print(f"wrote {args.out}/report.json, metrics.jsonl, curves.png, checkpoints/")
     return 0
 
 
@@ -59,11 +66,23 @@ def run_action(args: argparse.Namespace) -> dict[str, Any]:
     if args.action == "cpc":
         from lmforge.representation.runs import run_cpc
 
-        return run_cpc(args.out, context=args.context, steps=args.steps, seed=args.seed)
+        return run_cpc(
+            args.out,
+            context=args.context,
+            steps=args.steps,
+            seed=args.seed,
+            save_every=args.save_every,
+        )
     if args.action == "margin":
         from lmforge.representation.runs import run_margin
 
-        return run_margin(args.out, losses=tuple(args.loss), steps=args.steps, seed=args.seed)
+        return run_margin(
+            args.out,
+            losses=tuple(args.loss),
+            steps=args.steps,
+            seed=args.seed,
+            save_every=args.save_every,
+        )
     from lmforge.video.runs import run_oadtr
 
-    return run_oadtr(args.out, steps=args.steps, seed=args.seed)
+    return run_oadtr(args.out, steps=args.steps, seed=args.seed, save_every=args.save_every)

@@ -21,14 +21,16 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from safetensors.torch import load_file, save_file
 
 from lmforge.config import ConfigError
-from lmforge.diffusion.denoiser_io import Denoiser, build_denoiser, save_denoiser
+from lmforge.diffusion.denoiser_io import Denoiser, build_denoiser, load_denoiser, save_denoiser
+from lmforge.diffusion.rectified_flow import reflow_loader, reflow_pairs
 from lmforge.diffusion.sampling import sample_images
 from lmforge.diffusion.scheduler_base import Scheduler
 from lmforge.diffusion.schedulers import load_scheduler
 from lmforge.diffusion.targets import TARGETS, DenoisingObjective
-from lmforge.io import atomic_write_text
+from lmforge.io import atomic_path, atomic_write_text
 from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo
 from lmforge.train.loop import Trainer
@@ -45,6 +47,8 @@ __all__ = [
     "METHODS",
     "check_section",
     "evaluate_samples",
+    "load_reflow_teacher",
+    "reflow_couplings",
     "train_diffusion",
     "training_scheduler",
 ]
@@ -173,6 +177,61 @@ def grid_rows(images: torch.Tensor, labels: torch.Tensor | None, per_class: int)
     return images[order]
 
 
+def load_reflow_teacher(d: DiffusionSection) -> Denoiser:
+    """The flow model ``d.reflow_from``; ``d``'s data and network fields are set from it, so
+    the reflowed model is the same network on the same data."""
+    teacher = load_denoiser(d.reflow_from)
+    if teacher.target != "flow":
+        raise ConfigError(
+            f"diffusion.reflow_from={d.reflow_from!r}: a {teacher.target!r} model; "
+            "reflow needs a flow-target (rectified-flow) model"
+        )
+    c, h, _ = teacher.image_shape
+    d.dataset = teacher.meta.get("dataset", d.dataset)
+    d.data_seed = int(teacher.meta.get("data_seed", d.data_seed))
+    d.image_size, d.channels, d.target = h, c, "flow"
+    d.denoiser = teacher.meta.get("kind", d.denoiser)
+    d.conditional = teacher.conditional
+    if d.sampler not in ("flow", "flow-euler"):
+        d.sampler = "flow"
+    d.flow_shift = float(getattr(teacher.scheduler.config, "shift", d.flow_shift))
+    return teacher
+
+
+def reflow_couplings(
+    teacher: Denoiser, d: DiffusionSection, run_dir: Path, is_main: bool, console: Console
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(z, x̂ = ODE_teacher(z), labels): ``d.reflow_pairs`` couplings drawn once with a
+    generator seeded by ``d.data_seed`` and kept in ``<run>/reflow_pairs.safetensors``, so a
+    resumed run trains on exactly the same pairs."""
+    path = run_dir / "reflow_pairs.safetensors"
+    if path.is_file():
+        saved = load_file(str(path))
+        return saved["noise"], saved["samples"], saved.get("labels")
+    labels = None
+    if teacher.conditional:
+        labels = torch.arange(d.reflow_pairs) % len(teacher.class_names)
+    console.print(f"drawing {d.reflow_pairs} reflow couplings ({d.reflow_steps} Euler steps)")
+    noise, samples = reflow_pairs(
+        teacher.model,
+        d.reflow_pairs,
+        teacher.image_shape,
+        d.reflow_steps,
+        labels,
+        d.reflow_guidance,
+        torch.Generator().manual_seed(d.data_seed),
+    )
+    teacher.model.train()
+    if is_main:
+        tensors = {"noise": noise.contiguous(), "samples": samples.contiguous()}
+        if labels is not None:
+            tensors["labels"] = labels
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
+    return noise, samples, labels
+
+
 def train_diffusion(
     config: DiffusionConfig, *, dist: DistInfo | None = None, console: Console | None = None
 ) -> dict[str, Any]:
@@ -180,6 +239,12 @@ def train_diffusion(
     ``model_dir`` (a `denoiser_io` folder) and the last sample metrics."""
     d = config.diffusion
     check_section(d)
+    if d.method != "denoiser":
+        raise ConfigError(
+            f"diffusion.method={d.method!r}: a normalizing flow trains with "
+            "lmforge.generative.flow_training.train_flow (lmforge diffusion train dispatches)"
+        )
+    teacher = load_reflow_teacher(d) if d.reflow_from else None
     with training_run(config, dist, console) as (dist, console):
         train_set = load_image_dataset(
             d.dataset, d.image_size, d.num_train, d.data_seed, "train", d.channels
@@ -191,9 +256,12 @@ def train_diffusion(
         net_cfg = dict(d.unet if d.denoiser == "unet" else d.dit)
         net_cfg.update(sample_size=h, in_channels=c, out_channels=c)
         net_cfg["num_classes"] = train_set.num_classes if d.conditional else None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.train.seed)
-            model = build_denoiser(d.denoiser, net_cfg)
+        if teacher is not None:  # reflow starts from the model it straightens (Algorithm 1)
+            model = teacher.model.train()
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.train.seed)
+                model = build_denoiser(d.denoiser, net_cfg)
         sched = training_scheduler(d)
         objective = DenoisingObjective(
             d.target,
@@ -204,8 +272,11 @@ def train_diffusion(
             d.flow_shift,
         )
         loader = ImageLoader(train_set, config.train.batch_size, config.train.seed)
-        val = ImageLoader(eval_set, config.train.batch_size, seed=12345)
         run_dir = Path(config.out_dir)
+        if teacher is not None:
+            noise, pairs, labels = reflow_couplings(teacher, d, run_dir, dist.is_main, console)
+            loader = reflow_loader(noise, pairs, labels, config.train.batch_size, config.train.seed)
+        val = ImageLoader(eval_set, config.train.batch_size, seed=12345)
         denoiser = Denoiser(
             model,
             sched,
@@ -274,6 +345,8 @@ def train_diffusion(
             console=console,
             callbacks=[on_step],
         )
+        if teacher is not None:
+            console.print(f"[bold]reflow[/] of {d.reflow_from}: {d.reflow_pairs} couplings")
         console.print(
             f"[bold]diffusion[/]: {d.denoiser} ({sum(p.numel() for p in model.parameters()):,} "
             f"parameters), target {d.target}, {d.dataset} {c}×{h}×{w}"

@@ -5,7 +5,8 @@ and autoencoders come next.
 |---|---|
 | `nice` | NICE: additive coupling, diagonal scaling, logistic prior (Dinh et al. 2015) |
 | `realnvp` | RealNVP: affine coupling, checkerboard / channel masks, squeeze (Dinh et al. 2017) |
-| `flow_training` | dequantised maximum likelihood for the Trainer, bits/dim |
+| `flow_training` | dequantised maximum likelihood for the Trainer, bits/dim, `train_flow` (a run folder), `load_flow` / `sample_flow` |
+| `flow_io` | a flow on disk: config.json + model.safetensors (saved models and Trainer checkpoints) |
 """
 
 from lmforge.generative.flow_training import FlowNLLObjective, flow_bits_per_dim

@@ -14,8 +14,8 @@ that changes little and keeps one latent tensor).
 from __future__ import annotations
 
 import dataclasses
-import os
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -9,7 +9,8 @@ family of face-recognition losses.
 | `margin_softmax` | softmax, NormFace, L-Softmax, A-Softmax (SphereFace), AM-Softmax (CosFace), ArcFace as pure functions |
 | `cpc` | CPC: conv encoder, GRU / causal-transformer context, W_k predictors, InfoNCE with the MI bound, probe |
 | `verification` | identity verification: synthetic identities, an embedding net trained with a margin loss, TAR / accuracy at a fixed FAR |
-| `runs` | ``lmforge foundations cpc / margin``: train, metrics.jsonl, curves and angle PNGs, report.json |
+| `runs` | ``lmforge foundations cpc / margin`` through the Trainer: checkpoints, resume, metrics.jsonl, curves and angle PNGs, report.json |
+| `trainer_runs` | non-token models through the one Trainer: position-indexed loader (exact resume), weights hook, mean-loss objective |
 """
 
 from lmforge.representation.cpc import CPCModel, CPCSettings, cpc_loss, info_nce, train_cpc

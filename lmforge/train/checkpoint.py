@@ -79,7 +79,7 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         return get_model_state_dict(D.unwrap(model), options=_options(cpu_offload=True))
-    return D.unwrap(model).state_dict()
+    return D.gather_expert_state(model, D.unwrap(model).state_dict())  # all ranks' experts
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -93,7 +93,8 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     names = _optimizer_param_names(D.unwrap(model), optimizer)
     sd = optimizer.state_dict()
     groups = [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]
-    return {"state": {names[i]: v for i, v in sd["state"].items()}, "param_groups": groups}
+    osd = {"state": {names[i]: v for i, v in sd["state"].items()}, "param_groups": groups}
+    return D.gather_expert_optimizer_state(model, osd)  # all ranks' experts (collective)
 
 
 def _set_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, osd: dict) -> None:
@@ -222,10 +223,10 @@ def write_weights(
         return
     if hasattr(inner, "save_weights_folder"):  # not a transformer (a denoiser): config.json
         return inner.save_weights_folder(folder)  # + model.safetensors, written by the model
-    if not D.is_fsdp(model):
+    if not D.is_fsdp(model) and not D.sharded_moe_layers(model):
         save_model(inner, folder, tokenizer=tokenizer)
         return
-    # FSDP: build a CPU copy from the gathered full state and save that.
+    # FSDP or sharded experts: build a CPU copy from the gathered full state and save that.
     from lmforge.models.transformer import CausalLM, rotary_embedding
 
     config = inner.config
@@ -395,6 +396,7 @@ def load_checkpoint(
         weights = read_checked_weights(weight_files(path))
     if weights and getattr(inner.config, "tie_word_embeddings", False):
         weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
+    weights = {k: weights[k] for k in D.keep_own_experts(model, list(weights))}
     buffers = {k: v for k, v in inner.state_dict().items() if k not in weights}
     if D.is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
@@ -405,7 +407,12 @@ def load_checkpoint(
     if optimizer is not None:
         tensors = load_file(str(path / STATE_DIR / "optimizer.safetensors"))
         meta = read_json(path / STATE_DIR / "optimizer.json", "optimizer state")
-        _set_optimizer_state(model, optimizer, _join_optimizer_state(tensors, meta))
+        osd = _join_optimizer_state(tensors, meta)
+        own = set(D.keep_own_experts(model, list(osd["state"])))  # expert parallel: this rank's
+        osd["state"] = {n: v for n, v in osd["state"].items() if n in own}
+        for group in osd["param_groups"]:
+            group["params"] = D.keep_own_experts(model, group["params"])
+        _set_optimizer_state(model, optimizer, osd)
     rank = D.rank_and_world()[0]
     saved_world = len(state.get("rng", [])) or 1
     if restore_rng and state.get("rng"):

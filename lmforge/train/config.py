@@ -107,6 +107,9 @@ class TrainSection:
     )
     compile: bool = False
     distributed: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto → ddp under torchrun
+    # MoE with > 1 process (ddp): each rank keeps n_routed_experts / world of every MoE
+    # layer's routed experts (all-to-all dispatch; kept out of DDP's gradient all-reduce)
+    expert_parallel: bool = False
     eval_every: int = 50  # 0 → only at the end
     eval_batches: int = 8
     save_every: int = 50  # 0 → only at the end

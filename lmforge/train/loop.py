@@ -171,6 +171,16 @@ class Trainer:
             raise ValueError(
                 f"train.gradient_checkpointing: {type(model).__name__} has no per-block setting"
             )
+        self.expert_params: list[nn.Parameter] = []  # this rank's own (train.expert_parallel)
+        if self.tc.expert_parallel and self.dist.enabled:
+            if self.strategy != "ddp":
+                raise ValueError(
+                    f"train.expert_parallel needs train.distributed=ddp, not {self.strategy}"
+                )
+            if not self.moe:
+                raise ValueError("train.expert_parallel: the model has no MoE layers")
+            owned = set(D.shard_experts(model, self.dist))
+            self.expert_params = [p for n, p in model.named_parameters() if n in owned]
         self.raw_model = model
         self.model = D.wrap_model(model, self.strategy, self.dist)
         o = config.optim
@@ -330,7 +340,18 @@ class Trainer:
             if p.grad is not None:
                 p.grad.mul_(factor)
         clip = self.config.optim.grad_clip
-        grad_norm = nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        if self.expert_params:  # own experts: gradients of all ranks' tokens, not averaged
+            owned = {id(p) for p in self.expert_params}
+            for p in self.expert_params:
+                if p.grad is not None:
+                    p.grad.div_(self.dist.world_size)
+            grad_norm = D.clip_expert_parallel_grads(
+                [p for p in params if id(p) not in owned],
+                [p for p in params if id(p) in owned],
+                clip if clip > 0 else float("inf"),
+            )
+        else:
+            grad_norm = nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         if self.scaler is None and not torch.isfinite(grad_norm):

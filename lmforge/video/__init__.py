@@ -6,7 +6,7 @@
 | module | what |
 |---|---|
 | `oadtr` | OadTR (task-token encoder, future-predicting decoder, joint loss), GRU baseline, streaming, per-frame mAP |
-| `runs` | ``lmforge foundations oadtr``: OadTR vs the GRU baseline, per-frame mAP, metrics.jsonl, curves, report.json |
+| `runs` | ``lmforge foundations oadtr`` through the Trainer: OadTR vs the GRU baseline, per-frame mAP, checkpoints, resume, metrics.jsonl, curves, report.json |
 """
 
 from lmforge.video.oadtr import GRUDetector, OadTR, OadTRSettings, OadTRStream, frame_map

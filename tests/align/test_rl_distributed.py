@@ -1,9 +1,9 @@
 """Alignment on two CPU processes (gloo, ``torchrun --standalone --nproc_per_node 2``): `run_grpo`
-under DDP and FSDP2 and `train_dpo` under DDP make the same updates as one process over the
-same global batch (same seeds) — the exported weights agree to fp32 tolerance, GRPO's logged
-rollout statistics and held-out accuracy are those of the whole step — and so does `run_ppo`
-under DDP (policy and critic); plus the sharding helpers of `lmforge.align.rl_distributed` in
-one process."""
+and `train_dpo` under DDP and FSDP2 make the same updates as one process over the same global
+batch (same seeds) — the exported weights agree to fp32 tolerance, GRPO's logged rollout
+statistics and held-out accuracy are those of the whole step — and so does `run_ppo` under DDP
+and FSDP2 (policy and critic; FSDP2 refuses to resume, its checkpoints lacking the critic);
+plus the sharding helpers of `lmforge.align.rl_distributed` in one process."""
 
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ for strategy in ("ddp", "fsdp"):
         "train.batch_size=2", f"ppo.rewards=[{out}/rewards.py:digits]", f"model.init_from={r1_model}",
         f"train.distributed={strategy}", f"out_dir={out}/ppo-{strategy}"], PPOConfig)
     run_ppo(config, dist=dist)
+try:  # the FSDP checkpoints lack the critic: resuming is refused, not silently wrong
+    run_ppo(config, dist=dist)
+    raise SystemExit("resumed PPO under FSDP")
+except ValueError as exc:
+    assert "lmforge ppo cannot resume under" in str(exc), exc
 torch.distributed.destroy_process_group()
 """
 

@@ -59,6 +59,11 @@ def test_resume_is_exact(tmp_path, run):
     code, text, err = run("diffusion", "train", "--out", str(half), *TINY, "train.keep_last=2")
     assert code == 0, err
     assert "resumed from" in text
+    # validation reports the MSE loss, not a perplexity (the objective's validation_metrics)
+    assert "perplexity" not in text and "val loss" in text
+    evals = [r for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines())
+             if "val_loss" in r]  # fmt: skip
+    assert [r["step"] for r in evals] == [2, 4] and all("val_ppl" not in r for r in evals)
     a = load_file(str(full / "checkpoints" / "step-00000004" / "model.safetensors"))
     b = load_file(str(half / "checkpoints" / "step-00000004" / "model.safetensors"))
     for k in a:
@@ -85,3 +90,79 @@ def test_dit_flow_model_trains_and_samples(tmp_path, run):
                        "--steps", "2", "--num", "2", "--out", str(png))  # fmt: skip
     assert code == 0, err
     assert png.is_file()
+
+
+FLOW = [
+    "diffusion.num_train=32", "diffusion.num_eval=16", "diffusion.image_size=8",
+    "diffusion.samples_per_class=1", "train.batch_size=8", "train.max_steps=4",
+    "train.eval_every=2", "train.save_every=2", "train.eval_batches=1", "train.keep_last=2",
+    "log.progress=false", "log.plot=false", "optim.warmup_steps=0",
+]  # fmt: skip
+
+
+def test_normalizing_flows_train_resume_exactly_and_sample(tmp_path, run):
+    for method, net in (("realnvp", "diffusion.realnvp={hidden: 8, couplings_per_stage: 1}"),
+                        ("nice", "diffusion.nice={hidden: 16, hidden_layers: 1}")):  # fmt: skip
+        full, half = tmp_path / f"{method}-full", tmp_path / f"{method}-half"
+        args = ("diffusion", "train", "--config", f"recipes/{method}-digits.yaml", *FLOW, net)
+        code, text, err = run(*args, "--out", str(full))
+        assert code == 0, err
+        assert "exact likelihood" in text and "perplexity" not in text
+        records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in records if "val_loss" in r]
+        assert [r["step"] for r in evals] == [2, 4]
+        assert all(0 < r["val_bits_per_dim"] < 20 and "val_ppl" not in r for r in evals)
+        assert (full / "samples" / "step-00000002.png").is_file()
+        assert (full / "samples" / "step-00000004.png").is_file()
+        config = json.loads((full / "model" / "config.json").read_text())
+        assert config["lmforge_flow"] == method and config["shape"] == [1, 8, 8]
+        # interrupted after step 2: resume gives the straight run's weights bit for bit
+        (half / "checkpoints").mkdir(parents=True)
+        shutil.copytree(full / "checkpoints" / "step-00000002",
+                        half / "checkpoints" / "step-00000002")  # fmt: skip
+        (half / "checkpoints" / "latest").write_text("step-00000002\n")
+        code, text, err = run(*args, "--out", str(half))
+        assert code == 0, err
+        assert "resumed from" in text
+        a = load_file(str(full / "checkpoints" / "step-00000004" / "model.safetensors"))
+        b = load_file(str(half / "model" / "model.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (method, k)
+        png = tmp_path / f"{method}.png"
+        code, text, err = run("diffusion", "sample", "--model", str(half / "model"), "--num", "4",
+                              "--out", str(png))  # fmt: skip
+        assert code == 0, err
+        assert png.is_file() and method in text
+        code, _, err = run("diffusion", "sample", "--model", str(half / "model"), "--class", "3")
+        assert code == 2 and "unconditional" in err
+
+
+def test_reflow_then_one_step_sampling(tmp_path, run):
+    teacher, reflowed = tmp_path / "rf", tmp_path / "reflow"
+    code, _, err = run("diffusion", "train", "--out", str(teacher), *TINY, "train.max_steps=2",
+                       "diffusion.target=flow", "diffusion.sampler=flow")  # fmt: skip
+    assert code == 0, err
+    code, text, err = run("diffusion", "reflow", "--model", str(teacher / "model"), "--out",
+                          str(reflowed), *TINY, "diffusion.reflow_pairs=8",
+                          "diffusion.reflow_steps=2", "diffusion.sample_steps=1")  # fmt: skip
+    assert code == 0, err
+    assert "reflow" in text and "target flow" in text
+    pairs = load_file(str(reflowed / "reflow_pairs.safetensors"))
+    assert pairs["noise"].shape == pairs["samples"].shape == (8, 1, 8, 8)
+    assert pairs["labels"].tolist() == [i % 10 for i in range(8)]
+    # the couplings are the teacher's own 2-step Euler ODE from that noise
+    from lmforge.diffusion.denoiser_io import load_denoiser
+    from lmforge.diffusion.rectified_flow import flow_trajectory
+
+    t = load_denoiser(teacher / "model")
+    expect = flow_trajectory(t.model, pairs["noise"], 2, pairs["labels"])[0]
+    assert torch.allclose(expect, pairs["samples"], atol=1e-5)
+    assert json.loads((reflowed / "model" / "denoiser.json").read_text())["target"] == "flow"
+    png = tmp_path / "one-step.png"
+    code, _, err = run("diffusion", "sample", "--model", str(reflowed / "model"), "--sampler",
+                       "flow", "--steps", "1", "--class", "3", "--num", "2", "--out", str(png))  # fmt: skip
+    assert code == 0, err
+    assert png.is_file()
+    code, _, err = run("diffusion", "reflow", "--model", str(tmp_path / "nothing"), *TINY)
+    assert code == 2 and "denoiser.json" in err

@@ -28,3 +28,22 @@ def test_thread_count_is_restored(run, tmp_path):
     assert run("foundations", "margin", "--loss", "softmax", "--steps", "1", "--out",
                str(tmp_path))[0] == 0  # fmt: skip
     assert torch.get_num_threads() == before
+
+
+def test_checkpoints_and_the_same_command_resumes(run, tmp_path):
+    argv = ("foundations", "margin", "--loss", "softmax", "--steps", "3", "--save-every", "2",
+            "--out", str(tmp_path))  # fmt: skip
+    code, stdout, err = run(*argv)
+    assert code == 0, err
+    assert "resumed" not in stdout
+    steps = sorted(p.name for p in (tmp_path / "softmax/checkpoints").glob("step-*"))
+    assert steps == ["step-00000002", "step-00000003"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    code, stdout, err = run(*argv)
+    assert code == 0, err
+    assert "resumed from" in stdout and json.loads((tmp_path / "report.json").read_text()) == report
+
+
+def test_bad_save_every_is_a_clean_error(run, tmp_path):
+    code, _, err = run("foundations", "cpc", "--save-every", "-1", "--out", str(tmp_path))
+    assert code == 2 and "--save-every must be ≥ 0" in err

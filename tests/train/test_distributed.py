@@ -37,8 +37,18 @@ module.train_ranks({run!r})
 """
 
 
+def moe_model(seed=0):
+    """deepseek-tiny (8 routed experts in 2 groups + 1 shared, one dense layer), toy vocab."""
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+
+    torch.manual_seed(seed)
+    return CausalLM(preset_config("deepseek-tiny", vocab_size=64))
+
+
 def train_ranks(run: str) -> None:
-    """Each process: DDP (micro 4 × accum 1) then FSDP2 (micro 2 × accum 2) for STEPS steps."""
+    """Each process: DDP (micro 4 × accum 1), FSDP2 (micro 2 × accum 2), then an MoE model
+    with expert parallelism and with plain DDP (both micro 2 × accum 2) for STEPS steps."""
     from lmforge.train.distributed import init_distributed
 
     spec = importlib.util.spec_from_file_location("toy", CONFTEST)
@@ -48,16 +58,30 @@ def train_ranks(run: str) -> None:
     info = init_distributed("cpu")
     assert info.world_size == 2
     out = {}
-    for name, strategy, micro, accum in (("ddp", "ddp", 4, 1), ("fsdp", "fsdp", 2, 2)):
+    runs = (("ddp", "ddp", 4, 1), ("fsdp", "fsdp", 2, 2), ("ep", "ddp", 2, 2),
+            ("moe-ddp", "ddp", 2, 2))  # fmt: skip
+    for name, strategy, micro, accum in runs:
         config = toy.tiny_config(max_steps=STEPS, batch_size=micro, grad_accum=accum,
-                                 distributed=strategy)  # fmt: skip
+                                 distributed=strategy, expert_parallel=name == "ep")  # fmt: skip
         loader = toy.ToyLoader(global_batch=8, accum=accum, rank=info.rank, world=info.world_size)
         losses = []
-        trainer = Trainer(toy.tiny_model(), loader, config, run_dir=f"{run}/{name}",
+        model = moe_model() if name in ("ep", "moe-ddp") else toy.tiny_model()
+        trainer = Trainer(model, loader, config, run_dir=f"{run}/{name}",
                           callbacks=[lambda t, r, losses=losses: losses.append(r["loss"])])  # fmt: skip
         assert trainer.strategy == strategy
+        if name == "ep":  # this rank holds 4 of the 8 routed experts of the MoE layer
+            own = {n.split(".experts.")[1].split(".")[0] for n, _ in
+                   trainer.raw_model.named_parameters() if ".experts." in n}  # fmt: skip
+            assert own == {str(e) for e in range(4 * info.rank, 4 * info.rank + 4)}, own
         trainer.fit()
         out[name] = losses
+        if name == "ep":  # resume the sharded run from its (full) checkpoint for 2 more steps
+            config.train.max_steps = STEPS + 2
+            loader = toy.ToyLoader(global_batch=8, accum=accum, rank=info.rank,
+                                   world=info.world_size)  # fmt: skip
+            resumed = Trainer(moe_model(seed=5), loader, config, run_dir=f"{run}/{name}")
+            resumed.fit()
+            assert resumed.resumed_from is not None and resumed.step == STEPS + 2
     if info.rank == 0:
         Path(run, "losses.json").write_text(json.dumps(out))
     torch.distributed.destroy_process_group()
@@ -171,3 +195,55 @@ def test_fsdp_checkpoint_resumes_in_one_process(torchrun_runs, tmp_path, toy_loa
     assert reference.resumed_from is not None and reference.step == STEPS + 2
     for p, q in zip(reference.raw_model.parameters(), resumed.raw_model.parameters()):
         torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-3)
+
+
+def test_expert_parallel_matches_single_process(torchrun_runs, toy_loader, make_config):
+    """`train.expert_parallel`: 2 ranks × 4 experts each (all-to-all, experts outside DDP's
+    all-reduce, global expert loads for the bias step) train like one process over the same
+    global batch; the checkpoint holds all 8 experts and the optimizer state of all. Plain
+    DDP of the same MoE model (experts replicated) matches too."""
+    run, losses = torchrun_runs
+    single, trainer = _single_process(toy_loader, moe_model, make_config, run_dir=run / "ep1")
+    assert losses["ep"] == pytest.approx(single, abs=1e-5)
+    assert losses["moe-ddp"] == pytest.approx(single, abs=1e-5)  # replicated experts
+    want = trainer.raw_model.state_dict()
+    replicated = load_model(run / "moe-ddp" / "checkpoints" / f"step-{STEPS:08d}").state_dict()
+    for key, p in want.items():
+        torch.testing.assert_close(replicated[key], p, atol=1e-5, rtol=1e-4, msg=key)
+    folder = run / "ep" / "checkpoints" / f"step-{STEPS:08d}"
+    saved = load_model(folder)
+    got = saved.state_dict()
+    assert set(got) == set(want) and any(".experts.7." in k for k in got)
+    bias = [k for k in want if k.endswith("e_score_correction_bias")]
+    assert bias and any(want[k].abs().sum() > 0 for k in bias)  # the bias step ran
+    for key, p in want.items():
+        torch.testing.assert_close(got[key], p, atol=1e-5, rtol=1e-4, msg=key)
+    ref = run / "ep1" / "checkpoints" / f"step-{STEPS:08d}" / "trainer_state"
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "trainer_state" / "optimizer.json").read_text())
+    ref_meta = json.loads((ref / "optimizer.json").read_text())
+    assert [g["params"] for g in meta["param_groups"]] == [
+        g["params"] for g in ref_meta["param_groups"]
+    ]  # the unsharded model's order, so a single process can resume it
+    moments = load_file(str(folder / "trainer_state" / "optimizer.safetensors"))
+    reference = load_file(str(ref / "optimizer.safetensors"))
+    assert set(moments) == set(reference)
+    for key, value in reference.items():
+        torch.testing.assert_close(moments[key], value, atol=1e-5, rtol=1e-3, msg=key)
+
+
+def test_expert_parallel_run_resumes_like_one_process(torchrun_runs, toy_loader, make_config):
+    """The sharded ranks resume from the gathered checkpoint (each loads its own experts and
+    their optimizer state) and continue exactly as one process resumed from its own."""
+    run, _ = torchrun_runs
+    config = make_config(max_steps=STEPS, batch_size=8)
+    Trainer(moe_model(), toy_loader(global_batch=8), config, run_dir=run / "ep-ref").fit()
+    config.train.max_steps = STEPS + 2
+    reference = Trainer(moe_model(seed=5), toy_loader(global_batch=8), config,
+                        run_dir=run / "ep-ref")  # fmt: skip
+    reference.fit()
+    assert reference.resumed_from is not None
+    saved = load_model(run / "ep" / "checkpoints" / f"step-{STEPS + 2:08d}").state_dict()
+    for key, p in reference.raw_model.state_dict().items():
+        torch.testing.assert_close(saved[key], p, atol=1e-4, rtol=1e-3, msg=key)
