@@ -9,7 +9,7 @@ model on its own couplings (one-step sampling after it).
     lmforge diffusion sample --model runs/diffusion-digits/model --sampler ddim --steps 50 \
         --class 3 --cfg 3.0 --num 16 --out digits3.png
     lmforge diffusion train --config recipes/realnvp-digits.yaml
-    lmforge diffusion reflow --model runs/flow-digits/model --out runs/reflow-digits
+    lmforge diffusion reflow --model runs/flow-digits/model
     lmforge diffusion sample --model runs/reflow-digits/model --sampler flow --steps 1
 """
 
@@ -24,6 +24,7 @@ import torch
 from lmforge.commands.common import CommandError, add_recipe_arguments, run_config, subparser
 
 SAMPLERS = ("ddpm", "ddim", "euler", "dpm++", "flow")
+REFLOW_RECIPE = "recipes/flow-reflow-digits.yaml"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -45,15 +46,18 @@ def add_parser(subparsers: Any) -> None:
         actions,
         "reflow",
         "reflow a rectified-flow model: train on its own noise → sample couplings",
-        "  lmforge diffusion reflow --model runs/flow-digits/model --out runs/reflow-digits\n"
-        "  lmforge diffusion reflow --model DIR diffusion.reflow_pairs=4000 train.max_steps=2000",
+        "  lmforge diffusion reflow --model runs/flow-digits/model   # recipes/flow-reflow-digits.yaml\n"
+        "  lmforge diffusion reflow --model DIR --out runs/reflow diffusion.reflow_pairs=8000",
     )
     r.add_argument(
         "--model", required=True, dest="reflow_from", metavar="DIR",
         help="a trained flow-target model folder (diffusion.reflow_from)",
     )  # fmt: skip
     add_recipe_arguments(r, "diffusion")
-    r.set_defaults(run=run_reflow, command="diffusion reflow")
+    for action in r._actions:
+        if action.dest == "config":
+            action.help = f"YAML recipe (default: the built-in {REFLOW_RECIPE})"
+    r.set_defaults(run=run_reflow, command="diffusion reflow", config=REFLOW_RECIPE)
     s = subparser(
         actions,
         "sample",

@@ -24,7 +24,9 @@ together with what was wrong with each newer one (file and problem), so a resume
 loads flipped bits, a truncated file or a checkpoint without its ``trainer_state/``.
 
 Under FSDP the full (unsharded) model and optimizer state is gathered to rank 0, so a
-checkpoint saved by N processes loads in one, and vice versa.
+checkpoint saved by N processes loads in one, and vice versa. With expert parallelism the
+ranks' routed experts (weights and optimizer state) are gathered the same way, and each rank
+loads back only its own (`lmforge.train.distributed.keep_own_experts`).
 """
 
 from __future__ import annotations

@@ -352,6 +352,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"optim.decay_fraction={o.decay_fraction} must be in [0, 1]")
     if not 0 <= d.val_fraction < 1:
         raise ConfigError(f"data.val_fraction={d.val_fraction} must be in [0, 1)")
+    if t.expert_parallel and t.distributed in ("none", "fsdp"):
+        raise ConfigError(
+            f"train.expert_parallel=true needs train.distributed=ddp (or auto), not {t.distributed}"
+        )
 
 
 def dump_config(config: RunConfig) -> str:

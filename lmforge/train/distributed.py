@@ -8,6 +8,13 @@ and starts the process group (NCCL on GPUs, gloo on CPU). `wrap_model` applies
 FSDP2's ``fully_shard`` per decoder block and then at the root (parameters, gradients and
 optimizer state sharded across ranks; Zhao et al. 2023, "PyTorch FSDP"). Both average
 gradients over ranks, which the loop's token weighting accounts for.
+
+Expert parallelism (``train.expert_parallel``, DeepSeek-V3 §3.2.2) with DDP: `shard_experts`
+leaves each rank E/W routed experts per MoE layer (tokens reach them by all-to-all,
+`lmforge.nn.moe`). Their gradients already sum every rank's tokens, so DDP ignores them (the
+loop divides them by W instead of averaging) and `clip_expert_parallel_grads` adds their
+squared norms over ranks; `gather_expert_state` / `gather_expert_optimizer_state` complete a
+checkpoint with all ranks' experts and `keep_own_experts` picks a rank's share on loading.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lmforge.config import ConfigError
 from lmforge.nn.moe import DeepSeekMoE
 
 
@@ -76,7 +84,7 @@ def shard_experts(model: nn.Module, info: DistInfo) -> list[str]:
     for name, module in model.named_modules():
         if isinstance(module, DeepSeekMoE):
             if module.num_experts % info.world_size:
-                raise ValueError(
+                raise ConfigError(
                     f"train.expert_parallel: {name} has n_routed_experts={module.num_experts},"
                     f" not divisible by the world size {info.world_size}"
                 )

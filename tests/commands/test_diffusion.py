@@ -96,7 +96,7 @@ FLOW = [
     "diffusion.num_train=32", "diffusion.num_eval=16", "diffusion.image_size=8",
     "diffusion.samples_per_class=1", "train.batch_size=8", "train.max_steps=4",
     "train.eval_every=2", "train.save_every=2", "train.eval_batches=1", "train.keep_last=2",
-    "log.progress=false", "log.plot=false", "optim.warmup_steps=0",
+    "log.progress=false", "log.plot=false", "optim.warmup_steps=0", "train.cpu_threads=1",
 ]  # fmt: skip
 
 
@@ -144,19 +144,20 @@ def test_reflow_then_one_step_sampling(tmp_path, run):
                        "diffusion.target=flow", "diffusion.sampler=flow")  # fmt: skip
     assert code == 0, err
     code, text, err = run("diffusion", "reflow", "--model", str(teacher / "model"), "--out",
-                          str(reflowed), *TINY, "diffusion.reflow_pairs=8",
+                          str(reflowed), *TINY, "diffusion.classifier_steps=0",
+                          "optim.warmup_steps=0", "train.cpu_threads=1", "diffusion.reflow_pairs=8",
                           "diffusion.reflow_steps=2", "diffusion.sample_steps=1")  # fmt: skip
     assert code == 0, err
     assert "reflow" in text and "target flow" in text
     pairs = load_file(str(reflowed / "reflow_pairs.safetensors"))
     assert pairs["noise"].shape == pairs["samples"].shape == (8, 1, 8, 8)
     assert pairs["labels"].tolist() == [i % 10 for i in range(8)]
-    # the couplings are the teacher's own 2-step Euler ODE from that noise
+    # the couplings are the teacher's own 2-step guided Euler ODE from that noise
     from lmforge.diffusion.denoiser_io import load_denoiser
     from lmforge.diffusion.rectified_flow import flow_trajectory
 
     t = load_denoiser(teacher / "model")
-    expect = flow_trajectory(t.model, pairs["noise"], 2, pairs["labels"])[0]
+    expect = flow_trajectory(t.model, pairs["noise"], 2, pairs["labels"], 2.0)[0]  # the recipe's
     assert torch.allclose(expect, pairs["samples"], atol=1e-5)
     assert json.loads((reflowed / "model" / "denoiser.json").read_text())["target"] == "flow"
     png = tmp_path / "one-step.png"

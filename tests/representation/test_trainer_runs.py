@@ -75,3 +75,24 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     # training moved the weights (the comparison above is not of two untrained nets)
     torch.manual_seed(0)
     assert not torch.equal(nn.Linear(3, 1).weight, whole.weight)
+
+
+def test_fit_net_is_the_plain_adam_loop_of_train_embedding(tmp_path):
+    """Constant lr, no warmup / weight decay / clipping: the Trainer's step is torch's Adam,
+    so the run's figures mean what the plain loop's did."""
+    from lmforge.representation.margin_softmax import margin_loss
+    from lmforge.representation.verification import (
+        EmbeddingNet,
+        synthetic_identities,
+        train_embedding,
+    )
+
+    reference, _ = train_embedding("arcface", steps=5, seed=0)
+    x, y = synthetic_identities(40, 20, seed=0)
+    torch.manual_seed(0)
+    net = EmbeddingNet(x.shape[1], classes=40)
+    fit_net(net, {"method": "arcface"}, PositionLoader(lambda i: {"x": x, "y": y}),
+            lambda m, b: (margin_loss("arcface", m(b["x"]), m.weights, b["y"])[1], {}),
+            tmp_path, steps=5, lr=3e-3, progress=False)  # fmt: skip
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[name], value, rtol=1e-6, atol=1e-7)

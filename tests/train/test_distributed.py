@@ -247,3 +247,28 @@ def test_expert_parallel_run_resumes_like_one_process(torchrun_runs, toy_loader,
     saved = load_model(run / "ep" / "checkpoints" / f"step-{STEPS + 2:08d}").state_dict()
     for key, p in reference.raw_model.state_dict().items():
         torch.testing.assert_close(saved[key], p, atol=1e-4, rtol=1e-3, msg=key)
+
+
+def test_expert_parallel_config_is_checked():
+    """n_routed_experts must divide by the world size; only DDP shards experts."""
+    from lmforge.config import ConfigError
+    from lmforge.train.config import validate
+    from lmforge.train.distributed import DistInfo, shard_experts
+
+    with pytest.raises(ConfigError, match=r"n_routed_experts=8, not divisible by .* 3"):
+        shard_experts(moe_model(), DistInfo(rank=0, world_size=3))
+    owned = shard_experts(moe_model(), DistInfo(rank=1, world_size=4))  # no group needed
+    assert owned and all(".experts.2." in n or ".experts.3." in n for n in owned)
+    config = tiny_config_for_validation(distributed="fsdp", expert_parallel=True)
+    with pytest.raises(ConfigError, match="train.expert_parallel=true needs"):
+        validate(config)
+    validate(tiny_config_for_validation(distributed="auto", expert_parallel=True))
+
+
+def tiny_config_for_validation(**train):
+    from lmforge.train.config import RunConfig
+
+    config = RunConfig()
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
