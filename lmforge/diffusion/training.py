@@ -47,6 +47,8 @@ __all__ = [
     "METHODS",
     "check_section",
     "evaluate_samples",
+    "evaluation_classifier",
+    "write_sample_metrics",
     "load_reflow_teacher",
     "reflow_couplings",
     "train_diffusion",
@@ -177,6 +179,31 @@ def grid_rows(images: torch.Tensor, labels: torch.Tensor | None, per_class: int)
     return images[order]
 
 
+def evaluation_classifier(
+    train_set: ImageDataset, steps: int, run_dir: Path, console: Console
+) -> ImageClassifier:
+    """The run's evaluation classifier: ``<run>/classifier`` when a resumed run has it, else
+    trained on the real training images for ``steps`` steps (outside the global RNG stream,
+    so resuming draws the same) and saved there."""
+    clf_dir = run_dir / "classifier"
+    if (clf_dir / "classifier.json").is_file():
+        return load_classifier(clf_dir)
+    console.print(f"training the evaluation classifier ({steps} steps)")
+    with torch.random.fork_rng(devices=[]):
+        classifier = train_classifier(train_set, steps=steps)
+    classifier.save(clf_dir)
+    return classifier
+
+
+def write_sample_metrics(run_dir: Path, line: dict[str, Any]) -> None:
+    """Append ``line`` to ``<run>/samples.jsonl`` atomically, dropping lines of its step or
+    later (a resumed run rewrites what it evaluates again)."""
+    path = run_dir / "samples.jsonl"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    kept = [ln for ln in old.splitlines() if ln and json.loads(ln)["step"] < line["step"]]
+    atomic_write_text(path, "".join(x + "\n" for x in [*kept, json.dumps(line)]))
+
+
 def load_reflow_teacher(d: DiffusionSection) -> Denoiser:
     """The flow model ``d.reflow_from``; ``d``'s data and network fields are set from it, so
     the reflowed model is the same network on the same data."""
@@ -287,14 +314,7 @@ def train_diffusion(
         )
         classifier = None
         if d.classifier_steps and dist.is_main:
-            clf_dir = run_dir / "classifier"
-            if (clf_dir / "classifier.json").is_file():
-                classifier = load_classifier(clf_dir)
-            else:
-                console.print(f"training the evaluation classifier ({d.classifier_steps} steps)")
-                with torch.random.fork_rng(devices=[]):
-                    classifier = train_classifier(train_set, steps=d.classifier_steps)
-                classifier.save(clf_dir)
+            classifier = evaluation_classifier(train_set, d.classifier_steps, run_dir, console)
         eval_every = config.train.eval_every
 
         def on_step(trainer: Trainer, record: dict[str, Any]) -> None:
@@ -324,10 +344,7 @@ def train_diffusion(
                 nrow=d.samples_per_class if d.conditional else None,
             )
             line = {"step": trainer.step, "sampler": d.sampler, "steps": d.sample_steps, **metrics}
-            path = run_dir / "samples.jsonl"
-            old = path.read_text(encoding="utf-8") if path.is_file() else ""
-            kept = [ln for ln in old.splitlines() if ln and json.loads(ln)["step"] < trainer.step]
-            atomic_write_text(path, "".join(x + "\n" for x in [*kept, json.dumps(line)]))
+            write_sample_metrics(run_dir, line)
             if "cond_accuracy" in metrics or "frechet_classifier" in metrics:
                 trainer.console.print(
                     f"step {trainer.step}: samples "

@@ -11,14 +11,17 @@ Dinh et al. 2017, §4.1): x + u with u ~ U(0, w) per dimension (w = 2/255, the 8
 
 The run folder is the Trainer's (``metrics.jsonl`` with ``val_loss`` and ``val_bits_per_dim``
 on the held-out split, ``training.png``, atomic checkpoints, exact resume) plus a sample grid
-``samples/step-XXXXXXXX.png`` at every evaluation; the summary adds the held-out bits/dim of
-the whole test split (``test_bits_per_dim``).
+``samples/step-XXXXXXXX.png`` at every evaluation and, when ``diffusion.classifier_steps`` >
+0, a line in ``samples.jsonl`` with the classifier-feature Fréchet distance of
+``diffusion.eval_samples`` samples to the held-out images; the summary adds the held-out
+bits/dim of the whole test split (``test_bits_per_dim``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lmforge.config import ConfigError
-from lmforge.diffusion.training import DiffusionConfig, check_section
+from lmforge.diffusion.training import (
+    DiffusionConfig,
+    check_section,
+    evaluation_classifier,
+    write_sample_metrics,
+)
 from lmforge.generative.flow_io import read_flow_config, save_flow
 from lmforge.generative.nice import NICE, NICEConfig
 from lmforge.generative.realnvp import RealNVP, RealNVPConfig
@@ -39,7 +47,7 @@ from lmforge.train.run import print_summary, training_run
 from lmforge.vision.datasets import load_image_dataset
 from lmforge.vision.grid import save_grid
 from lmforge.vision.loader import ImageLoader
-from lmforge.vision.metrics import bits_per_dim
+from lmforge.vision.metrics import bits_per_dim, classifier_frechet_distance
 
 BIN_WIDTH = 2 / 255
 
@@ -116,12 +124,13 @@ def load_flow(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 
 @torch.no_grad()
 def sample_flow(model: nn.Module, num: int, seed: int = 0) -> torch.Tensor:
-    """``num`` images x = f⁻¹(h), h from the prior (seeded), clamped to [-1, 1]."""
+    """``num`` images x = f⁻¹(h), h from the prior (seeded), clamped to [-1, 1] (a NaN of an
+    untrained flow shows as 0)."""
     was_training = model.training
     model.eval()
     images = model.sample(num, generator=torch.Generator().manual_seed(seed))
     model.train(was_training)
-    return images.view(num, *model.config.shape).clamp(-1, 1)
+    return images.view(num, *model.config.shape).nan_to_num(0.0, 1.0, -1.0).clamp(-1, 1)
 
 
 def train_flow(
@@ -146,6 +155,9 @@ def train_flow(
             model = build_flow(d.method, net_cfg)
         run_dir = Path(config.out_dir)
         grid_size = max(1, d.samples_per_class) * 4
+        classifier = None
+        if d.classifier_steps and dist.is_main:
+            classifier = evaluation_classifier(train_set, d.classifier_steps, run_dir, console)
         eval_every = config.train.eval_every
 
         def on_step(trainer: Trainer, record: dict[str, Any]) -> None:
@@ -153,8 +165,19 @@ def train_flow(
             done = bool(limit) and trainer.step >= limit
             if not dist.is_main or not ((eval_every and trainer.step % eval_every == 0) or done):
                 return
-            images = sample_flow(model, grid_size, seed=trainer.step)
-            save_grid(images, run_dir / "samples" / f"step-{trainer.step:08d}.png")
+            n = max(grid_size, d.eval_samples if classifier is not None else 0)
+            start = time.perf_counter()
+            images = sample_flow(model, n, seed=trainer.step)
+            seconds = (time.perf_counter() - start) / n
+            save_grid(images[:grid_size], run_dir / "samples" / f"step-{trainer.step:08d}.png")
+            if classifier is not None:
+                fd = classifier_frechet_distance(classifier, eval_set.images, images)
+                write_sample_metrics(
+                    run_dir,
+                    {"step": trainer.step, "sampler": d.method, "steps": 1,
+                     "seconds_per_image": seconds, "frechet_classifier": fd},
+                )  # fmt: skip
+                trainer.console.print(f"step {trainer.step}: samples frechet_classifier {fd:.4g}")
 
         trainer = Trainer(
             model,
@@ -176,6 +199,10 @@ def train_flow(
         if dist.is_main:
             with torch.random.fork_rng(devices=[]):
                 summary["test_bits_per_dim"] = flow_bits_per_dim(model, eval_set.images)
+            console.print(
+                f"held-out bits/dim {summary['test_bits_per_dim']:.4f} "
+                f"({len(eval_set)} test images, one dequantisation draw)"
+            )
             meta = {
                 "dataset": d.dataset,
                 "data_seed": d.data_seed,

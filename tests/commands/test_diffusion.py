@@ -104,7 +104,8 @@ def test_normalizing_flows_train_resume_exactly_and_sample(tmp_path, run):
     for method, net in (("realnvp", "diffusion.realnvp={hidden: 8, couplings_per_stage: 1}"),
                         ("nice", "diffusion.nice={hidden: 16, hidden_layers: 1}")):  # fmt: skip
         full, half = tmp_path / f"{method}-full", tmp_path / f"{method}-half"
-        args = ("diffusion", "train", "--config", f"recipes/{method}-digits.yaml", *FLOW, net)
+        args = ("diffusion", "train", "--config", f"recipes/{method}-digits.yaml", *FLOW, net,
+                "diffusion.classifier_steps=3", "diffusion.eval_samples=10")  # fmt: skip
         code, text, err = run(*args, "--out", str(full))
         assert code == 0, err
         assert "exact likelihood" in text and "perplexity" not in text
@@ -114,6 +115,8 @@ def test_normalizing_flows_train_resume_exactly_and_sample(tmp_path, run):
         assert all(0 < r["val_bits_per_dim"] < 20 and "val_ppl" not in r for r in evals)
         assert (full / "samples" / "step-00000002.png").is_file()
         assert (full / "samples" / "step-00000004.png").is_file()
+        scored = [json.loads(line) for line in (full / "samples.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in scored] == [2, 4] and scored[-1]["frechet_classifier"] >= 0
         config = json.loads((full / "model" / "config.json").read_text())
         assert config["lmforge_flow"] == method and config["shape"] == [1, 8, 8]
         # interrupted after step 2: resume gives the straight run's weights bit for bit
