@@ -146,10 +146,11 @@ def test_reflow_then_one_step_sampling(tmp_path, run):
     code, _, err = run("diffusion", "train", "--out", str(teacher), *TINY, "train.max_steps=2",
                        "diffusion.target=flow", "diffusion.sampler=flow")  # fmt: skip
     assert code == 0, err
-    code, text, err = run("diffusion", "reflow", "--model", str(teacher / "model"), "--out",
-                          str(reflowed), *TINY, "diffusion.classifier_steps=0",
-                          "optim.warmup_steps=0", "train.cpu_threads=1", "diffusion.reflow_pairs=8",
-                          "diffusion.reflow_steps=2", "diffusion.sample_steps=1")  # fmt: skip
+    args = ("diffusion", "reflow", "--model", str(teacher / "model"), *TINY,
+            "diffusion.classifier_steps=0", "optim.warmup_steps=0", "train.cpu_threads=1",
+            "train.keep_last=2", "diffusion.reflow_pairs=8", "diffusion.reflow_steps=2",
+            "diffusion.sample_steps=1")  # fmt: skip
+    code, text, err = run(*args, "--out", str(reflowed))
     assert code == 0, err
     assert "reflow" in text and "target flow" in text
     pairs = load_file(str(reflowed / "reflow_pairs.safetensors"))
@@ -168,5 +169,19 @@ def test_reflow_then_one_step_sampling(tmp_path, run):
                        "flow", "--steps", "1", "--class", "3", "--num", "2", "--out", str(png))  # fmt: skip
     assert code == 0, err
     assert png.is_file()
+    # interrupted after step 2: the resumed run reuses the couplings and ends bit for bit equal
+    half = tmp_path / "half"
+    (half / "checkpoints").mkdir(parents=True)
+    shutil.copytree(reflowed / "checkpoints" / "step-00000002",
+                    half / "checkpoints" / "step-00000002")  # fmt: skip
+    (half / "checkpoints" / "latest").write_text("step-00000002\n")
+    shutil.copy(reflowed / "reflow_pairs.safetensors", half / "reflow_pairs.safetensors")
+    code, text, err = run(*args, "--out", str(half))
+    assert code == 0, err
+    assert "resumed from" in text and "drawing" not in text
+    a = load_file(str(reflowed / "checkpoints" / "step-00000004" / "model.safetensors"))
+    b = load_file(str(half / "checkpoints" / "step-00000004" / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
     code, _, err = run("diffusion", "reflow", "--model", str(tmp_path / "nothing"), *TINY)
     assert code == 2 and "denoiser.json" in err
