@@ -68,8 +68,10 @@ def add_parser(subparsers: Any) -> None:
         "  lmforge diffusion sample --model runs/realnvp-digits/model --num 64  # exact inverse",
     )
     s.add_argument("--model", required=True, metavar="DIR", help="a trained model folder")
-    s.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: ddim")
-    s.add_argument("--steps", type=int, default=50, metavar="N", help="default: 50")
+    s.add_argument(
+        "--sampler", choices=SAMPLERS, help="default: ddim (flow for a flow-target model)"
+    )
+    s.add_argument("--steps", type=int, metavar="N", help="default: 50")
     s.add_argument(
         "--class",
         dest="class_id",
@@ -117,6 +119,10 @@ def run_sample_flow(args: argparse.Namespace) -> int:
 
     if args.class_id is not None or args.cfg != 1.0:
         raise CommandError(f"{args.model}: a normalizing flow is unconditional (no --class/--cfg)")
+    if args.sampler is not None or args.steps is not None:
+        raise CommandError(
+            f"{args.model}: a normalizing flow samples by its exact inverse (no --sampler/--steps)"
+        )
     model, _ = load_flow(args.model)
     path = save_grid(sample_flow(model, args.num, args.seed), args.out)
     print(f"{args.num} samples ({model.kind}, exact inverse) -> {path}")
@@ -130,11 +136,13 @@ def run_sample(args: argparse.Namespace) -> int:
     from lmforge.generative.flow_io import is_flow_folder
     from lmforge.vision.grid import save_grid
 
-    if args.steps < 1 or args.num < 1:
+    if (args.steps is not None and args.steps < 1) or args.num < 1:
         raise CommandError("--steps and --num must be ≥ 1")
     if is_flow_folder(args.model):
         return run_sample_flow(args)
     d = load_denoiser(args.model)
+    args.sampler = args.sampler or ("flow" if d.target == "flow" else "ddim")
+    args.steps = args.steps or 50
     if (d.target == "flow") != (args.sampler == "flow"):
         raise CommandError(
             f"{args.model}: a {d.target!r} model samples with "

@@ -90,6 +90,10 @@ def test_dit_flow_model_trains_and_samples(tmp_path, run):
                        "--steps", "2", "--num", "2", "--out", str(png))  # fmt: skip
     assert code == 0, err
     assert png.is_file()
+    png.unlink()  # without --sampler a flow-target model samples with the flow sampler
+    code, text, err = run("diffusion", "sample", "--model", str(out / "model"), "--steps", "2",
+                          "--num", "2", "--out", str(png))  # fmt: skip
+    assert code == 0 and "(flow, 2 steps)" in text and png.is_file(), err
 
 
 FLOW = [
@@ -139,6 +143,8 @@ def test_normalizing_flows_train_resume_exactly_and_sample(tmp_path, run):
         assert png.is_file() and method in text
         code, _, err = run("diffusion", "sample", "--model", str(half / "model"), "--class", "3")
         assert code == 2 and "unconditional" in err
+        code, _, err = run("diffusion", "sample", "--model", str(half / "model"), "--steps", "9")
+        assert code == 2 and "exact inverse" in err  # not silently ignored
 
 
 def test_reflow_then_one_step_sampling(tmp_path, run):
