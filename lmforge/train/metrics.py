@@ -178,11 +178,13 @@ def plot_training(records: list[dict[str, Any]], path: str | os.PathLike, title:
 # ---------------------------------------------------------------------- summary
 def format_summary(summary: dict[str, Any]) -> str:
     """A few human lines from a run summary (see `lmforge.train.loop.Trainer.fit`)."""
-    lines = [
-        f"stopped: {summary['stop_reason']} after {summary['step']} steps, "
+    throughput = (  # runs that count no tokens (images, classic objectives) say only the time
         f"{summary['tokens']:,} tokens, {summary['elapsed_s']:.1f} s "
-        f"({summary['tokens_per_s']:,.0f} tokens/s)",
-    ]
+        f"({summary['tokens_per_s']:,.0f} tokens/s)"
+        if summary.get("tokens")
+        else f"{summary['elapsed_s']:.1f} s"
+    )
+    lines = [f"stopped: {summary['stop_reason']} after {summary['step']} steps, {throughput}"]
     if summary.get("note"):  # e.g. the time budget stopped the run short of its steps
         lines.append(f"note: {summary['note']}")
     if summary.get("loss") is not None:

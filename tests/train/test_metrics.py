@@ -56,6 +56,10 @@ def test_plot_and_summary(tmp_path):
     text = format_summary(summary)
     assert "max_steps after 8 steps, 12,345 tokens" in text and "perplexity 12.18" in text
     json.dumps(summary)
+    images = {**summary, "tokens": 0, "tokens_per_s": 0.0, "val_ppl": None}  # no tokens counted
+    text = format_summary(images)
+    assert "max_steps after 8 steps, 2.0 s" in text and "tokens" not in text
+    assert "perplexity" not in text
 
 
 @pytest.mark.parametrize(("flag", "package"), [("tensorboard", "tensorboard"), ("wandb", "wandb")])
