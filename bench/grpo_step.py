@@ -11,17 +11,27 @@ is randomly initialised, so both sides generate ``--completion`` tokens nearly e
 A step is everything: sampling the completions, rewards, advantages, the policy forward
 and backward and the optimizer step. The first ``--warmup`` steps of each side are not
 timed. lmforge samples through its inference engine (paged KV cache, one ragged batch,
-fused weights); TRL through ``model.generate`` (padded batch, HF dynamic cache).
+fused weights) and runs each prompt once for its group's completions in the training
+forward (`lmforge.align.shared_prompt`); TRL samples through ``model.generate`` (padded
+batch, HF dynamic cache) and trains on the padded prompt + completion batch.
 
-    python bench/grpo_step.py [--preset 5m] [--prompts 4] [--group 8] [--completion 64]
+The two sides alternate for ``--rounds`` rounds (lmforge, TRL, lmforge, TRL, …) so that a
+change in the machine's load hits both; a side's figure is its median step, the ratio the
+median of the rounds' ratios. Both the wall time and the process's CPU time are measured:
+on a shared machine the CPU time is the robust one (the wall time also counts the time the
+step waited for other processes).
 
-Last line: ``RESULT grpo_step ratio=<TRL seconds per step ÷ lmforge seconds per step>``.
+    python bench/grpo_step.py [--preset 5m] [--prompts 4] [--group 8] [--completion 64] [--rounds 2]
+
+Last line: ``RESULT grpo_step ratio=<TRL ÷ lmforge wall seconds per step>
+cpu_ratio=<TRL ÷ lmforge CPU seconds per step>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 import warnings
@@ -41,6 +51,17 @@ from lmforge.train.config import load_config
 from lmforge.train.loop import Trainer
 
 
+def clocks() -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds): on a shared machine the CPU time is what
+    the step cost; the wall time also counts waiting for other processes."""
+    return time.perf_counter(), time.process_time()
+
+
+def per_step(times: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median wall and CPU seconds per step."""
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+
+
 def bench_lmforge(model_dir, tok, problems, args) -> float:
     from lmforge.models.hf import load_model
 
@@ -56,21 +77,21 @@ def bench_lmforge(model_dir, tok, problems, args) -> float:
     reward = lambda item, c: r1_reward(item, c, s.format_weight)  # noqa: E731
     data = GRPORollouts(model, tok, problems, reward, s, config.train.batch_size, 1, 0,
                         encode=lambda p: r1_prompt_ids(tok, p), pad_id=tok.pad_token_id)  # fmt: skip
-    times: list[float] = []
-    tick = [time.perf_counter()]
+    times: list[tuple[float, float]] = []
+    tick = [clocks()]
 
     def timer(trainer, record):
-        now = time.perf_counter()
-        times.append(now - tick[0])
+        now = clocks()
+        times.append((now[0] - tick[0][0], now[1] - tick[0][1]))
         tick[0] = now
 
     trainer = Trainer(model, data, config, objective=GRPOObjective(s), callbacks=[timer])
-    tick[0] = time.perf_counter()
+    tick[0] = clocks()
     trainer.fit()
     lengths = data.last_stats.get("length")
     timed = times[args.warmup :]
     print(f"  lmforge: {len(timed)} timed steps, last mean completion length {lengths:.1f}")
-    return sum(timed) / len(timed)
+    return per_step(timed)
 
 
 def bench_trl(model_dir, tok, problems, args) -> float:
@@ -90,14 +111,15 @@ def bench_trl(model_dir, tok, problems, args) -> float:
         return [r1_reward(by_prompt[p], Completion([], [0], c, "stop"))["reward"]
                 for p, c in zip(prompts, completions)]  # fmt: skip
 
-    times: list[float] = []
+    times: list[tuple[float, float]] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
+            self.t = clocks()
 
         def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t)
+            now = clocks()
+            times.append((now[0] - self.t[0], now[1] - self.t[1]))
 
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -116,7 +138,7 @@ def bench_trl(model_dir, tok, problems, args) -> float:
         trainer.train()
     timed = times[args.warmup :]
     print(f"  TRL: {len(timed)} timed steps")
-    return sum(timed) / len(timed)
+    return per_step(timed)
 
 
 def main() -> None:
@@ -127,6 +149,7 @@ def main() -> None:
     parser.add_argument("--completion", type=int, default=64, help="max completion tokens")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating lmforge/TRL rounds")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -141,13 +164,20 @@ def main() -> None:
         f"model {args.preset}: {model.num_parameters():,} parameters; {args.prompts} prompts × "
         f"{args.group} completions × ≤{args.completion} tokens per step; fp32, 1 thread"
     )
+    wall, cpu = [], []
     with tempfile.TemporaryDirectory() as model_dir:
         save_model(model, model_dir, tokenizer=tok)
-        ours = bench_lmforge(model_dir, tok, problems, args)
-        print(f"lmforge GRPO step: {ours:.3f} s")
-        theirs = bench_trl(model_dir, tok, problems, args)
-        print(f"TRL GRPOTrainer step: {theirs:.3f} s")
-    print(f"RESULT grpo_step ratio={theirs / ours:.2f}")
+        for round_ in range(1, args.rounds + 1):
+            ours = bench_lmforge(model_dir, tok, problems, args)
+            print(f"round {round_}: lmforge GRPO step: {ours[0]:.3f} s wall, {ours[1]:.3f} s CPU")
+            theirs = bench_trl(model_dir, tok, problems, args)
+            print(f"round {round_}: TRL GRPOTrainer step: {theirs[0]:.3f} s wall, "
+                  f"{theirs[1]:.3f} s CPU (ratios {theirs[0] / ours[0]:.2f} wall, "
+                  f"{theirs[1] / ours[1]:.2f} CPU)")  # fmt: skip
+            wall.append(theirs[0] / ours[0])
+            cpu.append(theirs[1] / ours[1])
+    print(f"RESULT grpo_step ratio={statistics.median(wall):.2f} "
+          f"cpu_ratio={statistics.median(cpu):.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

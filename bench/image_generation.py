@@ -21,33 +21,22 @@ realnvp_bpd=<d> nice_bpd=<e> pfode_bpd=<f>``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
 
 import torch
 
+from lmforge.cli import main as lmforge_main
 from lmforge.diffusion.denoiser_io import load_denoiser
 from lmforge.diffusion.pf_ode import ode_likelihood
-from lmforge.diffusion.rectified_flow import (
-    flow_trajectory,
-    reflow_loader,
-    reflow_pairs,
-    straightness,
-)
+from lmforge.diffusion.rectified_flow import flow_trajectory, straightness
 from lmforge.diffusion.sde import VPSDE
-from lmforge.diffusion.targets import DenoisingObjective
-from lmforge.diffusion.training import DiffusionConfig, evaluate_samples, train_diffusion
-from lmforge.generative.flow_training import BIN_WIDTH, FlowNLLObjective, flow_bits_per_dim
-from lmforge.generative.nice import NICE, NICEConfig
-from lmforge.generative.realnvp import RealNVP, RealNVPConfig
-from lmforge.train.config import RunConfig, load_config
-from lmforge.train.loop import Trainer
+from lmforge.diffusion.training import evaluate_samples
+from lmforge.generative.flow_training import BIN_WIDTH, flow_bits_per_dim, load_flow, sample_flow
 from lmforge.vision.classifier import train_classifier
 from lmforge.vision.datasets import load_image_dataset
 from lmforge.vision.grid import save_grid
-from lmforge.vision.loader import ImageLoader
 from lmforge.vision.metrics import bits_per_dim, classifier_frechet_distance
 
 RECIPES = Path(__file__).resolve().parents[1] / "lmforge" / "recipes"
@@ -96,22 +85,32 @@ def sizes(quick: bool, smoke: bool = False) -> dict:
     )
 
 
-def run_config(
-    recipe: str, out: Path, steps: int, n_train: int, extra: list[str]
-) -> DiffusionConfig:
-    return load_config(
-        RECIPES / recipe,
-        [
-            f"out_dir={out}",
-            f"train.max_steps={steps}",
-            f"diffusion.num_train={n_train}",
-            "diffusion.classifier_steps=0",
-            f"train.eval_every={max(steps // 2, 1)}",
-            f"train.save_every={steps}",
-            "log.progress=false",
-            *extra,
-        ],
-        DiffusionConfig,
+def lmforge(*argv: str) -> None:
+    """Run an ``lmforge`` command line in-process (the real command path)."""
+    code = lmforge_main(list(argv))
+    if code:
+        raise SystemExit(f"lmforge {' '.join(argv)}: exit status {code}")
+
+
+def train_command(
+    action: str, recipe: str, out: Path, steps: int, extra: list[str], *more: str
+) -> None:
+    """``lmforge diffusion <action> --config recipes/<recipe> --out <out>`` with the bench's
+    step budget (evaluation halfway and at the end; no per-run classifier)."""
+    lmforge(
+        "diffusion",
+        action,
+        *more,
+        "--config",
+        str(RECIPES / recipe),
+        "--out",
+        str(out),
+        f"train.max_steps={steps}",
+        "diffusion.classifier_steps=0",
+        f"train.eval_every={max(steps // 2, 1)}",
+        f"train.save_every={steps}",
+        "log.progress=false",
+        *extra,
     )
 
 
@@ -165,8 +164,10 @@ def main() -> None:
 
     # ---- the diffusion model
     t0 = time.perf_counter()
-    cfg = run_config("diffusion-digits.yaml", out / "diffusion", s["diff_steps"], s["train"], extra)
-    train_diffusion(cfg)
+    data = [f"diffusion.num_train={s['train']}"]
+    train_command(
+        "train", "diffusion-digits.yaml", out / "diffusion", s["diff_steps"], data + extra
+    )
     train_time = {"diffusion": time.perf_counter() - t0}
     den = load_denoiser(out / "diffusion" / "model")
     acc = {}
@@ -218,82 +219,63 @@ def main() -> None:
 
     # ---- rectified flow, then reflow and one step
     t0 = time.perf_counter()
-    fcfg = run_config("flow-digits.yaml", out / "flow", s["flow_steps"], s["train"], extra)
-    train_diffusion(fcfg)
+    train_command("train", "flow-digits.yaml", out / "flow", s["flow_steps"], data + extra)
     train_time["flow"] = time.perf_counter() - t0
     flow = load_denoiser(out / "flow" / "model")
     score("rf-euler-50", flow, "flow", 50, s["n_eval"])
     score("rf-euler-10", flow, "flow", 10, s["n_eval"])
     rf1_before = score("rf-euler-1 (before reflow)", flow, "flow", 1, s["n_eval"])[0]
-    t0 = time.perf_counter()
-    labels = torch.arange(s["reflow_pairs"]) % 10
-    noise, samples = reflow_pairs(
-        flow.model,
-        s["reflow_pairs"],
-        (1, 16, 16),
-        ode_steps,
-        labels,
-        args.cfg,
-        torch.Generator().manual_seed(0),
-    )
-    z = noise[:64]
-    x, vs = flow_trajectory(flow.model, z, ode_steps, labels[:64], args.cfg)
+    z = torch.randn((64, 1, 16, 16), generator=torch.Generator().manual_seed(7))
+    zlabels = torch.arange(64) % 10
+    x, vs = flow_trajectory(flow.model, z, ode_steps, zlabels, args.cfg)
     s_before = straightness(z, x, vs)
-    reflowed = copy.deepcopy(flow.model)
-    rcfg = load_config(
-        None,
+    t0 = time.perf_counter()
+    train_command(
+        "reflow",
+        "flow-reflow-digits.yaml",
+        out / "reflow",
+        s["reflow_steps"],
         [
-            f"train.max_steps={s['reflow_steps']}",
-            "train.batch_size=64",
+            f"diffusion.reflow_pairs={s['reflow_pairs']}",
+            f"diffusion.reflow_steps={ode_steps}",
+            f"diffusion.reflow_guidance={args.cfg}",
             "optim.lr=3e-4",
             "optim.warmup_steps=20",
-            "optim.weight_decay=0",
-            "log.progress=false",
-            "train.eval_every=0",
-            "train.save_every=0",
+            *extra,
         ],
-        RunConfig,
+        "--model",
+        str(out / "flow" / "model"),
     )
-    Trainer(
-        reflowed,
-        reflow_loader(noise, samples, labels, 64),
-        rcfg,
-        objective=DenoisingObjective("flow", conditional=True),
-    ).fit()
     train_time["reflow"] = time.perf_counter() - t0
-    flow.model = reflowed
-    x, vs = flow_trajectory(reflowed, z, ode_steps, labels[:64], 1.0)
+    reflowed = load_denoiser(out / "reflow" / "model")
+    x, vs = flow_trajectory(reflowed.model, z, ode_steps, zlabels, 1.0)
     s_after = straightness(z, x, vs)
-    rf1 = score("rf-reflow-1", flow, "flow", 1, s["n_eval"])[0]
+    rf1 = score("rf-reflow-1", reflowed, "flow", 1, s["n_eval"])[0]
     print(f"straightness before reflow {s_before:.4f}, after {s_after:.4f}", flush=True)
 
-    # ---- normalizing flows
+    # ---- normalizing flows (``lmforge diffusion train`` with diffusion.method=nice|realnvp)
     bpd = {}
-    for name, net in [
-        ("nice", NICE(NICEConfig(shape=[1, 16, 16], hidden=512, hidden_layers=4))),
-        ("realnvp", RealNVP(RealNVPConfig(shape=[1, 16, 16], hidden=64))),
+    for name, recipe, net_keys in [
+        (
+            "nice",
+            "nice-digits.yaml",
+            ["diffusion.nice.hidden=512", "diffusion.nice.hidden_layers=4"],
+        ),
+        ("realnvp", "realnvp-digits.yaml", ["diffusion.realnvp.hidden=64"]),
     ]:
         t0 = time.perf_counter()
-        fc = load_config(
-            None,
-            [
-                f"train.max_steps={s['flow_like_steps']}",
-                "train.batch_size=64",
-                "optim.lr=1e-3",
-                "optim.warmup_steps=50",
-                "optim.weight_decay=0",
-                "log.progress=false",
-                "train.eval_every=0",
-                "train.save_every=0",
-                "optim.grad_clip=10",
-            ],
-            RunConfig,
+        train_command(
+            "train",
+            recipe,
+            out / name,
+            s["flow_like_steps"],
+            [*data, *net_keys, "optim.grad_clip=10"],
         )
-        Trainer(net, ImageLoader(train, 64, 0), fc, objective=FlowNLLObjective()).fit()
         train_time[name] = time.perf_counter() - t0
+        net, _ = load_flow(out / name / "model")
         bpd[name] = flow_bits_per_dim(net, test.images)
         t0 = time.perf_counter()
-        imgs = net.sample(s["n_eval"], torch.Generator().manual_seed(0)).clamp(-1, 1)
+        imgs = sample_flow(net, s["n_eval"], seed=0)
         dt = (time.perf_counter() - t0) / s["n_eval"]
         save_grid(imgs[:80], grids / f"{name}.png", nrow=10)
         rows.append(

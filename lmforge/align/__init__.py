@@ -23,6 +23,7 @@ values that give it (`PreferenceLoss.output`).
 | *shared wiring* | |
 | `reference` | the reference policy π_ref of DPO, PPO and GRPO: frozen copy, LoRA base (adapters off), precomputed |
 | `sequence_logps` | each sequence's summed log-probs in a packed / padded batch, scored positions only |
+| `shared_prompt` | log-probs of completions that share prompts, each prompt run once (GRPO groups), exact values and gradients |
 | `rollout` | RL rollouts on the inference engine (`SamplingParams`), request seeds, padding, policy log-probs |
 | `rollout_groups` | group rollouts: prompt sampling (uniform / Kimi prioritised), DAPO dynamic sampling |
 | `rl_tasks` | RL tasks: generated problems, the user's prompt records (text or chat), held-out split, R1 prompts and reward, held-out accuracy |
@@ -44,6 +45,7 @@ values that give it (`PreferenceLoss.output`).
 | `ppo_trainer` | `PPOObjective`, `task_prompts`, `ptx_loader`, `train_ppo` (``lmforge ppo``) |
 | `r1_pipeline` | the R1-style pipeline end to end (``lmforge demo``): tokenizer → pretrain → SFT → GRPO |
 | `r1_report` | the pipeline's curves PNG, ``report.md`` and ``RESULT`` summary |
+| `r1_zero` | DeepSeek-R1-Zero on the demo's base (``lmforge demo --zero``): GRPO from the pretrained model, no SFT; format / accuracy emergence and response length |
 """
 
 from lmforge.align.dpo import DPO_LOSS_TYPES, PreferenceLoss, dpo_loss

@@ -13,7 +13,8 @@ generates a rollout, splits it into length-sorted, right-padded micro-batches of
 position and success rates, rollout count) is JSON and resumes exactly at rollout
 boundaries (with μ > 1 a mid-rollout resume re-samples that rollout under the saved weights).
 
-`GRPOObjective` evaluates the policy's log-probs of the sampled tokens and `grpo_loss`
+`GRPOObjective` evaluates the policy's log-probs of the sampled tokens — each prompt run once
+for all its group's completions (`lmforge.align.shared_prompt`) — and `grpo_loss`
 (grpo / dr_grpo / dapo / gspo; clip ε_low / ε_high; β · k3 KL). The old-policy log-probs are
 ``logps.detach()`` for μ = 1 (the on-policy gradient, as TRL does) and are computed once per
 rollout otherwise; the reference log-probs (β > 0) are computed once per rollout from a
@@ -61,6 +62,7 @@ from lmforge.align.logprobs import masked_sum, model_logprobs
 from lmforge.align.reference import make_reference
 from lmforge.align.rl_distributed import RolloutWeights, shard_range
 from lmforge.align.rl_tasks import evaluate_accuracy, r1_prompt_ids
+from lmforge.align.shared_prompt import shared_prompt_logprobs
 from lmforge.infer import SamplingParams
 from lmforge.train.distributed import DistInfo, all_gather_objects, init_distributed
 from lmforge.train.objective import Batch, LossOutput
@@ -78,8 +80,11 @@ class GRPOObjective:
 
     def __call__(self, model: nn.Module, batch: Batch) -> LossOutput:
         s = self.section
-        logps, mask, entropy = model_logprobs(
-            model, batch["input_ids"], batch["labels"], with_entropy=True, temperature=s.temperature
+        ids, labels = batch["input_ids"], batch["labels"]
+        # Each prompt once for its whole group when exact (else the padded batch).
+        shared = shared_prompt_logprobs(model, ids, labels, True, s.temperature)
+        logps, mask, entropy = shared or model_logprobs(
+            model, ids, labels, with_entropy=True, temperature=s.temperature
         )
         old = batch.get("old_logps")
         out = grpo_loss(

@@ -1,7 +1,8 @@
 """The R1 pipeline's report (`lmforge.align.r1_pipeline`): one PNG of the curves of every
 stage (loss, GRPO reward, accuracy, response length), ``report.md`` (accuracy per stage,
 timings, the commands that rerun each stage, samples) and the console summary ending in
-``RESULT demo sft_acc=<a> grpo_acc=<b>``."""
+``RESULT demo sft_acc=<a> grpo_acc=<b>``; over several seeds (``lmforge demo --seeds 0,1,2``)
+the per-seed table, the mean and the gain check (`aggregate_seeds`, ``seeds.md``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,24 @@ from typing import Any
 
 from rich.console import Console
 
+__all__ = [
+    "MIN_MEAN_GAIN",
+    "MIN_SEED_GAIN",
+    "aggregate_seeds",
+    "plot_report",
+    "print_seeds",
+    "print_summary",
+    "read_jsonl",
+    "write_report",
+    "write_seeds_report",
+]
+
+MIN_MEAN_GAIN = 10.0  # points of pass@1, GRPO − SFT, averaged over the seeds (the demo's bar)
+MIN_SEED_GAIN = 5.0  # points, every seed
+
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file ([] when it does not exist)."""
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
@@ -70,7 +87,8 @@ def write_report(out: Path, summary: dict[str, Any], tokenizer_vocab: int) -> Pa
         f"{summary['settings']['eval_samples']} samples per problem at temperature "
         f"{summary['settings']['eval_temperature']}, top-p {summary['settings']['eval_top_p']}, "
         "averaged (greedy accuracy alongside). Seed "
-        f"{summary['seed']}; total {summary['total_s']:.0f} s.",
+        f"{summary['seed']}; total {summary['total_s']:.0f} s wall, "
+        f"{summary.get('cpu_s', 0.0):.0f} s CPU, measured on {_machine(summary)}.",
         "",
         "| stage | held-out pass@1 | greedy | R1 format | mean length (tokens) | time (s) |",
         "|---|---|---|---|---|---|",
@@ -112,3 +130,76 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _machine(summary: dict[str, Any]) -> str:
+    m = summary.get("machine") or {}
+    return f"{m.get('cpu', 'an unknown CPU')} ({m.get('cores', '?')} cores, torch {m.get('torch', '?')})"
+
+
+def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed SFT and GRPO pass@1 (points), their gains, the means over the seeds and the
+    demo's check: mean gain ≥ `MIN_MEAN_GAIN` and every seed's gain ≥ `MIN_SEED_GAIN`."""
+    if not summaries:
+        raise ValueError("no seed summaries to aggregate")
+    rows = [{"seed": s["seed"], "sft_acc": s["sft_acc"], "grpo_acc": s["grpo_acc"],
+             "gain": s["grpo_acc"] - s["sft_acc"],
+             "sft_greedy": 100 * s["accuracy"]["sft"]["greedy"],
+             "grpo_greedy": 100 * s["accuracy"]["grpo"]["greedy"],
+             "total_s": s["total_s"], "cpu_s": s.get("cpu_s", 0.0)}
+            for s in summaries]  # fmt: skip
+    n = len(rows)
+    mean = {k: sum(r[k] for r in rows) / n for k in ("sft_acc", "grpo_acc", "gain")}
+    return {
+        "seeds": rows,
+        "mean": mean,
+        "min_gain": min(r["gain"] for r in rows),
+        "passed": mean["gain"] >= MIN_MEAN_GAIN and all(r["gain"] >= MIN_SEED_GAIN for r in rows),
+        "sft_acc": mean["sft_acc"],
+        "grpo_acc": mean["grpo_acc"],
+    }
+
+
+def write_seeds_report(out: Path, result: dict[str, Any]) -> Path:
+    """``seeds.json`` and ``seeds.md``: one row per seed, the mean, the check, the machine."""
+    from lmforge.io import atomic_write_text
+
+    atomic_write_text(out / "seeds.json", json.dumps(result, indent=2) + "\n")
+    lines = [
+        "# lmforge demo over seeds",
+        "",
+        f"Measured on {_machine(result)}: {result['total_s']:.0f} s wall, "
+        f"{result['cpu_s']:.0f} s CPU in all ({result['jobs']} seed(s) at a time).",
+        "",
+        "| seed | SFT pass@1 | GRPO pass@1 | gain (points) | SFT greedy | GRPO greedy | wall (s) | CPU (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["seeds"]:
+        lines.append(f"| {r['seed']} | {r['sft_acc']:.1f}% | {r['grpo_acc']:.1f}% | "
+                     f"{r['gain']:+.1f} | {r['sft_greedy']:.1f}% | {r['grpo_greedy']:.1f}% | "
+                     f"{r['total_s']:.0f} | {r['cpu_s']:.0f} |")  # fmt: skip
+    m = result["mean"]
+    lines += [f"| mean | {m['sft_acc']:.1f}% | {m['grpo_acc']:.1f}% | {m['gain']:+.1f} | | | | |",
+              "", f"Check (mean gain ≥ {MIN_MEAN_GAIN:g}, every seed ≥ {MIN_SEED_GAIN:g}): "
+              + ("passed" if result["passed"] else "FAILED"),
+              "", "Each seed's run folder (seed-<s>/) has its report.md and curves."]  # fmt: skip
+    path = out / "seeds.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def print_seeds(result: dict[str, Any], console: Console) -> None:
+    """The per-seed table, the mean, the check and the ``RESULT`` line (means over seeds)."""
+    console.rule("[bold]seeds")
+    console.print("seed  SFT      GRPO     gain", highlight=False)
+    for r in result["seeds"]:
+        console.print(f"{r['seed']:<5} {r['sft_acc']:5.1f}%   {r['grpo_acc']:5.1f}%   "
+                      f"{r['gain']:+.1f}", highlight=False)  # fmt: skip
+    m = result["mean"]
+    console.print(f"mean  {m['sft_acc']:5.1f}%   {m['grpo_acc']:5.1f}%   {m['gain']:+.1f}   "
+                  f"(check: mean gain ≥ {MIN_MEAN_GAIN:g}, every seed ≥ {MIN_SEED_GAIN:g}: "
+                  f"{'passed' if result['passed'] else 'FAILED'})", highlight=False)  # fmt: skip
+    console.print(f"machine {_machine(result)}; report {Path(result['run_dir']) / 'seeds.md'}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    console.print(f"RESULT demo sft_acc={result['sft_acc']:.1f} grpo_acc={result['grpo_acc']:.1f}",
+                  highlight=False, soft_wrap=True)  # fmt: skip

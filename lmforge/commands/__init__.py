@@ -26,6 +26,12 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 | `hallucination` | ``lmforge hallucination run``: the synthetic-knowledge study (`lmforge.eval.hallucination_study`) |
 | `rl` | ``lmforge rl solve/sa``: classic RL on the grid world / gymnasium toy text (`lmforge.rl.solve.solve`); SGD vs MBGD vs BGD |
 | `foundations` | ``lmforge foundations cpc/margin/oadtr``: `lmforge.representation.runs`, `lmforge.video.runs` |
+| `gan` | ``lmforge gan train/sample``: `lmforge.generative.gan_training.train_gan` (``gan.method``: gan / nsgan / wgan / wgan-gp), `lmforge.generative.gan_diagnostics.generate` |
+| `medusa` | ``lmforge medusa train``: Medusa heads for a checkpoint (`lmforge.train.drafter_objectives.train_medusa`) |
+| `eagle` | ``lmforge eagle train``: an EAGLE drafter layer (`lmforge.train.drafter_objectives.train_eagle`) |
+| `vlm` | ``lmforge vlm sft``: multimodal SFT of a vision-language model (`lmforge.train.vlm_sft.train_vlm_sft`) |
+| `vqgan` | ``lmforge vqgan train/prior/sample``: `lmforge.generative.vqgan_training.train_vqgan`, `lmforge.generative.code_prior_training.train_code_prior`, `lmforge.generative.code_prior.sample_codes` |
+| `text2image` | ``lmforge text2image train/sample``: `lmforge.diffusion.text2image.train_text2image` (KL autoencoder, then text encoder + cross-attention DiT), `lmforge.diffusion.text2image_pipeline.sample_text2image` |
 """
 
 from lmforge.commands import (
@@ -34,12 +40,15 @@ from lmforge.commands import (
     demo,
     diffusion,
     dpo,
+    eagle,
     eval,
     foundations,
+    gan,
     generate,
     grpo,
     hallucination,
     info,
+    medusa,
     merge,
     ppo,
     pretrain,
@@ -48,7 +57,10 @@ from lmforge.commands import (
     scaling,
     serve,
     sft,
+    text2image,
     tokenizer,
+    vlm,
+    vqgan,
 )
 from lmforge.commands.common import CommandError
 
@@ -73,6 +85,12 @@ COMMANDS = (
     hallucination,
     rl,
     foundations,
+    gan,
+    vqgan,
+    text2image,
+    medusa,
+    eagle,
+    vlm,
 )
 
 __all__ = ["COMMANDS", "CommandError"]

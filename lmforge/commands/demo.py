@@ -1,7 +1,8 @@
 """`lmforge demo`: the R1-style pipeline on CPU — tokenizer, pretrain, SFT, GRPO — with
-held-out accuracy per stage (`lmforge.align.r1_pipeline.run_demo`).
+held-out accuracy per stage (`lmforge.align.r1_pipeline.run_demo`); over several seeds with
+their mean (`run_demo_seeds`); or DeepSeek-R1-Zero, GRPO from the base (`lmforge.align.r1_zero`).
 
-    lmforge demo [--out runs/demo] [--seed 0] [--fast]
+    lmforge demo [--out runs/demo] [--seed 0 | --seeds 0,1,2 [--jobs 2]] [--fast] [--zero]
 """
 
 from __future__ import annotations
@@ -17,16 +18,36 @@ def add_parser(subparsers: Any) -> None:
         subparsers,
         "demo",
         "R1-style pipeline on CPU: tokenizer, pretrain, SFT, GRPO; held-out accuracy per stage",
-        "  lmforge demo\n  lmforge demo --out runs/demo2 --seed 1\n  lmforge demo --fast",
+        "  lmforge demo\n  lmforge demo --seeds 0,1,2 --jobs 2 --out runs/demo-seeds\n"
+        "  lmforge demo --zero\n  lmforge demo --fast",
     )
-    p.add_argument("--out", default="runs/demo", metavar="DIR", help="default: runs/demo")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="default: runs/demo (--zero: runs/demo-zero)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="default: 0")
+    p.add_argument("--seeds", default=None, metavar="S,S,…",
+                   help="run once per seed (into DIR/seed-<s>) and report each and the mean")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1,
+                   help="with --seeds: seeds run at once in worker processes (default: 1)")  # fmt: skip
+    p.add_argument("--zero", action="store_true",
+                   help="DeepSeek-R1-Zero: GRPO from the pretrained base, no SFT")  # fmt: skip
     p.add_argument("--fast", action="store_true", help="seconds-long smoke run (tiny settings)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmforge.align.r1_pipeline import run_demo
+    from lmforge.align import r1_pipeline
 
-    run_demo(args.out, seed=args.seed, fast=args.fast)
+    if args.zero:
+        if args.seeds is not None:
+            raise ValueError("--zero runs one seed (--seed), not --seeds")
+        from lmforge.align.r1_zero import run_zero
+
+        run_zero(args.out or "runs/demo-zero", seed=args.seed, fast=args.fast)
+        return 0
+    out = args.out or "runs/demo"
+    if args.seeds is None:
+        r1_pipeline.run_demo(out, seed=args.seed, fast=args.fast)
+        return 0
+    seeds = r1_pipeline.parse_seeds(args.seeds)
+    r1_pipeline.run_demo_seeds(out, seeds, fast=args.fast, jobs=args.jobs)
     return 0

@@ -3,6 +3,7 @@ its tokenizer; prints the completion (`lmforge.infer.generate.generate`).
 
     lmforge generate --model ckpt/ --prompt "Once upon a time" [--chat] [--greedy]
     lmforge generate --adapter runs/sft-lora/model --prompt "2+3?" --chat   # base recorded
+    lmforge generate --model ckpt/ --prompt "Hi" --speculative medusa --drafter runs/m/medusa
 """
 
 from __future__ import annotations
@@ -44,7 +45,33 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--greedy", action="store_true", help="always pick the most likely token")
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
+    add_speculative_arguments(p)
     p.set_defaults(run=run)
+
+
+def add_speculative_arguments(p: argparse.ArgumentParser) -> None:
+    """``--speculative {draft,medusa,mtp,eagle}`` and its drafter flags (generate, serve)."""
+    p.add_argument(
+        "--speculative", choices=("draft", "medusa", "mtp", "eagle"),
+        help="draft-and-verify decoding (exact: same output distribution as without)",
+    )  # fmt: skip
+    p.add_argument("--draft-model", metavar="DIR", help="--speculative draft: the small model")
+    p.add_argument(
+        "--drafter", metavar="DIR",
+        help="--speculative medusa/eagle: the folder `lmforge medusa/eagle train` wrote",
+    )  # fmt: skip
+    p.add_argument("--num-draft-tokens", type=int, default=4, metavar="K",
+                   help="starting draft length / tree depth, adaptive (default: 4)")  # fmt: skip
+    p.add_argument("--tree-width", type=int, default=1, metavar="W",
+                   help="medusa/eagle: candidates at depth 1 (default: 1, a chain)")  # fmt: skip
+
+
+def speculative_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The flags as `lmforge.infer.self_drafters.speculative_config` arguments (or None)."""
+    if not getattr(args, "speculative", None):
+        return None
+    return dict(method=args.speculative, draft_model=args.draft_model, drafter_dir=args.drafter,
+                num_draft_tokens=args.num_draft_tokens, tree_width=args.tree_width)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
     config_eos = model.config.eos_token_id
     config_eos = config_eos if isinstance(config_eos, list) else [config_eos]
     stop = list(dict.fromkeys([*tok.stop_token_ids, *(i for i in config_eos if i is not None)]))
+    spec = speculative_settings(args)
+    if spec is not None:
+        print(speculative_completion(model, tok, ids, spec, stop, args, folder))
+        return 0
     out = generate(
         model,
         torch.tensor([ids], device=device),
@@ -104,3 +135,25 @@ def sampling_settings(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     defaults = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
     settings = {k: v if v is not None else saved.get(k, defaults[k]) for k, v in given.items()}
     return {"do_sample": bool(do_sample), **settings}
+
+
+def speculative_completion(model, tok, ids, spec, stop, args, folder) -> str:
+    """The completion through the engine with a drafter (`lmforge.infer.speculation`)."""
+    from lmforge.infer.engine import Engine
+    from lmforge.infer.params import SamplingParams
+    from lmforge.infer.self_drafters import speculative_config
+
+    settings = sampling_settings(args, folder)
+    params = SamplingParams(
+        max_tokens=args.max_new_tokens,
+        temperature=settings["temperature"] if settings["do_sample"] else 0.0,
+        top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
+        stop_token_ids=tuple(stop), seed=args.seed,
+    )  # fmt: skip
+    try:
+        config = speculative_config(target=model, **spec)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    engine = Engine(model, tok, speculative=config)
+    out = engine.generate([ids], params)[0]
+    return tok.decode(out.token_ids, skip_special_tokens=True)

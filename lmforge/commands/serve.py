@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.commands.common import CommandError, subparser
+from lmforge.commands.generate import add_speculative_arguments, speculative_settings
 from lmforge.models.hub import hub_id_of
 
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
@@ -71,6 +72,7 @@ def add_parser(subparsers: Any) -> None:
         "(against DNS rebinding); also answer NAME (repeatable)",
     )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_speculative_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     check_can_listen(args.host, args.port)  # before the (slow) model load
     engine, tok, folder, positions = load_engine(
         args.model, adapter=args.adapter, loras=loras, device=args.device, dtype=args.dtype,
-        max_num_seqs=args.max_num_seqs,
+        max_num_seqs=args.max_num_seqs, speculative=speculative_settings(args),
     )  # fmt: skip
     max_len = args.max_model_len or positions
     if max_len > positions:

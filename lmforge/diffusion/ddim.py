@@ -4,8 +4,17 @@ The non-Markovian update of eq. 12:
 x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ + σ_t z, with
 σ_t = η √((1 − ᾱ_{t'}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t'}) (eq. 16): η = 0 is the
 deterministic sampler, η = 1 DDPM's posterior variance. t' = t − ⌊T/n⌋ as in diffusers
-(whatever the spacing); past the start, ᾱ = 1 (``set_alpha_to_one``) or ᾱ_0. ``eta`` is an
-attribute, not a config key (diffusers passes it to ``step``).
+(whatever the spacing); past the start, ᾱ = 1 (``set_alpha_to_one``) or ᾱ_0. ``eta`` and
+``use_clipped_model_output`` are attributes, not config keys (diffusers passes them to ``step``).
+
+Clipping (``clip_sample``) and ``use_clipped_model_output``: when x̂_0 is clipped, eq. 12 is
+only self-consistent if ε̂ is re-derived from the clipped x̂_0,
+ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t) (GLIDE's rule). diffusers' default keeps the network's ε̂,
+so each step moves x toward the clipped x̂_0 while keeping the unclipped noise direction: the
+trajectory leaves the model's manifold by an amount that grows with the number of steps (on
+the digits bench, conditional accuracy fell from 0.965 at 10 steps to 0.795 at 50). lmforge's
+default is therefore ``use_clipped_model_output=True`` whenever clipping is on; pass ``False``
+for diffusers' step-for-step behaviour.
 """
 
 from __future__ import annotations
@@ -54,11 +63,17 @@ class DDIMScheduler(Scheduler):
     unsupported = ("thresholding",)
 
     def __init__(
-        self, config: DDIMConfig | None = None, generator=None, eta: float = 0.0, **kwargs: Any
+        self,
+        config: DDIMConfig | None = None,
+        generator=None,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = True,
+        **kwargs: Any,
     ):
         super().__init__(config, generator, **kwargs)
         c = self.config
         self.eta = eta
+        self.use_clipped_model_output = use_clipped_model_output
         self.betas = make_betas(
             c.beta_schedule,
             c.num_train_timesteps,
@@ -99,6 +114,8 @@ class DDIMScheduler(Scheduler):
         x0, eps = predict_x0_and_eps(model_output, sample, ab_t, c.prediction_type)
         if c.clip_sample:
             x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range)
+            if self.use_clipped_model_output:  # GLIDE: ε̂ consistent with the clipped x̂_0
+                eps = (sample - ab_t ** (0.5) * x0) / (1 - ab_t) ** (0.5)
         variance = ((1 - ab_prev) / (1 - ab_t)) * (1 - ab_t / ab_prev)
         std = self.eta * variance ** (0.5)
         prev = ab_prev ** (0.5) * x0 + (1 - ab_prev - std**2) ** (0.5) * eps

@@ -15,7 +15,12 @@ from torch import nn
 
 from lmforge.diffusion.scheduler_base import Scheduler
 
-__all__ = ["guided_output", "sample_images"]
+__all__ = ["cfg_combine", "guided_output", "sample_images"]
+
+
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """ε̃ = ε(x, ∅) + w (ε(x, y) − ε(x, ∅)) (Ho & Salimans 2022, eq. 6)."""
+    return uncond + guidance_scale * (cond - uncond)
 
 
 def guided_output(
@@ -32,7 +37,7 @@ def guided_output(
     null = torch.full_like(labels, model.null_class)
     both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null]))
     cond, uncond = both.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
+    return cfg_combine(cond, uncond, guidance_scale)
 
 
 @torch.no_grad()

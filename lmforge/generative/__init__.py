@@ -7,6 +7,13 @@ and autoencoders come next.
 | `realnvp` | RealNVP: affine coupling, checkerboard / channel masks, squeeze (Dinh et al. 2017) |
 | `flow_training` | dequantised maximum likelihood for the Trainer, bits/dim, `train_flow` (a run folder), `load_flow` / `sample_flow` |
 | `flow_io` | a flow on disk: config.json + model.safetensors (saved models and Trainer checkpoints) |
+| `vq` | vector quantisation: nearest code, straight-through estimator, codebook / commitment losses, EMA codebook, dead-code restarts, usage / perplexity (van den Oord et al. 2017) |
+| `perceptual` | perceptual loss (LPIPS-style, uniform weights) on the evaluation classifier's features — no downloaded VGG |
+| `patch_discriminator` | PatchGAN discriminator, hinge losses, VQGAN's adaptive weight λ from last-layer gradient norms |
+| `vqgan` | VQGAN: conv encoder / decoder around the quantiser, its two-player objective for the one Trainer (one optimizer), save / load |
+| `vqgan_training` | `train_vqgan`: a VQGAN run folder (reconstruction grids, held-out PSNR, codebook usage) |
+| `code_prior` | transformer prior over VQ codes: raster order, class-prefix token layout, resumable loader, engine sampling (top-k / top-p, CFG), decoding |
+| `code_prior_training` | `train_code_prior`: an lmforge `CausalLM` over a VQGAN's codes through the one Trainer, saved in HF format + prior.json |
 """
 
 from lmforge.generative.flow_training import FlowNLLObjective, flow_bits_per_dim

@@ -20,6 +20,10 @@ speculative decoding and grammar-constrained output.
 | ``greedy`` | greedy decoding of a left-padded batch through the engine |
 | ``beam`` | `beam_search`: beam search token for token as ``transformers`` |
 | ``speculative`` | `speculative_generate`: draft-and-verify decoding, exact in distribution |
+| ``speculation`` | speculative decoding inside the engine: per-request drafts, verification, KV compaction, statistics |
+| ``tree_attention`` | candidate trees: Medusa's sparse tree, tree attention mask, depth positions, exact tree verification |
+| ``typical_acceptance`` | Medusa's typical acceptance p(x) > min(ε, δ·exp(−H(p))) — fast, not exact |
+| ``self_drafters`` | self-speculative drafters: MTP chain, Medusa tree, EAGLE tree; `speculative_config` |
 | ``structured`` | `compile_constraint`: a request's grammar constraint (JSON Schema, regex, EBNF) |
 | ``structured_spec`` | grammar specs checked and made canonical; strict JSON Schema closing |
 | ``structured_backends`` | the llguidance and xgrammar engines and the compiled-grammar cache |

@@ -11,6 +11,13 @@
                        ▼
     stop checks (EOS / stop ids / stop strings / constraint / length) ─▶ RequestOutput
 
+With a `SpeculativeConfig` each decoding request drafts with its own `Drafter` (a draft
+model, MTP modules, Medusa heads, an EAGLE layer) and the same forward verifies the drafts
+(``speculation.py``); per request it can be switched off (``SamplingParams.speculative``).
+
+This file is long because the step's forward, sampling and speculative verification share
+the per-chunk row bookkeeping; the speculative rules themselves live in ``speculation.py``.
+
 Used by ``lmforge.generate`` (greedy rows), the server, chat and RL rollouts. Not
 thread-safe: drive it from one thread. The pieces live beside it: `SamplingParams`
 (``params.py``), the scheduler and paged cache, the fused-weight runner, a request's
@@ -27,7 +34,6 @@ import torch
 
 from lmforge.infer.cache import (
     BlockAllocator,
-    PagedBatch,
     PagedKVCache,
     PrefillChunk,
     decode_groups,
@@ -45,6 +51,16 @@ from lmforge.infer.sampling import (
     top_logprobs,
 )
 from lmforge.infer.scheduler import ScheduledChunk, Scheduler, Sequence
+from lmforge.infer.speculation import (
+    SpeculationStats,
+    SpeculativeConfig,
+    compact_kv,
+    draft_depth,
+    speculation_eligible,
+    verify_draft,
+)
+from lmforge.infer.speculative import Draft
+from lmforge.infer.tree_attention import TreePagedBatch, chain_parents, node_depths, tree_mask
 
 __all__ = [
     "DEFAULT_KV_CACHE_BYTES",
@@ -85,6 +101,8 @@ class Engine:
             memory, shared by all engines on the model). None (default): on CPU only, where
             decoding is bound by GEMV speed and per-op overhead. Models the runner does not
             cover always use ``model.forward``.
+        speculative: draft-and-verify decoding (`lmforge.infer.speculation`); statistics
+            in ``stats()`` and ``spec_stats``.
     """
 
     def __init__(
@@ -99,6 +117,7 @@ class Engine:
         enable_prefix_caching: bool = True,
         fused_weights: bool | None = None,
         adapters: AdapterRouter | None = None,
+        speculative: SpeculativeConfig | None = None,
     ) -> None:
         if not is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size={block_size!r} must be an integer ≥ 1")
@@ -142,6 +161,13 @@ class Engine:
         if fused_weights and InferenceRunner.unsupported_reason(model) is None:
             self.runner = InferenceRunner.for_model(model)
             self.runner.invalidate()
+        self.speculative = speculative
+        self.spec_stats = SpeculationStats()
+        self._drafts: dict[Request, Draft] = {}
+        if speculative is not None and any(
+            cfg.layer_window(i) is not None for i in range(cfg.num_hidden_layers)
+        ):
+            raise ValueError("speculative decoding does not support sliding-window attention")
         self.requests: dict[str, Request] = {}
         self._pending: list[RequestOutput] = []  # abort notices for the next step
         self._ids = itertools.count()
@@ -230,27 +256,142 @@ class Engine:
         """Run one scheduler iteration; returns the requests that produced a token, finished
         or were aborted since the last step."""
         outputs, self._pending = self._pending, []
+        if self.speculative is not None:
+            self._propose_drafts()
         chunks = self.scheduler.schedule()
+        if self._drafts:
+            self._fit_drafts(chunks)
         if not chunks:
             return outputs
         self.num_steps += 1
         self.cache.zero_blocks(self.scheduler.new_blocks)
         # Single-token chunks first (batched decode), by context length (grouped attention).
         chunks.sort(key=lambda c: (c.num_tokens > 1, len(c.seq.block_ids)))
-        logits, sampling = self._forward(chunks)
+        logits, hidden, sampling, spans, offsets = self._forward(chunks)
+        verified = self._verify(chunks, logits, sampling, spans) if self._drafts else {}
         self.scheduler.commit(chunks)
-        tokens = self._sample(logits, sampling)
-        for req, token, row in zip(sampling, tokens, logits):
-            self._append(req, token, row)
+        plain = [i for i, req in enumerate(sampling) if req not in verified]
+        rows = [spans[i][0] for i in plain]
+        tokens = dict(zip(plain, self._sample(logits[rows], [sampling[i] for i in plain])))
+        for i, req in enumerate(sampling):
+            if req in verified:
+                root, path, emitted = verified[req]
+                del req.tokens[root + 1 :]
+                for token, row in emitted:
+                    if not req.finished:
+                        self._append(req, token, logits[spans[i][0] + row])
+            else:
+                self._append(req, tokens[i], logits[spans[i][0]])
             outputs.append(req.delta_output())
             if req.finished:
                 self.scheduler.remove(req)
                 del self.requests[req.request_id]
+        if hidden is not None:
+            self._observe(chunks, hidden, offsets, verified)
         return outputs
 
-    def _forward(self, chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, list[Request]]:
-        """One model call over all chunks; logits ``[M, V]`` of the M sequences whose chunk
-        ends at their last known token (those sample next)."""
+    # ------------------------------------------------------------------ speculation
+    def _propose_drafts(self) -> None:
+        """Step 1 of `lmforge.infer.speculation`: draft for every decoding request."""
+        spec = self.speculative
+        for req in self.scheduler.running:
+            if req.finished or len(req.tokens) - req.num_computed != 1:
+                continue
+            p = req.params
+            if not speculation_eligible(p):
+                continue
+            if req.drafter is None:
+                req.drafter, req.draft_length = spec.drafter(), spec.schedule.initial
+            remaining = p.max_tokens - req.num_generated
+            depth = min(req.draft_length, remaining - 1, self.max_len - len(req.tokens))
+            if depth <= 0:
+                continue
+            context = torch.tensor(req.tokens, device=self.device)
+            draft = req.drafter.propose(context, depth, p, req.generator)
+            draft = draft.truncate(min(draft.num_nodes, remaining))
+            if draft.num_nodes == 0:
+                continue
+            if draft_depth(draft) > depth:
+                raise ValueError(
+                    f"drafter returned a draft of depth {draft_depth(draft)} > {depth}"
+                )
+            req.tokens.extend(draft.tokens.tolist())
+            self._drafts[req] = draft
+
+    def _fit_drafts(self, chunks: list[ScheduledChunk]) -> None:
+        """Step 2: drop the drafts (or their tail) the scheduler did not fit this step."""
+        scheduled = {c.seq: c for c in chunks}
+        for req, draft in list(self._drafts.items()):
+            chunk = scheduled.get(req)
+            root = len(req.tokens) - draft.num_nodes - 1
+            keep = 0 if chunk is None else chunk.num_tokens - 1
+            if keep >= draft.num_nodes:
+                continue
+            del req.tokens[root + 1 + keep :]
+            if keep == 0:
+                del self._drafts[req]
+                req.drafter.feedback(0)
+            else:
+                self._drafts[req] = draft.truncate(keep)
+
+    def _verify(self, chunks, logits, sampling, spans) -> dict:
+        """Steps 3–4: accept a path per draft, move its K/V, keep only accepted tokens for the
+        commit. Returns ``{request: (root index, path, [(token, logits row)…])}``."""
+        by_seq = {c.seq: c for c in chunks}
+        verified = {}
+        bs = self.block_size
+        for req, (row0, count) in zip(sampling, spans):
+            draft = self._drafts.pop(req, None)
+            if draft is None:
+                continue
+            rows = logits[row0 : row0 + count]
+            path, token = verify_draft(rows, draft, req.params, req.generator)
+            root = req.num_computed
+            table = req.block_ids
+            slots = [table[p // bs] * bs + p % bs for p in range(root + 1, root + count)]
+            compact_kv(self.cache, [slots[i] for i in path], slots[: len(path)])
+            accepted = [int(draft.tokens[i]) for i in path]
+            del req.tokens[root + 1 :]
+            req.tokens.extend(accepted)
+            by_seq[req].num_tokens = 1 + len(path)
+            req.drafter.feedback(len(path))
+            depth = draft_depth(draft)
+            self.spec_stats.record(depth, draft.num_nodes, len(path))
+            if depth == req.draft_length:  # a round cut short says nothing about the length
+                req.draft_length = self.speculative.schedule.next(depth, depth, len(path))
+            parent_rows = [0] + [1 + i for i in path]
+            emitted = list(zip(accepted + [token], parent_rows))
+            verified[req] = (root, path, emitted)
+        return verified
+
+    def _observe(self, chunks, hidden, offsets, verified) -> None:
+        """Hand each self-drafter the target's hidden states of its committed rows."""
+        for chunk in chunks:
+            req = chunk.seq
+            observe = getattr(req.drafter, "observe", None)
+            if req.finished or (observe is None and req.drafter is not None):
+                continue
+            if req.drafter is None:  # prefill before the first draft: build it now
+                if not speculation_eligible(req.params):
+                    continue
+                req.drafter = self.speculative.drafter()
+                req.draft_length = self.speculative.schedule.initial
+                observe = getattr(req.drafter, "observe", None)
+                if observe is None:
+                    continue
+            offset = offsets[req]
+            start = req.num_computed - chunk.num_tokens
+            if req in verified:
+                rows = [offset] + [offset + 1 + i for i in verified[req][1]]
+            else:
+                rows = list(range(offset, offset + chunk.num_tokens))
+            observe(hidden[rows], start)
+
+    def _forward(self, chunks: list[ScheduledChunk]):
+        """One model call over all chunks. Returns logits ``[M, V]`` of the kept rows, the
+        hidden states ``[N, H]`` of all rows (None without speculation), the requests that
+        sample next (their chunk ends at their last known token), each one's ``(first kept
+        row, rows)`` — all rows of a draft chunk, else one — and each chunk's flat offset."""
         bs = self.block_size
         ids: list[int] = []
         token_adapters: list[int] = []
@@ -258,26 +399,42 @@ class Engine:
         slots: list[int] = []
         keep: list[int] = []
         sampling: list[Request] = []
+        spans: list[tuple[int, int]] = []
+        offsets: dict[Sequence, int] = {}
         decode: list[Sequence] = []
         prefills: list[PrefillChunk] = []
+        trees: dict[int, torch.Tensor] = {}
         for chunk in chunks:
             seq, n = chunk.seq, chunk.num_tokens
             start = seq.num_computed
-            offset = len(ids)
+            offset = offsets[seq] = len(ids)
             ids.extend(seq.tokens[start : start + n])
             token_adapters.extend([seq.adapter] * n)
-            positions.extend(range(start, start + n))
+            draft = self._drafts.get(seq)
+            if draft is None:
+                positions.extend(range(start, start + n))
+            else:  # [root, nodes…] at depth-based positions
+                parents = draft.parents or chain_parents(draft.num_nodes)
+                positions.extend(start + d for d in [0, *node_depths(parents)])
+                if draft.parents is not None:
+                    trees[offset] = tree_mask(parents, self.device)
             table = seq.block_ids
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             if n == 1:
                 decode.append(seq)
             else:
                 prefills.append(PrefillChunk(offset, n, start, self._context_slots(seq, start + n)))
-            if start + n == len(seq.tokens):
+            if draft is not None:
+                spans.append((len(keep), n))
+                keep.extend(range(offset, offset + n))
+                sampling.append(seq)
+            elif start + n == len(seq.tokens):
+                spans.append((len(keep), 1))
                 keep.append(len(ids) - 1)
                 sampling.append(seq)
         dev = self.device
-        batch = PagedBatch(self.cache, torch.tensor(slots, device=dev), prefills=prefills)
+        batch = TreePagedBatch(self.cache, torch.tensor(slots, device=dev), prefills=prefills)
+        batch.tree_masks = trees
         ids_t = torch.tensor(ids, device=dev)
         positions_t = torch.tensor(positions, device=dev)
         keep_t = torch.tensor(keep, dtype=torch.long, device=dev)
@@ -289,19 +446,31 @@ class Engine:
             batch.decode_positions = positions_t[: len(decode)]
             batch.decode_lens = batch.decode_positions + 1
             batch.decode_groups = decode_groups(widths, [p + 1 for p in positions[: len(decode)]])
+        want_hidden = self.speculative is not None
+        hidden = None
         if self.runner is not None and self.runner.sync():
-            logits = self.runner(ids_t, positions_t, max(positions), batch, keep_t)
-            return logits.float(), sampling
+            if want_hidden:
+                logits, hidden = self.runner(
+                    ids_t, positions_t, max(positions), batch, keep_t, return_hidden=True
+                )
+            else:
+                logits = self.runner(ids_t, positions_t, max(positions), batch, keep_t)
+            return logits.float(), hidden, sampling, spans, offsets
         if self.adapters is not None:
             self.adapters.select(torch.tensor(token_adapters, device=dev))
         try:
-            out = self.model(
-                ids_t[None], position_ids=positions_t[None], cache=batch, logits_to_keep=keep_t
-            )
+            if want_hidden:  # the body, then the head on the kept rows
+                hidden = self.model.model(ids_t[None], position_ids=positions_t[None], cache=batch)
+                logits, hidden = self.model.lm_head(hidden[0, keep_t]), hidden[0]
+            else:
+                out = self.model(
+                    ids_t[None], position_ids=positions_t[None], cache=batch, logits_to_keep=keep_t
+                )
+                logits = out.logits[0]
         finally:
             if self.adapters is not None:
                 self.adapters.select(None)
-        return out.logits[0].float(), sampling
+        return logits.float(), hidden, sampling, spans, offsets
 
     def _context_slots(self, seq: Sequence, total: int) -> torch.Tensor | None:
         """All ``total`` context slots of ``seq`` (None when it has no cached past)."""
@@ -425,6 +594,7 @@ class Engine:
             "num_evicted_blocks": self.allocator.evictions,
             "num_running": len(s.running),
             "num_waiting": len(s.waiting),
+            **(self.spec_stats.as_dict() if self.speculative is not None else {}),
         }
 
 

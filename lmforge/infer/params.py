@@ -40,6 +40,13 @@ class SamplingParams:
     constraint: object | None = None  # a structured-generation Constraint
     min_tokens: int = 0  # stop tokens are masked until this many tokens were generated
     n: int = 1  # completions per prompt (add_request serves one; generate / rollouts expand n)
+    # Speculative decoding (an Engine built with a drafter): per-request on/off and the
+    # acceptance rule: "exact" (the target's distribution; greedy = target greedy) or
+    # "typical" (Medusa's p(x) > min(ε, δ·exp(−H(p))): faster, NOT exact).
+    speculative: bool = True
+    acceptance: str = "exact"
+    typical_epsilon: float = 0.09
+    typical_delta: float = 0.3
 
     @property
     def greedy(self) -> bool:
@@ -84,5 +91,11 @@ class SamplingParams:
             errors.append(f"n={self.n!r} must be an integer ≥ 1")
         if self.logprobs is not None and (not is_int(self.logprobs) or self.logprobs < 0):
             errors.append(f"logprobs={self.logprobs!r} must be None or an integer ≥ 0")
+        if self.acceptance not in ("exact", "typical"):
+            errors.append(f"acceptance={self.acceptance!r} must be 'exact' or 'typical'")
+        for name in ("typical_epsilon", "typical_delta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value <= 1:
+                errors.append(f"{name}={value!r} must be in (0, 1]")
         if errors:
             raise ValueError("invalid SamplingParams: " + "; ".join(errors))

@@ -66,6 +66,8 @@ class Request(Sequence):
     finished: bool = False
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    drafter: object | None = None  # speculative decoding: this request's Drafter
+    draft_length: int = 0  # its current (adaptive) draft length / tree depth
 
     @property
     def output_ids(self) -> list[int]:

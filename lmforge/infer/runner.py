@@ -214,11 +214,13 @@ class InferenceRunner:
         max_position: int,
         batch,
         logits_to_keep: torch.Tensor,
-    ) -> torch.Tensor:
+        return_hidden: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[M, V]`` of the kept rows of a flattened ragged batch: ``input_ids`` and
         ``positions`` ``[N]``, ``batch`` a `PagedBatch`, ``logits_to_keep`` ``[M]`` row
         indices; ``max_position`` = ``positions.max()`` (known to the caller, no device
-        sync). Call `sync` first (once per step)."""
+        sync). ``return_hidden``: also the final (normed) hidden states ``[N, H]`` of every
+        row (self-speculative drafters read them). Call `sync` first (once per step)."""
         if self.head_t is None:
             raise RuntimeError("InferenceRunner: call sync() (and check it) before running")
         lm = self.model.model
@@ -240,4 +242,7 @@ class InferenceRunner:
             x = x + _linear(out.reshape(n, h * d), w.o_t, w.o_bias)
             gate_up = _linear(_norm(layer.post_attention_layernorm, x), w.gate_up_t, w.gate_up_bias)
             x = x + _linear(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], w.down_t, w.down_bias)
+        if return_hidden:
+            hidden = _norm(lm.norm, x)
+            return hidden[logits_to_keep] @ self.head_t, hidden
         return _norm(lm.norm, x[logits_to_keep]) @ self.head_t

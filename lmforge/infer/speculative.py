@@ -100,10 +100,28 @@ class DraftLengthSchedule:
 @dataclass
 class Draft:
     """Proposed ``tokens`` ``[n]`` (n ≤ k, int64) and ``probs`` ``[n, V]``: the processed
-    distribution each token was drawn from (None when greedy — only tokens are needed)."""
+    distribution each token was drawn from (None when greedy — only tokens are needed — or
+    when the drafts are deterministic candidates, e.g. a top-k tree).
+
+    ``parents``: None for a chain; for a candidate tree (`lmforge.infer.tree_attention`),
+    node i's parent index (-1: the last committed token), parents before children. ``k``
+    then bounds the tree's depth."""
 
     tokens: torch.Tensor
     probs: torch.Tensor | None = None
+    parents: list[int] | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def truncate(self, n: int) -> Draft:
+        """The first ``n`` nodes (a parents-first prefix of a tree is a tree)."""
+        return Draft(
+            self.tokens[:n],
+            None if self.probs is None else self.probs[:n],
+            None if self.parents is None else self.parents[:n],
+        )
 
 
 @runtime_checkable

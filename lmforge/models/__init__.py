@@ -11,7 +11,13 @@ HF-format import/export.
 | `hub` | Hub ids (``Org/Name``) resolved through the local Hugging Face cache, never downloaded |
 | `weights_check` | reads weights with checks: damaged files, unsupported dtypes, NaN/inf tensors named |
 | `mtp` | multi-token prediction (DeepSeek-V3): D sequential modules sharing embedding and head, their loss |
+| `medusa` | Medusa heads (residual block + vocabulary projection from ``lm_head``), their losses, save / load |
+| `eagle` | EAGLE drafter layer over [token embedding ; target feature], its loss, save / load |
+| `quantize` | weight-only quantisation of a whole `CausalLM` (int8 / int4), its checkpoint format, dequantisation |
 | `presets` | named sizes: ``tiny``, ``demo``, ``5m``, ``30m``, ``deepseek-tiny``, ``deepseek-30m`` |
+| `vision_encoder` | native-resolution ViT: packed images, block-diagonal attention, 2-D RoPE, MoonViT position grid, 2×2 merger |
+| `vlm` | `VisionLanguageModel`: image tokens into any LM body, M-RoPE or 1-D positions, `generate` (Qwen2-VL, Kimi-VL) |
+| `vlm_hf` | Qwen2-VL's ``config.json`` ↔ `VLMConfig` and its tensor names (``qwen2_vl`` load / save) |
 """
 
 from lmforge.models.hf import CheckpointError, load_model, save_model

@@ -12,6 +12,7 @@ saved dtype.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from pathlib import Path
@@ -23,7 +24,21 @@ from safetensors.torch import save_file
 
 from lmforge.config import ModelConfig, hf_architecture
 from lmforge.io import atomic_path, atomic_write_json, read_json
+from lmforge.models.quantize import (
+    prepare_quantized,
+    quantization_config_of,
+    read_quantized_weights,
+    without_quantization_config,
+)
 from lmforge.models.transformer import CausalLM, rotary_embedding
+from lmforge.models.vlm import VisionLanguageModel, VLMConfig, language_rotary
+from lmforge.models.vlm_hf import (
+    VLM_MODEL_TYPES,
+    vlm_config_from_hf,
+    vlm_config_to_hf,
+    vlm_state_from_hf,
+    vlm_state_to_hf,
+)
 from lmforge.models.weights_check import read_checked_weights
 
 SINGLE_FILE = "model.safetensors"
@@ -122,17 +137,30 @@ def load_model(
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a directory (expected an HF checkpoint folder)")
-    config = ModelConfig.from_pretrained(folder)
+    raw = _config_dict(folder)
+    if raw.get("model_type") in VLM_MODEL_TYPES:
+        return load_vlm(folder, raw, dtype, device, allow_non_finite)
+    # a weight-only quantised folder (lmforge.models.quantize) comes back quantised
+    quant = quantization_config_of(raw, str(folder / "config.json")) if isinstance(raw, dict) else None
+    if quant is None:
+        config = ModelConfig.from_pretrained(folder)
+    else:
+        config = ModelConfig.from_hf_dict(without_quantization_config(raw), str(folder / "config.json"))
     target_dtype = _parse_dtype(dtype)
     # each file and tensor checked (lmforge.models.weights_check): damaged files, unsupported
     # dtypes and NaN/inf weights are errors naming file and tensor
-    state = read_checked_weights(weight_files(folder), allow_non_finite=allow_non_finite)
+    if quant is None:
+        state = read_checked_weights(weight_files(folder), allow_non_finite=allow_non_finite)
+    else:
+        state = read_quantized_weights(weight_files(folder), quant, allow_non_finite)
 
     n = config.num_hidden_layers
     with_mtp = any(k.startswith(f"model.layers.{n}.") for k in state)
     state = {lmforge_name(k, n): v for k, v in state.items() if not _is_mtp_copy(k, n)}
     with torch.device("meta"), _no_init():
         model = CausalLM(config, with_mtp=with_mtp)
+        if quant is not None:
+            prepare_quantized(model, quant)
     _check_state_dict(model, state, folder)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -145,6 +173,47 @@ def load_model(
         if not isinstance(gen, dict):
             raise CheckpointError(f"{folder / 'generation_config.json'}: expected a JSON object")
         model.generation_config = gen
+    if target_dtype is not None:
+        model.to(target_dtype)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def _config_dict(folder: Path) -> dict:
+    """``config.json`` as a dict, or {} when absent or unreadable (`ModelConfig.from_pretrained`
+    then reports the problem with file, line and column)."""
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_vlm(
+    folder: Path,
+    raw: dict,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    allow_non_finite: bool = False,
+) -> VisionLanguageModel:
+    """Load a vision-language checkpoint (``qwen2_vl``) as a `VisionLanguageModel`, with the
+    same checks as `load_model` (arguments as there)."""
+    config = vlm_config_from_hf(raw, str(folder / "config.json"))
+    target_dtype = _parse_dtype(dtype)
+    weights = read_checked_weights(weight_files(folder), allow_non_finite=allow_non_finite)
+    state = vlm_state_from_hf(weights, config)
+    with torch.device("meta"), _no_init():
+        model = VisionLanguageModel(config)
+    _check_state_dict(model, state, folder)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    model.load_state_dict(state, strict=False, assign=True)
+    model.model.rotary_emb = language_rotary(config)
+    materialize_state_buffers(model)
+    model.tie_weights()
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = read_json(folder / "generation_config.json", "generation config")
     if target_dtype is not None:
         model.to(target_dtype)
     if device is not None:
@@ -264,7 +333,11 @@ def save_model(
     folder = Path(path)
     target = _parse_dtype(dtype)  # validate arguments before touching the disk
     limit = _parse_size(max_shard_size)
+    is_vlm = isinstance(model.config, VLMConfig)
+    cfg = vlm_config_to_hf(model.config) if is_vlm else model.config.to_hf_dict()
     state = _export_state(model, target)
+    if is_vlm:
+        state = vlm_state_to_hf(state, model.config)
     stored_dtype = next(v.dtype for v in state.values() if v.is_floating_point())
     shards = _plan_shards(state, limit)
     folder.mkdir(parents=True, exist_ok=True)
@@ -289,10 +362,12 @@ def save_model(
         if is_weights and stale.name not in written:
             stale.unlink()
 
-    cfg = model.config.to_hf_dict()
-    cfg.setdefault("architectures", [hf_architecture(model.config.model_type)])
+    if "architectures" not in cfg:
+        cfg["architectures"] = [hf_architecture(model.config.model_type)]
     dtype_name = str(stored_dtype).removeprefix("torch.")
     cfg["torch_dtype" if "torch_dtype" in cfg else "dtype"] = dtype_name
+    if getattr(model, "quantization_config", None) is not None:  # lmforge.models.quantize
+        cfg["quantization_config"] = model.quantization_config.to_hf()
     atomic_write_json(folder / "config.json", cfg)
     gen = {**generation_config(model.config), **getattr(model, "generation_config", {})}
     atomic_write_json(folder / "generation_config.json", gen)

@@ -6,10 +6,13 @@ DeepSeek-V3's latent attention and mixture of experts.
 | `norm` | `RMSNorm` |
 | `rope` | rotary embeddings with linear, Llama-3 and YaRN scaling |
 | `attention` | MHA / GQA / MQA self-attention: QK-norm, sliding windows, packed documents, KV caches |
+| `flash_attention` | FlashAttention in readable PyTorch: tiled online-softmax forward, recomputing backward (causal, padding, varlen, GQA) |
+| `flash_attention_triton` | the same FlashAttention as Triton kernels (forward and backward, causal, varlen, GQA); opt-in on a GPU |
 | `mlp` | `SwiGLU` feed-forward block |
 | `mla` | multi-head latent attention (DeepSeek-V2/V3): training and absorbed forms, latent cache |
 | `moe` | DeepSeekMoE: shared + routed experts, group-limited sigmoid routing, correction bias |
 | `fp8` | fine-grained FP8 linear layers (DeepSeek-V3): E4M3 with 1×128 / 128×128 scales, fp32 promotion, all three GEMMs |
+| `quant` | weight-only int8 (per channel) / int4 (group-wise) linear layers on torch's CPU kernels, int4 packing |
 """
 
 from lmforge.nn.attention import Attention, AttentionBatch

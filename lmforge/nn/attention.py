@@ -5,11 +5,13 @@ Masks are built once per forward in `AttentionBatch` and shared by every layer. 
 unmasked causal case calls `scaled_dot_product_attention(is_causal=True)` with no mask
 tensor (the fastest path); packed batches use flash-attn's varlen kernel when it is
 installed and the tensors are fp16/bf16 on a GPU, and a block-diagonal causal mask
-otherwise.
+otherwise. Opt-in (``LMFORGE_ATTENTION=triton``): lmforge's own Triton FlashAttention kernel
+(`lmforge.nn.flash_attention_triton`) runs training and prefill batches on a CUDA GPU.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -103,6 +105,21 @@ class AttentionBatch:
             and self.past == 0
         )
 
+    def use_triton(self, x: torch.Tensor, window: int | None) -> bool:
+        """The opt-in Triton kernel (``LMFORGE_ATTENTION=triton``) for batches it covers:
+        no cache offset, no padding, no biting window; packed only with ``cu_seqlens``."""
+        if os.environ.get("LMFORGE_ATTENTION") != "triton":
+            return False
+        if self.past or self.key_valid is not None:
+            return False
+        if window is not None and window < self.seq_len:
+            return False
+        if self.doc_ids is not None and self.cu_seqlens is None:
+            return False
+        from lmforge.nn.flash_attention_triton import triton_attention_enabled
+
+        return triton_attention_enabled(x)
+
 
 class Attention(nn.Module):
     """Multi-head attention with ``num_key_value_heads`` ≤ ``num_heads`` shared K/V heads
@@ -162,6 +179,8 @@ class Attention(nn.Module):
 
         if batch.use_flash(q):
             out = self._flash_varlen(q, k, v, batch)
+        elif batch.use_triton(q, self.window):
+            out = self._triton(q, k, v, batch)
         else:
             out = self._sdpa(q, k, v, batch)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
@@ -179,6 +198,18 @@ class Attention(nn.Module):
             v = v.repeat_interleave(groups, dim=1)
         mask = batch.mask(self.window, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def _triton(self, q, k, v, batch: AttentionBatch) -> torch.Tensor:
+        from lmforge.nn import flash_attention_triton as kernel
+
+        if batch.cu_seqlens is None:
+            return kernel.triton_flash_attention(q, k, v)
+        b, h, t, d = q.shape
+        flat = lambda z: z.transpose(1, 2).reshape(b * t, z.shape[1], d)  # noqa: E731
+        out = kernel.triton_flash_attention_varlen(
+            flat(q), flat(k), flat(v), batch.cu_seqlens, batch.max_seqlen
+        )
+        return out.view(b, t, h, d).transpose(1, 2)
 
     def _flash_varlen(self, q, k, v, batch: AttentionBatch) -> torch.Tensor:
         b, h, t, d = q.shape

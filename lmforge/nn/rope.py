@@ -140,3 +140,45 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """x·cos + rotate_half(x)·sin, eq. (34) of arXiv:2104.09864 in the half-split layout;
     ``cos``/``sin`` broadcast against ``x`` (``[..., head_dim]``)."""
     return x * cos + _rotate_half(x) * sin
+
+
+class MultimodalRotaryEmbedding(RotaryEmbedding):
+    """M-RoPE (Qwen2-VL, Wang et al. 2024, arXiv:2409.12191 §2.1): each position has three
+    components (temporal, height, width); the head's ``head_dim/2`` frequencies are cut into
+    ``mrope_section`` = [s_t, s_h, s_w] consecutive bands, and band i turns with component
+    i. Position ids ``[3, B, T]`` (``[B, T]`` = the same id on all three axes, which
+    reduces to plain RoPE) → cos/sin ``[B, T, head_dim]``."""
+
+    def __init__(
+        self,
+        head_dim: int,
+        mrope_section: list[int],
+        theta: float = 10000.0,
+        scaling: dict[str, Any] | None = None,
+        max_positions: int = 2048,
+    ) -> None:
+        super().__init__(head_dim, theta, scaling, max_positions)
+        if sum(mrope_section) != head_dim // 2 or len(mrope_section) != 3:
+            raise ValueError(
+                f"mrope_section={mrope_section} must be three bands summing to head_dim/2="
+                f"{head_dim // 2}"
+            )
+        self.mrope_section = list(mrope_section)
+
+    @torch.no_grad()
+    def forward(
+        self, position_ids: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if position_ids.ndim == 2:
+            position_ids = position_ids[None].expand(3, -1, -1)
+        device_type = position_ids.device.type
+        with torch.autocast(
+            device_type=device_type if device_type != "mps" else "cpu", enabled=False
+        ):
+            freqs = position_ids[..., None].float() * self.inv_freq.float()  # [3, B, T, D/2]
+            bands = freqs.split(self.mrope_section, dim=-1)
+            freqs = torch.cat([band[i] for i, band in enumerate(bands)], dim=-1)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos = emb.cos() * self.attention_scaling
+            sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype), sin.to(dtype)

@@ -34,6 +34,7 @@ def load_engine(
     device: str = "auto",
     dtype: str | None = None,
     max_num_seqs: int = 64,
+    speculative: dict | None = None,
 ) -> tuple[Engine, Tokenizer, Path, int]:
     """`Engine`, tokenizer, folder and context length (max positions) for ``model_dir``,
     checked like every command's checkpoint. A LoRA ``adapter`` is merged into the weights
@@ -42,7 +43,9 @@ def load_engine(
     ``engine.adapters``, adapter i + 1 being the i-th name). ``device="auto"``: CUDA when
     present, else the CPU. ``model_dir`` may be a Hub id in the local Hugging Face cache, or
     None with an ``adapter``: the base the adapter records (``base_model_name_or_path``).
-    The tokenizer is the adapter folder's when it has one (as saved by SFT), else the model's."""
+    The tokenizer is the adapter folder's when it has one (as saved by SFT), else the model's.
+    ``speculative``: keyword arguments of `lmforge.infer.self_drafters.speculative_config`
+    (``method`` and its drafter) for draft-and-verify decoding."""
     if model_dir is None:
         if not adapter:
             raise CheckpointError("name the model: a checkpoint folder, or an adapter with a base")
@@ -70,5 +73,10 @@ def load_engine(
     if loras:
         router = load_lora_router(model, loras)
         model.to(where).eval()
-    engine = Engine(model, tok, max_num_seqs=max_num_seqs, adapters=router)
+    spec = None
+    if speculative:
+        from lmforge.infer.self_drafters import speculative_config
+
+        spec = speculative_config(target=model, **speculative)
+    engine = Engine(model, tok, max_num_seqs=max_num_seqs, adapters=router, speculative=spec)
     return engine, tok, folder, model.config.max_position_embeddings

@@ -20,6 +20,8 @@ AdamW + schedules, atomic checkpoints with exact resume, DDP / FSDP2 under torch
 | `run` | what every entry point does around its `Trainer`: process setup, fit + export, summary |
 | `pretrain` | `train_pretrain(config)`: text (or the synthetic corpus) → tokenizer → token file → model |
 | `sft` | `train_sft(config, peft=…)`: chat / instruction data packed, assistant-only loss |
+| `vlm_sft` | `train_vlm_sft(config, peft=…)`: multimodal SFT of a VLM on synthetic VQA, projector / joint stages, held-out accuracy |
+| `drafter_objectives` | `train_medusa` / `train_eagle`: Medusa-1/2 and EAGLE objectives for the one Trainer |
 """
 
 from lmforge.config import ConfigError

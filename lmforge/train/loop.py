@@ -117,6 +117,8 @@ class Trainer:
     ``load_state_dict()`` (the data position saved in checkpoints); ``val_data`` is another
     such loader (its first ``eval_batches`` batches are used each time) or a list of batches.
     ``callbacks`` are called as ``cb(trainer, record)`` after every step (after checkpointing).
+    ``optimizer``, when given, builds the optimizer from the (wrapped) model instead of AdamW
+    (e.g. RMSProp for WGAN, `lmforge.generative.gan_training`); the lr is still scheduled.
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class Trainer:
         dist: D.DistInfo | None = None,
         console: Console | None = None,
         callbacks: list[Callable[[Trainer, dict[str, Any]], None]] | None = None,
+        optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
     ) -> None:
         self.config = config
         self.tc = config.train
@@ -190,7 +193,7 @@ class Trainer:
         self.optimizer = build_adamw(
             self.model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps, o.fused,
             moment_dtype=torch.bfloat16 if moments == "bf16" else torch.float32,
-        )  # fmt: skip
+        ) if optimizer is None else optimizer(self.model)  # fmt: skip
         if self.tc.compile:
             self.model = torch.compile(self.model)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None

@@ -8,6 +8,9 @@ a resumable loader for the one Trainer, the evaluation classifier and its metric
 | `classifier` | the evaluation CNN trained on real images (per-attribute heads, features) |
 | `metrics` | conditional accuracy, Fréchet distance in classifier features, bits/dim |
 | `grid` | sample grids as PNG |
+| `processor` | Qwen2-VL image processing (pixel budgets, CLIP normalisation, merge-block patches), image sources, placeholders, chat template |
+| `vlm_tasks` | synthetic visual questions (colour, shape, position, count, OCR digits, two-image compare); held-out splits, accuracy |
+| `vlm_data` | multimodal SFT records (assistant-only labels), packed image-text rows, resumable loader, greedy answering |
 """
 
 from lmforge.vision.classifier import ImageClassifier, load_classifier, train_classifier

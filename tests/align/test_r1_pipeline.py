@@ -91,3 +91,54 @@ def test_fast_demo_runs_every_stage_and_reports(tmp_path):
     assert last == (
         f"RESULT demo sft_acc={summary['sft_acc']:.1f} grpo_acc={summary['grpo_acc']:.1f}"
     )
+
+
+def test_parse_seeds():
+    from lmforge.align.r1_pipeline import parse_seeds
+
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds(" 7 ") == [7]
+    with pytest.raises(ValueError, match="'a' is not an integer"):
+        parse_seeds("0,a")
+    with pytest.raises(ValueError, match="repeated"):
+        parse_seeds("1,1")
+
+
+def test_machine_info_names_the_cpu():
+    from pathlib import Path
+
+    from lmforge.align.r1_pipeline import machine_info
+
+    info = machine_info()
+    assert info["cpu"] and info["cores"] >= 1 and info["torch"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and "model name" in cpuinfo.read_text():
+        line = next(x for x in cpuinfo.read_text().splitlines() if x.startswith("model name"))
+        assert info["cpu"] == line.split(":", 1)[1].strip()
+
+
+def test_seeds_run_once_each_into_their_folders_and_report_the_mean(monkeypatch, tmp_path):
+    import lmforge.align.r1_pipeline as pipeline
+
+    calls = []
+
+    def fake_run_demo(out, *, seed, fast, console):
+        calls.append((out, seed, fast))
+        sft, grpo = 30.0 + seed, 50.0 + 2 * seed
+        stage = lambda a: {"accuracy": a / 100, "greedy": a / 100}  # noqa: E731
+        return {"seed": seed, "sft_acc": sft, "grpo_acc": grpo, "total_s": 1.0, "cpu_s": 1.0,
+                "accuracy": {"sft": stage(sft), "grpo": stage(grpo)}}  # fmt: skip
+
+    monkeypatch.setattr(pipeline, "run_demo", fake_run_demo)
+    console = Console(file=io.StringIO(), width=200)
+    result = pipeline.run_demo_seeds(tmp_path / "s", [0, 2], fast=True, console=console)
+    assert calls == [(str(tmp_path / "s" / "seed-0"), 0, True),
+                     (str(tmp_path / "s" / "seed-2"), 2, True)]  # fmt: skip
+    assert result["mean"] == pytest.approx({"sft_acc": 31.0, "grpo_acc": 52.0, "gain": 21.0})
+    assert (tmp_path / "s" / "seeds.md").is_file() and result["machine"]["cpu"]
+    last = console.file.getvalue().strip().splitlines()[-1]
+    assert last == "RESULT demo sft_acc=31.0 grpo_acc=52.0"
+    # one seed is the plain demo, in the folder itself
+    assert pipeline.run_demo_seeds(tmp_path / "one", [5], console=console)["seed"] == 5
+    assert calls[-1] == (tmp_path / "one", 5, False)
+    with pytest.raises(ValueError, match="jobs"):
+        pipeline.run_demo_seeds(tmp_path / "s", [0, 1], jobs=0, console=console)

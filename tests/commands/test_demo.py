@@ -16,13 +16,26 @@ from lmforge.train.config import RunConfig
 
 def test_demo_flags_reach_run_demo(monkeypatch, tmp_path, run):
     import lmforge.align.r1_pipeline as pipeline
+    import lmforge.align.r1_zero as zero
 
     calls = []
     monkeypatch.setattr(pipeline, "run_demo", lambda out, **kw: calls.append((out, kw)))
+    monkeypatch.setattr(pipeline, "run_demo_seeds",
+                        lambda out, seeds, **kw: calls.append((out, seeds, kw)))  # fmt: skip
+    monkeypatch.setattr(zero, "run_zero", lambda out, **kw: calls.append(("zero", out, kw)))
     assert run("demo", "--out", str(tmp_path / "d"), "--seed", "2", "--fast")[0] == 0
     assert run("demo")[0] == 0
+    assert run("demo", "--seeds", "0, 1,2", "--jobs", "2")[0] == 0
+    assert run("demo", "--zero", "--seed", "3")[0] == 0
     assert calls == [(str(tmp_path / "d"), {"seed": 2, "fast": True}),
-                     ("runs/demo", {"seed": 0, "fast": False})]  # fmt: skip
+                     ("runs/demo", {"seed": 0, "fast": False}),
+                     ("runs/demo", [0, 1, 2], {"fast": False, "jobs": 2}),
+                     ("zero", "runs/demo-zero", {"seed": 3, "fast": False})]  # fmt: skip
+    code, _, err = run("demo", "--seeds", "0,x")
+    assert code == 2 and "'x' is not an integer" in err
+    code, _, err = run("demo", "--zero", "--seeds", "0,1")
+    assert code == 2 and "--zero runs one seed" in err
+    assert len(calls) == 4
 
 
 @pytest.mark.slow

@@ -1,0 +1,194 @@
+"""Image generation II, the master table (issue "Image generation II", item 6): GANs here,
+the VQGAN + prior section from ``image_generation_2_vq.py`` and latent text-to-image from
+``image_generation_2_t2i.py`` (each run when its file exists; a missing section is said and
+its figures are ``nan``).
+
+GAN section: the non-saturating GAN (``nsgan``), WGAN (clipping + RMSProp) and WGAN-GP —
+class-conditional DCGAN networks of the same size, the recipes ``gan-*-digits.yaml`` — on
+the same 16×16 rendered digits, each over 3 seeds, through ``lmforge.generative.gan_training``
+(the one Trainer). Every final generator is scored by one evaluation classifier (trained
+once on the real training images, `lmforge.vision.classifier`) on ``--eval-samples`` samples
+(classes in turn): conditional accuracy, coverage, within-class diversity, Fréchet distance
+in classifier features (real-vs-real floor printed) and **collapse**, defined in
+`lmforge.generative.gan_diagnostics`: coverage < 0.8 (fewer than 8 of 10 digits drawn at
+least half as often as uniform) or diversity < 0.5, or a run that diverged. Stability = the
+share of seeds that collapse.
+
+    nice -n 10 python bench/image_generation_2.py --only gan
+    nice -n 10 python bench/image_generation_2.py --only gan --gan-steps 900 --seeds 3
+    nice -n 10 python bench/image_generation_2.py            # all three sections
+
+Last line: ``RESULT image_generation_2 wgangp_acc=<a> vqgan_psnr=<p> vq_prior_acc=<b>
+t2i_prompt_acc=<c> t2i_prompt_acc_nocfg=<d>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.generative.gan_diagnostics import evaluate_generator
+from lmforge.generative.gan_training import GANConfig, train_gan
+from lmforge.train.config import load_config
+from lmforge.train.loop import TrainingDiverged
+from lmforge.vision.classifier import load_classifier, train_classifier
+from lmforge.vision.datasets import load_image_dataset
+from lmforge.vision.metrics import classifier_frechet_distance
+
+RECIPES = Path(__file__).resolve().parents[1] / "lmforge" / "recipes"
+GAN_RECIPES = {"nsgan": "gan-nsgan-digits.yaml", "wgan": "gan-wgan-digits.yaml",
+               "wgan-gp": "gan-wgangp-digits.yaml"}  # fmt: skip
+NAN = float("nan")
+
+
+def gan_run(args: argparse.Namespace, method: str, seed: int, out: Path) -> dict[str, Any]:
+    """One training run; its final generator (or the diverged state) is scored later."""
+    overrides = [
+        f"out_dir={json.dumps(str(out))}", f"train.seed={seed}", "train.resume=false",
+        "gan.classifier_steps=0", "train.eval_every=0", "log.progress=false",
+        f"train.cpu_threads={args.threads}", "log.plot=false",
+    ]  # fmt: skip
+    if args.gan_steps:
+        overrides += [f"train.max_steps={args.gan_steps}", f"train.save_every={args.gan_steps}"]
+    if args.batch_size:
+        overrides.append(f"train.batch_size={args.batch_size}")
+    if args.n_critic and method != "nsgan":
+        overrides.append(f"gan.n_critic={args.n_critic}")
+    config = load_config(RECIPES / GAN_RECIPES[method], overrides, GANConfig)
+    cpu0 = time.process_time()
+    try:
+        summary = train_gan(config)
+        return {"model_dir": summary["model_dir"], "diverged": False,
+                "cpu_s": time.process_time() - cpu0, "steps": summary["step"]}  # fmt: skip
+    except TrainingDiverged as exc:
+        print(f"{method} seed {seed}: diverged ({exc})")
+        return {"model_dir": None, "diverged": True, "cpu_s": time.process_time() - cpu0}
+
+
+def gan_section(args: argparse.Namespace) -> dict[str, Any]:
+    from lmforge.generative.gan_models import load_gan
+
+    cpu0 = time.process_time()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) / "gan"
+    out.mkdir(parents=True, exist_ok=True)
+    probe = load_config(RECIPES / GAN_RECIPES["wgan-gp"], [], GANConfig).gan
+    train_set = load_image_dataset(probe.dataset, probe.image_size, probe.num_train,
+                                   probe.data_seed, "train", probe.channels)  # fmt: skip
+    eval_set = load_image_dataset(probe.dataset, probe.image_size, probe.num_eval,
+                                  probe.data_seed, "test", probe.channels)  # fmt: skip
+    clf_dir = out / "classifier"
+    if (clf_dir / "classifier.json").is_file():
+        classifier = load_classifier(clf_dir)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            classifier = train_classifier(train_set, steps=args.classifier_steps)
+        classifier.save(clf_dir)
+    real_acc = float((classifier.predict(eval_set.images)["label"] == eval_set.labels).float().mean())
+    floor = classifier_frechet_distance(classifier, eval_set.images, train_set.images[:len(eval_set)])
+    print(f"evaluation classifier: accuracy on real test digits {real_acc:.3f}; "
+          f"real-vs-real Fréchet floor {floor:.1f}")  # fmt: skip
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for method in args.methods.split(","):
+        for seed in range(args.seeds):
+            run_dir = out / f"{method}-seed{seed}"
+            run = gan_run(args, method, seed, run_dir)
+            if run["diverged"]:
+                metrics: dict[str, Any] = {"diverged": True, "collapsed": True, "accuracy": NAN,
+                                           "coverage": NAN, "diversity": NAN,
+                                           "frechet_classifier": NAN}  # fmt: skip
+            else:
+                pair, _ = load_gan(run["model_dir"])
+                metrics = evaluate_generator(pair.generator, classifier, eval_set,
+                                             args.eval_samples, seed=1000 + seed)  # fmt: skip
+                metrics["diverged"] = False
+                if (run_dir / "samples").is_dir():
+                    grids = sorted((run_dir / "samples").glob("step-*.png"))
+                    if grids:
+                        shutil.copy(grids[-1], out / f"grid-{method}-seed{seed}.png")
+            metrics["cpu_s"] = run["cpu_s"]
+            rows.setdefault(method, []).append(metrics)
+            print(f"{method} seed {seed}: accuracy {metrics['accuracy']:.3f}, coverage "
+                  f"{metrics['coverage']:.2f}, diversity {metrics['diversity']:.2f}, Fréchet "
+                  f"{metrics['frechet_classifier']:.1f}, collapsed {metrics['collapsed']}, "
+                  f"{run['cpu_s']:.0f} CPU-s", flush=True)  # fmt: skip
+    table = ["| method | accuracy | coverage | diversity | Fréchet (classifier) | collapsed seeds | CPU-s / run |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    summary: dict[str, Any] = {"gan_real_acc": real_acc, "gan_frechet_floor": floor}
+    for method, runs in rows.items():
+        def avg(key: str) -> float:
+            vals = [r[key] for r in runs if not math.isnan(r[key])]
+            return sum(vals) / len(vals) if vals else NAN
+
+        collapsed = sum(bool(r["collapsed"]) for r in runs)
+        table.append(
+            f"| {method} | {avg('accuracy'):.3f} | {avg('coverage'):.2f} | {avg('diversity'):.2f} "
+            f"| {avg('frechet_classifier'):.1f} | {collapsed}/{len(runs)} | {avg('cpu_s'):.0f} |"
+        )
+        key = method.replace("-", "")
+        summary[f"{key}_acc"] = avg("accuracy")
+        summary[f"{key}_collapse"] = collapsed / len(runs)
+        summary[f"{key}_frechet"] = avg("frechet_classifier")
+    text = "\n".join(table)
+    (out / "table.md").write_text(text + "\n", encoding="utf-8")
+    (out / "result.json").write_text(json.dumps({"rows": rows, "summary": summary}, default=str))
+    print(text)
+    print(f"GAN section: {(time.process_time() - cpu0) / 60:.1f} CPU-min (this process)")
+    return summary
+
+
+def peer_section(name: str, function: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """``bench/<name>.py``'s ``function(args)``, or None (said) when the file is missing."""
+    here = Path(__file__).resolve().parent
+    if not (here / f"{name}.py").is_file():
+        print(f"section {name}: bench/{name}.py is missing; its figures are nan")
+        return None
+    if str(here) not in sys.path:
+        sys.path.insert(0, str(here))
+    return getattr(importlib.import_module(name), function)(args)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=("gan", "vq", "t2i"), help="run one section")
+    p.add_argument("--out", default="runs/bench-image-generation-2")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="the sections' smaller budgets")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", default="nsgan,wgan,wgan-gp")
+    p.add_argument("--gan-steps", type=int, help="player updates per run (default: recipes')")
+    p.add_argument("--batch-size", type=int, help="default: the recipes'")
+    p.add_argument("--n-critic", type=int, help="wgan / wgan-gp critic steps (default: recipes' 5)")
+    p.add_argument("--classifier-steps", type=int, default=300)
+    p.add_argument("--eval-samples", type=int, default=500)
+    args = p.parse_args()
+    results: dict[str, Any] = {}
+    sections = {"gan": lambda: gan_section(args),
+                "vq": lambda: peer_section("image_generation_2_vq", "vq_section", args),
+                "t2i": lambda: peer_section("image_generation_2_t2i", "t2i_section", args)}  # fmt: skip
+    for name, run in sections.items():
+        if args.only and args.only != name:
+            continue
+        start = time.perf_counter()
+        got = run()
+        print(f"section {name}: {time.perf_counter() - start:.0f} s wall")
+        results.update(got or {})
+    keys = ("wgangp_acc", "vqgan_psnr", "vq_prior_acc", "t2i_prompt_acc", "t2i_prompt_acc_nocfg")
+    missing = [k for k in keys if k not in results]
+    if missing:
+        print(f"not measured in this run: {', '.join(missing)} (nan)")
+    print("RESULT image_generation_2 " + " ".join(
+        f"{k}={float(results.get(k, NAN)):.3f}" for k in keys))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

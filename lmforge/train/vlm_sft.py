@@ -1,0 +1,224 @@
+"""Multimodal supervised fine-tuning through the one `Trainer` (``lmforge vlm sft``): a
+vision-language model (an HF ``qwen2_vl`` folder in ``model.init_from``, or a tiny one built
+from scratch) on synthetic visual question answering (`lmforge.vision.vlm_tasks`), packed
+several image-text examples per row, loss on the assistant answers only.
+
+    config = load_config("recipes/vlm-tiny.yaml", [], VLMRunConfig)
+    summary = train_vlm_sft(config)     # summary["heldout_accuracy"]: per task and "all"
+
+Stages (``vlm.stage``), as LLaVA (Liu et al. 2023 §4.1) and Qwen2-VL train: ``projector``
+trains only the patch merger / projector with the encoder and the language model frozen
+(aligning image tokens to the LM's embedding space); ``joint`` trains everything. With
+``--peft lora`` only LoRA adapters train (on the targeted projections, ``q_proj,v_proj`` by
+default: the language model's), saved as a PEFT adapter folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from rich.console import Console
+
+from lmforge.config import ConfigError, ModelConfig
+from lmforge.io import atomic_write_text
+from lmforge.models.hf import load_model
+from lmforge.models.loss import IGNORE_INDEX
+from lmforge.models.vision_encoder import VisionConfig
+from lmforge.models.vlm import VisionLanguageModel, VLMConfig
+from lmforge.peft.settings import PeftSettings, apply_peft
+from lmforge.tokenizer import load_tokenizer
+from lmforge.train.config import RunConfig
+from lmforge.train.distributed import DistInfo
+from lmforge.train.loop import Trainer
+from lmforge.train.objective import LossOutput
+from lmforge.train.run import check_resumable, fit_and_export, print_summary, training_run
+from lmforge.vision.processor import ImageProcessor, ImageProcessorConfig
+from lmforge.vision.vlm_data import (
+    MultimodalPackedLoader,
+    answer_questions,
+    encode_chat,
+    train_vqa_tokenizer,
+)
+from lmforge.vision.vlm_tasks import TASKS, accuracy_by_task, make_vqa_examples
+
+STAGES = ("projector", "joint")
+
+
+@dataclass
+class VLMSection:
+    """The tasks, the image geometry, the training stage and (from scratch) the sizes."""
+
+    tasks: list[str] = field(default_factory=lambda: ["colour", "shape", "count"])
+    image_size: int = 32
+    train_examples: int = 1000  # per task
+    eval_examples: int = 100  # per task, from the held-out split
+    stage: Literal["projector", "joint"] = "joint"
+    max_new_tokens: int = 4
+    # from scratch (model.init_from empty)
+    patch_size: int = 4
+    vision_hidden: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 4
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    mrope_section: list[int] = field(default_factory=lambda: [2, 3, 3])
+    vocab_size: int = 512
+
+
+@dataclass
+class VLMRunConfig(RunConfig):
+    """A multimodal SFT run: the training sections plus ``vlm``."""
+
+    out_dir: str = "runs/vlm-tiny"
+    vlm: VLMSection = field(default_factory=VLMSection)
+
+
+def check_vlm_config(config: VLMRunConfig) -> None:
+    """Range checks of the ``vlm`` section (`ConfigError` naming the field)."""
+    v = config.vlm
+    bad = [t for t in v.tasks if t not in TASKS]
+    if bad or not v.tasks:
+        raise ConfigError(f"vlm.tasks={v.tasks}: choose from {', '.join(TASKS)}")
+    if v.stage not in STAGES:
+        raise ConfigError(f"vlm.stage={v.stage!r}: choose one of {STAGES}")
+    if v.image_size % (2 * v.patch_size):
+        raise ConfigError(
+            f"vlm.image_size={v.image_size} must be a multiple of 2 × vlm.patch_size={v.patch_size}"
+        )
+    if v.train_examples < 1 or v.eval_examples < 0:
+        raise ConfigError("vlm.train_examples must be ≥ 1 and vlm.eval_examples ≥ 0")
+
+
+def vlm_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+    """Summed next-token loss over the labelled (assistant) tokens of a packed multimodal
+    batch, and their count."""
+    out = model(
+        input_ids=batch["input_ids"],
+        pixel_values=batch["pixel_values"] if batch["pixel_values"].numel() else None,
+        image_grid_thw=batch["image_grid_thw"] if batch["image_grid_thw"].numel() else None,
+        document_ids=batch.get("document_ids"),
+        labels=batch["labels"],
+        loss_reduction="sum",
+    )
+    count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    return LossOutput(out.loss, count)
+
+
+def tiny_vlm(section: VLMSection, tokenizer: Any) -> VisionLanguageModel:
+    """A Qwen2-VL-shaped model from scratch sized by ``section`` (saves as ``qwen2_vl``)."""
+    s = section
+    text = ModelConfig(
+        model_type="qwen2", vocab_size=s.vocab_size, hidden_size=s.hidden_size,
+        intermediate_size=4 * s.hidden_size, num_hidden_layers=s.num_layers,
+        num_attention_heads=s.num_heads, num_key_value_heads=s.num_kv_heads, qkv_bias=True,
+        max_position_embeddings=1024, eos_token_id=tokenizer.token_to_id("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    vision = VisionConfig(
+        hidden_size=s.vision_hidden, depth=s.vision_depth, num_heads=s.vision_heads,
+        intermediate_size=2 * s.vision_hidden, patch_size=s.patch_size,
+        out_hidden_size=s.hidden_size,
+    )  # fmt: skip
+    config = VLMConfig(
+        text=text, vision=vision, image_token_id=tokenizer.token_to_id("<|image_pad|>"),
+        vision_start_token_id=tokenizer.token_to_id("<|vision_start|>"),
+        vision_end_token_id=tokenizer.token_to_id("<|vision_end|>"),
+        video_token_id=tokenizer.token_to_id("<|image_pad|>"), mrope_section=s.mrope_section,
+    )  # fmt: skip
+    return VisionLanguageModel(config)
+
+
+def freeze_for_stage(model: VisionLanguageModel, stage: str) -> None:
+    """``projector``: only ``visual.merger`` trains; ``joint``: everything trainable stays so."""
+    if stage == "projector":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("visual.merger."))
+
+
+def image_processor_for(model: VisionLanguageModel, image_size: int) -> ImageProcessor:
+    """The processor matching the model's patch geometry, with a budget of one image of
+    ``image_size``² pixels (the task images keep their size)."""
+    v = model.config.vision
+    factor = v.patch_size * v.spatial_merge_size
+    return ImageProcessor(ImageProcessorConfig(
+        patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+        merge_size=v.spatial_merge_size, min_pixels=factor * factor,
+        max_pixels=max(image_size, factor) ** 2,
+    ))  # fmt: skip
+
+
+def train_vlm_sft(
+    config: VLMRunConfig,
+    *,
+    peft: PeftSettings | None = None,
+    dist: DistInfo | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Train, export ``model/`` (an HF ``qwen2_vl`` folder with its tokenizer) and report
+    the held-out accuracy per task (also written to ``heldout_accuracy.json``)."""
+    check_vlm_config(config)
+    v, t = config.vlm, config.train
+    run_dir = Path(config.out_dir)
+    with training_run(config, dist, console) as (dist, console):
+        check_resumable(config)
+        torch.manual_seed(t.seed)
+        if config.model.init_from:
+            model = load_model(config.model.init_from, dtype=torch.float32)
+            if not isinstance(model, VisionLanguageModel):
+                raise ConfigError(f"model.init_from={config.model.init_from}: not a VLM folder")
+            tokenizer = load_tokenizer(config.data.tokenizer or config.model.init_from)
+        else:
+            tokenizer = train_vqa_tokenizer(v.tasks, v.vocab_size)
+            model = tiny_vlm(v, tokenizer)
+        processor = image_processor_for(model, v.image_size)
+        train_ex = make_vqa_examples(v.tasks, v.train_examples, v.image_size, t.seed, "train")
+        heldout = make_vqa_examples(v.tasks, v.eval_examples, v.image_size, t.seed, "test")
+        encode = lambda ex: encode_chat(tokenizer, processor, ex.messages(), ex.images)  # noqa: E731
+        examples = [encode(ex) for ex in train_ex]
+        val = [encode(ex) for ex in heldout[: max(1, len(heldout) // 4)]] if heldout else []
+        pad = tokenizer.pad_token_id or 0
+        seq_len = max(config.data.seq_len, max(len(e) for e in examples))
+        loader = MultimodalPackedLoader(examples, seq_len, t.batch_size, pad, seed=t.seed)
+        val_loader = (
+            MultimodalPackedLoader(val, seq_len, t.batch_size, pad, shuffle=False) if val else None
+        )
+        freeze_for_stage(model, v.stage)
+        apply_peft(model, peft, str(config.model.init_from or run_dir))
+        console.print(
+            f"[bold]vlm[/]: {len(examples)} examples ({', '.join(v.tasks)}), "
+            f"{loader.rows_per_epoch} packed rows of {seq_len}; stage {v.stage}; "
+            f"{model.num_parameters(trainable_only=True):,} of {model.num_parameters():,} "
+            "parameters train"
+        )
+        trainer = Trainer(model, loader, config, val_data=val_loader, objective=vlm_objective,
+                          tokenizer=tokenizer, run_dir=run_dir, dist=dist, console=console)  # fmt: skip
+        summary = fit_and_export(trainer, run_dir)
+        if heldout:
+            model.eval()
+            predictions = answer_questions(model, tokenizer, processor, heldout, v.max_new_tokens)
+            summary["heldout_accuracy"] = accuracy_by_task(heldout, predictions)
+            if dist.is_main:
+                atomic_write_text(run_dir / "heldout_accuracy.json",
+                                  json.dumps(summary["heldout_accuracy"], indent=2) + "\n")  # fmt: skip
+            console.print(f"[bold]held-out accuracy[/]: {summary['heldout_accuracy']}")
+        print_summary(summary, console)
+    return summary
+
+
+__all__ = [
+    "STAGES",
+    "VLMRunConfig",
+    "VLMSection",
+    "check_vlm_config",
+    "freeze_for_stage",
+    "image_processor_for",
+    "tiny_vlm",
+    "train_vlm_sft",
+    "vlm_objective",
+]

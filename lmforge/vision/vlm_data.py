@@ -1,0 +1,275 @@
+"""Multimodal SFT data: chats with images → token ids with assistant-only labels and image
+patches, packed several examples per row for the one `Trainer`.
+
+    example = encode_chat(tokenizer, processor, messages, images)
+    loader = MultimodalPackedLoader(examples, seq_len=256, batch_size=8, pad_id=0)
+    batch = next(iter(loader))   # input_ids, labels, document_ids [B, T];
+                                 # pixel_values [N, C·T·P·P], image_grid_thw [I, 3]
+
+The chat template renders each turn; ``<|image_pad|>`` is repeated once per merged image
+token (`lmforge.vision.processor.expand_image_placeholders`); only the assistant turns are
+labelled (−100 elsewhere). Packing never splits an example: examples are placed in order
+(shuffled per epoch) into rows of ``seq_len`` tokens, each its own document (positions
+restart, no attention across examples), and the images of a batch are concatenated in the
+order their placeholders appear (row by row), as the model consumes them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lmforge.models.loss import IGNORE_INDEX
+from lmforge.tokenizer import SpecialTokens, Tokenizer
+from lmforge.vision.processor import (
+    IMAGE_PAD,
+    QWEN2_VL_CHAT_TEMPLATE,
+    VISION_END,
+    VISION_START,
+    ImageInputError,
+    ImageProcessor,
+    ImageSource,
+    expand_image_placeholders,
+    flatten_image_messages,
+)
+from lmforge.vision.vlm_tasks import QUESTIONS, VQAExample, answer_vocabulary
+
+VLM_SPECIAL_TOKENS = SpecialTokens(
+    extra=("<|im_start|>", "<|im_end|>", VISION_START, IMAGE_PAD, VISION_END)
+)
+
+
+@dataclass
+class MultimodalExample:
+    """One tokenized chat: ids, labels (−100 outside assistant turns), its images' patches
+    ``[n, C·T·P·P]`` and grids ``[k, 3]``."""
+
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_chat(
+    tokenizer: Any,
+    processor: ImageProcessor,
+    messages: Sequence[dict],
+    images: Sequence[ImageSource],
+) -> MultimodalExample:
+    """Render ``messages`` turn by turn with the tokenizer's chat template, expand the image
+    placeholders for ``images`` (in order), and label the assistant turns."""
+    pixel_values, grid = processor(list(images))
+    counts = processor.tokens_per_image(grid)
+    messages = flatten_image_messages(messages)
+    ids: list[int] = []
+    labels: list[int] = []
+    done, used = "", 0
+    for k, message in enumerate(messages):
+        upto = tokenizer.apply_chat_template(list(messages[: k + 1]))
+        if message["role"] == "assistant":
+            prefix = tokenizer.apply_chat_template(list(messages[:k]), add_generation_prompt=True)
+            segments = [(prefix[len(done) :], False), (upto[len(prefix) :], True)]
+        else:
+            segments = [(upto[len(done) :], False)]
+        for text, trained in segments:
+            n = text.count(IMAGE_PAD)
+            if used + n > len(counts):
+                raise ImageInputError(
+                    f"the chat has more image placeholders than the {len(counts)} images given"
+                )
+            text = expand_image_placeholders(text, counts[used : used + n])
+            used += n
+            piece = tokenizer.encode(text)
+            ids.extend(piece)
+            labels.extend(piece if trained else [IGNORE_INDEX] * len(piece))
+        done = upto
+    if used != len(counts):
+        raise ImageInputError(
+            f"{len(counts)} images but {used} image placeholders in the chat: more images than "
+            "placeholders"
+        )
+    return MultimodalExample(ids, labels, pixel_values, grid)
+
+
+def pack_examples(
+    examples: Sequence[MultimodalExample], seq_len: int, pad_id: int
+) -> list[list[int]]:
+    """Greedy in-order packing: the indices of the examples in each row of ``seq_len``
+    tokens (an example longer than ``seq_len`` is a `ValueError` naming it)."""
+    rows: list[list[int]] = []
+    used = seq_len
+    for i, ex in enumerate(examples):
+        if len(ex) > seq_len:
+            raise ValueError(f"example {i} has {len(ex)} tokens > seq_len={seq_len}")
+        if used + len(ex) > seq_len:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += len(ex)
+    return rows
+
+
+def collate_rows(
+    examples: Sequence[MultimodalExample], rows: Sequence[Sequence[int]], seq_len: int, pad_id: int
+) -> dict[str, torch.Tensor]:
+    """A batch of packed rows: ids, labels, document ids (padding is its own document,
+    unlabelled) and the rows' images concatenated in placeholder order."""
+    b = len(rows)
+    ids = torch.full((b, seq_len), pad_id, dtype=torch.long)
+    labels = torch.full((b, seq_len), IGNORE_INDEX, dtype=torch.long)
+    docs = torch.zeros((b, seq_len), dtype=torch.long)
+    pixels, grids = [], []
+    for r, row in enumerate(rows):
+        p = 0
+        for d, i in enumerate(row):
+            ex = examples[i]
+            n = len(ex)
+            ids[r, p : p + n] = torch.tensor(ex.input_ids)
+            labels[r, p : p + n] = torch.tensor(ex.labels)
+            docs[r, p : p + n] = d
+            p += n
+            pixels.append(ex.pixel_values)
+            grids.append(ex.image_grid_thw)
+        docs[r, p:] = len(row)
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "document_ids": docs,
+        "pixel_values": torch.cat(pixels) if pixels else torch.zeros(0),
+        "image_grid_thw": torch.cat(grids) if grids else torch.zeros(0, 3, dtype=torch.long),
+    }
+
+
+def train_vqa_tokenizer(tasks: Sequence[str], vocab_size: int = 512) -> Tokenizer:
+    """A byte-level BPE tokenizer for the VQA tasks (`lmforge.tokenizer.Tokenizer.train` on
+    their questions, answers and the chat frame), with the vision special tokens and
+    Qwen2-VL's chat template."""
+    texts = ["system\nYou are a helpful assistant.", "user\n", "assistant\n"]
+    texts += [q for t in tasks for q in QUESTIONS[t]] * 20
+    texts += [" ".join(answer_vocabulary(tasks))] * 20 + answer_vocabulary(tasks) * 20
+    return Tokenizer.train(texts, vocab_size=vocab_size, min_frequency=1,
+                           special_tokens=VLM_SPECIAL_TOKENS, chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+
+
+def encode_prompt(
+    tokenizer: Any,
+    processor: ImageProcessor,
+    messages: Sequence[dict],
+    images: Sequence[ImageSource],
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """A generation prompt: ids (placeholders expanded), ``pixel_values``, ``image_grid_thw``."""
+    pixel_values, grid = processor(list(images))
+    text = tokenizer.apply_chat_template(
+        flatten_image_messages(messages), add_generation_prompt=True
+    )
+    text = expand_image_placeholders(text, processor.tokens_per_image(grid))
+    return tokenizer.encode(text), pixel_values, grid
+
+
+@torch.no_grad()
+def answer_questions(
+    model: Any,
+    tokenizer: Any,
+    processor: ImageProcessor,
+    examples: Sequence[VQAExample],
+    max_new_tokens: int = 4,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy answers of ``model`` to each example's question (prompts of equal length are
+    generated together), decoded up to the end-of-turn token."""
+    stop = tokenizer.token_to_id("<|im_end|>")
+    prompts = [
+        encode_prompt(tokenizer, processor, ex.messages()[:-1], ex.images) for ex in examples
+    ]
+    by_length: dict[int, list[int]] = {}
+    for i, (ids, _, _) in enumerate(prompts):
+        by_length.setdefault(len(ids), []).append(i)
+    answers = [""] * len(examples)
+    for group in by_length.values():
+        for start in range(0, len(group), batch_size):
+            part = group[start : start + batch_size]
+            ids = torch.tensor([prompts[i][0] for i in part])
+            out = model.generate(
+                ids,
+                pixel_values=torch.cat([prompts[i][1] for i in part]),
+                image_grid_thw=torch.cat([prompts[i][2] for i in part]),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stop,
+            )
+            for i, row in zip(part, out[:, ids.shape[1] :].tolist(), strict=True):
+                row = row[: row.index(stop)] if stop in row else row
+                answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return answers
+
+
+class MultimodalPackedLoader:
+    """Endless packed batches for the `Trainer`: each epoch shuffles the examples (seeded),
+    packs them into rows and yields ``batch_size`` rows at a time (the last partial batch of
+    an epoch is dropped unless it is the only one). ``state_dict`` / ``load_state_dict``
+    hold (epoch, batch index) for exact resume."""
+
+    def __init__(
+        self,
+        examples: Sequence[MultimodalExample],
+        seq_len: int,
+        batch_size: int,
+        pad_id: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        if not examples:
+            raise ValueError("no multimodal examples to train on")
+        self.examples = list(examples)
+        self.seq_len, self.batch_size, self.pad_id = seq_len, batch_size, pad_id
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.index = 0, 0
+        self._rows = self._epoch_rows(0)
+        self.rows_per_epoch = len(self._rows)
+        self.global_batch_size = batch_size
+
+    def _epoch_rows(self, epoch: int) -> list[list[int]]:
+        order = list(range(len(self.examples)))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        packed = pack_examples([self.examples[i] for i in order], self.seq_len, self.pad_id)
+        return [[order[j] for j in row] for row in packed]
+
+    def batches_per_epoch(self) -> int:
+        return max(1, len(self._rows) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            if self.index >= self.batches_per_epoch():
+                self.epoch, self.index = self.epoch + 1, 0
+                self._rows = self._epoch_rows(self.epoch)
+            start = self.index * self.batch_size
+            rows = self._rows[start : start + self.batch_size]
+            self.index += 1
+            yield collate_rows(self.examples, rows, self.seq_len, self.pad_id)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._rows = self._epoch_rows(self.epoch)
+
+
+__all__ = [
+    "VLM_SPECIAL_TOKENS",
+    "MultimodalExample",
+    "MultimodalPackedLoader",
+    "answer_questions",
+    "collate_rows",
+    "encode_chat",
+    "encode_prompt",
+    "pack_examples",
+    "train_vqa_tokenizer",
+]

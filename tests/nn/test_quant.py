@@ -1,0 +1,131 @@
+"""Weight-only int8 / int4 linear layers: error within the bound the quantisation implies,
+int4 packing, and the kernel (decode) and dequantised (prefill) paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lmforge.nn.quant import (
+    KERNEL_MAX_ROWS,
+    Int4Linear,
+    Int8Linear,
+    dequantize_int4,
+    pack_int4,
+    quantize_int4_groupwise,
+    quantize_int8_per_channel,
+    unpack_int4,
+)
+
+BF16_UNIT = 2.0**-8  # bf16 rounding moves a value by at most this fraction of it
+
+
+def _linear(n_in: int, n_out: int, bias: bool = False, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    layer = nn.Linear(n_in, n_out, bias=bias)
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.05)
+    return layer
+
+
+def _bound(
+    x: torch.Tensor, w_hat: torch.Tensor, w_err: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """|x Wᵀ − ŷ| ≤ |x| |W − Ŵ|ᵀ (weight rounding) + 2⁻⁸ |x| |Ŵ|ᵀ (bf16 activations)
+    + 2⁻⁸ |y| (bf16 output) + fp32 slack."""
+    ax = x.abs()
+    return ax @ w_err.t() + BF16_UNIT * ax @ w_hat.abs().t() + BF16_UNIT * y.abs() + 1e-5
+
+
+def test_int8_per_channel_closed_form():
+    w = torch.tensor([[0.5, -1.27, 0.0], [0.0, 0.0, 0.0]])
+    q, s = quantize_int8_per_channel(w)
+    assert torch.allclose(s, torch.tensor([1.27 / 127, 1.0]))
+    assert q.tolist() == [[50, -127, 0], [0, 0, 0]] and q.dtype == torch.int8
+
+
+@pytest.mark.parametrize("rows", [1, 5, KERNEL_MAX_ROWS + 3])
+def test_int8_linear_within_quantisation_bound(rows):
+    linear = _linear(96, 40, bias=True)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(rows, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        exact, y = linear(x), layer(x)
+    q, s = quantize_int8_per_channel(linear.weight)
+    w_hat = q.float() * s[:, None]
+    w_err = (s / 2)[:, None].expand_as(w_hat)  # rounding to the nearest step of s
+    assert ((w_hat - linear.weight).abs() <= w_err + 1e-7).all()
+    bound = _bound(x, w_hat, w_err, exact - linear.bias)
+    assert ((y - exact).abs() <= bound).all()
+    # the error is mostly the weight rounding's: far from zero, far below the scale of y
+    assert 0 < (y - exact).abs().max() < 0.05 * exact.abs().max()
+    if rows > KERNEL_MAX_ROWS:  # prefill path: exactly the dequantised fp32 matmul
+        torch.testing.assert_close(y, x @ w_hat.t() + linear.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_int4_groupwise_codes_and_error_closed_form():
+    w = torch.randn(6, 80, generator=torch.Generator().manual_seed(2))
+    codes, scale, zero = quantize_int4_groupwise(w, group_size=32)  # 80 = 2 full groups + 16
+    assert codes.shape == (6, 80) and scale.shape == zero.shape == (6, 3)
+    assert int(codes.min()) >= 0 and int(codes.max()) <= 15
+    for g, cols in enumerate((slice(0, 32), slice(32, 64), slice(64, 80))):
+        part = w[:, cols]
+        torch.testing.assert_close(zero[:, g], part.amin(1))
+        torch.testing.assert_close(scale[:, g], (part.amax(1) - part.amin(1)) / 15)
+    w_hat = dequantize_int4(codes, scale, zero, 32)
+    step = scale.repeat_interleave(32, dim=1)[:, :80]
+    assert ((w_hat - w).abs() <= step / 2 + 1e-6).all()
+
+
+@pytest.mark.parametrize("k", [8, 9, 80])
+def test_int4_packing_round_trip_and_nibble_order(k):
+    codes = torch.randint(
+        0, 16, (5, k), dtype=torch.uint8, generator=torch.Generator().manual_seed(k)
+    )
+    packed = pack_int4(codes)
+    assert packed.shape == (5, (k + 1) // 2) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_int4(packed, k), codes)
+    # the even column in the low nibble, the odd one in the high nibble
+    assert int(packed[0, 0]) == int(codes[0, 0]) + 16 * int(codes[0, 1])
+
+
+@pytest.mark.parametrize(
+    ("n_out", "n_in", "rows"),
+    [(48, 64, 1), (48, 80, 3), (20, 64, 2), (48, 64, KERNEL_MAX_ROWS + 1)],
+    ids=["kernel", "kernel-partial-group", "fallback-n-not-16", "prefill"],
+)
+def test_int4_linear_within_quantisation_bound(n_out, n_in, rows):
+    linear = _linear(n_in, n_out, bias=True, seed=3)
+    layer = Int4Linear.from_linear(linear, group_size=32)
+    assert layer.uses_kernel == (n_out % 16 == 0)
+    x = torch.randn(rows, n_in, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        exact, y = linear(x), layer(x)
+    codes, scale, zero = quantize_int4_groupwise(linear.weight, 32)
+    w_hat = dequantize_int4(codes, scale, zero, 32)
+    w_err = scale.repeat_interleave(32, dim=1)[:, :n_in] / 2
+    bound = _bound(x, w_hat, w_err, exact - linear.bias)
+    assert ((y - exact).abs() <= bound).all()
+    assert (y - exact).abs().max() > 0
+    # against the dequantised weight, only the bf16 rounding of the kernel path remains
+    ref = x @ w_hat.t() + linear.bias
+    slack = BF16_UNIT * (x.abs() @ w_hat.abs().t() + ref.abs()) + 1e-5
+    assert ((y - ref).abs() <= slack).all()
+
+
+def test_kernel_form_follows_in_place_updates_and_to_linear():
+    layer = Int8Linear.from_linear(_linear(32, 16))
+    x = torch.randn(1, 32)
+    with torch.no_grad():
+        before = layer(x)
+        layer.weight_scale.mul_(2)  # the cached bf16 scales must be rebuilt
+        torch.testing.assert_close(layer(x), 2 * before, rtol=2e-2, atol=1e-4)
+    dense = layer.to_linear()
+    assert type(dense) is nn.Linear and dense.weight.dtype == torch.float32
+    torch.testing.assert_close(dense.weight, layer.dequantized_weight())
+
+
+def test_int4_refuses_group_sizes_the_kernel_lacks():
+    with pytest.raises(ValueError, match="group_size"):
+        Int4Linear(64, 16, group_size=48)

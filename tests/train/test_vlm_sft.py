@@ -1,0 +1,81 @@
+"""Multimodal SFT through the one Trainer: a tiny VLM from scratch exports an HF qwen2_vl
+folder (loads in lmforge and transformers), the projector stage trains only the merger, LoRA
+writes an adapter, the loss falls, and bad sections are ConfigErrors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import lmforge
+from lmforge.config import ConfigError
+from lmforge.models.vlm import VisionLanguageModel
+from lmforge.peft.settings import PeftSettings
+from lmforge.train.config import load_config
+from lmforge.train.vlm_sft import VLMRunConfig, freeze_for_stage, tiny_vlm, train_vlm_sft
+from lmforge.vision.vlm_data import train_vqa_tokenizer
+
+SMALL = [
+    "vlm.tasks=[colour, count]", "vlm.image_size=16", "vlm.train_examples=24",
+    "vlm.eval_examples=4", "vlm.vision_hidden=32", "vlm.hidden_size=32", "vlm.vocab_size=400",
+    "vlm.num_heads=2", "vlm.num_kv_heads=1", "vlm.vision_heads=2", "vlm.mrope_section=[2, 3, 3]",
+    "data.seq_len=128", "train.batch_size=2", "train.max_steps=6", "train.eval_every=0",
+    "train.save_every=0", "log.progress=false", "log.plot=false", "optim.warmup_steps=1",
+    "train.cpu_threads=1",
+]  # fmt: skip
+
+
+def test_from_scratch_run_exports_a_qwen2_vl_folder(tmp_path):
+    config = load_config(None, [f"out_dir={tmp_path / 'run'}", *SMALL], VLMRunConfig)
+    summary = train_vlm_sft(config)
+    folder = tmp_path / "run" / "model"
+    acc = json.loads((tmp_path / "run" / "heldout_accuracy.json").read_text())
+    assert set(acc) == {"colour", "count", "all"} and summary["heldout_accuracy"] == acc
+    model = lmforge.load_model(folder)
+    assert isinstance(model, VisionLanguageModel)
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.Qwen2VLForConditionalGeneration.from_pretrained(folder).eval()
+    ids = torch.tensor([[3, *[model.config.image_token_id] * 4, 5]])
+    pv = torch.randn(16, 3 * 2 * 4 * 4)
+    grid = torch.tensor([[1, 4, 4]])
+    with torch.no_grad():
+        ours = model(input_ids=ids, pixel_values=pv, image_grid_thw=grid).logits
+        ref = hf(input_ids=ids, pixel_values=pv, image_grid_thw=grid,
+                 mm_token_type_ids=(ids == model.config.image_token_id).int()).logits  # fmt: skip
+    assert (ours - ref).abs().max() < 1e-4
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(line).get("loss") for line in lines]
+    losses = [x for x in losses if x is not None]
+    assert losses[-1] < losses[0]
+
+
+def test_projector_stage_trains_only_the_merger(tmp_path):
+    config = load_config(None, [f"out_dir={tmp_path / 'a'}", *SMALL], VLMRunConfig)
+    train_vlm_sft(config)
+    start = lmforge.load_model(tmp_path / "a" / "model")
+    stage = [f"out_dir={tmp_path / 'b'}", f"model.init_from={tmp_path / 'a' / 'model'}",
+             "vlm.stage=projector", "train.max_steps=3", "optim.lr=1e-2"]  # fmt: skip
+    train_vlm_sft(load_config(None, [*SMALL, *stage], VLMRunConfig))
+    after = lmforge.load_model(tmp_path / "b" / "model")
+    before = start.state_dict()
+    changed = {k for k, v in after.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("visual.merger.") for k in changed)
+    lora = [f"out_dir={tmp_path / 'c'}", f"model.init_from={tmp_path / 'a' / 'model'}",
+            "train.max_steps=1"]  # fmt: skip
+    train_vlm_sft(load_config(None, [*SMALL, *lora], VLMRunConfig), peft=PeftSettings("lora", 4))
+    assert (tmp_path / "c" / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_freeze_for_stage_and_bad_sections():
+    tok = train_vqa_tokenizer(["colour"], 300)
+    config = load_config(None, SMALL, VLMRunConfig)
+    model = tiny_vlm(config.vlm, tok)
+    freeze_for_stage(model, "projector")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith("visual.merger.")}
+    with pytest.raises(ConfigError, match="vlm.tasks"):
+        train_vlm_sft(load_config(None, [*SMALL, "vlm.tasks=[juggling]"], VLMRunConfig))
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        train_vlm_sft(load_config(None, [*SMALL, "vlm.image_size=20"], VLMRunConfig))

@@ -1,0 +1,102 @@
+"""Multimodal SFT records: assistant-only labels, one placeholder per merged image token,
+packing several examples per row with their images in placeholder order, exact resume, and
+the errors for mismatched images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge.models.loss import IGNORE_INDEX
+from lmforge.models.vlm import image_token_spans
+from lmforge.vision.processor import ImageInputError, ImageProcessor, ImageProcessorConfig
+from lmforge.vision.vlm_data import (
+    MultimodalPackedLoader,
+    answer_questions,
+    encode_chat,
+    encode_prompt,
+    pack_examples,
+    train_vqa_tokenizer,
+)
+from lmforge.vision.vlm_tasks import make_vqa_examples
+
+TASKS = ["colour", "compare"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = train_vqa_tokenizer(TASKS, 400)
+    proc = ImageProcessor(ImageProcessorConfig(patch_size=4, min_pixels=64, max_pixels=16 * 16))
+    examples = make_vqa_examples(TASKS, 6, 16, 0, "train")
+    encoded = [encode_chat(tok, proc, ex.messages(), ex.images) for ex in examples]
+    return tok, proc, examples, encoded
+
+
+def test_labels_cover_exactly_the_answer(setup):
+    tok, proc, examples, encoded = setup
+    pad = tok.token_to_id("<|image_pad|>")
+    for ex, enc in zip(examples, encoded, strict=True):
+        labelled = [t for t in enc.labels if t != IGNORE_INDEX]
+        assert tok.decode(labelled) == ex.answer + "<|im_end|>\n"
+        assert enc.labels[-len(labelled) :] == enc.input_ids[-len(labelled) :]
+        assert enc.input_ids.count(pad) == sum(proc.tokens_per_image(enc.image_grid_thw))
+        assert enc.image_grid_thw.shape[0] == len(ex.images)
+        prompt, _, _ = encode_prompt(tok, proc, ex.messages()[:-1], ex.images)
+        assert enc.input_ids[: len(prompt)] == prompt
+
+
+def test_packing_keeps_every_example_once_and_images_in_order(setup):
+    tok, _, _, encoded = setup
+    loader = MultimodalPackedLoader(encoded, 96, 2, pad_id=0, seed=3)
+    rows = loader._epoch_rows(0)
+    assert sorted(i for row in rows for i in row) == list(range(len(encoded)))
+    assert all(sum(len(encoded[i]) for i in row) <= 96 for row in rows)
+    batch = next(iter(loader))
+    ids, grid = batch["input_ids"], batch["image_grid_thw"]
+    # the model's own check: every image's placeholder run, in reading order, has its size
+    spans = image_token_spans(ids, tok.token_to_id("<|image_pad|>"), (grid.prod(-1) // 4).tolist())
+    assert len(spans) == grid.shape[0]
+    assert batch["pixel_values"].shape[0] == int(grid.prod(-1).sum())
+    first = encoded[rows[0][0]]
+    assert ids[0, : len(first)].tolist() == first.input_ids
+    assert (batch["document_ids"][0, : len(first)] == 0).all()
+
+
+def test_loader_resumes_exactly(setup):
+    _, _, _, encoded = setup
+    a = MultimodalPackedLoader(encoded, 96, 1, seed=1)
+    it = iter(a)
+    for _ in range(5):
+        next(it)
+    state = a.state_dict()
+    expected = next(it)["input_ids"]
+    b = MultimodalPackedLoader(encoded, 96, 1, seed=1)
+    b.load_state_dict(state)
+    assert torch.equal(next(iter(b))["input_ids"], expected)
+
+
+def test_mismatched_images_are_clear_errors(setup):
+    tok, proc, examples, _ = setup
+    ex = examples[0]
+    with pytest.raises(ImageInputError, match="more images than placeholders"):
+        encode_chat(tok, proc, ex.messages(), ex.images * 2)
+    with pytest.raises(ImageInputError, match="more image placeholders"):
+        encode_chat(tok, proc, examples[1].messages(), examples[1].images[:1])
+    with pytest.raises(ValueError, match="example 0 has"):
+        pack_examples([setup[3][0]], 4, 0)
+
+
+def test_answer_questions_decodes_greedy_answers(setup):
+    """With a stub model that always answers 'red', every answer decodes to 'red'."""
+    tok, proc, examples, _ = setup
+    answer = tok.encode("red") + [tok.token_to_id("<|im_end|>")]
+
+    class Stub:
+        def generate(self, ids, pixel_values, image_grid_thw, max_new_tokens, eos_token_id):
+            assert pixel_values.shape[0] == int(image_grid_thw.prod(-1).sum())
+            new = torch.tensor(answer[:max_new_tokens]).expand(ids.shape[0], -1)
+            return torch.cat([ids, new], dim=1)
+
+    assert answer_questions(Stub(), tok, proc, examples, max_new_tokens=6) == ["red"] * len(
+        examples
+    )
