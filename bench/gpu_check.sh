@@ -134,12 +134,13 @@ if name == "flash_varlen":  # packed documents through flash-attn = each documen
     print(f"max relative difference {err:.2e}")
     sys.exit(0 if err < 3e-2 else 1)
 
-if name == "decode":  # the engine: batch 1, 32-token prompt, 128 greedy tokens
+if name == "decode":  # the engine: batch 1, 32-token prompt, 128 greedy tokens (bf16 on GPU)
     from lmforge.infer import Engine, SamplingParams
     from lmforge.models.hf import save_model
 
     tok, model = tokenizer_and_model("30m")
-    model = model.to(device).eval()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = model.to(device, dtype).eval()
     save_model(model, sys.argv[3], tokenizer=tok)
     engine = Engine(model, tok)
     params = SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True)
@@ -161,7 +162,7 @@ if name == "decode":  # the engine: batch 1, 32-token prompt, 128 greedy tokens
 if name == "vllm":  # vLLM on the checkpoint the decode check saved (run in vLLM's venv)
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=sys.argv[3], dtype="float32", enforce_eager=False, gpu_memory_utilization=0.3)
+    llm = LLM(model=sys.argv[3], dtype="bfloat16", gpu_memory_utilization=0.3)
     params = SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True)
     prompt = {"prompt_token_ids": list(range(5, 37))}
     llm.generate([prompt], params, use_tqdm=False)

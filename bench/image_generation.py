@@ -9,7 +9,10 @@ Columns: conditional accuracy (the evaluation classifier, trained here on real d
 samples asked for class k), Fréchet distance in that classifier's feature space (not
 Inception FID; the real-vs-real row is the floor), bits/dim where defined, sampling seconds
 per image. Every row's grid is written to ``<out>/grids/<row>.png``; the table to
-``<out>/table.md``. Training goes through the one Trainer (run folders under ``<out>``).
+``<out>/table.md``. Every model is trained by the real command line, in-process:
+``lmforge diffusion train --config recipes/{diffusion,flow,nice,realnvp}-digits.yaml`` and
+``lmforge diffusion reflow --model <out>/flow/model`` (run folders under ``<out>``); the
+bench only sets the step budgets and measures the saved model folders.
 
     nice -n 10 python bench/image_generation.py                 # the sizes
     nice -n 10 python bench/image_generation.py --quick         # a smaller budget
@@ -110,6 +113,7 @@ def train_command(
         f"train.eval_every={max(steps // 2, 1)}",
         f"train.save_every={steps}",
         "log.progress=false",
+        f"train.cpu_threads={torch.get_num_threads()}",
         *extra,
     )
 

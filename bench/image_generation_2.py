@@ -25,6 +25,7 @@ t2i_prompt_acc=<c> t2i_prompt_acc_nocfg=<d>``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import math
@@ -74,6 +75,12 @@ def gan_run(args: argparse.Namespace, method: str, seed: int, out: Path) -> dict
         return {"model_dir": None, "diverged": True, "cpu_s": time.process_time() - cpu0}
 
 
+def seed_mean(runs: list[dict[str, Any]], key: str) -> float:
+    """Mean of ``key`` over the seeds that have it (a diverged run has no accuracy)."""
+    vals = [r[key] for r in runs if not math.isnan(r[key])]
+    return sum(vals) / len(vals) if vals else NAN
+
+
 def gan_section(args: argparse.Namespace) -> dict[str, Any]:
     from lmforge.generative.gan_models import load_gan
 
@@ -93,13 +100,17 @@ def gan_section(args: argparse.Namespace) -> dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
             classifier = train_classifier(train_set, steps=args.classifier_steps)
         classifier.save(clf_dir)
-    real_acc = float((classifier.predict(eval_set.images)["label"] == eval_set.labels).float().mean())
-    floor = classifier_frechet_distance(classifier, eval_set.images, train_set.images[:len(eval_set)])
+    real_acc = float(
+        (classifier.predict(eval_set.images)["label"] == eval_set.labels).float().mean()
+    )
+    floor = classifier_frechet_distance(
+        classifier, eval_set.images, train_set.images[: len(eval_set)]
+    )
     print(f"evaluation classifier: accuracy on real test digits {real_acc:.3f}; "
           f"real-vs-real Fréchet floor {floor:.1f}")  # fmt: skip
     rows: dict[str, list[dict[str, Any]]] = {}
     for method in args.methods.split(","):
-        for seed in range(args.seeds):
+        for seed in range(args.seed_start, args.seed_start + args.seeds):
             run_dir = out / f"{method}-seed{seed}"
             run = gan_run(args, method, seed, run_dir)
             if run["diverged"]:
@@ -125,10 +136,7 @@ def gan_section(args: argparse.Namespace) -> dict[str, Any]:
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     summary: dict[str, Any] = {"gan_real_acc": real_acc, "gan_frechet_floor": floor}
     for method, runs in rows.items():
-        def avg(key: str) -> float:
-            vals = [r[key] for r in runs if not math.isnan(r[key])]
-            return sum(vals) / len(vals) if vals else NAN
-
+        avg = functools.partial(seed_mean, runs)
         collapsed = sum(bool(r["collapsed"]) for r in runs)
         table.append(
             f"| {method} | {avg('accuracy'):.3f} | {avg('coverage'):.2f} | {avg('diversity'):.2f} "
@@ -164,6 +172,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="the sections' smaller budgets")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seed-start", type=int, default=0, help="first seed (runs split by seed)")
     p.add_argument("--methods", default="nsgan,wgan,wgan-gp")
     p.add_argument("--gan-steps", type=int, help="player updates per run (default: recipes')")
     p.add_argument("--batch-size", type=int, help="default: the recipes'")

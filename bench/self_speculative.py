@@ -42,7 +42,7 @@ from lmforge.infer.speculation import SpeculativeConfig
 from lmforge.infer.speculative import DraftLengthSchedule, ModelDrafter
 from lmforge.infer.tree_attention import default_choices
 from lmforge.models.eagle import EagleLayer
-from lmforge.models.hf import load_model, save_model
+from lmforge.models.hf import save_model
 from lmforge.models.medusa import MedusaHeads
 from lmforge.models.presets import preset_config
 from lmforge.tokenizer import Tokenizer
@@ -98,12 +98,11 @@ def fit(module: torch.nn.Module, loss_fn, data, steps: int, lr: float, log, what
 
 # ---------------------------------------------------------------------- training
 def train_target(args, tok, rows, log) -> CausalLM:
-    folder = (
-        Path(args.cache) / f"target-{args.preset}-v{args.vocab}-mtp{args.mtp}-s{args.train_steps}"
-    )
-    if (folder / "config.json").is_file():
-        log(f"target: cached {folder}")
-        return load_model(folder).eval()
+    name = f"target-{args.preset}-v{args.vocab}-mtp{args.mtp}-s{args.train_steps}.pt"
+    path = Path(args.cache) / name  # a llama with MTP modules has no HF format: torch.save
+    if path.is_file():
+        log(f"target: cached {path}")
+        return torch.load(path, weights_only=False).eval()
     torch.manual_seed(0)
     cfg = preset_config(args.preset, vocab_size=len(tok), num_nextn_predict_layers=args.mtp,
                         max_position_embeddings=512, mtp_loss_weight=0.3,
@@ -113,7 +112,8 @@ def train_target(args, tok, rows, log) -> CausalLM:
         f"{args.mtp} MTP modules)")  # fmt: skip
     data = batches(rows, args.batch, args.train_steps, 0)
     fit(model, lambda b: model(**b).loss, data, args.train_steps, args.lr, log, "target")
-    save_model(model, folder, tokenizer=tok)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model, path)
     return model.eval()
 
 

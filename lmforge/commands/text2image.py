@@ -77,5 +77,7 @@ def run_sample(args: argparse.Namespace) -> int:
         pipe, [args.prompt] * args.num, args.sampler, args.steps, args.cfg, seed=args.seed
     )
     path = save_grid(images, args.out)
-    print(f"{args.num} images for {args.prompt!r} ({args.sampler}, {args.steps} steps, cfg {args.cfg}) -> {path}")
+    print(
+        f"{args.num} images for {args.prompt!r} ({args.sampler}, {args.steps} steps, cfg {args.cfg}) -> {path}"
+    )
     return 0

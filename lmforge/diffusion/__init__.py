@@ -24,6 +24,11 @@ targets, score SDEs with the probability-flow ODE, rectified flow.
 | `rectified_flow` | rectified flow: reflow couplings, straightness, few- and one-step Euler |
 | `sde` | VP / sub-VP / VE SDEs, denoising score matching, Euler–Maruyama, predictor–corrector |
 | `pf_ode` | probability-flow ODE: adaptive Dormand–Prince, exact log-likelihood (Hutchinson) |
+| `autoencoder_kl` | KL-regularised autoencoder (Stable Diffusion's first stage): diagonal-Gaussian latents, closed-form KL, L1 + MSE + βKL objective, latent scaling factor |
+| `text_encoder` | word-level caption tokenizer (left padding, the empty caption as null) and a text encoder that is an lmforge LM body |
+| `text_dit` | text-conditioned DiT: adaLN-zero for time, masked cross-attention to text-encoder states |
+| `text2image` | ``lmforge text2image train``: autoencoder stage, then text encoder + cross-attention DiT trained jointly on latents with caption dropout |
+| `text2image_pipeline` | a latent text-to-image model on disk, prompt → image sampling with any ε sampler and CFG, prompt accuracy |
 """
 
 from lmforge.diffusion.schedulers import SCHEDULERS, load_scheduler

@@ -136,7 +136,9 @@ class AutoencoderKL(nn.Module):
     @torch.no_grad()
     def latents(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Posterior means × ``scaling_factor`` (what the latent denoiser trains on)."""
-        out = [self.encode(images[i : i + batch_size]).mean for i in range(0, len(images), batch_size)]
+        out = [
+            self.encode(images[i : i + batch_size]).mean for i in range(0, len(images), batch_size)
+        ]
         return torch.cat(out) * self.config.scaling_factor
 
     @torch.no_grad()

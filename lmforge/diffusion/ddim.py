@@ -26,8 +26,8 @@ import torch
 
 from lmforge.diffusion.ddpm import forward_noise
 from lmforge.diffusion.noise_schedules import (
-    alphas_cumprod_from_betas,
-    make_betas,
+    BetaScheduleConfig,
+    beta_tables,
     predict_x0_and_eps,
     spaced_timesteps,
 )
@@ -37,22 +37,14 @@ __all__ = ["DDIMConfig", "DDIMScheduler"]
 
 
 @dataclass
-class DDIMConfig:
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: list[float] | None = None
+class DDIMConfig(BetaScheduleConfig):
     clip_sample: bool = True
     set_alpha_to_one: bool = True
-    steps_offset: int = 0
-    prediction_type: str = "epsilon"
     thresholding: bool = False
     dynamic_thresholding_ratio: float = 0.995
     clip_sample_range: float = 1.0
     sample_max_value: float = 1.0
     timestep_spacing: str = "leading"
-    rescale_betas_zero_snr: bool = False
 
 
 class DDIMScheduler(Scheduler):
@@ -74,15 +66,7 @@ class DDIMScheduler(Scheduler):
         c = self.config
         self.eta = eta
         self.use_clipped_model_output = use_clipped_model_output
-        self.betas = make_betas(
-            c.beta_schedule,
-            c.num_train_timesteps,
-            c.beta_start,
-            c.beta_end,
-            c.trained_betas,
-            c.rescale_betas_zero_snr,
-        )
-        self.alphas_cumprod = alphas_cumprod_from_betas(self.betas)
+        self.betas, self.alphas_cumprod = beta_tables(c)
         self.final_alpha_cumprod = (
             torch.tensor(1.0) if c.set_alpha_to_one else self.alphas_cumprod[0]
         )

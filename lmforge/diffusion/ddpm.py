@@ -17,8 +17,8 @@ import torch
 
 from lmforge.config import ConfigError
 from lmforge.diffusion.noise_schedules import (
-    alphas_cumprod_from_betas,
-    make_betas,
+    BetaScheduleConfig,
+    beta_tables,
     predict_x0_and_eps,
     spaced_timesteps,
 )
@@ -28,22 +28,14 @@ __all__ = ["DDPMConfig", "DDPMScheduler", "forward_noise"]
 
 
 @dataclass
-class DDPMConfig:
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: list[float] | None = None
+class DDPMConfig(BetaScheduleConfig):
     variance_type: Literal["fixed_small", "fixed_large"] = "fixed_small"
     clip_sample: bool = True
-    prediction_type: str = "epsilon"
     thresholding: bool = False
     dynamic_thresholding_ratio: float = 0.995
     clip_sample_range: float = 1.0
     sample_max_value: float = 1.0
     timestep_spacing: str = "leading"
-    steps_offset: int = 0
-    rescale_betas_zero_snr: bool = False
 
 
 def forward_noise(
@@ -67,15 +59,7 @@ class DDPMScheduler(Scheduler):
         super().__init__(config, generator, **kwargs)
         c = self.config
         self.check(c, "DDPMScheduler")
-        self.betas = make_betas(
-            c.beta_schedule,
-            c.num_train_timesteps,
-            c.beta_start,
-            c.beta_end,
-            c.trained_betas,
-            c.rescale_betas_zero_snr,
-        )
-        self.alphas_cumprod = alphas_cumprod_from_betas(self.betas)
+        self.betas, self.alphas_cumprod = beta_tables(c)
         self.timesteps = torch.arange(c.num_train_timesteps - 1, -1, -1)
 
     @classmethod

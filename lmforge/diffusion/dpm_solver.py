@@ -22,9 +22,9 @@ import torch
 from lmforge.config import ConfigError
 from lmforge.diffusion.ddpm import forward_noise
 from lmforge.diffusion.noise_schedules import (
-    alphas_cumprod_from_betas,
+    BetaScheduleConfig,
+    beta_tables,
     karras_sigmas,
-    make_betas,
     sigma_to_t,
 )
 from lmforge.diffusion.scheduler_base import Scheduler
@@ -33,14 +33,8 @@ __all__ = ["DPMSolverConfig", "DPMSolverScheduler", "vp_alpha_sigma"]
 
 
 @dataclass
-class DPMSolverConfig:
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: list[float] | None = None
+class DPMSolverConfig(BetaScheduleConfig):
     solver_order: int = 2
-    prediction_type: str = "epsilon"
     thresholding: bool = False
     dynamic_thresholding_ratio: float = 0.995
     sample_max_value: float = 1.0
@@ -58,8 +52,6 @@ class DPMSolverConfig:
     lambda_min_clipped: float = -float("inf")
     variance_type: str | None = None
     timestep_spacing: str = "linspace"
-    steps_offset: int = 0
-    rescale_betas_zero_snr: bool = False
     use_dynamic_shifting: bool = False
     time_shift_type: str = "exponential"
 
@@ -89,15 +81,7 @@ class DPMSolverScheduler(Scheduler):
         super().__init__(config, generator, **kwargs)
         c = self.config
         self.check(c, "DPMSolverMultistepScheduler")
-        self.betas = make_betas(
-            c.beta_schedule,
-            c.num_train_timesteps,
-            c.beta_start,
-            c.beta_end,
-            c.trained_betas,
-            c.rescale_betas_zero_snr,
-        )
-        self.alphas_cumprod = alphas_cumprod_from_betas(self.betas)
+        self.betas, self.alphas_cumprod = beta_tables(c)
         if c.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2**-24
         alpha_t, sigma_t = torch.sqrt(self.alphas_cumprod), torch.sqrt(1 - self.alphas_cumprod)

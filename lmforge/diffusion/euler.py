@@ -19,9 +19,9 @@ import torch
 
 from lmforge.config import ConfigError
 from lmforge.diffusion.noise_schedules import (
-    alphas_cumprod_from_betas,
+    BetaScheduleConfig,
+    beta_tables,
     karras_sigmas,
-    make_betas,
     sigma_to_t,
     spaced_timesteps,
 )
@@ -31,13 +31,7 @@ __all__ = ["EulerConfig", "EulerScheduler"]
 
 
 @dataclass
-class EulerConfig:
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: list[float] | None = None
-    prediction_type: str = "epsilon"
+class EulerConfig(BetaScheduleConfig):
     interpolation_type: str = "linear"
     use_karras_sigmas: bool = False
     use_exponential_sigmas: bool = False
@@ -46,8 +40,6 @@ class EulerConfig:
     sigma_max: float | None = None
     timestep_spacing: str = "linspace"
     timestep_type: str = "discrete"
-    steps_offset: int = 0
-    rescale_betas_zero_snr: bool = False
     final_sigmas_type: str = "zero"
 
 
@@ -62,15 +54,7 @@ class EulerScheduler(Scheduler):
         super().__init__(config, generator, **kwargs)
         c = self.config
         self.check(c, "EulerDiscreteScheduler")
-        self.betas = make_betas(
-            c.beta_schedule,
-            c.num_train_timesteps,
-            c.beta_start,
-            c.beta_end,
-            c.trained_betas,
-            c.rescale_betas_zero_snr,
-        )
-        self.alphas_cumprod = alphas_cumprod_from_betas(self.betas)
+        self.betas, self.alphas_cumprod = beta_tables(c)
         if c.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2**-24  # keep σ_T finite (as diffusers does)
         sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0)

@@ -10,6 +10,7 @@ that samplers agree with it to rounding.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,8 +22,10 @@ SPACINGS = ("linspace", "leading", "trailing")
 
 __all__ = [
     "BETA_SCHEDULES",
+    "BetaScheduleConfig",
     "SPACINGS",
     "alphas_cumprod_from_betas",
+    "beta_tables",
     "cosine_betas",
     "karras_sigmas",
     "make_betas",
@@ -87,6 +90,35 @@ def make_betas(
 def alphas_cumprod_from_betas(betas: torch.Tensor) -> torch.Tensor:
     """ᾱ_t = Π_{s ≤ t} (1 − β_s) (Ho et al. 2020, §2)."""
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+@dataclass
+class BetaScheduleConfig:
+    """The config keys every β-table sampler shares (DDPM, DDIM, Euler, DPM-Solver), with
+    diffusers' names and defaults; each sampler's config extends it with its own keys."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    trained_betas: list[float] | None = None
+    prediction_type: str = "epsilon"
+    steps_offset: int = 0
+    rescale_betas_zero_snr: bool = False
+
+
+def beta_tables(config: BetaScheduleConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(β, ᾱ)`` of a sampler config (`make_betas`, `alphas_cumprod_from_betas`)."""
+    c = config
+    betas = make_betas(
+        c.beta_schedule,
+        c.num_train_timesteps,
+        c.beta_start,
+        c.beta_end,
+        c.trained_betas,
+        c.rescale_betas_zero_snr,
+    )
+    return betas, alphas_cumprod_from_betas(betas)
 
 
 def spaced_timesteps(

@@ -45,7 +45,6 @@ from lmforge.diffusion.autoencoder_kl import (
 )
 from lmforge.diffusion.ddpm import forward_noise
 from lmforge.diffusion.schedulers import load_scheduler
-from lmforge.diffusion.text_dit import TextDiT, TextDiTConfig
 from lmforge.diffusion.text2image_pipeline import (
     Text2ImageModel,
     Text2ImagePipeline,
@@ -53,6 +52,7 @@ from lmforge.diffusion.text2image_pipeline import (
     sample_text2image,
     save_text2image,
 )
+from lmforge.diffusion.text_dit import TextDiT, TextDiTConfig
 from lmforge.diffusion.text_encoder import CaptionTokenizer, TextEncoder, TextEncoderConfig
 from lmforge.diffusion.training import evaluation_classifier, write_sample_metrics
 from lmforge.train.config import RunConfig
@@ -243,7 +243,11 @@ def train_text2image(
         val_latents, val_extras = latent_dataset(ae, eval_set, tokenizer)
         c, h, _ = latents.shape
         te_cfg = TextEncoderConfig(
-            **{**s.text_encoder, "vocab_size": tokenizer.vocab_size, "max_length": tokenizer.max_length}
+            **{
+                **s.text_encoder,
+                "vocab_size": tokenizer.vocab_size,
+                "max_length": tokenizer.max_length,
+            }
         )
         den_cfg = TextDiTConfig(
             **{
@@ -259,7 +263,9 @@ def train_text2image(
             model = Text2ImageModel(TextEncoder(te_cfg), TextDiT(den_cfg))
         sched = training_scheduler(s)
         objective = LatentDenoisingObjective(sched.alphas_cumprod, s.p_uncond)
-        pipe = Text2ImagePipeline(ae, model, tokenizer, sched, train_set.shape, {"dataset": s.dataset})
+        pipe = Text2ImagePipeline(
+            ae, model, tokenizer, sched, train_set.shape, {"dataset": s.dataset}
+        )
         classifier = None
         if s.classifier_steps and dist.is_main:
             classifier = evaluation_classifier(train_set, s.classifier_steps, run_dir, console)

@@ -14,6 +14,10 @@ and autoencoders come next.
 | `vqgan_training` | `train_vqgan`: a VQGAN run folder (reconstruction grids, held-out PSNR, codebook usage) |
 | `code_prior` | transformer prior over VQ codes: raster order, class-prefix token layout, resumable loader, engine sampling (top-k / top-p, CFG), decoding |
 | `code_prior_training` | `train_code_prior`: an lmforge `CausalLM` over a VQGAN's codes through the one Trainer, saved in HF format + prior.json |
+| `gan_losses` | the GAN family's losses: minimax and non-saturating (Goodfellow et al. 2014), WGAN critic / generator, weight clipping (Arjovsky et al. 2017), gradient penalty on interpolates (Gulrajani et al. 2017) |
+| `gan_models` | DCGAN-style generator / discriminator, class-conditional (projection critic), spectral norm option; the pair saved as config.json + model.safetensors |
+| `gan_diagnostics` | mode-collapse diagnostics by the evaluation classifier: class coverage, within-class diversity, Fréchet distance, conditional accuracy, the collapse rule |
+| `gan_training` | `train_gan` through the one Trainer: one player per step (n_critic), Adam / RMSProp, both players' losses, curves, sample grids, divergence stop |
 """
 
 from lmforge.generative.flow_training import FlowNLLObjective, flow_bits_per_dim

@@ -19,7 +19,9 @@ decoding accepts while the draft equals the target's argmax and so reproduces ta
 greedy decoding token for token.
 
 The drafter is pluggable (`Drafter`): `ModelDrafter` runs a small causal LM with its own KV
-cache; Medusa / MTP heads can implement the same two methods. Both KV caches are rolled back
+cache; the self-drafters of `lmforge.infer.self_drafters` (MTP, Medusa, EAGLE) implement the
+same two methods plus ``observe`` (the target's hidden states) and run inside the engine
+(`lmforge.infer.speculation`), where drafts may also be candidate trees. Both KV caches are rolled back
 (`KVCache.crop`) past rejected drafts. The draft length adapts (`DraftLengthSchedule`): one
 more after a round where everything was accepted, one fewer after an early rejection.
 

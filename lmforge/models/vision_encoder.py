@@ -283,6 +283,24 @@ class PositionGrid(nn.Module):
         return torch.cat(out).to(self.position_embeddings.dtype)
 
 
+class PatchEmbedding(nn.Module):
+    """The patch projection: a ``Conv3d`` with kernel = stride = (T, P, P) over one patch is a
+    linear map of the flattened patch, so it runs as one matmul; the weight keeps the
+    convolution's shape ``[D, C, T, P, P]`` (Qwen2-VL's checkpoints, and checkpoints resume
+    by shape)."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        c = config
+        shape = (c.hidden_size, c.in_channels, c.temporal_patch_size, c.patch_size, c.patch_size)
+        self.weight = nn.Parameter(torch.empty(shape))
+        nn.init.normal_(self.weight, std=c.initializer_range)
+        self.bias = nn.Parameter(torch.zeros(c.hidden_size)) if c.patch_bias else None
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return F.linear(patches, self.weight.flatten(1), self.bias)
+
+
 class VisionEncoder(nn.Module):
     """Packed patches ``[N, C·T·P·P]`` and their grids ``image_grid_thw`` ``[I, 3]`` (t, h, w
     in patches) → merged image tokens ``[N / merge², out_hidden_size]`` in image order."""
@@ -291,9 +309,7 @@ class VisionEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Linear(
-            config.patch_dim, config.hidden_size, bias=config.patch_bias
-        )
+        self.patch_embed.proj = PatchEmbedding(config)
         self.pos_grid = (
             PositionGrid(config.pos_grid, config.hidden_size) if config.pos_grid else None
         )
@@ -349,7 +365,7 @@ class VisionEncoder(nn.Module):
         """N(0, initializer_range²) weights, zero biases, unit norm gains."""
         std = self.config.initializer_range
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, (nn.Linear, PatchEmbedding)):
                 nn.init.normal_(module.weight, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -361,6 +377,7 @@ class VisionEncoder(nn.Module):
 
 
 __all__ = [
+    "PatchEmbedding",
     "PatchMerger",
     "PositionGrid",
     "VisionBlock",

@@ -7,13 +7,15 @@ encoder in ``vision_config`` (``embed_dim``, ``depth``, ``num_heads``, ``mlp_rat
 ``patch_size``, ``temporal_patch_size``, ``spatial_merge_size``, ``hidden_size`` = the LM
 width) and the special token ids at the top level. The text part is an ordinary ``qwen2``
 `ModelConfig` plus ``mrope_section``. Tensor names are identical except the patch
-embedding, a ``Conv3d`` weight ``[D, C, T, P, P]`` in HF and a ``Linear`` ``[D, C·T·P·P]``
-here (the same numbers, flattened).
+embedding, a ``Conv3d`` weight ``[D, C, T, P, P]`` in both, is applied as one matmul here
+(`lmforge.models.vision_encoder.PatchEmbedding`); transformers' in-memory names
+(``model.language_model.*``, ``model.visual.*``) are accepted too.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -79,6 +81,8 @@ def vlm_config_from_hf(data: dict[str, Any], source: str = "config.json") -> VLM
     if rope.get("rope_type", rope.get("type")) == "mrope":
         rope.pop("type", None)
         rope["rope_type"] = "default"
+    if rope_key == "rope_scaling" and rope == {"rope_type": "default"}:
+        rope = {}  # M-RoPE over default frequencies: plain defaults once the sections are out
     text[rope_key] = rope or None
     if section is None:
         raise ConfigError(f"{source}: the text rope parameters have no mrope_section")
@@ -166,29 +170,29 @@ def vlm_config_to_hf(cfg: VLMConfig) -> dict[str, Any]:
 
 
 def vlm_state_from_hf(state: dict[str, torch.Tensor], config: VLMConfig) -> dict:
-    """Checkpoint tensors → lmforge names/shapes (the Conv3d patch weight flattened;
-    transformers-5 in-memory names ``model.language_model.*`` / ``model.visual.*`` too)."""
+    """Checkpoint tensors → lmforge names (transformers-5 in-memory names
+    ``model.language_model.*`` / ``model.visual.*`` too; a flattened patch weight is given
+    the convolution's shape)."""
+    v = config.vision
+    conv = (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
     out = {}
-    for k, v in state.items():
+    for k, t in state.items():
         if k.startswith("model.language_model."):
             k = "model." + k.removeprefix("model.language_model.")
         elif k.startswith("model.visual."):
             k = k.removeprefix("model.")
-        if k == PATCH_WEIGHT and v.ndim > 2:
-            v = v.reshape(v.shape[0], -1)
-        out[k] = v
+        if k == PATCH_WEIGHT and t.ndim == 2 and t.numel() == math.prod(conv):
+            t = t.reshape(conv)
+        out[k] = t
     return out
 
 
 def vlm_state_to_hf(state: dict[str, torch.Tensor], config: VLMConfig) -> dict:
-    """lmforge tensors → checkpoint names/shapes (inverse of `vlm_state_from_hf`)."""
-    v = config.vision
-    out = dict(state)
-    if PATCH_WEIGHT in out:
-        w = out[PATCH_WEIGHT]
-        shape = (w.shape[0], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
-        out[PATCH_WEIGHT] = w.reshape(shape).contiguous()
-    return out
+    """lmforge tensors → checkpoint names: identical (Qwen2-VL's layout), checked to hold
+    the vision tower and the language model."""
+    if PATCH_WEIGHT not in state or "model.embed_tokens.weight" not in state:
+        raise ConfigError("not a vision-language state dict (no patch embedding or embeddings)")
+    return dict(state)
 
 
 __all__ = [

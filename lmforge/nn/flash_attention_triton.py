@@ -68,7 +68,7 @@ if TRITON_AVAILABLE:
         stride_on, stride_oh, stride_lh,
         num_heads, groups, head_dim,
         CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         """Algorithm 1: one query block of one (sequence, head)."""
         block = tl.program_id(1)
@@ -99,7 +99,7 @@ if TRITON_AVAILABLE:
                 v = _load_tile(
                     V, k_start, keys, k_len, stride_vn, kv_head * stride_vh, offs_d, head_dim
                 )
-                s = tl.dot(q, tl.trans(k)) * scale
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
                 allowed = keys[None, :] < k_len
                 if CAUSAL:
                     allowed = allowed & (keys[None, :] <= rows[:, None] + offset)
@@ -109,7 +109,8 @@ if TRITON_AVAILABLE:
                 p = tl.exp(s - m_safe[:, None])
                 alpha = tl.exp(m_i - m_safe)
                 l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+                acc = acc * alpha[:, None] + pv
                 m_i = m_new
             seen = l_i > 0
             out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -129,7 +130,7 @@ if TRITON_AVAILABLE:
         stride_don, stride_doh, stride_dkn, stride_dkh, stride_dvn, stride_dvh, stride_lh,
         num_heads, groups, head_dim,
         CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         """Algorithm 2, outer loop: one key block of one (sequence, query head); dK, dV
         of that head (the group sum is taken outside)."""
@@ -169,15 +170,15 @@ if TRITON_AVAILABLE:
                 lse = tl.load(LSE + head * stride_lh + q_start + rows, mask=row_ok, other=0.0)
                 delta = tl.load(DELTA + head * stride_lh + q_start + rows, mask=row_ok, other=0.0)
                 lse = tl.where(lse == float("-inf"), float("inf"), lse)
-                s = tl.dot(q, tl.trans(k)) * scale
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
                 allowed = row_ok[:, None] & (keys[None, :] < k_len)
                 if CAUSAL:
                     allowed = allowed & (keys[None, :] <= rows[:, None] + offset)
                 p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-                dp = tl.dot(do, tl.trans(v))
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+                dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
                 ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
             dk = dk * scale
             ok = (keys[:, None] < k_len) & (offs_d[None, :] < head_dim)
             dk_ptrs = (
@@ -196,7 +197,7 @@ if TRITON_AVAILABLE:
         stride_don, stride_doh, stride_dqn, stride_dqh, stride_lh,
         num_heads, groups, head_dim,
         CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         """dQ of one query block: ``scale · Σ_j dS_ij K_j`` over the visible key blocks."""
         block = tl.program_id(1)
@@ -232,14 +233,14 @@ if TRITON_AVAILABLE:
                 v = _load_tile(
                     V, k_start, keys, k_len, stride_vn, kv_head * stride_vh, offs_d, head_dim
                 )
-                s = tl.dot(q, tl.trans(k)) * scale
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
                 allowed = row_ok[:, None] & (keys[None, :] < k_len)
                 if CAUSAL:
                     allowed = allowed & (keys[None, :] <= rows[:, None] + offset)
                 p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
-                dp = tl.dot(do, tl.trans(v))
+                dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
                 ds = p * (dp - delta[:, None])
-                dq += tl.dot(ds.to(k.dtype), k)
+                dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
             dq = dq * scale
             dq_ptrs = (
                 DQ + (q_start + rows)[:, None] * stride_dqn + head * stride_dqh + offs_d[None, :]
@@ -252,6 +253,12 @@ def _block_sizes(head_dim: int, block_m: int, block_n: int) -> tuple[int, int, i
     """Tile sizes: ≥ 16 each (``tl.dot``'s minimum), the head dim padded to a power of two."""
     block_d = max(16, triton.next_power_of_2(head_dim))
     return max(16, block_m), max(16, block_n), block_d
+
+
+def _precision(q: torch.Tensor) -> str:
+    """fp32 inputs multiply in full fp32 ("ieee"; a GPU's default TF32 keeps 10 mantissa
+    bits, too few to match SDPA in fp32); half precision is unaffected."""
+    return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
 def _grid(max_seqlen: int, block: int, num_seqs: int, num_heads: int) -> tuple[int, int]:
@@ -276,7 +283,7 @@ class TritonFlashAttention(torch.autograd.Function):
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1), lse.stride(0),
             heads, heads // kv_heads, d,
-            CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+            CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=_precision(q),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
         ctx.settings = (max_q, max_k, causal, scale, bm, bn, bd)
@@ -298,12 +305,14 @@ class TritonFlashAttention(torch.autograd.Function):
         _flash_bwd_dkdv[_grid(max_k, bn, num_seqs, heads)](
             q, k, v, do, lse, delta, dk, dv, cu_q, cu_k, scale, *common,
             dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0),
-            heads, groups, d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+            heads, groups, d,
+            CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=_precision(q),
         )  # fmt: skip
         _flash_bwd_dq[_grid(max_q, bm, num_seqs, heads)](
             q, k, v, do, lse, delta, dq, cu_q, cu_k, scale, *common,
             dq.stride(0), dq.stride(1), lse.stride(0),
-            heads, groups, d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+            heads, groups, d,
+            CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=_precision(q),
         )  # fmt: skip
         dk = dk.view(k.shape[0], kv_heads, groups, d).sum(2)
         dv = dv.view(v.shape[0], kv_heads, groups, d).sum(2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from lmforge.data.tasks import synthetic_corpus
+from lmforge.infer.params import SamplingParams
 from lmforge.models.eagle import load_eagle_layer
 from lmforge.models.medusa import load_medusa_heads
 
@@ -39,3 +40,13 @@ def test_medusa_and_eagle_train_then_generate(run, checkpoint, tmp_path):
         assert got[1] == plain[1]
     code, out, err = run(*base, "--speculative", "medusa")
     assert code == 2 and "--drafter" in err
+    # what `lmforge serve --speculative medusa --drafter …` builds
+    from lmforge.serve.loading import load_engine
+
+    spec = dict(method="medusa", drafter_dir=tmp_path / "m" / "medusa", tree_width=2)
+    engine, tok, _, _ = load_engine(folder, speculative=spec)
+    assert engine.speculative.method == "medusa"
+    ids = tok.encode("the cat")
+    greedy = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    plain = load_engine(folder)[0].generate([ids], greedy)[0].token_ids
+    assert engine.generate([ids], greedy)[0].token_ids == plain

@@ -39,7 +39,11 @@ def test_shapes_round_trip_and_training_lowers_the_loss(tmp_path):
     cfg = AutoencoderKLConfig(in_channels=3, latent_channels=4, channels=8, norm_groups=4)
     ae = AutoencoderKL(cfg)
     ramp = torch.linspace(-1, 1, 8)
-    x = ramp.view(1, 1, 8, 1) * ramp.view(8, 1, 1, 1) * torch.tensor([1.0, -0.5, 0.3]).view(1, 3, 1, 1)
+    x = (
+        ramp.view(1, 1, 8, 1)
+        * ramp.view(8, 1, 1, 1)
+        * torch.tensor([1.0, -0.5, 0.3]).view(1, 3, 1, 1)
+    )
     x = x.expand(8, 3, 8, 8).contiguous()  # smooth images: a product of ramps per channel
     post = ae.encode(x)
     assert post.mean.shape == (8, 4, 4, 4) and ae.latent_shape((3, 8, 8)) == (4, 4, 4)
@@ -62,4 +66,6 @@ def test_shapes_round_trip_and_training_lowers_the_loss(tmp_path):
     assert back.config == ae.config
     torch.testing.assert_close(back.latents(x), ae.latents(x))
     torch.testing.assert_close(back.latents(x), ae.encode(x).mean * 0.5)
-    torch.testing.assert_close(back.images(back.latents(x)), ae.decode(ae.encode(x).mean).clamp(-1, 1))
+    torch.testing.assert_close(
+        back.images(back.latents(x)), ae.decode(ae.encode(x).mean).clamp(-1, 1)
+    )

@@ -29,7 +29,9 @@ def test_guided_step_is_the_cfg_formula_with_the_empty_caption():
     model = tiny_model(tok)
     ids, mask = tok.encode(["a red circle", "a big blue square"])
     sched = load_scheduler({"_class_name": "DDIMScheduler", "clip_sample": False})
-    got = sample_latents(model, sched, 1, ids, mask, (2, 4, 4), 3.0, torch.Generator().manual_seed(5))
+    got = sample_latents(
+        model, sched, 1, ids, mask, (2, 4, 4), 3.0, torch.Generator().manual_seed(5)
+    )
     z = torch.randn((2, 2, 4, 4), generator=torch.Generator().manual_seed(5))
     null_ids, null_mask = tok.encode(["", ""])
     t = torch.tensor([int(sched.timesteps[0])] * 2)
@@ -40,7 +42,9 @@ def test_guided_step_is_the_cfg_formula_with_the_empty_caption():
     ref = load_scheduler({"_class_name": "DDIMScheduler", "clip_sample": False})
     ref.set_timesteps(1)
     torch.testing.assert_close(got, ref.step(eps, ref.timesteps[0], z), rtol=1e-5, atol=1e-5)
-    plain = sample_latents(model, sched, 1, ids, mask, (2, 4, 4), 1.0, torch.Generator().manual_seed(5))
+    plain = sample_latents(
+        model, sched, 1, ids, mask, (2, 4, 4), 1.0, torch.Generator().manual_seed(5)
+    )
     torch.testing.assert_close(plain, ref.step(cond, ref.timesteps[0], z), rtol=1e-5, atol=1e-5)
 
 

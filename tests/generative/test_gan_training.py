@@ -89,7 +89,7 @@ def test_smoke_run_per_method(tmp_path, method):
     pair, meta = load_gan(summary["model_dir"])
     assert meta["method"] == method and pair.config.num_classes == 10
     load_gan(tmp_path / "checkpoints" / "step-00000004")  # a checkpoint loads like a model
-    optimizer = (tmp_path / "checkpoints" / "step-00000004" / "trainer_state" / "optimizer.json")
+    optimizer = tmp_path / "checkpoints" / "step-00000004" / "trainer_state" / "optimizer.json"
     assert ('"alpha"' in optimizer.read_text()) == (method == "wgan")  # RMSProp's
     if method == "wgan-gp":
         scored = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -121,8 +121,12 @@ def test_divergence_stops_the_run(tmp_path):
 
 
 def test_config_errors():
-    for bad, match in [("gan.method=lsgan", "gan.method"), ("train.grad_accum=2", "grad_accum"),
-                       ("optim.grad_clip=1.0", "grad_clip"), ("gan.optimizer=sgd", "optimizer")]:
+    for bad, match in [
+        ("gan.method=lsgan", "gan.method"),
+        ("train.grad_accum=2", "grad_accum"),
+        ("optim.grad_clip=1.0", "grad_clip"),
+        ("gan.optimizer=sgd", "optimizer"),
+    ]:
         config = load_config(None, [*TINY, bad], GANConfig)
         with pytest.raises(ConfigError, match=match):
             train_gan(config)

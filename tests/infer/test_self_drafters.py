@@ -113,3 +113,24 @@ def test_medusa_tree_and_reset_on_gap():
     mtp.observe(hidden[6:8], 6)  # a gap: restart from position 6
     assert mtp.history.offset == 6 and mtp.history.resets == 2
     assert mtp.propose(seq, 2, GREEDY, None).num_nodes == 2
+
+
+def test_speculative_config_builds_and_refuses(tmp_path):
+    import pytest
+
+    from lmforge.infer.self_drafters import speculative_config
+    from lmforge.models.medusa import save_medusa_heads
+
+    m = model()
+    spec = speculative_config("mtp", m, num_draft_tokens=5)
+    assert spec.schedule.initial == 3 and spec.schedule.maximum == 3  # capped by D
+    assert isinstance(spec.drafter(), MTPDrafter)
+    save_medusa_heads(MedusaHeads(32, 40, 2, lm_head=m.lm_head), tmp_path / "medusa")
+    spec = speculative_config("medusa", m, drafter_dir=tmp_path / "medusa", tree_width=2)
+    assert spec.drafter().tree.parents == [-1, -1, 0, 0, 1]  # (0) (1) (0,0) (0,1) (1,0)
+    with pytest.raises(ValueError, match="--drafter"):
+        speculative_config("eagle", m)
+    with pytest.raises(ValueError, match="MTP modules"):
+        speculative_config("mtp", model(mtp=0))
+    with pytest.raises(ValueError, match="choose one of"):
+        speculative_config("lookahead", m)

@@ -226,3 +226,32 @@ def test_verify_draft_rules_and_stats():
     stats.record(2, 4, 2)
     assert stats.acceptance_per_depth == [1.0, 0.5, 0.0]
     assert stats.mean_accepted_length == 2.5
+
+
+def test_preemption_and_token_budget_trim_drafts(target):
+    """A tiny KV pool (preemption by recompute) and token budget (drafts cut short)."""
+    plain = Engine(target, block_size=4).generate(PROMPTS, GREEDY)
+    eng = engine(target, drafters(target)["eagle_tree"], num_blocks=14, max_num_batched_tokens=12)
+    out = eng.generate(PROMPTS, GREEDY)
+    assert [o.token_ids for o in out] == [o.token_ids for o in plain]
+    assert eng.stats()["num_preemptions"] > 0
+
+
+def test_mixed_batch_and_seeded_tree_sampling_equals_plain(target):
+    """Eligible and ineligible requests (penalty, speculation off) share a batch; with
+    deterministic candidates (a Medusa tree) exact verification draws each emitted token from
+    the target with the request's own generator, one draw per token as plain sampling does —
+    so a seeded sampled request (with logprobs) reproduces plain decoding token for token."""
+    params = [
+        GREEDY,
+        SamplingParams(max_tokens=14, temperature=0, ignore_eos=True, repetition_penalty=1.3),
+        SamplingParams(max_tokens=14, temperature=0.9, seed=3, ignore_eos=True, logprobs=2),
+        SamplingParams(max_tokens=14, temperature=0, ignore_eos=True, speculative=False),
+        SamplingParams(max_tokens=14, temperature=1.0, top_p=0.9, seed=5, ignore_eos=True),
+    ]
+    plain = Engine(target, block_size=4).generate(PROMPTS, params)
+    eng = engine(target, drafters(target)["medusa_tree"])
+    out = eng.generate(PROMPTS, params)
+    assert [o.token_ids for o in out] == [o.token_ids for o in plain]
+    assert [t.token_id for t in out[2].logprobs] == out[2].token_ids
+    assert eng.spec_stats.rounds > 0

@@ -34,7 +34,7 @@ def kimi_state(vision, projector) -> dict:
     for k, v in vision.state_dict().items():
         k = (k.replace("patch_embed.pos_emb.", "pos_grid.").replace("layers.", "blocks.")
              .replace("final_layernorm.", "final_norm."))  # fmt: skip
-        state[k] = v.reshape(v.shape[0], -1) if k == "patch_embed.proj.weight" else v
+        state[k] = v[:, :, None] if k == "patch_embed.proj.weight" else v  # Conv2d → T = 1
     names = {"pre_norm": "ln_q", "in_proj": "mlp.0", "out_proj": "mlp.2"}
     for k, v in projector.state_dict().items():
         module, param = k.split(".")
@@ -87,10 +87,7 @@ def test_qwen2_vl_layout_matches_transformers_vision_tower():
     hf = Qwen2VisionTransformerPretrainedModel(vc).eval()
     ours = VisionEncoder(VisionConfig(hidden_size=16, depth=2, num_heads=2, intermediate_size=32,
                                       patch_size=4, out_hidden_size=24)).eval()  # fmt: skip
-    state = dict(hf.state_dict())
-    w = state["patch_embed.proj.weight"]
-    state["patch_embed.proj.weight"] = w.reshape(w.shape[0], -1)
-    ours.load_state_dict(state, strict=True)
+    ours.load_state_dict(hf.state_dict(), strict=True)  # the same names and shapes
     pv = torch.randn(int(GRID.prod(-1).sum()), 3 * 2 * 4 * 4)
     with torch.no_grad():
         assert (ours(pv, GRID) - hf(pv, grid_thw=GRID).pooler_output).abs().max() < 1e-5

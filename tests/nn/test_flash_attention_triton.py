@@ -41,14 +41,13 @@ def _grads(fn, *inputs, seed=1):
 
 
 def test_varlen_causal_gqa_matches_reference():
-    cu = torch.tensor(
-        [0, 5, 21, 22, 30], dtype=torch.int32, device=DEVICE
-    )  # 1-token and 2-block sequences
+    # A 1-token sequence, and a 3-block one (causal block skipping in all three kernels).
+    cu = torch.tensor([0, 5, 38, 39, 50], dtype=torch.int32, device=DEVICE)
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(30, 4, 12, generator=g)  # head dim 12: padded to 16 inside the kernel
-    k, v = torch.randn(30, 2, 12, generator=g), torch.randn(30, 2, 12, generator=g)
+    q = torch.randn(50, 2, 12, generator=g)  # head dim 12: padded to 16 inside the kernel
+    k, v = torch.randn(50, 1, 12, generator=g), torch.randn(50, 1, 12, generator=g)
     ours, ours_grads = _grads(
-        lambda *x: triton_flash_attention_varlen(*x, cu, 16, block_m=16, block_n=16), q, k, v
+        lambda *x: triton_flash_attention_varlen(*x, cu, 33, block_m=16, block_n=16), q, k, v
     )
     ref, ref_grads = _grads(lambda *x: flash_attention_varlen(*x, cu), q, k, v)
     assert torch.allclose(ours, ref, atol=1e-5)
@@ -59,9 +58,11 @@ def test_varlen_causal_gqa_matches_reference():
 @pytest.mark.parametrize("causal", [True, False])
 def test_batched_prefill_after_cache_matches_reference(causal):
     g = torch.Generator().manual_seed(1)
-    q = torch.randn(2, 2, 5, 16, generator=g)  # 5 new queries after 13 − 5 cached keys
-    k, v = torch.randn(2, 1, 13, 16, generator=g), torch.randn(2, 1, 13, 16, generator=g)
-    ours, ours_grads = _grads(lambda *x: triton_flash_attention(*x, causal=causal), q, k, v)
+    q = torch.randn(1, 2, 20, 16, generator=g)  # 20 new queries after 45 − 20 cached keys
+    k, v = torch.randn(1, 1, 45, 16, generator=g), torch.randn(1, 1, 45, 16, generator=g)
+    ours, ours_grads = _grads(
+        lambda *x: triton_flash_attention(*x, causal=causal, block_m=16, block_n=32), q, k, v
+    )
     ref, ref_grads = _grads(lambda *x: flash_attention(*x, causal=causal), q, k, v)
     assert torch.allclose(ours, ref, atol=1e-5)
     for a, b in zip(ours_grads, ref_grads):
@@ -86,11 +87,13 @@ def test_attention_hook_runs_the_kernel_in_the_model(monkeypatch):
     model = _tiny_model()
     ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(2)).to(DEVICE)
     cu = torch.tensor([0, 4, 10, 17, 20], dtype=torch.int32, device=DEVICE)
-    expected = [_logits_and_grad(model, ids), _logits_and_grad(model, ids, cu_seqlens=cu)]
     calls = []
     real = triton_flash_attention_varlen
     monkeypatch.setattr("lmforge.nn.flash_attention_triton.triton_flash_attention_varlen",
                         lambda *a, **k: calls.append(1) or real(*a, **k))  # fmt: skip
+    monkeypatch.delenv("LMFORGE_ATTENTION", raising=False)
+    expected = [_logits_and_grad(model, ids), _logits_and_grad(model, ids, cu_seqlens=cu)]
+    assert calls == []  # opt-in: without LMFORGE_ATTENTION=triton the model uses SDPA
     monkeypatch.setenv("LMFORGE_ATTENTION", "triton")
     got = [_logits_and_grad(model, ids), _logits_and_grad(model, ids, cu_seqlens=cu)]
     assert len(calls) == 2  # batched, packed

@@ -27,7 +27,7 @@ SMALL = [
 ]  # fmt: skip
 
 
-def test_from_scratch_run_exports_a_qwen2_vl_folder(tmp_path):
+def test_from_scratch_run_exports_a_qwen2_vl_folder(tmp_path, capsys):
     config = load_config(None, [f"out_dir={tmp_path / 'run'}", *SMALL], VLMRunConfig)
     summary = train_vlm_sft(config)
     folder = tmp_path / "run" / "model"
@@ -49,6 +49,11 @@ def test_from_scratch_run_exports_a_qwen2_vl_folder(tmp_path):
     losses = [json.loads(line).get("loss") for line in lines]
     losses = [x for x in losses if x is not None]
     assert losses[-1] < losses[0]
+    more = load_config(None, [f"out_dir={tmp_path / 'run'}", *SMALL, "train.max_steps=7"],
+                       VLMRunConfig)  # fmt: skip
+    capsys.readouterr()
+    assert train_vlm_sft(more)["step"] == 7
+    assert "resumed from" in capsys.readouterr().out  # the step-6 checkpoint
 
 
 def test_projector_stage_trains_only_the_merger(tmp_path):
