@@ -173,8 +173,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _seed_worker(out: str, seed: int, fast: bool) -> dict[str, Any]:
-    """One seed's run in a worker process, its console going to ``out/console.log``."""
-    Path(out).mkdir(parents=True, exist_ok=True)
+    """One seed's run in a worker process, its console going to ``console-seed<s>.log`` next
+    to ``out``."""
     with open(Path(out).parent / f"console-seed{seed}.log", "w", encoding="utf-8") as log:
         return run_demo(out, seed=seed, fast=fast, console=Console(file=log, width=120))
 
@@ -234,7 +234,7 @@ def run_demo_seeds(
 
 def machine_info() -> dict[str, Any]:
     """The CPU model (``/proc/cpuinfo``'s model name, else `platform.processor`), the core
-    count, torch's version and threads: what a demo figure was measured on."""
+    count, torch's version and the platform: what a demo figure was measured on."""
     import platform
 
     model = ""

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from lmforge.align.logprobs import model_logprobs
+from lmforge.align.shared_prompt import shared_prompt_logprobs
 from lmforge.infer import SamplingParams
 from lmforge.infer.checks import eval_mode
 from lmforge.models.loss import IGNORE_INDEX
@@ -238,8 +239,16 @@ def policy_logprobs(
     same function the training objective evaluates, in eval mode and without gradients (old /
     reference policy). The batch's ``attention_mask`` is used when it has one. Each module's
     train/eval mode is restored afterwards (`lmforge.infer.checks.eval_mode`): a policy may
-    share modules with a bigger model, e.g. PPO's actor-critic, whose modes are its own."""
+    share modules with a bigger model, e.g. PPO's actor-critic, whose modes are its own.
+    Without an attention mask, completions that share a prompt (GRPO's groups) run it once
+    (`lmforge.align.shared_prompt`, the same numbers)."""
     with eval_mode(model):
+        if "attention_mask" not in batch:
+            shared = shared_prompt_logprobs(
+                model, batch["input_ids"], batch["labels"], temperature=temperature
+            )
+            if shared is not None:
+                return shared[0]
         logps, _, _ = model_logprobs(
             model,
             batch["input_ids"],

@@ -4,11 +4,13 @@ by side (`lmforge.eval`).
 
     lmforge eval --model runs/a/model --model runs/b/model --task arithmetic --samples 8
     lmforge eval --model ckpt/ --text valid.txt
+    lmforge eval --model ckpt/ --adapter runs/sft-lora/model --task arithmetic
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from lmforge.commands.common import CommandError, model_folder, subparser
@@ -23,7 +25,8 @@ def add_parser(subparsers: Any) -> None:
         "  lmforge eval --model ckpt/ --task arithmetic --problems 8 --samples 4 --k 1,4\n"
         "  lmforge eval --model runs/sft/model --model runs/demo/model --task arithmetic --chat\n"
         "  lmforge eval --model ckpt/ --task qa.jsonl --verifier numeric --out eval/\n"
-        "  lmforge eval --model ckpt/ --task qa.jsonl --verifier mypkg.checks:same_answer\n\n"
+        "  lmforge eval --model ckpt/ --task qa.jsonl --verifier mypkg.checks:same_answer\n"
+        "  lmforge eval --model ckpt/ --adapter runs/sft-lora/model --task arithmetic\n\n"
         "Tasks: arithmetic, countdown (held-out split, exact verifiers) or a JSONL file of\n"
         '{"prompt": …, "answer": …} records checked by --verifier (exact, numeric,\n'
         "math-verify, regex, or module:function called as function(response, answer)).\n"
@@ -31,8 +34,11 @@ def add_parser(subparsers: Any) -> None:
         "Sampling follows DeepSeek-R1's pass@1 protocol by default (temperature 0.6, top-p\n"
         "0.95, every problem seeded from --seed and its id); --greedy decodes greedily.",
     )
-    p.add_argument("--model", metavar="DIR", action="append", required=True,
+    p.add_argument("--model", metavar="DIR", action="append", default=[],
                    help="checkpoint folder or cached Hub id; repeat to compare models")  # fmt: skip
+    p.add_argument("--adapter", metavar="DIR",
+                   help="PEFT adapter folder applied to every --model (LoRA merged); without "
+                        "--model, to the base it records")  # fmt: skip
     p.add_argument("--task", action="append", default=[], metavar="NAME|FILE",
                    help="arithmetic, countdown, or a JSONL file of prompt/answer (repeatable)")  # fmt: skip
     p.add_argument("--text", nargs="+", default=[], metavar="FILE", help="text files: perplexity")
@@ -75,6 +81,7 @@ def parse_ks(text: str | None, samples: int) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     from lmforge.eval.checkpoint import evaluate_checkpoint
     from lmforge.eval.report import markdown_table, write_results
+    from lmforge.peft.merging import adapter_base
     from lmforge.train.distributed import resolve_device
 
     if not args.task and not args.text:
@@ -83,7 +90,12 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--samples {args.samples}: must be ≥ 1")
     if args.greedy and args.samples > 1:
         raise CommandError("--greedy gives one answer per problem: drop --samples")
-    folders = [model_folder(name) for name in args.model]
+    if not args.model and not args.adapter:
+        raise CommandError("name the model: --model DIR (or --adapter DIR with a recorded base)")
+    if args.adapter and not Path(args.adapter, "adapter_config.json").is_file():
+        raise CommandError(f"--adapter {args.adapter}: no adapter_config.json in that folder")
+    names = args.model or [str(adapter_base(args.adapter))]
+    folders = [model_folder(name) for name in names]
     device = resolve_device(args.device)
     sampling = dict(
         samples=args.samples, ks=parse_ks(args.k, args.samples),
@@ -92,9 +104,11 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, confidence=args.confidence,
     )  # fmt: skip
     results = {}
-    for name, folder in zip(args.model, folders, strict=True):
+    for name, folder in zip(names, folders, strict=True):
+        if args.adapter:
+            name = f"{name} + {args.adapter}"
         results[name] = evaluate_checkpoint(
-            folder, tasks=args.task, text_files=args.text, problems=args.problems,
+            folder, adapter=args.adapter, tasks=args.task, text_files=args.text, problems=args.problems,
             verifier=args.verifier, context=args.context, device=device, **sampling,
         )  # fmt: skip
     print(markdown_table(results), end="")

@@ -12,9 +12,10 @@ only self-consistent if ε̂ is re-derived from the clipped x̂_0,
 ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t) (GLIDE's rule). diffusers' default keeps the network's ε̂,
 so each step moves x toward the clipped x̂_0 while keeping the unclipped noise direction: the
 trajectory leaves the model's manifold by an amount that grows with the number of steps (on
-the digits bench, conditional accuracy fell from 0.965 at 10 steps to 0.795 at 50). lmforge's
-default is therefore ``use_clipped_model_output=True`` whenever clipping is on; pass ``False``
-for diffusers' step-for-step behaviour.
+the digits bench, conditional accuracy fell from 0.965 at 10 steps to 0.795 at 50; with the
+re-derived ε̂, on the same model: 0.970, 0.960, 0.950 at 10, 20, 50 steps). lmforge's default
+is therefore ``use_clipped_model_output=True`` whenever clipping is on; pass ``False`` for
+diffusers' default behaviour (both are tested step for step against diffusers).
 """
 
 from __future__ import annotations

@@ -4,7 +4,12 @@ their answer, and the model continues training on those ``Q: … A: …`` lines 
 documents replayed so it keeps what it knew). Measured on held-out questions as the
 hallucination rate (wrong answers / all questions) against the answer rate.
 
+The DPO variant (Rafailov et al. 2023) learns the same policy from preference pairs instead
+of targets: where the model was wrong, "I don't know" is chosen over its wrong answer; where
+it was right, its answer is chosen over "I don't know".
+
     docs = abstention_documents(items, answers)          # items: EvalItem, answers: text
+    pairs = abstention_pairs(items, answers)             # {"prompt", "chosen", "rejected"}
     rates = abstention_rates(held_out_items, held_out_answers)
 """
 
@@ -16,7 +21,13 @@ from lmforge.eval.knowledge import first_line
 from lmforge.eval.tasks import EvalItem
 from lmforge.eval.verifiers import normalize_answer
 
-__all__ = ["ABSTAIN", "abstained", "abstention_documents", "abstention_rates"]
+__all__ = [
+    "ABSTAIN",
+    "abstained",
+    "abstention_documents",
+    "abstention_pairs",
+    "abstention_rates",
+]
 
 ABSTAIN = "I don't know"
 
@@ -35,6 +46,24 @@ def abstention_documents(items: Sequence[EvalItem], answers: Sequence[str]) -> l
         f"{item.prompt} {first_line(answer) if item.check(first_line(answer)) else ABSTAIN}"
         for item, answer in zip(items, answers)
     ]
+
+
+def abstention_pairs(items: Sequence[EvalItem], answers: Sequence[str]) -> list[dict[str, str]]:
+    """One preference record per item for DPO, completions with a leading space as the
+    model writes them after ``A:``: wrong → chosen `ABSTAIN`, rejected its answer; right →
+    chosen its answer, rejected `ABSTAIN`. An answer that already abstains gives no pair
+    (both sides would be equal)."""
+    if len(items) != len(answers):
+        raise ValueError(f"{len(items)} items but {len(answers)} answers")
+    pairs = []
+    for item, answer in zip(items, answers):
+        mine = first_line(answer)
+        if abstained(mine):
+            continue
+        right = bool(item.check(mine))
+        chosen, rejected = (mine, ABSTAIN) if right else (ABSTAIN, mine)
+        pairs.append({"prompt": item.prompt, "chosen": f" {chosen}", "rejected": f" {rejected}"})
+    return pairs
 
 
 def abstention_rates(items: Sequence[EvalItem], answers: Sequence[str]) -> dict[str, float]:

@@ -1,12 +1,16 @@
 """Hallucination detectors and their score: token-level uncertainty of an answer (mean and
 max negative log-probability, mean entropy of the next-token distribution; Manakul et al.
 2023 §5.1), SelfCheckGPT-style sample consistency (Manakul et al. 2023: the unigram variant —
-how surprising the answer is under a unigram model of the resampled answers — and the
-disagreement rate), scored by AUROC (Hanley & McNeil 1982: the probability that a random
+how surprising the answer is under a unigram model of the resampled answers — the
+disagreement rate, and the prompt variant (Manakul et al. 2023 §5.5, "SelfCheckGPT with
+prompt"): the model itself is asked whether each sampled passage supports the answer, Yes or
+No, and the inconsistency is the mean over samples of p(No) / (p(Yes) + p(No)), the
+probabilities those continuations get), scored by AUROC (Hanley & McNeil 1982: the probability that a random
 hallucinated answer scores above a random correct one, ties counting one half).
 
     scores = answer_uncertainty(model, prompt_ids, answer_ids)   # mean_nll, max_nll, entropy
     inconsistency = selfcheck_unigram(answer, samples)
+    inconsistency = selfcheck_judge(model, tokenizer, question, answer, samples)
     auroc(scores_per_answer, is_hallucination)
 """
 
@@ -22,7 +26,22 @@ from torch import nn
 
 from lmforge.eval.verifiers import normalize_answer
 
-__all__ = ["answer_uncertainty", "auroc", "disagreement", "selfcheck_unigram"]
+__all__ = [
+    "JUDGE_PROMPT",
+    "answer_uncertainty",
+    "auroc",
+    "continuation_logprob",
+    "disagreement",
+    "judge_inconsistency",
+    "selfcheck_judge",
+    "selfcheck_unigram",
+]
+
+# SelfCheckGPT's prompt (Manakul et al. 2023 §5.5), the question added to the context
+JUDGE_PROMPT = (
+    "Context: {question} {sample}\n\nSentence: {question} {answer}\n\n"
+    "Is the sentence supported by the context above? Answer Yes or No.\n\nAnswer:"
+)
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
@@ -86,3 +105,36 @@ def disagreement(answer: str, samples: Sequence[str]) -> float:
         return 0.0
     mine = normalize_answer(answer)
     return sum(normalize_answer(s) != mine for s in samples) / len(samples)
+
+
+@torch.no_grad()
+def continuation_logprob(model: nn.Module, prompt_ids: Sequence[int], ids: Sequence[int]) -> float:
+    """log p(``ids`` | ``prompt_ids``): the sum of the continuation's token log-probs."""
+    device = next(model.parameters()).device
+    full = torch.tensor([list(prompt_ids) + list(ids)], device=device)
+    logp = torch.log_softmax(model(full).logits[0, len(prompt_ids) - 1 : -1].double(), -1)
+    return logp.gather(1, full[0, len(prompt_ids) :, None]).sum().item()
+
+
+def judge_inconsistency(logp_yes: float, logp_no: float) -> float:
+    """p(No) / (p(Yes) + p(No)) from the two log-probabilities (computed stably as
+    σ(log p(No) − log p(Yes)))."""
+    return 1.0 / (1.0 + math.exp(logp_yes - logp_no))
+
+
+def selfcheck_judge(
+    model: nn.Module, tokenizer, question: str, answer: str, samples: Sequence[str]
+) -> float:
+    """SelfCheckGPT's prompt variant: the mean over ``samples`` of `judge_inconsistency`
+    for the model's continuations " Yes" / " No" after `JUDGE_PROMPT` (the sample as
+    context, the answer as the sentence). 0 without samples."""
+    if not samples:
+        return 0.0
+    yes, no = tokenizer.encode(" Yes"), tokenizer.encode(" No")
+    scores = []
+    for sample in samples:
+        text = JUDGE_PROMPT.format(question=question, sample=sample, answer=answer)
+        prompt = tokenizer.encode(text, add_special_tokens=True)
+        scores.append(judge_inconsistency(continuation_logprob(model, prompt, yes),
+                                          continuation_logprob(model, prompt, no)))  # fmt: skip
+    return float(np.mean(scores))

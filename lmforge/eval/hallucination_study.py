@@ -4,12 +4,15 @@ pretrain a tiny LM on the facts of the known half of a synthetic world
 of `lmforge.eval.hallucination` and report their AUROC for "this answer is wrong". Then two
 mitigations, both measured on held-out questions (a fifth of the known people and half of
 the unknown ones, never used to fit either) as hallucination rate against answer rate:
-trained abstention (`lmforge.eval.abstention`: continue training on the other questions
-with "I don't know" where the model was wrong, facts replayed) and selective answering
-(abstain above a SelfCheck threshold calibrated on the other questions).
+trained abstention (`lmforge.eval.abstention`) in two variants from the same start — SFT:
+continue training on the other questions with "I don't know" where the model was wrong,
+facts replayed; DPO: preference pairs on the same questions ("I don't know" ≻ a wrong
+answer, a right answer ≻ "I don't know") through `lmforge.align.dpo_trainer` — and
+selective answering (abstain above a SelfCheck threshold calibrated on the other questions).
 
     result = run_study("runs/hallucination", people=120, steps=1500)
-    result["selfcheck_auroc"], result["halluc_rate_after"], result["answer_rate_after"]
+    result["selfcheck_auroc"], result["judge_auroc"], result["halluc_rate_after"]
+    result["dpo_halluc_rate_after"], result["dpo_answer_rate_after"]
 """
 
 from __future__ import annotations
@@ -22,9 +25,15 @@ from typing import Any
 
 from rich.console import Console
 
-from lmforge.eval.abstention import abstention_documents, abstention_rates
+from lmforge.align.dpo_trainer import DPOConfig, train_dpo
+from lmforge.eval.abstention import abstention_documents, abstention_pairs, abstention_rates
 from lmforge.eval.accuracy import sample_responses
-from lmforge.eval.hallucination import answer_uncertainty, auroc, selfcheck_unigram
+from lmforge.eval.hallucination import (
+    answer_uncertainty,
+    auroc,
+    selfcheck_judge,
+    selfcheck_unigram,
+)
 from lmforge.eval.knowledge import (
     fact_documents,
     first_line,
@@ -39,7 +48,13 @@ from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train.config import RunConfig
 from lmforge.train.pretrain import train_pretrain
 
-__all__ = ["choose_threshold", "run_study", "selective_rates", "train_fact_model"]
+__all__ = [
+    "choose_threshold",
+    "dpo_fact_model",
+    "run_study",
+    "selective_rates",
+    "train_fact_model",
+]
 
 
 def train_fact_model(
@@ -71,6 +86,34 @@ def train_fact_model(
     return Path(train_pretrain(config, console=Console(quiet=True))["model_dir"])
 
 
+def dpo_fact_model(
+    pairs: Sequence[dict[str, str]], out: str | Path, init_from: str | Path, steps: int,
+    seed: int = 0, lr: float = 1e-3, beta: float = 0.1,
+) -> Path:  # fmt: skip
+    """DPO (`lmforge.align.dpo_trainer.train_dpo`, sigmoid loss, a frozen copy of
+    ``init_from`` as reference) on the preference records ``pairs`` (written to
+    ``out/pairs.jsonl``, read as raw ``<bos> prompt completion <eos>``) for ``steps``
+    steps of 8 pairs; returns the model folder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "pairs.jsonl"
+    atomic_write_text(path, "".join(json.dumps(p) + "\n" for p in pairs))
+    c = DPOConfig()
+    config = dataclasses.replace(
+        c, out_dir=str(out / "run"),
+        model=dataclasses.replace(c.model, init_from=str(init_from)),
+        data=dataclasses.replace(c.data, paths=[str(path)], tokenizer=str(init_from),
+                                 format="raw", seq_len=64, val_fraction=0.0, num_workers=0),
+        optim=dataclasses.replace(c.optim, lr=lr, weight_decay=0.0,
+                                  warmup_steps=min(10, max(1, steps // 10))),
+        train=dataclasses.replace(c.train, batch_size=8, max_steps=steps, seed=seed,
+                                  eval_every=0, save_every=0, cpu_threads=1, resume=False),
+        log=dataclasses.replace(c.log, progress=False, plot=False),
+        dpo=dataclasses.replace(c.dpo, beta=beta, layout="padded"),
+    )  # fmt: skip
+    return Path(train_dpo(config, console=Console(quiet=True))["model_dir"])
+
+
 def selective_rates(rows: Sequence[dict[str, Any]], threshold: float) -> tuple[float, float]:
     """``(hallucination rate, answer rate)`` over all ``rows`` when answering only where
     the ``selfcheck`` score is ≤ ``threshold`` (a wrong answer is a hallucination)."""
@@ -98,11 +141,14 @@ def greedy_answers(model_dir: Path, items: Sequence[Any]) -> list[str]:
 
 def run_study(
     out: str | Path, people: int = 120, steps: int = 1500, samples: int = 8, seed: int = 0,
-    abstain_steps: int | None = None,
+    abstain_steps: int | None = None, dpo_steps: int | None = None, dpo_lr: float = 3e-4,
+    judge: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Train, ask, detect, mitigate (see the module docstring); writes ``answers.jsonl`` and
     ``result.json`` into ``out`` and returns the result. ``abstain_steps`` (default
-    steps / 3; 0: skip) is the length of the abstention training."""
+    steps / 3; 0: skip) is the length of the SFT abstention training, ``dpo_steps``
+    (default: ``abstain_steps``; 0: skip) of the DPO one (``dpo_lr``); ``judge`` adds the
+    model-as-judge SelfCheck (2 forwards per sample)."""
     out = Path(out)
     world = knowledge_world(people, seed)
     known, unknown = split_people(world, 0.5, seed)
@@ -128,6 +174,10 @@ def run_study(
             mean_nll=answer_uncertainty(model, prompt_ids, answer_ids)["mean_nll"],
             selfcheck=selfcheck_unigram(answer, [first_line(s) for s in resampled]),
         ))  # fmt: skip
+        if judge:
+            question = item.prompt.removesuffix(" A:").removeprefix("Q: ")
+            rows[-1]["judge"] = selfcheck_judge(model, tok, question, answer,
+                                                [first_line(s) for s in resampled])  # fmt: skip
     wrong = [not r["correct"] for r in rows]
     both = 0 < sum(wrong) < len(wrong)  # AUROC needs right and wrong answers
     fit_rows = [r for r in rows if not r["held_out"]]
@@ -141,27 +191,35 @@ def run_study(
         "known_accuracy": sum(r["correct"] for r in rows if r["known"]) / max(1, n_known),
         "selfcheck_auroc": auroc([r["selfcheck"] for r in rows], wrong) if both else None,
         "logprob_auroc": auroc([r["mean_nll"] for r in rows], wrong) if both else None,
+        "judge_auroc": auroc([r["judge"] for r in rows], wrong) if both and judge else None,
         "halluc_rate_before": sum(not r["correct"] for r in test_rows) / len(test_rows),
         "selective_halluc_rate": selective_after,
         "selective_answer_rate": selective_answer_rate,
         "threshold": threshold,
     }
     abstain_steps = steps // 3 if abstain_steps is None else abstain_steps
-    if abstain_steps > 0:
-        fit_items = [i for i, r in zip(items, rows) if not r["held_out"]]
-        test_items = [i for i, r in zip(items, rows) if r["held_out"]]
-        docs = fact_documents(known) + abstention_documents(
-            fit_items, [r["answer"] for r in rows if not r["held_out"]]
-        )
+    dpo_steps = abstain_steps if dpo_steps is None else dpo_steps
+    fit_items = [i for i, r in zip(items, rows) if not r["held_out"]]
+    fit_answers = [r["answer"] for r in rows if not r["held_out"]]
+    test_items = [i for i, r in zip(items, rows) if r["held_out"]]
+    variants = []
+    if abstain_steps > 0:  # SFT: continue training on the targets, facts replayed
+        docs = fact_documents(known) + abstention_documents(fit_items, fit_answers)
         tuned = train_fact_model(docs, out / "abstain", abstain_steps, seed,
                                  init_from=model_dir, lr=1e-3)  # fmt: skip
+        variants.append(("", tuned))
+    if dpo_steps > 0:  # DPO from the same start on the same questions, as preferences
+        pairs = abstention_pairs(fit_items, fit_answers)
+        variants.append(("dpo_", dpo_fact_model(pairs, out / "abstain-dpo", model_dir, dpo_steps,
+                                                seed, lr=dpo_lr)))  # fmt: skip
+    for prefix, tuned in variants:
         after_answers = greedy_answers(tuned, test_items)
         rates = abstention_rates(test_items, after_answers)
         for r, answer in zip(test_rows, after_answers):
-            r["answer_after"] = answer
-        result.update(halluc_rate_after=rates["hallucination_rate"],
-                      answer_rate_after=rates["answer_rate"],
-                      accuracy_after=rates["accuracy"])  # fmt: skip
+            r[f"{prefix}answer_after"] = answer
+        result.update({f"{prefix}halluc_rate_after": rates["hallucination_rate"],
+                       f"{prefix}answer_rate_after": rates["answer_rate"],
+                       f"{prefix}accuracy_after": rates["accuracy"]})  # fmt: skip
     atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_json(out / "result.json", result)
     return result

@@ -12,7 +12,8 @@ accumulator in registers, and stores ``O = acc / ℓ`` and ``L = m + log ℓ``. 
 two kernels, so no atomics are needed: one program per *key* block accumulates ``dK``, ``dV``
 over the query blocks (FlashAttention-2 Algorithm 2), one per *query* block accumulates
 ``dQ`` over the key blocks; ``Δ = rowsum(dO ∘ O)`` is one PyTorch reduction. Under GQA each
-query head writes its own ``dK``/``dV`` slice, summed over the group afterwards.
+query head writes its own ``dK``/``dV`` slice, summed over the group afterwards. Tiles
+accumulate in fp32; fp32 inputs multiply in full fp32 (not the GPU's default TF32).
 
 Without Triton (``pip install triton``) `TRITON_AVAILABLE` is False and the functions raise.
 On a CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before Triton

@@ -93,3 +93,20 @@ def test_length_chunks_cut_padding_with_few_forwards():
     assert chunks == [[3, 5, 1], [2, 4, 0]]  # longest first, each padded to its own longest
     assert sorted(i for c in chunks for i in c) == list(range(6))
     assert len(length_chunks(list(range(1, 100)), max_chunks=4)) == 3  # k=4 saves < 10 %
+
+
+def test_policy_logprobs_share_prompts_with_the_same_numbers(monkeypatch):
+    from lmforge.align import rollout
+
+    model, (ids, labels) = _model(), _batch()
+    calls = []
+    monkeypatch.setattr(rollout, "shared_prompt_logprobs",
+                        lambda *a, **k: calls.append(1) or shared_prompt_logprobs(*a, **k))  # fmt: skip
+    got = rollout.policy_logprobs(model, {"input_ids": ids, "labels": labels}, temperature=0.7)
+    assert calls == [1]
+    with torch.no_grad():
+        expected, _, _ = model_logprobs(model.eval(), ids, labels, temperature=0.7)
+    assert torch.allclose(got, expected, atol=1e-5)
+    masked = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    rollout.policy_logprobs(model, masked)  # PPO's masked batches keep the padded forward
+    assert calls == [1]

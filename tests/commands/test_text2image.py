@@ -3,6 +3,7 @@ checkpoints), a model folder sampled from a prompt, exact resume, one-line error
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import torch
@@ -13,6 +14,7 @@ TINY = [
     "text2image.grid_prompts=2", "text2image.sample_steps=2", "train.batch_size=8",
     "train.max_steps=4", "train.eval_every=2", "train.save_every=2", "train.eval_batches=1",
     "train.keep_last=2", "log.progress=false", "log.plot=false",
+    "text2image.classifier_steps=3", "text2image.eval_samples=4",
 ]  # fmt: skip
 
 
@@ -26,6 +28,8 @@ def test_train_sample_and_resume_exactly(tmp_path, run):
         assert (stage / "checkpoints" / "step-00000004" / "model.safetensors").is_file()
     assert (full / "samples" / "step-00000002.png").is_file()
     assert (full / "model" / "text2image.json").is_file()
+    scored = [json.loads(line) for line in (full / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in scored] == [2, 4] and 0 <= scored[-1]["joint_acc"] <= 1
     # an interrupted run: the finished autoencoder stage and stage 2's step-2 checkpoint
     shutil.copytree(full / "autoencoder", half / "autoencoder")
     (half / "checkpoints").mkdir(parents=True)

@@ -26,3 +26,17 @@ def test_rates():
     assert abstained(answers[1]) and abstained(answers[3]) and not abstained("I know")
     assert abstention_rates(items, answers) == {"hallucination_rate": 0.25,
                                                 "answer_rate": 0.5, "accuracy": 0.25}  # fmt: skip
+
+
+def test_dpo_pairs_prefer_abstaining_where_wrong_and_answering_where_right():
+    from lmforge.eval.abstention import abstention_pairs
+
+    items = [item("Paris"), item("1987"), item("baker"), item("x")]
+    pairs = abstention_pairs(items, [" Paris\nQ: more", " 1990", "I don't know", ""])
+    assert pairs == [
+        {"prompt": "Q: Paris? A:", "chosen": " Paris", "rejected": f" {ABSTAIN}"},
+        {"prompt": "Q: 1987? A:", "chosen": f" {ABSTAIN}", "rejected": " 1990"},
+        {"prompt": "Q: x? A:", "chosen": f" {ABSTAIN}", "rejected": " "},
+    ]  # the abstaining answer gives no pair (chosen would equal rejected)
+    with pytest.raises(ValueError, match="2 items but 1 answers"):
+        abstention_pairs(items[:2], ["x"])

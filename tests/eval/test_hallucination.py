@@ -1,5 +1,6 @@
 """lmforge/eval/hallucination.py: AUROC against a brute-force pair count, token-level
-uncertainty against per-prefix forwards, SelfCheck scores by hand."""
+uncertainty against per-prefix forwards, SelfCheck scores (n-gram, and the model-as-judge
+prompt variant against p(No) / (p(Yes) + p(No)) computed by hand from the logits)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.eval.hallucination import answer_uncertainty, auroc, disagreement, selfcheck_unigram
+from lmforge.eval.hallucination import (
+    JUDGE_PROMPT,
+    answer_uncertainty,
+    auroc,
+    disagreement,
+    judge_inconsistency,
+    selfcheck_judge,
+    selfcheck_unigram,
+)
 from lmforge.models.hf import load_model
+from lmforge.tokenizer import load_tokenizer
 
 
 def brute_force_auroc(scores, labels) -> float:
@@ -59,3 +69,27 @@ def test_selfcheck_scores():
     )
     assert disagreement("1987", ["1987", " 1987", "1990", "1955"]) == 0.5
     assert disagreement("x", []) == 0.0 and selfcheck_unigram("", ["a"]) == 0.0
+
+
+def test_judge_inconsistency_is_p_no_over_p_yes_plus_p_no(chat_model_dir):
+    assert judge_inconsistency(math.log(0.2), math.log(0.6)) == pytest.approx(0.75)
+    assert judge_inconsistency(-1000.0, -1000.0) == 0.5  # stable far below exp's range
+    model, tok = load_model(chat_model_dir).eval(), load_tokenizer(chat_model_dir)
+    question, answer, samples = "Where was Bo Ka born?", "Dunmere", ["Dunmere", "Eastvale"]
+    expected = []
+    for sample in samples:  # by hand: one forward per continuation, softmax, product
+        text = f"Context: {question} {sample}\n\nSentence: {question} {answer}\n\n"
+        text += "Is the sentence supported by the context above? Answer Yes or No.\n\nAnswer:"
+        assert text == JUDGE_PROMPT.format(question=question, sample=sample, answer=answer)
+        prompt = tok.encode(text, add_special_tokens=True)
+        p = {}
+        for word in (" Yes", " No"):
+            cont = tok.encode(word)
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt + cont])).logits[0].double()
+            probs = torch.softmax(logits, -1)
+            p[word] = math.prod(probs[len(prompt) - 1 + i, t].item() for i, t in enumerate(cont))
+        expected.append(p[" No"] / (p[" Yes"] + p[" No"]))
+    got = selfcheck_judge(model, tok, question, answer, samples)
+    assert got == pytest.approx(sum(expected) / 2, rel=1e-6)
+    assert 0.0 < got < 1.0 and selfcheck_judge(model, tok, question, answer, []) == 0.0
