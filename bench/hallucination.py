@@ -3,17 +3,20 @@ LM is pretrained (``lmforge pretrain``'s Trainer) on the facts of half the peopl
 asked about everyone. Questions about the unseen half have no learnable answer, so every
 answer to them is a hallucination by construction. Detectors score each greedy answer —
 token-level uncertainty (mean negative log-prob) and SelfCheckGPT-style consistency with 8
-resampled answers (unigram score) — and their AUROC for "this answer is wrong" is reported.
-Two mitigations, measured on held-out questions (a fifth of the known people, half of the
-unseen ones): trained abstention ("I don't know" where the model was wrong on the other
-questions, then continued training with the facts replayed; the RESULT's "after") and
-selective answering (abstain above a SelfCheck threshold calibrated on the other
-questions). Same as ``lmforge hallucination run``.
+resampled answers (unigram score, and the model-as-judge prompt variant: p(No) / (p(Yes) +
+p(No)) averaged over the samples) — and their AUROC for "this answer is wrong" is reported.
+Mitigations, measured on held-out questions (a fifth of the known people, half of the
+unseen ones): trained abstention by SFT ("I don't know" where the model was wrong on the
+other questions, then continued training with the facts replayed; the RESULT's "after") and
+by DPO from the same start (preference pairs on the same questions; the RESULT's
+``dpo_*``), and selective answering (abstain above a SelfCheck threshold calibrated on the
+other questions). Same as ``lmforge hallucination run``.
 
     python bench/hallucination.py [--people 120] [--steps 1500]
 
 Last line: ``RESULT hallucination selfcheck_auroc=<a> logprob_auroc=<b>
-halluc_rate_before=<c> halluc_rate_after=<d> answer_rate_after=<e>``.
+halluc_rate_before=<c> halluc_rate_after=<d> answer_rate_after=<e> judge_auroc=<f>
+dpo_halluc_rate_after=<g> dpo_answer_rate_after=<h>``.
 """
 
 from __future__ import annotations
@@ -37,16 +40,20 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
     print(f"{r['questions']} questions about {args.people} people ({minutes:.1f} min); "
           f"accuracy on known facts {r['known_accuracy']:.3f}; held out "
-          f"{r['held_out_questions']}: trained abstention accuracy {r['accuracy_after']:.3f}; "
+          f"{r['held_out_questions']}: SFT abstention accuracy {r['accuracy_after']:.3f}, DPO "
+          f"abstention accuracy {r['dpo_accuracy_after']:.3f}; "
           f"selective answering (SelfCheck ≤ {r['threshold']:.3f}) hallucination rate "
           f"{r['selective_halluc_rate']:.3f}, answer rate {r['selective_answer_rate']:.3f}")  # fmt: skip
     auc = {
-        k: "nan" if r[k] is None else f"{r[k]:.3f}" for k in ("selfcheck_auroc", "logprob_auroc")
+        k: "nan" if r[k] is None else f"{r[k]:.3f}"
+        for k in ("selfcheck_auroc", "logprob_auroc", "judge_auroc")
     }
     print(f"RESULT hallucination selfcheck_auroc={auc['selfcheck_auroc']} "
           f"logprob_auroc={auc['logprob_auroc']} halluc_rate_before={r['halluc_rate_before']:.3f} "
           f"halluc_rate_after={r['halluc_rate_after']:.3f} "
-          f"answer_rate_after={r['answer_rate_after']:.3f}")  # fmt: skip
+          f"answer_rate_after={r['answer_rate_after']:.3f} judge_auroc={auc['judge_auroc']} "
+          f"dpo_halluc_rate_after={r['dpo_halluc_rate_after']:.3f} "
+          f"dpo_answer_rate_after={r['dpo_answer_rate_after']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ def vq_section(args: Any) -> dict[str, float]:
     prior_steps = option(args, "prior_steps") or (4 if smoke else 400 if quick else None)
     common = ["log.progress=false", f"train.cpu_threads={threads}"]
     vq_over = [f"out_dir={out / 'vqgan'}", *common]
+    if smoke:
+        vq_over += ["vqgan.num_train=256", "vqgan.num_eval=64", "vqgan.classifier_steps=20"]
     if vq_steps:
         vq_over += [f"train.max_steps={vq_steps}", f"vqgan.disc_start={vq_steps // 2}",
                     f"train.eval_every={vq_steps}", f"train.save_every={vq_steps}"]  # fmt: skip
@@ -80,6 +82,8 @@ def vq_section(args: Any) -> dict[str, float]:
     vq_summary = train_vqgan(vq_config)
     vq_cpu = time.process_time() - cpu0
     prior_over = [f"out_dir={out / 'prior'}", f"prior.vqgan={vq_summary['model_dir']}", *common]
+    if smoke:
+        prior_over += ["prior.num_train=256", "prior.num_eval=64", "prior.eval_samples=20"]
     if prior_steps:
         prior_over += [f"train.max_steps={prior_steps}", f"train.eval_every={prior_steps}",
                        f"train.save_every={prior_steps}"]  # fmt: skip

@@ -195,6 +195,7 @@ class LlamaServer:
 # ---------------------------------------------------------------------- lmforge side
 def brief_training(model: CausalLM, steps: int, ids: torch.Tensor, seq: int = 128) -> None:
     """``steps`` AdamW steps of next-token loss on random windows of ``ids`` (batch 8)."""
+    torch.set_num_threads(1)  # two threads on a shared 2-core machine wait on each other
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     model.train()

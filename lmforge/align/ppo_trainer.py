@@ -21,8 +21,8 @@ The math is `lmforge.align.ppo`; the pieces live beside this file:
   micro-batches, exact resume;
 - here — `PPOObjective` and the run (under torchrun with DDP or FSDP2; under FSDP2 the
   rollouts and the exported ``model/`` and ``critic/`` use the gathered full weights,
-  `lmforge.align.rl_distributed.RolloutWeights`, and a run cannot resume yet: the loop's FSDP
-  checkpoints hold the policy alone): `task_prompts` (`lmforge.align.rl_tasks`), `ptx_loader`
+  `lmforge.align.rl_distributed.RolloutWeights`; its checkpoints hold policy and critic, so
+  it resumes as under DDP): `task_prompts` (`lmforge.align.rl_tasks`), `ptx_loader`
   and `train_ppo` (critic, reward, experience, loop, export of ``model/`` and ``critic/``).
 
 **Objective** (`PPOObjective`): the clipped policy loss + clipped value loss (+ entropy
@@ -231,12 +231,6 @@ def train_ppo(
             + f"; {p.rollout_batch_size} prompts per rollout × "
             f"{p.ppo_epochs} epochs; run folder {run_dir}"
         )
-    if fsdp and t.resume and ckpt.list_checkpoints(trainer.checkpoint_root):
-        # lmforge.train.checkpoint.write_weights exports an FSDP model as a CausalLM, which
-        # drops the critic.* weights: resuming would silently restart the critic.
-        raise ValueError(f"{trainer.checkpoint_root}: lmforge ppo cannot resume under "
-                         "train.distributed=fsdp yet (its checkpoints lack the critic); start "
-                         "over (train.resume=false) or in a new out_dir")  # fmt: skip
     summary = trainer.fit()
     model_dir, critic_dir = run_dir / "model", run_dir / "critic"
     full = weights.refresh()  # FSDP2: the gathered full weights (collective); else the model

@@ -18,13 +18,15 @@ def add_parser(subparsers: Any) -> None:
         "hallucination",
         "hallucination on a synthetic knowledge world: detectors' AUROC, selective answering",
         "  lmforge hallucination run --out runs/hallucination\n"
-        "  lmforge hallucination run --out runs/hallucination-small --people 40 --steps 300\n\n"
+        "  lmforge hallucination run --out runs/hallucination-small --people 40 --steps 300\n"
+        "  lmforge hallucination run --out runs/hallucination-chat --chat --dpo-steps 0\n\n"
         "A tiny LM is pretrained on the facts of half of --people fictional people, then asked\n"
         "about all of them: answers about the unseen half are hallucinations by construction.\n"
-        "Reports the AUROC of token-level uncertainty and of SelfCheck consistency for wrong\n"
-        "answers, and the held-out hallucination / answer rates after training abstention\n"
-        '("I don\'t know" where the model was wrong) and when abstaining above a calibrated\n'
-        "SelfCheck threshold. Writes result.json and answers.jsonl into --out.",
+        "Reports the AUROC of token-level uncertainty and of SelfCheck consistency (n-gram and\n"
+        "model-as-judge) for wrong answers, and side by side the held-out hallucination /\n"
+        'answer rates after training abstention ("I don\'t know" where the model was wrong) by\n'
+        "SFT and by DPO from the same start, and when abstaining above a calibrated SelfCheck\n"
+        "threshold. Writes result.json and answers.jsonl into --out.",
     )
     verbs = p.add_subparsers(dest="verb", required=True, metavar="{run}")
     run_p = subparser(verbs, "run", "train, ask, detect, abstain; print the table",
@@ -34,7 +36,14 @@ def add_parser(subparsers: Any) -> None:
     run_p.add_argument("--steps", type=int, default=1500, help="pretraining steps (1500)")
     run_p.add_argument("--samples", type=int, default=8, help="resampled answers (8)")
     run_p.add_argument("--abstain-steps", type=int, metavar="N",
-                       help="abstention training steps (default: steps / 3; 0: skip)")  # fmt: skip
+                       help="SFT abstention training steps (default: steps / 3; 0: skip)")  # fmt: skip
+    run_p.add_argument("--dpo-steps", type=int, metavar="N",
+                       help="DPO abstention training steps (default: --abstain-steps; 0: skip)")  # fmt: skip
+    run_p.add_argument("--dpo-lr", type=float, default=3e-4, help="DPO learning rate (3e-4)")
+    run_p.add_argument("--no-judge", action="store_true",
+                       help="skip the model-as-judge SelfCheck (2 forwards per sample)")  # fmt: skip
+    run_p.add_argument("--chat", action="store_true",
+                       help="chat-style questions: trained on and asked through the chat template")  # fmt: skip
     run_p.add_argument("--seed", type=int, default=0, help="seed (0)")
     run_p.set_defaults(run=run)
 
@@ -44,16 +53,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.people < 4 or args.steps < 1 or args.samples < 1:
         raise CommandError("--people ≥ 4, --steps ≥ 1 and --samples ≥ 1, please")
-    r = run_study(args.out, args.people, args.steps, args.samples, args.seed, args.abstain_steps)
+    r = run_study(args.out, args.people, args.steps, args.samples, args.seed, args.abstain_steps,
+                  args.dpo_steps, args.dpo_lr, judge=not args.no_judge, chat=args.chat)  # fmt: skip
     rows = {
         "questions": r["questions"],
         "accuracy on known facts": r["known_accuracy"],
         "SelfCheck AUROC (wrong answers)": r["selfcheck_auroc"],
         "mean −log p AUROC (wrong answers)": r["logprob_auroc"],
+        "SelfCheck judge AUROC (wrong answers)": r["judge_auroc"],
         "held-out questions": r["held_out_questions"],
         "hallucination rate, answering all (held out)": r["halluc_rate_before"],
         "hallucination rate, trained abstention": r.get("halluc_rate_after"),
         "answer rate, trained abstention": r.get("answer_rate_after"),
+        "hallucination rate, DPO abstention": r.get("dpo_halluc_rate_after"),
+        "answer rate, DPO abstention": r.get("dpo_answer_rate_after"),
         "hallucination rate, selective (SelfCheck)": r["selective_halluc_rate"],
         "answer rate, selective (SelfCheck)": r["selective_answer_rate"],
     }
@@ -62,5 +75,21 @@ def run(args: argparse.Namespace) -> int:
         text = "–" if value is None else (
             f"{value:.3f}" if isinstance(value, float) else str(value))  # fmt: skip
         print(f"| {label} | {text} |")
+    print("\n| held out | hallucination rate | answer rate | accuracy |\n|---|---:|---:|---:|")
+    variants = (("answering all", "halluc_rate_before", None, None),
+                ("trained abstention (SFT)", "halluc_rate_after", "answer_rate_after",
+                 "accuracy_after"),
+                ("trained abstention (DPO)", "dpo_halluc_rate_after", "dpo_answer_rate_after",
+                 "dpo_accuracy_after"),
+                ("selective (SelfCheck)", "selective_halluc_rate", "selective_answer_rate", None))  # fmt: skip
+    for label, *keys in variants:
+        if r.get(keys[0]) is None:
+            continue
+        cells = ["–" if k is None or r.get(k) is None else f"{r[k]:.3f}" for k in keys]
+        if label == "answering all":
+            cells[1:] = ["1.000", f"{1 - r['halluc_rate_before']:.3f}"]
+        if label.startswith("selective"):  # answered and right = answered − wrong
+            cells[2] = f"{r['selective_answer_rate'] - r['selective_halluc_rate']:.3f}"
+        print(f"| {label} | " + " | ".join(cells) + " |")
     print(f"results: {args.out}/result.json, answers.jsonl")
     return 0

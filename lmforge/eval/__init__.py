@@ -20,9 +20,9 @@ detection on a synthetic knowledge world.
 | `scaling` | power-law fits of B_opt, η_opt, M_opt, D_opt against compute; plans for a budget |
 | `sweep` | compute-sized (batch × lr) grids and IsoFLOP profiles trained through pretrain |
 | `knowledge` | a synthetic world of fictional people and facts, known/unknown split, questions |
-| `hallucination` | detectors (token uncertainty, SelfCheck unigram / disagreement) and AUROC |
-| `abstention` | trained abstention: "I don't know" targets where the model was wrong, held-out rates |
-| `hallucination_study` | the study end to end: train on known facts, ask, detect, mitigate (trained / selective abstention) |
+| `hallucination` | detectors (token uncertainty, SelfCheck unigram / disagreement / model-as-judge) and AUROC |
+| `abstention` | trained abstention: "I don't know" targets (SFT) or preference pairs (DPO) where the model was wrong, held-out rates |
+| `hallucination_study` | the study end to end: train on known facts, ask, detect, mitigate (SFT / DPO / selective abstention) |
 """
 
 from lmforge.eval.accuracy import evaluate_accuracy, sample_responses

@@ -15,7 +15,8 @@ it was right, its answer is chosen over "I don't know".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from lmforge.eval.knowledge import first_line
 from lmforge.eval.tasks import EvalItem
@@ -37,22 +38,33 @@ def abstained(answer: str) -> bool:
     return normalize_answer(first_line(answer)).lower() == ABSTAIN.lower()
 
 
-def abstention_documents(items: Sequence[EvalItem], answers: Sequence[str]) -> list[str]:
+def abstention_documents(
+    items: Sequence[EvalItem], answers: Sequence[str],
+    render_chat: Callable[[list[dict[str, Any]]], str] | None = None,
+) -> list[str]:  # fmt: skip
     """One ``Q: … A: <target>`` line per item: the model's own ``answer`` when it is right,
-    else `ABSTAIN`."""
+    else `ABSTAIN`; a chat item (message-list prompt) becomes its conversation with the
+    target as the assistant turn, rendered by ``render_chat``."""
     if len(items) != len(answers):
         raise ValueError(f"{len(items)} items but {len(answers)} answers")
-    return [
-        f"{item.prompt} {first_line(answer) if item.check(first_line(answer)) else ABSTAIN}"
-        for item, answer in zip(items, answers)
-    ]
+    docs = []
+    for item, answer in zip(items, answers):
+        target = first_line(answer) if item.check(first_line(answer)) else ABSTAIN
+        if isinstance(item.prompt, list):
+            if render_chat is None:
+                raise ValueError(f"{item.key}: a chat item needs render_chat")
+            docs.append(render_chat([*item.prompt, {"role": "assistant", "content": target}]))
+        else:
+            docs.append(f"{item.prompt} {target}")
+    return docs
 
 
-def abstention_pairs(items: Sequence[EvalItem], answers: Sequence[str]) -> list[dict[str, str]]:
+def abstention_pairs(items: Sequence[EvalItem], answers: Sequence[str]) -> list[dict[str, Any]]:
     """One preference record per item for DPO, completions with a leading space as the
-    model writes them after ``A:``: wrong → chosen `ABSTAIN`, rejected its answer; right →
-    chosen its answer, rejected `ABSTAIN`. An answer that already abstains gives no pair
-    (both sides would be equal)."""
+    model writes them after ``A:`` (chat items: the message-list prompt, bare completions
+    as the assistant turn): wrong → chosen `ABSTAIN`, rejected its answer; right → chosen
+    its answer, rejected `ABSTAIN`. An answer that already abstains gives no pair (both
+    sides would be equal)."""
     if len(items) != len(answers):
         raise ValueError(f"{len(items)} items but {len(answers)} answers")
     pairs = []
@@ -62,7 +74,10 @@ def abstention_pairs(items: Sequence[EvalItem], answers: Sequence[str]) -> list[
             continue
         right = bool(item.check(mine))
         chosen, rejected = (mine, ABSTAIN) if right else (ABSTAIN, mine)
-        pairs.append({"prompt": item.prompt, "chosen": f" {chosen}", "rejected": f" {rejected}"})
+        space = "" if isinstance(item.prompt, list) else " "
+        pairs.append(
+            {"prompt": item.prompt, "chosen": space + chosen, "rejected": space + rejected}
+        )
     return pairs
 
 

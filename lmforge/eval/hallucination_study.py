@@ -27,7 +27,7 @@ from rich.console import Console
 
 from lmforge.align.dpo_trainer import DPOConfig, train_dpo
 from lmforge.eval.abstention import abstention_documents, abstention_pairs, abstention_rates
-from lmforge.eval.accuracy import sample_responses
+from lmforge.eval.accuracy import encode_prompt, sample_responses
 from lmforge.eval.hallucination import (
     answer_uncertainty,
     auroc,
@@ -39,6 +39,7 @@ from lmforge.eval.knowledge import (
     first_line,
     knowledge_world,
     question_items,
+    question_text,
     split_people,
 )
 from lmforge.infer import SamplingParams
@@ -59,18 +60,18 @@ __all__ = [
 
 def train_fact_model(
     docs: Sequence[str], out: str | Path, steps: int, seed: int = 0,
-    init_from: str | Path | None = None, lr: float = 3e-3,
+    init_from: str | Path | None = None, lr: float = 3e-3, tokenizer: str | Path | None = None,
 ) -> Path:  # fmt: skip
     """Pretrain the ``tiny`` preset (or continue ``init_from``, with its tokenizer) on
-    ``docs`` (written to ``out/facts.jsonl``; a fresh model gets a 400-id BPE trained on
-    them) for ``steps`` steps; returns the model folder."""
+    ``docs`` (written to ``out/facts.jsonl``; a fresh model gets the ``tokenizer`` folder,
+    default a 400-id BPE trained on them) for ``steps`` steps; returns the model folder."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "facts.jsonl"
     atomic_write_text(path, "".join(json.dumps({"text": d}) + "\n" for d in docs))
-    if init_from is None:
+    if init_from is None and tokenizer is None:
         Tokenizer.train(list(docs), vocab_size=400).save(out / "tokenizer")
-    tokenizer = str(init_from or out / "tokenizer")
+    tokenizer = str(init_from or tokenizer or out / "tokenizer")
     c = RunConfig()
     config = dataclasses.replace(
         c, out_dir=str(out / "run"),
@@ -92,7 +93,8 @@ def dpo_fact_model(
 ) -> Path:  # fmt: skip
     """DPO (`lmforge.align.dpo_trainer.train_dpo`, sigmoid loss, a frozen copy of
     ``init_from`` as reference) on the preference records ``pairs`` (written to
-    ``out/pairs.jsonl``, read as raw ``<bos> prompt completion <eos>``) for ``steps``
+    ``out/pairs.jsonl``, read as raw ``<bos> prompt completion <eos>``, or through the chat
+    template where the prompt is a message list) for ``steps``
     steps of 8 pairs; returns the model folder."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,19 +144,28 @@ def greedy_answers(model_dir: Path, items: Sequence[Any]) -> list[str]:
 def run_study(
     out: str | Path, people: int = 120, steps: int = 1500, samples: int = 8, seed: int = 0,
     abstain_steps: int | None = None, dpo_steps: int | None = None, dpo_lr: float = 3e-4,
-    judge: bool = True,
+    judge: bool = True, chat: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Train, ask, detect, mitigate (see the module docstring); writes ``answers.jsonl`` and
     ``result.json`` into ``out`` and returns the result. ``abstain_steps`` (default
     steps / 3; 0: skip) is the length of the SFT abstention training, ``dpo_steps``
     (default: ``abstain_steps``; 0: skip) of the DPO one (``dpo_lr``); ``judge`` adds the
-    model-as-judge SelfCheck (2 forwards per sample)."""
+    model-as-judge SelfCheck (2 forwards per sample). ``chat``: chat-style questions — the
+    model trains on each question and answer as a user / assistant conversation rendered
+    through its tokenizer's chat template, and is asked through the same template."""
     out = Path(out)
     world = knowledge_world(people, seed)
     known, unknown = split_people(world, 0.5, seed)
-    model_dir = train_fact_model(fact_documents(known), out, steps, seed)
+    render = None
+    if chat:  # the tokenizer first: it renders the conversations the model trains on
+        Tokenizer.train(fact_documents(known), vocab_size=400).save(out / "tokenizer")
+        render = load_tokenizer(out / "tokenizer").apply_chat_template
+    docs = fact_documents(known, render_chat=render)
+    model_dir = train_fact_model(
+        docs, out, steps, seed, tokenizer=out / "tokenizer" if chat else None
+    )
     model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
-    items = question_items(known + unknown)
+    items = question_items(known + unknown, chat=chat)
     greedy = sample_responses(model, tok, items, SamplingParams(max_tokens=8, temperature=0.0))
     sampled = sample_responses(model, tok, items, SamplingParams(max_tokens=8, temperature=1.0),
                                samples=samples, seed=seed)  # fmt: skip
@@ -164,9 +175,12 @@ def run_study(
     rows = []
     for item, (response,), resampled in zip(items, greedy, sampled, strict=True):
         answer = first_line(response)
-        prompt_ids = tok.encode(item.prompt, add_special_tokens=True)
-        full = tok.encode(f"{item.prompt} {answer}", add_special_tokens=True)
-        answer_ids = full[len(prompt_ids) :] if full[: len(prompt_ids)] == prompt_ids else full
+        prompt_ids = encode_prompt(tok, item.prompt, chat=False)
+        if chat:  # the reply starts right after the assistant turn's opening
+            answer_ids = tok.encode(answer)
+        else:
+            full = tok.encode(f"{item.prompt} {answer}", add_special_tokens=True)
+            answer_ids = full[len(prompt_ids) :] if full[: len(prompt_ids)] == prompt_ids else full
         name = item.key.split(":")[0]
         rows.append(dict(
             key=item.key, known=name in known_names, held_out=name in held_out_names,
@@ -175,8 +189,7 @@ def run_study(
             selfcheck=selfcheck_unigram(answer, [first_line(s) for s in resampled]),
         ))  # fmt: skip
         if judge:
-            question = item.prompt.removesuffix(" A:").removeprefix("Q: ")
-            rows[-1]["judge"] = selfcheck_judge(model, tok, question, answer,
+            rows[-1]["judge"] = selfcheck_judge(model, tok, question_text(item), answer,
                                                 [first_line(s) for s in resampled])  # fmt: skip
     wrong = [not r["correct"] for r in rows]
     both = 0 < sum(wrong) < len(wrong)  # AUROC needs right and wrong answers
@@ -204,7 +217,7 @@ def run_study(
     test_items = [i for i, r in zip(items, rows) if r["held_out"]]
     variants = []
     if abstain_steps > 0:  # SFT: continue training on the targets, facts replayed
-        docs = fact_documents(known) + abstention_documents(fit_items, fit_answers)
+        docs = docs + abstention_documents(fit_items, fit_answers, render_chat=render)
         tuned = train_fact_model(docs, out / "abstain", abstain_steps, seed,
                                  init_from=model_dir, lr=1e-3)  # fmt: skip
         variants.append(("", tuned))

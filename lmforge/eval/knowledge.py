@@ -7,13 +7,19 @@ answer it gives to them is a hallucination by construction.
     known, unknown = split_people(people, known_fraction=0.5, seed=0)
     texts = fact_documents(known)                 # training text
     items = question_items(known + unknown)       # EvalItem s, exact answers
+
+Chat-style: ``question_items(..., chat=True)`` asks each question as a user message (the
+prompt a message list, rendered through the model folder's chat template when encoded), and
+``fact_documents(..., render_chat=tok.apply_chat_template)`` writes each question and its
+answer as a rendered user / assistant conversation to train on.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lmforge.eval.tasks import EvalItem
 from lmforge.eval.verifiers import exact_match
@@ -24,6 +30,7 @@ __all__ = [
     "fact_documents",
     "knowledge_world",
     "question_items",
+    "question_text",
     "split_people",
 ]
 
@@ -85,14 +92,23 @@ def split_people(
     return order[:cut], order[cut:]
 
 
-def fact_documents(people: Sequence[Person], with_questions: bool = True) -> list[str]:
+def fact_documents(
+    people: Sequence[Person], with_questions: bool = True,
+    render_chat: Callable[[list[dict[str, Any]]], str] | None = None,
+) -> list[str]:  # fmt: skip
     """One training document per person: every fact as a sentence, and (``with_questions``)
-    each question followed by its answer in the format `question_items` asks in."""
+    each question followed by its answer in the format `question_items` asks in — with
+    ``render_chat`` (messages → text, e.g. a tokenizer's ``apply_chat_template``) as a
+    rendered user / assistant conversation per question."""
     docs = []
     for p in people:
         lines = [fact.format(name=p.name, value=getattr(p, attr))
                  for attr, (fact, _) in ATTRIBUTES.items()]  # fmt: skip
-        if with_questions:
+        if with_questions and render_chat is not None:
+            lines += [render_chat([{"role": "user", "content": q.format(name=p.name)},
+                                   {"role": "assistant", "content": str(getattr(p, attr))}])
+                      for attr, (_, q) in ATTRIBUTES.items()]  # fmt: skip
+        elif with_questions:
             lines += [f"Q: {q.format(name=p.name)} A: {getattr(p, attr)}"
                       for attr, (_, q) in ATTRIBUTES.items()]  # fmt: skip
         docs.append("\n".join(lines))
@@ -100,16 +116,17 @@ def fact_documents(people: Sequence[Person], with_questions: bool = True) -> lis
 
 
 def question_items(
-    people: Sequence[Person], attributes: Sequence[str] = tuple(ATTRIBUTES)
+    people: Sequence[Person], attributes: Sequence[str] = tuple(ATTRIBUTES), chat: bool = False
 ) -> list[EvalItem]:
-    """One completion-style question (``Q: … A:``) per person and attribute; the answer is
-    the first line of the response, checked exactly."""
+    """One completion-style question (``Q: … A:``; ``chat``: a user message) per person and
+    attribute; the answer is the first line of the response, checked exactly."""
     items = []
     for p in people:
         for attr in attributes:
             question = ATTRIBUTES[attr][1].format(name=p.name)
             reference = str(getattr(p, attr))
-            items.append(EvalItem(f"{p.name}:{attr}", f"Q: {question} A:", reference,
+            prompt = [{"role": "user", "content": question}] if chat else f"Q: {question} A:"
+            items.append(EvalItem(f"{p.name}:{attr}", prompt, reference,
                                   lambda a, r=reference: exact_match(first_line(a), r)))  # fmt: skip
     return items
 
@@ -117,3 +134,10 @@ def question_items(
 def first_line(text: str) -> str:
     """The first non-empty line of ``text``, stripped."""
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def question_text(item: EvalItem) -> str:
+    """The bare question of a `question_items` item, either style."""
+    if isinstance(item.prompt, list):
+        return item.prompt[-1]["content"]
+    return item.prompt.removeprefix("Q: ").removesuffix(" A:")

@@ -24,6 +24,7 @@ in length-bounded JSON strings are masked, and its own JSON separators are used.
     >>> c.mask_logits(logits_row)      # in place: disallowed ids → -inf
     >>> c.accept(token_id)             # advance; ValueError if the token is not allowed
     >>> c.is_finished()                # the grammar is complete: the request ends ("stop")
+    >>> constrained_generate(model, tok, prompt_ids, c, max_tokens=64)  # one request alone
 
 The grammar may end exactly when the mask allows a stop token (the tokenizer's EOS /
 ``<|im_end|>``); accepting one finishes the constraint, as does reaching a state where nothing
@@ -39,6 +40,7 @@ per-request `GrammarConstraint` the engine drives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -55,6 +57,7 @@ from lmforge.infer.structured_spec import (
     GrammarSpec,
     grammar_spec,
 )
+from lmforge.models.kv_cache import KVCache
 from lmforge.tokenizer import Tokenizer
 
 __all__ = [
@@ -62,6 +65,7 @@ __all__ = [
     "GrammarConstraint",
     "apply_token_bitmask_",
     "compile_constraint",
+    "constrained_generate",
 ]
 
 
@@ -180,3 +184,59 @@ def compile_constraint(
     )
     engine, compiled, vocab = compiled_grammar(tokenizer, spec, backend)
     return GrammarConstraint(engine.matcher(compiled), vocab, backend, spec)
+
+
+@torch.no_grad()
+def constrained_generate(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    prompt_ids: Sequence[int],
+    constraint: Constraint | None,
+    max_tokens: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> list[int]:
+    """Decode one request with a KV cache: mask with ``constraint`` (None: unconstrained),
+    sample (softmax at ``temperature``; 0 → greedy), `accept`. Stops when the constraint is
+    finished, a stop token of ``tokenizer`` is sampled (not returned), or after ``max_tokens``.
+    The engine does the same inside its continuous batch; this loop is one request alone, for
+    checking a constraint's outputs (``tests/infer/test_structured.py``) and timing the
+    grammar's share of decoding (``bench/structured.py``). ``ValueError`` for an empty prompt,
+    ``max_tokens`` < 1, a negative temperature, or a request longer than the model's
+    ``max_position_embeddings``."""
+    prompt = [int(t) for t in prompt_ids]
+    if not prompt:
+        raise ValueError("prompt_ids must hold at least one token")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens} must be ≥ 1")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be ≥ 0 (0 means greedy)")
+    limit = model.config.max_position_embeddings
+    if len(prompt) + max_tokens > limit:
+        raise ValueError(
+            f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) > max_position_embeddings={limit}"
+        )
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    stops = set(tokenizer.stop_token_ids)
+    cache = KVCache.for_model(model, 1, len(prompt) + max_tokens)
+    ids = torch.tensor([prompt], device=device)
+    out: list[int] = []
+    for _ in range(max_tokens):
+        logits = model(ids, cache=cache, logits_to_keep=1).logits[0, -1].float()
+        if constraint is not None:
+            constraint.mask_logits(logits)
+        if temperature == 0:
+            token = int(logits.argmax())
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=generator))
+        if constraint is not None:
+            constraint.accept(token)
+        if token in stops:
+            break
+        out.append(token)
+        if constraint is not None and constraint.is_finished():
+            break
+        ids = torch.tensor([[token]], device=device)
+    return out

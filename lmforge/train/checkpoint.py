@@ -1,4 +1,6 @@
 """Training checkpoints: HF-format weights plus ``trainer_state/``, written atomically.
+(This file is long because saving, finding and loading a checkpoint share its layout and
+its full-state-dict helpers; they read best side by side.)
 
     <run>/checkpoints/
         step-00000050/                 an HF model folder (loads in transformers / lmforge) ...
@@ -26,7 +28,9 @@ loads flipped bits, a truncated file or a checkpoint without its ``trainer_state
 Under FSDP the full (unsharded) model and optimizer state is gathered to rank 0, so a
 checkpoint saved by N processes loads in one, and vice versa. With expert parallelism the
 ranks' routed experts (weights and optimizer state) are gathered the same way, and each rank
-loads back only its own (`lmforge.train.distributed.keep_own_experts`).
+loads back only its own (`lmforge.train.distributed.keep_own_experts`). The weights are then
+written from the gathered state as it is (`gathered_export`): every parameter the model has,
+a critic's or a score head's as much as a `CausalLM`'s, so such a checkpoint resumes too.
 """
 
 from __future__ import annotations
@@ -228,17 +232,74 @@ def write_weights(
     if not D.is_fsdp(model) and not D.sharded_moe_layers(model):
         save_model(inner, folder, tokenizer=tokenizer)
         return
-    # FSDP or sharded experts: build a CPU copy from the gathered full state and save that.
-    from lmforge.models.transformer import CausalLM, rotary_embedding
+    # FSDP or sharded experts: save a CPU module holding exactly the gathered full state.
+    save_model(gathered_export(model, state), folder, tokenizer=tokenizer)
 
-    config = inner.config
-    with torch.device("meta"):  # MTP modules only if the model has them (it may be loaded without)
-        export = CausalLM(config, with_mtp=getattr(inner, "mtp", None) is not None)
-    export.load_state_dict(state, strict=False, assign=True)
-    export.model.rotary_emb = rotary_embedding(config)  # MLA: over qk_rope_head_dim
-    export.tie_weights()
+
+class WeightTree(nn.Module):
+    """Tensors under their dotted names and nothing else: a module tree with no forward,
+    built by `gathered_export` (``len`` = the number of children, as `save_model` asks of
+    ``mtp``)."""
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __bool__(self) -> bool:  # a module is true, whatever its length
+        return True
+
+
+def gathered_export(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """What `save_model` writes for a sharded ``model`` (FSDP2, or experts spread over ranks):
+    a CPU `WeightTree` holding exactly ``state`` (the gathered full state dict, every key of
+    the model's own state dict — the policy's, a critic's, a score head's …) under the same
+    names, with the model's ``config``, ``generation_config`` and ``quantization_config``.
+
+    ``save_model(gathered_export(m, full_model_state(m)), …)`` writes the same files as
+    ``save_model(m, …)`` would for the unsharded ``m``. A key of the model missing from
+    ``state``, a key of ``state`` the model lacks (other than other ranks' routed experts),
+    or a name that cannot be placed in a module tree is a `ValueError` naming it.
+    """
+    inner = D.unwrap(model)
+    own = list(inner.state_dict())
+    state = dict(state)
+    tied = getattr(inner.config, "tie_word_embeddings", False)
+    if tied and "lm_head.weight" in own and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state.get("model.embed_tokens.weight")  # one tensor, two names
+    missing = [k for k in own if state.get(k) is None]
+    expert_prefixes = tuple(f"{name}.experts." for name, _ in D.sharded_moe_layers(model))
+    known = set(own)
+    unknown = [k for k in state if k not in known and not k.startswith(expert_prefixes)]
+    if missing or unknown:
+        raise ValueError(
+            f"cannot save the gathered weights of {type(inner).__name__}: "
+            + "; ".join(
+                f"{what} {names[:5]}{' …' if len(names) > 5 else ''}"
+                for what, names in (("missing from the gathered state:", missing),
+                                    ("not parameters of the model:", unknown))
+                if names
+            )
+        )  # fmt: skip
+    export = WeightTree()
+    for key, tensor in state.items():
+        *path, leaf = key.split(".")
+        node = export
+        try:
+            for part in path:
+                child = node._modules.get(part)
+                if child is None:
+                    child = WeightTree()
+                    node.add_module(part, child)
+                node = child
+            node.register_buffer(leaf, tensor.detach().to("cpu"))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"cannot place the gathered tensor {key!r} in a module tree "
+                             f"({exc})") from exc  # fmt: skip
+    export.config = inner.config
     export.generation_config = dict(getattr(inner, "generation_config", {}))
-    save_model(export, folder, tokenizer=tokenizer)
+    quantization = getattr(inner, "quantization_config", None)
+    if quantization is not None:
+        export.quantization_config = quantization
+    return export
 
 
 def prune_checkpoints(root: str | os.PathLike, keep_last: int) -> list[Path]:

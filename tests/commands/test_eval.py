@@ -61,3 +61,38 @@ def test_parse_ks():
         parse_ks("1,16", 8)
     with pytest.raises(CommandError, match="comma-separated integers"):
         parse_ks("one", 8)
+
+
+def test_eval_with_an_adapter_on_its_recorded_base(chat_model_dir, tmp_path, run):
+    """``--adapter`` end to end: the column is the base + adapter, the results those of
+    the base with the LoRA folded in (`evaluate_checkpoint(adapter=…)`, checked against a
+    hand merge in tests/eval/test_checkpoint.py) and not the base's own."""
+    import torch
+
+    from lmforge.eval.checkpoint import evaluate_checkpoint
+    from lmforge.models.hf import load_model
+    from lmforge.peft import apply_lora, save_adapter
+
+    torch.manual_seed(1)
+    lora = apply_lora(load_model(chat_model_dir), r=2, alpha=4, target_modules=["v_proj"])
+    for module in lora.modules():
+        if hasattr(module, "lora_B"):
+            with torch.no_grad():
+                module.lora_B["default"].weight.normal_(0, 0.5)
+    adapter = tmp_path / "adapter"
+    save_adapter(lora, adapter, base_model_name_or_path=str(chat_model_dir))
+    args = ["--task", "arithmetic", "--problems", "2", "--greedy", "--max-new-tokens", "4"]
+    code, out, err = run("eval", "--adapter", str(adapter), *args, "--out", str(tmp_path / "e"))
+    assert code == 0, err
+    assert out.splitlines()[0] == f"| metric | `{chat_model_dir} + {adapter}` |"
+    (result,) = json.loads((tmp_path / "e" / "results.json").read_text()).values()
+    settings = dict(samples=1, ks=(1,), temperature=0.0, max_tokens=4, seed=0, problems=2)
+    again = evaluate_checkpoint(chat_model_dir, adapter=adapter, tasks=["arithmetic"], **settings)
+    base = evaluate_checkpoint(chat_model_dir, tasks=["arithmetic"], **settings)
+    problems = result["tasks"]["arithmetic"]["problems"]
+    assert problems == again["tasks"]["arithmetic"]["problems"]
+    assert problems != base["tasks"]["arithmetic"]["problems"]
+    code, _, err = run("eval", "--adapter", str(tmp_path), *args)
+    assert code == 2 and "no adapter_config.json" in err
+    code, _, err = run("eval", *args)
+    assert code == 2 and "name the model" in err

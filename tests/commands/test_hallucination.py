@@ -7,11 +7,16 @@ import json
 
 def test_run_prints_the_table_and_writes_results(tmp_path, run):
     code, out, err = run("hallucination", "run", "--out", str(tmp_path / "h"), "--people", "6",
-                         "--steps", "3", "--samples", "2")  # fmt: skip
+                         "--steps", "3", "--samples", "2", "--dpo-steps", "1", "--no-judge")  # fmt: skip
     assert code == 0, err
     result = json.loads((tmp_path / "h" / "result.json").read_text())
     assert "| questions | 18 |" in out
     assert f"| answer rate, trained abstention | {result['answer_rate_after']:.3f} |" in out
     assert (tmp_path / "h" / "abstain" / "run" / "model").is_dir()
+    assert (tmp_path / "h" / "abstain-dpo" / "run" / "model").is_dir()  # --dpo-steps 1
+    dpo = [result[f"dpo_{k}_after"] for k in ("halluc_rate", "answer_rate", "accuracy")]
+    assert "| trained abstention (DPO) | " + " | ".join(f"{v:.3f}" for v in dpo) + " |" in out
+    assert "| SelfCheck judge AUROC (wrong answers) | – |" in out  # --no-judge
+    assert "judge" not in json.loads((tmp_path / "h" / "answers.jsonl").read_text().split("\n")[0])
     code, _, err = run("hallucination", "run", "--out", str(tmp_path / "x"), "--people", "2")
     assert code == 2 and "--people" in err

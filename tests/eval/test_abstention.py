@@ -40,3 +40,20 @@ def test_dpo_pairs_prefer_abstaining_where_wrong_and_answering_where_right():
     ]  # the abstaining answer gives no pair (chosen would equal rejected)
     with pytest.raises(ValueError, match="2 items but 1 answers"):
         abstention_pairs(items[:2], ["x"])
+
+
+def test_chat_items_render_their_conversations_and_pairs_keep_the_messages():
+    from lmforge.eval.abstention import abstention_pairs
+
+    messages = [{"role": "user", "content": "Where?"}]
+    chat = EvalItem("k", messages, "Paris", lambda a: a.strip() == "Paris")
+
+    def render(turns):
+        return "|".join(f"{t['role']}:{t['content']}" for t in turns)
+
+    assert abstention_documents([chat, chat], ["Paris", "Rome"], render_chat=render) == [
+        "user:Where?|assistant:Paris", f"user:Where?|assistant:{ABSTAIN}"]  # fmt: skip
+    assert abstention_pairs([chat], ["Rome"]) == [
+        {"prompt": messages, "chosen": ABSTAIN, "rejected": "Rome"}]  # fmt: skip
+    with pytest.raises(ValueError, match="k: a chat item needs render_chat"):
+        abstention_documents([chat], ["Rome"])

@@ -28,11 +28,35 @@ def test_threshold_keeps_the_most_answers_at_half_the_hallucinations():
 
 
 def test_tiny_study_writes_its_results(tmp_path):
-    result = run_study(tmp_path, people=10, steps=3, samples=2, seed=0, abstain_steps=0)
+    result = run_study(tmp_path, people=10, steps=3, samples=2, seed=0, abstain_steps=0,
+                       dpo_steps=2)  # fmt: skip
     assert result["questions"] == 30 and result["held_out_questions"] == 3 * (1 + 2)
     rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert len(rows) == 30 and sum(r["known"] for r in rows) == 15
     assert sum(r["held_out"] for r in rows) == 9
     assert json.loads((tmp_path / "result.json").read_text()) == result
-    assert "halluc_rate_after" not in result  # no abstention training asked for
+    assert "halluc_rate_after" not in result  # no SFT abstention training asked for
+    pairs = [
+        json.loads(x)
+        for x in (tmp_path / "abstain-dpo" / "pairs.jsonl").read_text().split("\n")
+        if x
+    ]
+    assert len(pairs) == 21 and all(p.keys() == {"prompt", "chosen", "rejected"} for p in pairs)
+    assert (tmp_path / "abstain-dpo" / "run" / "model" / "config.json").is_file()
+    held = [r for r in rows if r["held_out"]]
+    assert all("dpo_answer_after" in r and 0.0 <= r["judge"] <= 1.0 for r in held)
+    assert 0.0 <= result["dpo_halluc_rate_after"] <= result["dpo_answer_rate_after"] <= 1.0
     assert 0.0 <= result["selective_halluc_rate"] <= result["selective_answer_rate"] <= 1.0
+
+
+def test_tiny_chat_study_asks_through_the_template(tmp_path):
+    result = run_study(tmp_path, people=6, steps=2, samples=1, seed=0, abstain_steps=1,
+                       dpo_steps=1, judge=False, chat=True)  # fmt: skip
+    assert result["questions"] == 18 and result["judge_auroc"] is None
+    docs = [json.loads(x)["text"] for x in (tmp_path / "facts.jsonl").read_text().splitlines()]
+    assert all("<|im_start|>assistant\n" in d and "Q:" not in d for d in docs)
+    sft = (tmp_path / "abstain" / "facts.jsonl").read_text()
+    assert "<|im_start|>user" in sft and "Q:" not in sft
+    pairs = (tmp_path / "abstain-dpo" / "pairs.jsonl").read_text().splitlines()
+    assert all(isinstance(json.loads(x)["prompt"], list) for x in pairs)
+    assert {"halluc_rate_after", "dpo_halluc_rate_after"} <= result.keys()

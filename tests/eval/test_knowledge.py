@@ -29,3 +29,23 @@ def test_documents_state_every_fact_and_questions_check_the_first_line():
     city = items[0]
     assert city.prompt == f"Q: Where was {person.name} born? A:"
     assert city.check(f" {person.city}\nQ: something else") and not city.check("Nowhere")
+
+
+def test_chat_style_questions_and_documents_render_through_the_folders_template(chat_model_dir):
+    from lmforge.eval.accuracy import encode_prompt
+    from lmforge.eval.knowledge import Person, question_text
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(chat_model_dir)
+    person = Person("Bo Ka", "Dunmere", 1950, "poet")
+    (plain,) = question_items([person], ["city"])
+    (chat,) = question_items([person], ["city"], chat=True)
+    assert chat.prompt == [{"role": "user", "content": "Where was Bo Ka born?"}]
+    assert question_text(chat) == question_text(plain) == "Where was Bo Ka born?"
+    assert chat.check("Dunmere\n<|im_end|>") and not chat.check("Eastvale")
+    assert encode_prompt(tok, chat.prompt, chat=False) == tok.encode(
+        f"{tok.bos_token}<|im_start|>user\nWhere was Bo Ka born?<|im_end|>\n<|im_start|>assistant\n"
+    )  # the folder's (ChatML) template, ending with the assistant turn's opening
+    (doc,) = fact_documents([person], render_chat=tok.apply_chat_template)
+    turn = "<|im_start|>user\nWhat is the job of Bo Ka?<|im_end|>\n<|im_start|>assistant\npoet"
+    assert turn in doc and "Q:" not in doc and "Bo Ka was born in Dunmere." in doc

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 
 import jsonschema
 import pytest
@@ -19,67 +18,11 @@ import torch
 
 import lmforge
 from lmforge.data.tasks.corpus import synthetic_corpus
-from lmforge.infer.structured import Constraint, compile_constraint
+from lmforge.infer.structured import Constraint, compile_constraint, constrained_generate
 from lmforge.infer.structured_backends import BACKENDS, JSON_SEPARATORS, compiled_grammars
 from lmforge.infer.structured_spec import close_json_schema
-from lmforge.models.kv_cache import KVCache
 from lmforge.models.presets import preset_config
 from lmforge.tokenizer import Tokenizer
-
-
-# ---------------------------------------------------------------------- a single-request loop
-@torch.no_grad()
-def constrained_generate(
-    model: torch.nn.Module,
-    tokenizer: Tokenizer,
-    prompt_ids: Sequence[int],
-    constraint: Constraint | None,
-    max_tokens: int,
-    seed: int = 0,
-    temperature: float = 1.0,
-) -> list[int]:
-    """Decode one request with a KV cache: mask with ``constraint`` (None: unconstrained),
-    sample (softmax at ``temperature``; 0 → greedy), `accept`. Stops when the constraint is
-    finished, a stop token of ``tokenizer`` is sampled (not returned), or after ``max_tokens``.
-    The engine does the same inside its continuous batch; this loop is the tests' reference
-    (``bench/structured.py`` keeps its own copy)."""
-    prompt = [int(t) for t in prompt_ids]
-    if not prompt:
-        raise ValueError("prompt_ids must hold at least one token")
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens={max_tokens} must be ≥ 1")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be ≥ 0 (0 means greedy)")
-    limit = model.config.max_position_embeddings
-    if len(prompt) + max_tokens > limit:
-        raise ValueError(
-            f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) > max_position_embeddings={limit}"
-        )
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    stops = set(tokenizer.stop_token_ids)
-    cache = KVCache.for_model(model, 1, len(prompt) + max_tokens)
-    ids = torch.tensor([prompt], device=device)
-    out: list[int] = []
-    for _ in range(max_tokens):
-        logits = model(ids, cache=cache, logits_to_keep=1).logits[0, -1].float()
-        if constraint is not None:
-            constraint.mask_logits(logits)
-        if temperature == 0:
-            token = int(logits.argmax())
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=generator))
-        if constraint is not None:
-            constraint.accept(token)
-        if token in stops:
-            break
-        out.append(token)
-        if constraint is not None and constraint.is_finished():
-            break
-        ids = torch.tensor([[token]], device=device)
-    return out
-
 
 SEEDS = (0, 1, 2)
 MODEL_VOCAB = 768  # > the tokenizer's vocabulary: the padded ids must be masked

@@ -102,3 +102,69 @@ def test_fsdp_export_of_a_deepseek_model_with_and_without_mtp(tmp_path, monkeypa
         assert (loaded.mtp is not None) == with_mtp
         with torch.no_grad():
             torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def _saved(folder):
+    import json
+
+    from lmforge.models.hf import read_state_dict
+
+    return read_state_dict(folder), json.loads((folder / "config.json").read_text())
+
+
+def test_sharded_export_writes_exactly_the_models_parameters(tmp_path, monkeypatch):
+    """`write_weights`' FSDP / sharded-expert branch writes what the unsharded save writes —
+    for a `CausalLM` (tied and untied head) the same HF files, and for a model with an extra
+    head (a critic, a score head) that head too; a gathered state that lacks a parameter of
+    the model, or holds one it lacks, is an error naming it (never a silent drop)."""
+    import pytest
+
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+
+    class WithValueHead(CausalLM):  # e.g. the PPO actor-critic: a CausalLM + more modules
+        def __init__(self, config):
+            super().__init__(config)
+            self.value_head = torch.nn.Sequential(torch.nn.Linear(config.hidden_size, 4),
+                                                  torch.nn.Linear(4, 1))  # fmt: skip
+
+    def tiny(cls, tie):
+        torch.manual_seed(0)
+        cfg = preset_config("tiny", vocab_size=64, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            tie_word_embeddings=tie)  # fmt: skip
+        model = cls(cfg)
+        model.generation_config = {"temperature": 0.7}
+        return model
+
+    cases = [(CausalLM, False), (CausalLM, True), (WithValueHead, False)]
+    for cls, tie in cases:
+        model = tiny(cls, tie)
+        plain, sharded = tmp_path / f"{cls.__name__}-{tie}", tmp_path / f"{cls.__name__}-{tie}-s"
+        ckpt.write_weights(model, {}, plain)  # unsharded: save_model(model)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        with monkeypatch.context() as m:
+            m.setattr(ckpt.D, "is_fsdp", lambda model: True)
+            ckpt.write_weights(model, state, sharded)
+        (want, want_cfg), (got, got_cfg) = _saved(plain), _saved(sharded)
+        assert got_cfg == want_cfg and got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+        for name in ("generation_config.json",):
+            assert (sharded / name).read_text() == (plain / name).read_text()
+        if cls is WithValueHead:  # the extra head is written, every tensor of it
+            assert {k for k in got if k.startswith("value_head.")} == {
+                f"value_head.{i}.{w}" for i in (0, 1) for w in ("weight", "bias")
+            }
+        if tie:  # the gathered state may name the tied head once
+            state.pop("lm_head.weight")
+            assert ckpt.gathered_export(model, state).state_dict().keys() == want.keys() | {
+                "lm_head.weight"
+            }
+
+    model = tiny(WithValueHead, False)
+    state = dict(model.state_dict())
+    with pytest.raises(ValueError, match=r"missing from the gathered state: \['value_head.1.bias'"):
+        ckpt.gathered_export(model, {k: v for k, v in state.items() if k != "value_head.1.bias"})
+    with pytest.raises(ValueError, match=r"not parameters of the model: \['critic.score.weight'"):
+        ckpt.gathered_export(model, {**state, "critic.score.weight": torch.zeros(1, 32)})
