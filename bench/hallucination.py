@@ -8,11 +8,12 @@ p(No)) averaged over the samples) — and their AUROC for "this answer is wrong"
 Mitigations, measured on held-out questions (a fifth of the known people, half of the
 unseen ones): trained abstention by SFT ("I don't know" where the model was wrong on the
 other questions, then continued training with the facts replayed; the RESULT's "after") and
-by DPO from the same start (preference pairs on the same questions; the RESULT's
-``dpo_*``), and selective answering (abstain above a SelfCheck threshold calibrated on the
+by DPO (preference pairs on the same questions; the RESULT's ``dpo_*``) started from and
+referenced to the SFT model — "SFT→DPO", Rafailov et al. 2023 §4 (``--dpo-from fact``:
+plain DPO from the fact-trained model) — and selective answering (abstain above a SelfCheck threshold calibrated on the
 other questions). Same as ``lmforge hallucination run``.
 
-    python bench/hallucination.py [--people 120] [--steps 1500]
+    python bench/hallucination.py [--people 120] [--steps 1500] [--dpo-from sft|fact]
 
 Last line: ``RESULT hallucination selfcheck_auroc=<a> logprob_auroc=<b>
 halluc_rate_before=<c> halluc_rate_after=<d> answer_rate_after=<e> judge_auroc=<f>
@@ -33,15 +34,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dpo-from", choices=("sft", "fact"), default="sft")
     parser.add_argument("--out", default="runs/bench-hallucination")
     args = parser.parse_args()
     start = time.perf_counter()
-    r = run_study(args.out, args.people, args.steps, args.samples, args.seed)
+    r = run_study(
+        args.out, args.people, args.steps, args.samples, args.seed, dpo_from=args.dpo_from
+    )
     minutes = (time.perf_counter() - start) / 60
     print(f"{r['questions']} questions about {args.people} people ({minutes:.1f} min); "
           f"accuracy on known facts {r['known_accuracy']:.3f}; held out "
           f"{r['held_out_questions']}: SFT abstention accuracy {r['accuracy_after']:.3f}, DPO "
-          f"abstention accuracy {r['dpo_accuracy_after']:.3f}; "
+          f"(from the {r['dpo_start']} model) abstention accuracy {r['dpo_accuracy_after']:.3f}; "
           f"selective answering (SelfCheck ≤ {r['threshold']:.3f}) hallucination rate "
           f"{r['selective_halluc_rate']:.3f}, answer rate {r['selective_answer_rate']:.3f}")  # fmt: skip
     auc = {

@@ -25,7 +25,8 @@ def add_parser(subparsers: Any) -> None:
         "Reports the AUROC of token-level uncertainty and of SelfCheck consistency (n-gram and\n"
         "model-as-judge) for wrong answers, and side by side the held-out hallucination /\n"
         'answer rates after training abstention ("I don\'t know" where the model was wrong) by\n'
-        "SFT and by DPO from the same start, and when abstaining above a calibrated SelfCheck\n"
+        "SFT and by DPO (started from and referenced to the SFT model; --dpo-from fact: from\n"
+        "the fact-trained model), and when abstaining above a calibrated SelfCheck\n"
         "threshold. Writes result.json and answers.jsonl into --out.",
     )
     verbs = p.add_subparsers(dest="verb", required=True, metavar="{run}")
@@ -40,6 +41,9 @@ def add_parser(subparsers: Any) -> None:
     run_p.add_argument("--dpo-steps", type=int, metavar="N",
                        help="DPO abstention training steps (default: --abstain-steps; 0: skip)")  # fmt: skip
     run_p.add_argument("--dpo-lr", type=float, default=3e-4, help="DPO learning rate (3e-4)")
+    run_p.add_argument("--dpo-from", choices=("sft", "fact"), default="sft",
+                       help="DPO's start and reference: the SFT abstention model (SFT→DPO, "
+                            "default) or the fact-trained model (plain DPO)")  # fmt: skip
     run_p.add_argument("--no-judge", action="store_true",
                        help="skip the model-as-judge SelfCheck (2 forwards per sample)")  # fmt: skip
     run_p.add_argument("--chat", action="store_true",
@@ -54,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if args.people < 4 or args.steps < 1 or args.samples < 1:
         raise CommandError("--people ≥ 4, --steps ≥ 1 and --samples ≥ 1, please")
     r = run_study(args.out, args.people, args.steps, args.samples, args.seed, args.abstain_steps,
-                  args.dpo_steps, args.dpo_lr, judge=not args.no_judge, chat=args.chat)  # fmt: skip
+                  args.dpo_steps, args.dpo_lr, judge=not args.no_judge, chat=args.chat,
+                  dpo_from=args.dpo_from)  # fmt: skip
+    dpo = "SFT→DPO" if r.get("dpo_start") == "sft" else "DPO"
     rows = {
         "questions": r["questions"],
         "accuracy on known facts": r["known_accuracy"],
@@ -65,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         "hallucination rate, answering all (held out)": r["halluc_rate_before"],
         "hallucination rate, trained abstention": r.get("halluc_rate_after"),
         "answer rate, trained abstention": r.get("answer_rate_after"),
-        "hallucination rate, DPO abstention": r.get("dpo_halluc_rate_after"),
-        "answer rate, DPO abstention": r.get("dpo_answer_rate_after"),
+        f"hallucination rate, {dpo} abstention": r.get("dpo_halluc_rate_after"),
+        f"answer rate, {dpo} abstention": r.get("dpo_answer_rate_after"),
         "hallucination rate, selective (SelfCheck)": r["selective_halluc_rate"],
         "answer rate, selective (SelfCheck)": r["selective_answer_rate"],
     }
@@ -79,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     variants = (("answering all", "halluc_rate_before", None, None),
                 ("trained abstention (SFT)", "halluc_rate_after", "answer_rate_after",
                  "accuracy_after"),
-                ("trained abstention (DPO)", "dpo_halluc_rate_after", "dpo_answer_rate_after",
+                (f"trained abstention ({dpo})", "dpo_halluc_rate_after", "dpo_answer_rate_after",
                  "dpo_accuracy_after"),
                 ("selective (SelfCheck)", "selective_halluc_rate", "selective_answer_rate", None))  # fmt: skip
     for label, *keys in variants:

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         ("weights memory", _per_dtype(c["weights_bytes"])),
         ("KV cache / 1k tok", _per_dtype(c["kv_cache_bytes_per_1k_tokens"])),
         ("tokenizer", _tokenizer_summary(c["tokenizer"])),
+        ("quantization", _quantization_summary(c.get("quantization"))),
     ]
     if c.get("moe"):
         rows[5:5] = moe_rows(c["moe"], c["parameters"])
@@ -141,3 +142,12 @@ def human_size(n: float, unit: str = "B") -> str:
         if abs(n) < 1000 or prefix == "T":
             break
     return f"{n:.2f} {prefix}{unit}"
+
+
+def _quantization_summary(block: dict | None) -> str:
+    """``none``, or ``int8, 29 modules`` / ``int4 (groups of 64), 29 modules``."""
+    if not block:
+        return "none"
+    bits = block["bits"]
+    groups = f" (groups of {block['group_size']})" if bits == 4 else ""
+    return f"int{bits}{groups}, {len(block['modules'])} modules weight-only"

@@ -4,10 +4,12 @@ pretrain a tiny LM on the facts of the known half of a synthetic world
 of `lmforge.eval.hallucination` and report their AUROC for "this answer is wrong". Then two
 mitigations, both measured on held-out questions (a fifth of the known people and half of
 the unknown ones, never used to fit either) as hallucination rate against answer rate:
-trained abstention (`lmforge.eval.abstention`) in two variants from the same start — SFT:
+trained abstention (`lmforge.eval.abstention`) in two variants — SFT:
 continue training on the other questions with "I don't know" where the model was wrong,
 facts replayed; DPO: preference pairs on the same questions ("I don't know" ≻ a wrong
-answer, a right answer ≻ "I don't know") through `lmforge.align.dpo_trainer` — and
+answer, a right answer ≻ "I don't know") through `lmforge.align.dpo_trainer`, started
+from and referenced to the SFT model ("SFT→DPO", Rafailov et al. 2023 §4; or from the
+fact-trained model, plain DPO, with ``dpo_from="fact"``) — and
 selective answering (abstain above a SelfCheck threshold calibrated on the other questions).
 
     result = run_study("runs/hallucination", people=120, steps=1500)
@@ -52,6 +54,7 @@ from lmforge.train.pretrain import train_pretrain
 __all__ = [
     "choose_threshold",
     "dpo_fact_model",
+    "dpo_start_model",
     "run_study",
     "selective_rates",
     "train_fact_model",
@@ -116,6 +119,23 @@ def dpo_fact_model(
     return Path(train_dpo(config, console=Console(quiet=True))["model_dir"])
 
 
+def dpo_start_model(fact_model: Path, sft_model: Path | None, dpo_from: str = "sft") -> Path:
+    """The model DPO abstention starts from, and is referenced to (the trainer freezes a copy
+    of its start as π_ref). ``"sft"``: the SFT abstention model — Rafailov et al. 2023 §4
+    initialise π_ref (and the policy) by SFT on the preferred completions, because the DPO
+    loss (eq. 7) only moves log π/π_ref ratios: from the fact-trained model, where "I don't
+    know" has log-prob ≈ −107, it reaches ~0 by pushing the rejected answers down and never
+    makes the chosen abstention likely enough to be generated. The SFT abstention model is
+    that SFT stage: its targets are exactly the pairs' chosen sides (the model's own answer
+    where right, "I don't know" where wrong, on the same fit questions), with the facts
+    replayed; reusing it (rather than a separate, shorter SFT stage) costs no extra
+    training and makes the DPO row a refinement of the SFT row, measured beside it.
+    ``"fact"`` (or no SFT model): the fact-trained model, plain DPO."""
+    if dpo_from not in ("sft", "fact"):
+        raise ValueError(f"dpo_from: 'sft' or 'fact', not {dpo_from!r}")
+    return sft_model if dpo_from == "sft" and sft_model is not None else fact_model
+
+
 def selective_rates(rows: Sequence[dict[str, Any]], threshold: float) -> tuple[float, float]:
     """``(hallucination rate, answer rate)`` over all ``rows`` when answering only where
     the ``selfcheck`` score is ≤ ``threshold`` (a wrong answer is a hallucination)."""
@@ -144,12 +164,16 @@ def greedy_answers(model_dir: Path, items: Sequence[Any]) -> list[str]:
 def run_study(
     out: str | Path, people: int = 120, steps: int = 1500, samples: int = 8, seed: int = 0,
     abstain_steps: int | None = None, dpo_steps: int | None = None, dpo_lr: float = 3e-4,
-    judge: bool = True, chat: bool = False,
+    judge: bool = True, chat: bool = False, dpo_from: str = "sft",
 ) -> dict[str, Any]:  # fmt: skip
     """Train, ask, detect, mitigate (see the module docstring); writes ``answers.jsonl`` and
     ``result.json`` into ``out`` and returns the result. ``abstain_steps`` (default
     steps / 3; 0: skip) is the length of the SFT abstention training, ``dpo_steps``
-    (default: ``abstain_steps``; 0: skip) of the DPO one (``dpo_lr``); ``judge`` adds the
+    (default: ``abstain_steps``; 0: skip) of the DPO one (``dpo_lr``), which starts from
+    and is referenced to the SFT abstention model (``dpo_from="sft"``, "SFT→DPO"; see
+    `dpo_start_model`) or the fact-trained model (``"fact"``, plain DPO; also what "sft"
+    falls back to when ``abstain_steps`` is 0) — ``result["dpo_start"]`` says which was
+    used; ``judge`` adds the
     model-as-judge SelfCheck (2 forwards per sample). ``chat``: chat-style questions — the
     model trains on each question and answer as a user / assistant conversation rendered
     through its tokenizer's chat template, and is asked through the same template."""
@@ -221,9 +245,11 @@ def run_study(
         tuned = train_fact_model(docs, out / "abstain", abstain_steps, seed,
                                  init_from=model_dir, lr=1e-3)  # fmt: skip
         variants.append(("", tuned))
-    if dpo_steps > 0:  # DPO from the same start on the same questions, as preferences
+    if dpo_steps > 0:  # DPO on the same questions, as preferences, from the SFT model
         pairs = abstention_pairs(fit_items, fit_answers)
-        variants.append(("dpo_", dpo_fact_model(pairs, out / "abstain-dpo", model_dir, dpo_steps,
+        start = dpo_start_model(model_dir, variants[0][1] if variants else None, dpo_from)
+        result["dpo_start"] = "sft" if start != model_dir else "fact"
+        variants.append(("dpo_", dpo_fact_model(pairs, out / "abstain-dpo", start, dpo_steps,
                                                 seed, lr=dpo_lr)))  # fmt: skip
     for prefix, tuned in variants:
         after_answers = greedy_answers(tuned, test_items)

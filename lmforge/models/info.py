@@ -18,10 +18,15 @@ from typing import Any
 
 from safetensors import safe_open
 
-from lmforge.config import ModelConfig
+from lmforge.config import ConfigError, ModelConfig, from_hf_config_dict
 from lmforge.io import read_json
 from lmforge.models.hf import CheckpointError, checkpoint_dir, weight_files
 from lmforge.models.hub import hub_id_of, resolve_model_path
+from lmforge.models.quantize import (
+    QuantizationConfig,
+    quantization_config_of,
+    without_quantization_config,
+)
 from lmforge.models.weights_check import SUPPORTED_DTYPES
 
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
@@ -37,7 +42,7 @@ def checkpoint_info(folder: str | os.PathLike) -> dict[str, Any]:
     """Facts about an HF checkpoint folder, read from its config and safetensors headers
     (no tensor is loaded)."""
     path = checkpoint_dir(folder)
-    config = ModelConfig.from_pretrained(path)
+    config, quant = model_config_and_quantization(path)
     dtypes: dict[str, int] = {}
     files = []
     for file in weight_files(path):
@@ -73,7 +78,21 @@ def checkpoint_info(folder: str | os.PathLike) -> dict[str, Any]:
         "weights_bytes": {"float32": 4 * params, "bfloat16": 2 * params},
         "kv_cache_bytes_per_1k_tokens": {"float32": 4 * kv_elements, "bfloat16": 2 * kv_elements},
         "tokenizer": _tokenizer_info(path),
+        "quantization": None if quant is None else quant.to_hf(),
     }
+
+
+def model_config_and_quantization(
+    folder: str | os.PathLike,
+) -> tuple[ModelConfig, QuantizationConfig | None]:
+    """A folder's model config and, for a weight-only quantised checkpoint
+    (`lmforge.models.quantize`), its checked ``quantization_config`` block."""
+    file = Path(folder) / "config.json"
+    raw = read_json(file, "model config")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    quant = quantization_config_of(raw, str(file))
+    return from_hf_config_dict(without_quantization_config(raw), source=str(file)), quant
 
 
 def tensor_dtypes(file: str | os.PathLike) -> dict[str, str]:
@@ -96,8 +115,17 @@ def check_weight_dtypes(folder: str | os.PathLike) -> None:
     `load_model` enforces too); reads headers only, so commands refuse a bad folder before
     any work."""
     allowed = [str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES]
+    config_file = Path(checkpoint_dir(folder)) / "config.json"
+    quant = None
+    if config_file.is_file():
+        raw = read_json(config_file, "model config")
+        quant = quantization_config_of(raw, str(config_file)) if isinstance(raw, dict) else None
+    # a quantised checkpoint's listed modules hold integer weights (int8, or uint8 for int4)
+    int_weights = {} if quant is None else {f"{m}.weight": "int8" if quant.bits == 8 else "uint8"
+                                            for m in quant.modules}  # fmt: skip
     for file in weight_files(folder):
-        bad = {k: d for k, d in tensor_dtypes(file).items() if d not in allowed}
+        bad = {k: d for k, d in tensor_dtypes(file).items()
+               if d not in allowed and int_weights.get(k) != d}  # fmt: skip
         if bad:
             name, dtype = next(iter(bad.items()))
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

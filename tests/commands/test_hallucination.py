@@ -15,8 +15,11 @@ def test_run_prints_the_table_and_writes_results(tmp_path, run):
     assert (tmp_path / "h" / "abstain" / "run" / "model").is_dir()
     assert (tmp_path / "h" / "abstain-dpo" / "run" / "model").is_dir()  # --dpo-steps 1
     dpo = [result[f"dpo_{k}_after"] for k in ("halluc_rate", "answer_rate", "accuracy")]
-    assert "| trained abstention (DPO) | " + " | ".join(f"{v:.3f}" for v in dpo) + " |" in out
+    assert result["dpo_start"] == "sft"  # the default: SFT→DPO
+    assert "| trained abstention (SFT→DPO) | " + " | ".join(f"{v:.3f}" for v in dpo) + " |" in out
     assert "| SelfCheck judge AUROC (wrong answers) | – |" in out  # --no-judge
     assert "judge" not in json.loads((tmp_path / "h" / "answers.jsonl").read_text().split("\n")[0])
     code, _, err = run("hallucination", "run", "--out", str(tmp_path / "x"), "--people", "2")
     assert code == 2 and "--people" in err
+    code, _, err = run("hallucination", "run", "--out", str(tmp_path / "x"), "--dpo-from", "ref")
+    assert code == 2 and "--dpo-from" in err

@@ -7,7 +7,12 @@ import json
 
 import pytest
 
-from lmforge.eval.hallucination_study import choose_threshold, run_study, selective_rates
+from lmforge.eval.hallucination_study import (
+    choose_threshold,
+    dpo_start_model,
+    run_study,
+    selective_rates,
+)
 
 ROWS = [dict(selfcheck=0.1, correct=True), dict(selfcheck=0.2, correct=True),
         dict(selfcheck=0.3, correct=False), dict(selfcheck=0.4, correct=True),
@@ -36,6 +41,9 @@ def test_tiny_study_writes_its_results(tmp_path):
     assert sum(r["held_out"] for r in rows) == 9
     assert json.loads((tmp_path / "result.json").read_text()) == result
     assert "halluc_rate_after" not in result  # no SFT abstention training asked for
+    assert result["dpo_start"] == "fact"  # so DPO falls back to the fact-trained start
+    config = (tmp_path / "abstain-dpo" / "run" / "config.yaml").read_text()
+    assert f"init_from: {tmp_path / 'run' / 'model'}\n" in config
     pairs = [
         json.loads(x)
         for x in (tmp_path / "abstain-dpo" / "pairs.jsonl").read_text().split("\n")
@@ -49,9 +57,19 @@ def test_tiny_study_writes_its_results(tmp_path):
     assert 0.0 <= result["selective_halluc_rate"] <= result["selective_answer_rate"] <= 1.0
 
 
+def test_dpo_starts_from_the_sft_model_unless_told_or_absent(tmp_path):
+    fact, sft = tmp_path / "fact", tmp_path / "sft"
+    assert dpo_start_model(fact, sft) == sft
+    assert dpo_start_model(fact, sft, "fact") == fact
+    assert dpo_start_model(fact, None, "sft") == fact  # no SFT stage was run
+    with pytest.raises(ValueError, match="dpo_from"):
+        dpo_start_model(fact, sft, "ref")
+
+
 def test_tiny_chat_study_asks_through_the_template(tmp_path):
+    # dpo_lr 0: DPO leaves its start unchanged, so SFT→DPO must answer exactly as SFT does
     result = run_study(tmp_path, people=6, steps=2, samples=1, seed=0, abstain_steps=1,
-                       dpo_steps=1, judge=False, chat=True)  # fmt: skip
+                       dpo_steps=1, dpo_lr=0.0, judge=False, chat=True)  # fmt: skip
     assert result["questions"] == 18 and result["judge_auroc"] is None
     docs = [json.loads(x)["text"] for x in (tmp_path / "facts.jsonl").read_text().splitlines()]
     assert all("<|im_start|>assistant\n" in d and "Q:" not in d for d in docs)
@@ -60,3 +78,11 @@ def test_tiny_chat_study_asks_through_the_template(tmp_path):
     pairs = (tmp_path / "abstain-dpo" / "pairs.jsonl").read_text().splitlines()
     assert all(isinstance(json.loads(x)["prompt"], list) for x in pairs)
     assert {"halluc_rate_after", "dpo_halluc_rate_after"} <= result.keys()
+    assert result["dpo_start"] == "sft"
+    config = (tmp_path / "abstain-dpo" / "run" / "config.yaml").read_text()
+    assert f"init_from: {tmp_path / 'abstain' / 'run' / 'model'}\n" in config
+    for k in ("halluc_rate", "answer_rate", "accuracy"):
+        assert result[f"dpo_{k}_after"] == result[f"{k}_after"]
+    held = [json.loads(x) for x in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    held = [r for r in held if r["held_out"]]
+    assert all(r["dpo_answer_after"] == r["answer_after"] for r in held)

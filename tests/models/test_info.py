@@ -60,6 +60,30 @@ def test_check_weight_dtypes_names_the_tensor(tmp_path):
     assert "int8" in checkpoint_info(tmp_path)["dtype_on_disk"]  # info still describes it
 
 
+def test_quantized_checkpoint_passes_the_dtype_check_and_is_described(tmp_path):
+    """A `lmforge convert --quantize` folder: its listed modules' integer weights pass the
+    commands' dtype check (so generate/chat/serve accept it), an integer tensor anywhere
+    else is still refused, and `checkpoint_info` reports the quantisation block."""
+    from safetensors.torch import load_file, save_file
+
+    from lmforge.models.info import check_weight_dtypes
+    from lmforge.models.quantize import quantize_model
+
+    model = CausalLM(preset_config("tiny", vocab_size=64))
+    quantize_model(model, "int8")
+    save_model(model, tmp_path)
+    check_weight_dtypes(tmp_path)
+    info = checkpoint_info(tmp_path)
+    assert info["quantization"]["bits"] == 8
+    assert "lm_head" in info["quantization"]["modules"]
+    assert info["dtype_on_disk"].startswith("int8")
+    state = load_file(tmp_path / "model.safetensors")
+    state["model.norm.weight"] = state["model.norm.weight"].to(torch.int8)  # not a listed module
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"tensor 'model.norm.weight' is int8"):
+        check_weight_dtypes(tmp_path)
+
+
 def test_adapter_info_matches_peft(tmp_path):
     """Method, rank, targets and the trainable count of a PEFT-written LoRA adapter, against
     peft's own count on the HF model; the recorded base is found and sized."""
