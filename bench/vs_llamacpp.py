@@ -34,6 +34,13 @@ Measured, alternating the two engines round by round, medians reported:
   token, time by op).
 
     python bench/vs_llamacpp.py [--sizes 5m 30m] [--rounds 3] [--profile] [--no-llamacpp]
+    python bench/vs_llamacpp.py --quantized-only [--sizes 5m 30m] [--rounds 5] [--profile]
+
+``--quantized-only``: lmforge's side alone, decode tok/s at batch 1, 1 thread, of fp32, int8
+and int4 (random-init weights, seed 0), the three alternated within every round, medians;
+it also checks that every engine runs the fused `InferenceRunner` (``fused=True``) and,
+with ``--profile``, counts aten ops per decode token. Last line ``RESULT
+vs_llamacpp_quantized <size>_<kind>=<tok/s> …``.
 
 Timing: lmforge's side uses process CPU time by default (``--clock wall`` for an idle
 machine): on a shared machine wall time mostly measures waiting for a core. With 2 threads,
@@ -314,6 +321,40 @@ def profile_decode(model: CausalLM, tokens: int = 32) -> dict:
 
 
 # ---------------------------------------------------------------------- the run
+def bench_quantized(args) -> None:
+    """fp32 / int8 / int4 decode at batch 1, 1 thread, alternated per round, medians."""
+    torch.set_num_threads(1)
+    result = []
+    for size in args.sizes:
+        torch.manual_seed(0)
+        fp32 = CausalLM(preset_config(size, bos_token_id=1, eos_token_id=2)).eval()
+        models = {
+            "fp32": fp32,
+            "int8": quantize_model(copy.deepcopy(fp32), "int8"),
+            "int4": quantize_model(copy.deepcopy(fp32), "int4", group_size=32),
+        }
+        fused = {}
+        for kind, model in models.items():
+            engine = Engine(model, max_num_seqs=1)
+            fused[kind] = engine.runner is not None and engine.runner.sync()
+        figures: dict[str, list[float]] = {k: [] for k in models}
+        for _ in range(args.rounds):
+            for kind, model in models.items():
+                figures[kind].append(engine_decode(model, args.decode_tokens))
+        for kind, xs in figures.items():
+            med = statistics.median(xs)
+            spread = ", ".join(f"{x:.0f}" for x in xs)
+            print(f"{size} decode t=1 lmforge {kind}: {med:.0f} tok/s (rounds: {spread}; "
+                  f"fused={fused[kind]})", flush=True)  # fmt: skip
+            result.append(f"{size}_{kind}={med:.1f}")
+        if args.profile:
+            for kind, model in models.items():
+                p = profile_decode(model)
+                print(f"{size} {kind} decode profile: {p['ms_per_token']:.2f} ms/token (wall), "
+                      f"{p['aten_ops_per_token']:.0f} aten ops/token", flush=True)  # fmt: skip
+    print("RESULT vs_llamacpp_quantized " + " ".join(result))
+
+
 def median_alternating(a, b, rounds: int) -> tuple[float, float]:
     """Medians of ``a()`` and ``b()`` run alternately ``rounds`` times (b may be None)."""
     xs, ys = [], []
@@ -400,6 +441,11 @@ def main() -> None:
     ap.add_argument("--no-llamacpp", action="store_true", help="lmforge's side only")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument(
+        "--quantized-only",
+        action="store_true",
+        help="only lmforge fp32/int8/int4 decode at batch 1, 1 thread (alternated)",
+    )
+    ap.add_argument(
         "--parts",
         nargs="+",
         default=["decode", "prefill", "batch"],
@@ -417,6 +463,9 @@ def main() -> None:
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.quantized_only:
+        bench_quantized(args)
+        return
 
     bin_dir = src = None
     if not args.no_llamacpp:

@@ -72,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
         "  lmforge convert ckpt/ --out ckpt-sharded/ --max-shard-size 500MB\n"
         "  lmforge convert ckpt/ --out ckpt-int8/ --quantize int8\n"
         "  lmforge convert ckpt/ --out ckpt-int4/ --quantize int4 --group-size 64\n"
-        "  lmforge convert ckpt-int8/ --out ckpt-fp32/   (dequantise, for transformers)",
+        "  lmforge convert ckpt-int8/ --out ckpt-fp32/   # dequantise, for transformers",
     )
     p.add_argument("dir", metavar="DIR", help="source HF checkpoint folder (or cached Hub id)")
     p.add_argument("--out", required=True, metavar="DIR2", help="destination folder")

@@ -24,6 +24,13 @@ parameter is modified in place (optimizer step, ``load_state_dict``) or replaced
 pointers); a projection replaced by another module type (an adapter) turns the runner off.
 Models this runner does not cover (other module types, hooks, parametrizations, an LM head
 bias) use ``model.forward``; see `InferenceRunner.unsupported_reason`.
+
+**Quantised projections** (`lmforge.nn.quant.Int8Linear` / `Int4Linear`, from
+`lmforge.models.quantize.quantize_model`) run through the same wiring: q/k/v and gate/up of
+one scheme are stacked into one quantised layer (`lmforge.nn.quant.concat_quantized`: rows
+with their own scales, so each output channel is computed exactly as by its own layer) and
+o/down/the LM head call the model's quantised module itself (no copy). Parts that cannot
+be stacked bit-exactly run one by one and are concatenated.
 """
 
 from __future__ import annotations
@@ -40,23 +47,90 @@ from lmforge.models.transformer import CausalLM, DecoderLayer
 from lmforge.nn.attention import Attention
 from lmforge.nn.mlp import SwiGLU
 from lmforge.nn.norm import RMSNorm
+from lmforge.nn.quant import KERNEL_MAX_ROWS, Int4Linear, Int8Linear, concat_quantized
 from lmforge.nn.rope import rotate
 
 _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_PROJECTION_TYPES = (nn.Linear, Int8Linear, Int4Linear)  # exact types the runner can call
+
+
+class _DenseProjection:
+    """``x [W_1; …; W_n]ᵀ + b`` of plain `nn.Linear` layers through one pre-transposed
+    ``[in, out]`` contiguous copy."""
+
+    __slots__ = ("weight_t", "bias")
+
+    def __init__(self, linears: tuple[nn.Linear, ...]) -> None:
+        self.weight_t = torch.cat([lin.weight.detach() for lin in linears]).t().contiguous()
+        self.bias = _cat_bias(*linears)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _linear(x, self.weight_t, self.bias)
+
+    def owned_tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return self.weight_t, self.bias
+
+
+class _ModuleProjection:
+    """A quantised layer: the model's module (``owned`` False, no copy) or a stack of
+    several built by `concat_quantized` (``owned`` True). Decode-sized batches call its
+    kernel directly (`rows_kernel`, bound at `InferenceRunner.sync`, which rebuilds it when
+    the stored tensors change), others its ``forward`` (dequantised matmul)."""
+
+    __slots__ = ("module", "owned", "rows_kernel")
+
+    def __init__(self, module: Int8Linear | Int4Linear, owned: bool) -> None:
+        self.module, self.owned = module, owned
+        self.rows_kernel = module.rows_kernel()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rows_kernel is not None and 0 < x.shape[0] <= KERNEL_MAX_ROWS:
+            return self.rows_kernel(x)
+        return self.module.forward(x)
+
+    def owned_tensors(self) -> tuple[torch.Tensor, ...]:
+        if not self.owned:
+            return ()
+        return (*self.module.buffers(), *self.module.parameters())
+
+
+class _ConcatProjection:
+    """Parts that cannot be stacked exactly, run one by one: ``cat([p(x) for p], -1)``."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list) -> None:
+        self.parts = parts
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+    def owned_tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return tuple(t for part in self.parts for t in part.owned_tensors())
+
+
+def _projection(*modules: nn.Module):
+    """The fastest exact runner-side form of ``cat([m(x) for m in modules], -1)``."""
+    if all(type(m) is nn.Linear for m in modules):
+        return _DenseProjection(modules)
+    if len(modules) == 1:
+        return _ModuleProjection(modules[0], owned=False)
+    fused = concat_quantized(list(modules))
+    if fused is not None:
+        return _ModuleProjection(fused, owned=True)
+    return _ConcatProjection([_projection(m) for m in modules])
+
+
 @dataclass
 class _LayerWeights:
-    """One decoder layer's inference weights (``*_t``: ``[in, out]`` contiguous)."""
+    """One decoder layer's projections: each maps ``[N, in]`` to ``[N, out]``."""
 
-    qkv_t: torch.Tensor
-    qkv_bias: torch.Tensor | None
-    o_t: torch.Tensor
-    o_bias: torch.Tensor | None
-    gate_up_t: torch.Tensor
-    gate_up_bias: torch.Tensor | None
-    down_t: torch.Tensor
-    down_bias: torch.Tensor | None
+    qkv: _DenseProjection | _ModuleProjection | _ConcatProjection
+    o: _DenseProjection | _ModuleProjection | _ConcatProjection
+    gate_up: _DenseProjection | _ModuleProjection | _ConcatProjection
+    down: _DenseProjection | _ModuleProjection | _ConcatProjection
 
 
 def _norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +170,7 @@ class InferenceRunner:
         self._signature: list[tuple[int, int]] = []
         self._cos = self._sin = None
         self.layers: list[_LayerWeights] = []
-        self.head_t: torch.Tensor | None = None
+        self.head: _DenseProjection | _ModuleProjection | None = None
 
     @property
     def model(self) -> CausalLM:
@@ -129,10 +203,13 @@ class InferenceRunner:
             if kinds != (DecoderLayer, Attention, SwiGLU):
                 return f"layer {i} is not DecoderLayer(Attention, SwiGLU)"
             for lin in _projections(layer):  # e.g. a LoRA wrapper: its delta would be lost
-                if type(lin) is not nn.Linear:
-                    return f"layer {i} has a {type(lin).__name__} projection, not nn.Linear"
-        if type(model.lm_head) is not nn.Linear or model.lm_head.bias is not None:
-            return "lm_head is not a bias-free nn.Linear"
+                if type(lin) not in _PROJECTION_TYPES:
+                    return (
+                        f"layer {i} has a {type(lin).__name__} projection, not nn.Linear, "
+                        "Int8Linear or Int4Linear"
+                    )
+        if type(model.lm_head) not in _PROJECTION_TYPES or model.lm_head.bias is not None:
+            return "lm_head is not a bias-free nn.Linear, Int8Linear or Int4Linear"
         if type(model.model.embed_tokens) is not nn.Embedding:
             return "embed_tokens is not an nn.Embedding"
         return None
@@ -148,8 +225,8 @@ class InferenceRunner:
             linears += [attn[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
             linears += [mlp[n] for n in ("gate_proj", "up_proj", "down_proj")]
         state = []
-        for lin in linears:
-            for p in (lin._parameters.get("weight"), lin._parameters.get("bias")):
+        for lin in linears:  # nn.Linear: weight, bias; quantised: bias, weight, scales
+            for p in (*lin._parameters.values(), *lin._buffers.values()):
                 state.append(None if p is None else (id(lin), p.data_ptr(), p._version))
         return state
 
@@ -157,7 +234,7 @@ class InferenceRunner:
         """Forget the copies; the next `sync` rebuilds them from the live weights. Needed after
         in-place updates that do not bump version counters (torch's fused CPU AdamW,
         ``p.data.copy_(...)``); every new `Engine` calls it."""
-        self._signature, self.layers, self.head_t = [], [], None
+        self._signature, self.layers, self.head = [], [], None
 
     def sync(self) -> bool:
         """Rebuild the copies if any source layer or parameter changed since they were made
@@ -165,35 +242,32 @@ class InferenceRunner:
         was wrapped by an adapter): run ``model.forward`` instead."""
         state = self._state()
         if state == self._signature:
-            return self.head_t is not None
-        self._signature, self.layers, self.head_t = state, [], None
+            return self.head is not None
+        self._signature, self.layers, self.head = state, [], None
         if self.unsupported_reason(self.model) is not None:
             return False
         with torch.no_grad():
             self.layers = [self._layer_weights(layer) for layer in self.model.model.layers]
-            self.head_t = self.model.lm_head.weight.detach().t().contiguous()
+            self.head = _projection(self.model.lm_head)
         self._cos = self._sin = None  # dtype/device may have changed too
         return True
 
     @staticmethod
     def _layer_weights(layer: DecoderLayer) -> _LayerWeights:
         a, m = layer.self_attn, layer.mlp
-        fuse = lambda *ls: torch.cat([lin.weight.detach() for lin in ls]).t().contiguous()  # noqa: E731
         return _LayerWeights(
-            qkv_t=fuse(a.q_proj, a.k_proj, a.v_proj),
-            qkv_bias=_cat_bias(a.q_proj, a.k_proj, a.v_proj),
-            o_t=fuse(a.o_proj),
-            o_bias=_cat_bias(a.o_proj),
-            gate_up_t=fuse(m.gate_proj, m.up_proj),
-            gate_up_bias=_cat_bias(m.gate_proj, m.up_proj),
-            down_t=fuse(m.down_proj),
-            down_bias=_cat_bias(m.down_proj),
+            qkv=_projection(a.q_proj, a.k_proj, a.v_proj),
+            o=_projection(a.o_proj),
+            gate_up=_projection(m.gate_proj, m.up_proj),
+            down=_projection(m.down_proj),
         )
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the inference copies (0 before the first `sync`)."""
-        tensors = [self.head_t] + [t for w in self.layers for t in vars(w).values()]
+        """Memory held by the inference copies (0 before the first `sync`; quantised
+        projections the runner calls in place cost nothing)."""
+        projections = [self.head] + [p for w in self.layers for p in vars(w).values()]
+        tensors = [t for p in projections if p is not None for t in p.owned_tensors()]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _rope(self, positions: torch.Tensor, max_position: int, dtype: torch.dtype):
@@ -221,7 +295,7 @@ class InferenceRunner:
         indices; ``max_position`` = ``positions.max()`` (known to the caller, no device
         sync). ``return_hidden``: also the final (normed) hidden states ``[N, H]`` of every
         row (self-speculative drafters read them). Call `sync` first (once per step)."""
-        if self.head_t is None:
+        if self.head is None:
             raise RuntimeError("InferenceRunner: call sync() (and check it) before running")
         lm = self.model.model
         h, hkv, d, inter = self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate
@@ -230,7 +304,7 @@ class InferenceRunner:
         cos, sin = self._rope(positions, max_position, x.dtype)
         for i, (layer, w) in enumerate(zip(lm.layers, self.layers)):
             attn = layer.self_attn
-            qkv = _linear(_norm(layer.input_layernorm, x), w.qkv_t, w.qkv_bias)
+            qkv = w.qkv(_norm(layer.input_layernorm, x))
             qkv = qkv.view(n, h + 2 * hkv, d)
             if attn.q_norm is None:
                 qk = rotate(qkv[:, : h + hkv], cos, sin)
@@ -239,10 +313,10 @@ class InferenceRunner:
                 q = rotate(_norm(attn.q_norm, qkv[:, :h]), cos, sin)
                 k = rotate(_norm(attn.k_norm, qkv[:, h : h + hkv]), cos, sin)
             out = batch.attend(i, q, k, qkv[:, h + hkv :], attn.window)
-            x = x + _linear(out.reshape(n, h * d), w.o_t, w.o_bias)
-            gate_up = _linear(_norm(layer.post_attention_layernorm, x), w.gate_up_t, w.gate_up_bias)
-            x = x + _linear(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], w.down_t, w.down_bias)
+            x = x + w.o(out.reshape(n, h * d))
+            gate_up = w.gate_up(_norm(layer.post_attention_layernorm, x))
+            x = x + w.down(F.silu(gate_up[:, :inter]) * gate_up[:, inter:])
         if return_hidden:
             hidden = _norm(lm.norm, x)
-            return hidden[logits_to_keep] @ self.head_t, hidden
-        return _norm(lm.norm, x[logits_to_keep]) @ self.head_t
+            return self.head(hidden[logits_to_keep]), hidden
+        return self.head(_norm(lm.norm, x[logits_to_keep]))

@@ -29,6 +29,7 @@ floating-point matmul instead.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,10 @@ def unpack_int4(packed: torch.Tensor, in_features: int) -> torch.Tensor:
     return torch.stack([low, high], dim=-1).reshape(packed.shape[0], -1)[:, :in_features]
 
 
+def _version(t: torch.Tensor) -> int:
+    return -1 if t.is_inference() else t._version
+
+
 class _QuantizedLinear(nn.Module):
     """Shared plumbing: shapes, the optional bias, and the kernel-form cache."""
 
@@ -119,14 +124,24 @@ class _QuantizedLinear(nn.Module):
         raise NotImplementedError
 
     def kernel_form(self) -> tuple:
-        """The kernel's tensors, rebuilt when a stored tensor was replaced or modified."""
-        key = tuple((t.data_ptr(), t._version, t.device) for t in self._stored())
+        """The kernel's tensors, rebuilt when a stored tensor was replaced or modified
+        (inference tensors, e.g. a layer built under ``torch.inference_mode``, have no
+        version counter: only their identity is checked)."""
+        key = tuple((t.data_ptr(), _version(t), t.device) for t in self._stored())
         if key != self._kernel_key:
             with torch.no_grad():
                 self._kernel, self._kernel_key = self._build_kernel_form(), key
         return self._kernel
 
     def dequantized_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rows_kernel(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``f(x)`` = ``self(x)`` for a CPU ``x`` of shape ``[rows, in]`` with
+        ``1 ≤ rows ≤ KERNEL_MAX_ROWS``, bound to the current kernel form (no per-call
+        version check, reshapes or dispatch: the caller must ask again after the stored
+        tensors change); None where decode does not use a kernel (not on CPU, or int4 with
+        out_features not a multiple of 16)."""
         raise NotImplementedError
 
     def to_linear(self) -> nn.Linear:
@@ -176,6 +191,18 @@ class Int8Linear(_QuantizedLinear):
 
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize_int8(self.weight, self.weight_scale)
+
+    def rows_kernel(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if self.weight.device.type != "cpu":
+            return None
+        weight, scale = self.kernel_form()
+        bias = self.bias
+
+        def int8_rows(x: torch.Tensor) -> torch.Tensor:
+            y = torch._weight_int8pack_mm(x.to(torch.bfloat16), weight, scale).to(x.dtype)
+            return y if bias is None else y + bias.to(y.dtype)
+
+        return int8_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = math.prod(x.shape[:-1])
@@ -239,6 +266,22 @@ class Int4Linear(_QuantizedLinear):
         codes = unpack_int4(self.weight, self.in_features)
         return dequantize_int4(codes, self.weight_scale, self.weight_zero, self.group_size)
 
+    def rows_kernel(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if self.weight.device.type != "cpu" or not self.uses_kernel:
+            return None
+        packed, scales_zeros, padded = self.kernel_form()
+        bias, group_size, pad = self.bias, self.group_size, padded - self.in_features
+
+        def int4_rows(x: torch.Tensor) -> torch.Tensor:
+            x2 = x.to(torch.bfloat16)
+            if pad:
+                x2 = F.pad(x2, (0, pad))
+            y = torch._weight_int4pack_mm_for_cpu(x2, packed, group_size, scales_zeros)
+            y = y.to(x.dtype)
+            return y if bias is None else y + bias.to(y.dtype)
+
+        return int4_rows
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = math.prod(x.shape[:-1])
         if x.device.type != "cpu" or rows > KERNEL_MAX_ROWS or rows == 0 or not self.uses_kernel:
@@ -256,12 +299,44 @@ class Int4Linear(_QuantizedLinear):
 
 QuantizedLinear = Int8Linear | Int4Linear
 
+
+def concat_quantized(layers: list[nn.Module]) -> Int8Linear | Int4Linear | None:
+    """One quantised layer computing ``cat([layer(x) for layer in layers], -1)`` exactly
+    (rows stacked with their scales: every output channel keeps its own codes, scale and
+    offset), or None when the layers cannot be stacked bit-exactly: mixed types, group
+    sizes, input widths or bias presence, or int4 parts whose kernel use (a multiple of 16
+    output rows) differs from the stacked layer's. Used to fuse q/k/v and gate/up."""
+    first = layers[0]
+    kind = type(first)
+    if kind not in (Int8Linear, Int4Linear) or any(type(m) is not kind for m in layers):
+        return None
+    if any(m.in_features != first.in_features or (m.bias is None) != (first.bias is None)
+           for m in layers):  # fmt: skip
+        return None
+    out = sum(m.out_features for m in layers)
+    cat = lambda name: torch.cat([getattr(m, name).detach() for m in layers])  # noqa: E731
+    if kind is Int8Linear:
+        fused = Int8Linear(first.in_features, out, bias=first.bias is not None)
+    else:
+        if any(m.group_size != first.group_size for m in layers):
+            return None
+        fused = Int4Linear(first.in_features, out, first.bias is not None, first.group_size)
+        if any(m.uses_kernel != fused.uses_kernel for m in layers):
+            return None
+        fused.weight_zero = cat("weight_zero")
+    fused.weight, fused.weight_scale = cat("weight"), cat("weight_scale")
+    if first.bias is not None:
+        fused.bias = nn.Parameter(cat("bias"), requires_grad=False)
+    return fused.to(first.weight.device)
+
+
 __all__ = [
     "INT4_GROUP_SIZES",
     "KERNEL_MAX_ROWS",
     "Int4Linear",
     "Int8Linear",
     "QuantizedLinear",
+    "concat_quantized",
     "dequantize_int4",
     "dequantize_int8",
     "pack_int4",

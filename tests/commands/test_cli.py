@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.cli import build_parser
 from lmforge.commands.common import OVERRIDE, CommandDone
+from lmforge.models.hf import load_model, save_model
+from lmforge.models.quantize import quantize_model
 
 
 # ---------------------------------------------------------------------- entry points
@@ -171,6 +173,9 @@ def workspace(tmp_path, monkeypatch, checkpoint, adapter, hf_cache):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).symlink_to(target)
     hf_cache("Qwen/Qwen2.5-0.5B")
+    quantized = load_model(folder)  # for `convert ckpt-int8/ …` (dequantise)
+    quantize_model(quantized, "int8")
+    save_model(quantized, tmp_path / "ckpt-int8")
     text = "the quick brown fox jumps over the lazy dog. " * 20
     (tmp_path / "notes.txt").write_text(text + "\n\n" + text[::-1])
     (tmp_path / "corpus").mkdir()

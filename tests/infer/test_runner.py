@@ -249,3 +249,43 @@ def test_trainer_steps_bump_parameter_versions():
     before = [p._version for p in model.parameters()]
     trainer.train_step([batch])
     assert all(p._version > v for p, v in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_models_run_through_the_fused_runner_bit_exactly(scheme, monkeypatch):
+    """q/k/v and gate/up of a quantised model are stacked (`concat_quantized`), o/down/head
+    are the model's own quantised modules: logits equal ``model.forward``'s bit for bit, and
+    the engine's greedy tokens equal a cache-free greedy loop over ``model.forward``."""
+    from lmforge.models.quantize import quantize_model
+    from lmforge.nn.quant import Int4Linear, Int8Linear
+
+    model = quantize_model(make_model(4, qkv_bias=True), scheme, group_size=32)
+    kind = Int8Linear if scheme == "int8" else Int4Linear
+    assert type(model.model.layers[0].self_attn.q_proj) is kind
+    runner = InferenceRunner(model)
+    expected = paged_steps(model, model_call(model))
+    for e, g in zip(expected, paged_steps(model, runner_call(runner))):
+        assert torch.equal(g, e)
+    assert type(runner.layers[0].qkv.module) is kind  # stacked, not run one by one
+    assert runner.layers[0].o.module is model.model.layers[0].self_attn.o_proj  # no copy
+    with torch.no_grad():  # in-place updates of stored tensors reach the bound kernels
+        model.model.layers[1].self_attn.o_proj.weight_scale.mul_(-3)
+        model.model.layers[0].self_attn.k_proj.weight_scale.mul_(2)
+    expected = paged_steps(model, model_call(model))
+    for e, g in zip(expected, paged_steps(model, runner_call(runner))):
+        assert torch.equal(g, e)
+
+    prompt, steps = [3, 14, 15, 92, 65], 8
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(steps):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    engine = Engine(model, block_size=4)
+    assert engine.runner is InferenceRunner.for_model(model)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the engine fell back to model.forward")
+
+    monkeypatch.setattr(model, "forward", no_forward)  # the fused path must be taken
+    params = SamplingParams(max_tokens=steps, temperature=0, ignore_eos=True)
+    assert engine.generate([prompt], params)[0].token_ids == ids[len(prompt) :]

@@ -129,3 +129,43 @@ def test_kernel_form_follows_in_place_updates_and_to_linear():
 def test_int4_refuses_group_sizes_the_kernel_lacks():
     with pytest.raises(ValueError, match="group_size"):
         Int4Linear(64, 16, group_size=48)
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("rows", [1, KERNEL_MAX_ROWS + 3])
+def test_concat_quantized_equals_the_parts_bit_exactly(kind, rows):
+    from lmforge.nn.quant import concat_quantized
+
+    make = (lambda lin: Int8Linear.from_linear(lin)) if kind == "int8" else (
+        lambda lin: Int4Linear.from_linear(lin, group_size=32))  # fmt: skip
+    parts = [make(_linear(96, n, bias=True, seed=n)) for n in (64, 32, 32)]
+    fused = concat_quantized(parts)
+    assert type(fused) is type(parts[0]) and fused.out_features == 128
+    x = torch.randn(rows, 96)
+    with torch.no_grad():
+        assert torch.equal(fused(x), torch.cat([p(x) for p in parts], dim=-1))
+
+
+def test_concat_quantized_refuses_parts_it_cannot_stack_exactly():
+    from lmforge.nn.quant import concat_quantized
+
+    i8, i4 = Int8Linear.from_linear(_linear(64, 32)), Int4Linear.from_linear(_linear(64, 32), 32)
+    assert concat_quantized([i8, i4]) is None  # mixed schemes
+    assert concat_quantized([i4, Int4Linear.from_linear(_linear(64, 32), 64)]) is None
+    assert concat_quantized([i8, Int8Linear.from_linear(_linear(64, 32, bias=True))]) is None
+    assert concat_quantized([i8, Int8Linear.from_linear(_linear(32, 32))]) is None  # widths
+    # 8 + 8 rows: the parts dequantise (no kernel), a 16-row stack would use the kernel
+    eights = [Int4Linear.from_linear(_linear(64, 8, seed=s), 32) for s in (0, 1)]
+    assert concat_quantized(eights) is None
+    assert concat_quantized([nn.Linear(4, 4), nn.Linear(4, 4)]) is None
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_rows_kernel_equals_forward_bit_exactly(kind):
+    lin = _linear(80, 48, bias=True)  # int4: 80 columns pad to 3 groups of 32
+    layer = Int8Linear.from_linear(lin) if kind == "int8" else Int4Linear.from_linear(lin, 32)
+    x = torch.randn(KERNEL_MAX_ROWS, 80)
+    with torch.no_grad():
+        for rows in (1, 5, KERNEL_MAX_ROWS):
+            assert torch.equal(layer.rows_kernel()(x[:rows]), layer(x[:rows]))
+    assert Int4Linear.from_linear(_linear(80, 8), 32).rows_kernel() is None  # no kernel
