@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # CPU wheel when no NVIDIA GPU is visible; the default (CUDA) build otherwise.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: browser venv demo test test-all lint format bench clean
+.PHONY: browser venv demo demo-seeds test test-all lint format bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,10 @@ browser:
 demo: $(STAMP)
 	$(BIN)/python -m lmforge demo
 
+# The demo's robustness check: three seeds, each reported, and their mean.
+demo-seeds: $(STAMP)
+	$(BIN)/python -m lmforge demo --seeds 0,1,2 --jobs 2 --out runs/demo-seeds
+
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -x --timeout=600
 
@@ -56,10 +60,15 @@ format: $(STAMP)
 BENCHES := model_throughput sft_throughput checkpointing_memory generate structured \
            peft_memory dpo_step grpo_step multi_lora mla_cache \
            fp8_training moe_balance image_generation data_memory foundations \
-           scaling_laws hallucination
+           scaling_laws hallucination flash_attention self_speculative \
+           image_generation_2 vlm_tasks vs_llamacpp
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
+
+# On a machine with a CUDA GPU: the GPU-only checks and the engine vs vLLM (under 8 minutes).
+gpu-check:
+	bash bench/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -37,8 +37,9 @@ Measured, alternating the two engines round by round, medians reported:
     python bench/vs_llamacpp.py --quantized-only [--sizes 5m 30m] [--rounds 5] [--profile]
 
 ``--quantized-only``: lmforge's side alone, decode tok/s at batch 1, 1 thread, of fp32, int8
-and int4 (random-init weights, seed 0), the three alternated within every round, medians;
-it also checks that every engine runs the fused `InferenceRunner` (``fused=True``) and,
+and int4 (random-init weights, seed 0), and int8 through ``model.forward`` (the engine's
+``fused_weights=False``, what quantised models ran before the runner took them), all
+alternated within every round, medians; it also checks that every engine runs the fused `InferenceRunner` (``fused=True``) and,
 with ``--profile``, counts aten ops per decode token. Last line ``RESULT
 vs_llamacpp_quantized <size>_<kind>=<tok/s> …``.
 
@@ -224,19 +225,20 @@ def perplexity(model: CausalLM, ids: torch.Tensor, seq: int = 256) -> float:
     return math.exp(statistics.fmean(losses))
 
 
-def engine_seconds(model: CausalLM, prompt: list[int], tokens: int) -> float:
+def engine_seconds(model: CausalLM, prompt: list[int], tokens: int, fused: bool = True) -> float:
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-    engine = Engine(model, max_num_seqs=1)
+    engine = Engine(model, max_num_seqs=1, fused_weights=fused)
     start = CLOCK()
     engine.generate([prompt], params)
     return CLOCK() - start
 
 
-def engine_decode(model: CausalLM, gen: int) -> float:
-    """Decode tok/s: (prompt + gen+1 tokens) − (prompt + 1 token), a 32-token prompt."""
+def engine_decode(model: CausalLM, gen: int, fused: bool = True) -> float:
+    """Decode tok/s: (prompt + gen+1 tokens) − (prompt + 1 token), a 32-token prompt;
+    ``fused=False``: the engine runs ``model.forward`` instead of its fused runner."""
     prompt = [(7 * j) % 900 + 3 for j in range(32)]
-    full = engine_seconds(model, prompt, gen + 1)
-    first = engine_seconds(model, prompt, 1)
+    full = engine_seconds(model, prompt, gen + 1, fused)
+    first = engine_seconds(model, prompt, 1, fused)
     return gen / max(full - first, 1e-9)
 
 
@@ -337,10 +339,13 @@ def bench_quantized(args) -> None:
         for kind, model in models.items():
             engine = Engine(model, max_num_seqs=1)
             fused[kind] = engine.runner is not None and engine.runner.sync()
-        figures: dict[str, list[float]] = {k: [] for k in models}
+        figures: dict[str, list[float]] = {k: [] for k in (*models, "int8-unfused")}
+        fused["int8-unfused"] = False
         for _ in range(args.rounds):
             for kind, model in models.items():
                 figures[kind].append(engine_decode(model, args.decode_tokens))
+            # the int8 model through model.forward, as before the runner took quantised layers
+            figures["int8-unfused"].append(engine_decode(models["int8"], args.decode_tokens, False))
         for kind, xs in figures.items():
             med = statistics.median(xs)
             spread = ", ".join(f"{x:.0f}" for x in xs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lmforge.commands.common import subparser
+from lmforge.commands.common import CommandError, subparser
 
 
 def add_parser(subparsers: Any) -> None:
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.zero:
         if args.seeds is not None:
-            raise ValueError("--zero runs one seed (--seed), not --seeds")
+            raise CommandError("--zero runs one seed (--seed), not --seeds")
         from lmforge.align.r1_zero import run_zero
 
         run_zero(args.out or "runs/demo-zero", seed=args.seed, fast=args.fast)

@@ -141,11 +141,15 @@ def load_model(
     if raw.get("model_type") in VLM_MODEL_TYPES:
         return load_vlm(folder, raw, dtype, device, allow_non_finite)
     # a weight-only quantised folder (lmforge.models.quantize) comes back quantised
-    quant = quantization_config_of(raw, str(folder / "config.json")) if isinstance(raw, dict) else None
+    quant = (
+        quantization_config_of(raw, str(folder / "config.json")) if isinstance(raw, dict) else None
+    )
     if quant is None:
         config = ModelConfig.from_pretrained(folder)
     else:
-        config = ModelConfig.from_hf_dict(without_quantization_config(raw), str(folder / "config.json"))
+        config = ModelConfig.from_hf_dict(
+            without_quantization_config(raw), str(folder / "config.json")
+        )
     target_dtype = _parse_dtype(dtype)
     # each file and tensor checked (lmforge.models.weights_check): damaged files, unsupported
     # dtypes and NaN/inf weights are errors naming file and tensor

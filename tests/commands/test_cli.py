@@ -229,11 +229,24 @@ def test_help_example_works_as_written(text, argv, workspace, run, monkeypatch, 
             assert config["data"]["paths"] == args.data
     elif command == "demo":
         import lmforge.align.r1_pipeline as pipeline
+        import lmforge.align.r1_zero as zero
 
         calls = []
-        monkeypatch.setattr(pipeline, "run_demo", lambda out, **kw: calls.append((out, kw)))
+        record = lambda name: lambda out, *a, **kw: calls.append((name, out, a, kw))  # noqa: E731
+        monkeypatch.setattr(pipeline, "run_demo", record("demo"))
+        monkeypatch.setattr(pipeline, "run_demo_seeds", record("seeds"))
+        monkeypatch.setattr(zero, "run_zero", record("zero"))
         assert run(*argv)[0] == 0
-        assert calls == [(args.out, {"seed": args.seed, "fast": args.fast})]
+        [(name, out, positional, kw)] = calls
+        assert kw["fast"] == args.fast
+        if args.zero:
+            assert name == "zero" and kw["seed"] == args.seed
+        elif args.seeds is not None:
+            assert name == "seeds" and positional == (pipeline.parse_seeds(args.seeds),)
+            assert kw["jobs"] == args.jobs
+        else:
+            assert name == "demo" and kw["seed"] == args.seed
+        assert out == args.out or args.out is None
     elif command in RUN_FOR_REAL:
         extra = ["--max-new-tokens", "4"] if command == "generate" else []
         code, out, err = run(*argv, *extra)

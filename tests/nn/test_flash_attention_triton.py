@@ -11,7 +11,9 @@ SDPA in bf16 at realistic sizes.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 import pytest
 import torch
@@ -20,6 +22,10 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # run the kernels on CPU tensors
 pytest.importorskip("triton", reason="needs triton (pip install triton) for the kernel tests")
+if "lmforge.nn.flash_attention_triton" in sys.modules:  # imported earlier in this session,
+    # before TRITON_INTERPRET was set (e.g. by the architecture test): `triton.jit` reads the
+    # variable when the kernels are defined, so define them again.
+    importlib.reload(sys.modules["lmforge.nn.flash_attention_triton"])
 
 from lmforge.config import ModelConfig  # noqa: E402
 from lmforge.models.transformer import CausalLM  # noqa: E402
