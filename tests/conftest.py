@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 # Tiny models run fastest single-threaded (thread overhead dominates on 2 cores).
 torch.set_num_threads(1)
+
+# Without a GPU the Triton kernel tests (tests/nn/test_flash_attention_triton.py) run under
+# Triton's interpreter. Triton reads the variable when it is first imported, and other
+# libraries import it early (xgrammar does), so it is set here, before any test module loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Tiny, every-option-on configurations per family (HF config kwargs).
 TINY_BASE = dict(
