@@ -2,6 +2,9 @@
 
     tokenizer → pretrain → SFT into the R1 format → GRPO with rule rewards → report
 
+(This module is long because it holds the whole pipeline: settings, data, stages, the gated
+cold start and the multi-seed runner, each small, read top to bottom.)
+
 1. **data**: a synthetic English corpus (`lmforge.data.tasks.synthetic_corpus`) plus
    multi-digit addition problems (`lmforge.data.tasks.arithmetic`, train split) with worked
    column-by-column reasoning, written as ``<think>7+8=15, 4+5+1=10</think><answer>105</answer>``;
@@ -9,7 +12,11 @@
 3. **pretrain** a tiny Llama-style model on it (``lmforge pretrain``);
 4. **SFT** on chats whose assistant turns are in the R1 format (``lmforge sft``) — R1's
    cold start: a few hundred demonstrations, trained briefly, so the model knows the format
-   and has started the method but still makes many mistakes;
+   and has started the method but still makes many mistakes; either a fixed number of steps
+   or, opt-in (``--cold-start-acc 0.5``, `gated_cold_start`), in chunks at a constant lr
+   until greedy accuracy on train-split problems reaches a target — SFT accuracy jumps within
+   a few dozen steps whose place moves with the seed and the CPU, so a gate on accuracy
+   fixes GRPO's starting point where a step count cannot;
 5. **GRPO** on fresh train problems with the rule reward (accuracy; the format weight is 0,
    since SFT already writes the format every time), rollouts sampled as the evaluation
    samples (temperature 0.6, top-p 0.95), DAPO dynamic sampling (groups that are all right or
@@ -36,8 +43,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +68,8 @@ __all__ = [
     "FULL",
     "DemoSettings",
     "Stage",
+    "gated_cold_start",
+    "gated_sft",
     "machine_info",
     "parse_seeds",
     "r1_solution",
@@ -110,13 +119,47 @@ class DemoSettings:
     eval_samples: int = 4  # pass@1 over this many samples per held-out problem
     eval_temperature: float = 0.6  # DeepSeek-R1's pass@1 sampling
     eval_top_p: float = 0.95
+    # Accuracy-gated cold start (opt-in, ``--cold-start-acc``): > 0 replaces the fixed
+    # ``sft_steps`` by SFT in chunks at a constant lr (one run, resumed exactly each chunk),
+    # stopping once greedy accuracy on train-split problems (never the held-out ones)
+    # reaches this fraction, or at ``cold_start_max_steps``.
+    cold_start_acc: float = 0.0
+    cold_start_chunk: int = 20
+    cold_start_max_steps: int = 400
+    cold_start_problems: int = 100  # train-split problems the gate measures on
 
 
 FULL = DemoSettings()
 FAST = DemoSettings(corpus_docs=200, task_docs=300, sft_examples=200, eval_problems=16,
                     preset="tiny", pretrain_steps=20, sft_steps=10, grpo_steps=3,
                     grpo_prompts_per_step=2, group_size=4, max_new_tokens=24, eval_samples=2,
-                    grpo_evals=1)  # fmt: skip
+                    grpo_evals=1, cold_start_chunk=5, cold_start_max_steps=10,
+                    cold_start_problems=8)  # fmt: skip
+
+
+def gated_cold_start(
+    train_to: Callable[[int], None],
+    measure: Callable[[], float],
+    *,
+    target: float,
+    chunk: int,
+    max_steps: int,
+) -> list[dict[str, float]]:
+    """SFT until an accuracy gate: ``train_to(n)`` continues the run to step n (chunk, 2·chunk,
+    … capped at ``max_steps``), ``measure()`` is the accuracy after it; stops at the first
+    chunk whose accuracy is ≥ ``target`` or at ``max_steps``. Returns one ``{"steps",
+    "accuracy"}`` per chunk, the last being where SFT stopped."""
+    if chunk < 1 or max_steps < 1:
+        raise ValueError(f"cold start: chunk={chunk} and max_steps={max_steps} must be ≥ 1")
+    chunks: list[dict[str, float]] = []
+    steps = 0
+    while steps < max_steps:
+        steps = min(steps + chunk, max_steps)
+        train_to(steps)
+        chunks.append({"steps": steps, "accuracy": measure()})
+        if chunks[-1]["accuracy"] >= target:
+            break
+    return chunks
 
 
 def worked_reasoning(problem: ArithmeticProblem) -> str:
@@ -143,10 +186,16 @@ def run_demo(
     *,
     seed: int = 0,
     fast: bool = False,
+    cold_start_acc: float | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run the pipeline into ``out_dir``; returns the summary (accuracies, paths, times)."""
+    """Run the pipeline into ``out_dir``; returns the summary (accuracies, paths, times).
+    ``cold_start_acc`` turns on the accuracy-gated cold start (`DemoSettings.cold_start_acc`)."""
     settings = FAST if fast else FULL
+    if cold_start_acc is not None:
+        if not 0 < cold_start_acc <= 1:
+            raise ValueError(f"cold_start_acc={cold_start_acc} must be in (0, 1]")
+        settings = replace(settings, cold_start_acc=cold_start_acc)
     console = console or Console()
     out = Path(out_dir)
     if out.exists():  # a demo always starts from nothing (each stage would otherwise resume)
@@ -172,11 +221,12 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _seed_worker(out: str, seed: int, fast: bool) -> dict[str, Any]:
+def _seed_worker(out: str, seed: int, fast: bool, cold_start_acc: float | None) -> dict[str, Any]:
     """One seed's run in a worker process, its console going to ``console-seed<s>.log`` next
     to ``out``."""
     with open(Path(out).parent / f"console-seed{seed}.log", "w", encoding="utf-8") as log:
-        return run_demo(out, seed=seed, fast=fast, console=Console(file=log, width=120))
+        return run_demo(out, seed=seed, fast=fast, cold_start_acc=cold_start_acc,
+                        console=Console(file=log, width=120))  # fmt: skip
 
 
 def run_demo_seeds(
@@ -185,6 +235,7 @@ def run_demo_seeds(
     *,
     fast: bool = False,
     jobs: int = 1,
+    cold_start_acc: float | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """The demo once per seed, into ``out_dir/seed-<s>`` (one seed: ``out_dir`` itself), then
@@ -200,7 +251,8 @@ def run_demo_seeds(
     if jobs < 1:
         raise ValueError(f"jobs={jobs} must be ≥ 1")
     if len(seeds) == 1:
-        return run_demo(out_dir, seed=seeds[0], fast=fast, console=console)
+        return run_demo(out_dir, seed=seeds[0], fast=fast, cold_start_acc=cold_start_acc,
+                        console=console)  # fmt: skip
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
@@ -208,7 +260,8 @@ def run_demo_seeds(
     start, cpu_start = time.perf_counter(), time.process_time()
     folders = {seed: str(out / f"seed-{seed}") for seed in seeds}
     if jobs == 1:
-        summaries = [run_demo(folders[seed], seed=seed, fast=fast, console=console)
+        summaries = [run_demo(folders[seed], seed=seed, fast=fast,
+                              cold_start_acc=cold_start_acc, console=console)
                      for seed in seeds]  # fmt: skip
     else:
         import multiprocessing
@@ -218,7 +271,10 @@ def run_demo_seeds(
                       f"consoles in {out}/console-seed<s>.log", highlight=False)  # fmt: skip
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=context) as pool:
-            futures = [pool.submit(_seed_worker, folders[seed], seed, fast) for seed in seeds]
+            futures = [
+                pool.submit(_seed_worker, folders[seed], seed, fast, cold_start_acc)
+                for seed in seeds
+            ]
             summaries = [f.result() for f in futures]
         for summary in summaries:
             print_summary(summary, console)
@@ -290,7 +346,8 @@ def stages(out: Path, s: DemoSettings, seed: int, data: dict[str, Path]) -> dict
         "sft": Stage("sft", RECIPES / "sft-tiny.yaml", out / "sft", out / "pretrain" / "model",
                      (*common, f"data.paths=[{data['sft']}]", f"train.max_steps={s.sft_steps}",
                       f"train.batch_size={s.sft_batch}", f"optim.lr={s.sft_lr}",
-                      f"data.seq_len={s.seq_len}", "data.val_fraction=0")),
+                      f"data.seq_len={s.seq_len}", "data.val_fraction=0",
+                      *(["optim.schedule=constant"] if s.cold_start_acc > 0 else []))),
         "grpo": Stage("grpo", RECIPES / "grpo-tiny.yaml", out / "grpo", out / "sft" / "model",
                       (*common, f"train.max_steps={s.grpo_steps}", f"optim.lr={s.grpo_lr}",
                        f"train.batch_size={s.grpo_prompts_per_step * s.group_size}",
@@ -369,10 +426,14 @@ def _run(out: Path, s: DemoSettings, seed: int, console: Console) -> dict[str, A
             f"mean length {a['length']:.1f} tokens"
         )
 
+    cold_start: list[dict[str, float]] = []
     for number, stage in enumerate(("pretrain", "sft", "grpo"), start=2):
         console.rule(f"[bold]{number}. {stage}")
         tick = time.perf_counter()
-        train_stage(plan[stage], console)
+        if stage == "sft" and s.cold_start_acc > 0:
+            cold_start = gated_sft(plan, s, seed, sampling, console)
+        else:
+            train_stage(plan[stage], console)
         times[stage] = time.perf_counter() - tick
         evaluate(stage)
 
@@ -388,6 +449,7 @@ def _run(out: Path, s: DemoSettings, seed: int, console: Console) -> dict[str, A
         "samples": accuracy["grpo"]["samples"],
         "sft_acc": 100 * accuracy["sft"]["accuracy"],
         "grpo_acc": 100 * accuracy["grpo"]["accuracy"],
+        "cold_start": cold_start,  # the gated cold start's chunks (empty: fixed sft_steps)
         "times_s": times,
         "total_s": time.perf_counter() - start,
         "cpu_s": time.process_time() - cpu_start,
@@ -401,6 +463,39 @@ def _run(out: Path, s: DemoSettings, seed: int, console: Console) -> dict[str, A
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print_summary(summary, console)
     return summary
+
+
+def gated_sft(
+    plan: dict[str, Stage], s: DemoSettings, seed: int, sampling: Any, console: Console
+) -> list[dict[str, float]]:
+    """The SFT stage under the accuracy gate (`gated_cold_start`): each chunk resumes the one
+    run (the Trainer's exact resume; only ``train.max_steps`` changes, a stopping key) and is
+    measured by greedy accuracy on train-split problems; ``plan["sft"]`` becomes the stage as
+    it ended (its command reruns it)."""
+    gate = arithmetic_problems(s.cold_start_problems, seed + 2, "train", s.digits, ("+",))
+    base = plan["sft"]
+
+    def train_to(steps: int) -> None:
+        plan["sft"] = replace(base, overrides=(*base.overrides, f"train.max_steps={steps}"))
+        train_sft(plan["sft"].config(), console=console)
+
+    def measure() -> float:
+        folder = plan["sft"].out / "model"
+        tok, model = load_tokenizer(folder), load_model(folder, dtype=torch.float32)
+        encode = lambda item: r1_prompt_ids(tok, item)  # noqa: E731
+        accuracy = evaluate_accuracy(model, tok, gate, encode, sampling)["accuracy"]
+        console.print(f"cold start gate: step {plan['sft'].config().train.max_steps}, greedy "
+                      f"accuracy on {len(gate)} train problems {100 * accuracy:.1f}% "
+                      f"(target {100 * s.cold_start_acc:.0f}%)", highlight=False)  # fmt: skip
+        return accuracy
+
+    chunks = gated_cold_start(train_to, measure, target=s.cold_start_acc,
+                              chunk=s.cold_start_chunk, max_steps=s.cold_start_max_steps)  # fmt: skip
+    reached = chunks[-1]["accuracy"] >= s.cold_start_acc
+    console.print(f"cold start: stopped at step {chunks[-1]['steps']:.0f} "
+                  f"({'target reached' if reached else 'max steps, target not reached'})",
+                  highlight=False)  # fmt: skip
+    return chunks
 
 
 def write_demo_data(folder: Path, s: DemoSettings, seed: int) -> dict[str, Path]:

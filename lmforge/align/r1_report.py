@@ -16,6 +16,7 @@ __all__ = [
     "MIN_MEAN_GAIN",
     "MIN_SEED_GAIN",
     "aggregate_seeds",
+    "cold_start_lines",
     "plot_report",
     "print_seeds",
     "print_summary",
@@ -100,6 +101,7 @@ def write_report(out: Path, summary: dict[str, Any], tokenizer_vocab: int) -> Pa
             f"{100 * a['format']:.1f}% | "
             f"{a['length']:.1f} | {summary['times_s'][stage]:.0f} |"
         )
+    lines += cold_start_lines(summary)
     lines += ["", "![curves](curves.png)", "", "## Rerun a stage alone", ""]
     lines.append(f"    lmforge tokenizer train --input {Path(summary['run_dir']) / 'data'}"
                  f"/pretrain.jsonl --vocab-size {tokenizer_vocab} --out ...")  # fmt: skip
@@ -111,6 +113,25 @@ def write_report(out: Path, summary: dict[str, Any], tokenizer_vocab: int) -> Pa
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def cold_start_lines(summary: dict[str, Any]) -> list[str]:
+    """The gated cold start's chunks as a markdown table (none when SFT ran a fixed number of
+    steps): SFT steps so far and greedy accuracy on train-split problems after each chunk."""
+    chunks = summary.get("cold_start") or []
+    if not chunks:
+        return []
+    s = summary["settings"]
+    reached = chunks[-1]["accuracy"] >= s["cold_start_acc"]
+    lines = ["", "## Cold start (accuracy-gated SFT)", "",
+             f"SFT at a constant lr in chunks of {s['cold_start_chunk']} steps (one run, resumed "
+             f"each chunk) until greedy accuracy on {s['cold_start_problems']} train-split "
+             f"problems reached {100 * s['cold_start_acc']:.0f}% or "
+             f"{s['cold_start_max_steps']} steps: stopped at step {chunks[-1]['steps']:.0f} "
+             f"({'target reached' if reached else 'step cap, target not reached'}).", "",
+             "| SFT steps | greedy accuracy (train problems) |", "|---|---|"]  # fmt: skip
+    lines += [f"| {c['steps']:.0f} | {100 * c['accuracy']:.1f}% |" for c in chunks]
+    return lines
 
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:

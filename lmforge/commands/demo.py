@@ -3,6 +3,7 @@ held-out accuracy per stage (`lmforge.align.r1_pipeline.run_demo`); over several
 their mean (`run_demo_seeds`); or DeepSeek-R1-Zero, GRPO from the base (`lmforge.align.r1_zero`).
 
     lmforge demo [--out runs/demo] [--seed 0 | --seeds 0,1,2 [--jobs 2]] [--fast] [--zero]
+                 [--cold-start-acc 0.5]
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def add_parser(subparsers: Any) -> None:
                    help="with --seeds: seeds run at once in worker processes (default: 1)")  # fmt: skip
     p.add_argument("--zero", action="store_true",
                    help="DeepSeek-R1-Zero: GRPO from the pretrained base, no SFT")  # fmt: skip
+    p.add_argument("--cold-start-acc", type=float, default=None, metavar="A",
+                   help="accuracy-gated cold start: SFT in chunks until greedy accuracy on "
+                        "train-split problems reaches A (0-1), instead of a fixed step count")  # fmt: skip
     p.add_argument("--fast", action="store_true", help="seconds-long smoke run (tiny settings)")
     p.set_defaults(run=run)
 
@@ -40,14 +44,21 @@ def run(args: argparse.Namespace) -> int:
     if args.zero:
         if args.seeds is not None:
             raise CommandError("--zero runs one seed (--seed), not --seeds")
+        if args.cold_start_acc is not None:
+            raise CommandError("--zero has no SFT cold start to gate (--cold-start-acc)")
         from lmforge.align.r1_zero import run_zero
 
         run_zero(args.out or "runs/demo-zero", seed=args.seed, fast=args.fast)
         return 0
     out = args.out or "runs/demo"
+    gate: dict[str, float] = {}
+    if args.cold_start_acc is not None:
+        if not 0 < args.cold_start_acc <= 1:
+            raise CommandError(f"--cold-start-acc {args.cold_start_acc:g} must be in (0, 1]")
+        gate["cold_start_acc"] = args.cold_start_acc
     if args.seeds is None:
-        r1_pipeline.run_demo(out, seed=args.seed, fast=args.fast)
+        r1_pipeline.run_demo(out, seed=args.seed, fast=args.fast, **gate)
         return 0
     seeds = r1_pipeline.parse_seeds(args.seeds)
-    r1_pipeline.run_demo_seeds(out, seeds, fast=args.fast, jobs=args.jobs)
+    r1_pipeline.run_demo_seeds(out, seeds, fast=args.fast, jobs=args.jobs, **gate)
     return 0

@@ -119,10 +119,11 @@ def test_machine_info_names_the_cpu():
 def test_seeds_run_once_each_into_their_folders_and_report_the_mean(monkeypatch, tmp_path):
     import lmforge.align.r1_pipeline as pipeline
 
-    calls = []
+    calls, gates = [], []
 
-    def fake_run_demo(out, *, seed, fast, console):
+    def fake_run_demo(out, *, seed, fast, cold_start_acc, console):
         calls.append((out, seed, fast))
+        gates.append(cold_start_acc)
         sft, grpo = 30.0 + seed, 50.0 + 2 * seed
         stage = lambda a: {"accuracy": a / 100, "greedy": a / 100}  # noqa: E731
         return {"seed": seed, "sft_acc": sft, "grpo_acc": grpo, "total_s": 1.0, "cpu_s": 1.0,
@@ -142,3 +143,83 @@ def test_seeds_run_once_each_into_their_folders_and_report_the_mean(monkeypatch,
     assert calls[-1] == (tmp_path / "one", 5, False)
     with pytest.raises(ValueError, match="jobs"):
         pipeline.run_demo_seeds(tmp_path / "s", [0, 1], jobs=0, console=console)
+    # the cold-start gate reaches every seed's run (None: the fixed-step cold start)
+    pipeline.run_demo_seeds(tmp_path / "g", [0, 1], cold_start_acc=0.5, console=console)
+    assert gates == [None, None, None, 0.5, 0.5]
+
+
+# ---------------------------------------------------------------- gated cold start
+def test_gated_cold_start_stops_at_the_target_or_the_step_cap():
+    """The gate trains chunk by chunk, measures after each, and stops at the first chunk whose
+    accuracy reaches the target, else at the cap (the last chunk shortened to land on it)."""
+    from lmforge.align.r1_pipeline import gated_cold_start
+
+    def fake(accuracies):
+        trained: list[int] = []
+        it = iter(accuracies)
+        return trained, trained.append, lambda: next(it)
+
+    trained, train_to, measure = fake([0.1, 0.3, 0.5, 0.9])
+    chunks = gated_cold_start(train_to, measure, target=0.5, chunk=20, max_steps=400)
+    assert trained == [20, 40, 60]  # 0.5 ≥ 0.5: stops there, never measures the 0.9
+    assert chunks == [{"steps": 20, "accuracy": 0.1}, {"steps": 40, "accuracy": 0.3},
+                      {"steps": 60, "accuracy": 0.5}]  # fmt: skip
+    trained, train_to, measure = fake([0.0, 0.2, 0.4, 0.9])
+    chunks = gated_cold_start(train_to, measure, target=0.5, chunk=20, max_steps=50)
+    assert trained == [20, 40, 50] and chunks[-1] == {"steps": 50, "accuracy": 0.4}
+    trained, train_to, measure = fake([0.7])
+    assert gated_cold_start(train_to, measure, target=0.5, chunk=30, max_steps=20) == [
+        {"steps": 20, "accuracy": 0.7}
+    ]
+    with pytest.raises(ValueError, match="chunk=0"):
+        gated_cold_start(train_to, measure, target=0.5, chunk=0, max_steps=20)
+
+
+def test_gated_sft_resumes_one_run_exactly(tmp_path):
+    """SFT in gated chunks (3 + 3 steps, each resuming the run) trains exactly as one 6-step
+    run at the same constant lr would, measures on train-split problems only, and its stage
+    command names where it stopped."""
+    from dataclasses import replace
+
+    import torch
+
+    from lmforge.align.grpo_trainer import GRPOSection, eval_rollout_sampling
+    from lmforge.align.r1_pipeline import FAST, gated_sft, stages, write_demo_data
+    from lmforge.models.hf import save_model
+    from lmforge.models.presets import preset_config
+    from lmforge.models.transformer import CausalLM
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.train.sft import train_sft
+
+    s = replace(FAST, sft_examples=40, task_docs=40, corpus_docs=10, cold_start_acc=2.0,
+                cold_start_chunk=3, cold_start_max_steps=6, cold_start_problems=4,
+                sft_batch=4, seq_len=64)  # fmt: skip
+    data = write_demo_data(tmp_path / "data", s, 0)
+    texts = [json.loads(x)["text"] for x in data["pretrain"].read_text().splitlines()]
+    tok = Tokenizer.train(texts, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", vocab_size=320, hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=2, eos_token_id=tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id)  # fmt: skip
+    save_model(CausalLM(cfg), tmp_path / "pretrain" / "model")
+    tok.save(tmp_path / "pretrain" / "model")
+    plan = stages(tmp_path, s, 0, data)
+    assert "optim.schedule=constant" in plan["sft"].overrides
+    base = plan["sft"]
+    sampling = eval_rollout_sampling(GRPOSection(digits=s.digits, ops=["+"], max_new_tokens=8))
+    console = Console(file=io.StringIO(), width=120)
+    chunks = gated_sft(plan, s, 0, sampling, console)
+    assert [c["steps"] for c in chunks] == [3, 6]  # target 2.0: never reached, capped at 6
+    assert (
+        plan["sft"].config().train.max_steps == 6 and "train.max_steps=6" in plan["sft"].command()
+    )
+    assert "on 4 train problems" in console.file.getvalue()
+    one = replace(base, out=tmp_path / "one", overrides=(*base.overrides, "train.max_steps=6"))
+    train_sft(one.config(), console=Console(file=io.StringIO()))
+
+    def losses(folder):
+        rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"], r["lr"]) for r in rows if "loss" in r]
+
+    assert losses(tmp_path / "sft") == losses(tmp_path / "one")
+    assert [step for step, _, _ in losses(tmp_path / "one")] == [1, 2, 3, 4, 5, 6]

@@ -4,6 +4,7 @@ stages' configs (the pipeline: tests/align/test_r1_pipeline.py)."""
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 
 import pytest
 
@@ -27,15 +28,39 @@ def test_demo_flags_reach_run_demo(monkeypatch, tmp_path, run):
     assert run("demo")[0] == 0
     assert run("demo", "--seeds", "0, 1,2", "--jobs", "2")[0] == 0
     assert run("demo", "--zero", "--seed", "3")[0] == 0
+    assert run("demo", "--seed", "2", "--cold-start-acc", "0.5")[0] == 0
+    assert run("demo", "--seeds", "0,1", "--cold-start-acc", "0.4")[0] == 0
     assert calls == [(str(tmp_path / "d"), {"seed": 2, "fast": True}),
                      ("runs/demo", {"seed": 0, "fast": False}),
                      ("runs/demo", [0, 1, 2], {"fast": False, "jobs": 2}),
-                     ("zero", "runs/demo-zero", {"seed": 3, "fast": False})]  # fmt: skip
+                     ("zero", "runs/demo-zero", {"seed": 3, "fast": False}),
+                     ("runs/demo", {"seed": 2, "fast": False, "cold_start_acc": 0.5}),
+                     ("runs/demo", [0, 1], {"fast": False, "jobs": 1,
+                                            "cold_start_acc": 0.4})]  # fmt: skip
     code, _, err = run("demo", "--seeds", "0,x")
     assert code == 2 and "'x' is not an integer" in err
     code, _, err = run("demo", "--zero", "--seeds", "0,1")
     assert code == 2 and "--zero runs one seed" in err
-    assert len(calls) == 4
+    code, _, err = run("demo", "--cold-start-acc", "1.5")
+    assert code == 2 and "must be in (0, 1]" in err
+    code, _, err = run("demo", "--zero", "--cold-start-acc", "0.5")
+    assert code == 2 and "no SFT cold start" in err
+    assert len(calls) == 6
+
+
+@pytest.mark.slow
+def test_fast_gated_demo_reports_its_cold_start_chunks(tmp_path, run):
+    """``--cold-start-acc``: SFT runs in chunks until the gate (unreachable here: the cap),
+    and summary.json and report.md list each chunk's train-split accuracy."""
+    import json
+
+    code, _, err = run("demo", "--fast", "--cold-start-acc", "1", "--out", str(tmp_path / "d"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert [c["steps"] for c in summary["cold_start"]] == [5, 10]  # FAST: chunks of 5, cap 10
+    assert all(0 <= c["accuracy"] <= 1 for c in summary["cold_start"])
+    assert "train.max_steps=10" in summary["commands"]["sft"]
+    assert "## Cold start (accuracy-gated SFT)" in (tmp_path / "d" / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -55,11 +80,14 @@ def test_stages_are_the_listed_commands(tmp_path):
     }
     plan = stages(tmp_path, FAST, 3, data)
     assert list(plan) == ["pretrain", "sft", "grpo"]
-    for name, stage in plan.items():
+    gated = stages(tmp_path, replace(FAST, cold_start_acc=0.5), 3, data)["sft"]
+    for name, stage in [*plan.items(), ("sft", gated)]:
         cls = GRPOConfig if name == "grpo" else RunConfig
         args = build_parser().parse_args(shlex.split(stage.command())[1:])
         assert args.command == name
         assert run_config(args, cls) == stage.config(cls)
+    assert plan["sft"].config().optim.schedule == "cosine"  # the fixed-step cold start
+    assert gated.config().optim.schedule == "constant"  # gated: any chunk may be the last
     grpo = plan["grpo"].config(GRPOConfig)
     assert grpo.model.init_from == str(tmp_path / "sft" / "model")
     assert grpo.train.seed == 3 and grpo.grpo.eval_samples == FAST.eval_samples
