@@ -32,8 +32,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--zero", action="store_true",
                    help="DeepSeek-R1-Zero: GRPO from the pretrained base, no SFT")  # fmt: skip
     p.add_argument("--cold-start-acc", type=float, default=None, metavar="A",
-                   help="accuracy-gated cold start: SFT in chunks until greedy accuracy on "
-                        "train-split problems reaches A (0-1), instead of a fixed step count")  # fmt: skip
+                   help="cold start: SFT in chunks until greedy accuracy on train-split "
+                        "problems reaches A (default 0.5); 0: a fixed step count instead")  # fmt: skip
     p.add_argument("--fast", action="store_true", help="seconds-long smoke run (tiny settings)")
     p.set_defaults(run=run)
 
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or "runs/demo"
     gate: dict[str, float] = {}
     if args.cold_start_acc is not None:
-        if not 0 < args.cold_start_acc <= 1:
-            raise CommandError(f"--cold-start-acc {args.cold_start_acc:g} must be in (0, 1]")
+        if not 0 <= args.cold_start_acc <= 1:
+            raise CommandError(f"--cold-start-acc {args.cold_start_acc:g} must be in [0, 1]")
         gate["cold_start_acc"] = args.cold_start_acc
     if args.seeds is None:
         r1_pipeline.run_demo(out, seed=args.seed, fast=args.fast, **gate)

@@ -149,6 +149,12 @@ def test_seeds_run_once_each_into_their_folders_and_report_the_mean(monkeypatch,
 
 
 # ---------------------------------------------------------------- gated cold start
+def test_the_full_demo_gates_its_cold_start_and_the_smoke_run_does_not():
+    from lmforge.align.r1_pipeline import FAST, FULL
+
+    assert FULL.cold_start_acc == 0.5 and FAST.cold_start_acc == 0.0
+
+
 def test_gated_cold_start_stops_at_the_target_or_the_step_cap():
     """The gate trains chunk by chunk, measures after each, and stops at the first chunk whose
     accuracy reaches the target, else at the cap (the last chunk shortened to land on it)."""

@@ -30,22 +30,24 @@ def test_demo_flags_reach_run_demo(monkeypatch, tmp_path, run):
     assert run("demo", "--zero", "--seed", "3")[0] == 0
     assert run("demo", "--seed", "2", "--cold-start-acc", "0.5")[0] == 0
     assert run("demo", "--seeds", "0,1", "--cold-start-acc", "0.4")[0] == 0
+    assert run("demo", "--cold-start-acc", "0")[0] == 0  # the fixed-step cold start
     assert calls == [(str(tmp_path / "d"), {"seed": 2, "fast": True}),
                      ("runs/demo", {"seed": 0, "fast": False}),
                      ("runs/demo", [0, 1, 2], {"fast": False, "jobs": 2}),
                      ("zero", "runs/demo-zero", {"seed": 3, "fast": False}),
                      ("runs/demo", {"seed": 2, "fast": False, "cold_start_acc": 0.5}),
                      ("runs/demo", [0, 1], {"fast": False, "jobs": 1,
-                                            "cold_start_acc": 0.4})]  # fmt: skip
+                                            "cold_start_acc": 0.4}),
+                     ("runs/demo", {"seed": 0, "fast": False, "cold_start_acc": 0.0})]  # fmt: skip
     code, _, err = run("demo", "--seeds", "0,x")
     assert code == 2 and "'x' is not an integer" in err
     code, _, err = run("demo", "--zero", "--seeds", "0,1")
     assert code == 2 and "--zero runs one seed" in err
     code, _, err = run("demo", "--cold-start-acc", "1.5")
-    assert code == 2 and "must be in (0, 1]" in err
+    assert code == 2 and "must be in [0, 1]" in err
     code, _, err = run("demo", "--zero", "--cold-start-acc", "0.5")
     assert code == 2 and "no SFT cold start" in err
-    assert len(calls) == 6
+    assert len(calls) == 7
 
 
 @pytest.mark.slow
