@@ -272,10 +272,7 @@ def train_text2image(
         prompts = eval_set.captions[: s.grid_prompts]
 
         def on_step(trainer: Trainer, record: dict[str, Any]) -> None:
-            limit = config.train.max_steps
-            done = bool(limit) and trainer.step >= limit
-            every = config.train.eval_every
-            if not dist.is_main or not ((every and trainer.step % every == 0) or done):
+            if not dist.is_main or not trainer.eval_due:
                 return
             with torch.random.fork_rng(devices=[]):
                 images = sample_text2image(

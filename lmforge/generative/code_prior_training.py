@@ -154,12 +154,10 @@ def train_code_prior(
         b, seed = config.train.batch_size, config.train.seed
         loader = CodeSequenceLoader(train_codes, train_set.labels, layout, b, seed, p.p_uncond)
         val = CodeSequenceLoader(eval_codes, eval_set.labels, layout, b, seed=12345)
-        eval_every, last = config.train.eval_every, {}
+        last: dict = {}
 
         def on_step(trainer: Trainer, record: dict[str, Any]) -> None:
-            limit = config.train.max_steps
-            done = bool(limit) and trainer.step >= limit
-            if not dist.is_main or not ((eval_every and trainer.step % eval_every == 0) or done):
+            if not dist.is_main or not trainer.eval_due:
                 return
             per = max(1, p.samples_per_class) * layout.num_classes
             num = max(per, p.eval_samples if classifier is not None else 0)

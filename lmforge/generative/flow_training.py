@@ -158,12 +158,9 @@ def train_flow(
         classifier = None
         if d.classifier_steps and dist.is_main:
             classifier = evaluation_classifier(train_set, d.classifier_steps, run_dir, console)
-        eval_every = config.train.eval_every
 
         def on_step(trainer: Trainer, record: dict[str, Any]) -> None:
-            limit = config.train.max_steps
-            done = bool(limit) and trainer.step >= limit
-            if not dist.is_main or not ((eval_every and trainer.step % eval_every == 0) or done):
+            if not dist.is_main or not trainer.eval_due:
                 return
             n = max(grid_size, d.eval_samples if classifier is not None else 0)
             start = time.perf_counter()

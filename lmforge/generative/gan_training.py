@@ -329,13 +329,10 @@ def train_gan(
         classifier = None
         if g.classifier_steps and dist.is_main:
             classifier = evaluation_classifier(train_set, g.classifier_steps, run_dir, console)
-        eval_every = config.train.eval_every
         last: dict[str, Any] = {}  # the latest evaluation's diagnostics
 
         def on_step(trainer: Trainer, record: dict[str, Any]) -> None:
-            limit = config.train.max_steps
-            done = bool(limit) and trainer.step >= limit
-            if not dist.is_main or not ((eval_every and trainer.step % eval_every == 0) or done):
+            if not dist.is_main or not trainer.eval_due:
                 return
             grid = sample_grid(pair, max(1, g.samples_per_class), seed=0)
             save_grid(grid, run_dir / "samples" / f"step-{trainer.step:08d}.png",

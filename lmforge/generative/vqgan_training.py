@@ -182,12 +182,9 @@ def train_vqgan(
                 perceptual = PerceptualLoss(classifier).to(dist.device)
         objective = VQGANObjective(perceptual, v.perceptual_weight, v.disc_weight, v.disc_start)
         grid_images = eval_set.images[: v.grid_images]
-        eval_every = config.train.eval_every
 
         def on_step(trainer: Trainer, record: dict[str, Any]) -> None:
-            limit = config.train.max_steps
-            done = bool(limit) and trainer.step >= limit
-            if dist.is_main and ((eval_every and trainer.step % eval_every == 0) or done):
+            if dist.is_main and trainer.eval_due:
                 path = run_dir / "reconstructions" / f"step-{trainer.step:08d}.png"
                 save_reconstructions(model, grid_images.to(trainer.device), path)
 

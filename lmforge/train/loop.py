@@ -116,7 +116,9 @@ class Trainer:
     ``train_data`` yields batch dicts endlessly and has ``state_dict()`` /
     ``load_state_dict()`` (the data position saved in checkpoints); ``val_data`` is another
     such loader (its first ``eval_batches`` batches are used each time) or a list of batches.
-    ``callbacks`` are called as ``cb(trainer, record)`` after every step (after checkpointing).
+    ``callbacks`` are called as ``cb(trainer, record)`` after every step (after checkpointing);
+    ``trainer.eval_due`` says whether that step evaluated (every ``eval_every`` steps and the
+    last one, whatever stopped the run).
     ``optimizer``, when given, builds the optimizer from the (wrapped) model instead of AdamW
     (e.g. RMSProp for WGAN, `lmforge.generative.gan_training`); the lr is still scheduled.
     """
@@ -151,6 +153,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.console = console or Console()
         self.callbacks = list(callbacks or [])
+        self.eval_due = False  # set each step before the callbacks run
 
         strategy = self.tc.distributed
         if strategy == "auto":
@@ -650,7 +653,9 @@ class Trainer:
                         if self.run_dir is not None:
                             self.save()
                         break
-                    if (tc.eval_every and self.step % tc.eval_every == 0) or done:
+                    # callbacks read it too (sample grids etc. on the same steps as eval)
+                    self.eval_due = bool(tc.eval_every and self.step % tc.eval_every == 0) or done
+                    if self.eval_due:
                         ev = self.evaluate()
                         if ev:
                             more = "".join(f", {k[4:]} {v:.4g}" for k, v in ev.items()
