@@ -78,6 +78,10 @@ class AttentionBatch:
     cu_seqlens: torch.Tensor | None = None
     max_seqlen: int = 0
     _masks: dict = field(default_factory=dict, repr=False)
+    # ``LMFORGE_ATTENTION=triton``, read once per forward (not once per layer)
+    triton_requested: bool = field(
+        default_factory=lambda: os.environ.get("LMFORGE_ATTENTION") == "triton", repr=False
+    )
 
     def needs_mask(self, window: int | None) -> bool:
         total = self.past + self.seq_len
@@ -108,7 +112,7 @@ class AttentionBatch:
     def use_triton(self, x: torch.Tensor, window: int | None) -> bool:
         """The opt-in Triton kernel (``LMFORGE_ATTENTION=triton``) for batches it covers:
         no cache offset, no padding, no biting window; packed only with ``cu_seqlens``."""
-        if os.environ.get("LMFORGE_ATTENTION") != "triton":
+        if not self.triton_requested:
             return False
         if self.past or self.key_valid is not None:
             return False
