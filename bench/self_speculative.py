@@ -12,16 +12,18 @@ lmforge's engine vs plain decoding, with transformers' assisted generation as th
    0.1·CE), and a small draft model (hidden 128, 2 layers, next-token loss).
 3. On held-out prompts (other seeds of the corpus) the engine decodes greedily
    ``--new-tokens`` tokens at batch 1 (one request at a time) and batch 8 (eight at once),
-   plain and with every drafter: tokens/s, τ (tokens per verification forward) and the
-   acceptance at each draft depth. The peer is transformers' ``generate`` on the same
+   plain and with every drafter: tokens per CPU-second of this process (robust on a shared
+   machine) and per wall second, best of ``--rounds`` rounds with the methods interleaved,
+   τ (tokens per verification forward) and the acceptance at each draft depth. The peer is transformers' ``generate`` on the same
    weights (exported): plain, ``prompt_lookup_num_tokens`` and ``assistant_model`` (the
    draft model), batch 1.
 
     nice -n 10 python bench/self_speculative.py [--preset 30m] [--train-steps 300] ...
 
 Last line: ``RESULT self_speculative best_speedup=<x> best_method=<name> mtp_acc2=<a>
-medusa_tau=<t> eagle_tau=<u>`` (batch 1; mtp_acc2: acceptance of MTP's first draft, the
-second token of a step).
+medusa_tau=<t> eagle_tau=<u> best_speedup_wall=<w>`` (batch 1, speed-ups in CPU time and in
+wall time; mtp_acc2: acceptance of MTP's first draft, the second token of a step). Trained
+drafters are cached beside the target (``--cache``), keyed by their shapes and steps.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from lmforge import CausalLM, ModelConfig
 from lmforge.data.tasks import synthetic_corpus
 from lmforge.infer.engine import Engine
 from lmforge.infer.params import SamplingParams
-from lmforge.infer.self_drafters import EagleDrafter, MedusaDrafter, MTPDrafter
+from lmforge.infer.self_drafters import EagleDrafter, MedusaBatch, MedusaDrafter, MTPDrafter
 from lmforge.infer.speculation import SpeculativeConfig
 from lmforge.infer.speculative import DraftLengthSchedule, ModelDrafter
 from lmforge.infer.tree_attention import default_choices
@@ -117,6 +119,21 @@ def train_target(args, tok, rows, log) -> CausalLM:
     return model.eval()
 
 
+def cached(args, what: str, train):
+    """``train()``'s module, saved in ``--cache`` beside the target and reused (same shapes,
+    steps and learning rate)."""
+    name = (f"{what}-{args.preset}-v{args.vocab}-mtp{args.mtp}-s{args.train_steps}"
+            f"-d{args.drafter_steps}-h{args.heads}-lr{args.lr}.pt")  # fmt: skip
+    path = Path(args.cache) / name
+    if path.is_file():
+        print(f"{what}: cached {path}", flush=True)
+        return torch.load(path, weights_only=False).eval()
+    module = train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(module, path)
+    return module
+
+
 def train_medusa(target, rows, args, log) -> MedusaHeads:
     c = target.config
     torch.manual_seed(1)
@@ -162,16 +179,21 @@ def train_draft(target, rows, args, log) -> CausalLM:
 
 
 # ---------------------------------------------------------------------- measurement
-def run_engine(target, spec, prompts, new_tokens, batch) -> tuple[float, Engine]:
-    """Seconds to decode all ``prompts`` greedily, ``batch`` requests at a time."""
+def make_engine(target, spec, prompts) -> Engine:
     engine = Engine(target, speculative=spec, enable_prefix_caching=False)
-    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     engine.generate([prompts[0]], SamplingParams(max_tokens=4, temperature=0))  # warm-up
+    return engine
+
+
+def run_engine(engine, prompts, new_tokens, batch) -> tuple[float, float]:
+    """(wall, CPU) seconds to decode all ``prompts`` greedily, ``batch`` requests at a time
+    (this process's CPU time: robust to other processes sharing the cores)."""
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     engine.spec_stats.__init__()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(prompts), batch):
         engine.generate(prompts[i : i + batch], params)
-    return time.perf_counter() - start, engine
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def hf_peer(target, draft, tok, prompts, new_tokens, cache, log) -> dict[str, float]:
@@ -219,6 +241,9 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--tree-width", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-sizes", default="1,8", help="comma-separated, e.g. 1 or 1,8")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per method (best kept)")
+    ap.add_argument("--eagle-depth", type=int, default=4)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--cache", default="runs/bench-self-speculative")
     args = ap.parse_args()
@@ -236,9 +261,9 @@ def main() -> None:
     log(f"corpus: {len(docs)} documents, {rows.numel():,} tokens in {rows.shape[0]} rows")
     t0 = time.perf_counter()
     target = train_target(args, tok, rows, log)
-    heads = train_medusa(target, rows, args, log)
-    eagle = train_eagle(target, rows, args, log)
-    draft = train_draft(target, rows, args, log)
+    heads = cached(args, "medusa", lambda: train_medusa(target, rows, args, log))
+    eagle = cached(args, "eagle", lambda: train_eagle(target, rows, args, log))
+    draft = cached(args, "draft", lambda: train_draft(target, rows, args, log))
     log(f"training: {time.perf_counter() - t0:.0f}s")
 
     held_out = synthetic_corpus(args.prompts * 4, 12345)
@@ -247,33 +272,41 @@ def main() -> None:
         ids = tok.encode(doc, add_special_tokens=True)
         if len(ids) >= 24 and len(prompts) < args.prompts:
             prompts.append(ids[: max(8, len(ids) // 3)])
-    D, K, W = args.mtp, args.heads, args.tree_width
+    D, K, W, E = args.mtp, args.heads, args.tree_width, args.eagle_depth
+    pool = MedusaBatch(heads)  # the heads run once per step for all requests
     specs = {
         "plain": None,
         "draft": SpeculativeConfig(lambda: ModelDrafter(draft), DraftLengthSchedule(3, 1, 6), "draft"),
         "mtp": SpeculativeConfig(lambda: MTPDrafter(target), DraftLengthSchedule(D, 1, D), "mtp"),
-        "medusa": SpeculativeConfig(lambda: MedusaDrafter(heads, default_choices(K, W)),
+        "medusa": SpeculativeConfig(lambda: MedusaDrafter(heads, default_choices(K, W), batch=pool),
                                     DraftLengthSchedule(K, 1, K), "medusa"),
-        "eagle": SpeculativeConfig(lambda: EagleDrafter(target, eagle, 4, W),
-                                   DraftLengthSchedule(4, 1, 4), "eagle"),
+        "eagle": SpeculativeConfig(lambda: EagleDrafter(target, eagle, E, W),
+                                   DraftLengthSchedule(E, 1, E), "eagle"),
     }  # fmt: skip
     results: dict[str, dict] = {}
-    for batch in (1, 8):
-        log(f"batch {batch}: {len(prompts)} prompts × {args.new_tokens} new tokens, greedy")
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        log(f"batch {batch}: {len(prompts)} prompts × {args.new_tokens} new tokens, greedy, "
+            f"best of {args.rounds} rounds (methods interleaved)")  # fmt: skip
+        engines = {name: make_engine(target, spec, prompts) for name, spec in specs.items()}
+        walls = {name: [] for name in specs}
+        cpus = {name: [] for name in specs}
+        for _ in range(args.rounds):  # round-robin: a load spike hits every method alike
+            for name, engine in engines.items():
+                wall, cpu = run_engine(engine, prompts, args.new_tokens, batch)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        tokens = len(prompts) * args.new_tokens
         for name, spec in specs.items():
-            runs = []
-            for _ in range(2):  # best of two: the machine is shared
-                elapsed, engine = run_engine(target, spec, prompts, args.new_tokens, batch)
-                runs.append(elapsed)
-            tok_s = len(prompts) * args.new_tokens / min(runs)
-            st = engine.spec_stats
-            row = {"tok_s": tok_s, "tau": st.mean_accepted_length if spec else 1.0,
+            st = engines[name].spec_stats
+            row = {"tok_s": tokens / min(cpus[name]), "tok_s_wall": tokens / min(walls[name]),
+                   "tau": st.mean_accepted_length if spec else 1.0,
                    "acc": st.acceptance_per_depth if spec else []}  # fmt: skip
             results[f"{name}@{batch}"] = row
-            base = results[f"plain@{batch}"]["tok_s"]
+            base = results[f"plain@{batch}"]
             acc = " ".join(f"{a:.2f}" for a in row["acc"])
-            log(f"  {name:>7}: {tok_s:7.1f} tok/s ({tok_s / base:.2f}x)  τ {row['tau']:.2f}  "
-                f"acceptance per depth [{acc}]  (runs {', '.join(f'{r:.1f}s' for r in runs)})")  # fmt: skip
+            log(f"  {name:>7}: {row['tok_s']:7.1f} tok/CPU-s ({row['tok_s'] / base['tok_s']:.2f}x)"
+                f"  {row['tok_s_wall']:7.1f} tok/s wall ({row['tok_s_wall'] / base['tok_s_wall']:.2f}x)"
+                f"  τ {row['tau']:.2f}  acceptance per depth [{acc}]")  # fmt: skip
     if not args.no_peer:
         log("peer: transformers generate, batch 1")
         peer = hf_peer(target, draft, tok, prompts, args.new_tokens, args.cache, log)
@@ -281,11 +314,13 @@ def main() -> None:
             log(f"  {name} speedup vs hf_plain: {peer[name] / peer['hf_plain']:.2f}x")
     best = max((m for m in specs if m != "plain"), key=lambda m: results[f"{m}@1"]["tok_s"])
     speedup = results[f"{best}@1"]["tok_s"] / results["plain@1"]["tok_s"]
+    wall = results[f"{best}@1"]["tok_s_wall"] / results["plain@1"]["tok_s_wall"]
     mtp_acc = results["mtp@1"]["acc"]
     print(
         f"RESULT self_speculative best_speedup={speedup:.2f} best_method={best} "
         f"mtp_acc2={mtp_acc[0] if mtp_acc else float('nan'):.3f} "
-        f"medusa_tau={results['medusa@1']['tau']:.2f} eagle_tau={results['eagle@1']['tau']:.2f}"
+        f"medusa_tau={results['medusa@1']['tau']:.2f} eagle_tau={results['eagle@1']['tau']:.2f} "
+        f"best_speedup_wall={wall:.2f}"
     )
 
 

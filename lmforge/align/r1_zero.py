@@ -11,6 +11,13 @@ template in ``tokenizer-r1zero/`` (``data.tokenizer`` of the GRPO stage), so the
 ordinary ``lmforge grpo`` command and the exported model carries the template it was trained
 with. The reward is accuracy + ``format_weight`` × format (R1-Zero sums the two).
 
+``--easy`` (`ZERO_EASY`) asks whether a stronger base lets anything emerge at this scale: the
+default base (0.8 M parameters, 250 pretraining steps) writes garbage after the template and
+adds no 3-digit sums (0 % format, 0 % accuracy before and after GRPO), so every rollout
+scores 0 and GRPO has no signal. ``--easy`` pretrains longer, with worked
+problems written as R1-Zero transcripts among the pretraining text (`transcript_docs`), and
+samples rollouts as the main demo does (BENCHMARKS.md, "R1-Zero, session 4").
+
 "Emerged" is judged on the held-out evaluations (pass@1 over k samples, as the demo): a rate
 emerged when it ends at least ``EMERGED_GAIN`` above where it started.
 """
@@ -34,19 +41,23 @@ from lmforge.align.r1_pipeline import (
     DemoSettings,
     Stage,
     machine_info,
+    r1_solution,
     stages,
     train_demo_tokenizer,
     train_stage,
     write_demo_data,
 )
 from lmforge.align.r1_report import read_jsonl
+from lmforge.data.tasks.arithmetic import arithmetic_problems
 
 __all__ = [
     "EMERGED_GAIN",
     "R1_ZERO_TEMPLATE",
+    "ZERO_EASY",
     "ZERO_FAST",
     "ZERO_FULL",
     "emergence",
+    "transcript_docs",
     "plot_zero",
     "run_zero",
     "zero_stage",
@@ -63,6 +74,25 @@ EMERGED_GAIN = 0.10  # a rate "emerged" when it ends this much above its start
 ZERO_FULL = dataclasses.replace(FULL, grpo_steps=60, grpo_lr=1e-4, format_weight=1.0,
                                 grpo_temperature=1.0, grpo_top_p=1.0, grpo_evals=5)  # fmt: skip
 ZERO_FAST = dataclasses.replace(FAST, format_weight=1.0, grpo_temperature=1.0, grpo_top_p=1.0)
+# ``--zero --easy``: a base that sometimes succeeds, and GRPO gentle enough to build on it.
+# Pretrained 350 steps instead of 250, with 1000 worked problems written as R1-Zero
+# transcripts among its text (`transcript_docs`, as web text holds dialogues), the base
+# writes the format after the template and adds 12.5 % of held-out sums (250 steps: 0 %;
+# 600 steps: 99 %, nothing left to emerge). GRPO as the main demo's: rollouts at T 0.6,
+# lr 3e-5 (1e-4 at T 1 took accuracy from 12.5 % down to 2.4 %), format weight 0.1.
+ZERO_EASY = dataclasses.replace(ZERO_FULL, pretrain_steps=350, grpo_lr=3e-5,
+                                grpo_temperature=0.6, grpo_top_p=0.95, format_weight=0.1)  # fmt: skip
+EASY_TRANSCRIPTS = 1000
+
+
+def transcript_docs(n: int, seed: int, digits: int) -> list[str]:
+    """``n`` worked problems of the train split (their own seed, so not the pretraining
+    text's) rendered as R1-Zero transcripts: the template's ``User: <question>`` and
+    ``Assistant:`` turns with the tagged solution — pretraining text in the shape the
+    prompts take, the way a web-trained base has seen dialogues; no prompt of the GRPO
+    stage's held-out problems is among them (the test split)."""
+    problems = arithmetic_problems(n, seed + 3, "train", digits, ("+",))
+    return [f"User: {p.prompt}\nAssistant: {r1_solution(p)}" for p in problems]
 
 
 def zero_stage(out: Path, s: DemoSettings, seed: int, data: dict[str, Path]) -> Stage:
@@ -129,14 +159,23 @@ def run_zero(
     *,
     seed: int = 0,
     fast: bool = False,
+    easy: bool = False,
+    settings: DemoSettings | None = None,
+    transcripts: int | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """R1-Zero into ``out_dir``: data, tokenizer, pretrain, GRPO from the base; writes
-    ``zero.json``, ``zero.png`` and ``zero.md`` and returns the summary."""
+    ``zero.json``, ``zero.png`` and ``zero.md`` and returns the summary. ``easy``: the
+    `ZERO_EASY` settings, with `EASY_TRANSCRIPTS` transcripts added to the pretraining text
+    (``fast`` keeps its tiny settings, adding a tenth as many). ``settings`` / ``transcripts``
+    replace the chosen settings / number of transcripts (experiments)."""
     from lmforge.io import atomic_write_text
     from lmforge.tokenizer import load_tokenizer
 
-    s = ZERO_FAST if fast else ZERO_FULL
+    s = ZERO_FAST if fast else ZERO_EASY if easy else ZERO_FULL
+    s = settings or s
+    if transcripts is None:
+        transcripts = (EASY_TRANSCRIPTS // 10 if fast else EASY_TRANSCRIPTS) if easy else 0
     console = console or Console()
     out = Path(out_dir)
     if out.exists():
@@ -146,6 +185,10 @@ def run_zero(
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
         data = write_demo_data(out / "data", s, seed)
+        if transcripts:
+            extra = transcript_docs(transcripts, seed, s.digits)
+            with open(data["pretrain"], "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps({"text": t}) + "\n" for t in extra))
         console.rule("[bold]1. tokenizer")
         train_demo_tokenizer(data["pretrain"], out / "tokenizer", console)
         tok = load_tokenizer(out / "tokenizer")
@@ -162,6 +205,7 @@ def run_zero(
     history = read_jsonl(out / "grpo" / "eval.jsonl")
     summary = {
         "settings": dataclasses.asdict(s),
+        "transcripts": transcripts,
         "seed": seed,
         "template": R1_ZERO_TEMPLATE,
         "evaluations": history,
@@ -194,10 +238,14 @@ def run_zero(
 def zero_markdown(summary: dict[str, Any]) -> str:
     """``zero.md``: what ran, the held-out rates over the run, the verdicts, the commands."""
     s, e, m = summary["settings"], summary["emergence"], summary["machine"]
+    n = summary.get("transcripts", 0)
+    transcripts = f", with {n} R1-Zero transcripts in its text" if n else ""
     lines = [
         "# lmforge demo --zero: DeepSeek-R1-Zero (GRPO from the base, no SFT)",
         "",
-        f"Task: {s['digits']}-digit addition. Reward: accuracy + {s['format_weight']} × format. "
+        f"Task: {s['digits']}-digit addition. Base: {s['pretrain_steps']} pretraining steps"
+        f"{transcripts}. "
+        f"Reward: accuracy + {s['format_weight']} × format. "
         f"{s['grpo_steps']} GRPO steps at lr {s['grpo_lr']}, rollouts at temperature "
         f"{s['grpo_temperature']}. Held-out pass@1 over {s['eval_samples']} samples on "
         f"{s['eval_problems']} test problems. Seed {summary['seed']}; {summary['total_s']:.0f} s "

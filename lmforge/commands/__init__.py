@@ -30,11 +30,13 @@ call). Nothing in the library imports this package; `lmforge.cli` builds the par
 | `medusa` | ``lmforge medusa train``: Medusa heads for a checkpoint (`lmforge.train.drafter_objectives.train_medusa`) |
 | `eagle` | ``lmforge eagle train``: an EAGLE drafter layer (`lmforge.train.drafter_objectives.train_eagle`) |
 | `vlm` | ``lmforge vlm sft``: multimodal SFT of a vision-language model (`lmforge.train.vlm_sft.train_vlm_sft`) |
+| `agent` | ``lmforge agent sft/rl/eval/run``: GUI agents — `lmforge.agents.sft.train_agent_sft`, `lmforge.agents.rl.train_agent_rl`, `lmforge.agents.rollout.evaluate_agent`, one recorded episode (`lmforge.agents.rollout.save_gif`) |
 | `vqgan` | ``lmforge vqgan train/prior/sample``: `lmforge.generative.vqgan_training.train_vqgan`, `lmforge.generative.code_prior_training.train_code_prior`, `lmforge.generative.code_prior.sample_codes` |
 | `text2image` | ``lmforge text2image train/sample``: `lmforge.diffusion.text2image.train_text2image` (KL autoencoder, then text encoder + cross-attention DiT), `lmforge.diffusion.text2image_pipeline.sample_text2image` |
 """
 
 from lmforge.commands import (
+    agent,
     chat,
     convert,
     demo,
@@ -91,6 +93,7 @@ COMMANDS = (
     medusa,
     eagle,
     vlm,
+    agent,
 )
 
 __all__ = ["COMMANDS", "CommandError"]

@@ -5,6 +5,7 @@
     lmforge chat --model Qwen/Qwen2.5-0.5B-Instruct          # a Hub id in the local HF cache
     lmforge chat --adapter runs/sft-lora/model               # the adapter's recorded base
     lmforge chat --model base/ --lora sql=runs/sql-lora/model chat=runs/chat-lora/model
+    lmforge chat --model runs/vlm-tiny/model --image cat.png  # a VLM: the image, then questions
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def add_parser(subparsers: Any) -> None:
         "Type a message and press Enter. /reset forgets the conversation, /exit quits\n"
         "(so does Ctrl-D). With --lora the first adapter answers; /lora NAME switches to\n"
         "another mid-conversation, /lora alone to the base model. --model may be a Hub id\n"
-        "(Org/Name) in the local Hugging Face cache.",
+        "(Org/Name) in the local Hugging Face cache. With a vision-language model,\n"
+        "--image FILE (repeatable) sends the image(s) with the first user turn.",
     )
     add_engine_arguments(p)
     p.add_argument("--system", help="system message that starts every conversation")
@@ -44,6 +46,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="default: 1 (off)")
     p.add_argument("--seed", type=int, help="seed for reproducible replies")
+    p.add_argument(
+        "--image", action="append", default=[], metavar="FILE",
+        help="an image (PNG/JPEG…) sent with the first user turn (vision-language models; "
+        "repeatable)",
+    )  # fmt: skip
     p.add_argument(
         "--lora", nargs="+", default=[], metavar="NAME=DIR",
         help="LoRA adapters loaded unmerged beside the base model; /lora NAME picks one",
@@ -80,5 +87,18 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     adapters = {name: i + 1 for i, name in enumerate(loras)}  # the router's indices
-    chat_loop(engine, tok, context, settings, sys.stdin, sys.stdout, adapters)
+    images = chat_images(engine, folder, args.image) if args.image else None
+    chat_loop(engine, tok, context, settings, sys.stdin, sys.stdout, adapters, images)
     return 0
+
+
+def chat_images(engine: Any, folder: Any, files: list[str]) -> tuple[Any, list[int]]:
+    """``--image`` files as the engine's image inputs and each one's token count."""
+    from lmforge.infer.multimodal import ImageInputs
+    from lmforge.serve.images import image_processor_for
+
+    if not getattr(engine, "multimodal", False):
+        raise CommandError(f"--image: {folder} is not a vision-language model")
+    processor = image_processor_for(engine.model, folder)
+    pixel_values, grid = processor(files)  # ImageInputError (a ValueError) names the file
+    return ImageInputs(pixel_values, grid), processor.tokens_per_image(grid)

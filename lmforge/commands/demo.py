@@ -2,7 +2,7 @@
 held-out accuracy per stage (`lmforge.align.r1_pipeline.run_demo`); over several seeds with
 their mean (`run_demo_seeds`); or DeepSeek-R1-Zero, GRPO from the base (`lmforge.align.r1_zero`).
 
-    lmforge demo [--out runs/demo] [--seed 0 | --seeds 0,1,2 [--jobs 2]] [--fast] [--zero]
+    lmforge demo [--out runs/demo] [--seed 0 | --seeds 0,1,2 [--jobs 2]] [--fast] [--zero [--easy]]
                  [--cold-start-acc 0.5]
 """
 
@@ -20,7 +20,8 @@ def add_parser(subparsers: Any) -> None:
         "demo",
         "R1-style pipeline on CPU: tokenizer, pretrain, SFT, GRPO; held-out accuracy per stage",
         "  lmforge demo\n  lmforge demo --seeds 0,1,2 --jobs 2 --out runs/demo-seeds\n"
-        "  lmforge demo --zero\n  lmforge demo --fast",
+        "  lmforge demo --zero\n  lmforge demo --zero --easy --out runs/demo-zero-easy\n"
+        "  lmforge demo --fast",
     )
     p.add_argument("--out", default=None, metavar="DIR",
                    help="default: runs/demo (--zero: runs/demo-zero)")  # fmt: skip
@@ -31,6 +32,9 @@ def add_parser(subparsers: Any) -> None:
                    help="with --seeds: seeds run at once in worker processes (default: 1)")  # fmt: skip
     p.add_argument("--zero", action="store_true",
                    help="DeepSeek-R1-Zero: GRPO from the pretrained base, no SFT")  # fmt: skip
+    p.add_argument("--easy", action="store_true",
+                   help="with --zero: a base pretrained 350 steps with R1-Zero-style "
+                        "transcripts in its text, rollouts at T 0.6, lr 3e-5")  # fmt: skip
     p.add_argument("--cold-start-acc", type=float, default=None, metavar="A",
                    help="cold start: SFT in chunks until greedy accuracy on train-split "
                         "problems reaches A (default 0.5); 0: a fixed step count instead")  # fmt: skip
@@ -41,6 +45,8 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from lmforge.align import r1_pipeline
 
+    if args.easy and not args.zero:
+        raise CommandError("--easy goes with --zero")
     if args.zero:
         if args.seeds is not None:
             raise CommandError("--zero runs one seed (--seed), not --seeds")
@@ -48,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError("--zero has no SFT cold start to gate (--cold-start-acc)")
         from lmforge.align.r1_zero import run_zero
 
-        run_zero(args.out or "runs/demo-zero", seed=args.seed, fast=args.fast)
+        run_zero(args.out or "runs/demo-zero", seed=args.seed, fast=args.fast, easy=args.easy)
         return 0
     out = args.out or "runs/demo"
     gate: dict[str, float] = {}

@@ -25,9 +25,11 @@ def add_parser(subparsers: Any) -> None:
         "Reports the AUROC of token-level uncertainty and of SelfCheck consistency (n-gram and\n"
         "model-as-judge) for wrong answers, and side by side the held-out hallucination /\n"
         'answer rates after training abstention ("I don\'t know" where the model was wrong) by\n'
-        "SFT and by DPO (started from and referenced to the SFT model; --dpo-from fact: from\n"
-        "the fact-trained model), and when abstaining above a calibrated SelfCheck\n"
-        "threshold. Writes result.json and answers.jsonl into --out.",
+        "SFT and by DPO (an SFT stage on half the training questions, then preference pairs\n"
+        "on the other half, its β / label smoothing / lr / steps chosen on validation\n"
+        "questions; --dpo-from fact: plain DPO from the fact-trained model), and when\n"
+        "abstaining above a calibrated SelfCheck threshold. Writes result.json and\n"
+        "answers.jsonl into --out.",
     )
     verbs = p.add_subparsers(dest="verb", required=True, metavar="{run}")
     run_p = subparser(verbs, "run", "train, ask, detect, abstain; print the table",
@@ -39,11 +41,14 @@ def add_parser(subparsers: Any) -> None:
     run_p.add_argument("--abstain-steps", type=int, metavar="N",
                        help="SFT abstention training steps (default: steps / 3; 0: skip)")  # fmt: skip
     run_p.add_argument("--dpo-steps", type=int, metavar="N",
-                       help="DPO abstention training steps (default: --abstain-steps; 0: skip)")  # fmt: skip
-    run_p.add_argument("--dpo-lr", type=float, default=3e-4, help="DPO learning rate (3e-4)")
+                       help="DPO abstention steps for every setting tried (default: each "
+                            "setting's own; 0: skip DPO)")  # fmt: skip
+    run_p.add_argument("--dpo-lr", type=float, metavar="LR",
+                       help="DPO learning rate for every setting tried (default: each setting's)")  # fmt: skip
     run_p.add_argument("--dpo-from", choices=("sft", "fact"), default="sft",
-                       help="DPO's start and reference: the SFT abstention model (SFT→DPO, "
-                            "default) or the fact-trained model (plain DPO)")  # fmt: skip
+                       help="DPO's start and reference: an SFT abstention model trained on the "
+                            "other half of the training questions (SFT→DPO, default) or the "
+                            "fact-trained model (plain DPO)")  # fmt: skip
     run_p.add_argument("--no-judge", action="store_true",
                        help="skip the model-as-judge SelfCheck (2 forwards per sample)")  # fmt: skip
     run_p.add_argument("--chat", action="store_true",
@@ -73,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
         "answer rate, trained abstention": r.get("answer_rate_after"),
         f"hallucination rate, {dpo} abstention": r.get("dpo_halluc_rate_after"),
         f"answer rate, {dpo} abstention": r.get("dpo_answer_rate_after"),
+        f"{dpo} setting chosen on validation": (
+            None
+            if "dpo_setting" not in r
+            else "β {beta}, ε {label_smoothing}, lr {lr:g}, {steps} steps".format(
+                **r["dpo_setting"]
+            )
+        ),
         "hallucination rate, selective (SelfCheck)": r["selective_halluc_rate"],
         "answer rate, selective (SelfCheck)": r["selective_answer_rate"],
     }
@@ -85,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     variants = (("answering all", "halluc_rate_before", None, None),
                 ("trained abstention (SFT)", "halluc_rate_after", "answer_rate_after",
                  "accuracy_after"),
+                ("DPO's start (" + ("SFT on half" if r.get("dpo_start") == "sft"
+                                    else "the fact model") + ")", "dpo_start_halluc_rate_after",
+                 "dpo_start_answer_rate_after", "dpo_start_accuracy_after"),
                 (f"trained abstention ({dpo})", "dpo_halluc_rate_after", "dpo_answer_rate_after",
                  "dpo_accuracy_after"),
                 ("selective (SelfCheck)", "selective_halluc_rate", "selective_answer_rate", None))  # fmt: skip

@@ -5,6 +5,7 @@ at ``/`` (`lmforge.serve`).
     lmforge serve --model base/ --lora sql=runs/sql-lora/model chat=runs/chat-lora/model
     lmforge serve --model Qwen/Qwen2.5-0.5B          # a Hub id in the local HF cache
     lmforge serve --adapter runs/sft-lora/model      # the base the adapter records
+    lmforge serve --model runs/vlm-tiny/model        # a VLM: chat messages may hold images
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def add_parser(subparsers: Any) -> None:
         "http://127.0.0.1:8000/ in a browser. The key may also come from LMFORGE_API_KEY.\n"
         'With --lora, a request\'s "model" picks the adapter (its NAME) or the base model;\n'
         "Prometheus metrics are at /metrics. --model may be a Hub id (Org/Name) in the local\n"
-        "Hugging Face cache; without --model, --adapter's recorded base is served.",
+        "Hugging Face cache; without --model, --adapter's recorded base is served.\n"
+        "A vision-language model (qwen2_vl) takes images in chat messages as OpenAI\n"
+        "image_url parts holding data: URLs (base64 PNG/JPEG); remote URLs are refused.",
     )
     add_engine_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
@@ -56,6 +59,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--max-num-seqs", type=int, default=64, metavar="N", help="default: 64")
     p.add_argument("--max-choices", type=int, default=16, metavar="N",
                    help="largest n × prompts per request (default: 16)")  # fmt: skip
+    p.add_argument(
+        "--max-image-tokens", type=int, metavar="N",
+        help="vision tokens all images of one request may take (VLMs; default: --max-model-len)",
+    )  # fmt: skip
     p.add_argument(
         "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
         help=f"largest request body (default: {DEFAULT_MAX_REQUEST_BYTES})",
@@ -134,11 +141,12 @@ def run(args: argparse.Namespace) -> int:
     from lmforge.serve.app import create_app
     from lmforge.serve.async_engine import AsyncEngine
     from lmforge.serve.errors import allowed_hosts_for
+    from lmforge.serve.images import image_processor_for
     from lmforge.serve.loading import load_engine
     from lmforge.serve.translate import ServerLimits
 
     for flag in ("max_model_len", "max_tokens_limit", "max_num_seqs", "max_choices",
-                 "max_request_bytes"):  # fmt: skip
+                 "max_request_bytes", "max_image_tokens"):  # fmt: skip
         check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     check_model_named(args)
     if not 0 <= args.port < 65536:
@@ -160,7 +168,10 @@ def run(args: argparse.Namespace) -> int:
         max_choices=args.max_choices,
         max_request_bytes=args.max_request_bytes,
         stop_token_ids=tuple(tok.stop_token_ids),
+        max_image_tokens=args.max_image_tokens,
     )
+    multimodal = getattr(engine, "multimodal", False)
+    processor = image_processor_for(engine.model, folder) if multimodal else None
     name = args.served_model_name or served_name(folder)
     if name in loras:
         raise CommandError(f"--lora name {name!r} is the base model's name; rename one")
@@ -168,11 +179,14 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(
         AsyncEngine(engine), tok, name, limits, api_key=api_key, adapters=list(loras),
         allowed_hosts=allowed_hosts_for(args.host, api_key, args.allowed_host), docs=args.docs,
+        image_processor=processor,
     )  # fmt: skip
     auth = "API key required" if api_key else "no API key"
     served = ", ".join(repr(n) for n in [name, *loras])
+    images = ", images in chat" if multimodal else ""
     print(
-        f"serving {served} on http://{args.host}:{args.port} ({auth}, {engine.device})", flush=True
+        f"serving {served} on http://{args.host}:{args.port} ({auth}, {engine.device}{images})",
+        flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

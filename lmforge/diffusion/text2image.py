@@ -87,6 +87,7 @@ class Text2ImageSection:
     autoencoder: dict[str, Any] = field(default_factory=dict)  # AutoencoderKLConfig fields
     autoencoder_steps: int = 1500
     autoencoder_lr: float = 2e-3
+    autoencoder_batch_size: int = 0  # 0: train.batch_size
     text_encoder: dict[str, Any] = field(default_factory=dict)  # TextEncoderConfig fields
     denoiser: dict[str, Any] = field(default_factory=dict)  # TextDiTConfig fields
     p_uncond: float = 0.1  # caption dropout (classifier-free guidance)
@@ -184,6 +185,7 @@ def train_autoencoder_stage(
     stage.out_dir = str(run_dir)
     stage.train.max_steps = s.autoencoder_steps
     stage.optim.lr = s.autoencoder_lr
+    stage.train.batch_size = s.autoencoder_batch_size or config.train.batch_size
     if s.autoencoder_steps and stage.train.save_every > s.autoencoder_steps:
         stage.train.save_every = s.autoencoder_steps
     ae_cfg = AutoencoderKLConfig(**{**s.autoencoder, "in_channels": train_set.shape[0]})
@@ -196,9 +198,9 @@ def train_autoencoder_stage(
     )
     Trainer(
         ae,
-        ImageLoader(train_set, config.train.batch_size, config.train.seed),
+        ImageLoader(train_set, stage.train.batch_size, config.train.seed),
         stage,
-        val_data=ImageLoader(eval_set, config.train.batch_size, seed=12345),
+        val_data=ImageLoader(eval_set, stage.train.batch_size, seed=12345),
         objective=AutoencoderKLObjective(),
         run_dir=run_dir,
         dist=dist,

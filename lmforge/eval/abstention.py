@@ -6,11 +6,16 @@ hallucination rate (wrong answers / all questions) against the answer rate.
 
 The DPO variant (Rafailov et al. 2023) learns the same policy from preference pairs instead
 of targets: where the model was wrong, "I don't know" is chosen over its wrong answer; where
-it was right, its answer is chosen over "I don't know".
+it was right, its answer is chosen over "I don't know". Given the model's sampled answers
+too, every distinct wrong answer it samples becomes a rejected side (so the pairs cover what
+it would say, not one greedy answer), and ``balance`` repeats the smaller of the two kinds
+of pair until both are as many (so neither "answer" nor "abstain" wins by count).
 
     docs = abstention_documents(items, answers)          # items: EvalItem, answers: text
     pairs = abstention_pairs(items, answers)             # {"prompt", "chosen", "rejected"}
+    pairs = abstention_pairs(items, answers, samples=sampled, balance=True)
     rates = abstention_rates(held_out_items, held_out_answers)
+    abstention_score(rates)                              # accuracy − hallucination rate
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ __all__ = [
     "abstention_documents",
     "abstention_pairs",
     "abstention_rates",
+    "abstention_score",
 ]
 
 ABSTAIN = "I don't know"
@@ -59,26 +65,46 @@ def abstention_documents(
     return docs
 
 
-def abstention_pairs(items: Sequence[EvalItem], answers: Sequence[str]) -> list[dict[str, Any]]:
-    """One preference record per item for DPO, completions with a leading space as the
-    model writes them after ``A:`` (chat items: the message-list prompt, bare completions
-    as the assistant turn): wrong → chosen `ABSTAIN`, rejected its answer; right → chosen
-    its answer, rejected `ABSTAIN`. An answer that already abstains gives no pair (both
-    sides would be equal)."""
-    if len(items) != len(answers):
-        raise ValueError(f"{len(items)} items but {len(answers)} answers")
-    pairs = []
-    for item, answer in zip(items, answers):
+def abstention_pairs(
+    items: Sequence[EvalItem], answers: Sequence[str],
+    samples: Sequence[Sequence[str]] | None = None, balance: bool = False,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Preference records for DPO, completions with a leading space as the model writes them
+    after ``A:`` (chat items: the message-list prompt, bare completions as the assistant
+    turn). An item whose ``answer`` is right gives one pair: chosen its answer, rejected
+    `ABSTAIN`. An item whose answer is wrong gives chosen `ABSTAIN` over its answer and
+    (with ``samples``, that item's sampled answers) over every other distinct wrong,
+    non-abstaining sampled answer, in order. An answer that already abstains gives no pair
+    (both sides would be equal). ``balance``: the smaller of the two kinds ("answer ≻
+    abstain", "abstain ≻ answer") is repeated, cycling in order, until both are as many;
+    the result is the larger kind, then the repeated smaller one (without ``balance``: item
+    order)."""
+    if len(items) != len(answers) or (samples is not None and len(samples) != len(items)):
+        raise ValueError(f"{len(items)} items but {len(answers)} answers"
+                         + ("" if samples is None else f" and {len(samples)} sample lists"))  # fmt: skip
+    pairs: list[dict[str, Any]] = []  # in item order
+    for k, (item, answer) in enumerate(zip(items, answers)):
         mine = first_line(answer)
         if abstained(mine):
             continue
-        right = bool(item.check(mine))
-        chosen, rejected = (mine, ABSTAIN) if right else (ABSTAIN, mine)
         space = "" if isinstance(item.prompt, list) else " "
-        pairs.append(
-            {"prompt": item.prompt, "chosen": space + chosen, "rejected": space + rejected}
-        )
-    return pairs
+        if item.check(mine):
+            pairs.append({"prompt": item.prompt, "chosen": space + mine,
+                          "rejected": space + ABSTAIN})  # fmt: skip
+            continue
+        sampled = [first_line(s) for s in (samples[k] if samples is not None else ())]
+        wrong = [a for a in sampled if a and not abstained(a) and not item.check(a)]
+        for w in dict.fromkeys([mine, *wrong]):  # distinct, in order; the answer first
+            pairs.append({"prompt": item.prompt, "chosen": space + ABSTAIN,
+                          "rejected": space + w})  # fmt: skip
+    if not balance:
+        return pairs
+    abstain_first = [p for p in pairs if abstained(p["chosen"])]
+    answer_first = [p for p in pairs if not abstained(p["chosen"])]
+    if not abstain_first or not answer_first:
+        return pairs
+    small, big = sorted((answer_first, abstain_first), key=len)
+    return big + [small[i % len(small)] for i in range(len(big))]
 
 
 def abstention_rates(items: Sequence[EvalItem], answers: Sequence[str]) -> dict[str, float]:
@@ -91,3 +117,10 @@ def abstention_rates(items: Sequence[EvalItem], answers: Sequence[str]) -> dict[
     n = len(items)
     return {"hallucination_rate": (len(answered) - right) / n, "answer_rate": len(answered) / n,
             "accuracy": right / n}  # fmt: skip
+
+
+def abstention_score(rates: dict[str, float]) -> float:
+    """``accuracy − hallucination_rate``: +1 per right answer, −1 per wrong one, 0 per
+    abstention, over all questions — the quantity DPO abstention's settings are chosen by
+    (on validation questions); answering everything scores 2 × accuracy − 1."""
+    return rates["accuracy"] - rates["hallucination_rate"]

@@ -1,38 +1,58 @@
 """The hallucination study end to end (``lmforge hallucination run``, bench/hallucination.py):
 pretrain a tiny LM on the facts of the known half of a synthetic world
 (`lmforge.eval.knowledge`), ask about everyone, score every greedy answer with the detectors
-of `lmforge.eval.hallucination` and report their AUROC for "this answer is wrong". Then two
-mitigations, both measured on held-out questions (a fifth of the known people and half of
-the unknown ones, never used to fit either) as hallucination rate against answer rate:
-trained abstention (`lmforge.eval.abstention`) in two variants — SFT:
-continue training on the other questions with "I don't know" where the model was wrong,
-facts replayed; DPO: preference pairs on the same questions ("I don't know" ≻ a wrong
-answer, a right answer ≻ "I don't know") through `lmforge.align.dpo_trainer`, started
-from and referenced to the SFT model ("SFT→DPO", Rafailov et al. 2023 §4; or from the
-fact-trained model, plain DPO, with ``dpo_from="fact"``) — and
-selective answering (abstain above a SelfCheck threshold calibrated on the other questions).
+of `lmforge.eval.hallucination` and report their AUROC for "this answer is wrong". Then the
+mitigations, all measured on held-out questions (a fifth of the known people and half of
+the unknown ones, never used to fit anything) as hallucination rate against answer rate.
+The other ("fit") people split into validation people (a fifth) and two training halves
+(`split_fit_people`):
+
+- trained abstention by SFT (`lmforge.eval.abstention`): continue training on both halves'
+  questions with "I don't know" where the model was wrong, facts replayed;
+- trained abstention by DPO (`lmforge.align.dpo_trainer`): an SFT abstention stage on the
+  first half, then preference pairs on the second ("I don't know" ≻ each wrong answer the
+  model gave or sampled, its right answer ≻ "I don't know", balanced), started from and
+  referenced to that SFT model ("SFT→DPO", Rafailov et al. 2023 §4; ``dpo_from="fact"``:
+  plain DPO from the fact-trained model on both halves), once per `DPO_GRID` setting; the
+  setting with the best validation score (accuracy − hallucination rate) is the one
+  measured on held-out questions. Conservative DPO (label smoothing, Mitchell 2023) is in
+  the grid because plain DPO's loss has no finite optimum on these deterministic
+  preferences (see `DPO_GRID`);
+- selective answering: abstain above a SelfCheck threshold calibrated on the fit questions.
 
     result = run_study("runs/hallucination", people=120, steps=1500)
     result["selfcheck_auroc"], result["judge_auroc"], result["halluc_rate_after"]
-    result["dpo_halluc_rate_after"], result["dpo_answer_rate_after"]
+    result["dpo_halluc_rate_after"], result["dpo_answer_rate_after"], result["dpo_setting"]
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from lmforge.align.dpo_trainer import DPOConfig, train_dpo
-from lmforge.eval.abstention import abstention_documents, abstention_pairs, abstention_rates
+from lmforge.align.preference_data import PreferenceLoader, load_preference_pairs
+from lmforge.align.sequence_logps import sequence_logps
+from lmforge.eval.abstention import (
+    ABSTAIN,
+    abstained,
+    abstention_documents,
+    abstention_pairs,
+    abstention_rates,
+    abstention_score,
+)
 from lmforge.eval.accuracy import encode_prompt, sample_responses
 from lmforge.eval.hallucination import (
     answer_uncertainty,
     auroc,
+    continuation_logprob,
     selfcheck_judge,
     selfcheck_unigram,
 )
@@ -52,13 +72,42 @@ from lmforge.train.config import RunConfig
 from lmforge.train.pretrain import train_pretrain
 
 __all__ = [
+    "DPO_GRID",
+    "DPOSetting",
     "choose_threshold",
     "dpo_fact_model",
     "dpo_start_model",
+    "logprob_shifts",
     "run_study",
     "selective_rates",
+    "split_fit_people",
     "train_fact_model",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOSetting:
+    """One DPO abstention setting: β, conservative DPO's label smoothing ε (Mitchell 2023),
+    learning rate and steps (of 8 pairs)."""
+
+    beta: float = 1.0
+    label_smoothing: float = 0.1
+    lr: float = 1e-4
+    steps: int = 200
+
+
+# The settings DPO abstention chooses from on validation questions (`run_study`). Plain DPO
+# (ε = 0) has no finite optimum on deterministic preferences (Azar et al. 2023 §4.2): it
+# drives every rejected log-prob towards −∞, and the rejected strings here are shared by all
+# prompts ("I don't know", and wrong answers that are other people's right ones), so the
+# push generalises to every question. With ε > 0 the per-pair optimum is the finite margin
+# h* = log((1 − ε) / ε) / β (2.2 nats at β 1, ε 0.1; 2.8 at β 0.5, ε 0.2).
+DPO_GRID = (
+    DPOSetting(beta=0.1, label_smoothing=0.0, lr=1e-4, steps=200),
+    DPOSetting(beta=1.0, label_smoothing=0.1, lr=1e-4, steps=100),
+    DPOSetting(beta=1.0, label_smoothing=0.1, lr=1e-4, steps=200),
+    DPOSetting(beta=0.5, label_smoothing=0.2, lr=1e-4, steps=200),
+)
 
 
 def train_fact_model(
@@ -92,9 +141,10 @@ def train_fact_model(
 
 def dpo_fact_model(
     pairs: Sequence[dict[str, str]], out: str | Path, init_from: str | Path, steps: int,
-    seed: int = 0, lr: float = 1e-3, beta: float = 0.1,
+    seed: int = 0, lr: float = 1e-3, beta: float = 0.1, label_smoothing: float = 0.0,
 ) -> Path:  # fmt: skip
-    """DPO (`lmforge.align.dpo_trainer.train_dpo`, sigmoid loss, a frozen copy of
+    """DPO (`lmforge.align.dpo_trainer.train_dpo`, sigmoid loss — conservative DPO with
+    ``label_smoothing`` > 0 — a frozen copy of
     ``init_from`` as reference) on the preference records ``pairs`` (written to
     ``out/pairs.jsonl``, read as raw ``<bos> prompt completion <eos>``, or through the chat
     template where the prompt is a message list) for ``steps``
@@ -114,26 +164,77 @@ def dpo_fact_model(
         train=dataclasses.replace(c.train, batch_size=8, max_steps=steps, seed=seed,
                                   eval_every=0, save_every=0, cpu_threads=1, resume=False),
         log=dataclasses.replace(c.log, progress=False, plot=False),
-        dpo=dataclasses.replace(c.dpo, beta=beta, layout="padded"),
+        dpo=dataclasses.replace(c.dpo, beta=beta, label_smoothing=label_smoothing,
+                                layout="padded"),
     )  # fmt: skip
     return Path(train_dpo(config, console=Console(quiet=True))["model_dir"])
 
 
 def dpo_start_model(fact_model: Path, sft_model: Path | None, dpo_from: str = "sft") -> Path:
     """The model DPO abstention starts from, and is referenced to (the trainer freezes a copy
-    of its start as π_ref). ``"sft"``: the SFT abstention model — Rafailov et al. 2023 §4
-    initialise π_ref (and the policy) by SFT on the preferred completions, because the DPO
-    loss (eq. 7) only moves log π/π_ref ratios: from the fact-trained model, where "I don't
-    know" has log-prob ≈ −107, it reaches ~0 by pushing the rejected answers down and never
-    makes the chosen abstention likely enough to be generated. The SFT abstention model is
-    that SFT stage: its targets are exactly the pairs' chosen sides (the model's own answer
-    where right, "I don't know" where wrong, on the same fit questions), with the facts
-    replayed; reusing it (rather than a separate, shorter SFT stage) costs no extra
-    training and makes the DPO row a refinement of the SFT row, measured beside it.
-    ``"fact"`` (or no SFT model): the fact-trained model, plain DPO."""
+    of its start as π_ref). ``"sft"``: an SFT abstention model — Rafailov et al. 2023 §4
+    initialise π_ref (and the policy) by SFT on preferred completions, because the DPO loss
+    (eq. 7) only moves log π/π_ref ratios: from the fact-trained model, where "I don't know"
+    has log-prob ≈ −107, it lowers the rejected answers and never makes the abstention likely
+    enough to be generated. `run_study` trains that SFT stage on one half of the training
+    questions and gives DPO the other half (as Cheng et al. 2024 split their "I don't know"
+    set between SFT warm-up and DPO): on questions its own SFT stage fitted, the start already
+    ranks every pair right, so DPO has nothing to learn there. ``"fact"`` (or no SFT model):
+    the fact-trained model, plain DPO."""
     if dpo_from not in ("sft", "fact"):
         raise ValueError(f"dpo_from: 'sft' or 'fact', not {dpo_from!r}")
     return sft_model if dpo_from == "sft" and sft_model is not None else fact_model
+
+
+def split_fit_people(
+    names: Sequence[str], seed: int = 0, val_fraction: float = 0.2
+) -> tuple[list[str], list[str], list[str]]:
+    """The fit people (those not held out) as ``(sft_half, dpo_half, validation)``: a seeded
+    shuffle, the first ``val_fraction`` (at least one) for choosing DPO's setting, the rest
+    for training, cut in two halves (the DPO variant's SFT warm-up and its pairs)."""
+    order = sorted(names)
+    random.Random(f"fit-split-{seed}").shuffle(order)
+    n_val = max(1, round(val_fraction * len(order)))
+    val, train = order[:n_val], order[n_val:]
+    half = len(train) // 2
+    return train[:half], train[half:], val
+
+
+@torch.no_grad()
+def logprob_shifts(
+    start: Path, tuned: Path, pairs: Sequence[dict[str, Any]], probe_items: Sequence[Any]
+) -> dict[str, float | None]:
+    """Where DPO moved probability: the mean change (tuned − start, nats) of the sequence
+    log-prob of each side of the distinct ``pairs`` — ``abstain_chosen`` / ``answer_rejected``
+    over the "I don't know ≻ answer" pairs, ``answer_chosen`` / ``abstain_rejected`` over the
+    others, tokenized as DPO reads them — and of "I don't know" after each ``probe_items``
+    prompt (``abstain_probe``: questions DPO never saw). None where there is nothing to
+    average."""
+    unique = list({json.dumps(p, sort_keys=True): p for p in pairs}.values())
+    tok = load_tokenizer(start)
+    path = Path(tuned).parent / "shift-pairs.jsonl"
+    atomic_write_text(path, "".join(json.dumps(p) + "\n" for p in unique))
+    tokenized, _ = load_preference_pairs([path], tok, format="raw")
+    batch = next(iter(PreferenceLoader(tokenized, len(tokenized), 10**6, layout="padded",
+                                       pad_id=tok.pad_token_id or 0)))  # fmt: skip
+    kind = torch.tensor([abstained(unique[i]["chosen"]) for i in batch["pair_ids"].tolist()])
+    models = [load_model(m, dtype=torch.float32).eval() for m in (start, tuned)]
+    before, after = (sequence_logps(m, batch)[0] for m in models)
+    delta = after - before
+    chosen, rejected = delta[0::2], delta[1::2]
+
+    def mean(x: torch.Tensor) -> float | None:
+        return x.mean().item() if x.numel() else None
+
+    probe = []
+    for item in probe_items:
+        text = ABSTAIN if isinstance(item.prompt, list) else " " + ABSTAIN
+        ids, completion = encode_prompt(tok, item.prompt, chat=False), tok.encode(text)
+        probe.append(continuation_logprob(models[1], ids, completion)
+                     - continuation_logprob(models[0], ids, completion))  # fmt: skip
+    return {"abstain_chosen": mean(chosen[kind]), "answer_rejected": mean(rejected[kind]),
+            "answer_chosen": mean(chosen[~kind]), "abstain_rejected": mean(rejected[~kind]),
+            "abstain_probe": sum(probe) / len(probe) if probe else None}  # fmt: skip
 
 
 def selective_rates(rows: Sequence[dict[str, Any]], threshold: float) -> tuple[float, float]:
@@ -163,17 +264,25 @@ def greedy_answers(model_dir: Path, items: Sequence[Any]) -> list[str]:
 
 def run_study(
     out: str | Path, people: int = 120, steps: int = 1500, samples: int = 8, seed: int = 0,
-    abstain_steps: int | None = None, dpo_steps: int | None = None, dpo_lr: float = 3e-4,
-    judge: bool = True, chat: bool = False, dpo_from: str = "sft",
+    abstain_steps: int | None = None, dpo_steps: int | None = None,
+    dpo_lr: float | None = None, judge: bool = True, chat: bool = False,
+    dpo_from: str = "sft", dpo_grid: Sequence[DPOSetting] = DPO_GRID,
 ) -> dict[str, Any]:  # fmt: skip
     """Train, ask, detect, mitigate (see the module docstring); writes ``answers.jsonl`` and
-    ``result.json`` into ``out`` and returns the result. ``abstain_steps`` (default
-    steps / 3; 0: skip) is the length of the SFT abstention training, ``dpo_steps``
-    (default: ``abstain_steps``; 0: skip) of the DPO one (``dpo_lr``), which starts from
-    and is referenced to the SFT abstention model (``dpo_from="sft"``, "SFT→DPO"; see
-    `dpo_start_model`) or the fact-trained model (``"fact"``, plain DPO; also what "sft"
-    falls back to when ``abstain_steps`` is 0) — ``result["dpo_start"]`` says which was
-    used; ``judge`` adds the
+    ``result.json`` into ``out`` and returns the result.
+
+    The fit people (not held out) split by `split_fit_people` into validation people and
+    two training halves. ``abstain_steps`` (default steps / 3; 0: skip) is the length of
+    SFT abstention training on both halves' questions (the ``*_after`` rates). DPO
+    abstention (the ``dpo_*`` rates; skipped when ``dpo_steps`` is 0) starts from and is
+    referenced to (`dpo_start_model`) an SFT abstention model trained as long on the first
+    half only (``dpo_from="sft"``; ``"fact"``, or ``abstain_steps`` 0: the fact-trained
+    model, plain DPO) and trains on pairs from the other half (both halves from the fact
+    model) — `abstention_pairs` over the fact model's greedy and sampled answers, balanced —
+    once per setting of ``dpo_grid`` (``dpo_steps`` / ``dpo_lr``, when given, replace every
+    setting's); the setting with the best `abstention_score` on the validation questions is
+    the one measured on held-out questions (``result["dpo_setting"]``; every setting's
+    validation rates and `logprob_shifts` in ``result["dpo_grid"]``). ``judge`` adds the
     model-as-judge SelfCheck (2 forwards per sample). ``chat``: chat-style questions — the
     model trains on each question and answer as a user / assistant conversation rendered
     through its tokenizer's chat template, and is asked through the same template."""
@@ -235,22 +344,65 @@ def run_study(
         "threshold": threshold,
     }
     abstain_steps = steps // 3 if abstain_steps is None else abstain_steps
-    dpo_steps = abstain_steps if dpo_steps is None else dpo_steps
-    fit_items = [i for i, r in zip(items, rows) if not r["held_out"]]
-    fit_answers = [r["answer"] for r in rows if not r["held_out"]]
+    fit_names = sorted({r["key"].split(":")[0] for r in fit_rows})
+    sft_half, dpo_half, val_names = split_fit_people(fit_names, seed)
+    result["fit_people"] = {"sft_half": len(sft_half), "dpo_half": len(dpo_half),
+                            "validation": len(val_names)}  # fmt: skip
+    by_name: dict[str, list[int]] = {}
+    for k, item in enumerate(items):
+        by_name.setdefault(item.key.split(":")[0], []).append(k)
+
+    def questions(names: Sequence[str]) -> list[int]:
+        return [k for name in names for k in by_name[name]]
+
+    def fit_data(names: Sequence[str]) -> tuple[list[Any], list[str], list[list[str]]]:
+        ks = questions(names)
+        return ([items[k] for k in ks], [rows[k]["answer"] for k in ks],
+                [[first_line(x) for x in sampled[k]] for k in ks])  # fmt: skip
+
+    for r in rows:
+        r["val"] = r["key"].split(":")[0] in set(val_names)
     test_items = [i for i, r in zip(items, rows) if r["held_out"]]
+    val_items = [items[k] for k in questions(val_names)]
     variants = []
+    sft_half_model = None
     if abstain_steps > 0:  # SFT: continue training on the targets, facts replayed
-        docs = docs + abstention_documents(fit_items, fit_answers, render_chat=render)
-        tuned = train_fact_model(docs, out / "abstain", abstain_steps, seed,
-                                 init_from=model_dir, lr=1e-3)  # fmt: skip
+        train_items, train_answers, _ = fit_data(sft_half + dpo_half)
+        tuned = train_fact_model(
+            docs + abstention_documents(train_items, train_answers, render_chat=render),
+            out / "abstain", abstain_steps, seed, init_from=model_dir, lr=1e-3)  # fmt: skip
         variants.append(("", tuned))
-    if dpo_steps > 0:  # DPO on the same questions, as preferences, from the SFT model
-        pairs = abstention_pairs(fit_items, fit_answers)
-        start = dpo_start_model(model_dir, variants[0][1] if variants else None, dpo_from)
+        if dpo_steps != 0 and dpo_from == "sft":  # DPO's warm-up: SFT on the first half
+            half_items, half_answers, _ = fit_data(sft_half)
+            sft_half_model = train_fact_model(
+                docs + abstention_documents(half_items, half_answers, render_chat=render),
+                out / "abstain-half", abstain_steps, seed, init_from=model_dir, lr=1e-3)  # fmt: skip
+    if dpo_steps != 0 and dpo_grid:
+        start = dpo_start_model(model_dir, sft_half_model, dpo_from)
         result["dpo_start"] = "sft" if start != model_dir else "fact"
-        variants.append(("dpo_", dpo_fact_model(pairs, out / "abstain-dpo", start, dpo_steps,
-                                                seed, lr=dpo_lr)))  # fmt: skip
+        pair_names = dpo_half if start != model_dir else sft_half + dpo_half
+        pairs = abstention_pairs(*fit_data(pair_names), balance=True)
+        result["dpo_pairs"] = len(pairs)
+        if not pairs:
+            raise ValueError(f"no DPO abstention pairs from {len(pair_names)} people's questions")
+        start_val = abstention_rates(val_items, greedy_answers(start, val_items))
+        result["dpo_start_val"] = {**start_val, "score": abstention_score(start_val)}
+        grid = []
+        for n, setting in enumerate(dpo_grid):
+            setting = dataclasses.replace(
+                setting, steps=setting.steps if dpo_steps is None else dpo_steps,
+                lr=setting.lr if dpo_lr is None else dpo_lr)  # fmt: skip
+            tuned = dpo_fact_model(pairs, out / "abstain-dpo" / str(n), start, setting.steps,
+                                   seed, lr=setting.lr, beta=setting.beta,
+                                   label_smoothing=setting.label_smoothing)  # fmt: skip
+            val = abstention_rates(val_items, greedy_answers(tuned, val_items))
+            grid.append({"setting": dataclasses.asdict(setting), "model": str(tuned),
+                         "val": {**val, "score": abstention_score(val)},
+                         "shifts": logprob_shifts(start, tuned, pairs, val_items)})  # fmt: skip
+        best = max(grid, key=lambda g: g["val"]["score"])  # the first of equals
+        result["dpo_grid"], result["dpo_setting"] = grid, best["setting"]
+        variants.append(("dpo_start_", start))
+        variants.append(("dpo_", Path(best["model"])))
     for prefix, tuned in variants:
         after_answers = greedy_answers(tuned, test_items)
         rates = abstention_rates(test_items, after_answers)

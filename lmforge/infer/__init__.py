@@ -14,6 +14,7 @@ speculative decoding and grammar-constrained output.
 | ``scheduler`` | continuous batching: token budget, chunked prefill, preemption by recompute |
 | ``cache`` | paged KV cache: block allocator with prefix caching, storage, the ragged batch |
 | ``runner`` | the engine's fused-weight forward pass over a paged batch |
+| ``multimodal`` | images in the engine: vision features once per request, M-RoPE positions, prefix keys with image hashes |
 | ``sampling`` | logits processors (temperature, top-k, top-p, min-p, penalties) and the draw |
 | ``checks`` | input checks, eos / pad ids, seeds and eval mode shared by every entry point |
 | ``generate`` | `generate`: Hugging Face-style batched generation (greedy, sampling, beams) |
@@ -32,6 +33,7 @@ speculative decoding and grammar-constrained output.
 from lmforge.infer.beam import beam_search
 from lmforge.infer.engine import Engine
 from lmforge.infer.generate import generate
+from lmforge.infer.multimodal import ImageInputs
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.request import RequestOutput, TokenLogprob
 from lmforge.infer.sampling import (
@@ -47,6 +49,7 @@ from lmforge.infer.structured import compile_constraint
 
 __all__ = [
     "Engine",
+    "ImageInputs",
     "ModelDrafter",
     "RequestOutput",
     "SamplingParams",

@@ -25,15 +25,21 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-BlockKey = tuple[int | None, tuple[int, ...]]
+BlockKey = tuple  # (parent hash, token ids) or (parent hash, token ids, image hashes)
 
 
-def block_key(parent_hash: int | None, tokens: Sequence[int]) -> BlockKey:
-    """Identity of a full block: its tokens plus the hash of everything before it.
+def block_key(
+    parent_hash: int | None, tokens: Sequence[int], images: Sequence[str] = ()
+) -> BlockKey:
+    """Identity of a full block: its tokens plus the hash of everything before it, and the
+    content hashes of the images whose placeholder tokens it holds (if any).
 
-    Tokens are compared exactly (the key itself is the dict key); only the parent's chain is
-    summarised by a hash, so two different prefixes collide only on a 64-bit hash collision.
+    Tokens and image hashes are compared exactly (the key itself is the dict key); only the
+    parent's chain is summarised by a hash, so two different prefixes collide only on a
+    64-bit hash collision.
     """
+    if images:
+        return (parent_hash, tuple(tokens), tuple(images))
     return (parent_hash, tuple(tokens))
 
 

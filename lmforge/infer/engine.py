@@ -15,6 +15,10 @@ With a `SpeculativeConfig` each decoding request drafts with its own `Drafter` (
 model, MTP modules, Medusa heads, an EAGLE layer) and the same forward verifies the drafts
 (``speculation.py``); per request it can be switched off (``SamplingParams.speculative``).
 
+With a vision-language model a request may carry images (``add_request(…, images=…)``):
+their features are computed once per request and spliced in at the placeholder tokens,
+with M-RoPE positions and image-aware prefix caching (``multimodal.py``).
+
 This file is long because the step's forward, sampling and speculative verification share
 the per-chunk row bookkeeping; the speculative rules themselves live in ``speculation.py``.
 
@@ -40,6 +44,12 @@ from lmforge.infer.cache import (
 )
 from lmforge.infer.checks import check_prompt_tokens, default_eos, is_int, make_generator
 from lmforge.infer.detokenize import IncrementalDetokenizer
+from lmforge.infer.multimodal import (
+    ImageInputs,
+    MultimodalBatch,
+    is_multimodal_model,
+    request_images,
+)
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.request import Request, RequestOutput, TokenLogprob
 from lmforge.infer.runner import InferenceRunner
@@ -161,13 +171,12 @@ class Engine:
         if fused_weights and InferenceRunner.unsupported_reason(model) is None:
             self.runner = InferenceRunner.for_model(model)
             self.runner.invalidate()
+        self.multimodal = is_multimodal_model(model)  # images: lmforge.infer.multimodal
+        if self.multimodal and speculative is not None:
+            raise ValueError("speculative decoding does not support vision-language models")
         self.speculative = speculative
         self.spec_stats = SpeculationStats()
-        self._drafts: dict[Request, Draft] = {}
-        if speculative is not None and any(
-            cfg.layer_window(i) is not None for i in range(cfg.num_hidden_layers)
-        ):
-            raise ValueError("speculative decoding does not support sliding-window attention")
+        self._drafts: dict[Request, Draft] = {}  # sliding windows: `TreePagedBatch` masks
         self.requests: dict[str, Request] = {}
         self._pending: list[RequestOutput] = []  # abort notices for the next step
         self._ids = itertools.count()
@@ -191,9 +200,12 @@ class Engine:
         params: SamplingParams,
         request_id: str | None = None,
         adapter: int = 0,
+        images: ImageInputs | None = None,
     ) -> str:
         """Queue a prompt; returns its request id (a fresh one when not given). ``adapter``:
-        the LoRA adapter of the engine's router that decodes it (0: the base model)."""
+        the LoRA adapter of the engine's router that decodes it (0: the base model).
+        ``images``: a vision-language model's images, one placeholder token per merged image
+        token in the prompt (`lmforge.infer.multimodal`)."""
         num_adapters = 0 if self.adapters is None else self.adapters.num_adapters
         if not is_int(adapter) or not 0 <= adapter <= num_adapters:
             raise ValueError(f"adapter={adapter!r}: this engine has {num_adapters} adapter(s)")
@@ -220,6 +232,7 @@ class Engine:
             request_id = f"req-{next(self._ids)}"
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        req_images = request_images(self.model, prompt, images)
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids |= self.eos_ids
@@ -232,6 +245,8 @@ class Engine:
             stop_ids=frozenset(stop_ids),
             detokenizer=None if self.tokenizer is None else IncrementalDetokenizer(self.tokenizer),
             adapter=adapter,
+            images=req_images,
+            image_spans=() if req_images is None else req_images.block_spans,
         )
         self.requests[request_id] = req
         self.scheduler.add(req)
@@ -404,10 +419,13 @@ class Engine:
         decode: list[Sequence] = []
         prefills: list[PrefillChunk] = []
         trees: dict[int, torch.Tensor] = {}
+        mm = MultimodalBatch(self.model) if self.multimodal else None
         for chunk in chunks:
             seq, n = chunk.seq, chunk.num_tokens
             start = seq.num_computed
             offset = offsets[seq] = len(ids)
+            if mm is not None:  # image features and M-RoPE ids (positions stay cache indices)
+                mm.add(seq.images, start, n, offset)
             ids.extend(seq.tokens[start : start + n])
             token_adapters.extend([seq.adapter] * n)
             draft = self._drafts.get(seq)
@@ -459,7 +477,9 @@ class Engine:
         if self.adapters is not None:
             self.adapters.select(torch.tensor(token_adapters, device=dev))
         try:
-            if want_hidden:  # the body, then the head on the kept rows
+            if mm is not None:
+                logits = mm.logits(ids_t, batch, keep_t)
+            elif want_hidden:  # the body, then the head on the kept rows
                 hidden = self.model.model(ids_t[None], position_ids=positions_t[None], cache=batch)
                 logits, hidden = self.model.lm_head(hidden[0, keep_t]), hidden[0]
             else:
@@ -538,7 +558,10 @@ class Engine:
 
     # ------------------------------------------------------------------ batch API
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        images: list[ImageInputs | None] | None = None,
     ) -> list[RequestOutput]:
         """Run ``prompts`` to completion (alongside anything already queued) and return the
         final `RequestOutput` of each, with everything generated.
@@ -547,14 +570,20 @@ class Engine:
         params ask for ``n`` > 1 completions becomes n requests; outputs are prompt-major (the
         n completions of prompt 0, then those of prompt 1, …). With a ``seed`` s, completion k
         of a prompt uses seed s + k (k = 0…n−1), so the completions differ yet are
-        reproducible; with n = 1 the params are used as given.
+        reproducible; with n = 1 the params are used as given. ``images``: each prompt's
+        images (None: text only), for a vision-language model.
         """
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} SamplingParams")
-        requests = [(p, one) for p, sp in zip(prompts, params) for one in self._expand(sp)]
-        ids = [self.add_request(p, sp) for p, sp in requests]
+        images = [None] * len(prompts) if images is None else images
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} entries in images")
+        requests = [
+            (p, one, im) for p, sp, im in zip(prompts, params, images) for one in self._expand(sp)
+        ]
+        ids = [self.add_request(p, sp, images=im) for p, sp, im in requests]
         reqs = [self.requests[i] for i in ids]
         while not all(r.finished for r in reqs):
             if not self.has_unfinished():

@@ -18,6 +18,7 @@ from lmforge.infer.detokenize import (
     streamable_end,
     tokens_before,
 )
+from lmforge.infer.multimodal import RequestImages
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.scheduler import Sequence
 
@@ -68,6 +69,7 @@ class Request(Sequence):
     stop_reason: int | str | None = None
     drafter: object | None = None  # speculative decoding: this request's Drafter
     draft_length: int = 0  # its current (adaptive) draft length / tree depth
+    images: RequestImages | None = None  # a vision-language request's images
 
     @property
     def output_ids(self) -> list[int]:

@@ -38,15 +38,21 @@ class Sequence:
     keys: list[BlockKey] = field(default_factory=list)  # prefix-cache keys of full blocks
     hashes: list[int] = field(default_factory=list)
     adapter: int = 0  # LoRA adapter (0: the base model); its K/V differ, so do its keys
+    # (start, end, content hash) of each image in the prompt (`lmforge.infer.multimodal`):
+    # placeholder ids are equal for all images, so a block's key names the images it holds.
+    image_spans: tuple[tuple[int, int, str], ...] = ()
 
     def block_keys(self, count: int, block_size: int) -> list[BlockKey]:
         """Keys of the first ``count`` full blocks (computed once, chained by parent hash;
-        the first block's parent is the adapter, so adapters never share cached K/V)."""
+        the first block's parent is the adapter, so adapters never share cached K/V; a
+        block overlapping an image carries the image's content hash)."""
         while len(self.keys) < count:
             i = len(self.keys)
             root = None if self.adapter == 0 else hash(("lora-adapter", self.adapter))
             parent = self.hashes[-1] if self.hashes else root
-            key = block_key(parent, self.tokens[i * block_size : (i + 1) * block_size])
+            lo, hi = i * block_size, (i + 1) * block_size
+            images = tuple(d for s, e, d in self.image_spans if s < hi and e > lo)
+            key = block_key(parent, self.tokens[lo:hi], images)
             self.keys.append(key)
             self.hashes.append(hash(key))
         return self.keys[:count]

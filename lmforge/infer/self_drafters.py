@@ -15,7 +15,8 @@ wrong (the target verifies every one).
   keeps a KV cache of its committed positions. Sampled drafts carry their distributions
   (exact rejection sampling in verification).
 * `MedusaDrafter` — a candidate tree from the heads' top-k on the last hidden state (the
-  sparse tree of `lmforge.infer.tree_attention.tree_from_choices`).
+  sparse tree of `lmforge.infer.tree_attention.tree_from_choices`); the drafters of one
+  engine may share a `MedusaBatch`, which runs the heads once per step for all requests.
 * `EagleDrafter` — the EAGLE layer run over the tree depth by depth: a node's input is its
   parent's predicted feature and its own token's embedding; it attends the committed
   positions and its ancestors; the children are the top-k of LMHead(its output feature).
@@ -26,6 +27,8 @@ a child (`lmforge.infer.speculative.verify_tree`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -49,7 +52,9 @@ __all__ = [
     "EagleDrafter",
     "HiddenHistory",
     "MTPDrafter",
+    "MedusaBatch",
     "MedusaDrafter",
+    "TreeLevels",
     "speculative_config",
 ]
 
@@ -172,23 +177,53 @@ class MTPDrafter:
         )
 
 
+class MedusaBatch:
+    """Medusa heads evaluated once per engine step for all requests: the drafters of one
+    engine share it, each `MedusaDrafter.observe` queues its new last hidden state, and the
+    first ``propose`` of the next step runs the heads over every queued state in one batched
+    call (`MedusaHeads.forward_stacked`: the heads' weights are read once, not once per
+    request). A drafter whose state was not queued gets its own evaluation."""
+
+    def __init__(self, heads: MedusaHeads) -> None:
+        self.heads = heads
+        self.pending: dict[MedusaDrafter, torch.Tensor] = {}
+        self.ready: dict[MedusaDrafter, torch.Tensor] = {}
+
+    def add(self, drafter: MedusaDrafter, hidden: torch.Tensor) -> None:
+        self.pending[drafter] = hidden
+        self.ready.pop(drafter, None)
+
+    def logits(self, drafter: MedusaDrafter, hidden: torch.Tensor) -> torch.Tensor:
+        """``[K, V]``: the heads on ``hidden``, the drafter's last observed state."""
+        if drafter not in self.ready and drafter in self.pending:
+            queued, self.pending = list(self.pending.items()), {}
+            out = self.heads.forward_stacked(torch.stack([h for _, h in queued]))
+            self.ready = {d: out[:, i] for i, (d, _) in enumerate(queued)}  # drops stale ones
+        got = self.ready.pop(drafter, None)
+        return got if got is not None else self.heads.forward_one(hidden)
+
+
 class MedusaDrafter:
     """Candidate trees from Medusa heads on the last committed hidden state.
 
     ``choices``: the sparse tree (paths of top-k ranks); None: `default_choices` of the
     heads' depth and ``width`` (width 1: a chain of each head's top-1)."""
 
-    def __init__(self, heads: MedusaHeads, choices=None, width: int = 1) -> None:
-        self.heads = heads
+    def __init__(self, heads: MedusaHeads, choices=None, width: int = 1,
+                 batch: MedusaBatch | None = None) -> None:  # fmt: skip
+        self.heads, self.batch = heads, batch
         self.tree: CandidateTree = tree_from_choices(
             choices if choices is not None else default_choices(heads.num_heads, width)
         )
         self.last_hidden: torch.Tensor | None = None
         self.history_end = 0
+        self._plans: dict[int, tuple] = {}
 
     def observe(self, hidden: torch.Tensor, start: int) -> None:
         self.last_hidden = hidden[-1].detach()
         self.history_end = start + hidden.shape[0]
+        if self.batch is not None:
+            self.batch.add(self, self.last_hidden)
 
     def feedback(self, num_accepted: int) -> None:
         pass
@@ -197,19 +232,69 @@ class MedusaDrafter:
     def propose(self, context: torch.Tensor, k: int, sampling: SamplingParams, generator) -> Draft:
         if k <= 0 or self.last_hidden is None or self.history_end != len(context) - 1:
             return Draft(context.new_empty(0), None)
-        tree = self.tree.truncate(len(self.tree.parents), k)
-        logits = self.heads(self.last_hidden)  # [K, V]
-        width = max(tree.ranks) + 1
+        plan = self._plans.get(k)
+        if plan is None:  # the tree cut to depth k, as gather indices (once per k)
+            tree = self.tree.truncate(len(self.tree.parents), k)
+            depth_index = torch.tensor([d - 1 for d in tree.depths], device=context.device)
+            rank_index = torch.tensor(tree.ranks, device=context.device)
+            plan = self._plans[k] = (tree, depth_index, rank_index, max(tree.ranks) + 1)
+        tree, depth_index, rank_index, width = plan
+        if self.batch is None:
+            logits = self.heads.forward_one(self.last_hidden)  # [K, V]
+        else:
+            logits = self.batch.logits(self, self.last_hidden)
         top = logits.topk(width, dim=-1).indices  # [K, width]
-        tokens = [int(top[d - 1, r]) for d, r in zip(tree.depths, tree.ranks)]
-        return Draft(torch.tensor(tokens, device=context.device), None, tree.parents)
+        return Draft(top[depth_index, rank_index], None, tree.parents)
+
+
+@dataclass(frozen=True)
+class TreeLevels:
+    """A candidate tree laid out for drafting depth by depth, all index work done once per
+    tree shape. Nodes are ordered by depth (`tree_from_choices`), so depth d is the node
+    range ``bounds[d - 1]``. Features are kept in a table whose row 0 is the root and row
+    1 + i node i; at depth d, ``sources[d - 1]`` are the table rows whose LM-head top-k
+    depth d's tokens come from (each distinct parent once), ``pick_row`` / ``pick_rank``
+    say which source row and which rank each node of depth d takes, ``parent_rows`` are
+    the table rows of the nodes' parents (their input features) and ``mask`` ``[m, m]`` is
+    the node-to-node ancestor mask (`tree_mask` without the root)."""
+
+    tree: CandidateTree
+    bounds: list[tuple[int, int]]
+    sources: list[torch.Tensor]
+    pick_row: list[torch.Tensor]
+    pick_rank: list[torch.Tensor]
+    parent_rows: list[torch.Tensor]
+    width: list[int]
+    mask: torch.Tensor
+
+    @classmethod
+    def build(cls, tree: CandidateTree, device) -> TreeLevels:
+        depths, parents = tree.depths, tree.parents
+        if depths != sorted(depths):
+            raise ValueError(f"tree nodes must be ordered by depth, got depths {depths}")
+        bounds, sources, pick_row, pick_rank, parent_rows, width = [], [], [], [], [], []
+        for d in range(1, tree.max_depth + 1):
+            nodes = [i for i, dd in enumerate(depths) if dd == d]
+            rows = [parents[i] + 1 for i in nodes]  # table row of each node's parent
+            distinct = sorted(set(rows))
+            ranks = [tree.ranks[i] for i in nodes]
+            bounds.append((nodes[0], nodes[-1] + 1))
+            sources.append(torch.tensor(distinct, device=device))
+            pick_row.append(torch.tensor([distinct.index(r) for r in rows], device=device))
+            pick_rank.append(torch.tensor(ranks, device=device))
+            parent_rows.append(torch.tensor(rows, device=device))
+            width.append(max(ranks) + 1)
+        mask = tree_mask(parents, device)[1:, 1:]
+        return cls(tree, bounds, sources, pick_row, pick_rank, parent_rows, width, mask)
 
 
 class EagleDrafter:
     """Tree drafts from an `EagleLayer` over the target's features (see module doc).
 
     ``choices``: paths of top-k ranks, each rank taken among the children of its parent;
-    None: `default_choices` of ``depth`` and ``width``."""
+    None: `default_choices` of ``depth`` and ``width``. Per draft: one layer call over the
+    committed positions not yet run, then per depth one LM-head matmul over the distinct
+    parents, one batched top-k, and one layer call over all nodes of the depth."""
 
     def __init__(self, target, layer: EagleLayer, depth: int = 4, width: int = 1,
                  choices=None) -> None:  # fmt: skip
@@ -219,19 +304,26 @@ class EagleDrafter:
         )
         self.history = HiddenHistory()
         self.past: tuple[torch.Tensor, torch.Tensor] | None = None  # K/V of committed positions
-        self.last_out: torch.Tensor | None = None
+        self._levels: dict[int, TreeLevels] = {}  # by depth limit
 
     def observe(self, hidden: torch.Tensor, start: int) -> None:
         if not self.history.add(hidden, start):
-            self.past, self.last_out = None, None
+            self.past = None
 
     def feedback(self, num_accepted: int) -> None:
         pass
 
+    def levels(self, k: int, device) -> TreeLevels:
+        """The tree truncated to depth ``k``, laid out (`TreeLevels`, built once per k)."""
+        plan = self._levels.get(k)
+        if plan is None:
+            tree = self.tree.truncate(len(self.tree.parents), k)
+            plan = self._levels[k] = TreeLevels.build(tree, device)
+        return plan
+
     @torch.inference_mode()
     def propose(self, context: torch.Tensor, k: int, sampling: SamplingParams, generator) -> Draft:
-        ids = context.tolist()
-        last = len(ids) - 2
+        last = context.shape[0] - 2
         h = self.history
         if k <= 0 or h.states is None or h.end != last + 1:
             return Draft(context.new_empty(0), None)
@@ -239,45 +331,39 @@ class EagleDrafter:
         # 1. committed positions not yet run: inputs (f_i, e_{i+1}) for i = offset + s … last
         s = 0 if self.past is None else self.past[0].shape[2]
         pos = torch.arange(h.offset + s, last + 1, device=dev)
-        nxt = torch.tensor(ids[h.offset + s + 1 : last + 2], device=dev)
+        nxt = context[h.offset + s + 1 : last + 2]
         out, (k_new, v_new) = self.layer(embed(nxt)[None], h.states[s:][None], pos, self.past)
         if self.past is not None:
             k_new = torch.cat([self.past[0], k_new], dim=2)
             v_new = torch.cat([self.past[1], v_new], dim=2)
         self.past = (k_new, v_new)
         committed = k_new.shape[2]
-        # 2. the tree, depth by depth
-        tree = self.tree.truncate(len(self.tree.parents), k)
-        depths, parents = tree.depths, tree.parents
-        node_out = [None] * len(parents)
-        tokens = [0] * len(parents)
-        mask = tree_mask(parents, dev)[1:, 1:]
-        root_out = out[0, -1]
+        # 2. the tree, depth by depth: a feature table [root, node 0, node 1, …]
+        plan = self.levels(k, dev)
+        m = len(plan.tree.parents)
+        table = out.new_empty(1 + m, out.shape[-1])
+        table[0] = out[0, -1]
+        tokens = context.new_empty(m)
         draft_k, draft_v = k_new, v_new
-        for d in range(1, tree.max_depth + 1):
-            rows = [i for i, dd in enumerate(depths) if dd == d]
-            for i in rows:
-                parent_out = root_out if parents[i] < 0 else node_out[parents[i]]
-                top = lm_head(parent_out).topk(tree.ranks[i] + 1).indices
-                tokens[i] = int(top[tree.ranks[i]])
-            if d == tree.max_depth:
+        depth = len(plan.bounds)
+        for d, (a, b) in enumerate(plan.bounds):
+            logits = lm_head(table[plan.sources[d]])  # [distinct parents, V]
+            top = logits.topk(plan.width[d], dim=-1).indices
+            level = top[plan.pick_row[d], plan.pick_rank[d]]
+            tokens[a:b] = level
+            if d + 1 == depth:
                 break
-            a, b = rows[0], rows[-1] + 1
-            feats = torch.stack(
-                [root_out if parents[i] < 0 else node_out[parents[i]] for i in rows]
-            )
-            node_pos = torch.tensor([last + d] * len(rows), device=dev)
             visible = torch.cat(
-                [torch.ones(len(rows), committed, dtype=torch.bool, device=dev), mask[a:b, :b]], 1
+                [torch.ones(b - a, committed, dtype=torch.bool, device=dev), plan.mask[a:b, :b]], 1
             )
+            node_pos = torch.full((b - a,), last + d + 1, device=dev)
             o, (kk, vv) = self.layer(
-                embed(torch.tensor(tokens[a:b], device=dev))[None], feats[None], node_pos,
+                embed(level)[None], table[plan.parent_rows[d]][None], node_pos,
                 (draft_k, draft_v), visible,
             )  # fmt: skip
             draft_k, draft_v = torch.cat([draft_k, kk], 2), torch.cat([draft_v, vv], 2)
-            for j, i in enumerate(rows):
-                node_out[i] = o[0, j]
-        return Draft(torch.tensor(tokens, device=dev), None, parents)
+            table[1 + a : 1 + b] = o[0]
+        return Draft(tokens, None, plan.tree.parents)
 
 
 def speculative_config(
@@ -328,8 +414,8 @@ def speculative_config(
         if method == "medusa":
             heads = load_medusa_heads(drafter_dir).to(device)
             cap = heads.num_heads
-            choices = default_choices(heads.num_heads, tree_width)
-            factory = lambda: MedusaDrafter(heads, choices)  # noqa: E731
+            choices, batch = default_choices(heads.num_heads, tree_width), MedusaBatch(heads)
+            factory = lambda: MedusaDrafter(heads, choices, batch=batch)  # noqa: E731
         else:
             layer = load_eagle_layer(drafter_dir).to(device)
             depth = min(cap, 8)

@@ -127,8 +127,8 @@ def verify_draft(
     root's and every node's logits)."""
     tokens = draft.tokens.tolist()
     parents = draft.parents if draft.parents is not None else chain_parents(len(tokens))
-    if params.greedy:
-        return verify_tree(rows, tokens, parents, lambda row: int(row.argmax()))
+    if params.greedy:  # one argmax over all rows, then a walk over plain ints
+        return verify_tree(rows.argmax(-1).tolist(), tokens, parents, lambda best: best)
     if params.acceptance == "typical":
         probs = target_probs(rows, params)
         return verify_typical(

@@ -1,5 +1,8 @@
 """Speculative decoding: a cheap drafter proposes k tokens, the target checks them in one forward.
 
+This file is long because the batch-1 loop shares its pieces with the engine: the `Drafter`
+protocol, `ModelDrafter`, the draft-length schedule and the exact acceptance rules.
+
 Speculative sampling (Leviathan, Kalman & Matias 2023, "Fast Inference from Transformers via
 Speculative Decoding", Algorithm 1; Chen et al. 2023, "Accelerating Large Language Model
 Decoding with Speculative Sampling", Algorithm 2):
@@ -20,9 +23,13 @@ greedy decoding token for token.
 
 The drafter is pluggable (`Drafter`): `ModelDrafter` runs a small causal LM with its own KV
 cache; the self-drafters of `lmforge.infer.self_drafters` (MTP, Medusa, EAGLE) implement the
-same two methods plus ``observe`` (the target's hidden states) and run inside the engine
-(`lmforge.infer.speculation`), where drafts may also be candidate trees. Both KV caches are rolled back
-(`KVCache.crop`) past rejected drafts. The draft length adapts (`DraftLengthSchedule`): one
+same two methods plus ``observe`` (the target's hidden states, which `speculative_generate`
+then hands them after every forward). The engine (`lmforge.infer.speculation`) verifies
+whole candidate trees in one forward; this dense loop verifies chains, so a tree draft is cut
+to its first path (each node's first child: the top-ranked chain). Deterministic drafts
+(no ``probs``: top-k candidates) are verified by drawing from the target and following the
+draft while the draw matches (`lmforge.infer.tree_attention.verify_tree`, exact). Both KV
+caches are rolled back (`KVCache.crop`) past rejected drafts. The draft length adapts (`DraftLengthSchedule`): one
 more after a round where everything was accepted, one fewer after an early rejection.
 
 Batch size 1: one sequence per call (acceptance lengths differ between rows, so batching
@@ -48,6 +55,7 @@ from lmforge.infer.checks import (
 )
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.sampling import check_sampling_args, processed_probs
+from lmforge.infer.tree_attention import chain_parents, verify_tree
 from lmforge.models.kv_cache import KVCache
 
 if TYPE_CHECKING:
@@ -59,6 +67,7 @@ __all__ = [
     "Drafter",
     "ModelDrafter",
     "SpeculativeOutput",
+    "first_path",
     "residual_distribution",
     "speculative_generate",
     "verify_greedy",
@@ -316,7 +325,10 @@ def speculative_generate(
     Args:
         target: the lmforge `CausalLM` whose distribution the output follows.
         drafter: a `Drafter`, a small `CausalLM` with the same vocabulary (wrapped in a
-            `ModelDrafter`), or None for plain target decoding through the same loop.
+            `ModelDrafter`), or None for plain target decoding through the same loop. A
+            self-drafter (`lmforge.infer.self_drafters`: ``MTPDrafter(target)``,
+            ``MedusaDrafter(heads)``, ``EagleDrafter(target, layer)``) receives the target's
+            hidden states (``observe``); its trees are cut to their first path.
         input_ids: ``[T]`` or ``[1, T]`` prompt token ids (batch size 1).
         max_new_tokens: upper bound on generated tokens.
         num_draft_tokens: the starting draft length (adaptive between 1 and twice it), or a
@@ -355,18 +367,25 @@ def speculative_generate(
     stats = dict(drafted=0, accepted=0, rounds=0, forwards=0)
     lengths: list[int] = []
     k = schedule.initial
+    observe = getattr(drafter, "observe", None)  # a self-drafter reads the target's features
     with eval_mode(target), eval_mode(getattr(drafter, "model", None)):
         if len(prompt) > 1:  # the cache holds every token but the last one
             with torch.inference_mode():
-                target(prompt[None, :-1], cache=cache, logits_to_keep=1)
+                if observe is None:
+                    target(prompt[None, :-1], cache=cache, logits_to_keep=1)
+                else:
+                    observe(target.model(prompt[None, :-1], cache=cache)[0], 0)
             stats["forwards"] += 1
         while len(tokens) - len(prompt) < max_new_tokens:
             remaining = max_new_tokens - (len(tokens) - len(prompt))
             k_now = min(k, remaining - 1)
             draft = _propose(drafter, tokens, k_now, sampling, rng, target.config.vocab_size)
-            n, token = _verify_round(target, cache, tokens, draft, sampling, rng)
+            n, token, hidden = _verify_round(target, cache, tokens, draft, sampling, rng,
+                                             observe is not None)  # fmt: skip
             if drafter is not None and k_now > 0:
                 drafter.feedback(n)
+            if observe is not None:  # the last token's and the accepted drafts' features
+                observe(hidden[: n + 1], len(tokens) - 1)
             cache.crop(len(tokens) + n)  # last token + accepted drafts; `token` is fed next
             stats["drafted"] += len(draft.tokens)
             stats["accepted"] += n
@@ -397,29 +416,56 @@ def speculative_generate(
 def _propose(drafter, tokens, k, sampling, rng, vocab_size) -> Draft:
     if k <= 0:
         return Draft(tokens.new_empty(0), None)
-    draft = drafter.propose(tokens, k, sampling, rng)
+    draft = first_path(drafter.propose(tokens, k, sampling, rng))
     n = draft.tokens.shape[0]
     if draft.tokens.ndim != 1 or n > k:
         raise ValueError(
             f"drafter returned tokens of shape {tuple(draft.tokens.shape)}, need [≤{k}]"
         )
-    if not sampling.greedy and n and (draft.probs is None or draft.probs.shape != (n, vocab_size)):
+    deterministic_ok = hasattr(drafter, "observe") and draft.probs is None  # top-k candidates
+    if (not sampling.greedy and n and not deterministic_ok
+            and (draft.probs is None or draft.probs.shape != (n, vocab_size))):  # fmt: skip
         got = None if draft.probs is None else tuple(draft.probs.shape)
         raise ValueError(f"drafter returned probs {got}; sampling needs [{n}, {vocab_size}]")
     return draft
 
 
-def _verify_round(target, cache, tokens, draft, sampling, rng) -> tuple[int, int]:
-    """One target forward over [last token, drafts] → (accepted count, next token)."""
+def first_path(draft: Draft) -> Draft:
+    """A candidate tree cut to its first root-to-leaf path (from the root, each node's first
+    child in the parents-first order: the top-ranked chain); a chain is returned as is."""
+    if draft.parents is None:
+        return draft
+    path, node = [], -1
+    for i, parent in enumerate(draft.parents):
+        if parent == node:
+            path.append(i)
+            node = i
+    index = torch.tensor(path, dtype=torch.long, device=draft.tokens.device)
+    probs = None if draft.probs is None else draft.probs[index]
+    return Draft(draft.tokens[index], probs, None)
+
+
+def _verify_round(target, cache, tokens, draft, sampling, rng, want_hidden=False):
+    """One target forward over [last token, drafts] → (accepted count, next token, the
+    forward's final hidden states ``[1 + k, H]`` when ``want_hidden``, else None)."""
     feed = torch.cat([tokens[-1:], draft.tokens])
+    hidden = None
     with torch.inference_mode():
-        logits = target(feed[None], cache=cache).logits[0].float()
+        if want_hidden:
+            hidden = target.model(feed[None], cache=cache)[0]
+            logits = target.lm_head(hidden).float()
+        else:
+            logits = target(feed[None], cache=cache).logits[0].float()
     if sampling.greedy:
-        return verify_greedy(logits, draft.tokens)
+        return (*verify_greedy(logits, draft.tokens), hidden)
     p = processed_probs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
     if len(draft.tokens) == 0:
-        return 0, int(torch.multinomial(p[0], 1, generator=rng))
-    return verify_sampled(p, draft.probs.to(p), draft.tokens, rng)
+        return 0, int(torch.multinomial(p[0], 1, generator=rng)), hidden
+    if draft.probs is None:  # deterministic candidates: draw from the target and follow
+        path, token = verify_tree(p, draft.tokens.tolist(), chain_parents(len(draft.tokens)),
+                                  lambda row: int(torch.multinomial(row, 1, generator=rng)))  # fmt: skip
+        return len(path), token, hidden
+    return (*verify_sampled(p, draft.probs.to(p), draft.tokens, rng), hidden)
 
 
 # ---------------------------------------------------------------------- helpers

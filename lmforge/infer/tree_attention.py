@@ -40,6 +40,7 @@ __all__ = [
     "tree_from_choices",
     "tree_mask",
     "verify_tree",
+    "window_mask",
 ]
 
 
@@ -129,7 +130,7 @@ def default_choices(depth: int, width: int) -> list[tuple[int, ...]]:
 
 
 def verify_tree(
-    rows: torch.Tensor,
+    rows: torch.Tensor | Sequence,
     tokens: Sequence[int],
     parents: Sequence[int],
     draw: Callable[[torch.Tensor], int],
@@ -137,8 +138,9 @@ def verify_tree(
     """Exact verification of deterministic candidates (a tree or a chain without ``probs``).
 
     ``rows`` ``[m + 1, ...]``: the target's logits at the root and at each node (row 1 + i
-    is node i); ``draw(row) → token`` picks the target's next token from one row (argmax for
-    greedy, a draw from the processed distribution when sampling). From the root, draw the
+    is node i; anything indexable by row, e.g. the rows' argmaxes as a list); ``draw(row) →
+    token`` picks the target's next token from one row (argmax for greedy, a draw from the
+    processed distribution when sampling). From the root, draw the
     target's token; if a child of the current node carries it, move there and repeat; else
     emit it. Every emitted token is exactly the target's own draw given the path so far, so
     the output distribution is the target's (and greedy output is target greedy): a
@@ -164,15 +166,35 @@ def verify_tree(
 class TreePagedBatch(PagedBatch):
     """A `PagedBatch` whose multi-token chunks may be candidate trees: ``tree_masks`` maps a
     chunk's flat ``start`` to its `tree_mask` (the chunk is the root plus the nodes); such a
-    chunk sees all its ``past`` context plus its ancestors. Other chunks stay causal."""
+    chunk sees all its ``past`` context plus its ancestors (within a sliding window, where the
+    layer has one: `window_mask`). Other chunks stay causal. Masks are built once per chunk
+    and window and shared by all layers."""
 
     tree_masks: dict[int, torch.Tensor]
 
     def _prefill_mask(self, chunk: PrefillChunk, window: int | None) -> torch.Tensor | None:
+        """Built once per chunk and window, shared by every layer of the forward."""
+        key = ("chunk", chunk.start, window)
+        if key not in self._masks:
+            self._masks[key] = self._chunk_mask(chunk, window)
+        return self._masks[key]
+
+    def _chunk_mask(self, chunk: PrefillChunk, window: int | None) -> torch.Tensor | None:
         tree = getattr(self, "tree_masks", {}).get(chunk.start)
         if tree is None:
             return super()._prefill_mask(chunk, window)
-        if window is not None:
-            raise ValueError("tree verification does not support sliding-window attention")
         past = torch.ones(chunk.length, chunk.past, dtype=torch.bool, device=tree.device)
-        return torch.cat([past, tree], dim=1)
+        visible = torch.cat([past, tree], dim=1)
+        if window is not None:
+            visible &= window_mask(tree, chunk.past, window)
+        return visible
+
+
+def window_mask(tree: torch.Tensor, past: int, window: int) -> torch.Tensor:
+    """``[m + 1, past + m + 1]``: a sliding window over a tree chunk with depth-based
+    positions — row r at position ``past + depth(r)`` sees key position j iff
+    position − j < ``window`` (the committed keys sit at 0 … past − 1, the tree's at their
+    depths; ``depth(r)`` is the number of r's ancestors, read off its `tree_mask` row)."""
+    query = past + tree.sum(1) - 1  # [m + 1]
+    keys = torch.cat([torch.arange(past, device=tree.device), query])
+    return query[:, None] - keys[None, :] < window

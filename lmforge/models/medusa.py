@@ -107,6 +107,39 @@ class MedusaHeads(nn.Module):
             [proj(block(hidden)) for block, proj in zip(self.blocks, self.projections)]
         )
 
+    @torch.no_grad()
+    def stacked_weights(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Inference copies for `forward_one`: per residual layer the blocks' weights
+        ``[K, H, H]`` (transposed) and biases ``[K, 1, H]``, and the projections ``[K, H, V]``
+        (transposed). Rebuilt whenever a parameter changes (version counters)."""
+        key = [(p.data_ptr(), p._version) for p in self.parameters()]
+        cached = getattr(self, "_stacked", None)
+        if cached is None or cached[0] != key:
+            layers = [
+                (
+                    torch.stack([b[i].linear.weight.t() for b in self.blocks]).contiguous(),
+                    torch.stack([b[i].linear.bias[None] for b in self.blocks]).contiguous(),
+                )
+                for i in range(self.num_layers)
+            ]
+            proj = torch.stack([p.weight.t() for p in self.projections]).contiguous()
+            cached = self._stacked = (key, (layers, proj))
+        return cached[1]
+
+    def forward_stacked(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`forward` for hidden states ``[n, H]`` → ``[K, n, V]`` in a few batched matmuls
+        (one per residual layer and one for all projections) instead of 2K + 1 module calls:
+        every head's weights are read once for all n rows."""
+        layers, proj = self.stacked_weights()
+        x = hidden.expand(self.num_heads, *hidden.shape)
+        for weight_t, bias in layers:
+            x = x + F.silu(torch.baddbmm(bias, x, weight_t))
+        return torch.bmm(x, proj)
+
+    def forward_one(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`forward` for one hidden state ``[H]`` → ``[K, V]`` (`forward_stacked`)."""
+        return self.forward_stacked(hidden[None])[:, 0]
+
 
 def medusa_loss_weights(num_heads: int, decay: float = 0.8, scale: float = 1.0) -> list[float]:
     """λ_k = scale · decay^k for heads k = 1 … K (Medusa-1: scale 1; Medusa-2: scale 0.2)."""
@@ -117,6 +150,7 @@ def medusa_head_losses(
     head_logits: torch.Tensor,
     labels: torch.Tensor,
     teacher_logits: torch.Tensor | None = None,
+    doc_ids: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per-head mean losses and the number of scored positions of head 1.
 
@@ -127,12 +161,17 @@ def medusa_head_losses(
         teacher_logits: ``[B, T, V]`` of the base model (self-distillation): head k at t is
             then scored by KL(softmax(teacher[:, t + k]) ‖ p^(k)_t) — the base model's own
             next-token distribution at position t + k — instead of the label.
+        doc_ids: ``[B, T]`` packed-document labels: head k at t is not scored when token
+            t + k + 1 lies in another document than t (as the MTP depths,
+            `lmforge.models.mtp.mtp_targets`; the hidden state at t has not seen it).
     """
     losses = []
     count = torch.zeros((), device=labels.device)
     for k in range(1, head_logits.shape[0] + 1):
         logits = head_logits[k - 1].float()
         target = shift_left(labels, k + 1, IGNORE_INDEX)  # labels[:, t + k + 1]
+        if doc_ids is not None:  # the target must lie in position t's document
+            target = target.masked_fill(doc_ids != shift_left(doc_ids, k + 1, -1), IGNORE_INDEX)
         valid = target != IGNORE_INDEX
         if k == 1:
             count = valid.sum()

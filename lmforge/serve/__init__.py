@@ -10,6 +10,7 @@ page at ``/``) over the inference engine.
 | `protocol` | the OpenAI API requests as strictly validated pydantic models; the error shape |
 | `responses` | the OpenAI API responses as pydantic models (tool calls and stream chunks included) |
 | `translate` | OpenAI requests → prompt ids + `SamplingParams` (cheap size bounds first); logprobs |
+| `images` | images in chat requests: ``image_url`` data URLs → processed images + expanded placeholders (4xx rules) |
 | `formats` | engine outputs → OpenAI responses, whole or streamed (tool calls parsed out) |
 | `tools` | tool calling: tools into the prompt, the grammar that keeps calls valid, calls parsed back |
 | `metrics` | ``/metrics`` in the Prometheus text format (running / waiting, tokens/s, TTFT, KV cache) |

@@ -37,6 +37,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from lmforge.serve.async_engine import AsyncEngine, GenerationError
 from lmforge.serve.errors import Guard, install_error_handlers
 from lmforge.serve.formats import ChatFormat, FinalOutput, TextFormat, chain
+from lmforge.serve.images import has_images, request_images
 from lmforge.serve.metrics import ServerMetrics
 from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, error_body
 from lmforge.serve.responses import ModelCard, ModelList
@@ -64,6 +65,7 @@ class ServerState:
     created: int
     metrics: ServerMetrics
     adapters: dict[str, int] = field(default_factory=dict)  # served name → adapter index
+    image_processor: Any = None  # a vision-language model's (`lmforge.serve.images`)
 
 
 def create_app(
@@ -76,6 +78,7 @@ def create_app(
     adapters: Sequence[str] = (),
     allowed_hosts: Sequence[str] | None = None,
     docs: bool = False,
+    image_processor: Any = None,
 ) -> FastAPI:
     """The API app. ``engine`` is started with the app and shut down with it; ``api_key``
     (when set) is required as ``Authorization: Bearer <key>`` on every ``/v1`` route.
@@ -84,7 +87,8 @@ def create_app(
     a request whose ``model`` is one of them is decoded with that adapter. ``allowed_hosts``
     (None: any) is what the ``Host`` header may name — a server without an API key on a
     loopback address accepts only its own names, against DNS rebinding. ``docs`` serves the
-    OpenAPI schema (``/openapi.json``, ``/docs``)."""
+    OpenAPI schema (``/openapi.json``, ``/docs``). ``image_processor`` (a vision-language
+    model's, `lmforge.serve.images.image_processor_for`) lets chat messages carry images."""
     limits = dataclasses.replace(
         limits,
         max_prompt_chars=limits.max_prompt_chars
@@ -95,7 +99,7 @@ def create_app(
         raise ValueError(f"the adapter name {model_name!r} is the base model's name")
     state = ServerState(
         engine, tokenizer, model_name, limits, int(time.time()), ServerMetrics(engine),
-        {name: i + 1 for i, name in enumerate(adapters)},
+        {name: i + 1 for i, name in enumerate(adapters)}, image_processor,
     )  # fmt: skip
 
     async def lifespan(app: FastAPI):
@@ -149,9 +153,16 @@ def create_app(
         texts = [m.text() for m in body.messages]
         texts += [json.dumps(t.model_dump(exclude_none=True)) for t in tools or []]
         check_prompt_size(texts, len(body.messages), limits, "messages")
-        prompt = await asyncio.to_thread(chat_prompt_ids, tokenizer, body.messages, tools)
+        messages, images = body.messages, None
+        if has_images(messages):  # decoded off the loop; placeholders expanded in the text
+            messages, images = await asyncio.to_thread(
+                request_images, state.image_processor, messages, limits
+            )
+        prompt = await asyncio.to_thread(chat_prompt_ids, tokenizer, messages, tools)
         fmt = ChatFormat(state, body.model, body.tool_mode)
-        return await _complete(state, request, body, [prompt], "messages", fmt, adapter, arrived)
+        return await _complete(
+            state, request, body, [prompt], "messages", fmt, adapter, arrived, images
+        )
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -200,6 +211,7 @@ async def _complete(
     fmt: ChatFormat | TextFormat,
     adapter: int = 0,
     arrived: float | None = None,
+    images: Any = None,
 ) -> Response:
     limits = state.limits
     if len(prompts) * body.n > limits.max_choices:
@@ -214,7 +226,8 @@ async def _complete(
     for i, (prompt, budget) in enumerate(zip(prompts, budgets)):
         for j in range(body.n):
             params = sampling_params(body, budget, limits, j, constraints[i * body.n + j])
-            jobs.append((prompt, params, adapter))
+            jobs.append((prompt, params, adapter) if images is None else
+                        (prompt, params, adapter, images))  # fmt: skip
     stream = state.engine.generate(jobs)
     try:  # the first step surfaces the engine's verdict on the request as a 4xx
         first = await anext(stream)

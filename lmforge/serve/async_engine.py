@@ -97,8 +97,9 @@ class AsyncEngine:
 
     async def generate(self, requests: Sequence[tuple]) -> AsyncIterator[tuple[int, Any]]:
         """Run ``requests`` (``(prompt_token_ids, SamplingParams)`` pairs, or triples with a
-        LoRA adapter index last) concurrently and yield ``(index, RequestOutput)`` as each
-        step produces them, until all are finished.
+        LoRA adapter index, or quadruples with a vision-language model's
+        `lmforge.infer.multimodal.ImageInputs` after it) concurrently and yield
+        ``(index, RequestOutput)`` as each step produces them, until all are finished.
 
         An invalid request raises the engine's error (``ValueError`` from ``add_request``)
         here; leaving the loop early aborts the sub-requests still running.
@@ -110,8 +111,8 @@ class AsyncEngine:
         ids = [f"req-{next(self._ids)}" for _ in requests]
         unfinished = set(ids)
         self._post(
-            *(("add", rid, list(r[0]), r[1], _Sink(loop, queue, i), r[2] if len(r) > 2 else 0)
-              for i, (rid, r) in enumerate(zip(ids, requests)))
+            *(("add", rid, list(r[0]), r[1], _Sink(loop, queue, i), r[2] if len(r) > 2 else 0,
+               r[3] if len(r) > 3 else None) for i, (rid, r) in enumerate(zip(ids, requests)))
         )  # fmt: skip
         try:
             while unfinished:
@@ -164,12 +165,12 @@ class AsyncEngine:
             commands, self._inbox = self._inbox, []
         for command in commands:
             if command[0] == "add":
-                _, rid, prompt, params, sink, adapter = command
+                _, rid, prompt, params, sink, adapter, images = command
+                extra = {} if images is None else {"images": images}
                 try:
                     if adapter:
-                        self.engine.add_request(prompt, params, request_id=rid, adapter=adapter)
-                    else:
-                        self.engine.add_request(prompt, params, request_id=rid)
+                        extra["adapter"] = adapter
+                    self.engine.add_request(prompt, params, request_id=rid, **extra)
                 except Exception as exc:  # this request's problem; the engine is untouched
                     if not isinstance(exc, ValueError):  # reported as a 400 all the same
                         exc = ValueError(f"invalid request: {exc}")

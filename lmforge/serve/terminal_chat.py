@@ -8,6 +8,11 @@ the context.
 With LoRA adapters loaded unmerged (``load_engine(..., loras=…)``), ``adapters`` names them
 (name → the engine's adapter index): the first answers at start, ``/lora NAME`` switches to
 another mid-conversation, ``/lora`` alone to the base model.
+
+With a vision-language model, ``images`` (``lmforge chat --image FILE``: processed
+`ImageInputs` and each image's token count) go with the first user turn of the
+conversation: its text starts with the images' placeholders and every reply's request
+carries the images, until ``/reset`` or the turn is dropped to fit the context.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from lmforge.infer.multimodal import ImageInputs
 from lmforge.infer.params import SamplingParams
+from lmforge.serve.images import image_placeholders
 
 
 @dataclass
@@ -40,13 +47,16 @@ def chat_loop(
     inp: TextIO,
     out: TextIO,
     adapters: Mapping[str, int] | None = None,
+    images: tuple[ImageInputs, list[int]] | None = None,
 ) -> None:
     """Read messages from ``inp`` and stream replies to ``out`` until /exit or end of input.
     The oldest turns are dropped when the conversation no longer fits the context.
-    ``adapters``: LoRA adapter name → the engine's adapter index (``/lora NAME`` picks one)."""
+    ``adapters``: LoRA adapter name → the engine's adapter index (``/lora NAME`` picks one).
+    ``images``: the images and their token counts, sent with the first user turn."""
     interactive = inp.isatty()
     system = [{"role": "system", "content": settings.system}] if settings.system else []
     history: list[dict[str, str]] = []
+    attached: ImageInputs | None = None  # the images of history[0], if it holds them
     turn = 0
     adapters = dict(adapters or {})
     out.write("chat: /reset forgets the conversation, /exit quits\n")
@@ -65,6 +75,7 @@ def chat_loop(
             return
         if text.strip() == "/reset":
             history.clear()
+            attached = None
             out.write("(conversation reset)\n")
             continue
         if text.strip() == "/lora" or text.strip().startswith("/lora "):
@@ -72,16 +83,21 @@ def chat_loop(
             continue
         if not text.strip():
             continue
+        if images is not None and not history:  # a new conversation: the images come first
+            attached = images[0]
+            text = "".join(image_placeholders(n) for n in images[1]) + text
         history.append({"role": "user", "content": text})
         budget = min(settings.max_tokens, context - 1)
         while True:
             ids = tok.encode(tok.apply_chat_template(system + history, add_generation_prompt=True))
             if len(ids) + budget <= context or len(history) == 1:
                 break
-            del history[:2]  # forget the oldest exchange
+            del history[:2]  # forget the oldest exchange (and its images)
+            attached = None
             out.write("(dropped the oldest turn to fit the context)\n")
         if len(ids) >= context:
             history.pop()
+            attached = None if not history else attached
             out.write(f"(message too long: {len(ids)} tokens, the context is {context})\n")
             continue
         params = SamplingParams(
@@ -95,7 +111,7 @@ def chat_loop(
         )
         turn += 1
         out.write("assistant> ")
-        reply = stream_reply(engine, ids, params, out, adapter)
+        reply = stream_reply(engine, ids, params, out, adapter, attached)
         out.write("\n")
         history.append({"role": "assistant", "content": reply})
 
@@ -120,16 +136,20 @@ def pick_adapter(command: str, adapters: Mapping[str, int], current: int, out: T
 
 
 def stream_reply(
-    engine: Any, ids: list[int], params: SamplingParams, out: TextIO, adapter: int = 0
+    engine: Any,
+    ids: list[int],
+    params: SamplingParams,
+    out: TextIO,
+    adapter: int = 0,
+    images: ImageInputs | None = None,
 ) -> str:
     """Generate one reply to ``ids`` (with the engine's LoRA adapter ``adapter``; 0: the base
-    model), writing its text to ``out`` as it comes; Ctrl-C stops the reply (not the chat).
-    Returns the reply's text."""
-    rid = (
-        engine.add_request(ids, params, adapter=adapter)
-        if adapter
-        else engine.add_request(ids, params)
-    )
+    model; ``images`` for a vision-language model), writing its text to ``out`` as it comes;
+    Ctrl-C stops the reply (not the chat). Returns the reply's text."""
+    extra: dict[str, Any] = {} if images is None else {"images": images}
+    if adapter:
+        extra["adapter"] = adapter
+    rid = engine.add_request(ids, params, **extra)
     text = ""
     try:
         while engine.has_unfinished():

@@ -33,6 +33,8 @@ class ServerLimits:
     # Cheap bounds checked before any tokenization (None: derived by `prompt_char_bound`).
     max_prompt_chars: int | None = None
     max_messages: int | None = None
+    # Vision tokens all images of one request may take (None: max_model_len).
+    max_image_tokens: int | None = None
 
 
 def prompt_char_bound(tokenizer: Any, max_model_len: int) -> int:

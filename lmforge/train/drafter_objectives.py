@@ -139,7 +139,7 @@ class MedusaObjective:
         if self.teacher is not None:
             with torch.no_grad():
                 teacher = self.teacher(**model_inputs(batch)).logits
-        losses, count = medusa_head_losses(head_logits, labels, teacher)
+        losses, count = medusa_head_losses(head_logits, labels, teacher, batch.get("document_ids"))
         weights = medusa_loss_weights(len(losses), s.decay, s.lambda0 if joint else 1.0)
         heads_loss = sum(w * loss for w, loss in zip(weights, losses))
         lm_count = (labels[:, 1:] != IGNORE_INDEX).sum()

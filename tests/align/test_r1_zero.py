@@ -11,18 +11,22 @@ import pytest
 from rich.console import Console
 
 from lmforge.align.grpo_trainer import GRPOConfig
+from lmforge.align.r1_pipeline import FULL, r1_solution
 from lmforge.align.r1_zero import (
     EMERGED_GAIN,
     R1_ZERO_TEMPLATE,
+    ZERO_EASY,
     ZERO_FAST,
     ZERO_FULL,
     emergence,
     run_zero,
+    transcript_docs,
     zero_stage,
 )
 from lmforge.cli import build_parser
 from lmforge.commands.common import run_config
 from lmforge.data.tasks import synthetic_corpus
+from lmforge.data.tasks.arithmetic import arithmetic_problems
 from lmforge.tokenizer import Tokenizer
 
 
@@ -51,6 +55,23 @@ def test_zero_stage_is_grpo_from_the_base_with_the_template(tmp_path):
     args = build_parser().parse_args(shlex.split(stage.command())[1:])
     assert run_config(args, GRPOConfig) == config  # the listed command builds the same run
     assert ZERO_FULL.format_weight == 1.0 and ZERO_FULL.grpo_steps > ZERO_FAST.grpo_steps
+
+
+def test_transcripts_are_train_problems_in_the_prompts_shape():
+    tok = Tokenizer.train(synthetic_corpus(50, seed=0), vocab_size=300)
+    tok.chat_template = R1_ZERO_TEMPLATE
+    docs = transcript_docs(30, seed=2, digits=2)
+    problems = arithmetic_problems(30, 5, "train", 2, ("+",))  # seed + 3
+    for doc, p in zip(docs, problems, strict=True):
+        prompt = tok.apply_chat_template([{"role": "user", "content": p.prompt}],
+                                         add_generation_prompt=True)  # fmt: skip
+        assert doc == f"{prompt} {r1_solution(p)}"
+    held_out = {p.prompt for p in arithmetic_problems(200, 2, "test", 2, ("+",))}
+    assert not held_out & {p.prompt for p in problems}
+    assert transcript_docs(30, seed=2, digits=2) == docs
+    # --easy changes only the zero run's base and task, never the main demo's settings
+    assert ZERO_EASY.pretrain_steps != FULL.pretrain_steps == 250 and FULL.digits == 3
+    assert ZERO_EASY.grpo_steps == ZERO_FULL.grpo_steps and ZERO_EASY.digits == FULL.digits
 
 
 def test_emergence_compares_the_end_with_the_start():

@@ -135,3 +135,82 @@ def test_chat_takes_a_hub_id_an_adapters_base_and_switchable_loras(
     assert "(no LoRA adapter 'nope'; adapters: sql)" in out
     code, _, err = run("chat", "--temperature", "0")
     assert code == 2 and "name the model" in err
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory):
+    """A tiny random ``qwen2_vl`` folder (VQA tokenizer, Qwen2-VL chat template) whose
+    processor keeps images at ≤ 32 × 32 pixels."""
+    import json
+
+    import torch
+
+    from lmforge.models.hf import save_model
+    from lmforge.train.vlm_sft import VLMSection, tiny_vlm
+    from lmforge.vision.vlm_data import train_vqa_tokenizer
+
+    tok = train_vqa_tokenizer(["colour"], vocab_size=320)
+    section = VLMSection(vocab_size=320, hidden_size=32, num_heads=2, num_kv_heads=1,
+                         vision_hidden=32, vision_heads=2, vision_depth=1)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = tiny_vlm(section, tok)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.3)
+    folder = tmp_path_factory.mktemp("chat-vlm") / "vlm"
+    save_model(model, folder, tokenizer=tok)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 64,
+                                                                 "max_pixels": 1024}))  # fmt: skip
+    return folder
+
+
+def test_chat_image_goes_with_the_first_turn(vlm_dir, chat_model_dir, tmp_path, monkeypatch, run):
+    """``--image FILE``: every reply equals the engine's greedy reply to the conversation
+    with the image in the first user turn (encoded as `lmforge.vision.vlm_data` does);
+    /reset starts over with the image again; bad images and text models are clear errors."""
+    from PIL import Image
+
+    from lmforge.infer.multimodal import ImageInputs
+    from lmforge.models.hf import load_model
+    from lmforge.serve.images import image_processor_for
+    from lmforge.tokenizer import load_tokenizer
+    from lmforge.vision.vlm_data import encode_prompt
+
+    red, green = tmp_path / "red.png", tmp_path / "green.jpg"
+    Image.new("RGB", (16, 16), (220, 20, 20)).save(red)
+    Image.new("RGB", (24, 16), (20, 220, 20)).save(green)
+    model, tok = load_model(vlm_dir).eval(), load_tokenizer(vlm_dir)
+    processor = image_processor_for(model, vlm_dir)
+
+    def expected(turns: list[str], files: list) -> list[str]:
+        replies, messages = [], []
+        for k, text in enumerate(turns):
+            content = [{"type": "image"} for _ in files] if k == 0 else []
+            messages.append({"role": "user", "content": [*content, {"type": "text", "text": text}]})
+            ids, pv, grid = encode_prompt(tok, processor, messages, files)
+            params = SamplingParams(max_tokens=6, temperature=0,
+                                    stop_token_ids=tuple(tok.stop_token_ids))  # fmt: skip
+            engine = Engine(model, tok)
+            replies.append(engine.generate([ids], params, images=[ImageInputs(pv, grid)])[0].text)
+            messages.append({"role": "assistant", "content": replies[-1]})
+        return replies
+
+    turns = ["What colour is it?", "And the shape?"]
+    want = expected(turns, [red])
+    lines = f"{turns[0]}\n{turns[1]}\n/reset\n{turns[0]}\n/exit\n"
+    replies, _ = chat_replies(run, monkeypatch, lines, "--model", str(vlm_dir), "--image", str(red))
+    assert replies == [*want, want[0]]
+    two = expected(turns[:1], [red, green])
+    replies, _ = chat_replies(run, monkeypatch, turns[0] + "\n", "--model", str(vlm_dir),
+                              "--image", str(red), "--image", str(green))  # fmt: skip
+    assert replies == two and two[0] != want[0]  # the second image changes the answer
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    code, _, err = run("chat", "--model", str(vlm_dir), "--image", str(broken))
+    assert code == 2 and "not a readable image" in err and "broken.png" in err
+    code, _, err = run("chat", "--model", str(vlm_dir), "--image", str(tmp_path / "none.png"))
+    assert code == 2 and "no such image file" in err
+    code, _, err = run("chat", "--model", str(chat_model_dir), "--image", str(red))
+    assert code == 2 and "not a vision-language model" in err

@@ -28,13 +28,15 @@ def test_demo_flags_reach_run_demo(monkeypatch, tmp_path, run):
     assert run("demo")[0] == 0
     assert run("demo", "--seeds", "0, 1,2", "--jobs", "2")[0] == 0
     assert run("demo", "--zero", "--seed", "3")[0] == 0
+    assert run("demo", "--zero", "--easy")[0] == 0
     assert run("demo", "--seed", "2", "--cold-start-acc", "0.5")[0] == 0
     assert run("demo", "--seeds", "0,1", "--cold-start-acc", "0.4")[0] == 0
     assert run("demo", "--cold-start-acc", "0")[0] == 0  # the fixed-step cold start
     assert calls == [(str(tmp_path / "d"), {"seed": 2, "fast": True}),
                      ("runs/demo", {"seed": 0, "fast": False}),
                      ("runs/demo", [0, 1, 2], {"fast": False, "jobs": 2}),
-                     ("zero", "runs/demo-zero", {"seed": 3, "fast": False}),
+                     ("zero", "runs/demo-zero", {"seed": 3, "fast": False, "easy": False}),
+                     ("zero", "runs/demo-zero", {"seed": 0, "fast": False, "easy": True}),
                      ("runs/demo", {"seed": 2, "fast": False, "cold_start_acc": 0.5}),
                      ("runs/demo", [0, 1], {"fast": False, "jobs": 1,
                                             "cold_start_acc": 0.4}),
@@ -47,7 +49,9 @@ def test_demo_flags_reach_run_demo(monkeypatch, tmp_path, run):
     assert code == 2 and "must be in [0, 1]" in err
     code, _, err = run("demo", "--zero", "--cold-start-acc", "0.5")
     assert code == 2 and "no SFT cold start" in err
-    assert len(calls) == 7
+    code, _, err = run("demo", "--easy")
+    assert code == 2 and "--easy goes with --zero" in err
+    assert len(calls) == 8
 
 
 @pytest.mark.slow

@@ -13,7 +13,9 @@ def test_run_prints_the_table_and_writes_results(tmp_path, run):
     assert "| questions | 18 |" in out
     assert f"| answer rate, trained abstention | {result['answer_rate_after']:.3f} |" in out
     assert (tmp_path / "h" / "abstain" / "run" / "model").is_dir()
-    assert (tmp_path / "h" / "abstain-dpo" / "run" / "model").is_dir()  # --dpo-steps 1
+    for n in range(4):  # one DPO run per setting of DPO_GRID, --dpo-steps 1 each
+        assert (tmp_path / "h" / "abstain-dpo" / str(n) / "run" / "model").is_dir()
+    assert "1 steps |" in out and result["dpo_setting"]["steps"] == 1
     dpo = [result[f"dpo_{k}_after"] for k in ("halluc_rate", "answer_rate", "accuracy")]
     assert result["dpo_start"] == "sft"  # the default: SFT→DPO
     assert "| trained abstention (SFT→DPO) | " + " | ".join(f"{v:.3f}" for v in dpo) + " |" in out

@@ -15,6 +15,7 @@ TINY = [
     "train.max_steps=4", "train.eval_every=2", "train.save_every=2", "train.eval_batches=1",
     "train.keep_last=2", "log.progress=false", "log.plot=false",
     "text2image.classifier_steps=3", "text2image.eval_samples=4",
+    "text2image.autoencoder_batch_size=4",
 ]  # fmt: skip
 
 
@@ -27,6 +28,9 @@ def test_train_sample_and_resume_exactly(tmp_path, run):
         assert (stage / "metrics.jsonl").is_file()
         assert (stage / "checkpoints" / "step-00000004" / "model.safetensors").is_file()
     assert (full / "samples" / "step-00000002.png").is_file()
+    ae_rows = [json.loads(line) for line in (full / "autoencoder" / "metrics.jsonl").open()]
+    ae_batches = {r["loss_tokens"] for r in ae_rows if "loss_tokens" in r}
+    assert ae_batches == {4}  # text2image.autoencoder_batch_size, not train.batch_size (8)
     assert (full / "model" / "text2image.json").is_file()
     scored = [json.loads(line) for line in (full / "samples.jsonl").read_text().splitlines()]
     assert [r["step"] for r in scored] == [2, 4] and 0 <= scored[-1]["joint_acc"] <= 1

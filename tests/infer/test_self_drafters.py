@@ -115,6 +115,41 @@ def test_medusa_tree_and_reset_on_gap():
     assert mtp.propose(seq, 2, GREEDY, None).num_nodes == 2
 
 
+@torch.no_grad()
+def test_medusa_batch_runs_the_heads_once_per_step():
+    """Drafters sharing a `MedusaBatch` propose what each would alone; the heads run once
+    for all queued states, and a drafter observed after that evaluation gets fresh logits."""
+    from lmforge.infer.self_drafters import MedusaBatch
+
+    m = model(mtp=0)
+    heads = MedusaHeads(32, 40, 3, lm_head=m.lm_head)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    calls = []
+    stacked = heads.forward_stacked
+    heads.forward_stacked = lambda h: calls.append(h.shape[0]) or stacked(h)
+    pool = MedusaBatch(heads)
+    seqs = [torch.randint(0, 40, (n,)) for n in (6, 9, 7)]
+    shared = [MedusaDrafter(heads, width=2, batch=pool) for _ in seqs]
+    alone = [MedusaDrafter(heads, width=2) for _ in seqs]
+    for step in range(2):
+        for seq, a, b in zip(seqs, shared, alone):
+            hidden = m.model(seq[None])[0, : len(seq) - 1 + step]
+            a.observe(hidden, 0)
+            b.observe(hidden, 0)
+        calls.clear()
+        for seq, a, b in zip(seqs, shared, alone):
+            ctx = torch.cat([seq, seq[:1]]) if step else seq  # one token past the observed
+            got = a.propose(ctx, 3, GREEDY, None).tokens
+            assert torch.equal(got, b.propose(ctx, 3, GREEDY, None).tokens)
+        assert calls == [3, 1, 1, 1]  # the shared three at once, then each lone drafter
+    shared[0].observe(m.model(seqs[0][None])[0], 0)  # a newer state than the evaluated one
+    got = shared[0].propose(torch.cat([seqs[0], seqs[0][:1]]), 3, GREEDY, None).tokens
+    top = heads(m.model(seqs[0][None])[0, -1]).topk(2, dim=-1).indices
+    assert got[0] == top[0, 0] and got[1] == top[0, 1]
+
+
 def test_speculative_config_builds_and_refuses(tmp_path):
     import pytest
 

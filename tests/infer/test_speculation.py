@@ -13,7 +13,7 @@ import torch
 from lmforge import CausalLM, ModelConfig
 from lmforge.infer.engine import Engine
 from lmforge.infer.params import SamplingParams
-from lmforge.infer.self_drafters import EagleDrafter, MedusaDrafter, MTPDrafter
+from lmforge.infer.self_drafters import EagleDrafter, MedusaBatch, MedusaDrafter, MTPDrafter
 from lmforge.infer.speculation import SpeculationStats, SpeculativeConfig, verify_draft
 from lmforge.infer.speculative import Draft, DraftLengthSchedule, ModelDrafter
 from lmforge.models.eagle import EagleLayer
@@ -47,11 +47,13 @@ def drafters(model: CausalLM, seed: int = 1) -> dict:
             p.add_(0.05 * torch.randn_like(p))
     eagle = EagleLayer.for_model(model.config)
     small = perturbed(model, 0.3)
+    batch = MedusaBatch(heads)  # the heads run once per step for every request
     return {
         "draft": lambda: ModelDrafter(small),
         "mtp": lambda: MTPDrafter(model),
         "medusa": lambda: MedusaDrafter(heads),
         "medusa_tree": lambda: MedusaDrafter(heads, width=2),
+        "medusa_batched": lambda: MedusaDrafter(heads, width=2, batch=batch),
         "eagle_tree": lambda: EagleDrafter(model, eagle, depth=3, width=2),
     }
 
@@ -68,7 +70,7 @@ def engine(model, factory, k=3, **kw) -> Engine:
 @pytest.mark.parametrize(
     "method, fused",
     [("draft", True), ("mtp", True), ("medusa", True), ("medusa_tree", True),
-     ("eagle_tree", True), ("medusa_tree", False), ("mtp", False)],
+     ("eagle_tree", True), ("medusa_tree", False), ("mtp", False), ("medusa_batched", True)],
 )  # fmt: skip
 def test_greedy_identical_to_plain_greedy(target, method, fused):
     plain = Engine(target, block_size=4, fused_weights=fused).generate(PROMPTS, GREEDY)
@@ -78,6 +80,27 @@ def test_greedy_identical_to_plain_greedy(target, method, fused):
     assert eng.spec_stats.rounds > 0
     typical = eng.generate(PROMPTS, SamplingParams(**{**vars(GREEDY), "acceptance": "typical"}))
     assert [o.token_ids for o in typical] == [o.token_ids for o in plain]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_sliding_window_greedy_identical_to_plain(fused):
+    """A window of 6 that bites (prompts up to 30 tokens + 14 new): chains (draft model,
+    MTP) and trees (Medusa, EAGLE) verified with depth-based positions inside the window."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        initializer_range=0.3, num_nextn_predict_layers=2, sliding_window=6,
+    )  # fmt: skip
+    model = CausalLM(cfg).eval()
+    plain = Engine(model, block_size=4, fused_weights=fused).generate(PROMPTS, GREEDY)
+    full = Engine(tiny(), block_size=4).generate(PROMPTS, GREEDY)
+    assert [o.token_ids for o in plain] != [o.token_ids for o in full]
+    for method in ("draft", "mtp", "medusa_tree", "eagle_tree"):
+        eng = engine(model, drafters(model)[method], fused_weights=fused)
+        out = eng.generate(PROMPTS, GREEDY)
+        assert [o.token_ids for o in out] == [o.token_ids for o in plain], method
+        assert eng.spec_stats.rounds > 0
 
 
 class OracleTree:

@@ -376,3 +376,76 @@ def test_invalid_inputs(target):
     bad = ScriptedDrafter(token=1)
     with pytest.raises(ValueError, match="probs"):
         speculative_generate(target, bad, prompt(), 5, do_sample=True, seed=0)
+
+
+# ---------------------------------------------------------------------- self-drafters
+def mtp_lm(vocab: int = VOCAB, hidden: int = 32, std: float = 0.3) -> CausalLM:
+    torch.manual_seed(4)
+    config = ModelConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128, initializer_range=std,
+                         num_nextn_predict_layers=2)  # fmt: skip
+    return CausalLM(config).eval()
+
+
+def self_drafters(model: CausalLM) -> dict:
+    from lmforge.infer.self_drafters import EagleDrafter, MedusaDrafter, MTPDrafter
+    from lmforge.models.eagle import EagleLayer
+    from lmforge.models.medusa import MedusaHeads
+
+    c = model.config
+    torch.manual_seed(5)
+    heads = MedusaHeads(c.hidden_size, c.vocab_size, 3, lm_head=model.lm_head)
+    with torch.no_grad():  # untrained heads copy the LM head: perturb them
+        for p in heads.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    layer = EagleLayer.for_model(c).eval()
+    return {
+        "mtp": lambda: MTPDrafter(model),
+        "medusa_tree": lambda: MedusaDrafter(heads, width=2),
+        "eagle_tree": lambda: EagleDrafter(model, layer, depth=3, width=2),
+    }
+
+
+@pytest.mark.parametrize("method", ["mtp", "medusa_tree", "eagle_tree"])
+def test_self_drafters_greedy_identical_to_target_greedy(method):
+    model = mtp_lm()
+    ids = prompt(6, seed=2)
+    expected = generate(model, ids, max_new_tokens=30, do_sample=False)
+    out = speculative_generate(model, self_drafters(model)[method](), ids, 30, num_draft_tokens=3)
+    assert torch.equal(out.sequences, expected)
+    # a draft every round but the last (k = 0): `observe` kept the drafter in step
+    assert all(0 < n <= 3 for n in out.draft_lengths[:-1])  # trees cut to a chain of ≤ k
+    if method == "medusa_tree":  # heads close to the LM head
+        assert out.num_accepted > 0
+    one = speculative_generate(model, self_drafters(model)[method](), ids[:, :1], 12)
+    assert torch.equal(one.sequences, generate(model, ids[:, :1], max_new_tokens=12))
+
+
+def test_first_path_of_a_tree():
+    from lmforge.infer.speculative import first_path
+
+    tree = Draft(torch.tensor([10, 11, 12, 13, 14]), None, [-1, -1, 1, 0, 3])
+    assert first_path(tree).tokens.tolist() == [10, 13, 14] and first_path(tree).parents is None
+
+
+@pytest.mark.parametrize("method", [pytest.param("mtp", marks=pytest.mark.slow), "medusa_tree"])
+def test_self_drafters_sampling_preserves_target_distribution(method):
+    """MTP drafts carry their distributions (rejection sampling); Medusa's top-k drafts are
+    deterministic (draw from the target and follow): both reproduce the target's joint
+    distribution of the first two tokens."""
+    sampling = SETTINGS["processed"]
+    model = mtp_lm(vocab=SMALL_VOCAB, hidden=16, std=0.5)
+    ids = prompt(3, seed=1, vocab=SMALL_VOCAB)
+    runs, counts, accepted, drafted = 400, torch.zeros(SMALL_VOCAB, SMALL_VOCAB), 0, 0
+    factory = self_drafters(model)[method]
+    for seed in range(runs):
+        out = speculative_generate(
+            model, factory(), ids, 3, num_draft_tokens=2, seed=seed, do_sample=True,
+            temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+        )  # fmt: skip
+        a, b = out.sequences[0, 3:5].tolist()
+        counts[a, b] += 1
+        accepted, drafted = accepted + out.num_accepted, drafted + out.num_drafted
+    assert_matches(counts, first_two_distribution(model, ids, sampling), runs)
+    assert 0.05 < accepted / drafted < 0.95

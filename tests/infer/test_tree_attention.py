@@ -19,6 +19,7 @@ from lmforge.infer.tree_attention import (
     node_depths,
     tree_from_choices,
     tree_mask,
+    window_mask,
 )
 
 
@@ -49,6 +50,16 @@ def test_tree_mask_matches_brute_force(seed):
     assert depths == [int(mask[i + 1].sum()) - 1 for i in range(len(parents))]
 
 
+def test_window_mask_by_positions():
+    parents = [-1, -1, 0, 0, 2, 1]  # depths 1 1 2 2 3 2
+    past, window = 5, 3
+    got = window_mask(tree_mask(parents), past, window)
+    positions = [past] + [past + d for d in node_depths(parents)]
+    keys = list(range(past)) + positions
+    for r, q in enumerate(positions):
+        assert got[r].tolist() == [q - k < window for k in keys]
+
+
 def test_chain_and_choices():
     assert torch.equal(tree_mask(chain_parents(4)), torch.ones(5, 5, dtype=torch.bool).tril())
     tree = tree_from_choices([(0, 0, 1), (1,), (0, 2)])  # prefixes (0,), (0, 0) are added
@@ -63,12 +74,15 @@ def test_chain_and_choices():
         node_depths([0])
 
 
+@pytest.mark.parametrize("window", [None, 4])
 @torch.no_grad()
-def test_tree_forward_equals_forward_of_each_path():
+def test_tree_forward_equals_forward_of_each_path(window):
+    """Also with a sliding window of 4 (it bites: 6 cached tokens and paths of depth 3), the
+    plain forward over each path applying the same window."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      initializer_range=0.2)  # fmt: skip
+                      initializer_range=0.2, sliding_window=window)  # fmt: skip
     model = CausalLM(cfg).eval()
     context = torch.randint(0, 50, (7,)).tolist()  # committed: 6 cached + the root
     parents = [-1, -1, 0, 0, 2, 1]

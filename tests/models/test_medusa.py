@@ -60,3 +60,16 @@ def test_head_losses_by_hand():
                 p = teacher[b, t + 1].softmax(-1)
                 terms.append((p * (p.log() - logits[0, b, t].log_softmax(-1))).sum())
     assert math.isclose(kl[0].item(), torch.stack(terms).mean().item(), rel_tol=1e-5)
+
+
+def test_forward_one_equals_forward_and_follows_weight_updates():
+    torch.manual_seed(0)
+    heads = MedusaHeads(16, 30, 3, num_layers=2)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    h = torch.randn(16)
+    torch.testing.assert_close(heads.forward_one(h), heads(h))
+    with torch.no_grad():
+        heads.blocks[1][0].linear.weight.add_(0.5)  # the stacked copies must be rebuilt
+    torch.testing.assert_close(heads.forward_one(h), heads(h))

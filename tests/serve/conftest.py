@@ -136,3 +136,59 @@ def lora_server(lora_model_dir, tmp_path_factory):
     loras = [f"{name}={path}" for name, path in adapters.items()]
     with running_server(folder, log, "--lora", *loras) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def vlm_model_dir(tmp_path_factory) -> Path:
+    """An HF ``qwen2_vl`` folder named ``tiny-vlm``: a from-scratch tiny VLM (random, sharp
+    logits), the VQA tokenizer with Qwen2-VL's chat template, and a
+    ``preprocessor_config.json`` whose budget keeps images ≤ 32 × 32 pixels (≤ 16 tokens)."""
+    from lmforge.models.hf import save_model
+    from lmforge.train.vlm_sft import VLMSection, tiny_vlm
+    from lmforge.vision.vlm_data import train_vqa_tokenizer
+
+    tok = train_vqa_tokenizer(["colour", "shape"], vocab_size=320)
+    section = VLMSection(
+        vocab_size=320, hidden_size=32, num_heads=2, num_kv_heads=1, vision_hidden=32,
+        vision_heads=2, vision_depth=1, patch_size=4,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = tiny_vlm(section, tok)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.3)
+    folder = tmp_path_factory.mktemp("vlm-serve") / "tiny-vlm"
+    save_model(model, folder, tokenizer=tok)
+    processor = {"patch_size": 4, "temporal_patch_size": 2, "merge_size": 2,
+                 "min_pixels": 64, "max_pixels": 1024}  # fmt: skip
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def vlm_server(vlm_model_dir, tmp_path_factory):
+    """A server for ``tiny-vlm`` (no API key) allowing 24 vision tokens per request."""
+    log = tmp_path_factory.mktemp("vlm-server-log") / "serve.log"
+    with running_server(vlm_model_dir, log, "--max-image-tokens", "24") as url:
+        yield url
+
+
+def png_data_url(size: tuple[int, int], colour: tuple[int, int, int]) -> str:
+    """A ``data:image/png;base64,…`` URL of a solid-colour image with a lighter square."""
+    import base64
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, colour)
+    ImageDraw.Draw(image).rectangle([2, 2, size[0] // 2, size[1] // 2], fill=(250, 250, 250))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="session")
+def data_url():
+    """``data_url((w, h), (r, g, b))``: a PNG data URL (`png_data_url`)."""
+    return png_data_url

@@ -97,3 +97,35 @@ def test_markdown_is_rendered_without_raw_html(page, server):
     assert '<a href="https://example.org/"' in html or '<a href="https://example.org"' in html
     assert "javascript:" not in html.split("[bad]")[0] and 'href="javascript' not in html
     assert "&lt;a href='x'&gt;raw&lt;/a&gt;" in html and "<script" not in html
+
+
+def test_image_upload_is_sent_inline_and_accepted(page, vlm_server, http_json, data_url, tmp_path):
+    """A VLM server's page: the file input's image goes out as an ``image_url`` data URL part
+    beside the text, the server answers it, and the answer equals the same JSON sent by hand."""
+    import base64
+
+    url = data_url((16, 16), (200, 30, 30))
+    png = tmp_path / "red.png"
+    png.write_bytes(base64.b64decode(url.split(",", 1)[1]))
+    requests = []
+    page.on("request", lambda r: requests.append((r.method, r.post_data)))
+    page.goto(vlm_server + "/")
+    page.wait_for_function("document.getElementById('model').value === 'tiny-vlm'")
+    assert page.get_attribute("#image", "type") == "file"
+    assert "image/png" in page.get_attribute("#image", "accept")
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "6")
+    page.set_input_files("#image", str(png))
+    page.fill("#input", "What colour is it?")
+    page.click("#send")
+    page.wait_for_selector(".msg.assistant[data-state='done']", timeout=30_000)
+    assert page.query_selector(".msg.error") is None
+    assert page.query_selector(".msg.user img") is not None
+    assert page.eval_on_selector("#image", "e => e.files.length") == 0  # cleared after sending
+    (body,) = [json.loads(d) for m, d in requests if m == "POST"]
+    text, image = body["messages"][0]["content"]
+    assert text == {"type": "text", "text": "What colour is it?"}
+    assert image["type"] == "image_url" and image["image_url"]["url"] == url
+    shown = page.eval_on_selector(".msg.assistant", "e => e.dataset.raw")
+    status, out = http_json("POST", vlm_server + "/v1/chat/completions", {**body, "stream": False})
+    assert status == 200 and out["choices"][0]["message"]["content"] == shown

@@ -153,3 +153,20 @@ def test_tool_requests():
         {"role": "tool", "tool_call_id": "c1", "content": "42"},
     ]  # fmt: skip
     assert chat(messages=history).messages[2].tool_call_id == "c1"
+
+
+def test_image_url_parts():
+    from lmforge.serve.protocol import ImagePart
+
+    url = "data:image/png;base64,iVBORw0KGgo="
+    parts = [{"type": "text", "text": "what is "}, {"type": "image_url", "image_url": {"url": url}},
+             {"type": "text", "text": "this?"}]  # fmt: skip
+    (message,) = chat(messages=[{"role": "user", "content": parts}]).messages
+    assert isinstance(message.content[1], ImagePart) and message.content[1].image_url.url == url
+    assert message.text() == "what is this?"  # images are not text
+    bad = [{"type": "image_url", "image_url": {"url": url, "detail": "huge"}}]
+    message = errors_of(messages=[{"role": "user", "content": bad}])["message"]
+    assert "image_url.detail: Input should be 'auto', 'low' or 'high'" in message
+    bad = [{"type": "input_audio", "input_audio": {}}]
+    message = errors_of(messages=[{"role": "user", "content": bad}])["message"]
+    assert "'input_audio' found using 'type' does not match any of the expected tags" in message

@@ -62,3 +62,38 @@ def test_pick_adapter_switches_by_name_and_keeps_the_choice_on_an_unknown_one():
     ]
     assert pick_adapter("/lora x", {}, 0, out) == 0
     assert out.getvalue().endswith("adapters: none (start the chat with --lora NAME=DIR))\n")
+
+
+def test_chat_loop_images_ride_with_the_first_turn_until_it_is_dropped(vlm_model_dir):
+    from PIL import Image
+
+    from lmforge.infer.multimodal import ImageInputs
+    from lmforge.models.hf import load_model
+    from lmforge.serve.images import image_processor_for
+    from lmforge.tokenizer import load_tokenizer
+    from lmforge.vision.processor import IMAGE_PAD
+
+    class ImageRecorder(Engine):
+        def add_request(self, prompt_token_ids, params, request_id=None, images=None):
+            self.sent = [*getattr(self, "sent", []), (list(prompt_token_ids), images)]
+            return super().add_request(prompt_token_ids, params, request_id, images=images)
+
+    model, tok = load_model(vlm_model_dir).eval(), load_tokenizer(vlm_model_dir)
+    processor = image_processor_for(model, vlm_model_dir)
+    pv, grid = processor([Image.new("RGB", (16, 16), (200, 0, 0))])  # 4 image tokens
+    images = (ImageInputs(pv, grid), processor.tokens_per_image(grid))
+    engine = ImageRecorder(model, tok)
+    pad = tok.token_to_id(IMAGE_PAD)
+    lines = "colour?\nshape?\n/reset\ncolour?\n"
+    chat_loop(engine, tok, 256, chat_settings(), io.StringIO(lines), io.StringIO(), images=images)
+    assert [ids.count(pad) for ids, _ in engine.sent] == [4, 4, 4]
+    assert all(im is images[0] for _, im in engine.sent)
+    # A context of one exchange: the image turn is dropped, and its images with it.
+    engine = ImageRecorder(model, tok)
+    out = io.StringIO()
+    chat_loop(engine, tok, 60, chat_settings(max_tokens=8), io.StringIO("colour?\nshape?\n"), out,
+              images=images)  # fmt: skip
+    assert "dropped the oldest turn" in out.getvalue()
+    (first, im1), (second, im2) = engine.sent
+    assert first.count(pad) == 4 and im1 is images[0]
+    assert second.count(pad) == 0 and im2 is None

@@ -1,0 +1,57 @@
+"""GUI agents, UI-TARS style: an offline, deterministic GUI environment rendered with Pillow,
+the unified action language with a parser and a grammar for constrained decoding, a scripted
+expert, the perception / grounding / trajectory / reflection data, metrics, policies,
+evaluation episodes, agent SFT and online RL.
+
+| module | what |
+|---|---|
+| `widgets` | widget tree (buttons, fields, checkboxes, radios, dropdowns, lists, panes, tabs, dialogs) with screen boxes, hit testing (modal dialog, overlays), values |
+| `layout` | column layout: every widget's box from margins, row height, label column; button rows, tab pages, pane offsets, dropdown overlays, dialogs |
+| `render` | deterministic Pillow screenshots of a window with themes and Pillow's bundled font |
+| `tasks` | task templates with randomised layouts and programmatic success checks; train / held-out layouts and templates |
+| `env` | gymnasium `GUIEnv` (screenshot observations, text actions) and the action executor; text render |
+| `actions` | UI-TARS's unified action space as dataclasses; exact text form, formatter, parser with clear errors |
+| `action_grammar` | regex of `Thought: … Action: …` (on-screen coordinates) for the engine's structured decoding |
+| `expert` | scripted closed-loop expert with a thought per step and its target box |
+| `agent_data` | perception, state QA, grounding, expert trajectories (last k screenshots), reflection pairs as VLM SFT examples; JSONL io |
+| `metrics` | success rate, mean steps, grounding accuracy, invalid-action rate, per template |
+| `policy` | policies in `GUIEnv`: a VLM decoding through the engine with the last k screenshots (optionally under the action grammar), the expert as an oracle |
+| `rollout` | episodes side by side, recorded for the metrics (the expert's target box per step), held-out evaluation, GIFs |
+| `sft` | agent SFT through the one Trainer (a chosen mix of the data kinds, tiny VLM from scratch or a qwen2_vl folder), held-out grounding and episode figures |
+| `rl` | online GRPO over whole episodes in `GUIEnv` (groups per task, success + format reward, the failed tasks first), packed multimodal surrogate through the one Trainer |
+"""
+
+from lmforge.agents.action_grammar import action_regex, response_regex
+from lmforge.agents.actions import (
+    Action,
+    ActionParseError,
+    AgentResponse,
+    format_action,
+    format_response,
+    parse_action,
+    parse_response,
+)
+from lmforge.agents.agent_data import make_agent_dataset
+from lmforge.agents.env import GUIEnv
+from lmforge.agents.expert import expert_step
+from lmforge.agents.metrics import summarize
+from lmforge.agents.tasks import Task, sample_task, task_success
+
+__all__ = [
+    "Action",
+    "ActionParseError",
+    "AgentResponse",
+    "GUIEnv",
+    "Task",
+    "action_regex",
+    "expert_step",
+    "format_action",
+    "format_response",
+    "make_agent_dataset",
+    "parse_action",
+    "parse_response",
+    "response_regex",
+    "sample_task",
+    "summarize",
+    "task_success",
+]

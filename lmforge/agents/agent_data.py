@@ -1,0 +1,347 @@
+"""Training data for a GUI agent, as UI-TARS builds it (Qin et al. 2025 §4): perception
+(dense captions of the elements, state QA), grounding (instruction → a click inside the
+element), multi-step trajectories of the scripted expert with a thought per step, and
+reflection pairs (an injected mistake, then the step that corrects it).
+
+    data = make_agent_dataset(split="train", num_tasks=200, seed=0)
+    data["grounding"][0].messages()   # [{"role": "user", …images, text}, {"role": "assistant", …}]
+    encode_chat(tokenizer, processor, ex.messages(), ex.images)   # → lmforge's VLM SFT
+
+Every example is a `lmforge.vision.vlm_tasks.VQAExample` (screenshots as uint8 arrays, a
+question, the answer) — the sample type ``lmforge vlm sft`` trains on and `answer_questions`
+evaluates, so the agent data plugs into the existing multimodal SFT (several images per
+example are supported). A trajectory step shows the last ``history`` screenshots (oldest
+first, the current one last) and, as text, the instruction and the previous actions
+(`agent_prompt`); its answer is ``Thought: …\\nAction: …``. `write_examples` /
+`read_examples` store a dataset as JSONL (Qwen-style messages) plus PNG screenshots.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lmforge.agents.actions import MAX_THOUGHT, format_action, format_response, parse_action
+from lmforge.agents.env import GUIEnv, WindowController
+from lmforge.agents.expert import ExpertStep, click, expert_step
+from lmforge.agents.render import render_window
+from lmforge.agents.tasks import Task, sample_task
+from lmforge.agents.widgets import (
+    Box,
+    Button,
+    Checkbox,
+    Dialog,
+    Dropdown,
+    Label,
+    ListView,
+    RadioGroup,
+    ScrollPane,
+    Tabs,
+    TextField,
+    Window,
+    box_center,
+)
+from lmforge.io import atomic_write_text
+from lmforge.vision.vlm_tasks import VQAExample
+
+KINDS = ("perception", "state_qa", "grounding", "trajectory", "reflection")
+MAX_HISTORY_ACTIONS = 6
+
+
+@dataclass(frozen=True)
+class Element:
+    """A thing on screen a user could point at: kind, its text, its box."""
+
+    kind: str
+    label: str
+    box: Box
+
+
+def screen_elements(win: Window) -> list[Element]:
+    """The shown, clickable elements of ``win``, topmost layer only (a dialog hides the
+    window; an open dropdown's options come first)."""
+    if win.dialog is not None:
+        d = win.dialog
+        return [Element("close box", d.label, d.close_box)] + [
+            Element("button", b.label, b.box) for b in d.buttons
+        ]
+    out = []
+    drop = win.open_dropdown()
+    if drop is not None:
+        out += [
+            Element("option", o, b) for o, b in zip(drop.options, drop.option_boxes, strict=True)
+        ]
+    for w in win.walk(shown_only=True):
+        if isinstance(w, (Button, TextField, Checkbox, Dropdown)):
+            out.append(Element({"textfield": "field"}.get(w.kind, w.kind), w.label, w.box))
+        elif isinstance(w, RadioGroup):
+            out += [Element("option", o, b) for o, b in zip(w.options, w.option_boxes, strict=True)]
+        elif isinstance(w, Tabs):
+            out += [Element("tab", n, b) for n, b in zip(w.names, w.tab_boxes, strict=True)]
+        elif isinstance(w, ListView):
+            rows = range(w.offset, min(len(w.items), w.offset + w.visible))
+            out += [Element("row", w.items[i], w.row_box(i)) for i in rows]
+    return out
+
+
+def describe_widget(win: Window, w) -> str | None:
+    """One line of a dense caption for a shown widget (None for containers' pages)."""
+    if isinstance(w, Label):
+        return f"text '{w.label}'"
+    if isinstance(w, Button):
+        return f"button '{w.label}'"
+    if isinstance(w, TextField):
+        return f"field '{w.label}' " + (f"'{w.text}'" if w.text else "empty")
+    if isinstance(w, Checkbox):
+        return f"checkbox '{w.label}' " + ("ticked" if w.checked else "unticked")
+    if isinstance(w, (RadioGroup, Dropdown)):
+        return f"{'choice' if isinstance(w, RadioGroup) else 'dropdown'} '{w.label}' {w.value()}"
+    if isinstance(w, ListView):
+        return "list " + ", ".join(w.items[w.offset : w.offset + w.visible])
+    if isinstance(w, Tabs):
+        return "tabs " + ", ".join(w.names) + f"; {w.names[w.active]} open"
+    if isinstance(w, ScrollPane):
+        return "scrollable pane"
+    if isinstance(w, Dialog):
+        return f"message '{w.label}': {w.message}"
+    return None
+
+
+def dense_caption(win: Window) -> str:
+    """Every shown widget, top to bottom, one line each."""
+    lines = [f"window '{win.title}'"]
+    lines += [d for w in win.walk(shown_only=True) if (d := describe_widget(win, w))]
+    return "\n".join(lines)
+
+
+def state_questions(win: Window) -> list[tuple[str, str]]:
+    """(question, answer) pairs about the shown widgets' state."""
+    qa = [("Is a message box open?", "yes" if win.dialog is not None else "no")]
+    for w in win.walk(shown_only=True):
+        if isinstance(w, Checkbox):
+            qa.append((f"Is '{w.label}' ticked?", "yes" if w.checked else "no"))
+        elif isinstance(w, (RadioGroup, Dropdown)):
+            qa.append((f"What is {w.label} set to?", w.value()))
+        elif isinstance(w, TextField):
+            qa.append((f"What is in the {w.label} field?", w.text or "empty"))
+        elif isinstance(w, Tabs):
+            qa.append(("Which tab is open?", w.names[w.active]))
+    return qa
+
+
+def agent_prompt(instruction: str, previous: Sequence[str], num_images: int) -> str:
+    """The text of a trajectory step's user turn: the instruction, the previous actions
+    (the last `MAX_HISTORY_ACTIONS`), and what the screenshots are."""
+    recent = list(previous)[-MAX_HISTORY_ACTIONS:]
+    history = "; ".join(recent) if recent else "none"
+    return (f"Task: {instruction}\nPrevious actions: {history}\n"
+            f"The last {num_images} screenshot(s), newest last. What next?")  # fmt: skip
+
+
+@dataclass
+class TrajectoryStep:
+    """One step: the screenshot it saw, the response, whether it is an injected mistake or
+    the correction that follows one, and the expert's target box."""
+
+    screenshot: np.ndarray
+    response: str
+    action: str
+    target_box: Box | None
+    mistake: bool = False
+    correction: bool = False
+
+
+@dataclass
+class Trajectory:
+    task: Task
+    steps: list[TrajectoryStep] = field(default_factory=list)
+    success: bool = False
+
+
+def mistake_step(task: Task, win: Window, rng: random.Random) -> tuple[ExpertStep, str] | None:
+    """A plausible wrong, non-terminal click that makes things worse — untick / tick a box
+    that was right, change a radio choice that was right, switch to a tab or open a
+    dropdown the expert would not — and the id of the widget it disturbs; None if none fits."""
+    if win.dialog is not None or win.open_dropdown() is not None:
+        return None
+    expected, values, options = task.expected_values(), win.values(), []
+    right = lambda w: values.get(w.wid) == expected.get(w.wid)  # noqa: E731
+    for w in win.walk(shown_only=True):
+        if isinstance(w, Checkbox) and right(w):
+            options.append((click(w.mark_box, "I toggle it.", w.label), w.wid))
+        elif isinstance(w, RadioGroup) and right(w):
+            for i, o in enumerate(w.options):
+                if i != w.selected:
+                    options.append((click(w.option_boxes[i], "I choose it.", o), w.wid))
+        elif isinstance(w, Tabs):
+            for i, b in enumerate(w.tab_boxes):
+                if i != w.active:
+                    options.append((click(b, "I open the tab.", w.names[i]), w.wid))
+        elif isinstance(w, Dropdown):
+            options.append((click(w.box, "I open the list.", w.label), w.wid))
+    planned = expert_step(task, win).action
+    options = [(step, wid) for step, wid in options if step.action != planned]
+    return rng.choice(options) if options else None
+
+
+def reflective(thought: str) -> str:
+    """A correction's thought: notice the mistake, then the expert's reasoning."""
+    text = "My last step was a mistake. " + thought
+    return text if len(text) <= MAX_THOUGHT else ("Mistake. " + thought)[:MAX_THOUGHT]
+
+
+def expert_trajectory(
+    task: Task, max_steps: int = 30, mistake_at: int | None = None, seed: int = 0
+) -> Trajectory:
+    """Roll the expert out on ``task``; with ``mistake_at`` = t, a mistake is injected before
+    expert step t and the next step is marked as its correction (reflection)."""
+    env = GUIEnv(width=task.window.width, height=task.window.height, max_steps=max_steps)
+    obs, _ = env.reset(options={"task": task})
+    traj, rng, prefer, done = Trajectory(task), random.Random(seed), None, False
+    while not done:
+        mistake = mistake_step(task, env.window, rng) if len(traj.steps) == mistake_at else None
+        if mistake is not None:
+            step, prefer = mistake
+        else:
+            step = expert_step(task, env.window, prefer)
+        thought = step.thought
+        if prefer is not None and mistake is None:
+            thought, prefer = reflective(thought), None
+        correction = bool(traj.steps) and traj.steps[-1].mistake and mistake is None
+        text = format_response(thought, step.action)
+        traj.steps.append(TrajectoryStep(obs, text, format_action(step.action), step.target_box,
+                                         mistake=mistake is not None, correction=correction))  # fmt: skip
+        obs, reward, terminated, truncated, _ = env.step(step.action)
+        done = terminated or truncated
+        traj.success = bool(reward)
+    return traj
+
+
+def trajectory_examples(traj: Trajectory, history: int = 2) -> list[VQAExample]:
+    """One example per expert step (injected mistakes are history, never targets): the
+    last ``history`` screenshots, the prompt, the response. Corrections are "reflection"."""
+    out = []
+    for t, step in enumerate(traj.steps):
+        if step.mistake:
+            continue
+        images = [s.screenshot for s in traj.steps[max(0, t - history + 1) : t + 1]]
+        previous = [s.action for s in traj.steps[:t]]
+        question = agent_prompt(traj.task.instruction, previous, len(images))
+        kind = "reflection" if step.correction else "trajectory"
+        meta = {"template": traj.task.template, "step": t, "target_box": step.target_box}
+        out.append(VQAExample(images, question, step.response, kind, meta))
+    return out
+
+
+def perception_examples(win: Window, rng: random.Random, questions: int = 2) -> list[VQAExample]:
+    """A dense caption of the screen and ``questions`` state-QA pairs."""
+    image = np.asarray(render_window(win))
+    out = [VQAExample([image], "Describe the screen.", dense_caption(win), "perception")]
+    qa = state_questions(win)
+    for q, a in rng.sample(qa, min(questions, len(qa))):
+        out.append(VQAExample([image], q, a, "state_qa"))
+    return out
+
+
+def grounding_examples(win: Window, rng: random.Random, count: int = 3) -> list[VQAExample]:
+    """``count`` (instruction → click at the centre of the element) examples."""
+    image = np.asarray(render_window(win))
+    out = []
+    elements = screen_elements(win)
+    for e in rng.sample(elements, min(count, len(elements))):
+        x, y = box_center(e.box)
+        q = f"Click on the {e.kind} '{e.label}'."
+        out.append(VQAExample([image], q, f"click({x},{y})", "grounding", {"target_box": e.box}))
+    return out
+
+
+def make_agent_dataset(
+    split: str = "train",
+    num_tasks: int = 100,
+    seed: int = 0,
+    history: int = 2,
+    mistake_rate: float = 0.3,
+    width: int = 128,
+    height: int = 128,
+) -> dict[str, list[VQAExample]]:
+    """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
+    grounding on every state the expert visits, trajectories, and reflections from a
+    mistake injected in a ``mistake_rate`` share of the episodes."""
+    data: dict[str, list[VQAExample]] = {k: [] for k in KINDS}
+    rng = random.Random(f"agent-data/{split}/{seed}")
+    for i in range(num_tasks):
+        task = sample_task(seed * 1_000_003 + i, split, width=width, height=height)
+        clean = expert_trajectory(task)
+        mistake_at = rng.randrange(len(clean.steps)) if rng.random() < mistake_rate else None
+        traj = (
+            expert_trajectory(task, mistake_at=mistake_at, seed=i)
+            if mistake_at is not None
+            else clean
+        )
+        for ex in trajectory_examples(traj, history):
+            data[ex.task].append(ex)
+        win = task.fresh_window()
+        for step in clean.steps:
+            for ex in perception_examples(win, rng) + grounding_examples(win, rng):
+                ex.meta["template"] = task.template
+                data[ex.task].append(ex)
+            WindowController(win).apply(parse_action(step.action))
+    return data
+
+
+def write_examples(path: str | Path, examples: Sequence[VQAExample]) -> None:
+    """``examples.jsonl`` (Qwen-style messages with image file names, task, meta) and the
+    screenshots as PNGs under ``images/`` in folder ``path``."""
+    root = Path(path)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, ex in enumerate(examples):
+        names = [f"images/{i:06d}_{k}.png" for k in range(len(ex.images))]
+        for name, image in zip(names, ex.images, strict=True):
+            Image.fromarray(image).save(root / name)
+        lines.append(json.dumps({"images": names, "question": ex.question, "answer": ex.answer,
+                                 "task": ex.task, "meta": ex.meta, "messages": ex.messages()}))  # fmt: skip
+    atomic_write_text(root / "examples.jsonl", "\n".join(lines) + "\n")
+
+
+def read_examples(path: str | Path) -> list[VQAExample]:
+    """The examples `write_examples` stored in folder ``path``."""
+    root, out = Path(path), []
+    for n, line in enumerate((root / "examples.jsonl").read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+            images = [np.asarray(Image.open(root / name).convert("RGB")) for name in row["images"]]
+            meta = {k: tuple(v) if k == "target_box" and v else v for k, v in row["meta"].items()}
+            out.append(VQAExample(images, row["question"], row["answer"], row["task"], meta))
+        except (KeyError, ValueError, OSError) as exc:
+            raise ValueError(f"{root / 'examples.jsonl'} line {n}: {exc}") from exc
+    return out
+
+
+__all__ = [
+    "KINDS",
+    "MAX_HISTORY_ACTIONS",
+    "Element",
+    "Trajectory",
+    "TrajectoryStep",
+    "agent_prompt",
+    "dense_caption",
+    "describe_widget",
+    "expert_trajectory",
+    "grounding_examples",
+    "make_agent_dataset",
+    "mistake_step",
+    "perception_examples",
+    "read_examples",
+    "reflective",
+    "screen_elements",
+    "state_questions",
+    "trajectory_examples",
+    "write_examples",
+]

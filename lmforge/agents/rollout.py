@@ -1,0 +1,113 @@
+"""Episodes of a policy in `GUIEnv`, run side by side, recorded for the metrics and as GIFs.
+
+    runs = run_episodes(policy, [sample_task(s, "heldout") for s in range(50)], max_steps=15)
+    summarize([r.record for r in runs])        # success, steps, grounding, invalid, per template
+    save_gif(runs[0], "episode.gif")
+
+All unfinished episodes advance one step per policy call (one batched decode for a model
+policy). At every step the expert's move in the same state gives the grounding target: its
+box when it points (click, double-click, scroll, drag), else none — so grounding accuracy
+asks "did the agent point where the expert would have".
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from lmforge.agents.actions import action_point, format_action
+from lmforge.agents.env import GUIEnv
+from lmforge.agents.expert import expert_step
+from lmforge.agents.metrics import EpisodeRecord, StepRecord, summarize
+from lmforge.agents.policy import AgentContext, Policy
+from lmforge.agents.tasks import Task, sample_task
+from lmforge.io import atomic_write_bytes
+
+
+@dataclass
+class EpisodeRun:
+    """One episode: its record for the metrics, the screenshots (first … last), the
+    policy's raw responses and the action history shown to it."""
+
+    task: Task
+    record: EpisodeRecord
+    frames: list[np.ndarray] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)  # previous actions as the policy saw them
+
+
+def run_episodes(policy: Policy, tasks: Sequence[Task], max_steps: int = 15) -> list[EpisodeRun]:
+    """Run ``policy`` on every task until each terminates or hits ``max_steps``."""
+    envs, runs, contexts = [], [], []
+    for task in tasks:
+        env = GUIEnv(width=task.window.width, height=task.window.height, max_steps=max_steps)
+        obs, info = env.reset(options={"task": task})
+        envs.append(env)
+        runs.append(EpisodeRun(task, EpisodeRecord(task.template, False), [obs]))
+        contexts.append(AgentContext(info["instruction"], [obs], runs[-1].history, env))
+    active = list(range(len(tasks)))
+    while active:
+        targets = [expert_step(envs[i].task, envs[i].window) for i in active]
+        texts = policy.act([contexts[i] for i in active])
+        still = []
+        for i, text, target in zip(active, texts, targets, strict=True):
+            obs, reward, terminated, truncated, info = envs[i].step(text)
+            valid = not info["invalid_action"]
+            point = action_point(info["action"]) if valid else None
+            box = target.target_box if action_point(target.action) is not None else None
+            runs[i].record.steps.append(StepRecord(valid, point, box))
+            runs[i].frames.append(obs)
+            runs[i].responses.append(text)
+            contexts[i].screenshots.append(obs)
+            contexts[i].previous.append(format_action(info["action"]) if valid else "invalid")
+            runs[i].record.success = bool(reward)
+            if not (terminated or truncated):
+                still.append(i)
+        active = still
+    return runs
+
+
+def evaluate_agent(
+    policy: Policy,
+    split: str = "heldout",
+    num_tasks: int = 50,
+    seed: int = 0,
+    max_steps: int = 15,
+    screen: tuple[int, int] = (128, 128),
+) -> tuple[dict, list[EpisodeRun]]:
+    """`summarize` of ``num_tasks`` tasks of ``split`` (tasks seeded ``seed`` … ``seed +
+    num_tasks − 1``), and the runs."""
+    tasks = [
+        sample_task(seed + i, split, width=screen[0], height=screen[1]) for i in range(num_tasks)
+    ]
+    runs = run_episodes(policy, tasks, max_steps)
+    return summarize([r.record for r in runs]), runs
+
+
+def annotate(frame: np.ndarray, point: tuple[int, int] | None, scale: int) -> Image.Image:
+    """A frame enlarged ``scale``× (nearest), with the acted-on point marked by a ring."""
+    image = Image.fromarray(frame).resize((frame.shape[1] * scale, frame.shape[0] * scale),
+                                          Image.NEAREST)  # fmt: skip
+    if point is not None:
+        x, y, r = point[0] * scale + scale // 2, point[1] * scale + scale // 2, 3 * scale
+        ImageDraw.Draw(image).ellipse((x - r, y - r, x + r, y + r), outline="#ff2050", width=2)
+    return image
+
+
+def save_gif(run: EpisodeRun, path: str | Path, scale: int = 3, ms_per_frame: int = 700) -> Path:
+    """The episode as an animated GIF: each frame with the point the next action acts on."""
+    points = [s.point for s in run.record.steps] + [None]
+    images = [annotate(f, p, scale) for f, p in zip(run.frames, points, strict=True)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
+                   duration=ms_per_frame, loop=0)  # fmt: skip
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+__all__ = ["EpisodeRun", "annotate", "evaluate_agent", "run_episodes", "save_gif"]

@@ -1,0 +1,201 @@
+"""Supervised fine-tuning of a GUI agent through the one `Trainer`: a vision-language model
+(an HF ``qwen2_vl`` folder in ``model.init_from``, or a tiny one from scratch) on the agent
+data of `lmforge.agents.agent_data`, then evaluated on held-out grounding and episodes.
+
+    config = load_config("recipes/agent-tiny.yaml", [], AgentRunConfig)
+    summary = train_agent_sft(config)   # summary["agent_eval"]: grounding accuracy, success, …
+
+UI-TARS trains perception and grounding before and alongside trajectories (Qin et al. 2025
+§4.2–4.4); ``agent.kinds`` picks the mix (``[perception, state_qa, grounding]`` for a
+grounding stage, then ``[trajectory, reflection]`` from that checkpoint, or all at once).
+The examples are packed with `MultimodalPackedLoader` and trained with `vlm_objective`
+(loss on the answers only), exactly as ``lmforge vlm sft`` trains; held-out figures are
+written to ``agent_eval.json``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from lmforge.agents.agent_data import KINDS, make_agent_dataset
+from lmforge.agents.metrics import click_accuracy
+from lmforge.agents.policy import VLMPolicy
+from lmforge.agents.rollout import evaluate_agent
+from lmforge.agents.tasks import SPLITS
+from lmforge.config import ConfigError
+from lmforge.io import atomic_write_json
+from lmforge.models.hf import load_model
+from lmforge.models.vlm import VisionLanguageModel
+from lmforge.tokenizer import Tokenizer, load_tokenizer
+from lmforge.train.config import RunConfig
+from lmforge.train.distributed import DistInfo
+from lmforge.train.loop import Trainer
+from lmforge.train.run import check_resumable, fit_and_export, print_summary, training_run
+from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm, vlm_objective
+from lmforge.vision.processor import QWEN2_VL_CHAT_TEMPLATE, ImageProcessor
+from lmforge.vision.vlm_data import (
+    VLM_SPECIAL_TOKENS,
+    MultimodalPackedLoader,
+    answer_questions,
+    encode_chat,
+)
+from lmforge.vision.vlm_tasks import VQAExample
+
+
+@dataclass
+class AgentSection:
+    """The data mix, the screen, the evaluation and (from scratch) the model sizes."""
+
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    train_tasks: int = 200
+    history: int = 2
+    mistake_rate: float = 0.3
+    screen: int = 128
+    eval_split: str = "heldout"
+    eval_tasks: int = 30  # episodes; 0 skips them
+    eval_grounding: int = 200  # held-out-layout grounding examples; 0 skips them
+    max_steps: int = 15
+    max_new_tokens: int = 160
+    constrained: bool = True  # decode episodes under the action grammar
+    # from scratch (model.init_from empty): as lmforge vlm sft's section
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 4
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    mrope_section: list[int] = field(default_factory=lambda: [2, 3, 3])
+    vocab_size: int = 768
+
+
+@dataclass
+class AgentRunConfig(RunConfig):
+    """An agent SFT run: the training sections plus ``agent``."""
+
+    out_dir: str = "runs/agent-tiny"
+    agent: AgentSection = field(default_factory=AgentSection)
+
+
+def check_agent_config(config: AgentRunConfig) -> None:
+    """Range checks of the ``agent`` section (`ConfigError` naming the field)."""
+    a = config.agent
+    bad = [k for k in a.kinds if k not in KINDS]
+    if bad or not a.kinds:
+        raise ConfigError(f"agent.kinds={a.kinds}: choose from {', '.join(KINDS)}")
+    if a.eval_split not in SPLITS:
+        raise ConfigError(f"agent.eval_split={a.eval_split!r}: choose one of {SPLITS}")
+    if a.screen % (2 * a.patch_size):
+        raise ConfigError(f"agent.screen={a.screen} must be a multiple of 2 × agent.patch_size")
+    if a.train_tasks < 1 or a.history < 1 or not 0 <= a.mistake_rate <= 1:
+        raise ConfigError(
+            "agent.train_tasks and agent.history must be ≥ 1, agent.mistake_rate in [0, 1]"
+        )
+
+
+def train_agent_tokenizer(examples: list[VQAExample], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE on the examples' prompts and answers, with the vision special tokens
+    and Qwen2-VL's chat template."""
+    texts = ["system\nYou are a helpful assistant.", "user\n", "assistant\n"] * 20
+    texts += [ex.question for ex in examples] + [ex.answer for ex in examples]
+    return Tokenizer.train(texts, vocab_size=vocab_size, min_frequency=1,
+                           special_tokens=VLM_SPECIAL_TOKENS, chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+
+
+def agent_model(config: AgentRunConfig, examples: list[VQAExample]):
+    """(model, tokenizer): loaded from ``model.init_from`` or built from scratch."""
+    a = config.agent
+    if config.model.init_from:
+        model = load_model(config.model.init_from, dtype=torch.float32)
+        if not isinstance(model, VisionLanguageModel):
+            raise ConfigError(f"model.init_from={config.model.init_from}: not a VLM folder")
+        return model, load_tokenizer(config.data.tokenizer or config.model.init_from)
+    tokenizer = train_agent_tokenizer(examples, a.vocab_size)
+    section = VLMSection(image_size=a.screen, patch_size=a.patch_size, vision_hidden=a.vision_hidden,
+                         vision_depth=a.vision_depth, vision_heads=a.vision_heads,
+                         hidden_size=a.hidden_size, num_layers=a.num_layers, num_heads=a.num_heads,
+                         num_kv_heads=a.num_kv_heads, mrope_section=a.mrope_section,
+                         vocab_size=a.vocab_size)  # fmt: skip
+    model = tiny_vlm(section, tokenizer)
+    return model, tokenizer
+
+
+def evaluate_agent_model(
+    model: Any, tokenizer: Any, processor: ImageProcessor, a: AgentSection, seed: int
+) -> dict[str, Any]:
+    """Held-out grounding accuracy (greedy answers of grounding questions on held-out
+    layouts) and episode metrics on ``a.eval_split`` (greedy, constrained if asked)."""
+    model.eval()
+    out: dict[str, Any] = {}
+    if a.eval_grounding:
+        data = make_agent_dataset("heldout_layout", max(1, a.eval_grounding // 8), seed + 7919,
+                                  a.history, 0.0, a.screen, a.screen)  # fmt: skip
+        ground = data["grounding"][: a.eval_grounding]
+        answers = answer_questions(model, tokenizer, processor, ground, max_new_tokens=12)
+        boxes = [ex.meta["target_box"] for ex in ground]
+        out["grounding_accuracy"] = click_accuracy(answers, boxes, (a.screen, a.screen))
+    if a.eval_tasks:
+        policy = VLMPolicy(model, tokenizer, processor, (a.screen, a.screen), a.history,
+                           a.max_new_tokens, constrained=a.constrained)  # fmt: skip
+        summary, _ = evaluate_agent(policy, a.eval_split, a.eval_tasks, seed + 104729, a.max_steps,
+                                    (a.screen, a.screen))  # fmt: skip
+        out["episodes"] = summary
+    return out
+
+
+def train_agent_sft(
+    config: AgentRunConfig, *, dist: DistInfo | None = None, console: Console | None = None
+) -> dict[str, Any]:
+    """Train on the agent data, export ``model/`` and report held-out figures (also in
+    ``agent_eval.json``)."""
+    check_agent_config(config)
+    a, t = config.agent, config.train
+    run_dir = Path(config.out_dir)
+    with training_run(config, dist, console) as (dist, console):
+        check_resumable(config)
+        torch.manual_seed(t.seed)
+        data = make_agent_dataset("train", a.train_tasks, t.seed, a.history, a.mistake_rate,
+                                  a.screen, a.screen)  # fmt: skip
+        train_ex = [ex for k in a.kinds for ex in data[k]]
+        random.Random(t.seed).shuffle(train_ex)
+        model, tokenizer = agent_model(config, train_ex)
+        processor = image_processor_for(model, a.screen)
+        encode = lambda ex: encode_chat(tokenizer, processor, ex.messages(), ex.images)  # noqa: E731
+        examples = [encode(ex) for ex in train_ex]
+        val = [encode(ex) for ex in train_ex[: max(1, len(train_ex) // 50)]]
+        pad = tokenizer.pad_token_id or 0
+        seq_len = max(config.data.seq_len, max(len(e) for e in examples))
+        loader = MultimodalPackedLoader(examples, seq_len, t.batch_size, pad, seed=t.seed)
+        val_loader = MultimodalPackedLoader(val, seq_len, t.batch_size, pad, shuffle=False)
+        console.print(
+            f"[bold]agent[/]: {len(examples)} examples ({', '.join(f'{k} {len(data[k])}' for k in a.kinds)}), "
+            f"{loader.rows_per_epoch} packed rows of {seq_len}; "
+            f"{model.num_parameters(trainable_only=True):,} parameters train"
+        )
+        trainer = Trainer(model, loader, config, val_data=val_loader, objective=vlm_objective,
+                          tokenizer=tokenizer, run_dir=run_dir, dist=dist, console=console)  # fmt: skip
+        summary = fit_and_export(trainer, run_dir)
+        if dist.is_main and (a.eval_tasks or a.eval_grounding):
+            summary["agent_eval"] = evaluate_agent_model(model, tokenizer, processor, a, t.seed)
+            atomic_write_json(run_dir / "agent_eval.json", summary["agent_eval"])
+            console.print(f"[bold]held-out[/]: {summary['agent_eval']}")
+        print_summary(summary, console)
+    return summary
+
+
+__all__ = [
+    "AgentRunConfig",
+    "AgentSection",
+    "agent_model",
+    "check_agent_config",
+    "evaluate_agent_model",
+    "train_agent_sft",
+    "train_agent_tokenizer",
+]

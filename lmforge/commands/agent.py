@@ -1,0 +1,162 @@
+"""`lmforge agent sft / rl / eval / run`: a GUI agent (`lmforge.agents`) — supervised
+fine-tuning of a VLM on the agent data (`lmforge.agents.sft.train_agent_sft`), online GRPO
+in the environment (`lmforge.agents.rl.train_agent_rl`), held-out evaluation
+(`lmforge.agents.rollout.evaluate_agent`), one recorded episode.
+
+lmforge agent sft --config recipes/agent-tiny.yaml
+lmforge agent rl --model runs/agent-tiny/model rl.group_size=4
+lmforge agent eval --model runs/agent-tiny/model --tasks heldout --episodes 50
+lmforge agent run --model runs/agent-tiny/model --task list_open --gif episode.gif
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.agents.policy import ExpertPolicy, VLMPolicy
+from lmforge.agents.rl import AgentRLConfig, train_agent_rl
+from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
+from lmforge.agents.sft import AgentRunConfig, train_agent_sft
+from lmforge.agents.tasks import SPLITS, TEMPLATES, sample_task
+from lmforge.commands.common import (
+    CommandError,
+    add_recipe_arguments,
+    model_folder,
+    run_config,
+    subparser,
+)
+from lmforge.io import atomic_write_json
+from lmforge.models.hf import load_model
+from lmforge.models.vlm import VisionLanguageModel
+from lmforge.tokenizer import load_tokenizer
+from lmforge.train.vlm_sft import image_processor_for
+
+EXAMPLES = {
+    "sft": (
+        "  lmforge agent sft --config recipes/agent-tiny.yaml            # a tiny agent from scratch\n"
+        "  lmforge agent sft agent.kinds=[perception,state_qa,grounding]  # a grounding stage\n"
+        "  lmforge agent sft --model runs/agent-ground/model agent.kinds=[trajectory,reflection]\n"
+    ),
+    "rl": (
+        "  lmforge agent rl --model runs/agent-tiny/model                  # GRPO on failed tasks\n"
+        "  lmforge agent rl --model runs/agent-tiny/model rl.group_size=8 rl.format_weight=0.2\n"
+    ),
+    "eval": (
+        "  lmforge agent eval --model runs/agent-tiny/model --tasks heldout --episodes 50\n"
+        "  lmforge agent eval --expert --tasks heldout_template     # the scripted expert (oracle)\n"
+    ),
+    "run": "  lmforge agent run --model runs/agent-tiny/model --task list_open --seed 3 --gif ep.gif\n",
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    group = subparsers.add_parser("agent", help="GUI agents: SFT, evaluation, episodes")
+    actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = subparser(actions, "sft", "agent SFT of a VLM on GUI perception, grounding, "
+                  "trajectories and reflections, then held-out evaluation", EXAMPLES["sft"])  # fmt: skip
+    add_recipe_arguments(p, "agent")
+    p.add_argument(
+        "--model", metavar="DIR", help="a qwen2_vl folder to start from (model.init_from)"
+    )
+    p.set_defaults(run=run_sft, command="agent sft")
+    p = subparser(actions, "rl", "online GRPO in the GUI environment: episodes in groups, "
+                  "task success + format reward", EXAMPLES["rl"])  # fmt: skip
+    add_recipe_arguments(p, "agent-rl")
+    p.add_argument("--model", metavar="DIR", help="the SFT agent's folder (model.init_from)")
+    p.set_defaults(run=run_rl, command="agent rl")
+    p = subparser(actions, "eval", "success rate, mean steps, grounding accuracy and invalid-action "
+                  "rate on GUI tasks, per template", EXAMPLES["eval"])  # fmt: skip
+    add_policy_arguments(p)
+    p.add_argument("--tasks", choices=SPLITS, default="heldout", help="task split (heldout)")
+    p.add_argument("--episodes", type=int, default=50, metavar="N", help="tasks to run (50)")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.set_defaults(run=run_eval, command="agent eval")
+    p = subparser(actions, "run", "one episode: the responses step by step, optionally a GIF",
+                  EXAMPLES["run"])  # fmt: skip
+    add_policy_arguments(p)
+    p.add_argument("--task", choices=sorted(TEMPLATES), required=True, help="task template")
+    p.add_argument("--split", choices=SPLITS, default="heldout", help="layouts to draw from")
+    p.add_argument("--gif", metavar="FILE", help="write the episode as an animated GIF")
+    p.set_defaults(run=run_episode, command="agent run")
+
+
+def add_policy_arguments(p: argparse.ArgumentParser) -> None:
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument(
+        "--model", metavar="DIR", help="an agent's qwen2_vl folder (agent sft's model/)"
+    )
+    who.add_argument("--expert", action="store_true", help="the scripted expert instead (oracle)")
+    p.add_argument("--seed", type=int, default=0, help="first task seed (0)")
+    p.add_argument("--history", type=int, default=2, metavar="K", help="screenshots shown (2)")
+    p.add_argument("--max-steps", type=int, default=15, metavar="N", help="per episode (15)")
+    p.add_argument("--screen", type=int, default=128, metavar="PX", help="screen side (128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (0)")
+    p.add_argument("--no-grammar", action="store_true", help="decode without the action grammar")
+
+
+def policy_from_args(args: argparse.Namespace):
+    if args.expert:
+        return ExpertPolicy()
+    folder = model_folder(args.model)
+    model = load_model(folder, dtype=torch.float32)
+    if not isinstance(model, VisionLanguageModel):
+        raise CommandError(f"--model {args.model}: not a vision-language (qwen2_vl) folder")
+    if args.history < 1:
+        raise CommandError(f"--history {args.history}: show at least 1 screenshot")
+    return VLMPolicy(model, load_tokenizer(folder), image_processor_for(model, args.screen),
+                     (args.screen, args.screen), args.history, temperature=args.temperature,
+                     constrained=not args.no_grammar, seed=args.seed)  # fmt: skip
+
+
+def run_sft(args: argparse.Namespace) -> int:
+    config = run_config(args, AgentRunConfig)
+    if config.model.init_from:
+        model_folder(config.model.init_from)
+    train_agent_sft(config)
+    return 0
+
+
+def run_rl(args: argparse.Namespace) -> int:
+    config = run_config(args, AgentRLConfig)
+    if not config.model.init_from:
+        raise CommandError("give --model DIR: the SFT agent to start RL from")
+    model_folder(config.model.init_from)
+    train_agent_rl(config)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.episodes < 1:
+        raise CommandError(f"--episodes {args.episodes}: run at least one")
+    policy = policy_from_args(args)
+    summary, _ = evaluate_agent(policy, args.tasks, args.episodes, args.seed, args.max_steps,
+                                (args.screen, args.screen))  # fmt: skip
+    print(
+        f"{'template':<18} {'episodes':>8} {'success':>8} {'steps':>6} {'ground':>7} {'invalid':>8}"
+    )
+    rows = [*summary["per_template"].items(), ("all", summary)]
+    for name, s in rows:
+        print(f"{name:<18} {s['episodes']:>8} {s['success_rate']:>8.3f} {s['mean_steps']:>6.2f} "
+              f"{s['grounding_accuracy']:>7.3f} {s['invalid_action_rate']:>8.3f}")  # fmt: skip
+    if args.json:
+        atomic_write_json(Path(args.json), summary)
+    return 0
+
+
+def run_episode(args: argparse.Namespace) -> int:
+    policy = policy_from_args(args)
+    task = sample_task(args.seed, args.split, args.task, args.screen, args.screen)
+    run = run_episodes(policy, [task], args.max_steps)[0]
+    print(f"task: {task.instruction}")
+    for i, (text, step) in enumerate(zip(run.responses, run.record.steps, strict=True), 1):
+        mark = "" if step.valid else "   [invalid]"
+        print(f"step {i}: " + json.dumps(text)[1:-1] + mark)
+    print("success" if run.record.success else "failure", f"after {len(run.record.steps)} steps")
+    if args.gif:
+        print(f"gif: {save_gif(run, args.gif)}")
+    return 0

@@ -1,0 +1,168 @@
+"""Agent data: each kind is well formed (grounding points hit their element in the env,
+trajectory answers parse and replay to success, reflections follow an injected mistake),
+examples encode with the VLM SFT code and train a tiny VLM for a step, and the JSONL io
+round-trips."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.agents.actions import parse_action, parse_response
+from lmforge.agents.agent_data import (
+    KINDS,
+    agent_prompt,
+    dense_caption,
+    expert_trajectory,
+    grounding_examples,
+    make_agent_dataset,
+    read_examples,
+    reflective,
+    screen_elements,
+    state_questions,
+    trajectory_examples,
+    write_examples,
+)
+from lmforge.agents.env import GUIEnv, WindowController
+from lmforge.agents.tasks import sample_task
+from lmforge.agents.widgets import box_contains
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm, vlm_objective
+from lmforge.vision.processor import QWEN2_VL_CHAT_TEMPLATE
+from lmforge.vision.vlm_data import VLM_SPECIAL_TOKENS, MultimodalPackedLoader, encode_chat
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_agent_dataset("train", num_tasks=12, seed=0, history=2, mistake_rate=0.6)
+
+
+def test_every_kind_is_produced(data):
+    assert set(data) == set(KINDS)
+    assert all(data[k] for k in KINDS), {k: len(v) for k, v in data.items()}
+    for kind, examples in data.items():
+        for ex in examples:
+            assert ex.task == kind and ex.images and ex.images[0].shape == (128, 128, 3)
+            assert ex.messages()[-1] == {"role": "assistant", "content": ex.answer}
+
+
+def test_grounding_points_hit_the_named_element(data):
+    for ex in data["grounding"]:
+        point = parse_action(ex.answer, (128, 128))
+        assert box_contains(ex.meta["target_box"], point.x, point.y)
+    # through the env: clicking the answer hits exactly the element the question names
+    rng = random.Random(0)
+    for seed in range(10):
+        task = sample_task(seed, "heldout")
+        win = task.fresh_window()
+        for ex in grounding_examples(win, rng, count=10):
+            a = parse_action(ex.answer)
+            label = ex.question.split("'")[1]
+            hit = win.hit(a.x, a.y)
+            assert hit is not None, ex.question
+            w = hit.widget
+            names = [w.label] + list(getattr(w, "options", []) or getattr(w, "names", []) or
+                                     getattr(w, "items", []))  # fmt: skip
+            assert label in names, (ex.question, w)
+
+
+def test_trajectories_replay_to_success(data):
+    for seed in range(6):
+        task = sample_task(seed, "train")
+        traj = expert_trajectory(task)
+        assert traj.success
+        env = GUIEnv()
+        env.reset(options={"task": task})
+        for step in traj.steps:
+            _, reward, terminated, _, _ = env.step(step.response)
+        assert terminated and reward == 1.0
+        examples = trajectory_examples(traj, history=3)
+        assert len(examples) == len(traj.steps)
+        for t, ex in enumerate(examples):
+            assert len(ex.images) == min(t + 1, 3)
+            assert np.array_equal(ex.images[-1], traj.steps[t].screenshot)
+            assert ex.question.startswith(f"Task: {task.instruction}\nPrevious actions: ")
+            parse_response(ex.answer, (128, 128))
+    assert data["trajectory"][0].question.endswith("What next?")
+
+
+def test_reflection_follows_an_injected_mistake():
+    found = 0
+    for seed in range(20):
+        task = sample_task(seed, "train")
+        clean = expert_trajectory(task)
+        traj = expert_trajectory(task, mistake_at=len(clean.steps) // 2, seed=seed)
+        assert traj.success  # the expert corrects the mistake and still succeeds
+        for i, step in enumerate(traj.steps):
+            if step.correction:
+                found += 1
+                assert traj.steps[i - 1].mistake
+                assert parse_response(step.response).thought.startswith(
+                    ("My last step", "Mistake.")
+                )
+        reflections = [ex for ex in trajectory_examples(traj) if ex.task == "reflection"]
+        mistakes = [s for s in traj.steps if s.mistake]
+        assert len(reflections) == len(mistakes)
+        for ex in reflections:  # the mistake is in the history, not a target
+            assert mistakes[0].action in ex.question
+    assert found >= 10
+    assert len(reflective("x" * 96)) <= 96
+
+
+def test_perception_text_matches_state():
+    task = sample_task(0, template="login_remember")
+    win = task.fresh_window()
+    assert "checkbox 'Remember me' unticked" in dense_caption(win) or "unticked" in dense_caption(
+        win
+    )
+    WindowController(win).apply(parse_action("type('x')"))
+    qa = dict(state_questions(win))
+    assert qa["Is a message box open?"] == "no" and qa["What is in the Username field?"] == "empty"
+    remember = win.find("remember")
+    remember.checked = True
+    assert dict(state_questions(win))[f"Is '{remember.label}' ticked?"] == "yes"
+    assert {e.kind for e in screen_elements(win)} >= {"field", "checkbox", "button"}
+    assert agent_prompt("Do it", [], 1) == (
+        "Task: Do it\nPrevious actions: none\nThe last 1 screenshot(s), newest last. What next?"
+    )
+
+
+def test_examples_plug_into_vlm_sft(data):
+    examples = [data[k][0] for k in KINDS] + [
+        ex for ex in data["trajectory"] if len(ex.images) == 2
+    ][:1]
+    texts = [ex.question + " " + ex.answer for k in KINDS for ex in data[k][:30]]
+    tok = Tokenizer.train(texts, vocab_size=400, min_frequency=1, special_tokens=VLM_SPECIAL_TOKENS,
+                          chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+    section = VLMSection(patch_size=8, vision_hidden=32, vision_heads=2, hidden_size=32, num_layers=1,
+                         num_heads=2, num_kv_heads=1, mrope_section=[2, 3, 3], vocab_size=tok.vocab_size)  # fmt: skip
+    torch.manual_seed(0)
+    model = tiny_vlm(section, tok)
+    processor = image_processor_for(model, 128)
+    encoded = [encode_chat(tok, processor, ex.messages(), ex.images) for ex in examples]
+    assert encoded[-1].image_grid_thw.shape[0] == 2  # a two-screenshot trajectory step
+    for enc, ex in zip(encoded, examples, strict=True):
+        labelled = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != -100]
+        assert tok.decode(labelled, skip_special_tokens=True).strip() == ex.answer
+    loader = MultimodalPackedLoader(encoded, seq_len=max(len(e) for e in encoded), batch_size=2)
+    out = vlm_objective(model, next(iter(loader)))
+    assert torch.isfinite(out.loss_sum) and out.count > 0
+    out.loss_sum.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_write_and_read_round_trip(tmp_path, data):
+    examples = [data[k][1] for k in KINDS]
+    write_examples(tmp_path / "set", examples)
+    back = read_examples(tmp_path / "set")
+    assert len(back) == len(examples)
+    for a, b in zip(examples, back, strict=True):
+        assert (a.question, a.answer, a.task) == (b.question, b.answer, b.task)
+        assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images, strict=True))
+        assert a.meta == b.meta
+    (tmp_path / "set" / "examples.jsonl").write_text('{"images": []}\n')
+    with pytest.raises(ValueError, match="examples.jsonl line 1"):
+        read_examples(tmp_path / "set")

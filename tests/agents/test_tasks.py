@@ -1,0 +1,106 @@
+"""Task templates and splits: held-out layouts and templates are disjoint from training,
+sampling is a pure function of the seed, and every template's success check rejects wrong
+end states (a missing change, a stray change, the wrong final event)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmforge.agents.tasks import (
+    HELDOUT_LAYOUTS,
+    HELDOUT_TEMPLATES,
+    LAYOUTS,
+    SPLITS,
+    TEMPLATES,
+    TRAIN_LAYOUTS,
+    TRAIN_TEMPLATES,
+    sample_task,
+    split_choices,
+    task_success,
+)
+from lmforge.agents.widgets import Checkbox, Dropdown, RadioGroup, TextField
+
+
+def test_splits_are_disjoint_and_cover_everything():
+    assert set(TRAIN_TEMPLATES).isdisjoint(HELDOUT_TEMPLATES) and HELDOUT_TEMPLATES
+    assert set(TRAIN_TEMPLATES) | set(HELDOUT_TEMPLATES) == set(TEMPLATES)
+    assert set(TRAIN_LAYOUTS).isdisjoint(HELDOUT_LAYOUTS) and HELDOUT_LAYOUTS
+    assert sorted(TRAIN_LAYOUTS + HELDOUT_LAYOUTS) == sorted(LAYOUTS)
+    # every theme and every arrangement is seen in training (held out are combinations)
+    assert {t for t, _ in TRAIN_LAYOUTS} == {t for t, _ in LAYOUTS}
+    assert {a for _, a in TRAIN_LAYOUTS} == {a for _, a in LAYOUTS}
+
+
+def test_sampled_tasks_respect_their_split():
+    for seed in range(150):
+        train = sample_task(seed, "train")
+        assert train.template in TRAIN_TEMPLATES and train.layout in TRAIN_LAYOUTS
+        lay = sample_task(seed, "heldout_layout")
+        assert lay.template in TRAIN_TEMPLATES and lay.layout in HELDOUT_LAYOUTS
+        assert sample_task(seed, "heldout_template").template in HELDOUT_TEMPLATES
+        h = sample_task(seed, "heldout")
+        assert h.template in HELDOUT_TEMPLATES or h.layout in HELDOUT_LAYOUTS
+    with pytest.raises(ValueError, match="unknown split"):
+        split_choices("test")
+    with pytest.raises(ValueError, match="unknown task template"):
+        sample_task(0, template="fly")
+    assert set(SPLITS) == {"train", "heldout_layout", "heldout_template", "heldout"}
+
+
+def test_sampling_is_a_function_of_the_seed():
+    a, b = sample_task(5, "heldout"), sample_task(5, "heldout")
+    assert a.instruction == b.instruction and a.goal == b.goal and a.window == b.window
+    assert len({sample_task(s).instruction for s in range(40)}) > 30
+
+
+def broken_versions(task):
+    """Windows in wrong end states: (description, window)."""
+    expected = task.expected_values()
+    out = []
+    if task.goal:  # the goal left undone, the final event done
+        win = task.fresh_window()
+        win.events.append(task.final)
+        out.append(("goal not reached", win))
+    win = task.fresh_window()  # goal reached, but no final event / the wrong one
+    for wid, value in task.goal.items():
+        set_value(win.find(wid), value)
+    out.append(("no final event", win))
+    wrong = task.fresh_window()
+    for wid, value in task.goal.items():
+        set_value(wrong.find(wid), value)
+    wrong.events.append(("press", "secondary") if task.final[0] == "press" else ("finished", ""))
+    out.append(("wrong final event", wrong))
+    stray = task.fresh_window()  # goal reached and final event, but a stray change
+    for wid, value in task.goal.items():
+        set_value(stray.find(wid), value)
+    others = [w for w in stray.walk() if w.wid in expected and w.wid not in task.goal]
+    if others:
+        w = others[0]
+        set_value(w, (not w.checked) if isinstance(w, Checkbox) else
+                  w.text + "x" if isinstance(w, TextField) else
+                  next(o for o in w.options if o != w.value()))  # fmt: skip
+        stray.events.append(task.final)
+        out.append(("stray change", stray))
+    return out
+
+
+def set_value(w, value):
+    if isinstance(w, Checkbox):
+        w.checked = value
+    elif isinstance(w, TextField):
+        w.text = value
+    elif isinstance(w, (Dropdown, RadioGroup)):
+        w.selected = w.options.index(value)
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_success_check_accepts_the_goal_and_rejects_wrong_end_states(template):
+    for seed in range(5):
+        task = sample_task(seed, "heldout", template)
+        right = task.fresh_window()
+        for wid, value in task.goal.items():
+            set_value(right.find(wid), value)
+        right.events.append(task.final)
+        assert task_success(task, right)
+        for what, win in broken_versions(task):
+            assert not task_success(task, win), (template, seed, what)

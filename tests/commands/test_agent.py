@@ -1,0 +1,66 @@
+"""``lmforge agent sft / eval / run`` through `lmforge.cli.main`: exit status, output, the
+files written, clean errors."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from lmforge.cli import main
+
+SMALL = [
+    "agent.train_tasks=2", "agent.eval_tasks=0", "agent.eval_grounding=0", "agent.max_steps=1",
+    "agent.vision_hidden=32", "agent.hidden_size=32", "agent.num_layers=1", "agent.vocab_size=400",
+    "agent.num_heads=2", "agent.num_kv_heads=1", "agent.vision_heads=2", "agent.vision_depth=1",
+    "data.seq_len=256", "train.batch_size=2", "train.max_steps=2", "train.eval_every=0",
+    "train.save_every=0", "log.progress=false", "log.plot=false", "optim.warmup_steps=1",
+]  # fmt: skip
+
+
+def test_sft_then_eval_and_run_the_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["agent", "sft", "--out", str(out), *SMALL]) == 0
+    assert (out / "model" / "config.json").is_file() and (out / "metrics.jsonl").is_file()
+    capsys.readouterr()
+    summary = tmp_path / "eval.json"
+    code = main(["agent", "eval", "--model", str(out / "model"), "--episodes", "1", "--max-steps", "1",
+                 "--json", str(summary)])  # fmt: skip
+    assert code == 0
+    assert json.loads(summary.read_text())["invalid_action_rate"] == 0.0  # under the grammar
+    assert capsys.readouterr().out.splitlines()[-1].startswith("all ")
+    gif = tmp_path / "ep.gif"
+    code = main(["agent", "run", "--model", str(out / "model"), "--task", "radio_apply",
+                 "--max-steps", "1", "--gif", str(gif)])  # fmt: skip
+    assert code == 0 and "step 1: Thought: " in capsys.readouterr().out
+    assert Image.open(gif).n_frames >= 1
+
+
+def test_eval_and_run_the_expert(tmp_path, capsys):
+    assert (
+        main(["agent", "eval", "--expert", "--tasks", "heldout_template", "--episodes", "6"]) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["template", "episodes", "success", "steps", "ground", "invalid"]
+    assert lines[-1].split()[:3] == ["all", "6", "1.000"]
+    gif = tmp_path / "ep.gif"
+    assert main(["agent", "run", "--expert", "--task", "list_open", "--gif", str(gif)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("task: Find '") and "success after" in out
+    assert Image.open(gif).n_frames >= 2
+
+
+def test_rl_needs_a_model(tmp_path, capsys):
+    assert main(["agent", "rl", "--out", str(tmp_path / "rl")]) == 2
+    assert "--model DIR" in capsys.readouterr().err
+    assert main(["agent", "rl", "--model", str(tmp_path / "nope")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["agent", "rl", "--print-config", "rl.group_size=3"]) == 0
+    assert "group_size: 3" in capsys.readouterr().out
+
+
+def test_clean_errors(tmp_path, capsys):
+    assert main(["agent", "eval", "--model", str(tmp_path / "nope")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["agent", "eval", "--expert", "--episodes", "0"]) == 2
+    assert "--episodes 0" in capsys.readouterr().err
