@@ -44,7 +44,7 @@ from lmforge.train.loop import Trainer
 from lmforge.train.objective import LossOutput
 from lmforge.train.run import fit_and_export, print_summary, training_run
 from lmforge.train.vlm_sft import image_processor_for
-from lmforge.vision.processor import ImageProcessor
+from lmforge.vision.processor import ImageProcessor, save_preprocessor_config
 from lmforge.vision.vlm_data import MultimodalExample, collate_rows, encode_chat, pack_examples
 
 
@@ -246,6 +246,8 @@ def train_agent_rl(
         trainer = Trainer(model, rollouts, config, objective=agent_pg_objective, tokenizer=tokenizer,
                           run_dir=run_dir, dist=dist, console=console)  # fmt: skip
         summary = fit_and_export(trainer, run_dir)
+        if dist.is_main:
+            save_preprocessor_config(processor.config, summary["model_dir"])
         summary["rl_tasks"] = len(tasks)
         if r.eval_tasks:
             section = AgentSection(history=r.history, screen=r.screen, eval_split=r.eval_split,

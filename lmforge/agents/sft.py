@@ -38,7 +38,11 @@ from lmforge.train.distributed import DistInfo
 from lmforge.train.loop import Trainer
 from lmforge.train.run import check_resumable, fit_and_export, print_summary, training_run
 from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm, vlm_objective
-from lmforge.vision.processor import QWEN2_VL_CHAT_TEMPLATE, ImageProcessor
+from lmforge.vision.processor import (
+    QWEN2_VL_CHAT_TEMPLATE,
+    ImageProcessor,
+    save_preprocessor_config,
+)
 from lmforge.vision.vlm_data import (
     VLM_SPECIAL_TOKENS,
     MultimodalPackedLoader,
@@ -182,6 +186,8 @@ def train_agent_sft(
         trainer = Trainer(model, loader, config, val_data=val_loader, objective=vlm_objective,
                           tokenizer=tokenizer, run_dir=run_dir, dist=dist, console=console)  # fmt: skip
         summary = fit_and_export(trainer, run_dir)
+        if dist.is_main:
+            save_preprocessor_config(processor.config, summary["model_dir"])
         if dist.is_main and (a.eval_tasks or a.eval_grounding):
             summary["agent_eval"] = evaluate_agent_model(model, tokenizer, processor, a, t.seed)
             atomic_write_json(run_dir / "agent_eval.json", summary["agent_eval"])

@@ -36,7 +36,11 @@ from lmforge.train.distributed import DistInfo
 from lmforge.train.loop import Trainer
 from lmforge.train.objective import LossOutput
 from lmforge.train.run import check_resumable, fit_and_export, print_summary, training_run
-from lmforge.vision.processor import ImageProcessor, ImageProcessorConfig
+from lmforge.vision.processor import (
+    ImageProcessor,
+    ImageProcessorConfig,
+    save_preprocessor_config,
+)
 from lmforge.vision.vlm_data import (
     MultimodalPackedLoader,
     answer_questions,
@@ -199,6 +203,8 @@ def train_vlm_sft(
         trainer = Trainer(model, loader, config, val_data=val_loader, objective=vlm_objective,
                           tokenizer=tokenizer, run_dir=run_dir, dist=dist, console=console)  # fmt: skip
         summary = fit_and_export(trainer, run_dir)
+        if dist.is_main:
+            save_preprocessor_config(processor.config, summary["model_dir"])
         if heldout:
             model.eval()
             predictions = answer_questions(model, tokenizer, processor, heldout, v.max_new_tokens)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from lmforge.io import atomic_write_text
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -86,6 +89,31 @@ class ImageProcessorConfig:
                 f"pixel budget [{self.min_pixels}, {self.max_pixels}] cannot hold one "
                 f"{factor}×{factor} merge block (patch_size × merge_size = {factor})"
             )
+
+
+def save_preprocessor_config(config: ImageProcessorConfig, folder: str | Path) -> Path:
+    """Write ``folder/preprocessor_config.json`` in the layout transformers'
+    ``Qwen2VLImageProcessor`` saves (pixel budget as ``size.shortest_edge`` /
+    ``size.longest_edge``), so a served or HF-loaded checkpoint resizes its images exactly as
+    its training did. Returns the path (written atomically)."""
+    data = {
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": list(config.image_mean),
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "image_std": list(config.image_std),
+        "merge_size": config.merge_size,
+        "patch_size": config.patch_size,
+        "resample": 3,  # bicubic, as `ImageProcessor.preprocess` resizes
+        "rescale_factor": 1 / 255,
+        "size": {"longest_edge": config.max_pixels, "shortest_edge": config.min_pixels},
+        "temporal_patch_size": config.temporal_patch_size,
+    }
+    path = Path(folder) / "preprocessor_config.json"
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return path
 
 
 def smart_resize(
@@ -296,5 +324,6 @@ __all__ = [
     "load_image",
     "message_images",
     "patchify",
+    "save_preprocessor_config",
     "smart_resize",
 ]

@@ -14,7 +14,13 @@ from lmforge.config import ConfigError
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.peft.settings import PeftSettings
 from lmforge.train.config import load_config
-from lmforge.train.vlm_sft import VLMRunConfig, freeze_for_stage, tiny_vlm, train_vlm_sft
+from lmforge.train.vlm_sft import (
+    VLMRunConfig,
+    freeze_for_stage,
+    image_processor_for,
+    tiny_vlm,
+    train_vlm_sft,
+)
 from lmforge.vision.vlm_data import train_vqa_tokenizer
 
 SMALL = [
@@ -35,6 +41,13 @@ def test_from_scratch_run_exports_a_qwen2_vl_folder(tmp_path, capsys):
     assert set(acc) == {"colour", "count", "all"} and summary["heldout_accuracy"] == acc
     model = lmforge.load_model(folder)
     assert isinstance(model, VisionLanguageModel)
+    saved = json.loads((folder / "preprocessor_config.json").read_text())  # as training resized
+    trained = image_processor_for(model, config.vlm.image_size).config
+    assert saved["size"] == {
+        "longest_edge": trained.max_pixels,
+        "shortest_edge": trained.min_pixels,
+    }
+    assert saved["patch_size"] == trained.patch_size == model.config.vision.patch_size
     transformers = pytest.importorskip("transformers")
     hf = transformers.Qwen2VLForConditionalGeneration.from_pretrained(folder).eval()
     ids = torch.tensor([[3, *[model.config.image_token_id] * 4, 5]])

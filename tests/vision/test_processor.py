@@ -22,6 +22,7 @@ from lmforge.vision.processor import (
     flatten_image_messages,
     load_image,
     message_images,
+    save_preprocessor_config,
     smart_resize,
 )
 
@@ -44,6 +45,20 @@ def test_matches_transformers_qwen2_vl_image_processor():
     pixel_values, grid = ImageProcessor(config)(images)
     assert torch.equal(grid, ref["image_grid_thw"])
     assert pixel_values.shape == ref["pixel_values"].shape == (int(grid.prod(-1).sum()), 1176)
+    assert (pixel_values - ref["pixel_values"]).abs().max() < 1e-5
+
+
+def test_saved_preprocessor_config_loads_in_transformers_with_the_same_pixels(tmp_path):
+    pil = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
+    config = ImageProcessorConfig(patch_size=4, merge_size=2, min_pixels=64, max_pixels=32 * 32,
+                                  image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.3, 0.4))  # fmt: skip
+    path = save_preprocessor_config(config, tmp_path)
+    assert path == tmp_path / "preprocessor_config.json"
+    reference = pil.Qwen2VLImageProcessorPil.from_pretrained(tmp_path)
+    images = random_images(1)
+    ref = reference(images=[Image.fromarray(i) for i in images], return_tensors="pt")
+    pixel_values, grid = ImageProcessor(config)(images)
+    assert torch.equal(grid, ref["image_grid_thw"])
     assert (pixel_values - ref["pixel_values"]).abs().max() < 1e-5
 
 
