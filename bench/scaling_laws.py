@@ -15,6 +15,7 @@ Writes ``runs.jsonl`` (resumable), ``fit.json`` (for ``lmforge scaling plan --fi
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from pathlib import Path
 
@@ -80,7 +81,10 @@ def main() -> None:
     save_fit(out / "fit.json", fit)
     plot(hyper, split, fit, out / "scaling_laws.png")
     minutes = (time.perf_counter() - start) / 60
-    print(f"{len(hyper) + len(split)} runs in {minutes:.1f} min; {out}/runs.jsonl, fit.json, "
+    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu_minutes = sum(u.ru_utime + u.ru_stime for u in used) / 60  # this invocation only
+    print(f"{len(hyper) + len(split)} runs in {minutes:.1f} min wall, {cpu_minutes:.1f} CPU-min "
+          f"(runs already in runs.jsonl are not redone); {out}/runs.jsonl, fit.json, "
           "scaling_laws.png")  # fmt: skip
     print("| law | fitted exponent | DeepSeek LLM |\n|---|---|---|")
     exps = {}
