@@ -5,7 +5,7 @@ laws fitted (`lmforge.eval.scaling`) and reported beside the paper's exponents
 (B: 0.3271, η: −0.1250, M: 0.5243, D: 0.4757), whatever they turn out to be at this scale.
 
     python bench/scaling_laws.py --tiny        # ≈ 5–10 minutes: 4 budgets, 48 runs
-    python bench/scaling_laws.py               # the full sweep (≈ 30 CPU-minutes)
+    python bench/scaling_laws.py               # the full sweep (≤ 30 CPU-minutes)
 
 Writes ``runs.jsonl`` (resumable), ``fit.json`` (for ``lmforge scaling plan --fit``) and
 ``scaling_laws.png`` (runs and fitted lines) into ``--out``. Last line:
@@ -20,15 +20,18 @@ import time
 from pathlib import Path
 
 from lmforge.eval.scaling import PAPER_FIT, fit_scaling_laws, near_optimal, save_fit
-from lmforge.eval.sweep import hyper_points, run_sweep, split_points, sweep_base_config
+from lmforge.eval.sweep import hyper_points, isoflop_points, run_sweep, sweep_base_config
 
 SETTINGS = {
     "tiny": dict(seq_len=32, docs=600, budgets=[1e9, 2e9, 4e9, 8e9], batch_sizes=[2, 4, 8],
-                 lrs=[1e-2, 2e-2, 4e-2], shape=(1, 48), shapes=[(1, 48), (2, 48), (3, 48), (2, 96)],
-                 split_batch=4, split_lr=1e-2),
-    "full": dict(seq_len=64, docs=3000, budgets=[1e11, 2e11, 4e11, 8e11],
-                 batch_sizes=[8, 16, 32], lrs=[1e-3, 3e-3, 1e-2], shape=(2, 48),
-                 shapes=[(1, 48), (2, 48), (2, 96), (4, 96)], split_batch=16, split_lr=3e-3),
+                 lrs=[1e-2, 2e-2, 4e-2], shape=(1, 48), shapes=[(1, 32), (1, 48), (2, 48), (2, 96)]),
+    # Budgets 3e10–3.5e11 on (2 layers, d 48); batches of 256–2,048 tokens and peak lrs
+    # 3e-3–3e-2 bracket the optima seen in session 4's 1e11–8e11 sweep (where the smallest
+    # batch and the largest lr sat on the grid's edge); the IsoFLOP shapes reach down to
+    # (1, 32) so the smallest budgets have an interior optimum to find.
+    "full": dict(seq_len=64, docs=3000, budgets=[3e10, 7e10, 1.5e11, 3.5e11],
+                 batch_sizes=[4, 8, 16, 32], lrs=[3e-3, 1e-2, 3e-2], shape=(2, 48),
+                 shapes=[(1, 32), (1, 48), (2, 48), (2, 64), (2, 96)]),
 }  # fmt: skip
 
 
@@ -75,15 +78,17 @@ def main() -> None:
     base = sweep_base_config(out, seq_len=s["seq_len"], docs=s["docs"])
     hyper = run_sweep(base, hyper_points(s["budgets"], s["batch_sizes"], s["lrs"], *s["shape"]),
                       out)  # fmt: skip
-    split = run_sweep(base, split_points(s["budgets"], s["shapes"], s["split_batch"],
-                                         s["split_lr"]), out)  # fmt: skip
+    split = run_sweep(base, isoflop_points(hyper, s["shapes"]), out)
     fit = fit_scaling_laws(hyper, split, args.tolerance)
     save_fit(out / "fit.json", fit)
     plot(hyper, split, fit, out / "scaling_laws.png")
     minutes = (time.perf_counter() - start) / 60
     used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu_minutes = sum(u.ru_utime + u.ru_stime for u in used) / 60  # this invocation only
-    print(f"{len(hyper) + len(split)} runs in {minutes:.1f} min wall, {cpu_minutes:.1f} CPU-min "
+    runs = {r["name"]: r for r in hyper + split}.values()  # a shape can sit in both sweeps
+    sweep_cpu = sum(float(r.get("cpu_s", "nan")) for r in runs) / 60
+    print(f"{len(runs)} runs: {sweep_cpu:.1f} CPU-min of training in all (per-run cpu_s in "
+          f"runs.jsonl); this invocation {minutes:.1f} min wall, {cpu_minutes:.1f} CPU-min "
           f"(runs already in runs.jsonl are not redone); {out}/runs.jsonl, fit.json, "
           "scaling_laws.png")  # fmt: skip
     print("| law | fitted exponent | DeepSeek LLM |\n|---|---|---|")

@@ -8,7 +8,8 @@ shape — and reports its final validation loss.
 - IsoFLOP profiles (§3.2): at each budget, several model shapes at one batch size and lr.
 
 Model shapes are the ones the FLOPs formula assumes: heads · head_dim = d_model, no KV
-grouping, a SwiGLU MLP of width 8·d/3. One synthetic corpus and one tokenizer serve every
+grouping, a SwiGLU MLP of width 8·d/3 (rounded to an integer when 3 ∤ d, which moves the
+module count off the formula by < 0.5 %). One synthetic corpus and one tokenizer serve every
 run; results are appended to ``runs.jsonl`` as they finish, so an interrupted sweep resumes.
 
     base = sweep_base_config(out_dir, seq_len=64)
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ from lmforge.train.pretrain import train_pretrain
 __all__ = [
     "SweepPoint",
     "hyper_points",
+    "isoflop_points",
     "point_config",
     "run_sweep",
     "split_points",
@@ -77,6 +80,21 @@ def split_points(
     return [SweepPoint(c, n, d, batch_size, lr) for c in budgets for n, d in shapes]
 
 
+def isoflop_points(
+    hyper_runs: Sequence[dict[str, Any]], shapes: Sequence[tuple[int, int]]
+) -> list[SweepPoint]:
+    """IsoFLOP profiles at the budgets of ``hyper_runs``, each budget's shapes trained with
+    that budget's best (batch size, lr) from the grid (DeepSeek LLM §3.2 trains its IsoFLOP
+    models with the fitted near-optimal hyperparameters)."""
+    best: dict[float, dict[str, Any]] = {}
+    for run in hyper_runs:
+        c = float(run["compute"])
+        if c not in best or float(run["loss"]) < float(best[c]["loss"]):
+            best[c] = run
+    return [SweepPoint(c, n, d, int(best[c]["batch_size"]), float(best[c]["lr"]))
+            for c in sorted(best) for n, d in shapes]  # fmt: skip
+
+
 def sweep_base_config(
     out_dir: str | Path, seq_len: int = 64, docs: int = 3000, val_docs: int = 100,
     vocab_size: int = 320, seed: int = 0,
@@ -111,7 +129,7 @@ def point_config(base: RunConfig, point: SweepPoint, out_dir: str | Path) -> Run
     m = deepseek_flops_per_token(point.n_layer, point.d_model, seq_len)
     steps = max(1, round(point.compute / (m * point.batch_size * seq_len)))
     overrides = dict(hidden_size=point.d_model, num_hidden_layers=point.n_layer,
-                     intermediate_size=8 * point.d_model // 3,
+                     intermediate_size=round(8 * point.d_model / 3),
                      num_attention_heads=point.d_model // HEAD_DIM,
                      num_key_value_heads=point.d_model // HEAD_DIM,
                      max_position_embeddings=max(seq_len, 64))  # fmt: skip
@@ -129,9 +147,10 @@ def run_sweep(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Train every point (skipping those already in ``out_dir/runs.jsonl``) and return all
     their records: compute, model_scale M, tokens, batch (tokens), batch_size, lr,
-    n_layer, d_model, steps and the final validation ``loss``."""
-    if any(p.d_model % HEAD_DIM or p.d_model % 3 for p in points):
-        raise ValueError(f"d_model must be a multiple of {HEAD_DIM} and of 3 (SwiGLU 8d/3)")
+    n_layer, d_model, steps, the final validation ``loss`` and the run's process CPU
+    seconds ``cpu_s``."""
+    if any(p.d_model % HEAD_DIM for p in points):
+        raise ValueError(f"d_model must be a multiple of {HEAD_DIM} (the head size)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
@@ -146,7 +165,9 @@ def run_sweep(
         if point.name in done:
             continue
         config = point_config(base, point, out / "runs")
+        cpu_start = time.process_time()
         summary = train_pretrain(config, console=console)
+        cpu_s = time.process_time() - cpu_start
         seq_len = base.data.seq_len
         steps = config.train.max_steps
         record = dict(name=point.name, compute=point.compute,
@@ -154,7 +175,7 @@ def run_sweep(
                       tokens=steps * point.batch_size * seq_len,
                       batch=point.batch_size * seq_len, batch_size=point.batch_size,
                       lr=point.lr, n_layer=point.n_layer, d_model=point.d_model, steps=steps,
-                      loss=float(summary["val_loss"]))  # fmt: skip
+                      loss=float(summary["val_loss"]), cpu_s=round(cpu_s, 2))  # fmt: skip
         with log.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         done[point.name] = record
