@@ -25,13 +25,13 @@ from lmforge.eval.sweep import hyper_points, isoflop_points, run_sweep, sweep_ba
 SETTINGS = {
     "tiny": dict(seq_len=32, docs=600, budgets=[1e9, 2e9, 4e9, 8e9], batch_sizes=[2, 4, 8],
                  lrs=[1e-2, 2e-2, 4e-2], shape=(1, 48), shapes=[(1, 32), (1, 48), (2, 48), (2, 96)]),
-    # Budgets 3e10–3.5e11 on (2 layers, d 48); batches of 256–2,048 tokens and peak lrs
+    # Budgets 3e10–3.5e11 on (2 layers, d 48); batches of 128–2,048 tokens and peak lrs
     # 3e-3–3e-2 bracket the optima seen in session 4's 1e11–8e11 sweep (where the smallest
     # batch and the largest lr sat on the grid's edge); the IsoFLOP shapes reach down to
     # (1, 32) so the smallest budgets have an interior optimum to find.
     "full": dict(seq_len=64, docs=3000, budgets=[3e10, 7e10, 1.5e11, 3.5e11],
-                 batch_sizes=[4, 8, 16, 32], lrs=[3e-3, 1e-2, 3e-2], shape=(2, 48),
-                 shapes=[(1, 32), (1, 48), (2, 48), (2, 64), (2, 96)]),
+                 batch_sizes=[2, 4, 8, 16, 32], lrs=[3e-3, 1e-2, 3e-2], shape=(2, 48),
+                 shapes=[(1, 32), (1, 48), (2, 48), (2, 64), (2, 96)], split_batch=8),
 }  # fmt: skip
 
 
@@ -78,7 +78,7 @@ def main() -> None:
     base = sweep_base_config(out, seq_len=s["seq_len"], docs=s["docs"])
     hyper = run_sweep(base, hyper_points(s["budgets"], s["batch_sizes"], s["lrs"], *s["shape"]),
                       out)  # fmt: skip
-    split = run_sweep(base, isoflop_points(hyper, s["shapes"]), out)
+    split = run_sweep(base, isoflop_points(hyper, s["shapes"], s.get("split_batch")), out)
     fit = fit_scaling_laws(hyper, split, args.tolerance)
     save_fit(out / "fit.json", fit)
     plot(hyper, split, fit, out / "scaling_laws.png")

@@ -81,13 +81,17 @@ def split_points(
 
 
 def isoflop_points(
-    hyper_runs: Sequence[dict[str, Any]], shapes: Sequence[tuple[int, int]]
-) -> list[SweepPoint]:
+    hyper_runs: Sequence[dict[str, Any]], shapes: Sequence[tuple[int, int]],
+    batch_size: int | None = None,
+) -> list[SweepPoint]:  # fmt: skip
     """IsoFLOP profiles at the budgets of ``hyper_runs``, each budget's shapes trained with
     that budget's best (batch size, lr) from the grid (DeepSeek LLM §3.2 trains its IsoFLOP
-    models with the fitted near-optimal hyperparameters)."""
+    models with near-optimal hyperparameters). With ``batch_size`` given, every profile uses
+    that batch and the budget's best lr among the grid's runs at that batch."""
     best: dict[float, dict[str, Any]] = {}
     for run in hyper_runs:
+        if batch_size is not None and int(run["batch_size"]) != batch_size:
+            continue
         c = float(run["compute"])
         if c not in best or float(run["loss"]) < float(best[c]["loss"]):
             best[c] = run

@@ -33,6 +33,8 @@ def test_isoflop_points_use_each_budgets_best_grid_setting():
     points = isoflop_points(hyper, [(1, 32), (2, 48)])
     assert points == [SweepPoint(1e9, 1, 32, 8, 3e-3), SweepPoint(1e9, 2, 48, 8, 3e-3),
                       SweepPoint(4e9, 1, 32, 16, 1e-3), SweepPoint(4e9, 2, 48, 16, 1e-3)]  # fmt: skip
+    at_eight = isoflop_points(hyper, [(1, 32)], batch_size=8)
+    assert at_eight == [SweepPoint(1e9, 1, 32, 8, 3e-3), SweepPoint(4e9, 1, 32, 8, 1e-2)]
 
 
 def test_widths_off_multiples_of_three_round_the_mlp(tmp_path):
