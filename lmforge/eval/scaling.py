@@ -6,7 +6,8 @@ give for a budget.
   η_opt = 0.3118 · C^−0.1250, fitted on every (C, B, η) run whose loss is within
   ``tolerance`` (the paper: 0.25 %) of the best loss at its budget;
 - model/data split (§3.2, eq. 4): M_opt = 0.1715 · C^0.5243, D_opt = 5.8316 · C^0.4757,
-  from the loss-minimising M of each IsoFLOP profile (a parabola in log M).
+  from the loss-minimising M of each IsoFLOP profile (a parabola in log M
+  through the best shape and its neighbours).
 
     fit = fit_scaling_laws(runs)            # runs: dicts of compute, batch, lr, loss, model_scale
     plan(1e21, fit)                         # {"batch_tokens": …, "lr": …, "model_scale": …, "tokens": …}
@@ -98,14 +99,22 @@ def near_optimal(runs: Sequence[Mapping[str, Any]], tolerance: float = 0.0025) -
 
 
 def isoflop_optimum(model_scales: Sequence[float], losses: Sequence[float]) -> float:
-    """The loss-minimising model scale of one IsoFLOP profile: the vertex of the parabola
-    fitted to loss against log M (clamped to the sampled range; the best sampled M when the
-    parabola opens downwards or fewer than 3 scales were run)."""
-    scales, loss = np.asarray(model_scales, float), np.asarray(losses, float)
-    logm, best = np.log(scales), float(scales[np.argmin(loss)])
+    """The loss-minimising model scale of one IsoFLOP profile: the vertex of the parabola in
+    log M through the best sampled scale and its neighbours on either side (the three
+    nearest in log M at an end of the profile), clamped to those three. Fitting only the
+    valley keeps far-off, badly under-trained shapes from pulling the vertex. The best
+    sampled M when the parabola opens downwards or fewer than 3 scales were run."""
+    order = np.argsort(np.asarray(model_scales, float))
+    scales = np.asarray(model_scales, float)[order]
+    loss = np.asarray(losses, float)[order]
+    i, best = int(np.argmin(loss)), float(scales[np.argmin(loss)])
+    if np.unique(np.log(scales)).size < 3:
+        return best
+    lo = min(max(i - 1, 0), len(scales) - 3)
+    logm, valley = np.log(scales[lo : lo + 3]), loss[lo : lo + 3]
     if np.unique(logm).size < 3:
         return best
-    a, b, _ = np.polyfit(logm, loss, 2)
+    a, b, _ = np.polyfit(logm, valley, 2)
     if a <= 0:
         return best
     return float(np.exp(np.clip(-b / (2 * a), logm.min(), logm.max())))

@@ -81,6 +81,15 @@ def test_isoflop_optimum_is_the_parabola_vertex():
     assert isoflop_optimum([1e6, 1e7], [2.0, 1.0]) == 1e7  # too few points: best sampled
 
 
+def test_isoflop_optimum_fits_the_valley_not_far_under_trained_shapes():
+    scales = [1e5, 1e6, 1e7, 1e8, 1e9]
+    losses = [(math.log(s) - math.log(3e6)) ** 2 for s in scales]
+    losses[-1] = 50.0  # a shape far too large for the budget, loss off the parabola
+    assert isoflop_optimum(list(reversed(scales)), list(reversed(losses))) == pytest.approx(3e6)
+    edge = [(math.log(s) - math.log(3e4)) ** 2 for s in scales]  # minimum below the range
+    assert isoflop_optimum(scales, edge) == pytest.approx(1e5)
+
+
 def test_plan_uses_the_papers_coefficients_and_fit_files_round_trip(tmp_path):
     p = plan(1e21)
     assert p["batch_tokens"] == pytest.approx(0.2920 * 1e21**0.3271)
