@@ -5,17 +5,20 @@ Stages (each a run folder under ``--out``; a finished stage is reused, so a reru
 the pipeline):
 
 1. ``ground``: a Qwen2-VL-shaped model from scratch (`lmforge/recipes/agent-tiny.yaml`) on
-   perception captions, state QA and grounding clicks (`lmforge.agents.sft.train_agent_sft`);
-   grounding accuracy on held-out layouts;
-2. ``sft``: from ``ground``, trajectories (last 2 screenshots + history, a thought per step)
-   and reflections, with grounding mixed in; held-out episode success (greedy, grammar);
+   grounding clicks (`lmforge.agents.sft.train_agent_sft`), every element of a screen asked
+   in one chat (``--grounding-turns``), 8-px image tokens (``--merge-size 1``; the widgets'
+   rows are ~12 px, a 2×2-merged token 16 px); grounding accuracy on held-out layouts;
+2. ``sft``: from ``ground``, trajectories (the last ``--history`` screenshots + the previous
+   actions, a thought per step) and reflections, with grounding mixed in; held-out episode
+   success (greedy, grammar);
 3. ``rl``: from ``sft``, GRPO in the environment on the training tasks it fails
    (`lmforge.agents.rl.train_agent_rl`); held-out episode success again.
 
 CPU minutes are the process's CPU time, so the figure does not depend on how busy the
 machine is.
 
-    python bench/gui_agent.py [--ground-steps 3000] [--sft-steps 3000] [--rl-steps 200] [--episodes 60] [k=v …]
+    python bench/gui_agent.py [--ground-steps 3000] [--sft-steps 3000] [--rl-steps 200] [--episodes 60]
+        [--ground k=v …] [--sft k=v …] [--rl k=v …]      # per-stage config overrides
 
 Last line: ``RESULT gui_agent sft_success=<a> rl_success=<b> grounding_acc=<g> minutes=<m>``
 (targets: g ≥ 0.9 on held-out layouts; b − a ≥ 0.10).
@@ -54,19 +57,26 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=300, help="expert episodes for the SFT data")
     ap.add_argument("--episodes", type=int, default=60, help="held-out episodes per evaluation")
     ap.add_argument("--grounding", type=int, default=300, help="held-out grounding examples")
-    ap.add_argument(
-        "overrides", nargs="*", help="key=value overrides for every stage (train.*, optim.*)"
-    )
+    ap.add_argument("--history", type=int, default=2, help="screenshots an agent step sees")
+    ap.add_argument("--merge-size", type=int, default=1, help="patches per side of an image token")
+    ap.add_argument("--grounding-turns", type=int, default=8, help="grounding questions per chat")
+    ap.add_argument("--max-steps", type=int, default=15, help="per held-out episode")
+    for name in ("ground", "sft", "rl"):
+        ap.add_argument(f"--{name}", nargs="*", default=[], metavar="K=V",
+                        help=f"config overrides of the {name} stage")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
-    common = ["train.resume=false", "log.progress=false", f"agent.train_tasks={args.tasks}"]
+    common = ["train.resume=false", "log.progress=false", f"agent.train_tasks={args.tasks}",
+              f"agent.history={args.history}", f"agent.merge_size={args.merge_size}",
+              "agent.grounding_count=0", f"agent.grounding_turns={args.grounding_turns}",
+              f"agent.max_steps={args.max_steps}", "agent.eval_split=heldout"]  # fmt: skip
     cpu0, wall0 = time.process_time(), time.perf_counter()
 
     def ground() -> None:
         overrides = [f"out_dir={out / 'ground'}", f"train.max_steps={args.ground_steps}", *common,
-                     "agent.kinds=[perception,state_qa,grounding]", "agent.eval_tasks=0",
-                     f"agent.eval_grounding={args.grounding}", *args.overrides]  # fmt: skip
+                     "agent.kinds=[grounding]", "agent.eval_tasks=0",
+                     f"agent.eval_grounding={args.grounding}", *args.ground]  # fmt: skip
         train_agent_sft(load_config(RECIPES / "agent-tiny.yaml", overrides, AgentRunConfig))
 
     def sft() -> None:
@@ -74,13 +84,14 @@ def main() -> None:
                      f"model.init_from={out / 'ground' / 'model'}",
                      "agent.kinds=[grounding,trajectory,reflection]",
                      f"agent.eval_tasks={args.episodes}", f"agent.eval_grounding={args.grounding}",
-                     *args.overrides]  # fmt: skip
+                     *args.sft]  # fmt: skip
         train_agent_sft(load_config(RECIPES / "agent-tiny.yaml", overrides, AgentRunConfig))
 
     def rl() -> None:
         overrides = [f"out_dir={out / 'rl'}", f"train.max_steps={args.rl_steps}", "train.resume=false",
                      "log.progress=false", f"model.init_from={out / 'sft' / 'model'}",
-                     f"rl.eval_tasks={args.episodes}", *args.overrides]  # fmt: skip
+                     f"rl.eval_tasks={args.episodes}", f"rl.history={args.history}",
+                     f"rl.eval_max_steps={args.max_steps}", *args.rl]  # fmt: skip
         train_agent_rl(load_config(RECIPES / "agent-rl-tiny.yaml", overrides, AgentRLConfig))
 
     grounding = stage(out, "ground", ground)["grounding_accuracy"]

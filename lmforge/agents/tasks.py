@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmforge.agents.layout import layout_window
@@ -350,8 +351,61 @@ def build_task(
     return Task(name, instruction, win, goal, final, layout, seed)
 
 
+FREE_TEXT = ("free", "")  # the final event of a free-text task: none ever matches it
+
+
+def instruction_words(text: str) -> set[str]:
+    """The lower-case words of ``text`` (letters and digits)."""
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def window_words(task: Task) -> set[str]:
+    """The words a task's window shows: title, labels, options, items."""
+    words = instruction_words(task.window.title)
+    for w in task.window.walk():
+        for text in [w.label, *(getattr(w, a, None) or [] for a in ("options", "names", "items"))]:
+            words |= instruction_words(" ".join(text) if isinstance(text, list) else str(text))
+    return words
+
+
+def task_for_instruction(
+    text: str,
+    seed: int = 0,
+    split: str = "heldout",
+    width: int = 128,
+    height: int = 128,
+    candidates: int = 32,
+) -> Task:
+    """A task for ``text``: a template name draws that template's task (`sample_task`);
+    otherwise ``text`` is an instruction, looked up among the tasks of every template with
+    seeds ``seed`` … ``seed + candidates − 1``. One whose own instruction it is (ignoring
+    case, spaces and a final full stop) is returned with its success check. Else the window
+    is the one whose words (title, labels, options, items; then its instruction's words)
+    overlap ``text`` most (ties: the first), and the task has the instruction ``text``, no
+    goal and the final event
+    `FREE_TEXT`, which nothing matches: episodes end on the window's terminal events
+    (pressing a window button, opening an item, Enter, ``finished()``) or the step limit,
+    and ``meta["free_text"]`` says no programmatic check applies."""
+    if text in TEMPLATES:
+        return sample_task(seed, split, text, width, height)
+    if not text.strip():
+        raise ValueError("an empty instruction: give a task template name or an instruction")
+    words = instruction_words(text)
+    pool = [sample_task(seed + i, split, name, width, height)
+            for i in range(candidates) for name in TEMPLATES]  # fmt: skip
+    norm = lambda t: " ".join(t.lower().rstrip(". ").split())  # noqa: E731
+    same = [task for task in pool if norm(task.instruction) == norm(text)]
+    if same:
+        return same[0]
+    best = max(pool, key=lambda task: (len(words & window_words(task)),
+                                       len(words & instruction_words(task.instruction))))  # fmt: skip
+    meta = {**best.meta, "free_text": True}
+    return replace(best, instruction=text.strip(), goal={}, final=FREE_TEXT, meta=meta)
+
+
 __all__ = [
     "ARRANGEMENTS",
+    "FREE_TEXT",
     "HELDOUT_LAYOUTS",
     "HELDOUT_TEMPLATES",
     "LAYOUTS",
@@ -361,8 +415,11 @@ __all__ = [
     "TRAIN_TEMPLATES",
     "Task",
     "build_task",
+    "instruction_words",
     "sample_task",
     "split_choices",
+    "task_for_instruction",
     "task_success",
     "terminal",
+    "window_words",
 ]

@@ -7,6 +7,7 @@ lmforge agent sft --config recipes/agent-tiny.yaml
 lmforge agent rl --model runs/agent-tiny/model rl.group_size=4
 lmforge agent eval --model runs/agent-tiny/model --tasks heldout --episodes 50
 lmforge agent run --model runs/agent-tiny/model --task list_open --gif episode.gif
+lmforge agent run --model runs/agent-tiny/model --task "Tick Remember me, then press Sign in"
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from lmforge.agents.policy import ExpertPolicy, VLMPolicy
 from lmforge.agents.rl import AgentRLConfig, train_agent_rl
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
 from lmforge.agents.sft import AgentRunConfig, train_agent_sft
-from lmforge.agents.tasks import SPLITS, TEMPLATES, sample_task
+from lmforge.agents.tasks import SPLITS, TEMPLATES, task_for_instruction
 from lmforge.commands.common import (
     CommandError,
     add_recipe_arguments,
@@ -50,7 +51,11 @@ EXAMPLES = {
         "  lmforge agent eval --model runs/agent-tiny/model --tasks heldout --episodes 50\n"
         "  lmforge agent eval --expert --tasks heldout_template     # the scripted expert (oracle)\n"
     ),
-    "run": "  lmforge agent run --model runs/agent-tiny/model --task list_open --seed 3 --gif ep.gif\n",
+    "run": (
+        "  lmforge agent run --model runs/agent-tiny/model --task list_open --seed 3 --gif ep.gif\n"
+        '  lmforge agent run --model runs/agent-tiny/model --task "Tick Remember me, then press Sign in"\n'
+        '  lmforge agent run --expert --task "Set Size to Large, then press OK" --seed 5\n'
+    ),
 }
 
 
@@ -79,7 +84,9 @@ def add_parser(subparsers: Any) -> None:
     p = subparser(actions, "run", "one episode: the responses step by step, optionally a GIF",
                   EXAMPLES["run"])  # fmt: skip
     add_policy_arguments(p)
-    p.add_argument("--task", choices=sorted(TEMPLATES), required=True, help="task template")
+    p.add_argument("--task", required=True, metavar="TEXT",
+                   help="an instruction in free text, or a task template name: "
+                   + ", ".join(sorted(TEMPLATES)))  # fmt: skip
     p.add_argument("--split", choices=SPLITS, default="heldout", help="layouts to draw from")
     p.add_argument("--gif", metavar="FILE", help="write the episode as an animated GIF")
     p.set_defaults(run=run_episode, command="agent run")
@@ -149,14 +156,28 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_episode(args: argparse.Namespace) -> int:
+    try:
+        task = task_for_instruction(args.task, args.seed, args.split, args.screen, args.screen)
+    except ValueError as exc:
+        raise CommandError(f"--task: {exc}") from exc
+    free = task.meta.get("free_text", False)
+    if free and args.expert:
+        raise CommandError(f"--expert follows a task's goal: give a template name ({', '.join(sorted(TEMPLATES))}) "
+                           "or a template's exact instruction, not free text")  # fmt: skip
     policy = policy_from_args(args)
-    task = sample_task(args.seed, args.split, args.task, args.screen, args.screen)
     run = run_episodes(policy, [task], args.max_steps)[0]
     print(f"task: {task.instruction}")
+    if free:
+        print(f"window: {task.template}'s ({task.window.title}); free text, so no success check")
     for i, (text, step) in enumerate(zip(run.responses, run.record.steps, strict=True), 1):
         mark = "" if step.valid else "   [invalid]"
         print(f"step {i}: " + json.dumps(text)[1:-1] + mark)
-    print("success" if run.record.success else "failure", f"after {len(run.record.steps)} steps")
+    if free:
+        print(f"ended after {len(run.record.steps)} steps")
+    else:
+        print(
+            "success" if run.record.success else "failure", f"after {len(run.record.steps)} steps"
+        )
     if args.gif:
         print(f"gif: {save_gif(run, args.gif)}")
     return 0

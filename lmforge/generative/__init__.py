@@ -12,7 +12,7 @@ and autoencoders come next.
 | `patch_discriminator` | PatchGAN discriminator, hinge losses, VQGAN's adaptive weight λ from last-layer gradient norms |
 | `vqgan` | VQGAN: conv encoder / decoder around the quantiser, its two-player objective for the one Trainer (one optimizer), save / load |
 | `vqgan_training` | `train_vqgan`: a VQGAN run folder (reconstruction grids, held-out PSNR, codebook usage) |
-| `code_prior` | transformer prior over VQ codes: raster order, class-prefix token layout, resumable loader, engine sampling (top-k / top-p, CFG), decoding |
+| `code_prior` | transformer prior over VQ codes: raster order, class- or caption-prefix token layout, resumable loader, engine sampling (top-k / top-p; CFG through the engine's per-request logits hook), decoding |
 | `code_prior_training` | `train_code_prior`: an lmforge `CausalLM` over a VQGAN's codes through the one Trainer, saved in HF format + prior.json |
 | `gan_losses` | the GAN family's losses: minimax and non-saturating (Goodfellow et al. 2014), WGAN critic / generator, weight clipping (Arjovsky et al. 2017), gradient penalty on interpolates (Gulrajani et al. 2017) |
 | `gan_models` | DCGAN-style generator / discriminator, class-conditional (projection critic), spectral norm option; the pair saved as config.json + model.safetensors |

@@ -3,8 +3,9 @@ and the pair as one module the Trainer checkpoints (``config.json`` + ``model.sa
 
 Generator (Radford et al. 2016, DCGAN): z (+ a class embedding, Mirza & Osindero 2014) →
 linear to 4×4×(2^k·w) → k × [4×4 transposed conv stride 2, BatchNorm, ReLU] → 3×3 conv → tanh;
-k = log₂(size/4); BatchNorm always normalises with the batch's statistics (`batch_norm`). Discriminator: k × [4×4 conv stride 2, LeakyReLU 0.2] → linear → one logit
-per image; no BatchNorm (the gradient penalty is per example, Gulrajani et al. 2017 §4); the
+k = log₂(size/4); BatchNorm always normalises with the batch's statistics (`batch_norm`).
+Discriminator (its own base width ``critic_width``, by default the generator's): k × [4×4 conv
+stride 2, LeakyReLU 0.2] → linear → one logit per image; no BatchNorm (the gradient penalty is per example, Gulrajani et al. 2017 §4); the
 class-conditional critic is a projection discriminator, f(x, y) = ψ(φ(x)) + ⟨e_y, φ(x)⟩
 (Miyato & Koyama 2018, eq. 3). ``spectral_norm`` divides every critic weight by its largest
 singular value, estimated by one power iteration per forward (Miyato et al. 2018).
@@ -49,11 +50,13 @@ __all__ = [
 @dataclass
 class GANNetConfig:
     """Both networks' shapes: image [C, H, W] (H = W a power of two ≥ 8), latent size, base
-    width w, classes (0: unconditional), spectral norm on the critic."""
+    width w of the generator and ``critic_width`` of the critic (0: w), classes (0:
+    unconditional), spectral norm on the critic."""
 
     image_shape: list[int] = field(default_factory=lambda: [1, 16, 16])
     z_dim: int = 64
     width: int = 32
+    critic_width: int = 0
     num_classes: int = 0
     spectral_norm: bool = False
 
@@ -61,12 +64,19 @@ class GANNetConfig:
         c, h, w = self.image_shape
         if h != w or h < 8 or h & (h - 1):
             raise ConfigError(f"gan image_shape {self.image_shape}: square, a power of two ≥ 8")
-        if self.z_dim < 1 or self.width < 1 or self.num_classes < 0:
-            raise ConfigError(f"gan network {self}: z_dim, width ≥ 1 and num_classes ≥ 0")
+        if self.z_dim < 1 or self.width < 1 or self.num_classes < 0 or self.critic_width < 0:
+            raise ConfigError(
+                f"gan network {self}: z_dim, width ≥ 1, critic_width ≥ 0 and num_classes ≥ 0"
+            )
 
     @property
     def num_levels(self) -> int:
         return int(math.log2(self.image_shape[1] // 4))
+
+    @property
+    def critic_base(self) -> int:
+        """The critic's base width: ``critic_width``, or the generator's ``width``."""
+        return self.critic_width or self.width
 
     @property
     def conditional(self) -> bool:
@@ -133,7 +143,7 @@ class Discriminator(nn.Module):
         super().__init__()
         self.config = config
         c = config.image_shape[0]
-        k, w = config.num_levels, config.width
+        k, w = config.num_levels, config.critic_base
         layers: list[nn.Module] = []
         cin = c
         for i in range(k):

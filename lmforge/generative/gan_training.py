@@ -89,7 +89,8 @@ class GANSection:
     data_seed: int = 0
     conditional: bool = True  # class-conditional G and projection critic
     z_dim: int = 64
-    width: int = 32
+    width: int = 32  # generator base width (channels at the last up-sampling level)
+    critic_width: int = 0  # critic base width; 0: the generator's
     spectral_norm: bool = False  # on every critic layer
     n_critic: int = 0  # critic steps per generator step; 0 → 5 for wgan / wgan-gp, 1 otherwise
     gp_weight: float = 10.0  # wgan-gp: λ
@@ -316,7 +317,7 @@ def train_gan(
             g.dataset, g.image_size, g.num_eval, g.data_seed, "test", g.channels
         )
         net = GANNetConfig(
-            image_shape=list(train_set.shape), z_dim=g.z_dim, width=g.width,
+            image_shape=list(train_set.shape), z_dim=g.z_dim, width=g.width, critic_width=g.critic_width,
             num_classes=train_set.num_classes if g.conditional else 0,
             spectral_norm=g.spectral_norm,
         )  # fmt: skip

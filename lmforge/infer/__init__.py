@@ -14,6 +14,7 @@ speculative decoding and grammar-constrained output.
 | ``scheduler`` | continuous batching: token budget, chunked prefill, preemption by recompute |
 | ``cache`` | paged KV cache: block allocator with prefix caching, storage, the ragged batch |
 | ``runner`` | the engine's fused-weight forward pass over a paged batch |
+| ``decode_step`` | the engine's decode step as one function, `torch.compile`-d per shape bucket; paged attention reading the cache in place |
 | ``multimodal`` | images in the engine: vision features once per request, M-RoPE positions, prefix keys with image hashes |
 | ``sampling`` | logits processors (temperature, top-k, top-p, min-p, penalties) and the draw |
 | ``checks`` | input checks, eos / pad ids, seeds and eval mode shared by every entry point |
@@ -21,16 +22,20 @@ speculative decoding and grammar-constrained output.
 | ``greedy`` | greedy decoding of a left-padded batch through the engine |
 | ``beam`` | `beam_search`: beam search token for token as ``transformers`` |
 | ``speculative`` | `speculative_generate`: draft-and-verify decoding, exact in distribution |
+| ``drafting`` | drafts and drafters: `Draft`, the `Drafter` protocol, `ModelDrafter` (a small LM with its own KV cache), the adaptive draft length |
 | ``speculation`` | speculative decoding inside the engine: per-request drafts, verification, KV compaction, statistics |
 | ``tree_attention`` | candidate trees: Medusa's sparse tree, tree attention mask, depth positions, exact tree verification |
 | ``typical_acceptance`` | Medusa's typical acceptance p(x) > min(ε, δ·exp(−H(p))) — fast, not exact |
 | ``self_drafters`` | self-speculative drafters: MTP chain, Medusa tree, EAGLE tree; `speculative_config` |
+| ``speculative_batch`` | batched drafting: `propose_batch` runs the MTP, EAGLE and draft-model drafters of several requests in one forward per step |
+| ``speculative_ragged`` | `RaggedKVCache`: per-request KV caches gathered into one padded batch and written back, for batched drafting |
 | ``structured`` | `compile_constraint`: a request's grammar constraint (JSON Schema, regex, EBNF) |
 | ``structured_spec`` | grammar specs checked and made canonical; strict JSON Schema closing |
 | ``structured_backends`` | the llguidance and xgrammar engines and the compiled-grammar cache |
 """
 
 from lmforge.infer.beam import beam_search
+from lmforge.infer.drafting import ModelDrafter
 from lmforge.infer.engine import Engine
 from lmforge.infer.generate import generate
 from lmforge.infer.multimodal import ImageInputs
@@ -44,7 +49,7 @@ from lmforge.infer.sampling import (
     processed_probs,
     sample_next_token,
 )
-from lmforge.infer.speculative import ModelDrafter, SpeculativeOutput, speculative_generate
+from lmforge.infer.speculative import SpeculativeOutput, speculative_generate
 from lmforge.infer.structured import compile_constraint
 
 __all__ = [

@@ -127,7 +127,11 @@ class PagedKVCache:
     form): one shared "head" ``[c_KV ; k_R]`` per token whose value is the latent itself
     (`lmforge.nn.mla.MultiHeadLatentAttention` keeps its first ``kv_lora_rank`` dims), so
     a token costs ``(kv_lora_rank + qk_rope_head_dim) · itemsize`` bytes per layer, not
-    twice that."""
+    twice that.
+
+    ``spare_blocks``: blocks stored after the ``num_blocks`` allocatable ones (ids
+    ``num_blocks`` …), zeroed, never handed out by a `BlockAllocator` of ``num_blocks``: a
+    compiled decode step (`lmforge.infer.decode_step`) writes its padding rows there."""
 
     def __init__(
         self,
@@ -139,12 +143,16 @@ class PagedKVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         key_only: bool = False,
+        spare_blocks: int = 0,
     ) -> None:
-        shape = (num_blocks * block_size, num_kv_heads, head_dim)
+        shape = ((num_blocks + spare_blocks) * block_size, num_kv_heads, head_dim)
         self.key_only = key_only
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [] if key_only else [torch.empty_like(k) for k in self.keys]
         self.num_blocks, self.block_size = num_blocks, block_size
+        self.spare_blocks = spare_blocks
+        for buf in (*self.keys, *self.values):
+            buf[num_blocks * block_size :].zero_()
         self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
         self.dtype, self.device = dtype, device
         # Scratch for gathered K/V, reused by every layer and step (no per-step allocation).
@@ -160,13 +168,13 @@ class PagedKVCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the whole pool (all layers, K and V blocks)."""
+        """Bytes of the whole pool (all layers, K and V blocks, spare ones included)."""
         return sum(t.nbytes for t in (*self.keys, *self.values))
 
     @property
     def bytes_per_token(self) -> int:
         """Pool bytes per token slot, all layers together (÷ layers: per token and layer)."""
-        return self.nbytes // (self.num_blocks * self.block_size)
+        return self.nbytes // ((self.num_blocks + self.spare_blocks) * self.block_size)
 
     def zero_blocks(self, blocks: Sequence[int]) -> None:
         """Clear freshly allocated blocks. Unwritten slots of a sequence's last block are
@@ -175,7 +183,7 @@ class PagedKVCache:
             return
         index = torch.tensor(blocks, device=self.keys[0].device)
         for buf in (*self.keys, *self.values):
-            buf.view(self.num_blocks, -1).index_fill_(0, index, 0)
+            buf.view(self.num_blocks + self.spare_blocks, -1).index_fill_(0, index, 0)
 
     def gather(self, layer_idx: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V ``[len(slots), H_kv, D]`` of the given slots, in reused scratch memory

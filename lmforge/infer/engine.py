@@ -43,6 +43,7 @@ from lmforge.infer.cache import (
     decode_groups,
 )
 from lmforge.infer.checks import check_prompt_tokens, default_eos, is_int, make_generator
+from lmforge.infer.decode_step import CompiledDecode
 from lmforge.infer.detokenize import IncrementalDetokenizer
 from lmforge.infer.multimodal import (
     ImageInputs,
@@ -113,6 +114,12 @@ class Engine:
             cover always use ``model.forward``.
         speculative: draft-and-verify decoding (`lmforge.infer.speculation`); statistics
             in ``stats()`` and ``spec_stats``.
+        compile_decode: run steps where every sequence decodes one token through
+            `lmforge.infer.decode_step.CompiledDecode` (the fused runner's math as one
+            ``torch.compile``-d function per shape bucket, paged attention reading the cache
+            in place); needs the fused runner and a model it covers, else ignored. Each new
+            bucket costs a compilation (seconds to a minute on a CPU), so it pays off for
+            long runs. ``"eager"``: the same function uncompiled (tests).
     """
 
     def __init__(
@@ -128,9 +135,12 @@ class Engine:
         fused_weights: bool | None = None,
         adapters: AdapterRouter | None = None,
         speculative: SpeculativeConfig | None = None,
+        compile_decode: bool | str = False,
     ) -> None:
         if not is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size={block_size!r} must be an integer ≥ 1")
+        if compile_decode not in (True, False, "eager"):
+            raise ValueError(f"compile_decode={compile_decode!r} must be True, False or 'eager'")
         cfg = model.config
         p = next(model.parameters())
         self.model, self.tokenizer, self.config = model, tokenizer, cfg
@@ -155,6 +165,7 @@ class Engine:
             dtype=p.dtype,
             device=p.device,
             key_only=key_only,
+            spare_blocks=1 if compile_decode else 0,
         )
         self.allocator = BlockAllocator(num_blocks, enable_prefix_caching)
         self.scheduler = Scheduler(self.allocator, block_size, max_num_seqs, max_num_batched_tokens)
@@ -171,6 +182,9 @@ class Engine:
         if fused_weights and InferenceRunner.unsupported_reason(model) is None:
             self.runner = InferenceRunner.for_model(model)
             self.runner.invalidate()
+        self.compile_decode = compile_decode if self.runner is not None else False
+        self.compiled: CompiledDecode | None = None  # built at the first pure-decode step
+        self._checked: tuple = (None, False)  # (runner weight copies, supported?)
         self.multimodal = is_multimodal_model(model)  # images: lmforge.infer.multimodal
         if self.multimodal and speculative is not None:
             raise ValueError("speculative decoding does not support vision-language models")
@@ -467,6 +481,18 @@ class Engine:
         want_hidden = self.speculative is not None
         hidden = None
         if self.runner is not None and self.runner.sync():
+            compiled = self._compiled_decode() if not (prefills or trees or want_hidden) else None
+            if compiled is not None and mm is None:
+                tables = batch.decode_blocks
+                if widths[0] != widths[-1]:  # pad with the spare block, not block 0
+                    tables = torch.tensor(
+                        [s.block_ids + [compiled.spare_block] * (widths[-1] - len(s.block_ids))
+                         for s in decode], device=dev,
+                    )  # fmt: skip
+                logits = compiled(ids_t, positions_t, tables, batch.slot_mapping)
+                if len(keep) != len(decode):  # a 1-token chunk short of its last token
+                    logits = logits[keep_t]
+                return logits.float(), None, sampling, spans, offsets
             if want_hidden:
                 logits, hidden = self.runner(
                     ids_t, positions_t, max(positions), batch, keep_t, return_hidden=True
@@ -492,6 +518,20 @@ class Engine:
                 self.adapters.select(None)
         return logits.float(), hidden, sampling, spans, offsets
 
+    def _compiled_decode(self) -> CompiledDecode | None:
+        """The compiled decode step, when asked for and the (synced) runner allows it."""
+        if not self.compile_decode:
+            return None
+        if self._checked[0] is not self.runner.layers:  # rebuilt copies: check again
+            reason = CompiledDecode.unsupported_reason(self.runner, self.cache)
+            self._checked = (self.runner.layers, reason is None)
+        if not self._checked[1]:
+            return None
+        if self.compiled is None:
+            compile_ = self.compile_decode != "eager"
+            self.compiled = CompiledDecode(self.runner, self.cache, compile=compile_)
+        return self.compiled
+
     def _context_slots(self, seq: Sequence, total: int) -> torch.Tensor | None:
         """All ``total`` context slots of ``seq`` (None when it has no cached past)."""
         if seq.num_computed == 0:
@@ -502,11 +542,36 @@ class Engine:
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, logits: torch.Tensor, reqs: list[Request]) -> list[int]:
+        """One token per row. Rows without penalties, constraints or ``min_tokens`` that
+        share temperature / top-k / top-p / min-p are processed as one batch (a GRPO group
+        is one such batch), then each draws with its own generator from its row — the same
+        values and random stream as `_sample_row`, in a fixed number of ops."""
         if not reqs:
             return []
         if all(_is_plain_greedy(r.params) for r in reqs):
             return logits.argmax(dim=-1).tolist()
-        return [self._sample_row(logits[i], req) for i, req in enumerate(reqs)]
+        tokens: list[int] = [0] * len(reqs)
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(reqs):
+            key = _batch_key(req.params)
+            if key is None:
+                tokens[i] = self._sample_row(logits[i], req)
+            else:
+                groups.setdefault(key, []).append(i)
+        for (temperature, top_k, top_p, min_p), rows in groups.items():
+            block = logits if len(rows) == len(reqs) else logits[rows]
+            if temperature == 0:
+                picked = block.argmax(dim=-1).tolist()
+            else:
+                probs = apply_min_p(process_logits(block, temperature, top_k, top_p), min_p)
+                probs = probs.softmax(dim=-1)
+                picked = [
+                    int(torch.multinomial(probs[j], 1, generator=reqs[i].generator))
+                    for j, i in enumerate(rows)
+                ]
+            for i, token in zip(rows, picked):
+                tokens[i] = token
+        return tokens
 
     def _sample_row(self, row: torch.Tensor, req: Request) -> int:
         """Penalties → constraint mask → temperature/top-k/top-p/min-p → draw (HF order)."""
@@ -636,6 +701,20 @@ def mark_weights_changed(model: torch.nn.Module) -> None:
     if params:
         with torch.inference_mode(False):
             torch.autograd.graph.increment_version(params)
+
+
+def _batch_key(p: SamplingParams) -> tuple | None:
+    """What a row's draw depends on besides its logits and generator, when it can be
+    processed with others (None: it needs `Engine._sample_row`)."""
+    if (
+        p.repetition_penalty != 1
+        or p.presence_penalty
+        or p.frequency_penalty
+        or p.constraint is not None
+        or p.min_tokens
+    ):
+        return None
+    return (p.temperature, p.top_k, p.top_p, p.min_p)
 
 
 def _is_plain_greedy(p: SamplingParams) -> bool:

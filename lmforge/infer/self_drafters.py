@@ -1,6 +1,6 @@
 """Self-speculative drafters: the target model drafts for itself from its own hidden states.
 
-All three implement the `lmforge.infer.speculative.Drafter` protocol (``propose`` /
+All three implement the `lmforge.infer.drafting.Drafter` protocol (``propose`` /
 ``feedback``) for one sequence, plus ``observe(hidden, start)``: the target's final hidden
 states ``[n, H]`` of positions ``start … start + n − 1`` once they are committed (the engine
 calls it after every forward with the rows of the prompt and of the accepted path). Before
@@ -23,7 +23,7 @@ wrong (the target verifies every one).
 
 Medusa and EAGLE trees are deterministic (top-k), so they carry no ``probs``: exact sampled
 verification draws from the target at each node and follows the tree while the draw matches
-a child (`lmforge.infer.speculative.verify_tree`).
+a child (`lmforge.infer.tree_attention.verify_tree`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from dataclasses import dataclass
 
 import torch
 
+from lmforge.infer.drafting import Draft, DraftLengthSchedule, ModelDrafter
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.sampling import processed_probs
 from lmforge.infer.speculation import SpeculativeConfig
-from lmforge.infer.speculative import Draft, DraftLengthSchedule, ModelDrafter
 from lmforge.infer.tree_attention import (
     CandidateTree,
     default_choices,
@@ -55,6 +55,7 @@ __all__ = [
     "MedusaBatch",
     "MedusaDrafter",
     "TreeLevels",
+    "draft_token",
     "speculative_config",
 ]
 
@@ -86,9 +87,11 @@ class HiddenHistory:
         return False
 
 
-def _draw(
+def draft_token(
     logits: torch.Tensor, sampling: SamplingParams, generator
 ) -> tuple[int, torch.Tensor | None]:
+    """A draft token from ``logits`` ``[V]``: the argmax when greedy (no distribution), else
+    a draw (with ``generator``) from the processed distribution, returned with it."""
     if sampling.greedy:
         return int(logits.argmax()), None
     q = processed_probs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
@@ -118,7 +121,9 @@ class MTPDrafter:
     def feedback(self, num_accepted: int) -> None:
         """Nothing to undo: uncommitted positions were already cropped in `propose`."""
 
-    def _cache(self, d: int, needed: int) -> KVCache:
+    def depth_cache(self, d: int, needed: int) -> KVCache:
+        """Depth ``d``'s KV cache with room for ``needed`` positions (grown, keeping what
+        was computed, when too small)."""
         cache = self.caches[d]
         if cache is None or cache.max_len < needed:
             cfg = self.target.config
@@ -150,7 +155,7 @@ class MTPDrafter:
         probs: list[torch.Tensor] = []
         for d in range(k):
             module = self.target.mtp[d]
-            cache = self._cache(d, last + 1 - h.offset + 1)
+            cache = self.depth_cache(d, last + 1 - h.offset + 1)
             s = cache.length  # committed positions already in this depth's cache
             pos = torch.arange(h.offset + s, last + 1, device=context.device)
             ext = ids + tokens
@@ -167,7 +172,7 @@ class MTPDrafter:
             full = out if stored is None or s == 0 else torch.cat([stored[:s], out])
             self.states[d] = full[:committed]
             cache.crop(min(cache.length, committed))
-            token, q = _draw(lm_head(full[-1]).float(), sampling, generator)
+            token, q = draft_token(lm_head(full[-1]).float(), sampling, generator)
             tokens.append(token)
             if q is not None:
                 probs.append(q)

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 import torch
 
 from lmforge.infer.cache import PagedKVCache
+from lmforge.infer.drafting import Draft, Drafter, DraftLengthSchedule
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.sampling import apply_min_p, process_logits
-from lmforge.infer.speculative import Draft, Drafter, DraftLengthSchedule, verify_sampled
+from lmforge.infer.speculative import verify_sampled
 from lmforge.infer.tree_attention import chain_parents, node_depths, verify_tree
 from lmforge.infer.typical_acceptance import verify_typical
 

@@ -7,7 +7,7 @@ accepted when
 
 with H the entropy: a peaked p demands a likely x, a flat p accepts more. The longest path
 of accepted candidates wins (ties: the first in tree order); the next token is drawn from p
-at its end (greedy at temperature 0). Unlike `lmforge.infer.speculative.verify_tree` this
+at its end (greedy at temperature 0). Unlike `lmforge.infer.tree_attention.verify_tree` this
 does NOT reproduce the target's sampling distribution: it skews towards the drafts (it is
 "typical", not exact). At temperature 0 the engine uses exact greedy verification instead.
 Medusa's defaults: ε = 0.09 (``posterior_threshold``), δ = 0.3 (``posterior_alpha``).

@@ -359,10 +359,15 @@ class VisionLanguageModel(nn.Module):
         temperature: float = 1.0,
         eos_token_id: int | list[int] | None = None,
         generator: torch.Generator | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Prompt + up to ``max_new_tokens`` tokens ``[B, T + n]``: the images are encoded
         once, the prompt is prefilled into a `KVCache`, then one token per step (greedy, or
-        sampled at ``temperature``). Rows that produced an EOS are padded with it."""
+        sampled at ``temperature``). Rows that produced an EOS are padded with it.
+
+        Prompts of different lengths go in one batch left-padded, with ``attention_mask``
+        ``[B, T]`` (0 on the padding): padding takes no position and no attention, so each
+        row decodes as it would alone (as transformers' ``generate`` with a mask)."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be ≥ 0")
         eos = (
@@ -375,8 +380,14 @@ class VisionLanguageModel(nn.Module):
         features = (
             None if pixel_values is None else self.image_features(pixel_values, image_grid_thw)
         )
-        out = self(input_ids, image_grid_thw=image_grid_thw, cache=cache,
-                   logits_to_keep=1, image_features=features)  # fmt: skip
+        mask = attention_mask
+        if mask is not None and mask.shape != (b, t):
+            raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, expected {(b, t)}")
+        out = self(input_ids, image_grid_thw=image_grid_thw, cache=cache, logits_to_keep=1,
+                   image_features=features, attention_mask=mask)  # fmt: skip
+        if mask is not None and self.rope_deltas is not None:
+            # decode positions are cache slot + delta; the slots count the left padding
+            self.rope_deltas = self.rope_deltas - (t - mask.sum(-1).to(self.rope_deltas))
         tokens, done = input_ids, torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()
@@ -391,7 +402,9 @@ class VisionLanguageModel(nn.Module):
             done = done | torch.isin(nxt, eos_ids.to(nxt.device))
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            out = self(nxt[:, None], cache=cache)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            out = self(nxt[:, None], cache=cache, attention_mask=mask)
         return tokens
 
 

@@ -53,16 +53,10 @@ STAGES = ("projector", "joint")
 
 
 @dataclass
-class VLMSection:
-    """The tasks, the image geometry, the training stage and (from scratch) the sizes."""
+class VLMShape:
+    """The sizes of a Qwen2-VL-shaped model built from scratch (``model.init_from`` empty),
+    `tiny_vlm`'s input; config sections that can build one (``vlm``, ``agent``) extend it."""
 
-    tasks: list[str] = field(default_factory=lambda: ["colour", "shape", "count"])
-    image_size: int = 32
-    train_examples: int = 1000  # per task
-    eval_examples: int = 100  # per task, from the held-out split
-    stage: Literal["projector", "joint"] = "joint"
-    max_new_tokens: int = 4
-    # from scratch (model.init_from empty)
     patch_size: int = 4
     vision_hidden: int = 64
     vision_depth: int = 2
@@ -73,6 +67,26 @@ class VLMSection:
     num_kv_heads: int = 2
     mrope_section: list[int] = field(default_factory=lambda: [2, 3, 3])
     vocab_size: int = 512
+    lm_init_std: float = 0.02  # N(0, σ²) of the LM
+    vision_init: Literal["fan_in", "config"] = "config"  # encoder N(0, 1/fan_in) or N(0, 0.02²)
+
+
+@dataclass
+class VLMSection(VLMShape):
+    """The tasks, the image geometry, the training stage and (from scratch) the sizes; the
+    initialisation defaults to `fan_in_init_` on the encoder and σ = 0.1 on the LM (GPT-2's
+    0.02 is for widths ≈ 768: at 64 the tiny VLM sits on the answer prior for hundreds of
+    steps)."""
+
+    lm_init_std: float = 0.1
+    vision_init: Literal["fan_in", "config"] = "fan_in"
+
+    tasks: list[str] = field(default_factory=lambda: ["colour", "shape", "count"])
+    image_size: int = 32
+    train_examples: int = 1000  # per task
+    eval_examples: int = 100  # per task, from the held-out split
+    stage: Literal["projector", "joint"] = "joint"
+    max_new_tokens: int = 4
 
 
 @dataclass
@@ -95,6 +109,8 @@ def check_vlm_config(config: VLMRunConfig) -> None:
         raise ConfigError(
             f"vlm.image_size={v.image_size} must be a multiple of 2 × vlm.patch_size={v.patch_size}"
         )
+    if v.vision_init not in ("fan_in", "config"):
+        raise ConfigError(f"vlm.vision_init={v.vision_init!r}: choose fan_in or config")
     if v.train_examples < 1 or v.eval_examples < 0:
         raise ConfigError("vlm.train_examples must be ≥ 1 and vlm.eval_examples ≥ 0")
 
@@ -114,7 +130,7 @@ def vlm_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Los
     return LossOutput(out.loss, count)
 
 
-def tiny_vlm(section: VLMSection, tokenizer: Any) -> VisionLanguageModel:
+def tiny_vlm(section: VLMShape, tokenizer: Any) -> VisionLanguageModel:
     """A Qwen2-VL-shaped model from scratch sized by ``section`` (saves as ``qwen2_vl``)."""
     s = section
     text = ModelConfig(
@@ -122,7 +138,7 @@ def tiny_vlm(section: VLMSection, tokenizer: Any) -> VisionLanguageModel:
         intermediate_size=4 * s.hidden_size, num_hidden_layers=s.num_layers,
         num_attention_heads=s.num_heads, num_key_value_heads=s.num_kv_heads, qkv_bias=True,
         max_position_embeddings=1024, eos_token_id=tokenizer.token_to_id("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=s.lm_init_std,
     )  # fmt: skip
     vision = VisionConfig(
         hidden_size=s.vision_hidden, depth=s.vision_depth, num_heads=s.vision_heads,
@@ -135,7 +151,26 @@ def tiny_vlm(section: VLMSection, tokenizer: Any) -> VisionLanguageModel:
         vision_end_token_id=tokenizer.token_to_id("<|vision_end|>"),
         video_token_id=tokenizer.token_to_id("<|image_pad|>"), mrope_section=s.mrope_section,
     )  # fmt: skip
-    return VisionLanguageModel(config)
+    model = VisionLanguageModel(config)
+    if s.vision_init == "fan_in":
+        fan_in_init_(model.visual)
+    return model
+
+
+@torch.no_grad()
+def fan_in_init_(module: torch.nn.Module) -> None:
+    """LeCun-normal initialisation: every linear map (and the patch embedding) of ``module``
+    drawn from N(0, 1/fan_in), so a layer keeps its input's scale (LeCun et al. 1998
+    "Efficient BackProp" §4.6); biases stay as they are. From scratch at widths of 64,
+    N(0, 0.02²) shrinks the image signal ≈ 6× per layer and a tiny VLM then sits on the
+    answer prior for hundreds of steps (BENCHMARKS.md, vision-language section)."""
+    for sub in module.modules():
+        weight = getattr(sub, "weight", None)
+        if isinstance(sub, torch.nn.LayerNorm) or not isinstance(weight, torch.nn.Parameter):
+            continue
+        if weight.ndim >= 2:
+            fan_in = weight[0].numel()
+            torch.nn.init.normal_(weight, std=fan_in**-0.5)
 
 
 def freeze_for_stage(model: VisionLanguageModel, stage: str) -> None:
@@ -145,15 +180,18 @@ def freeze_for_stage(model: VisionLanguageModel, stage: str) -> None:
             p.requires_grad_(name.startswith("visual.merger."))
 
 
-def image_processor_for(model: VisionLanguageModel, image_size: int) -> ImageProcessor:
-    """The processor matching the model's patch geometry, with a budget of one image of
-    ``image_size``² pixels (the task images keep their size)."""
+def image_processor_for(
+    model: VisionLanguageModel, image_size: int, aspect: int = 1
+) -> ImageProcessor:
+    """The processor matching the model's patch geometry, with a budget of ``aspect``
+    images of ``image_size``² pixels (the task images keep their size; ``aspect=2`` fits the
+    ``words`` task's ``image_size × 2·image_size`` images)."""
     v = model.config.vision
     factor = v.patch_size * v.spatial_merge_size
     return ImageProcessor(ImageProcessorConfig(
         patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
         merge_size=v.spatial_merge_size, min_pixels=factor * factor,
-        max_pixels=max(image_size, factor) ** 2,
+        max_pixels=aspect * max(image_size, factor) ** 2,
     ))  # fmt: skip
 
 
@@ -180,7 +218,7 @@ def train_vlm_sft(
         else:
             tokenizer = train_vqa_tokenizer(v.tasks, v.vocab_size)
             model = tiny_vlm(v, tokenizer)
-        processor = image_processor_for(model, v.image_size)
+        processor = image_processor_for(model, v.image_size, 2 if "words" in v.tasks else 1)
         train_ex = make_vqa_examples(v.tasks, v.train_examples, v.image_size, t.seed, "train")
         heldout = make_vqa_examples(v.tasks, v.eval_examples, v.image_size, t.seed, "test")
         encode = lambda ex: encode_chat(tokenizer, processor, ex.messages(), ex.images)  # noqa: E731
@@ -221,7 +259,9 @@ __all__ = [
     "STAGES",
     "VLMRunConfig",
     "VLMSection",
+    "VLMShape",
     "check_vlm_config",
+    "fan_in_init_",
     "freeze_for_stage",
     "image_processor_for",
     "tiny_vlm",

@@ -9,7 +9,7 @@ a resumable loader for the one Trainer, the evaluation classifier and its metric
 | `metrics` | conditional accuracy, Fréchet distance in classifier features, bits/dim |
 | `grid` | sample grids as PNG |
 | `processor` | Qwen2-VL image processing (pixel budgets, CLIP normalisation, merge-block patches), image sources, placeholders, chat template |
-| `vlm_tasks` | synthetic visual questions (colour, shape, position, count, OCR digits, two-image compare); held-out splits, accuracy |
+| `vlm_tasks` | synthetic visual questions (colour, shape, position, count, OCR digits and words, two-image compare); held-out splits, accuracy |
 | `vlm_data` | multimodal SFT records (assistant-only labels), packed image-text rows, resumable loader, greedy answering |
 """
 

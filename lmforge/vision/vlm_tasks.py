@@ -9,9 +9,11 @@ construction, so accuracy is exact match.
 
 Tasks: ``colour`` / ``shape`` / ``position`` of one shape (the shapes of
 `lmforge.vision.datasets.render_shapes`), ``count`` (1–4 shapes in distinct cells of a 3×3
-grid), ``ocr`` (the digit rendered by `lmforge.vision.datasets.render_glyphs`), ``compare``
-(two images: "same colour?" yes / no, half of each). The ``train`` and ``test`` splits draw
-from independent random streams, so held-out images are never training images.
+grid), ``ocr`` (the digit rendered by `lmforge.vision.datasets.render_glyphs`), ``words``
+(a three-letter word of `WORDS` rendered on a wide ``size × 2·size`` image — native
+resolution: its grid differs from the square tasks'), ``compare`` (two images: "same
+colour?" yes / no, half of each). The ``train`` and ``test`` splits draw from independent
+random streams, so held-out images are never training images.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import string
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from lmforge.config import ConfigError
 from lmforge.vision.datasets import (
@@ -32,7 +34,11 @@ from lmforge.vision.datasets import (
     render_shapes,
 )
 
-TASKS = ("colour", "shape", "position", "count", "ocr", "compare")
+TASKS = ("colour", "shape", "position", "count", "ocr", "compare", "words")
+WORDS = (
+    "arm", "bag", "bed", "box", "bus", "car", "cat", "cup", "dog", "egg", "fig", "fox",
+    "hat", "jam", "key", "kit", "log", "map", "net", "owl", "pen", "pig", "sun", "toy",
+)  # fmt: skip
 COUNT_WORDS = ("one", "two", "three", "four")
 QUESTIONS = {
     "colour": ("what colour is the shape?", "which colour is it?"),
@@ -41,6 +47,7 @@ QUESTIONS = {
     "count": ("how many shapes are there?", "count the shapes."),
     "ocr": ("what digit is written?", "read the digit."),
     "compare": ("are the two shapes the same colour?", "do both shapes have the same colour?"),
+    "words": ("what word is written?", "read the word."),
 }
 
 
@@ -100,6 +107,33 @@ def render_count(num: int, size: int, rng: np.random.Generator) -> tuple[np.ndar
     return pixels, counts
 
 
+def render_words(num: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """``num`` wide images (uint8 ``[N, size, 2·size, 3]``) of a random word of `WORDS` in
+    Pillow's built-in scalable font (height 50–70 % of the image, random offset, rotation
+    ±4°, a random palette colour on black; drawn at 4× and box-downsampled), and the words."""
+    big_h, big_w = size * 4, size * 8
+    colours = list(COLOURS.values())
+    words = [WORDS[i] for i in rng.integers(len(WORDS), size=num)]
+    pixels = np.zeros((num, size, 2 * size, 3), np.uint8)
+    fonts: dict[int, ImageFont.FreeTypeFont] = {}
+    for i, word in enumerate(words):
+        height = int(big_h * rng.uniform(0.5, 0.7))
+        font = fonts.setdefault(height, ImageFont.load_default(size=height))
+        canvas = Image.new("L", (big_w, big_h), 0)
+        draw = ImageDraw.Draw(canvas)
+        box = draw.textbbox((0, 0), word, font=font)
+        w, h = box[2] - box[0], box[3] - box[1]
+        dx = rng.uniform(-0.5, 0.5) * max(0.0, big_w - w) * 0.8
+        dy = rng.uniform(-0.5, 0.5) * max(0.0, big_h - h) * 0.8
+        draw.text(((big_w - w) / 2 - box[0] + dx, (big_h - h) / 2 - box[1] + dy), word,
+                  fill=255, font=font)  # fmt: skip
+        canvas = canvas.rotate(float(rng.uniform(-4, 4)), resample=Image.BILINEAR)
+        mask = np.asarray(canvas.resize((2 * size, size), Image.BOX), np.float32) / 255.0
+        rgb = np.array(colours[int(rng.integers(len(colours)))], np.float32)
+        pixels[i] = np.round(mask[..., None] * rgb).astype(np.uint8)
+    return pixels, words
+
+
 def _question(task: str, rng: np.random.Generator) -> str:
     options = QUESTIONS[task]
     return options[int(rng.integers(len(options)))]
@@ -123,6 +157,9 @@ def task_examples(task: str, num: int, size: int, seed: int, split: str) -> list
     elif task == "count":
         pixels, counts = render_count(num, size, rng)
         answers = [COUNT_WORDS[c - 1] for c in counts]
+        images = [[p] for p in pixels]
+    elif task == "words":
+        pixels, answers = render_words(num, size, rng)
         images = [[p] for p in pixels]
     elif task == "ocr":
         pixels, labels, _ = render_glyphs(string.digits, num, size, sub_seed, split, channels=3)
@@ -170,6 +207,8 @@ def answer_vocabulary(tasks: list[str] | tuple[str, ...]) -> list[str]:
     words.update(COUNT_WORDS)
     words.update(string.digits)
     words.update(("yes", "no"))
+    if "words" in tasks:
+        words.update(WORDS)
     return sorted(words)
 
 
@@ -189,9 +228,11 @@ __all__ = [
     "QUESTIONS",
     "TASKS",
     "VQAExample",
+    "WORDS",
     "accuracy_by_task",
     "answer_vocabulary",
     "make_vqa_examples",
     "render_count",
+    "render_words",
     "task_examples",
 ]

@@ -14,6 +14,7 @@ import torch
 from lmforge.agents.actions import parse_action, parse_response
 from lmforge.agents.agent_data import (
     KINDS,
+    ChatExample,
     agent_prompt,
     dense_caption,
     expert_trajectory,
@@ -22,6 +23,7 @@ from lmforge.agents.agent_data import (
     read_examples,
     reflective,
     screen_elements,
+    shift_down,
     state_questions,
     trajectory_examples,
     write_examples,
@@ -166,3 +168,85 @@ def test_write_and_read_round_trip(tmp_path, data):
     (tmp_path / "set" / "examples.jsonl").write_text('{"images": []}\n')
     with pytest.raises(ValueError, match="examples.jsonl line 1"):
         read_examples(tmp_path / "set")
+
+
+def test_grounding_chats_ask_every_element_once():
+    rng = random.Random(0)
+    texts = []
+    for seed in range(4):
+        win = sample_task(seed, "train").fresh_window()
+        elements = screen_elements(win)
+        chats = grounding_examples(win, rng, count=0, turns=4)
+        assert len(chats) == -(-len(elements) // 4)
+        pairs, boxes = [], []
+        for chat in chats:
+            turns = [(chat.question, chat.answer), *getattr(chat, "turns", [])]
+            assert isinstance(chat, ChatExample) == (len(turns) > 1) and len(turns) <= 4
+            assert chat.meta["target_box"] == chat.meta["target_boxes"][0]
+            pairs += turns
+            boxes += chat.meta["target_boxes"]
+            messages = chat.messages()
+            assert [m["role"] for m in messages] == ["user", "assistant"] * len(turns)
+            assert [m["content"] for m in messages[1::2]] == [a for _, a in turns]
+            later = [part for m in messages[2::2] for part in m["content"]]
+            assert all(part["type"] == "text" for part in later)  # the image comes once
+            texts += [q + " " + a for q, a in turns]
+        asked = sorted(q for q, _ in pairs)
+        assert asked == sorted(f"Click on the {e.kind} '{e.label}'." for e in elements)
+        for (_, answer), box in zip(pairs, boxes, strict=True):
+            point = parse_action(answer)
+            assert box_contains(box, point.x, point.y)
+    # every answer of a chat is labelled, in order, after one image
+    tok = Tokenizer.train(texts * 3, vocab_size=400, min_frequency=1,
+                          special_tokens=VLM_SPECIAL_TOKENS, chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+    section = VLMSection(patch_size=8, vision_hidden=32, vision_heads=2, hidden_size=32, num_layers=1,
+                         num_heads=2, num_kv_heads=1, vocab_size=tok.vocab_size)  # fmt: skip
+    chat = next(c for c in chats if isinstance(c, ChatExample))
+    processor = image_processor_for(tiny_vlm(section, tok), 128)
+    encoded = encode_chat(tok, processor, chat.messages(), chat.images)
+    assert encoded.image_grid_thw.shape[0] == 1
+    labelled = [
+        t if lab != -100 else None for t, lab in zip(encoded.input_ids, encoded.labels, strict=True)
+    ]
+    spans, current = [], []
+    for t in labelled + [None]:
+        if t is None and current:
+            spans.append(tok.decode(current, skip_special_tokens=True).strip())
+            current = []
+        elif t is not None:
+            current.append(t)
+    assert spans == [chat.answer] + [a for _, a in chat.turns]
+
+
+def test_chat_examples_round_trip(tmp_path):
+    win = sample_task(1, "train").fresh_window()
+    chats = grounding_examples(win, random.Random(1), count=0, turns=3)
+    write_examples(tmp_path / "chats", chats)
+    back = read_examples(tmp_path / "chats")
+    for a, b in zip(chats, back, strict=True):
+        assert type(a) is type(b) and a.messages() == b.messages() and a.meta == b.meta
+
+
+def test_shifted_grounding_moves_image_and_targets_together():
+    from lmforge.agents.render import render_window
+
+    rng = random.Random(2)
+    shifts = set()
+    for seed in range(6):
+        win = sample_task(seed, "train").fresh_window()
+        original = np.asarray(render_window(win))
+        elements = {f"Click on the {e.kind} '{e.label}'.": e.box for e in screen_elements(win)}
+        for chat in grounding_examples(win, rng, count=0, turns=8, shift=40):
+            turns = [(chat.question, chat.answer), *getattr(chat, "turns", [])]
+            for (q, a), box in zip(turns, chat.meta["target_boxes"], strict=True):
+                dy = box[1] - elements[q][1]
+                assert 0 <= dy <= 40 and box[3] <= 128 and box == (elements[q][0], elements[q][1] + dy,
+                                                                     elements[q][2], elements[q][3] + dy)  # fmt: skip
+                point = parse_action(a)
+                assert box_contains(box, point.x, point.y)
+            assert np.array_equal(chat.images[0], shift_down(original, dy))
+            shifts.add(dy)
+    assert len(shifts) > 3
+    image = np.arange(4 * 2 * 3, dtype=np.uint8).reshape(4, 2, 3)
+    moved = shift_down(image, 1)
+    assert np.array_equal(moved[1:], image[:3]) and (moved[0] == image[-1, -1]).all()

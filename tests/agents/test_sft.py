@@ -50,3 +50,41 @@ def test_tiny_agent_sft_run(tmp_path):
 def test_bad_sections_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         train_agent_sft(load_config(None, [*SMALL, override], AgentRunConfig))
+
+
+def test_coordinate_tokens_merge_size_and_rope_theta(tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from lmforge.agents.agent_data import make_agent_dataset
+    from lmforge.agents.sft import agent_model, train_agent_tokenizer
+    from lmforge.models.hf import save_model
+    from lmforge.train.vlm_sft import image_processor_for
+
+    data = make_agent_dataset("train", 3, seed=0, grounding_count=0, grounding_turns=4)
+    examples = [ex for k in data for ex in data[k]]
+    tok = train_agent_tokenizer(examples, 500, coordinates=128)
+    assert tok.vocab_size <= 500
+    ids = tok.encode("click(103,32)")
+    assert [tok.id_to_token(i) for i in ids] == ["click", "(", "103", ",", "32", ")"]
+    tok.save(tmp_path / "tok")
+    hf = AutoTokenizer.from_pretrained(tmp_path / "tok")  # the reference tokenizer agrees
+    for text in ["click(0,127)", "drag(5,6,120,99)", "Find 'invoice 17' and open it", "x1280y"]:
+        assert hf.encode(text, add_special_tokens=False) == tok.encode(text)
+        assert tok.decode(tok.encode(text)) == text
+    overrides = [
+        *SMALL,
+        "agent.coordinate_tokens=true",
+        "agent.merge_size=1",
+        "agent.rope_theta=100",
+    ]
+    config = load_config(None, overrides, AgentRunConfig)
+    model, tok = agent_model(config, examples)
+    assert tok.token_to_id("103") is not None
+    assert model.config.vision.spatial_merge_size == 1 and model.config.text.rope_theta == 100
+    processor = image_processor_for(model, 128)
+    _, grid = processor([examples[0].images[0]])
+    assert processor.tokens_per_image(grid) == [256]  # 8-px image tokens: 16 × 16
+    save_model(model, tmp_path / "model")
+    hf_config = AutoConfig.from_pretrained(tmp_path / "model")
+    assert hf_config.vision_config.spatial_merge_size == 1
+    assert hf_config.text_config.rope_parameters["rope_theta"] == 100

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from lmforge.agents.tasks import (
+    FREE_TEXT,
     HELDOUT_LAYOUTS,
     HELDOUT_TEMPLATES,
     LAYOUTS,
@@ -16,6 +17,7 @@ from lmforge.agents.tasks import (
     TRAIN_TEMPLATES,
     sample_task,
     split_choices,
+    task_for_instruction,
     task_success,
 )
 from lmforge.agents.widgets import Checkbox, Dropdown, RadioGroup, TextField
@@ -104,3 +106,24 @@ def test_success_check_accepts_the_goal_and_rejects_wrong_end_states(template):
         assert task_success(task, right)
         for what, win in broken_versions(task):
             assert not task_success(task, win), (template, seed, what)
+
+
+def test_task_for_instruction_template_exact_and_free_text():
+    named = task_for_instruction("list_open", seed=4)
+    assert named.instruction == sample_task(4, "heldout", "list_open").instruction
+    # a template's own instruction (case, spaces, final stop aside) keeps its success check
+    own = sample_task(9, "heldout", "dropdown_save")
+    task = task_for_instruction("  " + own.instruction.upper() + ".", seed=2)
+    assert (task.template, task.goal, task.final) == (own.template, own.goal, own.final)
+    assert not task.meta.get("free_text")
+    # free text: the window whose labels match it, no goal, a final event nothing matches
+    for text, template in [("Tick Remember me, then press Sign in", "login_remember"),
+                           ("open invoice 7 please", "list_open")]:  # fmt: skip
+        task = task_for_instruction(text, seed=0)
+        assert task.template == template and task.instruction == text
+        assert task.meta["free_text"] and task.goal == {} and task.final == FREE_TEXT
+        win = task.fresh_window()
+        win.events.append(("finished", ""))
+        assert not task_success(task, win)
+    with pytest.raises(ValueError, match="empty instruction"):
+        task_for_instruction("  ")

@@ -34,6 +34,12 @@ def test_sft_then_eval_and_run_the_model(tmp_path, capsys):
                  "--max-steps", "1", "--gif", str(gif)])  # fmt: skip
     assert code == 0 and "step 1: Thought: " in capsys.readouterr().out
     assert Image.open(gif).n_frames >= 1
+    code = main(["agent", "run", "--model", str(out / "model"), "--task",
+                 "Tick Remember me, then press Sign in", "--max-steps", "1"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and lines[0] == "task: Tick Remember me, then press Sign in"
+    assert lines[1] == "window: login_remember's (Sign in); free text, so no success check"
+    assert lines[2].startswith("step 1: Thought: ") and lines[-1] == "ended after 1 steps"
 
 
 def test_eval_and_run_the_expert(tmp_path, capsys):
@@ -48,6 +54,12 @@ def test_eval_and_run_the_expert(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("task: Find '") and "success after" in out
     assert Image.open(gif).n_frames >= 2
+    # a template's own instruction, as free text, keeps its success check
+    assert main(["agent", "run", "--expert", "--task", "Set Size to Large, then press OK",
+                 "--seed", "5"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[-1].startswith("success after")
+    assert main(["agent", "run", "--expert", "--task", "tick everything"]) == 2
+    assert "--expert follows a task's goal" in capsys.readouterr().err
 
 
 def test_rl_needs_a_model(tmp_path, capsys):

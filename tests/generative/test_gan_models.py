@@ -28,6 +28,21 @@ def test_shapes_and_range(size, channels):
         pair.generator(torch.randn(3, 8))
 
 
+def test_critic_width_sizes_the_critic_only():
+    same = GANPair(GANNetConfig([1, 16, 16], z_dim=8, width=4, num_classes=3))
+    wide = GANPair(GANNetConfig([1, 16, 16], z_dim=8, width=4, critic_width=8, num_classes=3))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(wide.generator) == count(same.generator)
+    assert [m.out_channels for m in wide.discriminator.body if hasattr(m, "out_channels")] == [
+        8,
+        16,
+    ]
+    assert [m.out_channels for m in same.discriminator.body if hasattr(m, "out_channels")] == [4, 8]
+    assert wide.discriminator(torch.zeros(2, 1, 16, 16), torch.tensor([0, 2])).shape == (2,)
+    with pytest.raises(ConfigError, match="critic_width"):
+        GANNetConfig([1, 16, 16], critic_width=-1)
+
+
 def test_bad_shapes_are_config_errors():
     with pytest.raises(ConfigError, match="power of two"):
         GANNetConfig([1, 12, 12])

@@ -459,3 +459,33 @@ def test_refresh_weights_reaches_mla_absorbed_weights():
     assert max_error(engine) > 1e-2  # the cached W_UK / W_UV are stale
     engine.refresh_weights()
     assert max_error(engine) < 1e-4
+
+
+def test_batched_sampling_equals_row_by_row(pair):
+    """`Engine._sample` processes rows with equal plain params together; every row's token
+    and generator state equal `_sample_row`'s (penalised / min_tokens rows take that path)."""
+    _, model = pair
+    engine = Engine(model)
+    kinds = [
+        SamplingParams(temperature=1.0, seed=1),
+        SamplingParams(temperature=1.0, seed=2),
+        SamplingParams(temperature=0.7, top_k=5, top_p=0.9, min_p=0.05, seed=3),
+        SamplingParams(temperature=0.7, top_k=5, top_p=0.9, min_p=0.05, seed=4),
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=1.0, repetition_penalty=1.3, seed=5),
+        SamplingParams(temperature=1.0, min_tokens=3, seed=6),
+    ]
+    ids = [engine.add_request([3, 4, 5], p) for p in kinds]
+    reqs = [engine.requests[i] for i in ids]
+    logits = torch.randn(
+        len(reqs), model.config.vocab_size, generator=torch.Generator().manual_seed(0)
+    )
+    seeded = [r for r in reqs if r.generator is not None]  # the greedy one has none
+    states = [r.generator.get_state() for r in seeded]
+    batched = engine._sample(logits, reqs)
+    after = [r.generator.get_state() for r in seeded]
+    for r, s in zip(seeded, states):
+        r.generator.set_state(s)
+    rows = [engine._sample_row(logits[i], r) for i, r in enumerate(reqs)]
+    assert batched == rows
+    assert all(torch.equal(a, r.generator.get_state()) for a, r in zip(after, seeded))

@@ -99,6 +99,22 @@ def test_training_loss_is_main_plus_lambda_mean_of_depth_losses(model):
     assert model(ids, labels=labels).mtp_loss is None  # evaluation: the main loss only
 
 
+def test_mtp_blocks_beside_layer_types_use_full_attention():
+    """A model with per-layer attention types builds its MTP blocks (layer indices N, N + 1
+    past ``layer_types``, which used to raise IndexError) with full attention, and trains."""
+    cfg = preset_config("tiny", sliding_window=3, num_nextn_predict_layers=2,
+                        layer_types=["sliding_attention", "full_attention"])  # fmt: skip
+    torch.manual_seed(0)
+    m = lmforge.CausalLM(cfg)
+    assert [layer.self_attn.window for layer in m.model.layers] == [3, None]
+    assert [module.block.self_attn.window for module in m.mtp] == [None, None]
+    ids = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(3))
+    out = m(ids, labels=ids)
+    assert torch.isfinite(out.mtp_loss) and out.mtp_loss > 0
+    out.loss.backward()
+    assert m.mtp[1].block.self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
 def test_targets_stay_inside_packed_documents():
     labels = torch.arange(10)[None]
     docs = torch.tensor([[0] * 4 + [1] * 6])

@@ -127,6 +127,38 @@ def test_greedy_generation_matches_hf(pair):
     assert ours.shape == (1, ids.shape[1] + 8)
 
 
+def test_left_padded_batch_generation_matches_hf_and_rows_alone(pair):
+    """Two prompts of different lengths (different images) in one left-padded batch: greedy
+    tokens equal transformers' with the same mask, and each row's tokens generated alone."""
+    hf, model, _ = pair
+    short = [5, *image(3), 7]
+    long = [8, 9, *image(4), 6, *image(3), 10]
+    pad = len(long) - len(short)
+    ids = torch.tensor([[0] * pad + short, long])
+    mask = torch.tensor([[0] * pad + [1] * len(short), [1] * len(long)])
+    grid = torch.tensor([[1, 2, 6], [1, 4, 4], [1, 6, 2]])
+    pv = pixels(grid, seed=4)
+    expected = hf.generate(input_ids=ids, attention_mask=mask, pixel_values=pv,
+                           image_grid_thw=grid, mm_token_type_ids=(ids == IMG).int(),
+                           max_new_tokens=6, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)  # fmt: skip
+    ours = model.generate(ids, pixel_values=pv, image_grid_thw=grid, max_new_tokens=6,
+                          eos_token_id=[], attention_mask=mask)  # fmt: skip
+    assert ours.tolist() == expected.tolist()
+    # the first decoded token's position: lmforge's cache slot + delta, HF's valid count + delta
+    ours_next = ids.shape[1] + model.rope_deltas
+    hf_next = mask.sum(-1) + hf.model.rope_deltas.flatten()
+    assert ours_next.tolist() == hf_next.tolist()
+    first = model.generate(torch.tensor([short]), pixel_values=pv[:12], image_grid_thw=grid[:1],
+                           max_new_tokens=6, eos_token_id=[])  # fmt: skip
+    second = model.generate(torch.tensor([long]), pixel_values=pv[12:], image_grid_thw=grid[1:],
+                            max_new_tokens=6, eos_token_id=[])  # fmt: skip
+    assert ours[0, -6:].tolist() == first[0, -6:].tolist()
+    assert ours[1, -6:].tolist() == second[0, -6:].tolist()
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model.generate(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask[:, 1:])
+
+
 def test_kv_cached_decode_equals_full_forward(pair):
     _, model, _ = pair
     ids, pv = prompt(), pixels(seed=4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,9 @@ from lmforge.peft.settings import PeftSettings
 from lmforge.train.config import load_config
 from lmforge.train.vlm_sft import (
     VLMRunConfig,
+    VLMSection,
+    VLMShape,
+    fan_in_init_,
     freeze_for_stage,
     image_processor_for,
     tiny_vlm,
@@ -97,3 +101,41 @@ def test_freeze_for_stage_and_bad_sections():
         train_vlm_sft(load_config(None, [*SMALL, "vlm.tasks=[juggling]"], VLMRunConfig))
     with pytest.raises(ConfigError, match="multiple of 2"):
         train_vlm_sft(load_config(None, [*SMALL, "vlm.image_size=20"], VLMRunConfig))
+
+
+def test_fan_in_init_and_the_init_defaults():
+    """``vlm``'s from-scratch model: encoder weights N(0, 1/fan_in) (biases and norms
+    untouched), LM weights N(0, 0.1²); `VLMShape`'s own defaults keep N(0, 0.02²)."""
+    tok = train_vqa_tokenizer(["colour"], 300)
+    model = tiny_vlm(VLMSection(vision_hidden=64, hidden_size=64), tok)
+    for name, p in model.visual.named_parameters():
+        if p.ndim >= 2:
+            expected = p[0].numel() ** -0.5
+            assert abs(p.std().item() / expected - 1) < 0.1, name
+        elif name.endswith("bias"):
+            assert not p.any(), name
+        else:
+            assert torch.equal(p, torch.ones_like(p)), name  # LayerNorm gains
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert abs(q.std().item() / 0.1 - 1) < 0.1
+    plain = tiny_vlm(VLMShape(vision_hidden=64, hidden_size=64), tok)
+    assert abs(plain.visual.blocks[0].mlp.fc1.weight.std().item() / 0.02 - 1) < 0.1
+    fan_in_init_(plain.visual)
+    assert abs(plain.visual.merger.mlp[0].weight.std().item() * 16 - 1) < 0.1  # fan-in 256
+    with pytest.raises(ConfigError, match="vision_init"):
+        train_vlm_sft(load_config(None, [*SMALL, "vlm.vision_init=xavier"], VLMRunConfig))
+
+
+def test_words_task_keeps_its_wide_images_at_native_resolution(tmp_path):
+    """With ``words`` among the tasks the pixel budget holds a 16×32 image unresized: its
+    grid is (1, 4, 8) next to the square (1, 4, 4), in one packed batch."""
+    tok = train_vqa_tokenizer(["colour", "words"], 400)
+    model = tiny_vlm(VLMSection(patch_size=4, vision_hidden=32, hidden_size=32, vision_heads=2,
+                                num_heads=2, num_kv_heads=1), tok)  # fmt: skip
+    wide = image_processor_for(model, 16, aspect=2)
+    image = [np.zeros((16, 32, 3), np.uint8)]
+    assert wide(image)[1].tolist() == [[1, 4, 8]]
+    assert image_processor_for(model, 16)(image)[1].tolist() != [[1, 4, 8]]  # downscaled
+    run = [f"out_dir={tmp_path}", *SMALL, "vlm.tasks=[colour, words]", "train.max_steps=2"]
+    summary = train_vlm_sft(load_config(None, run, VLMRunConfig))
+    assert set(summary["heldout_accuracy"]) == {"colour", "words", "all"}

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw, ImageFont
 
 from lmforge.config import ConfigError
 from lmforge.vision.datasets import COLOURS
 from lmforge.vision.vlm_tasks import (
     COUNT_WORDS,
     TASKS,
+    WORDS,
     accuracy_by_task,
     answer_vocabulary,
     make_vqa_examples,
@@ -60,7 +62,8 @@ def test_every_task_renders_and_answers_are_in_the_vocabulary():
     vocab = set(answer_vocabulary(TASKS))
     for ex in make_vqa_examples(TASKS, 3, 32, 1, "test"):
         assert ex.answer in vocab
-        assert all(img.dtype == np.uint8 and img.shape == (32, 32, 3) for img in ex.images)
+        shape = (32, 64, 3) if ex.task == "words" else (32, 32, 3)
+        assert all(img.dtype == np.uint8 and img.shape == shape for img in ex.images)
         assert ex.messages()[0]["content"][-1]["text"] == ex.question
     with pytest.raises(ConfigError, match="VQA task"):
         task_examples("nope", 1, 32, 0, "train")
@@ -70,3 +73,32 @@ def test_accuracy_by_task():
     examples = task_examples("colour", 4, 32, 0, "train")
     predictions = [ex.answer for ex in examples[:3]] + ["purple"]
     assert accuracy_by_task(examples, predictions) == {"colour": 0.75, "all": 0.75}
+
+
+def ink_signature(gray: np.ndarray) -> np.ndarray:
+    """The ink's bounding box resized to 36×12, zero-mean and unit-norm (for correlation)."""
+    ys, xs = np.nonzero(gray > 0.3 * gray.max())
+    crop = Image.fromarray(gray[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.uint8))
+    v = np.asarray(crop.resize((36, 12), Image.BILINEAR), np.float32)
+    v = v - v.mean()
+    return v / (np.linalg.norm(v) + 1e-6)
+
+
+def test_word_answers_match_the_pixels_by_template_matching():
+    """An independent reader: each word drawn once, upright, at a fixed size; every example
+    is matched to the template it correlates with most (chance would be 1/24)."""
+    font = ImageFont.load_default(size=48)
+    templates = {}
+    for word in WORDS:
+        canvas = Image.new("L", (200, 80))
+        ImageDraw.Draw(canvas).text((10, 5), word, fill=255, font=font)
+        templates[word] = ink_signature(np.asarray(canvas.resize((50, 20), Image.BOX), np.float32))
+    examples = task_examples("words", 120, 32, 0, "test")
+    read = [
+        max(templates, key=lambda w: float((templates[w] * ink_signature(
+            ex.images[0].max(-1).astype(np.float32))).sum()))
+        for ex in examples
+    ]  # fmt: skip
+    assert np.mean([r == ex.answer for r, ex in zip(read, examples, strict=True)]) > 0.85
+    assert len({ex.answer for ex in examples}) > 15
+    assert all(ex.answer in WORDS and ex.question.endswith(("?", ".")) for ex in examples)

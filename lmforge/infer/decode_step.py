@@ -1,0 +1,238 @@
+"""The engine's decode step as one function of tensors, compiled once per shape bucket.
+
+A decode step runs one new token per sequence. Eagerly (`InferenceRunner`) it is ≈ 60
+aten ops per layer plus the engine's bookkeeping — on the CPU each op costs a few µs of
+dispatch, so for small models the step is bound by op count, not by weight reads. Here
+the whole step — embedding, every layer, the LM head — is one pure function of tensors
+(`decode_logits`), and `CompiledDecode` runs it through ``torch.compile`` (inductor: the
+pointwise work of a layer fuses into a few generated loops, the GEMMs stay library calls).
+
+Paged attention reads K/V **in place**: the function indexes the cache through each
+sequence's block table (``keys.view(blocks, block_size, …)[tables]``) and writes the scores
+and the value sum as products and sums, so inductor fuses gather, scores, softmax and
+values into one generated loop nest per layer that loads each cached block through the
+table (no gathered copy, no batched GEMM); eager PyTorch (`decode_logits` run uncompiled,
+as the tests do) materialises the gather and the products instead.
+The new K/V are written with ``index_copy_`` on the cache tensors themselves.
+
+**Static shapes per bucket.** The batch is padded to the next power of two of sequences
+and the block tables to the next power of two of blocks, so the graph sees a handful of
+shapes (compiled once each, ``dynamic=False``): padding rows decode token 0 at position 0
+into a spare block the allocator never hands out (`PagedKVCache`'s ``spare_blocks``, zeroed
+at creation), and padded table entries point at that block behind the length mask (masked
+slots must hold finite values: 0 · NaN would leak into the output).
+
+What it covers: `InferenceRunner`'s models with plain dense projections (fp32/bf16), no
+per-head q/k norm, any sliding window; anything else keeps the eager runner
+(`CompiledDecode.unsupported_reason`). Numerics: the same arithmetic as the eager path in a
+different order (fused loops, softmax written out), equal within float rounding (tests:
+logits vs the eager runner, tokens vs ``model.forward``).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.infer.cache import PagedKVCache
+
+__all__ = ["CompiledDecode", "bucket", "decode_logits"]
+
+SKIP_GUARDS = True
+
+
+def bucket(n: int) -> int:
+    """The padded size of a dimension of ``n``: the next power of two (1, 2, 4, …)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE, half-split layout (RoFormer eq. 34): x·cos + rotate_half(x)·sin."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def _paged_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    tables: torch.Tensor,
+    visible: torch.Tensor,
+    block_size: int,
+) -> torch.Tensor:
+    """softmax(q Kᵀ/√d + mask) V (Vaswani et al. 2017, eq. 1) of one query per sequence over
+    its paged context. ``q`` ``[B, H, D]``; ``keys``/``values`` the layer's cache
+    ``[slots, H_kv, D]``; ``tables`` ``[B, W]`` block ids; ``visible`` ``[B, W·bs]`` bool.
+    GQA: query head ``h`` reads K/V head ``h // (H / H_kv)``. Returns ``[B, H, D]``."""
+    b, h, d = q.shape
+    hkv = keys.shape[1]
+    k = keys.view(-1, block_size, hkv, d)[tables].view(b, -1, hkv, d)  # [B, T, H_kv, D]
+    v = values.view(-1, block_size, hkv, d)[tables].view(b, -1, hkv, d)
+    k, v = k.permute(0, 2, 1, 3)[:, :, None], v.permute(0, 2, 1, 3)[:, :, None]  # [B,Hkv,1,T,D]
+    qg = q.view(b, hkv, h // hkv, 1, d)
+    # Products and sums, not einsum: a batched GEMM would need the gathered K/V copied into
+    # a contiguous operand; written out, inductor fuses gather, scores, softmax and the value
+    # sum into one loop nest that loads each block through the table (one query per row, so
+    # there is no GEMM to lose).
+    scores = (qg * k).sum(-1) * (1.0 / math.sqrt(d))  # [B, H_kv, G, T]
+    scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return (probs[..., None] * v).sum(-2).reshape(b, h, d)
+
+
+def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
+
+
+def decode_logits(
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    tables: torch.Tensor,
+    slots: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    embed: torch.Tensor,
+    layers: list[tuple],
+    final_norm: torch.Tensor,
+    head_t: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    shape: tuple[int, int, int, int, int],
+    eps: float,
+    windows: list[int | None],
+) -> torch.Tensor:
+    """Logits ``[B, V]`` of one decode step (a Llama-style decoder, as `CausalLM`).
+
+    ``ids``/``positions``/``slots`` ``[B]``: each sequence's new token, its position and the
+    cache slot its K/V go to; ``tables`` ``[B, W]`` block tables; ``rope`` the cos/sin
+    tables ``[P, D]``; ``layers`` per layer ``(input norm w, W_qkvᵀ, b_qkv, W_oᵀ, b_o,
+    post-attention norm w, W_gate‖upᵀ, W_downᵀ)``; ``shape`` = (heads, KV heads, head dim,
+    intermediate size, block size)."""
+    h, hkv, d, inter, block_size = shape
+    b = ids.shape[0]
+    x = F.embedding(ids, embed)
+    cos, sin = rope[0][positions][:, None], rope[1][positions][:, None]
+    t = torch.arange(tables.shape[1] * block_size, device=ids.device)
+    causal = t[None, :] <= positions[:, None]
+    for i, (n1, qkv_t, qkv_b, o_t, o_b, n2, gu_t, down_t) in enumerate(layers):
+        qkv = _linear(F.rms_norm(x, n1.shape, n1, eps), qkv_t, qkv_b).view(b, h + 2 * hkv, d)
+        qk = _rotate(qkv[:, : h + hkv], cos, sin)
+        keys[i].index_copy_(0, slots, qk[:, h:])
+        values[i].index_copy_(0, slots, qkv[:, h + hkv :])
+        visible = causal
+        if windows[i] is not None:
+            visible = causal & (positions[:, None] - t[None, :] < windows[i])
+        out = _paged_attention(qk[:, :h], keys[i], values[i], tables, visible, block_size)
+        x = x + _linear(out.reshape(b, h * d), o_t, o_b)
+        gate_up = F.rms_norm(x, n2.shape, n2, eps) @ gu_t
+        x = x + (F.silu(gate_up[:, :inter]) * gate_up[:, inter:]) @ down_t
+    return F.rms_norm(x, final_norm.shape, final_norm, eps) @ head_t
+
+
+class CompiledDecode:
+    """`decode_logits` over an `InferenceRunner`'s weights and a `PagedKVCache`, compiled
+    per (batch, width) bucket; ``compile=False`` runs it eagerly (tests, debugging)."""
+
+    def __init__(self, runner, cache: PagedKVCache, compile: bool = True) -> None:
+        reason = self.unsupported_reason(runner, cache)
+        if reason:
+            raise ValueError(f"CompiledDecode cannot run this model: {reason}")
+        self.runner, self.cache = runner, cache
+        self.spare_block = cache.num_blocks  # the first block after the allocatable ones
+        self.spare_slot = self.spare_block * cache.block_size
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._known: set[tuple] = set()
+        if compile:
+            # one graph per bucket: room for every (batch, width) pair up to 64 × 128
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self.fn = torch.compile(decode_logits, dynamic=False) if compile else decode_logits
+        self.buckets: set[tuple[int, int]] = set()  # shapes seen (each compiled once)
+
+    @staticmethod
+    def unsupported_reason(runner, cache: PagedKVCache) -> str | None:
+        """Why `decode_logits` would not compute what the runner does (None: it would)."""
+        model = runner.model
+        if cache.key_only or getattr(cache, "spare_blocks", 0) < 1:
+            return "the KV cache has no spare block for padding rows"
+        for i, layer in enumerate(model.model.layers):
+            if layer.self_attn.q_norm is not None:
+                return f"layer {i} has per-head q/k norms"
+        if not runner.layers or runner.head is None:
+            return "the runner has not been synced"
+        for w in runner.layers:
+            if not all(hasattr(p, "weight_t") for p in vars(w).values()):  # dense ones
+                return "a projection is quantised (the eager runner calls its kernel)"
+            if w.gate_up.bias is not None or w.down.bias is not None:
+                return "the MLP has biases"
+        if not hasattr(runner.head, "weight_t"):
+            return "the LM head is quantised"
+        return None
+
+    def _inputs(self) -> dict:
+        runner, lm = self.runner, self.runner.model.model
+        layers = []
+        for layer, w in zip(lm.layers, runner.layers):
+            layers.append((
+                layer.input_layernorm.weight, w.qkv.weight_t, w.qkv.bias, w.o.weight_t, w.o.bias,
+                layer.post_attention_layernorm.weight, w.gate_up.weight_t, w.down.weight_t,
+            ))  # fmt: skip
+        return dict(
+            embed=lm.embed_tokens.weight,
+            layers=layers,
+            final_norm=lm.norm.weight,
+            head_t=runner.head.weight_t,
+            shape=(
+                runner.num_heads,
+                runner.num_kv_heads,
+                runner.head_dim,
+                runner.intermediate,
+                self.cache.block_size,
+            ),  # fmt: skip
+            eps=lm.norm.eps,
+            windows=[layer.self_attn.window for layer in lm.layers],
+        )
+
+    def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin ``[max_position_embeddings, D]`` from the model's own `RotaryEmbedding`
+        (one fixed shape: a growing table would change the compiled graph's inputs)."""
+        if self._rope is None or self._rope[0].dtype != self.cache.dtype:
+            model = self.runner.model
+            table = torch.arange(model.config.max_position_embeddings, device=self.cache.device)
+            cos, sin = model.model.rotary_emb(table[None], self.cache.dtype)
+            self._rope = (cos[0], sin[0])
+        return self._rope
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        tables: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits ``[B, V]`` of ``B`` decoding sequences (``tables`` ``[B, W]``), the batch and
+        the tables padded to their bucket inside. Call ``runner.sync()`` first."""
+        b, w = tables.shape
+        pb, pw = bucket(b), bucket(w)
+        if (pb, pw) != (b, w):
+            pad_rows = pb - b
+            ids = F.pad(ids, (0, pad_rows))
+            positions = F.pad(positions, (0, pad_rows))
+            slots = F.pad(slots, (0, pad_rows), value=self.spare_slot)
+            tables = F.pad(tables, (0, pw - w, 0, pad_rows), value=self.spare_block)
+        inputs = self._inputs()
+        key = (pb, pw, self.cache.dtype, inputs["head_t"].dtype)
+        # A bucket this instance has run before: let dynamo check only the guards that tell
+        # its compiled graphs apart (shapes), not every input's (≈ 40 tensors) metadata.
+        known = key in self._known and SKIP_GUARDS and self.fn is not decode_logits
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True) if known else nullcontext():
+            logits = self.fn(
+                ids, positions, tables, slots, self.rope_tables(), keys=self.cache.keys,
+                values=self.cache.values, **inputs,
+            )  # fmt: skip
+        self._known.add(key)
+        self.buckets.add((pb, pw))
+        return logits[:b]

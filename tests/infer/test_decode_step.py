@@ -1,0 +1,148 @@
+"""The compiled decode step (`lmforge.infer.decode_step`): same tokens and log-probs as the
+eager fused runner and as ``model.forward`` (GQA, padded batch and block-table buckets,
+sliding windows, biases), fallbacks where it does not apply, and one real ``torch.compile``."""
+
+import pytest
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.infer.decode_step import CompiledDecode, bucket
+from lmforge.infer.engine import Engine
+from lmforge.infer.params import SamplingParams
+from lmforge.models.quantize import quantize_model
+from lmforge.models.transformer import CausalLM
+
+
+def tiny(**overrides) -> CausalLM:
+    cfg = dict(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return CausalLM(ModelConfig(**{**cfg, **overrides})).eval()
+
+
+PROMPTS = [[(7 * j + 13 * i) % 90 + 3 for j in range(3 + 7 * i)] for i in range(3)]
+GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=0)
+
+
+def assert_same(ref, out, atol=1e-5):
+    for a, b in zip(ref, out):
+        assert a.token_ids == b.token_ids
+        lp = torch.tensor([x.logprob for x in a.logprobs])
+        torch.testing.assert_close(
+            torch.tensor([x.logprob for x in b.logprobs]), lp, atol=atol, rtol=0
+        )
+
+
+def test_bucket_is_next_power_of_two():
+    assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 17)] == [1, 2, 4, 4, 8, 8, 16, 32]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"sliding_window": 5}, {"qkv_bias": True, "o_bias": True}],
+    ids=["gqa", "window", "bias"],
+)
+def test_eager_decode_step_equals_runner_and_forward(overrides):
+    """3 sequences (batch bucket 4, one padding row), block size 4 (tables of 1–6 blocks,
+    padded to 8): tokens equal, log-probs within float rounding."""
+    model = tiny(**overrides)
+    if overrides.get("qkv_bias"):
+        with torch.no_grad():  # zero-init biases would hide a missing bias
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0, 0.5)
+    ref = Engine(model, block_size=4).generate(PROMPTS, GREEDY)
+    forward = Engine(model, block_size=4, fused_weights=False).generate(PROMPTS, GREEDY)
+    engine = Engine(model, block_size=4, compile_decode="eager")
+    out = engine.generate(PROMPTS, GREEDY)
+    assert engine.compiled is not None
+    assert {b for b, _ in engine.compiled.buckets} == {4}  # 3 rows + 1 padding row
+    assert max(w for _, w in engine.compiled.buckets) == 8  # up to 29 tokens / 4 → 8 blocks
+    assert_same(ref, out)
+    assert_same(forward, out)
+
+
+def test_padding_rows_do_not_touch_allocated_blocks():
+    """Padding rows write only to the spare block; the sequences' K/V equal the runner's."""
+    model = tiny()
+    a = Engine(model, block_size=4, num_blocks=40)
+    b = Engine(model, block_size=4, num_blocks=40, compile_decode="eager")
+    for buf in (*a.cache.keys, *a.cache.values, *b.cache.keys, *b.cache.values):
+        buf.zero_()  # never-allocated blocks hold whatever torch.empty gave
+    a.generate(PROMPTS, GREEDY)
+    b.generate(PROMPTS, GREEDY)
+    used = 40 * 4
+    for ka, kb in zip(a.cache.keys + a.cache.values, b.cache.keys + b.cache.values):
+        torch.testing.assert_close(kb[:used], ka[:used], atol=1e-5, rtol=0)
+    assert b.cache.keys[0].shape[0] == 41 * 4 and b.allocator.num_blocks == 40
+
+
+def test_falls_back_where_it_does_not_apply():
+    """Quantised projections and MLP biases keep the eager runner (same tokens)."""
+    for model in (quantize_model(tiny(), "int8"), tiny(mlp_bias=True)):
+        ref = Engine(model, block_size=4).generate(PROMPTS, GREEDY)
+        engine = Engine(model, block_size=4, compile_decode="eager")
+        assert_same(ref, engine.generate(PROMPTS, GREEDY), atol=0)
+        assert engine.compiled is None
+    engine = Engine(tiny(), fused_weights=False, compile_decode=True)
+    assert engine.compile_decode is False  # no fused runner, nothing to compile
+    with pytest.raises(ValueError, match="compile_decode"):
+        Engine(tiny(), compile_decode="yes")
+
+
+def test_unsupported_reason_names_the_cache_without_spare_block():
+    model = tiny()
+    engine = Engine(model, block_size=4)
+    engine.runner.sync()
+    assert "spare block" in CompiledDecode.unsupported_reason(engine.runner, engine.cache)
+    with pytest.raises(ValueError, match="spare block"):
+        CompiledDecode(engine.runner, engine.cache)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    """One real inductor compilation (one bucket: one sequence, one block; ≈ 10 s of CPU
+    with a C++ compiler, minutes on a loaded machine: slow)."""
+    pytest.importorskip("torch._inductor")
+    model = tiny()
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, logprobs=0)
+    ref = Engine(model).generate(PROMPTS[:1], params)
+    engine = Engine(model, compile_decode=True)
+    assert_same(ref, engine.generate(PROMPTS[:1], params))
+    assert engine.compiled.buckets == {(1, 1)}
+
+
+def test_weights_quantised_mid_life_switch_back_to_the_runner():
+    """After the engine's model is quantised in place, its steps use the eager runner."""
+    model = tiny()
+    engine = Engine(model, block_size=4, compile_decode="eager")
+    engine.generate(PROMPTS, GREEDY)
+    assert engine.compiled is not None
+    quantize_model(model, "int8")
+    engine.refresh_weights()
+    ref = Engine(model, block_size=4).generate(PROMPTS, GREEDY)
+    assert_same(ref, engine.generate(PROMPTS, GREEDY), atol=0)
+
+
+def test_one_token_prefill_chunks_ride_along():
+    """A 4-token budget splits prompts into chunks beside decoding rows: steps whose chunks
+    are all single tokens, some not yet at their prompt's end (so not sampled), take the
+    compiled path too, with the same result."""
+    model = tiny()
+    prompts = [[5, 6], [7, 8], [9, 10], list(range(3, 13))]  # the last one: 1 token per step
+    ref = Engine(model, block_size=4, max_num_batched_tokens=4).generate(prompts, GREEDY)
+    engine = Engine(model, block_size=4, max_num_batched_tokens=4, compile_decode="eager")
+    forward, unsampled = engine._forward, []
+
+    def spy(chunks):
+        out = forward(chunks)
+        if all(c.num_tokens == 1 for c in chunks):
+            unsampled.append(len(chunks) - len(out[2]))
+        return out
+
+    engine._forward = spy
+    assert_same(ref, engine.generate(prompts, GREEDY))
+    assert engine.compiled is not None and max(unsampled) > 0
