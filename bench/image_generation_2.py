@@ -26,8 +26,8 @@ share of seeds that collapse.
     nice -n 10 python bench/image_generation_2.py --only gan
     nice -n 10 python bench/image_generation_2.py --only gan --gan-steps 900 --seeds 3
 
-Cost at the recipes' sizes, one thread on the 2-core EPYC (BENCHMARKS.md): GANs ≈ 12
-CPU-min (nine runs), VQGAN + prior ≈ 6, text-to-image ≈ 20 (≈ 40 CPU-min in all).
+Cost at the recipes' sizes, one thread on the 2-core EPYC (BENCHMARKS.md): GANs ≈ 11
+CPU-min (nine runs), VQGAN + prior ≈ 6, text-to-image ≈ 20 (≈ 37 CPU-min in all).
 
 Last line: ``RESULT image_generation_2 wgangp_acc=<a> vqgan_psnr=<p> vq_prior_acc=<b>
 t2i_prompt_acc=<c> t2i_prompt_acc_nocfg=<d>``.

@@ -12,15 +12,16 @@ The examples are packed with `MultimodalPackedLoader` and trained with `vlm_obje
 (loss on the answers only), exactly as ``lmforge vlm sft`` trains; held-out figures are
 written to ``agent_eval.json``.
 
-Grounding cost per CPU-second (measured, BENCHMARKS.md "GUI agent … session 2"):
-``agent.grounding_count=0 agent.grounding_turns=8`` asks every element of a screen in one
-chat (`ChatExample`), so one image encoding trains ~8 answers: the same held-out accuracy
-per step at 64 % of the CPU. ``agent.merge_size=1`` gives 8-px image tokens (widget rows are
-~12 px; a 2×2-merged token spans 16 px, so two rows often share one), the only change that
-raised held-out grounding at a fixed step count; it quadruples the image tokens.
-``agent.coordinate_tokens`` (one token per coordinate value), ``agent.rope_theta`` and more
-layers did not help at that budget. The model's vertical placement is what fails: it
-clicks the right column but, early on, the same row for every element.
+Grounding (measured, BENCHMARKS.md "GUI agent, session 2"): ``agent.grounding_count=0
+agent.grounding_turns=8`` asks every element of a screen in one chat (`ChatExample`), so one
+image encoding trains ~8 answers: the same held-out accuracy per step at 64 % of the CPU.
+``agent.merge_size=1`` gives 8-px image tokens (widget rows are ~12 px; a 2×2-merged token
+spans 16 px), the best figure at 150 steps (suggestive only); it quadruples the image
+tokens. ``agent.coordinate_tokens`` (one token per coordinate value), ``agent.rope_theta``
+and more layers did not help; ``agent.grounding_shift`` (screenshots moved down at random,
+against memorising the training layouts' rows) made held-out grounding worse at 800 steps.
+What fails is vertical placement: the model learns where each training layout puts its
+rows rather than where the named element is.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ class AgentSection(VLMShape):
     max_steps: int = 15
     max_new_tokens: int = 160
     constrained: bool = True  # decode episodes under the action grammar
-    grounding_count: int = 3  # grounding questions per visited screen (0: every element)
-    grounding_turns: int = 1  # grounding questions per chat (one image encoding)
+    grounding_count: int = 0  # grounding questions per visited screen (0: every element)
+    grounding_turns: int = 8  # grounding questions per chat (one image encoding)
     grounding_shift: int = 0  # grounding screenshots moved down by up to this many px
     coordinate_tokens: bool = False  # from scratch: one token per coordinate value
     rope_theta: float = 10000.0  # from scratch: the language model's (M-)RoPE base

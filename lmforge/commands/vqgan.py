@@ -49,12 +49,17 @@ def add_parser(subparsers: Any) -> None:
         "sample",
         "sample codes from a prior with the inference engine and decode them to a PNG grid",
         "  lmforge vqgan sample --prior runs/vqgan-prior-digits/model --class 3 --num 16\n"
-        "  lmforge vqgan sample --prior DIR --top-k 20 --top-p 0.9 --cfg 2.0 --out grid.png",
+        "  lmforge vqgan sample --prior DIR --top-k 20 --top-p 0.9 --cfg 2.0 --out grid.png\n"
+        "  lmforge vqgan sample --prior runs/caption-prior/model --caption 'the digit 3' --cfg 2",
     )
     s.add_argument("--prior", required=True, metavar="DIR", help="a trained prior folder")
     s.add_argument(
         "--class", dest="class_id", metavar="ID", help="class id or name (default: every class)"
     )
+    s.add_argument(
+        "--caption", metavar="TEXT",
+        help="the caption, for a caption prior (one trained with prior.condition=caption)",
+    )  # fmt: skip
     s.add_argument("--num", type=int, default=16, metavar="N", help="images (default: 16)")
     s.add_argument("--temperature", type=float, default=1.0, help="default: 1")
     s.add_argument("--top-k", type=int, default=0, metavar="K", help="default: 0 (off)")
@@ -101,6 +106,29 @@ def class_labels(class_id: str | None, names: list[str], num: int) -> torch.Tens
     return torch.full((num,), index)
 
 
+def prior_conditions(args: argparse.Namespace, info: dict[str, Any]) -> torch.Tensor:
+    """Class labels for a class prior (``--class``); caption ids for a caption prior
+    (``--caption``, required: captions are the dataset's own words)."""
+    from lmforge.generative.code_prior import caption_conditions
+
+    if "caption_tokenizer" not in info:
+        if args.caption is not None:
+            raise CommandError(
+                f"--caption: {args.prior} is a class prior (trained with prior.condition=class);"
+                " use --class"
+            )
+        return class_labels(args.class_id, info["class_names"], args.num)
+    if args.caption is None or args.class_id is not None:
+        raise CommandError(
+            f"{args.prior} is a caption prior (prior.condition=caption): give --caption TEXT, "
+            "not --class"
+        )
+    try:
+        return caption_conditions(info, [args.caption] * args.num)
+    except ValueError as e:
+        raise CommandError(f"--caption {args.caption!r}: {e}") from None
+
+
 def run_sample(args: argparse.Namespace) -> int:
     from lmforge.generative.code_prior import decode_prior_samples, load_prior, sample_codes
     from lmforge.vision.grid import save_grid
@@ -108,9 +136,9 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.num < 1:
         raise CommandError("--num must be ≥ 1")
     model, vqgan, layout, info = load_prior(args.prior)
-    labels = class_labels(args.class_id, info["class_names"], args.num)
+    conditions = prior_conditions(args, info)
     codes = sample_codes(
-        model, layout, labels, args.num, temperature=args.temperature, top_k=args.top_k,
+        model, layout, conditions, args.num, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, cfg_scale=args.cfg, seed=args.seed,
     )  # fmt: skip
     path = save_grid(decode_prior_samples(vqgan, codes), args.out)

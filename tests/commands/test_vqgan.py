@@ -47,6 +47,21 @@ def test_train_prior_sample(tmp_path, run):
         assert png.is_file()
     code, _, err = run("vqgan", "sample", "--prior", str(prior / "model"), "--class", "x")
     assert code == 2 and "--class x" in err
+    code, _, err = run("vqgan", "sample", "--prior", str(prior / "model"), "--caption", "a 3")
+    assert code == 2 and "is a class prior" in err
+
+    captioned = tmp_path / "caption-prior"
+    code, text, err = run("vqgan", "prior", "--vqgan", str(vq / "model"), "--out",
+                          str(captioned), *QUIET, "prior.condition=caption")  # fmt: skip
+    assert code == 0, err
+    png = tmp_path / "threes.png"
+    code, text, err = run("vqgan", "sample", "--prior", str(captioned / "model"), "--num", "2",
+                          "--caption", "the digit 3", "--cfg", "2", "--out", str(png))  # fmt: skip
+    assert code == 0 and png.is_file(), err
+    for bad, message in ((["--caption", "the cat"], "never saw: cat"),
+                         (["--class", "3"], "give --caption")):  # fmt: skip
+        code, _, err = run("vqgan", "sample", "--prior", str(captioned / "model"), *bad)
+        assert code == 2 and message in err, err
     code, _, err = run("vqgan", "prior", "--vqgan", str(tmp_path), *QUIET)
     assert code == 2 and "not a VQGAN folder" in err
 
