@@ -16,7 +16,8 @@ lmforge's engine vs plain decoding, with transformers' assisted generation as th
    machine) and per wall second, best of ``--rounds`` rounds with the methods interleaved,
    τ (tokens per verification forward) and the acceptance at each draft depth. At batch > 1
    ``--batched-drafting`` (default ``both``) also runs each method with the drafts of a step
-   made in one `propose_batch` call (``name+batched``: `BatchedDraftingEngine`); every
+   made in one `propose_batch` call (``name+batched``: the engine's own path; the
+   per-request baseline is `PerRequestDraftingEngine`); every
    method's output is compared with plain greedy. The peer is transformers' ``generate`` on the same
    weights (exported): plain, ``prompt_lookup_num_tokens`` and ``assistant_model`` (the
    draft model), batch 1.
@@ -47,7 +48,6 @@ from lmforge.infer.engine import Engine
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.self_drafters import EagleDrafter, MedusaBatch, MedusaDrafter, MTPDrafter
 from lmforge.infer.speculation import SpeculativeConfig, draft_depth, speculation_eligible
-from lmforge.infer.speculative_batch import propose_batch
 from lmforge.infer.tree_attention import default_choices
 from lmforge.models.eagle import EagleLayer
 from lmforge.models.hf import save_model
@@ -185,14 +185,13 @@ def train_draft(target, rows, args, log) -> CausalLM:
 
 
 # ---------------------------------------------------------------------- measurement
-class BatchedDraftingEngine(Engine):
-    """The engine with step 1 of `lmforge.infer.speculation` drafting every request's
-    draft in one `propose_batch` call (the drafters that share weights run their forwards
-    together) instead of request by request. The same bookkeeping as
-    `Engine._propose_drafts`; kept here until the engine calls `propose_batch` itself."""
+class PerRequestDraftingEngine(Engine):
+    """The engine with step 1 of `lmforge.infer.speculation` drafting request by request
+    (each drafter's own ``propose``) instead of the engine's one `propose_batch` call: the
+    baseline the batched drafting is measured against."""
 
     def _propose_drafts(self) -> None:
-        spec, todo = self.speculative, []
+        spec = self.speculative
         for req in self.scheduler.running:
             if req.finished or len(req.tokens) - req.num_computed != 1:
                 continue
@@ -202,18 +201,10 @@ class BatchedDraftingEngine(Engine):
                 req.drafter, req.draft_length = spec.drafter(), spec.schedule.initial
             remaining = req.params.max_tokens - req.num_generated
             depth = min(req.draft_length, remaining - 1, self.max_len - len(req.tokens))
-            if depth > 0:
-                todo.append((req, depth, remaining))
-        if not todo:
-            return
-        drafts = propose_batch(
-            [req.drafter for req, _, _ in todo],
-            [torch.tensor(req.tokens, device=self.device) for req, _, _ in todo],
-            [depth for _, depth, _ in todo],
-            [req.params for req, _, _ in todo],
-            [req.generator for req, _, _ in todo],
-        )
-        for (req, depth, remaining), draft in zip(todo, drafts):
+            if depth <= 0:
+                continue
+            context = torch.tensor(req.tokens, device=self.device)
+            draft = req.drafter.propose(context, depth, req.params, req.generator)
             draft = draft.truncate(min(draft.num_nodes, remaining))
             if draft.num_nodes == 0:
                 continue
@@ -226,7 +217,7 @@ class BatchedDraftingEngine(Engine):
 
 
 def make_engine(target, spec, prompts, batched_drafting=False) -> Engine:
-    kind = BatchedDraftingEngine if batched_drafting else Engine
+    kind = Engine if batched_drafting else PerRequestDraftingEngine
     engine = kind(target, speculative=spec, enable_prefix_caching=False)
     engine.generate([prompts[0]], SamplingParams(max_tokens=4, temperature=0))  # warm-up
     return engine

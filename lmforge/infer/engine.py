@@ -45,6 +45,7 @@ from lmforge.infer.cache import (
 from lmforge.infer.checks import check_prompt_tokens, default_eos, is_int, make_generator
 from lmforge.infer.decode_step import CompiledDecode
 from lmforge.infer.detokenize import IncrementalDetokenizer
+from lmforge.infer.drafting import Draft
 from lmforge.infer.multimodal import (
     ImageInputs,
     MultimodalBatch,
@@ -70,7 +71,7 @@ from lmforge.infer.speculation import (
     speculation_eligible,
     verify_draft,
 )
-from lmforge.infer.speculative import Draft
+from lmforge.infer.speculative_batch import propose_batch
 from lmforge.infer.tree_attention import TreePagedBatch, chain_parents, node_depths, tree_mask
 
 __all__ = [
@@ -321,22 +322,31 @@ class Engine:
 
     # ------------------------------------------------------------------ speculation
     def _propose_drafts(self) -> None:
-        """Step 1 of `lmforge.infer.speculation`: draft for every decoding request."""
-        spec = self.speculative
+        """Step 1 of `lmforge.infer.speculation`: draft for every decoding request, in one
+        `propose_batch` call (drafters that share weights — MTP, EAGLE, a draft model — run
+        their forwards for all requests together; the drafts equal per-request ones)."""
+        spec, todo = self.speculative, []
         for req in self.scheduler.running:
             if req.finished or len(req.tokens) - req.num_computed != 1:
                 continue
-            p = req.params
-            if not speculation_eligible(p):
+            if not speculation_eligible(req.params):
                 continue
             if req.drafter is None:
                 req.drafter, req.draft_length = spec.drafter(), spec.schedule.initial
-            remaining = p.max_tokens - req.num_generated
+            remaining = req.params.max_tokens - req.num_generated
             depth = min(req.draft_length, remaining - 1, self.max_len - len(req.tokens))
-            if depth <= 0:
-                continue
-            context = torch.tensor(req.tokens, device=self.device)
-            draft = req.drafter.propose(context, depth, p, req.generator)
+            if depth > 0:
+                todo.append((req, depth, remaining))
+        if not todo:
+            return
+        drafts = propose_batch(
+            [req.drafter for req, _, _ in todo],
+            [torch.tensor(req.tokens, device=self.device) for req, _, _ in todo],
+            [depth for _, depth, _ in todo],
+            [req.params for req, _, _ in todo],
+            [req.generator for req, _, _ in todo],
+        )
+        for (req, depth, remaining), draft in zip(todo, drafts):
             draft = draft.truncate(min(draft.num_nodes, remaining))
             if draft.num_nodes == 0:
                 continue
