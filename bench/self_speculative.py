@@ -47,7 +47,7 @@ from lmforge.infer.drafting import DraftLengthSchedule, ModelDrafter
 from lmforge.infer.engine import Engine
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.self_drafters import EagleDrafter, MedusaBatch, MedusaDrafter, MTPDrafter
-from lmforge.infer.speculation import SpeculativeConfig, draft_depth, speculation_eligible
+from lmforge.infer.speculation import SpeculativeConfig
 from lmforge.infer.tree_attention import default_choices
 from lmforge.models.eagle import EagleLayer
 from lmforge.models.hf import save_model
@@ -190,30 +190,9 @@ class PerRequestDraftingEngine(Engine):
     (each drafter's own ``propose``) instead of the engine's one `propose_batch` call: the
     baseline the batched drafting is measured against."""
 
-    def _propose_drafts(self) -> None:
-        spec = self.speculative
-        for req in self.scheduler.running:
-            if req.finished or len(req.tokens) - req.num_computed != 1:
-                continue
-            if not speculation_eligible(req.params):
-                continue
-            if req.drafter is None:
-                req.drafter, req.draft_length = spec.drafter(), spec.schedule.initial
-            remaining = req.params.max_tokens - req.num_generated
-            depth = min(req.draft_length, remaining - 1, self.max_len - len(req.tokens))
-            if depth <= 0:
-                continue
-            context = torch.tensor(req.tokens, device=self.device)
-            draft = req.drafter.propose(context, depth, req.params, req.generator)
-            draft = draft.truncate(min(draft.num_nodes, remaining))
-            if draft.num_nodes == 0:
-                continue
-            if draft_depth(draft) > depth:
-                raise ValueError(
-                    f"drafter returned a draft of depth {draft_depth(draft)} > {depth}"
-                )
-            req.tokens.extend(draft.tokens.tolist())
-            self._drafts[req] = draft
+    def _draft(self, reqs, contexts, depths):
+        return [req.drafter.propose(context, depth, req.params, req.generator)
+                for req, context, depth in zip(reqs, contexts, depths)]  # fmt: skip
 
 
 def make_engine(target, spec, prompts, batched_drafting=False) -> Engine:

@@ -339,12 +339,10 @@ class Engine:
                 todo.append((req, depth, remaining))
         if not todo:
             return
-        drafts = propose_batch(
-            [req.drafter for req, _, _ in todo],
+        drafts = self._draft(
+            [req for req, _, _ in todo],
             [torch.tensor(req.tokens, device=self.device) for req, _, _ in todo],
             [depth for _, depth, _ in todo],
-            [req.params for req, _, _ in todo],
-            [req.generator for req, _, _ in todo],
         )
         for (req, depth, remaining), draft in zip(todo, drafts):
             draft = draft.truncate(min(draft.num_nodes, remaining))
@@ -356,6 +354,16 @@ class Engine:
                 )
             req.tokens.extend(draft.tokens.tolist())
             self._drafts[req] = draft
+
+    def _draft(
+        self, reqs: list[Request], contexts: list[torch.Tensor], depths: list[int]
+    ) -> list[Draft]:
+        """The drafts of ``reqs`` (their tokens so far, at most ``depths`` deep), in one
+        `propose_batch` call."""
+        return propose_batch(
+            [req.drafter for req in reqs], contexts, depths,
+            [req.params for req in reqs], [req.generator for req in reqs],
+        )  # fmt: skip
 
     def _fit_drafts(self, chunks: list[ScheduledChunk]) -> None:
         """Step 2: drop the drafts (or their tail) the scheduler did not fit this step."""
