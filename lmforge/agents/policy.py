@@ -108,11 +108,20 @@ class VLMPolicy:
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0
 
-    def params(self, index: int) -> SamplingParams:
+    def params(self, index: int, prompt_length: int = 0) -> SamplingParams:
+        """Request ``index``'s sampling: at most ``max_tokens``, and never past the model's
+        context (a long history of earlier responses leaves less room; a cut response is an
+        invalid action, as any unparseable one)."""
         constraint = (
             compile_constraint(self.tokenizer, regex=self.regex) if self.constrained else None
         )
-        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
+        room = self.engine.max_len - prompt_length
+        if room < 1:
+            raise ValueError(
+                f"the agent's prompt ({prompt_length} tokens) fills the model's context "
+                f"({self.engine.max_len}); use fewer screenshots of history"
+            )
+        return SamplingParams(max_tokens=min(self.max_tokens, room), temperature=self.temperature,
                               seed=self.seed + 1000 * self.calls + index, constraint=constraint,
                               logprobs=0 if self.logprobs else None,
                               stop_token_ids=self.vision_stops)  # fmt: skip
@@ -127,7 +136,8 @@ class VLMPolicy:
         for i, context in enumerate(contexts):
             messages, images = agent_messages(context, self.history)
             prompt, pixels, grid = encode_prompt(self.tokenizer, self.processor, messages, images)
-            rid = self.engine.add_request(prompt, self.params(i), images=ImageInputs(pixels, grid))
+            params = self.params(i, len(prompt))
+            rid = self.engine.add_request(prompt, params, images=ImageInputs(pixels, grid))
             requests[rid] = (prompt, pixels, grid)
         self.calls += 1
         scored: dict[str, list[float | None]] = {rid: [] for rid in requests}

@@ -69,3 +69,20 @@ def test_expert_policy_answers_as_the_expert():
     for c, text in zip(cs, ExpertPolicy().act(cs), strict=True):
         step = expert_step(c.env.task, c.env.window)
         assert parse_response(text).action == step.action
+
+
+def test_long_histories_get_the_context_room_left_not_a_crash(vlm):
+    model, tok, proc, _ = vlm
+    policy = VLMPolicy(model, tok, proc, history=2, max_tokens=160, temperature=1.0, seed=5,
+                       constrained=False)  # fmt: skip
+    limit = policy.engine.max_len
+    assert policy.params(0, limit - 40).max_tokens == 40
+    assert policy.params(0, 10).max_tokens == 160
+    with pytest.raises(ValueError, match="fills the model's context"):
+        policy.params(0, limit)
+    long = [AgentContext(c.instruction, c.screenshots, ["type('" + "abc " * n + "')"] * 2,
+                         c.env) for c, n in zip(contexts(2), (110, 120))]  # fmt: skip
+    samples = policy.sample(long)
+    assert all(limit - 160 < len(s.prompt_ids) < limit for s in samples)  # less room than asked
+    for sample in samples:
+        assert len(sample.prompt_ids) + len(sample.token_ids) <= limit
