@@ -49,7 +49,13 @@ from lmforge.train.config import RunConfig
 from lmforge.train.distributed import DistInfo
 from lmforge.train.loop import Trainer
 from lmforge.train.run import check_resumable, fit_and_export, print_summary, training_run
-from lmforge.train.vlm_sft import VLMShape, image_processor_for, tiny_vlm, vlm_objective
+from lmforge.train.vlm_sft import (
+    VLMShape,
+    check_vlm_shape,
+    image_processor_for,
+    tiny_vlm,
+    vlm_objective,
+)
 from lmforge.vision.processor import (
     QWEN2_VL_CHAT_TEMPLATE,
     ImageProcessor,
@@ -110,6 +116,7 @@ def check_agent_config(config: AgentRunConfig) -> None:
     if a.merge_size < 1 or a.screen % (a.merge_size * a.patch_size):
         raise ConfigError(f"agent.screen={a.screen} must be a multiple of agent.merge_size × "
                           f"agent.patch_size = {a.merge_size} × {a.patch_size}")  # fmt: skip
+    check_vlm_shape(a, "agent")
     if a.train_tasks < 1 or a.history < 1 or not 0 <= a.mistake_rate <= 1:
         raise ConfigError(
             "agent.train_tasks and agent.history must be ≥ 1, agent.mistake_rate in [0, 1]"

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.infer.cache import PagedKVCache
+from lmforge.nn.rope import rotate
 
 __all__ = ["CompiledDecode", "bucket", "decode_logits"]
 
@@ -47,13 +48,6 @@ SKIP_GUARDS = True
 def bucket(n: int) -> int:
     """The padded size of a dimension of ``n``: the next power of two (1, 2, 4, …)."""
     return 1 << max(0, n - 1).bit_length()
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE, half-split layout (RoFormer eq. 34): x·cos + rotate_half(x)·sin."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 def _paged_attention(
@@ -119,7 +113,7 @@ def decode_logits(
     causal = t[None, :] <= positions[:, None]
     for i, (n1, qkv_t, qkv_b, o_t, o_b, n2, gu_t, down_t) in enumerate(layers):
         qkv = _linear(F.rms_norm(x, n1.shape, n1, eps), qkv_t, qkv_b).view(b, h + 2 * hkv, d)
-        qk = _rotate(qkv[:, : h + hkv], cos, sin)
+        qk = rotate(qkv[:, : h + hkv], cos, sin)
         keys[i].index_copy_(0, slots, qk[:, h:])
         values[i].index_copy_(0, slots, qkv[:, h + hkv :])
         visible = causal

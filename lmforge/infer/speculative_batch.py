@@ -29,20 +29,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from lmforge.infer.drafting import Draft, ModelDrafter
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.sampling import processed_probs
 from lmforge.infer.self_drafters import EagleDrafter, MTPDrafter, draft_token
 from lmforge.infer.speculative_ragged import RaggedKVCache, left_aligned, pad_rows, valid_rows
-from lmforge.models.eagle import EagleLayer
 from lmforge.nn.attention import AttentionBatch
-from lmforge.nn.rope import rotate
 
 __all__ = [
     "batch_key",
-    "eagle_rows_forward",
     "propose_batch",
     "propose_eagle_batch",
     "propose_model_batch",
@@ -127,31 +123,6 @@ def propose_mtp_batch(
 
 
 # ---------------------------------------------------------------------- EAGLE
-def eagle_rows_forward(
-    layer: EagleLayer,
-    embeds: torch.Tensor,
-    features: torch.Tensor,
-    positions: torch.Tensor,
-    past: tuple[torch.Tensor, torch.Tensor],
-    mask: torch.Tensor,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """`EagleLayer.forward` with per-row ``positions`` ``[B, T]`` and a per-row ``mask``
-    ``[B, 1, T, P + T]`` (the layer's own forward takes one position vector for all rows)."""
-    b, t, _ = embeds.shape
-    h, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
-    x = layer.fc(torch.cat([embeds, features], dim=-1))
-    y = layer.input_layernorm(x)
-    cos, sin = layer.rotary_emb(positions, x.dtype)  # [B, T, D]
-    cos, sin = cos[:, None], sin[:, None]
-    q = rotate(layer.q_proj(y).view(b, t, h, d).transpose(1, 2), cos, sin)
-    k = rotate(layer.k_proj(y).view(b, t, hkv, d).transpose(1, 2), cos, sin)
-    v = layer.v_proj(y).view(b, t, hkv, d).transpose(1, 2)
-    keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=h != hkv)
-    x = x + layer.o_proj(out.transpose(1, 2).reshape(b, t, h * d))
-    return x + layer.mlp(layer.post_attention_layernorm(x)), (k, v)
-
-
 @torch.inference_mode()
 def propose_eagle_batch(
     drafters: Sequence[EagleDrafter],
@@ -201,7 +172,7 @@ def propose_eagle_batch(
         valid_rows(starts, past_k.shape[2], device)[:, None, :].expand(-1, t, -1),
         (causal[None] & new_ok[:, None, :]) | torch.eye(t, dtype=torch.bool, device=device),
     ], -1)[:, None]  # fmt: skip
-    out, (k_new, v_new) = eagle_rows_forward(layer, e, f, pos, (past_k, past_v), mask)
+    out, (k_new, v_new) = layer(e, f, pos, (past_k, past_v), mask)  # per-row positions
     committed = []
     for b, (i, n) in enumerate(zip(rows, lengths)):
         drafter = drafters[i]
@@ -240,10 +211,9 @@ def propose_eagle_batch(
             -1,
         )[:, None]
         node_pos = (lasts + d + 1)[:, None].expand(-1, b - a)
-        o, (kk, vv) = eagle_rows_forward(
-            layer, embed(level), table[:, plan.parent_rows[d]], node_pos, (draft_k, draft_v),
-            visible,
-        )  # fmt: skip
+        o, (kk, vv) = layer(
+            embed(level), table[:, plan.parent_rows[d]], node_pos, (draft_k, draft_v), visible
+        )
         draft_k, draft_v = torch.cat([draft_k, kk], 2), torch.cat([draft_v, vv], 2)
         table[:, 1 + a : 1 + b] = o
     for b, (i, p) in enumerate(zip(rows, plans)):

@@ -45,8 +45,9 @@ class EagleLayer(nn.Module):
     """FC over [embedding ; feature] and one pre-norm decoder block (GQA attention, SwiGLU).
 
     ``forward(embeds, features, positions, past=None, mask=None)`` with ``embeds`` /
-    ``features`` ``[B, T, H]``, ``positions`` ``[T]``, ``past`` ``(k, v)`` each
-    ``[B, H_kv, P, D]`` and ``mask`` ``[T, P + T]`` bool (None: causal). Returns the predicted
+    ``features`` ``[B, T, H]``, ``positions`` ``[T]`` (or ``[B, T]``, one row each),
+    ``past`` ``(k, v)`` each ``[B, H_kv, P, D]`` and ``mask`` ``[T, P + T]`` (or
+    ``[B, 1, T, P + T]``) bool (None: causal). Returns the predicted
     features ``[B, T, H]`` and this call's ``(k, v)`` ``[B, H_kv, T, D]``."""
 
     def __init__(
@@ -103,7 +104,8 @@ class EagleLayer(nn.Module):
         h, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         x = self.fc(torch.cat([embeds, features], dim=-1))
         y = self.input_layernorm(x)
-        cos, sin = self.rotary_emb(positions[None], x.dtype)  # [1, T, D]
+        rows = positions if positions.dim() == 2 else positions[None]  # [B or 1, T]
+        cos, sin = self.rotary_emb(rows, x.dtype)  # [B or 1, T, D]
         q = rotate(self.q_proj(y).view(b, t, h, d).transpose(1, 2), cos[:, None], sin[:, None])
         k = rotate(self.k_proj(y).view(b, t, hkv, d).transpose(1, 2), cos[:, None], sin[:, None])
         v = self.v_proj(y).view(b, t, hkv, d).transpose(1, 2)

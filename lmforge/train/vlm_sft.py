@@ -97,6 +97,15 @@ class VLMRunConfig(RunConfig):
     vlm: VLMSection = field(default_factory=VLMSection)
 
 
+def check_vlm_shape(shape: VLMShape, section: str) -> None:
+    """Checks of the model-building fields every `VLMShape` section shares (``section``
+    names it in the `ConfigError`)."""
+    if shape.vision_init not in ("fan_in", "config"):
+        raise ConfigError(f"{section}.vision_init={shape.vision_init!r}: choose fan_in or config")
+    if shape.lm_init_std <= 0:
+        raise ConfigError(f"{section}.lm_init_std={shape.lm_init_std} must be > 0")
+
+
 def check_vlm_config(config: VLMRunConfig) -> None:
     """Range checks of the ``vlm`` section (`ConfigError` naming the field)."""
     v = config.vlm
@@ -109,8 +118,7 @@ def check_vlm_config(config: VLMRunConfig) -> None:
         raise ConfigError(
             f"vlm.image_size={v.image_size} must be a multiple of 2 × vlm.patch_size={v.patch_size}"
         )
-    if v.vision_init not in ("fan_in", "config"):
-        raise ConfigError(f"vlm.vision_init={v.vision_init!r}: choose fan_in or config")
+    check_vlm_shape(v, "vlm")
     if v.train_examples < 1 or v.eval_examples < 0:
         raise ConfigError("vlm.train_examples must be ≥ 1 and vlm.eval_examples ≥ 0")
 
@@ -261,6 +269,7 @@ __all__ = [
     "VLMSection",
     "VLMShape",
     "check_vlm_config",
+    "check_vlm_shape",
     "fan_in_init_",
     "freeze_for_stage",
     "image_processor_for",

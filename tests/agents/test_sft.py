@@ -45,6 +45,8 @@ def test_tiny_agent_sft_run(tmp_path):
         ("agent.eval_split=test", "agent.eval_split"),
         ("agent.screen=100", "agent.screen"),
         ("agent.mistake_rate=2", "agent.mistake_rate"),
+        ("agent.vision_init=xavier", "agent.vision_init"),
+        ("agent.lm_init_std=0", "agent.lm_init_std"),
     ],
 )
 def test_bad_sections_are_refused(override, message):

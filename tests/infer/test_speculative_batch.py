@@ -13,7 +13,7 @@ from lmforge import CausalLM, ModelConfig
 from lmforge.infer.drafting import ModelDrafter
 from lmforge.infer.params import SamplingParams
 from lmforge.infer.self_drafters import EagleDrafter, MedusaDrafter, MTPDrafter
-from lmforge.infer.speculative_batch import batch_key, eagle_rows_forward, propose_batch
+from lmforge.infer.speculative_batch import batch_key, propose_batch
 from lmforge.models.eagle import EagleLayer
 from lmforge.models.medusa import MedusaHeads
 from lmforge.models.presets import preset_config
@@ -120,8 +120,15 @@ def test_eagle_batch_equals_per_request_trees():
     mask = torch.rand(3, 8) > 0.3
     mask[:, 5:] = torch.ones(3, 3).tril().bool()
     want, (k, v) = layer(one, one.flip(-1), pos, past, mask)
-    got, (k2, v2) = eagle_rows_forward(layer, one, one.flip(-1), pos[None], past, mask[None, None])
-    assert torch.allclose(got, want, atol=1e-6) and torch.allclose(k2, k) and torch.allclose(v2, v)
+    two = torch.cat([one, one.flip(1)])  # per-row positions [B, T] and masks [B, 1, T, P + T]
+    rows = torch.stack([pos, pos + 4])
+    masks = torch.stack([mask, mask.flip(0)])[:, None]
+    past2 = (past[0].expand(2, -1, -1, -1), past[1].expand(2, -1, -1, -1))
+    got, (k2, v2) = layer(two, two.flip(-1), rows, past2, masks)
+    assert torch.allclose(got[:1], want, atol=1e-6) and torch.allclose(k2[:1], k)
+    assert torch.allclose(v2[:1], v)
+    alone, _ = layer(two[1:], two[1:].flip(-1), pos + 4, past, mask.flip(0))
+    assert torch.allclose(got[1:], alone, atol=1e-6)
     calls = []
     counting(layer.fc, calls)
     alone, batched = run_rounds(m, lambda: EagleDrafter(m, layer, depth=3, width=2), GREEDY)
