@@ -11,7 +11,8 @@ is randomly initialised, so both sides generate ``--completion`` tokens nearly e
 A step is everything: sampling the completions, rewards, advantages, the policy forward
 and backward and the optimizer step. The first ``--warmup`` steps of each side are not
 timed. lmforge samples through its inference engine (paged KV cache, one ragged batch,
-fused weights) and runs each prompt once for its group's completions in the training
+fused weights; one engine kept across rollouts, inverse-CDF draws; ``--compile``: its
+compiled decode step, compiled in the warm-up step) and runs each prompt once for its group's completions in the training
 forward (`lmforge.align.shared_prompt`); TRL samples through ``model.generate`` (padded
 batch, HF dynamic cache) and trains on the padded prompt + completion batch.
 
@@ -22,6 +23,7 @@ on a shared machine the CPU time is the robust one (the wall time also counts th
 step waited for other processes).
 
     python bench/grpo_step.py [--preset 5m] [--prompts 4] [--group 8] [--completion 64] [--rounds 2]
+                              [--compile] [--only lmforge|trl]
 
 Last line: ``RESULT grpo_step ratio=<TRL ÷ lmforge wall seconds per step>
 cpu_ratio=<TRL ÷ lmforge CPU seconds per step>``.
@@ -76,7 +78,8 @@ def bench_lmforge(model_dir, tok, problems, args) -> float:
     s = config.grpo
     reward = lambda item, c: r1_reward(item, c, s.format_weight)  # noqa: E731
     data = GRPORollouts(model, tok, problems, reward, s, config.train.batch_size, 1, 0,
-                        encode=lambda p: r1_prompt_ids(tok, p), pad_id=tok.pad_token_id)  # fmt: skip
+                        encode=lambda p: r1_prompt_ids(tok, p), pad_id=tok.pad_token_id,
+                        compile_decode=args.compile)  # fmt: skip
     times: list[tuple[float, float]] = []
     tick = [clocks()]
 
@@ -150,6 +153,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2, help="alternating lmforge/TRL rounds")
+    parser.add_argument("--compile", action="store_true",
+                        help="lmforge's rollout engine runs its compiled decode step (compiled "
+                        "during the untimed warm-up step)")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        choices=("lmforge", "trl"),
+        default=None,
+        help="time one side only (profiling; no ratio)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -167,6 +179,16 @@ def main() -> None:
     wall, cpu = [], []
     with tempfile.TemporaryDirectory() as model_dir:
         save_model(model, model_dir, tokenizer=tok)
+        if args.only is not None:
+            side = bench_lmforge if args.only == "lmforge" else bench_trl
+            for round_ in range(1, args.rounds + 1):
+                wall_s, cpu_s = side(model_dir, tok, problems, args)
+                print(f"round {round_}: {args.only} step: {wall_s:.3f} s wall, {cpu_s:.3f} s CPU")
+                wall.append(wall_s)
+                cpu.append(cpu_s)
+            print(f"RESULT grpo_step only={args.only} s_per_step={statistics.median(wall):.3f} "
+                  f"cpu_s_per_step={statistics.median(cpu):.3f}")  # fmt: skip
+            return
         for round_ in range(1, args.rounds + 1):
             ours = bench_lmforge(model_dir, tok, problems, args)
             print(f"round {round_}: lmforge GRPO step: {ours[0]:.3f} s wall, {ours[1]:.3f} s CPU")

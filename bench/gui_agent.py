@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--merge-size", type=int, default=1, help="patches per side of an image token")
     ap.add_argument("--grounding-turns", type=int, default=8, help="grounding questions per chat")
     ap.add_argument("--max-steps", type=int, default=15, help="per held-out episode")
+    ap.add_argument("--random-screens", type=int, default=0,
+                    help="random-widget screens added to the grounding stage's data")  # fmt: skip
     for name in ("ground", "sft", "rl"):
         ap.add_argument(f"--{name}", nargs="*", default=[], metavar="K=V",
                         help=f"config overrides of the {name} stage")  # fmt: skip
@@ -76,6 +78,7 @@ def main() -> None:
     def ground() -> None:
         overrides = [f"out_dir={out / 'ground'}", f"train.max_steps={args.ground_steps}", *common,
                      "agent.kinds=[grounding]", "agent.eval_tasks=0",
+                     f"agent.random_screens={args.random_screens}",
                      f"agent.eval_grounding={args.grounding}", *args.ground]  # fmt: skip
         train_agent_sft(load_config(RECIPES / "agent-tiny.yaml", overrides, AgentRunConfig))
 

@@ -81,13 +81,41 @@ def batches(rows: torch.Tensor, batch: int, steps: int, seed: int):
         yield {"input_ids": rows[pick], "labels": rows[pick]}
 
 
-def fit(module: torch.nn.Module, loss_fn, data, steps: int, lr: float, log, what: str) -> float:
+def fit(
+    module: torch.nn.Module,
+    loss_fn,
+    data,
+    steps: int,
+    lr: float,
+    log,
+    what: str,
+    resume: Path | None = None,
+    every: int = 25,
+) -> float:
+    """AdamW with warm-up and cosine decay. With ``resume``, the module, optimiser and step
+    are saved there (atomically) every ``every`` steps and a killed run continues from the
+    last save: the data stream is replayed up to that step, so the result is the same."""
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     module.train()
     loss = float("nan")
+    first = 0
+    if resume is not None and resume.is_file():
+        state = torch.load(resume, weights_only=False)
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["optimizer"])
+        first = state["step"]
+        log(f"  {what}: resuming at step {first} from {resume}")
     start = time.perf_counter()
     for step, batch in enumerate(data):
+        if step < first:  # replay the seeded stream up to the saved step
+            continue
+        if resume is not None and step > first and step % every == 0:
+            resume.parent.mkdir(parents=True, exist_ok=True)
+            tmp = resume.with_suffix(".tmp")
+            state = {"module": module.state_dict(), "optimizer": opt.state_dict(), "step": step}
+            torch.save(state, tmp)
+            tmp.replace(resume)
         for group in opt.param_groups:  # warm-up, then cosine to 10 %
             warm = min(1.0, (step + 1) / 20)
             cos = 0.55 + 0.45 * torch.cos(torch.tensor(step / max(1, steps) * torch.pi)).item()
@@ -119,9 +147,11 @@ def train_target(args, tok, rows, log) -> CausalLM:
     log(f"target: {model.num_parameters() / 1e6:.1f}M parameters ({args.preset}, vocab {len(tok)}, "
         f"{args.mtp} MTP modules)")  # fmt: skip
     data = batches(rows, args.batch, args.train_steps, 0)
-    fit(model, lambda b: model(**b).loss, data, args.train_steps, args.lr, log, "target")
+    partial = path.with_suffix(".partial")
+    fit(model, lambda b: model(**b).loss, data, args.train_steps, args.lr, log, "target", partial)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model, path)
+    partial.unlink(missing_ok=True)
     return model.eval()
 
 
@@ -258,7 +288,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--tree-width", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="threads for the measurements")
+    ap.add_argument(
+        "--train-threads",
+        type=int,
+        default=None,
+        help="threads for training the target and drafters (default: --threads)",
+    )
     ap.add_argument("--batch-sizes", default="1,8", help="comma-separated, e.g. 1 or 1,8")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per method (best kept)")
     ap.add_argument("--eagle-depth", type=int, default=4)
@@ -269,7 +305,7 @@ def main() -> None:
                     "'both': each drafting method once per-request and once batched)")  # fmt: skip
     ap.add_argument("--methods", default="plain,draft,mtp,medusa,eagle")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.train_threads or args.threads)
     log = lambda s: print(s, flush=True)  # noqa: E731
 
     docs = synthetic_corpus(args.docs, 0)
@@ -283,10 +319,25 @@ def main() -> None:
     log(f"corpus: {len(docs)} documents, {rows.numel():,} tokens in {rows.shape[0]} rows")
     t0 = time.perf_counter()
     target = train_target(args, tok, rows, log)
-    heads = cached(args, "medusa", lambda: train_medusa(target, rows, args, log))
-    eagle = cached(args, "eagle", lambda: train_eagle(target, rows, args, log))
-    draft = cached(args, "draft", lambda: train_draft(target, rows, args, log))
+    methods = args.methods.split(",")  # drafters are trained (or loaded) only when measured
+    need = lambda m: m in methods or (m == "draft" and not args.no_peer)  # noqa: E731
+    heads = (
+        cached(args, "medusa", lambda: train_medusa(target, rows, args, log))
+        if need("medusa")
+        else None
+    )
+    eagle = (
+        cached(args, "eagle", lambda: train_eagle(target, rows, args, log))
+        if need("eagle")
+        else None
+    )
+    draft = (
+        cached(args, "draft", lambda: train_draft(target, rows, args, log))
+        if need("draft")
+        else None
+    )
     log(f"training: {time.perf_counter() - t0:.0f}s")
+    torch.set_num_threads(args.threads)
 
     held_out = synthetic_corpus(args.prompts * 4, 12345)
     prompts = []
@@ -295,7 +346,7 @@ def main() -> None:
         if len(ids) >= 24 and len(prompts) < args.prompts:
             prompts.append(ids[: max(8, len(ids) // 3)])
     D, K, W, E = args.mtp, args.heads, args.tree_width, args.eagle_depth
-    pool = MedusaBatch(heads)  # the heads run once per step for all requests
+    pool = MedusaBatch(heads) if heads is not None else None  # heads run once per step for all
     specs = {
         "plain": None,
         "draft": SpeculativeConfig(lambda: ModelDrafter(draft), DraftLengthSchedule(3, 1, 6), "draft"),
@@ -305,7 +356,7 @@ def main() -> None:
         "eagle": SpeculativeConfig(lambda: EagleDrafter(target, eagle, E, W),
                                    DraftLengthSchedule(E, 1, E), "eagle"),
     }  # fmt: skip
-    specs = {name: spec for name, spec in specs.items() if name in args.methods.split(",")}
+    specs = {name: spec for name, spec in specs.items() if name in methods}
     results: dict[str, dict] = {}
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         log(f"batch {batch}: {len(prompts)} prompts × {args.new_tokens} new tokens, greedy, "

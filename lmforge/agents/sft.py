@@ -21,7 +21,12 @@ tokens. ``agent.coordinate_tokens`` (one token per coordinate value), ``agent.ro
 and more layers did not help; ``agent.grounding_shift`` (screenshots moved down at random,
 against memorising the training layouts' rows) made held-out grounding worse at 800 steps.
 What fails is vertical placement: the model learns where each training layout puts its
-rows rather than where the named element is.
+rows rather than where the named element is. Session 6 found why: the tiny model ignores
+the screenshot altogether — with every example's image swapped for another example's its
+loss moves by < 0.001 nats — and answers from the question's text (the element's kind
+fixes x, the label implies a template and so a row). ``agent.random_screens`` adds
+perception and grounding on random-widget windows (`lmforge.agents.agent_data.random_window`), where no
+text prior tells where an element is; that alone (up to 1,200 steps) has not made it look.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from rich.console import Console
@@ -52,6 +57,7 @@ from lmforge.train.run import check_resumable, fit_and_export, print_summary, tr
 from lmforge.train.vlm_sft import (
     VLMShape,
     check_vlm_shape,
+    fan_in_init_,
     image_processor_for,
     tiny_vlm,
     vlm_objective,
@@ -73,11 +79,14 @@ from lmforge.vision.vlm_tasks import VQAExample
 @dataclass
 class AgentSection(VLMShape):
     """The data mix, the screen, the evaluation and (from scratch) the model: the sizes of
-    `VLMShape` (``lmforge vlm sft``'s too) with 8-px patches and a 768-token vocabulary,
-    plus the agent's own choices below."""
+    `VLMShape` (``lmforge vlm sft``'s too) with 8-px patches, a 768-token vocabulary and
+    ``vlm``'s initialisation (LM σ 0.1, encoder N(0, 1/fan_in)), plus the agent's own
+    choices below."""
 
     patch_size: int = 8
     vocab_size: int = 768
+    lm_init_std: float = 0.1  # as ``vlm``'s: σ 0.02 leaves a width-64 VLM on the answer prior
+    vision_init: Literal["fan_in", "config"] = "fan_in"
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     train_tasks: int = 200
     history: int = 2
@@ -92,6 +101,8 @@ class AgentSection(VLMShape):
     grounding_count: int = 0  # grounding questions per visited screen (0: every element)
     grounding_turns: int = 8  # grounding questions per chat (one image encoding)
     grounding_shift: int = 0  # grounding screenshots moved down by up to this many px
+    random_screens: int = 0  # perception + grounding on this many random-widget screens
+    question_first: bool = False  # grounding chats: the first question before the screenshot
     coordinate_tokens: bool = False  # from scratch: one token per coordinate value
     rope_theta: float = 10000.0  # from scratch: the language model's (M-)RoPE base
     merge_size: int = 2  # from scratch: patches merged per side into one image token
@@ -117,6 +128,8 @@ def check_agent_config(config: AgentRunConfig) -> None:
         raise ConfigError(f"agent.screen={a.screen} must be a multiple of agent.merge_size × "
                           f"agent.patch_size = {a.merge_size} × {a.patch_size}")  # fmt: skip
     check_vlm_shape(a, "agent")
+    if a.random_screens < 0:
+        raise ConfigError(f"agent.random_screens={a.random_screens} must be ≥ 0")
     if a.train_tasks < 1 or a.history < 1 or not 0 <= a.mistake_rate <= 1:
         raise ConfigError(
             "agent.train_tasks and agent.history must be ≥ 1, agent.mistake_rate in [0, 1]"
@@ -164,6 +177,8 @@ def agent_model(config: AgentRunConfig, examples: list[VQAExample]):
         config.text = replace(config.text, rope_theta=a.rope_theta)
         config.vision = replace(config.vision, spatial_merge_size=a.merge_size)
         model = VisionLanguageModel(config)
+        if a.vision_init == "fan_in":  # the rebuilt encoder needs `tiny_vlm`'s init again
+            fan_in_init_(model.visual)
     return model, tokenizer
 
 
@@ -176,7 +191,8 @@ def evaluate_agent_model(
     out: dict[str, Any] = {}
     if a.eval_grounding:
         data = make_agent_dataset("heldout_layout", max(1, a.eval_grounding // 8), seed + 7919,
-                                  a.history, 0.0, a.screen, a.screen)  # fmt: skip
+                                  a.history, 0.0, a.screen, a.screen,
+                                  question_first=a.question_first)  # fmt: skip
         ground = data["grounding"][: a.eval_grounding]
         answers = answer_questions(model, tokenizer, processor, ground, max_new_tokens=12)
         boxes = [ex.meta["target_box"] for ex in ground]
@@ -203,7 +219,8 @@ def train_agent_sft(
         torch.manual_seed(t.seed)
         data = make_agent_dataset("train", a.train_tasks, t.seed, a.history, a.mistake_rate,
                                   a.screen, a.screen, a.grounding_count, a.grounding_turns,
-                                  a.grounding_shift)  # fmt: skip
+                                  a.grounding_shift, a.random_screens,
+                                  a.question_first)  # fmt: skip
         train_ex = [ex for k in a.kinds for ex in data[k]]
         random.Random(t.seed).shuffle(train_ex)
         model, tokenizer = agent_model(config, train_ex)

@@ -10,7 +10,9 @@ torchrun each rank its slice of the step's prompts, `lmforge.align.rl_distribute
 of completions each (`lmforge.align.rollout_groups`), scores them with ``reward_fn`` and
 computes group-relative advantages (`grpo_advantages`); the rollout's statistics (mean
 reward and its parts, accuracy, length, dropped groups — over every rank) ride along in
-each micro-batch as 0-dim ``rollout_*`` tensors for the objective to log.
+each micro-batch as 0-dim ``rollout_*`` tensors for the objective to log. One inference
+engine serves every rollout (`lmforge.align.rollout.RolloutEngine`: weights refreshed before
+each, inverse-CDF draws, optionally its compiled decode step).
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ from lmforge.align.rl_distributed import (
     sync_sampler,
 )
 from lmforge.align.rl_tasks import r1_prompt_ids
-from lmforge.align.rollout import Completion, policy_logprobs, request_seed, rollout_tensors
+from lmforge.align.rollout import (
+    Completion,
+    RolloutEngine,
+    policy_logprobs,
+    request_seed,
+    rollout_tensors,
+)
 from lmforge.align.rollout_groups import CollectStats, PromptSampler, RolloutGroup, collect_groups
 from lmforge.train.objective import Batch
 
@@ -67,7 +75,9 @@ class GRPORollouts:
 
     Each micro-batch holds ``input_ids`` / ``labels`` ``[b, T]``, ``advantages`` ``[b]``,
     ``old_logps`` (μ > 1) / ``ref_logps`` (β > 0) ``[b, T]``, and 0-dim ``rollout_*`` tensors
-    (the whole rollout's mean reward, accuracy, … for logging).
+    (the whole rollout's mean reward, accuracy, … for logging). ``compile_decode``: the
+    rollout engine runs its compiled decode step (`lmforge.infer.decode_step`; compiled at
+    the first rollouts, then reused since the weights are its inputs).
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class GRPORollouts:
         rank: int = 0,
         world_size: int = 1,
         rollout_weights: RolloutWeights | None = None,
+        compile_decode: bool | str = False,
     ) -> None:
         self.model, self.tokenizer, self.items = model, tokenizer, list(items)
         self.reward_fn, self.section = reward_fn, section
@@ -97,6 +108,9 @@ class GRPORollouts:
         self.sampler = PromptSampler(len(self.items), seed, section.prioritized)
         self.rank, self.world_size = rank, world_size
         self.weights = rollout_weights or RolloutWeights(model)
+        # One engine for every rollout (inverse-CDF draws; ``compile_decode``: its compiled
+        # decode step, compiled at the first rollouts and reused).
+        self.engine = RolloutEngine(compile_decode=compile_decode)
         self.rollouts = 0  # rollouts generated
         self._buffer: list[Batch] = []
         self._position = 0
@@ -132,7 +146,7 @@ class GRPORollouts:
             policy, self.tokenizer, self.items, self.encode, self.reward_fn, sampler,
             self.sampling, num_groups, seed=request_seed(self.seed, self.rollouts),
             dynamic_sampling=s.dynamic_sampling, max_rounds=s.max_sampling_rounds,
-            group_offset=self.rank * num_groups,
+            group_offset=self.rank * num_groups, engine=self.engine,
         )  # fmt: skip
         if sharded:
             sync_sampler(sampler)

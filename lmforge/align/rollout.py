@@ -13,9 +13,15 @@ seed, pad and score their rollouts with the functions here.
 Sampling runs on lmforge's inference engine (`lmforge.infer.Engine`: paged KV cache,
 continuous batching, one forward over the ragged batch per decoding step), one request per
 completion with its own seed, so a completion does not depend on what else is in the batch.
-A fresh engine is built per call: the engine's fused weight copies follow optimizer steps,
-and a new engine also starts with an empty prefix cache (KV blocks cached under older
-weights must not be reused). The settings are the engine's own `SamplingParams` (``n``: the
+By default a fresh engine is built per call (the engine's fused weight copies follow
+optimizer steps, and a new engine starts with an empty prefix cache: KV blocks cached under
+older weights must not be reused). A `RolloutEngine` instead keeps one engine alive across
+a trainer's rollouts (its KV pool, its compiled decode step, which takes the weights as
+inputs and so is not recompiled) and refreshes its weights before each rollout; it draws
+with the engine's inverse-CDF sampler (exact, one uniform per row; other seeded streams
+than ``torch.multinomial``'s). Text is decoded only when stop strings need it, or once
+per finished completion. The requests of a group share their prompt's full KV blocks
+through the prefix cache: one request per distinct prompt is prefilled first. The settings are the engine's own `SamplingParams` (``n``: the
 group size, ``max_tokens``: the most new tokens per completion), checked for RL by
 `check_rollout_sampling`.
 
@@ -38,6 +44,7 @@ requests, prompt order and minibatch shuffles).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -54,6 +61,7 @@ from lmforge.models.loss import IGNORE_INDEX
 
 __all__ = [
     "Completion",
+    "RolloutEngine",
     "check_rollout_sampling",
     "completion_batch",
     "policy_logprobs",
@@ -103,6 +111,52 @@ def sha256_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+class RolloutEngine:
+    """One inference `lmforge.infer.Engine` reused by every rollout of a training run
+    (`sample_completions`' ``engine``): built at the first rollout, rebuilt only when a
+    rollout needs more sequences, tokens or KV blocks than it has, or another model or
+    tokenizer; before each rollout its weights are refreshed (`Engine.refresh_weights`:
+    the prefix cache and fused copies are dropped). ``draw``: the engine's sampler
+    (``"inverse_cdf"`` or ``"multinomial"``); ``compile_decode``: the engine's compiled
+    decode step (`lmforge.infer.decode_step`: one compilation per shape bucket, at the first
+    rollouts, then reused)."""
+
+    def __init__(self, *, draw: str = "inverse_cdf", compile_decode: bool | str = False) -> None:
+        self.draw, self.compile_decode = draw, compile_decode
+        self.engine = None
+        self.builds = 0
+
+    def get(self, model: nn.Module, tokenizer: Any, max_num_seqs: int,
+            max_num_batched_tokens: int, num_blocks: int):  # fmt: skip
+        """An idle engine on ``model`` with at least these limits, weights refreshed."""
+        from lmforge.infer import Engine
+
+        e = self.engine
+        if (
+            e is not None
+            and e.model is model
+            and e.tokenizer is tokenizer
+            and e.scheduler.max_num_seqs >= max_num_seqs
+            and e.scheduler.max_num_batched_tokens >= max_num_batched_tokens
+            and e.allocator.num_blocks >= num_blocks
+        ):
+            while e.has_unfinished():  # abort notices of the last rollout
+                e.step()
+            e.refresh_weights()
+            return e
+        self.engine = Engine(
+            model,
+            tokenizer,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            num_blocks=num_blocks,
+            draw=self.draw,
+            compile_decode=self.compile_decode,
+        )
+        self.builds += 1
+        return self.engine
+
+
 @torch.no_grad()
 def sample_completions(
     model: nn.Module,
@@ -114,13 +168,14 @@ def sample_completions(
     with_logprobs: bool = False,
     greedy: bool = False,
     max_num_seqs: int = 256,
+    engine: RolloutEngine | None = None,
 ) -> list[Completion]:
     """One completion per prompt in ``prompts`` (repeat a prompt for a group), in order.
 
     ``seeds[i]`` seeds request i; ``greedy`` decodes at temperature 0 (evaluation). Of
     ``sampling`` each request takes everything but ``n`` (one completion per request),
     ``stop`` (stop strings are handled here) and ``seed``; its stop token ids are added to the
-    tokenizer's.
+    tokenizer's. ``engine``: reuse its engine (default: a fresh one for this call).
     """
     from lmforge.infer import Engine
 
@@ -130,35 +185,57 @@ def sample_completions(
     if not prompts:
         return []
     longest = max(len(p) for p in prompts) + sampling.max_tokens
-    engine = Engine(
-        model,
-        tokenizer,
+    limits = dict(
         max_num_seqs=min(max_num_seqs, len(prompts)),
         max_num_batched_tokens=max(2048, longest),
         num_blocks=min(len(prompts), max_num_seqs) * (-(-longest // 16) + 1) + 1,
     )
+    if engine is None:
+        engine = Engine(model, tokenizer, **limits)
+    else:
+        engine = engine.get(model, tokenizer, **limits)
     stop_ids = tuple(getattr(tokenizer, "stop_token_ids", ()) or ())
     stop_ids += tuple(i for i in sampling.stop_token_ids if i not in stop_ids)
-    ids = []
-    for prompt, seed in zip(prompts, seeds, strict=True):
+    ids = [f"rollout-{next(_REQUEST_IDS)}" for _ in prompts]
+
+    def add(i: int) -> None:
         params = replace(
             sampling,
             n=1,
             temperature=0.0 if greedy else sampling.temperature,
             stop=(),
             stop_token_ids=stop_ids,
-            seed=int(seed),
+            seed=int(seeds[i]),
             logprobs=0 if with_logprobs else None,
+            detokenize=bool(sampling.stop),  # else the text is decoded once, when finished
         )
-        ids.append(engine.add_request(list(prompt), params))
+        engine.add_request(list(prompts[i]), params, request_id=ids[i])
+
+    # A group's prompt is prefilled once: the first request of each distinct prompt goes
+    # first, the others once those prompts are in the prefix cache (its full blocks).
+    first: dict[tuple[int, ...], int] = {}
+    leads = [i for i, p in enumerate(prompts) if first.setdefault(tuple(p), i) == i]
+    followers = [i for i in range(len(prompts)) if first[tuple(prompts[i])] != i]
+    shareable = any(len(prompts[i]) > engine.block_size for i in followers)  # a full block
+    if not (engine.allocator.enable_prefix_caching and shareable):
+        leads, followers = list(range(len(prompts))), []
+    for i in leads:
+        add(i)
     done: dict[str, Completion] = {}
     logprobs: dict[str, list[float]] = {i: [] for i in ids}
     while len(done) < len(ids):
+        if followers and all(
+            ids[i] not in engine.requests or engine.requests[ids[i]].num_computed >= len(prompts[i])
+            for i in leads
+        ):
+            for i in followers:
+                add(i)
+            followers = []
         if not engine.has_unfinished():
             raise RuntimeError("the engine stopped before every rollout finished")
         for out in engine.step():
             rid = out.request_id
-            if rid in done:
+            if rid in done or rid not in logprobs:
                 continue
             if out.logprobs:
                 logprobs[rid].extend(lp.logprob for lp in out.logprobs)
@@ -177,6 +254,9 @@ def sample_completions(
         for rid, c in zip(ids, completions, strict=True):
             c.engine_logprobs = logprobs[rid][: len(c.completion_ids)]
     return completions
+
+
+_REQUEST_IDS = itertools.count()  # rollout request ids, unique in the process
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> str | None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from lmforge.align.rollout import Completion, request_seed, sample_completions
+from lmforge.align.rollout import Completion, RolloutEngine, request_seed, sample_completions
 from lmforge.infer import SamplingParams
 
 __all__ = ["CollectStats", "PromptSampler", "RewardFn", "RolloutGroup", "collect_groups"]
@@ -135,6 +135,7 @@ def collect_groups(
     dynamic_sampling: bool = False,
     max_rounds: int = 4,
     group_offset: int = 0,
+    engine: RolloutEngine | None = None,
 ) -> tuple[list[RolloutGroup], CollectStats]:
     """Sample ``num_groups`` groups of ``sampling.n`` completions and score them.
 
@@ -145,7 +146,8 @@ def collect_groups(
     group's position in the step (``group_offset`` + its index: a rank's first group's place
     among every rank's, `lmforge.align.rl_distributed`). A ``reward_fn`` with a
     ``score_many(items, completions)`` method scores a whole group at once (e.g. a reward
-    model's batched forward).
+    model's batched forward). ``engine``: the `RolloutEngine` that samples (default: a fresh
+    engine per call, `sample_completions`).
     """
     g = sampling.n
     kept: list[RolloutGroup] = []
@@ -160,7 +162,7 @@ def collect_groups(
         seeds = [request_seed(seed, stats.rounds, group_offset + j, k)
                  for j in range(need) for k in range(g)]  # fmt: skip
         flat = [p for p in prompts for _ in range(g)]
-        completions = sample_completions(model, tokenizer, flat, sampling, seeds)
+        completions = sample_completions(model, tokenizer, flat, sampling, seeds, engine=engine)
         stats.rounds += 1
         for j, index in enumerate(indices):
             group_completions = completions[j * g : (j + 1) * g]

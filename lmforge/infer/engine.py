@@ -59,7 +59,9 @@ from lmforge.infer.sampling import (
     apply_min_p,
     apply_presence_frequency_penalty,
     apply_repetition_penalty,
+    inverse_cdf_sample,
     process_logits,
+    row_uniforms,
     top_logprobs,
 )
 from lmforge.infer.scheduler import ScheduledChunk, Scheduler, Sequence
@@ -121,6 +123,13 @@ class Engine:
             in place); needs the fused runner and a model it covers, else ignored. Each new
             bucket costs a compilation (seconds to a minute on a CPU), so it pays off for
             long runs. ``"eager"``: the same function uncompiled (tests).
+        draw: how a sampled row's token is drawn from its processed distribution, both
+            exact: ``"multinomial"`` (default: ``torch.multinomial`` with the request's
+            generator, one exponential per vocabulary entry — the draw speculative
+            verification also makes, so a seeded request equals its speculative run token
+            for token) or ``"inverse_cdf"`` (`lmforge.infer.sampling.inverse_cdf_sample`: one
+            uniform per row from the request's generator and one cumsum + searchsorted
+            over the batch — much cheaper, other seeded streams; RL rollouts use it).
     """
 
     def __init__(
@@ -137,9 +146,13 @@ class Engine:
         adapters: AdapterRouter | None = None,
         speculative: SpeculativeConfig | None = None,
         compile_decode: bool | str = False,
+        draw: str = "multinomial",
     ) -> None:
         if not is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size={block_size!r} must be an integer ≥ 1")
+        if draw not in ("multinomial", "inverse_cdf"):
+            raise ValueError(f"draw={draw!r} must be 'multinomial' or 'inverse_cdf'")
+        self.draw = draw
         if compile_decode not in (True, False, "eager"):
             raise ValueError(f"compile_decode={compile_decode!r} must be True, False or 'eager'")
         cfg = model.config
@@ -262,6 +275,8 @@ class Engine:
             adapter=adapter,
             images=req_images,
             image_spans=() if req_images is None else req_images.block_spans,
+            stream_text=self.tokenizer is not None and (params.detokenize or bool(params.stop)),
+            sample_key=_batch_key(params),
         )
         self.requests[request_id] = req
         self.scheduler.add(req)
@@ -300,9 +315,15 @@ class Engine:
         logits, hidden, sampling, spans, offsets = self._forward(chunks)
         verified = self._verify(chunks, logits, sampling, spans) if self._drafts else {}
         self.scheduler.commit(chunks)
-        plain = [i for i, req in enumerate(sampling) if req not in verified]
-        rows = [spans[i][0] for i in plain]
-        tokens = dict(zip(plain, self._sample(logits[rows], [sampling[i] for i in plain])))
+        if verified or logits.shape[0] != len(sampling):
+            plain = [i for i, req in enumerate(sampling) if req not in verified]
+            reqs = [sampling[i] for i in plain]
+            rows = logits[[spans[i][0] for i in plain]]
+        else:  # every sampling request has one kept row, in order
+            plain, reqs, rows = range(len(sampling)), sampling, logits
+        drawn = self._sample(rows, reqs)
+        tokens = dict(zip(plain, drawn))
+        logprobs = self._token_logprobs(rows, reqs, drawn, plain)
         for i, req in enumerate(sampling):
             if req in verified:
                 root, path, emitted = verified[req]
@@ -311,7 +332,7 @@ class Engine:
                     if not req.finished:
                         self._append(req, token, logits[spans[i][0] + row])
             else:
-                self._append(req, tokens[i], logits[spans[i][0]])
+                self._append(req, tokens[i], None, logprobs.get(i))
             outputs.append(req.delta_output())
             if req.finished:
                 self.scheduler.remove(req)
@@ -439,6 +460,54 @@ class Engine:
         hidden states ``[N, H]`` of all rows (None without speculation), the requests that
         sample next (their chunk ends at their last known token), each one's ``(first kept
         row, rows)`` — all rows of a draft chunk, else one — and each chunk's flat offset."""
+        if not self._drafts and not self.multimodal and chunks[-1].num_tokens == 1:
+            inputs = self._decode_inputs(chunks)  # all single-token chunks (sorted first)
+        else:
+            inputs = self._ragged_inputs(chunks)
+        ids_t, positions_t, keep_t, batch = inputs.ids, inputs.positions, inputs.keep, inputs.batch
+        sampling, spans, offsets = inputs.sampling, inputs.spans, inputs.offsets
+        dev, max_position, mm = self.device, inputs.max_position, inputs.multimodal
+        prefills, trees = batch.prefills, batch.tree_masks
+        want_hidden = self.speculative is not None
+        hidden = None
+        if self.runner is not None and self.runner.sync():
+            compiled = self._compiled_decode() if not (prefills or trees or want_hidden) else None
+            if compiled is not None and mm is None:
+                tables = batch.decode_blocks
+                if inputs.table_padding is not None:  # pad with the spare block, not block 0
+                    tables = tables.masked_fill(inputs.table_padding, compiled.spare_block)
+                logits = compiled(ids_t, positions_t, tables, batch.slot_mapping)
+                if keep_t.shape[0] != batch.num_decode:  # a 1-token chunk short of its last token
+                    logits = logits[keep_t]
+                return logits.float(), None, sampling, spans, offsets
+            if want_hidden:
+                logits, hidden = self.runner(
+                    ids_t, positions_t, max_position, batch, keep_t, return_hidden=True
+                )
+            else:
+                logits = self.runner(ids_t, positions_t, max_position, batch, keep_t)
+            return logits.float(), hidden, sampling, spans, offsets
+        if self.adapters is not None:
+            self.adapters.select(torch.tensor(inputs.token_adapters, device=dev))
+        try:
+            if mm is not None:
+                logits = mm.logits(ids_t, batch, keep_t)
+            elif want_hidden:  # the body, then the head on the kept rows
+                hidden = self.model.model(ids_t[None], position_ids=positions_t[None], cache=batch)
+                logits, hidden = self.model.lm_head(hidden[0, keep_t]), hidden[0]
+            else:
+                out = self.model(
+                    ids_t[None], position_ids=positions_t[None], cache=batch, logits_to_keep=keep_t
+                )
+                logits = out.logits[0]
+        finally:
+            if self.adapters is not None:
+                self.adapters.select(None)
+        return logits.float(), hidden, sampling, spans, offsets
+
+    def _ragged_inputs(self, chunks: list[ScheduledChunk]) -> _StepInputs:
+        """`_forward`'s inputs (`_StepInputs`) for any mix of chunks (prefill, drafts,
+        images), built chunk by chunk."""
         bs = self.block_size
         ids: list[int] = []
         token_adapters: list[int] = []
@@ -485,56 +554,67 @@ class Engine:
         dev = self.device
         batch = TreePagedBatch(self.cache, torch.tensor(slots, device=dev), prefills=prefills)
         batch.tree_masks = trees
-        ids_t = torch.tensor(ids, device=dev)
         positions_t = torch.tensor(positions, device=dev)
-        keep_t = torch.tensor(keep, dtype=torch.long, device=dev)
+        padding = None
         if decode:
             widths = [len(s.block_ids) for s in decode]  # ascending (see `step`)
-            tables = [s.block_ids + [0] * (widths[-1] - len(s.block_ids)) for s in decode]
-            batch.num_decode = len(decode)
-            batch.decode_blocks = torch.tensor(tables, device=dev)
-            batch.decode_positions = positions_t[: len(decode)]
-            batch.decode_lens = batch.decode_positions + 1
-            batch.decode_groups = decode_groups(widths, [p + 1 for p in positions[: len(decode)]])
-        want_hidden = self.speculative is not None
-        hidden = None
-        if self.runner is not None and self.runner.sync():
-            compiled = self._compiled_decode() if not (prefills or trees or want_hidden) else None
-            if compiled is not None and mm is None:
-                tables = batch.decode_blocks
-                if widths[0] != widths[-1]:  # pad with the spare block, not block 0
-                    tables = torch.tensor(
-                        [s.block_ids + [compiled.spare_block] * (widths[-1] - len(s.block_ids))
-                         for s in decode], device=dev,
-                    )  # fmt: skip
-                logits = compiled(ids_t, positions_t, tables, batch.slot_mapping)
-                if len(keep) != len(decode):  # a 1-token chunk short of its last token
-                    logits = logits[keep_t]
-                return logits.float(), None, sampling, spans, offsets
-            if want_hidden:
-                logits, hidden = self.runner(
-                    ids_t, positions_t, max(positions), batch, keep_t, return_hidden=True
-                )
-            else:
-                logits = self.runner(ids_t, positions_t, max(positions), batch, keep_t)
-            return logits.float(), hidden, sampling, spans, offsets
-        if self.adapters is not None:
-            self.adapters.select(torch.tensor(token_adapters, device=dev))
-        try:
-            if mm is not None:
-                logits = mm.logits(ids_t, batch, keep_t)
-            elif want_hidden:  # the body, then the head on the kept rows
-                hidden = self.model.model(ids_t[None], position_ids=positions_t[None], cache=batch)
-                logits, hidden = self.model.lm_head(hidden[0, keep_t]), hidden[0]
-            else:
-                out = self.model(
-                    ids_t[None], position_ids=positions_t[None], cache=batch, logits_to_keep=keep_t
-                )
-                logits = out.logits[0]
-        finally:
-            if self.adapters is not None:
-                self.adapters.select(None)
-        return logits.float(), hidden, sampling, spans, offsets
+            tables, padding = self._decode_tables(decode, widths)
+            lengths = [p + 1 for p in positions[: len(decode)]]
+            _set_decode(batch, tables, positions_t[: len(decode)], decode_groups(widths, lengths))
+        return _StepInputs(
+            torch.tensor(ids, device=dev), positions_t, torch.tensor(keep, dtype=torch.long,
+            device=dev), batch, sampling, spans, offsets, max(positions), padding, mm,
+            token_adapters,
+        )  # fmt: skip
+
+    def _decode_inputs(self, chunks: list[ScheduledChunk]) -> _StepInputs:
+        """`_ragged_inputs` when every chunk is one token without a draft (a pure decode
+        step): one list read per sequence, then block tables and KV slots as tensor ops
+        over the batch (``slot = table[pos // bs] · bs + pos % bs``)."""
+        dev, bs = self.device, self.block_size
+        decode = [c.seq for c in chunks]
+        starts = [s.num_computed for s in decode]
+        ids = [s.tokens[p] for s, p in zip(decode, starts)]
+        widths = [len(s.block_ids) for s in decode]  # ascending (see `step`)
+        positions = torch.tensor(starts, device=dev)
+        tables, padding = self._decode_tables(decode, widths)
+        column = torch.div(positions, bs, rounding_mode="floor")
+        slots = tables.gather(1, column[:, None])[:, 0] * bs + (positions - column * bs)
+        batch = TreePagedBatch(self.cache, slots, prefills=[])
+        batch.tree_masks = {}
+        _set_decode(batch, tables, positions, decode_groups(widths, [p + 1 for p in starts]))
+        # Every sequence samples unless its 1-token chunk is a prompt token short of the
+        # prompt's last one (chunked prefill).
+        last = [p + 1 == len(s.tokens) for s, p in zip(decode, starts)]
+        if all(last):
+            sampling: list[Request] = decode
+            keep = torch.arange(len(decode), device=dev)
+        else:
+            sampling = [s for s, is_last in zip(decode, last) if is_last]
+            keep = torch.tensor([i for i, is_last in enumerate(last) if is_last], device=dev)
+            keep = keep.long()
+        adapters = [s.adapter for s in decode] if self.adapters is not None else []
+        return _StepInputs(
+            torch.tensor(ids, device=dev), positions, keep, batch, sampling,
+            [(i, 1) for i in range(len(sampling))], {s: i for i, s in enumerate(decode)},
+            max(starts), padding, None, adapters,
+        )  # fmt: skip
+
+    def _decode_tables(
+        self, decode: list[Sequence], widths: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block tables ``[B, W]`` of the decoding sequences (``widths`` ascending), built from
+        one flat list by a masked scatter, padded with block 0; and the padding mask (None
+        when every table is full width)."""
+        dev, width = self.device, widths[-1]
+        flat = list(itertools.chain.from_iterable(s.block_ids for s in decode))
+        flat_t = torch.tensor(flat, dtype=torch.long, device=dev)
+        if widths[0] == width:
+            return flat_t.view(len(decode), width), None
+        counts = torch.tensor(widths, device=dev)
+        padding = torch.arange(width, device=dev)[None, :] >= counts[:, None]
+        tables = torch.zeros(len(decode), width, dtype=torch.long, device=dev)
+        return tables.masked_scatter_(~padding, flat_t), padding
 
     def _compiled_decode(self) -> CompiledDecode | None:
         """The compiled decode step, when asked for and the (synced) runner allows it."""
@@ -562,33 +642,37 @@ class Engine:
     def _sample(self, logits: torch.Tensor, reqs: list[Request]) -> list[int]:
         """One token per row. Rows without penalties, constraints or ``min_tokens`` that
         share temperature / top-k / top-p / min-p are processed as one batch (a GRPO group
-        is one such batch), then each draws with its own generator from its row — the same
-        values and random stream as `_sample_row`, in a fixed number of ops."""
+        is one such batch), then each row draws with its own generator (``self.draw``) — the
+        same values and random stream as `_sample_row`; with ``"inverse_cdf"`` the draw is
+        one batched op and the tokens reach the host in one ``tolist``."""
         if not reqs:
             return []
-        if all(_is_plain_greedy(r.params) for r in reqs):
+        if all(r.sample_key is _GREEDY_KEY for r in reqs):
             return logits.argmax(dim=-1).tolist()
-        tokens: list[int] = [0] * len(reqs)
         groups: dict[tuple, list[int]] = {}
+        single: list[int] = []
         for i, req in enumerate(reqs):
-            key = _batch_key(req.params)
+            key = req.sample_key
             if key is None:
-                tokens[i] = self._sample_row(logits[i], req)
+                single.append(i)
             else:
                 groups.setdefault(key, []).append(i)
+        tokens: list[int] = [0] * len(reqs)
+        for i in single:  # first, as ever (rows without a seed share the global RNG)
+            tokens[i] = self._sample_row(logits[i], reqs[i])
+        order: list[int] = []
+        picked: list[torch.Tensor] = []
         for (temperature, top_k, top_p, min_p), rows in groups.items():
             block = logits if len(rows) == len(reqs) else logits[rows]
             if temperature == 0:
-                picked = block.argmax(dim=-1).tolist()
+                picked.append(block.argmax(dim=-1))
             else:
                 probs = apply_min_p(process_logits(block, temperature, top_k, top_p), min_p)
-                probs = probs.softmax(dim=-1)
-                picked = [
-                    int(torch.multinomial(probs[j], 1, generator=reqs[i].generator))
-                    for j, i in enumerate(rows)
-                ]
-            for i, token in zip(rows, picked):
-                tokens[i] = token
+                picked.append(self._draw(probs.softmax(dim=-1), [reqs[i] for i in rows]))
+            order.extend(rows)
+        drawn = torch.cat(picked).tolist() if picked else []
+        for i, token in zip(order, drawn):
+            tokens[i] = token
         return tokens
 
     def _sample_row(self, row: torch.Tensor, req: Request) -> int:
@@ -613,26 +697,66 @@ class Engine:
             return int(row.argmax())
         row = process_logits(row, p.temperature, p.top_k, p.top_p)
         row = apply_min_p(row, p.min_p)
-        probs = row.softmax(dim=-1)
-        return int(torch.multinomial(probs, 1, generator=req.generator))
+        return int(self._draw(row.softmax(dim=-1)[None], [req])[0])
+
+    def _draw(self, probs: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+        """One token ``[B]`` per row of ``probs`` ``[B, V]``, row i with ``reqs[i]``'s
+        generator (see ``draw`` in the class docstring)."""
+        if self.draw == "inverse_cdf":
+            return inverse_cdf_sample(
+                probs, row_uniforms([r.generator for r in reqs], probs.device)
+            )
+        return torch.cat(
+            [torch.multinomial(p, 1, generator=r.generator) for p, r in zip(probs, reqs)]
+        )
 
     # ------------------------------------------------------------------ outputs
-    def _append(self, req: Request, token: int, raw_logits: torch.Tensor) -> None:
-        """Record ``token`` and decide whether ``req`` is finished."""
+    def _token_logprobs(
+        self, logits: torch.Tensor, reqs: list[Request], tokens: list[int], index
+    ) -> dict[int, TokenLogprob]:
+        """`top_logprobs` of every row whose request asks for log-probs, as one batch (one
+        log-softmax, one gather, one top-k): ``{index[j]: TokenLogprob}`` for row j."""
+        rows = [j for j, req in enumerate(reqs) if req.params.logprobs is not None]
+        if not rows:
+            return {}
+        block = logits if len(rows) == len(reqs) else logits[rows]
+        logp = torch.log_softmax(block.float(), dim=-1)
+        picked = torch.tensor([tokens[j] for j in rows], device=logp.device)
+        values = logp.gather(1, picked[:, None])[:, 0].tolist()
+        ks = [reqs[j].params.logprobs for j in rows]
+        k = min(max(ks), logp.shape[-1])
+        top_v, top_i = logp.topk(k, dim=-1) if k > 0 else (logp[:, :0], logp[:, :0].long())
+        top_v, top_i = top_v.tolist(), top_i.tolist()
+        return {
+            index[j]: TokenLogprob(tokens[j], lp, list(zip(ids[:kj], vals[:kj])))
+            for j, lp, ids, vals, kj in zip(rows, values, top_i, top_v, ks)
+        }
+
+    def _append(
+        self,
+        req: Request,
+        token: int,
+        raw_logits: torch.Tensor | None,
+        logprob: TokenLogprob | None = None,
+    ) -> None:
+        """Record ``token`` and decide whether ``req`` is finished. ``logprob``: the token's
+        `TokenLogprob` when computed already, else from ``raw_logits`` (when asked for)."""
         p = req.params
         self.num_generated += 1
         if token in req.stop_ids:
             req.finish("stop", token)
             return
         if p.logprobs is not None:
-            lp, top = top_logprobs(raw_logits, token, p.logprobs)
-            req.logprobs.append(TokenLogprob(token, lp, top))
+            if logprob is None:
+                lp, top = top_logprobs(raw_logits, token, p.logprobs)
+                logprob = TokenLogprob(token, lp, top)
+            req.logprobs.append(logprob)
         req.tokens.append(token)
         if p.constraint is not None:
             p.constraint.accept(token)
             if p.constraint.is_finished():
                 req.finish("stop")
-        if self.tokenizer is not None:
+        if req.stream_text:
             req.update_text()
             if p.stop and req.apply_stop_strings():
                 return
@@ -710,6 +834,36 @@ class Engine:
         }
 
 
+@dataclasses.dataclass
+class _StepInputs:
+    """What `Engine._forward` runs: flat token ids, positions and kept rows, the paged batch,
+    the requests that sample (with their ``(first kept row, rows)`` spans), each sequence's
+    flat offset, the largest position, the decode tables' padding mask (None: none), the
+    multimodal batch (None: text) and each token's LoRA adapter (empty without adapters)."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    keep: torch.Tensor
+    batch: TreePagedBatch
+    sampling: list[Request]
+    spans: list[tuple[int, int]]
+    offsets: dict[Sequence, int]
+    max_position: int
+    table_padding: torch.Tensor | None
+    multimodal: MultimodalBatch | None
+    token_adapters: list[int]
+
+
+def _set_decode(
+    batch: TreePagedBatch, tables: torch.Tensor, positions: torch.Tensor, groups: list
+) -> None:
+    """The decode rows' fields of ``batch``: block tables, positions, lengths, groups."""
+    batch.num_decode = tables.shape[0]
+    batch.decode_blocks, batch.decode_positions = tables, positions
+    batch.decode_lens = positions + 1
+    batch.decode_groups = groups
+
+
 def mark_weights_changed(model: torch.nn.Module) -> None:
     """Bump every parameter's version counter, so that caches keyed on versions rebuild:
     `InferenceRunner`'s fused copies and MLA's absorbed ``W_UK``/``W_UV``
@@ -721,9 +875,13 @@ def mark_weights_changed(model: torch.nn.Module) -> None:
             torch.autograd.graph.increment_version(params)
 
 
+_GREEDY_KEY = (0, 0, 1.0, 0.0)  # plain greedy rows: one batched argmax
+
+
 def _batch_key(p: SamplingParams) -> tuple | None:
     """What a row's draw depends on besides its logits and generator, when it can be
-    processed with others (None: it needs `Engine._sample_row`)."""
+    processed with others (None: it needs `Engine._sample_row`; `_GREEDY_KEY` itself for
+    every plain greedy row); computed once per request (``Request.sample_key``)."""
     if (
         p.repetition_penalty != 1
         or p.presence_penalty
@@ -732,15 +890,6 @@ def _batch_key(p: SamplingParams) -> tuple | None:
         or p.min_tokens
     ):
         return None
+    if p.temperature == 0:
+        return _GREEDY_KEY
     return (p.temperature, p.top_k, p.top_p, p.min_p)
-
-
-def _is_plain_greedy(p: SamplingParams) -> bool:
-    return (
-        p.temperature == 0
-        and p.repetition_penalty == 1
-        and not p.presence_penalty
-        and not p.frequency_penalty
-        and p.constraint is None
-        and not p.min_tokens
-    )

@@ -40,6 +40,11 @@ class SamplingParams:
     constraint: object | None = None  # a structured-generation Constraint
     min_tokens: int = 0  # stop tokens are masked until this many tokens were generated
     n: int = 1  # completions per prompt (add_request serves one; generate / rollouts expand n)
+    # Text: True streams it (each report's ``new_text``, decoded incrementally every step);
+    # False decodes it once, when the request finishes (its last report and final output
+    # carry the whole text, earlier reports none): for callers that read only finished
+    # text (RL rollouts). Stop strings need the text every step, so ``stop`` implies True.
+    detokenize: bool = True
     # Speculative decoding (an Engine built with a drafter): per-request on/off and the
     # acceptance rule: "exact" (the target's distribution; greedy = target greedy) or
     # "typical" (Medusa's p(x) > min(ε, δ·exp(−H(p))): faster, NOT exact).
@@ -91,6 +96,8 @@ class SamplingParams:
             errors.append(f"n={self.n!r} must be an integer ≥ 1")
         if self.logprobs is not None and (not is_int(self.logprobs) or self.logprobs < 0):
             errors.append(f"logprobs={self.logprobs!r} must be None or an integer ≥ 0")
+        if not isinstance(self.detokenize, bool):
+            errors.append(f"detokenize={self.detokenize!r} must be True or False")
         if self.acceptance not in ("exact", "typical"):
             errors.append(f"acceptance={self.acceptance!r} must be 'exact' or 'typical'")
         for name in ("typical_epsilon", "typical_delta"):

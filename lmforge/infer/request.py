@@ -70,6 +70,11 @@ class Request(Sequence):
     drafter: object | None = None  # speculative decoding: this request's Drafter
     draft_length: int = 0  # its current (adaptive) draft length / tree depth
     images: RequestImages | None = None  # a vision-language request's images
+    # Text decoded every step (``params.detokenize`` or stop strings, and a tokenizer);
+    # otherwise once, when the request finishes.
+    stream_text: bool = True
+    # How the engine batches this request's draws (`lmforge.infer.engine`), fixed at add.
+    sample_key: tuple | None = None
 
     @property
     def output_ids(self) -> list[int]:
@@ -110,25 +115,39 @@ class Request(Sequence):
         """What is new since the last report (text held back while it may still change);
         marks it as sent."""
         out_ids = self.output_ids
-        end = streamable_end(self.text, self.params.stop, self.sent_text, self.finished)
+        if self.stream_text:
+            end = streamable_end(self.text, self.params.stop, self.sent_text, self.finished)
+        elif self.finished:  # text decoded once, now
+            self.update_text()
+            end = len(self.text)
+        else:
+            end = self.sent_text
         new_text = self.text[self.sent_text : end]
         new_ids = out_ids[self.sent_tokens :]
         logprobs = self.logprobs[self.sent_tokens :] if self.params.logprobs is not None else None
         self.sent_text, self.sent_tokens = end, len(out_ids)
-        return self._report(new_ids, new_text, logprobs)
+        return self._report(new_ids, new_text, logprobs, out_ids)
 
     def final_output(self) -> RequestOutput:
         """Everything the finished request produced, as one report."""
+        if not self.stream_text:
+            self.update_text()
         logprobs = list(self.logprobs) if self.params.logprobs is not None else None
-        return self._report(list(self.output_ids), self.text, logprobs)
+        out_ids = self.output_ids
+        return self._report(list(out_ids), self.text, logprobs, out_ids)
 
     def _report(
-        self, new_ids: list[int], new_text: str, logprobs: list[TokenLogprob] | None
+        self,
+        new_ids: list[int],
+        new_text: str,
+        logprobs: list[TokenLogprob] | None,
+        out_ids: list[int],
     ) -> RequestOutput:
+        """``out_ids``: a fresh copy of the output ids (the report keeps it)."""
         return RequestOutput(
             request_id=self.request_id,
             prompt_token_ids=self.tokens[: self.num_prompt],
-            token_ids=list(self.output_ids),
+            token_ids=out_ids,
             new_token_ids=new_ids,
             text=self.text,
             new_text=new_text,

@@ -169,3 +169,28 @@ def top_logprobs(
         values, ids = logprobs.topk(min(k, logprobs.shape[-1]))
         top = list(zip(ids.tolist(), values.tolist()))
     return float(logprobs[token_id]), top
+
+
+def row_uniforms(
+    generators: list[torch.Generator | None], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """One float64 uniform in [0, 1) per row ``[B]``, row ``i`` from ``generators[i]`` (None:
+    the global RNG) — what `inverse_cdf_sample` consumes. One draw per row from each row's
+    own stream, so a seeded request's draws do not depend on its batch mates."""
+    draws = [torch.rand(1, dtype=torch.float64, generator=g, device=device) for g in generators]
+    return torch.cat(draws) if draws else torch.empty(0, dtype=torch.float64, device=device)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """An exact draw from each row of ``probs`` ``[B, V]`` (unnormalised weights ≥ 0 are fine)
+    by inversion: token ``i`` is chosen when ``F(i−1) ≤ u · F(V−1) < F(i)`` for the row's
+    cumulative sums ``F`` (float64) and its uniform ``u`` ∈ [0, 1) (``uniforms`` ``[B]``), so
+    P(i) = p_i / Σp, and a token of probability 0 is never chosen. The inverse-transform
+    method (Devroye 1986, "Non-Uniform Random Variate Generation", §II.2): one uniform per
+    row instead of ``torch.multinomial``'s one exponential per vocabulary entry. Returns
+    ``[B]`` (int64)."""
+    cdf = probs.to(torch.float64).cumsum(dim=-1)
+    total = cdf[:, -1:]
+    # u · F(V−1) can round up to F(V−1); below it, the last token of probability > 0 is found.
+    target = torch.minimum(uniforms.to(torch.float64)[:, None] * total, total.nextafter(total * 0))
+    return torch.searchsorted(cdf, target, right=True)[:, 0]

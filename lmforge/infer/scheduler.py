@@ -137,19 +137,20 @@ class Scheduler:
         for seq in list(self.running):
             if budget == 0:
                 break
-            if seq not in self.running:  # preempted below by an earlier sequence
+            if preempted and seq not in self.running:  # preempted by an earlier sequence
                 continue
             n = min(len(seq.tokens) - seq.num_computed, budget)
             need = self._blocks_needed(seq, n)
-            while self.allocator.num_free < need:
-                victim = self.running[-1]
-                self._preempt(victim)
-                preempted = True
-                if victim is seq:
-                    break
-            if seq not in self.running:
-                continue
-            self._grow(seq, need)
+            if need:
+                while self.allocator.num_free < need:
+                    victim = self.running[-1]
+                    self._preempt(victim)
+                    preempted = True
+                    if victim is seq:
+                        break
+                if preempted and seq not in self.running:
+                    continue
+                self._grow(seq, need)
             chunks.append(ScheduledChunk(seq, n))
             budget -= n
         while self.waiting and budget > 0 and not preempted:

@@ -1,11 +1,13 @@
 """Agent data: each kind is well formed (grounding points hit their element in the env,
 trajectory answers parse and replay to success, reflections follow an injected mistake),
 examples encode with the VLM SFT code and train a tiny VLM for a step, and the JSONL io
-round-trips."""
+round-trips; random screens are deterministic, on screen, varied, with unique names, and
+grounding on them clicks the named element."""
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,13 +15,19 @@ import torch
 
 from lmforge.agents.actions import parse_action, parse_response
 from lmforge.agents.agent_data import (
+    KIND_WEIGHTS,
     KINDS,
     ChatExample,
+    LabelPool,
     agent_prompt,
+    covered,
     dense_caption,
     expert_trajectory,
+    fits,
     grounding_examples,
     make_agent_dataset,
+    random_widget,
+    random_window,
     read_examples,
     reflective,
     screen_elements,
@@ -29,8 +37,10 @@ from lmforge.agents.agent_data import (
     write_examples,
 )
 from lmforge.agents.env import GUIEnv, WindowController
+from lmforge.agents.layout import layout_window
+from lmforge.agents.render import THEMES, render_window
 from lmforge.agents.tasks import sample_task
-from lmforge.agents.widgets import box_contains
+from lmforge.agents.widgets import Button, Geometry, Window, box_contains
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm, vlm_objective
 from lmforge.vision.processor import QWEN2_VL_CHAT_TEMPLATE
@@ -250,3 +260,124 @@ def test_shifted_grounding_moves_image_and_targets_together():
     image = np.arange(4 * 2 * 3, dtype=np.uint8).reshape(4, 2, 3)
     moved = shift_down(image, 1)
     assert np.array_equal(moved[1:], image[:3]) and (moved[0] == image[-1, -1]).all()
+
+
+# ---------------------------------------------------------------- random screens
+def test_same_seed_same_screen_and_screens_vary():
+    a, b = random_window(random.Random(3)), random_window(random.Random(3))
+    assert (render_window(a).tobytes(), a.theme) == (render_window(b).tobytes(), b.theme)
+    wins = [random_window(random.Random(s)) for s in range(60)]
+    assert {w.theme for w in wins} == set(THEMES)
+    kinds = Counter(type(w).__name__ for win in wins for w in win.widgets)
+    assert {"Checkbox", "Button", "TextField", "Dropdown", "RadioGroup", "ListView", "Tabs"} <= set(
+        kinds
+    )
+    # the same label lands on many different rows: no fixed place per name
+    rows = {e.box[1] for win in wins for e in screen_elements(win) if e.kind == "checkbox"}
+    assert len(rows) >= 15
+    assert any(w.dialog is not None for w in wins) and any(w.open_dropdown() for w in wins)
+
+
+def test_screens_fit_and_names_are_unique():
+    for seed in range(100):
+        win = random_window(random.Random(seed))
+        assert fits(win) and win.widgets
+        elements = screen_elements(win)
+        assert elements
+        for e in elements:
+            assert 0 <= e.box[0] < e.box[2] <= 128 and 0 <= e.box[1] < e.box[3] <= 128, e
+        names = [(e.kind, e.label) for e in elements]
+        assert len(names) == len(set(names)), names
+        labels = [e.label for e in elements if e.kind != "close box"]
+        assert len(labels) == len(set(labels)), labels
+
+
+def test_grounding_on_random_screens_hits_the_named_element():
+    rng = random.Random(0)
+    asked = 0
+    for seed in range(80):
+        win = random_window(random.Random(seed))
+        for ex in grounding_examples(win, rng, count=0, turns=1, skip_covered=True):
+            a = parse_action(ex.answer)
+            hit = win.hit(a.x, a.y)
+            assert hit is not None, ex.question
+            label = ex.question.split("'")[1]
+            w = hit.widget
+            names = [w.label] + list(getattr(w, "options", []) or getattr(w, "names", []) or
+                                     getattr(w, "items", []))  # fmt: skip
+            assert label in names, (ex.question, w)
+            asked += 1
+    assert asked > 300
+
+
+def test_covered_elements_are_skipped():
+    for seed in range(200):
+        win = random_window(random.Random(seed), dropdown_rate=1.0)
+        hidden = [e for e in screen_elements(win) if covered(win, e)]
+        if hidden:
+            kept = grounding_examples(win, random.Random(0), 0, 1, skip_covered=True)
+            every = grounding_examples(win, random.Random(0), 0, 1)
+            assert len(kept) == len(every) - len(hidden)
+            assert win.open_dropdown() is not None
+            return
+    pytest.fail("no random screen had an element under an open dropdown")
+
+
+def test_label_pool_and_widgets():
+    pool = LabelPool(random.Random(0))
+    assert len(set(pool.take(["a", "b", "c"], 3))) == 3
+    assert pool.take(["a", "b"]) is None  # all used
+    for kind in KIND_WEIGHTS:
+        assert random_widget(kind, random.Random(1), LabelPool(random.Random(1)), 0)
+    with pytest.raises(ValueError, match="unknown widget kind"):
+        random_widget("slider", random.Random(0), pool, 0)
+    win = Window("t", 128, 128, [Button("b", "A very long button label here")])
+    layout_window(win, Geometry())
+    assert not fits(win)  # the label does not fit the screen's width
+
+
+def test_dataset_adds_random_screen_grounding():
+    base = make_agent_dataset("train", 2, seed=0, grounding_count=0, grounding_turns=8)
+    more = make_agent_dataset("train", 2, seed=0, grounding_count=0, grounding_turns=8,
+                              random_screens=10)  # fmt: skip
+    extra = [ex for ex in more["grounding"] if ex.meta["template"] == "random"]
+    assert len(extra) >= 10 and len(more["grounding"]) == len(base["grounding"]) + len(extra)
+    for k in ("trajectory", "reflection"):
+        assert len(more[k]) == len(base[k])
+    assert len(more["perception"]) == len(base["perception"]) + 10
+    for ex in extra:
+        point = parse_action(ex.answer)
+        box = ex.meta["target_box"]
+        assert box[0] <= point.x < box[2] and box[1] <= point.y < box[3]
+
+
+def test_question_first_grounding_puts_the_question_before_the_image(tmp_path):
+    from lmforge.agents.agent_data import read_examples, write_examples
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm
+    from lmforge.vision.processor import QWEN2_VL_CHAT_TEMPLATE
+    from lmforge.vision.vlm_data import VLM_SPECIAL_TOKENS, encode_chat
+
+    win = random_window(random.Random(1))
+    for turns in (1, 3):
+        exs = grounding_examples(win, random.Random(0), 0, turns, question_first=True)
+        for ex in exs:
+            user = ex.messages()[0]["content"]
+            assert user[0] == {"type": "text", "text": ex.question} and user[1]["type"] == "image"
+        plain = grounding_examples(win, random.Random(0), 0, turns)
+        assert [ex.answer for ex in exs] == [ex.answer for ex in plain]
+        assert plain[0].messages()[0]["content"][0]["type"] == "image"
+    write_examples(tmp_path / "d", exs)
+    back = read_examples(tmp_path / "d")
+    assert [ex.messages() for ex in back] == [ex.messages() for ex in exs]
+    texts = [ex.question for ex in exs] + [ex.answer for ex in exs]
+    tok = Tokenizer.train(texts * 3, vocab_size=300, special_tokens=VLM_SPECIAL_TOKENS,
+                          chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+    model = tiny_vlm(VLMSection(patch_size=8, vocab_size=300), tok)
+    enc = encode_chat(tok, image_processor_for(model, 128), exs[0].messages(), exs[0].images)
+    image = enc.input_ids.index(tok.token_to_id("<|image_pad|>"))
+    question = tok.encode(exs[0].question)
+    first = next(
+        i for i in range(len(enc.input_ids)) if enc.input_ids[i : i + len(question)] == question
+    )
+    assert first < image

@@ -90,3 +90,34 @@ def test_coordinate_tokens_merge_size_and_rope_theta(tmp_path):
     hf_config = AutoConfig.from_pretrained(tmp_path / "model")
     assert hf_config.vision_config.spatial_merge_size == 1
     assert hf_config.text_config.rope_parameters["rope_theta"] == 100
+
+
+def test_fan_in_init_survives_the_merge_size_rebuild():
+    """``agent.merge_size`` ≠ 2 rebuilds the model; the encoder still gets N(0, 1/fan_in)."""
+    from lmforge.agents.agent_data import make_agent_dataset
+    from lmforge.agents.sft import agent_model
+
+    data = make_agent_dataset("train", 2, seed=0, grounding_count=0, grounding_turns=4)
+    examples = [ex for k in data for ex in data[k]]
+    stds = {}
+    for init in ("fan_in", "config"):
+        overrides = [*SMALL, "agent.merge_size=1", f"agent.vision_init={init}"]
+        model, _ = agent_model(load_config(None, overrides, AgentRunConfig), examples)
+        assert model.config.vision.spatial_merge_size == 1
+        stds[init] = model.visual.merger.mlp[0].weight.std().item()
+    fan_in = 32  # agent.vision_hidden=32 in SMALL, merge 1
+    assert abs(stds["fan_in"] - fan_in**-0.5) < 0.03, stds
+    assert abs(stds["config"] - 0.02) < 0.005, stds
+
+
+def test_random_screens_are_refused_below_zero():
+    with pytest.raises(ConfigError, match="agent.random_screens"):
+        train_agent_sft(load_config(None, [*SMALL, "agent.random_screens=-1"], AgentRunConfig))
+
+
+def test_random_screens_and_question_first_run(tmp_path):
+    overrides = [f"out_dir={tmp_path / 'run'}", *SMALL, "agent.random_screens=6",
+                 "agent.question_first=true", "agent.grounding_turns=1", "agent.eval_tasks=0",
+                 "agent.kinds=[grounding]", "train.max_steps=3"]  # fmt: skip
+    summary = train_agent_sft(load_config(None, overrides, AgentRunConfig))
+    assert 0 <= summary["agent_eval"]["grounding_accuracy"] <= 1

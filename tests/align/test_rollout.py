@@ -11,6 +11,7 @@ import torch
 from lmforge.align.logprobs import model_logprobs
 from lmforge.align.rollout import (
     Completion,
+    RolloutEngine,
     check_rollout_sampling,
     completion_batch,
     policy_logprobs,
@@ -225,3 +226,53 @@ def test_sampling_stop_token_ids_join_the_tokenizers(model, tok):
     params = SamplingParams(max_tokens=8, stop_token_ids=(stop,))
     out = sample_completions(model, tok, prompt, params, [0])[0]
     assert out.finish_reason == "stop" and out.completion_ids == free.completion_ids[:cut]
+
+
+def test_rollout_engine_is_reused_and_follows_weight_updates(model, tok):
+    """A `RolloutEngine` keeps one engine across rollouts: the same completions as a fresh
+    engine with the same draw, before and after an in-place weight update (which it picks up),
+    with stop strings (an aborted request's notice does not leak into the next rollout); it
+    is rebuilt only when a rollout needs more sequences. Text is decoded once per finished
+    completion and equals the tokens' decode."""
+    policy = CausalLM(model.config)
+    policy.load_state_dict(model.state_dict())
+    prompts = _prompts(tok, 4)
+    sampling = SamplingParams(n=2, max_tokens=10, stop=("+",))
+    plain = SamplingParams(n=2, max_tokens=10)
+    reused = RolloutEngine()
+
+    def both(sp, seeds, ps=prompts):
+        kept = sample_completions(policy, tok, ps, sp, seeds, engine=reused)
+        fresh = sample_completions(policy, tok, ps, sp, seeds, engine=RolloutEngine())
+        assert [c.completion_ids for c in kept] == [c.completion_ids for c in fresh]
+        assert [c.text for c in kept] == [c.text for c in fresh]
+        return kept
+
+    first = both(sampling, [0, 1, 2, 3])
+    outs = both(plain, [4, 5, 6, 7])
+    for c in outs:
+        assert c.text == tok.decode(c.completion_ids, skip_special_tokens=True)
+    with torch.no_grad():  # an optimizer-like in-place update, no version bump
+        for p in policy.parameters():
+            p.data.add_(0.5 * torch.randn_like(p))
+    after = both(sampling, [0, 1, 2, 3])
+    assert [c.completion_ids for c in after] != [c.completion_ids for c in first]
+    assert reused.builds == 1
+    both(plain, list(range(6)), _prompts(tok, 6))  # more sequences: a new engine
+    assert reused.builds == 2
+
+
+def test_a_groups_prompt_is_prefilled_once(model, tok):
+    """Requests that share a prompt wait until its first request is prefilled, then take its
+    full KV blocks from the prefix cache; each completion still equals its request alone."""
+    prompt = tok.encode("What is 12 + 13? What is 14 + 15? What is 16 + 17?",
+                        add_special_tokens=True)  # fmt: skip
+    assert len(prompt) > 16  # one full KV block at least
+    sampling = SamplingParams(max_tokens=6)
+    reused = RolloutEngine()
+    group = sample_completions(model, tok, [prompt] * 4, sampling, [3, 4, 5, 6], engine=reused)
+    stats = reused.engine.stats()
+    assert stats["prefix_cache_hit_tokens"] == 3 * 16 * ((len(prompt) - 1) // 16)
+    for c, seed in zip(group, [3, 4, 5, 6]):
+        alone = sample_completions(model, tok, [prompt], sampling, [seed], engine=RolloutEngine())
+        assert c.completion_ids == alone[0].completion_ids

@@ -130,12 +130,13 @@ def test_step_interface_streams_every_token(pair, reference):
 
 
 # ---------------------------------------------------------------------- sampling
-def test_seed_gives_the_same_output_whatever_the_batch_mates(pair):
+@pytest.mark.parametrize("draw", ["multinomial", "inverse_cdf"])
+def test_seed_gives_the_same_output_whatever_the_batch_mates(pair, draw):
     _, ours = pair
     params = SamplingParams(max_tokens=NEW, temperature=1.0, seed=7, ignore_eos=True)
-    alone = Engine(ours).generate(prompts()[:1], params)[0].token_ids
+    alone = Engine(ours, draw=draw).generate(prompts()[:1], params)[0].token_ids
     mates = [SamplingParams(max_tokens=n, temperature=1.3, ignore_eos=True) for n in (3, 12)]
-    engine = Engine(ours, block_size=4, max_num_batched_tokens=12)
+    engine = Engine(ours, block_size=4, max_num_batched_tokens=12, draw=draw)
     engine.add_request(prompts()[4], mates[0])
     mixed = engine.generate(
         [prompts()[2], prompts()[0], prompts()[1]],
@@ -143,7 +144,19 @@ def test_seed_gives_the_same_output_whatever_the_batch_mates(pair):
     )
     assert mixed[1].token_ids == alone
     other = SamplingParams(max_tokens=NEW, temperature=1.0, seed=8, ignore_eos=True)
-    assert Engine(ours).generate(prompts()[:1], other)[0].token_ids != alone
+    assert Engine(ours, draw=draw).generate(prompts()[:1], other)[0].token_ids != alone
+
+
+def test_draws_differ_in_stream_not_in_validity(pair):
+    """The two exact draws give other seeded streams (so a seeded stream is pinned to one
+    draw) and an unknown draw is refused."""
+    _, ours = pair
+    params = SamplingParams(max_tokens=NEW, temperature=1.0, seed=7, ignore_eos=True)
+    a = Engine(ours).generate(prompts()[:2], params)
+    b = Engine(ours, draw="inverse_cdf").generate(prompts()[:2], params)
+    assert token_ids(a) != token_ids(b)
+    with pytest.raises(ValueError, match="draw"):
+        Engine(ours, draw="gumbel")
 
 
 def test_generate_expands_n_prompt_major_with_seeds_s_plus_k(pair):
@@ -461,11 +474,12 @@ def test_refresh_weights_reaches_mla_absorbed_weights():
     assert max_error(engine) < 1e-4
 
 
-def test_batched_sampling_equals_row_by_row(pair):
+@pytest.mark.parametrize("draw", ["multinomial", "inverse_cdf"])
+def test_batched_sampling_equals_row_by_row(pair, draw):
     """`Engine._sample` processes rows with equal plain params together; every row's token
     and generator state equal `_sample_row`'s (penalised / min_tokens rows take that path)."""
     _, model = pair
-    engine = Engine(model)
+    engine = Engine(model, draw=draw)
     kinds = [
         SamplingParams(temperature=1.0, seed=1),
         SamplingParams(temperature=1.0, seed=2),
@@ -489,3 +503,84 @@ def test_batched_sampling_equals_row_by_row(pair):
     rows = [engine._sample_row(logits[i], r) for i, r in enumerate(reqs)]
     assert batched == rows
     assert all(torch.equal(a, r.generator.get_state()) for a, r in zip(after, seeded))
+
+
+# ---------------------------------------------------------------------- per-step host work
+def test_decode_fast_path_builds_the_same_inputs_as_the_ragged_path(pair):
+    """A pure decode step's inputs come from tensor ops over the batch (block tables by a
+    masked scatter, KV slots by a gather); they equal the general per-chunk path's, with
+    tables of different widths (padding) and a prompt's 1-token chunk short of its end."""
+    _, ours = pair
+    engine = Engine(ours, block_size=4, max_num_batched_tokens=64)
+    for p in prompts([3, 17, 1, 9, 30]):
+        engine.add_request(p, GREEDY)
+    engine.step()  # prefill (budget 64: the 30-token prompt is cut short)
+    engine.step()
+    chunks = engine.scheduler.schedule()
+    assert all(c.num_tokens == 1 for c in chunks)
+    chunks.sort(key=lambda c: (c.num_tokens > 1, len(c.seq.block_ids)))
+    assert len({len(c.seq.block_ids) for c in chunks}) > 1
+    fast, ragged = engine._decode_inputs(chunks), engine._ragged_inputs(chunks)
+    for name in ("ids", "positions", "keep"):
+        assert torch.equal(getattr(fast, name), getattr(ragged, name)), name
+    assert torch.equal(fast.table_padding, ragged.table_padding)
+    fb, rb = fast.batch, ragged.batch
+    assert torch.equal(fb.slot_mapping, rb.slot_mapping)
+    assert torch.equal(fb.decode_blocks, rb.decode_blocks)
+    assert torch.equal(fb.decode_positions, rb.decode_positions)
+    assert fb.decode_groups == rb.decode_groups and fb.num_decode == rb.num_decode
+    assert fast.sampling == ragged.sampling and fast.spans == ragged.spans
+    assert fast.offsets == ragged.offsets and fast.max_position == ragged.max_position
+
+    # Budget 2: a decode token and the first token of a 3-token prompt (no sampling).
+    short = Engine(ours, block_size=4, max_num_batched_tokens=2)
+    short.add_request([5], GREEDY)
+    short.step()
+    short.add_request([6, 7, 8], GREEDY)
+    chunks = short.scheduler.schedule()
+    assert [c.num_tokens for c in chunks] == [1, 1]
+    fast, ragged = short._decode_inputs(chunks), short._ragged_inputs(chunks)
+    assert fast.keep.tolist() == ragged.keep.tolist() == [0]
+    assert fast.sampling == ragged.sampling == [chunks[0].seq]
+    assert torch.equal(fast.batch.slot_mapping, ragged.batch.slot_mapping)
+
+
+def test_batched_logprobs_equal_row_by_row(pair):
+    """`Engine._token_logprobs` (one log-softmax, gather and top-k for the batch) gives each
+    row `top_logprobs`' values; rows that ask for none get none."""
+    from lmforge.infer.sampling import top_logprobs
+
+    _, model = pair
+    engine = Engine(model)
+    kinds = [SamplingParams(logprobs=0), SamplingParams(), SamplingParams(logprobs=3),
+             SamplingParams(logprobs=1)]  # fmt: skip
+    reqs = [engine.requests[engine.add_request([3, 4], p)] for p in kinds]
+    logits = torch.randn(4, model.config.vocab_size, generator=torch.Generator().manual_seed(2))
+    tokens = [5, 6, 7, 8]
+    out = engine._token_logprobs(logits, reqs, tokens, [10, 11, 12, 13])
+    assert sorted(out) == [10, 12, 13]
+    for j, key in ((0, 10), (2, 12), (3, 13)):
+        lp, top = top_logprobs(logits[j], tokens[j], kinds[j].logprobs)
+        got = out[key]
+        assert got.token_id == tokens[j] and got.logprob == pytest.approx(lp, abs=1e-6)
+        assert [i for i, _ in got.top] == [i for i, _ in top]
+        assert [v for _, v in got.top] == pytest.approx([v for _, v in top], abs=1e-6)
+
+
+def test_detokenize_false_decodes_the_text_once_when_finished(pair, reference):
+    """``detokenize=False``: no text in the reports while running, the whole text in the last
+    one and in `final_output` — equal to the streamed run's; stop strings keep streaming."""
+    _, ours = pair
+    tok = LetterTokenizer()
+    lazy = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True, detokenize=False)
+    deltas, last = stream(Engine(ours, tok), prompts()[4], lazy)
+    full = tok.decode(reference[4])
+    assert deltas[:-1] == [""] * (len(deltas) - 1) and deltas[-1] == full
+    assert last.text == full and last.token_ids == reference[4]
+    assert Engine(ours, tok).generate([prompts()[4]], lazy)[0].text == full
+    stop = full[7:12]
+    with_stop = SamplingParams(max_tokens=NEW, temperature=0, stop=(stop,), detokenize=False)
+    _, out = stream(Engine(ours, tok), prompts()[4], with_stop)
+    assert out.text == full[: full.index(stop)] and out.stop_reason == stop
+    with pytest.raises(ValueError, match="detokenize"):
+        SamplingParams(detokenize=1).validate(97, True)
