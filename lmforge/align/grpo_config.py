@@ -71,6 +71,7 @@ class GRPOSection:
     rewards: list[str] = field(default_factory=list)  # MODULE:FUNCTION[:WEIGHT] | r1; [] → r1
     reward_model: str | None = None  # `lmforge rm` output folder, added to the rewards
     reward_model_weight: float = 1.0
+    compile_decode: bool = False  # rollouts decode through a torch.compile-d step (long runs)
 
 
 @dataclass

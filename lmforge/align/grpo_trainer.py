@@ -148,7 +148,7 @@ def train_grpo(
         model, tokenizer, items, reward_fn, s, t.batch_size, t.grad_accum, t.seed,
         encode=encode, reference=make_reference(model, s.beta),
         pad_id=tokenizer.pad_token_id or 0, rank=dist.rank, world_size=dist.world_size,
-        rollout_weights=weights,
+        rollout_weights=weights, compile_decode=s.compile_decode,
     )  # fmt: skip
     eval_sampling = eval_rollout_sampling(s)
     history: list[dict[str, Any]] = []

@@ -205,3 +205,28 @@ def test_grpo_takes_steps_on_a_deepseek_model():
     assert len(history) == 3 and all("reward" in r for r in history)
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in history)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_compile_decode_reaches_the_rollout_engine(monkeypatch):
+    """``grpo.compile_decode`` (default off) is handed to the rollouts' one engine."""
+    import lmforge.align.grpo_trainer as gt
+
+    assert _config().grpo.compile_decode is False
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(gt, "GRPORollouts", capture)
+    config = _config(**{"grpo.compile_decode": True})
+    with pytest.raises(Stop):
+        gt.train_grpo(config, _model(), type("Tok", (), {"pad_token_id": 0})(), eval_items=[])
+    assert seen["compile_decode"] is True
+    model = _model()
+    data = GRPORollouts(model, None, ITEMS, _reward, config.grpo, 8, 1, 0, encode=list,
+                        reference=None, compile_decode="eager")  # fmt: skip
+    assert data.engine.compile_decode == "eager"
