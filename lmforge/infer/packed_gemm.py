@@ -1,0 +1,49 @@
+"""Linear layers with the weight pre-packed once for oneDNN, for CPU GEMMs of a few rows.
+
+``x Wᵀ`` through MKL's ``sgemm`` re-packs the whole weight into its blocked layout on every
+call. For one row MKL runs a GEMV and reads the weight as stored, but from two rows on it
+packs: for weights that do not fit in the caches that doubles or triples the memory traffic
+of the call. On the 30m preset's layer shapes (1 thread, fp32, 2-core AMD EPYC, 8 layers of
+q/k/v, o, gate/up, down; ``bench/engine_overhead.py`` and BENCHMARKS.md) ``x @ Wᵀ`` took
+2.1, 4.7, 9.3 and 12.2 ms for 1, 2, 4 and 8 rows, the pre-packed oneDNN call 2.6, 2.9, 2.7
+and 5.2 ms: a verification forward of a few draft tokens, or a decode step of a few requests,
+costs about as much as one row, as it should when the weights' bytes dominate.
+
+`pack_weight` reorders ``W [out, in]`` into oneDNN's blocked layout (``torch.ops.mkldnn.
+_reorder_linear_weight``, the op ``torch.compile``'s CPU freezing pass uses) and
+`packed_linear` runs ``x Wᵀ + b`` with it (``torch.ops.mkldnn._linear_pointwise``). Results
+equal ``F.linear`` up to fp32 rounding (a different summation order). Only fp32 CPU tensors
+on a torch built with oneDNN are packed; `packing_enabled` is false elsewhere and when the
+environment sets ``LMFORGE_PACKED_GEMM=0``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def packing_enabled(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` can (and may) be packed: fp32 on the CPU, oneDNN present, not
+    turned off by ``LMFORGE_PACKED_GEMM=0``."""
+    if os.environ.get("LMFORGE_PACKED_GEMM", "1") == "0":
+        return False
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
+        return False
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(
+        torch.ops.mkldnn, "_linear_pointwise"
+    )
+
+
+def pack_weight(weight: torch.Tensor, rows_hint: int = 8) -> torch.Tensor:
+    """``weight [out, in]`` (fp32, CPU) in oneDNN's blocked layout for inputs of about
+    ``rows_hint`` rows (any row count works)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows_hint)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x [N, in] → x Wᵀ + b [N, out]`` with ``packed`` from `pack_weight`."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
