@@ -12,8 +12,14 @@ the embedded corpus. Settings alternate in every round; the median step is kept.
 
     python bench/engine_overhead.py [--preset 5m] [--batches 1 16 64] [--steps 48] [--rounds 3]
 
+``--gemm-sizes`` adds the projection GEMMs alone: one forward's worth of the preset's
+layer shapes (q/k/v, o, gate/up, down per layer, random fp32 weights) at 1–64 rows, MKL's
+``x @ Wᵀ`` on the runner's pre-transposed copy against the oneDNN pre-packed weight
+(`lmforge.infer.packed_gemm`) that the runner uses from two rows on.
+
 There is no peer here: the "before" is the engine's defaults. Last line:
-``RESULT engine_overhead host_ms_b<B>_<mode>_<setting>=… tok_s_b<B>_<mode>_<setting>=…``.
+``RESULT engine_overhead host_ms_b<B>_<mode>_<setting>=… tok_s_b<B>_<mode>_<setting>=…
+gemm_ms_<size>_r<rows>_{mkl,packed}=…``.
 """
 
 from __future__ import annotations
@@ -80,6 +86,43 @@ def time_steps(model, tok, batch: int, steps: int, mode: str, setting: str) -> t
     return 1e3 * wall / n, 1e3 * timed.seconds / n
 
 
+def gemm_rows(size: str, rows: list[int], repeats: int = 20) -> dict[str, float]:
+    """ms for one forward's projections of preset ``size`` at each row count: MKL on the
+    pre-transposed weight vs the oneDNN pre-packed one (best of 5 × ``repeats``)."""
+    from lmforge.infer.packed_gemm import pack_weight, packed_linear, packing_enabled
+
+    cfg = preset_config(size)
+    h, d = cfg.hidden_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
+    shapes = [(q + 2 * kv, h), (h, q), (2 * cfg.intermediate_size, h), (h, cfg.intermediate_size)]
+    weights = [torch.randn(*s) for s in shapes]
+    transposed = [w.t().contiguous() for w in weights]
+    if not packing_enabled(weights[0]):
+        return {}
+    packed = [pack_weight(w) for w in weights]
+    out: dict[str, float] = {}
+    for n in rows:
+        xs = {w.shape[1]: torch.randn(n, w.shape[1]) for w in weights}
+        calls = {
+            "mkl": lambda xs=xs: [xs[w.shape[1]] @ t for w, t in zip(weights, transposed)],
+            "packed": lambda xs=xs: [
+                packed_linear(xs[w.shape[1]], p, None) for w, p in zip(weights, packed)
+            ],  # fmt: skip
+        }
+        for name, call in calls.items():
+            best = float("inf")
+            for _ in range(5):
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    for _ in range(cfg.num_hidden_layers):
+                        call()
+                best = min(best, (time.perf_counter() - start) / repeats)
+            out[f"gemm_ms_{size}_r{n}_{name}"] = 1e3 * best
+        print(f"{size} projections, {n:>3} rows: MKL x @ Wᵀ {out[f'gemm_ms_{size}_r{n}_mkl']:7.2f} ms"
+              f"   oneDNN pre-packed {out[f'gemm_ms_{size}_r{n}_packed']:7.2f} ms")  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="5m")
@@ -87,6 +130,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--gemm-sizes", nargs="*", default=["5m", "30m"])
+    ap.add_argument("--gemm-rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tok = tokenizer_for(1024)
@@ -112,6 +157,8 @@ def main() -> None:
                       f"{tps:8.0f}")  # fmt: skip
                 key = f"b{batch}_{mode}_{setting}"
                 result[f"host_ms_{key}"], result[f"tok_s_{key}"] = host, tps
+    for size in args.gemm_sizes:
+        result.update(gemm_rows(size, args.gemm_rows))
     print("RESULT engine_overhead " + " ".join(f"{k}={v:.2f}" for k, v in result.items()))
 
 
