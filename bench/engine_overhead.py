@@ -88,7 +88,9 @@ def time_steps(model, tok, batch: int, steps: int, mode: str, setting: str) -> t
 
 def gemm_rows(size: str, rows: list[int], repeats: int = 20) -> dict[str, float]:
     """ms for one forward's projections of preset ``size`` at each row count: MKL on the
-    pre-transposed weight vs the oneDNN pre-packed one (best of 5 × ``repeats``)."""
+    pre-transposed weight vs the oneDNN pre-packed one (best of 5 × ``repeats``), and for
+    reference fbgemm's dynamic int8 linear (``dyn_int8``: int8 weights per channel,
+    activations quantised per call, as llama.cpp's q8_0 does by blocks) where available."""
     from lmforge.infer.packed_gemm import pack_weight, packed_linear, packing_enabled
 
     cfg = preset_config(size)
@@ -100,6 +102,7 @@ def gemm_rows(size: str, rows: list[int], repeats: int = 20) -> dict[str, float]
     if not packing_enabled(weights[0]):
         return {}
     packed = [pack_weight(w) for w in weights]
+    int8 = dynamic_int8_weights(weights)
     out: dict[str, float] = {}
     for n in rows:
         xs = {w.shape[1]: torch.randn(n, w.shape[1]) for w in weights}
@@ -109,6 +112,11 @@ def gemm_rows(size: str, rows: list[int], repeats: int = 20) -> dict[str, float]
                 packed_linear(xs[w.shape[1]], p, None) for w, p in zip(weights, packed)
             ],  # fmt: skip
         }
+        if int8 is not None:
+            calls["dyn_int8"] = lambda xs=xs: [
+                torch.ops.quantized.linear_dynamic(xs[w.shape[1]], p, True)
+                for w, p in zip(weights, int8)
+            ]
         for name, call in calls.items():
             best = float("inf")
             for _ in range(5):
@@ -119,8 +127,27 @@ def gemm_rows(size: str, rows: list[int], repeats: int = 20) -> dict[str, float]
                 best = min(best, (time.perf_counter() - start) / repeats)
             out[f"gemm_ms_{size}_r{n}_{name}"] = 1e3 * best
         print(f"{size} projections, {n:>3} rows: MKL x @ Wᵀ {out[f'gemm_ms_{size}_r{n}_mkl']:7.2f} ms"
-              f"   oneDNN pre-packed {out[f'gemm_ms_{size}_r{n}_packed']:7.2f} ms")  # fmt: skip
+              f"   oneDNN pre-packed {out[f'gemm_ms_{size}_r{n}_packed']:7.2f} ms"
+              f"   fbgemm dynamic int8 {out.get(f'gemm_ms_{size}_r{n}_dyn_int8', float('nan')):7.2f} ms")  # fmt: skip
     return out
+
+
+def dynamic_int8_weights(weights: list[torch.Tensor]) -> list | None:
+    """fbgemm-packed int8 copies (per-channel absmax scales) of ``weights``, or None when
+    this torch has no fbgemm/x86 quantised engine."""
+    import warnings
+
+    if not {"fbgemm", "x86"} & set(torch.backends.quantized.supported_engines):
+        return None
+    packed = []
+    with warnings.catch_warnings():  # quantised tensor constructors are deprecated
+        warnings.simplefilter("ignore")
+        for w in weights:
+            scale = (w.abs().amax(1) / 127).double()
+            zero = torch.zeros(w.shape[0], dtype=torch.long)
+            q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+            packed.append(torch.ops.quantized.linear_prepack(q, None))
+    return packed
 
 
 def main() -> None:
