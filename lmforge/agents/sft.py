@@ -48,7 +48,6 @@ from lmforge.agents.tasks import SPLITS
 from lmforge.config import ConfigError
 from lmforge.io import atomic_write_json
 from lmforge.models.hf import load_model
-from lmforge.models.vision_encoder import ABS_POS_KINDS
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train.config import RunConfig
@@ -107,7 +106,6 @@ class AgentSection(VLMShape):
     coordinate_tokens: bool = False  # from scratch: one token per coordinate value
     rope_theta: float = 10000.0  # from scratch: the language model's (M-)RoPE base
     merge_size: int = 2  # from scratch: patches merged per side into one image token
-    abs_pos: str = "none"  # from scratch: none | sincos | learned row/column embeddings on image tokens
 
 
 @dataclass
@@ -130,8 +128,6 @@ def check_agent_config(config: AgentRunConfig) -> None:
         raise ConfigError(f"agent.screen={a.screen} must be a multiple of agent.merge_size × "
                           f"agent.patch_size = {a.merge_size} × {a.patch_size}")  # fmt: skip
     check_vlm_shape(a, "agent")
-    if a.abs_pos not in ABS_POS_KINDS:
-        raise ConfigError(f"agent.abs_pos={a.abs_pos!r}: choose one of {', '.join(ABS_POS_KINDS)}")
     if a.random_screens < 0:
         raise ConfigError(f"agent.random_screens={a.random_screens} must be ≥ 0")
     if a.train_tasks < 1 or a.history < 1 or not 0 <= a.mistake_rate <= 1:
@@ -177,10 +173,9 @@ def agent_model(config: AgentRunConfig, examples: list[VQAExample]):
     )
     model = tiny_vlm(a, tokenizer)
     config = model.config
-    shape = (config.text.rope_theta, config.vision.spatial_merge_size, config.vision.abs_pos)
-    if (a.rope_theta, a.merge_size, a.abs_pos) != shape:
+    if (a.rope_theta, a.merge_size) != (config.text.rope_theta, config.vision.spatial_merge_size):
         config.text = replace(config.text, rope_theta=a.rope_theta)
-        config.vision = replace(config.vision, spatial_merge_size=a.merge_size, abs_pos=a.abs_pos)
+        config.vision = replace(config.vision, spatial_merge_size=a.merge_size)
         model = VisionLanguageModel(config)
         if a.vision_init == "fan_in":  # the rebuilt encoder needs `tiny_vlm`'s init again
             fan_in_init_(model.visual)

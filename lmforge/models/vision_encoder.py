@@ -32,17 +32,13 @@ from lmforge.nn.rope import rotate
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_pytorch_tanh", "silu")
 ROPE_LAYOUTS = ("hw_halves", "wh_interleaved")
 PATCH_ORDERS = ("merge_blocks", "raster")
-ABS_POS_KINDS = ("none", "sincos", "learned")
-ABS_POS_MAX_SIDE = 128  # ``learned``: merged tokens per image side the tables cover
 
 
 @dataclass
 class VisionConfig:
     """Architecture of the vision encoder (field names follow Qwen2-VL's ``vision_config``
     where it has them). ``out_hidden_size`` is the language model's width (the merger's
-    output). ``pos_grid`` > 0 adds MoonViT's learned ``pos_grid × pos_grid`` position table.
-    ``abs_pos`` (lmforge's, not Qwen2-VL's: ``none`` keeps parity) adds an absolute (row,
-    column) embedding to each merged image token (`MergedPositions`)."""
+    output). ``pos_grid`` > 0 adds MoonViT's learned ``pos_grid × pos_grid`` position table."""
 
     hidden_size: int = 64  # Qwen2-VL: embed_dim
     depth: int = 2
@@ -63,7 +59,6 @@ class VisionConfig:
     pos_grid: int = 0
     final_norm: bool = False
     initializer_range: float = 0.02
-    abs_pos: str = "none"
 
     def __post_init__(self) -> None:
         errors = []
@@ -77,7 +72,7 @@ class VisionConfig:
         elif not errors and (self.hidden_size // self.num_heads) % 4:
             errors.append("head dim (hidden_size / num_heads) must be a multiple of 4 (2-D RoPE)")
         for name, allowed in (("hidden_act", ACTIVATIONS), ("rope_layout", ROPE_LAYOUTS),
-                              ("patch_order", PATCH_ORDERS), ("abs_pos", ABS_POS_KINDS)):  # fmt: skip
+                              ("patch_order", PATCH_ORDERS)):  # fmt: skip
             if getattr(self, name) not in allowed:
                 errors.append(f"{name}={getattr(self, name)!r} (allowed: {allowed})")
         if errors:
@@ -288,47 +283,6 @@ class PositionGrid(nn.Module):
         return torch.cat(out).to(self.position_embeddings.dtype)
 
 
-def merged_rows_cols(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
-    """Each merged image token's (row, col) in its image's merged grid, ``[N / merge², 2]``
-    long, in the merger's output order (row-major per frame, frames in order)."""
-    return patch_rows_cols(grid_thw // torch.tensor([1, merge, merge]), 1, "raster")
-
-
-def sincos_2d(rows_cols: torch.Tensor, dim: int, theta: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sine-cosine embeddings ``[N, dim]`` (MAE, He et al. 2022, as ViT's 1-D
-    ones, Vaswani et al. 2017 §3.5, per axis): the first half of the dims encodes the row,
-    the second the column, each as [sin(p·ω_i) ; cos(p·ω_i)] with ω_i = theta^(−4i/dim)."""
-    quarter = dim // 4
-    omega = 1.0 / theta ** (torch.arange(quarter, dtype=torch.float) / quarter)
-    angles = rows_cols.float()[..., None] * omega.to(rows_cols.device)  # [N, 2, dim/4]
-    out = torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(rows_cols.shape[0], -1)
-    return F.pad(out, (0, dim - out.shape[1]))
-
-
-class MergedPositions(nn.Module):
-    """Absolute positions for the merged image tokens, added after the merger: ``sincos``
-    (`sincos_2d`, no parameters) or ``learned`` (a row and a column table,
-    ``ABS_POS_MAX_SIDE`` entries each, summed). Qwen2-VL gives image tokens positions only
-    through RoPE, which enters attention scores but never the values; a small language
-    model then cannot read off *where* a token is (BENCHMARKS.md, GUI agent session 7)."""
-
-    def __init__(self, kind: str, dim: int) -> None:
-        super().__init__()
-        self.kind, self.dim = kind, dim
-        if kind == "learned":
-            self.row_embed = nn.Embedding(ABS_POS_MAX_SIDE, dim)
-            self.col_embed = nn.Embedding(ABS_POS_MAX_SIDE, dim)
-
-    def forward(self, grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
-        rc = merged_rows_cols(grid_thw, merge)
-        if self.kind == "sincos":
-            return sincos_2d(rc, self.dim)
-        if rc.numel() and int(rc.max()) >= ABS_POS_MAX_SIDE:
-            raise ValueError(f"abs_pos='learned' covers {ABS_POS_MAX_SIDE} merged tokens per "
-                             f"side; an image has {int(rc.max()) + 1}")  # fmt: skip
-        return self.row_embed(rc[:, 0]) + self.col_embed(rc[:, 1])
-
-
 class PatchEmbedding(nn.Module):
     """The patch projection: a ``Conv3d`` with kernel = stride = (T, P, P) over one patch is a
     linear map of the flattened patch, so it runs as one matmul; the weight keeps the
@@ -364,8 +318,6 @@ class VisionEncoder(nn.Module):
             nn.LayerNorm(config.hidden_size, eps=config.norm_eps) if config.final_norm else None
         )
         self.merger = PatchMerger(config)
-        if config.abs_pos != "none":  # no module otherwise: Qwen2-VL's state dict stays exact
-            self.abs_pos = MergedPositions(config.abs_pos, config.out_hidden_size)
 
     def check_grid(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> None:
         """Errors naming the mismatch instead of a reshape failure deep inside."""
@@ -402,10 +354,7 @@ class VisionEncoder(nn.Module):
         x = self.hidden_states(pixel_values, grid_thw)
         if self.config.patch_order == "raster":
             x = x[raster_to_merge_blocks(grid_thw, self.config.spatial_merge_size)]
-        x = self.merger(x)
-        if self.config.abs_pos != "none":
-            x = x + self.abs_pos(grid_thw, self.config.spatial_merge_size).to(x.dtype)
-        return x
+        return self.merger(x)
 
     def tokens_per_image(self, grid_thw: torch.Tensor) -> list[int]:
         """Merged tokens each image contributes to the text: t·h·w / merge²."""
@@ -425,14 +374,9 @@ class VisionEncoder(nn.Module):
                 nn.init.zeros_(module.bias)
         if self.pos_grid is not None:
             nn.init.normal_(self.pos_grid.position_embeddings, std=std)
-        if self.config.abs_pos == "learned":
-            nn.init.normal_(self.abs_pos.row_embed.weight, std=std)
-            nn.init.normal_(self.abs_pos.col_embed.weight, std=std)
 
 
 __all__ = [
-    "ABS_POS_KINDS",
-    "MergedPositions",
     "PatchEmbedding",
     "PatchMerger",
     "PositionGrid",
@@ -442,9 +386,7 @@ __all__ = [
     "axial_rope_tables",
     "block_diagonal_mask",
     "image_batching",
-    "merged_rows_cols",
     "patch_cu_seqlens",
     "patch_rows_cols",
     "raster_to_merge_blocks",
-    "sincos_2d",
 ]
