@@ -103,6 +103,13 @@ def unpack_int4(packed: torch.Tensor, in_features: int) -> torch.Tensor:
     return torch.stack([low, high], dim=-1).reshape(packed.shape[0], -1)[:, :in_features]
 
 
+def _aligned(t: torch.Tensor, alignment: int = 64) -> torch.Tensor:
+    """``t`` itself, or a copy in fresh (``alignment``-byte aligned) memory when its data
+    starts elsewhere: tensors read from a memory-mapped safetensors file can start at any
+    byte, and ``torch._weight_int8pack_mm`` crashes (segfault) on such int8 weights."""
+    return t if t.data_ptr() % alignment == 0 else t.clone()
+
+
 def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
@@ -187,7 +194,7 @@ class Int8Linear(_QuantizedLinear):
         return self.weight, self.weight_scale
 
     def _build_kernel_form(self) -> tuple:
-        return (self.weight.contiguous(), self.weight_scale.to(torch.bfloat16))
+        return (_aligned(self.weight.contiguous()), self.weight_scale.to(torch.bfloat16))
 
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize_int8(self.weight, self.weight_scale)

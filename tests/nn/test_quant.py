@@ -169,3 +169,21 @@ def test_rows_kernel_equals_forward_bit_exactly(kind):
         for rows in (1, 5, KERNEL_MAX_ROWS):
             assert torch.equal(layer.rows_kernel()(x[:rows]), layer(x[:rows]))
     assert Int4Linear.from_linear(_linear(80, 8), 32).rows_kernel() is None  # no kernel
+
+
+def test_int8_kernel_takes_weights_that_start_off_alignment():
+    """A weight read from a memory-mapped safetensors file can start at any byte; the int8
+    kernel crashed on those (segfault), so the kernel form moves them to aligned memory."""
+    from lmforge.nn.quant import Int8Linear
+
+    torch.manual_seed(0)
+    aligned = Int8Linear.from_linear(nn.Linear(64, 64, bias=False))
+    shifted = Int8Linear(64, 64)
+    buffer = torch.zeros(64 * 64 + 8, dtype=torch.int8)
+    weight = buffer[8:].view(64, 64)
+    assert weight.data_ptr() % 64 != 0
+    weight.copy_(aligned.weight)
+    shifted.weight, shifted.weight_scale = weight, aligned.weight_scale.clone()
+    x = torch.randn(4, 64)
+    assert torch.equal(shifted(x), aligned(x))
+    assert torch.equal(shifted.rows_kernel()(x), aligned(x))
