@@ -62,7 +62,7 @@ def test_runner_uses_packed_weights_for_several_rows_and_matches_forward(monkeyp
         ids = list(p)
         for _ in range(6):
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-        want.append(ids[len(p):])
+        want.append(ids[len(p) :])
     assert got == want
     monkeypatch.setenv("LMFORGE_PACKED_GEMM", "0")
     calls.clear()
