@@ -14,6 +14,7 @@ evaluation episodes, agent SFT and online RL.
 | `action_grammar` | regex of `Thought: … Action: …` (on-screen coordinates) for the engine's structured decoding |
 | `expert` | scripted closed-loop expert with a thought per step and its target box |
 | `agent_data` | perception, state QA, grounding, expert trajectories (last k screenshots), reflection pairs as VLM SFT examples; JSONL io |
+| `random_screens` | random windows (widgets, order, labels, geometry, theme, state) for perception and grounding no layout prior answers |
 | `metrics` | success rate, mean steps, grounding accuracy, invalid-action rate, per template |
 | `policy` | policies in `GUIEnv`: a VLM decoding through the engine with the last k screenshots (optionally under the action grammar), the expert as an oracle |
 | `rollout` | episodes side by side, recorded for the metrics (the expert's target box per step), held-out evaluation, GIFs |

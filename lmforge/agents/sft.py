@@ -23,9 +23,9 @@ against memorising the training layouts' rows) made held-out grounding worse at 
 What fails is vertical placement: the model learns where each training layout puts its
 rows rather than where the named element is. Session 6 found why: the tiny model ignores
 the screenshot altogether — with every example's image swapped for another example's its
-loss moves by < 0.001 nats — and answers from the question's text (the element's kind
+loss moves by < 0.005 nats — and answers from the question's text (the element's kind
 fixes x, the label implies a template and so a row). ``agent.random_screens`` adds
-perception and grounding on random-widget windows (`lmforge.agents.agent_data.random_window`), where no
+perception and grounding on random-widget windows (`lmforge.agents.random_screens.random_window`), where no
 text prior tells where an element is; that alone (up to 1,200 steps) has not made it look.
 """
 

@@ -21,9 +21,9 @@ inputs and so is not recompiled) and refreshes its weights before each rollout; 
 with the engine's inverse-CDF sampler (exact, one uniform per row; other seeded streams
 than ``torch.multinomial``'s). Text is decoded only when stop strings need it, or once
 per finished completion. The requests of a group share their prompt's full KV blocks
-through the prefix cache: one request per distinct prompt is prefilled first. The settings are the engine's own `SamplingParams` (``n``: the
-group size, ``max_tokens``: the most new tokens per completion), checked for RL by
-`check_rollout_sampling`.
+through the prefix cache: one request per distinct prompt is prefilled first. The settings
+are the engine's own `SamplingParams` (``n``: the group size, ``max_tokens``: the most new
+tokens per completion), checked for RL by `check_rollout_sampling`.
 
 A completion keeps the token that stopped it (EOS / end of turn), so the policy is trained
 to stop; stop *strings* (``SamplingParams.stop``, e.g. ``</answer>``) are handled here, not

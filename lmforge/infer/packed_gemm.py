@@ -3,11 +3,12 @@
 ``x Wᵀ`` through MKL's ``sgemm`` re-packs the whole weight into its blocked layout on every
 call. For one row MKL runs a GEMV and reads the weight as stored, but from two rows on it
 packs: for weights that do not fit in the caches that doubles or triples the memory traffic
-of the call. On the 30m preset's layer shapes (1 thread, fp32, 2-core AMD EPYC, 8 layers of
-q/k/v, o, gate/up, down; ``bench/engine_overhead.py`` and BENCHMARKS.md) ``x @ Wᵀ`` took
-2.1, 4.7, 9.3 and 12.2 ms for 1, 2, 4 and 8 rows, the pre-packed oneDNN call 2.6, 2.9, 2.7
-and 5.2 ms: a verification forward of a few draft tokens, or a decode step of a few requests,
-costs about as much as one row, as it should when the weights' bytes dominate.
+of the call. On the 30m preset's layer shapes (one forward's q/k/v, o, gate/up and down
+projections, 1 thread, fp32, 2-core AMD EPYC; `bench/engine_overhead.py --gemm-sizes 30m`,
+BENCHMARKS.md) ``x @ Wᵀ`` took 1.95, 3.82, 8.19 and 9.99 ms for 1, 2, 4 and 8 rows, the
+pre-packed oneDNN call 2.09, 2.17, 2.52 and 4.71 ms: a verification forward of a few draft
+tokens, or a decode step of a few requests, now costs about as much as one row, as it
+should when the weights' bytes dominate.
 
 `pack_weight` reorders ``W [out, in]`` into oneDNN's blocked layout (``torch.ops.mkldnn.
 _reorder_linear_weight``, the op ``torch.compile``'s CPU freezing pass uses) and

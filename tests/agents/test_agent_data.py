@@ -1,13 +1,11 @@
 """Agent data: each kind is well formed (grounding points hit their element in the env,
 trajectory answers parse and replay to success, reflections follow an injected mistake),
 examples encode with the VLM SFT code and train a tiny VLM for a step, and the JSONL io
-round-trips; random screens are deterministic, on screen, varied, with unique names, and
-grounding on them clicks the named element."""
+round-trips; grounding on random screens clicks the named element."""
 
 from __future__ import annotations
 
 import random
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -15,19 +13,14 @@ import torch
 
 from lmforge.agents.actions import parse_action, parse_response
 from lmforge.agents.agent_data import (
-    KIND_WEIGHTS,
     KINDS,
     ChatExample,
-    LabelPool,
     agent_prompt,
     covered,
     dense_caption,
     expert_trajectory,
-    fits,
     grounding_examples,
     make_agent_dataset,
-    random_widget,
-    random_window,
     read_examples,
     reflective,
     screen_elements,
@@ -37,10 +30,10 @@ from lmforge.agents.agent_data import (
     write_examples,
 )
 from lmforge.agents.env import GUIEnv, WindowController
-from lmforge.agents.layout import layout_window
-from lmforge.agents.render import THEMES, render_window
+from lmforge.agents.random_screens import random_window
+from lmforge.agents.render import render_window
 from lmforge.agents.tasks import sample_task
-from lmforge.agents.widgets import Button, Geometry, Window, box_contains
+from lmforge.agents.widgets import box_contains
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm, vlm_objective
 from lmforge.vision.processor import QWEN2_VL_CHAT_TEMPLATE
@@ -238,7 +231,6 @@ def test_chat_examples_round_trip(tmp_path):
 
 
 def test_shifted_grounding_moves_image_and_targets_together():
-    from lmforge.agents.render import render_window
 
     rng = random.Random(2)
     shifts = set()
@@ -263,35 +255,6 @@ def test_shifted_grounding_moves_image_and_targets_together():
 
 
 # ---------------------------------------------------------------- random screens
-def test_same_seed_same_screen_and_screens_vary():
-    a, b = random_window(random.Random(3)), random_window(random.Random(3))
-    assert (render_window(a).tobytes(), a.theme) == (render_window(b).tobytes(), b.theme)
-    wins = [random_window(random.Random(s)) for s in range(60)]
-    assert {w.theme for w in wins} == set(THEMES)
-    kinds = Counter(type(w).__name__ for win in wins for w in win.widgets)
-    assert {"Checkbox", "Button", "TextField", "Dropdown", "RadioGroup", "ListView", "Tabs"} <= set(
-        kinds
-    )
-    # the same label lands on many different rows: no fixed place per name
-    rows = {e.box[1] for win in wins for e in screen_elements(win) if e.kind == "checkbox"}
-    assert len(rows) >= 15
-    assert any(w.dialog is not None for w in wins) and any(w.open_dropdown() for w in wins)
-
-
-def test_screens_fit_and_names_are_unique():
-    for seed in range(100):
-        win = random_window(random.Random(seed))
-        assert fits(win) and win.widgets
-        elements = screen_elements(win)
-        assert elements
-        for e in elements:
-            assert 0 <= e.box[0] < e.box[2] <= 128 and 0 <= e.box[1] < e.box[3] <= 128, e
-        names = [(e.kind, e.label) for e in elements]
-        assert len(names) == len(set(names)), names
-        labels = [e.label for e in elements if e.kind != "close box"]
-        assert len(labels) == len(set(labels)), labels
-
-
 def test_grounding_on_random_screens_hits_the_named_element():
     rng = random.Random(0)
     asked = 0
@@ -321,19 +284,6 @@ def test_covered_elements_are_skipped():
             assert win.open_dropdown() is not None
             return
     pytest.fail("no random screen had an element under an open dropdown")
-
-
-def test_label_pool_and_widgets():
-    pool = LabelPool(random.Random(0))
-    assert len(set(pool.take(["a", "b", "c"], 3))) == 3
-    assert pool.take(["a", "b"]) is None  # all used
-    for kind in KIND_WEIGHTS:
-        assert random_widget(kind, random.Random(1), LabelPool(random.Random(1)), 0)
-    with pytest.raises(ValueError, match="unknown widget kind"):
-        random_widget("slider", random.Random(0), pool, 0)
-    win = Window("t", 128, 128, [Button("b", "A very long button label here")])
-    layout_window(win, Geometry())
-    assert not fits(win)  # the label does not fit the screen's width
 
 
 def test_dataset_adds_random_screen_grounding():
