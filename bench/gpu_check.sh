@@ -14,6 +14,8 @@
 # so it finishes in under 8 minutes. Without a GPU it says so and exits 0 with passed=0.
 #   bash bench/gpu_check.sh              # GPU_CHECK_BUDGET=420 bash bench/gpu_check.sh
 #   GPU_CHECK_ALLOW_CPU=1 bash bench/gpu_check.sh   # dry run of the script's logic on a CPU
+#   GPU_CHECK_ONLY="gpu_tests engine_decode"         # only these steps (names as printed)
+#   GPU_CHECK_LOGS=DIR                               # keep every step's log in DIR
 set -u
 cd "$(dirname "$0")/.." || exit 2
 
@@ -29,6 +31,9 @@ vllm_ratio=nan
 DEVICE=cuda
 
 finish() {
+    if [ -n "${GPU_CHECK_LOGS:-}" ]; then
+        mkdir -p "$GPU_CHECK_LOGS" && cp "$WORK"/*.log "$GPU_CHECK_LOGS"/ 2>/dev/null
+    fi
     rm -rf "$WORK"
     echo "gpu_check: passed=$passed failed=$failed skipped=$skipped in $(($(date +%s) - START)) s"
     echo "RESULT gpu_check passed=$passed failed=$failed decode_tok_s=$decode_tok_s vllm_ratio=$vllm_ratio"
@@ -41,6 +46,10 @@ left() { echo $((BUDGET - ($(date +%s) - START))); }
 step() {
     local name=$1 limit=$2 rest
     shift 2
+    if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+        skipped=$((skipped + 1))
+        return 1
+    fi
     rest=$(($(left) - 20))
     if [ "$rest" -lt 10 ]; then
         echo "== $name: SKIP (budget spent)"
@@ -134,30 +143,50 @@ if name == "flash_varlen":  # packed documents through flash-attn = each documen
     print(f"max relative difference {err:.2e}")
     sys.exit(0 if err < 3e-2 else 1)
 
-if name == "decode":  # the engine: batch 1, 32-token prompt, 128 greedy tokens (bf16 on GPU)
+if name == "decode":  # the engine: 32-token prompts, 128 greedy tokens (bf16 on GPU)
+    # Modes: the eager engine, the decode step replayed as CUDA graphs (compile_decode="eager"),
+    # and inductor-compiled + CUDA graphs (compile_decode=True, when time is left: each new
+    # shape bucket compiles). Batch 1 and 16 concurrent requests; decode_tok_s = best batch 1.
     from lmforge.infer import Engine, SamplingParams
     from lmforge.models.hf import save_model
 
+    start = time.perf_counter()
     tok, model = tokenizer_and_model("30m")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = model.to(device, dtype).eval()
     save_model(model, sys.argv[3], tokenizer=tok)
-    engine = Engine(model, tok)
     params = SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True)
-    prompt = list(range(5, 37))
-    engine.generate([prompt], params)  # warm-up (and capture / compile when the engine does)
-    times = []
-    for _ in range(3):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = engine.generate([prompt], params)[0]
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    tok_s = len(out.token_ids) / sorted(times)[1]
-    print(json.dumps({"decode_tok_s": round(tok_s, 1)}))
-    sys.exit(0 if len(out.token_ids) == 128 else 1)
+    prompts = [list(range(5 + i, 37 + i)) for i in range(16)]
+
+    def timed(engine, batch):
+        engine.generate(prompts[:batch], params)  # warm-up (and capture / compile)
+        times = []
+        for _ in range(3):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            outs = engine.generate(prompts[:batch], params)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        assert all(len(o.token_ids) == 128 for o in outs)
+        return [o.token_ids for o in outs], round(128 * batch / sorted(times)[1], 1)
+
+    b1, b16, tokens = {}, {}, {}
+    for mode in (False, "eager", True):
+        if mode is True and time.perf_counter() - start > 45:
+            print("compile_decode=True skipped (time)")
+            continue
+        engine = Engine(model, tok, compile_decode=mode)
+        tokens[str(mode)], b1[str(mode)] = timed(engine, 1)
+        _, b16[str(mode)] = timed(engine, 16)
+        print(f"compile_decode={mode}: batch 1 {b1[str(mode)]} tok/s, 16 requests "
+              f"{b16[str(mode)]} tok/s ({time.perf_counter() - start:.0f} s)", flush=True)
+    # bf16 on the GPU: a different op order may flip a near-tie; report how many agree
+    same = {m: sum(a == b for a, b in zip(t[0], tokens["False"][0])) for m, t in tokens.items()}
+    print(json.dumps({"decode_tok_s": max(b1.values()), "batch1": b1, "batch16": b16,
+                      "tokens_equal_to_eager_of_128": same}))
+    sys.exit(0)
 
 if name == "vllm":  # vLLM on the checkpoint the decode check saved (run in vLLM's venv)
     from vllm import LLM, SamplingParams
@@ -185,7 +214,7 @@ PRETRAIN=(-m lmforge pretrain data.synthetic_docs=400 data.val_docs=20 train.max
 
 # The GPU tests of the suite (each skips without CUDA; on a GPU they run).
 step gpu_tests 150 "$PY" -m pytest -q -x -p no:cacheprovider tests/nn/test_flash_attention.py \
-    tests/nn/test_flash_attention_triton.py
+    tests/nn/test_flash_attention_triton.py tests/infer/test_decode_step.py
 if [ "$DEVICE" = cuda ]; then
     step triton_model_training 90 env LMFORGE_ATTENTION=triton "$PY" "${PRETRAIN[@]}" \
         train.precision=bf16 --out "$WORK/run-triton"
@@ -199,7 +228,7 @@ if [ "$DEVICE" = cuda ]; then
         train.distributed=fsdp train.precision=bf16 --out "$WORK/run-fsdp"
 fi
 step flash_varlen_packing 60 "$PY" "$WORK/checks.py" flash_varlen "$DEVICE"
-if step engine_decode 90 "$PY" "$WORK/checks.py" decode "$DEVICE" "$WORK/ckpt"; then
+if step engine_decode 150 "$PY" "$WORK/checks.py" decode "$DEVICE" "$WORK/ckpt"; then
     decode_tok_s=$(grep -o '"decode_tok_s": [0-9.]*' "$WORK/engine_decode.log" | grep -o '[0-9.]*$')
 fi
 

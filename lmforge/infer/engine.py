@@ -112,9 +112,10 @@ class Engine:
         enable_prefix_caching: reuse full KV blocks of equal prefixes across requests.
         fused_weights: run the model through `InferenceRunner` (fused, pre-transposed copies
             of the linear weights: faster decoding, one extra copy of those weights in
-            memory, shared by all engines on the model). None (default): on CPU only, where
-            decoding is bound by GEMV speed and per-op overhead. Models the runner does not
-            cover always use ``model.forward``.
+            memory, shared by all engines on the model). None (default): on CPU, where
+            decoding is bound by GEMV speed and per-op overhead, and wherever
+            ``compile_decode`` is asked for (it reads those copies). Models the runner does
+            not cover always use ``model.forward``.
         speculative: draft-and-verify decoding (`lmforge.infer.speculation`); statistics
             in ``stats()`` and ``spec_stats``.
         compile_decode: run steps where every sequence decodes one token through
@@ -122,7 +123,9 @@ class Engine:
             ``torch.compile``-d function per shape bucket, paged attention reading the cache
             in place); needs the fused runner and a model it covers, else ignored. Each new
             bucket costs a compilation (seconds to a minute on a CPU), so it pays off for
-            long runs. ``"eager"``: the same function uncompiled (tests).
+            long runs. ``"eager"``: the same function uncompiled (tests). On a CUDA device
+            each bucket's step is also captured as a CUDA graph and replayed (one launch per
+            step; with ``"eager"`` that needs no compilation).
         draw: how a sampled row's token is drawn from its processed distribution, both
             exact: ``"multinomial"`` (default: ``torch.multinomial`` with the request's
             generator, one exponential per vocabulary entry — the draw speculative
@@ -189,8 +192,8 @@ class Engine:
             eos.append(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
         self.adapters = adapters
-        if fused_weights is None:
-            fused_weights = self.device.type == "cpu" and adapters is None
+        if fused_weights is None:  # the compiled step reads the runner's copies
+            fused_weights = (self.device.type == "cpu" or bool(compile_decode)) and adapters is None
         self.runner = None
         mark_weights_changed(model)  # they may have changed in ways versions do not show
         if fused_weights and InferenceRunner.unsupported_reason(model) is None:

@@ -35,6 +35,7 @@ def load_engine(
     dtype: str | None = None,
     max_num_seqs: int = 64,
     speculative: dict | None = None,
+    compile_decode: bool | str = False,
 ) -> tuple[Engine, Tokenizer, Path, int]:
     """`Engine`, tokenizer, folder and context length (max positions) for ``model_dir``,
     checked like every command's checkpoint. A LoRA ``adapter`` is merged into the weights
@@ -45,7 +46,9 @@ def load_engine(
     None with an ``adapter``: the base the adapter records (``base_model_name_or_path``).
     The tokenizer is the adapter folder's when it has one (as saved by SFT), else the model's.
     ``speculative``: keyword arguments of `lmforge.infer.self_drafters.speculative_config`
-    (``method`` and its drafter) for draft-and-verify decoding."""
+    (``method`` and its drafter) for draft-and-verify decoding. ``compile_decode``: the
+    engine's option (`Engine`: the decode step as one function per shape bucket, replayed
+    as CUDA graphs on a GPU)."""
     if model_dir is None:
         if not adapter:
             raise CheckpointError("name the model: a checkpoint folder, or an adapter with a base")
@@ -78,5 +81,8 @@ def load_engine(
         from lmforge.infer.self_drafters import speculative_config
 
         spec = speculative_config(target=model, **speculative)
-    engine = Engine(model, tok, max_num_seqs=max_num_seqs, adapters=router, speculative=spec)
+    engine = Engine(
+        model, tok, max_num_seqs=max_num_seqs, adapters=router, speculative=spec,
+        compile_decode=compile_decode,
+    )  # fmt: skip
     return engine, tok, folder, model.config.max_position_embeddings

@@ -75,3 +75,14 @@ def test_serve_takes_a_hub_id_or_an_adapters_recorded_base(checkpoint, adapter, 
     assert code == 2 and "huggingface-cli download Org/Missing" in err
     code, _, err = run("serve", "--port", "0")
     assert code == 2 and "name the model: --model DIR (or --adapter DIR" in err
+
+
+def test_compile_decode_flag_maps_to_the_engine_option():
+    from lmforge.cli import build_parser
+    from lmforge.commands.serve import COMPILE_DECODE
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--model", "m"]).compile_decode == "off"
+    args = parser.parse_args(["serve", "--model", "m", "--compile-decode", "eager"])
+    assert COMPILE_DECODE[args.compile_decode] == "eager"
+    assert COMPILE_DECODE["inductor"] is True and COMPILE_DECODE["off"] is False

@@ -146,3 +146,45 @@ def test_one_token_prefill_chunks_ride_along():
     engine._forward = spy
     assert_same(ref, engine.generate(prompts, GREEDY))
     assert engine.compiled is not None and max(unsampled) > 0
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("compile_", ["eager", True], ids=["eager", "inductor"])
+def test_cuda_graph_replay_equals_forward(compile_):
+    """On a GPU each bucket's step is a captured CUDA graph: same tokens and log-probs as
+    ``model.forward``; the engine builds the fused runner for it (off by default on GPUs)."""
+    model = tiny().cuda()
+    forward = Engine(model, block_size=4, fused_weights=False).generate(PROMPTS, GREEDY)
+    engine = Engine(model, block_size=4, compile_decode=compile_)
+    assert engine.runner is not None
+    out = engine.generate(PROMPTS, GREEDY)
+    graphs = engine.compiled._graphs
+    assert engine.compiled.cuda_graphs and {k[:2] for k in graphs} == engine.compiled.buckets
+    assert_same(forward, out, atol=1e-4)
+    again = engine.generate(PROMPTS, GREEDY)  # replays only: no new capture
+    assert_same(forward, again, atol=1e-4)
+
+
+@cuda
+def test_cuda_graphs_recaptured_after_weights_change():
+    """A graph bakes in the weight copies' addresses: when the runner rebuilds them, the
+    graphs are captured again (else the replay would read freed memory)."""
+    model = tiny().cuda()
+    engine = Engine(model, block_size=4, compile_decode="eager")
+    engine.generate(PROMPTS, GREEDY)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    engine.refresh_weights()
+    ref = Engine(model, block_size=4, fused_weights=False).generate(PROMPTS, GREEDY)
+    assert_same(ref, engine.generate(PROMPTS, GREEDY), atol=1e-4)
+
+
+def test_cuda_graphs_need_a_cuda_cache():
+    engine = Engine(tiny(), block_size=4, compile_decode="eager")
+    engine.generate(PROMPTS[:1], GREEDY)
+    with pytest.raises(ValueError, match="CUDA device"):
+        CompiledDecode(engine.runner, engine.cache, compile=False, cuda_graphs=True)

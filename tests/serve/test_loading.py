@@ -76,3 +76,17 @@ def test_load_engine_without_a_model_uses_the_adapters_recorded_base(model_dir, 
         torch.testing.assert_close(got[name], p, rtol=0, atol=0)
     with pytest.raises(ValueError, match="name the model"):
         load_engine(None)
+
+
+def test_load_engine_passes_compile_decode(model_dir):
+    """The decode step as one function (eager here: no compilation): same greedy tokens."""
+    from lmforge.infer.params import SamplingParams
+
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    plain, _, _, _ = load_engine(model_dir, device="cpu", max_num_seqs=2)
+    fused, _, _, _ = load_engine(model_dir, device="cpu", max_num_seqs=2, compile_decode="eager")
+    assert fused.compile_decode == "eager"
+    prompts = [[5, 6, 7], [8, 9]]
+    out = fused.generate(prompts, params)
+    assert fused.compiled is not None
+    assert [o.token_ids for o in out] == [o.token_ids for o in plain.generate(prompts, params)]
