@@ -81,16 +81,50 @@ def test_padding_rows_do_not_touch_allocated_blocks():
 
 
 def test_falls_back_where_it_does_not_apply():
-    """Quantised projections and MLP biases keep the eager runner (same tokens)."""
-    for model in (quantize_model(tiny(), "int8"), tiny(mlp_bias=True)):
-        ref = Engine(model, block_size=4).generate(PROMPTS, GREEDY)
-        engine = Engine(model, block_size=4, compile_decode="eager")
-        assert_same(ref, engine.generate(PROMPTS, GREEDY), atol=0)
-        assert engine.compiled is None
+    """int4 projections keep the eager runner (same tokens)."""
+    model = quantize_model(tiny(intermediate_size=64), "int4", group_size=32)
+    ref = Engine(model, block_size=4).generate(PROMPTS, GREEDY)
+    engine = Engine(model, block_size=4, compile_decode="eager")
+    assert_same(ref, engine.generate(PROMPTS, GREEDY), atol=0)
+    assert engine.compiled is None
     engine = Engine(tiny(), fused_weights=False, compile_decode=True)
     assert engine.compile_decode is False  # no fused runner, nothing to compile
     with pytest.raises(ValueError, match="compile_decode"):
         Engine(tiny(), compile_decode="yes")
+
+
+@pytest.mark.parametrize("row_products", [True, False], ids=["row-products", "gemm"])
+def test_int8_and_mlp_bias_run_in_the_step(row_products):
+    """Weight-only int8 (the runner's int8 kernel inside the step) and MLP biases (one-row
+    products or the GEMM): same greedy tokens as the eager runner, log-probs within float
+    rounding (int8: within bf16 rounding, the kernel rounds its activations to bf16)."""
+    for model, atol in ((quantize_model(tiny(), "int8"), 2e-2), (tiny(mlp_bias=True), 1e-5)):
+        if atol < 1e-3:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name.endswith("bias"):
+                        p.normal_(0, 0.5)
+        ref = Engine(model, block_size=4).generate(PROMPTS, GREEDY)
+        engine = Engine(model, block_size=4, compile_decode="eager")
+        engine.generate(PROMPTS[:1], GREEDY)  # builds engine.compiled
+        engine.compiled.row_products = row_products
+        engine.compiled._inputs_for = None
+        assert_same(ref, engine.generate(PROMPTS, GREEDY), atol=atol)
+        one = engine.generate(PROMPTS[:1], GREEDY)  # batch bucket 1: the one-row path
+        assert_same(ref[:1], one, atol=atol)
+        assert 1 in {b for b, _ in engine.compiled.buckets}
+
+
+def test_row_product_is_the_matrix_product():
+    from lmforge.infer.decode_step import _row_product
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 24, bias=False)
+    x = torch.randn(1, 48)
+    torch.testing.assert_close(_row_product(x, lin.weight), lin(x), atol=1e-6, rtol=1e-5)
+    lin16 = lin.to(torch.bfloat16)  # bf16 weights and input: fp32 products and sums
+    ref = (x.to(torch.bfloat16).float() @ lin16.weight.float().t()).to(torch.bfloat16)
+    torch.testing.assert_close(_row_product(x.to(torch.bfloat16), lin16.weight), ref)
 
 
 def test_unsupported_reason_names_the_cache_without_spare_block():
