@@ -244,11 +244,12 @@ class CompiledDecode:
         if not runner.layers or runner.head is None:
             return "the runner has not been synced"
         for proj in [runner.head] + [p for w in runner.layers for p in vars(w).values()]:
-            if (
-                not hasattr(proj, "weight_t")
-                and type(getattr(proj, "module", None)) is not Int8Linear
-            ):
+            if hasattr(proj, "weight_t"):
+                continue
+            if type(getattr(proj, "module", None)) is not Int8Linear:
                 return "a projection is int4 or mixes kinds (the eager runner calls its kernel)"
+            if cache.device.type != "cpu":
+                return "int8 projections off the CPU (their kernel is the CPU's)"
         return None
 
     def _projection(self, proj, modules: tuple, one_row: bool) -> tuple:
