@@ -34,8 +34,8 @@ Measured, alternating the two engines round by round, medians reported:
   then one unified batch of every sequence's next token per step, without the HTTP layer)
   vs `Engine.generate` on the 16 prompts (continuous batching).
 * ``--compile``: also the engine with its compiled decode step (`lmforge.infer.decode_step`,
-  compiled by a warm-up run first): decode ``fp32-compiled`` vs llama.cpp f32, and the
-  16-request figure (whose ratio it then gives).
+  compiled by a warm-up run first): decode ``fp32-compiled`` vs llama.cpp f32,
+  ``int8-compiled`` vs q8_0, and the 16-request figure (the ratio is the better mode's).
 * **bandwidth**: a STREAM triad ``a = b + s·c`` over 3 × 128 MiB fp32 arrays (4× the
   32 MiB last-level cache), best of 5, 1 and 2 threads; roofline fraction of a decode
   figure = weight bytes read per token × tokens/s ÷ that bandwidth.
@@ -406,7 +406,7 @@ def bench_batch16(args, size, models, bin_dir, ggufs) -> float:
     (64-token prompts, 64 new tokens each, ``--batch-threads``): the engine vs the driver's
     ``batch`` mode (llama-server's parallel slots: all prompts in one batch, then every
     sequence's next token in one unified batch per step; no HTTP). With ``--compile`` the
-    engine's compiled decode step is measured too, and the ratio is its."""
+    engine's compiled decode step is measured too, and the ratio is the better mode's."""
     prompts, t = batch_prompts(args.concurrent, 64), args.batch_threads
     torch.set_num_threads(t)
     llama = None
@@ -427,7 +427,7 @@ def bench_batch16(args, size, models, bin_dir, ggufs) -> float:
     print(f"{size} {args.concurrent} concurrent requests t={t}: lmforge fp32 {med(ours):.0f} tok/s"
           + (f", compiled step {med(compiled):.0f} tok/s" if compiled else "")
           + f"; llama.cpp f32 {med(theirs):.0f} tok/s", flush=True)  # fmt: skip
-    return med(compiled or ours) / med(theirs)
+    return max(med(ours), med(compiled) if compiled else 0.0) / med(theirs)
 
 
 def print_profiles(size, models) -> None:
@@ -477,8 +477,9 @@ def main() -> None:
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="also the engine's compiled decode step (decode: fp32-compiled vs llama.cpp f32; "
-        "batch: its ratio); last line adds f32_compiled_ratio",
+        help="also the engine's compiled decode step (decode: fp32-compiled vs llama.cpp f32, "
+        "int8-compiled vs q8_0; batch: the better mode's ratio); last line adds "
+        "f32_compiled_ratio, int8_compiled_ratio, roofline_frac_compiled",
     )
     args = ap.parse_args()
     global CLOCK
@@ -499,8 +500,8 @@ def main() -> None:
         flush=True,
     )
 
-    ratios: dict[str, list[float]] = {"f32": [], "int8": [], "f32c": [], "batch16": []}
-    roofline = math.nan
+    ratios: dict[str, list[float]] = {"f32": [], "int8": [], "f32c": [], "int8c": [], "batch16": []}
+    roofline = roofline_compiled = math.nan
     for size in args.sizes:
         folder = args.cache / "models" / size
         models, ppl = build_models(size, folder, args.train_steps if size == "5m" else 0)
@@ -515,8 +516,9 @@ def main() -> None:
             torch.set_num_threads(threads)
             kinds = [("fp32", "f32"), ("int8", "q8_0"), ("int4", None)]
             if args.compile:
-                kinds.append(("fp32-compiled", "f32"))
-                engine_decode(models["fp32"], args.decode_tokens, compiled=True)  # compile
+                kinds += [("fp32-compiled", "f32"), ("int8-compiled", "q8_0")]
+                for kind in ("fp32", "int8"):  # compile the buckets first
+                    engine_decode(models[kind], args.decode_tokens, compiled=True)
             for kind, gtype in kinds:
                 model, compiled = models[kind.removesuffix("-compiled")], kind.endswith("compiled")
                 llama = None
@@ -536,11 +538,13 @@ def main() -> None:
                     gfrac = gguf_weight_bytes(models["fp32"], gtype) * theirs / bw[threads]
                     line += f"; llama.cpp {gtype}: {theirs:.0f} tok/s ({100 * gfrac:.0f}% roofline); ratio {ours / theirs:.2f}"
                     if threads == 1:
-                        ratios[
-                            {"fp32": "f32", "int8": "int8", "fp32-compiled": "f32c"}[kind]
-                        ].append(ours / theirs)
+                        short = {"fp32": "f32", "int8": "int8", "fp32-compiled": "f32c",
+                                 "int8-compiled": "int8c"}[kind]  # fmt: skip
+                        ratios[short].append(ours / theirs)
                 if threads == 1 and kind == "fp32":
                     roofline = frac
+                if threads == 1 and kind == "fp32-compiled":
+                    roofline_compiled = frac
                 print(line, flush=True)
         torch.set_num_threads(2)
         if "prefill" in args.parts:
@@ -556,7 +560,13 @@ def main() -> None:
     print(
         f"RESULT vs_llamacpp f32_ratio={gm(ratios['f32']):.3f} int8_ratio={gm(ratios['int8']):.3f} "
         f"batch16_ratio={gm(ratios['batch16']):.3f} roofline_frac={roofline:.3f}"
-        + (f" f32_compiled_ratio={gm(ratios['f32c']):.3f}" if args.compile else "")
+        + (
+            f" f32_compiled_ratio={gm(ratios['f32c']):.3f}"
+            f" int8_compiled_ratio={gm(ratios['int8c']):.3f}"
+            f" roofline_frac_compiled={roofline_compiled:.3f}"
+            if args.compile
+            else ""
+        )
     )
 
 
