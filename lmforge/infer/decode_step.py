@@ -41,11 +41,18 @@ rows keep the runner's fused ``Wᵀ`` (a GEMM: the reduction form would read ``W
 row).
 
 **Weight-only int8** (`lmforge.nn.quant.Int8Linear`, from ``quantize_model(model,
-"int8")``) runs here too, through the runner's stacked int8 kernel (``torch.
-_weight_int8pack_mm``; above its ``KERNEL_MAX_ROWS`` rows a dequantised GEMM), as the eager
-path does: the step removes the per-op overhead around it. (One-row products widening the
-int8 codes in registers measured 1.9 ms for the 30m projections alone, against 3.0 ms for the
-kernel, but slower than the kernel inside the whole step: not used.)
+"int8")``) runs here too: a one-row product widens the int8 codes in registers and applies
+the per-channel scale (30m projections alone: 1.9 ms per token against 3.0 ms through
+``torch._weight_int8pack_mm``), with fp32 activations where the kernel rounds them to bf16;
+several rows call the runner's stacked int8 kernel (or, above its ``KERNEL_MAX_ROWS``, a
+dequantised GEMM), as the eager path does.
+
+**Inputs of the row products are stored, not recomputed.** Inductor inlines a cheap
+pointwise producer into its consumer; into a row reduction that means recomputing the
+input vector (say the embedding lookup and the RMSNorm) for every output row — 1,376 times
+for a 30m ``down`` projection. On the CPU the step is compiled with inductor's
+``realize_reads_threshold`` and ``realize_opcount_threshold`` at 1, which stores every such
+intermediate once (30m int8 step: 4.4–5.2 → 3.0–3.1 ms, fp32 8.2 → 7.6 ms; a shared machine).
 
 What it covers: `InferenceRunner`'s models with dense (fp32/bf16) or int8 projections, with
 or without biases, no per-head q/k norm, any sliding window; anything else (int4, mixed
@@ -58,18 +65,21 @@ written out), equal within float rounding (tests: logits vs the eager runner, to
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 from lmforge.infer.cache import PagedKVCache
+from lmforge.infer.packed_gemm import new_handles, packed_linear_op, register_packed
 from lmforge.nn.quant import KERNEL_MAX_ROWS, Int8Linear
 from lmforge.nn.rope import rotate
 
 __all__ = ["CompiledDecode", "bucket", "decode_logits"]
 
 SKIP_GUARDS = True
+STORE_INPUTS = {"realize_reads_threshold": 1, "realize_opcount_threshold": 1}  # inductor options
 
 
 def bucket(n: int) -> int:
@@ -105,23 +115,29 @@ def _paged_attention(
     return (probs[..., None] * v).sum(-2).reshape(b, h, d)
 
 
-def _row_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _row_product(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """``x Wᵀ`` of ONE row ``x [1, K]`` written as a reduction over ``W``'s contiguous rows,
-    ``y_n = Σ_k W_nk x_k``: inductor turns it into one loop streaming ``W`` once with vector
-    FMAs (fp32 products and sums whatever the weights' float dtype)."""
-    return (weight.float() * x.float()).sum(-1).to(x.dtype)[None]
+    ``y_n = Σ_k W_nk x_k`` (int8: ``y_n = s_n Σ_k q_nk x_k``, Jacob et al. 2018 eq. 1 with a
+    zero offset): inductor turns it into one loop streaming ``W`` once with vector FMAs, an
+    int8 ``W`` widened in registers. fp32 products and sums whatever the dtypes (the eager
+    int8 kernel rounds activations and outputs to bf16: results agree within that)."""
+    y = (weight.float() * x.float()).sum(-1)
+    return (y if scale is None else y * scale).to(x.dtype)[None]
 
 
 def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
     """``x Wᵀ + b`` of one (fused) projection ``proj = (rows, kernel, bias)`` (see
     `decode_logits`): `_row_product` of each part where ``rows`` is given (one row), else
-    ``kernel``: ``Wᵀ`` (dense GEMM) or the int8 kernel form ``(q, s_bf16)``."""
+    ``kernel``: ``Wᵀ`` (dense GEMM), ``(handle, out)`` of the runner's oneDNN-packed copy
+    (`lmforge.infer.packed_gemm.packed_linear_op`) or the int8 kernel form ``(q, s_bf16)``."""
     rows, kernel, bias = proj
     if rows is not None and x.shape[0] == 1:
-        parts = [_row_product(x, w) for w in rows]
+        parts = [_row_product(x, w, scale) for w, scale in rows]
         y = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
     elif isinstance(kernel, torch.Tensor):
         y = x @ kernel
+    elif isinstance(kernel[0], int):  # (handle, out): the runner's oneDNN-packed copy
+        return packed_linear_op(x, bias, kernel[0], kernel[1])
     elif x.shape[0] <= KERNEL_MAX_ROWS:
         weight, scale = kernel
         y = torch._weight_int8pack_mm(x.to(torch.bfloat16), weight, scale).to(x.dtype)
@@ -153,8 +169,9 @@ def decode_logits(
     cache slot its K/V go to; ``tables`` ``[B, W]`` block tables; ``rope`` the cos/sin
     tables ``[P, D]``; ``layers`` per layer ``(input norm w, qkv, o, post-attention norm w,
     gate‖up, down)``, each projection (and ``head``) a triple ``(rows, kernel, bias)``:
-    ``rows`` the parts' own dense ``W [out, in]`` for one-row steps on the CPU (None: use
-    ``kernel``), ``kernel`` the fused ``Wᵀ`` or int8 kernel form ``(q, s_bf16)`` otherwise;
+    ``rows`` the parts' own ``(W [out, in], int8 scale or None)`` for one-row steps on the
+    CPU (None: use ``kernel``), ``kernel`` the fused ``Wᵀ`` or int8 kernel form
+    ``(q, s_bf16)`` otherwise;
     ``shape`` = (heads, KV heads, head dim, intermediate size, block size)."""
     h, hkv, d, inter, block_size = shape
     b = ids.shape[0]
@@ -175,6 +192,14 @@ def decode_logits(
         gate_up = _project(F.rms_norm(x, n2.shape, n2, eps), gate_up_proj)
         x = x + _project(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], down_proj)
     return _project(F.rms_norm(x, final_norm.shape, final_norm, eps), head)
+
+
+_HANDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # runner → first handle
+
+
+def _free_handles(base: int, count: int) -> None:
+    for handle in range(base, base + count):
+        register_packed(handle, None)
 
 
 class _Graph:
@@ -229,7 +254,13 @@ class CompiledDecode:
         if compile:
             # one graph per bucket: room for every (batch, width) pair up to 64 × 128
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        self.fn = torch.compile(decode_logits, dynamic=False) if compile else decode_logits
+        # store the row products' inputs once instead of recomputing them per output row
+        options = STORE_INPUTS if self.row_products else None
+        self.fn = (
+            torch.compile(decode_logits, dynamic=False, options=options)
+            if compile
+            else decode_logits
+        )
         self.buckets: set[tuple[int, int]] = set()  # shapes seen (each compiled once)
 
     @staticmethod
@@ -252,14 +283,29 @@ class CompiledDecode:
                 return "int8 projections off the CPU (their kernel is the CPU's)"
         return None
 
-    def _projection(self, proj, modules: tuple, one_row: bool) -> tuple:
+    def _handle(self, slot: int) -> int:
+        """The packed-weight handle of projection ``slot`` of this runner: one block per
+        runner (shared by its engines, so their compiled graphs are too), freed with it."""
+        base = _HANDLES.get(self.runner)
+        if base is None:
+            count = 4 * len(self.runner.layers) + 1
+            base = _HANDLES[self.runner] = new_handles(count)
+            weakref.finalize(self.runner, _free_handles, base, count)
+        return base + slot
+
+    def _projection(self, proj, modules: tuple, one_row: bool, slot: int) -> tuple:
         """``(rows, kernel, bias)`` of one runner projection (`decode_logits`): for one-row
         steps with ``row_products`` the model's own tensors (no copy) as ``rows``, else the
         runner's fused copy as ``kernel`` (only what the bucket reads is passed: fewer
         inputs for the compiled function to check)."""
-        if hasattr(proj, "weight_t") and one_row and self.row_products:
-            return tuple(m.weight for m in modules), None, proj.bias
-        if hasattr(proj, "weight_t"):
+        dense = hasattr(proj, "weight_t")
+        if one_row and self.row_products:
+            rows = tuple((m.weight, None if dense else m.weight_scale) for m in modules)
+            return rows, None, proj.bias if dense else proj.module.bias
+        if dense and proj.packed is not None:  # CPU fp32: no re-packing per call
+            register_packed(self._handle(slot), proj.packed)
+            return None, (self._handle(slot), proj.weight_t.shape[1]), proj.bias
+        if dense:
             return None, proj.weight_t, proj.bias
         return None, proj.module.kernel_form(), proj.module.bias
 
@@ -274,21 +320,21 @@ class CompiledDecode:
         if one_row in self._cached_inputs:
             return self._cached_inputs[one_row]
         layers = []
-        for layer, w in zip(lm.layers, runner.layers):
+        for i, (layer, w) in enumerate(zip(lm.layers, runner.layers)):
             a, m = layer.self_attn, layer.mlp
             layers.append((
                 layer.input_layernorm.weight,
-                self._projection(w.qkv, (a.q_proj, a.k_proj, a.v_proj), one_row),
-                self._projection(w.o, (a.o_proj,), one_row),
+                self._projection(w.qkv, (a.q_proj, a.k_proj, a.v_proj), one_row, 4 * i),
+                self._projection(w.o, (a.o_proj,), one_row, 4 * i + 1),
                 layer.post_attention_layernorm.weight,
-                self._projection(w.gate_up, (m.gate_proj, m.up_proj), one_row),
-                self._projection(w.down, (m.down_proj,), one_row),
+                self._projection(w.gate_up, (m.gate_proj, m.up_proj), one_row, 4 * i + 2),
+                self._projection(w.down, (m.down_proj,), one_row, 4 * i + 3),
             ))  # fmt: skip
         self._cached_inputs[one_row] = dict(
             embed=lm.embed_tokens.weight,
             layers=layers,
             final_norm=lm.norm.weight,
-            head=self._projection(runner.head, (runner.model.lm_head,), one_row),
+            head=self._projection(runner.head, (runner.model.lm_head,), one_row, 4 * len(layers)),
             shape=(
                 runner.num_heads,
                 runner.num_kv_heads,

@@ -16,6 +16,12 @@ _reorder_linear_weight``, the op ``torch.compile``'s CPU freezing pass uses) and
 equal ``F.linear`` up to fp32 rounding (a different summation order). Only fp32 CPU tensors
 on a torch built with oneDNN are packed; `packing_enabled` is false elsewhere and when the
 environment sets ``LMFORGE_PACKED_GEMM=0``.
+
+`packed_linear_op` is the same product as a registered custom op (``lmforge::packed_linear``)
+that ``torch.compile`` can put in a graph: a oneDNN-layout tensor cannot be a compiled
+function's input, so the op takes an integer **handle** into a registry (`register_packed`)
+instead. The handle is a constant of the compiled graph; the registry entry behind it can be
+swapped (weights rebuilt) without recompiling.
 """
 
 from __future__ import annotations
@@ -37,6 +43,38 @@ def packing_enabled(weight: torch.Tensor) -> bool:
     return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(
         torch.ops.mkldnn, "_linear_pointwise"
     )
+
+
+_REGISTRY: dict[int, torch.Tensor] = {}
+_NEXT_HANDLE = [0]
+
+
+def new_handles(count: int) -> int:
+    """The first of ``count`` fresh handles (consecutive integers) for `register_packed`."""
+    first = _NEXT_HANDLE[0]
+    _NEXT_HANDLE[0] += count
+    return first
+
+
+def register_packed(handle: int, packed: torch.Tensor | None) -> None:
+    """Put ``packed`` (from `pack_weight`) behind ``handle``; None frees the entry."""
+    if packed is None:
+        _REGISTRY.pop(handle, None)
+    else:
+        _REGISTRY[handle] = packed
+
+
+@torch.library.custom_op("lmforge::packed_linear", mutates_args=())
+def packed_linear_op(
+    x: torch.Tensor, bias: torch.Tensor | None, handle: int, out_features: int
+) -> torch.Tensor:
+    """`packed_linear` with the weight registered under ``handle`` (``[N, in] → [N, out]``)."""
+    return packed_linear(x, _REGISTRY[handle], bias)
+
+
+@packed_linear_op.register_fake
+def _packed_linear_shape(x, bias, handle, out_features):
+    return x.new_empty(x.shape[0], out_features)
 
 
 def pack_weight(weight: torch.Tensor, rows_hint: int = 8) -> torch.Tensor:

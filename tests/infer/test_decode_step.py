@@ -95,9 +95,9 @@ def test_falls_back_where_it_does_not_apply():
 
 @pytest.mark.parametrize("row_products", [True, False], ids=["row-products", "gemm"])
 def test_int8_and_mlp_bias_run_in_the_step(row_products):
-    """Weight-only int8 (the runner's int8 kernel inside the step) and MLP biases (one-row
-    products or the GEMM): same greedy tokens as the eager runner, log-probs within float
-    rounding (int8: within bf16 rounding, the kernel rounds its activations to bf16)."""
+    """Weight-only int8 and MLP biases, through one-row products or the runner's kernels:
+    same greedy tokens as the eager runner, log-probs within float rounding (int8: within
+    bf16 rounding, the eager kernel rounds its activations to bf16)."""
     for model, atol in ((quantize_model(tiny(), "int8"), 2e-2), (tiny(mlp_bias=True), 1e-5)):
         if atol < 1e-3:
             with torch.no_grad():
@@ -117,14 +117,18 @@ def test_int8_and_mlp_bias_run_in_the_step(row_products):
 
 def test_row_product_is_the_matrix_product():
     from lmforge.infer.decode_step import _row_product
+    from lmforge.nn.quant import Int8Linear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(48, 24, bias=False)
     x = torch.randn(1, 48)
-    torch.testing.assert_close(_row_product(x, lin.weight), lin(x), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(_row_product(x, lin.weight, None), lin(x), atol=1e-6, rtol=1e-5)
+    q = Int8Linear.from_linear(lin)  # s ⊙ q, computed independently
+    ref = x @ (q.weight.float() * q.weight_scale[:, None]).t()
+    torch.testing.assert_close(_row_product(x, q.weight, q.weight_scale), ref)
     lin16 = lin.to(torch.bfloat16)  # bf16 weights and input: fp32 products and sums
     ref = (x.to(torch.bfloat16).float() @ lin16.weight.float().t()).to(torch.bfloat16)
-    torch.testing.assert_close(_row_product(x.to(torch.bfloat16), lin16.weight), ref)
+    torch.testing.assert_close(_row_product(x.to(torch.bfloat16), lin16.weight, None), ref)
 
 
 def test_unsupported_reason_names_the_cache_without_spare_block():
@@ -137,15 +141,32 @@ def test_unsupported_reason_names_the_cache_without_spare_block():
 
 
 @pytest.mark.slow
-def test_torch_compile_matches_eager():
-    """One real inductor compilation (one bucket: one sequence, one block; ≈ 10 s of CPU
-    with a C++ compiler, minutes on a loaded machine: slow)."""
+def test_torch_compile_several_rows_use_the_packed_weights():
+    """3 sequences (bucket 4): the compiled graph calls the runner's oneDNN-packed copies
+    through `packed_linear_op` (on a torch with oneDNN), same tokens as the eager runner."""
     pytest.importorskip("torch._inductor")
     model = tiny()
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, logprobs=0)
+    ref = Engine(model, block_size=4).generate(PROMPTS, params)
+    engine = Engine(model, block_size=4, compile_decode=True)
+    assert_same(ref, engine.generate(PROMPTS, params))
+    assert {b for b, _ in engine.compiled.buckets} == {4}
+    kernel = engine.compiled._inputs(False)["head"][1]
+    assert isinstance(kernel, tuple) == (engine.runner.head.packed is not None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_torch_compile_matches_eager(kind):
+    """One real inductor compilation (one bucket: one sequence, one block; ≈ 10 s of CPU
+    with a C++ compiler, minutes on a loaded machine: slow): the one-row products, dense and
+    int8, with their inputs stored."""
+    pytest.importorskip("torch._inductor")
+    model = tiny() if kind == "fp32" else quantize_model(tiny(), "int8")
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, logprobs=0)
     ref = Engine(model).generate(PROMPTS[:1], params)
     engine = Engine(model, compile_decode=True)
-    assert_same(ref, engine.generate(PROMPTS[:1], params))
+    assert_same(ref, engine.generate(PROMPTS[:1], params), atol=1e-5 if kind == "fp32" else 2e-2)
     assert engine.compiled.buckets == {(1, 1)}
 
 

@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.infer.packed_gemm import pack_weight, packed_linear, packing_enabled
+from lmforge.infer.packed_gemm import (
+    new_handles,
+    pack_weight,
+    packed_linear,
+    packed_linear_op,
+    packing_enabled,
+    register_packed,
+)
 
 needs_onednn = pytest.mark.skipif(
     not packing_enabled(torch.zeros(2, 2)), reason="torch built without oneDNN"
@@ -70,3 +77,21 @@ def test_runner_uses_packed_weights_for_several_rows_and_matches_forward(monkeyp
     model2.load_state_dict(model.state_dict())
     assert [o.token_ids for o in Engine(model2).generate(prompts, params)] == want
     assert not calls
+
+
+@needs_onednn
+def test_packed_linear_op_reads_the_weight_behind_its_handle():
+    """The custom op (what compiled graphs call) computes x Wᵀ + b with whatever weight is
+    registered under the handle now: swapping the entry changes the result, freeing it
+    makes the call fail loudly."""
+    torch.manual_seed(0)
+    w, b, x = torch.randn(24, 16), torch.randn(24), torch.randn(3, 16)
+    handle = new_handles(1)
+    assert new_handles(1) == handle + 1  # consecutive, never reused
+    register_packed(handle, pack_weight(w))
+    torch.testing.assert_close(packed_linear_op(x, b, handle, 24), F.linear(x, w, b))
+    register_packed(handle, pack_weight(2 * w))
+    torch.testing.assert_close(packed_linear_op(x, None, handle, 24), F.linear(x, 2 * w))
+    register_packed(handle, None)
+    with pytest.raises(KeyError):
+        packed_linear_op(x, None, handle, 24)
