@@ -21,7 +21,8 @@ of llama.cpp's ``common/``: too much compile time for a shared 2-core machine). 
 Measured, alternating the two engines round by round, medians reported. Each lmforge engine
 is made ready first (a 1-token request builds its runner's weight copies, as a server does at
 start-up and as llama.cpp loads its model before it measures; until 2026-12-04 that one-off
-copy was inside the prefill and 16-request timings):
+copy, and the first touch of the KV pool's pages, were inside the prefill and 16-request
+timings):
 
 * **decode** tok/s at batch 1, 1 and 2 threads: the driver's ``gen`` (llama-bench's
   ``tg128`` loop after a 32-token prompt, greedy argmax per token) vs the engine's
@@ -229,9 +230,12 @@ def engine_seconds(
 
 def ready(engine: Engine) -> Engine:
     """``engine`` after a 1-token request, which builds its runner's weight copies (and
-    packed copies): a server does that once at start-up, as llama.cpp loads its model
-    before it measures, so it is not part of a timed run."""
+    packed copies), with its KV pool's pages touched once: a server does both once at
+    start-up (llama.cpp clears its KV buffer when it creates the context), so neither is
+    part of a timed run."""
     engine.generate([[1]], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
+    for buf in (*engine.cache.keys, *engine.cache.values):
+        buf.zero_()
     return engine
 
 
