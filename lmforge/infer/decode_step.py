@@ -424,7 +424,8 @@ class CompiledDecode:
                 run()
         torch.cuda.current_stream(self.cache.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        # thread_local: a server captures on its engine thread while other threads run
+        with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
             logits = run()
         self._graph_pool = graph.pool()  # buckets share one memory pool (replays never overlap)
         return _Graph(graph, static, logits)
