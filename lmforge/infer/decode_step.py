@@ -54,7 +54,8 @@ pointwise producer into its consumer; into a row reduction that means recomputin
 input vector (say the embedding lookup and the RMSNorm) for every output row — 1,376 times
 for a 30m ``down`` projection. On the CPU the step is compiled with inductor's
 ``realize_reads_threshold`` and ``realize_opcount_threshold`` at 1, which stores every such
-intermediate once (30m int8 step: 4.4–5.2 → 3.0–3.1 ms, fp32 8.2 → 7.6 ms; a shared machine).
+intermediate once (30m int8 step, 1 thread, idle machine: 4.47 → 2.83 ms; fp32 steps were
+within noise of each other, 5.6–6.6 vs 5.8–7.5 ms).
 
 What it covers: `InferenceRunner`'s models with dense (fp32/bf16) or int8 projections, with
 or without biases, no per-head q/k norm, any sliding window; anything else (int4, mixed
@@ -172,8 +173,8 @@ def decode_logits(
     tables ``[P, D]``; ``layers`` per layer ``(input norm w, qkv, o, post-attention norm w,
     gate‖up, down)``, each projection (and ``head``) a triple ``(rows, kernel, bias)``:
     ``rows`` the parts' own ``(W [out, in], int8 scale or None)`` for one-row steps on the
-    CPU (None: use ``kernel``), ``kernel`` the fused ``Wᵀ`` or int8 kernel form
-    ``(q, s_bf16)`` otherwise;
+    CPU (None: use ``kernel``), ``kernel`` otherwise: the fused ``Wᵀ``, ``(handle, out)`` of
+    its oneDNN-packed copy, or the int8 kernel form ``(q, s_bf16)``;
     ``shape`` = (heads, KV heads, head dim, intermediate size, block size)."""
     h, hkv, d, inter, block_size = shape
     b = ids.shape[0]
@@ -239,8 +240,7 @@ class CompiledDecode:
         if cuda_graphs and cache.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs the KV cache on a CUDA device, not {cache.device}")
         self.cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple, _Graph] = {}
-        self._graph_weights: object = None  # the runner's weight copies the graphs read
+        self._graphs: dict[tuple, _Graph] = {}  # emptied with the inputs (new addresses)
         self._graph_pool = None
         self.runner, self.cache = runner, cache
         self.spare_block = cache.num_blocks  # the first block after the allocatable ones
@@ -312,11 +312,11 @@ class CompiledDecode:
         return None, proj.module.kernel_form(), proj.module.bias
 
     def _inputs(self, one_row: bool) -> dict:
-        """The step's weights for one-row or multi-row buckets, rebuilt when the runner
-        rebuilt its copies."""
+        """The step's weights for one-row or multi-row buckets, rebuilt (and the CUDA graphs
+        that baked in the old addresses dropped) when the runner rebuilt its copies."""
         runner, lm = self.runner, self.runner.model.model
         if self._inputs_for is not runner.layers:
-            self._cached_inputs = {}
+            self._cached_inputs, self._graphs = {}, {}
             self._inputs_for = runner.layers  # held: its identity stays unique
             self._generation += 1
         if one_row in self._cached_inputs:
@@ -396,10 +396,8 @@ class CompiledDecode:
         return logits[:b]
 
     def _replay(self, key: tuple, step: tuple[torch.Tensor, ...], inputs: dict) -> torch.Tensor:
-        """The step through the bucket's CUDA graph (captured on its first use)."""
-        if self._graph_weights is not self.runner.layers:  # rebuilt copies: new addresses
-            self._graphs.clear()
-            self._graph_weights = self.runner.layers
+        """The step through the bucket's CUDA graph (captured on its first use; `_inputs`
+        drops the graphs when the runner rebuilds its copies)."""
         graph = self._graphs.get(key)
         if graph is None:
             graph = self._graphs[key] = self._capture(step, inputs)
