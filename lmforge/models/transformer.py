@@ -44,6 +44,7 @@ class CausalLMOutput:
     loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None  # MoE balance loss (α-weighted), included in ``loss``
     mtp_loss: torch.Tensor | None = None  # mean of the MTP depth losses (λ × it in ``loss``)
+    hidden_states: torch.Tensor | None = None  # final normed ``[B, T, D]``, when asked for
 
 
 def rotary_embedding(config: ModelConfig) -> RotaryEmbedding:

@@ -11,7 +11,12 @@ are two configurations of this one module: Qwen2-VL = Qwen2 body + M-RoPE positi
 (§2.1: image tokens get (t, h, w) ids, text continues after the image's largest id);
 Kimi-VL = DeepSeek-V3 (MLA + MoE) body + MoonViT encoder + plain 1-D positions.
 Module names are Qwen2-VL's (``visual.*``, ``model.*``, ``lm_head``), so its checkpoints
-load by name (`lmforge.models.vlm_hf`).
+load by name (`lmforge.models.vlm_hf`). With ``VLMConfig.pointer_size`` > 0 the model also
+points (`lmforge.models.pointer_head`, GUI-Actor): `pointer_logits` / `point` turn a query
+token's hidden state into a distribution over an image's tokens.
+
+This file is long because the placement of image tokens (spans, M-RoPE ids) and the model's
+forward, pointing and generation belong to one module that users read together.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 
 from lmforge.config import ConfigError, ModelConfig
 from lmforge.models.kv_cache import KVCache
+from lmforge.models.pointer_head import PointerHead, image_keys
 from lmforge.models.transformer import (
     CausalLMOutput,
     TransformerModel,
@@ -54,6 +60,7 @@ class VLMConfig:
     positions: str = "mrope"
     mrope_section: list[int] | None = None
     model_type: str = "qwen2_vl"
+    pointer_size: int = 0  # > 0: a `PointerHead` of this width (grounding by pointing)
     hf_extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +81,8 @@ class VLMConfig:
             )
         if not 0 <= self.image_token_id < self.text.vocab_size:
             errors.append(f"image_token_id={self.image_token_id} outside the vocabulary")
+        if self.pointer_size < 0:
+            errors.append(f"pointer_size={self.pointer_size} must be ≥ 0 (0: no pointer head)")
         if errors:
             raise ConfigError("invalid VLMConfig: " + "; ".join(errors))
 
@@ -203,6 +212,11 @@ class VisionLanguageModel(nn.Module):
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         self.model.rotary_emb = language_rotary(config)
         self.rope_deltas: torch.Tensor | None = None
+        self.pointer_head = (
+            PointerHead(config.text.hidden_size, config.pointer_size)
+            if config.pointer_size
+            else None
+        )
         if self.lm_head.weight.is_meta:
             self.tie_weights()
         else:
@@ -307,6 +321,7 @@ class VisionLanguageModel(nn.Module):
         loss_reduction: str = "mean",
         loss_chunk_size: int = 0,
         image_features: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
     ) -> CausalLMOutput:
         """Logits (and the next-token loss with ``labels``) of a multimodal batch.
 
@@ -318,6 +333,8 @@ class VisionLanguageModel(nn.Module):
                 from the placeholders for a prompt, from the remembered deltas when the
                 ``cache`` already holds the prompt.
             image_features: precomputed `image_features` instead of ``pixel_values``.
+            output_hidden_states: also return the body's final hidden states ``[B, T, D]``
+                (the pointer head's input, `pointer_logits`).
             The rest as `CausalLM.forward`.
         """
         x = self.embed(input_ids, pixel_values, image_grid_thw, image_features)
@@ -345,7 +362,60 @@ class VisionLanguageModel(nn.Module):
         )
         if labels is not None and self.training:
             add_balance_loss(self.model, out, labels, loss_reduction)
+        if output_hidden_states:
+            out.hidden_states = hidden
         return out
+
+    def pointer_logits(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        queries: torch.Tensor,
+        images: list[int],
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """The pointer head's logits over image ``images[q]``'s tokens for each query
+        position ``queries[q] = (row, t)`` of ``hidden [B, T, D]`` (`forward` with
+        ``output_hidden_states``) → (``[Q, N_max]``, −inf past an image's tokens; each query's
+        token grid ``(rows, cols)``, row-major as the tokens). Images count in placeholder
+        order over the batch (``image_grid_thw``'s order)."""
+        if self.pointer_head is None:
+            raise ValueError("this model has no pointer head (VLMConfig.pointer_size = 0)")
+        merge = self.config.vision.spatial_merge_size
+        grid = image_grid_thw.tolist()
+        if any(t != 1 for t, _, _ in grid):
+            raise ValueError("the pointer head points into still images (grid t = 1), not video")
+        grids = [(h // merge, w // merge) for _, h, w in grid]
+        keys, mask = image_keys(hidden, input_ids, self.config.image_token_id,
+                                [r * c for r, c in grids], images)  # fmt: skip
+        q = hidden[queries[:, 0], queries[:, 1]]
+        return self.pointer_head(q, keys, mask), [grids[i] for i in images]
+
+    @torch.no_grad()
+    def point(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        images: list[int] | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Where each row of ``input_ids [B, T]`` points from its last position (a prompt
+        ending where a point's coordinates would start, e.g. with ``click(``): the pointer
+        head's probabilities ``[B, N_max]`` over image ``images[b]``'s tokens (default for one
+        row: its last image) and each row's token grid (`lmforge.models.pointer_head.
+        pointer_point` reads a click from them)."""
+        if images is None:
+            if input_ids.shape[0] != 1:
+                raise ValueError("point(): name each row's image (`images`) for a batch of rows")
+            images = [image_grid_thw.shape[0] - 1]
+        out = self(input_ids, pixel_values, image_grid_thw, logits_to_keep=1,
+                   output_hidden_states=True)  # fmt: skip
+        b, t = input_ids.shape
+        rows = torch.arange(b, device=input_ids.device)
+        queries = torch.stack([rows, torch.full_like(rows, t - 1)], dim=1)
+        logits, grids = self.pointer_logits(out.hidden_states, input_ids, image_grid_thw, queries,
+                                            images)  # fmt: skip
+        return logits.float().softmax(-1), grids
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

@@ -29,7 +29,8 @@ VLM_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
 PATCH_WEIGHT = "visual.patch_embed.proj.weight"
 _TOP_KEYS = {"image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
              "vision_config", "text_config", "model_type", "architectures", "tie_word_embeddings",
-             "transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache"}  # fmt: skip
+             "transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache",
+             "pointer_head"}  # fmt: skip
 _VISION_KEYS = {"depth", "embed_dim", "hidden_size", "hidden_act", "mlp_ratio", "num_heads",
                 "in_channels", "patch_size", "spatial_merge_size", "temporal_patch_size",
                 "initializer_range", "rope_parameters", "model_type", "dtype", "torch_dtype",
@@ -107,6 +108,7 @@ def vlm_config_from_hf(data: dict[str, Any], source: str = "config.json") -> VLM
             positions="mrope",
             mrope_section=list(section),
             model_type=data["model_type"],
+            pointer_size=int((data.get("pointer_head") or {}).get("size", 0)),
             hf_extra=extra,
         )
     except ConfigError as exc:
@@ -166,6 +168,8 @@ def vlm_config_to_hf(cfg: VLMConfig) -> dict[str, Any]:
         vision_end_token_id=cfg.vision_end_token_id,
         tie_word_embeddings=tie,
     )
+    if cfg.pointer_size:  # lmforge's grounding head (`pointer_head.*` tensors); transformers
+        out["pointer_head"] = {"size": cfg.pointer_size}  # keeps the key, skips the tensors
     return out
 
 

@@ -27,14 +27,15 @@ from lmforge.config import ConfigError, ModelConfig
 from lmforge.io import atomic_write_text
 from lmforge.models.hf import load_model
 from lmforge.models.loss import IGNORE_INDEX
+from lmforge.models.pointer_head import pointer_loss, pointer_target
 from lmforge.models.vision_encoder import VisionConfig
 from lmforge.models.vlm import VisionLanguageModel, VLMConfig
 from lmforge.peft.settings import PeftSettings, apply_peft
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
-from lmforge.train.distributed import DistInfo
+from lmforge.train.distributed import DistInfo, unwrap
 from lmforge.train.loop import Trainer
-from lmforge.train.objective import LossOutput
+from lmforge.train.objective import LossOutput, Objective
 from lmforge.train.run import check_resumable, fit_and_export, print_summary, training_run
 from lmforge.vision.processor import (
     ImageProcessor,
@@ -136,6 +137,47 @@ def vlm_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Los
     )
     count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
     return LossOutput(out.loss, count)
+
+
+def pointer_objective(weight: float = 1.0) -> Objective:
+    """`vlm_objective` plus the pointer head's loss (`lmforge.models.pointer_head`): the mean
+    over the batch's pointer queries of ``−Σ_i t_i log p_i`` (GUI-Actor eq. 3, a target
+    uniform over the image tokens overlapping the box), times ``weight``, counted as that much
+    loss per labelled token (so the total is ``LM mean + weight · pointer mean``). Logs
+    ``pointer_loss`` and ``pointer_hit`` (the argmax token overlaps the box)."""
+
+    def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        has_images = batch["pixel_values"].numel() > 0
+        out = model(
+            input_ids=batch["input_ids"],
+            pixel_values=batch["pixel_values"] if has_images else None,
+            image_grid_thw=batch["image_grid_thw"] if has_images else None,
+            document_ids=batch.get("document_ids"),
+            labels=batch["labels"],
+            loss_reduction="sum",
+            output_hidden_states=True,
+        )
+        count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        queries = batch.get("pointer_queries")
+        if queries is None or not queries.numel():
+            zero = out.loss.new_zeros(())
+            return LossOutput(out.loss, count, {"pointer_loss": zero, "pointer_hit": zero})
+        logits, grids = unwrap(model).pointer_logits(
+            out.hidden_states, batch["input_ids"], batch["image_grid_thw"], queries,
+            batch["pointer_images"].tolist(),
+        )  # fmt: skip
+        targets = torch.zeros_like(logits, dtype=torch.float32)
+        for q, (box, grid) in enumerate(zip(batch["pointer_boxes"].tolist(), grids, strict=True)):
+            t = pointer_target(tuple(box), grid)
+            targets[q, : t.numel()] = t
+        per_query = pointer_loss(logits, targets)
+        hit = (targets.gather(1, logits.argmax(-1, keepdim=True)) > 0).float().mean()
+        mean = per_query.mean()
+        scale = count.clamp(min=1).to(mean.dtype)
+        metrics = {"pointer_loss": mean.detach() * scale, "pointer_hit": hit * scale}
+        return LossOutput(out.loss + weight * mean * scale, count, metrics)
+
+    return objective
 
 
 def tiny_vlm(section: VLMShape, tokenizer: Any) -> VisionLanguageModel:
@@ -273,6 +315,7 @@ __all__ = [
     "fan_in_init_",
     "freeze_for_stage",
     "image_processor_for",
+    "pointer_objective",
     "tiny_vlm",
     "train_vlm_sft",
     "vlm_objective",

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from lmforge.models.loss import IGNORE_INDEX
+from lmforge.models.pointer_head import Box
 from lmforge.tokenizer import SpecialTokens, Tokenizer
 from lmforge.vision.processor import (
     IMAGE_PAD,
@@ -52,9 +53,32 @@ class MultimodalExample:
     labels: list[int]
     pixel_values: torch.Tensor
     image_grid_thw: torch.Tensor
+    # pointer queries (`PointerQuery`, resolved): token index, image index in this example,
+    # normalised target box — one per pointed coordinate pair
+    pointer_positions: list[int] = field(default_factory=list)
+    pointer_images: list[int] = field(default_factory=list)
+    pointer_boxes: list[Box] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class PointerQuery:
+    """A point for the pointer head (`lmforge.models.pointer_head`) in a chat: in assistant
+    message ``message`` (index into the messages), the query is the token that ends the
+    content's first ``offset`` characters (e.g. up to ``click(``); its target is ``box``
+    (normalised x0, y0, x1, y1) on image ``image`` (index into the chat's images)."""
+
+    message: int
+    offset: int
+    image: int
+    box: Box
+
+
+def _split_at(text: str, cuts: list[int]) -> list[str]:
+    bounds = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def encode_chat(
@@ -62,20 +86,48 @@ def encode_chat(
     processor: ImageProcessor,
     messages: Sequence[dict],
     images: Sequence[ImageSource],
+    pointers: Sequence[PointerQuery] = (),
 ) -> MultimodalExample:
     """Render ``messages`` turn by turn with the tokenizer's chat template, expand the image
-    placeholders for ``images`` (in order), and label the assistant turns."""
+    placeholders for ``images`` (in order), and label the assistant turns.
+
+    Each of ``pointers`` splits its assistant message's text at the query (the two sides are
+    tokenized apart, so a token ends exactly there: byte-level BPE never merges across
+    ``(`` and a digit anyway) and records the query's token index, image and box."""
     pixel_values, grid = processor(list(images))
     counts = processor.tokens_per_image(grid)
     messages = flatten_image_messages(messages)
     ids: list[int] = []
     labels: list[int] = []
     done, used = "", 0
+    queries: dict[int, list[PointerQuery]] = {}
+    for q in pointers:
+        if not 0 <= q.message < len(messages) or messages[q.message]["role"] != "assistant":
+            raise ValueError(f"pointer query {q}: message {q.message} is not an assistant turn")
+        if not 0 <= q.image < len(counts):
+            raise ValueError(f"pointer query {q}: the chat has {len(counts)} images")
+        queries.setdefault(q.message, []).append(q)
+    positions: list[tuple[int, int, Box]] = []
     for k, message in enumerate(messages):
         upto = tokenizer.apply_chat_template(list(messages[: k + 1]))
+        cuts: list[int] = []
         if message["role"] == "assistant":
             prefix = tokenizer.apply_chat_template(list(messages[:k]), add_generation_prompt=True)
             segments = [(prefix[len(done) :], False), (upto[len(prefix) :], True)]
+            if k in queries:
+                content = message["content"]
+                content = (
+                    content
+                    if isinstance(content, str)
+                    else "".join(c.get("text", "") for c in content)
+                )
+                start = segments[1][0].find(content)
+                if start < 0:
+                    raise ValueError(f"message {k}: its rendered text does not contain its content")
+                mine = sorted(queries[k], key=lambda q: q.offset)
+                if any(not 0 < q.offset <= len(content) for q in mine):
+                    raise ValueError(f"message {k}: pointer offsets must lie in 1..{len(content)}")
+                cuts = [start + q.offset for q in mine]
         else:
             segments = [(upto[len(done) :], False)]
         for text, trained in segments:
@@ -86,16 +138,22 @@ def encode_chat(
                 )
             text = expand_image_placeholders(text, counts[used : used + n])
             used += n
-            piece = tokenizer.encode(text)
-            ids.extend(piece)
-            labels.extend(piece if trained else [IGNORE_INDEX] * len(piece))
+            parts = _split_at(text, cuts) if trained and cuts else [text]
+            for j, part in enumerate(parts):
+                piece = tokenizer.encode(part)
+                ids.extend(piece)
+                labels.extend(piece if trained else [IGNORE_INDEX] * len(piece))
+                if j < len(parts) - 1:
+                    q = mine[j]
+                    positions.append((len(ids) - 1, q.image, q.box))
         done = upto
     if used != len(counts):
         raise ImageInputError(
             f"{len(counts)} images but {used} image placeholders in the chat: more images than "
             "placeholders"
         )
-    return MultimodalExample(ids, labels, pixel_values, grid)
+    return MultimodalExample(ids, labels, pixel_values, grid, [p for p, _, _ in positions],
+                             [i for _, i, _ in positions], [b for _, _, b in positions])  # fmt: skip
 
 
 def pack_examples(
@@ -120,17 +178,25 @@ def collate_rows(
     examples: Sequence[MultimodalExample], rows: Sequence[Sequence[int]], seq_len: int, pad_id: int
 ) -> dict[str, torch.Tensor]:
     """A batch of packed rows: ids, labels, document ids (padding is its own document,
-    unlabelled) and the rows' images concatenated in placeholder order."""
+    unlabelled) and the rows' images concatenated in placeholder order; the examples' pointer
+    queries as ``pointer_queries [Q, 2]`` (row, position), ``pointer_images [Q]`` (index into
+    the batch's images) and ``pointer_boxes [Q, 4]`` (normalised)."""
     b = len(rows)
     ids = torch.full((b, seq_len), pad_id, dtype=torch.long)
     labels = torch.full((b, seq_len), IGNORE_INDEX, dtype=torch.long)
     docs = torch.zeros((b, seq_len), dtype=torch.long)
     pixels, grids = [], []
+    queries, images, boxes = [], [], []
+    image_count = 0
     for r, row in enumerate(rows):
         p = 0
         for d, i in enumerate(row):
             ex = examples[i]
             n = len(ex)
+            queries += [(r, p + t) for t in ex.pointer_positions]
+            images += [image_count + j for j in ex.pointer_images]
+            boxes += list(ex.pointer_boxes)
+            image_count += ex.image_grid_thw.shape[0]
             ids[r, p : p + n] = torch.tensor(ex.input_ids)
             labels[r, p : p + n] = torch.tensor(ex.labels)
             docs[r, p : p + n] = d
@@ -144,6 +210,9 @@ def collate_rows(
         "document_ids": docs,
         "pixel_values": torch.cat(pixels) if pixels else torch.zeros(0),
         "image_grid_thw": torch.cat(grids) if grids else torch.zeros(0, 3, dtype=torch.long),
+        "pointer_queries": torch.tensor(queries, dtype=torch.long).view(-1, 2),
+        "pointer_images": torch.tensor(images, dtype=torch.long),
+        "pointer_boxes": torch.tensor(boxes, dtype=torch.float32).view(-1, 4),
     }
 
 
@@ -266,6 +335,7 @@ __all__ = [
     "VLM_SPECIAL_TOKENS",
     "MultimodalExample",
     "MultimodalPackedLoader",
+    "PointerQuery",
     "answer_questions",
     "collate_rows",
     "encode_chat",

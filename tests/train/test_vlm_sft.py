@@ -139,3 +139,46 @@ def test_words_task_keeps_its_wide_images_at_native_resolution(tmp_path):
     run = [f"out_dir={tmp_path}", *SMALL, "vlm.tasks=[colour, words]", "train.max_steps=2"]
     summary = train_vlm_sft(load_config(None, run, VLMRunConfig))
     assert set(summary["heldout_accuracy"]) == {"colour", "words", "all"}
+
+
+def test_pointer_objective_adds_the_weighted_mean_pointer_loss():
+    """`pointer_objective(w)` = the LM's summed loss + w · (mean pointer CE) · token count,
+    the CE recomputed here from the hidden states with the head applied by hand."""
+    from dataclasses import replace
+
+    from lmforge.models.pointer_head import pointer_target
+    from lmforge.train.vlm_sft import pointer_objective, vlm_objective
+    from lmforge.vision.vlm_data import PointerQuery, collate_rows, encode_chat
+    from lmforge.vision.vlm_tasks import make_vqa_examples
+
+    tok = train_vqa_tokenizer(["colour"], 300)
+    torch.manual_seed(0)
+    plain = tiny_vlm(VLMSection(vision_hidden=32, hidden_size=32, num_heads=2, num_kv_heads=1,
+                                mrope_section=[2, 3, 3], vocab_size=300), tok)  # fmt: skip
+    cfg = plain.config
+    model = VisionLanguageModel(replace(cfg, pointer_size=8))
+    processor = image_processor_for(model, 16)
+    examples = make_vqa_examples(["colour"], 3, 16, 0, "train")
+    boxes = [(0.0, 0.0, 0.5, 0.5), (0.5, 0.5, 1.0, 1.0), (0.0, 0.5, 1.0, 1.0)]
+    encoded = [encode_chat(tok, processor, ex.messages(), ex.images,
+                           [PointerQuery(1, 1, 0, box)]) for ex, box in zip(examples, boxes)]  # fmt: skip
+    seq = sum(len(e) for e in encoded)
+    batch = collate_rows(encoded, [[0, 1], [2]], seq, 0)
+    out = pointer_objective(2.0)(model, batch)
+    lm = vlm_objective(model, batch)
+    h = model(batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"],
+              document_ids=batch["document_ids"], output_hidden_states=True).hidden_states  # fmt: skip
+    ids = batch["input_ids"]
+    img = h[ids == model.config.image_token_id].view(3, -1, 32)  # one image per example
+    ces = []
+    for q, ((row, pos), box) in enumerate(zip(batch["pointer_queries"].tolist(), boxes)):
+        logp = model.pointer_head(h[row, pos][None], img[q][None])[0].log_softmax(-1)
+        n = img.shape[1]
+        side = int(n**0.5)
+        ces.append(-(pointer_target(box, (side, side)) * logp).sum())
+    expected = lm.loss_sum + 2.0 * torch.stack(ces).mean() * lm.count
+    assert out.count == lm.count
+    assert torch.allclose(out.loss_sum, expected, rtol=1e-5)
+    assert out.metrics["pointer_loss"] / out.count == pytest.approx(
+        torch.stack(ces).mean().item(), rel=1e-5
+    )

@@ -100,3 +100,39 @@ def test_answer_questions_decodes_greedy_answers(setup):
     assert answer_questions(Stub(), tok, proc, examples, max_new_tokens=6) == ["red"] * len(
         examples
     )
+
+
+def _click_chat(ex, answer="Thought: go.\nAction: click(12,3)"):
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where?"}]},
+            {"role": "assistant", "content": answer}]  # fmt: skip
+
+
+def test_pointer_queries_sit_on_the_token_ending_the_prefix(setup):
+    from lmforge.vision.vlm_data import PointerQuery, collate_rows
+
+    tok, proc, examples, _ = setup
+    ex = examples[0]
+    answer = "Thought: go.\nAction: click(12,3)"
+    offset = answer.index("(") + 1
+    plain = encode_chat(tok, proc, _click_chat(ex, answer), ex.images)
+    box = (0.1, 0.2, 0.3, 0.4)
+    pointed = encode_chat(tok, proc, _click_chat(ex, answer), ex.images,
+                          [PointerQuery(1, offset, 0, box)])  # fmt: skip
+    # byte-level BPE never merges across "(" and a digit: the split changes no token
+    assert pointed.input_ids == plain.input_ids and pointed.labels == plain.labels
+    (p,) = pointed.pointer_positions
+    assert tok.decode(pointed.input_ids[: p + 1]).endswith("Action: click(")
+    assert pointed.labels[p] != IGNORE_INDEX and pointed.pointer_boxes == [box]
+    assert pointed.pointer_images == [0]
+    # packed: positions shift by the row offset, images count over the batch
+    second = encode_chat(tok, proc, _click_chat(ex, answer), ex.images,
+                         [PointerQuery(1, offset, 0, box)])  # fmt: skip
+    batch = collate_rows([plain, pointed, second], [[0, 1], [2]], 2 * len(plain), 0)
+    assert batch["pointer_queries"].tolist() == [[0, len(plain) + p], [1, p]]
+    assert batch["pointer_images"].tolist() == [1, 2]
+    assert torch.allclose(batch["pointer_boxes"], torch.tensor([box, box]))
+    bad = PointerQuery(0, 1, 0, box)
+    with pytest.raises(ValueError, match="not an assistant turn"):
+        encode_chat(tok, proc, _click_chat(ex), ex.images, [bad])
+    with pytest.raises(ValueError, match="images"):
+        encode_chat(tok, proc, _click_chat(ex), ex.images, [PointerQuery(1, 3, 5, box)])
