@@ -21,7 +21,8 @@ environment sets ``LMFORGE_PACKED_GEMM=0``.
 that ``torch.compile`` can put in a graph: a oneDNN-layout tensor cannot be a compiled
 function's input, so the op takes an integer **handle** into a registry (`register_packed`)
 instead. The handle is a constant of the compiled graph; the registry entry behind it can be
-swapped (weights rebuilt) without recompiling.
+swapped (weights rebuilt) without recompiling. The registry holds any pre-packed weight
+object (`lmforge.infer.int8_gemm` registers fbgemm's int8 ones in the same handle space).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def packing_enabled(weight: torch.Tensor) -> bool:
     )
 
 
-_REGISTRY: dict[int, torch.Tensor] = {}
+_REGISTRY: dict[int, object] = {}
 _NEXT_HANDLE = [0]
 
 
@@ -56,12 +57,18 @@ def new_handles(count: int) -> int:
     return first
 
 
-def register_packed(handle: int, packed: torch.Tensor | None) -> None:
-    """Put ``packed`` (from `pack_weight`) behind ``handle``; None frees the entry."""
+def register_packed(handle: int, packed: object | None) -> None:
+    """Put ``packed`` (from `pack_weight`, or any other pre-packed weight such as
+    `lmforge.infer.int8_gemm.prepack_int8`'s) behind ``handle``; None frees the entry."""
     if packed is None:
         _REGISTRY.pop(handle, None)
     else:
         _REGISTRY[handle] = packed
+
+
+def registered(handle: int) -> object:
+    """The pre-packed weight behind ``handle`` (KeyError when none is)."""
+    return _REGISTRY[handle]
 
 
 @torch.library.custom_op("lmforge::packed_linear", mutates_args=())
@@ -69,7 +76,7 @@ def packed_linear_op(
     x: torch.Tensor, bias: torch.Tensor | None, handle: int, out_features: int
 ) -> torch.Tensor:
     """`packed_linear` with the weight registered under ``handle`` (``[N, in] → [N, out]``)."""
-    return packed_linear(x, _REGISTRY[handle], bias)
+    return packed_linear(x, registered(handle), bias)
 
 
 @packed_linear_op.register_fake

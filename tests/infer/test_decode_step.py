@@ -170,8 +170,10 @@ def test_torch_compile_matches_eager(kind):
     assert engine.compiled.buckets == {(1, 1)}
 
 
-def test_weights_quantised_mid_life_switch_back_to_the_runner():
-    """After the engine's model is quantised in place, its steps use the eager runner."""
+def test_weights_quantised_mid_life_switch_back_to_the_runner(monkeypatch):
+    """After the engine's model is quantised in place, its steps use the new weights: the
+    same as the eager runner (weight-only int8 on both sides: bit-identical)."""
+    monkeypatch.setenv("LMFORGE_INT8_GEMM", "0")
     model = tiny()
     engine = Engine(model, block_size=4, compile_decode="eager")
     engine.generate(PROMPTS, GREEDY)
