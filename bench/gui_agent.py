@@ -7,14 +7,19 @@ the pipeline):
 1. ``ground``: a Qwen2-VL-shaped model from scratch (`lmforge/recipes/agent-tiny.yaml`) on
    grounding clicks (`lmforge.agents.sft.train_agent_sft`), every element of a screen asked
    in one chat (``--grounding-turns``), 8-px image tokens (``--merge-size 1``; the widgets'
-   rows are ~12 px, a 2×2-merged token 16 px); grounding accuracy on held-out layouts;
+   rows are ~12 px, a 2×2-merged token 16 px); grounding accuracy on held-out layouts. With
+   a pointer head (``--pointer-size 64``, the default; GUI-Actor, `lmforge.models.
+   pointer_head`) a click's point comes from the head pointing at an image token, not from
+   the coordinates' text, and grounding accuracy is scored from the pointer's clicks
+   (``--pointer-size 0``: text coordinates, as before); the later stages keep the head;
 2. ``sft``: from ``ground``, trajectories (the last ``--history`` screenshots + the previous
    actions, a thought per step) and reflections, with grounding mixed in; held-out episode
    success (greedy, grammar);
 3. ``rl``: from ``sft``, GRPO in the environment on the training tasks it fails
    (`lmforge.agents.rl.train_agent_rl`); held-out episode success again.
 
-CPU minutes are the process's CPU time, so the figure does not depend on how busy the
+A finished stage made with the other ``--pointer-size`` choice is refused (use another
+``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the
 machine is.
 
     python bench/gui_agent.py [--ground-steps 3000] [--sft-steps 3000] [--rl-steps 200] [--episodes 60]
@@ -40,11 +45,15 @@ from lmforge.train.config import load_config
 RECIPES = Path(__file__).resolve().parents[1] / "lmforge" / "recipes"
 
 
-def stage(out: Path, name: str, run) -> dict:
-    """The stage's held-out report, training it unless its folder already holds one."""
-    report = out / name / "agent_eval.json"
-    if not (report.is_file() and (out / name / "model" / "config.json").is_file()):
+def stage(out: Path, name: str, run, pointer: bool | None = None) -> dict:
+    """The stage's held-out report, training it unless its folder already holds one (made
+    with the same ``pointer`` choice, a pointer head or text coordinates, unless None)."""
+    report, config = out / name / "agent_eval.json", out / name / "model" / "config.json"
+    if not (report.is_file() and config.is_file()):
         run()
+    elif pointer is not None and ("pointer_head" in json.loads(config.read_text())) != pointer:
+        raise SystemExit(f"{out / name} was made {'without' if pointer else 'with'} a pointer head; "
+                         "give another --out")  # fmt: skip
     return json.loads(report.read_text())
 
 
@@ -63,6 +72,10 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=15, help="per held-out episode")
     ap.add_argument("--random-screens", type=int, default=0,
                     help="random-widget screens added to the grounding stage's data")  # fmt: skip
+    ap.add_argument("--pointer-size", type=int, default=64,
+                    help="width of the pointer head that points clicks (0: text coordinates)")  # fmt: skip
+    ap.add_argument("--pointer-weight", type=float, default=1.0,
+                    help="the pointer loss's weight against the LM loss")  # fmt: skip
     for name in ("ground", "sft", "rl"):
         ap.add_argument(f"--{name}", nargs="*", default=[], metavar="K=V",
                         help=f"config overrides of the {name} stage")  # fmt: skip
@@ -72,7 +85,10 @@ def main() -> None:
     common = ["train.resume=false", "log.progress=false", f"agent.train_tasks={args.tasks}",
               f"agent.history={args.history}", f"agent.merge_size={args.merge_size}",
               "agent.grounding_count=0", f"agent.grounding_turns={args.grounding_turns}",
-              f"agent.max_steps={args.max_steps}", "agent.eval_split=heldout"]  # fmt: skip
+              f"agent.max_steps={args.max_steps}", "agent.eval_split=heldout",
+              f"agent.pointer_size={args.pointer_size}",
+              f"agent.pointer_weight={args.pointer_weight}"]  # fmt: skip
+    pointer = args.pointer_size > 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
 
     def ground() -> None:
@@ -97,8 +113,9 @@ def main() -> None:
                      f"rl.eval_max_steps={args.max_steps}", *args.rl]  # fmt: skip
         train_agent_rl(load_config(RECIPES / "agent-rl-tiny.yaml", overrides, AgentRLConfig))
 
-    grounding = stage(out, "ground", ground)["grounding_accuracy"]
-    after_sft = stage(out, "sft", sft)
+    ground_report = stage(out, "ground", ground, pointer)
+    grounding = ground_report["grounding_accuracy"]
+    after_sft = stage(out, "sft", sft, pointer)
     after_rl = stage(out, "rl", rl)
     minutes = (time.process_time() - cpu0) / 60
     wall = (time.perf_counter() - wall0) / 60
@@ -109,6 +126,9 @@ def main() -> None:
             f"{k}={v['success_rate']:.2f}" for k, v in report["episodes"]["per_template"].items()
         )
         print(f"held-out success after {name}: {per}")
+    if pointer:
+        print(f"grounding by the pointer: {grounding:.3f}, its text answers "
+              f"{ground_report.get('grounding_accuracy_text', float('nan')):.3f}")  # fmt: skip
     print(f"grounding after sft: {after_sft.get('grounding_accuracy', float('nan')):.3f}; "
           f"CPU {minutes:.1f} min, wall {wall:.1f} min (this invocation)")  # fmt: skip
     print(f"RESULT gui_agent sft_success={a:.3f} rl_success={b:.3f} grounding_acc={grounding:.3f} "

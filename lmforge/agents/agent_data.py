@@ -16,6 +16,8 @@ screenshot in one chat, so one image encoding trains several answers. A trajecto
 first, the current one last) and, as text, the instruction and the previous actions
 (`agent_prompt`); its answer is ``Thought: …\\nAction: …``. `write_examples` /
 `read_examples` store a dataset as JSONL (Qwen-style messages) plus PNG screenshots.
+`pointer_queries` gives an example's training queries for a pointer head (each coordinate
+action with a known target box: where in the answer, on which screenshot, which box).
 
 This module is long because the five kinds of data share one pass over the expert's
 episodes and one example type, and splitting them would split
@@ -58,10 +60,13 @@ from lmforge.agents.widgets import (
     box_center,
 )
 from lmforge.io import atomic_write_text
+from lmforge.models.pointer_head import normalise_box
+from lmforge.vision.vlm_data import PointerQuery
 from lmforge.vision.vlm_tasks import VQAExample
 
 KINDS = ("perception", "state_qa", "grounding", "trajectory", "reflection")
 MAX_HISTORY_ACTIONS = 6
+POINTING_ACTIONS = ("click", "left_double", "right_single", "drag", "scroll")
 
 
 @dataclass(frozen=True)
@@ -401,6 +406,50 @@ def make_agent_dataset(
     return data
 
 
+def _text(content) -> str:
+    return content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+
+
+def pointer_offset(answer: str) -> int | None:
+    """Where a pointer query sits in an assistant answer: the offset just past the ``(`` of
+    its coordinate action (`POINTING_ACTIONS`) — after the last ``Action: `` of a
+    ``Thought: …\\nAction: …`` response, or the whole answer for a grounding click; None when
+    the action points nowhere (typing, keys, finished) or does not parse as a name + ``(``."""
+    start = answer.rfind("Action: ")
+    start = 0 if start < 0 else start + len("Action: ")
+    head, paren, _ = answer[start:].partition("(")
+    if not paren or head.strip() not in POINTING_ACTIONS:
+        return None
+    return start + len(head) + 1
+
+
+def pointer_queries(example: VQAExample, screen: tuple[int, int]) -> list[PointerQuery]:
+    """The pointer head's training queries of ``example`` (`lmforge.vision.vlm_data.
+    PointerQuery`, for ``encode_chat(…, pointers=…)``): one per assistant turn whose answer is
+    a coordinate action (`pointer_offset`) and whose target box is known — grounding:
+    ``meta["target_boxes"]`` (one per turn; ``meta["target_box"]`` for a one-question
+    example), trajectory and reflection steps: the step's ``meta["target_box"]`` (the
+    expert's box for the action the answer takes; a reflection's is the correcting step's).
+    The query is the token ending with the action's ``(``; its image is the example's last
+    (the current screenshot: trajectory steps show the history oldest first); its box is
+    normalised by ``screen`` (width, height). Turns without a box are skipped, so perception
+    and state QA give none. A drag points at its first point only (one box per step)."""
+    messages = example.messages()
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    meta = example.meta or {}
+    boxes = meta.get("target_boxes")
+    if boxes is None:
+        boxes = [meta.get("target_box")] + [None] * (len(turns) - 1)
+    if len(boxes) != len(turns):
+        raise ValueError(f"{len(boxes)} target boxes for {len(turns)} assistant turns")
+    out = []
+    for i, box in zip(turns, boxes, strict=True):
+        offset = pointer_offset(_text(messages[i]["content"]))
+        if box is not None and offset is not None:
+            out.append(PointerQuery(i, offset, len(example.images) - 1, normalise_box(box, screen)))
+    return out
+
+
 def write_examples(path: str | Path, examples: Sequence[VQAExample]) -> None:
     """``examples.jsonl`` (Qwen-style messages with image file names, task, meta) and the
     screenshots as PNGs under ``images/`` in folder ``path``."""
@@ -442,6 +491,7 @@ def read_examples(path: str | Path) -> list[VQAExample]:
 __all__ = [
     "KINDS",
     "MAX_HISTORY_ACTIONS",
+    "POINTING_ACTIONS",
     "ChatExample",
     "Element",
     "Trajectory",
@@ -455,6 +505,8 @@ __all__ = [
     "make_agent_dataset",
     "mistake_step",
     "perception_examples",
+    "pointer_offset",
+    "pointer_queries",
     "read_examples",
     "reflective",
     "screen_elements",

@@ -15,6 +15,29 @@ model policies never do.
 `VLMPolicy.sample` returns what produced each response (`PolicySample`: the prompt's token
 ids and image inputs, the sampled token ids, their log-probs as the engine computed them),
 so online RL trains on exactly the tokens that were sampled instead of re-tokenizing text.
+
+A model with a pointer head (`lmforge.models.pointer_head`, GUI-Actor) *points* instead of
+writing coordinates (``pointer``, by default whenever the model has a head):
+
+    (a) the engine decodes the response as above, but the policy ends a request as soon as its
+        text reaches a coordinate action's ``\nAction: click(`` (also ``left_double(``,
+        ``right_single(``, ``drag(``, ``scroll(``; `POINTING_ACTIONS`). The kept ids end with
+        the sampled token that ends with ``(`` — the pointer's query; if a sampled token ran
+        past the ``(`` (e.g. ``((``), it is dropped and the text up to the ``(`` re-encoded;
+    (b) one forward over prompt + those ids gives the pointer distribution over the current
+        screenshot's (the last image's) tokens at the query (`VisionLanguageModel.point`);
+    (c) greedy (``temperature`` 0) clicks at `pointer_point` (the region readout) in screen
+        pixels; sampling draws token k from p^(1/T) (renormalised) and clicks its centre;
+    (d) ``x,y`` is spliced in, then ``)`` — or, for a drag, ``,`` and a second point from the
+        token ending with that ``,``; for a scroll, ``,`` and the direction decoded by the
+        engine under a small grammar (``(up|down|left|right)\\)``); then the end-of-turn token.
+
+The response always parses when the text reached the coordinate action, and under the
+grammar it matches `response_regex`. `PolicySample.pointers` records each choice (query
+position, image, token k, log p_k under the untempered pointer softmax) and
+`PolicySample.sampled` flags the spliced tokens (coordinates, punctuation, re-encoded text,
+end of turn) as not sampled, so RL trains the language model on the sampled tokens only and
+the pointer head on its choices (`lmforge.agents.rl`).
 """
 
 from __future__ import annotations
@@ -27,12 +50,13 @@ import numpy as np
 import torch
 
 from lmforge.agents.action_grammar import response_regex
-from lmforge.agents.actions import format_response
-from lmforge.agents.agent_data import agent_prompt
+from lmforge.agents.actions import ACTION_PREFIX, SCROLL_DIRECTIONS, format_response
+from lmforge.agents.agent_data import POINTING_ACTIONS, agent_prompt
 from lmforge.agents.expert import expert_step
 from lmforge.infer import Engine, SamplingParams
 from lmforge.infer.multimodal import ImageInputs
 from lmforge.infer.structured import compile_constraint
+from lmforge.models.pointer_head import pointer_point, to_pixels, token_centre
 from lmforge.vision.processor import IMAGE_PAD, VISION_END, VISION_START, ImageProcessor
 from lmforge.vision.vlm_data import encode_prompt
 
@@ -48,6 +72,22 @@ class AgentContext:
     env: Any = None
 
 
+@dataclass(frozen=True)
+class PointerChoice:
+    """One pointed coordinate pair: the query token's ``position`` in ``prompt_ids +
+    token_ids`` (the token ending with ``(``, or a drag's ``,``), the ``image`` pointed into
+    (index into the sample's images), the chosen image token ``index`` (row-major on
+    ``grid`` = (rows, cols)), its ``logprob`` under the untempered pointer softmax, and the
+    pixel ``point`` written."""
+
+    position: int
+    image: int
+    index: int
+    logprob: float
+    grid: tuple[int, int]
+    point: tuple[int, int]
+
+
 @dataclass
 class PolicySample:
     """One decoded response and what produced it: the prompt's token ids and image inputs,
@@ -55,7 +95,10 @@ class PolicySample:
     it was a vision token — `VLMPolicy` stops on those, as they cannot be trained on) and
     ``logprobs``, each token's log-probability under the sampling model's raw (untempered,
     unconstrained) next-token distribution as the engine computed it — None where the
-    engine does not score a token (the stop token) or when log-probs were not asked for."""
+    engine does not score a token (the stop token, spliced tokens) or when log-probs were
+    not asked for. A pointer policy's responses also hold ``pointers`` (`PointerChoice`, in
+    order) and ``sampled``: per token, whether the language model sampled it (False for the
+    spliced coordinates and the rest of the action the policy wrote itself); None → all."""
 
     text: str
     prompt_ids: list[int]
@@ -63,6 +106,14 @@ class PolicySample:
     logprobs: list[float | None]
     pixel_values: torch.Tensor
     image_grid_thw: torch.Tensor
+    sampled: list[bool] | None = None
+    pointers: list[PointerChoice] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.sampled is None:
+            self.sampled = [True] * len(self.token_ids)
+        if len(self.sampled) != len(self.token_ids):
+            raise ValueError(f"{len(self.sampled)} sampled flags for {len(self.token_ids)} tokens")
 
 
 class Policy(Protocol):
@@ -76,6 +127,38 @@ def agent_messages(context: AgentContext, history: int) -> tuple[list[dict], lis
     text = agent_prompt(context.instruction, context.previous, len(images))
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
     return [{"role": "user", "content": content}], images
+
+
+# tokens a pointer policy keeps free after the response for what it splices in (coordinates,
+# a scroll's direction, the end of turn, text re-encoded up to the query)
+POINTER_ROOM = 32
+DIRECTION_REGEX = "(" + "|".join(SCROLL_DIRECTIONS) + r")\)"
+END_OF_TURN = "<|im_end|>"
+
+
+def pointer_prefix(text: str) -> tuple[str, int] | None:
+    """``(name, end)`` when ``text``'s action (after its first line break, as
+    `parse_response` reads it) has begun a coordinate action ``name(`` (`POINTING_ACTIONS`);
+    ``end`` is the index just past the ``(``. None otherwise."""
+    line = text.find("\n")
+    if line < 0 or not text.startswith(ACTION_PREFIX, line):
+        return None
+    start = line + len(ACTION_PREFIX)
+    head, paren, _ = text[start:].partition("(")
+    if not paren or head not in POINTING_ACTIONS:
+        return None
+    return head, start + len(head) + 1
+
+
+@dataclass
+class _Pointing:
+    """A response stopped at a coordinate action's query: what it has so far."""
+
+    name: str
+    ids: list[int]
+    logprobs: list[float | None]
+    sampled: list[bool]
+    pointers: list[PointerChoice] = field(default_factory=list)
 
 
 class VLMPolicy:
@@ -93,17 +176,23 @@ class VLMPolicy:
         constrained: bool = True,
         seed: int = 0,
         logprobs: bool = False,
+        pointer: bool | None = None,
     ) -> None:
         if history < 1:
             raise ValueError(f"history={history} must be ≥ 1 screenshot")
+        has_head = getattr(model, "pointer_head", None) is not None
+        if pointer and not has_head:
+            raise ValueError("pointer=True needs a model with a pointer head (pointer_size > 0)")
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
         self.screen, self.history, self.max_tokens = screen, history, max_tokens
         self.temperature, self.constrained, self.seed = temperature, constrained, seed
         self.logprobs = logprobs  # score each sampled token (`sample`'s ``logprobs``)
+        self.pointer = has_head if pointer is None else pointer  # clicks by pointing
         # a sampled vision token ends the response and is not kept: in a training input it
         # would be an image placeholder with no image
         vision = (tokenizer.token_to_id(t) for t in (VISION_START, IMAGE_PAD, VISION_END))
         self.vision_stops = tuple(i for i in vision if i is not None)
+        self.end_of_turn = tokenizer.token_to_id(END_OF_TURN)
         self.regex = response_regex(screen)
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0
@@ -111,11 +200,12 @@ class VLMPolicy:
     def params(self, index: int, prompt_length: int = 0) -> SamplingParams:
         """Request ``index``'s sampling: at most ``max_tokens``, and never past the model's
         context (a long history of earlier responses leaves less room; a cut response is an
-        invalid action, as any unparseable one)."""
+        invalid action, as any unparseable one); a pointer policy keeps `POINTER_ROOM`
+        tokens free for what it splices in."""
         constraint = (
             compile_constraint(self.tokenizer, regex=self.regex) if self.constrained else None
         )
-        room = self.engine.max_len - prompt_length
+        room = self.engine.max_len - prompt_length - (POINTER_ROOM if self.pointer else 0)
         if room < 1:
             raise ValueError(
                 f"the agent's prompt ({prompt_length} tokens) fills the model's context "
@@ -131,23 +221,36 @@ class VLMPolicy:
         return [s.text.strip() for s in self.sample(contexts)]
 
     def sample(self, contexts: Sequence[AgentContext]) -> list[PolicySample]:
-        """One `PolicySample` per context, decoded together."""
+        """One `PolicySample` per context, decoded together (a pointer policy: phase (a)
+        together, then the points per response — see the module docstring)."""
         requests = {}
         for i, context in enumerate(contexts):
             messages, images = agent_messages(context, self.history)
             prompt, pixels, grid = encode_prompt(self.tokenizer, self.processor, messages, images)
             params = self.params(i, len(prompt))
             rid = self.engine.add_request(prompt, params, images=ImageInputs(pixels, grid))
-            requests[rid] = (prompt, pixels, grid)
+            requests[rid] = (prompt, pixels, grid, params.seed)
         self.calls += 1
         scored: dict[str, list[float | None]] = {rid: [] for rid in requests}
+        streamed: dict[str, list[int]] = {rid: [] for rid in requests}
         done: dict[str, PolicySample] = {}
-        while len(done) < len(requests):
+        pointing: dict[str, _Pointing] = {}
+        while len(done) + len(pointing) < len(requests):
             for out in self.engine.step():
-                scored[out.request_id] += [lp.logprob for lp in out.logprobs or []]
+                rid = out.request_id
+                if rid not in requests or rid in done or rid in pointing:
+                    continue  # an aborted request's last report
+                scored[rid] += [lp.logprob for lp in out.logprobs or []]
+                if self.pointer:
+                    hit = self._reached_query(streamed[rid], scored[rid], out.new_token_ids)
+                    if hit is not None:
+                        if not out.finished:
+                            self.engine.abort(rid)
+                        pointing[rid] = hit
+                        continue
                 if not out.finished:
                     continue
-                ids, logprobs = list(out.token_ids), scored[out.request_id]
+                ids, logprobs = list(out.token_ids), scored[rid]
                 logprobs = logprobs if len(logprobs) == len(ids) else [None] * len(ids)
                 stop = out.stop_reason
                 if (
@@ -156,11 +259,140 @@ class VLMPolicy:
                     and stop not in self.vision_stops
                 ):
                     ids, logprobs = ids + [stop], logprobs + [None]
-                prompt, pixels, grid = requests[out.request_id]
-                done[out.request_id] = PolicySample(
-                    out.text, list(prompt), ids, logprobs, pixels, grid
-                )
+                prompt, pixels, grid, _ = requests[rid]
+                done[rid] = PolicySample(out.text, list(prompt), ids, logprobs, pixels, grid)
+        while self.engine.has_unfinished():  # collect the aborted requests' reports
+            self.engine.step()
+        if pointing:
+            done.update(self._finish_pointing(pointing, requests))
         return [done[rid] for rid in requests]
+
+    # ------------------------------------------------------------------ pointing
+    def _reached_query(
+        self, ids: list[int], logprobs: list[float | None], new: Sequence[int]
+    ) -> _Pointing | None:
+        """Extend ``ids`` by the ``new`` tokens one at a time; at the first whose text
+        reaches a coordinate action's ``(`` (`pointer_prefix`), the response so far, ending
+        with the query token: the sampled ids — or, if the last one ran past the ``(``, the
+        ids before it and the text up to the ``(`` re-encoded (flagged not sampled)."""
+        decode = self.tokenizer.decode
+        for t in new:
+            ids.append(t)
+            if "(" not in decode([t]):
+                continue
+            text = decode(ids, skip_special_tokens=True)
+            hit = pointer_prefix(text)
+            if hit is None:
+                continue
+            name, end = hit
+            n = len(ids)
+            scores = list(logprobs[:n]) if len(logprobs) >= n else [None] * n
+            if len(text) == end:  # the sampled token ends with the "("
+                return _Pointing(name, list(ids), scores, [True] * n)
+            head = decode(ids[:-1], skip_special_tokens=True)
+            extra = self.tokenizer.encode(text[len(head) : end])
+            kept = ids[:-1] + extra
+            if not extra or decode(kept, skip_special_tokens=True) != text[:end]:
+                kept = self.tokenizer.encode(text[:end])  # (odd byte sequences) all re-encoded
+                return _Pointing(name, kept, [None] * len(kept), [False] * len(kept))
+            return _Pointing(name, kept, scores[: n - 1] + [None] * len(extra),
+                             [True] * (n - 1) + [False] * len(extra))  # fmt: skip
+        return None
+
+    @torch.no_grad()
+    def pointer_logits(
+        self, ids: list[int], pixels: torch.Tensor, grid: torch.Tensor, image: int
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The pointer head's logits ``[N]`` over image ``image``'s tokens from the last of
+        ``ids`` and the image's token grid — the forward of `VisionLanguageModel.point`
+        (whose probabilities are these logits' softmax)."""
+        model = self.model
+        device = next(model.parameters()).device
+        input_ids = torch.tensor([ids], device=device)
+        grid = grid.to(device)
+        out = model(input_ids, pixels.to(device), grid, logits_to_keep=1,
+                    output_hidden_states=True)  # fmt: skip
+        query = torch.tensor([[0, len(ids) - 1]], device=device)
+        logits, grids = model.pointer_logits(out.hidden_states, input_ids, grid, query, [image])
+        return logits[0].float(), grids[0]
+
+    def _choose(
+        self, logits: torch.Tensor, grid: tuple[int, int], generator: torch.Generator
+    ) -> tuple[int, tuple[int, int]]:
+        """Token k and the pixel click: greedy — the argmax and `pointer_point`'s region
+        readout; sampling — k ~ softmax(logits / T) and its token's centre."""
+        if self.temperature == 0:
+            k = int(logits.argmax())
+            point = pointer_point(logits.softmax(-1), grid)
+        else:
+            weights = (logits / self.temperature).softmax(-1).cpu()
+            k = int(torch.multinomial(weights, 1, generator=generator))
+            point = token_centre(k, grid)
+        return k, to_pixels(point, self.screen)
+
+    def _point(self, p: _Pointing, prompt: list[int], pixels: torch.Tensor, grid: torch.Tensor,
+               generator: torch.Generator, suffix: str) -> None:  # fmt: skip
+        """Point from ``p``'s last token into the current screenshot (the last image),
+        record the choice and splice ``x,y`` + ``suffix``."""
+        image = grid.shape[0] - 1
+        full = prompt + p.ids
+        logits, cells = self.pointer_logits(full, pixels, grid, image)
+        k, (x, y) = self._choose(logits, cells, generator)
+        logprob = float(logits.log_softmax(-1)[k])
+        p.pointers.append(PointerChoice(len(full) - 1, image, k, logprob, cells, (x, y)))
+        extra = self.tokenizer.encode(f"{x},{y}{suffix}")
+        p.ids += extra
+        p.logprobs += [None] * len(extra)
+        p.sampled += [False] * len(extra)
+
+    def _finish_pointing(
+        self, pointing: dict[str, _Pointing], requests: dict[str, tuple]
+    ) -> dict[str, PolicySample]:
+        """Phases (b)–(d) of the module docstring for the responses stopped at a query."""
+        scrolls = []
+        for rid, p in pointing.items():
+            prompt, pixels, grid, seed = requests[rid]
+            generator = torch.Generator().manual_seed(int(seed or 0) + 7)
+            if p.name == "drag":
+                self._point(p, prompt, pixels, grid, generator, ",")  # the query of point 2
+                self._point(p, prompt, pixels, grid, generator, ")")
+            elif p.name == "scroll":
+                self._point(p, prompt, pixels, grid, generator, ",")
+                scrolls.append(rid)
+            else:
+                self._point(p, prompt, pixels, grid, generator, ")")
+        if scrolls:  # the direction, decoded under its own small grammar
+            prompts, params, images = [], [], []
+            for rid in scrolls:
+                prompt, pixels, grid, seed = requests[rid]
+                prompts.append(prompt + pointing[rid].ids)
+                room = self.engine.max_len - len(prompts[-1])
+                constraint = compile_constraint(self.tokenizer, regex=DIRECTION_REGEX)
+                params.append(SamplingParams(max_tokens=max(1, min(8, room)),
+                                             temperature=self.temperature,
+                                             seed=None if seed is None else seed + 11,
+                                             constraint=constraint,
+                                             logprobs=0 if self.logprobs else None,
+                                             stop_token_ids=self.vision_stops))  # fmt: skip
+                images.append(ImageInputs(pixels, grid))
+            outs = self.engine.generate(prompts, params, images)
+            for rid, out in zip(scrolls, outs, strict=True):
+                p, n = pointing[rid], len(out.token_ids)
+                scores = [lp.logprob for lp in out.logprobs or []]
+                p.ids += list(out.token_ids)
+                p.logprobs += scores if len(scores) == n else [None] * n
+                p.sampled += [True] * n
+        done = {}
+        for rid, p in pointing.items():
+            if self.end_of_turn is not None:
+                p.ids.append(self.end_of_turn)
+                p.logprobs.append(None)
+                p.sampled.append(False)
+            prompt, pixels, grid, _ = requests[rid]
+            text = self.tokenizer.decode(p.ids, skip_special_tokens=True)
+            done[rid] = PolicySample(text, list(prompt), p.ids, p.logprobs, pixels, grid,
+                                     p.sampled, p.pointers)  # fmt: skip
+        return done
 
 
 class ExpertPolicy:
@@ -175,4 +407,13 @@ class ExpertPolicy:
         return out
 
 
-__all__ = ["AgentContext", "ExpertPolicy", "Policy", "PolicySample", "VLMPolicy", "agent_messages"]
+__all__ = [
+    "AgentContext",
+    "ExpertPolicy",
+    "PointerChoice",
+    "Policy",
+    "PolicySample",
+    "VLMPolicy",
+    "agent_messages",
+    "pointer_prefix",
+]

@@ -20,6 +20,24 @@ sampled token; the one token it does not score (the stop token) uses the current
 so its ratio is 1. With one update per rollout r = 1 up to the engine/trainer numerical
 difference, logged as ``logprob_gap`` (mean |log π − log π_old|): a check that training sees
 the tokens and probabilities that were sampled.
+
+A pointer model (GUI-Actor's action head; `VLMPolicy` with ``pointer``) makes two kinds of
+choices per step: tokens (the thought, the action's name, a scroll's direction) and points
+(image token k of the screenshot, from the query token ending with ``click(``). Its step's
+objective sums GRPO's clipped term over both (Shao et al. 2024 eq. 3, the same advantage
+Â for every choice of the episode; the pointer as one more action, as GUI-Actor/UI-TARS
+train grounding as part of the policy):
+
+    J = Σ_t∈sampled min(r_t Â, clip(r_t, 1 − ε, 1 + ε) Â) + Σ_q min(ρ_q Â, clip(ρ_q, 1 − ε, 1 + ε) Â)
+    r_t = π(o_t | o_<t) / π_old(o_t | o_<t),     ρ_q = p(k_q | h_q) / p_old(k_q | h_q)
+
+with p(· | h_q) the pointer head's softmax over the screenshot's tokens at query q
+(`VisionLanguageModel.pointer_logits`, recomputed on the packed batch) and p_old the
+policy's recorded (untempered) log-prob. The tokens the policy spliced in (coordinates,
+their punctuation, the end of turn — `PolicySample.sampled` False) are context only: no
+language-model term. Each pointer choice counts as one more element of the loss's count
+(logged: ``pointer_share``); ``pointer_gap`` (mean |log p − log p_old|) checks the ratio
+starts at 1 as ``logprob_gap`` does.
 """
 
 from __future__ import annotations
@@ -108,11 +126,15 @@ def episode_reward(run: EpisodeRun, format_weight: float) -> float:
     return float(run.record.success) + format_weight * valid
 
 
-def step_examples(run: EpisodeRun) -> list[tuple[MultimodalExample, list[float]]]:
+def step_examples(
+    run: EpisodeRun,
+) -> list[tuple[MultimodalExample, list[float], list[tuple[int, float]]]]:
     """Per step of ``run`` (played with ``keep_samples``): the example the engine decoded —
-    prompt ids then the sampled ids, labels on the sampled ids only, the prompt's images —
-    and the engine's log-prob of each token of the example (NaN on the prompt and where the
-    engine scored nothing)."""
+    prompt ids then the response's ids, labels on the sampled ids only (not on what a
+    pointer policy spliced in), the prompt's images, and the pointer queries (positions,
+    images; boxes unused, zero) — the engine's log-prob of each token of the example (NaN on
+    the prompt and where the engine scored nothing), and per pointer query its chosen token
+    and old log-prob ``(k, log p_old(k))``."""
     if len(run.samples) != len(run.responses):
         raise ValueError(
             "the run kept no samples: play it with run_episodes(..., keep_samples=True)"
@@ -120,9 +142,14 @@ def step_examples(run: EpisodeRun) -> list[tuple[MultimodalExample, list[float]]
     out = []
     for s in run.samples:
         ids = s.prompt_ids + s.token_ids
-        labels = [IGNORE_INDEX] * len(s.prompt_ids) + s.token_ids
+        labels = [IGNORE_INDEX] * len(s.prompt_ids) + [
+            t if kept else IGNORE_INDEX for t, kept in zip(s.token_ids, s.sampled, strict=True)
+        ]
         old = [math.nan] * len(s.prompt_ids) + [math.nan if lp is None else lp for lp in s.logprobs]
-        out.append((MultimodalExample(ids, labels, s.pixel_values, s.image_grid_thw), old))
+        example = MultimodalExample(ids, labels, s.pixel_values, s.image_grid_thw,
+                                    [p.position for p in s.pointers], [p.image for p in s.pointers],
+                                    [(0.0, 0.0, 0.0, 0.0)] * len(s.pointers))  # fmt: skip
+        out.append((example, old, [(p.index, p.logprob) for p in s.pointers]))
     return out
 
 
@@ -179,18 +206,26 @@ class AgentRollouts:
         s = self.section
         rewards = torch.tensor([episode_reward(r, s.format_weight) for r in runs])
         advantages = grpo_advantages(rewards, s.group_size)
-        examples, token_adv, token_old = [], [], []
+        examples, token_adv, token_old, choices, choice_adv = [], [], [], [], []
         for run, adv in zip(runs, advantages.tolist(), strict=True):
-            for example, old in step_examples(run):
+            for example, old, pointed in step_examples(run):
                 examples.append(example)
                 token_adv.append([adv] * len(example))
                 token_old.append(old)
+                choices.append(pointed)
+                choice_adv.append(adv)
         seq_len = max(self.seq_len, max(len(e) for e in examples))
         pad = self.tokenizer.pad_token_id or 0
         rows = pack_examples(examples, seq_len, pad)
         batch = collate_rows(examples, rows, seq_len, pad)
         batch["advantages"] = token_rows(token_adv, rows, seq_len)
         batch["old_logprobs"] = token_rows(token_old, rows, seq_len, math.nan)
+        # per pointer query, in `collate_rows`'s order (rows, then their examples, then the
+        # example's queries): the chosen token, its old log-prob, the episode's advantage
+        order = [(c, choice_adv[i]) for row in rows for i in row for c in choices[i]]
+        batch["pointer_index"] = torch.tensor([k for (k, _), _ in order], dtype=torch.long)
+        batch["pointer_old"] = torch.tensor([lp for (_, lp), _ in order], dtype=torch.float32)
+        batch["pointer_advantages"] = torch.tensor([a for _, a in order], dtype=torch.float32)
         batch["clip_eps"] = torch.tensor(s.clip_eps)
         batch["rollout_reward"] = rewards.mean()
         batch["rollout_success"] = torch.tensor([float(r.record.success) for r in runs]).mean()
@@ -209,13 +244,40 @@ class AgentRollouts:
         self.rollouts = int(state["rollouts"])
 
 
+def clipped_surrogate(
+    logps: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """min(r·A, clip(r, 1 − ε, 1 + ε)·A) elementwise, r = exp(log π − log π_old)."""
+    ratio = torch.exp(logps - old)
+    return torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+
+
+def pointer_surrogate(
+    model: Any, hidden: torch.Tensor, batch: dict[str, torch.Tensor], eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pointer choices' clipped terms ``[Q]`` (ρ_q of the module docstring: the current
+    pointer head's log-prob of each recorded token k at its query, recomputed from
+    ``hidden``, against the recorded one) and |log p − log p_old| ``[Q]``."""
+    logits, _ = model.pointer_logits(hidden, batch["input_ids"], batch["image_grid_thw"],
+                                     batch["pointer_queries"], batch["pointer_images"].tolist())  # fmt: skip
+    logps = torch.log_softmax(logits.float(), -1)
+    logps = logps.gather(-1, batch["pointer_index"].unsqueeze(-1)).squeeze(-1)
+    old = batch["pointer_old"].to(logps)
+    surrogate = clipped_surrogate(logps, old, batch["pointer_advantages"].to(logps), eps)
+    return surrogate, (logps.detach() - old).abs()
+
+
 def agent_pg_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
     """GRPO's clipped surrogate without KL (Shao et al. 2024 eq. 3): −Σ_t min(r_t·A,
-    clip(r_t, 1 − ε, 1 + ε)·A), r_t = exp(log π(o_t) − log π_old(o_t)) over the response
-    tokens, π_old the engine's log-probs (the current, detached, where there is none), and
-    their count; logs the rollout's reward and success and ``logprob_gap``."""
+    clip(r_t, 1 − ε, 1 + ε)·A), r_t = exp(log π(o_t) − log π_old(o_t)) over the sampled
+    response tokens, π_old the engine's log-probs (the current, detached, where there is
+    none), and their count; with a pointer model also −Σ_q of the pointer choices' terms
+    (`pointer_surrogate`), each counted once; logs the rollout's reward and success and
+    ``logprob_gap`` (and ``pointer_gap``)."""
+    pointing = getattr(model, "pointer_head", None) is not None and "pointer_index" in batch
     out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                image_grid_thw=batch["image_grid_thw"], document_ids=batch["document_ids"])  # fmt: skip
+                image_grid_thw=batch["image_grid_thw"], document_ids=batch["document_ids"],
+                output_hidden_states=pointing)  # fmt: skip
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     logps = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
@@ -223,16 +285,29 @@ def agent_pg_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     old = batch["old_logprobs"][:, 1:]
     scored = mask & ~torch.isnan(old)
     old = torch.where(scored, old, logps.detach())
-    ratio = torch.exp(logps - old)
     adv = batch["advantages"][:, 1:]
     eps = float(batch["clip_eps"])
-    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+    surrogate = clipped_surrogate(logps, old, adv, eps)
     loss_sum = -(surrogate * mask).sum()
     count = mask.sum()
     gap = ((logps.detach() - old).abs() * scored).sum() / scored.sum().clamp(min=1)
+    pointer_metrics = {}
+    if pointing:
+        choices = batch["pointer_index"].numel()
+        if choices:
+            pointer, pointer_gap = pointer_surrogate(model, out.hidden_states, batch, eps)
+            loss_sum = loss_sum - pointer.sum()
+            pointer_gap = pointer_gap.mean()
+        else:  # the head still takes part in the graph (DDP expects every parameter's grad)
+            loss_sum = loss_sum + 0.0 * sum(p.sum() for p in model.pointer_head.parameters())
+            pointer_gap = torch.zeros((), device=count.device)
+        count = count + choices
+        # pointer_share: the pointer choices' share of the loss's elements
+        pointer_metrics = {"pointer_gap": pointer_gap * count,
+                           "pointer_share": torch.tensor(float(choices), device=count.device)}  # fmt: skip
     metrics = {"episode_reward": batch["rollout_reward"] * count,
                "episode_success": batch["rollout_success"] * count,
-               "logprob_gap": gap * count}  # fmt: skip
+               "logprob_gap": gap * count, **pointer_metrics}  # fmt: skip
     return LossOutput(loss_sum, count, metrics)
 
 
@@ -298,7 +373,9 @@ __all__ = [
     "AgentRollouts",
     "agent_pg_objective",
     "check_agent_rl_config",
+    "clipped_surrogate",
     "episode_reward",
+    "pointer_surrogate",
     "select_tasks",
     "step_examples",
     "token_rows",

@@ -4,8 +4,10 @@ in the environment (`lmforge.agents.rl.train_agent_rl`), held-out evaluation
 (`lmforge.agents.rollout.evaluate_agent`), one recorded episode.
 
 lmforge agent sft --config recipes/agent-tiny.yaml
+lmforge agent sft --config recipes/agent-pointer.yaml     # grounding by a pointer head
 lmforge agent rl --model runs/agent-tiny/model rl.group_size=4
 lmforge agent eval --model runs/agent-tiny/model --tasks heldout --episodes 50
+lmforge agent eval --model runs/agent-pointer/model --grounding 200  # + held-out grounding
 lmforge agent run --model runs/agent-tiny/model --task list_open --gif episode.gif
 lmforge agent run --model runs/agent-tiny/model --task "Tick Remember me, then press Sign in"
 """
@@ -22,7 +24,7 @@ import torch
 from lmforge.agents.policy import ExpertPolicy, VLMPolicy
 from lmforge.agents.rl import AgentRLConfig, train_agent_rl
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
-from lmforge.agents.sft import AgentRunConfig, train_agent_sft
+from lmforge.agents.sft import AgentRunConfig, grounding_eval, train_agent_sft
 from lmforge.agents.tasks import SPLITS, TEMPLATES, task_for_instruction
 from lmforge.commands.common import (
     CommandError,
@@ -42,6 +44,7 @@ EXAMPLES = {
         "  lmforge agent sft --config recipes/agent-tiny.yaml            # a tiny agent from scratch\n"
         "  lmforge agent sft agent.kinds=[perception,state_qa,grounding]  # a grounding stage\n"
         "  lmforge agent sft --model runs/agent-ground/model agent.kinds=[trajectory,reflection]\n"
+        "  lmforge agent sft --config recipes/agent-pointer.yaml   # grounding by a pointer head\n"
     ),
     "rl": (
         "  lmforge agent rl --model runs/agent-tiny/model                  # GRPO on failed tasks\n"
@@ -50,6 +53,7 @@ EXAMPLES = {
     "eval": (
         "  lmforge agent eval --model runs/agent-tiny/model --tasks heldout --episodes 50\n"
         "  lmforge agent eval --expert --tasks heldout_template     # the scripted expert (oracle)\n"
+        "  lmforge agent eval --model runs/agent-pointer/model --grounding 200  # + held-out grounding\n"
     ),
     "run": (
         "  lmforge agent run --model runs/agent-tiny/model --task list_open --seed 3 --gif ep.gif\n"
@@ -80,6 +84,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--tasks", choices=SPLITS, default="heldout", help="task split (heldout)")
     p.add_argument("--episodes", type=int, default=50, metavar="N", help="tasks to run (50)")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.add_argument("--grounding", type=int, default=0, metavar="N",
+                   help="also score N held-out-layout grounding questions, by the pointer head "
+                   "when the model has one (0)")  # fmt: skip
     p.set_defaults(run=run_eval, command="agent eval")
     p = subparser(actions, "run", "one episode: the responses step by step, optionally a GIF",
                   EXAMPLES["run"])  # fmt: skip
@@ -150,6 +157,13 @@ def run_eval(args: argparse.Namespace) -> int:
     for name, s in rows:
         print(f"{name:<18} {s['episodes']:>8} {s['success_rate']:>8.3f} {s['mean_steps']:>6.2f} "
               f"{s['grounding_accuracy']:>7.3f} {s['invalid_action_rate']:>8.3f}")  # fmt: skip
+    if args.grounding > 0 and not args.expert:
+        figures = grounding_eval(policy.model, policy.tokenizer, policy.processor, args.grounding,
+                                 args.seed + 7919, args.screen, args.history)  # fmt: skip
+        print(" ".join(f"{k}={v:.3f}" for k, v in figures.items()) + f" ({args.grounding} "
+              "held-out-layout questions" + (", by the pointer)" if "grounding_accuracy_text" in
+                                             figures else ")"))  # fmt: skip
+        summary["grounding"] = figures
     if args.json:
         atomic_write_json(Path(args.json), summary)
     return 0

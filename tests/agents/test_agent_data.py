@@ -21,6 +21,8 @@ from lmforge.agents.agent_data import (
     expert_trajectory,
     grounding_examples,
     make_agent_dataset,
+    pointer_offset,
+    pointer_queries,
     read_examples,
     reflective,
     screen_elements,
@@ -331,3 +333,88 @@ def test_question_first_grounding_puts_the_question_before_the_image(tmp_path):
         i for i in range(len(enc.input_ids)) if enc.input_ids[i : i + len(question)] == question
     )
     assert first < image
+
+
+def test_pointer_offset_lands_after_the_coordinate_parenthesis():
+    assert pointer_offset("click(40,12)") == 6
+    answer = "Thought: I press click(3,4) next.\nAction: left_double(40,12)"
+    assert answer[: pointer_offset(answer)].endswith("Action: left_double(")
+    assert pointer_offset("Thought: x\nAction: scroll(5,6,down)") == len(
+        "Thought: x\nAction: scroll("
+    )
+    assert pointer_offset("Thought: x\nAction: drag(1,2,3,4)") == len("Thought: x\nAction: drag(")
+    for answer in ("Thought: t\nAction: type('a(b')", "Thought: t\nAction: hotkey('enter')",
+                   "finished('done')", "wait()", "yes", "window 'click(1,2)'"):  # fmt: skip
+        assert pointer_offset(answer) is None, answer
+
+
+def _content(message):
+    c = message["content"]
+    return c if isinstance(c, str) else "".join(x.get("text", "") for x in c)
+
+
+def test_pointer_queries_cover_every_boxed_coordinate_action(data):
+    from lmforge.agents.actions import action_point
+
+    screen = (128, 128)
+    assert not any(
+        pointer_queries(ex, screen) for k in ("perception", "state_qa") for ex in data[k]
+    )
+    chats = make_agent_dataset("train", 3, seed=1, grounding_count=0, grounding_turns=4)[
+        "grounding"
+    ]
+    checked = {"grounding": 0, "trajectory": 0, "reflection": 0}
+    for ex in [*chats, *data["grounding"], *data["trajectory"], *data["reflection"]]:
+        msgs = ex.messages()
+        queries = pointer_queries(ex, screen)
+        answers = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        if ex.task == "grounding":  # one query per turn, the turn's own box
+            boxes = ex.meta["target_boxes"]
+            assert [q.message for q in queries] == answers and len(boxes) == len(answers)
+        else:  # a step with a box and a pointing action has one; typing, keys, done have none
+            point = action_point(parse_response(ex.answer).action)
+            has = ex.meta["target_box"] is not None and point is not None
+            assert len(queries) == int(has), ex.answer
+            boxes = [ex.meta["target_box"]]
+        for q, box in zip(queries, boxes, strict=False):
+            text = _content(msgs[q.message])
+            assert text[: q.offset].endswith("(") and text[q.offset].isdigit()
+            name = text[: q.offset - 1].rsplit(" ", 1)[-1]
+            assert name in ("click", "left_double", "right_single", "drag", "scroll"), text
+            assert q.image == len(ex.images) - 1  # the current screenshot
+            assert q.box == tuple(v / 128 for v in box) and all(0 <= v <= 1 for v in q.box)
+            x, y = action_point(parse_action(text[q.offset - len(name) - 1 :].split("\n")[0]))
+            assert box_contains(box, x, y)  # the box is the one this action clicks into
+            checked[ex.task] += 1
+    assert all(checked.values()), checked
+    nobox = ChatExample(chats[0].images, chats[0].question, chats[0].answer, "grounding",
+                        {"target_boxes": [None, (0, 0, 64, 64)]}, [("q", "click(3,4)")])  # fmt: skip
+    assert [(q.message, q.box) for q in pointer_queries(nobox, screen)] == [(3, (0, 0, 0.5, 0.5))]
+
+
+def test_pointer_queries_encode_at_the_parenthesis_token(data):
+    chats = make_agent_dataset("train", 2, seed=1, grounding_count=0, grounding_turns=4)[
+        "grounding"
+    ]
+    examples = chats[:2] + data["trajectory"][:6] + data["reflection"][:2]
+    texts = [ex.question + " " + ex.answer for k in KINDS for ex in data[k][:30]]
+    tok = Tokenizer.train(texts, vocab_size=400, min_frequency=1, special_tokens=VLM_SPECIAL_TOKENS,
+                          chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+    section = VLMSection(patch_size=8, vision_hidden=32, vision_heads=2, hidden_size=32, num_layers=1,
+                         num_heads=2, num_kv_heads=1, mrope_section=[2, 3, 3], vocab_size=tok.vocab_size)  # fmt: skip
+    processor = image_processor_for(tiny_vlm(section, tok), 128)
+    total = 0
+    for ex in examples:
+        queries = pointer_queries(ex, (128, 128))
+        enc = encode_chat(tok, processor, ex.messages(), ex.images, queries)
+        assert len(enc.pointer_positions) == len(queries)
+        assert enc.pointer_boxes == [q.box for q in queries]
+        assert enc.pointer_images == [len(ex.images) - 1] * len(queries)
+        for p in enc.pointer_positions:
+            assert tok.decode(enc.input_ids[: p + 1]).endswith("(")  # the query ends with `(`
+            assert tok.decode([enc.input_ids[p + 1]])[0].isdigit()  # and predicts a digit
+            assert enc.labels[p + 1] == enc.input_ids[p + 1]  # inside the trained answer
+        labelled = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != -100]
+        assert tok.decode(labelled, skip_special_tokens=True).strip().startswith(ex.answer)
+        total += len(queries)
+    assert total >= 8

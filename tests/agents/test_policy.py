@@ -1,22 +1,40 @@
 """Policies: a random tiny VLM decoding through the engine with screenshots writes only
 parseable, on-screen responses under the grammar; its prompt is the training layout; the
-expert oracle answers like the expert."""
+expert oracle answers like the expert. Pointer models: every coordinate action (click,
+drag, scroll, …; constrained and unconstrained) is completed by pointing and parses; the
+greedy click is `pointer_point` of `model.point` on the recorded ids; recorded pointer
+log-probs equal an independent recomputation; spliced tokens are flagged and unscored; a
+sampled token that runs past the query is cut and the prefix re-encoded."""
 
 from __future__ import annotations
+
+import copy
+import re
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lmforge.agents.actions import parse_response
+from lmforge.agents.action_grammar import response_regex
+from lmforge.agents.actions import action_point, parse_response
 from lmforge.agents.agent_data import make_agent_dataset
 from lmforge.agents.env import GUIEnv
 from lmforge.agents.expert import expert_step
-from lmforge.agents.policy import AgentContext, ExpertPolicy, VLMPolicy, agent_messages
+from lmforge.agents.policy import (
+    AgentContext,
+    ExpertPolicy,
+    VLMPolicy,
+    agent_messages,
+    pointer_prefix,
+)
 from lmforge.agents.tasks import sample_task
+from lmforge.models.pointer_head import pointer_point, to_pixels, token_centre
+from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm
 from lmforge.vision.processor import QWEN2_VL_CHAT_TEMPLATE
-from lmforge.vision.vlm_data import VLM_SPECIAL_TOKENS
+from lmforge.vision.vlm_data import VLM_SPECIAL_TOKENS, encode_prompt
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +104,173 @@ def test_long_histories_get_the_context_room_left_not_a_crash(vlm):
     assert all(limit - 160 < len(s.prompt_ids) < limit for s in samples)  # less room than asked
     for sample in samples:
         assert len(sample.prompt_ids) + len(sample.token_ids) <= limit
+
+
+# ---------------------------------------------------------------------- pointer policies
+def with_pointer(model, size: int = 16, seed: int = 0):
+    """A copy of ``model`` with a (random) pointer head of width ``size``."""
+    config = replace(model.config, pointer_size=size)
+    torch.manual_seed(seed)
+    out = VisionLanguageModel(config)
+    out.load_state_dict(model.state_dict(), strict=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pvlm(vlm):
+    model, tok, proc, data = vlm
+    return with_pointer(model), tok, proc, data
+
+
+def pointing_regex(name: str) -> str:
+    """Responses that always take coordinate action ``name`` (the rest of its arguments do
+    not matter: the policy splices them)."""
+    return f"Thought: [a-z ]{{1,8}}\\nAction: {name}\\([0-9]{{1,3}},[0-9]{{1,3}}\\)"
+
+
+def image_tokens(model, ids: list[int], grid: torch.Tensor, image: int) -> torch.Tensor:
+    """The positions of image ``image``'s tokens in ``ids``."""
+    merge = model.config.vision.spatial_merge_size
+    counts = [int(t * h * w) // merge**2 for t, h, w in grid.tolist()]
+    where = (torch.tensor(ids) == model.config.image_token_id).nonzero().flatten()
+    start = sum(counts[:image])
+    return where[start : start + counts[image]]
+
+
+def check_pointer_sample(model, tok, sample, screen=(128, 128)) -> None:
+    """Parses (and is in the grammar); spliced tokens flagged and unscored; each pointer's
+    query token ends with ( or ,; its log-prob is log-softmax of the pointer head's logits
+    recomputed here from a plain forward."""
+    response = parse_response(sample.text, screen)
+    assert re.fullmatch(response_regex(screen), sample.text)
+    assert tok.decode(sample.token_ids, skip_special_tokens=True) == sample.text
+    assert sample.token_ids[-1] == tok.token_to_id("<|im_end|>") and not sample.sampled[-1]
+    n_prompt = len(sample.prompt_ids)
+    full = sample.prompt_ids + sample.token_ids
+    assert len(sample.pointers) == (2 if type(response.action).__name__ == "Drag" else 1)
+    for p in sample.pointers:
+        assert tok.decode([full[p.position]])[-1] in "(,"
+        assert p.image == sample.image_grid_thw.shape[0] - 1
+        after = p.position + 1 - n_prompt  # the spliced coordinates follow the query
+        digits = tok.encode(f"{p.point[0]},{p.point[1]}")
+        assert sample.token_ids[after : after + len(digits)] == digits
+        assert not any(sample.sampled[after : after + len(digits)])
+        ids = full[: p.position + 1]
+        with torch.no_grad():
+            hidden = model(torch.tensor([ids]), sample.pixel_values, sample.image_grid_thw,
+                           output_hidden_states=True).hidden_states[0]  # fmt: skip
+            keys = hidden[image_tokens(model, ids, sample.image_grid_thw, p.image)]
+            logits = model.pointer_head(hidden[-1:], keys[None])[0]
+        assert logits.shape[0] == p.grid[0] * p.grid[1]
+        assert p.logprob == pytest.approx(float(torch.log_softmax(logits, -1)[p.index]), abs=1e-5)
+    for lp, kept in zip(sample.logprobs, sample.sampled, strict=True):
+        assert (lp is not None) == kept  # logprobs asked for: every sampled token is scored
+
+
+@pytest.mark.parametrize("name", ["click", "drag", "scroll", "right_single"])
+def test_pointer_policy_points_and_records_its_choices(pvlm, name):
+    model, tok, proc, _ = pvlm
+    for temperature in (0.0, 1.0):
+        policy = VLMPolicy(model, tok, proc, temperature=temperature, seed=4, logprobs=True)
+        assert policy.pointer  # auto: the model has a head
+        policy.regex = pointing_regex(name)
+        for sample in policy.sample(contexts(3)):
+            check_pointer_sample(model, tok, sample)
+            assert sample.text.split("Action: ")[1].startswith(name + "(")
+            for p in sample.pointers:
+                if temperature > 0:  # a sampled token's centre (greedy: the next test)
+                    assert p.point == to_pixels(token_centre(p.index, p.grid), (128, 128))
+
+
+def test_greedy_pointer_click_is_the_pointer_readout_of_the_recorded_ids(pvlm):
+    model, tok, proc, _ = pvlm
+    policy = VLMPolicy(model, tok, proc, temperature=0.0, logprobs=True)
+    samples = policy.sample(contexts(4))
+    assert sum(bool(s.pointers) for s in samples) >= 2  # the grammar lets it point most times
+    for sample in samples:
+        if not sample.pointers:
+            assert not sample.text.split("\n")[-1].startswith("Action: click(")
+            continue
+        check_pointer_sample(model, tok, sample)
+        full = sample.prompt_ids + sample.token_ids
+        for p in sample.pointers:
+            probs, grids = model.point(torch.tensor([full[: p.position + 1]]), sample.pixel_values,
+                                       sample.image_grid_thw)  # fmt: skip
+            assert grids[0] == p.grid and p.index == int(probs[0].argmax())
+            assert p.point == to_pixels(pointer_point(probs[0], grids[0]), (128, 128))
+        action = parse_response(sample.text).action
+        assert action_point(action) == sample.pointers[0].point
+    again = VLMPolicy(model, tok, proc, temperature=0.0).act(contexts(4))
+    assert again == [s.text.strip() for s in samples]  # greedy pointing is reproducible
+
+
+def overfit(model, tok, proc, cs, answer: str, steps: int = 80):
+    """``model`` taught to write ``answer`` to each of ``cs``'s prompts (a stand-in for an
+    SFT agent, so an unconstrained policy reaches a coordinate action)."""
+    batch = []
+    for c in cs:
+        prompt, pixels, grid = encode_prompt(tok, proc, *agent_messages(c, 2))
+        target = tok.encode(answer)
+        batch.append((torch.tensor([prompt + target]), pixels, grid, len(prompt)))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        for ids, pixels, grid, n in batch:
+            logits = model(ids, pixels, grid).logits[0, n - 1 : -1]
+            torch.nn.functional.cross_entropy(logits, ids[0, n:]).backward()
+        opt.step()
+    return model.eval()
+
+
+def test_unconstrained_pointer_policy_writes_parseable_actions(pvlm):
+    model, tok, proc, _ = pvlm
+    cs = contexts(2)
+    for name in ("drag", "scroll"):
+        taught = overfit(copy.deepcopy(model), tok, proc, cs, f"Thought: go\nAction: {name}(")
+        policy = VLMPolicy(taught, tok, proc, temperature=0.0, constrained=False, logprobs=True)
+        for sample in policy.sample(cs):
+            check_pointer_sample(taught, tok, sample)
+            assert sample.text.startswith(f"Thought: go\nAction: {name}(")
+    # a pointer model can still decode its coordinates as text
+    text_policy = VLMPolicy(model, tok, proc, temperature=1.0, seed=3, pointer=False)
+    assert all(not s.pointers for s in text_policy.sample(contexts(2)))
+    with pytest.raises(ValueError, match="pointer head"):
+        VLMPolicy(vlm_without_head(pvlm), tok, proc, pointer=True)
+
+
+def vlm_without_head(pvlm):
+    model = copy.deepcopy(pvlm[0])
+    model.pointer_head = None
+    return model
+
+
+def test_a_token_past_the_query_is_cut_and_the_prefix_re_encoded():
+    texts = ["Thought: a\nAction: click((1,2)) drag((3", "type('x') click((5"] * 20
+    tok = Tokenizer.train(texts, vocab_size=300, min_frequency=1, special_tokens=VLM_SPECIAL_TOKENS,
+                          chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+    over = tok.token_to_id("((")
+    assert over is not None
+    stand_in = SimpleNamespace(tokenizer=tok)
+    head = tok.encode("Thought: a\nAction: click")
+    ids, scores = [], [-0.5] * (len(head) + 1)
+    hit = VLMPolicy._reached_query(stand_in, ids, scores, head + [over, 7])
+    assert hit.name == "click" and ids == head + [over]  # stops at the query, ignores the rest
+    assert tok.decode(hit.ids) == "Thought: a\nAction: click("
+    assert hit.ids[: len(head)] == head and hit.sampled == [True] * len(head) + [False]
+    assert hit.logprobs == [-0.5] * len(head) + [None]
+    exact = VLMPolicy._reached_query(stand_in, [], [], tok.encode("Thought: a\nAction: scroll(1"))
+    assert exact.name == "scroll" and tok.decode(exact.ids).endswith("scroll(")
+    assert all(exact.sampled) and exact.logprobs == [None] * len(exact.ids)
+    assert (
+        VLMPolicy._reached_query(stand_in, [], [], tok.encode("Thought: click(\nAction: t")) is None
+    )
+
+
+def test_pointer_prefix():
+    text = "Thought: a\nAction: click("
+    assert pointer_prefix(text) == ("click", len(text))
+    assert pointer_prefix("Thought: a\nAction: left_double(1") == ("left_double", len(text) + 6)
+    assert pointer_prefix("Thought: click(") is None
+    assert pointer_prefix("Thought: a\nAction: type(") is None
+    assert pointer_prefix("Thought: a\nSay: click(") is None

@@ -1,11 +1,16 @@
 """Agent RL: rewards and group advantages per episode; training batches hold exactly the
 token ids the engine sampled (not the text re-tokenized) with the engine's log-probs, equal
 to the trainer's (ratio 1); the packed surrogate's gradient equals −Σ A ∇log π computed
-sample by sample; ratio clipping; a short online GRPO smoke run through the Trainer."""
+sample by sample; ratio clipping; a short online GRPO smoke run through the Trainer. With a
+pointer model: the LM term skips spliced tokens, the pointer choices' clipped ratio terms
+equal a hand computation and their gradient reaches the pointer head; a pointer GRPO run."""
 
 from __future__ import annotations
 
+import copy
 import json
+import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,6 +30,7 @@ from lmforge.agents.rollout import run_episodes
 from lmforge.agents.tasks import sample_task
 from lmforge.config import ConfigError
 from lmforge.models.loss import IGNORE_INDEX
+from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.config import load_config
 from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm
@@ -191,3 +197,117 @@ def test_bad_rl_sections():
             train_agent_rl(load_config(None, [override], AgentRLConfig))
     with pytest.raises(ConfigError, match="model.init_from"):
         train_agent_rl(load_config(None, [], AgentRLConfig))
+
+
+# ---------------------------------------------------------------------- pointer models
+@pytest.fixture(scope="module")
+def pvlm(vlm):
+    """The tiny VLM with a random pointer head: its clicks come from pointing."""
+    model, tok, proc = vlm
+    torch.manual_seed(1)
+    pointer = VisionLanguageModel(replace(model.config, pointer_size=16))
+    pointer.load_state_dict(model.state_dict(), strict=False)
+    return pointer, tok, proc
+
+
+# under the grammar a random model reaches a coordinate action on most steps
+PSECTION = replace(SECTION, constrained=True, max_new_tokens=100)
+
+
+def pointer_logprob(model, sample, p) -> float:
+    """log p(k) of pointer choice ``p`` recomputed from a plain one-row forward of the sample."""
+    ids = (sample.prompt_ids + sample.token_ids)[: p.position + 1]
+    hidden = model(torch.tensor([ids]), sample.pixel_values, sample.image_grid_thw,
+                   output_hidden_states=True).hidden_states[0]  # fmt: skip
+    image = (torch.tensor(ids) == model.config.image_token_id).nonzero().flatten()
+    n = p.grid[0] * p.grid[1]  # the last image's tokens are the last n placeholders
+    logits = model.pointer_head(hidden[-1:], hidden[image[-n:]][None])[0]
+    return torch.log_softmax(logits, -1)[p.index]
+
+
+def test_pointer_rollouts_train_the_lm_on_sampled_tokens_and_the_head_on_its_choices(pvlm):
+    model, tok, _ = pvlm
+    rollouts, runs = sampled_runs(pvlm, PSECTION)
+    samples = [s for run in runs for s in run.samples]
+    choices = [p for s in samples for p in s.pointers]
+    assert len(choices) > 0 and any(not all(s.sampled) for s in samples)
+    batch = rollouts.batch(runs)
+    assert batch["pointer_queries"].shape == (len(choices), 2)
+    labelled = [batch["labels"][r][batch["labels"][r] != IGNORE_INDEX].tolist()
+                for r in range(batch["labels"].shape[0])]  # fmt: skip
+    kept = [t for s in samples for t, f in zip(s.token_ids, s.sampled, strict=True) if f]
+    assert sorted(sum(labelled, [])) == sorted(kept)  # spliced tokens get no LM term
+    queried = batch["input_ids"][batch["pointer_queries"][:, 0], batch["pointer_queries"][:, 1]]
+    assert all(tok.decode([t])[-1] in "(," for t in queried.tolist())
+    assert sorted(batch["pointer_old"].tolist()) == pytest.approx(
+        sorted(p.logprob for p in choices), abs=1e-6
+    )
+    model.zero_grad()
+    out = agent_pg_objective(model, batch)
+    n_lm = int((batch["labels"] != IGNORE_INDEX).sum())
+    assert int(out.count) == n_lm + len(choices)
+    assert float(out.metrics["pointer_gap"] / out.count) < 1e-4  # the ratio starts at 1
+    assert float(out.metrics["logprob_gap"] / out.count) < 1e-4
+    out.loss_sum.backward()
+    head = [p.grad for p in model.pointer_head.parameters()]
+    assert all(g is not None for g in head) and sum(float(g.abs().sum()) for g in head) > 0
+
+
+def test_pointer_ratio_term_equals_a_hand_computation_with_clipping(pvlm):
+    model, _, _ = pvlm
+    rollouts, runs = sampled_runs(pvlm, PSECTION)
+    batch = rollouts.batch(runs)
+    batch["advantages"] = torch.zeros_like(batch["advantages"])  # the pointer terms only
+    batch["pointer_old"] = batch["pointer_old"] - 1.0  # ρ = e > 1 + ε
+    sign = lambda k: 1.0 if k % 2 == 0 else -1.0  # noqa: E731
+    batch["pointer_advantages"] = torch.tensor([sign(k) for k in batch["pointer_index"].tolist()])
+    out = agent_pg_objective(model, batch)
+    eps, want = SECTION.clip_eps, 0.0
+    for s in (s for run in runs for s in run.samples):
+        for p in s.pointers:
+            with torch.no_grad():
+                ratio = math.exp(float(pointer_logprob(model, s, p)) - (p.logprob - 1.0))
+            a = sign(p.index)
+            want -= min(ratio * a, min(max(ratio, 1 - eps), 1 + eps) * a)
+    assert float(out.loss_sum.detach()) == pytest.approx(want, rel=1e-4)
+    assert any(k % 2 == 0 for k in batch["pointer_index"].tolist())  # some terms are clipped
+    # A > 0 on every choice: min(ρA, (1+ε)A) is flat, no gradient; A < 0: it flows
+    for a, flows in ((1.0, False), (-1.0, True)):
+        batch["pointer_advantages"] = torch.full_like(batch["pointer_advantages"], a)
+        model.zero_grad()
+        agent_pg_objective(model, batch).loss_sum.backward()
+        grad = sum(float(p.grad.abs().sum()) for p in model.pointer_head.parameters())
+        assert (grad > 0) == flows
+
+
+def test_pointerless_batches_are_unchanged(vlm, pvlm):
+    rollouts, runs = sampled_runs(vlm, SECTION)
+    batch = rollouts.batch(runs)
+    assert batch["pointer_index"].numel() == 0 and batch["pointer_queries"].shape == (0, 2)
+    out = agent_pg_objective(vlm[0], batch)
+    assert "pointer_gap" not in out.metrics
+    # a pointer model's batch without a pointer choice: LM terms only, the head in the graph
+    model = pvlm[0]
+    model.zero_grad()
+    out = agent_pg_objective(model, batch)
+    assert int(out.count) == int((batch["labels"] != IGNORE_INDEX).sum())
+    assert float(out.metrics["pointer_gap"]) == 0.0
+    out.loss_sum.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in model.pointer_head.parameters())
+
+
+def test_online_grpo_with_a_pointer_model(tmp_path, pvlm):
+    model, tok, _ = pvlm
+    model = copy.deepcopy(model)
+    overrides = [f"out_dir={tmp_path / 'rl'}", "rl.pool_tasks=2", "rl.failed_only=false",
+                 "rl.tasks_per_rollout=1", "rl.group_size=2", "rl.max_steps=2", "rl.constrained=true",
+                 "rl.eval_tasks=1", "rl.eval_max_steps=1", "rl.max_new_tokens=100", "train.max_steps=2",
+                 "train.batch_size=1", "train.eval_every=0", "train.save_every=0", "log.progress=false",
+                 "log.plot=false", "optim.warmup_steps=1", "data.seq_len=256"]  # fmt: skip
+    summary = train_agent_rl(load_config(None, overrides, AgentRLConfig), model, tok)
+    assert summary["step"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    logged = [x for x in lines if "pointer_gap" in x]
+    assert len(logged) == 2 and all(x["pointer_gap"] < 1e-3 for x in logged)
+    saved = json.loads((tmp_path / "rl" / "model" / "config.json").read_text())
+    assert saved["pointer_head"]["size"] == 16

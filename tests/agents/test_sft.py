@@ -7,12 +7,23 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import lmforge
-from lmforge.agents.sft import AgentRunConfig, train_agent_sft
+from lmforge.agents.agent_data import make_agent_dataset
+from lmforge.agents.sft import (
+    AgentRunConfig,
+    agent_model,
+    evaluate_agent_model,
+    point_clicks,
+    train_agent_sft,
+)
+from lmforge.agents.widgets import box_contains
 from lmforge.config import ConfigError
+from lmforge.models.hf import save_model
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.train.config import load_config
+from lmforge.train.vlm_sft import image_processor_for
 
 SMALL = [
     "agent.train_tasks=4", "agent.eval_tasks=2", "agent.eval_grounding=6", "agent.max_steps=2",
@@ -57,10 +68,7 @@ def test_bad_sections_are_refused(override, message):
 def test_coordinate_tokens_merge_size_and_rope_theta(tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
-    from lmforge.agents.agent_data import make_agent_dataset
-    from lmforge.agents.sft import agent_model, train_agent_tokenizer
-    from lmforge.models.hf import save_model
-    from lmforge.train.vlm_sft import image_processor_for
+    from lmforge.agents.sft import train_agent_tokenizer
 
     data = make_agent_dataset("train", 3, seed=0, grounding_count=0, grounding_turns=4)
     examples = [ex for k in data for ex in data[k]]
@@ -94,9 +102,6 @@ def test_coordinate_tokens_merge_size_and_rope_theta(tmp_path):
 
 def test_fan_in_init_survives_the_merge_size_rebuild():
     """``agent.merge_size`` ≠ 2 rebuilds the model; the encoder still gets N(0, 1/fan_in)."""
-    from lmforge.agents.agent_data import make_agent_dataset
-    from lmforge.agents.sft import agent_model
-
     data = make_agent_dataset("train", 2, seed=0, grounding_count=0, grounding_turns=4)
     examples = [ex for k in data for ex in data[k]]
     stds = {}
@@ -121,3 +126,101 @@ def test_random_screens_and_question_first_run(tmp_path):
                  "agent.kinds=[grounding]", "train.max_steps=3"]  # fmt: skip
     summary = train_agent_sft(load_config(None, overrides, AgentRunConfig))
     assert 0 <= summary["agent_eval"]["grounding_accuracy"] <= 1
+
+
+POINTER = ["agent.pointer_size=16", "agent.eval_tasks=0", "agent.eval_grounding=12"]
+
+
+def from_folder(overrides: list[str], folder) -> AgentRunConfig:
+    return load_config(None, [*overrides, f"model.init_from={folder}"], AgentRunConfig)
+
+
+def test_pointer_agent_sft_trains_saves_and_scores_by_pointing(tmp_path):
+    config = load_config(None, [f"out_dir={tmp_path / 'run'}", *SMALL, *POINTER], AgentRunConfig)
+    report = train_agent_sft(config)["agent_eval"]
+    assert 0 <= report["grounding_accuracy"] <= 1 and 0 <= report["grounding_accuracy_text"] <= 1
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    pointer = [x["pointer_loss"] for x in map(json.loads, lines) if x.get("pointer_loss")]
+    assert pointer and all(0 < p < 20 for p in pointer)  # finite, ~log(64 tokens) at first
+    back = lmforge.load_model(tmp_path / "run" / "model")
+    assert back.config.pointer_size == 16 and back.pointer_head is not None
+    for size in (16, 0, 32):  # a folder's (trained) head is kept, whatever agent.pointer_size
+        overrides = [*SMALL, *POINTER, f"agent.pointer_size={size}"]
+        again, _ = agent_model(from_folder(overrides, tmp_path / "run" / "model"), [])
+        assert again.config.pointer_size == 16
+        for a, b in zip(
+            again.pointer_head.parameters(), back.pointer_head.parameters(), strict=True
+        ):
+            assert torch.equal(a, b)
+
+
+def test_a_folder_without_a_head_gets_a_fresh_one(tmp_path):
+    examples = make_agent_dataset("train", 2, seed=0)["grounding"]
+    model, tok = agent_model(load_config(None, SMALL, AgentRunConfig), examples)
+    assert model.pointer_head is None
+    save_model(model, tmp_path / "m")
+    tok.save(tmp_path / "m")
+    for size in (0, 24):
+        loaded, _ = agent_model(
+            from_folder([*SMALL, f"agent.pointer_size={size}"], tmp_path / "m"), []
+        )
+        assert loaded.config.pointer_size == size
+        assert (loaded.pointer_head is None) == (size == 0)
+        assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)  # the folder's body
+
+
+@pytest.mark.parametrize("override", ["agent.pointer_size=-1", "agent.pointer_weight=-0.5"])
+def test_bad_pointer_settings_are_refused(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        train_agent_sft(load_config(None, [*SMALL, override], AgentRunConfig))
+
+
+def test_pointer_grounding_score_matches_a_hand_computation(monkeypatch):
+    """`evaluate_agent_model` scores a pointer model by its pointing: with ``point`` fixed to
+    a known distribution (0.6 on one token, 0.4 on its right neighbour), every click is the
+    tokens' weighted centre and the accuracy the share of target boxes holding it."""
+    config = load_config(None, [*SMALL, *POINTER, "agent.merge_size=1"], AgentRunConfig)
+    a = config.agent
+    torch.manual_seed(0)
+    model, tok = agent_model(config, make_agent_dataset("train", 2, seed=0)["grounding"])
+    processor = image_processor_for(model, 128)
+    held = make_agent_dataset(
+        "heldout_layout", max(1, a.eval_grounding // 8), 5 + 7919, a.history, 0.0, 128, 128
+    )["grounding"][: a.eval_grounding]  # as evaluate_agent_model, seed 5
+    x0, y0, x1, y1 = held[0].meta["target_box"]
+    rows = cols = 16  # 8-px tokens, no merge
+    r, c = int((y0 + y1) / 2) // 8, min(cols - 2, int(x0) // 8)
+    calls = []
+
+    def point(ids, pixel_values, grid, images):
+        calls.append((ids.shape[0], list(images), grid.shape[0]))
+        assert all(
+            tok.decode(row).endswith("<|im_start|>assistant\nclick(") for row in ids.tolist()
+        )
+        probs = torch.zeros(ids.shape[0], rows * cols)
+        probs[:, r * cols + c], probs[:, r * cols + c + 1] = 0.6, 0.4
+        return probs, [(rows, cols)] * ids.shape[0]
+
+    monkeypatch.setattr(model, "point", point)
+    x = int((0.6 * (c + 0.5) + 0.4 * (c + 1.5)) / cols * 128)
+    y = int((r + 0.5) / rows * 128)
+    boxes = [ex.meta["target_box"] for ex in held]
+    want = sum(box_contains(b, x, y) for b in boxes) / len(boxes)
+    assert want > 0
+    assert point_clicks(model, tok, processor, held, (128, 128)) == [f"click({x},{y})"] * len(held)
+    report = evaluate_agent_model(model, tok, processor, a, seed=5)
+    assert report["grounding_accuracy"] == pytest.approx(want)
+    assert 0 <= report["grounding_accuracy_text"] <= 1  # the text answers, reported aside
+    assert all(images == list(range(n)) for _, images, n in calls)  # each row's own screenshot
+    assert sum(b for b, _, _ in calls) == 2 * len(held) and max(b for b, _, _ in calls) > 1
+
+
+def test_batched_pointing_equals_one_by_one():
+    held = make_agent_dataset("heldout_layout", 2, 3)["grounding"][:10]
+    torch.manual_seed(1)
+    model, tok = agent_model(load_config(None, [*SMALL, *POINTER], AgentRunConfig), held)
+    model.eval()
+    processor = image_processor_for(model, 128)
+    together = point_clicks(model, tok, processor, held, (128, 128))
+    alone = [point_clicks(model, tok, processor, [ex], (128, 128))[0] for ex in held]
+    assert together == alone and len(set(together)) > 1

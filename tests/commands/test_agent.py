@@ -76,3 +76,19 @@ def test_clean_errors(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
     assert main(["agent", "eval", "--expert", "--episodes", "0"]) == 2
     assert "--episodes 0" in capsys.readouterr().err
+
+
+def test_pointer_agent_sft_and_eval_score_grounding_by_pointing(tmp_path, capsys):
+    out = tmp_path / "ptr"
+    assert main(["agent", "sft", "--out", str(out), *SMALL, "agent.pointer_size=16"]) == 0
+    assert json.loads((out / "model" / "config.json").read_text())["pointer_head"] == {"size": 16}
+    capsys.readouterr()
+    summary = tmp_path / "eval.json"
+    code = main(["agent", "eval", "--model", str(out / "model"), "--episodes", "1", "--max-steps",
+                 "1", "--grounding", "6", "--json", str(summary)])  # fmt: skip
+    assert code == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("grounding_accuracy=") and last.endswith("by the pointer)")
+    figures = json.loads(summary.read_text())["grounding"]
+    assert set(figures) == {"grounding_accuracy", "grounding_accuracy_text"}
+    assert all(0 <= v <= 1 for v in figures.values())
