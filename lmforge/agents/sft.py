@@ -97,6 +97,7 @@ from lmforge.vision.vlm_data import (
     answer_questions,
     encode_chat,
     encode_prompt,
+    length_batches,
 )
 from lmforge.vision.vlm_tasks import VQAExample
 
@@ -249,26 +250,21 @@ def point_clicks(
     run together."""
     prefix = tokenizer.encode("click(")
     prompts = [encode_prompt(tokenizer, processor, ex.messages()[:1], ex.images) for ex in examples]
-    by_length: dict[int, list[int]] = {}
-    for i, (ids, _, _) in enumerate(prompts):
-        by_length.setdefault(len(ids), []).append(i)
     answers = [""] * len(examples)
-    for group in by_length.values():
-        for start in range(0, len(group), batch_size):
-            part = group[start : start + batch_size]
-            images, seen = [], 0
-            for i in part:
-                seen += prompts[i][2].shape[0]
-                images.append(seen - 1)  # each row's last image: its current screenshot
-            probs, grids = model.point(
-                torch.tensor([prompts[i][0] + prefix for i in part]),
-                torch.cat([prompts[i][1] for i in part]),
-                torch.cat([prompts[i][2] for i in part]),
-                images,
-            )
-            for i, p, grid in zip(part, probs, grids, strict=True):
-                x, y = to_pixels(pointer_point(p, grid), screen)
-                answers[i] = f"click({x},{y})"
+    for part in length_batches([len(ids) for ids, _, _ in prompts], batch_size):
+        images, seen = [], 0
+        for i in part:
+            seen += prompts[i][2].shape[0]
+            images.append(seen - 1)  # each row's last image: its current screenshot
+        probs, grids = model.point(
+            torch.tensor([prompts[i][0] + prefix for i in part]),
+            torch.cat([prompts[i][1] for i in part]),
+            torch.cat([prompts[i][2] for i in part]),
+            images,
+        )
+        for i, p, grid in zip(part, probs, grids, strict=True):
+            x, y = to_pixels(pointer_point(p, grid), screen)
+            answers[i] = f"click({x},{y})"
     return answers
 
 

@@ -243,6 +243,17 @@ def encode_prompt(
 
 
 @torch.no_grad()
+def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices of equal ``lengths`` in batches of at most ``batch_size`` (prompts that can run
+    together without padding), in first-seen order of the lengths."""
+    by_length: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(n, []).append(i)
+    for group in by_length.values():
+        for start in range(0, len(group), batch_size):
+            yield group[start : start + batch_size]
+
+
 def answer_questions(
     model: Any,
     tokenizer: Any,
@@ -257,24 +268,19 @@ def answer_questions(
     prompts = [
         encode_prompt(tokenizer, processor, ex.messages()[:-1], ex.images) for ex in examples
     ]
-    by_length: dict[int, list[int]] = {}
-    for i, (ids, _, _) in enumerate(prompts):
-        by_length.setdefault(len(ids), []).append(i)
     answers = [""] * len(examples)
-    for group in by_length.values():
-        for start in range(0, len(group), batch_size):
-            part = group[start : start + batch_size]
-            ids = torch.tensor([prompts[i][0] for i in part])
-            out = model.generate(
-                ids,
-                pixel_values=torch.cat([prompts[i][1] for i in part]),
-                image_grid_thw=torch.cat([prompts[i][2] for i in part]),
-                max_new_tokens=max_new_tokens,
-                eos_token_id=stop,
-            )
-            for i, row in zip(part, out[:, ids.shape[1] :].tolist(), strict=True):
-                row = row[: row.index(stop)] if stop in row else row
-                answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    for part in length_batches([len(ids) for ids, _, _ in prompts], batch_size):
+        ids = torch.tensor([prompts[i][0] for i in part])
+        out = model.generate(
+            ids,
+            pixel_values=torch.cat([prompts[i][1] for i in part]),
+            image_grid_thw=torch.cat([prompts[i][2] for i in part]),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stop,
+        )
+        for i, row in zip(part, out[:, ids.shape[1] :].tolist(), strict=True):
+            row = row[: row.index(stop)] if stop in row else row
+            answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
     return answers
 
 
@@ -340,6 +346,7 @@ __all__ = [
     "collate_rows",
     "encode_chat",
     "encode_prompt",
+    "length_batches",
     "pack_examples",
     "train_vqa_tokenizer",
 ]

@@ -15,7 +15,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lmforge.agents.agent_data import make_agent_dataset
 from lmforge.agents.policy import ExpertPolicy
 from lmforge.agents.rl import (
     AgentRLConfig,
@@ -31,24 +30,13 @@ from lmforge.agents.tasks import sample_task
 from lmforge.config import ConfigError
 from lmforge.models.loss import IGNORE_INDEX
 from lmforge.models.vlm import VisionLanguageModel
-from lmforge.tokenizer import Tokenizer
 from lmforge.train.config import load_config
-from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm
-from lmforge.vision.processor import QWEN2_VL_CHAT_TEMPLATE
-from lmforge.vision.vlm_data import VLM_SPECIAL_TOKENS
 
 
 @pytest.fixture(scope="module")
-def vlm():
-    data = make_agent_dataset("train", num_tasks=4, seed=2)
-    texts = [ex.question + " " + ex.answer for k in data for ex in data[k]]
-    tok = Tokenizer.train(texts, vocab_size=400, min_frequency=1, special_tokens=VLM_SPECIAL_TOKENS,
-                          chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
-    section = VLMSection(patch_size=8, vision_hidden=32, vision_heads=2, vision_depth=1, hidden_size=32,
-                         num_layers=1, num_heads=2, num_kv_heads=1, vocab_size=tok.vocab_size)  # fmt: skip
-    torch.manual_seed(0)
-    model = tiny_vlm(section, tok)
-    return model, tok, image_processor_for(model, 128)
+def vlm(agent_vlm_factory):
+    model, tok, processor, _ = agent_vlm_factory(4, 2)
+    return model, tok, processor
 
 
 def expert_runs():

@@ -5,22 +5,14 @@ pointer model's clicks are what the episode records."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import torch
 from PIL import Image
 
-from lmforge.agents.agent_data import make_agent_dataset
 from lmforge.agents.metrics import summarize
 from lmforge.agents.policy import ExpertPolicy, VLMPolicy
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
 from lmforge.agents.tasks import sample_task
 from lmforge.agents.widgets import box_center
-from lmforge.models.vlm import VisionLanguageModel
-from lmforge.tokenizer import Tokenizer
-from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm
-from lmforge.vision.processor import QWEN2_VL_CHAT_TEMPLATE
-from lmforge.vision.vlm_data import VLM_SPECIAL_TOKENS
+from lmforge.train.vlm_sft import image_processor_for
 
 
 def test_expert_oracle_scores_full_marks():
@@ -73,17 +65,10 @@ def test_gif_has_every_frame(tmp_path):
         assert gif.n_frames == len(runs[0].frames) and gif.size == (256, 256)
 
 
-def test_pointer_policy_episodes_record_the_pointed_clicks(tmp_path):
+def test_pointer_policy_episodes_record_the_pointed_clicks(tmp_path, agent_vlm_factory):
     """A (random) pointer model's episodes: every step that points is recorded at the
     pointer's click, so grounding accuracy and GIFs work unchanged."""
-    data = make_agent_dataset("train", num_tasks=2, seed=1)
-    texts = [ex.question + " " + ex.answer for k in data for ex in data[k]]
-    tok = Tokenizer.train(texts, vocab_size=400, min_frequency=1, special_tokens=VLM_SPECIAL_TOKENS,
-                          chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
-    section = VLMSection(patch_size=8, vision_hidden=32, vision_heads=2, vision_depth=1, hidden_size=32,
-                         num_layers=1, num_heads=2, num_kv_heads=1, vocab_size=tok.vocab_size)  # fmt: skip
-    torch.manual_seed(0)
-    model = VisionLanguageModel(replace(tiny_vlm(section, tok).config, pointer_size=8))
+    model, tok, _, _ = agent_vlm_factory(2, 1, pointer_size=8)
     policy = VLMPolicy(model, tok, image_processor_for(model, 128), temperature=1.0, seed=2)
     tasks = [sample_task(s, template="dropdown_save") for s in range(3)]
     runs = run_episodes(policy, tasks, max_steps=3, keep_samples=True)
