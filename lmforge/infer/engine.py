@@ -43,7 +43,7 @@ from lmforge.infer.cache import (
     decode_groups,
 )
 from lmforge.infer.checks import check_prompt_tokens, default_eos, is_int, make_generator
-from lmforge.infer.decode_step import CompiledDecode
+from lmforge.infer.decode_step import CompiledDecode, bucket
 from lmforge.infer.detokenize import IncrementalDetokenizer
 from lmforge.infer.drafting import Draft
 from lmforge.infer.multimodal import (
@@ -463,26 +463,22 @@ class Engine:
         hidden states ``[N, H]`` of all rows (None without speculation), the requests that
         sample next (their chunk ends at their last known token), each one's ``(first kept
         row, rows)`` — all rows of a draft chunk, else one — and each chunk's flat offset."""
-        if not self._drafts and not self.multimodal and chunks[-1].num_tokens == 1:
+        pure_decode = not self._drafts and not self.multimodal and chunks[-1].num_tokens == 1
+        want_hidden = self.speculative is not None
+        fused = self.runner is not None and self.runner.sync()
+        if fused and pure_decode and not want_hidden:
+            compiled = self._compiled_decode()
+            if compiled is not None:
+                return self._compiled_forward(chunks, compiled)
+        if pure_decode:
             inputs = self._decode_inputs(chunks)  # all single-token chunks (sorted first)
         else:
             inputs = self._ragged_inputs(chunks)
         ids_t, positions_t, keep_t, batch = inputs.ids, inputs.positions, inputs.keep, inputs.batch
         sampling, spans, offsets = inputs.sampling, inputs.spans, inputs.offsets
         dev, max_position, mm = self.device, inputs.max_position, inputs.multimodal
-        prefills, trees = batch.prefills, batch.tree_masks
-        want_hidden = self.speculative is not None
         hidden = None
-        if self.runner is not None and self.runner.sync():
-            compiled = self._compiled_decode() if not (prefills or trees or want_hidden) else None
-            if compiled is not None and mm is None:
-                tables = batch.decode_blocks
-                if inputs.table_padding is not None:  # pad with the spare block, not block 0
-                    tables = tables.masked_fill(inputs.table_padding, compiled.spare_block)
-                logits = compiled(ids_t, positions_t, tables, batch.slot_mapping)
-                if keep_t.shape[0] != batch.num_decode:  # a 1-token chunk short of its last token
-                    logits = logits[keep_t]
-                return logits.float(), None, sampling, spans, offsets
+        if fused:
             if want_hidden:
                 logits, hidden = self.runner(
                     ids_t, positions_t, max_position, batch, keep_t, return_hidden=True
@@ -507,6 +503,32 @@ class Engine:
             if self.adapters is not None:
                 self.adapters.select(None)
         return logits.float(), hidden, sampling, spans, offsets
+
+    def _compiled_forward(self, chunks: list[ScheduledChunk], compiled: CompiledDecode):
+        """`_forward` of a pure decode step (one token per chunk, no drafts) through the
+        compiled step: its inputs built from Python lists — tables padded to their bucket's
+        width with the spare block, slots ``table[pos // bs] · bs + pos % bs`` — in one
+        tensor per input (the step's only host-side tensor ops)."""
+        dev, bs, spare = self.device, self.block_size, compiled.spare_block
+        decode = [c.seq for c in chunks]
+        starts = [s.num_computed for s in decode]
+        width = bucket(len(decode[-1].block_ids))  # widths ascending (see `step`)
+        tables = [s.block_ids + [spare] * (width - len(s.block_ids)) for s in decode]
+        slots = [t[p // bs] * bs + p % bs for t, p in zip(tables, starts)]
+        logits = compiled(
+            torch.tensor([s.tokens[p] for s, p in zip(decode, starts)], device=dev),
+            torch.tensor(starts, device=dev), torch.tensor(tables, device=dev),
+            torch.tensor(slots, device=dev),
+        )  # fmt: skip
+        # Every sequence samples unless its 1-token chunk is a prompt token short of the
+        # prompt's last one (chunked prefill).
+        last = [p + 1 == len(s.tokens) for s, p in zip(decode, starts)]
+        sampling: list[Request] = decode
+        if not all(last):
+            sampling = [s for s, is_last in zip(decode, last) if is_last]
+            logits = logits[[i for i, is_last in enumerate(last) if is_last]]
+        spans = [(i, 1) for i in range(len(sampling))]
+        return logits.float(), None, sampling, spans, {s: i for i, s in enumerate(decode)}
 
     def _ragged_inputs(self, chunks: list[ScheduledChunk]) -> _StepInputs:
         """`_forward`'s inputs (`_StepInputs`) for any mix of chunks (prefill, drafts,

@@ -40,8 +40,10 @@ be stacked bit-exactly run one by one and are concatenated.
 
 from __future__ import annotations
 
+import operator
 import weakref
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
@@ -180,6 +182,7 @@ class InferenceRunner:
         self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim, self.intermediate = cfg.head_dim, cfg.intermediate_size
         self._signature: list[tuple[int, int]] = []
+        self._watched: tuple | None = None  # `_watch` at the last `sync` (None: compare states)
         self._cos = self._sin = None
         self.layers: list[_LayerWeights] = []
         self.head: _DenseProjection | _ModuleProjection | None = None
@@ -227,33 +230,78 @@ class InferenceRunner:
         return None
 
     # ------------------------------------------------------------------ weights
-    def _state(self) -> list:
-        """Identity and version of every linear layer and parameter the copies come from
-        (plain dict reads: ``nn.Module.__getattr__`` would cost more than the check)."""
+    def _linears(self) -> list[nn.Module]:
+        """The linear layers the copies come from (plain dict reads: ``nn.Module.__getattr__``
+        would cost more than the check)."""
         model = self.model
         linears = [model._modules["lm_head"]]
         for layer in model._modules["model"]._modules["layers"]._modules.values():
             attn, mlp = layer._modules["self_attn"]._modules, layer._modules["mlp"]._modules
             linears += [attn[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
             linears += [mlp[n] for n in ("gate_proj", "up_proj", "down_proj")]
+        return linears
+
+    def _state(self) -> list:
+        """Identity and version of every linear layer and parameter the copies come from."""
         state = []
-        for lin in linears:  # nn.Linear: weight, bias; quantised: bias, weight, scales
+        for lin in self._linears():  # nn.Linear: weight, bias; quantised: bias, weight, scales
             for p in (*lin._parameters.values(), *lin._buffers.values()):
                 state.append(None if p is None else (id(lin), p.data_ptr(), p._version))
         return state
+
+    def _watch(self) -> tuple:
+        """What `_unchanged` compares: the dicts that hold the path from the model to every
+        source tensor (``_modules`` of the model, its body, the layer list, each layer and
+        its attention and MLP; ``_parameters``/``_buffers`` of each linear layer), their sizes,
+        the objects they held (compared by identity) and the source tensors with their
+        storage pointers and versions."""
+        model, linears = self.model, self._linears()
+        body = model._modules["model"]
+        layers = list(body._modules["layers"]._modules.values())
+        dicts = [model._modules, body._modules, body._modules["layers"]._modules]
+        for layer in layers:
+            attn, mlp = layer._modules["self_attn"], layer._modules["mlp"]
+            dicts += [layer._modules, attn._modules, mlp._modules]
+        for lin in linears:
+            dicts += [lin._parameters, lin._buffers]
+        held = [v for d in dicts for v in d.values()]
+        tensors = [
+            t for lin in linears for t in (*lin._parameters.values(), *lin._buffers.values())
+        ]
+        tensors = [t for t in tensors if t is not None]
+        ptrs, versions = [t.data_ptr() for t in tensors], [t._version for t in tensors]
+        return dicts, list(map(len, dicts)), held, tensors, ptrs, versions
+
+    def _unchanged(self) -> bool:
+        """`_state` has not changed since the last `sync` (the same answer from C-level
+        iterations over the watched dicts and tensors: 30m preset 34 → 23 µs per step)."""
+        if self._watched is None:
+            return False
+        dicts, sizes, held, tensors, ptrs, versions = self._watched
+        return (
+            [t._version for t in tensors] == versions
+            and list(map(len, dicts)) == sizes
+            and all(map(operator.is_, chain.from_iterable(map(dict.values, dicts)), held))
+            and [t.data_ptr() for t in tensors] == ptrs
+        )
 
     def invalidate(self) -> None:
         """Forget the copies; the next `sync` rebuilds them from the live weights. Needed after
         in-place updates that do not bump version counters (torch's fused CPU AdamW,
         ``p.data.copy_(...)``); every new `Engine` calls it."""
         self._signature, self.layers, self.head = [], [], None
+        self._watched = None
 
     def sync(self) -> bool:
         """Rebuild the copies if any source layer or parameter changed since they were made
         (once per engine step). False if the model has become unsupported (e.g. a projection
         was wrapped by an adapter): run ``model.forward`` instead."""
+        if self._unchanged():
+            return self.head is not None
         state = self._state()
+        self._watched = None
         if state == self._signature:
+            self._watched = self._watch()
             return self.head is not None
         self._signature, self.layers, self.head = state, [], None
         if self.unsupported_reason(self.model) is not None:
@@ -262,6 +310,7 @@ class InferenceRunner:
             self.layers = [self._layer_weights(layer) for layer in self.model.model.layers]
             self.head = _projection(self.model.lm_head)
         self._cos = self._sin = None  # dtype/device may have changed too
+        self._watched = self._watch()
         return True
 
     @staticmethod

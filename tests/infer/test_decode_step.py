@@ -170,6 +170,42 @@ def test_torch_compile_matches_eager(kind):
     assert engine.compiled.buckets == {(1, 1)}
 
 
+@pytest.mark.slow
+def test_torch_compile_direct_calls_follow_weight_updates(monkeypatch):
+    """After a bucket's first step through dynamo, later steps call its compiled graph
+    directly (`_Direct`): the same tokens and log-probs as through dynamo, and after an
+    in-place weight update (the runner rebuilds its copies) the step goes through dynamo
+    once more and follows the new weights."""
+    pytest.importorskip("torch._inductor")
+    from lmforge.infer import decode_step
+
+    direct_steps = []
+    call = decode_step._Direct.__call__
+    monkeypatch.setattr(
+        decode_step._Direct, "__call__", lambda self, *a: direct_steps.append(1) or call(self, *a)
+    )
+    model = tiny()
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=0)
+    engine = Engine(model, compile_decode=True)
+    out = engine.generate(PROMPTS[:1], params)
+    assert len(direct_steps) == 4 and len(engine.compiled._direct) == 1  # 5 decode steps
+    assert_same(Engine(model).generate(PROMPTS[:1], params), out)
+    monkeypatch.setattr(decode_step, "DIRECT_CALLS", False)
+    through_dynamo = Engine(model, compile_decode=True)
+    assert_same(through_dynamo.generate(PROMPTS[:1], params), out, atol=0)
+    assert not through_dynamo.compiled._direct
+    monkeypatch.setattr(decode_step, "DIRECT_CALLS", True)
+    (before,) = engine.compiled._direct.values()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5)
+    changed = engine.generate(PROMPTS[:1], params)
+    assert_same(Engine(model).generate(PROMPTS[:1], params), changed)
+    assert changed[0].token_ids != out[0].token_ids
+    (after,) = engine.compiled._direct.values()
+    assert after is not before and len(direct_steps) == 8
+
+
 def test_weights_quantised_mid_life_switch_back_to_the_runner(monkeypatch):
     """After the engine's model is quantised in place, its steps use the new weights: the
     same as the eager runner (weight-only int8 on both sides: bit-identical)."""

@@ -123,6 +123,49 @@ def test_runner_follows_in_place_updates_and_replaced_parameters():
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
+def test_sync_rebuilds_exactly_when_a_source_changes():
+    """`sync`'s per-step check (`InferenceRunner._unchanged`) sees every kind of change the
+    full state does — in-place updates, replaced parameters, ``.data`` swaps, replaced
+    linear layers (even around the same parameters), MLPs, layers and the LM head — and
+    nothing else; the rebuilt copies still match ``model.forward``."""
+    import copy
+
+    model = make_model()
+    runner = InferenceRunner(model)
+    assert runner.sync()
+
+    def rebuilt() -> bool:
+        layers = runner.layers
+        assert runner.sync()
+        return runner.layers is not layers
+
+    assert not rebuilt()
+    attn, mlp = model.model.layers[1].self_attn, model.model.layers[0].mlp
+    with torch.no_grad():
+        mlp.down_proj.weight.add_(0.5)
+    assert rebuilt() and not rebuilt()
+    attn.o_proj.weight = torch.nn.Parameter(attn.o_proj.weight.detach() * 2)
+    assert rebuilt() and not rebuilt()
+    attn.q_proj.weight.data = attn.q_proj.weight.data * -1
+    assert rebuilt() and not rebuilt()
+    same = torch.nn.Linear(*reversed(mlp.gate_proj.weight.shape), bias=False)
+    same.weight = mlp.gate_proj.weight  # a new module around the same parameter
+    mlp.gate_proj = same
+    assert rebuilt() and not rebuilt()
+    model.model.layers[1].mlp = copy.deepcopy(model.model.layers[1].mlp)
+    assert rebuilt() and not rebuilt()
+    model.model.layers[0] = copy.deepcopy(model.model.layers[0])
+    assert rebuilt() and not rebuilt()
+    model.lm_head = copy.deepcopy(model.lm_head)
+    assert rebuilt() and not rebuilt()
+    runner.invalidate()
+    assert rebuilt() and not rebuilt()
+    expected = paged_steps(model, model_call(model))
+    got = paged_steps(model, runner_call(runner))
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
 def test_engines_on_one_model_share_its_runner_and_report_its_memory():
     model = make_model()
     a, b = Engine(model), Engine(model)
