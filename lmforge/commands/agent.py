@@ -111,6 +111,8 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--screen", type=int, default=128, metavar="PX", help="screen side (128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (0)")
     p.add_argument("--no-grammar", action="store_true", help="decode without the action grammar")
+    p.add_argument("--text-clicks", action="store_true",
+                   help="a pointer model writes its click coordinates as text instead of pointing")  # fmt: skip
 
 
 def policy_from_args(args: argparse.Namespace):
@@ -124,7 +126,8 @@ def policy_from_args(args: argparse.Namespace):
         raise CommandError(f"--history {args.history}: show at least 1 screenshot")
     return VLMPolicy(model, load_tokenizer(folder), image_processor_for(model, args.screen),
                      (args.screen, args.screen), args.history, temperature=args.temperature,
-                     constrained=not args.no_grammar, seed=args.seed)  # fmt: skip
+                     constrained=not args.no_grammar, seed=args.seed,
+                     pointer=False if args.text_clicks else None)  # fmt: skip
 
 
 def run_sft(args: argparse.Namespace) -> int:

@@ -78,7 +78,7 @@ def test_clean_errors(tmp_path, capsys):
     assert "--episodes 0" in capsys.readouterr().err
 
 
-def test_pointer_agent_sft_and_eval_score_grounding_by_pointing(tmp_path, capsys):
+def test_pointer_agent_sft_and_eval_score_grounding_by_pointing(tmp_path, capsys, monkeypatch):
     out = tmp_path / "ptr"
     assert main(["agent", "sft", "--out", str(out), *SMALL, "agent.pointer_size=16"]) == 0
     assert json.loads((out / "model" / "config.json").read_text())["pointer_head"] == {"size": 16}
@@ -92,3 +92,14 @@ def test_pointer_agent_sft_and_eval_score_grounding_by_pointing(tmp_path, capsys
     figures = json.loads(summary.read_text())["grounding"]
     assert set(figures) == {"grounding_accuracy", "grounding_accuracy_text"}
     assert all(0 <= v <= 1 for v in figures.values())
+    # --text-clicks: the same pointer model writes its coordinates as text
+    from lmforge.commands import agent as agent_command
+
+    made, real = [], agent_command.VLMPolicy
+    monkeypatch.setattr(
+        agent_command, "VLMPolicy", lambda *a, **k: made.append(real(*a, **k)) or made[-1]
+    )
+    for flag, pointing in (([], True), (["--text-clicks"], False)):
+        assert main(["agent", "run", "--model", str(out / "model"), "--task", "list_open",
+                     "--max-steps", "1", *flag]) == 0  # fmt: skip
+        assert made[-1].pointer is pointing
