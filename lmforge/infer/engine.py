@@ -98,6 +98,14 @@ class AdapterRouter(Protocol):
     def select(self, token_adapters: torch.Tensor | None) -> None: ...
 
 
+def _sampling_rows(decode: list, starts: list[int]) -> list[int] | None:
+    """The rows of a pure decode step that sample (None: all of them). Every sequence
+    samples unless its 1-token chunk is a prompt token short of the prompt's last one
+    (chunked prefill)."""
+    last = [p + 1 == len(s.tokens) for s, p in zip(decode, starts)]
+    return None if all(last) else [i for i, is_last in enumerate(last) if is_last]
+
+
 class Engine:
     """Paged-KV-cache, continuous-batching engine over an lmforge `CausalLM`.
 
@@ -520,13 +528,10 @@ class Engine:
             torch.tensor(starts, device=dev), torch.tensor(tables, device=dev),
             torch.tensor(slots, device=dev),
         )  # fmt: skip
-        # Every sequence samples unless its 1-token chunk is a prompt token short of the
-        # prompt's last one (chunked prefill).
-        last = [p + 1 == len(s.tokens) for s, p in zip(decode, starts)]
+        rows = _sampling_rows(decode, starts)
         sampling: list[Request] = decode
-        if not all(last):
-            sampling = [s for s, is_last in zip(decode, last) if is_last]
-            logits = logits[[i for i, is_last in enumerate(last) if is_last]]
+        if rows is not None:
+            sampling, logits = [decode[i] for i in rows], logits[rows]
         spans = [(i, 1) for i in range(len(sampling))]
         return logits.float(), None, sampling, spans, {s: i for i, s in enumerate(decode)}
 
@@ -608,16 +613,13 @@ class Engine:
         batch = TreePagedBatch(self.cache, slots, prefills=[])
         batch.tree_masks = {}
         _set_decode(batch, tables, positions, decode_groups(widths, [p + 1 for p in starts]))
-        # Every sequence samples unless its 1-token chunk is a prompt token short of the
-        # prompt's last one (chunked prefill).
-        last = [p + 1 == len(s.tokens) for s, p in zip(decode, starts)]
-        if all(last):
+        rows = _sampling_rows(decode, starts)
+        if rows is None:
             sampling: list[Request] = decode
             keep = torch.arange(len(decode), device=dev)
         else:
-            sampling = [s for s, is_last in zip(decode, last) if is_last]
-            keep = torch.tensor([i for i, is_last in enumerate(last) if is_last], device=dev)
-            keep = keep.long()
+            sampling = [decode[i] for i in rows]
+            keep = torch.tensor(rows, dtype=torch.long, device=dev)
         adapters = [s.adapter for s in decode] if self.adapters is not None else []
         return _StepInputs(
             torch.tensor(ids, device=dev), positions, keep, batch, sampling,
