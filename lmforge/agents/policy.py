@@ -304,17 +304,11 @@ class VLMPolicy:
         self, ids: list[int], pixels: torch.Tensor, grid: torch.Tensor, image: int
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """The pointer head's logits ``[N]`` over image ``image``'s tokens from the last of
-        ``ids`` and the image's token grid — the forward of `VisionLanguageModel.point`
-        (whose probabilities are these logits' softmax)."""
-        model = self.model
-        device = next(model.parameters()).device
-        input_ids = torch.tensor([ids], device=device)
-        grid = grid.to(device)
-        out = model(input_ids, pixels.to(device), grid, logits_to_keep=1,
-                    output_hidden_states=True)  # fmt: skip
-        query = torch.tensor([[0, len(ids) - 1]], device=device)
-        logits, grids = model.pointer_logits(out.hidden_states, input_ids, grid, query, [image])
-        return logits[0].float(), grids[0]
+        ``ids`` (`VisionLanguageModel.point` on the model's device) and the image's grid."""
+        device = next(self.model.parameters()).device
+        logits, grids = self.model.point(torch.tensor([ids], device=device), pixels.to(device),
+                                         grid.to(device), [image])  # fmt: skip
+        return logits[0], grids[0]
 
     def _choose(
         self, logits: torch.Tensor, grid: tuple[int, int], generator: torch.Generator

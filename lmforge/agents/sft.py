@@ -256,14 +256,14 @@ def point_clicks(
         for i in part:
             seen += prompts[i][2].shape[0]
             images.append(seen - 1)  # each row's last image: its current screenshot
-        probs, grids = model.point(
+        logits, grids = model.point(
             torch.tensor([prompts[i][0] + prefix for i in part]),
             torch.cat([prompts[i][1] for i in part]),
             torch.cat([prompts[i][2] for i in part]),
             images,
         )
-        for i, p, grid in zip(part, probs, grids, strict=True):
-            x, y = to_pixels(pointer_point(p, grid), screen)
+        for i, row, grid in zip(part, logits, grids, strict=True):
+            x, y = to_pixels(pointer_point(row.softmax(-1), grid), screen)
             answers[i] = f"click({x},{y})"
     return answers
 

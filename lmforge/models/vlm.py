@@ -401,9 +401,9 @@ class VisionLanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Where each row of ``input_ids [B, T]`` points from its last position (a prompt
         ending where a point's coordinates would start, e.g. with ``click(``): the pointer
-        head's probabilities ``[B, N_max]`` over image ``images[b]``'s tokens (default for one
-        row: its last image) and each row's token grid (`lmforge.models.pointer_head.
-        pointer_point` reads a click from them)."""
+        head's logits ``[B, N_max]`` over image ``images[b]``'s tokens (−inf past a shorter
+        image's; default image for one row: its last) and each row's token grid
+        (`lmforge.models.pointer_head.pointer_point` reads a click from their softmax)."""
         if images is None:
             if input_ids.shape[0] != 1:
                 raise ValueError("point(): name each row's image (`images`) for a batch of rows")
@@ -415,7 +415,7 @@ class VisionLanguageModel(nn.Module):
         queries = torch.stack([rows, torch.full_like(rows, t - 1)], dim=1)
         logits, grids = self.pointer_logits(out.hidden_states, input_ids, image_grid_thw, queries,
                                             images)  # fmt: skip
-        return logits.float().softmax(-1), grids
+        return logits.float(), grids
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

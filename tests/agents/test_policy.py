@@ -194,8 +194,9 @@ def test_greedy_pointer_click_is_the_pointer_readout_of_the_recorded_ids(pvlm):
         check_pointer_sample(model, tok, sample)
         full = sample.prompt_ids + sample.token_ids
         for p in sample.pointers:
-            probs, grids = model.point(torch.tensor([full[: p.position + 1]]), sample.pixel_values,
-                                       sample.image_grid_thw)  # fmt: skip
+            logits, grids = model.point(torch.tensor([full[: p.position + 1]]),
+                                        sample.pixel_values, sample.image_grid_thw)  # fmt: skip
+            probs = logits.softmax(-1)
             assert grids[0] == p.grid and p.index == int(probs[0].argmax())
             assert p.point == to_pixels(pointer_point(probs[0], grids[0]), (128, 128))
         action = parse_response(sample.text).action

@@ -199,7 +199,7 @@ def test_pointer_grounding_score_matches_a_hand_computation(monkeypatch):
         )
         probs = torch.zeros(ids.shape[0], rows * cols)
         probs[:, r * cols + c], probs[:, r * cols + c + 1] = 0.6, 0.4
-        return probs, [(rows, cols)] * ids.shape[0]
+        return probs.log(), [(rows, cols)] * ids.shape[0]  # `point` gives logits
 
     monkeypatch.setattr(model, "point", point)
     x = int((0.6 * (c + 0.5) + 0.4 * (c + 1.5)) / cols * 128)
