@@ -64,6 +64,7 @@ from lmforge.models.loss import IGNORE_INDEX
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
+from lmforge.train.distributed import unwrap
 from lmforge.train.loop import Trainer
 from lmforge.train.objective import LossOutput
 from lmforge.train.run import fit_and_export, print_summary, training_run
@@ -274,7 +275,8 @@ def agent_pg_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     none), and their count; with a pointer model also −Σ_q of the pointer choices' terms
     (`pointer_surrogate`), each counted once; logs the rollout's reward and success and
     ``logprob_gap`` (and ``pointer_gap``)."""
-    pointing = getattr(model, "pointer_head", None) is not None and "pointer_index" in batch
+    core = unwrap(model)  # DDP / FSDP wrap it: the pointer head is the model's own module
+    pointing = getattr(core, "pointer_head", None) is not None and "pointer_index" in batch
     out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
                 image_grid_thw=batch["image_grid_thw"], document_ids=batch["document_ids"],
                 output_hidden_states=pointing)  # fmt: skip
@@ -295,11 +297,11 @@ def agent_pg_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     if pointing:
         choices = batch["pointer_index"].numel()
         if choices:
-            pointer, pointer_gap = pointer_surrogate(model, out.hidden_states, batch, eps)
+            pointer, pointer_gap = pointer_surrogate(core, out.hidden_states, batch, eps)
             loss_sum = loss_sum - pointer.sum()
             pointer_gap = pointer_gap.mean()
         else:  # the head still takes part in the graph (DDP expects every parameter's grad)
-            loss_sum = loss_sum + 0.0 * sum(p.sum() for p in model.pointer_head.parameters())
+            loss_sum = loss_sum + 0.0 * sum(p.sum() for p in core.pointer_head.parameters())
             pointer_gap = torch.zeros((), device=count.device)
         count = count + choices
         # pointer_share: the pointer choices' share of the loss's elements
