@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lmforge.agents.actions import MAX_THOUGHT, format_action, format_response, parse_action
+from lmforge.agents.actions import (
+    ACTION_PREFIX,
+    MAX_THOUGHT,
+    format_action,
+    format_response,
+    parse_action,
+)
 from lmforge.agents.env import GUIEnv, WindowController
 from lmforge.agents.expert import ExpertStep, click, expert_step
 from lmforge.agents.random_screens import random_window
@@ -61,7 +67,7 @@ from lmforge.agents.widgets import (
 )
 from lmforge.io import atomic_write_text
 from lmforge.models.pointer_head import normalise_box
-from lmforge.vision.vlm_data import PointerQuery
+from lmforge.vision.vlm_data import PointerQuery, message_text
 from lmforge.vision.vlm_tasks import VQAExample
 
 KINDS = ("perception", "state_qa", "grounding", "trajectory", "reflection")
@@ -406,27 +412,29 @@ def make_agent_dataset(
     return data
 
 
-def _text(content) -> str:
-    return content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
-
-
-def pointer_offset(answer: str) -> int | None:
-    """Where a pointer query sits in an assistant answer: the offset just past the ``(`` of
-    its coordinate action (`POINTING_ACTIONS`) — after the last ``Action: `` of a
-    ``Thought: …\\nAction: …`` response, or the whole answer for a grounding click; None when
-    the action points nowhere (typing, keys, finished) or does not parse as a name + ``(``."""
-    start = answer.rfind("Action: ")
-    start = 0 if start < 0 else start + len("Action: ")
-    head, paren, _ = answer[start:].partition("(")
-    if not paren or head.strip() not in POINTING_ACTIONS:
+def pointer_prefix(text: str) -> tuple[str, int] | None:
+    """``(name, end)`` when ``text`` — a ``Thought: …\\nAction: …`` response (its action after
+    the first line break, as `parse_response` reads it; also one still being decoded) or a
+    bare action (a grounding answer) — has begun a coordinate action ``name(``
+    (`POINTING_ACTIONS`); ``end`` is the index just past the ``(``, where a pointer query
+    sits. None when the action points nowhere (typing, keys, finished) or is not one."""
+    line = text.find("\n")
+    if line < 0:
+        start = 0
+    elif text.startswith(ACTION_PREFIX, line):
+        start = line + len(ACTION_PREFIX)
+    else:
         return None
-    return start + len(head) + 1
+    head, paren, _ = text[start:].partition("(")
+    if not paren or head not in POINTING_ACTIONS:
+        return None
+    return head, start + len(head) + 1
 
 
 def pointer_queries(example: VQAExample, screen: tuple[int, int]) -> list[PointerQuery]:
     """The pointer head's training queries of ``example`` (`lmforge.vision.vlm_data.
     PointerQuery`, for ``encode_chat(…, pointers=…)``): one per assistant turn whose answer is
-    a coordinate action (`pointer_offset`) and whose target box is known — grounding:
+    a coordinate action (`pointer_prefix`) and whose target box is known — grounding:
     ``meta["target_boxes"]`` (one per turn; ``meta["target_box"]`` for a one-question
     example), trajectory and reflection steps: the step's ``meta["target_box"]`` (the
     expert's box for the action the answer takes; a reflection's is the correcting step's).
@@ -444,9 +452,9 @@ def pointer_queries(example: VQAExample, screen: tuple[int, int]) -> list[Pointe
         raise ValueError(f"{len(boxes)} target boxes for {len(turns)} assistant turns")
     out = []
     for i, box in zip(turns, boxes, strict=True):
-        offset = pointer_offset(_text(messages[i]["content"]))
-        if box is not None and offset is not None:
-            out.append(PointerQuery(i, offset, len(example.images) - 1, normalise_box(box, screen)))
+        hit = pointer_prefix(message_text(messages[i]))
+        if box is not None and hit is not None:
+            out.append(PointerQuery(i, hit[1], len(example.images) - 1, normalise_box(box, screen)))
     return out
 
 
@@ -505,7 +513,7 @@ __all__ = [
     "make_agent_dataset",
     "mistake_step",
     "perception_examples",
-    "pointer_offset",
+    "pointer_prefix",
     "pointer_queries",
     "read_examples",
     "reflective",

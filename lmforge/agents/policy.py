@@ -50,8 +50,8 @@ import numpy as np
 import torch
 
 from lmforge.agents.action_grammar import response_regex
-from lmforge.agents.actions import ACTION_PREFIX, SCROLL_DIRECTIONS, format_response
-from lmforge.agents.agent_data import POINTING_ACTIONS, agent_prompt
+from lmforge.agents.actions import SCROLL_DIRECTIONS, format_response
+from lmforge.agents.agent_data import agent_prompt, pointer_prefix
 from lmforge.agents.expert import expert_step
 from lmforge.infer import Engine, SamplingParams
 from lmforge.infer.multimodal import ImageInputs
@@ -134,20 +134,6 @@ def agent_messages(context: AgentContext, history: int) -> tuple[list[dict], lis
 POINTER_ROOM = 32
 DIRECTION_REGEX = "(" + "|".join(SCROLL_DIRECTIONS) + r")\)"
 END_OF_TURN = "<|im_end|>"
-
-
-def pointer_prefix(text: str) -> tuple[str, int] | None:
-    """``(name, end)`` when ``text``'s action (after its first line break, as
-    `parse_response` reads it) has begun a coordinate action ``name(`` (`POINTING_ACTIONS`);
-    ``end`` is the index just past the ``(``. None otherwise."""
-    line = text.find("\n")
-    if line < 0 or not text.startswith(ACTION_PREFIX, line):
-        return None
-    start = line + len(ACTION_PREFIX)
-    head, paren, _ = text[start:].partition("(")
-    if not paren or head not in POINTING_ACTIONS:
-        return None
-    return head, start + len(head) + 1
 
 
 @dataclass
@@ -409,5 +395,4 @@ __all__ = [
     "PolicySample",
     "VLMPolicy",
     "agent_messages",
-    "pointer_prefix",
 ]

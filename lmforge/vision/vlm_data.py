@@ -63,6 +63,12 @@ class MultimodalExample:
         return len(self.input_ids)
 
 
+def message_text(message: dict) -> str:
+    """A chat message's text: its ``content`` string, or its text parts joined."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+
+
 @dataclass(frozen=True)
 class PointerQuery:
     """A point for the pointer head (`lmforge.models.pointer_head`) in a chat: in assistant
@@ -115,12 +121,7 @@ def encode_chat(
             prefix = tokenizer.apply_chat_template(list(messages[:k]), add_generation_prompt=True)
             segments = [(prefix[len(done) :], False), (upto[len(prefix) :], True)]
             if k in queries:
-                content = message["content"]
-                content = (
-                    content
-                    if isinstance(content, str)
-                    else "".join(c.get("text", "") for c in content)
-                )
+                content = message_text(message)
                 start = segments[1][0].find(content)
                 if start < 0:
                     raise ValueError(f"message {k}: its rendered text does not contain its content")
@@ -347,6 +348,7 @@ __all__ = [
     "encode_chat",
     "encode_prompt",
     "length_batches",
+    "message_text",
     "pack_examples",
     "train_vqa_tokenizer",
 ]

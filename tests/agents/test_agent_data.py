@@ -21,7 +21,7 @@ from lmforge.agents.agent_data import (
     expert_trajectory,
     grounding_examples,
     make_agent_dataset,
-    pointer_offset,
+    pointer_prefix,
     pointer_queries,
     read_examples,
     reflective,
@@ -335,17 +335,26 @@ def test_question_first_grounding_puts_the_question_before_the_image(tmp_path):
     assert first < image
 
 
-def test_pointer_offset_lands_after_the_coordinate_parenthesis():
-    assert pointer_offset("click(40,12)") == 6
+def test_pointer_prefix_lands_after_the_coordinate_parenthesis():
+    def offset(text):
+        hit = pointer_prefix(text)
+        return None if hit is None else hit[1]
+
+    assert offset("click(40,12)") == 6
     answer = "Thought: I press click(3,4) next.\nAction: left_double(40,12)"
-    assert answer[: pointer_offset(answer)].endswith("Action: left_double(")
-    assert pointer_offset("Thought: x\nAction: scroll(5,6,down)") == len(
-        "Thought: x\nAction: scroll("
-    )
-    assert pointer_offset("Thought: x\nAction: drag(1,2,3,4)") == len("Thought: x\nAction: drag(")
+    assert answer[: offset(answer)].endswith("Action: left_double(")
+    assert offset("Thought: x\nAction: scroll(5,6,down)") == len("Thought: x\nAction: scroll(")
+    assert offset("Thought: x\nAction: drag(1,2,3,4)") == len("Thought: x\nAction: drag(")
     for answer in ("Thought: t\nAction: type('a(b')", "Thought: t\nAction: hotkey('enter')",
                    "finished('done')", "wait()", "yes", "window 'click(1,2)'"):  # fmt: skip
-        assert pointer_offset(answer) is None, answer
+        assert offset(answer) is None, answer
+    # as a policy reads a response while decoding it
+    text = "Thought: a\nAction: click("
+    assert pointer_prefix(text) == ("click", len(text))
+    assert pointer_prefix("Thought: a\nAction: left_double(1") == ("left_double", len(text) + 6)
+    assert pointer_prefix("Thought: click(") is None
+    assert pointer_prefix("Thought: a\nAction: type(") is None
+    assert pointer_prefix("Thought: a\nSay: click(") is None
 
 
 def _content(message):

@@ -26,7 +26,6 @@ from lmforge.agents.policy import (
     ExpertPolicy,
     VLMPolicy,
     agent_messages,
-    pointer_prefix,
 )
 from lmforge.agents.tasks import sample_task
 from lmforge.models.pointer_head import pointer_point, to_pixels, token_centre
@@ -266,12 +265,3 @@ def test_a_token_past_the_query_is_cut_and_the_prefix_re_encoded():
     assert (
         VLMPolicy._reached_query(stand_in, [], [], tok.encode("Thought: click(\nAction: t")) is None
     )
-
-
-def test_pointer_prefix():
-    text = "Thought: a\nAction: click("
-    assert pointer_prefix(text) == ("click", len(text))
-    assert pointer_prefix("Thought: a\nAction: left_double(1") == ("left_double", len(text) + 6)
-    assert pointer_prefix("Thought: click(") is None
-    assert pointer_prefix("Thought: a\nAction: type(") is None
-    assert pointer_prefix("Thought: a\nSay: click(") is None
