@@ -124,9 +124,9 @@ def check_vlm_config(config: VLMRunConfig) -> None:
         raise ConfigError("vlm.train_examples must be ≥ 1 and vlm.eval_examples ≥ 0")
 
 
-def vlm_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-    """Summed next-token loss over the labelled (assistant) tokens of a packed multimodal
-    batch, and their count."""
+def _labelled_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], hidden: bool):
+    """The model's output on a packed multimodal batch (summed loss over the labelled
+    tokens; the final hidden states too with ``hidden``) and the labelled tokens' count."""
     out = model(
         input_ids=batch["input_ids"],
         pixel_values=batch["pixel_values"] if batch["pixel_values"].numel() else None,
@@ -134,8 +134,15 @@ def vlm_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Los
         document_ids=batch.get("document_ids"),
         labels=batch["labels"],
         loss_reduction="sum",
+        output_hidden_states=hidden,
     )
-    count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    return out, (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
+def vlm_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+    """Summed next-token loss over the labelled (assistant) tokens of a packed multimodal
+    batch, and their count."""
+    out, count = _labelled_forward(model, batch, hidden=False)
     return LossOutput(out.loss, count)
 
 
@@ -147,17 +154,7 @@ def pointer_objective(weight: float = 1.0) -> Objective:
     ``pointer_loss`` and ``pointer_hit`` (the argmax token overlaps the box)."""
 
     def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        has_images = batch["pixel_values"].numel() > 0
-        out = model(
-            input_ids=batch["input_ids"],
-            pixel_values=batch["pixel_values"] if has_images else None,
-            image_grid_thw=batch["image_grid_thw"] if has_images else None,
-            document_ids=batch.get("document_ids"),
-            labels=batch["labels"],
-            loss_reduction="sum",
-            output_hidden_states=True,
-        )
-        count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        out, count = _labelled_forward(model, batch, hidden=True)
         queries = batch.get("pointer_queries")
         if queries is None or not queries.numel():
             zero = out.loss.new_zeros(())
