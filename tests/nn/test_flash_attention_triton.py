@@ -31,6 +31,8 @@ from lmforge.config import ModelConfig  # noqa: E402
 from lmforge.models.transformer import CausalLM  # noqa: E402
 from lmforge.nn.flash_attention import flash_attention, flash_attention_varlen  # noqa: E402
 from lmforge.nn.flash_attention_triton import (  # noqa: E402
+    KernelConfig,
+    kernel_configs,
     triton_flash_attention,
     triton_flash_attention_varlen,
 )
@@ -59,6 +61,38 @@ def test_varlen_causal_gqa_matches_reference():
     assert torch.allclose(ours, ref, atol=1e-5)
     for name, a, b in zip("qkv", ours_grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-5), (name, (a - b).abs().max())
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_each_kernel_its_own_tiles(causal):
+    # The forward and the two backward kernels tile independently (as tuned on a GPU): tiles
+    # of 32 × 16, 16 × 32 and 32 × 32 over sequences that end mid-tile, a cache offset
+    # (45 keys for 20 queries in the second sequence), and the unmasked / masked block split.
+    configs = {"fwd": KernelConfig(32, 16), "dkdv": KernelConfig(16, 32),
+               "dq": KernelConfig(32, 32)}  # fmt: skip
+    cu_q = torch.tensor([0, 37, 57, 58], dtype=torch.int32, device=DEVICE)
+    cu_k = torch.tensor([0, 37, 82, 83], dtype=torch.int32, device=DEVICE)
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(58, 4, 16, generator=g)
+    k, v = torch.randn(83, 2, 16, generator=g), torch.randn(83, 2, 16, generator=g)
+    run = lambda *x: triton_flash_attention_varlen(  # noqa: E731
+        *x, cu_q, 37, cu_seqlens_k=cu_k, max_seqlen_k=45, causal=causal, configs=configs
+    )
+    ours, ours_grads = _grads(run, q, k, v)
+    ref, ref_grads = _grads(
+        lambda *x: flash_attention_varlen(*x, cu_q, cu_seqlens_k=cu_k, causal=causal), q, k, v
+    )
+    assert torch.allclose(ours, ref, atol=1e-5)
+    for name, a, b in zip("qkv", ours_grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5), (name, (a - b).abs().max())
+
+
+def test_kernel_configs_table():
+    cpu = kernel_configs(128, torch.device("cpu"))
+    assert set(cpu) == {"fwd", "dkdv", "dq"} and all(c[:2] == (64, 64) for c in cpu.values())
+    cuda = kernel_configs(96, torch.device("cuda"))  # the next tuned head dim up: 128
+    assert cuda == kernel_configs(128, torch.device("cuda"))
+    assert all(c[:2] == (16, 32) for c in kernel_configs(64, torch.device("cuda"), 16, 32).values())
 
 
 @pytest.mark.parametrize("causal", [True, False])
