@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from lmforge.infer.paged_attention import paged_attention_supported, paged_decode_attention
+
 BlockKey = tuple  # (parent hash, token ids) or (parent hash, token ids, image hashes)
 
 
@@ -256,6 +258,7 @@ class PagedBatch:
     paged = True  # tells the model to take positions from position_ids, not a cache length
     _masks: dict = field(default_factory=dict)
     _group_inputs: list = field(default_factory=list)
+    _inplace: tuple | None = None  # int64 (tables, lengths) of all decode rows, for the C++ op
 
     def _groups(self) -> list[tuple[int, int, int, int]]:
         if not self.decode_groups:
@@ -334,7 +337,9 @@ class PagedBatch:
             cache.values[layer_idx].index_copy_(0, self.slot_mapping, v)
         gqa = q.shape[1] != k.shape[1]
         parts = []
-        if self.num_decode:
+        if self.num_decode and paged_attention_supported(q, cache.keys[layer_idx]):
+            parts.append(self._attend_decode_inplace(layer_idx, q[: self.num_decode], window))
+        elif self.num_decode:
             for g, (start, end, _, max_len) in enumerate(self._groups()):
                 parts.append(self._attend_decode(layer_idx, g, q[start:end], max_len, window))
         for chunk in self.prefills:
@@ -352,6 +357,23 @@ class PagedBatch:
                 out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, enable_gqa=gqa)
             parts.append(out[0].transpose(0, 1))  # [L, H, D]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+    def _attend_decode_inplace(
+        self, layer_idx: int, q: torch.Tensor, window: int | None
+    ) -> torch.Tensor:
+        """All decode rows in one call of the C++ op that reads each row's blocks in place
+        (`lmforge.infer.paged_attention`): no gathered copy, no mask, no groups."""
+        cache = self.cache
+        if self._inplace is None:
+            lengths = (
+                self.decode_lens if self.decode_lens is not None else self.decode_positions + 1
+            )
+            self._inplace = (self.decode_blocks.to(torch.int64).contiguous(),
+                             lengths.to(torch.int64).contiguous())  # fmt: skip
+        tables, lengths = self._inplace
+        keys = cache.keys[layer_idx]
+        values = keys if cache.key_only else cache.values[layer_idx]
+        return paged_decode_attention(q, keys, values, tables, lengths, cache.block_size, window)
 
     def _attend_decode(
         self, layer_idx: int, g: int, q: torch.Tensor, max_len: int, window: int | None

@@ -20,6 +20,10 @@ On a CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set 
 is imported) — slow, used by the tests against the reference. The model uses the kernel on a
 CUDA GPU when asked to (`triton_attention_enabled`: ``LMFORGE_ATTENTION=triton``), through the
 hook in `lmforge.nn.attention`.
+
+This file is long because the three kernels, their shared tile loops and the launch table
+tuned for them are one algorithm: split apart, a change to one pass could not be read
+against the others.
 """
 
 from __future__ import annotations

@@ -1,0 +1,84 @@
+"""lmforge's own C++ CPU ops (``torch.ops.lmforge_ext.*``), built on first use.
+
+The sources in ``lmforge/infer/kernels/`` are compiled together into one library with
+``torch.utils.cpp_extension`` (the system's C++ compiler and ninja) into ``$LMFORGE_EXT_DIR``
+(default ``~/.cache/lmforge/ext``), one folder per torch version; later processes load the
+built library (it is rebuilt when a source changes). A build never raises:
+`cpp_ops_available` is then false and `cpp_ops_unavailable_reason` says why (not an x86-64
+CPU, no compiler, a build error, or ``LMFORGE_CPP_OPS=0``), and every caller keeps its PyTorch
+path. Each op has a fake (meta) implementation registered here, so ``torch.compile`` can trace
+calls to it.
+
+Ops: ``paged_decode_attention`` (`lmforge.infer.paged_attention`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+from pathlib import Path
+
+import torch
+
+__all__ = ["KERNEL_SOURCES", "cpp_ops_available", "cpp_ops_unavailable_reason"]
+
+KERNEL_SOURCES = ("paged_attention.cpp",)
+_KERNELS = Path(__file__).parent / "kernels"
+_LOCK = threading.Lock()
+_STATE: dict[str, str | None] = {}
+
+
+def _build_dir() -> Path:
+    root = os.environ.get("LMFORGE_EXT_DIR") or Path.home() / ".cache" / "lmforge" / "ext"
+    return Path(root) / f"torch-{torch.__version__.replace('+', '_')}"
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("lmforge_ext::paged_decode_attention")
+    def _(q, keys, values, tables, lengths, block_size, scale, window):
+        return torch.empty_like(q)
+
+
+def _load() -> str | None:
+    """Build and load the library once per process; the reason it is unavailable, or None."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"not an x86-64 CPU ({platform.machine()})"
+    sources = [_KERNELS / name for name in KERNEL_SOURCES]
+    missing = [str(s) for s in sources if not s.is_file()]
+    if missing:
+        return f"kernel sources missing: {', '.join(missing)}"
+    try:
+        from torch.utils import cpp_extension
+
+        build = _build_dir()
+        build.mkdir(parents=True, exist_ok=True)
+        cpp_extension.load(
+            name="lmforge_ext",
+            sources=[str(s) for s in sources],
+            build_directory=str(build),
+            extra_cflags=["-O3", "-fopenmp-simd"],
+            is_python_module=False,
+            verbose=False,
+        )
+        torch.ops.lmforge_ext.paged_decode_attention  # noqa: B018 - raises if not registered
+    except Exception as e:  # noqa: BLE001 - no compiler, a build error, …: never fatal
+        return f"the C++ ops did not build or load: {type(e).__name__}: {str(e).strip()[:500]}"
+    _register_fakes()
+    return None
+
+
+def cpp_ops_unavailable_reason() -> str | None:
+    """Why lmforge's C++ ops cannot run here (building them on the first call), or None."""
+    if os.environ.get("LMFORGE_CPP_OPS", "1") == "0":
+        return "turned off by LMFORGE_CPP_OPS=0"
+    if "reason" not in _STATE:
+        with _LOCK:
+            if "reason" not in _STATE:
+                _STATE["reason"] = _load()
+    return _STATE["reason"]
+
+
+def cpp_ops_available() -> bool:
+    """Whether ``torch.ops.lmforge_ext`` can run (builds it on the first call; never raises)."""
+    return cpp_ops_unavailable_reason() is None
