@@ -4,8 +4,8 @@
 // slot(r, t) = tables[r, t / block_size] * block_size + t % block_size, g(h) = h / (H / Hkv)
 // (GQA) and lo_r = max(0, len_r - window) for a sliding window (window < 0: none).
 // q fp32 [n, H, D]; keys / values fp32 [slots, Hkv, D]; tables int64 [n, W]; lengths int64 [n].
-// One (row, head) per task over torch's intra-op threads; two passes over the row's keys
-// (scores, then the value sum) with the scores in a per-thread buffer. The inner loops are
+// One (row, K/V head) per task, with its GQA query heads, over torch's intra-op threads;
+// two passes over the row's keys (scores, then the value sum), scores in a per-thread buffer. The inner loops are
 // vectorised by the compiler, once per instruction set (target_clones: AVX-512, AVX2, base).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -49,44 +49,54 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
-// One (row, head): scores over the visible tokens block by block (no division per token),
-// then softmax and the value sum.
-LMF_CLONES void attend_one(const float* q, const float* keys, const float* values,
-                           const int64_t* table, int64_t lo, int64_t hi, int64_t block_size,
-                           int64_t slot_stride, int64_t d, float scale, float* scores,
-                           float* out) {
+// One (row, K/V head) and its `groups` query heads (GQA): each key and value row is read
+// once for all of them. Scores over the visible tokens block by block (no division per
+// token), then a softmax per query head, then the value sums.
+LMF_CLONES void attend_group(const float* q, const float* keys, const float* values,
+                             const int64_t* table, int64_t lo, int64_t hi, int64_t block_size,
+                             int64_t slot_stride, int64_t d, int64_t groups, float scale,
+                             float* scores, float* out) {
+  const int64_t len = hi - lo;
   for (int64_t t = lo; t < hi;) {
     const int64_t b = t / block_size, end = std::min(hi, (b + 1) * block_size);
     const float* k = keys + (table[b] * block_size + (t - b * block_size)) * slot_stride;
     for (; t < end; ++t, k += slot_stride) {
-      float s = 0.f;
+      for (int64_t g = 0; g < groups; ++g) {
+        const float* qg = q + g * d;
+        float s = 0.f;
 #pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < d; ++i) s += q[i] * k[i];
-      scores[t - lo] = s * scale;
+        for (int64_t i = 0; i < d; ++i) s += qg[i] * k[i];
+        scores[g * len + (t - lo)] = s * scale;
+      }
     }
   }
-  const int64_t len = hi - lo;
-  float m = scores[0];
-  for (int64_t t = 1; t < len; ++t) m = std::max(m, scores[t]);
-  float sum = 0.f;
+  for (int64_t g = 0; g < groups; ++g) {
+    float* sg = scores + g * len;
+    float m = sg[0];
+    for (int64_t t = 1; t < len; ++t) m = std::max(m, sg[t]);
+    float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t t = 0; t < len; ++t) {
-    const float e = exp_nonpositive(scores[t] - m);
-    scores[t] = e;
-    sum += e;
+    for (int64_t t = 0; t < len; ++t) {
+      const float e = exp_nonpositive(sg[t] - m);
+      sg[t] = e;
+      sum += e;
+    }
+    const float inv = 1.f / sum;  // sum >= 1: the max's own term
+    for (int64_t t = 0; t < len; ++t) sg[t] *= inv;
   }
-  for (int64_t i = 0; i < d; ++i) out[i] = 0.f;
+  for (int64_t i = 0; i < groups * d; ++i) out[i] = 0.f;
   for (int64_t t = lo; t < hi;) {
     const int64_t b = t / block_size, end = std::min(hi, (b + 1) * block_size);
     const float* v = values + (table[b] * block_size + (t - b * block_size)) * slot_stride;
     for (; t < end; ++t, v += slot_stride) {
-      const float p = scores[t - lo];
+      for (int64_t g = 0; g < groups; ++g) {
+        const float p = scores[g * len + (t - lo)];
+        float* og = out + g * d;
 #pragma omp simd
-      for (int64_t i = 0; i < d; ++i) out[i] += p * v[i];
+        for (int64_t i = 0; i < d; ++i) og[i] += p * v[i];
+      }
     }
   }
-  const float inv = 1.f / sum;
-  for (int64_t i = 0; i < d; ++i) out[i] *= inv;
 }
 
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
@@ -116,20 +126,21 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
   const int64_t* lp = lengths.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
   const int64_t capacity = width * block_size;
-  at::parallel_for(0, n * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(static_cast<size_t>(std::max<int64_t>(capacity, 1)));
+  // query heads h = kv * groups + g share K/V head kv: they are adjacent in q and out
+  at::parallel_for(0, n * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(static_cast<size_t>(std::max<int64_t>(capacity, 1) * groups));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / heads, h = task % heads;
+      const int64_t r = task / kv_heads, kv = task % kv_heads;
       const int64_t hi = std::min(lp[r], capacity);
       const int64_t lo = window > 0 ? std::max<int64_t>(0, hi - window) : 0;
-      const int64_t head_off = (h / groups) * d;
+      float* o = op + task * groups * d;
       if (hi <= lo) {  // nothing visible: zeros
-        std::fill(op + task * d, op + (task + 1) * d, 0.f);
+        std::fill(o, o + groups * d, 0.f);
         continue;
       }
-      attend_one(qp + task * d, kp + head_off, vp + head_off, tp + r * width, lo, hi,
-                 block_size, kv_heads * d, d, static_cast<float>(scale), scores.data(),
-                 op + task * d);
+      attend_group(qp + task * groups * d, kp + kv * d, vp + kv * d, tp + r * width, lo, hi,
+                   block_size, kv_heads * d, d, groups, static_cast<float>(scale),
+                   scores.data(), o);
     }
   });
   return out;
