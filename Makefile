@@ -62,7 +62,7 @@ BENCHES := model_throughput sft_throughput checkpointing_memory generate structu
            fp8_training moe_balance image_generation data_memory foundations \
            scaling_laws hallucination flash_attention self_speculative \
            image_generation_2 vlm_tasks vs_llamacpp gui_agent engine_overhead \
-           flash_attention_gpu
+           flash_attention_gpu flash_attention_tune
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
