@@ -9,7 +9,9 @@ CPU, no compiler, a build error, or ``LMFORGE_CPP_OPS=0``), and every caller kee
 path. Each op has a fake (meta) implementation registered here, so ``torch.compile`` can trace
 calls to it.
 
-Ops: ``paged_decode_attention`` (`lmforge.infer.paged_attention`).
+Ops: ``int8_gemv`` (`lmforge.infer.int8_gemv`), ``paged_decode_attention``
+(`lmforge.infer.paged_attention`). First build ≈ 10 s (g++ -O3 with ninja); later processes
+load it in ≈ 0.4 s.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 __all__ = ["KERNEL_SOURCES", "cpp_ops_available", "cpp_ops_unavailable_reason"]
 
-KERNEL_SOURCES = ("paged_attention.cpp",)
+KERNEL_SOURCES = ("int8_gemv.cpp", "paged_attention.cpp")
 _KERNELS = Path(__file__).parent / "kernels"
 _LOCK = threading.Lock()
 _STATE: dict[str, str | None] = {}
@@ -35,6 +37,11 @@ def _build_dir() -> Path:
 
 
 def _register_fakes() -> None:
+    @torch.library.register_fake("lmforge_ext::int8_gemv")
+    def _int8_gemv(x, q, s, portable=False):
+        n = sum(w.shape[0] for w in q)
+        return x.new_empty((n,) if x.dim() == 1 else (1, n), dtype=torch.float32)
+
     @torch.library.register_fake("lmforge_ext::paged_decode_attention")
     def _(q, keys, values, tables, lengths, block_size, scale, window):
         return torch.empty_like(q)
@@ -61,7 +68,8 @@ def _load() -> str | None:
             is_python_module=False,
             verbose=False,
         )
-        torch.ops.lmforge_ext.paged_decode_attention  # noqa: B018 - raises if not registered
+        for op in ("int8_gemv", "paged_decode_attention"):
+            getattr(torch.ops.lmforge_ext, op)  # raises if the library did not register it
     except Exception as e:  # noqa: BLE001 - no compiler, a build error, …: never fatal
         return f"the C++ ops did not build or load: {type(e).__name__}: {str(e).strip()[:500]}"
     _register_fakes()

@@ -115,6 +115,35 @@ def test_int8_and_mlp_bias_run_in_the_step(row_products):
         assert 1 in {b for b, _ in engine.compiled.buckets}
 
 
+@pytest.mark.parametrize("compile_", ["eager", pytest.param(True, marks=pytest.mark.slow)])
+def test_one_row_int8_steps_through_lmforge_op(compile_):
+    """Batch-1 int8 steps through lmforge's op (`lmforge.infer.int8_gemv`, where it builds):
+    the same greedy tokens as ``model.forward`` with log-probs within bf16 rounding (its int8
+    kernel rounds activations to bf16), and as the step's own row products within float
+    rounding (both fp32: the same sums in another order)."""
+    from lmforge.infer.int8_gemv import int8_gemv_available, int8_gemv_unavailable_reason
+
+    if not int8_gemv_available():
+        pytest.skip(f"int8_gemv unavailable: {int8_gemv_unavailable_reason()}")
+    if compile_ is True:
+        pytest.importorskip("torch._inductor")
+    model = quantize_model(tiny(), "int8")
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=0)
+    forward = Engine(model, block_size=4, fused_weights=False).generate(PROMPTS[:1], params)
+    engines = {}
+    for gemv in (True, False):
+        engine = Engine(model, block_size=4, compile_decode=compile_)
+        engine.generate(PROMPTS[:1], GREEDY)  # builds engine.compiled
+        engine.compiled.int8_gemv = gemv
+        engine.compiled._inputs_for = None
+        engines[gemv] = engine.generate(PROMPTS[:1], params)
+        rows = engine.compiled._inputs(True)["layers"][0][1][0]
+        assert (rows[0] == "gemv") is gemv
+        assert engine.compiled.buckets and {b for b, _ in engine.compiled.buckets} == {1}
+    assert_same(forward, engines[True], atol=2e-2)
+    assert_same(engines[False], engines[True], atol=1e-5)
+
+
 def test_row_product_is_the_matrix_product():
     from lmforge.infer.decode_step import _row_product
     from lmforge.nn.quant import Int8Linear
