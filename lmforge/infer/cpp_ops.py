@@ -42,6 +42,10 @@ def _register_fakes() -> None:
         n = sum(w.shape[0] for w in q)
         return x.new_empty((n,) if x.dim() == 1 else (1, n), dtype=torch.float32)
 
+    @torch.library.register_fake("lmforge_ext::int8_gemv_q8")
+    def _int8_gemv_q8(x, q, s):
+        return _int8_gemv(x, q, s)
+
     @torch.library.register_fake("lmforge_ext::paged_decode_attention")
     def _(q, keys, values, tables, lengths, block_size, scale, window):
         return torch.empty_like(q)
@@ -68,7 +72,7 @@ def _load() -> str | None:
             is_python_module=False,
             verbose=False,
         )
-        for op in ("int8_gemv", "paged_decode_attention"):
+        for op in ("int8_gemv", "int8_gemv_q8", "paged_decode_attention"):
             getattr(torch.ops.lmforge_ext, op)  # raises if the library did not register it
     except Exception as e:  # noqa: BLE001 - no compiler, a build error, …: never fatal
         return f"the C++ ops did not build or load: {type(e).__name__}: {str(e).strip()[:500]}"

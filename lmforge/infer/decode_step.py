@@ -75,7 +75,12 @@ instead (`lmforge.infer.int8_gemv`: 8 accumulators, prefetch, the parts of a fus
 projection in one call; same fp32 sums in another order): 30m int8, 1 thread, step alone
 2.70 → 2.40 ms, 128 greedy tokens 3.14 → 2.66 ms per token (318 → 376 tok/s), alternated
 in one process on a shared machine (more runs and their noise there; 5m: no gain).
-``LMFORGE_INT8_GEMV=0`` (or ``int8_gemv=False``) keeps the row products.
+``LMFORGE_INT8_GEMV=0`` (or ``int8_gemv=False``) keeps the row products. With
+``int8_gemm`` on (the default) and AVX-512 VNNI, the op multiplies int8 × int8 instead
+(`lmforge.infer.int8_gemv.int8_gemv_q8_parts`: the row's activations quantised once per
+product, as the multi-row path below does, then ``VPDPBUSD``, 64 products per instruction):
+all 57 int8 products of a 30m token 2.95–3.16 → 2.47–2.52 ms on a loaded machine, whole
+generation 3.38 → 3.11 ms per token (median of 7 alternated rounds, same 129 greedy tokens).
 Steps of 2 to ``KERNEL_MAX_ROWS`` rows on the CPU multiply int8 by int8
 (`lmforge.infer.int8_gemm.int8_linear_rows`: activations quantised per row, fbgemm over a
 packed copy of the runner's codes reached by handle, shared by its engines): 30m int8, 1
@@ -86,7 +91,7 @@ from the weight-only step about as much as weight-only int8 differs from fp32
 (`lmforge.infer.int8_gemm`).
 ``LMFORGE_INT8_GEMM=0`` (or ``int8_gemm=False``) keeps the weight-only kernel of the
 eager path, ``torch._weight_int8pack_mm``; above ``KERNEL_MAX_ROWS`` rows the weight is
-dequantised into one GEMM. One-row steps keep the row products: int8 × int8 (fbgemm, or
+dequantised into one GEMM. One-row steps do not use fbgemm: its int8 × int8 (or
 ``torch._int_mm``) was no faster there with the weights cold (`lmforge.infer.int8_gemm`).
 
 **Inputs of the row products are stored, not recomputed.** Inductor inlines a cheap
@@ -118,7 +123,12 @@ import torch.nn.functional as F
 
 from lmforge.infer.cache import PagedKVCache
 from lmforge.infer.int8_gemm import int8_enabled, int8_linear_rows, prepack_int8
-from lmforge.infer.int8_gemv import int8_gemv_available, int8_gemv_parts
+from lmforge.infer.int8_gemv import (
+    int8_gemv_available,
+    int8_gemv_parts,
+    int8_gemv_q8_parts,
+    int8_gemv_q8_supported,
+)
 from lmforge.infer.packed_gemm import new_handles, packed_linear_op, register_packed
 from lmforge.nn.quant import KERNEL_MAX_ROWS, Int8Linear
 from lmforge.nn.rope import rotate
@@ -199,7 +209,8 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
     weight-only int8 kernel form ``(q, s_bf16)``."""
     rows, kernel, bias = proj
     if rows is not None and x.shape[0] == 1 and isinstance(rows[0], str):  # ("gemv", q, s)
-        y = int8_gemv_parts(x.float(), rows[1], [s.float() for s in rows[2]]).to(x.dtype)
+        product = int8_gemv_q8_parts if rows[0] == "gemv_q8" else int8_gemv_parts
+        y = product(x.float(), rows[1], [s.float() for s in rows[2]]).to(x.dtype)
     elif rows is not None and x.shape[0] == 1:
         parts = [_row_product(x, w, scale) for w, scale in rows]
         y = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
@@ -441,7 +452,8 @@ class CompiledDecode:
             return None, ("int8", handle, m.out_features, m.weight, m.weight_scale), m.bias
         if one_row and self.row_products and not dense and self._gemv(modules):
             codes = tuple(m.weight for m in modules)
-            return ("gemv", codes, tuple(m.weight_scale for m in modules)), None, proj.module.bias
+            kind = "gemv_q8" if self.int8_gemm and int8_gemv_q8_supported() else "gemv"
+            return (kind, codes, tuple(m.weight_scale for m in modules)), None, proj.module.bias
         if one_row and self.row_products:
             rows = tuple((m.weight, None if dense else m.weight_scale) for m in modules)
             return rows, None, proj.bias if dense else proj.module.bias

@@ -57,6 +57,8 @@ __all__ = [
     "int8_gemv_available",
     "int8_gemv_isa",
     "int8_gemv_parts",
+    "int8_gemv_q8_parts",
+    "int8_gemv_q8_supported",
     "int8_gemv_unavailable_reason",
 ]
 
@@ -98,3 +100,22 @@ def int8_gemv(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor
     ``x [1, K]`` (or ``[K]``), int8 ``q [N, K]``, fp32 ``s [N]`` → fp32 ``[1, N]`` (or ``[N]``).
     Call `int8_gemv_available` first."""
     return torch.ops.lmforge_ext.int8_gemv(x, [q], [s], False)
+
+
+def int8_gemv_q8_supported() -> bool:
+    """Whether `int8_gemv_q8_parts` runs here: the op builds and the CPU has AVX-512 VNNI."""
+    return int8_gemv_available() and bool(torch.ops.lmforge_ext.int8_gemv_q8_supported())
+
+
+def int8_gemv_q8_parts(
+    x: torch.Tensor,
+    weights: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    scales: list[torch.Tensor] | tuple[torch.Tensor, ...],
+) -> torch.Tensor:
+    """`int8_gemv_parts` as int8 × int8: ``x ≈ s_x · x_q`` with one scale per call
+    (``s_x = max|x| / 127``, Jacob et al. 2018 eq. 1 for the activations too), then
+    ``y_n = s_n s_x Σ_k q_nk x_q,k`` in int32 by AVX-512 VNNI (``VPDPBUSD``: 64 products per
+    instruction, the codes streamed once) — the per-row activation quantisation of the
+    multi-row int8 × int8 path (`lmforge.infer.int8_gemm`), for one row. Call
+    `int8_gemv_q8_supported` first."""
+    return torch.ops.lmforge_ext.int8_gemv_q8(x, list(weights), list(scales))

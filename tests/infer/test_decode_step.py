@@ -118,10 +118,16 @@ def test_int8_and_mlp_bias_run_in_the_step(row_products):
 @pytest.mark.parametrize("compile_", ["eager", pytest.param(True, marks=pytest.mark.slow)])
 def test_one_row_int8_steps_through_lmforge_op(compile_):
     """Batch-1 int8 steps through lmforge's op (`lmforge.infer.int8_gemv`, where it builds):
-    the same greedy tokens as ``model.forward`` with log-probs within bf16 rounding (its int8
-    kernel rounds activations to bf16), and as the step's own row products within float
-    rounding (both fp32: the same sums in another order)."""
-    from lmforge.infer.int8_gemv import int8_gemv_available, int8_gemv_unavailable_reason
+    weight-only (``int8_gemm`` off) it gives the step's own row products within float
+    rounding (both fp32: the same sums in another order) and ``model.forward``'s greedy
+    tokens with log-probs within bf16 rounding (its int8 kernel rounds activations to bf16);
+    int8 × int8 (``int8_gemm`` on, AVX-512 VNNI: the default there) the same tokens with
+    log-probs within the activations' int8 rounding, as the multi-row int8 × int8 path."""
+    from lmforge.infer.int8_gemv import (
+        int8_gemv_available,
+        int8_gemv_q8_supported,
+        int8_gemv_unavailable_reason,
+    )
 
     if not int8_gemv_available():
         pytest.skip(f"int8_gemv unavailable: {int8_gemv_unavailable_reason()}")
@@ -130,18 +136,23 @@ def test_one_row_int8_steps_through_lmforge_op(compile_):
     model = quantize_model(tiny(), "int8")
     params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=0)
     forward = Engine(model, block_size=4, fused_weights=False).generate(PROMPTS[:1], params)
-    engines = {}
-    for gemv in (True, False):
+    modes = {"rows": (False, False), "gemv": (True, False)}  # (int8_gemv, int8_gemm)
+    if int8_gemv_q8_supported():
+        modes["gemv_q8"] = (True, True)
+    outs = {}
+    for kind, (gemv, gemm) in modes.items():
         engine = Engine(model, block_size=4, compile_decode=compile_)
         engine.generate(PROMPTS[:1], GREEDY)  # builds engine.compiled
-        engine.compiled.int8_gemv = gemv
+        engine.compiled.int8_gemv, engine.compiled.int8_gemm = gemv, gemm
         engine.compiled._inputs_for = None
-        engines[gemv] = engine.generate(PROMPTS[:1], params)
+        outs[kind] = engine.generate(PROMPTS[:1], params)
         rows = engine.compiled._inputs(True)["layers"][0][1][0]
-        assert (rows[0] == "gemv") is gemv
+        assert (rows[0] if isinstance(rows[0], str) else "rows") == kind
         assert engine.compiled.buckets and {b for b, _ in engine.compiled.buckets} == {1}
-    assert_same(forward, engines[True], atol=2e-2)
-    assert_same(engines[False], engines[True], atol=1e-5)
+    assert_same(forward, outs["gemv"], atol=2e-2)
+    assert_same(outs["rows"], outs["gemv"], atol=1e-5)
+    if "gemv_q8" in outs:
+        assert_same(forward, outs["gemv_q8"], atol=5e-2)
 
 
 def test_row_product_is_the_matrix_product():

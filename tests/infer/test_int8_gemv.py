@@ -94,3 +94,47 @@ def test_fake_implementation():
     torch.library.opcheck(
         torch.ops.lmforge_ext.int8_gemv.default, args, test_utils=("test_schema", "test_faketensor")
     )
+
+
+needs_vnni = pytest.mark.skipif(
+    not gemv.int8_gemv_q8_supported(), reason="int8 × int8 one-row op needs AVX-512 VNNI"
+)
+
+
+@needs_vnni
+@pytest.mark.parametrize("threads", [1, 2])
+def test_q8_within_the_activation_rounding_bound(threads):
+    """int8 × int8: the only error is rounding x to s_x · x_q (|x − s_x x_q| ≤ s_x / 2), so
+    |y_n − s_n Σ_k q_nk x_k| ≤ s_n (s_x / 2) Σ_k |q_nk| (+ fp32 rounding)."""
+    g = torch.Generator().manual_seed(5)
+    parts = [codes(n, k, g) for n, k in ((37, 300), (5, 300))]  # K not a multiple of 64
+    x = torch.randn(1, 300, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = gemv.int8_gemv_q8_parts(x, [q for q, _ in parts], [s for _, s in parts])
+    finally:
+        torch.set_num_threads(before)
+    q = torch.cat([q for q, _ in parts])
+    s = torch.cat([s for _, s in parts])
+    exact = (q.double() * x.double()).sum(-1) * s.double()
+    bound = s.double() * (x.abs().max().double() / 127 / 2) * q.double().abs().sum(-1)
+    err = (y.double() - exact).abs()[0]
+    assert (err <= bound * 1.0001 + 1e-6).all()
+    assert err.max() > 0  # it does quantise: not the fp32 product
+    xq = torch.round(x / (x.abs().max() / 127))  # the same quantisation, computed here
+    expected = (q.double() * xq.double()).sum(-1) * s.double() * (x.abs().max().double() / 127)
+    torch.testing.assert_close(y.double()[0], expected, rtol=1e-5, atol=1e-6)
+
+
+@needs_vnni
+def test_q8_zero_row_and_fake():
+    g = torch.Generator().manual_seed(6)
+    q, s = codes(8, 70, g)
+    assert gemv.int8_gemv_q8_parts(torch.zeros(70), [q], [s]).abs().max() == 0
+    args = (torch.randn(1, 70, generator=g), [q], [s])
+    torch.library.opcheck(
+        torch.ops.lmforge_ext.int8_gemv_q8.default,
+        args,
+        test_utils=("test_schema", "test_faketensor"),
+    )
