@@ -24,6 +24,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from flash_attention_gpu import cuda_time  # bench/ is on the path when run as a script
 
 FWD = [(bm, bn, w, s) for bm, bn, w, s in itertools.product(
     (64, 128), (32, 64, 128), (4, 8), (2, 3, 4))]  # fmt: skip
@@ -39,21 +40,6 @@ SMALL = {
     "dkdv": [(bm, bn, 4, s) for bm, bn, s in itertools.product((32, 64), (64, 128), (2, 3))],
     "dq": [(bm, bn, w, 2) for bm, bn, w in itertools.product((64, 128), (32, 64), (4, 8))],
 }
-
-
-def cuda_time(fn, repeats: int = 10) -> float:
-    """Median milliseconds of ``fn()`` after 2 warm-ups (CUDA events)."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def inputs(b: int, h: int, hkv: int, t: int, d: int) -> tuple[torch.Tensor, ...]:
@@ -128,9 +114,9 @@ def compare(t: int, d: int, configs: dict, args) -> dict[str, float]:
     diff = (out_ours.float() - out_sdpa.float()).abs().max().item()
     gdiff = max((a.float() - b.float()).abs().max().item() for a, b in zip(g_ours, g_sdpa))
     with torch.no_grad():
-        f_ours, f_sdpa = cuda_time(ours), cuda_time(sdpa)
-    b_ours = cuda_time(lambda: ours().backward(grad))
-    b_sdpa = cuda_time(lambda: sdpa().backward(grad))
+        f_ours, f_sdpa = cuda_time(ours, 10), cuda_time(sdpa, 10)
+    b_ours = cuda_time(lambda: ours().backward(grad), 10)
+    b_sdpa = cuda_time(lambda: sdpa().backward(grad), 10)
     flops = 4 * args.batch * args.heads * t * t * d / 2
     print(f"D={d} T={t:>5}: forward {f_ours:.3f} ms ({flops / f_ours / 1e9:.0f} TFLOP/s) vs SDPA"
           f" {f_sdpa:.3f} ({flops / f_sdpa / 1e9:.0f}) | fwd+bwd {b_ours:.3f} vs {b_sdpa:.3f} ms"

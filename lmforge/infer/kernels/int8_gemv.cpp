@@ -150,45 +150,63 @@ RowsFn pick(bool portable) {
   return rows_portable;
 }
 
-at::Tensor int8_gemv(const at::Tensor& x, at::TensorList qs, at::TensorList ss, bool portable) {
+// The weights sharing x (q/k/v, gate/up), checked, and where each one's outputs start.
+struct Parts {
+  std::vector<at::Tensor> q, s;
+  std::vector<int64_t> start{0};
+};
+
+Parts check_parts(const at::Tensor& x, at::TensorList qs, at::TensorList ss) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "x must be CPU float32");
   TORCH_CHECK(x.dim() == 1 || (x.dim() == 2 && x.size(0) == 1), "x must be [K] or [1, K]");
   TORCH_CHECK(!qs.empty() && qs.size() == ss.size(), "one scale per weight");
   const int64_t K = x.size(-1);
-  const at::Tensor xc = x.contiguous();
-  std::vector<at::Tensor> q(qs.begin(), qs.end()), s(ss.begin(), ss.end());
-  std::vector<int64_t> start{0};  // first output row of each weight
-  for (size_t i = 0; i < q.size(); ++i) {
-    TORCH_CHECK(q[i].device().is_cpu() && q[i].scalar_type() == at::kChar && q[i].dim() == 2 &&
-                    q[i].size(1) == K, "weights must be CPU int8 [N, K]");
-    TORCH_CHECK(s[i].scalar_type() == at::kFloat && s[i].numel() == q[i].size(0),
+  Parts p;
+  for (size_t i = 0; i < qs.size(); ++i) {
+    TORCH_CHECK(qs[i].device().is_cpu() && qs[i].scalar_type() == at::kChar &&
+                    qs[i].dim() == 2 && qs[i].size(1) == K, "weights must be CPU int8 [N, K]");
+    TORCH_CHECK(ss[i].scalar_type() == at::kFloat && ss[i].numel() == qs[i].size(0),
                 "scales must be float32 [N]");
-    q[i] = q[i].contiguous();
-    s[i] = s[i].contiguous();
-    start.push_back(start.back() + q[i].size(0));
+    p.q.push_back(qs[i].contiguous());
+    p.s.push_back(ss[i].contiguous());
+    p.start.push_back(p.start.back() + qs[i].size(0));
   }
-  const int64_t N = start.back();
+  return p;
+}
+
+// y = [rows of part 0 | rows of part 1 | ...]; `rows(q, s, y, r0, r1)` computes rows
+// [r0, r1) of one part; output rows are split over torch's intra-op threads.
+template <typename Rows>
+at::Tensor each_part(const at::Tensor& x, const Parts& p, Rows&& rows) {
+  const int64_t K = x.size(-1), N = p.start.back();
   at::Tensor y = at::empty({1, N}, x.options());
-  const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const RowsFn rows = pick(portable);
   const int64_t grain = std::max<int64_t>(16, (32768 / std::max<int64_t>(K, 1) + 3) / 4 * 4);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    for (size_t i = 0; i < q.size(); ++i) {
-      const int64_t lo = std::max(begin, start[i]), hi = std::min(end, start[i + 1]);
+    for (size_t i = 0; i < p.q.size(); ++i) {
+      const int64_t lo = std::max(begin, p.start[i]), hi = std::min(end, p.start[i + 1]);
       if (lo >= hi) continue;
-      rows(xp, q[i].data_ptr<int8_t>(), s[i].data_ptr<float>(), yp + start[i], K,
-           lo - start[i], hi - start[i]);
+      rows(p.q[i].data_ptr<int8_t>(), p.s[i].data_ptr<float>(), yp + p.start[i],
+           lo - p.start[i], hi - p.start[i]);
     }
   });
   return x.dim() == 1 ? y.view({N}) : y;
 }
 
+at::Tensor int8_gemv(const at::Tensor& x, at::TensorList qs, at::TensorList ss, bool portable) {
+  const Parts p = check_parts(x, qs, ss);
+  const int64_t K = x.size(-1);
+  const at::Tensor xc = x.contiguous();
+  const float* xp = xc.data_ptr<float>();
+  const RowsFn fn = pick(portable);
+  return each_part(x, p, [&](const int8_t* q, const float* s, float* y, int64_t r0, int64_t r1) {
+    fn(xp, q, s, y, K, r0, r1);
+  });
+}
+
 // x quantised once per call: s_x = max|x| / 127, xu = round(x / s_x) + 128, padded to 64.
 at::Tensor int8_gemv_q8(const at::Tensor& x, at::TensorList qs, at::TensorList ss) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "x must be CPU float32");
-  TORCH_CHECK(x.dim() == 1 || (x.dim() == 2 && x.size(0) == 1), "x must be [K] or [1, K]");
-  TORCH_CHECK(!qs.empty() && qs.size() == ss.size(), "one scale per weight");
+  const Parts p = check_parts(x, qs, ss);
 #ifdef LMF_X86
   static const bool vnni = cpu_has_vnni();
 #else
@@ -204,37 +222,15 @@ at::Tensor int8_gemv_q8(const at::Tensor& x, at::TensorList qs, at::TensorList s
   std::vector<uint8_t> xu(static_cast<size_t>((K + 63) / 64 * 64 + 64), 128);
   for (int64_t k = 0; k < K; ++k)
     xu[k] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(xp[k] * inv)) + 128);
-  std::vector<at::Tensor> q(qs.begin(), qs.end()), s(ss.begin(), ss.end());
-  std::vector<int64_t> start{0};
-  for (size_t i = 0; i < q.size(); ++i) {
-    TORCH_CHECK(q[i].device().is_cpu() && q[i].scalar_type() == at::kChar && q[i].dim() == 2 &&
-                    q[i].size(1) == K, "weights must be CPU int8 [N, K]");
-    TORCH_CHECK(s[i].scalar_type() == at::kFloat && s[i].numel() == q[i].size(0),
-                "scales must be float32 [N]");
-    q[i] = q[i].contiguous();
-    s[i] = s[i].contiguous();
-    start.push_back(start.back() + q[i].size(0));
-  }
-  const int64_t N = start.back();
-  at::Tensor y = at::empty({1, N}, x.options());
-  float* yp = y.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(16, (32768 / std::max<int64_t>(K, 1) + 3) / 4 * 4);
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    for (size_t i = 0; i < q.size(); ++i) {
-      const int64_t lo = std::max(begin, start[i]), hi = std::min(end, start[i + 1]);
-      const int8_t* qi = q[i].data_ptr<int8_t>();
-      const float* si = s[i].data_ptr<float>();
-      for (int64_t r = lo; r < hi; ++r) {
+  return each_part(x, p, [&](const int8_t* q, const float* s, float* y, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
 #ifdef LMF_X86
-        const int32_t dot = row_vnni(xu.data(), qi + (r - start[i]) * K, K);
+      y[r] = s[r] * sx * static_cast<float>(row_vnni(xu.data(), q + r * K, K));
 #else
-        const int32_t dot = 0;
+      y[r] = 0.f;
 #endif
-        yp[r] = si[r - start[i]] * sx * static_cast<float>(dot);
-      }
     }
   });
-  return x.dim() == 1 ? y.view({N}) : y;
 }
 
 bool int8_gemv_q8_supported() {
