@@ -16,9 +16,11 @@ load it in ≈ 0.4 s.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -29,6 +31,7 @@ KERNEL_SOURCES = ("int8_gemv.cpp", "paged_attention.cpp")
 _KERNELS = Path(__file__).parent / "kernels"
 _LOCK = threading.Lock()
 _STATE: dict[str, str | None] = {}
+log = logging.getLogger("lmforge.infer")
 
 
 def _build_dir() -> Path:
@@ -64,6 +67,7 @@ def _load() -> str | None:
 
         build = _build_dir()
         build.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
         cpp_extension.load(
             name="lmforge_ext",
             sources=[str(s) for s in sources],
@@ -77,6 +81,7 @@ def _load() -> str | None:
     except Exception as e:  # noqa: BLE001 - no compiler, a build error, …: never fatal
         return f"the C++ ops did not build or load: {type(e).__name__}: {str(e).strip()[:500]}"
     _register_fakes()
+    log.info("lmforge's C++ ops ready (%s) in %.1f s", build, time.perf_counter() - start)
     return None
 
 
