@@ -18,6 +18,10 @@ first, the current one last) and, as text, the instruction and the previous acti
 `read_examples` store a dataset as JSONL (Qwen-style messages) plus PNG screenshots.
 `pointer_queries` gives an example's training queries for a pointer head (each coordinate
 action with a known target box: where in the answer, on which screenshot, which box).
+Two opt-in extras aimed at list rows (issue 18): kind "reading" (`reading_examples`: "What
+does row 3 of the invoice list say?" → "invoice 17", "Which row … says 'invoice 17'?" →
+"row 3") and grounding on ``zoom``× crops (`zoom_examples`, the second look of iterative
+zoom-in; `lmforge.agents.grounding.point_clicks` takes it at test time).
 
 This module is long because the five kinds of data share one pass over the expert's
 episodes and one example type, and splitting them would split
@@ -44,7 +48,7 @@ from lmforge.agents.actions import (
 )
 from lmforge.agents.env import GUIEnv, WindowController
 from lmforge.agents.expert import ExpertStep, click, expert_step
-from lmforge.agents.random_screens import random_window
+from lmforge.agents.random_screens import KIND_WEIGHTS, random_window
 from lmforge.agents.render import render_window
 from lmforge.agents.tasks import (
     Task,
@@ -70,7 +74,10 @@ from lmforge.models.pointer_head import normalise_box
 from lmforge.vision.vlm_data import PointerQuery, message_text
 from lmforge.vision.vlm_tasks import VQAExample
 
-KINDS = ("perception", "state_qa", "grounding", "trajectory", "reflection")
+LIST_HEAVY = {**KIND_WEIGHTS, "list": 6}  # reading screens: lists six times as likely
+KINDS = ("perception", "state_qa", "grounding", "trajectory", "reflection", "reading")
+# the mix when ``agent.kinds`` is not given (reading is opt-in)
+DEFAULT_KINDS = ("perception", "state_qa", "grounding", "trajectory", "reflection")
 MAX_HISTORY_ACTIONS = 6
 POINTING_ACTIONS = ("click", "left_double", "right_single", "drag", "scroll")
 
@@ -357,6 +364,125 @@ def grounding_examples(
     return out
 
 
+def list_name(lv: ListView) -> str:
+    """What a list holds, from its items' shared first word ("invoice 7", … → "invoice")."""
+    heads = {item.rsplit(" ", 1)[0] for item in lv.items}
+    return heads.pop() if len(heads) == 1 else "item"
+
+
+def reading_examples(win: Window, rng: random.Random, turns: int = 8) -> list[VQAExample]:
+    """Questions that can only be answered by reading a list's rows, on the screen of ``win``:
+    for every visible row k (counted from 1 at the list's top) of every shown list, "What
+    does row k of the invoice list say?" → its item ("invoice 17"), and, in other chats,
+    "Which row of the invoice list says 'invoice 17'?" → "row 3" (one chat never asks both
+    about a row: the first answer would give the second away). Shuffled, in chats of up to
+    ``turns`` questions (one image encoding), kind "reading". Dense supervision of the
+    items' text — the digits that tell one row from another — which a grounding question on
+    a row (one pointer target among the list's 4–5 rows) and a caption (all items at once)
+    give only weakly. Nothing when a message box hides the window or two shown lists hold
+    the same kind of item (the name would not say which list); rows an open dropdown covers
+    are left out. No click answers, so no pointer queries (`pointer_queries`)."""
+    if win.dialog is not None:
+        return []
+    lists = [w for w in win.walk(shown_only=True) if isinstance(w, ListView)]
+    names = [list_name(lv) for lv in lists]
+    drop = win.open_dropdown()
+    hidden = drop.option_boxes if drop is not None else []
+    what, which = [], []
+    for lv, name in zip(lists, names, strict=True):
+        if names.count(name) > 1:
+            continue
+        for k, i in enumerate(range(lv.offset, min(len(lv.items), lv.offset + lv.visible)), 1):
+            x, y = box_center(lv.row_box(i))
+            if any(b[0] <= x < b[2] and b[1] <= y < b[3] for b in hidden):
+                continue
+            item = lv.items[i]
+            what.append((f"What does row {k} of the {name} list say?", item))
+            which.append((f"Which row of the {name} list says '{item}'?", f"row {k}"))
+    if not what:
+        return []
+    image = np.asarray(render_window(win))
+    out: list[VQAExample] = []
+    for pairs in (what, which):
+        rng.shuffle(pairs)
+        for start in range(0, len(pairs), max(1, turns)):
+            (q, a), *rest = pairs[start : start + max(1, turns)]
+            out.append(ChatExample([image], q, a, "reading", {}, rest) if rest
+                       else VQAExample([image], q, a, "reading", {}))  # fmt: skip
+    return out
+
+
+def zoom_box(point: tuple[float, float], screen: tuple[int, int], zoom: int = 2) -> Box:
+    """The crop of a second, ``zoom``× closer look at ``point`` (x, y px): ``screen`` /
+    ``zoom`` on a side, centred on the point and moved to lie inside the screen."""
+    w, h = screen[0] // zoom, screen[1] // zoom
+    x0 = min(max(0, round(point[0] - w / 2)), screen[0] - w)
+    y0 = min(max(0, round(point[1] - h / 2)), screen[1] - h)
+    return (x0, y0, x0 + w, y0 + h)
+
+
+def zoom_image(image: np.ndarray, crop: Box, zoom: int = 2) -> np.ndarray:
+    """``image``'s ``crop`` enlarged ``zoom``× (each pixel repeated: crisp glyphs, no new
+    detail), so a screen-sized crop of a screen-sized image stays screen-sized."""
+    part = image[crop[1] : crop[3], crop[0] : crop[2]]
+    return np.ascontiguousarray(part.repeat(zoom, axis=0).repeat(zoom, axis=1))
+
+
+def zoomed_box(box: Box, crop: Box, zoom: int = 2) -> Box | None:
+    """``box`` in the pixels of the zoomed ``crop`` (`zoom_image`), cut to it; None when the
+    box's centre lies outside the crop."""
+    x, y = box_center(box)
+    if not (crop[0] <= x < crop[2] and crop[1] <= y < crop[3]):
+        return None
+    x0, y0 = max(box[0], crop[0]), max(box[1], crop[1])
+    x1, y1 = min(box[2], crop[2]), min(box[3], crop[3])
+    return ((x0 - crop[0]) * zoom, (y0 - crop[1]) * zoom,
+            (x1 - crop[0]) * zoom, (y1 - crop[1]) * zoom)  # fmt: skip
+
+
+def zoom_examples(
+    win: Window,
+    rng: random.Random,
+    crops: int = 1,
+    turns: int = 8,
+    zoom: int = 2,
+    jitter: int = 24,
+) -> list[VQAExample]:
+    """Grounding on a closer look (iterative zoom-in for GUI grounding): ``crops`` times, a
+    crop of 1/``zoom`` of the screen (`zoom_box`) around a random element's centre moved by
+    up to ± ``jitter`` px (where a first, coarse click may land), enlarged ``zoom``×
+    (`zoom_image`); then the usual "Click on the row 'invoice 7'." questions about the
+    elements whose centre the crop holds, answered in the zoomed picture's pixels, in chats
+    of up to ``turns`` (kind "grounding", ``meta["zoom"]`` = the crop). A list row 11–12 px
+    tall spans 22–24 px there, so one 8-px token row lies inside it. Elements an open
+    dropdown covers are skipped."""
+    elements = [e for e in screen_elements(win) if not covered(win, e)]
+    if not elements:
+        return []
+    image = np.asarray(render_window(win))
+    screen = (win.width, win.height)
+    out: list[VQAExample] = []
+    for _ in range(crops):
+        x, y = box_center(rng.choice(elements).box)
+        crop = zoom_box((x + rng.randint(-jitter, jitter), y + rng.randint(-jitter, jitter)),
+                        screen, zoom)  # fmt: skip
+        inside = [(e, b) for e in elements if (b := zoomed_box(e.box, crop, zoom)) is not None]
+        rng.shuffle(inside)
+        big = zoom_image(image, crop, zoom)
+        for start in range(0, len(inside), max(1, turns)):
+            chat = []
+            for e, b in inside[start : start + max(1, turns)]:
+                cx, cy = box_center(b)
+                chat.append((f"Click on the {e.kind} '{e.label}'.", f"click({cx},{cy})", b))
+            (q, a, _), rest = chat[0], chat[1:]
+            meta = {"target_box": chat[0][2], "target_boxes": [b for _, _, b in chat],
+                    "zoom": crop}  # fmt: skip
+            more = [(q2, a2) for q2, a2, _ in rest]
+            out.append(ChatExample([big], q, a, "grounding", meta, more) if more
+                       else VQAExample([big], q, a, "grounding", meta))  # fmt: skip
+    return out
+
+
 def make_agent_dataset(
     split: str = "train",
     num_tasks: int = 100,
@@ -370,6 +496,9 @@ def make_agent_dataset(
     grounding_shift: int = 0,
     random_screens: int = 0,
     question_first: bool = False,
+    reading_screens: int = 0,
+    zoom: int = 0,
+    zoom_crops: int = 1,
 ) -> dict[str, list[VQAExample]]:
     """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
     grounding on every state the expert visits (``grounding_count`` elements per state in
@@ -378,9 +507,18 @@ def make_agent_dataset(
     reflections from a mistake injected in a ``mistake_rate`` share of the episodes; plus
     perception and grounding on ``random_screens`` windows of random widgets
     (`random_window`, template "random"), where only reading the screen tells what is
-    where. ``question_first``: grounding chats ask their first question before the image."""
+    where. ``question_first``: grounding chats ask their first question before the image.
+    Reading (`reading_examples`) comes from every expert state and random screen that shows
+    a list, plus ``reading_screens`` random windows drawn with lists six times as likely
+    (`LIST_HEAVY`), in chats of ``grounding_turns``; it draws from its own random stream,
+    so the other kinds (and the held-out questions) are the same with or without it.
+    ``zoom`` ≥ 2 adds, on every expert state and random screen, ``zoom_crops`` grounding
+    chats on a ``zoom``× closer look (`zoom_examples`; their own random stream too)."""
     data: dict[str, list[VQAExample]] = {k: [] for k in KINDS}
     rng = random.Random(f"agent-data/{split}/{seed}")
+    read_rng = random.Random(f"agent-reading/{split}/{seed}")
+    zoom_rng = random.Random(f"agent-zoom/{split}/{seed}")
+    turns = max(1, grounding_turns)
     for i in range(num_tasks):
         task = sample_task(seed * 1_000_003 + i, split, width=width, height=height)
         clean = expert_trajectory(task)
@@ -398,7 +536,10 @@ def make_agent_dataset(
                 win, rng, grounding_count, grounding_turns, grounding_shift,
                 question_first=question_first,
             )  # fmt: skip
-            for ex in perception_examples(win, rng) + grounding:
+            reading = reading_examples(win, read_rng, turns)
+            if zoom >= 2:
+                grounding += zoom_examples(win, zoom_rng, zoom_crops, turns, zoom)
+            for ex in perception_examples(win, rng) + grounding + reading:
                 ex.meta["template"] = task.template
                 data[ex.task].append(ex)
             WindowController(win).apply(parse_action(step.action))
@@ -406,7 +547,17 @@ def make_agent_dataset(
         win = random_window(random.Random(f"agent-screens/{split}/{seed}/{j}"), width, height)
         grounding = grounding_examples(win, rng, grounding_count, grounding_turns,
                                        grounding_shift, True, question_first)  # fmt: skip
-        for ex in perception_examples(win, rng) + grounding:
+        if zoom >= 2:
+            grounding += zoom_examples(win, zoom_rng, zoom_crops, turns, zoom)
+        for ex in (
+            perception_examples(win, rng) + grounding + reading_examples(win, read_rng, turns)
+        ):
+            ex.meta["template"] = "random"
+            data[ex.task].append(ex)
+    for j in range(reading_screens):
+        r = random.Random(f"agent-reading-screens/{split}/{seed}/{j}")
+        win = random_window(r, width, height, weights=LIST_HEAVY)
+        for ex in reading_examples(win, read_rng, turns):
             ex.meta["template"] = "random"
             data[ex.task].append(ex)
     return data
@@ -497,7 +648,9 @@ def read_examples(path: str | Path) -> list[VQAExample]:
 
 
 __all__ = [
+    "DEFAULT_KINDS",
     "KINDS",
+    "LIST_HEAVY",
     "MAX_HISTORY_ACTIONS",
     "POINTING_ACTIONS",
     "ChatExample",
@@ -510,16 +663,22 @@ __all__ = [
     "describe_widget",
     "expert_trajectory",
     "grounding_examples",
+    "list_name",
     "make_agent_dataset",
     "mistake_step",
     "perception_examples",
     "pointer_prefix",
     "pointer_queries",
     "read_examples",
+    "reading_examples",
     "reflective",
     "screen_elements",
     "shift_down",
     "state_questions",
     "trajectory_examples",
     "write_examples",
+    "zoom_box",
+    "zoom_examples",
+    "zoom_image",
+    "zoomed_box",
 ]

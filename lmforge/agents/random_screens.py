@@ -142,19 +142,21 @@ def random_window(
     dropdown_rate: float = 0.15,
     dialog_rate: float = 0.05,
     widgets: tuple[int, int] = (3, 10),
+    weights: dict[str, int] | None = None,
 ) -> Window:
     """A window of ``widgets`` = 3–10 random widgets top to bottom (one that would leave the screen is
     dropped and another tried, 3 tries per widget), a random theme and title; then with
     probability ``dropdown_rate`` one dropdown is opened, with ``dialog_rate`` a message
-    box is shown."""
+    box is shown. ``weights``: each widget kind's relative frequency (`KIND_WEIGHTS` when None)."""
     pool = LabelPool(rng)
     theme, geometry = rng.choice(sorted(THEMES)), random_geometry(rng)
     win = Window(rng.choice(sorted(TITLES.values())), width, height, [], theme=theme)
-    kinds, weights = list(KIND_WEIGHTS), list(KIND_WEIGHTS.values())
+    table = KIND_WEIGHTS if weights is None else weights
+    kinds, freq = list(table), list(table.values())
     target, tries = rng.randint(*widgets), 0
     while len(win.widgets) < target and tries < 3 * target:
         tries += 1
-        kind = rng.choices(kinds, weights)[0]
+        kind = rng.choices(kinds, freq)[0]
         if kind == "buttons" and win.widgets and isinstance(win.widgets[-1], Button):
             continue  # consecutive buttons would share (and overflow) one row
         new = random_widget(kind, rng, pool, tries)

@@ -49,6 +49,19 @@ the other kinds are 0.79 (0.87 with 4 layers) held-out, 0.93 on training screens
 perception (dense captions, which list the rows' items) to the 4-layer run at equal steps:
 0.655, rows still at chance, and its captions get 0/58 held-out list items right — the tiny
 model does not read the items' text, so no pointer can pick the named row.
+
+Two opt-in tries at the rows (issue 18, session 10; BENCHMARKS.md "can a reading task or a
+second, zoomed look make the pointer model read list rows?"): kind ``reading`` in
+``agent.kinds`` (`lmforge.agents.agent_data.reading_examples`: "What does row 3 of the
+invoice list say?" → "invoice 17" and the reverse, + ``agent.reading_screens`` list-heavy
+random screens) and ``agent.zoom`` = 2 (grounding also on 2× crops, and held-out grounding
+with a second look at a 2× crop around the first click, ``grounding_accuracy_zoom``).
+``grounding_rows`` / ``grounding_other`` split held-out grounding into list-row questions
+and the rest. At 2,500 steps neither reads the rows (13–14 / 45 right, chance ≈ 9–11), and
+both cost the other kinds accuracy (fewer of their questions per step): the model does not
+learn to read the digits even from reading alone (1,500 steps of reading only: answers
+stay at the prior, "invoice 2" / "row 2"), and a linear probe finds no more of the rows'
+numbers in the trained encoder's features than in the raw pixels.
 """
 
 from __future__ import annotations
@@ -62,15 +75,20 @@ import torch
 from rich.console import Console
 from tokenizers import AddedToken
 
-from lmforge.agents.agent_data import KINDS, make_agent_dataset, pointer_queries
-from lmforge.agents.metrics import click_accuracy
+from lmforge.agents.agent_data import (
+    DEFAULT_KINDS,
+    KINDS,
+    make_agent_dataset,
+    pointer_queries,
+)
+from lmforge.agents.grounding import grounding_eval, has_pointer
 from lmforge.agents.policy import VLMPolicy
 from lmforge.agents.rollout import evaluate_agent
 from lmforge.agents.tasks import SPLITS
 from lmforge.config import ConfigError
 from lmforge.io import atomic_write_json
 from lmforge.models.hf import load_model
-from lmforge.models.pointer_head import PointerHead, pointer_point, to_pixels
+from lmforge.models.pointer_head import PointerHead
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train.config import RunConfig
@@ -94,10 +112,7 @@ from lmforge.vision.processor import (
 from lmforge.vision.vlm_data import (
     VLM_SPECIAL_TOKENS,
     MultimodalPackedLoader,
-    answer_questions,
     encode_chat,
-    encode_prompt,
-    length_batches,
 )
 from lmforge.vision.vlm_tasks import VQAExample
 
@@ -113,7 +128,7 @@ class AgentSection(VLMShape):
     vocab_size: int = 768
     lm_init_std: float = 0.1  # as ``vlm``'s: σ 0.02 leaves a width-64 VLM on the answer prior
     vision_init: Literal["fan_in", "config"] = "fan_in"
-    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    kinds: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
     train_tasks: int = 200
     history: int = 2
     mistake_rate: float = 0.3
@@ -128,6 +143,9 @@ class AgentSection(VLMShape):
     grounding_turns: int = 8  # grounding questions per chat (one image encoding)
     grounding_shift: int = 0  # grounding screenshots moved down by up to this many px
     random_screens: int = 0  # perception + grounding on this many random-widget screens
+    reading_screens: int = 0  # kind reading: + this many list-heavy random screens
+    zoom: int = 0  # ≥ 2: grounding also on zoom× crops; pointer eval adds a second, closer look
+    zoom_crops: int = 1  # zoomed grounding chats per screen (with agent.zoom)
     question_first: bool = False  # grounding chats: the first question before the screenshot
     coordinate_tokens: bool = False  # from scratch: one token per coordinate value
     rope_theta: float = 10000.0  # from scratch: the language model's (M-)RoPE base
@@ -156,12 +174,16 @@ def check_agent_config(config: AgentRunConfig) -> None:
         raise ConfigError(f"agent.screen={a.screen} must be a multiple of agent.merge_size × "
                           f"agent.patch_size = {a.merge_size} × {a.patch_size}")  # fmt: skip
     check_vlm_shape(a, "agent")
-    if a.random_screens < 0:
-        raise ConfigError(f"agent.random_screens={a.random_screens} must be ≥ 0")
+    if a.random_screens < 0 or a.reading_screens < 0:
+        raise ConfigError(f"agent.random_screens={a.random_screens} and agent.reading_screens="
+                          f"{a.reading_screens} must be ≥ 0")  # fmt: skip
     if a.train_tasks < 1 or a.history < 1 or not 0 <= a.mistake_rate <= 1:
         raise ConfigError(
             "agent.train_tasks and agent.history must be ≥ 1, agent.mistake_rate in [0, 1]"
         )
+    if a.zoom == 1 or a.zoom < 0 or a.screen % max(1, a.zoom) or a.zoom_crops < 1:
+        raise ConfigError(f"agent.zoom={a.zoom} must be 0 (off) or ≥ 2 dividing agent.screen, "
+                          f"agent.zoom_crops={a.zoom_crops} ≥ 1")  # fmt: skip
     if a.pointer_size < 0:
         raise ConfigError(f"agent.pointer_size={a.pointer_size} must be ≥ 0 (0: no pointer head)")
     if not a.pointer_weight >= 0:
@@ -229,72 +251,6 @@ def agent_model(config: AgentRunConfig, examples: list[VQAExample]):
     return add_pointer_head(model, a.pointer_size), tokenizer
 
 
-def has_pointer(model: Any) -> bool:
-    """Whether ``model`` is a VLM with a pointer head (its clicks come from pointing)."""
-    return getattr(model, "pointer_head", None) is not None
-
-
-@torch.no_grad()
-def point_clicks(
-    model: VisionLanguageModel,
-    tokenizer: Any,
-    processor: ImageProcessor,
-    examples: list[VQAExample],
-    screen: tuple[int, int],
-    batch_size: int = 32,
-) -> list[str]:
-    """``click(x,y)`` answers of a pointer model to each example's first question: the
-    prompt (the first user turn) with the assistant's ``click(`` appended, the pointer
-    distribution at that ``(`` over the example's last image (`VisionLanguageModel.point`),
-    read out by `pointer_point` and scaled to ``screen`` pixels. Prompts of equal length
-    run together."""
-    prefix = tokenizer.encode("click(")
-    prompts = [encode_prompt(tokenizer, processor, ex.messages()[:1], ex.images) for ex in examples]
-    answers = [""] * len(examples)
-    for part in length_batches([len(ids) for ids, _, _ in prompts], batch_size):
-        images, seen = [], 0
-        for i in part:
-            seen += prompts[i][2].shape[0]
-            images.append(seen - 1)  # each row's last image: its current screenshot
-        logits, grids = model.point(
-            torch.tensor([prompts[i][0] + prefix for i in part]),
-            torch.cat([prompts[i][1] for i in part]),
-            torch.cat([prompts[i][2] for i in part]),
-            images,
-        )
-        for i, row, grid in zip(part, logits, grids, strict=True):
-            x, y = to_pixels(pointer_point(row.softmax(-1), grid), screen)
-            answers[i] = f"click({x},{y})"
-    return answers
-
-
-def grounding_eval(
-    model: Any,
-    tokenizer: Any,
-    processor: ImageProcessor,
-    count: int,
-    seed: int,
-    screen: int = 128,
-    history: int = 2,
-    question_first: bool = False,
-) -> dict[str, float]:
-    """``grounding_accuracy`` on ``count`` held-out-layout grounding questions (data seed
-    ``seed``): clicks by the pointer head (`point_clicks`) when the model has one, else its
-    greedy text answers; a pointer model also reports its text answers'
-    ``grounding_accuracy_text``. A click counts inside the element's box (`click_accuracy`)."""
-    data = make_agent_dataset("heldout_layout", max(1, count // 8), seed, history, 0.0, screen,
-                              screen, question_first=question_first)  # fmt: skip
-    ground = data["grounding"][:count]
-    boxes = [ex.meta["target_box"] for ex in ground]
-    answers = answer_questions(model, tokenizer, processor, ground, max_new_tokens=12)
-    text = click_accuracy(answers, boxes, (screen, screen))
-    if not has_pointer(model):
-        return {"grounding_accuracy": text}
-    clicks = point_clicks(model, tokenizer, processor, ground, (screen, screen))
-    return {"grounding_accuracy": click_accuracy(clicks, boxes, (screen, screen)),
-            "grounding_accuracy_text": text}  # fmt: skip
-
-
 def evaluate_agent_model(
     model: Any, tokenizer: Any, processor: ImageProcessor, a: AgentSection, seed: int
 ) -> dict[str, Any]:
@@ -306,7 +262,7 @@ def evaluate_agent_model(
     out: dict[str, Any] = {}
     if a.eval_grounding:
         out.update(grounding_eval(model, tokenizer, processor, a.eval_grounding, seed + 7919,
-                                  a.screen, a.history, a.question_first))  # fmt: skip
+                                  a.screen, a.history, a.question_first, a.zoom))  # fmt: skip
     if a.eval_tasks:
         policy = VLMPolicy(model, tokenizer, processor, (a.screen, a.screen), a.history,
                            a.max_new_tokens, constrained=a.constrained)  # fmt: skip
@@ -330,7 +286,8 @@ def train_agent_sft(
         data = make_agent_dataset("train", a.train_tasks, t.seed, a.history, a.mistake_rate,
                                   a.screen, a.screen, a.grounding_count, a.grounding_turns,
                                   a.grounding_shift, a.random_screens,
-                                  a.question_first)  # fmt: skip
+                                  a.question_first, a.reading_screens, a.zoom,
+                                  a.zoom_crops)  # fmt: skip
         train_ex = [ex for k in a.kinds for ex in data[k]]
         random.Random(t.seed).shuffle(train_ex)
         model, tokenizer = agent_model(config, train_ex)
@@ -381,9 +338,6 @@ __all__ = [
     "check_agent_config",
     "coordinate_tokens",
     "evaluate_agent_model",
-    "grounding_eval",
-    "has_pointer",
-    "point_clicks",
     "train_agent_sft",
     "train_agent_tokenizer",
 ]

@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
+from lmforge.agents.grounding import grounding_eval
 from lmforge.agents.policy import ExpertPolicy, VLMPolicy
 from lmforge.agents.rl import AgentRLConfig, train_agent_rl
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
-from lmforge.agents.sft import AgentRunConfig, grounding_eval, train_agent_sft
+from lmforge.agents.sft import AgentRunConfig, train_agent_sft
 from lmforge.agents.tasks import SPLITS, TEMPLATES, task_for_instruction
 from lmforge.commands.common import (
     CommandError,

@@ -5,6 +5,7 @@ round-trips; grounding on random screens clicks the named element."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
@@ -427,3 +428,147 @@ def test_pointer_queries_encode_at_the_parenthesis_token(data):
         assert tok.decode(labelled, skip_special_tokens=True).strip().startswith(ex.answer)
         total += len(queries)
     assert total >= 8
+
+
+# ---------------------------------------------------------------- reading
+HELDOUT_200 = "4e8412f88b9653b3"
+
+
+def list_window(seed: int = 0):
+    """A random window that shows a list (list-heavy draws)."""
+    from lmforge.agents.agent_data import LIST_HEAVY
+    from lmforge.agents.widgets import ListView
+
+    for s in range(seed, seed + 200):
+        win = random_window(random.Random(s), weights=LIST_HEAVY)
+        if win.dialog is None and any(isinstance(w, ListView) for w in win.walk(shown_only=True)):
+            return win
+    pytest.fail("no list-heavy random screen showed a list")
+
+
+def test_reading_asks_every_visible_row_both_ways():
+    from lmforge.agents.agent_data import list_name, reading_examples
+    from lmforge.agents.widgets import ListView
+
+    for seed in range(0, 400, 40):
+        win = list_window(seed)
+        if win.open_dropdown() is not None:
+            continue
+        lists = [w for w in win.walk(shown_only=True) if isinstance(w, ListView)]
+        names = [list_name(lv) for lv in lists]
+        exs = reading_examples(win, random.Random(0), turns=3)
+        assert all(ex.task == "reading" and not ex.meta for ex in exs)
+        assert all(len(ex.messages()) <= 6 for ex in exs)  # ≤ 3 turns per chat
+        asked = [t for ex in exs for t in [(ex.question, ex.answer), *getattr(ex, "turns", [])]]
+        want_what, want_which = set(), set()
+        for lv, name in zip(lists, names, strict=True):
+            if names.count(name) > 1:
+                continue
+            shown = lv.items[lv.offset : lv.offset + lv.visible]
+            tops = [lv.row_box(lv.offset + k)[1] for k in range(len(shown))]
+            assert tops == sorted(tops)  # row 1 is the topmost shown row
+            for k, item in enumerate(shown, 1):
+                want_what.add((f"What does row {k} of the {name} list say?", item))
+                want_which.add((f"Which row of the {name} list says '{item}'?", f"row {k}"))
+        assert set(asked) == want_what | want_which and len(asked) == len(set(asked))
+        for ex in exs:  # a chat never asks both questions about one row
+            qs = [ex.question, *(q for q, _ in getattr(ex, "turns", []))]
+            assert len({q.split()[0] for q in qs}) == 1, qs
+        image = render_window(win)
+        assert all(np.array_equal(ex.images[0], np.asarray(image)) for ex in exs)
+
+
+def test_reading_skips_dialogs_and_gives_no_pointer_queries():
+    from lmforge.agents.agent_data import reading_examples
+    from lmforge.agents.widgets import Button, Dialog
+
+    win = list_window(0)
+    exs = reading_examples(win, random.Random(0))
+    assert exs and all(pointer_queries(ex, (128, 128)) == [] for ex in exs)
+    win.dialog = Dialog("d", "Note", message="hi", buttons=[Button("ok", "OK")])
+    assert reading_examples(win, random.Random(0)) == []
+
+
+def test_reading_leaves_the_other_kinds_and_the_heldout_questions_unchanged():
+    kw = dict(grounding_count=0, grounding_turns=8, random_screens=30)
+    base = make_agent_dataset("train", 6, seed=0, **kw)
+    more = make_agent_dataset("train", 6, seed=0, reading_screens=5, **kw)
+    for kind in KINDS:
+        if kind != "reading":
+            assert [(e.question, e.answer) for e in base[kind]] == [
+                (e.question, e.answer) for e in more[kind]
+            ]
+    assert len(more["reading"]) > len(base["reading"]) > 0
+    extra = more["reading"][len(base["reading"]) :]
+    assert extra and all(e.meta["template"] == "random" for e in extra)
+    assert [(e.question, e.answer) for e in base["reading"]] == [
+        (e.question, e.answer) for e in more["reading"][: len(base["reading"])]
+    ]
+    # the 200 held-out grounding questions the pointer runs are scored on (seed 1 + 7919),
+    # as they were before the reading kind existed
+    held = make_agent_dataset("heldout_layout", 25, 1 + 7919, 2, 0.0)["grounding"][:200]
+    text = "|".join(f"{e.question}>{e.answer}" for e in held)
+    assert len(held) == 200 and sum(e.question.startswith("Click on the row") for e in held) == 45
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == HELDOUT_200
+
+
+def test_random_window_weights_pick_the_kinds():
+    from lmforge.agents.widgets import ListView
+
+    only = {"list": 1}
+    for s in range(10):
+        win = random_window(random.Random(s), weights=only, dropdown_rate=0, dialog_rate=0)
+        assert all(isinstance(w, ListView) for w in win.widgets)
+
+
+# ---------------------------------------------------------------- zoom
+def test_zoom_box_image_and_boxes_agree():
+    from lmforge.agents.agent_data import zoom_box, zoom_image, zoomed_box
+
+    assert zoom_box((64, 64), (128, 128)) == (32, 32, 96, 96)
+    assert zoom_box((2, 125), (128, 128)) == (0, 64, 64, 128)  # kept on screen
+    image = np.arange(128 * 128 * 3, dtype=np.uint8).reshape(128, 128, 3)
+    crop = (10, 20, 74, 84)
+    big = zoom_image(image, crop)
+    assert big.shape == (128, 128, 3) and big.flags["C_CONTIGUOUS"]
+    assert np.array_equal(big[2 * 5 + 1, 2 * 7], image[20 + 5, 10 + 7])
+    assert zoomed_box((30, 30, 40, 36), crop) == (40, 20, 60, 32)
+    assert zoomed_box((4, 22, 24, 30), crop) == (0, 4, 28, 20)  # cut at the crop's edge
+    assert zoomed_box((100, 30, 110, 36), crop) is None  # centre outside
+
+
+def test_zoomed_grounding_hits_the_named_element():
+    from lmforge.agents.agent_data import zoom_examples
+
+    rng, asked = random.Random(0), 0
+    for seed in range(40):
+        win = random_window(random.Random(seed))
+        names = {(e.kind, e.label): e.box for e in screen_elements(win)}
+        for ex in zoom_examples(win, rng, crops=2, turns=3):
+            crop = ex.meta["zoom"]
+            assert ex.task == "grounding" and ex.images[0].shape == (128, 128, 3)
+            turns = [(ex.question, ex.answer), *getattr(ex, "turns", [])]
+            assert len(turns) == len(ex.meta["target_boxes"]) <= 3
+            for (q, a), box in zip(turns, ex.meta["target_boxes"], strict=True):
+                kind, label = q.removeprefix("Click on the ").split(" '", 1)
+                real = names[(kind, label.removesuffix("'."))]
+                p = parse_action(a)
+                assert box_contains(box, p.x, p.y)
+                x, y = crop[0] + p.x // 2, crop[1] + p.y // 2  # back on the screen
+                assert box_contains(real, x, y), (q, a, crop, real)
+                asked += 1
+            assert pointer_queries(ex, (128, 128))
+    assert asked > 100
+
+
+def test_zoom_adds_grounding_and_leaves_the_rest():
+    kw = dict(grounding_count=0, grounding_turns=8, random_screens=5)
+    base = make_agent_dataset("train", 4, seed=0, **kw)
+    more = make_agent_dataset("train", 4, seed=0, zoom=2, **kw)
+    plain = [e for e in more["grounding"] if "zoom" not in e.meta]
+    assert [(e.question, e.answer) for e in plain] == [
+        (e.question, e.answer) for e in base["grounding"]
+    ]
+    assert len(more["grounding"]) > len(plain)
+    for kind in ("perception", "trajectory", "reading"):
+        assert len(more[kind]) == len(base[kind])

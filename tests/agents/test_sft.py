@@ -11,11 +11,11 @@ import torch
 
 import lmforge
 from lmforge.agents.agent_data import make_agent_dataset
+from lmforge.agents.grounding import point_clicks
 from lmforge.agents.sft import (
     AgentRunConfig,
     agent_model,
     evaluate_agent_model,
-    point_clicks,
     train_agent_sft,
 )
 from lmforge.agents.widgets import box_contains
@@ -224,3 +224,51 @@ def test_batched_pointing_equals_one_by_one():
     together = point_clicks(model, tok, processor, held, (128, 128))
     alone = [point_clicks(model, tok, processor, [ex], (128, 128))[0] for ex in held]
     assert together == alone and len(set(together)) > 1
+
+
+def test_reading_kind_trains_and_grounding_is_split_by_rows(tmp_path):
+    overrides = [f"out_dir={tmp_path / 'run'}", *SMALL, *POINTER, "agent.random_screens=4",
+                 "agent.reading_screens=4", "agent.kinds=[grounding,reading]",
+                 "agent.eval_grounding=80", "train.max_steps=3", "train.seed=1"]  # fmt: skip
+    report = train_agent_sft(load_config(None, overrides, AgentRunConfig))["agent_eval"]
+    rows, other = report["grounding_rows_n"], report["grounding_other_n"]
+    assert rows > 0 and rows + other == 80
+    whole = (report["grounding_rows"] * rows + report["grounding_other"] * other) / 80
+    assert whole == pytest.approx(report["grounding_accuracy"])
+    with pytest.raises(ConfigError, match="agent.reading_screens"):
+        train_agent_sft(load_config(None, [*SMALL, "agent.reading_screens=-1"], AgentRunConfig))
+    assert "reading" not in AgentRunConfig().agent.kinds  # opt-in
+
+
+def test_zoom_second_look_maps_back_to_the_screen(monkeypatch):
+    import numpy as np
+
+    from lmforge.agents import grounding
+    from lmforge.agents.agent_data import zoom_image
+
+    held = make_agent_dataset("heldout_layout", 1, 3)["grounding"][:3]
+    looks = []
+
+    def once(model, tok, proc, examples, screen, batch_size):
+        looks.append(examples)
+        return [(64, 64) if len(looks) == 1 else (10, 21)] * len(examples)
+
+    monkeypatch.setattr(grounding, "_point_once", once)
+    assert point_clicks(None, None, None, held, (128, 128)) == ["click(64,64)"] * 3
+    looks.clear()
+    assert point_clicks(None, None, None, held, (128, 128), zoom=2) == ["click(37,42)"] * 3
+    first, second = looks
+    assert first == held and [e.question for e in second] == [e.question for e in held]
+    for ex, z in zip(held, second, strict=True):
+        assert np.array_equal(z.images[-1], zoom_image(ex.images[-1], (32, 32, 96, 96)))
+
+
+def test_zoom_run_reports_the_second_look(tmp_path):
+    overrides = [f"out_dir={tmp_path / 'run'}", *SMALL, *POINTER, "agent.merge_size=1",
+                 "agent.zoom=2", "agent.kinds=[grounding]", "agent.eval_grounding=80",
+                 "train.max_steps=2", "train.seed=1"]  # fmt: skip
+    report = train_agent_sft(load_config(None, overrides, AgentRunConfig))["agent_eval"]
+    for key in ("grounding_accuracy_zoom", "grounding_zoom_rows", "grounding_zoom_other"):
+        assert 0 <= report[key] <= 1
+    with pytest.raises(ConfigError, match="agent.zoom"):
+        train_agent_sft(load_config(None, [*SMALL, "agent.zoom=1"], AgentRunConfig))

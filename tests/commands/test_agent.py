@@ -90,8 +90,8 @@ def test_pointer_agent_sft_and_eval_score_grounding_by_pointing(tmp_path, capsys
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith("grounding_accuracy=") and last.endswith("by the pointer)")
     figures = json.loads(summary.read_text())["grounding"]
-    assert set(figures) == {"grounding_accuracy", "grounding_accuracy_text"}
-    assert all(0 <= v <= 1 for v in figures.values())
+    assert {"grounding_accuracy", "grounding_accuracy_text"} <= set(figures)
+    assert all(0 <= v <= 1 for k, v in figures.items() if not k.endswith("_n"))
     # --text-clicks: the same pointer model writes its coordinates as text
     from lmforge.commands import agent as agent_command
 
