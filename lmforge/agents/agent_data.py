@@ -68,6 +68,7 @@ from lmforge.agents.widgets import (
     TextField,
     Window,
     box_center,
+    box_contains,
 )
 from lmforge.io import atomic_write_text
 from lmforge.models.pointer_head import normalise_box
@@ -313,8 +314,7 @@ def covered(win: Window, e: Element) -> bool:
     drop = win.open_dropdown()
     if drop is None or e.box in drop.option_boxes:
         return False
-    x, y = box_center(e.box)
-    return any(b[0] <= x < b[2] and b[1] <= y < b[3] for b in drop.option_boxes)
+    return any(box_contains(b, *box_center(e.box)) for b in drop.option_boxes)
 
 
 def grounding_examples(
@@ -393,8 +393,7 @@ def reading_examples(win: Window, rng: random.Random, turns: int = 8) -> list[VQ
         if names.count(name) > 1:
             continue
         for k, i in enumerate(range(lv.offset, min(len(lv.items), lv.offset + lv.visible)), 1):
-            x, y = box_center(lv.row_box(i))
-            if any(b[0] <= x < b[2] and b[1] <= y < b[3] for b in hidden):
+            if any(box_contains(b, *box_center(lv.row_box(i))) for b in hidden):
                 continue
             item = lv.items[i]
             what.append((f"What does row {k} of the {name} list say?", item))
@@ -431,8 +430,7 @@ def zoom_image(image: np.ndarray, crop: Box, zoom: int = 2) -> np.ndarray:
 def zoomed_box(box: Box, crop: Box, zoom: int = 2) -> Box | None:
     """``box`` in the pixels of the zoomed ``crop`` (`zoom_image`), cut to it; None when the
     box's centre lies outside the crop."""
-    x, y = box_center(box)
-    if not (crop[0] <= x < crop[2] and crop[1] <= y < crop[3]):
+    if not box_contains(crop, *box_center(box)):
         return None
     x0, y0 = max(box[0], crop[0]), max(box[1], crop[1])
     x1, y1 = min(box[2], crop[2]), min(box[3], crop[3])

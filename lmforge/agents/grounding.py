@@ -30,7 +30,6 @@ def has_pointer(model: Any) -> bool:
     return getattr(model, "pointer_head", None) is not None
 
 
-@torch.no_grad()
 def point_clicks(
     model: VisionLanguageModel,
     tokenizer: Any,
@@ -39,6 +38,7 @@ def point_clicks(
     screen: tuple[int, int],
     batch_size: int = 32,
     zoom: int = 0,
+    first_look: list[tuple[int, int]] | None = None,
 ) -> list[str]:
     """``click(x,y)`` answers of a pointer model to each example's first question: the
     prompt (the first user turn) with the assistant's ``click(`` appended, the pointer
@@ -47,8 +47,11 @@ def point_clicks(
     run together. ``zoom`` ≥ 2: then a second, closer look (iterative zoom-in) — the same
     question on the last image's crop of 1/``zoom`` around that click (`zoom_box`), enlarged
     ``zoom``× (`zoom_image`) — whose click, mapped back to the screen, is the answer (a
-    model trained with ``agent.zoom``)."""
-    first = _point_once(model, tokenizer, processor, examples, screen, batch_size)
+    model trained with ``agent.zoom``). ``first_look``: the first look's clicks (x, y px),
+    when already taken."""
+    first = first_look
+    if first is None:
+        first = _point_once(model, tokenizer, processor, examples, screen, batch_size)
     if zoom < 2:
         return [f"click({x},{y})" for x, y in first]
     looks, crops = [], []
@@ -61,6 +64,7 @@ def point_clicks(
             for c, (x, y) in zip(crops, second, strict=True)]  # fmt: skip
 
 
+@torch.no_grad()
 def _point_once(
     model: VisionLanguageModel,
     tokenizer: Any,
@@ -115,15 +119,17 @@ def grounding_eval(
     answers = answer_questions(model, tokenizer, processor, ground, max_new_tokens=12)
     text = click_accuracy(answers, boxes, (screen, screen))
     pointer = has_pointer(model)
-    clicks = (
-        point_clicks(model, tokenizer, processor, ground, (screen, screen)) if pointer else answers
+    first = (
+        _point_once(model, tokenizer, processor, ground, (screen, screen), 32) if pointer else []
     )
+    clicks = [f"click({x},{y})" for x, y in first] if pointer else answers
     is_row = [ex.question.startswith("Click on the row ") for ex in ground]
     out = split_by_rows("grounding", clicks, boxes, is_row, screen)
     if pointer:
         out["grounding_accuracy_text"] = text
     if pointer and zoom >= 2:
-        zoomed = point_clicks(model, tokenizer, processor, ground, (screen, screen), zoom=zoom)
+        zoomed = point_clicks(model, tokenizer, processor, ground, (screen, screen), zoom=zoom,
+                              first_look=first)  # fmt: skip
         more = split_by_rows("grounding_zoom", zoomed, boxes, is_row, screen)
         out.update({("grounding_accuracy_zoom" if k == "grounding_zoom_accuracy" else k): v
                     for k, v in more.items() if not k.endswith("_n")})  # fmt: skip
