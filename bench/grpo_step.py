@@ -12,9 +12,11 @@ A step is everything: sampling the completions, rewards, advantages, the policy 
 and backward and the optimizer step. The first ``--warmup`` steps of each side are not
 timed. lmforge samples through its inference engine (paged KV cache, one ragged batch,
 fused weights; one engine kept across rollouts, inverse-CDF draws; ``--compile``: its
-compiled decode step, compiled in the warm-up step) and runs each prompt once for its group's completions in the training
-forward (`lmforge.align.shared_prompt`); TRL samples through ``model.generate`` (padded
-batch, HF dynamic cache) and trains on the padded prompt + completion batch.
+compiled decode step, compiled in the warm-up step) and runs each prompt once for its
+group's completions in the training forward (`lmforge.align.shared_prompt`;
+``--compile-train``: that forward and its backward through ``torch.compile``); TRL samples
+through ``model.generate`` (padded batch, HF dynamic cache) and trains on the padded
+prompt + completion batch.
 
 The two sides alternate for ``--rounds`` rounds (lmforge, TRL, lmforge, TRL, …) so that a
 change in the machine's load hits both; a side's figure is its median step, the ratio the
@@ -23,7 +25,7 @@ on a shared machine the CPU time is the robust one (the wall time also counts th
 step waited for other processes).
 
     python bench/grpo_step.py [--preset 5m] [--prompts 4] [--group 8] [--completion 64] [--rounds 2]
-                              [--compile] [--only lmforge|trl]
+                              [--compile] [--compile-train] [--only lmforge|trl]
 
 Last line: ``RESULT grpo_step ratio=<TRL ÷ lmforge wall seconds per step>
 cpu_ratio=<TRL ÷ lmforge CPU seconds per step>``.
@@ -73,7 +75,7 @@ def bench_lmforge(model_dir, tok, problems, args) -> float:
             "optim.weight_decay": 0.0, "train.save_every": 0, "train.eval_every": 0,
             "log.progress": False, "log.plot": False, "grpo.group_size": args.group,
             "grpo.max_new_tokens": args.completion, "grpo.stop": [], "train.device": "cpu",
-            "grpo.beta": 0.0, "grpo.iterations": 1}  # fmt: skip
+            "grpo.beta": 0.0, "grpo.iterations": 1, "train.compile": args.compile_train}  # fmt: skip
     config = load_config(None, [f"{k}={json.dumps(v)}" for k, v in over.items()], GRPOConfig)
     s = config.grpo
     reward = lambda item, c: r1_reward(item, c, s.format_weight)  # noqa: E731
@@ -93,7 +95,8 @@ def bench_lmforge(model_dir, tok, problems, args) -> float:
     trainer.fit()
     lengths = data.last_stats.get("length")
     timed = times[args.warmup :]
-    print(f"  lmforge: {len(timed)} timed steps, last mean completion length {lengths:.1f}")
+    print(f"  lmforge: {len(timed)} timed steps, last mean completion length {lengths:.1f}; "
+          f"steps (s): {' '.join(f'{t[0]:.2f}' for t in times)}")  # fmt: skip
     return per_step(timed)
 
 
@@ -140,7 +143,7 @@ def bench_trl(model_dir, tok, problems, args) -> float:
                               callbacks=[Timer()])  # fmt: skip
         trainer.train()
     timed = times[args.warmup :]
-    print(f"  TRL: {len(timed)} timed steps")
+    print(f"  TRL: {len(timed)} timed steps; steps (s): {' '.join(f'{t[0]:.2f}' for t in times)}")
     return per_step(timed)
 
 
@@ -156,6 +159,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="lmforge's rollout engine runs its compiled decode step (compiled "
                         "during the untimed warm-up step)")  # fmt: skip
+    parser.add_argument("--compile-train", action="store_true",
+                        help="lmforge's training forward and backward run through torch.compile "
+                        "(train.compile; compiled during the untimed warm-up step)")  # fmt: skip
     parser.add_argument(
         "--only",
         choices=("lmforge", "trl"),

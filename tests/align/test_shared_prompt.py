@@ -61,6 +61,27 @@ def test_matches_the_padded_batch_values_and_gradients():
         assert torch.allclose(grads[name], grads2[name], atol=1e-5), name
 
 
+@pytest.mark.slow
+def test_compiled_model_gives_the_same_values_and_gradients():
+    """Under ``torch.compile`` (``train.compile``, the GRPO benchmark's ``--compile-train``)
+    the shared-prompt forward — a cache object passed through the compiled model — and its
+    backward give the eager numbers, on two batches of different shapes (≈ 1 min of
+    compilation on one core: slow)."""
+    pytest.importorskip("torch._inductor")
+    model = _model()
+    compiled = torch.compile(model)
+    for rows in (ROWS, ROWS[:4]):
+        ids, labels = _batch(rows)
+        weight = torch.randn(ids.shape, generator=torch.Generator().manual_seed(1))
+        lp, mask, ent, grads = _run(shared_prompt_logprobs, model, ids, labels, weight)
+        out = _run(shared_prompt_logprobs, compiled, ids, labels, weight)
+        assert torch.equal(mask, out[1])
+        assert torch.allclose(lp, out[0], atol=1e-5)
+        assert torch.allclose(ent[mask], out[2][mask], atol=1e-5)
+        for name in grads:
+            assert torch.allclose(grads[name], out[3][f"_orig_mod.{name}"], atol=1e-5), name
+
+
 def test_declines_where_it_is_not_exact_or_does_not_pay():
     model, (ids, labels) = _model(), _batch()
     assert shared_prompt_logprobs(model, *_batch([ROWS[0], ROWS[2]])) is None  # nothing shared

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lmforge.config import ModelConfig
+from lmforge.infer.cpp_ops import cpp_ops_available, cpp_ops_unavailable_reason
 from lmforge.infer.decode_step import CompiledDecode, bucket
 from lmforge.infer.engine import Engine
 from lmforge.infer.params import SamplingParams
@@ -45,9 +46,15 @@ def test_bucket_is_next_power_of_two():
     [{}, {"sliding_window": 5}, {"qkv_bias": True, "o_bias": True}],
     ids=["gqa", "window", "bias"],
 )
-def test_eager_decode_step_equals_runner_and_forward(overrides):
+@pytest.mark.parametrize("attention", ["op", "inline"])
+def test_eager_decode_step_equals_runner_and_forward(overrides, attention, monkeypatch):
     """3 sequences (batch bucket 4, one padding row), block size 4 (tables of 1–6 blocks,
-    padded to 8): tokens equal, log-probs within float rounding."""
+    padded to 8): tokens equal, log-probs within float rounding — with the attention of
+    several rows through lmforge's paged op (where it builds) and written inline."""
+    if attention == "inline":
+        monkeypatch.setattr(CompiledDecode, "_attention_op_runs", lambda self: False)
+    elif not cpp_ops_available():
+        pytest.skip(f"lmforge's C++ ops: {cpp_ops_unavailable_reason()}")
     model = tiny(**overrides)
     if overrides.get("qkv_bias"):
         with torch.no_grad():  # zero-init biases would hide a missing bias
@@ -63,6 +70,8 @@ def test_eager_decode_step_equals_runner_and_forward(overrides):
     assert max(w for _, w in engine.compiled.buckets) == 8  # up to 29 tokens / 4 → 8 blocks
     assert_same(ref, out)
     assert_same(forward, out)
+    assert engine.compiled._inputs(False)["attention_op"] == (attention == "op")
+    assert not engine.compiled._inputs(True)["attention_op"]  # one row: inductor's loop
 
 
 def test_padding_rows_do_not_touch_allocated_blocks():
@@ -183,7 +192,8 @@ def test_unsupported_reason_names_the_cache_without_spare_block():
 @pytest.mark.slow
 def test_torch_compile_several_rows_use_the_packed_weights():
     """3 sequences (bucket 4): the compiled graph calls the runner's oneDNN-packed copies
-    through `packed_linear_op` (on a torch with oneDNN), same tokens as the eager runner."""
+    through `packed_linear_op` (on a torch with oneDNN) and lmforge's paged attention op
+    (where it builds), same tokens as the eager runner."""
     pytest.importorskip("torch._inductor")
     model = tiny()
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, logprobs=0)
@@ -193,6 +203,7 @@ def test_torch_compile_several_rows_use_the_packed_weights():
     assert {b for b, _ in engine.compiled.buckets} == {4}
     kernel = engine.compiled._inputs(False)["head"][1]
     assert isinstance(kernel, tuple) == (engine.runner.head.packed is not None)
+    assert engine.compiled._inputs(False)["attention_op"] == cpp_ops_available()
 
 
 @pytest.mark.slow

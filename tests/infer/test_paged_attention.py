@@ -38,9 +38,12 @@ def _reference(q, keys, values, tables, lengths, bs, window):
 @needs_op
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_op_matches_per_row_sdpa(window, threads):
+@pytest.mark.parametrize("d", [20, 64])
+def test_op_matches_per_row_sdpa(window, threads, d):
+    """GQA 3; a head size the kernel is not specialised for (20: not a multiple of 16)
+    and one it is (64)."""
     g = torch.Generator().manual_seed(0)
-    n, h, hkv, d, bs, w, blocks = 6, 6, 2, 20, 4, 7, 48  # GQA 3, D not a multiple of 16
+    n, h, hkv, bs, w, blocks = 6, 6, 2, 4, 7, 48
     keys = torch.randn(blocks * bs, hkv, d, generator=g) * 2
     values = torch.randn(blocks * bs, hkv, d, generator=g)
     tables = torch.randperm(blocks, generator=g)[: n * w].view(n, w)
@@ -55,6 +58,29 @@ def test_op_matches_per_row_sdpa(window, threads):
     expected = _reference(q, keys, values, tables, lengths, bs, window)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
     assert out[-1].abs().max() == 0  # nothing visible: zeros
+
+
+@needs_op
+@pytest.mark.parametrize("n", [1, 3])
+def test_op_splits_a_rows_heads_across_threads(n):
+    """Fewer rows than twice the threads: each row's K/V heads are split into chunks (4
+    K/V heads, GQA 2, D 128); the result does not depend on the split."""
+    g = torch.Generator().manual_seed(1)
+    h, hkv, d, bs, w, blocks = 8, 4, 128, 8, 3, 16
+    keys = torch.randn(blocks * bs, hkv, d, generator=g)
+    values = torch.randn(blocks * bs, hkv, d, generator=g)
+    tables = torch.randperm(blocks, generator=g)[: n * w].view(n, w)
+    lengths = torch.tensor([21, 9, 24][:n])
+    q = torch.randn(n, h, d, generator=g)
+    expected = _reference(q, keys, values, tables, lengths, bs, None)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = paged_decode_attention(q, keys, values, tables, lengths, bs)
+            torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(before)
 
 
 @needs_op

@@ -4,8 +4,8 @@
 // slot(r, t) = tables[r, t / block_size] * block_size + t % block_size, g(h) = h / (H / Hkv)
 // (GQA) and lo_r = max(0, len_r - window) for a sliding window (window < 0: none).
 // q fp32 [n, H, D]; keys / values fp32 [slots, Hkv, D]; tables int64 [n, W]; lengths int64 [n].
-// One (row, K/V head) per task, with its GQA query heads, over torch's intra-op threads;
-// two passes over the row's keys (scores, then the value sum), scores in a per-thread buffer. The inner loops are
+// One row (or a chunk of its K/V heads) per task, over torch's intra-op threads; two
+// passes over the row's blocks (scores, then the value sum), scores in a per-thread buffer. The inner loops are
 // vectorised by the compiler, once per instruction set (target_clones: AVX-512, AVX2, base).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -49,51 +49,58 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
-// One (row, K/V head) and its `groups` query heads (GQA): each key and value row is read
-// once for all of them. Scores over the visible tokens block by block (no division per
-// token), then a softmax per query head, then the value sums.
-LMF_CLONES void attend_group(const float* q, const float* keys, const float* values,
-                             const int64_t* table, int64_t lo, int64_t hi, int64_t block_size,
-                             int64_t slot_stride, int64_t d, int64_t groups, float scale,
-                             float* scores, float* out) {
-  const int64_t len = hi - lo;
+// One row and its K/V heads [kv0, kv1), each with its `groups` query heads (GQA): a token's
+// keys (values) for all these heads are adjacent in the cache, so each pass streams the
+// row's blocks front to back (a per-head pass would stride by H_kv * D floats, and the
+// hardware prefetcher stops at every page). Scores over the visible tokens, then a softmax
+// per query head, then the value sums.
+// D > 0: the head size as a compile-time constant (the loops over it unroll fully).
+template <int64_t D>
+LMF_CLONES void attend_row(const float* q, const float* keys, const float* values,
+                           const int64_t* table, int64_t lo, int64_t hi, int64_t block_size,
+                           int64_t slot_stride, int64_t head_dim, int64_t heads,
+                           int64_t groups, float scale, float* scores, float* out) {
+  const int64_t d = D > 0 ? D : head_dim;
+  const int64_t len = hi - lo, rows = heads * groups;  // query heads of this task
   for (int64_t t = lo; t < hi;) {
     const int64_t b = t / block_size, end = std::min(hi, (b + 1) * block_size);
     const float* k = keys + (table[b] * block_size + (t - b * block_size)) * slot_stride;
     for (; t < end; ++t, k += slot_stride) {
-      for (int64_t g = 0; g < groups; ++g) {
-        const float* qg = q + g * d;
+      for (int64_t j = 0; j < rows; ++j) {
+        const float* qj = q + j * d;
+        const float* kj = k + (j / groups) * d;
         float s = 0.f;
 #pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < d; ++i) s += qg[i] * k[i];
-        scores[g * len + (t - lo)] = s * scale;
+        for (int64_t i = 0; i < d; ++i) s += qj[i] * kj[i];
+        scores[j * len + (t - lo)] = s * scale;
       }
     }
   }
-  for (int64_t g = 0; g < groups; ++g) {
-    float* sg = scores + g * len;
-    float m = sg[0];
-    for (int64_t t = 1; t < len; ++t) m = std::max(m, sg[t]);
+  for (int64_t j = 0; j < rows; ++j) {
+    float* sj = scores + j * len;
+    float m = sj[0];
+    for (int64_t t = 1; t < len; ++t) m = std::max(m, sj[t]);
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t t = 0; t < len; ++t) {
-      const float e = exp_nonpositive(sg[t] - m);
-      sg[t] = e;
+      const float e = exp_nonpositive(sj[t] - m);
+      sj[t] = e;
       sum += e;
     }
     const float inv = 1.f / sum;  // sum >= 1: the max's own term
-    for (int64_t t = 0; t < len; ++t) sg[t] *= inv;
+    for (int64_t t = 0; t < len; ++t) sj[t] *= inv;
   }
-  for (int64_t i = 0; i < groups * d; ++i) out[i] = 0.f;
+  for (int64_t i = 0; i < rows * d; ++i) out[i] = 0.f;
   for (int64_t t = lo; t < hi;) {
     const int64_t b = t / block_size, end = std::min(hi, (b + 1) * block_size);
     const float* v = values + (table[b] * block_size + (t - b * block_size)) * slot_stride;
     for (; t < end; ++t, v += slot_stride) {
-      for (int64_t g = 0; g < groups; ++g) {
-        const float p = scores[g * len + (t - lo)];
-        float* og = out + g * d;
+      for (int64_t j = 0; j < rows; ++j) {
+        const float p = scores[j * len + (t - lo)];
+        const float* vj = v + (j / groups) * d;
+        float* oj = out + j * d;
 #pragma omp simd
-        for (int64_t i = 0; i < d; ++i) og[i] += p * v[i];
+        for (int64_t i = 0; i < d; ++i) oj[i] += p * vj[i];
       }
     }
   }
@@ -126,21 +133,30 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
   const int64_t* lp = lengths.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
   const int64_t capacity = width * block_size;
-  // query heads h = kv * groups + g share K/V head kv: they are adjacent in q and out
-  at::parallel_for(0, n * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(static_cast<size_t>(std::max<int64_t>(capacity, 1) * groups));
+  // Query heads h = kv * groups + g share K/V head kv: they are adjacent in q and out. A task
+  // is a row and a chunk of its K/V heads: whole rows when there are enough of them to keep
+  // every thread busy, else each row's heads split into up to `chunks` parts.
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunks = std::min<int64_t>(kv_heads, std::max<int64_t>(1, (2 * threads + n - 1) / n));
+  const int64_t per_chunk = (kv_heads + chunks - 1) / chunks;
+  at::parallel_for(0, n * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(
+        static_cast<size_t>(std::max<int64_t>(capacity, 1) * per_chunk * groups));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / kv_heads, kv = task % kv_heads;
+      const int64_t r = task / chunks, kv0 = (task % chunks) * per_chunk;
+      const int64_t kv1 = std::min(kv_heads, kv0 + per_chunk);
+      if (kv0 >= kv1) continue;
       const int64_t hi = std::min(lp[r], capacity);
       const int64_t lo = window > 0 ? std::max<int64_t>(0, hi - window) : 0;
-      float* o = op + task * groups * d;
+      const int64_t first = (r * kv_heads + kv0) * groups * d;  // offset of q and out
+      float* o = op + first;
       if (hi <= lo) {  // nothing visible: zeros
-        std::fill(o, o + groups * d, 0.f);
+        std::fill(o, o + (kv1 - kv0) * groups * d, 0.f);
         continue;
       }
-      attend_group(qp + task * groups * d, kp + kv * d, vp + kv * d, tp + r * width, lo, hi,
-                   block_size, kv_heads * d, d, groups, static_cast<float>(scale),
-                   scores.data(), o);
+      const auto attend = d == 64 ? attend_row<64> : d == 128 ? attend_row<128> : attend_row<0>;
+      attend(qp + first, kp + kv0 * d, vp + kv0 * d, tp + r * width, lo, hi, block_size,
+             kv_heads * d, d, kv1 - kv0, groups, static_cast<float>(scale), scores.data(), o);
     }
   });
   return out;
