@@ -5,8 +5,9 @@
 // (GQA) and lo_r = max(0, len_r - window) for a sliding window (window < 0: none).
 // q fp32 [n, H, D]; keys / values fp32 [slots, Hkv, D]; tables int64 [n, W]; lengths int64 [n].
 // One row (or a chunk of its K/V heads) per task, over torch's intra-op threads; two
-// passes over the row's blocks (scores, then the value sum), scores in a per-thread buffer. The inner loops are
-// vectorised by the compiler, once per instruction set (target_clones: AVX-512, AVX2, base).
+// passes over the row's blocks (scores, then the value sum), scores in a per-thread buffer.
+// Head sizes 64 and 128 on AVX-512: intrinsics (`attend_row_avx512`); otherwise loops the
+// compiler vectorises once per instruction set (target_clones: AVX-512, AVX2, base).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -18,6 +19,10 @@
 #include <cstdint>
 #include <limits>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -54,13 +59,10 @@ inline float exp_nonpositive(float x) {
 // row's blocks front to back (a per-head pass would stride by H_kv * D floats, and the
 // hardware prefetcher stops at every page). Scores over the visible tokens, then a softmax
 // per query head, then the value sums.
-// D > 0: the head size as a compile-time constant (the loops over it unroll fully).
-template <int64_t D>
 LMF_CLONES void attend_row(const float* q, const float* keys, const float* values,
                            const int64_t* table, int64_t lo, int64_t hi, int64_t block_size,
-                           int64_t slot_stride, int64_t head_dim, int64_t heads,
-                           int64_t groups, float scale, float* scores, float* out) {
-  const int64_t d = D > 0 ? D : head_dim;
+                           int64_t slot_stride, int64_t d, int64_t heads, int64_t groups,
+                           float scale, float* scores, float* out) {
   const int64_t len = hi - lo, rows = heads * groups;  // query heads of this task
   for (int64_t t = lo; t < hi;) {
     const int64_t b = t / block_size, end = std::min(hi, (b + 1) * block_size);
@@ -106,6 +108,140 @@ LMF_CLONES void attend_row(const float* q, const float* keys, const float* value
   }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// The same row on AVX-512 for head sizes D = 16 * NV (64, 128), written with intrinsics:
+// the compiler's version reduces every score across a vector on its own and evaluates exp
+// one lane at a time. Here each token's K row (all the task's heads, adjacent) is read
+// once, front to back, into one partial vector per query head, and 16 tokens' partials are
+// reduced together (`reduce16`); exp runs on 16 lanes; the value sums take each token's V
+// row once, front to back, into the heads' sums (in L1). Reading the rows head by head
+// (16 tokens of one head, then the next head) was up to 2x slower from memory. `offsets`
+// holds each visible token's cache row; `scores` has room for len * H scores + H sums.
+// Per call, against the compiler's version (one thread, D 64, 30m / 5m shapes): one row of
+// 32-160 tokens 20.8 -> 15.2 ms per 128 steps x 8 layers, 16 rows of 64-128 tokens
+// 131 -> 98 ms, GRPO's 32 rows of 28-92 tokens 42 -> 32 ms per rollout.
+#define LMF_AVX512 __attribute__((target("avx512f,avx512dq")))
+
+// Lane i of the result: the sum of the 16 lanes of v[i] (a transpose-and-add tree: halves,
+// then quarters, then pairs, then single lanes, leaving token 4m + q in lane 4q + m).
+LMF_AVX512 inline __m512 reduce16(const __m512* v) {
+  __m512 c[8], e[4], g[2];
+  for (int k = 0; k < 8; ++k) {
+    const __m512 a = v[2 * k], b = v[2 * k + 1];
+    c[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  }
+  for (int k = 0; k < 4; ++k) {
+    const __m512 a = c[2 * k], b = c[2 * k + 1];
+    e[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+  }
+  for (int k = 0; k < 2; ++k) {
+    const __m512 a = e[2 * k], b = e[2 * k + 1];
+    g[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  const __m512d a = _mm512_castps_pd(g[0]), b = _mm512_castps_pd(g[1]);
+  const __m512 h = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                                 _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, h);
+}
+
+// `exp_nonpositive` on 16 lanes (the same reduction and polynomial).
+LMF_AVX512 inline __m512 exp_nonpositive16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(
+      _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+  const __m512i bits =
+      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+constexpr int64_t kMaxRows = 16;  // query heads per task on this path (the caller checks)
+
+inline __mmask16 first_lanes(int64_t m) {
+  return m >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << m) - 1);
+}
+
+template <int NV>
+LMF_AVX512 void attend_row_avx512(const float* q, const float* keys, const float* values,
+                                  const int64_t* offsets, int64_t len, int64_t heads,
+                                  int64_t groups, float scale, float* scores, float* out) {
+  constexpr int64_t D = 16 * NV;
+  const int64_t rows = heads * groups;  // query heads; j reads K/V head j / groups
+  // scores, 16 tokens at a time: each token's K row (all heads, adjacent) read once, front
+  // to back, into one partial vector per query head; then 16 tokens reduced per head
+  __m512 part[kMaxRows][16];
+  for (int64_t t0 = 0; t0 < len; t0 += 16) {
+    const int64_t m = std::min<int64_t>(16, len - t0);
+    for (int64_t u = 0; u < 16; ++u) {
+      const float* k = keys + offsets[t0 + std::min(u, m - 1)];
+      for (int64_t j = 0; j < rows; ++j) {
+        const float* kj = k + (j / groups) * D;
+        const float* qj = q + j * D;
+        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qj), _mm512_loadu_ps(kj));
+        for (int c = 1; c < NV; ++c)
+          acc = _mm512_fmadd_ps(_mm512_loadu_ps(qj + 16 * c), _mm512_loadu_ps(kj + 16 * c), acc);
+        part[j][u] = acc;
+      }
+    }
+    for (int64_t j = 0; j < rows; ++j)
+      _mm512_mask_storeu_ps(scores + j * len + t0, first_lanes(m),
+                            _mm512_mul_ps(reduce16(part[j]), _mm512_set1_ps(scale)));
+  }
+  // softmax numerators exp(s - max) in place; 1 / sum kept per query head
+  for (int64_t j = 0; j < rows; ++j) {
+    float* sj = scores + j * len;
+    __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t t0 = 0; t0 < len; t0 += 16) {
+      const __mmask16 mask = first_lanes(len - t0);
+      mx = _mm512_mask_max_ps(mx, mask, mx, _mm512_maskz_loadu_ps(mask, sj + t0));
+    }
+    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t t0 = 0; t0 < len; t0 += 16) {
+      const __mmask16 mask = first_lanes(len - t0);
+      const __m512 e = exp_nonpositive16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, sj + t0), top));
+      _mm512_mask_storeu_ps(sj + t0, mask, e);
+      sum = _mm512_mask_add_ps(sum, mask, sum, e);
+    }
+    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(out + j * D + 16 * c, _mm512_setzero_ps());
+    scores[rows * len + j] = 1.f / _mm512_reduce_add_ps(sum);  // sum >= 1: the max's term
+  }
+  // value sums: each token's V row (all heads) read once, front to back, into the heads'
+  // sums (in L1)
+  for (int64_t t = 0; t < len; ++t) {
+    const float* v = values + offsets[t];
+    for (int64_t j = 0; j < rows; ++j) {
+      const __m512 pt = _mm512_set1_ps(scores[j * len + t]);
+      const float* vj = v + (j / groups) * D;
+      float* oj = out + j * D;
+      for (int c = 0; c < NV; ++c)
+        _mm512_storeu_ps(oj + 16 * c, _mm512_fmadd_ps(pt, _mm512_loadu_ps(vj + 16 * c),
+                                                      _mm512_loadu_ps(oj + 16 * c)));
+    }
+  }
+  for (int64_t j = 0; j < rows; ++j) {
+    const __m512 inv = _mm512_set1_ps(scores[rows * len + j]);
+    for (int c = 0; c < NV; ++c)
+      _mm512_storeu_ps(out + j * D + 16 * c, _mm512_mul_ps(_mm512_loadu_ps(out + j * D + 16 * c), inv));
+  }
+}
+
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+}
+#endif
+
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
                                   const at::Tensor& values, const at::Tensor& tables,
                                   const at::Tensor& lengths, int64_t block_size, double scale,
@@ -139,9 +275,16 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = std::min<int64_t>(kv_heads, std::max<int64_t>(1, (2 * threads + n - 1) / n));
   const int64_t per_chunk = (kv_heads + chunks - 1) / chunks;
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = cpu_has_avx512();
+  const bool fast = avx512 && (d == 64 || d == 128) && per_chunk * groups <= kMaxRows;
+#else
+  const bool fast = false;
+#endif
   at::parallel_for(0, n * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(
-        static_cast<size_t>(std::max<int64_t>(capacity, 1) * per_chunk * groups));
+        static_cast<size_t>((std::max<int64_t>(capacity, 1) + 1) * per_chunk * groups));
+    std::vector<int64_t> offsets(static_cast<size_t>(fast ? std::max<int64_t>(capacity, 1) : 0));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / chunks, kv0 = (task % chunks) * per_chunk;
       const int64_t kv1 = std::min(kv_heads, kv0 + per_chunk);
@@ -154,9 +297,19 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
         std::fill(o, o + (kv1 - kv0) * groups * d, 0.f);
         continue;
       }
-      const auto attend = d == 64 ? attend_row<64> : d == 128 ? attend_row<128> : attend_row<0>;
-      attend(qp + first, kp + kv0 * d, vp + kv0 * d, tp + r * width, lo, hi, block_size,
-             kv_heads * d, d, kv1 - kv0, groups, static_cast<float>(scale), scores.data(), o);
+#if defined(__x86_64__) && defined(__GNUC__)
+      if (fast) {
+        const int64_t* table = tp + r * width;
+        for (int64_t t = lo; t < hi; ++t)
+          offsets[t - lo] = (table[t / block_size] * block_size + t % block_size) * kv_heads * d;
+        const auto attend = d == 64 ? attend_row_avx512<4> : attend_row_avx512<8>;
+        attend(qp + first, kp + kv0 * d, vp + kv0 * d, offsets.data(), hi - lo, kv1 - kv0,
+               groups, static_cast<float>(scale), scores.data(), o);
+        continue;
+      }
+#endif
+      attend_row(qp + first, kp + kv0 * d, vp + kv0 * d, tp + r * width, lo, hi, block_size,
+                 kv_heads * d, d, kv1 - kv0, groups, static_cast<float>(scale), scores.data(), o);
     }
   });
   return out;
