@@ -273,7 +273,9 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
   // is a row and a chunk of its K/V heads: whole rows when there are enough of them to keep
   // every thread busy, else each row's heads split into up to `chunks` parts.
   const int64_t threads = at::get_num_threads();
-  const int64_t chunks = std::min<int64_t>(kv_heads, std::max<int64_t>(1, (2 * threads + n - 1) / n));
+  const int64_t chunks =
+      threads > 1 ? std::min<int64_t>(kv_heads, std::max<int64_t>(1, (2 * threads + n - 1) / n))
+                  : 1;
   const int64_t per_chunk = (kv_heads + chunks - 1) / chunks;
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool avx512 = cpu_has_avx512();
