@@ -27,8 +27,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from lmforge.infer.cpp_ops import cpp_ops_available, cpp_ops_unavailable_reason
 from lmforge.infer.paged_attention import paged_decode_attention
+from lmforge.nn.cpp_ops import cpp_ops_available, cpp_ops_unavailable_reason
 
 # (name, rows, query heads, K/V heads, head size, context tokens)
 SHAPES = [

@@ -16,9 +16,7 @@ speculative decoding and grammar-constrained output.
 | ``runner`` | the engine's fused-weight forward pass over a paged batch |
 | ``packed_gemm`` | linear layers with the weight pre-packed once for oneDNN (CPU GEMMs of a few rows without per-call re-packing) |
 | ``int8_gemm`` | int8 × int8 linear layers (fbgemm, activations quantised per row on the fly) for multi-row CPU decode steps |
-| ``int8_gemv`` | lmforge's one-row int8 product as a C++ op (8 accumulators, prefetch): the compiled step's batch-1 int8 projections |
-| ``cpp_ops`` | lmforge's own C++ CPU ops (torch.ops.lmforge_ext; sources in lmforge/infer/kernels/), built on first use, never fatal |
-| ``paged_attention`` | decode attention reading the paged KV cache in place (a C++ op): the eager engine's decode rows |
+| ``paged_attention`` | decode attention reading the paged KV cache in place (a C++ op, `lmforge.nn.cpp_ops`): the engine's decode rows, eager and compiled |
 | ``decode_step`` | the engine's decode step as one function, `torch.compile`-d per shape bucket; paged attention reading the cache in place |
 | ``multimodal`` | images in the engine: vision features once per request, M-RoPE positions, prefix keys with image hashes |
 | ``sampling`` | logits processors (temperature, top-k, top-p, min-p, penalties) and the draw |

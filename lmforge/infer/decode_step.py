@@ -77,13 +77,13 @@ the per-channel scale (30m projections alone: 1.9 ms per token against 3.0 ms th
 ``torch._weight_int8pack_mm``), with fp32 activations where the kernel rounds them to bf16.
 Inductor writes that reduction with one vector accumulator per output row (each 16 codes
 wait for the previous add), so where it builds, lmforge's own C++ op runs these products
-instead (`lmforge.infer.int8_gemv`: 8 accumulators, prefetch, the parts of a fused
+instead (`lmforge.nn.int8_gemv`: 8 accumulators, prefetch, the parts of a fused
 projection in one call; same fp32 sums in another order): 30m int8, 1 thread, step alone
 2.70 → 2.40 ms, 128 greedy tokens 3.14 → 2.66 ms per token (318 → 376 tok/s), alternated
 in one process on a shared machine (more runs and their noise there; 5m: no gain).
 ``LMFORGE_INT8_GEMV=0`` (or ``int8_gemv=False``) keeps the row products. With
 ``int8_gemm`` on (the default) and AVX-512 VNNI, the op multiplies int8 × int8 instead
-(`lmforge.infer.int8_gemv.int8_gemv_q8_parts`: the row's activations quantised once per
+(`lmforge.nn.int8_gemv.int8_gemv_q8_parts`: the row's activations quantised once per
 product, as the multi-row path below does, then ``VPDPBUSD``, 64 products per instruction):
 all 57 int8 products of a 30m token 2.95–3.16 → 2.47–2.52 ms on a loaded machine, whole
 generation 3.38 → 3.11 ms per token (median of 7 alternated rounds, same 129 greedy tokens).
@@ -129,14 +129,14 @@ import torch.nn.functional as F
 
 from lmforge.infer.cache import PagedKVCache
 from lmforge.infer.int8_gemm import int8_enabled, int8_linear_rows, prepack_int8
-from lmforge.infer.int8_gemv import (
+from lmforge.infer.packed_gemm import new_handles, packed_linear_op, register_packed
+from lmforge.infer.paged_attention import paged_attention_supported, paged_decode_attention
+from lmforge.nn.int8_gemv import (
     int8_gemv_available,
     int8_gemv_parts,
     int8_gemv_q8_parts,
     int8_gemv_q8_supported,
 )
-from lmforge.infer.packed_gemm import new_handles, packed_linear_op, register_packed
-from lmforge.infer.paged_attention import paged_attention_supported, paged_decode_attention
 from lmforge.nn.quant import KERNEL_MAX_ROWS, Int8Linear
 from lmforge.nn.rope import rotate
 
@@ -215,7 +215,7 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
     """``x Wᵀ + b`` of one (fused) projection ``proj = (rows, kernel, bias)`` (see
     `decode_logits`): where ``rows`` is given (one row), `_row_product` of each part, or
     for ``rows = ("gemv", (q, …), (s, …))`` lmforge's int8 op over the parts
-    (`lmforge.infer.int8_gemv.int8_gemv_parts`, outputs concatenated); else
+    (`lmforge.nn.int8_gemv.int8_gemv_parts`, outputs concatenated); else
     ``kernel``: ``Wᵀ`` (dense GEMM), ``("packed", handle, out)`` of the runner's
     oneDNN-packed copy (`lmforge.infer.packed_gemm.packed_linear_op`), ``("int8", handle,
     out, q, s)``: int8 × int8 through fbgemm's packed copy up to ``KERNEL_MAX_ROWS`` rows
@@ -485,6 +485,8 @@ class CompiledDecode:
             return None, ("packed", self._handle(slot), proj.weight_t.shape[1]), proj.bias
         if dense:
             return None, proj.weight_t, proj.bias
+        if not proj.module.uses_kernel:  # torch's int8 kernel is wrong there: dequantise
+            return None, proj.module.dequantized_weight().t(), proj.module.bias
         return None, proj.module.kernel_form(), proj.module.bias
 
     def _attention_op_runs(self) -> bool:
@@ -494,7 +496,7 @@ class CompiledDecode:
 
     def _gemv(self, modules: tuple) -> bool:
         """Whether the int8 one-row products of ``modules`` go through lmforge's op
-        (`lmforge.infer.int8_gemv`: built on first use; off with ``int8_gemv=False`` or
+        (`lmforge.nn.int8_gemv`: built on first use; off with ``int8_gemv=False`` or
         ``LMFORGE_INT8_GEMV=0``, or where it does not build)."""
         if not self.int8_gemv or any(m.weight.device.type != "cpu" for m in modules):
             return False

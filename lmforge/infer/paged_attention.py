@@ -1,4 +1,4 @@
-"""Decode attention that reads the paged KV cache in place (a C++ op, `lmforge.infer.cpp_ops`).
+"""Decode attention that reads the paged KV cache in place (a C++ op, `lmforge.nn.cpp_ops`).
 
 One query per sequence over its cached context (Vaswani et al. 2017, eq. 1):
 
@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from lmforge.infer.cpp_ops import cpp_ops_available
+from lmforge.nn.cpp_ops import cpp_ops_available
 
 __all__ = ["paged_attention_supported", "paged_decode_attention"]
 

@@ -12,7 +12,9 @@ DeepSeek-V3's latent attention and mixture of experts.
 | `mla` | multi-head latent attention (DeepSeek-V2/V3): training and absorbed forms, latent cache |
 | `moe` | DeepSeekMoE: shared + routed experts, group-limited sigmoid routing, correction bias |
 | `fp8` | fine-grained FP8 linear layers (DeepSeek-V3): E4M3 with 1×128 / 128×128 scales, fp32 promotion, all three GEMMs |
-| `quant` | weight-only int8 (per channel) / int4 (group-wise) linear layers on torch's CPU kernels, int4 packing |
+| `quant` | weight-only int8 (per channel) / int4 (group-wise) linear layers on torch's CPU kernels (one int8 row: lmforge's op), int4 packing |
+| `int8_gemv` | lmforge's one-row int8 product as a C++ op (8 accumulators, prefetch; int8 × int8 with VNNI) |
+| `cpp_ops` | lmforge's own C++ CPU ops (`torch.ops.lmforge_ext`; sources in `lmforge/nn/kernels/`), built on first use, never fatal |
 """
 
 from lmforge.nn.attention import Attention, AttentionBatch

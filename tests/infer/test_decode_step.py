@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from lmforge.config import ModelConfig
-from lmforge.infer.cpp_ops import cpp_ops_available, cpp_ops_unavailable_reason
 from lmforge.infer.decode_step import CompiledDecode, bucket
 from lmforge.infer.engine import Engine
 from lmforge.infer.params import SamplingParams
 from lmforge.models.quantize import quantize_model
 from lmforge.models.transformer import CausalLM
+from lmforge.nn.cpp_ops import cpp_ops_available, cpp_ops_unavailable_reason
 
 
 def tiny(**overrides) -> CausalLM:
@@ -126,13 +126,13 @@ def test_int8_and_mlp_bias_run_in_the_step(row_products):
 
 @pytest.mark.parametrize("compile_", ["eager", pytest.param(True, marks=pytest.mark.slow)])
 def test_one_row_int8_steps_through_lmforge_op(compile_):
-    """Batch-1 int8 steps through lmforge's op (`lmforge.infer.int8_gemv`, where it builds):
+    """Batch-1 int8 steps through lmforge's op (`lmforge.nn.int8_gemv`, where it builds):
     weight-only (``int8_gemm`` off) it gives the step's own row products within float
     rounding (both fp32: the same sums in another order) and ``model.forward``'s greedy
     tokens with log-probs within bf16 rounding (its int8 kernel rounds activations to bf16);
     int8 × int8 (``int8_gemm`` on, AVX-512 VNNI: the default there) the same tokens with
     log-probs within the activations' int8 rounding, as the multi-row int8 × int8 path."""
-    from lmforge.infer.int8_gemv import (
+    from lmforge.nn.int8_gemv import (
         int8_gemv_available,
         int8_gemv_q8_supported,
         int8_gemv_unavailable_reason,

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from lmforge.infer import cache as cache_module
 from lmforge.infer.cache import PagedBatch, PagedKVCache
-from lmforge.infer.cpp_ops import cpp_ops_available, cpp_ops_unavailable_reason
 from lmforge.infer.paged_attention import paged_attention_supported, paged_decode_attention
+from lmforge.nn.cpp_ops import cpp_ops_available, cpp_ops_unavailable_reason
 
 needs_op = pytest.mark.skipif(
     not cpp_ops_available(), reason=f"lmforge's C++ ops: {cpp_ops_unavailable_reason()}"
@@ -136,7 +136,7 @@ def test_paged_batch_op_equals_gather_path(monkeypatch, key_only):
 
 
 def test_switched_off_by_environment(monkeypatch):
-    from lmforge.infer import cpp_ops
+    from lmforge.nn import cpp_ops
 
     monkeypatch.setenv("LMFORGE_CPP_OPS", "0")
     assert not cpp_ops.cpp_ops_available()

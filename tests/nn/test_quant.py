@@ -160,6 +160,47 @@ def test_concat_quantized_refuses_parts_it_cannot_stack_exactly():
     assert concat_quantized([nn.Linear(4, 4), nn.Linear(4, 4)]) is None
 
 
+def test_one_int8_row_takes_lmforge_op_with_fp32_activations(monkeypatch):
+    """Batch-1 rows go through `lmforge.nn.int8_gemv` where it builds: the dequantised fp32
+    product up to summation order (no bf16 rounding), the same numbers from the fused
+    runner's kernel; with the op off (``LMFORGE_INT8_GEMV=0``) torch's bf16 kernel again."""
+    from lmforge.nn.int8_gemv import int8_gemv_available, int8_gemv_unavailable_reason
+
+    if not int8_gemv_available():
+        pytest.skip(f"int8_gemv unavailable: {int8_gemv_unavailable_reason()}")
+    linear = _linear(96, 40, bias=True)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(1, 96, generator=torch.Generator().manual_seed(3))
+    q, s = quantize_int8_per_channel(linear.weight)
+    expected = x @ (q.float() * s[:, None]).t() + linear.bias
+    with torch.no_grad():
+        y = layer(x)
+        torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+        assert torch.equal(layer.rows_kernel()(x), y)
+        assert torch.equal(layer(x[0]), y[0])  # an unbatched row too
+        monkeypatch.setenv("LMFORGE_INT8_GEMV", "0")
+        bf16 = layer(x)
+        assert torch.equal(layer.rows_kernel()(x), bf16)
+    assert not torch.equal(bf16, y)  # bf16 activations: another rounding
+    assert (bf16 - expected).abs().max() > (y - expected).abs().max()
+
+
+@pytest.mark.parametrize("n_in", [40, 88])
+def test_int8_rows_without_a_multiple_of_16_columns_stay_correct(n_in):
+    """torch's int8 kernel returns garbage (or crashes) unless the input width is a multiple
+    of 16: such layers dequantise for several rows, the one-row op takes any width."""
+    linear = _linear(n_in, 24, bias=True, seed=0)
+    layer = Int8Linear.from_linear(linear)
+    assert not layer.uses_kernel and Int8Linear.from_linear(_linear(96, 24)).uses_kernel
+    w_hat = layer.dequantized_weight()
+    for rows in (1, 3, KERNEL_MAX_ROWS):
+        x = torch.randn(rows, n_in, generator=torch.Generator().manual_seed(rows))
+        with torch.no_grad():
+            y = layer(x)
+            torch.testing.assert_close(y, x @ w_hat.t() + linear.bias, rtol=1e-5, atol=1e-5)
+            assert torch.equal(layer.rows_kernel()(x), y)
+
+
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_rows_kernel_equals_forward_bit_exactly(kind):
     lin = _linear(80, 48, bias=True)  # int4: 80 columns pad to 3 groups of 32

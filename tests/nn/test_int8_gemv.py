@@ -1,4 +1,4 @@
-"""lmforge's one-row int8 op (`lmforge.infer.int8_gemv`): equal to the fp32 row products
+"""lmforge's one-row int8 op (`lmforge.nn.int8_gemv`): equal to the fp32 row products
 ``(q.float() * x).sum(-1) * s`` up to summation order on shapes that exercise the kernel's
 tails (K not a multiple of 16 or 128, odd N), on 1 and 2 threads, through the AVX-512 and the
 portable loops; the reasons it is unavailable; its fake implementation (torch.compile)."""
@@ -6,8 +6,8 @@ portable loops; the reasons it is unavailable; its fake implementation (torch.co
 import pytest
 import torch
 
-from lmforge.infer import cpp_ops
-from lmforge.infer import int8_gemv as gemv
+from lmforge.nn import cpp_ops
+from lmforge.nn import int8_gemv as gemv
 
 pytestmark = pytest.mark.skipif(
     not gemv.int8_gemv_available(),

@@ -1,6 +1,6 @@
 """lmforge's own C++ CPU ops (``torch.ops.lmforge_ext.*``), built on first use.
 
-The sources in ``lmforge/infer/kernels/`` are compiled together into one library with
+The sources in ``lmforge/nn/kernels/`` are compiled together into one library with
 ``torch.utils.cpp_extension`` (the system's C++ compiler and ninja) into ``$LMFORGE_EXT_DIR``
 (default ``~/.cache/lmforge/ext``), one folder per torch version; later processes load the
 built library (it is rebuilt when a source changes). A build never raises:
@@ -9,8 +9,10 @@ CPU, no compiler, a build error, or ``LMFORGE_CPP_OPS=0``), and every caller kee
 path. Each op has a fake (meta) implementation registered here, so ``torch.compile`` can trace
 calls to it.
 
-Ops: ``int8_gemv`` (`lmforge.infer.int8_gemv`), ``paged_decode_attention``
-(`lmforge.infer.paged_attention`). First build ≈ 10 s (g++ -O3 with ninja); later processes
+Ops: ``int8_gemv`` (`lmforge.nn.int8_gemv`: one-row int8 products of `lmforge.nn.quant`'s
+`Int8Linear` and of the compiled decode step), ``paged_decode_attention``
+(`lmforge.infer.paged_attention`). They live below the engine so that a quantised layer and
+the engine's fused runner call the same kernel (bit-equal logits). First build ≈ 10 s (g++ -O3 with ninja); later processes
 load it in ≈ 0.4 s.
 """
 
@@ -31,7 +33,7 @@ KERNEL_SOURCES = ("int8_gemv.cpp", "paged_attention.cpp")
 _KERNELS = Path(__file__).parent / "kernels"
 _LOCK = threading.Lock()
 _STATE: dict[str, str | None] = {}
-log = logging.getLogger("lmforge.infer")
+log = logging.getLogger("lmforge.nn")
 
 
 def _build_dir() -> Path:

@@ -39,7 +39,7 @@ training run on the second core, so memory bandwidth was shared and noisy):
 
 The op (``torch.ops.lmforge_ext.int8_gemv``, with a fake implementation so that
 ``torch.compile`` traces it) is one of lmforge's C++ ops, built together on first use by
-`lmforge.infer.cpp_ops` (never fatal): `int8_gemv_available` is false where they do not build
+`lmforge.nn.cpp_ops` (never fatal): `int8_gemv_available` is false where they do not build
 and `int8_gemv_unavailable_reason` says why (or ``LMFORGE_INT8_GEMV=0``, which turns off this
 op alone).
 """
@@ -50,7 +50,7 @@ import os
 
 import torch
 
-from lmforge.infer.cpp_ops import cpp_ops_unavailable_reason
+from lmforge.nn.cpp_ops import cpp_ops_unavailable_reason
 
 __all__ = [
     "int8_gemv",

@@ -1,4 +1,4 @@
-// One-row weight-only int8 product for CPU decoding (lmforge.infer.int8_gemv):
+// One-row weight-only int8 product for CPU decoding (lmforge.nn.int8_gemv):
 //   y[n] = s[n] * sum_k q[n, k] * x[k]      (Jacob et al. 2018, eq. 1, zero weight offset)
 // x fp32 [K] (or [1, K]); q int8 [N, K] row-major; s fp32 [N] -> y fp32 [1, N].
 // Several weights sharing x (q/k/v, gate/up) go through one call, outputs concatenated.
