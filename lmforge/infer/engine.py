@@ -220,6 +220,9 @@ class Engine:
         self._pending: list[RequestOutput] = []  # abort notices for the next step
         self._ids = itertools.count()
         self.num_steps = 0
+        # inside `generate`: the weights are checked at its first step only (`_forward`)
+        self._held_sync: bool | None = None
+        self._holding = False
         self.num_generated = 0
 
     # ------------------------------------------------------------------ requests
@@ -473,7 +476,12 @@ class Engine:
         row, rows)`` — all rows of a draft chunk, else one — and each chunk's flat offset."""
         pure_decode = not self._drafts and not self.multimodal and chunks[-1].num_tokens == 1
         want_hidden = self.speculative is not None
-        fused = self.runner is not None and self.runner.sync()
+        if self._held_sync is not None:
+            fused = self._held_sync
+        else:
+            fused = self.runner is not None and self.runner.sync()
+            if self._holding:
+                self._held_sync = fused
         if fused and pure_decode and not want_hidden:
             compiled = self._compiled_decode()
             if compiled is not None:
@@ -800,7 +808,9 @@ class Engine:
         """Run ``prompts`` to completion (alongside anything already queued) and return the
         final `RequestOutput` of each, with everything generated.
 
-        ``params`` is one `SamplingParams` for all prompts or one per prompt. A prompt whose
+        The model's weights are read as they are at the call's first step (change them
+        between calls, not from another thread during one). ``params`` is one
+        `SamplingParams` for all prompts or one per prompt. A prompt whose
         params ask for ``n`` > 1 completions becomes n requests; outputs are prompt-major (the
         n completions of prompt 0, then those of prompt 1, …). With a ``seed`` s, completion k
         of a prompt uses seed s + k (k = 0…n−1), so the completions differ yet are
@@ -819,10 +829,17 @@ class Engine:
         ]
         ids = [self.add_request(p, sp, images=im) for p, sp, im in requests]
         reqs = [self.requests[i] for i in ids]
-        while not all(r.finished for r in reqs):
-            if not self.has_unfinished():
-                raise RuntimeError("engine stopped before all requests finished")
-            self.step()
+        # Nothing in this loop can change the model's weights: check them (and rebuild the
+        # runner's copies if they changed) at the first step only, not every step (the
+        # check is ≈ 30 µs for the 30m preset, 2 % of a decode step).
+        self._holding, self._held_sync = True, None
+        try:
+            while not all(r.finished for r in reqs):
+                if not self.has_unfinished():
+                    raise RuntimeError("engine stopped before all requests finished")
+                self.step()
+        finally:
+            self._holding, self._held_sync = False, None
         return [r.final_output() for r in reqs]
 
     def _expand(self, params: SamplingParams) -> list[SamplingParams]:

@@ -123,6 +123,28 @@ def test_runner_follows_in_place_updates_and_replaced_parameters():
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
+def test_generate_checks_the_weights_once_per_call_and_sees_changes_between_calls(monkeypatch):
+    """`Engine.generate` checks the weights at its first step only (nothing in its loop
+    can change them); an update between two calls is seen by the next one."""
+    model = make_model()
+    engine = Engine(model)
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=0)
+    calls = []
+    sync = InferenceRunner.sync
+    monkeypatch.setattr(InferenceRunner, "sync", lambda self: calls.append(1) or sync(self))
+    first = engine.generate([[3, 4, 5]], params)[0]
+    assert len(calls) == 1  # six steps, one check
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1)  # in place, between calls
+    second = engine.generate([[3, 4, 5]], params)[0]
+    assert len(calls) == 2
+    reference = Engine(make_model(), fused_weights=False)
+    with torch.no_grad():
+        reference.model.lm_head.weight.mul_(-1)
+    assert second.token_ids == reference.generate([[3, 4, 5]], params)[0].token_ids
+    assert second.token_ids != first.token_ids
+
+
 def test_sync_rebuilds_exactly_when_a_source_changes():
     """`sync`'s per-step check (`InferenceRunner._unchanged`) sees every kind of change the
     full state does — in-place updates, replaced parameters, ``.data`` swaps, replaced
