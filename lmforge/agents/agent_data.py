@@ -48,8 +48,9 @@ from lmforge.agents.actions import (
 )
 from lmforge.agents.env import GUIEnv, WindowController
 from lmforge.agents.expert import ExpertStep, click, expert_step
+from lmforge.agents.glyph import shift_glyphs, zoom_glyphs
 from lmforge.agents.random_screens import KIND_WEIGHTS, random_window
-from lmforge.agents.render import render_window
+from lmforge.agents.render import Glyph, render_window, render_window_glyphs
 from lmforge.agents.tasks import (
     Task,
     sample_task,
@@ -356,6 +357,8 @@ def grounding_examples(
         chat = pairs[start : start + max(1, turns)]
         (q, a, box), rest = chat[0], chat[1:]
         meta = {"target_box": box, "target_boxes": [b for _, _, b in chat]}
+        if dy:
+            meta["shift"] = dy
         if rest or question_first:
             more = [(q2, a2) for q2, a2, _ in rest]
             out.append(ChatExample([image], q, a, "grounding", meta, more, question_first))
@@ -497,6 +500,7 @@ def make_agent_dataset(
     reading_screens: int = 0,
     zoom: int = 0,
     zoom_crops: int = 1,
+    glyphs: bool = False,
 ) -> dict[str, list[VQAExample]]:
     """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
     grounding on every state the expert visits (``grounding_count`` elements per state in
@@ -511,7 +515,10 @@ def make_agent_dataset(
     (`LIST_HEAVY`), in chats of ``grounding_turns``; it draws from its own random stream,
     so the other kinds (and the held-out questions) are the same with or without it.
     ``zoom`` ≥ 2 adds, on every expert state and random screen, ``zoom_crops`` grounding
-    chats on a ``zoom``× closer look (`zoom_examples`; their own random stream too)."""
+    chats on a ``zoom``× closer look (`zoom_examples`; their own random stream too).
+    ``glyphs``: every example drawn from a window's screenshot (all but trajectories and
+    reflections) keeps its characters' boxes in ``meta["glyphs"]`` (`attach_glyphs`, for
+    the glyph objective `lmforge.agents.glyph`); nothing else changes."""
     data: dict[str, list[VQAExample]] = {k: [] for k in KINDS}
     rng = random.Random(f"agent-data/{split}/{seed}")
     read_rng = random.Random(f"agent-reading/{split}/{seed}")
@@ -537,7 +544,10 @@ def make_agent_dataset(
             reading = reading_examples(win, read_rng, turns)
             if zoom >= 2:
                 grounding += zoom_examples(win, zoom_rng, zoom_crops, turns, zoom)
-            for ex in perception_examples(win, rng) + grounding + reading:
+            made = perception_examples(win, rng) + grounding + reading
+            if glyphs:
+                attach_glyphs(made, render_window_glyphs(win)[1])
+            for ex in made:
                 ex.meta["template"] = task.template
                 data[ex.task].append(ex)
             WindowController(win).apply(parse_action(step.action))
@@ -547,18 +557,40 @@ def make_agent_dataset(
                                        grounding_shift, True, question_first)  # fmt: skip
         if zoom >= 2:
             grounding += zoom_examples(win, zoom_rng, zoom_crops, turns, zoom)
-        for ex in (
-            perception_examples(win, rng) + grounding + reading_examples(win, read_rng, turns)
-        ):
+        made = perception_examples(win, rng) + grounding + reading_examples(win, read_rng, turns)
+        if glyphs:
+            attach_glyphs(made, render_window_glyphs(win)[1])
+        for ex in made:
             ex.meta["template"] = "random"
             data[ex.task].append(ex)
     for j in range(reading_screens):
         r = random.Random(f"agent-reading-screens/{split}/{seed}/{j}")
         win = random_window(r, width, height, weights=LIST_HEAVY)
-        for ex in reading_examples(win, read_rng, turns):
+        made = reading_examples(win, read_rng, turns)
+        if glyphs:
+            attach_glyphs(made, render_window_glyphs(win)[1])
+        for ex in made:
             ex.meta["template"] = "random"
             data[ex.task].append(ex)
     return data
+
+
+def attach_glyphs(examples: Sequence[VQAExample], glyphs: Sequence[Glyph]) -> None:
+    """Set ``meta["glyphs"]`` = [the glyphs of its one image] on each of ``examples``, all
+    drawn from the one window whose screenshot's glyphs (`render_window_glyphs`) are
+    ``glyphs``: moved down by ``meta["shift"]`` or into the zoomed crop ``meta["zoom"]``
+    as the example's image was."""
+    for ex in examples:
+        if len(ex.images) != 1:
+            continue
+        if "zoom" in ex.meta:
+            crop = ex.meta["zoom"]
+            own = zoom_glyphs(glyphs, crop, ex.images[0].shape[1] // (crop[2] - crop[0]))
+        elif ex.meta.get("shift"):
+            own = shift_glyphs(glyphs, ex.meta["shift"])
+        else:
+            own = list(glyphs)
+        ex.meta["glyphs"] = [own]
 
 
 def pointer_prefix(text: str) -> tuple[str, int] | None:
@@ -618,7 +650,8 @@ def write_examples(path: str | Path, examples: Sequence[VQAExample]) -> None:
         for name, image in zip(names, ex.images, strict=True):
             Image.fromarray(image).save(root / name)
         lines.append(json.dumps({"images": names, "question": ex.question, "answer": ex.answer,
-                                 "task": ex.task, "meta": ex.meta, "messages": ex.messages(),
+                                 "task": ex.task, "messages": ex.messages(),
+                                 "meta": {k: v for k, v in ex.meta.items() if k != "glyphs"},
                                  "turns": getattr(ex, "turns", []),
                                  "question_first": getattr(ex, "question_first", False)}))  # fmt: skip
     atomic_write_text(root / "examples.jsonl", "\n".join(lines) + "\n")
@@ -656,6 +689,7 @@ __all__ = [
     "Trajectory",
     "TrajectoryStep",
     "agent_prompt",
+    "attach_glyphs",
     "covered",
     "dense_caption",
     "describe_widget",

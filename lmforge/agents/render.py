@@ -7,11 +7,18 @@ from run to run, and the same window always gives the same pixels.
 
 Themes (`THEMES`) set the colours of background, widgets, text, accents and selection, so
 layouts can be held out by theme as well as by arrangement.
+
+Every piece of text is placed by `text_layout` (the string shown after truncation, its
+anchor, and one `Glyph` box per character), which `Painter.text` itself draws from, so the
+glyph boxes of `render_window_glyphs` (the targets of the glyph objective,
+`lmforge.agents.glyph`) can never disagree with the pixels.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
+from typing import NamedTuple
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -47,8 +54,73 @@ def ui_font(size: int = FONT_SIZE) -> ImageFont.FreeTypeFont | ImageFont.ImageFo
     return ImageFont.load_default(size=size)
 
 
+class Glyph(NamedTuple):
+    """One drawn character: ``char`` and its ink box (x0, y0, x1, y1, px, x1/y1 exclusive)."""
+
+    char: str
+    box: Box
+
+
+class TextLayout(NamedTuple):
+    """Where `Painter.text` draws: the ``shown`` string (cut to the box), the anchor point
+    ``(x, y)`` (left-middle, Pillow's ``"lm"``) and one `Glyph` per non-space character."""
+
+    shown: str
+    x: int
+    y: int
+    glyphs: tuple[Glyph, ...]
+
+
+def _offsets(text: str, font) -> tuple[tuple[str, float, int, float, int], ...]:
+    """Each inked character of ``text``: (char, ink left, top, right, bottom) relative to
+    the anchor (left-middle); left/right from its pen position
+    ``getlength(text[:k+1]) − getlength(text[k])`` (kerning as the layout engine does)."""
+    out = []
+    for k, ch in enumerate(text):
+        if ch.isspace():
+            continue
+        pen = font.getlength(text[: k + 1]) - font.getlength(ch)
+        left, top, right, bottom = font.getbbox(ch, anchor="lm")
+        if bottom > top and right > left:  # has ink
+            out.append((ch, pen + left, top, pen + right, bottom))
+    return tuple(out)
+
+
+@lru_cache(maxsize=1 << 16)
+def _glyph_offsets(text: str) -> tuple[tuple[str, float, int, float, int], ...]:
+    return _offsets(text, ui_font())
+
+
+def text_layout(box: Box, text: str, centre: bool = False, font=None) -> TextLayout:
+    """The layout of ``text`` in ``box`` as `Painter.text` draws it: cut from the end until
+    it fits in the box width − 2, at x = box left + 1 (or centred), vertically centred.
+    Character k's pen position is ``getlength(shown[:k+1]) − getlength(shown[k])`` (so a
+    kerning pair moves it as the layout engine does) and its box is
+    ``font.getbbox(char, anchor="lm")`` (its ink extent, side bearings included) from
+    there. Pure: depends only on its arguments and the (bundled) font."""
+    font = font or ui_font()
+    width = box[2] - box[0] - 2
+    while text and font.getlength(text) > width:
+        text = text[:-1]
+    x = box[0] + 1
+    if centre:
+        x = (box[0] + box[2] - int(font.getlength(text))) // 2
+    y = (box[1] + box[3]) // 2
+    offsets = _glyph_offsets(text) if font is ui_font() else _offsets(text, font)
+    glyphs = [Glyph(ch, (x + math.floor(left), y + top, max(x + math.floor(left) + 1,
+                                                            x + math.ceil(right)), y + bottom))
+              for ch, left, top, right, bottom in offsets]  # fmt: skip
+    return TextLayout(text, x, y, tuple(glyphs))
+
+
+def _inside(point: tuple[float, float], box: Box) -> bool:
+    return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
+
+
 class Painter:
-    """Draws widgets with one theme's colours and the UI font."""
+    """Draws widgets with one theme's colours and the UI font. ``glyphs`` collects the
+    `Glyph` of every character drawn that is still visible: a filled rectangle drawn later
+    removes the glyphs whose centre it covers (a dialog or open dropdown over a label)."""
 
     def __init__(self, image: Image.Image, theme: str) -> None:
         if theme not in THEMES:
@@ -56,20 +128,19 @@ class Painter:
         self.draw = ImageDraw.Draw(image)
         self.bg, self.panel, self.fg, self.accent, self.select, self.border = THEMES[theme]
         self.font = ui_font()
+        self.glyphs: list[Glyph] = []
 
     def text(self, box: Box, text: str, colour: str | None = None, centre: bool = False) -> None:
-        """``text`` in ``box``, vertically centred, cut to the box width."""
-        width = box[2] - box[0] - 2
-        while text and self.font.getlength(text) > width:
-            text = text[:-1]
-        x = box[0] + 1
-        if centre:
-            x = (box[0] + box[2] - int(self.font.getlength(text))) // 2
-        y = (box[1] + box[3]) // 2
-        self.draw.text((x, y), text, font=self.font, fill=colour or self.fg, anchor="lm")
+        """``text`` in ``box``, vertically centred, cut to the box width (`text_layout`)."""
+        layout = text_layout(box, text, centre, self.font)
+        self.draw.text((layout.x, layout.y), layout.shown, font=self.font,
+                       fill=colour or self.fg, anchor="lm")  # fmt: skip
+        self.glyphs += layout.glyphs
 
     def rect(self, box: Box, fill: str | None, outline: str | None = None) -> None:
         self.draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=fill, outline=outline)
+        if fill is not None and self.glyphs:
+            self.glyphs = [g for g in self.glyphs if not _inside(glyph_centre(g), box)]
 
     def widget(self, w: Widget, focus: str | None) -> None:
         getattr(self, "draw_" + w.kind)(w, focus)
@@ -162,9 +233,20 @@ class Painter:
             self.draw_button(b, focus)
 
 
+def glyph_centre(g: Glyph) -> tuple[float, float]:
+    """The centre (x, y) of a glyph's box, px."""
+    return (g.box[0] + g.box[2]) / 2, (g.box[1] + g.box[3]) / 2
+
+
 def render_window(win: Window) -> Image.Image:
     """The screenshot of ``win``: background, title bar, shown widgets, open dropdown
     options, then the dialog (dimming nothing, so the window stays readable behind it)."""
+    return render_window_glyphs(win)[0]
+
+
+def render_window_glyphs(win: Window) -> tuple[Image.Image, list[Glyph]]:
+    """`render_window`'s screenshot and the `Glyph` of every character visible on it (in
+    drawing order), from the same drawing pass."""
     image = Image.new("RGB", (win.width, win.height), THEMES[win.theme][0])
     p = Painter(image, win.theme)
     g = win.geometry
@@ -179,7 +261,18 @@ def render_window(win: Window) -> Image.Image:
         p.dropdown_options(drop)
     if win.dialog is not None:
         p.draw_dialog(win.dialog, win.focus)
-    return image
+    return image, p.glyphs
 
 
-__all__ = ["FONT_SIZE", "THEMES", "Painter", "render_window", "ui_font"]
+__all__ = [
+    "FONT_SIZE",
+    "THEMES",
+    "Glyph",
+    "Painter",
+    "TextLayout",
+    "glyph_centre",
+    "render_window",
+    "render_window_glyphs",
+    "text_layout",
+    "ui_font",
+]

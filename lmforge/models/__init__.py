@@ -16,6 +16,7 @@ HF-format import/export.
 | `quantize` | weight-only quantisation of a whole `CausalLM` (int8 / int4), its checkpoint format, dequantisation |
 | `presets` | named sizes: ``tiny``, ``demo``, ``5m``, ``30m``, ``deepseek-tiny``, ``deepseek-30m`` |
 | `pointer_head` | GUI-Actor pointer head: a click as attention of a query token over the image tokens, its target, loss and readout |
+| `glyph_head` | dense glyph (OCR) head: each image token's characters as ordered slots, its loss and accuracy |
 | `vision_encoder` | native-resolution ViT: packed images, block-diagonal attention, 2-D RoPE, MoonViT position grid, 2×2 merger |
 | `vlm` | `VisionLanguageModel`: image tokens into any LM body, M-RoPE or 1-D positions, `generate` (Qwen2-VL, Kimi-VL) |
 | `vlm_hf` | Qwen2-VL's ``config.json`` ↔ `VLMConfig` and its tensor names (``qwen2_vl`` load / save) |

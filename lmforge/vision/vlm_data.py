@@ -328,7 +328,12 @@ class MultimodalPackedLoader:
             start = self.index * self.batch_size
             rows = self._rows[start : start + self.batch_size]
             self.index += 1
-            yield collate_rows(self.examples, rows, self.seq_len, self.pad_id)
+            yield self.collate(rows)
+
+    def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """The batch of ``rows`` (each a packed row's example indices); subclasses add
+        fields here (e.g. `lmforge.agents.glyph.GlyphPackedLoader`)."""
+        return collate_rows(self.examples, rows, self.seq_len, self.pad_id)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}

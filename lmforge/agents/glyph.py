@@ -1,0 +1,281 @@
+"""A dense glyph (OCR) objective for the agent's vision encoder: every image token predicts
+the characters drawn in its cell (`lmforge.models.glyph_head`), so the encoder has to learn
+to *read* — which grounding alone never taught it (BENCHMARKS.md, "GUI agent: can a
+reading task …": a linear probe finds no more of a list row's number in the trained
+encoder's features than in the raw pixels).
+
+Targets come from the renderer's own layout (`lmforge.agents.render.render_window_glyphs`:
+one box per drawn, still visible character, from the same pass that draws the pixels).
+A token's cell is ``cell`` × ``cell`` px (patch size × merge size); a glyph belongs to the
+cell holding its box's centre; a cell's glyphs are ordered by centre x (then y) and fill
+``slots`` ordered slots (class 0 = none; further glyphs are dropped, rare with 2 slots at
+8-px cells: a digit is 5 px wide):
+
+    glyph_targets(glyphs, (128, 128), cell=8, slots=2)   # LongTensor [16·16, 2]
+
+``make_agent_dataset(..., glyphs=True)`` keeps each example's glyphs in
+``meta["glyphs"]`` (one list per image; shifted and zoomed images get theirs moved the same
+way); `example_glyph_targets` turns them into an encoded example's targets (−100 for images
+without glyphs, e.g. trajectory screenshots), `GlyphPackedLoader` adds ``glyph_targets``
+to the packed batches, and `glyph_objective` wraps any VLM objective (``vlm_objective``,
+``pointer_objective``) with ``weight`` × the head's mean cross-entropy on the features the
+vision encoder hands to the language model (captured by a forward hook, so the encoder
+runs once). `glyph_pretrain` is an optional encoder-only stage on the glyph loss alone.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmforge.agents.random_screens import random_window
+from lmforge.agents.render import Glyph, glyph_centre, render_window_glyphs
+from lmforge.models.glyph_head import IGNORE, GlyphHead, glyph_accuracy, glyph_loss
+from lmforge.train.distributed import unwrap
+from lmforge.train.objective import LossOutput, Objective
+from lmforge.vision.vlm_data import MultimodalPackedLoader
+
+# class 0: no glyph; 1 … 94: the printable ASCII characters "!" … "~"; 95: any other
+CHARSET = "".join(c for c in string.printable if c.isprintable() and not c.isspace())
+NONE = 0
+OTHER = len(CHARSET) + 1
+NUM_CLASSES = len(CHARSET) + 2
+_CLASS = {c: i + 1 for i, c in enumerate(CHARSET)}
+
+
+def char_class(char: str) -> int:
+    """The class id of ``char`` (1 … 94 for printable ASCII, `OTHER` otherwise)."""
+    return _CLASS.get(char, OTHER)
+
+
+def class_char(index: int) -> str:
+    """The character of class ``index`` ("" for none, "?" for other)."""
+    return "" if index == NONE else CHARSET[index - 1] if index < OTHER else "?"
+
+
+def glyph_targets(
+    glyphs: Sequence[Glyph], size: tuple[int, int], cell: int = 8, slots: int = 2
+) -> torch.Tensor:
+    """``[rows·cols, slots]`` class ids (row-major cells of ``cell`` px over a ``(width,
+    height)`` image): each cell's glyphs (centre inside it) by centre x then y, the first
+    ``slots`` of them; `NONE` elsewhere. Glyphs centred off the image are left out."""
+    w, h = size
+    rows, cols = h // cell, w // cell
+    per_cell: dict[int, list[tuple[float, float, int]]] = {}
+    for g in glyphs:
+        x, y = glyph_centre(g)
+        if not (0 <= x < cols * cell and 0 <= y < rows * cell):
+            continue
+        k = int(y // cell) * cols + int(x // cell)
+        per_cell.setdefault(k, []).append((x, y, char_class(g.char)))
+    out = torch.full((rows * cols, slots), NONE, dtype=torch.long)
+    for k, found in per_cell.items():
+        for s, (_, _, c) in enumerate(sorted(found)[:slots]):
+            out[k, s] = c
+    return out
+
+
+def shift_glyphs(glyphs: Sequence[Glyph], dy: int) -> list[Glyph]:
+    """The glyphs of an image moved down by ``dy`` px (`agent_data.shift_down`)."""
+    return [Glyph(g.char, (g.box[0], g.box[1] + dy, g.box[2], g.box[3] + dy)) for g in glyphs]
+
+
+def zoom_glyphs(glyphs: Sequence[Glyph], crop: tuple[int, int, int, int], zoom: int) -> list[Glyph]:
+    """The glyphs of ``crop`` enlarged ``zoom``× (`agent_data.zoom_image`): those whose
+    centre lies in the crop, in the zoomed image's pixels."""
+    out = []
+    for g in glyphs:
+        x, y = glyph_centre(g)
+        if crop[0] <= x < crop[2] and crop[1] <= y < crop[3]:
+            b = g.box
+            out.append(Glyph(g.char, ((b[0] - crop[0]) * zoom, (b[1] - crop[1]) * zoom,
+                                      (b[2] - crop[0]) * zoom, (b[3] - crop[1]) * zoom)))  # fmt: skip
+    return out
+
+
+def example_glyph_targets(
+    example: Any, tokens_per_image: Sequence[int], cell: int = 8, slots: int = 2
+) -> torch.Tensor:
+    """``[Σ tokens, slots]``: `glyph_targets` of each of ``example``'s images from
+    ``meta["glyphs"]`` (one glyph list per image, or None), −100 for an image without
+    glyphs. ``tokens_per_image`` (the encoded example's) must match the cell grid."""
+    per_image = (getattr(example, "meta", None) or {}).get("glyphs")
+    parts = []
+    for i, (image, n) in enumerate(zip(example.images, tokens_per_image, strict=True)):
+        glyphs = per_image[i] if per_image is not None and i < len(per_image) else None
+        if glyphs is None:
+            parts.append(torch.full((n, slots), IGNORE, dtype=torch.long))
+            continue
+        h, w = np.asarray(image).shape[:2]
+        t = glyph_targets(glyphs, (w, h), cell, slots)
+        if t.shape[0] != n:
+            raise ValueError(f"image {i}: {t.shape[0]} glyph cells of {cell} px but {n} image "
+                             f"tokens (the processor resized it?)")  # fmt: skip
+        parts.append(t)
+    return torch.cat(parts) if parts else torch.zeros(0, slots, dtype=torch.long)
+
+
+class GlyphPackedLoader(MultimodalPackedLoader):
+    """`MultimodalPackedLoader` whose batches also hold ``glyph_targets [Σ image tokens,
+    slots]``: the examples' ``targets`` (one tensor per example) in the batch's image order."""
+
+    def __init__(self, examples, targets: Sequence[torch.Tensor], *args, **kwargs) -> None:
+        super().__init__(examples, *args, **kwargs)
+        if len(targets) != len(self.examples):
+            raise ValueError(f"{len(targets)} glyph targets for {len(self.examples)} examples")
+        self.targets = list(targets)
+
+    def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        batch = super().collate(rows)
+        batch["glyph_targets"] = torch.cat([self.targets[i] for row in rows for i in row])
+        return batch
+
+
+def fresh_glyph_batches(
+    processor: Any,
+    images: int,
+    seed: int = 0,
+    size: tuple[int, int] = (128, 128),
+    cell: int = 8,
+    slots: int = 2,
+    weights: dict[str, int] | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches of ``images`` new random windows each (`random_window` with widget
+    ``weights``, seeded by ``seed`` and the batch's number): ``pixel_values``,
+    ``image_grid_thw`` and their ``glyph_targets`` — glyph pretraining on screens never
+    repeated, instead of the SFT examples' few hundred screenshots."""
+    step = 0
+    while True:
+        shots, targets = [], []
+        for k in range(images):
+            win = random_window(random.Random(f"glyph-fresh/{seed}/{step}/{k}"), *size,
+                                weights=weights)  # fmt: skip
+            image, glyphs = render_window_glyphs(win)
+            shots.append(np.asarray(image))
+            targets.append(glyph_targets(glyphs, size, cell, slots))
+        pixels, grid = processor(shots)
+        yield {"pixel_values": pixels, "image_grid_thw": grid,
+               "glyph_targets": torch.cat(targets)}  # fmt: skip
+        step += 1
+
+
+def glyph_head_of(model: torch.nn.Module) -> GlyphHead:
+    head = getattr(unwrap(model), "glyph_head", None)
+    if head is None:
+        raise ValueError("glyph objective: the model has no glyph_head (attach_glyph_head)")
+    return head
+
+
+def attach_glyph_head(model: torch.nn.Module, slots: int = 2) -> GlyphHead:
+    """Give ``model`` (a `VisionLanguageModel`) a fresh `GlyphHead` as ``model.glyph_head``
+    on its image tokens' width (the language model's), so the optimizer and the training
+    checkpoints hold it; `detach_glyph_head` takes it off before export."""
+    head = GlyphHead(model.config.text.hidden_size, slots, NUM_CLASSES)
+    model.glyph_head = head
+    return head
+
+
+def detach_glyph_head(model: torch.nn.Module) -> GlyphHead | None:
+    """Remove and return ``model.glyph_head`` (None if it has none)."""
+    inner = unwrap(model)
+    head = getattr(inner, "glyph_head", None)
+    if head is not None:
+        del inner.glyph_head
+    return head
+
+
+def glyph_terms(
+    head: GlyphHead, features: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean glyph loss, accuracy on the glyph-bearing targets) of ``features [N, D]``."""
+    if features.shape[0] != targets.shape[0]:
+        raise ValueError(f"{features.shape[0]} image tokens but {targets.shape[0]} glyph targets")
+    logits = head(features)
+    right, count = glyph_accuracy(logits.detach(), targets)
+    return glyph_loss(logits, targets), right.float() / max(1, count)
+
+
+def glyph_objective(base: Objective, weight: float) -> Objective:
+    """``base`` (e.g. `pointer_objective`) + ``weight`` × the glyph head's mean cross-entropy
+    over the batch's ``glyph_targets``, counted as that much loss per labelled token (the
+    total is ``base mean + weight · glyph mean``, as `pointer_objective` adds its loss). The
+    vision encoder's output (the image tokens the language model reads) is captured by a
+    forward hook during ``base``'s forward. Logs ``glyph_loss`` and ``glyph_acc`` (argmax
+    right on the slots that hold a glyph)."""
+
+    def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        targets = batch.get("glyph_targets")
+        captured: list[torch.Tensor] = []
+        hook = unwrap(model).visual.register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            out = base(model, batch)
+        finally:
+            hook.remove()
+        if targets is None or not captured or not bool((targets != IGNORE).any()):
+            zero = out.loss_sum.new_zeros(())
+            return LossOutput(out.loss_sum, out.count,
+                              {**out.metrics, "glyph_loss": zero, "glyph_acc": zero})  # fmt: skip
+        mean, acc = glyph_terms(glyph_head_of(model), captured[-1], targets.to(captured[-1].device))
+        count = torch.as_tensor(out.count)
+        scale = count.clamp(min=1).to(mean.dtype).to(mean.device)
+        metrics = {**out.metrics, "glyph_loss": mean.detach() * scale, "glyph_acc": acc * scale}
+        return LossOutput(out.loss_sum + weight * mean * scale, out.count, metrics)
+
+    return objective
+
+
+def glyph_pretrain(
+    model: torch.nn.Module,
+    batches: Iterator[dict[str, torch.Tensor]],
+    steps: int,
+    lr: float,
+    log: Callable[[str], None] | None = None,
+) -> list[float]:
+    """An encoder-only stage: ``steps`` AdamW steps (constant ``lr``) of the glyph loss
+    alone on ``model.visual`` + ``model.glyph_head`` over ``batches`` (packed batches with
+    ``glyph_targets``); the language model is not run. Returns the losses."""
+    head = glyph_head_of(model)
+    visual = unwrap(model).visual
+    params = [p for p in [*visual.parameters(), *head.parameters()] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    losses = []
+    model.train()
+    for step in range(steps):
+        batch = next(batches)
+        features = visual(batch["pixel_values"], batch["image_grid_thw"])
+        loss, acc = glyph_terms(head, features, batch["glyph_targets"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if log is not None and (step + 1) % max(1, steps // 10) == 0:
+            log(f"glyph pretraining {step + 1}/{steps}: loss {losses[-1]:.4f} acc {float(acc):.3f}")
+    return losses
+
+
+__all__ = [
+    "CHARSET",
+    "NONE",
+    "NUM_CLASSES",
+    "OTHER",
+    "GlyphPackedLoader",
+    "attach_glyph_head",
+    "char_class",
+    "class_char",
+    "detach_glyph_head",
+    "fresh_glyph_batches",
+    "example_glyph_targets",
+    "glyph_head_of",
+    "glyph_objective",
+    "glyph_pretrain",
+    "glyph_targets",
+    "glyph_terms",
+    "shift_glyphs",
+    "zoom_glyphs",
+]
