@@ -48,7 +48,6 @@ from lmforge.agents.actions import (
 )
 from lmforge.agents.env import GUIEnv, WindowController
 from lmforge.agents.expert import ExpertStep, click, expert_step
-from lmforge.agents.glyph import shift_glyphs, zoom_glyphs
 from lmforge.agents.random_screens import KIND_WEIGHTS, random_window
 from lmforge.agents.render import Glyph, render_window, render_window_glyphs
 from lmforge.agents.tasks import (
@@ -583,11 +582,15 @@ def attach_glyphs(examples: Sequence[VQAExample], glyphs: Sequence[Glyph]) -> No
     for ex in examples:
         if len(ex.images) != 1:
             continue
-        if "zoom" in ex.meta:
+        if "zoom" in ex.meta:  # those centred in the crop, as its element boxes (`zoomed_box`)
             crop = ex.meta["zoom"]
-            own = zoom_glyphs(glyphs, crop, ex.images[0].shape[1] // (crop[2] - crop[0]))
-        elif ex.meta.get("shift"):
-            own = shift_glyphs(glyphs, ex.meta["shift"])
+            zoom = ex.images[0].shape[1] // (crop[2] - crop[0])
+            moved = [(g.char, zoomed_box(g.box, crop, zoom)) for g in glyphs]
+            own = [Glyph(char, box) for char, box in moved if box is not None]
+        elif dy := ex.meta.get("shift"):
+            own = [
+                Glyph(g.char, (g.box[0], g.box[1] + dy, g.box[2], g.box[3] + dy)) for g in glyphs
+            ]
         else:
             own = list(glyphs)
         ex.meta["glyphs"] = [own]

@@ -80,24 +80,6 @@ def glyph_targets(
     return out
 
 
-def shift_glyphs(glyphs: Sequence[Glyph], dy: int) -> list[Glyph]:
-    """The glyphs of an image moved down by ``dy`` px (`agent_data.shift_down`)."""
-    return [Glyph(g.char, (g.box[0], g.box[1] + dy, g.box[2], g.box[3] + dy)) for g in glyphs]
-
-
-def zoom_glyphs(glyphs: Sequence[Glyph], crop: tuple[int, int, int, int], zoom: int) -> list[Glyph]:
-    """The glyphs of ``crop`` enlarged ``zoom``× (`agent_data.zoom_image`): those whose
-    centre lies in the crop, in the zoomed image's pixels."""
-    out = []
-    for g in glyphs:
-        x, y = glyph_centre(g)
-        if crop[0] <= x < crop[2] and crop[1] <= y < crop[3]:
-            b = g.box
-            out.append(Glyph(g.char, ((b[0] - crop[0]) * zoom, (b[1] - crop[1]) * zoom,
-                                      (b[2] - crop[0]) * zoom, (b[3] - crop[1]) * zoom)))  # fmt: skip
-    return out
-
-
 def example_glyph_targets(
     example: Any, tokens_per_image: Sequence[int], cell: int = 8, slots: int = 2
 ) -> torch.Tensor:
@@ -276,6 +258,4 @@ __all__ = [
     "glyph_pretrain",
     "glyph_targets",
     "glyph_terms",
-    "shift_glyphs",
-    "zoom_glyphs",
 ]

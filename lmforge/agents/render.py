@@ -91,6 +91,26 @@ def _glyph_offsets(text: str) -> tuple[tuple[str, float, int, float, int], ...]:
     return _offsets(text, ui_font())
 
 
+def _place(box: Box, text: str, centre: bool, font) -> tuple[str, int, int]:
+    """``(shown, x, y)``: ``text`` cut from the end until it fits in the box width − 2, at
+    x = box left + 1 (or centred), vertically centred (anchor left-middle)."""
+    width = box[2] - box[0] - 2
+    while text and font.getlength(text) > width:
+        text = text[:-1]
+    x = box[0] + 1
+    if centre:
+        x = (box[0] + box[2] - int(font.getlength(text))) // 2
+    return text, x, (box[1] + box[3]) // 2
+
+
+def _glyphs(shown: str, x: int, y: int, font) -> tuple[Glyph, ...]:
+    """One `Glyph` per inked character of ``shown`` drawn at anchor ``(x, y)``."""
+    offsets = _glyph_offsets(shown) if font is ui_font() else _offsets(shown, font)
+    return tuple(Glyph(ch, (x + math.floor(left), y + top, max(x + math.floor(left) + 1,
+                                                                 x + math.ceil(right)), y + bottom))
+                 for ch, left, top, right, bottom in offsets)  # fmt: skip
+
+
 def text_layout(box: Box, text: str, centre: bool = False, font=None) -> TextLayout:
     """The layout of ``text`` in ``box`` as `Painter.text` draws it: cut from the end until
     it fits in the box width − 2, at x = box left + 1 (or centred), vertically centred.
@@ -99,18 +119,8 @@ def text_layout(box: Box, text: str, centre: bool = False, font=None) -> TextLay
     ``font.getbbox(char, anchor="lm")`` (its ink extent, side bearings included) from
     there. Pure: depends only on its arguments and the (bundled) font."""
     font = font or ui_font()
-    width = box[2] - box[0] - 2
-    while text and font.getlength(text) > width:
-        text = text[:-1]
-    x = box[0] + 1
-    if centre:
-        x = (box[0] + box[2] - int(font.getlength(text))) // 2
-    y = (box[1] + box[3]) // 2
-    offsets = _glyph_offsets(text) if font is ui_font() else _offsets(text, font)
-    glyphs = [Glyph(ch, (x + math.floor(left), y + top, max(x + math.floor(left) + 1,
-                                                            x + math.ceil(right)), y + bottom))
-              for ch, left, top, right, bottom in offsets]  # fmt: skip
-    return TextLayout(text, x, y, tuple(glyphs))
+    shown, x, y = _place(box, text, centre, font)
+    return TextLayout(shown, x, y, _glyphs(shown, x, y, font))
 
 
 def _inside(point: tuple[float, float], box: Box) -> bool:
@@ -118,24 +128,26 @@ def _inside(point: tuple[float, float], box: Box) -> bool:
 
 
 class Painter:
-    """Draws widgets with one theme's colours and the UI font. ``glyphs`` collects the
-    `Glyph` of every character drawn that is still visible: a filled rectangle drawn later
-    removes the glyphs whose centre it covers (a dialog or open dropdown over a label)."""
+    """Draws widgets with one theme's colours and the UI font. With ``glyphs=True`` it
+    collects (in ``glyphs``) the `Glyph` of every character drawn that is still visible: a
+    filled rectangle drawn later removes the glyphs whose centre it covers (a dialog or open
+    dropdown over a label). Off, plain screenshots pay nothing for it."""
 
-    def __init__(self, image: Image.Image, theme: str) -> None:
+    def __init__(self, image: Image.Image, theme: str, glyphs: bool = True) -> None:
         if theme not in THEMES:
             raise ValueError(f"unknown theme {theme!r}; choose from {list(THEMES)}")
         self.draw = ImageDraw.Draw(image)
         self.bg, self.panel, self.fg, self.accent, self.select, self.border = THEMES[theme]
         self.font = ui_font()
         self.glyphs: list[Glyph] = []
+        self.collect = glyphs
 
     def text(self, box: Box, text: str, colour: str | None = None, centre: bool = False) -> None:
         """``text`` in ``box``, vertically centred, cut to the box width (`text_layout`)."""
-        layout = text_layout(box, text, centre, self.font)
-        self.draw.text((layout.x, layout.y), layout.shown, font=self.font,
-                       fill=colour or self.fg, anchor="lm")  # fmt: skip
-        self.glyphs += layout.glyphs
+        shown, x, y = _place(box, text, centre, self.font)
+        self.draw.text((x, y), shown, font=self.font, fill=colour or self.fg, anchor="lm")
+        if self.collect:
+            self.glyphs += _glyphs(shown, x, y, self.font)
 
     def rect(self, box: Box, fill: str | None, outline: str | None = None) -> None:
         self.draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=fill, outline=outline)
@@ -241,14 +253,18 @@ def glyph_centre(g: Glyph) -> tuple[float, float]:
 def render_window(win: Window) -> Image.Image:
     """The screenshot of ``win``: background, title bar, shown widgets, open dropdown
     options, then the dialog (dimming nothing, so the window stays readable behind it)."""
-    return render_window_glyphs(win)[0]
+    return _paint(win, glyphs=False)[0]
 
 
 def render_window_glyphs(win: Window) -> tuple[Image.Image, list[Glyph]]:
     """`render_window`'s screenshot and the `Glyph` of every character visible on it (in
     drawing order), from the same drawing pass."""
+    return _paint(win, glyphs=True)
+
+
+def _paint(win: Window, glyphs: bool) -> tuple[Image.Image, list[Glyph]]:
     image = Image.new("RGB", (win.width, win.height), THEMES[win.theme][0])
-    p = Painter(image, win.theme)
+    p = Painter(image, win.theme, glyphs)
     g = win.geometry
     p.rect((0, 0, win.width, g.row), p.accent)
     p.text((2, 0, win.width, g.row), win.title, p.panel)

@@ -221,15 +221,16 @@ class Int8Linear(_QuantizedLinear):
         one_row, kernel = int8_gemv_available(), self.uses_kernel
         if kernel:
             weight, scale = self.kernel_form()
-        else:
-            dense = self.dequantized_weight()
+        dense: list[torch.Tensor] = []  # the dequantised weight, made on first need
 
         def products(x: torch.Tensor) -> torch.Tensor:
             if one_row and x.shape[0] == 1:
                 return int8_gemv(x.float(), codes, scale_fp32).to(x.dtype)
             if kernel:
                 return torch._weight_int8pack_mm(x.to(torch.bfloat16), weight, scale).to(x.dtype)
-            return x @ dense.to(x.dtype).t()
+            if not dense:
+                dense.append(self.dequantized_weight())
+            return x @ dense[0].to(x.dtype).t()
 
         return products
 

@@ -182,8 +182,10 @@ LMF_AVX512 void attend_row_avx512(const float* q, const float* keys, const float
   __m512 part[kMaxRows][16];
   for (int64_t t0 = 0; t0 < len; t0 += 16) {
     const int64_t m = std::min<int64_t>(16, len - t0);
-    for (int64_t u = 0; u < 16; ++u) {
-      const float* k = keys + offsets[t0 + std::min(u, m - 1)];
+    for (int64_t u = m; u < 16; ++u)  // past the row's end: lanes the store leaves out
+      for (int64_t j = 0; j < rows; ++j) part[j][u] = _mm512_setzero_ps();
+    for (int64_t u = 0; u < m; ++u) {
+      const float* k = keys + offsets[t0 + u];
       for (int64_t j = 0; j < rows; ++j) {
         const float* kj = k + (j / groups) * D;
         const float* qj = q + j * D;
