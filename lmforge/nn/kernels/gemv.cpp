@@ -1,6 +1,8 @@
-// One-row weight-only int8 product for CPU decoding (lmforge.nn.int8_gemv):
-//   y[n] = s[n] * sum_k q[n, k] * x[k]      (Jacob et al. 2018, eq. 1, zero weight offset)
-// x fp32 [K] (or [1, K]); q int8 [N, K] row-major; s fp32 [N] -> y fp32 [1, N].
+// One-row products for CPU decoding, each weight streamed once:
+//   int8_gemv (lmforge.nn.int8_gemv): y[n] = s[n] * sum_k q[n, k] * x[k]
+//     (Jacob et al. 2018, eq. 1, zero weight offset); q int8 [N, K], s fp32 [N];
+//   f32_gemv (lmforge.nn.f32_gemv):   y[n] = sum_k W[n, k] * x[k], W fp32 [N, K].
+// x fp32 [K] (or [1, K]) -> y fp32 [1, N] (or [N]), W row-major (the model's own [out, in]).
 // Several weights sharing x (q/k/v, gate/up) go through one call, outputs concatenated.
 // AVX-512 (runtime check) with 8 independent accumulators per row; a portable loop elsewhere.
 #include <ATen/Parallel.h>
@@ -93,6 +95,9 @@ void rows_avx512(const float* x, const int8_t* q, const float* s, float* y, int6
 // read as unsigned w + 128 (one XOR with 0x80 in a register) against the signed xq, and
 // the offset is taken back once per call: sum_k w_k xq_k = sum_k (w_k + 128) xq_k -
 // 128 sum_k xq_k. Per 64 codes: one load, one XOR, one VPDPBUSD; one reduction per row.
+// No software prefetch here (unlike `row_avx512`, which widens 16 codes per FMA and needs
+// it): 4 KB ahead made the compiled 30m int8 decode slower, 533-572 -> 648-650 tok/s
+// without it (1 thread, 128 greedy tokens, two alternated process pairs, other core busy).
 #define LMF_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 LMF_VNNI int32_t row_vnni(const int8_t* xs, const int8_t* w, int64_t K) {
@@ -100,10 +105,6 @@ LMF_VNNI int32_t row_vnni(const int8_t* xs, const int8_t* w, int64_t K) {
   __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
   int64_t k = 0;
   for (; k + 256 <= K; k += 256) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + k + 4096), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + k + 4096 + 64), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + k + 4096 + 128), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + k + 4096 + 192), _MM_HINT_T0);
     const __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(w + k), flip);
     const __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(w + k + 64), flip);
     const __m512i w2 = _mm512_xor_si512(_mm512_loadu_si512(w + k + 128), flip);
@@ -130,6 +131,60 @@ bool cpu_has_vnni() {
 }
 #endif
 
+// fp32 rows: 8 accumulators of 16 lanes (128 weights = 512 B per step), one stream over
+// W's rows. No software prefetch: at one FMA per 64 B the hardware prefetcher keeps up, and
+// 512 B - 16 KB ahead were all slower (30m projections, 1 thread: 5.2 ms without, 6.0 with
+// 2-16 KB, 6.5-6.7 with 0.5-1 KB).
+void f32_rows_portable(const float* x, const float* w, float* y, int64_t K, int64_t r0,
+                       int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* row = w + r * K;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8)
+      for (int j = 0; j < 8; ++j) acc[j] += row[k + j] * x[k + j];
+    float t = 0;
+    for (; k < K; ++k) t += row[k] * x[k];
+    for (int j = 0; j < 8; ++j) t += acc[j];
+    y[r] = t;
+  }
+}
+
+#ifdef LMF_X86
+LMF_AVX512 inline __m512 fma16f(const float* w, const float* x, __m512 acc) {
+  return _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_loadu_ps(x), acc);
+}
+
+LMF_AVX512 void f32_rows_avx512(const float* x, const float* w, float* y, int64_t K,
+                                int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* row = w + r * K;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+           a7 = a0;
+    int64_t k = 0;
+    for (; k + 128 <= K; k += 128) {
+      a0 = fma16f(row + k, x + k, a0);
+      a1 = fma16f(row + k + 16, x + k + 16, a1);
+      a2 = fma16f(row + k + 32, x + k + 32, a2);
+      a3 = fma16f(row + k + 48, x + k + 48, a3);
+      a4 = fma16f(row + k + 64, x + k + 64, a4);
+      a5 = fma16f(row + k + 80, x + k + 80, a5);
+      a6 = fma16f(row + k + 96, x + k + 96, a6);
+      a7 = fma16f(row + k + 112, x + k + 112, a7);
+    }
+    for (; k < K; k += 16) {  // 16 weights at a time, masked
+      const int64_t n = std::min<int64_t>(16, K - k);
+      const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, row + k), _mm512_maskz_loadu_ps(m, x + k),
+                           a0);
+    }
+    a0 = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+    a4 = _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7));
+    y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a4));
+  }
+}
+#endif
+
 #ifdef LMF_X86
 bool cpu_has_avx512() {
   __builtin_cpu_init();
@@ -150,63 +205,85 @@ RowsFn pick(bool portable) {
 }
 
 // The weights sharing x (q/k/v, gate/up), checked, and where each one's outputs start.
+// `ss` empty: fp32 weights without scales (f32_gemv).
 struct Parts {
   std::vector<at::Tensor> q, s;
   std::vector<int64_t> start{0};
 };
 
-Parts check_parts(const at::Tensor& x, at::TensorList qs, at::TensorList ss) {
+Parts check_parts(const at::Tensor& x, at::TensorList qs, at::TensorList ss,
+                  at::ScalarType wtype) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "x must be CPU float32");
   TORCH_CHECK(x.dim() == 1 || (x.dim() == 2 && x.size(0) == 1), "x must be [K] or [1, K]");
-  TORCH_CHECK(!qs.empty() && qs.size() == ss.size(), "one scale per weight");
+  const bool scaled = wtype == at::kChar;
+  TORCH_CHECK(!qs.empty() && (!scaled || qs.size() == ss.size()), "one scale per weight");
   const int64_t K = x.size(-1);
   Parts p;
   for (size_t i = 0; i < qs.size(); ++i) {
-    TORCH_CHECK(qs[i].device().is_cpu() && qs[i].scalar_type() == at::kChar &&
-                    qs[i].dim() == 2 && qs[i].size(1) == K, "weights must be CPU int8 [N, K]");
-    TORCH_CHECK(ss[i].scalar_type() == at::kFloat && ss[i].numel() == qs[i].size(0),
-                "scales must be float32 [N]");
+    TORCH_CHECK(qs[i].device().is_cpu() && qs[i].scalar_type() == wtype &&
+                    qs[i].dim() == 2 && qs[i].size(1) == K,
+                "weights must be CPU ", scaled ? "int8" : "float32", " [N, K] with K = ", K);
+    if (scaled) {
+      TORCH_CHECK(ss[i].scalar_type() == at::kFloat && ss[i].numel() == qs[i].size(0),
+                  "scales must be float32 [N]");
+      p.s.push_back(ss[i].contiguous());
+    }
     p.q.push_back(qs[i].contiguous());
-    p.s.push_back(ss[i].contiguous());
     p.start.push_back(p.start.back() + qs[i].size(0));
   }
   return p;
 }
 
-// y = [rows of part 0 | rows of part 1 | ...]; `rows(q, s, y, r0, r1)` computes rows
-// [r0, r1) of one part; output rows are split over torch's intra-op threads.
+// y = [rows of part 0 | rows of part 1 | ...]; `rows(i, y_i, r0, r1)` computes rows
+// [r0, r1) of part i into its outputs y_i; output rows are split over torch's intra-op
+// threads, about `bytes_per_task` of weights per task.
 template <typename Rows>
-at::Tensor each_part(const at::Tensor& x, const Parts& p, Rows&& rows) {
-  const int64_t K = x.size(-1), N = p.start.back();
+at::Tensor each_part(const at::Tensor& x, const Parts& p, int64_t row_bytes, Rows&& rows) {
+  const int64_t N = p.start.back();
   at::Tensor y = at::empty({1, N}, x.options());
   float* yp = y.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(16, (32768 / std::max<int64_t>(K, 1) + 3) / 4 * 4);
+  const int64_t grain = std::max<int64_t>(16, (32768 / std::max<int64_t>(row_bytes, 1) + 3) / 4 * 4);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     for (size_t i = 0; i < p.q.size(); ++i) {
       const int64_t lo = std::max(begin, p.start[i]), hi = std::min(end, p.start[i + 1]);
       if (lo >= hi) continue;
-      rows(p.q[i].data_ptr<int8_t>(), p.s[i].data_ptr<float>(), yp + p.start[i],
-           lo - p.start[i], hi - p.start[i]);
+      rows(i, yp + p.start[i], lo - p.start[i], hi - p.start[i]);
     }
   });
   return x.dim() == 1 ? y.view({N}) : y;
 }
 
 at::Tensor int8_gemv(const at::Tensor& x, at::TensorList qs, at::TensorList ss, bool portable) {
-  const Parts p = check_parts(x, qs, ss);
+  const Parts p = check_parts(x, qs, ss, at::kChar);
   const int64_t K = x.size(-1);
   const at::Tensor xc = x.contiguous();
   const float* xp = xc.data_ptr<float>();
   const RowsFn fn = pick(portable);
-  return each_part(x, p, [&](const int8_t* q, const float* s, float* y, int64_t r0, int64_t r1) {
-    fn(xp, q, s, y, K, r0, r1);
+  return each_part(x, p, K, [&](size_t i, float* y, int64_t r0, int64_t r1) {
+    fn(xp, p.q[i].data_ptr<int8_t>(), p.s[i].data_ptr<float>(), y, K, r0, r1);
+  });
+}
+
+// y = [W_1 x | W_2 x | ...] for fp32 W_i [N_i, K].
+at::Tensor f32_gemv(const at::Tensor& x, at::TensorList ws, bool portable) {
+  const Parts p = check_parts(x, ws, {}, at::kFloat);
+  const int64_t K = x.size(-1);
+  const at::Tensor xc = x.contiguous();
+  const float* xp = xc.data_ptr<float>();
+  auto fn = f32_rows_portable;
+#ifdef LMF_X86
+  static const bool avx512 = cpu_has_avx512();
+  if (avx512 && !portable) fn = f32_rows_avx512;
+#endif
+  return each_part(x, p, 4 * K, [&](size_t i, float* y, int64_t r0, int64_t r1) {
+    fn(xp, p.q[i].data_ptr<float>(), y, K, r0, r1);
   });
 }
 
 // x quantised once per call: s_x = max|x| / 127, xs = round(x / s_x), padded with zeros
 // to a multiple of 64 (+ 64), and its sum for the offset of `row_vnni`.
 at::Tensor int8_gemv_q8(const at::Tensor& x, at::TensorList qs, at::TensorList ss) {
-  const Parts p = check_parts(x, qs, ss);
+  const Parts p = check_parts(x, qs, ss, at::kChar);
 #ifdef LMF_X86
   static const bool vnni = cpu_has_vnni();
 #else
@@ -226,7 +303,9 @@ at::Tensor int8_gemv_q8(const at::Tensor& x, at::TensorList qs, at::TensorList s
     xsum += xs[k];
   }
   const int32_t offset = 128 * xsum;
-  return each_part(x, p, [&](const int8_t* q, const float* s, float* y, int64_t r0, int64_t r1) {
+  return each_part(x, p, K, [&](size_t i, float* y, int64_t r0, int64_t r1) {
+    const int8_t* q = p.q[i].data_ptr<int8_t>();
+    const float* s = p.s[i].data_ptr<float>();
     for (int64_t r = r0; r < r1; ++r) {
 #ifdef LMF_X86
       y[r] = s[r] * sx * static_cast<float>(row_vnni(xs.data(), q + r * K, K) - offset);
@@ -259,9 +338,11 @@ TORCH_LIBRARY_FRAGMENT(lmforge_ext, m) {
   m.def("int8_gemv_isa() -> str", &int8_gemv_isa);
   m.def("int8_gemv_q8(Tensor x, Tensor[] q, Tensor[] s) -> Tensor");
   m.def("int8_gemv_q8_supported() -> bool", &int8_gemv_q8_supported);
+  m.def("f32_gemv(Tensor x, Tensor[] w, bool portable=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmforge_ext, CPU, m) {
   m.impl("int8_gemv", &int8_gemv);
   m.impl("int8_gemv_q8", &int8_gemv_q8);
+  m.impl("f32_gemv", &f32_gemv);
 }

@@ -1,0 +1,104 @@
+"""Weights in transparent huge pages (2 MB) for CPU decoding.
+
+A batch-1 decode step streams every weight once, front to back. With 4 KB pages that stream
+crosses a page every 4 KB — 31,000 pages for a 30m model's 126 MB of fp32 weights per token —
+and each new page costs a TLB miss (a page walk) that the data TLB (a few thousand entries)
+cannot hide when the weights are larger than it covers. With 2 MB pages the same weights span
+63 pages. Linux gives an anonymous mapping huge pages when it is advised to
+(``madvise(MADV_HUGEPAGE)``; ``/sys/kernel/mm/transparent_hugepage/enabled`` = ``madvise``
+or ``always``); torch's allocator does not advise it (``THP_MEM_ALLOC_ENABLE=1`` would, for
+every allocation ≥ 2 MB, but only when set before torch's first allocation).
+
+`move_to_huge_pages` copies a module's large parameters and buffers into one 2 MB-aligned,
+advised anonymous mapping and points each tensor at its copy (``tensor.data = copy``: the
+``Parameter`` objects stay the same, so optimizers, tied weights and in-place updates are
+unaffected). Each copy is its own storage (``torch.frombuffer`` at its own offset), 64-byte
+aligned, so safetensors saves them as separate tensors. Tensors are copied one at a time:
+the peak extra memory is one tensor.
+
+Measured (2-core AMD EPYC, Zen 4, THP ``madvise``; all 33 one-row products of a 30m token,
+lmforge's C++ ops, medians of 21 rounds alternated in one process, another job on the
+second core): fp32 4.38–5.06 → 4.09–4.39 ms (29 → 31 GB/s), int8 × int8 1 thread 1.44–1.47 →
+1.32–1.43 ms, 2 threads 1.62 → 1.38 ms.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["HUGE_PAGE", "huge_pages_supported", "move_to_huge_pages"]
+
+HUGE_PAGE = 2 << 20  # bytes: x86-64's transparent huge page
+_ALIGN = 64  # each tensor starts on a cache line (int8 kernels need 64-byte alignment)
+_THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def huge_pages_supported() -> bool:
+    """Whether this process can get transparent huge pages by advising a mapping: Linux,
+    ``mmap.MADV_HUGEPAGE``, THP not ``never`` (``LMFORGE_HUGE_PAGES=0`` turns it off)."""
+    if os.environ.get("LMFORGE_HUGE_PAGES", "1") == "0":
+        return False
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return False
+    try:
+        mode = _THP.read_text()
+    except OSError:
+        return False
+    return "[never]" not in mode
+
+
+def _movable(t: torch.Tensor | None, min_bytes: int) -> bool:
+    return (
+        t is not None
+        and type(t) in (torch.Tensor, nn.Parameter)
+        and t.device.type == "cpu"
+        and t.layout == torch.strided
+        and t.is_contiguous()
+        and t.numel() * t.element_size() >= min_bytes
+        and not _in_arena(t)
+    )
+
+
+def _in_arena(t: torch.Tensor) -> bool:
+    """Moved already: its data lies in the mapping recorded when it was moved (a deep copy
+    carries the mark but not the memory)."""
+    start, end = getattr(t, "_lmforge_huge_page", (0, 0))
+    return start <= t.data_ptr() < end
+
+
+def move_to_huge_pages(module: nn.Module, min_bytes: int = 256 << 10) -> int:
+    """Move ``module``'s CPU parameters and buffers of at least ``min_bytes`` (contiguous,
+    plain tensors, each once however often it is shared) into one huge-page mapping, in
+    place (``t.data = copy``); returns the bytes moved (0 where huge pages are unsupported,
+    or when the tensors together are smaller than one huge page). Values are unchanged;
+    tensors already moved are skipped."""
+    if not huge_pages_supported():
+        return 0
+    seen: set[int] = set()
+    tensors: list[torch.Tensor] = []
+    for sub in module.modules():
+        for t in (*sub._parameters.values(), *sub._buffers.values()):
+            if id(t) not in seen and _movable(t, min_bytes):
+                seen.add(id(t))
+                tensors.append(t)
+    sizes = [-(-t.numel() * t.element_size() // _ALIGN) * _ALIGN for t in tensors]
+    if sum(sizes) < HUGE_PAGE:
+        return 0
+    arena = mmap.mmap(-1, sum(sizes) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    arena.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched
+    base = torch.frombuffer(arena, dtype=torch.uint8, count=1).data_ptr()
+    offset = -base % HUGE_PAGE
+    with torch.no_grad():
+        for t, size in zip(tensors, sizes):
+            copy = torch.frombuffer(arena, dtype=t.dtype, count=t.numel(), offset=offset)
+            copy = copy.view(t.shape).copy_(t)  # frombuffer keeps `arena` alive
+            t.data = copy
+            t._lmforge_huge_page = (base, base + len(arena))
+            offset += size
+    return sum(sizes)
