@@ -75,11 +75,16 @@ def _load() -> str | None:
         build = _build_dir()
         build.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
+        # -fopenmp: `at::parallel_for` is inline OpenMP in ATen's headers (torch's CPU
+        # backend); without it every op ran on one thread whatever torch.set_num_threads
+        # said. The library then needs libgomp.so.1: the one torch loaded already.
+        openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
         cpp_extension.load(
             name="lmforge_ext",
             sources=[str(s) for s in sources],
             build_directory=str(build),
-            extra_cflags=["-O3", "-fopenmp-simd"],
+            extra_cflags=["-O3", "-fopenmp-simd", *openmp],
+            extra_ldflags=openmp,
             is_python_module=False,
             verbose=False,
         )
