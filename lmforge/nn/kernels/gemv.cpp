@@ -331,9 +331,24 @@ std::string int8_gemv_isa() {
   return "portable";
 }
 
+// How many of torch's intra-op threads `at::parallel_for` used over n items of grain 1: 1
+// when the library was built without OpenMP (ATen's parallel_for is inline OpenMP in its
+// headers), whatever torch.set_num_threads says (tests: lmforge.nn.cpp_ops).
+int64_t parallel_threads(int64_t n) {
+  std::vector<int64_t> used(static_cast<size_t>(std::max<int64_t>(at::get_num_threads(), 1)), 0);
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    const int t = at::get_thread_num();
+    if (t >= 0 && static_cast<size_t>(t) < used.size()) used[t] = 1;
+  });
+  int64_t count = 0;
+  for (int64_t u : used) count += u;
+  return count;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lmforge_ext, m) {
+  m.def("parallel_threads(int n) -> int", &parallel_threads);
   m.def("int8_gemv(Tensor x, Tensor[] q, Tensor[] s, bool portable=False) -> Tensor");
   m.def("int8_gemv_isa() -> str", &int8_gemv_isa);
   m.def("int8_gemv_q8(Tensor x, Tensor[] q, Tensor[] s) -> Tensor");
