@@ -69,6 +69,8 @@ Last line: ``RESULT vs_llamacpp f32_ratio=<x> int8_ratio=<y> batch16_ratio=<z>
 roofline_frac=<r>`` — lmforge ÷ llama.cpp (fp32 decode at 1 thread, int8 vs q8_0 decode at
 1 thread, 16-request throughput), geometric mean over sizes; ``roofline_frac`` is lmforge's
 fp32 decode on the largest size, 1 thread. ``nan`` where llama.cpp could not be run.
+``--compile`` appends the compiled step's ratios; every run appends ``batch16_int8_ratio``
+(the 16 requests with lmforge's int8 × int8 GEMMs against q8_0).
 """
 
 from __future__ import annotations
@@ -417,32 +419,35 @@ def bench_prefill(args, size, models, bin_dir, ggufs) -> None:
           f"llama.cpp f32 {theirs:.0f} tok/s", flush=True)  # fmt: skip
 
 
-def bench_batch16(args, size, models, bin_dir, ggufs) -> float:
+def bench_batch16(args, size, models, bin_dir, ggufs, kind: str = "fp32") -> float:
     """lmforge ÷ llama.cpp generated tok/s for ``--concurrent`` simultaneous requests
     (64-token prompts, 64 new tokens each, ``--batch-threads``): the engine vs the driver's
     ``batch`` mode (llama-server's parallel slots: all prompts in one batch, then every
-    sequence's next token in one unified batch per step; no HTTP). With ``--compile`` the
-    engine's compiled decode step is measured too, and the ratio is the better mode's."""
+    sequence's next token in one unified batch per step; no HTTP). ``kind``: ``"fp32"``
+    against llama.cpp's f32, or ``"int8"`` (lmforge's int8 × int8 GEMMs of a few rows)
+    against q8_0. With ``--compile`` the engine's compiled decode step is measured too, and
+    the ratio is the better mode's."""
     prompts, t = batch_prompts(args.concurrent, 64), args.batch_threads
+    gtype = {"fp32": "f32", "int8": "q8_0"}[kind]
     torch.set_num_threads(t)
     llama = None
     if ggufs:
         llama = functools.partial(
-            llamacpp_run, bin_dir, ggufs["f32"], t, "batch", args.concurrent, 64, 64
+            llamacpp_run, bin_dir, ggufs[gtype], t, "batch", args.concurrent, 64, 64
         )
     if args.compile:
-        engine_batch(models["fp32"], prompts, 64, compiled=True)  # compiles the buckets
+        engine_batch(models[kind], prompts, 64, compiled=True)  # compiles the buckets
     ours, theirs, compiled = [], [], []
     for _ in range(args.rounds):
-        ours.append(engine_batch(models["fp32"], prompts, 64))
+        ours.append(engine_batch(models[kind], prompts, 64))
         if args.compile:
-            compiled.append(engine_batch(models["fp32"], prompts, 64, compiled=True))
+            compiled.append(engine_batch(models[kind], prompts, 64, compiled=True))
         if llama is not None:
             theirs.append(llama())
     med = lambda xs: statistics.median(xs) if xs else math.nan  # noqa: E731
-    print(f"{size} {args.concurrent} concurrent requests t={t}: lmforge fp32 {med(ours):.0f} tok/s"
+    print(f"{size} {args.concurrent} concurrent requests t={t}: lmforge {kind} {med(ours):.0f} tok/s"
           + (f", compiled step {med(compiled):.0f} tok/s" if compiled else "")
-          + f"; llama.cpp f32 {med(theirs):.0f} tok/s", flush=True)  # fmt: skip
+          + f"; llama.cpp {gtype} {med(theirs):.0f} tok/s", flush=True)  # fmt: skip
     return max(med(ours), med(compiled) if compiled else 0.0) / med(theirs)
 
 
@@ -516,7 +521,9 @@ def main() -> None:
         flush=True,
     )
 
-    ratios: dict[str, list[float]] = {"f32": [], "int8": [], "f32c": [], "int8c": [], "batch16": []}
+    ratios: dict[str, list[float]] = {
+        "f32": [], "int8": [], "f32c": [], "int8c": [], "batch16": [], "batch16_int8": []
+    }  # fmt: skip
     roofline = roofline_compiled = math.nan
     for size in args.sizes:
         folder = args.cache / "models" / size
@@ -566,9 +573,10 @@ def main() -> None:
         if "prefill" in args.parts:
             bench_prefill(args, size, models, bin_dir, ggufs)
         if "batch" in args.parts:
-            ratio = bench_batch16(args, size, models, bin_dir, ggufs)
-            if not math.isnan(ratio):
-                ratios["batch16"].append(ratio)
+            for kind, key in (("fp32", "batch16"), ("int8", "batch16_int8")):
+                ratio = bench_batch16(args, size, models, bin_dir, ggufs, kind)
+                if not math.isnan(ratio):
+                    ratios[key].append(ratio)
         if args.profile and size == args.sizes[-1]:
             print_profiles(size, models)
 
@@ -583,6 +591,7 @@ def main() -> None:
             if args.compile
             else ""
         )
+        + f" batch16_int8_ratio={gm(ratios['batch16_int8']):.3f}"
     )
 
 
