@@ -53,7 +53,7 @@ from torch.nn.utils import parametrize
 from lmforge.infer.packed_gemm import pack_weight, packed_linear, packing_enabled
 from lmforge.models.transformer import CausalLM, DecoderLayer
 from lmforge.nn.attention import Attention
-from lmforge.nn.f32_gemv import f32_gemv_available, f32_gemv_parts
+from lmforge.nn.dense_gemv import dense_gemv_available, dense_gemv_parts
 from lmforge.nn.mlp import SwiGLU
 from lmforge.nn.norm import RMSNorm
 from lmforge.nn.quant import KERNEL_MAX_ROWS, Int4Linear, Int8Linear, concat_quantized
@@ -69,9 +69,10 @@ class _DenseProjection:
     """``x [W_1; …; W_n]ᵀ + b`` of plain `nn.Linear` layers through one pre-transposed
     ``[in, out]`` contiguous copy (one row: MKL's GEMV) and, for fp32 on the CPU, a copy
     pre-packed for oneDNN (`lmforge.infer.packed_gemm`) that runs inputs of two rows or more
-    without MKL's per-call re-packing of the weight. One fp32 row on the CPU goes through
-    lmforge's op over the layers' own weights instead (`lmforge.nn.f32_gemv`, ``rows``: each
-    weight streamed once at ≈ 2× MKL's GEMV bandwidth; equal within float rounding)."""
+    without MKL's per-call re-packing of the weight. One row of an fp32 or bf16 model on the
+    CPU goes through lmforge's op over the layers' own weights instead (`lmforge.nn.dense_gemv`,
+    ``rows``: each weight streamed once at ≈ 2× MKL's fp32 GEMV bandwidth, bf16 widened in
+    registers; fp32 sums, equal within float rounding)."""
 
     __slots__ = ("weight_t", "bias", "packed", "rows")
 
@@ -81,14 +82,17 @@ class _DenseProjection:
         self.bias = _cat_bias(*linears)
         self.packed = pack_weight(weight) if packing_enabled(weight) else None
         own = [lin.weight.detach() for lin in linears]
-        fits = all(w.device.type == "cpu" and w.dtype == torch.float32 for w in own)
-        self.rows = tuple(own) if fits and f32_gemv_available() else None
+        dtype = own[0].dtype
+        fits = dtype in (torch.float32, torch.bfloat16) and all(
+            w.device.type == "cpu" and w.dtype == dtype for w in own
+        )
+        self.rows = tuple(own) if fits and dense_gemv_available() else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and x.shape[0] > 1:
             return packed_linear(x, self.packed, self.bias)
-        if self.rows is not None and x.shape[0] == 1 and x.dtype == torch.float32:
-            y = f32_gemv_parts(x, self.rows)
+        if self.rows is not None and x.shape[0] == 1:
+            y = dense_gemv_parts(x.float(), self.rows).to(x.dtype)
             return y if self.bias is None else y + self.bias
         return _linear(x, self.weight_t, self.bias)
 

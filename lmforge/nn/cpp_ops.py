@@ -51,8 +51,8 @@ def _register_fakes() -> None:
     def _int8_gemv_q8(x, q, s):
         return _int8_gemv(x, q, s)
 
-    @torch.library.register_fake("lmforge_ext::f32_gemv")
-    def _f32_gemv(x, w, portable=False):
+    @torch.library.register_fake("lmforge_ext::dense_gemv")
+    def _dense_gemv(x, w, portable=False):
         n = sum(m.shape[0] for m in w)
         return x.new_empty((n,) if x.dim() == 1 else (1, n), dtype=torch.float32)
 
@@ -88,7 +88,7 @@ def _load() -> str | None:
             is_python_module=False,
             verbose=False,
         )
-        for op in ("int8_gemv", "int8_gemv_q8", "f32_gemv", "paged_decode_attention"):
+        for op in ("int8_gemv", "int8_gemv_q8", "dense_gemv", "paged_decode_attention"):
             getattr(torch.ops.lmforge_ext, op)  # raises if the library did not register it
     except Exception as e:  # noqa: BLE001 - no compiler, a build error, …: never fatal
         return f"the C++ ops did not build or load: {type(e).__name__}: {str(e).strip()[:500]}"

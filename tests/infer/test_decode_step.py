@@ -332,3 +332,25 @@ def test_cuda_graphs_need_a_cuda_cache():
     engine.generate(PROMPTS[:1], GREEDY)
     with pytest.raises(ValueError, match="CUDA device"):
         CompiledDecode(engine.runner, engine.cache, compile=False, cuda_graphs=True)
+
+
+@pytest.mark.skipif(not cpp_ops_available(), reason=f"{cpp_ops_unavailable_reason()}")
+def test_one_row_bf16_steps_through_lmforge_dense_op():
+    """A bf16 model's one-row products go through lmforge's dense op (`lmforge.nn.dense_gemv`:
+    ``x`` rounded to bf16 as bf16 ``F.linear`` does, exact products, fp32 sums), with
+    ``model.forward``'s greedy tokens and log-probs within bf16 rounding, and the step's own
+    row products (``int8_gemv`` off turns lmforge's row ops off) within the same."""
+    model = tiny().to(torch.bfloat16)
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=0)
+    forward = Engine(model, block_size=4, fused_weights=False).generate(PROMPTS[:1], params)
+    outs = {}
+    for kind in ("dense", "rows"):
+        engine = Engine(model, block_size=4, compile_decode="eager")
+        engine.generate(PROMPTS[:1], GREEDY)  # builds engine.compiled
+        engine.compiled.int8_gemv = kind == "dense"
+        engine.compiled._inputs_for = None
+        outs[kind] = engine.generate(PROMPTS[:1], params)
+        rows = engine.compiled._inputs(True)["layers"][0][1][0]
+        assert (rows[0] if isinstance(rows[0], str) else "rows") == kind
+    assert_same(forward, outs["dense"], atol=5e-2)
+    assert_same(outs["rows"], outs["dense"], atol=5e-2)

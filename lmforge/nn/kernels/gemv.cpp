@@ -1,7 +1,8 @@
 // One-row products for CPU decoding, each weight streamed once:
 //   int8_gemv (lmforge.nn.int8_gemv): y[n] = s[n] * sum_k q[n, k] * x[k]
 //     (Jacob et al. 2018, eq. 1, zero weight offset); q int8 [N, K], s fp32 [N];
-//   f32_gemv (lmforge.nn.f32_gemv):   y[n] = sum_k W[n, k] * x[k], W fp32 [N, K].
+//   dense_gemv (lmforge.nn.dense_gemv): y[n] = sum_k W[n, k] * x[k], W fp32 or bf16 [N, K]
+//     (bf16: x rounded to bf16 first, products exact, sums in fp32).
 // x fp32 [K] (or [1, K]) -> y fp32 [1, N] (or [N]), W row-major (the model's own [out, in]).
 // Several weights sharing x (q/k/v, gate/up) go through one call, outputs concatenated.
 // AVX-512 (runtime check) with 8 independent accumulators per row; a portable loop elsewhere.
@@ -14,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -131,57 +133,121 @@ bool cpu_has_vnni() {
 }
 #endif
 
-// fp32 rows: 8 accumulators of 16 lanes (128 weights = 512 B per step), one stream over
-// W's rows. No software prefetch: at one FMA per 64 B the hardware prefetcher keeps up, and
-// 512 B - 16 KB ahead were all slower (30m projections, 1 thread: 5.2 ms without, 6.0 with
-// 2-16 KB, 6.5-6.7 with 0.5-1 KB).
-void f32_rows_portable(const float* x, const float* w, float* y, int64_t K, int64_t r0,
-                       int64_t r1) {
+// Dense rows (dense_gemv), fp32 or bf16 weights, fp32 activations and sums: 8 accumulators
+// of 16 lanes (128 weights per step), one stream over W's rows; a bf16 weight is widened
+// exactly (its 16 bits are the top half of the fp32). No software prefetch for fp32: at one
+// FMA per 64 B the hardware prefetcher keeps up, and 512 B - 16 KB ahead were all slower
+// (30m projections, 1 thread: 5.2 ms without, 6.0 with 2-16 KB, 6.5-6.7 with 0.5-1 KB).
+inline float widen(float w) { return w; }
+inline float widen(uint16_t w) {
+  const uint32_t bits = static_cast<uint32_t>(w) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+template <typename W>
+void dense_rows_portable(const float* x, const W* w, float* y, int64_t K, int64_t r0,
+                         int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
-    const float* row = w + r * K;
+    const W* row = w + r * K;
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t k = 0;
     for (; k + 8 <= K; k += 8)
-      for (int j = 0; j < 8; ++j) acc[j] += row[k + j] * x[k + j];
+      for (int j = 0; j < 8; ++j) acc[j] += widen(row[k + j]) * x[k + j];
     float t = 0;
-    for (; k < K; ++k) t += row[k] * x[k];
+    for (; k < K; ++k) t += widen(row[k]) * x[k];
     for (int j = 0; j < 8; ++j) t += acc[j];
     y[r] = t;
   }
 }
 
 #ifdef LMF_X86
-LMF_AVX512 inline __m512 fma16f(const float* w, const float* x, __m512 acc) {
-  return _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_loadu_ps(x), acc);
+LMF_AVX512 inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
+LMF_AVX512 inline __m512 load16(const uint16_t* w) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+LMF_AVX512 inline __m512 load16(const float* w, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, w);
+}
+LMF_AVX512 inline __m512 load16(const uint16_t* w, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, w);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-LMF_AVX512 void f32_rows_avx512(const float* x, const float* w, float* y, int64_t K,
-                                int64_t r0, int64_t r1) {
+template <typename W>
+LMF_AVX512 inline __m512 fma16d(const W* w, const float* x, __m512 acc) {
+  return _mm512_fmadd_ps(load16(w), _mm512_loadu_ps(x), acc);
+}
+
+template <typename W>
+LMF_AVX512 void dense_rows_avx512(const float* x, const W* w, float* y, int64_t K, int64_t r0,
+                                  int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
-    const float* row = w + r * K;
+    const W* row = w + r * K;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
            a7 = a0;
     int64_t k = 0;
     for (; k + 128 <= K; k += 128) {
-      a0 = fma16f(row + k, x + k, a0);
-      a1 = fma16f(row + k + 16, x + k + 16, a1);
-      a2 = fma16f(row + k + 32, x + k + 32, a2);
-      a3 = fma16f(row + k + 48, x + k + 48, a3);
-      a4 = fma16f(row + k + 64, x + k + 64, a4);
-      a5 = fma16f(row + k + 80, x + k + 80, a5);
-      a6 = fma16f(row + k + 96, x + k + 96, a6);
-      a7 = fma16f(row + k + 112, x + k + 112, a7);
+      a0 = fma16d(row + k, x + k, a0);
+      a1 = fma16d(row + k + 16, x + k + 16, a1);
+      a2 = fma16d(row + k + 32, x + k + 32, a2);
+      a3 = fma16d(row + k + 48, x + k + 48, a3);
+      a4 = fma16d(row + k + 64, x + k + 64, a4);
+      a5 = fma16d(row + k + 80, x + k + 80, a5);
+      a6 = fma16d(row + k + 96, x + k + 96, a6);
+      a7 = fma16d(row + k + 112, x + k + 112, a7);
     }
     for (; k < K; k += 16) {  // 16 weights at a time, masked
       const int64_t n = std::min<int64_t>(16, K - k);
       const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
-      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, row + k), _mm512_maskz_loadu_ps(m, x + k),
-                           a0);
+      a0 = _mm512_fmadd_ps(load16(row + k, m), _mm512_maskz_loadu_ps(m, x + k), a0);
     }
     a0 = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
     a4 = _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7));
     y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a4));
   }
+}
+#endif
+
+#ifdef LMF_X86
+// bf16 weights on CPUs with AVX512_BF16 (Zen 4, Sapphire Rapids): VDPBF16PS multiplies 32
+// bf16 pairs and adds them into 16 fp32 lanes, one instruction per 64 B of weights, against
+// x rounded to bf16 once per call (exact when x comes from a bf16 model; a bf16 product is
+// exact in fp32). `xs` is padded with zeros to a multiple of 32.
+#define LMF_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+LMF_BF16 inline __m512 dot32(const uint16_t* w, const uint16_t* xs, __m512 acc) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(w), (__m512bh)_mm512_loadu_si512(xs));
+}
+
+LMF_BF16 void bf16_rows_dp(const uint16_t* xs, const uint16_t* w, float* y, int64_t K,
+                           int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* row = w + r * K;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 128 <= K; k += 128) {
+      a0 = dot32(row + k, xs + k, a0);
+      a1 = dot32(row + k + 32, xs + k + 32, a1);
+      a2 = dot32(row + k + 64, xs + k + 64, a2);
+      a3 = dot32(row + k + 96, xs + k + 96, a3);
+    }
+    for (; k < K; k += 32) {  // 32 weights at a time, masked (xs is zero past K)
+      const int64_t n = std::min<int64_t>(32, K - k);
+      const __mmask32 m = n == 32 ? ~__mmask32(0) : ((__mmask32(1) << n) - 1);
+      a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_loadu_epi16(m, row + k),
+                            (__m512bh)_mm512_loadu_si512(xs + k));
+    }
+    y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  }
+}
+
+bool cpu_has_avx512_bf16() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 }
 #endif
 
@@ -205,7 +271,7 @@ RowsFn pick(bool portable) {
 }
 
 // The weights sharing x (q/k/v, gate/up), checked, and where each one's outputs start.
-// `ss` empty: fp32 weights without scales (f32_gemv).
+// `ss` empty: dense weights without scales (dense_gemv).
 struct Parts {
   std::vector<at::Tensor> q, s;
   std::vector<int64_t> start{0};
@@ -222,7 +288,9 @@ Parts check_parts(const at::Tensor& x, at::TensorList qs, at::TensorList ss,
   for (size_t i = 0; i < qs.size(); ++i) {
     TORCH_CHECK(qs[i].device().is_cpu() && qs[i].scalar_type() == wtype &&
                     qs[i].dim() == 2 && qs[i].size(1) == K,
-                "weights must be CPU ", scaled ? "int8" : "float32", " [N, K] with K = ", K);
+                "weights must be CPU ",
+                scaled ? "int8" : wtype == at::kFloat ? "float32" : "bfloat16",
+                " [N, K] with K = ", K);
     if (scaled) {
       TORCH_CHECK(ss[i].scalar_type() == at::kFloat && ss[i].numel() == qs[i].size(0),
                   "scales must be float32 [N]");
@@ -264,20 +332,51 @@ at::Tensor int8_gemv(const at::Tensor& x, at::TensorList qs, at::TensorList ss, 
   });
 }
 
-// y = [W_1 x | W_2 x | ...] for fp32 W_i [N_i, K].
-at::Tensor f32_gemv(const at::Tensor& x, at::TensorList ws, bool portable) {
-  const Parts p = check_parts(x, ws, {}, at::kFloat);
+// y = [W_1 x | W_2 x | ...] for fp32 or bf16 W_i [N_i, K] (all of one dtype), fp32 x.
+template <typename W>
+at::Tensor dense_parts(const at::Tensor& x, const Parts& p, bool portable) {
   const int64_t K = x.size(-1);
   const at::Tensor xc = x.contiguous();
   const float* xp = xc.data_ptr<float>();
-  auto fn = f32_rows_portable;
+  auto fn = dense_rows_portable<W>;
 #ifdef LMF_X86
   static const bool avx512 = cpu_has_avx512();
-  if (avx512 && !portable) fn = f32_rows_avx512;
+  if (avx512 && !portable) fn = dense_rows_avx512<W>;
 #endif
-  return each_part(x, p, 4 * K, [&](size_t i, float* y, int64_t r0, int64_t r1) {
-    fn(xp, p.q[i].data_ptr<float>(), y, K, r0, r1);
+  return each_part(x, p, static_cast<int64_t>(sizeof(W)) * K,
+                   [&](size_t i, float* y, int64_t r0, int64_t r1) {
+                     fn(xp, static_cast<const W*>(p.q[i].data_ptr()), y, K, r0, r1);
+                   });
+}
+
+// bf16 weights with AVX512_BF16: x rounded to bf16 once (round to nearest even), then
+// `bf16_rows_dp`.
+at::Tensor bf16_parts_dp(const at::Tensor& x, const Parts& p) {
+  const int64_t K = x.size(-1);
+  const at::Tensor xb = x.contiguous().to(at::kBFloat16);
+  std::vector<uint16_t> xs(static_cast<size_t>((K + 31) / 32 * 32), 0);
+  std::memcpy(xs.data(), xb.data_ptr(), static_cast<size_t>(K) * sizeof(uint16_t));
+  return each_part(x, p, 2 * K, [&](size_t i, float* y, int64_t r0, int64_t r1) {
+#ifdef LMF_X86
+    bf16_rows_dp(xs.data(), static_cast<const uint16_t*>(p.q[i].data_ptr()), y, K, r0, r1);
+#endif
   });
+}
+
+at::Tensor dense_gemv(const at::Tensor& x, at::TensorList ws, bool portable) {
+  TORCH_CHECK(!ws.empty(), "dense_gemv needs at least one weight");
+  const at::ScalarType wtype = ws[0].scalar_type();
+  TORCH_CHECK(wtype == at::kFloat || wtype == at::kBFloat16,
+              "dense_gemv weights must be float32 or bfloat16, not ", wtype);
+  const Parts p = check_parts(x, ws, {}, wtype);
+  if (wtype == at::kFloat) return dense_parts<float>(x, p, portable);
+  // bf16 weights: x rounded to bf16 on every path (as a bf16 F.linear does), so that the
+  // result does not depend on the CPU
+#ifdef LMF_X86
+  static const bool dp = cpu_has_avx512_bf16();
+  if (dp && !portable) return bf16_parts_dp(x, p);
+#endif
+  return dense_parts<uint16_t>(x.to(at::kBFloat16).to(at::kFloat), p, portable);
 }
 
 // x quantised once per call: s_x = max|x| / 127, xs = round(x / s_x), padded with zeros
@@ -353,11 +452,11 @@ TORCH_LIBRARY_FRAGMENT(lmforge_ext, m) {
   m.def("int8_gemv_isa() -> str", &int8_gemv_isa);
   m.def("int8_gemv_q8(Tensor x, Tensor[] q, Tensor[] s) -> Tensor");
   m.def("int8_gemv_q8_supported() -> bool", &int8_gemv_q8_supported);
-  m.def("f32_gemv(Tensor x, Tensor[] w, bool portable=False) -> Tensor");
+  m.def("dense_gemv(Tensor x, Tensor[] w, bool portable=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmforge_ext, CPU, m) {
   m.impl("int8_gemv", &int8_gemv);
   m.impl("int8_gemv_q8", &int8_gemv_q8);
-  m.impl("f32_gemv", &f32_gemv);
+  m.impl("dense_gemv", &dense_gemv);
 }
