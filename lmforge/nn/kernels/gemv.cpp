@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -48,25 +49,51 @@ LMF_AVX512 inline __m512 widen16(__m128i codes) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes));
 }
 
-// One row at a time, 8 accumulators (128 codes per step): the codes are read as one
-// sequential stream (interleaving 4 rows of 512 codes, x loads shared, was 2x faster from
-// L2 but 2-3x slower from memory: short per-row streams); 8 chains hide the FMA latency.
-LMF_AVX512 inline __m512 fma16(const int8_t* w, const float* x, __m512 acc) {
-  return _mm512_fmadd_ps(widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))),
-                         _mm512_loadu_ps(x), acc);
+LMF_AVX512 inline __m512 load16(const int8_t* w) {
+  return widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+}
+LMF_AVX512 inline __m512 load16(const int8_t* w, __mmask16 m) {
+  return widen16(_mm_maskz_loadu_epi8(m, w));
+}
+LMF_AVX512 inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
+LMF_AVX512 inline __m512 load16(const float* w, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, w);
+}
+LMF_AVX512 inline __m512 load16(const uint16_t* w) {  // bf16: the top half of an fp32
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+LMF_AVX512 inline __m512 load16(const uint16_t* w, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, w);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-LMF_AVX512 float row_avx512(const float* x, const int8_t* w, int64_t K) {
+template <typename W>
+LMF_AVX512 inline __m512 fma16(const W* w, const float* x, __m512 acc) {
+  return _mm512_fmadd_ps(load16(w), _mm512_loadu_ps(x), acc);
+}
+
+// sum_k w[k] x[k] of one row (int8 codes, fp32 or bf16 weights widened to fp32): one row at
+// a time, 8 accumulators (128 weights per step). The weights are read as one sequential
+// stream (interleaving 4 rows of 512 int8 codes, x loads shared, was 2x faster from L2 but
+// 2-3x slower from memory: short per-row streams); 8 chains hide the FMA latency.
+template <typename W>
+LMF_AVX512 float row_dot(const float* x, const W* w, int64_t K) {
   // eight named accumulators: gcc spills an array of them to the stack
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
          a7 = a0;
   int64_t k = 0;
   for (; k + 128 <= K; k += 128) {
-    // 4 KB ahead (past the row's end into the next rows: one stream). Without it this loop
-    // outran the hardware prefetcher and was slower than inductor's from memory (2-core
-    // Zen 4: 32 MB of codes 13-14 -> 17-19 GB/s; 30m projections 2.7-3.5 -> 1.5-2.0 ms)
-    _mm_prefetch(reinterpret_cast<const char*>(w + k + 4096), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + k + 4096 + 64), _MM_HINT_T0);
+    if constexpr (std::is_same_v<W, int8_t>) {
+      // int8: 4 KB ahead (past the row's end into the next rows: one stream). Without it
+      // this loop (3 vector ops per 16 codes) outran the hardware prefetcher and was slower
+      // than inductor's from memory (2-core Zen 4: 32 MB of codes 13-14 -> 17-19 GB/s; 30m
+      // projections 2.7-3.5 -> 1.5-2.0 ms). fp32 / bf16: none — at one FMA per 64 B (32 B)
+      // the hardware keeps up, and 512 B - 16 KB ahead were all slower (fp32, 30m, 1
+      // thread: 5.2 ms without, 6.0 with 2-16 KB, 6.5-6.7 with 0.5-1 KB).
+      _mm_prefetch(reinterpret_cast<const char*>(w + k + 4096), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w + k + 4096 + 64), _MM_HINT_T0);
+    }
     a0 = fma16(w + k, x + k, a0);
     a1 = fma16(w + k + 16, x + k + 16, a1);
     a2 = fma16(w + k + 32, x + k + 32, a2);
@@ -76,11 +103,10 @@ LMF_AVX512 float row_avx512(const float* x, const int8_t* w, int64_t K) {
     a6 = fma16(w + k + 96, x + k + 96, a6);
     a7 = fma16(w + k + 112, x + k + 112, a7);
   }
-  for (; k < K; k += 16) {  // 16 codes at a time, masked
+  for (; k < K; k += 16) {  // 16 weights at a time, masked
     const int64_t n = std::min<int64_t>(16, K - k);
     const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
-    const __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
-    a0 = _mm512_fmadd_ps(widen16(_mm_maskz_loadu_epi8(m, w + k)), xv, a0);
+    a0 = _mm512_fmadd_ps(load16(w + k, m), _mm512_maskz_loadu_ps(m, x + k), a0);
   }
   a0 = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
   a4 = _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7));
@@ -89,7 +115,7 @@ LMF_AVX512 float row_avx512(const float* x, const int8_t* w, int64_t K) {
 
 void rows_avx512(const float* x, const int8_t* q, const float* s, float* y, int64_t K,
                  int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) y[r] = s[r] * row_avx512(x, q + r * K, K);
+  for (int64_t r = r0; r < r1; ++r) y[r] = s[r] * row_dot(x, q + r * K, K);
 }
 
 // int8 x int8 (activations quantised per call): x ~ s_x * xq, xq in [-127, 127]. VPDPBUSD
@@ -97,7 +123,7 @@ void rows_avx512(const float* x, const int8_t* q, const float* s, float* y, int6
 // read as unsigned w + 128 (one XOR with 0x80 in a register) against the signed xq, and
 // the offset is taken back once per call: sum_k w_k xq_k = sum_k (w_k + 128) xq_k -
 // 128 sum_k xq_k. Per 64 codes: one load, one XOR, one VPDPBUSD; one reduction per row.
-// No software prefetch here (unlike `row_avx512`, which widens 16 codes per FMA and needs
+// No software prefetch here (unlike `row_dot` on int8, which widens 16 codes per FMA and needs
 // it): 4 KB ahead made the compiled 30m int8 decode slower, 533-572 -> 648-650 tok/s
 // without it (1 thread, 128 greedy tokens, two alternated process pairs, other core busy).
 #define LMF_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
@@ -133,11 +159,8 @@ bool cpu_has_vnni() {
 }
 #endif
 
-// Dense rows (dense_gemv), fp32 or bf16 weights, fp32 activations and sums: 8 accumulators
-// of 16 lanes (128 weights per step), one stream over W's rows; a bf16 weight is widened
-// exactly (its 16 bits are the top half of the fp32). No software prefetch for fp32: at one
-// FMA per 64 B the hardware prefetcher keeps up, and 512 B - 16 KB ahead were all slower
-// (30m projections, 1 thread: 5.2 ms without, 6.0 with 2-16 KB, 6.5-6.7 with 0.5-1 KB).
+// Dense rows (dense_gemv), fp32 or bf16 weights, fp32 activations and sums (`row_dot`); a
+// bf16 weight is widened exactly (its 16 bits are the top half of the fp32).
 inline float widen(float w) { return w; }
 inline float widen(uint16_t w) {
   const uint32_t bits = static_cast<uint32_t>(w) << 16;
@@ -163,51 +186,10 @@ void dense_rows_portable(const float* x, const W* w, float* y, int64_t K, int64_
 }
 
 #ifdef LMF_X86
-LMF_AVX512 inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
-LMF_AVX512 inline __m512 load16(const uint16_t* w) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-LMF_AVX512 inline __m512 load16(const float* w, __mmask16 m) {
-  return _mm512_maskz_loadu_ps(m, w);
-}
-LMF_AVX512 inline __m512 load16(const uint16_t* w, __mmask16 m) {
-  const __m256i h = _mm256_maskz_loadu_epi16(m, w);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-template <typename W>
-LMF_AVX512 inline __m512 fma16d(const W* w, const float* x, __m512 acc) {
-  return _mm512_fmadd_ps(load16(w), _mm512_loadu_ps(x), acc);
-}
-
 template <typename W>
 LMF_AVX512 void dense_rows_avx512(const float* x, const W* w, float* y, int64_t K, int64_t r0,
                                   int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const W* row = w + r * K;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
-           a7 = a0;
-    int64_t k = 0;
-    for (; k + 128 <= K; k += 128) {
-      a0 = fma16d(row + k, x + k, a0);
-      a1 = fma16d(row + k + 16, x + k + 16, a1);
-      a2 = fma16d(row + k + 32, x + k + 32, a2);
-      a3 = fma16d(row + k + 48, x + k + 48, a3);
-      a4 = fma16d(row + k + 64, x + k + 64, a4);
-      a5 = fma16d(row + k + 80, x + k + 80, a5);
-      a6 = fma16d(row + k + 96, x + k + 96, a6);
-      a7 = fma16d(row + k + 112, x + k + 112, a7);
-    }
-    for (; k < K; k += 16) {  // 16 weights at a time, masked
-      const int64_t n = std::min<int64_t>(16, K - k);
-      const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
-      a0 = _mm512_fmadd_ps(load16(row + k, m), _mm512_maskz_loadu_ps(m, x + k), a0);
-    }
-    a0 = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-    a4 = _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7));
-    y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a4));
-  }
+  for (int64_t r = r0; r < r1; ++r) y[r] = row_dot(x, w + r * K, K);
 }
 #endif
 
