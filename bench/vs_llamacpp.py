@@ -232,10 +232,14 @@ def engine_seconds(
 
 def ready(engine: Engine) -> Engine:
     """``engine`` after a 1-token request, which builds its runner's weight copies (and
-    packed copies), with its KV pool's pages touched once: a server does both once at
-    start-up (llama.cpp clears its KV buffer when it creates the context), so neither is
-    part of a timed run."""
+    packed copies), and (engines of several sequences) a 2-token step of two requests, which
+    packs the compiled step's int8 × int8 copies for fbgemm, with its KV pool's pages touched
+    once: a server does all of it once at start-up (llama.cpp loads its packed GGUF and
+    clears its KV buffer when it creates the context), so none of it is part of a timed
+    run."""
     engine.generate([[1]], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
+    if engine.scheduler.max_num_seqs > 1:
+        engine.generate([[1], [2]], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
     for buf in (*engine.cache.keys, *engine.cache.values):
         buf.zero_()
     return engine

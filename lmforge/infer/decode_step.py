@@ -473,7 +473,10 @@ class CompiledDecode:
             m = proj.module
             handle = self._handle(slot)
             if _INT8_PACKED.get(handle) is not self.runner.layers:  # rebuilt with the runner's
-                register_packed(handle, prepack_int8(m.weight, m.weight_scale))
+                packed = proj.int8_packed()  # the runner's (its int8 prefill uses it too)
+                if packed is None:
+                    packed = prepack_int8(m.weight, m.weight_scale)
+                register_packed(handle, packed)
                 _INT8_PACKED[handle] = self.runner.layers
             return None, ("int8", handle, m.out_features, m.weight, m.weight_scale), m.bias
         if one_row and self.row_products and not dense and self._gemv(modules):

@@ -59,7 +59,14 @@ import torch
 
 from lmforge.infer.packed_gemm import registered
 
-__all__ = ["int8_enabled", "int8_linear", "int8_linear_op", "int8_linear_rows", "prepack_int8"]
+__all__ = [
+    "int8_enabled",
+    "int8_linear",
+    "int8_linear_op",
+    "int8_linear_rows",
+    "int8_rows",
+    "prepack_int8",
+]
 
 
 @functools.cache
@@ -135,3 +142,10 @@ def int8_linear_rows(x: torch.Tensor, handle: int, out_features: int) -> torch.T
     not hold the bias (it would be scaled too): add it afterwards."""
     r = x.float().abs().amax(-1, keepdim=True).clamp_min(1e-30)
     return (int8_linear_op(x / r, handle, out_features) * r).to(x.dtype)
+
+
+def int8_rows(x: torch.Tensor, packed) -> torch.Tensor:
+    """`int8_linear_rows` for eager callers, with the packed weight itself (no handle): every
+    row scaled to ±1 by its absmax, fbgemm's dynamic int8 linear, the rows scaled back."""
+    r = x.float().abs().amax(-1, keepdim=True).clamp_min(1e-30)
+    return (int8_linear(x / r, packed) * r).to(x.dtype)

@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lmforge.infer.int8_gemm import int8_enabled, prepack_int8
+from lmforge.infer.int8_gemm import int8_rows as int8_rows_product
 from lmforge.infer.packed_gemm import pack_weight, packed_linear, packing_enabled
 from lmforge.models.transformer import CausalLM, DecoderLayer
 from lmforge.nn.attention import Attention
@@ -88,7 +90,7 @@ class _DenseProjection:
         )
         self.rows = tuple(own) if fits and dense_gemv_available() else None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, int8_rows: bool = False) -> torch.Tensor:
         if self.packed is not None and x.shape[0] > 1:
             return packed_linear(x, self.packed, self.bias)
         if self.rows is not None and x.shape[0] == 1:
@@ -104,15 +106,31 @@ class _ModuleProjection:
     """A quantised layer: the model's module (``owned`` False, no copy) or a stack of
     several built by `concat_quantized` (``owned`` True). Decode-sized batches call its
     kernel directly (`rows_kernel`, bound at `InferenceRunner.sync`, which rebuilds it when
-    the stored tensors change), others its ``forward`` (dequantised matmul)."""
+    the stored tensors change), others its ``forward`` (dequantised matmul) — or, for int8
+    with ``int8_rows`` (engines with the compiled decode step), int8 × int8 through fbgemm
+    (`lmforge.infer.int8_gemm.int8_rows` over `int8_packed`, the copy the compiled step's
+    multi-row products use too)."""
 
-    __slots__ = ("module", "owned", "rows_kernel")
+    __slots__ = ("module", "owned", "rows_kernel", "_int8_packed")
 
     def __init__(self, module: Int8Linear | Int4Linear, owned: bool) -> None:
         self.module, self.owned = module, owned
         self.rows_kernel = module.rows_kernel()
+        self._int8_packed = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def int8_packed(self):
+        """fbgemm's packed copy of an int8 layer's codes and scales (built on first use, with
+        the runner's copies: `InferenceRunner.sync` rebuilds this object when they change);
+        None for int4 or where fbgemm is unavailable."""
+        m = self.module
+        if self._int8_packed is None and type(m) is Int8Linear and int8_enabled(m.weight):
+            self._int8_packed = prepack_int8(m.weight, m.weight_scale)
+        return self._int8_packed
+
+    def __call__(self, x: torch.Tensor, int8_rows: bool = False) -> torch.Tensor:
+        if int8_rows and x.shape[0] > 1 and self.int8_packed() is not None:
+            y = int8_rows_product(x, self._int8_packed)
+            return y if self.module.bias is None else y + self.module.bias.to(y.dtype)
         if self.rows_kernel is not None and 0 < x.shape[0] <= KERNEL_MAX_ROWS:
             return self.rows_kernel(x)
         return self.module.forward(x)
@@ -131,8 +149,8 @@ class _ConcatProjection:
     def __init__(self, parts: list) -> None:
         self.parts = parts
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([part(x) for part in self.parts], dim=-1)
+    def __call__(self, x: torch.Tensor, int8_rows: bool = False) -> torch.Tensor:
+        return torch.cat([part(x, int8_rows) for part in self.parts], dim=-1)
 
     def owned_tensors(self) -> tuple[torch.Tensor | None, ...]:
         return tuple(t for part in self.parts for t in part.owned_tensors())
@@ -349,12 +367,16 @@ class InferenceRunner:
         batch,
         logits_to_keep: torch.Tensor,
         return_hidden: bool = False,
+        int8_rows: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[M, V]`` of the kept rows of a flattened ragged batch: ``input_ids`` and
         ``positions`` ``[N]``, ``batch`` a `PagedBatch`, ``logits_to_keep`` ``[M]`` row
         indices; ``max_position`` = ``positions.max()`` (known to the caller, no device
         sync). ``return_hidden``: also the final (normed) hidden states ``[N, H]`` of every
-        row (self-speculative drafters read them). Call `sync` first (once per step)."""
+        row (self-speculative drafters read them). ``int8_rows``: int8 projections of two
+        rows or more multiply int8 × int8 (activations quantised per row, as the compiled
+        step's multi-row products do) instead of dequantising — no longer bit-equal to
+        ``model.forward``. Call `sync` first (once per step)."""
         if self.head is None:
             raise RuntimeError("InferenceRunner: call sync() (and check it) before running")
         lm = self.model.model
@@ -364,7 +386,7 @@ class InferenceRunner:
         cos, sin = self._rope(positions, max_position, x.dtype)
         for i, (layer, w) in enumerate(zip(lm.layers, self.layers)):
             attn = layer.self_attn
-            qkv = w.qkv(_norm(layer.input_layernorm, x))
+            qkv = w.qkv(_norm(layer.input_layernorm, x), int8_rows)
             qkv = qkv.view(n, h + 2 * hkv, d)
             if attn.q_norm is None:
                 qk = rotate(qkv[:, : h + hkv], cos, sin)
@@ -373,10 +395,10 @@ class InferenceRunner:
                 q = rotate(_norm(attn.q_norm, qkv[:, :h]), cos, sin)
                 k = rotate(_norm(attn.k_norm, qkv[:, h : h + hkv]), cos, sin)
             out = batch.attend(i, q, k, qkv[:, h + hkv :], attn.window)
-            x = x + w.o(out.reshape(n, h * d))
-            gate_up = w.gate_up(_norm(layer.post_attention_layernorm, x))
-            x = x + w.down(F.silu(gate_up[:, :inter]) * gate_up[:, inter:])
+            x = x + w.o(out.reshape(n, h * d), int8_rows)
+            gate_up = w.gate_up(_norm(layer.post_attention_layernorm, x), int8_rows)
+            x = x + w.down(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], int8_rows)
         if return_hidden:
             hidden = _norm(lm.norm, x)
-            return self.head(hidden[logits_to_keep]), hidden
-        return self.head(_norm(lm.norm, x[logits_to_keep]))
+            return self.head(hidden[logits_to_keep], int8_rows), hidden
+        return self.head(_norm(lm.norm, x[logits_to_keep]), int8_rows)

@@ -357,3 +357,34 @@ def test_quantized_models_run_through_the_fused_runner_bit_exactly(scheme, monke
     monkeypatch.setattr(model, "forward", no_forward)  # the fused path must be taken
     params = SamplingParams(max_tokens=steps, temperature=0, ignore_eos=True)
     assert engine.generate([prompt], params)[0].token_ids == ids[len(prompt) :]
+
+
+def test_int8_rows_quantise_the_activations_of_several_rows_only_when_asked():
+    """``int8_rows`` (engines with the compiled decode step): the runner's int8 products of
+    two rows or more go through fbgemm int8 × int8 over the layer's packed copy (activations
+    quantised per row) — close to ``model.forward`` within that rounding, not equal — while
+    one-row steps and the default (``int8_rows`` off, every default engine) stay bit-equal;
+    the compiled step reuses the runner's packed copy instead of packing its own."""
+    from lmforge.infer.int8_gemm import int8_enabled
+    from lmforge.models.quantize import quantize_model
+
+    if not int8_enabled():
+        pytest.skip("fbgemm int8 unavailable")
+    model = quantize_model(make_model(5), "int8")
+    runner = InferenceRunner(model)
+    expected = paged_steps(model, model_call(model))
+
+    def call(ids, pos, batch, keep):
+        assert runner.sync()
+        return runner(ids, pos, int(pos.max()), batch, keep, False, True)
+
+    got = paged_steps(model, call)
+    assert not torch.equal(got[0], expected[0])  # a prefill of 13 rows: quantised
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=0, atol=0.1 * float(e.abs().max()))
+    for e, g in zip(expected, paged_steps(model, runner_call(runner))):
+        assert torch.equal(g, e)
+    packed = runner.layers[0].qkv.int8_packed()
+    assert packed is not None and runner.layers[0].qkv.int8_packed() is packed  # built once
+    assert Engine(model)._int8_rows() is False
+    assert Engine(model, compile_decode="eager")._int8_rows() is True
