@@ -121,16 +121,21 @@ def int8_linear(x: torch.Tensor, packed) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-@torch.library.custom_op("lmforge::int8_linear", mutates_args=())
-def int8_linear_op(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    """`int8_linear` with the packed weight registered under ``handle``
-    (`lmforge.infer.packed_gemm.register_packed`): ``[N, in] → [N, out]``."""
-    return int8_linear(x, registered(handle))
+_LIB = torch.library.Library("lmforge", "FRAGMENT")  # see `lmforge.infer.packed_gemm`'s
+_LIB.define("int8_linear(Tensor x, int handle, int out_features) -> Tensor")
+_LIB.impl("int8_linear", lambda x, handle, out_features: int8_linear(x, registered(handle)), "CPU")
 
 
-@int8_linear_op.register_fake
+@torch.library.register_fake("lmforge::int8_linear")
 def _int8_linear_shape(x, handle, out_features):
     return x.new_empty(x.shape[0], out_features)
+
+
+def int8_linear_op(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    """`int8_linear` with the packed weight registered under ``handle``
+    (`lmforge.infer.packed_gemm.register_packed`): ``[N, in] → [N, out]``, as the
+    dispatcher op ``lmforge::int8_linear`` (a plain CPU kernel: no custom_op wrapping)."""
+    return torch.ops.lmforge.int8_linear.default(x, handle, out_features)
 
 
 def int8_linear_rows(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:

@@ -71,17 +71,32 @@ def registered(handle: int) -> object:
     return _REGISTRY[handle]
 
 
-@torch.library.custom_op("lmforge::packed_linear", mutates_args=())
-def packed_linear_op(
-    x: torch.Tensor, bias: torch.Tensor | None, handle: int, out_features: int
-) -> torch.Tensor:
-    """`packed_linear` with the weight registered under ``handle`` (``[N, in] → [N, out]``)."""
+# lmforge's handle-based ops, defined on the dispatcher with plain Python CPU kernels: a
+# ``torch.library.custom_op`` adds ≈ 11 µs of Python wrapping per call (27 against 17 µs
+# for a 2-row product), ≈ 0.36 ms per 30m decode step of 33 products. Inference only (no
+# autograd kernel).
+_LIB = torch.library.Library("lmforge", "FRAGMENT")
+_LIB.define("packed_linear(Tensor x, Tensor? bias, int handle, int out_features) -> Tensor")
+
+
+def _packed_linear_kernel(x, bias, handle, out_features):
     return packed_linear(x, registered(handle), bias)
 
 
-@packed_linear_op.register_fake
+_LIB.impl("packed_linear", _packed_linear_kernel, "CPU")
+
+
+@torch.library.register_fake("lmforge::packed_linear")
 def _packed_linear_shape(x, bias, handle, out_features):
     return x.new_empty(x.shape[0], out_features)
+
+
+def packed_linear_op(
+    x: torch.Tensor, bias: torch.Tensor | None, handle: int, out_features: int
+) -> torch.Tensor:
+    """`packed_linear` with the weight registered under ``handle`` (``[N, in] → [N, out]``),
+    as the dispatcher op ``lmforge::packed_linear`` that ``torch.compile`` puts in a graph."""
+    return torch.ops.lmforge.packed_linear.default(x, bias, handle, out_features)
 
 
 def pack_weight(weight: torch.Tensor, rows_hint: int = 8) -> torch.Tensor:

@@ -108,7 +108,9 @@ def test_op_reads_the_registered_weight_and_handles_swap():
     register_packed(handle, prepack_int8(q2, s2, None))
     torch.testing.assert_close(int8_linear_op(x, handle, 48), int8_linear(x, prepack_int8(q2, s2)))
     torch.library.opcheck(
-        int8_linear_op, (x, handle, 48), test_utils=("test_schema", "test_faketensor")
+        torch.ops.lmforge.int8_linear.default,
+        (x, handle, 48),
+        test_utils=("test_schema", "test_faketensor"),
     )
     register_packed(handle, None)
     with pytest.raises(KeyError):
