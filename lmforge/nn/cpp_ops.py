@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import threading
 import time
 from pathlib import Path
@@ -78,7 +79,10 @@ def _load() -> str | None:
         # -fopenmp: `at::parallel_for` is inline OpenMP in ATen's headers (torch's CPU
         # backend); without it every op ran on one thread whatever torch.set_num_threads
         # said. The library then needs libgomp.so.1: the one torch loaded already.
-        openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+        # (Linux: elsewhere, e.g. Apple's clang, -fopenmp would fail the build; the ops then
+        # run on one thread as before)
+        linux = sys.platform.startswith("linux")
+        openmp = ["-fopenmp"] if linux and torch.backends.openmp.is_available() else []
         cpp_extension.load(
             name="lmforge_ext",
             sources=[str(s) for s in sources],
