@@ -90,8 +90,11 @@ def move_to_huge_pages(module: nn.Module, min_bytes: int = 256 << 10) -> int:
     sizes = [-(-t.numel() * t.element_size() // _ALIGN) * _ALIGN for t in tensors]
     if sum(sizes) < HUGE_PAGE:
         return 0
-    arena = mmap.mmap(-1, sum(sizes) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    arena.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched
+    try:
+        arena = mmap.mmap(-1, sum(sizes) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        arena.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched
+    except OSError:  # no room for the mapping, or a kernel that refuses the advice: keep all
+        return 0
     base = torch.frombuffer(arena, dtype=torch.uint8, count=1).data_ptr()
     offset = -base % HUGE_PAGE
     with torch.no_grad():

@@ -119,3 +119,18 @@ def test_the_engine_moves_cpu_weights_and_can_be_told_not_to():
     assert lm.lm_head.weight.data_ptr() == ptr
     Engine(lm, max_num_seqs=1)
     assert (lm.lm_head.weight.data_ptr() != ptr) == hp.huge_pages_supported()
+
+
+@needs_thp
+def test_a_refused_mapping_moves_nothing(monkeypatch):
+    """Where the kernel refuses the mapping or the advice (``OSError``), nothing moves and
+    nothing raises: the engine still starts."""
+
+    class Refusing:
+        def __init__(self, *args, **kwargs):
+            raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(hp.mmap, "mmap", Refusing)
+    m = model()
+    ptr = m[0].weight.data_ptr()
+    assert hp.move_to_huge_pages(m) == 0 and m[0].weight.data_ptr() == ptr
