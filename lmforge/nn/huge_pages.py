@@ -61,6 +61,9 @@ def _movable(t: torch.Tensor | None, min_bytes: int) -> bool:
         and t.layout == torch.strided
         and t.is_contiguous()
         and t.numel() * t.element_size() >= min_bytes
+        # its storage alone: moving a view of a shared storage would silently end the sharing
+        and t.storage_offset() == 0
+        and t.untyped_storage().nbytes() == t.numel() * t.element_size()
         and not _in_arena(t)
     )
 
@@ -74,7 +77,8 @@ def _in_arena(t: torch.Tensor) -> bool:
 
 def move_to_huge_pages(module: nn.Module, min_bytes: int = 256 << 10) -> int:
     """Move ``module``'s CPU parameters and buffers of at least ``min_bytes`` (contiguous,
-    plain tensors, each once however often it is shared) into one huge-page mapping, in
+    plain tensors that own their whole storage — views of a shared storage stay — each once
+    however often the module holds it) into one huge-page mapping, in
     place (``t.data = copy``); returns the bytes moved (0 where huge pages are unsupported,
     or when the tensors together are smaller than one huge page). Values are unchanged;
     tensors already moved are skipped."""

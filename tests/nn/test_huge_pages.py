@@ -134,3 +134,19 @@ def test_a_refused_mapping_moves_nothing(monkeypatch):
     m = model()
     ptr = m[0].weight.data_ptr()
     assert hp.move_to_huge_pages(m) == 0 and m[0].weight.data_ptr() == ptr
+
+
+@needs_thp
+def test_views_of_a_shared_storage_stay_shared():
+    """Two parameters viewing one storage (a fused weight split in two) are left alone:
+    moving either would silently end the sharing."""
+    fused = torch.randn(2048, 512)
+    m = nn.Module()
+    m.a = nn.Parameter(fused[:1024])
+    m.b = nn.Parameter(fused[1024:])
+    m.own = nn.Parameter(torch.randn(1024, 512))
+    assert hp.move_to_huge_pages(m) == 1024 * 512 * 4  # `own` only
+    assert m.a.data_ptr() == fused.data_ptr()
+    with torch.no_grad():
+        fused.add_(1)
+    assert torch.equal(m.b, fused[1024:])
