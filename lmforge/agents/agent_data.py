@@ -21,7 +21,10 @@ action with a known target box: where in the answer, on which screenshot, which 
 Two opt-in extras aimed at list rows (issue 18): kind "reading" (`reading_examples`: "What
 does row 3 of the invoice list say?" → "invoice 17", "Which row … says 'invoice 17'?" →
 "row 3") and grounding on ``zoom``× crops (`zoom_examples`, the second look of iterative
-zoom-in; `lmforge.agents.grounding.point_clicks` takes it at test time).
+zoom-in; `lmforge.agents.grounding.point_clicks` takes it at test time). For matching the
+question's number to the row (issue 18, session 12): `pointer_queries(…, row_target="number")`
+aims a list-row query at the tokens showing the row's number (`number_box`), and
+``row_screens`` adds row-only grounding on list-heavy random screens.
 
 This module is long because the five kinds of data share one pass over the expert's
 episodes and one example type, and splitting them would split
@@ -49,7 +52,7 @@ from lmforge.agents.actions import (
 from lmforge.agents.env import GUIEnv, WindowController
 from lmforge.agents.expert import ExpertStep, click, expert_step
 from lmforge.agents.random_screens import KIND_WEIGHTS, random_window
-from lmforge.agents.render import Glyph, render_window, render_window_glyphs
+from lmforge.agents.render import Glyph, glyph_centre, render_window, render_window_glyphs
 from lmforge.agents.tasks import (
     Task,
     sample_task,
@@ -325,6 +328,7 @@ def grounding_examples(
     shift: int = 0,
     skip_covered: bool = False,
     question_first: bool = False,
+    only: str | None = None,
 ) -> list[VQAExample]:
     """``count`` (instruction → click at the centre of the element) pairs on the screen of
     ``win`` (all its elements for ``count`` ≤ 0), as chats of up to ``turns`` questions each
@@ -335,9 +339,12 @@ def grounding_examples(
     answers (augmentation against memorising the training layouts' geometry).
     ``skip_covered`` leaves out elements an open dropdown hides (`covered`);
     ``question_first`` puts each chat's first question before the screenshot (the image
-    tokens can then attend to the question in the language model)."""
+    tokens can then attend to the question in the language model). ``only``: ask only about
+    elements of this kind (e.g. ``"row"``)."""
     image = np.asarray(render_window(win))
     elements = screen_elements(win)
+    if only is not None:
+        elements = [e for e in elements if e.kind == only]
     if skip_covered:
         elements = [e for e in elements if not covered(win, e)]
     picked = rng.sample(elements, len(elements) if count <= 0 else min(count, len(elements)))
@@ -500,6 +507,7 @@ def make_agent_dataset(
     zoom: int = 0,
     zoom_crops: int = 1,
     glyphs: bool = False,
+    row_screens: int = 0,
 ) -> dict[str, list[VQAExample]]:
     """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
     grounding on every state the expert visits (``grounding_count`` elements per state in
@@ -517,7 +525,10 @@ def make_agent_dataset(
     chats on a ``zoom``× closer look (`zoom_examples`; their own random stream too).
     ``glyphs``: every example drawn from a window's screenshot (all but trajectories and
     reflections) keeps its characters' boxes in ``meta["glyphs"]`` (`attach_glyphs`, for
-    the glyph objective `lmforge.agents.glyph`); nothing else changes."""
+    the glyph objective `lmforge.agents.glyph`); nothing else changes. ``row_screens``:
+    grounding on every visible list row (and nothing else) of this many list-heavy random
+    windows (`LIST_HEAVY`), in chats of ``grounding_turns`` — "which row shows 17" asked
+    about rows that differ only in their numbers, on one image; their own random stream."""
     data: dict[str, list[VQAExample]] = {k: [] for k in KINDS}
     rng = random.Random(f"agent-data/{split}/{seed}")
     read_rng = random.Random(f"agent-reading/{split}/{seed}")
@@ -571,6 +582,17 @@ def make_agent_dataset(
         for ex in made:
             ex.meta["template"] = "random"
             data[ex.task].append(ex)
+    row_rng = random.Random(f"agent-row-questions/{split}/{seed}")
+    for j in range(row_screens):
+        r = random.Random(f"agent-row-screens/{split}/{seed}/{j}")
+        win = random_window(r, width, height, weights=LIST_HEAVY)
+        made = grounding_examples(win, row_rng, 0, grounding_turns, 0, True, question_first,
+                                  only="row")  # fmt: skip
+        if glyphs:
+            attach_glyphs(made, render_window_glyphs(win)[1])
+        for ex in made:
+            ex.meta["template"] = "random"
+            data[ex.task].append(ex)
     return data
 
 
@@ -615,7 +637,38 @@ def pointer_prefix(text: str) -> tuple[str, int] | None:
     return head, start + len(head) + 1
 
 
-def pointer_queries(example: VQAExample, screen: tuple[int, int]) -> list[PointerQuery]:
+ROW_QUESTION = "Click on the row "  # `grounding_examples`' question on a list row
+ROW_TARGETS = ("box", "number", "last_digit")
+
+
+def number_box(box: Box, glyphs: Sequence[Glyph], last_only: bool = False) -> Box | None:
+    """The pointer target that names a list row by its number: of the glyphs whose centre
+    lies in the row's ``box`` (drawn left to right), the trailing run of digits — the item
+    number of "invoice 17" — as the px box ``(min cx, min cy, max cx + ε, max cy + ε)`` over
+    their centres (ε = 0.01 px), so `pointer_target` puts the mass on the tokens whose cells
+    hold a digit's centre (the cells ``[8k, 8k + 8)`` the glyph head reads it in,
+    `lmforge.agents.glyph`; the cells between the first and last digit's too).
+    ``last_only``: the last digit alone — one token, the one whose causal context (the
+    image tokens before it in raster order) holds the whole number. None when the row shows
+    no trailing digits (the caller keeps the row's box)."""
+    inside = sorted((g for g in glyphs if box_contains(box, *glyph_centre(g))),
+                    key=lambda g: glyph_centre(g)[0])  # fmt: skip
+    digits: list[Glyph] = []
+    for g in reversed(inside):
+        if not g.char.isdigit():
+            break
+        digits.append(g)
+    if not digits:
+        return None
+    digits = digits[:1] if last_only else digits
+    xs = [glyph_centre(g)[0] for g in digits]
+    ys = [glyph_centre(g)[1] for g in digits]
+    return (min(xs), min(ys), max(xs) + 0.01, max(ys) + 0.01)
+
+
+def pointer_queries(
+    example: VQAExample, screen: tuple[int, int], row_target: str = "box"
+) -> list[PointerQuery]:
     """The pointer head's training queries of ``example`` (`lmforge.vision.vlm_data.
     PointerQuery`, for ``encode_chat(…, pointers=…)``): one per assistant turn whose answer is
     a coordinate action (`pointer_prefix`) and whose target box is known — grounding:
@@ -625,7 +678,14 @@ def pointer_queries(example: VQAExample, screen: tuple[int, int]) -> list[Pointe
     The query is the token ending with the action's ``(``; its image is the example's last
     (the current screenshot: trajectory steps show the history oldest first); its box is
     normalised by ``screen`` (width, height). Turns without a box are skipped, so perception
-    and state QA give none. A drag points at its first point only (one box per step)."""
+    and state QA give none. A drag points at its first point only (one box per step).
+    ``row_target="number"``: a list-row grounding turn ("Click on the row 'invoice 17'.") of
+    an example with glyphs (``meta["glyphs"]``) targets only the tokens showing the row's
+    number (`number_box`) instead of the whole row: the row's other ≈ 26 tokens ("invoice",
+    blank) look alike in every row, and a target spread over them teaches the pointer to find
+    the list, not the row (issue 18); ``"last_digit"``: only the token of its last digit."""
+    if row_target not in ROW_TARGETS:
+        raise ValueError(f"row_target={row_target!r}: choose one of {ROW_TARGETS}")
     messages = example.messages()
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     meta = example.meta or {}
@@ -634,10 +694,13 @@ def pointer_queries(example: VQAExample, screen: tuple[int, int]) -> list[Pointe
         boxes = [meta.get("target_box")] + [None] * (len(turns) - 1)
     if len(boxes) != len(turns):
         raise ValueError(f"{len(boxes)} target boxes for {len(turns)} assistant turns")
+    glyphs = (meta.get("glyphs") or [None])[-1] if row_target != "box" else None
     out = []
     for i, box in zip(turns, boxes, strict=True):
         hit = pointer_prefix(message_text(messages[i]))
         if box is not None and hit is not None:
+            if glyphs and i > 0 and message_text(messages[i - 1]).startswith(ROW_QUESTION):
+                box = number_box(box, glyphs, row_target == "last_digit") or box
             out.append(PointerQuery(i, hit[1], len(example.images) - 1, normalise_box(box, screen)))
     return out
 
@@ -687,6 +750,8 @@ __all__ = [
     "LIST_HEAVY",
     "MAX_HISTORY_ACTIONS",
     "POINTING_ACTIONS",
+    "ROW_QUESTION",
+    "ROW_TARGETS",
     "ChatExample",
     "Element",
     "Trajectory",
@@ -701,6 +766,7 @@ __all__ = [
     "list_name",
     "make_agent_dataset",
     "mistake_step",
+    "number_box",
     "perception_examples",
     "pointer_prefix",
     "pointer_queries",

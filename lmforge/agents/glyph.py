@@ -36,6 +36,7 @@ import torch
 from lmforge.agents.random_screens import random_window
 from lmforge.agents.render import Glyph, glyph_centre, render_window_glyphs
 from lmforge.models.glyph_head import IGNORE, GlyphHead, glyph_accuracy, glyph_loss
+from lmforge.models.pointer_head import image_keys
 from lmforge.train.distributed import unwrap
 from lmforge.train.objective import LossOutput, Objective
 from lmforge.vision.vlm_data import MultimodalPackedLoader
@@ -104,18 +105,154 @@ def example_glyph_targets(
 
 class GlyphPackedLoader(MultimodalPackedLoader):
     """`MultimodalPackedLoader` whose batches also hold ``glyph_targets [Σ image tokens,
-    slots]``: the examples' ``targets`` (one tensor per example) in the batch's image order."""
+    slots]``: the examples' ``targets`` (one tensor per example) in the batch's image order;
+    with ``query_targets`` (one ``[queries, slots]`` tensor per example, `query_number_targets`)
+    also ``query_targets [Q, slots]`` in the order of the batch's ``pointer_queries``."""
 
-    def __init__(self, examples, targets: Sequence[torch.Tensor], *args, **kwargs) -> None:
+    def __init__(
+        self,
+        examples,
+        targets: Sequence[torch.Tensor],
+        *args,
+        query_targets: Sequence[torch.Tensor] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(examples, *args, **kwargs)
         if len(targets) != len(self.examples):
             raise ValueError(f"{len(targets)} glyph targets for {len(self.examples)} examples")
+        if query_targets is not None:
+            bad = [i for i, (t, e) in enumerate(zip(query_targets, self.examples, strict=False))
+                   if t.shape[0] != len(e.pointer_positions)]  # fmt: skip
+            if len(query_targets) != len(self.examples) or bad:
+                raise ValueError("query targets must give one row per pointer query of each "
+                                 f"example (example {bad[0] if bad else len(query_targets)})")  # fmt: skip
         self.targets = list(targets)
+        self.query_targets = None if query_targets is None else list(query_targets)
 
     def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
         batch = super().collate(rows)
         batch["glyph_targets"] = torch.cat([self.targets[i] for row in rows for i in row])
+        if self.query_targets is not None:
+            batch["query_targets"] = torch.cat([self.query_targets[i] for row in rows for i in row])
         return batch
+
+
+def query_number_targets(
+    example: Any, queries: Sequence[Any], slots: int = 2, question: str = "Click on the row "
+) -> torch.Tensor:
+    """``[len(queries), slots]``: for each pointer query (`lmforge.vision.vlm_data.
+    PointerQuery`, in ``encode_chat``'s order) whose turn asks ``question`` … (a list row:
+    "Click on the row 'invoice 17'."), the named item's trailing number as glyph classes, one
+    digit per slot in reading order (``1``, ``7``; `NONE` after the last digit); −100 (ignored)
+    for every other query and for an item without a number. The targets of `query_objective`."""
+    messages = example.messages()
+    out = torch.full((len(queries), slots), IGNORE, dtype=torch.long)
+    for k, q in enumerate(queries):
+        content = messages[q.message - 1]["content"] if q.message > 0 else ""
+        text = content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+        if not text.startswith(question):
+            continue
+        item = text[len(question) :].rstrip(".").strip("'")
+        number = item.rsplit(" ", 1)[-1]
+        if number.isdigit() and len(number) <= slots:
+            out[k] = NONE
+            for s, ch in enumerate(number):
+                out[k, s] = char_class(ch)
+    return out
+
+
+def query_head_of(model: torch.nn.Module) -> GlyphHead:
+    head = getattr(unwrap(model), "query_head", None)
+    if head is None:
+        raise ValueError("query objective: the model has no query_head (attach_query_head)")
+    return head
+
+
+def attach_query_head(model: torch.nn.Module, slots: int = 2) -> GlyphHead:
+    """Give ``model`` a fresh train-only `GlyphHead` as ``model.query_head`` that reads the
+    named item's number from the pointer *query* (`query_objective`); `detach_query_head`
+    takes it off before export."""
+    head = GlyphHead(model.config.text.hidden_size, slots, NUM_CLASSES)
+    model.query_head = head
+    return head
+
+
+def detach_query_head(model: torch.nn.Module) -> GlyphHead | None:
+    """Remove and return ``model.query_head`` (None if it has none)."""
+    inner = unwrap(model)
+    head = getattr(inner, "query_head", None)
+    if head is not None:
+        del inner.query_head
+    return head
+
+
+def last_digit_tokens(
+    model: torch.nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """``[Q, D]``: for each pointer query, the final hidden state at the image token whose
+    cell holds the right end of the query's box — for a list-row query with ``row_target``
+    "number" / "last_digit" (`lmforge.agents.agent_data.number_box`) the token of the row's
+    last digit, the one whose causal context holds the whole number."""
+    inner = unwrap(model)
+    merge = inner.config.vision.spatial_merge_size
+    grids = [(h // merge, w // merge) for _, h, w in batch["image_grid_thw"].tolist()]
+    keys, _ = image_keys(hidden, batch["input_ids"].to(hidden.device), inner.config.image_token_id,
+                         [r * c for r, c in grids], batch["pointer_images"].tolist())  # fmt: skip
+    picks = []
+    for q, (box, image) in enumerate(zip(batch["pointer_boxes"].tolist(),
+                                         batch["pointer_images"].tolist(), strict=True)):  # fmt: skip
+        rows, cols = grids[image]
+        r = min(rows - 1, max(0, int(box[1] * rows)))
+        c = min(cols - 1, max(0, int(box[2] * cols - 1e-6)))
+        picks.append(keys[q, r * cols + c])
+    return torch.stack(picks)
+
+
+def query_objective(base: Objective, weight: float, keys: bool = False) -> Objective:
+    """``base`` (a `pointer_objective`, possibly in `glyph_objective`) + ``weight`` × the
+    mean cross-entropy of a train-only head (`attach_query_head`) that reads the question's
+    item number (``query_targets``, `query_number_targets`) from the language model's final
+    hidden state at each pointer query — the matching's other half: the glyph objective puts
+    a row's number into the image tokens (the pointer's keys), this one into the query that
+    must meet them (issue 18: a probe found the row number in the keys, not in the query).
+    The final hidden states are captured by a forward hook on the language model's body
+    during ``base``'s forward. Logs ``query_loss`` and ``query_acc`` (digit slots right).
+    ``keys``: the same head also reads the number from the row's last-digit image token
+    (`last_digit_tokens`) and ``weight`` × that loss is added too, so query and key carry the
+    number in one shared code (a contrastive-style tie of the two sides, as in CLIP's shared
+    embedding, Radford et al. 2021, but through a shared classifier); logs ``key_loss``."""
+
+    def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        targets, queries = batch.get("query_targets"), batch.get("pointer_queries")
+        captured: list[torch.Tensor] = []
+        hook = unwrap(model).model.register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            out = base(model, batch)
+        finally:
+            hook.remove()
+        if targets is None or queries is None or not bool((targets != IGNORE).any()):
+            zero = out.loss_sum.new_zeros(())
+            return LossOutput(out.loss_sum, out.count,
+                              {**out.metrics, "query_loss": zero, "query_acc": zero})  # fmt: skip
+        hidden = captured[-1]
+        queries = queries.to(hidden.device)
+        logits = query_head_of(model)(hidden[queries[:, 0], queries[:, 1]])
+        targets = targets.to(hidden.device)
+        mean = glyph_loss(logits, targets)
+        right, n = glyph_accuracy(logits.detach(), targets)
+        count = torch.as_tensor(out.count)
+        scale = count.clamp(min=1).to(mean.dtype).to(mean.device)
+        acc = right.float() / max(1, n) * scale
+        metrics = {**out.metrics, "query_loss": mean.detach() * scale, "query_acc": acc}
+        total = mean
+        if keys:
+            key_mean = glyph_loss(query_head_of(model)(last_digit_tokens(model, hidden, batch)),
+                                  targets)  # fmt: skip
+            metrics["key_loss"] = key_mean.detach() * scale
+            total = mean + key_mean
+        return LossOutput(out.loss_sum + weight * total * scale, out.count, metrics)
+
+    return objective
 
 
 def fresh_glyph_batches(
@@ -248,9 +385,11 @@ __all__ = [
     "OTHER",
     "GlyphPackedLoader",
     "attach_glyph_head",
+    "attach_query_head",
     "char_class",
     "class_char",
     "detach_glyph_head",
+    "detach_query_head",
     "fresh_glyph_batches",
     "example_glyph_targets",
     "glyph_head_of",
@@ -258,4 +397,8 @@ __all__ = [
     "glyph_pretrain",
     "glyph_targets",
     "glyph_terms",
+    "last_digit_tokens",
+    "query_head_of",
+    "query_number_targets",
+    "query_objective",
 ]

@@ -73,6 +73,17 @@ without the head (``run_dir/glyph_head.pt``). Measured (``recipes/agent-glyph.ya
 encoder learns to read (a linear probe for a row's number 0.45 held out, from 0.117) but
 held-out grounding stays at 0.70–0.71, list rows 10–14 / 45: the pointer does not match the
 question's number to the row even on training screens.
+
+Matching the question's number to the row (issue 18, session 12), opt-in:
+``agent.row_target=number`` points a list-row question's pointer target at the tokens that
+show the row's number (`lmforge.agents.agent_data.number_box`, from the glyph layout) instead
+of the whole row (``last_digit``: its last digit's token only); ``agent.row_screens`` adds
+grounding on the rows only of list-heavy random screens; ``agent.query_weight`` adds a
+train-only head that reads the question's item number from the pointer's query state
+(`lmforge.agents.glyph.query_objective`: a probe found the row's number in the pointer's
+keys but not in its query; ``agent.query_keys``: the same head also reads the row's
+last-digit image token). Measured (``recipes/agent-match.yaml``: all four at query weight
+0.3, one seed): held-out grounding 0.865, list rows 38/45 (from 13), the rest 0.871.
 """
 
 from __future__ import annotations
@@ -90,17 +101,22 @@ from lmforge.agents.agent_data import (
     DEFAULT_KINDS,
     KINDS,
     LIST_HEAVY,
+    ROW_TARGETS,
     make_agent_dataset,
     pointer_queries,
 )
 from lmforge.agents.glyph import (
     GlyphPackedLoader,
     attach_glyph_head,
+    attach_query_head,
     detach_glyph_head,
+    detach_query_head,
     example_glyph_targets,
     fresh_glyph_batches,
     glyph_objective,
     glyph_pretrain,
+    query_number_targets,
+    query_objective,
 )
 from lmforge.agents.grounding import grounding_eval, has_pointer
 from lmforge.agents.policy import VLMPolicy
@@ -177,6 +193,10 @@ class AgentSection(VLMShape):
     glyph_slots: int = 2  # ordered glyphs predicted per image token
     glyph_steps: int = 0  # > 0: an encoder-only glyph pretraining stage of this many steps
     glyph_screens: str = "train"  # its screens: "train" (the examples') or "fresh" (new ones)
+    row_screens: int = 0  # + grounding on the list rows only of this many list-heavy screens
+    query_weight: float = 0.0  # > 0: + this × a train-only head reading the number at the query
+    query_keys: bool = False  # with query_weight: the same head reads the row's last-digit token
+    row_target: str = "box"  # list-row pointer target: "box", "number" (digits), "last_digit"
 
 
 @dataclass
@@ -199,9 +219,10 @@ def check_agent_config(config: AgentRunConfig) -> None:
         raise ConfigError(f"agent.screen={a.screen} must be a multiple of agent.merge_size × "
                           f"agent.patch_size = {a.merge_size} × {a.patch_size}")  # fmt: skip
     check_vlm_shape(a, "agent")
-    if a.random_screens < 0 or a.reading_screens < 0:
-        raise ConfigError(f"agent.random_screens={a.random_screens} and agent.reading_screens="
-                          f"{a.reading_screens} must be ≥ 0")  # fmt: skip
+    if a.random_screens < 0 or a.reading_screens < 0 or a.row_screens < 0:
+        raise ConfigError(f"agent.random_screens={a.random_screens}, agent.reading_screens="
+                          f"{a.reading_screens} and agent.row_screens={a.row_screens} must be "
+                          "≥ 0")  # fmt: skip
     if a.train_tasks < 1 or a.history < 1 or not 0 <= a.mistake_rate <= 1:
         raise ConfigError(
             "agent.train_tasks and agent.history must be ≥ 1, agent.mistake_rate in [0, 1]"
@@ -213,6 +234,14 @@ def check_agent_config(config: AgentRunConfig) -> None:
         raise ConfigError(f"agent.pointer_size={a.pointer_size} must be ≥ 0 (0: no pointer head)")
     if not a.pointer_weight >= 0:
         raise ConfigError(f"agent.pointer_weight={a.pointer_weight} must be ≥ 0")
+    if not a.query_weight >= 0 or (a.query_weight > 0 and a.pointer_size == 0):
+        raise ConfigError(f"agent.query_weight={a.query_weight} must be ≥ 0 (> 0 needs "
+                          "agent.pointer_size > 0: it trains the pointer's query)")  # fmt: skip
+    if a.query_keys and (a.query_weight == 0 or a.row_target == "box"):
+        raise ConfigError("agent.query_keys needs agent.query_weight > 0 and agent.row_target "
+                          f"number or last_digit (got {a.query_weight}, {a.row_target!r})")  # fmt: skip
+    if a.row_target not in ROW_TARGETS:
+        raise ConfigError(f"agent.row_target={a.row_target!r}: choose one of {ROW_TARGETS}")
     if a.glyph_screens not in ("train", "fresh"):
         raise ConfigError(f"agent.glyph_screens={a.glyph_screens!r}: choose train or fresh")
     if not a.glyph_weight >= 0 or a.glyph_steps < 0 or a.glyph_slots < 1:
@@ -322,7 +351,9 @@ def train_agent_sft(
                                   a.screen, a.screen, a.grounding_count, a.grounding_turns,
                                   a.grounding_shift, a.random_screens,
                                   a.question_first, a.reading_screens, a.zoom,
-                                  a.zoom_crops, glyphs=uses_glyphs(a))  # fmt: skip
+                                  a.zoom_crops,
+                                  glyphs=uses_glyphs(a) or a.row_target != "box",
+                                  row_screens=a.row_screens)  # fmt: skip
         train_ex = [ex for k in a.kinds for ex in data[k]]
         random.Random(t.seed).shuffle(train_ex)
         model, tokenizer = agent_model(config, train_ex)
@@ -330,24 +361,30 @@ def train_agent_sft(
         pointer = has_pointer(model)
         screen = (a.screen, a.screen)
 
-        def encode(ex: VQAExample):
-            queries = pointer_queries(ex, screen) if pointer else ()
-            return encode_chat(tokenizer, processor, ex.messages(), ex.images, queries)
-
-        examples = [encode(ex) for ex in train_ex]
-        val = [encode(ex) for ex in train_ex[: max(1, len(train_ex) // 50)]]
+        queried = [pointer_queries(ex, screen, a.row_target) if pointer else [] for ex in train_ex]
+        examples = [encode_chat(tokenizer, processor, ex.messages(), ex.images, q)
+                    for ex, q in zip(train_ex, queried, strict=True)]  # fmt: skip
+        val = examples[: max(1, len(train_ex) // 50)]
         pad = tokenizer.pad_token_id or 0
         seq_len = max(config.data.seq_len, max(len(e) for e in examples))
-        if uses_glyphs(a):
-            attach_glyph_head(model, a.glyph_slots)
+        if uses_glyphs(a) or a.query_weight > 0:
+            if uses_glyphs(a):
+                attach_glyph_head(model, a.glyph_slots)
             v = model.config.vision
             cell = v.patch_size * v.spatial_merge_size
             targets = [example_glyph_targets(ex, model.visual.tokens_per_image(e.image_grid_thw),
                                              cell, a.glyph_slots)
                        for ex, e in zip(train_ex, examples, strict=True)]  # fmt: skip
-            loader = GlyphPackedLoader(examples, targets, seq_len, t.batch_size, pad, seed=t.seed)
+            numbers = None
+            if a.query_weight > 0:
+                attach_query_head(model, a.glyph_slots)
+                numbers = [query_number_targets(ex, q, a.glyph_slots)
+                           for ex, q in zip(train_ex, queried, strict=True)]  # fmt: skip
+            loader = GlyphPackedLoader(examples, targets, seq_len, t.batch_size, pad, seed=t.seed,
+                                       query_targets=numbers)  # fmt: skip
             val_loader = GlyphPackedLoader(val, targets[: len(val)], seq_len, t.batch_size, pad,
-                                           shuffle=False)  # fmt: skip
+                                           shuffle=False,
+                                           query_targets=numbers and numbers[: len(val)])  # fmt: skip
         else:
             loader = MultimodalPackedLoader(examples, seq_len, t.batch_size, pad, seed=t.seed)
             val_loader = MultimodalPackedLoader(val, seq_len, t.batch_size, pad, shuffle=False)
@@ -365,6 +402,8 @@ def train_agent_sft(
         objective = pointer_objective(a.pointer_weight) if pointer else vlm_objective
         if a.glyph_weight > 0:
             objective = glyph_objective(objective, a.glyph_weight)
+        if a.query_weight > 0:
+            objective = query_objective(objective, a.query_weight, a.query_keys)
         if a.glyph_steps > 0:
             if a.glyph_screens == "fresh":  # list-heavy new random windows, 8 per step
                 stage = fresh_glyph_batches(processor, 8, t.seed, screen, cell, a.glyph_slots,
@@ -375,11 +414,12 @@ def train_agent_sft(
             glyph_pretrain(model, stage, a.glyph_steps, config.optim.lr, console.print)
         trainer = Trainer(model, loader, config, val_data=val_loader, objective=objective,
                           tokenizer=tokenizer, run_dir=run_dir, dist=dist, console=console)  # fmt: skip
-        if uses_glyphs(a):  # the glyph head trains only: model/ is saved without it
+        if uses_glyphs(a) or a.query_weight > 0:  # train-only heads: model/ is saved without
             summary = trainer.fit()
-            head = detach_glyph_head(model)
-            if dist.is_main and head is not None:
-                torch.save(head.state_dict(), run_dir / "glyph_head.pt")
+            for name, head in (("glyph_head", detach_glyph_head(model)),
+                               ("query_head", detach_query_head(model))):  # fmt: skip
+                if dist.is_main and head is not None:
+                    torch.save(head.state_dict(), run_dir / f"{name}.pt")
             summary["model_dir"] = str(trainer.export_model(run_dir / "model"))
         else:
             summary = fit_and_export(trainer, run_dir)

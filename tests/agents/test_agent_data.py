@@ -572,3 +572,83 @@ def test_zoom_adds_grounding_and_leaves_the_rest():
     assert len(more["grounding"]) > len(plain)
     for kind in ("perception", "trajectory", "reading"):
         assert len(more[kind]) == len(base[kind])
+
+
+def test_number_box_covers_the_trailing_digits_of_the_row():
+    from lmforge.agents.agent_data import number_box
+    from lmforge.agents.render import Glyph, text_layout
+
+    row = (10, 40, 90, 52)
+    layout = text_layout((11, 40, 90, 52), "invoice 17")
+    other = text_layout((11, 52, 90, 64), "invoice 23")  # the next row: ignored
+    box = number_box(row, [*layout.glyphs, *other.glyphs])
+    ones, sevens = layout.glyphs[-2], layout.glyphs[-1]
+    assert (ones.char, sevens.char) == ("1", "7")
+    x0 = (ones.box[0] + ones.box[2]) / 2
+    x1 = (sevens.box[0] + sevens.box[2]) / 2 + 0.01
+    assert box[0] == x0 and box[2] == x1 and box[1] < box[3] and box_contains(row, box[0], box[1])
+    last = number_box(row, [*layout.glyphs, *other.glyphs], last_only=True)
+    assert last[0] == x1 - 0.01 and last[2] == x1 and last[1:4:2] == box[1:4:2]
+    assert number_box(row, text_layout((11, 40, 90, 52), "apple").glyphs) is None
+    assert number_box(row, [Glyph("7", (0, 0, 4, 6))]) is None  # outside the row
+
+
+def test_row_target_number_points_at_the_digits_and_reads_out_inside_the_row():
+    from lmforge.agents.agent_data import ROW_QUESTION
+    from lmforge.models.pointer_head import pointer_point, pointer_target, to_pixels
+
+    data = make_agent_dataset("train", 4, seed=1, grounding_count=0, grounding_turns=8,
+                              random_screens=6, glyphs=True, row_screens=12)["grounding"]  # fmt: skip
+    rows = others = 0
+    for ex in data:
+        msgs = ex.messages()
+        whole, digits = pointer_queries(ex, (128, 128)), pointer_queries(ex, (128, 128), "number")
+        assert [(q.message, q.offset) for q in whole] == [(q.message, q.offset) for q in digits]
+        for a, b in zip(whole, digits, strict=True):
+            if not _content(msgs[a.message - 1]).startswith(ROW_QUESTION):
+                assert a == b
+                others += 1
+                continue
+            rows += 1
+            row = tuple(v * 128 for v in a.box)
+            assert b.box != a.box and box_contains(row, b.box[0] * 128, b.box[1] * 128)
+            target = pointer_target(b.box, (16, 16))
+            assert 1 <= int((target > 0).sum()) <= 4  # the digits' 1–4 cells, not the row's ≈ 28
+            # a pointer that learned the target exactly clicks inside the row
+            assert box_contains(row, *to_pixels(pointer_point(target, (16, 16)), (128, 128)))
+            last = [q.box for q in pointer_queries(ex, (128, 128), "last_digit")
+                    if q.message == a.message][0]  # fmt: skip
+            one = pointer_target(last, (16, 16))
+            assert int((one > 0).sum()) == 1 and float((one * (target > 0)).sum()) == 1.0
+            cx, cy = last[0] * 128, last[1] * 128  # the cell the glyph head reads the digit in
+            assert float(one.view(16, 16)[int(cy // 8), int(cx // 8)]) == 1.0
+            assert box_contains(row, *to_pixels(pointer_point(one, (16, 16)), (128, 128)))
+    assert rows > 20 and others > 20
+    plain = make_agent_dataset("train", 1, seed=1, grounding_count=0, grounding_turns=8)
+    assert pointer_queries(plain["grounding"][0], (128, 128), "number") == pointer_queries(
+        plain["grounding"][0], (128, 128)
+    )  # without glyphs nothing changes
+    with pytest.raises(ValueError, match="row_target"):
+        pointer_queries(plain["grounding"][0], (128, 128), "digits")
+
+
+def test_row_screens_ask_only_rows_and_leave_the_rest_unchanged():
+    from lmforge.agents.agent_data import ROW_QUESTION
+
+    base = make_agent_dataset("train", 2, seed=3, grounding_count=0, grounding_turns=8,
+                              random_screens=2)  # fmt: skip
+    more = make_agent_dataset("train", 2, seed=3, grounding_count=0, grounding_turns=8,
+                              random_screens=2, row_screens=5)  # fmt: skip
+    n = len(base["grounding"])
+    assert [e.answer for e in more["grounding"][:n]] == [e.answer for e in base["grounding"]]
+    extra = more["grounding"][n:]
+    assert extra
+    for k in more:  # the other kinds are the same examples
+        if k != "grounding":
+            assert [e.answer for e in more[k]] == [e.answer for e in base[k]], k
+    for ex in extra:
+        msgs = ex.messages()
+        questions = [_content(m) for m in msgs if m["role"] == "user"]
+        assert all(q.startswith(ROW_QUESTION) for q in questions)
+        assert len(questions) == len(ex.meta["target_boxes"]) <= 8
+        assert ex.meta["template"] == "random"

@@ -293,3 +293,109 @@ def test_fresh_glyph_batches_are_new_screens_with_their_targets(agent_vlm_factor
     again = next(fresh_glyph_batches(proc, 3, seed=5, cell=cell))
     assert torch.equal(again["pixel_values"], first["pixel_values"])  # seeded
     assert torch.equal(again["glyph_targets"], first["glyph_targets"])
+
+
+def test_query_number_targets_name_the_rows_digits():
+    from lmforge.agents.agent_data import ChatExample, pointer_queries
+    from lmforge.agents.glyph import query_number_targets
+
+    image = np.zeros((128, 128, 3), dtype=np.uint8)
+    boxes = [(0, 0, 20, 12), (0, 12, 20, 24), (0, 24, 20, 36), (40, 0, 60, 12)]
+    ex = ChatExample([image], "Click on the row 'invoice 17'.", "click(10,6)", "grounding",
+                     {"target_boxes": boxes},
+                     [("Click on the button 'Save'.", "click(10,18)"),
+                      ("Click on the row 'memo 3'.", "click(10,30)"),
+                      ("Click on the row 'apple'.", "click(50,6)")])  # fmt: skip
+    queries = pointer_queries(ex, (128, 128))
+    got = query_number_targets(ex, queries, slots=2)
+    assert got.tolist() == [[char_class("1"), char_class("7")], [IGNORE, IGNORE],
+                            [char_class("3"), NONE], [IGNORE, IGNORE]]  # fmt: skip
+    assert query_number_targets(ex, queries, slots=1)[0].tolist() == [IGNORE]  # "17" needs 2
+
+
+def test_query_objective_adds_weight_times_the_heads_loss_at_the_queries(agent_vlm_factory):
+    from lmforge.agents.agent_data import pointer_queries
+    from lmforge.agents.glyph import (
+        attach_query_head,
+        detach_query_head,
+        last_digit_tokens,
+        query_number_targets,
+        query_objective,
+    )
+
+    model, tok, proc, _ = agent_vlm_factory(2, 0, pointer_size=8)
+    data = make_agent_dataset("train", 1, 1, grounding_count=0, grounding_turns=8,
+                              random_screens=0, row_screens=6, glyphs=True)  # fmt: skip
+    chats = [ex for ex in data["grounding"] if ex.meta.get("template") == "random"][:2]
+    assert len(chats) == 2
+    queried = [pointer_queries(ex, (128, 128), "number") for ex in chats]
+    encoded = [encode_chat(tok, proc, ex.messages(), ex.images, q)
+               for ex, q in zip(chats, queried, strict=True)]  # fmt: skip
+    numbers = [query_number_targets(ex, q) for ex, q in zip(chats, queried, strict=True)]
+    assert all((n[:, 0] > NONE).all() for n in numbers)  # every turn names a row's number
+    cell = 8 * model.config.vision.spatial_merge_size
+    targets = [example_glyph_targets(ex, model.visual.tokens_per_image(e.image_grid_thw), cell)
+               for ex, e in zip(chats, encoded, strict=True)]  # fmt: skip
+    loader = GlyphPackedLoader(encoded, targets, 1024, 2, tok.pad_token_id or 0, shuffle=False,
+                               query_targets=numbers)  # fmt: skip
+    batch = next(iter(loader))
+    assert batch["query_targets"].shape == (batch["pointer_queries"].shape[0], 2)
+    with pytest.raises(ValueError, match="query targets"):
+        GlyphPackedLoader(encoded, targets, 1024, 2, 0, query_targets=[n[:0] for n in numbers])
+    torch.manual_seed(2)
+    head = attach_query_head(model, 2)
+    base = pointer_objective(1.0)
+    with torch.no_grad():
+        ref = base(model, batch)
+        got = query_objective(base, 0.3)(model, batch)
+        out = model(batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"],
+                    document_ids=batch["document_ids"], output_hidden_states=True)  # fmt: skip
+        q = batch["pointer_queries"]
+        ce = glyph_loss(head(out.hidden_states[q[:, 0], q[:, 1]]), batch["query_targets"])
+    count = float(ref.count)
+    assert torch.allclose(got.loss_sum, ref.loss_sum + 0.3 * ce * count, rtol=1e-5)
+    assert torch.allclose(got.metrics["query_loss"], ce * count, rtol=1e-5)
+    with torch.no_grad():  # keys: + the same head's loss at each row's last-digit token
+        both = query_objective(base, 0.3, keys=True)(model, batch)
+        picked = last_digit_tokens(model, out.hidden_states, batch)
+        flat = out.hidden_states[batch["input_ids"] == model.config.image_token_id]
+        starts = [0, *np.cumsum(model.visual.tokens_per_image(batch["image_grid_thw"]))]
+        chat_queries = [q for qs in queried for q in qs]
+        for k, pq in enumerate(chat_queries):  # by hand: the cell of the row's last digit
+            x1, y0 = pq.box[2] * 128 - 0.01, pq.box[1] * 128
+            token = starts[int(batch["pointer_images"][k])]
+            token += int(y0 // cell) * (128 // cell) + int(x1 // cell)
+            assert torch.equal(picked[k], flat[token])
+        key_ce = glyph_loss(head(picked), batch["query_targets"])
+    assert torch.allclose(both.loss_sum, got.loss_sum + 0.3 * key_ce * count, rtol=1e-5)
+    assert torch.allclose(both.metrics["key_loss"], key_ce * count, rtol=1e-5)
+    loss = query_objective(base, 1.0)(model, batch).loss_sum  # the head and the LM both learn
+    loss.backward()
+    assert head.mlp[0].weight.grad.abs().sum() > 0
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert detach_query_head(model) is head and detach_query_head(model) is None
+
+
+def test_tiny_sft_with_the_query_loss_trains_and_saves_without_its_head(tmp_path):
+    run = tmp_path / "run"
+    overrides = [f"out_dir={run}", *SMALL, *POINTER, "agent.merge_size=1",
+                 "agent.kinds=[grounding]", "agent.row_target=number", "agent.row_screens=6",
+                 "agent.query_weight=1.0", "agent.query_keys=true", "train.max_steps=6"]  # fmt: skip
+    summary = train_agent_sft(load_config(None, overrides, AgentRunConfig))
+    assert 0 <= summary["agent_eval"]["grounding_accuracy"] <= 1
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    query = [x["query_loss"] for x in lines if "query_loss" in x]
+    assert len(query) == 6 and all(0 <= g < 10 for g in query) and max(query) > 0
+    assert max(x.get("key_loss", 0) for x in lines) > 0
+    assert not any("glyph_loss" in x for x in lines)  # the glyph loss stays off
+    back = lmforge.load_model(run / "model")
+    assert getattr(back, "query_head", None) is None and back.pointer_head is not None
+    assert torch.load(run / "query_head.pt")["mlp.2.weight"].shape == (2 * NUM_CLASSES, 32)
+    with pytest.raises(ConfigError, match="agent.query_weight"):
+        train_agent_sft(load_config(None, [*SMALL, "agent.query_weight=1"], AgentRunConfig))
+    with pytest.raises(ConfigError, match="agent.query_keys"):  # needs the digits' boxes
+        train_agent_sft(load_config(None, [*SMALL, *POINTER, "agent.query_weight=1",
+                                           "agent.query_keys=true"], AgentRunConfig))  # fmt: skip
+    with pytest.raises(ConfigError, match="agent.query_weight"):
+        train_agent_sft(load_config(None, [*SMALL, *POINTER, "agent.query_weight=-1"],
+                                    AgentRunConfig))  # fmt: skip

@@ -272,3 +272,43 @@ def test_zoom_run_reports_the_second_look(tmp_path):
         assert 0 <= report[key] <= 1
     with pytest.raises(ConfigError, match="agent.zoom"):
         train_agent_sft(load_config(None, [*SMALL, "agent.zoom=1"], AgentRunConfig))
+
+
+@pytest.mark.parametrize("override", ["agent.row_target=digits", "agent.row_screens=-1"])
+def test_bad_row_settings_are_refused(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        train_agent_sft(load_config(None, [*SMALL, override], AgentRunConfig))
+
+
+def test_row_target_number_and_row_screens_train(tmp_path, monkeypatch):
+    import lmforge.agents.sft as sft
+    from lmforge.agents.agent_data import ROW_QUESTION, pointer_queries
+
+    seen = []
+
+    def spy(ex, screen, row_target="box"):
+        queries = pointer_queries(ex, screen, row_target)
+        seen.append((ex, row_target, queries, pointer_queries(ex, screen)))
+        return queries
+
+    monkeypatch.setattr(sft, "pointer_queries", spy)
+    overrides = [f"out_dir={tmp_path / 'run'}", *SMALL, *POINTER, "agent.kinds=[grounding]",
+                 "agent.row_target=number", "agent.row_screens=6", "agent.grounding_turns=8",
+                 "train.max_steps=3"]  # fmt: skip
+    report = train_agent_sft(load_config(None, overrides, AgentRunConfig))["agent_eval"]
+    assert 0 <= report["grounding_accuracy"] <= 1
+    assert seen and all(target == "number" for _, target, _, _ in seen)
+    moved = kept = 0
+    for ex, _, digits, whole in seen:
+        msgs = ex.messages()
+        for a, b in zip(digits, whole, strict=True):
+            row = msgs[a.message - 1]["content"]
+            text = row if isinstance(row, str) else "".join(c.get("text", "") for c in row)
+            if text.startswith(ROW_QUESTION):
+                moved += a.box != b.box
+            else:
+                kept += a.box == b.box
+    assert moved > 0 and kept > 0
+    only_rows = [ex for ex, *_ in seen if ex.meta.get("template") == "random"
+                 and ex.question.startswith(ROW_QUESTION)]  # fmt: skip
+    assert only_rows  # the row screens' chats are in the training data
