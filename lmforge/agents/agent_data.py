@@ -4,6 +4,10 @@ element), multi-step trajectories of the scripted expert with a thought per step
 reflection pairs (an injected mistake, then the step that corrects it); and perception and
 grounding on random screens (`lmforge.agents.random_screens`), which no layout prior answers.
 
+This file is long because every kind of example and every pointer target (the element's box,
+a list row's number tokens, zoomed crops) is built from the same screens, boxes and random
+streams, which must stay consistent across the kinds (a held-out split's hash is pinned).
+
     data = make_agent_dataset(split="train", num_tasks=200, seed=0)
     data["grounding"][0].messages()   # [{"role": "user", …images, text}, {"role": "assistant", …}]
     encode_chat(tokenizer, processor, ex.messages(), ex.images)   # → lmforge's VLM SFT
