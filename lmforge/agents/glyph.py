@@ -172,18 +172,12 @@ def attach_query_head(model: torch.nn.Module, slots: int = 2) -> GlyphHead:
     """Give ``model`` a fresh train-only `GlyphHead` as ``model.query_head`` that reads the
     named item's number from the pointer *query* (`query_objective`); `detach_query_head`
     takes it off before export."""
-    head = GlyphHead(model.config.text.hidden_size, slots, NUM_CLASSES)
-    model.query_head = head
-    return head
+    return _attach_head(model, "query_head", slots)
 
 
 def detach_query_head(model: torch.nn.Module) -> GlyphHead | None:
     """Remove and return ``model.query_head`` (None if it has none)."""
-    inner = unwrap(model)
-    head = getattr(inner, "query_head", None)
-    if head is not None:
-        del inner.query_head
-    return head
+    return _detach_head(model, "query_head")
 
 
 def last_digit_tokens(
@@ -294,17 +288,25 @@ def attach_glyph_head(model: torch.nn.Module, slots: int = 2) -> GlyphHead:
     """Give ``model`` (a `VisionLanguageModel`) a fresh `GlyphHead` as ``model.glyph_head``
     on its image tokens' width (the language model's), so the optimizer and the training
     checkpoints hold it; `detach_glyph_head` takes it off before export."""
-    head = GlyphHead(model.config.text.hidden_size, slots, NUM_CLASSES)
-    model.glyph_head = head
-    return head
+    return _attach_head(model, "glyph_head", slots)
 
 
 def detach_glyph_head(model: torch.nn.Module) -> GlyphHead | None:
     """Remove and return ``model.glyph_head`` (None if it has none)."""
+    return _detach_head(model, "glyph_head")
+
+
+def _attach_head(model: torch.nn.Module, name: str, slots: int) -> GlyphHead:
+    head = GlyphHead(model.config.text.hidden_size, slots, NUM_CLASSES)
+    setattr(model, name, head)
+    return head
+
+
+def _detach_head(model: torch.nn.Module, name: str) -> GlyphHead | None:
     inner = unwrap(model)
-    head = getattr(inner, "glyph_head", None)
+    head = getattr(inner, name, None)
     if head is not None:
-        del inner.glyph_head
+        delattr(inner, name)
     return head
 
 
