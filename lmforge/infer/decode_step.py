@@ -491,7 +491,7 @@ class CompiledDecode:
         if dense and proj.packed is not None:  # CPU fp32: no re-packing per call
             register_packed(self._handle(slot), proj.packed)
             _INT8_PACKED.pop(self._handle(slot), None)
-            return None, ("packed", self._handle(slot), proj.weight_t.shape[1]), proj.bias
+            return None, ("packed", self._handle(slot), proj.out_features), proj.bias
         if dense:
             return None, proj.weight_t, proj.bias
         if not proj.module.uses_kernel:  # torch's int8 kernel is wrong there: dequantise
@@ -514,7 +514,7 @@ class CompiledDecode:
     def _dense_gemv(self, modules: tuple) -> bool:
         """Whether the one-row products of bf16 ``modules`` go through lmforge's dense op
         (`lmforge.nn.dense_gemv`: bf16 widened in registers, 8 accumulators; 30m bf16, 1
-        thread, 128 greedy tokens: 318 → 360 tok/s against inductor's loop). fp32 ones keep
+        thread, 128 greedy tokens: 303 → 358 tok/s against inductor's loop). fp32 ones keep
         inductor's loop, which was as fast or faster there (227 vs 213 tok/s)."""
         weights = [m.weight for m in modules]
         if any(w.device.type != "cpu" or w.dtype != torch.bfloat16 for w in weights):

@@ -76,22 +76,26 @@ class _DenseProjection:
     ``rows``: each weight streamed once at ≈ 2× MKL's fp32 GEMV bandwidth, bf16 widened in
     registers; fp32 sums, equal within float rounding)."""
 
-    __slots__ = ("weight_t", "bias", "packed", "rows")
+    __slots__ = ("weight_t", "bias", "packed", "rows", "out_features")
 
     def __init__(self, linears: tuple[nn.Linear, ...]) -> None:
-        weight = torch.cat([lin.weight.detach() for lin in linears])
-        self.weight_t = weight.t().contiguous()
+        own = [lin.weight.detach() for lin in linears]
+        weight = torch.cat(own)
+        self.out_features = weight.shape[0]
         self.bias = _cat_bias(*linears)
         self.packed = pack_weight(weight) if packing_enabled(weight) else None
-        own = [lin.weight.detach() for lin in linears]
         dtype = own[0].dtype
         fits = dtype in (torch.float32, torch.bfloat16) and all(
             w.device.type == "cpu" and w.dtype == dtype for w in own
         )
         self.rows = tuple(own) if fits and dense_gemv_available() else None
+        # the transposed copy only where a call still needs it (one row and several are both
+        # covered on a CPU with the op and oneDNN: no third copy of the weights)
+        needed = self.packed is None or self.rows is None
+        self.weight_t = weight.t().contiguous() if needed else None
 
     def __call__(self, x: torch.Tensor, int8_rows: bool = False) -> torch.Tensor:
-        if self.packed is not None and x.shape[0] > 1:
+        if self.packed is not None and (x.shape[0] > 1 or self.weight_t is None):
             return packed_linear(x, self.packed, self.bias)
         if self.rows is not None and x.shape[0] == 1:
             y = dense_gemv_parts(x.float(), self.rows).to(x.dtype)

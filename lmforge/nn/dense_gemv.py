@@ -10,17 +10,18 @@ half of an fp32). Half the bytes of fp32; MKL's bf16 GEMV, which a bf16 model's
 ``F.linear`` reaches on the CPU, ran the 30m preset's eager decode at 87 tok/s against fp32's
 159. Batch-1 decoding is bound by reading the weights, so what counts is the
 bandwidth of that stream: MKL's GEMV over the runner's transposed copy reads a 30m model's
-126 MB of projections at ≈ 11 GB/s from one core, inductor's row reduction
-(`lmforge.infer.decode_step._row_product`, one vector accumulator per row) at ≈ 19–26 GB/s,
-and ``kernels/gemv.cpp`` — one row at a time, 8 independent 16-lane accumulators (128
-weights per step), no software prefetch (the hardware prefetcher keeps up at one FMA per
-64 B; every distance tried was slower) — at ≈ 23–29 GB/s, 31 GB/s from huge pages
-(`lmforge.nn.huge_pages`). Several weights that share ``x`` (q/k/v, gate/up) go through one
-call, outputs concatenated; output rows are split over torch's intra-op threads.
+126 MB of projections at ≈ 11 GB/s from one core, and ``kernels/gemv.cpp`` — one row at a
+time, 8 independent 16-lane accumulators (128 weights per step), no software prefetch (the
+hardware prefetcher keeps up at one FMA per 64 B; every distance tried was slower) — at ≈
+23–29 GB/s, 31 GB/s from huge pages (`lmforge.nn.huge_pages`). Several weights that share
+``x`` (q/k/v, gate/up) go through one call, outputs concatenated; output rows are split over
+torch's intra-op threads.
 
 Measured (1 thread, all 33 products of a 30m token, medians of 15 rounds alternated in one
 process, another job's training on the second core): MKL ``x @ Wᵀ`` 11.7 ms (10.8 GB/s),
-inductor's row reduction 6.5 ms (19.3 GB/s), this op 5.2–5.4 ms (23–24 GB/s).
+this op 5.2–5.4 ms (23–24 GB/s). Inside the compiled decode step inductor's own row
+reduction (`lmforge.infer.decode_step._row_product`) was as fast for fp32 (30m, 128 tokens:
+227 vs 213 tok/s with the op; 5m 1,550 vs 1,276), so fp32 keeps it there; bf16 uses the op.
 
 Numerics: fp32 products and sums, in a different order than MKL's (equal within float
 rounding; for bf16 weights, closer to the exact product than bf16 ``F.linear``, which rounds
