@@ -23,7 +23,11 @@ A finished stage made with the other ``--pointer-size`` choice is refused (use a
 machine is.
 
     python bench/gui_agent.py [--ground-steps 3000] [--sft-steps 3000] [--rl-steps 200] [--episodes 60]
-        [--ground k=v …] [--sft k=v …] [--rl k=v …]      # per-stage config overrides
+        [--ground-recipe agent-tiny.yaml] [--ground k=v …] [--sft k=v …] [--rl k=v …]
+
+``--ground-recipe`` is the grounding stage's recipe under `lmforge/recipes/` (e.g.
+``agent-match.yaml``: the glyph stage, the digit target and the number head, whose train-only
+heads stay in that stage's folder); ``--ground/--sft/--rl k=v`` are per-stage config overrides.
 
 Last line: ``RESULT gui_agent sft_success=<a> rl_success=<b> grounding_acc=<g> minutes=<m>``
 (targets: g ≥ 0.9 on held-out layouts; b − a ≥ 0.10).
@@ -61,6 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench-gui-agent")
     ap.add_argument("--ground-steps", type=int, default=3000)
+    ap.add_argument("--ground-recipe", default="agent-tiny.yaml",
+                    help="the grounding stage's recipe (a file in lmforge/recipes/)")  # fmt: skip
     ap.add_argument("--sft-steps", type=int, default=3000)
     ap.add_argument("--rl-steps", type=int, default=200)
     ap.add_argument("--tasks", type=int, default=300, help="expert episodes for the SFT data")
@@ -96,7 +102,7 @@ def main() -> None:
                      "agent.kinds=[grounding]", "agent.eval_tasks=0",
                      f"agent.random_screens={args.random_screens}",
                      f"agent.eval_grounding={args.grounding}", *args.ground]  # fmt: skip
-        train_agent_sft(load_config(RECIPES / "agent-tiny.yaml", overrides, AgentRunConfig))
+        train_agent_sft(load_config(RECIPES / args.ground_recipe, overrides, AgentRunConfig))
 
     def sft() -> None:
         overrides = [f"out_dir={out / 'sft'}", f"train.max_steps={args.sft_steps}", *common,

@@ -125,7 +125,7 @@ from lmforge.agents.tasks import SPLITS
 from lmforge.config import ConfigError
 from lmforge.io import atomic_write_json
 from lmforge.models.hf import load_model
-from lmforge.models.pointer_head import PointerHead
+from lmforge.models.pointer_head import POINTER_CELLS, PointerHead
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train.config import RunConfig
@@ -189,6 +189,7 @@ class AgentSection(VLMShape):
     merge_size: int = 2  # from scratch: patches merged per side into one image token
     pointer_size: int = 0  # > 0: clicks come from a pointer head of this width (GUI-Actor)
     pointer_weight: float = 1.0  # the pointer loss's weight against the LM loss
+    pointer_cells: str = "overlap"  # the pointer's target cells: "overlap" or "centre" (in the box)
     glyph_weight: float = 0.0  # > 0: + this × the dense glyph (OCR) loss (lmforge.agents.glyph)
     glyph_slots: int = 2  # ordered glyphs predicted per image token
     glyph_steps: int = 0  # > 0: an encoder-only glyph pretraining stage of this many steps
@@ -234,6 +235,8 @@ def check_agent_config(config: AgentRunConfig) -> None:
         raise ConfigError(f"agent.pointer_size={a.pointer_size} must be ≥ 0 (0: no pointer head)")
     if not a.pointer_weight >= 0:
         raise ConfigError(f"agent.pointer_weight={a.pointer_weight} must be ≥ 0")
+    if a.pointer_cells not in POINTER_CELLS:
+        raise ConfigError(f"agent.pointer_cells={a.pointer_cells!r}: choose one of {POINTER_CELLS}")
     if not a.query_weight >= 0 or (a.query_weight > 0 and a.pointer_size == 0):
         raise ConfigError(f"agent.query_weight={a.query_weight} must be ≥ 0 (> 0 needs "
                           "agent.pointer_size > 0: it trains the pointer's query)")  # fmt: skip
@@ -399,7 +402,9 @@ def train_agent_sft(
                 else ""
             )
         )
-        objective = pointer_objective(a.pointer_weight) if pointer else vlm_objective
+        objective = (
+            pointer_objective(a.pointer_weight, a.pointer_cells) if pointer else vlm_objective
+        )
         if a.glyph_weight > 0:
             objective = glyph_objective(objective, a.glyph_weight)
         if a.query_weight > 0:

@@ -91,9 +91,20 @@ def image_keys(
     return keys, mask
 
 
-def pointer_target(box: Box, grid: tuple[int, int]) -> torch.Tensor:
-    """``[rows·cols]`` target: uniform over the tokens whose cell overlaps ``box`` (normalised
-    x0, y0, x1, y1); a box inside no cell (empty) puts all mass on the cell of its centre."""
+POINTER_CELLS = ("overlap", "centre")
+
+
+def pointer_target(box: Box, grid: tuple[int, int], cells: str = "overlap") -> torch.Tensor:
+    """``[rows·cols]`` target, uniform over the box's cells (normalised x0, y0, x1, y1).
+
+    ``cells="overlap"`` (GUI-Actor §3.3): every cell the box overlaps, so a cell the box
+    enters by one pixel counts as much as one inside it. ``"centre"``: the cells whose centre
+    lies in the box (``x0 ≤ cx < x1``, ``y0 ≤ cy < y1``); the region readout of any mass on
+    them (`pointer_point`, a weighted mean of their centres) then lies inside the box too.
+    A box holding no cell's centre falls back to its overlapping cells, and a box inside no
+    cell (empty) puts all mass on the cell of its centre."""
+    if cells not in POINTER_CELLS:
+        raise ValueError(f"cells={cells!r}: choose one of {POINTER_CELLS}")
     rows, cols = grid
     x0, y0, x1, y1 = box
     cx = (torch.arange(cols, dtype=torch.float64) + 0.0) / cols
@@ -105,6 +116,11 @@ def pointer_target(box: Box, grid: tuple[int, int]) -> torch.Tensor:
         torch.minimum(cy + 1 / rows, torch.tensor(y1)) - torch.maximum(cy, torch.tensor(y0))
     ) > 1e-9
     t = (over_y[:, None] & over_x[None, :]).to(torch.float32)
+    if cells == "centre":
+        mx, my = cx + 0.5 / cols, cy + 0.5 / rows
+        inside = ((my >= y0) & (my < y1))[:, None] & ((mx >= x0) & (mx < x1))[None, :]
+        if inside.any():
+            t = inside.to(torch.float32)
     if not t.any():
         r = min(rows - 1, max(0, int((y0 + y1) / 2 * rows)))
         c = min(cols - 1, max(0, int((x0 + x1) / 2 * cols)))
@@ -167,6 +183,7 @@ def normalise_box(box: Sequence[float], size: tuple[int, int]) -> Box:
 
 __all__ = [
     "Box",
+    "POINTER_CELLS",
     "PointerHead",
     "image_keys",
     "normalise_box",

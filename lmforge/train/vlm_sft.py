@@ -27,7 +27,7 @@ from lmforge.config import ConfigError, ModelConfig
 from lmforge.io import atomic_write_text
 from lmforge.models.hf import load_model
 from lmforge.models.loss import IGNORE_INDEX
-from lmforge.models.pointer_head import pointer_loss, pointer_target
+from lmforge.models.pointer_head import POINTER_CELLS, pointer_loss, pointer_target
 from lmforge.models.vision_encoder import VisionConfig
 from lmforge.models.vlm import VisionLanguageModel, VLMConfig
 from lmforge.peft.settings import PeftSettings, apply_peft
@@ -146,12 +146,15 @@ def vlm_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Los
     return LossOutput(out.loss, count)
 
 
-def pointer_objective(weight: float = 1.0) -> Objective:
+def pointer_objective(weight: float = 1.0, cells: str = "overlap") -> Objective:
     """`vlm_objective` plus the pointer head's loss (`lmforge.models.pointer_head`): the mean
     over the batch's pointer queries of ``−Σ_i t_i log p_i`` (GUI-Actor eq. 3, a target
-    uniform over the image tokens overlapping the box), times ``weight``, counted as that much
+    uniform over the box's image tokens: ``cells`` "overlap", those overlapping it, or
+    "centre", those whose centre it holds; `pointer_target`), times ``weight``, counted as that much
     loss per labelled token (so the total is ``LM mean + weight · pointer mean``). Logs
-    ``pointer_loss`` and ``pointer_hit`` (the argmax token overlaps the box)."""
+    ``pointer_loss`` and ``pointer_hit`` (the argmax token is one of the target's)."""
+    if cells not in POINTER_CELLS:
+        raise ValueError(f"cells={cells!r}: choose one of {POINTER_CELLS}")
 
     def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         out, count = _labelled_forward(model, batch, hidden=True)
@@ -165,7 +168,7 @@ def pointer_objective(weight: float = 1.0) -> Objective:
         )  # fmt: skip
         targets = torch.zeros_like(logits, dtype=torch.float32)
         for q, (box, grid) in enumerate(zip(batch["pointer_boxes"].tolist(), grids, strict=True)):
-            t = pointer_target(tuple(box), grid)
+            t = pointer_target(tuple(box), grid, cells)
             targets[q, : t.numel()] = t
         per_query = pointer_loss(logits, targets)
         hit = (targets.gather(1, logits.argmax(-1, keepdim=True)) > 0).float().mean()

@@ -169,7 +169,9 @@ def test_a_folder_without_a_head_gets_a_fresh_one(tmp_path):
         assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)  # the folder's body
 
 
-@pytest.mark.parametrize("override", ["agent.pointer_size=-1", "agent.pointer_weight=-0.5"])
+@pytest.mark.parametrize(
+    "override", ["agent.pointer_size=-1", "agent.pointer_weight=-0.5", "agent.pointer_cells=edges"]
+)
 def test_bad_pointer_settings_are_refused(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         train_agent_sft(load_config(None, [*SMALL, override], AgentRunConfig))

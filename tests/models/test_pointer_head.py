@@ -61,6 +61,32 @@ def test_target_is_uniform_over_the_overlapping_cells():
     assert pointer_target((0.6, 0.6, 0.6, 0.6), (4, 4)).view(4, 4)[2, 2] == 1.0
 
 
+def test_centre_target_keeps_the_cells_whose_centre_is_in_the_box():
+    """``cells="centre"``: a 1-px overlap no longer counts, so the region readout of any mass
+    on the target lies in the box; a box holding no centre falls back to its overlap."""
+    grid = (16, 16)  # 8-px cells on a 128-px screen
+    box = (5 / 128, 59 / 128, 49 / 128, 71 / 128)  # a button: x 5..49, y 59..71 px
+    overlap = pointer_target(box, grid).view(16, 16)
+    assert (overlap > 0).nonzero().tolist() == [[r, c] for r in (7, 8) for c in range(7)]
+    centre = pointer_target(box, grid, "centre").view(16, 16)  # centres x 12..44, y 60, 68
+    assert (centre > 0).nonzero().tolist() == [[r, c] for r in (7, 8) for c in range(1, 6)]
+    assert torch.allclose(centre.sum(), torch.tensor(1.0))
+    # a row 56..68 px high: the cell row 64..72 (centre 68) is the next row's, not this one's
+    row = pointer_target((7 / 128, 56 / 128, 121 / 128, 68 / 128), grid, "centre").view(16, 16)
+    assert set((row > 0).nonzero()[:, 0].tolist()) == {7}
+    # the readout of the worst mass on it (all on one edge cell) is inside the box
+    x, y = pointer_point(
+        torch.where(centre.flatten() > 0, 1e-3, 0.0).index_fill(0, torch.tensor([7 * 16 + 5]), 1.0),
+        grid,
+    )
+    assert box[0] <= x < box[2] and box[1] <= y < box[3]
+    # a thin box (a number's digit centres) holds no centre: the overlap, as before
+    thin = (40.2 / 128, 61.3 / 128, 45.01 / 128, 61.31 / 128)
+    assert torch.equal(pointer_target(thin, grid, "centre"), pointer_target(thin, grid))
+    with pytest.raises(ValueError, match="cells"):
+        pointer_target(box, grid, "edges")
+
+
 def test_loss_is_the_cross_entropy_against_the_target():
     logits = torch.tensor([[1.0, 2.0, 0.5, float("-inf")]])
     target = torch.tensor([[0.5, 0.5, 0.0, 0.0]])

@@ -141,9 +141,10 @@ def test_words_task_keeps_its_wide_images_at_native_resolution(tmp_path):
     assert set(summary["heldout_accuracy"]) == {"colour", "words", "all"}
 
 
-def test_pointer_objective_adds_the_weighted_mean_pointer_loss():
-    """`pointer_objective(w)` = the LM's summed loss + w · (mean pointer CE) · token count,
-    the CE recomputed here from the hidden states with the head applied by hand."""
+@pytest.mark.parametrize("cells", ["overlap", "centre"])
+def test_pointer_objective_adds_the_weighted_mean_pointer_loss(cells):
+    """`pointer_objective(w, cells)` = the LM's summed loss + w · (mean pointer CE) · token
+    count, the CE recomputed here from the hidden states with the head applied by hand."""
     from dataclasses import replace
 
     from lmforge.models.pointer_head import pointer_target
@@ -159,12 +160,12 @@ def test_pointer_objective_adds_the_weighted_mean_pointer_loss():
     model = VisionLanguageModel(replace(cfg, pointer_size=8))
     processor = image_processor_for(model, 16)
     examples = make_vqa_examples(["colour"], 3, 16, 0, "train")
-    boxes = [(0.0, 0.0, 0.5, 0.5), (0.5, 0.5, 1.0, 1.0), (0.0, 0.5, 1.0, 1.0)]
+    boxes = [(0.0, 0.0, 0.5, 0.5), (0.5, 0.5, 1.0, 1.0), (0.1, 0.3, 0.7, 0.95)]
     encoded = [encode_chat(tok, processor, ex.messages(), ex.images,
                            [PointerQuery(1, 1, 0, box)]) for ex, box in zip(examples, boxes)]  # fmt: skip
     seq = sum(len(e) for e in encoded)
     batch = collate_rows(encoded, [[0, 1], [2]], seq, 0)
-    out = pointer_objective(2.0)(model, batch)
+    out = pointer_objective(2.0, cells)(model, batch)
     lm = vlm_objective(model, batch)
     h = model(batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"],
               document_ids=batch["document_ids"], output_hidden_states=True).hidden_states  # fmt: skip
@@ -175,7 +176,11 @@ def test_pointer_objective_adds_the_weighted_mean_pointer_loss():
         logp = model.pointer_head(h[row, pos][None], img[q][None])[0].log_softmax(-1)
         n = img.shape[1]
         side = int(n**0.5)
-        ces.append(-(pointer_target(box, (side, side)) * logp).sum())
+        target = pointer_target(box, (side, side), cells)
+        assert (q < 2 or cells == "overlap") == torch.equal(
+            target, pointer_target(box, (side, side))
+        )
+        ces.append(-(target * logp).sum())
     expected = lm.loss_sum + 2.0 * torch.stack(ces).mean() * lm.count
     assert out.count == lm.count
     assert torch.allclose(out.loss_sum, expected, rtol=1e-5)
