@@ -399,3 +399,26 @@ def test_tiny_sft_with_the_query_loss_trains_and_saves_without_its_head(tmp_path
     with pytest.raises(ConfigError, match="agent.query_weight"):
         train_agent_sft(load_config(None, [*SMALL, *POINTER, "agent.query_weight=-1"],
                                     AgentRunConfig))  # fmt: skip
+
+
+def test_glyph_and_query_heads_train_on_merged_tokens(tmp_path):
+    """The agent-match recipe's heads with 2×2-merged image tokens (16-px cells) and the
+    centre-cell pointer targets: the glyph and query losses are logged and finite, the heads
+    are saved beside a model that has neither."""
+    run = tmp_path / "run"
+    overrides = [f"out_dir={run}", *SMALL, *POINTER, "agent.merge_size=2",
+                 "agent.kinds=[grounding]", "agent.glyph_weight=1.0", "agent.glyph_steps=2",
+                 "agent.row_target=number", "agent.row_screens=4", "agent.query_weight=0.3",
+                 "agent.query_keys=true", "agent.pointer_cells=centre",
+                 "agent.eval_tasks=0", "train.max_steps=4"]  # fmt: skip
+    summary = train_agent_sft(load_config(None, overrides, AgentRunConfig))
+    assert 0 <= summary["agent_eval"]["grounding_accuracy"] <= 1
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for name in ("glyph_loss", "query_loss", "pointer_loss"):
+        values = [x[name] for x in lines if name in x]
+        assert len(values) == 4 and all(np.isfinite(values)), name
+    assert any(x["query_loss"] > 0 for x in lines if "query_loss" in x)
+    back = lmforge.load_model(run / "model")
+    assert back.config.vision.spatial_merge_size == 2 and back.pointer_head is not None
+    assert getattr(back, "glyph_head", None) is None and getattr(back, "query_head", None) is None
+    assert (run / "glyph_head.pt").is_file() and (run / "query_head.pt").is_file()
