@@ -25,6 +25,7 @@ runs once). `glyph_pretrain` is an optional encoder-only stage on the glyph loss
 
 from __future__ import annotations
 
+import math
 import random
 import string
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmforge.agents.agent_data import ROW_QUESTION
 from lmforge.agents.random_screens import random_window
 from lmforge.agents.render import Glyph, glyph_centre, render_window_glyphs
 from lmforge.models.glyph_head import IGNORE, GlyphHead, glyph_accuracy, glyph_loss
@@ -107,7 +109,9 @@ class GlyphPackedLoader(MultimodalPackedLoader):
     """`MultimodalPackedLoader` whose batches also hold ``glyph_targets [Σ image tokens,
     slots]``: the examples' ``targets`` (one tensor per example) in the batch's image order;
     with ``query_targets`` (one ``[queries, slots]`` tensor per example, `query_number_targets`)
-    also ``query_targets [Q, slots]`` in the order of the batch's ``pointer_queries``."""
+    also ``query_targets [Q, slots]`` in the order of the batch's ``pointer_queries``; with
+    ``key_points`` (one ``[queries, 2]`` tensor per example, `query_label_targets`) also
+    ``key_points [Q, 2]``, the normalised point of each query's key token (NaN: the box's)."""
 
     def __init__(
         self,
@@ -115,6 +119,7 @@ class GlyphPackedLoader(MultimodalPackedLoader):
         targets: Sequence[torch.Tensor],
         *args,
         query_targets: Sequence[torch.Tensor] | None = None,
+        key_points: Sequence[torch.Tensor] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(examples, *args, **kwargs)
@@ -126,14 +131,20 @@ class GlyphPackedLoader(MultimodalPackedLoader):
             if len(query_targets) != len(self.examples) or bad:
                 raise ValueError("query targets must give one row per pointer query of each "
                                  f"example (example {bad[0] if bad else len(query_targets)})")  # fmt: skip
+        if key_points is not None and (query_targets is None or [len(k) for k in key_points]
+                                       != [len(q) for q in query_targets]):  # fmt: skip
+            raise ValueError("key points must come with query targets, one per pointer query")
         self.targets = list(targets)
         self.query_targets = None if query_targets is None else list(query_targets)
+        self.key_points = None if key_points is None else list(key_points)
 
     def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
         batch = super().collate(rows)
         batch["glyph_targets"] = torch.cat([self.targets[i] for row in rows for i in row])
         if self.query_targets is not None:
             batch["query_targets"] = torch.cat([self.query_targets[i] for row in rows for i in row])
+        if self.key_points is not None:
+            batch["key_points"] = torch.cat([self.key_points[i] for row in rows for i in row])
         return batch
 
 
@@ -161,6 +172,41 @@ def query_number_targets(
     return out
 
 
+def query_label_targets(
+    example: Any, queries: Sequence[Any], screen: tuple[int, int], slots: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``agent.query_labels``: `query_number_targets` (a list row's number) plus, for every
+    other grounding query ("Click on the button 'Cancel'.") whose box shows the label — the
+    glyphs whose centre lies in the box (`meta["glyphs"]` of the current screenshot, left to
+    right) begin with the label's first ``slots`` characters — those characters as classes,
+    and as its key point the centre of the ``slots``-th of them, normalised by ``screen``:
+    the token whose causal context holds them (a probe on a trained agent: the label is read
+    from the query at 0.99 on held-out layouts but from that token at 0.74, the row number's
+    gap before ``query_keys``). Returns ``(targets [Q, slots], key_points [Q, 2])``; a key
+    point is NaN where the key is the box's own (rows: `last_digit_tokens`) or absent."""
+    targets = query_number_targets(example, queries, slots)
+    points = torch.full((len(queries), 2), float("nan"))
+    glyphs = ((example.meta or {}).get("glyphs") or [None])[-1]
+    messages = example.messages()
+    width, height = screen
+    for k, q in enumerate(queries):
+        content = messages[q.message - 1]["content"] if q.message > 0 else ""
+        text = content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+        if not glyphs or not text.startswith("Click on the ") or text.startswith(ROW_QUESTION):
+            continue
+        parts = text.split("'")
+        label = parts[1] if len(parts) >= 3 else ""
+        x0, y0, x1, y1 = q.box[0] * width, q.box[1] * height, q.box[2] * width, q.box[3] * height
+        inside = sorted((g for g in glyphs if x0 <= glyph_centre(g)[0] < x1
+                         and y0 <= glyph_centre(g)[1] < y1), key=lambda g: glyph_centre(g)[0])  # fmt: skip
+        if len(label) < slots or "".join(g.char for g in inside[:slots]) != label[:slots]:
+            continue
+        targets[k] = torch.tensor([char_class(c) for c in label[:slots]])
+        cx, cy = glyph_centre(inside[slots - 1])
+        points[k] = torch.tensor([cx / width, cy / height])
+    return targets, points
+
+
 def query_head_of(model: torch.nn.Module) -> GlyphHead:
     head = getattr(unwrap(model), "query_head", None)
     if head is None:
@@ -186,18 +232,24 @@ def last_digit_tokens(
     """``[Q, D]``: for each pointer query, the final hidden state at the image token whose
     cell holds the right end of the query's box — for a list-row query with ``row_target``
     "number" / "last_digit" (`lmforge.agents.agent_data.number_box`) the token of the row's
-    last digit, the one whose causal context holds the whole number."""
+    last digit, the one whose causal context holds the whole number; where the batch has
+    ``key_points`` (`query_label_targets`), a finite point names the token instead."""
     inner = unwrap(model)
     merge = inner.config.vision.spatial_merge_size
     grids = [(h // merge, w // merge) for _, h, w in batch["image_grid_thw"].tolist()]
     keys, _ = image_keys(hidden, batch["input_ids"].to(hidden.device), inner.config.image_token_id,
                          [r * c for r, c in grids], batch["pointer_images"].tolist())  # fmt: skip
+    boxes = batch["pointer_boxes"].tolist()
+    points = (
+        batch["key_points"].tolist() if "key_points" in batch else [[math.nan] * 2] * len(boxes)
+    )
     picks = []
-    for q, (box, image) in enumerate(zip(batch["pointer_boxes"].tolist(),
-                                         batch["pointer_images"].tolist(), strict=True)):  # fmt: skip
+    for q, (box, point, image) in enumerate(zip(boxes, points, batch["pointer_images"].tolist(),
+                                                strict=True)):  # fmt: skip
         rows, cols = grids[image]
-        r = min(rows - 1, max(0, int(box[1] * rows)))
-        c = min(cols - 1, max(0, int(box[2] * cols - 1e-6)))
+        x, y = (box[2] - 1e-6 / cols, box[1]) if math.isnan(point[0]) else point
+        r = min(rows - 1, max(0, int(y * rows)))
+        c = min(cols - 1, max(0, int(x * cols)))
         picks.append(keys[q, r * cols + c])
     return torch.stack(picks)
 
@@ -401,6 +453,7 @@ __all__ = [
     "glyph_terms",
     "last_digit_tokens",
     "query_head_of",
+    "query_label_targets",
     "query_number_targets",
     "query_objective",
 ]

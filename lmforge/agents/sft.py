@@ -115,6 +115,7 @@ from lmforge.agents.glyph import (
     fresh_glyph_batches,
     glyph_objective,
     glyph_pretrain,
+    query_label_targets,
     query_number_targets,
     query_objective,
 )
@@ -197,6 +198,7 @@ class AgentSection(VLMShape):
     row_screens: int = 0  # + grounding on the list rows only of this many list-heavy screens
     query_weight: float = 0.0  # > 0: + this × a train-only head reading the number at the query
     query_keys: bool = False  # with query_weight: the same head reads the row's last-digit token
+    query_labels: bool = False  # with query_weight: also other kinds' labels (query_label_targets)
     row_target: str = "box"  # list-row pointer target: "box", "number" (digits), "last_digit"
 
 
@@ -243,6 +245,8 @@ def check_agent_config(config: AgentRunConfig) -> None:
     if a.query_keys and (a.query_weight == 0 or a.row_target == "box"):
         raise ConfigError("agent.query_keys needs agent.query_weight > 0 and agent.row_target "
                           f"number or last_digit (got {a.query_weight}, {a.row_target!r})")  # fmt: skip
+    if a.query_labels and a.query_weight == 0:
+        raise ConfigError("agent.query_labels needs agent.query_weight > 0")
     if a.row_target not in ROW_TARGETS:
         raise ConfigError(f"agent.row_target={a.row_target!r}: choose one of {ROW_TARGETS}")
     if a.glyph_screens not in ("train", "fresh"):
@@ -355,7 +359,7 @@ def train_agent_sft(
                                   a.grounding_shift, a.random_screens,
                                   a.question_first, a.reading_screens, a.zoom,
                                   a.zoom_crops,
-                                  glyphs=uses_glyphs(a) or a.row_target != "box",
+                                  glyphs=uses_glyphs(a) or a.row_target != "box" or a.query_labels,
                                   row_screens=a.row_screens)  # fmt: skip
         train_ex = [ex for k in a.kinds for ex in data[k]]
         random.Random(t.seed).shuffle(train_ex)
@@ -378,16 +382,22 @@ def train_agent_sft(
             targets = [example_glyph_targets(ex, model.visual.tokens_per_image(e.image_grid_thw),
                                              cell, a.glyph_slots)
                        for ex, e in zip(train_ex, examples, strict=True)]  # fmt: skip
-            numbers = None
+            numbers = points = None
             if a.query_weight > 0:
                 attach_query_head(model, a.glyph_slots)
-                numbers = [query_number_targets(ex, q, a.glyph_slots)
-                           for ex, q in zip(train_ex, queried, strict=True)]  # fmt: skip
+                if a.query_labels:
+                    pairs = [query_label_targets(ex, q, screen, a.glyph_slots)
+                             for ex, q in zip(train_ex, queried, strict=True)]  # fmt: skip
+                    numbers, points = [n for n, _ in pairs], [p for _, p in pairs]
+                else:
+                    numbers = [query_number_targets(ex, q, a.glyph_slots)
+                               for ex, q in zip(train_ex, queried, strict=True)]  # fmt: skip
             loader = GlyphPackedLoader(examples, targets, seq_len, t.batch_size, pad, seed=t.seed,
-                                       query_targets=numbers)  # fmt: skip
+                                       query_targets=numbers, key_points=points)  # fmt: skip
             val_loader = GlyphPackedLoader(val, targets[: len(val)], seq_len, t.batch_size, pad,
                                            shuffle=False,
-                                           query_targets=numbers and numbers[: len(val)])  # fmt: skip
+                                           query_targets=numbers and numbers[: len(val)],
+                                           key_points=points and points[: len(val)])  # fmt: skip
         else:
             loader = MultimodalPackedLoader(examples, seq_len, t.batch_size, pad, seed=t.seed)
             val_loader = MultimodalPackedLoader(val, seq_len, t.batch_size, pad, shuffle=False)

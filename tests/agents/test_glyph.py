@@ -313,6 +313,34 @@ def test_query_number_targets_name_the_rows_digits():
     assert query_number_targets(ex, queries, slots=1)[0].tolist() == [IGNORE]  # "17" needs 2
 
 
+def test_query_label_targets_read_the_label_where_the_box_shows_it():
+    """Other kinds' queries get the label's first characters and, as key point, the centre
+    of the last of them — only where the glyphs in the box spell them; rows keep numbers."""
+    from lmforge.agents.agent_data import ChatExample, pointer_queries
+    from lmforge.agents.glyph import query_label_targets
+    from lmforge.agents.render import Glyph
+
+    image = np.zeros((128, 128, 3), dtype=np.uint8)
+    boxes = [(0, 0, 40, 12), (0, 12, 40, 24), (50, 0, 90, 12), (50, 20, 90, 32)]
+    glyphs = [Glyph("S", (4, 2, 9, 10)), Glyph("a", (10, 4, 15, 10)), Glyph("v", (16, 4, 21, 10)),
+              Glyph("1", (20, 14, 25, 22)), Glyph("2", (26, 14, 31, 22)),
+              Glyph("O", (60, 2, 65, 10)), Glyph("f", (66, 2, 71, 10)),
+              Glyph("B", (60, 22, 65, 30)), Glyph("e", (70, 22, 75, 30))]  # fmt: skip
+    ex = ChatExample([image], "Click on the button 'Save'.", "click(20,6)", "grounding",
+                     {"target_boxes": boxes, "glyphs": [glyphs]},
+                     [("Click on the row 'memo 12'.", "click(20,18)"),
+                      ("Click on the checkbox 'On'.", "click(70,6)"),
+                      ("Click on the dropdown 'Size'.", "click(70,26)")])  # fmt: skip
+    queries = pointer_queries(ex, (128, 128))
+    targets, points = query_label_targets(ex, queries, (128, 128), slots=2)
+    assert targets.tolist() == [[char_class("S"), char_class("a")],
+                                [char_class("1"), char_class("2")],
+                                [IGNORE, IGNORE],  # the box shows "Of", not "On"
+                                [IGNORE, IGNORE]]  # fmt: skip # the box shows "Be": no key
+    assert points[0].tolist() == [12.5 / 128, 7 / 128]  # the centre of "a"
+    assert points[1:].isnan().all()  # rows: the box's last-digit token; others: none
+
+
 def test_query_objective_adds_weight_times_the_heads_loss_at_the_queries(agent_vlm_factory):
     from lmforge.agents.agent_data import pointer_queries
     from lmforge.agents.glyph import (
@@ -409,7 +437,7 @@ def test_glyph_and_query_heads_train_on_merged_tokens(tmp_path):
     overrides = [f"out_dir={run}", *SMALL, *POINTER, "agent.merge_size=2",
                  "agent.kinds=[grounding]", "agent.glyph_weight=1.0", "agent.glyph_steps=2",
                  "agent.row_target=number", "agent.row_screens=4", "agent.query_weight=0.3",
-                 "agent.query_keys=true", "agent.pointer_cells=centre",
+                 "agent.query_keys=true", "agent.query_labels=true", "agent.pointer_cells=centre",
                  "agent.eval_tasks=0", "train.max_steps=4"]  # fmt: skip
     summary = train_agent_sft(load_config(None, overrides, AgentRunConfig))
     assert 0 <= summary["agent_eval"]["grounding_accuracy"] <= 1
