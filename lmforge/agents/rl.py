@@ -7,7 +7,9 @@ Each optimizer step is one rollout: ``tasks_per_rollout`` tasks (by default thos
 starting policy fails greedily, as UI-TARS trains online on what it cannot yet do), each
 played ``group_size`` times by the current model through the engine (sampling at
 ``temperature``). An episode's reward is rule-based, as DeepSeek-R1's: task success (the
-environment's check) plus ``format_weight`` × the share of its steps that parsed. Rewards
+environment's check) plus ``format_weight`` × the share of its steps that parsed (and, with
+``expert_weight`` > 0, a process term: that weight × the steps whose point lies in the box of
+the scripted expert's move in the same state, per ``max_steps`` — `episode_reward`). Rewards
 are normalised within each task's group (`lmforge.align.grpo.grpo_advantages`, GRPO,
 Shao et al. 2024 eq. 3) and every response token of every step of an episode gets that
 episode's advantage. The objective is GRPO's clipped surrogate (eq. 3 without the KL term),
@@ -56,6 +58,7 @@ from lmforge.agents.policy import VLMPolicy
 from lmforge.agents.rollout import EpisodeRun, run_episodes
 from lmforge.agents.sft import AgentSection, evaluate_agent_model
 from lmforge.agents.tasks import SPLITS, Task, sample_task
+from lmforge.agents.widgets import box_contains
 from lmforge.align.grpo import grpo_advantages
 from lmforge.config import ConfigError
 from lmforge.io import atomic_write_json
@@ -88,6 +91,7 @@ class AgentRLSection:
     history: int = 2
     constrained: bool = False  # sample under the action grammar (then format is always 1)
     format_weight: float = 0.1
+    expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     clip_eps: float = 0.2  # GRPO/PPO ratio clipping ε
     screen: int = 128
     eval_split: str = "heldout"
@@ -114,17 +118,30 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(
             f"rl.group_size={r.group_size} must be ≥ 2 (advantages are group-relative)"
         )
+    if not r.expert_weight >= 0:
+        raise ConfigError(f"rl.expert_weight={r.expert_weight} must be ≥ 0")
     if r.tasks_per_rollout < 1 or r.pool_tasks < 1 or r.max_steps < 1 or r.history < 1:
         raise ConfigError(
             "rl.tasks_per_rollout, rl.pool_tasks, rl.max_steps and rl.history must be ≥ 1"
         )
 
 
-def episode_reward(run: EpisodeRun, format_weight: float) -> float:
-    """Success (0/1) + ``format_weight`` × the share of steps whose output parsed."""
+def episode_reward(
+    run: EpisodeRun, format_weight: float, expert_weight: float = 0.0, max_steps: int = 1
+) -> float:
+    """Success (0/1) + ``format_weight`` × the share of steps whose output parsed
+    + ``expert_weight`` × (steps whose point lies in the expert's target box for that state,
+    `StepRecord.target_box`) / ``max_steps`` — a dense process reward from the scripted
+    expert (the expert's move is recomputed in every state the agent reaches, so repeating a
+    right click in a state where the expert has moved on earns nothing)."""
     steps = run.record.steps
     valid = sum(s.valid for s in steps) / len(steps) if steps else 0.0
-    return float(run.record.success) + format_weight * valid
+    reward = float(run.record.success) + format_weight * valid
+    if expert_weight:
+        agree = sum(s.valid and s.point is not None and s.target_box is not None
+                    and box_contains(s.target_box, *s.point) for s in steps)  # fmt: skip
+        reward += expert_weight * agree / max(1, max_steps)
+    return reward
 
 
 def step_examples(
@@ -205,7 +222,8 @@ class AgentRollouts:
 
     def batch(self, runs: Sequence[EpisodeRun]) -> dict[str, torch.Tensor]:
         s = self.section
-        rewards = torch.tensor([episode_reward(r, s.format_weight) for r in runs])
+        rewards = torch.tensor([episode_reward(r, s.format_weight, s.expert_weight, s.max_steps)
+                                for r in runs])  # fmt: skip
         advantages = grpo_advantages(rewards, s.group_size)
         examples, token_adv, token_old, choices, choice_adv = [], [], [], [], []
         for run, adv in zip(runs, advantages.tolist(), strict=True):

@@ -84,6 +84,12 @@ train-only head that reads the question's item number from the pointer's query s
 keys but not in its query; ``agent.query_keys``: the same head also reads the row's
 last-digit image token). Measured (``recipes/agent-match.yaml``: all four at query weight
 0.3, one seed): held-out grounding 0.865, list rows 38/45 (from 13), the rest 0.871.
+
+Session 13, opt-in: ``agent.pointer_cells=centre`` trains the pointer on the cells whose
+centre lies in the box (`lmforge.models.pointer_head.pointer_target`) instead of every cell
+the box touches; ``agent.query_labels`` makes the query head also read other kinds' labels
+(`lmforge.agents.glyph.query_label_targets`: the label's first characters at the query and
+at the token of the last of them in the box).
 """
 
 from __future__ import annotations

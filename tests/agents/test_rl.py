@@ -55,6 +55,26 @@ def test_episode_reward():
     assert episode_reward(runs[2], 0.5) == pytest.approx(1 + 0.5 * (n - 1) / n)
 
 
+def test_expert_weight_counts_the_steps_that_point_where_the_expert_would():
+    """The expert's own episode agrees with itself at every pointing step; moving one point
+    outside its box, or making its step unparseable, drops exactly that step's credit."""
+    from lmforge.agents.metrics import StepRecord
+
+    run = expert_runs()[0]
+    steps = run.record.steps
+    pointing = [i for i, s in enumerate(steps) if s.target_box is not None]
+    assert pointing and all(s.valid and s.point is not None for s in steps)
+    base = episode_reward(run, 0.1)
+    assert episode_reward(run, 0.1, 0.0, 8) == base  # off by default
+    assert episode_reward(run, 0.1, 2.0, 8) == pytest.approx(base + 2.0 * len(pointing) / 8)
+    i = pointing[0]
+    box = steps[i].target_box
+    steps[i] = StepRecord(True, (int(box[2]) + 3, int(box[3]) + 3), box)  # outside its box
+    assert episode_reward(run, 0.1, 2.0, 8) == pytest.approx(base + 2.0 * (len(pointing) - 1) / 8)
+    with pytest.raises(ConfigError, match="rl.expert_weight"):
+        train_agent_rl(load_config(None, ["rl.expert_weight=-1"], AgentRLConfig))
+
+
 def sampled_runs(vlm, section):
     """Episodes of the random tiny VLM, sampled freely through the engine with samples kept;
     one episode of the first group marked successful so its advantages differ."""
