@@ -41,7 +41,7 @@ from lmforge.models.glyph_head import IGNORE, GlyphHead, glyph_accuracy, glyph_l
 from lmforge.models.pointer_head import image_keys
 from lmforge.train.distributed import unwrap
 from lmforge.train.objective import LossOutput, Objective
-from lmforge.vision.vlm_data import MultimodalPackedLoader
+from lmforge.vision.vlm_data import MultimodalPackedLoader, message_text
 
 # class 0: no glyph; 1 … 94: the printable ASCII characters "!" … "~"; 95: any other
 CHARSET = "".join(c for c in string.printable if c.isprintable() and not c.isspace())
@@ -159,8 +159,7 @@ def query_number_targets(
     messages = example.messages()
     out = torch.full((len(queries), slots), IGNORE, dtype=torch.long)
     for k, q in enumerate(queries):
-        content = messages[q.message - 1]["content"] if q.message > 0 else ""
-        text = content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+        text = message_text(messages[q.message - 1]) if q.message > 0 else ""
         if not text.startswith(question):
             continue
         item = text[len(question) :].rstrip(".").strip("'")
@@ -175,35 +174,27 @@ def query_number_targets(
 def query_label_targets(
     example: Any, queries: Sequence[Any], screen: tuple[int, int], slots: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``agent.query_labels``: `query_number_targets` (a list row's number) plus, for every
-    other grounding query ("Click on the button 'Cancel'.") whose box shows the label — the
-    glyphs whose centre lies in the box (`meta["glyphs"]` of the current screenshot, left to
-    right) begin with the label's first ``slots`` characters — those characters as classes,
-    and as its key point the centre of the ``slots``-th of them, normalised by ``screen``:
-    the token whose causal context holds them (a probe on a trained agent: the label is read
-    from the query at 0.99 on held-out layouts but from that token at 0.74, the row number's
-    gap before ``query_keys``). Returns ``(targets [Q, slots], key_points [Q, 2])``; a key
-    point is NaN where the key is the box's own (rows: `last_digit_tokens`) or absent."""
+    """``agent.query_labels``: `query_number_targets` plus, for any other grounding query whose
+    box shows its label (the box's glyphs, left to right, begin with the label's first
+    ``slots`` characters), those characters, and as key point the centre of the last of them
+    (normalised by ``screen``; NaN: the box's own key, or none). Returns ``(targets [Q, slots],
+    key_points [Q, 2])``. A probe read labels from the query at 0.99, from that token at 0.74."""
     targets = query_number_targets(example, queries, slots)
     points = torch.full((len(queries), 2), float("nan"))
     glyphs = ((example.meta or {}).get("glyphs") or [None])[-1]
-    messages = example.messages()
-    width, height = screen
+    messages, (width, height) = example.messages(), screen
     for k, q in enumerate(queries):
-        content = messages[q.message - 1]["content"] if q.message > 0 else ""
-        text = content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+        text = message_text(messages[q.message - 1]) if q.message > 0 else ""
         if not glyphs or not text.startswith("Click on the ") or text.startswith(ROW_QUESTION):
             continue
-        parts = text.split("'")
-        label = parts[1] if len(parts) >= 3 else ""
+        label = (text.split("'") + ["", ""])[1]
         x0, y0, x1, y1 = q.box[0] * width, q.box[1] * height, q.box[2] * width, q.box[3] * height
         inside = sorted((g for g in glyphs if x0 <= glyph_centre(g)[0] < x1
                          and y0 <= glyph_centre(g)[1] < y1), key=lambda g: glyph_centre(g)[0])  # fmt: skip
         if len(label) < slots or "".join(g.char for g in inside[:slots]) != label[:slots]:
             continue
         targets[k] = torch.tensor([char_class(c) for c in label[:slots]])
-        cx, cy = glyph_centre(inside[slots - 1])
-        points[k] = torch.tensor([cx / width, cy / height])
+        points[k] = torch.tensor(glyph_centre(inside[slots - 1])) / torch.tensor([width, height])
     return targets, points
 
 

@@ -12,21 +12,12 @@ The examples are packed with `MultimodalPackedLoader` and trained with `vlm_obje
 (loss on the answers only), exactly as ``lmforge vlm sft`` trains; held-out figures are
 written to ``agent_eval.json``.
 
-Grounding (measured, BENCHMARKS.md "GUI agent, session 2"): ``agent.grounding_count=0
-agent.grounding_turns=8`` asks every element of a screen in one chat (`ChatExample`), so one
-image encoding trains ~8 answers: the same held-out accuracy per step at 64 % of the CPU.
-``agent.merge_size=1`` gives 8-px image tokens (widget rows are ~12 px; a 2×2-merged token
-spans 16 px), the best figure at 150 steps (suggestive only); it quadruples the image
-tokens. ``agent.coordinate_tokens`` (one token per coordinate value), ``agent.rope_theta``
-and more layers did not help; ``agent.grounding_shift`` (screenshots moved down at random,
-against memorising the training layouts' rows) made held-out grounding worse at 800 steps.
-What fails is vertical placement: the model learns where each training layout puts its
-rows rather than where the named element is. Session 6 found why: the tiny model ignores
-the screenshot altogether — with every example's image swapped for another example's its
-loss moves by < 0.005 nats — and answers from the question's text (the element's kind
-fixes x, the label implies a template and so a row). ``agent.random_screens`` adds
-perception and grounding on random-widget windows (`lmforge.agents.random_screens.random_window`), where no
-text prior tells where an element is; that alone (up to 1,200 steps) has not made it look.
+Grounding options (BENCHMARKS.md, "GUI agent" sections): ``agent.grounding_turns=8`` asks
+every element of a screen in one chat (one image encoding trains ~8 answers);
+``agent.merge_size=1`` gives 8-px image tokens (widget rows are ~12 px); ``agent.random_screens``
+adds random-widget windows, where no text prior tells where an element is (session 6 found the
+tiny model answering from the question's text alone); ``agent.coordinate_tokens``,
+``agent.rope_theta`` and ``agent.grounding_shift`` did not help.
 
 The pointer head (``agent.pointer_size`` > 0; GUI-Actor, `lmforge.models.pointer_head`): a
 click's point is not read from the coordinates' text but from a head that points at one of
@@ -50,18 +41,10 @@ perception (dense captions, which list the rows' items) to the 4-layer run at eq
 0.655, rows still at chance, and its captions get 0/58 held-out list items right — the tiny
 model does not read the items' text, so no pointer can pick the named row.
 
-Two opt-in tries at the rows (issue 18, session 10; BENCHMARKS.md "can a reading task or a
-second, zoomed look make the pointer model read list rows?"): kind ``reading`` in
-``agent.kinds`` (`lmforge.agents.agent_data.reading_examples`: "What does row 3 of the
-invoice list say?" → "invoice 17" and the reverse, + ``agent.reading_screens`` list-heavy
-random screens) and ``agent.zoom`` = 2 (grounding also on 2× crops, and held-out grounding
-with a second look at a 2× crop around the first click, ``grounding_accuracy_zoom``).
-``grounding_rows`` / ``grounding_other`` split held-out grounding into list-row questions
-and the rest. At 2,500 steps neither reads the rows (13–14 / 45 right, chance ≈ 9–11), and
-both cost the other kinds accuracy (fewer of their questions per step): the model does not
-learn to read the digits even from reading alone (1,500 steps of reading only: answers
-stay at the prior, "invoice 2" / "row 2"), and a linear probe finds no more of the rows'
-numbers in the trained encoder's features than in the raw pixels.
+Two opt-in tries at the rows (issue 18, session 10): kind ``reading`` (`lmforge.agents.
+agent_data.reading_examples`, + ``agent.reading_screens``) and ``agent.zoom`` = 2 (grounding
+also on 2× crops, and a second, zoomed look at evaluation, ``grounding_accuracy_zoom``); neither
+made the model read the rows (``grounding_rows`` / ``grounding_other`` split the figure).
 
 A dense glyph (OCR) objective (issue 18, session 11; `lmforge.agents.glyph`): with
 ``agent.glyph_weight`` > 0 a train-only `GlyphHead` on the encoder's output tokens predicts
@@ -85,11 +68,9 @@ keys but not in its query; ``agent.query_keys``: the same head also reads the ro
 last-digit image token). Measured (``recipes/agent-match.yaml``: all four at query weight
 0.3, one seed): held-out grounding 0.865, list rows 38/45 (from 13), the rest 0.871.
 
-Session 13, opt-in: ``agent.pointer_cells=centre`` trains the pointer on the cells whose
-centre lies in the box (`lmforge.models.pointer_head.pointer_target`) instead of every cell
-the box touches; ``agent.query_labels`` makes the query head also read other kinds' labels
-(`lmforge.agents.glyph.query_label_targets`: the label's first characters at the query and
-at the token of the last of them in the box).
+Session 13, opt-in: ``agent.pointer_cells=centre`` (the pointer's targets are the cells whose
+centre lies in the box, `lmforge.models.pointer_head.pointer_target`); ``agent.query_labels``
+(the query head also reads other kinds' labels, `lmforge.agents.glyph.query_label_targets`).
 """
 
 from __future__ import annotations
