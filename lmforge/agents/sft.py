@@ -65,12 +65,11 @@ grounding on the rows only of list-heavy random screens; ``agent.query_weight`` 
 train-only head that reads the question's item number from the pointer's query state
 (`lmforge.agents.glyph.query_objective`: a probe found the row's number in the pointer's
 keys but not in its query; ``agent.query_keys``: the same head also reads the row's
-last-digit image token). Measured (``recipes/agent-match.yaml``: all four at query weight
-0.3, one seed): held-out grounding 0.865, list rows 38/45 (from 13), the rest 0.871.
-
+last-digit image token). All four at query weight 0.3: held-out grounding 0.865, rows 38/45.
 Session 13, opt-in: ``agent.pointer_cells=centre`` (the pointer's targets are the cells whose
 centre lies in the box, `lmforge.models.pointer_head.pointer_target`); ``agent.query_labels``
 (the query head also reads other kinds' labels, `lmforge.agents.glyph.query_label_targets`).
+With both and 800 random windows (``recipes/agent-match.yaml``): 0.935, rows 37/45.
 """
 
 from __future__ import annotations
