@@ -645,6 +645,12 @@ ROW_QUESTION = "Click on the row "  # `grounding_examples`' question on a list r
 ROW_TARGETS = ("box", "number", "last_digit")
 
 
+def box_glyphs(box: Box, glyphs: Sequence[Glyph]) -> list[Glyph]:
+    """The glyphs whose centre lies in the px ``box``, left to right (one line of text)."""
+    return sorted((g for g in glyphs if box_contains(box, *glyph_centre(g))),
+                  key=lambda g: glyph_centre(g)[0])  # fmt: skip
+
+
 def number_box(box: Box, glyphs: Sequence[Glyph], last_only: bool = False) -> Box | None:
     """The pointer target that names a list row by its number: of the glyphs whose centre
     lies in the row's ``box`` (drawn left to right), the trailing run of digits — the item
@@ -655,8 +661,7 @@ def number_box(box: Box, glyphs: Sequence[Glyph], last_only: bool = False) -> Bo
     ``last_only``: the last digit alone — one token, the one whose causal context (the
     image tokens before it in raster order) holds the whole number. None when the row shows
     no trailing digits (the caller keeps the row's box)."""
-    inside = sorted((g for g in glyphs if box_contains(box, *glyph_centre(g))),
-                    key=lambda g: glyph_centre(g)[0])  # fmt: skip
+    inside = box_glyphs(box, glyphs)
     digits: list[Glyph] = []
     for g in reversed(inside):
         if not g.char.isdigit():
@@ -762,6 +767,7 @@ __all__ = [
     "TrajectoryStep",
     "agent_prompt",
     "attach_glyphs",
+    "box_glyphs",
     "covered",
     "dense_caption",
     "describe_widget",

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.agents.agent_data import ROW_QUESTION
+from lmforge.agents.agent_data import ROW_QUESTION, box_glyphs
 from lmforge.agents.random_screens import random_window
 from lmforge.agents.render import Glyph, glyph_centre, render_window_glyphs
 from lmforge.models.glyph_head import IGNORE, GlyphHead, glyph_accuracy, glyph_loss
@@ -188,9 +188,7 @@ def query_label_targets(
         if not glyphs or not text.startswith("Click on the ") or text.startswith(ROW_QUESTION):
             continue
         label = (text.split("'") + ["", ""])[1]
-        x0, y0, x1, y1 = q.box[0] * width, q.box[1] * height, q.box[2] * width, q.box[3] * height
-        inside = sorted((g for g in glyphs if x0 <= glyph_centre(g)[0] < x1
-                         and y0 <= glyph_centre(g)[1] < y1), key=lambda g: glyph_centre(g)[0])  # fmt: skip
+        inside = box_glyphs(tuple(v * f for v, f in zip(q.box, screen * 2, strict=True)), glyphs)
         if len(label) < slots or "".join(g.char for g in inside[:slots]) != label[:slots]:
             continue
         targets[k] = torch.tensor([char_class(c) for c in label[:slots]])
@@ -199,10 +197,7 @@ def query_label_targets(
 
 
 def query_head_of(model: torch.nn.Module) -> GlyphHead:
-    head = getattr(unwrap(model), "query_head", None)
-    if head is None:
-        raise ValueError("query objective: the model has no query_head (attach_query_head)")
-    return head
+    return _head_of(model, "query_head")
 
 
 def attach_query_head(model: torch.nn.Module, slots: int = 2) -> GlyphHead:
@@ -320,11 +315,16 @@ def fresh_glyph_batches(
         step += 1
 
 
-def glyph_head_of(model: torch.nn.Module) -> GlyphHead:
-    head = getattr(unwrap(model), "glyph_head", None)
+def _head_of(model: torch.nn.Module, name: str) -> GlyphHead:
+    head = getattr(unwrap(model), name, None)
     if head is None:
-        raise ValueError("glyph objective: the model has no glyph_head (attach_glyph_head)")
+        kind = name.removesuffix("_head")
+        raise ValueError(f"{kind} objective: the model has no {name} (attach_{name})")
     return head
+
+
+def glyph_head_of(model: torch.nn.Module) -> GlyphHead:
+    return _head_of(model, "glyph_head")
 
 
 def attach_glyph_head(model: torch.nn.Module, slots: int = 2) -> GlyphHead:
