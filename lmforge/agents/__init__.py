@@ -21,7 +21,8 @@ evaluation episodes, agent SFT and online RL.
 | `sft` | agent SFT through the one Trainer (a chosen mix of the data kinds, tiny VLM from scratch or a qwen2_vl folder), held-out grounding and episode figures |
 | `grounding` | held-out grounding: clicks by the pointer (with an optional zoomed second look) or by text, scored in the target box, split into list rows and the rest |
 | `glyph` | dense glyph (OCR) objective: per-token character targets from the renderer's layout, the loss wrapper, fresh-screen batches and an encoder-only glyph stage |
-| `rl` | online GRPO over whole episodes in `GUIEnv` (groups per task, success + format reward, the failed tasks first), packed multimodal surrogate through the one Trainer |
+| `rl` | online GRPO in `GUIEnv`, groups per task (success + format reward) or per state, the failed tasks first; packed multimodal surrogate through the one Trainer |
+| `state_groups` | groups per state for RL: responses sampled in each state of the agent's own episode, scored by a step reward (the expert's move there, + format) |
 """
 
 from lmforge.agents.action_grammar import action_regex, response_regex

@@ -1,4 +1,5 @@
-"""Online RL of a GUI agent in `GUIEnv`: GRPO over whole episodes, through the one Trainer.
+"""Online RL of a GUI agent in `GUIEnv`: GRPO over whole episodes or per state, through the
+one Trainer.
 
     config = load_config(None, ["model.init_from=runs/agent-tiny/model"], AgentRLConfig)
     summary = train_agent_rl(config)      # summary["agent_eval"]: held-out success after RL
@@ -12,7 +13,10 @@ environment's check) plus ``format_weight`` × the share of its steps that parse
 the scripted expert's move in the same state, per ``max_steps`` — `episode_reward`). Rewards
 are normalised within each task's group (`lmforge.align.grpo.grpo_advantages`, GRPO,
 Shao et al. 2024 eq. 3) and every response token of every step of an episode gets that
-episode's advantage. The objective is GRPO's clipped surrogate (eq. 3 without the KL term),
+episode's advantage. With ``groups=state`` each task is played once and the group is
+``group_size`` responses sampled in each state it reaches, each with its own step reward
+(`lmforge.agents.state_groups`: the expert's move, + format), normalised within the state.
+The objective is GRPO's clipped surrogate (eq. 3 without the KL term),
 min(r·A, clip(r, 1 − ε, 1 + ε)·A) with r = π(o_t)/π_old(o_t), summed over response tokens,
 one update per rollout. A step is trained on exactly what the engine decoded
 (`PolicySample`): the prompt's token ids and images, then the sampled token ids as the
@@ -54,9 +58,10 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmforge.agents.policy import VLMPolicy
+from lmforge.agents.policy import PolicySample, VLMPolicy
 from lmforge.agents.rollout import EpisodeRun, run_episodes
 from lmforge.agents.sft import AgentSection, evaluate_agent_model
+from lmforge.agents.state_groups import StateGroup, play_state_groups
 from lmforge.agents.tasks import SPLITS, Task, sample_task
 from lmforge.agents.widgets import box_contains
 from lmforge.align.grpo import grpo_advantages
@@ -75,12 +80,15 @@ from lmforge.train.vlm_sft import image_processor_for
 from lmforge.vision.processor import ImageProcessor, save_preprocessor_config
 from lmforge.vision.vlm_data import MultimodalExample, collate_rows, pack_examples
 
+GROUPINGS = ("episode", "state")
+
 
 @dataclass
 class AgentRLSection:
     """Tasks, groups, sampling, reward and the held-out evaluation."""
 
     split: str = "train"
+    groups: str = "episode"  # episode: a task's episodes; state: responses in one state
     pool_tasks: int = 40
     failed_only: bool = True  # train on the pool's tasks the starting policy fails greedily
     tasks_per_rollout: int = 2
@@ -114,6 +122,8 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(
             f"rl.split={r.split!r} / rl.eval_split={r.eval_split!r}: choose from {SPLITS}"
         )
+    if r.groups not in GROUPINGS:
+        raise ConfigError(f"rl.groups={r.groups!r}: choose from {GROUPINGS}")
     if r.group_size < 2:
         raise ConfigError(
             f"rl.group_size={r.group_size} must be ≥ 2 (advantages are group-relative)"
@@ -144,31 +154,34 @@ def episode_reward(
     return reward
 
 
+def sample_example(
+    s: PolicySample,
+) -> tuple[MultimodalExample, list[float], list[tuple[int, float]]]:
+    """The example the engine decoded in one step: prompt ids then the response's ids,
+    labels on the sampled ids only (not on what a pointer policy spliced in), the prompt's
+    images, and the pointer queries (positions, images; boxes unused, zero) — the engine's
+    log-prob of each token of the example (NaN on the prompt and where the engine scored
+    nothing), and per pointer query its chosen token and old log-prob ``(k, log p_old(k))``."""
+    ids = s.prompt_ids + s.token_ids
+    labels = [IGNORE_INDEX] * len(s.prompt_ids) + [
+        t if kept else IGNORE_INDEX for t, kept in zip(s.token_ids, s.sampled, strict=True)
+    ]
+    old = [math.nan] * len(s.prompt_ids) + [math.nan if lp is None else lp for lp in s.logprobs]
+    example = MultimodalExample(ids, labels, s.pixel_values, s.image_grid_thw,
+                                [p.position for p in s.pointers], [p.image for p in s.pointers],
+                                [(0.0, 0.0, 0.0, 0.0)] * len(s.pointers))  # fmt: skip
+    return example, old, [(p.index, p.logprob) for p in s.pointers]
+
+
 def step_examples(
     run: EpisodeRun,
 ) -> list[tuple[MultimodalExample, list[float], list[tuple[int, float]]]]:
-    """Per step of ``run`` (played with ``keep_samples``): the example the engine decoded —
-    prompt ids then the response's ids, labels on the sampled ids only (not on what a
-    pointer policy spliced in), the prompt's images, and the pointer queries (positions,
-    images; boxes unused, zero) — the engine's log-prob of each token of the example (NaN on
-    the prompt and where the engine scored nothing), and per pointer query its chosen token
-    and old log-prob ``(k, log p_old(k))``."""
+    """`sample_example` of every step of ``run`` (played with ``keep_samples``)."""
     if len(run.samples) != len(run.responses):
         raise ValueError(
             "the run kept no samples: play it with run_episodes(..., keep_samples=True)"
         )
-    out = []
-    for s in run.samples:
-        ids = s.prompt_ids + s.token_ids
-        labels = [IGNORE_INDEX] * len(s.prompt_ids) + [
-            t if kept else IGNORE_INDEX for t, kept in zip(s.token_ids, s.sampled, strict=True)
-        ]
-        old = [math.nan] * len(s.prompt_ids) + [math.nan if lp is None else lp for lp in s.logprobs]
-        example = MultimodalExample(ids, labels, s.pixel_values, s.image_grid_thw,
-                                    [p.position for p in s.pointers], [p.image for p in s.pointers],
-                                    [(0.0, 0.0, 0.0, 0.0)] * len(s.pointers))  # fmt: skip
-        out.append((example, old, [(p.index, p.logprob) for p in s.pointers]))
-    return out
+    return [sample_example(s) for s in run.samples]
 
 
 def token_rows(
@@ -209,52 +222,84 @@ class AgentRollouts:
             picks.append(self.tasks[order[position]])
         return picks
 
+    def policy(self) -> VLMPolicy:
+        s = self.section
+        return VLMPolicy(self.model, self.tokenizer, self.processor, (s.screen, s.screen), s.history,
+                         s.max_new_tokens, s.temperature, s.constrained,
+                         seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
+
     @torch.no_grad()
     def play(self) -> list[EpisodeRun]:
+        """``rl.groups=episode``: each rollout task played ``group_size`` times."""
         s, was_training = self.section, self.model.training
-        policy = VLMPolicy(self.model, self.tokenizer, self.processor, (s.screen, s.screen), s.history,
-                           s.max_new_tokens, s.temperature, s.constrained,
-                           seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
         tasks = [t for t in self.rollout_tasks() for _ in range(s.group_size)]
-        runs = run_episodes(policy, tasks, s.max_steps, keep_samples=True)
+        runs = run_episodes(self.policy(), tasks, s.max_steps, keep_samples=True)
         self.model.train(was_training)
         return runs
 
+    @torch.no_grad()
+    def play_states(self) -> tuple[list[StateGroup], list[EpisodeRun]]:
+        """``rl.groups=state``: each rollout task played once, ``group_size`` responses
+        sampled and scored in every state (`play_state_groups`)."""
+        s, was_training = self.section, self.model.training
+        played = play_state_groups(self.policy(), self.rollout_tasks(), s.group_size, s.max_steps,
+                                   s.format_weight)  # fmt: skip
+        self.model.train(was_training)
+        return played
+
     def batch(self, runs: Sequence[EpisodeRun]) -> dict[str, torch.Tensor]:
+        """Episode groups: every step of an episode gets its group-normalised reward."""
         s = self.section
         rewards = torch.tensor([episode_reward(r, s.format_weight, s.expert_weight, s.max_steps)
                                 for r in runs])  # fmt: skip
-        advantages = grpo_advantages(rewards, s.group_size)
-        examples, token_adv, token_old, choices, choice_adv = [], [], [], [], []
-        for run, adv in zip(runs, advantages.tolist(), strict=True):
-            for example, old, pointed in step_examples(run):
-                examples.append(example)
-                token_adv.append([adv] * len(example))
-                token_old.append(old)
-                choices.append(pointed)
-                choice_adv.append(adv)
+        advantages = grpo_advantages(rewards, s.group_size).tolist()
+        scored = [(step, adv) for run, adv in zip(runs, advantages, strict=True)
+                  for step in step_examples(run)]  # fmt: skip
+        return self.pack(scored, rewards.mean(), [r.record.success for r in runs])
+
+    def state_batch(
+        self, groups: Sequence[StateGroup], runs: Sequence[EpisodeRun]
+    ) -> dict[str, torch.Tensor]:
+        """State groups: every response gets its step reward normalised within its state."""
+        rewards = torch.tensor([r for g in groups for r in g.rewards])
+        advantages = grpo_advantages(rewards, self.section.group_size).tolist()
+        samples = [sample for g in groups for sample in g.samples]
+        scored = [(sample_example(x), a) for x, a in zip(samples, advantages, strict=True)]
+        return self.pack(scored, rewards.mean(), [r.record.success for r in runs])
+
+    def pack(self, scored: Sequence[tuple[tuple, float]], reward: torch.Tensor,
+             successes: Sequence[bool]) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Packed rows of the ``(sample_example, advantage)`` pairs with the surrogate's inputs."""
+        examples = [example for (example, _, _), _ in scored]
         seq_len = max(self.seq_len, max(len(e) for e in examples))
         pad = self.tokenizer.pad_token_id or 0
         rows = pack_examples(examples, seq_len, pad)
         batch = collate_rows(examples, rows, seq_len, pad)
+        token_adv = [[adv] * len(example) for (example, _, _), adv in scored]
         batch["advantages"] = token_rows(token_adv, rows, seq_len)
-        batch["old_logprobs"] = token_rows(token_old, rows, seq_len, math.nan)
+        old = [old for (_, old, _), _ in scored]
+        batch["old_logprobs"] = token_rows(old, rows, seq_len, math.nan)
         # per pointer query, in `collate_rows`'s order (rows, then their examples, then the
-        # example's queries): the chosen token, its old log-prob, the episode's advantage
-        order = [(c, choice_adv[i]) for row in rows for i in row for c in choices[i]]
+        # example's queries): the chosen token, its old log-prob, the response's advantage
+        order = [(c, scored[i][1]) for row in rows for i in row for c in scored[i][0][2]]
         batch["pointer_index"] = torch.tensor([k for (k, _), _ in order], dtype=torch.long)
         batch["pointer_old"] = torch.tensor([lp for (_, lp), _ in order], dtype=torch.float32)
         batch["pointer_advantages"] = torch.tensor([a for _, a in order], dtype=torch.float32)
-        batch["clip_eps"] = torch.tensor(s.clip_eps)
-        batch["rollout_reward"] = rewards.mean()
-        batch["rollout_success"] = torch.tensor([float(r.record.success) for r in runs]).mean()
+        batch["clip_eps"] = torch.tensor(self.section.clip_eps)
+        batch["rollout_reward"] = reward
+        batch["rollout_success"] = torch.tensor([float(x) for x in successes]).mean()
         return batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
-            runs = self.play()
-            self.rollouts += 1
-            yield self.batch(runs)
+            if self.section.groups == "state":
+                groups, runs = self.play_states()
+                self.rollouts += 1
+                yield self.state_batch(groups, runs)
+            else:
+                runs = self.play()
+                self.rollouts += 1
+                yield self.batch(runs)
 
     def state_dict(self) -> dict[str, int]:
         return {"rollouts": self.rollouts}
@@ -391,11 +436,13 @@ __all__ = [
     "AgentRLConfig",
     "AgentRLSection",
     "AgentRollouts",
+    "GROUPINGS",
     "agent_pg_objective",
     "check_agent_rl_config",
     "clipped_surrogate",
     "episode_reward",
     "pointer_surrogate",
+    "sample_example",
     "select_tasks",
     "step_examples",
     "token_rows",

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from lmforge.agents.actions import action_point, format_action
 from lmforge.agents.env import GUIEnv
-from lmforge.agents.expert import expert_step
+from lmforge.agents.expert import ExpertStep, expert_step
 from lmforge.agents.metrics import EpisodeRecord, StepRecord, summarize
 from lmforge.agents.policy import AgentContext, Policy, PolicySample
 from lmforge.agents.tasks import Task, sample_task
@@ -42,45 +42,54 @@ class EpisodeRun:
     samples: list[PolicySample] = field(default_factory=list)  # with keep_samples: per step
 
 
+def open_episode(task: Task, max_steps: int = 15) -> tuple[GUIEnv, EpisodeRun, AgentContext]:
+    """A fresh environment on ``task``, its (empty) run and the policy's context."""
+    env = GUIEnv(width=task.window.width, height=task.window.height, max_steps=max_steps)
+    obs, info = env.reset(options={"task": task})
+    run = EpisodeRun(task, EpisodeRecord(task.template, False), [obs])
+    return env, run, AgentContext(info["instruction"], [obs], run.history, env)
+
+
+def record_step(
+    env: GUIEnv, run: EpisodeRun, context: AgentContext, text: str, target: ExpertStep
+) -> bool:
+    """Execute the response ``text`` in ``env`` and record it in ``run`` and ``context``
+    (``target``: the expert's move in the state it was written in, for grounding); whether
+    the episode goes on."""
+    obs, reward, terminated, truncated, info = env.step(text)
+    valid = not info["invalid_action"]
+    point = action_point(info["action"]) if valid else None
+    box = target.target_box if action_point(target.action) is not None else None
+    run.record.steps.append(StepRecord(valid, point, box))
+    run.frames.append(obs)
+    run.responses.append(text)
+    context.screenshots.append(obs)
+    context.previous.append(format_action(info["action"]) if valid else "invalid")
+    run.record.success = bool(reward)
+    return not (terminated or truncated)
+
+
 def run_episodes(
     policy: Policy, tasks: Sequence[Task], max_steps: int = 15, keep_samples: bool = False
 ) -> list[EpisodeRun]:
     """Run ``policy`` on every task until each terminates or hits ``max_steps``; with
     ``keep_samples`` (a policy with ``sample``, e.g. `VLMPolicy`) each run keeps every
     step's `PolicySample` (token ids, log-probs, image inputs) for training on it."""
-    envs, runs, contexts = [], [], []
-    for task in tasks:
-        env = GUIEnv(width=task.window.width, height=task.window.height, max_steps=max_steps)
-        obs, info = env.reset(options={"task": task})
-        envs.append(env)
-        runs.append(EpisodeRun(task, EpisodeRecord(task.template, False), [obs]))
-        contexts.append(AgentContext(info["instruction"], [obs], runs[-1].history, env))
+    episodes = [open_episode(task, max_steps) for task in tasks]
     active = list(range(len(tasks)))
     while active:
-        targets = [expert_step(envs[i].task, envs[i].window) for i in active]
+        targets = [expert_step(episodes[i][0].task, episodes[i][0].window) for i in active]
+        contexts = [episodes[i][2] for i in active]
         if keep_samples:
-            samples = policy.sample([contexts[i] for i in active])
+            samples = policy.sample(contexts)
             texts = [s.text.strip() for s in samples]
             for i, sample in zip(active, samples, strict=True):
-                runs[i].samples.append(sample)
+                episodes[i][1].samples.append(sample)
         else:
-            texts = policy.act([contexts[i] for i in active])
-        still = []
-        for i, text, target in zip(active, texts, targets, strict=True):
-            obs, reward, terminated, truncated, info = envs[i].step(text)
-            valid = not info["invalid_action"]
-            point = action_point(info["action"]) if valid else None
-            box = target.target_box if action_point(target.action) is not None else None
-            runs[i].record.steps.append(StepRecord(valid, point, box))
-            runs[i].frames.append(obs)
-            runs[i].responses.append(text)
-            contexts[i].screenshots.append(obs)
-            contexts[i].previous.append(format_action(info["action"]) if valid else "invalid")
-            runs[i].record.success = bool(reward)
-            if not (terminated or truncated):
-                still.append(i)
-        active = still
-    return runs
+            texts = policy.act(contexts)
+        active = [i for i, text, target in zip(active, texts, targets, strict=True)
+                  if record_step(*episodes[i], text, target)]  # fmt: skip
+    return [run for _, run, _ in episodes]
 
 
 def evaluate_agent(
@@ -121,4 +130,12 @@ def save_gif(run: EpisodeRun, path: str | Path, scale: int = 3, ms_per_frame: in
     return Path(path)
 
 
-__all__ = ["EpisodeRun", "annotate", "evaluate_agent", "run_episodes", "save_gif"]
+__all__ = [
+    "EpisodeRun",
+    "annotate",
+    "evaluate_agent",
+    "open_episode",
+    "record_step",
+    "run_episodes",
+    "save_gif",
+]
