@@ -69,15 +69,17 @@ def main() -> None:
                     help="the grounding stage's recipe (a file in lmforge/recipes/)")  # fmt: skip
     ap.add_argument("--sft-steps", type=int, default=3000)
     ap.add_argument("--rl-steps", type=int, default=200)
-    ap.add_argument("--tasks", type=int, default=300, help="expert episodes for the SFT data")
+    ap.add_argument("--tasks", type=int, default=None,
+                    help="expert episodes for the data (default: each stage's recipe)")  # fmt: skip
     ap.add_argument("--episodes", type=int, default=60, help="held-out episodes per evaluation")
     ap.add_argument("--grounding", type=int, default=300, help="held-out grounding examples")
     ap.add_argument("--history", type=int, default=2, help="screenshots an agent step sees")
     ap.add_argument("--merge-size", type=int, default=1, help="patches per side of an image token")
     ap.add_argument("--grounding-turns", type=int, default=8, help="grounding questions per chat")
     ap.add_argument("--max-steps", type=int, default=15, help="per held-out episode")
-    ap.add_argument("--random-screens", type=int, default=0,
-                    help="random-widget screens added to the grounding stage's data")  # fmt: skip
+    ap.add_argument("--random-screens", type=int, default=None,
+                    help="random-widget screens added to the grounding stage's data "
+                    "(default: the recipe's)")  # fmt: skip
     ap.add_argument("--pointer-size", type=int, default=64,
                     help="width of the pointer head that points clicks (0: text coordinates)")  # fmt: skip
     ap.add_argument("--pointer-weight", type=float, default=1.0,
@@ -88,20 +90,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
-    common = ["train.resume=false", "log.progress=false", f"agent.train_tasks={args.tasks}",
-              f"agent.history={args.history}", f"agent.merge_size={args.merge_size}",
+    common = ["train.resume=false", "log.progress=false", f"agent.history={args.history}", f"agent.merge_size={args.merge_size}",
               "agent.grounding_count=0", f"agent.grounding_turns={args.grounding_turns}",
               f"agent.max_steps={args.max_steps}", "agent.eval_split=heldout",
               f"agent.pointer_size={args.pointer_size}",
               f"agent.pointer_weight={args.pointer_weight}"]  # fmt: skip
+    if args.tasks is not None:
+        common.append(f"agent.train_tasks={args.tasks}")
     pointer = args.pointer_size > 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
 
     def ground() -> None:
         overrides = [f"out_dir={out / 'ground'}", f"train.max_steps={args.ground_steps}", *common,
                      "agent.kinds=[grounding]", "agent.eval_tasks=0",
-                     f"agent.random_screens={args.random_screens}",
-                     f"agent.eval_grounding={args.grounding}", *args.ground]  # fmt: skip
+                     f"agent.eval_grounding={args.grounding}"]  # fmt: skip
+        if args.random_screens is not None:
+            overrides.append(f"agent.random_screens={args.random_screens}")
+        overrides += args.ground
         train_agent_sft(load_config(RECIPES / args.ground_recipe, overrides, AgentRunConfig))
 
     def sft() -> None:
