@@ -369,6 +369,7 @@ def test_int8_rows_quantise_the_activations_of_several_rows_only_when_asked():
     quantised per row) — close to ``model.forward`` within that rounding, not equal — while
     one-row steps and the default (``int8_rows`` off, every default engine) stay bit-equal;
     the compiled step reuses the runner's packed copy instead of packing its own."""
+    from lmforge.infer import int8_gemm
     from lmforge.infer.int8_gemm import int8_enabled
     from lmforge.models.quantize import quantize_model
 
@@ -384,8 +385,10 @@ def test_int8_rows_quantise_the_activations_of_several_rows_only_when_asked():
 
     got = paged_steps(model, call)
     assert not torch.equal(got[0], expected[0])  # a prefill of 13 rows: quantised
+    # without VNNI fbgemm keeps 7 bits of each activation (reduce_range): twice the step
+    tolerance = 0.1 if int8_gemm._has_vnni() else 0.2
     for e, g in zip(expected, got):
-        torch.testing.assert_close(g, e, rtol=0, atol=0.1 * float(e.abs().max()))
+        torch.testing.assert_close(g, e, rtol=0, atol=tolerance * float(e.abs().max()))
     for e, g in zip(expected, paged_steps(model, runner_call(runner))):
         assert torch.equal(g, e)
     packed = runner.layers[0].qkv.int8_packed()
