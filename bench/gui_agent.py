@@ -90,7 +90,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
-    common = ["train.resume=false", "log.progress=false", f"agent.history={args.history}", f"agent.merge_size={args.merge_size}",
+    common = ["train.resume=false", "log.progress=false", f"agent.history={args.history}",
+              f"agent.merge_size={args.merge_size}",
               "agent.grounding_count=0", f"agent.grounding_turns={args.grounding_turns}",
               f"agent.max_steps={args.max_steps}", "agent.eval_split=heldout",
               f"agent.pointer_size={args.pointer_size}",

@@ -291,15 +291,11 @@ class AgentRollouts:
         return batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        states = self.section.groups == "state"
         while True:
-            if self.section.groups == "state":
-                groups, runs = self.play_states()
-                self.rollouts += 1
-                yield self.state_batch(groups, runs)
-            else:
-                runs = self.play()
-                self.rollouts += 1
-                yield self.batch(runs)
+            played = self.play_states() if states else self.play()
+            self.rollouts += 1
+            yield self.state_batch(*played) if states else self.batch(played)
 
     def state_dict(self) -> dict[str, int]:
         return {"rollouts": self.rollouts}
