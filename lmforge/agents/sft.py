@@ -8,9 +8,9 @@ data of `lmforge.agents.agent_data`, then evaluated on held-out grounding and ep
 UI-TARS trains perception and grounding before and alongside trajectories (Qin et al. 2025
 §4.2–4.4); ``agent.kinds`` picks the mix (``[perception, state_qa, grounding]`` for a
 grounding stage, then ``[trajectory, reflection]`` from that checkpoint, or all at once).
-The examples are packed with `MultimodalPackedLoader` and trained with `vlm_objective`
-(loss on the answers only), exactly as ``lmforge vlm sft`` trains; held-out figures are
-written to ``agent_eval.json``.
+The examples are packed with `MultimodalPackedLoader` (under DDP each rank trains on its own
+rows of every batch) and trained with `vlm_objective` (loss on the answers only), exactly as
+``lmforge vlm sft`` trains; held-out figures are written to ``agent_eval.json``.
 
 Grounding options (BENCHMARKS.md, "GUI agent" sections): ``agent.grounding_turns=8`` asks
 every element of a screen in one chat (one image encoding trains ~8 answers);
@@ -358,7 +358,7 @@ def train_agent_sft(
         examples = [encode_chat(tokenizer, processor, ex.messages(), ex.images, q)
                     for ex, q in zip(train_ex, queried, strict=True)]  # fmt: skip
         val = examples[: max(1, len(train_ex) // 50)]
-        pad = tokenizer.pad_token_id or 0
+        packing = {"pad_id": tokenizer.pad_token_id or 0, "rank": dist.rank, "world_size": dist.world_size}  # fmt: skip
         seq_len = max(config.data.seq_len, max(len(e) for e in examples))
         if uses_glyphs(a) or a.query_weight > 0:
             if uses_glyphs(a):
@@ -378,15 +378,17 @@ def train_agent_sft(
                 else:
                     numbers = [query_number_targets(ex, q, a.glyph_slots)
                                for ex, q in zip(train_ex, queried, strict=True)]  # fmt: skip
-            loader = GlyphPackedLoader(examples, targets, seq_len, t.batch_size, pad, seed=t.seed,
-                                       query_targets=numbers, key_points=points)  # fmt: skip
-            val_loader = GlyphPackedLoader(val, targets[: len(val)], seq_len, t.batch_size, pad,
-                                           shuffle=False,
+            loader = GlyphPackedLoader(examples, targets, seq_len, t.batch_size, seed=t.seed,
+                                       query_targets=numbers, key_points=points, **packing)  # fmt: skip
+            val_loader = GlyphPackedLoader(val, targets[: len(val)], seq_len, t.batch_size,
+                                           shuffle=False, **packing,
                                            query_targets=numbers and numbers[: len(val)],
                                            key_points=points and points[: len(val)])  # fmt: skip
         else:
-            loader = MultimodalPackedLoader(examples, seq_len, t.batch_size, pad, seed=t.seed)
-            val_loader = MultimodalPackedLoader(val, seq_len, t.batch_size, pad, shuffle=False)
+            loader = MultimodalPackedLoader(examples, seq_len, t.batch_size, seed=t.seed, **packing)
+            val_loader = MultimodalPackedLoader(
+                val, seq_len, t.batch_size, shuffle=False, **packing
+            )
         queries = sum(len(e.pointer_positions) for e in examples)
         console.print(
             f"[bold]agent[/]: {len(examples)} examples ({', '.join(f'{k} {len(data[k])}' for k in a.kinds)}), "
@@ -409,9 +411,9 @@ def train_agent_sft(
             if a.glyph_screens == "fresh":  # list-heavy new random windows, 8 per step
                 stage = fresh_glyph_batches(processor, 8, t.seed, screen, cell, a.glyph_slots,
                                             LIST_HEAVY)  # fmt: skip
-            else:
-                stage = iter(GlyphPackedLoader(examples, targets, seq_len, t.batch_size, pad,
-                                               seed=t.seed + 1))  # fmt: skip
+            else:  # every rank the same rows: the ranks' heads pretrain identically
+                stage = iter(GlyphPackedLoader(examples, targets, seq_len, t.batch_size,
+                                               packing["pad_id"], seed=t.seed + 1))  # fmt: skip
             glyph_pretrain(model, stage, a.glyph_steps, config.optim.lr, console.print)
         trainer = Trainer(model, loader, config, val_data=val_loader, objective=objective,
                           tokenizer=tokenizer, run_dir=run_dir, dist=dist, console=console)  # fmt: skip

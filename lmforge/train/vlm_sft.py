@@ -151,8 +151,10 @@ def pointer_objective(weight: float = 1.0, cells: str = "overlap") -> Objective:
     over the batch's pointer queries of ``−Σ_i t_i log p_i`` (GUI-Actor eq. 3, a target
     uniform over the box's image tokens: ``cells`` "overlap", those overlapping it, or
     "centre", those whose centre it holds; `pointer_target`), times ``weight``, counted as that much
-    loss per labelled token (so the total is ``LM mean + weight · pointer mean``). Logs
-    ``pointer_loss`` and ``pointer_hit`` (the argmax token is one of the target's)."""
+    loss per labelled token (so the total is ``LM mean + weight · pointer mean``). The mean is
+    the micro-batch's, weighted by its tokens, so a DDP step equals gradient accumulation over
+    the ranks' micro-batches. Logs ``pointer_loss`` and ``pointer_hit`` (the argmax token is
+    one of the target's)."""
     if cells not in POINTER_CELLS:
         raise ValueError(f"cells={cells!r}: choose one of {POINTER_CELLS}")
 
@@ -161,7 +163,10 @@ def pointer_objective(weight: float = 1.0, cells: str = "overlap") -> Objective:
         queries = batch.get("pointer_queries")
         if queries is None or not queries.numel():
             zero = out.loss.new_zeros(())
-            return LossOutput(out.loss, count, {"pointer_loss": zero, "pointer_hit": zero})
+            # the head still joins the graph: DDP reduces every parameter's gradient each step
+            head = unwrap(model).pointer_head.parameters()
+            loss = out.loss + 0.0 * sum(p.sum() for p in head)
+            return LossOutput(loss, count, {"pointer_loss": zero, "pointer_hit": zero})
         logits, grids = unwrap(model).pointer_logits(
             out.hidden_states, batch["input_ids"], batch["image_grid_thw"], queries,
             batch["pointer_images"].tolist(),
@@ -274,11 +279,14 @@ def train_vlm_sft(
         encode = lambda ex: encode_chat(tokenizer, processor, ex.messages(), ex.images)  # noqa: E731
         examples = [encode(ex) for ex in train_ex]
         val = [encode(ex) for ex in heldout[: max(1, len(heldout) // 4)]] if heldout else []
-        pad = tokenizer.pad_token_id or 0
+        # each DDP rank packs the same rows and trains on its own share of every batch
+        packing = {"pad_id": tokenizer.pad_token_id or 0, "rank": dist.rank, "world_size": dist.world_size}  # fmt: skip
         seq_len = max(config.data.seq_len, max(len(e) for e in examples))
-        loader = MultimodalPackedLoader(examples, seq_len, t.batch_size, pad, seed=t.seed)
+        loader = MultimodalPackedLoader(examples, seq_len, t.batch_size, seed=t.seed, **packing)
         val_loader = (
-            MultimodalPackedLoader(val, seq_len, t.batch_size, pad, shuffle=False) if val else None
+            MultimodalPackedLoader(val, seq_len, t.batch_size, shuffle=False, **packing)
+            if val
+            else None
         )
         freeze_for_stage(model, v.stage)
         apply_peft(model, peft, str(config.model.init_from or run_dir))

@@ -287,9 +287,14 @@ def answer_questions(
 
 class MultimodalPackedLoader:
     """Endless packed batches for the `Trainer`: each epoch shuffles the examples (seeded),
-    packs them into rows and yields ``batch_size`` rows at a time (the last partial batch of
-    an epoch is dropped unless it is the only one). ``state_dict`` / ``load_state_dict``
-    hold (epoch, batch index) for exact resume."""
+    packs them into rows and serves *global batches* of ``batch_size × world_size`` rows (the
+    last partial one of an epoch is dropped unless it is the only one); rank ``r`` keeps rows
+    ``[r·batch_size, (r+1)·batch_size)`` of each — as `lmforge.data.loader`'s loaders, ranks
+    are disjoint and together see what one process with ``batch_size × world_size`` rows
+    would (an epoch shorter than one global batch is dealt round robin, ``rows[r::world]``;
+    one with fewer rows than ranks goes whole to every rank: a tiny validation set's mean loss
+    stays exact, as the `Trainer` sums losses and counts over the ranks).
+    ``state_dict`` / ``load_state_dict`` hold (epoch, batch index) for exact resume."""
 
     def __init__(
         self,
@@ -299,16 +304,21 @@ class MultimodalPackedLoader:
         pad_id: int = 0,
         seed: int = 0,
         shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if not examples:
             raise ValueError("no multimodal examples to train on")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.examples = list(examples)
         self.seq_len, self.batch_size, self.pad_id = seq_len, batch_size, pad_id
         self.seed, self.shuffle = seed, shuffle
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0
         self._rows = self._epoch_rows(0)
         self.rows_per_epoch = len(self._rows)
-        self.global_batch_size = batch_size
+        self.global_batch_size = batch_size * world_size
 
     def _epoch_rows(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.examples)))
@@ -318,15 +328,23 @@ class MultimodalPackedLoader:
         return [[order[j] for j in row] for row in packed]
 
     def batches_per_epoch(self) -> int:
-        return max(1, len(self._rows) // self.batch_size)
+        return max(1, len(self._rows) // self.global_batch_size)
+
+    def rank_rows(self, index: int) -> list[list[int]]:
+        """This rank's rows of global batch ``index`` of the current epoch."""
+        if len(self._rows) < self.world_size:  # too few to share: every rank all (same mean)
+            return self._rows
+        if len(self._rows) < self.global_batch_size:  # the epoch's only, partial batch
+            return self._rows[self.rank :: self.world_size]
+        start = index * self.global_batch_size + self.rank * self.batch_size
+        return self._rows[start : start + self.batch_size]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
             if self.index >= self.batches_per_epoch():
                 self.epoch, self.index = self.epoch + 1, 0
                 self._rows = self._epoch_rows(self.epoch)
-            start = self.index * self.batch_size
-            rows = self._rows[start : start + self.batch_size]
+            rows = self.rank_rows(self.index)
             self.index += 1
             yield self.collate(rows)
 
@@ -336,9 +354,19 @@ class MultimodalPackedLoader:
         return collate_rows(self.examples, rows, self.seq_len, self.pad_id)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
+        return {
+            "epoch": self.epoch,
+            "index": self.index,
+            "global_batch_size": self.global_batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a `state_dict`; the global batch (rows per step over all ranks) must
+        be the one it was saved with, as the index counts global batches."""
+        saved = state.get("global_batch_size", self.global_batch_size)
+        if saved != self.global_batch_size:
+            raise ValueError(f"cannot resume this loader: it was saved with {saved} rows per "
+                             f"global batch, now {self.global_batch_size} (batch_size × ranks)")  # fmt: skip
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._rows = self._epoch_rows(self.epoch)
 

@@ -5,6 +5,11 @@ figures; bad sections are refused by name."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +25,7 @@ from lmforge.agents.sft import (
 )
 from lmforge.agents.widgets import box_contains
 from lmforge.config import ConfigError
-from lmforge.models.hf import save_model
+from lmforge.models.hf import read_state_dict, save_model
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.train.config import load_config
 from lmforge.train.vlm_sft import image_processor_for
@@ -314,3 +319,63 @@ def test_row_target_number_and_row_screens_train(tmp_path, monkeypatch):
     only_rows = [ex for ex, *_ in seen if ex.meta.get("template") == "random"
                  and ex.question.startswith(ROW_QUESTION)]  # fmt: skip
     assert only_rows  # the row screens' chats are in the training data
+
+
+# -- DDP: Agent SFT on two CPU processes (gloo, ``torchrun --standalone --nproc_per_node 2``): each
+# rank trains its own rows of every global batch (`MultimodalPackedLoader`'s rank share), so a
+# DDP run with ``batch_size`` 1 per rank makes the updates of one process accumulating two
+# micro-batches of 1 (the pointer term is a per-micro-batch mean, `pointer_objective`) — the
+# language model *and* the pointer head (GUI-Actor) end with the same weights, and the logged
+# losses are the whole step's.
+
+ROOT = Path(__file__).resolve().parents[2]
+DDP_RUN = [*(o for o in SMALL if not o.startswith(("agent.train_tasks", "agent.eval", "train.batch"))),
+           "agent.train_tasks=6", "agent.eval_tasks=0", "agent.eval_grounding=0",
+           "agent.pointer_size=16", "train.max_steps=4", "train.device=cpu"]  # fmt: skip
+SCRIPT = """
+import json, sys, torch
+from lmforge.agents.sft import AgentRunConfig, train_agent_sft
+from lmforge.train.config import load_config
+torch.set_num_threads(1)
+out, overrides = sys.argv[1], json.loads(sys.argv[2])
+config = load_config(None, [*overrides, "train.batch_size=1", "train.distributed=ddp",
+                            f"out_dir={out}/ddp"], AgentRunConfig)
+train_agent_sft(config)
+"""
+
+
+def _step_losses(run: Path) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def test_two_ranks_make_the_accumulated_update(tmp_path):
+    if not torch.distributed.is_gloo_available():
+        pytest.skip("gloo not available")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip(f"{torchrun} not found")
+    script = tmp_path / "ranks.py"
+    script.write_text(SCRIPT)
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path),
+           json.dumps(DDP_RUN)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-4000:]
+    config = load_config(None, [*DDP_RUN, "train.batch_size=1", "train.grad_accum=2", f"out_dir={tmp_path}/one"], AgentRunConfig)  # fmt: skip
+    train_agent_sft(config)
+    one, ddp = (
+        read_state_dict(tmp_path / "one" / "model"),
+        read_state_dict(tmp_path / "ddp" / "model"),
+    )
+    assert one.keys() == ddp.keys() and any("pointer" in k for k in one)
+    for key in one:
+        torch.testing.assert_close(ddp[key], one[key], atol=2e-5, rtol=1e-4, msg=key)
+    assert _step_losses(tmp_path / "ddp") == pytest.approx(_step_losses(tmp_path / "one"), rel=1e-4)

@@ -75,6 +75,48 @@ def test_loader_resumes_exactly(setup):
     assert torch.equal(next(iter(b))["input_ids"], expected)
 
 
+def test_ranks_share_each_global_batch(setup):
+    """Under DDP rank r trains rows [r·b, (r+1)·b) of each global batch: the ranks are
+    disjoint and together are the one-process loader with b × world rows per batch."""
+    _, _, _, encoded = setup
+    one = iter(MultimodalPackedLoader(encoded, 96, 2, seed=5))
+    loaders = [MultimodalPackedLoader(encoded, 96, 1, seed=5, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [iter(loader) for loader in loaders]
+    assert loaders[0].rows_per_epoch >= 4  # so the epochs hold several global batches
+    for _ in range(7):  # crosses epochs
+        whole = next(one)["input_ids"]
+        parts = [next(it)["input_ids"] for it in ranks]
+        assert torch.equal(torch.cat(parts), whole)
+        mine = [
+            {i for row in loader.rank_rows(loader.index - 1) for i in row} for loader in loaders
+        ]
+        assert mine[0] and mine[1] and not mine[0] & mine[1]
+
+
+def test_short_epoch_is_dealt_round_robin_or_given_whole(setup):
+    _, _, _, encoded = setup
+    rows = len(MultimodalPackedLoader(encoded, 96, 1, shuffle=False)._epoch_rows(0))
+    world = rows - 1  # fewer rows than one global batch of 2 per rank
+    got = [MultimodalPackedLoader(encoded, 96, 2, shuffle=False, rank=r, world_size=world)
+           for r in range(world)]  # fmt: skip
+    dealt = [row for loader in got for row in loader.rank_rows(0)]
+    assert sorted(i for row in dealt for i in row) == list(range(len(encoded)))
+    assert all(0 < len(loader.rank_rows(0)) <= 2 for loader in got)
+    few = MultimodalPackedLoader(encoded, 96, 1, shuffle=False, rank=rows, world_size=rows + 1)
+    assert few.rank_rows(0) == got[0]._rows  # fewer rows than ranks: every rank has them all
+    with pytest.raises(ValueError, match="rank=2"):
+        MultimodalPackedLoader(encoded, 96, 1, rank=2, world_size=2)
+
+
+def test_resume_refuses_another_global_batch(setup):
+    _, _, _, encoded = setup
+    state = MultimodalPackedLoader(encoded, 96, 2, seed=1).state_dict()
+    other = MultimodalPackedLoader(encoded, 96, 2, seed=1, rank=1, world_size=2)
+    with pytest.raises(ValueError, match="saved with 2 rows per global batch, now 4"):
+        other.load_state_dict(state)
+    MultimodalPackedLoader(encoded, 96, 1, seed=1, rank=1, world_size=2).load_state_dict(state)
+
+
 def test_mismatched_images_are_clear_errors(setup):
     tok, proc, examples, _ = setup
     ex = examples[0]
