@@ -12,7 +12,10 @@ sequence cap (``max_num_seqs``), how many new tokens of each sequence to run:
    to the head of the waiting queue, to be prefilled again (prompt + tokens generated so
    far) when there is room;
 2. then waiting sequences (unless something was preempted this step), reusing cached
-   prefix blocks first (see `lmforge.infer.cache.BlockAllocator`).
+   prefix blocks first (see `lmforge.infer.cache.BlockAllocator`). A waiting sequence whose
+   next uncached block is one a running prompt is computing right now (``n`` samples of one
+   prompt, a GRPO group, G copies of an agent's screenshot context) waits until that block
+   is in the cache — its prefix is then computed once, not once per copy.
 
 The `Sequence` here is what scheduling needs; the engine keeps its sampling state beside.
 """
@@ -153,11 +156,15 @@ class Scheduler:
                 self._grow(seq, need)
             chunks.append(ScheduledChunk(seq, n))
             budget -= n
+        computing = self._prefilling_keys()
         while self.waiting and budget > 0 and not preempted:
             if len(self.running) >= self.max_num_seqs:
                 break
             seq = self.waiting[0]
             self._reuse_prefix(seq)
+            if computing and self._next_key(seq) in computing:  # being computed: wait for it
+                self._release(seq)
+                break
             n = min(len(seq.tokens) - seq.num_computed, budget)
             need = self._blocks_needed(seq, n)
             if self.allocator.num_free < need:
@@ -168,9 +175,34 @@ class Scheduler:
             self.prompt_tokens += len(seq.tokens)
             self._grow(seq, need)
             self.running.append(seq)
+            computing |= self._unregistered_prompt_keys(seq)
             chunks.append(ScheduledChunk(seq, n))
             budget -= n
         return chunks
+
+    def _unregistered_prompt_keys(self, seq: Sequence) -> set[BlockKey]:
+        """Keys of ``seq``'s full prompt blocks not yet in the prefix cache (none without
+        prefix caching: nothing is shared, so nothing is worth waiting for)."""
+        if not self.allocator.enable_prefix_caching:
+            return set()
+        full = seq.num_prompt // self.block_size
+        return set(seq.block_keys(full, self.block_size)[seq.num_registered :])
+
+    def _prefilling_keys(self) -> set[BlockKey]:
+        """The full prompt blocks running sequences are still prefilling."""
+        keys: set[BlockKey] = set()
+        for seq in self.running:
+            if seq.num_computed < seq.num_prompt:
+                keys |= self._unregistered_prompt_keys(seq)
+        return keys
+
+    def _next_key(self, seq: Sequence) -> BlockKey | None:
+        """The key of the first block ``seq`` would compute, if prefix caching could reuse
+        it (a full block that leaves at least one token to compute), else None."""
+        i = len(seq.block_ids)
+        if i >= (len(seq.tokens) - 1) // self.block_size:
+            return None
+        return seq.block_keys(i + 1, self.block_size)[i]
 
     def _reuse_prefix(self, seq: Sequence) -> None:
         """Point ``seq``'s first blocks at cached ones with the same prefix. At least one

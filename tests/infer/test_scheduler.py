@@ -213,6 +213,35 @@ def test_full_blocks_are_reused_by_a_later_prompt_with_the_same_prefix():
     assert allocator.ref_counts[a.block_ids[0]] == 3
 
 
+def test_copies_of_a_prompt_arriving_together_compute_its_prefix_once():
+    """n samples of one prompt (a GRPO group): the first copy prefills; the others wait one
+    step for its full blocks to enter the cache, then compute only the last token."""
+    scheduler, allocator = make(num_blocks=16)
+    copies = [seq(f"c{i}", 9) for i in range(3)]
+    other = seq("o", 5, first=50)  # behind them in the queue: waits with them (FIFO)
+    for s in (*copies, other):
+        scheduler.add(s)
+    assert step(scheduler) == [("c0", 9)]
+    assert step(scheduler) == [("c0", 1), ("c1", 1), ("c2", 1), ("o", 5)]
+    assert copies[1].block_ids[:2] == copies[2].block_ids[:2] == copies[0].block_ids[:2]
+    assert scheduler.prefix_hit_tokens == 16
+    plain, _ = make(num_blocks=16, caching=False)  # no cache: nothing to wait for
+    for s in (seq("a", 9), seq("b", 9)):
+        plain.add(s)
+    assert step(plain) == [("a", 9), ("b", 9)]
+
+
+def test_a_copy_waits_through_a_chunked_prefill():
+    scheduler, _ = make(num_blocks=16, budget=6)
+    a, b = seq("a", 13), seq("b", 13)
+    scheduler.add(a)
+    scheduler.add(b)
+    assert step(scheduler) == [("a", 6)]  # b's first block is being computed by a
+    assert step(scheduler) == [("a", 6)]  # a's blocks 0 and 1 are cached; b needs block 2
+    assert step(scheduler) == [("a", 1), ("b", 1)]
+    assert b.num_computed == 13 and scheduler.prefix_hit_tokens == 12
+
+
 def test_invalid_limits_are_refused():
     with pytest.raises(ValueError, match="max_num_seqs=0"):
         Scheduler(BlockAllocator(4), BS, 0, 16)
