@@ -22,6 +22,7 @@ evaluation episodes, agent SFT and online RL.
 | `grounding` | held-out grounding: clicks by the pointer (with an optional zoomed second look) or by text, scored in the target box, split into list rows and the rest |
 | `glyph` | dense glyph (OCR) objective: per-token character targets from the renderer's layout, the loss wrapper, fresh-screen batches and an encoder-only glyph stage |
 | `rl` | online GRPO in `GUIEnv`, groups per task (success + format reward) or per state, the failed tasks first; packed multimodal surrogate through the one Trainer |
+| `rl_objective` | the agent's GRPO objective on a packed rollout: clipped surrogate over sampled tokens and pointer choices, optional k3 KL to the SFT policy |
 | `state_groups` | groups per state for RL: responses sampled in each state of the agent's own episode, scored by a step reward (the expert's move there, + format) |
 """
 

@@ -16,34 +16,21 @@ Shao et al. 2024 eq. 3) and every response token of every step of an episode get
 episode's advantage. With ``groups=state`` each task is played once and the group is
 ``group_size`` responses sampled in each state it reaches, each with its own step reward
 (`lmforge.agents.state_groups`: the expert's move, + format), normalised within the state.
-The objective is GRPO's clipped surrogate (eq. 3 without the KL term),
-min(r·A, clip(r, 1 − ε, 1 + ε)·A) with r = π(o_t)/π_old(o_t), summed over response tokens,
-one update per rollout. A step is trained on exactly what the engine decoded
-(`PolicySample`): the prompt's token ids and images, then the sampled token ids as the
-labelled continuation — never the response text re-tokenized (BPE need not give back the
-sampled ids, and ``act`` strips whitespace). π_old(o_t) is the engine's log-prob of each
-sampled token; the one token it does not score (the stop token) uses the current log-prob,
-so its ratio is 1. With one update per rollout r = 1 up to the engine/trainer numerical
-difference, logged as ``logprob_gap`` (mean |log π − log π_old|): a check that training sees
-the tokens and probabilities that were sampled.
+The objective is GRPO's clipped surrogate (`lmforge.agents.rl_objective`), one update per
+rollout, with an optional KL penalty (``kl_coef`` = β > 0) to the starting (SFT) policy, whose
+log-probs of what was sampled are computed once per rollout from a frozen copy. A step is
+trained on exactly what the engine decoded (`PolicySample`): the prompt's token ids and
+images, then the sampled token ids as the labelled continuation — never the response text
+re-tokenized (BPE need not give back the sampled ids, and ``act`` strips whitespace).
+π_old(o_t) is the engine's log-prob of each sampled token; the one token it does not score
+(the stop token) uses the current log-prob, so its ratio is 1.
 
 A pointer model (GUI-Actor's action head; `VLMPolicy` with ``pointer``) makes two kinds of
 choices per step: tokens (the thought, the action's name, a scroll's direction) and points
-(image token k of the screenshot, from the query token ending with ``click(``). Its step's
-objective sums GRPO's clipped term over both (Shao et al. 2024 eq. 3, the same advantage
-Â for every choice of the episode; the pointer as one more action, as GUI-Actor/UI-TARS
-train grounding as part of the policy):
-
-    J = Σ_t∈sampled min(r_t Â, clip(r_t, 1 − ε, 1 + ε) Â) + Σ_q min(ρ_q Â, clip(ρ_q, 1 − ε, 1 + ε) Â)
-    r_t = π(o_t | o_<t) / π_old(o_t | o_<t),     ρ_q = p(k_q | h_q) / p_old(k_q | h_q)
-
-with p(· | h_q) the pointer head's softmax over the screenshot's tokens at query q
-(`VisionLanguageModel.pointer_logits`, recomputed on the packed batch) and p_old the
-policy's recorded (untempered) log-prob. The tokens the policy spliced in (coordinates,
-their punctuation, the end of turn — `PolicySample.sampled` False) are context only: no
-language-model term. Each pointer choice counts as one more element of the loss's count
-(logged: ``pointer_share``); ``pointer_gap`` (mean |log p − log p_old|) checks the ratio
-starts at 1 as ``logprob_gap`` does.
+(image token k of the screenshot, from the query token ending with ``click(``); both get the
+response's advantage (the pointer as one more action, as GUI-Actor/UI-TARS train grounding as
+part of the policy). The tokens the policy spliced in (coordinates, their punctuation, the end
+of turn — `PolicySample.sampled` False) are context only: no language-model term.
 """
 
 from __future__ import annotations
@@ -59,12 +46,14 @@ import torch
 from rich.console import Console
 
 from lmforge.agents.policy import PolicySample, VLMPolicy
+from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
 from lmforge.agents.rollout import EpisodeRun, run_episodes
 from lmforge.agents.sft import AgentSection, evaluate_agent_model
 from lmforge.agents.state_groups import StateGroup, play_state_groups
 from lmforge.agents.tasks import SPLITS, Task, sample_task
 from lmforge.agents.widgets import box_contains
 from lmforge.align.grpo import grpo_advantages
+from lmforge.align.reference import make_reference
 from lmforge.config import ConfigError
 from lmforge.io import atomic_write_json
 from lmforge.models.hf import load_model
@@ -72,9 +61,7 @@ from lmforge.models.loss import IGNORE_INDEX
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
-from lmforge.train.distributed import unwrap
 from lmforge.train.loop import Trainer
-from lmforge.train.objective import LossOutput
 from lmforge.train.run import fit_and_export, print_summary, training_run
 from lmforge.train.vlm_sft import image_processor_for
 from lmforge.vision.processor import ImageProcessor, save_preprocessor_config
@@ -101,6 +88,7 @@ class AgentRLSection:
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     clip_eps: float = 0.2  # GRPO/PPO ratio clipping ε
+    kl_coef: float = 0.0  # β of the k3 KL penalty to the starting (SFT) policy; 0: none
     screen: int = 128
     eval_split: str = "heldout"
     eval_tasks: int = 30  # 0 skips the held-out evaluation
@@ -128,8 +116,10 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(
             f"rl.group_size={r.group_size} must be ≥ 2 (advantages are group-relative)"
         )
-    if not r.expert_weight >= 0:
-        raise ConfigError(f"rl.expert_weight={r.expert_weight} must be ≥ 0")
+    if not (r.expert_weight >= 0 and r.kl_coef >= 0):
+        raise ConfigError(
+            f"rl.expert_weight={r.expert_weight} and rl.kl_coef={r.kl_coef} must be ≥ 0"
+        )
     if r.tasks_per_rollout < 1 or r.pool_tasks < 1 or r.max_steps < 1 or r.history < 1:
         raise ConfigError(
             "rl.tasks_per_rollout, rl.pool_tasks, rl.max_steps and rl.history must be ≥ 1"
@@ -210,6 +200,8 @@ class AgentRollouts:
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
         self.tasks, self.section, self.seed, self.seq_len = list(tasks), section, seed, seq_len
         self.rollouts = 0
+        # β > 0: the KL reference, a frozen copy of the policy as it starts (the SFT agent)
+        self.reference = make_reference(model, section.kl_coef)
 
     def rollout_tasks(self) -> list[Task]:
         """This rollout's tasks: the pool in a fresh seeded order per pass, round after round."""
@@ -286,6 +278,9 @@ class AgentRollouts:
         batch["pointer_old"] = torch.tensor([lp for (_, lp), _ in order], dtype=torch.float32)
         batch["pointer_advantages"] = torch.tensor([a for _, a in order], dtype=torch.float32)
         batch["clip_eps"] = torch.tensor(self.section.clip_eps)
+        if self.reference is not None:
+            batch["kl_coef"] = torch.tensor(self.section.kl_coef)
+            batch.update(reference_scores(self.reference, batch))
         batch["rollout_reward"] = reward
         batch["rollout_success"] = torch.tensor([float(x) for x in successes]).mean()
         return batch
@@ -302,74 +297,6 @@ class AgentRollouts:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.rollouts = int(state["rollouts"])
-
-
-def clipped_surrogate(
-    logps: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, eps: float
-) -> torch.Tensor:
-    """min(r·A, clip(r, 1 − ε, 1 + ε)·A) elementwise, r = exp(log π − log π_old)."""
-    ratio = torch.exp(logps - old)
-    return torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
-
-
-def pointer_surrogate(
-    model: Any, hidden: torch.Tensor, batch: dict[str, torch.Tensor], eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pointer choices' clipped terms ``[Q]`` (ρ_q of the module docstring: the current
-    pointer head's log-prob of each recorded token k at its query, recomputed from
-    ``hidden``, against the recorded one) and |log p − log p_old| ``[Q]``."""
-    logits, _ = model.pointer_logits(hidden, batch["input_ids"], batch["image_grid_thw"],
-                                     batch["pointer_queries"], batch["pointer_images"].tolist())  # fmt: skip
-    logps = torch.log_softmax(logits.float(), -1)
-    logps = logps.gather(-1, batch["pointer_index"].unsqueeze(-1)).squeeze(-1)
-    old = batch["pointer_old"].to(logps)
-    surrogate = clipped_surrogate(logps, old, batch["pointer_advantages"].to(logps), eps)
-    return surrogate, (logps.detach() - old).abs()
-
-
-def agent_pg_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-    """GRPO's clipped surrogate without KL (Shao et al. 2024 eq. 3): −Σ_t min(r_t·A,
-    clip(r_t, 1 − ε, 1 + ε)·A), r_t = exp(log π(o_t) − log π_old(o_t)) over the sampled
-    response tokens, π_old the engine's log-probs (the current, detached, where there is
-    none), and their count; with a pointer model also −Σ_q of the pointer choices' terms
-    (`pointer_surrogate`), each counted once; logs the rollout's reward and success and
-    ``logprob_gap`` (and ``pointer_gap``)."""
-    core = unwrap(model)  # DDP / FSDP wrap it: the pointer head is the model's own module
-    pointing = getattr(core, "pointer_head", None) is not None and "pointer_index" in batch
-    out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                image_grid_thw=batch["image_grid_thw"], document_ids=batch["document_ids"],
-                output_hidden_states=pointing)  # fmt: skip
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE_INDEX
-    logps = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-    logps = logps.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    old = batch["old_logprobs"][:, 1:]
-    scored = mask & ~torch.isnan(old)
-    old = torch.where(scored, old, logps.detach())
-    adv = batch["advantages"][:, 1:]
-    eps = float(batch["clip_eps"])
-    surrogate = clipped_surrogate(logps, old, adv, eps)
-    loss_sum = -(surrogate * mask).sum()
-    count = mask.sum()
-    gap = ((logps.detach() - old).abs() * scored).sum() / scored.sum().clamp(min=1)
-    pointer_metrics = {}
-    if pointing:
-        choices = batch["pointer_index"].numel()
-        if choices:
-            pointer, pointer_gap = pointer_surrogate(core, out.hidden_states, batch, eps)
-            loss_sum = loss_sum - pointer.sum()
-            pointer_gap = pointer_gap.mean()
-        else:  # the head still takes part in the graph (DDP expects every parameter's grad)
-            loss_sum = loss_sum + 0.0 * sum(p.sum() for p in core.pointer_head.parameters())
-            pointer_gap = torch.zeros((), device=count.device)
-        count = count + choices
-        # pointer_share: the pointer choices' share of the loss's elements
-        pointer_metrics = {"pointer_gap": pointer_gap * count,
-                           "pointer_share": torch.tensor(float(choices), device=count.device)}  # fmt: skip
-    metrics = {"episode_reward": batch["rollout_reward"] * count,
-               "episode_success": batch["rollout_success"] * count,
-               "logprob_gap": gap * count, **pointer_metrics}  # fmt: skip
-    return LossOutput(loss_sum, count, metrics)
 
 
 def select_tasks(model: Any, tokenizer: Any, processor: ImageProcessor, r: AgentRLSection,
@@ -433,11 +360,8 @@ __all__ = [
     "AgentRLSection",
     "AgentRollouts",
     "GROUPINGS",
-    "agent_pg_objective",
     "check_agent_rl_config",
-    "clipped_surrogate",
     "episode_reward",
-    "pointer_surrogate",
     "sample_example",
     "select_tasks",
     "step_examples",

@@ -20,11 +20,11 @@ from lmforge.agents.rl import (
     AgentRLConfig,
     AgentRLSection,
     AgentRollouts,
-    agent_pg_objective,
     episode_reward,
     step_examples,
     train_agent_rl,
 )
+from lmforge.agents.rl_objective import agent_pg_objective
 from lmforge.agents.rollout import run_episodes
 from lmforge.agents.tasks import sample_task
 from lmforge.config import ConfigError

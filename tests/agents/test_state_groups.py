@@ -20,9 +20,9 @@ from lmforge.agents.rl import (
     AgentRLConfig,
     AgentRLSection,
     AgentRollouts,
-    agent_pg_objective,
     train_agent_rl,
 )
+from lmforge.agents.rl_objective import agent_pg_objective
 from lmforge.agents.rollout import run_episodes
 from lmforge.agents.state_groups import action_matches, play_state_groups, step_reward
 from lmforge.agents.tasks import sample_task
@@ -145,11 +145,13 @@ def test_state_group_rl_smoke_run(tmp_path, vlm):
                  "rl.tasks_per_rollout=1", "rl.group_size=2", "rl.max_steps=2", "rl.constrained=true",
                  "rl.eval_tasks=1", "rl.eval_max_steps=1", "rl.max_new_tokens=100", "train.max_steps=2",
                  "train.batch_size=1", "train.eval_every=0", "train.save_every=0", "log.progress=false",
-                 "log.plot=false", "optim.warmup_steps=1", "data.seq_len=256"]  # fmt: skip
+                 "log.plot=false", "optim.warmup_steps=1", "data.seq_len=256", "rl.kl_coef=0.1"]  # fmt: skip
     summary = train_agent_rl(load_config(None, overrides, AgentRLConfig), copy.deepcopy(model), tok)
     assert summary["step"] == 2
     lines = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     logged = [x for x in lines if "episode_reward" in x]
     assert len(logged) == 2 and all(0 <= x["episode_reward"] <= 1.1 for x in logged)
+    # the KL to the SFT policy: 0 before the first update, ≥ 0 (k3) after it
+    assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-5) and logged[1]["kl"] >= 0
     with pytest.raises(ConfigError, match="rl.groups"):
         train_agent_rl(load_config(None, ["rl.groups=task"], AgentRLConfig))
