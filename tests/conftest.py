@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +130,31 @@ def chat_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve") / "tiny-chat"
     save_model(model, folder, tokenizer=tok)
     return folder
+
+
+def launch_torchrun(script: Path, args: list[str], timeout: float = 300, cwd=None) -> None:
+    """Run ``script`` on two gloo ranks (``torchrun --standalone --nproc_per_node 2``, one
+    thread each) and assert it exits cleanly; skips without gloo or torchrun. The ranks get
+    their own process group, so a hang kills torchrun *and* its workers."""
+    if not torch.distributed.is_gloo_available():
+        pytest.skip("gloo not available")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip(f"{torchrun} not found")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), *args]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-4000:]
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """``torchrun(script, args, timeout=300)``: `launch_torchrun`."""
+    return launch_torchrun

@@ -5,10 +5,6 @@ figures; bad sections are refused by name."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -349,26 +345,10 @@ def _step_losses(run: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
 
 
-def test_two_ranks_make_the_accumulated_update(tmp_path):
-    if not torch.distributed.is_gloo_available():
-        pytest.skip("gloo not available")
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip(f"{torchrun} not found")
+def test_two_ranks_make_the_accumulated_update(tmp_path, torchrun):
     script = tmp_path / "ranks.py"
     script.write_text(SCRIPT)
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path),
-           json.dumps(DDP_RUN)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-4000:]
+    torchrun(script, [str(tmp_path), json.dumps(DDP_RUN)], cwd=ROOT)
     config = load_config(None, [*DDP_RUN, "train.batch_size=1", "train.grad_accum=2", f"out_dir={tmp_path}/one"], AgentRunConfig)  # fmt: skip
     train_agent_sft(config)
     one, ddp = (

@@ -9,10 +9,6 @@ uninterrupted run ends (its checkpoints hold the critic); plus the sharding help
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -79,26 +75,12 @@ def test_shard_ranges_and_the_sharded_sampler_split_one_draw():
     assert global_means({"a": 3.0, "b": 1.0}, 2.0) == {"a": 1.5, "b": 0.5}
 
 
-def _launch(out: Path, r1_model_dir: Path, preference_model_dir: Path) -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip(f"{torchrun} not found")
+def _launch(out: Path, r1_model_dir: Path, preference_model_dir: Path, torchrun) -> None:
     script = out / "ranks.py"
     script.write_text(SCRIPT)
     (out / "rewards.py").write_text(REWARDS)  # a random policy's completions: the r1 reward is 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(ROOT),
-           str(out), str(r1_model_dir), str(preference_model_dir), json.dumps(GRPO),
-           json.dumps(DPO), json.dumps(PPO)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-4000:]
+    torchrun(script, [str(ROOT), str(out), str(r1_model_dir), str(preference_model_dir),
+                      json.dumps(GRPO), json.dumps(DPO), json.dumps(PPO)])  # fmt: skip
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -116,16 +98,14 @@ def _assert_same_weights(a: Path, b: Path, init: Path, trained: bool = True) -> 
 
 
 def test_two_processes_make_the_single_process_update(r1_model_dir, preference_model_dir,
-                                                      tmp_path):  # fmt: skip
+                                                      tmp_path, torchrun):  # fmt: skip
     from lmforge.align.dpo_trainer import DPOConfig, train_dpo
     from lmforge.align.grpo_trainer import GRPOConfig
     from lmforge.align.ppo_config import PPOConfig
     from lmforge.align.rl_run import run_grpo, run_ppo
     from lmforge.train.config import load_config
 
-    if not torch.distributed.is_gloo_available():
-        pytest.skip("gloo not available")
-    _launch(tmp_path, r1_model_dir, preference_model_dir)
+    _launch(tmp_path, r1_model_dir, preference_model_dir, torchrun)
     single = tmp_path / "single"
     config = load_config(ROOT / "lmforge/recipes/grpo-tiny.yaml",
                          [*GRPO, "train.batch_size=8", f"model.init_from={r1_model_dir}",
@@ -206,33 +186,17 @@ torch.distributed.destroy_process_group()
 
 @pytest.mark.slow  # ~45 s on the shared 2-core machine (~20 CPU-s); the state-dict logic is
 # tested fast in tests/train/test_checkpoint.py (test_sharded_export_writes_exactly_…)
-def test_ppo_resumes_under_fsdp_with_its_critic(r1_model_dir, tmp_path):
+def test_ppo_resumes_under_fsdp_with_its_critic(r1_model_dir, tmp_path, torchrun):
     """Two gloo processes, FSDP2: PPO saved after step 1 (mid-rollout) and resumed to step 2
     ends with the policy and critic of the uninterrupted 2-step run, and the checkpoint holds
     every critic tensor (the gathered FSDP state is written as it is)."""
-    if not torch.distributed.is_gloo_available():
-        pytest.skip("gloo not available")
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip(f"{torchrun} not found")
     script = tmp_path / "resume.py"
     script.write_text(RESUME_SCRIPT)
     ppo = ["ppo.max_new_tokens=4", "ppo.num_prompts=8", "ppo.ppo_epochs=2", "train.max_time_s=0",
            "train.save_every=1", "log.progress=false", "log.plot=false", "train.device=cpu",
            "optim.lr=1e-2", "optim.warmup_steps=0", "ppo.rollout_batch_size=4",
            "train.batch_size=2", "ppo.reward=format", "train.distributed=fsdp"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(ROOT),
-           str(tmp_path), str(r1_model_dir), json.dumps(ppo)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
-    try:
-        _, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-4000:]
+    torchrun(script, [str(ROOT), str(tmp_path), str(r1_model_dir), json.dumps(ppo)], timeout=240)
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert json.loads((tmp_path / "resumes.json").read_text()) == [["step-00000001", 1]]

@@ -14,10 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import traceback
 from pathlib import Path
 
@@ -124,32 +121,21 @@ def _launch_forked(run: Path) -> None:
     assert [p.exitcode for p in procs] == [0, 0]
 
 
-def _launch_torchrun(run: Path) -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip(f"{torchrun} not found")
+def _launch_torchrun(run: Path, torchrun) -> None:
     script = run / "train.py"
     script.write_text(TORCHRUN_SCRIPT.format(test_file=__file__, run=str(run)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)]
-    # Own process group, so a hang kills torchrun *and* its workers.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
-    try:
-        _, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    torchrun(script, [], timeout=180)
 
 
 @pytest.fixture(scope="module", params=["torchrun", pytest.param("fork", marks=pytest.mark.slow)])
-def torchrun_runs(request, tmp_path_factory):
+def torchrun_runs(request, tmp_path_factory, torchrun):
     if not torch.distributed.is_gloo_available():
         pytest.skip("gloo not available")
     run = tmp_path_factory.mktemp(f"dist-{request.param}")
-    (_launch_forked if request.param == "fork" else _launch_torchrun)(run)
+    if request.param == "fork":
+        _launch_forked(run)
+    else:
+        _launch_torchrun(run, torchrun)
     return run, json.loads((run / "losses.json").read_text())
 
 
