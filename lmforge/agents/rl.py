@@ -68,6 +68,7 @@ from lmforge.vision.processor import ImageProcessor, save_preprocessor_config
 from lmforge.vision.vlm_data import MultimodalExample, collate_rows, pack_examples
 
 GROUPINGS = ("episode", "state")
+POOL_TOP = 2**31 - 1  # a fresh pool's first task seed (`select_tasks`)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class AgentRLSection:
     split: str = "train"
     groups: str = "episode"  # episode: a task's episodes; state: responses in one state
     pool_tasks: int = 40
+    fresh_pool: bool = True  # tasks the SFT data never held (false: seeds 0…, the SFT run's)
     failed_only: bool = True  # train on the pool's tasks the starting policy fails greedily
     tasks_per_rollout: int = 2
     group_size: int = 4
@@ -302,10 +304,12 @@ class AgentRollouts:
 def select_tasks(model: Any, tokenizer: Any, processor: ImageProcessor, r: AgentRLSection,
                  seed: int) -> list[Task]:  # fmt: skip
     """The pool of ``rl.split`` tasks, or (``failed_only``) those the model fails greedily
-    (the whole pool if it fails none)."""
-    pool = [
-        sample_task(seed + i, r.split, width=r.screen, height=r.screen) for i in range(r.pool_tasks)
-    ]
+    (the whole pool if it fails none). The agent data's tasks are seeded upward from 0
+    (`make_agent_dataset`: ``seed · 1,000,003 + i``); a ``fresh_pool`` counts down from
+    2³¹ − 1, so RL practises on tasks SFT never showed, not on its own training tasks."""
+    seeds = [POOL_TOP - seed * 1_000_003 - i if r.fresh_pool else seed + i
+             for i in range(r.pool_tasks)]  # fmt: skip
+    pool = [sample_task(s, r.split, width=r.screen, height=r.screen) for s in seeds]
     if not r.failed_only:
         return pool
     policy = VLMPolicy(model, tokenizer, processor, (r.screen, r.screen), r.history, r.max_new_tokens,
@@ -360,6 +364,7 @@ __all__ = [
     "AgentRLSection",
     "AgentRollouts",
     "GROUPINGS",
+    "POOL_TOP",
     "check_agent_rl_config",
     "episode_reward",
     "sample_example",

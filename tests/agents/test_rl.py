@@ -319,3 +319,17 @@ def test_online_grpo_with_a_pointer_model(tmp_path, pvlm):
     assert len(logged) == 2 and all(x["pointer_gap"] < 1e-3 for x in logged)
     saved = json.loads((tmp_path / "rl" / "model" / "config.json").read_text())
     assert saved["pointer_head"]["size"] == 16
+
+
+def test_a_fresh_pool_holds_no_task_of_the_sft_data():
+    """The agent data's tasks are seeded 0, 1, … (`make_agent_dataset`); RL's fresh pool is
+    not — its tasks are new to the SFT model — while ``fresh_pool=false`` is exactly them."""
+    from lmforge.agents.rl import select_tasks
+
+    section = AgentRLSection(pool_tasks=30, failed_only=False)
+    sft_tasks = {repr(sample_task(i, "train")) for i in range(300)}
+    fresh = select_tasks(None, None, None, section, seed=0)
+    assert len(fresh) == 30 and not sft_tasks & {repr(t) for t in fresh}
+    assert len({repr(t) for t in fresh}) == 30
+    same = select_tasks(None, None, None, replace(section, fresh_pool=False), seed=0)
+    assert [repr(t) for t in same] == [repr(sample_task(i, "train")) for i in range(30)]
