@@ -21,7 +21,8 @@ inputs and so is not recompiled) and refreshes its weights before each rollout; 
 with the engine's inverse-CDF sampler (exact, one uniform per row; other seeded streams
 than ``torch.multinomial``'s). Text is decoded only when stop strings need it, or once
 per finished completion. The requests of a group share their prompt's full KV blocks
-through the prefix cache: one request per distinct prompt is prefilled first. The settings
+through the prefix cache: the engine's scheduler prefills one copy of a prompt and admits
+the others once its blocks are cached (`lmforge.infer.scheduler`). The settings
 are the engine's own `SamplingParams` (``n``: the group size, ``max_tokens``: the most new
 tokens per completion), checked for RL by `check_rollout_sampling`.
 
@@ -211,26 +212,11 @@ def sample_completions(
         )
         engine.add_request(list(prompts[i]), params, request_id=ids[i])
 
-    # A group's prompt is prefilled once: the first request of each distinct prompt goes
-    # first, the others once those prompts are in the prefix cache (its full blocks).
-    first: dict[tuple[int, ...], int] = {}
-    leads = [i for i, p in enumerate(prompts) if first.setdefault(tuple(p), i) == i]
-    followers = [i for i in range(len(prompts)) if first[tuple(prompts[i])] != i]
-    shareable = any(len(prompts[i]) > engine.block_size for i in followers)  # a full block
-    if not (engine.allocator.enable_prefix_caching and shareable):
-        leads, followers = list(range(len(prompts))), []
-    for i in leads:
+    for i in range(len(prompts)):  # a group's copies share one prefill (the scheduler's)
         add(i)
     done: dict[str, Completion] = {}
     logprobs: dict[str, list[float]] = {i: [] for i in ids}
     while len(done) < len(ids):
-        if followers and all(
-            ids[i] not in engine.requests or engine.requests[ids[i]].num_computed >= len(prompts[i])
-            for i in leads
-        ):
-            for i in followers:
-                add(i)
-            followers = []
         if not engine.has_unfinished():
             raise RuntimeError("the engine stopped before every rollout finished")
         for out in engine.step():
