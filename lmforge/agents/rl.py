@@ -16,9 +16,10 @@ Shao et al. 2024 eq. 3) and every response token of every step of an episode get
 episode's advantage. With ``groups=state`` each task is played once and the group is
 ``group_size`` responses sampled in each state it reaches, each with its own step reward
 (`lmforge.agents.state_groups`: the expert's move, + format), normalised within the state.
-The objective is GRPO's clipped surrogate (`lmforge.agents.rl_objective`), one update per
-rollout, with an optional KL penalty (``kl_coef`` = β > 0) to the starting (SFT) policy, whose
-log-probs of what was sampled are computed once per rollout from a frozen copy. A step is
+The objective is GRPO's clipped surrogate (`lmforge.agents.rl_objective`), ``iterations``
+(μ) updates per rollout, with an optional KL penalty (``kl_coef`` = β > 0) to the starting
+(SFT) policy, whose log-probs of what was sampled are computed once per rollout from a
+frozen copy. A step is
 trained on exactly what the engine decoded (`PolicySample`): the prompt's token ids and
 images, then the sampled token ids as the labelled continuation — never the response text
 re-tokenized (BPE need not give back the sampled ids, and ``act`` strips whitespace).
@@ -91,6 +92,7 @@ class AgentRLSection:
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     clip_eps: float = 0.2  # GRPO/PPO ratio clipping ε
     kl_coef: float = 0.0  # β of the k3 KL penalty to the starting (SFT) policy; 0: none
+    iterations: int = 1  # GRPO's μ: optimizer steps on each rollout (the ratio clips after 1)
     screen: int = 128
     eval_split: str = "heldout"
     eval_tasks: int = 30  # 0 skips the held-out evaluation
@@ -122,10 +124,9 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(
             f"rl.expert_weight={r.expert_weight} and rl.kl_coef={r.kl_coef} must be ≥ 0"
         )
-    if r.tasks_per_rollout < 1 or r.pool_tasks < 1 or r.max_steps < 1 or r.history < 1:
-        raise ConfigError(
-            "rl.tasks_per_rollout, rl.pool_tasks, rl.max_steps and rl.history must be ≥ 1"
-        )
+    if min(r.tasks_per_rollout, r.pool_tasks, r.max_steps, r.history, r.iterations) < 1:
+        raise ConfigError("rl.tasks_per_rollout, rl.pool_tasks, rl.max_steps, rl.history and "
+                          "rl.iterations must be ≥ 1")  # fmt: skip
 
 
 def episode_reward(
@@ -201,7 +202,7 @@ class AgentRollouts:
                  section: AgentRLSection, seed: int = 0, seq_len: int = 512) -> None:  # fmt: skip
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
         self.tasks, self.section, self.seed, self.seq_len = list(tasks), section, seed, seq_len
-        self.rollouts = 0
+        self.rollouts, self.updates = 0, 0
         # β > 0: the KL reference, a frozen copy of the policy as it starts (the SFT agent)
         self.reference = make_reference(model, section.kl_coef)
 
@@ -292,10 +293,16 @@ class AgentRollouts:
         while True:
             played = self.play_states() if states else self.play()
             self.rollouts += 1
-            yield self.state_batch(*played) if states else self.batch(played)
+            batch = self.state_batch(*played) if states else self.batch(played)
+            for update in range(1, self.section.iterations + 1):
+                self.updates = update
+                yield batch  # μ > 1: π_old stays the sampling policy's, so the ratio clips
 
     def state_dict(self) -> dict[str, int]:
-        return {"rollouts": self.rollouts}
+        """The rollouts done; mid-rollout (μ > 1) the current one is not counted, so a resume
+        re-samples it under the saved weights."""
+        mid = 0 < self.updates < self.section.iterations
+        return {"rollouts": self.rollouts - mid}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.rollouts = int(state["rollouts"])

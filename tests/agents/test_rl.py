@@ -333,3 +333,24 @@ def test_a_fresh_pool_holds_no_task_of_the_sft_data():
     assert len({repr(t) for t in fresh}) == 30
     same = select_tasks(None, None, None, replace(section, fresh_pool=False), seed=0)
     assert [repr(t) for t in same] == [repr(sample_task(i, "train")) for i in range(30)]
+
+
+def test_mid_rollout_state_resamples_that_rollout(vlm):
+    """μ = 3 updates per rollout: the iterator yields one rollout's batch three times; saved
+    between them, the state does not count that rollout (a resume re-samples it)."""
+    model, tok, proc = vlm
+    tasks = [sample_task(s) for s in range(3)]
+    section = replace(SECTION, iterations=3, tasks_per_rollout=1)
+    r = AgentRollouts(model, tok, proc, tasks, section, seed=1)
+    assert r.state_dict() == {"rollouts": 0}
+    it = iter(r)
+    batches = [next(it) for _ in range(3)]
+    assert batches[0] is batches[1] is batches[2]
+    assert r.state_dict() == {"rollouts": 1}
+    nxt = next(it)
+    assert nxt is not batches[0] and r.state_dict() == {"rollouts": 1}  # 1 of 3 updates done
+    next(it)
+    next(it)
+    assert r.state_dict() == {"rollouts": 2}
+    with pytest.raises(ConfigError, match="rl.iterations"):
+        train_agent_rl(load_config(None, ["rl.iterations=0"], AgentRLConfig))

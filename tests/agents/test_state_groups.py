@@ -153,5 +153,14 @@ def test_state_group_rl_smoke_run(tmp_path, vlm):
     assert len(logged) == 2 and all(0 <= x["episode_reward"] <= 1.1 for x in logged)
     # the KL to the SFT policy: 0 before the first update, ≥ 0 (k3) after it
     assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-5) and logged[1]["kl"] >= 0
+    # μ = 2: two updates on one rollout — the same rollout's reward twice, and the second
+    # update's ratio is off 1 (π moved, π_old is the sampling policy's)
+    again = [o.replace("out_dir=" + str(tmp_path / "rl"), "out_dir=" + str(tmp_path / "mu"))
+             for o in overrides] + ["rl.iterations=2"]  # fmt: skip
+    train_agent_rl(load_config(None, again, AgentRLConfig), copy.deepcopy(model), tok)
+    lines = [json.loads(x) for x in (tmp_path / "mu" / "metrics.jsonl").read_text().splitlines()]
+    first, second = [x for x in lines if "episode_reward" in x]
+    assert first["episode_reward"] == second["episode_reward"]
+    assert first["logprob_gap"] < 1e-4 < second["logprob_gap"]
     with pytest.raises(ConfigError, match="rl.groups"):
         train_agent_rl(load_config(None, ["rl.groups=task"], AgentRLConfig))
