@@ -11,7 +11,7 @@ speculative decoding and grammar-constrained output.
 | ``params`` | `SamplingParams`: the one sampling type (engine, server, speculative, rollouts) |
 | ``request`` | a request's bookkeeping inside the engine; `RequestOutput`, `TokenLogprob` |
 | ``detokenize`` | incremental detokenization, stop strings, what text may be streamed |
-| ``scheduler`` | continuous batching: token budget, chunked prefill, preemption by recompute |
+| ``scheduler`` | continuous batching: token budget, chunked prefill, preemption by recompute, one prefill for copies of a prompt |
 | ``cache`` | paged KV cache: block allocator with prefix caching, storage, the ragged batch |
 | ``runner`` | the engine's fused-weight forward pass over a paged batch |
 | ``packed_gemm`` | linear layers with the weight pre-packed once for oneDNN (CPU GEMMs of a few rows without per-call re-packing) |
