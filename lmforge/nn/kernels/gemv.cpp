@@ -5,7 +5,8 @@
 //     (bf16: x rounded to bf16 first, products exact, sums in fp32).
 // x fp32 [K] (or [1, K]) -> y fp32 [1, N] (or [N]), W row-major (the model's own [out, in]).
 // Several weights sharing x (q/k/v, gate/up) go through one call, outputs concatenated.
-// AVX-512 (runtime check) with 8 independent accumulators per row; a portable loop elsewhere.
+// AVX-512 (runtime check) with 8 independent accumulators per row; AVX2 + FMA (the same
+// loop on 8 lanes) where AVX-512 is missing; a portable loop elsewhere.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -26,6 +27,15 @@
 #endif
 
 namespace {
+
+inline float widen_any(int8_t w) { return static_cast<float>(w); }
+inline float widen_any(float w) { return w; }
+inline float widen_any(uint16_t w) {  // bf16: the top half of an fp32
+  const uint32_t bits = static_cast<uint32_t>(w) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
 
 void rows_portable(const float* x, const int8_t* q, const float* s, float* y, int64_t K,
                    int64_t r0, int64_t r1) {
@@ -159,6 +169,72 @@ bool cpu_has_vnni() {
 }
 #endif
 
+#ifdef LMF_X86
+// AVX2 + FMA (CPUs without AVX-512: most laptops, Zen 1-3): `row_dot` on 8 lanes. Without it
+// those CPUs ran `rows_portable`, whose int8 -> float conversion the compiler does not
+// vectorise: 11.7 of 16.9 ms per 30m int8 decode token (AVX2-only EPYC, 1 thread).
+#define LMF_AVX2 __attribute__((target("avx2,fma")))
+
+LMF_AVX2 inline __m256 load8(const int8_t* w) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w))));
+}
+LMF_AVX2 inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+LMF_AVX2 inline __m256 load8(const uint16_t* w) {  // bf16: the top half of an fp32
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+template <typename W>
+LMF_AVX2 inline __m256 fma8(const W* w, const float* x, __m256 acc) {
+  return _mm256_fmadd_ps(load8(w), _mm256_loadu_ps(x), acc);
+}
+
+template <typename W>
+LMF_AVX2 float row_dot8(const float* x, const W* w, int64_t K) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+         a7 = a0;
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+    if constexpr (std::is_same_v<W, int8_t>)  // one stream, 4 KB ahead (as `row_dot`)
+      _mm_prefetch(reinterpret_cast<const char*>(w + k + 4096), _MM_HINT_T0);
+    a0 = fma8(w + k, x + k, a0);
+    a1 = fma8(w + k + 8, x + k + 8, a1);
+    a2 = fma8(w + k + 16, x + k + 16, a2);
+    a3 = fma8(w + k + 24, x + k + 24, a3);
+    a4 = fma8(w + k + 32, x + k + 32, a4);
+    a5 = fma8(w + k + 40, x + k + 40, a5);
+    a6 = fma8(w + k + 48, x + k + 48, a6);
+    a7 = fma8(w + k + 56, x + k + 56, a7);
+  }
+  for (; k + 8 <= K; k += 8) a0 = fma8(w + k, x + k, a0);
+  a0 = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+  a4 = _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7));
+  const __m256 v = _mm256_add_ps(a0, a4);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float t = _mm_cvtss_f32(h);
+  for (; k < K; ++k) t += widen_any(w[k]) * x[k];
+  return t;
+}
+
+void rows_avx2(const float* x, const int8_t* q, const float* s, float* y, int64_t K,
+               int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) y[r] = s[r] * row_dot8(x, q + r * K, K);
+}
+
+template <typename W>
+LMF_AVX2 void dense_rows_avx2(const float* x, const W* w, float* y, int64_t K, int64_t r0,
+                              int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) y[r] = row_dot8(x, w + r * K, K);
+}
+
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif
+
 // Dense rows (dense_gemv), fp32 or bf16 weights, fp32 activations and sums (`row_dot`); a
 // bf16 weight is widened exactly (its 16 bits are the top half of the fp32).
 inline float widen(float w) { return w; }
@@ -246,8 +322,9 @@ using RowsFn = void (*)(const float*, const int8_t*, const float*, float*, int64
 
 RowsFn pick(bool portable) {
 #ifdef LMF_X86
-  static const bool avx512 = cpu_has_avx512();
+  static const bool avx512 = cpu_has_avx512(), avx2 = cpu_has_avx2();
   if (avx512 && !portable) return rows_avx512;
+  if (avx2 && !portable) return rows_avx2;
 #endif
   return rows_portable;
 }
@@ -322,8 +399,9 @@ at::Tensor dense_parts(const at::Tensor& x, const Parts& p, bool portable) {
   const float* xp = xc.data_ptr<float>();
   auto fn = dense_rows_portable<W>;
 #ifdef LMF_X86
-  static const bool avx512 = cpu_has_avx512();
+  static const bool avx512 = cpu_has_avx512(), avx2 = cpu_has_avx2();
   if (avx512 && !portable) fn = dense_rows_avx512<W>;
+  else if (avx2 && !portable) fn = dense_rows_avx2<W>;
 #endif
   return each_part(x, p, static_cast<int64_t>(sizeof(W)) * K,
                    [&](size_t i, float* y, int64_t r0, int64_t r1) {
@@ -408,6 +486,7 @@ bool int8_gemv_q8_supported() {
 std::string int8_gemv_isa() {
 #ifdef LMF_X86
   if (pick(false) == rows_avx512) return "avx512";
+  if (pick(false) == rows_avx2) return "avx2";
 #endif
   return "portable";
 }
