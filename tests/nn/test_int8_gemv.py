@@ -97,7 +97,7 @@ def test_fake_implementation():
 
 
 needs_vnni = pytest.mark.skipif(
-    not gemv.int8_gemv_q8_supported(), reason="int8 × int8 one-row op needs AVX-512 VNNI"
+    not gemv.int8_gemv_q8_supported(), reason="int8 × int8 one-row op needs AVX-512 VNNI or AVX2"
 )
 
 
@@ -138,3 +138,15 @@ def test_q8_zero_row_and_fake():
         args,
         test_utils=("test_schema", "test_faketensor"),
     )
+
+
+@needs_vnni
+def test_q8_extreme_codes_do_not_saturate():
+    """The AVX2 path sums pairs of u8 × s8 products in int16 (VPMADDUBSW): |w| ≤ 128 and
+    |x_q| ≤ 127 keep 2 · 128 · 127 below 2^15 — checked at the extremes, −128 included."""
+    q = torch.tensor([[-128] * 96, [127] * 96, [-128, 127] * 48], dtype=torch.int8)
+    s = torch.ones(3)
+    for x in (torch.full((1, 96), 2.0), torch.tensor([[2.0, -2.0] * 48])):
+        y = gemv.int8_gemv_q8_parts(x, [q], [s])
+        exact = (q.double() * x.double()).sum(-1)
+        torch.testing.assert_close(y.double()[0], exact, rtol=1e-6, atol=1e-3)

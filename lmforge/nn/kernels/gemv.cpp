@@ -233,6 +233,33 @@ bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+
+// int8 x int8 without VNNI (as llama.cpp's q8_0 dot on AVX2): VPMADDUBSW multiplies u8 by
+// s8 and adds pairs into int16, so the sign moves onto the activations: |w| (as u8, at most
+// 128) times sign(w) * xq, 2 * 128 * 127 < 2^15, no saturation; VPMADDWD by ones widens the
+// pairs to int32. Per 32 codes: one load, two VPSIGNB, VPMADDUBSW, VPMADDWD, one add.
+LMF_AVX2 int32_t row_q8_avx2(const int8_t* xs, const int8_t* w, int64_t K) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + 32));
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + k));
+    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + k + 32));
+    const __m256i p0 = _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0));
+    const __m256i p1 = _mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1));
+    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(p0, ones));
+    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(p1, ones));
+  }
+  const __m256i v = _mm256_add_epi32(a0, a1);
+  __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+  h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+  int32_t t = _mm_cvtsi128_si32(h);
+  for (; k < K; ++k) t += static_cast<int32_t>(w[k]) * xs[k];  // the row's tail: no overread
+  return t;
+}
 #endif
 
 // Dense rows (dense_gemv), fp32 or bf16 weights, fp32 activations and sums (`row_dot`); a
@@ -444,11 +471,11 @@ at::Tensor dense_gemv(const at::Tensor& x, at::TensorList ws, bool portable) {
 at::Tensor int8_gemv_q8(const at::Tensor& x, at::TensorList qs, at::TensorList ss) {
   const Parts p = check_parts(x, qs, ss, at::kChar);
 #ifdef LMF_X86
-  static const bool vnni = cpu_has_vnni();
+  static const bool vnni = cpu_has_vnni(), avx2 = cpu_has_avx2();
 #else
-  const bool vnni = false;
+  const bool vnni = false, avx2 = false;
 #endif
-  TORCH_CHECK(vnni, "int8_gemv_q8 needs AVX-512 VNNI (int8_gemv_q8_supported())");
+  TORCH_CHECK(vnni || avx2, "int8_gemv_q8 needs AVX-512 VNNI or AVX2 (int8_gemv_q8_supported())");
   const int64_t K = x.size(-1);
   const at::Tensor xc = x.contiguous();
   const float* xp = xc.data_ptr<float>();
@@ -467,7 +494,9 @@ at::Tensor int8_gemv_q8(const at::Tensor& x, at::TensorList qs, at::TensorList s
     const float* s = p.s[i].data_ptr<float>();
     for (int64_t r = r0; r < r1; ++r) {
 #ifdef LMF_X86
-      y[r] = s[r] * sx * static_cast<float>(row_vnni(xs.data(), q + r * K, K) - offset);
+      const int32_t dot = vnni ? row_vnni(xs.data(), q + r * K, K) - offset
+                               : row_q8_avx2(xs.data(), q + r * K, K);
+      y[r] = s[r] * sx * static_cast<float>(dot);
 #else
       y[r] = 0.f;
 #endif
@@ -477,7 +506,7 @@ at::Tensor int8_gemv_q8(const at::Tensor& x, at::TensorList qs, at::TensorList s
 
 bool int8_gemv_q8_supported() {
 #ifdef LMF_X86
-  return cpu_has_vnni();
+  return cpu_has_vnni() || cpu_has_avx2();
 #else
   return false;
 #endif
