@@ -95,11 +95,11 @@ class _DenseProjection:
         self.weight_t = weight.t().contiguous() if needed else None
 
     def __call__(self, x: torch.Tensor, int8_rows: bool = False) -> torch.Tensor:
+        if self.rows is not None and x.shape[0] == 1:  # one row: lmforge's op, even when
+            y = dense_gemv_parts(x.float(), self.rows).to(x.dtype)  # oneDNN's copy exists
+            return y if self.bias is None else y + self.bias
         if self.packed is not None and (x.shape[0] > 1 or self.weight_t is None):
             return packed_linear(x, self.packed, self.bias)
-        if self.rows is not None and x.shape[0] == 1:
-            y = dense_gemv_parts(x.float(), self.rows).to(x.dtype)
-            return y if self.bias is None else y + self.bias
         return _linear(x, self.weight_t, self.bias)
 
     def owned_tensors(self) -> tuple[torch.Tensor | None, ...]:

@@ -395,3 +395,32 @@ def test_int8_rows_quantise_the_activations_of_several_rows_only_when_asked():
     assert packed is not None and runner.layers[0].qkv.int8_packed() is packed  # built once
     assert Engine(model)._int8_rows() is False
     assert Engine(model, compile_decode="eager")._int8_rows() is True
+
+
+def test_one_row_goes_through_the_dense_op_and_several_through_onednn(monkeypatch):
+    """Where both exist, a decode row is lmforge's dense op over the model's own weights and a
+    multi-row input oneDNN's packed copy (a review had let the packed copy take one row too:
+    the 30m default fp32 engine lost its GEMV speed-up)."""
+    import lmforge.infer.runner as runner_module
+
+    engine = Engine(make_model())
+    engine.generate([[1, 2, 3]], SamplingParams(max_tokens=1, temperature=0))  # builds it
+    proj = engine.runner.layers[0].qkv
+    assert isinstance(proj, runner_module._DenseProjection)
+    if proj.rows is None or proj.packed is None:
+        pytest.skip("needs both lmforge's dense op and oneDNN packing")
+    calls = {"dense": 0, "packed": 0}
+    dense, packed = runner_module.dense_gemv_parts, runner_module.packed_linear
+
+    def count(kind, fn):
+        def wrapped(*args, **kwargs):
+            calls[kind] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(runner_module, "dense_gemv_parts", count("dense", dense))
+    monkeypatch.setattr(runner_module, "packed_linear", count("packed", packed))
+    k = proj.rows[0].shape[1]
+    one, two = proj(torch.randn(1, k)), proj(torch.randn(2, k))
+    assert calls == {"dense": 1, "packed": 1} and one.shape[0] == 1 and two.shape[0] == 2
