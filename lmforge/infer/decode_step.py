@@ -82,7 +82,8 @@ projection in one call; same fp32 sums in another order): 30m int8, 1 thread, st
 2.70 → 2.40 ms, 128 greedy tokens 3.14 → 2.66 ms per token (318 → 376 tok/s), alternated
 in one process on a shared machine (more runs and their noise there; 5m: no gain).
 ``LMFORGE_INT8_GEMV=0`` (or ``int8_gemv=False``) keeps the row products. With
-``int8_gemm`` on (the default) and AVX-512 VNNI, the op multiplies int8 × int8 instead
+``int8_gemm`` on (the default) and AVX-512 VNNI (or AVX2: ``VPMADDUBSW``), the op multiplies
+int8 × int8 instead
 (`lmforge.nn.int8_gemv.int8_gemv_q8_parts`: the row's activations quantised once per
 product, as the multi-row path below does, then ``VPDPBUSD``, 64 products per instruction):
 all 57 int8 products of a 30m token 2.95–3.16 → 2.47–2.52 ms on a loaded machine, whole

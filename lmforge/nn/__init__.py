@@ -13,7 +13,7 @@ DeepSeek-V3's latent attention and mixture of experts.
 | `moe` | DeepSeekMoE: shared + routed experts, group-limited sigmoid routing, correction bias |
 | `fp8` | fine-grained FP8 linear layers (DeepSeek-V3): E4M3 with 1×128 / 128×128 scales, fp32 promotion, all three GEMMs |
 | `quant` | weight-only int8 (per channel) / int4 (group-wise) linear layers on torch's CPU kernels (one int8 row: lmforge's op), int4 packing |
-| `int8_gemv` | lmforge's one-row int8 product as a C++ op (8 accumulators, prefetch; int8 × int8 with VNNI) |
+| `int8_gemv` | lmforge's one-row int8 product as a C++ op (8 accumulators, prefetch; AVX-512 or AVX2; int8 × int8 with VNNI or AVX2) |
 | `dense_gemv` | lmforge's one-row fp32 / bf16 product as a C++ op (the eager runner's one-row products; bf16 by VDPBF16PS) |
 | `huge_pages` | a module's large weights moved into transparent huge pages (fewer TLB misses per decode step) |
 | `cpp_ops` | lmforge's own C++ CPU ops (`torch.ops.lmforge_ext`; sources in `lmforge/nn/kernels/`), built on first use, never fatal |

@@ -105,7 +105,8 @@ def int8_gemv(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor
 
 
 def int8_gemv_q8_supported() -> bool:
-    """Whether `int8_gemv_q8_parts` runs here: the op builds and the CPU has AVX-512 VNNI."""
+    """Whether `int8_gemv_q8_parts` runs here: the op builds and the CPU has AVX-512 VNNI or
+    AVX2."""
     return int8_gemv_available() and bool(torch.ops.lmforge_ext.int8_gemv_q8_supported())
 
 
@@ -117,7 +118,8 @@ def int8_gemv_q8_parts(
     """`int8_gemv_parts` as int8 × int8: ``x ≈ s_x · x_q`` with one scale per call
     (``s_x = max|x| / 127``, Jacob et al. 2018 eq. 1 for the activations too), then
     ``y_n = s_n s_x Σ_k q_nk x_q,k`` in int32 by AVX-512 VNNI (``VPDPBUSD``: 64 products per
-    instruction, the codes streamed once) — the per-row activation quantisation of the
+    instruction, the codes streamed once) or AVX2 (``VPMADDUBSW`` on |q| and sign(q)·x_q,
+    pairs in int16 without saturation, then ``VPMADDWD``) — the per-row activation quantisation of the
     multi-row int8 × int8 path (`lmforge.infer.int8_gemm`), for one row. Call
     `int8_gemv_q8_supported` first."""
     return torch.ops.lmforge_ext.int8_gemv_q8(x, list(weights), list(scales))
