@@ -263,14 +263,7 @@ LMF_AVX2 int32_t row_q8_avx2(const int8_t* xs, const int8_t* w, int64_t K) {
 #endif
 
 // Dense rows (dense_gemv), fp32 or bf16 weights, fp32 activations and sums (`row_dot`); a
-// bf16 weight is widened exactly (its 16 bits are the top half of the fp32).
-inline float widen(float w) { return w; }
-inline float widen(uint16_t w) {
-  const uint32_t bits = static_cast<uint32_t>(w) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
+// bf16 weight is widened exactly (`widen_any`: its 16 bits are the top half of the fp32).
 
 template <typename W>
 void dense_rows_portable(const float* x, const W* w, float* y, int64_t K, int64_t r0,
@@ -280,9 +273,9 @@ void dense_rows_portable(const float* x, const W* w, float* y, int64_t K, int64_
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t k = 0;
     for (; k + 8 <= K; k += 8)
-      for (int j = 0; j < 8; ++j) acc[j] += widen(row[k + j]) * x[k + j];
+      for (int j = 0; j < 8; ++j) acc[j] += widen_any(row[k + j]) * x[k + j];
     float t = 0;
-    for (; k < K; ++k) t += widen(row[k]) * x[k];
+    for (; k < K; ++k) t += widen_any(row[k]) * x[k];
     for (int j = 0; j < 8; ++j) t += acc[j];
     y[r] = t;
   }
