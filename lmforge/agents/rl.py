@@ -18,11 +18,11 @@ episode's advantage. With ``groups=state`` each task is played once and the grou
 (`lmforge.agents.state_groups`: the expert's move, + format), normalised within the state.
 The objective is GRPO's clipped surrogate (`lmforge.agents.rl_objective`), ``iterations``
 (μ) updates per rollout, with an optional KL penalty (``kl_coef`` = β > 0) to the starting
-(SFT) policy, whose log-probs of what was sampled are computed once per rollout from a
-frozen copy. A step is
-trained on exactly what the engine decoded (`PolicySample`): the prompt's token ids and
-images, then the sampled token ids as the labelled continuation — never the response text
-re-tokenized (BPE need not give back the sampled ids, and ``act`` strips whitespace).
+(SFT) policy, whose log-probs of what was sampled are computed once per rollout (a frozen
+copy, or the base of a PEFT policy). A step is trained on exactly what the engine decoded
+(`PolicySample`): the prompt's token ids and images, then the sampled token ids as the
+labelled continuation — never the response text re-tokenized (BPE need not give back the
+sampled ids, and ``act`` strips whitespace).
 π_old(o_t) is the engine's log-prob of each sampled token; the one token it does not score
 (the stop token) uses the current log-prob, so its ratio is 1.
 
@@ -283,7 +283,7 @@ class AgentRollouts:
         batch["clip_eps"] = torch.tensor(self.section.clip_eps)
         if self.reference is not None:
             batch["kl_coef"] = torch.tensor(self.section.kl_coef)
-            batch.update(reference_scores(self.reference, batch))
+            batch.update(reference_scores(self.reference, batch, self.model))
         batch["rollout_reward"] = reward
         batch["rollout_success"] = torch.tensor([float(x) for x in successes]).mean()
         return batch

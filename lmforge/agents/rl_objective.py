@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from lmforge.align.logprobs import kl_estimate
+from lmforge.align.reference import Reference, reference_model
 from lmforge.models.loss import IGNORE_INDEX
 from lmforge.train.distributed import unwrap
 from lmforge.train.objective import LossOutput
@@ -62,13 +63,20 @@ def batch_scores(
 
 @torch.no_grad()
 def reference_scores(
-    reference: torch.nn.Module, batch: dict[str, torch.Tensor]
+    reference: Reference, batch: dict[str, torch.Tensor], policy: torch.nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
     """``ref_logprobs`` ``[B, T]`` (aligned with ``labels``, NaN where unlabelled) and
-    ``pointer_ref`` ``[Q]``: the reference policy's log-probs of what was sampled."""
-    device = next(reference.parameters()).device
-    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    logps, pointer = batch_scores(reference, moved)
+    ``pointer_ref`` ``[Q]``: the reference policy's log-probs of what was sampled — the frozen
+    copy, or ``policy`` with its adapters disabled (`lmforge.align.reference.reference_model`)."""
+    with reference_model(reference, policy) as model:
+        device = next(model.parameters()).device
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        was_training = model.training
+        model.eval()
+        try:
+            logps, pointer = batch_scores(model, moved)
+        finally:
+            model.train(was_training)
     ref = torch.full(batch["labels"].shape, float("nan"))
     ref[:, 1:] = torch.where(batch["labels"][:, 1:] != IGNORE_INDEX, logps.cpu(), float("nan"))
     out = {"ref_logprobs": ref}

@@ -94,6 +94,8 @@ class Scheduler:
         self.num_preemptions = 0
         self.prefix_hit_tokens = 0
         self.prompt_tokens = 0
+        # copies of a prompt wait for its first copy's blocks (bench/shared_prefill.py: False)
+        self.share_prefill = True
 
     # ------------------------------------------------------------------ queue
     def add(self, seq: Sequence) -> None:
@@ -156,7 +158,8 @@ class Scheduler:
                 self._grow(seq, need)
             chunks.append(ScheduledChunk(seq, n))
             budget -= n
-        computing = self._prefilling_keys()
+        share = self.share_prefill and self.waiting  # per step: only when someone waits
+        computing = self._prefilling_keys() if share else set()
         while self.waiting and budget > 0 and not preempted:
             if len(self.running) >= self.max_num_seqs:
                 break
@@ -175,7 +178,8 @@ class Scheduler:
             self.prompt_tokens += len(seq.tokens)
             self._grow(seq, need)
             self.running.append(seq)
-            computing |= self._unregistered_prompt_keys(seq)
+            if self.share_prefill:
+                computing |= self._unregistered_prompt_keys(seq)
             chunks.append(ScheduledChunk(seq, n))
             budget -= n
         return chunks
@@ -191,6 +195,8 @@ class Scheduler:
     def _prefilling_keys(self) -> set[BlockKey]:
         """The full prompt blocks running sequences are still prefilling."""
         keys: set[BlockKey] = set()
+        if not self.allocator.enable_prefix_caching:
+            return keys
         for seq in self.running:
             if seq.num_computed < seq.num_prompt:
                 keys |= self._unregistered_prompt_keys(seq)

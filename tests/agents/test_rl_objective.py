@@ -5,6 +5,7 @@ shifted by c gives k3 = e^c − 1 − c on every element) and by the direction i
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -102,3 +103,29 @@ def test_the_penalty_pulls_toward_the_reference(rollout):
 def test_negative_kl_coef_is_refused():
     with pytest.raises(ConfigError, match="rl.kl_coef"):
         train_agent_rl(load_config(None, ["rl.kl_coef=-0.1"], AgentRLConfig))
+
+
+def test_a_lora_policys_reference_is_its_base(agent_vlm_factory):
+    """With LoRA on the policy the reference is the policy with its adapters off (no second
+    copy); once the adapter has moved, the reference log-probs are the base model's."""
+    from lmforge.peft import apply_lora
+
+    model, tok, processor, _ = agent_vlm_factory(4, 2, pointer_size=16)
+    base = copy.deepcopy(model)
+    apply_lora(model, r=4, target_modules=["q_proj", "v_proj"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # the adapter now changes the outputs
+    tasks = [sample_task(s, template="radio_apply") for s in (0, 1)]
+    rollouts = AgentRollouts(model, tok, processor, tasks, SECTION, seed=3)
+    assert rollouts.reference == "adapter"
+    batch = rollouts.state_batch(*rollouts.play_states())
+    labelled = batch["labels"][:, 1:] != IGNORE_INDEX
+    with torch.no_grad():
+        want, want_ptr = batch_scores(base.eval(), batch)
+        policy, _ = batch_scores(model.eval(), batch)
+    got = batch["ref_logprobs"][:, 1:][labelled]
+    torch.testing.assert_close(got, want[labelled], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batch["pointer_ref"], want_ptr, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(policy[labelled], want[labelled], atol=1e-3)  # adapter on ≠ base

@@ -96,12 +96,12 @@ def test_fake_implementation():
     )
 
 
-needs_vnni = pytest.mark.skipif(
+needs_q8 = pytest.mark.skipif(
     not gemv.int8_gemv_q8_supported(), reason="int8 × int8 one-row op needs AVX-512 VNNI or AVX2"
 )
 
 
-@needs_vnni
+@needs_q8
 @pytest.mark.parametrize("threads", [1, 2])
 def test_q8_within_the_activation_rounding_bound(threads):
     """int8 × int8: the only error is rounding x to s_x · x_q (|x − s_x x_q| ≤ s_x / 2), so
@@ -127,7 +127,7 @@ def test_q8_within_the_activation_rounding_bound(threads):
     torch.testing.assert_close(y.double()[0], expected, rtol=1e-5, atol=1e-6)
 
 
-@needs_vnni
+@needs_q8
 def test_q8_zero_row_and_fake():
     g = torch.Generator().manual_seed(6)
     q, s = codes(8, 70, g)
@@ -140,7 +140,7 @@ def test_q8_zero_row_and_fake():
     )
 
 
-@needs_vnni
+@needs_q8
 def test_q8_extreme_codes_do_not_saturate():
     """The AVX2 path sums pairs of u8 × s8 products in int16 (VPMADDUBSW): |w| ≤ 128 and
     |x_q| ≤ 127 keep 2 · 128 · 127 below 2^15 — checked at the extremes, −128 included."""
