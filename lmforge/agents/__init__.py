@@ -20,6 +20,7 @@ evaluation episodes, agent SFT and online RL.
 | `rollout` | episodes side by side, recorded for the metrics (the expert's target box per step), held-out evaluation, GIFs |
 | `sft` | agent SFT through the one Trainer (a chosen mix of the data kinds, tiny VLM from scratch or a qwen2_vl folder), held-out grounding and episode figures |
 | `grounding` | held-out grounding: clicks by the pointer (with an optional zoomed second look) or by text, scored in the target box, split into list rows and the rest |
+| `guidance` | expert-guided groups for RL: the scripted expert's response, written as the policy would, joins a state no sampled response got right (mixed-policy GRPO, LUFFY) |
 | `glyph` | dense glyph (OCR) objective: per-token character targets from the renderer's layout, the loss wrapper, fresh-screen batches and an encoder-only glyph stage |
 | `rl` | online GRPO in `GUIEnv`, groups per task (success + format reward) or per state, the failed tasks first; packed multimodal surrogate through the one Trainer |
 | `rl_objective` | the agent's GRPO objective on a packed rollout: clipped surrogate over sampled tokens and pointer choices, optional k3 KL to the SFT policy |

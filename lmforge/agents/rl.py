@@ -93,6 +93,7 @@ class AgentRLSection:
     clip_eps: float = 0.2  # GRPO/PPO ratio clipping ε
     kl_coef: float = 0.0  # β of the k3 KL penalty to the starting (SFT) policy; 0: none
     iterations: int = 1  # GRPO's μ: optimizer steps on each rollout (the ratio clips after 1)
+    guide: bool = False  # groups=state: the expert's response joins states no response got right
     screen: int = 128
     eval_split: str = "heldout"
     eval_tasks: int = 30  # 0 skips the held-out evaluation
@@ -116,6 +117,8 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         )
     if r.groups not in GROUPINGS:
         raise ConfigError(f"rl.groups={r.groups!r}: choose from {GROUPINGS}")
+    if r.guide and r.groups != "state":
+        raise ConfigError("rl.guide=true needs rl.groups=state (the expert's move is per state)")
     if r.group_size < 2:
         raise ConfigError(
             f"rl.group_size={r.group_size} must be ≥ 2 (advantages are group-relative)"
@@ -238,7 +241,7 @@ class AgentRollouts:
         sampled and scored in every state (`play_state_groups`)."""
         s, was_training = self.section, self.model.training
         played = play_state_groups(self.policy(), self.rollout_tasks(), s.group_size, s.max_steps,
-                                   s.format_weight)  # fmt: skip
+                                   s.format_weight, s.guide)  # fmt: skip
         self.model.train(was_training)
         return played
 
@@ -260,7 +263,10 @@ class AgentRollouts:
         advantages = grpo_advantages(rewards, self.section.group_size).tolist()
         samples = [sample for g in groups for sample in g.samples]
         scored = [(sample_example(x), a) for x, a in zip(samples, advantages, strict=True)]
-        return self.pack(scored, rewards.mean(), [r.record.success for r in runs])
+        batch = self.pack(scored, rewards.mean(), [r.record.success for r in runs])
+        if self.section.guide:  # the share of states given the expert's response
+            batch["rollout_guided"] = torch.tensor(sum(g.guided for g in groups) / len(groups))
+        return batch
 
     def pack(self, scored: Sequence[tuple[tuple, float]], reward: torch.Tensor,
              successes: Sequence[bool]) -> dict[str, torch.Tensor]:  # fmt: skip

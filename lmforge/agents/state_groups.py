@@ -39,6 +39,7 @@ from lmforge.agents.actions import (
     parse_response,
 )
 from lmforge.agents.expert import ExpertStep, expert_step
+from lmforge.agents.guidance import expert_sample
 from lmforge.agents.policy import PolicySample, VLMPolicy
 from lmforge.agents.rollout import EpisodeRun, open_episode, record_step
 from lmforge.agents.tasks import Task
@@ -52,6 +53,7 @@ class StateGroup:
     task: Task
     samples: list[PolicySample]
     rewards: list[float]
+    guided: bool = False  # the last sample is the expert's (`lmforge.agents.guidance`)
 
 
 def action_matches(action: Action, expert: ExpertStep) -> bool:
@@ -92,10 +94,14 @@ def play_state_groups(
     group_size: int,
     max_steps: int = 8,
     format_weight: float = 0.1,
+    guide: bool = False,
 ) -> tuple[list[StateGroup], list[EpisodeRun]]:
     """Play every task once (all side by side, one batched decode per step); in each state
     sample ``group_size`` responses, score them (`step_reward`) and execute the first.
-    Returns the groups (in play order) and the trunk episodes."""
+    With ``guide``, a state where no response matches the expert's move gets the expert's
+    response in place of its last one (`lmforge.agents.guidance`, mixed-policy GRPO; never
+    the first, which is executed). Returns the groups (in play order) and the trunk
+    episodes."""
     if group_size < 2:
         raise ValueError(f"group_size={group_size} must be ≥ 2 (advantages are group-relative)")
     episodes = [open_episode(task, max_steps) for task in tasks]
@@ -111,7 +117,15 @@ def play_state_groups(
             group = samples[j * group_size : (j + 1) * group_size]
             screen = (env.task.window.width, env.task.window.height)
             rewards = [step_reward(s.text, expert, screen, format_weight) for s in group]
-            groups.append(StateGroup(tasks[i], group, rewards))
+            guided = False
+            if guide and max(rewards) < 1:
+                demo = expert_sample(policy, context, expert)
+                reward = -1.0 if demo is None else step_reward(demo.text, expert, screen,
+                                                               format_weight)  # fmt: skip
+                if reward >= 1:
+                    group, rewards = group[:-1] + [demo], rewards[:-1] + [reward]
+                    guided = True
+            groups.append(StateGroup(tasks[i], group, rewards, guided))
             run.samples.append(group[0])
             if record_step(env, run, context, group[0].text.strip(), expert):
                 still.append(i)

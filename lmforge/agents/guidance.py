@@ -1,0 +1,103 @@
+"""Expert-guided groups for online RL: where none of a state's sampled responses is right, the
+scripted expert's response joins the group as an off-policy sample.
+
+    sample = expert_sample(policy, context, expert_step(task, window))
+    groups, runs = play_state_groups(policy, tasks, group_size=8, guide=True)
+
+GRPO learns only from groups whose rewards differ: in a state where all ``G`` responses miss
+the expert's move (42 % of the visited states of the SFT agent in session 15's diagnostics),
+every advantage is 0 and the state teaches nothing. Mixed-policy GRPO (LUFFY, Yan et al.
+2025, "Learning to Reason under Off-Policy Guidance") puts an off-policy demonstration in such
+a group: with rewards r = (0, …, 0, 1 + f) the demonstration's advantage is large and
+positive, the policy's own responses slightly negative, and the update is still the clipped
+surrogate of GRPO on the same states the policy reached (the on-policy states of DAgger, Ross
+et al. 2011). Here the demonstration is `lmforge.agents.expert.expert_step`'s move in that
+state, written exactly as the policy would write it:
+
+* a text policy: ``Thought: …\\nAction: …`` (`format_response`) tokenized, then the stop token;
+* a pointer policy (GUI-Actor): the text up to the coordinate action's ``(`` (the query), then
+  the pointer's choice — the image token whose centre lies in the expert's target box nearest
+  the expert's point — its centre spliced as ``x,y``, then ``)`` (a scroll: ``,`` and the
+  direction, which the language model is trained on), then the end-of-turn token.
+
+The demonstration was not sampled by the engine, so it has no old log-probs: its tokens carry
+None (`PolicySample.logprobs`) and the surrogate uses the current log-prob as π_old (ratio 1,
+the plain policy gradient A·∇log π, LUFFY's off-policy term without its shaping); its pointer
+choice stores the current pointer log-prob, so its ratio is 1 as well.
+"""
+
+from __future__ import annotations
+
+from lmforge.agents.actions import Drag, Scroll, action_point, format_response
+from lmforge.agents.agent_data import pointer_prefix
+from lmforge.agents.expert import ExpertStep
+from lmforge.agents.policy import (
+    AgentContext,
+    PointerChoice,
+    PolicySample,
+    VLMPolicy,
+    agent_messages,
+)
+from lmforge.agents.widgets import box_contains
+from lmforge.models.pointer_head import to_pixels, token_centre
+from lmforge.vision.vlm_data import encode_prompt
+
+
+def box_token(
+    box: tuple[int, int, int, int], point: tuple[int, int], grid: tuple[int, int],
+    screen: tuple[int, int],
+) -> tuple[int, tuple[int, int]] | None:  # fmt: skip
+    """The token of a row-major ``grid`` over the ``screen`` whose centre (in pixels) lies in
+    ``box`` nearest ``point``, and that centre; None when no token's centre is in the box."""
+    best = None
+    for k in range(grid[0] * grid[1]):
+        x, y = to_pixels(token_centre(k, grid), screen)
+        if box_contains(box, x, y):
+            d = (x - point[0]) ** 2 + (y - point[1]) ** 2
+            if best is None or d < best[0]:
+                best = (d, k, (x, y))
+    return None if best is None else (best[1], best[2])
+
+
+def expert_sample(
+    policy: VLMPolicy, context: AgentContext, step: ExpertStep
+) -> PolicySample | None:
+    """The expert's ``step`` in ``context`` as a `PolicySample` of ``policy`` (see the module
+    docstring), or None where the policy could not have written it: a drag (two points, one
+    target box) or a pointed move whose box holds no image token's centre."""
+    messages, images = agent_messages(context, policy.history)
+    prompt, pixels, grid = encode_prompt(policy.tokenizer, policy.processor, messages, images)
+    encode, end = policy.tokenizer.encode, policy.end_of_turn
+    text = format_response(step.thought, step.action)
+    point = action_point(step.action)
+    if not policy.pointer or point is None:
+        ids = encode(text) + ([] if end is None else [end])
+        return PolicySample(text, list(prompt), ids, [None] * len(ids), pixels, grid)
+    if isinstance(step.action, Drag) or step.target_box is None:
+        return None
+    hit = pointer_prefix(text)
+    if hit is None:  # pragma: no cover - every pointed action has a query
+        return None
+    ids = encode(text[: hit[1]])
+    image = grid.shape[0] - 1
+    logits, cells = policy.pointer_logits(list(prompt) + ids, pixels, grid, image)
+    chosen = box_token(step.target_box, point, cells, policy.screen)
+    if chosen is None:
+        return None
+    k, (x, y) = chosen
+    pointer = PointerChoice(len(prompt) + len(ids) - 1, image, k,
+                            float(logits.log_softmax(-1)[k]), cells, (x, y))  # fmt: skip
+    sampled = [True] * len(ids)
+    spliced = encode(f"{x},{y}" + ("," if isinstance(step.action, Scroll) else ")"))
+    ids, sampled = ids + spliced, sampled + [False] * len(spliced)
+    if isinstance(step.action, Scroll):
+        direction = encode(f"{step.action.direction})")
+        ids, sampled = ids + direction, sampled + [True] * len(direction)
+    if end is not None:
+        ids, sampled = ids + [end], sampled + [False]
+    written = policy.tokenizer.decode(ids, skip_special_tokens=True)
+    return PolicySample(written, list(prompt), ids, [None] * len(ids), pixels, grid, sampled,
+                        [pointer])  # fmt: skip
+
+
+__all__ = ["box_token", "expert_sample"]
