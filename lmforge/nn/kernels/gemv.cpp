@@ -238,11 +238,16 @@ bool cpu_has_avx2() {
 // s8 and adds pairs into int16, so the sign moves onto the activations: |w| (as u8, at most
 // 128) times sign(w) * xq, 2 * 128 * 127 < 2^15, no saturation; VPMADDWD by ones widens the
 // pairs to int32. Per 32 codes: one load, two VPSIGNB, VPMADDUBSW, VPMADDWD, one add.
+// A software prefetch 1 KB ahead (one line per 64 codes): over a 30m model's 31.6 MB of codes
+// on the AVX2-only EPYC, 2.07 -> 1.77 ms per token (15 -> 18 GB/s; 4 KB ahead: 2.09 ms, as
+// `row_dot8`'s best distance is not this loop's; 4 rows interleaved: 2.33 ms), a scratch
+// C++ harness with the same loop, medians of 40 alternated passes, two 1-thread jobs beside.
 LMF_AVX2 int32_t row_q8_avx2(const int8_t* xs, const int8_t* w, int64_t K) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i a0 = _mm256_setzero_si256(), a1 = a0;
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + k + 1024), _MM_HINT_T0);
     const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + 32));
     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + k));
