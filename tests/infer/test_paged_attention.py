@@ -38,10 +38,10 @@ def _reference(q, keys, values, tables, lengths, bs, window):
 @needs_op
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("d", [20, 64])
+@pytest.mark.parametrize("d", [20, 64, 128])
 def test_op_matches_per_row_sdpa(window, threads, d):
-    """GQA 3; a head size the kernel is not specialised for (20: not a multiple of 16)
-    and one it is (64)."""
+    """GQA 3; a head size the kernels are not specialised for (20: not a multiple of 8)
+    and the two they are (64, 128: AVX-512 or AVX2 intrinsics where the CPU has them)."""
     g = torch.Generator().manual_seed(0)
     n, h, hkv, bs, w, blocks = 6, 6, 2, 4, 7, 48
     keys = torch.randn(blocks * bs, hkv, d, generator=g) * 2

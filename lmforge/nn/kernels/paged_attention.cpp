@@ -6,8 +6,9 @@
 // q fp32 [n, H, D]; keys / values fp32 [slots, Hkv, D]; tables int64 [n, W]; lengths int64 [n].
 // One row (or a chunk of its K/V heads) per task, over torch's intra-op threads; two
 // passes over the row's blocks (scores, then the value sum), scores in a per-thread buffer.
-// Head sizes 64 and 128 on AVX-512: intrinsics (`attend_row_avx512`); otherwise loops the
-// compiler vectorises once per instruction set (target_clones: AVX-512, AVX2, base).
+// Head sizes 64 and 128 on AVX-512 or AVX2 + FMA: intrinsics (`attend_row_avx512`,
+// `attend_row_avx2`); otherwise loops the compiler vectorises once per instruction set
+// (target_clones: AVX-512, AVX2, base).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -238,6 +239,120 @@ LMF_AVX512 void attend_row_avx512(const float* q, const float* keys, const float
   }
 }
 
+// The same row on AVX2 + FMA (CPUs without AVX-512: most laptops, AMD before Zen 4), head
+// sizes D = 8 * NV (64, 128): 8 tokens' partial vectors reduced together (`reduce8`), exp on
+// 8 lanes, the value sums front to back as above. The compiler's version (target_clones'
+// AVX2 clone) reduced every score on its own and took exp one lane at a time. Per call, one
+// thread, D 64, H 8 / H_kv 4, on the AVX2-only EPYC (two 1-thread jobs beside): 16 rows of
+// 64-124 tokens 260 -> 148 us, one row of 160 tokens 34 -> 24 us.
+#define LMF_AVX2_FMA __attribute__((target("avx2,fma")))
+
+// Lane i of the result: the sum of the 8 lanes of v[i] (pairwise adds, then the halves).
+LMF_AVX2_FMA inline __m256 reduce8(const __m256* v) {
+  const __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
+}
+
+// `exp_nonpositive` on 8 lanes (the same reduction and polynomial).
+LMF_AVX2_FMA inline __m256 exp_nonpositive8(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_floor_ps(
+      _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+  const __m256i bits =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+template <int NV>
+LMF_AVX2_FMA void attend_row_avx2(const float* q, const float* keys, const float* values,
+                                  const int64_t* offsets, int64_t len, int64_t heads,
+                                  int64_t groups, float scale, float* scores, float* out) {
+  constexpr int64_t D = 8 * NV;
+  const int64_t rows = heads * groups;
+  __m256 part[kMaxRows][8];
+  alignas(32) float lanes[8];
+  for (int64_t t0 = 0; t0 < len; t0 += 8) {
+    const int64_t m = std::min<int64_t>(8, len - t0);
+    for (int64_t u = m; u < 8; ++u)
+      for (int64_t j = 0; j < rows; ++j) part[j][u] = _mm256_setzero_ps();
+    for (int64_t u = 0; u < m; ++u) {
+      const float* k = keys + offsets[t0 + u];
+      for (int64_t j = 0; j < rows; ++j) {
+        const float* kj = k + (j / groups) * D;
+        const float* qj = q + j * D;
+        __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(qj), _mm256_loadu_ps(kj));
+        for (int c = 1; c < NV; ++c)
+          acc = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 8 * c), _mm256_loadu_ps(kj + 8 * c), acc);
+        part[j][u] = acc;
+      }
+    }
+    for (int64_t j = 0; j < rows; ++j) {
+      const __m256 sc = _mm256_mul_ps(reduce8(part[j]), _mm256_set1_ps(scale));
+      if (m == 8) {
+        _mm256_storeu_ps(scores + j * len + t0, sc);
+      } else {
+        _mm256_store_ps(lanes, sc);
+        std::copy(lanes, lanes + m, scores + j * len + t0);
+      }
+    }
+  }
+  const int64_t full = len / 8 * 8;
+  for (int64_t j = 0; j < rows; ++j) {
+    float* sj = scores + j * len;
+    __m256 mx = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t t0 = 0; t0 < full; t0 += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sj + t0));
+    _mm256_store_ps(lanes, mx);
+    float top = *std::max_element(lanes, lanes + 8);
+    for (int64_t t = full; t < len; ++t) top = std::max(top, sj[t]);
+    __m256 sum8 = _mm256_setzero_ps();
+    for (int64_t t0 = 0; t0 < full; t0 += 8) {
+      const __m256 e = exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(sj + t0), _mm256_set1_ps(top)));
+      _mm256_storeu_ps(sj + t0, e);
+      sum8 = _mm256_add_ps(sum8, e);
+    }
+    _mm256_store_ps(lanes, sum8);
+    float sum = 0.f;
+    for (int u = 0; u < 8; ++u) sum += lanes[u];
+    for (int64_t t = full; t < len; ++t) {
+      sj[t] = exp_nonpositive(sj[t] - top);
+      sum += sj[t];
+    }
+    for (int c = 0; c < NV; ++c) _mm256_storeu_ps(out + j * D + 8 * c, _mm256_setzero_ps());
+    scores[rows * len + j] = 1.f / sum;  // sum >= 1: the max's term
+  }
+  for (int64_t t = 0; t < len; ++t) {
+    const float* v = values + offsets[t];
+    for (int64_t j = 0; j < rows; ++j) {
+      const __m256 pt = _mm256_set1_ps(scores[j * len + t]);
+      const float* vj = v + (j / groups) * D;
+      float* oj = out + j * D;
+      for (int c = 0; c < NV; ++c)
+        _mm256_storeu_ps(oj + 8 * c, _mm256_fmadd_ps(pt, _mm256_loadu_ps(vj + 8 * c),
+                                                     _mm256_loadu_ps(oj + 8 * c)));
+    }
+  }
+  for (int64_t j = 0; j < rows; ++j) {
+    const __m256 inv = _mm256_set1_ps(scores[rows * len + j]);
+    for (int c = 0; c < NV; ++c)
+      _mm256_storeu_ps(out + j * D + 8 * c, _mm256_mul_ps(_mm256_loadu_ps(out + j * D + 8 * c), inv));
+  }
+}
+
+bool cpu_has_avx2_fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
 bool cpu_has_avx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
@@ -280,8 +395,8 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
                   : 1;
   const int64_t per_chunk = (kv_heads + chunks - 1) / chunks;
 #if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx512 = cpu_has_avx512();
-  const bool fast = avx512 && (d == 64 || d == 128) && per_chunk * groups <= kMaxRows;
+  static const bool avx512 = cpu_has_avx512(), avx2 = !avx512 && cpu_has_avx2_fma();
+  const bool fast = (avx512 || avx2) && (d == 64 || d == 128) && per_chunk * groups <= kMaxRows;
 #else
   const bool fast = false;
 #endif
@@ -306,7 +421,8 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
         const int64_t* table = tp + r * width;
         for (int64_t t = lo; t < hi; ++t)
           offsets[t - lo] = (table[t / block_size] * block_size + t % block_size) * kv_heads * d;
-        const auto attend = d == 64 ? attend_row_avx512<4> : attend_row_avx512<8>;
+        const auto attend = avx512 ? (d == 64 ? attend_row_avx512<4> : attend_row_avx512<8>)
+                                   : (d == 64 ? attend_row_avx2<8> : attend_row_avx2<16>);
         attend(qp + first, kp + kv0 * d, vp + kv0 * d, offsets.data(), hi - lo, kv1 - kv0,
                groups, static_cast<float>(scale), scores.data(), o);
         continue;
