@@ -1,10 +1,12 @@
 """Multimodal SFT through the one Trainer: a tiny VLM from scratch exports an HF qwen2_vl
 folder (loads in lmforge and transformers), the projector stage trains only the merger, LoRA
-writes an adapter, the loss falls, and bad sections are ConfigErrors."""
+writes an adapter, the loss falls, bad sections are ConfigErrors, and two DDP ranks make the
+update of one process accumulating their micro-batches."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 
 import lmforge
 from lmforge.config import ConfigError
+from lmforge.models.hf import read_state_dict
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.peft.settings import PeftSettings
 from lmforge.train.config import load_config
@@ -187,3 +190,39 @@ def test_pointer_objective_adds_the_weighted_mean_pointer_loss(cells):
     assert out.metrics["pointer_loss"] / out.count == pytest.approx(
         torch.stack(ces).mean().item(), rel=1e-5
     )
+
+
+# -- DDP: the same run on two CPU processes (gloo, ``torchrun --standalone --nproc_per_node 2``).
+# Each rank trains its own rows of every global batch (`MultimodalPackedLoader`'s rank share),
+# so two ranks of ``batch_size`` 1 make the updates of one process accumulating two
+# micro-batches of 1: the same exported weights and the same logged losses.
+
+DDP_SCRIPT = """
+import json, sys, torch
+from lmforge.train.config import load_config
+from lmforge.train.vlm_sft import VLMRunConfig, train_vlm_sft
+torch.set_num_threads(1)
+out, overrides = sys.argv[1], json.loads(sys.argv[2])
+train_vlm_sft(load_config(None, [*overrides, "train.batch_size=1", "train.distributed=ddp",
+                                 f"out_dir={out}/ddp"], VLMRunConfig))
+"""
+
+
+def _losses(run) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def test_two_ranks_make_the_accumulated_update(tmp_path, torchrun):
+    run = [o for o in SMALL if not o.startswith("train.batch")] + ["train.max_steps=3",
+                                                                    "train.device=cpu"]  # fmt: skip
+    script = tmp_path / "ranks.py"
+    script.write_text(DDP_SCRIPT)
+    torchrun(script, [str(tmp_path), json.dumps(run)], cwd=Path(__file__).resolve().parents[2])
+    one = [*run, "train.batch_size=1", "train.grad_accum=2", f"out_dir={tmp_path / 'one'}"]
+    train_vlm_sft(load_config(None, one, VLMRunConfig))
+    a, b = read_state_dict(tmp_path / "one" / "model"), read_state_dict(tmp_path / "ddp" / "model")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=2e-5, rtol=1e-4, msg=key)
+    assert _losses(tmp_path / "ddp") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
