@@ -32,6 +32,20 @@ def build_agent_vlm(num_tasks: int, seed: int, pointer_size: int = 0, vision_dep
     return model, tok, image_processor_for(model, 128), data
 
 
+def with_pointer_head(model: VisionLanguageModel, pointer_size: int = 16, seed: int = 1):
+    """A copy of ``model`` with a freshly initialised pointer head (``seed``), same weights."""
+    torch.manual_seed(seed)
+    pointer = VisionLanguageModel(replace(model.config, pointer_size=pointer_size))
+    pointer.load_state_dict(model.state_dict(), strict=False)
+    return pointer
+
+
+@pytest.fixture(scope="module")
+def add_pointer_head():
+    """`with_pointer_head`, as a fixture (test modules cannot import conftest)."""
+    return with_pointer_head
+
+
 @pytest.fixture(scope="module")
 def agent_vlm_factory():
     return build_agent_vlm

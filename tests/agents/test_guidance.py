@@ -25,7 +25,6 @@ from lmforge.agents.rollout import open_episode
 from lmforge.agents.state_groups import play_state_groups, step_reward
 from lmforge.agents.tasks import sample_task
 from lmforge.config import ConfigError
-from lmforge.models.vlm import VisionLanguageModel
 from lmforge.train.config import load_config
 
 SCREEN = (128, 128)
@@ -42,12 +41,9 @@ def test_box_token_is_the_nearest_centre_inside_the_box():
 
 
 @pytest.fixture(scope="module")
-def models(agent_vlm_factory):
+def models(agent_vlm_factory, add_pointer_head):
     model, tok, processor, _ = agent_vlm_factory(4, 2)
-    torch.manual_seed(1)
-    pointer = VisionLanguageModel(replace(model.config, pointer_size=16))
-    pointer.load_state_dict(model.state_dict(), strict=False)
-    return model, pointer, tok, processor
+    return model, add_pointer_head(model), tok, processor
 
 
 def policy_for(model, tok, processor, temperature=1.0):

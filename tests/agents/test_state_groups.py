@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -27,7 +26,6 @@ from lmforge.agents.rollout import run_episodes
 from lmforge.agents.state_groups import action_matches, play_state_groups, step_reward
 from lmforge.agents.tasks import sample_task
 from lmforge.config import ConfigError
-from lmforge.models.vlm import VisionLanguageModel
 from lmforge.train.config import load_config
 
 SCREEN = (128, 128)
@@ -85,12 +83,9 @@ def test_play_state_groups_scores_every_state_the_trunk_reaches():
 
 
 @pytest.fixture(scope="module")
-def vlm(agent_vlm_factory):
+def vlm(agent_vlm_factory, add_pointer_head):
     model, tok, processor, _ = agent_vlm_factory(4, 2)
-    torch.manual_seed(1)
-    pointer = VisionLanguageModel(replace(model.config, pointer_size=16))
-    pointer.load_state_dict(model.state_dict(), strict=False)
-    return pointer, tok, processor
+    return add_pointer_head(model), tok, processor
 
 
 SECTION = AgentRLSection(groups="state", tasks_per_rollout=2, group_size=3, max_steps=2,
