@@ -191,6 +191,7 @@ class TrajectoryStep:
     target_box: Box | None
     mistake: bool = False
     correction: bool = False
+    drop_box: Box | None = None  # a drag's second point (`ExpertStep.drop_box`)
 
 
 @dataclass
@@ -200,7 +201,9 @@ class Trajectory:
     success: bool = False
 
 
-def mistake_step(task: Task, win: Window, rng: random.Random) -> tuple[ExpertStep, str] | None:
+def mistake_step(
+    task: Task, win: Window, rng: random.Random, drag: bool = False
+) -> tuple[ExpertStep, str] | None:
     """A plausible wrong, non-terminal click that makes things worse — untick / tick a box
     that was right, change a radio choice that was right, switch to a tab or open a
     dropdown the expert would not — and the id of the widget it disturbs; None if none fits."""
@@ -221,7 +224,7 @@ def mistake_step(task: Task, win: Window, rng: random.Random) -> tuple[ExpertSte
                     options.append((click(b, "I open the tab.", w.names[i]), w.wid))
         elif isinstance(w, Dropdown):
             options.append((click(w.box, "I open the list.", w.label), w.wid))
-    planned = expert_step(task, win).action
+    planned = expert_step(task, win, drag=drag).action
     options = [(step, wid) for step, wid in options if step.action != planned]
     return rng.choice(options) if options else None
 
@@ -233,26 +236,33 @@ def reflective(thought: str) -> str:
 
 
 def expert_trajectory(
-    task: Task, max_steps: int = 30, mistake_at: int | None = None, seed: int = 0
+    task: Task,
+    max_steps: int = 30,
+    mistake_at: int | None = None,
+    seed: int = 0,
+    drag: bool = False,
 ) -> Trajectory:
     """Roll the expert out on ``task``; with ``mistake_at`` = t, a mistake is injected before
-    expert step t and the next step is marked as its correction (reflection)."""
+    expert step t and the next step is marked as its correction (reflection). ``drag``: the
+    expert drags far rows into view (`lmforge.agents.expert.drag_step`)."""
     env = GUIEnv(width=task.window.width, height=task.window.height, max_steps=max_steps)
     obs, _ = env.reset(options={"task": task})
     traj, rng, prefer, done = Trajectory(task), random.Random(seed), None, False
     while not done:
-        mistake = mistake_step(task, env.window, rng) if len(traj.steps) == mistake_at else None
+        at = len(traj.steps) == mistake_at
+        mistake = mistake_step(task, env.window, rng, drag) if at else None
         if mistake is not None:
             step, prefer = mistake
         else:
-            step = expert_step(task, env.window, prefer)
+            step = expert_step(task, env.window, prefer, drag)
         thought = step.thought
         if prefer is not None and mistake is None:
             thought, prefer = reflective(thought), None
         correction = bool(traj.steps) and traj.steps[-1].mistake and mistake is None
         text = format_response(thought, step.action)
         traj.steps.append(TrajectoryStep(obs, text, format_action(step.action), step.target_box,
-                                         mistake=mistake is not None, correction=correction))  # fmt: skip
+                                         mistake=mistake is not None, correction=correction,
+                                         drop_box=step.drop_box))  # fmt: skip
         obs, reward, terminated, truncated, _ = env.step(step.action)
         done = terminated or truncated
         traj.success = bool(reward)
@@ -271,6 +281,8 @@ def trajectory_examples(traj: Trajectory, history: int = 2) -> list[VQAExample]:
         question = agent_prompt(traj.task.instruction, previous, len(images))
         kind = "reflection" if step.correction else "trajectory"
         meta = {"template": traj.task.template, "step": t, "target_box": step.target_box}
+        if step.drop_box is not None:
+            meta["drop_box"] = step.drop_box
         out.append(VQAExample(images, question, step.response, kind, meta))
     return out
 
@@ -512,6 +524,7 @@ def make_agent_dataset(
     zoom_crops: int = 1,
     glyphs: bool = False,
     row_screens: int = 0,
+    expert_drags: bool = False,
 ) -> dict[str, list[VQAExample]]:
     """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
     grounding on every state the expert visits (``grounding_count`` elements per state in
@@ -532,7 +545,10 @@ def make_agent_dataset(
     the glyph objective `lmforge.agents.glyph`); nothing else changes. ``row_screens``:
     grounding on every visible list row (and nothing else) of this many list-heavy random
     windows (`LIST_HEAVY`), in chats of ``grounding_turns`` — "which row shows 17" asked
-    about rows that differ only in their numbers, on one image; their own random stream."""
+    about rows that differ only in their numbers, on one image; their own random stream.
+    ``expert_drags``: the expert drags far rows into view (`lmforge.agents.expert.drag_step`;
+    its trajectories teach ``drag(…)``, both points with pointer targets) instead of
+    scrolling three times or more."""
     data: dict[str, list[VQAExample]] = {k: [] for k in KINDS}
     rng = random.Random(f"agent-data/{split}/{seed}")
     read_rng = random.Random(f"agent-reading/{split}/{seed}")
@@ -540,10 +556,10 @@ def make_agent_dataset(
     turns = max(1, grounding_turns)
     for i in range(num_tasks):
         task = sample_task(seed * 1_000_003 + i, split, width=width, height=height)
-        clean = expert_trajectory(task)
+        clean = expert_trajectory(task, drag=expert_drags)
         mistake_at = rng.randrange(len(clean.steps)) if rng.random() < mistake_rate else None
         traj = (
-            expert_trajectory(task, mistake_at=mistake_at, seed=i)
+            expert_trajectory(task, mistake_at=mistake_at, seed=i, drag=expert_drags)
             if mistake_at is not None
             else clean
         )
@@ -687,7 +703,9 @@ def pointer_queries(
     The query is the token ending with the action's ``(``; its image is the example's last
     (the current screenshot: trajectory steps show the history oldest first); its box is
     normalised by ``screen`` (width, height). Turns without a box are skipped, so perception
-    and state QA give none. A drag points at its first point only (one box per step).
+    and state QA give none. A drag's first point targets the step's box (the scrollbar's
+    thumb); its second, queried by the ``,`` after ``x1,y1``, the step's ``meta["drop_box"]``
+    when the example has one (the expert's drags).
     ``row_target="number"``: a list-row grounding turn ("Click on the row 'invoice 17'.") of
     an example with glyphs (``meta["glyphs"]``) targets only the tokens showing the row's
     number (`number_box`) instead of the whole row: the row's other ≈ 26 tokens ("invoice",
@@ -710,7 +728,14 @@ def pointer_queries(
         if box is not None and hit is not None:
             if glyphs and i > 0 and message_text(messages[i - 1]).startswith(ROW_QUESTION):
                 box = number_box(box, glyphs, row_target == "last_digit") or box
-            out.append(PointerQuery(i, hit[1], len(example.images) - 1, normalise_box(box, screen)))
+            image = len(example.images) - 1
+            out.append(PointerQuery(i, hit[1], image, normalise_box(box, screen)))
+            drop = meta.get("drop_box") if len(turns) == 1 else None
+            if hit[0] == "drag" and drop is not None:
+                text = message_text(messages[i])
+                second = text.find(",", text.find(",", hit[1]) + 1) + 1  # past "x1,y1,"
+                if second > hit[1]:
+                    out.append(PointerQuery(i, second, image, normalise_box(drop, screen)))
     return out
 
 
@@ -740,8 +765,9 @@ def read_examples(path: str | Path) -> list[VQAExample]:
             row = json.loads(line)
             images = [np.asarray(Image.open(root / name).convert("RGB")) for name in row["images"]]
             meta = dict(row["meta"])
-            if meta.get("target_box"):
-                meta["target_box"] = tuple(meta["target_box"])
+            for key in ("target_box", "drop_box"):
+                if meta.get(key):
+                    meta[key] = tuple(meta[key])
             if "target_boxes" in meta:
                 meta["target_boxes"] = [tuple(b) for b in meta["target_boxes"]]
             args = (images, row["question"], row["answer"], row["task"], meta)

@@ -11,16 +11,22 @@ values, others back to their initial value) to it — showing it first (switch t
 pane), opening a dropdown, focusing and selecting text — and finally performs the final
 event (press the button, scroll to and double-click the list item, Enter in the field).
 ``prefer`` names a widget to fix first (a reflection example corrects the mistake it just
-made).
+made). With ``drag``, a row far out of view (more than `DRAG_ABOVE_ROWS` rows to move: three
+scrolls or more) is brought into view as a person would, by dragging the scrollbar's thumb
+(`drag_step`; off by default, so the data and the held-out questions of earlier runs stay
+the same): its ``target_box`` is the thumb, its ``drop_box`` the points where releasing it
+shows the row.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lmforge.agents.actions import (
     Action,
     Click,
+    Drag,
     Finished,
     Hotkey,
     LeftDouble,
@@ -45,12 +51,18 @@ from lmforge.agents.widgets import (
 
 @dataclass(frozen=True)
 class ExpertStep:
-    """One expert decision: thought, action, and the box it acts on (None for keys/typing)."""
+    """One expert decision: thought, action, and the box it acts on (None for keys/typing);
+    a drag's ``drop_box``: where its second point may lie, given the first at the action's
+    own ``(x1, y1)`` (`drag_step`)."""
 
     thought: str
     action: Action
     target_box: Box | None = None
     target: str = ""
+    drop_box: Box | None = None
+
+
+DRAG_ABOVE_ROWS = 4  # a row further than this is dragged into view (scrolls move 2 rows)
 
 
 def click(box: Box, thought: str, target: str) -> ExpertStep:
@@ -58,8 +70,9 @@ def click(box: Box, thought: str, target: str) -> ExpertStep:
     return ExpertStep(thought, Click(x, y), box, target)
 
 
-def reveal(win: Window, w: Widget) -> ExpertStep | None:
-    """A step that brings ``w`` on screen (switch tab / scroll its pane), or None if shown."""
+def reveal(win: Window, w: Widget, drag: bool = False) -> ExpertStep | None:
+    """A step that brings ``w`` on screen (switch tab / scroll its pane, or with ``drag``
+    drag its scrollbar when it is far: `drag_step`), or None if shown."""
     container, index = win.container_of(w.wid)
     if isinstance(container, Tabs) and container.active != index:
         name = container.names[index]
@@ -68,8 +81,41 @@ def reveal(win: Window, w: Widget) -> ExpertStep | None:
         )
     if isinstance(container, ScrollPane) and w not in container.shown():
         down = index >= container.offset + container.visible
-        return scroll_step(container, down, f"'{w.label}' is out of view")
+        why = f"'{w.label}' is out of view"
+        far = drag_step(container, index, why) if drag else None
+        return far or scroll_step(container, down, why)
     return None
+
+
+def drag_step(w: ListView | ScrollPane, index: int, why: str) -> ExpertStep | None:
+    """Drag ``w``'s scrollbar thumb so that row ``index`` comes into view (near the middle),
+    when that moves more than `DRAG_ABOVE_ROWS` rows; else None (scrolling is as quick).
+    The environment moves a drag by round(Δy · max_offset / track) rows (track: the
+    scrollbar's height less the thumb's), so the row shows for Δy in
+    ((r_lo − ½) · p, (r_hi + ½) · p), p = track / max_offset pixels per row, r_lo..r_hi the
+    moves that put the row in view (unbounded at the list's ends, where the offset clamps):
+    ``drop_box`` is that range below or above the thumb's centre, one pixel inside each end,
+    within the scrollbar."""
+    top = w.max_offset()
+    lo, hi = max(0, index - w.visible + 1), min(index, top)
+    want = min(max(index - w.visible // 2, lo), hi)
+    rows = want - w.offset
+    thumb = w.thumb_box()
+    track = (w.scrollbar_box[3] - w.scrollbar_box[1]) - (thumb[3] - thumb[1])
+    if lo > hi or abs(rows) <= DRAG_ABOVE_ROWS or top == 0 or track < top:
+        return None  # (fewer than 1 px per row: a drag could not aim)
+    per = track / top
+    x, y1 = box_center(thumb)
+    y2 = round(y1 + rows * per)
+    d_lo = -1e9 if lo == 0 else (lo - w.offset - 0.5) * per
+    d_hi = 1e9 if hi == top else (hi - w.offset + 0.5) * per
+    sx0, sy0, sx1, sy1 = w.scrollbar_box
+    y_lo = max(sy0, math.floor(y1 + d_lo) + 1)
+    y_hi = min(sy1, math.ceil(y1 + d_hi) - 1)
+    drop = (sx0, y_lo, sx1, y_hi)
+    word = "down" if rows > 0 else "up"
+    thought = f"{why}, far {word}; I drag the scrollbar."
+    return ExpertStep(thought, Drag(x, y1, x, y2), thumb, w.label, drop)
 
 
 def scroll_step(w: ListView | ScrollPane, down: bool, why: str) -> ExpertStep:
@@ -112,8 +158,11 @@ def edit_text(win: Window, w: TextField, want: str) -> ExpertStep:
     return ExpertStep(f"{w.label} holds '{w.text}'; I select all of it.", Hotkey(("ctrl", "a")))
 
 
-def expert_step(task: Task, win: Window, prefer: str | None = None) -> ExpertStep:
-    """The expert's next step on ``win`` for ``task``."""
+def expert_step(
+    task: Task, win: Window, prefer: str | None = None, drag: bool = False
+) -> ExpertStep:
+    """The expert's next step on ``win`` for ``task`` (``drag``: rows far out of view are
+    dragged into it, `drag_step`; else scrolled)."""
     if win.dialog is not None:
         d = win.dialog
         return click(d.close_box, f"A '{d.label}' message covers the window; I close it.", "close")
@@ -128,22 +177,26 @@ def expert_step(task: Task, win: Window, prefer: str | None = None) -> ExpertSte
         )
     if wrong:
         w = wrong[0]
-        return reveal(win, w) or set_value(win, w, expected[w.wid])
-    return final_step(task, win)
+        return reveal(win, w, drag) or set_value(win, w, expected[w.wid])
+    return final_step(task, win, drag)
 
 
-def final_step(task: Task, win: Window) -> ExpertStep:
+def final_step(task: Task, win: Window, drag: bool = False) -> ExpertStep:
     """The step toward the task's final event once every value is right."""
     kind, target = task.final
     if kind == "press":
         b = win.find(target)
-        return reveal(win, b) or click(b.box, f"Everything is set; I press {b.label}.", b.label)
+        return reveal(win, b, drag) or click(
+            b.box, f"Everything is set; I press {b.label}.", b.label
+        )
     if kind == "open":
         lv = next(w for w in win.walk() if isinstance(w, ListView) and target in w.items)
         i = lv.items.index(target)
         box = lv.row_box(i)
         if box is None:
-            return scroll_step(lv, i >= lv.offset + lv.visible, f"'{target}' is not in view")
+            why = f"'{target}' is not in view"
+            far = drag_step(lv, i, why) if drag else None
+            return far or scroll_step(lv, i >= lv.offset + lv.visible, why)
         x, y = box_center(box)
         return ExpertStep(
             f"'{target}' is in view; I double-click to open it.", LeftDouble(x, y), box, target
@@ -157,8 +210,10 @@ def final_step(task: Task, win: Window) -> ExpertStep:
 
 
 __all__ = [
+    "DRAG_ABOVE_ROWS",
     "ExpertStep",
     "click",
+    "drag_step",
     "edit_text",
     "expert_step",
     "final_step",

@@ -63,8 +63,9 @@ def expert_sample(
     policy: VLMPolicy, context: AgentContext, step: ExpertStep
 ) -> PolicySample | None:
     """The expert's ``step`` in ``context`` as a `PolicySample` of ``policy`` (see the module
-    docstring), or None where the policy could not have written it: a drag (two points, one
-    target box) or a pointed move whose box holds no image token's centre."""
+    docstring), or None where the policy could not have written it: a pointed move whose box
+    holds no image token's centre (a drag: its thumb, or its drop range shifted by where
+    the first point was written)."""
     messages, images = agent_messages(context, policy.history)
     prompt, pixels, grid = encode_prompt(policy.tokenizer, policy.processor, messages, images)
     encode, end = policy.tokenizer.encode, policy.end_of_turn
@@ -73,23 +74,32 @@ def expert_sample(
     if not policy.pointer or point is None:
         ids = encode(text) + ([] if end is None else [end])
         return PolicySample(text, list(prompt), ids, [None] * len(ids), pixels, grid)
-    if isinstance(step.action, Drag) or step.target_box is None:
+    drag = isinstance(step.action, Drag)
+    if step.target_box is None or (drag and step.drop_box is None):
         return None
     hit = pointer_prefix(text)
     if hit is None:  # pragma: no cover - every pointed action has a query
         return None
     ids = encode(text[: hit[1]])
+    sampled, pointers = [True] * len(ids), []
     image = grid.shape[0] - 1
-    logits, cells = policy.pointer_logits(list(prompt) + ids, pixels, grid, image)
-    chosen = box_token(step.target_box, point, cells, policy.screen)
-    if chosen is None:
-        return None
-    k, (x, y) = chosen
-    pointer = PointerChoice(len(prompt) + len(ids) - 1, image, k,
-                            float(logits.log_softmax(-1)[k]), cells, (x, y))  # fmt: skip
-    sampled = [True] * len(ids)
-    spliced = encode(f"{x},{y}" + ("," if isinstance(step.action, Scroll) else ")"))
-    ids, sampled = ids + spliced, sampled + [False] * len(spliced)
+    targets = [(step.target_box, point)]
+    if drag:  # the release: the drop range moved with the first point as written (below)
+        targets.append((step.drop_box, (step.action.x2, step.action.y2)))
+    for n, (box, aim) in enumerate(targets):
+        if n == 1:  # relative to the first point: the release moves the thumb by Δy
+            dy = pointers[0].point[1] - point[1]
+            box, aim = (box[0], box[1] + dy, box[2], box[3] + dy), (aim[0], aim[1] + dy)
+        logits, cells = policy.pointer_logits(list(prompt) + ids, pixels, grid, image)
+        chosen = box_token(box, aim, cells, policy.screen)
+        if chosen is None:
+            return None
+        k, (x, y) = chosen
+        pointers.append(PointerChoice(len(prompt) + len(ids) - 1, image, k,
+                                      float(logits.log_softmax(-1)[k]), cells, (x, y)))  # fmt: skip
+        more = drag and n == 0
+        spliced = encode(f"{x},{y}" + ("," if more or isinstance(step.action, Scroll) else ")"))
+        ids, sampled = ids + spliced, sampled + [False] * len(spliced)
     if isinstance(step.action, Scroll):
         direction = encode(f"{step.action.direction})")
         ids, sampled = ids + direction, sampled + [True] * len(direction)
@@ -97,7 +107,7 @@ def expert_sample(
         ids, sampled = ids + [end], sampled + [False]
     written = policy.tokenizer.decode(ids, skip_special_tokens=True)
     return PolicySample(written, list(prompt), ids, [None] * len(ids), pixels, grid, sampled,
-                        [pointer])  # fmt: skip
+                        pointers)  # fmt: skip
 
 
 __all__ = ["box_token", "expert_sample"]

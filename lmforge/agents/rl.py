@@ -94,6 +94,7 @@ class AgentRLSection:
     kl_coef: float = 0.0  # β of the k3 KL penalty to the starting (SFT) policy; 0: none
     iterations: int = 1  # GRPO's μ: optimizer steps on each rollout (the ratio clips after 1)
     guide: bool = False  # groups=state: the expert's response joins states no response got right
+    expert_drags: bool = False  # groups=state: the expert's moves drag far rows (expert.drag_step)
     screen: int = 128
     eval_split: str = "heldout"
     eval_tasks: int = 30  # 0 skips the held-out evaluation
@@ -241,7 +242,7 @@ class AgentRollouts:
         sampled and scored in every state (`play_state_groups`)."""
         s, was_training = self.section, self.model.training
         played = play_state_groups(self.policy(), self.rollout_tasks(), s.group_size, s.max_steps,
-                                   s.format_weight, s.guide)  # fmt: skip
+                                   s.format_weight, s.guide, s.expert_drags)  # fmt: skip
         self.model.train(was_training)
         return played
 

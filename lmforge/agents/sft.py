@@ -186,6 +186,7 @@ class AgentSection(VLMShape):
     query_keys: bool = False  # with query_weight: the same head reads the row's last-digit token
     query_labels: bool = False  # with query_weight: also other kinds' labels (query_label_targets)
     row_target: str = "box"  # list-row pointer target: "box", "number" (digits), "last_digit"
+    expert_drags: bool = False  # the expert drags far list rows into view (expert.drag_step)
 
 
 @dataclass
@@ -344,9 +345,8 @@ def train_agent_sft(
                                   a.screen, a.screen, a.grounding_count, a.grounding_turns,
                                   a.grounding_shift, a.random_screens,
                                   a.question_first, a.reading_screens, a.zoom,
-                                  a.zoom_crops,
-                                  glyphs=uses_glyphs(a) or a.row_target != "box" or a.query_labels,
-                                  row_screens=a.row_screens)  # fmt: skip
+                                  a.zoom_crops, row_screens=a.row_screens, expert_drags=a.expert_drags,
+                                  glyphs=uses_glyphs(a) or a.row_target != "box" or a.query_labels)  # fmt: skip
         train_ex = [ex for k in a.kinds for ex in data[k]]
         random.Random(t.seed).shuffle(train_ex)
         model, tokenizer = agent_model(config, train_ex)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from lmforge.agents.actions import (
     Action,
     ActionParseError,
+    Drag,
     Hotkey,
     Scroll,
     Type,
@@ -58,7 +59,8 @@ class StateGroup:
 
 def action_matches(action: Action, expert: ExpertStep) -> bool:
     """Whether ``action`` is the expert's move: the same kind of action; inside the expert's
-    target box where the expert points; the same text, keys or scroll direction."""
+        target box where the expert points (a drag: its first point; its release moves the thumb
+    into the expert's ``drop_box`` range); the same text, keys or scroll direction."""
     move = expert.action
     if type(action) is not type(move):
         return False
@@ -67,6 +69,11 @@ def action_matches(action: Action, expert: ExpertStep) -> bool:
         expert.target_box is None or not box_contains(expert.target_box, *point)
     ):
         return False
+    if isinstance(move, Drag):  # the release moves the thumb as far as the expert's would
+        if expert.drop_box is None:
+            return False
+        dy = action.y2 - action.y1
+        return expert.drop_box[1] - move.y1 <= dy <= expert.drop_box[3] - move.y1
     if isinstance(move, Type):
         return action.content == move.content
     if isinstance(move, Hotkey):
@@ -95,12 +102,14 @@ def play_state_groups(
     max_steps: int = 8,
     format_weight: float = 0.1,
     guide: bool = False,
+    drag: bool = False,
 ) -> tuple[list[StateGroup], list[EpisodeRun]]:
     """Play every task once (all side by side, one batched decode per step); in each state
     sample ``group_size`` responses, score them (`step_reward`) and execute the first.
     With ``guide``, a state where no response matches the expert's move gets the expert's
     response in place of its last one (`lmforge.agents.guidance`, mixed-policy GRPO; never
-    the first, which is executed). Returns the groups (in play order) and the trunk
+    the first, which is executed). ``drag``: the expert's moves drag far rows into view
+    (`lmforge.agents.expert.drag_step`). Returns the groups (in play order) and the trunk
     episodes."""
     if group_size < 2:
         raise ValueError(f"group_size={group_size} must be ≥ 2 (advantages are group-relative)")
@@ -108,7 +117,8 @@ def play_state_groups(
     groups: list[StateGroup] = []
     active = list(range(len(tasks)))
     while active:
-        experts = [expert_step(episodes[i][0].task, episodes[i][0].window) for i in active]
+        experts = [expert_step(episodes[i][0].task, episodes[i][0].window, drag=drag)
+                   for i in active]  # fmt: skip
         contexts = [episodes[i][2] for i in active for _ in range(group_size)]
         samples = policy.sample(contexts)
         still = []

@@ -652,3 +652,36 @@ def test_row_screens_ask_only_rows_and_leave_the_rest_unchanged():
         assert all(q.startswith(ROW_QUESTION) for q in questions)
         assert len(questions) == len(ex.meta["target_boxes"]) <= 8
         assert ex.meta["template"] == "random"
+
+
+def test_expert_drags_give_both_points_a_pointer_target():
+    """With ``expert_drags`` a trajectory's drag has two pointer queries: the ``(`` (the
+    thumb) and the ``,`` after ``x1,y1`` (the drop range, which holds the release); they
+    encode at tokens ending with ``(`` and ``,``, as the pointer policy splices them."""
+    from lmforge.models.pointer_head import normalise_box
+
+    data = make_agent_dataset("train", 60, seed=3, mistake_rate=0.0, expert_drags=True)
+    drags = [ex for ex in data["trajectory"] if "Action: drag(" in ex.answer]
+    assert drags
+    plain = make_agent_dataset("train", 60, seed=3, mistake_rate=0.0)["trajectory"]
+    assert not any("drag(" in ex.answer for ex in plain)
+    texts = [ex.question + " " + ex.answer for ex in data["trajectory"][:40]]
+    tok = Tokenizer.train(texts, vocab_size=400, min_frequency=1, special_tokens=VLM_SPECIAL_TOKENS,
+                          chat_template=QWEN2_VL_CHAT_TEMPLATE)  # fmt: skip
+    section = VLMSection(patch_size=8, vision_hidden=32, vision_heads=2, hidden_size=32, num_layers=1,
+                         num_heads=2, num_kv_heads=1, mrope_section=[2, 3, 3], vocab_size=tok.vocab_size)  # fmt: skip
+    processor = image_processor_for(tiny_vlm(section, tok), 128)
+    for ex in drags:
+        action = parse_response(ex.answer).action
+        first, second = pointer_queries(ex, (128, 128))
+        text = ex.messages()[first.message]["content"]
+        text = text if isinstance(text, str) else "".join(c.get("text", "") for c in text)
+        assert text[: first.offset].endswith("drag(")
+        assert text[: second.offset].endswith(f"drag({action.x1},{action.y1},")
+        assert box_contains(ex.meta["target_box"], action.x1, action.y1)
+        assert box_contains(ex.meta["drop_box"], action.x2, action.y2)
+        assert second.box == normalise_box(ex.meta["drop_box"], (128, 128))
+        enc = encode_chat(tok, processor, ex.messages(), ex.images, [first, second])
+        p1, p2 = enc.pointer_positions
+        assert tok.decode(enc.input_ids[: p1 + 1]).endswith("(")
+        assert tok.decode(enc.input_ids[: p2 + 1]).endswith(f"{action.x1},{action.y1},")

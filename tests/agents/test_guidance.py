@@ -155,3 +155,29 @@ def test_guided_rl_run_and_config(tmp_path, models):
     assert len(logged) == 2 and all(0 <= x["guided"] <= 1 for x in logged)
     with pytest.raises(ConfigError, match="rl.guide"):
         train_agent_rl(load_config(None, ["rl.guide=true"], AgentRLConfig))
+
+
+def test_a_drag_is_written_with_both_pointer_choices(models):
+    """The expert's drag (``drag=True``): the thumb token at ``(``, the release token at the
+    ``,`` after the first point, inside the drop range moved with the first point as
+    written — so the written drag earns the step reward."""
+    _, model, tok, processor = models
+    policy = policy_for(model, tok, processor)
+    written = 0
+    for seed in range(40):
+        task = sample_task(seed, template="list_open")
+        env, _, context = open_episode(task, 8)
+        step = expert_step(task, env.window, drag=True)
+        if not isinstance(step.action, Drag):
+            continue
+        sample = expert_sample(policy, context, step)
+        if sample is None:
+            continue
+        assert re.fullmatch(response_regex(SCREEN), sample.text)
+        assert step_reward(sample.text, step, SCREEN) == pytest.approx(1.1)
+        first, second = sample.pointers
+        ids = sample.prompt_ids + sample.token_ids
+        assert tok.decode([ids[first.position]]).endswith("(")
+        assert tok.decode(ids[: second.position + 1]).endswith("{},{},".format(*first.point))
+        written += 1
+    assert written >= 1

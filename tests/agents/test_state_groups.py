@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
-from lmforge.agents.actions import Click, Hotkey, Scroll, Type, format_response
+from lmforge.agents.actions import Click, Drag, Hotkey, Scroll, Type, format_response
 from lmforge.agents.expert import ExpertStep, expert_step
 from lmforge.agents.policy import ExpertPolicy, PolicySample
 from lmforge.agents.rl import (
@@ -44,6 +45,19 @@ def test_action_matches_the_experts_move():
     scroll = ExpertStep("I scroll the pane.", Scroll(30, 26, "down"), box)
     assert action_matches(Scroll(12, 30, "down"), scroll)
     assert not action_matches(Scroll(12, 30, "up"), scroll)
+
+
+def test_action_matches_a_drag_by_its_thumb_and_how_far_it_moves():
+    """The first point on the thumb; the release as far from it as the expert's drop range
+    is from the expert's own first point (the environment moves the thumb by Δy)."""
+    move = ExpertStep("I drag the scrollbar.", Drag(120, 30, 120, 60), (118, 20, 123, 40), "list",
+                      drop_box=(118, 50, 123, 70))  # fmt: skip
+    assert action_matches(Drag(121, 35, 121, 60), move)  # Δy 25 in [20, 40]
+    assert action_matches(Drag(121, 22, 121, 42), move)  # Δy 20
+    assert not action_matches(Drag(121, 35, 121, 40), move)  # Δy 5: too short
+    assert not action_matches(Drag(121, 25, 121, 70), move)  # Δy 45: too far
+    assert not action_matches(Drag(60, 35, 60, 60), move)  # not on the thumb
+    assert not action_matches(Drag(121, 35, 121, 60), replace(move, drop_box=None))
 
 
 def test_step_reward_is_match_plus_format():
