@@ -437,7 +437,9 @@ class VisionLanguageModel(nn.Module):
 
         Prompts of different lengths go in one batch left-padded, with ``attention_mask``
         ``[B, T]`` (0 on the padding): padding takes no position and no attention, so each
-        row decodes as it would alone (as transformers' ``generate`` with a mask)."""
+        row decodes as it would alone (as transformers' ``generate`` with a mask). The image
+        (and video) placeholder tokens are never generated: a generated placeholder would have
+        no image behind it, and the next step could not embed it."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be ≥ 0")
         eos = (
@@ -459,8 +461,12 @@ class VisionLanguageModel(nn.Module):
             # decode positions are cache slot + delta; the slots count the left padding
             self.rope_deltas = self.rope_deltas - (t - mask.sum(-1).to(self.rope_deltas))
         tokens, done = input_ids, torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        vocab = self.config.text.vocab_size
+        placeholders = [i for i in (self.config.image_token_id, self.config.video_token_id)
+                        if i is not None and i < vocab]  # fmt: skip
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()
+            logits[:, placeholders] = float("-inf")
             if do_sample:
                 probs = torch.softmax(logits / temperature, dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]

@@ -127,6 +127,29 @@ def test_greedy_generation_matches_hf(pair):
     assert ours.shape == (1, ids.shape[1] + 8)
 
 
+def test_generation_never_emits_an_image_placeholder(pair):
+    """A model that favours the placeholder token writes its runner-up instead: a generated
+    placeholder would have no image, and the next step could not embed it."""
+    import copy
+
+    _, model, _ = pair
+    model = copy.deepcopy(model)
+    weight = model.lm_head.weight.detach().clone()
+    model.lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        model.lm_head.weight.copy_(weight)
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[IMG] = 1e4  # the placeholder wins by far
+    ids, pv = prompt(), pixels(seed=3)
+    with torch.no_grad():
+        first = model(ids, pixel_values=pv, image_grid_thw=GRID).logits[0, -1]
+    assert int(first.argmax()) == IMG
+    out = model.generate(ids, pixel_values=pv, image_grid_thw=GRID, max_new_tokens=4,
+                         eos_token_id=[])  # fmt: skip
+    new = out[0, ids.shape[1] :]
+    assert IMG not in new.tolist() and int(new[0]) == int(first.topk(2).indices[1])
+
+
 def test_left_padded_batch_generation_matches_hf_and_rows_alone(pair):
     """Two prompts of different lengths (different images) in one left-padded batch: greedy
     tokens equal transformers' with the same mask, and each row's tokens generated alone."""
