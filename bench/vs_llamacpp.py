@@ -469,8 +469,8 @@ def bench_batch16(args, size, models, bin_dir, ggufs, kind: str = "fp32") -> flo
               + (f", compiled step {med(compiled):.0f} tok/s" if compiled else "")
               + f"; llama.cpp {gtype} {med(theirs):.0f} tok/s", flush=True)  # fmt: skip
         best_ours = max(best_ours, med(ours), med(compiled) if compiled else 0.0)
-        if theirs and not med(theirs) <= best_theirs:  # the first figure, or a better one
-            best_theirs = med(theirs)
+        if theirs:  # llama.cpp at its best thread count too
+            best_theirs = med(theirs) if math.isnan(best_theirs) else max(best_theirs, med(theirs))
     return best_ours / best_theirs
 
 

@@ -33,6 +33,7 @@ from lmforge.agents.actions import (
     Scroll,
     Type,
 )
+from lmforge.agents.env import SCROLL_ROWS
 from lmforge.agents.tasks import Task
 from lmforge.agents.widgets import (
     Box,
@@ -62,7 +63,7 @@ class ExpertStep:
     drop_box: Box | None = None
 
 
-DRAG_ABOVE_ROWS = 4  # a row further than this is dragged into view (scrolls move 2 rows)
+DRAG_ABOVE_ROWS = 2 * SCROLL_ROWS  # a row further than two scrolls is dragged into view
 
 
 def click(box: Box, thought: str, target: str) -> ExpertStep:

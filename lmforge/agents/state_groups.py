@@ -59,7 +59,7 @@ class StateGroup:
 
 def action_matches(action: Action, expert: ExpertStep) -> bool:
     """Whether ``action`` is the expert's move: the same kind of action; inside the expert's
-        target box where the expert points (a drag: its first point; its release moves the thumb
+    target box where the expert points (a drag: its first point; its release moves the thumb
     into the expert's ``drop_box`` range); the same text, keys or scroll direction."""
     move = expert.action
     if type(action) is not type(move):
@@ -127,14 +127,11 @@ def play_state_groups(
             group = samples[j * group_size : (j + 1) * group_size]
             screen = (env.task.window.width, env.task.window.height)
             rewards = [step_reward(s.text, expert, screen, format_weight) for s in group]
-            guided = False
-            if guide and max(rewards) < 1:
-                demo = expert_sample(policy, context, expert)
-                reward = -1.0 if demo is None else step_reward(demo.text, expert, screen,
-                                                               format_weight)  # fmt: skip
-                if reward >= 1:
-                    group, rewards = group[:-1] + [demo], rewards[:-1] + [reward]
-                    guided = True
+            demo = expert_sample(policy, context, expert) if guide and max(rewards) < 1 else None
+            reward = 0.0 if demo is None else step_reward(demo.text, expert, screen, format_weight)
+            guided = reward >= 1  # the demonstration as written is the expert's move
+            if guided:
+                group, rewards = group[:-1] + [demo], rewards[:-1] + [reward]
             groups.append(StateGroup(tasks[i], group, rewards, guided))
             run.samples.append(group[0])
             if record_step(env, run, context, group[0].text.strip(), expert):

@@ -239,8 +239,8 @@ bool cpu_has_avx2() {
 // 128) times sign(w) * xq, 2 * 128 * 127 < 2^15, no saturation; VPMADDWD by ones widens the
 // pairs to int32. Per 32 codes: one load, two VPSIGNB, VPMADDUBSW, VPMADDWD, one add.
 // A software prefetch 1 KB ahead (one line per 64 codes): over a 30m model's 31.6 MB of codes
-// on the AVX2-only EPYC, 2.07 -> 1.77 ms per token (15 -> 18 GB/s; 4 KB ahead: 2.09 ms, as
-// `row_dot8`'s best distance is not this loop's; 4 rows interleaved: 2.33 ms), a scratch
+// on the AVX2-only EPYC, 2.07 -> 1.77 ms per token (15 -> 18 GB/s; 4 KB ahead, `row_dot8`'s
+// distance: 2.09 ms; 4 rows interleaved: 2.33 ms), a scratch
 // C++ harness with the same loop, medians of 40 alternated passes, two 1-thread jobs beside.
 LMF_AVX2 int32_t row_q8_avx2(const int8_t* xs, const int8_t* w, int64_t K) {
   const __m256i ones = _mm256_set1_epi16(1);
