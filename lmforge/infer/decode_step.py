@@ -139,6 +139,7 @@ from lmforge.nn.int8_gemv import (
     int8_gemv_q8_parts,
     int8_gemv_q8_supported,
 )
+from lmforge.nn.panel_gemm import panel_gemm
 from lmforge.nn.quant import KERNEL_MAX_ROWS, Int8Linear
 from lmforge.nn.rope import rotate
 
@@ -220,7 +221,8 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
     (`lmforge.nn.int8_gemv.int8_gemv_parts`, outputs concatenated), for ``("dense", (W, …))``
     (bf16 weights) lmforge's dense op (`lmforge.nn.dense_gemv.dense_gemv_parts`); else
     ``kernel``: ``Wᵀ`` (dense GEMM), ``("packed", handle, out)`` of the runner's
-    oneDNN-packed copy (`lmforge.infer.packed_gemm.packed_linear_op`), ``("int8", handle,
+    oneDNN-packed copy (`lmforge.infer.packed_gemm.packed_linear_op`), ``("panels", P, out)``
+    of its panel-packed copy (`lmforge.nn.panel_gemm.panel_gemm`), ``("int8", handle,
     out, q, s)``: int8 × int8 through fbgemm's packed copy up to ``KERNEL_MAX_ROWS`` rows
     (`lmforge.infer.int8_gemm.int8_linear_rows`), the dequantised ``q`` above, or the
     weight-only int8 kernel form ``(q, s_bf16)``."""
@@ -237,6 +239,8 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
         y = x @ kernel
     elif kernel[0] == "packed":  # the runner's oneDNN-packed copy
         return packed_linear_op(x, bias, kernel[1], kernel[2])
+    elif kernel[0] == "panels":  # the runner's panel-packed copy (AVX2 CPUs)
+        y = panel_gemm(x, kernel[1], kernel[2])
     elif kernel[0] == "int8" and x.shape[0] <= KERNEL_MAX_ROWS:  # fbgemm, rows normalised
         y = int8_linear_rows(x, kernel[1], kernel[2])
     elif kernel[0] == "int8":  # more rows: as `Int8Linear`, dequantise, one GEMM
@@ -489,6 +493,8 @@ class CompiledDecode:
         if one_row and self.row_products:
             rows = tuple((m.weight, None if dense else m.weight_scale) for m in modules)
             return rows, None, proj.bias if dense else proj.module.bias
+        if dense and proj.panels is not None:  # AVX2 CPU fp32: lmforge's GEMM
+            return None, ("panels", proj.panels, proj.out_features), proj.bias
         if dense and proj.packed is not None:  # CPU fp32: no re-packing per call
             register_packed(self._handle(slot), proj.packed)
             _INT8_PACKED.pop(self._handle(slot), None)

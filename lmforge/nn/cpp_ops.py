@@ -10,7 +10,8 @@ path. Each op has a fake (meta) implementation registered here, so ``torch.compi
 calls to it.
 
 Ops: ``int8_gemv`` (`lmforge.nn.int8_gemv`: one-row int8 products of `lmforge.nn.quant`'s
-`Int8Linear` and of the compiled decode step), ``paged_decode_attention``
+`Int8Linear` and of the compiled decode step), ``dense_gemv`` (`lmforge.nn.dense_gemv`),
+``panel_gemm`` (`lmforge.nn.panel_gemm`: multi-row fp32 products), ``paged_decode_attention``
 (`lmforge.infer.paged_attention`). They live below the engine so that a quantised layer and
 the engine's fused runner call the same kernel (bit-equal logits). First build ≈ 10 s (g++ -O3 with ninja); later processes
 load it in ≈ 0.4 s.
@@ -30,7 +31,7 @@ import torch
 
 __all__ = ["KERNEL_SOURCES", "cpp_ops_available", "cpp_ops_unavailable_reason"]
 
-KERNEL_SOURCES = ("gemv.cpp", "paged_attention.cpp")
+KERNEL_SOURCES = ("gemv.cpp", "paged_attention.cpp", "panel_gemm.cpp")
 _KERNELS = Path(__file__).parent / "kernels"
 _LOCK = threading.Lock()
 _STATE: dict[str, str | None] = {}
@@ -56,6 +57,10 @@ def _register_fakes() -> None:
     def _dense_gemv(x, w, portable=False):
         n = sum(m.shape[0] for m in w)
         return x.new_empty((n,) if x.dim() == 1 else (1, n), dtype=torch.float32)
+
+    @torch.library.register_fake("lmforge_ext::panel_gemm")
+    def _panel_gemm(x, panels, n, portable=False):
+        return x.new_empty((x.shape[0], n), dtype=torch.float32)
 
     @torch.library.register_fake("lmforge_ext::paged_decode_attention")
     def _(q, keys, values, tables, lengths, block_size, scale, window):
@@ -92,7 +97,8 @@ def _load() -> str | None:
             is_python_module=False,
             verbose=False,
         )
-        for op in ("int8_gemv", "int8_gemv_q8", "dense_gemv", "paged_decode_attention"):
+        ops = ("int8_gemv", "int8_gemv_q8", "dense_gemv", "panel_gemm", "paged_decode_attention")
+        for op in ops:
             getattr(torch.ops.lmforge_ext, op)  # raises if the library did not register it
     except Exception as e:  # noqa: BLE001 - no compiler, a build error, …: never fatal
         return f"the C++ ops did not build or load: {type(e).__name__}: {str(e).strip()[:500]}"

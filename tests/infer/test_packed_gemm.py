@@ -54,6 +54,7 @@ def test_runner_uses_packed_weights_for_several_rows_and_matches_forward(monkeyp
     from lmforge.models.presets import preset_config
     from lmforge.models.transformer import CausalLM
 
+    monkeypatch.setenv("LMFORGE_PANEL_GEMM", "0")  # oneDNN's copy, not lmforge's panels
     calls = []
     real = runner_module.packed_linear
     monkeypatch.setattr(runner_module, "packed_linear",

@@ -1,0 +1,87 @@
+"""lmforge's fp32 GEMM over a weight packed once into 16-wide panels (a C++ op, AVX2 + FMA).
+
+``y = x Wᵀ`` for ``x [M, K]`` and ``W [N, K]`` (``nn.Linear``'s layout), with ``W`` stored as
+``P [⌈N/16⌉, K, 16]``, ``P[p, k, j] = W[16p + j, k]`` (`pack_panels`; zero rows pad the last
+panel). A register tile of up to 6 rows × 16 columns (12 accumulators) walks ``k``: per ``k``
+one 64-byte panel line, six broadcasts of ``x`` and twelve FMAs — the GEBP micro-kernel of
+Goto & van de Geijn (2008) with the weight as the packed operand. A panel stays in L2 while
+all tiles of a 36-row chunk of ``x`` pass over it, and the next panel is prefetched while
+they do (spread over the tiles), so the weights' DRAM stream overlaps the arithmetic
+(`kernels/panel_gemm.cpp`).
+
+Why: the engine's multi-row fp32 products (decode steps of several requests, verification
+forwards, prefill) went through oneDNN's pre-packed ``_linear_pointwise``
+(`lmforge.infer.packed_gemm`). On an AVX2-only CPU (2-core AMD EPYC, Zen 2, 1 thread; the 30m
+preset's 33 projections of one forward, BENCHMARKS.md) that ran at 37–41 GFLOP/s for 16 rows
+and 72 for 512; this kernel at 72 and 85. Where the CPU has AVX-512 oneDNN has twice the
+vector width and is kept: `panel_gemm_preferred` says which to use (``LMFORGE_PANEL_GEMM=1``
+forces the panels, ``=0`` turns them off).
+
+Numerics: fp32 products, each output a sum over ``k`` in ascending order (one accumulator
+per output): equal to ``F.linear`` within fp32 rounding. ``portable=True`` runs the
+non-SIMD loop (tests): the same order, without fused multiply-adds.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.nn.cpp_ops import cpp_ops_unavailable_reason
+
+__all__ = [
+    "PANEL",
+    "pack_panels",
+    "panel_gemm",
+    "panel_gemm_available",
+    "panel_gemm_preferred",
+    "panel_gemm_unavailable_reason",
+]
+
+PANEL = 16  # output columns per panel
+
+
+def panel_gemm_unavailable_reason() -> str | None:
+    """Why the op cannot run here (building lmforge's C++ ops on the first call), or None."""
+    if os.environ.get("LMFORGE_PANEL_GEMM", "") == "0":
+        return "turned off by LMFORGE_PANEL_GEMM=0"
+    return cpp_ops_unavailable_reason()
+
+
+def panel_gemm_available() -> bool:
+    """Whether `panel_gemm` can run (builds the op on the first call; never raises)."""
+    return panel_gemm_unavailable_reason() is None
+
+
+def panel_gemm_preferred() -> bool:
+    """Whether the engine should run its multi-row fp32 CPU products through the panels
+    rather than oneDNN: the op runs, with AVX2 + FMA, and the CPU has no AVX-512 (where
+    oneDNN's kernels are twice as wide); ``LMFORGE_PANEL_GEMM=1`` forces it."""
+    if not panel_gemm_available() or torch.ops.lmforge_ext.panel_gemm_isa() != "avx2":
+        return False
+    if os.environ.get("LMFORGE_PANEL_GEMM", "") == "1":
+        return True
+    return not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def pack_panels(weight: torch.Tensor) -> torch.Tensor:
+    """``W [N, K]`` → contiguous ``P [⌈N/16⌉, K, 16]`` with ``P[p, k, j] = W[16p + j, k]``
+    (rows past ``N`` are zeros). fp32 only."""
+    if weight.dim() != 2 or weight.dtype != torch.float32:
+        raise ValueError(
+            f"pack_panels takes a 2-D fp32 weight, got {tuple(weight.shape)} {weight.dtype}"
+        )
+    n, k = weight.shape
+    pad = (-n) % PANEL
+    w = F.pad(weight.detach(), (0, 0, 0, pad)) if pad else weight.detach()
+    return w.reshape(-1, PANEL, k).transpose(1, 2).contiguous()
+
+
+def panel_gemm(
+    x: torch.Tensor, panels: torch.Tensor, n: int, portable: bool = False
+) -> torch.Tensor:
+    """``x Wᵀ`` (fp32 ``[M, n]``) for fp32 ``x [M, K]`` and ``panels = pack_panels(W)`` of
+    ``W [n, K]``. Call `panel_gemm_available` first."""
+    return torch.ops.lmforge_ext.panel_gemm(x, panels, n, portable)
