@@ -100,7 +100,9 @@ LMF_AVX2 void panel_avx2(const float* x, int64_t rows, int64_t K, const float* p
                          int64_t ldy, int64_t ncols, const float* next) {
   const int64_t tiles = (rows + MR - 1) / MR;
   for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t m = t * MR, r = std::min(MR, rows - m);
+    // rows split evenly over the tiles (16 = 6 + 5 + 5, not 6 + 6 + 4: a 4-row tile's 8
+    // accumulators wait on the FMA latency, 5 cycles per k for 4 cycles of work)
+    const int64_t m = rows * t / tiles, r = rows * (t + 1) / tiles - m;
     // the next panel's lines spread over this panel's tiles: tile t fetches its share
     const int64_t lo = K * t / tiles, share = std::max<int64_t>(K * (t + 1) / tiles - lo, 1);
     const int64_t every = std::max<int64_t>(1, (K + share - 1) / share);
