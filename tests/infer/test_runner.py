@@ -198,8 +198,21 @@ def test_engines_on_one_model_share_its_runner_and_report_its_memory():
     embed = model.model.embed_tokens.weight.numel() * 4
     # every linear (the untied LM head included): the oneDNN-packed copy for several rows
     # and the transposed one for one row — which lmforge's dense op (reading the model's own
-    # weights) makes unnecessary where both it and the packed copy exist
+    # weights) makes unnecessary where both it and the packed copy exist; on AVX2 CPUs one
+    # copy in lmforge's 16-wide panels (`lmforge.nn.panel_gemm`) for every row count
     packed = packing_enabled(model.lm_head.weight)
+    if a.runner.head.panels is not None:  # lmforge's panel copy instead (AVX2 CPUs): alone,
+        padded = 0  # each fused projection's outputs padded to a multiple of 16
+        for layer in model.model.layers:
+            at, mlp = layer.self_attn, layer.mlp
+            for group in ((at.q_proj, at.k_proj, at.v_proj), (at.o_proj,),
+                          (mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)):  # fmt: skip
+                out = sum(m.out_features for m in group)
+                padded += -(-out // 16) * 16 * group[0].in_features * 4
+        head = model.lm_head
+        padded += -(-head.out_features // 16) * 16 * head.in_features * 4
+        assert a.runner.nbytes == padded
+        return
     transposed = not (packed and dense_gemv_available())
     assert a.runner.nbytes == (int(packed) + int(transposed)) * (weights - embed)
 
@@ -403,6 +416,7 @@ def test_one_row_goes_through_the_dense_op_and_several_through_onednn(monkeypatc
     the 30m default fp32 engine lost its GEMV speed-up)."""
     import lmforge.infer.runner as runner_module
 
+    monkeypatch.setenv("LMFORGE_PANEL_GEMM", "0")  # AVX2 CPUs: lmforge's panels take every row
     engine = Engine(make_model())
     engine.generate([[1, 2, 3]], SamplingParams(max_tokens=1, temperature=0))  # builds it
     proj = engine.runner.layers[0].qkv

@@ -84,10 +84,18 @@ def test_traces_under_torch_compile():
     torch.testing.assert_close(compiled(x), f(x))
 
 
-def test_the_eager_runner_uses_it_for_one_row():
+def test_the_eager_runner_uses_it_for_one_row(monkeypatch):
     """`InferenceRunner`'s dense projections send one fp32 row through the op over the
-    layers' own weights (no copy), and agree with ``nn.Linear`` within float rounding."""
+    layers' own weights (no copy), and agree with ``nn.Linear`` within float rounding
+    (where lmforge's panel GEMM is not preferred: turned off here)."""
+    import lmforge.infer.runner as runner_module
     from lmforge.infer.runner import _projection
+
+    monkeypatch.setenv("LMFORGE_PANEL_GEMM", "0")
+    calls = []
+    real = runner_module.dense_gemv_parts
+    monkeypatch.setattr(runner_module, "dense_gemv_parts",
+                        lambda x, w: calls.append(x.shape[0]) or real(x, w))  # fmt: skip
 
     g = torch.Generator().manual_seed(2)
     lins = [torch.nn.Linear(48, n, bias=True) for n in (16, 8, 8)]
@@ -99,6 +107,7 @@ def test_the_eager_runner_uses_it_for_one_row():
     with torch.no_grad():
         expected = torch.cat([lin(x) for lin in lins], -1)
     torch.testing.assert_close(proj(x), expected, rtol=1e-5, atol=1e-5)
+    assert calls == [1]
     torch.testing.assert_close(proj(x.repeat(3, 1)), expected.repeat(3, 1), rtol=1e-5, atol=1e-5)
 
 

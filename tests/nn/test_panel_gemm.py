@@ -1,6 +1,7 @@
 """lmforge's panel GEMM (`lmforge.nn.panel_gemm`): the panel layout in closed form; products
-equal to ``x Wᵀ`` (float64 here) on shapes that exercise every tail (rows not a multiple of
-the 6-row tile or the 36-row chunk, N not a multiple of 16, K = 1), through the AVX2 and the
+equal to ``x Wᵀ`` (float64 here) on shapes that exercise every tail (one row: groups of four
+panels and the rest; rows not a multiple of the 6-row tile or the 36-row chunk, N not a
+multiple of 16, K = 1), through the AVX2 and the
 portable loops, on 1 and 2 threads; bad inputs named; the engine's runner and its decode step
 use it for several rows when it is preferred (forced here), with the tokens of the model's
 own forward."""
@@ -16,7 +17,7 @@ needs_op = pytest.mark.skipif(
     reason=f"panel_gemm unavailable: {pg.panel_gemm_unavailable_reason()}",
 )
 
-SHAPES = [(1, 1, 1), (2, 16, 8), (5, 17, 3), (6, 33, 64), (7, 100, 37), (16, 256, 512),
+SHAPES = [(1, 1, 1), (1, 100, 37), (1, 128, 16), (2, 16, 8), (5, 17, 3), (6, 33, 64), (7, 100, 37), (16, 256, 512),
           (36, 48, 20), (37, 15, 9), (80, 70, 130)]  # fmt: skip
 
 
@@ -107,8 +108,8 @@ def _greedy_by_forward(model, prompts, steps):
 @pytest.mark.parametrize("compile_decode", [False, "eager"], ids=["runner", "decode-step"])
 def test_engine_runs_several_rows_through_the_panels(monkeypatch, compile_decode):
     """Forced on: the runner holds panels instead of oneDNN's copy; prefill and the
-    two-request decode steps (the runner's, or the decode step's) call the op; the tokens
-    are those of the model's own forward."""
+    two-request decode steps (the runner's, or the decode step's) call the op, and the
+    runner's one-row products; the tokens are those of the model's own forward."""
     import lmforge.infer.decode_step as step_module
     import lmforge.infer.runner as runner_module
     from lmforge.infer.engine import Engine
@@ -130,5 +131,9 @@ def test_engine_runs_several_rows_through_the_panels(monkeypatch, compile_decode
     assert engine.runner.head.panels is not None and engine.runner.head.packed is None
     assert calls and min(calls) >= 2
     assert got == _greedy_by_forward(model, prompts, 6)
+    if not compile_decode:  # one request: the runner's one-row products too
+        calls.clear()
+        one = Engine(model).generate(prompts[:1], params)[0].token_ids
+        assert one == got[0] and 1 in calls
     if compile_decode:
         assert engine.compiled._inputs(False)["head"][1][0] == "panels"

@@ -120,6 +120,31 @@ LMF_AVX2 void panel_avx2(const float* x, int64_t rows, int64_t K, const float* p
   }
 }
 
+// One row of x (batch-1 decoding) against G consecutive panels at once: 2G accumulators, so
+// the FMA chains do not wait on each other (one panel's 2 chains wait 5 cycles per k) and G
+// weight streams are in flight. 30m shapes, one row, 1 thread (AVX2-only EPYC): one panel
+// at a time 9.8 ms, two 7.5, four 6.8 (lmforge's row-major one-row op 10.4 there).
+template <int G>
+LMF_AVX2 void row_avx2(const float* x, const float* p, int64_t K, float* y, int64_t ncols_last) {
+  __m256 a[2 * G];
+  for (int g = 0; g < 2 * G; ++g) a[g] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b = _mm256_broadcast_ss(x + k);
+    for (int g = 0; g < G; ++g) {
+      const float* w = p + g * K * NR + k * NR;
+      a[2 * g] = _mm256_fmadd_ps(b, _mm256_loadu_ps(w), a[2 * g]);
+      a[2 * g + 1] = _mm256_fmadd_ps(b, _mm256_loadu_ps(w + 8), a[2 * g + 1]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    alignas(32) float buf[NR];
+    _mm256_store_ps(buf, a[2 * g]);
+    _mm256_store_ps(buf + 8, a[2 * g + 1]);
+    const int64_t ncols = g == G - 1 ? ncols_last : NR;
+    std::copy(buf, buf + ncols, y + g * NR);
+  }
+}
+
 bool cpu_has_avx2_fma() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -156,6 +181,24 @@ at::Tensor panel_gemm(const at::Tensor& x, const at::Tensor& panels, int64_t n,
   const float* pp = panels.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const bool avx2 = use_avx2(portable);
+#ifdef LMF_X86
+  if (avx2 && M == 1) {  // groups of RG panels, then the last few one by one
+    constexpr int64_t RG = 4;
+    const int64_t groups = P / RG;
+    at::parallel_for(0, groups + (P - groups * RG), 4, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t p = g < groups ? g * RG : groups * RG + (g - groups);
+        const int64_t count = g < groups ? RG : 1;
+        const int64_t last = std::min(NR, n - (p + count - 1) * NR);
+        if (count == RG)
+          row_avx2<RG>(xp, pp + p * K * NR, K, yp + p * NR, last);
+        else
+          row_avx2<1>(xp, pp + p * K * NR, K, yp + p * NR, last);
+      }
+    });
+    return y;
+  }
+#endif
   for (int64_t m0 = 0; m0 < M; m0 += MC) {
     const int64_t rows = std::min(MC, M - m0);
     at::parallel_for(0, P, 4, [&](int64_t p0, int64_t p1) {
