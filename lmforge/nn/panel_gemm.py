@@ -5,7 +5,7 @@
 panel). A register tile of up to 6 rows × 16 columns (12 accumulators) walks ``k``: per ``k``
 one 64-byte panel line, six broadcasts of ``x`` and twelve FMAs — the GEBP micro-kernel of
 Goto & van de Geijn (2008) with the weight as the packed operand. A panel stays in L2 while
-all tiles of a 36-row chunk of ``x`` pass over it, and the next panel is prefetched while
+all tiles of a 72-row chunk of ``x`` pass over it, and the next panel is prefetched while
 they do (spread over the tiles), so the weights' DRAM stream overlaps the arithmetic
 (`kernels/panel_gemm.cpp`).
 

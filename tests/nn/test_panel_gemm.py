@@ -1,6 +1,6 @@
 """lmforge's panel GEMM (`lmforge.nn.panel_gemm`): the panel layout in closed form; products
 equal to ``x Wᵀ`` (float64 here) on shapes that exercise every tail (one row: groups of four
-panels and the rest; rows not a multiple of the 6-row tile or the 36-row chunk, N not a
+panels and the rest; rows not a multiple of the 6-row tile or the 72-row chunk, N not a
 multiple of 16, K = 1), through the AVX2 and the
 portable loops, on 1 and 2 threads; bad inputs named; the engine's runner and its decode step
 use it for several rows when it is preferred (forced here), with the tokens of the model's
@@ -18,7 +18,7 @@ needs_op = pytest.mark.skipif(
 )
 
 SHAPES = [(1, 1, 1), (1, 100, 37), (1, 128, 16), (2, 16, 8), (5, 17, 3), (6, 33, 64), (7, 100, 37), (16, 256, 512),
-          (36, 48, 20), (37, 15, 9), (80, 70, 130)]  # fmt: skip
+          (36, 48, 20), (37, 15, 9), (72, 20, 33), (80, 70, 130), (150, 40, 7)]  # fmt: skip
 
 
 def test_pack_panels_layout():

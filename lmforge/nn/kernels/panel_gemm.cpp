@@ -6,8 +6,8 @@
 // k by a register tile of up to 6 rows x 16 columns: 12 AVX2 accumulators, per k two weight
 // loads, 6 broadcasts of x and 12 FMAs (Goto & van de Geijn 2008, the micro-kernel; the
 // panel is the packed B of their GEBP). A panel (K x 64 B: 32 KB at K = 512) stays in L2
-// while every 6-row tile of a 36-row chunk of x passes over it; the next panel is prefetched
-// meanwhile, spread over the tiles, so its DRAM stream overlaps the FMAs. Rows of x beyond 36
+// while every 6-row tile of a 72-row chunk of x passes over it; the next panel is prefetched
+// meanwhile, spread over the tiles, so its DRAM stream overlaps the FMAs. Rows of x beyond 72
 // are further chunks (the weights are re-read per chunk: compute-bound by then). Panels are
 // split over torch's intra-op threads.
 // AVX2 + FMA (runtime check); a portable loop elsewhere (the same sums, in the same order).
@@ -30,7 +30,7 @@ namespace {
 
 constexpr int64_t NR = 16;  // panel width: columns of W per panel (two 8-lane vectors)
 constexpr int64_t MR = 6;   // rows of x per register tile
-constexpr int64_t MC = 36;  // rows of x per chunk (six tiles share a panel from L2)
+constexpr int64_t MC = 72;  // rows of x per chunk (twelve tiles share a panel from L2)
 
 // One tile without SIMD: R rows x up to 16 columns, k ascending (as the vector tile).
 void tile_portable(const float* x, int64_t ldx, int64_t rows, const float* p, int64_t K,
@@ -49,33 +49,42 @@ void tile_portable(const float* x, int64_t ldx, int64_t rows, const float* p, in
 #define LMF_AVX2 __attribute__((target("avx2,fma")))
 
 // Named accumulators (an array of __m256 was spilled to the stack on every k by g++).
-#define LMF_TILE_ROW(i)                                    \
-  if constexpr (R > i) {                                   \
-    const __m256 b = _mm256_broadcast_ss(x + i * ldx + k); \
-    a##i##0 = _mm256_fmadd_ps(b, w0, a##i##0);             \
-    a##i##1 = _mm256_fmadd_ps(b, w1, a##i##1);             \
+#define LMF_TILE_ROW(i, kk)                                   \
+  if constexpr (R > i) {                                      \
+    const __m256 b = _mm256_broadcast_ss(x + i * ldx + (kk)); \
+    a##i##0 = _mm256_fmadd_ps(b, w0, a##i##0);                \
+    a##i##1 = _mm256_fmadd_ps(b, w1, a##i##1);                \
+  }
+#define LMF_TILE_K(kk)                                                             \
+  {                                                                                \
+    const __m256 w0 = _mm256_loadu_ps(p + (kk) * NR);                              \
+    const __m256 w1 = _mm256_loadu_ps(p + (kk) * NR + 8);                          \
+    LMF_TILE_ROW(0, kk) LMF_TILE_ROW(1, kk) LMF_TILE_ROW(2, kk) LMF_TILE_ROW(3, kk) \
+    LMF_TILE_ROW(4, kk) LMF_TILE_ROW(5, kk)                                        \
   }
 #define LMF_TILE_OUT(i) \
   if constexpr (R > i) out[2 * i] = a##i##0, out[2 * i + 1] = a##i##1;
 
+// `next`: the lines of the next panel this tile prefetches, one every `every` k. k is
+// unrolled by two (30m shapes, 1 thread: 2 rows 10.2 -> 8.1 ms, 512 rows +5 %).
 template <int R>
 LMF_AVX2 void tile_avx2(const float* x, int64_t ldx, const float* p, int64_t K, float* y,
                         int64_t ldy, int64_t ncols, const float* next, int64_t every) {
   __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
          a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
   const float* q = next;
-  int64_t c = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256 w0 = _mm256_loadu_ps(p + k * NR);
-    const __m256 w1 = _mm256_loadu_ps(p + k * NR + 8);
-    if (q != nullptr && ++c == every) {
-      c = 0;
+  int64_t c = 0, k = 0;
+  for (; k + 2 <= K; k += 2) {
+    // at most one line per two k: with one tile (every = 1) half the next panel, which ran
+    // 2 rows of the 30m shapes in 8.3 ms, against 9.9 for all of it and 9.9 for none
+    if (q != nullptr && (c += 2) >= every) {
+      c -= every;
       _mm_prefetch(reinterpret_cast<const char*>(q), _MM_HINT_T0);
       q += NR;
     }
-    LMF_TILE_ROW(0) LMF_TILE_ROW(1) LMF_TILE_ROW(2) LMF_TILE_ROW(3) LMF_TILE_ROW(4)
-    LMF_TILE_ROW(5)
+    LMF_TILE_K(k) LMF_TILE_K(k + 1)
   }
+  if (k < K) LMF_TILE_K(k)
   __m256 out[2 * MR];
   LMF_TILE_OUT(0) LMF_TILE_OUT(1) LMF_TILE_OUT(2) LMF_TILE_OUT(3) LMF_TILE_OUT(4)
   LMF_TILE_OUT(5)
