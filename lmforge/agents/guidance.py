@@ -18,7 +18,9 @@ state, written exactly as the policy would write it:
 * a pointer policy (GUI-Actor): the text up to the coordinate action's ``(`` (the query), then
   the pointer's choice — the image token whose centre lies in the expert's target box nearest
   the expert's point — its centre spliced as ``x,y``, then ``)`` (a scroll: ``,`` and the
-  direction, which the language model is trained on), then the end-of-turn token.
+  direction, which the language model is trained on), then the end-of-turn token. The
+  splicing is the policy's own (`VLMPolicy.splice_point`), with the expert's box as the
+  chooser in place of the pointer head's sample.
 
 The demonstration was not sampled by the engine, so it has no old log-probs: its tokens carry
 None (`PolicySample.logprobs`) and the surrogate uses the current log-prob as π_old (ratio 1,
@@ -28,12 +30,16 @@ choice stores the current pointer log-prob, so its ratio is 1 as well.
 
 from __future__ import annotations
 
+from functools import partial
+
+import torch
+
 from lmforge.agents.actions import Drag, Scroll, action_point, format_response
 from lmforge.agents.agent_data import pointer_prefix
 from lmforge.agents.expert import ExpertStep
 from lmforge.agents.policy import (
     AgentContext,
-    PointerChoice,
+    Pointing,
     PolicySample,
     VLMPolicy,
     agent_messages,
@@ -80,34 +86,36 @@ def expert_sample(
     hit = pointer_prefix(text)
     if hit is None:  # pragma: no cover - every pointed action has a query
         return None
-    ids = encode(text[: hit[1]])
-    sampled, pointers = [True] * len(ids), []
-    image = grid.shape[0] - 1
+    head = encode(text[: hit[1]])
+    p = Pointing(hit[0], head, [None] * len(head), [True] * len(head))
     targets = [(step.target_box, point)]
     if drag:  # the release: the drop range moved with the first point as written (below)
         targets.append((step.drop_box, (step.action.x2, step.action.y2)))
     for n, (box, aim) in enumerate(targets):
         if n == 1:  # relative to the first point: the release moves the thumb by Δy
-            dy = pointers[0].point[1] - point[1]
+            dy = p.pointers[0].point[1] - point[1]
             box, aim = (box[0], box[1] + dy, box[2], box[3] + dy), (aim[0], aim[1] + dy)
-        logits, cells = policy.pointer_logits(list(prompt) + ids, pixels, grid, image)
-        chosen = box_token(box, aim, cells, policy.screen)
-        if chosen is None:
-            return None
-        k, (x, y) = chosen
-        pointers.append(PointerChoice(len(prompt) + len(ids) - 1, image, k,
-                                      float(logits.log_softmax(-1)[k]), cells, (x, y)))  # fmt: skip
         more = drag and n == 0
-        spliced = encode(f"{x},{y}" + ("," if more or isinstance(step.action, Scroll) else ")"))
-        ids, sampled = ids + spliced, sampled + [False] * len(spliced)
+        suffix = "," if more or isinstance(step.action, Scroll) else ")"
+        expert = partial(_in_box, box=box, aim=aim, screen=policy.screen)
+        if not policy.splice_point(p, prompt, pixels, grid, suffix, expert):
+            return None
     if isinstance(step.action, Scroll):
         direction = encode(f"{step.action.direction})")
-        ids, sampled = ids + direction, sampled + [True] * len(direction)
+        p.ids, p.sampled = p.ids + direction, p.sampled + [True] * len(direction)
     if end is not None:
-        ids, sampled = ids + [end], sampled + [False]
-    written = policy.tokenizer.decode(ids, skip_special_tokens=True)
-    return PolicySample(written, list(prompt), ids, [None] * len(ids), pixels, grid, sampled,
-                        pointers)  # fmt: skip
+        p.ids, p.sampled = p.ids + [end], p.sampled + [False]
+    written = policy.tokenizer.decode(p.ids, skip_special_tokens=True)
+    return PolicySample(written, list(prompt), p.ids, [None] * len(p.ids), pixels, grid,
+                        p.sampled, p.pointers)  # fmt: skip
+
+
+def _in_box(
+    logits: torch.Tensor, grid: tuple[int, int], box: tuple[int, int, int, int],
+    aim: tuple[int, int], screen: tuple[int, int],
+) -> tuple[int, tuple[int, int]] | None:  # fmt: skip
+    """`VLMPolicy.splice_point`'s chooser for the expert: `box_token` (the logits unused)."""
+    return box_token(box, aim, grid, screen)
 
 
 __all__ = ["box_token", "expert_sample"]

@@ -42,8 +42,9 @@ the pointer head on its choices (`lmforge.agents.rl`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -137,8 +138,10 @@ END_OF_TURN = "<|im_end|>"
 
 
 @dataclass
-class _Pointing:
-    """A response stopped at a coordinate action's query: what it has so far."""
+class Pointing:
+    """A response stopped at a coordinate action's query: what it has so far (the ids, their
+    log-probs and sampled flags, the pointer choices made); `VLMPolicy.splice_point` adds
+    to it."""
 
     name: str
     ids: list[int]
@@ -220,7 +223,7 @@ class VLMPolicy:
         scored: dict[str, list[float | None]] = {rid: [] for rid in requests}
         streamed: dict[str, list[int]] = {rid: [] for rid in requests}
         done: dict[str, PolicySample] = {}
-        pointing: dict[str, _Pointing] = {}
+        pointing: dict[str, Pointing] = {}
         while len(done) + len(pointing) < len(requests):
             for out in self.engine.step():
                 rid = out.request_id
@@ -256,7 +259,7 @@ class VLMPolicy:
     # ------------------------------------------------------------------ pointing
     def _reached_query(
         self, ids: list[int], logprobs: list[float | None], new: Sequence[int]
-    ) -> _Pointing | None:
+    ) -> Pointing | None:
         """Extend ``ids`` by the ``new`` tokens one at a time; at the first whose text
         reaches a coordinate action's ``(`` (`pointer_prefix`), the response so far, ending
         with the query token: the sampled ids — or, if the last one ran past the ``(``, the
@@ -274,14 +277,14 @@ class VLMPolicy:
             n = len(ids)
             scores = list(logprobs[:n]) if len(logprobs) >= n else [None] * n
             if len(text) == end:  # the sampled token ends with the "("
-                return _Pointing(name, list(ids), scores, [True] * n)
+                return Pointing(name, list(ids), scores, [True] * n)
             head = decode(ids[:-1], skip_special_tokens=True)
             extra = self.tokenizer.encode(text[len(head) : end])
             kept = ids[:-1] + extra
             if not extra or decode(kept, skip_special_tokens=True) != text[:end]:
                 kept = self.tokenizer.encode(text[:end])  # (odd byte sequences) all re-encoded
-                return _Pointing(name, kept, [None] * len(kept), [False] * len(kept))
-            return _Pointing(name, kept, scores[: n - 1] + [None] * len(extra),
+                return Pointing(name, kept, [None] * len(kept), [False] * len(kept))
+            return Pointing(name, kept, scores[: n - 1] + [None] * len(extra),
                              [True] * (n - 1) + [False] * len(extra))  # fmt: skip
         return None
 
@@ -296,7 +299,7 @@ class VLMPolicy:
                                          grid.to(device), [image])  # fmt: skip
         return logits[0], grids[0]
 
-    def _choose(
+    def choose_point(
         self, logits: torch.Tensor, grid: tuple[int, int], generator: torch.Generator
     ) -> tuple[int, tuple[int, int]]:
         """Token k and the pixel click: greedy — the argmax and `pointer_point`'s region
@@ -310,37 +313,49 @@ class VLMPolicy:
             point = token_centre(k, grid)
         return k, to_pixels(point, self.screen)
 
-    def _point(self, p: _Pointing, prompt: list[int], pixels: torch.Tensor, grid: torch.Tensor,
-               generator: torch.Generator, suffix: str) -> None:  # fmt: skip
-        """Point from ``p``'s last token into the current screenshot (the last image),
-        record the choice and splice ``x,y`` + ``suffix``."""
+    def splice_point(
+        self, p: Pointing, prompt: list[int], pixels: torch.Tensor, grid: torch.Tensor,
+        suffix: str, choose: Callable[[torch.Tensor, tuple[int, int]],
+                                      tuple[int, tuple[int, int]] | None],
+    ) -> bool:  # fmt: skip
+        """Point from ``p``'s last token into the current screenshot (the last image):
+        ``choose(logits, grid)`` picks the token k and the pixel point (the policy's own
+        `choose_point`, or a forced choice such as the expert's box in
+        `lmforge.agents.guidance`); the choice is recorded with its current log-prob and
+        ``x,y`` + ``suffix`` spliced (flagged not sampled). False (nothing added) when
+        ``choose`` returns None."""
         image = grid.shape[0] - 1
         full = prompt + p.ids
         logits, cells = self.pointer_logits(full, pixels, grid, image)
-        k, (x, y) = self._choose(logits, cells, generator)
+        chosen = choose(logits, cells)
+        if chosen is None:
+            return False
+        k, (x, y) = chosen
         logprob = float(logits.log_softmax(-1)[k])
         p.pointers.append(PointerChoice(len(full) - 1, image, k, logprob, cells, (x, y)))
         extra = self.tokenizer.encode(f"{x},{y}{suffix}")
         p.ids += extra
         p.logprobs += [None] * len(extra)
         p.sampled += [False] * len(extra)
+        return True
 
     def _finish_pointing(
-        self, pointing: dict[str, _Pointing], requests: dict[str, tuple]
+        self, pointing: dict[str, Pointing], requests: dict[str, tuple]
     ) -> dict[str, PolicySample]:
         """Phases (b)–(d) of the module docstring for the responses stopped at a query."""
         scrolls = []
         for rid, p in pointing.items():
             prompt, pixels, grid, seed = requests[rid]
             generator = torch.Generator().manual_seed(int(seed or 0) + 7)
+            own = partial(self.choose_point, generator=generator)
             if p.name == "drag":
-                self._point(p, prompt, pixels, grid, generator, ",")  # the query of point 2
-                self._point(p, prompt, pixels, grid, generator, ")")
+                self.splice_point(p, prompt, pixels, grid, ",", own)  # the query of point 2
+                self.splice_point(p, prompt, pixels, grid, ")", own)
             elif p.name == "scroll":
-                self._point(p, prompt, pixels, grid, generator, ",")
+                self.splice_point(p, prompt, pixels, grid, ",", own)
                 scrolls.append(rid)
             else:
-                self._point(p, prompt, pixels, grid, generator, ")")
+                self.splice_point(p, prompt, pixels, grid, ")", own)
         if scrolls:  # the direction, decoded under its own small grammar
             prompts, params, images = [], [], []
             for rid in scrolls:
@@ -391,6 +406,7 @@ __all__ = [
     "AgentContext",
     "ExpertPolicy",
     "PointerChoice",
+    "Pointing",
     "Policy",
     "PolicySample",
     "VLMPolicy",

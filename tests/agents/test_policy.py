@@ -24,6 +24,7 @@ from lmforge.agents.expert import expert_step
 from lmforge.agents.policy import (
     AgentContext,
     ExpertPolicy,
+    Pointing,
     VLMPolicy,
     agent_messages,
 )
@@ -179,6 +180,37 @@ def test_pointer_policy_points_and_records_its_choices(pvlm, name):
             for p in sample.pointers:
                 if temperature > 0:  # a sampled token's centre (greedy: the next test)
                     assert p.point == to_pixels(token_centre(p.index, p.grid), (128, 128))
+
+
+def test_splice_point_takes_a_forced_choice_and_records_it(pvlm):
+    """`VLMPolicy.splice_point` with a chooser other than the policy's own (the expert's, in
+    `lmforge.agents.guidance`): the chosen token and point recorded with the current
+    log-prob, ``x,y`` + suffix spliced unsampled; a chooser returning None adds nothing."""
+    model, tok, proc, _ = pvlm
+    policy = VLMPolicy(model, tok, proc, temperature=1.0, logprobs=True)
+    context = contexts(1)[0]
+    messages, images = agent_messages(context, policy.history)
+    prompt, pixels, grid = encode_prompt(tok, proc, messages, images)
+    head = tok.encode("Thought: go\nAction: click(")
+    p = Pointing("click", list(head), [None] * len(head), [True] * len(head))
+    seen = []
+
+    def forced(logits, cells):
+        seen.append((logits.shape[0], cells))
+        return 3, (17, 40)
+
+    assert policy.splice_point(p, prompt, pixels, grid, ")", forced)
+    (choice,) = p.pointers
+    assert seen == [(choice.grid[0] * choice.grid[1], choice.grid)]
+    assert (choice.index, choice.point, choice.position) == (3, (17, 40), len(prompt + head) - 1)
+    logits, _ = policy.pointer_logits(prompt + head, pixels, grid, grid.shape[0] - 1)
+    assert choice.logprob == pytest.approx(float(logits.log_softmax(-1)[3]))
+    spliced = tok.encode("17,40)")
+    assert p.ids == head + spliced and p.sampled == [True] * len(head) + [False] * len(spliced)
+    assert p.logprobs == [None] * len(p.ids)
+    before = (list(p.ids), len(p.pointers))
+    assert not policy.splice_point(p, prompt, pixels, grid, ")", lambda logits, cells: None)
+    assert (p.ids, len(p.pointers)) == before
 
 
 def test_greedy_pointer_click_is_the_pointer_readout_of_the_recorded_ids(pvlm):
