@@ -58,6 +58,7 @@ from lmforge.infer.packed_gemm import pack_weight, packed_linear, packing_enable
 from lmforge.models.transformer import CausalLM, DecoderLayer
 from lmforge.nn.attention import Attention
 from lmforge.nn.dense_gemv import dense_gemv_available, dense_gemv_parts
+from lmforge.nn.huge_pages import copy_to_huge_pages
 from lmforge.nn.mlp import SwiGLU
 from lmforge.nn.norm import RMSNorm
 from lmforge.nn.panel_gemm import pack_panels, panel_gemm, panel_gemm_preferred
@@ -342,8 +343,21 @@ class InferenceRunner:
         with torch.no_grad():
             self.layers = [self._layer_weights(layer) for layer in self.model.model.layers]
             self.head = _projection(self.model.lm_head)
+            self._panels_to_huge_pages()
         self._cos = self._sin = None  # dtype/device may have changed too
         return True
+
+    def _panels_to_huge_pages(self) -> None:
+        """The panel copies (`lmforge.nn.panel_gemm`; every decode step reads all of them)
+        moved into one transparent-huge-page mapping (`lmforge.nn.huge_pages`, where
+        supported): fewer TLB misses and page-bounded prefetch stops per streamed weight.
+        30m, 1 thread, all 33 products of a token: one row 6.6 → 5.5 ms, 2 rows 8.5 → 6.9,
+        16 rows 13.5 → 12.8. (Transiently both copies exist.)"""
+        projections = [self.head] + [p for w in self.layers for p in vars(w).values()]
+        dense = [p for p in projections if type(p) is _DenseProjection and p.panels is not None]
+        copies = copy_to_huge_pages([p.panels for p in dense])
+        for proj, copy in zip(dense, copies or ()):
+            proj.panels = copy
 
     @staticmethod
     def _layer_weights(layer: DecoderLayer) -> _LayerWeights:

@@ -14,7 +14,8 @@ advised anonymous mapping and points each tensor at its copy (``tensor.data = co
 ``Parameter`` objects stay the same, so optimizers, tied weights and in-place updates are
 unaffected). Each copy is its own storage (``torch.frombuffer`` at its own offset), 64-byte
 aligned, so safetensors saves them as separate tensors. Tensors are copied one at a time:
-the peak extra memory is one tensor.
+the peak extra memory is one tensor. `copy_to_huge_pages` makes such copies of loose tensors
+(the engine's runner keeps its panel-packed weights, `lmforge.nn.panel_gemm`, there).
 
 Measured (2-core AMD EPYC, Zen 4, THP ``madvise``; all 33 one-row products of a 30m token,
 lmforge's C++ ops, medians of 21 rounds alternated in one process, another job on the
@@ -27,12 +28,13 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["HUGE_PAGE", "huge_pages_supported", "move_to_huge_pages"]
+__all__ = ["HUGE_PAGE", "copy_to_huge_pages", "huge_pages_supported", "move_to_huge_pages"]
 
 HUGE_PAGE = 2 << 20  # bytes: x86-64's transparent huge page
 _ALIGN = 64  # each tensor starts on a cache line (int8 kernels need 64-byte alignment)
@@ -91,21 +93,43 @@ def move_to_huge_pages(module: nn.Module, min_bytes: int = 256 << 10) -> int:
             if id(t) not in seen and _movable(t, min_bytes):
                 seen.add(id(t))
                 tensors.append(t)
-    sizes = [-(-t.numel() * t.element_size() // _ALIGN) * _ALIGN for t in tensors]
-    if sum(sizes) < HUGE_PAGE:
+    copies = copy_to_huge_pages(tensors)
+    if copies is None:
         return 0
+    with torch.no_grad():
+        for t, copy in zip(tensors, copies):
+            t.data = copy
+            t._lmforge_huge_page = copy._lmforge_huge_page
+    return sum(_padded(t) for t in tensors)
+
+
+def _padded(t: torch.Tensor) -> int:
+    return -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
+
+
+def copy_to_huge_pages(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+    """Copies of contiguous CPU ``tensors`` in one advised huge-page mapping, each on its own
+    64-byte-aligned stretch (the mapping lives as long as any copy); None where huge pages
+    are unsupported, the tensors together are smaller than one huge page, or the mapping
+    is refused. The engine's runner keeps its packed weight copies there."""
+    if not huge_pages_supported() or not tensors:
+        return None
+    sizes = [_padded(t) for t in tensors]
+    if sum(sizes) < HUGE_PAGE:
+        return None
     try:
         arena = mmap.mmap(-1, sum(sizes) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         arena.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched
-    except OSError:  # no room for the mapping, or a kernel that refuses the advice: keep all
-        return 0
+    except OSError:  # no room for the mapping, or a kernel that refuses the advice
+        return None
     base = torch.frombuffer(arena, dtype=torch.uint8, count=1).data_ptr()
     offset = -base % HUGE_PAGE
+    copies = []
     with torch.no_grad():
         for t, size in zip(tensors, sizes):
             copy = torch.frombuffer(arena, dtype=t.dtype, count=t.numel(), offset=offset)
             copy = copy.view(t.shape).copy_(t)  # frombuffer keeps `arena` alive
-            t.data = copy
-            t._lmforge_huge_page = (base, base + len(arena))
+            copy._lmforge_huge_page = (base, base + len(arena))
+            copies.append(copy)
             offset += size
-    return sum(sizes)
+    return copies

@@ -150,3 +150,25 @@ def test_views_of_a_shared_storage_stay_shared():
     with torch.no_grad():
         fused.add_(1)
     assert torch.equal(m.b, fused[1024:])
+
+
+@needs_thp
+def test_copy_to_huge_pages_returns_aligned_equal_copies_in_one_mapping():
+    g = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(700, 513, generator=g), torch.randint(-9, 9, (3, 5), dtype=torch.int8),
+               torch.randn(1024, 512, generator=g)]  # fmt: skip
+    copies = hp.copy_to_huge_pages(tensors)
+    assert copies is not None and len(copies) == 3
+    for t, c in zip(tensors, copies):
+        assert torch.equal(t, c) and c.dtype == t.dtype and c.data_ptr() != t.data_ptr()
+        assert c.data_ptr() % 64 == 0 and c.is_contiguous()
+        start, end = c._lmforge_huge_page
+        assert start <= c.data_ptr() < end
+    assert len({c._lmforge_huge_page for c in copies}) == 1  # one mapping
+    assert hp.copy_to_huge_pages([torch.zeros(8)]) is None  # smaller than a huge page
+    assert hp.copy_to_huge_pages([]) is None
+
+
+def test_copy_to_huge_pages_turned_off(monkeypatch):
+    monkeypatch.setenv("LMFORGE_HUGE_PAGES", "0")
+    assert hp.copy_to_huge_pages([torch.zeros(1 << 20)]) is None

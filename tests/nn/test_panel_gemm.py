@@ -137,3 +137,32 @@ def test_engine_runs_several_rows_through_the_panels(monkeypatch, compile_decode
         assert one == got[0] and 1 in calls
     if compile_decode:
         assert engine.compiled._inputs(False)["head"][1][0] == "panels"
+
+
+@needs_op
+def test_runner_moves_its_panels_into_huge_pages(monkeypatch):
+    """The runner hands its panel copies to `copy_to_huge_pages` once per rebuild and keeps
+    what comes back (the tiny model's panels are below a huge page: a stand-in copies)."""
+    import lmforge.infer.runner as runner_module
+    from lmforge.infer.engine import Engine
+    from lmforge.infer.params import SamplingParams
+
+    monkeypatch.setenv("LMFORGE_PANEL_GEMM", "1")
+    if not pg.panel_gemm_preferred():
+        pytest.skip("no AVX2 + FMA: the panels run the portable loop only")
+    handed = []
+
+    def stand_in(tensors):
+        handed.append(list(tensors))
+        return [t.clone() for t in tensors]
+
+    monkeypatch.setattr(runner_module, "copy_to_huge_pages", stand_in)
+    model = _tiny_model()
+    engine = Engine(model)
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    got = engine.generate([[1, 2, 3]], params)[0].token_ids
+    assert len(handed) == 1 and len(handed[0]) == 4 * len(model.model.layers) + 1
+    runner = engine.runner
+    kept = [runner.head.panels] + [p.panels for w in runner.layers for p in vars(w).values()]
+    assert {t.data_ptr() for t in kept}.isdisjoint({t.data_ptr() for t in handed[0]})
+    assert got == _greedy_by_forward(model, [[1, 2, 3]], 4)[0]
