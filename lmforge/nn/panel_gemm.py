@@ -6,16 +6,18 @@ panel). A register tile of up to 6 rows × 16 columns (12 accumulators) walks ``
 one 64-byte panel line, six broadcasts of ``x`` and twelve FMAs — the GEBP micro-kernel of
 Goto & van de Geijn (2008) with the weight as the packed operand. A panel stays in L2 while
 all tiles of a 72-row chunk of ``x`` pass over it, and the next panel is prefetched while
-they do (spread over the tiles), so the weights' DRAM stream overlaps the arithmetic
-(`kernels/panel_gemm.cpp`).
+they do (spread over the tiles), so the weights' DRAM stream overlaps the arithmetic; one row
+(batch-1 decoding) runs four panels at once, 8 accumulators (`kernels/panel_gemm.cpp`).
 
 Why: the engine's multi-row fp32 products (decode steps of several requests, verification
 forwards, prefill) went through oneDNN's pre-packed ``_linear_pointwise``
-(`lmforge.infer.packed_gemm`). On an AVX2-only CPU (2-core AMD EPYC, Zen 2, 1 thread; the 30m
-preset's 33 projections of one forward, BENCHMARKS.md) that ran at 37–41 GFLOP/s for 16 rows
-and 72 for 512; this kernel at 72 and 85. Where the CPU has AVX-512 oneDNN has twice the
-vector width and is kept: `panel_gemm_preferred` says which to use (``LMFORGE_PANEL_GEMM=1``
-forces the panels, ``=0`` turns them off).
+(`lmforge.infer.packed_gemm`), one row through lmforge's row-major `lmforge.nn.dense_gemv`.
+On an AVX2-only CPU (2-core AMD EPYC, Zen 2, 1 thread; the 30m preset's 33 projections of one
+forward, BENCHMARKS.md) oneDNN ran 16 rows in 24.5 ms (41 GFLOP/s) and 512 in 450 ms (72),
+the row-major op one row in 9.9–11 ms; this kernel takes 13.2 ms (76), 349 ms (93) and 6.4 ms
+(5.5 from huge pages, where the engine's runner keeps the panels). Where the CPU has AVX-512
+oneDNN has twice the vector width and is kept: `panel_gemm_preferred` says which to use
+(``LMFORGE_PANEL_GEMM=1`` forces the panels, ``=0`` turns them off).
 
 Numerics: fp32 products, each output a sum over ``k`` in ascending order (one accumulator
 per output): equal to ``F.linear`` within fp32 rounding. ``portable=True`` runs the
