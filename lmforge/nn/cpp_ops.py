@@ -11,7 +11,9 @@ calls to it.
 
 Ops: ``int8_gemv`` (`lmforge.nn.int8_gemv`: one-row int8 products of `lmforge.nn.quant`'s
 `Int8Linear` and of the compiled decode step), ``dense_gemv`` (`lmforge.nn.dense_gemv`),
-``panel_gemm`` (`lmforge.nn.panel_gemm`: multi-row fp32 products), ``paged_decode_attention``
+``panel_gemm`` (`lmforge.nn.panel_gemm`: multi-row fp32 products), ``decode_pre`` /
+``decode_post`` (`lmforge.nn.decode_layer`: a layer's one-token work around its attention),
+``paged_decode_attention``
 (`lmforge.infer.paged_attention`). They live below the engine so that a quantised layer and
 the engine's fused runner call the same kernel (bit-equal logits). First build ≈ 10 s (g++ -O3 with ninja); later processes
 load it in ≈ 0.4 s.
@@ -31,7 +33,7 @@ import torch
 
 __all__ = ["KERNEL_SOURCES", "cpp_ops_available", "cpp_ops_unavailable_reason"]
 
-KERNEL_SOURCES = ("gemv.cpp", "paged_attention.cpp", "panel_gemm.cpp")
+KERNEL_SOURCES = ("gemv.cpp", "paged_attention.cpp", "panel_gemm.cpp", "decode_layer.cpp")
 _KERNELS = Path(__file__).parent / "kernels"
 _LOCK = threading.Lock()
 _STATE: dict[str, str | None] = {}
@@ -98,7 +100,7 @@ def _load() -> str | None:
             verbose=False,
         )
         ops = ("int8_gemv", "int8_gemv_q8", "dense_gemv", "panel_gemm", "paged_decode_attention")
-        for op in ops:
+        for op in (*ops, "decode_pre", "decode_post"):
             getattr(torch.ops.lmforge_ext, op)  # raises if the library did not register it
     except Exception as e:  # noqa: BLE001 - no compiler, a build error, …: never fatal
         return f"the C++ ops did not build or load: {type(e).__name__}: {str(e).strip()[:500]}"

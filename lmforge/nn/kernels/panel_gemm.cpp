@@ -169,27 +169,11 @@ bool use_avx2(bool portable) {
 #endif
 }
 
-at::Tensor panel_gemm(const at::Tensor& x, const at::Tensor& panels, int64_t n,
-                      bool portable) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
-              "panel_gemm: x must be a 2-D fp32 CPU tensor, got ", x.sizes(), " ",
-              x.scalar_type());
-  TORCH_CHECK(panels.dim() == 3 && panels.size(2) == NR &&
-                  panels.scalar_type() == at::kFloat && panels.is_contiguous(),
-              "panel_gemm: panels must be contiguous fp32 [P, K, 16], got ", panels.sizes());
-  const int64_t M = x.size(0), K = x.size(1), P = panels.size(0);
-  TORCH_CHECK(panels.size(1) == K, "panel_gemm: x has ", K, " columns, the panels ",
-              panels.size(1));
-  TORCH_CHECK(n > (P - 1) * NR && n <= P * NR, "panel_gemm: ", P, " panels cannot hold ", n,
-              " outputs");
-  const at::Tensor xc = x.contiguous();
-  at::Tensor y = at::empty({M, n}, x.options());
-  if (M == 0 || n == 0) return y;
-  if (K == 0) return y.zero_();
-  const float* xp = xc.data_ptr<float>();
-  const float* pp = panels.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const bool avx2 = use_avx2(portable);
+// y [M, n] = x [M, K] against the panels (the op's work, also called by lmforge's fused
+// decode-layer ops, kernels/decode_layer.cpp).
+void product(const float* xp, int64_t M, int64_t K, const float* pp, int64_t n, float* yp,
+             bool avx2) {
+  const int64_t P = (n + NR - 1) / NR;
 #ifdef LMF_X86
   if (avx2 && M == 1) {  // groups of RG panels, then the last few one by one
     constexpr int64_t RG = 4;
@@ -205,7 +189,7 @@ at::Tensor panel_gemm(const at::Tensor& x, const at::Tensor& panels, int64_t n,
           row_avx2<1>(xp, pp + p * K * NR, K, yp + p * NR, last);
       }
     });
-    return y;
+    return;
   }
 #endif
   for (int64_t m0 = 0; m0 < M; m0 += MC) {
@@ -226,12 +210,41 @@ at::Tensor panel_gemm(const at::Tensor& x, const at::Tensor& panels, int64_t n,
       }
     });
   }
+}
+
+at::Tensor panel_gemm(const at::Tensor& x, const at::Tensor& panels, int64_t n,
+                      bool portable) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
+              "panel_gemm: x must be a 2-D fp32 CPU tensor, got ", x.sizes(), " ",
+              x.scalar_type());
+  TORCH_CHECK(panels.dim() == 3 && panels.size(2) == NR &&
+                  panels.scalar_type() == at::kFloat && panels.is_contiguous(),
+              "panel_gemm: panels must be contiguous fp32 [P, K, 16], got ", panels.sizes());
+  const int64_t M = x.size(0), K = x.size(1), P = panels.size(0);
+  TORCH_CHECK(panels.size(1) == K, "panel_gemm: x has ", K, " columns, the panels ",
+              panels.size(1));
+  TORCH_CHECK(n > (P - 1) * NR && n <= P * NR, "panel_gemm: ", P, " panels cannot hold ", n,
+              " outputs");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty({M, n}, x.options());
+  if (M == 0 || n == 0) return y;
+  if (K == 0) return y.zero_();
+  product(xc.data_ptr<float>(), M, K, panels.data_ptr<float>(), n, y.data_ptr<float>(),
+          use_avx2(portable));
   return y;
 }
 
 std::string panel_gemm_isa() { return use_avx2(false) ? "avx2" : "portable"; }
 
 }  // namespace
+
+namespace lmforge_panels {
+// The panel product for lmforge's other C++ ops (declared where used): x [M, K] fp32, the
+// panels of W [n, K] (`pack_panels`), y [M, n]; AVX2 + FMA where the CPU has it.
+void product(const float* x, int64_t M, int64_t K, const float* panels, int64_t n, float* y) {
+  ::product(x, M, K, panels, n, y, use_avx2(false));
+}
+}  // namespace lmforge_panels
 
 TORCH_LIBRARY_FRAGMENT(lmforge_ext, m) {
   m.def("panel_gemm(Tensor x, Tensor panels, int n, bool portable=False) -> Tensor");
