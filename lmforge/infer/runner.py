@@ -3,7 +3,7 @@ larger GEMMs and fewer small ops.
 
 This file is long because the projections' copies (fused, panel-packed, oneDNN-packed,
 quantised), their rebuild when the model's weights change, and the forward's paths (PyTorch
-ops; one-token steps through `lmforge.nn.decode_layer`'s ops) share one runner's state.
+ops; decode-sized steps through `lmforge.nn.decode_layer`'s ops) share one runner's state.
 
 Decoding runs one token per sequence per step, so every projection is a GEMV and the step
 is bound by weight reads and per-op overhead, not FLOPs. `InferenceRunner` keeps
@@ -21,9 +21,9 @@ inference copies of the linear weights, built once from the model:
   the 30m preset made 4 rows cost 4.2× one row, against 1.3× pre-packed; on AVX2 CPUs
   without AVX-512 the copy is packed into 16-wide panels for lmforge's own GEMM instead
   (`lmforge.nn.panel_gemm`: 1.4× oneDNN's at 16 rows, 1.2× at 512 on the 30m shapes);
-* RMSNorm runs as torch's fused ``F.rms_norm`` in fp32 (bit-identical there); a one-token
-  step of an fp32 model with panels runs each layer as two C++ ops around its attention
-  (`lmforge.nn.decode_layer`: norm, q/k/v, RoPE; output projection, norm, SwiGLU, residuals);
+* RMSNorm runs as torch's fused ``F.rms_norm`` in fp32 (bit-identical there); a decode
+  step (≤ 16 tokens) of an fp32 model with panels runs each layer as two C++ ops around its
+  attention (`lmforge.nn.decode_layer`: norm, q/k/v, RoPE; o, norm, SwiGLU, residuals);
 * RoPE cos/sin come from a table indexed by position (built by the model's own
   `RotaryEmbedding`, so the values are the ones ``forward`` would compute), q and k are
   rotated in one op, and attention reads/writes K/V token-major (`PagedBatch.attend`).
@@ -76,6 +76,10 @@ _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 _PROJECTION_TYPES = (nn.Linear, Int8Linear, Int4Linear)  # exact types the runner can call
+# Steps of at most this many tokens run `lmforge.nn.decode_layer`'s ops (where they apply):
+# their norm, RoPE and SiLU loops are scalar, fine beside a decode step's products, not
+# beside a long prefill's (torch's vectorised kernels are faster there).
+LAYER_OPS_MAX_TOKENS = 16
 
 
 class _DenseProjection:
@@ -239,7 +243,7 @@ class InferenceRunner:
         self._cos = self._sin = None
         self.layers: list[_LayerWeights] = []
         self.head: _DenseProjection | _ModuleProjection | None = None
-        self.one_row_ops = False  # one-token steps through `lmforge.nn.decode_layer`
+        self.layer_ops = False  # decode-sized steps through `lmforge.nn.decode_layer`
 
     @property
     def model(self) -> CausalLM:
@@ -338,7 +342,7 @@ class InferenceRunner:
         in-place updates that do not bump version counters (torch's fused CPU AdamW,
         ``p.data.copy_(...)``); every new `Engine` calls it."""
         self.layers, self.head, self._watched = [], None, None
-        self.one_row_ops = False
+        self.layer_ops = False
 
     def sync(self) -> bool:
         """Rebuild the copies if any source layer or parameter changed since they were made
@@ -353,13 +357,13 @@ class InferenceRunner:
             self.layers = [self._layer_weights(layer) for layer in self.model.model.layers]
             self.head = _projection(self.model.lm_head)
             self._panels_to_huge_pages()
-        self.one_row_ops = self._one_row_ops_apply()
+        self.layer_ops = self._layer_ops_apply()
         self._cos = self._sin = None  # dtype/device may have changed too
         return True
 
-    def _one_row_ops_apply(self) -> bool:
-        """Whether one-token steps run each layer as `lmforge.nn.decode_layer`'s two ops
-        around the attention: every projection has panels (fp32 on an AVX2 CPU), the norms
+    def _layer_ops_apply(self) -> bool:
+        """Whether decode-sized steps (≤ `LAYER_OPS_MAX_TOKENS` tokens) run each layer as
+        `lmforge.nn.decode_layer`'s two ops around the attention: every projection has panels (fp32 on an AVX2 CPU), the norms
         are fp32, no q/k norms (Qwen3), and the ops build (30m, batch 1, eager: ≈ 2.3 → ≈ 0.6
         ms per token of work around the projections)."""
         if not decode_layer_available():
@@ -375,18 +379,18 @@ class InferenceRunner:
                 return False
         return bool(self.layers)
 
-    def _one_row_layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                       batch) -> torch.Tensor:  # fmt: skip
-        """Layer ``i`` for one token ``x [1, H]`` (``cos``/``sin`` ``[head_dim]``): the fused
-        norm + q/k/v + RoPE op, the engine's paged attention, the fused rest of the layer."""
+    def _ops_layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   batch) -> torch.Tensor:  # fmt: skip
+        """Layer ``i`` for the step's tokens ``x [n, H]`` (``cos``/``sin`` ``[n, head_dim]``):
+        the fused norm + q/k/v + RoPE op, the engine's paged attention, the fused rest."""
         layer, w = self.model.model.layers[i], self.layers[i]
         h, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
         qkv = decode_pre(x, n1.weight, n1.eps, w.qkv.panels, w.qkv.out_features, w.qkv.bias,
-                         cos, sin, h + hkv, d).view(1, h + 2 * hkv, d)  # fmt: skip
+                         cos, sin, h + hkv, d).view(-1, h + 2 * hkv, d)  # fmt: skip
         out = batch.attend(i, qkv[:, :h], qkv[:, h : h + hkv], qkv[:, h + hkv :],
                            layer.self_attn.window)  # fmt: skip
-        return decode_post(x, out.reshape(1, h * d), (w.o.panels, w.o.bias), n2.weight, n2.eps,
+        return decode_post(x, out.reshape(-1, h * d), (w.o.panels, w.o.bias), n2.weight, n2.eps,
                            (w.gate_up.panels, w.gate_up.bias), self.intermediate,
                            (w.down.panels, w.down.bias))  # fmt: skip
 
@@ -456,10 +460,10 @@ class InferenceRunner:
         x = lm.embed_tokens(input_ids)  # [N, hidden]
         n = x.shape[0]
         cos, sin = self._rope(positions, max_position, x.dtype)
-        one_row = n == 1 and self.one_row_ops and x.dtype == torch.float32
+        ops = n <= LAYER_OPS_MAX_TOKENS and self.layer_ops and x.dtype == torch.float32
         for i, (layer, w) in enumerate(zip(lm.layers, self.layers)):
-            if one_row:
-                x = self._one_row_layer(i, x, cos[0, 0], sin[0, 0], batch)
+            if ops:
+                x = self._ops_layer(i, x, cos[:, 0], sin[:, 0], batch)
                 continue
             attn = layer.self_attn
             qkv = w.qkv(_norm(layer.input_layernorm, x), int8_rows)

@@ -1,4 +1,4 @@
-"""One decoder layer's work around its attention for ONE token, as two C++ ops (fp32, CPU).
+"""A decoder layer's work around its attention for a decode step's few tokens, as two C++ ops.
 
 The eager engine's batch-1 step ran ≈ 35 PyTorch ops per layer around the projections (two
 RMSNorms — torch's CPU RMSNorm alone is a composite of ≈ 9 ops, ≈ 20 µs for a 512-vector —
@@ -6,7 +6,8 @@ the RoPE's neg/cat/mul/add, slices, residual adds, SiLU and the product) and the
 the 30m preset's 8 layers cost ≈ 2.3 ms per token beside ≈ 5.7 ms of projections, so the
 default engine trailed llama.cpp while the compiled step (the same work in ≈ 0.6 ms) led it.
 Here each layer is `decode_pre` → the engine's paged attention → `decode_post`
-(`kernels/decode_layer.cpp`):
+(`kernels/decode_layer.cpp`; fp32 on the CPU, each row of ``x`` its own token, as in a decode
+step with one token per sequence):
 
 * ``decode_pre``: ``h = RMSNorm(x)`` (Zhang & Sennrich 2019, eq. 4), ``qkv = h W_qkvᵀ (+ b)``
   through lmforge's panel product (`lmforge.nn.panel_gemm`), RoPE on the q and k heads in the
@@ -44,9 +45,9 @@ def decode_pre(
     bias: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, rotated: int,
     head_dim: int,
 ) -> torch.Tensor:  # fmt: skip
-    """``[1, n]``: RoPE(RMSNorm(x; norm, eps) Wᵀ + bias) for one token ``x [1, H]``, ``W [n, H]``
-    given as its panels; the first ``rotated`` heads of ``head_dim`` rotated by ``cos`` /
-    ``sin`` ``[head_dim]`` (the q and k heads of a fused q/k/v)."""
+    """``[M, n]``: RoPE(RMSNorm(x; norm, eps) Wᵀ + bias) for tokens ``x [M, H]``, ``W [n, H]``
+    given as its panels; the first ``rotated`` heads of ``head_dim`` of each row rotated by
+    that row's ``cos`` / ``sin`` ``[M, head_dim]`` (the q and k heads of a fused q/k/v)."""
     return torch.ops.lmforge_ext.decode_pre(
         x, norm, eps, panels, n, bias, cos, sin, rotated, head_dim
     )
@@ -57,8 +58,8 @@ def decode_post(
     norm: torch.Tensor, eps: float, gate_up: tuple[torch.Tensor, torch.Tensor | None],
     inter: int, down: tuple[torch.Tensor, torch.Tensor | None],
 ) -> torch.Tensor:  # fmt: skip
-    """``[1, H]``: the layer's output for one token — ``x`` its input ``[1, H]``, ``attn`` the
-    attention's output ``[1, heads·head_dim]``; ``o``, ``gate_up``, ``down`` are (panels,
+    """``[M, H]``: the layer's output for tokens ``x [M, H]`` (its input), ``attn`` the
+    attention's output ``[M, heads·head_dim]``; ``o``, ``gate_up``, ``down`` are (panels,
     bias) of the output projection, the fused SwiGLU gate/up (``2·inter`` outputs, gate
     first) and the down projection."""
     return torch.ops.lmforge_ext.decode_post(
