@@ -158,3 +158,19 @@ def launch_torchrun(script: Path, args: list[str], timeout: float = 300, cwd=Non
 def torchrun():
     """``torchrun(script, args, timeout=300)``: `launch_torchrun`."""
     return launch_torchrun
+
+
+def _greedy_by_forward(model, prompt: list[int], steps: int) -> list[int]:
+    """The ``steps`` greedy tokens after ``prompt`` by the model's own forward, one token at a
+    time over the whole sequence (no cache): the reference the engine's fast paths must meet."""
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(steps):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
+@pytest.fixture(scope="session")
+def greedy_by_forward():
+    """`_greedy_by_forward`: ``(model, prompt, steps) -> new token ids``."""
+    return _greedy_by_forward

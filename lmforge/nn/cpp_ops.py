@@ -99,8 +99,9 @@ def _load() -> str | None:
             is_python_module=False,
             verbose=False,
         )
-        ops = ("int8_gemv", "int8_gemv_q8", "dense_gemv", "panel_gemm", "paged_decode_attention")
-        for op in (*ops, "decode_pre", "decode_post"):
+        ops = ("int8_gemv", "int8_gemv_q8", "dense_gemv", "panel_gemm", "panel_gemm_isa",
+               "decode_pre", "decode_post", "paged_decode_attention")  # fmt: skip
+        for op in ops:
             getattr(torch.ops.lmforge_ext, op)  # raises if the library did not register it
     except Exception as e:  # noqa: BLE001 - no compiler, a build error, …: never fatal
         return f"the C++ ops did not build or load: {type(e).__name__}: {str(e).strip()[:500]}"

@@ -3,8 +3,9 @@
 The eager engine's batch-1 step ran ≈ 35 PyTorch ops per layer around the projections (two
 RMSNorms — torch's CPU RMSNorm alone is a composite of ≈ 9 ops, ≈ 20 µs for a 512-vector —
 the RoPE's neg/cat/mul/add, slices, residual adds, SiLU and the product) and their Python:
-the 30m preset's 8 layers cost ≈ 2.3 ms per token beside ≈ 5.7 ms of projections, so the
-default engine trailed llama.cpp while the compiled step (the same work in ≈ 0.6 ms) led it.
+the same 8-layer runner at hidden size 64 (all overhead) stepped in 2.55 ms, beside the 30m
+preset's ≈ 5.7 ms of projections per token, so the default engine trailed llama.cpp while the
+compiled step led it. With these ops that runner steps in 1.31 ms (BENCHMARKS.md).
 Here each layer is `decode_pre` → the engine's paged attention → `decode_post`
 (`kernels/decode_layer.cpp`; fp32 on the CPU, each row of ``x`` its own token, as in a decode
 step with one token per sequence):

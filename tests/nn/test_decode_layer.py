@@ -88,20 +88,13 @@ def test_turned_off_by_the_environment(monkeypatch):
     assert not dl.decode_layer_available()
 
 
-def _greedy_by_forward(model, prompt, steps):
-    ids = list(prompt)
-    for _ in range(steps):
-        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt) :]
-
-
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"qkv_bias": True, "o_bias": True, "mlp_bias": True}, {"sliding_window": 5},
      {"qk_norm": True}],
     ids=["plain", "biases", "window", "qwen3"],
 )  # fmt: skip
-def test_runner_decode_steps_use_the_ops(monkeypatch, overrides):
+def test_runner_decode_steps_use_the_ops(monkeypatch, overrides, greedy_by_forward):
     import lmforge.infer.runner as runner_module
     from lmforge.infer.engine import Engine
     from lmforge.infer.params import SamplingParams
@@ -126,14 +119,14 @@ def test_runner_decode_steps_use_the_ops(monkeypatch, overrides):
     engine = Engine(model)
     prompts = [list(range(1, 14)), [9, 8, 7, 6, 5, 4, 3]]
     got = [o.token_ids for o in engine.generate(prompts, params)]
-    assert got == [_greedy_by_forward(model, p, 12) for p in prompts]
+    assert got == [greedy_by_forward(model, p, 12) for p in prompts]
     qwen3 = overrides.get("qk_norm", False)
     assert engine.runner.layer_ops == (not qwen3)
     layers = len(model.model.layers)  # a 20-token prefill: PyTorch; 11 two-token steps: the ops
     assert calls == ([] if qwen3 else [(2, 64)] * (11 * layers))
     if not qwen3:  # a short prefill (≤ 16 tokens) is a step like any other
         calls.clear()
-        assert engine.generate([[5, 6, 7]], params)[0].token_ids == _greedy_by_forward(
+        assert engine.generate([[5, 6, 7]], params)[0].token_ids == greedy_by_forward(
             model, [5, 6, 7], 12
         )
         assert calls == [(3, 64)] * layers + [(1, 64)] * (11 * layers)

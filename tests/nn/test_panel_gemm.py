@@ -94,19 +94,11 @@ def _tiny_model():
     return CausalLM(preset_config("tiny", vocab_size=64)).eval()
 
 
-def _greedy_by_forward(model, prompts, steps):
-    out = []
-    for p in prompts:
-        ids = list(p)
-        for _ in range(steps):
-            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-        out.append(ids[len(p) :])
-    return out
-
-
 @needs_op
 @pytest.mark.parametrize("compile_decode", [False, "eager"], ids=["runner", "decode-step"])
-def test_engine_runs_several_rows_through_the_panels(monkeypatch, compile_decode):
+def test_engine_runs_several_rows_through_the_panels(
+    monkeypatch, compile_decode, greedy_by_forward
+):
     """Forced on: the runner holds panels instead of oneDNN's copy; prefill and the
     two-request decode steps (the runner's, or the decode step's) call the op, and the
     runner's one-row products; the tokens are those of the model's own forward."""
@@ -130,7 +122,7 @@ def test_engine_runs_several_rows_through_the_panels(monkeypatch, compile_decode
     got = [o.token_ids for o in engine.generate(prompts, params)]
     assert engine.runner.head.panels is not None and engine.runner.head.packed is None
     assert calls and min(calls) >= 2
-    assert got == _greedy_by_forward(model, prompts, 6)
+    assert got == [greedy_by_forward(model, p, 6) for p in prompts]
     if not compile_decode:  # one request: the runner's one-row products too
         calls.clear()
         one = Engine(model).generate(prompts[:1], params)[0].token_ids
@@ -140,7 +132,7 @@ def test_engine_runs_several_rows_through_the_panels(monkeypatch, compile_decode
 
 
 @needs_op
-def test_runner_moves_its_panels_into_huge_pages(monkeypatch):
+def test_runner_moves_its_panels_into_huge_pages(monkeypatch, greedy_by_forward):
     """The runner hands its panel copies to `copy_to_huge_pages` once per rebuild and keeps
     what comes back (the tiny model's panels are below a huge page: a stand-in copies)."""
     import lmforge.infer.runner as runner_module
@@ -165,4 +157,4 @@ def test_runner_moves_its_panels_into_huge_pages(monkeypatch):
     runner = engine.runner
     kept = [runner.head.panels] + [p.panels for w in runner.layers for p in vars(w).values()]
     assert {t.data_ptr() for t in kept}.isdisjoint({t.data_ptr() for t in handed[0]})
-    assert got == _greedy_by_forward(model, [[1, 2, 3]], 4)[0]
+    assert got == greedy_by_forward(model, [1, 2, 3], 4)
