@@ -358,19 +358,38 @@ class PagedBatch:
             parts.append(out[0].transpose(0, 1))  # [L, H, D]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
-    def _attend_decode_inplace(
-        self, layer_idx: int, q: torch.Tensor, window: int | None
-    ) -> torch.Tensor:
-        """All decode rows in one call of the C++ op that reads each row's blocks in place
-        (`lmforge.infer.paged_attention`): no gathered copy, no mask, no groups."""
-        cache = self.cache
+    def _inplace_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """int64 block tables ``[num_decode, W]`` and visible lengths ``[num_decode]`` of the
+        decode rows, as the C++ op takes them (made once per step)."""
         if self._inplace is None:
             lengths = (
                 self.decode_lens if self.decode_lens is not None else self.decode_positions + 1
             )
             self._inplace = (self.decode_blocks.to(torch.int64).contiguous(),
                              lengths.to(torch.int64).contiguous())  # fmt: skip
-        tables, lengths = self._inplace
+        return self._inplace
+
+    def inplace_decode(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(slots, tables, lengths)`` (int64, contiguous) when every token of this step is a
+        decode row whose attention the C++ op reads in place (an fp32 CPU cache with values,
+        no prefill chunk): the whole step can then run as one call
+        (`lmforge.nn.decode_layer.decode_layers`, which writes the K/V rows itself). None
+        otherwise."""
+        cache = self.cache
+        n = self.slot_mapping.shape[0]
+        if self.prefills or self.num_decode != n or n == 0 or cache.key_only:
+            return None
+        if not paged_attention_supported(cache.keys[0], cache.keys[0]):  # (a CPU fp32 cache;
+            return None  # the caller's queries are fp32 too)
+        return (self.slot_mapping.to(torch.int64).contiguous(), *self._inplace_tensors())
+
+    def _attend_decode_inplace(
+        self, layer_idx: int, q: torch.Tensor, window: int | None
+    ) -> torch.Tensor:
+        """All decode rows in one call of the C++ op that reads each row's blocks in place
+        (`lmforge.infer.paged_attention`): no gathered copy, no mask, no groups."""
+        cache = self.cache
+        tables, lengths = self._inplace_tensors()
         keys = cache.keys[layer_idx]
         values = keys if cache.key_only else cache.values[layer_idx]
         return paged_decode_attention(q, keys, values, tables, lengths, cache.block_size, window)

@@ -482,8 +482,8 @@ class Engine:
         """Whether the fused runner's int8 products of several rows (prefill, and decode steps
         outside the compiled step) multiply int8 × int8: with ``compile_decode``, whose
         multi-row int8 products do (`CompiledDecode.int8_gemm`), so that one engine quantises
-        its activations everywhere or nowhere; the default engine stays bit-equal to
-        ``model.forward``. 30m int8, 16 requests of 64 + 64 tokens, 2 threads, compiled step,
+        its activations everywhere or nowhere; the default engine keeps fp32 activations (its
+        multi-token steps bit-equal to ``model.forward``). 30m int8, 16 requests of 64 + 64 tokens, 2 threads, compiled step,
         alternated on a busy machine: the prefill of the 1,024 prompt tokens 385 → 214 ms,
         the whole run 1,298 → 1,602 tok/s."""
         if not self.compile_decode:

@@ -21,9 +21,13 @@ inference copies of the linear weights, built once from the model:
   the 30m preset made 4 rows cost 4.2× one row, against 1.3× pre-packed; on AVX2 CPUs
   without AVX-512 the copy is packed into 16-wide panels for lmforge's own GEMM instead
   (`lmforge.nn.panel_gemm`: 1.4× oneDNN's at 16 rows, 1.2× at 512 on the 30m shapes);
-* RMSNorm runs as torch's fused ``F.rms_norm`` in fp32 (bit-identical there); a decode
-  step (≤ 16 tokens) of an fp32 model with panels runs each layer as two C++ ops around its
-  attention (`lmforge.nn.decode_layer`: norm, q/k/v, RoPE; o, norm, SwiGLU, residuals);
+* RMSNorm runs as torch's fused ``F.rms_norm`` in fp32 (bit-identical there); a step of
+  ≤ 16 tokens of an fp32 model with panels (one token for weight-only int8) runs each layer
+  as two C++ ops around its attention (`lmforge.nn.decode_layer`: norm, q/k/v, RoPE; o,
+  norm, SwiGLU, residuals), and a pure decode step runs all layers, their K/V writes and
+  paged attention included, as one op (`decode_layers`: 30m batch 1, 1 thread, fp32 104 →
+  133 tok/s, int8 182 → 279; 5m fp32 400 → 594, int8 533 → 1,226; equal to the PyTorch path
+  within float rounding, no longer bit for bit);
 * RoPE cos/sin come from a table indexed by position (built by the model's own
   `RotaryEmbedding`, so the values are the ones ``forward`` would compute), q and k are
   rotated in one op, and attention reads/writes K/V token-major (`PagedBatch.attend`).
@@ -43,7 +47,10 @@ bias) use ``model.forward``; see `InferenceRunner.unsupported_reason`.
 one scheme are stacked into one quantised layer (`lmforge.nn.quant.concat_quantized`: rows
 with their own scales, so each output channel is computed exactly as by its own layer) and
 o/down/the LM head call the model's quantised module itself (no copy). Parts that cannot
-be stacked bit-exactly run one by one and are concatenated.
+be stacked bit-exactly run one by one and are concatenated. Steps of several tokens equal
+``model.forward`` bit for bit; one-token steps of int8 layers go through the layer ops, whose
+products are ``Int8Linear``'s own one-row kernel (bit-equal) but whose norms and RoPE round
+differently (``LMFORGE_DECODE_LAYER=0`` keeps the bit-equal PyTorch path).
 """
 
 from __future__ import annotations
@@ -63,9 +70,17 @@ from lmforge.infer.int8_gemm import int8_rows as int8_rows_product
 from lmforge.infer.packed_gemm import pack_weight, packed_linear, packing_enabled
 from lmforge.models.transformer import CausalLM, DecoderLayer
 from lmforge.nn.attention import Attention
-from lmforge.nn.decode_layer import decode_layer_available, decode_post, decode_pre
+from lmforge.nn.decode_layer import (
+    StackWeights,
+    Weight,
+    decode_layer_available,
+    decode_layers,
+    decode_post,
+    decode_pre,
+)
 from lmforge.nn.dense_gemv import dense_gemv_available, dense_gemv_parts
 from lmforge.nn.huge_pages import copy_to_huge_pages
+from lmforge.nn.int8_gemv import int8_gemv_available
 from lmforge.nn.mlp import SwiGLU
 from lmforge.nn.norm import RMSNorm
 from lmforge.nn.panel_gemm import pack_panels, panel_gemm, panel_gemm_preferred
@@ -217,6 +232,23 @@ def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) 
     return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
 
 
+def _op_weight(projection) -> tuple[Weight, torch.Tensor | None] | None:
+    """(`lmforge.nn.decode_layer.Weight`, bias) of a projection the layer ops can take: fp32
+    panels, or a CPU `Int8Linear` with fp32 scales (and bias) whose one-row op builds (read
+    at each call, so in-place edits of its tensors count); None otherwise."""
+    if type(projection) is _DenseProjection:
+        return None if projection.panels is None else (projection.panels, projection.bias)
+    m = projection.module if type(projection) is _ModuleProjection else None
+    if type(m) is not Int8Linear or not int8_gemv_available():
+        return None
+    q, s, b = m.weight, m.weight_scale, m.bias
+    if q.device.type != "cpu" or not (q.is_contiguous() and s.is_contiguous()):
+        return None
+    if s.dtype != torch.float32 or (b is not None and b.dtype != torch.float32):
+        return None
+    return (q, s), b
+
+
 def _projections(layer: DecoderLayer) -> tuple[nn.Module, ...]:
     a, m = layer.self_attn, layer.mlp
     return a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj
@@ -243,7 +275,9 @@ class InferenceRunner:
         self._cos = self._sin = None
         self.layers: list[_LayerWeights] = []
         self.head: _DenseProjection | _ModuleProjection | None = None
-        self.layer_ops = False  # decode-sized steps through `lmforge.nn.decode_layer`
+        self.layer_ops = 0  # steps of at most this many tokens run `lmforge.nn.decode_layer`
+        self._op_weights: list[tuple] = []  # per layer: (Weight, bias) of q/k/v, o, gate/up, down
+        self._stack: StackWeights | None = None  # all of them, for `decode_layers`
 
     @property
     def model(self) -> CausalLM:
@@ -342,7 +376,7 @@ class InferenceRunner:
         in-place updates that do not bump version counters (torch's fused CPU AdamW,
         ``p.data.copy_(...)``); every new `Engine` calls it."""
         self.layers, self.head, self._watched = [], None, None
-        self.layer_ops = False
+        self.layer_ops, self._op_weights, self._stack = 0, [], None
 
     def sync(self) -> bool:
         """Rebuild the copies if any source layer or parameter changed since they were made
@@ -361,38 +395,52 @@ class InferenceRunner:
         self._cos = self._sin = None  # dtype/device may have changed too
         return True
 
-    def _layer_ops_apply(self) -> bool:
-        """Whether decode-sized steps (≤ `LAYER_OPS_MAX_TOKENS` tokens) run each layer as
-        `lmforge.nn.decode_layer`'s two ops around the attention: every projection has panels (fp32 on an AVX2 CPU), the norms
-        are fp32, no q/k norms (Qwen3), and the ops build (the 8-layer runner at hidden size
-        64, all overhead: 2.55 → 1.31 ms per step; 30m batch 1: 108–114 → 125–131 tok/s)."""
+    def _layer_ops_apply(self) -> int:
+        """The most tokens a step may have to run each layer as `lmforge.nn.decode_layer`'s two
+        ops around the attention (0: never; the op weights of every layer are kept in
+        ``_op_weights``). Needs fp32 norms, no q/k norms (Qwen3), the ops built, and every
+        projection either with panels (fp32 on an AVX2 CPU: steps of ≤ `LAYER_OPS_MAX_TOKENS`
+        tokens; the 8-layer runner at hidden size 64, all overhead: 2.55 → 1.31 ms per step;
+        30m batch 1: 108–114 → 125–131 tok/s) or weight-only int8 (one-token steps: the op
+        streams the codes once per row)."""
+        self._op_weights, self._stack = [], None
         if not decode_layer_available():
-            return False
+            return 0
+        tokens = LAYER_OPS_MAX_TOKENS
         for layer, w in zip(self.model.model.layers, self.layers):
-            projections = (w.qkv, w.o, w.gate_up, w.down)
-            if any(type(p) is not _DenseProjection or p.panels is None for p in projections):
-                return False
+            ops = [_op_weight(p) for p in (w.qkv, w.o, w.gate_up, w.down)]
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
-            if layer.self_attn.q_norm is not None or any(
-                n.weight.dtype != torch.float32 for n in norms
+            if (
+                any(op is None for op in ops)
+                or layer.self_attn.q_norm is not None
+                or any(n.weight.dtype != torch.float32 for n in norms)
             ):
-                return False
-        return bool(self.layers)
+                self._op_weights = []
+                return 0
+            if any(not isinstance(op[0], torch.Tensor) for op in ops):
+                tokens = 1  # int8 codes
+            self._op_weights.append(tuple(ops))
+        self._stack = StackWeights.of([
+            (a.weight, a.eps, b.weight, b.eps, layer.self_attn.window, ops)
+            for layer, ops in zip(self.model.model.layers, self._op_weights)
+            for a, b in [(layer.input_layernorm, layer.post_attention_layernorm)]
+        ])  # fmt: skip
+        return tokens if self.layers else 0
 
-    def _ops_layer(self, i: int, layer: DecoderLayer, w: _LayerWeights, x: torch.Tensor,
-                   cos: torch.Tensor, sin: torch.Tensor, batch) -> torch.Tensor:  # fmt: skip
-        """Layer ``i`` (``layer``, its copies ``w``) for the step's tokens ``x [n, H]``
-        (``cos``/``sin`` ``[n, head_dim]``): the fused norm + q/k/v + RoPE op, the engine's
-        paged attention, the fused rest."""
+    def _ops_layer(self, i: int, layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor, batch) -> torch.Tensor:  # fmt: skip
+        """Layer ``i`` (``layer``) for the step's tokens ``x [n, H]`` (``cos``/``sin``
+        ``[n, head_dim]``): the fused norm + q/k/v + RoPE op, the engine's paged attention,
+        the fused rest."""
         h, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
-        qkv = decode_pre(x, n1.weight, n1.eps, w.qkv.panels, w.qkv.out_features, w.qkv.bias,
-                         cos, sin, h + hkv, d).view(-1, h + 2 * hkv, d)  # fmt: skip
+        (qkv_w, qkv_b), o, gate_up, down = self._op_weights[i]
+        qkv = decode_pre(x, n1.weight, n1.eps, qkv_w, (h + 2 * hkv) * d, qkv_b, cos, sin,
+                         h + hkv, d).view(-1, h + 2 * hkv, d)  # fmt: skip
         out = batch.attend(i, qkv[:, :h], qkv[:, h : h + hkv], qkv[:, h + hkv :],
                            layer.self_attn.window)  # fmt: skip
-        return decode_post(x, out.reshape(-1, h * d), (w.o.panels, w.o.bias), n2.weight, n2.eps,
-                           (w.gate_up.panels, w.gate_up.bias), self.intermediate,
-                           (w.down.panels, w.down.bias))  # fmt: skip
+        return decode_post(x, out.reshape(-1, h * d), o, n2.weight, n2.eps, gate_up,
+                           self.intermediate, down)  # fmt: skip
 
     def _panels_to_huge_pages(self) -> None:
         """The panel copies (`lmforge.nn.panel_gemm`; every decode step reads all of them)
@@ -460,10 +508,17 @@ class InferenceRunner:
         x = lm.embed_tokens(input_ids)  # [N, hidden]
         n = x.shape[0]
         cos, sin = self._rope(positions, max_position, x.dtype)
-        ops = n <= LAYER_OPS_MAX_TOKENS and self.layer_ops and x.dtype == torch.float32
+        ops = n <= self.layer_ops and x.dtype == torch.float32
+        inplace = batch.inplace_decode() if ops else None
+        if inplace is not None:  # a decode step: every layer in one call
+            shape = (h, hkv, d, inter)
+            x = decode_layers(x, cos[:, 0], sin[:, 0], shape, self._stack, batch.cache.keys,
+                              batch.cache.values, *inplace, batch.cache.block_size)  # fmt: skip
         for i, (layer, w) in enumerate(zip(lm.layers, self.layers)):
+            if inplace is not None:
+                break
             if ops:
-                x = self._ops_layer(i, layer, w, x, cos[:, 0], sin[:, 0], batch)
+                x = self._ops_layer(i, layer, x, cos[:, 0], sin[:, 0], batch)
                 continue
             attn = layer.self_attn
             qkv = w.qkv(_norm(layer.input_layernorm, x), int8_rows)

@@ -216,7 +216,8 @@ class Int8Linear(_QuantizedLinear):
         30m preset, eager engine, one thread: 207 → 269 tok/s), otherwise torch's kernel
         with bf16 activations (`uses_kernel`) or the dequantised matmul. The engine's fused
         runner binds the same function (`rows_kernel`), so its logits equal ``forward``'s
-        bit for bit."""
+        bit for bit (its one-token layer ops, `lmforge.nn.decode_layer`, call the same
+        one-row kernel, with their own norm and RoPE)."""
         codes, scale_fp32 = self.weight, self.weight_scale.float()
         one_row, kernel = int8_gemv_available(), self.uses_kernel
         if kernel:

@@ -2,8 +2,9 @@
 q/k/v product → RoPE on the q and k heads computed here with PyTorch (the RoPE of
 `lmforge.nn.rope.rotate`), `decode_post` the residual output projection, RMSNorm, SwiGLU and
 residual down projection; one token or several (each with its own position), with and
-without biases, odd sizes; bad inputs named; and the engine's runner sends its decode steps
-through them (biases, sliding windows), not its prefill nor Qwen3's q/k norms, with the
+without biases, odd sizes, fp32 panels and int8 codes with scales (``s ⊙ (q x)``); bad
+inputs named; and the engine's runner sends its decode steps through them (biases, sliding
+windows, an int8 model's one-token steps), not its prefill nor Qwen3's q/k norms, with the
 greedy tokens of the model's own forward."""
 
 import pytest
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from lmforge.nn import decode_layer as dl
 from lmforge.nn.panel_gemm import pack_panels, panel_gemm_available
+from lmforge.nn.quant import quantize_int8_per_channel
 from lmforge.nn.rope import rotate
 
 pytestmark = pytest.mark.skipif(
@@ -24,17 +26,28 @@ def rand(*shape, g, scale=1.0):
     return torch.randn(*shape, generator=g) * scale
 
 
+def op_weight(weight: torch.Tensor, kind: str):
+    """``weight`` as the op takes it, and the matrix the op multiplies by: fp32 panels of
+    ``weight`` itself, or its int8 codes and scales (the dequantised matrix ``s ⊙ q``)."""
+    if kind == "fp32":
+        return pack_panels(weight), weight
+    q, s = quantize_int8_per_channel(weight)
+    return (q, s), q.float() * s[:, None]
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("tokens", [1, 3, 16])
 @pytest.mark.parametrize("shape", [(64, 4, 2, 16), (40, 3, 1, 10), (96, 6, 6, 8)])
-def test_decode_pre_is_norm_product_rope(shape, tokens, bias):
+def test_decode_pre_is_norm_product_rope(shape, tokens, bias, kind):
     hidden, h, hkv, d = shape
     g = torch.Generator().manual_seed(hidden + h + tokens)
     n = (h + 2 * hkv) * d
     x, w = rand(tokens, hidden, g=g), torch.rand(hidden, generator=g) + 0.5
-    weight, b = rand(n, hidden, g=g, scale=0.1), (rand(n, g=g) if bias else None)
+    given, weight = op_weight(rand(n, hidden, g=g, scale=0.1), kind)
+    b = rand(n, g=g) if bias else None
     cos, sin = rand(tokens, d, g=g), rand(tokens, d, g=g)  # each token its own position
-    got = dl.decode_pre(x, w, 1e-5, pack_panels(weight), n, b, cos, sin, h + hkv, d)
+    got = dl.decode_pre(x, w, 1e-5, given, n, b, cos, sin, h + hkv, d)
     qkv = F.linear(F.rms_norm(x, (hidden,), w, 1e-5), weight, b).view(tokens, h + 2 * hkv, d)
     rotated = rotate(qkv[:, : h + hkv], cos[:, None], sin[:, None])
     want = torch.cat([rotated, qkv[:, h + hkv :]], 1).view(tokens, n)
@@ -42,20 +55,23 @@ def test_decode_pre_is_norm_product_rope(shape, tokens, bias):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("tokens", [1, 5])
 @pytest.mark.parametrize("shape", [(64, 64, 96), (40, 30, 17), (96, 48, 256)])
-def test_decode_post_is_the_rest_of_the_layer(shape, tokens, bias):
+def test_decode_post_is_the_rest_of_the_layer(shape, tokens, bias, kind):
     hidden, width, inter = shape
     g = torch.Generator().manual_seed(hidden + inter + tokens)
     x, a = rand(tokens, hidden, g=g), rand(tokens, width, g=g)
     w = torch.rand(hidden, generator=g) + 0.5
-    wo, wgu, wd = (rand(hidden, width, g=g, scale=0.1), rand(2 * inter, hidden, g=g, scale=0.1),
-                   rand(hidden, inter, g=g, scale=0.1))  # fmt: skip
+    (go, wo), (ggu, wgu), (gd, wd) = (
+        op_weight(rand(hidden, width, g=g, scale=0.1), kind),
+        op_weight(rand(2 * inter, hidden, g=g, scale=0.1), kind),
+        op_weight(rand(hidden, inter, g=g, scale=0.1), kind),
+    )
     bo, bgu, bd = ((rand(hidden, g=g), rand(2 * inter, g=g), rand(hidden, g=g)) if bias
                    else (None, None, None))  # fmt: skip
-    got = dl.decode_post(x, a, (pack_panels(wo), bo), w, 1e-6, (pack_panels(wgu), bgu), inter,
-                         (pack_panels(wd), bd))  # fmt: skip
+    got = dl.decode_post(x, a, (go, bo), w, 1e-6, (ggu, bgu), inter, (gd, bd))
     mid = x + F.linear(a, wo, bo)
     gu = F.linear(F.rms_norm(mid, (hidden,), w, 1e-6), wgu, bgu)
     want = mid + F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], wd, bd)
@@ -69,7 +85,7 @@ def test_bad_inputs_are_named():
     cos = sin = torch.ones(1, 8)
     with pytest.raises(RuntimeError, match="the norm's weight must be"):
         dl.decode_pre(x, torch.ones(31), 1e-6, panels, 64, None, cos, sin, 4, 8)
-    with pytest.raises(RuntimeError, match=r"the q/k/v panels must be .*\[4, 32, 16\]"):
+    with pytest.raises(RuntimeError, match=r"the q/k/v weights must be .*panels \[4, 32, 16\]"):
         dl.decode_pre(x, w, 1e-6, pack_panels(rand(64, 30, g=g)), 64, None, cos, sin, 4, 8)
     with pytest.raises(RuntimeError, match="9 rotated heads of 8 do not fit 64"):
         dl.decode_pre(x, w, 1e-6, panels, 64, None, cos, sin, 9, 8)
@@ -77,7 +93,18 @@ def test_bad_inputs_are_named():
         dl.decode_pre(x, w, 1e-6, panels, 64, torch.ones(63), cos, sin, 4, 8)
     with pytest.raises(RuntimeError, match=r"cos must be .*\[1, 8\]"):
         dl.decode_pre(x, w, 1e-6, panels, 64, None, torch.ones(2, 8), sin, 4, 8)
-    with pytest.raises(RuntimeError, match="the down panels must be"):
+    q, s = quantize_int8_per_channel(rand(64, 32, g=g))
+    with pytest.raises(
+        RuntimeError, match=r"q/k/v weights must be contiguous int8 codes \[64, 32\]"
+    ):
+        dl.decode_pre(x, w, 1e-6, (q[:, :30].contiguous(), s), 64, None, cos, sin, 4, 8)
+    with pytest.raises(RuntimeError, match=r"the int8 scales must be .*64 values"):
+        dl.decode_pre(x, w, 1e-6, (q, s[:63]), 64, None, cos, sin, 4, 8)
+    with pytest.raises(RuntimeError, match="are int8 codes: give their scales"):
+        torch.ops.lmforge_ext.decode_pre(x, w, 1e-6, q, None, 64, None, cos, sin, 4, 8)
+    with pytest.raises(RuntimeError, match="are fp32 panels, which take no scales"):
+        torch.ops.lmforge_ext.decode_pre(x, w, 1e-6, panels, s, 64, None, cos, sin, 4, 8)
+    with pytest.raises(RuntimeError, match="the down weights must be"):
         dl.decode_post(x, rand(1, 16, g=g), (pack_panels(rand(32, 16, g=g)), None), w, 1e-6,
                        (pack_panels(rand(48, 32, g=g)), None), 24,
                        (pack_panels(rand(32, 23, g=g)), None))  # fmt: skip
@@ -86,6 +113,18 @@ def test_bad_inputs_are_named():
 def test_turned_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("LMFORGE_DECODE_LAYER", "0")
     assert not dl.decode_layer_available()
+
+
+def spy_ops(monkeypatch, runner_module) -> list:
+    """Record the runner's calls of the layer ops: ("pre", tokens' shape) per layer of a step
+    run layer by layer, ("stack", shape) per step run as one `decode_layers` call."""
+    calls = []
+    pre, stack = runner_module.decode_pre, runner_module.decode_layers
+    monkeypatch.setattr(runner_module, "decode_pre",
+                        lambda *a: calls.append(("pre", tuple(a[0].shape))) or pre(*a))  # fmt: skip
+    monkeypatch.setattr(runner_module, "decode_layers",
+                        lambda *a: calls.append(("stack", tuple(a[0].shape))) or stack(*a))  # fmt: skip
+    return calls
 
 
 @pytest.mark.parametrize(
@@ -105,10 +144,7 @@ def test_runner_decode_steps_use_the_ops(monkeypatch, overrides, greedy_by_forwa
     monkeypatch.setenv("LMFORGE_PANEL_GEMM", "1")
     if not panel_gemm_preferred():
         pytest.skip("no AVX2 + FMA: no panels, so no one-token ops")
-    calls = []
-    real = runner_module.decode_pre
-    monkeypatch.setattr(runner_module, "decode_pre",
-                        lambda *a: calls.append(a[0].shape) or real(*a))  # fmt: skip
+    calls = spy_ops(monkeypatch, runner_module)
     torch.manual_seed(0)
     model = CausalLM(preset_config("tiny", vocab_size=64, **overrides)).eval()
     with torch.no_grad():  # zero-init biases would hide a missing bias
@@ -121,12 +157,108 @@ def test_runner_decode_steps_use_the_ops(monkeypatch, overrides, greedy_by_forwa
     got = [o.token_ids for o in engine.generate(prompts, params)]
     assert got == [greedy_by_forward(model, p, 12) for p in prompts]
     qwen3 = overrides.get("qk_norm", False)
-    assert engine.runner.layer_ops == (not qwen3)
-    layers = len(model.model.layers)  # a 20-token prefill: PyTorch; 11 two-token steps: the ops
-    assert calls == ([] if qwen3 else [(2, 64)] * (11 * layers))
-    if not qwen3:  # a short prefill (≤ 16 tokens) is a step like any other
+    assert engine.runner.layer_ops == (0 if qwen3 else runner_module.LAYER_OPS_MAX_TOKENS)
+    layers = len(model.model.layers)  # a 20-token prefill: PyTorch; 11 two-token decode
+    assert calls == ([] if qwen3 else [("stack", (2, 64))] * 11)  # steps: all layers at once
+    if not qwen3:  # a short prefill (≤ 16 tokens) runs the ops layer by layer
         calls.clear()
         assert engine.generate([[5, 6, 7]], params)[0].token_ids == greedy_by_forward(
             model, [5, 6, 7], 12
         )
-        assert calls == [(3, 64)] * layers + [(1, 64)] * (11 * layers)
+        assert calls == [("pre", (3, 64))] * layers + [("stack", (1, 64))] * 11
+
+
+def test_int8_models_run_their_one_token_steps_through_the_ops(monkeypatch, greedy_by_forward):
+    """A weight-only int8 model (biases too): one-token steps go through the ops with the
+    layers' own codes and scales (no copy), steps of two tokens keep the PyTorch path (the op
+    would stream the codes once per row); the greedy tokens are those of ``model.forward``."""
+    import lmforge.infer.runner as runner_module
+    from lmforge.infer.engine import Engine
+    from lmforge.infer.params import SamplingParams
+    from lmforge.models.presets import preset_config
+    from lmforge.models.quantize import quantize_model
+    from lmforge.models.transformer import CausalLM
+
+    calls = spy_ops(monkeypatch, runner_module)
+    torch.manual_seed(1)
+    model = CausalLM(preset_config("tiny", vocab_size=64, qkv_bias=True, mlp_bias=True)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    model = quantize_model(model, "int8")
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    engine = Engine(model)
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8]]
+    got = [o.token_ids for o in engine.generate(prompts, params)]
+    assert got == [greedy_by_forward(model, p, 10) for p in prompts]
+    assert engine.runner.layer_ops == 1 and calls == []  # two-token steps: PyTorch
+    got = engine.generate(prompts[:1], params)[0].token_ids
+    assert got == greedy_by_forward(model, prompts[0], 10)
+    assert calls == [("stack", (1, 64))] * 9
+    stack = engine.runner._stack  # the stacked q/k/v layer's own tensors, no copies
+    assert stack.weights[0] is engine.runner.layers[0].qkv.module.weight
+    assert stack.scales[0] is engine.runner.layers[0].qkv.module.weight_scale
+    assert stack.weights[0].dtype == torch.int8
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize("window", [None, 3])
+def test_decode_layers_is_the_layers_one_after_another(kind, window):
+    """`decode_layers` over two layers equals, layer by layer: `decode_pre`, the k/v rows
+    written into their slots, the paged attention op, `decode_post` — and leaves the same
+    K/V in the cache (rows of different context lengths, scattered blocks)."""
+    from lmforge.infer.paged_attention import paged_decode_attention
+
+    g = torch.Generator().manual_seed(7)
+    hidden, h, hkv, d, inter, rows, bs = 48, 4, 2, 8, 40, 3, 4
+    n = (h + 2 * hkv) * d
+    layers = []
+    for _ in range(2):
+        projections = [(op_weight(rand(o, i, g=g, scale=0.2), kind)[0], rand(o, g=g))
+                       for o, i in ((n, hidden), (hidden, h * d), (2 * inter, hidden),
+                                    (hidden, inter))]  # fmt: skip
+        norms = (torch.rand(hidden, generator=g) + 0.5, torch.rand(hidden, generator=g) + 0.5)
+        layers.append((norms[0], 1e-5, norms[1], 1e-6, window, projections))
+    stack = dl.StackWeights.of(layers)
+    keys = [rand(40, hkv, d, g=g) for _ in range(2)]
+    values = [rand(40, hkv, d, g=g) for _ in range(2)]
+    tables = torch.tensor([[3, 7, 1], [9, 0, 2], [5, 4, 8]])
+    lengths = torch.tensor([9, 4, 12])  # the new token is the last visible one
+    slots = torch.stack([tables[r, (lengths[r] - 1) // bs] * bs + (lengths[r] - 1) % bs
+                         for r in range(rows)])  # fmt: skip
+    x, cos, sin = rand(rows, hidden, g=g), rand(rows, d, g=g), rand(rows, d, g=g)
+    ref_k, ref_v = [k.clone() for k in keys], [v.clone() for v in values]
+    want = x
+    for i, (n1, e1, n2, e2, win, (qkv, o, gu, down)) in enumerate(layers):
+        y = dl.decode_pre(want, n1, e1, qkv[0], n, qkv[1], cos, sin, h + hkv, d).view(rows, -1, d)
+        ref_k[i].index_copy_(0, slots, y[:, h : h + hkv])
+        ref_v[i].index_copy_(0, slots, y[:, h + hkv :])
+        a = paged_decode_attention(y[:, :h], ref_k[i], ref_v[i], tables, lengths, bs, win)
+        want = dl.decode_post(want, a.reshape(rows, -1), o, n2, e2, gu, inter, down)
+    got = dl.decode_layers(x, cos, sin, (h, hkv, d, inter), stack, keys, values, slots, tables,
+                           lengths, bs)  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for mine, ref in zip(keys + values, ref_k + ref_v):
+        torch.testing.assert_close(mine, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_decode_layers_names_bad_inputs():
+    g = torch.Generator().manual_seed(0)
+    layer = (torch.ones(32), 1e-6, torch.ones(32), 1e-6, None,
+             [(pack_panels(rand(o, i, g=g)), None) for o, i in ((64, 32), (32, 32), (48, 32),
+                                                               (32, 24))])  # fmt: skip
+    stack = dl.StackWeights.of([layer])
+    x, cos = rand(2, 32, g=g), torch.ones(2, 8)
+    keys, values = [torch.zeros(8, 2, 8)], [torch.zeros(8, 2, 8)]
+    tables, lengths = torch.tensor([[0, 1], [1, 0]]), torch.tensor([1, 2])
+    shape = (4, 2, 8, 24)
+    with pytest.raises(RuntimeError, match="slot 8 of row 1 is outside the cache's 8 slots"):
+        dl.decode_layers(x, cos, cos, shape, stack, keys, values, torch.tensor([0, 8]), tables,
+                         lengths, 4)  # fmt: skip
+    with pytest.raises(RuntimeError, match="for 2 layers give 2 norms"):
+        dl.decode_layers(x, cos, cos, shape, stack, keys * 2, values * 2, torch.tensor([0, 1]),
+                         tables, lengths, 4)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"layer 0's keys and values must be .*\[slots, 2, 8\]"):
+        dl.decode_layers(x, cos, cos, shape, stack, [torch.zeros(8, 4, 8)], values,
+                         torch.tensor([0, 1]), tables, lengths, 4)  # fmt: skip

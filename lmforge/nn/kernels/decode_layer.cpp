@@ -6,8 +6,10 @@
 //                (Su et al. 2021, eq. 34: x cos + rotate_half(x) sin)
 //   decode_post: x' = x + a W_o^T (+ b); h = RMSNorm(x'); [g; u] = h W_gu^T (+ b);
 //                x'' = x' + (silu(g) * u) W_down^T (+ b)       (SwiGLU, Shazeer 2020)
-// The projections are lmforge's panel products (kernels/panel_gemm.cpp) over the runner's
-// panel copies; the rest is plain loops over one row.
+// Each projection's weight is either the runner's fp32 panel copy (lmforge's panel product,
+// kernels/panel_gemm.cpp) or an int8 layer's codes [n, K] with fp32 scales [n] (weight-only
+// int8, y = s * (q x): the one-row loop of kernels/gemv.cpp, row by row); the rest is plain
+// loops over one row.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
@@ -16,10 +18,20 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace lmforge_panels {
 void product(const float* x, int64_t M, int64_t K, const float* panels, int64_t n, float* y);
+}
+namespace lmforge_attention {
+at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                        const at::Tensor& tables, const at::Tensor& lengths, int64_t block_size,
+                        double scale, int64_t window);
+}
+namespace lmforge_gemv {
+void int8_product(const float* x, const int8_t* q, const float* s, int64_t N, int64_t K,
+                  float* y);
 }
 
 namespace {
@@ -49,11 +61,54 @@ void check_panels(const at::Tensor& p, int64_t k, int64_t n, const char* name) {
               ", ", k, ", 16] of a [", n, ", ", k, "] weight, got ", p.sizes());
 }
 
-void add_bias(const c10::optional<at::Tensor>& b, int64_t n, float* y, const char* name) {
-  if (!b.has_value()) return;
+// A projection's weight W [n, K]: its panels, or int8 codes with one scale per output.
+struct Weight {
+  const float* panels = nullptr;
+  const int8_t* codes = nullptr;
+  const float* scales = nullptr;
+};
+
+Weight check_weight(const at::Tensor& w, const c10::optional<at::Tensor>& scale, int64_t k,
+                    int64_t n, const char* name) {
+  Weight out;
+  if (w.scalar_type() != at::kChar) {
+    TORCH_CHECK(!scale.has_value(), "decode layer op: ", name,
+                " are fp32 panels, which take no scales");
+    check_panels(w, k, n, name);
+    out.panels = w.data_ptr<float>();
+    return out;
+  }
+  TORCH_CHECK(w.dim() == 2 && w.size(0) == n && w.size(1) == k && w.device().is_cpu() &&
+                  w.is_contiguous(),
+              "decode layer op: ", name, " must be contiguous int8 codes [", n, ", ", k,
+              "], got ", w.sizes());
+  TORCH_CHECK(scale.has_value(), "decode layer op: ", name, " are int8 codes: give their scales");
+  check_row(*scale, n, "the int8 scales");
+  out.codes = w.data_ptr<int8_t>();
+  out.scales = scale->data_ptr<float>();
+  return out;
+}
+
+// y [M, n] = x [M, K] W^T
+void product(const float* x, int64_t M, int64_t K, const Weight& w, int64_t n, float* y) {
+  if (w.panels != nullptr) {
+    lmforge_panels::product(x, M, K, w.panels, n, y);
+    return;
+  }
+  for (int64_t r = 0; r < M; ++r)  // one row at a time: the codes streamed M times
+    lmforge_gemv::int8_product(x + r * K, w.codes, w.scales, n, K, y + r * n);
+}
+
+// A bias of n values, or nullptr for none.
+const float* check_bias(const c10::optional<at::Tensor>& b, int64_t n, const char* name) {
+  if (!b.has_value()) return nullptr;
   check_row(*b, n, name);
-  const float* bp = b->data_ptr<float>();
-  for (int64_t i = 0; i < n; ++i) y[i] += bp[i];
+  return b->data_ptr<float>();
+}
+
+void add_bias(const float* b, int64_t n, float* y) {
+  if (b == nullptr) return;
+  for (int64_t i = 0; i < n; ++i) y[i] += b[i];
 }
 
 void check_rows(const at::Tensor& t, int64_t m, int64_t n, const char* name) {
@@ -63,32 +118,27 @@ void check_rows(const at::Tensor& t, int64_t m, int64_t n, const char* name) {
               "], got ", t.sizes(), " ", t.scalar_type());
 }
 
-at::Tensor decode_pre(const at::Tensor& x, const at::Tensor& norm, double eps,
-                      const at::Tensor& panels, int64_t n, const c10::optional<at::Tensor>& bias,
-                      const at::Tensor& cos, const at::Tensor& sin, int64_t rotated,
-                      int64_t head_dim) {
-  TORCH_CHECK(x.dim() == 2, "decode_pre: x must be [tokens, hidden], got ", x.sizes());
-  const int64_t M = x.size(0), H = x.size(1);
-  check_rows(x, M, H, "x");
-  check_row(norm, H, "the norm's weight");
-  check_panels(panels, H, n, "the q/k/v panels");
-  check_rows(cos, M, head_dim, "cos");
-  check_rows(sin, M, head_dim, "sin");
-  TORCH_CHECK(head_dim % 2 == 0 && rotated * head_dim <= n,
-              "decode_pre: ", rotated, " rotated heads of ", head_dim, " do not fit ", n);
+// A layer's weights around its attention, checked (decode_pre's and decode_post's inputs).
+struct Layer {
+  const float *norm1, *norm2;
+  double eps1, eps2;
+  Weight qkv, o, gate_up, down;
+  const float *qkv_bias, *o_bias, *gate_up_bias, *down_bias;
+};
+
+// y [M, n] = RoPE(RMSNorm(x) W_qkv^T + b) for x [M, H]; the first `rotated` heads of each
+// row rotated by the row's cos / sin [M, head_dim].
+void pre_rows(const float* x, int64_t M, int64_t H, const Layer& l, int64_t n, const float* cos,
+              const float* sin, int64_t rotated, int64_t head_dim, float* y) {
   std::vector<float> h(static_cast<size_t>(M * H));
-  const float* xp = x.data_ptr<float>();
-  for (int64_t r = 0; r < M; ++r)
-    rms_norm(xp + r * H, norm.data_ptr<float>(), eps, H, h.data() + r * H);
-  at::Tensor y = at::empty({M, n}, x.options());
-  float* yp = y.data_ptr<float>();
-  lmforge_panels::product(h.data(), M, H, panels.data_ptr<float>(), n, yp);
+  for (int64_t r = 0; r < M; ++r) rms_norm(x + r * H, l.norm1, l.eps1, H, h.data() + r * H);
+  product(h.data(), M, H, l.qkv, n, y);
   const int64_t half = head_dim / 2;
   for (int64_t row = 0; row < M; ++row) {
-    float* yr = yp + row * n;
-    add_bias(bias, n, yr, "the q/k/v bias");
-    const float* c = cos.data_ptr<float>() + row * head_dim;
-    const float* s = sin.data_ptr<float>() + row * head_dim;
+    float* yr = y + row * n;
+    add_bias(l.qkv_bias, n, yr);
+    const float* c = cos + row * head_dim;
+    const float* s = sin + row * head_dim;
     for (int64_t r = 0; r < rotated; ++r) {  // x cos + rotate_half(x) sin, rotate_half = (-x2, x1)
       float* v = yr + r * head_dim;
       for (int64_t i = 0; i < half; ++i) {
@@ -98,14 +148,94 @@ at::Tensor decode_pre(const at::Tensor& x, const at::Tensor& norm, double eps,
       }
     }
   }
+}
+
+// out [M, H]: x' = x + attn W_o^T (+ b), then x' + SwiGLU(RMSNorm(x')) W_down^T (+ b).
+void post_rows(const float* x, const float* attn, int64_t M, int64_t H, int64_t A, const Layer& l,
+               int64_t inter, float* out) {
+  product(attn, M, A, l.o, H, out);
+  std::vector<float> h(static_cast<size_t>(M * H)), gu(static_cast<size_t>(M * 2 * inter)),
+      m(static_cast<size_t>(M * inter)), d(static_cast<size_t>(M * H));
+  for (int64_t r = 0; r < M; ++r) {
+    float* xr = out + r * H;
+    add_bias(l.o_bias, H, xr);
+    for (int64_t i = 0; i < H; ++i) xr[i] += x[r * H + i];  // the residual: x' = x + o
+    rms_norm(xr, l.norm2, l.eps2, H, h.data() + r * H);
+  }
+  product(h.data(), M, H, l.gate_up, 2 * inter, gu.data());
+  for (int64_t r = 0; r < M; ++r) {
+    float* g = gu.data() + r * 2 * inter;
+    add_bias(l.gate_up_bias, 2 * inter, g);
+    for (int64_t i = 0; i < inter; ++i)  // silu(g) * u
+      m[r * inter + i] = g[i] / (1.f + std::exp(-g[i])) * g[inter + i];
+  }
+  product(m.data(), M, inter, l.down, H, d.data());
+  for (int64_t r = 0; r < M; ++r) {
+    float* dr = d.data() + r * H;
+    add_bias(l.down_bias, H, dr);
+    for (int64_t i = 0; i < H; ++i) out[r * H + i] += dr[i];
+  }
+}
+
+void check_x(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.dim() == 2, op, ": x must be [tokens, hidden], got ", x.sizes());
+  check_rows(x, x.size(0), x.size(1), "x");
+}
+
+void check_rope(const at::Tensor& cos, const at::Tensor& sin, int64_t M, int64_t rotated,
+                int64_t head_dim, int64_t n) {
+  check_rows(cos, M, head_dim, "cos");
+  check_rows(sin, M, head_dim, "sin");
+  TORCH_CHECK(head_dim % 2 == 0 && rotated * head_dim <= n,
+              "decode_pre: ", rotated, " rotated heads of ", head_dim, " do not fit ", n);
+}
+
+at::Tensor decode_pre(const at::Tensor& x, const at::Tensor& norm, double eps,
+                      const at::Tensor& weight, const c10::optional<at::Tensor>& scale, int64_t n,
+                      const c10::optional<at::Tensor>& bias,
+                      const at::Tensor& cos, const at::Tensor& sin, int64_t rotated,
+                      int64_t head_dim) {
+  check_x(x, "decode_pre");
+  const int64_t M = x.size(0), H = x.size(1);
+  check_row(norm, H, "the norm's weight");
+  Layer l{};
+  l.norm1 = norm.data_ptr<float>();
+  l.eps1 = eps;
+  l.qkv = check_weight(weight, scale, H, n, "the q/k/v weights");
+  l.qkv_bias = check_bias(bias, n, "the q/k/v bias");
+  check_rope(cos, sin, M, rotated, head_dim, n);
+  at::Tensor y = at::empty({M, n}, x.options());
+  pre_rows(x.data_ptr<float>(), M, H, l, n, cos.data_ptr<float>(), sin.data_ptr<float>(), rotated,
+           head_dim, y.data_ptr<float>());
   return y;
 }
 
-at::Tensor decode_post(const at::Tensor& x, const at::Tensor& attn, const at::Tensor& o_panels,
+// The post-attention half of `l` checked: attention width A, hidden H.
+void check_post(Layer& l, int64_t H, int64_t A, int64_t inter, const at::Tensor& norm, double eps,
+                const at::Tensor& o, const c10::optional<at::Tensor>& o_scale,
+                const c10::optional<at::Tensor>& o_bias, const at::Tensor& gate_up,
+                const c10::optional<at::Tensor>& gate_up_scale,
+                const c10::optional<at::Tensor>& gate_up_bias, const at::Tensor& down,
+                const c10::optional<at::Tensor>& down_scale,
+                const c10::optional<at::Tensor>& down_bias) {
+  check_row(norm, H, "the norm's weight");
+  l.norm2 = norm.data_ptr<float>();
+  l.eps2 = eps;
+  l.o = check_weight(o, o_scale, A, H, "the o weights");
+  l.gate_up = check_weight(gate_up, gate_up_scale, H, 2 * inter, "the gate/up weights");
+  l.down = check_weight(down, down_scale, inter, H, "the down weights");
+  l.o_bias = check_bias(o_bias, H, "the o bias");
+  l.gate_up_bias = check_bias(gate_up_bias, 2 * inter, "the gate/up bias");
+  l.down_bias = check_bias(down_bias, H, "the down bias");
+}
+
+at::Tensor decode_post(const at::Tensor& x, const at::Tensor& attn, const at::Tensor& o_weight,
+                       const c10::optional<at::Tensor>& o_scale,
                        const c10::optional<at::Tensor>& o_bias, const at::Tensor& norm,
-                       double eps, const at::Tensor& gate_up_panels,
+                       double eps, const at::Tensor& gate_up_weight,
+                       const c10::optional<at::Tensor>& gate_up_scale,
                        const c10::optional<at::Tensor>& gate_up_bias, int64_t inter,
-                       const at::Tensor& down_panels,
+                       const at::Tensor& down_weight, const c10::optional<at::Tensor>& down_scale,
                        const c10::optional<at::Tensor>& down_bias) {
   TORCH_CHECK(x.dim() == 2 && attn.dim() == 2,
               "decode_post: x and attn must be [tokens, features], got ", x.sizes(), " and ",
@@ -113,52 +243,114 @@ at::Tensor decode_post(const at::Tensor& x, const at::Tensor& attn, const at::Te
   const int64_t M = x.size(0), H = x.size(1), A = attn.size(1);
   check_rows(x, M, H, "x");
   check_rows(attn, M, A, "the attention output");
-  check_row(norm, H, "the norm's weight");
-  check_panels(o_panels, A, H, "the o panels");
-  check_panels(gate_up_panels, H, 2 * inter, "the gate/up panels");
-  check_panels(down_panels, inter, H, "the down panels");
+  Layer l{};
+  check_post(l, H, A, inter, norm, eps, o_weight, o_scale, o_bias, gate_up_weight, gate_up_scale,
+             gate_up_bias, down_weight, down_scale, down_bias);
   at::Tensor out = at::empty({M, H}, x.options());
-  float* xo = out.data_ptr<float>();
-  lmforge_panels::product(attn.data_ptr<float>(), M, A, o_panels.data_ptr<float>(), H, xo);
-  const float* xp = x.data_ptr<float>();
-  std::vector<float> h(static_cast<size_t>(M * H)), gu(static_cast<size_t>(M * 2 * inter)),
-      m(static_cast<size_t>(M * inter)), d(static_cast<size_t>(M * H));
-  for (int64_t r = 0; r < M; ++r) {
-    float* xr = xo + r * H;
-    add_bias(o_bias, H, xr, "the o bias");
-    for (int64_t i = 0; i < H; ++i) xr[i] += xp[r * H + i];  // the residual: x' = x + o
-    rms_norm(xr, norm.data_ptr<float>(), eps, H, h.data() + r * H);
-  }
-  lmforge_panels::product(h.data(), M, H, gate_up_panels.data_ptr<float>(), 2 * inter,
-                          gu.data());
-  for (int64_t r = 0; r < M; ++r) {
-    float* g = gu.data() + r * 2 * inter;
-    add_bias(gate_up_bias, 2 * inter, g, "the gate/up bias");
-    for (int64_t i = 0; i < inter; ++i)  // silu(g) * u
-      m[r * inter + i] = g[i] / (1.f + std::exp(-g[i])) * g[inter + i];
-  }
-  lmforge_panels::product(m.data(), M, inter, down_panels.data_ptr<float>(), H, d.data());
-  for (int64_t r = 0; r < M; ++r) {
-    float* dr = d.data() + r * H;
-    add_bias(down_bias, H, dr, "the down bias");
-    for (int64_t i = 0; i < H; ++i) xo[r * H + i] += dr[i];
-  }
+  post_rows(x.data_ptr<float>(), attn.data_ptr<float>(), M, H, A, l, inter, out.data_ptr<float>());
   return out;
+}
+
+// Every layer of a decode step in one call: per layer, `decode_pre`, this step's k / v rows
+// written into their cache slots (as `PagedBatch.attend`'s index_copy_), the paged decode
+// attention over each row's blocks (kernels/paged_attention.cpp), `decode_post`. Layer l's
+// norms are norms[2l], norms[2l + 1] (eps likewise), its projections weights[4l + j] with
+// scales / biases at the same index (j: q/k/v, o, gate/up, down), its window windows[l]
+// (< 0: none). Every row is one sequence's next token.
+at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                         int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t inter,
+                         at::TensorList norms, at::ArrayRef<double> eps, at::TensorList weights,
+                         const c10::List<c10::optional<at::Tensor>>& scales,
+                         const c10::List<c10::optional<at::Tensor>>& biases,
+                         at::TensorList keys, at::TensorList values, const at::Tensor& slots,
+                         const at::Tensor& tables, const at::Tensor& lengths, int64_t block_size,
+                         double scale, at::IntArrayRef windows) {
+  check_x(x, "decode_layers");
+  const int64_t M = x.size(0), H = x.size(1), L = static_cast<int64_t>(keys.size());
+  const int64_t n = (heads + 2 * kv_heads) * head_dim, A = heads * head_dim;
+  TORCH_CHECK(L > 0 && static_cast<int64_t>(values.size()) == L &&
+                  static_cast<int64_t>(norms.size()) == 2 * L &&
+                  static_cast<int64_t>(eps.size()) == 2 * L &&
+                  static_cast<int64_t>(weights.size()) == 4 * L &&
+                  static_cast<int64_t>(scales.size()) == 4 * L &&
+                  static_cast<int64_t>(biases.size()) == 4 * L &&
+                  static_cast<int64_t>(windows.size()) == L,
+              "decode_layers: for ", L, " layers give 2 norms and eps, 4 weights, scales and "
+              "biases, one window each");
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "decode_layers: ", heads,
+              " query heads do not share ", kv_heads, " K/V heads evenly");
+  check_rope(cos, sin, M, heads + kv_heads, head_dim, n);
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.dim() == 1 && slots.size(0) == M &&
+                  slots.is_contiguous(),
+              "decode_layers: slots must be contiguous int64 [", M, "], got ", slots.sizes());
+  std::vector<Layer> layers(static_cast<size_t>(L));
+  for (int64_t i = 0; i < L; ++i) {
+    Layer& l = layers[static_cast<size_t>(i)];
+    const at::Tensor &k = keys[i], &v = values[i];
+    TORCH_CHECK(k.dim() == 3 && k.size(1) == kv_heads && k.size(2) == head_dim &&
+                    v.sizes() == k.sizes() && k.scalar_type() == at::kFloat &&
+                    v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous(),
+                "decode_layers: layer ", i, "'s keys and values must be contiguous fp32 [slots, ",
+                kv_heads, ", ", head_dim, "], got ", k.sizes(), " and ", v.sizes());
+    const auto at = [&](int64_t j) { return static_cast<size_t>(4 * i + j); };
+    check_row(norms[2 * i], H, "the norm's weight");
+    l.norm1 = norms[2 * i].data_ptr<float>();
+    l.eps1 = eps[2 * i];
+    l.qkv = check_weight(weights[at(0)], scales.get(at(0)), H, n, "the q/k/v weights");
+    l.qkv_bias = check_bias(biases.get(at(0)), n, "the q/k/v bias");
+    check_post(l, H, A, inter, norms[2 * i + 1], eps[2 * i + 1], weights[at(1)], scales.get(at(1)),
+               biases.get(at(1)), weights[at(2)], scales.get(at(2)), biases.get(at(2)),
+               weights[at(3)], scales.get(at(3)), biases.get(at(3)));
+  }
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  const int64_t capacity = keys[0].size(0), kv = kv_heads * head_dim;
+  for (int64_t r = 0; r < M; ++r)
+    TORCH_CHECK(sp[r] >= 0 && sp[r] < capacity, "decode_layers: slot ", sp[r], " of row ", r,
+                " is outside the cache's ", capacity, " slots");
+  at::Tensor cur = x, q = at::empty({M, heads, head_dim}, x.options());
+  std::vector<float> qkv(static_cast<size_t>(M * n));
+  for (int64_t i = 0; i < L; ++i) {
+    const Layer& l = layers[static_cast<size_t>(i)];
+    pre_rows(cur.data_ptr<float>(), M, H, l, n, cos.data_ptr<float>(), sin.data_ptr<float>(),
+             heads + kv_heads, head_dim, qkv.data());
+    float *kp = keys[i].data_ptr<float>(), *vp = values[i].data_ptr<float>();
+    float* qp = q.data_ptr<float>();
+    for (int64_t r = 0; r < M; ++r) {
+      const float* row = qkv.data() + r * n;
+      std::memcpy(qp + r * A, row, static_cast<size_t>(A) * sizeof(float));
+      std::memcpy(kp + sp[r] * kv, row + A, static_cast<size_t>(kv) * sizeof(float));
+      std::memcpy(vp + sp[r] * kv, row + A + kv, static_cast<size_t>(kv) * sizeof(float));
+    }
+    const at::Tensor attn = lmforge_attention::paged_decode(q, keys[i], values[i], tables, lengths,
+                                                            block_size, scale, windows[i]);
+    at::Tensor out = at::empty({M, H}, x.options());
+    post_rows(cur.data_ptr<float>(), attn.data_ptr<float>(), M, H, A, l, inter,
+              out.data_ptr<float>());
+    cur = out;
+  }
+  return cur;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lmforge_ext, m) {
   m.def(
-      "decode_pre(Tensor x, Tensor norm, float eps, Tensor panels, int n, Tensor? bias, "
-      "Tensor cos, Tensor sin, int rotated, int head_dim) -> Tensor");
+      "decode_pre(Tensor x, Tensor norm, float eps, Tensor weight, Tensor? scale, int n, "
+      "Tensor? bias, Tensor cos, Tensor sin, int rotated, int head_dim) -> Tensor");
   m.def(
-      "decode_post(Tensor x, Tensor attn, Tensor o_panels, Tensor? o_bias, Tensor norm, "
-      "float eps, Tensor gate_up_panels, Tensor? gate_up_bias, int inter, Tensor down_panels, "
+      "decode_post(Tensor x, Tensor attn, Tensor o_weight, Tensor? o_scale, Tensor? o_bias, "
+      "Tensor norm, float eps, Tensor gate_up_weight, Tensor? gate_up_scale, "
+      "Tensor? gate_up_bias, int inter, Tensor down_weight, Tensor? down_scale, "
       "Tensor? down_bias) -> Tensor");
+  m.def(
+      "decode_layers(Tensor x, Tensor cos, Tensor sin, int heads, int kv_heads, int head_dim, "
+      "int inter, Tensor[] norms, float[] eps, Tensor[] weights, Tensor?[] scales, "
+      "Tensor?[] biases, Tensor(a!)[] keys, Tensor(b!)[] values, Tensor slots, Tensor tables, "
+      "Tensor lengths, int block_size, float scale, int[] windows) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmforge_ext, CPU, m) {
   m.impl("decode_pre", &decode_pre);
   m.impl("decode_post", &decode_post);
+  m.impl("decode_layers", &decode_layers);
 }

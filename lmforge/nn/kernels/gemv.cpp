@@ -386,6 +386,11 @@ Parts check_parts(const at::Tensor& x, at::TensorList qs, at::TensorList ss,
   return p;
 }
 
+// Output rows per task: about 32 KB of weights (rows of `row_bytes`), a multiple of 4, ≥ 16.
+int64_t grain_rows(int64_t row_bytes) {
+  return std::max<int64_t>(16, (32768 / std::max<int64_t>(row_bytes, 1) + 3) / 4 * 4);
+}
+
 // y = [rows of part 0 | rows of part 1 | ...]; `rows(i, y_i, r0, r1)` computes rows
 // [r0, r1) of part i into its outputs y_i; output rows are split over torch's intra-op
 // threads, about `bytes_per_task` of weights per task.
@@ -394,8 +399,7 @@ at::Tensor each_part(const at::Tensor& x, const Parts& p, int64_t row_bytes, Row
   const int64_t N = p.start.back();
   at::Tensor y = at::empty({1, N}, x.options());
   float* yp = y.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(16, (32768 / std::max<int64_t>(row_bytes, 1) + 3) / 4 * 4);
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, grain_rows(row_bytes), [&](int64_t begin, int64_t end) {
     for (size_t i = 0; i < p.q.size(); ++i) {
       const int64_t lo = std::max(begin, p.start[i]), hi = std::min(end, p.start[i + 1]);
       if (lo >= hi) continue;
@@ -533,6 +537,17 @@ int64_t parallel_threads(int64_t n) {
 }
 
 }  // namespace
+
+namespace lmforge_gemv {
+// `int8_gemv` of one weight for lmforge's other C++ ops (declared where used): y [N] =
+// s ⊙ (q x), x fp32 [K], q int8 [N, K] row-major, s fp32 [N]; the same row loop and thread
+// split as the op, so each output equals the op's bit for bit.
+void int8_product(const float* x, const int8_t* q, const float* s, int64_t N, int64_t K,
+                  float* y) {
+  const RowsFn fn = pick(false);
+  at::parallel_for(0, N, grain_rows(K), [&](int64_t r0, int64_t r1) { fn(x, q, s, y, K, r0, r1); });
+}
+}  // namespace lmforge_gemv
 
 TORCH_LIBRARY_FRAGMENT(lmforge_ext, m) {
   m.def("parallel_threads(int n) -> int", &parallel_threads);

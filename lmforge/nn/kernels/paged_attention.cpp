@@ -437,6 +437,15 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
 
 }  // namespace
 
+namespace lmforge_attention {
+// The op for lmforge's other C++ ops (kernels/decode_layer.cpp's whole decode step).
+at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                        const at::Tensor& tables, const at::Tensor& lengths, int64_t block_size,
+                        double scale, int64_t window) {
+  return paged_decode_attention(q, keys, values, tables, lengths, block_size, scale, window);
+}
+}  // namespace lmforge_attention
+
 TORCH_LIBRARY_FRAGMENT(lmforge_ext, m) {
   m.def(
       "paged_decode_attention(Tensor q, Tensor keys, Tensor values, Tensor tables, "
