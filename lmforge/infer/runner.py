@@ -27,7 +27,8 @@ inference copies of the linear weights, built once from the model:
   norm, SwiGLU, residuals), and a pure decode step runs all layers, their K/V writes and
   paged attention included, as one op (`decode_layers`: 30m batch 1, 1 thread, fp32 104 →
   133 tok/s, int8 182 → 279; 5m fp32 400 → 594, int8 533 → 1,226; equal to the PyTorch path
-  within float rounding, no longer bit for bit);
+  within float rounding, no longer bit for bit); int8 layers with int8 panels (below) take
+  steps of up to 16 tokens too (30m int8, 16 requests: 344 → 602 tok/s);
 * RoPE cos/sin come from a table indexed by position (built by the model's own
   `RotaryEmbedding`, so the values are the ones ``forward`` would compute), q and k are
   rotated in one op, and attention reads/writes K/V token-major (`PagedBatch.attend`).
@@ -47,10 +48,14 @@ bias) use ``model.forward``; see `InferenceRunner.unsupported_reason`.
 one scheme are stacked into one quantised layer (`lmforge.nn.quant.concat_quantized`: rows
 with their own scales, so each output channel is computed exactly as by its own layer) and
 o/down/the LM head call the model's quantised module itself (no copy). Parts that cannot
-be stacked bit-exactly run one by one and are concatenated. Steps of several tokens equal
-``model.forward`` bit for bit; one-token steps of int8 layers go through the layer ops, whose
-products are ``Int8Linear``'s own one-row kernel (bit-equal) but whose norms and RoPE round
-differently (``LMFORGE_DECODE_LAYER=0`` keeps the bit-equal PyTorch path).
+be stacked bit-exactly run one by one and are concatenated. On AVX2 CPUs without AVX-512 an
+int8 layer's codes are also packed into int8 panels for products of several rows
+(`_ModuleProjection`: fp32 activations where ``Int8Linear.forward``'s several-row kernel
+rounds them to bf16 — close to ``model.forward``, not bit-equal; ``LMFORGE_PANEL_GEMM=0`` turns
+them off). Without them, steps of several tokens equal ``model.forward`` bit for bit;
+one-token steps of int8 layers go through the layer ops, whose products are
+``Int8Linear``'s own one-row kernel (bit-equal) but whose norms and RoPE round differently
+(``LMFORGE_DECODE_LAYER=0`` keeps the bit-equal PyTorch path).
 """
 
 from __future__ import annotations
@@ -83,7 +88,13 @@ from lmforge.nn.huge_pages import copy_to_huge_pages
 from lmforge.nn.int8_gemv import int8_gemv_available
 from lmforge.nn.mlp import SwiGLU
 from lmforge.nn.norm import RMSNorm
-from lmforge.nn.panel_gemm import pack_panels, panel_gemm, panel_gemm_preferred
+from lmforge.nn.panel_gemm import (
+    int8_panel_gemm,
+    pack_int8_panels,
+    pack_panels,
+    panel_gemm,
+    panel_gemm_preferred,
+)
 from lmforge.nn.quant import KERNEL_MAX_ROWS, Int4Linear, Int8Linear, concat_quantized
 from lmforge.nn.rope import rotate
 
@@ -151,14 +162,30 @@ class _ModuleProjection:
     the stored tensors change), others its ``forward`` (dequantised matmul) — or, for int8
     with ``int8_rows`` (engines with the compiled decode step), int8 × int8 through fbgemm
     (`lmforge.infer.int8_gemm.int8_rows` over `int8_packed`, the copy the compiled step's
-    multi-row products use too)."""
+    multi-row products use too). On AVX2 CPUs without AVX-512 (`panel_gemm_preferred`) an
+    fp32-scaled int8 layer keeps its codes packed into int8 panels as well
+    (`lmforge.nn.panel_gemm.int8_panel_gemm`, ``panels``: fp32 activations, the codes widened
+    in registers) and runs every row count through them: 30m shapes, 1 thread, all 32 layer
+    products 1.97 ms at one row (lmforge's row-major one-row op 2.10), 8.55 ms at 16 rows
+    (87 GFLOP/s; the fp32 panels 9.38) where torch's int8 kernel rounds the activations to
+    bf16 — so these products are not bit-equal to ``model.forward``'s, but closer to exact."""
 
-    __slots__ = ("module", "owned", "rows_kernel", "_int8_packed")
+    __slots__ = ("module", "owned", "rows_kernel", "_int8_packed", "panels")
 
     def __init__(self, module: Int8Linear | Int4Linear, owned: bool) -> None:
         self.module, self.owned = module, owned
         self.rows_kernel = module.rows_kernel()
         self._int8_packed = None
+        q, s = module.weight, getattr(module, "weight_scale", None)
+        self.panels = (
+            pack_int8_panels(q)
+            if type(module) is Int8Linear
+            and q.device.type == "cpu"
+            and s.dtype == torch.float32
+            and s.is_contiguous()
+            and panel_gemm_preferred()
+            else None
+        )
 
     def int8_packed(self):
         """fbgemm's packed copy of an int8 layer's codes and scales (built on first use, with
@@ -173,14 +200,19 @@ class _ModuleProjection:
         if int8_rows and x.shape[0] > 1 and self.int8_packed() is not None:
             y = int8_rows_product(x, self._int8_packed)
             return y if self.module.bias is None else y + self.module.bias.to(y.dtype)
+        if self.panels is not None and x.dtype == torch.float32 and x.shape[0] > 1:
+            m = self.module  # (one row: the row-major op below is faster from huge pages)
+            y = int8_panel_gemm(x, self.panels, m.weight_scale, m.out_features)
+            return y if m.bias is None else y + m.bias.to(y.dtype)
         if self.rows_kernel is not None and 0 < x.shape[0] <= KERNEL_MAX_ROWS:
             return self.rows_kernel(x)
         return self.module.forward(x)
 
     def owned_tensors(self) -> tuple[torch.Tensor, ...]:
+        panels = () if self.panels is None else (self.panels,)
         if not self.owned:
-            return ()
-        return (*self.module.buffers(), *self.module.parameters())
+            return panels
+        return (*self.module.buffers(), *self.module.parameters(), *panels)
 
 
 class _ConcatProjection:
@@ -232,21 +264,23 @@ def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) 
     return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
 
 
-def _op_weight(projection) -> tuple[Weight, torch.Tensor | None] | None:
-    """(`lmforge.nn.decode_layer.Weight`, bias) of a projection the layer ops can take: fp32
-    panels, or a CPU `Int8Linear` with fp32 scales (and bias) whose one-row op builds (read
-    at each call, so in-place edits of its tensors count); None otherwise."""
+def _op_weight(projection, rows: int) -> tuple[Weight, torch.Tensor | None] | None:
+    """(`lmforge.nn.decode_layer.Weight`, bias) of a projection the layer ops can take for
+    steps of ``rows`` tokens: fp32 panels; a CPU `Int8Linear` with fp32 scales (and bias):
+    its codes for one row where the one-row op builds, else its int8 panels (the scales, bias
+    and codes read at each call, so in-place edits count); None otherwise."""
     if type(projection) is _DenseProjection:
         return None if projection.panels is None else (projection.panels, projection.bias)
     m = projection.module if type(projection) is _ModuleProjection else None
-    if type(m) is not Int8Linear or not int8_gemv_available():
+    if type(m) is not Int8Linear:
         return None
     q, s, b = m.weight, m.weight_scale, m.bias
-    if q.device.type != "cpu" or not (q.is_contiguous() and s.is_contiguous()):
+    if b is not None and b.dtype != torch.float32:
         return None
-    if s.dtype != torch.float32 or (b is not None and b.dtype != torch.float32):
-        return None
-    return (q, s), b
+    codes = q.device.type == "cpu" and q.is_contiguous() and s.is_contiguous()
+    if rows == 1 and codes and s.dtype == torch.float32 and int8_gemv_available():
+        return (q, s), b
+    return None if projection.panels is None else ((projection.panels, s), b)
 
 
 def _projections(layer: DecoderLayer) -> tuple[nn.Module, ...]:
@@ -276,8 +310,10 @@ class InferenceRunner:
         self.layers: list[_LayerWeights] = []
         self.head: _DenseProjection | _ModuleProjection | None = None
         self.layer_ops = 0  # steps of at most this many tokens run `lmforge.nn.decode_layer`
-        self._op_weights: list[tuple] = []  # per layer: (Weight, bias) of q/k/v, o, gate/up, down
-        self._stack: StackWeights | None = None  # all of them, for `decode_layers`
+        # [one-token steps, steps of several tokens]: per layer (Weight, bias) of q/k/v, o,
+        # gate/up, down, and all of them for `decode_layers` (see `_layer_ops_apply`)
+        self._op_weights: list[list[tuple]] = [[], []]
+        self._stacks: list[StackWeights | None] = [None, None]
 
     @property
     def model(self) -> CausalLM:
@@ -376,7 +412,7 @@ class InferenceRunner:
         in-place updates that do not bump version counters (torch's fused CPU AdamW,
         ``p.data.copy_(...)``); every new `Engine` calls it."""
         self.layers, self.head, self._watched = [], None, None
-        self.layer_ops, self._op_weights, self._stack = 0, [], None
+        self.layer_ops, self._op_weights, self._stacks = 0, [[], []], [None, None]
 
     def sync(self) -> bool:
         """Rebuild the copies if any source layer or parameter changed since they were made
@@ -397,35 +433,44 @@ class InferenceRunner:
 
     def _layer_ops_apply(self) -> int:
         """The most tokens a step may have to run each layer as `lmforge.nn.decode_layer`'s two
-        ops around the attention (0: never; the op weights of every layer are kept in
-        ``_op_weights``). Needs fp32 norms, no q/k norms (Qwen3), the ops built, and every
-        projection either with panels (fp32 on an AVX2 CPU: steps of ≤ `LAYER_OPS_MAX_TOKENS`
-        tokens; the 8-layer runner at hidden size 64, all overhead: 2.55 → 1.31 ms per step;
-        30m batch 1: 108–114 → 125–131 tok/s) or weight-only int8 (one-token steps: the op
-        streams the codes once per row)."""
-        self._op_weights, self._stack = [], None
+        ops around the attention (0: never). Needs fp32 norms, no q/k norms (Qwen3), the ops
+        built, and every projection either with panels (fp32 on an AVX2 CPU: steps of ≤
+        `LAYER_OPS_MAX_TOKENS` tokens; the 8-layer runner at hidden size 64, all overhead: 2.55
+        → 1.31 ms per step; 30m batch 1: 108–114 → 125–131 tok/s) or weight-only int8: its
+        int8 panels for steps of several tokens, its codes for one-token steps (lmforge's
+        row-major one-row op: 1.74 ms for the 30m layers' 32 products from huge pages, the
+        panels 1.85), or the codes alone (one-token steps: the op streams them once per row).
+        The op weights of every layer are kept in ``_op_weights`` and ``_stacks``, one set
+        for one-token steps and one for several."""
+        self._op_weights, self._stacks = [[], []], [None, None]
         if not decode_layer_available():
             return 0
-        tokens = LAYER_OPS_MAX_TOKENS
         for layer, w in zip(self.model.model.layers, self.layers):
-            ops = [_op_weight(p) for p in (w.qkv, w.o, w.gate_up, w.down)]
+            projections = (w.qkv, w.o, w.gate_up, w.down)
+            one = [_op_weight(p, rows=1) for p in projections]
+            several = [_op_weight(p, rows=2) for p in projections]
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
             if (
-                any(op is None for op in ops)
+                any(op is None for op in one)
                 or layer.self_attn.q_norm is not None
                 or any(n.weight.dtype != torch.float32 for n in norms)
             ):
-                self._op_weights = []
+                self._op_weights = [[], []]
                 return 0
-            if any(not isinstance(op[0], torch.Tensor) for op in ops):
-                tokens = 1  # int8 codes
-            self._op_weights.append(tuple(ops))
-        self._stack = StackWeights.of([
-            (a.weight, a.eps, b.weight, b.eps, layer.self_attn.window, ops)
-            for layer, ops in zip(self.model.model.layers, self._op_weights)
-            for a, b in [(layer.input_layernorm, layer.post_attention_layernorm)]
-        ])  # fmt: skip
-        return tokens if self.layers else 0
+            self._op_weights[0].append(tuple(one))
+            self._op_weights[1].append(None if None in several else tuple(several))
+        if not self.layers:
+            return 0
+        if None in self._op_weights[1]:  # int8 codes without panels: one-token steps only
+            self._op_weights[1] = []
+        for i, per_layer in enumerate(self._op_weights):
+            if per_layer:
+                self._stacks[i] = StackWeights.of([
+                    (a.weight, a.eps, b.weight, b.eps, layer.self_attn.window, ops)
+                    for layer, ops in zip(self.model.model.layers, per_layer)
+                    for a, b in [(layer.input_layernorm, layer.post_attention_layernorm)]
+                ])  # fmt: skip
+        return LAYER_OPS_MAX_TOKENS if self._op_weights[1] else 1
 
     def _ops_layer(self, i: int, layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor,
                    sin: torch.Tensor, batch) -> torch.Tensor:  # fmt: skip
@@ -434,7 +479,7 @@ class InferenceRunner:
         the fused rest."""
         h, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
-        (qkv_w, qkv_b), o, gate_up, down = self._op_weights[i]
+        (qkv_w, qkv_b), o, gate_up, down = self._op_weights[x.shape[0] > 1][i]
         qkv = decode_pre(x, n1.weight, n1.eps, qkv_w, (h + 2 * hkv) * d, qkv_b, cos, sin,
                          h + hkv, d).view(-1, h + 2 * hkv, d)  # fmt: skip
         out = batch.attend(i, qkv[:, :h], qkv[:, h : h + hkv], qkv[:, h + hkv :],
@@ -449,7 +494,8 @@ class InferenceRunner:
         30m, 1 thread, all 33 products of a token: one row 6.6 → 5.5 ms, 2 rows 8.5 → 6.9,
         16 rows 13.5 → 12.8. (Transiently both copies exist.)"""
         projections = [self.head] + [p for w in self.layers for p in vars(w).values()]
-        dense = [p for p in projections if type(p) is _DenseProjection and p.panels is not None]
+        kinds = (_DenseProjection, _ModuleProjection)  # fp32 and int8 panels
+        dense = [p for p in projections if type(p) in kinds and p.panels is not None]
         copies = copy_to_huge_pages([p.panels for p in dense])
         for proj, copy in zip(dense, copies or ()):
             proj.panels = copy
@@ -512,8 +558,9 @@ class InferenceRunner:
         inplace = batch.inplace_decode() if ops else None
         if inplace is not None:  # a decode step: every layer in one call
             shape = (h, hkv, d, inter)
-            x = decode_layers(x, cos[:, 0], sin[:, 0], shape, self._stack, batch.cache.keys,
-                              batch.cache.values, *inplace, batch.cache.block_size)  # fmt: skip
+            x = decode_layers(x, cos[:, 0], sin[:, 0], shape, self._stacks[n > 1],
+                              batch.cache.keys, batch.cache.values, *inplace,
+                              batch.cache.block_size)  # fmt: skip
         for i, (layer, w) in enumerate(zip(lm.layers, self.layers)):
             if inplace is not None:
                 break

@@ -25,9 +25,11 @@ paged cache, `lmforge.infer.paged_attention`'s kernel over each row's blocks, ``
 
 Each weight ``W`` is given as a `Weight`: the runner's fp32 panel copy (a tensor from
 `lmforge.nn.panel_gemm.pack_panels`: lmforge's panel product) or, for weight-only int8
-(`lmforge.nn.quant.Int8Linear`), the pair (codes ``q [n, K]`` int8, scales ``s [n]`` fp32):
-``y = s ⊙ (q x)`` by the one-row loop of `lmforge.nn.int8_gemv` — each row's products equal
-that op's bit for bit, and the codes are streamed once per row (so int8 suits one-token steps).
+(`lmforge.nn.quant.Int8Linear`), a pair (int8 weight, scales ``s [n]`` fp32) computing
+``y = s ⊙ (q x)``: the int8 panels ``[⌈n/16⌉, K, 16]`` of `pack_int8_panels` (the panel
+product with the codes widened in registers: any number of rows), or the codes ``q [n, K]``
+themselves, by the one-row loop of `lmforge.nn.int8_gemv` — each row's products equal that
+op's bit for bit, the codes streamed once per row (so those suit one-token steps).
 
 Numerics: fp32 throughout except the RMSNorm's mean of squares, summed in double; equal to the
 runner's PyTorch path within float rounding (not bit for bit: the norm and RoPE round
@@ -56,7 +58,8 @@ __all__ = [
     "decode_pre",
 ]
 
-# fp32 panels ``[⌈n/16⌉, K, 16]``, or int8 codes ``[n, K]`` with fp32 scales ``[n]``
+# fp32 panels ``[⌈n/16⌉, K, 16]``, or int8 panels ``[⌈n/16⌉, K, 16]`` / codes ``[n, K]``
+# with fp32 scales ``[n]``
 Weight = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 

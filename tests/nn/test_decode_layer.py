@@ -100,7 +100,7 @@ def test_bad_inputs_are_named():
         dl.decode_pre(x, w, 1e-6, (q[:, :30].contiguous(), s), 64, None, cos, sin, 4, 8)
     with pytest.raises(RuntimeError, match=r"the int8 scales must be .*64 values"):
         dl.decode_pre(x, w, 1e-6, (q, s[:63]), 64, None, cos, sin, 4, 8)
-    with pytest.raises(RuntimeError, match="are int8 codes: give their scales"):
+    with pytest.raises(RuntimeError, match="are int8: give their scales"):
         torch.ops.lmforge_ext.decode_pre(x, w, 1e-6, q, None, 64, None, cos, sin, 4, 8)
     with pytest.raises(RuntimeError, match="are fp32 panels, which take no scales"):
         torch.ops.lmforge_ext.decode_pre(x, w, 1e-6, panels, s, 64, None, cos, sin, 4, 8)
@@ -168,17 +168,25 @@ def test_runner_decode_steps_use_the_ops(monkeypatch, overrides, greedy_by_forwa
         assert calls == [("pre", (3, 64))] * layers + [("stack", (1, 64))] * 11
 
 
-def test_int8_models_run_their_one_token_steps_through_the_ops(monkeypatch, greedy_by_forward):
-    """A weight-only int8 model (biases too): one-token steps go through the ops with the
-    layers' own codes and scales (no copy), steps of two tokens keep the PyTorch path (the op
-    would stream the codes once per row); the greedy tokens are those of ``model.forward``."""
+@pytest.mark.parametrize("panels", [False, True], ids=["codes", "int8-panels"])
+def test_int8_models_run_their_decode_steps_through_the_ops(monkeypatch, greedy_by_forward,
+                                                            panels):  # fmt: skip
+    """A weight-only int8 model (biases too), greedy tokens those of ``model.forward``.
+    Without panels: one-token steps go through the ops with the layers' own codes and scales
+    (no copy), two-token steps keep the PyTorch path (the op would stream the codes once per
+    row). With int8 panels (AVX2 CPUs): every decode step of ≤ 16 tokens goes through the ops
+    with the panels and the layers' own scales, one-token steps with the codes."""
     import lmforge.infer.runner as runner_module
     from lmforge.infer.engine import Engine
     from lmforge.infer.params import SamplingParams
     from lmforge.models.presets import preset_config
     from lmforge.models.quantize import quantize_model
     from lmforge.models.transformer import CausalLM
+    from lmforge.nn.panel_gemm import pack_int8_panels, panel_gemm_preferred
 
+    monkeypatch.setenv("LMFORGE_PANEL_GEMM", "1" if panels else "0")
+    if panels and not panel_gemm_preferred():
+        pytest.skip("no AVX2 + FMA: no int8 panels")
     calls = spy_ops(monkeypatch, runner_module)
     torch.manual_seed(1)
     model = CausalLM(preset_config("tiny", vocab_size=64, qkv_bias=True, mlp_bias=True)).eval()
@@ -192,14 +200,21 @@ def test_int8_models_run_their_one_token_steps_through_the_ops(monkeypatch, gree
     prompts = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8]]
     got = [o.token_ids for o in engine.generate(prompts, params)]
     assert got == [greedy_by_forward(model, p, 10) for p in prompts]
-    assert engine.runner.layer_ops == 1 and calls == []  # two-token steps: PyTorch
-    got = engine.generate(prompts[:1], params)[0].token_ids
+    qkv = engine.runner.layers[0].qkv
+    one, several = engine.runner._stacks
+    if panels:  # both prefills (12 tokens) layer by layer, then 9 two-token decode steps
+        assert engine.runner.layer_ops == runner_module.LAYER_OPS_MAX_TOKENS
+        assert calls == [("pre", (12, 64))] * len(model.model.layers) + [("stack", (2, 64))] * 9
+        assert torch.equal(several.weights[0], pack_int8_panels(qkv.module.weight))
+        assert several.scales[0] is qkv.module.weight_scale  # the stacked layer's own scales
+        calls.clear()
+    else:
+        assert engine.runner.layer_ops == 1 and calls == []  # two-token steps: PyTorch
+        assert several is None
+    got = engine.generate(prompts[:1], params)[0].token_ids  # one-token steps: the codes
     assert got == greedy_by_forward(model, prompts[0], 10)
-    assert calls == [("stack", (1, 64))] * 9
-    stack = engine.runner._stack  # the stacked q/k/v layer's own tensors, no copies
-    assert stack.weights[0] is engine.runner.layers[0].qkv.module.weight
-    assert stack.scales[0] is engine.runner.layers[0].qkv.module.weight_scale
-    assert stack.weights[0].dtype == torch.int8
+    assert calls[-9:] == [("stack", (1, 64))] * 9
+    assert one.weights[0] is qkv.module.weight and one.scales[0] is qkv.module.weight_scale
 
 
 @pytest.mark.parametrize("kind", ["fp32", "int8"])

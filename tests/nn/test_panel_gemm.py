@@ -4,7 +4,8 @@ panels and the rest; rows not a multiple of the 6-row tile or the 72-row chunk, 
 multiple of 16, K = 1), through the AVX2 and the
 portable loops, on 1 and 2 threads; bad inputs named; the engine's runner and its decode step
 use it for several rows when it is preferred (forced here), with the tokens of the model's
-own forward."""
+own forward. Int8 panels (weight-only int8: ``y = s ⊙ (x qᵀ)``) the same way: layout, products
+on the same shapes, bad inputs, and the runner's int8 projections through them."""
 
 import pytest
 import torch
@@ -52,6 +53,49 @@ def test_equals_the_matrix_product(threads, portable):
             torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-4)
     finally:
         torch.set_num_threads(before)
+
+
+def test_pack_int8_panels_layout():
+    q = (torch.arange(37 * 5) % 251 - 125).to(torch.int8).reshape(37, 5)
+    p = pg.pack_int8_panels(q)
+    assert p.shape == (3, 5, 16) and p.dtype == torch.int8 and p.is_contiguous()
+    assert torch.equal(p.view(-1, 16)[:5], q[:16].t())  # panel 0: columns are the rows of q
+    assert torch.equal(p[2, :, 5:], torch.zeros(5, 11, dtype=torch.int8))  # padding
+    with pytest.raises(ValueError, match="2-D int8"):
+        pg.pack_int8_panels(q.float())
+
+
+@needs_op
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("portable", [False, True], ids=["best", "portable"])
+def test_int8_panels_equal_the_scaled_product(threads, portable):
+    from lmforge.nn.quant import quantize_int8_per_channel
+
+    g = torch.Generator().manual_seed(3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for m, n, k in SHAPES:
+            q, s = quantize_int8_per_channel(torch.randn(n, k, generator=g))
+            x = torch.randn(m, k, generator=g)
+            y = pg.int8_panel_gemm(x, pg.pack_int8_panels(q), s, n, portable=portable)
+            assert y.shape == (m, n) and y.dtype == torch.float32
+            want = ((x.double() @ q.double().t()) * s.double()).float()
+            torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_op
+def test_int8_panels_name_bad_inputs():
+    q = torch.randint(-127, 128, (20, 8), dtype=torch.int8)
+    p, s = pg.pack_int8_panels(q), torch.rand(20)
+    with pytest.raises(RuntimeError, match=r"scales must be contiguous fp32 \[20\]"):
+        pg.int8_panel_gemm(torch.randn(3, 8), p, s[:19], 20)
+    with pytest.raises(RuntimeError, match=r"panels must be contiguous int8 \[P, K, 16\]"):
+        pg.int8_panel_gemm(torch.randn(3, 8), pg.pack_panels(q.float()), s, 20)
+    with pytest.raises(RuntimeError, match="x has 7 columns, the panels 8"):
+        pg.int8_panel_gemm(torch.randn(3, 7), p, s, 20)
 
 
 @needs_op

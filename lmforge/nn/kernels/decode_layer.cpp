@@ -23,6 +23,8 @@
 
 namespace lmforge_panels {
 void product(const float* x, int64_t M, int64_t K, const float* panels, int64_t n, float* y);
+void int8_product(const float* x, int64_t M, int64_t K, const int8_t* panels,
+                  const float* scales, int64_t n, float* y);
 }
 namespace lmforge_attention {
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
@@ -64,9 +66,11 @@ void check_panels(const at::Tensor& p, int64_t k, int64_t n, const char* name) {
               ", ", k, ", 16] of a [", n, ", ", k, "] weight, got ", p.sizes());
 }
 
-// A projection's weight W [n, K]: its panels, or int8 codes with one scale per output.
+// A projection's weight W [n, K]: its fp32 panels, int8 panels with one scale per output, or
+// int8 codes [n, K] with one scale per output.
 struct Weight {
   const float* panels = nullptr;
+  const int8_t* int8_panels = nullptr;
   const int8_t* codes = nullptr;
   const float* scales = nullptr;
 };
@@ -81,14 +85,23 @@ Weight check_weight(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
     out.panels = w.data_ptr<float>();
     return out;
   }
+  TORCH_CHECK(scale.has_value(), "decode layer op: ", name, " are int8: give their scales");
+  check_row(*scale, n, "the int8 scales");
+  out.scales = scale->data_ptr<float>();
+  if (w.dim() == 3) {  // int8 panels [ceil(n / 16), k, 16]
+    TORCH_CHECK(w.size(2) == NR && w.size(1) == k && w.size(0) == (n + NR - 1) / NR &&
+                    w.device().is_cpu() && w.is_contiguous(),
+                "decode layer op: ", name, " must be the contiguous int8 panels [",
+                (n + NR - 1) / NR, ", ", k, ", 16] of a [", n, ", ", k, "] weight, got ",
+                w.sizes());
+    out.int8_panels = w.data_ptr<int8_t>();
+    return out;
+  }
   TORCH_CHECK(w.dim() == 2 && w.size(0) == n && w.size(1) == k && w.device().is_cpu() &&
                   w.is_contiguous(),
               "decode layer op: ", name, " must be contiguous int8 codes [", n, ", ", k,
               "], got ", w.sizes());
-  TORCH_CHECK(scale.has_value(), "decode layer op: ", name, " are int8 codes: give their scales");
-  check_row(*scale, n, "the int8 scales");
   out.codes = w.data_ptr<int8_t>();
-  out.scales = scale->data_ptr<float>();
   return out;
 }
 
@@ -96,6 +109,10 @@ Weight check_weight(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
 void product(const float* x, int64_t M, int64_t K, const Weight& w, int64_t n, float* y) {
   if (w.panels != nullptr) {
     lmforge_panels::product(x, M, K, w.panels, n, y);
+    return;
+  }
+  if (w.int8_panels != nullptr) {
+    lmforge_panels::int8_product(x, M, K, w.int8_panels, w.scales, n, y);
     return;
   }
   for (int64_t r = 0; r < M; ++r)  // one row at a time: the codes streamed M times
