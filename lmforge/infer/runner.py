@@ -165,10 +165,11 @@ class _ModuleProjection:
     multi-row products use too). On AVX2 CPUs without AVX-512 (`panel_gemm_preferred`) an
     fp32-scaled int8 layer keeps its codes packed into int8 panels as well
     (`lmforge.nn.panel_gemm.int8_panel_gemm`, ``panels``: fp32 activations, the codes widened
-    in registers) and runs every row count through them: 30m shapes, 1 thread, all 32 layer
-    products 1.97 ms at one row (lmforge's row-major one-row op 2.10), 8.55 ms at 16 rows
-    (87 GFLOP/s; the fp32 panels 9.38) where torch's int8 kernel rounds the activations to
-    bf16 — so these products are not bit-equal to ``model.forward``'s, but closer to exact."""
+    in registers) and runs products of several rows through them (decode steps, prefill):
+    30m shapes, 1 thread, all 32 layer products 8.55 ms at 16 rows (87 GFLOP/s; the fp32
+    panels 9.38), where torch's int8 kernel rounds the activations to bf16 — so these
+    products are not bit-equal to ``model.forward``'s, but closer to exact. One row keeps the
+    row-major kernel (from huge pages 1.74 ms against the panels' 1.85)."""
 
     __slots__ = ("module", "owned", "rows_kernel", "_int8_packed", "panels")
 
