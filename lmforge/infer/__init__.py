@@ -16,7 +16,7 @@ speculative decoding and grammar-constrained output.
 | ``runner`` | the engine's fused-weight forward pass over a paged batch |
 | ``packed_gemm`` | linear layers with the weight pre-packed once for oneDNN (CPU GEMMs of a few rows without per-call re-packing) |
 | ``int8_gemm`` | int8 × int8 linear layers (fbgemm, activations quantised per row on the fly) for multi-row CPU decode steps |
-| ``paged_attention`` | decode attention reading the paged KV cache in place (a C++ op, `lmforge.nn.cpp_ops`): the engine's decode rows, eager and compiled |
+| ``paged_attention`` | decode attention reading the paged KV cache in place (a C++ op, `lmforge.nn.cpp_ops`; fp32, fp16 or bf16 K/V): the engine's decode rows, eager and compiled |
 | ``decode_step`` | the engine's decode step as one function, `torch.compile`-d per shape bucket; paged attention reading the cache in place |
 | ``multimodal`` | images in the engine: vision features once per request, M-RoPE positions, prefix keys with image hashes |
 | ``sampling`` | logits processors (temperature, top-k, top-p, min-p, penalties) and the draw |

@@ -25,7 +25,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from lmforge.infer.paged_attention import paged_attention_supported, paged_decode_attention
+from lmforge.infer.paged_attention import (
+    paged_attention_supported,
+    paged_decode_attention,
+    paged_kv_supported,
+)
 
 BlockKey = tuple  # (parent hash, token ids) or (parent hash, token ids, image hashes)
 
@@ -121,7 +125,8 @@ class BlockAllocator:
 
 class PagedKVCache:
     """K/V storage for all layers: ``keys[l]``/``values[l]`` are ``[num_slots, H_kv, D]``
-    with ``num_slots = num_blocks * block_size``. Memory is allocated lazily by the OS
+    with ``num_slots = num_blocks * block_size``, of ``dtype`` (may differ from the model's:
+    `PagedBatch.attend` rounds K/V to it when writing and widens them when reading). Memory is allocated lazily by the OS
     (``torch.empty``), so an oversized pool costs address space, not RAM, until used.
 
     ``key_only``: there are no value blocks (``values`` is empty) and every slot's value is
@@ -274,16 +279,17 @@ class PagedBatch:
             ]
         return self._group_inputs[g]
 
-    def _decode_mask(self, g: int, window: int | None) -> torch.Tensor:
-        """``[n, 1, 1, T]`` additive mask of decode group ``g``: key slot j of row s is
-        visible iff j ≤ position_s (and within the sliding window); built once per step."""
+    def _decode_mask(self, g: int, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """``[n, 1, 1, T]`` additive mask (``dtype``: the queries') of decode group ``g``: key
+        slot j of row s is visible iff j ≤ position_s (and within the sliding window); built
+        once per step."""
         if (g, window) not in self._masks:
             blocks, positions = self._group_tensors(g)
             j = torch.arange(blocks.shape[1] * self.cache.block_size, device=blocks.device)
             visible = j[None, :] <= positions[:, None]
             if window is not None:
                 visible &= positions[:, None] - j[None, :] < window
-            bias = torch.zeros(visible.shape, dtype=self.cache.dtype, device=blocks.device)
+            bias = torch.zeros(visible.shape, dtype=dtype, device=blocks.device)
             self._masks[g, window] = bias.masked_fill_(~visible, float("-inf"))[:, None, None]
         return self._masks[g, window]
 
@@ -326,15 +332,15 @@ class PagedBatch:
         ``key_only`` cache stores ``k`` alone: ``v`` must then be the same tensor (MLA's
         latent), checked by storage address."""
         cache = self.cache
-        cache.keys[layer_idx].index_copy_(0, self.slot_mapping, k)
-        if cache.key_only:
-            if v.data_ptr() != k.data_ptr() or v.shape != k.shape:
-                raise ValueError(
-                    "a key_only PagedKVCache stores no values: attend(k, v) needs v to be k "
-                    "(MLA's cached latent is its own value)"
-                )
-        else:
-            cache.values[layer_idx].index_copy_(0, self.slot_mapping, v)
+        if cache.key_only and (v.data_ptr() != k.data_ptr() or v.shape != k.shape):
+            raise ValueError(
+                "a key_only PagedKVCache stores no values: attend(k, v) needs v to be k "
+                "(MLA's cached latent is its own value)"
+            )
+        # a cache of another dtype (fp16 K/V beside fp32 activations) stores them rounded
+        cache.keys[layer_idx].index_copy_(0, self.slot_mapping, k.to(cache.dtype))
+        if not cache.key_only:
+            cache.values[layer_idx].index_copy_(0, self.slot_mapping, v.to(cache.dtype))
         gqa = q.shape[1] != k.shape[1]
         parts = []
         if self.num_decode and paged_attention_supported(q, cache.keys[layer_idx]):
@@ -349,6 +355,7 @@ class PagedBatch:
                 kc, vc = k[rows], v[rows]
             else:
                 kc, vc = cache.gather(layer_idx, chunk.slots)
+                kc, vc = kc.to(q.dtype), vc.to(q.dtype)
             kc, vc = kc.transpose(0, 1)[None], vc.transpose(0, 1)[None]
             mask = self._prefill_mask(chunk, window)
             if mask is None:
@@ -379,8 +386,8 @@ class PagedBatch:
         n = self.slot_mapping.shape[0]
         if self.prefills or self.num_decode != n or n == 0 or cache.key_only:
             return None
-        if not paged_attention_supported(cache.keys[0], cache.keys[0]):  # (a CPU fp32 cache;
-            return None  # the caller's queries are fp32 too)
+        if not paged_kv_supported(cache.keys[0]):  # (the caller's queries are fp32)
+            return None
         return (self.slot_mapping.to(torch.int64).contiguous(), *self._inplace_tensors())
 
     def _attend_decode_inplace(
@@ -402,13 +409,14 @@ class PagedBatch:
         blocks, positions = self._group_tensors(g)
         n = q.shape[0]
         kk, vv = cache.gather_blocks(layer_idx, blocks.flatten())
+        kk, vv = kk.to(q.dtype), vv.to(q.dtype)
         kk = kk.view(n, -1, *kk.shape[1:]).transpose(1, 2)  # [n, H_kv, T, D]
         vv = vv.view(n, -1, *vv.shape[1:]).transpose(1, 2)
         if n == 1 and max_len:  # one sequence: its exact context, no mask needed
             lo = 0 if window is None else max(0, max_len - window)
             kk, vv, mask = kk[:, :, lo:max_len], vv[:, :, lo:max_len], None
         else:
-            mask = self._decode_mask(g, window)
+            mask = self._decode_mask(g, window, q.dtype)
         out = F.scaled_dot_product_attention(
             q[:, :, None], kk, vv, attn_mask=mask, enable_gqa=q.shape[1] != kk.shape[1]
         )

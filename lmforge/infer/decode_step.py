@@ -441,6 +441,8 @@ class CompiledDecode:
         model = runner.model
         if cache.key_only or getattr(cache, "spare_blocks", 0) < 1:
             return "the KV cache has no spare block for padding rows"
+        if cache.dtype != next(model.parameters()).dtype:
+            return "the KV cache's dtype is not the model's"
         for i, layer in enumerate(model.model.layers):
             if layer.self_attn.q_norm is not None:
                 return f"layer {i} has per-head q/k norms"

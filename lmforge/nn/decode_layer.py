@@ -20,7 +20,8 @@ step with one token per sequence):
 
 `decode_layers` runs every layer of a pure decode step (each row one sequence's next token,
 no prefill chunk) in one call: per layer ``decode_pre``, the step's k/v rows written into the
-paged cache, `lmforge.infer.paged_attention`'s kernel over each row's blocks, ``decode_post``
+paged cache (rounded as ``Tensor.to`` rounds them where the cache is fp16 or bf16),
+`lmforge.infer.paged_attention`'s kernel over each row's blocks, ``decode_post``
 — the engine's runner passes the layers' weights once flattened (`StackWeights`).
 
 Each weight ``W`` is given as a `Weight`: the runner's fp32 panel copy (a tensor from

@@ -1,5 +1,6 @@
 """`Engine`: greedy parity with a contiguous-cache decode and with `transformers`, prefix
-caching, preemption, chunked prefill, seeds, penalties, logprobs, stops, streaming, abort."""
+caching, preemption, chunked prefill, half-precision KV caches, seeds, penalties, logprobs,
+stops, streaming, abort."""
 
 from __future__ import annotations
 
@@ -83,6 +84,35 @@ def test_sliding_window_matches_hf(hf_model_factory, tmp_path):
     for p, o in zip(prompts(), outs):
         hf_out = hf.generate(torch.tensor([p]), do_sample=False, max_new_tokens=NEW)
         assert o.token_ids == hf_out[0, len(p) :].tolist()
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float16])
+def test_half_precision_kv_cache(pair, reference, kv_dtype, monkeypatch):
+    """``kv_cache_dtype``: a half-size cache beside the fp32 model (K/V rounded when written,
+    widened when read) gives the fp32 cache's greedy tokens (this model's margins are above
+    fp16's rounding; bf16's 8-bit mantissa flips one of its 60 tokens, so bf16 is checked
+    at the attention's level, tests/infer/test_paged_attention.py) through every attention
+    path — decode steps in place (the C++ op, the whole-step op), chunked prefill over
+    cached context, and the gather + SDPA path without the op; the compiled step, which
+    needs the model's dtype, is not used."""
+    from lmforge.infer import cache as cache_module
+
+    _, ours = pair
+    for kwargs in (dict(), dict(block_size=4, max_num_batched_tokens=7)):
+        engine = Engine(ours, kv_cache_dtype=kv_dtype, **kwargs)
+        assert engine.cache.dtype == kv_dtype
+        assert token_ids(engine.generate(prompts(), GREEDY)) == reference
+    fp32, half = Engine(ours, num_blocks=8), Engine(ours, num_blocks=8, kv_cache_dtype=kv_dtype)
+    assert half.cache.nbytes * 2 == fp32.cache.nbytes
+    compiled = Engine(ours, kv_cache_dtype=kv_dtype, compile_decode="eager")
+    assert token_ids(compiled.generate(prompts(), GREEDY)) == reference
+    assert compiled.compiled is None
+    with pytest.raises(ValueError, match="kv_cache_dtype=torch.int8 must be a floating"):
+        Engine(ours, kv_cache_dtype=torch.int8)
+    monkeypatch.setattr(cache_module, "paged_attention_supported", lambda *a: False)
+    monkeypatch.setattr(cache_module, "paged_kv_supported", lambda *a: False)
+    engine = Engine(ours, block_size=4, kv_cache_dtype=kv_dtype)
+    assert token_ids(engine.generate(prompts(), GREEDY)) == reference
 
 
 def test_prefix_cache_hits_give_identical_outputs(pair):

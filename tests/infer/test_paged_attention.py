@@ -1,5 +1,7 @@
 """The C++ paged decode attention (`lmforge.infer.paged_attention`) against per-row SDPA over
-each row's gathered context, and `PagedBatch` with the op against its gather + SDPA path."""
+each row's gathered context — fp32 K/V, and fp16 / bf16 caches against the same SDPA over
+their values widened to fp32 — and `PagedBatch` with the op against its gather + SDPA path
+(with a half-precision cache too)."""
 
 from __future__ import annotations
 
@@ -61,6 +63,33 @@ def test_op_matches_per_row_sdpa(window, threads, d):
 
 
 @needs_op
+@pytest.mark.parametrize("kv_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("d", [20, 64, 128])
+def test_op_reads_half_precision_caches(kv_dtype, threads, d):
+    """fp16 / bf16 K/V (each kernel: the portable loop at D 20, intrinsics at 64 and 128):
+    the same attention as fp32 SDPA over the cache's values widened to fp32."""
+    g = torch.Generator().manual_seed(2)
+    n, h, hkv, bs, w, blocks = 5, 4, 2, 4, 6, 40
+    keys = (torch.randn(blocks * bs, hkv, d, generator=g) * 2).to(kv_dtype)
+    values = torch.randn(blocks * bs, hkv, d, generator=g).to(kv_dtype)
+    tables = torch.randperm(blocks, generator=g)[: n * w].view(n, w)
+    lengths = torch.tensor([1, 6, 11, 24, 0])
+    q = torch.randn(n, h, d, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = paged_decode_attention(q, keys, values, tables, lengths, bs, 7)
+    finally:
+        torch.set_num_threads(before)
+    assert out.dtype == torch.float32
+    expected = _reference(q, keys.float(), values.float(), tables, lengths, bs, 7)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="keys and values both fp32, fp16 or bf16"):
+        paged_decode_attention(q, keys, values.float(), tables, lengths, bs)
+
+
+@needs_op
 @pytest.mark.parametrize("n", [1, 3])
 def test_op_splits_a_rows_heads_across_threads(n):
     """Fewer rows than twice the threads: each row's K/V heads are split into chunks (4
@@ -105,14 +134,16 @@ def test_op_scales_and_fake_shape():
 
 
 @needs_op
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("key_only", [False, True])
-def test_paged_batch_op_equals_gather_path(monkeypatch, key_only):
+def test_paged_batch_op_equals_gather_path(monkeypatch, key_only, kv_dtype):
     """The same decode rows through `PagedBatch.attend` with the op and with its gather +
-    mask + SDPA groups (the path without the op): equal; a sliding window too."""
+    mask + SDPA groups (the path without the op): equal; a sliding window too; fp16 and
+    bf16 caches beside fp32 queries (both paths widen their values) too."""
     torch.manual_seed(3)
     bs, h, d = 4, 4, 8
     hkv = 1 if key_only else 2
-    cache = PagedKVCache(1, 16, bs, hkv, d, key_only=key_only)
+    cache = PagedKVCache(1, 16, bs, hkv, d, dtype=kv_dtype, key_only=key_only)
     cache.keys[0].normal_()
     if not key_only:
         cache.values[0].normal_()

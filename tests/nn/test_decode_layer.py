@@ -217,12 +217,14 @@ def test_int8_models_run_their_decode_steps_through_the_ops(monkeypatch, greedy_
     assert one.weights[0] is qkv.module.weight and one.scales[0] is qkv.module.weight_scale
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("kind", ["fp32", "int8"])
 @pytest.mark.parametrize("window", [None, 3])
-def test_decode_layers_is_the_layers_one_after_another(kind, window):
+def test_decode_layers_is_the_layers_one_after_another(kind, window, kv_dtype):
     """`decode_layers` over two layers equals, layer by layer: `decode_pre`, the k/v rows
     written into their slots, the paged attention op, `decode_post` — and leaves the same
-    K/V in the cache (rows of different context lengths, scattered blocks)."""
+    K/V in the cache (rows of different context lengths, scattered blocks; an fp16 cache:
+    the rows rounded as ``Tensor.to`` rounds them)."""
     from lmforge.infer.paged_attention import paged_decode_attention
 
     g = torch.Generator().manual_seed(7)
@@ -236,8 +238,8 @@ def test_decode_layers_is_the_layers_one_after_another(kind, window):
         norms = (torch.rand(hidden, generator=g) + 0.5, torch.rand(hidden, generator=g) + 0.5)
         layers.append((norms[0], 1e-5, norms[1], 1e-6, window, projections))
     stack = dl.StackWeights.of(layers)
-    keys = [rand(40, hkv, d, g=g) for _ in range(2)]
-    values = [rand(40, hkv, d, g=g) for _ in range(2)]
+    keys = [rand(40, hkv, d, g=g).to(kv_dtype) for _ in range(2)]
+    values = [rand(40, hkv, d, g=g).to(kv_dtype) for _ in range(2)]
     tables = torch.tensor([[3, 7, 1], [9, 0, 2], [5, 4, 8]])
     lengths = torch.tensor([9, 4, 12])  # the new token is the last visible one
     slots = torch.stack([tables[r, (lengths[r] - 1) // bs] * bs + (lengths[r] - 1) % bs
@@ -247,15 +249,15 @@ def test_decode_layers_is_the_layers_one_after_another(kind, window):
     want = x
     for i, (n1, e1, n2, e2, win, (qkv, o, gu, down)) in enumerate(layers):
         y = dl.decode_pre(want, n1, e1, qkv[0], n, qkv[1], cos, sin, h + hkv, d).view(rows, -1, d)
-        ref_k[i].index_copy_(0, slots, y[:, h : h + hkv])
-        ref_v[i].index_copy_(0, slots, y[:, h + hkv :])
+        ref_k[i].index_copy_(0, slots, y[:, h : h + hkv].to(kv_dtype))
+        ref_v[i].index_copy_(0, slots, y[:, h + hkv :].to(kv_dtype))
         a = paged_decode_attention(y[:, :h], ref_k[i], ref_v[i], tables, lengths, bs, win)
         want = dl.decode_post(want, a.reshape(rows, -1), o, n2, e2, gu, inter, down)
     got = dl.decode_layers(x, cos, sin, (h, hkv, d, inter), stack, keys, values, slots, tables,
                            lengths, bs)  # fmt: skip
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     for mine, ref in zip(keys + values, ref_k + ref_v):
-        torch.testing.assert_close(mine, ref, rtol=1e-6, atol=1e-6)
+        assert torch.equal(mine, ref)
 
 
 def test_decode_layers_names_bad_inputs():

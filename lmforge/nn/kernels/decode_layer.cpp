@@ -12,7 +12,9 @@
 // loops over one row.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
@@ -281,6 +283,26 @@ at::Tensor decode_post(const at::Tensor& x, const at::Tensor& attn, const at::Te
   return out;
 }
 
+// n values of `src` into `cache` (fp32, or rounded to fp16 / bf16 as Tensor.to rounds them)
+// from element `at` on.
+void store_kv(const at::Tensor& cache, int64_t at, const float* src, int64_t n) {
+  switch (cache.scalar_type()) {
+    case at::kHalf: {
+      c10::Half* dst = static_cast<c10::Half*>(cache.data_ptr()) + at;
+      for (int64_t i = 0; i < n; ++i) dst[i] = c10::Half(src[i]);
+      return;
+    }
+    case at::kBFloat16: {
+      c10::BFloat16* dst = static_cast<c10::BFloat16*>(cache.data_ptr()) + at;
+      for (int64_t i = 0; i < n; ++i) dst[i] = c10::BFloat16(src[i]);
+      return;
+    }
+    default:
+      std::memcpy(static_cast<float*>(cache.data_ptr()) + at, src,
+                  static_cast<size_t>(n) * sizeof(float));
+  }
+}
+
 // Every layer of a decode step in one call: per layer, `decode_pre`, this step's k / v rows
 // written into their cache slots (as `PagedBatch.attend`'s index_copy_), the paged decode
 // attention over each row's blocks (kernels/paged_attention.cpp), `decode_post`. Layer l's
@@ -317,11 +339,14 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
   for (int64_t i = 0; i < L; ++i) {
     Layer& l = layers[static_cast<size_t>(i)];
     const at::Tensor &k = keys[i], &v = values[i];
+    const auto kt = keys[0].scalar_type();
     TORCH_CHECK(k.dim() == 3 && k.size(1) == kv_heads && k.size(2) == head_dim &&
-                    v.sizes() == k.sizes() && k.scalar_type() == at::kFloat &&
-                    v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous(),
-                "decode_layers: layer ", i, "'s keys and values must be contiguous fp32 [slots, ",
-                kv_heads, ", ", head_dim, "], got ", k.sizes(), " and ", v.sizes());
+                    v.sizes() == k.sizes() && k.scalar_type() == kt && v.scalar_type() == kt &&
+                    (kt == at::kFloat || kt == at::kHalf || kt == at::kBFloat16) &&
+                    k.is_contiguous() && v.is_contiguous(),
+                "decode_layers: layer ", i, "'s keys and values must be contiguous fp32, fp16 or "
+                "bf16 [slots, ", kv_heads, ", ", head_dim, "] (all layers one dtype), got ",
+                k.sizes(), " ", k.scalar_type(), " and ", v.sizes(), " ", v.scalar_type());
     const auto at = [&](int64_t j) { return static_cast<size_t>(4 * i + j); };
     check_row(norms[2 * i], H, "the norm's weight");
     l.norm1 = norms[2 * i].data_ptr<float>();
@@ -343,13 +368,12 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
     const Layer& l = layers[static_cast<size_t>(i)];
     pre_rows(cur.data_ptr<float>(), M, H, l, n, cos.data_ptr<float>(), sin.data_ptr<float>(),
              heads + kv_heads, head_dim, qkv.data());
-    float *kp = keys[i].data_ptr<float>(), *vp = values[i].data_ptr<float>();
     float* qp = q.data_ptr<float>();
     for (int64_t r = 0; r < M; ++r) {
       const float* row = qkv.data() + r * n;
       std::memcpy(qp + r * A, row, static_cast<size_t>(A) * sizeof(float));
-      std::memcpy(kp + sp[r] * kv, row + A, static_cast<size_t>(kv) * sizeof(float));
-      std::memcpy(vp + sp[r] * kv, row + A + kv, static_cast<size_t>(kv) * sizeof(float));
+      store_kv(keys[i], sp[r] * kv, row + A, kv);
+      store_kv(values[i], sp[r] * kv, row + A + kv, kv);
     }
     const at::Tensor attn = lmforge_attention::paged_decode(q, keys[i], values[i], tables, lengths,
                                                             block_size, scale, windows[i]);

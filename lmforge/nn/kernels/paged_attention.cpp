@@ -3,7 +3,9 @@
 // (Vaswani et al. 2017, eq. 1) over the row's visible tokens t in [lo_r, len_r), where
 // slot(r, t) = tables[r, t / block_size] * block_size + t % block_size, g(h) = h / (H / Hkv)
 // (GQA) and lo_r = max(0, len_r - window) for a sliding window (window < 0: none).
-// q fp32 [n, H, D]; keys / values fp32 [slots, Hkv, D]; tables int64 [n, W]; lengths int64 [n].
+// q fp32 [n, H, D]; keys / values [slots, Hkv, D] fp32, or fp16 / bf16 (a half-precision KV
+// cache: each element widened to fp32 as it is loaded, the arithmetic fp32 as before); tables
+// int64 [n, W]; lengths int64 [n].
 // One row (or a chunk of its K/V heads) per task, over torch's intra-op threads; two
 // passes over the row's blocks (scores, then the value sum), scores in a per-thread buffer.
 // Head sizes 64 and 128 on AVX-512 or AVX2 + FMA: intrinsics (`attend_row_avx512`,
@@ -12,7 +14,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -55,26 +59,32 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
+// A K/V element as fp32 (fp16 / bf16 caches are widened exactly).
+inline float widen(float v) { return v; }
+inline float widen(c10::Half v) { return static_cast<float>(v); }
+inline float widen(c10::BFloat16 v) { return static_cast<float>(v); }
+
 // One row and its K/V heads [kv0, kv1), each with its `groups` query heads (GQA): a token's
 // keys (values) for all these heads are adjacent in the cache, so each pass streams the
 // row's blocks front to back (a per-head pass would stride by H_kv * D floats, and the
 // hardware prefetcher stops at every page). Scores over the visible tokens, then a softmax
 // per query head, then the value sums.
-LMF_CLONES void attend_row(const float* q, const float* keys, const float* values,
+template <typename T>
+LMF_CLONES void attend_row(const float* q, const T* keys, const T* values,
                            const int64_t* table, int64_t lo, int64_t hi, int64_t block_size,
                            int64_t slot_stride, int64_t d, int64_t heads, int64_t groups,
                            float scale, float* scores, float* out) {
   const int64_t len = hi - lo, rows = heads * groups;  // query heads of this task
   for (int64_t t = lo; t < hi;) {
     const int64_t b = t / block_size, end = std::min(hi, (b + 1) * block_size);
-    const float* k = keys + (table[b] * block_size + (t - b * block_size)) * slot_stride;
+    const T* k = keys + (table[b] * block_size + (t - b * block_size)) * slot_stride;
     for (; t < end; ++t, k += slot_stride) {
       for (int64_t j = 0; j < rows; ++j) {
         const float* qj = q + j * d;
-        const float* kj = k + (j / groups) * d;
+        const T* kj = k + (j / groups) * d;
         float s = 0.f;
 #pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < d; ++i) s += qj[i] * kj[i];
+        for (int64_t i = 0; i < d; ++i) s += qj[i] * widen(kj[i]);
         scores[j * len + (t - lo)] = s * scale;
       }
     }
@@ -96,14 +106,14 @@ LMF_CLONES void attend_row(const float* q, const float* keys, const float* value
   for (int64_t i = 0; i < rows * d; ++i) out[i] = 0.f;
   for (int64_t t = lo; t < hi;) {
     const int64_t b = t / block_size, end = std::min(hi, (b + 1) * block_size);
-    const float* v = values + (table[b] * block_size + (t - b * block_size)) * slot_stride;
+    const T* v = values + (table[b] * block_size + (t - b * block_size)) * slot_stride;
     for (; t < end; ++t, v += slot_stride) {
       for (int64_t j = 0; j < rows; ++j) {
         const float p = scores[j * len + (t - lo)];
-        const float* vj = v + (j / groups) * d;
+        const T* vj = v + (j / groups) * d;
         float* oj = out + j * d;
 #pragma omp simd
-        for (int64_t i = 0; i < d; ++i) oj[i] += p * vj[i];
+        for (int64_t i = 0; i < d; ++i) oj[i] += p * widen(vj[i]);
       }
     }
   }
@@ -168,12 +178,22 @@ LMF_AVX512 inline __m512 exp_nonpositive16(__m512 x) {
 
 constexpr int64_t kMaxRows = 16;  // query heads per task on this path (the caller checks)
 
+// 16 K/V elements as fp32: loaded, or fp16 / bf16 widened.
+LMF_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+LMF_AVX512 inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+LMF_AVX512 inline __m512 load16(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
 inline __mmask16 first_lanes(int64_t m) {
   return m >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << m) - 1);
 }
 
-template <int NV>
-LMF_AVX512 void attend_row_avx512(const float* q, const float* keys, const float* values,
+template <int NV, typename T>
+LMF_AVX512 void attend_row_avx512(const float* q, const T* keys, const T* values,
                                   const int64_t* offsets, int64_t len, int64_t heads,
                                   int64_t groups, float scale, float* scores, float* out) {
   constexpr int64_t D = 16 * NV;
@@ -186,13 +206,13 @@ LMF_AVX512 void attend_row_avx512(const float* q, const float* keys, const float
     for (int64_t u = m; u < 16; ++u)  // past the row's end: lanes the store leaves out
       for (int64_t j = 0; j < rows; ++j) part[j][u] = _mm512_setzero_ps();
     for (int64_t u = 0; u < m; ++u) {
-      const float* k = keys + offsets[t0 + u];
+      const T* k = keys + offsets[t0 + u];
       for (int64_t j = 0; j < rows; ++j) {
-        const float* kj = k + (j / groups) * D;
+        const T* kj = k + (j / groups) * D;
         const float* qj = q + j * D;
-        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qj), _mm512_loadu_ps(kj));
+        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qj), load16(kj));
         for (int c = 1; c < NV; ++c)
-          acc = _mm512_fmadd_ps(_mm512_loadu_ps(qj + 16 * c), _mm512_loadu_ps(kj + 16 * c), acc);
+          acc = _mm512_fmadd_ps(_mm512_loadu_ps(qj + 16 * c), load16(kj + 16 * c), acc);
         part[j][u] = acc;
       }
     }
@@ -222,13 +242,13 @@ LMF_AVX512 void attend_row_avx512(const float* q, const float* keys, const float
   // value sums: each token's V row (all heads) read once, front to back, into the heads'
   // sums (in L1)
   for (int64_t t = 0; t < len; ++t) {
-    const float* v = values + offsets[t];
+    const T* v = values + offsets[t];
     for (int64_t j = 0; j < rows; ++j) {
       const __m512 pt = _mm512_set1_ps(scores[j * len + t]);
-      const float* vj = v + (j / groups) * D;
+      const T* vj = v + (j / groups) * D;
       float* oj = out + j * D;
       for (int c = 0; c < NV; ++c)
-        _mm512_storeu_ps(oj + 16 * c, _mm512_fmadd_ps(pt, _mm512_loadu_ps(vj + 16 * c),
+        _mm512_storeu_ps(oj + 16 * c, _mm512_fmadd_ps(pt, load16(vj + 16 * c),
                                                       _mm512_loadu_ps(oj + 16 * c)));
     }
   }
@@ -245,7 +265,7 @@ LMF_AVX512 void attend_row_avx512(const float* q, const float* keys, const float
 // AVX2 clone) reduced every score on its own and took exp one lane at a time. Per call, one
 // thread, D 64, H 8 / H_kv 4, on the AVX2-only EPYC (two 1-thread jobs beside): 16 rows of
 // 64-124 tokens 260 -> 148 us, one row of 160 tokens 34 -> 24 us.
-#define LMF_AVX2_FMA __attribute__((target("avx2,fma")))
+#define LMF_AVX2_FMA __attribute__((target("avx2,fma,f16c")))
 
 // Lane i of the result: the sum of the 8 lanes of v[i] (pairwise adds, then the halves).
 LMF_AVX2_FMA inline __m256 reduce8(const __m256* v) {
@@ -273,8 +293,18 @@ LMF_AVX2_FMA inline __m256 exp_nonpositive8(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
-template <int NV>
-LMF_AVX2_FMA void attend_row_avx2(const float* q, const float* keys, const float* values,
+// 8 K/V elements as fp32: loaded, or fp16 (F16C) / bf16 widened.
+LMF_AVX2_FMA inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+LMF_AVX2_FMA inline __m256 load8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+LMF_AVX2_FMA inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+template <int NV, typename T>
+LMF_AVX2_FMA void attend_row_avx2(const float* q, const T* keys, const T* values,
                                   const int64_t* offsets, int64_t len, int64_t heads,
                                   int64_t groups, float scale, float* scores, float* out) {
   constexpr int64_t D = 8 * NV;
@@ -286,13 +316,13 @@ LMF_AVX2_FMA void attend_row_avx2(const float* q, const float* keys, const float
     for (int64_t u = m; u < 8; ++u)
       for (int64_t j = 0; j < rows; ++j) part[j][u] = _mm256_setzero_ps();
     for (int64_t u = 0; u < m; ++u) {
-      const float* k = keys + offsets[t0 + u];
+      const T* k = keys + offsets[t0 + u];
       for (int64_t j = 0; j < rows; ++j) {
-        const float* kj = k + (j / groups) * D;
+        const T* kj = k + (j / groups) * D;
         const float* qj = q + j * D;
-        __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(qj), _mm256_loadu_ps(kj));
+        __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(qj), load8(kj));
         for (int c = 1; c < NV; ++c)
-          acc = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 8 * c), _mm256_loadu_ps(kj + 8 * c), acc);
+          acc = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 8 * c), load8(kj + 8 * c), acc);
         part[j][u] = acc;
       }
     }
@@ -331,13 +361,13 @@ LMF_AVX2_FMA void attend_row_avx2(const float* q, const float* keys, const float
     scores[rows * len + j] = 1.f / sum;  // sum >= 1: the max's term
   }
   for (int64_t t = 0; t < len; ++t) {
-    const float* v = values + offsets[t];
+    const T* v = values + offsets[t];
     for (int64_t j = 0; j < rows; ++j) {
       const __m256 pt = _mm256_set1_ps(scores[j * len + t]);
-      const float* vj = v + (j / groups) * D;
+      const T* vj = v + (j / groups) * D;
       float* oj = out + j * D;
       for (int c = 0; c < NV; ++c)
-        _mm256_storeu_ps(oj + 8 * c, _mm256_fmadd_ps(pt, _mm256_loadu_ps(vj + 8 * c),
+        _mm256_storeu_ps(oj + 8 * c, _mm256_fmadd_ps(pt, load8(vj + 8 * c),
                                                      _mm256_loadu_ps(oj + 8 * c)));
     }
   }
@@ -350,7 +380,8 @@ LMF_AVX2_FMA void attend_row_avx2(const float* q, const float* keys, const float
 
 bool cpu_has_avx2_fma() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
 }
 
 bool cpu_has_avx512() {
@@ -366,29 +397,16 @@ LMF_AVX2_FMA int64_t exp_nonpositive_avx2(const float* x, float* out, int64_t n)
 }
 #endif
 
-at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
-                                  const at::Tensor& values, const at::Tensor& tables,
-                                  const at::Tensor& lengths, int64_t block_size, double scale,
-                                  int64_t window) {
-  TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && values.sizes() == keys.sizes(),
-              "paged_decode_attention: q [n, H, D], keys / values [slots, Hkv, D]");
-  TORCH_CHECK(q.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat &&
-                  values.scalar_type() == at::kFloat,
-              "paged_decode_attention: fp32 tensors");
-  TORCH_CHECK(tables.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong,
-              "paged_decode_attention: int64 tables and lengths");
-  TORCH_CHECK(q.is_contiguous() && keys.is_contiguous() && values.is_contiguous() &&
-                  tables.is_contiguous() && lengths.is_contiguous(),
-              "paged_decode_attention: contiguous tensors");
+// The op's work for K/V elements of type T (fp32, fp16, bf16), after the checks.
+template <typename T>
+void attend_all(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                const at::Tensor& tables, const at::Tensor& lengths, int64_t block_size,
+                double scale, int64_t window, at::Tensor& out) {
   const int64_t n = q.size(0), heads = q.size(1), d = q.size(2), kv_heads = keys.size(1);
-  TORCH_CHECK(keys.size(2) == d && heads % kv_heads == 0, "paged_decode_attention: shapes");
-  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == n && lengths.numel() == n,
-              "paged_decode_attention: tables [n, W], lengths [n]");
   const int64_t width = tables.size(1), groups = heads / kv_heads;
-  auto out = at::empty({n, heads, d}, q.options());
   const float* qp = q.data_ptr<float>();
-  const float* kp = keys.data_ptr<float>();
-  const float* vp = values.data_ptr<float>();
+  const T* kp = static_cast<const T*>(keys.data_ptr());
+  const T* vp = static_cast<const T*>(values.data_ptr());
   const int64_t* tp = tables.data_ptr<int64_t>();
   const int64_t* lp = lengths.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
@@ -428,17 +446,47 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
         const int64_t* table = tp + r * width;
         for (int64_t t = lo; t < hi; ++t)
           offsets[t - lo] = (table[t / block_size] * block_size + t % block_size) * kv_heads * d;
-        const auto attend = avx512 ? (d == 64 ? attend_row_avx512<4> : attend_row_avx512<8>)
-                                   : (d == 64 ? attend_row_avx2<8> : attend_row_avx2<16>);
+        const auto attend = avx512 ? (d == 64 ? attend_row_avx512<4, T> : attend_row_avx512<8, T>)
+                                   : (d == 64 ? attend_row_avx2<8, T> : attend_row_avx2<16, T>);
         attend(qp + first, kp + kv0 * d, vp + kv0 * d, offsets.data(), hi - lo, kv1 - kv0,
                groups, static_cast<float>(scale), scores.data(), o);
         continue;
       }
 #endif
-      attend_row(qp + first, kp + kv0 * d, vp + kv0 * d, tp + r * width, lo, hi, block_size,
-                 kv_heads * d, d, kv1 - kv0, groups, static_cast<float>(scale), scores.data(), o);
+      attend_row<T>(qp + first, kp + kv0 * d, vp + kv0 * d, tp + r * width, lo, hi, block_size,
+                    kv_heads * d, d, kv1 - kv0, groups, static_cast<float>(scale), scores.data(),
+                    o);
     }
   });
+}
+
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& keys,
+                                  const at::Tensor& values, const at::Tensor& tables,
+                                  const at::Tensor& lengths, int64_t block_size, double scale,
+                                  int64_t window) {
+  TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && values.sizes() == keys.sizes(),
+              "paged_decode_attention: q [n, H, D], keys / values [slots, Hkv, D]");
+  const auto kv = keys.scalar_type();
+  TORCH_CHECK(q.scalar_type() == at::kFloat && values.scalar_type() == kv &&
+                  (kv == at::kFloat || kv == at::kHalf || kv == at::kBFloat16),
+              "paged_decode_attention: fp32 queries; keys and values both fp32, fp16 or bf16, "
+              "got ", q.scalar_type(), ", ", kv, " and ", values.scalar_type());
+  TORCH_CHECK(tables.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong,
+              "paged_decode_attention: int64 tables and lengths");
+  TORCH_CHECK(q.is_contiguous() && keys.is_contiguous() && values.is_contiguous() &&
+                  tables.is_contiguous() && lengths.is_contiguous(),
+              "paged_decode_attention: contiguous tensors");
+  const int64_t n = q.size(0), heads = q.size(1), d = q.size(2), kv_heads = keys.size(1);
+  TORCH_CHECK(keys.size(2) == d && heads % kv_heads == 0, "paged_decode_attention: shapes");
+  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == n && lengths.numel() == n,
+              "paged_decode_attention: tables [n, W], lengths [n]");
+  auto out = at::empty({n, heads, d}, q.options());
+  if (kv == at::kHalf)
+    attend_all<c10::Half>(q, keys, values, tables, lengths, block_size, scale, window, out);
+  else if (kv == at::kBFloat16)
+    attend_all<c10::BFloat16>(q, keys, values, tables, lengths, block_size, scale, window, out);
+  else
+    attend_all<float>(q, keys, values, tables, lengths, block_size, scale, window, out);
   return out;
 }
 
