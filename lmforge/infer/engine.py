@@ -60,6 +60,7 @@ from lmforge.infer.sampling import (
     apply_min_p,
     apply_presence_frequency_penalty,
     apply_repetition_penalty,
+    greedy_tokens,
     inverse_cdf_sample,
     process_logits,
     row_uniforms,
@@ -722,7 +723,7 @@ class Engine:
         if not reqs:
             return []
         if all(r.sample_key is _GREEDY_KEY for r in reqs):
-            return logits.argmax(dim=-1).tolist()
+            return greedy_tokens(logits)
         groups: dict[tuple, list[int]] = {}
         single: list[int] = []
         for i, req in enumerate(reqs):

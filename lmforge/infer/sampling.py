@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from lmforge.nn.cpp_ops import cpp_ops_available
+
 FILTERED = float("-inf")
 
 
@@ -194,3 +196,19 @@ def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Ten
     # u · F(V−1) can round up to F(V−1); below it, the last token of probability > 0 is found.
     target = torch.minimum(uniforms.to(torch.float64)[:, None] * total, total.nextafter(total * 0))
     return torch.searchsorted(cdf, target, right=True)[:, 0]
+
+
+def greedy_tokens(logits: torch.Tensor) -> list[int]:
+    """``logits.argmax(-1).tolist()`` for rows ``[B, V]``: the first maximum of each row (the
+    first NaN if it has one), through lmforge's C++ op on the CPU (``argmax_rows``:
+    torch's CPU argmax compares one element at a time — 16 rows × 16,384 ≈ 340 µs), torch
+    elsewhere."""
+    if (
+        logits.dim() == 2
+        and logits.device.type == "cpu"
+        and logits.dtype == torch.float32
+        and logits.shape[1] > 0
+        and cpp_ops_available()
+    ):
+        return torch.ops.lmforge_ext.argmax_rows(logits.contiguous()).tolist()
+    return logits.argmax(dim=-1).tolist()

@@ -14,7 +14,7 @@ Ops: ``int8_gemv`` (`lmforge.nn.int8_gemv`: one-row int8 products of `lmforge.nn
 ``panel_gemm`` (`lmforge.nn.panel_gemm`: multi-row fp32 products), ``decode_pre`` /
 ``decode_post`` (`lmforge.nn.decode_layer`: a layer's one-token work around its attention),
 ``paged_decode_attention``
-(`lmforge.infer.paged_attention`). They live below the engine so that a quantised layer and
+(`lmforge.infer.paged_attention`), ``argmax_rows`` (`lmforge.infer.sampling.greedy_tokens`). They live below the engine so that a quantised layer and
 the engine's fused runner call the same kernel (bit-equal logits). First build ≈ 10 s (g++ -O3 with ninja); later processes
 load it in ≈ 0.4 s.
 """
@@ -33,7 +33,13 @@ import torch
 
 __all__ = ["KERNEL_SOURCES", "cpp_ops_available", "cpp_ops_unavailable_reason"]
 
-KERNEL_SOURCES = ("gemv.cpp", "paged_attention.cpp", "panel_gemm.cpp", "decode_layer.cpp")
+KERNEL_SOURCES = (
+    "gemv.cpp",
+    "paged_attention.cpp",
+    "panel_gemm.cpp",
+    "decode_layer.cpp",
+    "argmax.cpp",
+)
 _KERNELS = Path(__file__).parent / "kernels"
 _LOCK = threading.Lock()
 _STATE: dict[str, str | None] = {}
@@ -63,6 +69,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("lmforge_ext::panel_gemm")
     def _panel_gemm(x, panels, n, portable=False):
         return x.new_empty((x.shape[0], n), dtype=torch.float32)
+
+    @torch.library.register_fake("lmforge_ext::argmax_rows")
+    def _argmax_rows(x, portable=False):
+        return x.new_empty((x.shape[0],), dtype=torch.int64)
 
     @torch.library.register_fake("lmforge_ext::paged_decode_attention")
     def _(q, keys, values, tables, lengths, block_size, scale, window):
@@ -100,7 +110,7 @@ def _load() -> str | None:
             verbose=False,
         )
         ops = ("int8_gemv", "int8_gemv_q8", "dense_gemv", "panel_gemm", "panel_gemm_isa",
-               "decode_pre", "decode_post", "paged_decode_attention")  # fmt: skip
+               "decode_pre", "decode_post", "paged_decode_attention", "argmax_rows")  # fmt: skip
         for op in ops:
             getattr(torch.ops.lmforge_ext, op)  # raises if the library did not register it
     except Exception as e:  # noqa: BLE001 - no compiler, a build error, …: never fatal
