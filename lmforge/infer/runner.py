@@ -22,13 +22,13 @@ inference copies of the linear weights, built once from the model:
   without AVX-512 the copy is packed into 16-wide panels for lmforge's own GEMM instead
   (`lmforge.nn.panel_gemm`: 1.4× oneDNN's at 16 rows, 1.2× at 512 on the 30m shapes);
 * RMSNorm runs as torch's fused ``F.rms_norm`` in fp32 (bit-identical there); a step of
-  ≤ 16 tokens of an fp32 model with panels (one token for weight-only int8) runs each layer
+  any size of an fp32 model with panels (one token for weight-only int8 codes) runs each layer
   as two C++ ops around its attention (`lmforge.nn.decode_layer`: norm, q/k/v, RoPE; o,
   norm, SwiGLU, residuals), and a pure decode step runs all layers, their K/V writes and
   paged attention included, as one op (`decode_layers`: 30m batch 1, 1 thread, fp32 104 →
   133 tok/s, int8 182 → 279; 5m fp32 400 → 594, int8 533 → 1,226; equal to the PyTorch path
   within float rounding, no longer bit for bit); int8 layers with int8 panels (below) take
-  steps of up to 16 tokens too (30m int8, 16 requests: 344 → 602 tok/s);
+  steps of several tokens too (30m int8, 16 requests: 344 → 602 tok/s);
 * RoPE cos/sin come from a table indexed by position (built by the model's own
   `RotaryEmbedding`, so the values are the ones ``forward`` would compute), q and k are
   rotated in one op, and attention reads/writes K/V token-major (`PagedBatch.attend`).
@@ -102,10 +102,11 @@ _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 _PROJECTION_TYPES = (nn.Linear, Int8Linear, Int4Linear)  # exact types the runner can call
-# Steps of at most this many tokens run `lmforge.nn.decode_layer`'s ops (where they apply):
-# their norm, RoPE and SiLU loops are scalar, fine beside a decode step's products, not
-# beside a long prefill's (torch's vectorised kernels are faster there).
-LAYER_OPS_MAX_TOKENS = 16
+# Steps of at most this many tokens run `lmforge.nn.decode_layer`'s ops where every
+# projection has panels: every step, prefill too (its row loops run over torch's threads
+# and reuse their scratch: 30m, 1 thread, a 512-token prefill 1,371 → 1,442 tok/s, 16
+# requests 636 → 656; 2 threads 1,266 → 1,321 and 538 → 546; session 18, BENCHMARKS.md).
+LAYER_OPS_MAX_TOKENS = 1 << 30
 
 
 class _DenseProjection:
@@ -435,8 +436,8 @@ class InferenceRunner:
     def _layer_ops_apply(self) -> int:
         """The most tokens a step may have to run each layer as `lmforge.nn.decode_layer`'s two
         ops around the attention (0: never). Needs fp32 norms, no q/k norms (Qwen3), the ops
-        built, and every projection either with panels (fp32 on an AVX2 CPU: steps of ≤
-        `LAYER_OPS_MAX_TOKENS` tokens; the 8-layer runner at hidden size 64, all overhead: 2.55
+        built, and every projection either with panels (fp32 on an AVX2 CPU: steps of any
+        size, `LAYER_OPS_MAX_TOKENS`; the 8-layer runner at hidden size 64, all overhead: 2.55
         → 1.31 ms per step; 30m batch 1: 108–114 → 125–131 tok/s) or weight-only int8: its
         int8 panels for steps of several tokens, its codes for one-token steps (lmforge's
         row-major one-row op: 1.74 ms for the 30m layers' 32 products from huge pages, the

@@ -3,9 +3,9 @@ q/k/v product → RoPE on the q and k heads computed here with PyTorch (the RoPE
 `lmforge.nn.rope.rotate`), `decode_post` the residual output projection, RMSNorm, SwiGLU and
 residual down projection; one token or several (each with its own position), with and
 without biases, odd sizes, fp32 panels and int8 codes with scales (``s ⊙ (q x)``); bad
-inputs named; and the engine's runner sends its decode steps through them (biases, sliding
-windows, an int8 model's one-token steps), not its prefill nor Qwen3's q/k norms, with the
-greedy tokens of the model's own forward."""
+inputs named; and the engine's runner sends its steps through them — prefill layer by layer,
+pure decode steps all layers at once (biases, sliding windows, an int8 model's steps) — but
+not Qwen3's q/k norms, with the greedy tokens of the model's own forward."""
 
 import pytest
 import torch
@@ -158,9 +158,10 @@ def test_runner_decode_steps_use_the_ops(monkeypatch, overrides, greedy_by_forwa
     assert got == [greedy_by_forward(model, p, 12) for p in prompts]
     qwen3 = overrides.get("qk_norm", False)
     assert engine.runner.layer_ops == (0 if qwen3 else runner_module.LAYER_OPS_MAX_TOKENS)
-    layers = len(model.model.layers)  # a 20-token prefill: PyTorch; 11 two-token decode
-    assert calls == ([] if qwen3 else [("stack", (2, 64))] * 11)  # steps: all layers at once
-    if not qwen3:  # a short prefill (≤ 16 tokens) runs the ops layer by layer
+    layers = len(model.model.layers)  # the 20-token prefill layer by layer, then 11
+    expected = [("pre", (20, 64))] * layers + [("stack", (2, 64))] * 11  # decode steps at once
+    assert calls == ([] if qwen3 else expected)
+    if not qwen3:  # a short prefill too
         calls.clear()
         assert engine.generate([[5, 6, 7]], params)[0].token_ids == greedy_by_forward(
             model, [5, 6, 7], 12

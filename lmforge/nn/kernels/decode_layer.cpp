@@ -10,6 +10,7 @@
 // kernels/panel_gemm.cpp) or an int8 layer's codes [n, K] with fp32 scales [n] (weight-only
 // int8, y = s * (q x): the one-row loop of kernels/gemv.cpp, row by row); the rest is plain
 // loops over one row.
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
@@ -124,7 +125,7 @@ void product(const float* x, int64_t M, int64_t K, const Weight& w, int64_t n, f
 // out = silu(g) * u = g sigmoid(g) u, sigmoid(g) = 1 / (1 + e) for g >= 0 and e / (1 + e)
 // otherwise, e = exp(-|g|) (never overflows) by the vectorised exp of
 // kernels/paged_attention.cpp (a scalar std::exp per element had cost ≈ 1 ms of a 16-row
-// 30m decode step); `e` is scratch of n values.
+// 30m decode step); `e` is scratch of n values (it may be `out` itself).
 void silu_mul(const float* g, const float* u, int64_t n, float* e, float* out) {
   for (int64_t i = 0; i < n; ++i) e[i] = -std::abs(g[i]);
   lmforge_math::exp_nonpositive_n(e, e, n);
@@ -158,15 +159,40 @@ struct Layer {
   const float *qkv_bias, *o_bias, *gate_up_bias, *down_bias;
 };
 
+// Per-thread scratch of at least n floats in one of a few slots, keeping its pages between
+// calls (a fresh zero-filled std::vector per call paid a memset and page faults on every
+// call: ≈ 20 MB per layer of a 1,024-token prefill). Slots: 0 pre's norm, 1-4 post's norm,
+// gate/up, SwiGLU and down buffers, 5 decode_layers' q/k/v rows.
+float* scratch(int slot, int64_t n) {
+  thread_local std::vector<float> buffers[6];
+  std::vector<float>& b = buffers[slot];
+  if (b.size() < static_cast<size_t>(n)) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
+// f(r) for the rows r of [0, M): inline for a decode step's few rows, over torch's intra-op
+// threads in chunks of kRowGrain rows for a prefill's many (rows are independent).
+constexpr int64_t kRowGrain = 64;
+template <typename F>
+void each_row(int64_t M, const F& f) {
+  if (M <= kRowGrain) {
+    for (int64_t r = 0; r < M; ++r) f(r);
+    return;
+  }
+  at::parallel_for(0, M, kRowGrain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) f(r);
+  });
+}
+
 // y [M, n] = RoPE(RMSNorm(x) W_qkv^T + b) for x [M, H]; the first `rotated` heads of each
 // row rotated by the row's cos / sin [M, head_dim].
 void pre_rows(const float* x, int64_t M, int64_t H, const Layer& l, int64_t n, const float* cos,
               const float* sin, int64_t rotated, int64_t head_dim, float* y) {
-  std::vector<float> h(static_cast<size_t>(M * H));
-  for (int64_t r = 0; r < M; ++r) rms_norm(x + r * H, l.norm1, l.eps1, H, h.data() + r * H);
-  product(h.data(), M, H, l.qkv, n, y);
+  float* h = scratch(0, M * H);
+  each_row(M, [&](int64_t r) { rms_norm(x + r * H, l.norm1, l.eps1, H, h + r * H); });
+  product(h, M, H, l.qkv, n, y);
   const int64_t half = head_dim / 2;
-  for (int64_t row = 0; row < M; ++row) {
+  each_row(M, [&](int64_t row) {
     float* yr = y + row * n;
     add_bias(l.qkv_bias, n, yr);
     const float* c = cos + row * head_dim;
@@ -179,34 +205,33 @@ void pre_rows(const float* x, int64_t M, int64_t H, const Layer& l, int64_t n, c
         v[i + half] = x2 * c[i + half] + x1 * s[i + half];
       }
     }
-  }
+  });
 }
 
 // out [M, H]: x' = x + attn W_o^T (+ b), then x' + SwiGLU(RMSNorm(x')) W_down^T (+ b).
 void post_rows(const float* x, const float* attn, int64_t M, int64_t H, int64_t A, const Layer& l,
                int64_t inter, float* out) {
   product(attn, M, A, l.o, H, out);
-  std::vector<float> h(static_cast<size_t>(M * H)), gu(static_cast<size_t>(M * 2 * inter)),
-      m(static_cast<size_t>(M * inter)), d(static_cast<size_t>(M * H));
-  for (int64_t r = 0; r < M; ++r) {
+  float *h = scratch(1, M * H), *gu = scratch(2, M * 2 * inter), *m = scratch(3, M * inter),
+        *d = scratch(4, M * H);
+  each_row(M, [&](int64_t r) {
     float* xr = out + r * H;
     add_bias(l.o_bias, H, xr);
     for (int64_t i = 0; i < H; ++i) xr[i] += x[r * H + i];  // the residual: x' = x + o
-    rms_norm(xr, l.norm2, l.eps2, H, h.data() + r * H);
-  }
-  product(h.data(), M, H, l.gate_up, 2 * inter, gu.data());
-  std::vector<float> e(static_cast<size_t>(inter));
-  for (int64_t r = 0; r < M; ++r) {
-    float* g = gu.data() + r * 2 * inter;
+    rms_norm(xr, l.norm2, l.eps2, H, h + r * H);
+  });
+  product(h, M, H, l.gate_up, 2 * inter, gu);
+  each_row(M, [&](int64_t r) {
+    float* g = gu + r * 2 * inter;
     add_bias(l.gate_up_bias, 2 * inter, g);
-    silu_mul(g, g + inter, inter, e.data(), m.data() + r * inter);
-  }
-  product(m.data(), M, inter, l.down, H, d.data());
-  for (int64_t r = 0; r < M; ++r) {
-    float* dr = d.data() + r * H;
+    silu_mul(g, g + inter, inter, m + r * inter, m + r * inter);  // its own row as scratch
+  });
+  product(m, M, inter, l.down, H, d);
+  each_row(M, [&](int64_t r) {
+    float* dr = d + r * H;
     add_bias(l.down_bias, H, dr);
     for (int64_t i = 0; i < H; ++i) out[r * H + i] += dr[i];
-  }
+  });
 }
 
 void check_x(const at::Tensor& x, const char* op) {
@@ -363,14 +388,14 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
     TORCH_CHECK(sp[r] >= 0 && sp[r] < capacity, "decode_layers: slot ", sp[r], " of row ", r,
                 " is outside the cache's ", capacity, " slots");
   at::Tensor cur = x, q = at::empty({M, heads, head_dim}, x.options());
-  std::vector<float> qkv(static_cast<size_t>(M * n));
+  float* qkv = scratch(5, M * n);
   for (int64_t i = 0; i < L; ++i) {
     const Layer& l = layers[static_cast<size_t>(i)];
     pre_rows(cur.data_ptr<float>(), M, H, l, n, cos.data_ptr<float>(), sin.data_ptr<float>(),
-             heads + kv_heads, head_dim, qkv.data());
+             heads + kv_heads, head_dim, qkv);
     float* qp = q.data_ptr<float>();
     for (int64_t r = 0; r < M; ++r) {
-      const float* row = qkv.data() + r * n;
+      const float* row = qkv + r * n;
       std::memcpy(qp + r * A, row, static_cast<size_t>(A) * sizeof(float));
       store_kv(keys[i], sp[r] * kv, row + A, kv);
       store_kv(values[i], sp[r] * kv, row + A + kv, kv);
