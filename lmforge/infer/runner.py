@@ -558,11 +558,14 @@ class InferenceRunner:
         cos, sin = self._rope(positions, max_position, x.dtype)
         ops = n <= self.layer_ops and x.dtype == torch.float32
         inplace = batch.inplace_decode() if ops else None
-        if inplace is not None:  # a decode step: every layer in one call
+        normed = False  # x already through the model's last norm
+        if inplace is not None:  # a decode step: every layer (and the last norm) in one call
             shape = (h, hkv, d, inter)
+            final = (lm.norm.weight, lm.norm.eps) if lm.norm.weight.dtype == x.dtype else None
             x = decode_layers(x, cos[:, 0], sin[:, 0], shape, self._stacks[n > 1],
                               batch.cache.keys, batch.cache.values, *inplace,
-                              batch.cache.block_size)  # fmt: skip
+                              batch.cache.block_size, final)  # fmt: skip
+            normed = final is not None
         for i, (layer, w) in enumerate(zip(lm.layers, self.layers)):
             if inplace is not None:
                 break
@@ -583,6 +586,7 @@ class InferenceRunner:
             gate_up = w.gate_up(_norm(layer.post_attention_layernorm, x), int8_rows)
             x = x + w.down(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], int8_rows)
         if return_hidden:
-            hidden = _norm(lm.norm, x)
+            hidden = x if normed else _norm(lm.norm, x)
             return self.head(hidden[logits_to_keep], int8_rows), hidden
-        return self.head(_norm(lm.norm, x[logits_to_keep]), int8_rows)
+        kept = x[logits_to_keep]
+        return self.head(kept if normed else _norm(lm.norm, kept), int8_rows)

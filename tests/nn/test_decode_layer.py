@@ -259,6 +259,10 @@ def test_decode_layers_is_the_layers_one_after_another(kind, window, kv_dtype):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     for mine, ref in zip(keys + values, ref_k + ref_v):
         assert torch.equal(mine, ref)
+    wf = torch.rand(hidden, generator=g) + 0.5  # the model's last norm, folded in
+    normed = dl.decode_layers(x, cos, sin, (h, hkv, d, inter), stack, keys, values, slots,
+                              tables, lengths, bs, final_norm=(wf, 1e-5))  # fmt: skip
+    torch.testing.assert_close(normed, F.rms_norm(want, (hidden,), wf, 1e-5), rtol=1e-5, atol=1e-5)
 
 
 def test_decode_layers_names_bad_inputs():

@@ -341,7 +341,8 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
                          const c10::List<c10::optional<at::Tensor>>& biases,
                          at::TensorList keys, at::TensorList values, const at::Tensor& slots,
                          const at::Tensor& tables, const at::Tensor& lengths, int64_t block_size,
-                         double scale, at::IntArrayRef windows) {
+                         double scale, at::IntArrayRef windows,
+                         const c10::optional<at::Tensor>& final_norm, double final_eps) {
   check_x(x, "decode_layers");
   const int64_t M = x.size(0), H = x.size(1), L = static_cast<int64_t>(keys.size());
   const int64_t n = (heads + 2 * kv_heads) * head_dim, A = heads * head_dim;
@@ -407,6 +408,16 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
               out.data_ptr<float>());
     cur = out;
   }
+  if (final_norm.has_value()) {  // the model's last RMSNorm, in place on our own output
+    check_row(*final_norm, H, "the final norm's weight");
+    float* cp = cur.data_ptr<float>();
+    const float* w = final_norm->data_ptr<float>();
+    std::vector<float> row(static_cast<size_t>(H));
+    for (int64_t r = 0; r < M; ++r) {
+      rms_norm(cp + r * H, w, final_eps, H, row.data());
+      std::memcpy(cp + r * H, row.data(), static_cast<size_t>(H) * sizeof(float));
+    }
+  }
   return cur;
 }
 
@@ -425,7 +436,8 @@ TORCH_LIBRARY_FRAGMENT(lmforge_ext, m) {
       "decode_layers(Tensor x, Tensor cos, Tensor sin, int heads, int kv_heads, int head_dim, "
       "int inter, Tensor[] norms, float[] eps, Tensor[] weights, Tensor?[] scales, "
       "Tensor?[] biases, Tensor(a!)[] keys, Tensor(b!)[] values, Tensor slots, Tensor tables, "
-      "Tensor lengths, int block_size, float scale, int[] windows) -> Tensor");
+      "Tensor lengths, int block_size, float scale, int[] windows, Tensor? final_norm=None, "
+      "float final_eps=0.0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmforge_ext, CPU, m) {
