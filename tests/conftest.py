@@ -20,6 +20,16 @@ torch.set_num_threads(1)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+@pytest.fixture
+def torch_threads():
+    """``torch_threads(n)`` sets torch's intra-op thread count for the rest of the test; the
+    count from before is restored at teardown (tests run single-threaded, see above)."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 # Tiny, every-option-on configurations per family (HF config kwargs).
 TINY_BASE = dict(
     vocab_size=97,

@@ -47,7 +47,8 @@ bias) use ``model.forward``; see `InferenceRunner.unsupported_reason`.
 `lmforge.models.quantize.quantize_model`) run through the same wiring: q/k/v and gate/up of
 one scheme are stacked into one quantised layer (`lmforge.nn.quant.concat_quantized`: rows
 with their own scales, so each output channel is computed exactly as by its own layer) and
-o/down/the LM head call the model's quantised module itself (no copy). Parts that cannot
+o/down/the LM head call the model's quantised module itself (no copy of the module; see
+the int8 panels below). Parts that cannot
 be stacked bit-exactly run one by one and are concatenated. On AVX2 CPUs without AVX-512 an
 int8 layer's codes are also packed into int8 panels for products of several rows
 (`_ModuleProjection`: fp32 activations where ``Int8Linear.forward``'s several-row kernel
@@ -566,9 +567,8 @@ class InferenceRunner:
                               batch.cache.keys, batch.cache.values, *inplace,
                               batch.cache.block_size, final)  # fmt: skip
             normed = final is not None
-        for i, (layer, w) in enumerate(zip(lm.layers, self.layers)):
-            if inplace is not None:
-                break
+        layers = zip(lm.layers, self.layers) if inplace is None else ()  # (done above)
+        for i, (layer, w) in enumerate(layers):
             if ops:
                 x = self._ops_layer(i, layer, x, cos[:, 0], sin[:, 0], batch)
                 continue

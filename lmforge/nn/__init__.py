@@ -16,7 +16,7 @@ DeepSeek-V3's latent attention and mixture of experts.
 | `int8_gemv` | lmforge's one-row int8 product as a C++ op (8 accumulators, prefetch; AVX-512 or AVX2; int8 × int8 with VNNI or AVX2) |
 | `dense_gemv` | lmforge's one-row fp32 / bf16 product as a C++ op (the eager runner's one-row products; bf16 by VDPBF16PS) |
 | `panel_gemm` | lmforge's fp32 GEMM over weights packed into 16-wide panels as a C++ op, and its weight-only int8 twin over int8 panels (AVX2 + FMA: the engine's multi-row products on CPUs without AVX-512) |
-| `decode_layer` | a decoder layer's work around its attention for a decode step's tokens as two C++ ops (RMSNorm, q/k/v, RoPE; output projection, SwiGLU, residuals; fp32 panels or int8 codes), and a whole decode step's layers with their paged attention as one (`decode_layers`): the eager engine's steps of ≤ 16 tokens (int8: one) |
+| `decode_layer` | a decoder layer's work around its attention as two C++ ops (RMSNorm, q/k/v, RoPE; output projection, SwiGLU, residuals; fp32 panels, int8 panels or codes), and a whole decode step's layers with their K/V writes and paged attention as one (`decode_layers`): the eager engine's steps (int8 codes without panels: one-token steps) |
 | `huge_pages` | a module's large weights moved into transparent huge pages (fewer TLB misses per decode step) |
 | `cpp_ops` | lmforge's own C++ CPU ops (`torch.ops.lmforge_ext`; sources in `lmforge/nn/kernels/`), built on first use, never fatal |
 """

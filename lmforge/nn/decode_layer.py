@@ -1,5 +1,5 @@
-"""A decoder layer's work around its attention for a decode step's few tokens as C++ ops, and
-a whole decode step's layers as one.
+"""A decoder layer's work around its attention as two C++ ops (any step: decode or prefill),
+and a whole decode step's layers as one.
 
 The eager engine's batch-1 step ran ≈ 35 PyTorch ops per layer around the projections (two
 RMSNorms — torch's CPU RMSNorm alone is a composite of ≈ 9 ops, ≈ 20 µs for a 512-vector —
@@ -9,8 +9,8 @@ preset's ≈ 5.7 ms of projections per token, so the default engine trailed llam
 compiled step led it. With the two per-layer ops that runner steps in 1.31 ms; with
 `decode_layers` (below) the per-layer Python is gone too (BENCHMARKS.md).
 Here each layer is `decode_pre` → the engine's paged attention → `decode_post`
-(`kernels/decode_layer.cpp`; fp32 on the CPU, each row of ``x`` its own token, as in a decode
-step with one token per sequence):
+(`kernels/decode_layer.cpp`; fp32 on the CPU, each row of ``x`` its own token with its own
+position, so a prefill's rows run the same way as a decode step's):
 
 * ``decode_pre``: ``h = RMSNorm(x)`` (Zhang & Sennrich 2019, eq. 4), ``qkv = h W_qkvᵀ (+ b)``,
   RoPE on the q and k heads in the half-split layout (``x cos + rotate_half(x) sin``, Su et

@@ -41,7 +41,7 @@ def _reference(q, keys, values, tables, lengths, bs, window):
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("d", [20, 64, 128])
-def test_op_matches_per_row_sdpa(window, threads, d):
+def test_op_matches_per_row_sdpa(window, threads, d, torch_threads):
     """GQA 3; a head size the kernels are not specialised for (20: not a multiple of 8)
     and the two they are (64, 128: AVX-512 or AVX2 intrinsics where the CPU has them)."""
     g = torch.Generator().manual_seed(0)
@@ -51,12 +51,8 @@ def test_op_matches_per_row_sdpa(window, threads, d):
     tables = torch.randperm(blocks, generator=g)[: n * w].view(n, w)
     lengths = torch.tensor([1, 4, 5, 17, 28, 0])  # one token, a block edge, a full table, none
     q = torch.randn(n, h, d, generator=g) * 2
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = paged_decode_attention(q, keys, values, tables, lengths, bs, window)
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    out = paged_decode_attention(q, keys, values, tables, lengths, bs, window)
     expected = _reference(q, keys, values, tables, lengths, bs, window)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
     assert out[-1].abs().max() == 0  # nothing visible: zeros
@@ -66,7 +62,7 @@ def test_op_matches_per_row_sdpa(window, threads, d):
 @pytest.mark.parametrize("kv_dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("d", [20, 64, 128])
-def test_op_reads_half_precision_caches(kv_dtype, threads, d):
+def test_op_reads_half_precision_caches(kv_dtype, threads, d, torch_threads):
     """fp16 / bf16 K/V (each kernel: the portable loop at D 20, intrinsics at 64 and 128):
     the same attention as fp32 SDPA over the cache's values widened to fp32."""
     g = torch.Generator().manual_seed(2)
@@ -76,12 +72,8 @@ def test_op_reads_half_precision_caches(kv_dtype, threads, d):
     tables = torch.randperm(blocks, generator=g)[: n * w].view(n, w)
     lengths = torch.tensor([1, 6, 11, 24, 0])
     q = torch.randn(n, h, d, generator=g)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = paged_decode_attention(q, keys, values, tables, lengths, bs, 7)
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    out = paged_decode_attention(q, keys, values, tables, lengths, bs, 7)
     assert out.dtype == torch.float32
     expected = _reference(q, keys.float(), values.float(), tables, lengths, bs, 7)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
@@ -91,7 +83,7 @@ def test_op_reads_half_precision_caches(kv_dtype, threads, d):
 
 @needs_op
 @pytest.mark.parametrize("n", [1, 3])
-def test_op_splits_a_rows_heads_across_threads(n):
+def test_op_splits_a_rows_heads_across_threads(n, torch_threads):
     """Fewer rows than twice the threads: each row's K/V heads are split into chunks (4
     K/V heads, GQA 2, D 128); the result does not depend on the split."""
     g = torch.Generator().manual_seed(1)
@@ -102,14 +94,10 @@ def test_op_splits_a_rows_heads_across_threads(n):
     lengths = torch.tensor([21, 9, 24][:n])
     q = torch.randn(n, h, d, generator=g)
     expected = _reference(q, keys, values, tables, lengths, bs, None)
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            out = paged_decode_attention(q, keys, values, tables, lengths, bs)
-            torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
-    finally:
-        torch.set_num_threads(before)
+    for threads in (1, 2):
+        torch_threads(threads)
+        out = paged_decode_attention(q, keys, values, tables, lengths, bs)
+        torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
 
 
 @needs_op

@@ -306,7 +306,7 @@ def test_row_uniforms_take_one_draw_from_each_rows_generator():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_greedy_tokens_equal_torch_argmax(threads):
+def test_greedy_tokens_equal_torch_argmax(threads, torch_threads):
     """`greedy_tokens` (lmforge's C++ row argmax on the CPU) picks torch.argmax's index: the
     first maximum on ties, the first NaN, ±inf, widths around the vector lanes; the portable
     loop too; other dtypes go through torch."""
@@ -314,29 +314,25 @@ def test_greedy_tokens_equal_torch_argmax(threads):
     from lmforge.nn.cpp_ops import cpp_ops_available
 
     g = torch.Generator().manual_seed(0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for width in (1, 7, 8, 15, 16, 17, 100, 8193):
-            x = torch.randn(9, width, generator=g)
-            x[1] = 0.0  # all tied: index 0
-            x[2, width // 2 :] = x[2].max() + 1  # ties at the maximum: the first
-            x[3] = float("-inf")
-            x[4, -1] = float("inf")
-            x[5, width // 3] = float("nan")
-            x[5, -1] = float("nan")
-            x[6, 0] = float("nan")
-            want = x.argmax(-1).tolist()
-            assert greedy_tokens(x) == want, width
-            if cpp_ops_available():
-                got = torch.ops.lmforge_ext.argmax_rows(x, True).tolist()
-                assert got == want, width
-        y = torch.randn(3, 50, generator=g).to(torch.bfloat16)
-        assert greedy_tokens(y) == y.argmax(-1).tolist()
-        z = torch.randn(4, 30, generator=g)[:, ::2]  # strided rows
-        assert greedy_tokens(z) == z.argmax(-1).tolist()
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    for width in (1, 7, 8, 15, 16, 17, 100, 8193):
+        x = torch.randn(9, width, generator=g)
+        x[1] = 0.0  # all tied: index 0
+        x[2, width // 2 :] = x[2].max() + 1  # ties at the maximum: the first
+        x[3] = float("-inf")
+        x[4, -1] = float("inf")
+        x[5, width // 3] = float("nan")
+        x[5, -1] = float("nan")
+        x[6, 0] = float("nan")
+        want = x.argmax(-1).tolist()
+        assert greedy_tokens(x) == want, width
+        if cpp_ops_available():
+            got = torch.ops.lmforge_ext.argmax_rows(x, True).tolist()
+            assert got == want, width
+    y = torch.randn(3, 50, generator=g).to(torch.bfloat16)
+    assert greedy_tokens(y) == y.argmax(-1).tolist()
+    z = torch.randn(4, 30, generator=g)[:, ::2]  # strided rows
+    assert greedy_tokens(z) == z.argmax(-1).tolist()
     if cpp_ops_available():
         with pytest.raises(RuntimeError, match="argmax_rows: x must be a contiguous fp32"):
             torch.ops.lmforge_ext.argmax_rows(torch.zeros(2, 0))

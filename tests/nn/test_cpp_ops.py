@@ -20,12 +20,8 @@ pytestmark = pytest.mark.skipif(
     not (torch.backends.openmp.is_available() and sys.platform.startswith("linux")),
     reason="built with OpenMP on Linux only",
 )
-def test_ops_use_torchs_threads():
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert torch.ops.lmforge_ext.parallel_threads(64) == 2
-        torch.set_num_threads(1)
-        assert torch.ops.lmforge_ext.parallel_threads(64) == 1
-    finally:
-        torch.set_num_threads(before)
+def test_ops_use_torchs_threads(torch_threads):
+    torch_threads(2)
+    assert torch.ops.lmforge_ext.parallel_threads(64) == 2
+    torch_threads(1)
+    assert torch.ops.lmforge_ext.parallel_threads(64) == 1

@@ -28,18 +28,14 @@ def reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("portable", [False, True], ids=["best", "portable"])
-def test_equals_the_row_products(threads, portable, dtype):
+def test_equals_the_row_products(threads, portable, dtype, torch_threads):
     g = torch.Generator().manual_seed(0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for n, k in SHAPES:
-            w, x = torch.randn(n, k, generator=g).to(dtype), torch.randn(1, k, generator=g)
-            y = gemv.dense_gemv_parts(x, [w], portable=portable)
-            assert y.shape == (1, n) and y.dtype == torch.float32
-            torch.testing.assert_close(y[0], reference(x, w), rtol=1e-5, atol=1e-4)
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    for n, k in SHAPES:
+        w, x = torch.randn(n, k, generator=g).to(dtype), torch.randn(1, k, generator=g)
+        y = gemv.dense_gemv_parts(x, [w], portable=portable)
+        assert y.shape == (1, n) and y.dtype == torch.float32
+        torch.testing.assert_close(y[0], reference(x, w), rtol=1e-5, atol=1e-4)
 
 
 def test_parts_are_concatenated_and_x_may_be_1d():

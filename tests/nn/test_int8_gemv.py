@@ -28,19 +28,15 @@ def codes(n: int, k: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("portable", [False, True], ids=["best", "portable"])
-def test_equals_the_row_products(threads, portable):
+def test_equals_the_row_products(threads, portable, torch_threads):
     g = torch.Generator().manual_seed(0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for n, k in SHAPES:
-            q, s = codes(n, k, g)
-            x = torch.randn(1, k, generator=g)
-            y = gemv.int8_gemv_parts(x, [q], [s], portable=portable)
-            assert y.shape == (1, n) and y.dtype == torch.float32
-            torch.testing.assert_close(y[0], reference(x, q, s), rtol=1e-5, atol=1e-5)
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    for n, k in SHAPES:
+        q, s = codes(n, k, g)
+        x = torch.randn(1, k, generator=g)
+        y = gemv.int8_gemv_parts(x, [q], [s], portable=portable)
+        assert y.shape == (1, n) and y.dtype == torch.float32
+        torch.testing.assert_close(y[0], reference(x, q, s), rtol=1e-5, atol=1e-5)
 
 
 def test_parts_are_concatenated_and_x_may_be_1d():
@@ -103,18 +99,14 @@ needs_q8 = pytest.mark.skipif(
 
 @needs_q8
 @pytest.mark.parametrize("threads", [1, 2])
-def test_q8_within_the_activation_rounding_bound(threads):
+def test_q8_within_the_activation_rounding_bound(threads, torch_threads):
     """int8 × int8: the only error is rounding x to s_x · x_q (|x − s_x x_q| ≤ s_x / 2), so
     |y_n − s_n Σ_k q_nk x_k| ≤ s_n (s_x / 2) Σ_k |q_nk| (+ fp32 rounding)."""
     g = torch.Generator().manual_seed(5)
     parts = [codes(n, k, g) for n, k in ((37, 300), (5, 300))]  # K not a multiple of 64
     x = torch.randn(1, 300, generator=g)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        y = gemv.int8_gemv_q8_parts(x, [q for q, _ in parts], [s for _, s in parts])
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    y = gemv.int8_gemv_q8_parts(x, [q for q, _ in parts], [s for _, s in parts])
     q = torch.cat([q for q, _ in parts])
     s = torch.cat([s for _, s in parts])
     exact = (q.double() * x.double()).sum(-1) * s.double()

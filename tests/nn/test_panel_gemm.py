@@ -40,19 +40,15 @@ def test_pack_panels_layout():
 @needs_op
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("portable", [False, True], ids=["best", "portable"])
-def test_equals_the_matrix_product(threads, portable):
+def test_equals_the_matrix_product(threads, portable, torch_threads):
     g = torch.Generator().manual_seed(0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for m, n, k in SHAPES:
-            w, x = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
-            y = pg.panel_gemm(x, pg.pack_panels(w), n, portable=portable)
-            assert y.shape == (m, n) and y.dtype == torch.float32
-            want = (x.double() @ w.double().t()).float()
-            torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-4)
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    for m, n, k in SHAPES:
+        w, x = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
+        y = pg.panel_gemm(x, pg.pack_panels(w), n, portable=portable)
+        assert y.shape == (m, n) and y.dtype == torch.float32
+        want = (x.double() @ w.double().t()).float()
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-4)
 
 
 def test_pack_int8_panels_layout():
@@ -68,22 +64,18 @@ def test_pack_int8_panels_layout():
 @needs_op
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("portable", [False, True], ids=["best", "portable"])
-def test_int8_panels_equal_the_scaled_product(threads, portable):
+def test_int8_panels_equal_the_scaled_product(threads, portable, torch_threads):
     from lmforge.nn.quant import quantize_int8_per_channel
 
     g = torch.Generator().manual_seed(3)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for m, n, k in SHAPES:
-            q, s = quantize_int8_per_channel(torch.randn(n, k, generator=g))
-            x = torch.randn(m, k, generator=g)
-            y = pg.int8_panel_gemm(x, pg.pack_int8_panels(q), s, n, portable=portable)
-            assert y.shape == (m, n) and y.dtype == torch.float32
-            want = ((x.double() @ q.double().t()) * s.double()).float()
-            torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-4)
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    for m, n, k in SHAPES:
+        q, s = quantize_int8_per_channel(torch.randn(n, k, generator=g))
+        x = torch.randn(m, k, generator=g)
+        y = pg.int8_panel_gemm(x, pg.pack_int8_panels(q), s, n, portable=portable)
+        assert y.shape == (m, n) and y.dtype == torch.float32
+        want = ((x.double() @ q.double().t()) * s.double()).float()
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-4)
 
 
 @needs_op

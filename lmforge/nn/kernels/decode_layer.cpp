@@ -1,15 +1,16 @@
-// One decoder layer's work around its attention, for the few tokens of a decode step (one
-// per sequence), fp32, in two ops, so the eager engine's step does not pay ~35 PyTorch ops
-// (and their Python) per layer (lmforge.nn.decode_layer); every row is its own token:
+// One decoder layer's work around its attention as two ops, and a whole decode step's
+// layers as one (decode_layers, with the K/V writes and the paged attention), fp32, so the
+// eager engine's step does not pay ~35 PyTorch ops (and their Python) per layer
+// (lmforge.nn.decode_layer); every row is its own token (with its own RoPE position):
 //   decode_pre:  h = RMSNorm(x) (Zhang & Sennrich 2019: x / sqrt(mean(x^2) + eps) * w),
 //                qkv = h W_qkv^T (+ b), RoPE on the q and k heads in the half-split layout
 //                (Su et al. 2021, eq. 34: x cos + rotate_half(x) sin)
 //   decode_post: x' = x + a W_o^T (+ b); h = RMSNorm(x'); [g; u] = h W_gu^T (+ b);
 //                x'' = x' + (silu(g) * u) W_down^T (+ b)       (SwiGLU, Shazeer 2020)
-// Each projection's weight is either the runner's fp32 panel copy (lmforge's panel product,
-// kernels/panel_gemm.cpp) or an int8 layer's codes [n, K] with fp32 scales [n] (weight-only
-// int8, y = s * (q x): the one-row loop of kernels/gemv.cpp, row by row); the rest is plain
-// loops over one row.
+// Each projection's weight is the runner's fp32 panel copy (lmforge's panel product,
+// kernels/panel_gemm.cpp), an int8 layer's int8 panels, or its codes [n, K] (the one-row loop
+// of kernels/gemv.cpp, row by row), the int8 ones with fp32 scales [n] (y = s * (q x)); the
+// rest is loops over rows (over torch's threads for a prefill's many rows).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
