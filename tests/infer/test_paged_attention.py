@@ -82,6 +82,27 @@ def test_op_reads_half_precision_caches(kv_dtype, threads, d, torch_threads):
 
 
 @needs_op
+@pytest.mark.parametrize("groups", [1, 2, 3, 4, 5, 6, 7, 8, 16])
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_op_every_gqa_group_count(groups, kv_dtype, torch_threads):
+    """Query heads per K/V head 1-8 (the AVX2 kernel is specialised for each) and 16 (the
+    portable loop), D 64, rows of 1-70 tokens over scattered blocks (the kernel prefetches
+    rows ahead and runs on into the value rows: short rows and rows ending mid-block)."""
+    g = torch.Generator().manual_seed(groups)
+    n, hkv, d, bs, w = 5, 2 if groups < 16 else 1, 64, 16, 5
+    blocks = n * w + 3
+    keys = (torch.randn(blocks * bs, hkv, d, generator=g) * 2).to(kv_dtype)
+    values = torch.randn(blocks * bs, hkv, d, generator=g).to(kv_dtype)
+    tables = torch.randperm(blocks, generator=g)[: n * w].view(n, w)
+    lengths = torch.tensor([1, 3, 17, 64, 70])
+    q = torch.randn(n, hkv * groups, d, generator=g)
+    torch_threads(1)
+    out = paged_decode_attention(q, keys, values, tables, lengths, bs)
+    expected = _reference(q, keys.float(), values.float(), tables, lengths, bs, None)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+
+
+@needs_op
 @pytest.mark.parametrize("n", [1, 3])
 def test_op_splits_a_rows_heads_across_threads(n, torch_threads):
     """Fewer rows than twice the threads: each row's K/V heads are split into chunks (4

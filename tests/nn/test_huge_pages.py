@@ -172,3 +172,39 @@ def test_copy_to_huge_pages_returns_aligned_equal_copies_in_one_mapping():
 def test_copy_to_huge_pages_turned_off(monkeypatch):
     monkeypatch.setenv("LMFORGE_HUGE_PAGES", "0")
     assert hp.copy_to_huge_pages([torch.zeros(1 << 20)]) is None
+
+
+@needs_thp
+def test_zeros_in_huge_pages_are_zero_aligned_and_apart():
+    ts = hp.zeros_in_huge_pages(3, (3000, 4, 64), torch.float16)  # 4.6 MB
+    assert ts is not None and len(ts) == 3
+    for t in ts:
+        assert t.shape == (3000, 4, 64) and t.dtype == torch.float16 and t.is_contiguous()
+        assert t.data_ptr() % 64 == 0 and not t.any()
+    assert ts[0].data_ptr() % hp.HUGE_PAGE == 0  # the first starts on a huge page
+    ts[1].fill_(1.5)  # each on its own stretch: writing one leaves the others zero
+    assert not ts[0].any() and not ts[2].any() and (ts[1] == 1.5).all()
+    assert len({t._lmforge_huge_page for t in ts}) == 1
+    assert hp.zeros_in_huge_pages(2, (8, 8), torch.float32) is None  # below one huge page
+    assert hp.zeros_in_huge_pages(0, (1 << 20,), torch.float32) is None
+
+
+def test_zeros_in_huge_pages_turned_off(monkeypatch):
+    monkeypatch.setenv("LMFORGE_HUGE_PAGES", "0")
+    assert hp.zeros_in_huge_pages(4, (1 << 20,), torch.float32) is None
+
+
+def test_the_engine_keeps_its_kv_pool_in_huge_pages_unless_told_not_to():
+    """The paged KV pool (every layer's K and V) lives in one huge-page mapping on a CPU;
+    ``huge_pages=False`` (or no THP here) leaves it to torch's allocator."""
+    from lmforge.infer.cache import PagedKVCache
+
+    cache = PagedKVCache(2, 64, 16, 4, 64, dtype=torch.float16, spare_blocks=1)
+    marks = {getattr(t, "_lmforge_huge_page", None) for t in (*cache.keys, *cache.values)}
+    assert len(cache.keys) == len(cache.values) == 2
+    assert (marks != {None} and len(marks) == 1) == hp.huge_pages_supported()
+    assert not cache.keys[1][64 * 16 :].any()  # the spare block is zero
+    plain = PagedKVCache(2, 64, 16, 4, 64, huge_pages=False)
+    assert all(not hasattr(t, "_lmforge_huge_page") for t in (*plain.keys, *plain.values))
+    mla = PagedKVCache(3, 64, 16, 1, 128, key_only=True)
+    assert len(mla.keys) == 3 and mla.values == []

@@ -261,10 +261,9 @@ LMF_AVX512 void attend_row_avx512(const float* q, const T* keys, const T* values
 
 // The same row on AVX2 + FMA (CPUs without AVX-512: most laptops, AMD before Zen 4), head
 // sizes D = 8 * NV (64, 128): 8 tokens' partial vectors reduced together (`reduce8`), exp on
-// 8 lanes, the value sums front to back as above. The compiler's version (target_clones'
-// AVX2 clone) reduced every score on its own and took exp one lane at a time. Per call, one
-// thread, D 64, H 8 / H_kv 4, on the AVX2-only EPYC (two 1-thread jobs beside): 16 rows of
-// 64-124 tokens 260 -> 148 us, one row of 160 tokens 34 -> 24 us.
+// 8 lanes (`attend_row_avx2` below). The compiler's version (target_clones' AVX2 clone)
+// reduced every score on its own and took exp one lane at a time (one thread, D 64, H 8 /
+// H_kv 4, 16 rows of 64-124 tokens: 260 -> 148 us per call).
 #define LMF_AVX2_FMA __attribute__((target("avx2,fma,f16c")))
 
 // Lane i of the result: the sum of the 8 lanes of v[i] (pairwise adds, then the halves).
@@ -303,27 +302,55 @@ LMF_AVX2_FMA inline __m256 load8(const c10::BFloat16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-template <int NV, typename T>
+// Brings one token's K/V row (`bytes` from `row`) toward L1 ahead of its use.
+LMF_AVX2_FMA inline void prefetch_row(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+}
+
+constexpr int64_t kAhead = 4;  // tokens a row's K (V) rows are prefetched ahead of their use
+
+// One row's K/V heads on AVX2 + FMA, G query heads per K/V head (GQA), head size D = 8 * NV:
+// each 8-float chunk of a K row is widened once and multiplied into the G heads' partial
+// vectors; 8 tokens' partials are reduced together. The value pass streams the V rows
+// front to back, each chunk widened once for its G heads' sums (in L1). Both passes
+// prefetch the rows `kAhead` tokens ahead (the scores pass runs on into the first V rows):
+// a row's blocks lie anywhere in the pool and the hardware prefetcher stops at each page.
+// Against the previous version (each chunk widened per query head, no prefetch, one
+// thread, 16 rows of 65-127 tokens, 8 layers of the 30m shapes, fp16 K/V in huge pages,
+// caches flushed): 1.66 -> 1.33 ms; K/V in L2: 1.04 -> 0.66 ms (BENCHMARKS.md).
+template <int NV, int G, typename T>
 LMF_AVX2_FMA void attend_row_avx2(const float* q, const T* keys, const T* values,
                                   const int64_t* offsets, int64_t len, int64_t heads,
-                                  int64_t groups, float scale, float* scores, float* out) {
+                                  float scale, float* scores, float* out) {
   constexpr int64_t D = 8 * NV;
-  const int64_t rows = heads * groups;
+  const int64_t rows = heads * G, bytes = heads * D * static_cast<int64_t>(sizeof(T));
   __m256 part[kMaxRows][8];
   alignas(32) float lanes[8];
+  for (int64_t u = 0; u < std::min(kAhead, len); ++u) prefetch_row(keys + offsets[u], bytes);
   for (int64_t t0 = 0; t0 < len; t0 += 8) {
     const int64_t m = std::min<int64_t>(8, len - t0);
     for (int64_t u = m; u < 8; ++u)
       for (int64_t j = 0; j < rows; ++j) part[j][u] = _mm256_setzero_ps();
     for (int64_t u = 0; u < m; ++u) {
+      const int64_t ahead = t0 + u + kAhead;
+      if (ahead < len)
+        prefetch_row(keys + offsets[ahead], bytes);
+      else if (ahead < len + kAhead)
+        prefetch_row(values + offsets[ahead - len], bytes);
       const T* k = keys + offsets[t0 + u];
-      for (int64_t j = 0; j < rows; ++j) {
-        const T* kj = k + (j / groups) * D;
-        const float* qj = q + j * D;
-        __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(qj), load8(kj));
-        for (int c = 1; c < NV; ++c)
-          acc = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 8 * c), load8(kj + 8 * c), acc);
-        part[j][u] = acc;
+      for (int64_t g = 0; g < heads; ++g) {
+        const T* kg = k + g * D;
+        const float* qg = q + g * G * D;
+        __m256 acc[G];
+        const __m256 k0 = load8(kg);
+        for (int j = 0; j < G; ++j) acc[j] = _mm256_mul_ps(_mm256_loadu_ps(qg + j * D), k0);
+        for (int c = 1; c < NV; ++c) {
+          const __m256 kc = load8(kg + 8 * c);
+          for (int j = 0; j < G; ++j)
+            acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(qg + j * D + 8 * c), kc, acc[j]);
+        }
+        for (int j = 0; j < G; ++j) part[g * G + j][u] = acc[j];
       }
     }
     for (int64_t j = 0; j < rows; ++j) {
@@ -361,20 +388,49 @@ LMF_AVX2_FMA void attend_row_avx2(const float* q, const T* keys, const T* values
     scores[rows * len + j] = 1.f / sum;  // sum >= 1: the max's term
   }
   for (int64_t t = 0; t < len; ++t) {
+    if (t + kAhead < len) prefetch_row(values + offsets[t + kAhead], bytes);
     const T* v = values + offsets[t];
-    for (int64_t j = 0; j < rows; ++j) {
-      const __m256 pt = _mm256_set1_ps(scores[j * len + t]);
-      const T* vj = v + (j / groups) * D;
-      float* oj = out + j * D;
-      for (int c = 0; c < NV; ++c)
-        _mm256_storeu_ps(oj + 8 * c, _mm256_fmadd_ps(pt, load8(vj + 8 * c),
-                                                     _mm256_loadu_ps(oj + 8 * c)));
+    for (int64_t g = 0; g < heads; ++g) {
+      __m256 pt[G];
+      for (int j = 0; j < G; ++j) pt[j] = _mm256_broadcast_ss(scores + (g * G + j) * len + t);
+      float* og = out + g * G * D;
+      for (int c = 0; c < NV; ++c) {
+        const __m256 vc = load8(v + g * D + 8 * c);
+        for (int j = 0; j < G; ++j)
+          _mm256_storeu_ps(og + j * D + 8 * c,
+                           _mm256_fmadd_ps(pt[j], vc, _mm256_loadu_ps(og + j * D + 8 * c)));
+      }
     }
   }
   for (int64_t j = 0; j < rows; ++j) {
     const __m256 inv = _mm256_set1_ps(scores[rows * len + j]);
     for (int c = 0; c < NV; ++c)
       _mm256_storeu_ps(out + j * D + 8 * c, _mm256_mul_ps(_mm256_loadu_ps(out + j * D + 8 * c), inv));
+  }
+}
+
+// `attend_row_avx2` for head size d (64, 128) and G = groups (1-8); null for other shapes.
+template <typename T>
+using AvxRow = void (*)(const float*, const T*, const T*, const int64_t*, int64_t, int64_t,
+                        float, float*, float*);
+
+template <typename T, int G>
+AvxRow<T> avx2_row_for(int64_t d) {
+  return d == 64 ? attend_row_avx2<8, G, T> : d == 128 ? attend_row_avx2<16, G, T> : nullptr;
+}
+
+template <typename T>
+AvxRow<T> avx2_row(int64_t d, int64_t groups) {
+  switch (groups) {
+    case 1: return avx2_row_for<T, 1>(d);
+    case 2: return avx2_row_for<T, 2>(d);
+    case 3: return avx2_row_for<T, 3>(d);
+    case 4: return avx2_row_for<T, 4>(d);
+    case 5: return avx2_row_for<T, 5>(d);
+    case 6: return avx2_row_for<T, 6>(d);
+    case 7: return avx2_row_for<T, 7>(d);
+    case 8: return avx2_row_for<T, 8>(d);
+    default: return nullptr;
   }
 }
 
@@ -421,7 +477,9 @@ void attend_all(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& v
   const int64_t per_chunk = (kv_heads + chunks - 1) / chunks;
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool avx512 = cpu_has_avx512(), avx2 = !avx512 && cpu_has_avx2_fma();
-  const bool fast = (avx512 || avx2) && (d == 64 || d == 128) && per_chunk * groups <= kMaxRows;
+  const AvxRow<T> avx2_attend = avx2 ? avx2_row<T>(d, groups) : nullptr;
+  const bool fast = (avx512 ? d == 64 || d == 128 : avx2_attend != nullptr) &&
+                    per_chunk * groups <= kMaxRows;
 #else
   const bool fast = false;
 #endif
@@ -444,12 +502,19 @@ void attend_all(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& v
 #if defined(__x86_64__) && defined(__GNUC__)
       if (fast) {
         const int64_t* table = tp + r * width;
-        for (int64_t t = lo; t < hi; ++t)
-          offsets[t - lo] = (table[t / block_size] * block_size + t % block_size) * kv_heads * d;
-        const auto attend = avx512 ? (d == 64 ? attend_row_avx512<4, T> : attend_row_avx512<8, T>)
-                                   : (d == 64 ? attend_row_avx2<8, T> : attend_row_avx2<16, T>);
-        attend(qp + first, kp + kv0 * d, vp + kv0 * d, offsets.data(), hi - lo, kv1 - kv0,
-               groups, static_cast<float>(scale), scores.data(), o);
+        for (int64_t t = lo; t < hi;) {  // each visible token's cache row, block by block
+          const int64_t b = t / block_size, end = std::min(hi, (b + 1) * block_size);
+          int64_t at = (table[b] * block_size + (t - b * block_size)) * kv_heads * d;
+          for (; t < end; ++t, at += kv_heads * d) offsets[t - lo] = at;
+        }
+        if (avx512) {
+          (d == 64 ? attend_row_avx512<4, T> : attend_row_avx512<8, T>)(
+              qp + first, kp + kv0 * d, vp + kv0 * d, offsets.data(), hi - lo, kv1 - kv0, groups,
+              static_cast<float>(scale), scores.data(), o);
+        } else {
+          avx2_attend(qp + first, kp + kv0 * d, vp + kv0 * d, offsets.data(), hi - lo, kv1 - kv0,
+                      static_cast<float>(scale), scores.data(), o);
+        }
         continue;
       }
 #endif
