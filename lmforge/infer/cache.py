@@ -141,11 +141,9 @@ class PagedKVCache:
     ``num_blocks`` …), zeroed, never handed out by a `BlockAllocator` of ``num_blocks``: a
     compiled decode step (`lmforge.infer.decode_step`) writes its padding rows there.
 
-    ``huge_pages``: on a CPU, the pool lives in one transparent-huge-page mapping
-    (`lmforge.nn.huge_pages.zeros_in_huge_pages`, backed 2 MB at a time as it is written):
-    a decode step reads each sequence's blocks from anywhere in the pool, and with 4 KB
-    pages each block costs TLB misses and a restarted hardware prefetcher (30m shapes, 16
-    rows, fp16 K/V, caches flushed: the paged attention op 2.2 → 1.7 ms per 8 layers)."""
+    ``huge_pages``: on a CPU, the pool is one transparent-huge-page mapping
+    (`lmforge.nn.huge_pages.zeros_in_huge_pages`): with 4 KB pages each block read costs TLB
+    misses and a restarted prefetcher (30m, 16 rows, fp16: attention 2.2 → 1.7 ms / step)."""
 
     def __init__(
         self,
@@ -276,6 +274,7 @@ class PagedBatch:
     _masks: dict = field(default_factory=dict)
     _group_inputs: list = field(default_factory=list)
     _inplace: tuple | None = None  # int64 (tables, lengths) of all decode rows, for the C++ op
+    step_rows: tuple | None = None  # int64 (tables [N, W], lengths [N]): `inplace_decode`
 
     def _groups(self) -> list[tuple[int, int, int, int]]:
         if not self.decode_groups:
@@ -389,18 +388,20 @@ class PagedBatch:
         return self._inplace
 
     def inplace_decode(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """``(slots, tables, lengths)`` (int64, contiguous) when every token of this step is a
-        decode row whose attention the C++ op reads in place (an fp32 CPU cache with values,
-        no prefill chunk): the whole step can then run as one call
-        (`lmforge.nn.decode_layer.decode_layers`, which writes the K/V rows itself). None
-        otherwise."""
+        """``(slots, tables, lengths)`` (int64) when every token of this step is a row whose
+        attention the C++ op reads in place (a CPU cache with values): all decode rows, or
+        ``step_rows`` (a prefill token at position p: a row of p + 1 tokens, K/V written
+        first). The step then runs as one `lmforge.nn.decode_layer.decode_layers` call."""
         cache = self.cache
         n = self.slot_mapping.shape[0]
-        if self.prefills or self.num_decode != n or n == 0 or cache.key_only:
+        if n == 0 or cache.key_only or not paged_kv_supported(cache.keys[0]):
+            return None  # (the caller's queries are fp32)
+        slots = self.slot_mapping.to(torch.int64).contiguous()
+        if self.step_rows is not None:
+            return (slots, *self.step_rows)
+        if self.prefills or self.num_decode != n:
             return None
-        if not paged_kv_supported(cache.keys[0]):  # (the caller's queries are fp32)
-            return None
-        return (self.slot_mapping.to(torch.int64).contiguous(), *self._inplace_tensors())
+        return (slots, *self._inplace_tensors())
 
     def _attend_decode_inplace(
         self, layer_idx: int, q: torch.Tensor, window: int | None

@@ -635,6 +635,9 @@ class Engine:
         batch = TreePagedBatch(self.cache, torch.tensor(slots, device=dev), prefills=prefills)
         batch.tree_masks = trees
         positions_t = torch.tensor(positions, device=dev)
+        plain = mm is None and all(self._drafts.get(seq) is None for seq in offsets)
+        if prefills and plain and dev.type == "cpu":  # every token a causal row of its own
+            batch.step_rows = _step_rows(chunks, positions_t)
         padding = None
         if decode:
             widths = [len(s.block_ids) for s in decode]  # ascending (see `step`)
@@ -938,6 +941,16 @@ class _StepInputs:
     table_padding: torch.Tensor | None
     multimodal: MultimodalBatch | None
     token_adapters: list[int]
+
+
+def _step_rows(chunks: list[ScheduledChunk], positions: torch.Tensor) -> tuple:
+    """Every token of a step of plain causal chunks as a row of its own (`PagedBatch`'s
+    ``step_rows``): its sequence's block table (padded with block 0) and its visible length
+    (position + 1), int64."""
+    width = max(len(c.seq.block_ids) for c in chunks)
+    tables = torch.tensor([c.seq.block_ids + [0] * (width - len(c.seq.block_ids)) for c in chunks])
+    counts = torch.tensor([c.num_tokens for c in chunks])
+    return tables.repeat_interleave(counts, 0), (positions + 1).to(torch.int64)
 
 
 def _set_decode(

@@ -41,11 +41,15 @@ def make_model(seed: int = 0, **overrides) -> CausalLM:
     return model
 
 
-def paged_steps(model, call, seqs=((0, 11), (1, 6)), bs: int = 4) -> list[torch.Tensor]:
+def paged_steps(model, call, seqs=((0, 11), (1, 6)), bs: int = 4, rows: bool = False,
+                cache_dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:  # fmt: skip
     """Prefill two prompts (the first in two chunks), then two decode steps of both;
-    ``call(ids, positions, batch, keep)`` runs the model. Returns each step's logits."""
+    ``call(ids, positions, batch, keep)`` runs the model. ``rows``: each step also carries
+    every token as a causal row of its own (``step_rows``, as the engine sets it on CPU).
+    Returns each step's logits."""
     cfg = model.config
-    cache = PagedKVCache(cfg.num_hidden_layers, 12, bs, cfg.num_key_value_heads, cfg.head_dim)
+    cache = PagedKVCache(cfg.num_hidden_layers, 12, bs, cfg.num_key_value_heads, cfg.head_dim,
+                         dtype=cache_dtype)  # fmt: skip
     cache.zero_blocks(list(range(12)))
     tables = [[5, 0, 9, 2], [7, 3, 11]]
     g = torch.Generator().manual_seed(1)
@@ -70,6 +74,12 @@ def paged_steps(model, call, seqs=((0, 11), (1, 6)), bs: int = 4) -> list[torch.
             pos += list(range(start, start + n))
             slots += [slot(s, p) for p in range(start, start + n)]
         batch = PagedBatch(cache, torch.tensor(slots), prefills=prefills)
+        if rows:
+            batch.step_rows = (
+                torch.tensor([tables[s] + [0] * (4 - len(tables[s])) for s, _, n in chunks
+                              for _ in range(n)]),
+                torch.tensor(pos) + 1,
+            )  # fmt: skip
         if decode:
             width = max(len(tables[s]) for s, _, _ in decode)
             batch.num_decode = len(decode)
@@ -107,6 +117,33 @@ def test_runner_matches_model_forward_on_paged_batches(options):
     got = paged_steps(model, runner_call(InferenceRunner(model)))
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(qkv_bias=True, o_bias=True, mlp_bias=True),
+                                     dict(sliding_window=5)], ids=["llama", "biases", "window"])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+def test_steps_with_every_token_a_row_match_model_forward(options, cache_dtype, monkeypatch):
+    """Prefill chunks (one with a cached past) and decode rows as causal rows of their own
+    (``step_rows``): with panels the runner takes each step in one `decode_layers` call
+    (the C++ paged attention over the cache, this step's K/V written first), the same logits
+    as ``model.forward``'s SDPA over the same cache (an fp16 cache: over its rounded K/V,
+    which both read once written — the model's first chunk attends its own fresh K/V)."""
+    from lmforge.infer import runner as runner_module
+
+    monkeypatch.setenv("LMFORGE_PANEL_GEMM", "1")
+    model = make_model(**options)
+    calls = []
+    real = runner_module.decode_layers
+    monkeypatch.setattr(runner_module, "decode_layers",
+                        lambda *a: calls.append(a[0].shape[0]) or real(*a))  # fmt: skip
+    runner = InferenceRunner(model)
+    got = paged_steps(model, runner_call(runner), rows=True, cache_dtype=cache_dtype)
+    expected = paged_steps(model, model_call(model), rows=True, cache_dtype=cache_dtype)
+    tol = 1e-5 if cache_dtype == torch.float32 else 1e-2
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=tol, atol=tol)
+    if runner.layer_ops > 1:  # panels here (AVX2 + FMA): every step in one call
+        assert calls == [13, 4, 2, 2]
 
 
 def test_runner_follows_in_place_updates_and_replaced_parameters():

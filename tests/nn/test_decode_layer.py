@@ -3,9 +3,10 @@ q/k/v product → RoPE on the q and k heads computed here with PyTorch (the RoPE
 `lmforge.nn.rope.rotate`), `decode_post` the residual output projection, RMSNorm, SwiGLU and
 residual down projection; one token or several (each with its own position), with and
 without biases, odd sizes, fp32 panels and int8 codes with scales (``s ⊙ (q x)``); bad
-inputs named; and the engine's runner sends its steps through them — prefill layer by layer,
-pure decode steps all layers at once (biases, sliding windows, an int8 model's steps) — but
-not Qwen3's q/k norms, with the greedy tokens of the model's own forward."""
+inputs named; and the engine's runner sends its steps through them — plain steps (prefill and
+decode) all layers at once, steps with other tokens layer by layer (biases, sliding windows,
+an int8 model's steps) — but not Qwen3's q/k norms, with the greedy tokens of the model's
+own forward."""
 
 import pytest
 import torch
@@ -134,6 +135,7 @@ def spy_ops(monkeypatch, runner_module) -> list:
     ids=["plain", "biases", "window", "qwen3"],
 )  # fmt: skip
 def test_runner_decode_steps_use_the_ops(monkeypatch, overrides, greedy_by_forward):
+    import lmforge.infer.engine as engine_module
     import lmforge.infer.runner as runner_module
     from lmforge.infer.engine import Engine
     from lmforge.infer.params import SamplingParams
@@ -158,15 +160,23 @@ def test_runner_decode_steps_use_the_ops(monkeypatch, overrides, greedy_by_forwa
     assert got == [greedy_by_forward(model, p, 12) for p in prompts]
     qwen3 = overrides.get("qk_norm", False)
     assert engine.runner.layer_ops == (0 if qwen3 else runner_module.LAYER_OPS_MAX_TOKENS)
-    layers = len(model.model.layers)  # the 20-token prefill layer by layer, then 11
-    expected = [("pre", (20, 64))] * layers + [("stack", (2, 64))] * 11  # decode steps at once
+    layers = len(model.model.layers)  # the 20-token prefill step at once, then 11 decode steps
+    expected = [("stack", (20, 64))] + [("stack", (2, 64))] * 11
     assert calls == ([] if qwen3 else expected)
-    if not qwen3:  # a short prefill too
-        calls.clear()
-        assert engine.generate([[5, 6, 7]], params)[0].token_ids == greedy_by_forward(
-            model, [5, 6, 7], 12
-        )
-        assert calls == [("pre", (3, 64))] * layers + [("stack", (1, 64))] * 11
+    if qwen3:
+        return
+    calls.clear()  # a short prefill too
+    assert engine.generate([[5, 6, 7]], params)[0].token_ids == greedy_by_forward(
+        model, [5, 6, 7], 12
+    )
+    assert calls == [("stack", (3, 64))] + [("stack", (1, 64))] * 11
+    # a step whose tokens are not all plain causal rows (drafts, images: no `step_rows`)
+    # runs its layers one by one through the per-layer ops
+    monkeypatch.setattr(engine_module, "_step_rows", lambda chunks, positions: None)
+    calls.clear()
+    got = [o.token_ids for o in engine.generate(prompts, params)]
+    assert got == [greedy_by_forward(model, p, 12) for p in prompts]
+    assert calls == [("pre", (20, 64))] * layers + [("stack", (2, 64))] * 11
 
 
 @pytest.mark.parametrize("panels", [False, True], ids=["codes", "int8-panels"])
@@ -203,9 +213,9 @@ def test_int8_models_run_their_decode_steps_through_the_ops(monkeypatch, greedy_
     assert got == [greedy_by_forward(model, p, 10) for p in prompts]
     qkv = engine.runner.layers[0].qkv
     one, several = engine.runner._stacks
-    if panels:  # both prefills (12 tokens) layer by layer, then 9 two-token decode steps
+    if panels:  # both prefills (12 tokens) in one call, then 9 two-token decode steps
         assert engine.runner.layer_ops == runner_module.LAYER_OPS_MAX_TOKENS
-        assert calls == [("pre", (12, 64))] * len(model.model.layers) + [("stack", (2, 64))] * 9
+        assert calls == [("stack", (12, 64))] + [("stack", (2, 64))] * 9
         assert torch.equal(several.weights[0], pack_int8_panels(qkv.module.weight))
         assert several.scales[0] is qkv.module.weight_scale  # the stacked layer's own scales
         calls.clear()
