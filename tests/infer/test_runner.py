@@ -119,8 +119,11 @@ def test_runner_matches_model_forward_on_paged_batches(options):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(qkv_bias=True, o_bias=True, mlp_bias=True),
-                                     dict(sliding_window=5)], ids=["llama", "biases", "window"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(qkv_bias=True, o_bias=True, mlp_bias=True), dict(sliding_window=5)],
+    ids=["llama", "biases", "window"],
+)
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 def test_steps_with_every_token_a_row_match_model_forward(options, cache_dtype, monkeypatch):
     """Prefill chunks (one with a cached past) and decode rows as causal rows of their own
