@@ -25,6 +25,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 namespace lmforge_panels {
 void product(const float* x, int64_t M, int64_t K, const float* panels, int64_t n, float* y);
 void int8_product(const float* x, int64_t M, int64_t K, const int8_t* panels,
@@ -309,13 +313,36 @@ at::Tensor decode_post(const at::Tensor& x, const at::Tensor& attn, const at::Te
   return out;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// fp32 -> fp16 eight at a time with F16C (round to nearest even, as c10::Half): the multiple
+// of 8 it covered. A scalar c10::Half per element cost ~1 % of a 16-request 30m run.
+__attribute__((target("avx,f16c"))) int64_t to_half_f16c(const float* src, c10::Half* dst,
+                                                        int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  return i;
+}
+
+bool cpu_has_f16c() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+}
+#endif
+
 // n values of `src` into `cache` (fp32, or rounded to fp16 / bf16 as Tensor.to rounds them)
 // from element `at` on.
 void store_kv(const at::Tensor& cache, int64_t at, const float* src, int64_t n) {
   switch (cache.scalar_type()) {
     case at::kHalf: {
       c10::Half* dst = static_cast<c10::Half*>(cache.data_ptr()) + at;
-      for (int64_t i = 0; i < n; ++i) dst[i] = c10::Half(src[i]);
+      int64_t i = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+      static const bool f16c = cpu_has_f16c();
+      if (f16c) i = to_half_f16c(src, dst, n);
+#endif
+      for (; i < n; ++i) dst[i] = c10::Half(src[i]);
       return;
     }
     case at::kBFloat16: {
