@@ -41,9 +41,10 @@ timings):
 * ``--compile``: also the engine with its compiled decode step (`lmforge.infer.decode_step`,
   compiled by a warm-up run first): decode ``fp32-compiled`` vs llama.cpp f32,
   ``int8-compiled`` vs q8_0, and the 16-request figure (the ratio is the better mode's).
-* ``--kv-dtype fp16``: lmforge's engines keep an fp16 KV cache (``Engine(kv_cache_dtype=
-  torch.float16)``), llama.cpp's own default KV type (the driver leaves its f16 default);
-  default ``fp32`` (the model's dtype).
+* ``--kv-dtype`` (default ``fp16``): lmforge's eager engines keep an fp16 KV cache
+  (``Engine(kv_cache_dtype=torch.float16)``), llama.cpp's own default KV type (the driver
+  leaves its f16 default), so both sides read K/V of the same size; ``fp32``: the model's
+  dtype. The compiled step always keeps the model's dtype (it needs it).
 * **bandwidth**: a STREAM triad ``a = b + s·c`` over 3 × 128 MiB fp32 arrays (4× the
   32 MiB last-level cache), best of 5, 1 and 2 threads; roofline fraction of a decode
   figure = weight bytes read per token × tokens/s ÷ that bandwidth.
@@ -227,12 +228,18 @@ def perplexity(model: CausalLM, ids: torch.Tensor, seq: int = 256) -> float:
     return math.exp(statistics.fmean(losses))
 
 
+def kv_dtype(compiled: bool) -> torch.dtype | None:
+    """lmforge's KV cache dtype: ``--kv-dtype``'s, but the model's (fp32) for the compiled
+    step, which needs it."""
+    return None if compiled else KV_DTYPE
+
+
 def engine_seconds(
     model: CausalLM, prompt: list[int], tokens: int, fused: bool = True, compiled: bool = False
 ) -> float:
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
     engine = ready(Engine(model, max_num_seqs=1, fused_weights=fused, compile_decode=compiled,
-                          kv_cache_dtype=KV_DTYPE))  # fmt: skip
+                          kv_cache_dtype=kv_dtype(compiled)))  # fmt: skip
     start = CLOCK()
     engine.generate([prompt], params)
     return CLOCK() - start
@@ -275,7 +282,7 @@ def batch_prompts(n: int, length: int) -> list[list[int]]:
 
 def engine_batch(model: CausalLM, prompts: list[list[int]], gen: int, compiled=False) -> float:
     params = SamplingParams(max_tokens=gen, temperature=0, ignore_eos=True)
-    engine = ready(Engine(model, compile_decode=compiled, kv_cache_dtype=KV_DTYPE))
+    engine = ready(Engine(model, compile_decode=compiled, kv_cache_dtype=kv_dtype(compiled)))
     start = CLOCK()
     outs = engine.generate(prompts, params)
     return sum(len(o.token_ids) for o in outs) / (CLOCK() - start)
@@ -526,9 +533,9 @@ def main() -> None:
     ap.add_argument(
         "--kv-dtype",
         choices=["fp32", "fp16"],
-        default="fp32",
-        help="lmforge's KV cache dtype (fp16: llama.cpp's own default KV type; the compiled "
-        "step needs the model's dtype, so with fp16 the 'compiled' figures are the eager engine)",
+        default="fp16",
+        help="the eager engines' KV cache dtype (fp16: llama.cpp's own default KV type, the "
+        "default; fp32: the model's); the compiled step keeps the model's dtype",
     )
     ap.add_argument(
         "--compile",
