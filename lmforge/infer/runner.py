@@ -559,13 +559,16 @@ class InferenceRunner:
         cos, sin = self._rope(positions, max_position, x.dtype)
         ops = n <= self.layer_ops and x.dtype == torch.float32
         inplace = batch.inplace_decode() if ops else None
-        normed = False  # x already through the model's last norm
-        if inplace is not None:  # a decode step: every layer (and the last norm) in one call
+        normed = kept = False  # x already through the model's last norm / the kept rows only
+        if inplace is not None:  # every layer (and the last norm) in one call
             shape = (h, hkv, d, inter)
             final = (lm.norm.weight, lm.norm.eps) if lm.norm.weight.dtype == x.dtype else None
+            # the last layer's attention and MLP for the rows that give logits (a prefill's last)
+            kept = not return_hidden and logits_to_keep.shape[0] < n
+            keep = logits_to_keep.to(torch.int64).contiguous() if kept else None
             x = decode_layers(x, cos[:, 0], sin[:, 0], shape, self._stacks[n > 1],
                               batch.cache.keys, batch.cache.values, *inplace,
-                              batch.cache.block_size, final)  # fmt: skip
+                              batch.cache.block_size, final, keep)  # fmt: skip
             normed = final is not None
         layers = zip(lm.layers, self.layers) if inplace is None else ()  # (done above)
         for i, (layer, w) in enumerate(layers):
@@ -588,5 +591,5 @@ class InferenceRunner:
         if return_hidden:
             hidden = x if normed else _norm(lm.norm, x)
             return self.head(hidden[logits_to_keep], int8_rows), hidden
-        kept = x[logits_to_keep]
-        return self.head(kept if normed else _norm(lm.norm, kept), int8_rows)
+        rows = x if kept else x[logits_to_keep]
+        return self.head(rows if normed else _norm(lm.norm, rows), int8_rows)

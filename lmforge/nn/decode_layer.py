@@ -140,20 +140,24 @@ def decode_layers(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shape: tuple[int, int, int, int],
     stack: StackWeights, keys: list[torch.Tensor], values: list[torch.Tensor],
     slots: torch.Tensor, tables: torch.Tensor, lengths: torch.Tensor, block_size: int,
-    final_norm: tuple[torch.Tensor, float] | None = None,
+    final_norm: tuple[torch.Tensor, float] | None = None, keep: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """``[M, H]``: every layer of a decode step in one call, for tokens ``x [M, H]`` that are
-    each one sequence's next token (``cos``/``sin`` ``[M, head_dim]``). Per layer: `decode_pre`,
+    """``[M, H]``: every layer of a step in one call, for tokens ``x [M, H]``, each a row of
+    its sequence at its own visible length (a decode step's next tokens, or a prefill's tokens
+    at lengths p + 1; ``cos``/``sin`` ``[M, head_dim]``). Per layer: `decode_pre`,
     the step's k/v rows written into the layer's cache ``keys[l]`` / ``values[l]`` ``[slots,
     H_kv, D]`` at ``slots [M]``, the paged decode attention (`lmforge.infer.paged_attention`:
     block ``tables [M, W]``, visible ``lengths [M]``, scale 1/√D), `decode_post`. ``shape``:
     (heads, kv_heads, head_dim, intermediate size). ``final_norm``: (weight, eps) of the
-    model's last RMSNorm, applied to the output (the runner's head reads normed rows)."""
+    model's last RMSNorm, applied to the output (the runner's head reads normed rows).
+    ``keep`` (int64 row indices ``[K]``): the last layer writes every row's K/V, then runs its
+    attention, o projection and MLP for these rows only, and the result is ``[K, H]`` — a
+    prefill's other rows feed no logits (llama.cpp skips them too: its ``inp_out_ids``)."""
     heads, kv_heads, head_dim, inter = shape
     s = stack
     norm, eps = final_norm if final_norm is not None else (None, 0.0)
     return torch.ops.lmforge_ext.decode_layers(
         x, cos, sin, heads, kv_heads, head_dim, inter, s.norms, s.eps, s.weights, s.scales,
         s.biases, keys, values, slots, tables, lengths, block_size, 1.0 / math.sqrt(head_dim),
-        s.windows, norm, float(eps),
+        s.windows, norm, float(eps), keep,
     )  # fmt: skip

@@ -147,6 +147,14 @@ def test_steps_with_every_token_a_row_match_model_forward(options, cache_dtype, 
         torch.testing.assert_close(g, e, rtol=tol, atol=tol)
     if runner.layer_ops > 1:  # panels here (AVX2 + FMA): every step in one call
         assert calls == [13, 4, 2, 2]
+    # logits of some rows only (a prefill's last token, as the engine asks): the last layer
+    # runs those rows alone, the same logits
+    last = lambda call: lambda ids, pos, batch, keep: call(ids, pos, batch, keep[-1:])  # noqa: E731
+    got = paged_steps(model, last(runner_call(runner)), rows=True, cache_dtype=cache_dtype)
+    expected = paged_steps(model, last(model_call(model)), rows=True, cache_dtype=cache_dtype)
+    for e, g in zip(expected, got):
+        assert g.shape == (1, model.config.vocab_size)
+        torch.testing.assert_close(g, e, rtol=tol, atol=tol)
 
 
 def test_runner_follows_in_place_updates_and_replaced_parameters():

@@ -273,6 +273,13 @@ def test_decode_layers_is_the_layers_one_after_another(kind, window, kv_dtype):
     normed = dl.decode_layers(x, cos, sin, (h, hkv, d, inter), stack, keys, values, slots,
                               tables, lengths, bs, final_norm=(wf, 1e-5))  # fmt: skip
     torch.testing.assert_close(normed, F.rms_norm(want, (hidden,), wf, 1e-5), rtol=1e-5, atol=1e-5)
+    # the kept rows alone after the last layer's K/V writes: their outputs, the same cache
+    for keep in (torch.tensor([2]), torch.tensor([2, 0])):
+        cache = [t.clone() for t in keys + values]
+        kept = dl.decode_layers(x, cos, sin, (h, hkv, d, inter), stack, cache[:2], cache[2:],
+                                slots, tables, lengths, bs, (wf, 1e-5), keep)  # fmt: skip
+        torch.testing.assert_close(kept, normed[keep], rtol=1e-6, atol=1e-6)
+        assert all(torch.equal(a, b) for a, b in zip(cache, keys + values))
 
 
 def test_decode_layers_names_bad_inputs():
@@ -288,6 +295,12 @@ def test_decode_layers_names_bad_inputs():
     with pytest.raises(RuntimeError, match="slot 8 of row 1 is outside the cache's 8 slots"):
         dl.decode_layers(x, cos, cos, shape, stack, keys, values, torch.tensor([0, 8]), tables,
                          lengths, 4)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"keep\[1\] = 2 is not one of the 2 rows"):
+        dl.decode_layers(x, cos, cos, shape, stack, keys, values, torch.tensor([0, 1]), tables,
+                         lengths, 4, keep=torch.tensor([0, 2]))  # fmt: skip
+    with pytest.raises(RuntimeError, match="keep must be contiguous int64 row indices"):
+        dl.decode_layers(x, cos, cos, shape, stack, keys, values, torch.tensor([0, 1]), tables,
+                         lengths, 4, keep=torch.tensor([0.0]))  # fmt: skip
     with pytest.raises(RuntimeError, match="for 2 layers give 2 norms"):
         dl.decode_layers(x, cos, cos, shape, stack, keys * 2, values * 2, torch.tensor([0, 1]),
                          tables, lengths, 4)  # fmt: skip

@@ -361,7 +361,10 @@ void store_kv(const at::Tensor& cache, int64_t at, const float* src, int64_t n) 
 // attention over each row's blocks (kernels/paged_attention.cpp), `decode_post`. Layer l's
 // norms are norms[2l], norms[2l + 1] (eps likewise), its projections weights[4l + j] with
 // scales / biases at the same index (j: q/k/v, o, gate/up, down), its window windows[l]
-// (< 0: none). Every row is one sequence's next token.
+// (< 0: none). Each row is a token of a sequence at its own visible length (its K/V written
+// before the attention reads the cache). `keep` (int64 row indices): after the last layer's
+// K/V writes, only these rows go on (the attention, o, the MLP) and the result is theirs,
+// [K, H] — the other rows' last-layer outputs feed nothing (llama.cpp skips them too).
 at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                          int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t inter,
                          at::TensorList norms, at::ArrayRef<double> eps, at::TensorList weights,
@@ -370,7 +373,8 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
                          at::TensorList keys, at::TensorList values, const at::Tensor& slots,
                          const at::Tensor& tables, const at::Tensor& lengths, int64_t block_size,
                          double scale, at::IntArrayRef windows,
-                         const c10::optional<at::Tensor>& final_norm, double final_eps) {
+                         const c10::optional<at::Tensor>& final_norm, double final_eps,
+                         const c10::optional<at::Tensor>& keep) {
   check_x(x, "decode_layers");
   const int64_t M = x.size(0), H = x.size(1), L = static_cast<int64_t>(keys.size());
   const int64_t n = (heads + 2 * kv_heads) * head_dim, A = heads * head_dim;
@@ -416,6 +420,18 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
   for (int64_t r = 0; r < M; ++r)
     TORCH_CHECK(sp[r] >= 0 && sp[r] < capacity, "decode_layers: slot ", sp[r], " of row ", r,
                 " is outside the cache's ", capacity, " slots");
+  const int64_t* kept = nullptr;
+  int64_t K = M;
+  if (keep.has_value()) {
+    TORCH_CHECK(keep->scalar_type() == at::kLong && keep->dim() == 1 && keep->is_contiguous(),
+                "decode_layers: keep must be contiguous int64 row indices, got ", keep->sizes(),
+                " ", keep->scalar_type());
+    kept = keep->data_ptr<int64_t>();
+    K = keep->size(0);
+    for (int64_t j = 0; j < K; ++j)
+      TORCH_CHECK(kept[j] >= 0 && kept[j] < M, "decode_layers: keep[", j, "] = ", kept[j],
+                  " is not one of the ", M, " rows");
+  }
   at::Tensor cur = x, q = at::empty({M, heads, head_dim}, x.options());
   float* qkv = scratch(5, M * n);
   for (int64_t i = 0; i < L; ++i) {
@@ -429,10 +445,29 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
       store_kv(keys[i], sp[r] * kv, row + A, kv);
       store_kv(values[i], sp[r] * kv, row + A + kv, kv);
     }
-    const at::Tensor attn = lmforge_attention::paged_decode(q, keys[i], values[i], tables, lengths,
+    at::Tensor qi = q, ti = tables, li = lengths;
+    if (kept != nullptr && i == L - 1) {  // the kept rows alone from here on
+      const int64_t W = tables.size(1);
+      qi = at::empty({K, heads, head_dim}, x.options());
+      ti = at::empty({K, W}, tables.options());
+      li = at::empty({K}, lengths.options());
+      at::Tensor rows = at::empty({K, H}, x.options());
+      for (int64_t j = 0; j < K; ++j) {
+        const int64_t r = kept[j];
+        std::memcpy(qi.data_ptr<float>() + j * A, qp + r * A, static_cast<size_t>(A) * 4);
+        std::memcpy(ti.data_ptr<int64_t>() + j * W, tables.data_ptr<int64_t>() + r * W,
+                    static_cast<size_t>(W) * sizeof(int64_t));
+        li.data_ptr<int64_t>()[j] = lengths.data_ptr<int64_t>()[r];
+        std::memcpy(rows.data_ptr<float>() + j * H, cur.data_ptr<float>() + r * H,
+                    static_cast<size_t>(H) * sizeof(float));
+      }
+      cur = rows;
+    }
+    const int64_t rows = qi.size(0);
+    const at::Tensor attn = lmforge_attention::paged_decode(qi, keys[i], values[i], ti, li,
                                                             block_size, scale, windows[i]);
-    at::Tensor out = at::empty({M, H}, x.options());
-    post_rows(cur.data_ptr<float>(), attn.data_ptr<float>(), M, H, A, l, inter,
+    at::Tensor out = at::empty({rows, H}, x.options());
+    post_rows(cur.data_ptr<float>(), attn.data_ptr<float>(), rows, H, A, l, inter,
               out.data_ptr<float>());
     cur = out;
   }
@@ -441,7 +476,7 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
     float* cp = cur.data_ptr<float>();
     const float* w = final_norm->data_ptr<float>();
     std::vector<float> row(static_cast<size_t>(H));
-    for (int64_t r = 0; r < M; ++r) {
+    for (int64_t r = 0; r < cur.size(0); ++r) {
       rms_norm(cp + r * H, w, final_eps, H, row.data());
       std::memcpy(cp + r * H, row.data(), static_cast<size_t>(H) * sizeof(float));
     }
@@ -465,7 +500,7 @@ TORCH_LIBRARY_FRAGMENT(lmforge_ext, m) {
       "int inter, Tensor[] norms, float[] eps, Tensor[] weights, Tensor?[] scales, "
       "Tensor?[] biases, Tensor(a!)[] keys, Tensor(b!)[] values, Tensor slots, Tensor tables, "
       "Tensor lengths, int block_size, float scale, int[] windows, Tensor? final_norm=None, "
-      "float final_eps=0.0) -> Tensor");
+      "float final_eps=0.0, Tensor? keep=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmforge_ext, CPU, m) {
