@@ -24,11 +24,13 @@ inference copies of the linear weights, built once from the model:
 * RMSNorm runs as torch's fused ``F.rms_norm`` in fp32 (bit-identical there); a step of
   any size of an fp32 model with panels (one token for weight-only int8 codes) runs each layer
   as two C++ ops around its attention (`lmforge.nn.decode_layer`: norm, q/k/v, RoPE; o,
-  norm, SwiGLU, residuals), and a pure decode step runs all layers, their K/V writes and
-  paged attention included, as one op (`decode_layers`: 30m batch 1, 1 thread, fp32 104 →
-  133 tok/s, int8 182 → 279; 5m fp32 400 → 594, int8 533 → 1,226; equal to the PyTorch path
-  within float rounding, no longer bit for bit); int8 layers with int8 panels (below) take
-  steps of several tokens too (30m int8, 16 requests: 344 → 602 tok/s);
+  norm, SwiGLU, residuals), and a step whose tokens are each a causal row of their sequence
+  (any decode step; prefill steps where the engine sets `PagedBatch.step_rows`) runs all
+  layers, their K/V writes and paged attention included, as one op (`decode_layers`: 30m
+  batch 1, 1 thread, fp32 104 → 133 tok/s, int8 182 → 279; 5m fp32 400 → 594, int8 533 →
+  1,226; equal to the PyTorch path within float rounding, no longer bit for bit), its last
+  layer past the K/V writes for the ``logits_to_keep`` rows only; int8 layers with int8
+  panels (below) take steps of several tokens too (30m int8, 16 requests: 344 → 602 tok/s);
 * RoPE cos/sin come from a table indexed by position (built by the model's own
   `RotaryEmbedding`, so the values are the ones ``forward`` would compute), q and k are
   rotated in one op, and attention reads/writes K/V token-major (`PagedBatch.attend`).

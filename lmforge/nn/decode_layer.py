@@ -1,5 +1,5 @@
 """A decoder layer's work around its attention as two C++ ops (any step: decode or prefill),
-and a whole decode step's layers as one.
+and a whole step's layers as one.
 
 The eager engine's batch-1 step ran ≈ 35 PyTorch ops per layer around the projections (two
 RMSNorms — torch's CPU RMSNorm alone is a composite of ≈ 9 ops, ≈ 20 µs for a 512-vector —
@@ -18,11 +18,13 @@ position, so a prefill's rows run the same way as a decode step's):
 * ``decode_post``: ``x' = x + a W_oᵀ (+ b)``, ``h = RMSNorm(x')``, ``[g; u] = h W_guᵀ (+ b)``,
   ``x'' = x' + (silu(g) ⊙ u) W_downᵀ (+ b)`` (SwiGLU, Shazeer 2020).
 
-`decode_layers` runs every layer of a pure decode step (each row one sequence's next token,
-no prefill chunk) in one call: per layer ``decode_pre``, the step's k/v rows written into the
-paged cache (rounded as ``Tensor.to`` rounds them where the cache is fp16 or bf16),
-`lmforge.infer.paged_attention`'s kernel over each row's blocks, ``decode_post``
-— the engine's runner passes the layers' weights once flattened (`StackWeights`).
+`decode_layers` runs every layer of a step whose tokens are each a row of its sequence at its
+own visible length (a decode step's next tokens; a prefill chunk's tokens at lengths p + 1) in
+one call: per layer ``decode_pre``, the step's k/v rows written into the paged cache (rounded
+as ``Tensor.to`` rounds them where the cache is fp16 or bf16),
+`lmforge.infer.paged_attention`'s kernel over each row's blocks, ``decode_post``; in the last
+layer only the rows that give logits go past the K/V writes (``keep``) — the engine's runner
+passes the layers' weights once flattened (`StackWeights`).
 
 Each weight ``W`` is given as a `Weight`: the runner's fp32 panel copy (a tensor from
 `lmforge.nn.panel_gemm.pack_panels`: lmforge's panel product) or, for weight-only int8
