@@ -396,12 +396,10 @@ class PagedBatch:
         n = self.slot_mapping.shape[0]
         if n == 0 or cache.key_only or not paged_kv_supported(cache.keys[0]):
             return None  # (the caller's queries are fp32)
-        slots = self.slot_mapping.to(torch.int64).contiguous()
-        if self.step_rows is not None:
-            return (slots, *self.step_rows)
-        if self.prefills or self.num_decode != n:
+        if self.step_rows is None and (self.prefills or self.num_decode != n):
             return None
-        return (slots, *self._inplace_tensors())
+        rows = self.step_rows if self.step_rows is not None else self._inplace_tensors()
+        return (self.slot_mapping.to(torch.int64).contiguous(), *rows)
 
     def _attend_decode_inplace(
         self, layer_idx: int, q: torch.Tensor, window: int | None

@@ -318,7 +318,8 @@ constexpr int64_t kAhead = 4;  // tokens a row's K (V) rows are prefetched ahead
 // a row's blocks lie anywhere in the pool and the hardware prefetcher stops at each page.
 // Against the previous version (each chunk widened per query head, no prefetch, one
 // thread, 16 rows of 65-127 tokens, 8 layers of the 30m shapes, fp16 K/V in huge pages,
-// caches flushed): 1.66 -> 1.33 ms; K/V in L2: 1.04 -> 0.66 ms (BENCHMARKS.md).
+// caches flushed): 1.66 -> 1.33 ms; K/V in L2 (before the run-on prefetch): 1.07 -> 0.66 ms
+// (BENCHMARKS.md).
 template <int NV, int G, typename T>
 LMF_AVX2_FMA void attend_row_avx2(const float* q, const T* keys, const T* values,
                                   const int64_t* offsets, int64_t len, int64_t heads,
