@@ -9,8 +9,9 @@ A VLM sees exactly what the training data shows (`lmforge.agents.agent_data`): t
 writes ``Thought: …\\nAction: …``. All contexts of a call decode together in one engine
 (continuous batching, images encoded once per request); with ``constrained`` every output
 is held to `response_regex` (so it always parses, and its points lie on the screen), and
-``temperature`` 0 is greedy. Oracle policies may read ``context.env`` (the live window);
-model policies never do.
+``temperature`` 0 is greedy; with ``typing="instruction"`` the grammar also holds ``type``
+to the spans of the context's instruction (`lmforge.agents.action_grammar.instruction_spans`).
+Oracle policies may read ``context.env`` (the live window); model policies never do.
 
 `VLMPolicy.sample` returns what produced each response (`PolicySample`: the prompt's token
 ids and image inputs, the sampled token ids, their log-probs as the engine computed them),
@@ -50,7 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lmforge.agents.action_grammar import response_regex
+from lmforge.agents.action_grammar import instruction_spans, response_regex
 from lmforge.agents.actions import SCROLL_DIRECTIONS, format_response
 from lmforge.agents.agent_data import agent_prompt, pointer_prefix
 from lmforge.agents.expert import expert_step
@@ -135,6 +136,7 @@ def agent_messages(context: AgentContext, history: int) -> tuple[list[dict], lis
 POINTER_ROOM = 32
 DIRECTION_REGEX = "(" + "|".join(SCROLL_DIRECTIONS) + r")\)"
 END_OF_TURN = "<|im_end|>"
+TYPINGS = ("free", "instruction")  # what a constrained policy's type() may write
 
 
 @dataclass
@@ -166,10 +168,13 @@ class VLMPolicy:
         seed: int = 0,
         logprobs: bool = False,
         pointer: bool | None = None,
+        typing: str = "free",
     ) -> None:
         if history < 1:
             raise ValueError(f"history={history} must be ≥ 1 screenshot")
         has_head = getattr(model, "pointer_head", None) is not None
+        if typing not in TYPINGS:
+            raise ValueError(f"typing={typing!r}: choose from {list(TYPINGS)}")
         if pointer and not has_head:
             raise ValueError("pointer=True needs a model with a pointer head (pointer_size > 0)")
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
@@ -182,18 +187,23 @@ class VLMPolicy:
         vision = (tokenizer.token_to_id(t) for t in (VISION_START, IMAGE_PAD, VISION_END))
         self.vision_stops = tuple(i for i in vision if i is not None)
         self.end_of_turn = tokenizer.token_to_id(END_OF_TURN)
+        self.typing = typing  # "instruction": type() writes a span of the instruction
         self.regex = response_regex(screen)
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0
 
-    def params(self, index: int, prompt_length: int = 0) -> SamplingParams:
+    def params(self, index: int, prompt_length: int = 0, instruction: str = "") -> SamplingParams:
         """Request ``index``'s sampling: at most ``max_tokens``, and never past the model's
         context (a long history of earlier responses leaves less room; a cut response is an
         invalid action, as any unparseable one); a pointer policy keeps `POINTER_ROOM`
-        tokens free for what it splices in."""
-        constraint = (
-            compile_constraint(self.tokenizer, regex=self.regex) if self.constrained else None
-        )
+        tokens free for what it splices in. Constrained with ``typing="instruction"``,
+        ``type`` may write only `instruction_spans` of ``instruction``."""
+        constraint = None
+        if self.constrained:
+            regex = self.regex
+            if self.typing == "instruction":
+                regex = response_regex(self.screen, instruction_spans(instruction))
+            constraint = compile_constraint(self.tokenizer, regex=regex)
         room = self.engine.max_len - prompt_length - (POINTER_ROOM if self.pointer else 0)
         if room < 1:
             raise ValueError(
@@ -216,7 +226,7 @@ class VLMPolicy:
         for i, context in enumerate(contexts):
             messages, images = agent_messages(context, self.history)
             prompt, pixels, grid = encode_prompt(self.tokenizer, self.processor, messages, images)
-            params = self.params(i, len(prompt))
+            params = self.params(i, len(prompt), context.instruction)
             rid = self.engine.add_request(prompt, params, images=ImageInputs(pixels, grid))
             requests[rid] = (prompt, pixels, grid, params.seed)
         self.calls += 1
@@ -409,6 +419,7 @@ __all__ = [
     "Pointing",
     "Policy",
     "PolicySample",
+    "TYPINGS",
     "VLMPolicy",
     "agent_messages",
 ]

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmforge.agents.policy import PolicySample, VLMPolicy
+from lmforge.agents.policy import TYPINGS, PolicySample, VLMPolicy
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
 from lmforge.agents.rollout import EpisodeRun, run_episodes
 from lmforge.agents.sft import AgentSection, evaluate_agent_model
@@ -88,11 +88,13 @@ class AgentRLSection:
     max_new_tokens: int = 160
     history: int = 2
     constrained: bool = False  # sample under the action grammar (then format is always 1)
+    typing: str = "instruction"  # … type() writes spans of the instruction (or "free"); eval too
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     clip_eps: float = 0.2  # GRPO/PPO ratio clipping ε
     kl_coef: float = 0.0  # β of the k3 KL penalty to the starting (SFT) policy; 0: none
     iterations: int = 1  # GRPO's μ: optimizer steps on each rollout (the ratio clips after 1)
+    max_draws: int = 1  # groups=episode, > 1: redraw tasks whose groups all earn one reward (DAPO)
     guide: bool = False  # groups=state: the expert's response joins states no response got right
     expert_drags: bool = False  # groups=state: the expert's moves drag far rows (expert.drag_step)
     screen: int = 128
@@ -116,8 +118,9 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(
             f"rl.split={r.split!r} / rl.eval_split={r.eval_split!r}: choose from {SPLITS}"
         )
-    if r.groups not in GROUPINGS:
-        raise ConfigError(f"rl.groups={r.groups!r}: choose from {GROUPINGS}")
+    if r.groups not in GROUPINGS or r.typing not in TYPINGS:
+        raise ConfigError(f"rl.groups={r.groups!r} / rl.typing={r.typing!r}: choose from "
+                          f"{GROUPINGS} / {TYPINGS}")  # fmt: skip
     if r.guide and r.groups != "state":
         raise ConfigError("rl.guide=true needs rl.groups=state (the expert's move is per state)")
     if r.group_size < 2:
@@ -128,9 +131,12 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(
             f"rl.expert_weight={r.expert_weight} and rl.kl_coef={r.kl_coef} must be ≥ 0"
         )
-    if min(r.tasks_per_rollout, r.pool_tasks, r.max_steps, r.history, r.iterations) < 1:
-        raise ConfigError("rl.tasks_per_rollout, rl.pool_tasks, rl.max_steps, rl.history and "
-                          "rl.iterations must be ≥ 1")  # fmt: skip
+    if min(r.tasks_per_rollout, r.pool_tasks, r.max_steps, r.history, r.iterations,
+           r.max_draws) < 1:  # fmt: skip
+        raise ConfigError("rl.tasks_per_rollout, rl.pool_tasks, rl.max_steps, rl.history, "
+                          "rl.iterations and rl.max_draws must be ≥ 1")  # fmt: skip
+    if r.max_draws > 1 and r.groups != "episode":
+        raise ConfigError("rl.max_draws > 1 needs rl.groups=episode (it keeps whole task groups)")
 
 
 def episode_reward(
@@ -206,15 +212,17 @@ class AgentRollouts:
                  section: AgentRLSection, seed: int = 0, seq_len: int = 512) -> None:  # fmt: skip
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
         self.tasks, self.section, self.seed, self.seq_len = list(tasks), section, seed, seq_len
-        self.rollouts, self.updates = 0, 0
+        self.rollouts, self.updates, self.draws = 0, 0, 0
         # β > 0: the KL reference, a frozen copy of the policy as it starts (the SFT agent)
         self.reference = make_reference(model, section.kl_coef)
 
-    def rollout_tasks(self) -> list[Task]:
-        """This rollout's tasks: the pool in a fresh seeded order per pass, round after round."""
+    def rollout_tasks(self, draw: int = 0) -> list[Task]:
+        """This rollout's tasks (of its ``draw``-th draw; each rollout owns ``max_draws``
+        draws' places): the pool in a fresh seeded order per pass, round after round."""
         k, n = self.section.tasks_per_rollout, len(self.tasks)
+        first = (self.rollouts * self.section.max_draws + draw) * k
         picks = []
-        for g in range(self.rollouts * k, (self.rollouts + 1) * k):
+        for g in range(first, first + k):
             epoch, position = divmod(g, n)
             order = list(range(n))
             random.Random(self.seed * 7919 + epoch).shuffle(order)
@@ -224,17 +232,34 @@ class AgentRollouts:
     def policy(self) -> VLMPolicy:
         s = self.section
         return VLMPolicy(self.model, self.tokenizer, self.processor, (s.screen, s.screen), s.history,
-                         s.max_new_tokens, s.temperature, s.constrained,
+                         s.max_new_tokens, s.temperature, s.constrained, typing=s.typing,
                          seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
 
     @torch.no_grad()
     def play(self) -> list[EpisodeRun]:
-        """``rl.groups=episode``: each rollout task played ``group_size`` times."""
+        """``rl.groups=episode``: each rollout task played ``group_size`` times. With
+        ``max_draws`` > 1, DAPO's dynamic sampling (Yu et al. 2025 §3.2): a group whose
+        episodes all earn the same reward has zero advantages and teaches nothing, so tasks
+        are drawn again (up to ``max_draws`` times) until ``tasks_per_rollout`` groups with
+        differing rewards are kept (fewer if the draws run out; none: the last draw's)."""
         s, was_training = self.section, self.model.training
-        tasks = [t for t in self.rollout_tasks() for _ in range(s.group_size)]
-        runs = run_episodes(self.policy(), tasks, s.max_steps, keep_samples=True)
+        policy, size, kept = self.policy(), s.group_size, []
+        for draw in range(s.max_draws):
+            tasks = [t for t in self.rollout_tasks(draw) for _ in range(size)]
+            runs = run_episodes(policy, tasks, s.max_steps, keep_samples=True)
+            groups = [runs[i : i + size] for i in range(0, len(runs), size)]
+            kept += [g for g in groups if s.max_draws == 1 or self.informative(g)]
+            self.draws = draw + 1
+            if len(kept) >= s.tasks_per_rollout:
+                break
         self.model.train(was_training)
-        return runs
+        return [run for group in (kept or groups)[: s.tasks_per_rollout] for run in group]
+
+    def informative(self, group: Sequence[EpisodeRun]) -> bool:
+        """Whether the group's episodes earn different rewards (non-zero advantages)."""
+        s = self.section
+        rewards = {episode_reward(r, s.format_weight, s.expert_weight, s.max_steps) for r in group}
+        return len(rewards) > 1
 
     @torch.no_grad()
     def play_states(self) -> tuple[list[StateGroup], list[EpisodeRun]]:
@@ -254,7 +279,10 @@ class AgentRollouts:
         advantages = grpo_advantages(rewards, s.group_size).tolist()
         scored = [(step, adv) for run, adv in zip(runs, advantages, strict=True)
                   for step in step_examples(run)]  # fmt: skip
-        return self.pack(scored, rewards.mean(), [r.record.success for r in runs])
+        batch = self.pack(scored, rewards.mean(), [r.record.success for r in runs])
+        if self.section.max_draws > 1:  # draws this rollout took (dynamic sampling)
+            batch["rollout_draws"] = torch.tensor(float(self.draws))
+        return batch
 
     def state_batch(
         self, groups: Sequence[StateGroup], runs: Sequence[EpisodeRun]
@@ -327,7 +355,7 @@ def select_tasks(model: Any, tokenizer: Any, processor: ImageProcessor, r: Agent
     if not r.failed_only:
         return pool
     policy = VLMPolicy(model, tokenizer, processor, (r.screen, r.screen), r.history, r.max_new_tokens,
-                       temperature=0.0, constrained=r.constrained)  # fmt: skip
+                       temperature=0.0, constrained=r.constrained, typing=r.typing)  # fmt: skip
     failed = [run.task for run in run_episodes(policy, pool, r.max_steps) if not run.record.success]
     return failed or pool
 
@@ -364,7 +392,8 @@ def train_agent_rl(
         if r.eval_tasks:
             section = AgentSection(history=r.history, screen=r.screen, eval_split=r.eval_split,
                                    eval_tasks=r.eval_tasks, eval_grounding=0, max_steps=r.eval_max_steps,
-                                   max_new_tokens=r.max_new_tokens, constrained=True)  # fmt: skip
+                                   max_new_tokens=r.max_new_tokens, constrained=True,
+                                   typing=r.typing)  # fmt: skip
             summary["agent_eval"] = evaluate_agent_model(
                 model, tokenizer, processor, section, t.seed
             )

@@ -132,8 +132,9 @@ def agent_pg_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     metrics = {"episode_reward": batch["rollout_reward"] * count,
                "episode_success": batch["rollout_success"] * count,
                "logprob_gap": gap * count, **pointer_metrics}  # fmt: skip
-    if "rollout_guided" in batch:
-        metrics["guided"] = batch["rollout_guided"] * count
+    for key in ("guided", "draws"):  # state groups' guided share; dynamic sampling's draws
+        if f"rollout_{key}" in batch:
+            metrics[key] = batch[f"rollout_{key}"] * count
     if beta:
         metrics["kl"] = kl_sum  # summed: the Trainer divides by the count, a mean per element
     return LossOutput(loss_sum, count, metrics)

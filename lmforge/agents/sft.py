@@ -12,12 +12,12 @@ The examples are packed with `MultimodalPackedLoader` (under DDP each rank train
 rows of every batch) and trained with `vlm_objective` (loss on the answers only), exactly as
 ``lmforge vlm sft`` trains; held-out figures are written to ``agent_eval.json``.
 
-Grounding options (BENCHMARKS.md, "GUI agent" sections): ``agent.grounding_turns=8`` asks
-every element of a screen in one chat (one image encoding trains ~8 answers);
-``agent.merge_size=1`` gives 8-px image tokens (widget rows are ~12 px); ``agent.random_screens``
-adds random-widget windows, where no text prior tells where an element is (session 6 found the
-tiny model answering from the question's text alone); ``agent.coordinate_tokens``,
-``agent.rope_theta`` and ``agent.grounding_shift`` did not help.
+Grounding options (BENCHMARKS.md, "GUI agent" sections): ``agent.grounding_turns=8`` asks every
+element of a screen in one chat (one image encoding trains ~8 answers); ``agent.merge_size=1``:
+8-px image tokens (widget rows are ~12 px); ``agent.random_screens``: random-widget windows, where
+no text prior tells where an element is; ``coordinate_tokens``, ``rope_theta``,
+``grounding_shift`` did not help. Episodes are decoded under the action grammar, ``type()`` held
+to the instruction's spans (``agent.typing``; `lmforge.agents.action_grammar.instruction_spans`).
 
 The pointer head (``agent.pointer_size`` > 0; GUI-Actor, `lmforge.models.pointer_head`): a
 click's point is not read from the coordinates' text but from a head that points at one of
@@ -57,19 +57,17 @@ encoder learns to read (a linear probe for a row's number 0.45 held out, from 0.
 held-out grounding stays at 0.70–0.71, list rows 10–14 / 45: the pointer does not match the
 question's number to the row even on training screens.
 
-Matching the question's number to the row (issue 18, session 12), opt-in:
-``agent.row_target=number`` points a list-row question's pointer target at the tokens that
-show the row's number (`lmforge.agents.agent_data.number_box`, from the glyph layout) instead
-of the whole row (``last_digit``: its last digit's token only); ``agent.row_screens`` adds
-grounding on the rows only of list-heavy random screens; ``agent.query_weight`` adds a
-train-only head that reads the question's item number from the pointer's query state
-(`lmforge.agents.glyph.query_objective`: a probe found the row's number in the pointer's
-keys but not in its query; ``agent.query_keys``: the same head also reads the row's
-last-digit image token). All four at query weight 0.3: held-out grounding 0.865, rows 38/45.
-Session 13, opt-in: ``agent.pointer_cells=centre`` (the pointer's targets are the cells whose
-centre lies in the box, `lmforge.models.pointer_head.pointer_target`); ``agent.query_labels``
-(the query head also reads other kinds' labels, `lmforge.agents.glyph.query_label_targets`).
-With both and 800 random windows (``recipes/agent-match.yaml``): 0.935, rows 37/45.
+Matching the question's number to the row (session 12), opt-in: ``agent.row_target=number``
+points a list-row question's pointer target at the tokens that show the row's number
+(`lmforge.agents.agent_data.number_box`, from the glyph layout) instead of the whole row
+(``last_digit``: its last digit's token only); ``agent.row_screens`` adds grounding on the rows
+only of list-heavy random screens; ``agent.query_weight`` adds a train-only head that reads the
+question's item number from the pointer's query state (`lmforge.agents.glyph.query_objective`: a
+probe found the row's number in the pointer's keys but not in its query; ``agent.query_keys``:
+the same head also reads the row's last-digit image token). All four at query weight 0.3:
+held-out grounding 0.865, rows 38/45. Session 13: ``agent.pointer_cells=centre`` (targets: the
+cells whose centre lies in the box) and ``agent.query_labels`` (the head also reads other kinds'
+labels); with both and 800 random windows (``recipes/agent-match.yaml``): 0.935, rows 37/45.
 """
 
 from __future__ import annotations
@@ -106,7 +104,7 @@ from lmforge.agents.glyph import (
     query_objective,
 )
 from lmforge.agents.grounding import grounding_eval, has_pointer
-from lmforge.agents.policy import VLMPolicy
+from lmforge.agents.policy import TYPINGS, VLMPolicy
 from lmforge.agents.rollout import evaluate_agent
 from lmforge.agents.tasks import SPLITS
 from lmforge.config import ConfigError
@@ -163,6 +161,7 @@ class AgentSection(VLMShape):
     max_steps: int = 15
     max_new_tokens: int = 160
     constrained: bool = True  # decode episodes under the action grammar
+    typing: str = "instruction"  # … whose type() writes spans of the instruction (or "free")
     grounding_count: int = 0  # grounding questions per visited screen (0: every element)
     grounding_turns: int = 8  # grounding questions per chat (one image encoding)
     grounding_shift: int = 0  # grounding screenshots moved down by up to this many px
@@ -203,8 +202,9 @@ def check_agent_config(config: AgentRunConfig) -> None:
     bad = [k for k in a.kinds if k not in KINDS]
     if bad or not a.kinds:
         raise ConfigError(f"agent.kinds={a.kinds}: choose from {', '.join(KINDS)}")
-    if a.eval_split not in SPLITS:
-        raise ConfigError(f"agent.eval_split={a.eval_split!r}: choose one of {SPLITS}")
+    if a.eval_split not in SPLITS or a.typing not in TYPINGS:
+        raise ConfigError(f"agent.eval_split={a.eval_split!r}, agent.typing={a.typing!r}: choose "
+                          f"from {SPLITS} and {TYPINGS}")  # fmt: skip
     if a.merge_size < 1 or a.screen % (a.merge_size * a.patch_size):
         raise ConfigError(f"agent.screen={a.screen} must be a multiple of agent.merge_size × "
                           f"agent.patch_size = {a.merge_size} × {a.patch_size}")  # fmt: skip
@@ -323,7 +323,7 @@ def evaluate_agent_model(
                                   a.screen, a.history, a.question_first, a.zoom))  # fmt: skip
     if a.eval_tasks:
         policy = VLMPolicy(model, tokenizer, processor, (a.screen, a.screen), a.history,
-                           a.max_new_tokens, constrained=a.constrained)  # fmt: skip
+                           a.max_new_tokens, constrained=a.constrained, typing=a.typing)  # fmt: skip
         summary, _ = evaluate_agent(policy, a.eval_split, a.eval_tasks, seed + 104729, a.max_steps,
                                     (a.screen, a.screen))  # fmt: skip
         out["episodes"] = summary

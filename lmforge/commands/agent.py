@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lmforge.agents.grounding import grounding_eval
-from lmforge.agents.policy import ExpertPolicy, VLMPolicy
+from lmforge.agents.policy import TYPINGS, ExpertPolicy, VLMPolicy
 from lmforge.agents.rl import AgentRLConfig, train_agent_rl
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
 from lmforge.agents.sft import AgentRunConfig, train_agent_sft
@@ -112,6 +112,9 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--screen", type=int, default=128, metavar="PX", help="screen side (128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (0)")
     p.add_argument("--no-grammar", action="store_true", help="decode without the action grammar")
+    p.add_argument("--typing", choices=TYPINGS, default="instruction",
+                   help="under the grammar, what type() may write: spans of the instruction "
+                   "(default) or any string (free)")  # fmt: skip
     p.add_argument("--text-clicks", action="store_true",
                    help="a pointer model writes its click coordinates as text instead of pointing")  # fmt: skip
 
@@ -127,7 +130,7 @@ def policy_from_args(args: argparse.Namespace):
         raise CommandError(f"--history {args.history}: show at least 1 screenshot")
     return VLMPolicy(model, load_tokenizer(folder), image_processor_for(model, args.screen),
                      (args.screen, args.screen), args.history, temperature=args.temperature,
-                     constrained=not args.no_grammar, seed=args.seed,
+                     constrained=not args.no_grammar, seed=args.seed, typing=args.typing,
                      pointer=False if args.text_clicks else None)  # fmt: skip
 
 

@@ -4,7 +4,9 @@ expert oracle answers like the expert. Pointer models: every coordinate action (
 drag, scroll, …; constrained and unconstrained) is completed by pointing and parses; the
 greedy click is `pointer_point` of `model.point` on the recorded ids; recorded pointer
 log-probs equal an independent recomputation; spliced tokens are flagged and unscored; a
-sampled token that runs past the query is cut and the prefix re-encoded."""
+sampled token that runs past the query is cut and the prefix re-encoded. With
+``typing="instruction"`` each request's grammar lets ``type`` write only its own
+instruction's spans."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lmforge.agents.action_grammar import response_regex
-from lmforge.agents.actions import action_point, parse_response
+from lmforge.agents.action_grammar import instruction_spans, response_regex
+from lmforge.agents.actions import Type, action_point, parse_response
 from lmforge.agents.agent_data import make_agent_dataset
 from lmforge.agents.env import GUIEnv
 from lmforge.agents.expert import expert_step
@@ -80,6 +82,38 @@ def test_constrained_vlm_policy_only_writes_valid_actions(vlm):
     assert first.act(contexts(2)) == second.act(contexts(2))  # greedy is reproducible
     with pytest.raises(ValueError, match="history=0"):
         VLMPolicy(model, tok, proc, history=0)
+
+
+def accepts(constraint, tok, text: str) -> bool:
+    """Whether ``constraint`` lets ``text``'s tokens through, one by one, to its end."""
+    for t in tok.encode(text):
+        if not constraint.allowed(t):
+            return False
+        constraint.accept(t)
+    return constraint.is_finished() or constraint.allowed(tok.token_to_id("<|im_end|>"))
+
+
+def test_typing_held_to_the_instruction(vlm):
+    model, tok, proc, _ = vlm
+    with pytest.raises(ValueError, match="typing='any'"):
+        VLMPolicy(model, tok, proc, typing="any")
+    held = VLMPolicy(model, tok, proc, temperature=1.0, seed=2, typing="instruction")
+    free = VLMPolicy(model, tok, proc, temperature=1.0, seed=2)
+    for c in contexts(4):
+        spans = instruction_spans(c.instruction)
+        spec = held.params(0, 10, c.instruction).constraint.spec
+        assert spec.text == response_regex((128, 128), spans)
+        assert free.params(0, 10, c.instruction).constraint.spec.text == response_regex((128, 128))
+        word = max(spans, key=len)  # the instruction's longest span: typed under both
+        typed = f"Thought: I type.\nAction: type('{word}')"
+        other = "Thought: I type.\nAction: type('zzz')"
+        assert accepts(held.params(0, 10, c.instruction).constraint, tok, typed)
+        assert not accepts(held.params(0, 10, c.instruction).constraint, tok, other)
+        assert accepts(free.params(0, 10, c.instruction).constraint, tok, other)
+    for text, c in zip(held.act(contexts(4)), contexts(4), strict=True):
+        action = parse_response(text, (128, 128)).action  # still always parses
+        if isinstance(action, Type):
+            assert action.content in instruction_spans(c.instruction)
 
 
 def test_expert_policy_answers_as_the_expert():

@@ -3,7 +3,9 @@ token ids the engine sampled (not the text re-tokenized) with the engine's log-p
 to the trainer's (ratio 1); the packed surrogate's gradient equals −Σ A ∇log π computed
 sample by sample; ratio clipping; a short online GRPO smoke run through the Trainer. With a
 pointer model: the LM term skips spliced tokens, the pointer choices' clipped ratio terms
-equal a hand computation and their gradient reaches the pointer head; a pointer GRPO run."""
+equal a hand computation and their gradient reaches the pointer head; a pointer GRPO run.
+Dynamic sampling (``rl.max_draws``): groups whose rewards all agree are drawn again, each
+rollout's draws take their own places in the task order."""
 
 from __future__ import annotations
 
@@ -183,24 +185,27 @@ def test_rollout_state_and_task_order(vlm):
     assert r.state_dict() == {"rollouts": 3}
 
 
-def test_online_grpo_smoke_run(tmp_path, vlm):
+@pytest.mark.parametrize("draws", [1, 2])
+def test_online_grpo_smoke_run(tmp_path, vlm, draws):
     model, tok, _ = vlm
     overrides = [f"out_dir={tmp_path / 'rl'}", "rl.pool_tasks=2", "rl.tasks_per_rollout=1", "rl.group_size=2",
                  "rl.max_steps=2", "rl.eval_tasks=1", "rl.eval_max_steps=1", "rl.max_new_tokens=48", "train.max_steps=2", "train.batch_size=1",
                  "train.eval_every=0", "train.save_every=0", "log.progress=false", "log.plot=false",
-                 "optim.warmup_steps=1", "data.seq_len=256"]  # fmt: skip
+                 "optim.warmup_steps=1", "data.seq_len=256", f"rl.max_draws={draws}"]  # fmt: skip
     summary = train_agent_rl(load_config(None, overrides, AgentRLConfig), model, tok)
     assert summary["step"] == 2 and summary["rl_tasks"] >= 1
     lines = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     logged = [x for x in lines if "episode_reward" in x]
     assert len(logged) == 2 and all(0 <= x["episode_reward"] <= 1.1 for x in logged)
+    assert all(("draws" in x) == (draws > 1) and x.get("draws", 1) in (1, 2) for x in logged)
     assert (
         json.loads((tmp_path / "rl" / "agent_eval.json").read_text())["episodes"]["episodes"] == 1
     )
 
 
 def test_bad_rl_sections():
-    for override, message in [("rl.group_size=1", "group_size"), ("rl.split=dev", "rl.split")]:
+    for override, message in [("rl.group_size=1", "group_size"), ("rl.split=dev", "rl.split"),
+                              ("rl.typing=any", "rl.typing")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             train_agent_rl(load_config(None, [override], AgentRLConfig))
     with pytest.raises(ConfigError, match="model.init_from"):
@@ -354,3 +359,45 @@ def test_mid_rollout_state_resamples_that_rollout(vlm):
     assert r.state_dict() == {"rollouts": 2}
     with pytest.raises(ConfigError, match="rl.iterations"):
         train_agent_rl(load_config(None, ["rl.iterations=0"], AgentRLConfig))
+
+
+def test_dynamic_sampling_redraws_groups_whose_rewards_agree(vlm, monkeypatch):
+    """A scripted `run_episodes`: the first draw's group all fail, the second's differ, the
+    third's all succeed. One draw keeps whatever it got; three keep the second draw's group
+    and log 2 draws; with no informative draw at all the last draw's group is kept."""
+    import lmforge.agents.rl as rl_module
+    from lmforge.agents.metrics import EpisodeRecord
+    from lmforge.agents.rollout import EpisodeRun
+
+    model, tok, proc = vlm
+    tasks = [sample_task(s) for s in range(6)]
+    outcomes = [[False, False], [True, False], [True, True]]
+    played = []
+
+    def scripted(policy, tasks, max_steps, keep_samples=False):
+        played.append([t.instruction for t in tasks])
+        ok = outcomes[(len(played) - 1) % 3]
+        return [EpisodeRun(t, EpisodeRecord(t.template, x)) for t, x in zip(tasks, ok, strict=True)]
+
+    monkeypatch.setattr(rl_module, "run_episodes", scripted)
+    section = replace(SECTION, tasks_per_rollout=1, group_size=2, format_weight=0.0)
+    one = AgentRollouts(model, tok, proc, tasks, section, seed=1)
+    assert [r.record.success for r in one.play()] == [False, False] and len(played) == 1
+    played.clear()  # the script starts over
+    three = AgentRollouts(model, tok, proc, tasks, replace(section, max_draws=3), seed=1)
+    runs = three.play()
+    assert [r.record.success for r in runs] == [True, False] and three.draws == 2
+    assert len(played) == 2 and played[0] != played[1]  # a new task for the second draw
+    outcomes[:] = [[True, True]] * 3
+    assert [r.record.success for r in three.play()] == [True, True] and three.draws == 3
+    # each rollout owns max_draws places in the order: every task once per pass
+    seen = []
+    for n in range(2):
+        three.rollouts = n
+        seen += [t.instruction for d in range(3) for t in three.rollout_tasks(d)]
+    assert sorted(seen) == sorted(t.instruction for t in tasks)
+    for override, message in [("rl.max_draws=0", "rl.max_draws"),
+                              ("rl.max_draws=2", "rl.groups=episode")]:  # fmt: skip
+        bad = [override] + (["rl.groups=state"] if override.endswith("2") else [])
+        with pytest.raises(ConfigError, match=message):
+            train_agent_rl(load_config(None, bad, AgentRLConfig))

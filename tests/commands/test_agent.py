@@ -31,7 +31,7 @@ def test_sft_then_eval_and_run_the_model(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1].startswith("all ")
     gif = tmp_path / "ep.gif"
     code = main(["agent", "run", "--model", str(out / "model"), "--task", "radio_apply",
-                 "--max-steps", "1", "--gif", str(gif)])  # fmt: skip
+                 "--max-steps", "1", "--gif", str(gif), "--typing", "free"])  # fmt: skip
     assert code == 0 and "step 1: Thought: " in capsys.readouterr().out
     assert Image.open(gif).n_frames >= 1
     code = main(["agent", "run", "--model", str(out / "model"), "--task",
