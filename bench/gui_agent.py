@@ -16,18 +16,28 @@ the pipeline):
    actions, a thought per step) and reflections, with grounding mixed in; held-out episode
    success (greedy, grammar);
 3. ``rl``: from ``sft``, GRPO in the environment on the training tasks it fails
-   (`lmforge.agents.rl.train_agent_rl`); held-out episode success again.
+   (`lmforge.agents.rl.train_agent_rl`, `lmforge/recipes/agent-rl-tiny.yaml`); held-out
+   episode success again.
+
+The defaults are the recorded pipeline (BENCHMARKS.md, "GUI agent: typing held to the
+instruction, and GRPO that lifts held-out success"): the grounding stage of
+``agent-match.yaml``, 2,000 trajectory-SFT steps on 300 tasks (pointer targets on the row's
+number and on the cells whose centre lies in the box), then the RL recipe; episodes are
+decoded under the action grammar with ``type()`` held to the instruction's spans
+(``agent.typing`` / ``rl.typing``), 100 held-out episodes and 200 held-out grounding
+questions per evaluation.
 
 A finished stage made with the other ``--pointer-size`` choice is refused (use another
 ``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the
 machine is.
 
-    python bench/gui_agent.py [--ground-steps 3000] [--sft-steps 3000] [--rl-steps 200] [--episodes 60]
-        [--ground-recipe agent-tiny.yaml] [--ground k=v …] [--sft k=v …] [--rl k=v …]
+    python bench/gui_agent.py [--ground-steps 3000] [--sft-steps 2000] [--rl-steps N] [--episodes 100]
+        [--ground-recipe agent-match.yaml] [--ground k=v …] [--sft k=v …] [--rl k=v …]
 
-``--ground-recipe`` is the grounding stage's recipe under `lmforge/recipes/` (e.g.
-``agent-match.yaml``: the glyph stage, the digit target and the number head, whose train-only
-heads stay in that stage's folder); ``--ground/--sft/--rl k=v`` are per-stage config overrides.
+``--ground-recipe`` is the grounding stage's recipe under `lmforge/recipes/` (``agent-match.yaml``:
+the glyph stage, the digit target and the number head, whose train-only heads stay in that
+stage's folder; ``agent-tiny.yaml``: plain grounding); ``--ground/--sft/--rl k=v`` are
+per-stage config overrides (after the defaults; ``--rl-steps`` defaults to the RL recipe's).
 
 Last line: ``RESULT gui_agent sft_success=<a> rl_success=<b> grounding_acc=<g> minutes=<m>``
 (targets: g ≥ 0.9 on held-out layouts; b − a ≥ 0.10).
@@ -47,6 +57,8 @@ from lmforge.agents.sft import AgentRunConfig, train_agent_sft
 from lmforge.train.config import load_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "lmforge" / "recipes"
+# the trajectory stage's settings of the recorded pipeline (runs/pipe, session 14)
+SFT_DEFAULTS = ["agent.row_target=number", "agent.train_tasks=300", "agent.pointer_cells=centre"]
 
 
 def stage(out: Path, name: str, run, pointer: bool | None = None) -> dict:
@@ -65,14 +77,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench-gui-agent")
     ap.add_argument("--ground-steps", type=int, default=3000)
-    ap.add_argument("--ground-recipe", default="agent-tiny.yaml",
+    ap.add_argument("--ground-recipe", default="agent-match.yaml",
                     help="the grounding stage's recipe (a file in lmforge/recipes/)")  # fmt: skip
-    ap.add_argument("--sft-steps", type=int, default=3000)
-    ap.add_argument("--rl-steps", type=int, default=200)
+    ap.add_argument("--sft-steps", type=int, default=2000)
+    ap.add_argument("--rl-steps", type=int, default=None, help="default: the RL recipe's")
     ap.add_argument("--tasks", type=int, default=None,
                     help="expert episodes for the data (default: each stage's recipe)")  # fmt: skip
-    ap.add_argument("--episodes", type=int, default=60, help="held-out episodes per evaluation")
-    ap.add_argument("--grounding", type=int, default=300, help="held-out grounding examples")
+    ap.add_argument("--episodes", type=int, default=100, help="held-out episodes per evaluation")
+    ap.add_argument("--grounding", type=int, default=200, help="held-out grounding examples")
     ap.add_argument("--history", type=int, default=2, help="screenshots an agent step sees")
     ap.add_argument("--merge-size", type=int, default=1, help="patches per side of an image token")
     ap.add_argument("--grounding-turns", type=int, default=8, help="grounding questions per chat")
@@ -111,7 +123,8 @@ def main() -> None:
         train_agent_sft(load_config(RECIPES / args.ground_recipe, overrides, AgentRunConfig))
 
     def sft() -> None:
-        overrides = [f"out_dir={out / 'sft'}", f"train.max_steps={args.sft_steps}", *common,
+        overrides = [f"out_dir={out / 'sft'}", f"train.max_steps={args.sft_steps}", *SFT_DEFAULTS,
+                     *common,
                      f"model.init_from={out / 'ground' / 'model'}",
                      "agent.kinds=[grounding,trajectory,reflection]",
                      f"agent.eval_tasks={args.episodes}", f"agent.eval_grounding={args.grounding}",
@@ -119,7 +132,8 @@ def main() -> None:
         train_agent_sft(load_config(RECIPES / "agent-tiny.yaml", overrides, AgentRunConfig))
 
     def rl() -> None:
-        overrides = [f"out_dir={out / 'rl'}", f"train.max_steps={args.rl_steps}", "train.resume=false",
+        steps = [] if args.rl_steps is None else [f"train.max_steps={args.rl_steps}"]
+        overrides = [f"out_dir={out / 'rl'}", *steps, "train.resume=false",
                      "log.progress=false", f"model.init_from={out / 'sft' / 'model'}",
                      f"rl.eval_tasks={args.episodes}", f"rl.history={args.history}",
                      f"rl.eval_max_steps={args.max_steps}", *args.rl]  # fmt: skip
