@@ -12,6 +12,7 @@ evaluation episodes, agent SFT and online RL.
 | `env` | gymnasium `GUIEnv` (screenshot observations, text actions) and the action executor; text render |
 | `actions` | UI-TARS's unified action space as dataclasses; exact text form, formatter, parser with clear errors |
 | `action_grammar` | regex of `Thought: … Action: …` (on-screen coordinates) for the engine's structured decoding |
+| `thoughts` | the expert's thought sentences (templates with slots) and their regex, slots held to the instruction |
 | `expert` | scripted closed-loop expert with a thought per step and its target box (optionally dragging far rows into view) |
 | `agent_data` | perception, state QA, grounding, expert trajectories (last k screenshots), reflection pairs as VLM SFT examples; JSONL io |
 | `random_screens` | random windows (widgets, order, labels, geometry, theme, state) for perception and grounding no layout prior answers |

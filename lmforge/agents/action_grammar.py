@@ -103,11 +103,15 @@ def action_regex(screen: tuple[int, int] | None = None, typed: Sequence[str] | N
 
 
 def response_regex(
-    screen: tuple[int, int] | None = None, typed: Sequence[str] | None = None
+    screen: tuple[int, int] | None = None,
+    typed: Sequence[str] | None = None,
+    thought: str | None = None,
 ) -> str:
     """A regex for a full response ``Thought: <1–MAX_THOUGHT chars>\\nAction: <action>``
-    (``screen``, ``typed``: as `action_regex`)."""
-    return f"Thought: {THOUGHT_CHAR}{{1,{MAX_THOUGHT}}}\\nAction: " + action_regex(screen, typed)
+    (``screen``, ``typed``: as `action_regex`; ``thought``: a regex the thought must match
+    instead, e.g. `lmforge.agents.thoughts.thought_regex`)."""
+    thought = thought or f"{THOUGHT_CHAR}{{1,{MAX_THOUGHT}}}"
+    return f"Thought: {thought}\\nAction: " + action_regex(screen, typed)
 
 
 __all__ = [

@@ -35,6 +35,7 @@ from lmforge.agents.actions import (
 )
 from lmforge.agents.env import SCROLL_ROWS
 from lmforge.agents.tasks import Task
+from lmforge.agents.thoughts import say
 from lmforge.agents.widgets import (
     Box,
     Checkbox,
@@ -77,18 +78,16 @@ def reveal(win: Window, w: Widget, drag: bool = False) -> ExpertStep | None:
     container, index = win.container_of(w.wid)
     if isinstance(container, Tabs) and container.active != index:
         name = container.names[index]
-        return click(
-            container.tab_boxes[index], f"'{w.label}' is on the {name} tab; I open it.", name
-        )
+        return click(container.tab_boxes[index], say("tab", label=w.label, tab=name), name)
     if isinstance(container, ScrollPane) and w not in container.shown():
         down = index >= container.offset + container.visible
-        why = f"'{w.label}' is out of view"
+        why = ("pane", w.label)
         far = drag_step(container, index, why) if drag else None
         return far or scroll_step(container, down, why)
     return None
 
 
-def drag_step(w: ListView | ScrollPane, index: int, why: str) -> ExpertStep | None:
+def drag_step(w: ListView | ScrollPane, index: int, why: tuple[str, str]) -> ExpertStep | None:
     """Drag ``w``'s scrollbar thumb so that row ``index`` comes into view (near the middle),
     when that moves more than `DRAG_ABOVE_ROWS` rows; else None (scrolling is as quick).
     The environment moves a drag by round(Δy · max_offset / track) rows (track: the
@@ -115,31 +114,30 @@ def drag_step(w: ListView | ScrollPane, index: int, why: str) -> ExpertStep | No
     y_hi = min(sy1, math.ceil(y1 + d_hi) - 1)
     drop = (sx0, y_lo, sx1, y_hi)
     word = "down" if rows > 0 else "up"
-    thought = f"{why}, far {word}; I drag the scrollbar."
+    thought = say(f"{why[0]}_drag", label=why[1], dir=word)
     return ExpertStep(thought, Drag(x, y1, x, y2), thumb, w.label, drop)
 
 
-def scroll_step(w: ListView | ScrollPane, down: bool, why: str) -> ExpertStep:
+def scroll_step(w: ListView | ScrollPane, down: bool, why: tuple[str, str]) -> ExpertStep:
     x, y = box_center(w.box)
     word = "down" if down else "up"
-    return ExpertStep(f"{why}; I scroll {word}.", Scroll(x, y, word), w.box, w.label)
+    thought = say(f"{why[0]}_scroll", label=why[1], dir=word)
+    return ExpertStep(thought, Scroll(x, y, word), w.box, w.label)
 
 
 def set_value(win: Window, w: Widget, want: object) -> ExpertStep:
     """The next step that brings value widget ``w`` to ``want`` (it is shown)."""
     if isinstance(w, Checkbox):
         verb = "tick" if want else "untick"
-        return click(w.mark_box, f"'{w.label}' must be {verb}ed; I {verb} it.", w.label)
+        return click(w.mark_box, say(verb, label=w.label), w.label)
     if isinstance(w, RadioGroup):
         i = w.options.index(want)
-        return click(w.option_boxes[i], f"{w.label} must be '{want}'; I choose it.", str(want))
+        return click(w.option_boxes[i], say("radio", group=w.label, want=want), str(want))
     if isinstance(w, Dropdown):
         if not w.open:
-            return click(
-                w.box, f"{w.label} shows {w.value()}, not {want}; I open the list.", w.label
-            )
+            return click(w.box, say("dd_open", label=w.label, value=w.value(), want=want), w.label)
         i = w.options.index(want)
-        return click(w.option_boxes[i], f"The {w.label} list is open; I pick {want}.", str(want))
+        return click(w.option_boxes[i], say("dd_pick", label=w.label, want=want), str(want))
     if isinstance(w, TextField):
         return edit_text(win, w, str(want))
     raise TypeError(f"the expert cannot set a {w.kind}")
@@ -147,16 +145,16 @@ def set_value(win: Window, w: Widget, want: object) -> ExpertStep:
 
 def edit_text(win: Window, w: TextField, want: str) -> ExpertStep:
     if win.focus != w.wid:
-        return click(w.box, f"I click the {w.label} field to type in it.", w.label)
+        return click(w.box, say("field", field=w.label), w.label)
     if win.select_all:
         if want:
-            return ExpertStep(f"The text is selected; I type '{want}'.", Type(want))
-        return ExpertStep("The text is selected; I delete it.", Hotkey(("backspace",)))
+            return ExpertStep(say("selected_type", want=want), Type(want))
+        return ExpertStep(say("selected_delete"), Hotkey(("backspace",)))
     if want.startswith(w.text):
         return ExpertStep(
-            f"I type '{want[len(w.text) :]}' into {w.label}.", Type(want[len(w.text) :])
+            say("type_into", want=want[len(w.text) :], field=w.label), Type(want[len(w.text) :])
         )
-    return ExpertStep(f"{w.label} holds '{w.text}'; I select all of it.", Hotkey(("ctrl", "a")))
+    return ExpertStep(say("select_all", field=w.label, text=w.text), Hotkey(("ctrl", "a")))
 
 
 def expert_step(
@@ -166,16 +164,14 @@ def expert_step(
     dragged into it, `drag_step`; else scrolled)."""
     if win.dialog is not None:
         d = win.dialog
-        return click(d.close_box, f"A '{d.label}' message covers the window; I close it.", "close")
+        return click(d.close_box, say("dialog", title=d.label), "close")
     expected = task.expected_values()
     values = win.values()
     wrong = [w for w in win.walk() if w.wid in expected and values[w.wid] != expected[w.wid]]
     wrong.sort(key=lambda w: w.wid != prefer)
     drop = win.open_dropdown()
     if drop is not None and (not wrong or wrong[0] is not drop):
-        return ExpertStep(
-            f"The {drop.label} list is open by mistake; I close it.", Hotkey(("esc",))
-        )
+        return ExpertStep(say("dd_close", other=drop.label), Hotkey(("esc",)))
     if wrong:
         w = wrong[0]
         return reveal(win, w, drag) or set_value(win, w, expected[w.wid])
@@ -187,27 +183,23 @@ def final_step(task: Task, win: Window, drag: bool = False) -> ExpertStep:
     kind, target = task.final
     if kind == "press":
         b = win.find(target)
-        return reveal(win, b, drag) or click(
-            b.box, f"Everything is set; I press {b.label}.", b.label
-        )
+        return reveal(win, b, drag) or click(b.box, say("press", button=b.label), b.label)
     if kind == "open":
         lv = next(w for w in win.walk() if isinstance(w, ListView) and target in w.items)
         i = lv.items.index(target)
         box = lv.row_box(i)
         if box is None:
-            why = f"'{target}' is not in view"
+            why = ("list", target)
             far = drag_step(lv, i, why) if drag else None
             return far or scroll_step(lv, i >= lv.offset + lv.visible, why)
         x, y = box_center(box)
-        return ExpertStep(
-            f"'{target}' is in view; I double-click to open it.", LeftDouble(x, y), box, target
-        )
+        return ExpertStep(say("open_row", label=target), LeftDouble(x, y), box, target)
     if kind == "submit":
         f = win.find(target)
         if win.focus != target:
-            return click(f.box, f"I click the {f.label} field.", f.label)
-        return ExpertStep(f"'{f.value()}' is typed; I press Enter.", Hotkey(("enter",)))
-    return ExpertStep("The task is done.", Finished("done"))
+            return click(f.box, say("submit_field", label=f.label), f.label)
+        return ExpertStep(say("submit", want=f.value()), Hotkey(("enter",)))
+    return ExpertStep(say("done"), Finished("done"))
 
 
 __all__ = [

@@ -55,6 +55,7 @@ from lmforge.agents.action_grammar import instruction_spans, response_regex
 from lmforge.agents.actions import SCROLL_DIRECTIONS, format_response
 from lmforge.agents.agent_data import agent_prompt, pointer_prefix
 from lmforge.agents.expert import expert_step
+from lmforge.agents.thoughts import thought_regex
 from lmforge.infer import Engine, SamplingParams
 from lmforge.infer.multimodal import ImageInputs
 from lmforge.infer.structured import compile_constraint
@@ -137,6 +138,7 @@ POINTER_ROOM = 32
 DIRECTION_REGEX = "(" + "|".join(SCROLL_DIRECTIONS) + r")\)"
 END_OF_TURN = "<|im_end|>"
 TYPINGS = ("free", "instruction")  # what a constrained policy's type() may write
+THOUGHT_MODES = ("free", "expert")  # … and its thoughts (`lmforge.agents.thoughts`)
 
 
 @dataclass
@@ -169,12 +171,15 @@ class VLMPolicy:
         logprobs: bool = False,
         pointer: bool | None = None,
         typing: str = "free",
+        thoughts: str = "free",
     ) -> None:
         if history < 1:
             raise ValueError(f"history={history} must be ≥ 1 screenshot")
         has_head = getattr(model, "pointer_head", None) is not None
         if typing not in TYPINGS:
             raise ValueError(f"typing={typing!r}: choose from {list(TYPINGS)}")
+        if thoughts not in THOUGHT_MODES:
+            raise ValueError(f"thoughts={thoughts!r}: choose from {list(THOUGHT_MODES)}")
         if pointer and not has_head:
             raise ValueError("pointer=True needs a model with a pointer head (pointer_size > 0)")
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
@@ -188,6 +193,7 @@ class VLMPolicy:
         self.vision_stops = tuple(i for i in vision if i is not None)
         self.end_of_turn = tokenizer.token_to_id(END_OF_TURN)
         self.typing = typing  # "instruction": type() writes a span of the instruction
+        self.thoughts = thoughts  # "expert": thoughts in the expert's language (thoughts.py)
         self.regex = response_regex(screen)
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0
@@ -197,12 +203,17 @@ class VLMPolicy:
         context (a long history of earlier responses leaves less room; a cut response is an
         invalid action, as any unparseable one); a pointer policy keeps `POINTER_ROOM`
         tokens free for what it splices in. Constrained with ``typing="instruction"``,
-        ``type`` may write only `instruction_spans` of ``instruction``."""
+        ``type`` may write only `instruction_spans` of ``instruction``; with
+        ``thoughts="expert"`` the thought is one of the expert's sentences whose instruction
+        slots copy those spans (`lmforge.agents.thoughts.thought_regex`)."""
         constraint = None
         if self.constrained:
             regex = self.regex
-            if self.typing == "instruction":
-                regex = response_regex(self.screen, instruction_spans(instruction))
+            if self.typing == "instruction" or self.thoughts == "expert":
+                spans = instruction_spans(instruction)
+                typed = spans if self.typing == "instruction" else None
+                thought = thought_regex(spans) if self.thoughts == "expert" else None
+                regex = response_regex(self.screen, typed, thought)
             constraint = compile_constraint(self.tokenizer, regex=regex)
         room = self.engine.max_len - prompt_length - (POINTER_ROOM if self.pointer else 0)
         if room < 1:
@@ -419,6 +430,7 @@ __all__ = [
     "Pointing",
     "Policy",
     "PolicySample",
+    "THOUGHT_MODES",
     "TYPINGS",
     "VLMPolicy",
     "agent_messages",

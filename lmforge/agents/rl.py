@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmforge.agents.policy import TYPINGS, PolicySample, VLMPolicy
+from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, PolicySample, VLMPolicy
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
 from lmforge.agents.rollout import EpisodeRun, run_episodes
 from lmforge.agents.sft import AgentSection, evaluate_agent_model
@@ -89,6 +89,7 @@ class AgentRLSection:
     history: int = 2
     constrained: bool = False  # sample under the action grammar (then format is always 1)
     typing: str = "instruction"  # … type() writes spans of the instruction (or "free"); eval too
+    thoughts: str = "free"  # … "expert": thoughts in the expert's language (agents.thoughts)
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     clip_eps: float = 0.2  # GRPO/PPO ratio clipping ε
@@ -118,9 +119,9 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(
             f"rl.split={r.split!r} / rl.eval_split={r.eval_split!r}: choose from {SPLITS}"
         )
-    if r.groups not in GROUPINGS or r.typing not in TYPINGS:
-        raise ConfigError(f"rl.groups={r.groups!r} / rl.typing={r.typing!r}: choose from "
-                          f"{GROUPINGS} / {TYPINGS}")  # fmt: skip
+    if r.groups not in GROUPINGS or r.typing not in TYPINGS or r.thoughts not in THOUGHT_MODES:
+        raise ConfigError(f"rl.groups={r.groups!r} / rl.typing={r.typing!r} / rl.thoughts="
+                          f"{r.thoughts!r}: choose from {GROUPINGS} / {TYPINGS} / {THOUGHT_MODES}")  # fmt: skip
     if r.guide and r.groups != "state":
         raise ConfigError("rl.guide=true needs rl.groups=state (the expert's move is per state)")
     if r.group_size < 2:
@@ -233,6 +234,7 @@ class AgentRollouts:
         s = self.section
         return VLMPolicy(self.model, self.tokenizer, self.processor, (s.screen, s.screen), s.history,
                          s.max_new_tokens, s.temperature, s.constrained, typing=s.typing,
+                         thoughts=s.thoughts,
                          seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
 
     @torch.no_grad()
@@ -355,7 +357,8 @@ def select_tasks(model: Any, tokenizer: Any, processor: ImageProcessor, r: Agent
     if not r.failed_only:
         return pool
     policy = VLMPolicy(model, tokenizer, processor, (r.screen, r.screen), r.history, r.max_new_tokens,
-                       temperature=0.0, constrained=r.constrained, typing=r.typing)  # fmt: skip
+                       temperature=0.0, constrained=r.constrained, typing=r.typing,
+                       thoughts=r.thoughts)  # fmt: skip
     failed = [run.task for run in run_episodes(policy, pool, r.max_steps) if not run.record.success]
     return failed or pool
 
@@ -393,7 +396,7 @@ def train_agent_rl(
             section = AgentSection(history=r.history, screen=r.screen, eval_split=r.eval_split,
                                    eval_tasks=r.eval_tasks, eval_grounding=0, max_steps=r.eval_max_steps,
                                    max_new_tokens=r.max_new_tokens, constrained=True,
-                                   typing=r.typing)  # fmt: skip
+                                   typing=r.typing, thoughts=r.thoughts)  # fmt: skip
             summary["agent_eval"] = evaluate_agent_model(
                 model, tokenizer, processor, section, t.seed
             )

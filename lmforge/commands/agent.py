@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lmforge.agents.grounding import grounding_eval
-from lmforge.agents.policy import TYPINGS, ExpertPolicy, VLMPolicy
+from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, ExpertPolicy, VLMPolicy
 from lmforge.agents.rl import AgentRLConfig, train_agent_rl
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
 from lmforge.agents.sft import AgentRunConfig, train_agent_sft
@@ -115,6 +115,9 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--typing", choices=TYPINGS, default="instruction",
                    help="under the grammar, what type() may write: spans of the instruction "
                    "(default) or any string (free)")  # fmt: skip
+    p.add_argument("--thoughts", choices=THOUGHT_MODES, default="free",
+                   help="under the grammar, the thought: free text (default) or the expert's "
+                   "sentences with the instruction's words in their slots (expert)")  # fmt: skip
     p.add_argument("--text-clicks", action="store_true",
                    help="a pointer model writes its click coordinates as text instead of pointing")  # fmt: skip
 
@@ -131,6 +134,7 @@ def policy_from_args(args: argparse.Namespace):
     return VLMPolicy(model, load_tokenizer(folder), image_processor_for(model, args.screen),
                      (args.screen, args.screen), args.history, temperature=args.temperature,
                      constrained=not args.no_grammar, seed=args.seed, typing=args.typing,
+                     thoughts=args.thoughts,
                      pointer=False if args.text_clicks else None)  # fmt: skip
 
 

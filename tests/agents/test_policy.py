@@ -6,7 +6,9 @@ greedy click is `pointer_point` of `model.point` on the recorded ids; recorded p
 log-probs equal an independent recomputation; spliced tokens are flagged and unscored; a
 sampled token that runs past the query is cut and the prefix re-encoded. With
 ``typing="instruction"`` each request's grammar lets ``type`` write only its own
-instruction's spans."""
+instruction's spans; with ``thoughts="expert"`` its thought is a sentence of the expert's
+language whose slots copy those spans (sampled thoughts match it; the expert's own
+responses are admitted, free text is not)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from lmforge.agents.policy import (
     agent_messages,
 )
 from lmforge.agents.tasks import sample_task
+from lmforge.agents.thoughts import thought_regex
 from lmforge.models.pointer_head import pointer_point, to_pixels, token_centre
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import Tokenizer
@@ -114,6 +117,32 @@ def test_typing_held_to_the_instruction(vlm):
         action = parse_response(text, (128, 128)).action  # still always parses
         if isinstance(action, Type):
             assert action.content in instruction_spans(c.instruction)
+
+
+def test_thoughts_held_to_the_experts_language(vlm):
+    model, tok, proc, _ = vlm
+    with pytest.raises(ValueError, match="thoughts='any'"):
+        VLMPolicy(model, tok, proc, thoughts="any")
+    held = VLMPolicy(model, tok, proc, temperature=1.0, seed=3, thoughts="expert")
+    both = VLMPolicy(model, tok, proc, temperature=1.0, seed=3, thoughts="expert",
+                     typing="instruction")  # fmt: skip
+    for c in contexts(3):
+        spans = instruction_spans(c.instruction)
+        thought = thought_regex(spans)
+        assert held.params(0, 10, c.instruction).constraint.spec.text == response_regex(
+            (128, 128), None, thought
+        )
+        assert both.params(0, 10, c.instruction).constraint.spec.text == response_regex(
+            (128, 128), spans, thought
+        )
+        expert = ExpertPolicy().act([c])[0]  # the expert's own response is admitted …
+        assert accepts(held.params(0, 10, c.instruction).constraint, tok, expert)
+        free = "Thought: I think the list is fine.\nAction: wait()"  # … free text is not
+        assert not accepts(held.params(0, 10, c.instruction).constraint, tok, free)
+        assert accepts(VLMPolicy(model, tok, proc).params(0, 10).constraint, tok, free)
+    for text, c in zip(both.act(contexts(4)), contexts(4), strict=True):
+        response = parse_response(text, (128, 128))  # sampled: parses, in the language
+        assert re.fullmatch(thought_regex(instruction_spans(c.instruction)), response.thought)
 
 
 def test_expert_policy_answers_as_the_expert():

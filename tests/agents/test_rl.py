@@ -205,7 +205,7 @@ def test_online_grpo_smoke_run(tmp_path, vlm, draws):
 
 def test_bad_rl_sections():
     for override, message in [("rl.group_size=1", "group_size"), ("rl.split=dev", "rl.split"),
-                              ("rl.typing=any", "rl.typing")]:  # fmt: skip
+                              ("rl.typing=any", "rl.typing"), ("rl.thoughts=any", "rl.thoughts")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             train_agent_rl(load_config(None, [override], AgentRLConfig))
     with pytest.raises(ConfigError, match="model.init_from"):

@@ -4,9 +4,12 @@ files written, clean errors."""
 from __future__ import annotations
 
 import json
+import re
 
 from PIL import Image
 
+from lmforge.agents.action_grammar import instruction_spans
+from lmforge.agents.thoughts import thought_regex
 from lmforge.cli import main
 
 SMALL = [
@@ -35,11 +38,14 @@ def test_sft_then_eval_and_run_the_model(tmp_path, capsys):
     assert code == 0 and "step 1: Thought: " in capsys.readouterr().out
     assert Image.open(gif).n_frames >= 1
     code = main(["agent", "run", "--model", str(out / "model"), "--task",
-                 "Tick Remember me, then press Sign in", "--max-steps", "1"])  # fmt: skip
+                 "Tick Remember me, then press Sign in", "--max-steps", "1", "--thoughts", "expert"])  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and lines[0] == "task: Tick Remember me, then press Sign in"
     assert lines[1] == "window: login_remember's (Sign in); free text, so no success check"
     assert lines[2].startswith("step 1: Thought: ") and lines[-1] == "ended after 1 steps"
+    thought = lines[2].removeprefix("step 1: Thought: ").split("\\nAction: ")[0]  # expert's
+    spans = instruction_spans("Tick Remember me, then press Sign in")
+    assert re.fullmatch(thought_regex(spans), thought), thought
 
 
 def test_eval_and_run_the_expert(tmp_path, capsys):
