@@ -40,7 +40,9 @@ stage's folder; ``agent-tiny.yaml``: plain grounding); ``--ground/--sft/--rl k=v
 per-stage config overrides (after the defaults; ``--rl-steps`` defaults to the RL recipe's).
 
 Last line: ``RESULT gui_agent sft_success=<a> rl_success=<b> grounding_acc=<g> minutes=<m>``
-(targets: g ≥ 0.9 on held-out layouts; b − a ≥ 0.10).
+(targets: g ≥ 0.9 on held-out layouts; b − a ≥ 0.10). ``a`` is the SFT agent evaluated by the
+RL stage (``rl/agent_eval_start.json``: the same held-out tasks, decoded as the RL stage's
+evaluation decodes them — ``rl.typing``, ``rl.thoughts``), so a and b differ only by RL.
 """
 
 from __future__ import annotations
@@ -145,9 +147,13 @@ def main() -> None:
     after_rl = stage(out, "rl", rl)
     minutes = (time.process_time() - cpu0) / 60
     wall = (time.perf_counter() - wall0) / 60
-    a = after_sft["episodes"]["success_rate"]
+    start = out / "rl" / "agent_eval_start.json"  # the SFT agent under the RL stage's evaluation
+    before = json.loads(start.read_text()) if start.is_file() else after_sft
+    a = before["episodes"]["success_rate"]
     b = after_rl["episodes"]["success_rate"]
-    for name, report in (("sft", after_sft), ("rl", after_rl)):
+    print(f"held-out success of the sft agent in its own stage: "
+          f"{after_sft['episodes']['success_rate']:.3f}; under the rl stage's decoding: {a:.3f}")  # fmt: skip
+    for name, report in (("sft", before), ("rl", after_rl)):
         per = " ".join(
             f"{k}={v['success_rate']:.2f}" for k, v in report["episodes"]["per_template"].items()
         )

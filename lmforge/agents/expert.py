@@ -132,7 +132,7 @@ def set_value(win: Window, w: Widget, want: object) -> ExpertStep:
         return click(w.mark_box, say(verb, label=w.label), w.label)
     if isinstance(w, RadioGroup):
         i = w.options.index(want)
-        return click(w.option_boxes[i], say("radio", group=w.label, want=want), str(want))
+        return click(w.option_boxes[i], say("radio", label=w.label, want=want), str(want))
     if isinstance(w, Dropdown):
         if not w.open:
             return click(w.box, say("dd_open", label=w.label, value=w.value(), want=want), w.label)
@@ -154,7 +154,7 @@ def edit_text(win: Window, w: TextField, want: str) -> ExpertStep:
         return ExpertStep(
             say("type_into", want=want[len(w.text) :], field=w.label), Type(want[len(w.text) :])
         )
-    return ExpertStep(say("select_all", field=w.label, text=w.text), Hotkey(("ctrl", "a")))
+    return ExpertStep(say("select_all", label=w.label, text=w.text), Hotkey(("ctrl", "a")))
 
 
 def expert_step(

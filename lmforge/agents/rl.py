@@ -3,6 +3,7 @@ one Trainer.
 
     config = load_config(None, ["model.init_from=runs/agent-tiny/model"], AgentRLConfig)
     summary = train_agent_rl(config)      # summary["agent_eval"]: held-out success after RL
+                                          # ["agent_eval_start"]: before, evaluated the same way
 
 Each optimizer step is one rollout: ``tasks_per_rollout`` tasks (by default those the
 starting policy fails greedily, as UI-TARS trains online on what it cannot yet do), each
@@ -56,7 +57,7 @@ from lmforge.agents.widgets import box_contains
 from lmforge.align.grpo import grpo_advantages
 from lmforge.align.reference import make_reference
 from lmforge.config import ConfigError
-from lmforge.io import atomic_write_json
+from lmforge.io import atomic_write_json, read_json
 from lmforge.models.hf import load_model
 from lmforge.models.loss import IGNORE_INDEX
 from lmforge.models.vlm import VisionLanguageModel
@@ -367,7 +368,9 @@ def train_agent_rl(
     config: AgentRLConfig, model: Any = None, tokenizer: Any = None, console: Console | None = None
 ) -> dict[str, Any]:
     """Online GRPO from ``model`` (else ``model.init_from``); exports ``model/`` and the
-    held-out figures (``agent_eval.json``)."""
+    held-out figures (``agent_eval.json``), and the starting agent's under the same
+    evaluation — same tasks, same decoding — in ``agent_eval_start.json`` (made once, before
+    training; a resumed run keeps it)."""
     check_agent_rl_config(config)
     r, t = config.rl, config.train
     run_dir = Path(config.out_dir)
@@ -385,6 +388,15 @@ def train_agent_rl(
         console.print(
             f"[bold]agent rl[/]: {len(tasks)} tasks of {r.split}, groups of {r.group_size}"
         )
+        section = AgentSection(history=r.history, screen=r.screen, eval_split=r.eval_split,
+                               eval_tasks=r.eval_tasks, eval_grounding=0, max_steps=r.eval_max_steps,
+                               max_new_tokens=r.max_new_tokens, constrained=True, typing=r.typing,
+                               thoughts=r.thoughts)  # fmt: skip
+        start = run_dir / "agent_eval_start.json"
+        if r.eval_tasks and not start.is_file():  # the starting agent, evaluated the same way
+            report = evaluate_agent_model(model, tokenizer, processor, section, t.seed)
+            if dist.is_main:
+                atomic_write_json(start, report)
         rollouts = AgentRollouts(model, tokenizer, processor, tasks, r, t.seed, config.data.seq_len)
         trainer = Trainer(model, rollouts, config, objective=agent_pg_objective, tokenizer=tokenizer,
                           run_dir=run_dir, dist=dist, console=console)  # fmt: skip
@@ -393,10 +405,7 @@ def train_agent_rl(
             save_preprocessor_config(processor.config, summary["model_dir"])
         summary["rl_tasks"] = len(tasks)
         if r.eval_tasks:
-            section = AgentSection(history=r.history, screen=r.screen, eval_split=r.eval_split,
-                                   eval_tasks=r.eval_tasks, eval_grounding=0, max_steps=r.eval_max_steps,
-                                   max_new_tokens=r.max_new_tokens, constrained=True,
-                                   typing=r.typing, thoughts=r.thoughts)  # fmt: skip
+            summary["agent_eval_start"] = read_json(start)
             summary["agent_eval"] = evaluate_agent_model(
                 model, tokenizer, processor, section, t.seed
             )

@@ -10,7 +10,10 @@ trajectories it always is: the value to set, the box to tick, the tab, the row t
 grammar lets it be exactly one of `lmforge.agents.action_grammar.instruction_spans`. Every
 other slot names what only the screen shows (a field's label, a dropdown's current value, a
 dialog's title, a button) and is one or two words of letters and digits (`FREE_REGEX`).
-A correction may start with `REFLECTION` (`lmforge.agents.agent_data.reflective`).
+A correction may start with `REFLECTION` (`lmforge.agents.agent_data.reflective`). Every
+sentence of the expert's trajectories is in the language of its own instruction but one: the
+held-out template profile_edit's "Plan must be 'Pro'" ("… choose 'Pro' and Save" does not name
+the group; every training template does).
 
 Why: the agent (an SFT'd 0.4M-parameter LM) fails most held-out tasks by naming in its
 thought a value it saw in training instead of the instruction's ("Choose 'System' for
@@ -35,7 +38,7 @@ THOUGHTS: dict[str, str] = {
     "list_drag": "'{label}' is not in view, far {dir}; I drag the scrollbar.",
     "tick": "'{label}' must be ticked; I tick it.",
     "untick": "'{label}' must be unticked; I untick it.",
-    "radio": "{group} must be '{want}'; I choose it.",
+    "radio": "{label} must be '{want}'; I choose it.",
     "dd_open": "{label} shows {value}, not {want}; I open the list.",
     "dd_pick": "The {label} list is open; I pick {want}.",
     "dd_close": "The {other} list is open by mistake; I close it.",
@@ -43,7 +46,7 @@ THOUGHTS: dict[str, str] = {
     "selected_type": "The text is selected; I type '{want}'.",
     "selected_delete": "The text is selected; I delete it.",
     "type_into": "I type '{want}' into {field}.",
-    "select_all": "{field} holds '{text}'; I select all of it.",
+    "select_all": "{label} holds '{text}'; I select all of it.",
     "dialog": "A '{title}' message covers the window; I close it.",
     "press": "Everything is set; I press {button}.",
     "open_row": "'{label}' is in view; I double-click to open it.",

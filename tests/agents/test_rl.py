@@ -185,13 +185,13 @@ def test_rollout_state_and_task_order(vlm):
     assert r.state_dict() == {"rollouts": 3}
 
 
-@pytest.mark.parametrize("draws", [1, 2])
-def test_online_grpo_smoke_run(tmp_path, vlm, draws):
+@pytest.mark.parametrize("draws, thoughts", [(1, "free"), (2, "expert")])
+def test_online_grpo_smoke_run(tmp_path, vlm, draws, thoughts):
     model, tok, _ = vlm
     overrides = [f"out_dir={tmp_path / 'rl'}", "rl.pool_tasks=2", "rl.tasks_per_rollout=1", "rl.group_size=2",
                  "rl.max_steps=2", "rl.eval_tasks=1", "rl.eval_max_steps=1", "rl.max_new_tokens=48", "train.max_steps=2", "train.batch_size=1",
                  "train.eval_every=0", "train.save_every=0", "log.progress=false", "log.plot=false",
-                 "optim.warmup_steps=1", "data.seq_len=256", f"rl.max_draws={draws}"]  # fmt: skip
+                 "optim.warmup_steps=1", "data.seq_len=256", f"rl.max_draws={draws}", f"rl.thoughts={thoughts}"]  # fmt: skip
     summary = train_agent_rl(load_config(None, overrides, AgentRLConfig), model, tok)
     assert summary["step"] == 2 and summary["rl_tasks"] >= 1
     lines = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
@@ -201,6 +201,8 @@ def test_online_grpo_smoke_run(tmp_path, vlm, draws):
     assert (
         json.loads((tmp_path / "rl" / "agent_eval.json").read_text())["episodes"]["episodes"] == 1
     )
+    start = json.loads((tmp_path / "rl" / "agent_eval_start.json").read_text())  # before RL
+    assert start["episodes"]["episodes"] == 1
 
 
 def test_bad_rl_sections():
