@@ -24,8 +24,9 @@ instruction, and GRPO that lifts held-out success"): the grounding stage of
 ``agent-match.yaml``, 2,000 trajectory-SFT steps on 300 tasks (pointer targets on the row's
 number and on the cells whose centre lies in the box), then the RL recipe; episodes are
 decoded under the action grammar with ``type()`` held to the instruction's spans
-(``agent.typing`` / ``rl.typing``), 100 held-out episodes and 200 held-out grounding
-questions per evaluation.
+(``agent.typing`` / ``rl.typing``) and the thought to the expert's sentences
+(``agent.thoughts`` / ``rl.thoughts``, `lmforge.agents.thoughts`), 100 held-out episodes and
+200 held-out grounding questions per evaluation.
 
 A finished stage made with the other ``--pointer-size`` choice is refused (use another
 ``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the

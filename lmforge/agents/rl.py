@@ -90,7 +90,7 @@ class AgentRLSection:
     history: int = 2
     constrained: bool = False  # sample under the action grammar (then format is always 1)
     typing: str = "instruction"  # … type() writes spans of the instruction (or "free"); eval too
-    thoughts: str = "free"  # … "expert": thoughts in the expert's language (agents.thoughts)
+    thoughts: str = "expert"  # … thoughts in the expert's language (agents.thoughts; or "free")
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     clip_eps: float = 0.2  # GRPO/PPO ratio clipping ε

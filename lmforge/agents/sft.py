@@ -160,7 +160,7 @@ class AgentSection(VLMShape):
     max_new_tokens: int = 160
     constrained: bool = True  # decode episodes under the action grammar
     typing: str = "instruction"  # … whose type() writes spans of the instruction (or "free")
-    thoughts: str = "free"  # … and thinks in the expert's language ("expert": agents.thoughts)
+    thoughts: str = "expert"  # … and thinks in the expert's language (agents.thoughts; or "free")
     grounding_count: int = 0  # grounding questions per visited screen (0: every element)
     grounding_turns: int = 8  # grounding questions per chat (one image encoding)
     grounding_shift: int = 0  # grounding screenshots moved down by up to this many px

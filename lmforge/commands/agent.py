@@ -115,9 +115,9 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--typing", choices=TYPINGS, default="instruction",
                    help="under the grammar, what type() may write: spans of the instruction "
                    "(default) or any string (free)")  # fmt: skip
-    p.add_argument("--thoughts", choices=THOUGHT_MODES, default="free",
-                   help="under the grammar, the thought: free text (default) or the expert's "
-                   "sentences with the instruction's words in their slots (expert)")  # fmt: skip
+    p.add_argument("--thoughts", choices=THOUGHT_MODES, default="expert",
+                   help="under the grammar, the thought: one of the expert's sentences with the "
+                   "instruction's words in its slots (default) or free text (free)")  # fmt: skip
     p.add_argument("--text-clicks", action="store_true",
                    help="a pointer model writes its click coordinates as text instead of pointing")  # fmt: skip
 
