@@ -27,8 +27,9 @@ writing coordinates (``pointer``, by default whenever the model has a head):
         past the ``(`` (e.g. ``((``), it is dropped and the text up to the ``(`` re-encoded;
     (b) one forward over prompt + those ids gives the pointer distribution over the current
         screenshot's (the last image's) tokens at the query (`VisionLanguageModel.point`);
-    (c) greedy (``temperature`` 0) clicks at `pointer_point` (the region readout) in screen
-        pixels; sampling draws token k from p^(1/T) (renormalised) and clicks its centre;
+    (c) greedy (``temperature`` 0, or ``greedy_pointer``) clicks at `pointer_point` (the
+        region readout) in screen pixels; sampling draws token k from p^(1/T) (renormalised)
+        and clicks its centre;
     (d) ``x,y`` is spliced in, then ``)`` — or, for a drag, ``,`` and a second point from the
         token ending with that ``,``; for a scroll, ``,`` and the direction decoded by the
         engine under a small grammar (``(up|down|left|right)\\)``); then the end-of-turn token.
@@ -172,6 +173,7 @@ class VLMPolicy:
         pointer: bool | None = None,
         typing: str = "free",
         thoughts: str = "free",
+        greedy_pointer: bool = False,
     ) -> None:
         if history < 1:
             raise ValueError(f"history={history} must be ≥ 1 screenshot")
@@ -194,6 +196,9 @@ class VLMPolicy:
         self.end_of_turn = tokenizer.token_to_id(END_OF_TURN)
         self.typing = typing  # "instruction": type() writes a span of the instruction
         self.thoughts = thoughts  # "expert": thoughts in the expert's language (thoughts.py)
+        # point greedily even when sampling the text; such choices are not recorded (RL
+        # then trains the language model only, on rollouts that click as evaluation does)
+        self.greedy_pointer = greedy_pointer
         self.regex = response_regex(screen)
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0
@@ -325,7 +330,7 @@ class VLMPolicy:
     ) -> tuple[int, tuple[int, int]]:
         """Token k and the pixel click: greedy — the argmax and `pointer_point`'s region
         readout; sampling — k ~ softmax(logits / T) and its token's centre."""
-        if self.temperature == 0:
+        if self.temperature == 0 or self.greedy_pointer:
             k = int(logits.argmax())
             point = pointer_point(logits.softmax(-1), grid)
         else:
@@ -337,14 +342,14 @@ class VLMPolicy:
     def splice_point(
         self, p: Pointing, prompt: list[int], pixels: torch.Tensor, grid: torch.Tensor,
         suffix: str, choose: Callable[[torch.Tensor, tuple[int, int]],
-                                      tuple[int, tuple[int, int]] | None],
+                                      tuple[int, tuple[int, int]] | None], record: bool = True,
     ) -> bool:  # fmt: skip
         """Point from ``p``'s last token into the current screenshot (the last image):
         ``choose(logits, grid)`` picks the token k and the pixel point (the policy's own
         `choose_point`, or a forced choice such as the expert's box in
         `lmforge.agents.guidance`); the choice is recorded with its current log-prob and
-        ``x,y`` + ``suffix`` spliced (flagged not sampled). False (nothing added) when
-        ``choose`` returns None."""
+        ``x,y`` + ``suffix`` spliced (flagged not sampled; with ``record`` False the choice
+        is not recorded). False (nothing added) when ``choose`` returns None."""
         image = grid.shape[0] - 1
         full = prompt + p.ids
         logits, cells = self.pointer_logits(full, pixels, grid, image)
@@ -353,7 +358,8 @@ class VLMPolicy:
             return False
         k, (x, y) = chosen
         logprob = float(logits.log_softmax(-1)[k])
-        p.pointers.append(PointerChoice(len(full) - 1, image, k, logprob, cells, (x, y)))
+        if record:
+            p.pointers.append(PointerChoice(len(full) - 1, image, k, logprob, cells, (x, y)))
         extra = self.tokenizer.encode(f"{x},{y}{suffix}")
         p.ids += extra
         p.logprobs += [None] * len(extra)
@@ -369,14 +375,15 @@ class VLMPolicy:
             prompt, pixels, grid, seed = requests[rid]
             generator = torch.Generator().manual_seed(int(seed or 0) + 7)
             own = partial(self.choose_point, generator=generator)
+            keep = not self.greedy_pointer
             if p.name == "drag":
-                self.splice_point(p, prompt, pixels, grid, ",", own)  # the query of point 2
-                self.splice_point(p, prompt, pixels, grid, ")", own)
+                self.splice_point(p, prompt, pixels, grid, ",", own, keep)  # point 2's query
+                self.splice_point(p, prompt, pixels, grid, ")", own, keep)
             elif p.name == "scroll":
-                self.splice_point(p, prompt, pixels, grid, ",", own)
+                self.splice_point(p, prompt, pixels, grid, ",", own, keep)
                 scrolls.append(rid)
             else:
-                self.splice_point(p, prompt, pixels, grid, ")", own)
+                self.splice_point(p, prompt, pixels, grid, ")", own, keep)
         if scrolls:  # the direction, decoded under its own small grammar
             prompts, params, images = [], [], []
             for rid in scrolls:

@@ -91,6 +91,7 @@ class AgentRLSection:
     constrained: bool = False  # sample under the action grammar (then format is always 1)
     typing: str = "instruction"  # … type() writes spans of the instruction (or "free"); eval too
     thoughts: str = "expert"  # … thoughts in the expert's language (agents.thoughts; or "free")
+    greedy_pointer: bool = False  # rollouts point greedily (as evaluation); RL trains the text only
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     clip_eps: float = 0.2  # GRPO/PPO ratio clipping ε
@@ -235,7 +236,7 @@ class AgentRollouts:
         s = self.section
         return VLMPolicy(self.model, self.tokenizer, self.processor, (s.screen, s.screen), s.history,
                          s.max_new_tokens, s.temperature, s.constrained, typing=s.typing,
-                         thoughts=s.thoughts,
+                         thoughts=s.thoughts, greedy_pointer=s.greedy_pointer,
                          seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
 
     @torch.no_grad()

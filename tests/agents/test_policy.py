@@ -299,6 +299,25 @@ def test_greedy_pointer_click_is_the_pointer_readout_of_the_recorded_ids(pvlm):
     assert again == [s.text.strip() for s in samples]  # greedy pointing is reproducible
 
 
+def test_greedy_pointer_while_sampling_the_text(pvlm):
+    """``greedy_pointer``: the text is sampled, the click is the pointer's readout at the
+    sample's own query (as evaluation clicks), and no pointer choice is recorded."""
+    model, tok, proc, _ = pvlm
+    policy = VLMPolicy(model, tok, proc, temperature=1.0, seed=6, logprobs=True,
+                       greedy_pointer=True)  # fmt: skip
+    policy.regex = pointing_regex("click")
+    for sample in policy.sample(contexts(3)):
+        assert sample.pointers == []
+        action = parse_response(sample.text, (128, 128)).action
+        full = sample.prompt_ids + sample.token_ids
+        query = len(sample.prompt_ids) + len(tok.encode(sample.text.split("click(")[0] + "click("))
+        logits, grids = model.point(torch.tensor([full[:query]]), sample.pixel_values,
+                                    sample.image_grid_thw)  # fmt: skip
+        assert action_point(action) == to_pixels(pointer_point(logits.softmax(-1)[0], grids[0]),
+                                                  (128, 128))  # fmt: skip
+        assert not any(sample.sampled[query - len(sample.prompt_ids) :])  # spliced
+
+
 def overfit(model, tok, proc, cs, answer: str, steps: int = 80):
     """``model`` taught to write ``answer`` to each of ``cs``'s prompts (a stand-in for an
     SFT agent, so an unconstrained policy reaches a coordinate action)."""

@@ -268,6 +268,23 @@ def test_pointer_rollouts_train_the_lm_on_sampled_tokens_and_the_head_on_its_cho
     assert all(g is not None for g in head) and sum(float(g.abs().sum()) for g in head) > 0
 
 
+def test_greedy_pointer_rollouts_train_the_lm_only(pvlm):
+    """``rl.greedy_pointer``: rollouts click at the pointer's readout and record no choice,
+    so the batch has no pointer terms and the head gets no gradient."""
+    model, _, _ = pvlm
+    rollouts, runs = sampled_runs(pvlm, replace(PSECTION, greedy_pointer=True))
+    samples = [s for run in runs for s in run.samples]
+    assert all(s.pointers == [] for s in samples) and any(not all(s.sampled) for s in samples)
+    batch = rollouts.batch(runs)
+    assert batch["pointer_queries"].shape[0] == 0
+    model.zero_grad()
+    out = agent_pg_objective(model, batch)
+    assert int(out.count) == int((batch["labels"] != IGNORE_INDEX).sum())
+    out.loss_sum.backward()
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0
+               for p in model.pointer_head.parameters())  # fmt: skip
+
+
 def test_pointer_ratio_term_equals_a_hand_computation_with_clipping(pvlm):
     model, _, _ = pvlm
     rollouts, runs = sampled_runs(pvlm, PSECTION)
