@@ -10,7 +10,8 @@ writes ``Thought: …\\nAction: …``. All contexts of a call decode together in
 (continuous batching, images encoded once per request); with ``constrained`` every output
 is held to `response_regex` (so it always parses, and its points lie on the screen), and
 ``temperature`` 0 is greedy; with ``typing="instruction"`` the grammar also holds ``type``
-to the spans of the context's instruction (`lmforge.agents.action_grammar.instruction_spans`).
+to the spans of the context's instruction (`lmforge.agents.action_grammar.instruction_spans`),
+with ``thoughts="expert"`` the thought to the expert's sentences (`lmforge.agents.thoughts`).
 Oracle policies may read ``context.env`` (the live window); model policies never do.
 
 `VLMPolicy.sample` returns what produced each response (`PolicySample`: the prompt's token

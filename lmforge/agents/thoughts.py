@@ -3,10 +3,12 @@ step, as templates with named slots, and a regular grammar of them for structure
 
     >>> say("dd_pick", label="Size", want="Large")
     'The Size list is open; I pick Large.'
-    >>> thought_regex(instruction_spans("Set Size to Large, then press Save"))
+    >>> rx = thought_regex(instruction_spans("Set Size to Large, then press Save"))
+    >>> bool(re.fullmatch(rx, "The Size list is open; I pick Large."))    # True
+    >>> bool(re.fullmatch(rx, "The Font list is open; I pick Off."))      # False
 
 A slot in `INSTRUCTION_SLOTS` is copied from the task's instruction (in the expert's own
-trajectories it always is: the value to set, the box to tick, the tab, the row to open); the
+trajectories it is: the value to set, the box to tick, the tab, the row to open); the
 grammar lets it be exactly one of `lmforge.agents.action_grammar.instruction_spans`. Every
 other slot names what only the screen shows (a field's label, a dropdown's current value, a
 dialog's title, a button) and is one or two words of letters and digits (`FREE_REGEX`).
@@ -15,12 +17,12 @@ sentence of the expert's trajectories is in the language of its own instruction 
 held-out template profile_edit's "Plan must be 'Pro'" ("… choose 'Pro' and Save" does not name
 the group; every training template does).
 
-Why: the agent (an SFT'd 0.4M-parameter LM) fails most held-out tasks by naming in its
+Why: the agent (an SFT'd 0.4M-parameter LM) failed most held-out tasks by naming in its
 thought a value it saw in training instead of the instruction's ("Choose 'System' for
 Theme" → "Theme must be 'Dark'; I choose it.") and then acting on its own thought. Held to
-this grammar its thoughts keep the expert's form and choose among the instruction's words —
-a choice that online RL can then learn, because sampling finds the right one
-(BENCHMARKS.md, "GUI agent: thoughts held to the expert's language").
+this grammar its thoughts keep the expert's form and choose among the instruction's words:
+the same SFT agent goes from 0.24 to 0.35 held-out success (BENCHMARKS.md, "GUI agent:
+thoughts held to the expert's language").
 """
 
 from __future__ import annotations
