@@ -31,11 +31,12 @@ class StepRecord:
 
 @dataclass
 class EpisodeRecord:
-    """One episode: its template, whether it succeeded, its steps."""
+    """One episode: its template, whether it succeeded, its steps, its goal progress."""
 
     template: str
     success: bool
     steps: list[StepRecord] = field(default_factory=list)
+    progress: float = 0.0  # the share of the task's goal values the last window holds
 
 
 def success_rate(records: Sequence[EpisodeRecord]) -> float:

@@ -94,6 +94,7 @@ class AgentRLSection:
     greedy_pointer: bool = False  # rollouts point greedily (as evaluation); RL trains the text only
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
+    progress_weight: float = 0.0  # + this × the share of goal values right at the end
     clip_eps: float = 0.2  # GRPO/PPO ratio clipping ε
     kl_coef: float = 0.0  # β of the k3 KL penalty to the starting (SFT) policy; 0: none
     iterations: int = 1  # GRPO's μ: optimizer steps on each rollout (the ratio clips after 1)
@@ -130,9 +131,10 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(
             f"rl.group_size={r.group_size} must be ≥ 2 (advantages are group-relative)"
         )
-    if not (r.expert_weight >= 0 and r.kl_coef >= 0):
+    if not (r.expert_weight >= 0 and r.kl_coef >= 0 and r.progress_weight >= 0):
         raise ConfigError(
-            f"rl.expert_weight={r.expert_weight} and rl.kl_coef={r.kl_coef} must be ≥ 0"
+            f"rl.expert_weight={r.expert_weight}, rl.kl_coef={r.kl_coef} and "
+            f"rl.progress_weight={r.progress_weight} must be ≥ 0"
         )
     if min(r.tasks_per_rollout, r.pool_tasks, r.max_steps, r.history, r.iterations,
            r.max_draws) < 1:  # fmt: skip
@@ -143,13 +145,19 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
 
 
 def episode_reward(
-    run: EpisodeRun, format_weight: float, expert_weight: float = 0.0, max_steps: int = 1
+    run: EpisodeRun,
+    format_weight: float,
+    expert_weight: float = 0.0,
+    max_steps: int = 1,
+    progress_weight: float = 0.0,
 ) -> float:
     """Success (0/1) + ``format_weight`` × the share of steps whose output parsed
     + ``expert_weight`` × (steps whose point lies in the expert's target box for that state,
     `StepRecord.target_box`) / ``max_steps`` — a dense process reward from the scripted
     expert (the expert's move is recomputed in every state the agent reaches, so repeating a
-    right click in a state where the expert has moved on earns nothing)."""
+    right click in a state where the expert has moved on earns nothing) + ``progress_weight``
+    × the share of the task's goal values the last window holds (`goal_progress`: partial
+    credit from the end state alone)."""
     steps = run.record.steps
     valid = sum(s.valid for s in steps) / len(steps) if steps else 0.0
     reward = float(run.record.success) + format_weight * valid
@@ -157,7 +165,7 @@ def episode_reward(
         agree = sum(s.valid and s.point is not None and s.target_box is not None
                     and box_contains(s.target_box, *s.point) for s in steps)  # fmt: skip
         reward += expert_weight * agree / max(1, max_steps)
-    return reward
+    return reward + progress_weight * run.record.progress
 
 
 def sample_example(
@@ -262,7 +270,8 @@ class AgentRollouts:
     def informative(self, group: Sequence[EpisodeRun]) -> bool:
         """Whether the group's episodes earn different rewards (non-zero advantages)."""
         s = self.section
-        rewards = {episode_reward(r, s.format_weight, s.expert_weight, s.max_steps) for r in group}
+        rewards = {episode_reward(r, s.format_weight, s.expert_weight, s.max_steps,
+                                  s.progress_weight) for r in group}  # fmt: skip
         return len(rewards) > 1
 
     @torch.no_grad()
@@ -278,7 +287,8 @@ class AgentRollouts:
     def batch(self, runs: Sequence[EpisodeRun]) -> dict[str, torch.Tensor]:
         """Episode groups: every step of an episode gets its group-normalised reward."""
         s = self.section
-        rewards = torch.tensor([episode_reward(r, s.format_weight, s.expert_weight, s.max_steps)
+        rewards = torch.tensor([episode_reward(r, s.format_weight, s.expert_weight, s.max_steps,
+                                               s.progress_weight)
                                 for r in runs])  # fmt: skip
         advantages = grpo_advantages(rewards, s.group_size).tolist()
         scored = [(step, adv) for run, adv in zip(runs, advantages, strict=True)

@@ -25,7 +25,7 @@ from lmforge.agents.env import GUIEnv
 from lmforge.agents.expert import ExpertStep, expert_step
 from lmforge.agents.metrics import EpisodeRecord, StepRecord, summarize
 from lmforge.agents.policy import AgentContext, Policy, PolicySample
-from lmforge.agents.tasks import Task, sample_task
+from lmforge.agents.tasks import Task, goal_progress, sample_task
 from lmforge.io import atomic_write_bytes
 
 
@@ -66,6 +66,7 @@ def record_step(
     context.screenshots.append(obs)
     context.previous.append(format_action(info["action"]) if valid else "invalid")
     run.record.success = bool(reward)
+    run.record.progress = goal_progress(run.task, env.window)
     return not (terminated or truncated)
 
 

@@ -88,6 +88,14 @@ class Task:
         return {**self.window.values(), **self.goal}
 
 
+def goal_progress(task: Task, window: Window) -> float:
+    """The share of the task's goal values ``window`` holds (0 for a task without any)."""
+    values = window.values()
+    return (
+        sum(values.get(k) == v for k, v in task.goal.items()) / len(task.goal) if task.goal else 0.0
+    )
+
+
 def task_success(task: Task, window: Window) -> bool:
     """The end state is right: the last event is the task's final event and every value is
     the expected one (goal values reached, nothing else changed)."""
@@ -419,6 +427,7 @@ __all__ = [
     "sample_task",
     "split_choices",
     "task_for_instruction",
+    "goal_progress",
     "task_success",
     "terminal",
     "window_words",

@@ -17,6 +17,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from lmforge.agents.env import GUIEnv
 from lmforge.agents.policy import ExpertPolicy
 from lmforge.agents.rl import (
     AgentRLConfig,
@@ -28,7 +29,7 @@ from lmforge.agents.rl import (
 )
 from lmforge.agents.rl_objective import agent_pg_objective
 from lmforge.agents.rollout import run_episodes
-from lmforge.agents.tasks import sample_task
+from lmforge.agents.tasks import goal_progress, sample_task
 from lmforge.config import ConfigError
 from lmforge.models.loss import IGNORE_INDEX
 from lmforge.models.vlm import VisionLanguageModel
@@ -55,6 +56,31 @@ def test_episode_reward():
     runs[2].record.steps[0] = type(runs[2].record.steps[0])(False)
     n = len(runs[2].record.steps)
     assert episode_reward(runs[2], 0.5) == pytest.approx(1 + 0.5 * (n - 1) / n)
+
+
+def test_progress_weight_credits_the_goal_values_right_at_the_end():
+    """radio_apply's goal is one value: the expert's episode ends with it (progress 1); an
+    episode cut after no step holds the initial value (progress 0, the task asks a change)."""
+    runs = expert_runs()
+    assert runs[0].record.progress == 1.0
+    assert episode_reward(runs[0], 0.1, progress_weight=0.5) == pytest.approx(1.1 + 0.5)
+    (cut,) = run_episodes(ExpertPolicy(), [runs[0].task], max_steps=1)  # one step: a click
+    task = runs[0].task
+    assert goal_progress(task, task.window) == 0.0
+    assert cut.record.progress == goal_progress(task, replay(task, cut.responses))
+    assert episode_reward(cut, 0.0, progress_weight=0.5) == pytest.approx(
+        float(cut.record.success) + 0.5 * cut.record.progress
+    )
+    with pytest.raises(ConfigError, match="rl.progress_weight"):
+        train_agent_rl(load_config(None, ["rl.progress_weight=-1"], AgentRLConfig))
+
+
+def replay(task, responses):
+    env = GUIEnv(width=task.window.width, height=task.window.height)
+    env.reset(options={"task": task})
+    for r in responses:
+        env.step(r)
+    return env.window
 
 
 def test_expert_weight_counts_the_steps_that_point_where_the_expert_would():

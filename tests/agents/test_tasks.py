@@ -127,3 +127,26 @@ def test_task_for_instruction_template_exact_and_free_text():
         assert not task_success(task, win)
     with pytest.raises(ValueError, match="empty instruction"):
         task_for_instruction("  ")
+
+
+
+def test_goal_progress_is_the_share_of_goal_values_held():
+    from lmforge.agents.env import GUIEnv
+    from lmforge.agents.expert import expert_step
+    from lmforge.agents.tasks import goal_progress
+
+    task = sample_task(4, template="profile_edit")  # two goal values: the name and the plan
+    env = GUIEnv(width=task.window.width, height=task.window.height)
+    env.reset(options={"task": task})
+    seen = [goal_progress(task, env.window)]
+    done = False
+    while not done:
+        _, reward, terminated, truncated, _ = env.step(expert_step(task, env.window).action)
+        seen.append(goal_progress(task, env.window))
+        done = terminated or truncated
+    assert reward == 1.0 and seen[-1] == 1.0 and seen[0] < 1.0
+    assert all(p in (0.0, 0.5, 1.0) for p in seen) and 0.5 in seen  # one value at a time
+    held = {k: v == task.goal[k] for k, v in env.window.values().items() if k in task.goal}
+    assert sum(held.values()) / len(task.goal) == seen[-1]
+    listing = sample_task(0, template="list_open")
+    assert listing.goal == {} and goal_progress(listing, listing.window) == 0.0  # no goal
