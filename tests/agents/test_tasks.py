@@ -129,7 +129,6 @@ def test_task_for_instruction_template_exact_and_free_text():
         task_for_instruction("  ")
 
 
-
 def test_goal_progress_is_the_share_of_goal_values_held():
     from lmforge.agents.env import GUIEnv
     from lmforge.agents.expert import expert_step
