@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -91,6 +91,15 @@ class PointerChoice:
     logprob: float
     grid: tuple[int, int]
     point: tuple[int, int]
+
+
+@lru_cache(maxsize=512)
+def request_regex(screen: tuple[int, int], instruction: str, typing: str, thoughts: str) -> str:
+    """`response_regex` for ``instruction`` (cached: asked every step), ``type`` / the thought
+    held to its spans as ``typing`` / ``thoughts`` say (`thought_regex`)."""
+    spans = instruction_spans(instruction)
+    typed = spans if typing == "instruction" else None
+    return response_regex(screen, typed, thought_regex(spans) if thoughts == "expert" else None)
 
 
 @dataclass
@@ -197,9 +206,7 @@ class VLMPolicy:
         self.end_of_turn = tokenizer.token_to_id(END_OF_TURN)
         self.typing = typing  # "instruction": type() writes a span of the instruction
         self.thoughts = thoughts  # "expert": thoughts in the expert's language (thoughts.py)
-        # point greedily even when sampling the text; such choices are not recorded (RL
-        # then trains the language model only, on rollouts that click as evaluation does)
-        self.greedy_pointer = greedy_pointer
+        self.greedy_pointer = greedy_pointer  # point greedily, unrecorded: RL trains text only
         self.regex = response_regex(screen)
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0
@@ -216,10 +223,7 @@ class VLMPolicy:
         if self.constrained:
             regex = self.regex
             if self.typing == "instruction" or self.thoughts == "expert":
-                spans = instruction_spans(instruction)
-                typed = spans if self.typing == "instruction" else None
-                thought = thought_regex(spans) if self.thoughts == "expert" else None
-                regex = response_regex(self.screen, typed, thought)
+                regex = request_regex(self.screen, instruction, self.typing, self.thoughts)
             constraint = compile_constraint(self.tokenizer, regex=regex)
         room = self.engine.max_len - prompt_length - (POINTER_ROOM if self.pointer else 0)
         if room < 1:
@@ -442,4 +446,5 @@ __all__ = [
     "TYPINGS",
     "VLMPolicy",
     "agent_messages",
+    "request_regex",
 ]
