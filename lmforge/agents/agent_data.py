@@ -336,6 +336,11 @@ def covered(win: Window, e: Element) -> bool:
     return any(box_contains(b, *box_center(e.box)) for b in drop.option_boxes)
 
 
+def grounding_question(kind: str, label: str) -> str:
+    """The grounding question about one element: "Click on the {kind} '{label}'."."""
+    return f"Click on the {kind} '{label}'."
+
+
 def grounding_examples(
     win: Window,
     rng: random.Random,
@@ -373,7 +378,7 @@ def grounding_examples(
     for e in picked:
         box = (e.box[0], e.box[1] + dy, e.box[2], e.box[3] + dy)
         x, y = box_center(box)
-        pairs.append((f"Click on the {e.kind} '{e.label}'.", f"click({x},{y})", box))
+        pairs.append((grounding_question(e.kind, e.label), f"click({x},{y})", box))
     out: list[VQAExample] = []
     for start in range(0, len(pairs), max(1, turns)):
         chat = pairs[start : start + max(1, turns)]
@@ -496,7 +501,7 @@ def zoom_examples(
             chat = []
             for e, b in inside[start : start + max(1, turns)]:
                 cx, cy = box_center(b)
-                chat.append((f"Click on the {e.kind} '{e.label}'.", f"click({cx},{cy})", b))
+                chat.append((grounding_question(e.kind, e.label), f"click({cx},{cy})", b))
             (q, a, _), rest = chat[0], chat[1:]
             meta = {"target_box": chat[0][2], "target_boxes": [b for _, _, b in chat],
                     "zoom": crop}  # fmt: skip
@@ -799,6 +804,7 @@ __all__ = [
     "describe_widget",
     "expert_trajectory",
     "grounding_examples",
+    "grounding_question",
     "list_name",
     "make_agent_dataset",
     "mistake_step",

@@ -13,6 +13,9 @@ is held to `response_regex` (so it always parses, and its points lie on the scre
 to the spans of the context's instruction (`lmforge.agents.action_grammar.instruction_spans`),
 with ``thoughts="expert"`` the thought to the expert's sentences (`lmforge.agents.thoughts`).
 Oracle policies may read ``context.env`` (the live window); model policies never do.
+This file is long because a pointer policy's decode → point → splice loop (the engine's
+requests, the responses stopped at a query, their pointer choices, grounded clicks) is one
+piece of state that RL trains on token-exactly; split, that state would cross modules.
 
 `VLMPolicy.sample` returns what produced each response (`PolicySample`: the prompt's token
 ids and image inputs, the sampled token ids, their log-probs as the engine computed them),
@@ -30,7 +33,9 @@ writing coordinates (``pointer``, by default whenever the model has a head):
         screenshot's (the last image's) tokens at the query (`VisionLanguageModel.point`);
     (c) greedy (``temperature`` 0, or ``greedy_pointer``) clicks at `pointer_point` (the
         region readout) in screen pixels; sampling draws token k from p^(1/T) (renormalised)
-        and clicks its centre;
+        and clicks its centre; with ``clicks="grounded"`` a click whose thought names an
+        element (`lmforge.agents.grounded`) is pointed greedily from the grounding question
+        about that element on the current screenshot instead, and not recorded;
     (d) ``x,y`` is spliced in, then ``)`` — or, for a drag, ``,`` and a second point from the
         token ending with that ``,``; for a scroll, ``,`` and the direction decoded by the
         engine under a small grammar (``(up|down|left|right)\\)``); then the end-of-turn token.
@@ -57,6 +62,7 @@ from lmforge.agents.action_grammar import instruction_spans, response_regex
 from lmforge.agents.actions import SCROLL_DIRECTIONS, format_response
 from lmforge.agents.agent_data import agent_prompt, pointer_prefix
 from lmforge.agents.expert import expert_step
+from lmforge.agents.grounded import CLICK_MODES, grounding_query, response_target
 from lmforge.agents.thoughts import thought_regex
 from lmforge.infer import Engine, SamplingParams
 from lmforge.infer.multimodal import ImageInputs
@@ -184,6 +190,7 @@ class VLMPolicy:
         typing: str = "free",
         thoughts: str = "free",
         greedy_pointer: bool = False,
+        clicks: str = "pointer",
     ) -> None:
         if history < 1:
             raise ValueError(f"history={history} must be ≥ 1 screenshot")
@@ -192,8 +199,10 @@ class VLMPolicy:
             raise ValueError(f"typing={typing!r}: choose from {list(TYPINGS)}")
         if thoughts not in THOUGHT_MODES:
             raise ValueError(f"thoughts={thoughts!r}: choose from {list(THOUGHT_MODES)}")
-        if pointer and not has_head:
-            raise ValueError("pointer=True needs a model with a pointer head (pointer_size > 0)")
+        if (pointer or clicks == "grounded") and not has_head:
+            raise ValueError("pointer=True / clicks='grounded' need a model with a pointer head")
+        if clicks not in CLICK_MODES:
+            raise ValueError(f"clicks={clicks!r}: choose from {list(CLICK_MODES)}")
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
         self.screen, self.history, self.max_tokens = screen, history, max_tokens
         self.temperature, self.constrained, self.seed = temperature, constrained, seed
@@ -207,6 +216,9 @@ class VLMPolicy:
         self.typing = typing  # "instruction": type() writes a span of the instruction
         self.thoughts = thoughts  # "expert": thoughts in the expert's language (thoughts.py)
         self.greedy_pointer = greedy_pointer  # point greedily, unrecorded: RL trains text only
+        self.clicks = (
+            clicks  # "grounded": clicks from the thought's grounding question (grounded.py)
+        )
         self.regex = response_regex(screen)
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0
@@ -243,13 +255,14 @@ class VLMPolicy:
     def sample(self, contexts: Sequence[AgentContext]) -> list[PolicySample]:
         """One `PolicySample` per context, decoded together (a pointer policy: phase (a)
         together, then the points per response — see the module docstring)."""
-        requests = {}
+        requests, shots = {}, {}
         for i, context in enumerate(contexts):
             messages, images = agent_messages(context, self.history)
             prompt, pixels, grid = encode_prompt(self.tokenizer, self.processor, messages, images)
             params = self.params(i, len(prompt), context.instruction)
             rid = self.engine.add_request(prompt, params, images=ImageInputs(pixels, grid))
             requests[rid] = (prompt, pixels, grid, params.seed)
+            shots[rid] = context.screenshots[-1]
         self.calls += 1
         scored: dict[str, list[float | None]] = {rid: [] for rid in requests}
         streamed: dict[str, list[int]] = {rid: [] for rid in requests}
@@ -284,7 +297,7 @@ class VLMPolicy:
         while self.engine.has_unfinished():  # collect the aborted requests' reports
             self.engine.step()
         if pointing:
-            done.update(self._finish_pointing(pointing, requests))
+            done.update(self._finish_pointing(pointing, requests, shots))
         return [done[rid] for rid in requests]
 
     # ------------------------------------------------------------------ pointing
@@ -331,11 +344,16 @@ class VLMPolicy:
         return logits[0], grids[0]
 
     def choose_point(
-        self, logits: torch.Tensor, grid: tuple[int, int], generator: torch.Generator
+        self,
+        logits: torch.Tensor,
+        grid: tuple[int, int],
+        generator: torch.Generator | None,
+        greedy: bool = False,
     ) -> tuple[int, tuple[int, int]]:
-        """Token k and the pixel click: greedy — the argmax and `pointer_point`'s region
-        readout; sampling — k ~ softmax(logits / T) and its token's centre."""
-        if self.temperature == 0 or self.greedy_pointer:
+        """Token k and the pixel click: greedy (``greedy``, ``temperature`` 0 or
+        ``greedy_pointer``) — the argmax and `pointer_point`'s region readout; sampling —
+        k ~ softmax(logits / T) and its token's centre."""
+        if greedy or self.temperature == 0 or self.greedy_pointer:
             k = int(logits.argmax())
             point = pointer_point(logits.softmax(-1), grid)
         else:
@@ -348,22 +366,26 @@ class VLMPolicy:
         self, p: Pointing, prompt: list[int], pixels: torch.Tensor, grid: torch.Tensor,
         suffix: str, choose: Callable[[torch.Tensor, tuple[int, int]],
                                       tuple[int, tuple[int, int]] | None], record: bool = True,
+        query: tuple[list[int], torch.Tensor, torch.Tensor] | None = None,
     ) -> bool:  # fmt: skip
         """Point from ``p``'s last token into the current screenshot (the last image):
         ``choose(logits, grid)`` picks the token k and the pixel point (the policy's own
         `choose_point`, or a forced choice such as the expert's box in
         `lmforge.agents.guidance`); the choice is recorded with its current log-prob and
         ``x,y`` + ``suffix`` spliced (flagged not sampled; with ``record`` False the choice
-        is not recorded). False (nothing added) when ``choose`` returns None."""
-        image = grid.shape[0] - 1
+        is not recorded). False (nothing added) when ``choose`` returns None. ``query``: point
+        from another prompt's last token into its last image instead (a grounded click,
+        `grounded_query`; never recorded)."""
         full = prompt + p.ids
-        logits, cells = self.pointer_logits(full, pixels, grid, image)
+        source = query or (full, pixels, grid)
+        image = source[2].shape[0] - 1
+        logits, cells = self.pointer_logits(*source, image)
         chosen = choose(logits, cells)
         if chosen is None:
             return False
         k, (x, y) = chosen
         logprob = float(logits.log_softmax(-1)[k])
-        if record:
+        if record and query is None:
             p.pointers.append(PointerChoice(len(full) - 1, image, k, logprob, cells, (x, y)))
         extra = self.tokenizer.encode(f"{x},{y}{suffix}")
         p.ids += extra
@@ -371,8 +393,18 @@ class VLMPolicy:
         p.sampled += [False] * len(extra)
         return True
 
+    def grounded_query(
+        self, p: Pointing, screenshot: np.ndarray
+    ) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
+        """With ``clicks="grounded"``, the grounding question about the element ``p``'s thought
+        names, on ``screenshot`` (`lmforge.agents.grounded`); else, or for a thought naming
+        none, None (the click is pointed from the response's own context)."""
+        text = self.tokenizer.decode(p.ids, skip_special_tokens=True)
+        target = response_target(text) if self.clicks == "grounded" else None
+        return target and grounding_query(self.tokenizer, self.processor, *target, screenshot)
+
     def _finish_pointing(
-        self, pointing: dict[str, Pointing], requests: dict[str, tuple]
+        self, pointing: dict[str, Pointing], requests: dict[str, tuple], shots: dict
     ) -> dict[str, PolicySample]:
         """Phases (b)–(d) of the module docstring for the responses stopped at a query."""
         scrolls = []
@@ -387,6 +419,9 @@ class VLMPolicy:
             elif p.name == "scroll":
                 self.splice_point(p, prompt, pixels, grid, ",", own, keep)
                 scrolls.append(rid)
+            elif (query := self.grounded_query(p, shots[rid])) is not None:
+                ground = partial(self.choose_point, generator=None, greedy=True)
+                self.splice_point(p, prompt, pixels, grid, ")", ground, False, query)
             else:
                 self.splice_point(p, prompt, pixels, grid, ")", own, keep)
         if scrolls:  # the direction, decoded under its own small grammar

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from lmforge.agents.grounded import CLICK_MODES
 from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, PolicySample, VLMPolicy
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
 from lmforge.agents.rollout import EpisodeRun, run_episodes
@@ -92,6 +93,7 @@ class AgentRLSection:
     typing: str = "instruction"  # … type() writes spans of the instruction (or "free"); eval too
     thoughts: str = "expert"  # … thoughts in the expert's language (agents.thoughts; or "free")
     greedy_pointer: bool = False  # rollouts point greedily (as evaluation); RL trains the text only
+    clicks: str = "pointer"  # "grounded": clicks from the thought's grounding question; eval too
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     progress_weight: float = 0.0  # + this × the share of goal values right at the end
@@ -122,9 +124,11 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(
             f"rl.split={r.split!r} / rl.eval_split={r.eval_split!r}: choose from {SPLITS}"
         )
-    if r.groups not in GROUPINGS or r.typing not in TYPINGS or r.thoughts not in THOUGHT_MODES:
+    if (r.groups not in GROUPINGS or r.typing not in TYPINGS or r.thoughts not in THOUGHT_MODES
+            or r.clicks not in CLICK_MODES):  # fmt: skip
         raise ConfigError(f"rl.groups={r.groups!r} / rl.typing={r.typing!r} / rl.thoughts="
-                          f"{r.thoughts!r}: choose from {GROUPINGS} / {TYPINGS} / {THOUGHT_MODES}")  # fmt: skip
+                          f"{r.thoughts!r} / rl.clicks={r.clicks!r}: choose from {GROUPINGS} / "
+                          f"{TYPINGS} / {THOUGHT_MODES} / {CLICK_MODES}")  # fmt: skip
     if r.guide and r.groups != "state":
         raise ConfigError("rl.guide=true needs rl.groups=state (the expert's move is per state)")
     if r.group_size < 2:
@@ -244,7 +248,7 @@ class AgentRollouts:
         s = self.section
         return VLMPolicy(self.model, self.tokenizer, self.processor, (s.screen, s.screen), s.history,
                          s.max_new_tokens, s.temperature, s.constrained, typing=s.typing,
-                         thoughts=s.thoughts, greedy_pointer=s.greedy_pointer,
+                         thoughts=s.thoughts, greedy_pointer=s.greedy_pointer, clicks=s.clicks,
                          seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
 
     @torch.no_grad()
@@ -370,7 +374,7 @@ def select_tasks(model: Any, tokenizer: Any, processor: ImageProcessor, r: Agent
         return pool
     policy = VLMPolicy(model, tokenizer, processor, (r.screen, r.screen), r.history, r.max_new_tokens,
                        temperature=0.0, constrained=r.constrained, typing=r.typing,
-                       thoughts=r.thoughts)  # fmt: skip
+                       thoughts=r.thoughts, clicks=r.clicks)  # fmt: skip
     failed = [run.task for run in run_episodes(policy, pool, r.max_steps) if not run.record.success]
     return failed or pool
 
@@ -402,7 +406,7 @@ def train_agent_rl(
         section = AgentSection(history=r.history, screen=r.screen, eval_split=r.eval_split,
                                eval_tasks=r.eval_tasks, eval_grounding=0, max_steps=r.eval_max_steps,
                                max_new_tokens=r.max_new_tokens, constrained=True, typing=r.typing,
-                               thoughts=r.thoughts)  # fmt: skip
+                               thoughts=r.thoughts, clicks=r.clicks)  # fmt: skip
         start = run_dir / "agent_eval_start.json"
         if r.eval_tasks and not start.is_file():  # the starting agent, evaluated the same way
             report = evaluate_agent_model(model, tokenizer, processor, section, t.seed)

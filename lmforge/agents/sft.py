@@ -16,8 +16,9 @@ Grounding options (BENCHMARKS.md, "GUI agent" sections): ``agent.grounding_turns
 element of a screen in one chat (one image encoding trains ~8 answers); ``agent.merge_size=1``:
 8-px image tokens (widget rows are ~12 px); ``agent.random_screens``: random-widget windows, where
 no text prior tells where an element is; ``coordinate_tokens``, ``rope_theta``,
-``grounding_shift`` did not help. Episodes are decoded under the action grammar, ``type()`` held
-to the instruction's spans (``agent.typing``), thoughts to `lmforge.agents.thoughts` (``agent.thoughts``).
+``grounding_shift`` did not help. Episodes: under the action grammar, ``type()`` held to the
+instruction's spans (``agent.typing``), thoughts to `lmforge.agents.thoughts` (``agent.thoughts``),
+clicks pointed in context or from a grounding question (``agent.clicks``, `lmforge.agents.grounded`).
 
 The pointer head (``agent.pointer_size`` > 0; GUI-Actor, `lmforge.models.pointer_head`): a
 click's point is not read from the coordinates' text but from a head that points at one of
@@ -31,19 +32,14 @@ pointing (`point_clicks`: the prompt + ``click(``, `VisionLanguageModel.point`, 
 `pointer_point`) and reports the text answers' figure as ``grounding_accuracy_text``. Measured
 (``recipes/agent-pointer.yaml``: grounding only, 200 train tasks + 400 random screens, 8 questions
 per chat, 8-px tokens, width 64, 2,500 steps, one thread, one seed): with a 2-layer vision encoder
-(16 min wall) held-out grounding 0.67 by the pointer, 0.29 by its own text answers (the scratch
-head of runs/agent-exp9: 0.66–0.69; text alone at best 0.345); with 4 layers (17 min) 0.725 and
-0.445. What the pointer misses is list rows (12/45 and 10/45 held-out, 4/21 on training screens:
+(16 min wall) held-out grounding 0.67 by the pointer, 0.29 by its own text answers; with 4
+layers (17 min) 0.725 and 0.445. What the pointer misses is list rows (12/45 and 10/45 held-out, 4/21 on training screens:
 chance among 4–5 rows; it finds the list but not the item whose number is named); the other kinds
 are 0.79 (0.87 with 4 layers) held-out, 0.93 on training screens. Adding perception (dense
-captions, which list the rows' items) to the 4-layer run at equal steps: 0.655, rows still at
-chance, and its captions get 0/58 held-out list items right — the tiny model does not read the
-items' text, so no pointer can pick the named row.
+captions) at equal steps: 0.655, rows still at chance (captions: 0/58 held-out list items right).
 
-Two opt-in tries at the rows (issue 18, session 10): kind ``reading`` (`lmforge.agents.
-agent_data.reading_examples`, + ``agent.reading_screens``) and ``agent.zoom`` = 2 (grounding also
-on 2× crops, and a second, zoomed look at evaluation, ``grounding_accuracy_zoom``); neither made
-the model read the rows (``grounding_rows`` / ``grounding_other`` split the figure).
+Tries at the rows that did not make the model read them (session 10): kind ``reading`` (+
+``agent.reading_screens``), ``agent.zoom`` = 2 (2× crops, a zoomed second look at evaluation).
 
 A dense glyph (OCR) objective (issue 18, session 11; `lmforge.agents.glyph`): with
 ``agent.glyph_weight`` > 0 a train-only `GlyphHead` on the encoder's output tokens predicts each
@@ -51,9 +47,8 @@ A dense glyph (OCR) objective (issue 18, session 11; `lmforge.agents.glyph`): wi
 ``glyph_weight`` × its loss joins the objective (`glyph_objective`); ``agent.glyph_steps`` runs an
 encoder-only glyph stage first, on the examples' screenshots or (``agent.glyph_screens=fresh``) on
 new list-heavy random windows. ``model/`` is saved without the head (``run_dir/glyph_head.pt``).
-Measured (``recipes/agent-glyph.yaml``): the encoder learns to read (a linear probe for a row's
-number 0.45 held out, from 0.117) but held-out grounding stays at 0.70–0.71, list rows 10–14 / 45:
-the pointer does not match the question's number to the row even on training screens.
+Measured (``recipes/agent-glyph.yaml``): the encoder learns to read (a probe for a row's number
+0.45 held out, from 0.117) but held-out grounding stays at 0.70–0.71, list rows 10–14 / 45.
 
 Matching the question's number to the row (session 12), opt-in: ``agent.row_target=number``
 points a list-row question's pointer target at the tokens that show the row's number
@@ -101,6 +96,7 @@ from lmforge.agents.glyph import (
     query_number_targets,
     query_objective,
 )
+from lmforge.agents.grounded import CLICK_MODES
 from lmforge.agents.grounding import grounding_eval, has_pointer
 from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, VLMPolicy
 from lmforge.agents.rollout import evaluate_agent
@@ -161,6 +157,7 @@ class AgentSection(VLMShape):
     constrained: bool = True  # decode episodes under the action grammar
     typing: str = "instruction"  # … whose type() writes spans of the instruction (or "free")
     thoughts: str = "expert"  # … and thinks in the expert's language (agents.thoughts; or "free")
+    clicks: str = "pointer"  # a pointer model's clicks: pointed in context, or "grounded"
     grounding_count: int = 0  # grounding questions per visited screen (0: every element)
     grounding_turns: int = 8  # grounding questions per chat (one image encoding)
     grounding_shift: int = 0  # grounding screenshots moved down by up to this many px
@@ -201,9 +198,11 @@ def check_agent_config(config: AgentRunConfig) -> None:
     bad = [k for k in a.kinds if k not in KINDS]
     if bad or not a.kinds:
         raise ConfigError(f"agent.kinds={a.kinds}: choose from {', '.join(KINDS)}")
-    if a.eval_split not in SPLITS or a.typing not in TYPINGS or a.thoughts not in THOUGHT_MODES:
+    if (a.eval_split not in SPLITS or a.typing not in TYPINGS or a.thoughts not in THOUGHT_MODES
+            or a.clicks not in CLICK_MODES):  # fmt: skip
         raise ConfigError(f"agent.eval_split={a.eval_split!r}, agent.typing={a.typing!r}, agent."
-                          f"thoughts={a.thoughts!r}: choose from {SPLITS}, {TYPINGS}, {THOUGHT_MODES}")  # fmt: skip
+                          f"thoughts={a.thoughts!r}, agent.clicks={a.clicks!r}: choose from "
+                          f"{SPLITS}, {TYPINGS}, {THOUGHT_MODES}, {CLICK_MODES}")  # fmt: skip
     if a.merge_size < 1 or a.screen % (a.merge_size * a.patch_size):
         raise ConfigError(f"agent.screen={a.screen} must be a multiple of agent.merge_size × "
                           f"agent.patch_size = {a.merge_size} × {a.patch_size}")  # fmt: skip
@@ -323,7 +322,7 @@ def evaluate_agent_model(
     if a.eval_tasks:
         policy = VLMPolicy(model, tokenizer, processor, (a.screen, a.screen), a.history,
                            a.max_new_tokens, constrained=a.constrained, typing=a.typing,
-                           thoughts=a.thoughts)  # fmt: skip
+                           thoughts=a.thoughts, clicks=a.clicks)  # fmt: skip
         summary, _ = evaluate_agent(policy, a.eval_split, a.eval_tasks, seed + 104729, a.max_steps,
                                     (a.screen, a.screen))  # fmt: skip
         out["episodes"] = summary

@@ -149,6 +149,7 @@ __all__ = [
     "INSTRUCTION_SLOTS",
     "REFLECTION",
     "REPAIRS",
+    "SLOT",
     "THOUGHTS",
     "say",
     "thought_regex",

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from lmforge.agents.grounded import CLICK_MODES
 from lmforge.agents.grounding import grounding_eval
 from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, ExpertPolicy, VLMPolicy
 from lmforge.agents.rl import AgentRLConfig, train_agent_rl
@@ -118,6 +119,9 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thoughts", choices=THOUGHT_MODES, default="expert",
                    help="under the grammar, the thought: one of the expert's sentences with the "
                    "instruction's words in its slots (default) or free text (free)")  # fmt: skip
+    p.add_argument("--clicks", choices=CLICK_MODES, default="pointer",
+                   help="a pointer model's clicks: pointed from the episode's context (default) "
+                   "or from the grounding question about the element the thought names")  # fmt: skip
     p.add_argument("--text-clicks", action="store_true",
                    help="a pointer model writes its click coordinates as text instead of pointing")  # fmt: skip
 
@@ -134,7 +138,7 @@ def policy_from_args(args: argparse.Namespace):
     return VLMPolicy(model, load_tokenizer(folder), image_processor_for(model, args.screen),
                      (args.screen, args.screen), args.history, temperature=args.temperature,
                      constrained=not args.no_grammar, seed=args.seed, typing=args.typing,
-                     thoughts=args.thoughts,
+                     thoughts=args.thoughts, clicks=args.clicks,
                      pointer=False if args.text_clicks else None)  # fmt: skip
 
 

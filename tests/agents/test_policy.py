@@ -25,6 +25,7 @@ from lmforge.agents.actions import Type, action_point, parse_response
 from lmforge.agents.agent_data import make_agent_dataset
 from lmforge.agents.env import GUIEnv
 from lmforge.agents.expert import expert_step
+from lmforge.agents.grounded import grounding_query
 from lmforge.agents.policy import (
     AgentContext,
     ExpertPolicy,
@@ -316,6 +317,35 @@ def test_greedy_pointer_while_sampling_the_text(pvlm):
         assert action_point(action) == to_pixels(pointer_point(logits.softmax(-1)[0], grids[0]),
                                                   (128, 128))  # fmt: skip
         assert not any(sample.sampled[query - len(sample.prompt_ids) :])  # spliced
+
+
+def test_grounded_clicks_point_from_the_thoughts_grounding_question(pvlm):
+    """``clicks="grounded"``: a click whose thought names an element is the pointer's greedy
+    readout on that element's grounding question about the current screenshot (even while
+    sampling), recorded nowhere; a thought that names none points from the context as
+    before (recorded); a pointer-less model and unknown modes are refused."""
+    model, tok, proc, _ = pvlm
+    cs = contexts(3)
+    for temperature in (0.0, 1.0):
+        policy = VLMPolicy(model, tok, proc, temperature=temperature, seed=2, logprobs=True,
+                           clicks="grounded")  # fmt: skip
+        policy.regex = ("Thought: Everything is set; I press (Save|OK)\\.\\nAction: "
+                        "click\\([0-9]{1,3},[0-9]{1,3}\\)")  # fmt: skip
+        for c, sample in zip(cs, policy.sample(cs), strict=True):
+            assert sample.pointers == []
+            button = sample.text.split("I press ")[1].split(".")[0]
+            ids, pixels, grid = grounding_query(tok, proc, "button", button, c.screenshots[-1])
+            logits, grids = model.point(torch.tensor([ids]), pixels, grid)
+            want = to_pixels(pointer_point(logits.softmax(-1)[0], grids[0]), (128, 128))
+            assert action_point(parse_response(sample.text, (128, 128)).action) == want
+            assert not sample.sampled[-1] and sample.token_ids[-1] == tok.token_to_id("<|im_end|>")
+        policy.regex = pointing_regex("click")  # free thoughts name nothing: pointed in context
+        for sample in policy.sample(cs):
+            check_pointer_sample(model, tok, sample)
+    with pytest.raises(ValueError, match="clicks"):
+        VLMPolicy(model, tok, proc, clicks="nearest")
+    with pytest.raises(ValueError, match="pointer head"):
+        VLMPolicy(vlm_without_head(pvlm), tok, proc, clicks="grounded")
 
 
 def overfit(model, tok, proc, cs, answer: str, steps: int = 80):

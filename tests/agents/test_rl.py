@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from lmforge.agents.env import GUIEnv
+from lmforge.agents.grounded import response_target
 from lmforge.agents.policy import ExpertPolicy
 from lmforge.agents.rl import (
     AgentRLConfig,
@@ -233,7 +234,8 @@ def test_online_grpo_smoke_run(tmp_path, vlm, draws, thoughts):
 
 def test_bad_rl_sections():
     for override, message in [("rl.group_size=1", "group_size"), ("rl.split=dev", "rl.split"),
-                              ("rl.typing=any", "rl.typing"), ("rl.thoughts=any", "rl.thoughts")]:  # fmt: skip
+                              ("rl.typing=any", "rl.typing"), ("rl.thoughts=any", "rl.thoughts"),
+                              ("rl.clicks=any", "rl.clicks")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             train_agent_rl(load_config(None, [override], AgentRLConfig))
     with pytest.raises(ConfigError, match="model.init_from"):
@@ -309,6 +311,29 @@ def test_greedy_pointer_rollouts_train_the_lm_only(pvlm):
     out.loss_sum.backward()
     assert all(p.grad is None or float(p.grad.abs().sum()) == 0
                for p in model.pointer_head.parameters())  # fmt: skip
+
+
+def test_grounded_click_rollouts_record_only_context_pointing(pvlm):
+    """``rl.clicks=grounded``: a click whose thought names an element is grounded and not
+    recorded (RL trains the text that chose it); other coordinate actions (a scroll, a
+    thought naming nothing) keep their recorded pointer choice; the batch holds exactly the
+    recorded ones."""
+    rollouts, runs = sampled_runs(pvlm, replace(PSECTION, clicks="grounded"))
+    samples = [s for run in runs for s in run.samples]
+    grounded = pointed = 0
+    for s in samples:
+        action = s.text.split("\nAction: ")[-1]
+        if action.split("(")[0] in ("click", "left_double", "right_single") and response_target(
+            s.text
+        ):
+            assert s.pointers == []
+            grounded += 1
+        elif action.split("(")[0] in ("click", "left_double", "right_single", "scroll", "drag"):
+            assert len(s.pointers) >= 1
+            pointed += 1
+    assert grounded > 0
+    batch = rollouts.batch(runs)
+    assert batch["pointer_queries"].shape[0] == sum(len(s.pointers) for s in samples)
 
 
 def test_pointer_ratio_term_equals_a_hand_computation_with_clipping(pvlm):

@@ -57,6 +57,7 @@ def test_tiny_agent_sft_run(tmp_path):
         ("agent.eval_split=test", "agent.eval_split"),
         ("agent.typing=any", "agent.typing"),
         ("agent.thoughts=any", "agent.thoughts"),
+        ("agent.clicks=any", "clicks"),
         ("agent.screen=100", "agent.screen"),
         ("agent.mistake_rate=2", "agent.mistake_rate"),
         ("agent.vision_init=xavier", "agent.vision_init"),
