@@ -135,6 +135,8 @@ def policy_from_args(args: argparse.Namespace):
         raise CommandError(f"--model {args.model}: not a vision-language (qwen2_vl) folder")
     if args.history < 1:
         raise CommandError(f"--history {args.history}: show at least 1 screenshot")
+    if args.clicks == "grounded" and getattr(model, "pointer_head", None) is None:
+        raise CommandError(f"--clicks grounded: {args.model} has no pointer head to point with")
     return VLMPolicy(model, load_tokenizer(folder), image_processor_for(model, args.screen),
                      (args.screen, args.screen), args.history, temperature=args.temperature,
                      constrained=not args.no_grammar, seed=args.seed, typing=args.typing,

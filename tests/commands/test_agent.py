@@ -37,6 +37,9 @@ def test_sft_then_eval_and_run_the_model(tmp_path, capsys):
                  "--max-steps", "1", "--gif", str(gif), "--typing", "free"])  # fmt: skip
     assert code == 0 and "step 1: Thought: " in capsys.readouterr().out
     assert Image.open(gif).n_frames >= 1
+    code = main(["agent", "run", "--model", str(out / "model"), "--task", "radio_apply",
+                 "--clicks", "grounded"])  # fmt: skip
+    assert code == 2 and "has no pointer head" in capsys.readouterr().err
     code = main(["agent", "run", "--model", str(out / "model"), "--task",
                  "Tick Remember me, then press Sign in", "--max-steps", "1", "--thoughts", "expert"])  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
@@ -82,6 +85,8 @@ def test_clean_errors(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
     assert main(["agent", "eval", "--expert", "--episodes", "0"]) == 2
     assert "--episodes 0" in capsys.readouterr().err
+    assert main(["agent", "eval", "--expert", "--clicks", "nearest"]) == 2
+    assert "--clicks" in capsys.readouterr().err
 
 
 def test_pointer_agent_sft_and_eval_score_grounding_by_pointing(tmp_path, capsys, monkeypatch):
@@ -105,7 +110,8 @@ def test_pointer_agent_sft_and_eval_score_grounding_by_pointing(tmp_path, capsys
     monkeypatch.setattr(
         agent_command, "VLMPolicy", lambda *a, **k: made.append(real(*a, **k)) or made[-1]
     )
-    for flag, pointing in (([], True), (["--text-clicks"], False)):
+    for flag, pointing, clicks in (([], True, "pointer"), (["--text-clicks"], False, "pointer"),
+                                   (["--clicks", "grounded"], True, "grounded")):  # fmt: skip
         assert main(["agent", "run", "--model", str(out / "model"), "--task", "list_open",
                      "--max-steps", "1", *flag]) == 0  # fmt: skip
-        assert made[-1].pointer is pointing
+        assert made[-1].pointer is pointing and made[-1].clicks == clicks
