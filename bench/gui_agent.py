@@ -25,8 +25,11 @@ instruction, and GRPO that lifts held-out success"): the grounding stage of
 number and on the cells whose centre lies in the box), then the RL recipe; episodes are
 decoded under the action grammar with ``type()`` held to the instruction's spans
 (``agent.typing`` / ``rl.typing``) and the thought to the expert's sentences
-(``agent.thoughts`` / ``rl.thoughts``, `lmforge.agents.thoughts`), 100 held-out episodes and
-200 held-out grounding questions per evaluation.
+(``agent.thoughts`` / ``rl.thoughts``, `lmforge.agents.thoughts`), and a click's point is the
+pointer's answer to the grounding question about the element the thought names (``agent.clicks``
+/ ``rl.clicks`` = ``grounded``, `lmforge.agents.grounded`; ``pointer``: pointed from the
+episode's own context, as before session 22); 100 held-out episodes and 200 held-out grounding
+questions per evaluation.
 
 A finished stage made with the other ``--pointer-size`` choice is refused (use another
 ``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the
@@ -43,7 +46,8 @@ per-stage config overrides (after the defaults; ``--rl-steps`` defaults to the R
 Last line: ``RESULT gui_agent sft_success=<a> rl_success=<b> grounding_acc=<g> minutes=<m>``
 (targets: g ≥ 0.9 on held-out layouts; b − a ≥ 0.10). ``a`` is the SFT agent evaluated by the
 RL stage (``rl/agent_eval_start.json``: the same held-out tasks, decoded as the RL stage's
-evaluation decodes them — ``rl.typing``, ``rl.thoughts``), so a and b differ only by RL.
+evaluation decodes them — ``rl.typing``, ``rl.thoughts``, ``rl.clicks``), so a and b differ only
+by RL.
 """
 
 from __future__ import annotations

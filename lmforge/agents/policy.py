@@ -199,8 +199,8 @@ class VLMPolicy:
             raise ValueError(f"typing={typing!r}: choose from {list(TYPINGS)}")
         if thoughts not in THOUGHT_MODES:
             raise ValueError(f"thoughts={thoughts!r}: choose from {list(THOUGHT_MODES)}")
-        if (pointer or clicks == "grounded") and not has_head:
-            raise ValueError("pointer=True / clicks='grounded' need a model with a pointer head")
+        if pointer and not has_head:
+            raise ValueError("pointer=True needs a model with a pointer head (pointer_size > 0)")
         if clicks not in CLICK_MODES:
             raise ValueError(f"clicks={clicks!r}: choose from {list(CLICK_MODES)}")
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
@@ -216,9 +216,7 @@ class VLMPolicy:
         self.typing = typing  # "instruction": type() writes a span of the instruction
         self.thoughts = thoughts  # "expert": thoughts in the expert's language (thoughts.py)
         self.greedy_pointer = greedy_pointer  # point greedily, unrecorded: RL trains text only
-        self.clicks = (
-            clicks  # "grounded": clicks from the thought's grounding question (grounded.py)
-        )
+        self.clicks = clicks  # "grounded": pointed clicks from the thought's grounding question
         self.regex = response_regex(screen)
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0

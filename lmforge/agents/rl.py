@@ -93,7 +93,7 @@ class AgentRLSection:
     typing: str = "instruction"  # … type() writes spans of the instruction (or "free"); eval too
     thoughts: str = "expert"  # … thoughts in the expert's language (agents.thoughts; or "free")
     greedy_pointer: bool = False  # rollouts point greedily (as evaluation); RL trains the text only
-    clicks: str = "pointer"  # "grounded": clicks from the thought's grounding question; eval too
+    clicks: str = "grounded"  # clicks from the thought's grounding question, or "pointer"; eval too
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     progress_weight: float = 0.0  # + this × the share of goal values right at the end

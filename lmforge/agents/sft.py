@@ -157,7 +157,7 @@ class AgentSection(VLMShape):
     constrained: bool = True  # decode episodes under the action grammar
     typing: str = "instruction"  # … whose type() writes spans of the instruction (or "free")
     thoughts: str = "expert"  # … and thinks in the expert's language (agents.thoughts; or "free")
-    clicks: str = "pointer"  # a pointer model's clicks: pointed in context, or "grounded"
+    clicks: str = "grounded"  # a pointer model's clicks: from a grounding question, or "pointer"
     grounding_count: int = 0  # grounding questions per visited screen (0: every element)
     grounding_turns: int = 8  # grounding questions per chat (one image encoding)
     grounding_shift: int = 0  # grounding screenshots moved down by up to this many px

@@ -119,9 +119,10 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thoughts", choices=THOUGHT_MODES, default="expert",
                    help="under the grammar, the thought: one of the expert's sentences with the "
                    "instruction's words in its slots (default) or free text (free)")  # fmt: skip
-    p.add_argument("--clicks", choices=CLICK_MODES, default="pointer",
-                   help="a pointer model's clicks: pointed from the episode's context (default) "
-                   "or from the grounding question about the element the thought names")  # fmt: skip
+    p.add_argument("--clicks", choices=CLICK_MODES, default=None,
+                   help="a pointer model's clicks: from the grounding question about the element "
+                   "the thought names (grounded, the default) or pointed from the episode's "
+                   "context (pointer)")  # fmt: skip
     p.add_argument("--text-clicks", action="store_true",
                    help="a pointer model writes its click coordinates as text instead of pointing")  # fmt: skip
 
@@ -137,10 +138,11 @@ def policy_from_args(args: argparse.Namespace):
         raise CommandError(f"--history {args.history}: show at least 1 screenshot")
     if args.clicks == "grounded" and getattr(model, "pointer_head", None) is None:
         raise CommandError(f"--clicks grounded: {args.model} has no pointer head to point with")
+    clicks = args.clicks or "grounded"  # (a model without a head writes its clicks as text)
     return VLMPolicy(model, load_tokenizer(folder), image_processor_for(model, args.screen),
                      (args.screen, args.screen), args.history, temperature=args.temperature,
                      constrained=not args.no_grammar, seed=args.seed, typing=args.typing,
-                     thoughts=args.thoughts, clicks=args.clicks,
+                     thoughts=args.thoughts, clicks=clicks,
                      pointer=False if args.text_clicks else None)  # fmt: skip
 
 

@@ -323,7 +323,8 @@ def test_grounded_clicks_point_from_the_thoughts_grounding_question(pvlm):
     """``clicks="grounded"``: a click whose thought names an element is the pointer's greedy
     readout on that element's grounding question about the current screenshot (even while
     sampling), recorded nowhere; a thought that names none points from the context as
-    before (recorded); a pointer-less model and unknown modes are refused."""
+    before (recorded); unknown modes are refused; a model without a head writes its clicks as
+    text whatever ``clicks`` says."""
     model, tok, proc, _ = pvlm
     cs = contexts(3)
     for temperature in (0.0, 1.0):
@@ -344,8 +345,8 @@ def test_grounded_clicks_point_from_the_thoughts_grounding_question(pvlm):
             check_pointer_sample(model, tok, sample)
     with pytest.raises(ValueError, match="clicks"):
         VLMPolicy(model, tok, proc, clicks="nearest")
-    with pytest.raises(ValueError, match="pointer head"):
-        VLMPolicy(vlm_without_head(pvlm), tok, proc, clicks="grounded")
+    bare = VLMPolicy(vlm_without_head(pvlm), tok, proc, clicks="grounded")
+    assert not bare.pointer and len(bare.act(cs)) == len(cs)
 
 
 def overfit(model, tok, proc, cs, answer: str, steps: int = 80):

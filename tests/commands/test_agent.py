@@ -110,8 +110,8 @@ def test_pointer_agent_sft_and_eval_score_grounding_by_pointing(tmp_path, capsys
     monkeypatch.setattr(
         agent_command, "VLMPolicy", lambda *a, **k: made.append(real(*a, **k)) or made[-1]
     )
-    for flag, pointing, clicks in (([], True, "pointer"), (["--text-clicks"], False, "pointer"),
-                                   (["--clicks", "grounded"], True, "grounded")):  # fmt: skip
+    for flag, pointing, clicks in (([], True, "grounded"), (["--text-clicks"], False, "grounded"),
+                                   (["--clicks", "pointer"], True, "pointer")):  # fmt: skip
         assert main(["agent", "run", "--model", str(out / "model"), "--task", "list_open",
                      "--max-steps", "1", *flag]) == 0  # fmt: skip
         assert made[-1].pointer is pointing and made[-1].clicks == clicks
