@@ -112,7 +112,8 @@ def test_a_guided_update_raises_the_experts_log_probability(models):
     _, model, tok, processor = models
     model = copy.deepcopy(model)
     section = AgentRLSection(groups="state", tasks_per_rollout=2, group_size=3, max_steps=1,
-                             max_new_tokens=100, constrained=True, guide=True)  # fmt: skip
+                             max_new_tokens=100, constrained=True, guide=True,
+                             clicks="pointer")  # fmt: skip
     rollouts = AgentRollouts(model, tok, processor, [sample_task(s, template="radio_apply")
                                                      for s in (0, 1)], section, seed=3)  # fmt: skip
     groups, runs = rollouts.play_states()
