@@ -35,6 +35,7 @@ from lmforge.agents.agent_data import grounding_question
 from lmforge.agents.thoughts import REFLECTION, SLOT, THOUGHTS
 from lmforge.vision.processor import ImageProcessor
 from lmforge.vision.vlm_data import encode_prompt
+from lmforge.vision.vlm_tasks import VQAExample
 
 # clicking sentence → (element kind as `screen_elements` names it, the slot with its label)
 TARGETS: dict[str, tuple[str, str]] = {
@@ -100,10 +101,8 @@ def grounding_query(
     """The grounding chat of `lmforge.agents.agent_data.grounding_examples` for one element
     (the screenshot, then "Click on the {kind} '{label}'.") with the answer's ``click(``
     appended: the ids (the pointer's query is the last), ``pixel_values``, ``image_grid_thw``."""
-    content = [{"type": "image"}, {"type": "text", "text": grounding_question(kind, label)}]
-    ids, pixels, grid = encode_prompt(
-        tokenizer, processor, [{"role": "user", "content": content}], [screenshot]
-    )
+    question = VQAExample([screenshot], grounding_question(kind, label), "", "grounding")
+    ids, pixels, grid = encode_prompt(tokenizer, processor, question.messages()[:1], [screenshot])
     return ids + tokenizer.encode("click("), pixels, grid
 
 

@@ -320,7 +320,7 @@ def test_grounded_click_rollouts_record_only_context_pointing(pvlm):
     recorded ones."""
     rollouts, runs = sampled_runs(pvlm, replace(PSECTION, clicks="grounded"))
     samples = [s for run in runs for s in run.samples]
-    grounded = pointed = 0
+    grounded = 0
     for s in samples:
         action = s.text.split("\nAction: ")[-1]
         if action.split("(")[0] in ("click", "left_double", "right_single") and response_target(
@@ -330,7 +330,6 @@ def test_grounded_click_rollouts_record_only_context_pointing(pvlm):
             grounded += 1
         elif action.split("(")[0] in ("click", "left_double", "right_single", "scroll", "drag"):
             assert len(s.pointers) >= 1
-            pointed += 1
     assert grounded > 0
     batch = rollouts.batch(runs)
     assert batch["pointer_queries"].shape[0] == sum(len(s.pointers) for s in samples)
