@@ -285,6 +285,17 @@ def parse_response(text: str, screen: tuple[int, int] | None = None) -> AgentRes
     return AgentResponse(thought, action)
 
 
+def response_thought(text: str) -> str:
+    """The thought a response starts with (its first line after ``Thought: ``, at most
+    `MAX_THOUGHT` characters), or "" when it does not start with one — read leniently, for
+    the next step's prompt (`lmforge.agents.agent_data.agent_prompt`), so an unparseable
+    response still shows what it thought."""
+    if not text.startswith(THOUGHT_PREFIX):
+        return ""
+    line = text[len(THOUGHT_PREFIX) :].split("\n", 1)[0]
+    return "".join(c for c in line if " " <= c <= "~")[:MAX_THOUGHT].strip()
+
+
 def action_point(action: Action) -> tuple[int, int] | None:
     """The screen point an action acts on (a drag's start), or None (type, hotkey, …)."""
     if isinstance(action, Drag):
@@ -323,4 +334,5 @@ __all__ = [
     "parse_action",
     "parse_response",
     "quote",
+    "response_thought",
 ]

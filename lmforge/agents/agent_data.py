@@ -17,8 +17,8 @@ question, the answer) — the sample type ``lmforge vlm sft`` trains on and `ans
 evaluates, so the agent data plugs into the existing multimodal SFT (several images per
 example are supported). Grounding can come as `ChatExample`s: several questions about one
 screenshot in one chat, so one image encoding trains several answers. A trajectory step shows the last ``history`` screenshots (oldest
-first, the current one last) and, as text, the instruction and the previous actions
-(`agent_prompt`); its answer is ``Thought: …\\nAction: …``. `write_examples` /
+first, the current one last) and, as text, the instruction, the previous actions and the
+last step's thought (`agent_prompt`); its answer is ``Thought: …\\nAction: …``. `write_examples` /
 `read_examples` store a dataset as JSONL (Qwen-style messages) plus PNG screenshots.
 `pointer_queries` gives an example's training queries for a pointer head (each coordinate
 action with a known target box: where in the answer, on which screenshot, which box).
@@ -52,6 +52,7 @@ from lmforge.agents.actions import (
     format_action,
     format_response,
     parse_action,
+    response_thought,
 )
 from lmforge.agents.env import GUIEnv, WindowController
 from lmforge.agents.expert import ExpertStep, click, expert_step
@@ -171,12 +172,17 @@ def state_questions(win: Window) -> list[tuple[str, str]]:
     return qa
 
 
-def agent_prompt(instruction: str, previous: Sequence[str], num_images: int) -> str:
+def agent_prompt(
+    instruction: str, previous: Sequence[str], num_images: int, thoughts: Sequence[str] = ()
+) -> str:
     """The text of a trajectory step's user turn: the instruction, the previous actions
-    (the last `MAX_HISTORY_ACTIONS`), and what the screenshots are."""
+    (the last `MAX_HISTORY_ACTIONS`), the last step's thought (UI-TARS keeps its earlier
+    thoughts in context: what it meant to do — which list it opened — is not always on the
+    screen), and what the screenshots are."""
     recent = list(previous)[-MAX_HISTORY_ACTIONS:]
     history = "; ".join(recent) if recent else "none"
-    return (f"Task: {instruction}\nPrevious actions: {history}\n"
+    last = thoughts[-1] if thoughts and thoughts[-1] else "none"
+    return (f"Task: {instruction}\nPrevious actions: {history}\nLast thought: {last}\n"
             f"The last {num_images} screenshot(s), newest last. What next?")  # fmt: skip
 
 
@@ -278,7 +284,8 @@ def trajectory_examples(traj: Trajectory, history: int = 2) -> list[VQAExample]:
             continue
         images = [s.screenshot for s in traj.steps[max(0, t - history + 1) : t + 1]]
         previous = [s.action for s in traj.steps[:t]]
-        question = agent_prompt(traj.task.instruction, previous, len(images))
+        thoughts = [response_thought(s.response) for s in traj.steps[:t]]
+        question = agent_prompt(traj.task.instruction, previous, len(images), thoughts)
         kind = "reflection" if step.correction else "trajectory"
         meta = {"template": traj.task.template, "step": t, "target_box": step.target_box}
         if step.drop_box is not None:

@@ -5,7 +5,8 @@ screenshots (optionally under the action grammar), and the scripted expert as an
     texts = policy.act([AgentContext(instruction, screenshots, previous_actions)])
 
 A VLM sees exactly what the training data shows (`lmforge.agents.agent_data`): the last
-``history`` screenshots, then the `agent_prompt` text (instruction + previous actions); it
+``history`` screenshots, then the `agent_prompt` text (instruction, previous actions, the last
+thought); it
 writes ``Thought: …\\nAction: …``. All contexts of a call decode together in one engine
 (continuous batching, images encoded once per request); with ``constrained`` every output
 is held to `response_regex` (so it always parses, and its points lie on the screen), and
@@ -75,12 +76,14 @@ from lmforge.vision.vlm_data import encode_prompt
 @dataclass
 class AgentContext:
     """What a policy sees at one step: the instruction, the screenshots so far (oldest
-    first), the previous actions as text; ``env`` is for oracle policies only."""
+    first), the previous actions as text and the previous responses' thoughts (the prompt
+    shows the last); ``env`` is for oracle policies only."""
 
     instruction: str
     screenshots: list[np.ndarray]
     previous: list[str] = field(default_factory=list)
     env: Any = None
+    thoughts: list[str] = field(default_factory=list)  # the previous responses' thoughts
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def agent_messages(context: AgentContext, history: int) -> tuple[list[dict], lis
     """The user turn (last ``history`` screenshots, then the prompt) and its images — the
     layout of a trajectory example's question."""
     images = context.screenshots[-history:]
-    text = agent_prompt(context.instruction, context.previous, len(images))
+    text = agent_prompt(context.instruction, context.previous, len(images), context.thoughts)
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
     return [{"role": "user", "content": content}], images
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lmforge.agents.actions import action_point, format_action
+from lmforge.agents.actions import action_point, format_action, response_thought
 from lmforge.agents.env import GUIEnv
 from lmforge.agents.expert import ExpertStep, expert_step
 from lmforge.agents.metrics import EpisodeRecord, StepRecord, summarize
@@ -65,6 +65,7 @@ def record_step(
     run.responses.append(text)
     context.screenshots.append(obs)
     context.previous.append(format_action(info["action"]) if valid else "invalid")
+    context.thoughts.append(response_thought(text))
     run.record.success = bool(reward)
     run.record.progress = goal_progress(run.task, env.window)
     return not (terminated or truncated)

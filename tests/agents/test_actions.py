@@ -31,6 +31,7 @@ from lmforge.agents.actions import (
     format_response,
     parse_action,
     parse_response,
+    response_thought,
 )
 
 PRINTABLE = "".join(chr(c) for c in range(32, 127))
@@ -167,3 +168,11 @@ def test_random_garbage_never_crashes_the_parser():
         except ActionParseError:
             continue
         assert format_action(a) == text  # accepted text is always canonical
+
+
+def test_response_thought_reads_leniently():
+    assert response_thought("Thought: I open it.\nAction: click(1,2)") == "I open it."
+    assert response_thought("Thought: no action yet") == "no action yet"  # cut off: still read
+    assert response_thought("Thought:  spaced \t\nAction: wait()") == "spaced"
+    assert response_thought("Action: click(1,2)") == response_thought("") == ""
+    assert len(response_thought("Thought: " + "a" * 300)) == MAX_THOUGHT

@@ -93,6 +93,8 @@ def test_trajectories_replay_to_success(data):
             assert len(ex.images) == min(t + 1, 3)
             assert np.array_equal(ex.images[-1], traj.steps[t].screenshot)
             assert ex.question.startswith(f"Task: {task.instruction}\nPrevious actions: ")
+            before = parse_response(traj.steps[t - 1].response).thought if t else "none"
+            assert f"\nLast thought: {before}\n" in ex.question  # what the step before meant
             parse_response(ex.answer, (128, 128))
     assert data["trajectory"][0].question.endswith("What next?")
 
@@ -134,8 +136,14 @@ def test_perception_text_matches_state():
     assert dict(state_questions(win))[f"Is '{remember.label}' ticked?"] == "yes"
     assert {e.kind for e in screen_elements(win)} >= {"field", "checkbox", "button"}
     assert agent_prompt("Do it", [], 1) == (
-        "Task: Do it\nPrevious actions: none\nThe last 1 screenshot(s), newest last. What next?"
+        "Task: Do it\nPrevious actions: none\nLast thought: none\n"
+        "The last 1 screenshot(s), newest last. What next?"
     )
+    assert agent_prompt("Do it", ["click(1,2)", "wait()"], 2, ["I look.", "I wait."]) == (
+        "Task: Do it\nPrevious actions: click(1,2); wait()\nLast thought: I wait.\n"
+        "The last 2 screenshot(s), newest last. What next?"
+    )
+    assert "Last thought: none" in agent_prompt("Do it", ["invalid"], 1, [""])
 
 
 def test_examples_plug_into_vlm_sft(data):

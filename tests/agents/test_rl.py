@@ -341,18 +341,18 @@ def test_pointer_ratio_term_equals_a_hand_computation_with_clipping(pvlm):
     batch = rollouts.batch(runs)
     batch["advantages"] = torch.zeros_like(batch["advantages"])  # the pointer terms only
     batch["pointer_old"] = batch["pointer_old"] - 1.0  # ρ = e > 1 + ε
-    sign = lambda k: 1.0 if k % 2 == 0 else -1.0  # noqa: E731
-    batch["pointer_advantages"] = torch.tensor([sign(k) for k in batch["pointer_index"].tolist()])
+    choices = [(s, p) for run in runs for s in run.samples for p in s.pointers]  # batch order
+    assert batch["pointer_index"].tolist() == [p.index for _, p in choices]
+    assert len(choices) >= 2  # A = +1 (clipped: ρ > 1 + ε) and A = -1 (not) both occur
+    signs = [1.0 if j % 2 == 0 else -1.0 for j in range(len(choices))]
+    batch["pointer_advantages"] = torch.tensor(signs)
     out = agent_pg_objective(model, batch)
     eps, want = SECTION.clip_eps, 0.0
-    for s in (s for run in runs for s in run.samples):
-        for p in s.pointers:
-            with torch.no_grad():
-                ratio = math.exp(float(pointer_logprob(model, s, p)) - (p.logprob - 1.0))
-            a = sign(p.index)
-            want -= min(ratio * a, min(max(ratio, 1 - eps), 1 + eps) * a)
+    for (s, p), a in zip(choices, signs, strict=True):
+        with torch.no_grad():
+            ratio = math.exp(float(pointer_logprob(model, s, p)) - (p.logprob - 1.0))
+        want -= min(ratio * a, min(max(ratio, 1 - eps), 1 + eps) * a)
     assert float(out.loss_sum.detach()) == pytest.approx(want, rel=1e-4)
-    assert any(k % 2 == 0 for k in batch["pointer_index"].tolist())  # some terms are clipped
     # A > 0 on every choice: min(ρA, (1+ε)A) is flat, no gradient; A < 0: it flows
     for a, flows in ((1.0, False), (-1.0, True)):
         batch["pointer_advantages"] = torch.full_like(batch["pointer_advantages"], a)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from PIL import Image
 
+from lmforge.agents.expert import expert_step
 from lmforge.agents.metrics import summarize
-from lmforge.agents.policy import ExpertPolicy, VLMPolicy
-from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
+from lmforge.agents.policy import ExpertPolicy, VLMPolicy, agent_messages
+from lmforge.agents.rollout import evaluate_agent, open_episode, record_step, run_episodes, save_gif
 from lmforge.agents.tasks import sample_task
 from lmforge.agents.widgets import box_center
 from lmforge.train.vlm_sft import image_processor_for
@@ -70,6 +71,7 @@ def test_pointer_policy_episodes_record_the_pointed_clicks(tmp_path, agent_vlm_f
     pointer's click, so grounding accuracy and GIFs work unchanged."""
     model, tok, _, _ = agent_vlm_factory(2, 1, pointer_size=8)
     policy = VLMPolicy(model, tok, image_processor_for(model, 128), temperature=1.0, seed=2)
+    policy.regex = r"Thought: [a-z ]{1,8}\nAction: click\([0-9]{1,3},[0-9]{1,3}\)"  # it points
     tasks = [sample_task(s, template="dropdown_save") for s in range(3)]
     runs = run_episodes(policy, tasks, max_steps=3, keep_samples=True)
     pointed = 0
@@ -84,3 +86,17 @@ def test_pointer_policy_episodes_record_the_pointed_clicks(tmp_path, agent_vlm_f
     path = save_gif(runs[0], tmp_path / "pointer.gif")
     with Image.open(path) as gif:
         assert gif.n_frames == len(runs[0].frames)
+
+
+def test_the_next_prompt_shows_the_last_thought():
+    env, run, context = open_episode(sample_task(2, template="dropdown_save"), max_steps=5)
+    first = agent_messages(context, 2)[0][0]["content"][-1]["text"]
+    assert "\nLast thought: none\n" in first
+    step = expert_step(run.task, env.window)
+    record_step(env, run, context, f"Thought: {step.thought}\nAction: wait()", step)
+    assert context.thoughts == [step.thought] and context.previous == ["wait()"]
+    text = agent_messages(context, 2)[0][0]["content"][-1]["text"]
+    assert f"\nLast thought: {step.thought}\n" in text
+    record_step(env, run, context, "I do not know", step)  # unparseable: no thought to show
+    assert context.previous[-1] == "invalid" and context.thoughts[-1] == ""
+    assert "\nLast thought: none\n" in agent_messages(context, 2)[0][0]["content"][-1]["text"]
