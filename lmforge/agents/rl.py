@@ -50,10 +50,11 @@ from rich.console import Console
 from lmforge.agents.grounded import CLICK_MODES
 from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, PolicySample, VLMPolicy
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
+from lmforge.agents.rl_tasks import expert_start_states, select_tasks
 from lmforge.agents.rollout import EpisodeRun, run_episodes
 from lmforge.agents.sft import AgentSection, evaluate_agent_model
 from lmforge.agents.state_groups import StateGroup, play_state_groups
-from lmforge.agents.tasks import SPLITS, Task, sample_task
+from lmforge.agents.tasks import SPLITS, Task
 from lmforge.agents.widgets import box_contains
 from lmforge.align.grpo import grpo_advantages
 from lmforge.align.reference import make_reference
@@ -71,7 +72,6 @@ from lmforge.vision.processor import ImageProcessor, save_preprocessor_config
 from lmforge.vision.vlm_data import MultimodalExample, collate_rows, pack_examples
 
 GROUPINGS = ("episode", "state")
-POOL_TOP = 2**31 - 1  # a fresh pool's first task seed (`select_tasks`)
 
 
 @dataclass
@@ -102,6 +102,7 @@ class AgentRLSection:
     iterations: int = 1  # GRPO's μ: optimizer steps on each rollout (the ratio clips after 1)
     max_draws: int = 1  # groups=episode, > 1: redraw tasks whose groups all earn one reward (DAPO)
     guide: bool = False  # groups=state: the expert's response joins states no response got right
+    expert_starts: float = 0.0  # groups=episode: the share of groups started mid-expert-episode
     expert_drags: bool = False  # groups=state: the expert's moves drag far rows (expert.drag_step)
     screen: int = 128
     eval_split: str = "heldout"
@@ -146,6 +147,9 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
                           "rl.iterations and rl.max_draws must be ≥ 1")  # fmt: skip
     if r.max_draws > 1 and r.groups != "episode":
         raise ConfigError("rl.max_draws > 1 needs rl.groups=episode (it keeps whole task groups)")
+    if not 0 <= r.expert_starts <= 1 or (r.expert_starts and r.groups != "episode"):
+        raise ConfigError(f"rl.expert_starts={r.expert_starts}: a share in [0, 1], with "
+                          "rl.groups=episode (a group's episodes share their start)")  # fmt: skip
 
 
 def episode_reward(
@@ -261,8 +265,10 @@ class AgentRollouts:
         s, was_training = self.section, self.model.training
         policy, size, kept = self.policy(), s.group_size, []
         for draw in range(s.max_draws):
-            tasks = [t for t in self.rollout_tasks(draw) for _ in range(size)]
-            runs = run_episodes(policy, tasks, s.max_steps, keep_samples=True)
+            picks = self.rollout_tasks(draw)
+            tasks = [t for t in picks for _ in range(size)]
+            starts = [k for k in self.start_states(picks, draw) for _ in range(size)]
+            runs = run_episodes(policy, tasks, s.max_steps, keep_samples=True, expert_steps=starts)
             groups = [runs[i : i + size] for i in range(0, len(runs), size)]
             kept += [g for g in groups if s.max_draws == 1 or self.informative(g)]
             self.draws = draw + 1
@@ -270,6 +276,11 @@ class AgentRollouts:
                 break
         self.model.train(was_training)
         return [run for group in (kept or groups)[: s.tasks_per_rollout] for run in group]
+
+    def start_states(self, tasks: Sequence[Task], draw: int = 0) -> list[int]:
+        """`expert_start_states` of ``tasks`` for this rollout's ``draw``."""
+        seed = (self.seed * 7919 + self.rollouts) * 31 + draw
+        return expert_start_states(tasks, self.section.expert_starts, self.section.max_steps, seed)
 
     def informative(self, group: Sequence[EpisodeRun]) -> bool:
         """Whether the group's episodes earn different rewards (non-zero advantages)."""
@@ -300,6 +311,10 @@ class AgentRollouts:
         batch = self.pack(scored, rewards.mean(), [r.record.success for r in runs])
         if self.section.max_draws > 1:  # draws this rollout took (dynamic sampling)
             batch["rollout_draws"] = torch.tensor(float(self.draws))
+        if self.section.expert_starts:  # the expert's steps before the episodes', on average
+            batch["rollout_expert_steps"] = torch.tensor(
+                sum(r.expert_steps for r in runs) / len(runs)
+            )
         return batch
 
     def state_batch(
@@ -361,24 +376,6 @@ class AgentRollouts:
         self.rollouts = int(state["rollouts"])
 
 
-def select_tasks(model: Any, tokenizer: Any, processor: ImageProcessor, r: AgentRLSection,
-                 seed: int) -> list[Task]:  # fmt: skip
-    """The pool of ``rl.split`` tasks, or (``failed_only``) those the model fails greedily
-    (the whole pool if it fails none). The agent data's tasks are seeded upward from 0
-    (`make_agent_dataset`: ``seed · 1,000,003 + i``); a ``fresh_pool`` counts down from
-    2³¹ − 1, so RL practises on tasks SFT never showed, not on its own training tasks."""
-    seeds = [POOL_TOP - seed * 1_000_003 - i if r.fresh_pool else seed + i
-             for i in range(r.pool_tasks)]  # fmt: skip
-    pool = [sample_task(s, r.split, width=r.screen, height=r.screen) for s in seeds]
-    if not r.failed_only:
-        return pool
-    policy = VLMPolicy(model, tokenizer, processor, (r.screen, r.screen), r.history, r.max_new_tokens,
-                       temperature=0.0, constrained=r.constrained, typing=r.typing,
-                       thoughts=r.thoughts, clicks=r.clicks)  # fmt: skip
-    failed = [run.task for run in run_episodes(policy, pool, r.max_steps) if not run.record.success]
-    return failed or pool
-
-
 def train_agent_rl(
     config: AgentRLConfig, model: Any = None, tokenizer: Any = None, console: Console | None = None
 ) -> dict[str, Any]:
@@ -434,11 +431,9 @@ __all__ = [
     "AgentRLSection",
     "AgentRollouts",
     "GROUPINGS",
-    "POOL_TOP",
     "check_agent_rl_config",
     "episode_reward",
     "sample_example",
-    "select_tasks",
     "step_examples",
     "token_rows",
     "train_agent_rl",

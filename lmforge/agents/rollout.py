@@ -40,14 +40,44 @@ class EpisodeRun:
     responses: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)  # previous actions as the policy saw them
     samples: list[PolicySample] = field(default_factory=list)  # with keep_samples: per step
+    expert_steps: int = 0  # the scripted expert's steps before the policy's (`open_episode`)
 
 
-def open_episode(task: Task, max_steps: int = 15) -> tuple[GUIEnv, EpisodeRun, AgentContext]:
-    """A fresh environment on ``task``, its (empty) run and the policy's context."""
-    env = GUIEnv(width=task.window.width, height=task.window.height, max_steps=max_steps)
+def open_episode(
+    task: Task, max_steps: int = 15, expert_steps: int = 0
+) -> tuple[GUIEnv, EpisodeRun, AgentContext]:
+    """A fresh environment on ``task``, its (empty) run and the policy's context. With
+    ``expert_steps`` > 0 the scripted expert plays the episode's first steps (a start state
+    from its trajectory, as RL from demonstration states — Salimans & Chen 2018): they are
+    the context's history (screenshots, actions, thoughts) but not the run's steps, and the
+    policy still has ``max_steps`` of its own. `ValueError` if the expert's steps end the
+    episode."""
+    env = GUIEnv(width=task.window.width, height=task.window.height,
+                 max_steps=max_steps + expert_steps)  # fmt: skip
     obs, info = env.reset(options={"task": task})
-    run = EpisodeRun(task, EpisodeRecord(task.template, False), [obs])
-    return env, run, AgentContext(info["instruction"], [obs], run.history, env)
+    context = AgentContext(info["instruction"], [obs], [], env)
+    for _ in range(expert_steps):
+        step = expert_step(task, env.window)
+        obs, _, terminated, truncated, _ = env.step(step.action)
+        if terminated or truncated:
+            raise ValueError(f"the expert ends {task.template!r} within {expert_steps} steps")
+        context.screenshots.append(obs)
+        context.previous.append(format_action(step.action))
+        context.thoughts.append(step.thought)
+    run = EpisodeRun(task, EpisodeRecord(task.template, False), [obs], history=context.previous,
+                     expert_steps=expert_steps)  # fmt: skip
+    return env, run, context
+
+
+def expert_length(task: Task, limit: int = 30) -> int:
+    """How many steps the scripted expert takes to end ``task``'s episode (at most ``limit``)."""
+    env = GUIEnv(width=task.window.width, height=task.window.height, max_steps=limit)
+    env.reset(options={"task": task})
+    for n in range(1, limit + 1):
+        _, _, terminated, truncated, _ = env.step(expert_step(task, env.window).action)
+        if terminated or truncated:
+            return n
+    return limit
 
 
 def record_step(
@@ -72,12 +102,21 @@ def record_step(
 
 
 def run_episodes(
-    policy: Policy, tasks: Sequence[Task], max_steps: int = 15, keep_samples: bool = False
+    policy: Policy,
+    tasks: Sequence[Task],
+    max_steps: int = 15,
+    keep_samples: bool = False,
+    expert_steps: Sequence[int] | None = None,
 ) -> list[EpisodeRun]:
     """Run ``policy`` on every task until each terminates or hits ``max_steps``; with
     ``keep_samples`` (a policy with ``sample``, e.g. `VLMPolicy`) each run keeps every
-    step's `PolicySample` (token ids, log-probs, image inputs) for training on it."""
-    episodes = [open_episode(task, max_steps) for task in tasks]
+    step's `PolicySample` (token ids, log-probs, image inputs) for training on it;
+    ``expert_steps`` (per task): the scripted expert's steps before the policy's
+    (`open_episode`)."""
+    starts = [0] * len(tasks) if expert_steps is None else list(expert_steps)
+    if len(starts) != len(tasks):
+        raise ValueError(f"{len(starts)} expert_steps for {len(tasks)} tasks")
+    episodes = [open_episode(task, max_steps, k) for task, k in zip(tasks, starts, strict=True)]
     active = list(range(len(tasks)))
     while active:
         targets = [expert_step(episodes[i][0].task, episodes[i][0].window) for i in active]
@@ -136,6 +175,7 @@ __all__ = [
     "EpisodeRun",
     "annotate",
     "evaluate_agent",
+    "expert_length",
     "open_episode",
     "record_step",
     "run_episodes",

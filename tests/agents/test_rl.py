@@ -29,7 +29,7 @@ from lmforge.agents.rl import (
     train_agent_rl,
 )
 from lmforge.agents.rl_objective import agent_pg_objective
-from lmforge.agents.rollout import run_episodes
+from lmforge.agents.rollout import expert_length, run_episodes
 from lmforge.agents.tasks import goal_progress, sample_task
 from lmforge.config import ConfigError
 from lmforge.models.loss import IGNORE_INDEX
@@ -117,6 +117,39 @@ def sampled_runs(vlm, section):
 
 SECTION = AgentRLSection(tasks_per_rollout=2, group_size=2, max_steps=2, max_new_tokens=20,
                          history=2, constrained=False, temperature=1.0)  # fmt: skip
+
+
+def test_expert_starts(vlm):
+    """``rl.expert_starts``: a group's episodes share a start k expert steps in (1 ≤ k < n,
+    seeded per rollout), the policy's samples are its own steps only, and the mean k is
+    logged."""
+    model, tok, proc = vlm
+    tasks = [sample_task(s, template="dropdown_save") for s in (0, 1, 2)]
+    lengths = [expert_length(t) for t in tasks]
+    never = AgentRollouts(model, tok, proc, tasks, SECTION, seed=3)
+    assert never.start_states(tasks) == [0, 0, 0]
+    always = AgentRollouts(model, tok, proc, tasks, replace(SECTION, expert_starts=1.0), seed=3)
+    seen = set()
+    for n in range(6):
+        always.rollouts = n
+        starts = always.start_states(tasks)
+        assert starts == always.start_states(tasks)  # seeded
+        assert all(1 <= k < length for k, length in zip(starts, lengths, strict=True))
+        seen.add(tuple(starts))
+    assert len(seen) > 1
+    always.rollouts = 0
+    runs = always.play()
+    picks = always.rollout_tasks()
+    starts = always.start_states(picks)
+    assert [r.expert_steps for r in runs] == [k for k in starts for _ in range(2)]
+    assert all(len(r.samples) == len(r.responses) == len(r.record.steps) for r in runs)
+    batch = always.batch(runs)
+    assert float(batch["rollout_expert_steps"]) == pytest.approx(sum(starts) / len(starts))
+    assert "expert_steps" in agent_pg_objective(model, batch).metrics
+    assert "rollout_expert_steps" not in never.batch(never.play())
+    for bad in (["rl.expert_starts=1.5"], ["rl.expert_starts=0.5", "rl.groups=state"]):
+        with pytest.raises(ConfigError, match="rl.expert_starts"):
+            train_agent_rl(load_config(None, bad, AgentRLConfig))
 
 
 def test_rollouts_train_on_the_sampled_token_ids_and_logprobs(vlm):
@@ -395,20 +428,6 @@ def test_online_grpo_with_a_pointer_model(tmp_path, pvlm):
     assert saved["pointer_head"]["size"] == 16
 
 
-def test_a_fresh_pool_holds_no_task_of_the_sft_data():
-    """The agent data's tasks are seeded 0, 1, … (`make_agent_dataset`); RL's fresh pool is
-    not — its tasks are new to the SFT model — while ``fresh_pool=false`` is exactly them."""
-    from lmforge.agents.rl import select_tasks
-
-    section = AgentRLSection(pool_tasks=30, failed_only=False)
-    sft_tasks = {repr(sample_task(i, "train")) for i in range(300)}
-    fresh = select_tasks(None, None, None, section, seed=0)
-    assert len(fresh) == 30 and not sft_tasks & {repr(t) for t in fresh}
-    assert len({repr(t) for t in fresh}) == 30
-    same = select_tasks(None, None, None, replace(section, fresh_pool=False), seed=0)
-    assert [repr(t) for t in same] == [repr(sample_task(i, "train")) for i in range(30)]
-
-
 def test_mid_rollout_state_resamples_that_rollout(vlm):
     """μ = 3 updates per rollout: the iterator yields one rollout's batch three times; saved
     between them, the state does not count that rollout (a resume re-samples it)."""
@@ -443,7 +462,7 @@ def test_dynamic_sampling_redraws_groups_whose_rewards_agree(vlm, monkeypatch):
     outcomes = [[False, False], [True, False], [True, True]]
     played = []
 
-    def scripted(policy, tasks, max_steps, keep_samples=False):
+    def scripted(policy, tasks, max_steps, keep_samples=False, expert_steps=None):
         played.append([t.instruction for t in tasks])
         ok = outcomes[(len(played) - 1) % 3]
         return [EpisodeRun(t, EpisodeRecord(t.template, x)) for t, x in zip(tasks, ok, strict=True)]

@@ -5,12 +5,21 @@ pointer model's clicks are what the episode records."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 from PIL import Image
 
 from lmforge.agents.expert import expert_step
 from lmforge.agents.metrics import summarize
 from lmforge.agents.policy import ExpertPolicy, VLMPolicy, agent_messages
-from lmforge.agents.rollout import evaluate_agent, open_episode, record_step, run_episodes, save_gif
+from lmforge.agents.rollout import (
+    evaluate_agent,
+    expert_length,
+    open_episode,
+    record_step,
+    run_episodes,
+    save_gif,
+)
 from lmforge.agents.tasks import sample_task
 from lmforge.agents.widgets import box_center
 from lmforge.train.vlm_sft import image_processor_for
@@ -100,3 +109,28 @@ def test_the_next_prompt_shows_the_last_thought():
     record_step(env, run, context, "I do not know", step)  # unparseable: no thought to show
     assert context.previous[-1] == "invalid" and context.thoughts[-1] == ""
     assert "\nLast thought: none\n" in agent_messages(context, 2)[0][0]["content"][-1]["text"]
+
+
+def test_episodes_can_start_from_the_experts_states():
+    task = sample_task(4, template="dropdown_save")
+    (expert,) = run_episodes(ExpertPolicy(), [task])
+    n = len(expert.record.steps)
+    assert expert_length(task) == n and n >= 3 and expert.record.success
+    for k in range(1, n):
+        env, run, context = open_episode(task, max_steps=4, expert_steps=k)
+        # the expert's first k steps are the context's history, not the run's steps
+        assert context.previous == expert.history[:k] and run.history is context.previous
+        assert context.thoughts == [r.split("\n")[0].removeprefix("Thought: ")
+                                    for r in expert.responses[:k]]  # fmt: skip
+        assert len(context.screenshots) == k + 1 and len(run.frames) == 1
+        assert np.array_equal(context.screenshots[-1], expert.frames[k])
+        assert run.record.steps == [] and run.expert_steps == k
+        assert env.max_steps == 4 + k  # the policy still has its own max_steps
+    with pytest.raises(ValueError, match="ends 'dropdown_save'"):
+        open_episode(task, expert_steps=n)
+    # the expert finishing what it started succeeds in n - k steps of its own
+    runs = run_episodes(ExpertPolicy(), [task, task], max_steps=5, expert_steps=[1, n - 1])
+    assert [len(r.record.steps) for r in runs] == [n - 1, 1]
+    assert all(r.record.success for r in runs)
+    with pytest.raises(ValueError, match="2 expert_steps for 1 tasks"):
+        run_episodes(ExpertPolicy(), [task], expert_steps=[0, 1])

@@ -1,0 +1,34 @@
+"""Tests for lmforge.agents.rl_tasks: the fresh pool, and start states from the expert."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lmforge.agents.rl import AgentRLSection
+from lmforge.agents.rl_tasks import expert_start_states, select_tasks
+from lmforge.agents.rollout import expert_length
+from lmforge.agents.tasks import sample_task
+
+
+def test_a_fresh_pool_holds_no_task_of_the_sft_data():
+    """The agent data's tasks are seeded 0, 1, … (`make_agent_dataset`); RL's fresh pool is
+    not — its tasks are new to the SFT model — while ``fresh_pool=false`` is exactly them."""
+    section = AgentRLSection(pool_tasks=30, failed_only=False)
+    sft_tasks = {repr(sample_task(i, "train")) for i in range(300)}
+    fresh = select_tasks(None, None, None, section, seed=0)
+    assert len(fresh) == 30 and not sft_tasks & {repr(t) for t in fresh}
+    assert len({repr(t) for t in fresh}) == 30
+    same = select_tasks(None, None, None, replace(section, fresh_pool=False), seed=0)
+    assert [repr(t) for t in same] == [repr(sample_task(i, "train")) for i in range(30)]
+
+
+def test_expert_start_states():
+    tasks = [sample_task(s, "train") for s in range(40)]
+    lengths = [expert_length(t, 9) for t in tasks]
+    assert expert_start_states(tasks, 0.0, 8, seed=1) == [0] * 40
+    every = expert_start_states(tasks, 1.0, 8, seed=1)
+    assert all(1 <= k < n if n > 1 else k == 0 for k, n in zip(every, lengths, strict=True))
+    assert len(set(every)) > 2 and expert_start_states(tasks, 1.0, 8, seed=1) == every
+    assert expert_start_states(tasks, 1.0, 8, seed=2) != every
+    half = expert_start_states(tasks, 0.5, 8, seed=1)
+    assert 8 <= sum(k > 0 for k in half) <= 32
