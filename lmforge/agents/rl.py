@@ -8,7 +8,8 @@ one Trainer.
 Each optimizer step is one rollout: ``tasks_per_rollout`` tasks (by default those the
 starting policy fails greedily, as UI-TARS trains online on what it cannot yet do), each
 played ``group_size`` times by the current model through the engine (sampling at
-``temperature``). An episode's reward is rule-based, as DeepSeek-R1's: task success (the
+``temperature``; with ``expert_starts`` > 0 that share of the groups starts a few steps into
+the scripted expert's own episode, `lmforge.agents.rl_tasks`). An episode's reward is rule-based, as DeepSeek-R1's: task success (the
 environment's check) plus ``format_weight`` × the share of its steps that parsed (and, with
 ``expert_weight`` > 0, a process term: that weight × the steps whose point lies in the box of
 the scripted expert's move in the same state, per ``max_steps`` — `episode_reward`). Rewards
