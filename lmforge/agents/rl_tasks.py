@@ -19,8 +19,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from lmforge.agents.agent_data import expert_trajectory
 from lmforge.agents.policy import VLMPolicy
-from lmforge.agents.rollout import expert_length, run_episodes
+from lmforge.agents.rollout import run_episodes
 from lmforge.agents.tasks import Task, sample_task
 from lmforge.vision.processor import ImageProcessor
 
@@ -58,7 +59,7 @@ def expert_start_states(
     for task in tasks:
         k = 0
         if rng.random() < share:
-            n = expert_length(task, max_steps + 1)
+            n = len(expert_trajectory(task, max_steps + 1).steps)
             k = rng.randint(1, n - 1) if n > 1 else 0
         starts.append(k)
     return starts

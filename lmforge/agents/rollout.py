@@ -69,17 +69,6 @@ def open_episode(
     return env, run, context
 
 
-def expert_length(task: Task, limit: int = 30) -> int:
-    """How many steps the scripted expert takes to end ``task``'s episode (at most ``limit``)."""
-    env = GUIEnv(width=task.window.width, height=task.window.height, max_steps=limit)
-    env.reset(options={"task": task})
-    for n in range(1, limit + 1):
-        _, _, terminated, truncated, _ = env.step(expert_step(task, env.window).action)
-        if terminated or truncated:
-            return n
-    return limit
-
-
 def record_step(
     env: GUIEnv, run: EpisodeRun, context: AgentContext, text: str, target: ExpertStep
 ) -> bool:
@@ -175,7 +164,6 @@ __all__ = [
     "EpisodeRun",
     "annotate",
     "evaluate_agent",
-    "expert_length",
     "open_episode",
     "record_step",
     "run_episodes",

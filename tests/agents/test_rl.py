@@ -29,7 +29,7 @@ from lmforge.agents.rl import (
     train_agent_rl,
 )
 from lmforge.agents.rl_objective import agent_pg_objective
-from lmforge.agents.rollout import expert_length, run_episodes
+from lmforge.agents.rollout import run_episodes
 from lmforge.agents.tasks import goal_progress, sample_task
 from lmforge.config import ConfigError
 from lmforge.models.loss import IGNORE_INDEX
@@ -125,7 +125,7 @@ def test_expert_starts(vlm):
     logged."""
     model, tok, proc = vlm
     tasks = [sample_task(s, template="dropdown_save") for s in (0, 1, 2)]
-    lengths = [expert_length(t) for t in tasks]
+    lengths = [len(run_episodes(ExpertPolicy(), [t])[0].record.steps) for t in tasks]
     never = AgentRollouts(model, tok, proc, tasks, SECTION, seed=3)
     assert never.start_states(tasks) == [0, 0, 0]
     always = AgentRollouts(model, tok, proc, tasks, replace(SECTION, expert_starts=1.0), seed=3)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from lmforge.agents.agent_data import expert_trajectory
 from lmforge.agents.rl import AgentRLSection
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
-from lmforge.agents.rollout import expert_length
 from lmforge.agents.tasks import sample_task
 
 
@@ -24,7 +24,7 @@ def test_a_fresh_pool_holds_no_task_of_the_sft_data():
 
 def test_expert_start_states():
     tasks = [sample_task(s, "train") for s in range(40)]
-    lengths = [expert_length(t, 9) for t in tasks]
+    lengths = [len(expert_trajectory(t, 9).steps) for t in tasks]
     assert expert_start_states(tasks, 0.0, 8, seed=1) == [0] * 40
     every = expert_start_states(tasks, 1.0, 8, seed=1)
     assert all(1 <= k < n if n > 1 else k == 0 for k, n in zip(every, lengths, strict=True))
