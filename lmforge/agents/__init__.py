@@ -8,7 +8,8 @@ evaluation episodes, agent SFT and online RL.
 | `widgets` | widget tree (buttons, fields, checkboxes, radios, dropdowns, lists, panes, tabs, dialogs) with screen boxes, hit testing (modal dialog, overlays), values |
 | `layout` | column layout: every widget's box from margins, row height, label column; button rows, tab pages, pane offsets, dropdown overlays, dialogs |
 | `render` | deterministic Pillow screenshots of a window with themes and Pillow's bundled font |
-| `tasks` | task templates with randomised layouts and programmatic success checks; train / held-out layouts and templates |
+| `task_templates` | the task templates (instruction, widgets, goal, final event, buttons from a random stream): 7 training, 3 held out, 5 training-only composed ones |
+| `tasks` | tasks from the templates with randomised layouts and programmatic success checks; train / held-out layouts and templates |
 | `env` | gymnasium `GUIEnv` (screenshot observations, text actions) and the action executor; text render |
 | `actions` | UI-TARS's unified action space as dataclasses; exact text form, formatter, parser with clear errors |
 | `action_grammar` | regex of `Thought: … Action: …` (on-screen coordinates) for the engine's structured decoding |

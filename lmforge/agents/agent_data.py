@@ -537,6 +537,7 @@ def make_agent_dataset(
     glyphs: bool = False,
     row_screens: int = 0,
     expert_drags: bool = False,
+    composed: bool = False,
 ) -> dict[str, list[VQAExample]]:
     """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
     grounding on every state the expert visits (``grounding_count`` elements per state in
@@ -560,14 +561,16 @@ def make_agent_dataset(
     about rows that differ only in their numbers, on one image; their own random stream.
     ``expert_drags``: the expert drags far rows into view (`lmforge.agents.expert.drag_step`;
     its trajectories teach ``drag(…)``, both points with pointer targets) instead of
-    scrolling three times or more."""
+    scrolling three times or more. ``composed``: the training split's tasks come from the
+    training-only composed templates too (`lmforge.agents.task_templates`)."""
     data: dict[str, list[VQAExample]] = {k: [] for k in KINDS}
     rng = random.Random(f"agent-data/{split}/{seed}")
     read_rng = random.Random(f"agent-reading/{split}/{seed}")
     zoom_rng = random.Random(f"agent-zoom/{split}/{seed}")
     turns = max(1, grounding_turns)
     for i in range(num_tasks):
-        task = sample_task(seed * 1_000_003 + i, split, width=width, height=height)
+        task = sample_task(seed * 1_000_003 + i, split, width=width, height=height,
+                           composed=composed)  # fmt: skip
         clean = expert_trajectory(task, drag=expert_drags)
         mistake_at = rng.randrange(len(clean.steps)) if rng.random() < mistake_rate else None
         traj = (

@@ -14,7 +14,7 @@ import random
 
 from lmforge.agents.layout import layout_window
 from lmforge.agents.render import THEMES
-from lmforge.agents.tasks import (
+from lmforge.agents.task_templates import (
     DIALOGS,
     DROPDOWNS,
     ITEMS,

@@ -80,6 +80,7 @@ class AgentRLSection:
     """Tasks, groups, sampling, reward and the held-out evaluation."""
 
     split: str = "train"
+    composed: bool = False  # split train: the pool includes the composed templates
     groups: str = "episode"  # episode: a task's episodes; state: responses in one state
     pool_tasks: int = 40
     fresh_pool: bool = True  # tasks the SFT data never held (false: seeds 0…, the SFT run's)
@@ -125,6 +126,10 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
     if r.split not in SPLITS or r.eval_split not in SPLITS:
         raise ConfigError(
             f"rl.split={r.split!r} / rl.eval_split={r.eval_split!r}: choose from {SPLITS}"
+        )
+    if r.composed and r.split != "train":
+        raise ConfigError(
+            f"rl.composed: the composed templates are training-only (rl.split={r.split!r})"
         )
     if (r.groups not in GROUPINGS or r.typing not in TYPINGS or r.thoughts not in THOUGHT_MODES
             or r.clicks not in CLICK_MODES):  # fmt: skip

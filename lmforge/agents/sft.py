@@ -182,6 +182,7 @@ class AgentSection(VLMShape):
     query_labels: bool = False  # with query_weight: also other kinds' labels (query_label_targets)
     row_target: str = "box"  # list-row pointer target: "box", "number" (digits), "last_digit"
     expert_drags: bool = False  # the expert drags far list rows into view (expert.drag_step)
+    composed: bool = False  # the training tasks include the composed templates (task_templates)
 
 
 @dataclass
@@ -342,9 +343,9 @@ def train_agent_sft(
         torch.manual_seed(t.seed)
         data = make_agent_dataset("train", a.train_tasks, t.seed, a.history, a.mistake_rate,
                                   a.screen, a.screen, a.grounding_count, a.grounding_turns,
-                                  a.grounding_shift, a.random_screens,
-                                  a.question_first, a.reading_screens, a.zoom,
-                                  a.zoom_crops, row_screens=a.row_screens, expert_drags=a.expert_drags,
+                                  a.grounding_shift, a.random_screens, a.question_first,
+                                  a.reading_screens, a.zoom, a.zoom_crops, row_screens=a.row_screens,
+                                  expert_drags=a.expert_drags, composed=a.composed,
                                   glyphs=uses_glyphs(a) or a.row_target != "box" or a.query_labels)  # fmt: skip
         train_ex = [ex for k in a.kinds for ex in data[k]]
         random.Random(t.seed).shuffle(train_ex)

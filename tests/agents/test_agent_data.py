@@ -693,3 +693,16 @@ def test_expert_drags_give_both_points_a_pointer_target():
         p1, p2 = enc.pointer_positions
         assert tok.decode(enc.input_ids[: p1 + 1]).endswith("(")
         assert tok.decode(enc.input_ids[: p2 + 1]).endswith(f"{action.x1},{action.y1},")
+
+
+def test_composed_data_adds_the_composed_templates_trajectories(data):
+    from lmforge.agents.task_templates import COMPOSED_TEMPLATES, TRAIN_TEMPLATES
+
+    mixed = make_agent_dataset("train", 24, seed=0, history=2, mistake_rate=0.0, composed=True)
+    templates = {ex.meta["template"] for ex in mixed["trajectory"]}
+    assert templates & set(COMPOSED_TEMPLATES) and templates <= {
+        *TRAIN_TEMPLATES,
+        *COMPOSED_TEMPLATES,
+    }
+    # off (the default), the training data is the seven training templates' as before
+    assert {ex.meta["template"] for ex in data["trajectory"]} <= set(TRAIN_TEMPLATES)

@@ -13,7 +13,13 @@ from lmforge.agents.actions import MAX_THOUGHT, Drag, format_response
 from lmforge.agents.agent_data import mistake_step
 from lmforge.agents.env import GUIEnv
 from lmforge.agents.expert import DRAG_ABOVE_ROWS, expert_step
-from lmforge.agents.tasks import HELDOUT_TEMPLATES, TEMPLATES, TRAIN_TEMPLATES, sample_task
+from lmforge.agents.task_templates import (
+    COMPOSED_TEMPLATES,
+    HELDOUT_TEMPLATES,
+    TEMPLATES,
+    TRAIN_TEMPLATES,
+)
+from lmforge.agents.tasks import sample_task
 
 SEEDS = 12
 
@@ -37,6 +43,8 @@ def run_expert(task, mistakes: float = 0.0, seed: int = 0, drag: bool = False):
 @pytest.mark.parametrize("split", ["train", "heldout_layout", "heldout_template"])
 def test_expert_solves_every_task(split):
     templates = TRAIN_TEMPLATES if split != "heldout_template" else HELDOUT_TEMPLATES
+    if split == "train":
+        templates = (*templates, *COMPOSED_TEMPLATES)
     for template in templates:
         for seed in range(SEEDS):
             task = sample_task(seed, split, template)
@@ -48,10 +56,10 @@ def test_expert_solves_every_task(split):
 def test_expert_recovers_from_mistakes():
     solved = 0
     for seed in range(40):
-        task = sample_task(seed, "heldout")
-        reward, steps, _ = run_expert(task, mistakes=0.3, seed=seed)
-        solved += reward == 1.0
-    assert solved == 40
+        for task in (sample_task(seed, "heldout"), sample_task(seed, "train", composed=True)):
+            reward, steps, _ = run_expert(task, mistakes=0.3, seed=seed)
+            solved += reward == 1.0
+    assert solved == 80
 
 
 def test_expert_first_step_per_template():
@@ -66,7 +74,8 @@ def test_expert_first_step_per_template():
 
 def test_expert_with_drags_solves_every_task_and_drags_only_when_asked():
     dragged = 0
-    for split, templates in (("train", TRAIN_TEMPLATES), ("heldout_template", HELDOUT_TEMPLATES)):
+    train = (*TRAIN_TEMPLATES, *COMPOSED_TEMPLATES)
+    for split, templates in (("train", train), ("heldout_template", HELDOUT_TEMPLATES)):
         for template in templates:
             for seed in range(SEEDS):
                 task = sample_task(seed, split, template)

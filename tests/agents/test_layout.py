@@ -8,7 +8,8 @@ import itertools
 import pytest
 
 from lmforge.agents.layout import layout_window
-from lmforge.agents.tasks import TEMPLATES, sample_task
+from lmforge.agents.task_templates import COMPOSED_TEMPLATES, TEMPLATES
+from lmforge.agents.tasks import sample_task
 from lmforge.agents.widgets import (
     Button,
     Geometry,
@@ -32,7 +33,7 @@ def control_boxes(win):
         yield w.wid, w.box
 
 
-@pytest.mark.parametrize("template", sorted(TEMPLATES))
+@pytest.mark.parametrize("template", sorted(TEMPLATES) + sorted(COMPOSED_TEMPLATES))
 def test_windows_fit_and_controls_do_not_overlap(template):
     for seed in range(12):
         win = sample_task(seed, "heldout", template).window

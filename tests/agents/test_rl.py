@@ -268,9 +268,10 @@ def test_online_grpo_smoke_run(tmp_path, vlm, draws, thoughts):
 def test_bad_rl_sections():
     for override, message in [("rl.group_size=1", "group_size"), ("rl.split=dev", "rl.split"),
                               ("rl.typing=any", "rl.typing"), ("rl.thoughts=any", "rl.thoughts"),
-                              ("rl.clicks=any", "rl.clicks")]:  # fmt: skip
+                              ("rl.clicks=any", "rl.clicks"),
+                              ("rl.composed=true rl.split=heldout", "training-only")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
-            train_agent_rl(load_config(None, [override], AgentRLConfig))
+            train_agent_rl(load_config(None, override.split(), AgentRLConfig))
     with pytest.raises(ConfigError, match="model.init_from"):
         train_agent_rl(load_config(None, [], AgentRLConfig))
 

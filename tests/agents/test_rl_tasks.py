@@ -7,6 +7,7 @@ from dataclasses import replace
 from lmforge.agents.agent_data import expert_trajectory
 from lmforge.agents.rl import AgentRLSection
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
+from lmforge.agents.task_templates import COMPOSED_TEMPLATES
 from lmforge.agents.tasks import sample_task
 
 
@@ -20,6 +21,13 @@ def test_a_fresh_pool_holds_no_task_of_the_sft_data():
     assert len({repr(t) for t in fresh}) == 30
     same = select_tasks(None, None, None, replace(section, fresh_pool=False), seed=0)
     assert [repr(t) for t in same] == [repr(sample_task(i, "train")) for i in range(30)]
+    # rl.composed: the pool draws the training-only composed templates too
+    mixed = select_tasks(None, None, None, replace(section, composed=True), seed=0)
+    assert (
+        {t.template for t in mixed} - {t.template for t in fresh}
+        == {t.template for t in mixed if t.template in COMPOSED_TEMPLATES}
+        != set()
+    )
 
 
 def test_expert_start_states():

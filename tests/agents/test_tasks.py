@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import pytest
 
+from lmforge.agents.task_templates import (
+    COMPOSED_TEMPLATES,
+    HELDOUT_TEMPLATES,
+    TEMPLATES,
+    TRAIN_TEMPLATES,
+)
 from lmforge.agents.tasks import (
     FREE_TEXT,
     HELDOUT_LAYOUTS,
-    HELDOUT_TEMPLATES,
     LAYOUTS,
     SPLITS,
-    TEMPLATES,
     TRAIN_LAYOUTS,
-    TRAIN_TEMPLATES,
     sample_task,
     split_choices,
     task_for_instruction,
@@ -95,7 +98,7 @@ def set_value(w, value):
         w.selected = w.options.index(value)
 
 
-@pytest.mark.parametrize("template", sorted(TEMPLATES))
+@pytest.mark.parametrize("template", sorted(TEMPLATES) + sorted(COMPOSED_TEMPLATES))
 def test_success_check_accepts_the_goal_and_rejects_wrong_end_states(template):
     for seed in range(5):
         task = sample_task(seed, "heldout", template)
@@ -125,6 +128,8 @@ def test_task_for_instruction_template_exact_and_free_text():
         win = task.fresh_window()
         win.events.append(("finished", ""))
         assert not task_success(task, win)
+    # a composed (training-only) template's name draws that template's task too
+    assert task_for_instruction("tab_radio", seed=1).template == "tab_radio"
     with pytest.raises(ValueError, match="empty instruction"):
         task_for_instruction("  ")
 

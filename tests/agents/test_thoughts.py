@@ -16,7 +16,8 @@ import pytest
 from lmforge.agents.action_grammar import instruction_spans, response_regex
 from lmforge.agents.actions import MAX_CONTENT, MAX_THOUGHT, parse_response
 from lmforge.agents.agent_data import expert_trajectory
-from lmforge.agents.tasks import TEMPLATES, TRAIN_TEMPLATES, sample_task
+from lmforge.agents.task_templates import COMPOSED_TEMPLATES, TEMPLATES, TRAIN_TEMPLATES
+from lmforge.agents.tasks import sample_task
 from lmforge.agents.thoughts import (
     FREE_REGEX,
     FREE_WORD,
@@ -36,11 +37,14 @@ def test_say_fills_a_template():
         say("dd_pick", label="Size")
 
 
-@pytest.mark.parametrize("split", ["train", "heldout"])
+@pytest.mark.parametrize("split", ["train", "heldout", "composed"])
 def test_every_expert_thought_is_in_the_language_of_its_instruction(split):
     rng, seen = random.Random(0), set()
     for seed in range(120):
-        task = sample_task(seed, split, width=128, height=128)
+        if split == "composed":  # the training split with the composed templates
+            task = sample_task(seed, "train", width=128, height=128, composed=True)
+        else:
+            task = sample_task(seed, split, width=128, height=128)
         spans = instruction_spans(task.instruction)
         thought = re.compile(thought_regex(spans))
         response = re.compile(response_regex((128, 128), spans, thought_regex(spans)))
@@ -62,7 +66,8 @@ def test_every_expert_thought_is_in_the_language_of_its_instruction(split):
             assert names, text
             seen.update(names)
         seen.add(task.template)
-    assert set(TEMPLATES if split == "heldout" else TRAIN_TEMPLATES) <= seen
+    want = {"train": TRAIN_TEMPLATES, "heldout": TEMPLATES}.get(split, COMPOSED_TEMPLATES)
+    assert set(want) <= seen
     assert {"tab", "dd_open", "dd_pick", "radio", "press"} <= seen
 
 
