@@ -63,6 +63,12 @@ def other_value(rng: random.Random, options: list[str], not_this: str) -> str:
     return rng.choice([o for o in options if o != not_this])
 
 
+def dropdown(rng: random.Random, name: str) -> Dropdown:
+    """The `DROPDOWNS` list ``name`` (id: its lower-case name) with a random value selected."""
+    options = DROPDOWNS[name]
+    return Dropdown(name.lower(), name, options=options, selected=rng.randrange(len(options)))
+
+
 def login_remember(rng: random.Random) -> tuple[str, list[Widget], dict, tuple, list[Widget]]:
     user = rng.choice(NAMES)
     tick = rng.choice(["Remember me", "Keep me signed in"])
@@ -81,8 +87,7 @@ def login_remember(rng: random.Random) -> tuple[str, list[Widget], dict, tuple, 
 
 def dropdown_save(rng: random.Random):
     names = rng.sample(sorted(DROPDOWNS), 2)
-    drops = [Dropdown(n.lower(), n, options=DROPDOWNS[n], selected=rng.randrange(len(DROPDOWNS[n])))
-             for n in names]  # fmt: skip
+    drops = [dropdown(rng, n) for n in names]
     target = drops[rng.randrange(2)]
     value = other_value(rng, target.options, target.value())
     save = rng.choice(["Save", "OK"])
@@ -167,8 +172,7 @@ def tab_checkbox(rng: random.Random):
 
 def tab_dropdown(rng: random.Random):
     names = rng.sample(sorted(DROPDOWNS), 3)
-    pages = [[Dropdown(n.lower(), n, options=DROPDOWNS[n], selected=rng.randrange(len(DROPDOWNS[n])))]
-             for n in names]  # fmt: skip
+    pages = [[dropdown(rng, n)] for n in names]
     page = rng.randrange(1, 3)
     target = pages[page][0]
     value = other_value(rng, target.options, target.value())
@@ -214,11 +218,6 @@ def profile_edit(rng: random.Random):
     )
 
 
-def _dropdown(rng: random.Random, name: str) -> Dropdown:
-    options = DROPDOWNS[name]
-    return Dropdown(name.lower(), name, options=options, selected=rng.randrange(len(options)))
-
-
 def _toggle(rng: random.Random) -> tuple[list[Checkbox], Checkbox, str]:
     """Two checkboxes, the one to change, and its verb."""
     boxes = [Checkbox(f"c{i}", lab, checked=rng.random() < 0.4)
@@ -243,7 +242,7 @@ def tab_radio(rng: random.Random):
 
 def dialog_dropdown(rng: random.Random):
     """Composed: a message to close (`DIALOG_TEMPLATES`), then a dropdown."""
-    drops = [_dropdown(rng, n) for n in rng.sample(sorted(DROPDOWNS), 2)]
+    drops = [dropdown(rng, n) for n in rng.sample(sorted(DROPDOWNS), 2)]
     target = drops[rng.randrange(2)]
     value = other_value(rng, target.options, target.value())
     done = rng.choice(["OK", "Done"])
@@ -254,7 +253,7 @@ def dialog_dropdown(rng: random.Random):
 
 def dropdown_tick(rng: random.Random):
     """Composed: a dropdown, then a checkbox."""
-    drop = _dropdown(rng, rng.choice(sorted(DROPDOWNS)))
+    drop = dropdown(rng, rng.choice(sorted(DROPDOWNS)))
     value = other_value(rng, drop.options, drop.value())
     boxes, target, verb = _toggle(rng)
     apply = rng.choice(["Apply", "Save"])
@@ -344,6 +343,7 @@ __all__ = [
     "TemplateFn",
     "dialog_dropdown",
     "dialog_tick",
+    "dropdown",
     "dropdown_save",
     "dropdown_tick",
     "form_tick",

@@ -13,10 +13,12 @@ from lmforge.agents.task_templates import (
     COMPOSED_TEMPLATES,
     COMPOSED_TITLES,
     DIALOG_TEMPLATES,
+    DROPDOWNS,
     HELDOUT_TEMPLATES,
     TEMPLATES,
     TITLES,
     TRAIN_TEMPLATES,
+    dropdown,
     other_value,
     window_buttons,
 )
@@ -97,3 +99,7 @@ def test_helpers():
     }
     assert orders == {("OK", "No"), ("No", "OK")}
     assert all(b.wid in ("primary", "secondary") for b in window_buttons(rng, "OK", "No"))
+    drops = [dropdown(random.Random(s), "Size") for s in range(20)]
+    assert {d.wid for d in drops} == {"size"} and {d.value() for d in drops} == set(
+        DROPDOWNS["Size"]
+    )
