@@ -35,8 +35,10 @@ writing coordinates (``pointer``, by default whenever the model has a head):
     (c) greedy (``temperature`` 0, or ``greedy_pointer``) clicks at `pointer_point` (the
         region readout) in screen pixels; sampling draws token k from p^(1/T) (renormalised)
         and clicks its centre; with ``clicks="grounded"`` a click whose thought names an
-        element (`lmforge.agents.grounded`) is pointed greedily from the grounding question
-        about that element on the current screenshot instead, and not recorded;
+        element (`lmforge.agents.grounded`) is pointed from the grounding question about
+        that element on the current screenshot instead — greedily, or with
+        ``sample_grounded`` sampled as above and recorded (`GroundedChoice`) so that RL
+        trains the grounder on the episode's outcome too;
     (d) ``x,y`` is spliced in, then ``)`` — or, for a drag, ``,`` and a second point from the
         token ending with that ``,``; for a scroll, ``,`` and the direction decoded by the
         engine under a small grammar (``(up|down|left|right)\\)``); then the end-of-turn token.
@@ -102,6 +104,19 @@ class PointerChoice:
     point: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class GroundedChoice:
+    """A grounded click's sampled point (``sample_grounded``): the grounding question's token
+    ids and image inputs (`lmforge.agents.grounded.grounding_query`) and the `PointerChoice`
+    at its last token (``position`` = len(ids) − 1, ``image`` 0) — the example RL trains the
+    pointer on, in the context the point was chosen in."""
+
+    ids: list[int]
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor
+    choice: PointerChoice
+
+
 @lru_cache(maxsize=512)
 def request_regex(screen: tuple[int, int], instruction: str, typing: str, thoughts: str) -> str:
     """`response_regex` for ``instruction`` (cached: asked every step), ``type`` / the thought
@@ -121,7 +136,8 @@ class PolicySample:
     engine does not score a token (the stop token, spliced tokens) or when log-probs were
     not asked for. A pointer policy's responses also hold ``pointers`` (`PointerChoice`, in
     order) and ``sampled``: per token, whether the language model sampled it (False for the
-    spliced coordinates and the rest of the action the policy wrote itself); None → all."""
+    spliced coordinates and the rest of the action the policy wrote itself); None → all;
+    with ``sample_grounded``, ``grounded``: the sampled grounded click (`GroundedChoice`)."""
 
     text: str
     prompt_ids: list[int]
@@ -131,6 +147,7 @@ class PolicySample:
     image_grid_thw: torch.Tensor
     sampled: list[bool] | None = None
     pointers: list[PointerChoice] = field(default_factory=list)
+    grounded: list[GroundedChoice] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.sampled is None:
@@ -172,6 +189,7 @@ class Pointing:
     logprobs: list[float | None]
     sampled: list[bool]
     pointers: list[PointerChoice] = field(default_factory=list)
+    grounded: list[GroundedChoice] = field(default_factory=list)
 
 
 class VLMPolicy:
@@ -194,6 +212,7 @@ class VLMPolicy:
         thoughts: str = "free",
         greedy_pointer: bool = False,
         clicks: str = "pointer",
+        sample_grounded: bool = False,
     ) -> None:
         if history < 1:
             raise ValueError(f"history={history} must be ≥ 1 screenshot")
@@ -220,6 +239,8 @@ class VLMPolicy:
         self.thoughts = thoughts  # "expert": thoughts in the expert's language (thoughts.py)
         self.greedy_pointer = greedy_pointer  # point greedily, unrecorded: RL trains text only
         self.clicks = clicks  # "grounded": pointed clicks from the thought's grounding question
+        # … sampled (at temperature > 0, unless greedy_pointer) and recorded for RL
+        self.sample_grounded = sample_grounded
         self.regex = response_regex(screen)
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0
@@ -376,7 +397,7 @@ class VLMPolicy:
         ``x,y`` + ``suffix`` spliced (flagged not sampled; with ``record`` False the choice
         is not recorded). False (nothing added) when ``choose`` returns None. ``query``: point
         from another prompt's last token into its last image instead (a grounded click,
-        `grounded_query`; never recorded)."""
+        `grounded_query`; recorded in ``p.grounded`` as a `GroundedChoice`)."""
         full = prompt + p.ids
         source = query or (full, pixels, grid)
         image = source[2].shape[0] - 1
@@ -386,8 +407,12 @@ class VLMPolicy:
             return False
         k, (x, y) = chosen
         logprob = float(logits.log_softmax(-1)[k])
-        if record and query is None:
-            p.pointers.append(PointerChoice(len(full) - 1, image, k, logprob, cells, (x, y)))
+        if record:
+            choice = PointerChoice(len(source[0]) - 1, image, k, logprob, cells, (x, y))
+            if query is None:
+                p.pointers.append(choice)
+            else:
+                p.grounded.append(GroundedChoice(list(query[0]), query[1], query[2], choice))
         extra = self.tokenizer.encode(f"{x},{y}{suffix}")
         p.ids += extra
         p.logprobs += [None] * len(extra)
@@ -421,8 +446,9 @@ class VLMPolicy:
                 self.splice_point(p, prompt, pixels, grid, ",", own, keep)
                 scrolls.append(rid)
             elif (query := self.grounded_query(p, shots[rid])) is not None:
-                ground = partial(self.choose_point, generator=None, greedy=True)
-                self.splice_point(p, prompt, pixels, grid, ")", ground, False, query)
+                sample = self.sample_grounded and keep and self.temperature > 0
+                ground = own if sample else partial(self.choose_point, generator=None, greedy=True)
+                self.splice_point(p, prompt, pixels, grid, ")", ground, sample, query)
             else:
                 self.splice_point(p, prompt, pixels, grid, ")", own, keep)
         if scrolls:  # the direction, decoded under its own small grammar
@@ -455,7 +481,7 @@ class VLMPolicy:
             prompt, pixels, grid, _ = requests[rid]
             text = self.tokenizer.decode(p.ids, skip_special_tokens=True)
             done[rid] = PolicySample(text, list(prompt), p.ids, p.logprobs, pixels, grid,
-                                     p.sampled, p.pointers)  # fmt: skip
+                                     p.sampled, p.pointers, p.grounded)  # fmt: skip
         return done
 
 
@@ -474,6 +500,7 @@ class ExpertPolicy:
 __all__ = [
     "AgentContext",
     "ExpertPolicy",
+    "GroundedChoice",
     "PointerChoice",
     "Pointing",
     "Policy",

@@ -33,7 +33,10 @@ choices per step: tokens (the thought, the action's name, a scroll's direction) 
 (image token k of the screenshot, from the query token ending with ``click(``); both get the
 response's advantage (the pointer as one more action, as GUI-Actor/UI-TARS train grounding as
 part of the policy). The tokens the policy spliced in (coordinates, their punctuation, the end
-of turn — `PolicySample.sampled` False) are context only: no language-model term.
+of turn — `PolicySample.sampled` False) are context only: no language-model term. A grounded
+click (``clicks=grounded``) is the pointer's answer to a separate grounding question; by
+default it is read greedily and not trained, with ``train_grounded`` it is sampled and trained
+like any other choice, in the grounding question's own context (`lmforge.agents.rl_examples`).
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ import torch
 from rich.console import Console
 
 from lmforge.agents.grounded import CLICK_MODES
-from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, PolicySample, VLMPolicy
+from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, VLMPolicy
+from lmforge.agents.rl_examples import sample_examples, step_examples, token_rows
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
 from lmforge.agents.rollout import EpisodeRun, run_episodes
@@ -62,7 +66,6 @@ from lmforge.align.reference import make_reference
 from lmforge.config import ConfigError
 from lmforge.io import atomic_write_json, read_json
 from lmforge.models.hf import load_model
-from lmforge.models.loss import IGNORE_INDEX
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
@@ -70,7 +73,7 @@ from lmforge.train.loop import Trainer
 from lmforge.train.run import fit_and_export, print_summary, training_run
 from lmforge.train.vlm_sft import image_processor_for
 from lmforge.vision.processor import ImageProcessor, save_preprocessor_config
-from lmforge.vision.vlm_data import MultimodalExample, collate_rows, pack_examples
+from lmforge.vision.vlm_data import collate_rows, pack_examples
 
 GROUPINGS = ("episode", "state")
 
@@ -96,6 +99,7 @@ class AgentRLSection:
     thoughts: str = "expert"  # … thoughts in the expert's language (agents.thoughts; or "free")
     greedy_pointer: bool = False  # rollouts point greedily (as evaluation); RL trains the text only
     clicks: str = "grounded"  # clicks from the thought's grounding question, or "pointer"; eval too
+    train_grounded: bool = False  # grounded clicks sampled in rollouts and trained (rl_examples)
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     progress_weight: float = 0.0  # + this × the share of goal values right at the end
@@ -127,6 +131,9 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(
             f"rl.split={r.split!r} / rl.eval_split={r.eval_split!r}: choose from {SPLITS}"
         )
+    if r.train_grounded and (r.clicks != "grounded" or r.greedy_pointer):
+        raise ConfigError("rl.train_grounded samples and trains grounded clicks: it needs "
+                          "rl.clicks=grounded and rl.greedy_pointer=false")  # fmt: skip
     if r.composed and r.split != "train":
         raise ConfigError(
             f"rl.composed: the composed templates are training-only (rl.split={r.split!r})"
@@ -182,53 +189,6 @@ def episode_reward(
     return reward + progress_weight * run.record.progress
 
 
-def sample_example(
-    s: PolicySample,
-) -> tuple[MultimodalExample, list[float], list[tuple[int, float]]]:
-    """The example the engine decoded in one step: prompt ids then the response's ids,
-    labels on the sampled ids only (not on what a pointer policy spliced in), the prompt's
-    images, and the pointer queries (positions, images; boxes unused, zero) — the engine's
-    log-prob of each token of the example (NaN on the prompt and where the engine scored
-    nothing), and per pointer query its chosen token and old log-prob ``(k, log p_old(k))``."""
-    ids = s.prompt_ids + s.token_ids
-    labels = [IGNORE_INDEX] * len(s.prompt_ids) + [
-        t if kept else IGNORE_INDEX for t, kept in zip(s.token_ids, s.sampled, strict=True)
-    ]
-    old = [math.nan] * len(s.prompt_ids) + [math.nan if lp is None else lp for lp in s.logprobs]
-    example = MultimodalExample(ids, labels, s.pixel_values, s.image_grid_thw,
-                                [p.position for p in s.pointers], [p.image for p in s.pointers],
-                                [(0.0, 0.0, 0.0, 0.0)] * len(s.pointers))  # fmt: skip
-    return example, old, [(p.index, p.logprob) for p in s.pointers]
-
-
-def step_examples(
-    run: EpisodeRun,
-) -> list[tuple[MultimodalExample, list[float], list[tuple[int, float]]]]:
-    """`sample_example` of every step of ``run`` (played with ``keep_samples``)."""
-    if len(run.samples) != len(run.responses):
-        raise ValueError(
-            "the run kept no samples: play it with run_episodes(..., keep_samples=True)"
-        )
-    return [sample_example(s) for s in run.samples]
-
-
-def token_rows(
-    values: Sequence[Sequence[float]],
-    rows: Sequence[Sequence[int]],
-    seq_len: int,
-    fill: float = 0.0,
-) -> torch.Tensor:
-    """``[B, seq_len]``: the per-token ``values`` of each example placed where
-    `collate_rows` packs its tokens; ``fill`` elsewhere (padding)."""
-    out = torch.full((len(rows), seq_len), fill)
-    for r, row in enumerate(rows):
-        p = 0
-        for i in row:
-            out[r, p : p + len(values[i])] = torch.tensor(values[i], dtype=out.dtype)
-            p += len(values[i])
-    return out
-
-
 class AgentRollouts:
     """Endless rollout batches for the `Trainer` (one batch per rollout); ``state_dict``
     holds the rollout count (the task order and sampling seeds follow from it)."""
@@ -259,6 +219,7 @@ class AgentRollouts:
         return VLMPolicy(self.model, self.tokenizer, self.processor, (s.screen, s.screen), s.history,
                          s.max_new_tokens, s.temperature, s.constrained, typing=s.typing,
                          thoughts=s.thoughts, greedy_pointer=s.greedy_pointer, clicks=s.clicks,
+                         sample_grounded=s.train_grounded,
                          seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
 
     @torch.no_grad()
@@ -330,7 +291,8 @@ class AgentRollouts:
         rewards = torch.tensor([r for g in groups for r in g.rewards])
         advantages = grpo_advantages(rewards, self.section.group_size).tolist()
         samples = [sample for g in groups for sample in g.samples]
-        scored = [(sample_example(x), a) for x, a in zip(samples, advantages, strict=True)]
+        scored = [(example, a) for x, a in zip(samples, advantages, strict=True)
+                  for example in sample_examples(x)]  # fmt: skip
         batch = self.pack(scored, rewards.mean(), [r.record.success for r in runs])
         if self.section.guide:  # the share of states given the expert's response
             batch["rollout_guided"] = torch.tensor(sum(g.guided for g in groups) / len(groups))
@@ -338,7 +300,8 @@ class AgentRollouts:
 
     def pack(self, scored: Sequence[tuple[tuple, float]], reward: torch.Tensor,
              successes: Sequence[bool]) -> dict[str, torch.Tensor]:  # fmt: skip
-        """Packed rows of the ``(sample_example, advantage)`` pairs with the surrogate's inputs."""
+        """Packed rows of the ``(sample_examples item, advantage)`` pairs with the surrogate's
+        inputs."""
         examples = [example for (example, _, _), _ in scored]
         seq_len = max(self.seq_len, max(len(e) for e in examples))
         pad = self.tokenizer.pad_token_id or 0
@@ -439,8 +402,5 @@ __all__ = [
     "GROUPINGS",
     "check_agent_rl_config",
     "episode_reward",
-    "sample_example",
-    "step_examples",
-    "token_rows",
     "train_agent_rl",
 ]

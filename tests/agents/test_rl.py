@@ -25,9 +25,9 @@ from lmforge.agents.rl import (
     AgentRLSection,
     AgentRollouts,
     episode_reward,
-    step_examples,
     train_agent_rl,
 )
+from lmforge.agents.rl_examples import step_examples
 from lmforge.agents.rl_objective import agent_pg_objective
 from lmforge.agents.rollout import run_episodes
 from lmforge.agents.tasks import goal_progress, sample_task
@@ -269,7 +269,9 @@ def test_bad_rl_sections():
     for override, message in [("rl.group_size=1", "group_size"), ("rl.split=dev", "rl.split"),
                               ("rl.typing=any", "rl.typing"), ("rl.thoughts=any", "rl.thoughts"),
                               ("rl.clicks=any", "rl.clicks"),
-                              ("rl.composed=true rl.split=heldout", "training-only")]:  # fmt: skip
+                              ("rl.composed=true rl.split=heldout", "training-only"),
+                              ("rl.train_grounded=true rl.clicks=pointer", "train_grounded"),
+                              ("rl.train_grounded=true rl.greedy_pointer=true", "train_grounded")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             train_agent_rl(load_config(None, override.split(), AgentRLConfig))
     with pytest.raises(ConfigError, match="model.init_from"):
