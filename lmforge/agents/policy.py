@@ -13,6 +13,10 @@ is held to `response_regex` (so it always parses, and its points lie on the scre
 ``temperature`` 0 is greedy; with ``typing="instruction"`` the grammar also holds ``type``
 to the spans of the context's instruction (`lmforge.agents.action_grammar.instruction_spans`),
 with ``thoughts="expert"`` the thought to the expert's sentences (`lmforge.agents.thoughts`).
+These — and grounded clicks, ``clicks="grounded"`` — are the defaults, as in the agent
+configs and `lmforge agent`'s options; ``typing="free"``, ``thoughts="free"``,
+``clicks="pointer"`` decode as the SFT data's plain grammar (`response_regex`) and point in
+the episode's own context.
 Oracle policies may read ``context.env`` (the live window); model policies never do.
 This file is long because a pointer policy's decode → point → splice loop (the engine's
 requests, the responses stopped at a query, their pointer choices, grounded clicks) is one
@@ -208,10 +212,10 @@ class VLMPolicy:
         seed: int = 0,
         logprobs: bool = False,
         pointer: bool | None = None,
-        typing: str = "free",
-        thoughts: str = "free",
+        typing: str = "instruction",
+        thoughts: str = "expert",
         greedy_pointer: bool = False,
-        clicks: str = "pointer",
+        clicks: str = "grounded",
         sample_grounded: bool = False,
     ) -> None:
         if history < 1:

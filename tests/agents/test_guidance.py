@@ -47,7 +47,20 @@ def models(agent_vlm_factory, add_pointer_head):
 
 
 def policy_for(model, tok, processor, temperature=1.0):
-    return VLMPolicy(model, tok, processor, SCREEN, 2, 100, temperature, True, logprobs=True)
+    return VLMPolicy(
+        model,
+        tok,
+        processor,
+        SCREEN,
+        2,
+        100,
+        temperature,
+        True,
+        logprobs=True,
+        typing="free",
+        thoughts="free",
+        clicks="pointer",
+    )
 
 
 def first_state(seed, template="radio_apply"):

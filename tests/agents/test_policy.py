@@ -77,15 +77,31 @@ def test_prompt_has_the_training_layout(vlm):
 
 def test_constrained_vlm_policy_only_writes_valid_actions(vlm):
     model, tok, proc, _ = vlm
-    policy = VLMPolicy(model, tok, proc, screen=(128, 128), history=2, temperature=1.0, seed=3)
+    policy = VLMPolicy(
+        model,
+        tok,
+        proc,
+        screen=(128, 128),
+        history=2,
+        temperature=1.0,
+        seed=3,
+        typing="free",
+        thoughts="free",
+        clicks="pointer",
+    )
     texts = policy.act(contexts(6))
     assert len(texts) == 6
     for text in texts:
         parse_response(text, (128, 128))
-    first, second = (VLMPolicy(model, tok, proc, temperature=0.0) for _ in range(2))
+    first, second = (
+        VLMPolicy(
+            model, tok, proc, temperature=0.0, typing="free", thoughts="free", clicks="pointer"
+        )
+        for _ in range(2)
+    )
     assert first.act(contexts(2)) == second.act(contexts(2))  # greedy is reproducible
     with pytest.raises(ValueError, match="history=0"):
-        VLMPolicy(model, tok, proc, history=0)
+        VLMPolicy(model, tok, proc, history=0, typing="free", thoughts="free", clicks="pointer")
 
 
 def accepts(constraint, tok, text: str) -> bool:
@@ -100,9 +116,20 @@ def accepts(constraint, tok, text: str) -> bool:
 def test_typing_held_to_the_instruction(vlm):
     model, tok, proc, _ = vlm
     with pytest.raises(ValueError, match="typing='any'"):
-        VLMPolicy(model, tok, proc, typing="any")
-    held = VLMPolicy(model, tok, proc, temperature=1.0, seed=2, typing="instruction")
-    free = VLMPolicy(model, tok, proc, temperature=1.0, seed=2)
+        VLMPolicy(model, tok, proc, typing="any", thoughts="free", clicks="pointer")
+    held = VLMPolicy(
+        model,
+        tok,
+        proc,
+        temperature=1.0,
+        seed=2,
+        typing="instruction",
+        thoughts="free",
+        clicks="pointer",
+    )
+    free = VLMPolicy(
+        model, tok, proc, temperature=1.0, seed=2, typing="free", thoughts="free", clicks="pointer"
+    )
     for c in contexts(4):
         spans = instruction_spans(c.instruction)
         spec = held.params(0, 10, c.instruction).constraint.spec
@@ -123,10 +150,19 @@ def test_typing_held_to_the_instruction(vlm):
 def test_thoughts_held_to_the_experts_language(vlm):
     model, tok, proc, _ = vlm
     with pytest.raises(ValueError, match="thoughts='any'"):
-        VLMPolicy(model, tok, proc, thoughts="any")
-    held = VLMPolicy(model, tok, proc, temperature=1.0, seed=3, thoughts="expert")
+        VLMPolicy(model, tok, proc, thoughts="any", typing="free", clicks="pointer")
+    held = VLMPolicy(
+        model,
+        tok,
+        proc,
+        temperature=1.0,
+        seed=3,
+        thoughts="expert",
+        typing="free",
+        clicks="pointer",
+    )
     both = VLMPolicy(model, tok, proc, temperature=1.0, seed=3, thoughts="expert",
-                     typing="instruction")  # fmt: skip
+                     typing="instruction", clicks="pointer")  # fmt: skip
     for c in contexts(3):
         spans = instruction_spans(c.instruction)
         thought = thought_regex(spans)
@@ -140,7 +176,13 @@ def test_thoughts_held_to_the_experts_language(vlm):
         assert accepts(held.params(0, 10, c.instruction).constraint, tok, expert)
         free = "Thought: I think the list is fine.\nAction: wait()"  # … free text is not
         assert not accepts(held.params(0, 10, c.instruction).constraint, tok, free)
-        assert accepts(VLMPolicy(model, tok, proc).params(0, 10).constraint, tok, free)
+        assert accepts(
+            VLMPolicy(model, tok, proc, typing="free", thoughts="free", clicks="pointer")
+            .params(0, 10)
+            .constraint,
+            tok,
+            free,
+        )
     for text, c in zip(both.act(contexts(4)), contexts(4), strict=True):
         response = parse_response(text, (128, 128))  # sampled: parses, in the language
         assert re.fullmatch(thought_regex(instruction_spans(c.instruction)), response.thought)
@@ -156,7 +198,7 @@ def test_expert_policy_answers_as_the_expert():
 def test_long_histories_get_the_context_room_left_not_a_crash(vlm):
     model, tok, proc, _ = vlm
     policy = VLMPolicy(model, tok, proc, history=2, max_tokens=160, temperature=1.0, seed=5,
-                       constrained=False)  # fmt: skip
+                       constrained=False, typing="free", thoughts="free", clicks="pointer")  # fmt: skip
     limit = policy.engine.max_len
     assert policy.params(0, limit - 40).max_tokens == 40
     assert policy.params(0, 10).max_tokens == 160
@@ -235,7 +277,17 @@ def check_pointer_sample(model, tok, sample, screen=(128, 128)) -> None:
 def test_pointer_policy_points_and_records_its_choices(pvlm, name):
     model, tok, proc, _ = pvlm
     for temperature in (0.0, 1.0):
-        policy = VLMPolicy(model, tok, proc, temperature=temperature, seed=4, logprobs=True)
+        policy = VLMPolicy(
+            model,
+            tok,
+            proc,
+            temperature=temperature,
+            seed=4,
+            logprobs=True,
+            typing="free",
+            thoughts="free",
+            clicks="pointer",
+        )
         assert policy.pointer  # auto: the model has a head
         policy.regex = pointing_regex(name)
         for sample in policy.sample(contexts(3)):
@@ -251,7 +303,16 @@ def test_splice_point_takes_a_forced_choice_and_records_it(pvlm):
     `lmforge.agents.guidance`): the chosen token and point recorded with the current
     log-prob, ``x,y`` + suffix spliced unsampled; a chooser returning None adds nothing."""
     model, tok, proc, _ = pvlm
-    policy = VLMPolicy(model, tok, proc, temperature=1.0, logprobs=True)
+    policy = VLMPolicy(
+        model,
+        tok,
+        proc,
+        temperature=1.0,
+        logprobs=True,
+        typing="free",
+        thoughts="free",
+        clicks="pointer",
+    )
     context = contexts(1)[0]
     messages, images = agent_messages(context, policy.history)
     prompt, pixels, grid = encode_prompt(tok, proc, messages, images)
@@ -279,7 +340,16 @@ def test_splice_point_takes_a_forced_choice_and_records_it(pvlm):
 
 def test_greedy_pointer_click_is_the_pointer_readout_of_the_recorded_ids(pvlm):
     model, tok, proc, _ = pvlm
-    policy = VLMPolicy(model, tok, proc, temperature=0.0, logprobs=True)
+    policy = VLMPolicy(
+        model,
+        tok,
+        proc,
+        temperature=0.0,
+        logprobs=True,
+        typing="free",
+        thoughts="free",
+        clicks="pointer",
+    )
     policy.regex = pointing_regex("click")  # every response points (an untrained model's choice)
     samples = policy.sample(contexts(4))
     assert all(s.pointers for s in samples)
@@ -294,7 +364,9 @@ def test_greedy_pointer_click_is_the_pointer_readout_of_the_recorded_ids(pvlm):
             assert p.point == to_pixels(pointer_point(probs[0], grids[0]), (128, 128))
         action = parse_response(sample.text).action
         assert action_point(action) == sample.pointers[0].point
-    again = VLMPolicy(model, tok, proc, temperature=0.0)
+    again = VLMPolicy(
+        model, tok, proc, temperature=0.0, typing="free", thoughts="free", clicks="pointer"
+    )
     again.regex = policy.regex
     assert again.act(contexts(4)) == [s.text.strip() for s in samples]  # greedy: reproducible
 
@@ -304,7 +376,7 @@ def test_greedy_pointer_while_sampling_the_text(pvlm):
     sample's own query (as evaluation clicks), and no pointer choice is recorded."""
     model, tok, proc, _ = pvlm
     policy = VLMPolicy(model, tok, proc, temperature=1.0, seed=6, logprobs=True,
-                       greedy_pointer=True)  # fmt: skip
+                       greedy_pointer=True, typing="free", thoughts="free", clicks="pointer")  # fmt: skip
     policy.regex = pointing_regex("click")
     for sample in policy.sample(contexts(3)):
         assert sample.pointers == []
@@ -328,7 +400,7 @@ def test_grounded_clicks_point_from_the_thoughts_grounding_question(pvlm):
     cs = contexts(3)
     for temperature in (0.0, 1.0):
         policy = VLMPolicy(model, tok, proc, temperature=temperature, seed=2, logprobs=True,
-                           clicks="grounded")  # fmt: skip
+                           clicks="grounded", typing="free", thoughts="free")  # fmt: skip
         policy.regex = ("Thought: Everything is set; I press (Save|OK)\\.\\nAction: "
                         "click\\([0-9]{1,3},[0-9]{1,3}\\)")  # fmt: skip
         for c, sample in zip(cs, policy.sample(cs), strict=True):
@@ -343,8 +415,10 @@ def test_grounded_clicks_point_from_the_thoughts_grounding_question(pvlm):
         for sample in policy.sample(cs):
             check_pointer_sample(model, tok, sample)
     with pytest.raises(ValueError, match="clicks"):
-        VLMPolicy(model, tok, proc, clicks="nearest")
-    bare = VLMPolicy(vlm_without_head(pvlm), tok, proc, clicks="grounded")
+        VLMPolicy(model, tok, proc, clicks="nearest", typing="free", thoughts="free")
+    bare = VLMPolicy(
+        vlm_without_head(pvlm), tok, proc, clicks="grounded", typing="free", thoughts="free"
+    )
     assert not bare.pointer and len(bare.act(cs)) == len(cs)
 
 
@@ -372,15 +446,43 @@ def test_unconstrained_pointer_policy_writes_parseable_actions(pvlm):
     cs = contexts(2)
     for name in ("drag", "scroll"):
         taught = overfit(copy.deepcopy(model), tok, proc, cs, f"Thought: go\nAction: {name}(")
-        policy = VLMPolicy(taught, tok, proc, temperature=0.0, constrained=False, logprobs=True)
+        policy = VLMPolicy(
+            taught,
+            tok,
+            proc,
+            temperature=0.0,
+            constrained=False,
+            logprobs=True,
+            typing="free",
+            thoughts="free",
+            clicks="pointer",
+        )
         for sample in policy.sample(cs):
             check_pointer_sample(taught, tok, sample)
             assert sample.text.startswith(f"Thought: go\nAction: {name}(")
     # a pointer model can still decode its coordinates as text
-    text_policy = VLMPolicy(model, tok, proc, temperature=1.0, seed=3, pointer=False)
+    text_policy = VLMPolicy(
+        model,
+        tok,
+        proc,
+        temperature=1.0,
+        seed=3,
+        pointer=False,
+        typing="free",
+        thoughts="free",
+        clicks="pointer",
+    )
     assert all(not s.pointers for s in text_policy.sample(contexts(2)))
     with pytest.raises(ValueError, match="pointer head"):
-        VLMPolicy(vlm_without_head(pvlm), tok, proc, pointer=True)
+        VLMPolicy(
+            vlm_without_head(pvlm),
+            tok,
+            proc,
+            pointer=True,
+            typing="free",
+            thoughts="free",
+            clicks="pointer",
+        )
 
 
 def vlm_without_head(pvlm):

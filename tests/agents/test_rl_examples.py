@@ -51,7 +51,8 @@ def contexts(n: int) -> list[AgentContext]:
 def grounded_samples(pvlm, temperature=1.0, sample_grounded=True):
     model, tok, proc = pvlm
     policy = VLMPolicy(model, tok, proc, temperature=temperature, seed=4, logprobs=True,
-                       clicks="grounded", sample_grounded=sample_grounded)  # fmt: skip
+                       clicks="grounded", sample_grounded=sample_grounded,
+                       typing="free", thoughts="free")  # fmt: skip
     policy.regex = PRESS  # every response presses a named button: a grounded click
     cs = contexts(3)
     return cs, policy.sample(cs)
@@ -113,7 +114,8 @@ def test_grounded_choices_train_the_head_in_the_packed_batch(pvlm):
 def test_step_examples_cover_every_step_and_need_kept_samples(pvlm):
     model, tok, proc = pvlm
     policy = VLMPolicy(model, tok, proc, temperature=1.0, seed=1, logprobs=True,
-                       clicks="grounded", sample_grounded=True)  # fmt: skip
+                       clicks="grounded", sample_grounded=True,
+                       typing="free", thoughts="free")  # fmt: skip
     policy.regex = PRESS
     run = run_episodes(policy, [sample_task(0, template="radio_apply")], 2, keep_samples=True)[0]
     examples = step_examples(run)

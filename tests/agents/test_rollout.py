@@ -78,7 +78,16 @@ def test_pointer_policy_episodes_record_the_pointed_clicks(tmp_path, agent_vlm_f
     """A (random) pointer model's episodes: every step that points is recorded at the
     pointer's click, so grounding accuracy and GIFs work unchanged."""
     model, tok, _, _ = agent_vlm_factory(2, 1, pointer_size=8)
-    policy = VLMPolicy(model, tok, image_processor_for(model, 128), temperature=1.0, seed=2)
+    policy = VLMPolicy(
+        model,
+        tok,
+        image_processor_for(model, 128),
+        temperature=1.0,
+        seed=2,
+        typing="free",
+        thoughts="free",
+        clicks="pointer",
+    )
     policy.regex = r"Thought: [a-z ]{1,8}\nAction: click\([0-9]{1,3},[0-9]{1,3}\)"  # it points
     tasks = [sample_task(s, template="dropdown_save") for s in range(3)]
     runs = run_episodes(policy, tasks, max_steps=3, keep_samples=True)
