@@ -100,6 +100,7 @@ class AgentRLSection:
     greedy_pointer: bool = False  # rollouts point greedily (as evaluation); RL trains the text only
     clicks: str = "grounded"  # clicks from the thought's grounding question, or "pointer"; eval too
     train_grounded: bool = False  # grounded clicks sampled in rollouts and trained (rl_examples)
+    pointer_weight: float = 1.0  # each pointer choice's term × this in the loss (rl_objective)
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     progress_weight: float = 0.0  # + this × the share of goal values right at the end
@@ -134,6 +135,8 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
     if r.train_grounded and (r.clicks != "grounded" or r.greedy_pointer):
         raise ConfigError("rl.train_grounded samples and trains grounded clicks: it needs "
                           "rl.clicks=grounded and rl.greedy_pointer=false")  # fmt: skip
+    if not r.pointer_weight >= 0:
+        raise ConfigError(f"rl.pointer_weight={r.pointer_weight} must be ≥ 0")
     if r.composed and r.split != "train":
         raise ConfigError(
             f"rl.composed: the composed templates are training-only (rl.split={r.split!r})"
@@ -318,6 +321,8 @@ class AgentRollouts:
         batch["pointer_old"] = torch.tensor([lp for (_, lp), _ in order], dtype=torch.float32)
         batch["pointer_advantages"] = torch.tensor([a for _, a in order], dtype=torch.float32)
         batch["clip_eps"] = torch.tensor(self.section.clip_eps)
+        if self.section.pointer_weight != 1.0:
+            batch["pointer_weight"] = torch.tensor(self.section.pointer_weight)
         if self.reference is not None:
             batch["kl_coef"] = torch.tensor(self.section.kl_coef)
             batch.update(reference_scores(self.reference, batch, self.model))

@@ -16,7 +16,8 @@ Per sampled token t and pointer choice q, with advantage Â (GRPO, Shao et al. 2
 from a frozen copy of the starting policy. p(· | h_q) is the pointer head's softmax over the
 screenshot's tokens at query q (`VisionLanguageModel.pointer_logits`, recomputed on the packed
 batch). The loss is −Σ J over tokens and choices, counted one element each (``pointer_share``
-logs the choices' share); ``logprob_gap`` / ``pointer_gap`` (mean |log π − log π_old|) check
+logs the choices' share); with ``pointer_weight`` w in the batch (``rl.pointer_weight``) each
+choice's term counts w times (−Σ_t J_t − w Σ_q J_q; the count is unchanged); ``logprob_gap`` / ``pointer_gap`` (mean |log π − log π_old|) check
 that the ratio starts at 1; ``kl`` is the mean KL term when β > 0.
 """
 
@@ -121,7 +122,7 @@ def agent_pg_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
                 p_kl = kl_estimate(pointer, batch["pointer_ref"].to(pointer), "k3")
                 p_terms = p_terms - beta * p_kl
                 kl_sum = kl_sum + p_kl.detach().sum()
-            loss_sum = loss_sum - p_terms.sum()
+            loss_sum = loss_sum - float(batch.get("pointer_weight", 1.0)) * p_terms.sum()
             pointer_gap = (pointer.detach() - p_old).abs().mean()
         else:  # the head still takes part in the graph (DDP expects every parameter's grad)
             loss_sum = loss_sum + 0.0 * sum(p.sum() for p in core.pointer_head.parameters())

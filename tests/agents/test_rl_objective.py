@@ -129,3 +129,21 @@ def test_a_lora_policys_reference_is_its_base(agent_vlm_factory):
     torch.testing.assert_close(got, want[labelled], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(batch["pointer_ref"], want_ptr, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(policy[labelled], want[labelled], atol=1e-3)  # adapter on ≠ base
+
+
+def test_pointer_weight_scales_the_pointer_terms_only(rollout):
+    """``rl.pointer_weight`` w: −Σ_t J_t − w Σ_q J_q, the element count unchanged."""
+    model, _, batch = rollout
+    base = {**batch, "kl_coef": torch.tensor(0.0)}
+    no_ptr = {**base, "pointer_advantages": torch.zeros_like(batch["pointer_advantages"])}
+    no_tok = {**base, "advantages": torch.zeros_like(batch["advantages"])}
+    with torch.no_grad():
+        tokens = agent_pg_objective(model, no_ptr).loss_sum
+        pointer = agent_pg_objective(model, no_tok).loss_sum
+        one = agent_pg_objective(model, base)
+        three = agent_pg_objective(model, {**base, "pointer_weight": torch.tensor(3.0)})
+    assert float(pointer) != 0.0 and int(three.count) == int(one.count)
+    assert float(one.loss_sum) == pytest.approx(float(tokens + pointer), rel=1e-5)
+    assert float(three.loss_sum) == pytest.approx(float(tokens + 3 * pointer), rel=1e-5)
+    with pytest.raises(ConfigError, match="rl.pointer_weight"):
+        train_agent_rl(load_config(None, ["rl.pointer_weight=-1"], AgentRLConfig))
