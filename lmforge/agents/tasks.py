@@ -50,6 +50,8 @@ LAYOUTS = [(t, a) for t in range(len(THEMES)) for a in range(ARRANGEMENTS)]
 HELDOUT_LAYOUTS = [(t, a) for t, a in LAYOUTS if (t + a) % 4 == 3]
 TRAIN_LAYOUTS = [la for la in LAYOUTS if la not in HELDOUT_LAYOUTS]
 SPLITS = ("train", "heldout_layout", "heldout_template", "heldout")
+BUILDERS = {**TEMPLATES, **COMPOSED_TEMPLATES}  # every template by name, the composed ones too
+WINDOW_TITLES = {**TITLES, **COMPOSED_TITLES}
 
 
 @dataclass
@@ -144,9 +146,8 @@ def sample_task(
         templates = (*templates, *COMPOSED_TEMPLATES)
     rng = random.Random(f"gui-task/{split}/{template}/{seed}")
     name = template or rng.choice(templates)
-    if name not in TEMPLATES and name not in COMPOSED_TEMPLATES:
-        known = [*TEMPLATES, *COMPOSED_TEMPLATES]
-        raise ValueError(f"unknown task template {name!r}; choose from {known}")
+    if name not in BUILDERS:
+        raise ValueError(f"unknown task template {name!r}; choose from {list(BUILDERS)}")
     if split == "heldout" and template is None:
         choices = [la for la in LAYOUTS if name in HELDOUT_TEMPLATES or la in HELDOUT_LAYOUTS]
         layout = rng.choice(choices)
@@ -159,16 +160,14 @@ def build_task(
     name: str, layout: tuple[int, int], rng: random.Random, seed: int, width: int, height: int
 ) -> Task:
     """Build template ``name`` on ``layout`` = (theme index, arrangement) with ``rng``."""
-    instruction, body, goal, final, buttons = {**TEMPLATES, **COMPOSED_TEMPLATES}[name](rng)
+    instruction, body, goal, final, buttons = BUILDERS[name](rng)
     theme, arrangement = sorted(THEMES)[layout[0]], layout[1]
     widgets = _arrange(rng, arrangement, body, buttons)
     dialog = None
     if name in DIALOG_TEMPLATES:
         title, message = rng.choice(DIALOGS)
         dialog = Dialog("dialog", title, message=message, buttons=[Button("dlg_ok", "OK")])
-    win = Window(
-        {**TITLES, **COMPOSED_TITLES}[name], width, height, widgets, dialog=dialog, theme=theme
-    )
+    win = Window(WINDOW_TITLES[name], width, height, widgets, dialog=dialog, theme=theme)
     layout_window(win, _geometry(rng, arrangement))
     bottom = max(w.box[3] for w in win.walk(shown_only=True))
     if bottom > height:
@@ -214,7 +213,7 @@ def task_for_instruction(
     `FREE_TEXT`, which nothing matches: episodes end on the window's terminal events
     (pressing a window button, opening an item, Enter, ``finished()``) or the step limit,
     and ``meta["free_text"]`` says no programmatic check applies."""
-    if text in TEMPLATES or text in COMPOSED_TEMPLATES:
+    if text in BUILDERS:
         return sample_task(seed, split, text, width, height)
     if not text.strip():
         raise ValueError("an empty instruction: give a task template name or an instruction")
@@ -233,12 +232,14 @@ def task_for_instruction(
 
 __all__ = [
     "ARRANGEMENTS",
+    "BUILDERS",
     "FREE_TEXT",
     "HELDOUT_LAYOUTS",
     "LAYOUTS",
     "SPLITS",
     "TRAIN_LAYOUTS",
     "Task",
+    "WINDOW_TITLES",
     "build_task",
     "goal_progress",
     "instruction_words",

@@ -27,8 +27,7 @@ from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, ExpertPolicy, VLMPolic
 from lmforge.agents.rl import AgentRLConfig, train_agent_rl
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
 from lmforge.agents.sft import AgentRunConfig, train_agent_sft
-from lmforge.agents.task_templates import COMPOSED_TEMPLATES, TEMPLATES
-from lmforge.agents.tasks import SPLITS, task_for_instruction
+from lmforge.agents.tasks import BUILDERS, SPLITS, task_for_instruction
 from lmforge.commands.common import (
     CommandError,
     add_recipe_arguments,
@@ -96,7 +95,7 @@ def add_parser(subparsers: Any) -> None:
     add_policy_arguments(p)
     p.add_argument("--task", required=True, metavar="TEXT",
                    help="an instruction in free text, or a task template name: "
-                   + ", ".join(sorted([*TEMPLATES, *COMPOSED_TEMPLATES])))  # fmt: skip
+                   + ", ".join(sorted(BUILDERS)))  # fmt: skip
     p.add_argument("--split", choices=SPLITS, default="heldout", help="layouts to draw from")
     p.add_argument("--gif", metavar="FILE", help="write the episode as an animated GIF")
     p.set_defaults(run=run_episode, command="agent run")
@@ -196,7 +195,7 @@ def run_episode(args: argparse.Namespace) -> int:
         raise CommandError(f"--task: {exc}") from exc
     free = task.meta.get("free_text", False)
     if free and args.expert:
-        raise CommandError(f"--expert follows a task's goal: give a template name ({', '.join(sorted([*TEMPLATES, *COMPOSED_TEMPLATES]))}) "
+        raise CommandError(f"--expert follows a task's goal: give a template name ({', '.join(sorted(BUILDERS))}) "
                            "or a template's exact instruction, not free text")  # fmt: skip
     policy = policy_from_args(args)
     run = run_episodes(policy, [task], args.max_steps)[0]

@@ -27,6 +27,10 @@ from lmforge.agents.tasks import sample_task
 from lmforge.config import ConfigError
 from lmforge.train.config import load_config
 
+# the plain grammar (a test's own `policy.regex` applies) and clicks pointed in the
+# episode's context — not `VLMPolicy`'s defaults (typing and thoughts held, grounded clicks)
+PLAIN = {"typing": "free", "thoughts": "free", "clicks": "pointer"}
+
 SCREEN = (128, 128)
 
 
@@ -48,18 +52,7 @@ def models(agent_vlm_factory, add_pointer_head):
 
 def policy_for(model, tok, processor, temperature=1.0):
     return VLMPolicy(
-        model,
-        tok,
-        processor,
-        SCREEN,
-        2,
-        100,
-        temperature,
-        True,
-        logprobs=True,
-        typing="free",
-        thoughts="free",
-        clicks="pointer",
+        model, tok, processor, SCREEN, 2, 100, temperature, True, logprobs=True, **PLAIN
     )
 
 

@@ -42,6 +42,10 @@ from lmforge.train.vlm_sft import VLMSection, image_processor_for, tiny_vlm
 from lmforge.vision.processor import QWEN2_VL_CHAT_TEMPLATE
 from lmforge.vision.vlm_data import VLM_SPECIAL_TOKENS, encode_prompt
 
+# the plain grammar (a test's own `policy.regex` applies) and clicks pointed in the
+# episode's context — not `VLMPolicy`'s defaults (typing and thoughts held, grounded clicks)
+PLAIN = {"typing": "free", "thoughts": "free", "clicks": "pointer"}
+
 
 @pytest.fixture(scope="module")
 def vlm():
@@ -78,30 +82,16 @@ def test_prompt_has_the_training_layout(vlm):
 def test_constrained_vlm_policy_only_writes_valid_actions(vlm):
     model, tok, proc, _ = vlm
     policy = VLMPolicy(
-        model,
-        tok,
-        proc,
-        screen=(128, 128),
-        history=2,
-        temperature=1.0,
-        seed=3,
-        typing="free",
-        thoughts="free",
-        clicks="pointer",
+        model, tok, proc, screen=(128, 128), history=2, temperature=1.0, seed=3, **PLAIN
     )
     texts = policy.act(contexts(6))
     assert len(texts) == 6
     for text in texts:
         parse_response(text, (128, 128))
-    first, second = (
-        VLMPolicy(
-            model, tok, proc, temperature=0.0, typing="free", thoughts="free", clicks="pointer"
-        )
-        for _ in range(2)
-    )
+    first, second = (VLMPolicy(model, tok, proc, temperature=0.0, **PLAIN) for _ in range(2))
     assert first.act(contexts(2)) == second.act(contexts(2))  # greedy is reproducible
     with pytest.raises(ValueError, match="history=0"):
-        VLMPolicy(model, tok, proc, history=0, typing="free", thoughts="free", clicks="pointer")
+        VLMPolicy(model, tok, proc, history=0, **PLAIN)
 
 
 def accepts(constraint, tok, text: str) -> bool:
@@ -117,19 +107,9 @@ def test_typing_held_to_the_instruction(vlm):
     model, tok, proc, _ = vlm
     with pytest.raises(ValueError, match="typing='any'"):
         VLMPolicy(model, tok, proc, typing="any", thoughts="free", clicks="pointer")
-    held = VLMPolicy(
-        model,
-        tok,
-        proc,
-        temperature=1.0,
-        seed=2,
-        typing="instruction",
-        thoughts="free",
-        clicks="pointer",
-    )
-    free = VLMPolicy(
-        model, tok, proc, temperature=1.0, seed=2, typing="free", thoughts="free", clicks="pointer"
-    )
+    held = VLMPolicy(model, tok, proc, temperature=1.0, seed=2, typing="instruction",
+                     thoughts="free", clicks="pointer")  # fmt: skip
+    free = VLMPolicy(model, tok, proc, temperature=1.0, seed=2, **PLAIN)
     for c in contexts(4):
         spans = instruction_spans(c.instruction)
         spec = held.params(0, 10, c.instruction).constraint.spec
@@ -151,16 +131,8 @@ def test_thoughts_held_to_the_experts_language(vlm):
     model, tok, proc, _ = vlm
     with pytest.raises(ValueError, match="thoughts='any'"):
         VLMPolicy(model, tok, proc, thoughts="any", typing="free", clicks="pointer")
-    held = VLMPolicy(
-        model,
-        tok,
-        proc,
-        temperature=1.0,
-        seed=3,
-        thoughts="expert",
-        typing="free",
-        clicks="pointer",
-    )
+    held = VLMPolicy(model, tok, proc, temperature=1.0, seed=3, thoughts="expert",
+                     typing="free", clicks="pointer")  # fmt: skip
     both = VLMPolicy(model, tok, proc, temperature=1.0, seed=3, thoughts="expert",
                      typing="instruction", clicks="pointer")  # fmt: skip
     for c in contexts(3):
@@ -176,13 +148,7 @@ def test_thoughts_held_to_the_experts_language(vlm):
         assert accepts(held.params(0, 10, c.instruction).constraint, tok, expert)
         free = "Thought: I think the list is fine.\nAction: wait()"  # … free text is not
         assert not accepts(held.params(0, 10, c.instruction).constraint, tok, free)
-        assert accepts(
-            VLMPolicy(model, tok, proc, typing="free", thoughts="free", clicks="pointer")
-            .params(0, 10)
-            .constraint,
-            tok,
-            free,
-        )
+        assert accepts(VLMPolicy(model, tok, proc, **PLAIN).params(0, 10).constraint, tok, free)
     for text, c in zip(both.act(contexts(4)), contexts(4), strict=True):
         response = parse_response(text, (128, 128))  # sampled: parses, in the language
         assert re.fullmatch(thought_regex(instruction_spans(c.instruction)), response.thought)
@@ -198,7 +164,7 @@ def test_expert_policy_answers_as_the_expert():
 def test_long_histories_get_the_context_room_left_not_a_crash(vlm):
     model, tok, proc, _ = vlm
     policy = VLMPolicy(model, tok, proc, history=2, max_tokens=160, temperature=1.0, seed=5,
-                       constrained=False, typing="free", thoughts="free", clicks="pointer")  # fmt: skip
+                       constrained=False, **PLAIN)  # fmt: skip
     limit = policy.engine.max_len
     assert policy.params(0, limit - 40).max_tokens == 40
     assert policy.params(0, 10).max_tokens == 160
@@ -278,15 +244,7 @@ def test_pointer_policy_points_and_records_its_choices(pvlm, name):
     model, tok, proc, _ = pvlm
     for temperature in (0.0, 1.0):
         policy = VLMPolicy(
-            model,
-            tok,
-            proc,
-            temperature=temperature,
-            seed=4,
-            logprobs=True,
-            typing="free",
-            thoughts="free",
-            clicks="pointer",
+            model, tok, proc, temperature=temperature, seed=4, logprobs=True, **PLAIN
         )
         assert policy.pointer  # auto: the model has a head
         policy.regex = pointing_regex(name)
@@ -303,16 +261,7 @@ def test_splice_point_takes_a_forced_choice_and_records_it(pvlm):
     `lmforge.agents.guidance`): the chosen token and point recorded with the current
     log-prob, ``x,y`` + suffix spliced unsampled; a chooser returning None adds nothing."""
     model, tok, proc, _ = pvlm
-    policy = VLMPolicy(
-        model,
-        tok,
-        proc,
-        temperature=1.0,
-        logprobs=True,
-        typing="free",
-        thoughts="free",
-        clicks="pointer",
-    )
+    policy = VLMPolicy(model, tok, proc, temperature=1.0, logprobs=True, **PLAIN)
     context = contexts(1)[0]
     messages, images = agent_messages(context, policy.history)
     prompt, pixels, grid = encode_prompt(tok, proc, messages, images)
@@ -340,16 +289,7 @@ def test_splice_point_takes_a_forced_choice_and_records_it(pvlm):
 
 def test_greedy_pointer_click_is_the_pointer_readout_of_the_recorded_ids(pvlm):
     model, tok, proc, _ = pvlm
-    policy = VLMPolicy(
-        model,
-        tok,
-        proc,
-        temperature=0.0,
-        logprobs=True,
-        typing="free",
-        thoughts="free",
-        clicks="pointer",
-    )
+    policy = VLMPolicy(model, tok, proc, temperature=0.0, logprobs=True, **PLAIN)
     policy.regex = pointing_regex("click")  # every response points (an untrained model's choice)
     samples = policy.sample(contexts(4))
     assert all(s.pointers for s in samples)
@@ -364,9 +304,7 @@ def test_greedy_pointer_click_is_the_pointer_readout_of_the_recorded_ids(pvlm):
             assert p.point == to_pixels(pointer_point(probs[0], grids[0]), (128, 128))
         action = parse_response(sample.text).action
         assert action_point(action) == sample.pointers[0].point
-    again = VLMPolicy(
-        model, tok, proc, temperature=0.0, typing="free", thoughts="free", clicks="pointer"
-    )
+    again = VLMPolicy(model, tok, proc, temperature=0.0, **PLAIN)
     again.regex = policy.regex
     assert again.act(contexts(4)) == [s.text.strip() for s in samples]  # greedy: reproducible
 
@@ -376,7 +314,7 @@ def test_greedy_pointer_while_sampling_the_text(pvlm):
     sample's own query (as evaluation clicks), and no pointer choice is recorded."""
     model, tok, proc, _ = pvlm
     policy = VLMPolicy(model, tok, proc, temperature=1.0, seed=6, logprobs=True,
-                       greedy_pointer=True, typing="free", thoughts="free", clicks="pointer")  # fmt: skip
+                       greedy_pointer=True, **PLAIN)  # fmt: skip
     policy.regex = pointing_regex("click")
     for sample in policy.sample(contexts(3)):
         assert sample.pointers == []
@@ -447,42 +385,16 @@ def test_unconstrained_pointer_policy_writes_parseable_actions(pvlm):
     for name in ("drag", "scroll"):
         taught = overfit(copy.deepcopy(model), tok, proc, cs, f"Thought: go\nAction: {name}(")
         policy = VLMPolicy(
-            taught,
-            tok,
-            proc,
-            temperature=0.0,
-            constrained=False,
-            logprobs=True,
-            typing="free",
-            thoughts="free",
-            clicks="pointer",
+            taught, tok, proc, temperature=0.0, constrained=False, logprobs=True, **PLAIN
         )
         for sample in policy.sample(cs):
             check_pointer_sample(taught, tok, sample)
             assert sample.text.startswith(f"Thought: go\nAction: {name}(")
     # a pointer model can still decode its coordinates as text
-    text_policy = VLMPolicy(
-        model,
-        tok,
-        proc,
-        temperature=1.0,
-        seed=3,
-        pointer=False,
-        typing="free",
-        thoughts="free",
-        clicks="pointer",
-    )
+    text_policy = VLMPolicy(model, tok, proc, temperature=1.0, seed=3, pointer=False, **PLAIN)
     assert all(not s.pointers for s in text_policy.sample(contexts(2)))
     with pytest.raises(ValueError, match="pointer head"):
-        VLMPolicy(
-            vlm_without_head(pvlm),
-            tok,
-            proc,
-            pointer=True,
-            typing="free",
-            thoughts="free",
-            clicks="pointer",
-        )
+        VLMPolicy(vlm_without_head(pvlm), tok, proc, pointer=True, **PLAIN)
 
 
 def vlm_without_head(pvlm):

@@ -23,6 +23,10 @@ from lmforge.agents.tasks import sample_task
 from lmforge.agents.widgets import box_center
 from lmforge.train.vlm_sft import image_processor_for
 
+# the plain grammar (a test's own `policy.regex` applies) and clicks pointed in the
+# episode's context — not `VLMPolicy`'s defaults (typing and thoughts held, grounded clicks)
+PLAIN = {"typing": "free", "thoughts": "free", "clicks": "pointer"}
+
 
 def test_expert_oracle_scores_full_marks():
     summary, runs = evaluate_agent(ExpertPolicy(), "heldout", num_tasks=12, seed=0)
@@ -79,14 +83,7 @@ def test_pointer_policy_episodes_record_the_pointed_clicks(tmp_path, agent_vlm_f
     pointer's click, so grounding accuracy and GIFs work unchanged."""
     model, tok, _, _ = agent_vlm_factory(2, 1, pointer_size=8)
     policy = VLMPolicy(
-        model,
-        tok,
-        image_processor_for(model, 128),
-        temperature=1.0,
-        seed=2,
-        typing="free",
-        thoughts="free",
-        clicks="pointer",
+        model, tok, image_processor_for(model, 128), temperature=1.0, seed=2, **PLAIN
     )
     policy.regex = r"Thought: [a-z ]{1,8}\nAction: click\([0-9]{1,3},[0-9]{1,3}\)"  # it points
     tasks = [sample_task(s, template="dropdown_save") for s in range(3)]
