@@ -60,7 +60,8 @@ from pathlib import Path
 import torch
 
 from lmforge.agents.rl import AgentRLConfig, train_agent_rl
-from lmforge.agents.sft import AgentRunConfig, train_agent_sft
+from lmforge.agents.sft import train_agent_sft
+from lmforge.agents.sft_config import AgentRunConfig
 from lmforge.train.config import load_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "lmforge" / "recipes"

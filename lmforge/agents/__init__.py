@@ -21,6 +21,7 @@ evaluation episodes, agent SFT and online RL.
 | `policy` | policies in `GUIEnv`: a VLM decoding through the engine with the last k screenshots (optionally under the action grammar), the expert as an oracle |
 | `rollout` | episodes side by side, recorded for the metrics (the expert's target box per step), held-out evaluation, GIFs |
 | `sft` | agent SFT through the one Trainer (a chosen mix of the data kinds, tiny VLM from scratch or a qwen2_vl folder), held-out grounding and episode figures |
+| `sft_config` | the agent SFT run's config (`AgentSection`, `AgentRunConfig`) and its range checks, each error naming its field |
 | `grounded` | grounded clicks: a pointing action's point from the grounding question about the element its thought names (planner / grounder in one model) |
 | `grounding` | held-out grounding: clicks by the pointer (with an optional zoomed second look) or by text, scored in the target box, split into list rows and the rest |
 | `guidance` | expert-guided groups for RL: the scripted expert's response, written as the policy would, joins a state no sampled response got right (mixed-policy GRPO, LUFFY) |

@@ -57,7 +57,8 @@ from lmforge.agents.rl_examples import sample_examples, step_examples, token_row
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
 from lmforge.agents.rollout import EpisodeRun, run_episodes
-from lmforge.agents.sft import AgentSection, evaluate_agent_model
+from lmforge.agents.sft import evaluate_agent_model
+from lmforge.agents.sft_config import AgentSection
 from lmforge.agents.state_groups import StateGroup, play_state_groups
 from lmforge.agents.tasks import SPLITS, Task
 from lmforge.agents.widgets import box_contains

@@ -26,7 +26,8 @@ from lmforge.agents.grounding import grounding_eval
 from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, ExpertPolicy, VLMPolicy
 from lmforge.agents.rl import AgentRLConfig, train_agent_rl
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
-from lmforge.agents.sft import AgentRunConfig, train_agent_sft
+from lmforge.agents.sft import train_agent_sft
+from lmforge.agents.sft_config import AgentRunConfig
 from lmforge.agents.tasks import BUILDERS, SPLITS, task_for_instruction
 from lmforge.commands.common import (
     CommandError,

@@ -13,6 +13,7 @@ HF-format import/export.
 | `mtp` | multi-token prediction (DeepSeek-V3): D sequential modules sharing embedding and head, their loss |
 | `medusa` | Medusa heads (residual block + vocabulary projection from ``lm_head``), their losses, save / load |
 | `eagle` | EAGLE drafter layer over [token embedding ; target feature], its loss, save / load |
+| `block_expansion` | block expansion (LLaMA Pro): identity-initialised copies of decoder layers, a deeper model with the same outputs |
 | `quantize` | weight-only quantisation of a whole `CausalLM` (int8 / int4), its checkpoint format, dequantisation |
 | `presets` | named sizes: ``tiny``, ``demo``, ``5m``, ``30m``, ``deepseek-tiny``, ``deepseek-30m`` |
 | `pointer_head` | GUI-Actor pointer head: a click as attention of a query token over the image tokens, its target, loss and readout |

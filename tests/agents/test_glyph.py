@@ -41,7 +41,8 @@ from lmforge.agents.render import (
     text_layout,
     ui_font,
 )
-from lmforge.agents.sft import AgentRunConfig, AgentSection, train_agent_sft, uses_glyphs
+from lmforge.agents.sft import train_agent_sft
+from lmforge.agents.sft_config import AgentRunConfig, AgentSection, uses_glyphs
 from lmforge.agents.tasks import sample_task
 from lmforge.agents.widgets import Geometry, ListView, Window
 from lmforge.config import ConfigError

@@ -13,12 +13,8 @@ import torch
 import lmforge
 from lmforge.agents.agent_data import make_agent_dataset
 from lmforge.agents.grounding import point_clicks
-from lmforge.agents.sft import (
-    AgentRunConfig,
-    agent_model,
-    evaluate_agent_model,
-    train_agent_sft,
-)
+from lmforge.agents.sft import agent_model, evaluate_agent_model, train_agent_sft
+from lmforge.agents.sft_config import AgentRunConfig
 from lmforge.agents.widgets import box_contains
 from lmforge.config import ConfigError
 from lmforge.models.hf import read_state_dict, save_model
@@ -62,6 +58,7 @@ def test_tiny_agent_sft_run(tmp_path):
         ("agent.mistake_rate=2", "agent.mistake_rate"),
         ("agent.vision_init=xavier", "agent.vision_init"),
         ("agent.lm_init_std=0", "agent.lm_init_std"),
+        ("agent.expand_blocks=-1", "agent.expand_blocks"),
     ],
 )
 def test_bad_sections_are_refused(override, message):
@@ -333,7 +330,8 @@ DDP_RUN = [*(o for o in SMALL if not o.startswith(("agent.train_tasks", "agent.e
            "agent.pointer_size=16", "train.max_steps=4", "train.device=cpu"]  # fmt: skip
 SCRIPT = """
 import json, sys, torch
-from lmforge.agents.sft import AgentRunConfig, train_agent_sft
+from lmforge.agents.sft import train_agent_sft
+from lmforge.agents.sft_config import AgentRunConfig
 from lmforge.train.config import load_config
 torch.set_num_threads(1)
 out, overrides = sys.argv[1], json.loads(sys.argv[2])
@@ -362,3 +360,17 @@ def test_two_ranks_make_the_accumulated_update(tmp_path, torchrun):
     for key in one:
         torch.testing.assert_close(ddp[key], one[key], atol=2e-5, rtol=1e-4, msg=key)
     assert _step_losses(tmp_path / "ddp") == pytest.approx(_step_losses(tmp_path / "one"), rel=1e-4)
+
+
+def test_expand_blocks_deepens_the_folder_model_without_changing_it(tmp_path):
+    examples = make_agent_dataset("train", 2, seed=0)["grounding"]
+    model, tok = agent_model(load_config(None, [*SMALL, "agent.pointer_size=16"], AgentRunConfig),
+                             examples)  # fmt: skip
+    save_model(model, tmp_path / "m")
+    tok.save(tmp_path / "m")
+    config = from_folder([*SMALL, "agent.expand_blocks=1"], tmp_path / "m")
+    deeper, _ = agent_model(config, [])
+    assert deeper.config.text.num_hidden_layers == 2 and deeper.pointer_head is not None
+    ids = torch.randint(8, 300, (1, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(deeper.eval()(ids).logits, model.eval()(ids).logits)
