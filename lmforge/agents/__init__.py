@@ -9,6 +9,7 @@ evaluation episodes, agent SFT and online RL.
 | `layout` | column layout: every widget's box from margins, row height, label column; button rows, tab pages, pane offsets, dropdown overlays, dialogs |
 | `render` | deterministic Pillow screenshots of a window with themes and Pillow's bundled font |
 | `task_templates` | the task templates (instruction, widgets, goal, final event, buttons from a random stream): 7 training, 3 held out, 5 training-only composed ones |
+| `task_clauses` | clause tasks (training-only): a container (none, tab, pane, message) × one or two action clauses (tick, set, choose, type, change), never a held-out template's widget kinds |
 | `tasks` | tasks from the templates with randomised layouts and programmatic success checks; train / held-out layouts and templates |
 | `env` | gymnasium `GUIEnv` (screenshot observations, text actions) and the action executor; text render |
 | `actions` | UI-TARS's unified action space as dataclasses; exact text form, formatter, parser with clear errors |

@@ -538,6 +538,7 @@ def make_agent_dataset(
     row_screens: int = 0,
     expert_drags: bool = False,
     composed: bool = False,
+    clauses: float = 0.0,
 ) -> dict[str, list[VQAExample]]:
     """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
     grounding on every state the expert visits (``grounding_count`` elements per state in
@@ -562,7 +563,8 @@ def make_agent_dataset(
     ``expert_drags``: the expert drags far rows into view (`lmforge.agents.expert.drag_step`;
     its trajectories teach ``drag(…)``, both points with pointer targets) instead of
     scrolling three times or more. ``composed``: the training split's tasks come from the
-    training-only composed templates too (`lmforge.agents.task_templates`)."""
+    training-only composed templates too (`lmforge.agents.task_templates`); ``clauses`` = p:
+    a share p of them are clause tasks (`lmforge.agents.task_clauses`)."""
     data: dict[str, list[VQAExample]] = {k: [] for k in KINDS}
     rng = random.Random(f"agent-data/{split}/{seed}")
     read_rng = random.Random(f"agent-reading/{split}/{seed}")
@@ -570,7 +572,7 @@ def make_agent_dataset(
     turns = max(1, grounding_turns)
     for i in range(num_tasks):
         task = sample_task(seed * 1_000_003 + i, split, width=width, height=height,
-                           composed=composed)  # fmt: skip
+                           composed=composed, clauses=clauses)  # fmt: skip
         clean = expert_trajectory(task, drag=expert_drags)
         mistake_at = rng.randrange(len(clean.steps)) if rng.random() < mistake_rate else None
         traj = (

@@ -85,6 +85,7 @@ class AgentRLSection:
 
     split: str = "train"
     composed: bool = False  # split train: the pool includes the composed templates
+    clauses: float = 0.0  # split train: this share of the pool are clause tasks (task_clauses)
     groups: str = "episode"  # episode: a task's episodes; state: responses in one state
     pool_tasks: int = 40
     fresh_pool: bool = True  # tasks the SFT data never held (false: seeds 0…, the SFT run's)
@@ -138,10 +139,9 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
                           "rl.clicks=grounded and rl.greedy_pointer=false")  # fmt: skip
     if not r.pointer_weight >= 0:
         raise ConfigError(f"rl.pointer_weight={r.pointer_weight} must be ≥ 0")
-    if r.composed and r.split != "train":
-        raise ConfigError(
-            f"rl.composed: the composed templates are training-only (rl.split={r.split!r})"
-        )
+    if (r.composed or r.clauses) and r.split != "train" or not 0 <= r.clauses <= 1:
+        raise ConfigError(f"rl.composed, rl.clauses={r.clauses}: the composed and clause "
+                          f"templates are training-only (rl.split={r.split!r}), a share in [0, 1]")  # fmt: skip
     if (r.groups not in GROUPINGS or r.typing not in TYPINGS or r.thoughts not in THOUGHT_MODES
             or r.clicks not in CLICK_MODES):  # fmt: skip
         raise ConfigError(f"rl.groups={r.groups!r} / rl.typing={r.typing!r} / rl.thoughts="

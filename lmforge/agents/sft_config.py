@@ -73,6 +73,7 @@ class AgentSection(VLMShape):
     row_target: str = "box"  # list-row pointer target: "box", "number" (digits), "last_digit"
     expert_drags: bool = False  # the expert drags far list rows into view (expert.drag_step)
     composed: bool = False  # the training tasks include the composed templates (task_templates)
+    clauses: float = 0.0  # this share of the training tasks are clause tasks (task_clauses)
     expand_blocks: int = 0  # > 0, with init_from: a zero-output LM layer after every k (LLaMA Pro)
 
 
@@ -103,10 +104,14 @@ def check_agent_config(config: AgentRunConfig) -> None:
         raise ConfigError(f"agent.random_screens={a.random_screens}, agent.reading_screens="
                           f"{a.reading_screens} and agent.row_screens={a.row_screens} must be "
                           "≥ 0")  # fmt: skip
-    if a.train_tasks < 1 or a.history < 1 or not 0 <= a.mistake_rate <= 1:
-        raise ConfigError(
-            "agent.train_tasks and agent.history must be ≥ 1, agent.mistake_rate in [0, 1]"
-        )
+    if (
+        a.train_tasks < 1
+        or a.history < 1
+        or not 0 <= a.mistake_rate <= 1
+        or not 0 <= a.clauses <= 1
+    ):
+        raise ConfigError("agent.train_tasks and agent.history must be ≥ 1, agent.mistake_rate "
+                          "and agent.clauses in [0, 1]")  # fmt: skip
     if a.zoom == 1 or a.zoom < 0 or a.screen % max(1, a.zoom) or a.zoom_crops < 1:
         raise ConfigError(f"agent.zoom={a.zoom} must be 0 (off) or ≥ 2 dividing agent.screen, "
                           f"agent.zoom_crops={a.zoom_crops} ≥ 1")  # fmt: skip

@@ -26,6 +26,7 @@ from typing import Any
 
 from lmforge.agents.layout import layout_window
 from lmforge.agents.render import THEMES
+from lmforge.agents.task_clauses import CLAUSE_DIALOG_TEMPLATES, CLAUSE_TEMPLATES, CLAUSE_TITLES
 from lmforge.agents.task_templates import (
     COMPOSED_TEMPLATES,
     COMPOSED_TITLES,
@@ -50,8 +51,9 @@ LAYOUTS = [(t, a) for t in range(len(THEMES)) for a in range(ARRANGEMENTS)]
 HELDOUT_LAYOUTS = [(t, a) for t, a in LAYOUTS if (t + a) % 4 == 3]
 TRAIN_LAYOUTS = [la for la in LAYOUTS if la not in HELDOUT_LAYOUTS]
 SPLITS = ("train", "heldout_layout", "heldout_template", "heldout")
-BUILDERS = {**TEMPLATES, **COMPOSED_TEMPLATES}  # every template by name, the composed ones too
-WINDOW_TITLES = {**TITLES, **COMPOSED_TITLES}
+BUILDERS = {**TEMPLATES, **COMPOSED_TEMPLATES, **CLAUSE_TEMPLATES}  # every template by name
+WINDOW_TITLES = {**TITLES, **COMPOSED_TITLES, **CLAUSE_TITLES}
+UNDER_A_MESSAGE = (*DIALOG_TEMPLATES, *CLAUSE_DIALOG_TEMPLATES)  # windows that open under one
 
 
 @dataclass
@@ -135,16 +137,22 @@ def sample_task(
     width: int = 128,
     height: int = 128,
     composed: bool = False,
+    clauses: float = 0.0,
 ) -> Task:
     """A task drawn from ``split`` (or of ``template``) with its layout, all from ``seed``.
     ``composed``: the training split draws the training-only `COMPOSED_TEMPLATES` too (one
-    template in 12 each); no other split has them."""
+    template in 12 each); ``clauses`` = p > 0: with probability p a clause task
+    (`lmforge.agents.task_clauses`, uniform over its templates) instead. No other split has
+    either."""
     templates, layouts = split_choices(split)
+    if (composed or clauses) and split != "train":
+        raise ValueError(f"the composed and clause templates are training-only; split {split!r} "
+                         "has none")  # fmt: skip
     if composed:
-        if split != "train":
-            raise ValueError(f"the composed templates are training-only; split {split!r} has none")
         templates = (*templates, *COMPOSED_TEMPLATES)
     rng = random.Random(f"gui-task/{split}/{template}/{seed}")
+    if template is None and clauses and rng.random() < clauses:
+        templates = tuple(CLAUSE_TEMPLATES)
     name = template or rng.choice(templates)
     if name not in BUILDERS:
         raise ValueError(f"unknown task template {name!r}; choose from {list(BUILDERS)}")
@@ -164,7 +172,7 @@ def build_task(
     theme, arrangement = sorted(THEMES)[layout[0]], layout[1]
     widgets = _arrange(rng, arrangement, body, buttons)
     dialog = None
-    if name in DIALOG_TEMPLATES:
+    if name in UNDER_A_MESSAGE:
         title, message = rng.choice(DIALOGS)
         dialog = Dialog("dialog", title, message=message, buttons=[Button("dlg_ok", "OK")])
     win = Window(WINDOW_TITLES[name], width, height, widgets, dialog=dialog, theme=theme)

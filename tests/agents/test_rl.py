@@ -270,6 +270,8 @@ def test_bad_rl_sections():
                               ("rl.typing=any", "rl.typing"), ("rl.thoughts=any", "rl.thoughts"),
                               ("rl.clicks=any", "rl.clicks"),
                               ("rl.composed=true rl.split=heldout", "training-only"),
+                              ("rl.clauses=0.5 rl.split=heldout", "training-only"),
+                              ("rl.clauses=1.5", "rl.clauses"),
                               ("rl.train_grounded=true rl.clicks=pointer", "train_grounded"),
                               ("rl.train_grounded=true rl.greedy_pointer=true", "train_grounded")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):

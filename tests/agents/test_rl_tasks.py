@@ -7,6 +7,7 @@ from dataclasses import replace
 from lmforge.agents.agent_data import expert_trajectory
 from lmforge.agents.rl import AgentRLSection
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
+from lmforge.agents.task_clauses import CLAUSE_TEMPLATES
 from lmforge.agents.task_templates import COMPOSED_TEMPLATES
 from lmforge.agents.tasks import sample_task
 
@@ -28,6 +29,9 @@ def test_a_fresh_pool_holds_no_task_of_the_sft_data():
         == {t.template for t in mixed if t.template in COMPOSED_TEMPLATES}
         != set()
     )
+    # rl.clauses: a share of the pool are clause tasks
+    clauses = select_tasks(None, None, None, replace(section, clauses=1.0), seed=0)
+    assert all(t.template in CLAUSE_TEMPLATES for t in clauses)
 
 
 def test_expert_start_states():
