@@ -139,7 +139,7 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
                           "rl.clicks=grounded and rl.greedy_pointer=false")  # fmt: skip
     if not r.pointer_weight >= 0:
         raise ConfigError(f"rl.pointer_weight={r.pointer_weight} must be ≥ 0")
-    if (r.composed or r.clauses) and r.split != "train" or not 0 <= r.clauses <= 1:
+    if ((r.composed or r.clauses) and r.split != "train") or not 0 <= r.clauses <= 1:
         raise ConfigError(f"rl.composed, rl.clauses={r.clauses}: the composed and clause "
                           f"templates are training-only (rl.split={r.split!r}), a share in [0, 1]")  # fmt: skip
     if (r.groups not in GROUPINGS or r.typing not in TYPINGS or r.thoughts not in THOUGHT_MODES

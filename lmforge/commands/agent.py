@@ -28,6 +28,7 @@ from lmforge.agents.rl import AgentRLConfig, train_agent_rl
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
 from lmforge.agents.sft import train_agent_sft
 from lmforge.agents.sft_config import AgentRunConfig
+from lmforge.agents.task_clauses import CLAUSE_TEMPLATES
 from lmforge.agents.tasks import BUILDERS, SPLITS, task_for_instruction
 from lmforge.commands.common import (
     CommandError,
@@ -65,6 +66,11 @@ EXAMPLES = {
     ),
 }
 
+# the fixed and composed templates by name, the clause templates by their pattern
+TEMPLATE_NAMES = (", ".join(sorted(set(BUILDERS) - set(CLAUSE_TEMPLATES)))
+                  + ", or a clause template CONTAINER_ACTION[_ACTION] (plain_set_tick, "
+                  "tab_choose_tick, …; lmforge.agents.task_clauses)")  # fmt: skip
+
 
 def add_parser(subparsers: Any) -> None:
     group = subparsers.add_parser("agent", help="GUI agents: SFT, evaluation, episodes")
@@ -96,7 +102,7 @@ def add_parser(subparsers: Any) -> None:
     add_policy_arguments(p)
     p.add_argument("--task", required=True, metavar="TEXT",
                    help="an instruction in free text, or a task template name: "
-                   + ", ".join(sorted(BUILDERS)))  # fmt: skip
+                   + TEMPLATE_NAMES)  # fmt: skip
     p.add_argument("--split", choices=SPLITS, default="heldout", help="layouts to draw from")
     p.add_argument("--gif", metavar="FILE", help="write the episode as an animated GIF")
     p.set_defaults(run=run_episode, command="agent run")
@@ -196,7 +202,7 @@ def run_episode(args: argparse.Namespace) -> int:
         raise CommandError(f"--task: {exc}") from exc
     free = task.meta.get("free_text", False)
     if free and args.expert:
-        raise CommandError(f"--expert follows a task's goal: give a template name ({', '.join(sorted(BUILDERS))}) "
+        raise CommandError(f"--expert follows a task's goal: give a template name ({TEMPLATE_NAMES}) "
                            "or a template's exact instruction, not free text")  # fmt: skip
     policy = policy_from_args(args)
     run = run_episodes(policy, [task], args.max_steps)[0]
