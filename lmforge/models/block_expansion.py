@@ -77,7 +77,8 @@ def expand_blocks(model: M, every: int = 1) -> M:
                 zero = orig is None and name.startswith(ZEROED)
                 state[f"{prefix}{new}.{name}"] = torch.zeros_like(value) if zero else value.clone()
     out.load_state_dict(state)
-    return out.to(next(model.parameters()).dtype)
+    first = next(model.parameters())
+    return out.to(device=first.device, dtype=first.dtype)  # where and as the original is
 
 
 __all__ = [
