@@ -1,10 +1,11 @@
 """Clause tasks: training-only templates built from independent parts — a container (none,
 a tab, a scroll pane, a message in the way) and one or two action clauses (tick a box, set a
-dropdown, choose a radio option, type into an empty field, change a filled one) — so that
+dropdown, choose a radio option, type into a field (empty or holding a word), change a
+filled one) — so that
 every container occurs with most actions and every action in most containers.
 
-    instruction, body, goal, final, buttons = CLAUSE_TEMPLATES["tab_choose_type"](rng)
-    # "In the Privacy tab, choose 'Pro' for Plan, type 'river' into City, then press Save"
+    instruction, body, goal, final, buttons = CLAUSE_TEMPLATES["tab_choose_tick"](random.Random(0))
+    # "In the Advanced tab, choose 'Standard' for Shipping, tick 'Beta', then press Done"
 
 Why: the fixed templates tie each container to one action ("In the … tab" is always
 followed by a tick), so a small agent learns the instruction's opening words → a memorised

@@ -74,7 +74,7 @@ def test_clause_text_widgets_and_goal_agree():
     assert text == f"set Mode to {goal['xmode']}" and goal["xmode"] != widgets[0].value()
     text, widgets, goal = clause("tick", rng, "y", set(), boxes=3)
     assert len(widgets) == 3 and len(goal) == 1
-    (wid, want), target = next(iter(goal.items())), None
+    ((wid, want),) = goal.items()
     target = next(w for w in widgets if w.wid == wid)
     assert want is (not target.checked) and f"'{target.label}'" in text
     text, widgets, goal = clause("change", rng, "z", set())
