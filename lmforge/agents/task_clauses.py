@@ -35,6 +35,7 @@ from lmforge.agents.task_templates import (
     TemplateFn,
     dropdown,
     other_value,
+    toggles,
     window_buttons,
 )
 from lmforge.agents.widgets import Checkbox, RadioGroup, ScrollPane, Tabs, TextField, Widget
@@ -68,10 +69,7 @@ def clause(
     more boxes) with ids prefixed by ``tag``, and its goal; labels in ``taken`` are not
     reused."""
     if kind == "tick":
-        labels = rng.sample([t for t in TOGGLES if t not in taken], boxes)
-        row = [Checkbox(f"{tag}c{i}", lab, checked=rng.random() < 0.4) for i, lab in enumerate(labels)]  # fmt: skip
-        target = rng.choice(row)
-        verb = "untick" if target.checked else "tick"
+        row, target, verb = toggles(rng, boxes, tag, taken)
         return f"{verb} '{target.label}'", row, {target.wid: not target.checked}
     if kind == "set":
         drop = dropdown(rng, rng.choice(sorted(set(DROPDOWNS) - taken)))

@@ -218,12 +218,19 @@ def profile_edit(rng: random.Random):
     )
 
 
-def _toggle(rng: random.Random) -> tuple[list[Checkbox], Checkbox, str]:
-    """Two checkboxes, the one to change, and its verb."""
-    boxes = [Checkbox(f"c{i}", lab, checked=rng.random() < 0.4)
-             for i, lab in enumerate(rng.sample(TOGGLES, 2))]  # fmt: skip
-    target = rng.choice(boxes)
-    return boxes, target, "untick" if target.checked else "tick"
+def toggles(
+    rng: random.Random,
+    boxes: int = 2,
+    tag: str = "",
+    taken: frozenset[str] | set[str] = frozenset(),
+) -> tuple[list[Checkbox], Checkbox, str]:
+    """``boxes`` checkboxes (ids ``{tag}c0``, ``{tag}c1``, …; labels from `TOGGLES` not in
+    ``taken``; each ticked with probability 0.4), the one to flip, and its verb ("tick" or
+    "untick")."""
+    labels = rng.sample([t for t in TOGGLES if t not in taken], boxes)
+    row = [Checkbox(f"{tag}c{i}", lab, checked=rng.random() < 0.4) for i, lab in enumerate(labels)]
+    target = rng.choice(row)
+    return row, target, "untick" if target.checked else "tick"
 
 
 def tab_radio(rng: random.Random):
@@ -255,7 +262,7 @@ def dropdown_tick(rng: random.Random):
     """Composed: a dropdown, then a checkbox."""
     drop = dropdown(rng, rng.choice(sorted(DROPDOWNS)))
     value = other_value(rng, drop.options, drop.value())
-    boxes, target, verb = _toggle(rng)
+    boxes, target, verb = toggles(rng)
     apply = rng.choice(["Apply", "Save"])
     instruction = f"Set {drop.label} to {value}, {verb} '{target.label}' and press {apply}"
     goal = {drop.wid: value, target.wid: not target.checked}
@@ -272,7 +279,7 @@ def form_tick(rng: random.Random):
     """Composed: a text field (empty or holding a word to replace), then a checkbox."""
     label, word = rng.choice(FIELDS), rng.choice(WORDS)
     old = rng.choice(["", other_value(rng, WORDS, word)])
-    boxes, target, verb = _toggle(rng)
+    boxes, target, verb = toggles(rng)
     instruction = f"Type '{word}' into {label}, {verb} '{target.label}', then press Confirm"
     body = [TextField("field", label, text=old), *boxes]
     goal = {"field": word, target.wid: not target.checked}
@@ -358,5 +365,6 @@ __all__ = [
     "tab_checkbox",
     "tab_dropdown",
     "tab_radio",
+    "toggles",
     "window_buttons",
 ]

@@ -17,9 +17,11 @@ from lmforge.agents.task_templates import (
     HELDOUT_TEMPLATES,
     TEMPLATES,
     TITLES,
+    TOGGLES,
     TRAIN_TEMPLATES,
     dropdown,
     other_value,
+    toggles,
     window_buttons,
 )
 from lmforge.agents.tasks import SPLITS, sample_task
@@ -103,3 +105,15 @@ def test_helpers():
     assert {d.wid for d in drops} == {"size"} and {d.value() for d in drops} == set(
         DROPDOWNS["Size"]
     )
+
+
+def test_toggles_draws_untaken_labels_tags_ids_and_names_the_flip():
+    for seed in range(20):
+        taken = set(random.Random(seed).sample(TOGGLES, 3))
+        row, target, verb = toggles(random.Random(seed), boxes=3, tag="p1", taken=taken)
+        assert [w.wid for w in row] == ["p1c0", "p1c1", "p1c2"]
+        assert len({w.label for w in row}) == 3 and not {w.label for w in row} & taken
+        assert target in row and verb == ("untick" if target.checked else "tick")
+    # the fixed templates' default: two boxes, plain ids, any label
+    row, _, _ = toggles(random.Random(0))
+    assert [w.wid for w in row] == ["c0", "c1"]
