@@ -6,12 +6,14 @@ step, as templates with named slots, and a regular grammar of them for structure
     >>> rx = thought_regex(instruction_spans("Set Size to Large, then press Save"))
     >>> bool(re.fullmatch(rx, "The Size list is open; I pick Large."))    # True
     >>> bool(re.fullmatch(rx, "The Font list is open; I pick Off."))      # False
+    >>> bool(re.fullmatch(rx, "The Font list is open; I pick Large."))    # True: screen text
 
 A slot in `INSTRUCTION_SLOTS` is copied from the task's instruction (in the expert's own
 trajectories it is: the value to set, the box to tick, the tab, the row to open); the
 grammar lets it be exactly one of `lmforge.agents.action_grammar.instruction_spans`. Every
 other slot names what only the screen shows (a field's label, a dropdown's current value, a
-dialog's title, a button) and is one or two words of letters and digits (`FREE_REGEX`).
+dialog's title, a button) and is one or two words of letters and digits (`FREE_REGEX`);
+a slot in `SCREEN_READ` (the list that is open) may be either.
 A correction may start with `REFLECTION` (`lmforge.agents.agent_data.reflective`). Every
 sentence of the expert's trajectories is in the language of its own instruction but one: the
 held-out template profile_edit's "Plan must be 'Pro'" ("… choose 'Pro' and Save" does not name
@@ -61,6 +63,9 @@ INSTRUCTION_SLOTS = frozenset({"label", "tab", "want"})
 # … except in a correction: it may re-tick a box the mistake disturbed, which the
 # instruction does not name
 REPAIRS = frozenset({"tick", "untick"})
+# … and where the slot names what the screen shows, which the expert copies from the
+# instruction only because its own steps went right: the list that is open
+SCREEN_READ: dict[str, frozenset[str]] = {"dd_pick": frozenset({"label"})}
 CHOICE_SLOTS = {"dir": ("up", "down")}
 # a screen-text slot (a label, a value, a title): one or two words of letters and digits
 FREE_WORD = 12  # letters and digits
@@ -134,6 +139,7 @@ def thought_regex(spans: Sequence[str]) -> str:
             kinds = dict.fromkeys(INSTRUCTION_SLOTS, "copy")
             if prefix and name in REPAIRS:
                 kinds["label"] = "either"
+            kinds.update(dict.fromkeys(SCREEN_READ.get(name, ()), "either"))
             body = _template_regex(template, usable, MAX_THOUGHT - len(prefix), kinds)
             if body is not None:
                 alternatives.append(re.escape(prefix) + body)
@@ -149,6 +155,7 @@ __all__ = [
     "INSTRUCTION_SLOTS",
     "REFLECTION",
     "REPAIRS",
+    "SCREEN_READ",
     "SLOT",
     "THOUGHTS",
     "say",

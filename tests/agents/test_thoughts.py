@@ -87,6 +87,9 @@ def test_instruction_slots_take_only_the_instructions_words():
     assert rx.fullmatch("Size shows Small, not Medium; I open the list.")
     assert rx.fullmatch("The Size list is open; I pick Medium.")
     assert not rx.fullmatch("The Font list is open; I pick Off.")
+    # the list that is open is screen text (SCREEN_READ); what to pick is the instruction's
+    assert rx.fullmatch("The Font list is open; I pick Medium.")
+    assert not rx.fullmatch("The Font list is open by mistake; I pick Medium.")
     assert not rx.fullmatch("Mode shows Manual, n must be 'OK'; I choose it.")  # no comma
     assert not rx.fullmatch("Shippick is a listace must be 'OK'; I choose it.")  # ≤ 2 words
     assert not rx.fullmatch("I think the list is fine.")  # not one of the sentences
