@@ -84,6 +84,7 @@ from lmforge.vision.vlm_data import PointerQuery, message_text
 from lmforge.vision.vlm_tasks import VQAExample
 
 LIST_HEAVY = {**KIND_WEIGHTS, "list": 6}  # reading screens: lists six times as likely
+DROPDOWN_HEAVY = {**KIND_WEIGHTS, "dropdown": 8}  # option screens: dropdowns four times as likely
 KINDS = ("perception", "state_qa", "grounding", "trajectory", "reflection", "reading")
 # the mix when ``agent.kinds`` is not given (reading is opt-in)
 DEFAULT_KINDS = ("perception", "state_qa", "grounding", "trajectory", "reflection")
@@ -539,6 +540,7 @@ def make_agent_dataset(
     expert_drags: bool = False,
     composed: bool = False,
     clauses: float = 0.0,
+    option_screens: int = 0,
 ) -> dict[str, list[VQAExample]]:
     """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
     grounding on every state the expert visits (``grounding_count`` elements per state in
@@ -564,7 +566,12 @@ def make_agent_dataset(
     its trajectories teach ``drag(…)``, both points with pointer targets) instead of
     scrolling three times or more. ``composed``: the training split's tasks come from the
     training-only composed templates too (`lmforge.agents.task_templates`); ``clauses`` = p:
-    a share p of them are clause tasks (`lmforge.agents.task_clauses`)."""
+    a share p of them are clause tasks (`lmforge.agents.task_clauses`). ``option_screens``:
+    grounding on the options of the open dropdown (and on the dropdowns it leaves uncovered)
+    of this many dropdown-heavy random windows with one dropdown open (`DROPDOWN_HEAVY`), in
+    chats of ``grounding_turns``; their own random stream. Why: an open list's options are a
+    few questions per dropdown task, and the agent's held-out grounding of them was 0.56
+    (dropdowns 0.79; BENCHMARKS.md, issue 18 session 26)."""
     data: dict[str, list[VQAExample]] = {k: [] for k in KINDS}
     rng = random.Random(f"agent-data/{split}/{seed}")
     read_rng = random.Random(f"agent-reading/{split}/{seed}")
@@ -625,6 +632,18 @@ def make_agent_dataset(
         win = random_window(r, width, height, weights=LIST_HEAVY)
         made = grounding_examples(win, row_rng, 0, grounding_turns, 0, True, question_first,
                                   only="row")  # fmt: skip
+        if glyphs:
+            attach_glyphs(made, render_window_glyphs(win)[1])
+        for ex in made:
+            ex.meta["template"] = "random"
+            data[ex.task].append(ex)
+    option_rng = random.Random(f"agent-option-questions/{split}/{seed}")
+    for j in range(option_screens):
+        r = random.Random(f"agent-option-screens/{split}/{seed}/{j}")
+        win = random_window(r, width, height, dropdown_rate=1.0, weights=DROPDOWN_HEAVY)
+        made = [ex for kind in ("option", "dropdown")
+                for ex in grounding_examples(win, option_rng, 0, grounding_turns, 0, True,
+                                             question_first, only=kind)]  # fmt: skip
         if glyphs:
             attach_glyphs(made, render_window_glyphs(win)[1])
         for ex in made:
@@ -799,6 +818,7 @@ def read_examples(path: str | Path) -> list[VQAExample]:
 __all__ = [
     "DEFAULT_KINDS",
     "KINDS",
+    "DROPDOWN_HEAVY",
     "LIST_HEAVY",
     "MAX_HISTORY_ACTIONS",
     "POINTING_ACTIONS",

@@ -67,6 +67,7 @@ class AgentSection(VLMShape):
     glyph_steps: int = 0  # > 0: an encoder-only glyph pretraining stage of this many steps
     glyph_screens: str = "train"  # its screens: "train" (the examples') or "fresh" (new ones)
     row_screens: int = 0  # + grounding on the list rows only of this many list-heavy screens
+    option_screens: int = 0  # + grounding on open lists' options of this many dropdown screens
     query_weight: float = 0.0  # > 0: + this × a train-only head reading the number at the query
     query_keys: bool = False  # with query_weight: the same head reads the row's last-digit token
     query_labels: bool = False  # with query_weight: also other kinds' labels (query_label_targets)
@@ -100,10 +101,10 @@ def check_agent_config(config: AgentRunConfig) -> None:
         raise ConfigError(f"agent.screen={a.screen} must be a multiple of agent.merge_size × "
                           f"agent.patch_size = {a.merge_size} × {a.patch_size}")  # fmt: skip
     check_vlm_shape(a, "agent")
-    if a.random_screens < 0 or a.reading_screens < 0 or a.row_screens < 0:
+    if min(a.random_screens, a.reading_screens, a.row_screens, a.option_screens) < 0:
         raise ConfigError(f"agent.random_screens={a.random_screens}, agent.reading_screens="
-                          f"{a.reading_screens} and agent.row_screens={a.row_screens} must be "
-                          "≥ 0")  # fmt: skip
+                          f"{a.reading_screens}, agent.row_screens={a.row_screens} and "
+                          f"agent.option_screens={a.option_screens} must be ≥ 0")  # fmt: skip
     if (
         a.train_tasks < 1
         or a.history < 1

@@ -662,6 +662,38 @@ def test_row_screens_ask_only_rows_and_leave_the_rest_unchanged():
         assert ex.meta["template"] == "random"
 
 
+def test_option_screens_ask_every_open_lists_options_and_leave_the_rest_unchanged():
+    from lmforge.agents.agent_data import DROPDOWN_HEAVY, covered, grounding_question
+    from lmforge.agents.agent_data import screen_elements as elements
+
+    base = make_agent_dataset("train", 2, seed=3, grounding_count=0, grounding_turns=8)
+    more = make_agent_dataset("train", 2, seed=3, grounding_count=0, grounding_turns=8,
+                              option_screens=6)  # fmt: skip
+    n = len(base["grounding"])
+    assert [e.answer for e in more["grounding"][:n]] == [e.answer for e in base["grounding"]]
+    for k in more:
+        if k != "grounding":
+            assert [e.answer for e in more[k]] == [e.answer for e in base[k]], k
+    asked = []
+    for ex in more["grounding"][n:]:
+        questions = [_content(m) for m in ex.messages() if m["role"] == "user"]
+        assert len(questions) == len(ex.meta["target_boxes"]) <= 8
+        assert ex.meta["template"] == "random"
+        asked += [(q.split("<|vision_end|>")[-1], b)
+                  for q, b in zip(questions, ex.meta["target_boxes"], strict=True)]  # fmt: skip
+    want = []  # the windows rebuilt from their seeds: each open list's options, then dropdowns
+    for j in range(6):
+        r = random.Random(f"agent-option-screens/train/3/{j}")
+        win = random_window(r, 128, 128, dropdown_rate=1.0, weights=DROPDOWN_HEAVY)
+        assert win.open_dropdown() is not None
+        shown = [e for e in elements(win) if not covered(win, e)]
+        for kind in ("option", "dropdown"):
+            want += sorted((grounding_question(e.kind, e.label), e.box) for e in shown
+                           if e.kind == kind)  # fmt: skip
+    assert sorted(asked) == sorted(want)
+    assert sum(q.startswith("Click on the option") for q, _ in asked) >= 6 * 3
+
+
 def test_expert_drags_give_both_points_a_pointer_target():
     """With ``expert_drags`` a trajectory's drag has two pointer queries: the ``(`` (the
     thumb) and the ``,`` after ``x1,y1`` (the drop range, which holds the release); they

@@ -278,7 +278,9 @@ def test_zoom_run_reports_the_second_look(tmp_path):
         train_agent_sft(load_config(None, [*SMALL, "agent.zoom=1"], AgentRunConfig))
 
 
-@pytest.mark.parametrize("override", ["agent.row_target=digits", "agent.row_screens=-1"])
+@pytest.mark.parametrize(
+    "override", ["agent.row_target=digits", "agent.row_screens=-1", "agent.option_screens=-1"]
+)
 def test_bad_row_settings_are_refused(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         train_agent_sft(load_config(None, [*SMALL, override], AgentRunConfig))
