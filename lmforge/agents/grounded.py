@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.agents.agent_data import grounding_question
+from lmforge.agents.agent_data import grounding_question, screen_elements
 from lmforge.agents.thoughts import REFLECTION, SLOT, THOUGHTS
+from lmforge.agents.widgets import Box, Window
 from lmforge.vision.processor import ImageProcessor
 from lmforge.vision.vlm_data import encode_prompt
 from lmforge.vision.vlm_tasks import VQAExample
@@ -95,6 +96,16 @@ def response_target(text: str) -> tuple[str, str] | None:
     return None if m is None else click_target(m.group(1))
 
 
+def named_boxes(win: Window, text: str) -> list[Box]:
+    """The boxes of the on-screen elements (`screen_elements`) of the kind and label that the
+    response ``text``'s thought names (`response_target`) — where its grounded click should
+    land; empty when it names none or none is on screen."""
+    target = response_target(text)
+    if target is None:
+        return []
+    return [e.box for e in screen_elements(win) if (e.kind, e.label) == target]
+
+
 def grounding_query(
     tokenizer: Any, processor: ImageProcessor, kind: str, label: str, screenshot: np.ndarray
 ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
@@ -111,6 +122,7 @@ __all__ = [
     "TARGETS",
     "click_target",
     "grounding_query",
+    "named_boxes",
     "read_thought",
     "response_target",
 ]

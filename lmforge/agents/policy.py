@@ -119,6 +119,10 @@ class GroundedChoice:
     pixel_values: torch.Tensor
     image_grid_thw: torch.Tensor
     choice: PointerChoice
+    # with ``ground_samples`` = K: K − 1 more points drawn from the same distribution, each
+    # ``(k, log p(k), (x, y))`` — the choice and these are one group of the grounding bandit
+    # (`lmforge.agents.rl_examples.grounding_bandit`); none were clicked
+    alternatives: tuple[tuple[int, float, tuple[int, int]], ...] = ()
 
 
 @lru_cache(maxsize=512)
@@ -217,6 +221,7 @@ class VLMPolicy:
         greedy_pointer: bool = False,
         clicks: str = "grounded",
         sample_grounded: bool = False,
+        ground_samples: int = 0,
     ) -> None:
         if history < 1:
             raise ValueError(f"history={history} must be ≥ 1 screenshot")
@@ -245,6 +250,8 @@ class VLMPolicy:
         self.clicks = clicks  # "grounded": pointed clicks from the thought's grounding question
         # … sampled (at temperature > 0, unless greedy_pointer) and recorded for RL
         self.sample_grounded = sample_grounded
+        # … and with ground_samples = K ≥ 2, K − 1 more points drawn and recorded beside it
+        self.ground_samples = ground_samples
         self.regex = response_regex(screen)
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0
@@ -416,12 +423,28 @@ class VLMPolicy:
             if query is None:
                 p.pointers.append(choice)
             else:
-                p.grounded.append(GroundedChoice(list(query[0]), query[1], query[2], choice))
+                extra = self.more_points(logits, cells, k)
+                p.grounded.append(GroundedChoice(list(query[0]), query[1], query[2], choice, extra))
         extra = self.tokenizer.encode(f"{x},{y}{suffix}")
         p.ids += extra
         p.logprobs += [None] * len(extra)
         p.sampled += [False] * len(extra)
         return True
+
+    def more_points(
+        self, logits: torch.Tensor, grid: tuple[int, int], k: int
+    ) -> tuple[tuple[int, float, tuple[int, int]], ...]:
+        """``ground_samples`` − 1 more tokens drawn as `choose_point` samples (softmax(logits /
+        T); the generator seeded by the chosen ``k`` and the call count, so a rollout repeats),
+        each with its untempered log-prob and pixel point; none without ``ground_samples``."""
+        if self.ground_samples < 2 or self.temperature <= 0:
+            return ()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls * 4099 + k)
+        weights = (logits / self.temperature).softmax(-1).cpu()
+        drawn = torch.multinomial(weights, self.ground_samples - 1, True, generator=generator)
+        logp = logits.log_softmax(-1)
+        return tuple((int(j), float(logp[j]), to_pixels(token_centre(int(j), grid), self.screen))
+                     for j in drawn)  # fmt: skip
 
     def grounded_query(
         self, p: Pointing, screenshot: np.ndarray

@@ -37,6 +37,11 @@ of turn — `PolicySample.sampled` False) are context only: no language-model te
 click (``clicks=grounded``) is the pointer's answer to a separate grounding question; by
 default it is read greedily and not trained, with ``train_grounded`` it is sampled and trained
 like any other choice, in the grounding question's own context (`lmforge.agents.rl_examples`).
+With ``ground_samples`` = K as well, each such click also draws K − 1 more points from the
+same distribution, and the K points form a group of their own — a bandit rewarded 1 where a
+point lands on the element the thought names (`lmforge.agents.rollout.EpisodeRun.named`), 0
+elsewhere, normalised within the K (GUI-R1 / UI-R1's click reward in GRPO's form): a signal per
+click instead of the episode's one.
 """
 
 from __future__ import annotations
@@ -53,7 +58,12 @@ from rich.console import Console
 
 from lmforge.agents.grounded import CLICK_MODES
 from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, VLMPolicy
-from lmforge.agents.rl_examples import sample_examples, step_examples, token_rows
+from lmforge.agents.rl_examples import (
+    bandit_examples,
+    sample_examples,
+    step_examples,
+    token_rows,
+)
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
 from lmforge.agents.rollout import EpisodeRun, run_episodes
@@ -103,6 +113,9 @@ class AgentRLSection:
     clicks: str = "grounded"  # clicks from the thought's grounding question, or "pointer"; eval too
     train_grounded: bool = False  # grounded clicks sampled in rollouts and trained (rl_examples)
     pointer_weight: float = 1.0  # each pointer choice's term × this in the loss (rl_objective)
+    ground_samples: int = 0  # ≥ 2, with train_grounded: a group of points per grounded click,
+    # each rewarded for landing on the element its thought names (rl_examples.grounding_bandit)
+    ground_weight: float = 1.0  # … the bandit's advantages × this
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     progress_weight: float = 0.0  # + this × the share of goal values right at the end
@@ -139,6 +152,11 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
                           "rl.clicks=grounded and rl.greedy_pointer=false")  # fmt: skip
     if not r.pointer_weight >= 0:
         raise ConfigError(f"rl.pointer_weight={r.pointer_weight} must be ≥ 0")
+    if r.ground_samples and (r.ground_samples < 2 or not r.train_grounded
+                             or r.groups != "episode" or not r.ground_weight >= 0):  # fmt: skip
+        raise ConfigError(f"rl.ground_samples={r.ground_samples}: a group of ≥ 2 points per "
+                          "sampled grounded click needs rl.train_grounded=true, rl.groups=episode "
+                          f"and rl.ground_weight={r.ground_weight} ≥ 0")  # fmt: skip
     if ((r.composed or r.clauses) and r.split != "train") or not 0 <= r.clauses <= 1:
         raise ConfigError(f"rl.composed, rl.clauses={r.clauses}: the composed and clause "
                           f"templates are training-only (rl.split={r.split!r}), a share in [0, 1]")  # fmt: skip
@@ -223,7 +241,7 @@ class AgentRollouts:
         return VLMPolicy(self.model, self.tokenizer, self.processor, (s.screen, s.screen), s.history,
                          s.max_new_tokens, s.temperature, s.constrained, typing=s.typing,
                          thoughts=s.thoughts, greedy_pointer=s.greedy_pointer, clicks=s.clicks,
-                         sample_grounded=s.train_grounded,
+                         sample_grounded=s.train_grounded, ground_samples=s.ground_samples,
                          seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
 
     @torch.no_grad()
@@ -279,6 +297,8 @@ class AgentRollouts:
         advantages = grpo_advantages(rewards, s.group_size).tolist()
         scored = [(step, adv) for run, adv in zip(runs, advantages, strict=True)
                   for step in step_examples(run)]  # fmt: skip
+        if s.ground_samples:  # the grounding bandit: its own advantage per point
+            scored += [b for run in runs for b in bandit_examples(run, s.ground_weight)]
         batch = self.pack(scored, rewards.mean(), [r.record.success for r in runs])
         if self.section.max_draws > 1:  # draws this rollout took (dynamic sampling)
             batch["rollout_draws"] = torch.tensor(float(self.draws))
@@ -302,22 +322,25 @@ class AgentRollouts:
             batch["rollout_guided"] = torch.tensor(sum(g.guided for g in groups) / len(groups))
         return batch
 
-    def pack(self, scored: Sequence[tuple[tuple, float]], reward: torch.Tensor,
+    def pack(self, scored: Sequence[tuple[tuple, float | list[float]]], reward: torch.Tensor,
              successes: Sequence[bool]) -> dict[str, torch.Tensor]:  # fmt: skip
         """Packed rows of the ``(sample_examples item, advantage)`` pairs with the surrogate's
-        inputs."""
+        inputs; an advantage given as a list is one per pointer choice (a grounding bandit's
+        example, which has no labelled tokens)."""
         examples = [example for (example, _, _), _ in scored]
         seq_len = max(self.seq_len, max(len(e) for e in examples))
         pad = self.tokenizer.pad_token_id or 0
         rows = pack_examples(examples, seq_len, pad)
         batch = collate_rows(examples, rows, seq_len, pad)
-        token_adv = [[adv] * len(example) for (example, _, _), adv in scored]
+        token_adv = [[0.0 if isinstance(adv, list) else adv] * len(example)
+                     for (example, _, _), adv in scored]  # fmt: skip
         batch["advantages"] = token_rows(token_adv, rows, seq_len)
         old = [old for (_, old, _), _ in scored]
         batch["old_logprobs"] = token_rows(old, rows, seq_len, math.nan)
         # per pointer query, in `collate_rows`'s order (rows, then their examples, then the
         # example's queries): the chosen token, its old log-prob, the response's advantage
-        order = [(c, scored[i][1]) for row in rows for i in row for c in scored[i][0][2]]
+        order = [(c, adv[j] if isinstance(adv := scored[i][1], list) else adv)
+                 for row in rows for i in row for j, c in enumerate(scored[i][0][2])]  # fmt: skip
         batch["pointer_index"] = torch.tensor([k for (k, _), _ in order], dtype=torch.long)
         batch["pointer_old"] = torch.tensor([lp for (_, lp), _ in order], dtype=torch.float32)
         batch["pointer_advantages"] = torch.tensor([a for _, a in order], dtype=torch.float32)

@@ -4,6 +4,7 @@ the grounding question it was chosen from.
 
     example, old_logprobs, choices = sample_example(policy_sample)
     scored = step_examples(episode_run)      # every step's examples, grounded clicks too
+    bandits = bandit_examples(episode_run)   # rl.ground_samples: each click's group of points
 
 An example comes with the engine's log-prob of each of its tokens (NaN where nothing was
 scored) and its pointer choices ``(k, log p_old(k))``; `token_rows` places per-token values
@@ -19,6 +20,8 @@ import torch
 
 from lmforge.agents.policy import GroundedChoice, PolicySample
 from lmforge.agents.rollout import EpisodeRun
+from lmforge.agents.widgets import Box, box_contains
+from lmforge.align.grpo import grpo_advantages
 from lmforge.models.loss import IGNORE_INDEX
 from lmforge.vision.vlm_data import MultimodalExample
 
@@ -50,6 +53,42 @@ def grounded_example(g: GroundedChoice) -> Scored:
     example = MultimodalExample(g.ids, [IGNORE_INDEX] * len(g.ids), g.pixel_values,
                                 g.image_grid_thw, [c.position], [c.image], [(0.0, 0.0, 0.0, 0.0)])  # fmt: skip
     return example, [math.nan] * len(g.ids), [(c.index, c.logprob)]
+
+
+def click_rewards(g: GroundedChoice, boxes: Sequence[Box]) -> list[float]:
+    """1 for each point of the grounding bandit's group (the clicked choice, then its
+    ``alternatives``) inside one of ``boxes`` (where the thought's element lies), else 0."""
+    points = [g.choice.point, *(point for _, _, point in g.alternatives)]
+    return [float(any(box_contains(b, x, y) for b in boxes)) for x, y in points]
+
+
+def grounding_bandit(g: GroundedChoice, boxes: Sequence[Box]) -> tuple[Scored, list[float]] | None:
+    """The grounding bandit of one grounded click (``rl.ground_samples``; GUI-R1 / UI-R1's
+    click reward, in GRPO's form): the grounding question's example with one pointer query per
+    point of its group (the clicked one and its ``alternatives``), each point's advantage its
+    `click_rewards` normalised within the group, (r − mean) / std (`grpo_advantages`). None
+    when the group is one point or its rewards all agree (nothing to learn)."""
+    rewards = click_rewards(g, boxes)
+    if len(rewards) < 2 or len(set(rewards)) == 1:
+        return None
+    advantages = grpo_advantages(torch.tensor(rewards), len(rewards)).tolist()
+    c, n = g.choice, len(rewards)
+    example = MultimodalExample(g.ids, [IGNORE_INDEX] * len(g.ids), g.pixel_values,
+                                g.image_grid_thw, [c.position] * n, [c.image] * n,
+                                [(0.0, 0.0, 0.0, 0.0)] * n)  # fmt: skip
+    choices = [(c.index, c.logprob), *((k, lp) for k, lp, _ in g.alternatives)]
+    return (example, [math.nan] * len(g.ids), choices), advantages
+
+
+def bandit_examples(run: EpisodeRun, weight: float = 1.0) -> list[tuple[Scored, list[float]]]:
+    """`grounding_bandit` of every grounded click of ``run`` whose thought named an element on
+    screen (``run.named``), its advantages × ``weight``."""
+    out = []
+    for s, boxes in zip(run.samples, run.named, strict=True):
+        for g in s.grounded if boxes else ():
+            if (scored := grounding_bandit(g, boxes)) is not None:
+                out.append((scored[0], [weight * a for a in scored[1]]))
+    return out
 
 
 def sample_examples(s: PolicySample) -> list[Scored]:
@@ -86,7 +125,10 @@ def token_rows(
 
 __all__ = [
     "Scored",
+    "bandit_examples",
+    "click_rewards",
     "grounded_example",
+    "grounding_bandit",
     "sample_example",
     "sample_examples",
     "step_examples",

@@ -23,9 +23,11 @@ from PIL import Image, ImageDraw
 from lmforge.agents.actions import action_point, format_action, response_thought
 from lmforge.agents.env import GUIEnv
 from lmforge.agents.expert import ExpertStep, expert_step
+from lmforge.agents.grounded import named_boxes
 from lmforge.agents.metrics import EpisodeRecord, StepRecord, summarize
 from lmforge.agents.policy import AgentContext, Policy, PolicySample
 from lmforge.agents.tasks import Task, goal_progress, sample_task
+from lmforge.agents.widgets import Box
 from lmforge.io import atomic_write_bytes
 
 
@@ -41,6 +43,9 @@ class EpisodeRun:
     history: list[str] = field(default_factory=list)  # previous actions as the policy saw them
     samples: list[PolicySample] = field(default_factory=list)  # with keep_samples: per step
     expert_steps: int = 0  # the scripted expert's steps before the policy's (`open_episode`)
+    # per step: where its grounded click should land (`named_boxes`: the elements its thought
+    # names, in the state it was written in) — the grounding bandit's reward (rl_examples)
+    named: list[list[Box]] = field(default_factory=list)
 
 
 def open_episode(
@@ -75,6 +80,7 @@ def record_step(
     """Execute the response ``text`` in ``env`` and record it in ``run`` and ``context``
     (``target``: the expert's move in the state it was written in, for grounding); whether
     the episode goes on."""
+    run.named.append(named_boxes(env.window, text))
     obs, reward, terminated, truncated, info = env.step(text)
     valid = not info["invalid_action"]
     point = action_point(info["action"]) if valid else None

@@ -273,7 +273,11 @@ def test_bad_rl_sections():
                               ("rl.clauses=0.5 rl.split=heldout", "training-only"),
                               ("rl.clauses=1.5", "rl.clauses"),
                               ("rl.train_grounded=true rl.clicks=pointer", "train_grounded"),
-                              ("rl.train_grounded=true rl.greedy_pointer=true", "train_grounded")]:  # fmt: skip
+                              ("rl.train_grounded=true rl.greedy_pointer=true", "train_grounded"),
+                              ("rl.ground_samples=4", "ground_samples"),
+                              ("rl.ground_samples=1 rl.train_grounded=true", "ground_samples"),
+                              ("rl.ground_samples=4 rl.train_grounded=true rl.ground_weight=-1",
+                               "ground_samples")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             train_agent_rl(load_config(None, override.split(), AgentRLConfig))
     with pytest.raises(ConfigError, match="model.init_from"):
@@ -416,10 +420,11 @@ def test_pointerless_batches_are_unchanged(vlm, pvlm):
     assert all(p.grad is not None and not p.grad.any() for p in model.pointer_head.parameters())
 
 
-def test_online_grpo_with_a_pointer_model(tmp_path, pvlm):
+@pytest.mark.parametrize("extra", [[], ["rl.train_grounded=true", "rl.ground_samples=4"]])
+def test_online_grpo_with_a_pointer_model(tmp_path, pvlm, extra):
     model, tok, _ = pvlm
     model = copy.deepcopy(model)
-    overrides = [f"out_dir={tmp_path / 'rl'}", "rl.pool_tasks=2", "rl.failed_only=false",
+    overrides = [*extra, f"out_dir={tmp_path / 'rl'}", "rl.pool_tasks=2", "rl.failed_only=false",
                  "rl.tasks_per_rollout=1", "rl.group_size=2", "rl.max_steps=2", "rl.constrained=true",
                  "rl.eval_tasks=1", "rl.eval_max_steps=1", "rl.max_new_tokens=100", "train.max_steps=2",
                  "train.batch_size=1", "train.eval_every=0", "train.save_every=0", "log.progress=false",

@@ -11,12 +11,16 @@ import pytest
 import torch
 
 from lmforge.agents.actions import action_point, parse_response
+from lmforge.agents.agent_data import screen_elements
 from lmforge.agents.env import GUIEnv
 from lmforge.agents.grounded import grounding_query
 from lmforge.agents.policy import AgentContext, VLMPolicy
 from lmforge.agents.rl import AgentRLSection, AgentRollouts
 from lmforge.agents.rl_examples import (
+    bandit_examples,
+    click_rewards,
     grounded_example,
+    grounding_bandit,
     sample_example,
     sample_examples,
     step_examples,
@@ -48,14 +52,85 @@ def contexts(n: int) -> list[AgentContext]:
     return out
 
 
-def grounded_samples(pvlm, temperature=1.0, sample_grounded=True):
+def grounded_samples(pvlm, temperature=1.0, sample_grounded=True, ground_samples=0):
     model, tok, proc = pvlm
     policy = VLMPolicy(model, tok, proc, temperature=temperature, seed=4, logprobs=True,
                        clicks="grounded", sample_grounded=sample_grounded,
-                       typing="free", thoughts="free")  # fmt: skip
+                       ground_samples=ground_samples, typing="free", thoughts="free")  # fmt: skip
     policy.regex = PRESS  # every response presses a named button: a grounded click
     cs = contexts(3)
     return cs, policy.sample(cs)
+
+
+def test_ground_samples_record_more_points_from_the_same_distribution(pvlm):
+    model, tok, proc = pvlm
+    cs, samples = grounded_samples(pvlm, ground_samples=6)
+    for s in samples:
+        (g,) = s.grounded
+        assert len(g.alternatives) == 5
+        logits, grids = model.point(torch.tensor([g.ids]), g.pixel_values, g.image_grid_thw)
+        logp = logits.log_softmax(-1)[0]
+        for k, lp, point in g.alternatives:
+            assert lp == pytest.approx(float(logp[k]))
+            assert point == to_pixels(token_centre(k, grids[0]), (128, 128))
+    # the clicked point and the action are as without the extra draws
+    _, plain = grounded_samples(pvlm)
+    assert [s.text for s in plain] == [s.text for s in samples]
+    assert all(s.grounded[0].alternatives == () for s in plain)
+
+
+def test_the_grounding_bandit_rewards_points_on_the_named_element(pvlm):
+    _, samples = grounded_samples(pvlm, ground_samples=8)
+    g = samples[0].grounded[0]
+    points = [g.choice.point, *(p for _, _, p in g.alternatives)]
+    x, y = points[1]
+    box = (x, y, x + 1, y + 1)  # exactly the second point's pixel
+    rewards = click_rewards(g, [box])
+    assert rewards == [float(p == (x, y)) for p in points]
+    scored, advantages = grounding_bandit(g, [box])
+    example, old, choices = scored
+    assert set(example.labels) == {IGNORE_INDEX} and all(math.isnan(v) for v in old)
+    assert example.pointer_positions == [g.choice.position] * 8
+    assert choices == [
+        (g.choice.index, g.choice.logprob),
+        *((k, lp) for k, lp, _ in g.alternatives),
+    ]
+    r = torch.tensor(rewards)
+    assert advantages == pytest.approx(((r - r.mean()) / (r.std() + 1e-4)).tolist(), abs=1e-5)
+    assert sum(advantages) == pytest.approx(0.0, abs=1e-5)
+    assert grounding_bandit(g, []) is None  # all rewards 0: nothing to learn
+    assert grounding_bandit(g, [(0, 0, 128, 128)]) is None  # all 1
+
+
+def test_bandit_examples_train_each_point_with_its_own_advantage(pvlm):
+    model, tok, proc = pvlm
+    policy = VLMPolicy(model, tok, proc, temperature=1.0, seed=1, logprobs=True,
+                       clicks="grounded", sample_grounded=True, ground_samples=8,
+                       typing="free", thoughts="free")  # fmt: skip
+    policy.regex = PRESS
+    task = sample_task(0, template="dropdown_save")  # its buttons: Save or OK, and Cancel
+    run = run_episodes(policy, [task], 3, keep_samples=True)[0]
+    assert len(run.named) == len(run.samples)
+    window = run.task.fresh_window()  # the first step's state: the named button's box, if shown
+    button = run.responses[0].split("I press ")[1].split(".")[0]
+    assert run.named[0] == [e.box for e in screen_elements(window) if e.label == button]
+    assert any(run.named)
+    # the named element, as if it lay exactly under each click's first extra point
+    run.named = [[(*s.grounded[0].alternatives[0][2], s.grounded[0].alternatives[0][2][0] + 1,
+                   s.grounded[0].alternatives[0][2][1] + 1)] for s in run.samples]  # fmt: skip
+    bandits = bandit_examples(run, weight=2.0)
+    assert len(bandits) == len(run.samples)
+    for (_, _, choices), advantages in bandits:
+        assert len(choices) == len(advantages) == 8
+        assert sum(advantages) == pytest.approx(0.0, abs=1e-4) and advantages[1] > 1
+    section = AgentRLSection(clicks="grounded", train_grounded=True, ground_samples=8)
+    rollouts = AgentRollouts(model, tok, proc, [], section)
+    scored = [(ex, 1.0) for ex in step_examples(run)] + bandits
+    batch = rollouts.pack(scored, torch.tensor(0.0), [False])
+    want = [a for _, advantages in bandits for a in advantages]
+    got = batch["pointer_advantages"].tolist()
+    assert sorted(got) == pytest.approx(sorted([1.0] * (len(got) - len(want)) + want))
+    assert float(batch["advantages"].abs().sum()) > 0  # the steps' tokens keep their advantage
 
 
 def test_sampled_grounded_clicks_are_recorded_in_their_question(pvlm):
