@@ -61,6 +61,9 @@ the same head also reads the row's last-digit image token). All four at query we
 held-out grounding 0.865, rows 38/45. Session 13: ``agent.pointer_cells=centre`` (targets: the
 cells whose centre lies in the box) and ``agent.query_labels`` (the head also reads other kinds'
 labels); with both and 800 random windows (``recipes/agent-match.yaml``): 0.935, rows 37/45.
+Session 26: ``agent.option_screens`` adds grounding on the open list's options of
+dropdown-heavy random screens (held-out grounding of options was 0.56; dropdown_save 0.42 →
+0.80 with 200 such screens).
 """
 
 from __future__ import annotations
