@@ -50,6 +50,7 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
 from lmforge.train.loop import Trainer
+from lmforge.train.optim import build_adamw
 from lmforge.train.run import fit_and_export, print_summary, training_run
 from lmforge.train.vlm_sft import image_processor_for
 from lmforge.vision.processor import ImageProcessor, save_preprocessor_config
@@ -116,6 +118,7 @@ class AgentRLSection:
     ground_samples: int = 0  # ≥ 2, with train_grounded: a group of points per grounded click,
     # each rewarded for landing on the element its thought names (rl_examples.grounding_bandit)
     ground_weight: float = 1.0  # … the bandit's advantages × this
+    pointer_lr_scale: float = 1.0  # the pointer head's learning rate × this (its own AdamW groups)
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     progress_weight: float = 0.0  # + this × the share of goal values right at the end
@@ -150,8 +153,9 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
     if r.train_grounded and (r.clicks != "grounded" or r.greedy_pointer):
         raise ConfigError("rl.train_grounded samples and trains grounded clicks: it needs "
                           "rl.clicks=grounded and rl.greedy_pointer=false")  # fmt: skip
-    if not r.pointer_weight >= 0:
-        raise ConfigError(f"rl.pointer_weight={r.pointer_weight} must be ≥ 0")
+    if not r.pointer_weight >= 0 or not r.pointer_lr_scale > 0:
+        raise ConfigError(f"rl.pointer_weight={r.pointer_weight} must be ≥ 0 and "
+                          f"rl.pointer_lr_scale={r.pointer_lr_scale} > 0")  # fmt: skip
     if r.ground_samples and (r.ground_samples < 2 or not r.train_grounded
                              or r.groups != "episode" or not r.ground_weight >= 0):  # fmt: skip
         raise ConfigError(f"rl.ground_samples={r.ground_samples}: a group of ≥ 2 points per "
@@ -408,8 +412,13 @@ def train_agent_rl(
             if dist.is_main:
                 atomic_write_json(start, report)
         rollouts = AgentRollouts(model, tokenizer, processor, tasks, r, t.seed, config.data.seq_len)
+        o, optimizer = config.optim, None
+        if r.pointer_lr_scale != 1.0:  # the head gets gradient from pointer terms only
+            optimizer = partial(build_adamw, lr=o.lr, weight_decay=o.weight_decay,
+                                betas=(o.beta1, o.beta2), eps=o.eps, fused=o.fused,
+                                lr_scales={"pointer_head.": r.pointer_lr_scale})  # fmt: skip
         trainer = Trainer(model, rollouts, config, objective=agent_pg_objective, tokenizer=tokenizer,
-                          run_dir=run_dir, dist=dist, console=console)  # fmt: skip
+                          run_dir=run_dir, dist=dist, console=console, optimizer=optimizer)  # fmt: skip
         summary = fit_and_export(trainer, run_dir)
         if dist.is_main:
             save_preprocessor_config(processor.config, summary["model_dir"])

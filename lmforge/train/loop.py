@@ -301,8 +301,8 @@ class Trainer:
             min_ratio=self.config.optim.min_lr_ratio,
             decay_fraction=self.config.optim.decay_fraction,
         )
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group in self.optimizer.param_groups:  # a group's lr_scale: `optim.param_groups`
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         norm = float(max(1, batch_tokens(batches[0])))

@@ -11,21 +11,35 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None
+) -> list[dict]:
     """Two AdamW groups: ``ndim >= 2`` parameters decay, the rest (norms, biases) do not.
 
     Parameters are taken once each (tied embeddings appear once) and in a stable order, so
     optimizer state maps to the same parameters in every process and after a resume.
+    ``lr_scales`` ({name part: s}): the parameters whose name contains that part (e.g.
+    ``"pointer_head."``) get their own two groups with ``"lr_scale": s`` — the Trainer sets
+    their learning rate to s × the schedule's (a head that must move faster than the body: a
+    loss weight cannot do it under AdamW, whose step is invariant to scaling a gradient).
     """
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
+    scales = lr_scales or {}
+    buckets: dict[float, tuple[list, list]] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
+        scale = next((s for part, s in scales.items() if part in name), 1.0)
+        decay, no_decay = buckets.setdefault(scale, ([], []))
         (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    groups = []
+    for scale, (decay, no_decay) in buckets.items():
+        extra = {} if scale == 1.0 else {"lr_scale": scale}
+        if decay or scale == 1.0:
+            groups.append({"params": decay, "weight_decay": weight_decay, **extra})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
     return groups
 
 
@@ -86,17 +100,16 @@ def build_adamw(
     eps: float = 1e-8,
     fused: bool | None = None,
     moment_dtype: torch.dtype = torch.float32,
+    lr_scales: dict[str, float] | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW over `param_groups`; ``fused=None`` picks fused where the device supports it.
+    """AdamW over `param_groups` (``lr_scales`` as there); ``fused=None`` picks fused where
+    the device supports it.
 
     ``moment_dtype=torch.bfloat16`` stores the moments in bf16 (`AdamWLowPrecisionMoments`;
     the FP8 recipe), at half the optimizer-state memory."""
+    groups = param_groups(model, weight_decay, lr_scales)
     if moment_dtype != torch.float32:
-        return AdamWLowPrecisionMoments(
-            param_groups(model, weight_decay), lr, betas, eps, moment_dtype=moment_dtype
-        )
+        return AdamWLowPrecisionMoments(groups, lr, betas, eps, moment_dtype=moment_dtype)
     if fused is None:
         fused = fused_available(model)
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused
-    )
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)

@@ -275,6 +275,7 @@ def test_bad_rl_sections():
                               ("rl.train_grounded=true rl.clicks=pointer", "train_grounded"),
                               ("rl.train_grounded=true rl.greedy_pointer=true", "train_grounded"),
                               ("rl.ground_samples=4", "ground_samples"),
+                              ("rl.pointer_lr_scale=0", "pointer_lr_scale"),
                               ("rl.ground_samples=1 rl.train_grounded=true", "ground_samples"),
                               ("rl.ground_samples=4 rl.train_grounded=true rl.ground_weight=-1",
                                "ground_samples")]:  # fmt: skip
@@ -420,7 +421,10 @@ def test_pointerless_batches_are_unchanged(vlm, pvlm):
     assert all(p.grad is not None and not p.grad.any() for p in model.pointer_head.parameters())
 
 
-@pytest.mark.parametrize("extra", [[], ["rl.train_grounded=true", "rl.ground_samples=4"]])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["rl.train_grounded=true", "rl.ground_samples=4", "rl.pointer_lr_scale=30"]],
+)
 def test_online_grpo_with_a_pointer_model(tmp_path, pvlm, extra):
     model, tok, _ = pvlm
     model = copy.deepcopy(model)
