@@ -817,8 +817,8 @@ def read_examples(path: str | Path) -> list[VQAExample]:
 
 __all__ = [
     "DEFAULT_KINDS",
-    "KINDS",
     "DROPDOWN_HEAVY",
+    "KINDS",
     "LIST_HEAVY",
     "MAX_HISTORY_ACTIONS",
     "POINTING_ACTIONS",

@@ -50,7 +50,6 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +81,6 @@ from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.config import RunConfig
 from lmforge.train.loop import Trainer
-from lmforge.train.optim import build_adamw
 from lmforge.train.run import fit_and_export, print_summary, training_run
 from lmforge.train.vlm_sft import image_processor_for
 from lmforge.vision.processor import ImageProcessor, save_preprocessor_config
@@ -412,13 +410,10 @@ def train_agent_rl(
             if dist.is_main:
                 atomic_write_json(start, report)
         rollouts = AgentRollouts(model, tokenizer, processor, tasks, r, t.seed, config.data.seq_len)
-        o, optimizer = config.optim, None
-        if r.pointer_lr_scale != 1.0:  # the head gets gradient from pointer terms only
-            optimizer = partial(build_adamw, lr=o.lr, weight_decay=o.weight_decay,
-                                betas=(o.beta1, o.beta2), eps=o.eps, fused=o.fused,
-                                lr_scales={"pointer_head.": r.pointer_lr_scale})  # fmt: skip
+        # the head gets gradient from pointer terms only: its own lr (AdamW ignores weights)
+        scales = {"pointer_head.": r.pointer_lr_scale} if r.pointer_lr_scale != 1.0 else None
         trainer = Trainer(model, rollouts, config, objective=agent_pg_objective, tokenizer=tokenizer,
-                          run_dir=run_dir, dist=dist, console=console, optimizer=optimizer)  # fmt: skip
+                          run_dir=run_dir, dist=dist, console=console, lr_scales=scales)  # fmt: skip
         summary = fit_and_export(trainer, run_dir)
         if dist.is_main:
             save_preprocessor_config(processor.config, summary["model_dir"])

@@ -121,6 +121,8 @@ class Trainer:
     last one, whatever stopped the run).
     ``optimizer``, when given, builds the optimizer from the (wrapped) model instead of AdamW
     (e.g. RMSProp for WGAN, `lmforge.generative.gan_training`); the lr is still scheduled.
+    ``lr_scales`` ({name part: s}): the AdamW's parameters whose name holds that part learn at s
+    × the scheduled lr (`lmforge.train.optim.param_groups`).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class Trainer:
         console: Console | None = None,
         callbacks: list[Callable[[Trainer, dict[str, Any]], None]] | None = None,
         optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+        lr_scales: dict[str, float] | None = None,
     ) -> None:
         self.config = config
         self.tc = config.train
@@ -196,6 +199,7 @@ class Trainer:
         self.optimizer = build_adamw(
             self.model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps, o.fused,
             moment_dtype=torch.bfloat16 if moments == "bf16" else torch.float32,
+            lr_scales=lr_scales,
         ) if optimizer is None else optimizer(self.model)  # fmt: skip
         if self.tc.compile:
             self.model = torch.compile(self.model)

@@ -297,13 +297,9 @@ def test_chunked_loss_trains_like_the_full_loss(toy_loader, make_model, make_con
 def test_a_groups_lr_scale_multiplies_the_schedules_lr(
     tmp_path, toy_loader, make_model, make_config
 ):
-    from functools import partial
-
-    from lmforge.train.optim import build_adamw
-
     config = make_config(max_steps=2, eval_every=0, save_every=0)
-    build = partial(build_adamw, lr=config.optim.lr, lr_scales={"layers.0.": 5.0})
-    trainer = Trainer(make_model(), toy_loader(), config, run_dir=tmp_path, optimizer=build)
+    trainer = Trainer(make_model(), toy_loader(), config, run_dir=tmp_path,
+                      lr_scales={"layers.0.": 5.0})  # fmt: skip
     trainer.fit()
     lrs = {g.get("lr_scale", 1.0): g["lr"] for g in trainer.optimizer.param_groups}
     assert set(lrs) == {1.0, 5.0} and lrs[1.0] > 0

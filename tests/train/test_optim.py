@@ -70,7 +70,10 @@ def test_lr_scales_give_a_named_part_its_own_groups_and_the_trainer_scales_their
     x = torch.randint(0, 64, (2, 8))
     model(x, labels=x).loss.backward()
     opt.step()
+    moved = {True: 0, False: 0}
     for n, p in model.named_parameters():
         step = float((p.detach() - before[n]).abs().max())
         want = 1e-2 if "layers.1." in n else 1e-3
         assert step == 0.0 or abs(step - want) < 0.2 * want, (n, step)
+        moved["layers.1." in n] += step > 0
+    assert moved[True] and moved[False]  # both groups took their step
