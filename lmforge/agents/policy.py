@@ -432,14 +432,18 @@ class VLMPolicy:
         return True
 
     def more_points(
-        self, logits: torch.Tensor, grid: tuple[int, int], k: int
-    ) -> tuple[tuple[int, float, tuple[int, int]], ...]:
+        self, logits: torch.Tensor, grid: tuple[int, int], k: int,
+        generator: torch.Generator | None = None,
+    ) -> tuple[tuple[int, float, tuple[int, int]], ...]:  # fmt: skip
         """``ground_samples`` − 1 more tokens drawn as `choose_point` samples (softmax(logits /
-        T); the generator seeded by the chosen ``k`` and the call count, so a rollout repeats),
-        each with its untempered log-prob and pixel point; none without ``ground_samples``."""
+        T); by ``generator``, else one seeded by the chosen ``k`` and the call count, so a
+        rollout repeats), each with its untempered log-prob and pixel point; none without
+        ``ground_samples``."""
         if self.ground_samples < 2 or self.temperature <= 0:
             return ()
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls * 4099 + k)
+        if generator is None:
+            seed = self.seed * 1_000_003 + self.calls * 4099 + k
+            generator = torch.Generator().manual_seed(seed)
         weights = (logits / self.temperature).softmax(-1).cpu()
         drawn = torch.multinomial(weights, self.ground_samples - 1, True, generator=generator)
         logp = logits.log_softmax(-1)

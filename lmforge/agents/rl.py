@@ -65,6 +65,7 @@ from lmforge.agents.rl_examples import (
     token_rows,
 )
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
+from lmforge.agents.rl_screens import rollout_screens
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
 from lmforge.agents.rollout import EpisodeRun, run_episodes
 from lmforge.agents.sft import evaluate_agent_model
@@ -117,6 +118,8 @@ class AgentRLSection:
     # each rewarded for landing on the element its thought names (rl_examples.grounding_bandit)
     ground_weight: float = 1.0  # … the bandit's advantages × this
     pointer_lr_scale: float = 1.0  # the pointer head's learning rate × this (its own AdamW groups)
+    screen_questions: int = 0  # with ground_samples: grounding bandits on fresh random windows
+    screen_open_rate: float = 0.5  # … a dropdown open in this share of them (rl_screens)
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     progress_weight: float = 0.0  # + this × the share of goal values right at the end
@@ -159,6 +162,9 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(f"rl.ground_samples={r.ground_samples}: a group of ≥ 2 points per "
                           "sampled grounded click needs rl.train_grounded=true, rl.groups=episode "
                           f"and rl.ground_weight={r.ground_weight} ≥ 0")  # fmt: skip
+    if r.screen_questions and (r.screen_questions < 0 or not r.ground_samples or not 0 <= r.screen_open_rate <= 1):  # fmt: skip
+        raise ConfigError(f"rl.screen_questions={r.screen_questions}: grounding bandits need rl.ground_samples "
+                          "≥ 2 points each and rl.screen_open_rate in [0, 1]")  # fmt: skip
     if ((r.composed or r.clauses) and r.split != "train") or not 0 <= r.clauses <= 1:
         raise ConfigError(f"rl.composed, rl.clauses={r.clauses}: the composed and clause "
                           f"templates are training-only (rl.split={r.split!r}), a share in [0, 1]")  # fmt: skip
@@ -222,6 +228,7 @@ class AgentRollouts:
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
         self.tasks, self.section, self.seed, self.seq_len = list(tasks), section, seed, seq_len
         self.rollouts, self.updates, self.draws = 0, 0, 0
+        self.screens: tuple[list, float] = ([], 0.0)  # the last rollout's screen bandits
         # β > 0: the KL reference, a frozen copy of the policy as it starts (the SFT agent)
         self.reference = make_reference(model, section.kl_coef)
 
@@ -265,6 +272,7 @@ class AgentRollouts:
             self.draws = draw + 1
             if len(kept) >= s.tasks_per_rollout:
                 break
+        self.screens = rollout_screens(policy, s, self.seed, self.rollouts)
         self.model.train(was_training)
         return [run for group in (kept or groups)[: s.tasks_per_rollout] for run in group]
 
@@ -301,9 +309,12 @@ class AgentRollouts:
                   for step in step_examples(run)]  # fmt: skip
         if s.ground_samples:  # the grounding bandit: its own advantage per point
             scored += [b for run in runs for b in bandit_examples(run, s.ground_weight)]
+        scored += self.screens[0]  # rl.screen_questions: the grounding stream's bandits
         batch = self.pack(scored, rewards.mean(), [r.record.success for r in runs])
         if self.section.max_draws > 1:  # draws this rollout took (dynamic sampling)
             batch["rollout_draws"] = torch.tensor(float(self.draws))
+        if s.screen_questions:  # the stream's sampled points inside their element
+            batch["rollout_screen_hits"] = torch.tensor(self.screens[1])
         if self.section.expert_starts:  # the expert's steps before the episodes', on average
             batch["rollout_expert_steps"] = torch.tensor(
                 sum(r.expert_steps for r in runs) / len(runs)

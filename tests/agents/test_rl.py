@@ -278,7 +278,10 @@ def test_bad_rl_sections():
                               ("rl.pointer_lr_scale=0", "pointer_lr_scale"),
                               ("rl.ground_samples=1 rl.train_grounded=true", "ground_samples"),
                               ("rl.ground_samples=4 rl.train_grounded=true rl.ground_weight=-1",
-                               "ground_samples")]:  # fmt: skip
+                               "ground_samples"),
+                              ("rl.screen_questions=8", "screen_questions"),
+                              ("rl.screen_questions=8 rl.ground_samples=4 rl.train_grounded=true "
+                               "rl.screen_open_rate=2", "screen_questions")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             train_agent_rl(load_config(None, override.split(), AgentRLConfig))
     with pytest.raises(ConfigError, match="model.init_from"):
@@ -423,7 +426,11 @@ def test_pointerless_batches_are_unchanged(vlm, pvlm):
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["rl.train_grounded=true", "rl.ground_samples=4", "rl.pointer_lr_scale=30"]],
+    [
+        [],
+        ["rl.train_grounded=true", "rl.ground_samples=4", "rl.pointer_lr_scale=30"],
+        ["rl.train_grounded=true", "rl.ground_samples=4", "rl.screen_questions=6"],
+    ],
 )
 def test_online_grpo_with_a_pointer_model(tmp_path, pvlm, extra):
     model, tok, _ = pvlm
@@ -438,6 +445,8 @@ def test_online_grpo_with_a_pointer_model(tmp_path, pvlm, extra):
     lines = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     logged = [x for x in lines if "pointer_gap" in x]
     assert len(logged) == 2 and all(x["pointer_gap"] < 1e-3 for x in logged)
+    if "rl.screen_questions=6" in extra:  # the stream's sampled grounding accuracy is logged
+        assert all(0 <= x["screen_hits"] <= 1 for x in logged)
     saved = json.loads((tmp_path / "rl" / "model" / "config.json").read_text())
     assert saved["pointer_head"]["size"] == 16
 
