@@ -53,13 +53,15 @@ def screen_questions(
     open_rate: float = 0.5,
 ) -> list[ScreenQuestion]:  # fmt: skip
     """``count`` questions for rollout ``rollout`` of a run seeded ``seed``: question j on its
-    own random window (a dropdown open with probability ``open_rate``), about one of the
-    window's uncovered elements drawn uniformly (`screen_elements`, `covered`)."""
+    own random window (a dropdown open with probability ``open_rate``; the stream's next
+    window when one has nothing to click), about one of the window's uncovered elements drawn
+    uniformly (`screen_elements`, `covered`)."""
     out = []
     for j in range(count):
-        rng = random.Random(f"agent-rl-screens/{seed}/{rollout}/{j}")
-        win = random_window(rng, width, height, dropdown_rate=open_rate)
-        elements = [e for e in screen_elements(win) if not covered(win, e)]
+        rng, elements = random.Random(f"agent-rl-screens/{seed}/{rollout}/{j}"), []
+        while not elements:  # (a window of headings only has nothing to click: the next)
+            win = random_window(rng, width, height, dropdown_rate=open_rate)
+            elements = [e for e in screen_elements(win) if not covered(win, e)]
         e = rng.choice(elements)
         boxes = tuple(x.box for x in elements if (x.kind, x.label) == (e.kind, e.label))
         out.append(ScreenQuestion(np.asarray(render_window(win)), e.kind, e.label, boxes))

@@ -115,3 +115,12 @@ def test_rollout_screens_use_the_sections_settings(pvlm):
     want, rate = screen_bandits(p, qs, 3.0, 1 * 7919 + 2)
     assert bandits and hits == rate and [a for _, a in bandits] == [a for _, a in want]
     assert [c for (_, _, c), _ in bandits] == [c for (_, _, c), _ in want]
+
+
+def test_a_window_with_nothing_to_click_gives_way_to_the_next():
+    rng = random.Random("agent-rl-screens/0/38/22")  # three headings: no element
+    win = random_window(rng, 128, 128, dropdown_rate=0.5)
+    assert screen_elements(win) == []
+    q = screen_questions(0, 38, 23)[22]
+    nxt = random_window(rng, 128, 128, dropdown_rate=0.5)  # the stream's next window asks
+    assert np.array_equal(q.screenshot, np.asarray(render_window(nxt))) and q.boxes
