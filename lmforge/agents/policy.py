@@ -417,19 +417,30 @@ class VLMPolicy:
         if chosen is None:
             return False
         k, (x, y) = chosen
-        logprob = float(logits.log_softmax(-1)[k])
-        if record:
-            choice = PointerChoice(len(source[0]) - 1, image, k, logprob, cells, (x, y))
-            if query is None:
-                p.pointers.append(choice)
-            else:
-                extra = self.more_points(logits, cells, k)
-                p.grounded.append(GroundedChoice(list(query[0]), query[1], query[2], choice, extra))
+        if record and query is not None:
+            p.grounded.append(self.grounded_choice(query, logits, cells, k, (x, y)))
+        elif record:
+            logprob = float(logits.log_softmax(-1)[k])
+            p.pointers.append(PointerChoice(len(source[0]) - 1, image, k, logprob, cells, (x, y)))
         extra = self.tokenizer.encode(f"{x},{y}{suffix}")
         p.ids += extra
         p.logprobs += [None] * len(extra)
         p.sampled += [False] * len(extra)
         return True
+
+    def grounded_choice(
+        self, query: tuple[list[int], torch.Tensor, torch.Tensor], logits: torch.Tensor,
+        grid: tuple[int, int], k: int, point: tuple[int, int],
+        generator: torch.Generator | None = None,
+    ) -> GroundedChoice:  # fmt: skip
+        """The record of a grounded click: token ``k`` (pixel ``point``) chosen from the pointer
+        ``logits`` at the last of the grounding question ``query``'s ids into its last image, its
+        untempered log-prob, and `more_points` drawn beside it (by ``generator`` when given)."""
+        ids, pixels, image_grid = query
+        logprob = float(logits.log_softmax(-1)[k])
+        choice = PointerChoice(len(ids) - 1, image_grid.shape[0] - 1, k, logprob, grid, point)
+        extra = self.more_points(logits, grid, k, generator)
+        return GroundedChoice(list(ids), pixels, image_grid, choice, extra)
 
     def more_points(
         self, logits: torch.Tensor, grid: tuple[int, int], k: int,

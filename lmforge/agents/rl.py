@@ -162,9 +162,9 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(f"rl.ground_samples={r.ground_samples}: a group of ≥ 2 points per "
                           "sampled grounded click needs rl.train_grounded=true, rl.groups=episode "
                           f"and rl.ground_weight={r.ground_weight} ≥ 0")  # fmt: skip
-    if r.screen_questions and (r.screen_questions < 0 or not r.ground_samples or not 0 <= r.screen_open_rate <= 1):  # fmt: skip
-        raise ConfigError(f"rl.screen_questions={r.screen_questions}: grounding bandits need rl.ground_samples "
-                          "≥ 2 points each and rl.screen_open_rate in [0, 1]")  # fmt: skip
+    if r.screen_questions and not (r.screen_questions > 0 and r.ground_samples and 0 <= r.screen_open_rate <= 1):  # fmt: skip
+        raise ConfigError(f"rl.screen_questions={r.screen_questions}: ≥ 0 bandits that need "
+                          "rl.ground_samples ≥ 2 points each, and rl.screen_open_rate in [0, 1]")  # fmt: skip
     if ((r.composed or r.clauses) and r.split != "train") or not 0 <= r.clauses <= 1:
         raise ConfigError(f"rl.composed, rl.clauses={r.clauses}: the composed and clause "
                           f"templates are training-only (rl.split={r.split!r}), a share in [0, 1]")  # fmt: skip

@@ -29,7 +29,7 @@ import torch
 
 from lmforge.agents.agent_data import covered, screen_elements
 from lmforge.agents.grounded import grounding_query
-from lmforge.agents.policy import GroundedChoice, PointerChoice, VLMPolicy
+from lmforge.agents.policy import GroundedChoice, VLMPolicy
 from lmforge.agents.random_screens import random_window
 from lmforge.agents.render import render_window
 from lmforge.agents.rl_examples import Scored, click_rewards, grounding_bandit
@@ -74,15 +74,11 @@ def screen_choice(
 ) -> GroundedChoice:
     """The policy's pointer on question ``q`` (`grounding_query`): one point sampled as an
     episode's grounded click is (`VLMPolicy.choose_point`) and ``ground_samples`` − 1 more from
-    the same distribution (`VLMPolicy.more_points`), with their untempered log-probs."""
-    ids, pixels, grid = grounding_query(policy.tokenizer, policy.processor, q.kind, q.label,
-                                        q.screenshot)  # fmt: skip
-    logits, cells = policy.pointer_logits(ids, pixels, grid, 0)
+    the same distribution, recorded as an episode's (`VLMPolicy.grounded_choice`)."""
+    query = grounding_query(policy.tokenizer, policy.processor, q.kind, q.label, q.screenshot)
+    logits, cells = policy.pointer_logits(*query, 0)
     k, point = policy.choose_point(logits, cells, generator)
-    logprob = float(logits.log_softmax(-1)[k])
-    extra = policy.more_points(logits, cells, k, generator)
-    return GroundedChoice(ids, pixels, grid, PointerChoice(len(ids) - 1, 0, k, logprob, cells, point),
-                          extra)  # fmt: skip
+    return policy.grounded_choice(query, logits, cells, k, point, generator)
 
 
 def screen_bandits(
