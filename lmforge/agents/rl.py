@@ -114,12 +114,12 @@ class AgentRLSection:
     clicks: str = "grounded"  # clicks from the thought's grounding question, or "pointer"; eval too
     train_grounded: bool = False  # grounded clicks sampled in rollouts and trained (rl_examples)
     pointer_weight: float = 1.0  # each pointer choice's term × this in the loss (rl_objective)
-    ground_samples: int = 0  # ≥ 2, with train_grounded: a group of points per grounded click,
-    # each rewarded for landing on the element its thought names (rl_examples.grounding_bandit)
+    ground_samples: int = 0  # ≥ 2, with train_grounded: points per grounded click (rl_examples)
     ground_weight: float = 1.0  # … the bandit's advantages × this
     pointer_lr_scale: float = 1.0  # the pointer head's learning rate × this (its own AdamW groups)
     screen_questions: int = 0  # with ground_samples: grounding bandits on fresh random windows
     screen_open_rate: float = 0.5  # … a dropdown open in this share of them (rl_screens)
+    screen_focus: float = 0.0  # … this share asked about list rows and options (rl_screens)
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     progress_weight: float = 0.0  # + this × the share of goal values right at the end
@@ -162,9 +162,11 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(f"rl.ground_samples={r.ground_samples}: a group of ≥ 2 points per "
                           "sampled grounded click needs rl.train_grounded=true, rl.groups=episode "
                           f"and rl.ground_weight={r.ground_weight} ≥ 0")  # fmt: skip
-    if r.screen_questions and not (r.screen_questions > 0 and r.ground_samples and 0 <= r.screen_open_rate <= 1):  # fmt: skip
+    if r.screen_questions and not (r.screen_questions > 0 and r.ground_samples
+                                   and 0 <= r.screen_open_rate <= 1 and 0 <= r.screen_focus <= 1):  # fmt: skip
         raise ConfigError(f"rl.screen_questions={r.screen_questions}: ≥ 0 bandits that need "
-                          "rl.ground_samples ≥ 2 points each, and rl.screen_open_rate in [0, 1]")  # fmt: skip
+                          "rl.ground_samples ≥ 2 points each, rl.screen_open_rate and "
+                          "rl.screen_focus in [0, 1]")  # fmt: skip
     if ((r.composed or r.clauses) and r.split != "train") or not 0 <= r.clauses <= 1:
         raise ConfigError(f"rl.composed, rl.clauses={r.clauses}: the composed and clause "
                           f"templates are training-only (rl.split={r.split!r}), a share in [0, 1]")  # fmt: skip
@@ -176,9 +178,7 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
     if r.guide and r.groups != "state":
         raise ConfigError("rl.guide=true needs rl.groups=state (the expert's move is per state)")
     if r.group_size < 2:
-        raise ConfigError(
-            f"rl.group_size={r.group_size} must be ≥ 2 (advantages are group-relative)"
-        )
+        raise ConfigError(f"rl.group_size={r.group_size} must be ≥ 2 (advantages are group-relative)")  # fmt: skip
     if not (r.expert_weight >= 0 and r.kl_coef >= 0 and r.progress_weight >= 0):
         raise ConfigError(
             f"rl.expert_weight={r.expert_weight}, rl.kl_coef={r.kl_coef} and "
@@ -316,9 +316,7 @@ class AgentRollouts:
         if s.screen_questions:  # the stream's sampled points inside their element
             batch["rollout_screen_hits"] = torch.tensor(self.screens[1])
         if self.section.expert_starts:  # the expert's steps before the episodes', on average
-            batch["rollout_expert_steps"] = torch.tensor(
-                sum(r.expert_steps for r in runs) / len(runs)
-            )
+            batch["rollout_expert_steps"] = torch.tensor(sum(r.expert_steps for r in runs) / len(runs))  # fmt: skip
         return batch
 
     def state_batch(

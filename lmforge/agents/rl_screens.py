@@ -14,7 +14,8 @@ grounding of options 0.56–0.61, rows 0.74; BENCHMARKS.md, session 26). Random 
 a list open at ``open_rate`` ask about every element kind at every place; questions whose K
 points all agree drop out (zero advantages), so the stream trains where the pointer is unsure.
 The windows come from their own seeded stream (``agent-rl-screens/…``), which no SFT data
-uses.
+uses. ``focus`` (``rl.screen_focus``) asks that share of the questions about list rows and
+options, the kinds the agent's episodes miss most.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from lmforge.agents.agent_data import covered, screen_elements
 from lmforge.agents.grounded import grounding_query
 from lmforge.agents.policy import GroundedChoice, VLMPolicy
-from lmforge.agents.random_screens import random_window
+from lmforge.agents.random_screens import KIND_WEIGHTS, random_window
 from lmforge.agents.render import render_window
 from lmforge.agents.rl_examples import Scored, click_rewards, grounding_bandit
 from lmforge.agents.widgets import Box
@@ -48,22 +49,34 @@ class ScreenQuestion:
     boxes: tuple[Box, ...]
 
 
+# a focused question's window: lists four times as often as `KIND_WEIGHTS` draws them
+FOCUS_WEIGHTS = {**KIND_WEIGHTS, "list": 4 * KIND_WEIGHTS["list"]}
+FOCUS_KINDS = ("row", "option")  # what a focused question asks about
+
+
 def screen_questions(
     seed: int, rollout: int, count: int, width: int = 128, height: int = 128,
-    open_rate: float = 0.5,
+    open_rate: float = 0.5, focus: float = 0.0,
 ) -> list[ScreenQuestion]:  # fmt: skip
     """``count`` questions for rollout ``rollout`` of a run seeded ``seed``: question j on its
     own random window (a dropdown open with probability ``open_rate``; the stream's next
     window when one has nothing to click), about one of the window's uncovered elements drawn
-    uniformly (`screen_elements`, `covered`)."""
+    uniformly (`screen_elements`, `covered`). With probability ``focus`` the question is
+    *focused*: its window draws lists four times as often (`FOCUS_WEIGHTS`) and it asks about
+    a list row or an option (`FOCUS_KINDS`: the kinds the agent's episodes miss most; the
+    next window when one shows neither)."""
     out = []
     for j in range(count):
         rng, elements = random.Random(f"agent-rl-screens/{seed}/{rollout}/{j}"), []
+        focused = focus > 0 and rng.random() < focus  # (no draw at focus 0: streams unchanged)
         while not elements:  # (a window of headings only has nothing to click: the next)
-            win = random_window(rng, width, height, dropdown_rate=open_rate)
-            elements = [e for e in screen_elements(win) if not covered(win, e)]
+            win = random_window(rng, width, height, dropdown_rate=open_rate,
+                                weights=FOCUS_WEIGHTS if focused else None)  # fmt: skip
+            elements = [e for e in screen_elements(win) if not covered(win, e)
+                        and (not focused or e.kind in FOCUS_KINDS)]  # fmt: skip
         e = rng.choice(elements)
-        boxes = tuple(x.box for x in elements if (x.kind, x.label) == (e.kind, e.label))
+        shown = [x for x in screen_elements(win) if not covered(win, x)]
+        boxes = tuple(x.box for x in shown if (x.kind, x.label) == (e.kind, e.label))
         out.append(ScreenQuestion(np.asarray(render_window(win)), e.kind, e.label, boxes))
     return out
 
@@ -102,14 +115,17 @@ def rollout_screens(
     policy: VLMPolicy, section: Any, seed: int, rollout: int
 ) -> tuple[list[tuple[Scored, list[float]]], float]:
     """`screen_bandits` of rollout ``rollout``'s ``section.screen_questions`` questions
-    (`lmforge.agents.rl.AgentRLSection`: ``screen``, ``screen_open_rate``, ``ground_weight``)."""
+    (`lmforge.agents.rl.AgentRLSection`: ``screen``, ``screen_open_rate``, ``screen_focus``,
+    ``ground_weight``)."""
     s = section
     questions = screen_questions(seed, rollout, s.screen_questions, s.screen, s.screen,
-                                 s.screen_open_rate)  # fmt: skip
+                                 s.screen_open_rate, s.screen_focus)  # fmt: skip
     return screen_bandits(policy, questions, s.ground_weight, seed * 7919 + rollout)
 
 
 __all__ = [
+    "FOCUS_KINDS",
+    "FOCUS_WEIGHTS",
     "ScreenQuestion",
     "rollout_screens",
     "screen_bandits",

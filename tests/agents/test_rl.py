@@ -281,7 +281,9 @@ def test_bad_rl_sections():
                                "ground_samples"),
                               ("rl.screen_questions=8", "screen_questions"),
                               ("rl.screen_questions=8 rl.ground_samples=4 rl.train_grounded=true "
-                               "rl.screen_open_rate=2", "screen_questions")]:  # fmt: skip
+                               "rl.screen_open_rate=2", "screen_questions"),
+                              ("rl.screen_questions=8 rl.ground_samples=4 rl.train_grounded=true "
+                               "rl.screen_focus=-0.5", "screen_focus")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             train_agent_rl(load_config(None, override.split(), AgentRLConfig))
     with pytest.raises(ConfigError, match="model.init_from"):

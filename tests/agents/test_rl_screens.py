@@ -17,6 +17,8 @@ from lmforge.agents.random_screens import random_window
 from lmforge.agents.render import render_window
 from lmforge.agents.rl import AgentRLSection
 from lmforge.agents.rl_screens import (
+    FOCUS_KINDS,
+    FOCUS_WEIGHTS,
     ScreenQuestion,
     rollout_screens,
     screen_bandits,
@@ -111,7 +113,7 @@ def test_rollout_screens_use_the_sections_settings(pvlm):
                              screen_questions=5, ground_weight=3.0)  # fmt: skip
     p = policy(pvlm, k=4)
     bandits, hits = rollout_screens(p, section, seed=1, rollout=2)
-    qs = screen_questions(1, 2, 5, 128, 128, section.screen_open_rate)
+    qs = screen_questions(1, 2, 5, 128, 128, section.screen_open_rate, section.screen_focus)
     want, rate = screen_bandits(p, qs, 3.0, 1 * 7919 + 2)
     assert bandits and hits == rate and [a for _, a in bandits] == [a for _, a in want]
     assert [c for (_, _, c), _ in bandits] == [c for (_, _, c), _ in want]
@@ -124,3 +126,26 @@ def test_a_window_with_nothing_to_click_gives_way_to_the_next():
     q = screen_questions(0, 38, 23)[22]
     nxt = random_window(rng, 128, 128, dropdown_rate=0.5)  # the stream's next window asks
     assert np.array_equal(q.screenshot, np.asarray(render_window(nxt))) and q.boxes
+
+
+def test_focused_questions_ask_about_rows_and_options_on_their_own_windows():
+    plain = screen_questions(4, 7, 40)
+    assert [(q.kind, q.label) for q in plain] == [  # focus 0 leaves the stream as it was
+        (q.kind, q.label) for q in screen_questions(4, 7, 40, focus=0.0)
+    ]
+    focused = screen_questions(4, 7, 40, focus=1.0)
+    assert {q.kind for q in focused} == set(FOCUS_KINDS)  # rows and options only, both asked
+    for j, q in enumerate(focused):  # rebuilt: the stream's draw, then a list-heavy window
+        rng = random.Random(f"agent-rl-screens/4/7/{j}")
+        assert rng.random() < 1.0
+        while True:
+            win = random_window(rng, 128, 128, dropdown_rate=0.5, weights=FOCUS_WEIGHTS)
+            shown = [e for e in screen_elements(win) if not covered(win, e)]
+            if any(e.kind in FOCUS_KINDS for e in shown):
+                break
+        assert np.array_equal(q.screenshot, np.asarray(render_window(win)))
+        assert q.boxes == tuple(e.box for e in shown if (e.kind, e.label) == (q.kind, q.label))
+    half = screen_questions(4, 7, 200, focus=0.5)
+    share = sum(q.kind in FOCUS_KINDS for q in half) / 200
+    base = sum(q.kind in FOCUS_KINDS for q in screen_questions(4, 7, 200)) / 200
+    assert share > base + 0.25  # about half focused, beside the plain stream's own share
