@@ -59,7 +59,8 @@ from pathlib import Path
 
 import torch
 
-from lmforge.agents.rl import AgentRLConfig, train_agent_rl
+from lmforge.agents.rl import train_agent_rl
+from lmforge.agents.rl_config import AgentRLConfig
 from lmforge.agents.sft import train_agent_sft
 from lmforge.agents.sft_config import AgentRunConfig
 from lmforge.train.config import load_config

@@ -28,6 +28,7 @@ evaluation episodes, agent SFT and online RL.
 | `guidance` | expert-guided groups for RL: the scripted expert's response, written as the policy would, joins a state no sampled response got right (mixed-policy GRPO, LUFFY) |
 | `glyph` | dense glyph (OCR) objective: per-token character targets from the renderer's layout, the loss wrapper, fresh-screen batches and an encoder-only glyph stage |
 | `rl` | online GRPO in `GUIEnv`, groups per task (success + format reward) or per state, the failed tasks first; packed multimodal surrogate through the one Trainer |
+| `rl_config` | the agent RL run's config (`AgentRLSection`, `AgentRLConfig`) and its range checks, each error naming its field |
 | `rl_examples` | the examples RL trains on: each step's decoded tokens and pointer choices, and (`rl.train_grounded`) each sampled grounded click in its grounding question |
 | `rl_tasks` | what RL practises on: a fresh pool's failed tasks, and start states from the scripted expert's episode (reverse curriculum) |
 | `rl_objective` | the agent's GRPO objective on a packed rollout: clipped surrogate over sampled tokens and pointer choices, optional k3 KL to the SFT policy |

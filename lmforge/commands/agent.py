@@ -24,7 +24,8 @@ import torch
 from lmforge.agents.grounded import CLICK_MODES
 from lmforge.agents.grounding import grounding_eval
 from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, ExpertPolicy, VLMPolicy
-from lmforge.agents.rl import AgentRLConfig, train_agent_rl
+from lmforge.agents.rl import train_agent_rl
+from lmforge.agents.rl_config import AgentRLConfig
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
 from lmforge.agents.sft import train_agent_sft
 from lmforge.agents.sft_config import AgentRunConfig

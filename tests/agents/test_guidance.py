@@ -19,7 +19,8 @@ from lmforge.agents.actions import Click, Drag, parse_response
 from lmforge.agents.expert import ExpertStep, expert_step
 from lmforge.agents.guidance import box_token, expert_sample
 from lmforge.agents.policy import VLMPolicy
-from lmforge.agents.rl import AgentRLConfig, AgentRLSection, AgentRollouts, train_agent_rl
+from lmforge.agents.rl import AgentRollouts, train_agent_rl
+from lmforge.agents.rl_config import AgentRLConfig, AgentRLSection
 from lmforge.agents.rl_objective import agent_pg_objective, batch_scores
 from lmforge.agents.rollout import open_episode
 from lmforge.agents.state_groups import play_state_groups, step_reward

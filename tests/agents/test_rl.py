@@ -20,13 +20,8 @@ import torch
 from lmforge.agents.env import GUIEnv
 from lmforge.agents.grounded import response_target
 from lmforge.agents.policy import ExpertPolicy
-from lmforge.agents.rl import (
-    AgentRLConfig,
-    AgentRLSection,
-    AgentRollouts,
-    episode_reward,
-    train_agent_rl,
-)
+from lmforge.agents.rl import AgentRollouts, episode_reward, train_agent_rl
+from lmforge.agents.rl_config import AgentRLConfig, AgentRLSection
 from lmforge.agents.rl_examples import step_examples
 from lmforge.agents.rl_objective import agent_pg_objective
 from lmforge.agents.rollout import run_episodes

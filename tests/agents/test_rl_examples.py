@@ -15,7 +15,8 @@ from lmforge.agents.agent_data import screen_elements
 from lmforge.agents.env import GUIEnv
 from lmforge.agents.grounded import grounding_query
 from lmforge.agents.policy import AgentContext, VLMPolicy
-from lmforge.agents.rl import AgentRLSection, AgentRollouts
+from lmforge.agents.rl import AgentRollouts
+from lmforge.agents.rl_config import AgentRLSection
 from lmforge.agents.rl_examples import (
     bandit_examples,
     click_rewards,

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from lmforge.agents.rl import AgentRLConfig, AgentRLSection, AgentRollouts, train_agent_rl
+from lmforge.agents.rl import AgentRollouts, train_agent_rl
+from lmforge.agents.rl_config import AgentRLConfig, AgentRLSection
 from lmforge.agents.rl_objective import agent_pg_objective, batch_scores
 from lmforge.agents.tasks import sample_task
 from lmforge.config import ConfigError

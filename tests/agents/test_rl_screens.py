@@ -15,7 +15,7 @@ from lmforge.agents.grounded import grounding_query
 from lmforge.agents.policy import VLMPolicy
 from lmforge.agents.random_screens import random_window
 from lmforge.agents.render import render_window
-from lmforge.agents.rl import AgentRLSection
+from lmforge.agents.rl_config import AgentRLSection
 from lmforge.agents.rl_screens import (
     FOCUS_KINDS,
     FOCUS_WEIGHTS,

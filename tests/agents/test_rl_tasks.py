@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from lmforge.agents.agent_data import expert_trajectory
-from lmforge.agents.rl import AgentRLSection
+from lmforge.agents.rl_config import AgentRLSection
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
 from lmforge.agents.task_clauses import CLAUSE_TEMPLATES
 from lmforge.agents.task_templates import COMPOSED_TEMPLATES

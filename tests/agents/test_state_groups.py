@@ -16,12 +16,8 @@ import torch
 from lmforge.agents.actions import Click, Drag, Hotkey, Scroll, Type, format_response
 from lmforge.agents.expert import ExpertStep, expert_step
 from lmforge.agents.policy import ExpertPolicy, PolicySample
-from lmforge.agents.rl import (
-    AgentRLConfig,
-    AgentRLSection,
-    AgentRollouts,
-    train_agent_rl,
-)
+from lmforge.agents.rl import AgentRollouts, train_agent_rl
+from lmforge.agents.rl_config import AgentRLConfig, AgentRLSection
 from lmforge.agents.rl_objective import agent_pg_objective
 from lmforge.agents.rollout import run_episodes
 from lmforge.agents.state_groups import action_matches, play_state_groups, step_reward
