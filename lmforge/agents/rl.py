@@ -41,7 +41,9 @@ With ``ground_samples`` = K as well, each such click also draws K − 1 more poi
 same distribution, and the K points form a group of their own — a bandit rewarded 1 where a
 point lands on the element the thought names (`lmforge.agents.rollout.EpisodeRun.named`), 0
 elsewhere, normalised within the K (GUI-R1 / UI-R1's click reward in GRPO's form): a signal per
-click instead of the episode's one.
+click instead of the episode's one. With ``state_tasks`` = n, each rollout also plays n pool
+tasks once as state groups beside the episode groups, each response scored for being the
+expert's move in its state (`lmforge.agents.rl_states`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from lmforge.agents.rl_examples import (
 )
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
 from lmforge.agents.rl_screens import rollout_screens
+from lmforge.agents.rl_states import rollout_states
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
 from lmforge.agents.rollout import EpisodeRun, run_episodes
 from lmforge.agents.sft import evaluate_agent_model
@@ -120,6 +123,7 @@ class AgentRollouts:
         self.tasks, self.section, self.seed, self.seq_len = list(tasks), section, seed, seq_len
         self.rollouts, self.updates, self.draws = 0, 0, 0
         self.screens: tuple[list, float] = ([], 0.0)  # the last rollout's screen bandits
+        self.states: tuple[list, float] = ([], 0.0)  # … and its state groups (rl.state_tasks)
         # β > 0: the KL reference, a frozen copy of the policy as it starts (the SFT agent)
         self.reference = make_reference(model, section.kl_coef)
 
@@ -164,6 +168,7 @@ class AgentRollouts:
             if len(kept) >= s.tasks_per_rollout:
                 break
         self.screens = rollout_screens(policy, s, self.seed, self.rollouts)
+        self.states = rollout_states(policy, self.tasks, s, self.seed, self.rollouts)
         self.model.train(was_training)
         return [run for group in (kept or groups)[: s.tasks_per_rollout] for run in group]
 
@@ -201,11 +206,14 @@ class AgentRollouts:
         if s.ground_samples:  # the grounding bandit: its own advantage per point
             scored += [b for run in runs for b in bandit_examples(run, s.ground_weight)]
         scored += self.screens[0]  # rl.screen_questions: the grounding stream's bandits
+        scored += self.states[0]  # rl.state_tasks: responses scored per state
         batch = self.pack(scored, rewards.mean(), [r.record.success for r in runs])
         if self.section.max_draws > 1:  # draws this rollout took (dynamic sampling)
             batch["rollout_draws"] = torch.tensor(float(self.draws))
         if s.screen_questions:  # the stream's sampled points inside their element
             batch["rollout_screen_hits"] = torch.tensor(self.screens[1])
+        if s.state_tasks:  # the state groups' responses that were the expert's move
+            batch["rollout_state_match"] = torch.tensor(self.states[1])
         if self.section.expert_starts:  # the expert's steps before the episodes', on average
             batch["rollout_expert_steps"] = torch.tensor(sum(r.expert_steps for r in runs) / len(runs))  # fmt: skip
         return batch

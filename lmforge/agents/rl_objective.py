@@ -133,7 +133,7 @@ def agent_pg_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     metrics = {"episode_reward": batch["rollout_reward"] * count,
                "episode_success": batch["rollout_success"] * count,
                "logprob_gap": gap * count, **pointer_metrics}  # fmt: skip
-    for key in ("guided", "draws", "expert_steps", "screen_hits"):  # … the screen stream's hits
+    for key in ("guided", "draws", "expert_steps", "screen_hits", "state_match"):  # rollout stats
         if f"rollout_{key}" in batch:
             metrics[key] = batch[f"rollout_{key}"] * count
     if beta:

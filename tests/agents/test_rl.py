@@ -427,6 +427,7 @@ def test_pointerless_batches_are_unchanged(vlm, pvlm):
         [],
         ["rl.train_grounded=true", "rl.ground_samples=4", "rl.pointer_lr_scale=30"],
         ["rl.train_grounded=true", "rl.ground_samples=4", "rl.screen_questions=6"],
+        ["rl.train_grounded=true", "rl.ground_samples=4", "rl.state_tasks=1"],
     ],
 )
 def test_online_grpo_with_a_pointer_model(tmp_path, pvlm, extra):
@@ -444,6 +445,8 @@ def test_online_grpo_with_a_pointer_model(tmp_path, pvlm, extra):
     assert len(logged) == 2 and all(x["pointer_gap"] < 1e-3 for x in logged)
     if "rl.screen_questions=6" in extra:  # the stream's sampled grounding accuracy is logged
         assert all(0 <= x["screen_hits"] <= 1 for x in logged)
+    if "rl.state_tasks=1" in extra:  # the state groups' share of expert moves is logged
+        assert all(0 <= x["state_match"] <= 1 for x in logged)
     saved = json.loads((tmp_path / "rl" / "model" / "config.json").read_text())
     assert saved["pointer_head"]["size"] == 16
 

@@ -34,6 +34,9 @@ def test_the_defaults_and_the_recipe_pass():
         (f"{STREAM} rl.screen_focus=2", "rl.screen_focus"),
         ("rl.expert_starts=0.5 rl.groups=state", "rl.expert_starts"),
         ("rl.kl_coef=-1", "rl.kl_coef"),
+        ("rl.state_tasks=-1", "rl.state_tasks"),
+        ("rl.state_tasks=1 rl.groups=state", "rl.state_tasks"),
+        ("rl.state_tasks=1 rl.state_weight=-1", "rl.state_weight"),
     ],
 )
 def test_out_of_range_settings_are_refused_naming_the_field(overrides, field):
