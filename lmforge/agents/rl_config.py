@@ -53,6 +53,7 @@ class AgentRLSection:
     screen_focus: float = 0.0  # … this share asked about list rows and options (rl_screens)
     state_tasks: int = 0  # groups=episode: + this many pool tasks per rollout as state groups
     state_weight: float = 1.0  # … their state-normalised advantages × this (rl_states)
+    state_max: int = 4  # … at most this many of their states (whose rewards differ) per rollout
     format_weight: float = 0.1
     expert_weight: float = 0.0  # + this × (steps pointing where the expert would) / max_steps
     progress_weight: float = 0.0  # + this × the share of goal values right at the end
@@ -121,10 +122,11 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
            r.max_draws) < 1:  # fmt: skip
         raise ConfigError("rl.tasks_per_rollout, rl.pool_tasks, rl.max_steps, rl.history, "
                           "rl.iterations and rl.max_draws must be ≥ 1")  # fmt: skip
-    if r.state_tasks < 0 or not r.state_weight >= 0 or (r.state_tasks and r.groups != "episode"):
+    if (r.state_tasks < 0 or not r.state_weight >= 0 or r.state_max < 1
+            or (r.state_tasks and r.groups != "episode")):  # fmt: skip
         raise ConfigError(f"rl.state_tasks={r.state_tasks} must be ≥ 0, with rl.groups=episode "
                           f"(state groups beside the episode groups), rl.state_weight="
-                          f"{r.state_weight} ≥ 0")  # fmt: skip
+                          f"{r.state_weight} ≥ 0 and rl.state_max={r.state_max} ≥ 1")  # fmt: skip
     if r.max_draws > 1 and r.groups != "episode":
         raise ConfigError("rl.max_draws > 1 needs rl.groups=episode (it keeps whole task groups)")
     if not 0 <= r.expert_starts <= 1 or (r.expert_starts and r.groups != "episode"):

@@ -2,7 +2,8 @@
 plays n pool tasks once, samples ``group_size`` responses in every state the agent's own
 episode reaches, rewards each for being the scripted expert's move there (+ format,
 `lmforge.agents.state_groups.step_reward`) and trains them with advantages normalised within
-the state (GRPO, Shao et al. 2024 eq. 3):
+the state (GRPO, Shao et al. 2024 eq. 3) — at most ``rl.state_max`` states per rollout, of
+those whose responses' rewards differ:
 
     A_i = w · (r_i − mean_j r_j) / (std_j r_j + ε),   r_i = 1[a_i = expert's move] + f · 1[parses]
 
@@ -44,6 +45,16 @@ def state_tasks(pool: Sequence[Task], count: int, seed: int, rollout: int) -> li
     return rng.sample(list(pool), min(count, len(pool)))
 
 
+def informative(groups: Sequence[StateGroup], most: int, seed: int) -> list[StateGroup]:
+    """The groups whose responses' rewards differ (the others have zero advantages and teach
+    nothing), at most ``most`` of them (a seeded draw, in play order): a rollout's batch stays
+    the size of a few episodes however long the trunk episodes run."""
+    keep = [i for i, g in enumerate(groups) if max(g.rewards) > min(g.rewards)]
+    if len(keep) > most:
+        keep = sorted(random.Random(seed).sample(keep, most))
+    return [groups[i] for i in keep]
+
+
 def state_examples(
     groups: Sequence[StateGroup], group_size: int, weight: float = 1.0
 ) -> list[tuple[Scored, float]]:
@@ -64,8 +75,9 @@ def rollout_states(
 ) -> tuple[list[tuple[Scored, float]], float]:
     """The state groups of rollout ``rollout``: ``section.state_tasks`` tasks of ``pool``
     (`state_tasks`) played once with ``section.group_size`` responses per state
-    (`play_state_groups`, up to ``max_steps`` states, ``format_weight``), as `state_examples`
-    (× ``state_weight``), and the share of responses that were the expert's move (nothing
+    (`play_state_groups`, up to ``max_steps`` states, ``format_weight``); of their states,
+    ``state_max`` at most whose rewards differ (`informative`) as `state_examples`
+    (× ``state_weight``), and the share of all responses that were the expert's move (nothing
     and 0.0 when ``state_tasks`` is 0)."""
     s = section
     if not s.state_tasks:
@@ -74,7 +86,8 @@ def rollout_states(
     groups, _ = play_state_groups(policy, picks, s.group_size, s.max_steps, s.format_weight)
     matched = sum(r >= 1 for g in groups for r in g.rewards)
     total = sum(len(g.rewards) for g in groups)
-    return state_examples(groups, s.group_size, s.state_weight), matched / max(1, total)
+    kept = informative(groups, s.state_max, seed * 7919 + rollout)
+    return state_examples(kept, s.group_size, s.state_weight), matched / max(1, total)
 
 
-__all__ = ["rollout_states", "state_examples", "state_tasks"]
+__all__ = ["informative", "rollout_states", "state_examples", "state_tasks"]

@@ -37,6 +37,7 @@ def test_the_defaults_and_the_recipe_pass():
         ("rl.state_tasks=-1", "rl.state_tasks"),
         ("rl.state_tasks=1 rl.groups=state", "rl.state_tasks"),
         ("rl.state_tasks=1 rl.state_weight=-1", "rl.state_weight"),
+        ("rl.state_tasks=1 rl.state_max=0", "rl.state_max"),
     ],
 )
 def test_out_of_range_settings_are_refused_naming_the_field(overrides, field):

@@ -15,8 +15,8 @@ from lmforge.agents.actions import format_response
 from lmforge.agents.expert import expert_step
 from lmforge.agents.policy import PolicySample
 from lmforge.agents.rl_config import AgentRLSection
-from lmforge.agents.rl_states import rollout_states, state_examples, state_tasks
-from lmforge.agents.state_groups import play_state_groups
+from lmforge.agents.rl_states import informative, rollout_states, state_examples, state_tasks
+from lmforge.agents.state_groups import StateGroup, play_state_groups
 from lmforge.agents.tasks import sample_task
 
 POOL = [sample_task(s, template=t) for s in range(4) for t in ("radio_apply", "list_open")]
@@ -65,9 +65,25 @@ def test_state_examples_carry_the_state_normalised_advantage():
 
 
 def test_rollout_states_play_the_sections_tasks():
-    section = AgentRLSection(state_tasks=2, group_size=3, max_steps=4, state_weight=0.5)
+    section = AgentRLSection(state_tasks=2, group_size=3, max_steps=4, state_weight=0.5,
+                             state_max=2)  # fmt: skip
     scored, match = rollout_states(ThirdExpert(), POOL, section, seed=2, rollout=1)
     groups, _ = play_state_groups(ThirdExpert(), state_tasks(POOL, 2, 2, 1), 3, 4)
-    assert match == pytest.approx(1 / 3)  # one response in three is the expert's move
-    assert [a for _, a in scored] == [a for _, a in state_examples(groups, 3, 0.5)]
+    assert len(groups) > 2 and match == pytest.approx(1 / 3)  # one in three: the expert's move
+    kept = informative(groups, 2, 2 * 7919 + 1)
+    assert len(scored) == 6  # two states' three responses
+    assert [a for _, a in scored] == [a for _, a in state_examples(kept, 3, 0.5)]
     assert rollout_states(ThirdExpert(), POOL, replace(section, state_tasks=0), 2, 1) == ([], 0.0)
+
+
+def test_informative_keeps_states_whose_rewards_differ_up_to_the_cap():
+    task = POOL[0]
+    flat = StateGroup(task, [], [1.1, 1.1, 1.1])
+    split = [StateGroup(task, [], [1.1, 0.0, float(i)]) for i in range(5)]
+    groups = [flat, *split, flat]
+    assert informative(groups, 10, 0) == split  # the flat ones drop out, play order kept
+    two = informative(groups, 2, 0)
+    assert len(two) == 2 and two == informative(groups, 2, 0)
+    assert [split.index(g) for g in two] == sorted(split.index(g) for g in two)
+    assert {id(g) for s in range(8) for g in informative(groups, 2, s)} == {id(g) for g in split}
+    assert informative([flat], 4, 0) == []
