@@ -80,6 +80,9 @@ class AgentRLConfig(RunConfig):
 
 
 def check_agent_rl_config(config: AgentRLConfig) -> None:
+    """Raise `ConfigError` naming the ``rl.*`` field(s) of the first out-of-range or
+    inconsistent setting (a share outside [0, 1], a group of one, a stream without its
+    bandits, an option that needs the other grouping)."""
     r = config.rl
     if r.split not in SPLITS or r.eval_split not in SPLITS:
         raise ConfigError(
