@@ -61,13 +61,12 @@ from lmforge.agents.policy import VLMPolicy
 from lmforge.agents.rl_config import AgentRLConfig, AgentRLSection, check_agent_rl_config
 from lmforge.agents.rl_examples import (
     bandit_examples,
-    sample_examples,
     step_examples,
     token_rows,
 )
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
 from lmforge.agents.rl_screens import rollout_screens
-from lmforge.agents.rl_states import rollout_states
+from lmforge.agents.rl_states import rollout_states, state_examples
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
 from lmforge.agents.rollout import EpisodeRun, run_episodes
 from lmforge.agents.sft import evaluate_agent_model
@@ -223,10 +222,7 @@ class AgentRollouts:
     ) -> dict[str, torch.Tensor]:
         """State groups: every response gets its step reward normalised within its state."""
         rewards = torch.tensor([r for g in groups for r in g.rewards])
-        advantages = grpo_advantages(rewards, self.section.group_size).tolist()
-        samples = [sample for g in groups for sample in g.samples]
-        scored = [(example, a) for x, a in zip(samples, advantages, strict=True)
-                  for example in sample_examples(x)]  # fmt: skip
+        scored = state_examples(groups, self.section.group_size)
         batch = self.pack(scored, rewards.mean(), [r.record.success for r in runs])
         if self.section.guide:  # the share of states given the expert's response
             batch["rollout_guided"] = torch.tensor(sum(g.guided for g in groups) / len(groups))

@@ -72,10 +72,9 @@ def screen_questions(
         while not elements:  # (a window of headings only has nothing to click: the next)
             win = random_window(rng, width, height, dropdown_rate=open_rate,
                                 weights=FOCUS_WEIGHTS if focused else None)  # fmt: skip
-            elements = [e for e in screen_elements(win) if not covered(win, e)
-                        and (not focused or e.kind in FOCUS_KINDS)]  # fmt: skip
+            shown = [x for x in screen_elements(win) if not covered(win, x)]
+            elements = [x for x in shown if not focused or x.kind in FOCUS_KINDS]
         e = rng.choice(elements)
-        shown = [x for x in screen_elements(win) if not covered(win, x)]
         boxes = tuple(x.box for x in shown if (x.kind, x.label) == (e.kind, e.label))
         out.append(ScreenQuestion(np.asarray(render_window(win)), e.kind, e.label, boxes))
     return out
@@ -115,7 +114,7 @@ def rollout_screens(
     policy: VLMPolicy, section: Any, seed: int, rollout: int
 ) -> tuple[list[tuple[Scored, list[float]]], float]:
     """`screen_bandits` of rollout ``rollout``'s ``section.screen_questions`` questions
-    (`lmforge.agents.rl.AgentRLSection`: ``screen``, ``screen_open_rate``, ``screen_focus``,
+    (`lmforge.agents.rl_config.AgentRLSection`: ``screen``, ``screen_open_rate``, ``screen_focus``,
     ``ground_weight``)."""
     s = section
     questions = screen_questions(seed, rollout, s.screen_questions, s.screen, s.screen,

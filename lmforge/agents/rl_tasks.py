@@ -31,7 +31,7 @@ POOL_TOP = 2**31 - 1  # a fresh pool's first task seed (`select_tasks`)
 def select_tasks(
     model: Any, tokenizer: Any, processor: ImageProcessor, r: Any, seed: int
 ) -> list[Task]:
-    """The pool of ``r.split`` tasks (``r``: an `lmforge.agents.rl.AgentRLSection`), or
+    """The pool of ``r.split`` tasks (``r``: an `lmforge.agents.rl_config.AgentRLSection`), or
     (``failed_only``) those the model fails greedily (the whole pool if it fails none). The
     agent data's tasks are seeded upward from 0 (`make_agent_dataset`: ``seed · 1,000,003 +
     i``); a ``fresh_pool`` counts down from 2³¹ − 1, so RL practises on tasks SFT never
