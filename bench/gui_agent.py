@@ -17,7 +17,9 @@ the pipeline):
    success (greedy, grammar);
 3. ``rl``: from ``sft``, GRPO in the environment on the training tasks it fails
    (`lmforge.agents.rl.train_agent_rl`, `lmforge/recipes/agent-rl-tiny.yaml`); held-out
-   episode success again.
+   episode success again. With ``--rl-seeds N`` (> 1) or ``--rl-rounds R`` the stage is a
+   soup (`lmforge.agents.rl_soup`, WARP): R rounds of N runs with their own seeds, each
+   round's weight average the next one's start (members under ``rl/round-R/seed-S``).
 
 The defaults are the recorded pipeline (BENCHMARKS.md, "GUI agent: typing held to the
 instruction, and GRPO that lifts held-out success"): the grounding stage of
@@ -36,7 +38,7 @@ A finished stage made with the other ``--pointer-size`` choice is refused (use a
 machine is.
 
     python bench/gui_agent.py [--ground-steps 3000] [--sft-steps 2000] [--rl-steps N] [--episodes 100]
-        [--ground-recipe agent-match.yaml] [--ground k=v …] [--sft k=v …] [--rl k=v …]
+        [--rl-seeds 1] [--rl-rounds 1] [--ground-recipe agent-match.yaml] [--ground k=v …] [--sft k=v …] [--rl k=v …]
 
 ``--ground-recipe`` is the grounding stage's recipe under `lmforge/recipes/` (``agent-match.yaml``:
 the glyph stage, the digit target and the number head, whose train-only heads stay in that
@@ -61,6 +63,7 @@ import torch
 
 from lmforge.agents.rl import train_agent_rl
 from lmforge.agents.rl_config import AgentRLConfig
+from lmforge.agents.rl_soup import train_agent_rl_soup
 from lmforge.agents.sft import train_agent_sft
 from lmforge.agents.sft_config import AgentRunConfig
 from lmforge.train.config import load_config
@@ -90,6 +93,10 @@ def main() -> None:
                     help="the grounding stage's recipe (a file in lmforge/recipes/)")  # fmt: skip
     ap.add_argument("--sft-steps", type=int, default=2000)
     ap.add_argument("--rl-steps", type=int, default=None, help="default: the RL recipe's")
+    ap.add_argument("--rl-seeds", type=int, default=1,
+                    help="> 1: the RL stage is a soup of this many seeds' runs (rl_soup)")  # fmt: skip
+    ap.add_argument("--rl-rounds", type=int, default=1,
+                    help="rounds of the soup, each from the last one's average")  # fmt: skip
     ap.add_argument("--tasks", type=int, default=None,
                     help="expert episodes for the data (default: each stage's recipe)")  # fmt: skip
     ap.add_argument("--episodes", type=int, default=100, help="held-out episodes per evaluation")
@@ -146,7 +153,11 @@ def main() -> None:
                      "log.progress=false", f"model.init_from={out / 'sft' / 'model'}",
                      f"rl.eval_tasks={args.episodes}", f"rl.history={args.history}",
                      f"rl.eval_max_steps={args.max_steps}", *args.rl]  # fmt: skip
-        train_agent_rl(load_config(RECIPES / "agent-rl-tiny.yaml", overrides, AgentRLConfig))
+        config = load_config(RECIPES / "agent-rl-tiny.yaml", overrides, AgentRLConfig)
+        if args.rl_seeds > 1 or args.rl_rounds > 1:
+            train_agent_rl_soup(config, args.rl_seeds, args.rl_rounds)
+        else:
+            train_agent_rl(config)
 
     ground_report = stage(out, "ground", ground, pointer)
     grounding = ground_report["grounding_accuracy"]

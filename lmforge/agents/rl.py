@@ -280,6 +280,16 @@ class AgentRollouts:
         self.rollouts = int(state["rollouts"])
 
 
+def rl_eval_section(r: AgentRLSection) -> AgentSection:
+    """The held-out evaluation an RL run reports (before and after): ``r.eval_tasks`` episodes
+    of ``r.eval_split``, greedy under the action grammar, with the rollouts' typing, thoughts
+    and clicks."""
+    return AgentSection(history=r.history, screen=r.screen, eval_split=r.eval_split,
+                        eval_tasks=r.eval_tasks, eval_grounding=0, max_steps=r.eval_max_steps,
+                        max_new_tokens=r.max_new_tokens, constrained=True, typing=r.typing,
+                        thoughts=r.thoughts, clicks=r.clicks)  # fmt: skip
+
+
 def train_agent_rl(
     config: AgentRLConfig, model: Any = None, tokenizer: Any = None, console: Console | None = None
 ) -> dict[str, Any]:
@@ -304,10 +314,7 @@ def train_agent_rl(
         console.print(
             f"[bold]agent rl[/]: {len(tasks)} tasks of {r.split}, groups of {r.group_size}"
         )
-        section = AgentSection(history=r.history, screen=r.screen, eval_split=r.eval_split,
-                               eval_tasks=r.eval_tasks, eval_grounding=0, max_steps=r.eval_max_steps,
-                               max_new_tokens=r.max_new_tokens, constrained=True, typing=r.typing,
-                               thoughts=r.thoughts, clicks=r.clicks)  # fmt: skip
+        section = rl_eval_section(r)
         start = run_dir / "agent_eval_start.json"
         if r.eval_tasks and not start.is_file():  # the starting agent, evaluated the same way
             report = evaluate_agent_model(model, tokenizer, processor, section, t.seed)
@@ -332,4 +339,4 @@ def train_agent_rl(
     return summary
 
 
-__all__ = ["AgentRollouts", "episode_reward", "train_agent_rl"]
+__all__ = ["AgentRollouts", "episode_reward", "rl_eval_section", "train_agent_rl"]

@@ -1,11 +1,13 @@
 """`lmforge agent sft / rl / eval / run`: a GUI agent (`lmforge.agents`) — supervised
 fine-tuning of a VLM on the agent data (`lmforge.agents.sft.train_agent_sft`), online GRPO
-in the environment (`lmforge.agents.rl.train_agent_rl`), held-out evaluation
+in the environment (`lmforge.agents.rl.train_agent_rl`; with ``--seeds`` a soup of such runs,
+`lmforge.agents.rl_soup`), held-out evaluation
 (`lmforge.agents.rollout.evaluate_agent`), one recorded episode.
 
 lmforge agent sft --config recipes/agent-tiny.yaml
 lmforge agent sft --config recipes/agent-pointer.yaml     # grounding by a pointer head
 lmforge agent rl --model runs/agent-tiny/model rl.group_size=4
+lmforge agent rl --model runs/agent-tiny/model --seeds 3 --rounds 2   # WARP: merged seeds
 lmforge agent eval --model runs/agent-tiny/model --tasks heldout --episodes 50
 lmforge agent eval --model runs/agent-pointer/model --grounding 200  # + held-out grounding
 lmforge agent run --model runs/agent-tiny/model --task list_open --gif episode.gif
@@ -26,6 +28,7 @@ from lmforge.agents.grounding import grounding_eval
 from lmforge.agents.policy import THOUGHT_MODES, TYPINGS, ExpertPolicy, VLMPolicy
 from lmforge.agents.rl import train_agent_rl
 from lmforge.agents.rl_config import AgentRLConfig
+from lmforge.agents.rl_soup import train_agent_rl_soup
 from lmforge.agents.rollout import evaluate_agent, run_episodes, save_gif
 from lmforge.agents.sft import train_agent_sft
 from lmforge.agents.sft_config import AgentRunConfig
@@ -54,6 +57,7 @@ EXAMPLES = {
     "rl": (
         "  lmforge agent rl --model runs/agent-tiny/model                  # GRPO on failed tasks\n"
         "  lmforge agent rl --model runs/agent-tiny/model rl.group_size=8 rl.format_weight=0.2\n"
+        "  lmforge agent rl --model runs/agent-tiny/model --seeds 3 --rounds 2  # merged seeds\n"
     ),
     "eval": (
         "  lmforge agent eval --model runs/agent-tiny/model --tasks heldout --episodes 50\n"
@@ -87,6 +91,10 @@ def add_parser(subparsers: Any) -> None:
                   "task success + format reward", EXAMPLES["rl"])  # fmt: skip
     add_recipe_arguments(p, "agent-rl")
     p.add_argument("--model", metavar="DIR", help="the SFT agent's folder (model.init_from)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="> 1: N runs with their own seeds, weight-averaged (a soup, WARP) (1)")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=1, metavar="R",
+                   help="with --seeds: R rounds, each round's soup the next one's start (1)")  # fmt: skip
     p.set_defaults(run=run_rl, command="agent rl")
     p = subparser(actions, "eval", "success rate, mean steps, grounding accuracy and invalid-action "
                   "rate on GUI tasks, per template", EXAMPLES["eval"])  # fmt: skip
@@ -166,8 +174,13 @@ def run_rl(args: argparse.Namespace) -> int:
     config = run_config(args, AgentRLConfig)
     if not config.model.init_from:
         raise CommandError("give --model DIR: the SFT agent to start RL from")
+    if args.seeds < 1 or args.rounds < 1:
+        raise CommandError(f"--seeds {args.seeds} --rounds {args.rounds}: each must be ≥ 1")
     model_folder(config.model.init_from)
-    train_agent_rl(config)
+    if args.seeds > 1 or args.rounds > 1:
+        train_agent_rl_soup(config, args.seeds, args.rounds)
+    else:
+        train_agent_rl(config)
     return 0
 
 

@@ -15,6 +15,7 @@ HF-format import/export.
 | `eagle` | EAGLE drafter layer over [token embedding ; target feature], its loss, save / load |
 | `block_expansion` | block expansion (LLaMA Pro): identity-initialised copies of decoder layers, a deeper model with the same outputs |
 | `quantize` | weight-only quantisation of a whole `CausalLM` (int8 / int4), its checkpoint format, dequantisation |
+| `average` | weight averaging of models fine-tuned from one start: a model soup, interpolation or extrapolation from the start |
 | `presets` | named sizes: ``tiny``, ``demo``, ``5m``, ``30m``, ``deepseek-tiny``, ``deepseek-30m`` |
 | `pointer_head` | GUI-Actor pointer head: a click as attention of a query token over the image tokens, its target, loss and readout |
 | `glyph_head` | dense glyph (OCR) head: each image token's characters as ordered slots, its loss and accuracy |

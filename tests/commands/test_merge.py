@@ -147,3 +147,45 @@ def test_merge_refuses_a_non_empty_out_without_force(checkpoint, adapter, tmp_pa
         code, _, err = run("merge", "--base", str(folder), "--adapter", str(adapter),
                            "--out", str(target), "--force")  # fmt: skip
         assert code == 2 and "--out is the --" in err
+
+
+def test_merge_average_writes_the_soup_and_its_extrapolation(checkpoint, tokenizer, tmp_path, run):
+    """--average: θ = Σ w_i θ_i of two fine-tuned copies (tokenizer kept); --alpha scales the
+    soup from --base; refusals name the flag."""
+    from safetensors.torch import load_file
+
+    import lmforge
+    from lmforge.models.hf import save_model
+
+    folder, model = checkpoint
+    copies = []
+    for i in range(2):
+        tuned = lmforge.load_model(folder)
+        with torch.no_grad():
+            for p in tuned.parameters():
+                p.add_(0.02 * (i + 1) * torch.randn_like(p))
+        save_model(tuned, tmp_path / f"ft{i}", tokenizer=tokenizer)
+        copies.append(tmp_path / f"ft{i}")
+    key = "model.layers.1.self_attn.q_proj.weight"
+    a, b, s = (load_file(f / "model.safetensors")[key].double() for f in (*copies, folder))
+    code, _, err = run("merge", "--average", *map(str, copies), "--weights", "1", "3",
+                       "--out", str(tmp_path / "soup"))  # fmt: skip
+    assert code == 0, err
+    torch.testing.assert_close(load_file(tmp_path / "soup" / "model.safetensors")[key],
+                               (0.25 * a + 0.75 * b).float())  # fmt: skip
+    assert (tmp_path / "soup" / "tokenizer.json").is_file()
+    code, _, err = run("merge", "--average", *map(str, copies), "--base", str(folder),
+                       "--alpha", "1.5", "--out", str(tmp_path / "expo"))  # fmt: skip
+    assert code == 0, err
+    torch.testing.assert_close(load_file(tmp_path / "expo" / "model.safetensors")[key],
+                               (s + 1.5 * ((a + b) / 2 - s)).float())  # fmt: skip
+    code, _, err = run(
+        "merge", "--average", str(copies[0]), "--alpha", "2", "--out", str(tmp_path / "x")
+    )
+    assert code == 2 and "give --base" in err
+    code, _, err = run(
+        "merge", "--average", *map(str, copies), "--weights", "1", "--out", str(tmp_path / "x")
+    )
+    assert code == 2 and "1 weights for 2 models" in err
+    code, _, err = run("merge", "--average", str(copies[0]), "--out", str(copies[0]), "--force")
+    assert code == 2 and "--out is the --average" in err

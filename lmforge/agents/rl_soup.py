@@ -1,0 +1,118 @@
+"""Agent RL over several seeds, merged: WARP's rounds of GRPO runs and weight averaging.
+
+Each round trains ``seeds`` GRPO runs (`lmforge.agents.rl.train_agent_rl`, each with its own
+``train.seed`` and so its own task pool, rollouts and sampling) from the round's start, and
+averages their weights into a soup (`lmforge.models.average`, θ = (1/n) Σ_i θ_i — WARP,
+Ramé et al. 2024, §3.2: policies RL-trained from one start with different seeds merge into
+one that scores above each); the soup starts the next round (WARP's iterated merges, §3.4).
+The last soup is ``out_dir/model``, evaluated on the held-out episodes beside the starting
+agent under the same evaluation (`lmforge.agents.rl.rl_eval_section`, ``train.seed``'s
+episodes), as one RL run reports.
+
+    config = load_config("recipes/agent-rl-tiny.yaml", ["model.init_from=runs/sft/model"],
+                         AgentRLConfig)
+    summary = train_agent_rl_soup(config, seeds=3, rounds=2)
+
+Layout: ``out_dir/round-R/seed-S/`` (each member's run folder; a finished member has
+``member.json`` and is not trained again, so a killed soup resumes at the member it was in),
+``out_dir/round-R/soup/`` (the round's merged agent), ``out_dir/model/``,
+``agent_eval.json``, ``agent_eval_start.json`` and ``soup.json`` (the members, per round).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from lmforge.agents.rl import rl_eval_section, train_agent_rl
+from lmforge.agents.rl_config import AgentRLConfig, check_agent_rl_config
+from lmforge.agents.sft import evaluate_agent_model
+from lmforge.config import ConfigError
+from lmforge.io import atomic_write_json, read_json
+from lmforge.models.average import load_averaged
+from lmforge.models.hf import load_model, save_model
+from lmforge.tokenizer import load_tokenizer
+from lmforge.train.vlm_sft import image_processor_for
+from lmforge.vision.processor import save_preprocessor_config
+
+
+def member_config(
+    config: AgentRLConfig, start: str, round_: int, k: int, seeds: int
+) -> AgentRLConfig:
+    """Member ``k`` of round ``round_``: its own folder, ``train.seed`` (the run's seed
+    + round × seeds + k), the round's start, and no held-out evaluation of its own."""
+    member = copy.deepcopy(config)
+    member.out_dir = str(Path(config.out_dir) / f"round-{round_}" / f"seed-{k}")
+    member.train.seed = config.train.seed + round_ * seeds + k
+    member.model.init_from = start
+    member.rl.eval_tasks = 0
+    return member
+
+
+def save_agent(model: Any, source: Path, folder: Path, screen: int) -> None:
+    """``model`` as an agent folder: weights, ``source``'s tokenizer, the image processor."""
+    save_model(model, folder, tokenizer=load_tokenizer(source))
+    save_preprocessor_config(image_processor_for(model, screen).config, folder)
+
+
+def train_agent_rl_soup(
+    config: AgentRLConfig, seeds: int = 3, rounds: int = 1, console: Console | None = None
+) -> dict[str, Any]:
+    """``rounds`` rounds of ``seeds`` RL runs, each round's soup the next one's start; writes
+    ``out_dir/model`` (the last soup) and its held-out figures beside the starting agent's."""
+    check_agent_rl_config(config)
+    if seeds < 1 or rounds < 1:
+        raise ConfigError(f"seeds={seeds}, rounds={rounds}: each must be ≥ 1")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("a soup of RL runs is single-process: run each seed under torchrun as "
+                          "its own `lmforge agent rl`, then `lmforge merge --average`")  # fmt: skip
+    if not config.model.init_from:
+        raise ConfigError("model.init_from: give the SFT agent's folder to start RL from")
+    console = console or Console()
+    out, r = Path(config.out_dir), config.rl
+    first = Path(config.model.init_from)
+    start = first
+    members: list[list[str]] = []
+    for round_ in range(rounds):
+        folders = []
+        for k in range(seeds):
+            member = member_config(config, str(start), round_, k, seeds)
+            done = Path(member.out_dir) / "member.json"
+            if not done.is_file():
+                console.print(f"[bold]soup[/]: round {round_ + 1}/{rounds}, seed "
+                              f"{member.train.seed} ({k + 1}/{seeds}) from {start}")  # fmt: skip
+                summary = train_agent_rl(member, console=console)
+                atomic_write_json(done, {"seed": member.train.seed, "start": str(start),
+                                         "model_dir": summary["model_dir"]})  # fmt: skip
+            folders.append(Path(read_json(done)["model_dir"]))
+        soup = out / f"round-{round_}" / "soup"
+        save_agent(load_averaged(folders), folders[0], soup, r.screen)
+        members.append([str(f) for f in folders])
+        start = soup
+    model = load_model(start, dtype=torch.float32)
+    save_agent(model, start, out / "model", r.screen)
+    tokenizer = load_tokenizer(start)
+    section = rl_eval_section(r)
+    summary: dict[str, Any] = {"model_dir": str(out / "model"), "members": members}
+    atomic_write_json(out / "soup.json", summary)
+    if r.eval_tasks:
+        begin = out / "agent_eval_start.json"
+        if not begin.is_file():
+            base = load_model(first, dtype=torch.float32)
+            atomic_write_json(begin, evaluate_agent_model(
+                base, load_tokenizer(first), image_processor_for(base, r.screen), section,
+                config.train.seed))  # fmt: skip
+        summary["agent_eval_start"] = read_json(begin)
+        summary["agent_eval"] = evaluate_agent_model(
+            model, tokenizer, image_processor_for(model, r.screen), section, config.train.seed
+        )
+        atomic_write_json(out / "agent_eval.json", summary["agent_eval"])
+    return summary
+
+
+__all__ = ["member_config", "save_agent", "train_agent_rl_soup"]
