@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> None:
         "  lmforge merge --base ckpt/ --adapter peft-adapter/ --out merged-bf16/ --dtype bfloat16\n"
         "  lmforge merge --adapter runs/sft-lora/model --out merged/ --force\n"
         "  lmforge merge --average runs/rl-s0/model runs/rl-s1/model runs/rl-s2/model --out soup/\n"
-        "  lmforge merge --average a/ b/ --weights 1 3 --base sft/ --alpha 1.5 --out soup/\n\n"
+        "  lmforge merge --average a/ b/ --weights 1 3 --base runs/sft/model --alpha 1.5 --out soup/\n\n"
         "Without --base, the adapter's recorded base (base_model_name_or_path) is used; it may\n"
         "be a Hub id in the local Hugging Face cache. --average writes sum_i w_i theta_i (w: 1/n,\n"
         "or --weights normalised); with --alpha, base + alpha * (soup - base) (--base: the\n"

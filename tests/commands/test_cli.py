@@ -168,7 +168,8 @@ def workspace(tmp_path, monkeypatch, checkpoint, adapter, hf_cache):
     folder, _ = checkpoint
     monkeypatch.chdir(tmp_path)
     links = {"ckpt": folder, "runs/demo/model": folder, "runs/sft/model": folder,
-             "runs/sft-lora/model": adapter, "peft-adapter": adapter}  # fmt: skip
+             "runs/sft-lora/model": adapter, "peft-adapter": adapter,
+             **{f"runs/rl-s{i}/model": folder for i in range(3)}, "a": folder, "b": folder}  # fmt: skip
     for name, target in links.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).symlink_to(target)
