@@ -112,6 +112,11 @@ def train_agent_rl_soup(
             model, tokenizer, image_processor_for(model, r.screen), section, config.train.seed
         )
         atomic_write_json(out / "agent_eval.json", summary["agent_eval"])
+        before, after = (
+            summary[k]["episodes"]["success_rate"] for k in ("agent_eval_start", "agent_eval")
+        )
+        console.print(f"[bold]soup[/] of {rounds} × {seeds} runs: held-out success {before:.3f} → "
+                      f"{after:.3f} ({r.eval_tasks} {r.eval_split} episodes) in {out / 'model'}")  # fmt: skip
     return summary
 
 
