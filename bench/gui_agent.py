@@ -21,24 +21,27 @@ the pipeline):
    soup (`lmforge.agents.rl_soup`, WARP): R rounds of N runs with their own seeds, each
    round's weight average the next one's start (members under ``rl/round-R/seed-S``).
 
-The defaults are the recorded pipeline (BENCHMARKS.md, "GUI agent: typing held to the
-instruction, and GRPO that lifts held-out success"): the grounding stage of
-``agent-match.yaml``, 2,000 trajectory-SFT steps on 300 tasks (pointer targets on the row's
-number and on the cells whose centre lies in the box), then the RL recipe; episodes are
+The defaults are the recorded pipeline (BENCHMARKS.md, "GUI agent: soups of RL runs",
+session 29): the grounding stage of ``agent-match.yaml``, 2,000 trajectory-SFT steps on 300
+tasks (pointer targets on the row's number and on the cells whose centre lies in the box; the
+grounding stage's 2 language-model layers grown to 4 by block expansion, ``agent.expand_blocks=1``
+— a zero-output layer after each, LLaMA Pro — and 200 screens of open lists whose options are
+asked, ``agent.option_screens=200``), then the RL recipe run
+with three seeds and averaged (``--rl-seeds 3``); episodes are
 decoded under the action grammar with ``type()`` held to the instruction's spans
 (``agent.typing`` / ``rl.typing``) and the thought to the expert's sentences
 (``agent.thoughts`` / ``rl.thoughts``, `lmforge.agents.thoughts`), and a click's point is the
 pointer's answer to the grounding question about the element the thought names (``agent.clicks``
 / ``rl.clicks`` = ``grounded``, `lmforge.agents.grounded`; ``pointer``: pointed from the
-episode's own context, as before session 22); 100 held-out episodes and 200 held-out grounding
-questions per evaluation.
+episode's own context, as before session 22); 400 held-out episodes (at 100 a success rate's
+standard error is ~5 points) and 200 held-out grounding questions per evaluation.
 
 A finished stage made with the other ``--pointer-size`` choice is refused (use another
 ``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the
 machine is.
 
-    python bench/gui_agent.py [--ground-steps 3000] [--sft-steps 2000] [--rl-steps N] [--episodes 100]
-        [--rl-seeds 1] [--rl-rounds 1] [--ground-recipe agent-match.yaml] [--ground k=v …] [--sft k=v …] [--rl k=v …]
+    python bench/gui_agent.py [--ground-steps 3000] [--sft-steps 2000] [--rl-steps N] [--episodes 400]
+        [--rl-seeds 3] [--rl-rounds 1] [--ground-recipe agent-match.yaml] [--ground k=v …] [--sft k=v …] [--rl k=v …]
 
 ``--ground-recipe`` is the grounding stage's recipe under `lmforge/recipes/` (``agent-match.yaml``:
 the glyph stage, the digit target and the number head, whose train-only heads stay in that
@@ -69,8 +72,10 @@ from lmforge.agents.sft_config import AgentRunConfig
 from lmforge.train.config import load_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "lmforge" / "recipes"
-# the trajectory stage's settings of the recorded pipeline (runs/pipe, session 14)
-SFT_DEFAULTS = ["agent.row_target=number", "agent.train_tasks=300", "agent.pointer_cells=centre"]
+# the trajectory stage's settings of the recorded pipeline (runs/pipe, session 14; the
+# expanded block and the option screens: runs/o4, session 26)
+SFT_DEFAULTS = ["agent.row_target=number", "agent.train_tasks=300", "agent.pointer_cells=centre",
+                "agent.expand_blocks=1", "agent.option_screens=200"]  # fmt: skip
 
 
 def stage(out: Path, name: str, run, pointer: bool | None = None) -> dict:
@@ -93,13 +98,14 @@ def main() -> None:
                     help="the grounding stage's recipe (a file in lmforge/recipes/)")  # fmt: skip
     ap.add_argument("--sft-steps", type=int, default=2000)
     ap.add_argument("--rl-steps", type=int, default=None, help="default: the RL recipe's")
-    ap.add_argument("--rl-seeds", type=int, default=1,
-                    help="> 1: the RL stage is a soup of this many seeds' runs (rl_soup)")  # fmt: skip
+    ap.add_argument("--rl-seeds", type=int, default=3,
+                    help="> 1: the RL stage is a soup of this many seeds' runs (rl_soup); "
+                    "1: one run")  # fmt: skip
     ap.add_argument("--rl-rounds", type=int, default=1,
                     help="rounds of the soup, each from the last one's average")  # fmt: skip
     ap.add_argument("--tasks", type=int, default=None,
                     help="expert episodes for the data (default: each stage's recipe)")  # fmt: skip
-    ap.add_argument("--episodes", type=int, default=100, help="held-out episodes per evaluation")
+    ap.add_argument("--episodes", type=int, default=400, help="held-out episodes per evaluation")
     ap.add_argument("--grounding", type=int, default=200, help="held-out grounding examples")
     ap.add_argument("--history", type=int, default=2, help="screenshots an agent step sees")
     ap.add_argument("--merge-size", type=int, default=1, help="patches per side of an image token")
