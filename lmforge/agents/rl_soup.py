@@ -90,12 +90,11 @@ def train_agent_rl_soup(
                 atomic_write_json(done, {"seed": member.train.seed, "start": str(start),
                                          "model_dir": summary["model_dir"]})  # fmt: skip
             folders.append(Path(read_json(done)["model_dir"]))
-        soup = out / f"round-{round_}" / "soup"
-        save_agent(load_averaged(folders), folders[0], soup, r.screen)
+        model = load_averaged(folders)
+        start = out / f"round-{round_}" / "soup"
+        save_agent(model, folders[0], start, r.screen)
         members.append([str(f) for f in folders])
-        start = soup
-    model = load_model(start, dtype=torch.float32)
-    save_agent(model, start, out / "model", r.screen)
+    save_agent(model, start, out / "model", r.screen)  # the last soup, still in memory
     tokenizer = load_tokenizer(start)
     section = rl_eval_section(r)
     summary: dict[str, Any] = {"model_dir": str(out / "model"), "members": members}
