@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from lmforge.agents.grounded import CLICK_MODES
 from lmforge.agents.policy import THOUGHT_MODES, TYPINGS
-from lmforge.agents.tasks import SPLITS
+from lmforge.agents.tasks import SPLITS, split_choices
 from lmforge.config import ConfigError
 from lmforge.train.config import RunConfig
 
@@ -28,6 +28,7 @@ class AgentRLSection:
     split: str = "train"
     composed: bool = False  # split train: the pool includes the composed templates
     clauses: float = 0.0  # split train: this share of the pool are clause tasks (task_clauses)
+    templates: list[str] = field(default_factory=list)  # [] → the split's; else the pool's, in turn
     groups: str = "episode"  # episode: a task's episodes; state: responses in one state
     pool_tasks: int = 40
     fresh_pool: bool = True  # tasks the SFT data never held (false: seeds 0…, the SFT run's)
@@ -114,6 +115,13 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
                           f"{TYPINGS} / {THOUGHT_MODES} / {CLICK_MODES}")  # fmt: skip
     if r.guide and r.groups != "state":
         raise ConfigError("rl.guide=true needs rl.groups=state (the expert's move is per state)")
+    allowed = split_choices(r.split)[0]
+    if any(name not in allowed for name in r.templates):
+        raise ConfigError(f"rl.templates={r.templates!r}: the pool's templates must be "
+                          f"rl.split={r.split!r}'s, from {allowed}")  # fmt: skip
+    if r.templates and (r.composed or r.clauses):
+        raise ConfigError("rl.templates names the pool's templates: it excludes rl.composed "
+                          "and rl.clauses")  # fmt: skip
     if r.group_size < 2:
         raise ConfigError(f"rl.group_size={r.group_size} must be ≥ 2 (advantages are group-relative)")  # fmt: skip
     if not (r.expert_weight >= 0 and r.kl_coef >= 0 and r.progress_weight >= 0):

@@ -35,12 +35,15 @@ def select_tasks(
     (``failed_only``) those the model fails greedily (the whole pool if it fails none). The
     agent data's tasks are seeded upward from 0 (`make_agent_dataset`: ``seed · 1,000,003 +
     i``); a ``fresh_pool`` counts down from 2³¹ − 1, so RL practises on tasks SFT never
-    showed, not on its own training tasks. ``r.composed``: the training split's pool draws
+    showed, not on its own training tasks. ``r.templates`` (names of the split's templates):
+    the pool's tasks take them in turn, each on the split's layouts (a specialist's pool, as
+    rewarded soups train one member per reward). ``r.composed``: the training split's pool draws
     the composed templates too, ``r.clauses`` = p: a share p of clause tasks."""
     seeds = [POOL_TOP - seed * 1_000_003 - i if r.fresh_pool else seed + i
              for i in range(r.pool_tasks)]  # fmt: skip
-    pool = [sample_task(s, r.split, width=r.screen, height=r.screen, composed=r.composed,
-                        clauses=r.clauses) for s in seeds]  # fmt: skip
+    names = list(r.templates) or [None]
+    pool = [sample_task(s, r.split, names[i % len(names)], r.screen, r.screen, r.composed,
+                        r.clauses) for i, s in enumerate(seeds)]  # fmt: skip
     if not r.failed_only:
         return pool
     policy = VLMPolicy(model, tokenizer, processor, (r.screen, r.screen), r.history, r.max_new_tokens,

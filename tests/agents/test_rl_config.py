@@ -21,6 +21,7 @@ def test_the_defaults_and_the_recipe_pass():
     check_agent_rl_config(recipe)
     assert recipe.rl.screen_questions > 0 and recipe.rl.groups in GROUPINGS
     check_agent_rl_config(load_config(None, f"{STREAM} rl.screen_focus=0.5".split(), AgentRLConfig))
+    check_agent_rl_config(load_config(None, ["rl.templates=[list_open]"], AgentRLConfig))
 
 
 @pytest.mark.parametrize(
@@ -38,6 +39,8 @@ def test_the_defaults_and_the_recipe_pass():
         ("rl.state_tasks=1 rl.groups=state", "rl.state_tasks"),
         ("rl.state_tasks=1 rl.state_weight=-1", "rl.state_weight"),
         ("rl.state_tasks=1 rl.state_max=0", "rl.state_max"),
+        ("rl.templates=[tab_dropdown]", "rl.templates"),  # a held-out template in train's pool
+        ("rl.templates=[list_open] rl.composed=true", "rl.templates"),
     ],
 )
 def test_out_of_range_settings_are_refused_naming_the_field(overrides, field):

@@ -9,7 +9,7 @@ from lmforge.agents.rl_config import AgentRLSection
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
 from lmforge.agents.task_clauses import CLAUSE_TEMPLATES
 from lmforge.agents.task_templates import COMPOSED_TEMPLATES
-from lmforge.agents.tasks import sample_task
+from lmforge.agents.tasks import TRAIN_LAYOUTS, sample_task
 
 
 def test_a_fresh_pool_holds_no_task_of_the_sft_data():
@@ -32,6 +32,15 @@ def test_a_fresh_pool_holds_no_task_of_the_sft_data():
     # rl.clauses: a share of the pool are clause tasks
     clauses = select_tasks(None, None, None, replace(section, clauses=1.0), seed=0)
     assert all(t.template in CLAUSE_TEMPLATES for t in clauses)
+    # rl.templates: the pool takes the named templates in turn, on training layouts only
+    named = replace(section, templates=["list_open", "radio_apply"])
+    special = select_tasks(None, None, None, named, seed=0)
+    assert [t.template for t in special] == ["list_open", "radio_apply"] * 15
+    assert {t.layout for t in special} <= set(TRAIN_LAYOUTS)
+    assert not sft_tasks & {repr(t) for t in special} and len({repr(t) for t in special}) == 30
+    assert [repr(t) for t in select_tasks(None, None, None, named, seed=0)] == [
+        repr(t) for t in special
+    ]
 
 
 def test_expert_start_states():
