@@ -48,11 +48,13 @@ the glyph stage, the digit target and the number head, whose train-only heads st
 stage's folder; ``agent-tiny.yaml``: plain grounding); ``--ground/--sft/--rl k=v`` are
 per-stage config overrides (after the defaults; ``--rl-steps`` defaults to the RL recipe's).
 
-Last line: ``RESULT gui_agent sft_success=<a> rl_success=<b> grounding_acc=<g> minutes=<m>``
-(targets: g ≥ 0.9 on held-out layouts; b − a ≥ 0.10). ``a`` is the SFT agent evaluated by the
-RL stage (``rl/agent_eval_start.json``: the same held-out tasks, decoded as the RL stage's
-evaluation decodes them — ``rl.typing``, ``rl.thoughts``, ``rl.clicks``), so a and b differ only
-by RL.
+Last line: ``RESULT gui_agent sft_success=<a> rl_success=<b> grounding_acc=<g> [gain_low=<l>
+gain_high=<h>] minutes=<m>`` (targets: g ≥ 0.9 on held-out layouts; b − a ≥ 0.10). ``a`` is the
+SFT agent evaluated by the RL stage (``rl/agent_eval_start.json``: the same held-out tasks,
+decoded as the RL stage's evaluation decodes them — ``rl.typing``, ``rl.thoughts``,
+``rl.clicks``), so a and b differ only by RL; [l, h] is the 95 % paired-bootstrap interval of
+b − a over those tasks (`lmforge.agents.metrics.paired_gain`; printed when both evaluations
+hold their per-episode ``successes``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.agents.metrics import paired_gain
 from lmforge.agents.rl import train_agent_rl
 from lmforge.agents.rl_config import AgentRLConfig
 from lmforge.agents.rl_soup import train_agent_rl_soup
@@ -187,8 +190,15 @@ def main() -> None:
               f"{ground_report.get('grounding_accuracy_text', float('nan')):.3f}")  # fmt: skip
     print(f"grounding after sft: {after_sft.get('grounding_accuracy', float('nan')):.3f}; "
           f"CPU {minutes:.1f} min, wall {wall:.1f} min (this invocation)")  # fmt: skip
+    paired = ""
+    if "successes" in before["episodes"] and "successes" in after_rl["episodes"]:
+        g = paired_gain(before["episodes"]["successes"], after_rl["episodes"]["successes"])
+        print(f"rl - sft on the same {len(before['episodes']['successes'])} episodes: "
+              f"{g['gain']:+.4f}, 95 % paired-bootstrap interval [{g['low']:+.4f}, "
+              f"{g['high']:+.4f}]; won {g['won']}, lost {g['lost']}")  # fmt: skip
+        paired = f"gain_low={g['low']:.4f} gain_high={g['high']:.4f} "
     print(f"RESULT gui_agent sft_success={a:.3f} rl_success={b:.3f} grounding_acc={grounding:.3f} "
-          f"minutes={minutes:.1f}")  # fmt: skip
+          f"{paired}minutes={minutes:.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ per task template, as UI-TARS reports its online benchmarks (success rate) and S
 
     records = [EpisodeRecord("list_open", True, [StepRecord(True, (40, 30), (30, 20, 90, 40))])]
     summarize(records)   # {"episodes": 1, "success_rate": 1.0, …, "per_template": {…}}
+    paired_gain(sft["successes"], rl["successes"])   # {"gain": 0.095, "low": …, "high": …, …}
 
 A step's ``target_box`` is the box the expert would act on in that state (None when the
 expert's move is not a pointing action, e.g. typing); grounding accuracy counts the steps
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 from lmforge.agents.actions import ActionParseError, action_point, parse_action
 from lmforge.agents.widgets import Box, box_contains
+from lmforge.eval.metrics import bootstrap_ci
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,26 @@ def summarize(records: Sequence[EpisodeRecord]) -> dict:
 
     templates = sorted({r.template for r in records})
     per = {t: block([r for r in records if r.template == t]) for t in templates}
-    return {**block(records), "per_template": per}
+    return {**block(records), "per_template": per,
+            "successes": [int(r.success) for r in records]}  # fmt: skip
+
+
+def paired_gain(
+    before: Sequence[int], after: Sequence[int], confidence: float = 0.95,
+    resamples: int = 10_000, seed: int = 0,
+) -> dict:  # fmt: skip
+    """Two agents' per-episode successes on the same tasks (``summarize``'s ``successes``,
+    in one order): the gain in success rate Δ = mean(after_i − before_i), its paired
+    percentile-bootstrap confidence interval (the tasks resampled, both agents' outcomes kept
+    together: `lmforge.eval.metrics.bootstrap_ci` of the differences), and the episodes each
+    agent won alone."""
+    if len(before) != len(after) or not before:
+        raise ValueError(f"paired successes need one non-empty task list: {len(before)} before, "
+                         f"{len(after)} after")  # fmt: skip
+    diffs = [int(b) - int(a) for a, b in zip(before, after, strict=True)]
+    low, high = bootstrap_ci(diffs, confidence, resamples, seed)
+    return {"gain": sum(diffs) / len(diffs), "low": low, "high": high, "confidence": confidence,
+            "won": diffs.count(1), "lost": diffs.count(-1)}  # fmt: skip
 
 
 def click_accuracy(
@@ -108,6 +129,7 @@ __all__ = [
     "grounding_accuracy",
     "invalid_action_rate",
     "mean_steps",
+    "paired_gain",
     "success_rate",
     "summarize",
 ]
