@@ -41,7 +41,7 @@ A finished stage made with the other ``--pointer-size`` choice is refused (use a
 machine is.
 
     python bench/gui_agent.py [--ground-steps 3000] [--sft-steps 2000] [--rl-steps N] [--episodes 400]
-        [--rl-seeds 3] [--rl-rounds 1] [--ground-recipe agent-match.yaml] [--ground k=v …] [--sft k=v …] [--rl k=v …]
+        [--rl-seeds 3] [--rl-jobs 1] [--rl-rounds 1] [--ground-recipe agent-match.yaml] [--ground k=v …] [--sft k=v …] [--rl k=v …]
 
 ``--ground-recipe`` is the grounding stage's recipe under `lmforge/recipes/` (``agent-match.yaml``:
 the glyph stage, the digit target and the number head, whose train-only heads stay in that
@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--rl-seeds", type=int, default=3,
                     help="> 1: the RL stage is a soup of this many seeds' runs (rl_soup); "
                     "1: one run")  # fmt: skip
+    ap.add_argument("--rl-jobs", type=int, default=1,
+                    help="soup members trained at a time, each in its own process (CPU "
+                    "minutes then count this process only)")  # fmt: skip
     ap.add_argument("--rl-rounds", type=int, default=1,
                     help="rounds of the soup, each from the last one's average")  # fmt: skip
     ap.add_argument("--tasks", type=int, default=None,
@@ -164,7 +167,7 @@ def main() -> None:
                      f"rl.eval_max_steps={args.max_steps}", *args.rl]  # fmt: skip
         config = load_config(RECIPES / "agent-rl-tiny.yaml", overrides, AgentRLConfig)
         if args.rl_seeds > 1 or args.rl_rounds > 1:
-            train_agent_rl_soup(config, args.rl_seeds, args.rl_rounds)
+            train_agent_rl_soup(config, args.rl_seeds, args.rl_rounds, jobs=args.rl_jobs)
         else:
             train_agent_rl(config)
 

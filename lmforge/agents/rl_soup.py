@@ -17,12 +17,19 @@ Layout: ``out_dir/round-R/seed-S/`` (each member's run folder; a finished member
 ``member.json`` and is not trained again, so a killed soup resumes at the member it was in),
 ``out_dir/round-R/soup/`` (the round's merged agent), ``out_dir/model/``,
 ``agent_eval.json``, ``agent_eval_start.json`` and ``soup.json`` (the members, per round).
+
+With ``jobs`` > 1 a round's unfinished members train side by side, each in its own spawned
+process (`train_member`; ``train.cpu_threads`` threads each): the members are the same files
+as one after another (each run depends only on its config and seed), in ``min(jobs, seeds)``
+× less wall time on a machine with the cores.
 """
 
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +67,47 @@ def save_agent(model: Any, source: Path, folder: Path, screen: int) -> None:
     save_preprocessor_config(image_processor_for(model, screen).config, folder)
 
 
+def train_member(member: AgentRLConfig, console: Console | None = None) -> str:
+    """Train one member (`member_config`) and mark it finished (``member.json``: its seed,
+    start and model folder, written last and atomically); returns the model folder."""
+    summary = train_agent_rl(member, console=console)
+    atomic_write_json(Path(member.out_dir) / "member.json",
+                      {"seed": member.train.seed, "start": member.model.init_from,
+                       "model_dir": summary["model_dir"]})  # fmt: skip
+    return summary["model_dir"]
+
+
+def train_round(members: list[AgentRLConfig], jobs: int, console: Console) -> list[Path]:
+    """The round's member folders, training those without ``member.json``: in this process
+    one after another, or (``jobs`` > 1) up to ``jobs`` at once in spawned processes."""
+    todo = [m for m in members if not (Path(m.out_dir) / "member.json").is_file()]
+    for m in todo:
+        console.print(f"[bold]soup[/]: seed {m.train.seed} from {m.model.init_from}"
+                      + (f" (one of {len(todo)} side by side)" if jobs > 1 else ""))  # fmt: skip
+    if jobs > 1 and len(todo) > 1:
+        spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=spawn) as pool:
+            for future in [pool.submit(train_member, m) for m in todo]:
+                future.result()  # re-raises a member's failure here
+    else:
+        for m in todo:
+            train_member(m, console)
+    return [Path(read_json(Path(m.out_dir) / "member.json")["model_dir"]) for m in members]
+
+
 def train_agent_rl_soup(
-    config: AgentRLConfig, seeds: int = 3, rounds: int = 1, console: Console | None = None
+    config: AgentRLConfig,
+    seeds: int = 3,
+    rounds: int = 1,
+    console: Console | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """``rounds`` rounds of ``seeds`` RL runs, each round's soup the next one's start; writes
-    ``out_dir/model`` (the last soup) and its held-out figures beside the starting agent's."""
+    ``out_dir/model`` (the last soup) and its held-out figures beside the starting agent's.
+    ``jobs`` > 1: a round's members train that many at a time, each in its own process."""
     check_agent_rl_config(config)
-    if seeds < 1 or rounds < 1:
-        raise ConfigError(f"seeds={seeds}, rounds={rounds}: each must be ≥ 1")
+    if seeds < 1 or rounds < 1 or jobs < 1:
+        raise ConfigError(f"seeds={seeds}, rounds={rounds}, jobs={jobs}: each must be ≥ 1")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("a soup of RL runs is single-process: run each seed under torchrun as "
                           "its own `lmforge agent rl`, then `lmforge merge --average`")  # fmt: skip
@@ -79,17 +119,9 @@ def train_agent_rl_soup(
     start = first
     members: list[list[str]] = []
     for round_ in range(rounds):
-        folders = []
-        for k in range(seeds):
-            member = member_config(config, str(start), round_, k, seeds)
-            done = Path(member.out_dir) / "member.json"
-            if not done.is_file():
-                console.print(f"[bold]soup[/]: round {round_ + 1}/{rounds}, seed "
-                              f"{member.train.seed} ({k + 1}/{seeds}) from {start}")  # fmt: skip
-                summary = train_agent_rl(member, console=console)
-                atomic_write_json(done, {"seed": member.train.seed, "start": str(start),
-                                         "model_dir": summary["model_dir"]})  # fmt: skip
-            folders.append(Path(read_json(done)["model_dir"]))
+        console.print(f"[bold]soup[/]: round {round_ + 1}/{rounds}, {seeds} members from {start}")
+        configs = [member_config(config, str(start), round_, k, seeds) for k in range(seeds)]
+        folders = train_round(configs, jobs, console)
         model = load_averaged(folders)
         start = out / f"round-{round_}" / "soup"
         save_agent(model, folders[0], start, r.screen)
@@ -119,4 +151,4 @@ def train_agent_rl_soup(
     return summary
 
 
-__all__ = ["member_config", "save_agent", "train_agent_rl_soup"]
+__all__ = ["member_config", "save_agent", "train_agent_rl_soup", "train_member", "train_round"]

@@ -8,6 +8,7 @@ lmforge agent sft --config recipes/agent-tiny.yaml
 lmforge agent sft --config recipes/agent-pointer.yaml     # grounding by a pointer head
 lmforge agent rl --model runs/agent-tiny/model rl.group_size=4
 lmforge agent rl --model runs/agent-tiny/model --seeds 3 --rounds 2   # WARP: merged seeds
+lmforge agent rl --model runs/agent-tiny/model --seeds 3 --jobs 3     # … members side by side
 lmforge agent eval --model runs/agent-tiny/model --tasks heldout --episodes 50
 lmforge agent eval --model runs/agent-pointer/model --grounding 200  # + held-out grounding
 lmforge agent run --model runs/agent-tiny/model --task list_open --gif episode.gif
@@ -58,6 +59,7 @@ EXAMPLES = {
         "  lmforge agent rl --model runs/agent-tiny/model                  # GRPO on failed tasks\n"
         "  lmforge agent rl --model runs/agent-tiny/model rl.group_size=8 rl.format_weight=0.2\n"
         "  lmforge agent rl --model runs/agent-tiny/model --seeds 3 --rounds 2  # merged seeds\n"
+        "  lmforge agent rl --model runs/agent-tiny/model --seeds 3 --jobs 3  # members side by side\n"
     ),
     "eval": (
         "  lmforge agent eval --model runs/agent-tiny/model --tasks heldout --episodes 50\n"
@@ -95,6 +97,8 @@ def add_parser(subparsers: Any) -> None:
                    help="> 1: N runs with their own seeds, weight-averaged (a soup, WARP) (1)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=1, metavar="R",
                    help="with --seeds: R rounds, each round's soup the next one's start (1)")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1, metavar="J",
+                   help="with --seeds: train J members at a time, each in its own process (1)")  # fmt: skip
     p.set_defaults(run=run_rl, command="agent rl")
     p = subparser(actions, "eval", "success rate, mean steps, grounding accuracy and invalid-action "
                   "rate on GUI tasks, per template", EXAMPLES["eval"])  # fmt: skip
@@ -174,11 +178,12 @@ def run_rl(args: argparse.Namespace) -> int:
     config = run_config(args, AgentRLConfig)
     if not config.model.init_from:
         raise CommandError("give --model DIR: the SFT agent to start RL from")
-    if args.seeds < 1 or args.rounds < 1:
-        raise CommandError(f"--seeds {args.seeds} --rounds {args.rounds}: each must be ≥ 1")
+    if args.seeds < 1 or args.rounds < 1 or args.jobs < 1:
+        raise CommandError(f"--seeds {args.seeds} --rounds {args.rounds} --jobs {args.jobs}: "
+                           "each must be ≥ 1")  # fmt: skip
     model_folder(config.model.init_from)
     if args.seeds > 1 or args.rounds > 1:
-        train_agent_rl_soup(config, args.seeds, args.rounds)
+        train_agent_rl_soup(config, args.seeds, args.rounds, jobs=args.jobs)
     else:
         train_agent_rl(config)
     return 0

@@ -75,12 +75,31 @@ def test_soup_rounds_average_their_members_and_resume(tmp_path, agent_dir, monke
     assert again["agent_eval"] == summary["agent_eval"]
 
 
+def test_members_side_by_side_are_the_same_files(tmp_path, agent_dir):
+    """jobs=2: the round's two members train at once in spawned processes and come out
+    bit-identical to the members trained one after another in this process."""
+    files = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        config = load_config(None, [f"out_dir={out}", f"model.init_from={agent_dir}", *TINY,
+                                    "rl.eval_tasks=0"], AgentRLConfig)  # fmt: skip
+        summary = train_agent_rl_soup(config, seeds=2, jobs=jobs)
+        files[jobs] = [load_file(f"{m}/model.safetensors") for m in summary["members"][0]]
+        assert all(str(out) in m for m in summary["members"][0])
+    for one, two in zip(files[1], files[2], strict=True):
+        assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    start = load_file(agent_dir / "model.safetensors")
+    assert any(not torch.equal(files[2][0][k], start[k]) for k in start)  # they did train
+
+
 def test_soup_refusals(tmp_path, agent_dir, monkeypatch):
     config = load_config(
         None, [f"out_dir={tmp_path}", f"model.init_from={agent_dir}"], AgentRLConfig
     )
     with pytest.raises(ConfigError, match="seeds=0"):
         train_agent_rl_soup(config, seeds=0)
+    with pytest.raises(ConfigError, match="jobs=0"):
+        train_agent_rl_soup(config, seeds=2, jobs=0)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="single-process"):
         train_agent_rl_soup(config, seeds=2)

@@ -79,20 +79,25 @@ def test_rl_needs_a_model(tmp_path, capsys):
     assert main(["agent", "rl", "--print-config", "rl.group_size=3"]) == 0
     assert "group_size: 3" in capsys.readouterr().out
     assert main(["agent", "rl", "--model", str(tmp_path), "--seeds", "0"]) == 2
-    assert "--seeds 0 --rounds 1: each must be ≥ 1" in capsys.readouterr().err
+    assert "--seeds 0 --rounds 1 --jobs 1: each must be ≥ 1" in capsys.readouterr().err
+    assert main(["agent", "rl", "--model", str(tmp_path), "--seeds", "2", "--jobs", "0"]) == 2
+    assert "--jobs 0: each must be ≥ 1" in capsys.readouterr().err
 
 
 def test_rl_seeds_train_a_soup(tmp_path, monkeypatch):
-    """--seeds / --rounds go to `train_agent_rl_soup` (tested in tests/agents/test_rl_soup.py)."""
+    """--seeds / --rounds / --jobs go to `train_agent_rl_soup` (tested in
+    tests/agents/test_rl_soup.py)."""
     from lmforge.commands import agent
 
     calls = []
     monkeypatch.setattr(agent, "model_folder", lambda path: path)
-    monkeypatch.setattr(agent, "train_agent_rl_soup", lambda c, s, r: calls.append((c, s, r)))
-    monkeypatch.setattr(agent, "train_agent_rl", lambda c: calls.append((c, 1, 1)))
-    assert main(["agent", "rl", "--model", str(tmp_path), "--seeds", "3", "--rounds", "2"]) == 0
+    monkeypatch.setattr(agent, "train_agent_rl_soup",
+                        lambda c, s, r, jobs: calls.append((c, s, r, jobs)))  # fmt: skip
+    monkeypatch.setattr(agent, "train_agent_rl", lambda c: calls.append((c, 1, 1, 1)))
+    assert main(["agent", "rl", "--model", str(tmp_path), "--seeds", "3", "--rounds", "2",
+                 "--jobs", "2"]) == 0  # fmt: skip
     assert main(["agent", "rl", "--model", str(tmp_path)]) == 0
-    assert [(s, r) for _, s, r in calls] == [(3, 2), (1, 1)]
+    assert [call[1:] for call in calls] == [(3, 2, 2), (1, 1, 1)]
     assert calls[0][0].model.init_from == str(tmp_path)
 
 
