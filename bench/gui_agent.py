@@ -35,6 +35,9 @@ pointer's answer to the grounding question about the element the thought names (
 / ``rl.clicks`` = ``grounded``, `lmforge.agents.grounded`; ``pointer``: pointed from the
 episode's own context, as before session 22); 400 held-out episodes (at 100 a success rate's
 standard error is ~5 points) and 200 held-out grounding questions per evaluation.
+The recorded RESULT lines ran on cached stages (``runs/pipe/ground``: grounding 0.935;
+``runs/o4/sft``: 0.495 held out); from nothing on a fresh checkout the defaults gave grounding
+0.950 and an SFT agent of 0.445 (session 31), so a run from nothing is another pipeline.
 
 A finished stage made with the other ``--pointer-size`` choice is refused (use another
 ``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the
