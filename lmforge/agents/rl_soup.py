@@ -20,8 +20,9 @@ Layout: ``out_dir/round-R/seed-S/`` (each member's run folder; a finished member
 
 With ``jobs`` > 1 a round's unfinished members train side by side, each in its own spawned
 process (`train_member`; ``train.cpu_threads`` threads each): the members are the same files
-as one after another (each run depends only on its config and seed), in ``min(jobs, seeds)``
-× less wall time on a machine with the cores.
+as one after another (each run depends only on its config and seed); each process holds its
+own model and rollouts (≈ 5–6 GB for the tiny agent recipe), so ``jobs`` is bounded by memory
+as well as cores.
 """
 
 from __future__ import annotations
