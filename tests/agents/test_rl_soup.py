@@ -75,11 +75,17 @@ def test_soup_rounds_average_their_members_and_resume(tmp_path, agent_dir, monke
     assert again["agent_eval"] == summary["agent_eval"]
 
 
-def test_members_side_by_side_are_the_same_files(tmp_path, agent_dir):
-    """jobs=2: the round's two members train at once in spawned processes and come out
-    bit-identical to the members trained one after another in this process."""
+def test_members_side_by_side_are_the_same_files(tmp_path, agent_dir, monkeypatch):
+    """jobs=2: the round's two members train at once in spawned processes (nothing trains in
+    this one) and come out bit-identical to the members trained one after another here."""
     files = {}
     for jobs in (1, 2):
+        if jobs == 2:  # a spawned process imports rl_soup afresh: the patch is only here
+
+            def refuse(*a, **k):
+                raise AssertionError("a member trained in the calling process")
+
+            monkeypatch.setattr(rl_soup, "train_agent_rl", refuse)
         out = tmp_path / f"jobs{jobs}"
         config = load_config(None, [f"out_dir={out}", f"model.init_from={agent_dir}", *TINY,
                                     "rl.eval_tasks=0"], AgentRLConfig)  # fmt: skip
