@@ -37,7 +37,10 @@ episode's own context, as before session 22); 400 held-out episodes (at 100 a su
 standard error is ~5 points) and 200 held-out grounding questions per evaluation.
 The recorded RESULT lines ran on cached stages (``runs/pipe/ground``: grounding 0.935;
 ``runs/o4/sft``: 0.495 held out); from nothing on a fresh checkout the defaults gave grounding
-0.950 and an SFT agent of 0.445 (session 31), so a run from nothing is another pipeline.
+0.950 and an SFT agent of 0.445 (session 31), so a run from nothing is another pipeline; its
+soup of three (session 32) gave ``RESULT gui_agent sft_success=0.445 rl_success=0.502
+grounding_acc=0.950`` (+5.75). Rounds past the first (``--rl-rounds 2``) from one member lost
+ground there (0.5025 → 0.385), so the default stays one round.
 
 A finished stage made with the other ``--pointer-size`` choice is refused (use another
 ``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the
