@@ -4,7 +4,9 @@ Each round trains ``seeds`` GRPO runs (`lmforge.agents.rl.train_agent_rl`, each 
 ``train.seed`` and so its own task pool, rollouts and sampling) from the round's start, and
 averages their weights into a soup (`lmforge.models.average`, θ = (1/n) Σ_i θ_i — WARP,
 Ramé et al. 2024, §3.2: policies RL-trained from one start with different seeds merge into
-one that scores above each); the soup starts the next round (WARP's iterated merges, §3.4).
+one that scores above each); the soup starts the next round (WARP's iterated merges, §3.4 —
+measured on the tiny GUI agent, a second round of the recipe lost ground unless
+``rl.kl_coef`` > 0 held it near its start: BENCHMARKS.md, issue 18, session 32).
 The last soup is ``out_dir/model``, evaluated on the held-out episodes beside the starting
 agent under the same evaluation (`lmforge.agents.rl.rl_eval_section`, ``train.seed``'s
 episodes), as one RL run reports.
