@@ -34,6 +34,7 @@ evaluation episodes, agent SFT and online RL.
 | `rl_objective` | the agent's GRPO objective on a packed rollout: clipped surrogate over sampled tokens and pointer choices, optional k3 KL to the SFT policy |
 | `rl_screens` | a grounding stream beside agent RL's episodes: grounding bandits on fresh random windows, K pointer samples per question rewarded inside the element |
 | `rl_states` | state groups beside agent RL's episode groups: a few pool tasks per rollout, each response scored for being the expert's move in its state, advantages normalised within the state |
+| `rl_select` | checkpoint selection for agent RL: the policy scored greedily on fresh validation tasks of the pool's split every k steps, the best-scoring weights (the start included) exported |
 | `rl_soup` | agent RL over several seeds, merged: rounds of GRPO runs with their own seeds (`jobs` > 1: side by side, one spawned process each, the same files), each round's weight average (WARP) the next one's start |
 | `state_groups` | groups per state for RL: responses sampled in each state of the agent's own episode, scored by a step reward (the expert's move there, + format) |
 """

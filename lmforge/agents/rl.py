@@ -66,6 +66,7 @@ from lmforge.agents.rl_examples import (
 )
 from lmforge.agents.rl_objective import agent_pg_objective, reference_scores
 from lmforge.agents.rl_screens import rollout_screens
+from lmforge.agents.rl_select import Selection, validation_tasks
 from lmforge.agents.rl_states import rollout_states, state_examples
 from lmforge.agents.rl_tasks import expert_start_states, select_tasks
 from lmforge.agents.rollout import EpisodeRun, run_episodes
@@ -82,7 +83,7 @@ from lmforge.models.hf import load_model
 from lmforge.models.vlm import VisionLanguageModel
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.loop import Trainer
-from lmforge.train.run import fit_and_export, print_summary, training_run
+from lmforge.train.run import print_summary, training_run
 from lmforge.train.vlm_sft import image_processor_for
 from lmforge.vision.processor import ImageProcessor, save_preprocessor_config
 from lmforge.vision.vlm_data import collate_rows, pack_examples
@@ -296,7 +297,10 @@ def train_agent_rl(
     """Online GRPO from ``model`` (else ``model.init_from``); exports ``model/`` and the
     held-out figures (``agent_eval.json``), and the starting agent's under the same
     evaluation — same tasks, same decoding — in ``agent_eval_start.json`` (made once, before
-    training; a resumed run keeps it)."""
+    training; a resumed run keeps it). With ``rl.select_every`` = k > 0 the policy is scored
+    on ``rl.select_tasks`` validation tasks at the start, every k steps and at the end, and
+    ``model/`` gets the best-scoring weights (`lmforge.agents.rl_select`; the summary's
+    ``selected_step``)."""
     check_agent_rl_config(config)
     r, t = config.rl, config.train
     run_dir = Path(config.out_dir)
@@ -325,7 +329,18 @@ def train_agent_rl(
         scales = {"pointer_head.": r.pointer_lr_scale} if r.pointer_lr_scale != 1.0 else None
         trainer = Trainer(model, rollouts, config, objective=agent_pg_objective, tokenizer=tokenizer,
                           run_dir=run_dir, dist=dist, console=console, lr_scales=scales)  # fmt: skip
-        summary = fit_and_export(trainer, run_dir)
+        selection = None
+        if r.select_every:  # score the start and every few steps on validation tasks
+            resumed = trainer.step if t.resume and trainer.resume() else None
+            selection = Selection(run_dir, validation_tasks(r), r, resumed, write=dist.is_main)
+            trainer.callbacks.append(selection.callback(tokenizer, processor))
+            if trainer.step == 0:
+                selection.start(model, tokenizer, processor)
+        summary = trainer.fit()
+        if selection is not None:  # export the best-scoring weights, not the last ones
+            summary["selected_step"] = selection.restore(model)
+            summary["selection"] = sorted(selection.scores.items())
+        summary["model_dir"] = str(trainer.export_model(run_dir / "model"))
         if dist.is_main:
             save_preprocessor_config(processor.config, summary["model_dir"])
         summary["rl_tasks"] = len(tasks)

@@ -69,6 +69,8 @@ class AgentRLSection:
     eval_split: str = "heldout"
     eval_tasks: int = 30  # 0 skips the held-out evaluation
     eval_max_steps: int = 15
+    select_every: int = 0  # > 0: score the policy on validation tasks every k steps (rl_select)
+    select_tasks: int = 100  # … this many fresh tasks of rl.split; model/ gets the best weights
 
 
 @dataclass
@@ -140,6 +142,9 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
                           f"{r.state_weight} ≥ 0 and rl.state_max={r.state_max} ≥ 1")  # fmt: skip
     if r.max_draws > 1 and r.groups != "episode":
         raise ConfigError("rl.max_draws > 1 needs rl.groups=episode (it keeps whole task groups)")
+    if r.select_every < 0 or (r.select_every and r.select_tasks < 1):
+        raise ConfigError(f"rl.select_every={r.select_every} must be ≥ 0 (0: no selection), "
+                          f"with rl.select_tasks={r.select_tasks} ≥ 1 validation tasks")  # fmt: skip
     if not 0 <= r.expert_starts <= 1 or (r.expert_starts and r.groups != "episode"):
         raise ConfigError(f"rl.expert_starts={r.expert_starts}: a share in [0, 1], with "
                           "rl.groups=episode (a group's episodes share their start)")  # fmt: skip
