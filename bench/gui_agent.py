@@ -40,7 +40,10 @@ The recorded RESULT lines ran on cached stages (``runs/pipe/ground``: grounding 
 0.950 and an SFT agent of 0.445 (session 31), so a run from nothing is another pipeline; its
 soup of three (session 32) gave ``RESULT gui_agent sft_success=0.445 rl_success=0.502
 grounding_acc=0.950`` (+5.75). Rounds past the first (``--rl-rounds 2``) from one member lost
-ground there (0.5025 → 0.385), so the default stays one round.
+ground there (0.5025 → 0.385), so the default stays one round. Since session 33 the RL
+recipe holds a KL penalty to the SFT agent (``rl.kl_coef=0.05``): its three seeds from that SFT
+agent, trained by the soup's code path and averaged, give 0.515 (+7.0; members 0.5175 / 0.515 /
+0.505).
 
 A finished stage made with the other ``--pointer-size`` choice is refused (use another
 ``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the
