@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from lmforge.agents.metrics import success_rate
 from lmforge.agents.policy import VLMPolicy
 from lmforge.agents.rollout import run_episodes
 from lmforge.agents.tasks import Task, sample_task
@@ -62,7 +63,7 @@ def validation_success(
         runs = run_episodes(policy, tasks, r.eval_max_steps)
     finally:
         core.train(was_training)
-    return sum(run.record.success for run in runs) / max(len(runs), 1)
+    return success_rate([run.record for run in runs])
 
 
 class Selection:
