@@ -541,6 +541,7 @@ def make_agent_dataset(
     composed: bool = False,
     clauses: float = 0.0,
     option_screens: int = 0,
+    messages: float = 0.0,
 ) -> dict[str, list[VQAExample]]:
     """All five kinds of examples from ``num_tasks`` tasks of ``split``: perception and
     grounding on every state the expert visits (``grounding_count`` elements per state in
@@ -566,7 +567,8 @@ def make_agent_dataset(
     its trajectories teach ``drag(…)``, both points with pointer targets) instead of
     scrolling three times or more. ``composed``: the training split's tasks come from the
     training-only composed templates too (`lmforge.agents.task_templates`); ``clauses`` = p:
-    a share p of them are clause tasks (`lmforge.agents.task_clauses`). ``option_screens``:
+    a share p of them are clause tasks (`lmforge.agents.task_clauses`); ``messages`` = q: a
+    share q switch their message (`lmforge.agents.tasks.sample_task`). ``option_screens``:
     grounding on the options of the open dropdown (and on the dropdowns it leaves uncovered)
     of this many dropdown-heavy random windows with one dropdown open (`DROPDOWN_HEAVY`), in
     chats of ``grounding_turns``; their own random stream. Why: an open list's options are a
@@ -579,7 +581,7 @@ def make_agent_dataset(
     turns = max(1, grounding_turns)
     for i in range(num_tasks):
         task = sample_task(seed * 1_000_003 + i, split, width=width, height=height,
-                           composed=composed, clauses=clauses)  # fmt: skip
+                           composed=composed, clauses=clauses, messages=messages)  # fmt: skip
         clean = expert_trajectory(task, drag=expert_drags)
         mistake_at = rng.randrange(len(clean.steps)) if rng.random() < mistake_rate else None
         traj = (

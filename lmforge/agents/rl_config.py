@@ -28,6 +28,7 @@ class AgentRLSection:
     split: str = "train"
     composed: bool = False  # split train: the pool includes the composed templates
     clauses: float = 0.0  # split train: this share of the pool are clause tasks (task_clauses)
+    messages: float = 0.0  # split train: this share of the pool's tasks switch their message
     templates: list[str] = field(default_factory=list)  # [] → the split's; else the pool's, in turn
     groups: str = "episode"  # episode: a task's episodes; state: responses in one state
     pool_tasks: int = 40
@@ -107,9 +108,11 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
         raise ConfigError(f"rl.screen_questions={r.screen_questions}: ≥ 0 bandits that need "
                           "rl.ground_samples ≥ 2 points each, rl.screen_open_rate and "
                           "rl.screen_focus in [0, 1]")  # fmt: skip
-    if ((r.composed or r.clauses) and r.split != "train") or not 0 <= r.clauses <= 1:
-        raise ConfigError(f"rl.composed, rl.clauses={r.clauses}: the composed and clause "
-                          f"templates are training-only (rl.split={r.split!r}), a share in [0, 1]")  # fmt: skip
+    if ((r.composed or r.clauses or r.messages) and r.split != "train") or not (
+            0 <= r.clauses <= 1 and 0 <= r.messages <= 1):  # fmt: skip
+        raise ConfigError(f"rl.composed, rl.clauses={r.clauses}, rl.messages={r.messages}: the "
+                          "composed and clause templates and switched messages are "
+                          f"training-only (rl.split={r.split!r}), shares in [0, 1]")  # fmt: skip
     if (r.groups not in GROUPINGS or r.typing not in TYPINGS or r.thoughts not in THOUGHT_MODES
             or r.clicks not in CLICK_MODES):  # fmt: skip
         raise ConfigError(f"rl.groups={r.groups!r} / rl.typing={r.typing!r} / rl.thoughts="

@@ -38,12 +38,13 @@ def select_tasks(
     showed, not on its own training tasks. ``r.templates`` (names of the split's templates):
     the pool's tasks take them in turn, each on the split's layouts (a specialist's pool, as
     rewarded soups train one member per reward). ``r.composed``: the training split's pool draws
-    the composed templates too, ``r.clauses`` = p: a share p of clause tasks."""
+    the composed templates too, ``r.clauses`` = p: a share p of clause tasks, ``r.messages``
+    = q: a share q of the tasks open with their message switched (`sample_task`)."""
     seeds = [POOL_TOP - seed * 1_000_003 - i if r.fresh_pool else seed + i
              for i in range(r.pool_tasks)]  # fmt: skip
     names = list(r.templates) or [None]
     pool = [sample_task(s, r.split, names[i % len(names)], r.screen, r.screen, r.composed,
-                        r.clauses) for i, s in enumerate(seeds)]  # fmt: skip
+                        r.clauses, r.messages) for i, s in enumerate(seeds)]  # fmt: skip
     if not r.failed_only:
         return pool
     policy = VLMPolicy(model, tokenizer, processor, (r.screen, r.screen), r.history, r.max_new_tokens,

@@ -230,7 +230,7 @@ def train_agent_sft(
                                   a.grounding_shift, a.random_screens, a.question_first,
                                   a.reading_screens, a.zoom, a.zoom_crops, row_screens=a.row_screens,
                                   expert_drags=a.expert_drags, composed=a.composed, clauses=a.clauses,
-                                  option_screens=a.option_screens,
+                                  option_screens=a.option_screens, messages=a.messages,
                                   glyphs=uses_glyphs(a) or a.row_target != "box" or a.query_labels)  # fmt: skip
         train_ex = [ex for k in a.kinds for ex in data[k]]
         random.Random(t.seed).shuffle(train_ex)

@@ -75,6 +75,7 @@ class AgentSection(VLMShape):
     expert_drags: bool = False  # the expert drags far list rows into view (expert.drag_step)
     composed: bool = False  # the training tasks include the composed templates (task_templates)
     clauses: float = 0.0  # this share of the training tasks are clause tasks (task_clauses)
+    messages: float = 0.0  # this share of the training tasks switch their message (sample_task)
     expand_blocks: int = 0  # > 0, with init_from: a zero-output LM layer after every k (LLaMA Pro)
 
 
@@ -110,9 +111,10 @@ def check_agent_config(config: AgentRunConfig) -> None:
         or a.history < 1
         or not 0 <= a.mistake_rate <= 1
         or not 0 <= a.clauses <= 1
+        or not 0 <= a.messages <= 1
     ):
-        raise ConfigError("agent.train_tasks and agent.history must be ≥ 1, agent.mistake_rate "
-                          "and agent.clauses in [0, 1]")  # fmt: skip
+        raise ConfigError("agent.train_tasks and agent.history must be ≥ 1, agent.mistake_rate, "
+                          "agent.clauses and agent.messages in [0, 1]")  # fmt: skip
     if a.zoom == 1 or a.zoom < 0 or a.screen % max(1, a.zoom) or a.zoom_crops < 1:
         raise ConfigError(f"agent.zoom={a.zoom} must be 0 (off) or ≥ 2 dividing agent.screen, "
                           f"agent.zoom_crops={a.zoom_crops} ≥ 1")  # fmt: skip

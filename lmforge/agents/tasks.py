@@ -138,16 +138,24 @@ def sample_task(
     height: int = 128,
     composed: bool = False,
     clauses: float = 0.0,
+    messages: float = 0.0,
 ) -> Task:
     """A task drawn from ``split`` (or of ``template``) with its layout, all from ``seed``.
     ``composed``: the training split draws the training-only `COMPOSED_TEMPLATES` too (one
     template in 12 each); ``clauses`` = p > 0: with probability p a clause task
-    (`lmforge.agents.task_clauses`, uniform over its templates) instead. No other split has
-    either."""
+    (`lmforge.agents.task_clauses`, uniform over its templates) instead. ``messages`` = q > 0:
+    with probability q the task's message is switched (`build_task`'s ``message``): a window
+    that opens under one opens without it ("Close the message, …" then has nothing to close)
+    and any other window opens under one its instruction does not mention — so whether a
+    message is in the way is read from the screen, never from the instruction; the draw has
+    its own stream, so everything else is the task ``messages=0`` draws. No other split has
+    any of the three."""
     templates, layouts = split_choices(split)
-    if (composed or clauses) and split != "train":
-        raise ValueError(f"the composed and clause templates are training-only; split {split!r} "
-                         "has none")  # fmt: skip
+    if (composed or clauses or messages) and split != "train":
+        raise ValueError(f"the composed and clause templates and switched messages are "
+                         f"training-only; split {split!r} has none")  # fmt: skip
+    if not 0 <= messages <= 1:
+        raise ValueError(f"messages={messages}: a probability in [0, 1]")
     if composed:
         templates = (*templates, *COMPOSED_TEMPLATES)
     rng = random.Random(f"gui-task/{split}/{template}/{seed}")
@@ -161,20 +169,38 @@ def sample_task(
         layout = rng.choice(choices)
     else:
         layout = rng.choice(layouts)
-    return build_task(name, layout, rng, seed, width, height)
+    switch = random.Random(f"gui-task-message/{seed}")
+    under = name in UNDER_A_MESSAGE
+    message = (not under) if messages and switch.random() < messages else None
+    return build_task(name, layout, rng, seed, width, height, message, switch)
 
 
 def build_task(
-    name: str, layout: tuple[int, int], rng: random.Random, seed: int, width: int, height: int
+    name: str,
+    layout: tuple[int, int],
+    rng: random.Random,
+    seed: int,
+    width: int,
+    height: int,
+    message: bool | None = None,
+    message_rng: random.Random | None = None,
 ) -> Task:
-    """Build template ``name`` on ``layout`` = (theme index, arrangement) with ``rng``."""
+    """Build template ``name`` on ``layout`` = (theme index, arrangement) with ``rng``.
+    ``message``: None — a message covers the window iff the template opens under one
+    (`UNDER_A_MESSAGE`); True / False — one does / none does, whatever the instruction says
+    (``meta["message"]`` = "added" / "removed" where that differs from the template; an added
+    message's title and text drawn from ``message_rng``, so ``rng``'s draws are the same)."""
     instruction, body, goal, final, buttons = BUILDERS[name](rng)
     theme, arrangement = sorted(THEMES)[layout[0]], layout[1]
     widgets = _arrange(rng, arrangement, body, buttons)
-    dialog = None
-    if name in UNDER_A_MESSAGE:
-        title, message = rng.choice(DIALOGS)
-        dialog = Dialog("dialog", title, message=message, buttons=[Button("dlg_ok", "OK")])
+    dialog, meta = None, {}
+    under = name in UNDER_A_MESSAGE
+    if under or message:
+        title, text = (rng if under else message_rng or random.Random(seed)).choice(DIALOGS)
+        dialog = Dialog("dialog", title, message=text, buttons=[Button("dlg_ok", "OK")])
+    if message is not None and message != under:
+        meta["message"] = "added" if message else "removed"
+        dialog = dialog if message else None
     win = Window(WINDOW_TITLES[name], width, height, widgets, dialog=dialog, theme=theme)
     layout_window(win, _geometry(rng, arrangement))
     bottom = max(w.box[3] for w in win.walk(shown_only=True))
@@ -182,7 +208,7 @@ def build_task(
         raise ValueError(
             f"template {name} does not fit a {width}×{height} screen (bottom {bottom})"
         )
-    return Task(name, instruction, win, goal, final, layout, seed)
+    return Task(name, instruction, win, goal, final, layout, seed, meta)
 
 
 FREE_TEXT = ("free", "")  # the final event of a free-text task: none ever matches it

@@ -738,3 +738,16 @@ def test_composed_data_adds_the_composed_templates_trajectories(data):
     }
     # off (the default), the training data is the seven training templates' as before
     assert {ex.meta["template"] for ex in data["trajectory"]} <= set(TRAIN_TEMPLATES)
+
+
+def test_switched_messages_reach_the_trajectories():
+    """``messages=1``: every training task's message is switched, so the expert's first
+    thought closes a message exactly where the template has none."""
+    from lmforge.agents.tasks import UNDER_A_MESSAGE
+
+    data = make_agent_dataset("train", 12, seed=0, history=1, mistake_rate=0.0, messages=1.0)
+    firsts = [ex for ex in data["trajectory"] if ex.meta.get("step") == 0]
+    assert firsts and len({ex.meta["template"] for ex in firsts}) > 2
+    for ex in firsts:
+        closes = "message covers the window" in ex.answer
+        assert closes == (ex.meta["template"] not in UNDER_A_MESSAGE)

@@ -267,6 +267,8 @@ def test_bad_rl_sections():
                               ("rl.composed=true rl.split=heldout", "training-only"),
                               ("rl.clauses=0.5 rl.split=heldout", "training-only"),
                               ("rl.clauses=1.5", "rl.clauses"),
+                              ("rl.messages=0.5 rl.split=heldout", "training-only"),
+                              ("rl.messages=-0.5", "rl.messages"),
                               ("rl.train_grounded=true rl.clicks=pointer", "train_grounded"),
                               ("rl.train_grounded=true rl.greedy_pointer=true", "train_grounded"),
                               ("rl.ground_samples=4", "ground_samples"),

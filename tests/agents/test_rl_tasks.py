@@ -32,6 +32,11 @@ def test_a_fresh_pool_holds_no_task_of_the_sft_data():
     # rl.clauses: a share of the pool are clause tasks
     clauses = select_tasks(None, None, None, replace(section, clauses=1.0), seed=0)
     assert all(t.template in CLAUSE_TEMPLATES for t in clauses)
+    # rl.messages: a share of the pool's tasks open with their message switched
+    switched = select_tasks(None, None, None, replace(section, messages=1.0), seed=0)
+    assert [t.instruction for t in switched] == [t.instruction for t in fresh]
+    assert all((s.window.dialog is None) != (t.window.dialog is None)
+               for s, t in zip(switched, fresh, strict=True))  # fmt: skip
     # rl.templates: the pool takes the named templates in turn, on training layouts only
     named = replace(section, templates=["list_open", "radio_apply"])
     special = select_tasks(None, None, None, named, seed=0)

@@ -60,6 +60,7 @@ def test_tiny_agent_sft_run(tmp_path):
         ("agent.lm_init_std=0", "agent.lm_init_std"),
         ("agent.expand_blocks=-1", "agent.expand_blocks"),
         ("agent.clauses=2", "agent.clauses"),
+        ("agent.messages=2", "agent.messages"),
     ],
 )
 def test_bad_sections_are_refused(override, message):

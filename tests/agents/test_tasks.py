@@ -58,6 +58,52 @@ def test_sampling_is_a_function_of_the_seed():
     assert len({sample_task(s).instruction for s in range(40)}) > 30
 
 
+def test_switched_messages_change_only_the_message_and_the_expert_still_solves_them():
+    """``messages``: a training task opens with its message switched (added where the
+    template has none, removed where it has one); instruction, widgets, layout and goal are
+    the ``messages=0`` task's, and the scripted expert solves it (closing only a message that
+    is there). Held-out splits refuse the option."""
+    from lmforge.agents.actions import format_response
+    from lmforge.agents.env import GUIEnv
+    from lmforge.agents.expert import expert_step
+    from lmforge.agents.tasks import UNDER_A_MESSAGE
+
+    seen = {"added": 0, "removed": 0}
+    for seed in range(60):
+        plain = sample_task(seed, "train", composed=True)
+        switched = sample_task(seed, "train", composed=True, messages=1.0)
+        assert sample_task(seed, "train", composed=True, messages=0.0).window == plain.window
+        assert (switched.instruction, switched.goal, switched.layout, switched.template) == (
+            plain.instruction,
+            plain.goal,
+            plain.layout,
+            plain.template,
+        )
+        under = plain.template in UNDER_A_MESSAGE
+        assert (plain.window.dialog is not None) == under != (switched.window.dialog is not None)
+        seen[switched.meta["message"]] += 1
+        assert switched.window.widgets == plain.window.widgets
+        env = GUIEnv(max_steps=20)
+        env.reset(options={"task": switched})
+        first, done, reward = expert_step(switched, env.window), False, 0.0
+        assert ("message" in first.thought) == (not under)
+        while not done:
+            step = expert_step(switched, env.window)
+            _, reward, terminated, truncated, _ = env.step(
+                format_response(step.thought, step.action)
+            )
+            done = terminated or truncated
+        assert reward == 1.0, (seed, switched.instruction)
+    assert min(seen.values()) >= 3
+    share = sum("message" in sample_task(s, "train", messages=0.3).meta for s in range(400))
+    assert 80 <= share <= 160
+    for split in ("heldout", "heldout_layout", "heldout_template"):
+        with pytest.raises(ValueError, match="training-only"):
+            sample_task(0, split, messages=0.5)
+    with pytest.raises(ValueError, match="messages"):
+        sample_task(0, "train", messages=1.5)
+
+
 def broken_versions(task):
     """Windows in wrong end states: (description, window)."""
     expected = task.expected_values()
