@@ -222,6 +222,7 @@ class VLMPolicy:
         clicks: str = "grounded",
         sample_grounded: bool = False,
         ground_samples: int = 0,
+        ground_temperature: float = 0.0,
     ) -> None:
         if history < 1:
             raise ValueError(f"history={history} must be ≥ 1 screenshot")
@@ -252,6 +253,8 @@ class VLMPolicy:
         self.sample_grounded = sample_grounded
         # … and with ground_samples = K ≥ 2, K − 1 more points drawn and recorded beside it
         self.ground_samples = ground_samples
+        # … drawn at this temperature (0: ``temperature``): an exploring bandit
+        self.ground_temperature = ground_temperature
         self.regex = response_regex(screen)
         self.engine = Engine(model.eval(), tokenizer)
         self.calls = 0
@@ -447,15 +450,16 @@ class VLMPolicy:
         generator: torch.Generator | None = None,
     ) -> tuple[tuple[int, float, tuple[int, int]], ...]:  # fmt: skip
         """``ground_samples`` − 1 more tokens drawn as `choose_point` samples (softmax(logits /
-        T); by ``generator``, else one seeded by the chosen ``k`` and the call count, so a
-        rollout repeats), each with its untempered log-prob and pixel point; none without
-        ``ground_samples``."""
+        T), T = ``ground_temperature`` if set, else ``temperature``; by ``generator``, else one
+        seeded by the chosen ``k`` and the call count, so a rollout repeats), each with its
+        untempered log-prob and pixel point; none without ``ground_samples``."""
         if self.ground_samples < 2 or self.temperature <= 0:
             return ()
         if generator is None:
             seed = self.seed * 1_000_003 + self.calls * 4099 + k
             generator = torch.Generator().manual_seed(seed)
-        weights = (logits / self.temperature).softmax(-1).cpu()
+        t = self.ground_temperature or self.temperature
+        weights = (logits / t).softmax(-1).cpu()
         drawn = torch.multinomial(weights, self.ground_samples - 1, True, generator=generator)
         logp = logits.log_softmax(-1)
         return tuple((int(j), float(logp[j]), to_pixels(token_centre(int(j), grid), self.screen))

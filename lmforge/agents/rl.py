@@ -146,7 +146,7 @@ class AgentRollouts:
                          s.max_new_tokens, s.temperature, s.constrained, typing=s.typing,
                          thoughts=s.thoughts, greedy_pointer=s.greedy_pointer, clicks=s.clicks,
                          sample_grounded=s.train_grounded, ground_samples=s.ground_samples,
-                         seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
+                         ground_temperature=s.ground_temperature, seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
 
     @torch.no_grad()
     def play(self) -> list[EpisodeRun]:

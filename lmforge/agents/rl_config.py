@@ -49,6 +49,7 @@ class AgentRLSection:
     pointer_weight: float = 1.0  # each pointer choice's term × this in the loss (rl_objective)
     ground_samples: int = 0  # ≥ 2, with train_grounded: points per grounded click (rl_examples)
     ground_weight: float = 1.0  # … the bandit's advantages × this
+    ground_temperature: float = 0.0  # … its other K − 1 points drawn at this T (0: temperature)
     pointer_lr_scale: float = 1.0  # the pointer head's learning rate × this (its own AdamW groups)
     screen_questions: int = 0  # with ground_samples: grounding bandits on fresh random windows
     screen_open_rate: float = 0.5  # … a dropdown open in this share of them (rl_screens)
@@ -98,11 +99,13 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
     if not r.pointer_weight >= 0 or not r.pointer_lr_scale > 0:
         raise ConfigError(f"rl.pointer_weight={r.pointer_weight} must be ≥ 0 and "
                           f"rl.pointer_lr_scale={r.pointer_lr_scale} > 0")  # fmt: skip
-    if r.ground_samples and (r.ground_samples < 2 or not r.train_grounded
-                             or r.groups != "episode" or not r.ground_weight >= 0):  # fmt: skip
+    if (r.ground_samples or r.ground_temperature) and (
+            r.ground_samples < 2 or not r.train_grounded or r.groups != "episode"
+            or not r.ground_weight >= 0 or not r.ground_temperature >= 0):  # fmt: skip
         raise ConfigError(f"rl.ground_samples={r.ground_samples}: a group of ≥ 2 points per "
                           "sampled grounded click needs rl.train_grounded=true, rl.groups=episode "
-                          f"and rl.ground_weight={r.ground_weight} ≥ 0")  # fmt: skip
+                          f", rl.ground_weight={r.ground_weight} ≥ 0 and rl.ground_temperature="
+                          f"{r.ground_temperature} ≥ 0")  # fmt: skip
     if r.screen_questions and not (r.screen_questions > 0 and r.ground_samples
                                    and 0 <= r.screen_open_rate <= 1 and 0 <= r.screen_focus <= 1):  # fmt: skip
         raise ConfigError(f"rl.screen_questions={r.screen_questions}: ≥ 0 bandits that need "

@@ -272,6 +272,9 @@ def test_bad_rl_sections():
                               ("rl.train_grounded=true rl.clicks=pointer", "train_grounded"),
                               ("rl.train_grounded=true rl.greedy_pointer=true", "train_grounded"),
                               ("rl.ground_samples=4", "ground_samples"),
+                              ("rl.ground_temperature=1.5", "ground_samples"),
+                              ("rl.ground_samples=4 rl.train_grounded=true "
+                               "rl.ground_temperature=-1", "ground_temperature"),
                               ("rl.pointer_lr_scale=0", "pointer_lr_scale"),
                               ("rl.ground_samples=1 rl.train_grounded=true", "ground_samples"),
                               ("rl.ground_samples=4 rl.train_grounded=true rl.ground_weight=-1",

@@ -53,11 +53,14 @@ def contexts(n: int) -> list[AgentContext]:
     return out
 
 
-def grounded_samples(pvlm, temperature=1.0, sample_grounded=True, ground_samples=0):
+def grounded_samples(
+    pvlm, temperature=1.0, sample_grounded=True, ground_samples=0, ground_temperature=0.0
+):
     model, tok, proc = pvlm
     policy = VLMPolicy(model, tok, proc, temperature=temperature, seed=4, logprobs=True,
                        clicks="grounded", sample_grounded=sample_grounded,
-                       ground_samples=ground_samples, typing="free", thoughts="free")  # fmt: skip
+                       ground_samples=ground_samples, ground_temperature=ground_temperature,
+                       typing="free", thoughts="free")  # fmt: skip
     policy.regex = PRESS  # every response presses a named button: a grounded click
     cs = contexts(3)
     return cs, policy.sample(cs)
@@ -78,6 +81,29 @@ def test_ground_samples_record_more_points_from_the_same_distribution(pvlm):
     _, plain = grounded_samples(pvlm)
     assert [s.text for s in plain] == [s.text for s in samples]
     assert all(s.grounded[0].alternatives == () for s in plain)
+
+
+def test_ground_temperature_spreads_the_other_points_only(pvlm):
+    """``ground_temperature``: the K − 1 other points are drawn from softmax(logits / T_g)
+    — cold they pile on the mode, hot they spread — while the clicked point, the response
+    and every recorded log-prob (untempered) stay as at the rollout's temperature."""
+    model, _, _ = pvlm
+    _, base = grounded_samples(pvlm, temperature=0.5, ground_samples=16)
+    _, cold = grounded_samples(pvlm, temperature=0.5, ground_samples=16, ground_temperature=1e-6)
+    _, hot = grounded_samples(pvlm, temperature=0.5, ground_samples=16, ground_temperature=50.0)
+    assert [s.text for s in base] == [s.text for s in cold] == [s.text for s in hot]
+    spread = {}
+    for name, samples in (("cold", cold), ("hot", hot)):
+        spread[name] = sum(len({k for k, _, _ in s.grounded[0].alternatives}) for s in samples)
+        for s in samples:
+            g = s.grounded[0]
+            assert g.choice == next(b for b in base if b.text == s.text).grounded[0].choice
+            logits, _ = model.point(torch.tensor([g.ids]), g.pixel_values, g.image_grid_thw)
+            logp = logits.log_softmax(-1)[0]
+            assert all(lp == pytest.approx(float(logp[k])) for k, lp, _ in g.alternatives)
+            if name == "cold":  # all on the mode
+                assert {k for k, _, _ in g.alternatives} == {int(logp.argmax())}
+    assert spread["cold"] == len(cold) and spread["hot"] > 3 * len(hot)
 
 
 def test_the_grounding_bandit_rewards_points_on_the_named_element(pvlm):
