@@ -43,7 +43,9 @@ grounding_acc=0.950`` (+5.75). Rounds past the first (``--rl-rounds 2``) from on
 ground there (0.5025 → 0.385), so the default stays one round. Since session 33 the RL
 recipe holds a KL penalty to the SFT agent (``rl.kl_coef=0.05``): its three seeds from that SFT
 agent, trained by the soup's code path and averaged, give 0.515 (+7.0; members 0.5175 / 0.515 /
-0.505).
+0.505). Since session 34 it also draws the grounding bandit's other points at temperature 2
+(``rl.ground_temperature=2.0``): the three seeds give 0.525 / 0.5225 / 0.5025, their soup 0.535
+(+9.0).
 
 A finished stage made with the other ``--pointer-size`` choice is refused (use another
 ``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the
