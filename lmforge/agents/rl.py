@@ -41,7 +41,8 @@ With ``ground_samples`` = K as well, each such click also draws K − 1 more poi
 same distribution, and the K points form a group of their own — a bandit rewarded 1 where a
 point lands on the element the thought names (`lmforge.agents.rollout.EpisodeRun.named`), 0
 elsewhere, normalised within the K (GUI-R1 / UI-R1's click reward in GRPO's form): a signal per
-click instead of the episode's one. With ``state_tasks`` = n, each rollout also plays n pool
+click instead of the episode's one; ``ground_temperature`` draws the K − 1 at their own
+temperature, so a pointer sure of the wrong element still tries others. With ``state_tasks`` = n, each rollout also plays n pool
 tasks once as state groups beside the episode groups, each response scored for being the
 expert's move in its state (`lmforge.agents.rl_states`).
 """
@@ -146,7 +147,8 @@ class AgentRollouts:
                          s.max_new_tokens, s.temperature, s.constrained, typing=s.typing,
                          thoughts=s.thoughts, greedy_pointer=s.greedy_pointer, clicks=s.clicks,
                          sample_grounded=s.train_grounded, ground_samples=s.ground_samples,
-                         ground_temperature=s.ground_temperature, seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
+                         ground_temperature=s.ground_temperature,
+                         seed=self.seed * 1_000_003 + 7 * self.rollouts, logprobs=True)  # fmt: skip
 
     @torch.no_grad()
     def play(self) -> list[EpisodeRun]:

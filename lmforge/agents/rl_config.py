@@ -103,7 +103,7 @@ def check_agent_rl_config(config: AgentRLConfig) -> None:
             r.ground_samples < 2 or not r.train_grounded or r.groups != "episode"
             or not r.ground_weight >= 0 or not r.ground_temperature >= 0):  # fmt: skip
         raise ConfigError(f"rl.ground_samples={r.ground_samples}: a group of ≥ 2 points per "
-                          "sampled grounded click needs rl.train_grounded=true, rl.groups=episode "
+                          "sampled grounded click needs rl.train_grounded=true, rl.groups=episode"
                           f", rl.ground_weight={r.ground_weight} ≥ 0 and rl.ground_temperature="
                           f"{r.ground_temperature} ≥ 0")  # fmt: skip
     if r.screen_questions and not (r.screen_questions > 0 and r.ground_samples
