@@ -144,7 +144,7 @@ def sample_task(
     ``composed``: the training split draws the training-only `COMPOSED_TEMPLATES` too (one
     template in 12 each); ``clauses`` = p > 0: with probability p a clause task
     (`lmforge.agents.task_clauses`, uniform over its templates) instead. ``messages`` = q > 0:
-    with probability q the task's message is switched (`build_task`'s ``message``): a window
+    with probability q the task's message is switched (`build_task`'s ``switch``): a window
     that opens under one opens without it ("Close the message, …" then has nothing to close)
     and any other window opens under one its instruction does not mention — so whether a
     message is in the way is read from the screen, never from the instruction; the draw has
@@ -169,10 +169,10 @@ def sample_task(
         layout = rng.choice(choices)
     else:
         layout = rng.choice(layouts)
-    switch = random.Random(f"gui-task-message/{seed}")
-    under = name in UNDER_A_MESSAGE
-    message = (not under) if messages and switch.random() < messages else None
-    return build_task(name, layout, rng, seed, width, height, message, switch)
+    switch = random.Random(f"gui-task-message/{seed}") if messages else None
+    if switch is not None and switch.random() >= messages:
+        switch = None
+    return build_task(name, layout, rng, seed, width, height, switch)
 
 
 def build_task(
@@ -182,25 +182,23 @@ def build_task(
     seed: int,
     width: int,
     height: int,
-    message: bool | None = None,
-    message_rng: random.Random | None = None,
+    switch: random.Random | None = None,
 ) -> Task:
-    """Build template ``name`` on ``layout`` = (theme index, arrangement) with ``rng``.
-    ``message``: None — a message covers the window iff the template opens under one
-    (`UNDER_A_MESSAGE`); True / False — one does / none does, whatever the instruction says
-    (``meta["message"]`` = "added" / "removed" where that differs from the template; an added
-    message's title and text drawn from ``message_rng``, so ``rng``'s draws are the same)."""
+    """Build template ``name`` on ``layout`` = (theme index, arrangement) with ``rng``. A
+    message covers the window iff the template opens under one (`UNDER_A_MESSAGE`) — unless
+    ``switch`` is given: then the message is switched, whatever the instruction says (removed,
+    or added with its title and text drawn from ``switch``, so ``rng``'s draws are the same;
+    ``meta["message"]`` = "removed" / "added")."""
     instruction, body, goal, final, buttons = BUILDERS[name](rng)
     theme, arrangement = sorted(THEMES)[layout[0]], layout[1]
     widgets = _arrange(rng, arrangement, body, buttons)
-    dialog, meta = None, {}
-    under = name in UNDER_A_MESSAGE
-    if under or message:
-        title, text = (rng if under else message_rng or random.Random(seed)).choice(DIALOGS)
+    dialog, meta, under = None, {}, name in UNDER_A_MESSAGE
+    if under or switch is not None:
+        title, text = (rng if under else switch).choice(DIALOGS)
         dialog = Dialog("dialog", title, message=text, buttons=[Button("dlg_ok", "OK")])
-    if message is not None and message != under:
-        meta["message"] = "added" if message else "removed"
-        dialog = dialog if message else None
+    if switch is not None:
+        meta["message"] = "removed" if under else "added"
+        dialog = None if under else dialog
     win = Window(WINDOW_TITLES[name], width, height, widgets, dialog=dialog, theme=theme)
     layout_window(win, _geometry(rng, arrangement))
     bottom = max(w.box[3] for w in win.walk(shown_only=True))
