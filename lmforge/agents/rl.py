@@ -42,9 +42,9 @@ same distribution, and the K points form a group of their own — a bandit rewar
 point lands on the element the thought names (`lmforge.agents.rollout.EpisodeRun.named`), 0
 elsewhere, normalised within the K (GUI-R1 / UI-R1's click reward in GRPO's form): a signal per
 click instead of the episode's one; ``ground_temperature`` draws the K − 1 at their own
-temperature, so a pointer sure of the wrong element still tries others. With ``state_tasks`` = n, each rollout also plays n pool
-tasks once as state groups beside the episode groups, each response scored for being the
-expert's move in its state (`lmforge.agents.rl_states`).
+temperature, so a pointer sure of the wrong element still tries others. With ``state_tasks`` =
+n, each rollout also plays n pool tasks once as state groups beside the episode groups, each
+response scored for being the expert's move in its state (`lmforge.agents.rl_states`).
 """
 
 from __future__ import annotations
