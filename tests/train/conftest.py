@@ -7,10 +7,30 @@ Subprocess scripts (torchrun, kill-during-save) load this file by path to share 
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import pytest
 import torch
 
 IGNORE = -100
+
+
+@pytest.fixture(autouse=True)
+def sigint_as_python_sets_it():
+    """SIGINT with Python's own handler during each training test: a shell starts background
+    jobs (``make test &``, ``nohup … &``) with SIGINT ignored, and the Trainer leaves an ignored
+    signal ignored (`lmforge.train.interrupt`), so the tests that raise SIGINT would see nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 class ToyLoader:

@@ -19,6 +19,18 @@ def test_first_signal_sets_the_flag_and_handlers_are_restored():
     assert {s: signal.getsignal(s) for s in before} == before
 
 
+def test_an_ignored_signal_stays_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job starts
+    try:
+        with StopSignals() as signals:
+            signal.raise_signal(signal.SIGINT)
+            assert signals.received is None
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_second_sigint_raises_keyboard_interrupt_at_once():
     with pytest.raises(KeyboardInterrupt), StopSignals() as signals:
         signal.raise_signal(signal.SIGINT)
