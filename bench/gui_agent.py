@@ -49,7 +49,8 @@ agent, trained by the soup's code path and averaged, give 0.515 (+7.0; members 0
 Since session 37 the recipe learns at ``optim.lr=1e-4`` and leaves list_open out of the RL pool
 (``rl.templates``), and the default soup has five members: 0.52 / 0.54 / 0.5175 / 0.5375 / 0.5275,
 their soup 0.55 (+10.5; the three first seeds' soup 0.54; on 400 other held-out tasks,
-``train.seed=5000``'s, 0.49 → 0.575, +8.5).
+``train.seed=5000``'s, 0.49 → 0.575, +8.5; on a third, ``train.seed=10000``'s, 0.4275 → 0.535,
++10.75; over the 1,200 episodes +9.9 — session 38).
 
 A finished stage made with the other ``--pointer-size`` choice is refused (use another
 ``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the
