@@ -42,8 +42,12 @@ demo: $(STAMP)
 demo-seeds: $(STAMP)
 	$(BIN)/python -m lmforge demo --seeds 0,1,2 --jobs 2 --out runs/demo-seeds
 
+# Test files are spread over one process per logical CPU, at most TEST_WORKERS (pytest-xdist;
+# every test runs single-threaded, tests/conftest.py), a file to one process so its module
+# fixtures are built once; TEST_WORKERS=0 runs them all in this process.
+TEST_WORKERS ?= 4
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -x --timeout=600
+	$(BIN)/python -m pytest -q -x --timeout=600 $(if $(filter 0,$(TEST_WORKERS)),,-n logical --maxprocesses=$(TEST_WORKERS) --dist loadfile)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
