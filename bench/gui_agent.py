@@ -51,6 +51,9 @@ Since session 37 the recipe learns at ``optim.lr=1e-4`` and leaves list_open out
 their soup 0.55 (+10.5; the three first seeds' soup 0.54; on 400 other held-out tasks,
 ``train.seed=5000``'s, 0.49 → 0.575, +8.5; on a third, ``train.seed=10000``'s, 0.4275 → 0.535,
 +10.75; over the 1,200 episodes +9.9 — session 38).
+Session 39: ``--sft agent.random_screens=400`` (grounding on random windows kept in the
+trajectory stage) gives an SFT agent of 0.5175 on the bench's tasks (0.454 → 0.52 over the
+1,200); the RL stage from it is not yet measured.
 
 A finished stage made with the other ``--pointer-size`` choice is refused (use another
 ``--out``). CPU minutes are the process's CPU time, so the figure does not depend on how busy the
