@@ -44,7 +44,7 @@ demo-seeds: $(STAMP)
 
 # Test files are spread over one process per logical CPU, at most TEST_WORKERS (pytest-xdist;
 # every test runs single-threaded, tests/conftest.py), an idle process taking tests from a busy
-# one (--dist worksteal: 355 s against 398 s a file per process); TEST_WORKERS=0: one process.
+# one (--dist worksteal: 355–380 s of tests here against 398 s a file per process); TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 4
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -x --timeout=600 $(if $(filter 0,$(TEST_WORKERS)),,-n logical --maxprocesses=$(TEST_WORKERS) --dist worksteal)
